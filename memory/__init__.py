@@ -1,0 +1,1 @@
+"""memory/ — see ../shared/DESIGN.md."""

@@ -1,0 +1,1 @@
+"""model/ — see ../shared/DESIGN.md."""
