@@ -1,0 +1,70 @@
+"""Events an agent turn yields, in the order they happen.
+
+The TUI and the CLI (`--json`) consume these; they are pydantic models so that `--json` is
+`event.model_dump_json()` and a test can compare them structurally. `kind` is the discriminator.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class TextDelta(BaseModel):
+    """A piece of assistant text, streamed as it is decoded."""
+
+    kind: Literal["text"] = "text"
+    text: str
+
+
+class ToolCallRequested(BaseModel):
+    """The model asked for a tool. `needs_approval` is true when the policy says `ask`: the consumer
+    answers through the approval callback it gave the agent (the UI shows `diff` / `command` / `path`)."""
+
+    kind: Literal["tool_call"] = "tool_call"
+    call_id: str
+    tool: str
+    arguments: dict[str, Any]
+    source: str = "builtin"  # "builtin", "plugin:<dist>", "mcp:<server>"
+    needs_approval: bool = False
+    diff: str | None = None
+    command: str | None = None
+    path: str | None = None
+
+
+class ToolResultEvent(BaseModel):
+    kind: Literal["tool_result"] = "tool_result"
+    call_id: str
+    tool: str
+    text: str
+    is_error: bool = False
+    denied: bool = False
+
+
+class TurnEnd(BaseModel):
+    """The turn is over and its snapshot is committed (`saved`)."""
+
+    kind: Literal["turn_end"] = "turn_end"
+    session_id: str
+    turn: int
+    prompt_tokens: int
+    completion_tokens: int
+    state_tokens: int
+    state_bytes: int
+    window: int | None
+    tokens_per_s: float
+    saved: bool = True
+    stop_reason: Literal["end_of_turn", "max_tokens", "max_tool_rounds", "cancelled"] = "end_of_turn"
+
+
+class ErrorEvent(BaseModel):
+    """Something the user should see; the session stays at its last snapshot."""
+
+    kind: Literal["error"] = "error"
+    message: str
+
+
+AgentEvent = Annotated[
+    TextDelta | ToolCallRequested | ToolResultEvent | TurnEnd | ErrorEvent, Field(discriminator="kind")
+]
