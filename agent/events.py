@@ -68,3 +68,12 @@ class ErrorEvent(BaseModel):
 AgentEvent = Annotated[
     TextDelta | ToolCallRequested | ToolResultEvent | TurnEnd | ErrorEvent, Field(discriminator="kind")
 ]
+
+
+class ApprovalDecision(BaseModel):
+    """The answer to a `ToolCallRequested` with `needs_approval`. `always` makes the answer stick for
+    this tool for the rest of the session; `reason` (on a rejection) goes back to the model."""
+
+    allow: bool
+    always: bool = False
+    reason: str | None = None
