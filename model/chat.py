@@ -1,0 +1,372 @@
+"""Chat formats: how a conversation becomes text, one new segment at a time, and how tool calls are
+read back out of what the model wrote.
+
+Design choices:
+- A format renders only the *new* segment of a conversation (a user turn or tool results, ending with
+  the assistant prompt). The state already holds everything before it; the history is never re-sent.
+- The assistant's text is never re-rendered by us: what the model decoded (markup and stop token
+  included) is already in the state. `ChatMessage.raw` keeps that exact text so that a Hugging Face
+  template, which needs the whole conversation, can be diffed against what the state really holds.
+- Hugging Face templates are untrusted code from the Hub: they run in jinja2's immutable sandbox, with
+  the same few helpers transformers gives them (`raise_exception`, `tojson`, `strftime_now`).
+- A template is *prefix-stable* when rendering one more message only appends text. Some are not (they
+  trim content, or drop the reasoning of earlier turns). That is detected on every segment and raises
+  `TemplateNotPrefixStable`, because a state cannot un-read tokens; nothing is silently re-rendered.
+- Tool calls: ours are `<|tool_call|>{json}<|/tool_call|>`, Hermes/Qwen-style are
+  `<tool_call>{json}</tool_call>`. A call that cannot be parsed is returned with `error` set, so the
+  loop can hand the model an error result it can correct.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a coding agent working inside the user's project. Use the tools to read and change files; "
+    "answer briefly."
+)
+
+
+class ChatFormatError(Exception):
+    """A chat template could not be loaded or rendered."""
+
+
+class TemplateNotPrefixStable(ChatFormatError):
+    """Rendering one more message changed text the model has already read."""
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One message. For an assistant message `raw` is the exact decoded text already in the state
+    (stop token and tool-call markup included); `content` is what the user sees."""
+
+    role: Role
+    content: str
+    name: str | None = None  # the tool's name, on a tool result
+    raw: str | None = None
+
+
+@dataclass(frozen=True)
+class ParsedToolCall:
+    """A tool call found in the model's output. `error` is set (and `name` may be None) when the
+    call is malformed; the text of `error` is what the model will read back."""
+
+    name: str | None
+    arguments: dict[str, Any] = field(default_factory=dict)
+    raw: str = ""
+    error: str | None = None
+
+
+@runtime_checkable
+class ChatFormat(Protocol):
+    """What the agent loop needs from a chat format."""
+
+    name: str
+    # Decoded text that ends the assistant's message (the loop stops decoding when one appears).
+    stop_strings: tuple[str, ...]
+    # The open/close markers of a tool call; decoding pauses once a close marker appears.
+    tool_call_open: str
+    tool_call_close: str
+
+    def segment(
+        self,
+        history: Sequence[ChatMessage],
+        new: Sequence[ChatMessage],
+        *,
+        system: str = DEFAULT_SYSTEM_PROMPT,
+        tools: Sequence[dict[str, Any]] = (),
+    ) -> str:
+        """Text to prefill after `history` (already in the state) for the `new` user/tool messages,
+        ending with the assistant prompt. With an empty history it starts with the system segment."""
+        ...
+
+    def parse_tool_calls(self, text: str) -> list[ParsedToolCall]: ...
+
+    def visible_text(self, text: str) -> str:
+        """The assistant's raw text without tool-call blocks and stop strings."""
+        ...
+
+
+def _parse_call_json(body: str, raw: str) -> ParsedToolCall:
+    """Read `{"name": ..., "arguments": {...}}`; accept `parameters` and a JSON-string `arguments`,
+    which real models emit too."""
+    try:
+        obj = json.loads(body)
+    except json.JSONDecodeError as exc:
+        return ParsedToolCall(None, {}, raw, f"the tool call is not valid JSON ({exc.msg} at char {exc.pos})")
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        return ParsedToolCall(None, {}, raw, 'a tool call must be a JSON object with a string "name"')
+    args = obj.get("arguments", obj.get("parameters", {}))
+    if isinstance(args, str):
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except json.JSONDecodeError:
+            return ParsedToolCall(obj["name"], {}, raw, '"arguments" is a string that is not a JSON object')
+    if not isinstance(args, dict):
+        return ParsedToolCall(obj["name"], {}, raw, '"arguments" must be a JSON object')
+    return ParsedToolCall(obj["name"], args, raw)
+
+
+class _TaggedToolCalls:
+    """Parsing shared by formats whose tool calls sit between an open and a close marker."""
+
+    tool_call_open: str
+    tool_call_close: str
+    stop_strings: tuple[str, ...]
+
+    def parse_tool_calls(self, text: str) -> list[ParsedToolCall]:
+        calls: list[ParsedToolCall] = []
+        pattern = re.escape(self.tool_call_open) + r"(.*?)" + re.escape(self.tool_call_close)
+        for m in re.finditer(pattern, text, flags=re.DOTALL):
+            calls.append(_parse_call_json(m.group(1).strip(), m.group(0)))
+        # An open marker without its close (the model stopped or ran out of tokens) is malformed too.
+        last_close = text.rfind(self.tool_call_close)
+        tail = text[last_close + len(self.tool_call_close) :] if last_close >= 0 else text
+        if self.tool_call_open in tail:
+            raw = tail[tail.index(self.tool_call_open) :]
+            calls.append(
+                ParsedToolCall(None, {}, raw, f"the tool call was not closed with {self.tool_call_close}")
+            )
+        return calls
+
+    def visible_text(self, text: str) -> str:
+        pattern = re.escape(self.tool_call_open) + r".*?(" + re.escape(self.tool_call_close) + r"|$)"
+        out = re.sub(pattern, "", text, flags=re.DOTALL)
+        for stop in self.stop_strings:
+            out = out.replace(stop, "")
+        return out
+
+
+def render_tool_list(tools: Sequence[dict[str, Any]]) -> str:
+    """One JSON object per line: name, description, parameters (the tool's JSON schema)."""
+    return "\n".join(json.dumps(t, ensure_ascii=False, sort_keys=True) for t in tools)
+
+
+class NativeChatFormat(_TaggedToolCalls):
+    """Our own format (docs/interfaces.md): every marker is one special token of the tokenizer.
+
+    System segment: `<|bos|><|system|>{system}` + (with tools) `\\n\\n# Tools\\n` + one JSON schema per
+    line + `<|end|>`. User turn: `<|user|>{text}<|end|><|assistant|>`. Tool result:
+    `<|tool_result|>{text}<|/tool_result|>` per result, then `<|assistant|>`. The assistant ends its
+    message with `<|end|>`; if it stopped without one (token limit, tool-round limit), the next segment
+    closes the message first, so the state always reads as a well-formed conversation.
+    """
+
+    name = "native"
+    stop_strings = ("<|end|>", "<|eos|>")
+    tool_call_open = "<|tool_call|>"
+    tool_call_close = "<|/tool_call|>"
+
+    def system_segment(self, system: str, tools: Sequence[dict[str, Any]]) -> str:
+        body = system
+        if tools:
+            body += (
+                '\n\n# Tools\nCall a tool with <|tool_call|>{"name": NAME, "arguments": {...}}'
+                "<|/tool_call|>. Available tools:\n" + render_tool_list(tools)
+            )
+        return f"<|bos|><|system|>{body}<|end|>"
+
+    def segment(
+        self,
+        history: Sequence[ChatMessage],
+        new: Sequence[ChatMessage],
+        *,
+        system: str = DEFAULT_SYSTEM_PROMPT,
+        tools: Sequence[dict[str, Any]] = (),
+    ) -> str:
+        if not new:
+            raise ChatFormatError("a segment needs at least one new message")
+        parts: list[str] = []
+        if not history:
+            parts.append(self.system_segment(system, tools))
+        last = history[-1] if history else None
+        if new[0].role == "user" and last is not None and last.role == "assistant":
+            raw = last.raw if last.raw is not None else last.content
+            if not raw.endswith(self.stop_strings):
+                parts.append("<|end|>")
+        for msg in new:
+            if msg.role == "user":
+                parts.append(f"<|user|>{msg.content}<|end|>")
+            elif msg.role == "tool":
+                parts.append(f"<|tool_result|>{msg.content}<|/tool_result|>")
+            else:
+                raise ChatFormatError(f"cannot render a new {msg.role!r} message; the model writes those")
+        parts.append("<|assistant|>")
+        return "".join(parts)
+
+
+class HermesToolCalls(_TaggedToolCalls):
+    """Hermes / Qwen-style tool calls: `<tool_call>{json}</tool_call>`."""
+
+    tool_call_open = "<tool_call>"
+    tool_call_close = "</tool_call>"
+    stop_strings: tuple[str, ...] = ()
+
+
+def _sandbox() -> Any:
+    # Imported here: only checkpoints with a template need jinja2.
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+
+    def raise_exception(message: str) -> None:
+        from jinja2.exceptions import TemplateError
+
+        raise TemplateError(message)
+
+    def tojson(
+        x: Any,
+        ensure_ascii: bool = False,
+        indent: int | None = None,
+        separators: tuple[str, str] | None = None,
+        sort_keys: bool = False,
+    ) -> str:
+        # Jinja's own tojson escapes HTML characters; templates expect plain json.dumps.
+        return json.dumps(
+            x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+        )
+
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env
+
+
+class JinjaChatFormat(HermesToolCalls):
+    """A Hugging Face chat template, rendered incrementally.
+
+    The text in the state is `render(history[:-1], add_generation_prompt=True) + history[-1].raw`
+    (the last message being the assistant's, as the model decoded it). The new segment is
+    `render(history + new, add_generation_prompt=True)` minus that text, which must be a prefix of it:
+    when it is not, the template rewrote something already read and `TemplateNotPrefixStable` is raised.
+    Assistant messages are passed to the template with their raw text (tool-call markup included) as
+    `content`, so the template reproduces exactly what the model wrote.
+    """
+
+    def __init__(
+        self,
+        template: str,
+        *,
+        bos_token: str = "",
+        eos_token: str = "",
+        stop_strings: Sequence[str] = (),
+        name: str = "jinja",
+        extra_context: dict[str, Any] | None = None,
+    ) -> None:
+        from jinja2.exceptions import TemplateSyntaxError
+
+        try:
+            self._template = _sandbox().from_string(template)
+        except TemplateSyntaxError as exc:
+            raise ChatFormatError(f"the chat template does not parse: {exc}") from exc
+        self.name = name
+        self.bos_token = bos_token
+        self.eos_token = eos_token
+        stops = tuple(s for s in (*stop_strings, eos_token) if s)
+        self.stop_strings = tuple(dict.fromkeys(stops))
+        self._extra = dict(extra_context or {})
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **kwargs: Any) -> JinjaChatFormat:
+        """Read the template of a Hugging Face checkpoint directory (chat_template.jinja, or
+        `chat_template` in tokenizer_config.json) and its bos/eos tokens."""
+        root = Path(path)
+        config: dict[str, Any] = {}
+        if (root / "tokenizer_config.json").is_file():
+            config = json.loads((root / "tokenizer_config.json").read_text(encoding="utf-8"))
+        template = config.get("chat_template")
+        if (root / "chat_template.jinja").is_file():
+            template = (root / "chat_template.jinja").read_text(encoding="utf-8")
+        if isinstance(template, list):  # a list of named templates: use "default"
+            template = next((t["template"] for t in template if t.get("name") == "default"), None)
+        if not isinstance(template, str):
+            raise ChatFormatError(f"no chat template in {root}; pass a native model or a checkpoint with one")
+
+        def token(key: str) -> str:
+            value = config.get(key) or ""
+            return value.get("content", "") if isinstance(value, dict) else str(value)
+
+        kwargs.setdefault("name", root.name or "jinja")
+        return cls(template, bos_token=token("bos_token"), eos_token=token("eos_token"), **kwargs)
+
+    @staticmethod
+    def _as_template_message(msg: ChatMessage) -> dict[str, Any]:
+        if msg.role == "assistant":
+            return {"role": "assistant", "content": msg.content if msg.raw is None else msg.raw}
+        out: dict[str, Any] = {"role": msg.role, "content": msg.content}
+        if msg.name is not None:
+            out["name"] = msg.name
+        return out
+
+    def render(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        add_generation_prompt: bool,
+        tools: Sequence[dict[str, Any]] = (),
+    ) -> str:
+        from jinja2.exceptions import TemplateError
+
+        context = {
+            **self._extra,
+            "messages": [self._as_template_message(m) for m in messages],
+            "add_generation_prompt": add_generation_prompt,
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            # HF's convention: a list of {"type": "function", "function": schema}; None when empty.
+            "tools": [{"type": "function", "function": t} for t in tools] or None,
+        }
+        try:
+            return self._template.render(**context)
+        except TemplateError as exc:
+            raise ChatFormatError(f"the chat template failed to render: {exc}") from exc
+
+    def _strip_stop(self, raw: str) -> str:
+        for stop in self.stop_strings:
+            if raw.endswith(stop):
+                return raw[: -len(stop)]
+        return raw
+
+    def segment(
+        self,
+        history: Sequence[ChatMessage],
+        new: Sequence[ChatMessage],
+        *,
+        system: str = DEFAULT_SYSTEM_PROMPT,
+        tools: Sequence[dict[str, Any]] = (),
+    ) -> str:
+        if not new:
+            raise ChatFormatError("a segment needs at least one new message")
+        # The system message is part of the history the template sees from the first segment on.
+        full_history = [ChatMessage("system", system), *history] if system else list(history)
+        if history:
+            last = history[-1]
+            if last.role != "assistant":
+                raise ChatFormatError("a new segment must follow an assistant message")
+            raw = last.raw if last.raw is not None else last.content
+            in_state = self.render(full_history[:-1], add_generation_prompt=True, tools=tools) + raw
+            # The template sees the assistant's text without the stop token (it adds its own).
+            full_history[-1] = ChatMessage("assistant", last.content, raw=self._strip_stop(raw))
+        else:
+            in_state = ""
+        full = self.render([*full_history, *new], add_generation_prompt=True, tools=tools)
+        if not full.startswith(in_state):
+            at = next(
+                (i for i, (a, b) in enumerate(zip(full, in_state, strict=False)) if a != b),
+                min(len(full), len(in_state)),
+            )
+            raise TemplateNotPrefixStable(
+                f"chat template {self.name!r} is not prefix-stable: adding a message rewrites text the model "
+                f"has already read (at char {at}: {in_state[at : at + 40]!r} became {full[at : at + 40]!r}). "
+                "Start a new session, or use a model whose template only appends."
+            )
+        return full[len(in_state) :]
