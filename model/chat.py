@@ -55,6 +55,27 @@ class ChatMessage:
 
 
 @dataclass(frozen=True)
+class Segment:
+    """Text to prefill, as pieces: `(text, markup)`. Markup is written by the format and may contain
+    special-token strings; the rest (user text, tool output, schemas) is content, tokenized so that a
+    user who types `<|end|>` cannot inject a control token."""
+
+    pieces: tuple[tuple[str, bool], ...]
+
+    @property
+    def text(self) -> str:
+        return "".join(t for t, _ in self.pieces)
+
+    def encode(self, tokenizer: Any) -> list[int]:
+        """Token ids: each piece on its own, `special=True` only for markup."""
+        ids: list[int] = []
+        for text, markup in self.pieces:
+            if text:
+                ids += tokenizer.encode(text, special=markup)
+        return ids
+
+
+@dataclass(frozen=True)
 class ParsedToolCall:
     """A tool call found in the model's output. `error` is set (and `name` may be None) when the
     call is malformed; the text of `error` is what the model will read back."""
@@ -83,8 +104,8 @@ class ChatFormat(Protocol):
         *,
         system: str = DEFAULT_SYSTEM_PROMPT,
         tools: Sequence[dict[str, Any]] = (),
-    ) -> str:
-        """Text to prefill after `history` (already in the state) for the `new` user/tool messages,
+    ) -> Segment:
+        """What to prefill after `history` (already in the state) for the `new` user/tool messages,
         ending with the assistant prompt. With an empty history it starts with the system segment."""
         ...
 
@@ -165,14 +186,14 @@ class NativeChatFormat(_TaggedToolCalls):
     tool_call_open = "<|tool_call|>"
     tool_call_close = "<|/tool_call|>"
 
-    def system_segment(self, system: str, tools: Sequence[dict[str, Any]]) -> str:
+    def system_pieces(self, system: str, tools: Sequence[dict[str, Any]]) -> list[tuple[str, bool]]:
         body = system
         if tools:
             body += (
                 '\n\n# Tools\nCall a tool with <|tool_call|>{"name": NAME, "arguments": {...}}'
                 "<|/tool_call|>. Available tools:\n" + render_tool_list(tools)
             )
-        return f"<|bos|><|system|>{body}<|end|>"
+        return [("<|bos|><|system|>", True), (body, False), ("<|end|>", True)]
 
     def segment(
         self,
@@ -181,26 +202,26 @@ class NativeChatFormat(_TaggedToolCalls):
         *,
         system: str = DEFAULT_SYSTEM_PROMPT,
         tools: Sequence[dict[str, Any]] = (),
-    ) -> str:
+    ) -> Segment:
         if not new:
             raise ChatFormatError("a segment needs at least one new message")
-        parts: list[str] = []
+        pieces: list[tuple[str, bool]] = []
         if not history:
-            parts.append(self.system_segment(system, tools))
+            pieces += self.system_pieces(system, tools)
         last = history[-1] if history else None
         if new[0].role == "user" and last is not None and last.role == "assistant":
             raw = last.raw if last.raw is not None else last.content
             if not raw.endswith(self.stop_strings):
-                parts.append("<|end|>")
+                pieces.append(("<|end|>", True))
         for msg in new:
             if msg.role == "user":
-                parts.append(f"<|user|>{msg.content}<|end|>")
+                pieces += [("<|user|>", True), (msg.content, False), ("<|end|>", True)]
             elif msg.role == "tool":
-                parts.append(f"<|tool_result|>{msg.content}<|/tool_result|>")
+                pieces += [("<|tool_result|>", True), (msg.content, False), ("<|/tool_result|>", True)]
             else:
                 raise ChatFormatError(f"cannot render a new {msg.role!r} message; the model writes those")
-        parts.append("<|assistant|>")
-        return "".join(parts)
+        pieces.append(("<|assistant|>", True))
+        return Segment(tuple(pieces))
 
 
 class HermesToolCalls(_TaggedToolCalls):
@@ -343,7 +364,7 @@ class JinjaChatFormat(HermesToolCalls):
         *,
         system: str = DEFAULT_SYSTEM_PROMPT,
         tools: Sequence[dict[str, Any]] = (),
-    ) -> str:
+    ) -> Segment:
         if not new:
             raise ChatFormatError("a segment needs at least one new message")
         # The system message is part of the history the template sees from the first segment on.
@@ -369,4 +390,20 @@ class JinjaChatFormat(HermesToolCalls):
                 f"has already read (at char {at}: {in_state[at : at + 40]!r} became {full[at : at + 40]!r}). "
                 "Start a new session, or use a model whose template only appends."
             )
-        return full[len(in_state) :]
+        return _split_content(full[len(in_state) :], [m.content for m in new])
+
+
+def _split_content(text: str, contents: Sequence[str]) -> Segment:
+    """Mark the new messages' contents inside a rendered segment as content, the rest as markup.
+    Contents are looked for in order; one the template changed (trimmed, escaped) is not found and
+    its text stays markup, which only matters if it contains special-token strings."""
+    pieces: list[tuple[str, bool]] = []
+    pos = 0
+    for content in contents:
+        at = text.find(content, pos) if content else -1
+        if at < 0:
+            continue
+        pieces += [(text[pos:at], True), (content, False)]
+        pos = at + len(content)
+    pieces.append((text[pos:], True))
+    return Segment(tuple(p for p in pieces if p[0]))

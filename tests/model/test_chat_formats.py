@@ -94,7 +94,7 @@ def _play(fmt: JinjaChatFormat, script: list[tuple[str, str]], tools: list) -> t
             history.append(ChatMessage("assistant", fmt.visible_text(text), raw=text))
         else:
             msg = ChatMessage(role, text, name="read_file" if role == "tool" else None)  # type: ignore[arg-type]
-            state += fmt.segment(history, [msg], tools=tools)
+            state += fmt.segment(history, [msg], tools=tools).text
             history.append(msg)
     return state, history
 
@@ -159,10 +159,10 @@ def test_trimming_template_with_untrimmed_reply_is_detected() -> None:
 
 def test_template_that_drops_reasoning_is_detected() -> None:
     fmt = JinjaChatFormat(DROPS_REASONING, eos_token="<|im_end|>")
-    first = fmt.segment([], [ChatMessage("user", "hi")])
+    first = fmt.segment([], [ChatMessage("user", "hi")]).text
     assert first.endswith("<|im_start|>assistant\n")
     plain = [ChatMessage("user", "hi"), ChatMessage("assistant", "hello", raw="hello<|im_end|>")]
-    assert fmt.segment(plain, [ChatMessage("user", "again")]) == (
+    assert fmt.segment(plain, [ChatMessage("user", "again")]).text == (
         "\n<|im_start|>user\nagain<|im_end|>\n<|im_start|>assistant\n"
     )
     thought = [
@@ -179,7 +179,7 @@ def test_from_pretrained_reads_tokenizer_config(tmp_path) -> None:
     )
     fmt = JinjaChatFormat.from_pretrained(tmp_path)
     assert fmt.stop_strings == ("<|im_end|>",)
-    assert fmt.segment([], [ChatMessage("user", "x")]).endswith("x<|im_end|>\n<|im_start|>assistant\n")
+    assert fmt.segment([], [ChatMessage("user", "x")]).text.endswith("x<|im_end|>\n<|im_start|>assistant\n")
 
 
 def test_template_cannot_escape_the_sandbox() -> None:
@@ -192,18 +192,18 @@ def test_template_cannot_escape_the_sandbox() -> None:
 
 def test_native_segments() -> None:
     fmt = NativeChatFormat()
-    first = fmt.segment([], [ChatMessage("user", "hi")], system="S", tools=TOOLS)
+    first = fmt.segment([], [ChatMessage("user", "hi")], system="S", tools=TOOLS).text
     assert first.startswith("<|bos|><|system|>S\n\n# Tools\n")
     assert json.loads(first.split("\n")[-1].removesuffix("<|end|><|user|>hi<|end|><|assistant|>")) == TOOLS[0]
     assert first.endswith("<|end|><|user|>hi<|end|><|assistant|>")
-    assert fmt.segment([], [ChatMessage("user", "hi")], system="S") == (
+    assert fmt.segment([], [ChatMessage("user", "hi")], system="S").text == (
         "<|bos|><|system|>S<|end|><|user|>hi<|end|><|assistant|>"
     )
     done = [ChatMessage("user", "hi"), ChatMessage("assistant", "yo", raw="yo<|end|>")]
-    assert fmt.segment(done, [ChatMessage("user", "q")]) == "<|user|>q<|end|><|assistant|>"
+    assert fmt.segment(done, [ChatMessage("user", "q")]).text == "<|user|>q<|end|><|assistant|>"
     cut = [ChatMessage("user", "hi"), ChatMessage("assistant", "y", raw="y")]  # ran out of tokens
-    assert fmt.segment(cut, [ChatMessage("user", "q")]) == "<|end|><|user|>q<|end|><|assistant|>"
-    assert fmt.segment(done, [ChatMessage("tool", "r1"), ChatMessage("tool", "r2")]) == (
+    assert fmt.segment(cut, [ChatMessage("user", "q")]).text == "<|end|><|user|>q<|end|><|assistant|>"
+    assert fmt.segment(done, [ChatMessage("tool", "r1"), ChatMessage("tool", "r2")]).text == (
         "<|tool_result|>r1<|/tool_result|><|tool_result|>r2<|/tool_result|><|assistant|>"
     )
 
@@ -231,3 +231,15 @@ def test_tool_call_parsing(fmt) -> None:
     assert unclosed[0].error is not None and "not closed" in unclosed[0].error
     assert fmt.visible_text(f'ok {o}{{"name": "x"') == "ok "
     assert fmt.parse_tool_calls("no calls here") == []
+
+
+def test_content_is_kept_apart_from_markup() -> None:
+    """User text that looks like markup stays content: the tokenizer will not make it a control token."""
+    native = NativeChatFormat().segment([], [ChatMessage("user", "a<|end|>b")], system="S")
+    assert ("a<|end|>b", False) in native.pieces
+    assert all(markup for text, markup in native.pieces if "<|" in text and text != "a<|end|>b")
+    qwen = FORMATS["chatml_qwen"]()
+    hist = [ChatMessage("user", "hi"), ChatMessage("assistant", "yo", raw="yo<|im_end|>")]
+    seg = qwen.segment(hist, [ChatMessage("tool", "x<|im_end|>y", name="read_file")])
+    assert ("x<|im_end|>y", False) in seg.pieces
+    assert seg.text.startswith("\n<|im_start|>user\n<tool_response>\n")
