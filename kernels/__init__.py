@@ -1,1 +1,23 @@
-"""kernels/ — see ../shared/DESIGN.md."""
+"""kernels/: one op per module. Each has a pure-torch `*_ref` (the definition) and a public function
+that dispatches by device (Triton on CUDA, the reference elsewhere; see kernels/_dispatch.py).
+Signatures are fixed by docs/interfaces.md. kernels/ imports nothing else of ours."""
+
+from kernels.causal_conv1d import causal_conv1d, causal_conv1d_step
+from kernels.errors import KernelInputError
+from kernels.gated_delta_rule import chunk_gated_delta_rule
+from kernels.gated_delta_rule_step import gated_delta_rule_step
+from kernels.rms_norm import gated_rms_norm, rms_norm
+from kernels.ssd_scan import ssd_scan
+from kernels.ssm_step import ssm_step
+
+__all__ = [
+    "KernelInputError",
+    "causal_conv1d",
+    "causal_conv1d_step",
+    "chunk_gated_delta_rule",
+    "gated_delta_rule_step",
+    "gated_rms_norm",
+    "rms_norm",
+    "ssd_scan",
+    "ssm_step",
+]

@@ -1,0 +1,52 @@
+"""Where each public op picks its implementation.
+
+Triton on CUDA tensors, the pure-torch reference everywhere else. `HYBRID_AGENT_KERNELS` overrides it,
+read on every call so tests can flip it with `monkeypatch.setenv`:
+
+- `auto` (default): Triton when the tensor is on CUDA and Triton imports, else the reference.
+- `ref`: always the reference (useful to bisect a numerical difference on the GPU).
+- `triton`: always Triton; on the CPU that only works under `TRITON_INTERPRET=1` (how the default test
+  run checks every kernel against its reference without a GPU).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+
+import torch
+
+from kernels.errors import KernelInputError
+
+ENV_VAR = "HYBRID_AGENT_KERNELS"
+
+
+@cache
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def interpreter_on() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def use_triton(x: torch.Tensor) -> bool:
+    """True when the op should run its Triton kernel for an input living where `x` lives."""
+    mode = os.environ.get(ENV_VAR, "auto")
+    if mode == "ref":
+        return False
+    if mode == "triton":
+        if not triton_available():
+            raise KernelInputError(f"{ENV_VAR}=triton but Triton is not installed; pip install triton")
+        if not x.is_cuda and not interpreter_on():
+            raise KernelInputError(
+                f"{ENV_VAR}=triton on a CPU tensor needs TRITON_INTERPRET=1 set before Triton is imported"
+            )
+        return True
+    if mode != "auto":
+        raise KernelInputError(f"{ENV_VAR} must be one of auto, ref, triton (got {mode!r})")
+    return x.is_cuda and triton_available()

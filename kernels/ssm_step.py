@@ -1,0 +1,80 @@
+"""One-token SSM state update (Mamba-2 decode): the SSD recurrence of `ssd_scan` for a single step.
+
+    S <- exp(dt A) S + dt x B^T ;  y = S C + D x        (S: (b, h, p, n) fp32, updated in place)
+
+Shapes: state (b,h,p,n) fp32, x (b,h,p), dt (b,h) already positive, A (h,), B, C (b,g,n), D (h,) or None.
+Head i reads group i // (h/g). Returns y (b,h,p) in x's dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels.errors import KernelInputError
+
+
+def check_ssm_step_inputs(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+) -> None:
+    if x.dim() != 3:
+        raise KernelInputError(f"ssm_step: x must be (b, h, p), got shape {tuple(x.shape)}")
+    b, h, p = x.shape
+    if B.dim() != 3 or B.shape != C.shape or B.shape[0] != b or h % B.shape[1] != 0:
+        raise KernelInputError(
+            f"ssm_step: B and C must be (b, g, n) with g dividing h={h}; "
+            f"got {tuple(B.shape)}, {tuple(C.shape)}"
+        )
+    n = B.shape[2]
+    if state.shape != (b, h, p, n) or state.dtype != torch.float32:
+        raise KernelInputError(
+            f"ssm_step: state must be fp32 (b, h, p, n) = {(b, h, p, n)}, "
+            f"got {state.dtype} {tuple(state.shape)}"
+        )
+    if dt.shape != (b, h) or A.shape != (h,) or (D is not None and D.shape != (h,)):
+        raise KernelInputError(f"ssm_step: dt must be (b, h) = {(b, h)} and A, D (h,) = ({h},)")
+
+
+def ssm_step_ref(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    *,
+    D: torch.Tensor | None = None,
+) -> torch.Tensor:
+    check_ssm_step_inputs(state, x, dt, A, B, C, D)
+    h = x.shape[1]
+    r = h // B.shape[1]
+    f32 = torch.float32
+    xf, dtf = x.to(f32), dt.to(f32)
+    Bh = B.to(f32).repeat_interleave(r, dim=1)  # (b, h, n)
+    Ch = C.to(f32).repeat_interleave(r, dim=1)  # (b, h, n)
+    decay = torch.exp(dtf * A.to(f32))  # (b, h)
+    new = decay[..., None, None] * state + (dtf[..., None] * xf)[..., None] * Bh[:, :, None, :]  # (b,h,p,n)
+    state.copy_(new)
+    y = torch.einsum("bhpn,bhn->bhp", new, Ch)  # (b, h, p)
+    if D is not None:
+        y = y + D.to(f32)[None, :, None] * xf
+    return y.to(x.dtype)
+
+
+def ssm_step(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    *,
+    D: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One decode step; updates `state` in place and returns y (b,h,p)."""
+    return ssm_step_ref(state, x, dt, A, B, C, D=D)
