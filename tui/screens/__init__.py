@@ -1,0 +1,1 @@
+"""Screens pushed over the conversation: approval, session browser, help, dialogs, loading."""

@@ -1,0 +1,188 @@
+"""What the slash commands, the palette and the session browser do to the agent.
+
+A mixin of `HybridAgentApp`: each action runs the agent call on the agent thread (through the
+bridge), redraws what changed, and reports failures as notifications, never as a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from textual import work
+
+from tui.bridge import error_text
+from tui.clipboard import copy_to_system_clipboard
+from tui.history import redraw
+from tui.screens.sessions import BrowserChoice, SessionBrowser
+from tui.slash import ParsedCommand, SlashCommandError, parse
+
+if TYPE_CHECKING:
+    from tui.app import HybridAgentApp
+
+    _Base = HybridAgentApp
+else:
+    _Base = object
+
+
+class SessionActions(_Base):
+    # --- slash commands -------------------------------------------------------------------------
+    async def run_slash(self, text: str) -> None:
+        try:
+            cmd = parse(text)
+        except SlashCommandError as exc:
+            self.notify(str(exc), severity="warning")
+            return
+        await self.dispatch_command(cmd)
+
+    async def dispatch_command(self, cmd: ParsedCommand) -> None:
+        a = cmd.args
+        if cmd.name == "new":
+            await self.action_new_session()
+        elif cmd.name == "resume":
+            if a:
+                await self.open_session("resume", a[0])
+            else:
+                self.action_sessions()
+        elif cmd.name == "fork":
+            await self.action_fork(int(a[0]) if a else None)
+        elif cmd.name == "rewind":
+            await self.rewind(int(a[0]), revert_files="files" in a[1:])
+        elif cmd.name == "undo":
+            await self.action_undo()
+        elif cmd.name == "tools":
+            await self.action_tools()
+        elif cmd.name == "model":
+            await self.action_model_info()
+        elif cmd.name == "copy":
+            self.action_copy_answer()
+        elif cmd.name == "help":
+            self.action_help()
+        elif cmd.name == "quit":
+            await self.action_quit()
+
+    async def _agent(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> tuple[bool, Any]:
+        """Call the agent on its thread; on failure say so and return (False, None)."""
+        if self.bridge.agent is None:
+            self.notify("the model is not loaded yet", severity="warning")
+            return False, None
+        if self.bridge.turn_running:
+            self.notify(f"cannot {what} while a turn is running (esc cancels it)", severity="warning")
+            return False, None
+        try:
+            return True, await self.bridge.call(fn, *args, **kwargs)
+        except Exception as exc:
+            self.notify(f"could not {what}: {error_text(exc)}", severity="error", timeout=8)
+            return False, None
+
+    async def _redraw(self) -> None:
+        ok, events = await self._agent("load the history", lambda: self.bridge.agent.history())
+        if ok:
+            await redraw(self.conversation, events, tail=self.conversation.max_widgets)
+        self.refresh_status()
+
+    # --- sessions -------------------------------------------------------------------------------
+    async def action_new_session(self) -> None:
+        ok, _ = await self._agent("start a new session", lambda: self.bridge.agent.new_session())
+        if ok:
+            await self.conversation.clear()
+            self.last_answer = ""
+            self.refresh_status(saved_turn=None)
+            self.notify("new session")
+
+    def action_sessions(self) -> None:
+        if self.bridge.agent is None:
+            self.notify("the model is not loaded yet", severity="warning")
+            return
+        browser = SessionBrowser(self, current_id=self.bridge.agent.session_id, clock=self.clock)
+        self.push_screen(browser, self._browser_closed)
+
+    @work(group="session")
+    async def _browser_closed(self, choice: BrowserChoice | None) -> None:
+        if choice is not None:
+            await self.open_session(*choice)
+
+    async def open_session(self, how: str, session_id: str) -> None:
+        ok, _ = await self._agent("resume the session", lambda: self.bridge.agent.resume(session_id))
+        if not ok:
+            return
+        if how == "fork":
+            turn = self.bridge.agent.turn
+            ok, _ = await self._agent("fork the session", lambda: self.bridge.agent.fork(turn))
+            if not ok:
+                return
+        await self._redraw()
+        word = "forked" if how == "fork" else "resumed"
+        self.notify(f"{word} session {self.bridge.agent.session_id[:8]} at turn {self.bridge.agent.turn}")
+
+    async def action_fork(self, turn: int | None = None) -> None:
+        if self.bridge.agent is None:
+            return
+        at = self.bridge.agent.turn if turn is None else turn
+        ok, new_id = await self._agent("fork", lambda: self.bridge.agent.fork(at))
+        if ok:
+            if turn is not None:
+                await self._redraw()
+            self.notify(f"forked at turn {at}: now in session {str(new_id)[:8]}")
+
+    async def rewind(self, turn: int, *, revert_files: bool) -> None:
+        ok, _ = await self._agent("rewind", lambda: self.bridge.agent.rewind(turn, revert_files=revert_files))
+        if ok:
+            await self._redraw()
+            files = " and reverted the files" if revert_files else ""
+            self.notify(f"rewound to turn {turn}{files}")
+
+    # SessionSource for the browser: the browser never touches the agent itself.
+    async def list_sessions(self) -> Sequence[Any]:
+        return await self.bridge.call(lambda: self.bridge.agent.sessions())  # type: ignore[no-any-return]
+
+    async def rename_session(self, session_id: str, title: str) -> None:
+        await self.bridge.call(lambda: self.bridge.agent.rename(session_id, title))
+
+    async def delete_session(self, session_id: str) -> None:
+        await self.bridge.call(lambda: self.bridge.agent.delete(session_id))
+
+    # --- the rest -------------------------------------------------------------------------------
+    async def action_undo(self) -> None:
+        ok, what = await self._agent("undo", lambda: self.bridge.agent.undo())
+        if ok:
+            await self.conversation.add_notice(f"undo: {what}")
+
+    async def action_tools(self) -> None:
+        ok, tools = await self._agent("list the tools", lambda: _tool_lines(self.bridge.agent))
+        if ok:
+            await self.conversation.add_notice("tools:\n" + "\n".join(tools))
+
+    async def action_model_info(self) -> None:
+        agent = self.bridge.agent
+        if agent is None:
+            return
+        s = self.status_info
+        await self.conversation.add_notice(
+            f"model {s.model} on {s.device}; state {s.state_tokens:,} tokens, {s.state_bytes / 1e6:.1f} MB; "
+            f"window {'full' if s.window is None else s.window}; "
+            f"session {agent.session_id[:8]}, turn {agent.turn}"
+        )
+
+    def action_copy_answer(self) -> None:
+        if not self.last_answer:
+            self.notify("no answer to copy yet", severity="warning")
+            return
+        self.copy_to_clipboard(self.last_answer)  # OSC 52: works over ssh in most terminals
+        tool = copy_to_system_clipboard(self.last_answer) if self.system_clipboard else None
+        self.notify(f"copied the last answer ({len(self.last_answer)} chars{f', {tool}' if tool else ''})")
+
+
+def _tool_lines(agent: Any) -> list[str]:
+    """One line per tool: name, source, description. Read from the agent's registry."""
+    registry = getattr(agent, "registry", None)
+    tools = getattr(agent, "tools", None) or (registry.tools() if hasattr(registry, "tools") else [])
+    if isinstance(tools, dict):
+        tools = list(tools.values())
+    lines = []
+    for t in tools:
+        name = getattr(t, "name", str(t))
+        source = getattr(t, "source", "builtin")
+        desc = (getattr(t, "description", "") or "").strip().splitlines()
+        lines.append(f"  {name:<16} {source:<10} {desc[0] if desc else ''}")
+    return lines or ["  (none)"]
