@@ -1,1 +1,31 @@
-"""tools/ — see ../shared/DESIGN.md."""
+"""tools/ — the tool layer: typed tools, a registry with plugins and MCP servers, a confined
+workspace, approvals and an undo journal. See ../docs/interfaces.md and /work/shared/DESIGN.md."""
+
+from tools.base import Limits, Policy, Preview, Tool, ToolContext, ToolResult, tool
+from tools.errors import MCPServerError, ToolDefinitionError, ToolError, UndoError, WorkspaceError
+from tools.journal import Journal, JournalEntry, MemoryJournal, undo_after_turn, undo_last
+from tools.registry import ENTRY_POINT_GROUP, ToolRegistry
+from tools.workspace import Workspace
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Journal",
+    "JournalEntry",
+    "Limits",
+    "MCPServerError",
+    "MemoryJournal",
+    "Policy",
+    "Preview",
+    "Tool",
+    "ToolContext",
+    "ToolDefinitionError",
+    "ToolError",
+    "ToolRegistry",
+    "ToolResult",
+    "UndoError",
+    "Workspace",
+    "WorkspaceError",
+    "tool",
+    "undo_after_turn",
+    "undo_last",
+]

@@ -1,0 +1,205 @@
+"""run_command: a shell command in the workspace, with its file changes journaled.
+
+A command can change any file, so its changes cannot be caught write by write. Instead the workspace
+is compared before and after: every regular file (not `.git`, not ignored, not the agent's config) is
+stat-ed and its content kept beforehand; afterwards a file whose size, mtime or inode differ is read
+again and, if its bytes really changed, the change is journaled like any tool write and can be
+undone. Files over the snapshot budget are only stat-ed: a change to them is reported as not
+undoable. The command itself is NOT confined (it is a shell): that is why it is off unless the user
+enables it and asks for approval by default.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tools.base import Preview, Tool, ToolContext, ToolResult
+from tools.errors import WorkspaceError
+from tools.workspace import Workspace
+
+_GRACE_S = 2.0
+
+
+@dataclass(frozen=True)
+class FileState:
+    size: int
+    mtime_ns: int
+    inode: int
+    content: bytes | None  # None: over the snapshot budget, not kept
+
+
+def snapshot(ws: Workspace, *, budget: int, per_file_max: int) -> dict[str, FileState]:
+    """Stat every regular file of the workspace (listing rules), keeping contents within `budget`."""
+    out: dict[str, FileState] = {}
+    used = 0
+    for e in ws.iter_entries("."):
+        if e.kind != "file" or ws.is_protected(e.path):
+            continue
+        try:
+            st = os.stat(ws.root / e.path, follow_symlinks=False)
+            content = None
+            if st.st_size <= per_file_max and used + st.st_size <= budget:
+                content = ws.read_bytes(e.path, max_bytes=per_file_max)[1]
+                used += len(content)
+        except (OSError, WorkspaceError):
+            continue  # vanished or unreadable: it cannot be journaled either way
+        out[e.path] = FileState(st.st_size, st.st_mtime_ns, st.st_ino, content)
+    return out
+
+
+def journal_changes(ctx: ToolContext, before: dict[str, FileState]) -> tuple[list[str], list[str]]:
+    """Record the differences between `before` and now. Returns (journaled paths, not undoable paths)."""
+    ws = ctx.workspace
+    after = snapshot(
+        ws, budget=ctx.limits.command_snapshot_max_bytes, per_file_max=ctx.limits.journal_max_bytes
+    )
+    changed: list[str] = []
+    lost: list[str] = []
+    with ws.lock:
+        for rel in sorted(before.keys() | after.keys()):
+            old, new = before.get(rel), after.get(rel)
+            if (
+                old is not None
+                and new is not None
+                and (old.size, old.mtime_ns, old.inode) == (new.size, new.mtime_ns, new.inode)
+            ):
+                continue
+            if (new is not None and new.content is None) or (old is not None and old.content is None):
+                lost.append(rel)  # too big to keep a copy of
+                continue
+            old_bytes = None if old is None else old.content
+            new_bytes = None if new is None else new.content
+            if old_bytes == new_bytes:
+                continue  # touched, or rewritten with the same bytes
+            ctx.journal.record(ctx.turn, rel, old_bytes, new_bytes)
+            changed.append(rel)
+    return changed, lost
+
+
+class _Output:
+    """Collects a stream, keeping its head and its tail within a character budget (errors are usually
+    at the end, the command's first words at the start); the middle is counted, not kept."""
+
+    def __init__(self, budget: int) -> None:
+        self.head = bytearray()
+        self.tail: collections.deque[bytes] = collections.deque()
+        self.tail_len = 0
+        self.dropped = 0
+        self.half = max(1, budget // 2)
+
+    def feed(self, chunk: bytes) -> None:
+        room = self.half - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+            chunk = chunk[room:]
+        if not chunk:
+            return
+        self.tail.append(chunk)
+        self.tail_len += len(chunk)
+        while self.tail_len - len(self.tail[0]) >= self.half:
+            self.dropped += len(self.tail[0])
+            self.tail_len -= len(self.tail.popleft())
+
+    def text(self) -> str:
+        tail = b"".join(self.tail)
+        if len(tail) > self.half:
+            self.dropped += len(tail) - self.half
+            tail = tail[-self.half :]
+        mid = f"\n... [{self.dropped} bytes of output not shown] ...\n" if self.dropped else ""
+        return self.head.decode("utf-8", "replace") + mid + tail.decode("utf-8", "replace")
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the command's process group, SIGKILL whatever is left after a grace period."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=_GRACE_S)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+class RunCommand(Tool):
+    """Run a shell command in the workspace folder and return its output and exit code."""
+
+    name = "run_command"
+    policy = "ask"
+
+    class Args(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        command: str = Field(min_length=1, description="The shell command line (run with /bin/sh -c).")
+        timeout_s: int = Field(60, ge=1, le=600, description="Seconds before the command is killed.")
+
+    def preview(self, args: Any, ctx: ToolContext) -> Preview:
+        return Preview(
+            summary=f"run `{args.command}` in {ctx.workspace.root}",
+            command=args.command,
+            path=str(ctx.workspace.root),
+        )
+
+    def run(self, args: Any, ctx: ToolContext) -> ToolResult:
+        limits = ctx.limits
+        before = snapshot(
+            ctx.workspace, budget=limits.command_snapshot_max_bytes, per_file_max=limits.journal_max_bytes
+        )
+        out = _Output(limits.command_output_max_chars)
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", args.command],
+            cwd=ctx.workspace.root,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so a timeout kills the children too
+        )
+        assert proc.stdout is not None
+
+        def pump() -> None:
+            # read1 returns what is there; the reader never holds more than the budget.
+            while chunk := proc.stdout.read1(65536):  # type: ignore[union-attr]
+                out.feed(chunk)
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        deadline = time.monotonic() + args.timeout_s
+        stop_reason = None
+        while True:
+            try:
+                proc.wait(timeout=0.05)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if ctx.cancel.is_set():
+                stop_reason = "cancelled"
+            elif time.monotonic() > deadline:
+                stop_reason = f"timed out after {args.timeout_s} s"
+            if stop_reason:
+                _kill_group(proc)
+                break
+        # A background child that left the group can keep the pipe open: do not wait for it forever.
+        reader.join(timeout=_GRACE_S)
+        proc.stdout.close()
+        changed, lost = journal_changes(ctx, before)
+        code = proc.returncode
+        text = f"$ {args.command}\n{out.text()}"
+        if not text.endswith("\n"):
+            text += "\n"
+        text += f"[{stop_reason}; killed]" if stop_reason else f"[exit code {code}]"
+        if changed:
+            text += f"\n[changed files (undoable): {', '.join(changed)}]"
+        if lost:
+            text += f"\n[changed files too large to undo: {', '.join(lost)}]"
+        data = {"exit_code": code, "stopped": stop_reason, "changed": changed, "not_undoable": lost}
+        return ToolResult(text, data=data, is_error=bool(stop_reason) or code != 0)

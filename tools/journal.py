@@ -1,0 +1,141 @@
+"""The file journal: before/after bytes of every change tools make, and undo.
+
+`Journal` is a protocol so that `agent/` can back it with memory's file-change table (persisted with
+the session); `MemoryJournal` is the in-process implementation used by tests and by a bare registry.
+
+Undo never overwrites work it did not make: before reverting a change it checks that the file still
+holds exactly what the agent wrote (`after`). If someone edited the file since, the undo is refused
+and nothing at all is changed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Protocol, runtime_checkable
+
+from tools.errors import UndoError, WorkspaceError
+from tools.workspace import Workspace
+
+# Undo reads the current file to compare it; a file bigger than this cannot be one we journaled.
+_UNDO_READ_MAX = 1 << 31
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """One change of one file. `before`/`after` None mean the file did not exist / was deleted."""
+
+    id: int
+    turn: int
+    path: str  # relative to the workspace root, '/'-separated
+    before: bytes | None
+    after: bytes | None
+    reverted: bool = False
+
+
+@runtime_checkable
+class Journal(Protocol):
+    def record(self, turn: int, path: str, before: bytes | None, after: bytes | None) -> None:
+        """Append one change (called right after the change was made)."""
+        ...
+
+    def entries(self, after_turn: int | None = None) -> list[JournalEntry]:
+        """All entries (reverted ones included) oldest first; only turns > `after_turn` if given."""
+        ...
+
+    def mark_reverted(self, entry_ids: Iterable[int]) -> None:
+        """Flag entries as undone so they are not undone twice."""
+        ...
+
+
+class MemoryJournal:
+    """A thread-safe in-memory journal."""
+
+    def __init__(self) -> None:
+        self._entries: list[JournalEntry] = []
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def record(self, turn: int, path: str, before: bytes | None, after: bytes | None) -> None:
+        with self._lock:
+            self._entries.append(JournalEntry(next(self._ids), turn, path, before, after))
+
+    def entries(self, after_turn: int | None = None) -> list[JournalEntry]:
+        with self._lock:
+            return [e for e in self._entries if after_turn is None or e.turn > after_turn]
+
+    def mark_reverted(self, entry_ids: Iterable[int]) -> None:
+        ids = set(entry_ids)
+        with self._lock:
+            self._entries = [replace(e, reverted=True) if e.id in ids else e for e in self._entries]
+
+
+def _current(ws: Workspace, path: str) -> bytes | None:
+    if not ws.resolve(path).exists():
+        return None
+    return ws.read_bytes(path, max_bytes=_UNDO_READ_MAX)[1]
+
+
+def _describe(data: bytes | None) -> str:
+    return "absent" if data is None else f"{len(data)} bytes"
+
+
+def _revert(ws: Workspace, entries: list[JournalEntry]) -> list[str]:
+    """Revert `entries` (oldest first) as one unit: check every file, then change them. Returns the paths."""
+    newest: dict[str, JournalEntry] = {}
+    oldest: dict[str, JournalEntry] = {}
+    for e in entries:
+        newest[e.path] = e
+        oldest.setdefault(e.path, e)
+    conflicts: list[str] = []
+    with ws.lock:
+        for path, e in newest.items():
+            try:
+                now = _current(ws, path)
+            except WorkspaceError as err:
+                conflicts.append(f"{path}: {err}")
+                continue
+            if now != e.after:
+                conflicts.append(
+                    f"{path} was changed outside the agent since turn {e.turn} "
+                    f"(expected {_describe(e.after)}, found {_describe(now)})"
+                )
+        if conflicts:
+            raise UndoError(
+                "undo refused, nothing was changed: "
+                + "; ".join(conflicts)
+                + ". Restore or commit those files yourself, then undo again."
+            )
+        for path, e in oldest.items():
+            if e.before is None:
+                if _current(ws, path) is not None:
+                    ws.delete(path, journal_max_bytes=_UNDO_READ_MAX)
+            else:
+                ws.write_bytes(path, e.before, journal_max_bytes=_UNDO_READ_MAX)
+    return list(oldest)
+
+
+def undo_last(journal: Journal, workspace: Workspace) -> str:
+    """Revert the newest change that is not reverted yet. Raises UndoError when refused."""
+    live = [e for e in journal.entries() if not e.reverted]
+    if not live:
+        raise UndoError("nothing to undo: no file changes are recorded")
+    e = live[-1]
+    _revert(workspace, [e])
+    journal.mark_reverted([e.id])
+    verb = "deleted" if e.before is None else "restored"
+    return f"undid the change to {e.path} from turn {e.turn} ({verb})"
+
+
+def undo_after_turn(journal: Journal, workspace: Workspace, turn: int) -> str:
+    """Revert every change made after `turn`, as one unit. Raises UndoError when refused."""
+    live = [e for e in journal.entries(after_turn=turn) if not e.reverted]
+    if not live:
+        return f"nothing to undo after turn {turn}"
+    paths = _revert(workspace, live)
+    journal.mark_reverted(e.id for e in live)
+    return f"undid {len(live)} change(s) after turn {turn} in {len(paths)} file(s): " + ", ".join(
+        sorted(paths)
+    )
