@@ -1,1 +1,42 @@
-"""memory/ — see ../shared/DESIGN.md."""
+"""memory/ — the session database: sessions, events, per-turn state snapshots with append-only
+attention-cache pages, forks, and the file-change journal (see ../shared/DESIGN.md, Storage).
+
+Speaks `dict[str, torch.Tensor]`, bytes and metadata only; it never imports `model/`.
+"""
+
+from memory.errors import (
+    CorruptDataError,
+    FingerprintMismatchError,
+    InvalidPageError,
+    NotADatabaseError,
+    SchemaTooNewError,
+    SessionNotFoundError,
+    StoreBusyError,
+    StoreError,
+    TurnNotFoundError,
+    TurnOrderError,
+)
+from memory.records import Event, FileChange, FileEdit, Page, SaveStats, SessionInfo, Snapshot, TurnInfo
+from memory.store import Store
+
+__all__ = [
+    "CorruptDataError",
+    "Event",
+    "FileChange",
+    "FileEdit",
+    "FingerprintMismatchError",
+    "InvalidPageError",
+    "NotADatabaseError",
+    "Page",
+    "SaveStats",
+    "SchemaTooNewError",
+    "SessionInfo",
+    "SessionNotFoundError",
+    "Snapshot",
+    "Store",
+    "StoreBusyError",
+    "StoreError",
+    "TurnInfo",
+    "TurnNotFoundError",
+    "TurnOrderError",
+]

@@ -1,0 +1,197 @@
+"""Opening a store database: URL, engine, SQLite pragmas, migrations, retry on a busy database.
+
+SQLite set-up, and why:
+- WAL: readers never block the writer and a killed process never leaves a half-written snapshot.
+- synchronous=FULL: a commit is on disk when `save_turn` returns (a snapshot is the user's work).
+- foreign_keys=ON: SQLite ignores foreign keys unless asked, on every connection.
+- busy timeout + `BEGIN IMMEDIATE` for writes: a writer takes the lock when its transaction starts, so
+  two writers queue instead of failing with SQLITE_BUSY on a lock upgrade; what is left of contention
+  is retried with backoff (`retry_busy`) and never reaches the user as "database is locked".
+pysqlite's own transaction handling is switched off (isolation_level=None) and replaced by explicit
+BEGINs, the SQLAlchemy-documented way to get real transactions (and transactional DDL) from it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import platformdirs
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError
+
+from memory.errors import CorruptDataError, NotADatabaseError, SchemaTooNewError, StoreBusyError
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_S = 10.0  # SQLite's own wait for the lock, per statement
+RETRY_BUDGET_S = 120.0  # our retries on top, per operation, before StoreBusyError
+WRITE_OPTION = "hybrid_agent_write"  # execution option: this transaction will write
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_MIGRATIONS = Path(__file__).with_name("migrations")
+_PG_MIGRATION_LOCK = 0x6879_6272  # pg_advisory_xact_lock key: "hybr"
+
+
+def default_url() -> str:
+    """`sqlite:///$XDG_DATA_HOME/hybrid-agent/sessions.db` (platformdirs honours XDG_DATA_HOME)."""
+    base = Path(platformdirs.user_data_dir("hybrid-agent", appauthor=False))
+    base.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{base / 'sessions.db'}"
+
+
+def normalize_url(url: str | Path | None) -> URL:
+    """None -> the default database; a plain path -> an SQLite file; anything else -> an SQLAlchemy URL."""
+    if url is None:
+        return make_url(default_url())
+    if isinstance(url, Path) or "://" not in url:
+        return make_url(f"sqlite:///{Path(url).expanduser().resolve()}")
+    return make_url(url)
+
+
+def _sqlite_file(url: URL) -> Path | None:
+    db = url.database
+    if not db or db == ":memory:" or db.startswith("file:"):
+        return None
+    return Path(db)
+
+
+def check_sqlite_file(path: Path) -> None:
+    """Refuse, before SQLite touches it, a file that is not an SQLite database."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    if path.is_dir():
+        raise NotADatabaseError(f"{path} is a directory; give the path of a database file (--db)")
+    with path.open("rb") as f:
+        header = f.read(len(_SQLITE_MAGIC))
+    if header != _SQLITE_MAGIC:
+        raise NotADatabaseError(
+            f"{path} is not an SQLite database (it was left untouched); point --db at a sessions "
+            "database, or at a new file name to create one"
+        )
+
+
+def create_store_engine(url: URL) -> Engine:
+    if url.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    path = _sqlite_file(url)
+    if path is not None:
+        check_sqlite_file(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves (see module doc)
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = FULL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        write = conn.get_execution_options().get(WRITE_OPTION, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+def _alembic_config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    return cfg
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    assert head is not None, "memory/migrations/versions is empty"
+    return head
+
+
+def _check_revision(conn: Any, script: ScriptDirectory, where: str) -> str | None:
+    """The database's revision, after refusing a newer or foreign database. Touches nothing."""
+    current = MigrationContext.configure(conn).get_current_revision()
+    if current is None:
+        tables = [t for t in inspect(conn).get_table_names() if t != "alembic_version"]
+        if tables:
+            raise NotADatabaseError(
+                f"{where} already holds tables ({', '.join(sorted(tables)[:5])}) but no hybrid-agent "
+                "schema; it was left untouched — use a separate database for hybrid-agent sessions"
+            )
+        return None
+    try:
+        script.get_revision(current)
+    except CommandError:
+        raise SchemaTooNewError(
+            f"{where} has schema revision {current!r}, newer than this hybrid-agent knows (head "
+            f"{script.get_current_head()!r}); it was left untouched — upgrade hybrid-agent to open it"
+        ) from None
+    return current
+
+
+def migrate(engine: Engine, where: str) -> None:
+    """Bring the schema to head: create it in an empty database, upgrade an older one, never recreate."""
+    cfg = _alembic_config()
+    script = ScriptDirectory.from_config(cfg)
+    head = script.get_current_head()
+    with engine.connect() as conn:  # a read transaction first: the usual case is "already at head"
+        if _check_revision(conn, script, where) == head:
+            return
+    with engine.execution_options(**{WRITE_OPTION: True}).begin() as conn:
+        if conn.dialect.name == "postgresql":  # serialise concurrent first opens
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
+        if _check_revision(conn, script, where) == head:  # someone else migrated meanwhile
+            return
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+def _is_busy(exc: DBAPIError) -> bool:
+    if getattr(exc.orig, "sqlstate", None) in ("40001", "40P01", "55P03"):  # serialization, deadlock, lock
+        return True
+    msg = str(exc.orig).lower()
+    return "database is locked" in msg or "database is busy" in msg or "database table is locked" in msg
+
+
+def translate(exc: DBAPIError, where: str) -> Exception:
+    """Our exception for a driver error a user can hit, or the original one."""
+    msg = str(exc.orig).lower()
+    if "file is not a database" in msg:
+        return NotADatabaseError(f"{where} is not an SQLite database (it was left untouched)")
+    if "malformed" in msg:
+        return CorruptDataError(
+            f"{where}: the database file is damaged ({exc.orig}); restore it from a backup, or run "
+            "`sqlite3 FILE .recover` to salvage what is intact"
+        )
+    return exc
+
+
+def retry_busy(fn: Callable[[], T], what: str) -> T:
+    """Run `fn` (one whole transaction), retrying with jittered backoff while the database is busy."""
+    deadline = time.monotonic() + RETRY_BUDGET_S
+    delay = 0.02
+    while True:
+        try:
+            return fn()
+        except DBAPIError as exc:
+            if not _is_busy(exc):
+                raise
+            if time.monotonic() + delay > deadline:
+                raise StoreBusyError(
+                    f"{what}: the database stayed locked by other writers for {RETRY_BUDGET_S:.0f} s; "
+                    "close other hybrid-agent processes using it and try again"
+                ) from exc
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 1.0)

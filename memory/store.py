@@ -1,0 +1,290 @@
+"""`Store`: sessions, per-turn snapshots with append-only cache pages, forks, and the file journal.
+
+Every public method is one database transaction, retried as a whole while the database is busy.
+Serialisation and hashing happen before a write transaction opens, so the write lock is held only for
+the inserts. A load reads and verifies every byte into fresh tensors before it returns: a caller swaps
+them in only on success, so a failed load leaves its live state as it was.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from sqlalchemy import Engine, delete, select, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+
+from memory import blobs
+from memory.database import WRITE_OPTION, create_store_engine, migrate, normalize_url, retry_busy, translate
+from memory.queries import copy_rows, now, session_info, session_row, snapshot_row, utc
+from memory.records import Event, FileChange, FileEdit, Page, SaveStats, SessionInfo, Snapshot, TurnInfo
+from memory.schema import EventRow, FileChangeRow, SessionRow, SnapshotRow, StatePage
+from memory.turns import prepare_turn, read_snapshot, write_turn
+
+T = TypeVar("T")
+
+# Per table, the columns a fork copies (besides session_id): the rows are small, the bytes are shared.
+_FORK_COPIES: list[tuple[Any, tuple[str, ...]]] = [
+    (EventRow, ("turn", "seq", "kind", "content", "data", "created_at")),
+    (SnapshotRow, ("turn", "n_tokens", "recurrent_blob", "meta", "created_at")),
+    (StatePage, ("turn", "token_start", "token_end", "blob_sha256")),
+    (FileChangeRow, ("turn", "path", "before_blob", "after_blob", "created_at", "reverted")),
+]
+
+
+class Store:
+    """The session database. `Store(url=None)`: None = the default SQLite file under the user's data
+    directory; a path = an SQLite file; otherwise any SQLAlchemy URL (PostgreSQL is tested)."""
+
+    def __init__(self, url: str | Path | None = None) -> None:
+        self.url = normalize_url(url)
+        self._where = self.url.render_as_string(hide_password=True)
+        self._engine: Engine = create_store_engine(self.url)
+        try:
+            self._run(lambda: migrate(self._engine, self._where), "opening the database")
+        except BaseException:
+            self._engine.dispose()
+            raise
+        self._read = sessionmaker(self._engine, expire_on_commit=False)
+        self._write = sessionmaker(
+            self._engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False
+        )
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self, fn: Callable[[], T], what: str) -> T:
+        try:
+            return retry_busy(fn, what)
+        except DBAPIError as exc:
+            translated = translate(exc, self._where)
+            if translated is exc:
+                raise
+            raise translated from exc
+
+    def _in_read(self, fn: Callable[[Session], T], what: str) -> T:
+        def attempt() -> T:
+            with self._read() as s, s.begin():
+                return fn(s)
+
+        return self._run(attempt, what)
+
+    def _in_write(self, fn: Callable[[Session], T], what: str) -> T:
+        def attempt() -> T:
+            with self._write() as s, s.begin():
+                return fn(s)
+
+        return self._run(attempt, what)
+
+    # -- sessions ---------------------------------------------------------------------------------
+
+    def create_session(
+        self, title: str, workspace: str, model_fingerprint: str, meta: dict[str, Any] | None = None
+    ) -> SessionInfo:
+        def do(s: Session) -> SessionInfo:
+            stamp = now()
+            row = SessionRow(
+                id=str(uuid.uuid4()), title=title, workspace=str(workspace),
+                model_fingerprint=model_fingerprint, created_at=stamp, updated_at=stamp,
+                parent_id=None, fork_turn=None, meta=dict(meta or {}),
+            )  # fmt: skip
+            s.add(row)
+            s.flush()
+            return session_info(s, row)
+
+        return self._in_write(do, "creating a session")
+
+    def get_session(self, session_id: str) -> SessionInfo:
+        return self._in_read(lambda s: session_info(s, session_row(s, session_id)), "reading a session")
+
+    def list_sessions(self) -> list[SessionInfo]:
+        """All sessions, most recently updated first."""
+
+        def do(s: Session) -> list[SessionInfo]:
+            rows = s.scalars(select(SessionRow).order_by(SessionRow.updated_at.desc(), SessionRow.id))
+            return [session_info(s, row) for row in rows]
+
+        return self._in_read(do, "listing sessions")
+
+    def rename_session(self, session_id: str, title: str) -> SessionInfo:
+        def do(s: Session) -> SessionInfo:
+            row = session_row(s, session_id)
+            row.title = title
+            row.updated_at = now()
+            s.flush()
+            return session_info(s, row)
+
+        return self._in_write(do, "renaming a session")
+
+    def delete_session(self, session_id: str) -> int:
+        """Delete a session and every blob only it used; returns the number of blobs freed.
+        Its forks keep working: they hold their own references to the blobs they share."""
+
+        def do(s: Session) -> int:
+            session_row(s, session_id)
+            used: set[str] = set()
+            for col in (SnapshotRow.recurrent_blob, StatePage.blob_sha256,
+                        FileChangeRow.before_blob, FileChangeRow.after_blob):  # fmt: skip
+                table = col.class_
+                used.update(
+                    sha for sha in s.scalars(select(col).where(table.session_id == session_id)) if sha
+                )
+            for table in (EventRow, SnapshotRow, StatePage, FileChangeRow):
+                s.execute(delete(table).where(table.session_id == session_id))
+            s.execute(update(SessionRow).where(SessionRow.parent_id == session_id).values(parent_id=None))
+            s.execute(delete(SessionRow).where(SessionRow.id == session_id))
+            return blobs.delete_unreferenced(s, used)
+
+        return self._in_write(do, "deleting a session")
+
+    def fork_session(self, session_id: str, turn: int, *, title: str | None = None) -> SessionInfo:
+        """A new session whose history is `session_id` up to and including `turn`. Copies the small
+        rows (events, snapshots, page index, journal) inside the database; state bytes are shared."""
+
+        def do(s: Session) -> SessionInfo:
+            parent = session_row(s, session_id)
+            snapshot_row(s, session_id, turn)
+            stamp = now()
+            name = title if title is not None else f"{parent.title} (fork at turn {turn})"
+            child = SessionRow(
+                id=str(uuid.uuid4()), title=name,
+                workspace=parent.workspace, model_fingerprint=parent.model_fingerprint, created_at=stamp,
+                updated_at=stamp, parent_id=parent.id, fork_turn=turn, meta=dict(parent.meta or {}),
+            )  # fmt: skip
+            s.add(child)
+            s.flush()
+            for model, cols in _FORK_COPIES:
+                copy_rows(s, model, cols, session_id, child.id, turn)
+            return session_info(s, child)
+
+        return self._in_write(do, "forking a session")
+
+    # -- turns ------------------------------------------------------------------------------------
+
+    def save_turn(
+        self,
+        session_id: str,
+        turn: int,
+        *,
+        events: Iterable[Event | Mapping[str, Any]],
+        recurrent: Mapping[str, torch.Tensor],
+        pages: Sequence[Page | tuple[int, int, Mapping[str, torch.Tensor]]] = (),
+        n_tokens: int,
+        meta: dict[str, Any] | None = None,
+        file_changes: Sequence[FileEdit] = (),
+    ) -> SaveStats:
+        """Commit one turn in ONE durable transaction: its events (Event or {"kind", "content",
+        "data"}), the recurrent tensors whole, the cache pages created since the previous snapshot
+        (append-only) and optional file-journal entries. All of it is stored, or none of it."""
+        prepared = prepare_turn(
+            turn, events=events, recurrent=recurrent, pages=pages, n_tokens=n_tokens, meta=meta,
+            file_changes=file_changes,
+        )  # fmt: skip
+        return self._in_write(
+            lambda s: write_turn(s, session_id, prepared), f"saving turn {turn} of session {session_id}"
+        )
+
+    def load_snapshot(
+        self,
+        session_id: str,
+        turn: int | None = None,
+        *,
+        window: int | None = None,
+        sinks: int = 0,
+        fingerprint: str | None = None,
+    ) -> Snapshot:
+        """The snapshot of `turn` (latest when None), verified, as fresh CPU tensors. With `window`,
+        only pages overlapping [0, sinks) or [n_tokens - window, n_tokens) are read. `fingerprint` is
+        the loading model's: a snapshot made by another model is refused."""
+        return self._in_read(
+            lambda s: read_snapshot(s, session_id, turn, window=window, sinks=sinks, fingerprint=fingerprint),
+            f"loading session {session_id}",
+        )
+
+    def turns(self, session_id: str) -> list[TurnInfo]:
+        """The saved turns of a session, oldest first (no tensors read)."""
+
+        def do(s: Session) -> list[TurnInfo]:
+            session_row(s, session_id)
+            q = select(SnapshotRow).where(SnapshotRow.session_id == session_id).order_by(SnapshotRow.turn)
+            return [TurnInfo(r.turn, r.n_tokens, utc(r.created_at), dict(r.meta or {})) for r in s.scalars(q)]
+
+        return self._in_read(do, "listing turns")
+
+    def events(self, session_id: str, *, upto_turn: int | None = None) -> list[Event]:
+        """The session's events in order (turn, seq); only those of turns <= `upto_turn` when given."""
+
+        def do(s: Session) -> list[Event]:
+            session_row(s, session_id)
+            q = select(EventRow).where(EventRow.session_id == session_id)
+            if upto_turn is not None:
+                q = q.where(EventRow.turn <= upto_turn)
+            rows = s.scalars(q.order_by(EventRow.turn, EventRow.seq))
+            return [Event(r.kind, r.content, r.data, r.turn, r.seq, utc(r.created_at)) for r in rows]
+
+        return self._in_read(do, "reading events")
+
+    # -- file journal -----------------------------------------------------------------------------
+
+    def record_file_change(
+        self, session_id: str, turn: int, path: str, before: bytes | None, after: bytes | None
+    ) -> int:
+        """Journal one file write at once (None = absent / deleted). Returns the entry's id."""
+        prepared = [None if b is None else blobs.prepare_blob(bytes(b)) for b in (before, after)]
+
+        def do(s: Session) -> int:
+            session_row(s, session_id)
+            for blob in prepared:
+                if blob is not None:
+                    blobs.write_blob(s, blob)
+            row = FileChangeRow(
+                session_id=session_id, turn=turn, path=path, before_blob=prepared[0] and prepared[0].sha256,
+                after_blob=prepared[1] and prepared[1].sha256, created_at=now(), reverted=False,
+            )  # fmt: skip
+            s.add(row)
+            s.flush()
+            return row.id
+
+        return self._in_write(do, "recording a file change")
+
+    def file_changes(self, session_id: str, after_turn: int | None = None) -> list[FileChange]:
+        """Journal entries in the order they happened; only turns > `after_turn` when given."""
+
+        def do(s: Session) -> list[FileChange]:
+            session_row(s, session_id)
+            q = select(FileChangeRow).where(FileChangeRow.session_id == session_id)
+            if after_turn is not None:
+                q = q.where(FileChangeRow.turn > after_turn)
+            out = []
+            for r in s.scalars(q.order_by(FileChangeRow.id)):
+                what = f"session {session_id} turn {r.turn}: file change {r.path}"
+                before, after = (None if sha is None else blobs.read_blob(s, sha, what=what)
+                                 for sha in (r.before_blob, r.after_blob))  # fmt: skip
+                out.append(FileChange(r.id, r.session_id, r.turn, r.path, before, after,
+                                      utc(r.created_at), r.reverted))  # fmt: skip
+            return out
+
+        return self._in_read(do, "reading the file journal")
+
+    def mark_reverted(self, change_ids: Iterable[int]) -> None:
+        ids = list(change_ids)
+        self._in_write(
+            lambda s: s.execute(update(FileChangeRow).where(FileChangeRow.id.in_(ids)).values(reverted=True)),
+            "marking file changes reverted",
+        )
+
+    def collect_garbage(self) -> int:
+        """Delete every blob nothing references (delete_session already does this for its own)."""
+        return self._in_write(lambda s: blobs.delete_unreferenced(s), "collecting garbage")

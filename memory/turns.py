@@ -1,0 +1,167 @@
+"""Saving and loading one turn's snapshot, inside a transaction the Store opens.
+
+`prepare_turn` does the CPU work (validation, safetensors, hashing) before any lock is taken;
+`write_turn` only inserts. `read_snapshot` reads and verifies every byte before building tensors.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from memory import blobs
+from memory.codec import bytes_to_tensors, tensors_to_bytes
+from memory.errors import FingerprintMismatchError, InvalidPageError, TurnOrderError
+from memory.queries import now, session_row, snapshot_row
+from memory.records import Event, FileEdit, Page, SaveStats, Snapshot
+from memory.schema import EVENT_KINDS, EventRow, FileChangeRow, SnapshotRow, StatePage
+
+
+def event_of(item: Event | Mapping[str, Any]) -> Event:
+    ev = item if isinstance(item, Event) else Event(**dict(item))
+    if ev.kind not in EVENT_KINDS:
+        raise ValueError(f"event kind {ev.kind!r} is not one of {', '.join(EVENT_KINDS)}")
+    return ev
+
+
+@dataclass(frozen=True)
+class PreparedTurn:
+    turn: int
+    n_tokens: int
+    meta: dict[str, Any]
+    events: list[Event]
+    recurrent: blobs.PreparedBlob
+    pages: list[tuple[Page, blobs.PreparedBlob]]
+    edits: list[tuple[FileEdit, blobs.PreparedBlob | None, blobs.PreparedBlob | None]]
+
+
+def _prepare_optional(data: bytes | None) -> blobs.PreparedBlob | None:
+    return None if data is None else blobs.prepare_blob(bytes(data))
+
+
+def prepare_turn(
+    turn: int,
+    *,
+    events: Iterable[Event | Mapping[str, Any]],
+    recurrent: Mapping[str, torch.Tensor],
+    pages: Sequence[Page | tuple[int, int, Mapping[str, torch.Tensor]]],
+    n_tokens: int,
+    meta: dict[str, Any] | None,
+    file_changes: Sequence[FileEdit],
+) -> PreparedTurn:
+    evs = [event_of(e) for e in events]
+    ordered = sorted((Page(int(p[0]), int(p[1]), dict(p[2])) for p in pages), key=lambda p: p.token_start)
+    for a, b in itertools.pairwise(ordered):
+        if b.token_start < a.token_end:
+            raise InvalidPageError(
+                f"pages [{a.token_start},{a.token_end}) and [{b.token_start},{b.token_end}) overlap"
+            )
+    for p in ordered:
+        if not 0 <= p.token_start < p.token_end <= n_tokens:
+            raise InvalidPageError(
+                f"page [{p.token_start},{p.token_end}) is empty or beyond n_tokens={n_tokens}"
+            )
+    return PreparedTurn(
+        turn=turn,
+        n_tokens=n_tokens,
+        meta=dict(meta or {}),
+        events=evs,
+        recurrent=blobs.prepare_blob(tensors_to_bytes(recurrent)),
+        pages=[(p, blobs.prepare_blob(tensors_to_bytes(p.tensors))) for p in ordered],
+        edits=[(e, _prepare_optional(e.before), _prepare_optional(e.after)) for e in file_changes],
+    )
+
+
+def write_turn(s: Session, session_id: str, t: PreparedTurn) -> SaveStats:
+    """Insert a prepared turn. Reads only the session's last turn and last page end (index lookups),
+    so the cost does not grow with the length of the session."""
+    row = session_row(s, session_id)
+    last = s.scalar(select(func.max(SnapshotRow.turn)).where(SnapshotRow.session_id == session_id))
+    if last is not None and t.turn <= last:
+        raise TurnOrderError(
+            f"session {session_id} already has turn {last}; save turn {last + 1} or later, "
+            "or fork the session to rewrite its history"
+        )
+    end = s.scalar(select(func.max(StatePage.token_end)).where(StatePage.session_id == session_id))
+    if t.pages and end is not None and t.pages[0][0].token_start < end:
+        raise InvalidPageError(
+            f"session {session_id}: the new page at token {t.pages[0][0].token_start} overlaps saved pages "
+            f"(they end at {end}); pages are append-only: save only the tokens from {end} on"
+        )
+    written = dedup = 0
+    edit_blobs = [b for _, before, after in t.edits for b in (before, after) if b is not None]
+    for blob in [t.recurrent, *(b for _, b in t.pages), *edit_blobs]:
+        if blobs.write_blob(s, blob):
+            written += blob.size
+        else:
+            dedup += blob.size
+    stamp = now()
+    s.add(
+        SnapshotRow(
+            session_id=session_id, turn=t.turn, n_tokens=t.n_tokens, recurrent_blob=t.recurrent.sha256,
+            meta=t.meta, created_at=stamp,
+        )
+    )  # fmt: skip
+    for page, blob in t.pages:
+        s.add(
+            StatePage(
+                session_id=session_id, turn=t.turn, token_start=page.token_start, token_end=page.token_end,
+                blob_sha256=blob.sha256,
+            )
+        )  # fmt: skip
+    for seq, ev in enumerate(t.events):
+        s.add(
+            EventRow(
+                session_id=session_id, turn=t.turn, seq=seq, kind=ev.kind, content=ev.content, data=ev.data,
+                created_at=stamp,
+            )
+        )  # fmt: skip
+    for edit, before, after in t.edits:
+        s.add(
+            FileChangeRow(
+                session_id=session_id, turn=t.turn, path=edit.path, before_blob=before and before.sha256,
+                after_blob=after and after.sha256, created_at=stamp, reverted=False,
+            )
+        )  # fmt: skip
+    row.updated_at = stamp
+    return SaveStats(turn=t.turn, bytes_written=written, bytes_deduplicated=dedup, pages=len(t.pages))
+
+
+def read_snapshot(
+    s: Session, session_id: str, turn: int | None, *, window: int | None, sinks: int, fingerprint: str | None
+) -> Snapshot:
+    sess = session_row(s, session_id)
+    if fingerprint is not None and fingerprint != sess.model_fingerprint:
+        raise FingerprintMismatchError(
+            f"session {session_id} was saved by model {sess.model_fingerprint}, but the model loaded now "
+            f"is {fingerprint}; load the model it was made with, or start a new session"
+        )
+    snap = snapshot_row(s, session_id, turn)
+    where = f"session {session_id} turn {snap.turn}"
+    q = select(StatePage).where(StatePage.session_id == session_id, StatePage.turn <= snap.turn)
+    if window is not None:
+        recent = StatePage.token_end > snap.n_tokens - window
+        q = q.where(or_(recent, StatePage.token_start < sinks) if sinks > 0 else recent)
+    page_rows = list(s.scalars(q.order_by(StatePage.token_start)))
+    # Every byte is read and verified before any tensor is built.
+    rec_bytes = blobs.read_blob(s, snap.recurrent_blob, what=f"{where}: recurrent state")
+    labels = [f"{where}: cache page [{p.token_start},{p.token_end})" for p in page_rows]
+    page_bytes = [blobs.read_blob(s, p.blob_sha256, what=w) for p, w in zip(page_rows, labels, strict=True)]
+    pages = [
+        Page(p.token_start, p.token_end, bytes_to_tensors(b, what=w))
+        for p, b, w in zip(page_rows, page_bytes, labels, strict=True)
+    ]
+    return Snapshot(
+        session_id=session_id,
+        turn=snap.turn,
+        n_tokens=snap.n_tokens,
+        recurrent=bytes_to_tensors(rec_bytes, what=f"{where}: recurrent state"),
+        pages=pages,
+        meta=dict(snap.meta or {}),
+    )
