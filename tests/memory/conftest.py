@@ -42,7 +42,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         return
     server = os.environ.get(PG_ENV)
     if not server:
-        pytest.skip(f"PostgreSQL store tests: set {PG_ENV}=postgresql+psycopg://USER@HOST:PORT/DB to run them")
+        pytest.skip(f"PostgreSQL store tests: set {PG_ENV}=postgresql+psycopg://USER@HOST:PORT/DB to run")
     yield from _pg_database(server)
 
 

@@ -85,7 +85,8 @@ def test_save_and_load_every_turn_exactly(store: Store) -> None:
         snap = store.load_snapshot(sid, turn)
         assert snap.turn == turn
         assert_same(snap.recurrent, recurrent_state(turn))
-        assert [(p.token_start, p.token_end) for p in snap.pages] == [(i * 10, i * 10 + 10) for i in range(turn)]
+        expected = [(i * 10, i * 10 + 10) for i in range(turn)]
+        assert [(p.token_start, p.token_end) for p in snap.pages] == expected
         for p in snap.pages:
             assert_same(p.tensors, page(p.token_start, p.token_end).tensors)
     assert [t.turn for t in store.turns(sid)] == [1, 2, 3, 4, 5]
@@ -172,7 +173,7 @@ def test_turns_only_move_forward(store: Store) -> None:
 
 
 def test_unknown_ids_raise_our_errors(store: Store) -> None:
-    with pytest.raises(SessionNotFoundError, match="no session 'nope'.*sessions list"):
+    with pytest.raises(SessionNotFoundError, match=r"no session 'nope'.*sessions list"):
         store.load_snapshot("nope")
     for call in (
         lambda: store.get_session("nope"),
