@@ -2,13 +2,21 @@
 workspace, approvals and an undo journal. See ../docs/interfaces.md and /work/shared/DESIGN.md."""
 
 from tools.base import Limits, Policy, Preview, Tool, ToolContext, ToolResult, tool
-from tools.errors import MCPServerError, ToolDefinitionError, ToolError, UndoError, WorkspaceError
+from tools.errors import (
+    ArgumentsError,
+    MCPServerError,
+    ToolDefinitionError,
+    ToolError,
+    UndoError,
+    WorkspaceError,
+)
 from tools.journal import Journal, JournalEntry, MemoryJournal, undo_after_turn, undo_last
 from tools.registry import ENTRY_POINT_GROUP, ToolRegistry
 from tools.workspace import Workspace
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "ArgumentsError",
     "Journal",
     "JournalEntry",
     "Limits",

@@ -130,7 +130,7 @@ class Tool:
         _check_tool(self)
 
     def parameters_schema(self) -> dict[str, Any]:
-        return _strip_titles(self.Args.model_json_schema())
+        return strip_titles(self.Args.model_json_schema())
 
     def schema(self) -> dict[str, Any]:
         """The function schema for the prompt (the shape Hugging Face chat templates take for `tools`)."""
@@ -343,17 +343,17 @@ def parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
     return "\n".join(summary).strip(), params
 
 
-def _strip_titles(node: Any, in_properties: bool = False) -> Any:
+def strip_titles(node: Any, in_properties: bool = False) -> Any:
     """Drop pydantic's auto-generated `title`s (they repeat the names and cost prompt tokens); a
     *property* called `title` is kept, which is why the walk knows when it is inside `properties`."""
     if isinstance(node, list):
-        return [_strip_titles(v) for v in node]
+        return [strip_titles(v) for v in node]
     if not isinstance(node, dict):
         return node
     if in_properties:
-        return {k: _strip_titles(v) for k, v in node.items()}
+        return {k: strip_titles(v) for k, v in node.items()}
     return {
-        k: _strip_titles(v, in_properties=k in ("properties", "$defs", "patternProperties"))
+        k: strip_titles(v, in_properties=k in ("properties", "$defs", "patternProperties"))
         for k, v in node.items()
         if not (k == "title" and isinstance(v, str))
     }

@@ -21,6 +21,10 @@ class ToolDefinitionError(ToolError):
     """A tool cannot be built from what was given (no type hints, a duplicate name, ...)."""
 
 
+class ArgumentsError(ToolError):
+    """Arguments of a tool call do not fit its schema (for tools not validated by a pydantic model)."""
+
+
 class UndoError(ToolError):
     """An undo was refused; nothing was changed."""
 

@@ -34,7 +34,7 @@ from tools.base import (
     validation_message,
 )
 from tools.builtins import BUILTIN_TOOLS
-from tools.errors import ToolDefinitionError, ToolError
+from tools.errors import ArgumentsError, ToolDefinitionError, ToolError
 from tools.journal import Journal, MemoryJournal, undo_after_turn, undo_last
 from tools.workspace import Workspace
 
@@ -237,6 +237,8 @@ class ToolRegistry:
             args = t.parse_arguments(arguments)
         except ValidationError as e:
             return ToolResult.error(validation_message(name, e))
+        except ArgumentsError as e:
+            return ToolResult.error(str(e))
         if policy == "ask" and not approve:
             return ToolResult.error(f"the user did not approve this {name} call; it was not run", denied=True)
         ctx = self.context(turn=turn, approved=policy == "ask", cancel=cancel)
