@@ -99,7 +99,7 @@ class HybridAgentApp(SessionActions, App[int]):
         area.cursor_blink = self.cursor_blink
         area.focus()
         self.bridge.start()
-        self.push_screen(LoadingScreen())
+        await self.push_screen(LoadingScreen())  # mounted before the loader can report to it
         self.load_agent()
 
     # --- loading ---------------------------------------------------------------------------------

@@ -101,8 +101,10 @@ class FakeAgent:
                 result = ToolResultEvent(
                     call_id=call.call_id, tool=call.tool, text="ok" if allow else "denied", denied=not allow
                 )
-                events += [{"kind": "tool_call", "content": call.tool, "data": call.model_dump()},
-                           {"kind": "tool_result", "content": result.text, "data": result.model_dump()}]
+                events += [
+                    {"kind": "tool_call", "content": call.tool, "data": call.model_dump()},
+                    {"kind": "tool_result", "content": result.text, "data": result.model_dump()},
+                ]
                 yield result
         s.turns += 1
         s.tokens += len(text) + n
@@ -111,9 +113,18 @@ class FakeAgent:
 
     def _end(self, reason: Any, n: int) -> TurnEnd:
         s = self.session
-        return TurnEnd(session_id=s.id, turn=s.turns, prompt_tokens=1, completion_tokens=n,
-                       state_tokens=s.tokens, state_bytes=self.state_bytes, window=self.window,
-                       tokens_per_s=42.0, saved=reason != "cancelled", stop_reason=reason)
+        return TurnEnd(
+            session_id=s.id,
+            turn=s.turns,
+            prompt_tokens=1,
+            completion_tokens=n,
+            state_tokens=s.tokens,
+            state_bytes=self.state_bytes,
+            window=self.window,
+            tokens_per_s=42.0,
+            saved=reason != "cancelled",
+            stop_reason=reason,
+        )
 
     def history(self) -> list[dict[str, Any]]:
         return list(self.session.events)
@@ -127,7 +138,9 @@ class FakeAgent:
     def fork(self, turn: int) -> str:
         src = self.session
         sid = next(self._ids)
-        self._sessions[sid] = FakeSession(sid, src.title + " (fork)", src.workspace, list(src.events), turn, src.tokens)
+        self._sessions[sid] = FakeSession(
+            sid, src.title + " (fork)", src.workspace, list(src.events), turn, src.tokens
+        )
         self.session_id = sid
         return sid
 

@@ -67,8 +67,8 @@ class ApprovalScreen(ModalScreen[ApprovalDecision]):
                     yield Static(highlight(json.dumps(call.arguments, indent=2), language="json"))
             yield Input(placeholder="reason for rejecting (enter sends, esc goes back)", id="reason")
             yield Static(
-                "[b]y[/b] allow once   [b]a[/b] allow always   [b]n[/b] reject once   "
-                "[b]d[/b] reject always   [b]r[/b] reject with a reason",
+                "[b]y[/b] allow once  [b]a[/b] allow always  [b]n[/b] reject once  "
+                "[b]d[/b] reject always  [b]r[/b] reason",
                 id="approval-keys",
             )
 

@@ -8,7 +8,7 @@ from typing import ClassVar
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
-from textual.markup import escape
+from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
@@ -41,13 +41,14 @@ class HelpScreen(ModalScreen[None]):
             ("Approval prompt", _keys(ApprovalScreen.BINDINGS)),
             ("Session browser", _keys(SessionBrowser.BINDINGS)),
         ]
-        lines: list[str] = []
+        # Content, not markup: usages like "/resume [ID]" must not be read as markup tags.
+        lines: list[Content] = []
         for title, rows in sections:
-            lines.append(f"[b]{title}[/b]")
-            lines.extend(f"  [$accent]{escape(f'{k:<22}')}[/] {escape(d)}" for k, d in rows)
-            lines.append("")
+            lines.append(Content.styled(title, "bold"))
+            lines.extend(Content.assemble("  ", (f"{k:<22}", "$text-accent"), " ", d) for k, d in rows)
+            lines.append(Content(""))
         with VerticalScroll(id="help"):
-            yield Static("\n".join(lines).rstrip())
+            yield Static(Content("\n").join(lines[:-1]))
             yield Static("[dim]esc closes[/dim]", id="help-close")
 
     async def action_dismiss(self, result: None = None) -> None:

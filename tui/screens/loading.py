@@ -9,6 +9,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.screen import ModalScreen
+from textual.timer import Timer
 from textual.widgets import LoadingIndicator, Static
 
 
@@ -19,6 +20,7 @@ class LoadingScreen(ModalScreen[None]):
         super().__init__()
         self.what = what
         self._start = time.monotonic()
+        self._timer: Timer | None = None
 
     def compose(self) -> ComposeResult:
         with Vertical(id="loading"):
@@ -33,7 +35,8 @@ class LoadingScreen(ModalScreen[None]):
         self.query_one("#loading-elapsed", Static).update(f"{time.monotonic() - self._start:.0f} s")
 
     def failed(self, message: str) -> None:
-        self._timer.stop()
+        if self._timer is not None:
+            self._timer.stop()
         self.query_one(LoadingIndicator).display = False
         self.query_one("#loading-what", Static).update(f"Could not start:\n{message}")
         self.query_one("#loading-elapsed", Static).update("press q to quit")

@@ -104,7 +104,7 @@ class PromptInput(Vertical):
     """The prompt area with the list of slash commands matching what is typed."""
 
     def compose(self) -> ComposeResult:
-        yield PromptArea(id="prompt-area")
+        yield PromptArea(id="prompt-area", placeholder="Message  (enter sends, / for commands, f1 help)")
         yield Static("", id="completions", markup=False)
 
     @property

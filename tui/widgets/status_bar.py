@@ -45,8 +45,9 @@ class StatusBar(Horizontal):
     """Mode on the left (it decides what the agent may do without asking), facts in the middle,
     the last save on the right."""
 
-    mode: reactive[str] = reactive("ask")
-    info: reactive[StatusInfo] = reactive(StatusInfo, always_update=True)
+    # init=False: the watchers query children, which exist only once composed (on_mount draws first).
+    mode: reactive[str] = reactive("ask", init=False)
+    info: reactive[StatusInfo] = reactive(StatusInfo, always_update=True, init=False)
 
     def compose(self) -> ComposeResult:
         yield Static(id="mode")
@@ -58,16 +59,12 @@ class StatusBar(Horizontal):
         self.watch_info(self.info)
 
     def watch_mode(self, mode: str) -> None:
-        if not self.is_mounted:
-            return
         label = self.query_one("#mode", Static)
         label.update(f" {mode} ⇧⇥ ")
         for m in MODES:
             label.set_class(m == mode, f"mode-{m}")
 
     def watch_info(self, info: StatusInfo) -> None:
-        if not self.is_mounted:
-            return
         self.query_one("#facts", Static).update(format_status(info))
         saved = self.query_one("#saved", Static)
         if info.busy:
