@@ -1,0 +1,91 @@
+"""Grouped-query attention with RoPE, optional QK-norm, and a windowed cache with sink tokens.
+
+Design choices:
+- Positions are absolute (`state.n_tokens` is the position of the first new token), so RoPE and the
+  window mask come out the same whether a sequence arrives in one call, in chunks or token by token.
+- New keys are appended to the cache first, then every query attends over cache + new keys with a
+  per-query mask (causal, window, sinks); eviction happens after the call (ModelState.evict). Keys are
+  cached after RoPE.
+- Weights (transformers names): q_proj (H*Dh, D), k_proj and v_proj (Hkv*Dh, D), o_proj (D, H*Dh),
+  optional q_norm / k_norm weights of size Dh ("head") or H*Dh / Hkv*Dh ("full").
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.config import HybridConfig
+from model.layers import RMSNorm, apply_rope, rope_inv_freq
+from model.state import LayerState, ModelState
+
+
+def visible(q_pos: Tensor, k_pos: Tensor, window: int | None, sinks: int) -> Tensor:
+    """(Tq, Tk) bool: key j is seen by query q iff j <= q and (j > q - window or j < sinks)."""
+    q, k = q_pos[:, None], k_pos[None, :]  # (Tq, 1), (1, Tk)
+    mask = k <= q
+    if window is not None:
+        mask &= (k > q - window) | (k < sinks)
+    return mask
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: HybridConfig) -> None:
+        super().__init__()
+        a = cfg.attention
+        assert a.n_heads and a.n_kv_heads and a.head_dim
+        self.n_heads, self.n_kv_heads, self.head_dim = a.n_heads, a.n_kv_heads, a.head_dim
+        self.qk_norm = a.qk_norm
+        q_dim, kv_dim = a.n_heads * a.head_dim, a.n_kv_heads * a.head_dim
+        self.q_proj = nn.Linear(cfg.d_model, q_dim, bias=a.bias)
+        self.k_proj = nn.Linear(cfg.d_model, kv_dim, bias=a.bias)
+        self.v_proj = nn.Linear(cfg.d_model, kv_dim, bias=a.bias)
+        self.o_proj = nn.Linear(q_dim, cfg.d_model, bias=a.bias)
+        if a.qk_norm != "none":
+            full = a.qk_norm == "full"
+            self.q_norm = RMSNorm(q_dim if full else a.head_dim, cfg.norm_eps)
+            self.k_norm = RMSNorm(kv_dim if full else a.head_dim, cfg.norm_eps)
+        self.inv_freq: Tensor | None
+        if a.rope_theta is None:
+            self.inv_freq = None
+        else:
+            # Not persistent: derived from the config, so it never appears in a checkpoint.
+            self.register_buffer("inv_freq", rope_inv_freq(a.head_dim, a.rope_theta), persistent=False)
+
+    def forward(self, x: Tensor, layer: LayerState, state: ModelState) -> Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, H*Dh), (B, T, Hkv*Dh) x2
+        if self.qk_norm == "full":
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.view(B, T, self.n_heads, self.head_dim)  # (B, T, H, Dh)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, Hkv, Dh)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, Hkv, Dh)
+        if self.qk_norm == "head":
+            q, k = self.q_norm(q), self.k_norm(k)
+        pos = torch.arange(state.n_tokens, state.n_tokens + T, device=x.device)  # (T,)
+        if self.inv_freq is not None:
+            q, k = apply_rope(q, pos, self.inv_freq), apply_rope(k, pos, self.inv_freq)
+
+        assert layer.pos is not None
+        keys = torch.cat(
+            (layer.cache["k"], k.transpose(1, 2).to(layer.cache["k"].dtype)), dim=2
+        )  # (B, Hkv, L, Dh)
+        values = torch.cat((layer.cache["v"], v.transpose(1, 2).to(layer.cache["v"].dtype)), dim=2)
+        key_pos = torch.cat((layer.pos, pos))  # (L,)
+        layer.cache["k"], layer.cache["v"], layer.pos = keys, values, key_pos
+
+        mask = None
+        if T > 1 or state.window is not None:
+            mask = visible(pos, key_pos, state.window, state.sinks)  # (T, L)
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2),  # (B, H, T, Dh)
+            keys.to(q.dtype),
+            values.to(q.dtype),
+            attn_mask=mask,
+            scale=1.0 / math.sqrt(self.head_dim),
+            enable_gqa=self.n_heads != self.n_kv_heads,
+        )  # (B, H, T, Dh)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))  # (B, T, D)

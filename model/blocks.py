@@ -1,0 +1,83 @@
+"""One residual block per layer, and the registry that maps each layer kind to its mixer.
+
+A block is `x + mixer(norm(x))` then `x + mlp(norm(x))` (pre-norm), or with `norm_position="post"` on
+the mixer's sub-config `x + norm(mixer(x))` then `x + norm(mlp(x))` (OLMo-2 style). Weight names:
+`mixer_norm`, `mixer`, `mlp_norm`, `mlp` (absent for the mlp-only kind / when the MLP is off).
+
+To add a layer kind: a mixer class `(cfg) -> nn.Module` with `forward(x, layer_state, model_state)`,
+an entry in `MIXERS` here, in `state.STATE_SPECS`, and in `config.LAYER_TYPES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from model.attention import Attention
+from model.config import HybridConfig
+from model.gated_deltanet import GatedDeltaNet
+from model.layers import MLP, RMSNorm
+from model.mamba2 import Mamba2Mixer
+from model.state import LayerState, ModelState
+
+
+class ParallelMixer(nn.Module):
+    """Attention and Mamba-2 on the same input, fused by a learned per-channel gate.
+
+    y = sigmoid(gate) * attention(x) + (1 - sigmoid(gate)) * mamba(x); `gate` (D,) starts at 0 (an even
+    mix). Checkpoints that add the two with fixed multipliers (Falcon-H1) load by folding
+    `multiplier / mix` into each branch's output projection.
+    """
+
+    def __init__(self, cfg: HybridConfig) -> None:
+        super().__init__()
+        self.attention = Attention(cfg)
+        self.mamba = Mamba2Mixer(cfg)
+        self.gate = nn.Parameter(torch.zeros(cfg.d_model))
+
+    def forward(self, x: Tensor, layer: LayerState, state: ModelState) -> Tensor:
+        mix = torch.sigmoid(self.gate.float()).to(x.dtype)  # (D,)
+        return mix * self.attention(x, layer, state) + (1 - mix) * self.mamba(x, layer, state)  # (B, T, D)
+
+
+MixerFactory = Callable[[HybridConfig], nn.Module]
+
+MIXERS: dict[str, MixerFactory | None] = {
+    "attention": Attention,
+    "mamba2": Mamba2Mixer,
+    "gated_deltanet": GatedDeltaNet,
+    "parallel": ParallelMixer,
+    "mlp": None,  # feed-forward only
+}
+
+_SUBCONFIG = {
+    "attention": "attention",
+    "mamba2": "mamba2",
+    "gated_deltanet": "gated_deltanet",
+    "parallel": "mamba2",
+}
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: HybridConfig, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        factory = MIXERS[kind]
+        sub = _SUBCONFIG.get(kind)
+        self.post_norm = sub is not None and getattr(cfg, sub).norm_position == "post"
+        self.mixer_norm = RMSNorm(cfg.d_model, cfg.norm_eps) if factory else None
+        self.mixer = factory(cfg) if factory else None
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps) if cfg.mlp.enabled else None
+        self.mlp = MLP(cfg) if cfg.mlp.enabled else None
+
+    def forward(self, x: Tensor, layer: LayerState, state: ModelState) -> Tensor:
+        if self.mixer is not None and self.mixer_norm is not None:
+            if self.post_norm:
+                x = x + self.mixer_norm(self.mixer(x, layer, state))
+            else:
+                x = x + self.mixer(self.mixer_norm(x), layer, state)
+        if self.mlp is not None and self.mlp_norm is not None:
+            x = x + (self.mlp_norm(self.mlp(x)) if self.post_norm else self.mlp(self.mlp_norm(x)))
+        return x  # (B, T, D)

@@ -1,0 +1,256 @@
+"""`HybridConfig`: the typed description of a hybrid layer stack.
+
+Design choices:
+- One entry of `layer_types` per layer. Each layer is a pre-norm residual block (mixer, then a SwiGLU
+  MLP unless `mlp.enabled` is off); `norm_position="post"` on a mixer's sub-config switches that
+  layer kind to OLMo-2 style post-norm (norm on the sub-layer output), which OLMo Hybrid's attention
+  layers use.
+- Every sub-config field left at `None` is derived from `d_model` when the config is built, so
+  `HybridConfig(vocab_size=..., d_model=..., layer_types=[...])` alone is valid, and the saved
+  `config.json` spells out every derived size (a checkpoint never depends on these heuristics).
+- Layer kinds are a closed, extensible list (`LAYER_TYPES`); `model/blocks.py` holds the registry that
+  builds the mixer and describes the state of each kind. Adding a kind = one entry in each.
+- Errors raise `ConfigError` (not pydantic's `ValidationError`) with a message that says what to fix.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from model.errors import ConfigError
+
+# Layer kinds a config may name. `model/blocks.py` must have a registry entry for each.
+LAYER_TYPES: tuple[str, ...] = ("attention", "mamba2", "gated_deltanet", "parallel", "mlp")
+
+CONFIG_FILE = "config.json"
+
+
+def _head_size(d_model: int) -> int:
+    """Default head size: 64 for real models, smaller for test-sized ones so heads still divide."""
+    return 64 if d_model >= 256 else 16
+
+
+class _Strict(BaseModel):
+    # extra="forbid": a misspelt field in a hand-written config.json is an error, not silently ignored.
+    model_config = ConfigDict(extra="forbid")
+
+
+class AttentionConfig(_Strict):
+    n_heads: int | None = None  # default d_model // head_dim
+    n_kv_heads: int | None = None  # default n_heads // 4 when that divides, else n_heads (grouped-query)
+    head_dim: int | None = None
+    rope_theta: float | None = 10000.0  # None: no positional encoding (NoPE)
+    qk_norm: Literal["none", "head", "full"] = "none"  # per head (Qwen3) or over all (OLMo)
+    bias: bool = False
+    # A window the model was trained with (keys in (q - window, q] are seen), and sink tokens kept visible.
+    # The runtime window of `HybridLM.new_state(window=, sinks=)` combines with these (smaller window wins).
+    sliding_window: int | None = None
+    sink_tokens: int = 0
+    norm_position: Literal["pre", "post"] = "pre"
+
+
+class Mamba2Config(_Strict):
+    expand: int = 2
+    head_dim: int | None = None  # default 64
+    d_state: int | None = None  # default 128
+    n_groups: int = 1
+    d_conv: int = 4
+    chunk_size: int = 64
+    conv_bias: bool = True
+    bias: bool = False  # of in_proj / out_proj
+    norm_before_gate: bool = False  # transformers' Mamba2 gates with silu(z) first, then normalises
+    dt_min: float = 0.001  # init range of dt (through dt_bias)
+    dt_max: float = 0.1
+    dt_init_floor: float = 1e-4
+    dt_limit: tuple[float, float | None] = (0.0, None)  # clamp of dt after softplus; None = no upper bound
+    norm_position: Literal["pre", "post"] = "pre"
+
+
+class GatedDeltaNetConfig(_Strict):
+    n_heads: int | None = None  # query/key heads; default 3/4 d_model // head_k_dim
+    n_v_heads: int | None = None  # value heads, a multiple of n_heads; default n_heads
+    head_k_dim: int | None = None  # default 64
+    head_v_dim: int | None = None  # default 2 * head_k_dim
+    d_conv: int = 4
+    conv_bias: bool = False
+    allow_neg_eigval: bool = False  # beta in (0, 2) instead of (0, 1)
+    chunk_size: int = 64
+    norm_eps: float = 1e-5  # of the gated output norm (FLA's default)
+    a_init_range: tuple[float, float] = (1.0, 16.0)
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    dt_init_floor: float = 1e-4
+    norm_position: Literal["pre", "post"] = "pre"
+
+
+class MLPConfig(_Strict):
+    enabled: bool = True  # off: blocks are mixer-only (pure Mamba-2 stacks)
+    hidden_dim: int | None = None  # default 8/3 d_model rounded up to a multiple of 64
+    bias: bool = False
+
+
+class HybridConfig(_Strict):
+    vocab_size: int = Field(gt=0)
+    d_model: int = Field(gt=0)
+    layer_types: list[str] = Field(min_length=1)
+    attention: AttentionConfig = Field(default_factory=AttentionConfig)
+    mamba2: Mamba2Config = Field(default_factory=Mamba2Config)
+    gated_deltanet: GatedDeltaNetConfig = Field(default_factory=GatedDeltaNetConfig)
+    mlp: MLPConfig = Field(default_factory=MLPConfig)
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    init_std: float = 0.02
+
+    def model_post_init(self, context: object, /) -> None:
+        self._check_layer_types()
+        self._derive()
+        self._check_sizes()
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layer_types)
+
+    # ----------------------------------------------------------------------------------------------
+    def _check_layer_types(self) -> None:
+        for i, kind in enumerate(self.layer_types):
+            if kind not in LAYER_TYPES:
+                raise ConfigError(
+                    f"layer_types[{i}] is {kind!r}, which is not a known layer type; "
+                    f"use one of {', '.join(LAYER_TYPES)}"
+                )
+        if "mlp" in self.layer_types and not self.mlp.enabled:
+            raise ConfigError("layer type 'mlp' needs mlp.enabled=True; remove those layers or enable it")
+
+    def _derive(self) -> None:
+        d, head = self.d_model, _head_size(self.d_model)
+        a = self.attention
+        a.head_dim = a.head_dim or head
+        a.n_heads = a.n_heads or max(1, d // a.head_dim)
+        if a.n_kv_heads is None:
+            a.n_kv_heads = a.n_heads // 4 if a.n_heads % 4 == 0 else a.n_heads
+        m = self.mamba2
+        m.head_dim = m.head_dim or head
+        m.d_state = m.d_state or (128 if d >= 256 else 16)
+        g = self.gated_deltanet
+        g.head_k_dim = g.head_k_dim or head
+        g.head_v_dim = g.head_v_dim or 2 * g.head_k_dim
+        g.n_heads = g.n_heads or max(1, (3 * d // 4) // g.head_k_dim)
+        g.n_v_heads = g.n_v_heads or g.n_heads
+        if self.mlp.hidden_dim is None:
+            self.mlp.hidden_dim = -(-(8 * d // 3) // 64) * 64
+
+    def _check_sizes(self) -> None:
+        a, m, g = self.attention, self.mamba2, self.gated_deltanet
+        assert a.n_heads and a.n_kv_heads and m.head_dim and g.n_heads and g.n_v_heads  # set by _derive
+        if a.n_heads % a.n_kv_heads:
+            raise ConfigError(f"attention.n_heads={a.n_heads} is not a multiple of n_kv_heads={a.n_kv_heads}")
+        if a.sliding_window is not None and a.sliding_window < 1:
+            raise ConfigError("attention.sliding_window must be >= 1 or null (full attention)")
+        if (self.d_model * m.expand) % m.head_dim:
+            raise ConfigError(
+                f"mamba2: d_model*expand={self.d_model * m.expand} is not a multiple of head_dim={m.head_dim}"
+            )
+        if self.mamba2_heads % m.n_groups:
+            raise ConfigError(f"mamba2: {self.mamba2_heads} heads do not split into n_groups={m.n_groups}")
+        if g.n_v_heads % g.n_heads:
+            raise ConfigError(
+                f"gated_deltanet.n_v_heads={g.n_v_heads} is not a multiple of n_heads={g.n_heads}"
+            )
+        for name, width in (("mamba2", m.d_conv), ("gated_deltanet", g.d_conv)):
+            if width < 2:
+                raise ConfigError(f"{name}.d_conv must be >= 2 (got {width})")
+
+    # ---- derived sizes used by the layers and the state ------------------------------------------
+    @property
+    def mamba2_d_inner(self) -> int:
+        return self.d_model * self.mamba2.expand
+
+    @property
+    def mamba2_heads(self) -> int:
+        assert self.mamba2.head_dim is not None
+        return self.mamba2_d_inner // self.mamba2.head_dim
+
+    @property
+    def mamba2_conv_dim(self) -> int:
+        """Channels of the Mamba-2 conv: x, B and C side by side."""
+        assert self.mamba2.d_state is not None
+        return self.mamba2_d_inner + 2 * self.mamba2.n_groups * self.mamba2.d_state
+
+    @property
+    def gdn_key_dim(self) -> int:
+        g = self.gated_deltanet
+        assert g.n_heads and g.head_k_dim
+        return g.n_heads * g.head_k_dim
+
+    @property
+    def gdn_value_dim(self) -> int:
+        g = self.gated_deltanet
+        assert g.n_v_heads and g.head_v_dim
+        return g.n_v_heads * g.head_v_dim
+
+    @property
+    def gdn_conv_dim(self) -> int:
+        """Channels of the Gated DeltaNet short conv: q, k and v side by side."""
+        return 2 * self.gdn_key_dim + self.gdn_value_dim
+
+    # ---- presets and files -------------------------------------------------------------------------
+    @classmethod
+    def from_name(cls, name: str, **overrides: object) -> HybridConfig:
+        """A named preset (see `PRESETS`), with optional top-level field overrides."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
+        return cls.model_validate({**PRESETS[name], **overrides})
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / CONFIG_FILE).write_text(self.to_json() + "\n")
+        return path / CONFIG_FILE
+
+    @classmethod
+    def load(cls, path: str | Path) -> HybridConfig:
+        """Read `config.json` (a path to the file, or to the directory holding it)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / CONFIG_FILE
+        if not path.is_file():
+            raise ConfigError(f"no {CONFIG_FILE} at {path}; pass a model directory saved by save_pretrained")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path} is not valid JSON ({e}); fix or re-save it") from e
+        return cls.model_validate(data)
+
+
+# The byte tokenizer's vocabulary: 256 bytes + the 11 native special tokens (model/tokenizer.py).
+BYTE_VOCAB_SIZE = 267
+
+_MIXED_20M = ["mamba2", "gated_deltanet", "attention"] * 2
+PRESETS: dict[str, dict[str, object]] = {
+    # Every layer kind once, small enough for unit tests.
+    "tiny": {
+        "vocab_size": BYTE_VOCAB_SIZE,
+        "d_model": 64,
+        "layer_types": ["mamba2", "attention", "gated_deltanet", "parallel", "mlp"],
+        "attention": {"n_heads": 4, "n_kv_heads": 2, "head_dim": 16},
+        "mamba2": {"head_dim": 16, "d_state": 16, "chunk_size": 16},
+        "gated_deltanet": {
+            "n_heads": 2,
+            "n_v_heads": 4,
+            "head_k_dim": 16,
+            "head_v_dim": 16,
+            "chunk_size": 16,
+        },
+    },
+    # ~20M parameters, 2 Mamba-2 : 2 Gated DeltaNet : 2 attention, for the CPU benchmark.
+    "20m": {"vocab_size": BYTE_VOCAB_SIZE, "d_model": 512, "layer_types": _MIXED_20M},
+    # The same width and about the same parameter count, attention only: the baseline.
+    "20m-attn": {"vocab_size": BYTE_VOCAB_SIZE, "d_model": 512, "layer_types": ["attention"] * 7},
+}

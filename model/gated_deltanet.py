@@ -1,0 +1,117 @@
+"""The Gated DeltaNet mixer, with the math and parameter names of transformers' OLMo Hybrid
+(`OlmoHybridGatedDeltaNet`; Qwen3-Next's is the same math with fused projections).
+
+Glossary: q, k (Hk heads of size Dk), v (Hv heads of size Dv, Hv a multiple of Hk: each query/key head
+serves Hv / Hk consecutive value heads); beta the write strength, sigmoid(b) (x2 with
+`allow_neg_eigval`, so the state's transition can have negative eigenvalues); g the log-decay,
+-exp(A_log) * softplus(a + dt_bias); S the key-first state (B, Hv, Dk, Dv).
+
+Weights (transformers names):
+- q_proj, k_proj (Hk*Dk, D); v_proj (Hv*Dv, D); a_proj, b_proj (Hv, D); g_proj (Hv*Dv, D): the output gate
+- conv1d: depthwise nn.Conv1d over q, k, v side by side, weight (2*Hk*Dk + Hv*Dv, 1, W), SiLU after
+- A_log (Hv,), dt_bias (Hv,)
+- o_norm.weight (Dv,): RMSNorm per head, then times silu(gate) (norm before gate)
+- o_proj (D, Hv*Dv)
+
+q and k are L2-normalised here (the kernels expect it). State: `conv` (B, 2*Hk*Dk + Hv*Dv, W - 1) and
+`recurrent` (B, Hv, Dk, Dv), fp32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kernels import causal_conv1d, causal_conv1d_step, chunk_gated_delta_rule, gated_delta_rule_step
+from model.config import HybridConfig
+from model.layers import GatedRMSNorm
+from model.state import LayerState, ModelState
+
+
+def l2_normalize(x: Tensor, eps: float = 1e-6) -> Tensor:
+    """x / sqrt(sum(x^2) + eps) over the last axis (fla's and transformers' form, eps inside the root)."""
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).sum(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+class GatedDeltaNet(nn.Module):
+    def __init__(self, cfg: HybridConfig) -> None:
+        super().__init__()
+        g = cfg.gated_deltanet
+        assert g.n_heads and g.n_v_heads and g.head_k_dim and g.head_v_dim
+        self.n_heads, self.n_v_heads, self.head_k_dim, self.head_v_dim = (
+            g.n_heads,
+            g.n_v_heads,
+            g.head_k_dim,
+            g.head_v_dim,
+        )
+        self.key_dim, self.value_dim, self.conv_dim = cfg.gdn_key_dim, cfg.gdn_value_dim, cfg.gdn_conv_dim
+        self.allow_neg_eigval, self.chunk_size = g.allow_neg_eigval, g.chunk_size
+        d = cfg.d_model
+        self.q_proj = nn.Linear(d, self.key_dim, bias=False)
+        self.k_proj = nn.Linear(d, self.key_dim, bias=False)
+        self.v_proj = nn.Linear(d, self.value_dim, bias=False)
+        self.a_proj = nn.Linear(d, self.n_v_heads, bias=False)
+        self.b_proj = nn.Linear(d, self.n_v_heads, bias=False)
+        self.g_proj = nn.Linear(d, self.value_dim, bias=False)
+        self.o_proj = nn.Linear(self.value_dim, d, bias=False)
+        self.conv1d = nn.Conv1d(
+            self.conv_dim,
+            self.conv_dim,
+            g.d_conv,
+            groups=self.conv_dim,
+            padding=g.d_conv - 1,
+            bias=g.conv_bias,
+        )
+        self.A_log = nn.Parameter(torch.empty(self.n_v_heads))
+        self.dt_bias = nn.Parameter(torch.empty(self.n_v_heads))
+        self.o_norm = GatedRMSNorm(self.head_v_dim, g.norm_eps, norm_before_gate=True)
+        self.reset_gate_parameters(cfg)
+
+    @torch.no_grad()
+    def reset_gate_parameters(self, cfg: HybridConfig) -> None:
+        """A uniform in a_init_range; dt log-uniform in [dt_min, dt_max] through dt_bias (as fla)."""
+        g = cfg.gated_deltanet
+        self.A_log.copy_(torch.empty(self.n_v_heads).uniform_(*g.a_init_range).log())
+        log_dt = torch.rand(self.n_v_heads) * (math.log(g.dt_max) - math.log(g.dt_min)) + math.log(g.dt_min)
+        dt = log_dt.exp().clamp(min=g.dt_init_floor)
+        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
+
+    def forward(self, x: Tensor, layer: LayerState, state: ModelState) -> Tensor:
+        B, T, _ = x.shape
+        qkv = torch.cat((self.q_proj(x), self.k_proj(x), self.v_proj(x)), dim=-1)  # (B, T, 2*Hk*Dk + Hv*Dv)
+        weight, bias = self.conv1d.weight.squeeze(1), self.conv1d.bias  # (C, W)
+        conv = layer.recurrent["conv"]
+        if T == 1:
+            qkv = causal_conv1d_step(qkv[:, 0], conv, weight, bias)[:, None]  # (B, 1, C)
+        else:
+            qkv, final = causal_conv1d(qkv, weight, bias, initial_state=conv.to(qkv.dtype))  # (B, T, C)
+            layer.recurrent["conv"] = final.float()
+        q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
+        q = l2_normalize(q.reshape(B, T, self.n_heads, self.head_k_dim))  # (B, T, Hk, Dk)
+        k = l2_normalize(k.reshape(B, T, self.n_heads, self.head_k_dim))  # (B, T, Hk, Dk)
+        v = v.reshape(B, T, self.n_v_heads, self.head_v_dim)  # (B, T, Hv, Dv)
+        if self.n_v_heads != self.n_heads:
+            r = self.n_v_heads // self.n_heads
+            q, k = q.repeat_interleave(r, dim=2), k.repeat_interleave(r, dim=2)  # (B, T, Hv, Dk)
+
+        beta = self.b_proj(x).float().sigmoid()  # (B, T, Hv)
+        if self.allow_neg_eigval:
+            beta = beta * 2.0
+        g = -self.A_log.float().exp() * F.softplus(
+            self.a_proj(x).float() + self.dt_bias.float()
+        )  # (B, T, Hv)
+        if T == 1:
+            o = gated_delta_rule_step(
+                layer.recurrent["recurrent"], q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0]
+            )[:, None]  # (B, 1, Hv, Dv)
+        else:
+            o, layer.recurrent["recurrent"] = chunk_gated_delta_rule(
+                q, k, v, g, beta, initial_state=layer.recurrent["recurrent"], chunk_size=self.chunk_size
+            )  # (B, T, Hv, Dv)
+        gate = self.g_proj(x).view(B, T, self.n_v_heads, self.head_v_dim)  # (B, T, Hv, Dv)
+        o = self.o_norm(o, gate)  # (B, T, Hv, Dv)
+        return self.o_proj(o.reshape(B, T, self.value_dim).to(x.dtype))  # (B, T, D)

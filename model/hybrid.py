@@ -1,0 +1,180 @@
+"""`HybridLM`: embeddings, a stack of blocks (model/blocks.py), a final norm and the LM head.
+
+Design choices:
+- The model holds no state: `model(input_ids, state)` reads and advances an explicit `ModelState`
+  (model/state.py), so a state can be saved, restored, cloned and forked independently of the model.
+- Inference only: `forward` runs without autograd, so states never keep graphs alive between calls.
+- T == 1 takes each mixer's one-step kernels; T > 1 the chunked ones. Both give the same numbers.
+- `fingerprint` = sha256 of the config JSON and every weight (name, dtype, shape, bytes), computed on
+  first use and cached until the weights change (load_state_dict, .to()).
+- Files: `config.json` + `model.safetensors` (never pickle). Tied embeddings are stored once.
+- Weight names (for checkpoint adapters): `embed_tokens.weight`, `layers.{i}.*` (model/blocks.py),
+  `norm.weight`, `lm_head.weight` (only without tied embeddings).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from model.blocks import Block
+from model.config import HybridConfig
+from model.errors import CheckpointError, StateMismatchError, TokenRangeError
+from model.layers import RMSNorm
+from model.state import ModelState, state_layout
+
+WEIGHTS_FILE = "model.safetensors"
+
+
+class HybridLM(nn.Module):
+    def __init__(self, cfg: HybridConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg, kind) for kind in cfg.layer_types)
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self._layout = state_layout(cfg)
+        self._fingerprint: str | None = None
+        self._init_weights()
+
+    @torch.no_grad()
+    def _init_weights(self) -> None:
+        """Normal(0, init_std) for projections and embeddings; the mixers set their own SSM parameters."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear | nn.Embedding):
+                nn.init.normal_(m.weight, std=self.config.init_std)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ---- state -------------------------------------------------------------------------------------
+    def new_state(self, batch_size: int = 1, *, window: int | None = None, sinks: int = 0) -> ModelState:
+        """An empty state. `window=None`: exact full attention; else keep `sinks` + the last `window`."""
+        return ModelState.empty(
+            self.config, batch_size, window=window, sinks=sinks, device=self.device, dtype=self.dtype
+        )
+
+    def _check(self, input_ids: Tensor, state: ModelState) -> None:
+        if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.dtype.is_floating_point:
+            got = (
+                type(input_ids).__name__
+                if not isinstance(input_ids, Tensor)
+                else f"{input_ids.dtype} {input_ids.shape}"
+            )
+            raise TokenRangeError(f"input_ids must be an integer tensor of shape (batch, tokens); got {got}")
+        if input_ids.shape[1] == 0:
+            raise TokenRangeError("input_ids has no tokens; pass at least one token per call")
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        if lo < 0 or hi >= self.config.vocab_size:
+            raise TokenRangeError(
+                f"token ids must be in [0, {self.config.vocab_size}) for this model; got ids in "
+                f"[{lo}, {hi}]. Use the tokenizer that belongs to this model"
+            )
+        if not isinstance(state, ModelState):
+            raise StateMismatchError(
+                f"state must be a ModelState (from model.new_state()); got {type(state).__name__}"
+            )
+        if state.layout != self._layout:
+            raise StateMismatchError(
+                "this state was made for a model with another config (layer kinds or sizes differ); "
+                "create one with model.new_state() or load it with ModelState.from_tensors(t, model.config)"
+            )
+        first = next((t for ls in state.layers for t in (*ls.recurrent.values(), *ls.cache.values())), None)
+        if first is None:  # an all-MLP model: the state holds only the token count
+            return
+        if first.shape[0] != input_ids.shape[0]:
+            raise StateMismatchError(
+                f"input_ids has batch {input_ids.shape[0]} but the state has batch {first.shape[0]}; "
+                "use model.new_state(batch_size=...) with the input's batch size"
+            )
+        if first.device != self.device:
+            raise StateMismatchError(
+                f"the state is on {first.device} but the model is on {self.device}; call state.to(device)"
+            )
+
+    # ---- forward -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def forward(self, input_ids: Tensor, state: ModelState) -> Tensor:
+        """Logits (B, T, V) for `input_ids` (B, T) following what `state` has seen; advances `state` by T."""
+        self._check(input_ids, state)
+        T = input_ids.shape[1]
+        x = self.embed_tokens(input_ids.to(self.device))  # (B, T, D)
+        for block, layer in zip(self.layers, state.layers, strict=True):
+            x = block(x, layer, state)  # (B, T, D)
+        state.n_tokens += T
+        for i in range(len(state.layers)):
+            state.evict(i)
+        x = self.norm(x)  # (B, T, D)
+        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(x, weight)  # (B, T, V)
+
+    # ---- identity and files --------------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            h = hashlib.sha256(self.config.to_json().encode())
+            for name, t in sorted(self.state_dict().items()):
+                h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+                h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
+        self._fingerprint = None
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> HybridLM:
+        self._fingerprint = None  # .to(dtype) changes the weights' bytes
+        return super()._apply(fn, recurse)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        path = Path(directory)
+        self.config.save(path)
+        tensors = {n: t.detach().cpu().contiguous() for n, t in self.state_dict().items()}
+        save_file(tensors, str(path / WEIGHTS_FILE), metadata={"format": "pt"})
+        return path
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> HybridLM:
+        path = Path(directory)
+        weights = path / WEIGHTS_FILE
+        if not weights.is_file():
+            raise CheckpointError(f"no {WEIGHTS_FILE} in {path}; pass a directory written by save_pretrained")
+        model = cls(HybridConfig.load(path))
+        tensors = load_file(str(weights))
+        try:
+            missing, unexpected = model.load_state_dict(tensors, strict=False)
+        except RuntimeError as e:  # a tensor of the wrong shape
+            raise CheckpointError(f"{weights} does not match its config.json: {e}") from e
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{weights} does not match its config.json (missing: {sorted(missing)[:6]}, "
+                f"unexpected: {sorted(unexpected)[:6]}); re-save the model with save_pretrained"
+            )
+        return model.to(device=device, dtype=dtype).eval()

@@ -1,0 +1,76 @@
+"""Small building blocks shared by the mixers: RMSNorm, the SwiGLU MLP, rotary embeddings.
+
+Parameter names follow transformers (`weight`, `gate_proj`, `up_proj`, `down_proj`) so checkpoint
+adapters map weights by name. Norms go through `kernels.rms_norm` (fp32 arithmetic, input dtype out).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kernels import gated_rms_norm, rms_norm
+from model.config import HybridConfig
+
+
+class RMSNorm(nn.Module):
+    """`weight` (dim,), initialised to ones; y = x / rms(x) * weight over the last axis."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
+class GatedRMSNorm(nn.Module):
+    """`weight` (dim,); the output norm of Mamba-2 and Gated DeltaNet, gated by silu(z).
+
+    `norm_before_gate=False` (Mamba-2): norm(x * silu(z)) over groups of `group_size` channels;
+    `True` (Gated DeltaNet): norm(x) * silu(z).
+    """
+
+    def __init__(
+        self, dim: int, eps: float, *, group_size: int | None = None, norm_before_gate: bool
+    ) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps, self.group_size, self.norm_before_gate = eps, group_size, norm_before_gate
+
+    def forward(self, x: Tensor, z: Tensor) -> Tensor:
+        return gated_rms_norm(
+            x, z, self.weight, self.eps, group_size=self.group_size, norm_before_gate=self.norm_before_gate
+        )
+
+
+class MLP(nn.Module):
+    """SwiGLU: down_proj(silu(gate_proj(x)) * up_proj(x))."""
+
+    def __init__(self, cfg: HybridConfig) -> None:
+        super().__init__()
+        hidden, bias = cfg.mlp.hidden_dim, cfg.mlp.bias
+        assert hidden is not None
+        self.gate_proj = nn.Linear(cfg.d_model, hidden, bias=bias)
+        self.up_proj = nn.Linear(cfg.d_model, hidden, bias=bias)
+        self.down_proj = nn.Linear(hidden, cfg.d_model, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # (B, T, D)
+
+
+def rope_inv_freq(head_dim: int, theta: float) -> Tensor:
+    return 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (Dh/2,)
+
+
+def apply_rope(x: Tensor, positions: Tensor, inv_freq: Tensor) -> Tensor:
+    """Rotate `x` (B, T, H, Dh) by its absolute `positions` (T,); transformers' rotate-half layout."""
+    freqs = positions.to(inv_freq.dtype)[:, None] * inv_freq[None, :]  # (T, Dh/2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # (T, Dh)
+    cos, sin = emb.cos()[None, :, None, :], emb.sin()[None, :, None, :]  # (1, T, 1, Dh)
+    xf = x.float()
+    x1, x2 = xf.chunk(2, dim=-1)  # (B, T, H, Dh/2) each
+    rotated = torch.cat((-x2, x1), dim=-1)  # (B, T, H, Dh)
+    return (xf * cos + rotated * sin).to(x.dtype)

@@ -1,0 +1,360 @@
+"""`ModelState`: everything a `HybridLM` remembers between calls, explicit and serialisable.
+
+Design choices:
+- Per layer, a `LayerState` holds fixed-size `recurrent` tensors (conv windows, SSM / delta-rule
+  states; always fp32 so a long session does not drift) and a growing attention `cache` whose tensors
+  have a token axis, with `pos`: the absolute position of each cached token.
+- The layout of every layer kind is a `StateSpec` derived from the config alone (`STATE_SPECS`), so a
+  state can be validated against a config without building the model.
+- Window policy: a query at absolute position q sees keys j <= q with j > q - window, plus the first
+  `sinks` tokens. After each call the cache keeps the sinks and the last `window` tokens (and every
+  token at or after `keep_from`, so a snapshot can still save pages that left the window since the
+  last one); everything else is evicted. Positions stay absolute, so prefill in chunks sees exactly
+  the keys a one-shot prefill sees.
+- Flat names for storage: `n_tokens`, `window` (-1 = none), `sinks`, `layers.{i}.{name}` for each
+  recurrent and cache tensor and `layers.{i}.pos`. `from_tensors` is the exact inverse of `to_tensors`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from model.config import HybridConfig
+from model.errors import StateMismatchError
+
+TOKEN_AXIS = -1  # placeholder for the token axis in a cache shape
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """Shapes (without the batch axis) of one layer's state. Cache shapes mark the token axis with -1."""
+
+    recurrent: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    cache: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+def _attention_spec(cfg: HybridConfig) -> StateSpec:
+    a = cfg.attention
+    assert a.n_kv_heads and a.head_dim
+    kv = (a.n_kv_heads, TOKEN_AXIS, a.head_dim)  # stored (B, Hkv, L, Dh): the layout SDPA reads
+    return StateSpec(cache={"k": kv, "v": kv})
+
+
+def _mamba2_spec(cfg: HybridConfig) -> StateSpec:
+    m = cfg.mamba2
+    assert m.head_dim and m.d_state
+    return StateSpec(
+        recurrent={
+            "conv": (cfg.mamba2_conv_dim, m.d_conv - 1),
+            "ssm": (cfg.mamba2_heads, m.head_dim, m.d_state),
+        }
+    )
+
+
+def _gated_deltanet_spec(cfg: HybridConfig) -> StateSpec:
+    g = cfg.gated_deltanet
+    assert g.n_v_heads and g.head_k_dim and g.head_v_dim
+    return StateSpec(
+        recurrent={
+            "conv": (cfg.gdn_conv_dim, g.d_conv - 1),
+            "recurrent": (g.n_v_heads, g.head_k_dim, g.head_v_dim),  # key-first, as the kernels keep it
+        }
+    )
+
+
+def _parallel_spec(cfg: HybridConfig) -> StateSpec:
+    return StateSpec(recurrent=_mamba2_spec(cfg).recurrent, cache=_attention_spec(cfg).cache)
+
+
+# The state layout of each layer kind (see config.LAYER_TYPES).
+STATE_SPECS: dict[str, Callable[[HybridConfig], StateSpec]] = {
+    "attention": _attention_spec,
+    "mamba2": _mamba2_spec,
+    "gated_deltanet": _gated_deltanet_spec,
+    "parallel": _parallel_spec,
+    "mlp": lambda cfg: StateSpec(),
+}
+
+
+def state_layout(cfg: HybridConfig) -> tuple[tuple[str, StateSpec], ...]:
+    return tuple((kind, STATE_SPECS[kind](cfg)) for kind in cfg.layer_types)
+
+
+def attention_policy(cfg: HybridConfig, window: int | None, sinks: int) -> tuple[int | None, int]:
+    """The effective (window, sinks): the smaller of the runtime and config windows; no sinks without one."""
+    windows = [w for w in (window, cfg.attention.sliding_window) if w is not None]
+    if window is not None and window < 1:
+        raise StateMismatchError(f"window must be >= 1 or None for full attention (got {window})")
+    if sinks < 0:
+        raise StateMismatchError(f"sinks must be >= 0 (got {sinks})")
+    if not windows:
+        return None, 0
+    return min(windows), max(sinks, cfg.attention.sink_tokens)
+
+
+def _empty(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A cache shape holding no token."""
+    return tuple(0 if d == TOKEN_AXIS else d for d in shape)
+
+
+def _token_axis(shape: tuple[int, ...]) -> int:
+    return 1 + shape.index(TOKEN_AXIS)  # +1 for the batch axis
+
+
+@dataclass
+class LayerState:
+    recurrent: dict[str, Tensor]  # fixed size, fp32
+    cache: dict[str, Tensor]  # token axis as in the layer's StateSpec
+    pos: Tensor | None  # (L,) int64 absolute positions of the cached tokens; None without a cache
+
+
+class ModelState:
+    """The recurrent states and attention caches of every layer, plus the token count."""
+
+    def __init__(
+        self,
+        layers: list[LayerState],
+        layout: tuple[tuple[str, StateSpec], ...],
+        *,
+        n_tokens: int = 0,
+        window: int | None = None,
+        sinks: int = 0,
+    ) -> None:
+        self.layers = layers
+        self.layout = layout
+        self.n_tokens = n_tokens
+        self.window = window  # effective policy (see attention_policy)
+        self.sinks = sinks
+        self.keep_from: int | None = None  # cached tokens at positions >= this are never evicted
+
+    # ---- construction --------------------------------------------------------------------------
+    @classmethod
+    def empty(
+        cls,
+        cfg: HybridConfig,
+        batch_size: int = 1,
+        *,
+        window: int | None = None,
+        sinks: int = 0,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> ModelState:
+        layout = state_layout(cfg)
+        layers = []
+        for _, spec in layout:
+            rec = {
+                n: torch.zeros(batch_size, *s, device=device, dtype=torch.float32)
+                for n, s in spec.recurrent.items()
+            }
+            cache = {
+                n: torch.zeros(batch_size, *_empty(s), device=device, dtype=dtype)
+                for n, s in spec.cache.items()
+            }
+            pos = torch.zeros(0, dtype=torch.long, device=device) if spec.cache else None
+            layers.append(LayerState(rec, cache, pos))
+        w, s = attention_policy(cfg, window, sinks)
+        return cls(layers, layout, window=w, sinks=s)
+
+    @property
+    def batch_size(self) -> int:
+        for ls in self.layers:
+            for t in (*ls.recurrent.values(), *ls.cache.values()):
+                return t.shape[0]
+        return 1  # an all-MLP model has no state tensors
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.to_tensors().values())
+
+    def clone(self) -> ModelState:
+        layers = [
+            LayerState(
+                {n: t.clone() for n, t in ls.recurrent.items()},
+                {n: t.clone() for n, t in ls.cache.items()},
+                None if ls.pos is None else ls.pos.clone(),
+            )
+            for ls in self.layers
+        ]
+        out = ModelState(layers, self.layout, n_tokens=self.n_tokens, window=self.window, sinks=self.sinks)
+        out.keep_from = self.keep_from
+        return out
+
+    def to(self, device: torch.device | str) -> ModelState:
+        """Move every tensor to `device` in place; returns self."""
+        for ls in self.layers:
+            ls.recurrent = {n: t.to(device) for n, t in ls.recurrent.items()}
+            ls.cache = {n: t.to(device) for n, t in ls.cache.items()}
+            ls.pos = None if ls.pos is None else ls.pos.to(device)
+        return self
+
+    # ---- the window policy -----------------------------------------------------------------------
+    def evict(self, i: int) -> None:
+        """Drop the cached tokens of layer `i` that no future query can see (see the module docstring)."""
+        layer, (_, spec) = self.layers[i], self.layout[i]
+        if self.window is None or layer.pos is None:
+            return
+        keep = (layer.pos < self.sinks) | (layer.pos >= self.n_tokens - self.window)
+        if self.keep_from is not None:
+            keep |= layer.pos >= self.keep_from
+        if bool(keep.all()):
+            return
+        idx = keep.nonzero().squeeze(1)  # (L',)
+        for n, s in spec.cache.items():
+            layer.cache[n] = layer.cache[n].index_select(_token_axis(s), idx)
+        layer.pos = layer.pos[idx]
+
+    # ---- flat tensors ----------------------------------------------------------------------------
+    def _header(self) -> dict[str, Tensor]:
+        return {
+            "n_tokens": torch.tensor(self.n_tokens, dtype=torch.long),
+            "window": torch.tensor(-1 if self.window is None else self.window, dtype=torch.long),
+            "sinks": torch.tensor(self.sinks, dtype=torch.long),
+        }
+
+    def recurrent_tensors(self) -> dict[str, Tensor]:
+        """Everything except the attention caches: small, constant size."""
+        out = self._header()
+        for i, ls in enumerate(self.layers):
+            out.update({f"layers.{i}.{n}": t for n, t in ls.recurrent.items()})
+        return out
+
+    def cache_range(self, start: int, end: int) -> dict[str, Tensor]:
+        """The attention caches for absolute positions [start, end) that are still held in memory."""
+        out: dict[str, Tensor] = {}
+        for i, ((_, spec), ls) in enumerate(zip(self.layout, self.layers, strict=True)):
+            if ls.pos is None:
+                continue
+            idx = ((ls.pos >= start) & (ls.pos < end)).nonzero().squeeze(1)  # (L',)
+            for n, s in spec.cache.items():
+                out[f"layers.{i}.{n}"] = ls.cache[n].index_select(_token_axis(s), idx)
+            out[f"layers.{i}.pos"] = ls.pos[idx]
+        return out
+
+    def to_tensors(self) -> dict[str, Tensor]:
+        out = self.recurrent_tensors()
+        for i, ls in enumerate(self.layers):
+            out.update({f"layers.{i}.{n}": t for n, t in ls.cache.items()})
+            if ls.pos is not None:
+                out[f"layers.{i}.pos"] = ls.pos
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, Tensor], cfg: HybridConfig) -> ModelState:
+        """The exact inverse of `to_tensors`; raises StateMismatchError if they do not fit `cfg`."""
+        layout = state_layout(cfg)
+        expected = set(cls._names(layout))
+        got = set(tensors)
+        if got != expected:
+            missing, extra = sorted(expected - got), sorted(got - expected)
+            raise StateMismatchError(
+                "these state tensors do not belong to this model's config "
+                f"(missing: {missing[:6]}{'...' if len(missing) > 6 else ''}; "
+                f"unexpected: {extra[:6]}{'...' if len(extra) > 6 else ''}); "
+                "load the state with the model it was saved from"
+            )
+        n_tokens = int(tensors["n_tokens"])
+        window = int(tensors["window"])
+        sinks = int(tensors["sinks"])
+        return cls._assemble(tensors, layout, n_tokens, None if window < 0 else window, sinks)
+
+    @classmethod
+    def from_parts(
+        cls,
+        recurrent: dict[str, Tensor],
+        pages: list[tuple[int, int, dict[str, Tensor]]],
+        cfg: HybridConfig,
+        *,
+        window: int | None = None,
+        sinks: int = 0,
+    ) -> ModelState:
+        """Rebuild a state from `recurrent_tensors()` and cache pages `(start, end, cache_range(start, end))`.
+
+        The window policy given here wins over the one saved in `recurrent`; only the tokens it keeps are
+        needed (all of them with `window=None`), and a missing one raises StateMismatchError.
+        """
+        layout = state_layout(cfg)
+        if "n_tokens" not in recurrent:
+            raise StateMismatchError("recurrent tensors lack 'n_tokens'; pass what recurrent_tensors() gave")
+        n_tokens = int(recurrent["n_tokens"])
+        w, s = attention_policy(cfg, window, sinks)
+        need = torch.arange(n_tokens)
+        if w is not None:
+            need = need[(need < s) | (need >= n_tokens - w)]
+        tensors = {k: v for k, v in recurrent.items() if k not in ("window", "sinks")}
+        tensors.update(window=torch.tensor(-1 if w is None else w), sinks=torch.tensor(s))
+        for i, (_, spec) in enumerate(layout):
+            if not spec.cache:
+                continue
+            parts = [p for _, _, p in sorted(pages, key=lambda p: p[0]) if f"layers.{i}.pos" in p]
+            pos = torch.cat([p[f"layers.{i}.pos"].cpu() for p in parts] or [torch.zeros(0, dtype=torch.long)])
+            order = torch.argsort(pos, stable=True)
+            sorted_pos = pos[order]
+            where = torch.searchsorted(sorted_pos, need).clamp(max=max(len(pos) - 1, 0))  # (N,)
+            covered = len(need) == 0 or (len(pos) > 0 and bool((sorted_pos[where] == need).all()))
+            if not covered:
+                raise StateMismatchError(
+                    f"the cache pages do not cover the {len(need)} tokens layer {i} needs "
+                    f"(of positions 0..{n_tokens - 1}); pass every page overlapping the sinks and the window"
+                )
+            idx = order[where]  # (N,) index into the concatenated pages
+            for n, shape in spec.cache.items():
+                ax = _token_axis(shape)
+                if parts:
+                    full = torch.cat([p[f"layers.{i}.{n}"] for p in parts], dim=ax)
+                    tensors[f"layers.{i}.{n}"] = full.index_select(ax, idx.to(full.device))
+            tensors[f"layers.{i}.pos"] = need.clone()
+            if not parts:  # nothing needed and no page: an empty cache shaped like the spec
+                batch = next((t.shape[0] for k, t in recurrent.items() if k.startswith("layers.")), 1)
+                for n, shape in spec.cache.items():
+                    tensors[f"layers.{i}.{n}"] = torch.zeros(batch, *_empty(shape))
+        return cls.from_tensors(tensors, cfg)
+
+    # ---- helpers ---------------------------------------------------------------------------------
+    @staticmethod
+    def _names(layout: tuple[tuple[str, StateSpec], ...]) -> list[str]:
+        names = ["n_tokens", "window", "sinks"]
+        for i, (_, spec) in enumerate(layout):
+            names += [f"layers.{i}.{n}" for n in (*spec.recurrent, *spec.cache)]
+            if spec.cache:
+                names.append(f"layers.{i}.pos")
+        return names
+
+    @classmethod
+    def _assemble(
+        cls,
+        t: dict[str, Tensor],
+        layout: tuple[tuple[str, StateSpec], ...],
+        n_tokens: int,
+        window: int | None,
+        sinks: int,
+    ) -> ModelState:
+        layers: list[LayerState] = []
+        batch: int | None = None
+        for i, (kind, spec) in enumerate(layout):
+            for n, want in (*spec.recurrent.items(), *spec.cache.items()):
+                got = tuple(t[f"layers.{i}.{n}"].shape)
+                batch = got[0] if batch is None else batch
+                ok = len(got) == len(want) + 1 and got[0] == batch
+                ok = ok and all(w in (TOKEN_AXIS, g) for w, g in zip(want, got[1:], strict=False))
+                if not ok:
+                    raise StateMismatchError(
+                        f"state tensor layers.{i}.{n} ({kind}) has shape {got}, but this config needs "
+                        f"(batch, {', '.join('tokens' if d == TOKEN_AXIS else str(d) for d in want)}); "
+                        "load the state with the model it was saved from"
+                    )
+            rec = {n: t[f"layers.{i}.{n}"].float().clone() for n in spec.recurrent}
+            cache = {n: t[f"layers.{i}.{n}"].clone() for n in spec.cache}
+            pos = t[f"layers.{i}.pos"].long().clone() if spec.cache else None
+            if pos is not None:
+                lengths = {cache[n].shape[_token_axis(s)] for n, s in spec.cache.items()}
+                if lengths != {len(pos)} or (len(pos) and int(pos.max()) >= n_tokens):
+                    raise StateMismatchError(
+                        f"layer {i}: cache holds {lengths} tokens but pos lists {len(pos)} "
+                        f"(positions must be < n_tokens={n_tokens}); the state is corrupt"
+                    )
+            layers.append(LayerState(rec, cache, pos))
+        return cls(layers, layout, n_tokens=n_tokens, window=window, sinks=sinks)
