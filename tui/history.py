@@ -35,7 +35,8 @@ async def redraw(conversation: Conversation, events: Iterable[Any], *, tail: int
         if kind == "user":
             await conversation.add_user(text)
         elif kind in ("assistant", "text"):
-            await conversation.add_assistant(text)
+            if text.strip():  # a round that was only a tool call has no visible text
+                await conversation.add_assistant(text)
         elif kind == "tool_call":
             fields = {**data, **({} if isinstance(event, dict) else _model_fields(event))}
             fields.setdefault("call_id", str(len(cards)))

@@ -174,15 +174,12 @@ class SessionActions(_Base):
 
 
 def _tool_lines(agent: Any) -> list[str]:
-    """One line per tool: name, source, description. Read from the agent's registry."""
-    registry = getattr(agent, "registry", None)
-    tools = getattr(agent, "tools", None) or (registry.tools() if hasattr(registry, "tools") else [])
-    if isinstance(tools, dict):
-        tools = list(tools.values())
+    """One line per tool: name, where it comes from, its policy, the first line of its description."""
+    registry = agent.registry
     lines = []
-    for t in tools:
-        name = getattr(t, "name", str(t))
-        source = getattr(t, "source", "builtin")
-        desc = (getattr(t, "description", "") or "").strip().splitlines()
-        lines.append(f"  {name:<16} {source:<10} {desc[0] if desc else ''}")
+    for name in registry.names():
+        tool = registry.get(name)
+        desc = (getattr(tool, "description", "") or "").strip().splitlines()
+        policy = registry.policy(name)
+        lines.append(f"  {name:<14} {tool.source:<12} {policy:<6} {desc[0] if desc else ''}")
     return lines or ["  (none)"]

@@ -67,7 +67,7 @@ class FakeAgent:
 
     def new_session(self) -> None:
         sid = next(self._ids)
-        self._sessions[sid] = FakeSession(sid, f"session {sid[-1]}", "/work/project")
+        self._sessions[sid] = FakeSession(sid, "", "/work/project")
         self.session_id = sid
 
     def cancel(self) -> None:
@@ -107,8 +107,10 @@ class FakeAgent:
                 ]
                 yield result
         s.turns += 1
+        if s.turns == 1 and not s.title:
+            s.title = text[:60]
         s.tokens += len(text) + n
-        s.events += events
+        s.events += [{**e, "turn": s.turns} for e in events]
         yield self._end("end_of_turn", n)
 
     def _end(self, reason: Any, n: int) -> TurnEnd:
@@ -139,7 +141,7 @@ class FakeAgent:
         src = self.session
         sid = next(self._ids)
         self._sessions[sid] = FakeSession(
-            sid, src.title + " (fork)", src.workspace, list(src.events), turn, src.tokens
+            sid, src.title + " (fork)", src.workspace, [e for e in src.events if e["turn"] <= turn], turn, src.tokens
         )
         self.session_id = sid
         return sid

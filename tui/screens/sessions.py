@@ -45,8 +45,8 @@ def session_row(info: Any) -> SessionRow:
         id=str(_first(info, "id", "session_id")),
         title=str(_first(info, "title", default="") or "untitled"),
         workspace=str(_first(info, "workspace", default="")),
-        turns=int(_first(info, "turns", "n_turns", "turn_count", default=0)),
-        tokens=int(_first(info, "tokens", "n_tokens", "state_tokens", default=0)),
+        turns=int(_first(info, "latest_turn", "turns", "n_turns", default=0)),
+        tokens=int(_first(info, "n_tokens", "tokens", default=0)),
         last_used=_first(info, "last_used", "updated_at", "created_at"),
     )
 
