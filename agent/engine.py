@@ -1,0 +1,184 @@
+"""The engine: what the agent loop needs from a model, at the level of tokens.
+
+Design choices:
+- The loop talks to an `Engine`, not to `HybridLM`, so that its logic (tool rounds, approvals,
+  cancellation, snapshots) can be tested with a scripted engine that emits chosen tokens, and so that
+  the real engine is the only place that knows about tensors and devices.
+- Every generated token is fed back into the state as soon as it is chosen (the stop token too), so
+  the state always holds exactly the text the model wrote and the next segment starts cleanly.
+- Snapshots are append-only: `ModelState.keep_from` pins every token since the last snapshot in the
+  cache (even those that left the attention window), so the next snapshot can save them as one page;
+  the window's masking does not depend on what is held, so pinning does not change any number.
+- Long prefills are split in chunks of a fixed size: the same segment is always cut the same way, so a
+  resumed session runs exactly the operations the uninterrupted one ran.
+- Calls are not thread-safe; the agent runs all of them on its one model thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from model.chat import ChatFormat, Segment
+
+PREFILL_CHUNK = 2048  # tokens per forward call during prefill (bounds the attention matrix)
+
+
+@dataclass(frozen=True)
+class StatePage:
+    """Attention-cache tensors for the absolute token positions [start, end)."""
+
+    start: int
+    end: int
+    tensors: dict[str, Tensor]
+
+
+class TextStream(Protocol):
+    def push(self, token_id: int) -> str: ...
+    def flush(self) -> str: ...
+
+
+class Engine(Protocol):
+    """A model, its tokenizer, its chat format and one live state."""
+
+    chat: ChatFormat
+    model_name: str
+    device: str
+    fingerprint: str
+    window: int | None
+    sinks: int
+
+    @property
+    def n_tokens(self) -> int: ...
+    @property
+    def state_bytes(self) -> int: ...
+
+    def encode(self, segment: Segment) -> list[int]: ...
+    def text_stream(self) -> TextStream:
+        """Turns generated ids into text, special tokens written out (stop detection needs them)."""
+        ...
+
+    def reset(self) -> None:
+        """An empty state (a new session)."""
+        ...
+
+    def prefill(self, ids: Sequence[int]) -> None:
+        """Advance the state over `ids`; the next token is chosen from the last one's logits."""
+        ...
+
+    def next_token(self) -> int: ...
+    def snapshot(self, since: int) -> tuple[dict[str, Tensor], list[StatePage]]:
+        """The recurrent tensors (whole) and the cache pages for tokens [since, n_tokens)."""
+        ...
+
+    def mark_saved(self) -> None:
+        """The state up to now is in the database: tokens before it may leave memory."""
+        ...
+
+    def restore(self, recurrent: dict[str, Tensor], pages: Sequence[StatePage]) -> None: ...
+
+
+class ModelEngine:
+    """The real engine: a `HybridLM` (or adapted checkpoint) with its tokenizer and chat format."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        chat: ChatFormat,
+        *,
+        window: int | None = None,
+        sinks: int = 4,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        model_name: str = "model",
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.chat = chat
+        self.model_name = model_name
+        param = next(iter(model.parameters()), None)
+        self._device = param.device if param is not None else torch.device("cpu")
+        self.device = str(self._device)
+        self.fingerprint: str = model.fingerprint
+        self.temperature = temperature
+        self._generator = torch.Generator(device=self._device)
+        if seed is not None:
+            self._generator.manual_seed(seed)
+        self._window_arg, self._sinks_arg = window, sinks
+        self.state = model.new_state(window=window, sinks=sinks)
+        # The effective policy (a model trained with a sliding window brings its own).
+        self.window: int | None = self.state.window
+        self.sinks: int = self.state.sinks
+        self.state.keep_from = 0
+        self._logits: Tensor | None = None
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.state.n_tokens)
+
+    @property
+    def state_bytes(self) -> int:
+        return int(self.state.nbytes)
+
+    def encode(self, segment: Segment) -> list[int]:
+        return segment.encode(self.tokenizer)
+
+    def text_stream(self) -> TextStream:
+        stream: TextStream = self.tokenizer.stream_decoder()
+        return stream
+
+    def reset(self) -> None:
+        self.state = self.model.new_state(window=self._window_arg, sinks=self._sinks_arg)
+        self.state.keep_from = 0
+        self._logits = None
+
+    @torch.inference_mode()
+    def prefill(self, ids: Sequence[int]) -> None:
+        if not ids:
+            return
+        for i in range(0, len(ids), PREFILL_CHUNK):
+            chunk = torch.tensor([list(ids[i : i + PREFILL_CHUNK])], dtype=torch.long, device=self._device)
+            logits = self.model(chunk, self.state)  # (1, T, V)
+        self._logits = logits[0, -1].float()  # (V,)
+
+    def next_token(self) -> int:
+        if self._logits is None:
+            raise RuntimeError("next_token() before any prefill")
+        if self.temperature <= 0:
+            return int(torch.argmax(self._logits))
+        probs = torch.softmax(self._logits / self.temperature, dim=-1)  # (V,)
+        return int(torch.multinomial(probs, 1, generator=self._generator))
+
+    def snapshot(self, since: int) -> tuple[dict[str, Tensor], list[StatePage]]:
+        recurrent = {k: v.detach().cpu() for k, v in self.state.recurrent_tensors().items()}
+        end = self.n_tokens
+        pages = []
+        if end > since:
+            tensors = {k: v.detach().cpu() for k, v in self.state.cache_range(since, end).items()}
+            if tensors:  # a model without attention has no cache pages
+                pages.append(StatePage(since, end, tensors))
+        return recurrent, pages
+
+    def mark_saved(self) -> None:
+        self.state.keep_from = self.n_tokens
+        for i in range(len(self.state.layers)):
+            self.state.evict(i)
+
+    def restore(self, recurrent: dict[str, Tensor], pages: Sequence[StatePage]) -> None:
+        from model import ModelState
+
+        state = ModelState.from_parts(
+            recurrent,
+            [(p.start, p.end, p.tensors) for p in pages],
+            self.model.config,
+            window=self._window_arg,
+            sinks=self._sinks_arg,
+        )
+        self.state = state.to(self._device)
+        self.state.keep_from = self.n_tokens
+        self._logits = None

@@ -1,0 +1,120 @@
+"""`Agent.open`: from paths and options to a ready agent (model, tokenizer, chat format, store, tools).
+
+The default model is the one packaged in `model/default/` (config.json, model.safetensors,
+tokenizer.json). There is no silent fallback to random weights: without it, the user is told to pass
+`--model PATH`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agent.errors import ModelNotFoundError
+
+if TYPE_CHECKING:
+    from agent.engine import ModelEngine
+    from agent.loop import Agent
+
+
+def default_model_dir() -> Path:
+    import model
+
+    return Path(model.__file__).resolve().parent / "default"
+
+
+def resolve_model_dir(path: str | Path | None) -> Path:
+    if path is None:
+        root = default_model_dir()
+        if not (root / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"no model given and no default model is installed ({root} has no config.json); "
+                "pass --model PATH (a directory with config.json and model.safetensors)"
+            )
+        return root
+    root = Path(path).expanduser()
+    if not root.is_dir() or not (root / "config.json").is_file():
+        raise ModelNotFoundError(
+            f"no model at {root}: --model takes a directory with config.json and model.safetensors"
+        )
+    return root
+
+
+def load_engine(
+    path: str | Path | None,
+    *,
+    device: str | None = None,
+    window: int | None = None,
+    sinks: int = 4,
+    seed: int | None = None,
+    temperature: float = 0.0,
+) -> ModelEngine:
+    import torch
+
+    from agent.engine import ModelEngine
+    from model.chat import ChatFormat, JinjaChatFormat, NativeChatFormat
+    from model.hybrid import HybridLM
+    from model.tokenizer import load_tokenizer
+
+    root = resolve_model_dir(path)
+    if seed is not None:
+        torch.manual_seed(seed)
+    lm = HybridLM.from_pretrained(root, device=device)
+    tokenizer = load_tokenizer(root)
+    has_template = (root / "chat_template.jinja").is_file() or (
+        (root / "tokenizer_config.json").is_file()
+        and "chat_template" in (root / "tokenizer_config.json").read_text(encoding="utf-8")
+    )
+    chat: ChatFormat = JinjaChatFormat.from_pretrained(root) if has_template else NativeChatFormat()
+    return ModelEngine(
+        lm,
+        tokenizer,
+        chat,
+        window=window,
+        sinks=sinks,
+        temperature=temperature,
+        seed=seed,
+        model_name=root.name,
+    )
+
+
+def open_agent(
+    cls: type[Agent],
+    *,
+    model: str | Path | None = None,
+    db: str | None = None,
+    workspace: str | Path = ".",
+    device: str | None = None,
+    window: int | None = None,
+    sinks: int = 4,
+    seed: int | None = None,
+    resume: str | None = None,
+    approval: Any = None,
+    enable_commands: bool = False,
+    mode: str = "ask",
+    temperature: float = 0.0,
+    max_new_tokens: int = 1024,
+    max_tool_rounds: int = 8,
+) -> Agent:
+    from memory import Store
+
+    engine = load_engine(model, device=device, window=window, sinks=sinks, seed=seed, temperature=temperature)
+    store = Store(db)
+    try:
+        if resume is not None and workspace == ".":
+            # A resumed session works on the files it was started on, unless told otherwise.
+            workspace = store.get_session(resume).workspace
+        return cls(
+            engine,
+            store,
+            workspace=workspace,
+            session_id=resume,
+            mode=mode,  # type: ignore[arg-type]
+            approval=approval,
+            enable_commands=enable_commands,
+            max_new_tokens=max_new_tokens,
+            max_tool_rounds=max_tool_rounds,
+        )
+    except BaseException:
+        store.close()
+        raise

@@ -1,0 +1,511 @@
+"""`Agent`: one session at a time, one turn at a time, each turn ending in one snapshot.
+
+A turn (DESIGN.md, "Data flow of one turn"): render the new segment only -> prefill it onto the state
+-> decode, streaming `TextDelta`s, until end of turn or a complete tool call -> parse, approve, run the
+call, prefill its result -> decode again ... -> one `save_turn` with the events, the recurrent state,
+the cache pages since the last snapshot and the file-journal entries.
+
+Design choices:
+- All model and database work runs on one dedicated thread (`_model_thread`), one step at a time, so
+  the caller's event loop (the TUI's) never blocks and the engine is never used by two threads.
+- Whatever stops a turn before its snapshot (cancel, an error, the consumer going away) puts the
+  engine back to the last snapshot, read from the database: the session stays exactly where it was,
+  and the tool changes the turn made are still journaled (so undo and rewind can revert them).
+- Tool calls that cannot be run (malformed, unknown tool, bad arguments, denied) become results the
+  model reads, never exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from agent.engine import Engine
+from agent.errors import AgentBusyError, AgentError
+from agent.events import (
+    AgentEvent,
+    ApprovalDecision,
+    ErrorEvent,
+    TextDelta,
+    ToolCallRequested,
+    ToolResultEvent,
+    TurnEnd,
+)
+from agent.journal import StoreJournal
+from agent.records import assistant_event, conversation_of, system_event, tool_call_event, tool_result_event
+from agent.stream import VisibleText
+from memory import Event, Page, SessionInfo, Store, StoreError
+from model.chat import DEFAULT_SYSTEM_PROMPT, ChatFormatError, ChatMessage, ParsedToolCall
+from model.errors import ModelError
+from tools.errors import ToolError
+from tools.registry import ToolRegistry
+
+Mode = Literal["ask", "accept-edits", "auto"]
+MODES: tuple[Mode, ...] = ("ask", "accept-edits", "auto")
+Approval = Callable[[ToolCallRequested], Awaitable[ApprovalDecision]]
+T = TypeVar("T")
+
+# Errors a turn reports as an ErrorEvent (the user can act on them); anything else is a bug and raises.
+USER_ERRORS = (AgentError, ChatFormatError, ModelError, StoreError, ToolError)
+
+
+class _Cancelled(Exception):
+    pass
+
+
+@dataclass
+class _TurnStats:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    decode_s: float = 0.0
+
+
+@dataclass
+class _Round:
+    """One stretch of decoding: from a prefilled segment to a stop or a complete tool call."""
+
+    raw: str = ""
+    visible: str = ""
+    stop: str = "end_of_turn"  # end_of_turn | tool_call | max_tokens
+
+
+class Agent:
+    """The persistent agent. `Agent.open(...)` builds everything from paths; this is the long form."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        store: Store,
+        registry: ToolRegistry | None = None,
+        *,
+        workspace: str | Path = ".",
+        session_id: str | None = None,
+        mode: Mode = "ask",
+        approval: Approval | None = None,
+        enable_commands: bool = False,
+        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        max_new_tokens: int = 1024,
+        max_tool_rounds: int = 8,
+    ) -> None:
+        if mode not in MODES:
+            raise AgentError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        self.engine = engine
+        self.store = store
+        self.workspace = Path(workspace).resolve()
+        self.journal: StoreJournal | None = None
+        if registry is None:
+            self.journal = StoreJournal(store, lambda: self.session_id)
+            registry = ToolRegistry(self.workspace, journal=self.journal, enable_commands=enable_commands)
+        self.registry = registry
+        self.mode: Mode = mode
+        self.approval = approval
+        self.system_prompt = system_prompt
+        self.max_new_tokens = max_new_tokens
+        self.max_tool_rounds = max_tool_rounds
+        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="hybrid-agent-model")
+        self._cancel = threading.Event()
+        self._running = False
+        self._always_allowed: set[str] = set()
+        self.session_id = ""
+        self.turn = 0
+        self._saved_tokens = 0
+        self._system: str | None = None
+        self._tools: list[dict[str, Any]] = []
+        self._history: list[ChatMessage] = []
+        if session_id is None:
+            self.new_session()
+        else:
+            self.resume(session_id)
+
+    @classmethod
+    def open(cls, **options: Any) -> Agent:
+        """Build model + tokenizer + chat format + Store + ToolRegistry, and a session (new, or
+        `resume=ID`). Options: see `agent.factory.open_agent`."""
+        from agent.factory import open_agent
+
+        return open_agent(cls, **options)
+
+    # ---- what the UI shows -----------------------------------------------------------------------
+    @property
+    def state_tokens(self) -> int:
+        return self.engine.n_tokens
+
+    @property
+    def state_bytes(self) -> int:
+        return self.engine.state_bytes
+
+    @property
+    def window(self) -> int | None:
+        return self.engine.window
+
+    @property
+    def model_name(self) -> str:
+        return self.engine.model_name
+
+    @property
+    def device(self) -> str:
+        return self.engine.device
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    # ---- sessions (call these between turns) --------------------------------------------------------
+    def _idle(self) -> None:
+        if self._running:
+            raise AgentBusyError("a turn is running; wait for it to end or cancel it first")
+
+    def new_session(self, title: str = "") -> str:
+        self._idle()
+        info = self.store.create_session(title, str(self.workspace), self.engine.fingerprint)
+        self.engine.reset()
+        self._set_session(info.id, 0, None, [], [])
+        return info.id
+
+    def resume(self, session_id: str) -> None:
+        """Continue a saved session from its latest snapshot (its history is not re-read by the model)."""
+        self._idle()
+        info = self.store.get_session(session_id)
+        if info.model_fingerprint != self.engine.fingerprint:
+            raise AgentError(
+                f"session {session_id} was made with another model ({info.model_fingerprint[:12]}); "
+                f"the model loaded now is {self.engine.fingerprint[:12]}: pass the model it was made with"
+            )
+        conv = conversation_of(self.store.events(session_id))
+        if info.latest_turn is None:
+            self.engine.reset()
+        else:
+            self._restore(session_id, info.latest_turn)
+        self._set_session(session_id, info.latest_turn or 0, conv.system, conv.tools, conv.messages)
+
+    def fork(self, turn: int) -> str:
+        """A new session whose history is this one's up to `turn`; it becomes the active one."""
+        self._idle()
+        if turn == 0:
+            return self.new_session()
+        info = self.store.fork_session(self.session_id, turn)
+        self.resume(info.id)
+        return info.id
+
+    def rewind(self, turn: int, revert_files: bool = False) -> str:
+        """Go back to the end of `turn` (a fork, so nothing is lost); with `revert_files`, first undo
+        the file changes made after it. Returns the new session's id."""
+        self._idle()
+        if revert_files:
+            self.registry.undo_after_turn(turn)
+        return self.fork(turn)
+
+    def undo(self) -> str:
+        """Revert the newest file change the agent made; says what it did."""
+        self._idle()
+        return self.registry.undo_last()
+
+    def sessions(self) -> list[SessionInfo]:
+        return self.store.list_sessions()
+
+    def history(self) -> list[Event]:
+        """The stored events of the active session, for a UI to redraw it."""
+        return self.store.events(self.session_id)
+
+    def rename(self, session_id: str, title: str) -> None:
+        self.store.rename_session(session_id, title)
+
+    def delete(self, session_id: str) -> None:
+        """Delete a session; deleting the active one starts a new one."""
+        self._idle()
+        self.store.delete_session(session_id)
+        if session_id == self.session_id:
+            self.new_session()
+
+    def _set_session(
+        self,
+        session_id: str,
+        turn: int,
+        system: str | None,
+        tools: list[dict[str, Any]],
+        history: list[ChatMessage],
+    ) -> None:
+        self.session_id, self.turn = session_id, turn
+        self._saved_tokens = self.engine.n_tokens
+        self._system, self._tools, self._history = system, tools, history
+        self._always_allowed.clear()
+
+    def _restore(self, session_id: str, turn: int) -> None:
+        snap = self.store.load_snapshot(
+            session_id,
+            turn,
+            window=self.engine.window,
+            sinks=self.engine.sinks,
+            fingerprint=self.engine.fingerprint,
+        )
+        from agent.engine import StatePage
+
+        self.engine.restore(
+            snap.recurrent, [StatePage(p.token_start, p.token_end, p.tensors) for p in snap.pages]
+        )
+
+    # ---- a turn ------------------------------------------------------------------------------------
+    def cancel(self) -> None:
+        """Stop the running turn at the next token; the session stays at its last snapshot.
+        Safe to call from any thread."""
+        self._cancel.set()
+
+    async def _on_model(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._model_thread, fn, *args)
+
+    async def send(self, text: str) -> AsyncIterator[AgentEvent]:
+        """Run one turn for the user's `text`, yielding events as they happen."""
+        self._idle()
+        self._running = True
+        self._cancel.clear()
+        turn = self.turn + 1
+        history_len = len(self._history)
+        stats = _TurnStats()
+        events: list[Event] = []
+        finished = False  # saved, or rolled back to the last snapshot
+        try:
+            if not self._history:
+                self._system = self.system_prompt
+                self._tools = [s["function"] for s in self.registry.schemas()]
+                events.append(system_event(self._system, self._tools, self.engine.chat.name))
+            events.append(Event("user", text))
+            new = [ChatMessage("user", text)]
+            rounds = 0
+            while True:
+                segment = self.engine.chat.segment(
+                    self._history, new, system=self._system or "", tools=self._tools
+                )
+                ids = self.engine.encode(segment)
+                await self._on_model(self.engine.prefill, ids)
+                stats.prompt_tokens += len(ids)
+                self._history.extend(new)
+                rnd = _Round()
+                async for delta in self._decode(rnd, stats):
+                    yield delta
+                self._history.append(ChatMessage("assistant", rnd.visible, raw=rnd.raw))
+                events.append(assistant_event(rnd.visible, rnd.raw, rnd.stop))
+                calls = self.engine.chat.parse_tool_calls(rnd.raw)
+                stop_reason = "max_tokens" if rnd.stop == "max_tokens" else "end_of_turn"
+                if not calls or rnd.stop == "max_tokens":
+                    break
+                if rounds >= self.max_tool_rounds:
+                    stop_reason = "max_tool_rounds"
+                    break
+                rounds += 1
+                new = []
+                for i, call in enumerate(calls):
+                    async for ev in self._tool_call(call, f"call_{turn}_{rounds}_{i}", turn, events, new):
+                        yield ev
+            end = await self._save(turn, events, stats, stop_reason)
+            finished = True
+            yield end
+        except _Cancelled:
+            await self._roll_back(history_len)
+            finished = True
+            yield self._turn_end(stats, saved=False, stop_reason="cancelled")
+        except USER_ERRORS as exc:
+            await self._roll_back(history_len)
+            finished = True
+            yield ErrorEvent(message=str(exc))
+        finally:
+            if not finished:
+                # The consumer went away mid-turn (or a bug): still leave the session consistent.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._roll_back(history_len))
+            self._running = False
+
+    def _step(self) -> int:
+        tok = self.engine.next_token()
+        self.engine.prefill([tok])  # the state holds every token the model wrote, the stop token too
+        return tok
+
+    async def _decode(self, rnd: _Round, stats: _TurnStats) -> AsyncIterator[TextDelta]:
+        chat = self.engine.chat
+        stream = self.engine.text_stream()
+        visible = VisibleText(chat)
+        longest = max(len(m) for m in (chat.tool_call_close, *chat.stop_strings))
+        t0 = time.perf_counter()
+        try:
+            while True:
+                if self._cancel.is_set():
+                    raise _Cancelled
+                if stats.completion_tokens >= self.max_new_tokens:
+                    rnd.stop = "max_tokens"
+                    break
+                tok = await self._on_model(self._step)
+                stats.completion_tokens += 1
+                piece = stream.push(tok)
+                rnd.raw += piece
+                if delta := visible.push(piece):
+                    yield TextDelta(text=delta)
+                tail = rnd.raw[-(len(piece) + longest) :]
+                if any(s in tail for s in chat.stop_strings):
+                    rnd.stop = "end_of_turn"
+                    break
+                if chat.tool_call_close in tail:
+                    rnd.stop = "tool_call"
+                    break
+            rest = stream.flush()
+            rnd.raw += rest
+            visible.push(rest)
+            if delta := visible.finish():
+                yield TextDelta(text=delta)
+            rnd.visible = chat.visible_text(rnd.raw)
+        finally:
+            stats.decode_s += time.perf_counter() - t0
+
+    def _needs_approval(self, name: str, arguments: dict[str, Any]) -> tuple[bool, Any]:
+        """(ask the user?, preview). Calls the registry will refuse anyway (unknown tool, bad arguments,
+        policy deny) are not asked about: their error result is enough."""
+        if name not in self.registry:
+            return False, None
+        try:
+            self.registry.get(name).parse_arguments(arguments)
+        except Exception:
+            return False, None
+        if self.registry.policy(name) != "ask" or self.mode == "auto" or name in self._always_allowed:
+            return False, self.registry.preview(name, arguments)
+        preview = self.registry.preview(name, arguments)
+        if self.mode == "accept-edits" and preview.diff is not None and preview.command is None:
+            return False, preview
+        return True, preview
+
+    async def _tool_call(
+        self, call: ParsedToolCall, call_id: str, turn: int, events: list[Event], new: list[ChatMessage]
+    ) -> AsyncIterator[AgentEvent]:
+        name = call.name or "?"
+        if call.error is not None:
+            request = ToolCallRequested(call_id=call_id, tool=name, arguments=call.arguments)
+            yield request
+            text = (
+                f"error: {call.error}. Write a tool call as {self.engine.chat.tool_call_open}"
+                f'{{"name": "...", "arguments": {{...}}}}{self.engine.chat.tool_call_close}'
+            )
+            result = ToolResultEvent(call_id=call_id, tool=name, text=text, is_error=True)
+        else:
+            needs, preview = self._needs_approval(name, call.arguments)
+            request = ToolCallRequested(
+                call_id=call_id,
+                tool=name,
+                arguments=call.arguments,
+                source=self.registry.get(name).source if name in self.registry else "builtin",
+                needs_approval=needs,
+                diff=getattr(preview, "diff", None),
+                command=getattr(preview, "command", None),
+                path=getattr(preview, "path", None),
+            )
+            yield request
+            decision = ApprovalDecision(allow=True)
+            if needs:
+                decision = (
+                    await self.approval(request)
+                    if self.approval is not None
+                    else ApprovalDecision(
+                        allow=False, reason="no one was asked (run with --yes to allow tools)"
+                    )
+                )
+                if decision.allow and decision.always:
+                    self._always_allowed.add(name)
+            if self._cancel.is_set():
+                raise _Cancelled
+            if decision.allow:
+                out = await asyncio.to_thread(
+                    self.registry.call, name, call.arguments, True, turn, cancel=self._cancel
+                )
+                result = ToolResultEvent(
+                    call_id=call_id, tool=name, text=out.text, is_error=out.is_error, denied=out.denied
+                )
+            else:
+                why = f" ({decision.reason})" if decision.reason else ""
+                text = f"the user did not approve this {name} call{why}; it was not run"
+                result = ToolResultEvent(call_id=call_id, tool=name, text=text, is_error=True, denied=True)
+        events += [tool_call_event(request, call.raw, call.error), tool_result_event(result)]
+        new.append(ChatMessage("tool", result.text, name=name))
+        yield result
+        if self._cancel.is_set():
+            raise _Cancelled
+
+    def _turn_end(self, stats: _TurnStats, *, saved: bool, stop_reason: Any) -> TurnEnd:
+        return TurnEnd(
+            session_id=self.session_id,
+            turn=self.turn,
+            prompt_tokens=stats.prompt_tokens,
+            completion_tokens=stats.completion_tokens,
+            state_tokens=self.engine.n_tokens,
+            state_bytes=self.engine.state_bytes,
+            window=self.engine.window,
+            tokens_per_s=stats.completion_tokens / stats.decode_s if stats.decode_s > 0 else 0.0,
+            saved=saved,
+            stop_reason=stop_reason,
+        )
+
+    async def _save(self, turn: int, events: list[Event], stats: _TurnStats, stop_reason: str) -> TurnEnd:
+        meta = {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens,
+                "stop_reason": stop_reason}  # fmt: skip
+
+        def write() -> None:
+            recurrent, pages = self.engine.snapshot(self._saved_tokens)
+            edits = self.journal.take_pending() if self.journal is not None else []
+            self.store.save_turn(
+                self.session_id, turn, events=events, recurrent=recurrent,
+                pages=[Page(p.start, p.end, p.tensors) for p in pages],
+                n_tokens=self.engine.n_tokens, meta=meta, file_changes=edits,
+            )  # fmt: skip
+            self.engine.mark_saved()
+
+        await self._on_model(write)
+        self.turn, self._saved_tokens = turn, self.engine.n_tokens
+        if turn == 1:
+            user = next((e.content for e in events if e.kind == "user"), "")
+            title = " ".join(user.split())[:60]
+            with contextlib.suppress(StoreError):
+                if title and not self.store.get_session(self.session_id).title:
+                    self.store.rename_session(self.session_id, title)
+        return self._turn_end(stats, saved=True, stop_reason=stop_reason)
+
+    async def _roll_back(self, history_len: int) -> None:
+        del self._history[history_len:]
+        if self.turn == 0:
+            self._system, self._tools = None, []
+
+        def restore() -> None:
+            if self.turn == 0:
+                self.engine.reset()
+            else:
+                self._restore(self.session_id, self.turn)
+            if self.journal is not None:
+                self.journal.flush(self.turn + 1)
+
+        await self._on_model(restore)
+        self._saved_tokens = self.engine.n_tokens
+
+    # ---- the sync wrapper (the CLI) -----------------------------------------------------------------
+    def send_sync(self, text: str) -> Iterator[AgentEvent]:
+        """`send` for synchronous callers: yields the same events, on a private event loop."""
+        loop = asyncio.new_event_loop()
+        gen = self.send(text)
+        try:
+            while True:
+                try:
+                    event = loop.run_until_complete(gen.__anext__())
+                except StopAsyncIteration:
+                    return
+                yield event
+        finally:
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(gen.aclose())
+            loop.close()
+
+    def close(self) -> None:
+        self._cancel.set()
+        self._model_thread.shutdown(wait=True)
+        with contextlib.suppress(Exception):
+            self.registry.close()
+        self.store.close()

@@ -1,0 +1,61 @@
+"""What a turn stores as events, and how a session's conversation is rebuilt from them on resume.
+
+Stored kinds (memory.EVENT_KINDS): `system` (the system prompt and the tool schemas the session was
+started with: a chat template must see the same ones on every later segment), `user`, `assistant`
+(visible text; `data.raw` is the exact decoded text, markup included, that the state holds),
+`tool_call` and `tool_result` (`data` carries the fields of the matching agent event, so the TUI can
+redraw them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.events import ToolCallRequested, ToolResultEvent
+from memory import Event
+from model.chat import ChatMessage
+
+
+def system_event(system: str, tools: Sequence[dict[str, Any]], format_name: str) -> Event:
+    return Event("system", system, {"tools": list(tools), "format": format_name})
+
+
+def assistant_event(visible: str, raw: str, stop: str) -> Event:
+    return Event("assistant", visible, {"raw": raw, "stop": stop})
+
+
+def tool_call_event(call: ToolCallRequested, raw: str, error: str | None) -> Event:
+    data = call.model_dump(exclude={"kind"})
+    data.update(raw=raw, error=error)
+    return Event("tool_call", call.tool, data)
+
+
+def tool_result_event(result: ToolResultEvent) -> Event:
+    return Event("tool_result", result.text, result.model_dump(exclude={"kind", "text"}))
+
+
+@dataclass
+class Conversation:
+    """What the chat format needs to render the next segment of a session."""
+
+    system: str | None = None
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    messages: list[ChatMessage] = field(default_factory=list)
+
+
+def conversation_of(events: Iterable[Event]) -> Conversation:
+    conv = Conversation()
+    for ev in events:
+        data = ev.data or {}
+        if ev.kind == "system":
+            conv.system = ev.content
+            conv.tools = list(data.get("tools", []))
+        elif ev.kind == "user":
+            conv.messages.append(ChatMessage("user", ev.content))
+        elif ev.kind == "assistant":
+            conv.messages.append(ChatMessage("assistant", ev.content, raw=data.get("raw", ev.content)))
+        elif ev.kind == "tool_result":
+            conv.messages.append(ChatMessage("tool", ev.content, name=data.get("tool")))
+    return conv

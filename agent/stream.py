@@ -1,0 +1,46 @@
+"""What the user sees of the model's raw output while it streams.
+
+The raw text carries markup (tool-call blocks, the stop token) that must not reach the screen, and a
+marker can arrive split over several tokens (`<tool` ... `_call>`). So the tail of the raw text that
+could still grow into a marker is held back until it either becomes one or cannot any more.
+"""
+
+from __future__ import annotations
+
+from model.chat import ChatFormat
+
+
+class VisibleText:
+    def __init__(self, chat: ChatFormat) -> None:
+        self._chat = chat
+        self._markers = (chat.tool_call_open, *chat.stop_strings)
+        self.raw = ""
+        self.emitted = ""
+
+    def _held_back(self) -> int:
+        """Length of the longest suffix of the raw text that is a proper prefix of a marker."""
+        best = 0
+        for marker in self._markers:
+            for n in range(min(len(marker) - 1, len(self.raw)), best, -1):
+                if self.raw.endswith(marker[:n]):
+                    best = n
+                    break
+        return best
+
+    def push(self, piece: str) -> str:
+        """Add raw text; return the new visible text (maybe "")."""
+        self.raw += piece
+        held = self._held_back()
+        visible = self._chat.visible_text(self.raw[: len(self.raw) - held] if held else self.raw)
+        if not visible.startswith(self.emitted):  # cannot happen with well-formed markers; be safe
+            return ""
+        delta = visible[len(self.emitted) :]
+        self.emitted = visible
+        return delta
+
+    def finish(self) -> str:
+        """The rest, once the message is over (a held-back tail that never became a marker)."""
+        visible = self._chat.visible_text(self.raw)
+        delta = visible[len(self.emitted) :] if visible.startswith(self.emitted) else ""
+        self.emitted += delta
+        return delta

@@ -1,0 +1,250 @@
+"""The loop's logic, driven by a scripted engine (tests/agent/conftest.py) over the real Store,
+ToolRegistry and workspace."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.errors import AgentBusyError, AgentError
+from agent.events import ApprovalDecision, ErrorEvent, TextDelta, ToolCallRequested, ToolResultEvent, TurnEnd
+
+
+def call(name: str, **arguments: Any) -> str:
+    return "<|tool_call|>" + json.dumps({"name": name, "arguments": arguments}) + "<|/tool_call|>"
+
+
+def run(agent: Any, text: str) -> list[Any]:
+    return list(agent.send_sync(text))
+
+
+def test_plain_turn_streams_text_and_saves_one_snapshot(make_agent, store) -> None:
+    agent, engine = make_agent(["Hello there.<|end|>"])
+    events = run(agent, "hi")
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Hello there."
+    end = events[-1]
+    assert isinstance(end, TurnEnd) and end.saved and end.stop_reason == "end_of_turn"
+    assert (end.turn, end.session_id, agent.turn) == (1, agent.session_id, 1)
+    assert end.completion_tokens == len("Hello there.") + 1  # + the stop token
+    assert end.state_tokens == engine.n_tokens == end.prompt_tokens + end.completion_tokens
+    assert end.state_bytes == engine.state_bytes and end.window is None
+    # The state holds the system segment, the user turn and exactly what the model wrote.
+    assert engine.text.endswith("<|user|>hi<|end|><|assistant|>Hello there.<|end|>")
+    assert engine.text.startswith("<|bos|><|system|>")
+    kinds = [e.kind for e in store.events(agent.session_id)]
+    assert kinds == ["system", "user", "assistant"]
+    snap = store.load_snapshot(agent.session_id)
+    assert (snap.turn, snap.n_tokens) == (1, engine.n_tokens)
+    assert store.get_session(agent.session_id).title == "hi"
+
+
+def test_only_the_new_segment_is_prefilled(make_agent) -> None:
+    agent, engine = make_agent(["A<|end|>", "B<|end|>"])
+    run(agent, "one")
+    before = engine.n_tokens
+    run(agent, "two")
+    assert engine.prefill_log[-1] == "<|user|>two<|end|><|assistant|>"
+    assert engine.n_tokens == before + (3 + len("two")) + 2  # 3 special ids + the text, then 'B<|end|>'
+
+
+def test_tool_round_runs_the_tool_and_prefills_its_result(make_agent) -> None:
+    agent, engine = make_agent(["Reading." + call("read_file", path="a.txt"), "It says hello.<|end|>"])
+    events = run(agent, "what is in a.txt?")
+    req = next(e for e in events if isinstance(e, ToolCallRequested))
+    res = next(e for e in events if isinstance(e, ToolResultEvent))
+    assert (req.tool, req.arguments, req.needs_approval) == ("read_file", {"path": "a.txt"}, False)
+    assert res.call_id == req.call_id and not res.is_error and "hello from a" in res.text
+    text = "".join(e.text for e in events if isinstance(e, TextDelta))
+    assert text == "Reading.It says hello."  # markup never reaches the screen
+    assert f"<|tool_result|>{res.text}<|/tool_result|><|assistant|>It says hello.<|end|>" in engine.text
+    assert events[-1].stop_reason == "end_of_turn"
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ('<|tool_call|>{"name": "read_file", "arguments": {"path": }<|/tool_call|>', "not valid JSON"),
+        (call("no_such_tool"), "unknown tool"),
+        (call("read_file", nope=1), "Invalid arguments for read_file"),
+        ('<|tool_call|>{"name": "read_file"<|end|>', "not closed"),
+    ],
+)
+def test_bad_calls_become_error_results_the_model_reads(make_agent, reply: str, expected: str) -> None:
+    agent, engine = make_agent([reply, "Sorry.<|end|>"])
+    events = run(agent, "go")
+    res = next(e for e in events if isinstance(e, ToolResultEvent))
+    assert res.is_error and expected in res.text
+    assert f"<|tool_result|>{res.text}<|/tool_result|><|assistant|>Sorry.<|end|>" in engine.text
+    assert isinstance(events[-1], TurnEnd) and events[-1].saved
+
+
+def test_denied_without_an_approver(make_agent, workspace: Path) -> None:
+    agent, engine = make_agent([call("write_file", path="b.txt", content="x"), "OK.<|end|>"])
+    events = run(agent, "write b")
+    req = next(e for e in events if isinstance(e, ToolCallRequested))
+    res = next(e for e in events if isinstance(e, ToolResultEvent))
+    assert req.needs_approval and req.diff is not None and req.path == "b.txt"
+    assert res.denied and res.is_error and "did not approve" in res.text
+    assert not (workspace / "b.txt").exists()
+    assert res.text in engine.text
+
+
+def test_approval_callback_decides_and_always_sticks(make_agent, workspace: Path) -> None:
+    asked: list[str] = []
+
+    async def approve(req: ToolCallRequested) -> ApprovalDecision:
+        asked.append(req.arguments["path"])
+        return ApprovalDecision(allow=True, always=True)
+
+    replies = [
+        call("write_file", path="b.txt", content="one"),
+        call("write_file", path="c.txt", content="two"),
+        "Done.<|end|>",
+    ]
+    agent, _ = make_agent(replies, approval=approve)
+    events = run(agent, "write")
+    assert asked == ["b.txt"]  # the second call was allowed by "always"
+    assert (workspace / "b.txt").read_text() == "one" and (workspace / "c.txt").read_text() == "two"
+    reqs = [e for e in events if isinstance(e, ToolCallRequested)]
+    assert [r.needs_approval for r in reqs] == [True, False]
+
+
+def test_rejection_reason_goes_back_to_the_model(make_agent) -> None:
+    async def reject(req: ToolCallRequested) -> ApprovalDecision:
+        return ApprovalDecision(allow=False, reason="not that file")
+
+    agent, engine = make_agent([call("write_file", path="b.txt", content="x"), "OK.<|end|>"], approval=reject)
+    run(agent, "go")
+    assert "(not that file)" in engine.text
+
+
+@pytest.mark.parametrize(("mode", "asked"), [("ask", True), ("accept-edits", False), ("auto", False)])
+def test_modes(make_agent, workspace: Path, mode: str, asked: bool) -> None:
+    agent, _ = make_agent([call("write_file", path="b.txt", content="x"), "OK.<|end|>"], mode=mode)
+    events = run(agent, "go")
+    assert next(e for e in events if isinstance(e, ToolCallRequested)).needs_approval is asked
+    assert (workspace / "b.txt").exists() is not asked
+
+
+def test_max_tool_rounds(make_agent) -> None:
+    agent, _ = make_agent([call("read_file", path="a.txt")] * 5, max_tool_rounds=2)
+    events = run(agent, "loop")
+    assert sum(isinstance(e, ToolResultEvent) for e in events) == 2
+    assert events[-1].stop_reason == "max_tool_rounds" and events[-1].saved
+
+
+def test_max_new_tokens_then_the_next_segment_closes_the_message(make_agent) -> None:
+    agent, engine = make_agent(["x" * 50, "fine<|end|>"], max_new_tokens=10)
+    events = run(agent, "long")
+    assert events[-1].stop_reason == "max_tokens" and events[-1].completion_tokens == 10
+    run(agent, "next")
+    assert engine.prefill_log[-1] == "<|end|><|user|>next<|end|><|assistant|>"
+
+
+def test_cancel_mid_generation_leaves_the_last_snapshot(make_agent, scripted_engine) -> None:
+    agent, engine = make_agent(["First.<|end|>", "a long answer that will be cut<|end|>", "Third.<|end|>"])
+    run(agent, "one")
+    saved_tokens = list(engine.tokens)
+    engine.step_hook = lambda n: agent.cancel() if n > len(saved_tokens) + 15 else None
+    events = run(agent, "two")
+    end = events[-1]
+    assert isinstance(end, TurnEnd) and not end.saved and end.stop_reason == "cancelled"
+    assert any(isinstance(e, TextDelta) for e in events)  # it was mid-generation
+    assert agent.turn == 1 and engine.tokens == saved_tokens
+    engine.step_hook = None
+    run(agent, "three")
+    # Same as a session where the cancelled turn never happened.
+    ref_agent, ref = make_agent(["First.<|end|>", "Third.<|end|>"])
+    run(ref_agent, "one")
+    run(ref_agent, "three")
+    assert engine.text == ref.text and agent.turn == 2
+
+
+def test_consumer_leaving_mid_turn_rolls_back(make_agent) -> None:
+    agent, engine = make_agent(["First.<|end|>", "0123456789<|end|>"])
+    run(agent, "one")
+    saved = list(engine.tokens)
+
+    async def leave_early() -> None:
+        gen = agent.send("two")
+        async for ev in gen:
+            if isinstance(ev, TextDelta):
+                break
+        await gen.aclose()
+
+    asyncio.run(leave_early())
+    assert engine.tokens == saved and agent.turn == 1 and not agent.running
+
+
+def test_resume_restores_the_state_and_history(make_agent, store) -> None:
+    agent, engine = make_agent(["One.<|end|>", "Two.<|end|>"])
+    run(agent, "a")
+    run(agent, "b")
+    other, engine2 = make_agent([], session_id=agent.session_id)
+    assert engine2.tokens == engine.tokens and other.turn == 2
+    assert [e.kind for e in other.history()] == ["system", "user", "assistant", "user", "assistant"]
+
+
+def test_fork_rewind_undo_with_the_file_journal(make_agent, workspace: Path, store) -> None:
+    replies = ["Hi.<|end|>", call("write_file", path="a.txt", content="changed\n"), "Wrote.<|end|>",
+               call("write_file", path="n.txt", content="new\n"), "Again.<|end|>"]  # fmt: skip
+    agent, engine = make_agent(replies, mode="auto")
+    run(agent, "hello")
+    after_one = list(engine.tokens)
+    run(agent, "change a")
+    run(agent, "make n")
+    assert (workspace / "a.txt").read_text() == "changed\n" and (workspace / "n.txt").exists()
+    changes = store.file_changes(agent.session_id)
+    assert [(c.turn, c.path) for c in changes] == [(2, "a.txt"), (3, "n.txt")]
+    assert "n.txt" in agent.undo()  # the newest change
+    assert not (workspace / "n.txt").exists()
+    old = agent.session_id
+    new = agent.rewind(1, revert_files=True)
+    assert new == agent.session_id != old and agent.turn == 1
+    assert (workspace / "a.txt").read_text() == "hello from a\n"
+    assert engine.tokens == after_one
+    forked = agent.fork(0)
+    assert agent.turn == 0 and engine.n_tokens == 0 and forked == agent.session_id
+
+
+def test_a_template_that_rewrites_history_is_an_error_and_rolls_back(make_agent) -> None:
+    from model.chat import JinjaChatFormat
+
+    llama = (
+        "{% for m in messages %}{{ '<|start_header_id|>' + m.role + '<|end_header_id|>\\n\\n'"
+        " + (m.content | trim) + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}"
+        "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+    )
+    chat = JinjaChatFormat(llama, eos_token="<|eot_id|>")
+    agent, engine = make_agent(["fine<|eot_id|>", "padded  <|eot_id|>", "x<|eot_id|>"], chat=chat)
+    run(agent, "one")
+    run(agent, "two")  # the reply ends in spaces the template will trim away
+    saved = list(engine.tokens)
+    events = run(agent, "three")
+    assert isinstance(events[-1], ErrorEvent) and "not prefix-stable" in events[-1].message
+    assert engine.tokens == saved and agent.turn == 2
+
+
+def test_busy_and_wrong_model(make_agent, store, scripted_engine) -> None:
+    agent, engine = make_agent(["slow<|end|>"])
+    assert engine.n_tokens == 0
+
+    async def overlap() -> None:
+        gen = agent.send("a")
+        await gen.__anext__()
+        with pytest.raises(AgentBusyError):
+            await agent.send("b").__anext__()
+        with pytest.raises(AgentBusyError):
+            agent.fork(0)
+        async for _ in gen:
+            pass
+
+    asyncio.run(overlap())
+    other = scripted_engine([])
+    other.fingerprint = "another-model"
+    with pytest.raises(AgentError, match="another model"):
+        make_agent(engine=other, session_id=agent.session_id)
