@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import threading
 from pathlib import Path
@@ -17,7 +19,12 @@ def test_read_whole_file_and_ranges(registry, sandbox):
     assert res.text.splitlines()[0] == "[n.txt: lines 1-10 of 10]"
     assert res.text.splitlines()[1:] == [f"line {i}" for i in range(1, 11)]
     res = registry.call("read_file", {"path": "n.txt", "start_line": 3, "end_line": 5, "line_numbers": True})
-    assert res.text.splitlines() == ["[n.txt: lines 3-5]", "     3\tline 3", "     4\tline 4", "     5\tline 5"]
+    assert res.text.splitlines() == [
+        "[n.txt: lines 3-5]",
+        "     3\tline 3",
+        "     4\tline 4",
+        "     5\tline 5",
+    ]
     assert res.data["end_line"] == 5
     res = registry.call("read_file", {"path": "n.txt", "start_line": 11})
     assert res.is_error and "only 10 lines" in res.text
@@ -110,10 +117,8 @@ def test_concurrent_writes_never_tear(registry, sandbox):
 
     def reader() -> None:
         while not stop.is_set():
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 seen.append((sandbox.ws / "shared.txt").read_bytes())
-            except FileNotFoundError:
-                pass
 
     r = threading.Thread(target=reader)
     r.start()
@@ -130,7 +135,7 @@ def test_concurrent_writes_never_tear(registry, sandbox):
     # The journal is a consistent chain: each entry's before is the previous entry's after.
     entries = registry.journal.entries()
     assert len(entries) >= 6
-    for prev, cur in zip(entries, entries[1:], strict=False):
+    for prev, cur in itertools.pairwise(entries):
         assert cur.before == prev.after
 
 
@@ -144,7 +149,9 @@ def test_edit_exactly_once(registry, sandbox):
     res = registry.call("edit_file", {"path": "f.py", "old_string": "b  =   2", "new_string": "x"})
     assert res.is_error and "different whitespace" in res.text
     assert sandbox.state() == before
-    res = registry.call("edit_file", {"path": "f.py", "old_string": "b = 2\na = 1", "new_string": "b = 5\na = 1"})
+    res = registry.call(
+        "edit_file", {"path": "f.py", "old_string": "b = 2\na = 1", "new_string": "b = 5\na = 1"}
+    )
     assert not res.is_error and res.text == "edited f.py at line 2"
     assert (sandbox.ws / "f.py").read_text() == "a = 1\nb = 5\na = 1\n"
 
@@ -184,15 +191,28 @@ def project(sandbox) -> Path:
 
 def test_list_dir_skips_git_and_ignored(registry, project):
     res = registry.call("list_dir", {})
-    assert res.data["entries"] == [".gitignore  (13 bytes)", "docs.md  (11 bytes)", "hello.txt  (6 bytes)", "src/"]
+    assert res.data["entries"] == [
+        ".gitignore  (13 bytes)",
+        "docs.md  (11 bytes)",
+        "hello.txt  (6 bytes)",
+        "src/",
+    ]
     res = registry.call("list_dir", {"path": "src", "recursive": True})
-    assert res.data["entries"] == ["main.py  (12 bytes)", "pkg/", "pkg/.gitignore  (13 bytes)", "pkg/mod.py  (18 bytes)"]
+    assert res.data["entries"] == [
+        "main.py  (12 bytes)",
+        "pkg/",
+        "pkg/.gitignore  (13 bytes)",
+        "pkg/mod.py  (18 bytes)",
+    ]
 
 
 def test_glob(registry, project):
     assert registry.call("glob", {"pattern": "*.py"}).data["paths"] == ["src/main.py", "src/pkg/mod.py"]
     assert registry.call("glob", {"pattern": "src/*/*.py"}).data["paths"] == ["src/pkg/mod.py"]
-    assert registry.call("glob", {"pattern": "**/m[a-o]*.py"}).data["paths"] == ["src/main.py", "src/pkg/mod.py"]
+    assert registry.call("glob", {"pattern": "**/m[a-o]*.py"}).data["paths"] == [
+        "src/main.py",
+        "src/pkg/mod.py",
+    ]
     assert registry.call("glob", {"pattern": "*.py", "path": "src/pkg"}).data["paths"] == ["src/pkg/mod.py"]
     assert registry.call("glob", {"pattern": "*.rs"}).text == "no files match '*.rs' in ."
 

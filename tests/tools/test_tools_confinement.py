@@ -39,7 +39,12 @@ def _refused(registry: ToolRegistry, sandbox, name: str, args: dict, *words: str
 @pytest.mark.parametrize("name,make", ALL_CALLS)
 @pytest.mark.parametrize(
     "path",
-    ["../outside/secret.txt", "src/../../outside/secret.txt", "./../outside/dir", "../../../../../../etc/passwd"],
+    [
+        "../outside/secret.txt",
+        "src/../../outside/secret.txt",
+        "./../outside/dir",
+        "../../../../../../etc/passwd",
+    ],
 )
 def test_traversal_refused(registry, sandbox, name, make, path):
     _refused(registry, sandbox, name, make(path), "outside the workspace")
@@ -71,7 +76,13 @@ def test_symlink_through_folder_refused(registry, sandbox, name, make):
 
 def test_write_new_file_under_linked_folder_refused(registry, sandbox):
     os.symlink(sandbox.outside, sandbox.ws / "out")
-    _refused(registry, sandbox, "write_file", {"path": "out/new/deeper.txt", "content": "x"}, "outside the workspace")
+    _refused(
+        registry,
+        sandbox,
+        "write_file",
+        {"path": "out/new/deeper.txt", "content": "x"},
+        "outside the workspace",
+    )
 
 
 @pytest.mark.parametrize("name,make", ALL_CALLS)
@@ -124,7 +135,8 @@ def test_device_file_inside_workspace_refused(sandbox):
 
 
 @pytest.mark.parametrize(
-    "path", [".git/config", ".git/hooks/pre-commit", ".GIT/config", "src/../.git/config", ".hybrid-agent/cfg.toml"]
+    "path",
+    [".git/config", ".git/hooks/pre-commit", ".GIT/config", "src/../.git/config", ".hybrid-agent/cfg.toml"],
 )
 def test_protected_folders_are_read_only(registry, sandbox, path):
     _refused(registry, sandbox, "write_file", {"path": path, "content": "x"}, "may read but not change")
@@ -132,7 +144,9 @@ def test_protected_folders_are_read_only(registry, sandbox, path):
 
 def test_protected_folder_via_symlink_is_read_only(registry, sandbox):
     os.symlink(".git/config", sandbox.ws / "innocent.txt")
-    _refused(registry, sandbox, "write_file", {"path": "innocent.txt", "content": "x"}, "may read but not change")
+    _refused(
+        registry, sandbox, "write_file", {"path": "innocent.txt", "content": "x"}, "may read but not change"
+    )
     assert "[core]" in registry.call("read_file", {"path": ".git/config"}).text
 
 
