@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kernels._dispatch import use_triton
 from kernels.errors import KernelInputError
 
 
@@ -93,6 +94,10 @@ def causal_conv1d(
     activation: str | None = "silu",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Full-sequence conv: (y (b,t,d), final_state (b,d,w-1)). See module doc."""
+    if use_triton(x):
+        from kernels.triton_causal_conv1d import causal_conv1d_triton
+
+        return causal_conv1d_triton(x, weight, bias, initial_state=initial_state, activation=activation)
     return causal_conv1d_ref(x, weight, bias, initial_state=initial_state, activation=activation)
 
 
@@ -105,4 +110,8 @@ def causal_conv1d_step(
     activation: str | None = "silu",
 ) -> torch.Tensor:
     """One token: y (b,d); `state` (b,d,w-1) is shifted in place."""
+    if use_triton(x):
+        from kernels.triton_causal_conv1d import causal_conv1d_step_triton
+
+        return causal_conv1d_step_triton(x, state, weight, bias, activation=activation)
     return causal_conv1d_step_ref(x, state, weight, bias, activation=activation)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kernels._dispatch import use_triton
 from kernels.errors import KernelInputError
 
 
@@ -132,6 +133,12 @@ def chunk_gated_delta_rule(
     chunk_size: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gated delta rule over a sequence: (o (b,t,h,dv) in v's dtype, final_state (b,h,dk,dv) fp32)."""
+    if use_triton(v):
+        from kernels.triton_gated_delta_rule import chunk_gated_delta_rule_triton
+
+        return chunk_gated_delta_rule_triton(
+            q, k, v, g, beta, scale=scale, initial_state=initial_state, chunk_size=chunk_size
+        )
     return chunk_gated_delta_rule_ref(
         q, k, v, g, beta, scale=scale, initial_state=initial_state, chunk_size=chunk_size
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from kernels._dispatch import use_triton
 from kernels.errors import KernelInputError
 
 
@@ -71,4 +72,8 @@ def gated_delta_rule_step(
     scale: float | None = None,
 ) -> torch.Tensor:
     """One decode step; updates `state` in place and returns o (b,h,dv)."""
+    if use_triton(state):
+        from kernels.triton_gated_delta_rule_step import gated_delta_rule_step_triton
+
+        return gated_delta_rule_step_triton(state, q, k, v, g, beta, scale=scale)
     return gated_delta_rule_step_ref(state, q, k, v, g, beta, scale=scale)

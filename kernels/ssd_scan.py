@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kernels._dispatch import use_triton
 from kernels.errors import KernelInputError
 
 
@@ -132,4 +133,8 @@ def ssd_scan(
     chunk_size: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SSD over a sequence: (y (b,t,h,p) in x's dtype, final_state (b,h,p,n) fp32). See module doc."""
+    if use_triton(x):
+        from kernels.triton_ssd_scan import ssd_scan_triton  # imported late: Triton only when used
+
+        return ssd_scan_triton(x, dt, A, B, C, D=D, initial_state=initial_state, chunk_size=chunk_size)
     return ssd_scan_ref(x, dt, A, B, C, D=D, initial_state=initial_state, chunk_size=chunk_size)

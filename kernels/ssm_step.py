@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from kernels._dispatch import use_triton
 from kernels.errors import KernelInputError
 
 
@@ -77,4 +78,8 @@ def ssm_step(
     D: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One decode step; updates `state` in place and returns y (b,h,p)."""
+    if use_triton(state):
+        from kernels.triton_ssm_step import ssm_step_triton
+
+        return ssm_step_triton(state, x, dt, A, B, C, D=D)
     return ssm_step_ref(state, x, dt, A, B, C, D=D)

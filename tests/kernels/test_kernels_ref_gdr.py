@@ -4,30 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernels import KernelInputError, chunk_gated_delta_rule, gated_delta_rule_step
 from kernels.gated_delta_rule import chunk_gated_delta_rule_ref
 from kernels.naive import gated_delta_rule_naive
+from kernels.testing import make_gdr_inputs as make_gdr
 
 ATOL, RTOL = 2e-4, 2e-4
-
-
-def make_gdr(b, t, h, dk, dv, seed, dtype=torch.float32, with_init=False, neg_eig=False, device="cpu"):
-    gen = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape):
-        return torch.randn(*shape, generator=gen).to(device)
-
-    q = F.normalize(rnd(b, t, h, dk), dim=-1).to(dtype)
-    k = F.normalize(rnd(b, t, h, dk), dim=-1).to(dtype)
-    v = rnd(b, t, h, dv).to(dtype)
-    g = (-F.softplus(rnd(b, t, h)) * 0.5).to(dtype)  # log-decay <= 0
-    beta = torch.sigmoid(rnd(b, t, h)) * (2.0 if neg_eig else 1.0)
-    s0 = rnd(b, h, dk, dv) * 0.5 if with_init else None
-    return q, k, v, g, beta.to(dtype), s0
 
 
 def f64(*ts):

@@ -11,25 +11,10 @@ from kernels import KernelInputError, ssd_scan, ssm_step
 from kernels.naive import ssd_naive
 from kernels.ssd_scan import ssd_scan_ref
 from kernels.ssm_step import ssm_step_ref
+from kernels.testing import make_ssd_inputs as make_ssd
 
 # fp32 chunked vs float64 sequential on O(1) values: the error is a few ulps times the chunk length.
 ATOL, RTOL = 2e-4, 2e-4
-
-
-def make_ssd(b, t, h, g, p, n, seed, dtype=torch.float32, with_D=True, with_init=False, device="cpu"):
-    gen = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=gen) * scale).to(device)
-
-    x = rnd(b, t, h, p).to(dtype)
-    dt = torch.nn.functional.softplus(rnd(b, t, h) - 1.0).to(dtype)  # positive, ~0.3
-    A = -torch.rand(h, generator=gen).to(device) * 3 - 0.1  # negative
-    B = rnd(b, t, g, n).to(dtype)
-    C = rnd(b, t, g, n).to(dtype)
-    D = rnd(h) if with_D else None
-    s0 = rnd(b, h, p, n) if with_init else None
-    return x, dt, A, B, C, D, s0
 
 
 def f64(*ts):

@@ -1,0 +1,69 @@
+"""Triton RMSNorm and gated RMSNorm, same contract as `kernels.rms_norm` (see its doc for the two
+gate orders). One program per (row, group): the group is loaded once, reduced in fp32, written once.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.errors import KernelInputError
+
+
+@triton.jit
+def _rms_norm_kernel(
+    x_ptr, z_ptr, w_ptr, y_ptr,
+    D, GS, eps,
+    HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, BS: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0).to(tl.int64)
+    grp = tl.program_id(1)
+    offs = grp * GS + tl.arange(0, BS)
+    m = tl.arange(0, BS) < GS
+    x = tl.load(x_ptr + row * D + offs, mask=m, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    if HAS_Z:
+        z = tl.load(z_ptr + row * D + offs, mask=m, other=0.0).to(tl.float32)
+        gate = z * tl.sigmoid(z)
+        if not NORM_BEFORE_GATE:
+            x = x * gate
+    rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / GS + eps)
+    y = x * rstd * w
+    if HAS_Z:  # noqa: SIM102 (two constexpr branches read more plainly to Triton's frontend)
+        if NORM_BEFORE_GATE:
+            y = y * gate
+    tl.store(y_ptr + row * D + offs, y.to(y_ptr.dtype.element_ty), mask=m)
+
+
+def gated_rms_norm_triton(
+    x: torch.Tensor,
+    z: torch.Tensor | None,
+    weight: torch.Tensor,
+    eps: float,
+    *,
+    group_size: int | None = None,
+    norm_before_gate: bool = True,
+) -> torch.Tensor:
+    d = x.shape[-1]
+    if weight.shape != (d,):
+        raise KernelInputError(f"rms_norm: weight must be ({d},), got {tuple(weight.shape)}")
+    gs = d if group_size is None else group_size
+    if gs <= 0 or d % gs != 0:
+        raise KernelInputError(f"rms_norm: group_size={group_size} must divide the last dimension {d}")
+    if z is not None and z.shape != x.shape:
+        raise KernelInputError(
+            f"gated_rms_norm: z must have x's shape {tuple(x.shape)}, got {tuple(z.shape)}"
+        )
+    xc = x.contiguous()
+    zc = z.contiguous() if z is not None else xc
+    y = torch.empty_like(xc)
+    rows = xc.numel() // d
+    if rows == 0:
+        return y
+    _rms_norm_kernel[(rows, d // gs)](
+        xc, zc, weight.contiguous(), y, d, gs, float(eps),
+        HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate, BS=triton.next_power_of_2(gs),
+        num_warps=4 if gs <= 4096 else 8,
+    )  # fmt: skip
+    return y

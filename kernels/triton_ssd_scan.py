@@ -1,0 +1,180 @@
+"""Triton SSD chunked scan (forward), same contract as `kernels.ssd_scan.ssd_scan_ref`.
+
+Two launches, as in the SSD paper's block decomposition:
+
+1. `_ssd_states_kernel`, one program per (batch*head, p-block, n-block), walks the chunks in order.
+   It writes the state *entering* each chunk to a buffer (b, h, c, p, n), then folds the chunk in:
+   S <- exp(cum_L) S + (x * exp(cum_L - cum) dt)^T B. Sequential in chunks, but each step is one
+   small matrix product, and the intra-chunk work is left to the next launch.
+2. `_ssd_output_kernel`, one program per (chunk, batch*head, p-block), fully parallel over chunks:
+   y = [(C B^T) * exp(cum_i - cum_j) dt_j]_causal x + exp(cum_i) C S_in^T + D x.
+
+Decays are carried in base 2 (cum * log2 e, then exp2) because exp2 is the hardware instruction.
+The carried state is fp32; the per-chunk entering states are stored in fp32 for fp32 inputs and in
+the input dtype for 16-bit inputs (half the bytes of the biggest intermediate; the output is rounded
+to that dtype anyway). Matrix products run on tensor cores in the input dtype with fp32 accumulation
+for 16-bit inputs, and in full fp32 ("ieee") for fp32 inputs, so fp32 stays comparable to the ref.
+Ragged tails are masked: padded steps load dt = 0, which neither decays nor writes.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.ssd_scan import check_ssd_inputs
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _mm(a, b, IEEE: tl.constexpr):
+    if IEEE:  # full fp32 products (fp32 inputs, and the CPU interpreter, whose 16-bit dot is wrong)
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b)
+
+
+@triton.jit
+def _ssd_states_kernel(
+    x_ptr, dt_ptr, A_ptr, B_ptr, s0_ptr, states_ptr, final_ptr,
+    T, H, G, P, N, NCHUNK,
+    HAS_S0: tl.constexpr, L: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr,
+):  # fmt: skip
+    pid_p = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_bh = tl.program_id(2)
+    bi = (pid_bh // H).to(tl.int64)
+    hi = pid_bh % H
+    gi = hi // (H // G)
+    offs_l = tl.arange(0, L)
+    offs_p = pid_p * BP + tl.arange(0, BP)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    mask_pn = (offs_p[:, None] < P) & (offs_n[None, :] < N)
+    a = tl.load(A_ptr + hi).to(tl.float32) * 1.4426950408889634  # log2 units
+    state_base = (bi * H + hi) * P * N
+    if HAS_S0:
+        S = tl.load(s0_ptr + state_base + offs_p[:, None] * N + offs_n[None, :], mask=mask_pn, other=0.0)
+        S = S.to(tl.float32)
+    else:
+        S = tl.zeros((BP, BN), dtype=tl.float32)
+    for c in range(NCHUNK):
+        st_off = ((bi * H + hi) * NCHUNK + c) * P * N + offs_p[:, None] * N + offs_n[None, :]
+        tl.store(states_ptr + st_off, S.to(states_ptr.dtype.element_ty), mask=mask_pn)
+        t_idx = c * L + offs_l
+        mt = t_idx < T
+        dt = tl.load(dt_ptr + (bi * T + t_idx) * H + hi, mask=mt, other=0.0).to(tl.float32)
+        cum = tl.cumsum(dt * a, axis=0)  # (L,) log2-decay from the chunk start
+        last = tl.sum(dt * a, axis=0)  # the chunk's total log2-decay
+        w = tl.exp2(last - cum) * dt  # (L,)
+        x = tl.load(
+            x_ptr + ((bi * T + t_idx[:, None]) * H + hi) * P + offs_p[None, :],
+            mask=mt[:, None] & (offs_p[None, :] < P),
+            other=0.0,
+        )  # (L, BP)
+        b = tl.load(
+            B_ptr + ((bi * T + t_idx[:, None]) * G + gi) * N + offs_n[None, :],
+            mask=mt[:, None] & (offs_n[None, :] < N),
+            other=0.0,
+        )  # (L, BN)
+        # fp32 operands (tf32 tensor cores on the GPU): the carried state deserves more than bf16.
+        xw = x.to(tl.float32) * w[:, None]
+        S = S * tl.exp2(last) + _mm(tl.trans(xw), b.to(tl.float32), IEEE)  # (BP, BN)
+    tl.store(final_ptr + state_base + offs_p[:, None] * N + offs_n[None, :], S, mask=mask_pn)
+
+
+@triton.jit
+def _ssd_output_kernel(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, states_ptr, y_ptr,
+    T, H, G, P, N, NCHUNK,
+    HAS_D: tl.constexpr, L: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr,
+):  # fmt: skip
+    c = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    pid_p = tl.program_id(2)
+    bi = (pid_bh // H).to(tl.int64)
+    hi = pid_bh % H
+    gi = hi // (H // G)
+    offs_l = tl.arange(0, L)
+    offs_p = pid_p * BP + tl.arange(0, BP)
+    offs_n = tl.arange(0, BN)
+    t_idx = c * L + offs_l
+    mt = t_idx < T
+    mp = offs_p < P
+    mn = offs_n < N
+    a = tl.load(A_ptr + hi).to(tl.float32) * 1.4426950408889634
+    dt = tl.load(dt_ptr + (bi * T + t_idx) * H + hi, mask=mt, other=0.0).to(tl.float32)
+    cum = tl.cumsum(dt * a, axis=0)  # (L,)
+    bc_off = ((bi * T + t_idx[:, None]) * G + gi) * N + offs_n[None, :]
+    b = tl.load(B_ptr + bc_off, mask=mt[:, None] & mn[None, :], other=0.0)  # (L, BN)
+    cm = tl.load(C_ptr + bc_off, mask=mt[:, None] & mn[None, :], other=0.0)  # (L, BN)
+    x = tl.load(
+        x_ptr + ((bi * T + t_idx[:, None]) * H + hi) * P + offs_p[None, :],
+        mask=mt[:, None] & mp[None, :],
+        other=0.0,
+    )  # (L, BP)
+    causal = offs_l[:, None] >= offs_l[None, :]
+    seg = tl.where(causal, cum[:, None] - cum[None, :], 0.0)  # masked before exp2: no overflow
+    cb = _mm(cm, tl.trans(b), IEEE)  # (L, L)
+    wm = tl.where(causal, cb * tl.exp2(seg) * dt[None, :], 0.0)
+    y = _mm(wm.to(x.dtype), x, IEEE)  # (L, BP)
+    st_off = ((bi * H + hi) * NCHUNK + c) * P * N + offs_p[None, :] * N + offs_n[:, None]
+    s_in_t = tl.load(states_ptr + st_off, mask=mn[:, None] & mp[None, :], other=0.0)  # (BN, BP) = S_in^T
+    y += tl.exp2(cum)[:, None] * _mm(cm, s_in_t.to(cm.dtype), IEEE)
+    if HAS_D:
+        y += tl.load(D_ptr + hi).to(tl.float32) * x.to(tl.float32)
+    tl.store(
+        y_ptr + ((bi * T + t_idx[:, None]) * H + hi) * P + offs_p[None, :],
+        y.to(y_ptr.dtype.element_ty),
+        mask=mt[:, None] & mp[None, :],
+    )
+
+
+def _pow2_at_least_16(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))
+
+
+def ssd_scan_triton(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    *,
+    D: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    chunk_size: int = 64,
+    states_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`states_dtype` (private knob for the benchmark): dtype of the per-chunk entering states;
+    default fp32 for fp32 inputs, else the input dtype."""
+    check_ssd_inputs(x, dt, A, B, C, D, initial_state)
+    b, t, h, p = x.shape
+    g, n = B.shape[2], B.shape[3]
+    L = _pow2_at_least_16(chunk_size)  # tl.dot needs >= 16; the result does not depend on the chunk
+    nchunk = triton.cdiv(t, L)
+    x, dt, B, C = x.contiguous(), dt.contiguous(), B.contiguous(), C.contiguous()
+    # Cast B, C to x's dtype so both dot operands agree (the model passes them in one dtype anyway).
+    B, C = B.to(x.dtype), C.to(x.dtype)
+    ieee = x.dtype == torch.float32 or not x.is_cuda
+    states_dtype = states_dtype or (torch.float32 if x.dtype == torch.float32 else x.dtype)
+    states = torch.empty((b, h, nchunk, p, n), device=x.device, dtype=states_dtype)
+    final = torch.empty((b, h, p, n), device=x.device, dtype=torch.float32)
+    y = torch.empty_like(x)
+    A32 = A.to(torch.float32).contiguous()
+    s0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else final
+    BP = min(64, _pow2_at_least_16(p))
+    BN_s = min(64, _pow2_at_least_16(n))
+    grid_s = (triton.cdiv(p, BP), triton.cdiv(n, BN_s), b * h)
+    _ssd_states_kernel[grid_s](
+        x, dt, A32, B, s0, states, final, t, h, g, p, n, nchunk,
+        HAS_S0=initial_state is not None, L=L, BP=BP, BN=BN_s, IEEE=ieee, num_warps=4,
+    )  # fmt: skip
+    BN_o = _pow2_at_least_16(n)
+    Dv = D.to(torch.float32).contiguous() if D is not None else A32
+    grid_o = (nchunk, b * h, triton.cdiv(p, BP))
+    _ssd_output_kernel[grid_o](
+        x, dt, A32, B, C, Dv, states, y, t, h, g, p, n, nchunk,
+        HAS_D=D is not None, L=L, BP=BP, BN=BN_o, IEEE=ieee, num_warps=4,
+    )  # fmt: skip
+    return y, final
