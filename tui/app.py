@@ -185,8 +185,11 @@ class HybridAgentApp(SessionActions, App[int]):
                 card.set_result(event)
         elif isinstance(event, TurnEnd):
             self.refresh_status(
-                busy=None, saved_turn=event.turn if event.saved else self.status_info.saved_turn,
-                state_tokens=event.state_tokens, state_bytes=event.state_bytes, window=event.window,
+                busy=None,
+                saved_turn=event.turn if event.saved else self.status_info.saved_turn,
+                state_tokens=event.state_tokens,
+                state_bytes=event.state_bytes,
+                window=event.window,
                 tokens_per_s=event.tokens_per_s,
             )
             if event.stop_reason == "cancelled":

@@ -1,13 +1,14 @@
-"""The app driven headless through a pilot: streaming, approvals, cancel, sessions, input."""
+"""The app driven headless through a pilot, around a real Agent (scripted engine, real Store, real
+tools): streaming, approvals, cancel, quitting mid-turn, modes, input history, pruning, load errors."""
 
 from __future__ import annotations
 
-import itertools
+import sqlite3
+from pathlib import Path
 
 import pytest
-from tui_fake_agent import FakeAgent
+from tui_testkit import Rig, send, settle, tool_call
 
-from agent.events import ToolCallRequested
 from tui.app import WAITING_TITLE, HybridAgentApp
 from tui.screens.approval import ApprovalScreen
 from tui.screens.loading import LoadingScreen
@@ -19,129 +20,150 @@ from tui.widgets.tool_card import ToolCard
 pytestmark = pytest.mark.anyio
 
 
-def make_app(script, **kw) -> HybridAgentApp:
-    return HybridAgentApp(
-        lambda approval: FakeAgent(script, approval=approval, **kw),
-        cursor_blink=False,
-        system_clipboard=False,
-    )
-
-
-async def send(pilot, text: str) -> None:
-    app = pilot.app
-    app.query_one(PromptArea).load_text(text)
-    await pilot.press("enter")
-    await pilot.pause()
-
-
-async def settle(pilot) -> None:
-    await pilot.app.workers.wait_for_complete()
-    await pilot.pause()
-
-
-def write_call(call_id: str) -> ToolCallRequested:
-    return ToolCallRequested(
-        call_id=call_id,
-        tool="write_file",
-        arguments={"path": "a.txt", "content": "x"},
-        needs_approval=True,
-        path="a.txt",
-        diff="--- a/a.txt\n+++ b/a.txt\n@@ -0,0 +1 @@\n+x\n",
-    )
-
-
-async def test_send_message_streams_answer() -> None:
-    app = make_app(lambda text: ["Hello", ", ", "**world**", "!"])
-    async with app.run_test() as pilot:
+async def test_send_message_streams_answer(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, ["Hello, **world**!<|end|>"])
+    async with rig.app.run_test() as pilot:
         await pilot.pause()
         await pilot.press(*"hi", "enter")
         await settle(pilot)
+        app = rig.app
         assert [u.text for u in app.query(UserMessage)] == ["hi"]
         assert [a.text for a in app.query(AssistantMessage)] == ["Hello, **world**!"]
         assert app.last_answer == "Hello, **world**!"
-        assert app.status_info.saved_turn == 1
-        assert app.status_info.tokens_per_s == 42.0
+        s = app.status_info
+        assert (s.saved_turn, s.model, s.device) == (1, "scripted", "cpu")
+        assert s.state_tokens == rig.engine.n_tokens and s.state_bytes == rig.engine.state_bytes
+    store = rig.store()
+    assert store.load_snapshot(rig.agent.session_id).turn == 1  # the 'saved' shown is in the database
 
 
-async def test_tool_call_approved_then_denied() -> None:
-    calls = iter([write_call("c1"), write_call("c2")])
-    app = make_app(lambda text: ["ok ", next(calls), "after"])
-    async with app.run_test() as pilot:
+async def test_tool_call_approved_then_denied(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, [
+        "Writing." + tool_call("write_file", path="a.txt", content="x\n"), "Done.<|end|>",
+        "Again." + tool_call("write_file", path="b.txt", content="y\n"), "Fine.<|end|>",
+    ])  # fmt: skip
+    app = rig.app
+    async with app.run_test(size=(100, 40)) as pilot:
         await pilot.pause()
-        await send(pilot, "write it")
+        await send(pilot, "write a")
         await pilot.pause()
         assert isinstance(app.screen, ApprovalScreen)
+        assert app.screen.call.diff and "+x" in app.screen.call.diff
         assert app.title == WAITING_TITLE
         await pilot.press("y")
         await settle(pilot)
         assert app.title == "hybrid-agent"
         card = app.query(ToolCard).last()
-        assert (card.status, card.result.text) == ("done", "ok")
+        assert card.status == "done" and not card.result.is_error
+        assert (rig.workspace / "a.txt").read_text() == "x\n"
+        assert [a.text for a in app.query(AssistantMessage)] == ["Writing.", "Done."]
 
-        await send(pilot, "again")
+        await send(pilot, "write b")
         await pilot.pause()
         assert isinstance(app.screen, ApprovalScreen)
-        await pilot.press("n")
+        await pilot.press("r", *"not now", "enter")  # reject with a reason for the model
         await settle(pilot)
         card = app.query(ToolCard).last()
         assert card.status == "denied" and card.result.denied
+        assert "not now" in card.result.text
+        assert not (rig.workspace / "b.txt").exists()
+        assert "not now" in rig.engine.text  # the reason went back to the model
 
 
-async def test_reject_with_reason_goes_to_agent() -> None:
-    decisions = []
-    app = make_app(lambda text: [write_call("c1")])
-    async with app.run_test() as pilot:
+async def test_allow_always_stops_asking(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, [
+        tool_call("write_file", path="a.txt", content="1"),
+        tool_call("write_file", path="a.txt", content="2"),
+        "ok<|end|>",
+    ])  # fmt: skip
+    app = rig.app
+    async with app.run_test(size=(100, 40)) as pilot:
         await pilot.pause()
-        real = app.bridge.agent.approval
-
-        async def spy(call):
-            decisions.append(await real(call))
-            return decisions[-1]
-
-        app.bridge.agent.approval = spy
-        await send(pilot, "write")
-        await pilot.press("r", *"use b.txt", "enter")
+        await send(pilot, "write twice")
+        await pilot.pause()
+        await pilot.press("a")
         await settle(pilot)
-        assert decisions[0].allow is False and decisions[0].reason == "use b.txt"
+        assert [c.status for c in app.query(ToolCard)] == ["done", "done"]
+        assert (rig.workspace / "a.txt").read_text() == "2"
 
 
-async def test_cancel_mid_turn_keeps_last_snapshot() -> None:
-    app = make_app(lambda text: (f"tok{i} " for i in itertools.count()), delay=0.01)  # never ends
+async def test_cancel_mid_turn_keeps_last_snapshot(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, ["First.<|end|>", "word " * 1000], token_delay=0.002)
+    app = rig.app
     async with app.run_test() as pilot:
         await pilot.pause()
+        await send(pilot, "one")
+        await settle(pilot)
+        saved_tokens = rig.engine.n_tokens
         await send(pilot, "long answer")
-        while not app.query(AssistantMessage):
-            await pilot.pause(0.05)
+        while len(app.query(AssistantMessage)) != 2:
+            await pilot.pause(0.02)
         assert app.bridge.turn_running
         await pilot.press("escape")
         await settle(pilot)
         assert not app.bridge.turn_running
         assert any("cancelled" in n.text for n in app.query(Notice))
-        assert app.status_info.saved_turn is None  # nothing was committed for the cancelled turn
-        assert app.bridge.agent.turn == 0
+        assert app.status_info.saved_turn == 1
+        assert (rig.agent.turn, rig.engine.n_tokens) == (1, saved_tokens)  # back at the last snapshot
+    assert rig.store().load_snapshot(rig.agent.session_id).turn == 1
 
 
-async def test_mode_cycles_and_is_visible() -> None:
-    app = make_app(lambda text: [])
+async def test_quit_mid_turn_leaves_database_whole(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, ["First.<|end|>", "word " * 1000], token_delay=0.002)
+    app = rig.app
     async with app.run_test() as pilot:
         await pilot.pause()
-        bar = app.query_one(StatusBar)
+        await send(pilot, "one")
+        await settle(pilot)
+        await send(pilot, "two")
+        while len(app.query(AssistantMessage)) < 2:
+            await pilot.pause(0.02)
+        await pilot.press("ctrl+q")
+        await pilot.pause(0.3)
+    assert app.return_code == 0
+    db = tmp_path / "sessions.db"
+    assert sqlite3.connect(db).execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    store = rig.store()
+    assert store.load_snapshot(rig.agent.session_id).turn == 1
+    assert [e.kind for e in store.events(rig.agent.session_id)] == ["system", "user", "assistant"]
+
+
+async def test_mode_cycles_and_is_visible(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    async with rig.app.run_test() as pilot:
+        await pilot.pause()
+        bar = rig.app.query_one(StatusBar)
         seen = []
         for _ in range(3):
             await pilot.press("shift+tab")
-            seen.append((bar.mode, app.bridge.agent.mode))
-        assert seen == [("accept-edits",) * 2, ("auto",) * 2, ("ask",) * 2]
-        assert "ask" in str(bar.query_one("#mode").render())
+            seen.append((bar.mode, rig.agent.mode, str(bar.query_one("#mode").render()).strip()))
+        assert seen == [
+            ("accept-edits", "accept-edits", "accept-edits ⇧⇥"),
+            ("auto", "auto", "auto ⇧⇥"),
+            ("ask", "ask", "ask ⇧⇥"),
+        ]
 
 
-async def test_input_history_up_down() -> None:
-    app = make_app(lambda text: ["."])
+async def test_accept_edits_mode_writes_without_asking(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, [tool_call("write_file", path="a.txt", content="z"), "ok<|end|>"])
+    app = rig.app
     async with app.run_test() as pilot:
+        await pilot.pause()
+        await pilot.press("shift+tab")
+        await send(pilot, "write")
+        await settle(pilot)
+        assert not isinstance(app.screen, ApprovalScreen)
+        assert (rig.workspace / "a.txt").read_text() == "z"
+
+
+async def test_input_history_up_down(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, ["a<|end|>", "b<|end|>"])
+    async with rig.app.run_test() as pilot:
         await pilot.pause()
         for text in ("first", "second"):
             await send(pilot, text)
             await settle(pilot)
-        area = app.query_one(PromptArea)
+        area = rig.app.query_one(PromptArea)
         area.focus()
         await pilot.press(*"draft")
         await pilot.press("up")
@@ -150,56 +172,48 @@ async def test_input_history_up_down() -> None:
         assert area.text == "first"
         await pilot.press("down", "down")
         assert area.text == "draft"
+        area.load_text("line one")
+        area.move_cursor(area.document.end)
+        await pilot.press("shift+enter", *"two")
+        assert area.text == "line one\ntwo"  # multi-line input
 
 
-async def test_old_messages_are_pruned_from_the_dom() -> None:
-    app = HybridAgentApp(lambda approval: FakeAgent(lambda t: ["answer"], approval=approval), max_widgets=6)
+async def test_old_messages_are_pruned_from_the_dom(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, [f"answer {i}<|end|>" for i in range(6)], max_widgets=6)
+    app = rig.app
     async with app.run_test() as pilot:
         await pilot.pause()
         for i in range(6):
             await send(pilot, f"message {i}")
             await settle(pilot)
         conv = app.conversation
-        assert len(conv.messages()) == 6
-        assert conv.pruned == 6
+        assert len(conv.messages()) == 6 and conv.pruned == 6
         assert [u.text for u in app.query(UserMessage)] == ["message 3", "message 4", "message 5"]
-        assert len(app.bridge.agent.history()) == 12  # still all in the session's store
+        kinds = [e.kind for e in rig.agent.history()]
+        assert kinds.count("user") == 6  # all still in the database
 
 
-async def test_bad_model_shows_error_instead_of_crashing() -> None:
-    class BadModelPath(Exception):
-        __module__ = "model.errors"
+async def test_bad_model_path_shows_error_instead_of_crashing(tmp_path: Path) -> None:
+    from agent import Agent
 
-    def factory(approval):
-        raise BadModelPath("no model at /nope: pass --model PATH to a checkpoint directory")
-
-    app = HybridAgentApp(factory)
+    app = HybridAgentApp(
+        lambda approval: Agent.open(model=tmp_path / "nope", db=f"sqlite:///{tmp_path}/x.db")
+    )
     async with app.run_test() as pilot:
         await pilot.pause()
         await app.workers.wait_for_complete()
         await pilot.pause()
         assert isinstance(app.screen, LoadingScreen)
-        assert "no model at /nope" in str(app.screen.query_one("#loading-what").render())
+        shown = str(app.screen.query_one("#loading-what").render())
+        assert shown.startswith("Could not start:") and "nope" in shown
         await pilot.press("q")
     assert app.return_code == 0
 
 
-async def test_theme_toggles() -> None:
-    app = make_app(lambda text: [])
-    async with app.run_test() as pilot:
+async def test_theme_toggles(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    async with rig.app.run_test() as pilot:
         await pilot.pause()
-        dark = app.current_theme.dark
+        dark = rig.app.current_theme.dark
         await pilot.press("ctrl+t")
-        assert app.current_theme.dark is not dark
-
-
-async def test_quit_mid_turn_cancels_and_exits() -> None:
-    app = make_app(lambda text: (f"t{i} " for i in itertools.count()), delay=0.01)
-    async with app.run_test() as pilot:
-        await pilot.pause()
-        await send(pilot, "go")
-        await pilot.pause(0.1)
-        agent = app.bridge.agent
-        await pilot.press("ctrl+q")
-        await pilot.pause(0.5)
-    assert agent.turn == 0 and agent.history() == []  # the cancelled turn left nothing half-written
+        assert rig.app.current_theme.dark is not dark

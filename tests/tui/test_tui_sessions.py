@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from test_tui_app import make_app, send, settle
+from tui_testkit import Rig, send, settle, tool_call
 
 from tui.screens.dialogs import ConfirmScreen, TextPromptScreen
 from tui.screens.help import HelpScreen
@@ -14,12 +16,13 @@ from tui.widgets.prompt_input import PromptArea
 pytestmark = pytest.mark.anyio
 
 
-def echo(text: str) -> list[str]:
-    return [f"echo: {text}"]
+def echo_rig(tmp_path: Path, *texts: str) -> Rig:
+    return Rig(tmp_path, [f"echo: {t}<|end|>" for t in texts])
 
 
-async def test_browser_resume_shows_history_and_continues() -> None:
-    app = make_app(echo)
+async def test_browser_resume_shows_history_and_continues(tmp_path: Path) -> None:
+    rig = echo_rig(tmp_path, "first session", "second session", "more")
+    app = rig.app
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.pause()
         await send(pilot, "first session")
@@ -50,8 +53,8 @@ async def test_browser_resume_shows_history_and_continues() -> None:
         assert app.status_info.saved_turn == 2
 
 
-async def test_browser_rename_and_delete_with_confirm() -> None:
-    app = make_app(echo)
+async def test_browser_rename_and_delete_with_confirm(tmp_path: Path) -> None:
+    app = echo_rig(tmp_path, "keep me").app
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.pause()
         await send(pilot, "keep me")
@@ -88,40 +91,58 @@ async def test_browser_rename_and_delete_with_confirm() -> None:
         assert not isinstance(app.screen, SessionBrowser)
 
 
-async def test_slash_commands() -> None:
-    app = make_app(echo)
+def notices(app) -> list[str]:
+    return [n.text for n in app.conversation.messages() if isinstance(n, Notice)]
+
+
+async def test_slash_commands(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, [
+        tool_call("write_file", path="a.txt", content="1"), "echo: one<|end|>",
+        tool_call("write_file", path="a.txt", content="2"), "echo: two<|end|>",
+    ])  # fmt: skip
+    app = rig.app
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.pause()
+        await pilot.press("shift+tab", "shift+tab")  # auto: tools run without asking
         await send(pilot, "one")
         await settle(pilot)
         await send(pilot, "two")
         await settle(pilot)
-        start = app.bridge.agent.session_id
-
-        await send(pilot, "/fork")
-        await settle(pilot)
-        assert app.bridge.agent.session_id != start and app.bridge.agent.turn == 2
-
-        await send(pilot, "/rewind 1")
-        await settle(pilot)
-        assert app.bridge.agent.turn == 1
-        assert [u.text for u in app.query(UserMessage)] == ["one"]
+        assert (rig.workspace / "a.txt").read_text() == "2"
 
         await send(pilot, "/undo")
         await settle(pilot)
+        assert notices(app)[-1].startswith("undo: undid the change to a.txt")
+        assert (rig.workspace / "a.txt").read_text() == "1"
+
+        start = rig.agent.session_id
+        await send(pilot, "/fork")
+        await settle(pilot)
+        assert rig.agent.session_id != start and rig.agent.turn == 2
+
+        await send(pilot, "/rewind 1")
+        await settle(pilot)
+        assert rig.agent.turn == 1
+        assert [u.text for u in app.query(UserMessage)] == ["one"]
+        assert [a.text for a in app.query(AssistantMessage)] == ["echo: one"]
+
+        await send(pilot, "/tools")
+        await settle(pilot)
+        tools = notices(app)[-1]
+        assert tools.startswith("tools:") and "read_file" in tools and "write_file" in tools
+
         await send(pilot, "/model")
         await settle(pilot)
-        notices = [n.text for n in app.query(Notice)]
-        assert notices[-2].startswith("undo: ")
-        assert "model tiny-hybrid on cpu" in notices[-1]
+        assert notices(app)[-1].startswith("model scripted on cpu; state ")
 
         await send(pilot, "/copy")
         await settle(pilot)
         assert app.clipboard == "echo: two"
 
+        count = len(notices(app))
         await send(pilot, "/bogus")
         await settle(pilot)
-        assert len(app.query(Notice)) == len(notices)  # an unknown command only warns
+        assert len(notices(app)) == count  # an unknown command only warns (a toast)
 
         await send(pilot, "/help")
         await pilot.pause()
@@ -131,15 +152,15 @@ async def test_slash_commands() -> None:
 
         await send(pilot, "/new")
         await settle(pilot)
-        assert app.bridge.agent.turn == 0 and not app.query(UserMessage)
+        assert rig.agent.turn == 0 and not app.query(UserMessage)
 
         await send(pilot, "/quit")
         await pilot.pause()
     assert app.return_code == 0
 
 
-async def test_slash_completion_with_tab() -> None:
-    app = make_app(echo)
+async def test_slash_completion_with_tab(tmp_path: Path) -> None:
+    app = Rig(tmp_path).app
     async with app.run_test() as pilot:
         await pilot.pause()
         area = app.query_one(PromptArea)
@@ -150,8 +171,8 @@ async def test_slash_completion_with_tab() -> None:
         assert area.text == "/resume "
 
 
-async def test_command_palette_lists_agent_actions() -> None:
-    app = make_app(echo)
+async def test_command_palette_lists_agent_actions(tmp_path: Path) -> None:
+    app = Rig(tmp_path).app
     async with app.run_test() as pilot:
         await pilot.pause()
         await pilot.press("ctrl+p")

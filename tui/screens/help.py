@@ -35,8 +35,15 @@ class HelpScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         sections = [
             ("Keys", _keys(self.app_bindings)),
-            ("Input", [("enter", "send"), ("shift+enter / ctrl+j", "new line"), ("up / down", "history"),
-                       ("tab", "complete a /command")]),
+            (
+                "Input",
+                [
+                    ("enter", "send"),
+                    ("shift+enter / ctrl+j", "new line"),
+                    ("up / down", "history"),
+                    ("tab", "complete a /command"),
+                ],
+            ),
             ("Slash commands", [(c.usage, c.help) for c in SLASH_COMMANDS]),
             ("Approval prompt", _keys(ApprovalScreen.BINDINGS)),
             ("Session browser", _keys(SessionBrowser.BINDINGS)),

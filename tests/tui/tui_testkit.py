@@ -1,0 +1,95 @@
+"""Build the app around a REAL `Agent`: real SQLite `Store`, real `ToolRegistry` over a real
+workspace, and the scripted engine the agent tests use (tests/agent/conftest.py), which decodes
+replies chosen by the test one token at a time instead of running a model.
+
+The scripted engine is loaded from that file by path (test directories are not packages under
+--import-mode=importlib), so both suites test against the same engine.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from agent.loop import Agent
+from memory import Store
+from tui.app import HybridAgentApp
+from tui.widgets.prompt_input import PromptArea
+
+
+def _load_scripted_engine() -> type:
+    path = Path(__file__).parents[1] / "agent" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("tui_agent_scripted_engine", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ScriptedEngine  # type: ignore[no-any-return]
+
+
+ScriptedEngine = _load_scripted_engine()
+
+
+def tool_call(name: str, **arguments: Any) -> str:
+    return "<|tool_call|>" + json.dumps({"name": name, "arguments": arguments}) + "<|/tool_call|>"
+
+
+def fixed_dir(name: str) -> Path:
+    """A directory at a fixed path (snapshots show the workspace path, so it must not vary)."""
+    path = Path(tempfile.gettempdir()) / "hybrid-agent-tui-tests" / name
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+class Rig:
+    """One app + agent + store + workspace; `replies` are what the scripted model says, in order."""
+
+    def __init__(
+        self,
+        root: Path,
+        replies: Sequence[str] = (),
+        *,
+        token_delay: float = 0.0,
+        **app_kw: Any,
+    ) -> None:
+        self.root = root
+        self.workspace = root / "project"
+        self.workspace.mkdir(exist_ok=True)
+        (self.workspace / "hello.py").write_text('def main():\n    print("hello")\n    return 0\n')
+        self.db_url = f"sqlite:///{root / 'sessions.db'}"
+        self.engine = ScriptedEngine(list(replies))
+        if token_delay:
+            self.engine.step_hook = lambda n: time.sleep(token_delay)  # runs on the agent's model thread
+        self.agent: Agent | None = None
+        app_kw.setdefault("cursor_blink", False)
+        app_kw.setdefault("system_clipboard", False)
+        self.app = HybridAgentApp(self.factory, **app_kw)
+
+    def factory(self, approval: Any) -> Agent:
+        self.agent = Agent(self.engine, Store(self.db_url), workspace=self.workspace, approval=approval)
+        return self.agent
+
+    def say(self, *replies: str) -> None:
+        """Queue more replies of the scripted model."""
+        self.engine.replies.extend(replies)
+
+    def store(self) -> Store:
+        """A second connection to the same database, to check what was committed."""
+        return Store(self.db_url)
+
+
+async def send(pilot: Any, text: str) -> None:
+    pilot.app.query_one(PromptArea).load_text(text)
+    await pilot.press("enter")
+    await pilot.pause()
+
+
+async def settle(pilot: Any) -> None:
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
