@@ -93,8 +93,9 @@ def create_store_engine(url: URL) -> Engine:
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves (see module doc)
         cursor = dbapi_connection.cursor()
         try:
+            # Per-connection settings only: none of them writes to the file. WAL (which does) is
+            # switched on by `migrate`, after the file has been found to be ours.
             cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute("PRAGMA synchronous = FULL")
             cursor.execute("PRAGMA foreign_keys = ON")
         finally:
@@ -147,8 +148,11 @@ def migrate(engine: Engine, where: str) -> None:
     script = ScriptDirectory.from_config(cfg)
     head = script.get_current_head()
     with engine.connect() as conn:  # a read transaction first: the usual case is "already at head"
-        if _check_revision(conn, script, where) == head:
-            return
+        current = _check_revision(conn, script, where)
+    if engine.dialect.name == "sqlite":
+        _enable_wal(engine)
+    if current == head:
+        return
     with engine.execution_options(**{WRITE_OPTION: True}).begin() as conn:
         if conn.dialect.name == "postgresql":  # serialise concurrent first opens
             conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
@@ -156,6 +160,18 @@ def migrate(engine: Engine, where: str) -> None:
             return
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+def _enable_wal(engine: Engine) -> None:
+    """Persistent in the file, so once is enough; must run outside a transaction (hence the raw
+    DBAPI connection, which is in autocommit mode)."""
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.close()
+    finally:
+        raw.close()
 
 
 def _is_busy(exc: DBAPIError) -> bool:

@@ -1,0 +1,104 @@
+"""Two processes writing different sessions of one database at once: no lost writes, and a busy
+database is waited for and retried, never reported to the user as "database is locked"."""
+
+from __future__ import annotations
+
+import importlib.util
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import memory.database
+from memory import Event, Store, StoreBusyError
+
+HERE = Path(__file__).resolve().parent
+_spec = importlib.util.spec_from_file_location("crash_writer_conc", HERE / "crash_writer.py")
+assert _spec is not None and _spec.loader is not None
+writer = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(writer)
+
+TURNS = 40
+
+
+def test_two_processes_write_different_sessions_at_once(store_url: str) -> None:
+    # Both processes open a database that does not exist yet: they also race to create the schema.
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(HERE / "crash_writer.py"), "write", store_url, "new", str(TURNS)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=HERE.parents[1],
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    sessions: list[str] = []
+    spans: list[tuple[float, float]] = []
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        lines = out.decode().splitlines()
+        assert proc.returncode == 0, f"writer failed: {lines[-3:]} {err.decode()[-2000:]}"
+        assert "locked" not in err.decode() and not any(line.startswith("error") for line in lines)
+        sessions.append(lines[0].split()[1])
+        commits = [line.split() for line in lines[1:]]
+        assert [int(c[1]) for c in commits] == list(range(1, TURNS + 1))
+        spans.append((float(commits[0][2]), float(commits[-1][2])))
+    assert sessions[0] != sessions[1]
+    # the two writers really overlapped in time
+    assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1]
+    with Store(store_url) as store:
+        for sid in sessions:
+            assert [t.turn for t in store.turns(sid)] == list(range(1, TURNS + 1))
+            snap = store.load_snapshot(sid)
+            for name, t in writer.expected_recurrent(TURNS).items():
+                assert torch.equal(snap.recurrent[name], t)
+            assert len(snap.pages) == TURNS
+            assert len(store.events(sid)) == 2 * TURNS
+
+
+def hold_write_lock(path: Path, seconds: float, started: threading.Event) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    started.set()
+    time.sleep(seconds)
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def test_busy_database_is_retried_not_reported(sqlite_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # SQLite's own wait is made tiny so that our retry loop is what has to get the write through.
+    monkeypatch.setattr(memory.database, "BUSY_TIMEOUT_S", 0.01)
+    with Store(sqlite_path) as store:
+        sid = store.create_session("t", "/w", "fp").id
+        started = threading.Event()
+        holder = threading.Thread(target=hold_write_lock, args=(sqlite_path, 0.6, started))
+        holder.start()
+        started.wait()
+        t0 = time.monotonic()
+        store.save_turn(sid, 1, events=[Event("user", "hi")], recurrent={"x": torch.ones(3)}, n_tokens=1)
+        waited = time.monotonic() - t0
+        holder.join()
+        assert waited >= 0.4  # it did have to wait for the other writer
+        assert store.load_snapshot(sid).turn == 1
+
+
+def test_writer_that_never_gets_the_lock_gets_a_clear_error(
+    sqlite_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(memory.database, "BUSY_TIMEOUT_S", 0.01)
+    monkeypatch.setattr(memory.database, "RETRY_BUDGET_S", 0.3)
+    with Store(sqlite_path) as store:
+        sid = store.create_session("t", "/w", "fp").id
+        started = threading.Event()
+        holder = threading.Thread(target=hold_write_lock, args=(sqlite_path, 1.5, started))
+        holder.start()
+        started.wait()
+        with pytest.raises(StoreBusyError, match=r"stayed locked by other writers.*close other hybrid-agent"):
+            store.save_turn(sid, 1, events=[], recurrent={"x": torch.ones(3)}, n_tokens=1)
+        holder.join()
+        assert store.turns(sid) == []

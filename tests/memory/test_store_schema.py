@@ -1,0 +1,135 @@
+"""Opening databases: migrations match the ORM, older schemas are upgraded, foreign or newer files are
+refused untouched, the default location and the SQLite settings are what the design says."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+import torch
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from setuptools import find_packages
+
+from memory import Event, NotADatabaseError, SchemaTooNewError, Store
+from memory.database import WRITE_OPTION, _alembic_config, create_store_engine, head_revision, normalize_url
+from memory.schema import Base
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_migrated_schema_equals_the_orm_schema(store_url: str) -> None:
+    Store(store_url).close()
+    engine = sa.create_engine(store_url)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        assert MigrationContext.configure(conn).get_current_revision() == head_revision()
+    engine.dispose()
+    assert diff == []
+
+
+def test_older_database_is_upgraded_keeping_its_data(store_url: str) -> None:
+    # Build a database at revision 0001 (before the file journal existed) and put a session in it.
+    engine = create_store_engine(normalize_url(store_url))
+    cfg = _alembic_config()
+    with engine.execution_options(**{WRITE_OPTION: True}).begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+    with engine.begin() as conn:
+        assert "file_changes" not in sa.inspect(conn).get_table_names()
+        conn.execute(
+            sa.text(
+                "INSERT INTO sessions (id, title, workspace, model_fingerprint, created_at, updated_at, "
+                "meta) VALUES ('old-session', 'from 0001', '/w', 'fp', :t, :t, '{}')"
+            ),
+            {"t": "2026-01-01 00:00:00"},
+        )
+    engine.dispose()
+    with Store(store_url) as store:
+        assert store.get_session("old-session").title == "from 0001"
+        store.save_turn(
+            "old-session", 1, events=[Event("user", "hi")], recurrent={"x": torch.ones(2)}, n_tokens=1
+        )
+        store.record_file_change("old-session", 1, "a.txt", None, b"new")  # the table 0002 added
+        assert store.file_changes("old-session")[0].after == b"new"
+
+
+def test_newer_schema_is_refused_and_left_untouched(sqlite_path: Path) -> None:
+    with Store(sqlite_path) as store:
+        store.create_session("t", "/w", "fp")
+    with sqlite3.connect(sqlite_path) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999_from_the_future'")
+    conn.close()
+    before = file_digest(sqlite_path)
+    with pytest.raises(SchemaTooNewError, match=r"9999_from_the_future.*upgrade hybrid-agent"):
+        Store(sqlite_path)
+    assert file_digest(sqlite_path) == before
+
+
+def test_newer_schema_is_refused_on_every_backend(store_url: str) -> None:
+    Store(store_url).close()
+    engine = sa.create_engine(store_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999_from_the_future'"))
+    engine.dispose()
+    with pytest.raises(SchemaTooNewError, match="newer than this hybrid-agent knows"):
+        Store(store_url)
+
+
+@pytest.mark.parametrize(
+    "content", [b"hello, this is a text file\n" * 100, b"\x00" * 4096, b"SQLite format 2\x00xx"]
+)
+def test_file_that_is_not_sqlite_is_refused_untouched(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "notes.db"
+    path.write_bytes(content)
+    with pytest.raises(NotADatabaseError, match=r"not an SQLite database.*untouched"):
+        Store(path)
+    assert path.read_bytes() == content
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.db"]  # no -wal / -shm created either
+
+
+def test_sqlite_database_of_another_program_is_refused_untouched(sqlite_path: Path) -> None:
+    with sqlite3.connect(sqlite_path) as conn:
+        conn.execute("CREATE TABLE recipes (name TEXT)")
+        conn.execute("INSERT INTO recipes VALUES ('soup')")
+    conn.close()
+    before = file_digest(sqlite_path)
+    with pytest.raises(NotADatabaseError, match=r"recipes.*no hybrid-agent schema"):
+        Store(sqlite_path)
+    assert file_digest(sqlite_path) == before
+
+
+def test_default_database_lives_under_xdg_data_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    with Store() as store:
+        sid = store.create_session("t", "/w", "fp").id
+    expected = tmp_path / "data" / "hybrid-agent" / "sessions.db"
+    assert expected.is_file()
+    with Store(f"sqlite:///{expected}") as again:
+        assert again.get_session(sid).title == "t"
+
+
+def test_sqlite_pragmas_wal_foreign_keys_full_sync(sqlite_path: Path) -> None:
+    with Store(sqlite_path) as store, store._engine.connect() as conn:
+        pragmas = {p: conn.exec_driver_sql(f"PRAGMA {p}").scalar() for p in
+                   ("journal_mode", "foreign_keys", "synchronous", "busy_timeout")}  # fmt: skip
+    assert pragmas["journal_mode"] == "wal"
+    assert pragmas["foreign_keys"] == 1
+    assert pragmas["synchronous"] == 2  # FULL
+    assert pragmas["busy_timeout"] >= 1000
+
+
+def test_migrations_ship_inside_the_package() -> None:
+    packages = find_packages(where=REPO, include=["memory*"])
+    assert {"memory", "memory.migrations", "memory.migrations.versions"} <= set(packages)
+    versions = sorted(p.name for p in (REPO / "memory" / "migrations" / "versions").glob("0*.py"))
+    assert versions == ["0001_initial.py", "0002_file_changes.py"]
+    assert (REPO / "memory" / "migrations" / "script.py.mako").is_file()  # package-data "*.mako"
