@@ -100,9 +100,12 @@ class Workspace:
         if len(os.fsencode(joined)) > PATH_MAX:
             raise WorkspaceError(f"path is longer than {PATH_MAX} bytes; refused")
         try:
-            real = os.path.realpath(joined, strict=True)
-        except (FileNotFoundError, NotADirectoryError):
-            real = os.path.realpath(joined)  # a file about to be created: resolve the part that exists
+            try:
+                real = os.path.realpath(joined, strict=True)
+            except (FileNotFoundError, NotADirectoryError):
+                # A file about to be created: resolve the part that exists. (This can still raise when
+                # a link vanishes between realpath's lstat and readlink, hence the outer handler.)
+                real = os.path.realpath(joined)
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise WorkspaceError(f"{path!r} runs into a symbolic link loop; refused") from None
