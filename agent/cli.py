@@ -1,6 +1,8 @@
 """The `hybrid-agent` command line.
 
-Parsing only here; each subcommand imports what it needs when it runs, so `--help` is instant.
+Parsing only here; the commands live in agent/commands.py and import what they need when they run,
+so `--help` is instant. Errors a user can cause print one line and exit 1 (no traceback unless
+`--debug`); Ctrl-C exits 130 and leaves the session at its last saved turn.
 """
 
 from __future__ import annotations
@@ -9,26 +11,94 @@ import argparse
 import sys
 
 
+def _shared(defaults: bool) -> argparse.ArgumentParser:
+    """Options accepted before and after the subcommand. On subcommands they default to SUPPRESS, so
+    an option given before the subcommand is not reset by the subcommand's default."""
+    p = argparse.ArgumentParser(add_help=False, argument_default=None if defaults else argparse.SUPPRESS)
+    d = (lambda v: v) if defaults else (lambda v: argparse.SUPPRESS)
+    p.add_argument(
+        "--model",
+        metavar="PATH",
+        default=d(None),
+        help="model directory (config.json, model.safetensors); default: the packaged model",
+    )
+    p.add_argument(
+        "--db",
+        metavar="URL",
+        default=d(None),
+        help="session database: a SQLAlchemy URL or a file path (default: under XDG_DATA_HOME)",
+    )
+    p.add_argument(
+        "--workspace",
+        metavar="DIR",
+        default=d("."),
+        help="the folder the tools may read and change (default: current directory)",
+    )
+    p.add_argument("--device", default=d(None), help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument(
+        "--window",
+        type=int,
+        metavar="N",
+        default=d(None),
+        help="attention window in tokens (constant memory); default: full attention",
+    )
+    p.add_argument("--sinks", type=int, metavar="N", default=d(4), help="sink tokens kept with --window")
+    p.add_argument("--seed", type=int, default=d(None), help="seed for sampling")
+    p.add_argument("--temperature", type=float, default=d(0.0), help="0 = greedy (default)")
+    p.add_argument("--max-new-tokens", type=int, metavar="N", default=d(1024), help="per turn")
+    p.add_argument(
+        "--enable-commands",
+        action="store_true",
+        default=d(False),
+        help="give the model the run_command tool (asks before each command)",
+    )
+    p.add_argument("--debug", action="store_true", default=d(False), help="show tracebacks")
+    return p  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hybrid-agent",
-        description="A coding agent on a hybrid language model whose state is saved after every turn.",
+        description="A coding agent on a hybrid language model whose state is saved after every turn. "
+        "Without a command: open the terminal UI.",
+        parents=[_shared(True)],
     )
     parser.add_argument("--version", action="version", version="hybrid-agent 0.1.0")
-    sub = parser.add_subparsers(dest="command")
-    sub.add_parser("run", help="run one turn headless and print the answer")
-    sub.add_parser("sessions", help="list, show, fork, remove or export saved sessions")
+    parser.add_argument("--resume", metavar="ID", help="continue a saved session (id or unique prefix)")
+    sub = parser.add_subparsers(dest="command", metavar="{run,sessions}")
+    shared = _shared(False)
+
+    run = sub.add_parser("run", parents=[shared], help="run one turn headless and print the answer")
+    run.add_argument("prompt", help="the message to send")
+    run.add_argument("--json", action="store_true", help="print the events as JSON lines")
+    run.add_argument("--yes", "-y", action="store_true", help="approve every tool call")
+    run.add_argument("--resume", metavar="ID", default=argparse.SUPPRESS, help="continue a saved session")
+
+    sessions = sub.add_parser(
+        "sessions", parents=[shared], help="list, show, fork, remove or export sessions"
+    )
+    ssub = sessions.add_subparsers(dest="action", metavar="{list,show,fork,rm,export}", required=True)
+    ls = ssub.add_parser("list", parents=[shared], help="saved sessions, most recent first")
+    ls.add_argument("--json", action="store_true", help="one JSON object per line")
+    show = ssub.add_parser("show", parents=[shared], help="a session's details and conversation")
+    show.add_argument("id")
+    show.add_argument("--json", action="store_true", help="the details as one JSON object")
+    fork = ssub.add_parser("fork", parents=[shared], help="a new session from a session's turn N")
+    fork.add_argument("id")
+    fork.add_argument("--turn", type=int, required=True, metavar="N")
+    rm = ssub.add_parser("rm", parents=[shared], help="delete a session (its forks keep working)")
+    rm.add_argument("id")
+    export = ssub.add_parser("export", parents=[shared], help="a session's events as JSON lines")
+    export.add_argument("id")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
-    print(f"hybrid-agent: '{args.command}' is not implemented yet", file=sys.stderr)
-    return 2
+    from agent.commands import dispatch
+
+    return dispatch(args)
 
 
 if __name__ == "__main__":

@@ -105,10 +105,10 @@ class ModelEngine:
         self._device = param.device if param is not None else torch.device("cpu")
         self.device = str(self._device)
         self.fingerprint: str = model.fingerprint
-        self.temperature = temperature
-        self._generator = torch.Generator(device=self._device)
-        if seed is not None:
-            self._generator.manual_seed(seed)
+        from model.sampling import SamplingParams, make_generator
+
+        self.sampling = SamplingParams(temperature=temperature)
+        self._generator = make_generator(seed, self._device)
         self._window_arg, self._sinks_arg = window, sinks
         self.state = model.new_state(window=window, sinks=sinks)
         # The effective policy (a model trained with a sliding window brings its own).
@@ -137,22 +137,18 @@ class ModelEngine:
         self.state.keep_from = 0
         self._logits = None
 
-    @torch.inference_mode()
     def prefill(self, ids: Sequence[int]) -> None:
-        if not ids:
-            return
-        for i in range(0, len(ids), PREFILL_CHUNK):
-            chunk = torch.tensor([list(ids[i : i + PREFILL_CHUNK])], dtype=torch.long, device=self._device)
-            logits = self.model(chunk, self.state)  # (1, T, V)
-        self._logits = logits[0, -1].float()  # (V,)
+        from model.generate import prefill
+
+        if ids:
+            self._logits = prefill(self.model, list(ids), self.state, chunk_size=PREFILL_CHUNK)  # (1, V)
 
     def next_token(self) -> int:
+        from model.sampling import sample
+
         if self._logits is None:
             raise RuntimeError("next_token() before any prefill")
-        if self.temperature <= 0:
-            return int(torch.argmax(self._logits))
-        probs = torch.softmax(self._logits / self.temperature, dim=-1)  # (V,)
-        return int(torch.multinomial(probs, 1, generator=self._generator))
+        return int(sample(self._logits, self.sampling, self._generator)[0])
 
     def snapshot(self, since: int) -> tuple[dict[str, Tensor], list[StatePage]]:
         recurrent = {k: v.detach().cpu() for k, v in self.state.recurrent_tensors().items()}

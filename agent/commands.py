@@ -1,0 +1,236 @@
+"""What each `hybrid-agent` command does (parsing is in agent/cli.py).
+
+Output contract: `run` prints the answer on stdout as it streams, then `session: ID` as the last
+line; tool activity goes to stderr. `--json` prints each event as one JSON line on stdout.
+`sessions export` prints a session's stored events as JSON lines. Errors print one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from agent.errors import AgentError
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that are the user's to fix: shown as one line."""
+    from memory import StoreError
+    from model.chat import ChatFormatError
+    from model.errors import ModelError
+    from tools.errors import ToolError
+
+    return (AgentError, StoreError, ModelError, ChatFormatError, ToolError, OSError)
+
+
+def _say(*parts: Any) -> None:
+    print(*parts, file=sys.stderr, flush=True)
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    command: Callable[[argparse.Namespace], int] = {
+        None: cmd_tui,
+        "run": cmd_run,
+        "sessions": cmd_sessions,
+    }[args.command]
+    if args.debug:
+        return command(args)
+    try:
+        return command(args)
+    except KeyboardInterrupt:
+        _say("hybrid-agent: interrupted; the session stays at its last saved turn")
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if isinstance(exc, _user_errors()):
+            _say(f"hybrid-agent: error: {exc}")
+        else:
+            name = type(exc).__name__
+            _say(f"hybrid-agent: internal error: {name}: {exc} (rerun with --debug for a traceback)")
+        return EXIT_ERROR
+
+
+def _agent_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "model": args.model,
+        "db": args.db,
+        "workspace": args.workspace,
+        "device": args.device,
+        "window": args.window,
+        "sinks": args.sinks,
+        "seed": args.seed,
+        "temperature": args.temperature,
+        "max_new_tokens": args.max_new_tokens,
+        "enable_commands": args.enable_commands,
+    }
+
+
+def _store(args: argparse.Namespace) -> Any:
+    from memory import Store
+
+    return Store(args.db)
+
+
+def resolve_session_id(store: Any, given: str) -> str:
+    """A full session id, from the id or a unique prefix of it."""
+    ids = [s.id for s in store.list_sessions()]
+    if given in ids:
+        return given
+    matches = [i for i in ids if i.startswith(given)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise AgentError(f"no session {given!r}; `hybrid-agent sessions list` shows the saved ones")
+    raise AgentError(f"{given!r} matches {len(matches)} sessions; give more of the id")
+
+
+# ---- the TUI -------------------------------------------------------------------------------------
+def cmd_tui(args: argparse.Namespace) -> int:
+    # tui/ sits above agent/: the one place agent reaches up is this entry point, through importlib at
+    # run time, so that nothing in agent/ imports tui/ and the package graph stays acyclic.
+    try:
+        run_app = importlib.import_module("tui.app").run_app
+    except (ImportError, AttributeError) as exc:
+        raise AgentError(f"the terminal UI is not available ({exc}); use `hybrid-agent run PROMPT`") from exc
+    options = _agent_options(args)
+    if args.resume:
+        with _store(args) as store:
+            options["resume"] = resolve_session_id(store, args.resume)
+    from agent.factory import resolve_model_dir
+
+    resolve_model_dir(options["model"])  # fail with one clear line before the UI starts
+    return int(run_app(options) or 0)
+
+
+# ---- run -----------------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.events import ErrorEvent, TextDelta, ToolCallRequested, ToolResultEvent, TurnEnd
+    from agent.loop import Agent
+
+    options = _agent_options(args)
+    if args.resume:
+        with _store(args) as store:
+            options["resume"] = resolve_session_id(store, args.resume)
+    options["mode"] = "auto" if args.yes else "ask"
+    agent = Agent.open(**options)
+    status = 0
+    try:
+        ended_with_text = True
+        for event in agent.send_sync(args.prompt):
+            if args.json:
+                print(event.model_dump_json(), flush=True)
+            elif isinstance(event, TextDelta):
+                sys.stdout.write(event.text)
+                sys.stdout.flush()
+                ended_with_text = event.text.endswith("\n")
+            elif isinstance(event, ToolCallRequested):
+                _say(f"[tool {event.tool} {json.dumps(event.arguments, ensure_ascii=False)}]")
+            elif isinstance(event, ToolResultEvent):
+                first = event.text.splitlines()[0] if event.text else ""
+                hint = " (rerun with --yes to approve tools)" if event.denied else ""
+                _say(f"[{'error' if event.is_error else 'result'} {event.tool}: {first[:200]}]{hint}")
+            if isinstance(event, ErrorEvent):
+                if not args.json:
+                    _say(f"hybrid-agent: error: {event.message}")
+                status = EXIT_ERROR
+            elif isinstance(event, TurnEnd) and not args.json:
+                if not ended_with_text:
+                    print()
+                print(f"session: {agent.session_id}", flush=True)
+    finally:
+        agent.close()
+    return status
+
+
+# ---- sessions ------------------------------------------------------------------------------------
+def _session_json(info: Any) -> dict[str, Any]:
+    return {
+        "id": info.id,
+        "title": info.title,
+        "workspace": info.workspace,
+        "model_fingerprint": info.model_fingerprint,
+        "created_at": info.created_at.isoformat(),
+        "updated_at": info.updated_at.isoformat(),
+        "parent_id": info.parent_id,
+        "fork_turn": info.fork_turn,
+        "turns": info.latest_turn or 0,
+        "state_tokens": info.n_tokens,
+    }
+
+
+def _event_json(ev: Any) -> dict[str, Any]:
+    return {
+        "turn": ev.turn,
+        "seq": ev.seq,
+        "kind": ev.kind,
+        "content": ev.content,
+        "data": ev.data,
+        "created_at": ev.created_at.isoformat() if ev.created_at else None,
+    }
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        if args.action == "list":
+            infos = store.list_sessions()
+            if args.json:
+                for info in infos:
+                    print(json.dumps(_session_json(info)))
+                return 0
+            if not infos:
+                print("no saved sessions")
+                return 0
+            print(f"{'ID':36}  {'TURNS':>5}  {'TOKENS':>8}  {'UPDATED':16}  TITLE")
+            for info in infos:
+                updated = info.updated_at.strftime("%Y-%m-%d %H:%M")
+                turns = info.latest_turn or 0
+                print(f"{info.id:36}  {turns:>5}  {info.n_tokens:>8}  {updated:16}  {info.title}")
+            return 0
+        session_id = resolve_session_id(store, args.id)
+        if args.action == "show":
+            return _show(store, session_id, as_json=args.json)
+        if args.action == "fork":
+            info = store.fork_session(session_id, args.turn)
+            print(info.id)
+            return 0
+        if args.action == "rm":
+            store.delete_session(session_id)
+            print(f"deleted session {session_id}")
+            return 0
+        if args.action == "export":
+            for ev in store.events(session_id):
+                print(json.dumps(_event_json(ev), ensure_ascii=False))
+            return 0
+    raise AgentError(f"unknown sessions action {args.action!r}")
+
+
+def _show(store: Any, session_id: str, *, as_json: bool) -> int:
+    info = store.get_session(session_id)
+    if as_json:
+        data = _session_json(info)
+        data["turn_list"] = [
+            {"turn": t.turn, "state_tokens": t.n_tokens, **t.meta} for t in store.turns(session_id)
+        ]
+        print(json.dumps(data))
+        return 0
+    d = _session_json(info)
+    print(f"session {d['id']}: {d['title'] or '(untitled)'}")
+    print(f"  workspace {d['workspace']}; {d['turns']} turns, {d['state_tokens']} tokens in the state")
+    if info.parent_id:
+        print(f"  forked from {info.parent_id} at turn {info.fork_turn}")
+    for ev in store.events(session_id):
+        if ev.kind == "user":
+            print(f"[{ev.turn}] user: {ev.content}")
+        elif ev.kind == "assistant":
+            print(f"[{ev.turn}] assistant: {ev.content}")
+        elif ev.kind == "tool_call":
+            print(f"[{ev.turn}] tool call: {ev.content} {json.dumps((ev.data or {}).get('arguments', {}))}")
+        elif ev.kind == "tool_result":
+            print(f"[{ev.turn}] tool result: {ev.content[:200]}")
+    return 0
