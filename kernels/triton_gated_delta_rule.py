@@ -28,6 +28,16 @@ import triton.language as tl
 from kernels.gated_delta_rule import check_gdr_inputs
 
 CHUNK = 64
+# Launch parameters (block width over dv, warps, pipeline depth); bench/gpu_kernels.py sweeps them.
+CONFIG = {
+    "u_bv": 64,
+    "prep_warps": 4,
+    "st_bv": 32,
+    "st_warps": 4,
+    "st_stages": 2,
+    "out_bv": 64,
+    "out_warps": 4,
+}
 
 
 @triton.jit
@@ -94,7 +104,7 @@ def _gdr_prepare_kernel(
     hi = pid_bh % H
     t0 = c * 64
     offs_k = tl.arange(0, BK)
-    LOG2E: tl.constexpr = 1.4426950408889634
+    LOG2E = 1.4426950408889634
     k0 = _load_rows(k_ptr, bi, T, H, DK, t0, hi, offs_k).to(tl.float32)
     k1 = _load_rows(k_ptr, bi, T, H, DK, t0 + 16, hi, offs_k).to(tl.float32)
     k2 = _load_rows(k_ptr, bi, T, H, DK, t0 + 32, hi, offs_k).to(tl.float32)
@@ -277,7 +287,11 @@ def chunk_gated_delta_rule_triton(
     inter = intermediate_dtype or (torch.float32 if v.dtype == torch.float32 else v.dtype)
     nchunk = triton.cdiv(t, CHUNK)
     BK = max(16, triton.next_power_of_2(dk))
-    BV = min(64, max(16, triton.next_power_of_2(dv)))
+    cfg = CONFIG
+
+    def bv(key: str) -> int:
+        return min(cfg[key], max(16, triton.next_power_of_2(dv)))
+
     dev = v.device
     w = torch.empty((b, t, h, dk), device=dev, dtype=inter)
     u = torch.empty((b, t, h, dv), device=dev, dtype=inter)
@@ -287,13 +301,15 @@ def chunk_gated_delta_rule_triton(
     o = torch.empty_like(v)
     s0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else final
     _gdr_prepare_kernel[(nchunk, b * h)](
-        k, v, g, beta, w, u, t, h, dk, dv, BK=BK, BV=BV, IEEE=ieee, num_warps=4
-    )
-    _gdr_states_kernel[(triton.cdiv(dv, BV), b * h)](
-        k, g, w, u, s0, states, vnew, final, t, h, dk, dv, nchunk,
-        HAS_S0=initial_state is not None, BK=BK, BV=BV, IEEE=ieee, num_warps=4,
+        k, v, g, beta, w, u, t, h, dk, dv, BK=BK, BV=bv("u_bv"), IEEE=ieee, num_warps=cfg["prep_warps"]
     )  # fmt: skip
-    _gdr_output_kernel[(nchunk, b * h, triton.cdiv(dv, BV))](
-        q, k, g, vnew, states, o, t, h, dk, dv, nchunk, float(scale), BK=BK, BV=BV, IEEE=ieee, num_warps=4,
+    _gdr_states_kernel[(triton.cdiv(dv, bv("st_bv")), b * h)](
+        k, g, w, u, s0, states, vnew, final, t, h, dk, dv, nchunk,
+        HAS_S0=initial_state is not None, BK=BK, BV=bv("st_bv"), IEEE=ieee,
+        num_warps=cfg["st_warps"], num_stages=cfg["st_stages"],
+    )  # fmt: skip
+    _gdr_output_kernel[(nchunk, b * h, triton.cdiv(dv, bv("out_bv")))](
+        q, k, g, vnew, states, o, t, h, dk, dv, nchunk, float(scale),
+        BK=BK, BV=bv("out_bv"), IEEE=ieee, num_warps=cfg["out_warps"],
     )  # fmt: skip
     return o, final

@@ -25,7 +25,8 @@ import triton.language as tl
 
 from kernels.ssd_scan import check_ssd_inputs
 
-LOG2E = 1.4426950408889634
+# Launch parameters (block sizes, warps, pipeline depth); bench/gpu_kernels.py sweeps them.
+CONFIG = {"st_bp": 64, "st_bn": 64, "st_warps": 4, "st_stages": 2, "out_bp": 64, "out_warps": 4}
 
 
 @triton.jit
@@ -163,18 +164,19 @@ def ssd_scan_triton(
     y = torch.empty_like(x)
     A32 = A.to(torch.float32).contiguous()
     s0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else final
-    BP = min(64, _pow2_at_least_16(p))
-    BN_s = min(64, _pow2_at_least_16(n))
-    grid_s = (triton.cdiv(p, BP), triton.cdiv(n, BN_s), b * h)
+    cfg = CONFIG
+    BP_s, BN_s = min(cfg["st_bp"], _pow2_at_least_16(p)), min(cfg["st_bn"], _pow2_at_least_16(n))
+    grid_s = (triton.cdiv(p, BP_s), triton.cdiv(n, BN_s), b * h)
     _ssd_states_kernel[grid_s](
         x, dt, A32, B, s0, states, final, t, h, g, p, n, nchunk,
-        HAS_S0=initial_state is not None, L=L, BP=BP, BN=BN_s, IEEE=ieee, num_warps=4,
+        HAS_S0=initial_state is not None, L=L, BP=BP_s, BN=BN_s, IEEE=ieee,
+        num_warps=cfg["st_warps"], num_stages=cfg["st_stages"],
     )  # fmt: skip
-    BN_o = _pow2_at_least_16(n)
+    BP_o, BN_o = min(cfg["out_bp"], _pow2_at_least_16(p)), _pow2_at_least_16(n)
     Dv = D.to(torch.float32).contiguous() if D is not None else A32
-    grid_o = (nchunk, b * h, triton.cdiv(p, BP))
+    grid_o = (nchunk, b * h, triton.cdiv(p, BP_o))
     _ssd_output_kernel[grid_o](
         x, dt, A32, B, C, Dv, states, y, t, h, g, p, n, nchunk,
-        HAS_D=D is not None, L=L, BP=BP, BN=BN_o, IEEE=ieee, num_warps=4,
+        HAS_D=D is not None, L=L, BP=BP_o, BN=BN_o, IEEE=ieee, num_warps=cfg["out_warps"],
     )  # fmt: skip
     return y, final

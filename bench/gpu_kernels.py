@@ -1,0 +1,295 @@
+"""Kernel benchmark (issue 8, item 1), run on the device machine:
+
+    python3 bench/gpu_kernels.py --out $OUT/gpu_kernels.json
+
+1. Prefill: our SSD chunked scan vs flash-linear-attention's `chunk_simple_gla` (the same recurrence:
+   q = C, k = B, v = dt x, g = dt A, scale 1), and our chunked gated delta rule vs fla's
+   `chunk_gated_delta_rule`, tokens/s at T = 4k, 16k, 64k, batch 1, bf16, at H=32, K=V=128 and at
+   OLMo Hybrid's GDN shape (30 heads, dk 96, dv 192). fla autotunes on its first calls, so every
+   implementation is warmed up before timing. Each row also records the relative difference between
+   our output and fla's (and, at 4k, the fp32 torch reference's), so a fast wrong kernel shows.
+2. Decode: the one-token kernels' achieved bandwidth (state read + written, inputs read) vs a measured
+   device-to-device copy of the same number of bytes and vs a 1 GiB copy (the ceiling), timed as
+   CUDA-graph replays; fla's fused_recurrent_gated_delta_rule at T=1 alongside.
+Before timing, a small sweep picks launch parameters (block widths, warps, pipeline depth) at 16k.
+Speed claims are ratios against fla measured in the same run on the same card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gpu_common import copy_bandwidth_GBps, device_info, median_ms, print_table, write_json
+
+import kernels
+from kernels import triton_gated_delta_rule as tgdr
+from kernels import triton_ssd_scan as tssd
+from kernels.gated_delta_rule import chunk_gated_delta_rule_ref
+from kernels.ssd_scan import ssd_scan_ref
+from kernels.testing import make_gdr_inputs, make_ssd_inputs, rel_err
+
+BF16 = torch.bfloat16
+GDN_SHAPES = {"H32_K128_V128": (32, 128, 128), "olmo_H30_K96_V192": (30, 96, 192)}
+
+
+def _fla():
+    try:
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+        from fla.ops.simple_gla import chunk_simple_gla
+    except Exception as exc:  # report, don't die: our own numbers still count
+        print(f"fla unavailable: {exc!r}")
+        return None
+    return chunk_simple_gla, chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+
+
+def ssd_case(T: int, H: int = 32, P: int = 128, N: int = 128):
+    """Random SSD inputs drawn on the GPU (same ranges as kernels.testing; CPU drawing at 64k is slow)."""
+    torch.manual_seed(T)
+    dev = "cuda"
+    x = torch.randn(1, T, H, P, device=dev, dtype=BF16)
+    dt = torch.nn.functional.softplus(torch.randn(1, T, H, device=dev) - 1.0)
+    A = -torch.rand(H, device=dev) * 3 - 0.1
+    B = torch.randn(1, T, H, N, device=dev, dtype=BF16)
+    C = torch.randn(1, T, H, N, device=dev, dtype=BF16)
+    fla_args = (C, B, (x.float() * dt[..., None]).to(BF16), (dt * A).float())  # q, k, v, g
+    return (x, dt, A, B, C), fla_args
+
+
+def gdn_case(T: int, H: int, DK: int, DV: int):
+    torch.manual_seed(T + DK)
+    dev = "cuda"
+    q = torch.nn.functional.normalize(torch.randn(1, T, H, DK, device=dev), dim=-1).to(BF16)
+    k = torch.nn.functional.normalize(torch.randn(1, T, H, DK, device=dev), dim=-1).to(BF16)
+    v = torch.randn(1, T, H, DV, device=dev, dtype=BF16)
+    g = -torch.nn.functional.softplus(torch.randn(1, T, H, device=dev)) * 0.5
+    beta = torch.sigmoid(torch.randn(1, T, H, device=dev)).to(BF16)
+    return q, k, v, g, beta
+
+
+def tune(name: str, module: Any, variants: list[dict[str, int]], run) -> dict[str, Any]:
+    """Time `run` under each variant of module.CONFIG (one key changed at a time); keep the best per key."""
+    base = dict(module.CONFIG)
+    results = []
+    base_ms = median_ms(run)
+    best = dict(base)
+    for var in variants:
+        module.CONFIG = {**base, **var}
+        try:
+            ms = median_ms(run)
+        except Exception as exc:  # a config that does not compile is skipped, and said so
+            print(f"{name} {var} failed: {exc!r}"[:300])
+            continue
+        results.append({"variant": var, "ms": ms})
+        if ms < base_ms * 0.97:
+            best.update(var)
+    module.CONFIG = best
+    best_ms = median_ms(run)
+    if best_ms > base_ms:  # interactions between keys made the combination worse: keep the default
+        module.CONFIG, best_ms = base, base_ms
+    print(f"tune {name}: default {base_ms:.3f} ms -> {best_ms:.3f} ms with {module.CONFIG}")
+    return {
+        "default": base,
+        "default_ms": base_ms,
+        "chosen": dict(module.CONFIG),
+        "chosen_ms": best_ms,
+        "tried": results,
+    }
+
+
+def prefill(fla, lengths: list[int], deadline: float) -> list[dict[str, Any]]:
+    rows = []
+    for T in lengths:
+        if time.time() > deadline:
+            print(f"time budget spent: skipping prefill T={T}")
+            break
+        ours_args, fla_args = ssd_case(T)
+        y, _ = kernels.ssd_scan(*ours_args)
+        row: dict[str, Any] = {"op": "ssd_vs_chunk_simple_gla", "shape": "H32_P128_N128_G32", "T": T}
+        row["ours_ms"] = median_ms(lambda a=ours_args: kernels.ssd_scan(*a))
+        row["ours_fp32states_ms"] = median_ms(
+            lambda a=ours_args: tssd.ssd_scan_triton(*a, states_dtype=torch.float32)
+        )
+        if T <= 4096:
+            row["rel_err_vs_ref"] = rel_err(y, ssd_scan_ref(*ours_args)[0])
+        if fla is not None:
+            o, _ = fla[0](*fla_args, scale=1.0, output_final_state=True)
+            row["rel_diff_vs_fla"] = rel_err(y, o)
+            row["fla_ms"] = median_ms(lambda a=fla_args: fla[0](*a, scale=1.0, output_final_state=True))
+        rows.append(_rates(row, T))
+        del ours_args, fla_args, y
+        for shape, (H, DK, DV) in GDN_SHAPES.items():
+            args = gdn_case(T, H, DK, DV)
+            o_ours, _ = kernels.chunk_gated_delta_rule(*args)
+            row = {"op": "gdn_vs_chunk_gated_delta_rule", "shape": shape, "T": T}
+            row["ours_ms"] = median_ms(lambda a=args: kernels.chunk_gated_delta_rule(*a))
+            row["ours_fp32states_ms"] = median_ms(
+                lambda a=args: tgdr.chunk_gated_delta_rule_triton(*a, intermediate_dtype=torch.float32)
+            )
+            if T <= 4096:
+                row["rel_err_vs_ref"] = rel_err(o_ours, chunk_gated_delta_rule_ref(*args)[0])
+            if fla is not None:
+                try:
+                    o_fla, _ = fla[1](*args, output_final_state=True)
+                    row["rel_diff_vs_fla"] = rel_err(o_ours, o_fla)
+                    row["fla_ms"] = median_ms(lambda a=args: fla[1](*a, output_final_state=True))
+                except Exception as exc:
+                    row["fla_error"] = repr(exc)[:300]
+            rows.append(_rates(row, T))
+            del args, o_ours
+        torch.cuda.empty_cache()
+    return rows
+
+
+def _rates(row: dict[str, Any], T: int) -> dict[str, Any]:
+    for key in ("ours", "ours_fp32states", "fla"):
+        if f"{key}_ms" in row:
+            row[f"{key}_Mtok_s"] = T / (row[f"{key}_ms"] * 1e-3) / 1e6
+    if "fla_ms" in row:
+        row["speedup_vs_fla"] = row["fla_ms"] / row["ours_ms"]
+    print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
+    return row
+
+
+def decode(fla, ceiling_GBps: float) -> list[dict[str, Any]]:
+    rows = []
+    for batch in (1, 64):
+        # a Mamba-2 2.7B-like SSM state (80 heads x 64 x 128) and the H32/128/128 shape
+        for H, P, N in ((80, 64, 128), (32, 128, 128)):
+            rows.append(_decode_ssm(batch, H, P, N, ceiling_GBps))
+        for H, DK, DV in GDN_SHAPES.values():
+            rows.append(_decode_gdn(fla, batch, H, DK, DV, ceiling_GBps))
+    return rows
+
+
+def _decode_ssm(batch: int, H: int, P: int, N: int, ceiling_GBps: float) -> dict[str, Any]:
+    x, dt, A, B, C, D, s0 = make_ssd_inputs(batch, 1, H, 1, P, N, seed=H, with_init=True, device="cuda")
+    x, B, C, dt = x[:, 0].to(BF16), B[:, 0].to(BF16), C[:, 0].to(BF16), dt[:, 0]
+    state = s0.contiguous()
+    nbytes = 2 * state.numel() * 4 + 2 * x.numel() * 2 + 2 * B.numel() * 2 + dt.numel() * 4
+    ms = median_ms(lambda: kernels.ssm_step(state, x, dt, A, B, C, D=D), graph=True)
+    return _bw_row("ssm_step", f"b{batch}_H{H}_P{P}_N{N}", nbytes, ms, ceiling_GBps)
+
+
+def _decode_gdn(fla, batch: int, H: int, DK: int, DV: int, ceiling_GBps: float) -> dict[str, Any]:
+    q, k, v, g, beta, s0 = make_gdr_inputs(batch, 1, H, DK, DV, seed=H, with_init=True, device="cuda")
+    q, k, v, beta = q.to(BF16), k.to(BF16), v.to(BF16), beta.to(BF16)
+    state = s0.contiguous()
+    nbytes = 2 * state.numel() * 4 + (2 * q.numel() + 2 * v.numel()) * 2
+    step_args = (q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0])
+
+    def ours() -> torch.Tensor:
+        return kernels.gated_delta_rule_step(state, *step_args)
+
+    ms = median_ms(ours, graph=True)
+    row = _bw_row("gated_delta_rule_step", f"b{batch}_H{H}_K{DK}_V{DV}", nbytes, ms, ceiling_GBps)
+    if fla is None:
+        return row
+    fla_state = s0.clone()
+
+    def theirs() -> object:
+        return fla[2](q, k, v, g, beta, initial_state=fla_state, output_final_state=True)
+
+    try:  # fla does host-side work per call; if graph capture refuses it, time both eagerly
+        row["fla_fused_recurrent_ms"] = median_ms(theirs, graph=True)
+    except Exception as exc:
+        row["fla_graph_error"] = repr(exc)[:300]
+        row["fla_fused_recurrent_ms"] = median_ms(theirs)
+        row["ours_eager_ms"] = median_ms(ours)
+    row["speedup_vs_fla"] = row["fla_fused_recurrent_ms"] / row.get("ours_eager_ms", ms)
+    return row
+
+
+def _bw_row(op: str, shape: str, nbytes: int, ms: float, ceiling: float) -> dict[str, Any]:
+    src = torch.randn(nbytes // 8, device="cuda")  # a copy that reads and writes the same bytes
+    dst = torch.empty_like(src)
+    copy_ms = median_ms(lambda: dst.copy_(src), graph=True)
+    gbps = nbytes / (ms * 1e-3) / 1e9
+    row = {
+        "op": op, "shape": shape, "bytes": nbytes, "ms": ms, "GBps": gbps,
+        "same_size_copy_ms": copy_ms, "vs_same_size_copy": copy_ms / ms, "vs_1GiB_copy": gbps / ceiling,
+    }  # fmt: skip
+    print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
+    return row
+
+
+def _guarded(name: str, fn):
+    """Run one section; a failure is printed and recorded, and the other sections still run."""
+    try:
+        return fn()
+    except Exception as exc:
+        import traceback
+
+        traceback.print_exc()
+        print(f"section {name} failed: {exc!r}")
+        return None
+
+
+def _tune_ssd() -> dict[str, Any]:
+    ssd_args, _ = ssd_case(16384)
+    return tune(
+        "ssd", tssd,
+        [{"st_bp": 32}, {"st_bn": 32}, {"st_warps": 8}, {"st_stages": 1}, {"st_stages": 3},
+         {"out_bp": 128}, {"out_warps": 8}],
+        lambda: kernels.ssd_scan(*ssd_args),
+    )  # fmt: skip
+
+
+def _tune_gdn() -> dict[str, Any]:
+    gdn_args = gdn_case(16384, 32, 128, 128)
+    return tune(
+        "gdn", tgdr,
+        [{"st_bv": 16}, {"st_bv": 64}, {"st_warps": 8}, {"st_stages": 1}, {"st_stages": 3},
+         {"prep_warps": 8}, {"u_bv": 32}, {"out_bv": 32}, {"out_bv": 128}, {"out_warps": 8}],
+        lambda: kernels.chunk_gated_delta_rule(*gdn_args),
+    )  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="bench/results/gpu_kernels.json")
+    ap.add_argument("--lengths", default="4096,16384,65536")
+    ap.add_argument("--budget-s", type=float, default=420.0, help="stop starting new sizes after this")
+    ap.add_argument("--no-tune", action="store_true")
+    args = ap.parse_args()
+    t0 = time.time()
+    torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 references stay fp32
+    result: dict[str, Any] = {"info": device_info()}
+    fla = _fla()
+    result["copy_1GiB_GBps"] = ceiling = copy_bandwidth_GBps()
+    print(result["info"], f"copy {ceiling:.0f} GB/s")
+    write_json(args.out, result)
+    with torch.inference_mode():
+        if not args.no_tune:
+            result["tune_ssd"] = _guarded("tune ssd", lambda: _tune_ssd())
+            result["tune_gdn"] = _guarded("tune gdn", lambda: _tune_gdn())
+            write_json(args.out, result)
+        lengths = [int(s) for s in args.lengths.split(",")]
+        result["prefill"] = _guarded("prefill", lambda: prefill(fla, lengths, t0 + args.budget_s)) or []
+        write_json(args.out, result)
+        result["decode"] = _guarded("decode", lambda: decode(fla, ceiling)) or []
+        write_json(args.out, result)
+    print()
+    print_table(
+        result["prefill"],
+        ["op", "shape", "T", "ours_Mtok_s", "ours_fp32states_Mtok_s", "fla_Mtok_s", "speedup_vs_fla",
+         "rel_diff_vs_fla", "rel_err_vs_ref"],
+    )  # fmt: skip
+    print()
+    print_table(
+        result["decode"],
+        ["op", "shape", "ms", "GBps", "vs_same_size_copy", "vs_1GiB_copy", "speedup_vs_fla"],
+    )  # fmt: skip
+    print(f"total {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
