@@ -102,6 +102,12 @@ class HybridAgentApp(SessionActions, App[int]):
         await self.push_screen(LoadingScreen())  # mounted before the loader can report to it
         self.load_agent()
 
+    async def on_unmount(self) -> None:
+        # However the app ends (quit, a crash elsewhere, a test leaving run_test), stop the turn and
+        # close the agent: it rolls a half-done turn back to the last snapshot and closes the store.
+        self.action_cancel_turn()
+        await self.bridge.close()
+
     # --- loading ---------------------------------------------------------------------------------
     @work(group="load")
     async def load_agent(self) -> None:

@@ -109,7 +109,7 @@ class SessionBrowser(Screen[BrowserChoice | None]):
 
     async def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        table.add_columns("", "Title", "Workspace", "Turns", "Tokens", "Last used")
+        table.add_columns("", "Title", "Turns", "Tokens", "Last used", "Workspace")
         await self.reload()
         table.focus()
 
@@ -133,10 +133,10 @@ class SessionBrowser(Screen[BrowserChoice | None]):
             table.add_row(
                 "●" if row.id == self.current_id else "",
                 row.title,
-                row.workspace,
                 str(row.turns),
                 f"{row.tokens:,}",
                 relative_time(row.last_used, now),
+                row.workspace,  # last: long paths are cut at the edge, not the other columns
                 key=row.id,
             )
 
