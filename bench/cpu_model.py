@@ -1,0 +1,166 @@
+"""CPU benchmark: a ~20M-parameter hybrid against a same-size attention-only model, in one run.
+
+Measures, for the presets `20m` (2 Mamba-2 : 2 Gated DeltaNet : 2 attention) and `20m-attn`
+(7 attention layers), random weights, batch 1, fp32, the torch reference kernels:
+- prefill tokens/s of one call over T tokens;
+- decode tokens/s (one token per call, greedy) after a prefill of T tokens;
+- state bytes after T tokens (measured), also for the hybrid with an attention window.
+The two models alternate inside every repeat, so load from other processes hits both alike; each
+number is the median over repeats. Prints a table and writes JSON (device, versions, date).
+
+    .venv/bin/python bench/cpu_model.py [--contexts 512 2048] [--repeats 3] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from model import HybridConfig, HybridLM, ModelState
+
+MODELS = ("20m", "20m-attn")
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def time_prefill(model: HybridLM, ids: torch.Tensor) -> float:
+    state = model.new_state()
+    start = time.perf_counter()
+    model(ids, state)
+    return ids.shape[1] / (time.perf_counter() - start)
+
+
+def time_decode(model: HybridLM, state: ModelState, first: torch.Tensor, n: int) -> float:
+    logits, state = first, state.clone()
+    start = time.perf_counter()
+    for _ in range(n):
+        token = logits[:, -1].argmax(-1, keepdim=True)  # (1, 1)
+        logits = model(token, state)
+    return n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--contexts", type=int, nargs="+", default=[512, 2048])
+    ap.add_argument("--decode-tokens", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
+    ap.add_argument("--window", type=int, default=512, help="attention window for the windowed state row")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "cpu_model.json")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    models = {name: HybridLM(HybridConfig.from_name(name)).eval() for name in MODELS}
+    vocab = models[MODELS[0]].config.vocab_size
+    load_before = os.getloadavg()
+    rows: list[dict[str, object]] = []
+    for ctx in args.contexts:
+        ids = torch.randint(0, vocab, (1, ctx), generator=torch.Generator().manual_seed(ctx))
+        prefill: dict[str, list[float]] = {n: [] for n in MODELS}
+        decode: dict[str, list[float]] = {n: [] for n in MODELS}
+        states: dict[str, tuple[ModelState, torch.Tensor]] = {}
+        for name, model in models.items():  # warm-up, and the state to decode from
+            state = model.new_state()
+            states[name] = (state, model(ids, state))
+        for _ in range(args.repeats):
+            for name, model in models.items():
+                prefill[name].append(time_prefill(model, ids))
+                decode[name].append(time_decode(model, *states[name], args.decode_tokens))
+        for name in MODELS:
+            rows.append(
+                {
+                    "model": name,
+                    "params": models[name].num_parameters(),
+                    "context": ctx,
+                    "prefill_tok_s": statistics.median(prefill[name]),
+                    "decode_tok_s": statistics.median(decode[name]),
+                    "state_bytes": states[name][0].nbytes,
+                }
+            )
+    # State size with an attention window: constant once the context passes the window.
+    hybrid = models["20m"]
+    windowed: list[dict[str, int]] = []
+    for ctx in args.contexts:
+        state = hybrid.new_state(window=args.window, sinks=4)
+        hybrid(torch.randint(0, vocab, (1, ctx)), state)
+        windowed.append({"context": ctx, "state_bytes": state.nbytes})
+
+    by = {(r["model"], r["context"]): r for r in rows}
+    threads, load = args.threads, load_before[0]
+    print(f"CPU: {cpu_name()}, torch {torch.__version__}, {threads} thread(s), load avg {load:.1f}")
+    cols = ("context", "model", "params", "prefill tok/s", "decode tok/s", "state MB")
+    widths = (8, 9, 6, 13, 12, 8)
+    header = " | ".join(f"{c:>{w}}" for c, w in zip(cols, widths, strict=True))
+    print(header + "\n" + "-" * len(header))
+    for r in rows:
+        cells = (
+            r["context"],
+            r["model"],
+            f"{float(r['params']) / 1e6:.1f}M",  # type: ignore[arg-type]
+            f"{r['prefill_tok_s']:.0f}",
+            f"{r['decode_tok_s']:.1f}",
+            f"{float(r['state_bytes']) / 1e6:.2f}",  # type: ignore[arg-type]
+        )
+        print(" | ".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)))
+    ratios = []
+    for ctx in args.contexts:
+        h, a = by[("20m", ctx)], by[("20m-attn", ctx)]
+        ratio = {"context": ctx}
+        for key, field in (
+            ("prefill", "prefill_tok_s"),
+            ("decode", "decode_tok_s"),
+            ("state_bytes", "state_bytes"),
+        ):
+            ratio[key] = float(h[field]) / float(a[field])  # type: ignore[arg-type]
+        ratios.append(ratio)
+        print(
+            f"hybrid / attention-only at {ctx}: prefill x{ratio['prefill']:.2f}, "
+            f"decode x{ratio['decode']:.2f}, state bytes x{ratio['state_bytes']:.2f}"
+        )
+    for w in windowed:
+        mb = w["state_bytes"] / 1e6
+        print(f"hybrid with window {args.window} + 4 sinks at {w['context']}: state {mb:.2f} MB")
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    result = {
+        "benchmark": "cpu_model",
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "device": {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": args.threads},
+        "load_average_at_start": load_before,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+        "settings": {
+            "dtype": "float32",
+            "batch": 1,
+            "decode_tokens": args.decode_tokens,
+            "repeats": args.repeats,
+        },
+        "rows": rows,
+        "ratios_hybrid_over_attention": ratios,
+        "windowed_hybrid": {"window": args.window, "sinks": 4, "rows": windowed},
+    }
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
