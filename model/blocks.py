@@ -20,11 +20,13 @@ from model.config import HybridConfig
 from model.gated_deltanet import GatedDeltaNet
 from model.layers import MLP, RMSNorm
 from model.mamba2 import Mamba2Mixer
+from model.mla import MLA
 from model.state import LayerState, ModelState
 
 
 class ParallelMixer(nn.Module):
-    """Attention and Mamba-2 on the same input, fused by a learned per-channel gate.
+    """Attention (GQA, or MLA with `parallel_attention="mla"`) and Mamba-2 on the same input, fused by a
+    learned per-channel gate.
 
     y = sigmoid(gate) * attention(x) + (1 - sigmoid(gate)) * mamba(x); `gate` (D,) starts at 0 (an even
     mix). Checkpoints that add the two with fixed multipliers (Falcon-H1) load by folding
@@ -33,7 +35,7 @@ class ParallelMixer(nn.Module):
 
     def __init__(self, cfg: HybridConfig) -> None:
         super().__init__()
-        self.attention = Attention(cfg)
+        self.attention = MLA(cfg) if cfg.parallel_attention == "mla" else Attention(cfg)
         self.mamba = Mamba2Mixer(cfg)
         self.gate = nn.Parameter(torch.zeros(cfg.d_model))
 
@@ -50,6 +52,7 @@ MIXERS: dict[str, MixerFactory | None] = {
     "gated_deltanet": GatedDeltaNet,
     "parallel": ParallelMixer,
     "mlp": None,  # feed-forward only
+    "mla": MLA,
 }
 
 _SUBCONFIG = {
@@ -57,6 +60,7 @@ _SUBCONFIG = {
     "mamba2": "mamba2",
     "gated_deltanet": "gated_deltanet",
     "parallel": "mamba2",
+    "mla": "mla",
 }
 
 

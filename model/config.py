@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from model.errors import ConfigError
 
 # Layer kinds a config may name. `model/blocks.py` must have a registry entry for each.
-LAYER_TYPES: tuple[str, ...] = ("attention", "mamba2", "gated_deltanet", "parallel", "mlp")
+LAYER_TYPES: tuple[str, ...] = ("attention", "mamba2", "gated_deltanet", "parallel", "mlp", "mla")
 
 CONFIG_FILE = "config.json"
 
@@ -87,6 +87,24 @@ class GatedDeltaNetConfig(_Strict):
     norm_position: Literal["pre", "post"] = "pre"
 
 
+class MLAConfig(_Strict):
+    """Multi-head latent attention (DeepSeek-V2/V3; model/mla.py). Caches kv_lora_rank + qk_rope_head_dim
+    numbers per token. Its layers follow the same window policy as `attention` (see state.attention_policy).
+    """
+
+    n_heads: int | None = None  # default d_model // qk_nope_head_dim
+    q_lora_rank: int | None = None  # None: full-rank q_proj; else q_a_proj -> q_a_layernorm -> q_b_proj
+    kv_lora_rank: int | None = None  # cached latent width; default 4 * qk_nope_head_dim (DeepSeek)
+    qk_nope_head_dim: int | None = None  # default 64 (16 for test-sized models)
+    qk_rope_head_dim: int | None = None  # shared RoPE key part; default qk_nope_head_dim // 2
+    v_head_dim: int | None = None  # default qk_nope_head_dim
+    rope_theta: float = 10000.0
+    rope_interleave: bool = False  # DeepSeek checkpoints rotate (x0, x1), (x2, x3), ... pairs
+    bias: bool = False  # of q_a_proj, kv_a_proj_with_mqa and o_proj (transformers' attention_bias)
+    norm_eps: float = 1e-6  # of q_a_layernorm and kv_a_layernorm
+    norm_position: Literal["pre", "post"] = "pre"
+
+
 class MLPConfig(_Strict):
     enabled: bool = True  # off: blocks are mixer-only (pure Mamba-2 stacks)
     hidden_dim: int | None = None  # default 8/3 d_model rounded up to a multiple of 64
@@ -100,6 +118,8 @@ class HybridConfig(_Strict):
     attention: AttentionConfig = Field(default_factory=AttentionConfig)
     mamba2: Mamba2Config = Field(default_factory=Mamba2Config)
     gated_deltanet: GatedDeltaNetConfig = Field(default_factory=GatedDeltaNetConfig)
+    mla: MLAConfig = Field(default_factory=MLAConfig)
+    parallel_attention: Literal["attention", "mla"] = "attention"  # the attention branch of `parallel`
     mlp: MLPConfig = Field(default_factory=MLPConfig)
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
@@ -140,6 +160,12 @@ class HybridConfig(_Strict):
         g.head_v_dim = g.head_v_dim or 2 * g.head_k_dim
         g.n_heads = g.n_heads or max(1, (3 * d // 4) // g.head_k_dim)
         g.n_v_heads = g.n_v_heads or g.n_heads
+        la = self.mla
+        la.qk_nope_head_dim = la.qk_nope_head_dim or head
+        la.qk_rope_head_dim = la.qk_rope_head_dim or max(2, la.qk_nope_head_dim // 2)
+        la.v_head_dim = la.v_head_dim or la.qk_nope_head_dim
+        la.kv_lora_rank = la.kv_lora_rank or 4 * la.qk_nope_head_dim
+        la.n_heads = la.n_heads or max(1, d // la.qk_nope_head_dim)
         if self.mlp.hidden_dim is None:
             self.mlp.hidden_dim = -(-(8 * d // 3) // 64) * 64
 
@@ -159,6 +185,10 @@ class HybridConfig(_Strict):
         if g.n_v_heads % g.n_heads:
             raise ConfigError(
                 f"gated_deltanet.n_v_heads={g.n_v_heads} is not a multiple of n_heads={g.n_heads}"
+            )
+        if self.mla.qk_rope_head_dim and self.mla.qk_rope_head_dim % 2:
+            raise ConfigError(
+                f"mla.qk_rope_head_dim={self.mla.qk_rope_head_dim} must be even (RoPE rotates pairs)"
             )
         for name, width in (("mamba2", m.d_conv), ("gated_deltanet", g.d_conv)):
             if width < 2:

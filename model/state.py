@@ -66,8 +66,18 @@ def _gated_deltanet_spec(cfg: HybridConfig) -> StateSpec:
     )
 
 
+def _mla_spec(cfg: HybridConfig) -> StateSpec:
+    la = cfg.mla
+    assert la.kv_lora_rank and la.qk_rope_head_dim
+    # Only the compressed latent (after kv_a_layernorm) and the shared RoPE key (after RoPE): model/mla.py.
+    return StateSpec(
+        cache={"latent": (TOKEN_AXIS, la.kv_lora_rank), "k_rope": (TOKEN_AXIS, la.qk_rope_head_dim)}
+    )
+
+
 def _parallel_spec(cfg: HybridConfig) -> StateSpec:
-    return StateSpec(recurrent=_mamba2_spec(cfg).recurrent, cache=_attention_spec(cfg).cache)
+    attention = _mla_spec(cfg) if cfg.parallel_attention == "mla" else _attention_spec(cfg)
+    return StateSpec(recurrent=_mamba2_spec(cfg).recurrent, cache=attention.cache)
 
 
 # The state layout of each layer kind (see config.LAYER_TYPES).
@@ -77,6 +87,7 @@ STATE_SPECS: dict[str, Callable[[HybridConfig], StateSpec]] = {
     "gated_deltanet": _gated_deltanet_spec,
     "parallel": _parallel_spec,
     "mlp": lambda cfg: StateSpec(),
+    "mla": _mla_spec,
 }
 
 
