@@ -216,7 +216,10 @@ class FunctionTool(Tool):
                 if info.description is None and p.name in param_docs:
                     info.description = param_docs[p.name]
             else:
-                info = Field(default, description=param_docs.get(p.name))
+                # description only when documented: an explicit None would erase one given in
+                # Annotated[..., Field(description=...)] when pydantic merges the two.
+                doc = {"description": param_docs[p.name]} if p.name in param_docs else {}
+                info = Field(default, **doc)
             fields[p.name] = (hint, info)
         model_name = "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]", self.name)) + "Arguments"
         return create_model(model_name, __config__=ConfigDict(extra="forbid"), **fields)
@@ -322,6 +325,9 @@ def parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
         if rest:
             section, current = "rest", rest.group(1)
             params[current] = rest.group(2).strip()
+            continue
+        if section == "rest" and stripped.startswith(":"):
+            section = "other"  # :returns:, :raises: ... end the parameter
             continue
         if section is None:
             summary.append(line)

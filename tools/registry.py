@@ -124,7 +124,7 @@ class ToolRegistry:
             return
         for ep in sorted(eps, key=lambda e: (e.dist.name if e.dist else "", e.name)):
             dist = ep.dist.name if ep.dist else "?"
-            if dist == _OWN_DISTRIBUTION:
+            if dist.lower().replace("_", "-") == _OWN_DISTRIBUTION:
                 continue  # the built-ins, loaded above from the same object
             try:
                 self.add_from_object(ep.load(), source=f"plugin:{dist}")
