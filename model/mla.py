@@ -14,7 +14,7 @@ Design choices:
   W_uv into the output, so the scores and the weighted sum run over the latents directly, as
   multi-query attention with head size C + R and value size C. Absorbed costs more per (query, key)
   pair but never expands the cache; `_absorbs(T, L)` picks the cheaper one by counting
-  multiply-adds, so decode (T = 1) always runs absorbed and a long prefill decompresses.
+  multiply-adds: decode (T = 1) runs absorbed once two tokens are cached, a long prefill decompresses.
   `MLA.absorb` forces one way (tests check both give the same numbers).
 - Weight names follow transformers' DeepseekV3Attention (`q_proj` or `q_a_proj`/`q_a_layernorm`/
   `q_b_proj`, `kv_a_proj_with_mqa`, `kv_a_layernorm`, `kv_b_proj`, `o_proj`), so its weights load by
