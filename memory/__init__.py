@@ -6,6 +6,7 @@ Speaks `dict[str, torch.Tensor]`, bytes and metadata only; it never imports `mod
 
 from memory.errors import (
     CorruptDataError,
+    DatabaseUnavailableError,
     FingerprintMismatchError,
     InvalidPageError,
     NotADatabaseError,
@@ -21,6 +22,7 @@ from memory.store import Store
 
 __all__ = [
     "CorruptDataError",
+    "DatabaseUnavailableError",
     "Event",
     "FileChange",
     "FileEdit",

@@ -29,7 +29,13 @@ from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 
-from memory.errors import CorruptDataError, NotADatabaseError, SchemaTooNewError, StoreBusyError
+from memory.errors import (
+    CorruptDataError,
+    DatabaseUnavailableError,
+    NotADatabaseError,
+    SchemaTooNewError,
+    StoreBusyError,
+)
 
 T = TypeVar("T")
 
@@ -85,7 +91,12 @@ def create_store_engine(url: URL) -> Engine:
     path = _sqlite_file(url)
     if path is not None:
         check_sqlite_file(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatabaseUnavailableError(
+                f"cannot create the directory of {path}: {exc.strerror}; choose a writable place (--db)"
+            ) from exc
     engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
 
     @event.listens_for(engine, "connect")
@@ -190,6 +201,13 @@ def translate(exc: DBAPIError, where: str) -> Exception:
         return CorruptDataError(
             f"{where}: the database file is damaged ({exc.orig}); restore it from a backup, or run "
             "`sqlite3 FILE .recover` to salvage what is intact"
+        )
+    missing_db = "database" in msg and "does not exist" in msg
+    if "unable to open database" in msg or "connect" in msg or missing_db:
+        reason = " ".join(str(exc.orig).split())
+        return DatabaseUnavailableError(
+            f"cannot open {where}: {reason}; check the --db URL, that the directory is writable, "
+            "and that the database server is running"
         )
     return exc
 

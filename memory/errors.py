@@ -12,6 +12,10 @@ class NotADatabaseError(StoreError):
     """The file is not an SQLite database, or is one that hybrid-agent did not create."""
 
 
+class DatabaseUnavailableError(StoreError):
+    """The database cannot be opened or reached (bad path or URL, permissions, server down)."""
+
+
 class SchemaTooNewError(StoreError):
     """The database was written by a newer hybrid-agent (its schema revision is unknown here)."""
 

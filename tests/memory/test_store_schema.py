@@ -15,7 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from setuptools import find_packages
 
-from memory import Event, NotADatabaseError, SchemaTooNewError, Store
+from memory import DatabaseUnavailableError, Event, NotADatabaseError, SchemaTooNewError, Store
 from memory.database import WRITE_OPTION, _alembic_config, create_store_engine, head_revision, normalize_url
 from memory.schema import Base
 
@@ -133,3 +133,12 @@ def test_migrations_ship_inside_the_package() -> None:
     versions = sorted(p.name for p in (REPO / "memory" / "migrations" / "versions").glob("0*.py"))
     assert versions == ["0001_initial.py", "0002_file_changes.py"]
     assert (REPO / "memory" / "migrations" / "script.py.mako").is_file()  # package-data "*.mako"
+
+
+def test_unreachable_database_gets_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(DatabaseUnavailableError, match="cannot create the directory"):
+        Store(blocker / "sessions.db")
+    with pytest.raises(DatabaseUnavailableError, match=r"cannot open postgresql.*server is running"):
+        Store("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2")
