@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
@@ -35,13 +35,30 @@ class JournalEntry:
     reverted: bool = False
 
 
+class ChangeRecord(Protocol):
+    """What `Journal.entries` yields: `JournalEntry` here, memory's `FileChange` in the agent."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def turn(self) -> int: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def before(self) -> bytes | None: ...
+    @property
+    def after(self) -> bytes | None: ...
+    @property
+    def reverted(self) -> bool: ...
+
+
 @runtime_checkable
 class Journal(Protocol):
     def record(self, turn: int, path: str, before: bytes | None, after: bytes | None) -> None:
         """Append one change (called right after the change was made)."""
         ...
 
-    def entries(self, after_turn: int | None = None) -> list[JournalEntry]:
+    def entries(self, after_turn: int | None = None) -> Sequence[ChangeRecord]:
         """All entries (reverted ones included) oldest first; only turns > `after_turn` if given."""
         ...
 
@@ -82,10 +99,10 @@ def _describe(data: bytes | None) -> str:
     return "absent" if data is None else f"{len(data)} bytes"
 
 
-def _revert(ws: Workspace, entries: list[JournalEntry]) -> list[str]:
+def _revert(ws: Workspace, entries: Sequence[ChangeRecord]) -> list[str]:
     """Revert `entries` (oldest first) as one unit: check every file, then change them. Returns the paths."""
-    newest: dict[str, JournalEntry] = {}
-    oldest: dict[str, JournalEntry] = {}
+    newest: dict[str, ChangeRecord] = {}
+    oldest: dict[str, ChangeRecord] = {}
     for e in entries:
         newest[e.path] = e
         oldest.setdefault(e.path, e)

@@ -102,3 +102,37 @@ def test_registry_with_another_journal(sandbox):
 def test_identical_rewrite_is_not_journaled(registry):
     registry.call("write_file", {"path": "hello.txt", "content": "hello\n"})
     assert registry.journal.entries() == []
+
+
+def test_journal_backed_by_memory_store(sandbox, tmp_path_factory):
+    """The adapter agent/ needs, over the real memory Store: three one-line methods."""
+    from memory import Store
+
+    class StoreJournal:
+        def __init__(self, store: Store, session_id: str) -> None:
+            self.store, self.session_id = store, session_id
+
+        def record(self, turn, path, before, after):
+            self.store.record_file_change(self.session_id, turn, path, before, after)
+
+        def entries(self, after_turn=None):
+            return self.store.file_changes(self.session_id, after_turn)
+
+        def mark_reverted(self, entry_ids):
+            self.store.mark_reverted(entry_ids)
+
+    with Store(str(tmp_path_factory.mktemp("db") / "journal.sqlite")) as store:
+        session = store.create_session("undo test", str(sandbox.ws), "fingerprint")
+        journal = StoreJournal(store, session.id)
+        assert isinstance(journal, Journal)
+        reg = ToolRegistry(sandbox.ws, journal=journal, load_plugins=False)
+        before = sandbox.state()
+        reg.call("write_file", {"path": "hello.txt", "content": "v2\n"}, turn=1)
+        reg.call("write_file", {"path": "made.txt", "content": "new\n"}, turn=2)
+        assert [(c.turn, c.path) for c in store.file_changes(session.id)] == [
+            (1, "hello.txt"),
+            (2, "made.txt"),
+        ]
+        assert reg.undo_after_turn(0).startswith("undid 2 change(s)")
+        assert sandbox.state() == before
+        assert all(c.reverted for c in store.file_changes(session.id))
