@@ -69,13 +69,10 @@ class Attention(nn.Module):
         if self.inv_freq is not None:
             q, k = apply_rope(q, pos, self.inv_freq), apply_rope(k, pos, self.inv_freq)
 
-        assert layer.pos is not None
-        keys = torch.cat(
-            (layer.cache["k"], k.transpose(1, 2).to(layer.cache["k"].dtype)), dim=2
-        )  # (B, Hkv, L, Dh)
-        values = torch.cat((layer.cache["v"], v.transpose(1, 2).to(layer.cache["v"].dtype)), dim=2)
-        key_pos = torch.cat((layer.pos, pos))  # (L,)
-        layer.cache["k"], layer.cache["v"], layer.pos = keys, values, key_pos
+        new = {"k": k.transpose(1, 2), "v": v.transpose(1, 2)}  # (B, Hkv, T, Dh) each
+        state.append_cache(layer, new, pos)
+        keys, values, key_pos = layer.cache["k"], layer.cache["v"], layer.pos  # (B, Hkv, L, Dh), (L,)
+        assert key_pos is not None
 
         mask = None
         if T > 1 or state.window is not None:

@@ -116,11 +116,70 @@ def _token_axis(shape: tuple[int, ...]) -> int:
     return 1 + shape.index(TOKEN_AXIS)  # +1 for the batch axis
 
 
+def _axes(spec: StateSpec) -> dict[str, int]:
+    return {n: _token_axis(s) for n, s in spec.cache.items()}
+
+
 @dataclass
 class LayerState:
     recurrent: dict[str, Tensor]  # fixed size, fp32
     cache: dict[str, Tensor]  # token axis as in the layer's StateSpec
     pos: Tensor | None  # (L,) int64 absolute positions of the cached tokens; None without a cache
+    axes: dict[str, int] = field(default_factory=dict)  # token axis of each cache tensor
+    # Room to grow: `cache` and `pos` are views of the first L slots of these, so appending a token
+    # copies only that token (amortised), not the whole cache.
+    storage: dict[str, Tensor] = field(default_factory=dict, repr=False)
+
+    def _set(self, name: str, view: Tensor) -> None:
+        if name == "pos":
+            self.pos = view
+        else:
+            self.cache[name] = view
+
+    def _get(self, name: str) -> Tensor:
+        assert self.pos is not None
+        return self.pos if name == "pos" else self.cache[name]
+
+    def append(self, new: dict[str, Tensor], new_pos: Tensor, *, capacity_limit: int | None) -> None:
+        """Add T tokens (each cache tensor and their positions). Storage grows by doubling, up to
+        `capacity_limit` tokens when the window bounds the cache."""
+        assert self.pos is not None
+        L, T = len(self.pos), len(new_pos)
+        for name, t in (*new.items(), ("pos", new_pos)):
+            ax = 0 if name == "pos" else self.axes[name]
+            buf = self.storage.get(name)
+            if buf is None or buf.shape[ax] < L + T:
+                grown = 2 * L + 64 if capacity_limit is None else min(2 * L + 64, capacity_limit)
+                old = self._get(name)
+                shape = list(old.shape)
+                shape[ax] = max(L + T, grown)
+                buf = old.new_empty(shape)
+                buf.narrow(ax, 0, L).copy_(old)
+                self.storage[name] = buf
+            buf.narrow(ax, L, T).copy_(t)
+            self._set(name, buf.narrow(ax, 0, L + T))
+
+    def keep(self, idx: Tensor) -> None:
+        """Keep only the cached tokens at indices `idx` (sorted), compacted in place at the front."""
+        assert self.pos is not None
+        for name in (*self.cache, "pos"):
+            ax = 0 if name == "pos" else self.axes[name]
+            kept = self._get(name).index_select(ax, idx)
+            buf = self.storage.get(name)
+            if buf is None:
+                self._set(name, kept)
+            else:
+                buf.narrow(ax, 0, len(idx)).copy_(kept)
+                self._set(name, buf.narrow(ax, 0, len(idx)))
+
+    def copy(self) -> LayerState:
+        """A deep copy without spare room."""
+        return LayerState(
+            {n: t.clone() for n, t in self.recurrent.items()},
+            {n: t.clone() for n, t in self.cache.items()},
+            None if self.pos is None else self.pos.clone(),
+            dict(self.axes),
+        )
 
 
 class ModelState:
@@ -166,7 +225,7 @@ class ModelState:
                 for n, s in spec.cache.items()
             }
             pos = torch.zeros(0, dtype=torch.long, device=device) if spec.cache else None
-            layers.append(LayerState(rec, cache, pos))
+            layers.append(LayerState(rec, cache, pos, _axes(spec)))
         w, s = attention_policy(cfg, window, sinks)
         return cls(layers, layout, window=w, sinks=s)
 
@@ -179,17 +238,15 @@ class ModelState:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.nbytes for t in self.to_tensors().values())
+        """Bytes of the state's content (what `to_tensors` returns; spare cache room not counted)."""
+        total = sum(t.nbytes for t in self._header().values())
+        for ls in self.layers:
+            tensors = [*ls.recurrent.values(), *ls.cache.values(), *([] if ls.pos is None else [ls.pos])]
+            total += sum(t.numel() * t.element_size() for t in tensors)
+        return total
 
     def clone(self) -> ModelState:
-        layers = [
-            LayerState(
-                {n: t.clone() for n, t in ls.recurrent.items()},
-                {n: t.clone() for n, t in ls.cache.items()},
-                None if ls.pos is None else ls.pos.clone(),
-            )
-            for ls in self.layers
-        ]
+        layers = [ls.copy() for ls in self.layers]
         out = ModelState(layers, self.layout, n_tokens=self.n_tokens, window=self.window, sinks=self.sinks)
         out.keep_from = self.keep_from
         return out
@@ -200,23 +257,34 @@ class ModelState:
             ls.recurrent = {n: t.to(device) for n, t in ls.recurrent.items()}
             ls.cache = {n: t.to(device) for n, t in ls.cache.items()}
             ls.pos = None if ls.pos is None else ls.pos.to(device)
+            ls.storage = {}
         return self
 
     # ---- the window policy -----------------------------------------------------------------------
+    @property
+    def evict_slack(self) -> int:
+        """Tokens past the window that may linger before a compaction (so decode does not move the
+        whole window every token); invisible to queries, so exactness does not depend on it."""
+        return 0 if self.window is None else max(1, min(64, self.window // 8))
+
+    def append_cache(self, layer: LayerState, new: dict[str, Tensor], new_pos: Tensor) -> None:
+        """Add the new tokens' cache entries of one attention layer (before attending)."""
+        limit = None
+        if self.window is not None and self.keep_from is None:
+            limit = self.sinks + self.window + self.evict_slack + len(new_pos)
+        layer.append(new, new_pos, capacity_limit=limit)
+
     def evict(self, i: int) -> None:
         """Drop the cached tokens of layer `i` that no future query can see (see the module docstring)."""
-        layer, (_, spec) = self.layers[i], self.layout[i]
+        layer = self.layers[i]
         if self.window is None or layer.pos is None:
             return
         keep = (layer.pos < self.sinks) | (layer.pos >= self.n_tokens - self.window)
         if self.keep_from is not None:
             keep |= layer.pos >= self.keep_from
-        if bool(keep.all()):
+        if len(keep) - int(keep.sum()) < self.evict_slack:
             return
-        idx = keep.nonzero().squeeze(1)  # (L',)
-        for n, s in spec.cache.items():
-            layer.cache[n] = layer.cache[n].index_select(_token_axis(s), idx)
-        layer.pos = layer.pos[idx]
+        layer.keep(keep.nonzero().squeeze(1))  # (L',)
 
     # ---- flat tensors ----------------------------------------------------------------------------
     def _header(self) -> dict[str, Tensor]:
@@ -227,10 +295,11 @@ class ModelState:
         }
 
     def recurrent_tensors(self) -> dict[str, Tensor]:
-        """Everything except the attention caches: small, constant size."""
+        """Everything except the attention caches: small, constant size. Copies: later calls of the
+        model do not change them (safe to write out in the background)."""
         out = self._header()
         for i, ls in enumerate(self.layers):
-            out.update({f"layers.{i}.{n}": t for n, t in ls.recurrent.items()})
+            out.update({f"layers.{i}.{n}": t.clone() for n, t in ls.recurrent.items()})
         return out
 
     def cache_range(self, start: int, end: int) -> dict[str, Tensor]:
@@ -246,11 +315,17 @@ class ModelState:
         return out
 
     def to_tensors(self) -> dict[str, Tensor]:
+        """Every tensor of the state under its stable name (contiguous copies)."""
         out = self.recurrent_tensors()
         for i, ls in enumerate(self.layers):
-            out.update({f"layers.{i}.{n}": t for n, t in ls.cache.items()})
+            out.update(
+                {
+                    f"layers.{i}.{n}": t.clone(memory_format=torch.contiguous_format)
+                    for n, t in ls.cache.items()
+                }
+            )
             if ls.pos is not None:
-                out[f"layers.{i}.pos"] = ls.pos
+                out[f"layers.{i}.pos"] = ls.pos.clone()
         return out
 
     @classmethod
@@ -367,5 +442,5 @@ class ModelState:
                         f"layer {i}: cache holds {lengths} tokens but pos lists {len(pos)} "
                         f"(positions must be < n_tokens={n_tokens}); the state is corrupt"
                     )
-            layers.append(LayerState(rec, cache, pos))
+            layers.append(LayerState(rec, cache, pos, _axes(spec)))
         return cls(layers, layout, n_tokens=n_tokens, window=window, sinks=sinks)

@@ -98,3 +98,34 @@ def test_keep_from_holds_unsaved_tokens_without_changing_logits(make_model):
     assert_close(la, lb)
     assert b.layers[0].pos is not None and b.layers[0].pos.tolist() == list(range(10, 30))
     assert a.layers[0].pos is not None and a.layers[0].pos.tolist() == list(range(26, 30))
+
+
+def test_eviction_in_batches_keeps_logits_and_bounds_storage(make_model):
+    model = make_model(["attention", "mamba2", "attention"])
+    ids = torch.randint(0, model.config.vocab_size, (1, 90), generator=torch.Generator().manual_seed(5))
+    window, sinks = 24, 2
+    reference = run_in_pieces(model, ids, [90], window=window, sinks=sinks)
+    state = model.new_state(window=window, sinks=sinks)
+    slack = state.evict_slack
+    assert slack == 3
+    steps = [model(ids[:, :10], state)]
+    for n in range(10, 90):
+        steps.append(model(ids[:, n : n + 1], state))
+        layer = state.layers[0]
+        assert layer.pos is not None
+        assert len(layer.pos) <= sinks + window + slack  # stale tokens linger at most `slack` steps
+        assert layer.storage["k"].shape[2] <= sinks + window + slack + 10  # room for the largest call
+    assert_close(reference, torch.cat(steps, dim=1))
+
+
+def test_state_tensors_are_snapshots(make_model):
+    model = make_model(["attention", "mamba2"])
+    ids = torch.randint(0, model.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(6))
+    state = model.new_state()
+    model(ids[:, :8], state)
+    saved = {k: v.clone() for k, v in state.to_tensors().items()}
+    taken, rec = state.to_tensors(), state.recurrent_tensors()
+    for n in range(8, 12):
+        model(ids[:, n : n + 1], state)  # decode updates states in place and appends in place
+    assert all(torch.equal(taken[k], saved[k]) for k in saved)
+    assert all(torch.equal(rec[k], saved[k]) for k in rec)
