@@ -1,0 +1,104 @@
+"""The command line through `agent.cli.main(argv)` in this process: the same commands and error paths
+as tests/agent/test_cli_commands.py (which runs them as subprocesses, under -m slow), fast enough for
+the default run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from agent.cli import main
+from model.config import HybridConfig
+from model.hybrid import HybridLM
+
+
+def tiny(path: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    HybridLM(HybridConfig(vocab_size=267, d_model=32, layer_types=["mamba2", "attention"])).save_pretrained(
+        path
+    )
+    return path
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "ws").mkdir()
+    return {
+        "model": str(tiny(tmp_path / "model", 1)),
+        "other": str(tiny(tmp_path / "other", 2)),
+        "db": str(tmp_path / "sessions.db"),
+        "ws": str(tmp_path / "ws"),
+        "tmp": str(tmp_path),
+    }
+
+
+def call(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_run_and_sessions(env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["--model", env["model"], "--db", env["db"], "--workspace", env["ws"], "--max-new-tokens", "5"]
+    code, out, err = call(capsys, "run", "hello there", *common)
+    assert code == 0, err
+    sid = out.splitlines()[-1].removeprefix("session: ")
+    code, out, err = call(capsys, "run", "and again", "--json", "--resume", sid[:8], *common)
+    assert code == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert events[-1]["kind"] == "turn_end" and events[-1]["turn"] == 2 and events[-1]["session_id"] == sid
+
+    code, out, _ = call(capsys, "sessions", "list", "--db", env["db"])
+    assert code == 0 and sid in out and "hello there" in out
+    code, out, _ = call(capsys, "sessions", "list", "--json", "--db", env["db"])
+    assert [json.loads(line)["turns"] for line in out.splitlines()] == [2]
+    code, out, _ = call(capsys, "sessions", "show", sid, "--db", env["db"])
+    assert "[1] user: hello there" in out and "[2] user: and again" in out
+    code, out, _ = call(capsys, "sessions", "export", sid, "--db", env["db"])
+    assert [json.loads(line)["kind"] for line in out.splitlines()] == [
+        "system", "user", "assistant", "user", "assistant"]  # fmt: skip
+    code, out, _ = call(capsys, "sessions", "fork", sid, "--turn", "1", "--db", env["db"])
+    fork = out.strip()
+    code, out, _ = call(capsys, "sessions", "show", fork, "--json", "--db", env["db"])
+    info = json.loads(out)
+    assert (info["parent_id"], info["fork_turn"], info["turns"]) == (sid, 1, 1)
+    code, out, _ = call(capsys, "sessions", "rm", fork, "--db", env["db"])
+    assert code == 0 and fork in out
+    code, out, _ = call(capsys, "sessions", "list", "--json", "--db", env["db"])
+    assert fork not in out
+
+
+def test_errors(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", env["tmp"])
+    code, out, _ = call(capsys, "run", "hi", "--model", env["model"], "--db", env["db"], "--max-new-tokens", "2",
+                        "--workspace", env["ws"])  # fmt: skip
+    sid = out.splitlines()[-1].removeprefix("session: ")
+    not_db = Path(env["tmp"]) / "notes.txt"
+    not_db.write_text("this is not a database\n" * 100)
+    cases = [
+        (["run", "hi", "--db", env["db"]], "pass --model PATH"),
+        (["--db", env["db"]], "pass --model PATH"),  # the TUI checks before it starts
+        (["run", "hi", "--model", env["tmp"] + "/missing", "--db", env["db"]], "no model at"),
+        (["run", "hi", "--model", env["model"], "--db", env["db"], "--resume", "zzz"], "no session 'zzz'"),
+        (["run", "hi", "--model", env["other"], "--db", env["db"], "--resume", sid], "another model"),
+        (["sessions", "show", "nope", "--db", env["db"]], "no session 'nope'"),
+        (["sessions", "fork", sid, "--turn", "7", "--db", env["db"]], "turn 7"),
+        (["sessions", "list", "--db", str(not_db)], ""),
+        (["run", "hi", "--model", env["model"], "--db", env["db"], "--workspace", env["tmp"] + "/nowhere"],
+         "nowhere"),
+    ]  # fmt: skip
+    for argv, needle in cases:
+        code, out, err = call(capsys, *argv)
+        assert code == 1, (argv, out, err)
+        assert err.startswith("hybrid-agent: error: ") and needle in err, (argv, err)
+        assert len(err.strip().splitlines()) == 1, err
+    with pytest.raises(Exception, match="no session 'nope'"):
+        main(["--debug", "sessions", "show", "nope", "--db", env["db"]])
+    with pytest.raises(SystemExit) as usage:
+        main(["run"])
+    assert usage.value.code == 2
