@@ -48,6 +48,7 @@ class Entry:
     kind: str  # "file", "dir", "link", "other"
     size: int
     mtime_ns: int
+    inode: int = 0
 
 
 def _kind(mode: int) -> str:
@@ -308,6 +309,27 @@ class Workspace:
 
     # --- listing ------------------------------------------------------------------------------------
 
+    def _scan(self, rel_dir: str) -> list[tuple[str, os.stat_result]]:
+        """(name, lstat) of a folder's entries, sorted. The folder is opened by the no-follow walk, so
+        a folder swapped for a link out of the workspace is skipped, not listed."""
+        try:
+            fd = self._open_dir(tuple(rel_dir.split("/")) if rel_dir else ())
+        except (WorkspaceError, OSError):
+            return []  # gone or unreadable: a listing is best effort
+        try:
+            out = []
+            with os.scandir(fd) as it:
+                for d in it:
+                    try:
+                        out.append((d.name, os.stat(d.name, dir_fd=fd, follow_symlinks=False)))
+                    except OSError:
+                        continue
+            return sorted(out, key=lambda item: item[0])
+        except OSError:
+            return []
+        finally:
+            os.close(fd)
+
     def iter_entries(
         self,
         start: str = ".",
@@ -326,19 +348,10 @@ class Workspace:
         stack: list[tuple[str, int]] = [("" if base_rel == "." else base_rel, 0)]
         while stack:
             rel_dir, depth = stack.pop()
-            try:
-                with os.scandir(self.root / rel_dir) as it:
-                    items = sorted(it, key=lambda d: d.name)
-            except OSError:
-                continue  # unreadable folder: skip it, a listing is best effort
             subdirs: list[tuple[str, int]] = []
-            for d in items:
-                rel = f"{rel_dir}/{d.name}" if rel_dir else d.name
-                if d.name == ".git":
-                    continue
-                try:
-                    st = d.stat(follow_symlinks=False)
-                except OSError:
+            for name, st in self._scan(rel_dir):
+                rel = f"{rel_dir}/{name}" if rel_dir else name
+                if name == ".git":
                     continue
                 is_dir = stat.S_ISDIR(st.st_mode)
                 if gitignore and ignore.ignored(rel, is_dir):
@@ -349,10 +362,10 @@ class Workspace:
                     else "file"
                     if stat.S_ISREG(st.st_mode)
                     else "link"
-                    if d.is_symlink()
+                    if stat.S_ISLNK(st.st_mode)
                     else "other"
                 )
-                yield Entry(rel, kind, st.st_size, st.st_mtime_ns)
+                yield Entry(rel, kind, st.st_size, st.st_mtime_ns, st.st_ino)
                 if is_dir and recursive and (max_depth is None or depth + 1 < max_depth):
                     subdirs.append((rel, depth + 1))
             stack.extend(reversed(subdirs))

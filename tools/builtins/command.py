@@ -44,15 +44,14 @@ def snapshot(ws: Workspace, *, budget: int, per_file_max: int) -> dict[str, File
     for e in ws.iter_entries("."):
         if e.kind != "file" or ws.is_protected(e.path):
             continue
-        try:
-            st = os.stat(ws.root / e.path, follow_symlinks=False)
-            content = None
-            if st.st_size <= per_file_max and used + st.st_size <= budget:
+        content = None
+        if e.size <= per_file_max and used + e.size <= budget:
+            try:
                 content = ws.read_bytes(e.path, max_bytes=per_file_max)[1]
-                used += len(content)
-        except (OSError, WorkspaceError):
-            continue  # vanished or unreadable: it cannot be journaled either way
-        out[e.path] = FileState(st.st_size, st.st_mtime_ns, st.st_ino, content)
+            except WorkspaceError:
+                continue  # vanished or unreadable: it cannot be journaled either way
+            used += len(content)
+        out[e.path] = FileState(e.size, e.mtime_ns, e.inode, content)
     return out
 
 
