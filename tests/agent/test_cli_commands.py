@@ -73,8 +73,9 @@ def one_line_error(result: tuple[int, str, str], needle: str) -> None:
 def test_run_then_every_sessions_command(env: dict[str, Path]) -> None:
     m, db, ws = str(env["model"]), str(env["db"]), str(env["ws"])
     common = ["--model", m, "--db", db, "--workspace", ws, "--max-new-tokens", "6"]
-    (code, out, err), (jcode, jout, jerr) = finish(start("run", "hello there", *common), start("--db", db, "run",
-                                                   "second session", "--json", *common, "--window", "32"))  # fmt: skip
+    plain = start("run", "hello there", *common)
+    as_json = start("--db", db, "run", "second session", "--json", *common, "--window", "32")
+    (code, out, err), (jcode, jout, jerr) = finish(plain, as_json)
     assert code == 0, err
     lines = out.splitlines()
     assert lines[-1].startswith("session: ")
@@ -121,7 +122,7 @@ def test_error_paths_print_one_line(env: dict[str, Path], tmp_path: Path) -> Non
     m, db, ws = str(env["model"]), str(env["db"]), str(env["ws"])
     not_db = tmp_path / "notes.txt"
     not_db.write_text("this is not a database\n" * 100)
-    ((code, out, _),) = finish(
+    ((_, out, _),) = finish(
         start("run", "hi", "--model", m, "--db", db, "--workspace", ws, "--max-new-tokens", "2")
     )
     sid = out.splitlines()[-1].removeprefix("session: ")

@@ -75,8 +75,8 @@ def test_errors(
     env: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("XDG_DATA_HOME", env["tmp"])
-    code, out, _ = call(capsys, "run", "hi", "--model", env["model"], "--db", env["db"], "--max-new-tokens", "2",
-                        "--workspace", env["ws"])  # fmt: skip
+    argv = ["run", "hi", "--model", env["model"], "--db", env["db"], "--max-new-tokens", "2"]
+    code, out, _ = call(capsys, *argv, "--workspace", env["ws"])
     sid = out.splitlines()[-1].removeprefix("session: ")
     not_db = Path(env["tmp"]) / "notes.txt"
     not_db.write_text("this is not a database\n" * 100)
