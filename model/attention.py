@@ -53,7 +53,9 @@ class Attention(nn.Module):
             self.inv_freq = None
         else:
             # Not persistent: derived from the config, so it never appears in a checkpoint.
-            self.register_buffer("inv_freq", rope_inv_freq(a.head_dim, a.rope_theta), persistent=False)
+            # Partial RoPE (rope_fraction < 1) rotates the first rope_dim channels of each head.
+            self.rope_dim = int(a.head_dim * a.rope_fraction) // 2 * 2
+            self.register_buffer("inv_freq", rope_inv_freq(self.rope_dim, a.rope_theta), persistent=False)
 
     def forward(self, x: Tensor, layer: LayerState, state: ModelState) -> Tensor:
         B, T, _ = x.shape
@@ -74,15 +76,15 @@ class Attention(nn.Module):
         keys, values, key_pos = layer.cache["k"], layer.cache["v"], layer.pos  # (B, Hkv, L, Dh), (L,)
         assert key_pos is not None
 
+        # Grouped-query attention without copying K/V per query head: the G = H / Hkv query heads that
+        # share a KV head become G * T query rows of that head (head h reads KV head h // G).
+        G = self.n_heads // self.n_kv_heads
+        q = q.transpose(1, 2).reshape(B, self.n_kv_heads, G * T, self.head_dim)  # (B, Hkv, G*T, Dh)
         mask = None
         if T > 1 or state.window is not None:
-            mask = visible(pos, key_pos, state.window, state.sinks)  # (T, L)
+            mask = visible(pos, key_pos, state.window, state.sinks).repeat(G, 1)  # (G*T, L)
         out = F.scaled_dot_product_attention(
-            q.transpose(1, 2),  # (B, H, T, Dh)
-            keys.to(q.dtype),
-            values.to(q.dtype),
-            attn_mask=mask,
-            scale=1.0 / math.sqrt(self.head_dim),
-            enable_gqa=self.n_heads != self.n_kv_heads,
-        )  # (B, H, T, Dh)
+            q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, scale=1.0 / math.sqrt(self.head_dim)
+        )  # (B, Hkv, G*T, Dh)
+        out = out.view(B, self.n_heads, T, self.head_dim)  # (B, H, T, Dh)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))  # (B, T, D)

@@ -73,8 +73,9 @@ class Block(nn.Module):
         self.post_norm = sub is not None and getattr(cfg, sub).norm_position == "post"
         self.mixer_norm = RMSNorm(cfg.d_model, cfg.norm_eps) if factory else None
         self.mixer = factory(cfg) if factory else None
-        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps) if cfg.mlp.enabled else None
-        self.mlp = MLP(cfg) if cfg.mlp.enabled else None
+        has_mlp = cfg.mlp.enabled and (factory is None or cfg.mlp.in_mixer_layers)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps) if has_mlp else None
+        self.mlp = MLP(cfg) if has_mlp else None
 
     def forward(self, x: Tensor, layer: LayerState, state: ModelState) -> Tensor:
         if self.mixer is not None and self.mixer_norm is not None:

@@ -44,6 +44,7 @@ class AttentionConfig(_Strict):
     n_kv_heads: int | None = None  # default n_heads // 4 when that divides, else n_heads (grouped-query)
     head_dim: int | None = None
     rope_theta: float | None = 10000.0  # None: no positional encoding (NoPE)
+    rope_fraction: float = Field(1.0, gt=0.0, le=1.0)  # partial RoPE: rotate this share of a head (Bamba 0.5)
     qk_norm: Literal["none", "head", "full"] = "none"  # per head (Qwen3) or over all (OLMo)
     bias: bool = False
     # A window the model was trained with (keys in (q - window, q] are seen), and sink tokens kept visible.
@@ -55,6 +56,7 @@ class AttentionConfig(_Strict):
 
 class Mamba2Config(_Strict):
     expand: int = 2
+    d_inner: int | None = None  # SSM width (E); default expand * d_model (Falcon-H1, Nemotron-H set it)
     head_dim: int | None = None  # default 64
     d_state: int | None = None  # default 128
     n_groups: int = 1
@@ -63,6 +65,7 @@ class Mamba2Config(_Strict):
     conv_bias: bool = True
     bias: bool = False  # of in_proj / out_proj
     norm_before_gate: bool = False  # transformers' Mamba2 gates with silu(z) first, then normalises
+    gated_norm: bool = True  # off: the output is y * silu(z) with no norm and no weight (Falcon-H1's option)
     dt_min: float = 0.001  # init range of dt (through dt_bias)
     dt_max: float = 0.1
     dt_init_floor: float = 1e-4
@@ -107,6 +110,8 @@ class MLAConfig(_Strict):
 
 class MLPConfig(_Strict):
     enabled: bool = True  # off: blocks are mixer-only (pure Mamba-2 stacks)
+    in_mixer_layers: bool = True  # off: only 'mlp' layers have an MLP, mixer layers none (Nemotron-H)
+    activation: Literal["swiglu", "relu2"] = "swiglu"  # relu2: down(relu(up(x))^2), no gate_proj (Nemotron-H)
     hidden_dim: int | None = None  # default 8/3 d_model rounded up to a multiple of 64
     bias: bool = False
 
@@ -153,6 +158,7 @@ class HybridConfig(_Strict):
         if a.n_kv_heads is None:
             a.n_kv_heads = a.n_heads // 4 if a.n_heads % 4 == 0 else a.n_heads
         m = self.mamba2
+        m.d_inner = m.d_inner or d * m.expand
         m.head_dim = m.head_dim or head
         m.d_state = m.d_state or (128 if d >= 256 else 16)
         g = self.gated_deltanet
@@ -176,9 +182,9 @@ class HybridConfig(_Strict):
             raise ConfigError(f"attention.n_heads={a.n_heads} is not a multiple of n_kv_heads={a.n_kv_heads}")
         if a.sliding_window is not None and a.sliding_window < 1:
             raise ConfigError("attention.sliding_window must be >= 1 or null (full attention)")
-        if (self.d_model * m.expand) % m.head_dim:
+        if self.mamba2_d_inner % m.head_dim:
             raise ConfigError(
-                f"mamba2: d_model*expand={self.d_model * m.expand} is not a multiple of head_dim={m.head_dim}"
+                f"mamba2: d_inner={self.mamba2_d_inner} is not a multiple of head_dim={m.head_dim}"
             )
         if self.mamba2_heads % m.n_groups:
             raise ConfigError(f"mamba2: {self.mamba2_heads} heads do not split into n_groups={m.n_groups}")
@@ -197,7 +203,8 @@ class HybridConfig(_Strict):
     # ---- derived sizes used by the layers and the state ------------------------------------------
     @property
     def mamba2_d_inner(self) -> int:
-        return self.d_model * self.mamba2.expand
+        assert self.mamba2.d_inner is not None  # set by _derive
+        return self.mamba2.d_inner
 
     @property
     def mamba2_heads(self) -> int:

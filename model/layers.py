@@ -47,17 +47,20 @@ class GatedRMSNorm(nn.Module):
 
 
 class MLP(nn.Module):
-    """SwiGLU: down_proj(silu(gate_proj(x)) * up_proj(x))."""
+    """SwiGLU: down_proj(silu(gate_proj(x)) * up_proj(x)); or with `activation="relu2"` (Nemotron-H)
+    down_proj(relu(up_proj(x))^2), which has no gate_proj."""
 
     def __init__(self, cfg: HybridConfig) -> None:
         super().__init__()
         hidden, bias = cfg.mlp.hidden_dim, cfg.mlp.bias
         assert hidden is not None
-        self.gate_proj = nn.Linear(cfg.d_model, hidden, bias=bias)
+        self.gate_proj = nn.Linear(cfg.d_model, hidden, bias=bias) if cfg.mlp.activation == "swiglu" else None
         self.up_proj = nn.Linear(cfg.d_model, hidden, bias=bias)
         self.down_proj = nn.Linear(hidden, cfg.d_model, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.gate_proj is None:
+            return self.down_proj(F.relu(self.up_proj(x)).square())  # (B, T, D)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # (B, T, D)
 
 
@@ -66,11 +69,14 @@ def rope_inv_freq(head_dim: int, theta: float) -> Tensor:
 
 
 def apply_rope(x: Tensor, positions: Tensor, inv_freq: Tensor) -> Tensor:
-    """Rotate `x` (B, T, H, Dh) by its absolute `positions` (T,); transformers' rotate-half layout."""
-    freqs = positions.to(inv_freq.dtype)[:, None] * inv_freq[None, :]  # (T, Dh/2)
-    emb = torch.cat((freqs, freqs), dim=-1)  # (T, Dh)
-    cos, sin = emb.cos()[None, :, None, :], emb.sin()[None, :, None, :]  # (1, T, 1, Dh)
+    """Rotate `x` (B, T, H, Dh) by its absolute `positions` (T,); transformers' rotate-half layout.
+
+    Partial RoPE: with R = 2 * len(inv_freq) < Dh only the first R channels of each head are rotated."""
+    freqs = positions.to(inv_freq.dtype)[:, None] * inv_freq[None, :]  # (T, R/2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # (T, R)
+    cos, sin = emb.cos()[None, :, None, :], emb.sin()[None, :, None, :]  # (1, T, 1, R)
     xf = x.float()
-    x1, x2 = xf.chunk(2, dim=-1)  # (B, T, H, Dh/2) each
-    rotated = torch.cat((-x2, x1), dim=-1)  # (B, T, H, Dh)
-    return (xf * cos + rotated * sin).to(x.dtype)
+    xr, rest = xf[..., : emb.shape[-1]], xf[..., emb.shape[-1] :]  # (B, T, H, R), (B, T, H, Dh - R)
+    x1, x2 = xr.chunk(2, dim=-1)  # (B, T, H, R/2) each
+    rotated = torch.cat((-x2, x1), dim=-1)  # (B, T, H, R)
+    return torch.cat((xr * cos + rotated * sin, rest), dim=-1).to(x.dtype)  # (B, T, H, Dh)

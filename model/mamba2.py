@@ -51,11 +51,15 @@ class Mamba2Mixer(nn.Module):
         self.dt_bias = nn.Parameter(torch.empty(self.n_heads))
         self.A_log = nn.Parameter(torch.empty(self.n_heads))
         self.D = nn.Parameter(torch.empty(self.n_heads))
-        self.norm = GatedRMSNorm(
-            self.d_inner,
-            cfg.norm_eps,
-            group_size=self.d_inner // self.n_groups,
-            norm_before_gate=m.norm_before_gate,
+        self.norm = (
+            GatedRMSNorm(
+                self.d_inner,
+                cfg.norm_eps,
+                group_size=self.d_inner // self.n_groups,
+                norm_before_gate=m.norm_before_gate,
+            )
+            if m.gated_norm
+            else None  # gated_norm off: y * silu(z), no weight
         )
         self.out_proj = nn.Linear(self.d_inner, cfg.d_model, bias=m.bias)
         self.reset_ssm_parameters(cfg)
@@ -111,5 +115,5 @@ class Mamba2Mixer(nn.Module):
                 chunk_size=self.chunk_size,
             )  # (B, T, H, P)
         y = y.reshape(Bsz, T, self.d_inner)  # (B, T, E)
-        y = self.norm(y, z)  # (B, T, E)
+        y = self.norm(y, z) if self.norm is not None else y * F.silu(z.float())  # (B, T, E)
         return self.out_proj(y.to(x.dtype))  # (B, T, D_model)
