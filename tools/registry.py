@@ -34,7 +34,7 @@ from tools.base import (
     validation_message,
 )
 from tools.builtins import BUILTIN_TOOLS
-from tools.errors import ArgumentsError, ToolDefinitionError, ToolError
+from tools.errors import ArgumentsError, MCPServerError, ToolDefinitionError, ToolError
 from tools.journal import Journal, MemoryJournal, undo_after_turn, undo_last
 from tools.workspace import Workspace
 
@@ -147,8 +147,17 @@ class ToolRegistry:
         from tools.mcp_client import MCPConnection  # the SDK is imported only when MCP is used
 
         conn = MCPConnection(server, command, list(args), env=env, cwd=cwd, timeout_s=timeout_s)
+        try:
+            tools = conn.tools()
+            taken = [t.name for t in tools if t.name in self._tools]
+            if taken:
+                raise MCPServerError(f"MCP server {server!r}: tool names already in use: {', '.join(taken)}")
+            names = self.add_from_object(tools, source=f"mcp:{server}")
+        except Exception:
+            conn.close()  # all or nothing: no half-mounted server left running
+            raise
         self._mcp.append(conn)
-        return self.add_from_object(conn.tools(), source=f"mcp:{server}")
+        return names
 
     def close(self) -> None:
         """Stop mounted MCP servers."""

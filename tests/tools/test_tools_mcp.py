@@ -76,3 +76,10 @@ def test_server_that_does_not_start(tmp_path):
     with pytest.raises(MCPServerError, match="did not start"):
         reg.mount_mcp("nothere", "/nonexistent/mcp-server")
     assert reg.names() == ToolRegistry(tmp_path, load_plugins=False).names()
+
+
+def test_mounting_the_same_server_name_twice_is_refused(mounted):
+    reg, _ = mounted
+    with pytest.raises(MCPServerError, match="tool names already in use: echo__add"):
+        reg.mount_mcp("echo", sys.executable, [SERVER])
+    assert reg.call("echo__add", {"a": 1, "b": 1}).text == "2"  # the first one still works
