@@ -32,11 +32,12 @@ StopReason = Literal["stop_token", "stop_string", "max_new_tokens"]
 
 @torch.no_grad()
 def prefill(
-    model: HybridLM, ids: Sequence[int] | Tensor, state: ModelState, *, chunk_size: int | None = None
+    model: HybridLM, ids: Sequence[int] | Tensor, state: ModelState, *, chunk_size: int | None = 2048
 ) -> Tensor:
     """Feed `ids` (T,) or (1, T) into `state`; returns the logits of the last token (1, V).
 
-    `chunk_size` bounds the activation memory of long prompts; the logits are the same either way.
+    `chunk_size` bounds the activation memory of long prompts (the attention mask alone is T x L);
+    the logits are the same either way. None: one call.
     """
     x = torch.as_tensor(ids, dtype=torch.long, device=model.device)
     x = x.view(1, -1) if x.dim() == 1 else x  # (1, T)
@@ -103,7 +104,7 @@ def generate(
     generator: torch.Generator | None = None,
     stop_token_ids: Sequence[int] = (),
     stop_strings: Sequence[str] = (),
-    prefill_chunk_size: int | None = None,
+    prefill_chunk_size: int | None = 2048,
 ) -> Generation:
     """Prefill `prompt` (the new tokens only) into `state`, then sample up to `max_new_tokens`.
 

@@ -4,6 +4,8 @@ Design choices:
 - The model holds no state: `model(input_ids, state)` reads and advances an explicit `ModelState`
   (model/state.py), so a state can be saved, restored, cloned and forked independently of the model.
 - Inference only: `forward` runs without autograd, so states never keep graphs alive between calls.
+- Bad input is refused before the state changes. An exception inside the layers (out of memory, an
+  interrupt) leaves the state partly advanced: keep a `clone()` or a snapshot to go back to.
 - T == 1 takes each mixer's one-step kernels; T > 1 the chunked ones. Both give the same numbers.
 - `fingerprint` = sha256 of the config JSON and every weight (name, dtype, shape, bytes), computed on
   first use and cached until the weights change (load_state_dict, .to()).

@@ -128,3 +128,12 @@ def test_empty_prompt_is_refused(make_model):
 
     with pytest.raises(TokenRangeError, match="empty"):
         generate(model, ByteTokenizer(), model.new_state(), [], max_new_tokens=3).run()
+
+
+def test_prefill_in_chunks_gives_the_same_logits(make_model):
+    model = make_model(MIXED)
+    ids = list(range(40, 83))
+    a, b = model.new_state(), model.new_state()
+    one, chunked = prefill(model, ids, a, chunk_size=None), prefill(model, ids, b, chunk_size=5)
+    assert a.n_tokens == b.n_tokens == len(ids)
+    assert float((one - chunked).abs().max() / one.abs().max()) < 1e-4
