@@ -158,6 +158,8 @@ class RunCommand(Tool):
         proc = subprocess.Popen(
             ["/bin/sh", "-c", args.command],
             cwd=ctx.workspace.root,
+            # No terminal and no stdin: pagers and credential prompts would wait forever.
+            env={**os.environ, "PAGER": "cat", "GIT_PAGER": "cat", "GIT_TERMINAL_PROMPT": "0"},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
