@@ -248,3 +248,45 @@ def test_busy_and_wrong_model(make_agent, store, scripted_engine) -> None:
     other.fingerprint = "another-model"
     with pytest.raises(AgentError, match="another model"):
         make_agent(engine=other, session_id=agent.session_id)
+
+
+CHATML = (
+    "{% for m in messages %}{% if m.role == 'tool' %}"
+    "{{ '<|im_start|>user\\n<tool_response>\\n' + m.content + '\\n</tool_response><|im_end|>\\n' }}"
+    "{% else %}{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def test_hermes_calls_through_a_chat_template(make_agent) -> None:
+    """Qwen-style: the markers are several tokens long (held back while they stream), the result goes
+    back through the template, and the whole state equals one render of the conversation."""
+    from model.chat import ChatMessage, JinjaChatFormat
+
+    chat = JinjaChatFormat(CHATML, eos_token="<|im_end|>")
+    hermes = '<tool_call>{"name": "read_file", "arguments": {"path": "a.txt"}}</tool_call>'
+    agent, engine = make_agent(["Let me <b>check</b>." + hermes, "It says hello.<|im_end|>"], chat=chat)
+    events = run(agent, "read a.txt")
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Let me <b>check</b>.It says hello."
+    res = next(e for e in events if isinstance(e, ToolResultEvent))
+    assert not res.is_error and "hello from a" in res.text
+    messages = [
+        ChatMessage("system", agent.system_prompt),
+        ChatMessage("user", "read a.txt"),
+        ChatMessage("assistant", "", raw="Let me <b>check</b>." + hermes),
+        ChatMessage("tool", res.text, name="read_file"),
+        ChatMessage("assistant", "", raw="It says hello."),
+    ]
+    full = chat.render(messages, add_generation_prompt=False, tools=agent._tools)
+    assert full.startswith(engine.text) and full[len(engine.text) :] == "\n"  # the template's own newline
+
+
+def test_visible_text_holds_back_partial_markers() -> None:
+    from agent.stream import VisibleText
+    from model.chat import JinjaChatFormat
+
+    vis = VisibleText(JinjaChatFormat(CHATML, eos_token="<|im_end|>"))
+    pieces = ["a <", "too", "l_c", "all>{}</tool_call>", " b <", "x", "<|im_", "end|>"]
+    out = [vis.push(p) for p in pieces]
+    assert out == ["a ", "", "", "", " b ", "<x", "", ""]
+    assert vis.finish() == "" and vis.emitted == "a  b <x"
