@@ -126,7 +126,7 @@ class Tool:
             # CamelCase class name -> snake_case tool name.
             self.name = re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()
         if not self.description:
-            self.description = inspect.getdoc(cls) or ""
+            self.description = unwrap(inspect.getdoc(cls) or "")
         _check_tool(self)
 
     def parameters_schema(self) -> dict[str, Any]:
@@ -346,20 +346,36 @@ def parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
                 params[current] = arg.group(2).strip()
             elif current is not None:
                 params[current] = (params[current] + " " + stripped).strip()
-    return "\n".join(summary).strip(), params
+    return unwrap("\n".join(summary)), params
+
+
+def unwrap(text: str) -> str:
+    """Join the hard-wrapped lines of each paragraph (docstrings are wrapped for the source file,
+    not for the model); blank lines still separate paragraphs."""
+    paragraphs = re.split(r"\n\s*\n", text.strip())
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs if p.strip())
 
 
 def strip_titles(node: Any, in_properties: bool = False) -> Any:
-    """Drop pydantic's auto-generated `title`s (they repeat the names and cost prompt tokens); a
-    *property* called `title` is kept, which is why the walk knows when it is inside `properties`."""
+    """Make a pydantic JSON schema lean for the prompt (small models read every token of it):
+    drop the auto-generated `title`s (a *property* called `title` is kept, which is why the walk
+    knows when it is inside `properties`), and write an optional `X | None = None` as plain `X`
+    (None stays accepted by the pydantic model; the model simply leaves the argument out)."""
     if isinstance(node, list):
         return [strip_titles(v) for v in node]
     if not isinstance(node, dict):
         return node
     if in_properties:
         return {k: strip_titles(v) for k, v in node.items()}
-    return {
+    out = {
         k: strip_titles(v, in_properties=k in ("properties", "$defs", "patternProperties"))
         for k, v in node.items()
         if not (k == "title" and isinstance(v, str))
     }
+    variants = out.get("anyOf")
+    if "default" in out and out["default"] is None and isinstance(variants, list) and len(variants) == 2:
+        kept = [v for v in variants if v != {"type": "null"}]
+        if len(kept) == 1 and isinstance(kept[0], dict):
+            rest = {k: v for k, v in out.items() if k not in ("anyOf", "default")}
+            out = {**kept[0], **rest}
+    return out

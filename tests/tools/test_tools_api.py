@@ -231,3 +231,27 @@ def test_preview_never_raises(registry):
     assert "unknown tool" in registry.preview("nope", {}).summary
     p = registry.preview("read_file", {"path": "hello.txt"})
     assert p.path == "hello.txt" and p.diff is None
+
+
+def test_optional_parameters_are_plain_in_the_schema(registry):
+    @tool(policy="auto")
+    def pick(limit: int | None = None, tag: str | None = None) -> str:
+        """Pick things.
+
+        Args:
+            limit: At most this many;
+                leave out for all.
+        """
+        return f"{limit}:{tag}"
+
+    registry.register(pick)
+    assert pick.parameters_schema() == {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "limit": {"type": "integer", "description": "At most this many; leave out for all."},
+            "tag": {"type": "string"},
+        },
+    }
+    assert registry.call("pick", {}).text == "None:None"
+    assert registry.call("pick", {"limit": None, "tag": "a"}).text == "None:a"
