@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from agent.engine import Engine
-from agent.errors import AgentBusyError, AgentError
+from agent.errors import AgentError
 from agent.events import (
     AgentEvent,
     ApprovalDecision,
@@ -39,9 +39,10 @@ from agent.events import (
     TurnEnd,
 )
 from agent.journal import StoreJournal
-from agent.records import assistant_event, conversation_of, system_event, tool_call_event, tool_result_event
+from agent.records import assistant_event, system_event, tool_call_event, tool_result_event
+from agent.sessions import SessionOps
 from agent.stream import VisibleText
-from memory import Event, Page, SessionInfo, Store, StoreError
+from memory import Event, Page, Store, StoreError
 from model.chat import DEFAULT_SYSTEM_PROMPT, ChatFormatError, ChatMessage, ParsedToolCall
 from model.errors import ModelError
 from tools.errors import ToolError
@@ -76,7 +77,7 @@ class _Round:
     stop: str = "end_of_turn"  # end_of_turn | tool_call | max_tokens
 
 
-class Agent:
+class Agent(SessionOps):
     """The persistent agent. `Agent.open(...)` builds everything from paths; this is the long form."""
 
     def __init__(
@@ -156,100 +157,6 @@ class Agent:
     @property
     def running(self) -> bool:
         return self._running
-
-    # ---- sessions (call these between turns) --------------------------------------------------------
-    def _idle(self) -> None:
-        if self._running:
-            raise AgentBusyError("a turn is running; wait for it to end or cancel it first")
-
-    def new_session(self, title: str = "") -> str:
-        self._idle()
-        info = self.store.create_session(title, str(self.workspace), self.engine.fingerprint)
-        self.engine.reset()
-        self._set_session(info.id, 0, None, [], [])
-        return info.id
-
-    def resume(self, session_id: str) -> None:
-        """Continue a saved session from its latest snapshot (its history is not re-read by the model)."""
-        self._idle()
-        info = self.store.get_session(session_id)
-        if info.model_fingerprint != self.engine.fingerprint:
-            raise AgentError(
-                f"session {session_id} was made with another model ({info.model_fingerprint[:12]}); "
-                f"the model loaded now is {self.engine.fingerprint[:12]}: pass the model it was made with"
-            )
-        conv = conversation_of(self.store.events(session_id))
-        if info.latest_turn is None:
-            self.engine.reset()
-        else:
-            self._restore(session_id, info.latest_turn)
-        self._set_session(session_id, info.latest_turn or 0, conv.system, conv.tools, conv.messages)
-
-    def fork(self, turn: int) -> str:
-        """A new session whose history is this one's up to `turn`; it becomes the active one."""
-        self._idle()
-        if turn == 0:
-            return self.new_session()
-        info = self.store.fork_session(self.session_id, turn)
-        self.resume(info.id)
-        return info.id
-
-    def rewind(self, turn: int, revert_files: bool = False) -> str:
-        """Go back to the end of `turn` (a fork, so nothing is lost); with `revert_files`, first undo
-        the file changes made after it. Returns the new session's id."""
-        self._idle()
-        if revert_files:
-            self.registry.undo_after_turn(turn)
-        return self.fork(turn)
-
-    def undo(self) -> str:
-        """Revert the newest file change the agent made; says what it did."""
-        self._idle()
-        return self.registry.undo_last()
-
-    def sessions(self) -> list[SessionInfo]:
-        return self.store.list_sessions()
-
-    def history(self) -> list[Event]:
-        """The stored events of the active session, for a UI to redraw it."""
-        return self.store.events(self.session_id)
-
-    def rename(self, session_id: str, title: str) -> None:
-        self.store.rename_session(session_id, title)
-
-    def delete(self, session_id: str) -> None:
-        """Delete a session; deleting the active one starts a new one."""
-        self._idle()
-        self.store.delete_session(session_id)
-        if session_id == self.session_id:
-            self.new_session()
-
-    def _set_session(
-        self,
-        session_id: str,
-        turn: int,
-        system: str | None,
-        tools: list[dict[str, Any]],
-        history: list[ChatMessage],
-    ) -> None:
-        self.session_id, self.turn = session_id, turn
-        self._saved_tokens = self.engine.n_tokens
-        self._system, self._tools, self._history = system, tools, history
-        self._always_allowed.clear()
-
-    def _restore(self, session_id: str, turn: int) -> None:
-        snap = self.store.load_snapshot(
-            session_id,
-            turn,
-            window=self.engine.window,
-            sinks=self.engine.sinks,
-            fingerprint=self.engine.fingerprint,
-        )
-        from agent.engine import StatePage
-
-        self.engine.restore(
-            snap.recurrent, [StatePage(p.token_start, p.token_end, p.tensors) for p in snap.pages]
-        )
 
     # ---- a turn ------------------------------------------------------------------------------------
     def cancel(self) -> None:
