@@ -290,3 +290,18 @@ def test_visible_text_holds_back_partial_markers() -> None:
     out = [vis.push(p) for p in pieces]
     assert out == ["a ", "", "", "", " b ", "<x", "", ""]
     assert vis.finish() == "" and vis.emitted == "a  b <x"
+
+
+def test_a_cancelled_turn_keeps_its_file_changes_in_the_journal(make_agent, workspace: Path, store) -> None:
+    replies = [call("write_file", path="a.txt", content="edited\n"), "this reply is cut short<|end|>"]
+    agent, engine = make_agent(replies, mode="auto")
+    engine.step_hook = lambda n: agent.cancel() if engine.text.endswith("this") else None
+    events = run(agent, "edit a")
+    assert events[-1].stop_reason == "cancelled" and agent.turn == 0 and engine.n_tokens == 0
+    assert (workspace / "a.txt").read_text() == "edited\n"  # the tool did run
+    changes = store.file_changes(agent.session_id)
+    assert [(c.turn, c.path, c.before, c.after) for c in changes] == [
+        (1, "a.txt", b"hello from a\n", b"edited\n")
+    ]
+    agent.rewind(0, revert_files=True)
+    assert (workspace / "a.txt").read_text() == "hello from a\n"
