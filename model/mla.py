@@ -137,12 +137,12 @@ class MLA(nn.Module):
         B, T, H, _ = q_nope.shape
         w = self.kv_b_proj.weight.view(H, self.nope_dim + self.v_dim, self.kv_lora_rank)  # (H, dn + dv, C)
         w_uk, w_uv = w[:, : self.nope_dim], w[:, self.nope_dim :]  # (H, dn, C), (H, dv, C)
-        q_lat = torch.einsum("bthd,hdc->bhtc", q_nope, w_uk).reshape(B, H * T, -1)  # (B, H*T, C)
-        q_rot = q_rope.transpose(1, 2).reshape(B, H * T, self.rope_dim)  # (B, H*T, R)
-        scores = torch.baddbmm(
-            q_rot @ keys_rope.transpose(1, 2), q_lat, latents.transpose(1, 2)
-        )  # (B, H*T, L)
-        scores = scores.float() * self.scale
+        q_lat = torch.einsum("bthd,hdc->bhtc", q_nope * self.scale, w_uk).reshape(B, H * T, -1)  # (B, H*T, C)
+        q_rot = q_rope.transpose(1, 2).reshape(B, H * T, self.rope_dim) * self.scale  # (B, H*T, R)
+        # Cache-major products ((L, C) @ (C, H*T)): several times faster on CPU than (H*T, C) @ (C, L).
+        scores = keys_rope @ q_rot.transpose(1, 2)  # (B, L, H*T)
+        scores = torch.baddbmm(scores, latents, q_lat.transpose(1, 2))  # (B, L, H*T)
+        scores = scores.transpose(1, 2).contiguous().float()  # (B, H*T, L)
         if mask is not None:
             scores = scores.masked_fill(~mask.repeat(H, 1), float("-inf"))  # rows are (head, query)
         probs = torch.softmax(scores, dim=-1).to(latents.dtype)  # (B, H*T, L)
