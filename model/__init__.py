@@ -1,9 +1,10 @@
 """model/: the hybrid language model with an explicit, serialisable state. See ../shared/DESIGN.md.
 
 Public names: `HybridConfig`, `HybridLM`, `ModelState`, `Tokenizer`, `ByteTokenizer`, `load_tokenizer`,
-`generate`, `prefill`, `SamplingParams`, and the error types of model/errors.py.
+`generate`, `prefill`, `SamplingParams`, `load_model`, and the error types of model/errors.py.
 """
 
+from model.checkpoints import load_model
 from model.config import HybridConfig
 from model.errors import (
     CheckpointError,
@@ -36,6 +37,7 @@ __all__ = [
     "Tokenizer",
     "TokenizerError",
     "generate",
+    "load_model",
     "load_tokenizer",
     "prefill",
     "sample",

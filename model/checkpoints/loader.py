@@ -1,0 +1,279 @@
+"""`load_model(path_or_id)`: a checkpoint folder or Hub id -> (HybridLM, tokenizer, chat format).
+
+Design choices:
+- The family comes from `model_type` in config.json; its adapter (one module per family) gives our
+  `HybridConfig` and a `Source` for every weight. A config.json without `model_type` is one of ours
+  (`HybridLM.save_pretrained`).
+- The model is built on the meta device (no memory, no random init), given real storage in the
+  target dtype and device with `to_empty`, then filled one tensor at a time from the shards
+  (model/checkpoints/shards.py): host memory peaks at the model plus about one tensor.
+- The fingerprint is a sha256 of our config, the target dtype, and every checkpoint tensor's name,
+  dtype, shape and bytes, fed as the bytes stream past: the weights are read once, never re-hashed.
+- A Hub id is fetched with `huggingface_hub.snapshot_download` (weights, configs, tokenizer files
+  only); offline, a clear error says how to point at a local folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from model.attention import Attention
+from model.chat import ChatFormat, JinjaChatFormat, NativeChatFormat
+from model.checkpoints import bamba, falcon_h1, mamba2, nemotron_h, olmo_hybrid
+from model.checkpoints.plan import Source
+from model.checkpoints.shards import ShardSet
+from model.config import HybridConfig
+from model.errors import CheckpointError
+from model.hybrid import HybridLM
+from model.layers import rope_inv_freq
+from model.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
+
+ADAPTERS: dict[str, ModuleType] = {m.FAMILY: m for m in (olmo_hybrid, mamba2, falcon_h1, nemotron_h, bamba)}
+# state-spaces Mamba-2 checkpoints have no model_type; their config is recognised by its keys.
+_STATE_SPACES_KEYS = ("d_model", "n_layer", "ssm_cfg")
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model", "*.txt"]
+PROGRESS_MIN_BYTES = 256 << 20  # no progress bar for loads that take well under a second
+
+
+def resolve_checkpoint(path_or_id: str | Path) -> Path:
+    """A local folder as is; else a Hub id (`org/name`), downloaded or taken from the local Hub cache."""
+    path = Path(path_or_id).expanduser()
+    if path.is_dir():
+        return path
+    text = str(path_or_id)
+    if path.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")):
+        raise CheckpointError(
+            f"{text} is not a model folder; pass a folder holding config.json and *.safetensors, "
+            "or a Hugging Face Hub id like 'org/name'"
+        )
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(text, allow_patterns=HUB_PATTERNS))
+    except Exception as e:  # offline, unknown repo, gated repo, network: all end the same way for the user
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+        why = "the Hub is offline (HF_HUB_OFFLINE is set)" if offline else f"the download failed ({e})"
+        raise CheckpointError(
+            f"cannot load {text!r}: it is not a local folder and {why}. Download it where there is a "
+            f"network (`huggingface-cli download {text} --local-dir DIR`) and pass that folder instead: "
+            "load_model('DIR') or --model DIR"
+        ) from e
+
+
+def read_config(root: Path) -> dict[str, Any]:
+    path = root / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"no config.json in {root}; pass the folder a checkpoint was saved to")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); re-download it") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} does not hold a JSON object; re-download it")
+    return data
+
+
+def family_of(hf: dict[str, Any]) -> str | None:
+    """The adapter's name, or None for a native HybridLM checkpoint."""
+    kind = hf.get("model_type")
+    if kind is None and all(k in hf for k in _STATE_SPACES_KEYS):
+        return mamba2.FAMILY
+    if kind is None:
+        return None
+    if kind not in ADAPTERS:
+        raise CheckpointError(
+            f"model_type {kind!r} is not supported; supported families: {', '.join(sorted(ADAPTERS))} "
+            "(and hybrid-agent's own checkpoints)"
+        )
+    return str(kind)
+
+
+def _resolve(src: Source, shards: ShardSet) -> tuple[list[str], Source] | None:
+    """The checkpoint names `src` will read (first spelling found for each), or None if one is missing."""
+    found = [next((n for n in alts if n in shards), None) for alts in src.names]
+    if all(n is not None for n in found):
+        return [n for n in found if n is not None], src
+    return _resolve(src.fallback, shards) if src.fallback is not None else None
+
+
+def _missing(family: str, target: str, src: Source, shards: ShardSet) -> CheckpointError:
+    tried = [alts for alts in src.names if not any(n in shards for n in alts)]
+    if src.fallback is not None:
+        tried += [alts for alts in src.fallback.names if not any(n in shards for n in alts)]
+    spelt = "; ".join(" or ".join(alts) for alts in tried)
+    return CheckpointError(
+        f"{family} checkpoint in {shards.root} lacks the tensor {spelt} (needed for our {target}); "
+        "the download may be incomplete, or this is a variant the adapter does not know"
+    )
+
+
+class _Progress:
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.bar: Any = None
+        if enabled and total >= PROGRESS_MIN_BYTES:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, unit="B", unit_scale=True, desc="loading weights", leave=False)
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def load_weights(
+    root: Path,
+    family: str,
+    hf: dict[str, Any],
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+) -> HybridLM:
+    """Build our model for a checkpoint of `family` and stream its weights in (see the module docstring)."""
+    adapter = ADAPTERS[family]
+    cfg: HybridConfig = adapter.hybrid_config(hf)
+    plan: dict[str, Source] = adapter.sources(cfg, hf)
+    shards = ShardSet(root)
+    with torch.device("meta"):
+        model = HybridLM(cfg)
+    model = model.to(dtype=dtype).to_empty(device=device)
+    params = model.state_dict(keep_vars=True)
+    if set(params) != set(plan):  # a bug in an adapter, not a bad checkpoint
+        unplanned, extra = sorted(set(params) - set(plan)), sorted(set(plan) - set(params))
+        raise AssertionError(f"{family} adapter: no source for {unplanned}; sources for unknown {extra}")
+    _restore_buffers(model)
+
+    resolved: dict[str, tuple[list[str], Source]] = {}
+    for target, src in plan.items():
+        hit = _resolve(src, shards)
+        if hit is None and not src.optional:
+            raise _missing(family, target, src, shards)
+        resolved[target] = hit if hit is not None else ([], Source((), lambda ts: torch.zeros(())))
+    # Read in file order: one sequential pass over each shard.
+    order = sorted(resolved, key=lambda t: _position(resolved[t][0], shards))
+    hasher = hashlib.sha256(f"hybrid-agent/1|{cfg.to_json()}|{dtype}|".encode())
+    hashed: set[str] = set()
+    bar = _Progress(shards.nbytes, progress)
+    try:
+        for target in order:
+            names, src = resolved[target]
+            _fill(params[target], names, src, shards, hasher, hashed, family, target)
+            bar.update(sum(shards.entries[n].nbytes for n in names))
+    finally:
+        bar.close()
+        shards.close()
+    model.eval()
+    model._fingerprint = hasher.hexdigest()  # what `model.fingerprint` returns, without re-reading
+    return model
+
+
+def _position(names: list[str], shards: ShardSet) -> tuple[str, int]:
+    if not names:
+        return ("", -1)
+    e = shards.entries[names[0]]
+    return (str(e.file), e.start)
+
+
+def _fill(
+    param: Tensor,
+    names: list[str],
+    src: Source,
+    shards: ShardSet,
+    hasher: Any,
+    hashed: set[str],
+    family: str,
+    target: str,
+) -> None:
+    def read(name: str, out: Tensor | None = None) -> Tensor:
+        h = None if name in hashed else hasher
+        hashed.add(name)
+        return shards.read(name, h) if out is None else shards.read_into(name, out, h)
+
+    data = param.data
+    if src.build is None and names:
+        e = shards.entries[names[0]]
+        if tuple(e.shape) != tuple(data.shape):
+            raise CheckpointError(
+                f"{family}: tensor {names[0]} has shape {e.shape} but our {target} needs "
+                f"{tuple(data.shape)}; config.json does not match the weights"
+            )
+        if data.device.type == "cpu" and data.dtype == e.dtype and data.is_contiguous():
+            read(names[0], data)  # straight into the parameter: no extra copy
+        else:
+            data.copy_(read(names[0]))
+        return
+    build: Callable[[list[Tensor]], Tensor] = src.build or (lambda ts: torch.zeros(()))
+    value = build([read(n).float() for n in names])  # multipliers are folded in fp32, then cast once
+    if value.dim() == 0:
+        value = value.expand(data.shape)
+    if tuple(value.shape) != tuple(data.shape):
+        raise CheckpointError(
+            f"{family}: tensors {names} give shape {tuple(value.shape)} but our {target} needs "
+            f"{tuple(data.shape)}; config.json does not match the weights"
+        )
+    data.copy_(value)
+
+
+def _restore_buffers(model: HybridLM) -> None:
+    """`to_empty` leaves non-persistent buffers uninitialised: recompute them from the config.
+
+    The only ones are RoPE frequencies; the adapted families use `Attention` (not MLA)."""
+    theta = model.config.attention.rope_theta
+    for module in model.modules():
+        if isinstance(module, Attention) and module.inv_freq is not None and theta is not None:
+            module.inv_freq.copy_(rope_inv_freq(module.rope_dim, theta))
+
+
+def load_chat_format(root: Path, tokenizer: Tokenizer | ByteTokenizer) -> ChatFormat:
+    """The checkpoint's jinja template, stopping at the end-of-turn tokens of generation_config.json."""
+    config = {}
+    if (root / "tokenizer_config.json").is_file():
+        config = json.loads((root / "tokenizer_config.json").read_text(encoding="utf-8"))
+    if not (root / "chat_template.jinja").is_file() and not config.get("chat_template"):
+        return NativeChatFormat()
+    return JinjaChatFormat.from_pretrained(root, stop_strings=end_of_turn_strings(root, tokenizer))
+
+
+def end_of_turn_strings(root: Path, tokenizer: Tokenizer | ByteTokenizer) -> list[str]:
+    """The text of every `eos_token_id` in generation_config.json (an int or a list)."""
+    path = root / "generation_config.json"
+    if not path.is_file():
+        return []
+    ids = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    return [s for s in (tokenizer.decode([i]) for i in ids if 0 <= i < tokenizer.vocab_size) if s]
+
+
+def load_model(
+    path_or_id: str | Path,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool = True,
+) -> tuple[HybridLM, Tokenizer | ByteTokenizer, ChatFormat]:
+    """Load a checkpoint (see the module docstring). Default device: cpu; default dtype: float32 on CPU,
+    bfloat16 on CUDA."""
+    root = resolve_checkpoint(path_or_id)
+    hf = read_config(root)
+    dev = torch.device(device or "cpu")
+    dt = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    family = family_of(hf)
+    if family is None:
+        model = HybridLM.from_pretrained(root, device=dev, dtype=dt)
+    else:
+        model = load_weights(root, family, hf, device=dev, dtype=dt, progress=progress)
+    tokenizer = load_tokenizer(root)
+    return model, tokenizer, load_chat_format(root, tokenizer)

@@ -1,0 +1,117 @@
+"""How an adapter says where each of our weights comes from: a `Source` per parameter name.
+
+A family's adapter maps its `config.json` to a `HybridConfig` and lists, for every parameter of our
+`HybridLM`, the checkpoint tensors it is made of and how (taken as is, scaled, concatenated, or zeros
+when an optional tensor is absent). Renamed and fused weights, folded multipliers and alternative
+spellings are all expressed here, so the model core never knows which checkpoint it came from.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from model.config import HybridConfig
+
+# The Mamba-2 mixer's weights, named alike in every family (plus conv1d.bias, in/out_proj.bias if used).
+MAMBA2_WEIGHTS = (
+    "in_proj.weight",
+    "conv1d.weight",
+    "dt_bias",
+    "A_log",
+    "D",
+    "norm.weight",
+    "out_proj.weight",
+)
+
+# Combines the source tensors (converted to fp32) into our tensor; None = the single source as is.
+Build = Callable[[list[Tensor]], Tensor]
+
+
+@dataclass(frozen=True)
+class Source:
+    """`names[i]` lists the accepted spellings of the i-th checkpoint tensor (the first one found wins).
+
+    `optional`: when none of the spellings of a single-name source exists, the weight is zeros
+    (a bias the checkpoint does not have while our layer has one). `fallback`: another way to make the
+    same weight, used when this one's tensors are not all there (a fused weight stored split).
+    """
+
+    names: tuple[tuple[str, ...], ...]
+    build: Build | None = None
+    optional: bool = False
+    fallback: Source | None = None
+
+
+def spellings(name: str | Sequence[str], prefixes: Sequence[str] = ("",)) -> tuple[str, ...]:
+    """Every `prefix + name` for each accepted name, in order of preference."""
+    names = (name,) if isinstance(name, str) else tuple(name)
+    return tuple(p + n for n in names for p in prefixes)
+
+
+def take(*names: str, scale: float | Tensor | None = None, optional: bool = False) -> Source:
+    """One tensor, spelt any of `names`; multiplied by `scale` (a number or a broadcastable tensor)."""
+    if scale is None or (isinstance(scale, float | int) and scale == 1.0):
+        return Source((tuple(names),), None, optional)
+    factor = scale
+    return Source((tuple(names),), lambda ts: ts[0] * factor, optional)
+
+
+def concat(parts: Sequence[tuple[str, ...]], dim: int = 0) -> Source:
+    """Several tensors concatenated along `dim` (weights that a checkpoint stores split)."""
+    return Source(tuple(parts), lambda ts: torch.cat(ts, dim=dim))
+
+
+def either(first: Source, second: Source) -> Source:
+    """`first` if the checkpoint has all its tensors, else `second`."""
+    return Source(first.names, first.build, first.optional, second)
+
+
+def constant(make: Callable[[], Tensor]) -> Source:
+    """A weight the checkpoint does not store because it is fixed (made on CPU in fp32)."""
+    return Source((), lambda ts: make())
+
+
+class Adapter(Protocol):
+    """One module per family in model/checkpoints/ provides these."""
+
+    FAMILY: str
+
+    def hybrid_config(self, hf: dict[str, Any]) -> HybridConfig: ...
+
+    def sources(self, cfg: HybridConfig, hf: dict[str, Any]) -> dict[str, Source]: ...
+
+
+def get(hf: dict[str, Any], key: str, default: Any) -> Any:
+    """`hf[key]`, or `default` when absent or null (configs spell 'use the default' both ways)."""
+    value = hf.get(key)
+    return default if value is None else value
+
+
+def number(value: Any) -> float:
+    """A float from config.json, where transformers writes infinity as {"__float__": "Infinity"}."""
+    if isinstance(value, dict) and "__float__" in value:
+        value = value["__float__"]
+    return float(value)
+
+
+def dt_limit(value: Any) -> tuple[float, float | None]:
+    """Mamba-2's clamp of dt after softplus, `(low, high)`; high None when unbounded."""
+    lo, hi = (value or (0.0, None))[:2]
+    high = None if hi is None else number(hi)
+    return number(lo), None if high is None or math.isinf(high) else high
+
+
+def rope_theta(hf: dict[str, Any], default: float | None = 10000.0) -> float | None:
+    """RoPE base from transformers 5 (`rope_parameters`) or 4 (`rope_theta`) configs."""
+    params = hf.get("rope_parameters")
+    if isinstance(params, dict) and params.get("rope_theta") is not None:
+        return float(params["rope_theta"])
+    if hf.get("rope_theta") is not None:
+        return float(hf["rope_theta"])
+    return default

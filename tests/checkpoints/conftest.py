@@ -1,0 +1,110 @@
+"""Tiny random transformers checkpoints of every supported family, saved the way the Hub has them.
+
+Each folder holds config.json + model.safetensors (save_pretrained), a byte-level BPE tokenizer.json,
+tokenizer_config.json with a ChatML chat template, and generation_config.json with the end-of-turn id,
+so `load_model` runs its whole path. Weights are re-drawn larger than transformers' init (std 0.02
+makes every block nearly the identity, and a wrong layer would hardly move the logits).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+VOCAB = 300  # model vocabulary; the tokenizer uses 256 bytes + the specials below
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>"]
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+_COMMON: dict[str, Any] = {"vocab_size": VOCAB, "pad_token_id": 0, "bos_token_id": None, "eos_token_id": 258}
+
+
+def hf_config(family: str, **kw: Any) -> Any:
+    """A transformers config of `family` with test-sized defaults, overridden by `kw`."""
+    base: dict[str, dict[str, Any]] = {
+        "olmo_hybrid": dict(
+            hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
+            linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8,
+            layer_types=["linear_attention", "linear_attention", "full_attention"], num_hidden_layers=3,
+        ),
+        "mamba2": dict(
+            hidden_size=32, num_heads=8, head_dim=8, state_size=8, n_groups=2, num_hidden_layers=2, chunk_size=8,
+        ),
+        "falcon_h1": dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, mamba_d_ssm=48, mamba_n_heads=6, mamba_d_state=8, mamba_n_groups=2,
+            mamba_chunk_size=8,
+        ),
+        "nemotron_h": dict(
+            hidden_size=32, layers_block_type=["linear_attention", "full_attention", "mlp", "linear_attention"],
+            num_attention_heads=4, num_key_value_heads=2, head_dim=8, intermediate_size=64, ssm_state_size=8,
+            mamba_num_heads=6, mamba_head_dim=8, n_groups=2, chunk_size=8,
+        ),
+        "bamba": dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, attn_layer_indices=[1], mamba_n_heads=8, mamba_d_state=8,
+            mamba_n_groups=2, mamba_chunk_size=8,
+        ),
+    }  # fmt: skip
+    cls = transformers.AutoConfig.for_model(family).__class__
+    return cls(**{**_COMMON, **base[family], **kw})
+
+
+def randomize(model: torch.nn.Module, seed: int) -> None:
+    """Projections ~ N(0, 0.2), norm weights 1 + N(0, 0.2); SSM parameters keep their meaningful init
+    but are jittered so that no two heads are alike."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            if name.endswith(("A_log", "dt_bias", ".D")):
+                p.add_(0.3 * noise)
+            elif p.dim() == 1:
+                p.copy_(1.0 + 0.2 * noise if "norm" in name else 0.2 * noise)
+            else:
+                p.copy_(0.2 * noise)
+
+
+def write_tokenizer_files(folder: Path) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    alphabet = ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(SPECIALS)  # ids 256.. in this order
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"chat_template": CHATML, "eos_token": "<|im_end|>", "bos_token": None})
+    )
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [256, 258]}))
+
+
+def save_checkpoint(family: str, folder: Path, *, seed: int = 0, **kw: Any) -> Any:
+    """A random `family` model saved to `folder` with tokenizer files; returns the transformers model."""
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(hf_config(family, **kw)).float().eval()
+    randomize(model, seed)
+    model.save_pretrained(folder)
+    write_tokenizer_files(folder)
+    return model
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Callable[..., tuple[Path, Any]]:
+    def make(family: str, **kw: Any) -> tuple[Path, Any]:
+        folder = tmp_path / family
+        return folder, save_checkpoint(family, folder, **kw)
+
+    return make

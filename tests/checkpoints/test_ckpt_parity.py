@@ -1,0 +1,118 @@
+"""Parity with transformers for every family (CPU, fp32): prefill logits, 32 greedy decode steps through
+our ModelState against transformers' full forward over the extended sequence, and the same after the
+state is saved to safetensors bytes and restored half-way.
+
+transformers runs its own torch fallbacks here (no fla / mamba_ssm on CPU): that is the reference.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
+
+from model import ModelState, load_model
+
+PROMPT = 13  # ragged over chunks of 8
+STEPS = 32
+RTOL = 1e-4  # max |ours - reference| <= RTOL * max |reference|
+
+
+def assert_close(ref: torch.Tensor, got: torch.Tensor, what: str) -> None:
+    scale = float(ref.abs().max())
+    err = float((ref - got).abs().max())
+    assert err <= RTOL * scale, f"{what}: max abs diff {err:.3g} > {RTOL} * {scale:.3g}"
+
+
+def reference_logits(hf: Any, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return hf(input_ids=ids, use_cache=False).logits.float()
+
+
+def check_parity(folder: Any, hf: Any, seed: int = 0) -> None:
+    model, _, _ = load_model(folder)
+    ids = torch.randint(0, hf.config.vocab_size, (1, PROMPT), generator=torch.Generator().manual_seed(seed))
+    state = model.new_state()
+    logits = model(ids, state)
+    assert_close(reference_logits(hf, ids), logits, "prefill")
+
+    # Greedy decoding, one token at a time. The reference is one full forward over the final sequence:
+    # causal, so its logits at each position are those of a forward over that prefix.
+    seq, last = ids, logits[:, -1]
+    saved: bytes | None = None
+    ours_tokens, ours_logits = [], []
+    for step in range(STEPS):
+        tok = last.argmax(-1, keepdim=True)  # (1, 1)
+        seq = torch.cat((seq, tok), dim=1)
+        if step == STEPS // 2:
+            saved = save_bytes(state.to_tensors())
+        last = model(tok, state)[:, -1]
+        ours_tokens.append(int(tok))
+        ours_logits.append(last)
+    ref_all = reference_logits(hf, seq)[0]  # (PROMPT + STEPS, V)
+    assert int(ref_all[PROMPT - 1].argmax()) == ours_tokens[0], "first greedy token differs"
+    for step in range(STEPS):
+        ref = ref_all[PROMPT + step]
+        if step + 1 < STEPS:
+            assert int(ref.argmax()) == ours_tokens[step + 1], f"step {step}: greedy token differs"
+        assert_close(ref, ours_logits[step][0], f"decode step {step}")
+
+    # Restore the state saved half-way and decode the second half again: bit-identical.
+    assert saved is not None
+    restored = ModelState.from_tensors(load_bytes(saved), model.config)
+    for step in range(STEPS // 2, STEPS):
+        out = model(torch.tensor([[ours_tokens[step]]]), restored)[:, -1]
+        assert torch.equal(out, ours_logits[step]), f"restored state diverges at step {step}"
+
+
+FAST: list[tuple[str, dict[str, Any]]] = [
+    ("olmo_hybrid", {}),  # NoPE, GQA, negative eigenvalues
+    ("olmo_hybrid", {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+                     "linear_allow_neg_eigval": False, "num_key_value_heads": 4}),
+    ("mamba2", {}),
+    ("mamba2", {"n_groups": 1, "state_size": 16, "tie_word_embeddings": True, "use_conv_bias": False}),
+    ("falcon_h1", {}),  # unit multipliers
+    ("falcon_h1", {"embedding_multiplier": 2.0, "lm_head_multiplier": 0.5, "key_multiplier": 0.7,
+                   "attention_in_multiplier": 1.3, "attention_out_multiplier": 0.8, "ssm_in_multiplier": 1.1,
+                   "ssm_out_multiplier": 0.9, "mlp_multipliers": [1.2, 0.6],
+                   "ssm_multipliers": [0.9, 1.1, 0.8, 1.2, 1.3], "mamba_rms_norm": True}),
+    ("nemotron_h", {}),
+    ("bamba", {}),
+]  # fmt: skip
+
+SLOW: list[tuple[str, dict[str, Any]]] = [
+    ("olmo_hybrid", {"linear_num_key_heads": 4, "linear_num_value_heads": 4, "linear_value_head_dim": 16,
+                     "layer_types": ["full_attention", "linear_attention", "linear_attention", "linear_attention"],
+                     "num_hidden_layers": 4, "tie_word_embeddings": True}),
+    ("mamba2", {"n_groups": 4, "num_heads": 16, "head_dim": 4, "expand": 2, "num_hidden_layers": 3}),
+    ("falcon_h1", {"num_key_value_heads": 4, "mamba_n_groups": 1, "mamba_d_state": 16, "mamba_conv_bias": False,
+                   "mamba_norm_before_gate": False, "mamba_rms_norm": True, "tie_word_embeddings": True,
+                   "embedding_multiplier": 3.0, "lm_head_multiplier": 0.25}),
+    ("nemotron_h", {"layers_block_type": ["mlp", "linear_attention", "linear_attention", "full_attention", "mlp"],
+                    "num_key_value_heads": 4, "n_groups": 3, "mamba_num_heads": 3, "mamba_head_dim": 16}),
+    ("bamba", {"attn_layer_indices": [0, 2], "num_hidden_layers": 4, "mamba_n_groups": 1,
+               "mamba_n_heads": 4, "num_key_value_heads": 4}),
+]  # fmt: skip
+
+
+def _id(case: tuple[str, dict[str, Any]]) -> str:
+    family, kw = case
+    return family + ("-" + "-".join(sorted(kw))[:40] if kw else "")
+
+
+@pytest.mark.parametrize("case", FAST, ids=[_id(c) for c in FAST])
+def test_parity(checkpoint, case):
+    family, kw = case
+    folder, hf = checkpoint(family, **kw)
+    check_parity(folder, hf)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", SLOW, ids=[_id(c) for c in SLOW])
+def test_parity_more_configs(checkpoint, case):
+    family, kw = case
+    folder, hf = checkpoint(family, seed=1, **kw)
+    check_parity(folder, hf, seed=1)
