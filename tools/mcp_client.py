@@ -63,6 +63,7 @@ class MCPConnection:
         env: dict[str, str] | None = None,
         cwd: str | None = None,
         timeout_s: float = 60.0,
+        start_timeout_s: float = 60.0,
     ) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", server):
             raise MCPServerError(f"MCP server name {server!r}: use 1-32 letters, digits, '_' or '-'")
@@ -80,7 +81,7 @@ class MCPConnection:
         self._thread = threading.Thread(target=self._run_loop, name=f"mcp-{server}", daemon=True)
         self._thread.start()
         try:
-            self.definitions = self._ready.result(timeout=timeout_s)
+            self.definitions = self._ready.result(timeout=start_timeout_s)
         except BaseException as e:
             self.close()  # stops the process first, so its last stderr lines are in the file
             reason = (

@@ -142,11 +142,21 @@ class ToolRegistry:
         env: dict[str, str] | None = None,
         cwd: str | None = None,
         timeout_s: float = 60.0,
+        start_timeout_s: float = 60.0,
     ) -> list[str]:
-        """Start an MCP server (stdio) and add its tools as `<server>__<tool>`; they default to `ask`."""
+        """Start an MCP server (stdio) and add its tools as `<server>__<tool>`; they default to `ask`.
+        `timeout_s` bounds each call, `start_timeout_s` the start (spawn, initialize, list tools)."""
         from tools.mcp_client import MCPConnection  # the SDK is imported only when MCP is used
 
-        conn = MCPConnection(server, command, list(args), env=env, cwd=cwd, timeout_s=timeout_s)
+        conn = MCPConnection(
+            server,
+            command,
+            list(args),
+            env=env,
+            cwd=cwd,
+            timeout_s=timeout_s,
+            start_timeout_s=start_timeout_s,
+        )
         try:
             tools = conn.tools()
             taken = [t.name for t in tools if t.name in self._tools]

@@ -29,6 +29,15 @@ def fail(message: str) -> str:
 
 
 @app.tool()
+def nap(seconds: float) -> str:
+    """Sleeps, to test call timeouts."""
+    import time
+
+    time.sleep(seconds)
+    return "awake"
+
+
+@app.tool()
 def crash() -> str:
     """Kills the server process, to test a server that dies mid-session."""
     sys.stdout.flush()

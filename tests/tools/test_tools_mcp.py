@@ -4,6 +4,8 @@ into the registry; its results and errors map onto ToolResult and its tools defa
 from __future__ import annotations
 
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,7 @@ def mounted(tmp_path_factory):
 
 def test_tools_are_listed_with_schemas_and_ask_policy(mounted):
     reg, names = mounted
-    assert names == ["echo__add", "echo__shout", "echo__fail", "echo__crash"]
+    assert names == ["echo__add", "echo__shout", "echo__fail", "echo__nap", "echo__crash"]
     add = reg.get("echo__add")
     assert add.source == "mcp:echo" and reg.policy("echo__add") == "ask"
     assert add.annotations.read_only_hint is True  # kept for display, not trusted for the policy
@@ -55,6 +57,30 @@ def test_server_errors_and_bad_arguments_are_error_results(mounted):
     assert res.is_error and "b: expected integer, got bool" in res.text
     p = reg.preview("echo__add", {"a": 1, "b": 2})
     assert p.summary == 'call add on MCP server echo with {"a": 1, "b": 2}'
+
+
+def test_call_timeout_and_concurrent_calls(mounted):
+    reg, _ = mounted
+    conn = reg.get("echo__nap").conn
+    conn.timeout_s = 1  # per-call timeout (mount_mcp's timeout_s); lowered here to spare a server start
+    try:
+        t0 = time.monotonic()
+        res = reg.call("echo__nap", {"seconds": 20})
+        assert res.is_error and "timed out" in res.text and time.monotonic() - t0 < 5
+    finally:
+        conn.timeout_s = 60
+    # The session survives a timed-out request, and calls from many threads are fine.
+    results: dict[int, str] = {}
+
+    def call(i: int) -> None:
+        results[i] = reg.call("echo__add", {"a": i, "b": 100}).text
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {i: str(i + 100) for i in range(8)}
 
 
 def test_server_that_dies_mid_session(tmp_path):
