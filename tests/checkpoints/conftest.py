@@ -37,7 +37,8 @@ def hf_config(family: str, **kw: Any) -> Any:
             layer_types=["linear_attention", "linear_attention", "full_attention"], num_hidden_layers=3,
         ),
         "mamba2": dict(
-            hidden_size=32, num_heads=8, head_dim=8, state_size=8, n_groups=2, num_hidden_layers=2, chunk_size=8,
+            hidden_size=32, num_heads=8, head_dim=8, state_size=8, n_groups=2, num_hidden_layers=2,
+            chunk_size=8,
         ),
         "falcon_h1": dict(
             hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -45,7 +46,8 @@ def hf_config(family: str, **kw: Any) -> Any:
             mamba_chunk_size=8,
         ),
         "nemotron_h": dict(
-            hidden_size=32, layers_block_type=["linear_attention", "full_attention", "mlp", "linear_attention"],
+            hidden_size=32,
+            layers_block_type=["linear_attention", "full_attention", "mlp", "linear_attention"],
             num_attention_heads=4, num_key_value_heads=2, head_dim=8, intermediate_size=64, ssm_state_size=8,
             mamba_num_heads=6, mamba_head_dim=8, n_groups=2, chunk_size=8,
         ),

@@ -83,15 +83,17 @@ FAST: list[tuple[str, dict[str, Any]]] = [
     ("bamba", {}),
 ]  # fmt: skip
 
+LIN, FULL = "linear_attention", "full_attention"
 SLOW: list[tuple[str, dict[str, Any]]] = [
     ("olmo_hybrid", {"linear_num_key_heads": 4, "linear_num_value_heads": 4, "linear_value_head_dim": 16,
-                     "layer_types": ["full_attention", "linear_attention", "linear_attention", "linear_attention"],
+                     "layer_types": [FULL, LIN, LIN, LIN],
                      "num_hidden_layers": 4, "tie_word_embeddings": True}),
     ("mamba2", {"n_groups": 4, "num_heads": 16, "head_dim": 4, "expand": 2, "num_hidden_layers": 3}),
-    ("falcon_h1", {"num_key_value_heads": 4, "mamba_n_groups": 1, "mamba_d_state": 16, "mamba_conv_bias": False,
-                   "mamba_norm_before_gate": False, "mamba_rms_norm": True, "tie_word_embeddings": True,
+    ("falcon_h1", {"num_key_value_heads": 4, "mamba_n_groups": 1, "mamba_d_state": 16,
+                   "mamba_conv_bias": False, "mamba_norm_before_gate": False, "mamba_rms_norm": True,
+                   "tie_word_embeddings": True,
                    "embedding_multiplier": 3.0, "lm_head_multiplier": 0.25}),
-    ("nemotron_h", {"layers_block_type": ["mlp", "linear_attention", "linear_attention", "full_attention", "mlp"],
+    ("nemotron_h", {"layers_block_type": ["mlp", LIN, LIN, FULL, "mlp"],
                     "num_key_value_heads": 4, "n_groups": 3, "mamba_num_heads": 3, "mamba_head_dim": 16}),
     ("bamba", {"attn_layer_indices": [0, 2], "num_hidden_layers": 4, "mamba_n_groups": 1,
                "mamba_n_heads": 4, "num_key_value_heads": 4}),
