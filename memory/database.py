@@ -41,6 +41,8 @@ T = TypeVar("T")
 
 BUSY_TIMEOUT_S = 10.0  # SQLite's own wait for the lock, per statement
 RETRY_BUDGET_S = 120.0  # our retries on top, per operation, before StoreBusyError
+SQLITE_PAGE_SIZE = 65536
+WAL_SIZE_LIMIT = 64 << 20  # after a checkpoint the log file is cut back to this
 WRITE_OPTION = "hybrid_agent_write"  # execution option: this transaction will write
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _MIGRATIONS = Path(__file__).with_name("migrations")
@@ -63,7 +65,7 @@ def normalize_url(url: str | Path | None) -> URL:
     return make_url(url)
 
 
-def _sqlite_file(url: URL) -> Path | None:
+def sqlite_file(url: URL) -> Path | None:
     db = url.database
     if not db or db == ":memory:" or db.startswith("file:"):
         return None
@@ -88,7 +90,7 @@ def check_sqlite_file(path: Path) -> None:
 def create_store_engine(url: URL) -> Engine:
     if url.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
-    path = _sqlite_file(url)
+    path = sqlite_file(url)
     if path is not None:
         check_sqlite_file(path)
         try:
@@ -107,6 +109,11 @@ def create_store_engine(url: URL) -> Engine:
             # Per-connection settings only: none of them writes to the file. WAL (which does) is
             # switched on by `migrate`, after the file has been found to be ours.
             cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            # Only takes effect when the file is created: 64 KiB pages halve the cost of writing
+            # multi-MiB chunks (16x fewer overflow pages and WAL frames than the 4 KiB default).
+            cursor.execute(f"PRAGMA page_size = {SQLITE_PAGE_SIZE}")
+            cursor.execute("PRAGMA wal_autocheckpoint = 0")  # memory/wal.py checkpoints off the commit path
+            cursor.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
             cursor.execute("PRAGMA synchronous = FULL")
             cursor.execute("PRAGMA foreign_keys = ON")
         finally:

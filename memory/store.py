@@ -18,12 +18,13 @@ from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from memory import blobs
+from memory import blobs, database
 from memory.database import WRITE_OPTION, create_store_engine, migrate, normalize_url, retry_busy, translate
 from memory.queries import copy_rows, now, session_info, session_row, snapshot_row, utc
 from memory.records import Event, FileChange, FileEdit, Page, SaveStats, SessionInfo, Snapshot, TurnInfo
 from memory.schema import EventRow, FileChangeRow, SessionRow, SnapshotRow, StatePage
 from memory.turns import prepare_turn, read_snapshot, write_turn
+from memory.wal import WalCheckpointer
 
 T = TypeVar("T")
 
@@ -44,6 +45,8 @@ class Store:
         self.url = normalize_url(url)
         self._where = self.url.render_as_string(hide_password=True)
         self._engine: Engine = create_store_engine(self.url)
+        path = database.sqlite_file(self.url)
+        self._checkpointer = None if path is None else WalCheckpointer(path, database.BUSY_TIMEOUT_S)
         try:
             self._run(lambda: migrate(self._engine, self._where), "opening the database")
         except BaseException:
@@ -57,7 +60,15 @@ class Store:
     # -- plumbing ---------------------------------------------------------------------------------
 
     def close(self) -> None:
-        self._engine.dispose()
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+        self._engine.dispose()  # SQLite checkpoints the log when its last connection closes
+
+    def checkpoint(self) -> None:
+        """SQLite: copy the write-ahead log into the database file now and truncate it (normally a
+        background thread does this after each write). Other backends: nothing to do."""
+        if self._checkpointer is not None:
+            self._run(self._checkpointer.run_now, "checkpointing the database")
 
     def __enter__(self) -> Store:
         return self
@@ -86,7 +97,10 @@ class Store:
             with self._write() as s, s.begin():
                 return fn(s)
 
-        return self._run(attempt, what)
+        result = self._run(attempt, what)
+        if self._checkpointer is not None:
+            self._checkpointer.poke()
+        return result
 
     # -- sessions ---------------------------------------------------------------------------------
 

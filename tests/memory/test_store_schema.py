@@ -120,11 +120,26 @@ def test_default_database_lives_under_xdg_data_home(tmp_path: Path, monkeypatch:
 def test_sqlite_pragmas_wal_foreign_keys_full_sync(sqlite_path: Path) -> None:
     with Store(sqlite_path) as store, store._engine.connect() as conn:
         pragmas = {p: conn.exec_driver_sql(f"PRAGMA {p}").scalar() for p in
-                   ("journal_mode", "foreign_keys", "synchronous", "busy_timeout")}  # fmt: skip
+                   ("journal_mode", "foreign_keys", "synchronous", "busy_timeout", "page_size",
+                    "wal_autocheckpoint")}  # fmt: skip
     assert pragmas["journal_mode"] == "wal"
     assert pragmas["foreign_keys"] == 1
     assert pragmas["synchronous"] == 2  # FULL
     assert pragmas["busy_timeout"] >= 1000
+    assert pragmas["page_size"] == 65536
+    assert pragmas["wal_autocheckpoint"] == 0  # memory/wal.py checkpoints off the commit path
+
+
+def test_write_ahead_log_is_checkpointed_into_the_file(sqlite_path: Path) -> None:
+    wal = sqlite_path.with_name(sqlite_path.name + "-wal")
+    with Store(sqlite_path) as store:
+        sid = store.create_session("t", "/w", "fp").id
+        store.save_turn(sid, 1, events=[], recurrent={"x": torch.randn(1 << 20)}, n_tokens=1)
+        assert wal.stat().st_size > 4 << 20  # the 4 MiB turn is durable in the log
+        store.checkpoint()
+        assert wal.stat().st_size == 0  # copied into the main file, log truncated
+        assert sqlite_path.stat().st_size > 4 << 20
+        assert store.load_snapshot(sid).recurrent["x"].numel() == 1 << 20
 
 
 def test_migrations_ship_inside_the_package() -> None:
