@@ -4,8 +4,8 @@ Design choices:
 - Per layer, a `LayerState` holds fixed-size `recurrent` tensors (conv windows, SSM / delta-rule
   states; always fp32 so a long session does not drift) and a growing attention `cache` whose tensors
   have a token axis, with `pos`: the absolute position of each cached token.
-- The layout of every layer kind is a `StateSpec` derived from the config alone (`STATE_SPECS`), so a
-  state can be validated against a config without building the model.
+- The layout of every layer kind is a `StateSpec` derived from the config alone (model/state_layout.py),
+  so a state can be validated against a config without building the model.
 - Window policy: a query at absolute position q sees keys j <= q with j > q - window, plus the first
   `sinks` tokens. After each call the cache keeps the sinks and the last `window` tokens (and every
   token at or after `keep_from`, so a snapshot can still save pages that left the window since the
@@ -17,7 +17,6 @@ Design choices:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -25,74 +24,25 @@ from torch import Tensor
 
 from model.config import HybridConfig
 from model.errors import StateMismatchError
+from model.state_layout import (  # re-exported: the layout is part of the state's API
+    STATE_SPECS,
+    TOKEN_AXIS,
+    StateSpec,
+    empty_shape,
+    state_layout,
+    token_axes,
+    token_axis,
+)
 
-TOKEN_AXIS = -1  # placeholder for the token axis in a cache shape
-
-
-@dataclass(frozen=True)
-class StateSpec:
-    """Shapes (without the batch axis) of one layer's state. Cache shapes mark the token axis with -1."""
-
-    recurrent: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    cache: dict[str, tuple[int, ...]] = field(default_factory=dict)
-
-
-def _attention_spec(cfg: HybridConfig) -> StateSpec:
-    a = cfg.attention
-    assert a.n_kv_heads and a.head_dim
-    kv = (a.n_kv_heads, TOKEN_AXIS, a.head_dim)  # stored (B, Hkv, L, Dh): the layout SDPA reads
-    return StateSpec(cache={"k": kv, "v": kv})
-
-
-def _mamba2_spec(cfg: HybridConfig) -> StateSpec:
-    m = cfg.mamba2
-    assert m.head_dim and m.d_state
-    return StateSpec(
-        recurrent={
-            "conv": (cfg.mamba2_conv_dim, m.d_conv - 1),
-            "ssm": (cfg.mamba2_heads, m.head_dim, m.d_state),
-        }
-    )
-
-
-def _gated_deltanet_spec(cfg: HybridConfig) -> StateSpec:
-    g = cfg.gated_deltanet
-    assert g.n_v_heads and g.head_k_dim and g.head_v_dim
-    return StateSpec(
-        recurrent={
-            "conv": (cfg.gdn_conv_dim, g.d_conv - 1),
-            "recurrent": (g.n_v_heads, g.head_k_dim, g.head_v_dim),  # key-first, as the kernels keep it
-        }
-    )
-
-
-def _mla_spec(cfg: HybridConfig) -> StateSpec:
-    la = cfg.mla
-    assert la.kv_lora_rank and la.qk_rope_head_dim
-    # Only the compressed latent (after kv_a_layernorm) and the shared RoPE key (after RoPE): model/mla.py.
-    return StateSpec(
-        cache={"latent": (TOKEN_AXIS, la.kv_lora_rank), "k_rope": (TOKEN_AXIS, la.qk_rope_head_dim)}
-    )
-
-
-def _parallel_spec(cfg: HybridConfig) -> StateSpec:
-    attention = _mla_spec(cfg) if cfg.parallel_attention == "mla" else _attention_spec(cfg)
-    return StateSpec(recurrent=_mamba2_spec(cfg).recurrent, cache=attention.cache)
-
-
-# The state layout of each layer kind (see config.LAYER_TYPES).
-STATE_SPECS: dict[str, Callable[[HybridConfig], StateSpec]] = {
-    "attention": _attention_spec,
-    "mamba2": _mamba2_spec,
-    "gated_deltanet": _gated_deltanet_spec,
-    "parallel": _parallel_spec,
-    "mlp": lambda cfg: StateSpec(),
-    "mla": _mla_spec,
-}
-
-
-def state_layout(cfg: HybridConfig) -> tuple[tuple[str, StateSpec], ...]:
-    return tuple((kind, STATE_SPECS[kind](cfg)) for kind in cfg.layer_types)
+__all__ = [
+    "STATE_SPECS",
+    "TOKEN_AXIS",
+    "LayerState",
+    "ModelState",
+    "StateSpec",
+    "attention_policy",
+    "state_layout",
+]
 
 
 def attention_policy(cfg: HybridConfig, window: int | None, sinks: int) -> tuple[int | None, int]:
@@ -105,19 +55,6 @@ def attention_policy(cfg: HybridConfig, window: int | None, sinks: int) -> tuple
     if not windows:
         return None, 0
     return min(windows), max(sinks, cfg.attention.sink_tokens)
-
-
-def _empty(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """A cache shape holding no token."""
-    return tuple(0 if d == TOKEN_AXIS else d for d in shape)
-
-
-def _token_axis(shape: tuple[int, ...]) -> int:
-    return 1 + shape.index(TOKEN_AXIS)  # +1 for the batch axis
-
-
-def _axes(spec: StateSpec) -> dict[str, int]:
-    return {n: _token_axis(s) for n, s in spec.cache.items()}
 
 
 @dataclass
@@ -221,11 +158,11 @@ class ModelState:
                 for n, s in spec.recurrent.items()
             }
             cache = {
-                n: torch.zeros(batch_size, *_empty(s), device=device, dtype=dtype)
+                n: torch.zeros(batch_size, *empty_shape(s), device=device, dtype=dtype)
                 for n, s in spec.cache.items()
             }
             pos = torch.zeros(0, dtype=torch.long, device=device) if spec.cache else None
-            layers.append(LayerState(rec, cache, pos, _axes(spec)))
+            layers.append(LayerState(rec, cache, pos, token_axes(spec)))
         w, s = attention_policy(cfg, window, sinks)
         return cls(layers, layout, window=w, sinks=s)
 
@@ -310,7 +247,7 @@ class ModelState:
                 continue
             idx = ((ls.pos >= start) & (ls.pos < end)).nonzero().squeeze(1)  # (L',)
             for n, s in spec.cache.items():
-                out[f"layers.{i}.{n}"] = ls.cache[n].index_select(_token_axis(s), idx)
+                out[f"layers.{i}.{n}"] = ls.cache[n].index_select(token_axis(s), idx)
             out[f"layers.{i}.pos"] = ls.pos[idx]
         return out
 
@@ -388,7 +325,7 @@ class ModelState:
                 )
             idx = order[where]  # (N,) index into the concatenated pages
             for n, shape in spec.cache.items():
-                ax = _token_axis(shape)
+                ax = token_axis(shape)
                 if parts:
                     full = torch.cat([p[f"layers.{i}.{n}"] for p in parts], dim=ax)
                     tensors[f"layers.{i}.{n}"] = full.index_select(ax, idx.to(full.device))
@@ -396,7 +333,7 @@ class ModelState:
             if not parts:  # nothing needed and no page: an empty cache shaped like the spec
                 batch = next((t.shape[0] for k, t in recurrent.items() if k.startswith("layers.")), 1)
                 for n, shape in spec.cache.items():
-                    tensors[f"layers.{i}.{n}"] = torch.zeros(batch, *_empty(shape))
+                    tensors[f"layers.{i}.{n}"] = torch.zeros(batch, *empty_shape(shape))
         return cls.from_tensors(tensors, cfg)
 
     # ---- helpers ---------------------------------------------------------------------------------
@@ -436,11 +373,11 @@ class ModelState:
             cache = {n: t[f"layers.{i}.{n}"].clone() for n in spec.cache}
             pos = t[f"layers.{i}.pos"].long().clone() if spec.cache else None
             if pos is not None:
-                lengths = {cache[n].shape[_token_axis(s)] for n, s in spec.cache.items()}
+                lengths = {cache[n].shape[token_axis(s)] for n, s in spec.cache.items()}
                 if lengths != {len(pos)} or (len(pos) and int(pos.max()) >= n_tokens):
                     raise StateMismatchError(
                         f"layer {i}: cache holds {lengths} tokens but pos lists {len(pos)} "
                         f"(positions must be < n_tokens={n_tokens}); the state is corrupt"
                     )
-            layers.append(LayerState(rec, cache, pos, _axes(spec)))
+            layers.append(LayerState(rec, cache, pos, token_axes(spec)))
         return cls(layers, layout, n_tokens=n_tokens, window=window, sinks=sinks)

@@ -1,0 +1,94 @@
+"""The layout of each layer kind's state, derived from the config alone.
+
+A `StateSpec` gives the shapes (without the batch axis) of a layer's fixed-size `recurrent` tensors and
+of its attention `cache` tensors, whose token axis is marked `TOKEN_AXIS`. `ModelState` validates
+tensors against it without building the model. Adding a layer kind = one entry in `STATE_SPECS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from model.config import HybridConfig
+
+TOKEN_AXIS = -1  # placeholder for the token axis in a cache shape
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """Shapes (without the batch axis) of one layer's state. Cache shapes mark the token axis with -1."""
+
+    recurrent: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    cache: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+def _attention_spec(cfg: HybridConfig) -> StateSpec:
+    a = cfg.attention
+    assert a.n_kv_heads and a.head_dim
+    kv = (a.n_kv_heads, TOKEN_AXIS, a.head_dim)  # stored (B, Hkv, L, Dh): the layout SDPA reads
+    return StateSpec(cache={"k": kv, "v": kv})
+
+
+def _mamba2_spec(cfg: HybridConfig) -> StateSpec:
+    m = cfg.mamba2
+    assert m.head_dim and m.d_state
+    return StateSpec(
+        recurrent={
+            "conv": (cfg.mamba2_conv_dim, m.d_conv - 1),
+            "ssm": (cfg.mamba2_heads, m.head_dim, m.d_state),
+        }
+    )
+
+
+def _gated_deltanet_spec(cfg: HybridConfig) -> StateSpec:
+    g = cfg.gated_deltanet
+    assert g.n_v_heads and g.head_k_dim and g.head_v_dim
+    return StateSpec(
+        recurrent={
+            "conv": (cfg.gdn_conv_dim, g.d_conv - 1),
+            "recurrent": (g.n_v_heads, g.head_k_dim, g.head_v_dim),  # key-first, as the kernels keep it
+        }
+    )
+
+
+def _mla_spec(cfg: HybridConfig) -> StateSpec:
+    la = cfg.mla
+    assert la.kv_lora_rank and la.qk_rope_head_dim
+    # Only the compressed latent (after kv_a_layernorm) and the shared RoPE key (after RoPE): model/mla.py.
+    return StateSpec(
+        cache={"latent": (TOKEN_AXIS, la.kv_lora_rank), "k_rope": (TOKEN_AXIS, la.qk_rope_head_dim)}
+    )
+
+
+def _parallel_spec(cfg: HybridConfig) -> StateSpec:
+    attention = _mla_spec(cfg) if cfg.parallel_attention == "mla" else _attention_spec(cfg)
+    return StateSpec(recurrent=_mamba2_spec(cfg).recurrent, cache=attention.cache)
+
+
+# The state layout of each layer kind (see config.LAYER_TYPES).
+STATE_SPECS: dict[str, Callable[[HybridConfig], StateSpec]] = {
+    "attention": _attention_spec,
+    "mamba2": _mamba2_spec,
+    "gated_deltanet": _gated_deltanet_spec,
+    "parallel": _parallel_spec,
+    "mlp": lambda cfg: StateSpec(),
+    "mla": _mla_spec,
+}
+
+
+def state_layout(cfg: HybridConfig) -> tuple[tuple[str, StateSpec], ...]:
+    return tuple((kind, STATE_SPECS[kind](cfg)) for kind in cfg.layer_types)
+
+
+def empty_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A cache shape holding no token."""
+    return tuple(0 if d == TOKEN_AXIS else d for d in shape)
+
+
+def token_axis(shape: tuple[int, ...]) -> int:
+    return 1 + shape.index(TOKEN_AXIS)  # +1 for the batch axis
+
+
+def token_axes(spec: StateSpec) -> dict[str, int]:
+    return {n: token_axis(s) for n, s in spec.cache.items()}
