@@ -9,8 +9,10 @@ Design choices:
 - Window policy: a query at absolute position q sees keys j <= q with j > q - window, plus the first
   `sinks` tokens. After each call the cache keeps the sinks and the last `window` tokens (and every
   token at or after `keep_from`, so a snapshot can still save pages that left the window since the
-  last one); everything else is evicted. Positions stay absolute, so prefill in chunks sees exactly
-  the keys a one-shot prefill sees.
+  last one); the rest is evicted, in batches of `evict_slack` tokens so that decode does not move the
+  window every token (stale tokens are masked, never seen). Positions stay absolute, so prefill in
+  chunks sees exactly the keys a one-shot prefill sees.
+- Cache tensors are views into storage with room to grow: appending T tokens copies T tokens.
 - Flat names for storage: `n_tokens`, `window` (-1 = none), `sinks`, `layers.{i}.{name}` for each
   recurrent and cache tensor and `layers.{i}.pos`. `from_tensors` is the exact inverse of `to_tensors`.
 """
