@@ -1,0 +1,269 @@
+"""Snapshot store benchmark: save/load latency and MB/s for an OLMo-Hybrid-7B-sized state, against a
+plain file in the same run, and bytes written per turn early vs late in one long session.
+
+State (per the issue): 24 Gated DeltaNet layers, each a (1, 30, 96, 192) fp32 recurrent state plus
+bf16 short-conv states for q, k (30*96 channels) and v (30*192 channels) with kernel 4 (3 kept);
+8 attention layers with 30 KV heads x 128 dims in bf16; each turn adds a cache page of
+`--page-tokens` tokens (default 4,096) per attention layer.
+
+Baseline: the same tensors through `safetensors.torch.save` -> write -> fsync to a plain file, and
+back with read -> `safetensors.torch.load`. The store additionally hashes every chunk (sha256, on
+write and on every read) and commits durably (SQLite WAL, synchronous=FULL).
+
+Growth: one session of `--growth-turns` turns with smaller pages (`--growth-page-tokens`, to keep the
+run short; the recurrent state is full size). Per sampled turn: the store's logical bytes
+(SaveStats.bytes_written) and the bytes the process actually wrote (/proc/self/io wchar: WAL + the
+checkpoint into the main file).
+
+    .venv/bin/python bench/snapshot.py            # writes bench/results/snapshot.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import alembic
+import safetensors
+import safetensors.torch
+import sqlalchemy
+
+from memory import Page, Store
+from memory.blobs import prepare_blob
+from memory.codec import tensors_to_bytes
+
+GDN_LAYERS, ATTN_LAYERS = 24, 8
+HEADS, DK, DV, CONV_KEEP = 30, 96, 192, 3
+KV_HEADS, HEAD_DIM = 30, 128
+MB = 1e6
+
+
+def recurrent_state(turn: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(turn)
+    out: dict[str, torch.Tensor] = {}
+    for i in range(GDN_LAYERS):
+        out[f"layers.{i}.recurrent"] = torch.randn(1, HEADS, DK, DV, generator=g)
+        for name, dim in (("q", HEADS * DK), ("k", HEADS * DK), ("v", HEADS * DV)):
+            out[f"layers.{i}.conv_{name}"] = torch.randn(1, dim, CONV_KEEP, generator=g).to(torch.bfloat16)
+    return out
+
+
+def cache_page(start: int, tokens: int) -> Page:
+    g = torch.Generator().manual_seed(10_000 + start)
+    tensors = {}
+    for i in range(ATTN_LAYERS):
+        for kv in ("k", "v"):
+            tensors[f"layers.{GDN_LAYERS + i}.{kv}"] = torch.randn(
+                1, KV_HEADS, tokens, HEAD_DIM, generator=g, dtype=torch.bfloat16
+            )
+    return Page(start, start + tokens, tensors)
+
+
+def nbytes(tensors: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def wchar() -> int:
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("wchar:"))
+
+
+def plain_file_roundtrip(path: Path, tensors: list[dict[str, torch.Tensor]]) -> tuple[float, float]:
+    """Seconds to write (serialise + write + fsync) and to read back (read + deserialise)."""
+    t0 = time.perf_counter()
+    for i, t in enumerate(tensors):
+        data = safetensors.torch.save(t)
+        with open(path.with_suffix(f".{i}"), "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    fd = os.open(path.parent, os.O_RDONLY)  # the new directory entries, as a durable write needs
+    os.fsync(fd)
+    os.close(fd)
+    t1 = time.perf_counter()
+    for i in range(len(tensors)):
+        safetensors.torch.load(path.with_suffix(f".{i}").read_bytes())
+    t2 = time.perf_counter()
+    return t1 - t0, t2 - t1
+
+
+def sha256_mbps() -> float:
+    """This CPU's single-thread sha256 speed: the store hashes every byte on save and on load."""
+    data = os.urandom(64 << 20)
+    t0 = time.perf_counter()
+    hashlib.sha256(data).digest()
+    return len(data) / MB / (time.perf_counter() - t0)
+
+
+def bench_latency(workdir: Path, page_tokens: int, repeats: int) -> dict[str, float]:
+    store = Store(workdir / "latency.db")
+    sid = store.create_session("bench", "/w", "fp").id
+    times: dict[str, list[float]] = {k: [] for k in ("save", "ser", "sha", "ckpt", "load", "fwrite", "fread")}
+    size = 0
+    for turn in range(1, repeats + 1):
+        rec, page = recurrent_state(turn), cache_page((turn - 1) * page_tokens, page_tokens)
+        size = nbytes(rec) + nbytes(page.tensors)
+        # The two CPU stages of save_turn, timed alone on the same tensors.
+        t0 = time.perf_counter()
+        raw = [tensors_to_bytes(rec), tensors_to_bytes(page.tensors)]
+        t1 = time.perf_counter()
+        for b in raw:
+            prepare_blob(b)
+        times["ser"].append(t1 - t0)
+        times["sha"].append(time.perf_counter() - t1)
+        del raw
+        t0 = time.perf_counter()
+        store.save_turn(sid, turn, events=[], recurrent=rec, pages=[page], n_tokens=turn * page_tokens)
+        times["save"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        store.checkpoint()  # normally on the background thread; here so that it does not disturb the load
+        times["ckpt"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        snap = store.load_snapshot(sid, window=page_tokens)  # this turn's state + its page = same bytes
+        times["load"].append(time.perf_counter() - t0)
+        assert len(snap.pages) == 1
+        assert torch.equal(snap.pages[0].tensors["layers.24.k"], page.tensors["layers.24.k"])
+        del snap
+        w, r = plain_file_roundtrip(workdir / f"plain{turn}", [rec, page.tensors])
+        times["fwrite"].append(w)
+        times["fread"].append(r)
+    store.close()
+    m = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "turn_bytes": size,
+        "repeats": repeats,
+        "save_s": m["save"],
+        "save_serialize_s": m["ser"],
+        "save_sha256_s": m["sha"],
+        "checkpoint_s": m["ckpt"],
+        "load_s": m["load"],
+        "file_write_s": m["fwrite"],
+        "file_read_s": m["fread"],
+        "save_ratio": m["save"] / m["fwrite"],
+        "load_ratio": m["load"] / m["fread"],
+    }
+
+
+def bench_growth(workdir: Path, page_tokens: int, turns: int, samples: set[int]) -> list[dict[str, float]]:
+    store = Store(workdir / "growth.db")
+    sid = store.create_session("growth", "/w", "fp").id
+    rows = []
+    rec = recurrent_state(0)
+    for turn in range(1, turns + 1):
+        # A new recurrent state each turn (as a real turn has): perturb one element so the blob differs.
+        rec["layers.0.recurrent"].view(-1)[0] = float(turn)
+        page = cache_page((turn - 1) * page_tokens, page_tokens)
+        before, t0 = wchar(), time.perf_counter()
+        stats = store.save_turn(
+            sid, turn, events=[], recurrent=rec, pages=[page], n_tokens=turn * page_tokens
+        )
+        elapsed = time.perf_counter() - t0
+        store.checkpoint()  # the copy from the log into the main file is this turn's too
+        written = wchar() - before
+        if turn in samples:
+            size = (workdir / "growth.db").stat().st_size
+            row = {"turn": turn, "logical_bytes": stats.bytes_written, "wchar_bytes": written}
+            rows.append(row | {"save_s": elapsed, "db_file_bytes": size})
+    store.close()
+    return rows
+
+
+def report(
+    lat: dict[str, float], growth: list[dict[str, float]], args: argparse.Namespace, sha: float
+) -> None:
+    rec_mb, page_mb = nbytes(recurrent_state(0)) / MB, nbytes(cache_page(0, args.page_tokens).tensors) / MB
+    size = lat["turn_bytes"] / MB
+    print(
+        f"one turn: recurrent {rec_mb:.1f} MB + {args.page_tokens}-token cache page {page_mb:.1f} MB", end=""
+    )
+    print(f" = {size:.1f} MB")
+    print(f"this CPU: sha256 {sha:.0f} MB/s on one core (the store hashes every byte on save and on load)\n")
+    rows = [
+        ("save (durable commit)", lat["save_s"], lat["file_write_s"], lat["save_ratio"]),
+        ("  serialise (safetensors)", lat["save_serialize_s"], None, None),
+        ("  sha256 of the chunks", lat["save_sha256_s"], None, None),
+        ("  database (rest)", lat["save_s"] - lat["save_serialize_s"] - lat["save_sha256_s"], None, None),
+        ("WAL checkpoint (background)", lat["checkpoint_s"], None, None),
+        ("load (read + verify)", lat["load_s"], lat["file_read_s"], lat["load_ratio"]),
+    ]
+    print(f"{'':30}{'store s':>9}{'MB/s':>7}{'plain file s':>14}{'MB/s':>7}{'ratio':>7}")
+    for name, store_s, file_s, ratio in rows:
+        line = f"{name:30}{store_s:9.2f}"
+        if file_s is not None and ratio is not None:
+            line += f"{size / store_s:7.0f}{file_s:14.2f}{size / file_s:7.0f}{ratio:7.2f}"
+        print(line)
+    print(f"\nbytes written per turn, one session of {args.growth_turns} turns,", end="")
+    print(f" {args.growth_page_tokens}-token pages:")
+    print(f"{'turn':>6}{'logical MB':>12}{'written MB':>12}{'save s':>9}{'db file MB':>12}")
+    for r in growth:
+        print(
+            f"{r['turn']:6}{r['logical_bytes'] / MB:12.2f}{r['wchar_bytes'] / MB:12.2f}{r['save_s']:9.2f}"
+            f"{r['db_file_bytes'] / MB:12.0f}"
+        )
+    first, last = growth[0], growth[-1]
+    logical, written = (last[k] / first[k] for k in ("logical_bytes", "wchar_bytes"))
+    print(f"turn {last['turn']} / turn {first['turn']}: logical {logical:.3f}, written {written:.3f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--page-tokens", type=int, default=4096)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--growth-turns", type=int, default=200)
+    ap.add_argument("--growth-page-tokens", type=int, default=64)
+    ap.add_argument("--dir", type=Path, default=None, help="where the databases go (default: a temp dir)")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "snapshot.json")
+    args = ap.parse_args()
+    torch.set_num_threads(min(4, os.cpu_count() or 1))
+    workdir = Path(tempfile.mkdtemp(prefix="snapshot-bench-", dir=args.dir))
+    n = args.growth_turns
+    try:
+        sha = sha256_mbps()
+        lat = bench_latency(workdir, args.page_tokens, args.repeats)
+        growth = bench_growth(workdir, args.growth_page_tokens, n, {1, 2, 3, n // 4, n // 2, n - 1, n})
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    report(lat, growth, args, sha)
+
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?")
+    result = {
+        "benchmark": "snapshot",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "device": f"CPU: {cpu} ({os.cpu_count()} cores visible, shared)",
+        "disk_dir": str(workdir.parent),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "sqlalchemy": sqlalchemy.__version__,
+            "alembic": alembic.__version__,
+            "safetensors": safetensors.__version__,
+            "sqlite": sqlite3.sqlite_version,
+        },
+        "config": vars(args) | {"dir": str(args.dir), "out": str(args.out)},
+        "sha256_MBps_one_core": sha,
+        "latency": lat,
+        "growth": growth,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
