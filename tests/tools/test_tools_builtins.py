@@ -232,3 +232,11 @@ def test_grep_caps_results(registry, sandbox):
     (sandbox.ws / "many.txt").write_text("hit\n" * 500)
     res = registry.call("grep", {"pattern": "hit", "max_results": 7})
     assert len(res.data["matches"]) == 7 and res.data["truncated"] and "[cut at 7 matches" in res.text
+
+
+def test_edit_crlf_file_hint(registry, sandbox):
+    (sandbox.ws / "win.txt").write_bytes(b"one\r\ntwo\r\n")
+    res = registry.call("edit_file", {"path": "win.txt", "old_string": "one\ntwo", "new_string": "x"})
+    assert res.is_error and "Windows line endings, \\r\\n" in res.text
+    res = registry.call("edit_file", {"path": "win.txt", "old_string": "one\r\ntwo", "new_string": "1\r\n2"})
+    assert not res.is_error and (sandbox.ws / "win.txt").read_bytes() == b"1\r\n2\r\n"

@@ -209,7 +209,9 @@ class EditFile(Tool):
         hits = _occurrences(text, args.old_string)
         if not hits:
             hint = ""
-            if " ".join(args.old_string.split()) in " ".join(text.split()):
+            if "\r\n" in text and "\n" in args.old_string and "\r\n" not in args.old_string:
+                hint = " (the file has Windows line endings, \\r\\n: include them in old_string)"
+            elif " ".join(args.old_string.split()) in " ".join(text.split()):
                 hint = " (it does occur with different whitespace or indentation: copy it exactly)"
             raise ToolError(f"old_string was not found in {rel}{hint}; nothing was changed")
         if len(hits) > 1:
