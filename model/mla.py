@@ -8,7 +8,8 @@ value v = W_uv c_kv (dv = v_head_dim), where kv_b_proj = [W_uk; W_uv] per head.
 Design choices:
 - The cache holds `latent` (B, L, C) and `k_rope` (B, L, R) only: C + R numbers per token and layer,
   against 2 * Hkv * Dh for grouped-query attention. Keys are cached after RoPE, positions are
-  absolute, so chunked prefill sees exactly what a one-shot prefill sees (as in model/attention.py).
+  absolute, so chunked prefill sees exactly what a one-shot prefill sees; appending and the window
+  are ModelState's (`append_cache`, `evict`), shared with model/attention.py.
 - Two equal ways to attend. Decompressed: expand every cached latent to per-head k_nope and v with
   kv_b_proj, then ordinary attention. Absorbed: fold W_uk into the query (q_nope W_uk, width C) and
   W_uv into the output, so the scores and the weighted sum run over the latents directly, as
@@ -93,12 +94,9 @@ class MLA(nn.Module):
         q_rope = self._rope(q_rope, pos)
         k_rope = self._rope(k_rope[:, :, None], pos)[:, :, 0]  # (B, T, R)
 
-        assert layer.pos is not None
-        cache = layer.cache
-        latents = torch.cat((cache["latent"], latent.to(cache["latent"].dtype)), dim=1)  # (B, L, C)
-        keys_rope = torch.cat((cache["k_rope"], k_rope.to(cache["k_rope"].dtype)), dim=1)  # (B, L, R)
-        key_pos = torch.cat((layer.pos, pos))  # (L,)
-        cache["latent"], cache["k_rope"], layer.pos = latents, keys_rope, key_pos
+        state.append_cache(layer, {"latent": latent, "k_rope": k_rope}, pos)  # cast to the cache dtype
+        latents, keys_rope, key_pos = layer.cache["latent"], layer.cache["k_rope"], layer.pos  # (B, L, C|R)
+        assert key_pos is not None
 
         mask = None
         if T > 1 or state.window is not None:
