@@ -7,8 +7,9 @@ Design choices:
 - The model is built on the meta device (no memory, no random init), given real storage in the
   target dtype and device with `to_empty`, then filled one tensor at a time from the shards
   (model/checkpoints/shards.py): host memory peaks at the model plus about one tensor.
-- The fingerprint is a sha256 of our config, the target dtype, and every checkpoint tensor's name,
-  dtype, shape and bytes, fed as the bytes stream past: the weights are read once, never re-hashed.
+- The fingerprint is a sha256 of our config, the target dtype, and the sha256 of every checkpoint
+  tensor (name, dtype, shape, bytes) in name order, so it does not depend on how the checkpoint is
+  sharded. Each tensor is hashed as its bytes stream past: the weights are read once, never re-hashed.
 - A Hub id is fetched with `huggingface_hub.snapshot_download` (weights, configs, tokenizer files
   only); offline, a clear error says how to point at a local folder.
 """
@@ -164,19 +165,21 @@ def load_weights(
         resolved[target] = hit if hit is not None else ([], Source((), lambda ts: torch.zeros(())))
     # Read in file order: one sequential pass over each shard.
     order = sorted(resolved, key=lambda t: _position(resolved[t][0], shards))
-    hasher = hashlib.sha256(f"hybrid-agent/1|{cfg.to_json()}|{dtype}|".encode())
-    hashed: set[str] = set()
+    digests: dict[str, str] = {}
     bar = _Progress(shards.nbytes, progress)
     try:
         for target in order:
             names, src = resolved[target]
-            _fill(params[target], names, src, shards, hasher, hashed, family, target)
+            _fill(params[target], names, src, shards, digests, family, target)
             bar.update(sum(shards.entries[n].nbytes for n in names))
     finally:
         bar.close()
         shards.close()
     model.eval()
-    model._fingerprint = hasher.hexdigest()  # what `model.fingerprint` returns, without re-reading
+    fingerprint = hashlib.sha256(f"hybrid-agent/1|{cfg.to_json()}|{dtype}|".encode())
+    for name in sorted(digests):
+        fingerprint.update(f"{name}={digests[name]}|".encode())
+    model._fingerprint = fingerprint.hexdigest()  # what `model.fingerprint` returns, without re-reading
     return model
 
 
@@ -192,15 +195,15 @@ def _fill(
     names: list[str],
     src: Source,
     shards: ShardSet,
-    hasher: Any,
-    hashed: set[str],
+    digests: dict[str, str],
     family: str,
     target: str,
 ) -> None:
     def read(name: str, out: Tensor | None = None) -> Tensor:
-        h = None if name in hashed else hasher
-        hashed.add(name)
-        return shards.read(name, h) if out is None else shards.read_into(name, out, h)
+        h = hashlib.sha256()
+        t = shards.read(name, h) if out is None else shards.read_into(name, out, h)
+        digests[name] = h.hexdigest()  # a tensor read twice (a tied head) hashes the same
+        return t
 
     data = param.data
     if src.build is None and names:

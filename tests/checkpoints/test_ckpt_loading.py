@@ -1,0 +1,181 @@
+"""load_model beyond parity: tokenizer and chat format, fingerprint, dtypes, shards, the state-spaces
+Mamba-2 format, native checkpoints, and the errors a user meets (bad folder, offline Hub id, unknown
+model_type, missing tensor, config that does not match the weights)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from model import CheckpointError, HybridConfig, HybridLM, load_model
+from model.chat import ChatMessage, JinjaChatFormat, NativeChatFormat
+from model.tokenizer import ByteTokenizer, Tokenizer
+
+REPO = Path(__file__).resolve().parents[2]
+IDS = torch.tensor([[5, 77, 123, 250, 9, 31, 64, 200, 17, 3, 99]])
+
+
+def logits_of(model: HybridLM) -> torch.Tensor:
+    return model(IDS, model.new_state())
+
+
+def test_tokenizer_and_chat_format_come_with_the_model(checkpoint):
+    folder, _ = checkpoint("mamba2")
+    _, tok, chat = load_model(folder)
+    assert isinstance(tok, Tokenizer)
+    assert isinstance(chat, JinjaChatFormat)
+    # generation_config.json's eos_token_id [256, 258] are the end-of-turn tokens.
+    assert set(chat.stop_strings) == {"<|endoftext|>", "<|im_end|>"}
+    seg = chat.segment([], [ChatMessage("user", "hi <|im_end|>")], system="be brief")
+    assert seg.text == (
+        "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nhi <|im_end|><|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    ids = seg.encode(tok)
+    assert ids.count(tok.token_id("<|im_start|>")) == 3
+    assert ids.count(tok.token_id("<|im_end|>")) == 2  # the user's own "<|im_end|>" stays plain text
+    # The next segment follows the assistant's raw text, which ends with its stop token.
+    nxt = chat.segment(
+        [ChatMessage("user", "hi <|im_end|>"), ChatMessage("assistant", "ok", raw="ok<|im_end|>")],
+        [ChatMessage("user", "more")],
+        system="be brief",
+    )
+    assert nxt.text == "\n<|im_start|>user\nmore<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_fingerprint_is_set_while_loading_and_tracks_weights_not_shards(checkpoint, tmp_path):
+    folder, hf = checkpoint("falcon_h1")
+    a, _, _ = load_model(folder)
+    assert a._fingerprint is not None  # computed during the single read of the weights
+    b, _, _ = load_model(folder)
+    assert a.fingerprint == b.fingerprint
+
+    sharded = tmp_path / "sharded"
+    hf.save_pretrained(sharded, max_shard_size="20KB")
+    assert (sharded / "model.safetensors.index.json").is_file()
+    c, _, _ = load_model(sharded)
+    assert c.fingerprint == a.fingerprint
+    assert torch.equal(logits_of(c), logits_of(a))
+
+    weights = load_file(str(folder / "model.safetensors"))
+    weights["model.final_layernorm.weight"][0] += 1.0
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    d, _, _ = load_model(folder)
+    assert d.fingerprint != a.fingerprint
+
+    e, _, _ = load_model(sharded, dtype=torch.bfloat16)
+    assert e.fingerprint != a.fingerprint  # a state computed in bf16 is not the fp32 model's
+
+
+def test_bfloat16_load_keeps_states_in_fp32(checkpoint):
+    folder, _ = checkpoint("bamba")
+    ref, _, _ = load_model(folder)
+    model, _, _ = load_model(folder, dtype=torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    state = model.new_state()
+    out = model(IDS, state)
+    assert {t.dtype for ls in state.layers for t in ls.recurrent.values()} == {torch.float32}
+    want = logits_of(ref)
+    assert float((out.float() - want).abs().max()) < 0.05 * float(want.abs().max())
+
+
+def test_state_spaces_mamba2_format(checkpoint, tmp_path):
+    """The original mamba_ssm layout: d_model / n_layer / ssm_cfg and `backbone.embedding`."""
+    folder, hf = checkpoint("mamba2")
+    c = hf.config
+    ss = tmp_path / "state-spaces"
+    ss.mkdir()
+    (ss / "config.json").write_text(json.dumps({
+        "d_model": c.hidden_size, "n_layer": c.num_hidden_layers, "vocab_size": c.vocab_size,
+        "d_intermediate": 0, "rms_norm": True, "residual_in_fp32": True, "fused_add_norm": True,
+        "pad_vocab_size_multiple": 1, "tie_embeddings": False, "attn_layer_idx": [],
+        "ssm_cfg": {"layer": "Mamba2", "d_state": c.state_size, "headdim": c.head_dim, "ngroups": c.n_groups,
+                    "chunk_size": c.chunk_size, "expand": c.expand},
+    }))  # fmt: skip
+    weights = load_file(str(folder / "model.safetensors"))
+    weights["backbone.embedding.weight"] = weights.pop("backbone.embeddings.weight")
+    save_file(weights, str(ss / "model.safetensors"))
+    model, tok, chat = load_model(ss)
+    assert isinstance(tok, ByteTokenizer) and isinstance(chat, NativeChatFormat)  # no tokenizer files there
+    with torch.no_grad():
+        want = hf(input_ids=IDS, use_cache=False).logits
+    got = logits_of(model)
+    assert float((got - want).abs().max()) <= 1e-4 * float(want.abs().max())
+
+
+def test_native_checkpoint_loads_through_load_model(tmp_path):
+    cfg = HybridConfig(vocab_size=267, d_model=32, layer_types=["mamba2", "attention"], init_std=0.2,
+                       attention={"n_heads": 4, "n_kv_heads": 2, "head_dim": 8},
+                       mamba2={"head_dim": 8, "d_state": 8}, mlp={"hidden_dim": 64})  # fmt: skip
+    torch.manual_seed(0)
+    ours = HybridLM(cfg).eval()
+    ours.save_pretrained(tmp_path)
+    model, tok, chat = load_model(tmp_path)
+    assert isinstance(tok, ByteTokenizer) and isinstance(chat, NativeChatFormat)
+    assert torch.equal(logits_of(model), logits_of(ours))
+    assert model.fingerprint == ours.fingerprint
+
+
+# ---- errors -------------------------------------------------------------------------------------------
+def test_missing_folder_says_what_to_pass(tmp_path):
+    with pytest.raises(CheckpointError, match="not a model folder"):
+        load_model(tmp_path / "nowhere" / "deeper")
+    with pytest.raises(CheckpointError, match=r"no config\.json"):
+        load_model(tmp_path)
+
+
+def test_hub_id_offline_says_how_to_use_a_local_folder(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    code = (
+        "from model import load_model, CheckpointError\n"
+        "try:\n    load_model('some-org/some-model')\n"
+        "except CheckpointError as e:\n    print('ERR', e)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ERR cannot load 'some-org/some-model'")
+    assert "offline" in out.stdout and "local-dir" in out.stdout and "load_model('DIR')" in out.stdout
+
+
+def test_unsupported_model_type_names_it_and_the_supported_ones(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 8}))
+    with pytest.raises(CheckpointError, match=r"'llama' is not supported.*bamba, falcon_h1, mamba2"):
+        load_model(tmp_path)
+
+
+def test_missing_tensor_names_family_and_tensor(checkpoint):
+    folder, _ = checkpoint("nemotron_h")
+    weights = load_file(str(folder / "model.safetensors"))
+    del weights["backbone.layers.1.mixer.k_proj.weight"]
+    save_file(weights, str(folder / "model.safetensors"))
+    name = "layers.1.mixer.k_proj.weight"
+    with pytest.raises(
+        CheckpointError, match=rf"nemotron_h checkpoint .* lacks the tensor backbone\.{name} or model\.{name}"
+    ):
+        load_model(folder)
+
+
+def test_config_that_does_not_match_the_weights(checkpoint):
+    folder, _ = checkpoint("olmo_hybrid")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["intermediate_size"] = 48
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"olmo_hybrid: tensor .*mlp.* has shape .* does not match"):
+        load_model(folder)
+
+
+def test_truncated_shard(checkpoint):
+    folder, _ = checkpoint("mamba2")
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) - 100])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_model(folder)
