@@ -109,6 +109,30 @@ def cmd_tui(args: argparse.Namespace) -> int:
 
 
 # ---- run -----------------------------------------------------------------------------------------
+def ask_on_terminal(request: Any) -> Any:
+    """Ask the person at the terminal about one tool call (stderr + stdin); blocking."""
+    from agent.events import ApprovalDecision
+
+    _say(f"[approve {request.tool} {json.dumps(request.arguments, ensure_ascii=False)}]")
+    for shown in (request.command and f"$ {request.command}", request.diff):
+        if shown:
+            _say(shown.rstrip("\n"))
+    sys.stderr.write("allow? [y]es, [n]o, [a]lways for this tool: ")
+    sys.stderr.flush()
+    answer = sys.stdin.readline().strip().lower()
+    if answer in ("a", "always"):
+        return ApprovalDecision(allow=True, always=True)
+    if answer in ("y", "yes"):
+        return ApprovalDecision(allow=True)
+    return ApprovalDecision(allow=False, reason="the user said no at the terminal")
+
+
+async def _ask_on_terminal(request: Any) -> Any:
+    import asyncio
+
+    return await asyncio.to_thread(ask_on_terminal, request)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.events import ErrorEvent, TextDelta, ToolCallRequested, ToolResultEvent, TurnEnd
     from agent.loop import Agent
@@ -118,6 +142,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         with _store(args) as store:
             options["resume"] = resolve_session_id(store, args.resume)
     options["mode"] = "auto" if args.yes else "ask"
+    if not args.yes and not args.json and sys.stdin.isatty():
+        options["approval"] = _ask_on_terminal  # else: every `ask` call is denied (use --yes)
     agent = Agent.open(**options)
     status = 0
     try:

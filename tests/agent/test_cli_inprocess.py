@@ -102,3 +102,23 @@ def test_errors(
     with pytest.raises(SystemExit) as usage:
         main(["run"])
     assert usage.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("typed", "allow", "always"), [("y\n", True, False), ("a\n", True, True), ("\n", False, False)]
+)
+def test_terminal_approval(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], typed: str,
+                           allow: bool, always: bool) -> None:  # fmt: skip
+    import io
+
+    from agent.commands import ask_on_terminal
+    from agent.events import ToolCallRequested
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(typed))
+    req = ToolCallRequested(
+        call_id="c", tool="write_file", arguments={"path": "a"}, diff="+x\n", needs_approval=True
+    )
+    decision = ask_on_terminal(req)
+    assert (decision.allow, decision.always) == (allow, always)
+    err = capsys.readouterr().err
+    assert "[approve write_file" in err and "+x" in err and "allow?" in err
