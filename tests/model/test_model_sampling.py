@@ -137,3 +137,15 @@ def test_prefill_in_chunks_gives_the_same_logits(make_model):
     one, chunked = prefill(model, ids, a, chunk_size=None), prefill(model, ids, b, chunk_size=5)
     assert a.n_tokens == b.n_tokens == len(ids)
     assert float((one - chunked).abs().max() / one.abs().max()) < 1e-4
+
+
+def test_stopping_early_leaves_a_consistent_state(make_model):
+    model = make_model(MIXED)
+    state = model.new_state()
+    gen = generate(model, ByteTokenizer(), state, PROMPT, max_new_tokens=50)
+    taken = [step.token_id for _, step in zip(range(3), gen, strict=False)]
+    assert len(taken) == 3 and state.n_tokens == len(PROMPT) + 3  # a cancelled turn: no token half-read
+    fresh = model.new_state()
+    prefill(model, PROMPT + taken, fresh)
+    probe = torch.tensor([[7]])
+    assert torch.allclose(model(probe, state), model(probe, fresh), rtol=1e-4, atol=1e-5)
