@@ -23,7 +23,9 @@ def default_model_dir() -> Path:
     return Path(model.__file__).resolve().parent / "default"
 
 
-def resolve_model_dir(path: str | Path | None) -> Path:
+def resolve_model_dir(path: str | Path | None) -> str:
+    """What to hand to `load_model`: the packaged default, a local folder, or a Hub id (`org/name`).
+    A local path that is not a model folder fails here, with one clear line, before anything loads."""
     if path is None:
         root = default_model_dir()
         if not (root / "config.json").is_file():
@@ -31,13 +33,18 @@ def resolve_model_dir(path: str | Path | None) -> Path:
                 f"no model given and no default model is installed ({root} has no config.json); "
                 "pass --model PATH (a directory with config.json and model.safetensors)"
             )
-        return root
-    root = Path(path).expanduser()
-    if not root.is_dir() or not (root / "config.json").is_file():
+        return str(root)
+    text = str(path)
+    local = Path(text).expanduser()
+    looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~")) and not local.exists()
+    if looks_like_hub_id:
+        return text
+    if not local.is_dir() or not (local / "config.json").is_file():
         raise ModelNotFoundError(
-            f"no model at {root}: --model takes a directory with config.json and model.safetensors"
+            f"no model at {local}: --model takes a directory with config.json and model weights "
+            "(or a Hugging Face Hub id like org/name)"
         )
-    return root
+    return str(local)
 
 
 def load_engine(
@@ -52,29 +59,15 @@ def load_engine(
     import torch
 
     from agent.engine import ModelEngine
-    from model.chat import ChatFormat, JinjaChatFormat, NativeChatFormat
-    from model.hybrid import HybridLM
-    from model.tokenizer import load_tokenizer
+    from model import load_model
 
-    root = resolve_model_dir(path)
+    where = resolve_model_dir(path)
     if seed is not None:
         torch.manual_seed(seed)
-    lm = HybridLM.from_pretrained(root, device=device)
-    tokenizer = load_tokenizer(root)
-    has_template = (root / "chat_template.jinja").is_file() or (
-        (root / "tokenizer_config.json").is_file()
-        and "chat_template" in (root / "tokenizer_config.json").read_text(encoding="utf-8")
-    )
-    chat: ChatFormat = JinjaChatFormat.from_pretrained(root) if has_template else NativeChatFormat()
+    lm, tokenizer, chat = load_model(where, device=device, progress=False)
+    name = Path(where).name if Path(where).is_dir() else where
     return ModelEngine(
-        lm,
-        tokenizer,
-        chat,
-        window=window,
-        sinks=sinks,
-        temperature=temperature,
-        seed=seed,
-        model_name=root.name,
+        lm, tokenizer, chat, window=window, sinks=sinks, temperature=temperature, seed=seed, model_name=name
     )
 
 
