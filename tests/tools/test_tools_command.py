@@ -103,3 +103,22 @@ def test_too_large_to_journal_is_reported(sandbox):
     res = reg.call("run_command", {"command": "echo y >> big.bin && echo small > s.txt"})
     assert res.data["not_undoable"] == ["big.bin"] and res.data["changed"] == ["s.txt"]
     assert "[changed files too large to undo: big.bin]" in res.text
+
+
+def test_background_child_holding_the_output_is_stopped(shell):
+    t0 = time.monotonic()
+    res = shell.call("run_command", {"command": "echo a; sleep 30 & echo b"})
+    assert time.monotonic() - t0 < 8
+    assert res.text.startswith("$ echo a; sleep 30 & echo b\na\nb\n[exit code 0]")
+    assert "[background processes still writing to the output were stopped]" in res.text
+    assert res.data["background_stopped"] and not res.is_error
+    # A daemon that redirects its output is left alone and does not delay the call.
+    t0 = time.monotonic()
+    res = shell.call("run_command", {"command": "sleep 1 > /dev/null 2>&1 & echo started"})
+    assert time.monotonic() - t0 < 1 and not res.data["background_stopped"]
+
+
+def test_timeout_also_when_the_command_closed_its_output(shell):
+    t0 = time.monotonic()
+    res = shell.call("run_command", {"command": "exec > /dev/null 2>&1; sleep 30", "timeout_s": 1})
+    assert "[timed out after 1 s; killed]" in res.text and time.monotonic() - t0 < 6

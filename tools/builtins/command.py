@@ -17,6 +17,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,18 +118,18 @@ class _Output:
         return self.head.decode("utf-8", "replace") + mid + tail.decode("utf-8", "replace")
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+def _stop_group(proc: subprocess.Popen[bytes], done: Callable[[], bool]) -> None:
     """SIGTERM the command's process group, SIGKILL whatever is left after a grace period."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
-            os.killpg(proc.pid, sig)
+            os.killpg(proc.pid, sig)  # the group outlives its leader while members remain
         except ProcessLookupError:
             return
-        try:
-            proc.wait(timeout=_GRACE_S)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+        deadline = time.monotonic() + _GRACE_S
+        while time.monotonic() < deadline:
+            if done():
+                return
+            time.sleep(0.02)
 
 
 class RunCommand(Tool):
@@ -187,20 +188,37 @@ class RunCommand(Tool):
             elif time.monotonic() > deadline:
                 stop_reason = f"timed out after {args.timeout_s} s"
             if stop_reason:
-                _kill_group(proc)
                 break
-        # A background child that left the group can keep the pipe open: do not wait for it forever.
-        reader.join(timeout=_GRACE_S)
-        proc.stdout.close()
+        background = False
+        reader.join(timeout=_GRACE_S if stop_reason is None else 0)
+        if stop_reason is not None or reader.is_alive():
+            # Killed, or the shell is done but a background child (`cmd &`) still holds the output
+            # pipe and the call would last as long as it does. Stop the group; a daemon meant to
+            # outlive the command should redirect its output (`cmd > log 2>&1 &`): then the pipe is
+            # closed when the shell exits, and the daemon is left alone.
+            background = stop_reason is None
+            _stop_group(proc, lambda: proc.poll() is not None and not reader.is_alive())
+        if not reader.is_alive():
+            # Closing while the reader is blocked in read1 would block too; a child that left the
+            # group (setsid) keeps the pipe, and the daemon reader thread, until it exits.
+            proc.stdout.close()
         changed, lost = journal_changes(ctx, before)
         code = proc.returncode
         text = f"$ {args.command}\n{out.text()}"
         if not text.endswith("\n"):
             text += "\n"
         text += f"[{stop_reason}; killed]" if stop_reason else f"[exit code {code}]"
+        if background:
+            text += "\n[background processes still writing to the output were stopped]"
         if changed:
             text += f"\n[changed files (undoable): {', '.join(changed)}]"
         if lost:
             text += f"\n[changed files too large to undo: {', '.join(lost)}]"
-        data = {"exit_code": code, "stopped": stop_reason, "changed": changed, "not_undoable": lost}
+        data = {
+            "exit_code": code,
+            "stopped": stop_reason,
+            "changed": changed,
+            "not_undoable": lost,
+            "background_stopped": background,
+        }
         return ToolResult(text, data=data, is_error=bool(stop_reason) or code != 0)
