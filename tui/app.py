@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
+from textual.css.query import NoMatches
 from textual.widgets import Header
 
 from agent.events import (
@@ -138,7 +139,8 @@ class HybridAgentApp(SessionActions, App[int]):
                 **changes,
             }
         self.status_info = self.status_info.with_(**changes)
-        self.query_one(StatusBar).info = self.status_info
+        with contextlib.suppress(NoMatches):  # the bar is gone while the app shuts down
+            self.query_one(StatusBar).info = self.status_info
 
     # --- input -----------------------------------------------------------------------------------
     @on(PromptArea.Submitted)
@@ -224,6 +226,8 @@ class HybridAgentApp(SessionActions, App[int]):
 
     def _set_waiting(self, waiting: bool) -> None:
         """Bell and title: the user may be in another window while a tool waits for them."""
+        if not self.is_running:  # shutting down: nothing left to draw on
+            return
         self.title = WAITING_TITLE if waiting else self.TITLE
         if waiting:
             self.bell()
@@ -238,7 +242,8 @@ class HybridAgentApp(SessionActions, App[int]):
         self.bridge.cancel()
         if self._approval is not None and not self._approval.done():
             self._approval.set_result(ApprovalDecision(allow=False, reason="the turn was cancelled"))
-            if isinstance(self.screen, ApprovalScreen):
+            stack = self.screen_stack  # empty while the app is shutting down
+            if stack and isinstance(stack[-1], ApprovalScreen):
                 self.pop_screen()
         self.refresh_status(busy="cancelling")
 

@@ -11,6 +11,7 @@ questions go the other way as coroutines run on the UI loop.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -41,6 +42,7 @@ class AgentBridge:
         self._thread = threading.Thread(target=self._loop.run_forever, name="agent", daemon=True)
         self.agent: Any = None
         self.turn_running = False
+        self._pump: concurrent.futures.Future[None] | None = None  # the running turn, on the agent loop
 
     def start(self) -> None:
         self._ui_loop = asyncio.get_running_loop()
@@ -93,7 +95,7 @@ class AgentBridge:
 
         self.turn_running = True
         try:
-            asyncio.run_coroutine_threadsafe(pump(), self._loop)
+            self._pump = asyncio.run_coroutine_threadsafe(pump(), self._loop)
             while True:
                 batch = [await queue.get()]
                 while not queue.empty():
@@ -116,6 +118,13 @@ class AgentBridge:
     async def close(self, timeout: float = 10.0) -> None:
         """Close the agent on its thread (it commits nothing half-done) and stop the thread."""
         if self._thread.is_alive():
+            if self._pump is not None and not self._pump.done():
+                # Let the cancelled turn roll back to its snapshot; only then close under it.
+                self.cancel()
+                try:
+                    await asyncio.wait_for(asyncio.wrap_future(self._pump), timeout)
+                except (TimeoutError, Exception):
+                    self._pump.cancel()
             close = getattr(self.agent, "close", None)
             if close is not None:
                 # Exiting anyway if this fails: each snapshot is one transaction, the database stays whole.

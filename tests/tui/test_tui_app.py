@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from tui_testkit import Rig, send, settle, tool_call
+from tui_testkit import Rig, ready, send, settle, tool_call, until
 
 from tui.app import WAITING_TITLE, HybridAgentApp
 from tui.screens.approval import ApprovalScreen
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.anyio
 async def test_send_message_streams_answer(tmp_path: Path) -> None:
     rig = Rig(tmp_path, ["Hello, **world**!<|end|>"])
     async with rig.app.run_test() as pilot:
-        await pilot.pause()
+        await ready(pilot)
         await pilot.press(*"hi", "enter")
         await settle(pilot)
         app = rig.app
@@ -44,7 +44,7 @@ async def test_tool_call_approved_then_denied(tmp_path: Path) -> None:
     ])  # fmt: skip
     app = rig.app
     async with app.run_test(size=(100, 40)) as pilot:
-        await pilot.pause()
+        await ready(pilot)
         await send(pilot, "write a")
         await pilot.pause()
         assert isinstance(app.screen, ApprovalScreen)
@@ -78,7 +78,7 @@ async def test_allow_always_stops_asking(tmp_path: Path) -> None:
     ])  # fmt: skip
     app = rig.app
     async with app.run_test(size=(100, 40)) as pilot:
-        await pilot.pause()
+        await ready(pilot)
         await send(pilot, "write twice")
         await pilot.pause()
         await pilot.press("a")
@@ -91,13 +91,12 @@ async def test_cancel_mid_turn_keeps_last_snapshot(tmp_path: Path) -> None:
     rig = Rig(tmp_path, ["First.<|end|>", "word " * 1000], token_delay=0.002)
     app = rig.app
     async with app.run_test() as pilot:
-        await pilot.pause()
+        await ready(pilot)
         await send(pilot, "one")
         await settle(pilot)
         saved_tokens = rig.engine.n_tokens
         await send(pilot, "long answer")
-        while len(app.query(AssistantMessage)) != 2:
-            await pilot.pause(0.02)
+        await until(pilot, lambda: len(app.query(AssistantMessage)) == 2, "the second answer to start")
         assert app.bridge.turn_running
         await pilot.press("escape")
         await settle(pilot)
@@ -112,12 +111,11 @@ async def test_quit_mid_turn_leaves_database_whole(tmp_path: Path) -> None:
     rig = Rig(tmp_path, ["First.<|end|>", "word " * 1000], token_delay=0.002)
     app = rig.app
     async with app.run_test() as pilot:
-        await pilot.pause()
+        await ready(pilot)
         await send(pilot, "one")
         await settle(pilot)
         await send(pilot, "two")
-        while len(app.query(AssistantMessage)) < 2:
-            await pilot.pause(0.02)
+        await until(pilot, lambda: len(app.query(AssistantMessage)) == 2, "the second answer to start")
         await pilot.press("ctrl+q")
         await pilot.pause(0.3)
     assert app.return_code == 0
@@ -131,7 +129,7 @@ async def test_quit_mid_turn_leaves_database_whole(tmp_path: Path) -> None:
 async def test_mode_cycles_and_is_visible(tmp_path: Path) -> None:
     rig = Rig(tmp_path)
     async with rig.app.run_test() as pilot:
-        await pilot.pause()
+        await ready(pilot)
         bar = rig.app.query_one(StatusBar)
         seen = []
         for _ in range(3):
@@ -148,7 +146,7 @@ async def test_accept_edits_mode_writes_without_asking(tmp_path: Path) -> None:
     rig = Rig(tmp_path, [tool_call("write_file", path="a.txt", content="z"), "ok<|end|>"])
     app = rig.app
     async with app.run_test() as pilot:
-        await pilot.pause()
+        await ready(pilot)
         await pilot.press("shift+tab")
         await send(pilot, "write")
         await settle(pilot)
@@ -159,7 +157,7 @@ async def test_accept_edits_mode_writes_without_asking(tmp_path: Path) -> None:
 async def test_input_history_up_down(tmp_path: Path) -> None:
     rig = Rig(tmp_path, ["a<|end|>", "b<|end|>"])
     async with rig.app.run_test() as pilot:
-        await pilot.pause()
+        await ready(pilot)
         for text in ("first", "second"):
             await send(pilot, text)
             await settle(pilot)
@@ -182,7 +180,7 @@ async def test_old_messages_are_pruned_from_the_dom(tmp_path: Path) -> None:
     rig = Rig(tmp_path, [f"answer {i}<|end|>" for i in range(6)], max_widgets=6)
     app = rig.app
     async with app.run_test() as pilot:
-        await pilot.pause()
+        await ready(pilot)
         for i in range(6):
             await send(pilot, f"message {i}")
             await settle(pilot)
@@ -200,9 +198,7 @@ async def test_bad_model_path_shows_error_instead_of_crashing(tmp_path: Path) ->
         lambda approval: Agent.open(model=tmp_path / "nope", db=f"sqlite:///{tmp_path}/x.db")
     )
     async with app.run_test() as pilot:
-        await pilot.pause()
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await until(pilot, lambda: app.screen.has_class("failed"), "the load to fail")
         assert isinstance(app.screen, LoadingScreen)
         shown = str(app.screen.query_one("#loading-what").render())
         assert shown.startswith("Could not start:") and "nope" in shown
@@ -213,7 +209,7 @@ async def test_bad_model_path_shows_error_instead_of_crashing(tmp_path: Path) ->
 async def test_theme_toggles(tmp_path: Path) -> None:
     rig = Rig(tmp_path)
     async with rig.app.run_test() as pilot:
-        await pilot.pause()
+        await ready(pilot)
         dark = rig.app.current_theme.dark
         await pilot.press("ctrl+t")
         assert rig.app.current_theme.dark is not dark

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tui_testkit import Rig, send, settle, tool_call
+from tui_testkit import Rig, ready, send, settle, tool_call
 
 from tui.screens.dialogs import ConfirmScreen, TextPromptScreen
 from tui.screens.help import HelpScreen
@@ -24,7 +24,7 @@ async def test_browser_resume_shows_history_and_continues(tmp_path: Path) -> Non
     rig = echo_rig(tmp_path, "first session", "second session", "more")
     app = rig.app
     async with app.run_test(size=(100, 30)) as pilot:
-        await pilot.pause()
+        await ready(pilot)
         await send(pilot, "first session")
         await settle(pilot)
         first = app.bridge.agent.session_id
@@ -56,7 +56,7 @@ async def test_browser_resume_shows_history_and_continues(tmp_path: Path) -> Non
 async def test_browser_rename_and_delete_with_confirm(tmp_path: Path) -> None:
     app = echo_rig(tmp_path, "keep me").app
     async with app.run_test(size=(100, 30)) as pilot:
-        await pilot.pause()
+        await ready(pilot)
         await send(pilot, "keep me")
         await settle(pilot)
         await send(pilot, "/new")
@@ -102,7 +102,7 @@ async def test_slash_commands(tmp_path: Path) -> None:
     ])  # fmt: skip
     app = rig.app
     async with app.run_test(size=(100, 30)) as pilot:
-        await pilot.pause()
+        await ready(pilot)
         await pilot.press("shift+tab", "shift+tab")  # auto: tools run without asking
         await send(pilot, "one")
         await settle(pilot)
@@ -162,7 +162,7 @@ async def test_slash_commands(tmp_path: Path) -> None:
 async def test_slash_completion_with_tab(tmp_path: Path) -> None:
     app = Rig(tmp_path).app
     async with app.run_test() as pilot:
-        await pilot.pause()
+        await ready(pilot)
         area = app.query_one(PromptArea)
         await pilot.press("slash", "r")
         hint = app.query_one("#completions")
@@ -174,7 +174,7 @@ async def test_slash_completion_with_tab(tmp_path: Path) -> None:
 async def test_command_palette_lists_agent_actions(tmp_path: Path) -> None:
     app = Rig(tmp_path).app
     async with app.run_test() as pilot:
-        await pilot.pause()
+        await ready(pilot)
         await pilot.press("ctrl+p")
         await pilot.pause()
         await pilot.press(*"sessions")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tui_testkit import Rig, fixed_dir, send, settle, tool_call
+from tui_testkit import Rig, fixed_dir, ready, send, settle, tool_call, until
 
 from tui.screens.approval import ApprovalScreen
 from tui.screens.sessions import SessionBrowser
@@ -37,10 +37,16 @@ def conversation_rig(name: str, *extra: str, **kw: Any) -> Rig:
     ], **kw)  # fmt: skip
 
 
+def pin_status(app: Any) -> None:
+    """Pin the numbers that are not about the UI: the speed is measured, and the state's size follows
+    the system segment, which holds every tool's schema (other packages edit those)."""
+    app.refresh_status(tokens_per_s=123.4, state_tokens=4096, state_bytes=32_768)
+
+
 async def finish(pilot: Any) -> None:
     """Pin what varies between runs, then let everything draw."""
     await settle(pilot)
-    pilot.app.refresh_status(tokens_per_s=123.4)
+    pin_status(pilot.app)
     pilot.app.clear_notifications()
     await pilot.pause()
 
@@ -49,7 +55,7 @@ def test_snapshot_conversation(snap_compare) -> None:
     rig = conversation_rig("snap-conversation")
 
     async def run_before(pilot: Any) -> None:
-        await pilot.pause()
+        await ready(pilot)
         await pilot.press("shift+tab", "shift+tab")  # auto: the edit runs without a prompt
         await send(pilot, "make hello.py greet the world")
         await finish(pilot)
@@ -66,10 +72,10 @@ def test_snapshot_approval_prompt(snap_compare) -> None:
     ])  # fmt: skip
 
     async def run_before(pilot: Any) -> None:
-        await pilot.pause()
+        await ready(pilot)
         await send(pilot, "make hello.py greet the world")
-        while not isinstance(pilot.app.screen, ApprovalScreen):
-            await pilot.pause(0.02)
+        await until(pilot, lambda: isinstance(pilot.app.screen, ApprovalScreen), "the approval prompt")
+        pin_status(pilot.app)
         pilot.app.clear_notifications()
         await pilot.pause()
 
@@ -77,10 +83,12 @@ def test_snapshot_approval_prompt(snap_compare) -> None:
 
 
 def test_snapshot_session_browser(snap_compare) -> None:
-    rig = Rig(fixed_dir("snap-browser"), ["Sure.<|end|>", "Done.<|end|>", "Hi.<|end|>", "Ok.<|end|>"])
+    rig = Rig(
+        fixed_dir("snap-browser"), ["Sure.<|end|>", "Done.<|end|>", "Hi.<|end|>", "Ok.<|end|>"], tools=False
+    )
 
     async def run_before(pilot: Any) -> None:
-        await pilot.pause()
+        await ready(pilot)
         await send(pilot, "refactor the parser")
         await settle(pilot)
         await send(pilot, "and add tests")
@@ -94,8 +102,7 @@ def test_snapshot_session_browser(snap_compare) -> None:
         await send(pilot, "hello")
         await settle(pilot)
         await pilot.press("ctrl+o")
-        while not isinstance(pilot.app.screen, SessionBrowser):
-            await pilot.pause(0.02)
+        await until(pilot, lambda: isinstance(pilot.app.screen, SessionBrowser), "the session browser")
         await finish(pilot)
 
     assert snap_compare(rig.app, terminal_size=SIZE, run_before=run_before)
@@ -105,7 +112,7 @@ def test_snapshot_help(snap_compare) -> None:
     rig = Rig(fixed_dir("snap-help"))
 
     async def run_before(pilot: Any) -> None:
-        await pilot.pause()
+        await ready(pilot)
         await pilot.press("f1")
         await finish(pilot)
 
@@ -116,7 +123,7 @@ def test_snapshot_conversation_light_theme(snap_compare) -> None:
     rig = Rig(fixed_dir("snap-light"), ["Saved. Run `pytest -q` to check.<|end|>"])
 
     async def run_before(pilot: Any) -> None:
-        await pilot.pause()
+        await ready(pilot)
         await pilot.press("ctrl+t")
         await send(pilot, "/resume")
         await pilot.press("escape")

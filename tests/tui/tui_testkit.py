@@ -13,13 +13,16 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from textual.worker import WorkerState
 
 from agent.loop import Agent
 from memory import Store
 from tui.app import HybridAgentApp
+from tui.screens.loading import LoadingScreen
 from tui.widgets.prompt_input import PromptArea
 
 
@@ -56,6 +59,7 @@ class Rig:
         replies: Sequence[str] = (),
         *,
         token_delay: float = 0.0,
+        tools: bool = True,
         **app_kw: Any,
     ) -> None:
         self.root = root
@@ -67,12 +71,18 @@ class Rig:
         if token_delay:
             self.engine.step_hook = lambda n: time.sleep(token_delay)  # runs on the agent's model thread
         self.agent: Agent | None = None
+        self.tools = tools
         app_kw.setdefault("cursor_blink", False)
         app_kw.setdefault("system_clipboard", False)
         self.app = HybridAgentApp(self.factory, **app_kw)
 
     def factory(self, approval: Any) -> Agent:
         self.agent = Agent(self.engine, Store(self.db_url), workspace=self.workspace, approval=approval)
+        if not self.tools:
+            # No tool schemas in the system segment: token counts then do not move whenever a tool's
+            # description is edited (the session browser snapshot shows them).
+            for name in self.agent.registry.names():
+                self.agent.registry.unregister(name)
         return self.agent
 
     def say(self, *replies: str) -> None:
@@ -84,12 +94,37 @@ class Rig:
         return Store(self.db_url)
 
 
+async def until(pilot: Any, condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Wait for a condition instead of a fixed time: the machine may be slow or busy."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await pilot.pause(0.02)
+
+
+async def ready(pilot: Any) -> None:
+    """The agent is loaded and the loading screen is gone."""
+    app = pilot.app
+    await until(pilot, lambda: app.bridge.agent is not None and not isinstance(app.screen, LoadingScreen),
+                "the agent to load")  # fmt: skip
+
+
+def _busy(app: Any) -> bool:
+    return app.bridge.turn_running or any(
+        w.state in (WorkerState.PENDING, WorkerState.RUNNING) for w in app.workers
+    )
+
+
 async def send(pilot: Any, text: str) -> None:
+    await ready(pilot)
     pilot.app.query_one(PromptArea).load_text(text)
     await pilot.press("enter")
     await pilot.pause()
 
 
 async def settle(pilot: Any) -> None:
-    await pilot.app.workers.wait_for_complete()
+    """Everything the last input started (turn, command, worker) has finished and been drawn."""
+    await pilot.pause()
+    await until(pilot, lambda: not _busy(pilot.app), "the app to become idle")
     await pilot.pause()

@@ -34,11 +34,16 @@ def format_status(info: StatusInfo) -> str:
         info.model,
         info.device,
         f"{info.state_tokens:,} tok",
-        f"{info.state_bytes / 1e6:.1f} MB",
+        _megabytes(info.state_bytes),
         f"window {window}",
         speed,
     ]
     return "  │  ".join(parts)
+
+
+def _megabytes(n: int) -> str:
+    mb = n / 1e6
+    return f"{mb:.1f} MB" if mb >= 1 or mb == 0 else f"{mb:.2f} MB"  # a tiny state is not "0.0 MB"
 
 
 class StatusBar(Horizontal):
