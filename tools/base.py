@@ -126,7 +126,8 @@ class Tool:
             # CamelCase class name -> snake_case tool name.
             self.name = re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()
         if not self.description:
-            self.description = unwrap(inspect.getdoc(cls) or "")
+            # cls.__doc__, not inspect.getdoc: that would inherit Tool's own docstring.
+            self.description = unwrap(inspect.cleandoc(cls.__doc__ or ""))
         _check_tool(self)
 
     def parameters_schema(self) -> dict[str, Any]:

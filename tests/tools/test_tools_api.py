@@ -255,3 +255,12 @@ def test_optional_parameters_are_plain_in_the_schema(registry):
     }
     assert registry.call("pick", {}).text == "None:None"
     assert registry.call("pick", {"limit": None, "tag": "a"}).text == "None:a"
+
+
+def test_subclass_without_description_is_refused():
+    class Silent(Tool):
+        def run(self, args, ctx):
+            return ToolResult("")
+
+    with pytest.raises(ToolDefinitionError, match="'silent' has no description"):
+        Silent()
