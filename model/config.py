@@ -290,4 +290,32 @@ PRESETS: dict[str, dict[str, object]] = {
     "20m": {"vocab_size": BYTE_VOCAB_SIZE, "d_model": 512, "layer_types": _MIXED_20M},
     # The same width and about the same parameter count, attention only: the baseline.
     "20m-attn": {"vocab_size": BYTE_VOCAB_SIZE, "d_model": 512, "layer_types": ["attention"] * 7},
+    # The shape of OLMo Hybrid 7B (transformers' default OlmoHybridConfig: 3 Gated DeltaNet : 1 attention,
+    # post-norm attention with QK-norm over all heads, no RoPE): the GPU reference workload of
+    # ../shared/PERF-ANCHORS.md, with random weights. 7.43 B parameters.
+    "olmo-hybrid-7b": {
+        "vocab_size": 100352,
+        "d_model": 3840,
+        "layer_types": (["gated_deltanet"] * 3 + ["attention"]) * 8,
+        "attention": {
+            "n_heads": 30,
+            "n_kv_heads": 30,
+            "head_dim": 128,
+            "rope_theta": None,
+            "qk_norm": "full",
+            "norm_position": "post",
+        },
+        "gated_deltanet": {
+            "n_heads": 30,
+            "head_k_dim": 96,
+            "head_v_dim": 192,
+            "allow_neg_eigval": True,
+            "norm_eps": 1e-5,
+        },
+        "mlp": {"hidden_dim": 11008},
+        "norm_eps": 1e-6,
+        "tie_embeddings": False,
+    },
 }
+# The same width and depth, attention layers only (the attention-only baseline of PERF-ANCHORS.md).
+PRESETS["olmo-hybrid-7b-attn"] = {**PRESETS["olmo-hybrid-7b"], "layer_types": ["attention"] * 32}

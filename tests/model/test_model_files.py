@@ -64,6 +64,14 @@ def test_presets_are_the_advertised_sizes():
     assert abs(mixed - attn) / mixed < 0.1
 
 
+def test_olmo_hybrid_shape_preset_has_its_parameter_count():
+    with torch.device("meta"):  # shapes only: 7.4 B parameters are not allocated
+        hybrid = HybridLM(HybridConfig.from_name("olmo-hybrid-7b"))
+        attn = HybridLM(HybridConfig.from_name("olmo-hybrid-7b-attn"))
+    assert hybrid.num_parameters() == 7_430_870_688  # ../shared/PERF-ANCHORS.md: 7.43 B
+    assert hybrid.config.layer_types.count("attention") == 8 and attn.config.n_layers == 32
+
+
 def test_config_errors_say_what_to_fix(tmp_path):
     with pytest.raises(ConfigError, match=r"'mla2'.*not a known layer type"):
         HybridConfig(vocab_size=10, d_model=32, layer_types=["attention", "mla2"])
