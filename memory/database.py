@@ -192,8 +192,14 @@ def _enable_wal(engine: Engine) -> None:
         raw.close()
 
 
+# PostgreSQL SQLSTATEs worth retrying the whole transaction for: serialization failure, deadlock,
+# lock not available, and a foreign-key violation — the one way that happens here is a save that
+# reused an existing blob while another session's delete garbage-collected it; the retry stores it.
+_RETRY_SQLSTATES = ("40001", "40P01", "55P03", "23503")
+
+
 def _is_busy(exc: DBAPIError) -> bool:
-    if getattr(exc.orig, "sqlstate", None) in ("40001", "40P01", "55P03"):  # serialization, deadlock, lock
+    if getattr(exc.orig, "sqlstate", None) in _RETRY_SQLSTATES:
         return True
     msg = str(exc.orig).lower()
     return "database is locked" in msg or "database is busy" in msg or "database table is locked" in msg

@@ -52,7 +52,12 @@ class Store:
         except BaseException:
             self._engine.dispose()
             raise
-        self._read = sessionmaker(self._engine, expire_on_commit=False)
+        # PostgreSQL defaults to READ COMMITTED: a load spans several statements and must not see a
+        # concurrent delete halfway. SQLite read transactions are snapshots already.
+        reader = self._engine
+        if self._engine.dialect.name == "postgresql":
+            reader = self._engine.execution_options(isolation_level="REPEATABLE READ")
+        self._read = sessionmaker(reader, expire_on_commit=False)
         self._write = sessionmaker(
             self._engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False
         )
