@@ -102,3 +102,11 @@ def test_bad_checkpoints_are_refused(make_model, tmp_path):
     save_file(weights, tmp_path / "model.safetensors")
     with pytest.raises(CheckpointError, match="does not match"):
         HybridLM.from_pretrained(tmp_path)
+
+
+def test_every_layer_type_has_a_mixer_and_a_state_layout():
+    from model.blocks import MIXERS
+    from model.config import LAYER_TYPES
+    from model.state import STATE_SPECS
+
+    assert set(LAYER_TYPES) == set(MIXERS) == set(STATE_SPECS)
