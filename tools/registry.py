@@ -258,6 +258,8 @@ class ToolRegistry:
             return ToolResult.error(validation_message(name, e))
         except ArgumentsError as e:
             return ToolResult.error(str(e))
+        except Exception as e:  # a plugin's own argument parsing failed: still a result, not a crash
+            return ToolResult.error(f"tool {name} could not read its arguments: {type(e).__name__}: {e}")
         if policy == "ask" and not approve:
             return ToolResult.error(f"the user did not approve this {name} call; it was not run", denied=True)
         ctx = self.context(turn=turn, approved=policy == "ask", cancel=cancel)

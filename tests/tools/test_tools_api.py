@@ -264,3 +264,17 @@ def test_subclass_without_description_is_refused():
 
     with pytest.raises(ToolDefinitionError, match="'silent' has no description"):
         Silent()
+
+
+def test_buggy_argument_parsing_is_a_result(registry):
+    class Odd(Tool):
+        """Parses its own arguments, badly."""
+
+        policy = "auto"
+
+        def parse_arguments(self, arguments):
+            raise KeyError("oops")
+
+    registry.register(Odd)
+    res = registry.call("odd", {})
+    assert res.is_error and res.text == "tool odd could not read its arguments: KeyError: 'oops'"
