@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import codecs
 import re
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -142,6 +143,7 @@ class Tokenizer:
 
     def __init__(self, hf: _HFTokenizer) -> None:
         self._hf = hf
+        self._lock = threading.Lock()  # encode flips a setting of the shared Rust tokenizer
         self.vocab_size = hf.get_vocab_size(with_added_tokens=True)
         self.special_tokens: dict[str, int] = {
             t.content: i for i, t in hf.get_added_tokens_decoder().items() if t.special
@@ -161,11 +163,12 @@ class Tokenizer:
 
     def encode(self, text: str, *, special: bool = False) -> list[int]:
         # encode_special_tokens=True makes the library treat special-token strings as plain text.
-        self._hf.encode_special_tokens = not special
-        try:
-            return self._hf.encode(text, add_special_tokens=False).ids
-        finally:
-            self._hf.encode_special_tokens = False
+        with self._lock:
+            self._hf.encode_special_tokens = not special
+            try:
+                return self._hf.encode(text, add_special_tokens=False).ids
+            finally:
+                self._hf.encode_special_tokens = False
 
     def decode(self, ids: Sequence[int], *, skip_special: bool = False) -> str:
         return self._hf.decode(list(ids), skip_special_tokens=skip_special)
