@@ -86,6 +86,7 @@ def test_flipped_byte_in_the_sqlite_file_itself(sqlite_path: Path) -> None:
         with pytest.raises(CorruptDataError, match=rf"session {sid} turn 2: recurrent state.*sha256"):
             store.load_snapshot(sid)
         assert store.load_snapshot(sid, 1).turn == 1
+    assert sqlite_path.read_bytes() == bytes(raw)  # the failed load changed nothing
 
 
 def test_missing_chunk_is_detected(store: Store) -> None:
