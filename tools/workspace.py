@@ -249,13 +249,12 @@ class Workspace:
             return None
         fd, st = opened
         with os.fdopen(fd, "rb") as f:
-            if st.st_size > journal_max_bytes:
-                raise WorkspaceError(
-                    f"{rel} is {st.st_size} bytes, too large to keep an undo copy of "
-                    f"(limit {journal_max_bytes}); "
-                    "not changed"
-                )
-            return f.read()
+            data = f.read(journal_max_bytes + 1) if st.st_size <= journal_max_bytes else b""
+        if st.st_size > journal_max_bytes or len(data) > journal_max_bytes:
+            raise WorkspaceError(
+                f"{rel} is over {journal_max_bytes} bytes, too large to keep an undo copy of; not changed"
+            )
+        return data
 
     def write_bytes(self, path: str, data: bytes, *, journal_max_bytes: int) -> tuple[str, bytes | None]:
         """Atomically replace (or create) a file. Returns (relative path, previous content or None)."""

@@ -240,3 +240,12 @@ def test_edit_crlf_file_hint(registry, sandbox):
     assert res.is_error and "Windows line endings, \\r\\n" in res.text
     res = registry.call("edit_file", {"path": "win.txt", "old_string": "one\r\ntwo", "new_string": "1\r\n2"})
     assert not res.is_error and (sandbox.ws / "win.txt").read_bytes() == b"1\r\n2\r\n"
+
+
+def test_file_too_large_to_journal_is_not_overwritten(sandbox):
+    reg = ToolRegistry(sandbox.ws, load_plugins=False, limits=Limits(journal_max_bytes=100))
+    (sandbox.ws / "big.txt").write_text("x" * 101)
+    before = sandbox.state()
+    res = reg.call("write_file", {"path": "big.txt", "content": "small"})
+    assert res.is_error and "too large to keep an undo copy of; not changed" in res.text
+    assert sandbox.state() == before
