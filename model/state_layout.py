@@ -92,3 +92,30 @@ def token_axis(shape: tuple[int, ...]) -> int:
 
 def token_axes(spec: StateSpec) -> dict[str, int]:
     return {n: token_axis(s) for n, s in spec.cache.items()}
+
+
+def layout_metadata(cfg: HybridConfig) -> dict[str, str]:
+    """Every layout decision behind the state's tensors, as safetensors metadata (`{name: text}`).
+
+    Written beside the tensors of a saved state so that a reader (or a converter to another runtime)
+    never has to guess: which axis of a recurrent state is the key, how wide a conv window is, what
+    dtype each tensor keeps. Keys are the tensor names of `ModelState.to_tensors()`.
+    """
+    out = {"format": "hybrid-agent state 1; recurrent tensors fp32, caches in the model's dtype"}
+    for i, (kind, spec) in enumerate(state_layout(cfg)):
+        for name, shape in spec.recurrent.items():
+            dims = ", ".join(map(str, shape))
+            if name == "conv":
+                what = "q|k|v" if kind == "gated_deltanet" else "x|B|C"
+                text = f"conv window (batch, channels {what}, d_conv - 1) = (batch, {dims}), oldest first"
+            elif name == "ssm":
+                text = f"SSM state (batch, heads, head_dim, d_state) = (batch, {dims}), value-first: y = S C"
+            else:
+                text = f"delta-rule state (batch, v_heads, d_k, d_v) = (batch, {dims}), key-first: o = S^T q"
+            out[f"layers.{i}.{name}"] = f"{kind} {text}; fp32"
+        for name, shape in spec.cache.items():
+            dims = ", ".join("tokens" if d == TOKEN_AXIS else str(d) for d in shape)
+            out[f"layers.{i}.{name}"] = f"{kind} cache {name!r}: (batch, {dims}) in the model's dtype"
+        if spec.cache:
+            out[f"layers.{i}.pos"] = f"{kind} cache positions: (tokens,) int64, absolute"
+    return out
