@@ -61,7 +61,7 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> None:
 
 
 def print_table(rows: list[dict[str, Any]], cols: list[str]) -> None:
-    widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in cols]
+    widths = [max([len(c)] + [len(_fmt(r.get(c))) for r in rows]) for c in cols]
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
     for r in rows:
         print("  ".join(_fmt(r.get(c)).ljust(w) for c, w in zip(cols, widths, strict=True)))

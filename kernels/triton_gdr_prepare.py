@@ -1,0 +1,162 @@
+"""Triton: the per-chunk WY preparation of the chunked gated delta rule (see gated_delta_rule.py).
+
+For each chunk of 64 tokens and each (batch, head), independently of the state:
+
+1. `_gdr_kkt_kernel` (4 warps, one tensor-core product): A = [beta_i exp(gam_i - gam_j) k_i.k_j]_{j<i}.
+2. `_gdr_solve_kernel` (1 warp): T = (I + A)^-1. Forward substitution on the four 16x16 diagonal
+   blocks, reading each row of A from memory (so no cross-thread extraction), then the off-diagonal
+   blocks from block products. One warp, because the substitution's small reductions are then warp
+   shuffles instead of barriers; the first version did it with 4 warps inside one fused kernel and
+   was 9x slower than fla at 4k tokens (kernels/NOTES.md).
+3. `_gdr_wu_kernel` (4 warps): W = T diag(beta exp(gam)) K and U = T diag(beta) V.
+
+Forward substitution rather than a power series: with highly correlated keys the powers of A grow
+like binomial coefficients and a series cancels catastrophically; substitution does not.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _mm(a, b, IEEE: tl.constexpr):
+    if IEEE:  # exact fp32 (fp32 inputs, and the CPU interpreter, whose 16-bit dot is wrong)
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b)
+
+
+@triton.jit
+def _chunk_gates(g_ptr, beta_ptr, bi, T, H, hi, c):
+    """(cumulative log2-decay from the chunk start, beta) for the 64 tokens of chunk c."""
+    t_idx = c * 64 + tl.arange(0, 64)
+    mt = t_idx < T
+    g = tl.load(g_ptr + (bi * T + t_idx) * H + hi, mask=mt, other=0.0).to(tl.float32)
+    beta = tl.load(beta_ptr + (bi * T + t_idx) * H + hi, mask=mt, other=0.0).to(tl.float32)
+    return tl.cumsum(g * 1.4426950408889634, axis=0), beta
+
+
+@triton.jit
+def _gdr_kkt_kernel(
+    k_ptr, g_ptr, beta_ptr, a_ptr,
+    T, H, DK, NCHUNK,
+    BK: tl.constexpr, IEEE: tl.constexpr,
+):  # fmt: skip
+    c = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    bi = (pid_bh // H).to(tl.int64)
+    hi = pid_bh % H
+    offs = tl.arange(0, 64)
+    offs_k = tl.arange(0, BK)
+    t_idx = c * 64 + offs
+    mt = t_idx < T
+    k = tl.load(
+        k_ptr + ((bi * T + t_idx[:, None]) * H + hi) * DK + offs_k[None, :],
+        mask=mt[:, None] & (offs_k[None, :] < DK),
+        other=0.0,
+    )
+    gam, beta = _chunk_gates(g_ptr, beta_ptr, bi, T, H, hi, c)
+    strict = offs[:, None] > offs[None, :]
+    decay = tl.exp2(tl.where(strict, gam[:, None] - gam[None, :], 0.0))
+    a = tl.where(strict, beta[:, None] * _mm(k, tl.trans(k), IEEE) * decay, 0.0)
+    base = ((bi * H + hi) * NCHUNK + c) * 4096
+    tl.store(a_ptr + base + offs[:, None] * 64 + offs[None, :], a)
+
+
+@triton.jit
+def _inv_diag16(a_blk_ptr):
+    """(I + A_b)^-1 for the strictly lower part of the 16x16 block at a_blk_ptr (row stride 64)."""
+    r16 = tl.arange(0, 16)
+    rows = r16[:, None]
+    cols = r16[None, :]
+    t = (rows == cols).to(tl.float32)
+    for r in tl.static_range(1, 16):
+        a_r = tl.load(a_blk_ptr + r * 64 + r16, mask=r16 < r, other=0.0)  # row r, columns j < r
+        new = -tl.sum(a_r[:, None] * t, axis=0)  # rows j < r of t are final
+        t = tl.where(rows == r, new[None, :] + (cols == r).to(tl.float32), t)
+    return t
+
+
+@triton.jit
+def _blk(ptr, i: tl.constexpr, j: tl.constexpr):
+    r16 = tl.arange(0, 16)
+    return tl.load(ptr + (i * 16 + r16[:, None]) * 64 + j * 16 + r16[None, :])
+
+
+@triton.jit
+def _put(ptr, val, i: tl.constexpr, j: tl.constexpr):
+    r16 = tl.arange(0, 16)
+    tl.store(ptr + (i * 16 + r16[:, None]) * 64 + j * 16 + r16[None, :], val)
+
+
+@triton.jit
+def _mmx(a, b):
+    return tl.dot(a, b, input_precision="ieee")
+
+
+@triton.jit
+def _gdr_solve_kernel(a_ptr, t_ptr):
+    base = tl.program_id(0).to(tl.int64) * 4096
+    a = a_ptr + base
+    d0 = _inv_diag16(a)
+    d1 = _inv_diag16(a + 16 * 64 + 16)
+    d2 = _inv_diag16(a + 32 * 64 + 32)
+    d3 = _inv_diag16(a + 48 * 64 + 48)
+    a10 = _blk(a, 1, 0)
+    a20 = _blk(a, 2, 0)
+    a21 = _blk(a, 2, 1)
+    a30 = _blk(a, 3, 0)
+    a31 = _blk(a, 3, 1)
+    a32 = _blk(a, 3, 2)
+    # Block inverse: [[M11, 0], [M21, M22]]^-1 = [[M11^-1, 0], [-M22^-1 M21 M11^-1, M22^-1]], twice.
+    x10 = -_mmx(_mmx(d1, a10), d0)
+    x32 = -_mmx(_mmx(d3, a32), d2)
+    p20 = _mmx(a20, d0) + _mmx(a21, x10)
+    p21 = _mmx(a21, d1)
+    p30 = _mmx(a30, d0) + _mmx(a31, x10)
+    p31 = _mmx(a31, d1)
+    t = t_ptr + base
+    _put(t, d0, 0, 0)
+    _put(t, x10, 1, 0)
+    _put(t, d1, 1, 1)
+    _put(t, -_mmx(d2, p20), 2, 0)
+    _put(t, -_mmx(d2, p21), 2, 1)
+    _put(t, d2, 2, 2)
+    _put(t, -(_mmx(x32, p20) + _mmx(d3, p30)), 3, 0)
+    _put(t, -(_mmx(x32, p21) + _mmx(d3, p31)), 3, 1)
+    _put(t, x32, 3, 2)
+    _put(t, d3, 3, 3)
+
+
+@triton.jit
+def _gdr_wu_kernel(
+    k_ptr, v_ptr, g_ptr, beta_ptr, t_ptr, w_ptr, u_ptr,
+    T, H, DK, DV, NCHUNK,
+    BK: tl.constexpr, BV: tl.constexpr, IEEE: tl.constexpr,
+):  # fmt: skip
+    c = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    bi = (pid_bh // H).to(tl.int64)
+    hi = pid_bh % H
+    offs = tl.arange(0, 64)
+    t_idx = c * 64 + offs
+    mt = t_idx < T
+    base = ((bi * H + hi) * NCHUNK + c) * 4096
+    lower = offs[:, None] >= offs[None, :]
+    tm = tl.where(
+        lower, tl.load(t_ptr + base + offs[:, None] * 64 + offs[None, :]), 0.0
+    )  # upper never written
+    gam, beta = _chunk_gates(g_ptr, beta_ptr, bi, T, H, hi, c)
+    row = (bi * T + t_idx[:, None]) * H + hi
+    offs_k = tl.arange(0, BK)
+    mk = mt[:, None] & (offs_k[None, :] < DK)
+    k = tl.load(k_ptr + row * DK + offs_k[None, :], mask=mk, other=0.0).to(tl.float32)
+    w = _mm(tm, k * (beta * tl.exp2(gam))[:, None], IEEE)
+    tl.store(w_ptr + row * DK + offs_k[None, :], w.to(w_ptr.dtype.element_ty), mask=mk)
+    for v0 in range(0, DV, BV):
+        offs_v = v0 + tl.arange(0, BV)
+        mv = mt[:, None] & (offs_v[None, :] < DV)
+        v = tl.load(v_ptr + row * DV + offs_v[None, :], mask=mv, other=0.0).to(tl.float32)
+        u = _mm(tm, v * beta[:, None], IEEE)
+        tl.store(u_ptr + row * DV + offs_v[None, :], u.to(u_ptr.dtype.element_ty), mask=mv)
