@@ -7,6 +7,7 @@ transformers runs its own torch fallbacks here (no fla / mamba_ssm on CPU): that
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
 from model import ModelState, load_model
+from model.state_layout import layout_metadata
 
 PROMPT = 13  # ragged over chunks of 8
 STEPS = 32
@@ -48,7 +50,7 @@ def check_parity(folder: Any, hf: Any, seed: int = 0) -> None:
         tok = last.argmax(-1, keepdim=True)  # (1, 1)
         seq = torch.cat((seq, tok), dim=1)
         if step == STEPS // 2:
-            saved = save_bytes(state.to_tensors())
+            saved = save_bytes(state.to_tensors(), metadata=layout_metadata(model.config))
         last = model(tok, state)[:, -1]
         ours_tokens.append(int(tok))
         ours_logits.append(last)
@@ -62,10 +64,28 @@ def check_parity(folder: Any, hf: Any, seed: int = 0) -> None:
 
     # Restore the state saved half-way and decode the second half again: bit-identical.
     assert saved is not None
+    check_layout_metadata(saved, model.config.layer_types)
     restored = ModelState.from_tensors(load_bytes(saved), model.config)
     for step in range(STEPS // 2, STEPS):
         out = model(torch.tensor([[ours_tokens[step]]]), restored)[:, -1]
         assert torch.equal(out, ours_logits[step]), f"restored state diverges at step {step}"
+
+
+def check_layout_metadata(saved: bytes, kinds: list[str]) -> None:
+    """Every state tensor is described in the file's metadata; recurrent states are fp32."""
+    n = int.from_bytes(saved[:8], "little")
+    header = json.loads(saved[8 : 8 + n])
+    meta = header.pop("__metadata__")
+    for name, info in header.items():
+        if name.startswith("layers."):
+            assert name in meta, f"no layout metadata for {name}"
+            if name.endswith((".ssm", ".recurrent", ".conv")):
+                assert info["dtype"] == "F32" and meta[name].endswith("fp32")
+    for i, kind in enumerate(kinds):
+        if kind == "gated_deltanet":
+            assert "key-first" in meta[f"layers.{i}.recurrent"]
+        if kind in ("mamba2", "parallel"):
+            assert "value-first" in meta[f"layers.{i}.ssm"]
 
 
 FAST: list[tuple[str, dict[str, Any]]] = [
