@@ -9,6 +9,9 @@ Stacks (d_model 512, fp32, batch 1, random weights, the torch reference kernels)
   that every one has exactly 16 x 512 x 64 x 2 = 1,048,576 attention weights per layer, 1.6% fewer
   than MLA's 1,065,216. Which of them is "the" GQA baseline is a choice, so all three run: equal
   parameters can buy more kv heads (bigger cache) or more query heads (smaller cache).
+A fifth row, `mla-decompressed` (the same MLA weights, decode forced to expand the latents to per-head
+keys and values every step instead of the absorbed form), runs up to `--decompressed-up-to` tokens
+of context: it shows what absorption buys.
 
 Context: a 64k-token prefill on a shared CPU would take hours, so the state for each context is
 built synthetically: the attention caches filled with random latents / keys / values of the right
@@ -38,10 +41,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from model import HybridConfig, HybridLM, ModelState
+from model.mla import MLA
 from model.state import TOKEN_AXIS
 
 D_MODEL = 512
 BASELINE = "mla"
+DECOMPRESSED = "mla-decompressed"
 STACKS: dict[str, tuple[str, dict[str, object]]] = {
     "mla": ("mla", {"mla": {"n_heads": 8, "qk_nope_head_dim": 64, "qk_rope_head_dim": 32,
                             "v_head_dim": 64, "kv_lora_rank": 256}}),
@@ -62,6 +67,12 @@ def cpu_name() -> str:
 
 
 def build(name: str) -> HybridLM:
+    if name == DECOMPRESSED:
+        model = build(BASELINE)  # same seed: the same weights
+        for m in model.modules():
+            if isinstance(m, MLA):
+                m.absorb = False
+        return model
     kind, sub = STACKS[name]
     cfg = HybridConfig.model_validate(
         {"vocab_size": 267, "d_model": D_MODEL, "layer_types": ["mamba2", "mamba2", kind] * 2, **sub}
@@ -124,18 +135,21 @@ def main() -> None:
     ap.add_argument("--contexts", type=int, nargs="+", default=[1024, 16384, 65536])
     ap.add_argument("--decode-tokens", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument(
+        "--decompressed-up-to", type=int, default=16384, help="longest context for mla-decompressed"
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "cpu_mla.json")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
-    models = {name: build(name) for name in STACKS}
+    all_models = {name: build(name) for name in (*STACKS, DECOMPRESSED)}
     load_before = os.getloadavg()
 
     # The synthetic state must be exactly what a real prefill leaves (same tensors, same bytes).
     check_ctx = args.contexts[0]
     ids = torch.randint(0, 267, (1, check_ctx), generator=torch.Generator().manual_seed(0))
-    for name, model in models.items():
+    for name, model in all_models.items():
         real = model.new_state()
         model(ids, real)
         fake = synthetic_state(model, check_ctx)
@@ -146,6 +160,7 @@ def main() -> None:
 
     rows: list[dict[str, object]] = []
     for ctx in args.contexts:
+        models = {n: m for n, m in all_models.items() if n != DECOMPRESSED or ctx <= args.decompressed_up_to}
         states = {name: synthetic_state(model, ctx) for name, model in models.items()}
         for name, model in models.items():  # warm-up
             time_decode(model, states[name], 2)
@@ -182,7 +197,7 @@ def main() -> None:
     print(f"CPU: {cpu_name()}, torch {torch.__version__}, {args.threads} thread(s), load avg {load:.1f}")
     cols = ("context", "stack", "params", "attn/layer", "cache B/tok", "x MLA", "state MB", "tok/s",
             "tok/cpu-s", "MLA speedup")  # fmt: skip
-    widths = (7, 8, 7, 10, 11, 5, 8, 6, 9, 11)
+    widths = (7, 16, 7, 10, 11, 5, 8, 6, 9, 11)
     header = " | ".join(f"{c:>{w}}" for c, w in zip(cols, widths, strict=True))
     print(header + "\n" + "-" * len(header))
     for r in rows:
@@ -219,7 +234,7 @@ def main() -> None:
             "state": "synthetic random caches of the context length (checked against a real prefill "
             f"of {check_ctx} tokens: same tensor shapes and bytes)",
         },
-        "stacks": {name: STACKS[name][1] for name in STACKS},
+        "stacks": {**{name: STACKS[name][1] for name in STACKS}, DECOMPRESSED: "mla with absorb=False"},
         "baseline": BASELINE,
         "rows": rows,
     }
