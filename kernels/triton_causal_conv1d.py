@@ -132,8 +132,11 @@ def causal_conv1d_step_triton(
     w = _check_weight(d, weight, bias)
     _check_state(state, b, d, w)
     silu = _silu_flag(activation)
-    if not state.is_contiguous():
-        raise KernelInputError("causal_conv1d_step: state must be contiguous (it is updated in place)")
+    if not state.is_contiguous():  # a packed copy, written back: the same in-place contract as the reference
+        packed = state.contiguous()
+        y = causal_conv1d_step_triton(x, packed, weight, bias, activation=activation)
+        state.copy_(packed)
+        return y
     x = x.contiguous()
     y = torch.empty_like(x)
     BD = min(256, triton.next_power_of_2(d))

@@ -10,7 +10,6 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.errors import KernelInputError
 from kernels.gated_delta_rule_step import check_gdr_step_inputs
 
 
@@ -54,8 +53,11 @@ def gated_delta_rule_step_triton(
     scale: float | None = None,
 ) -> torch.Tensor:
     check_gdr_step_inputs(state, q, k, v, g, beta)
-    if not state.is_contiguous():
-        raise KernelInputError("gated_delta_rule_step: state must be contiguous (it is updated in place)")
+    if not state.is_contiguous():  # a packed copy, written back: the same in-place contract as the reference
+        packed = state.contiguous()
+        o = gated_delta_rule_step_triton(packed, q, k, v, g, beta, scale=scale)
+        state.copy_(packed)
+        return o
     b, h, dk = q.shape
     dv = v.shape[2]
     scale = dk**-0.5 if scale is None else scale

@@ -140,3 +140,32 @@ def test_norms_triton(dev, dtype):
         assert rel_err(y, gated_rms_norm_ref(x, z, weight, 1e-5, **kw)) < tol
     y = kernels.gated_rms_norm(x, None, weight, 1e-5, group_size=16, norm_before_gate=False)
     assert rel_err(y, gated_rms_norm_ref(x, None, weight, 1e-5, group_size=16, norm_before_gate=False)) < tol
+
+
+def test_steps_update_non_contiguous_state_views_in_place(dev):
+    """A state that is a view into a bigger buffer (e.g. one layer of a stacked cache) is updated in place."""
+    x, dt, A, B, C, D, s0 = make_ssd_inputs(2, 1, 4, 2, 8, 16, seed=8, with_init=True, device=dev)
+    buf = torch.zeros(2, 4, 16, 8, device=dev).transpose(2, 3)  # (b, h, p, n) view, not contiguous
+    buf.copy_(s0)
+    st_ref = s0.clone()
+    y_ref = ssm_step_ref(st_ref, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D=D)
+    y = kernels.ssm_step(buf, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D=D)
+    assert rel_err(y, y_ref) < 1e-6 and rel_err(buf, st_ref) < 1e-6
+
+    q, k, v, g, beta, s0 = make_gdr_inputs(1, 1, 2, 16, 8, seed=9, with_init=True, device=dev)
+    buf = torch.zeros(1, 2, 8, 16, device=dev).transpose(2, 3)
+    buf.copy_(s0)
+    st_ref = s0.clone()
+    o_ref = gated_delta_rule_step_ref(st_ref, q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0])
+    o = kernels.gated_delta_rule_step(buf, q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0])
+    assert rel_err(o, o_ref) < 1e-6 and rel_err(buf, st_ref) < 1e-6
+
+    gen = torch.Generator().manual_seed(10)
+    xc = torch.randn(2, 6, generator=gen).to(dev)
+    weight = torch.randn(6, 4, generator=gen).to(dev)
+    big = torch.randn(2, 6, 5, generator=gen).to(dev)
+    state = big[:, :, 1:4]  # (b, d, w-1) view with row stride 5
+    st_ref = state.clone()
+    y_ref = causal_conv1d_step_ref(xc, st_ref, weight)
+    y = kernels.causal_conv1d_step(xc, state, weight)
+    assert rel_err(y, y_ref) < 1e-6 and torch.equal(big[:, :, 1:4], st_ref)
