@@ -30,7 +30,7 @@ from model.tokenizer import TokenizerLike
 StopReason = Literal["stop_token", "stop_string", "max_new_tokens"]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def prefill(
     model: HybridLM, ids: Sequence[int] | Tensor, state: ModelState, *, chunk_size: int | None = 2048
 ) -> Tensor:

@@ -3,7 +3,9 @@
 Design choices:
 - The model holds no state: `model(input_ids, state)` reads and advances an explicit `ModelState`
   (model/state.py), so a state can be saved, restored, cloned and forked independently of the model.
-- Inference only: `forward` runs without autograd, so states never keep graphs alive between calls.
+- Inference only: `forward` runs in `torch.inference_mode`, so states never keep graphs alive. The
+  state's tensors become inference tensors and are only changed in place inside inference mode
+  (forward, `ModelState.evict`), so callers may use inference mode or not, as they like.
 - Bad input is refused before the state changes. An exception inside the layers (out of memory, an
   interrupt) leaves the state partly advanced: keep a `clone()` or a snapshot to go back to.
 - T == 1 takes each mixer's one-step kernels; T > 1 the chunked ones. Both give the same numbers.
@@ -113,7 +115,7 @@ class HybridLM(nn.Module):
             )
 
     # ---- forward -----------------------------------------------------------------------------------
-    @torch.no_grad()
+    @torch.inference_mode()
     def forward(self, input_ids: Tensor, state: ModelState) -> Tensor:
         """Logits (B, T, V) for `input_ids` (B, T) following what `state` has seen; advances `state` by T."""
         self._check(input_ids, state)

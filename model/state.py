@@ -213,6 +213,7 @@ class ModelState:
             limit = self.sinks + self.window + self.evict_slack + len(new_pos)
         layer.append(new, new_pos, capacity_limit=limit)
 
+    @torch.inference_mode()  # the cache may hold inference tensors (see HybridLM.forward)
     def evict(self, i: int) -> None:
         """Drop the cached tokens of layer `i` that no future query can see (see the module docstring)."""
         layer = self.layers[i]

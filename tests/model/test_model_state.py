@@ -139,3 +139,24 @@ def test_nbytes_counts_every_tensor(make_model):
     cfg = model.config.attention
     per_token = 2 * 2 * cfg.n_kv_heads * cfg.head_dim * 4 + 2 * 8  # K+V of 2 attention layers + pos
     assert state.nbytes - before == per_token
+
+
+def test_inference_mode_or_not_both_work(make_model):
+    model = make_model(["attention", "mamba2", "gated_deltanet"])
+    ids = ids_for(model, 12)
+    state = model.new_state(window=4)
+    with torch.inference_mode():
+        model(ids[:, :6], state)
+    model(ids[:, 6:7], state)  # in-place updates of tensors made under inference mode
+    state.keep_from = 0
+    model(ids[:, 7:9], state)
+    state.keep_from = None
+    for i in range(len(state.layers)):
+        state.evict(i)  # outside inference mode, on inference tensors
+    fork = state.clone()
+    with torch.inference_mode():
+        a = model(ids[:, 9:], fork)
+    b = model(ids[:, 9:], state)
+    assert torch.equal(a, b)
+    restored = ModelState.from_tensors(load(save(state.to_tensors())), model.config)
+    assert restored.n_tokens == 12
