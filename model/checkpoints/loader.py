@@ -28,10 +28,11 @@ import torch
 from torch import Tensor
 
 from model.attention import Attention
-from model.chat import ChatFormat, JinjaChatFormat, NativeChatFormat
+from model.chat import ChatFormat, NativeChatFormat
 from model.checkpoints import bamba, falcon_h1, mamba2, nemotron_h, olmo_hybrid
 from model.checkpoints.plan import Source
 from model.checkpoints.shards import ShardSet
+from model.checkpoints.tool_formats import format_class_for
 from model.config import HybridConfig
 from model.errors import CheckpointError
 from model.hybrid import HybridLM
@@ -241,13 +242,18 @@ def _restore_buffers(model: HybridLM) -> None:
 
 
 def load_chat_format(root: Path, tokenizer: Tokenizer | ByteTokenizer) -> ChatFormat:
-    """The checkpoint's jinja template, stopping at the end-of-turn tokens of generation_config.json."""
+    """The checkpoint's jinja template, stopping at the end-of-turn tokens of generation_config.json,
+    reading tool calls in the syntax the template teaches (model/checkpoints/tool_formats.py)."""
     config = {}
     if (root / "tokenizer_config.json").is_file():
         config = json.loads((root / "tokenizer_config.json").read_text(encoding="utf-8"))
-    if not (root / "chat_template.jinja").is_file() and not config.get("chat_template"):
+    template = config.get("chat_template")
+    if (root / "chat_template.jinja").is_file():
+        template = (root / "chat_template.jinja").read_text(encoding="utf-8")
+    if not template:
         return NativeChatFormat()
-    return JinjaChatFormat.from_pretrained(root, stop_strings=end_of_turn_strings(root, tokenizer))
+    cls = format_class_for(json.dumps(template))  # (a list of named templates is searched too)
+    return cls.from_pretrained(root, stop_strings=end_of_turn_strings(root, tokenizer))
 
 
 def end_of_turn_strings(root: Path, tokenizer: Tokenizer | ByteTokenizer) -> list[str]:

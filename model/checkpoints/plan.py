@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from model.config import HybridConfig
+from model.errors import CheckpointError
 
 # The Mamba-2 mixer's weights, named alike in every family (plus conv1d.bias, in/out_proj.bias if used).
 MAMBA2_WEIGHTS = (
@@ -110,6 +111,13 @@ def dt_limit(value: Any) -> tuple[float, float | None]:
 def rope_theta(hf: dict[str, Any], default: float | None = 10000.0) -> float | None:
     """RoPE base from transformers 5 (`rope_parameters`) or 4 (`rope_theta`) configs."""
     params = hf.get("rope_parameters")
+    scaling = params if isinstance(params, dict) else hf.get("rope_scaling")
+    kind = (scaling or {}).get("rope_type") or (scaling or {}).get("type") or "default"
+    if kind != "default":
+        raise CheckpointError(
+            f"RoPE scaling {kind!r} is not supported (only plain RoPE); this checkpoint would compute "
+            "different numbers here than in its reference implementation"
+        )
     if isinstance(params, dict) and params.get("rope_theta") is not None:
         return float(params["rope_theta"])
     if hf.get("rope_theta") is not None:
