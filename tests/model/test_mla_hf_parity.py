@@ -127,3 +127,23 @@ def test_auto_mode_absorbs_decode_and_decompresses_long_prefill():
     _, _, ours, _ = build_pair(None, False, False)
     assert ours._absorbs(1, 2) and ours._absorbs(1, 100_000) and ours._absorbs(4, 4096)
     assert not ours._absorbs(512, 512)
+
+
+def test_decode_matches_transformers_own_cache():
+    """Token by token through transformers' DynamicCache (its incremental path) == ours, absorbed."""
+    from transformers import DynamicCache
+
+    hf, rotary, ours, cfg = build_pair(12, True, True)
+    x = torch.randn(2, T, 32, generator=torch.Generator().manual_seed(4))
+    cache = DynamicCache(config=hf.config)
+    with torch.no_grad():
+        ref = torch.cat(
+            [
+                hf(x[:, t : t + 1], rotary(x[:, t : t + 1], torch.tensor([[t]])), None, cache=cache)[0]
+                for t in range(T)
+            ],
+            dim=1,
+        )  # (B, T, D)
+    got, state = run_ours(ours, cfg, x, [1] * T)
+    assert rel_err(ref, got) < 1e-5
+    assert rel_err(cache.layers[0].keys[:, 0], state.layers[0].cache["latent"]) < 1e-6  # (B, T, C)
