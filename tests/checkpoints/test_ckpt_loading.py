@@ -179,3 +179,39 @@ def test_truncated_shard(checkpoint):
     (folder / "model.safetensors").write_bytes(data[: len(data) - 100])
     with pytest.raises(CheckpointError, match="truncated"):
         load_model(folder)
+
+
+def test_hub_id_found_in_the_local_hub_cache_loads_offline(checkpoint, tmp_path):
+    folder, _ = checkpoint("bamba")
+    snapshot = tmp_path / "hf" / "hub" / "models--some-org--tiny-bamba" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    for f in folder.iterdir():
+        (snapshot / f.name).write_bytes(f.read_bytes())
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    code = (
+        "from model import load_model\n"
+        "m, tok, chat = load_model('some-org/tiny-bamba')\n"
+        "print(m.fingerprint, type(chat).__name__)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    fingerprint, chat_name = out.stdout.split()
+    assert fingerprint == load_model(folder)[0].fingerprint
+    assert chat_name == "JinjaChatFormat"
+
+
+def test_progress_bar_for_long_loads(checkpoint, monkeypatch, capsys):
+    from model.checkpoints import loader
+
+    folder, _ = checkpoint("mamba2")
+    load_model(folder)
+    assert "loading weights" not in capsys.readouterr().err  # small: no bar
+    monkeypatch.setattr(loader, "PROGRESS_MIN_BYTES", 0)
+    load_model(folder)
+    assert "loading weights" in capsys.readouterr().err
+    load_model(folder, progress=False)
+    assert "loading weights" not in capsys.readouterr().err
