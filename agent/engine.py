@@ -16,6 +16,7 @@ Design choices:
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -108,6 +109,7 @@ class ModelEngine:
         from model.sampling import SamplingParams, make_generator
 
         self.sampling = SamplingParams(temperature=temperature)
+        self._seed = seed
         self._generator = make_generator(seed, self._device)
         self._window_arg, self._sinks_arg = window, sinks
         self.state = model.new_state(window=window, sinks=sinks)
@@ -133,9 +135,23 @@ class ModelEngine:
         return stream
 
     def reset(self) -> None:
+        from model.sampling import make_generator
+
         self.state = self.model.new_state(window=self._window_arg, sinks=self._sinks_arg)
         self.state.keep_from = 0
         self._logits = None
+        self._generator = make_generator(self._seed, self._device)  # each session starts from the seed
+
+    def sampler_state(self) -> str | None:
+        """The random generator's state (base64), saved with each snapshot so that a resumed session
+        samples exactly what the uninterrupted one would; None when decoding is greedy."""
+        if self.sampling.greedy:
+            return None
+        return base64.b64encode(self._generator.get_state().numpy().tobytes()).decode("ascii")
+
+    def set_sampler_state(self, encoded: str) -> None:
+        raw = bytearray(base64.b64decode(encoded))
+        self._generator.set_state(torch.frombuffer(raw, dtype=torch.uint8))
 
     def prefill(self, ids: Sequence[int]) -> None:
         from model.generate import prefill

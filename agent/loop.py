@@ -354,8 +354,15 @@ class Agent(SessionOps):
         )
 
     async def _save(self, turn: int, events: list[Event], stats: _TurnStats, stop_reason: str) -> TurnEnd:
-        meta = {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens,
-                "stop_reason": stop_reason}  # fmt: skip
+        meta: dict[str, Any] = {
+            "prompt_tokens": stats.prompt_tokens,
+            "completion_tokens": stats.completion_tokens,
+            "stop_reason": stop_reason,
+        }
+
+        sampler = getattr(self.engine, "sampler_state", None)  # optional in the Engine protocol
+        if sampler is not None and (rng := sampler()) is not None:
+            meta["sampler"] = rng
 
         def write() -> None:
             recurrent, pages = self.engine.snapshot(self._saved_tokens)

@@ -129,3 +129,6 @@ class SessionOps:
         self.engine.restore(
             snap.recurrent, [StatePage(p.token_start, p.token_end, p.tensors) for p in snap.pages]
         )
+        set_sampler = getattr(self.engine, "set_sampler_state", None)  # optional in the Engine protocol
+        if set_sampler is not None and "sampler" in snap.meta:
+            set_sampler(snap.meta["sampler"])
