@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import platform
 import statistics
@@ -28,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from model import HybridConfig, HybridLM, ModelState
+from model.state import TOKEN_AXIS
 
 MODELS = ("20m", "20m-attn")
 
@@ -70,6 +72,19 @@ def time_decode(model: HybridLM, state: ModelState, first: torch.Tensor, n: int)
     return n / c.wall, n / c.cpu
 
 
+def state_bytes_at(model: HybridLM, n_tokens: int, window: int | None = None, sinks: int = 0) -> int:
+    """State bytes after `n_tokens`, from the layout: the fixed part plus the held tokens' cache and
+    positions (checked against measured states below)."""
+    state = model.new_state(window=window, sinks=sinks)
+    per_token = 0
+    for _, spec in state.layout:
+        for shape in spec.cache.values():
+            per_token += math.prod(d for d in shape if d != TOKEN_AXIS) * model.dtype.itemsize
+        per_token += 8 if spec.cache else 0  # the int64 position
+    held = n_tokens if state.window is None else min(n_tokens, state.sinks + state.window)
+    return state.nbytes + held * per_token
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--contexts", type=int, nargs="+", default=[512, 2048])
@@ -77,6 +92,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
     ap.add_argument("--window", type=int, default=512, help="attention window for the windowed state row")
+    ap.add_argument("--state-tokens", type=int, nargs="+", default=[0, 2048, 8192, 32768, 131072])
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "cpu_model.json")
     args = ap.parse_args()
 
@@ -118,6 +134,16 @@ def main() -> None:
         state = hybrid.new_state(window=args.window, sinks=4)
         hybrid(torch.randint(0, vocab, (1, ctx)), state)
         windowed.append({"context": ctx, "state_bytes": state.nbytes})
+        if state.nbytes != state_bytes_at(hybrid, ctx, args.window, 4):
+            raise AssertionError("state_bytes_at disagrees with a measured windowed state")
+    for r in rows:
+        if r["state_bytes"] != state_bytes_at(models[str(r["model"])], int(r["context"])):  # type: ignore[call-overload]
+            raise AssertionError(f"state_bytes_at disagrees with the measured state of {r['model']}")
+    sweep = {
+        "20m": [state_bytes_at(hybrid, n) for n in args.state_tokens],
+        "20m-attn": [state_bytes_at(models["20m-attn"], n) for n in args.state_tokens],
+        f"20m window {args.window}+4": [state_bytes_at(hybrid, n, args.window, 4) for n in args.state_tokens],
+    }
 
     by = {(r["model"], r["context"]): r for r in rows}
     threads, load = args.threads, load_before[0]
@@ -160,6 +186,11 @@ def main() -> None:
         mb = w["state_bytes"] / 1e6
         print(f"hybrid with window {args.window} + 4 sinks at {w['context']}: state {mb:.2f} MB")
 
+    print("state MB vs tokens (from the layout; equal to the measured states above)")
+    print(f"{'tokens':>26} | " + " | ".join(f"{n:>8}" for n in args.state_tokens))
+    for name, sizes in sweep.items():
+        print(f"{name:>26} | " + " | ".join(f"{b / 1e6:>8.2f}" for b in sizes))
+
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "benchmark": "cpu_model",
@@ -176,6 +207,7 @@ def main() -> None:
         "rows": rows,
         "ratios_hybrid_over_attention": ratios,
         "windowed_hybrid": {"window": args.window, "sinks": 4, "rows": windowed},
+        "state_bytes_vs_tokens": {"tokens": args.state_tokens, "bytes": sweep},
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
