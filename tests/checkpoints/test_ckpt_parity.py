@@ -115,6 +115,11 @@ SLOW: list[tuple[str, dict[str, Any]]] = [
                    "embedding_multiplier": 3.0, "lm_head_multiplier": 0.25}),
     ("nemotron_h", {"layers_block_type": ["mlp", LIN, LIN, FULL, "mlp"],
                     "num_key_value_heads": 4, "n_groups": 3, "mamba_num_heads": 3, "mamba_head_dim": 16}),
+    ("falcon_h1", {"projectors_bias": True, "attention_bias": True, "mlp_bias": True, "key_multiplier": 0.5,
+                   "attention_out_multiplier": 1.5, "ssm_out_multiplier": 0.7,
+                   "mlp_multipliers": [0.8, 1.25]}),
+    ("bamba", {"mamba_proj_bias": True, "attention_bias": True, "mlp_bias": True,
+               "tie_word_embeddings": True}),
     ("bamba", {"attn_layer_indices": [0, 2], "num_hidden_layers": 4, "mamba_n_groups": 1,
                "mamba_n_heads": 4, "num_key_value_heads": 4}),
 ]  # fmt: skip
