@@ -167,12 +167,14 @@ def load_weights(
     # Read in file order: one sequential pass over each shard.
     order = sorted(resolved, key=lambda t: _position(resolved[t][0], shards))
     digests: dict[str, str] = {}
-    bar = _Progress(shards.nbytes, progress)
+    used = {n for names, _ in resolved.values() for n in names}
+    bar = _Progress(sum(shards.entries[n].nbytes for n in used), progress)
     try:
         for target in order:
             names, src = resolved[target]
             _fill(params[target], names, src, shards, digests, family, target)
-            bar.update(sum(shards.entries[n].nbytes for n in names))
+            bar.update(sum(shards.entries[n].nbytes for n in names if n in used))
+            used.difference_update(names)  # a tensor read twice (a tied head) counts once
     finally:
         bar.close()
         shards.close()
