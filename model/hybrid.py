@@ -148,8 +148,11 @@ class HybridLM(nn.Module):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> HybridLM:
-        self._fingerprint = None  # .to(dtype) changes the weights' bytes
-        return super()._apply(fn, recurse)
+        dtypes = [p.dtype for p in self.parameters()]
+        out = super()._apply(fn, recurse)
+        if [p.dtype for p in self.parameters()] != dtypes:
+            self._fingerprint = None  # .to(dtype) changes the weights' bytes; a move to a device does not
+        return out
 
     def save_pretrained(self, directory: str | Path) -> Path:
         path = Path(directory)
