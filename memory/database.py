@@ -2,6 +2,9 @@
 
 SQLite set-up, and why:
 - WAL: readers never block the writer and a killed process never leaves a half-written snapshot.
+  It is switched on by `migrate`, once the file is known to be ours (it writes to the file).
+  Checkpoints run on a background thread (memory/wal.py), not inside a snapshot's COMMIT.
+- 64 KiB pages (set before the file exists): blobs are MiB chunks, far past SQLite's 4 KiB default.
 - synchronous=FULL: a commit is on disk when `save_turn` returns (a snapshot is the user's work).
 - foreign_keys=ON: SQLite ignores foreign keys unless asked, on every connection.
 - busy timeout + `BEGIN IMMEDIATE` for writes: a writer takes the lock when its transaction starts, so
