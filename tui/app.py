@@ -146,7 +146,9 @@ class HybridAgentApp(SessionActions, App[int]):
     @on(PromptArea.Submitted)
     async def on_prompt_submitted(self, event: PromptArea.Submitted) -> None:
         if is_slash_command(event.text):
-            await self.run_slash(event.text)
+            # A worker, not an await here: resuming a big session reads its snapshot from the
+            # database, and the app's message queue (keys, redraws) must keep moving meanwhile.
+            self.run_worker(self.run_slash(event.text), group="command", exclusive=True)
         elif self.bridge.agent is None:
             self.notify("the model is not loaded yet", severity="warning")
         elif self.bridge.turn_running:

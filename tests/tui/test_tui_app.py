@@ -213,3 +213,50 @@ async def test_theme_toggles(tmp_path: Path) -> None:
         dark = rig.app.current_theme.dark
         await pilot.press("ctrl+t")
         assert rig.app.current_theme.dark is not dark
+
+
+async def test_reopening_a_session_redraws_it_and_continues_from_its_state(tmp_path: Path) -> None:
+    first = Rig(tmp_path, ["A tool." + tool_call("read_file", path="hello.py"), "It prints hello.<|end|>"])
+    async with first.app.run_test() as pilot:
+        await send(pilot, "what does hello.py print?")
+        await settle(pilot)
+        session, tokens = first.agent.session_id, first.engine.n_tokens
+    # A new process, in effect: new app, new engine, same database (what --resume ID does).
+    second = Rig(tmp_path, ["Yes.<|end|>"], resume=session)
+    app = second.app
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        await settle(pilot)
+        assert [u.text for u in app.query(UserMessage)] == ["what does hello.py print?"]
+        assert [a.text for a in app.query(AssistantMessage)] == ["A tool.", "It prints hello."]
+        (card,) = app.query(ToolCard)
+        assert (card.call.tool, card.status) == ("read_file", "done") and "hello" in card.result.text
+        assert second.engine.n_tokens == tokens  # the state came back from the snapshot, not a re-read
+        await send(pilot, "sure?")
+        await settle(pilot)
+        assert second.agent.turn == 2
+        assert second.engine.prefill_log == ["<|user|>sure?<|end|><|assistant|>"]  # only the new segment
+
+
+async def test_fast_stream_is_batched_and_exact(tmp_path: Path) -> None:
+    reply = "".join(f"w{i:03d} " for i in range(200))  # 1,000 tokens (the turn's limit is 1,024)
+    rig = Rig(tmp_path, [reply + "<|end|>"])
+    app = rig.app
+    appends = 0
+    original = AssistantMessage.append_text
+
+    async def counting(self: AssistantMessage, fragment: str) -> None:
+        nonlocal appends
+        appends += 1
+        await original(self, fragment)
+
+    AssistantMessage.append_text = counting  # type: ignore[method-assign]
+    try:
+        async with app.run_test() as pilot:
+            await send(pilot, "go")
+            await settle(pilot)
+    finally:
+        AssistantMessage.append_text = original  # type: ignore[method-assign]
+    assert app.last_answer == reply
+    # Deltas that arrive together become one Markdown append: far fewer appends than tokens.
+    assert appends < len(reply) / 4, appends

@@ -60,24 +60,33 @@ class Rig:
         *,
         token_delay: float = 0.0,
         tools: bool = True,
+        resume: str | None = None,
         **app_kw: Any,
     ) -> None:
         self.root = root
         self.workspace = root / "project"
         self.workspace.mkdir(exist_ok=True)
-        (self.workspace / "hello.py").write_text('def main():\n    print("hello")\n    return 0\n')
+        if not (self.workspace / "hello.py").exists():
+            (self.workspace / "hello.py").write_text('def main():\n    print("hello")\n    return 0\n')
         self.db_url = f"sqlite:///{root / 'sessions.db'}"
         self.engine = ScriptedEngine(list(replies))
         if token_delay:
             self.engine.step_hook = lambda n: time.sleep(token_delay)  # runs on the agent's model thread
         self.agent: Agent | None = None
         self.tools = tools
+        self.resume = resume
         app_kw.setdefault("cursor_blink", False)
         app_kw.setdefault("system_clipboard", False)
         self.app = HybridAgentApp(self.factory, **app_kw)
 
     def factory(self, approval: Any) -> Agent:
-        self.agent = Agent(self.engine, Store(self.db_url), workspace=self.workspace, approval=approval)
+        self.agent = Agent(
+            self.engine,
+            Store(self.db_url),
+            workspace=self.workspace,
+            approval=approval,
+            session_id=self.resume,
+        )
         if not self.tools:
             # No tool schemas in the system segment: token counts then do not move whenever a tool's
             # description is edited (the session browser snapshot shows them).

@@ -1,0 +1,78 @@
+"""The pure parts: slash-command parsing and completion, the diff renderer, the clipboard fallback,
+the session row adapter and relative times."""
+
+from __future__ import annotations
+
+import os
+import stat
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from memory.records import SessionInfo
+from tui.clipboard import copy_to_system_clipboard
+from tui.screens.sessions import relative_time, session_row
+from tui.slash import SLASH_COMMANDS, ParsedCommand, SlashCommandError, complete, is_slash_command, parse
+from tui.widgets.diff_view import render_diff
+from tui.widgets.status_bar import StatusInfo, format_status
+
+
+def test_parse_and_reject_slash_commands() -> None:
+    assert parse("/rewind 3 files") == ParsedCommand("rewind", ("3", "files"))
+    assert parse("  /fork  ") == ParsedCommand("fork", ())
+    for bad, says in [("/nope", "unknown command /nope"), ("/rewind", "usage: /rewind N"),
+                      ("/fork x", "N is a turn number")]:  # fmt: skip
+        with pytest.raises(SlashCommandError, match=says):
+            parse(bad)
+    assert (
+        is_slash_command("/help") and not is_slash_command("/etc/hosts is odd") and not is_slash_command("hi")
+    )
+
+
+def test_completion() -> None:
+    assert [c.name for c in complete("/re")] == ["resume", "rewind"]
+    assert [c.name for c in complete("/")] == [c.name for c in SLASH_COMMANDS]
+    assert complete("/resume x") == [] and complete("hello") == []
+
+
+def test_diff_lines_are_marked_and_code_highlighted() -> None:
+    diff = "--- a/x.py\n+++ b/x.py\n@@ -1 +1 @@\n-def f(): return 1\n+def f(): return 2\n"
+    content = render_diff(diff)
+    lines = content.split("\n")
+    assert [str(line) for line in lines] == diff.rstrip("\n").split("\n")  # the text is the diff, exactly
+    added, removed = lines[4], lines[3]
+    assert any("$success" in str(s.style) for s in added.spans)
+    assert any("$error" in str(s.style) for s in removed.spans)
+    # 'def' is highlighted as a Python keyword inside the changed line.
+    assert any(str(added)[s.start : s.end] == "def" for s in added.spans)
+
+
+def test_system_clipboard_uses_the_first_tool_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "clipboard.txt"
+    tool = tmp_path / "xclip"  # a stand-in xclip: a real program that stores what it reads
+    tool.write_text(f"#!/bin/sh\nexec /bin/cat > {out}\n")
+    tool.chmod(tool.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert copy_to_system_clipboard("the answer ✓") == "xclip"
+    assert out.read_text() == "the answer ✓"
+    monkeypatch.setenv("PATH", os.devnull)
+    assert copy_to_system_clipboard("x") is None
+
+
+def test_session_row_reads_memory_session_info() -> None:
+    now = datetime(2026, 1, 2, 12, 0, tzinfo=UTC)
+    info = SessionInfo(id="s1", title="", workspace="/w", model_fingerprint="f", created_at=now,
+                       updated_at=now - timedelta(hours=3), parent_id=None, fork_turn=None,
+                       latest_turn=4, n_tokens=12345)  # fmt: skip
+    row = session_row(info)
+    assert (row.id, row.title, row.turns, row.tokens) == ("s1", "untitled", 4, 12345)
+    assert relative_time(row.last_used, now) == "3 h ago"
+    assert relative_time(now - timedelta(seconds=5), now) == "just now"
+    assert relative_time(None) == "—"
+
+
+def test_status_line() -> None:
+    info = StatusInfo(model="m", device="cuda:0", state_tokens=123456, state_bytes=52_400_000, window=4096,
+                      tokens_per_s=87.25)  # fmt: skip
+    assert format_status(info) == "m  │  cuda:0  │  123,456 tok  │  52.4 MB  │  window 4,096  │  87.2 tok/s"
