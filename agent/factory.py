@@ -91,12 +91,19 @@ def open_agent(
 ) -> Agent:
     from memory import Store
 
-    engine = load_engine(model, device=device, window=window, sinks=sinks, seed=seed, temperature=temperature)
     store = Store(db)
     try:
-        if resume is not None and workspace == ".":
-            # A resumed session works on the files it was started on, unless told otherwise.
-            workspace = store.get_session(resume).workspace
+        if resume is not None:
+            info = store.get_session(resume)
+            if workspace == ".":
+                # A resumed session works on the files it was started on, unless told otherwise.
+                workspace = info.workspace
+            if window is None and info.meta.get("window") is not None:
+                # ... and keeps the attention window it ran with (its numbers depend on it).
+                window, sinks = int(info.meta["window"]), int(info.meta.get("sinks", sinks))
+        engine = load_engine(
+            model, device=device, window=window, sinks=sinks, seed=seed, temperature=temperature
+        )
         return cls(
             engine,
             store,

@@ -45,7 +45,8 @@ class SessionOps:
 
     def new_session(self, title: str = "") -> str:
         self._idle()
-        info = self.store.create_session(title, str(self.workspace), self.engine.fingerprint)
+        policy = {"window": self.engine.window, "sinks": self.engine.sinks}  # resume keeps them
+        info = self.store.create_session(title, str(self.workspace), self.engine.fingerprint, meta=policy)
         self.engine.reset()
         self._set_session(info.id, 0, None, [], [])
         return info.id

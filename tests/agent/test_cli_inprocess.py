@@ -122,3 +122,16 @@ def test_terminal_approval(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Captu
     assert (decision.allow, decision.always) == (allow, always)
     err = capsys.readouterr().err
     assert "[approve write_file" in err and "+x" in err and "allow?" in err
+
+
+def test_resume_keeps_the_sessions_window(env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["--model", env["model"], "--db", env["db"], "--workspace", env["ws"], "--max-new-tokens", "3"]
+    code, out, err = call(capsys, "run", "hi", "--json", "--window", "16", "--sinks", "2", *common)
+    assert code == 0, err
+    first = json.loads(out.splitlines()[-1])
+    code, out, err = call(capsys, "run", "again", "--json", "--resume", first["session_id"], *common)
+    assert code == 0, err
+    second = json.loads(out.splitlines()[-1])
+    assert first["window"] == second["window"] == 16 and second["turn"] == 2
+    # Constant up to the eviction slack (a few tokens past the window may linger until a compaction).
+    assert abs(second["state_bytes"] - first["state_bytes"]) <= 0.05 * first["state_bytes"]
