@@ -213,17 +213,28 @@ class ModelState:
             limit = self.sinks + self.window + self.evict_slack + len(new_pos)
         layer.append(new, new_pos, capacity_limit=limit)
 
+    def _needed(self) -> int:
+        """How many cached tokens the policy keeps: [0, sinks) and [lo, n) with lo the start of the
+        window or keep_from, whichever is earlier. Host arithmetic only (no device sync per token)."""
+        assert self.window is not None
+        n = self.n_tokens
+        lo = max(0, n - self.window)
+        if self.keep_from is not None:
+            lo = min(lo, max(0, self.keep_from))
+        return min(self.sinks, lo) + (n - lo)
+
     @torch.inference_mode()  # the cache may hold inference tensors (see HybridLM.forward)
     def evict(self, i: int) -> None:
         """Drop the cached tokens of layer `i` that no future query can see (see the module docstring)."""
         layer = self.layers[i]
         if self.window is None or layer.pos is None:
             return
+        droppable = len(layer.pos) - self._needed()  # held tokens are a superset of the needed ones
+        if droppable <= 0 or droppable < self.evict_slack:
+            return
         keep = (layer.pos < self.sinks) | (layer.pos >= self.n_tokens - self.window)
         if self.keep_from is not None:
             keep |= layer.pos >= self.keep_from
-        if len(keep) - int(keep.sum()) < self.evict_slack:
-            return
         layer.keep(keep.nonzero().squeeze(1))  # (L',)
 
     # ---- flat tensors ----------------------------------------------------------------------------
