@@ -1,0 +1,391 @@
+"""`DecodeEngine`: prefill and decode on preallocated buffers, the one-token step replayed as CUDA graphs.
+
+Design choices (the model stays plain; speed tricks live here, as in gpt-fast):
+- Static state. The engine owns one `ModelState` whose attention caches are views into buffers of
+  `max_context` tokens allocated up front, and whose recurrent tensors never move. Prefill runs the
+  model's own blocks on that state (appends land in the buffers without reallocating; the chunked
+  kernels' new recurrent tensors are copied back into the fixed ones). `engine.state` is a real
+  `ModelState` at every point between calls, so snapshots (`to_tensors`, `cache_range`) just work;
+  `load_state` copies a state (a restored snapshot) into the buffers.
+- The decode step is the model's T == 1 path, cut at each attention layer's score/softmax: the parts
+  between two attention cores (norms, projections, the recurrent layers' fused step kernels, the MLPs,
+  the cache write at a device-side position) are captured as CUDA graphs; the attention core itself
+  runs eagerly as the same `scaled_dot_product_attention` call the model makes, over the first L
+  cached keys. So the engine computes exactly what `model(token, state)` computes (same kernels, same
+  shapes; tested token for token), while the ~9 launches per token it still makes from Python are
+  queued far ahead of the GPU: nothing waits on the host, since nothing is read back per token.
+- Greedy decoding never leaves the device: the last graph writes argmax(logits) into the input
+  buffer of the next step and into a device history of token ids, which is read back every
+  `sync_every` tokens (or every token when stop ids must be checked: the state must not run past a
+  stop token, as in model/generate.py). Sampled decoding reads the logits buffer after each `step`.
+- Supported in the graphed path: attention (full, no window), gated_deltanet, mamba2 and mlp layers.
+  Anything else (a window, MLA, parallel layers) and every CPU run take the eager path: the same
+  buffers, the segments called directly (CPU) or `model(token, state)` (unsupported layouts).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from model.attention import Attention
+from model.errors import ModelError, StateMismatchError, TokenRangeError
+from model.hybrid import HybridLM
+from model.layers import apply_rope
+from model.state import ModelState
+
+GRAPHED_KINDS = frozenset({"attention", "gated_deltanet", "mamba2", "mlp"})
+
+
+class ContextFullError(ModelError, ValueError):
+    """More tokens than the engine's `max_context`: build the engine with a larger one."""
+
+
+class DecodeEngine:
+    """Prefill and decode for one `HybridLM` on buffers of `max_context` tokens (see the module doc)."""
+
+    def __init__(
+        self,
+        model: HybridLM,
+        *,
+        max_context: int,
+        batch_size: int = 1,
+        use_graphs: bool | None = None,
+        prefill_chunk: int = 2048,
+    ) -> None:
+        self.model = model
+        self.cfg = model.config
+        self.max_context = max_context
+        self.prefill_chunk = prefill_chunk
+        self.device = model.device
+        self.static = set(self.cfg.layer_types) <= GRAPHED_KINDS and self.cfg.attention.sliding_window is None
+        self.graphed = self.static and (self.device.type == "cuda" if use_graphs is None else use_graphs)
+        with torch.inference_mode():
+            self.state = self._allocate(batch_size)
+            B, V = batch_size, self.cfg.vocab_size
+            self._tok = torch.zeros(B, 1, dtype=torch.long, device=self.device)  # next input token
+            self._pos = torch.zeros(1, dtype=torch.long, device=self.device)  # its position
+            self._ids = torch.zeros(B, max_context, dtype=torch.long, device=self.device)  # by position
+            self._x = torch.zeros(B, 1, self.cfg.d_model, dtype=model.dtype, device=self.device)
+            self._logits = torch.zeros(B, V, dtype=model.dtype, device=self.device)
+            self._attn_q: dict[int, Tensor] = {}
+            self._attn_out: dict[int, Tensor] = {}
+        self._n = 0  # tokens in the state (host copy of state.n_tokens, kept without syncing)
+        self._segments = self._build_segments() if self.static else []
+        self._graphs: list[torch.cuda.CUDAGraph] | None = None
+
+    # ---- buffers ---------------------------------------------------------------------------------------
+    def _allocate(self, batch_size: int) -> ModelState:
+        state = self.model.new_state(batch_size)
+        for ls in state.layers:
+            if ls.pos is None:
+                continue
+            for name, t in ls.cache.items():
+                ax = ls.axes[name]
+                shape = list(t.shape)
+                shape[ax] = self.max_context
+                ls.storage[name] = t.new_zeros(shape)  # (B, Hkv, max_context, Dh)
+                ls.cache[name] = ls.storage[name].narrow(ax, 0, 0)
+            ls.storage["pos"] = torch.zeros(self.max_context, dtype=torch.long, device=self.device)
+            ls.pos = ls.storage["pos"].narrow(0, 0, 0)
+        self._fixed = [dict(ls.recurrent) for ls in state.layers]  # the recurrent tensors that never move
+        return state
+
+    def _pin(self) -> None:
+        """After an eager call: copy recurrent tensors that the chunked kernels replaced back into the
+        fixed ones, and check that no cache outgrew its buffer (which would mean a reallocation)."""
+        for ls, fixed in zip(self.state.layers, self._fixed, strict=True):
+            for name, t in fixed.items():
+                if ls.recurrent[name] is not t:
+                    t.copy_(ls.recurrent[name])
+                    ls.recurrent[name] = t
+            for name, buf in ls.storage.items():
+                view = ls.pos if name == "pos" else ls.cache[name]
+                assert view is not None and view.data_ptr() == buf.data_ptr(), "cache left its buffer"
+
+    def _set_views(self, n: int) -> None:
+        for ls in self.state.layers:
+            if ls.pos is None:
+                continue
+            for name in ls.cache:
+                ls.cache[name] = ls.storage[name].narrow(ls.axes[name], 0, n)
+            ls.pos = ls.storage["pos"].narrow(0, 0, n)
+        self.state.n_tokens = self._n = n
+        self._pos.fill_(n)
+
+    @property
+    def n_tokens(self) -> int:
+        return self._n
+
+    def reset(self) -> None:
+        """Forget every token (the buffers stay; recurrent states are zeroed)."""
+        with torch.inference_mode():
+            for fixed in self._fixed:
+                for t in fixed.values():
+                    t.zero_()
+            self._set_views(0)
+
+    def set_length(self, n_tokens: int) -> None:
+        """Declare that the first `n_tokens` of every cache buffer and the recurrent tensors were written
+        by the caller (benchmarks build long states this way); positions become 0..n-1."""
+        self._room(n_tokens, 0)
+        with torch.inference_mode():
+            for ls in self.state.layers:
+                if ls.pos is not None:
+                    ls.storage["pos"][:n_tokens] = torch.arange(n_tokens, device=self.device)
+            self._set_views(n_tokens)
+
+    def load_state(self, state: ModelState) -> None:
+        """Copy `state` (e.g. restored from a snapshot, on any device) into the engine's buffers."""
+        if state.layout != self.state.layout or state.batch_size != self.state.batch_size:
+            raise StateMismatchError("this state belongs to another model or batch size than the engine's")
+        if state.window is not None:
+            raise StateMismatchError("the engine keeps full attention; load a state made with window=None")
+        n = state.n_tokens
+        self._room(n, 0)
+        with torch.inference_mode():
+            for ls, src, fixed in zip(self.state.layers, state.layers, self._fixed, strict=True):
+                for name, t in fixed.items():
+                    t.copy_(src.recurrent[name])
+                if ls.pos is None or src.pos is None:
+                    continue
+                if len(src.pos) != n or not bool((src.pos.cpu() == torch.arange(n)).all()):
+                    raise StateMismatchError("the state's cache does not hold every position 0..n-1")
+                for name, t in src.cache.items():
+                    ls.storage[name].narrow(ls.axes[name], 0, n).copy_(t)
+                ls.storage["pos"][:n].copy_(src.pos)
+            self._set_views(n)
+
+    def export_state(self) -> ModelState:
+        """A deep copy of the current state (without the spare room), e.g. to keep a checkpoint."""
+        return self.state.clone()
+
+    def _room(self, n: int, extra: int) -> None:
+        if n + extra > self.max_context:
+            raise ContextFullError(
+                f"{n} tokens in the state + {extra} new exceed max_context={self.max_context}; "
+                "create the DecodeEngine with a larger max_context"
+            )
+
+    # ---- prefill ---------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def prefill(self, ids: Sequence[int] | Tensor) -> Tensor:
+        """Feed `ids` (T,) or (B, T); returns the logits of the last token (B, V), in chunks of
+        `prefill_chunk` tokens so activation memory stays bounded. Only the last chunk goes through
+        the LM head."""
+        x = torch.as_tensor(ids, dtype=torch.long, device=self.device)
+        x = x.view(1, -1) if x.dim() == 1 else x  # (B, T)
+        if x.shape[-1] == 0:
+            raise TokenRangeError("the prompt is empty; pass at least one token to prefill")
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi >= self.cfg.vocab_size:
+            raise TokenRangeError(f"token ids must be in [0, {self.cfg.vocab_size}); got [{lo}, {hi}]")
+        self._room(self._n, x.shape[1])
+        m, h = self.model, None
+        for start in range(0, x.shape[1], self.prefill_chunk):
+            chunk = x[:, start : start + self.prefill_chunk]  # (B, t)
+            h = m.embed_tokens(chunk)  # (B, t, D)
+            for block, layer in zip(m.layers, self.state.layers, strict=True):
+                h = block(h, layer, self.state)  # (B, t, D)
+            self.state.n_tokens += chunk.shape[1]
+            self._pin()
+            self._ids[:, self._n : self._n + chunk.shape[1]] = chunk
+            self._n = self.state.n_tokens
+        assert h is not None
+        self._pos.fill_(self._n)
+        # The head over the whole last chunk, as model.forward does: the same matmul shape gives the
+        # same rounding, so the first decoded token matches the eager path exactly.
+        self._logits.copy_(self._head(h)[:, -1])
+        return self._logits
+
+    def _head(self, h: Tensor) -> Tensor:
+        m = self.model
+        weight = m.embed_tokens.weight if m.lm_head is None else m.lm_head.weight
+        return F.linear(m.norm(h), weight)  # (B, t, V)
+
+    # ---- the decode step -------------------------------------------------------------------------------
+    def _build_segments(self) -> list[Callable[[], None]]:
+        """The step as a list of callables: graph-safe parts alternating with attention cores."""
+        m, st = self.model, self.state
+        parts: list[Callable[[], None]] = []
+        todo: list[Callable[[], None]] = [lambda: self._x.copy_(m.embed_tokens(self._tok))]
+
+        def flush() -> None:
+            ops = tuple(todo)
+
+            def run() -> None:
+                for op in ops:
+                    op()
+
+            parts.append(run)
+            todo.clear()
+
+        for i, (block, layer) in enumerate(zip(m.layers, st.layers, strict=True)):
+            if block.kind != "attention":
+                todo.append(lambda b=block, ls=layer: self._x.copy_(b(self._x, ls, st)))
+                continue
+            self._attn_q[i] = torch.zeros(
+                st.batch_size, block.mixer.n_kv_heads, block.mixer.n_heads // block.mixer.n_kv_heads,
+                block.mixer.head_dim, dtype=m.dtype, device=self.device,
+            )  # fmt: skip
+            self._attn_out[i] = torch.zeros_like(self._attn_q[i])
+            todo.append(lambda i=i, b=block, ls=layer: self._attention_in(i, b, ls))
+            flush()
+            parts.append(lambda i=i, ls=layer, a=block.mixer: self._attention_core(i, ls, a))
+            todo.append(lambda i=i, b=block: self._attention_out(i, b))
+
+        def finish() -> None:
+            self._logits.copy_(self._head(self._x)[:, 0])
+            self._tok.copy_(self._logits.argmax(-1, keepdim=True))  # greedy; `step` callers overwrite it
+            self._pos.add_(1)
+            self._ids.index_copy_(1, self._pos, self._tok)  # position of the next input token
+
+        todo.append(finish)
+        flush()
+        return parts
+
+    def _attention_in(self, i: int, block: torch.nn.Module, ls: object) -> None:
+        """Attention.forward up to the cache append, for T == 1 at the device-side position."""
+        a: Attention = block.mixer
+        x = self._x if block.post_norm else block.mixer_norm(self._x)
+        B = x.shape[0]
+        q, k, v = a.q_proj(x), a.k_proj(x), a.v_proj(x)  # (B, 1, H*Dh), (B, 1, Hkv*Dh) x2
+        if a.qk_norm == "full":
+            q, k = a.q_norm(q), a.k_norm(k)
+        q = q.view(B, 1, a.n_heads, a.head_dim)  # (B, 1, H, Dh)
+        k = k.view(B, 1, a.n_kv_heads, a.head_dim)
+        v = v.view(B, 1, a.n_kv_heads, a.head_dim)
+        if a.qk_norm == "head":
+            q, k = a.q_norm(q), a.k_norm(k)
+        if a.inv_freq is not None:
+            q, k = apply_rope(q, self._pos, a.inv_freq), apply_rope(k, self._pos, a.inv_freq)
+        storage = ls.storage  # type: ignore[attr-defined]
+        storage["k"].index_copy_(2, self._pos, k.transpose(1, 2))  # (B, Hkv, max_context, Dh)
+        storage["v"].index_copy_(2, self._pos, v.transpose(1, 2))
+        storage["pos"].index_copy_(0, self._pos, self._pos)
+        G = a.n_heads // a.n_kv_heads
+        self._attn_q[i].copy_(q.transpose(1, 2).reshape(B, a.n_kv_heads, G, a.head_dim))
+
+    def _attention_core(self, i: int, ls: object, a: Attention) -> None:
+        L = self._n + 1  # the new token's key is in the buffer
+        storage = ls.storage  # type: ignore[attr-defined]
+        keys, values = storage["k"].narrow(2, 0, L), storage["v"].narrow(2, 0, L)  # (B, Hkv, L, Dh)
+        q = self._attn_q[i]
+        out = F.scaled_dot_product_attention(
+            q, keys.to(q.dtype), values.to(q.dtype), scale=1.0 / math.sqrt(a.head_dim)
+        )  # (B, Hkv, G, Dh)
+        self._attn_out[i].copy_(out)
+
+    def _attention_out(self, i: int, block: torch.nn.Module) -> None:
+        a: Attention = block.mixer
+        B = self._x.shape[0]
+        out = self._attn_out[i].view(B, a.n_heads, 1, a.head_dim)  # (B, H, 1, Dh)
+        y = a.o_proj(out.transpose(1, 2).reshape(B, 1, -1))  # (B, 1, D)
+        x = self._x + (block.mixer_norm(y) if block.post_norm else y)
+        if block.mlp is not None:
+            x = x + (block.mlp_norm(block.mlp(x)) if block.post_norm else block.mlp(block.mlp_norm(x)))
+        self._x.copy_(x)
+
+    def _capture(self) -> list[torch.cuda.CUDAGraph]:
+        """Capture every graph-safe segment (the odd ones are attention cores, run eagerly). The
+        segments are warmed up on a side stream first (Triton compiles, cuBLAS picks its kernels);
+        the warm-up runs advance copies of the state, restored afterwards."""
+        saved = [{n: t.clone() for n, t in f.items()} for f in self._fixed]
+        tok, pos, ids = self._tok.clone(), self._pos.clone(), self._ids.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._pos.copy_(pos)
+                for seg in self._segments:
+                    seg()
+        torch.cuda.current_stream().wait_stream(side)
+        graphs, pool = [], None
+        for j, seg in enumerate(self._segments):
+            if j % 2:
+                continue
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=pool):
+                seg()
+            pool = g.pool()
+            graphs.append(g)
+        for f, s in zip(self._fixed, saved, strict=True):
+            for n, t in f.items():
+                t.copy_(s[n])
+        self._tok.copy_(tok)
+        self._pos.copy_(pos)
+        self._ids.copy_(ids)
+        return graphs
+
+    def _run_step(self) -> None:
+        if self.graphed:
+            if self._graphs is None:
+                self._graphs = self._capture()
+            for j, seg in enumerate(self._segments):
+                if j % 2:
+                    seg()
+                else:
+                    self._graphs[j // 2].replay()
+        elif self.static:
+            for seg in self._segments:
+                seg()
+        else:
+            self._logits.copy_(self.model(self._tok, self.state)[:, -1])
+            self._tok.copy_(self._logits.argmax(-1, keepdim=True))
+            self._pos.add_(1)
+            self._ids.index_copy_(1, self._pos, self._tok)
+            self._n = self.state.n_tokens
+            return
+        self._n += 1
+        self._set_views_lazy()
+
+    def _set_views_lazy(self) -> None:
+        # Host-side bookkeeping only: the views are cheap narrow()s, the device counters are already right.
+        for ls in self.state.layers:
+            if ls.pos is not None:
+                for name in ls.cache:
+                    ls.cache[name] = ls.storage[name].narrow(ls.axes[name], 0, self._n)
+                ls.pos = ls.storage["pos"].narrow(0, 0, self._n)
+        self.state.n_tokens = self._n
+
+    @torch.inference_mode()
+    def step(self, token: Tensor | int) -> Tensor:
+        """Feed one token per sequence ((B,) or (B, 1) on any device, or an int for B == 1); returns the
+        logits (B, V) of the next token. The returned tensor is the engine's buffer: it is overwritten
+        by the next call."""
+        self._room(self._n, 1)
+        if isinstance(token, int):
+            self._tok.fill_(token)
+        else:
+            self._tok.copy_(token.view(-1, 1))
+        self._ids.index_copy_(1, self._pos, self._tok)
+        self._run_step()
+        return self._logits
+
+    @torch.inference_mode()
+    def generate_greedy(
+        self, max_new_tokens: int, *, stop_token_ids: Sequence[int] = (), sync_every: int = 64
+    ) -> list[int]:
+        """Greedy tokens after the last prefill/step (batch 1), each fed into the state as in
+        model/generate.py (the stop token too). Reads tokens back every `sync_every` steps, or every
+        step when stop ids are given (the state must not run past a stop)."""
+        if self.state.batch_size != 1:
+            raise StateMismatchError("generate_greedy decodes one sequence; use step() for batches")
+        self._room(self._n, max_new_tokens)
+        self._tok.copy_(self._logits.argmax(-1, keepdim=True))
+        self._ids.index_copy_(1, self._pos, self._tok)
+        every = 1 if stop_token_ids else max(1, sync_every)
+        stops, first, out = set(stop_token_ids), self._n, []
+        for i in range(max_new_tokens):
+            self._run_step()
+            if (i + 1) % every == 0 or i + 1 == max_new_tokens:
+                new = self._ids[0, first + len(out) : self._n].tolist()  # one sync per `every` tokens
+                for t in new:
+                    out.append(t)
+                    if t in stops:
+                        return out
+        return out

@@ -1,0 +1,103 @@
+"""DecodeEngine on the CPU: its segmented static step (the code the CUDA graphs capture) and its eager
+fallback produce exactly what `model(token, state)` produces, token for token and logit for logit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model import HybridConfig, HybridLM
+from model.engine import ContextFullError, DecodeEngine
+from model.generate import prefill
+
+BASE = dict(
+    vocab_size=97,
+    d_model=32,
+    attention={"n_heads": 4, "n_kv_heads": 2, "head_dim": 8},
+    mamba2={"head_dim": 8, "d_state": 8, "chunk_size": 8},
+    gated_deltanet={"n_heads": 2, "n_v_heads": 4, "head_k_dim": 8, "head_v_dim": 8, "chunk_size": 8},
+    mlp={"hidden_dim": 64},
+    init_std=0.3,
+)
+STATIC = ["gated_deltanet", "attention", "mamba2", "mlp", "attention"]
+
+
+def make(layer_types: list[str], seed: int = 0, **over: object) -> HybridLM:
+    torch.manual_seed(seed)
+    return HybridLM(HybridConfig.model_validate({**BASE, "layer_types": layer_types, **over})).eval()
+
+
+def eager_greedy(model: HybridLM, prompt: torch.Tensor, n: int) -> tuple[list[int], list[torch.Tensor]]:
+    state = model.new_state()
+    logits = prefill(model, prompt, state, chunk_size=8)
+    tokens, all_logits = [], [logits.clone()]
+    for _ in range(n):
+        tok = int(logits.argmax(-1))
+        tokens.append(tok)
+        logits = model(torch.tensor([[tok]]), state)[:, -1]
+        all_logits.append(logits.clone())
+    return tokens, all_logits
+
+
+@pytest.mark.parametrize(
+    "layers, over",
+    [
+        (STATIC, {}),
+        (["attention", "gated_deltanet"], {"attention": {**BASE["attention"], "qk_norm": "full",
+                                                          "norm_position": "post", "rope_theta": None}}),
+        (["attention", "mamba2"], {"attention": {**BASE["attention"], "qk_norm": "head"}}),
+        (["parallel", "attention"], {}),  # not graphable: the eager fallback
+        (["mla", "gated_deltanet"], {"mla": {"kv_lora_rank": 16, "qk_rope_head_dim": 4,
+                                             "qk_nope_head_dim": 8, "v_head_dim": 8, "n_heads": 4}}),
+    ],
+)  # fmt: skip
+def test_greedy_matches_model_forward(layers: list[str], over: dict) -> None:
+    model = make(layers, **over)
+    prompt = torch.randint(0, 97, (1, 21), generator=torch.Generator().manual_seed(1))
+    want, want_logits = eager_greedy(model, prompt, 24)
+    engine = DecodeEngine(model, max_context=64, prefill_chunk=8)
+    assert engine.static == (set(layers) <= {"attention", "gated_deltanet", "mamba2", "mlp"})
+    assert not engine.graphed  # CPU: no graphs
+    first = engine.prefill(prompt)
+    assert torch.equal(first, want_logits[0])
+    got = engine.generate_greedy(24, sync_every=5)
+    assert got == want
+    assert engine.n_tokens == engine.state.n_tokens == 21 + 24
+
+    # The engine's state is the eager one: same tensors after the same tokens.
+    ref = model.new_state()
+    prefill(model, torch.cat((prompt, torch.tensor([want])), dim=1), ref, chunk_size=8)
+    for name, t in ref.to_tensors().items():
+        assert torch.allclose(engine.state.to_tensors()[name].float(), t.float(), atol=1e-5), name
+
+
+def test_step_logits_and_load_state() -> None:
+    model = make(STATIC, seed=3)
+    prompt = torch.randint(0, 97, (1, 13), generator=torch.Generator().manual_seed(2))
+    want, want_logits = eager_greedy(model, prompt, 10)
+    engine = DecodeEngine(model, max_context=40, prefill_chunk=8)
+    engine.prefill(prompt)
+    for i in range(5):
+        assert torch.equal(engine.step(want[i]), want_logits[i + 1]), f"step {i}"
+    # A copy of the state, loaded into a fresh engine, continues identically.
+    other = DecodeEngine(model, max_context=40)
+    other.load_state(engine.export_state())
+    for i in range(5, 10):
+        assert torch.equal(other.step(torch.tensor([want[i]])), want_logits[i + 1]), f"step {i}"
+    assert other.n_tokens == 23
+
+
+def test_stop_token_and_context_limit() -> None:
+    model = make(STATIC, seed=5)
+    prompt = torch.randint(0, 97, (1, 9), generator=torch.Generator().manual_seed(3))
+    want, _ = eager_greedy(model, prompt, 12)
+    engine = DecodeEngine(model, max_context=32)
+    engine.prefill(prompt)
+    stop = want[6]
+    got = engine.generate_greedy(12, stop_token_ids=[stop])
+    assert got == want[: want.index(stop) + 1]  # the stop token is fed, nothing after it
+    assert engine.n_tokens == 9 + len(got)
+    with pytest.raises(ContextFullError, match="max_context=32"):
+        engine.prefill(torch.zeros(1, 30, dtype=torch.long))
+    engine.reset()
+    assert engine.n_tokens == 0 and engine.state.layers[1].cache["k"].shape[2] == 0
