@@ -282,9 +282,20 @@ def load_model(
     dev = torch.device(device or "cpu")
     dt = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
     family = family_of(hf)
+    if family is not None and not (root / "tokenizer.json").is_file():
+        # Only our own models speak the byte tokenizer; any other model would read garbage.
+        raise CheckpointError(
+            f"{family} checkpoint in {root} has no tokenizer.json; copy the tokenizer files of the model "
+            "into that folder (state-spaces Mamba-2 models use EleutherAI/gpt-neox-20b's tokenizer)"
+        )
+    tokenizer = load_tokenizer(root)
     if family is None:
         model = HybridLM.from_pretrained(root, device=dev, dtype=dt)
     else:
         model = load_weights(root, family, hf, device=dev, dtype=dt, progress=progress)
-    tokenizer = load_tokenizer(root)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise CheckpointError(
+            f"the tokenizer in {root} has {tokenizer.vocab_size} tokens but the model only "
+            f"{model.config.vocab_size}; the tokenizer belongs to another model"
+        )
     return model, tokenizer, load_chat_format(root, tokenizer)

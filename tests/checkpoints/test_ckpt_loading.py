@@ -59,6 +59,7 @@ def test_fingerprint_is_set_while_loading_and_tracks_weights_not_shards(checkpoi
 
     sharded = tmp_path / "sharded"
     hf.save_pretrained(sharded, max_shard_size="20KB")
+    (sharded / "tokenizer.json").write_bytes((folder / "tokenizer.json").read_bytes())
     assert (sharded / "model.safetensors.index.json").is_file()
     c, _, _ = load_model(sharded)
     assert c.fingerprint == a.fingerprint
@@ -102,8 +103,11 @@ def test_state_spaces_mamba2_format(checkpoint, tmp_path):
     weights = load_file(str(folder / "model.safetensors"))
     weights["backbone.embedding.weight"] = weights.pop("backbone.embeddings.weight")
     save_file(weights, str(ss / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"no tokenizer\.json; copy the tokenizer files"):
+        load_model(ss)  # state-spaces folders ship without one
+    (ss / "tokenizer.json").write_bytes((folder / "tokenizer.json").read_bytes())
     model, tok, chat = load_model(ss)
-    assert isinstance(tok, ByteTokenizer) and isinstance(chat, NativeChatFormat)  # no tokenizer files there
+    assert isinstance(tok, Tokenizer) and isinstance(chat, NativeChatFormat)  # a tokenizer, no template
     with torch.no_grad():
         want = hf(input_ids=IDS, use_cache=False).logits
     got = logits_of(model)
@@ -124,6 +128,17 @@ def test_native_checkpoint_loads_through_load_model(tmp_path):
 
 
 # ---- errors -------------------------------------------------------------------------------------------
+def test_tokenizer_of_another_model_is_refused(checkpoint):
+    folder, _ = checkpoint("mamba2")
+    from tokenizers import Tokenizer as HFTokenizer
+
+    tok = HFTokenizer.from_file(str(folder / "tokenizer.json"))
+    tok.add_special_tokens([f"<extra_{i}>" for i in range(100)])  # 361 tokens > the model's 300
+    tok.save(str(folder / "tokenizer.json"))
+    with pytest.raises(CheckpointError, match="has 361 tokens but the model only 300"):
+        load_model(folder)
+
+
 def test_missing_folder_says_what_to_pass(tmp_path):
     with pytest.raises(CheckpointError, match="not a model folder"):
         load_model(tmp_path / "nowhere" / "deeper")
