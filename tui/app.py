@@ -33,10 +33,10 @@ from tui.bridge import AgentBridge, error_text
 from tui.palette import AgentCommands
 from tui.screens.approval import ApprovalScreen
 from tui.screens.help import HelpScreen
-from tui.screens.loading import LoadingScreen
 from tui.session_actions import SessionActions
 from tui.slash import is_slash_command
 from tui.widgets.conversation import DEFAULT_MAX_WIDGETS, Conversation
+from tui.widgets.loading import LoadingPanel
 from tui.widgets.messages import AssistantMessage
 from tui.widgets.prompt_input import PromptArea, PromptInput
 from tui.widgets.status_bar import MODES, StatusBar, StatusInfo
@@ -84,6 +84,7 @@ class HybridAgentApp(SessionActions, App[int]):
         self._cards: dict[str, ToolCard] = {}
         self._approval: asyncio.Future[ApprovalDecision] | None = None
         self._quitting = False
+        self._queued: list[str] = []  # messages typed while the model was still loading
 
     def compose(self) -> ComposeResult:
         yield Header(icon="◆")
@@ -100,7 +101,7 @@ class HybridAgentApp(SessionActions, App[int]):
         area.cursor_blink = self.cursor_blink
         area.focus()
         self.bridge.start()
-        await self.push_screen(LoadingScreen())  # mounted before the loader can report to it
+        await self.conversation.add(LoadingPanel())  # mounted before the loader can report to it
         self.load_agent()
 
     async def on_unmount(self) -> None:
@@ -116,16 +117,17 @@ class HybridAgentApp(SessionActions, App[int]):
             agent = await self.bridge.open(self.agent_factory)
         except Exception as exc:  # a bad model path or database: say so, keep the app alive to quit
             message = error_text(exc)
-            if isinstance(self.screen, LoadingScreen):
-                self.screen.failed(message)
+            self.query_one(LoadingPanel).failed(message)
             self.notify(message, title="could not start", severity="error", timeout=30)
             return
-        if isinstance(self.screen, LoadingScreen):
-            self.screen.dismiss()
+        await self.query_one(LoadingPanel).remove()
         self.query_one(StatusBar).mode = getattr(agent, "mode", "ask")
         if getattr(agent, "turn", 0):  # opened on a resumed session: show where it stands
             await self._redraw()
         self.refresh_status()
+        if self._queued:
+            self.run_turn("\n\n".join(self._queued))
+            self._queued.clear()
 
     def refresh_status(self, **changes: Any) -> None:
         agent = self.bridge.agent
@@ -150,7 +152,11 @@ class HybridAgentApp(SessionActions, App[int]):
             # database, and the app's message queue (keys, redraws) must keep moving meanwhile.
             self.run_worker(self.run_slash(event.text), group="command", exclusive=True)
         elif self.bridge.agent is None:
-            self.notify("the model is not loaded yet", severity="warning")
+            if self.query(LoadingPanel).filter(".failed"):
+                self.notify("the agent could not start; ctrl+q quits", severity="error")
+            else:
+                self._queued.append(event.text)
+                self.notify("the model is still loading; your message goes out as soon as it is ready")
         elif self.bridge.turn_running:
             self.notify("a turn is running; esc cancels it", severity="warning")
         else:

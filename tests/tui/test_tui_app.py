@@ -4,20 +4,29 @@ tools): streaming, approvals, cancel, quitting mid-turn, modes, input history, p
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tui_testkit import Rig, ready, send, settle, tool_call, until
 
 from tui.app import WAITING_TITLE, HybridAgentApp
 from tui.screens.approval import ApprovalScreen
-from tui.screens.loading import LoadingScreen
+from tui.widgets.loading import LoadingPanel
 from tui.widgets.messages import AssistantMessage, Notice, UserMessage
 from tui.widgets.prompt_input import PromptArea
 from tui.widgets.status_bar import StatusBar
 from tui.widgets.tool_card import ToolCard
 
 pytestmark = pytest.mark.anyio
+
+
+async def send_raw(pilot: Any, text: str) -> None:
+    """Type and send without waiting for the agent (it may be loading, or failed to load)."""
+    pilot.app.query_one(PromptArea).load_text(text)
+    await pilot.press("enter")
+    await pilot.pause()
 
 
 async def test_send_message_streams_answer(tmp_path: Path) -> None:
@@ -198,12 +207,35 @@ async def test_bad_model_path_shows_error_instead_of_crashing(tmp_path: Path) ->
         lambda approval: Agent.open(model=tmp_path / "nope", db=f"sqlite:///{tmp_path}/x.db")
     )
     async with app.run_test() as pilot:
-        await until(pilot, lambda: app.screen.has_class("failed"), "the load to fail")
-        assert isinstance(app.screen, LoadingScreen)
-        shown = str(app.screen.query_one("#loading-what").render())
+        await until(pilot, lambda: bool(app.query(LoadingPanel).filter(".failed")), "the load to fail")
+        shown = str(app.query_one("#loading-what").render())
         assert shown.startswith("Could not start:") and "nope" in shown
-        await pilot.press("q")
+        await send_raw(pilot, "hello")  # typing still works; it is not sent anywhere, and nothing crashes
+        assert not app.query(UserMessage)
+        await pilot.press("ctrl+q")
     assert app.return_code == 0
+
+
+async def test_message_typed_while_loading_is_sent_once_ready(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, ["Ready now.<|end|>"])
+    gate = threading.Event()
+    factory = rig.factory
+
+    def slow_factory(approval: Any) -> Any:
+        gate.wait(30)  # the model 'loads' until the test has typed its message
+        return factory(approval)
+
+    rig.app.agent_factory = slow_factory
+    app = rig.app
+    async with app.run_test() as pilot:
+        await pilot.pause()
+        assert app.query(LoadingPanel) and app.bridge.agent is None
+        await send_raw(pilot, "early bird")
+        gate.set()
+        await ready(pilot)
+        await settle(pilot)
+        assert [u.text for u in app.query(UserMessage)] == ["early bird"]
+        assert app.last_answer == "Ready now."
 
 
 async def test_theme_toggles(tmp_path: Path) -> None:

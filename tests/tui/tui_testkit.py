@@ -22,7 +22,7 @@ from textual.worker import WorkerState
 from agent.loop import Agent
 from memory import Store
 from tui.app import HybridAgentApp
-from tui.screens.loading import LoadingScreen
+from tui.widgets.loading import LoadingPanel
 from tui.widgets.prompt_input import PromptArea
 
 
@@ -115,8 +115,9 @@ async def until(pilot: Any, condition: Callable[[], bool], what: str, timeout: f
 async def ready(pilot: Any) -> None:
     """The agent is loaded and the loading screen is gone."""
     app = pilot.app
-    await until(pilot, lambda: app.bridge.agent is not None and not isinstance(app.screen, LoadingScreen),
-                "the agent to load")  # fmt: skip
+    await until(
+        pilot, lambda: app.bridge.agent is not None and not app.query(LoadingPanel), "the agent to load"
+    )
 
 
 def _busy(app: Any) -> bool:
