@@ -1,0 +1,114 @@
+"""The training corpus written by scripts/make_agent_data.py, and length-bucketed batches of it.
+
+Design choices:
+- One episode per row: each row starts from an empty state, so a row is exactly one conversation as
+  the agent would see it (system segment first). Rows are grouped by length and padded to a multiple
+  of 64 (the SSD chunk), so little compute goes to padding and no episode is ever cut.
+- Loss only on what the model writes at inference: the assistant's tokens, from each `<|assistant|>`
+  up to and including the token that ends that stretch (`<|end|>`, `<|eos|>` or `<|/tool_call|>`).
+  Plain-text documents (no system segment) are trained on whole.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from model.tokenizer import Tokenizer
+
+
+def assistant_mask(ids: np.ndarray, tok: Tokenizer) -> np.ndarray:
+    """bool (T,): True where token t is one the assistant wrote."""
+    system, assistant = tok.token_id("<|system|>"), tok.token_id("<|assistant|>")
+    stops = {tok.token_id(t) for t in ("<|end|>", "<|eos|>", "<|/tool_call|>")}
+    mask = np.zeros(len(ids), dtype=bool)
+    if len(ids) < 2 or ids[1] != system:  # plain text: all but the <|bos|>
+        mask[1:] = True
+        return mask
+    special = np.flatnonzero(np.isin(ids, list(tok.special_tokens.values())))
+    open_at = -1
+    for i in special:
+        tid = int(ids[i])
+        if tid == assistant:
+            open_at = i + 1
+        elif open_at >= 0 and tid in stops:
+            mask[open_at : i + 1] = True
+            open_at = -1
+    if open_at >= 0:
+        mask[open_at:] = True
+    return mask
+
+
+@dataclass
+class Corpus:
+    tokens: np.ndarray  # (N,) uint16, episodes without their shared system segment
+    starts: np.ndarray  # (E + 1,) offsets
+    with_prefix: np.ndarray  # (E,) 1 where the episode starts with `prefix`
+    prefix: np.ndarray  # the system segment's ids
+    tokenizer: Tokenizer
+    manifest: dict
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Corpus:
+        d = Path(directory)
+        return cls(
+            np.fromfile(d / "tokens.bin", dtype=np.uint16),
+            np.load(d / "docs.npy"),
+            np.load(d / "with_prefix.npy"),
+            np.load(d / "prefix.npy"),
+            Tokenizer.from_file(d / "tokenizer.json"),
+            json.loads((d / "manifest.json").read_text()),
+        )
+
+    def __len__(self) -> int:
+        return len(self.with_prefix)
+
+    def episode(self, i: int) -> np.ndarray:
+        body = self.tokens[self.starts[i] : self.starts[i + 1]].astype(np.int64)
+        return np.concatenate([self.prefix, body]) if self.with_prefix[i] else body
+
+    def length(self, i: int) -> int:
+        return int(self.starts[i + 1] - self.starts[i]) + (len(self.prefix) if self.with_prefix[i] else 0)
+
+
+def make_batches(
+    corpus: Corpus,
+    indices: np.ndarray,
+    tokens_per_batch: int,
+    rng: np.random.Generator,
+    *,
+    multiple: int = 64,
+) -> list[np.ndarray]:
+    """Episode indices grouped by similar length, at most `tokens_per_batch` padded tokens a batch, in
+    random order."""
+    lengths = np.array([corpus.length(int(i)) for i in indices])
+    order = indices[np.argsort(lengths + rng.random(len(lengths)), kind="stable")]
+    batches: list[np.ndarray] = []
+    cur: list[int] = []
+    for i in order:
+        width = -(-corpus.length(int(i)) // multiple) * multiple
+        if cur and width * (len(cur) + 1) > tokens_per_batch:
+            batches.append(np.array(cur))
+            cur = []
+        cur.append(int(i))
+    if cur:
+        batches.append(np.array(cur))
+    rng.shuffle(batches)  # type: ignore[arg-type]
+    return batches
+
+
+def collate(corpus: Corpus, batch: np.ndarray, *, multiple: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, target_mask), both (B, T): ids right-padded with <|pad|>; target_mask[b, t] says whether
+    the token at t + 1 carries loss (the last column is always False)."""
+    eps = [corpus.episode(int(i)) for i in batch]
+    width = -(-max(len(e) for e in eps) // multiple) * multiple
+    pad = corpus.tokenizer.token_id("<|pad|>")
+    ids = np.full((len(eps), width), pad, dtype=np.int64)
+    tmask = np.zeros((len(eps), width), dtype=bool)
+    for r, e in enumerate(eps):
+        ids[r, : len(e)] = e
+        tmask[r, : len(e) - 1] = assistant_mask(e, corpus.tokenizer)[1:]
+    return ids, tmask

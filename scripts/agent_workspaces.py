@@ -1,0 +1,201 @@
+"""Random small project folders for the default model's training and evaluation episodes.
+
+Design choices:
+- Deterministic from a `random.Random`: the same seed writes the same files, byte for byte.
+- Every identifier (function, constant, config key) is unique inside one workspace, so a question
+  about it has exactly one right answer, and the generator knows that answer (`Workspace` metadata).
+- Names come from word pools combined at random, so the model must read them from tool results rather
+  than memorise them; values are random numbers and words for the same reason.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
+VERBS = _words(
+    "load parse save build render fetch compute validate send read write update merge format "
+    "check create delete sync scan open close resolve encode decode filter sort split join "
+    "count group apply reset start stop publish"
+)
+NOUNS = _words(
+    "user config order invoice report cache session token file record message event payload "
+    "table image queue price account profile item batch request response header entry note task "
+    "job metric log page route schema"
+)
+ARGS = _words(
+    "path name data items limit timeout user_id verbose retries key value count options size "
+    "url text rows mode level prefix target source depth callback encoding"
+)
+CONSTS = _words(
+    "MAX_RETRIES TIMEOUT PORT BATCH_SIZE CACHE_TTL LOG_LEVEL API_URL WORKERS BUFFER_SIZE REGION "
+    "MAX_USERS PAGE_SIZE DB_NAME QUEUE_NAME RATE_LIMIT VERSION HOST DEBUG_LEVEL CHUNK_SIZE "
+    "MAX_DEPTH"
+)
+CONFIG_KEYS = _words(
+    "timeout port host workers log_level region cache_size retries theme language backend "
+    "max_connections batch_size interval owner"
+)
+WORDS = _words(
+    "kestrel falcon heron osprey plover wren finch raven otter badger lynx marten cedar maple "
+    "birch willow aspen alder juniper hazel cobalt amber crimson indigo saffron teal violet "
+    "slate copper silver orion vega lyra atlas nova zephyr delta gamma sigma tundra canyon "
+    "meadow harbor summit"
+)
+FOLDERS = _words("src lib app core utils api services web tools notes docs config scripts data")
+NOTE_LINES = (
+    "fix the login bug",
+    "write tests for the parser",
+    "ask about the deploy window",
+    "update the changelog",
+    "review the open pull requests",
+    "clean up old branches",
+    "check the nightly build",
+    "rename the cache module",
+    "measure the startup time",
+    "move the docs to the wiki",
+    "talk to the design team",
+    "upgrade the database driver",
+    "remove the unused flags",
+    "add retries to the uploader",
+    "profile the report job",
+    "split the settings file",
+)
+
+
+@dataclass
+class Function:
+    name: str
+    args: list[str]
+    path: str
+    line: int
+
+
+@dataclass
+class Constant:
+    name: str
+    value: str
+    path: str
+    line: int
+
+
+@dataclass
+class Workspace:
+    """What was written: relative paths and their text, and the facts questions are asked about."""
+
+    root: Path
+    files: dict[str, str] = field(default_factory=dict)
+    functions: list[Function] = field(default_factory=list)
+    constants: list[Constant] = field(default_factory=list)
+    folders: list[str] = field(default_factory=list)
+
+    def entries(self, folder: str) -> list[str]:
+        """The names list_dir shows for `folder` (sub-folders end with '/')."""
+        prefix = "" if folder == "." else folder + "/"
+        names: set[str] = set()
+        for rel in self.files:
+            if rel.startswith(prefix):
+                head, _, rest = rel[len(prefix) :].partition("/")
+                names.add(head + "/" if rest else head)
+        return sorted(names)
+
+
+def _value(rng: random.Random) -> str:
+    kind = rng.random()
+    if kind < 0.5:
+        return str(rng.choice([rng.randint(2, 99), rng.randint(100, 9999)]))
+    if kind < 0.8:
+        return repr(rng.choice(WORDS))
+    return repr(f"{rng.choice(WORDS)}-{rng.randint(1, 99)}")
+
+
+def _python_file(rng: random.Random, ws: Workspace, rel: str, used: set[str]) -> str:
+    lines: list[str] = [f'"""{rng.choice(VERBS).capitalize()} {rng.choice(NOUNS)}s for the project."""', ""]
+    for _ in range(rng.randint(0, 2)):
+        name = rng.choice(CONSTS)
+        if name in used:
+            continue
+        used.add(name)
+        value = _value(rng)
+        lines.append(f"{name} = {value}")
+        ws.constants.append(Constant(name, value.strip("'"), rel, len(lines)))
+    for _ in range(rng.randint(1, 3)):
+        name = f"{rng.choice(VERBS)}_{rng.choice(NOUNS)}"
+        if name in used:
+            continue
+        used.add(name)
+        args = rng.sample(ARGS, rng.randint(0, 3))
+        lines += ["", ""]
+        lines.append(f"def {name}({', '.join(args)}):")
+        ws.functions.append(Function(name, args, rel, len(lines)))
+        body = args[0] if args else repr(rng.choice(WORDS))
+        if rng.random() < 0.5:
+            lines.append(f'    """{name.replace("_", " ").capitalize()}."""')
+        lines.append(f"    return {body}")
+    return "\n".join(lines) + "\n"
+
+
+def _config_file(rng: random.Random, ws: Workspace, rel: str, used: set[str]) -> str:
+    lines = [f"# settings for {rng.choice(WORDS)}"]
+    for key in rng.sample(CONFIG_KEYS, rng.randint(2, 5)):
+        if key in used:
+            continue
+        used.add(key)
+        value = _value(rng).strip("'")
+        lines.append(f"{key} = {value}")
+        ws.constants.append(Constant(key, value, rel, len(lines)))
+    return "\n".join(lines) + "\n"
+
+
+def _notes_file(rng: random.Random) -> str:
+    title = f"# {rng.choice(['Todo', 'Notes', 'Ideas', 'Plan', 'Log'])}"
+    items = rng.sample(NOTE_LINES, rng.randint(2, 6))
+    return "\n".join([title, "", *(f"- {item}" for item in items)]) + "\n"
+
+
+def make_workspace(rng: random.Random, root: Path) -> Workspace:
+    """Write 3 to 9 files in 1 to 4 folders (some nested) under `root` and describe them."""
+    ws = Workspace(root=Path(root))
+    used: set[str] = set()
+    folders = rng.sample(FOLDERS, rng.randint(1, 4))
+    if rng.random() < 0.4:
+        folders.append(f"{folders[0]}/{rng.choice(FOLDERS)}")
+    for _ in range(rng.randint(3, 9)):
+        folder = rng.choice([*folders, "."]) if rng.random() < 0.9 else "."
+        kind = rng.random()
+        if kind < 0.55:
+            stem, text_of = f"{rng.choice(NOUNS)}{rng.choice(['', 's', '_utils', '_io'])}.py", "py"
+        elif kind < 0.75:
+            stem, text_of = f"{rng.choice(['settings', 'app', 'deploy', 'local'])}.toml", "cfg"
+        else:
+            stem, text_of = f"{rng.choice(['todo', 'notes', 'ideas', 'plan', 'readme'])}.md", "md"
+        rel = stem if folder == "." else f"{folder}/{stem}"
+        if rel in ws.files:
+            continue
+        if text_of == "py":
+            text = _python_file(rng, ws, rel, used)
+        elif text_of == "cfg":
+            text = _config_file(rng, ws, rel, used)
+        else:
+            text = _notes_file(rng)
+        ws.files[rel] = text
+    for rel, text in ws.files.items():
+        path = ws.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    ws.folders = sorted({str(Path(rel).parent) for rel in ws.files} - {"."})
+    return ws
+
+
+def fresh_name(rng: random.Random, taken: set[str]) -> str:
+    """A function-like name that does not occur in the workspace."""
+    while True:
+        name = f"{rng.choice(VERBS)}_{rng.choice(NOUNS)}"
+        if name not in taken:
+            return name

@@ -1,0 +1,308 @@
+"""Generate the default model's training data: agent episodes with real tool calls and real results.
+
+    python scripts/make_agent_data.py --out .data/agent --episodes 20000 --seed 0 [--tokenizer DIR]
+
+Design choices:
+- Deterministic from `--seed`: episode i uses `random.Random(f"{seed}:{i}")` and a fresh temporary
+  workspace, so shards can be generated in parallel and any episode can be regenerated alone.
+- Tool results are never written by hand: every call runs through `ToolRegistry(workspace).call`,
+  the same path the agent uses, and the plan's `expect` text must appear in the result.
+- Rendering goes through `NativeChatFormat` (system segment with the registry's real tool schemas,
+  user and tool-result segments), and each piece is tokenized on its own with `special=True` only for
+  markup, exactly as `Segment.encode` does at inference. The assistant's text is split the same way
+  (markup tokens special, the JSON and the answer plain), and only assistant tokens carry loss.
+- Output: `tokens.bin` (uint16 ids), `docs.npy` (start offsets, one per episode, plus the end),
+  `prefix.npy` (the system segment every chat episode starts with, stored once; `with_prefix.npy`
+  says which episodes have it), `manifest.json` (counts per kind, seed, tokenizer sha256) and
+  `tokenizer.json`. Which tokens carry loss is recomputed from the ids (model/training/data.py).
+  The tokenizer is a byte-level BPE trained on the episodes' text with the native special tokens
+  first, in `NATIVE_SPECIAL_TOKENS` order, unless `--tokenizer` names an existing one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import re
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from multiprocessing import Pool
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from agent_tasks import CHITCHAT, Fact, Task, make_facts, make_task
+from agent_workspaces import Workspace, make_workspace
+
+from model.chat import DEFAULT_SYSTEM_PROMPT, ChatMessage, NativeChatFormat
+from model.tokenizer import NATIVE_SPECIAL_TOKENS, Tokenizer
+from tools import ToolRegistry
+
+FORMAT = NativeChatFormat()
+_MARKUP = re.compile(r"(<\|tool_call\|>|<\|/tool_call\|>|<\|end\|>)")
+
+
+class PlanMismatch(RuntimeError):
+    """A planned tool result did not contain what the plan expected (a bug in a task generator)."""
+
+
+@dataclass
+class Episode:
+    """A conversation as the state reads it: `pieces` are (text, markup, trained) triples."""
+
+    kind: str
+    pieces: list[tuple[str, bool, bool]] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)  # task kinds inside it
+
+    def text(self) -> str:
+        return "".join(t for t, _, _ in self.pieces)
+
+
+class EpisodeWriter:
+    """Renders messages one segment at a time, the way the agent loop would feed them."""
+
+    def __init__(self, registry: ToolRegistry, kind: str) -> None:
+        self.registry = registry
+        self.tools = [s["function"] for s in registry.schemas()]
+        self.history: list[ChatMessage] = []
+        self.ep = Episode(kind)
+
+    def _prefill(self, new: list[ChatMessage]) -> None:
+        seg = FORMAT.segment(self.history, new, system=DEFAULT_SYSTEM_PROMPT, tools=self.tools)
+        self.ep.pieces += [(t, m, False) for t, m in seg.pieces]
+        self.history += new
+
+    def _assistant(self, raw: str) -> None:
+        for part in _MARKUP.split(raw):
+            if part:
+                self.ep.pieces.append((part, bool(_MARKUP.fullmatch(part)), True))
+        self.history.append(ChatMessage("assistant", FORMAT.visible_text(raw), raw=raw))
+
+    def chat(self, user: str, reply: str) -> None:
+        self._prefill([ChatMessage("user", user)])
+        self._assistant(reply + "<|end|>")
+
+    def task(self, task: Task) -> None:
+        self._prefill([ChatMessage("user", task.prompt)])
+        for i, (name, args) in enumerate(task.calls):
+            call = json.dumps({"name": name, "arguments": args}, ensure_ascii=False)
+            self._assistant(f"<|tool_call|>{call}<|/tool_call|>")
+            result = self.registry.call(name, dict(args))
+            if i < len(task.expect) and task.expect[i] not in result.text:
+                raise PlanMismatch(
+                    f"{task.kind}: {name}({args}) gave {result.text!r}, expected {task.expect[i]!r}"
+                )
+            self._prefill([ChatMessage("tool", result.text, name=name)])
+        self._assistant(task.answer + "<|end|>")
+        self.ep.kinds.append(task.kind)
+
+
+def refresh(ws: Workspace) -> None:
+    """Re-read the files after a task changed them; drop constants whose line no longer holds."""
+    ws.files = {
+        str(p.relative_to(ws.root)): p.read_text(encoding="utf-8") for p in ws.root.rglob("*") if p.is_file()
+    }
+    kept = []
+    for c in ws.constants:
+        lines = ws.files.get(c.path, "").splitlines()
+        if (
+            len(lines) >= c.line
+            and lines[c.line - 1].startswith(f"{c.name} =")
+            and c.value in lines[c.line - 1]
+        ):
+            kept.append(c)
+    ws.constants = kept
+    ws.folders = sorted({str(Path(r).parent) for r in ws.files} - {"."})
+
+
+def _memory_turns(rng: random.Random, w: EpisodeWriter, ws: Workspace, facts: list[Fact], gap: int) -> None:
+    """State the facts, `gap` filler turns (chit-chat, distractor facts, small tasks), then ask."""
+    target, distractors = facts[0], facts[1:]
+    said, reply = target.statement(rng)
+    w.chat(said, reply)
+    slots = sorted(rng.sample(range(gap), min(len(distractors), gap))) if gap else []
+    for i in range(gap):
+        if i in slots:
+            w.chat(*distractors[slots.index(i)].statement(rng))
+        elif rng.random() < 0.08:
+            w.task(make_task(rng, ws, ["list", "read_value", "find", "read_lines"]))
+        else:
+            w.chat(*rng.choice(CHITCHAT))
+    asked = [target, *[d for j, d in enumerate(distractors) if j < len(slots) and rng.random() < 0.3]]
+    for fact in asked:
+        w.chat(*fact.question(rng))
+    w.ep.kinds.append("memory")
+
+
+def make_episode(seed: int, index: int, workdir: Path | None = None) -> Episode:
+    """Episode `index` of `seed`. Its workspace is a temporary folder, or `workdir` (kept) if given;
+    it is the first thing drawn from the episode's generator, so `make_workspace(episode_rng(seed,
+    index), root)` rebuilds it as it was before the episode's tools ran."""
+    with tempfile.TemporaryDirectory(prefix="agent-ep-") as tmp:
+        return _episode(episode_rng(seed, index), Path(workdir or tmp))
+
+
+def episode_rng(seed: int, index: int) -> random.Random:
+    return random.Random(f"{seed}:{index}")
+
+
+def _episode(rng: random.Random, root: Path) -> Episode:
+    ws = make_workspace(rng, root)
+    roll = rng.random()
+    if roll < 0.05:  # plain text: a file of the workspace, for fluency
+        ep = Episode("text")
+        ep.pieces.append(("<|bos|>", True, False))
+        ep.pieces += [(t, False, True) for t in ws.files.values()]
+        return ep
+    with ToolRegistry(workspace=ws.root, load_plugins=False) as registry:
+        if roll < 0.40:
+            w = EpisodeWriter(registry, "memory")
+            gap = rng.choice([rng.randint(1, 8), rng.randint(8, 30), rng.randint(30, 60)])
+            _memory_turns(rng, w, ws, make_facts(rng, rng.randint(1, 4)), gap)
+            return w.ep
+        w = EpisodeWriter(registry, "tasks")
+        facts = make_facts(rng, rng.randint(0, 2))
+        turns: list[Any] = [None] * rng.randint(1, 6)
+        for fact in facts:
+            turns.insert(rng.randint(0, len(turns) // 2), fact)
+        asked: list[Fact] = []
+        for item in turns:
+            if isinstance(item, Fact):
+                w.chat(*item.statement(rng))
+                asked.append(item)
+            elif asked and rng.random() < 0.3:
+                w.chat(*asked.pop(0).question(rng))
+            elif rng.random() < 0.1:
+                w.chat(*rng.choice(CHITCHAT))
+            else:
+                w.task(make_task(rng, ws))
+                refresh(ws)
+        for fact in asked:
+            w.chat(*fact.question(rng))
+        return w.ep
+
+
+def _episode_args(args: tuple[int, int]) -> Episode:
+    return make_episode(*args)
+
+
+def episodes(seed: int, n: int, *, workers: int = 1) -> Iterator[Episode]:
+    jobs = [(seed, i) for i in range(n)]
+    if workers <= 1:
+        yield from map(_episode_args, jobs)
+        return
+    with Pool(workers) as pool:
+        yield from pool.imap(_episode_args, jobs, chunksize=32)
+
+
+def train_tokenizer(texts: list[str], vocab_size: int) -> Tokenizer:
+    """Byte-level BPE with the native special tokens first (ids 0..10, in their fixed order)."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(NATIVE_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    hf.train_from_iterator(texts, trainer=trainer)
+    return Tokenizer(hf)
+
+
+def tokenizer_texts(eps: list[Episode], repeats: int = 200) -> list[str]:
+    """The content pieces of the episodes, with any one text (the system segment above all) counted
+    at most `repeats` times: it still gets its merges, and training does not read it 24000 times."""
+    seen: Counter[str] = Counter()
+    texts = []
+    for ep in eps:
+        for text, markup, _ in ep.pieces:
+            if not markup and seen[text] < repeats:
+                seen[text] += 1
+                texts.append(text)
+    return texts
+
+
+def encode_episode(ep: Episode, tok: Tokenizer) -> tuple[list[int], list[int]]:
+    ids: list[int] = []
+    mask: list[int] = []
+    for text, markup, trained in ep.pieces:
+        piece = tok.encode(text, special=markup)
+        ids += piece
+        mask += [int(trained)] * len(piece)
+    return ids, mask
+
+
+def main(argv: list[str] | None = None) -> None:
+    import numpy as np
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--episodes", type=int, default=20000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--tokenizer", type=Path, default=None, help="an existing tokenizer.json or its folder")
+    a = p.parse_args(argv)
+    a.out.mkdir(parents=True, exist_ok=True)
+
+    eps = list(episodes(a.seed, a.episodes, workers=a.workers))
+    if a.tokenizer is not None:
+        tok = Tokenizer.from_file(a.tokenizer)
+    else:
+        tok = train_tokenizer(tokenizer_texts(eps), a.vocab_size)
+    tok.save(a.out)
+    prefix: list[int] | None = None
+    chunks: list[np.ndarray] = []
+    starts, with_prefix = [0], []
+    for ep in eps:
+        ids, _ = encode_episode(ep, tok)
+        head = len(FORMAT.system_pieces("", [])) == 3 and ep.kind != "text"
+        if head:
+            # Every chat episode starts with the same system segment: store it once (train.py re-adds it).
+            n = len(encode_episode(Episode(ep.kind, ep.pieces[:3]), tok)[0])
+            prefix = ids[:n] if prefix is None else prefix
+            if ids[:n] != prefix:
+                raise PlanMismatch("episodes do not share one system segment")
+            ids = ids[n:]
+        chunks.append(np.asarray(ids, dtype=np.uint16))
+        starts.append(starts[-1] + len(ids))
+        with_prefix.append(int(head))
+    assert tok.vocab_size <= 65536 and prefix is not None
+    np.concatenate(chunks).tofile(a.out / "tokens.bin")
+    np.save(a.out / "docs.npy", np.asarray(starts, dtype=np.int64))
+    np.save(a.out / "with_prefix.npy", np.asarray(with_prefix, dtype=np.uint8))
+    np.save(a.out / "prefix.npy", np.asarray(prefix, dtype=np.int64))
+    lengths = np.diff(np.asarray(starts))
+    manifest = {
+        "seed": a.seed,
+        "episodes": a.episodes,
+        "stored_tokens": int(starts[-1]),
+        "tokens_with_prefix": int(starts[-1] + len(prefix) * sum(with_prefix)),
+        "prefix_tokens": len(prefix),
+        "episode_tokens": {
+            "mean": float(lengths.mean()),
+            "max": int(lengths.max()),
+            "min": int(lengths.min()),
+        },
+        "episode_kinds": dict(Counter(ep.kind for ep in eps)),
+        "task_kinds": dict(Counter(k for ep in eps for k in ep.kinds)),
+        "vocab_size": tok.vocab_size,
+        "tokenizer_sha256": hashlib.sha256((a.out / "tokenizer.json").read_bytes()).hexdigest(),
+    }
+    (a.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print(json.dumps(manifest, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""The default model's data generator: deterministic, and its tool results are what the tools say."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import make_agent_data as gen  # noqa: E402
+from agent_workspaces import make_workspace  # noqa: E402
+
+from model.chat import NativeChatFormat  # noqa: E402
+from model.tokenizer import NATIVE_SPECIAL_TOKENS, Tokenizer  # noqa: E402
+from model.training.data import assistant_mask  # noqa: E402
+from tools import ToolRegistry  # noqa: E402
+
+
+def test_episodes_are_deterministic(tmp_path: Path) -> None:
+    for i in range(6):
+        a, b = gen.make_episode(7, i), gen.make_episode(7, i)
+        assert a.pieces == b.pieces
+        assert a.kinds == b.kinds
+    assert gen.make_episode(7, 0).pieces != gen.make_episode(8, 0).pieces
+
+
+def _calls_and_results(ep: gen.Episode) -> tuple[list[tuple[str, dict]], list[str]]:
+    """Tool calls parsed back from what the assistant wrote, and the result texts that followed."""
+    written = "".join(t for t, _, trained in ep.pieces if trained)
+    parsed = NativeChatFormat().parse_tool_calls(written)
+    assert all(c.error is None and c.name is not None for c in parsed)
+    results = []
+    for k, (t, markup, _) in enumerate(ep.pieces):
+        if markup and t == "<|tool_result|>":
+            results.append(ep.pieces[k + 1][0] if not ep.pieces[k + 1][1] else "")
+    return [(str(c.name), c.arguments) for c in parsed], results
+
+
+@pytest.mark.parametrize("index", range(12))
+def test_tool_results_are_real(tmp_path: Path, index: int) -> None:
+    """Replay the calls written in the episode on a fresh copy of its workspace, with a fresh registry:
+    each result must be exactly the text the episode holds."""
+    ep = gen.make_episode(3, index, workdir=tmp_path / "episode")
+    calls, results = _calls_and_results(ep)
+    assert len(calls) == len(results)
+    replay_root = tmp_path / "replay"
+    make_workspace(gen.episode_rng(3, index), replay_root)
+    with ToolRegistry(workspace=replay_root, load_plugins=False) as registry:
+        for (name, args), expected in zip(calls, results, strict=True):
+            assert registry.call(name, args).text == expected
+    # and the files end the same (edits replayed = edits made)
+    def tree(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+    if (tmp_path / "episode").exists():
+        assert tree(replay_root) == tree(tmp_path / "episode")
+
+
+def test_some_episodes_have_tool_calls_of_every_builtin_used() -> None:
+    names = set()
+    for i in range(60):
+        calls, _ = _calls_and_results(gen.make_episode(0, i))
+        names |= {n for n, _ in calls}
+    assert {"read_file", "write_file", "edit_file", "list_dir", "grep"} <= names
+
+
+def test_corpus_files_tokenizer_and_loss_mask(tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    gen.main(["--out", str(out), "--episodes", "24", "--seed", "5", "--workers", "1", "--vocab-size", "600"])
+    tok = Tokenizer.from_file(out / "tokenizer.json")
+    # The native special tokens are ids 0..10 in their fixed order, and the format's markup is one token.
+    assert [tok.token_id(t) for t in NATIVE_SPECIAL_TOKENS] == list(range(len(NATIVE_SPECIAL_TOKENS)))
+    assert tok.encode("<|tool_call|>", special=True) == [tok.token_id("<|tool_call|>")]
+    assert tok.decode(tok.encode("def load_user(path):\n    return 1")) == "def load_user(path):\n    return 1"
+    manifest = json.loads((out / "manifest.json").read_text())
+    starts, with_prefix, prefix = (np.load(out / f) for f in ("docs.npy", "with_prefix.npy", "prefix.npy"))
+    tokens = np.fromfile(out / "tokens.bin", dtype=np.uint16)
+    assert len(starts) == 25 and starts[-1] == len(tokens) == manifest["stored_tokens"]
+    # Re-encode each episode and check the stored ids and the loss mask recomputed from ids alone.
+    for i in range(24):
+        ep = gen.make_episode(5, i)
+        ids, trained = gen.encode_episode(ep, tok)
+        stored = tokens[starts[i] : starts[i + 1]].astype(np.int64)
+        full = np.concatenate([prefix, stored]) if with_prefix[i] else stored
+        assert full.tolist() == ids
+        mask = assistant_mask(full, tok)
+        expected = np.array(trained, dtype=bool)
+        if ep.kind == "text":
+            expected[1:] = True  # plain text is trained on whole, bar the <|bos|>
+        assert mask.tolist() == expected.tolist()
+
+
+def test_workspace_facts_match_the_files(tmp_path: Path) -> None:
+    ws = make_workspace(random.Random(11), tmp_path)
+    for fn in ws.functions:
+        line = (tmp_path / fn.path).read_text().splitlines()[fn.line - 1]
+        assert line == f"def {fn.name}({', '.join(fn.args)}):"
+    for c in ws.constants:
+        line = (tmp_path / c.path).read_text().splitlines()[c.line - 1]
+        assert line.startswith(f"{c.name} = ") and c.value in line
