@@ -39,7 +39,7 @@ from agent.events import (
     TurnEnd,
 )
 from agent.journal import StoreJournal
-from agent.records import assistant_event, system_event, tool_call_event, tool_result_event
+from agent.records import assistant_event, conversation_of, system_event, tool_call_event, tool_result_event
 from agent.sessions import SessionOps
 from agent.stream import VisibleText
 from memory import Event, Page, Store, StoreError
@@ -385,15 +385,24 @@ class Agent(SessionOps):
         return self._turn_end(stats, saved=True, stop_reason=stop_reason)
 
     async def _roll_back(self, history_len: int) -> None:
-        del self._history[history_len:]
-        if self.turn == 0:
-            self._system, self._tools = None, []
+        """Back to the last snapshot in the database. Usually that is `self.turn`; but if the turn was
+        interrupted while its save was already running, the save completes first (same thread) and
+        the database is one turn ahead: then the agent follows the database."""
 
         def restore() -> None:
-            if self.turn == 0:
+            latest = self.store.get_session(self.session_id).latest_turn or 0
+            if latest != self.turn:
+                conv = conversation_of(self.store.events(self.session_id))
+                self._system, self._tools, self._history = conv.system, conv.tools, conv.messages
+                self.turn = latest
+            else:
+                del self._history[history_len:]
+                if latest == 0:
+                    self._system, self._tools = None, []
+            if latest == 0:
                 self.engine.reset()
             else:
-                self._restore(self.session_id, self.turn)
+                self._restore(self.session_id, latest)
             if self.journal is not None:
                 self.journal.flush(self.turn + 1)
 

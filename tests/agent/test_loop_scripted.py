@@ -305,3 +305,43 @@ def test_a_cancelled_turn_keeps_its_file_changes_in_the_journal(make_agent, work
     ]
     agent.rewind(0, revert_files=True)
     assert (workspace / "a.txt").read_text() == "hello from a\n"
+
+
+def test_interrupted_while_saving_follows_the_database(make_agent, store) -> None:
+    """The consumer is cancelled while the turn's snapshot is being written: the write finishes (it is
+    one transaction on the model thread) and the agent ends up exactly at that saved turn."""
+    import threading
+    import time
+
+    agent, engine = make_agent(["Saved anyway.<|end|>", "Next.<|end|>"])
+    in_save = threading.Event()
+    snapshot = engine.snapshot
+
+    def slow_snapshot(since: int) -> Any:
+        in_save.set()
+        time.sleep(0.3)
+        return snapshot(since)
+
+    engine.snapshot = slow_snapshot
+
+    async def interrupt() -> None:
+        async def consume() -> None:
+            async for _ in agent.send("one"):
+                pass
+
+        task = asyncio.create_task(consume())
+        while not in_save.is_set():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(interrupt())
+    assert store.get_session(agent.session_id).latest_turn == 1
+    assert agent.turn == 1 and not agent.running
+    assert engine.n_tokens == store.load_snapshot(agent.session_id).n_tokens
+    events = run(agent, "two")
+    assert events[-1].saved and events[-1].turn == 2
+    assert engine.text.endswith(
+        "<|assistant|>Saved anyway.<|end|><|user|>two<|end|><|assistant|>Next.<|end|>"
+    )
