@@ -9,7 +9,8 @@ Design choices:
   (model/checkpoints/shards.py): host memory peaks at the model plus about one tensor.
 - The fingerprint is a sha256 of our config, the target dtype, and the sha256 of every checkpoint
   tensor (name, dtype, shape, bytes) in name order, so it does not depend on how the checkpoint is
-  sharded. Each tensor is hashed as its bytes stream past: the weights are read once, never re-hashed.
+  sharded. Each tensor is hashed as its bytes stream past (on worker threads, model/checkpoints/
+  digests.py): the weights are read once, never re-hashed.
 - A Hub id is fetched with `huggingface_hub.snapshot_download` (weights, configs, tokenizer files
   only); offline, a clear error says how to point at a local folder.
 """
@@ -30,6 +31,7 @@ from torch import Tensor
 from model.attention import Attention
 from model.chat import ChatFormat, NativeChatFormat
 from model.checkpoints import bamba, falcon_h1, mamba2, nemotron_h, olmo_hybrid
+from model.checkpoints.digests import TensorDigests
 from model.checkpoints.plan import Source
 from model.checkpoints.shards import ShardSet
 from model.checkpoints.tool_formats import format_class_for
@@ -166,16 +168,18 @@ def load_weights(
         resolved[target] = hit if hit is not None else ([], Source((), lambda ts: torch.zeros(())))
     # Read in file order: one sequential pass over each shard.
     order = sorted(resolved, key=lambda t: _position(resolved[t][0], shards))
-    digests: dict[str, str] = {}
+    hashes = TensorDigests()
     used = {n for names, _ in resolved.values() for n in names}
     bar = _Progress(sum(shards.entries[n].nbytes for n in used), progress)
     try:
         for target in order:
             names, src = resolved[target]
-            _fill(params[target], names, src, shards, digests, family, target)
+            _fill(params[target], names, src, shards, hashes, family, target)
             bar.update(sum(shards.entries[n].nbytes for n in names if n in used))
             used.difference_update(names)  # a tensor read twice (a tied head) counts once
+        digests = hashes.digests()
     finally:
+        hashes.close()
         bar.close()
         shards.close()
     model.eval()
@@ -198,15 +202,12 @@ def _fill(
     names: list[str],
     src: Source,
     shards: ShardSet,
-    digests: dict[str, str],
+    hashes: TensorDigests,
     family: str,
     target: str,
 ) -> None:
     def read(name: str, out: Tensor | None = None) -> Tensor:
-        h = hashlib.sha256()
-        t = shards.read(name, h) if out is None else shards.read_into(name, out, h)
-        digests[name] = h.hexdigest()  # a tensor read twice (a tied head) hashes the same
-        return t
+        return shards.read(name, hashes) if out is None else shards.read_into(name, out, hashes)
 
     data = param.data
     if src.build is None and names:

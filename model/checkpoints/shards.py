@@ -6,7 +6,7 @@ Design choices:
   `readinto`, straight into its destination when the dtype matches. `safe_open` memory-maps the whole
   shard: every page it touches stays in our resident memory until the shard is closed, so a one-shard
   model would peak near twice its size. Plain reads keep the peak at the model plus one tensor.
-- Every byte read is offered to a hash (the model fingerprint), so the weights are read exactly once.
+- Every byte read is offered to a sink (the fingerprint's hashing), so the weights are read exactly once.
 """
 
 from __future__ import annotations
@@ -42,8 +42,10 @@ DTYPES: dict[str, torch.dtype] = {
 }
 
 
-class Hasher(Protocol):
-    def update(self, data: bytes | memoryview, /) -> None: ...
+class BytesSink(Protocol):
+    """Receives each tensor's bytes as they are read: its name, a header naming dtype and shape, the data."""
+
+    def __call__(self, name: str, header: bytes, data: memoryview, /) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ class ShardSet:
             self._files[path] = path.open("rb", buffering=0)
         return self._files[path]
 
-    def read_into(self, name: str, out: Tensor, hasher: Hasher | None = None) -> Tensor:
+    def read_into(self, name: str, out: Tensor, sink: BytesSink | None = None) -> Tensor:
         """Fill the contiguous CPU tensor `out` (the entry's dtype and size) with the tensor's bytes."""
         e = self.entries[name]
         if out.dtype != e.dtype or out.numel() != _numel(e.shape) or not out.is_contiguous():
@@ -132,14 +134,13 @@ class ShardSet:
             if not n:
                 raise CheckpointError(f"{e.file} ends inside tensor {name}: it is truncated, re-download it")
             done += n
-        if hasher is not None:
-            hasher.update(f"{name}|{e.dtype}|{e.shape}|".encode())
-            hasher.update(buf)
+        if sink is not None:
+            sink(name, f"{name}|{e.dtype}|{e.shape}|".encode(), buf)
         return out.view(e.shape)
 
-    def read(self, name: str, hasher: Hasher | None = None) -> Tensor:
+    def read(self, name: str, sink: BytesSink | None = None) -> Tensor:
         e = self.entries[name]
-        return self.read_into(name, torch.empty(e.shape, dtype=e.dtype), hasher)
+        return self.read_into(name, torch.empty(e.shape, dtype=e.dtype), sink)
 
     def close(self) -> None:
         for f in self._files.values():
