@@ -9,8 +9,10 @@ Design choices:
 - Bad input is refused before the state changes. An exception inside the layers (out of memory, an
   interrupt) leaves the state partly advanced: keep a `clone()` or a snapshot to go back to.
 - T == 1 takes each mixer's one-step kernels; T > 1 the chunked ones. Both give the same numbers.
-- `fingerprint` = sha256 of the config JSON and every weight (name, dtype, shape, bytes), computed on
-  first use and cached until the weights change (load_state_dict, .to()).
+- `fingerprint` = sha256 of the config JSON and, in name order, every weight's own sha256 (of its name,
+  dtype, shape and bytes): computed on first use and cached until the weights change (load_state_dict,
+  .to()). Per-weight digests let a checkpoint loader compute the same value while it streams the
+  weights in, in any order and on several threads (model/checkpoints/), without reading them twice.
 - Files: `config.json` + `model.safetensors` (never pickle). Tied embeddings are stored once.
 - Weight names (for checkpoint adapters): `embed_tokens.weight`, `layers.{i}.*` (model/blocks.py),
   `norm.weight`, `lm_head.weight` (only without tied embeddings).
@@ -35,6 +37,19 @@ from model.layers import RMSNorm
 from model.state import ModelState, state_layout
 
 WEIGHTS_FILE = "model.safetensors"
+
+
+def weight_header(name: str, dtype: torch.dtype, shape: tuple[int, ...]) -> bytes:
+    """What a weight's digest hashes before its bytes."""
+    return f"{name}|{dtype}|{shape}|".encode()
+
+
+def combine_fingerprint(config_json: str, digests: Mapping[str, str]) -> str:
+    """The model fingerprint from the config and each weight's sha256 hex digest (by name)."""
+    h = hashlib.sha256(config_json.encode())
+    for name in sorted(digests):
+        h.update(f"{name}={digests[name]}|".encode())
+    return h.hexdigest()
 
 
 class HybridLM(nn.Module):
@@ -134,11 +149,12 @@ class HybridLM(nn.Module):
     @property
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            h = hashlib.sha256(self.config.to_json().encode())
-            for name, t in sorted(self.state_dict().items()):
-                h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            digests = {}
+            for name, t in self.state_dict().items():
+                h = hashlib.sha256(weight_header(name, t.dtype, tuple(t.shape)))
                 h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-            self._fingerprint = h.hexdigest()
+                digests[name] = h.hexdigest()
+            self._fingerprint = combine_fingerprint(self.config.to_json(), digests)
         return self._fingerprint
 
     def load_state_dict(
