@@ -1,0 +1,479 @@
+"""End-to-end GPU benchmark (issue 8, items 2-4), batch 1, bf16, random weights at OLMo Hybrid 7B's shape:
+
+    python3 bench/gpu_e2e.py --out $OUT/gpu_e2e.json        # on the device machine (H100)
+    .venv/bin/python bench/gpu_e2e.py --tiny --out /tmp/e2e.json   # CPU smoke run at toy shapes
+
+One process builds transformers' `OlmoHybridForCausalLM` from its default `OlmoHybridConfig` (random
+init) and ours from that model's state dict through the olmo_hybrid adapter, sharing the weight
+tensors (so both fit the card), then:
+1. checks: our DecodeEngine (CUDA graphs) vs our eager path, greedy, 256 tokens (must be identical);
+   ours vs transformers: last-position logits and greedy tokens (bf16 kernels differ: reported);
+2. prefill tokens/s at 4k and 16k, ours vs transformers (with fla kernels);
+3. decode tokens/s at 1k, 16k, 64k, 128k: ours through the engine vs transformers vs the floor
+   (weights + cache + recurrent state bytes over the measured copy bandwidth). Our long states are
+   synthetic (random K/V and recurrent states: decode cost does not depend on the values); the
+   transformers caches are built by its own prefill in 16k chunks (as far as time and memory allow);
+4. resume: a 64k-token session's snapshot saved to SQLite (memory.Store, 4k-token pages) and loaded
+   onto the GPU (full attention; and with a 4k window + 4 sinks) vs re-prefilling the history;
+5. the hybrid advantage: an attention-only model of the same width and depth (sharing every weight
+   that has the same shape) through the same engine at the same contexts.
+Results go to one JSON file, rewritten after each section; a short table is printed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import inspect
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from model import HybridConfig, HybridLM
+from model.attention import Attention
+from model.checkpoints import olmo_hybrid
+from model.checkpoints.plan import Source
+from model.engine import DecodeEngine
+from model.generate import prefill as eager_prefill
+from model.layers import rope_inv_freq
+
+TINY_HF = dict(
+    vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+    num_key_value_heads=4, linear_num_key_heads=2, linear_num_value_heads=2, linear_key_head_dim=16,
+    linear_value_head_dim=32, pad_token_id=0, eos_token_id=1, bos_token_id=None,
+)  # fmt: skip
+
+
+# ---- building the models -------------------------------------------------------------------------
+def hf_config(tiny: bool) -> Any:
+    from transformers import OlmoHybridConfig
+
+    return OlmoHybridConfig(**TINY_HF) if tiny else OlmoHybridConfig()
+
+
+def build_hf(cfg: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    """transformers' model with its own random init, built directly on the device."""
+    from transformers import OlmoHybridForCausalLM
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        hf = OlmoHybridForCausalLM._from_config(cfg, attn_implementation="sdpa", dtype=dtype)
+    return hf.eval()
+
+
+def _resolve(src: Source, sd: dict[str, torch.Tensor]) -> torch.Tensor:
+    names = [next((n for n in spellings if n in sd), None) for spellings in src.names]
+    if None in names:
+        if src.fallback is None:
+            raise KeyError(f"no tensor for {src.names}")
+        return _resolve(src.fallback, sd)
+    if src.build is None:
+        return sd[names[0]]  # shared with transformers' model: no copy
+    return src.build([sd[n].float() for n in names]).to(sd[names[0]].dtype)
+
+
+def adopt_weights(hf: Any) -> HybridLM:
+    """Our HybridLM through the olmo_hybrid adapter's plan, reading transformers' tensors in place."""
+    hfd = hf.config.to_dict()
+    cfg = olmo_hybrid.hybrid_config(hfd)
+    sd = dict(hf.state_dict())
+    with torch.device("meta"):
+        model = HybridLM(cfg)
+    model.load_state_dict({n: _resolve(s, sd) for n, s in olmo_hybrid.sources(cfg, hfd).items()}, assign=True)
+    _rope_buffers(model, sd["lm_head.weight"].device)
+    model._fingerprint = "bench-random-olmo-hybrid"  # hashing 15 GB of random weights would cost ~10 s
+    return model.eval()
+
+
+def _rope_buffers(model: HybridLM, device: torch.device) -> None:
+    theta = model.config.attention.rope_theta
+    for m in model.modules():
+        if isinstance(m, Attention) and theta is not None:
+            m.register_buffer("inv_freq", rope_inv_freq(m.rope_dim, theta).to(device), persistent=False)
+
+
+def attention_only(model: HybridLM) -> HybridLM:
+    """The same width and depth with attention in every layer; every weight whose name and shape match
+    the hybrid's is shared (embeddings, head, MLPs, norms, the hybrid's own attention layers)."""
+    cfg = HybridConfig.model_validate(
+        {**model.config.model_dump(), "layer_types": ["attention"] * model.config.n_layers}
+    )
+    with torch.device("meta"):
+        attn = HybridLM(cfg)
+    have = model.state_dict()
+    dev, dtype = model.device, model.dtype
+    new = {}
+    for name, t in attn.state_dict().items():
+        if name in have and have[name].shape == t.shape:
+            new[name] = have[name]
+        elif name.endswith("norm.weight"):
+            new[name] = torch.ones(t.shape, device=dev, dtype=dtype)
+        else:
+            new[name] = torch.empty(t.shape, device=dev, dtype=dtype).normal_(0.0, 0.02)
+    attn.load_state_dict(new, assign=True)
+    _rope_buffers(attn, dev)
+    attn._fingerprint = "bench-attention-only"
+    return attn.eval()
+
+
+def fill_synthetic(eng: DecodeEngine, gen: torch.Generator) -> None:
+    """Random K/V in every cache slot and random recurrent states: a long context without prefilling it."""
+    with torch.inference_mode():
+        for ls in eng.state.layers:
+            for name, buf in ls.storage.items():
+                if name != "pos":
+                    buf.normal_(generator=gen)
+            for name, t in ls.recurrent.items():
+                t.normal_(generator=gen).mul_(0.1 if name != "conv" else 1.0)
+
+
+def floor_bytes(model: HybridLM, ctx: int) -> dict[str, int]:
+    """Bytes a decode step must move at context `ctx`: every weight but the embedding table (one row),
+    the K/V cache read, the recurrent states read and written."""
+    from model.state import state_layout
+
+    weights = sum(p.nbytes for p in model.parameters()) - model.embed_tokens.weight.nbytes
+    item = model.dtype.itemsize
+    cache = rec = 0
+    for _, spec in state_layout(model.config):
+        for shape in spec.cache.values():
+            cache += ctx * item * int(torch.tensor([d for d in shape if d != -1]).prod())
+        for shape in spec.recurrent.values():
+            rec += 2 * 4 * int(torch.tensor(shape).prod())
+    return {"weights": weights, "cache": cache, "recurrent": rec, "total": weights + cache + rec}
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.t0 = time.time()
+        self.cuda = torch.cuda.is_available() and not args.cpu
+        self.dev = torch.device("cuda" if self.cuda else "cpu")
+        self.dtype = torch.bfloat16 if self.cuda else torch.float32
+        self.res: dict[str, Any] = {"what": __doc__.splitlines()[0], "tiny": args.tiny}
+
+    def left(self) -> float:
+        return self.args.budget_s - (time.time() - self.t0)
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def clock(self) -> float:
+        self.sync()
+        return time.perf_counter()
+
+    def save(self) -> None:
+        self.res["elapsed_s"] = round(time.time() - self.t0, 1)
+        Path(self.args.out).parent.mkdir(parents=True, exist_ok=True)
+        import json
+
+        Path(self.args.out).write_text(json.dumps(self.res, indent=2) + "\n")
+
+    def section(self, name: str, fn: Any, min_left: float = 0.0) -> Any:
+        if self.left() < min_left:
+            self.res[name] = {"skipped": f"time budget ({self.left():.0f} s left)"}
+            print(f"[{name}] skipped: {self.left():.0f} s left", flush=True)
+            return None
+        t = time.time()
+        try:
+            out = fn()
+        except Exception as exc:  # report and go on: later sections still count
+            import traceback
+
+            traceback.print_exc()
+            out = {"error": repr(exc)[:500]}
+        self.res[name] = out
+        print(f"[{name}] {time.time() - t:.1f} s: {str(out)[:600]}", flush=True)
+        self.save()
+        return out
+
+
+def hf_call(hf: Any, ids: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
+    """One transformers forward with its cache (the keyword is `cache` in newer 5.x, else past_key_values)."""
+    key = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
+    out = hf(input_ids=ids, use_cache=True, logits_to_keep=1, **{key: cache})
+    new = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    return out.logits[:, -1], new
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="bench/results/gpu_e2e.json")
+    ap.add_argument("--tiny", action="store_true", help="toy shapes (CPU smoke run)")
+    ap.add_argument("--cpu", action="store_true", help="stay on the CPU even if a GPU is there")
+    ap.add_argument("--budget-s", type=float, default=420.0, help="skip sections that would start later")
+    ap.add_argument("--decode-tokens", type=int, default=64)
+    args = ap.parse_args()
+    b = Bench(args)
+    tiny = args.tiny
+    K = 1024
+    ctxs = [64, 256] if tiny else [1 * K, 16 * K, 64 * K, 128 * K]
+    prefills = [128, 256] if tiny else [4 * K, 16 * K]
+    resume_len = 256 if tiny else 64 * K
+    N = 8 if tiny else args.decode_tokens
+    check_tokens = 32 if tiny else 256
+    page = 64 if tiny else 4 * K
+    gen = torch.Generator(b.dev).manual_seed(0)
+
+    def rand_ids(n: int, vocab: int) -> torch.Tensor:
+        return torch.randint(0, vocab, (1, n), device=b.dev, generator=gen)
+
+    torch.set_grad_enabled(False)
+    info: dict[str, Any] = {"device": str(b.dev), "dtype": str(b.dtype)}
+    if b.cuda:
+        from gpu_common import copy_bandwidth_GBps, device_info
+
+        info.update(device_info())
+        info["copy_1GiB_GBps"] = copy_bandwidth_GBps()
+    else:
+        import importlib.metadata as md
+
+        info["versions"] = {p: md.version(p) for p in ("torch", "transformers")}
+    b.res["info"] = info
+    copy_bps = info.get("copy_1GiB_GBps", 10.0) * 1e9
+    print(info, flush=True)
+
+    hf = build_hf(hf_config(tiny), b.dev, b.dtype)
+    ours = adopt_weights(hf)
+    V = ours.config.vocab_size
+    b.res["model"] = {
+        "params": ours.num_parameters(),
+        "weight_bytes": sum(p.nbytes for p in ours.parameters()),
+        "layer_types": ours.config.layer_types,
+        "rope_theta": ours.config.attention.rope_theta,
+    }
+    maxctx = max(ctxs) + N + 16
+    engine = DecodeEngine(ours, max_context=maxctx, prefill_chunk=2048)
+
+    # 1. the engine against our eager path, greedy: every token must match.
+    def check_engine() -> dict[str, Any]:
+        prompt = rand_ids(64, V)
+        state = ours.new_state()
+        logits = eager_prefill(ours, prompt, state)
+        want = []
+        for _ in range(check_tokens):
+            tok = logits.argmax(-1, keepdim=True)  # (1, 1)
+            want.append(int(tok))
+            logits = ours(tok, state)[:, -1]
+        engine.reset()
+        engine.prefill_chunk = 2048  # the eager prefill's chunking: same shapes, same rounding
+        engine.prefill(prompt)
+        got = engine.generate_greedy(check_tokens, sync_every=32)
+        same = next((i for i, (x, y) in enumerate(zip(got, want, strict=True)) if x != y), len(want))
+        return {"tokens": check_tokens, "graphed": engine.graphed, "identical_prefix": same,
+                "all_identical": got == want}  # fmt: skip
+
+    b.section("check_engine_vs_eager", check_engine)
+
+    def prefill_ours() -> list[dict[str, Any]]:
+        engine.prefill_chunk = 8192 if not tiny else 64
+        engine.reset()
+        engine.prefill(rand_ids(prefills[0], V))  # compiles the chunked kernels
+        rows = []
+        for T in prefills:
+            engine.reset()
+            ids = rand_ids(T, V)
+            t = b.clock()
+            engine.prefill(ids)
+            dt = b.clock() - t
+            rows.append({"T": T, "s": dt, "tok_s": T / dt, "chunk": engine.prefill_chunk})
+        return rows
+
+    b.section("prefill_ours", prefill_ours)
+
+    def decode(eng: DecodeEngine, model: Any) -> list[dict[str, Any]]:
+        fill_synthetic(eng, gen)
+        rows = []
+        for ctx in ctxs:
+            eng.set_length(ctx)
+            eng.generate_greedy(8 if not tiny else 2, sync_every=8)  # capture (first time), warm up
+            eng.set_length(ctx)
+            t = b.clock()
+            eng.generate_greedy(N, sync_every=N)
+            dt = (b.clock() - t) / N
+            fb = floor_bytes(model, ctx)
+            row = {"ctx": ctx, "ms": dt * 1e3, "tok_s": 1 / dt, "floor_ms": fb["total"] / copy_bps * 1e3,
+                   "cache_GB": fb["cache"] / 1e9, "recurrent_GB": fb["recurrent"] / 2e9}  # fmt: skip
+            row["vs_floor"] = row["floor_ms"] / row["ms"]
+            if b.cuda:
+                row["sdpa_GBps"] = sdpa_bandwidth(eng, ctx)
+            rows.append(row)
+            print(row, flush=True)
+        return rows
+
+    b.section("decode_ours", lambda: decode(engine, ours))
+    engine = None  # frees its buffers (closures above hold the name, not the object)
+    gc.collect()
+    torch.cuda.empty_cache() if b.cuda else None
+
+    # 2. transformers, in the same process, on the same weights.
+    def versus_hf() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        T0 = prefills[0]  # the check's prompt length = the first prefill length: one fla autotune less
+        small = DecodeEngine(ours, max_context=T0 + 64)
+        prompt = rand_ids(T0, V)
+        ref, cache = hf_call(hf, prompt, None)
+        mine = small.prefill(prompt).clone()
+        out["logits_rel_diff"] = rel(mine, ref)
+        toks_hf, tok = [], ref.argmax(-1, keepdim=True)
+        for _ in range(32 if not tiny else 8):
+            toks_hf.append(int(tok))
+            logits, cache = hf_call(hf, tok, cache)
+            tok = logits.argmax(-1, keepdim=True)
+        toks = small.generate_greedy(len(toks_hf))
+        out["greedy_tokens"] = len(toks)
+        out["greedy_identical_prefix"] = next(
+            (i for i, (x, y) in enumerate(zip(toks, toks_hf, strict=True)) if x != y), len(toks)
+        )
+        del small, cache
+        out["prefill"] = []
+        for T in prefills:
+            for _ in range(1 if T == T0 else 2):  # a new length autotunes fla's kernels: time the rerun
+                ids = rand_ids(T, V)
+                t = b.clock()
+                hf_call(hf, ids, None)
+                dt = b.clock() - t
+            out["prefill"].append({"T": T, "s": dt, "tok_s": T / dt})
+        out["decode"] = []
+        base = min(ctxs)
+        for ctx in ctxs:
+            if b.left() < 90:
+                out["decode"].append({"ctx": ctx, "skipped": "time budget"})
+                continue
+            try:
+                logits, cache = hf_call(hf, rand_ids(base, V), None)
+                grown = extend_hf_cache(cache, ctx, gen) if ctx > base else 0
+                tok = logits.argmax(-1, keepdim=True)
+                for _ in range(2):
+                    logits, cache = hf_call(hf, tok, cache)
+                    tok = logits.argmax(-1, keepdim=True)
+                n = 8 if not tiny else 2
+                t = b.clock()
+                for _ in range(n):
+                    logits, cache = hf_call(hf, tok, cache)
+                    tok = logits.argmax(-1, keepdim=True)
+                dt = (b.clock() - t) / n
+                out["decode"].append({"ctx": ctx, "ms": dt * 1e3, "tok_s": 1 / dt, "cache":
+                                      f"{base} tokens prefilled" + (f", K/V of {grown} layers grown to {ctx} "
+                                      "with random values" if grown else "")})  # fmt: skip
+            except torch.OutOfMemoryError as exc:
+                out["decode"].append({"ctx": ctx, "oom": str(exc)[:200]})
+            cache = logits = None
+            gc.collect()
+            torch.cuda.empty_cache() if b.cuda else None
+            print(out["decode"][-1], flush=True)
+        return out
+
+    b.section("transformers", versus_hf, min_left=60)
+    hf = None
+    gc.collect()
+    torch.cuda.empty_cache() if b.cuda else None
+
+    def resume() -> dict[str, Any]:
+        from gpu_resume import resume_bench
+
+        eng = DecodeEngine(ours, max_context=resume_len + 16, prefill_chunk=8192 if not tiny else 64)
+        with tempfile.TemporaryDirectory() as tmp:
+            db = Path(tmp) / "sessions.db"
+            ids = rand_ids(resume_len, V)
+            return resume_bench(eng, ids, db, page, b.clock, window=4 * page, window_baseline=b.left() > 150)
+
+    b.section("resume", resume, min_left=60)
+
+    def attention_baseline() -> list[dict[str, Any]]:
+        nonlocal ours
+        attn = attention_only(ours)
+        ours = None  # drop the Gated DeltaNet weights: the attention-only cache at 128k needs the room
+        gc.collect()
+        torch.cuda.empty_cache() if b.cuda else None
+        eng = DecodeEngine(attn, max_context=maxctx)
+        return decode(eng, attn)
+
+    b.section("decode_attention_only", attention_baseline, min_left=30)
+    table(b.res)
+    b.save()
+
+
+def extend_hf_cache(cache: Any, ctx: int, gen: torch.Generator) -> int:
+    """Grow every attention layer's K/V in transformers' cache to `ctx` tokens of random values (decode
+    cost does not depend on them); returns how many layers were grown. Prefilling 128k tokens through
+    transformers' masked chunked attention would take minutes of device time."""
+    grown = 0
+
+    def grow(t: torch.Tensor) -> torch.Tensor:
+        shape = (t.shape[0], t.shape[1], ctx, t.shape[3])  # (B, H, L, Dh)
+        return torch.randn(shape, device=t.device, dtype=t.dtype, generator=gen)
+
+    for layer in getattr(cache, "layers", []):
+        keys = getattr(layer, "keys", None)
+        if isinstance(keys, torch.Tensor) and keys.dim() == 4 and keys.numel():
+            layer.keys, layer.values = grow(layer.keys), grow(layer.values)
+            grown += 1
+    for name in ("key_cache", "value_cache"):  # older cache classes keep lists
+        lst = getattr(cache, name, None)
+        for i, t in enumerate(lst if isinstance(lst, list) else []):
+            if isinstance(t, torch.Tensor) and t.dim() == 4 and t.numel():
+                lst[i] = grow(t)
+                grown += name == "key_cache"
+    if grown == 0 or cache.get_seq_length() != ctx:
+        raise RuntimeError(f"could not grow transformers' cache ({type(cache).__name__}) to {ctx} tokens")
+    return grown
+
+
+def sdpa_bandwidth(eng: DecodeEngine, ctx: int) -> float:
+    """The attention core alone (what the engine runs between its graphs), as GB/s of K/V read."""
+    import triton.testing as tt
+
+    ls = next(ls for ls in eng.state.layers if ls.pos is not None)
+    k, v = ls.storage["k"].narrow(2, 0, ctx), ls.storage["v"].narrow(2, 0, ctx)
+    q = torch.randn(1, k.shape[1], 1, k.shape[3], device=k.device, dtype=k.dtype)
+    ms = tt.do_bench(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), return_mode="median")
+    return 2 * k.nbytes / (ms * 1e-3) / 1e9
+
+
+def _f(v: float | None, spec: str) -> str:
+    return format(float("nan") if v is None else v, spec)
+
+
+def table(res: dict[str, Any]) -> None:
+    print(f"\ncard: {res['info'].get('card', res['info']['device'])}")
+    hf = res.get("transformers") or {}
+    hf_dec = {r["ctx"]: r for r in hf.get("decode", []) if "tok_s" in r}
+    attn = {r["ctx"]: r for r in res.get("decode_attention_only") or [] if isinstance(r, dict) and "ctx" in r}
+    print("ctx      ours tok/s  floor tok/s  %floor  hf tok/s  x hf   attn tok/s  hybrid/attn  cache GB h/a")
+    for r in res.get("decode_ours") or []:
+        if not isinstance(r, dict) or "ctx" not in r:
+            continue
+        h, a = hf_dec.get(r["ctx"]), attn.get(r["ctx"])
+        print(
+            f"{r['ctx']:<8} {r['tok_s']:>10.1f}  {1e3 / r['floor_ms']:>11.1f}  {100 * r['vs_floor']:>5.0f}%"
+            f"  {_f(h and h['tok_s'], '>8.1f')}  {_f(h and r['tok_s'] / h['tok_s'], '>5.1f')}"
+            f"  {_f(a and a['tok_s'], '>10.1f')}  {_f(a and r['tok_s'] / a['tok_s'], '>11.2f')}"
+            f"  {r['cache_GB']:.2f}/{_f(a and a['cache_GB'], '.2f')}"
+        )
+    hf_pre = {r["T"]: r for r in hf.get("prefill", [])}
+    for r in res.get("prefill_ours") or []:
+        if isinstance(r, dict) and "T" in r:
+            h = hf_pre.get(r["T"])
+            print(f"prefill T={r['T']}: ours {r['tok_s']:.0f} tok/s, hf {_f(h and h['tok_s'], '.0f')}")
+    rs = res.get("resume")
+    if isinstance(rs, dict) and "reprefill_s" in rs:
+        print(f"resume {rs['tokens']} tokens: re-prefill {rs['reprefill_s']:.2f} s; load full "
+              f"{rs['load_full_s']:.2f} s ({rs['speedup_full']:.1f}x, exact {rs['full_resume_exact']}); "
+              f"load window {rs['load_window_s']:.3f} s ({rs['speedup_window']:.1f}x)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
