@@ -1,4 +1,4 @@
-"""The sha256 of every checkpoint tensor, computed on worker threads while the next tensors are read.
+"""The sha256 of every weight, computed on worker threads while the next weights are read.
 
 hashlib releases the GIL on large buffers, so hashing overlaps with reading and uses several cores;
 without it, hashing dominates a load on CPUs without SHA instructions (measured here: sha256 127 MB/s
@@ -21,7 +21,7 @@ def _sha256(header: bytes, data: memoryview) -> str:
 
 
 class TensorDigests:
-    """A `BytesSink` (model/checkpoints/shards.py): `digests()` waits for all and returns name -> hex."""
+    """Call it with (name, header, bytes) to queue one weight; `digests()` waits, returns name -> hex."""
 
     def __init__(self, workers: int | None = None, max_pending_bytes: int = 512 << 20) -> None:
         self._pool = ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1))
@@ -31,8 +31,6 @@ class TensorDigests:
         self._max_pending = max_pending_bytes
 
     def __call__(self, name: str, header: bytes, data: memoryview, /) -> None:
-        if name in self._futures:  # read twice (a tied head): same bytes, same digest
-            return
         future = self._pool.submit(_sha256, header, data)
         self._futures[name] = future
         self._pending.append((future, data.nbytes))

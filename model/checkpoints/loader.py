@@ -7,17 +7,16 @@ Design choices:
 - The model is built on the meta device (no memory, no random init), given real storage in the
   target dtype and device with `to_empty`, then filled one tensor at a time from the shards
   (model/checkpoints/shards.py): host memory peaks at the model plus about one tensor.
-- The fingerprint is a sha256 of our config, the target dtype, and the sha256 of every checkpoint
-  tensor (name, dtype, shape, bytes) in name order, so it does not depend on how the checkpoint is
-  sharded. Each tensor is hashed as its bytes stream past (on worker threads, model/checkpoints/
-  digests.py): the weights are read once, never re-hashed.
+- The fingerprint is `HybridLM.fingerprint`'s own definition (config + each weight's sha256), fed with
+  each of our weights' final bytes as they are filled in (hashed on worker threads, model/checkpoints/
+  digests.py): the weights are read once, never re-hashed, and the value is the one the model would
+  compute itself (so it survives `.to()`, and does not depend on how the checkpoint is sharded).
 - A Hub id is fetched with `huggingface_hub.snapshot_download` (weights, configs, tokenizer files
   only); offline, a clear error says how to point at a local folder.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -37,7 +36,7 @@ from model.checkpoints.shards import ShardSet
 from model.checkpoints.tool_formats import format_class_for
 from model.config import HybridConfig
 from model.errors import CheckpointError
-from model.hybrid import HybridLM
+from model.hybrid import HybridLM, combine_fingerprint, weight_header
 from model.layers import rope_inv_freq
 from model.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 
@@ -174,7 +173,9 @@ def load_weights(
     try:
         for target in order:
             names, src = resolved[target]
-            _fill(params[target], names, src, shards, hashes, family, target)
+            data = params[target].data
+            final = _fill(data, names, src, shards, family, target)
+            hashes(target, weight_header(target, data.dtype, tuple(data.shape)), _bytes(final))
             bar.update(sum(shards.entries[n].nbytes for n in names if n in used))
             used.difference_update(names)  # a tensor read twice (a tied head) counts once
         digests = hashes.digests()
@@ -183,10 +184,7 @@ def load_weights(
         bar.close()
         shards.close()
     model.eval()
-    fingerprint = hashlib.sha256(f"hybrid-agent/1|{cfg.to_json()}|{dtype}|".encode())
-    for name in sorted(digests):
-        fingerprint.update(f"{name}={digests[name]}|".encode())
-    model._fingerprint = fingerprint.hexdigest()  # what `model.fingerprint` returns, without re-reading
+    model._fingerprint = combine_fingerprint(cfg.to_json(), digests)  # `model.fingerprint`, not re-read
     return model
 
 
@@ -197,19 +195,13 @@ def _position(names: list[str], shards: ShardSet) -> tuple[str, int]:
     return (str(e.file), e.start)
 
 
-def _fill(
-    param: Tensor,
-    names: list[str],
-    src: Source,
-    shards: ShardSet,
-    hashes: TensorDigests,
-    family: str,
-    target: str,
-) -> None:
-    def read(name: str, out: Tensor | None = None) -> Tensor:
-        return shards.read(name, hashes) if out is None else shards.read_into(name, out, hashes)
+def _bytes(t: Tensor) -> memoryview:
+    return memoryview(t.view(-1).view(torch.uint8).numpy()) if t.numel() else memoryview(b"")
 
-    data = param.data
+
+def _fill(data: Tensor, names: list[str], src: Source, shards: ShardSet, family: str, target: str) -> Tensor:
+    """Fill the parameter `data`; returns a contiguous CPU tensor with its final bytes (`data` itself
+    on the CPU). Casts happen on the CPU, so the bytes hashed are exactly the bytes the device gets."""
     if src.build is None and names:
         e = shards.entries[names[0]]
         if tuple(e.shape) != tuple(data.shape):
@@ -218,20 +210,24 @@ def _fill(
                 f"{tuple(data.shape)}; config.json does not match the weights"
             )
         if data.device.type == "cpu" and data.dtype == e.dtype and data.is_contiguous():
-            read(names[0], data)  # straight into the parameter: no extra copy
-        else:
-            data.copy_(read(names[0]))
-        return
-    build: Callable[[list[Tensor]], Tensor] = src.build or (lambda ts: torch.zeros(()))
-    value = build([read(n).float() for n in names])  # multipliers are folded in fp32, then cast once
-    if value.dim() == 0:
-        value = value.expand(data.shape)
-    if tuple(value.shape) != tuple(data.shape):
-        raise CheckpointError(
-            f"{family}: tensors {names} give shape {tuple(value.shape)} but our {target} needs "
-            f"{tuple(data.shape)}; config.json does not match the weights"
-        )
-    data.copy_(value)
+            return shards.read_into(names[0], data)  # straight into the parameter: no extra copy
+        value = shards.read(names[0])
+    else:
+        build: Callable[[list[Tensor]], Tensor] = src.build or (lambda ts: torch.zeros(()))
+        value = build([shards.read(n).float() for n in names])  # multipliers folded in fp32, cast once
+        if value.dim() == 0:
+            value = value.expand(data.shape)
+        if tuple(value.shape) != tuple(data.shape):
+            raise CheckpointError(
+                f"{family}: tensors {names} give shape {tuple(value.shape)} but our {target} needs "
+                f"{tuple(data.shape)}; config.json does not match the weights"
+            )
+    if data.device.type == "cpu":
+        data.copy_(value)
+        return data
+    final = value.to(data.dtype).contiguous()
+    data.copy_(final)
+    return final
 
 
 def _restore_buffers(model: HybridLM) -> None:

@@ -6,7 +6,6 @@ Design choices:
   `readinto`, straight into its destination when the dtype matches. `safe_open` memory-maps the whole
   shard: every page it touches stays in our resident memory until the shard is closed, so a one-shard
   model would peak near twice its size. Plain reads keep the peak at the model plus one tensor.
-- Every byte read is offered to a sink (the fingerprint's hashing), so the weights are read exactly once.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
 import torch
 from torch import Tensor
@@ -40,12 +39,6 @@ DTYPES: dict[str, torch.dtype] = {
     "F8_E4M3": torch.float8_e4m3fn,
     "F8_E5M2": torch.float8_e5m2,
 }
-
-
-class BytesSink(Protocol):
-    """Receives each tensor's bytes as they are read: its name, a header naming dtype and shape, the data."""
-
-    def __call__(self, name: str, header: bytes, data: memoryview, /) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -120,7 +113,7 @@ class ShardSet:
             self._files[path] = path.open("rb", buffering=0)
         return self._files[path]
 
-    def read_into(self, name: str, out: Tensor, sink: BytesSink | None = None) -> Tensor:
+    def read_into(self, name: str, out: Tensor) -> Tensor:
         """Fill the contiguous CPU tensor `out` (the entry's dtype and size) with the tensor's bytes."""
         e = self.entries[name]
         if out.dtype != e.dtype or out.numel() != _numel(e.shape) or not out.is_contiguous():
@@ -134,13 +127,11 @@ class ShardSet:
             if not n:
                 raise CheckpointError(f"{e.file} ends inside tensor {name}: it is truncated, re-download it")
             done += n
-        if sink is not None:
-            sink(name, f"{name}|{e.dtype}|{e.shape}|".encode(), buf)
         return out.view(e.shape)
 
-    def read(self, name: str, sink: BytesSink | None = None) -> Tensor:
+    def read(self, name: str) -> Tensor:
         e = self.entries[name]
-        return self.read_into(name, torch.empty(e.shape, dtype=e.dtype), sink)
+        return self.read_into(name, torch.empty(e.shape, dtype=e.dtype))
 
     def close(self) -> None:
         for f in self._files.values():

@@ -75,6 +75,18 @@ def test_fingerprint_is_set_while_loading_and_tracks_weights_not_shards(checkpoi
     assert e.fingerprint != a.fingerprint  # a state computed in bf16 is not the fp32 model's
 
 
+def test_fingerprint_is_the_models_own_definition(checkpoint):
+    """What the loader computes while streaming equals what HybridLM computes from its weights, so a
+    model moved or cast afterwards keeps a consistent identity."""
+    folder, _ = checkpoint("falcon_h1", embedding_multiplier=2.0, mamba_rms_norm=True)  # folded weights too
+    model, _, _ = load_model(folder)
+    streamed = model.fingerprint
+    model._fingerprint = None
+    assert model.fingerprint == streamed
+    half, _, _ = load_model(folder, dtype=torch.bfloat16)
+    assert model.to(torch.bfloat16).fingerprint == half.fingerprint
+
+
 def test_bfloat16_load_keeps_states_in_fp32(checkpoint):
     folder, _ = checkpoint("bamba")
     ref, _, _ = load_model(folder)
