@@ -242,3 +242,19 @@ def test_progress_bar_for_long_loads(checkpoint, monkeypatch, capsys):
     assert "loading weights" in capsys.readouterr().err
     load_model(folder, progress=False)
     assert "loading weights" not in capsys.readouterr().err
+
+
+def test_nemotron_h_legacy_layer_pattern(checkpoint):
+    """Older Nemotron-H configs spell the layers as `hybrid_override_pattern` ("M*-M")."""
+    folder, hf = checkpoint("nemotron_h")
+    cfg = json.loads((folder / "config.json").read_text())
+    kinds = cfg.pop("layers_block_type")
+    letters = {"linear_attention": "M", "full_attention": "*", "mlp": "-"}
+    cfg["hybrid_override_pattern"] = "".join(letters[k] for k in kinds)
+    assert cfg["hybrid_override_pattern"] == "M*-M"
+    (folder / "config.json").write_text(json.dumps(cfg))
+    model, _, _ = load_model(folder)
+    assert model.config.layer_types == ["mamba2", "attention", "mlp", "mamba2"]
+    with torch.no_grad():
+        want = hf(input_ids=IDS, use_cache=False).logits
+    assert float((logits_of(model) - want).abs().max()) <= 1e-4 * float(want.abs().max())
