@@ -1,0 +1,51 @@
+"""A loaded checkpoint drives the agent's real engine: its chat format renders a turn, the engine
+prefills and decodes greedily, snapshots (recurrent tensors + cache pages), and a fresh engine restored
+from that snapshot continues the next turn with exactly the tokens and logits of the uninterrupted one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agent.engine import ModelEngine
+from model import load_model
+from model.chat import ChatMessage
+
+
+def decode(engine: ModelEngine, n: int) -> tuple[list[int], list[torch.Tensor]]:
+    tokens, logits = [], []
+    for _ in range(n):
+        tokens.append(engine.next_token())
+        logits.append(engine._logits.clone())
+        engine.prefill([tokens[-1]])
+    return tokens, logits
+
+
+@pytest.mark.parametrize("family", ["olmo_hybrid", "bamba"])
+def test_engine_on_a_loaded_checkpoint_resumes_exactly(checkpoint, family):
+    folder, _ = checkpoint(family)
+    model, tok, chat = load_model(folder)
+    engine = ModelEngine(model, tok, chat, window=None, model_name=family)
+    assert engine.fingerprint == model.fingerprint
+    first = [ChatMessage("user", "list the files")]
+    ids = engine.encode(chat.segment([], first, system="be brief"))
+    assert ids[0] == tok.token_id("<|im_start|>")
+    engine.prefill(ids)
+    said, _ = decode(engine, 6)
+    recurrent, pages = engine.snapshot(since=0)
+    assert pages and (pages[0].start, pages[0].end) == (0, engine.n_tokens)
+
+    # The next turn, rendered after what the model said (its raw text, as the loop keeps it).
+    history = [*first, ChatMessage("assistant", tok.decode(said), raw=tok.decode(said))]
+    nxt = engine.encode(chat.segment(history, [ChatMessage("user", "and now?")], system="be brief"))
+    engine.prefill(nxt)
+    want_tokens, want_logits = decode(engine, 8)
+
+    resumed = ModelEngine(model, tok, chat, window=None, model_name=family)
+    resumed.restore(recurrent, pages)
+    assert resumed.n_tokens == len(ids) + 6
+    resumed.prefill(nxt)
+    got_tokens, got_logits = decode(resumed, 8)
+    assert got_tokens == want_tokens
+    for a, b in zip(got_logits, want_logits, strict=True):
+        assert torch.equal(a, b)
