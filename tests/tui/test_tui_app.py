@@ -3,6 +3,7 @@ tools): streaming, approvals, cancel, quitting mid-turn, modes, input history, p
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 from pathlib import Path
@@ -96,7 +97,8 @@ async def test_allow_always_stops_asking(tmp_path: Path) -> None:
         assert (rig.workspace / "a.txt").read_text() == "2"
 
 
-async def test_cancel_mid_turn_keeps_last_snapshot(tmp_path: Path) -> None:
+@pytest.mark.parametrize("key", ["escape", "ctrl+c"])
+async def test_cancel_mid_turn_keeps_last_snapshot(tmp_path: Path, key: str) -> None:
     rig = Rig(tmp_path, ["First.<|end|>", "word " * 1000], token_delay=0.002)
     app = rig.app
     async with app.run_test() as pilot:
@@ -107,7 +109,7 @@ async def test_cancel_mid_turn_keeps_last_snapshot(tmp_path: Path) -> None:
         await send(pilot, "long answer")
         await until(pilot, lambda: len(app.query(AssistantMessage)) == 2, "the second answer to start")
         assert app.bridge.turn_running
-        await pilot.press("escape")
+        await pilot.press(key)
         await settle(pilot)
         assert not app.bridge.turn_running
         assert any("cancelled" in n.text for n in app.query(Notice))
@@ -292,3 +294,23 @@ async def test_fast_stream_is_batched_and_exact(tmp_path: Path) -> None:
     assert app.last_answer == reply
     # Deltas that arrive together become one Markdown append: far fewer appends than tokens.
     assert appends < len(reply) / 4, appends
+
+
+async def test_approval_prompt_shows_command_and_source(tmp_path: Path) -> None:
+    from agent.events import ToolCallRequested
+
+    rig = Rig(tmp_path)
+    app = rig.app
+    call = ToolCallRequested(
+        call_id="c1", tool="shell", arguments={"cmd": "make clean"}, source="mcp:devbox",
+        needs_approval=True, command="make clean",
+    )  # fmt: skip
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        answer = asyncio.ensure_future(app.ask_user(call))
+        await until(pilot, lambda: isinstance(app.screen, ApprovalScreen), "the approval prompt")
+        text = " ".join(str(w.render()) for w in app.screen.query("Static"))
+        assert "Allow shell? (MCP server devbox)" in text and "make clean" in text
+        await pilot.press("d")
+        decision = await answer
+        assert (decision.allow, decision.always) == (False, True)

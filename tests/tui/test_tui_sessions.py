@@ -91,6 +91,27 @@ async def test_browser_rename_and_delete_with_confirm(tmp_path: Path) -> None:
         assert not isinstance(app.screen, SessionBrowser)
 
 
+async def test_browser_fork_opens_a_copy(tmp_path: Path) -> None:
+    rig = echo_rig(tmp_path, "original", "in the fork")
+    app = rig.app
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await send(pilot, "original")
+        await settle(pilot)
+        original = rig.agent.session_id
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        await pilot.press("f")
+        await settle(pilot)
+        assert rig.agent.session_id != original and rig.agent.turn == 1
+        assert [u.text for u in app.query(UserMessage)] == ["original"]
+        await send(pilot, "in the fork")
+        await settle(pilot)
+        store = rig.store()
+        assert store.get_session(original).latest_turn == 1  # the original is untouched
+        assert store.get_session(rig.agent.session_id).latest_turn == 2
+
+
 def notices(app) -> list[str]:
     return [n.text for n in app.conversation.messages() if isinstance(n, Notice)]
 

@@ -12,6 +12,7 @@ import pytest
 
 from memory.records import SessionInfo
 from tui.clipboard import copy_to_system_clipboard
+from tui.screens.approval import describe_source
 from tui.screens.sessions import relative_time, session_row
 from tui.slash import SLASH_COMMANDS, ParsedCommand, SlashCommandError, complete, is_slash_command, parse
 from tui.widgets.diff_view import render_diff
@@ -76,3 +77,9 @@ def test_status_line() -> None:
     info = StatusInfo(model="m", device="cuda:0", state_tokens=123456, state_bytes=52_400_000, window=4096,
                       tokens_per_s=87.25)  # fmt: skip
     assert format_status(info) == "m  │  cuda:0  │  123,456 tok  │  52.4 MB  │  window 4,096  │  87.2 tok/s"
+
+
+def test_tool_sources_in_words() -> None:
+    assert describe_source("builtin") == "built-in tool"
+    assert describe_source("plugin:acme-tools") == "plugin acme-tools"
+    assert describe_source("mcp:github") == "MCP server github"
