@@ -13,8 +13,9 @@ tensors (so both fit the card), then:
    (weights + cache + recurrent state bytes over the measured copy bandwidth). Our long states are
    synthetic (random K/V and recurrent states: decode cost does not depend on the values); the
    transformers caches are built by its own prefill in 16k chunks (as far as time and memory allow);
-4. resume: a 64k-token session's snapshot saved to SQLite (memory.Store, 4k-token pages) and loaded
-   onto the GPU (full attention; and with a 4k window + 4 sinks) vs re-prefilling the history;
+4. resume (bench/gpu_resume.py): a 64k-token session's snapshot saved to SQLite (memory.Store) and
+   loaded onto the GPU vs re-prefilling the history, with a 4k window + 4 sinks, then (last, if time
+   is left) with full attention (every 4k-token page, 8 GB);
 5. the hybrid advantage: an attention-only model of the same width and depth (sharing every weight
    that has the same shape) through the same engine at the same contexts.
 Results go to one JSON file, rewritten after each section; a short table is printed last.
@@ -293,10 +294,10 @@ def main() -> None:
 
     b.section("prefill_ours", prefill_ours)
 
-    def decode(eng: DecodeEngine, model: Any) -> list[dict[str, Any]]:
+    def decode(eng: DecodeEngine, model: Any, contexts: list[int]) -> list[dict[str, Any]]:
         fill_synthetic(eng, gen)
         rows = []
-        for ctx in ctxs:
+        for ctx in contexts:
             eng.set_length(ctx)
             eng.generate_greedy(8 if not tiny else 2, sync_every=8)  # capture (first time), warm up
             eng.set_length(ctx)
@@ -313,7 +314,7 @@ def main() -> None:
             print(row, flush=True)
         return rows
 
-    b.section("decode_ours", lambda: decode(engine, ours))
+    b.section("decode_ours", lambda: decode(engine, ours, ctxs))
     engine = None  # frees its buffers (closures above hold the name, not the object)
     gc.collect()
     torch.cuda.empty_cache() if b.cuda else None
@@ -368,8 +369,8 @@ def main() -> None:
                 out["decode"].append({"ctx": ctx, "ms": dt * 1e3, "tok_s": 1 / dt, "cache":
                                       f"{base} tokens prefilled" + (f", K/V of {grown} layers grown to {ctx} "
                                       "with random values" if grown else "")})  # fmt: skip
-            except torch.OutOfMemoryError as exc:
-                out["decode"].append({"ctx": ctx, "oom": str(exc)[:200]})
+            except Exception as exc:  # out of memory, or a cache class we cannot grow: say so, go on
+                out["decode"].append({"ctx": ctx, "error": repr(exc)[:300]})
             cache = logits = None
             gc.collect()
             torch.cuda.empty_cache() if b.cuda else None
@@ -381,27 +382,39 @@ def main() -> None:
     gc.collect()
     torch.cuda.empty_cache() if b.cuda else None
 
-    def resume() -> dict[str, Any]:
-        from gpu_resume import resume_bench
+    def resume_window() -> dict[str, Any]:
+        from gpu_resume import resume_windowed
+
+        with tempfile.TemporaryDirectory() as tmp:
+            w, chunk = (128, 64) if tiny else (4096, 8192)
+            db = Path(tmp) / "w.db"
+            return resume_windowed(ours, rand_ids(resume_len, V), db, b.clock, window=w, sinks=4, chunk=chunk)
+
+    b.section("resume_windowed", resume_window, min_left=60)
+
+    def attention_baseline() -> list[dict[str, Any]]:
+        attn = attention_only(ours)
+        rows = decode(DecodeEngine(attn, max_context=ctxs[-2] + N + 16), attn, ctxs[:-1])
+        gc.collect()
+        torch.cuda.empty_cache() if b.cuda else None
+        try:  # 64 GB of cache at 128k: fits beside the shared weights only just
+            rows += decode(DecodeEngine(attn, max_context=maxctx), attn, ctxs[-1:])
+        except torch.OutOfMemoryError as exc:
+            rows.append({"ctx": ctxs[-1], "oom": str(exc)[:300]})
+        return rows
+
+    b.section("decode_attention_only", attention_baseline, min_left=40)
+    gc.collect()
+    torch.cuda.empty_cache() if b.cuda else None
+
+    def resume_exact() -> dict[str, Any]:
+        from gpu_resume import resume_full
 
         eng = DecodeEngine(ours, max_context=resume_len + 16, prefill_chunk=8192 if not tiny else 64)
         with tempfile.TemporaryDirectory() as tmp:
-            db = Path(tmp) / "sessions.db"
-            ids = rand_ids(resume_len, V)
-            return resume_bench(eng, ids, db, page, b.clock, window=4 * page, window_baseline=b.left() > 150)
+            return resume_full(eng, rand_ids(resume_len, V), Path(tmp) / "f.db", b.clock, page=page)
 
-    b.section("resume", resume, min_left=60)
-
-    def attention_baseline() -> list[dict[str, Any]]:
-        nonlocal ours
-        attn = attention_only(ours)
-        ours = None  # drop the Gated DeltaNet weights: the attention-only cache at 128k needs the room
-        gc.collect()
-        torch.cuda.empty_cache() if b.cuda else None
-        eng = DecodeEngine(attn, max_context=maxctx)
-        return decode(eng, attn)
-
-    b.section("decode_attention_only", attention_baseline, min_left=30)
+    b.section("resume_full", resume_exact, min_left=100)
     table(b.res)
     b.save()
 
@@ -468,11 +481,12 @@ def table(res: dict[str, Any]) -> None:
         if isinstance(r, dict) and "T" in r:
             h = hf_pre.get(r["T"])
             print(f"prefill T={r['T']}: ours {r['tok_s']:.0f} tok/s, hf {_f(h and h['tok_s'], '.0f')}")
-    rs = res.get("resume")
-    if isinstance(rs, dict) and "reprefill_s" in rs:
-        print(f"resume {rs['tokens']} tokens: re-prefill {rs['reprefill_s']:.2f} s; load full "
-              f"{rs['load_full_s']:.2f} s ({rs['speedup_full']:.1f}x, exact {rs['full_resume_exact']}); "
-              f"load window {rs['load_window_s']:.3f} s ({rs['speedup_window']:.1f}x)")  # fmt: skip
+    for key in ("resume_windowed", "resume_full"):
+        rs = res.get(key)
+        if isinstance(rs, dict) and "speedup" in rs:
+            print(f"{key} {rs['tokens']} tokens: re-prefill {rs['reprefill_s']:.2f} s, "
+                  f"resume {rs['load_s']:.3f} s ({rs['speedup']:.1f}x), "
+                  f"snapshot {rs['snapshot_bytes'] / 1e9:.2f} GB")  # fmt: skip
 
 
 if __name__ == "__main__":
