@@ -15,7 +15,8 @@ tensors (so both fit the card), then:
    transformers caches are built by its own prefill in 16k chunks (as far as time and memory allow);
 4. resume (bench/gpu_resume.py): a 64k-token session's snapshot saved to SQLite (memory.Store) and
    loaded onto the GPU vs re-prefilling the history, with a 4k window + 4 sinks, then (last, if time
-   is left) with full attention (every 4k-token page, 8 GB);
+   is left) with full attention (every 4k-token page, 8 GB), before the attention-only model needs
+   the memory;
 5. the hybrid advantage: an attention-only model of the same width and depth (sharing every weight
    that has the same shape) through the same engine at the same contexts.
 Results go to one JSON file, rewritten after each section; a short table is printed last.
@@ -392,21 +393,6 @@ def main() -> None:
 
     b.section("resume_windowed", resume_window, min_left=60)
 
-    def attention_baseline() -> list[dict[str, Any]]:
-        attn = attention_only(ours)
-        rows = decode(DecodeEngine(attn, max_context=ctxs[-2] + N + 16), attn, ctxs[:-1])
-        gc.collect()
-        torch.cuda.empty_cache() if b.cuda else None
-        try:  # 64 GB of cache at 128k: fits beside the shared weights only just
-            rows += decode(DecodeEngine(attn, max_context=maxctx), attn, ctxs[-1:])
-        except torch.OutOfMemoryError as exc:
-            rows.append({"ctx": ctxs[-1], "oom": str(exc)[:300]})
-        return rows
-
-    b.section("decode_attention_only", attention_baseline, min_left=40)
-    gc.collect()
-    torch.cuda.empty_cache() if b.cuda else None
-
     def resume_exact() -> dict[str, Any]:
         from gpu_resume import resume_full
 
@@ -414,7 +400,29 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             return resume_full(eng, rand_ids(resume_len, V), Path(tmp) / "f.db", b.clock, page=page)
 
-    b.section("resume_full", resume_exact, min_left=100)
+    b.section("resume_full", resume_exact, min_left=110)
+    gc.collect()
+    torch.cuda.empty_cache() if b.cuda else None
+
+    def attention_baseline() -> list[dict[str, Any]]:
+        nonlocal ours
+        attn = attention_only(ours)
+        ours = None  # frees the Gated DeltaNet weights: the 64 GB cache at 128k needs the room
+        gc.collect()
+        torch.cuda.empty_cache() if b.cuda else None
+        rows = decode(DecodeEngine(attn, max_context=ctxs[-2] + N + 16), attn, ctxs[:-1])
+        gc.collect()
+        torch.cuda.empty_cache() if b.cuda else None
+        try:  # 64 GB of cache at 128k beside 13.4 GB of weights: fits only just
+            rows += decode(DecodeEngine(attn, max_context=maxctx), attn, ctxs[-1:])
+        except torch.OutOfMemoryError as exc:
+            rows.append({"ctx": ctxs[-1], "oom": str(exc)[:300]})
+        return rows
+
+    b.section("decode_attention_only", attention_baseline, min_left=15)
+    gc.collect()
+    torch.cuda.empty_cache() if b.cuda else None
+
     table(b.res)
     b.save()
 
