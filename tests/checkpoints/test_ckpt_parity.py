@@ -34,9 +34,9 @@ def reference_logits(hf: Any, ids: torch.Tensor) -> torch.Tensor:
         return hf(input_ids=ids, use_cache=False).logits.float()
 
 
-def check_parity(folder: Any, hf: Any, seed: int = 0) -> None:
+def check_parity(folder: Any, hf: Any, seed: int = 0, prompt: int = PROMPT) -> None:
     model, _, _ = load_model(folder)
-    ids = torch.randint(0, hf.config.vocab_size, (1, PROMPT), generator=torch.Generator().manual_seed(seed))
+    ids = torch.randint(0, hf.config.vocab_size, (1, prompt), generator=torch.Generator().manual_seed(seed))
     state = model.new_state()
     logits = model(ids, state)
     assert_close(reference_logits(hf, ids), logits, "prefill")
@@ -54,10 +54,10 @@ def check_parity(folder: Any, hf: Any, seed: int = 0) -> None:
         last = model(tok, state)[:, -1]
         ours_tokens.append(int(tok))
         ours_logits.append(last)
-    ref_all = reference_logits(hf, seq)[0]  # (PROMPT + STEPS, V)
-    assert int(ref_all[PROMPT - 1].argmax()) == ours_tokens[0], "first greedy token differs"
+    ref_all = reference_logits(hf, seq)[0]  # (prompt + STEPS, V)
+    assert int(ref_all[prompt - 1].argmax()) == ours_tokens[0], "first greedy token differs"
     for step in range(STEPS):
-        ref = ref_all[PROMPT + step]
+        ref = ref_all[prompt + step]
         if step + 1 < STEPS:
             assert int(ref.argmax()) == ours_tokens[step + 1], f"step {step}: greedy token differs"
         assert_close(ref, ours_logits[step][0], f"decode step {step}")
@@ -143,3 +143,11 @@ def test_parity_more_configs(checkpoint, case):
     family, kw = case
     folder, hf = checkpoint(family, seed=1, **kw)
     check_parity(folder, hf, seed=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["olmo_hybrid", "falcon_h1", "nemotron_h"])
+def test_parity_long_prompt(checkpoint, family):
+    """150 tokens: several chunks of the Gated DeltaNet (64) and Mamba-2 (8) scans on both sides."""
+    folder, hf = checkpoint(family, seed=2)
+    check_parity(folder, hf, seed=2, prompt=150)
