@@ -20,33 +20,23 @@ from textual.binding import Binding, BindingType
 from textual.css.query import NoMatches
 from textual.widgets import Header
 
-from agent.events import (
-    AgentEvent,
-    ApprovalDecision,
-    ErrorEvent,
-    TextDelta,
-    ToolCallRequested,
-    ToolResultEvent,
-    TurnEnd,
-)
+from agent.events import ApprovalDecision
 from tui.bridge import AgentBridge, error_text
 from tui.palette import AgentCommands
-from tui.screens.approval import ApprovalScreen
 from tui.screens.help import HelpScreen
 from tui.session_actions import SessionActions
 from tui.slash import is_slash_command
+from tui.turns import TurnActions
 from tui.widgets.conversation import DEFAULT_MAX_WIDGETS, Conversation
 from tui.widgets.loading import LoadingPanel
-from tui.widgets.messages import AssistantMessage
 from tui.widgets.prompt_input import PromptArea, PromptInput
 from tui.widgets.status_bar import MODES, StatusBar, StatusInfo
 from tui.widgets.tool_card import ToolCard
 
 AgentFactory = Callable[..., Any]  # factory(approval=callback) -> Agent
-WAITING_TITLE = "⏸ waiting for you — hybrid-agent"
 
 
-class HybridAgentApp(SessionActions, App[int]):
+class HybridAgentApp(TurnActions, SessionActions, App[int]):
     CSS_PATH: ClassVar[list[str | PurePath]] = ["app.tcss", "screens.tcss"]
     TITLE = "hybrid-agent"
     COMMANDS = App.COMMANDS | {AgentCommands}
@@ -162,99 +152,7 @@ class HybridAgentApp(SessionActions, App[int]):
         else:
             self.run_turn(event.text)
 
-    # --- a turn ----------------------------------------------------------------------------------
-    @work(group="turn", exclusive=True)
-    async def run_turn(self, text: str) -> None:
-        conversation = self.conversation
-        await conversation.add_user(text)
-        self.refresh_status(busy="thinking")
-        answer: list[str] = []
-        message: AssistantMessage | None = None
-        try:
-            async for batch in self.bridge.stream(text):
-                for event in _join_text(batch):
-                    if isinstance(event, TextDelta):
-                        if message is None:
-                            message = await conversation.add_assistant()
-                        await message.append_text(event.text)
-                        answer.append(event.text)
-                        continue
-                    if message is not None:  # text after a tool call is a new block below its card
-                        await message.finish()
-                        message = None
-                    await self._show_event(event)
-        finally:
-            if message is not None:
-                await message.finish()
-            if answer:
-                self.last_answer = "".join(answer)
-            if self.status_info.busy:
-                self.refresh_status(busy=None)
-
-    async def _show_event(self, event: AgentEvent) -> None:
-        if isinstance(event, ToolCallRequested):
-            card = await self.conversation.add_tool_call(event)
-            card.set_status("waiting" if event.needs_approval else "running")
-            self._cards[event.call_id] = card
-        elif isinstance(event, ToolResultEvent):
-            if (card := self._cards.pop(event.call_id, None)) is not None:
-                card.set_result(event)
-        elif isinstance(event, TurnEnd):
-            self.refresh_status(
-                busy=None,
-                saved_turn=event.turn if event.saved else self.status_info.saved_turn,
-                state_tokens=event.state_tokens,
-                state_bytes=event.state_bytes,
-                window=event.window,
-                tokens_per_s=event.tokens_per_s,
-            )
-            if event.stop_reason == "cancelled":
-                await self.conversation.add_notice("cancelled: the session stays at its last snapshot")
-            elif event.stop_reason != "end_of_turn":
-                await self.conversation.add_notice(f"turn stopped: {event.stop_reason.replace('_', ' ')}")
-        elif isinstance(event, ErrorEvent):
-            await self.conversation.add_notice(event.message, error=True)
-            self.notify(event.message, severity="error", timeout=8)
-
-    # --- approval (called by the agent through the bridge, runs on the UI loop) ------------------
-    async def ask_user(self, call: ToolCallRequested) -> ApprovalDecision:
-        if self._quitting:
-            return ApprovalDecision(allow=False, reason="the user is quitting")
-        self._approval = future = asyncio.get_running_loop().create_future()
-        self._set_waiting(True)
-        self.push_screen(ApprovalScreen(call), lambda d: future.done() or future.set_result(d))
-        try:
-            decision = await future
-        finally:
-            self._approval = None
-            self._set_waiting(False)
-        if (card := self._cards.get(call.call_id)) is not None:
-            card.set_status("running" if decision.allow else "denied")
-        return decision
-
-    def _set_waiting(self, waiting: bool) -> None:
-        """Bell and title: the user may be in another window while a tool waits for them."""
-        if not self.is_running:  # shutting down: nothing left to draw on
-            return
-        self.title = WAITING_TITLE if waiting else self.TITLE
-        if waiting:
-            self.bell()
-        if not self.is_headless and self._driver is not None:
-            self._driver.write(f"\x1b]2;{self.title}\x07")  # the terminal's own window title
-        self.refresh_status(busy="waiting for approval" if waiting else "thinking")
-
     # --- actions ---------------------------------------------------------------------------------
-    def action_cancel_turn(self) -> None:
-        if not self.bridge.turn_running:
-            return
-        self.bridge.cancel()
-        if self._approval is not None and not self._approval.done():
-            self._approval.set_result(ApprovalDecision(allow=False, reason="the turn was cancelled"))
-            stack = self.screen_stack  # empty while the app is shutting down
-            if stack and isinstance(stack[-1], ApprovalScreen):
-                self.pop_screen()
-        self.refresh_status(busy="cancelling")
-
     def action_cycle_mode(self) -> None:
         bar = self.query_one(StatusBar)
         mode = MODES[(MODES.index(bar.mode) + 1) % len(MODES)] if bar.mode in MODES else MODES[0]
@@ -281,17 +179,6 @@ class HybridAgentApp(SessionActions, App[int]):
                         await asyncio.wait_for(worker.wait(), 10)
         await self.bridge.close()
         self.exit(0)
-
-
-def _join_text(batch: list[AgentEvent]) -> list[AgentEvent]:
-    """Consecutive text deltas become one: one Markdown append per batch instead of one per token."""
-    out: list[AgentEvent] = []
-    for event in batch:
-        if isinstance(event, TextDelta) and out and isinstance(out[-1], TextDelta):
-            out[-1] = TextDelta(text=out[-1].text + event.text)
-        else:
-            out.append(event)
-    return out
 
 
 def run_app(agent_factory_or_options: AgentFactory | Mapping[str, Any] | argparse.Namespace) -> int:

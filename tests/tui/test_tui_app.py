@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from tui_testkit import Rig, ready, send, settle, tool_call, until
 
-from tui.app import WAITING_TITLE, HybridAgentApp
+from tui.app import HybridAgentApp
 from tui.screens.approval import ApprovalScreen
+from tui.turns import WAITING_TITLE
 from tui.widgets.loading import LoadingPanel
 from tui.widgets.messages import AssistantMessage, Notice, UserMessage
 from tui.widgets.prompt_input import PromptArea
