@@ -41,7 +41,7 @@ class SessionActions(_Base):
             await self.action_new_session()
         elif cmd.name == "resume":
             if a:
-                await self.open_session("resume", a[0])
+                await self.resume_by_prefix(a[0])
             else:
                 self.action_sessions()
         elif cmd.name == "fork":
@@ -114,6 +114,15 @@ class SessionActions(_Base):
         await self._redraw()
         word = "forked" if how == "fork" else "resumed"
         self.notify(f"{word} session {self.bridge.agent.session_id[:8]} at turn {self.bridge.agent.turn}")
+
+    async def resume_by_prefix(self, given: str) -> None:
+        """`/resume ID`: the id or a unique prefix of it (the notices show the first 8 characters)."""
+        from agent.commands import resolve_session_id
+
+        agent = self.bridge.agent
+        ok, session_id = await self._agent("find the session", lambda: resolve_session_id(agent.store, given))
+        if ok:
+            await self.open_session("resume", session_id)
 
     async def action_fork(self, turn: int | None = None) -> None:
         if self.bridge.agent is None:

@@ -171,6 +171,11 @@ async def test_slash_commands(tmp_path: Path) -> None:
         await pilot.press("escape")
         await pilot.pause()
 
+        await send(pilot, f"/resume {start[:8]}")  # a unique prefix is enough
+        await settle(pilot)
+        assert (rig.agent.session_id, rig.agent.turn) == (start, 2)
+        assert [u.text for u in app.query(UserMessage)] == ["one", "two"]
+
         await send(pilot, "/new")
         await settle(pilot)
         assert rig.agent.turn == 0 and not app.query(UserMessage)
