@@ -1,7 +1,8 @@
 """OLMo Hybrid (AI2): Gated DeltaNet layers with full attention every few layers.
 
 transformers: `OlmoHybridForCausalLM`. Attention layers are post-norm (OLMo-2 style: the norm is on the
-sub-layer's output), with QK-norm over the whole projection and no RoPE in the released checkpoints;
+sub-layer's output), with QK-norm over the whole projection and no RoPE in the released checkpoints
+(`rope_theta` null; a config without any RoPE key gets transformers' default RoPE, and so does ours);
 Gated DeltaNet layers are pre-norm, with negative eigenvalues allowed and a gated output norm of eps
 1e-5 (FLA's default, not the model's rms_norm_eps).
 
@@ -44,7 +45,7 @@ def hybrid_config(hf: dict[str, Any]) -> HybridConfig:
             "n_heads": heads,
             "n_kv_heads": get(hf, "num_key_value_heads", heads),
             "head_dim": get(hf, "head_dim", d // heads),
-            "rope_theta": rope_theta(hf, default=None),  # absent: NoPE, as released
+            "rope_theta": rope_theta(hf),  # null in the released checkpoints: no RoPE
             "qk_norm": "full",
             "bias": get(hf, "attention_bias", False),
             "norm_position": "post",

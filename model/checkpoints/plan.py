@@ -108,8 +108,12 @@ def dt_limit(value: Any) -> tuple[float, float | None]:
     return number(lo), None if high is None or math.isinf(high) else high
 
 
-def rope_theta(hf: dict[str, Any], default: float | None = 10000.0) -> float | None:
-    """RoPE base from transformers 5 (`rope_parameters`) or 4 (`rope_theta`) configs."""
+def rope_theta(hf: dict[str, Any]) -> float | None:
+    """RoPE base from transformers 5 (`rope_parameters`) or 4 (`rope_theta`) configs; None = no RoPE.
+
+    As transformers reads them: a `rope_theta` written as null means no RoPE (OLMo Hybrid's released
+    checkpoints), while an absent one means the default base 10000, even when `rope_parameters` is null.
+    """
     params = hf.get("rope_parameters")
     scaling = params if isinstance(params, dict) else hf.get("rope_scaling")
     kind = (scaling or {}).get("rope_type") or (scaling or {}).get("type") or "default"
@@ -118,8 +122,8 @@ def rope_theta(hf: dict[str, Any], default: float | None = 10000.0) -> float | N
             f"RoPE scaling {kind!r} is not supported (only plain RoPE); this checkpoint would compute "
             "different numbers here than in its reference implementation"
         )
-    if isinstance(params, dict) and params.get("rope_theta") is not None:
-        return float(params["rope_theta"])
-    if hf.get("rope_theta") is not None:
-        return float(hf["rope_theta"])
-    return default
+    if isinstance(params, dict) and "rope_theta" in params:
+        theta = params["rope_theta"]
+    else:
+        theta = hf.get("rope_theta", 10000.0)
+    return None if theta is None else float(theta)

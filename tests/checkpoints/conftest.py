@@ -100,7 +100,8 @@ def save_checkpoint(family: str, folder: Path, *, seed: int = 0, **kw: Any) -> A
     randomize(model, seed)
     model.save_pretrained(folder)
     write_tokenizer_files(folder)
-    return model
+    # The reference is what transformers builds from the saved folder (its config round trip included).
+    return transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
 
 
 @pytest.fixture

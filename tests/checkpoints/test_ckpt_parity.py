@@ -89,7 +89,7 @@ def check_layout_metadata(saved: bytes, kinds: list[str]) -> None:
 
 
 FAST: list[tuple[str, dict[str, Any]]] = [
-    ("olmo_hybrid", {}),  # NoPE, GQA, negative eigenvalues
+    ("olmo_hybrid", {"rope_parameters": {"rope_type": "default", "rope_theta": None}}),  # NoPE, as released
     ("olmo_hybrid", {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
                      "linear_allow_neg_eigval": False, "num_key_value_heads": 4}),
     ("mamba2", {}),
