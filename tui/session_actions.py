@@ -75,11 +75,23 @@ class SessionActions(_Base):
             self.notify(f"could not {what}: {error_text(exc)}", severity="error", timeout=8)
             return False, None
 
+    async def refresh_session_title(self) -> None:
+        """The open session's title in the header (the agent names a session after its first message)."""
+        agent = self.bridge.agent
+        if agent is None:
+            return
+        try:
+            info = await self.bridge.call(lambda: agent.store.get_session(agent.session_id))
+        except Exception:  # a title is not worth an error message
+            return
+        self.sub_title = info.title or "new session"
+
     async def _redraw(self) -> None:
         ok, events = await self._agent("load the history", lambda: self.bridge.agent.history())
         if ok:
             await redraw(self.conversation, events, tail=self.conversation.max_widgets)
         self.refresh_status()
+        await self.refresh_session_title()
 
     # --- sessions -------------------------------------------------------------------------------
     async def action_new_session(self) -> None:
@@ -88,6 +100,7 @@ class SessionActions(_Base):
             await self.conversation.clear()
             self.last_answer = ""
             self.refresh_status(saved_turn=None)
+            await self.refresh_session_title()
             self.notify("new session")
 
     def action_sessions(self) -> None:
@@ -101,6 +114,8 @@ class SessionActions(_Base):
     async def _browser_closed(self, choice: BrowserChoice | None) -> None:
         if choice is not None:
             await self.open_session(*choice)
+        else:
+            await self.refresh_session_title()  # it may have been renamed there
 
     async def open_session(self, how: str, session_id: str) -> None:
         ok, _ = await self._agent("resume the session", lambda: self.bridge.agent.resume(session_id))
@@ -132,6 +147,8 @@ class SessionActions(_Base):
         if ok:
             if turn is not None:
                 await self._redraw()
+            else:
+                await self.refresh_session_title()
             self.notify(f"forked at turn {at}: now in session {str(new_id)[:8]}")
 
     async def rewind(self, turn: int, *, revert_files: bool) -> None:

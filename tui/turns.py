@@ -81,6 +81,8 @@ class TurnActions(_Base):
                 window=event.window,
                 tokens_per_s=event.tokens_per_s,
             )
+            if event.turn == 1 and event.saved:  # the session was just named after this message
+                await self.refresh_session_title()
             if event.stop_reason == "cancelled":
                 await self.conversation.add_notice("cancelled: the session stays at its last snapshot")
             elif event.stop_reason != "end_of_turn":
