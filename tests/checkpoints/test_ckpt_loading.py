@@ -258,3 +258,33 @@ def test_nemotron_h_legacy_layer_pattern(checkpoint):
     with torch.no_grad():
         want = hf(input_ids=IDS, use_cache=False).logits
     assert float((logits_of(model) - want).abs().max()) <= 1e-4 * float(want.abs().max())
+
+
+def test_olmo_hybrid_other_spellings_load_the_same_model(checkpoint, tmp_path):
+    """save_pretrained writes OLMo-core's names (split q/k/v convs, attention_layer_norm, ...); the
+    transformers names (fused conv1d, input_layernorm, ...) and out_proj/norm must give the same model."""
+    folder, _ = checkpoint("olmo_hybrid")
+    weights = load_file(str(folder / "model.safetensors"))
+    renamed = {}
+    for name, t in weights.items():
+        for old, new in (
+            ("attention_layer_norm", "input_layernorm"),
+            ("feedforward_layer_norm", "post_attention_layernorm"),
+            ("linear_attn.o_proj", "linear_attn.out_proj"),
+            ("linear_attn.o_norm", "linear_attn.norm"),
+        ):
+            name = name.replace(old, new)
+        renamed[name] = t
+    for i in (0, 1):  # the linear-attention layers: one fused depthwise conv
+        g = f"model.layers.{i}.linear_attn."
+        parts = [renamed.pop(f"{g}{p}_conv1d.weight") for p in ("q", "k", "v")]
+        renamed[f"{g}conv1d.weight"] = torch.cat(parts, dim=0)
+    other = tmp_path / "other"
+    other.mkdir()
+    save_file(renamed, str(other / "model.safetensors"))
+    for f in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        (other / f).write_bytes((folder / f).read_bytes())
+    a, _, _ = load_model(folder)
+    b, _, _ = load_model(other)
+    assert b.fingerprint == a.fingerprint  # the same weights in our model
+    assert torch.equal(logits_of(b), logits_of(a))
