@@ -269,11 +269,15 @@ def load_model(
     path_or_id: str | Path,
     *,
     device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     progress: bool = True,
 ) -> tuple[HybridLM, Tokenizer | ByteTokenizer, ChatFormat]:
     """Load a checkpoint (see the module docstring). Default device: cpu; default dtype: float32 on CPU,
-    bfloat16 on CUDA."""
+    bfloat16 on CUDA (`dtype` may be spelt "bfloat16", "float16", "float32")."""
+    if isinstance(dtype, str):
+        if dtype not in ("bfloat16", "float16", "float32"):
+            raise CheckpointError(f"dtype {dtype!r} is not supported; use bfloat16, float16 or float32")
+        dtype = getattr(torch, dtype)
     root = resolve_checkpoint(path_or_id)
     hf = read_config(root)
     dev = torch.device(device or "cpu")

@@ -90,8 +90,10 @@ def test_fingerprint_is_the_models_own_definition(checkpoint):
 def test_bfloat16_load_keeps_states_in_fp32(checkpoint):
     folder, _ = checkpoint("bamba")
     ref, _, _ = load_model(folder)
-    model, _, _ = load_model(folder, dtype=torch.bfloat16)
+    model, _, _ = load_model(folder, dtype="bfloat16")
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    with pytest.raises(CheckpointError, match="dtype 'int8' is not supported"):
+        load_model(folder, dtype="int8")
     state = model.new_state()
     out = model(IDS, state)
     assert {t.dtype for ls in state.layers for t in ls.recurrent.values()} == {torch.float32}
