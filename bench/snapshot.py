@@ -21,6 +21,7 @@ checkpoint into the main file).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -31,6 +32,8 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -121,8 +124,8 @@ def sha256_mbps() -> float:
     return len(data) / MB / (time.perf_counter() - t0)
 
 
-def bench_latency(workdir: Path, page_tokens: int, repeats: int) -> dict[str, float]:
-    store = Store(workdir / "latency.db")
+def bench_latency(workdir: Path, page_tokens: int, repeats: int, url: str | None = None) -> dict[str, float]:
+    store = Store(url or workdir / "latency.db")
     sid = store.create_session("bench", "/w", "fp").id
     kinds = ("save", "ser", "sha", "ckpt", "load", "fwrite", "fread", "hwrite", "hread")
     times: dict[str, list[float]] = {k: [] for k in kinds}
@@ -200,6 +203,29 @@ def bench_growth(workdir: Path, page_tokens: int, turns: int, samples: set[int])
     return rows
 
 
+@contextlib.contextmanager
+def pg_database(server_url: str) -> Iterator[str]:
+    """A fresh database on the server for the run, dropped afterwards."""
+    admin = sqlalchemy.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    name = f"hybrid_agent_bench_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield sqlalchemy.make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def pg_server_version(server_url: str) -> str:
+    engine = sqlalchemy.create_engine(server_url)
+    with engine.connect() as conn:
+        version = str(conn.exec_driver_sql("SHOW server_version").scalar())
+    engine.dispose()
+    return version
+
+
 def report(
     lat: dict[str, float], growth: list[dict[str, float]], args: argparse.Namespace, sha: float
 ) -> None:
@@ -247,6 +273,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--growth-turns", type=int, default=200)
     ap.add_argument("--growth-page-tokens", type=int, default=64)
+    ap.add_argument("--pg-url", default=None, help="also time save/load on this PostgreSQL server (fresh db)")
     ap.add_argument("--dir", type=Path, default=None, help="where the databases go (default: a temp dir)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "snapshot.json")
     args = ap.parse_args()
@@ -256,10 +283,23 @@ def main() -> None:
     try:
         sha = sha256_mbps()
         lat = bench_latency(workdir, args.page_tokens, args.repeats)
+        pg = None
+        if args.pg_url:
+            with pg_database(args.pg_url) as url:
+                pg = bench_latency(workdir, args.page_tokens, args.repeats, url)
         growth = bench_growth(workdir, args.growth_page_tokens, n, {1, 2, 3, n // 4, n // 2, n - 1, n})
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report(lat, growth, args, sha)
+    if pg is not None:
+        print(f"\nPostgreSQL {pg_server_version(args.pg_url)} (local server, same CPU):")
+        print(f"{'':30}{'store s':>8}{'MB/s':>7}{'vs plain file':>15}")
+        size = pg["turn_bytes"] / MB
+        for name, k, f in (
+            ("save (durable commit)", "save_s", "file_write_s"),
+            ("load (read + verify)", "load_s", "file_read_s"),
+        ):
+            print(f"{name:30}{pg[k]:8.2f}{size / pg[k]:7.0f}{pg[k] / pg[f]:15.2f}")
 
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
     cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?")
@@ -275,10 +315,12 @@ def main() -> None:
             "alembic": alembic.__version__,
             "safetensors": safetensors.__version__,
             "sqlite": sqlite3.sqlite_version,
+            "postgresql": pg_server_version(args.pg_url) if args.pg_url else None,
         },
-        "config": vars(args) | {"dir": str(args.dir), "out": str(args.out)},
+        "config": vars(args) | {"dir": str(args.dir), "out": str(args.out), "pg_url": bool(args.pg_url)},
         "sha256_MBps_one_core": sha,
         "latency": lat,
+        "latency_postgresql": pg,
         "growth": growth,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
