@@ -115,10 +115,16 @@ class Store:
         def do(s: Session) -> SessionInfo:
             stamp = now()
             row = SessionRow(
-                id=str(uuid.uuid4()), title=title, workspace=str(workspace),
-                model_fingerprint=model_fingerprint, created_at=stamp, updated_at=stamp,
-                parent_id=None, fork_turn=None, meta=dict(meta or {}),
-            )  # fmt: skip
+                id=str(uuid.uuid4()),
+                title=title,
+                workspace=str(workspace),
+                model_fingerprint=model_fingerprint,
+                created_at=stamp,
+                updated_at=stamp,
+                parent_id=None,
+                fork_turn=None,
+                meta=dict(meta or {}),
+            )
             s.add(row)
             s.flush()
             return session_info(s, row)
@@ -154,8 +160,12 @@ class Store:
         def do(s: Session) -> int:
             session_row(s, session_id)
             used: set[str] = set()
-            for col in (SnapshotRow.recurrent_blob, StatePage.blob_sha256,
-                        FileChangeRow.before_blob, FileChangeRow.after_blob):  # fmt: skip
+            for col in (
+                SnapshotRow.recurrent_blob,
+                StatePage.blob_sha256,
+                FileChangeRow.before_blob,
+                FileChangeRow.after_blob,
+            ):
                 table = col.class_
                 used.update(
                     sha for sha in s.scalars(select(col).where(table.session_id == session_id)) if sha
@@ -178,10 +188,16 @@ class Store:
             stamp = now()
             name = title if title is not None else f"{parent.title} (fork at turn {turn})"
             child = SessionRow(
-                id=str(uuid.uuid4()), title=name,
-                workspace=parent.workspace, model_fingerprint=parent.model_fingerprint, created_at=stamp,
-                updated_at=stamp, parent_id=parent.id, fork_turn=turn, meta=dict(parent.meta or {}),
-            )  # fmt: skip
+                id=str(uuid.uuid4()),
+                title=name,
+                workspace=parent.workspace,
+                model_fingerprint=parent.model_fingerprint,
+                created_at=stamp,
+                updated_at=stamp,
+                parent_id=parent.id,
+                fork_turn=turn,
+                meta=dict(parent.meta or {}),
+            )
             s.add(child)
             s.flush()
             for model, cols in _FORK_COPIES:
@@ -208,9 +224,14 @@ class Store:
         "data"}), the recurrent tensors whole, the cache pages created since the previous snapshot
         (append-only) and optional file-journal entries. All of it is stored, or none of it."""
         prepared = prepare_turn(
-            turn, events=events, recurrent=recurrent, pages=pages, n_tokens=n_tokens, meta=meta,
+            turn,
+            events=events,
+            recurrent=recurrent,
+            pages=pages,
+            n_tokens=n_tokens,
+            meta=meta,
             file_changes=file_changes,
-        )  # fmt: skip
+        )
         return self._in_write(
             lambda s: write_turn(s, session_id, prepared), f"saving turn {turn} of session {session_id}"
         )
@@ -269,9 +290,14 @@ class Store:
                 if blob is not None:
                     blobs.write_blob(s, blob)
             row = FileChangeRow(
-                session_id=session_id, turn=turn, path=path, before_blob=prepared[0] and prepared[0].sha256,
-                after_blob=prepared[1] and prepared[1].sha256, created_at=now(), reverted=False,
-            )  # fmt: skip
+                session_id=session_id,
+                turn=turn,
+                path=path,
+                before_blob=prepared[0] and prepared[0].sha256,
+                after_blob=prepared[1] and prepared[1].sha256,
+                created_at=now(),
+                reverted=False,
+            )
             s.add(row)
             s.flush()
             return row.id
@@ -289,10 +315,15 @@ class Store:
             out = []
             for r in s.scalars(q.order_by(FileChangeRow.id)):
                 what = f"session {session_id} turn {r.turn}: file change {r.path}"
-                before, after = (None if sha is None else blobs.read_blob(s, sha, what=what)
-                                 for sha in (r.before_blob, r.after_blob))  # fmt: skip
-                out.append(FileChange(r.id, r.session_id, r.turn, r.path, before, after,
-                                      utc(r.created_at), r.reverted))  # fmt: skip
+                before, after = (
+                    None if sha is None else blobs.read_blob(s, sha, what=what)
+                    for sha in (r.before_blob, r.after_blob)
+                )
+                out.append(
+                    FileChange(
+                        r.id, r.session_id, r.turn, r.path, before, after, utc(r.created_at), r.reverted
+                    )
+                )
             return out
 
         return self._in_read(do, "reading the file journal")

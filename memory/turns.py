@@ -104,31 +104,48 @@ def write_turn(s: Session, session_id: str, t: PreparedTurn) -> SaveStats:
     stamp = now()
     s.add(
         SnapshotRow(
-            session_id=session_id, turn=t.turn, n_tokens=t.n_tokens, recurrent_blob=t.recurrent.sha256,
-            meta=t.meta, created_at=stamp,
+            session_id=session_id,
+            turn=t.turn,
+            n_tokens=t.n_tokens,
+            recurrent_blob=t.recurrent.sha256,
+            meta=t.meta,
+            created_at=stamp,
         )
-    )  # fmt: skip
+    )
     for page, blob in t.pages:
         s.add(
             StatePage(
-                session_id=session_id, turn=t.turn, token_start=page.token_start, token_end=page.token_end,
+                session_id=session_id,
+                turn=t.turn,
+                token_start=page.token_start,
+                token_end=page.token_end,
                 blob_sha256=blob.sha256,
             )
-        )  # fmt: skip
+        )
     for seq, ev in enumerate(t.events):
         s.add(
             EventRow(
-                session_id=session_id, turn=t.turn, seq=seq, kind=ev.kind, content=ev.content, data=ev.data,
+                session_id=session_id,
+                turn=t.turn,
+                seq=seq,
+                kind=ev.kind,
+                content=ev.content,
+                data=ev.data,
                 created_at=stamp,
             )
-        )  # fmt: skip
+        )
     for edit, before, after in t.edits:
         s.add(
             FileChangeRow(
-                session_id=session_id, turn=t.turn, path=edit.path, before_blob=before and before.sha256,
-                after_blob=after and after.sha256, created_at=stamp, reverted=False,
+                session_id=session_id,
+                turn=t.turn,
+                path=edit.path,
+                before_blob=before and before.sha256,
+                after_blob=after and after.sha256,
+                created_at=stamp,
+                reverted=False,
             )
-        )  # fmt: skip
+        )
     row.updated_at = stamp
     return SaveStats(turn=t.turn, bytes_written=written, bytes_deduplicated=dedup, pages=len(t.pages))
 

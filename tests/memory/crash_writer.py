@@ -47,9 +47,13 @@ def expected_page(turn: int) -> Page:
 
 def save(store: Store, sid: str, turn: int) -> None:
     store.save_turn(
-        sid, turn, events=[Event("user", f"message {turn}"), Event("assistant", f"reply {turn}")],
-        recurrent=expected_recurrent(turn), pages=[expected_page(turn)], n_tokens=turn * PAGE_TOKENS,
-    )  # fmt: skip
+        sid,
+        turn,
+        events=[Event("user", f"message {turn}"), Event("assistant", f"reply {turn}")],
+        recurrent=expected_recurrent(turn),
+        pages=[expected_page(turn)],
+        n_tokens=turn * PAGE_TOKENS,
+    )
     os.write(1, f"committed {turn} {time.monotonic()}\n".encode())
 
 

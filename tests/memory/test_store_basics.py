@@ -139,9 +139,13 @@ def test_bytes_per_turn_do_not_grow_with_session_length(store: Store) -> None:
     written = []
     for turn in range(1, 41):
         stats = store.save_turn(
-            sid, turn, events=[Event("user", "x")], recurrent=recurrent_state(turn),
-            pages=[page((turn - 1) * 10, turn * 10)], n_tokens=turn * 10,
-        )  # fmt: skip
+            sid,
+            turn,
+            events=[Event("user", "x")],
+            recurrent=recurrent_state(turn),
+            pages=[page((turn - 1) * 10, turn * 10)],
+            n_tokens=turn * 10,
+        )
         written.append(stats.bytes_written)
     assert written[1] == written[-1]  # turn 2 and turn 40 write exactly as many bytes
 

@@ -23,9 +23,13 @@ def save_two_turns(store: Store, marker: float = 1234.5) -> str:
     )
     # turn 2's recurrent state is a long run of one value: easy to find in the raw file
     store.save_turn(
-        sid, 2, events=[], recurrent={"s": torch.full((300_000,), marker)},
-        pages=[Page(4, 8, {"k": torch.full((4, 8), 2.0)})], n_tokens=8,
-    )  # fmt: skip
+        sid,
+        2,
+        events=[],
+        recurrent={"s": torch.full((300_000,), marker)},
+        pages=[Page(4, 8, {"k": torch.full((4, 8), 2.0)})],
+        n_tokens=8,
+    )
     return sid
 
 

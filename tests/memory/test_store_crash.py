@@ -6,7 +6,9 @@ writer reported as committed is there, and the latest snapshot loads and equals 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 import queue
 import random
 import signal
@@ -33,8 +35,10 @@ class Zygote:
     def __init__(self, url: str, sid: str) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, str(HERE / "crash_writer.py"), "zygote", url, sid],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=HERE.parents[1],
-        )  # fmt: skip
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=HERE.parents[1],
+        )
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -68,12 +72,8 @@ class Zygote:
                 raise AssertionError(f"writer said {line!r}")
             committed.append(int(line.split()[1]))
         time.sleep(delay)
-        try:
-            import os
-
+        with contextlib.suppress(ProcessLookupError):  # it may have died on its own: reported below
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         while True:
             line = self.next_line()
             if line.startswith("committed "):

@@ -32,10 +32,14 @@ def counts(store: Store) -> dict[str, int]:
 def run_session(store: Store, sid: str, turns: range, branch: int = 0) -> None:
     for t in turns:
         store.save_turn(
-            sid, t, events=[Event("user", f"b{branch} t{t}")], recurrent=state(t, branch),
-            pages=[kv((t - 1) * 8, t * 8, branch)], n_tokens=t * 8,
+            sid,
+            t,
+            events=[Event("user", f"b{branch} t{t}")],
+            recurrent=state(t, branch),
+            pages=[kv((t - 1) * 8, t * 8, branch)],
+            n_tokens=t * 8,
             file_changes=[FileEdit(f"f{t}.txt", None, f"branch {branch} turn {t}".encode())],
-        )  # fmt: skip
+        )
 
 
 def test_fork_shares_bytes_and_continues_independently(store: Store) -> None:

@@ -67,9 +67,13 @@ class StoreMachine(RuleBasedStateMachine):
             new_pages.append(Page(page[0], page[1], tensors(page[2], new_tokens)))
         text = f"{sid[:4]} turn {last.turn + skip}"
         self.store.save_turn(
-            sid, last.turn + skip, events=[Event("user", text)], recurrent=tensors(seed, 4),
-            pages=new_pages, n_tokens=last.n_tokens + new_tokens,
-        )  # fmt: skip
+            sid,
+            last.turn + skip,
+            events=[Event("user", text)],
+            recurrent=tensors(seed, 4),
+            pages=new_pages,
+            n_tokens=last.n_tokens + new_tokens,
+        )
         turns.append(Turn(last.turn + skip, last.n_tokens + new_tokens, seed, pages, [*last.events, text]))
 
     @precondition(lambda self: any(self.ref.values()))

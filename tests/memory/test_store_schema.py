@@ -119,9 +119,17 @@ def test_default_database_lives_under_xdg_data_home(tmp_path: Path, monkeypatch:
 
 def test_sqlite_pragmas_wal_foreign_keys_full_sync(sqlite_path: Path) -> None:
     with Store(sqlite_path) as store, store._engine.connect() as conn:
-        pragmas = {p: conn.exec_driver_sql(f"PRAGMA {p}").scalar() for p in
-                   ("journal_mode", "foreign_keys", "synchronous", "busy_timeout", "page_size",
-                    "wal_autocheckpoint")}  # fmt: skip
+        pragmas = {
+            p: conn.exec_driver_sql(f"PRAGMA {p}").scalar()
+            for p in (
+                "journal_mode",
+                "foreign_keys",
+                "synchronous",
+                "busy_timeout",
+                "page_size",
+                "wal_autocheckpoint",
+            )
+        }
     assert pragmas["journal_mode"] == "wal"
     assert pragmas["foreign_keys"] == 1
     assert pragmas["synchronous"] == 2  # FULL
