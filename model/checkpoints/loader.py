@@ -3,7 +3,7 @@
 Design choices:
 - The family comes from `model_type` in config.json; its adapter (one module per family) gives our
   `HybridConfig` and a `Source` for every weight. A config.json without `model_type` is one of ours
-  (`HybridLM.save_pretrained`).
+  (`HybridLM.save_pretrained`, model/checkpoints/native.py), streamed in the same way.
 - The model is built on the meta device (no memory, no random init), given real storage in the
   target dtype and device with `to_empty`, then filled one tensor at a time from the shards
   (model/checkpoints/shards.py): host memory peaks at the model plus about one tensor.
@@ -29,7 +29,7 @@ from torch import Tensor
 
 from model.attention import Attention
 from model.chat import ChatFormat, NativeChatFormat
-from model.checkpoints import bamba, falcon_h1, mamba2, nemotron_h, olmo_hybrid
+from model.checkpoints import bamba, falcon_h1, mamba2, native, nemotron_h, olmo_hybrid
 from model.checkpoints.digests import TensorDigests
 from model.checkpoints.plan import Source
 from model.checkpoints.shards import ShardSet
@@ -138,15 +138,15 @@ class _Progress:
 
 def load_weights(
     root: Path,
-    family: str,
+    adapter: ModuleType,
     hf: dict[str, Any],
     *,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
 ) -> HybridLM:
-    """Build our model for a checkpoint of `family` and stream its weights in (see the module docstring)."""
-    adapter = ADAPTERS[family]
+    """Build our model for a checkpoint read by `adapter` and stream its weights in (module docstring)."""
+    family: str = adapter.FAMILY
     cfg: HybridConfig = adapter.hybrid_config(hf)
     plan: dict[str, Source] = adapter.sources(cfg, hf)
     shards = ShardSet(root)
@@ -290,10 +290,8 @@ def load_model(
             "into that folder (state-spaces Mamba-2 models use EleutherAI/gpt-neox-20b's tokenizer)"
         )
     tokenizer = load_tokenizer(root)
-    if family is None:
-        model = HybridLM.from_pretrained(root, device=dev, dtype=dt)
-    else:
-        model = load_weights(root, family, hf, device=dev, dtype=dt, progress=progress)
+    adapter = native if family is None else ADAPTERS[family]
+    model = load_weights(root, adapter, hf, device=dev, dtype=dt, progress=progress)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise CheckpointError(
             f"the tokenizer in {root} has {tokenizer.vocab_size} tokens but the model only "

@@ -138,7 +138,14 @@ def test_native_checkpoint_loads_through_load_model(tmp_path):
     model, tok, chat = load_model(tmp_path)
     assert isinstance(tok, ByteTokenizer) and isinstance(chat, NativeChatFormat)
     assert torch.equal(logits_of(model), logits_of(ours))
-    assert model.fingerprint == ours.fingerprint
+    assert model.fingerprint == ours.fingerprint  # computed while streaming, same definition
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    del weights["layers.0.mixer.A_log"]
+    save_file(weights, str(tmp_path / "model.safetensors"))
+    with pytest.raises(
+        CheckpointError, match=r"hybrid-agent checkpoint .* lacks the tensor layers\.0\.mixer\.A_log"
+    ):
+        load_model(tmp_path)
 
 
 # ---- errors -------------------------------------------------------------------------------------------
