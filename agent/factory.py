@@ -7,6 +7,7 @@ tokenizer.json). There is no silent fallback to random weights: without it, the 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,14 @@ if TYPE_CHECKING:
     from agent.loop import Agent
 
 
+DEFAULT_MODEL_ENV = "HYBRID_AGENT_DEFAULT_MODEL"
+
+
 def default_model_dir() -> Path:
+    """The model used without `--model`: `$HYBRID_AGENT_DEFAULT_MODEL` if set (packagers and tests can
+    move it), else the one shipped in `model/default/`."""
+    if os.environ.get(DEFAULT_MODEL_ENV):
+        return Path(os.environ[DEFAULT_MODEL_ENV]).expanduser()
     import model
 
     return Path(model.__file__).resolve().parent / "default"

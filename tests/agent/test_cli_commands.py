@@ -50,7 +50,11 @@ def start(*args: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "XDG_DATA_HOME": str(ROOT / ".no-such-dir-for-tests")},
+        env={
+            **os.environ,
+            "XDG_DATA_HOME": str(ROOT / ".no-such-dir-for-tests"),
+            "HYBRID_AGENT_DEFAULT_MODEL": str(ROOT / ".no-such-dir-for-tests"),
+        },
     )
 
 
@@ -151,3 +155,19 @@ def test_help_lists_the_commands() -> None:
     (code, out, _), (scode, sout, _) = finish(start("--help"), start("sessions", "--help"))
     assert code == 0 and "run" in out and "sessions" in out and "--window" in out and "--model" in out
     assert scode == 0 and all(a in sout for a in ("list", "show", "fork", "rm", "export"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (ROOT / "model" / "default" / "config.json").is_file(),
+    reason="no packaged default model in this checkout",
+)
+def test_run_with_the_packaged_default_model(tmp_path: Path) -> None:
+    env = {**os.environ, "HYBRID_AGENT_DEFAULT_MODEL": ""}
+    out = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "run", "hello", "--db", str(tmp_path / "s.db"),
+         "--workspace", str(tmp_path), "--max-new-tokens", "8", "--json"],
+        cwd=ROOT, capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[-1])["kind"] == "turn_end"

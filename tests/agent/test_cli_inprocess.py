@@ -75,6 +75,7 @@ def test_errors(
     env: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("XDG_DATA_HOME", env["tmp"])
+    monkeypatch.setenv("HYBRID_AGENT_DEFAULT_MODEL", env["tmp"] + "/no-default-model-here")
     argv = ["run", "hi", "--model", env["model"], "--db", env["db"], "--max-new-tokens", "2"]
     code, out, _ = call(capsys, *argv, "--workspace", env["ws"])
     sid = out.splitlines()[-1].removeprefix("session: ")
