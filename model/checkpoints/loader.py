@@ -21,8 +21,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -31,7 +30,7 @@ from model.attention import Attention
 from model.chat import ChatFormat, NativeChatFormat
 from model.checkpoints import bamba, falcon_h1, mamba2, native, nemotron_h, olmo_hybrid
 from model.checkpoints.digests import TensorDigests
-from model.checkpoints.plan import Source
+from model.checkpoints.plan import Adapter, Source
 from model.checkpoints.shards import ShardSet
 from model.checkpoints.tool_formats import format_class_for
 from model.config import HybridConfig
@@ -40,7 +39,10 @@ from model.hybrid import HybridLM, combine_fingerprint, weight_header
 from model.layers import rope_inv_freq
 from model.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 
-ADAPTERS: dict[str, ModuleType] = {m.FAMILY: m for m in (olmo_hybrid, mamba2, falcon_h1, nemotron_h, bamba)}
+# Each family module is an `Adapter` (model/checkpoints/plan.py): FAMILY, hybrid_config, sources.
+ADAPTERS: dict[str, Adapter] = {
+    m.FAMILY: cast(Adapter, m) for m in (olmo_hybrid, mamba2, falcon_h1, nemotron_h, bamba)
+}
 # state-spaces Mamba-2 checkpoints have no model_type; their config is recognised by its keys.
 _STATE_SPACES_KEYS = ("d_model", "n_layer", "ssm_cfg")
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model", "*.txt"]
@@ -138,7 +140,7 @@ class _Progress:
 
 def load_weights(
     root: Path,
-    adapter: ModuleType,
+    adapter: Adapter,
     hf: dict[str, Any],
     *,
     device: torch.device | str = "cpu",
@@ -290,7 +292,7 @@ def load_model(
             "into that folder (state-spaces Mamba-2 models use EleutherAI/gpt-neox-20b's tokenizer)"
         )
     tokenizer = load_tokenizer(root)
-    adapter = native if family is None else ADAPTERS[family]
+    adapter = cast(Adapter, native) if family is None else ADAPTERS[family]
     model = load_weights(root, adapter, hf, device=dev, dtype=dt, progress=progress)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise CheckpointError(
