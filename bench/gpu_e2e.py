@@ -217,7 +217,13 @@ def main() -> None:
     ap.add_argument("--cpu", action="store_true", help="stay on the CPU even if a GPU is there")
     ap.add_argument("--budget-s", type=float, default=420.0, help="skip sections that would start later")
     ap.add_argument("--decode-tokens", type=int, default=64)
+    ap.add_argument("--attention", choices=["kernel", "sdpa"], default=None, help="engine attention mode")
+    ap.add_argument(
+        "--sections", default="check,sdpa_overhead,prefill,decode,hf,hf_prefill,resume,attention",
+        help="comma list; hf without hf_prefill = transformers' check and decode only",
+    )  # fmt: skip
     args = ap.parse_args()
+    sections = set(args.sections.split(","))
     b = Bench(args)
     tiny = args.tiny
     K = 1024
@@ -257,27 +263,39 @@ def main() -> None:
         "rope_theta": ours.config.attention.rope_theta,
     }
     maxctx = max(ctxs) + N + 16
-    engine = DecodeEngine(ours, max_context=maxctx, prefill_chunk=2048)
+    engine = DecodeEngine(ours, max_context=maxctx, prefill_chunk=2048, attention=args.attention)
 
-    # 1. the engine against our eager path, greedy: every token must match.
+    # 1. the engine against our eager path, greedy and teacher-forced (see tests/engine/test_engine_gpu.py).
     def check_engine() -> dict[str, Any]:
         prompt = rand_ids(64, V)
         state = ours.new_state()
-        logits = eager_prefill(ours, prompt, state)
-        want = []
+        logits = eager_prefill(ours, prompt, state)[0].float()
+        want, eager = [], []
+        t = b.clock()
         for _ in range(check_tokens):
-            tok = logits.argmax(-1, keepdim=True)  # (1, 1)
-            want.append(int(tok))
-            logits = ours(tok, state)[:, -1]
+            eager.append(logits)
+            want.append(int(logits.argmax()))
+            logits = ours(torch.tensor([[want[-1]]], device=b.dev), state)[0, -1].float()
+        eager_ms = (b.clock() - t) / check_tokens * 1e3
         engine.reset()
-        engine.prefill_chunk = 2048  # the eager prefill's chunking: same shapes, same rounding
+        engine.prefill_chunk = 2048  # the eager prefill's chunking: same shapes
+        forced = [engine.prefill(prompt)[0].float().clone()]
+        forced += [engine.step(tok)[0].float().clone() for tok in want[:-1]]
+        noise = [float((e - x).abs().max() / e.abs().max()) for e, x in zip(eager, forced, strict=True)]
+        flips = [i for i, (e, x) in enumerate(zip(eager, forced, strict=True)) if e.argmax() != x.argmax()]
+        engine.reset()
         engine.prefill(prompt)
         got = engine.generate_greedy(check_tokens, sync_every=32)
         same = next((i for i, (x, y) in enumerate(zip(got, want, strict=True)) if x != y), len(want))
-        return {"tokens": check_tokens, "graphed": engine.graphed, "identical_prefix": same,
-                "all_identical": got == want}  # fmt: skip
+        return {"tokens": check_tokens, "graphed": engine.graphed, "attention": engine.attention,
+                "greedy_identical_prefix": same, "all_identical": got == want,
+                "teacher_forced_max_rel_logit_diff": max(noise), "teacher_forced_argmax_flips": flips,
+                "eager_ms_per_token": eager_ms}  # fmt: skip
 
-    b.section("check_engine_vs_eager", check_engine)
+    if "check" in sections:
+        b.section("check_engine_vs_eager", check_engine)
+    if "sdpa_overhead" in sections and b.cuda:
+        b.section("sdpa_overhead", sdpa_overhead)
 
     def prefill_ours() -> list[dict[str, Any]]:
         engine.prefill_chunk = 8192 if not tiny else 64
@@ -293,7 +311,8 @@ def main() -> None:
             rows.append({"T": T, "s": dt, "tok_s": T / dt, "chunk": engine.prefill_chunk})
         return rows
 
-    b.section("prefill_ours", prefill_ours)
+    if "prefill" in sections:
+        b.section("prefill_ours", prefill_ours)
 
     def decode(eng: DecodeEngine, model: Any, contexts: list[int]) -> list[dict[str, Any]]:
         fill_synthetic(eng, gen)
@@ -315,7 +334,8 @@ def main() -> None:
             print(row, flush=True)
         return rows
 
-    b.section("decode_ours", lambda: decode(engine, ours, ctxs))
+    if "decode" in sections:
+        b.section("decode_ours", lambda: decode(engine, ours, ctxs))
     engine = None  # frees its buffers (closures above hold the name, not the object)
     gc.collect()
     torch.cuda.empty_cache() if b.cuda else None
@@ -323,7 +343,7 @@ def main() -> None:
     # 2. transformers, in the same process, on the same weights.
     def versus_hf() -> dict[str, Any]:
         out: dict[str, Any] = {}
-        T0 = prefills[0]  # the check's prompt length = the first prefill length: one fla autotune less
+        T0 = prefills[0] if "hf_prefill" in sections else min(ctxs)  # one fla autotune less
         small = DecodeEngine(ours, max_context=T0 + 64)
         prompt = rand_ids(T0, V)
         ref, cache = hf_call(hf, prompt, None)
@@ -341,7 +361,7 @@ def main() -> None:
         )
         del small, cache
         out["prefill"] = []
-        for T in prefills:
+        for T in prefills if "hf_prefill" in sections else []:
             for _ in range(1 if T == T0 else 2):  # a new length autotunes fla's kernels: time the rerun
                 ids = rand_ids(T, V)
                 t = b.clock()
@@ -378,7 +398,8 @@ def main() -> None:
             print(out["decode"][-1], flush=True)
         return out
 
-    b.section("transformers", versus_hf, min_left=60)
+    if "hf" in sections:
+        b.section("transformers", versus_hf, min_left=60)
     hf = None
     gc.collect()
     torch.cuda.empty_cache() if b.cuda else None
@@ -391,7 +412,8 @@ def main() -> None:
             db = Path(tmp) / "w.db"
             return resume_windowed(ours, rand_ids(resume_len, V), db, b.clock, window=w, sinks=4, chunk=chunk)
 
-    b.section("resume_windowed", resume_window, min_left=60)
+    if "resume" in sections:
+        b.section("resume_windowed", resume_window, min_left=60)
 
     def resume_exact() -> dict[str, Any]:
         from gpu_resume import resume_full
@@ -400,7 +422,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             return resume_full(eng, rand_ids(resume_len, V), Path(tmp) / "f.db", b.clock, page=page)
 
-    b.section("resume_full", resume_exact, min_left=110)
+    if "resume" in sections:
+        b.section("resume_full", resume_exact, min_left=110)
     gc.collect()
     torch.cuda.empty_cache() if b.cuda else None
 
@@ -410,16 +433,18 @@ def main() -> None:
         ours = None  # frees the Gated DeltaNet weights: the 64 GB cache at 128k needs the room
         gc.collect()
         torch.cuda.empty_cache() if b.cuda else None
-        rows = decode(DecodeEngine(attn, max_context=ctxs[-2] + N + 16), attn, ctxs[:-1])
+        mode = args.attention
+        rows = decode(DecodeEngine(attn, max_context=ctxs[-2] + N + 16, attention=mode), attn, ctxs[:-1])
         gc.collect()
         torch.cuda.empty_cache() if b.cuda else None
         try:  # 64 GB of cache at 128k beside 13.4 GB of weights: fits only just
-            rows += decode(DecodeEngine(attn, max_context=maxctx), attn, ctxs[-1:])
+            rows += decode(DecodeEngine(attn, max_context=maxctx, attention=mode), attn, ctxs[-1:])
         except torch.OutOfMemoryError as exc:
             rows.append({"ctx": ctxs[-1], "oom": str(exc)[:300]})
         return rows
 
-    b.section("decode_attention_only", attention_baseline, min_left=15)
+    if "attention" in sections:
+        b.section("decode_attention_only", attention_baseline, min_left=15)
     gc.collect()
     torch.cuda.empty_cache() if b.cuda else None
 
@@ -451,6 +476,37 @@ def extend_hf_cache(cache: Any, ctx: int, gen: torch.Generator) -> int:
     if grown == 0 or cache.get_seq_length() != ctx:
         raise RuntimeError(f"could not grow transformers' cache ({type(cache).__name__}) to {ctx} tokens")
     return grown
+
+
+def sdpa_overhead() -> dict[str, Any]:
+    """Host time of one decode-shaped SDPA call (q 1 x 30 x 1 x 128 over L keys) when L changes every
+    call, as in a decode loop, with the default backends and with flash attention only."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    k = torch.randn(1, 30, 4096, 128, device="cuda", dtype=torch.bfloat16)
+    q = torch.randn(1, 30, 1, 128, device="cuda", dtype=torch.bfloat16)
+    out: dict[str, Any] = {}
+    for name, backends in (("default", None), ("flash_only", [SDPBackend.FLASH_ATTENTION])):
+        times = []
+        for i in range(24):
+            L = 1000 + 8 * i + (name == "flash_only") * 1000  # fresh lengths for each backend set
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            if backends is None:
+                torch.nn.functional.scaled_dot_product_attention(q, k[:, :, :L], k[:, :, :L])
+            else:
+                with sdpa_kernel(backends):
+                    torch.nn.functional.scaled_dot_product_attention(q, k[:, :, :L], k[:, :, :L])
+            torch.cuda.synchronize()
+            times.append((time.perf_counter() - t) * 1e3)
+        out[f"{name}_ms_median_new_length"] = sorted(times[4:])[len(times[4:]) // 2]
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(20):
+            torch.nn.functional.scaled_dot_product_attention(q, k[:, :, :1500], k[:, :, :1500])
+        torch.cuda.synchronize()
+        out["default_ms_same_length"] = (time.perf_counter() - t) / 20 * 1e3
+    return out
 
 
 def sdpa_bandwidth(eng: DecodeEngine, ctx: int) -> float:

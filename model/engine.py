@@ -7,13 +7,14 @@ Design choices (the model stays plain; speed tricks live here, as in gpt-fast):
   kernels' new recurrent tensors are copied back into the fixed ones). `engine.state` is a real
   `ModelState` at every point between calls, so snapshots (`to_tensors`, `cache_range`) just work;
   `load_state` copies a state (a restored snapshot) into the buffers.
-- The decode step is the model's T == 1 path, cut at each attention layer's score/softmax: the parts
-  between two attention cores (norms, projections, the recurrent layers' fused step kernels, the MLPs,
-  the cache write at a device-side position) are captured as CUDA graphs; the attention core itself
-  runs eagerly as the same `scaled_dot_product_attention` call the model makes, over the first L
-  cached keys. So the engine computes exactly what `model(token, state)` computes (same kernels, same
-  shapes; tested token for token), while the ~9 launches per token it still makes from Python are
-  queued far ahead of the GPU: nothing waits on the host, since nothing is read back per token.
+- The decode step is the model's T == 1 path (norms, projections, the recurrent layers' fused step
+  kernels, the MLPs, the cache write at a device-side position) with the attention core replaced by
+  `kernels.attention_decode`, which reads the cache length on the device: the whole step is captured
+  as ONE CUDA graph and replayed at any context (`attention="kernel"`, the default on CUDA).
+  `attention="sdpa"` instead cuts the step at each attention core and runs the model's own
+  `scaled_dot_product_attention` call eagerly over the first L keys between graphs: bit-identical to
+  `model(token, state)`, but on the H100 that call costs ~40 ms of host time per token when L changes
+  every step (bench/results/gpu_e2e_run1.json), so it is the reference mode, not the fast one.
 - Greedy decoding never leaves the device: the last graph writes argmax(logits) into the input
   buffer of the next step and into a device history of token ids, which is read back every
   `sync_every` tokens (or every token when stop ids must be checked: the state must not run past a
@@ -27,11 +28,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kernels.attention_decode import attention_decode
 from model.attention import Attention
 from model.errors import ModelError, StateMismatchError, TokenRangeError
 from model.hybrid import HybridLM
@@ -56,6 +59,7 @@ class DecodeEngine:
         batch_size: int = 1,
         use_graphs: bool | None = None,
         prefill_chunk: int = 2048,
+        attention: Literal["kernel", "sdpa"] | None = None,
     ) -> None:
         self.model = model
         self.cfg = model.config
@@ -64,6 +68,10 @@ class DecodeEngine:
         self.device = model.device
         self.static = set(self.cfg.layer_types) <= GRAPHED_KINDS and self.cfg.attention.sliding_window is None
         self.graphed = self.static and (self.device.type == "cuda" if use_graphs is None else use_graphs)
+        # "kernel": kernels.attention_decode reads the length on the device, so the whole step is one
+        # graph; "sdpa": the model's own SDPA call between graphs (bit-identical to model(token, state),
+        # but one host-side call per attention layer and token).
+        self.attention = attention or ("kernel" if self.graphed else "sdpa")
         with torch.inference_mode():
             self.state = self._allocate(batch_size)
             B, V = batch_size, self.cfg.vocab_size
@@ -76,7 +84,7 @@ class DecodeEngine:
             self._attn_out: dict[int, Tensor] = {}
         self._n = 0  # tokens in the state (host copy of state.n_tokens, kept without syncing)
         self._segments = self._build_segments() if self.static else []
-        self._graphs: list[torch.cuda.CUDAGraph] | None = None
+        self._graphs: dict[int, torch.cuda.CUDAGraph] | None = None
 
     # ---- buffers ---------------------------------------------------------------------------------------
     def _allocate(self, batch_size: int) -> ModelState:
@@ -208,10 +216,11 @@ class DecodeEngine:
         return F.linear(m.norm(h), weight)  # (B, t, V)
 
     # ---- the decode step -------------------------------------------------------------------------------
-    def _build_segments(self) -> list[Callable[[], None]]:
-        """The step as a list of callables: graph-safe parts alternating with attention cores."""
+    def _build_segments(self) -> list[tuple[Callable[[], None], bool]]:
+        """The step as a list of (callable, graph-safe): with attention="sdpa" graph-safe parts
+        alternate with attention cores; with "kernel" the whole step is one graph-safe part."""
         m, st = self.model, self.state
-        parts: list[Callable[[], None]] = []
+        parts: list[tuple[Callable[[], None], bool]] = []
         todo: list[Callable[[], None]] = [lambda: self._x.copy_(m.embed_tokens(self._tok))]
 
         def flush() -> None:
@@ -221,7 +230,7 @@ class DecodeEngine:
                 for op in ops:
                     op()
 
-            parts.append(run)
+            parts.append((run, True))
             todo.clear()
 
         for i, (block, layer) in enumerate(zip(m.layers, st.layers, strict=True)):
@@ -234,8 +243,12 @@ class DecodeEngine:
             )  # fmt: skip
             self._attn_out[i] = torch.zeros_like(self._attn_q[i])
             todo.append(lambda i=i, b=block, ls=layer: self._attention_in(i, b, ls))
-            flush()
-            parts.append(lambda i=i, ls=layer, a=block.mixer: self._attention_core(i, ls, a))
+            core = lambda i=i, ls=layer, a=block.mixer: self._attention_core(i, ls, a)
+            if self.attention == "kernel":
+                todo.append(core)
+            else:
+                flush()
+                parts.append((core, False))
             todo.append(lambda i=i, b=block: self._attention_out(i, b))
 
         def finish() -> None:
@@ -271,12 +284,15 @@ class DecodeEngine:
         self._attn_q[i].copy_(q.transpose(1, 2).reshape(B, a.n_kv_heads, G, a.head_dim))
 
     def _attention_core(self, i: int, ls: object, a: Attention) -> None:
-        L = self._n + 1  # the new token's key is in the buffer
         storage = ls.storage  # type: ignore[attr-defined]
+        q, scale = self._attn_q[i], 1.0 / math.sqrt(a.head_dim)
+        if self.attention == "kernel":  # reads the length (pos + 1) on the device
+            self._attn_out[i].copy_(attention_decode(q, storage["k"], storage["v"], self._pos, scale=scale))
+            return
+        L = self._n + 1  # the new token's key is in the buffer
         keys, values = storage["k"].narrow(2, 0, L), storage["v"].narrow(2, 0, L)  # (B, Hkv, L, Dh)
-        q = self._attn_q[i]
         out = F.scaled_dot_product_attention(
-            q, keys.to(q.dtype), values.to(q.dtype), scale=1.0 / math.sqrt(a.head_dim)
+            q, keys.to(q.dtype), values.to(q.dtype), scale=scale
         )  # (B, Hkv, G, Dh)
         self._attn_out[i].copy_(out)
 
@@ -290,8 +306,8 @@ class DecodeEngine:
             x = x + (block.mlp_norm(block.mlp(x)) if block.post_norm else block.mlp(block.mlp_norm(x)))
         self._x.copy_(x)
 
-    def _capture(self) -> list[torch.cuda.CUDAGraph]:
-        """Capture every graph-safe segment (the odd ones are attention cores, run eagerly). The
+    def _capture(self) -> dict[int, torch.cuda.CUDAGraph]:
+        """Capture every graph-safe segment (attention cores with attention="sdpa" run eagerly). The
         segments are warmed up on a side stream first (Triton compiles, cuBLAS picks its kernels);
         the warm-up runs advance copies of the state, restored afterwards."""
         saved = [{n: t.clone() for n, t in f.items()} for f in self._fixed]
@@ -301,18 +317,19 @@ class DecodeEngine:
         with torch.cuda.stream(side):
             for _ in range(2):
                 self._pos.copy_(pos)
-                for seg in self._segments:
+                for seg, _ in self._segments:
                     seg()
         torch.cuda.current_stream().wait_stream(side)
-        graphs, pool = [], None
-        for j, seg in enumerate(self._segments):
-            if j % 2:
+        graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        pool = None
+        for j, (seg, safe) in enumerate(self._segments):
+            if not safe:
                 continue
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g, pool=pool):
                 seg()
             pool = g.pool()
-            graphs.append(g)
+            graphs[j] = g
         for f, s in zip(self._fixed, saved, strict=True):
             for n, t in f.items():
                 t.copy_(s[n])
@@ -325,13 +342,13 @@ class DecodeEngine:
         if self.graphed:
             if self._graphs is None:
                 self._graphs = self._capture()
-            for j, seg in enumerate(self._segments):
-                if j % 2:
-                    seg()
+            for j, (seg, safe) in enumerate(self._segments):
+                if safe:
+                    self._graphs[j].replay()
                 else:
-                    self._graphs[j // 2].replay()
+                    seg()
         elif self.static:
-            for seg in self._segments:
+            for seg, _ in self._segments:
                 seg()
         else:
             self._logits.copy_(self.model(self._tok, self.state)[:, -1])

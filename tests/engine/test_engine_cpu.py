@@ -101,3 +101,20 @@ def test_stop_token_and_context_limit() -> None:
         engine.prefill(torch.zeros(1, 30, dtype=torch.long))
     engine.reset()
     assert engine.n_tokens == 0 and engine.state.layers[1].cache["k"].shape[2] == 0
+
+
+def test_kernel_attention_mode_on_cpu() -> None:
+    """attention="kernel" (the GPU default: kernels.attention_decode inside the one-graph step) runs the
+    reference on the CPU; it agrees with model forward to float rounding, and greedily."""
+    model = make(STATIC, seed=7)
+    prompt = torch.randint(0, 97, (1, 17), generator=torch.Generator().manual_seed(4))
+    want, want_logits = eager_greedy(model, prompt, 16)
+    engine = DecodeEngine(model, max_context=48, attention="kernel")
+    assert engine.attention == "kernel" and len(engine._segments) == 1
+    engine.prefill(prompt)
+    for i in range(16):
+        got = engine.step(want[i])
+        assert torch.allclose(got, want_logits[i + 1], rtol=1e-4, atol=1e-4), f"step {i}"
+    engine.reset()
+    engine.prefill(prompt)
+    assert engine.generate_greedy(16) == want

@@ -1,6 +1,13 @@
-"""DecodeEngine on the GPU (run on the device machine: pytest -m gpu tests/engine): the CUDA-graph decode
-gives exactly the tokens of the eager path (`model(token, state)` per token) over 256 greedy steps, in
-bf16, at a mid-size OLMo-Hybrid-like shape. The 7B-shape check runs in bench/gpu_e2e.py."""
+"""DecodeEngine on the GPU (run on the device machine: pytest -m gpu tests/engine), bf16, a mid-size
+OLMo-Hybrid-like model, 256 tokens, both attention modes, against the eager path (`model(token, state)`):
+
+- teacher forcing: the eager greedy tokens are fed to the engine one by one; at every step its logits
+  are within bf16 rounding of the eager ones, and its argmax differs only where the eager top two are
+  closer than that rounding;
+- free-running greedy: identical tokens up to the first such near-tie (if any).
+Bit-identical logits are not promised: graph capture may change cuBLAS' kernel choices, and the
+kernel attention mode reduces in another order than SDPA. The 7B-shape check is in bench/gpu_e2e.py.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +23,8 @@ pytestmark = pytest.mark.gpu
 if not torch.cuda.is_available():  # collected on CPU machines too; skipped there
     pytest.skip("needs a CUDA device", allow_module_level=True)
 
+STEPS = 256
+
 
 def olmo_like(layer_types: list[str]) -> HybridLM:
     cfg = HybridConfig.from_name("olmo-hybrid-7b", d_model=1024, layer_types=layer_types, vocab_size=4096)
@@ -24,21 +33,38 @@ def olmo_like(layer_types: list[str]) -> HybridLM:
     return HybridLM(cfg).to(device="cuda", dtype=torch.bfloat16).eval()
 
 
+def check_against_eager(model: HybridLM, engine: DecodeEngine, prompt: torch.Tensor) -> int:
+    """Runs both checks of the module docstring; returns the length of the identical greedy prefix."""
+    state = model.new_state()
+    logits = prefill(model, prompt, state)[0].float()
+    want, eager = [], []
+    for _ in range(STEPS):
+        eager.append(logits)
+        want.append(int(logits.argmax()))
+        logits = model(torch.tensor([[want[-1]]], device="cuda"), state)[0, -1].float()
+    forced = [engine.prefill(prompt)[0].float().clone()]
+    forced += [engine.step(t)[0].float().clone() for t in want[:-1]]
+    for i, (e, x) in enumerate(zip(eager, forced, strict=True)):
+        noise = float((e - x).abs().max())
+        assert noise <= 0.05 * float(e.abs().max()), f"step {i}: logits differ by {noise}"
+        top, got = int(e.argmax()), int(x.argmax())
+        assert got == top or float(e[top] - e[got]) <= 2 * noise, f"step {i}: argmax flips outside noise"
+    engine.reset()
+    engine.prefill(prompt)
+    greedy = engine.generate_greedy(STEPS, sync_every=32)
+    same = next((i for i, (a, b) in enumerate(zip(greedy, want, strict=True)) if a != b), STEPS)
+    if same < STEPS:  # the first divergence must be a near-tie of the eager logits
+        e, x = eager[same], forced[same]
+        noise = float((e - x).abs().max())
+        assert float(e[want[same]] - e[greedy[same]]) <= 2 * noise, f"greedy diverges at {same} outside noise"
+    return same
+
+
+@pytest.mark.parametrize("mode", ["kernel", "sdpa"])
 @pytest.mark.parametrize("layers", [["gated_deltanet"] * 3 + ["attention"], ["attention", "mamba2", "mlp"]])
-def test_graphed_greedy_matches_eager(layers: list[str]) -> None:
+def test_graphed_decode_matches_eager(layers: list[str], mode: str) -> None:
     model = olmo_like(layers * 2)
     prompt = torch.randint(0, 4096, (1, 300), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
-    state = model.new_state()
-    logits = prefill(model, prompt, state)
-    want = []
-    for _ in range(256):
-        tok = int(logits.argmax(-1))
-        want.append(tok)
-        logits = model(torch.tensor([[tok]], device="cuda"), state)[:, -1]
-    engine = DecodeEngine(model, max_context=1024)
+    engine = DecodeEngine(model, max_context=1024, attention=mode)  # type: ignore[arg-type]
     assert engine.graphed
-    engine.prefill(prompt)
-    got = engine.generate_greedy(256, sync_every=32)
-    assert got == want
-    for name, t in state.to_tensors().items():
-        assert torch.equal(engine.state.to_tensors()[name], t), name
+    check_against_eager(model, engine, prompt)
