@@ -122,9 +122,13 @@ class AgentBridge:
                 # Let the cancelled turn roll back to its snapshot; only then close under it.
                 self.cancel()
                 try:
-                    await asyncio.wait_for(asyncio.wrap_future(self._pump), timeout)
+                    await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._pump)), timeout)
                 except (TimeoutError, Exception):
+                    # Stuck: cancel the task and give the agent loop a moment to unwind it, so no
+                    # half-run coroutine is left behind when the loop stops.
                     self._pump.cancel()
+                    with contextlib.suppress(BaseException):
+                        await asyncio.wait_for(asyncio.wrap_future(self._pump), 1.0)
             close = getattr(self.agent, "close", None)
             if close is not None:
                 # Exiting anyway if this fails: each snapshot is one transaction, the database stays whole.

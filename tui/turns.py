@@ -119,14 +119,16 @@ class TurnActions(_Base):
         self.refresh_status(busy="waiting for approval" if waiting else "thinking")
 
     def action_cancel_turn(self) -> None:
-        if not self.bridge.turn_running:
-            return
-        self.bridge.cancel()
+        # An open approval is answered even when no turn worker is left (at shutdown the workers are
+        # cancelled first): the agent is waiting on that answer and must not wait forever.
         if self._approval is not None and not self._approval.done():
             self._approval.set_result(ApprovalDecision(allow=False, reason="the turn was cancelled"))
             stack = self.screen_stack  # empty while the app is shutting down
-            if stack and isinstance(stack[-1], ApprovalScreen):
+            if len(stack) > 1 and isinstance(stack[-1], ApprovalScreen):
                 self.pop_screen()
+        if not self.bridge.turn_running:
+            return
+        self.bridge.cancel()
         self.refresh_status(busy="cancelling")
 
 
