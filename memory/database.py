@@ -69,6 +69,10 @@ def normalize_url(url: str | Path | None) -> URL:
 
 
 def sqlite_file(url: URL) -> Path | None:
+    """The SQLite file behind `url`; None for an in-memory database or another backend (where
+    `url.database` is a server-side name, not a path: opening it as a file would litter the cwd)."""
+    if url.get_backend_name() != "sqlite":
+        return None
     db = url.database
     if not db or db == ":memory:" or db.startswith("file:"):
         return None
