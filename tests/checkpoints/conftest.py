@@ -111,3 +111,9 @@ def checkpoint(tmp_path: Path) -> Callable[..., tuple[Path, Any]]:
         return folder, save_checkpoint(family, folder, **kw)
 
     return make
+
+
+@pytest.fixture
+def tokenizer_files() -> Callable[[Path], None]:
+    """Writes tokenizer.json, tokenizer_config.json and generation_config.json into a folder."""
+    return write_tokenizer_files

@@ -33,7 +33,7 @@ def peak(mode: str, folder: Path) -> float:
 
 
 @pytest.mark.slow
-def test_peak_memory_while_loading_stays_near_the_model_size(tmp_path):
+def test_peak_memory_while_loading_stays_near_the_model_size(tmp_path, tokenizer_files):
     cfg = transformers.Mamba2Config(
         vocab_size=32000, hidden_size=768, num_heads=24, head_dim=64, state_size=64, n_groups=1,
         num_hidden_layers=8, chunk_size=64, tie_word_embeddings=False,
@@ -45,6 +45,7 @@ def test_peak_memory_while_loading_stays_near_the_model_size(tmp_path):
         for p in hf.parameters():
             p.zero_()  # the values do not matter here, only the bytes
     hf.save_pretrained(tmp_path)
+    tokenizer_files(tmp_path)
     size = sum(p.nbytes for p in hf.parameters())
     assert 250e6 < size < 400e6
     del hf
