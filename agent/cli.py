@@ -20,7 +20,7 @@ def _shared(defaults: bool) -> argparse.ArgumentParser:
         "--model",
         metavar="PATH",
         default=d(None),
-        help="model directory (config.json, model.safetensors); default: the packaged model",
+        help="model folder (config.json + safetensors) or Hub id; default: the packaged model",
     )
     p.add_argument(
         "--db",
@@ -40,7 +40,8 @@ def _shared(defaults: bool) -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         default=d(None),
-        help="attention window in tokens (constant memory); default: full attention",
+        help="attention window in tokens (constant memory); default: full attention, or a resumed "
+        "session's own",
     )
     p.add_argument("--sinks", type=int, metavar="N", default=d(4), help="sink tokens kept with --window")
     p.add_argument("--seed", type=int, default=d(None), help="seed for sampling")
