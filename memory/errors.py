@@ -36,6 +36,10 @@ class InvalidPageError(StoreError):
     """A cache page's token range is empty, out of order, overlaps saved pages or exceeds n_tokens."""
 
 
+class InvalidEventError(StoreError, ValueError):
+    """An event given to `save_turn` has a kind the store does not know."""
+
+
 class FingerprintMismatchError(StoreError):
     """The snapshot was made by another model than the one it is being loaded into."""
 

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from memory import blobs
 from memory.codec import bytes_to_tensors, tensors_to_bytes
-from memory.errors import FingerprintMismatchError, InvalidPageError, TurnOrderError
+from memory.errors import FingerprintMismatchError, InvalidEventError, InvalidPageError, TurnOrderError
 from memory.queries import now, session_row, snapshot_row
 from memory.records import Event, FileEdit, Page, SaveStats, Snapshot
 from memory.schema import EVENT_KINDS, EventRow, FileChangeRow, SnapshotRow, StatePage
@@ -26,7 +26,7 @@ from memory.schema import EVENT_KINDS, EventRow, FileChangeRow, SnapshotRow, Sta
 def event_of(item: Event | Mapping[str, Any]) -> Event:
     ev = item if isinstance(item, Event) else Event(**dict(item))
     if ev.kind not in EVENT_KINDS:
-        raise ValueError(f"event kind {ev.kind!r} is not one of {', '.join(EVENT_KINDS)}")
+        raise InvalidEventError(f"event kind {ev.kind!r} is not one of {', '.join(EVENT_KINDS)}")
     return ev
 
 

@@ -8,6 +8,7 @@ import torch
 from memory import (
     Event,
     FingerprintMismatchError,
+    InvalidEventError,
     InvalidPageError,
     Page,
     SessionNotFoundError,
@@ -161,7 +162,7 @@ def test_pages_are_append_only_and_validated(store: Store) -> None:
         store.save_turn(
             sid, 2, events=[], recurrent=recurrent_state(2), pages=[page(10, 20), page(15, 25)], n_tokens=30
         )
-    with pytest.raises(ValueError, match="event kind"):
+    with pytest.raises(InvalidEventError, match="event kind 'shout' is not one of user, assistant"):
         store.save_turn(sid, 2, events=[{"kind": "shout", "content": "x"}], recurrent={}, n_tokens=20)
     # nothing of the refused turns was stored
     assert [t.turn for t in store.turns(sid)] == [1]

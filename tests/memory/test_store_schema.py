@@ -16,7 +16,14 @@ from alembic.runtime.migration import MigrationContext
 from setuptools import find_packages
 
 from memory import DatabaseUnavailableError, Event, NotADatabaseError, SchemaTooNewError, Store
-from memory.database import WRITE_OPTION, _alembic_config, create_store_engine, head_revision, normalize_url
+from memory.database import (
+    WRITE_OPTION,
+    _alembic_config,
+    create_store_engine,
+    head_revision,
+    normalize_url,
+    sqlite_file,
+)
 from memory.schema import Base
 
 REPO = Path(__file__).resolve().parents[2]
@@ -165,3 +172,23 @@ def test_unreachable_database_gets_a_clear_error(tmp_path: Path) -> None:
         Store(blocker / "sessions.db")
     with pytest.raises(DatabaseUnavailableError, match=r"cannot open postgresql.*server is running"):
         Store("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2")
+
+
+def test_only_sqlite_urls_name_a_local_file() -> None:
+    # A server database's name is not a path: treating it as one would create files in the cwd.
+    assert sqlite_file(normalize_url("postgresql+psycopg://u@localhost/sessions")) is None
+    assert sqlite_file(normalize_url("sqlite://")) is None
+    assert sqlite_file(normalize_url("/tmp/x/sessions.db")) == Path("/tmp/x/sessions.db")
+
+
+def test_no_local_files_for_a_server_database(
+    store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if store_url.startswith("sqlite"):
+        pytest.skip("server backends only")
+    monkeypatch.chdir(tmp_path)
+    with Store(store_url) as store:
+        sid = store.create_session("t", "/w", "fp").id
+        store.save_turn(sid, 1, events=[], recurrent={"x": torch.ones(2)}, n_tokens=1)
+        store.checkpoint()  # a no-op here
+    assert list(tmp_path.iterdir()) == []
