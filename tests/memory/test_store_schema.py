@@ -188,6 +188,7 @@ def test_no_local_files_for_a_server_database(
         pytest.skip("server backends only")
     monkeypatch.chdir(tmp_path)
     with Store(store_url) as store:
+        assert store._checkpointer is None  # WAL checkpoints are an SQLite-file matter
         sid = store.create_session("t", "/w", "fp").id
         store.save_turn(sid, 1, events=[], recurrent={"x": torch.ones(2)}, n_tokens=1)
         store.checkpoint()  # a no-op here
