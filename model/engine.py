@@ -12,9 +12,10 @@ Design choices (the model stays plain; speed tricks live here, as in gpt-fast):
   `kernels.attention_decode`, which reads the cache length on the device: the whole step is captured
   as ONE CUDA graph and replayed at any context (`attention="kernel"`, the default on CUDA).
   `attention="sdpa"` instead cuts the step at each attention core and runs the model's own
-  `scaled_dot_product_attention` call eagerly over the first L keys between graphs: bit-identical to
-  `model(token, state)`, but on the H100 that call costs ~40 ms of host time per token when L changes
-  every step (bench/results/gpu_e2e_run1.json), so it is the reference mode, not the fast one.
+  `scaled_dot_product_attention` call eagerly over the first L keys between graphs: the kernels of
+  `model(token, state)` (256 greedy tokens identical at OLMo Hybrid 7B's shape; not promised bit for
+  bit, as graph capture may change cuBLAS' choices), but on the H100 with torch 2.11 that call costs
+  ~40-60 ms of host time whenever L changes (bench/results/gpu_e2e*.json): the reference mode only.
 - Greedy decoding never leaves the device: the last graph writes argmax(logits) into the input
   buffer of the next step and into a device history of token ids, which is read back every
   `sync_every` tokens (or every token when stop ids must be checked: the state must not run past a
