@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from agent.engine import Engine
+from agent.engine import PREFILL_CHUNK, Engine
 from agent.errors import AgentError
 from agent.events import (
     AgentEvent,
@@ -190,7 +190,12 @@ class Agent(SessionOps):
                     self._history, new, system=self._system or "", tools=self._tools
                 )
                 ids = self.engine.encode(segment)
-                await self._on_model(self.engine.prefill, ids)
+                # In the engine's own chunks (so the numbers are those of one call), checking for a
+                # cancel in between: a long tool output can take minutes to read on a CPU.
+                for start in range(0, len(ids), PREFILL_CHUNK):
+                    if self._cancel.is_set():
+                        raise _Cancelled
+                    await self._on_model(self.engine.prefill, ids[start : start + PREFILL_CHUNK])
                 stats.prompt_tokens += len(ids)
                 self._history.extend(new)
                 rnd = _Round()

@@ -345,3 +345,21 @@ def test_interrupted_while_saving_follows_the_database(make_agent, store) -> Non
     assert engine.text.endswith(
         "<|assistant|>Saved anyway.<|end|><|user|>two<|end|><|assistant|>Next.<|end|>"
     )
+
+
+def test_cancel_during_a_long_prefill(make_agent) -> None:
+    from agent.engine import PREFILL_CHUNK
+
+    agent, engine = make_agent(["never decoded<|end|>"])
+    long_text = "x" * (3 * PREFILL_CHUNK)
+    prefill = engine.prefill
+
+    def cancel_after_first_chunk(ids: Any) -> None:
+        prefill(ids)
+        agent.cancel()
+
+    engine.prefill = cancel_after_first_chunk
+    events = run(agent, long_text)
+    assert events[-1].stop_reason == "cancelled" and not events[-1].saved
+    assert len(engine.prefill_log) == 1  # one chunk read, the rest skipped
+    assert engine.n_tokens == 0 and agent.turn == 0 and not any(isinstance(e, TextDelta) for e in events)
