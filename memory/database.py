@@ -17,6 +17,7 @@ BEGINs, the SQLAlchemy-documented way to get real transactions (and transactiona
 from __future__ import annotations
 
 import random
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +31,7 @@ from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from memory.errors import (
     CorruptDataError,
@@ -193,7 +194,13 @@ def _enable_wal(engine: Engine) -> None:
     raw = engine.raw_connection()
     try:
         cursor = raw.cursor()
-        cursor.execute("PRAGMA journal_mode = WAL")
+        if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            # Needs an exclusive lock: another process opening the same new file may hold one.
+            # Raised as SQLAlchemy's error so that `retry_busy` retries the whole open.
+            try:
+                cursor.execute("PRAGMA journal_mode = WAL")
+            except sqlite3.OperationalError as exc:
+                raise OperationalError("PRAGMA journal_mode = WAL", None, exc) from exc
         cursor.close()
     finally:
         raw.close()

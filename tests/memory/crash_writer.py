@@ -7,6 +7,7 @@
         tensor op, makes a fresh writer cost milliseconds instead of a new interpreter's second.
     python crash_writer.py write URL SESSION_ID N_TURNS
         Save N_TURNS turns and exit. SESSION_ID "new": create a session first, print "session ID".
+        Then print "ready" and wait for a line on stdin before the first save.
 
 Every writer prints "committed T CLOCK" on stdout right after `save_turn` for turn T returned (CLOCK:
 time.monotonic(), system-wide on Linux): the test knows which turns were promised durable before it
@@ -57,12 +58,15 @@ def save(store: Store, sid: str, turn: int) -> None:
     os.write(1, f"committed {turn} {time.monotonic()}\n".encode())
 
 
-def write(url: str, sid: str, n_turns: int | None) -> None:
+def write(url: str, sid: str, n_turns: int | None, *, wait_for_go: bool = False) -> None:
     torch.set_num_threads(1)
     store = Store(url)
     if sid == "new":
         sid = store.create_session("writer", "/w", "fp").id
         os.write(1, f"session {sid}\n".encode())
+    if wait_for_go:  # a start line shared with other writers, so that they really write at once
+        os.write(1, b"ready\n")
+        sys.stdin.readline()
     first = (store.get_session(sid).latest_turn or 0) + 1
     turn = first
     while n_turns is None or turn < first + n_turns:
@@ -95,7 +99,7 @@ if __name__ == "__main__":
         zygote(url, sid)
     else:
         try:
-            write(url, sid, int(sys.argv[4]))
+            write(url, sid, int(sys.argv[4]), wait_for_go=True)
         except BaseException as exc:
             os.write(1, f"error {exc!r}\n".encode())
             raise

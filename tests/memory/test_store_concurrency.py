@@ -31,21 +31,31 @@ def test_two_processes_write_different_sessions_at_once(store_url: str) -> None:
     procs = [
         subprocess.Popen(
             [sys.executable, str(HERE / "crash_writer.py"), "write", store_url, "new", str(TURNS)],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=HERE.parents[1],
         )
         for _ in range(2)
     ]
+    heads = []
+    for proc in procs:  # both have opened the database and created their session
+        assert proc.stdout is not None
+        heads.append([proc.stdout.readline().decode().strip() for _ in range(2)])
+        assert heads[-1][1] == "ready", heads[-1]
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
     outputs = [p.communicate(timeout=300) for p in procs]
     sessions: list[str] = []
     spans: list[tuple[float, float]] = []
-    for proc, (out, err) in zip(procs, outputs, strict=True):
-        lines = out.decode().splitlines()
+    for proc, head, (out, err) in zip(procs, heads, outputs, strict=True):
+        lines = [*head, *out.decode().splitlines()]
         assert proc.returncode == 0, f"writer failed: {lines[-3:]} {err.decode()[-2000:]}"
         assert "locked" not in err.decode() and not any(line.startswith("error") for line in lines)
         sessions.append(lines[0].split()[1])
-        commits = [line.split() for line in lines[1:]]
+        commits = [line.split() for line in lines[2:]]
         assert [int(c[1]) for c in commits] == list(range(1, TURNS + 1))
         spans.append((float(commits[0][2]), float(commits[-1][2])))
     assert sessions[0] != sessions[1]
@@ -102,3 +112,18 @@ def test_writer_that_never_gets_the_lock_gets_a_clear_error(
             store.save_turn(sid, 1, events=[], recurrent={"x": torch.ones(3)}, n_tokens=1)
         holder.join()
         assert store.turns(sid) == []
+
+
+def test_opening_a_new_database_waits_for_another_writer(
+    sqlite_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Switching a new file to WAL needs an exclusive lock; someone else holding the write lock
+    # (another process creating the same database) must make us wait, not fail.
+    monkeypatch.setattr(memory.database, "BUSY_TIMEOUT_S", 0.01)
+    started = threading.Event()
+    holder = threading.Thread(target=hold_write_lock, args=(sqlite_path, 0.5, started))
+    holder.start()
+    started.wait()
+    with Store(sqlite_path) as store:
+        assert store.create_session("t", "/w", "fp").title == "t"
+    holder.join()
