@@ -113,7 +113,8 @@ class Agent(SessionOps):
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="hybrid-agent-model")
         self._cancel = threading.Event()
         self._running = False
-        self._always_allowed: set[str] = set()
+        # "Always" answers, per tool, for the rest of the session (allow or reject).
+        self._always: dict[str, ApprovalDecision] = {}
         self.session_id = ""
         self.turn = 0
         self._saved_tokens = 0
@@ -282,7 +283,9 @@ class Agent(SessionOps):
             self.registry.get(name).parse_arguments(arguments)
         except Exception:
             return False, None
-        if self.registry.policy(name) != "ask" or self.mode == "auto" or name in self._always_allowed:
+        if self.registry.policy(name) != "ask" or self.mode == "auto" or name in self._always:
+            # A remembered rejection is applied by the caller, without asking (and in every mode: the
+            # user said never, and switching to auto does not take that back).
             return False, self.registry.preview(name, arguments)
         preview = self.registry.preview(name, arguments)
         if self.mode == "accept-edits" and preview.diff is not None and preview.command is None:
@@ -315,7 +318,10 @@ class Agent(SessionOps):
             )
             yield request
             decision = ApprovalDecision(allow=True)
-            if needs:
+            remembered = self._always.get(name)
+            if remembered is not None and not remembered.allow and name in self.registry:
+                decision = remembered
+            elif needs:
                 decision = (
                     await self.approval(request)
                     if self.approval is not None
@@ -323,8 +329,8 @@ class Agent(SessionOps):
                         allow=False, reason="no one was asked (run with --yes to allow tools)"
                     )
                 )
-                if decision.allow and decision.always:
-                    self._always_allowed.add(name)
+                if decision.always:
+                    self._always[name] = decision
             if self._cancel.is_set():
                 raise _Cancelled
             if decision.allow:
@@ -337,6 +343,8 @@ class Agent(SessionOps):
             else:
                 why = f" ({decision.reason})" if decision.reason else ""
                 text = f"the user did not approve this {name} call{why}; it was not run"
+                if decision.always:
+                    text += f". The user refuses every {name} call for the rest of this session"
                 result = ToolResultEvent(call_id=call_id, tool=name, text=text, is_error=True, denied=True)
         events += [tool_call_event(request, call.raw, call.error), tool_result_event(result)]
         new.append(ChatMessage("tool", result.text, name=name))

@@ -18,6 +18,7 @@ from model.chat import ChatMessage
 
 if TYPE_CHECKING:
     from agent.engine import Engine
+    from agent.events import ApprovalDecision
     from tools.registry import ToolRegistry
 
 
@@ -33,11 +34,7 @@ class SessionOps:
     _system: str | None
     _tools: list[dict[str, Any]]
     _history: list[ChatMessage]
-    _always_allowed: set[str]
-
-    def _idle(self) -> None:
-        if self._running:
-            raise AgentBusyError("a turn is running; wait for it to end or cancel it first")
+    _always: dict[str, ApprovalDecision]
 
     def _idle(self) -> None:
         if self._running:
@@ -117,7 +114,7 @@ class SessionOps:
         self.session_id, self.turn = session_id, turn
         self._saved_tokens = self.engine.n_tokens
         self._system, self._tools, self._history = system, tools, history
-        self._always_allowed.clear()
+        self._always.clear()
 
     def _restore(self, session_id: str, turn: int) -> None:
         snap = self.store.load_snapshot(

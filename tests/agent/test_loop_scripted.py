@@ -113,6 +113,46 @@ def test_approval_callback_decides_and_always_sticks(make_agent, workspace: Path
     assert [r.needs_approval for r in reqs] == [True, False]
 
 
+def test_reject_always_sticks_for_that_tool_for_the_session(make_agent, workspace: Path) -> None:
+    asked: list[str] = []
+
+    async def refuse_writes(req: ToolCallRequested) -> ApprovalDecision:
+        asked.append(req.tool)
+        return ApprovalDecision(allow=False, always=True, reason="no writes today")
+
+    replies = [
+        call("write_file", path="b.txt", content="one"),
+        call("write_file", path="c.txt", content="two"),
+        call("read_file", path="a.txt"),  # another tool is not affected
+        "Fine.<|end|>",
+        call("edit_file", path="a.txt", old_string="hello", new_string="bye"),  # nor is another asking tool
+        call("write_file", path="d.txt", content="three"),  # next turn: still refused
+        "OK.<|end|>",
+    ]
+    agent, engine = make_agent(replies, approval=refuse_writes)
+    events = run(agent, "write twice")
+    assert asked == ["write_file"]  # asked once; the second write was refused without asking
+    reqs = [e for e in events if isinstance(e, ToolCallRequested)]
+    results = [e for e in events if isinstance(e, ToolResultEvent)]
+    assert [r.needs_approval for r in reqs] == [True, False, False]
+    assert [(r.denied, r.is_error) for r in results] == [(True, True), (True, True), (False, False)]
+    assert "(no writes today)" in results[0].text and "rest of this session" in results[0].text
+    assert "rest of this session" in results[1].text and "hello from a" in results[2].text
+    events = run(agent, "edit, then write")
+    assert asked == ["write_file", "edit_file"]  # edit_file asked, write_file not again
+    results = [e for e in events if isinstance(e, ToolResultEvent)]
+    assert [(r.tool, r.denied) for r in results] == [("edit_file", True), ("write_file", True)]
+    assert sorted(p.name for p in workspace.iterdir()) == ["a.txt"]
+    assert (workspace / "a.txt").read_text() == "hello from a\n"
+    for r in results:
+        assert f"<|tool_result|>{r.text}<|/tool_result|>" in engine.text  # the model read the refusals
+    # "Always" lasts one session: a new one asks again.
+    agent.new_session()
+    engine.replies += [call("write_file", path="e.txt", content="x"), "Done.<|end|>"]
+    run(agent, "write e")
+    assert asked[-1] == "write_file" and len(asked) == 3
+
+
 def test_rejection_reason_goes_back_to_the_model(make_agent) -> None:
     async def reject(req: ToolCallRequested) -> ApprovalDecision:
         return ApprovalDecision(allow=False, reason="not that file")
