@@ -82,6 +82,10 @@ class Engine(Protocol):
 
     def restore(self, recurrent: dict[str, Tensor], pages: Sequence[StatePage]) -> None: ...
 
+    # Optional (the loop looks them up with getattr): `sampler_state() -> str | None`,
+    # `set_sampler_state(s)`, and `layout_metadata() -> dict[str, str]`, how each state tensor is laid
+    # out (model.state_layout.layout_metadata), stored with every snapshot and checked on resume.
+
 
 class ModelEngine:
     """The real engine: a `HybridLM` (or adapted checkpoint) with its tokenizer and chat format."""
@@ -122,6 +126,12 @@ class ModelEngine:
     @property
     def n_tokens(self) -> int:
         return int(self.state.n_tokens)
+
+    def layout_metadata(self) -> dict[str, str]:
+        """How each state tensor is laid out (key- or value-first, conv width, dtype), by tensor name."""
+        from model.state_layout import layout_metadata
+
+        return layout_metadata(self.model.config)
 
     @property
     def state_bytes(self) -> int:

@@ -13,3 +13,7 @@ class AgentBusyError(AgentError):
 
 class ModelNotFoundError(AgentError):
     """No model at the given path, and no packaged default model."""
+
+
+class StateLayoutError(AgentError):
+    """A snapshot's stored state layout (how its tensors are laid out) is not the loaded model's."""

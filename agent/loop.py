@@ -376,6 +376,8 @@ class Agent(SessionOps):
         sampler = getattr(self.engine, "sampler_state", None)  # optional in the Engine protocol
         if sampler is not None and (rng := sampler()) is not None:
             meta["sampler"] = rng
+        if (layout := self._state_layout()) is not None:
+            meta["state_layout"] = layout  # so a stored snapshot says how to read its tensors
 
         def write() -> None:
             recurrent, pages = self.engine.snapshot(self._saved_tokens)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.engine import StatePage
-from agent.errors import AgentBusyError, AgentError
+from agent.errors import AgentBusyError, AgentError, StateLayoutError
 from agent.records import conversation_of
 from memory import Event, SessionInfo, Store
 from model.chat import ChatMessage
@@ -124,9 +124,28 @@ class SessionOps:
             sinks=self.engine.sinks,
             fingerprint=self.engine.fingerprint,
         )
+        self._check_layout(session_id, turn, snap.meta.get("state_layout"))
         self.engine.restore(
             snap.recurrent, [StatePage(p.token_start, p.token_end, p.tensors) for p in snap.pages]
         )
         set_sampler = getattr(self.engine, "set_sampler_state", None)  # optional in the Engine protocol
         if set_sampler is not None and "sampler" in snap.meta:
             set_sampler(snap.meta["sampler"])
+
+    def _state_layout(self) -> dict[str, str] | None:
+        layout = getattr(self.engine, "layout_metadata", None)  # optional in the Engine protocol
+        return None if layout is None else dict(layout())
+
+    def _check_layout(self, session_id: str, turn: int, stored: dict[str, str] | None) -> None:
+        """Refuse a snapshot whose tensors were written in another layout than the loaded model reads
+        (same weights, but e.g. a state stored value-first by another version): loading it would run
+        on silently wrong numbers. Snapshots from before the layout was stored are read as they are."""
+        current = self._state_layout()
+        if stored is None or current is None or stored == current:
+            return
+        key = next(k for k in sorted(stored.keys() | current.keys()) if stored.get(k) != current.get(k))
+        raise StateLayoutError(
+            f"session {session_id} turn {turn} was saved with another state layout than this model "
+            f"reads ({key}: stored {stored.get(key)!r}, now {current.get(key)!r}); its tensors cannot be "
+            "read as they are: resume it with the hybrid-agent version that wrote it, or start a new session"
+        )
