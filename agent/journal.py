@@ -12,8 +12,10 @@ import itertools
 import threading
 from collections.abc import Callable, Iterable
 
+from agent.errors import AgentError
 from memory import FileEdit, Store
 from tools.journal import JournalEntry
+from tools.registry import ToolRegistry
 
 
 class StoreJournal:
@@ -59,3 +61,23 @@ class StoreJournal:
         """Write the running turn's changes on their own (the turn was not saved)."""
         for edit in self.take_pending():
             self._store.record_file_change(self._session_id(), turn, edit.path, edit.before, edit.after)
+
+
+def attach_journal(registry: ToolRegistry, journal: StoreJournal) -> None:
+    """Make `registry` journal its file changes into the session database (the agent's `journal`).
+
+    The registry's own journal is replaced. If it already holds changes (the registry was used before),
+    they would drop out of undo and rewind without a word, so that is refused instead; a registry that
+    another agent's store journal backed has its changes in that database already.
+    """
+    current = registry.journal
+    if current is journal:
+        return
+    held = [] if isinstance(current, StoreJournal) else current.entries()
+    if held:
+        raise AgentError(
+            f"the tool registry given to the agent already journals {len(held)} file change(s) of its "
+            "own, which undo and rewind could no longer revert; pass a registry that has not changed any "
+            "file yet (or registry=None: the agent builds one)"
+        )
+    registry.journal = journal

@@ -38,7 +38,7 @@ from agent.events import (
     ToolResultEvent,
     TurnEnd,
 )
-from agent.journal import StoreJournal
+from agent.journal import StoreJournal, attach_journal
 from agent.records import assistant_event, conversation_of, system_event, tool_call_event, tool_result_event
 from agent.sessions import SessionOps
 from agent.stream import VisibleText
@@ -100,10 +100,13 @@ class Agent(SessionOps):
         self.engine = engine
         self.store = store
         self.workspace = Path(workspace).resolve()
-        self.journal: StoreJournal | None = None
+        # Every file change goes to the session's file-change table, through this journal: a registry
+        # given here gets it too (with its own in-memory journal, undo would forget across a resume).
+        self.journal = StoreJournal(store, lambda: self.session_id)
         if registry is None:
-            self.journal = StoreJournal(store, lambda: self.session_id)
             registry = ToolRegistry(self.workspace, journal=self.journal, enable_commands=enable_commands)
+        else:
+            attach_journal(registry, self.journal)
         self.registry = registry
         self.mode: Mode = mode
         self.approval = approval
@@ -381,7 +384,7 @@ class Agent(SessionOps):
 
         def write() -> None:
             recurrent, pages = self.engine.snapshot(self._saved_tokens)
-            edits = self.journal.take_pending() if self.journal is not None else []
+            edits = self.journal.take_pending()
             self.store.save_turn(
                 self.session_id, turn, events=events, recurrent=recurrent,
                 pages=[Page(p.start, p.end, p.tensors) for p in pages],
@@ -418,8 +421,7 @@ class Agent(SessionOps):
                 self.engine.reset()
             else:
                 self._restore(self.session_id, latest)
-            if self.journal is not None:
-                self.journal.flush(self.turn + 1)
+            self.journal.flush(self.turn + 1)
 
         await self._on_model(restore)
         self._saved_tokens = self.engine.n_tokens
