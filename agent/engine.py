@@ -83,8 +83,9 @@ class Engine(Protocol):
     def restore(self, recurrent: dict[str, Tensor], pages: Sequence[StatePage]) -> None: ...
 
     # Optional (the loop looks them up with getattr): `sampler_state() -> str | None`,
-    # `set_sampler_state(s)`, and `layout_metadata() -> dict[str, str]`, how each state tensor is laid
-    # out (model.state_layout.layout_metadata), stored with every snapshot and checked on resume.
+    # `set_sampler_state(s)`, `layout_metadata() -> dict[str, str]`, how each state tensor is laid
+    # out (model.state_layout.layout_metadata), stored with every snapshot and checked on resume, and
+    # `set_attention_policy(window, sinks)`, so that a session resumes under the window it was made with.
 
 
 class ModelEngine:
@@ -151,6 +152,13 @@ class ModelEngine:
         self.state.keep_from = 0
         self._logits = None
         self._generator = make_generator(self._seed, self._device)  # each session starts from the seed
+
+    def set_attention_policy(self, window: int | None, sinks: int) -> None:
+        """Run with this window policy from now on (a resumed session's own): an empty state under it;
+        `restore` or `reset` follows. `window` / `sinks` then say the effective policy."""
+        self._window_arg, self._sinks_arg = window, sinks
+        self.reset()
+        self.window, self.sinks = self.state.window, self.state.sinks
 
     def sampler_state(self) -> str | None:
         """The random generator's state (base64), saved with each snapshot so that a resumed session

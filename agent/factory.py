@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import ModelNotFoundError
+from agent.errors import AgentError, ModelNotFoundError
 
 if TYPE_CHECKING:
     from agent.engine import ModelEngine
@@ -97,21 +97,31 @@ def open_agent(
     max_new_tokens: int = 1024,
     max_tool_rounds: int = 8,
 ) -> Agent:
+    from agent.sessions import describe_policy, session_policy
     from memory import Store
 
     store = Store(db)
     try:
+        recorded, given_window = None, window
         if resume is not None:
             info = store.get_session(resume)
             if workspace == ".":
                 # A resumed session works on the files it was started on, unless told otherwise.
                 workspace = info.workspace
-            if window is None and info.meta.get("window") is not None:
+            recorded = session_policy(info)
+            if window is None and recorded is not None and recorded[0] is not None:
                 # ... and keeps the attention window it ran with (its numbers depend on it).
-                window, sinks = int(info.meta["window"]), int(info.meta.get("sinks", sinks))
+                window, sinks = recorded
         engine = load_engine(
             model, device=device, window=window, sinks=sinks, seed=seed, temperature=temperature
         )
+        if recorded is not None and given_window is not None and engine.window != recorded[0]:
+            # The resume would run under the session's own window anyway (Agent.resume): say so
+            # rather than drop the option without a word.
+            raise AgentError(
+                f"session {resume} runs with {describe_policy(recorded)}; --window {given_window} "
+                "would change its numbers: resume it without --window (or start a new session with it)"
+            )
         return cls(
             engine,
             store,

@@ -124,6 +124,8 @@ class Agent(SessionOps):
         self._system: str | None = None
         self._tools: list[dict[str, Any]] = []
         self._history: list[ChatMessage] = []
+        # The attention policy new sessions get; a resumed session brings its own (agent/sessions.py).
+        self._launch_policy = (engine.window, engine.sinks)
         if session_id is None:
             self.new_session()
         else:

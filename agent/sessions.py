@@ -35,6 +35,7 @@ class SessionOps:
     _tools: list[dict[str, Any]]
     _history: list[ChatMessage]
     _always: dict[str, ApprovalDecision]
+    _launch_policy: Policy
 
     def _idle(self) -> None:
         if self._running:
@@ -42,7 +43,10 @@ class SessionOps:
 
     def new_session(self, title: str = "") -> str:
         self._idle()
-        policy = {"window": self.engine.window, "sinks": self.engine.sinks}  # resume keeps them
+        # A new session runs with the policy the agent was opened with, whatever the last resumed
+        # session used; that policy is recorded, and a resume switches back to it.
+        self._use_policy(self._launch_policy, "a new session")
+        policy = {"window": self.engine.window, "sinks": self.engine.sinks}
         info = self.store.create_session(title, str(self.workspace), self.engine.fingerprint, meta=policy)
         self.engine.reset()
         self._set_session(info.id, 0, None, [], [])
@@ -57,11 +61,13 @@ class SessionOps:
                 f"session {session_id} was made with another model ({info.model_fingerprint[:12]}); "
                 f"the model loaded now is {self.engine.fingerprint[:12]}: pass the model it was made with"
             )
+        policy = session_policy(info)
         conv = conversation_of(self.store.events(session_id))
         if info.latest_turn is None:
+            self._use_policy(policy, f"session {session_id}")
             self.engine.reset()
         else:
-            self._restore(session_id, info.latest_turn)
+            self._restore(session_id, info.latest_turn, policy)
         self._set_session(session_id, info.latest_turn or 0, conv.system, conv.tools, conv.messages)
 
     def fork(self, turn: int) -> str:
@@ -116,15 +122,15 @@ class SessionOps:
         self._system, self._tools, self._history = system, tools, history
         self._always.clear()
 
-    def _restore(self, session_id: str, turn: int) -> None:
+    def _restore(self, session_id: str, turn: int, policy: Policy | None = None) -> None:
+        """Load `turn` of `session_id` into the engine, under `policy` (None: the engine's current one).
+        Everything that can refuse runs before the engine changes."""
+        window, sinks = policy if policy is not None else (self.engine.window, self.engine.sinks)
         snap = self.store.load_snapshot(
-            session_id,
-            turn,
-            window=self.engine.window,
-            sinks=self.engine.sinks,
-            fingerprint=self.engine.fingerprint,
+            session_id, turn, window=window, sinks=sinks, fingerprint=self.engine.fingerprint
         )
         self._check_layout(session_id, turn, snap.meta.get("state_layout"))
+        self._use_policy(policy, f"session {session_id}")
         self.engine.restore(
             snap.recurrent, [StatePage(p.token_start, p.token_end, p.tensors) for p in snap.pages]
         )
@@ -149,3 +155,53 @@ class SessionOps:
             f"reads ({key}: stored {stored.get(key)!r}, now {current.get(key)!r}); its tensors cannot be "
             "read as they are: resume it with the hybrid-agent version that wrote it, or start a new session"
         )
+
+    def _use_policy(self, policy: Policy | None, what: str) -> None:
+        """Run the engine with this attention policy (window, sinks); None keeps the current one.
+
+        A session's numbers depend on its window: resumed under another one (say, the window of the
+        engine the TUI happened to load) it would go on with different attention, silently. So the
+        engine is rebuilt to the session's policy, or, if it cannot be, the resume is refused.
+        """
+        current = (self.engine.window, self.engine.sinks)
+        if policy is None or policy == current:
+            return
+        rebuild = getattr(self.engine, "set_attention_policy", None)  # optional in the Engine protocol
+        if rebuild is None:
+            raise AgentError(
+                f"{what} runs with {describe_policy(policy)} but this engine runs with "
+                f"{describe_policy(current)} and cannot change it; reopen with "
+                f"{policy_options(policy)} to continue it exactly"
+            )
+        rebuild(*policy)
+        got = (self.engine.window, self.engine.sinks)
+        if got != policy:
+            rebuild(*current)  # the engine's state is empty now: the caller's session is reloaded
+            if self.turn:
+                self._restore(self.session_id, self.turn)
+            raise AgentError(
+                f"{what} runs with {describe_policy(policy)}, which this model cannot reproduce (it gives "
+                f"{describe_policy(got)}); open it with the model and options it was made with"
+            )
+
+
+Policy = tuple[int | None, int]  # (attention window or None for full attention, sink tokens)
+
+
+def session_policy(info: SessionInfo) -> Policy | None:
+    """The policy a session was made with (its meta), or None for sessions that did not record one."""
+    meta = info.meta or {}
+    if "window" not in meta:
+        return None
+    window = meta["window"]
+    return (None if window is None else int(window)), int(meta.get("sinks") or 0)
+
+
+def describe_policy(policy: Policy) -> str:
+    window, sinks = policy
+    return "full attention" if window is None else f"an attention window of {window} tokens ({sinks} sinks)"
+
+
+def policy_options(policy: Policy) -> str:
+    window, sinks = policy
+    return "no --window" if window is None else f"--window {window} --sinks {sinks}"

@@ -62,6 +62,11 @@ class ScriptedEngine:
         self.tokens = []
         self._queue = []
 
+    def set_attention_policy(self, window: int | None, sinks: int) -> None:
+        # No attention here: the policy is only what the agent records and reports.
+        self.window, self.sinks = window, (sinks if window is not None else 0)
+        self.reset()
+
     def prefill(self, ids: Sequence[int]) -> None:
         if len(ids) > 1:  # a segment (generated tokens come one by one): a reply ends here
             self._queue = []
