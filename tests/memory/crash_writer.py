@@ -7,7 +7,7 @@
         tensor op, makes a fresh writer cost milliseconds instead of a new interpreter's second.
     python crash_writer.py write URL SESSION_ID N_TURNS
         Save N_TURNS turns and exit. SESSION_ID "new": create a session first, print "session ID".
-        Then print "ready" and wait for a line on stdin before the first save.
+        Then print "ready", wait for a line on stdin, print "started CLOCK" and save.
 
 Every writer prints "committed T CLOCK" on stdout right after `save_turn` for turn T returned (CLOCK:
 time.monotonic(), system-wide on Linux): the test knows which turns were promised durable before it
@@ -67,6 +67,7 @@ def write(url: str, sid: str, n_turns: int | None, *, wait_for_go: bool = False)
     if wait_for_go:  # a start line shared with other writers, so that they really write at once
         os.write(1, b"ready\n")
         sys.stdin.readline()
+        os.write(1, f"started {time.monotonic()}\n".encode())
     first = (store.get_session(sid).latest_turn or 0) + 1
     turn = first
     while n_turns is None or turn < first + n_turns:
