@@ -114,7 +114,7 @@ def func_args_task(rng: random.Random, ws: Workspace) -> Task:
         check = _has_all(fn.args)
     else:
         answer = f"{fn.name} takes no arguments."
-        check = _said_missing
+        check = lambda _r, a: _said_missing(a)
     return Task("read_args", prompt, [("read_file", {"path": fn.path})], answer, check, [f"def {fn.name}("])
 
 
@@ -135,9 +135,11 @@ def line_count_task(rng: random.Random, ws: Workspace) -> Task:
 
 
 def create_task(rng: random.Random, ws: Workspace) -> Task:
-    folder = rng.choice([*ws.folders, "."])
-    name = f"{rng.choice(['todo', 'notes', 'ideas', 'plan', 'draft', 'summary'])}_{rng.choice(WORDS)}.md"
-    rel = name if folder == "." else f"{folder}/{name}"
+    rel = ""
+    while not rel or rel in ws.files:  # a new file: "created", never "overwrote"
+        folder = rng.choice([*ws.folders, "."])
+        name = f"{rng.choice(['todo', 'notes', 'ideas', 'plan', 'draft', 'summary'])}_{rng.choice(WORDS)}.md"
+        rel = name if folder == "." else f"{folder}/{name}"
     line = rng.choice(NOTE_LINES)
     text = line + "\n"
     prompt = rng.choice(

@@ -63,6 +63,28 @@ class Corpus:
             json.loads((d / "manifest.json").read_text()),
         )
 
+    @classmethod
+    def concat(cls, parts: list[Corpus]) -> Corpus:
+        """Several corpora made with one tokenizer (and so one system segment) as one."""
+        first = parts[0]
+        for c in parts[1:]:
+            same_vocab = c.tokenizer._hf.get_vocab() == first.tokenizer._hf.get_vocab()
+            if not same_vocab or not np.array_equal(c.prefix, first.prefix):
+                raise ValueError("corpora made with different tokenizers cannot be mixed; pass --tokenizer")
+        offsets = np.cumsum([0] + [len(c.tokens) for c in parts[:-1]])
+        starts = np.concatenate(
+            [parts[0].starts[:1]] + [c.starts[1:] + o for c, o in zip(parts, offsets, strict=True)]
+        )
+        manifest = {**first.manifest, "parts": [c.manifest for c in parts]}
+        return cls(
+            np.concatenate([c.tokens for c in parts]),
+            starts,
+            np.concatenate([c.with_prefix for c in parts]),
+            first.prefix,
+            first.tokenizer,
+            manifest,
+        )
+
     def __len__(self) -> int:
         return len(self.with_prefix)
 

@@ -3,6 +3,7 @@
     python -m model.training.train --data .data/agent --out out/default --arch hybrid --minutes 6
 
 Design choices:
+- `--data` may name several corpora made with one tokenizer; `--init` continues from saved weights.
 - AdamW (no weight decay on norms, biases and SSM scalars), linear warmup then cosine decay to
   `min_lr_frac` of the peak; bf16 autocast on CUDA, fp32 elsewhere; gradient clipping at 1.0.
 - A wall-clock budget (`--minutes`) as well as `--max-steps`: after `--calibrate` steps the step time
@@ -110,14 +111,20 @@ def train(a: argparse.Namespace) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = True
     torch.manual_seed(a.seed)
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    corpus = Corpus.load(a.data)
+    corpus = Corpus.concat([Corpus.load(d) for d in a.data])
     vocab = corpus.tokenizer.vocab_size
     cfg = (
         build_config("hybrid", vocab, a.d_model, a.n_layers)
         if a.arch == "hybrid"
         else matched_config(a.arch, vocab, a.d_model, a.n_layers)
     )
-    model = HybridLM(cfg).to(device).train()
+    model = HybridLM(cfg)
+    if a.init is not None:  # continue from saved weights (same config), with a fresh schedule
+        init = HybridLM.from_pretrained(a.init)
+        if init.config.layer_types != cfg.layer_types or init.config.d_model != cfg.d_model:
+            raise ValueError(f"--init {a.init} has another shape than --arch/--d-model/--n-layers")
+        model.load_state_dict({k: v.float() for k, v in init.state_dict().items()})
+    model = model.to(device).train()
     rng = np.random.default_rng(a.seed)
     perm = rng.permutation(len(corpus))
     n_val = max(1, int(len(corpus) * a.val_fraction))
@@ -133,7 +140,7 @@ def train(a: argparse.Namespace) -> dict:
         "config": json.loads(cfg.to_json()),
         "params": model.num_parameters(),
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
+        "args": json.loads(json.dumps(vars(a), default=str)),
         "corpus": corpus.manifest,
         "steps": [],
     }
@@ -185,7 +192,12 @@ def train(a: argparse.Namespace) -> dict:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Train a small native model on agent episodes.")
-    p.add_argument("--data", type=Path, required=True, help="folder written by scripts/make_agent_data.py")
+    p.add_argument(
+        "--data", type=Path, nargs="+", required=True, help="folders of scripts/make_agent_data.py"
+    )
+    p.add_argument(
+        "--init", type=Path, default=None, help="start from these weights (save_pretrained folder)"
+    )
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--arch", choices=ARCHS, default="hybrid")
     p.add_argument("--d-model", type=int, default=384)

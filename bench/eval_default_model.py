@@ -1,0 +1,247 @@
+"""Evaluate a native agent model (the packaged default unless --model) through the real agent.
+
+    python bench/eval_default_model.py [--model DIR] [--per-kind 10] [--recall-n 10] [--workers 2]
+        [--speed] [--out bench/results/eval_default_model.json]
+
+What is measured (held-out seeds, never used for training data: training uses 0..N, this 10**6 + i):
+- tool-call validity: of all tool calls the model wrote, the share that parsed as JSON, named a real
+  tool and whose arguments passed the tool's own pydantic validation;
+- task success per task kind (scripts/agent_tasks.py): judged by the task's check on the workspace
+  (the files after the turn) and on facts in the answer (a value, a path), not by string match
+  against the training answer;
+- memory recall at 5, 20 and 50 turns of distance: a fact stated in turn 1, `d - 1` filler turns
+  (chit-chat and other facts), then the question; once straight through, once with the session saved,
+  the agent closed and a fresh agent (model reloaded from disk) resumed from the database before the
+  question. Same episodes, greedy decoding, so the two columns should agree;
+- with --speed: decode tokens/s and first-token latency of a turn on this machine's CPU.
+
+Every agent here is `agent.Agent` over a real `memory.Store` (SQLite file) and the built-in tools.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from multiprocessing import Pool
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT))
+
+from agent_tasks import CHITCHAT, TASKS, make_facts, make_task  # noqa: E402
+from agent_workspaces import make_workspace  # noqa: E402
+
+EVAL_SEED = 10**6
+DISTANCES = (5, 20, 50)
+_ENGINE: Any = None
+_MODEL_DIR: str | None = None
+
+
+def _engine(model_dir: str | None) -> Any:
+    """One engine per process, reset for each new session (Agent.new_session resets it)."""
+    global _ENGINE, _MODEL_DIR
+    if _ENGINE is None or model_dir != _MODEL_DIR:
+        import torch
+
+        from agent.factory import load_engine
+
+        torch.set_num_threads(1)
+        _ENGINE, _MODEL_DIR = load_engine(model_dir, device="cpu"), model_dir
+    return _ENGINE
+
+
+def run_turn(agent: Any, text: str) -> tuple[str, list[tuple[str, dict, bool]]]:
+    """(answer text, [(tool, arguments, valid)]) of one turn."""
+    from agent.events import TextDelta, ToolCallRequested, ToolResultEvent
+
+    answer, calls, pending = [], [], {}
+    for ev in agent.send_sync(text):
+        if isinstance(ev, TextDelta):
+            answer.append(ev.text)
+        elif isinstance(ev, ToolCallRequested):
+            pending[ev.call_id] = ev
+        elif isinstance(ev, ToolResultEvent):
+            req = pending.pop(ev.call_id)
+            malformed = ev.is_error and ev.text.startswith("error: ") and "Write a tool call as" in ev.text
+            valid = not malformed and req.tool in agent.registry
+            if valid:
+                try:
+                    agent.registry.get(req.tool).parse_arguments(req.arguments)
+                except Exception:
+                    valid = False
+            calls.append((req.tool, req.arguments, valid))
+    return "".join(answer), calls
+
+
+def _new_agent(model_dir: str | None, db: Path, workspace: Path, session_id: str | None = None) -> Any:
+    from agent import Agent
+    from memory import Store
+
+    return Agent(
+        _engine(model_dir), Store(str(db)), workspace=workspace, session_id=session_id, mode="auto",
+        max_new_tokens=256, max_tool_rounds=4,
+    )  # fmt: skip
+
+
+def eval_task(job: tuple[str | None, str, int]) -> dict[str, Any]:
+    model_dir, kind, i = job
+    rng = random.Random(f"eval:{EVAL_SEED + i}:{kind}")
+    with tempfile.TemporaryDirectory(prefix="eval-task-") as tmp:
+        ws = make_workspace(rng, Path(tmp) / "ws")
+        task = make_task(rng, ws, [kind])
+        agent = _new_agent(model_dir, Path(tmp) / "s.db", ws.root)
+        try:
+            answer, calls = run_turn(agent, task.prompt)
+        finally:
+            agent.close()
+        ok = task.check(ws.root, answer)
+    return {"kind": task.kind, "prompt": task.prompt, "answer": answer, "ok": ok, "calls": calls}
+
+
+def eval_recall(job: tuple[str | None, int, int]) -> dict[str, Any]:
+    """One episode at distance `d`, answered straight through and after a save/close/resume."""
+    model_dir, d, i = job
+    rng = random.Random(f"recall:{EVAL_SEED + i}:{d}")
+    facts = make_facts(rng, 3)
+    target = facts[0]
+    script = [target.statement(rng)[0]]
+    distractor_at = set(rng.sample(range(d - 1), min(2, d - 1)))
+    others = iter(facts[1:])
+    for j in range(d - 1):
+        script.append(next(others).statement(rng)[0] if j in distractor_at else rng.choice(CHITCHAT)[0])
+    question = target.question(rng)[0]
+    out: dict[str, Any] = {"distance": d, "value": target.value, "question": question}
+    for resume in (False, True):
+        with tempfile.TemporaryDirectory(prefix="eval-recall-") as tmp:
+            ws = Path(tmp) / "ws"
+            ws.mkdir()
+            db = Path(tmp) / "s.db"
+            agent = _new_agent(model_dir, db, ws)
+            for text in script:
+                run_turn(agent, text)
+            if resume:
+                sid = agent.session_id
+                agent.close()  # the process is gone as far as the session is concerned
+                global _ENGINE
+                _ENGINE = None  # reload the model from disk: nothing survives but the database
+                agent = _new_agent(model_dir, db, ws, session_id=sid)
+            answer, _ = run_turn(agent, question)
+            agent.close()
+        out["resumed" if resume else "straight"] = {"answer": answer, "ok": target.value in answer}
+    return out
+
+
+def measure_speed(model_dir: str | None, n_decode: int = 128) -> dict[str, Any]:
+    """First-token latency of a turn (prefill the user segment + one decode step, after a warm-up
+    turn) and steady decode tokens/s, on this CPU with all its threads."""
+    import torch
+
+    from agent.factory import load_engine
+    from model.chat import DEFAULT_SYSTEM_PROMPT, ChatMessage
+    from tools import ToolRegistry
+
+    eng = load_engine(model_dir, device="cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        tools = [s["function"] for s in ToolRegistry(tmp, load_plugins=False).schemas()]
+    chat = eng.chat
+    first = chat.segment([], [ChatMessage("user", "Hello.")], system=DEFAULT_SYSTEM_PROMPT, tools=tools)
+    t0 = time.perf_counter()
+    eng.prefill(eng.encode(first))
+    system_prefill_s = time.perf_counter() - t0
+    eng.prefill([eng.next_token()])
+    history = [ChatMessage("user", "Hello."), ChatMessage("assistant", "Hi.", raw="Hi.<|end|>")]
+    latencies = []
+    for text in ("What is in the src folder?", "Where is load_config defined?", "Thanks!"):
+        seg = chat.segment(history, [ChatMessage("user", text)])
+        t0 = time.perf_counter()
+        eng.prefill(eng.encode(seg))
+        tok = eng.next_token()
+        latencies.append(time.perf_counter() - t0)
+        eng.prefill([tok])
+    t0 = time.perf_counter()
+    for _ in range(n_decode):
+        eng.prefill([eng.next_token()])
+    decode_s = time.perf_counter() - t0
+    return {
+        "threads": torch.get_num_threads(),
+        "system_segment_prefill_s": round(system_prefill_s, 3),
+        "first_token_latency_ms": [round(x * 1000, 1) for x in latencies],
+        "decode_tok_s": round(n_decode / decode_s, 1),
+        "decode_tokens": n_decode,
+    }
+
+
+def summarize(tasks: list[dict], recalls: list[dict]) -> dict[str, Any]:
+    calls = [c for t in tasks for c in t["calls"]]
+    per_kind = {}
+    for kind in TASKS:
+        rows = [t for t in tasks if t["kind"] == kind]
+        if rows:
+            per_kind[kind] = round(sum(t["ok"] for t in rows) / len(rows), 3)
+    recall = {}
+    for d in sorted({r["distance"] for r in recalls}):
+        rows = [r for r in recalls if r["distance"] == d]
+        recall[str(d)] = {
+            "n": len(rows),
+            "straight": round(sum(r["straight"]["ok"] for r in rows) / len(rows), 3),
+            "resumed": round(sum(r["resumed"]["ok"] for r in rows) / len(rows), 3),
+            "same_answer": round(
+                sum(r["straight"]["answer"] == r["resumed"]["answer"] for r in rows) / len(rows), 3
+            ),
+        }
+    return {
+        "tool_calls": len(calls),
+        "tool_call_validity": round(sum(c[2] for c in calls) / max(1, len(calls)), 3),
+        "task_success": round(sum(t["ok"] for t in tasks) / max(1, len(tasks)), 3),
+        "task_success_per_kind": per_kind,
+        "recall": recall,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=None, help="model folder (default: the packaged model/default)")
+    p.add_argument("--per-kind", type=int, default=10)
+    p.add_argument("--recall-n", type=int, default=10)
+    p.add_argument("--distances", default=",".join(map(str, DISTANCES)))
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--speed", action="store_true")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "eval_default_model.json")
+    a = p.parse_args(argv)
+    t0 = time.perf_counter()
+    task_jobs = [(a.model, kind, i) for kind in TASKS for i in range(a.per_kind)]
+    distances = [int(x) for x in a.distances.split(",") if x]
+    recall_jobs = [(a.model, d, i) for d in distances for i in range(a.recall_n)]
+    with Pool(a.workers) as pool:
+        tasks = pool.map(eval_task, task_jobs, chunksize=1)
+        recalls = pool.map(eval_recall, recall_jobs, chunksize=1)
+    import torch
+
+    result: dict[str, Any] = {
+        "benchmark": "eval_default_model",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "model": a.model or "model/default (packaged)",
+        "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__},
+        "settings": {"per_kind": a.per_kind, "recall_n": a.recall_n, "greedy": True, "seeds_from": EVAL_SEED},
+        "summary": summarize(tasks, recalls),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    if a.speed:
+        result["speed"] = measure_speed(a.model)
+    result["tasks"], result["recalls"] = tasks, recalls
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({k: result[k] for k in ("summary", "speed", "seconds") if k in result}, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
