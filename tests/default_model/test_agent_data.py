@@ -54,6 +54,7 @@ def test_tool_results_are_real(tmp_path: Path, index: int) -> None:
     with ToolRegistry(workspace=replay_root, load_plugins=False) as registry:
         for (name, args), expected in zip(calls, results, strict=True):
             assert registry.call(name, args).text == expected
+
     # and the files end the same (edits replayed = edits made)
     def tree(root: Path) -> dict[str, bytes]:
         return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
@@ -77,7 +78,9 @@ def test_corpus_files_tokenizer_and_loss_mask(tmp_path: Path) -> None:
     # The native special tokens are ids 0..10 in their fixed order, and the format's markup is one token.
     assert [tok.token_id(t) for t in NATIVE_SPECIAL_TOKENS] == list(range(len(NATIVE_SPECIAL_TOKENS)))
     assert tok.encode("<|tool_call|>", special=True) == [tok.token_id("<|tool_call|>")]
-    assert tok.decode(tok.encode("def load_user(path):\n    return 1")) == "def load_user(path):\n    return 1"
+    assert (
+        tok.decode(tok.encode("def load_user(path):\n    return 1")) == "def load_user(path):\n    return 1"
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     starts, with_prefix, prefix = (np.load(out / f) for f in ("docs.npy", "with_prefix.npy", "prefix.npy"))
     tokens = np.fromfile(out / "tokens.bin", dtype=np.uint16)
