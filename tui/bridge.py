@@ -21,6 +21,7 @@ from agent.events import AgentEvent, ApprovalDecision, ErrorEvent, ToolCallReque
 
 T = TypeVar("T")
 _DONE = object()
+FRAME_S = 1 / 60  # the UI takes the agent's events at most once per frame
 
 
 class AgentBridgeError(RuntimeError):
@@ -98,6 +99,10 @@ class AgentBridge:
             self._pump = asyncio.run_coroutine_threadsafe(pump(), self._loop)
             while True:
                 batch = [await queue.get()]
+                if batch[0] is not _DONE:
+                    # At most one batch per frame: whatever arrives within the frame joins this one,
+                    # so the UI's work is bounded by the frame rate, not by the model's speed.
+                    await asyncio.sleep(FRAME_S)
                 while not queue.empty():
                     batch.append(queue.get_nowait())
                 done = batch[-1] is _DONE

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from tui_testkit import Rig, ready, send, settle, tool_call, until
 
 from tui.app import HybridAgentApp
+from tui.bridge import FRAME_S
 from tui.screens.approval import ApprovalScreen
 from tui.turns import WAITING_TITLE
 from tui.widgets.loading import LoadingPanel
@@ -288,13 +290,16 @@ async def test_fast_stream_is_batched_and_exact(tmp_path: Path) -> None:
     AssistantMessage.append_text = counting  # type: ignore[method-assign]
     try:
         async with app.run_test() as pilot:
+            started = time.monotonic()
             await send(pilot, "go")
             await settle(pilot)
+            elapsed = time.monotonic() - started
     finally:
         AssistantMessage.append_text = original  # type: ignore[method-assign]
     assert app.last_answer == reply
-    # Deltas that arrive together become one Markdown append: far fewer appends than tokens.
-    assert appends < len(reply) / 4, appends
+    # Deltas that arrive within one frame become one Markdown append: the UI's work is bounded by the
+    # frame rate whatever the model's speed (a per-token append would give 1,000 here).
+    assert appends <= elapsed / FRAME_S + 2, (appends, elapsed)
 
 
 async def test_approval_prompt_shows_command_and_source(tmp_path: Path) -> None:
