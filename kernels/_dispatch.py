@@ -3,7 +3,9 @@
 Triton on CUDA tensors, the pure-torch reference everywhere else. `HYBRID_AGENT_KERNELS` overrides it,
 read on every call so tests can flip it with `monkeypatch.setenv`:
 
-- `auto` (default): Triton when the tensor is on CUDA and Triton imports, else the reference.
+- `auto` (default): Triton when the tensor is on CUDA and Triton imports; on the CPU the ops that
+  have one run a faster torch implementation of the reference's arithmetic (`*_cpu`, tested equal to
+  the `*_ref`), the others the reference.
 - `ref`: always the reference (useful to bisect a numerical difference on the GPU).
 - `triton`: always Triton; on the CPU that only works under `TRITON_INTERPRET=1` (how the default test
   run checks every kernel against its reference without a GPU).
@@ -50,3 +52,8 @@ def use_triton(x: torch.Tensor) -> bool:
     if mode != "auto":
         raise KernelInputError(f"{ENV_VAR} must be one of auto, ref, triton (got {mode!r})")
     return x.is_cuda and triton_available()
+
+
+def use_fast_cpu(x: torch.Tensor) -> bool:
+    """True when an op with a `*_cpu` implementation should run it (mode `auto`, tensor on the CPU)."""
+    return x.device.type == "cpu" and os.environ.get(ENV_VAR, "auto") == "auto"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels._dispatch import use_triton
+from kernels._dispatch import use_fast_cpu, use_triton
 from kernels.errors import KernelInputError
 
 
@@ -67,6 +67,40 @@ def ssm_step_ref(
     return y.to(x.dtype)
 
 
+def ssm_step_cpu(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    *,
+    D: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`ssm_step_ref`'s arithmetic (same fp32 products and sums) with fewer passes over the state:
+    the decay and the update are applied in place, and heads read their group's B by broadcasting
+    instead of `repeat_interleave`. On a 2-core CPU the state update was ~7% of a decode step."""
+    check_ssm_step_inputs(state, x, dt, A, B, C, D)
+    b, h, p = x.shape
+    g, n = B.shape[1], B.shape[2]
+    r = h // g
+    xf, dtf, Bf, Cf = _f32(x), _f32(dt), _f32(B), _f32(C)
+    decay = torch.exp(dtf * _f32(A))  # (b, h)
+    s = state.view(b, g, r, p, n)
+    s.mul_(decay.view(b, g, r, 1, 1))
+    s.add_((dtf[..., None] * xf).view(b, g, r, p, 1) * Bf.view(b, g, 1, 1, n))
+    Ch = Cf if r == 1 else Cf.repeat_interleave(r, dim=1)  # (b, h, n)
+    y = torch.einsum("bhpn,bhn->bhp", state, Ch)  # (b, h, p)
+    if D is not None:
+        y = y + _f32(D)[None, :, None] * xf
+    return y if y.dtype == x.dtype else y.to(x.dtype)
+
+
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    # A dtype check instead of `.to(float32)`: the no-op call still costs a dispatch per token.
+    return t if t.dtype == torch.float32 else t.float()
+
+
 def ssm_step(
     state: torch.Tensor,
     x: torch.Tensor,
@@ -82,4 +116,6 @@ def ssm_step(
         from kernels.triton_ssm_step import ssm_step_triton
 
         return ssm_step_triton(state, x, dt, A, B, C, D=D)
+    if use_fast_cpu(state) and state.is_contiguous():
+        return ssm_step_cpu(state, x, dt, A, B, C, D=D)
     return ssm_step_ref(state, x, dt, A, B, C, D=D)

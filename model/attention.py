@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.config import HybridConfig
-from model.layers import RMSNorm, apply_rope, rope_inv_freq
+from model.layers import RMSNorm, rope_cos_sin, rope_inv_freq, rotate
 from model.state import LayerState, ModelState
 
 
@@ -69,7 +69,8 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         pos = torch.arange(state.n_tokens, state.n_tokens + T, device=x.device)  # (T,)
         if self.inv_freq is not None:
-            q, k = apply_rope(q, pos, self.inv_freq), apply_rope(k, pos, self.inv_freq)
+            cos, sin = rope_cos_sin(pos, self.inv_freq)  # once for q and k
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
 
         new = {"k": k.transpose(1, 2), "v": v.transpose(1, 2)}  # (B, Hkv, T, Dh) each
         state.append_cache(layer, new, pos)

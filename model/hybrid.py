@@ -101,7 +101,10 @@ class HybridLM(nn.Module):
             raise TokenRangeError(f"input_ids must be an integer tensor of shape (batch, tokens); got {got}")
         if input_ids.shape[1] == 0:
             raise TokenRangeError("input_ids has no tokens; pass at least one token per call")
-        lo, hi = (int(v) for v in torch.stack(torch.aminmax(input_ids)).tolist())  # one device sync
+        if input_ids.numel() == 1:  # decode: one read instead of aminmax + stack
+            lo = hi = int(input_ids.item())
+        else:
+            lo, hi = (int(v) for v in torch.stack(torch.aminmax(input_ids)).tolist())  # one device sync
         if lo < 0 or hi >= self.config.vocab_size:
             raise TokenRangeError(
                 f"token ids must be in [0, {self.config.vocab_size}) for this model; got ids in "

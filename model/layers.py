@@ -68,15 +68,26 @@ def rope_inv_freq(head_dim: int, theta: float) -> Tensor:
     return 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (Dh/2,)
 
 
-def apply_rope(x: Tensor, positions: Tensor, inv_freq: Tensor) -> Tensor:
-    """Rotate `x` (B, T, H, Dh) by its absolute `positions` (T,); transformers' rotate-half layout.
-
-    Partial RoPE: with R = 2 * len(inv_freq) < Dh only the first R channels of each head are rotated."""
+def rope_cos_sin(positions: Tensor, inv_freq: Tensor) -> tuple[Tensor, Tensor]:
+    """cos and sin (1, T, 1, R) of the rotation angles at `positions` (T,), for `rotate`."""
     freqs = positions.to(inv_freq.dtype)[:, None] * inv_freq[None, :]  # (T, R/2)
     emb = torch.cat((freqs, freqs), dim=-1)  # (T, R)
-    cos, sin = emb.cos()[None, :, None, :], emb.sin()[None, :, None, :]  # (1, T, 1, R)
+    return emb.cos()[None, :, None, :], emb.sin()[None, :, None, :]  # (1, T, 1, R) each
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Apply the rotation `rope_cos_sin` gave to `x` (B, T, H, Dh); see `apply_rope`."""
+    R = cos.shape[-1]
     xf = x.float()
-    xr, rest = xf[..., : emb.shape[-1]], xf[..., emb.shape[-1] :]  # (B, T, H, R), (B, T, H, Dh - R)
+    xr, rest = xf[..., :R], xf[..., R:]  # (B, T, H, R), (B, T, H, Dh - R)
     x1, x2 = xr.chunk(2, dim=-1)  # (B, T, H, R/2) each
     rotated = torch.cat((-x2, x1), dim=-1)  # (B, T, H, R)
     return torch.cat((xr * cos + rotated * sin, rest), dim=-1).to(x.dtype)  # (B, T, H, Dh)
+
+
+def apply_rope(x: Tensor, positions: Tensor, inv_freq: Tensor) -> Tensor:
+    """Rotate `x` (B, T, H, Dh) by its absolute `positions` (T,); transformers' rotate-half layout.
+
+    Partial RoPE: with R = 2 * len(inv_freq) < Dh only the first R channels of each head are rotated.
+    Callers rotating q and k at the same positions compute `rope_cos_sin` once and call `rotate`."""
+    return rotate(x, *rope_cos_sin(positions, inv_freq))

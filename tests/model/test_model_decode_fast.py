@@ -1,0 +1,107 @@
+"""The CPU fast paths of decode (kernels' `*_cpu`, dispatched in mode `auto`) against the reference
+kernels (`HYBRID_AGENT_KERNELS=ref`): same logits, same state, token by token."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from kernels.causal_conv1d import causal_conv1d_step_cpu, causal_conv1d_step_ref
+from kernels.rms_norm import gated_rms_norm_cpu, gated_rms_norm_ref, rms_norm_cpu, rms_norm_ref
+from kernels.ssm_step import ssm_step_cpu, ssm_step_ref
+from model import HybridLM
+from model.layers import apply_rope, rope_cos_sin, rotate
+
+DEFAULT_DIR = Path(__file__).resolve().parents[2] / "model" / "default"
+
+
+@pytest.mark.parametrize(("h", "g"), [(4, 1), (4, 2), (6, 6)])
+@pytest.mark.parametrize("with_d", [True, False])
+def test_ssm_step_cpu_equals_ref(h: int, g: int, with_d: bool) -> None:
+    torch.manual_seed(h * 10 + g)
+    b, p, n = 2, 8, 16
+    state = torch.randn(b, h, p, n)
+    x, dt = torch.randn(b, h, p), torch.rand(b, h) * 0.5 + 0.01
+    A, B, C = -torch.rand(h) * 4, torch.randn(b, g, n), torch.randn(b, g, n)
+    D = torch.randn(h) if with_d else None
+    s_ref, s_fast = state.clone(), state.clone()
+    for _ in range(3):  # the state carries over
+        y_ref = ssm_step_ref(s_ref, x, dt, A, B, C, D=D)
+        y_fast = ssm_step_cpu(s_fast, x, dt, A, B, C, D=D)
+        torch.testing.assert_close(y_fast, y_ref, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(s_fast, s_ref, rtol=1e-6, atol=1e-6)
+
+
+def test_rms_norms_cpu_equal_ref() -> None:
+    torch.manual_seed(1)
+    x, z, w = torch.randn(2, 3, 24) * 3, torch.randn(2, 3, 24), torch.randn(24)
+    torch.testing.assert_close(rms_norm_cpu(x, w, 1e-5), rms_norm_ref(x, w, 1e-5), rtol=1e-6, atol=1e-6)
+    for gate in (z, None):
+        for before in (True, False):
+            for gs in (None, 24, 8):  # 8: several groups (falls back to the reference)
+                got = gated_rms_norm_cpu(x, gate, w, 1e-5, group_size=gs, norm_before_gate=before)
+                want = gated_rms_norm_ref(x, gate, w, 1e-5, group_size=gs, norm_before_gate=before)
+                torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("activation", ["silu", None])
+def test_conv_step_cpu_equals_ref(with_bias: bool, activation: str | None) -> None:
+    torch.manual_seed(2)
+    b, d, w = 2, 12, 4
+    weight, bias = torch.randn(d, w), torch.randn(d) if with_bias else None
+    s_ref = torch.randn(b, d, w - 1)
+    s_fast = s_ref.clone()
+    for _ in range(5):
+        x = torch.randn(b, d)
+        y_ref = causal_conv1d_step_ref(x, s_ref, weight, bias, activation=activation)
+        y_fast = causal_conv1d_step_cpu(x, s_fast, weight, bias, activation=activation)
+        torch.testing.assert_close(y_fast, y_ref, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(s_fast, s_ref, rtol=0, atol=0)
+
+
+def test_rotate_equals_apply_rope() -> None:
+    torch.manual_seed(0)
+    x, pos, inv = torch.randn(1, 3, 4, 16), torch.arange(5, 8), 1.0 / 100 ** (torch.arange(0, 12, 2) / 12)
+    assert torch.equal(rotate(x, *rope_cos_sin(pos, inv)), apply_rope(x, pos, inv))
+
+
+def _decode(model: HybridLM, prompt: list[int], n: int) -> tuple[list[torch.Tensor], list[int]]:
+    """Greedy: prefill `prompt`, then `n` one-token calls; the logits of every call and the tokens."""
+    state = model.new_state()
+    logits = model(torch.tensor([prompt]), state)[:, -1]  # (1, V)
+    outs, toks = [logits], []
+    for _ in range(n):
+        tok = int(logits.argmax(-1))
+        toks.append(tok)
+        logits = model(torch.tensor([[tok]]), state)[:, -1]
+        outs.append(logits)
+    return outs, toks
+
+
+def _compare(model: HybridLM, prompt: list[int], n: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HYBRID_AGENT_KERNELS", "ref")
+    ref, ref_toks = _decode(model, prompt, n)
+    monkeypatch.setenv("HYBRID_AGENT_KERNELS", "auto")
+    fast, fast_toks = _decode(model, prompt, n)
+    assert fast_toks == ref_toks
+    for a, b in zip(fast, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6 * float(b.abs().max()))
+
+
+def test_tiny_hybrid_decode_fast_equals_ref(
+    make_model: Callable[..., HybridLM], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = make_model(["mamba2", "attention", "mamba2", "gated_deltanet", "mlp"], seed=3)
+    _compare(model, list(range(1, 20)), 24, monkeypatch)
+
+
+@pytest.mark.skipif(not (DEFAULT_DIR / "model.safetensors").is_file(), reason="no model/default")
+def test_default_model_decode_fast_equals_ref(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = HybridLM.from_pretrained(DEFAULT_DIR, device="cpu")
+    assert model.dtype == torch.float32  # the tolerance below is for fp32
+    torch.manual_seed(0)
+    _compare(model, torch.randint(0, model.config.vocab_size, (16,)).tolist(), 40, monkeypatch)
