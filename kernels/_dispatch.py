@@ -54,6 +54,10 @@ def use_triton(x: torch.Tensor) -> bool:
     return x.is_cuda and triton_available()
 
 
-def use_fast_cpu(x: torch.Tensor) -> bool:
-    """True when an op with a `*_cpu` implementation should run it (mode `auto`, tensor on the CPU)."""
-    return x.device.type == "cpu" and os.environ.get(ENV_VAR, "auto") == "auto"
+def backend(x: torch.Tensor) -> str:
+    """ "triton", "cpu" (the op's `*_cpu` implementation) or "ref", for an op that has all three; reads
+    the environment once (the decode hot path calls these ops ~20 times a token)."""
+    mode = os.environ.get(ENV_VAR, "auto")
+    if mode == "auto" and x.device.type == "cpu":
+        return "cpu"
+    return "triton" if use_triton(x) else "ref"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels._dispatch import use_fast_cpu, use_triton
+from kernels._dispatch import backend, use_triton
 from kernels.errors import KernelInputError
 
 
@@ -132,10 +132,11 @@ def causal_conv1d_step(
     activation: str | None = "silu",
 ) -> torch.Tensor:
     """One token: y (b,d); `state` (b,d,w-1) is shifted in place."""
-    if use_triton(x):
+    impl = backend(x)
+    if impl == "triton":
         from kernels.triton_causal_conv1d import causal_conv1d_step_triton
 
         return causal_conv1d_step_triton(x, state, weight, bias, activation=activation)
-    if use_fast_cpu(x) and all(t is None or t.dtype == torch.float32 for t in (x, state, weight, bias)):
+    if impl == "cpu" and all(t is None or t.dtype == torch.float32 for t in (x, state, weight, bias)):
         return causal_conv1d_step_cpu(x, state, weight, bias, activation=activation)
     return causal_conv1d_step_ref(x, state, weight, bias, activation=activation)

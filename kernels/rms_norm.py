@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels._dispatch import use_fast_cpu, use_triton
+from kernels._dispatch import backend
 from kernels.errors import KernelInputError
 
 
@@ -112,11 +112,12 @@ def gated_rms_norm_cpu(
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm over the last dimension; fp32 arithmetic, x's dtype out."""
-    if use_triton(x):
+    impl = backend(x)
+    if impl == "triton":
         from kernels.triton_rms_norm import gated_rms_norm_triton
 
         return gated_rms_norm_triton(x, None, weight, eps)
-    if use_fast_cpu(x) and _fp32(x, weight):
+    if impl == "cpu" and _fp32(x, weight):
         return rms_norm_cpu(x, weight, eps)
     return rms_norm_ref(x, weight, eps)
 
@@ -131,12 +132,13 @@ def gated_rms_norm(
     norm_before_gate: bool = True,
 ) -> torch.Tensor:
     """Gated RMSNorm; see the module doc for the two orders (GDN default, Mamba-2 norm_before_gate=False)."""
-    if use_triton(x):
+    impl = backend(x)
+    if impl == "triton":
         from kernels.triton_rms_norm import gated_rms_norm_triton
 
         return gated_rms_norm_triton(
             x, z, weight, eps, group_size=group_size, norm_before_gate=norm_before_gate
         )
-    if use_fast_cpu(x) and _fp32(x, z, weight):
+    if impl == "cpu" and _fp32(x, z, weight):
         return gated_rms_norm_cpu(x, z, weight, eps, group_size=group_size, norm_before_gate=norm_before_gate)
     return gated_rms_norm_ref(x, z, weight, eps, group_size=group_size, norm_before_gate=norm_before_gate)

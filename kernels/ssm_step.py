@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels._dispatch import use_fast_cpu, use_triton
+from kernels._dispatch import backend
 from kernels.errors import KernelInputError
 
 
@@ -90,6 +90,7 @@ def ssm_step_cpu(
     s.mul_(decay.view(b, g, r, 1, 1))
     s.add_((dtf[..., None] * xf).view(b, g, r, p, 1) * Bf.view(b, g, 1, 1, n))
     Ch = Cf if r == 1 else Cf.repeat_interleave(r, dim=1)  # (b, h, n)
+    # The reference's contraction over (b, h): a grouped einsum reorders the sums (not bit-equal).
     y = torch.einsum("bhpn,bhn->bhp", state, Ch)  # (b, h, p)
     if D is not None:
         y = y + _f32(D)[None, :, None] * xf
@@ -112,10 +113,11 @@ def ssm_step(
     D: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One decode step; updates `state` in place and returns y (b,h,p)."""
-    if use_triton(state):
+    impl = backend(state)
+    if impl == "triton":
         from kernels.triton_ssm_step import ssm_step_triton
 
         return ssm_step_triton(state, x, dt, A, B, C, D=D)
-    if use_fast_cpu(state) and state.is_contiguous():
+    if impl == "cpu" and state.is_contiguous():
         return ssm_step_cpu(state, x, dt, A, B, C, D=D)
     return ssm_step_ref(state, x, dt, A, B, C, D=D)

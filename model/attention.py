@@ -85,7 +85,11 @@ class Attention(nn.Module):
         if T > 1 or state.window is not None:
             mask = visible(pos, key_pos, state.window, state.sinks).repeat(G, 1)  # (G*T, L)
         out = F.scaled_dot_product_attention(
-            q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, scale=1.0 / math.sqrt(self.head_dim)
+            q,
+            keys if keys.dtype == q.dtype else keys.to(q.dtype),  # skip the no-op casts' dispatch
+            values if values.dtype == q.dtype else values.to(q.dtype),
+            attn_mask=mask,
+            scale=1.0 / math.sqrt(self.head_dim),
         )  # (B, Hkv, G*T, Dh)
         out = out.view(B, self.n_heads, T, self.head_dim)  # (B, H, T, Dh)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))  # (B, T, D)

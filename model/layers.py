@@ -78,11 +78,12 @@ def rope_cos_sin(positions: Tensor, inv_freq: Tensor) -> tuple[Tensor, Tensor]:
 def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Apply the rotation `rope_cos_sin` gave to `x` (B, T, H, Dh); see `apply_rope`."""
     R = cos.shape[-1]
-    xf = x.float()
+    xf = x if x.dtype == torch.float32 else x.float()
     xr, rest = xf[..., :R], xf[..., R:]  # (B, T, H, R), (B, T, H, Dh - R)
     x1, x2 = xr.chunk(2, dim=-1)  # (B, T, H, R/2) each
     rotated = torch.cat((-x2, x1), dim=-1)  # (B, T, H, R)
-    return torch.cat((xr * cos + rotated * sin, rest), dim=-1).to(x.dtype)  # (B, T, H, Dh)
+    out = torch.cat((xr * cos + rotated * sin, rest), dim=-1)  # (B, T, H, Dh)
+    return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
 def apply_rope(x: Tensor, positions: Tensor, inv_freq: Tensor) -> Tensor:

@@ -88,11 +88,11 @@ class Mamba2Mixer(nn.Module):
             layer.recurrent["conv"] = final.float()
         xs, Bm, Cm = xBC.split([self.d_inner, G * N, G * N], dim=-1)  # (B,T,E) (B,T,GN) (B,T,GN)
 
-        dt = F.softplus(dt.float() + self.dt_bias.float())  # (B, T, H), > 0
+        dt = F.softplus(_f32(dt) + _f32(self.dt_bias))  # (B, T, H), > 0
         lo, hi = self.dt_limit
         if lo > 0.0 or hi is not None:
             dt = dt.clamp(min=lo, max=hi)
-        A = -torch.exp(self.A_log.float())  # (H,)
+        A = -torch.exp(_f32(self.A_log))  # (H,)
         if T == 1:
             y = ssm_step(
                 layer.recurrent["ssm"],
@@ -116,4 +116,9 @@ class Mamba2Mixer(nn.Module):
             )  # (B, T, H, P)
         y = y.reshape(Bsz, T, self.d_inner)  # (B, T, E)
         y = self.norm(y, z) if self.norm is not None else y * F.silu(z.float())  # (B, T, E)
-        return self.out_proj(y.to(x.dtype))  # (B, T, D_model)
+        return self.out_proj(y if y.dtype == x.dtype else y.to(x.dtype))  # (B, T, D_model)
+
+
+def _f32(t: Tensor) -> Tensor:
+    # A dtype check instead of `.float()`: in fp32 the no-op call still costs a dispatch per token.
+    return t if t.dtype == torch.float32 else t.float()
