@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kernels._cast import as_dtype, as_f32
 from kernels._dispatch import backend, use_triton
 from kernels.errors import KernelInputError
 
@@ -76,35 +77,12 @@ def causal_conv1d_step_ref(
     b, d = x.shape
     w = _check_weight(d, weight, bias)
     _check_state(state, b, d, w)
-    f32 = torch.float32
-    window = torch.cat([state.to(f32), x.to(f32).unsqueeze(-1)], dim=-1)  # (b, d, w)
-    y = (window * weight.to(f32)).sum(-1)  # (b, d)
+    window = torch.cat([as_f32(state), as_f32(x).unsqueeze(-1)], dim=-1)  # (b, d, w)
+    y = (window * as_f32(weight)).sum(-1)  # (b, d)
     if bias is not None:
-        y = y + bias.to(f32)
+        y = y + as_f32(bias)
     state.copy_(window[:, :, 1:])  # drop the oldest input, keep the newest w-1
-    return _act(y, activation).to(x.dtype)
-
-
-def causal_conv1d_step_cpu(
-    x: torch.Tensor,
-    state: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    *,
-    activation: str | None = "silu",
-) -> torch.Tensor:
-    """`causal_conv1d_step_ref` for fp32 tensors without its no-op casts (same products and sums)."""
-    if x.dim() != 2:
-        raise KernelInputError(f"causal_conv1d_step: x must be (b, d), got {tuple(x.shape)}")
-    b, d = x.shape
-    w = _check_weight(d, weight, bias)
-    _check_state(state, b, d, w)
-    window = torch.cat([state, x.unsqueeze(-1)], dim=-1)  # (b, d, w)
-    y = (window * weight).sum(-1)  # (b, d)
-    if bias is not None:
-        y = y + bias
-    state.copy_(window[:, :, 1:])  # drop the oldest input, keep the newest w-1
-    return _act(y, activation)
+    return as_dtype(_act(y, activation), x.dtype)
 
 
 def causal_conv1d(
@@ -137,6 +115,4 @@ def causal_conv1d_step(
         from kernels.triton_causal_conv1d import causal_conv1d_step_triton
 
         return causal_conv1d_step_triton(x, state, weight, bias, activation=activation)
-    if impl == "cpu" and all(t is None or t.dtype == torch.float32 for t in (x, state, weight, bias)):
-        return causal_conv1d_step_cpu(x, state, weight, bias, activation=activation)
     return causal_conv1d_step_ref(x, state, weight, bias, activation=activation)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kernels._cast import as_dtype, as_f32
 from kernels._dispatch import backend
 from kernels.errors import KernelInputError
 
@@ -32,6 +33,8 @@ def _normalise(xf: torch.Tensor, eps: float, group_size: int | None) -> torch.Te
     gs = d if group_size is None else group_size
     if gs <= 0 or d % gs != 0:
         raise KernelInputError(f"rms_norm: group_size={group_size} must divide the last dimension {d}")
+    if gs == d:  # one group: no views needed (same sums)
+        return xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     xg = xf.view(*xf.shape[:-1], d // gs, gs)
     xg = xg * torch.rsqrt(xg.pow(2).mean(-1, keepdim=True) + eps)
     return xg.view(xf.shape)
@@ -44,7 +47,7 @@ def _check_weight(x: torch.Tensor, weight: torch.Tensor) -> None:
 
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     _check_weight(x, weight)
-    return (_normalise(x.float(), eps, None) * weight.float()).to(x.dtype)
+    return as_dtype(_normalise(as_f32(x), eps, None) * as_f32(weight), x.dtype)
 
 
 def gated_rms_norm_ref(
@@ -61,53 +64,17 @@ def gated_rms_norm_ref(
         raise KernelInputError(
             f"gated_rms_norm: z must have x's shape {tuple(x.shape)}, got {tuple(z.shape)}"
         )
-    xf = x.float()
-    gate = None if z is None else F.silu(z.float())
+    xf = as_f32(x)
+    gate = None if z is None else F.silu(as_f32(z))
     if norm_before_gate:
-        y = _normalise(xf, eps, group_size) * weight.float()
+        y = _normalise(xf, eps, group_size) * as_f32(weight)
         if gate is not None:
             y = y * gate
     else:
         if gate is not None:
             xf = xf * gate
-        y = _normalise(xf, eps, group_size) * weight.float()
-    return y.to(x.dtype)
-
-
-def _fp32(*ts: torch.Tensor | None) -> bool:
-    return all(t is None or t.dtype == torch.float32 for t in ts)
-
-
-# The `*_cpu` versions: for fp32 tensors the reference's `.float()` / `.to()` / `.view()` calls are
-# no-ops that still cost a dispatch each (a decode step of the default model calls the norms 17 times);
-# these run the same products and sums in the same order without them (tested equal to the ref).
-def rms_norm_cpu(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    _check_weight(x, weight)
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
-
-
-def gated_rms_norm_cpu(
-    x: torch.Tensor,
-    z: torch.Tensor | None,
-    weight: torch.Tensor,
-    eps: float,
-    *,
-    group_size: int | None = None,
-    norm_before_gate: bool = True,
-) -> torch.Tensor:
-    _check_weight(x, weight)
-    if z is not None and z.shape != x.shape:
-        raise KernelInputError(
-            f"gated_rms_norm: z must have x's shape {tuple(x.shape)}, got {tuple(z.shape)}"
-        )
-    d = x.shape[-1]
-    if group_size is not None and group_size != d:
-        return gated_rms_norm_ref(x, z, weight, eps, group_size=group_size, norm_before_gate=norm_before_gate)
-    if norm_before_gate or z is None:
-        y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
-        return y if z is None else y * F.silu(z)
-    xg = x * F.silu(z)
-    return xg * torch.rsqrt(xg.pow(2).mean(-1, keepdim=True) + eps) * weight
+        y = _normalise(xf, eps, group_size) * as_f32(weight)
+    return as_dtype(y, x.dtype)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -117,8 +84,6 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         from kernels.triton_rms_norm import gated_rms_norm_triton
 
         return gated_rms_norm_triton(x, None, weight, eps)
-    if impl == "cpu" and _fp32(x, weight):
-        return rms_norm_cpu(x, weight, eps)
     return rms_norm_ref(x, weight, eps)
 
 
@@ -139,6 +104,4 @@ def gated_rms_norm(
         return gated_rms_norm_triton(
             x, z, weight, eps, group_size=group_size, norm_before_gate=norm_before_gate
         )
-    if impl == "cpu" and _fp32(x, z, weight):
-        return gated_rms_norm_cpu(x, z, weight, eps, group_size=group_size, norm_before_gate=norm_before_gate)
     return gated_rms_norm_ref(x, z, weight, eps, group_size=group_size, norm_before_gate=norm_before_gate)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from kernels._cast import as_dtype, as_f32
 from kernels._dispatch import backend
 from kernels.errors import KernelInputError
 
@@ -84,8 +85,8 @@ def ssm_step_cpu(
     b, h, p = x.shape
     g, n = B.shape[1], B.shape[2]
     r = h // g
-    xf, dtf, Bf, Cf = _f32(x), _f32(dt), _f32(B), _f32(C)
-    decay = torch.exp(dtf * _f32(A))  # (b, h)
+    xf, dtf, Bf, Cf = as_f32(x), as_f32(dt), as_f32(B), as_f32(C)
+    decay = torch.exp(dtf * as_f32(A))  # (b, h)
     s = state.view(b, g, r, p, n)
     s.mul_(decay.view(b, g, r, 1, 1))
     s.add_((dtf[..., None] * xf).view(b, g, r, p, 1) * Bf.view(b, g, 1, 1, n))
@@ -93,13 +94,8 @@ def ssm_step_cpu(
     # The reference's contraction over (b, h): a grouped einsum reorders the sums (not bit-equal).
     y = torch.einsum("bhpn,bhn->bhp", state, Ch)  # (b, h, p)
     if D is not None:
-        y = y + _f32(D)[None, :, None] * xf
-    return y if y.dtype == x.dtype else y.to(x.dtype)
-
-
-def _f32(t: torch.Tensor) -> torch.Tensor:
-    # A dtype check instead of `.to(float32)`: the no-op call still costs a dispatch per token.
-    return t if t.dtype == torch.float32 else t.float()
+        y = y + as_f32(D)[None, :, None] * xf
+    return as_dtype(y, x.dtype)
 
 
 def ssm_step(
