@@ -11,7 +11,6 @@ import torch
 
 from kernels.ssm_step import ssm_step_cpu, ssm_step_ref
 from model import HybridLM
-from model.layers import apply_rope, rope_cos_sin, rotate
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "model" / "default"
 
@@ -31,12 +30,6 @@ def test_ssm_step_cpu_equals_ref(h: int, g: int, with_d: bool) -> None:
         y_fast = ssm_step_cpu(s_fast, x, dt, A, B, C, D=D)
         torch.testing.assert_close(y_fast, y_ref, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(s_fast, s_ref, rtol=1e-6, atol=1e-6)
-
-
-def test_rotate_equals_apply_rope() -> None:
-    torch.manual_seed(0)
-    x, pos, inv = torch.randn(1, 3, 4, 16), torch.arange(5, 8), 1.0 / 100 ** (torch.arange(0, 12, 2) / 12)
-    assert torch.equal(rotate(x, *rope_cos_sin(pos, inv)), apply_rope(x, pos, inv))
 
 
 def _decode(model: HybridLM, prompt: list[int], n: int) -> tuple[list[torch.Tensor], list[int]]:
