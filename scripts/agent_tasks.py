@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent_workspaces import NOTE_LINES, WORDS, Constant, Workspace, fresh_name
+from agent_workspaces import WORDS, Constant, Workspace, fresh_name, note_line
 
 Check = Callable[[Path, str], bool]
 
@@ -140,7 +140,7 @@ def create_task(rng: random.Random, ws: Workspace) -> Task:
         folder = rng.choice([*ws.folders, "."])
         name = f"{rng.choice(['todo', 'notes', 'ideas', 'plan', 'draft', 'summary'])}_{rng.choice(WORDS)}.md"
         rel = name if folder == "." else f"{folder}/{name}"
-    line = rng.choice(NOTE_LINES)
+    line = note_line(rng)
     text = line + "\n"
     prompt = rng.choice(
         [
@@ -164,7 +164,7 @@ def append_task(rng: random.Random, ws: Workspace) -> Task:
     rel = rng.choice(notes) if notes else rng.choice(sorted(ws.files))
     text = ws.files[rel]
     last = text.splitlines()[-1]
-    line = f"- {rng.choice(NOTE_LINES)} ({rng.choice(WORDS)})"
+    line = f"- {note_line(rng)} ({rng.choice(WORDS)})"
     prompt = rng.choice(
         [
             f"Add the line '{line}' at the end of {rel}.",
@@ -272,11 +272,18 @@ TASKS: dict[str, Callable[[random.Random, Workspace], Task]] = {
 }
 
 
+# How often each kind is drawn, relative to the others: the kinds that copy exact values (from a tool
+# result or from the request into a call) were the held-out eval's weak ones with equal weights.
+WEIGHTS: dict[str, float] = {"read_value": 1.5, "read_args": 2.0, "append": 2.0, "replace": 2.0, "multi_step": 2.0}
+
+
 def make_task(rng: random.Random, ws: Workspace, kinds: Sequence[str] | None = None) -> Task:
-    """A task of one of `kinds` (any kind when None) that this workspace can pose."""
+    """A task of one of `kinds` (any kind when None, drawn by WEIGHTS) that this workspace can pose."""
     allowed = [k for k in (kinds or TASKS) if ws.functions or k not in ("find", "read_args")]
     allowed = [k for k in allowed if ws.constants or k not in ("read_value", "replace", "multi_step")]
-    return TASKS[rng.choice(allowed or ["list", "read_lines"])](rng, ws)
+    allowed = allowed or ["list", "read_lines"]
+    kind = rng.choices(allowed, weights=[WEIGHTS.get(k, 1.0) for k in allowed])[0]
+    return TASKS[kind](rng, ws)
 
 
 # ---- memory: facts told early, asked later ------------------------------------------------------

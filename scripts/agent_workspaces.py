@@ -67,6 +67,30 @@ NOTE_LINES = (
     "profile the report job",
     "split the settings file",
 )
+# Templates for fresh note lines (tasks that write a line must copy it, not recall one of a few).
+NOTE_TEMPLATES = (
+    "{verb} the {noun} {noun2}s",
+    "ask {word} about the {noun} {noun2}",
+    "move the {noun} code to {folder}",
+    "{verb} {noun}s before {word} ships",
+    "bump the {noun} limit to {num}",
+    "{verb} the {word} {noun} by friday",
+    "check why {noun} {num} fails",
+    "{verb} and {verb2} the {noun} table",
+    "rename {noun}_{noun2} to {word}_{noun2}",
+    "set up {num} {word} workers",
+)
+
+
+def note_line(rng: random.Random) -> str:
+    """A to-do line: one of the fixed NOTE_LINES a quarter of the time, else a fresh combination of
+    the word pools (with a number now and then), so that copying it is the only way to get it right."""
+    if rng.random() < 0.25:
+        return rng.choice(NOTE_LINES)
+    return rng.choice(NOTE_TEMPLATES).format(
+        verb=rng.choice(VERBS), verb2=rng.choice(VERBS), noun=rng.choice(NOUNS), noun2=rng.choice(NOUNS),
+        word=rng.choice(WORDS), folder=rng.choice(FOLDERS), num=rng.randint(2, 9999),
+    )  # fmt: skip
 
 
 @dataclass
@@ -155,7 +179,7 @@ def _config_file(rng: random.Random, ws: Workspace, rel: str, used: set[str]) ->
 
 def _notes_file(rng: random.Random) -> str:
     title = f"# {rng.choice(['Todo', 'Notes', 'Ideas', 'Plan', 'Log'])}"
-    items = rng.sample(NOTE_LINES, rng.randint(2, 6))
+    items = list(dict.fromkeys(note_line(rng) for _ in range(rng.randint(2, 6))))  # unique lines
     return "\n".join([title, "", *(f"- {item}" for item in items)]) + "\n"
 
 

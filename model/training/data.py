@@ -4,6 +4,9 @@ Design choices:
 - One episode per row: each row starts from an empty state, so a row is exactly one conversation as
   the agent would see it (system segment first). Rows are grouped by length and padded to a multiple
   of 64 (the SSD chunk), so little compute goes to padding and no episode is ever cut.
+- Shared prefix (`shared_prefix=True`): chat episodes are batched without their common system
+  segment but its last token, which train.py runs once per batch (model/training/forward.py); plain
+  texts go in batches of their own, run whole. The ids, masks and loss are those of the full episodes.
 - Loss only on what the model writes at inference: the assistant's tokens, from each `<|assistant|>`
   up to and including the token that ends that stretch (`<|end|>`, `<|eos|>` or `<|/tool_call|>`).
   Plain-text documents (no system segment) are trained on whole.
@@ -12,7 +15,7 @@ Design choices:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +53,7 @@ class Corpus:
     prefix: np.ndarray  # the system segment's ids
     tokenizer: Tokenizer
     manifest: dict
+    _masks: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, directory: str | Path) -> Corpus:
@@ -95,6 +99,19 @@ class Corpus:
     def length(self, i: int) -> int:
         return int(self.starts[i + 1] - self.starts[i]) + (len(self.prefix) if self.with_prefix[i] else 0)
 
+    def row_length(self, i: int, shared_prefix: bool) -> int:
+        """Tokens of episode i's row in a batch: without the shared system segment but its last token."""
+        if shared_prefix and self.with_prefix[i]:
+            return int(self.starts[i + 1] - self.starts[i]) + 1
+        return self.length(i)
+
+    def mask(self, i: int) -> np.ndarray:
+        """`assistant_mask` of episode i (computed once: it is a Python loop over the markup)."""
+        m = self._masks.get(i)
+        if m is None:
+            m = self._masks[i] = assistant_mask(self.episode(i), self.tokenizer)
+        return m
+
 
 def make_batches(
     corpus: Corpus,
@@ -103,34 +120,49 @@ def make_batches(
     rng: np.random.Generator,
     *,
     multiple: int = 64,
+    shared_prefix: bool = False,
 ) -> list[np.ndarray]:
-    """Episode indices grouped by similar length, at most `tokens_per_batch` padded tokens a batch, in
-    random order."""
-    lengths = np.array([corpus.length(int(i)) for i in indices])
-    order = indices[np.argsort(lengths + rng.random(len(lengths)), kind="stable")]
+    """Episode indices grouped by similar length, at most `tokens_per_batch` padded tokens a batch (rows
+    as `collate` lays them out), in random order. With `shared_prefix`, episodes with and without the
+    system segment are never in one batch."""
+    groups = [indices]
+    if shared_prefix:
+        has = corpus.with_prefix[indices].astype(bool)
+        groups = [indices[has], indices[~has]]
     batches: list[np.ndarray] = []
-    cur: list[int] = []
-    for i in order:
-        width = -(-corpus.length(int(i)) // multiple) * multiple
-        if cur and width * (len(cur) + 1) > tokens_per_batch:
+    for group in groups:
+        if not len(group):
+            continue
+        lengths = np.array([corpus.row_length(int(i), shared_prefix) for i in group])
+        order = group[np.argsort(lengths + rng.random(len(lengths)), kind="stable")]
+        cur: list[int] = []
+        for i in order:
+            width = -(-corpus.row_length(int(i), shared_prefix) // multiple) * multiple
+            if cur and width * (len(cur) + 1) > tokens_per_batch:
+                batches.append(np.array(cur))
+                cur = []
+            cur.append(int(i))
+        if cur:
             batches.append(np.array(cur))
-            cur = []
-        cur.append(int(i))
-    if cur:
-        batches.append(np.array(cur))
     rng.shuffle(batches)  # type: ignore[arg-type]
     return batches
 
 
-def collate(corpus: Corpus, batch: np.ndarray, *, multiple: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, target_mask), both (B, T): ids right-padded with <|pad|>; target_mask[b, t] says whether
-    the token at t + 1 carries loss (the last column is always False)."""
-    eps = [corpus.episode(int(i)) for i in batch]
-    width = -(-max(len(e) for e in eps) // multiple) * multiple
+def collate(
+    corpus: Corpus, batch: np.ndarray, *, multiple: int = 64, shared_prefix: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(ids, target_mask, prefix): ids (B, T) right-padded with <|pad|>; target_mask[b, t] says whether
+    the token at t + 1 carries loss (the last column is always False). With `shared_prefix` and a
+    batch of chat episodes, rows start at the system segment's last token and `prefix` holds the
+    tokens before it (run once, see model/training/forward.py); else `prefix` is None."""
+    split = shared_prefix and bool(corpus.with_prefix[batch].all())
+    skip = len(corpus.prefix) - 1 if split else 0
+    rows = [(corpus.episode(int(i))[skip:], corpus.mask(int(i))[skip:]) for i in batch]
+    width = -(-max(len(e) for e, _ in rows) // multiple) * multiple
     pad = corpus.tokenizer.token_id("<|pad|>")
-    ids = np.full((len(eps), width), pad, dtype=np.int64)
-    tmask = np.zeros((len(eps), width), dtype=bool)
-    for r, e in enumerate(eps):
+    ids = np.full((len(rows), width), pad, dtype=np.int64)
+    tmask = np.zeros((len(rows), width), dtype=bool)
+    for r, (e, m) in enumerate(rows):
         ids[r, : len(e)] = e
-        tmask[r, : len(e) - 1] = assistant_mask(e, corpus.tokenizer)[1:]
-    return ids, tmask
+        tmask[r, : len(e) - 1] = m[1:]
+    return ids, tmask, (corpus.prefix[:skip].astype(np.int64) if split else None)

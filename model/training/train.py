@@ -11,6 +11,12 @@ Design choices:
   decayed learning rate.
 - `--arch hybrid | attention | mamba2` builds the layer stack; the baselines get as many layers as
   bring their parameter count closest to the hybrid's, so comparisons are at (about) equal size.
+- The shared system segment runs once per batch (`--shared-prefix`, on by default; see
+  model/training/forward.py), and the output layer runs only at the positions that carry loss: the
+  same loss and gradients as the full episodes, about a third of the compute.
+- `--sync-dir DIR --sync-n N`: N runs started together (e.g. the architecture comparison, one process
+  each on one GPU) agree on one step count after calibrating, the smallest any of them can finish in
+  `--minutes`, so they all see the same batches and end with fully decayed schedules.
 - Logged to `log.json` (written as it goes): per step the tokens seen (non-padding), the loss over
   the assistant's tokens, the learning rate; and a held-out loss at the end. Checkpoints
   (`save_pretrained` + tokenizer.json) every `--checkpoint-minutes` and at the end.
@@ -32,7 +38,7 @@ import torch.nn.functional as F
 from model.config import HybridConfig
 from model.hybrid import HybridLM
 from model.training.data import Corpus, collate, make_batches
-from model.training.forward import train_forward
+from model.training.forward import output_weight, train_hidden
 
 ARCHS = ("hybrid", "attention", "mamba2")
 
@@ -67,6 +73,20 @@ def matched_config(arch: str, vocab_size: int, d_model: int, hybrid_layers: int)
     return build_config(arch, vocab_size, d_model, best)
 
 
+def agree_on_steps(sync_dir: Path, n: int, name: str, steps: int, timeout: float = 120.0) -> int:
+    """Write this run's feasible step count to `sync_dir`, wait for the other n - 1 runs' (up to
+    `timeout` s; then go on with those present) and return the smallest."""
+    sync_dir.mkdir(parents=True, exist_ok=True)
+    (sync_dir / f"{name}.tmp").write_text(str(steps))
+    (sync_dir / f"{name}.tmp").rename(sync_dir / f"{name}.steps")  # atomic: readers never see half
+    t0 = time.perf_counter()
+    while len(found := list(sync_dir.glob("*.steps"))) < n and time.perf_counter() - t0 < timeout:
+        time.sleep(0.2)
+    agreed = min(int(f.read_text()) for f in found)
+    print(f"steps agreed with {len(found)} runs: {agreed}", flush=True)
+    return agreed
+
+
 def param_groups(model: HybridLM, weight_decay: float) -> list[dict]:
     decay, plain = [], []
     for name, p in model.named_parameters():
@@ -81,25 +101,55 @@ def lr_at(step: int, total: int, peak: float, warmup: int, min_frac: float) -> f
     return peak * (min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def batch_loss(model: HybridLM, ids: torch.Tensor, tmask: torch.Tensor, autocast: bool) -> torch.Tensor:
+def batch_loss(
+    model: HybridLM,
+    ids: torch.Tensor,
+    where: torch.Tensor,
+    autocast: bool,
+    prefix: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean cross-entropy of the tokens that carry loss. `where` (M,) holds the flat (row * T + t)
+    positions whose next token does (see `loss_positions`): logits are computed only there."""
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-        logits = train_forward(model, ids)  # (B, T, V)
-    targets = ids[:, 1:]  # (B, T-1)
-    loss = F.cross_entropy(
-        logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
-    )  # (B*(T-1),)
-    m = tmask[:, :-1].reshape(-1).float()
-    return (loss * m).sum() / m.sum().clamp(min=1)
+        hidden = train_hidden(model, ids, prefix)  # (B, T, D)
+        picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, where)  # (M, D)
+        logits = F.linear(picked, output_weight(model))  # (M, V)
+    targets = ids.reshape(-1).index_select(0, where + 1)  # (M,): the next token, same row
+    return F.cross_entropy(logits.float(), targets)
+
+
+def loss_positions(tmask: np.ndarray) -> np.ndarray:
+    """Flat positions of a collated batch's target mask. Computed on the host: a boolean index on the
+    GPU would wait for the GPU every step (to learn how many positions there are)."""
+    return np.flatnonzero(tmask).astype(np.int64)
+
+
+def to_device(batch: tuple[np.ndarray, np.ndarray, np.ndarray | None], device: torch.device) -> tuple:
+    """(ids, where, prefix) on `device`; on CUDA pinned and non-blocking, so the host collates the next
+    batch while the GPU works."""
+    ids, tmask, prefix = batch
+    arrays = (ids, loss_positions(tmask), prefix)
+    if device.type != "cuda":
+        return tuple(None if a is None else torch.from_numpy(a) for a in arrays)
+    return tuple(
+        None if a is None else torch.from_numpy(a).pin_memory().to(device, non_blocking=True) for a in arrays
+    )
 
 
 @torch.no_grad()
-def evaluate(model: HybridLM, corpus: Corpus, batches: list[np.ndarray], device: torch.device) -> float:
+def evaluate(
+    model: HybridLM,
+    corpus: Corpus,
+    batches: list[np.ndarray],
+    device: torch.device,
+    shared_prefix: bool = True,
+) -> float:
     model.eval()
     total, count = 0.0, 0.0
     for b in batches:
-        ids, tmask = (torch.from_numpy(a).to(device) for a in collate(corpus, b))
-        n = float(tmask.sum())
-        total += float(batch_loss(model, ids, tmask, device.type == "cuda")) * n
+        ids, where, prefix = to_device(collate(corpus, b, shared_prefix=shared_prefix), device)
+        n = float(len(where))
+        total += float(batch_loss(model, ids, where, device.type == "cuda", prefix)) * n
         count += n
     model.train()
     return total / max(count, 1.0)
@@ -129,7 +179,10 @@ def train(a: argparse.Namespace) -> dict:
     perm = rng.permutation(len(corpus))
     n_val = max(1, int(len(corpus) * a.val_fraction))
     val_idx, train_idx = perm[:n_val], perm[n_val:]
-    val_batches = make_batches(corpus, val_idx, a.tokens_per_batch, np.random.default_rng(0))
+    sp = a.shared_prefix
+    val_batches = make_batches(
+        corpus, val_idx, a.tokens_per_batch, np.random.default_rng(0), shared_prefix=sp
+    )
     opt = torch.optim.AdamW(
         param_groups(model, a.weight_decay), lr=a.lr, betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda"
     )
@@ -145,24 +198,32 @@ def train(a: argparse.Namespace) -> dict:
         "steps": [],
     }
     print(f"{a.arch}: {log['params'] / 1e6:.2f}M params, layers {cfg.layer_types}", flush=True)
-    total_steps, step, tokens, epoch = a.max_steps, 0, 0, 0
+    total_steps, step, tokens, computed, epoch = a.max_steps, 0, 0, 0, 0
+    pad = corpus.tokenizer.token_id("<|pad|>")
     start = last_ckpt = time.perf_counter()
     calib_t0: float | None = None
     while step < total_steps:
-        for b in make_batches(corpus, train_idx, a.tokens_per_batch, np.random.default_rng(a.seed + epoch)):
+        for b in make_batches(
+            corpus, train_idx, a.tokens_per_batch, np.random.default_rng(a.seed + epoch), shared_prefix=sp
+        ):
             if step >= total_steps:
                 break
-            ids_np, tmask_np = collate(corpus, b)
-            ids, tmask = torch.from_numpy(ids_np).to(device), torch.from_numpy(tmask_np).to(device)
+            batch = collate(corpus, b, shared_prefix=sp)
+            ids, where, prefix = to_device(batch, device)
             lr = lr_at(step, total_steps, a.lr, a.warmup, a.min_lr_frac)
             for g in opt.param_groups:
                 g["lr"] = lr
-            loss = batch_loss(model, ids, tmask, device.type == "cuda")
+            loss = batch_loss(model, ids, where, device.type == "cuda", prefix)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-            tokens += int((ids_np != corpus.tokenizer.token_id("<|pad|>")).sum())
+            # `tokens`: the episodes' tokens (the system segment counted in every row, as without
+            # --shared-prefix), so runs compare at equal data; `computed`: what actually ran.
+            real = int((batch[0] != pad).sum())
+            n_prefix = 0 if batch[2] is None else len(batch[2])
+            tokens += real + n_prefix * len(b)
+            computed += real + n_prefix
             step += 1
             if step == 3:
                 calib_t0 = time.perf_counter()  # the first steps include allocator and kernel warm-up
@@ -170,9 +231,14 @@ def train(a: argparse.Namespace) -> dict:
                 per_step = (time.perf_counter() - calib_t0) / a.calibrate
                 left = a.minutes * 60 - (time.perf_counter() - start)
                 total_steps = min(a.max_steps, step + int(left / per_step))
-                print(f"{per_step * 1000:.0f} ms/step: schedule set to {total_steps} steps", flush=True)
+                print(f"{per_step * 1000:.0f} ms/step: can finish {total_steps} steps", flush=True)
+                if a.sync_dir is not None:
+                    total_steps = agree_on_steps(a.sync_dir, a.sync_n, a.arch, total_steps)
+                log["ms_per_step_calibrated"] = round(per_step * 1000, 1)
+                print(f"schedule set to {total_steps} steps", flush=True)
             if step % a.log_every == 0 or step == total_steps:
-                entry = {"step": step, "tokens": tokens, "loss": float(loss.detach()), "lr": lr,
+                entry = {"step": step, "tokens": tokens, "computed_tokens": computed,
+                         "loss": float(loss.detach()), "lr": lr,
                          "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
                 log["steps"].append(entry)
                 print(json.dumps(entry), flush=True)
@@ -180,9 +246,14 @@ def train(a: argparse.Namespace) -> dict:
                 model.save_pretrained(out)
                 last_ckpt = time.perf_counter()
         epoch += 1
-    log["total_steps"], log["tokens"], log["epochs_started"] = step, tokens, epoch
+    log["total_steps"], log["tokens"], log["computed_tokens"], log["epochs_started"] = (
+        step,
+        tokens,
+        computed,
+        epoch,
+    )
     log["train_seconds"] = round(time.perf_counter() - start, 1)
-    log["val_loss"] = evaluate(model, corpus, val_batches, device)
+    log["val_loss"] = evaluate(model, corpus, val_batches, device, sp)
     print(f"held-out loss {log['val_loss']:.4f} after {tokens} tokens", flush=True)
     model.float().save_pretrained(out)
     corpus.tokenizer.save(out)
@@ -215,6 +286,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-minutes", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
+    p.add_argument(
+        "--shared-prefix", action=argparse.BooleanOptionalAction, default=True,
+        help="run the common system segment once per batch (same loss, less compute)",
+    )  # fmt: skip
+    p.add_argument("--sync-dir", type=Path, default=None, help="agree on the step count with other runs")
+    p.add_argument("--sync-n", type=int, default=1, help="how many runs share --sync-dir")
     return p
 
 

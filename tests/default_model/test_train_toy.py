@@ -55,3 +55,36 @@ def test_toy_training_lowers_the_loss(tmp_path: Path) -> None:
     assert log["config"]["layer_types"] == ["mamba2", "mamba2", "attention"]
     model, tokenizer, chat = load_model(out)
     assert chat.name == "native" and tokenizer.vocab_size == model.config.vocab_size
+
+
+def test_shared_prefix_gives_the_full_episodes_loss_and_gradients(tmp_path: Path) -> None:
+    """The system segment run once and broadcast (and logits only where loss is taken) vs every row
+    run whole from an empty state: same loss, same gradients."""
+    import numpy as np
+
+    from model.hybrid import HybridLM
+    from model.training.data import Corpus, collate, make_batches
+    from model.training.train import batch_loss, to_device
+
+    data = tmp_path / "data"
+    gen.main(["--out", str(data), "--episodes", "10", "--seed", "4", "--workers", "1", "--vocab-size", "400"])
+    corpus = Corpus.load(data)
+    chat = np.flatnonzero(corpus.with_prefix)[:4]
+    assert len(chat) == 4
+    torch.manual_seed(0)
+    model = HybridLM(build_config("hybrid", corpus.tokenizer.vocab_size, 32, 3)).train()
+    results, widths = [], []
+    for shared in (False, True):
+        (batch,) = make_batches(corpus, chat, 10**6, np.random.default_rng(0), shared_prefix=shared)
+        ids, where, prefix = to_device(collate(corpus, batch, shared_prefix=shared), torch.device("cpu"))
+        assert (prefix is not None) == shared
+        widths.append(ids.shape[1])  # shared: rows hold only what follows the system segment
+        model.zero_grad()
+        loss = batch_loss(model, ids, where, False, prefix)
+        loss.backward()
+        results.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (full, g_full), (shared_loss, g_shared) = results
+    assert widths[1] <= widths[0] - len(corpus.prefix) + 64
+    assert abs(full - shared_loss) < 1e-5 * abs(full)
+    for name, g in g_full.items():
+        torch.testing.assert_close(g_shared[name], g, rtol=1e-3, atol=1e-6, msg=name)
