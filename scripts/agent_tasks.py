@@ -274,7 +274,13 @@ TASKS: dict[str, Callable[[random.Random, Workspace], Task]] = {
 
 # How often each kind is drawn, relative to the others: the kinds that copy exact values (from a tool
 # result or from the request into a call) were the held-out eval's weak ones with equal weights.
-WEIGHTS: dict[str, float] = {"read_value": 1.5, "read_args": 2.0, "append": 2.0, "replace": 2.0, "multi_step": 2.0}
+WEIGHTS: dict[str, float] = {
+    "read_value": 1.5,
+    "read_args": 2.0,
+    "append": 2.0,
+    "replace": 2.0,
+    "multi_step": 2.0,
+}
 
 
 def make_task(rng: random.Random, ws: Workspace, kinds: Sequence[str] | None = None) -> Task:
