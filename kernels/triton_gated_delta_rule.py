@@ -27,7 +27,16 @@ from kernels.triton_gdr_prepare import _gdr_kkt_kernel, _gdr_solve_kernel, _gdr_
 
 CHUNK = 64
 # Launch parameters (block width over dv, warps, pipeline depth); bench/gpu_kernels.py sweeps them.
+# `fused` = 1: kkt + solve, then `_gdr_fused_kernel` (dv-block `fu_bv`; state products with fp32
+# operands if `fu_st32`, else 16-bit ones with T stored in the input dtype); 0: the five-launch split path.
+# `narrow` = 1 allows 16-bit products with an output width of 32 (crashed once under Triton 3.6, NOTES.md).
 CONFIG = {
+    "fused": 1,
+    "fu_bv": 64,
+    "fu_warps": 4,
+    "fu_stages": 2,
+    "fu_st32": 1,
+    "narrow": 0,
     "solve_warps": 1,
     "u_bv": 64,
     "prep_warps": 4,
@@ -134,6 +143,73 @@ def _gdr_output_kernel(
     )
 
 
+@triton.jit
+def _gdr_fused_kernel(
+    q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, t_ptr, s0_ptr, o_ptr, final_ptr,
+    T, H, DK, DV, NCHUNK, scale,
+    HAS_S0: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IEEE: tl.constexpr, ST32: tl.constexpr,
+):  # fmt: skip
+    """States and output in one sequential pass per (batch*head, dv-block), the state held in
+    registers (fp32): for each chunk, v_new = T diag(beta) (V - diag(exp(gam)) K S) (so W and U are
+    never formed), the output, then the state update. Nothing per chunk goes back to memory but o."""
+    pid_v = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    bi = (pid_bh // H).to(tl.int64)
+    hi = pid_bh % H
+    offs_l = tl.arange(0, 64)
+    offs_k = tl.arange(0, BK)
+    offs_v = pid_v * BV + tl.arange(0, BV)
+    mk = offs_k < DK
+    mv = offs_v < DV
+    dtype = k_ptr.dtype.element_ty
+    state_off = (bi * H + hi) * DK * DV + offs_k[:, None] * DV + offs_v[None, :]
+    if HAS_S0:
+        S = tl.load(s0_ptr + state_off, mask=mk[:, None] & mv[None, :], other=0.0).to(tl.float32)
+    else:
+        S = tl.zeros((BK, BV), dtype=tl.float32)
+    causal = offs_l[:, None] >= offs_l[None, :]
+    for c in range(NCHUNK):
+        t_idx = c * 64 + offs_l
+        mt = t_idx < T
+        row = (bi * T + t_idx[:, None]) * H + hi
+        m_lk = mt[:, None] & mk[None, :]
+        m_lv = mt[:, None] & mv[None, :]
+        k = tl.load(k_ptr + row * DK + offs_k[None, :], mask=m_lk, other=0.0)  # (64, BK)
+        q = tl.load(q_ptr + row * DK + offs_k[None, :], mask=m_lk, other=0.0)
+        v = tl.load(v_ptr + row * DV + offs_v[None, :], mask=m_lv, other=0.0)  # (64, BV)
+        gl = tl.load(g_ptr + (bi * T + t_idx) * H + hi, mask=mt, other=0.0).to(tl.float32)
+        gl = gl * 1.4426950408889634
+        gam = tl.cumsum(gl, axis=0)  # log2-decay from the chunk start, inclusive
+        last = tl.sum(gl, axis=0)
+        beta = tl.load(beta_ptr + (bi * T + t_idx) * H + hi, mask=mt, other=0.0).to(tl.float32)
+        tm = tl.load(
+            t_ptr + ((bi * H + hi) * NCHUNK + c) * 4096 + offs_l[:, None] * 64 + offs_l[None, :],
+            mask=causal,
+            other=0.0,
+        )  # (64, 64) = (I + A)^-1, lower triangular (the upper part is never written)
+        S16 = S.to(dtype)
+        if ST32:  # fp32 operands (tf32 on the GPU) wherever the state's own update depends on them
+            ks = _mm(k.to(tl.float32), S, IEEE)
+        else:
+            ks = _mm(k, S16, IEEE)
+        r = beta[:, None] * (v.to(tl.float32) - tl.exp2(gam)[:, None] * ks)
+        if ST32:
+            vnew = _mm(tm.to(tl.float32), r, IEEE)  # (64, BV)
+        else:
+            vnew = _mm(tm.to(dtype), r.to(dtype), IEEE)
+        # The output reads the state in the input dtype, as the split path's stored states.
+        qk = _mm(q, tl.trans(k), IEEE)
+        qk = tl.where(causal, qk * tl.exp2(tl.where(causal, gam[:, None] - gam[None, :], 0.0)), 0.0)
+        o = tl.exp2(gam)[:, None] * _mm(q, S16, IEEE) + _mm(qk.to(dtype), vnew.to(dtype), IEEE)
+        tl.store(o_ptr + row * DV + offs_v[None, :], (o * scale).to(o_ptr.dtype.element_ty), mask=m_lv)
+        kd = k.to(tl.float32) * tl.exp2(last - gam)[:, None]
+        if ST32:
+            S = S * tl.exp2(last) + _mm(tl.trans(kd), vnew, IEEE)
+        else:
+            S = S * tl.exp2(last) + _mm(tl.trans(kd.to(dtype)), vnew.to(dtype), IEEE)
+    tl.store(final_ptr + state_off, S, mask=mk[:, None] & mv[None, :])
+
+
 def chunk_gated_delta_rule_triton(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -146,8 +222,8 @@ def chunk_gated_delta_rule_triton(
     chunk_size: int = 64,
     intermediate_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`intermediate_dtype` (private knob for the benchmark): dtype of W, U, v_new and the entering
-    states; default fp32 for fp32 inputs, else the input dtype (half the bytes, like fla)."""
+    """`intermediate_dtype` (private knob for the benchmark): run the split path with this dtype for
+    W, U, v_new and the entering states (default there: fp32 for fp32 inputs, else the input dtype)."""
     check_gdr_inputs(q, k, v, g, beta, initial_state)
     del chunk_size  # the kernels use CHUNK = 64; the result does not depend on it
     b, t, h, dk = q.shape
@@ -165,6 +241,24 @@ def chunk_gated_delta_rule_triton(
         return min(cfg[key], max(16, triton.next_power_of_2(dv)))
 
     dev = v.device
+    fused = bool(cfg["fused"]) and intermediate_dtype is None
+    st32 = bool(cfg["fu_st32"])
+    a_buf = torch.empty((b * h * nchunk, CHUNK, CHUNK), device=dev, dtype=torch.float32)
+    # T in the input dtype when the only product that reads it is 16-bit anyway (half the bytes).
+    t_buf = torch.empty_like(a_buf, dtype=torch.float32 if (st32 or not fused) else v.dtype)
+    _gdr_kkt_kernel[(nchunk, b * h)](k, g, beta, a_buf, t, h, dk, nchunk, BK=BK, IEEE=ieee, num_warps=4)
+    _gdr_solve_kernel[(b * h * nchunk,)](a_buf, t_buf, num_warps=cfg["solve_warps"])
+    if fused:
+        o = torch.empty_like(v)
+        final = torch.empty((b, h, dk, dv), device=dev, dtype=torch.float32)
+        s0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else final
+        fu_bv = bv("fu_bv") if (ieee or cfg["narrow"]) else max(64, bv("fu_bv"))
+        _gdr_fused_kernel[(triton.cdiv(dv, fu_bv), b * h)](
+            q, k, v, g, beta, t_buf, s0, o, final, t, h, dk, dv, nchunk, float(scale),
+            HAS_S0=initial_state is not None, BK=BK, BV=fu_bv, IEEE=ieee, ST32=st32,
+            num_warps=cfg["fu_warps"], num_stages=cfg["fu_stages"],
+        )  # fmt: skip
+        return o, final
     w = torch.empty((b, t, h, dk), device=dev, dtype=inter)
     u = torch.empty((b, t, h, dv), device=dev, dtype=inter)
     vnew = torch.empty((b, t, h, dv), device=dev, dtype=inter)
@@ -172,10 +266,6 @@ def chunk_gated_delta_rule_triton(
     final = torch.empty((b, h, dk, dv), device=dev, dtype=torch.float32)
     o = torch.empty_like(v)
     s0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else final
-    a_buf = torch.empty((b * h * nchunk, CHUNK, CHUNK), device=dev, dtype=torch.float32)
-    t_buf = torch.empty_like(a_buf)
-    _gdr_kkt_kernel[(nchunk, b * h)](k, g, beta, a_buf, t, h, dk, nchunk, BK=BK, IEEE=ieee, num_warps=4)
-    _gdr_solve_kernel[(b * h * nchunk,)](a_buf, t_buf, num_warps=cfg["solve_warps"])
     _gdr_wu_kernel[(nchunk, b * h)](
         k, v, g, beta, t_buf, w, u, t, h, dk, dv, nchunk,
         BK=BK, BV=bv("u_bv"), IEEE=ieee, num_warps=cfg["prep_warps"],

@@ -3,12 +3,14 @@
 For each chunk of 64 tokens and each (batch, head), independently of the state:
 
 1. `_gdr_kkt_kernel` (4 warps, one tensor-core product): A = [beta_i exp(gam_i - gam_j) k_i.k_j]_{j<i}.
-2. `_gdr_solve_kernel` (1 warp): T = (I + A)^-1. Forward substitution on the four 16x16 diagonal
-   blocks, reading each row of A from memory (so no cross-thread extraction), then the off-diagonal
-   blocks from block products. One warp, because the substitution's small reductions are then warp
-   shuffles instead of barriers; the first version did it with 4 warps inside one fused kernel and
-   was 9x slower than fla at 4k tokens (kernels/NOTES.md).
-3. `_gdr_wu_kernel` (4 warps): W = T diag(beta exp(gam)) K and U = T diag(beta) V.
+2. `_gdr_solve_kernel` (1 warp): T = (I + A)^-1 (stored in the dtype of its buffer: fp32, or the
+   input dtype when the fused kernel reads it only as a 16-bit operand). Forward substitution on the
+   four 16x16 diagonal blocks, reading each row of A from memory (so no cross-thread extraction),
+   then the off-diagonal blocks from block products. One warp, because the substitution's small
+   reductions are then warp shuffles instead of barriers; the first version did it with 4 warps
+   inside one fused kernel and was 9x slower than fla at 4k tokens (kernels/NOTES.md).
+3. `_gdr_wu_kernel` (4 warps, split path only): W = T diag(beta exp(gam)) K and U = T diag(beta) V.
+   The fused path (triton_gated_delta_rule.py) never forms W and U.
 
 Forward substitution rather than a power series: with highly correlated keys the powers of A grow
 like binomial coefficients and a series cancels catastrophically; substitution does not.
@@ -87,7 +89,7 @@ def _blk(ptr, i: tl.constexpr, j: tl.constexpr):
 @triton.jit
 def _put(ptr, val, i: tl.constexpr, j: tl.constexpr):
     r16 = tl.arange(0, 16)
-    tl.store(ptr + (i * 16 + r16[:, None]) * 64 + j * 16 + r16[None, :], val)
+    tl.store(ptr + (i * 16 + r16[:, None]) * 64 + j * 16 + r16[None, :], val.to(ptr.dtype.element_ty))
 
 
 @triton.jit

@@ -27,7 +27,14 @@ from kernels.ssd_scan import check_ssd_inputs
 
 # Launch parameters (block sizes, warps, pipeline depth); bench/gpu_kernels.py sweeps them.
 # Defaults: the best of a sweep on an H100 (triton 3.6) at T=16k, H=32, P=N=128, bf16 (kernels/NOTES.md).
-CONFIG = {"st_bp": 32, "st_bn": 32, "st_warps": 4, "st_stages": 2, "out_bp": 128, "out_warps": 4}
+# `fused` = 1 runs `_ssd_fused_kernel` (one launch, chunk `fu_L`, p-block `fu_bp`, state update with
+# fp32 operands if `fu_st32` else 16-bit ones); 0 runs the
+# two-launch split path (states kernel + output kernel) with the `st_*` / `out_*` parameters.
+# `narrow` = 1 allows 16-bit products with an output width of 32 (crashed once under Triton 3.6, NOTES.md).
+CONFIG = {
+    "fused": 1, "fu_L": 64, "fu_bp": 64, "fu_warps": 4, "fu_stages": 2, "fu_st32": 1, "narrow": 0,
+    "st_bp": 32, "st_bn": 32, "st_warps": 4, "st_stages": 2, "out_bp": 128, "out_warps": 4,
+}  # fmt: skip
 
 
 @triton.jit
@@ -132,6 +139,65 @@ def _ssd_output_kernel(
     )
 
 
+@triton.jit
+def _ssd_fused_kernel(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, s0_ptr, y_ptr, final_ptr,
+    T, H, G, P, N, NCHUNK,
+    HAS_S0: tl.constexpr, HAS_D: tl.constexpr, L: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+    IEEE: tl.constexpr, ST32: tl.constexpr,
+):  # fmt: skip
+    """The whole scan in one sequential pass per (batch*head, p-block): for each chunk, the output
+    (intra-chunk part + the entering state's part) and then the state update. The state stays in
+    registers (fp32, kept transposed as (n, p) so both products read it without a transpose), so the
+    per-chunk entering states never go to memory and no second launch re-reads x, B, C."""
+    pid_p = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    bi = (pid_bh // H).to(tl.int64)
+    hi = pid_bh % H
+    gi = hi // (H // G)
+    offs_l = tl.arange(0, L)
+    offs_p = pid_p * BP + tl.arange(0, BP)
+    offs_n = tl.arange(0, BN)
+    mp = offs_p < P
+    mn = offs_n < N
+    dtype = x_ptr.dtype.element_ty
+    a = tl.load(A_ptr + hi).to(tl.float32) * 1.4426950408889634  # log2 units
+    state_t = (bi * H + hi) * P * N + offs_p[None, :] * N + offs_n[:, None]  # (BN, BP) view of (p, n)
+    if HAS_S0:
+        St = tl.load(s0_ptr + state_t, mask=mn[:, None] & mp[None, :], other=0.0).to(tl.float32)
+    else:
+        St = tl.zeros((BN, BP), dtype=tl.float32)
+    if HAS_D:
+        d_skip = tl.load(D_ptr + hi).to(tl.float32)
+    causal = offs_l[:, None] >= offs_l[None, :]
+    for c in range(NCHUNK):
+        t_idx = c * L + offs_l
+        mt = t_idx < T
+        dt = tl.load(dt_ptr + (bi * T + t_idx) * H + hi, mask=mt, other=0.0).to(tl.float32)
+        cum = tl.cumsum(dt * a, axis=0)  # (L,) log2-decay from the chunk start
+        last = tl.sum(dt * a, axis=0)
+        bc_off = ((bi * T + t_idx[:, None]) * G + gi) * N + offs_n[None, :]
+        b = tl.load(B_ptr + bc_off, mask=mt[:, None] & mn[None, :], other=0.0)  # (L, BN)
+        cm = tl.load(C_ptr + bc_off, mask=mt[:, None] & mn[None, :], other=0.0)  # (L, BN)
+        xy_off = ((bi * T + t_idx[:, None]) * H + hi) * P + offs_p[None, :]
+        x = tl.load(x_ptr + xy_off, mask=mt[:, None] & mp[None, :], other=0.0)  # (L, BP)
+        seg = tl.where(causal, cum[:, None] - cum[None, :], 0.0)  # masked before exp2: no overflow
+        cb = _mm(cm, tl.trans(b), IEEE)  # (L, L)
+        wm = tl.where(causal, cb * tl.exp2(seg) * dt[None, :], 0.0)
+        y = _mm(wm.to(dtype), x, IEEE)  # (L, BP)
+        # The entering state in the input dtype for the product (as the split path stores it).
+        y += tl.exp2(cum)[:, None] * _mm(cm, St.to(dtype), IEEE)
+        if HAS_D:
+            y += d_skip * x.to(tl.float32)
+        tl.store(y_ptr + xy_off, y.to(y_ptr.dtype.element_ty), mask=mt[:, None] & mp[None, :])
+        xw = x.to(tl.float32) * (tl.exp2(last - cum) * dt)[:, None]
+        if ST32:  # fp32 operands (tf32 on the GPU): the carried state keeps more than 16 bits
+            St = St * tl.exp2(last) + _mm(tl.trans(b).to(tl.float32), xw, IEEE)  # (BN, BP)
+        else:  # 16-bit operands, as fla does: faster, state error ~ the output's
+            St = St * tl.exp2(last) + _mm(tl.trans(b), xw.to(dtype), IEEE)
+    tl.store(final_ptr + state_t, St, mask=mn[:, None] & mp[None, :])
+
+
 def _pow2_at_least_16(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
@@ -148,24 +214,41 @@ def ssd_scan_triton(
     chunk_size: int = 64,
     states_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`states_dtype` (private knob for the benchmark): dtype of the per-chunk entering states;
-    default fp32 for fp32 inputs, else the input dtype."""
+    """`states_dtype` (private knob for the benchmark): run the split path with this dtype for the
+    per-chunk entering states (default there: fp32 for fp32 inputs, else the input dtype)."""
     check_ssd_inputs(x, dt, A, B, C, D, initial_state)
     b, t, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
-    L = _pow2_at_least_16(chunk_size)  # tl.dot needs >= 16; the result does not depend on the chunk
-    nchunk = triton.cdiv(t, L)
+    cfg = CONFIG
     x, dt, B, C = x.contiguous(), dt.contiguous(), B.contiguous(), C.contiguous()
     # Cast B, C to x's dtype so both dot operands agree (the model passes them in one dtype anyway).
     B, C = B.to(x.dtype), C.to(x.dtype)
     ieee = x.dtype == torch.float32 or not x.is_cuda
+    A32 = A.to(torch.float32).contiguous()
+    if cfg["fused"] and states_dtype is None:
+        # The result does not depend on the chunk size, so the fused path uses its own (tuned) one.
+        L = _pow2_at_least_16(cfg["fu_L"])
+        BP = min(cfg["fu_bp"], _pow2_at_least_16(p))
+        if not ieee and not cfg["narrow"]:
+            BP = max(64, BP)
+        final = torch.empty((b, h, p, n), device=x.device, dtype=torch.float32)
+        y = torch.empty_like(x)
+        s0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else final
+        Dv = D.to(torch.float32).contiguous() if D is not None else A32
+        _ssd_fused_kernel[(triton.cdiv(p, BP), b * h)](
+            x, dt, A32, B, C, Dv, s0, y, final, t, h, g, p, n, triton.cdiv(t, L),
+            HAS_S0=initial_state is not None, HAS_D=D is not None, L=L, BP=BP,
+            BN=_pow2_at_least_16(n), IEEE=ieee, ST32=bool(cfg["fu_st32"]),
+            num_warps=cfg["fu_warps"], num_stages=cfg["fu_stages"],
+        )  # fmt: skip
+        return y, final
+    L = _pow2_at_least_16(chunk_size)  # tl.dot needs >= 16; the result does not depend on the chunk
+    nchunk = triton.cdiv(t, L)
     states_dtype = states_dtype or (torch.float32 if x.dtype == torch.float32 else x.dtype)
     states = torch.empty((b, h, nchunk, p, n), device=x.device, dtype=states_dtype)
     final = torch.empty((b, h, p, n), device=x.device, dtype=torch.float32)
     y = torch.empty_like(x)
-    A32 = A.to(torch.float32).contiguous()
     s0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else final
-    cfg = CONFIG
     BP_s, BN_s = min(cfg["st_bp"], _pow2_at_least_16(p)), min(cfg["st_bn"], _pow2_at_least_16(n))
     grid_s = (triton.cdiv(p, BP_s), triton.cdiv(n, BN_s), b * h)
     _ssd_states_kernel[grid_s](
