@@ -186,14 +186,18 @@ def prefill(fla, lengths: list[int], deadline: float) -> list[dict[str, Any]]:
     return rows
 
 
-def _split_ms(module: Any, fn) -> float:
-    """The previous design (split path: per-chunk states through memory) timed the same way."""
+def _with_split(module: Any, fn) -> Any:
+    """Call fn with the previous design (split path: per-chunk states through memory)."""
     cfg = module.CONFIG
     module.CONFIG = {**cfg, "fused": 0}
     try:
-        return median_ms(fn)
+        return fn()
     finally:
         module.CONFIG = cfg
+
+
+def _split_ms(module: Any, fn) -> float:
+    return _with_split(module, lambda: median_ms(fn))
 
 
 def _rates(row: dict[str, Any], T: int) -> dict[str, Any]:
@@ -310,6 +314,11 @@ def profile_kernels(fla) -> dict[str, dict[str, float]]:
         "ours_ssd": lambda: kernels.ssd_scan(*ssd_args),
         "ours_gdn": lambda: kernels.chunk_gated_delta_rule(*gdn_args),
     }
+    for name, module, fn in (
+        ("ours_ssd_split", tssd, cases["ours_ssd"]),
+        ("ours_gdn_split", tgdr, cases["ours_gdn"]),
+    ):  # the previous design, for the per-kernel comparison
+        cases[name] = lambda m=module, f=fn: _with_split(m, f)
     if fla is not None:
         cases["fla_chunk_simple_gla"] = lambda: fla[0](*fla_ssd, scale=1.0, output_final_state=True)
         cases["fla_chunk_gated_delta_rule"] = lambda: fla[1](*gdn_args, output_final_state=True)
