@@ -17,6 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from model.config import HybridConfig
 from model.layers import RMSNorm, rope_cos_sin, rope_inv_freq, rotate
@@ -57,7 +58,10 @@ class Attention(nn.Module):
             self.rope_dim = int(a.head_dim * a.rope_fraction) // 2 * 2
             self.register_buffer("inv_freq", rope_inv_freq(self.rope_dim, a.rope_theta), persistent=False)
 
-    def forward(self, x: Tensor, layer: LayerState, state: ModelState) -> Tensor:
+    def project(self, x: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q (B, T, H, Dh), k and v (B, T, Hkv, Dh) of `x` (B, T, D) at absolute positions `pos` (T,):
+        projections, QK-norm and RoPE. Shared with the decode engine's reference step (model/engine.py),
+        which passes a device-side position so the step can be captured as a CUDA graph."""
         B, T, _ = x.shape
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, H*Dh), (B, T, Hkv*Dh) x2
         if self.qk_norm == "full":
@@ -67,10 +71,15 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, Hkv, Dh)
         if self.qk_norm == "head":
             q, k = self.q_norm(q), self.k_norm(k)
-        pos = torch.arange(state.n_tokens, state.n_tokens + T, device=x.device)  # (T,)
         if self.inv_freq is not None:
             cos, sin = rope_cos_sin(pos, self.inv_freq)  # once for q and k
             q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        return q, k, v
+
+    def forward(self, x: Tensor, layer: LayerState, state: ModelState) -> Tensor:
+        B, T, _ = x.shape
+        pos = torch.arange(state.n_tokens, state.n_tokens + T, device=x.device)  # (T,)
+        q, k, v = self.project(x, pos)
 
         new = {"k": k.transpose(1, 2), "v": v.transpose(1, 2)}  # (B, Hkv, T, Dh) each
         state.append_cache(layer, new, pos)
@@ -84,12 +93,27 @@ class Attention(nn.Module):
         mask = None
         if T > 1 or state.window is not None:
             mask = visible(pos, key_pos, state.window, state.sinks).repeat(G, 1)  # (G*T, L)
-        out = F.scaled_dot_product_attention(
+        out = sdpa(
             q,
             keys if keys.dtype == q.dtype else keys.to(q.dtype),  # skip the no-op casts' dispatch
             values if values.dtype == q.dtype else values.to(q.dtype),
-            attn_mask=mask,
-            scale=1.0 / math.sqrt(self.head_dim),
+            mask,
+            1.0 / math.sqrt(self.head_dim),
         )  # (B, Hkv, G*T, Dh)
         out = out.view(B, self.n_heads, T, self.head_dim)  # (B, H, T, Dh)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))  # (B, T, D)
+
+
+# Unmasked calls on CUDA (decode: one query row per head, no window): flash or memory-efficient only.
+# With the default backend list, torch 2.11 spent ~59 ms of host time in a call whose key length
+# differs from the last one's (every decode step; bench/results/gpu_e2e.json, sdpa_overhead), against
+# ~0.1 ms with these two. Masked calls (prefill, windows) keep the default choice.
+_DECODE_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+
+
+def sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:
+    """`F.scaled_dot_product_attention`, restricted to flash / memory-efficient for unmasked CUDA calls."""
+    if mask is None and q.is_cuda:
+        with sdpa_kernel(_DECODE_BACKENDS):
+            return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)

@@ -7,10 +7,18 @@ Design choices (the model stays plain; speed tricks live here, as in gpt-fast):
   kernels' new recurrent tensors are copied back into the fixed ones). `engine.state` is a real
   `ModelState` at every point between calls, so snapshots (`to_tensors`, `cache_range`) just work;
   `load_state` copies a state (a restored snapshot) into the buffers.
-- The decode step is the model's T == 1 path (norms, projections, the recurrent layers' fused step
-  kernels, the MLPs, the cache write at a device-side position) with the attention core replaced by
-  `kernels.attention_decode`, which reads the cache length on the device: the whole step is captured
-  as ONE CUDA graph and replayed at any context (`attention="kernel"`, the default on CUDA).
+- The decode step (`attention="kernel"`, the default on CUDA) is captured as ONE CUDA graph and
+  replayed at any context: the attention cores are `kernels.attention_decode` (GQA) and
+  `kernels.mla_decode` (MLA, absorbed form over the latent cache), which read the cache length on the
+  device, and the cache writes go to a device-side position. With `fuse=True` (the default) the step
+  is the engine's own fused version of the model's T == 1 arithmetic, to cut the ~1,100 small kernels
+  a token of OLMo Hybrid 7B's shape took (#8): one matmul for q/k/v/a/b/g of a Gated DeltaNet layer,
+  for q/k/v of an attention layer, for gate/up of an MLP (the weights concatenated once, when the
+  engine is built; on CUDA the model's own weights are rebound as views of the concatenation, so no
+  memory is doubled and the model computes exactly what it did); `kernels.decode_fused` for the Gated
+  DeltaNet conv step + L2 norms + gates (one launch), SiLU x up, and each residual add fused with the
+  next RMSNorm. `fuse=False` keeps the model's modules (the same graph, more kernels: the baseline of
+  bench/gpu_e2e.py).
   `attention="sdpa"` instead cuts the step at each attention core and runs the model's own
   `scaled_dot_product_attention` call eagerly over the first L keys between graphs: the kernels of
   `model(token, state)` (256 greedy tokens identical at OLMo Hybrid 7B's shape; not promised bit for
@@ -20,9 +28,10 @@ Design choices (the model stays plain; speed tricks live here, as in gpt-fast):
   buffer of the next step and into a device history of token ids, which is read back every
   `sync_every` tokens (or every token when stop ids must be checked: the state must not run past a
   stop token, as in model/generate.py). Sampled decoding reads the logits buffer after each `step`.
-- Supported in the graphed path: attention (full, no window), gated_deltanet, mamba2 and mlp layers.
-  Anything else (a window, MLA, parallel layers) and every CPU run take the eager path: the same
-  buffers, the segments called directly (CPU) or `model(token, state)` (unsupported layouts).
+- Supported in the graphed path: attention (full, no window), mla, gated_deltanet, mamba2 and mlp
+  layers (with attention="sdpa" an MLA layer runs the model's own block eagerly between graphs).
+  Anything else (a window, parallel layers) and every CPU run take the eager path: the same buffers,
+  the segments called directly (CPU) or `model(token, state)` (unsupported layouts).
 """
 
 from __future__ import annotations
@@ -33,16 +42,20 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
+from kernels import gated_delta_rule_step, rms_norm
 from kernels.attention_decode import attention_decode
+from kernels.decode_fused import gdn_decode_prep, residual_rms_norm, silu_mul
+from kernels.mla_decode import mla_decode
 from model.attention import Attention
 from model.errors import ModelError, StateMismatchError, TokenRangeError
 from model.hybrid import HybridLM
-from model.layers import apply_rope
-from model.state import ModelState
+from model.layers import rope_cos_sin, rotate
+from model.mla import MLA
+from model.state import LayerState, ModelState
 
-GRAPHED_KINDS = frozenset({"attention", "gated_deltanet", "mamba2", "mlp"})
+GRAPHED_KINDS = frozenset({"attention", "gated_deltanet", "mamba2", "mlp", "mla"})
 
 
 class ContextFullError(ModelError, ValueError):
@@ -61,6 +74,7 @@ class DecodeEngine:
         use_graphs: bool | None = None,
         prefill_chunk: int = 2048,
         attention: Literal["kernel", "sdpa"] | None = None,
+        fuse: bool = True,
     ) -> None:
         self.model = model
         self.cfg = model.config
@@ -73,6 +87,8 @@ class DecodeEngine:
         # graph; "sdpa": the model's own SDPA call between graphs (bit-identical to model(token, state),
         # but one host-side call per attention layer and token).
         self.attention = attention or ("kernel" if self.graphed else "sdpa")
+        self.fused = fuse and self.static and self.attention == "kernel"
+        self._plans = self._fuse_weights() if self.fused else []
         with torch.inference_mode():
             self.state = self._allocate(batch_size)
             B, V = batch_size, self.cfg.vocab_size
@@ -219,7 +235,10 @@ class DecodeEngine:
     # ---- the decode step -------------------------------------------------------------------------------
     def _build_segments(self) -> list[tuple[Callable[[], None], bool]]:
         """The step as a list of (callable, graph-safe): with attention="sdpa" graph-safe parts
-        alternate with attention cores; with "kernel" the whole step is one graph-safe part."""
+        alternate with attention cores (and MLA blocks); with "kernel" the whole step is one graph-safe
+        part (fused or the model's modules)."""
+        if self.fused:
+            return [(self._fused_step, True)]
         m, st = self.model, self.state
         parts: list[tuple[Callable[[], None], bool]] = []
         todo: list[Callable[[], None]] = [lambda: self._x.copy_(m.embed_tokens(self._tok))]
@@ -235,6 +254,13 @@ class DecodeEngine:
             todo.clear()
 
         for i, (block, layer) in enumerate(zip(m.layers, st.layers, strict=True)):
+            if block.kind == "mla" and self.attention == "kernel":
+                todo.append(lambda b=block, ls=layer: self._x.copy_(self._block_kernel(b, ls, self._x)))
+                continue
+            if block.kind == "mla":  # the model's own block (host-side positions): eagerly, between graphs
+                flush()
+                parts.append((lambda b=block, ls=layer: self._x.copy_(b(self._x, ls, st)), False))
+                continue
             if block.kind != "attention":
                 todo.append(lambda b=block, ls=layer: self._x.copy_(b(self._x, ls, st)))
                 continue
@@ -254,38 +280,34 @@ class DecodeEngine:
 
         def finish() -> None:
             self._logits.copy_(self._head(self._x)[:, 0])
-            self._tok.copy_(self._logits.argmax(-1, keepdim=True))  # greedy; `step` callers overwrite it
-            self._pos.add_(1)
-            self._ids.index_copy_(1, self._pos, self._tok)  # position of the next input token
+            self._advance()
 
         todo.append(finish)
         flush()
         return parts
 
-    def _attention_in(self, i: int, block: torch.nn.Module, ls: object) -> None:
-        """Attention.forward up to the cache append, for T == 1 at the device-side position."""
-        a: Attention = block.mixer
-        x = self._x if block.post_norm else block.mixer_norm(self._x)
-        B = x.shape[0]
-        q, k, v = a.q_proj(x), a.k_proj(x), a.v_proj(x)  # (B, 1, H*Dh), (B, 1, Hkv*Dh) x2
-        if a.qk_norm == "full":
-            q, k = a.q_norm(q), a.k_norm(k)
-        q = q.view(B, 1, a.n_heads, a.head_dim)  # (B, 1, H, Dh)
-        k = k.view(B, 1, a.n_kv_heads, a.head_dim)
-        v = v.view(B, 1, a.n_kv_heads, a.head_dim)
-        if a.qk_norm == "head":
-            q, k = a.q_norm(q), a.k_norm(k)
-        if a.inv_freq is not None:
-            q, k = apply_rope(q, self._pos, a.inv_freq), apply_rope(k, self._pos, a.inv_freq)
-        storage = ls.storage  # type: ignore[attr-defined]
-        storage["k"].index_copy_(2, self._pos, k.transpose(1, 2))  # (B, Hkv, max_context, Dh)
-        storage["v"].index_copy_(2, self._pos, v.transpose(1, 2))
-        storage["pos"].index_copy_(0, self._pos, self._pos)
-        G = a.n_heads // a.n_kv_heads
+    def _advance(self) -> None:
+        self._tok.copy_(self._logits.argmax(-1, keepdim=True))  # greedy; `step` callers overwrite it
+        self._pos.add_(1)
+        self._ids.index_copy_(1, self._pos, self._tok)  # position of the next input token
+
+    def _attention_in(self, i: int, block: nn.Module, ls: LayerState) -> None:
+        """Attention.forward up to the cache append, for T == 1 at the device-side position: the
+        model's own `project` (projections, QK-norm, RoPE), then the cache write."""
+        a: Attention = block.mixer  # type: ignore[assignment]
+        x = self._x if block.post_norm else block.mixer_norm(self._x)  # type: ignore[operator]
+        q, k, v = a.project(x, self._pos)  # (B, 1, H, Dh), (B, 1, Hkv, Dh) x2
+        self._write_kv(ls, k, v)
+        B, G = x.shape[0], a.n_heads // a.n_kv_heads
         self._attn_q[i].copy_(q.transpose(1, 2).reshape(B, a.n_kv_heads, G, a.head_dim))
 
-    def _attention_core(self, i: int, ls: object, a: Attention) -> None:
-        storage = ls.storage  # type: ignore[attr-defined]
+    def _write_kv(self, ls: LayerState, k: Tensor, v: Tensor) -> None:
+        ls.storage["k"].index_copy_(2, self._pos, k.transpose(1, 2))  # (B, Hkv, max_context, Dh)
+        ls.storage["v"].index_copy_(2, self._pos, v.transpose(1, 2))
+        ls.storage["pos"].index_copy_(0, self._pos, self._pos)
+
+    def _attention_core(self, i: int, ls: LayerState, a: Attention) -> None:
+        storage = ls.storage
         q, scale = self._attn_q[i], 1.0 / math.sqrt(a.head_dim)
         if self.attention == "kernel":  # reads the length (pos + 1) on the device
             self._attn_out[i].copy_(attention_decode(q, storage["k"], storage["v"], self._pos, scale=scale))
@@ -297,15 +319,152 @@ class DecodeEngine:
         )  # (B, Hkv, G, Dh)
         self._attn_out[i].copy_(out)
 
-    def _attention_out(self, i: int, block: torch.nn.Module) -> None:
-        a: Attention = block.mixer
+    def _attention_out(self, i: int, block: nn.Module) -> None:
+        a: Attention = block.mixer  # type: ignore[assignment]
         B = self._x.shape[0]
         out = self._attn_out[i].view(B, a.n_heads, 1, a.head_dim)  # (B, H, 1, Dh)
         y = a.o_proj(out.transpose(1, 2).reshape(B, 1, -1))  # (B, 1, D)
-        x = self._x + (block.mixer_norm(y) if block.post_norm else y)
+        x = self._x + (block.mixer_norm(y) if block.post_norm else y)  # type: ignore[operator]
         if block.mlp is not None:
-            x = x + (block.mlp_norm(block.mlp(x)) if block.post_norm else block.mlp(block.mlp_norm(x)))
+            x = x + (block.mlp_norm(block.mlp(x)) if block.post_norm else block.mlp(block.mlp_norm(x)))  # type: ignore[operator]
         self._x.copy_(x)
+
+    def _block_kernel(self, block: nn.Module, ls: LayerState, x: Tensor) -> Tensor:
+        """One MLA block with the model's modules and the latent-cache kernel (fuse=False)."""
+        h = x if block.post_norm else block.mixer_norm(x)  # type: ignore[operator]
+        y = self._mla(block.mixer, ls, h, None)  # type: ignore[arg-type]
+        x = x + (block.mixer_norm(y) if block.post_norm else y)  # type: ignore[operator]
+        if block.mlp is not None:
+            x = x + (block.mlp_norm(block.mlp(x)) if block.post_norm else block.mlp(block.mlp_norm(x)))  # type: ignore[operator]
+        return x
+
+    def _mla(self, a: MLA, ls: LayerState, h: Tensor, w_in: Tensor | None) -> Tensor:
+        """MLA.forward for T == 1 in the absorbed form over the latent cache, at the device-side
+        position: (B, 1, D) -> (B, 1, D). `w_in`: q_proj and kv_a_proj_with_mqa concatenated (or None)."""
+        B, H, C, R, dn = h.shape[0], a.n_heads, a.kv_lora_rank, a.rope_dim, a.nope_dim
+        qd = H * (dn + R)
+        if w_in is not None:
+            both = F.linear(h, w_in)  # (B, 1, H*(dn+R) + C + R)
+            q, kv = both[..., :qd], both[..., qd:]
+        else:
+            q = a.q_proj(h) if a.q_proj is not None else a.q_b_proj(a.q_a_layernorm(a.q_a_proj(h)))
+            kv = a.kv_a_proj_with_mqa(h)
+        q_nope, q_rope = q.view(B, 1, H, dn + R).split((dn, R), dim=-1)  # (B, 1, H, dn), (B, 1, H, R)
+        latent, k_rope = kv.split((C, R), dim=-1)  # (B, 1, C), (B, 1, R)
+        latent = a.kv_a_layernorm(latent)
+        q_rope = a._rope(q_rope, self._pos)
+        k_rope = a._rope(k_rope[:, :, None], self._pos)[:, :, 0]  # (B, 1, R)
+        store = ls.storage
+        store["latent"].index_copy_(1, self._pos, latent.to(store["latent"].dtype))  # (B, max_context, C)
+        store["k_rope"].index_copy_(1, self._pos, k_rope.to(store["k_rope"].dtype))
+        store["pos"].index_copy_(0, self._pos, self._pos)
+        w = a.kv_b_proj.weight.view(H, dn + a.v_dim, C)  # (H, dn + dv, C)
+        q_lat = torch.bmm((q_nope[:, 0] * a.scale).transpose(0, 1), w[:, :dn])  # (H, B, C)
+        q_rot = q_rope[:, 0] * a.scale  # (B, H, R)
+        ctx = mla_decode(
+            q_lat.transpose(0, 1), q_rot, store["latent"], store["k_rope"], self._pos
+        )  # (B, H, C)
+        out = torch.bmm(ctx.transpose(0, 1), w[:, dn:].transpose(1, 2))  # (H, B, dv)
+        return a.o_proj(out.transpose(0, 1).reshape(B, 1, H * a.v_dim))  # (B, 1, D)
+
+    # ---- the fused step (fuse=True) ----------------------------------------------------------------------
+    @torch.no_grad()
+    def _fuse_weights(self) -> list[dict[str, object]]:
+        """Per block, the concatenated weights the fused step multiplies by (see the module doc)."""
+        share = self.device.type == "cuda"  # rebind the model's weights as views: no memory doubled
+        plans: list[dict[str, object]] = []
+        for block in self.model.layers:
+            plan: dict[str, object] = {}
+            a = block.mixer
+            if isinstance(a, Attention):
+                plan["w_in"], plan["b_in"] = _concat([a.q_proj, a.k_proj, a.v_proj], share)
+            elif block.kind == "gated_deltanet":
+                lins = [a.q_proj, a.k_proj, a.v_proj, a.a_proj, a.b_proj, a.g_proj]
+                plan["w_in"], _ = _concat(lins, share)
+                plan["a_off"] = 2 * a.key_dim + a.value_dim
+                plan["b_off"] = plan["a_off"] + a.n_v_heads
+                plan["g_off"] = plan["b_off"] + a.n_v_heads
+            elif isinstance(a, MLA) and a.q_proj is not None and a.kv_a_proj_with_mqa.bias is None:
+                plan["w_in"], _ = _concat([a.q_proj, a.kv_a_proj_with_mqa], share)
+            if block.mlp is not None and block.mlp.gate_proj is not None:
+                plan["w_gu"], plan["b_gu"] = _concat([block.mlp.gate_proj, block.mlp.up_proj], share)
+            plans.append(plan)
+        return plans
+
+    def _fused_step(self) -> None:
+        m, st, x = self.model, self.state, self._x
+        eps = self.cfg.norm_eps
+        x.copy_(m.embed_tokens(self._tok))
+        pending: list[tuple[Tensor, Tensor | None]] = []  # the last sub-layer's output, not yet added to x
+
+        def settle(w_out: Tensor | None) -> Tensor:
+            """Add the pending output to x (normalised first for post-norm), then norm x by w_out."""
+            if not pending:
+                return x if w_out is None else rms_norm(x, w_out, eps)
+            y, w_y = pending.pop()
+            out = residual_rms_norm(x, y, w_y, w_out, eps)
+            return x if out is None else out
+
+        rope: dict[str, Tensor] = {}  # cos/sin at this position
+        for block, ls, plan in zip(m.layers, st.layers, self._plans, strict=True):
+            post = block.post_norm
+            if block.mixer is not None:
+                h = settle(None if post else block.mixer_norm.weight)
+                if block.kind == "gated_deltanet":
+                    y = self._gdn_fused(block.mixer, ls, h, plan)
+                elif block.kind == "attention":
+                    y = self._attention_fused(block.mixer, ls, h, plan, rope)
+                elif block.kind == "mla":
+                    y = self._mla(block.mixer, ls, h, plan.get("w_in"))  # type: ignore[arg-type]
+                else:
+                    y = block.mixer(h, ls, st)  # mamba2: the model's T == 1 path
+                pending.append((y, block.mixer_norm.weight if post else None))
+            if block.mlp is not None:
+                h = settle(None if post else block.mlp_norm.weight)
+                if "w_gu" in plan:
+                    y = block.mlp.down_proj(silu_mul(F.linear(h, plan["w_gu"], plan["b_gu"])))  # type: ignore[arg-type]
+                else:
+                    y = block.mlp(h)
+                pending.append((y, block.mlp_norm.weight if post else None))
+        h = settle(m.norm.weight)
+        weight = m.embed_tokens.weight if m.lm_head is None else m.lm_head.weight
+        self._logits.copy_(F.linear(h, weight)[:, 0])
+        self._advance()
+
+    def _gdn_fused(self, a: nn.Module, ls: LayerState, h: Tensor, plan: dict[str, object]) -> Tensor:
+        B = h.shape[0]
+        proj = F.linear(h.view(B, -1), plan["w_in"])  # type: ignore[arg-type]  # (B, q|k|v|a|b|g)
+        q, k, v, g, beta = gdn_decode_prep(
+            proj, ls.recurrent["conv"], a.conv1d.weight.squeeze(1), a.conv1d.bias, a.A_log, a.dt_bias,
+            Hk=a.n_heads, Dk=a.head_k_dim, Hv=a.n_v_heads, Dv=a.head_v_dim, a_off=plan["a_off"],
+            b_off=plan["b_off"], allow_neg_eigval=a.allow_neg_eigval,
+        )  # fmt: skip
+        o = gated_delta_rule_step(ls.recurrent["recurrent"], q, k, v, g, beta)  # (B, Hv, Dv)
+        g_off = int(plan["g_off"])  # type: ignore[call-overload]
+        gate = proj[:, g_off : g_off + a.value_dim].view(B, a.n_v_heads, a.head_v_dim)
+        o = a.o_norm(o, gate)  # (B, Hv, Dv)
+        return a.o_proj(o.reshape(B, 1, a.value_dim).to(h.dtype))  # (B, 1, D)
+
+    def _attention_fused(
+        self, a: Attention, ls: LayerState, h: Tensor, plan: dict[str, object], rope: dict[str, Tensor]
+    ) -> Tensor:
+        B, H, Hkv, Dh = h.shape[0], a.n_heads, a.n_kv_heads, a.head_dim
+        qkv = F.linear(h, plan["w_in"], plan["b_in"])  # type: ignore[arg-type]  # (B, 1, (H + 2 Hkv) Dh)
+        q, k, v = qkv.split((H * Dh, Hkv * Dh, Hkv * Dh), dim=-1)
+        if a.qk_norm == "full":
+            q, k = a.q_norm(q), a.k_norm(k)
+        q, k, v = q.view(B, 1, H, Dh), k.view(B, 1, Hkv, Dh), v.view(B, 1, Hkv, Dh)
+        if a.qk_norm == "head":
+            q, k = a.q_norm(q), a.k_norm(k)
+        if a.inv_freq is not None:
+            if not rope:  # every attention layer has the config's inv_freq: cos/sin once per step
+                rope["cos"], rope["sin"] = rope_cos_sin(self._pos, a.inv_freq)
+            q, k = rotate(q, rope["cos"], rope["sin"]), rotate(k, rope["cos"], rope["sin"])
+        self._write_kv(ls, k, v)
+        G = H // Hkv
+        qg = q.view(B, Hkv, G, Dh) if G == 1 or B == 1 else q.transpose(1, 2).reshape(B, Hkv, G, Dh)
+        out = attention_decode(qg, ls.storage["k"], ls.storage["v"], self._pos, scale=1.0 / math.sqrt(Dh))
+        return a.o_proj(out.reshape(B, 1, H * Dh))  # (B, Hkv, G, Dh) is (B, H, Dh) in head order
 
     def _capture(self) -> dict[int, torch.cuda.CUDAGraph]:
         """Capture every graph-safe segment (attention cores with attention="sdpa" run eagerly). The
@@ -353,9 +512,7 @@ class DecodeEngine:
                 seg()
         else:
             self._logits.copy_(self.model(self._tok, self.state)[:, -1])
-            self._tok.copy_(self._logits.argmax(-1, keepdim=True))
-            self._pos.add_(1)
-            self._ids.index_copy_(1, self._pos, self._tok)
+            self._advance()
             self._n = self.state.n_tokens
             return
         self._n += 1
@@ -407,3 +564,30 @@ class DecodeEngine:
                     if t in stops:
                         return out
         return out
+
+
+def _concat(linears: list[nn.Linear], share: bool) -> tuple[Tensor, Tensor | None]:
+    """The weights (and biases) of `linears` stacked along the output axis, for one matmul. With `share`
+    the linears' own parameters become views of the stacked tensors (same values, names and shapes; no
+    memory doubled); a later engine over the same model finds them stacked already and reuses them."""
+    key = tuple(id(lin) for lin in linears)
+    done = getattr(linears[0], "_engine_concat", None)
+    if done is not None and done[0] == key:
+        w, b = done[1], done[2]
+        if all(lin.weight.data_ptr() == v.data_ptr() for lin, v in zip(linears, done[3], strict=True)):
+            return w, b
+    biases = [lin.bias for lin in linears]
+    with_bias = all(b is not None for b in biases)
+    if not with_bias and any(b is not None for b in biases):
+        raise ModelError("cannot fuse projections where only some have a bias")
+    w = torch.cat([lin.weight.detach() for lin in linears], dim=0)  # (sum of outputs, D)
+    b = torch.cat([lin.bias.detach() for lin in linears], dim=0) if with_bias else None  # type: ignore[union-attr]
+    sizes = [lin.out_features for lin in linears]
+    if share:
+        for lin, view in zip(linears, w.split(sizes, dim=0), strict=True):
+            lin.weight = nn.Parameter(view, requires_grad=False)
+        if b is not None:
+            for lin, view in zip(linears, b.split(sizes, dim=0), strict=True):
+                lin.bias = nn.Parameter(view, requires_grad=False)
+        linears[0]._engine_concat = (key, w, b, [lin.weight for lin in linears])  # type: ignore[assignment]
+    return w, b

@@ -56,7 +56,7 @@ def test_greedy_matches_model_forward(layers: list[str], over: dict) -> None:
     prompt = torch.randint(0, 97, (1, 21), generator=torch.Generator().manual_seed(1))
     want, want_logits = eager_greedy(model, prompt, 24)
     engine = DecodeEngine(model, max_context=64, prefill_chunk=8)
-    assert engine.static == (set(layers) <= {"attention", "gated_deltanet", "mamba2", "mlp"})
+    assert engine.static == (set(layers) <= {"attention", "gated_deltanet", "mamba2", "mlp", "mla"})
     assert not engine.graphed  # CPU: no graphs
     first = engine.prefill(prompt)
     assert torch.equal(first, want_logits[0])
@@ -118,3 +118,56 @@ def test_kernel_attention_mode_on_cpu() -> None:
     engine.reset()
     engine.prefill(prompt)
     assert engine.generate_greedy(16) == want
+
+
+MLA_CFG = {"kv_lora_rank": 16, "qk_rope_head_dim": 4, "qk_nope_head_dim": 8, "v_head_dim": 8, "n_heads": 4}
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+@pytest.mark.parametrize(
+    "layers, over",
+    [
+        (["gated_deltanet", "mla", "mamba2", "mla", "mlp"], {"mla": MLA_CFG}),
+        (["gated_deltanet", "attention", "gated_deltanet"],  # OLMo Hybrid's block forms
+         {"attention": {**BASE["attention"], "qk_norm": "full", "norm_position": "post"},
+          "gated_deltanet": {**BASE["gated_deltanet"], "allow_neg_eigval": True}}),
+        (["mla", "attention"], {"mla": {**MLA_CFG, "q_lora_rank": 12},
+                                "mlp": {"hidden_dim": 64, "activation": "relu2"}}),
+    ],
+)  # fmt: skip
+def test_kernel_mode_fused_and_mla(layers: list[str], over: dict, fuse: bool) -> None:
+    """The one-graph step (fused or the model's modules, MLA through kernels.mla_decode) against
+    model forward: logits to float rounding at every step, the same greedy tokens."""
+    model = make(layers, seed=11, **over)
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    prompt = torch.randint(0, 97, (1, 19), generator=torch.Generator().manual_seed(5))
+    want, want_logits = eager_greedy(model, prompt, 20)
+    engine = DecodeEngine(model, max_context=48, attention="kernel", fuse=fuse)
+    assert engine.static and engine.fused == fuse and len(engine._segments) == 1
+    engine.prefill(prompt)
+    for i in range(20):
+        got = engine.step(want[i])
+        assert torch.allclose(got, want_logits[i + 1], rtol=1e-4, atol=1e-4), f"step {i}"
+    engine.reset()
+    engine.prefill(prompt)
+    assert engine.generate_greedy(20) == want
+    after = model.state_dict()  # building the engine left the model's weights as they were
+    assert after.keys() == before.keys() and all(torch.equal(after[n], t) for n, t in before.items())
+
+
+def test_concat_shared_weights_are_views() -> None:
+    """On CUDA the engine rebinds the projections as views of the concatenation (no memory doubled):
+    the model computes the same, and a second concatenation reuses the first."""
+    from model.engine import _concat
+
+    model = make(["gated_deltanet", "attention"], seed=12)
+    prompt = torch.randint(0, 97, (1, 9), generator=torch.Generator().manual_seed(6))
+    want = model(prompt, model.new_state())
+    a = model.layers[1].mixer
+    w, b = _concat([a.q_proj, a.k_proj, a.v_proj], share=True)
+    assert b is None and w.shape == (a.q_proj.out_features + 2 * a.k_proj.out_features, 32)
+    assert a.k_proj.weight.data_ptr() == w[a.q_proj.out_features :].data_ptr()
+    assert a.k_proj.weight.shape == (a.k_proj.out_features, 32)
+    assert torch.equal(model(prompt, model.new_state()), want)
+    w2, _ = _concat([a.q_proj, a.k_proj, a.v_proj], share=True)
+    assert w2 is w

@@ -1,0 +1,200 @@
+"""One-token multi-head latent attention (absorbed form) over a preallocated latent cache whose length
+lives on the device.
+
+`mla_decode(q_lat, q_rot, lat_buf, rope_buf, pos)`: q_lat (B, H, C) is each head's query folded into
+the latent space (q_nope W_uk, softmax scale included), q_rot (B, H, R) its RoPE part (scale
+included); lat_buf (B, M, C) and rope_buf (B, M, R) hold M >= L cached latents / RoPE keys of which
+the first L = pos + 1 are valid (`pos`: (1,) int64 on the device). Returns ctx (B, H, C) in q_lat's
+dtype: sum_j softmax_j(q_lat . c_j + q_rot . r_j) c_j. The caller applies W_uv and o_proj.
+
+Why: every head shares one key (latent | k_rope) and one value (the latent), so this is multi-query
+attention with key width C + R and value width C: one pass over the cache serves all H heads, and,
+like kernels/attention_decode.py, the length is read on the device so the decode step is one CUDA
+graph at any context.
+
+Triton: flash-decoding in two launches. (1) grid (B, NSPLIT): each program takes one contiguous share
+of the L keys in blocks of BLOCK_N and keeps, for all H heads at once (padded to >= 16 rows so the
+products run on tensor cores), a running max, sum of exponentials and weighted sum of latents in
+fp32; (2) grid (B, H, C / 64): the partials of the splits that hold keys are combined (log-sum-exp rescaling).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels._dispatch import interpreter_on, use_triton
+from kernels.errors import KernelInputError
+
+
+def _check(
+    q_lat: torch.Tensor, q_rot: torch.Tensor, lat: torch.Tensor, rope: torch.Tensor, pos: torch.Tensor
+) -> None:
+    if q_lat.dim() != 3 or q_rot.dim() != 3 or lat.dim() != 3 or rope.dim() != 3:
+        raise KernelInputError(
+            "mla_decode wants q_lat (B, H, C), q_rot (B, H, R), lat_buf (B, M, C), rope_buf (B, M, R); got "
+            f"{tuple(q_lat.shape)}, {tuple(q_rot.shape)}, {tuple(lat.shape)}, {tuple(rope.shape)}"
+        )
+    B, H, C = q_lat.shape
+    R = q_rot.shape[2]
+    if q_rot.shape[:2] != (B, H) or lat.shape[0] != B or lat.shape[2] != C:
+        raise KernelInputError(f"mla_decode: q_lat {tuple(q_lat.shape)} does not match {tuple(lat.shape)}")
+    if rope.shape != (B, lat.shape[1], R):
+        raise KernelInputError(
+            f"mla_decode: rope_buf must be {(B, lat.shape[1], R)}, got {tuple(rope.shape)}"
+        )
+    if pos.numel() != 1 or pos.dtype != torch.long:
+        raise KernelInputError(f"pos must be one int64 (the newest key's slot); got {pos.dtype} {pos.shape}")
+
+
+def mla_decode_ref(
+    q_lat: torch.Tensor, q_rot: torch.Tensor, lat_buf: torch.Tensor, rope_buf: torch.Tensor, pos: torch.Tensor
+) -> torch.Tensor:
+    """The definition (fp32 scores and softmax over the first pos + 1 slots); reads `pos` on the host."""
+    _check(q_lat, q_rot, lat_buf, rope_buf, pos)
+    L = int(pos.reshape(())) + 1
+    lat, rope = lat_buf[:, :L].float(), rope_buf[:, :L].float()  # (B, L, C), (B, L, R)
+    scores = q_lat.float() @ lat.transpose(1, 2) + q_rot.float() @ rope.transpose(1, 2)  # (B, H, L)
+    return (scores.softmax(-1) @ lat).to(q_lat.dtype)  # (B, H, C)
+
+
+def mla_decode(
+    q_lat: torch.Tensor, q_rot: torch.Tensor, lat_buf: torch.Tensor, rope_buf: torch.Tensor, pos: torch.Tensor
+) -> torch.Tensor:
+    if use_triton(q_lat):
+        return _mla_decode_triton(q_lat, q_rot, lat_buf, rope_buf, pos)
+    return mla_decode_ref(q_lat, q_rot, lat_buf, rope_buf, pos)
+
+
+NSPLIT = 128  # at 64k keys: 512 keys a program, ~one wave on an H100's 132 SMs
+BLOCK_N = 32
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the reference still works
+    triton = None
+
+if triton is not None:
+
+    @triton.jit
+    def _mm(a, b, IEEE: tl.constexpr):
+        if IEEE:  # exact fp32 (fp32 inputs, and the CPU interpreter, whose 16-bit dot is wrong)
+            return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+        return tl.dot(a, b)
+
+    @triton.jit
+    def _mla_partial_kernel(
+        ql_ptr, qr_ptr, lat_ptr, rope_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr,
+        H, C, R,
+        sqlb, sqlh, sqrb, sqrh, slb, sln, srb, srn,
+        NSPLIT: tl.constexpr, BLOCK_N: tl.constexpr, BH: tl.constexpr, BC: tl.constexpr,
+        BR: tl.constexpr, IEEE: tl.constexpr,
+    ):  # fmt: skip
+        b = tl.program_id(0)
+        split = tl.program_id(1)
+        L = tl.load(pos_ptr) + 1
+        per = tl.cdiv(tl.cdiv(L, NSPLIT), BLOCK_N) * BLOCK_N  # keys per split, whole blocks
+        lo = split * per
+        hi = tl.minimum(lo + per, L)
+        offs_h = tl.arange(0, BH)
+        offs_c = tl.arange(0, BC)
+        offs_r = tl.arange(0, BR)
+        mh, mc, mr = offs_h < H, offs_c < C, offs_r < R
+        ql = tl.load(
+            ql_ptr + b * sqlb + offs_h[:, None] * sqlh + offs_c[None, :],
+            mask=mh[:, None] & mc[None, :],
+            other=0.0,
+        )  # (BH, BC)
+        qr = tl.load(
+            qr_ptr + b * sqrb + offs_h[:, None] * sqrh + offs_r[None, :],
+            mask=mh[:, None] & mr[None, :],
+            other=0.0,
+        )  # (BH, BR)
+        m_i = tl.full((BH,), -1.0e30, tl.float32)
+        l_i = tl.zeros((BH,), tl.float32)
+        acc = tl.zeros((BH, BC), tl.float32)
+        lat_base = lat_ptr + b.to(tl.int64) * slb
+        rope_base = rope_ptr + b.to(tl.int64) * srb
+        for start in range(lo, hi, BLOCK_N):
+            offs_n = start + tl.arange(0, BLOCK_N)
+            mn = offs_n < hi
+            c = tl.load(
+                lat_base + offs_n[:, None].to(tl.int64) * sln + offs_c[None, :],
+                mask=mn[:, None] & mc[None, :],
+                other=0.0,
+            )  # (BLOCK_N, BC)
+            r = tl.load(
+                rope_base + offs_n[:, None].to(tl.int64) * srn + offs_r[None, :],
+                mask=mn[:, None] & mr[None, :],
+                other=0.0,
+            )  # (BLOCK_N, BR)
+            s = _mm(ql, tl.trans(c), IEEE) + _mm(qr, tl.trans(r), IEEE)  # (BH, BLOCK_N) natural-log units
+            s = tl.where(mn[None, :], s * 1.4426950408889634, -1.0e30)  # log2 units for exp2
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            acc = acc * alpha[:, None] + _mm(p.to(c.dtype), c, IEEE)
+            m_i = m_new
+        row = (b * NSPLIT + split) * BH + offs_h  # partials padded to BH rows
+        tl.store(m_ptr + row, m_i)
+        tl.store(l_ptr + row, l_i)
+        tl.store(acc_ptr + row[:, None] * BC + offs_c[None, :], acc)
+
+    @triton.jit
+    def _mla_combine_kernel(
+        m_ptr, l_ptr, acc_ptr, pos_ptr, o_ptr, C, sob, soh,
+        NSPLIT: tl.constexpr, BLOCK_N: tl.constexpr, BH: tl.constexpr, BC: tl.constexpr, BCB: tl.constexpr,
+    ):  # fmt: skip
+        # grid (B, H, C / BCB): a (NSPLIT, BCB) tile of partial sums per program, no register spill
+        b = tl.program_id(0)
+        h = tl.program_id(1)
+        offs_c = tl.program_id(2) * BCB + tl.arange(0, BCB)
+        mc = offs_c < C
+        L = tl.load(pos_ptr) + 1
+        per = tl.cdiv(tl.cdiv(L, NSPLIT), BLOCK_N) * BLOCK_N
+        used = tl.cdiv(L, per)  # splits that hold keys: only their partials are read
+        offs_s = tl.arange(0, NSPLIT)
+        ms = offs_s < used
+        row = (b * NSPLIT + offs_s) * BH + h  # (NSPLIT,)
+        m = tl.load(m_ptr + row, mask=ms, other=-1.0e30)
+        denom = tl.load(l_ptr + row, mask=ms, other=0.0)
+        w = tl.where(ms, tl.exp2(m - tl.max(m, axis=0)), 0.0)
+        acc = tl.load(
+            acc_ptr + row[:, None] * BC + offs_c[None, :], mask=ms[:, None] & mc[None, :], other=0.0
+        )
+        out = tl.sum(acc * w[:, None], axis=0) / tl.sum(denom * w, axis=0)
+        tl.store(o_ptr + b * sob + h * soh + offs_c, out.to(o_ptr.dtype.element_ty), mask=mc)
+
+
+def _mla_decode_triton(
+    q_lat: torch.Tensor, q_rot: torch.Tensor, lat_buf: torch.Tensor, rope_buf: torch.Tensor, pos: torch.Tensor
+) -> torch.Tensor:
+    _check(q_lat, q_rot, lat_buf, rope_buf, pos)
+    if any(t.stride(-1) != 1 for t in (q_lat, q_rot, lat_buf, rope_buf)):
+        raise KernelInputError("mla_decode needs the last dimension contiguous in every input")
+    B, H, C = q_lat.shape
+    R = q_rot.shape[2]
+    BH, BC, BR = (
+        max(16, triton.next_power_of_2(H)),
+        triton.next_power_of_2(C),
+        max(16, triton.next_power_of_2(R)),
+    )
+    rows = B * NSPLIT * BH
+    m = torch.empty(rows, device=q_lat.device, dtype=torch.float32)
+    denom = torch.empty_like(m)
+    acc = torch.empty(rows, BC, device=q_lat.device, dtype=torch.float32)
+    out = torch.empty_like(q_lat)
+    ieee = q_lat.dtype == torch.float32 or interpreter_on()
+    _mla_partial_kernel[(B, NSPLIT)](
+        q_lat, q_rot, lat_buf, rope_buf, pos, m, denom, acc, H, C, R,
+        q_lat.stride(0), q_lat.stride(1), q_rot.stride(0), q_rot.stride(1),
+        lat_buf.stride(0), lat_buf.stride(1), rope_buf.stride(0), rope_buf.stride(1),
+        NSPLIT=NSPLIT, BLOCK_N=BLOCK_N, BH=BH, BC=BC, BR=BR, IEEE=ieee, num_warps=8 if BC >= 256 else 4,
+    )  # fmt: skip
+    BCB = min(64, BC)
+    _mla_combine_kernel[(B, H, triton.cdiv(C, BCB))](
+        m, denom, acc, pos, out, C, out.stride(0), out.stride(1),
+        NSPLIT=NSPLIT, BLOCK_N=BLOCK_N, BH=BH, BC=BC, BCB=BCB, num_warps=4,
+    )  # fmt: skip
+    return out
