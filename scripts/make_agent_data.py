@@ -65,12 +65,25 @@ class Episode:
         return "".join(t for t, _, _ in self.pieces)
 
 
+_SCHEMAS: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+
+
+def tool_schemas(registry: ToolRegistry) -> list[dict[str, Any]]:
+    """The registry's tool schemas, generated once per process for a set of tools (pydantic's schema
+    generation was 40% of an episode's time; the built-in tools' schemas do not depend on the
+    workspace, and main() checks that every episode got the same system segment)."""
+    key = tuple(registry.names())
+    if key not in _SCHEMAS:
+        _SCHEMAS[key] = [s["function"] for s in registry.schemas()]
+    return _SCHEMAS[key]
+
+
 class EpisodeWriter:
     """Renders messages one segment at a time, the way the agent loop would feed them."""
 
     def __init__(self, registry: ToolRegistry, kind: str) -> None:
         self.registry = registry
-        self.tools = [s["function"] for s in registry.schemas()]
+        self.tools = tool_schemas(registry)
         self.history: list[ChatMessage] = []
         self.ep = Episode(kind)
 
@@ -239,11 +252,19 @@ def tokenizer_texts(eps: list[Episode], repeats: int = 200) -> list[str]:
     return texts
 
 
-def encode_episode(ep: Episode, tok: Tokenizer) -> tuple[list[int], list[int]]:
+def encode_episode(
+    ep: Episode, tok: Tokenizer, cache: dict[tuple[str, bool], list[int]] | None = None
+) -> tuple[list[int], list[int]]:
+    """ids and loss flags of an episode. `cache` keeps the ids of long pieces (the system segment)."""
     ids: list[int] = []
     mask: list[int] = []
     for text, markup, trained in ep.pieces:
-        piece = tok.encode(text, special=markup)
+        if cache is not None and len(text) > 1000:
+            piece = cache.get((text, markup)) or cache.setdefault(
+                (text, markup), tok.encode(text, special=markup)
+            )
+        else:
+            piece = tok.encode(text, special=markup)
         ids += piece
         mask += [int(trained)] * len(piece)
     return ids, mask
@@ -271,8 +292,9 @@ def main(argv: list[str] | None = None) -> None:
     prefix: list[int] | None = None
     chunks: list[np.ndarray] = []
     starts, with_prefix = [0], []
+    cache: dict[tuple[str, bool], list[int]] = {}
     for ep in eps:
-        ids, _ = encode_episode(ep, tok)
+        ids, _ = encode_episode(ep, tok, cache)
         head = len(FORMAT.system_pieces("", [])) == 3 and ep.kind != "text"
         if head:
             # Every chat episode starts with the same system segment: store it once (train.py re-adds it).

@@ -233,7 +233,7 @@ def train(a: argparse.Namespace) -> dict:
                 total_steps = min(a.max_steps, step + int(left / per_step))
                 print(f"{per_step * 1000:.0f} ms/step: can finish {total_steps} steps", flush=True)
                 if a.sync_dir is not None:
-                    total_steps = agree_on_steps(a.sync_dir, a.sync_n, a.arch, total_steps)
+                    total_steps = max(step, agree_on_steps(a.sync_dir, a.sync_n, a.arch, total_steps))
                 log["ms_per_step_calibrated"] = round(per_step * 1000, 1)
                 print(f"schedule set to {total_steps} steps", flush=True)
             if step % a.log_every == 0 or step == total_steps:
