@@ -11,12 +11,21 @@ Design choices:
   the window's masking does not depend on what is held, so pinning does not change any number.
 - Long prefills are split in chunks of a fixed size: the same segment is always cut the same way, so a
   resumed session runs exactly the operations the uninterrupted one ran.
+- On CUDA (full attention) the real engine drives `model.engine.DecodeEngine`: preallocated caches,
+  prefill in chunks, and each generated token fed back through the captured one-token step (one CUDA
+  graph) instead of a Python forward; resume copies the restored state into its buffers
+  (`load_state`). Snapshots read its state directly (`recurrent_tensors` + `cache_range` of the new
+  tokens): `export_state` would copy the whole cache for a page of it. With a window (the engine keeps
+  full attention only) and on the CPU the model's own forward runs, as before. Both paths are exact
+  with themselves across a save and a resume; they are not bit-identical to each other on the GPU
+  (other kernels). `HYBRID_AGENT_DECODE_ENGINE=1|0` forces the choice (tests run the engine on CPU).
 - Calls are not thread-safe; the agent runs all of them on its one model thread.
 """
 
 from __future__ import annotations
 
 import base64
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -27,6 +36,20 @@ from torch import Tensor
 from model.chat import ChatFormat, Segment
 
 PREFILL_CHUNK = 2048  # tokens per forward call during prefill (bounds the attention matrix)
+DECODE_ENGINE_ENV = "HYBRID_AGENT_DECODE_ENGINE"  # auto (default: on CUDA) | 1 | 0
+MIN_CONTEXT = 8192  # the DecodeEngine's first buffers, in tokens; doubled whenever a session outgrows them
+
+
+def want_decode_engine(arg: bool | None, device: torch.device) -> bool:
+    """Whether to run on `model.engine.DecodeEngine`: `arg` if given, else the environment, else CUDA."""
+    if arg is not None:
+        return arg
+    env = os.environ.get(DECODE_ENGINE_ENV, "auto").strip().lower()
+    if env in ("1", "true", "yes", "on"):
+        return True
+    if env in ("0", "false", "no", "off"):
+        return False
+    return device.type == "cuda"
 
 
 @dataclass(frozen=True)
@@ -102,6 +125,8 @@ class ModelEngine:
         temperature: float = 0.0,
         seed: int | None = None,
         model_name: str = "model",
+        decode_engine: bool | None = None,
+        max_context: int = MIN_CONTEXT,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -117,12 +142,57 @@ class ModelEngine:
         self._seed = seed
         self._generator = make_generator(seed, self._device)
         self._window_arg, self._sinks_arg = window, sinks
-        self.state = model.new_state(window=window, sinks=sinks)
+        self._want_engine = want_decode_engine(decode_engine, self._device)
+        self._min_context = max(1, int(max_context))
+        self._decoder: Any = None  # the DecodeEngine, built on first use and kept (its buffers are big)
+        self._on_decoder = False  # whether the live state is the DecodeEngine's
+        self._state: Any = None
+        self._logits: Tensor | None = None
+        self._fresh_state()
         # The effective policy (a model trained with a sliding window brings its own).
         self.window: int | None = self.state.window
         self.sinks: int = self.state.sinks
-        self.state.keep_from = 0
-        self._logits: Tensor | None = None
+
+    @property
+    def state(self) -> Any:
+        """The live `ModelState` (the DecodeEngine's, whose caches are views into its buffers, or ours)."""
+        return self._decoder.state if self._on_decoder else self._state
+
+    @property
+    def uses_decode_engine(self) -> bool:
+        """Whether the live state runs on `model.engine.DecodeEngine` (CUDA graphs on CUDA)."""
+        return self._on_decoder
+
+    def _fresh_state(self) -> None:
+        """An empty state under the current policy, on the DecodeEngine when it can hold it."""
+        state = self.model.new_state(window=self._window_arg, sinks=self._sinks_arg)
+        self._on_decoder = self._want_engine and state.window is None
+        if self._on_decoder:
+            self._decoder_for(0).reset()
+            self._state = None
+        else:
+            state.keep_from = 0
+            self._state = state
+
+    def _decoder_for(self, n_tokens: int) -> Any:
+        """The DecodeEngine, with buffers for at least `n_tokens` (grown by doubling; the live state
+        moves into the new buffers, so growing changes no number)."""
+        from model.engine import DecodeEngine
+
+        old = self._decoder
+        if old is not None and n_tokens <= old.max_context:
+            return old
+        size = self._min_context if old is None else 2 * old.max_context
+        while size < n_tokens:
+            size *= 2
+        new = DecodeEngine(self.model, max_context=size, prefill_chunk=PREFILL_CHUNK)
+        if old is not None and self._on_decoder and old.n_tokens:
+            new.load_state(old.state)
+        self._decoder = old = None
+        if self._device.type == "cuda":
+            torch.cuda.empty_cache()  # the old buffers go back before the next big allocation
+        self._decoder = new
+        return new
 
     @property
     def n_tokens(self) -> int:
@@ -148,8 +218,7 @@ class ModelEngine:
     def reset(self) -> None:
         from model.sampling import make_generator
 
-        self.state = self.model.new_state(window=self._window_arg, sinks=self._sinks_arg)
-        self.state.keep_from = 0
+        self._fresh_state()
         self._logits = None
         self._generator = make_generator(self._seed, self._device)  # each session starts from the seed
 
@@ -174,8 +243,18 @@ class ModelEngine:
     def prefill(self, ids: Sequence[int]) -> None:
         from model.generate import prefill
 
-        if ids:
+        if not ids:
+            return
+        if not self._on_decoder:
             self._logits = prefill(self.model, list(ids), self.state, chunk_size=PREFILL_CHUNK)  # (1, V)
+            return
+        # One spare slot: the engine's step writes the next position's id past the new token.
+        dec = self._decoder_for(self.n_tokens + len(ids) + 1)
+        with torch.inference_mode():
+            if len(ids) == 1 and dec.n_tokens > 0:  # a generated token fed back: the graphed step
+                self._logits = dec.step(int(ids[0]))  # (1, V), the engine's buffer
+            else:
+                self._logits = dec.prefill(list(ids))  # (1, V)
 
     def next_token(self) -> int:
         from model.sampling import sample
@@ -195,20 +274,31 @@ class ModelEngine:
         return recurrent, pages
 
     def mark_saved(self) -> None:
+        if self._on_decoder:  # full attention: nothing leaves memory
+            return
         self.state.keep_from = self.n_tokens
         for i in range(len(self.state.layers)):
             self.state.evict(i)
 
     def restore(self, recurrent: dict[str, Tensor], pages: Sequence[StatePage]) -> None:
+        """Rebuild the state from a snapshot. The tensors go to the model's device first (a no-op when
+        the store loaded them there), so reassembling the pages runs on the GPU, not in host memory."""
         from model import ModelState
 
+        dev = self._device
         state = ModelState.from_parts(
-            recurrent,
-            [(p.start, p.end, p.tensors) for p in pages],
+            {k: v.to(dev, non_blocking=True) for k, v in recurrent.items()},
+            [
+                (p.start, p.end, {k: v.to(dev, non_blocking=True) for k, v in p.tensors.items()})
+                for p in pages
+            ],
             self.model.config,
             window=self._window_arg,
             sinks=self._sinks_arg,
         )
-        self.state = state.to(self._device)
-        self.state.keep_from = self.n_tokens
+        if self._on_decoder:
+            self._decoder_for(state.n_tokens + 1).load_state(state)
+        else:
+            self._state = state.to(dev)
+            self._state.keep_from = self.n_tokens
         self._logits = None

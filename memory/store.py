@@ -244,12 +244,17 @@ class Store:
         window: int | None = None,
         sinks: int = 0,
         fingerprint: str | None = None,
+        device: torch.device | str | None = None,
     ) -> Snapshot:
-        """The snapshot of `turn` (latest when None), verified, as fresh CPU tensors. With `window`,
-        only pages overlapping [0, sinks) or [n_tokens - window, n_tokens) are read. `fingerprint` is
-        the loading model's: a snapshot made by another model is refused."""
+        """The snapshot of `turn` (latest when None), verified, as fresh tensors on `device` (CPU by
+        default; on CUDA the verified chunks are copied straight to the GPU through a small pinned
+        ring). With `window`, only pages overlapping [0, sinks) or [n_tokens - window, n_tokens) are
+        read. `fingerprint` is the loading model's: a snapshot made by another model is refused.
+        The tensors of one blob (the recurrent state, or one page) are views of one buffer."""
         return self._in_read(
-            lambda s: read_snapshot(s, session_id, turn, window=window, sinks=sinks, fingerprint=fingerprint),
+            lambda s: read_snapshot(
+                s, session_id, turn, window=window, sinks=sinks, fingerprint=fingerprint, device=device
+            ),
             f"loading session {session_id}",
         )
 

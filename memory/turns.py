@@ -1,7 +1,9 @@
 """Saving and loading one turn's snapshot, inside a transaction the Store opens.
 
 `prepare_turn` does the CPU work (validation, safetensors, hashing) before any lock is taken;
-`write_turn` only inserts. `read_snapshot` reads and verifies every byte before building tensors.
+`write_turn` only inserts. `read_snapshot` reads and verifies every byte (memory/blobs.py's pipeline,
+straight into one buffer per blob on the target device) before building tensors, which are views of
+those buffers (memory/codec.py's `tensors_from_buffer`): no further copy.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from memory import blobs
-from memory.codec import bytes_to_tensors, tensors_to_bytes
+from memory.codec import tensors_from_buffer, tensors_to_bytes
 from memory.errors import FingerprintMismatchError, InvalidEventError, InvalidPageError, TurnOrderError
 from memory.queries import now, session_row, snapshot_row
 from memory.records import Event, FileEdit, Page, SaveStats, Snapshot
@@ -151,7 +153,14 @@ def write_turn(s: Session, session_id: str, t: PreparedTurn) -> SaveStats:
 
 
 def read_snapshot(
-    s: Session, session_id: str, turn: int | None, *, window: int | None, sinks: int, fingerprint: str | None
+    s: Session,
+    session_id: str,
+    turn: int | None,
+    *,
+    window: int | None,
+    sinks: int,
+    fingerprint: str | None,
+    device: torch.device | str | None = None,
 ) -> Snapshot:
     sess = session_row(s, session_id)
     if fingerprint is not None and fingerprint != sess.model_fingerprint:
@@ -166,19 +175,23 @@ def read_snapshot(
         recent = StatePage.token_end > snap.n_tokens - window
         q = q.where(or_(recent, StatePage.token_start < sinks) if sinks > 0 else recent)
     page_rows = list(s.scalars(q.order_by(StatePage.token_start)))
-    # Every byte is read and verified before any tensor is built.
-    rec_bytes = blobs.read_blob(s, snap.recurrent_blob, what=f"{where}: recurrent state")
+    # Every byte is read and verified (into fresh buffers on `device`) before any tensor is built.
+    rec_label = f"{where}: recurrent state"
     labels = [f"{where}: cache page [{p.token_start},{p.token_end})" for p in page_rows]
-    page_bytes = [blobs.read_blob(s, p.blob_sha256, what=w) for p, w in zip(page_rows, labels, strict=True)]
+    rec_buf = blobs.read_blob_tensor(s, snap.recurrent_blob, what=rec_label, device=device)
+    page_bufs = [
+        blobs.read_blob_tensor(s, p.blob_sha256, what=w, device=device)
+        for p, w in zip(page_rows, labels, strict=True)
+    ]
     pages = [
-        Page(p.token_start, p.token_end, bytes_to_tensors(b, what=w))
-        for p, b, w in zip(page_rows, page_bytes, labels, strict=True)
+        Page(p.token_start, p.token_end, tensors_from_buffer(b, what=w))
+        for p, b, w in zip(page_rows, page_bufs, labels, strict=True)
     ]
     return Snapshot(
         session_id=session_id,
         turn=snap.turn,
         n_tokens=snap.n_tokens,
-        recurrent=bytes_to_tensors(rec_bytes, what=f"{where}: recurrent state"),
+        recurrent=tensors_from_buffer(rec_buf, what=rec_label),
         pages=pages,
         meta=dict(snap.meta or {}),
     )

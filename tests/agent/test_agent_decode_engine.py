@@ -1,0 +1,139 @@
+"""The real engine on `model.engine.DecodeEngine` (the CUDA default; forced here on the CPU, where the
+engine runs its eager path on the same preallocated buffers): a session saved and resumed on it
+continues exactly as one that never stopped, its buffers grow without changing a number, and it picks
+the same greedy tokens as the model's own forward. The same checks on the GPU are under `-m gpu`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from agent import Agent
+from agent.engine import DECODE_ENGINE_ENV, ModelEngine, want_decode_engine
+from agent.events import TurnEnd
+from memory import Store
+from model.chat import NativeChatFormat
+from model.config import HybridConfig
+from model.hybrid import HybridLM
+from model.tokenizer import ByteTokenizer
+
+CFG = HybridConfig(
+    vocab_size=267, d_model=32, layer_types=["mamba2", "attention", "gated_deltanet", "attention"]
+)
+PROMPTS = ["first question", "second question", "third question"]
+
+
+@pytest.fixture(scope="module")
+def lm() -> HybridLM:
+    torch.manual_seed(1234)
+    return HybridLM(CFG).eval()
+
+
+def engine(lm: HybridLM, *, on: bool, **kw: Any) -> ModelEngine:
+    return ModelEngine(
+        lm.to(DEVICE), ByteTokenizer(), NativeChatFormat(), window=None, decode_engine=on, **kw
+    )
+
+
+def run(agent: Agent, prompt: str) -> list[Any]:
+    return [e for e in agent.send_sync(prompt) if isinstance(e, TurnEnd)]
+
+
+def raw(store: Store, sid: str) -> list[str]:
+    return [e.data["raw"] for e in store.events(sid) if e.kind == "assistant"]
+
+
+DEVICE = "cpu"
+
+
+def test_the_choice_follows_device_argument_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(DECODE_ENGINE_ENV, raising=False)
+    assert want_decode_engine(None, torch.device("cuda")) and not want_decode_engine(
+        None, torch.device("cpu")
+    )
+    monkeypatch.setenv(DECODE_ENGINE_ENV, "1")
+    assert want_decode_engine(None, torch.device("cpu"))
+    monkeypatch.setenv(DECODE_ENGINE_ENV, "0")
+    assert not want_decode_engine(None, torch.device("cuda"))
+    assert want_decode_engine(True, torch.device("cpu"))  # an explicit argument wins
+
+
+def greedy(e: ModelEngine, prompt: list[int], n: int) -> list[int]:
+    e.prefill(prompt)
+    out = []
+    for _ in range(n):
+        tok = e.next_token()
+        out.append(tok)
+        e.prefill([tok])  # fed back, as the loop does
+    return out
+
+
+def test_engine_path_picks_the_model_paths_greedy_tokens(lm: HybridLM) -> None:
+    torch.manual_seed(0)
+    prompt = torch.randint(0, CFG.vocab_size, (40,)).tolist()
+    on, off = engine(lm, on=True), engine(lm, on=False)
+    assert on.uses_decode_engine and not off.uses_decode_engine
+    assert greedy(on, prompt, 24) == greedy(off, prompt, 24)
+    assert on.n_tokens == off.n_tokens == 40 + 24
+    # The snapshots (what the store gets) agree too: same tensors, same names.
+    rec_on, pages_on = on.snapshot(0)
+    rec_off, pages_off = off.snapshot(0)
+    assert rec_on.keys() == rec_off.keys() and pages_on[0].tensors.keys() == pages_off[0].tensors.keys()
+    for k in rec_on:
+        torch.testing.assert_close(rec_on[k], rec_off[k], rtol=1e-4, atol=1e-5)
+
+
+def test_buffers_grow_without_changing_a_number(lm: HybridLM) -> None:
+    torch.manual_seed(1)
+    prompt = torch.randint(0, CFG.vocab_size, (30,)).tolist()
+    small, big = engine(lm, on=True, max_context=16), engine(lm, on=True, max_context=4096)
+    assert small._decoder.max_context == 16
+    a, b = greedy(small, prompt, 20), greedy(big, prompt, 20)
+    assert small._decoder.max_context >= 50 and a == b
+    rec_a, _ = small.snapshot(0)
+    rec_b, _ = big.snapshot(0)
+    for k in rec_a:
+        assert torch.equal(rec_a[k], rec_b[k]), k
+
+
+def test_restore_on_the_engine_continues_exactly(lm: HybridLM) -> None:
+    torch.manual_seed(2)
+    prompt = torch.randint(0, CFG.vocab_size, (33,)).tolist()
+    straight = engine(lm, on=True)
+    first = greedy(straight, prompt, 10)
+    rec, pages = straight.snapshot(0)
+    rest = greedy(straight, [5, 6, 7], 12)
+    resumed = engine(lm, on=True)
+    resumed.restore(rec, pages)
+    assert resumed.uses_decode_engine and resumed.n_tokens == len(prompt) + len(first)
+    assert greedy(resumed, [5, 6, 7], 12) == rest
+
+
+def test_agent_session_resumes_exactly_on_the_engine(lm: HybridLM, tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+
+    def agent() -> Agent:
+        return Agent(engine(lm, on=True), store, workspace=tmp_path, max_new_tokens=8)
+
+    straight = agent()
+    for p in PROMPTS:
+        run(straight, p)
+    stopped = agent()
+    for p in PROMPTS[:2]:
+        run(stopped, p)
+    resumed = agent()
+    resumed.resume(stopped.session_id)
+    assert resumed.engine.uses_decode_engine  # type: ignore[attr-defined]
+    run(resumed, PROMPTS[2])
+    assert raw(store, stopped.session_id) == raw(store, straight.session_id)
+    a, b = store.load_snapshot(straight.session_id, 3), store.load_snapshot(stopped.session_id, 3)
+    assert a.n_tokens == b.n_tokens
+    for k in a.recurrent:
+        assert torch.equal(a.recurrent[k], b.recurrent[k]), k
+    for k in a.pages[-1].tensors:
+        assert torch.equal(a.pages[-1].tensors[k], b.pages[-1].tensors[k]), k
+    for ag in (straight, stopped, resumed):
+        ag.close()
