@@ -219,7 +219,8 @@ def main() -> None:
     ap.add_argument("--decode-tokens", type=int, default=64)
     ap.add_argument("--attention", choices=["kernel", "sdpa"], default=None, help="engine attention mode")
     ap.add_argument(
-        "--sections", default="check,sdpa_overhead,prefill,decode,hf,hf_prefill,resume,attention",
+        "--sections",
+        default="check,sdpa_overhead,eager_sdpa,prefill,decode_unfused,decode,hf,hf_prefill,resume,attention",
         help="comma list; hf without hf_prefill = transformers' check and decode only",
     )  # fmt: skip
     args = ap.parse_args()
@@ -297,6 +298,32 @@ def main() -> None:
     if "sdpa_overhead" in sections and b.cuda:
         b.section("sdpa_overhead", sdpa_overhead)
 
+    def eager_decode_sdpa() -> dict[str, Any]:
+        """#8 item 4: the model's eager T == 1 path (model(token, state)) per token, with the default
+        SDPA backends (before) and restricted to flash / memory-efficient (model.attention.sdpa)."""
+        import model.attention as att
+
+        out: dict[str, Any] = {}
+        for name, restrict in (
+            ("default_backends", False),
+            ("flash_or_efficient", True),
+            ("default_again", False),
+        ):
+            att.RESTRICT_DECODE_BACKENDS = restrict
+            state = ours.new_state()
+            logits = eager_prefill(ours, rand_ids(64, V), state)
+            times = []
+            for _ in range(10):
+                t = b.clock()
+                logits = ours(logits.argmax(-1).view(1, 1), state)[:, -1]
+                times.append((b.clock() - t) * 1e3)
+            out[f"{name}_ms_per_token_median"] = sorted(times[2:])[len(times[2:]) // 2]
+        att.RESTRICT_DECODE_BACKENDS = True
+        return out
+
+    if "eager_sdpa" in sections and b.cuda:
+        b.section("eager_decode_sdpa", eager_decode_sdpa)
+
     def prefill_ours() -> list[dict[str, Any]]:
         engine.prefill_chunk = 8192 if not tiny else 64
         engine.reset()
@@ -330,10 +357,25 @@ def main() -> None:
             row["vs_floor"] = row["floor_ms"] / row["ms"]
             if b.cuda:
                 row["sdpa_GBps"] = sdpa_bandwidth(eng, ctx)
+                if ctx == contexts[0]:
+                    row["kernels_per_token"] = kernels_per_token(eng, ctx)
             rows.append(row)
             print(row, flush=True)
         return rows
 
+    def decode_unfused() -> list[dict[str, Any]]:
+        # The one-graph step with the model's own modules (fuse=False): the session-1 engine, as the
+        # same-run baseline of the fused step.
+        eng = DecodeEngine(ours, max_context=maxctx, prefill_chunk=2048, attention=args.attention, fuse=False)
+        try:
+            return decode(eng, ours, ctxs)
+        finally:
+            del eng
+            gc.collect()
+            torch.cuda.empty_cache() if b.cuda else None
+
+    if "decode_unfused" in sections:
+        b.section("decode_unfused", decode_unfused)
     if "decode" in sections:
         b.section("decode_ours", lambda: decode(engine, ours, ctxs))
     engine = None  # frees its buffers (closures above hold the name, not the object)
@@ -509,6 +551,29 @@ def sdpa_overhead() -> dict[str, Any]:
     return out
 
 
+def kernels_per_token(eng: DecodeEngine, ctx: int) -> dict[str, int]:
+    """Device activities (kernels, copies, sets) of one decode step, by torch.profiler: the step's
+    segments run eagerly (the launches a graph captures), and one replay of the captured graph."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    def count(fn: Any) -> int:
+        eng.set_length(ctx)
+        with (
+            torch.inference_mode(),
+            profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof,
+        ):
+            fn()
+            torch.cuda.synchronize()
+        eng.set_length(ctx)
+        return sum(1 for e in prof.events() if e.device_type == DeviceType.CUDA)
+
+    out = {"eager_segments": count(lambda: [seg() for seg, _ in eng._segments])}
+    if eng._graphs is not None and len(eng._graphs) == 1:
+        out["graph_replay"] = count(lambda: next(iter(eng._graphs.values())).replay())  # type: ignore[union-attr]
+    return out
+
+
 def sdpa_bandwidth(eng: DecodeEngine, ctx: int) -> float:
     """The attention core alone (what the engine runs between its graphs), as GB/s of K/V read."""
     import triton.testing as tt
@@ -529,17 +594,25 @@ def table(res: dict[str, Any]) -> None:
     hf = res.get("transformers") or {}
     hf_dec = {r["ctx"]: r for r in hf.get("decode", []) if "tok_s" in r}
     attn = {r["ctx"]: r for r in res.get("decode_attention_only") or [] if isinstance(r, dict) and "ctx" in r}
-    print("ctx      ours tok/s  floor tok/s  %floor  hf tok/s  x hf   attn tok/s  hybrid/attn  cache GB h/a")
+    unf = {r["ctx"]: r for r in res.get("decode_unfused") or [] if isinstance(r, dict) and "tok_s" in r}
+    print(
+        "ctx     ours tok/s  unfused  floor tok/s  %floor  hf tok/s  x hf  attn tok/s  hyb/attn  cache GB h/a"
+    )
     for r in res.get("decode_ours") or []:
         if not isinstance(r, dict) or "ctx" not in r:
             continue
-        h, a = hf_dec.get(r["ctx"]), attn.get(r["ctx"])
+        h, a, u = hf_dec.get(r["ctx"]), attn.get(r["ctx"]), unf.get(r["ctx"])
         print(
-            f"{r['ctx']:<8} {r['tok_s']:>10.1f}  {1e3 / r['floor_ms']:>11.1f}  {100 * r['vs_floor']:>5.0f}%"
+            f"{r['ctx']:<8} {r['tok_s']:>10.1f}  {_f(u and u['tok_s'], '>7.1f')}"
+            f"  {1e3 / r['floor_ms']:>11.1f}  {100 * r['vs_floor']:>5.0f}%"
             f"  {_f(h and h['tok_s'], '>8.1f')}  {_f(h and r['tok_s'] / h['tok_s'], '>5.1f')}"
             f"  {_f(a and a['tok_s'], '>10.1f')}  {_f(a and r['tok_s'] / a['tok_s'], '>11.2f')}"
             f"  {r['cache_GB']:.2f}/{_f(a and a['cache_GB'], '.2f')}"
         )
+    for key in ("decode_unfused", "decode_ours"):
+        for r in res.get(key) or []:
+            if isinstance(r, dict) and "kernels_per_token" in r:
+                print(f"{key} kernels per token at {r['ctx']}: {r['kernels_per_token']}")
     hf_pre = {r["T"]: r for r in hf.get("prefill", [])}
     for r in res.get("prefill_ours") or []:
         if isinstance(r, dict) and "T" in r:

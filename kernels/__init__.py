@@ -3,9 +3,11 @@ that dispatches by device (Triton on CUDA, the reference elsewhere; see kernels/
 Signatures are fixed by docs/interfaces.md. kernels/ imports nothing else of ours."""
 
 from kernels.causal_conv1d import causal_conv1d, causal_conv1d_step
+from kernels.decode_fused import gdn_decode_prep, residual_rms_norm, silu_mul
 from kernels.errors import KernelInputError
 from kernels.gated_delta_rule import chunk_gated_delta_rule
 from kernels.gated_delta_rule_step import gated_delta_rule_step
+from kernels.mla_decode import mla_decode
 from kernels.rms_norm import gated_rms_norm, rms_norm
 from kernels.ssd_scan import ssd_scan
 from kernels.ssm_step import ssm_step
@@ -17,7 +19,11 @@ __all__ = [
     "chunk_gated_delta_rule",
     "gated_delta_rule_step",
     "gated_rms_norm",
+    "gdn_decode_prep",
+    "mla_decode",
+    "residual_rms_norm",
     "rms_norm",
+    "silu_mul",
     "ssd_scan",
     "ssm_step",
 ]

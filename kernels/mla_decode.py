@@ -190,7 +190,8 @@ def _mla_decode_triton(
         q_lat, q_rot, lat_buf, rope_buf, pos, m, denom, acc, H, C, R,
         q_lat.stride(0), q_lat.stride(1), q_rot.stride(0), q_rot.stride(1),
         lat_buf.stride(0), lat_buf.stride(1), rope_buf.stride(0), rope_buf.stride(1),
-        NSPLIT=NSPLIT, BLOCK_N=BLOCK_N, BH=BH, BC=BC, BR=BR, IEEE=ieee, num_warps=8 if BC >= 256 else 4,
+        NSPLIT=NSPLIT, BLOCK_N=BLOCK_N, BH=BH, BC=BC, BR=BR, IEEE=ieee,
+        num_warps=8 if BC >= 256 else 4, num_stages=2,
     )  # fmt: skip
     BCB = min(64, BC)
     _mla_combine_kernel[(B, H, triton.cdiv(C, BCB))](

@@ -109,11 +109,18 @@ class Attention(nn.Module):
 # differs from the last one's (every decode step; bench/results/gpu_e2e.json, sdpa_overhead), against
 # ~0.1 ms with these two. Masked calls (prefill, windows) keep the default choice.
 _DECODE_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+RESTRICT_DECODE_BACKENDS = True  # bench/gpu_e2e.py turns it off to time the default choice
 
 
 def sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:
     """`F.scaled_dot_product_attention`, restricted to flash / memory-efficient for unmasked CUDA calls."""
-    if mask is None and q.is_cuda:
+    if (
+        mask is None
+        and q.is_cuda
+        and RESTRICT_DECODE_BACKENDS
+        and q.shape[-1] <= 256
+        and q.dtype != torch.float64
+    ):
         with sdpa_kernel(_DECODE_BACKENDS):
             return F.scaled_dot_product_attention(q, k, v, scale=scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)

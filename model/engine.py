@@ -20,10 +20,10 @@ Design choices (the model stays plain; speed tricks live here, as in gpt-fast):
   next RMSNorm. `fuse=False` keeps the model's modules (the same graph, more kernels: the baseline of
   bench/gpu_e2e.py).
   `attention="sdpa"` instead cuts the step at each attention core and runs the model's own
-  `scaled_dot_product_attention` call eagerly over the first L keys between graphs: the kernels of
-  `model(token, state)` (256 greedy tokens identical at OLMo Hybrid 7B's shape; not promised bit for
-  bit, as graph capture may change cuBLAS' choices), but on the H100 with torch 2.11 that call costs
-  ~40-60 ms of host time whenever L changes (bench/results/gpu_e2e*.json): the reference mode only.
+  `scaled_dot_product_attention` call (model.attention.sdpa: flash / memory-efficient on CUDA) eagerly
+  over the first L keys between graphs: the kernels of `model(token, state)` (256 greedy tokens
+  identical at OLMo Hybrid 7B's shape; not promised bit for bit, as graph capture may change cuBLAS'
+  choices), with one host-side call per attention layer and token: the reference mode only.
 - Greedy decoding never leaves the device: the last graph writes argmax(logits) into the input
   buffer of the next step and into a device history of token ids, which is read back every
   `sync_every` tokens (or every token when stop ids must be checked: the state must not run past a
@@ -48,7 +48,7 @@ from kernels import gated_delta_rule_step, rms_norm
 from kernels.attention_decode import attention_decode
 from kernels.decode_fused import gdn_decode_prep, residual_rms_norm, silu_mul
 from kernels.mla_decode import mla_decode
-from model.attention import Attention
+from model.attention import Attention, sdpa
 from model.errors import ModelError, StateMismatchError, TokenRangeError
 from model.hybrid import HybridLM
 from model.layers import rope_cos_sin, rotate
@@ -314,9 +314,7 @@ class DecodeEngine:
             return
         L = self._n + 1  # the new token's key is in the buffer
         keys, values = storage["k"].narrow(2, 0, L), storage["v"].narrow(2, 0, L)  # (B, Hkv, L, Dh)
-        out = F.scaled_dot_product_attention(
-            q, keys.to(q.dtype), values.to(q.dtype), scale=scale
-        )  # (B, Hkv, G, Dh)
+        out = sdpa(q, keys.to(q.dtype), values.to(q.dtype), None, scale)  # (B, Hkv, G, Dh), the model's call
         self._attn_out[i].copy_(out)
 
     def _attention_out(self, i: int, block: nn.Module) -> None:

@@ -60,11 +60,40 @@ def check_against_eager(model: HybridLM, engine: DecodeEngine, prompt: torch.Ten
     return same
 
 
-@pytest.mark.parametrize("mode", ["kernel", "sdpa"])
-@pytest.mark.parametrize("layers", [["gated_deltanet"] * 3 + ["attention"], ["attention", "mamba2", "mlp"]])
-def test_graphed_decode_matches_eager(layers: list[str], mode: str) -> None:
+@pytest.mark.parametrize(
+    "mode, fuse, layers",
+    [
+        ("kernel", True, ["gated_deltanet"] * 3 + ["attention"]),  # the default engine, OLMo Hybrid's blocks
+        ("kernel", False, ["gated_deltanet"] * 3 + ["attention"]),  # the model's modules in one graph
+        ("kernel", True, ["attention", "mamba2", "mlp"]),
+        ("sdpa", True, ["attention", "mamba2", "mlp"]),  # the reference mode (fuse applies to kernel only)
+    ],
+)
+def test_graphed_decode_matches_eager(layers: list[str], mode: str, fuse: bool) -> None:
     model = olmo_like(layers * 2)
     prompt = torch.randint(0, 4096, (1, 300), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
-    engine = DecodeEngine(model, max_context=1024, attention=mode)  # type: ignore[arg-type]
-    assert engine.graphed
+    engine = DecodeEngine(model, max_context=1024, attention=mode, fuse=fuse)  # type: ignore[arg-type]
+    assert engine.graphed and engine.fused == (fuse and mode == "kernel")
+    check_against_eager(model, engine, prompt)
+
+
+def mla_stack() -> HybridLM:
+    """Mamba-2 + MLA (DeepSeek-V3's per-head sizes: latent 512, RoPE key 64, 128 + 128 per head)."""
+    cfg = HybridConfig.model_validate(
+        {"vocab_size": 4096, "d_model": 1024, "layer_types": ["mamba2", "mamba2", "mla"] * 2,
+         "init_std": 0.05,
+         "mla": {"n_heads": 8, "kv_lora_rank": 512, "qk_rope_head_dim": 64, "qk_nope_head_dim": 128,
+                 "v_head_dim": 128}}
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return HybridLM(cfg).to(device="cuda", dtype=torch.bfloat16).eval()
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_graphed_mla_decode_matches_eager(fuse: bool) -> None:
+    """MLA's absorbed step over the latent cache (kernels.mla_decode) inside the one-graph step."""
+    model = mla_stack()
+    prompt = torch.randint(0, 4096, (1, 300), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
+    engine = DecodeEngine(model, max_context=1024, fuse=fuse)
+    assert engine.graphed and engine.attention == "kernel" and len(engine._segments) == 1
     check_against_eager(model, engine, prompt)
