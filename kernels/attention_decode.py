@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from kernels._dispatch import use_triton
+from kernels._dispatch import interpreter_on, use_triton
 from kernels.errors import KernelInputError
 
 
@@ -69,11 +69,18 @@ except ImportError:  # the reference still works
 if triton is not None:
 
     @triton.jit
+    def _dot(a, b, IEEE: tl.constexpr):
+        if IEEE:  # exact fp32 (fp32 inputs, and the CPU interpreter, whose 16-bit dot is wrong)
+            return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+        return tl.dot(a, b)
+
+    @triton.jit
     def _partial_kernel(
         q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr,
         Hkv, G, D, scale_log2,
         sqb, sqh, sqg, skb, skh, skn, svb, svh, svn,
         NSPLIT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
+        USE_DOT: tl.constexpr, IEEE: tl.constexpr,
     ):  # fmt: skip
         pid_bh = tl.program_id(0)
         split = tl.program_id(1)
@@ -90,7 +97,9 @@ if triton is not None:
             q_ptr + b * sqb + h * sqh + offs_g[:, None] * sqg + offs_d[None, :],
             mask=mg[:, None] & md[None, :],
             other=0.0,
-        ).to(tl.float32)  # (BLOCK_G, BLOCK_D)
+        )  # (BLOCK_G, BLOCK_D)
+        if not USE_DOT:
+            q = q.to(tl.float32)
         m_i = tl.full((BLOCK_G,), -1.0e30, tl.float32)
         l_i = tl.zeros((BLOCK_G,), tl.float32)
         acc = tl.zeros((BLOCK_G, BLOCK_D), tl.float32)
@@ -106,15 +115,19 @@ if triton is not None:
             v = tl.load(
                 v_base + offs_n[:, None].to(tl.int64) * svn + offs_d[None, :], mask=kv_mask, other=0.0
             )
-            s = (
-                tl.sum(q[:, None, :] * k.to(tl.float32)[None, :, :], axis=2) * scale_log2
-            )  # (BLOCK_G, BLOCK_N)
+            if USE_DOT:  # grouped queries: tensor-core products (the broadcast form spills registers)
+                s = _dot(q.to(k.dtype), tl.trans(k), IEEE) * scale_log2  # (BLOCK_G, BLOCK_N)
+            else:
+                s = tl.sum(q[:, None, :] * k.to(tl.float32)[None, :, :], axis=2) * scale_log2
             s = tl.where(mn[None, :], s, -1.0e30)
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             alpha = tl.exp2(m_i - m_new)
             p = tl.exp2(s - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, axis=1)
-            acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v.to(tl.float32)[None, :, :], axis=1)
+            if USE_DOT:
+                acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
+            else:
+                acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v.to(tl.float32)[None, :, :], axis=1)
             m_i = m_new
         row = (pid_bh * NSPLIT + split) * G + offs_g
         tl.store(m_ptr + row, m_i, mask=mg)
@@ -155,12 +168,18 @@ def _attention_decode_triton(
     denom = torch.empty_like(m)
     acc = torch.empty(rows, D, device=q.device, dtype=torch.float32)
     out = torch.empty_like(q)
-    BLOCK_G, BLOCK_D = max(1, triton.next_power_of_2(G)), triton.next_power_of_2(D)
+    # G == 1 (multi-head): a broadcast product; G > 1: tl.dot over G rows padded to 16 (the smallest
+    # tensor-core tile). The broadcast form with G = 12 ran at 1-14% of the copy bandwidth on the H100
+    # (bench/results/gpu_mla_run1.json, gqa-24/2) because its (G, BLOCK_N, D) product spills.
+    use_dot = G > 1 and D >= 16
+    BLOCK_G = max(16, triton.next_power_of_2(G)) if use_dot else max(1, triton.next_power_of_2(G))
+    BLOCK_D = triton.next_power_of_2(D)
     _partial_kernel[(B * Hkv, NSPLIT)](
         q, k_buf, v_buf, pos, m, denom, acc, Hkv, G, D, scale * math.log2(math.e),
         q.stride(0), q.stride(1), q.stride(2), k_buf.stride(0), k_buf.stride(1), k_buf.stride(2),
         v_buf.stride(0), v_buf.stride(1), v_buf.stride(2),
         NSPLIT=NSPLIT, BLOCK_N=BLOCK_N, BLOCK_G=BLOCK_G, BLOCK_D=BLOCK_D, num_warps=4,
+        USE_DOT=use_dot, IEEE=q.dtype == torch.float32 or interpreter_on(),
     )  # fmt: skip
     _combine_kernel[(B * Hkv,)](
         m, denom, acc, out, Hkv, G, D, out.stride(0), out.stride(1), out.stride(2),

@@ -33,6 +33,7 @@ def test_reference_is_sdpa_over_valid_slots() -> None:
         (1, 2, 1, 64, 300, 257, torch.float32),  # several splits, ragged last block
         (2, 2, 4, 16, 96, 70, torch.bfloat16),  # grouped queries, batch
         (1, 1, 3, 24, 5000, 4500, torch.float32),  # many keys per split; G, D not powers of two
+        (1, 2, 12, 32, 400, 333, torch.bfloat16),  # G = 12 as in bench/gpu_mla.py's gqa-24/2
     ],
 )  # fmt: skip
 def test_triton_matches_reference(monkeypatch: pytest.MonkeyPatch, B, H, G, D, M, L, dtype) -> None:
