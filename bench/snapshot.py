@@ -33,7 +33,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -45,10 +47,13 @@ import alembic
 import safetensors
 import safetensors.torch
 import sqlalchemy
+from sqlalchemy import or_, select
 
-from memory import Page, Store
+from memory import Page, Store, blobs
 from memory.blobs import prepare_blob
-from memory.codec import tensors_to_bytes
+from memory.codec import tensors_from_buffer, tensors_to_bytes
+from memory.queries import snapshot_row
+from memory.schema import StatePage
 
 GDN_LAYERS, ATTN_LAYERS = 24, 8
 HEADS, DK, DV, CONV_KEEP = 30, 96, 192, 3
@@ -124,10 +129,120 @@ def sha256_mbps() -> float:
     return len(data) / MB / (time.perf_counter() - t0)
 
 
+# ---- the load path, stage by stage -------------------------------------------------------------------
+def sqlite_file_of(store: Store) -> Path | None:
+    from memory.database import sqlite_file
+
+    return sqlite_file(store.url)
+
+
+def legacy_load(store: Store, sid: str, *, window: int | None, sinks: int) -> dict[str, object]:
+    """The load path before the pipeline (the previous `read_snapshot`, kept here as the baseline):
+    fetch every chunk as bytes in one query, sha256 them, join them, `safetensors.torch.load` (copies)."""
+    with store._read() as s, s.begin():
+        shas = snapshot_blobs_in(s, sid, window=window, sinks=sinks)
+        return {sha: safetensors.torch.load(blobs.read_blob(s, sha, what="bench")) for sha in shas}
+
+
+def snapshot_blobs_in(s: object, sid: str, *, window: int | None, sinks: int) -> list[str]:
+    snap = snapshot_row(s, sid, None)  # type: ignore[arg-type]
+    q = select(StatePage.blob_sha256).where(StatePage.session_id == sid, StatePage.turn <= snap.turn)
+    if window is not None:
+        recent = StatePage.token_end > snap.n_tokens - window
+        q = q.where(or_(recent, StatePage.token_start < sinks) if sinks > 0 else recent)
+    return [snap.recurrent_blob, *s.scalars(q.order_by(StatePage.token_start))]  # type: ignore[attr-defined]
+
+
+def drop_from_page_cache(db: Path) -> None:
+    """Evict the database file (and its WAL) from the OS page cache: the next read comes from the disk,
+    as on a resume after a reboot. Clean pages only, so checkpoint first."""
+    for f in (db, db.with_name(db.name + "-wal")):
+        if f.exists():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def load_stages(
+    store: Store, sid: str, *, window: int | None, sinks: int, device: str = "cpu", sync: object = None
+) -> dict[str, float]:
+    """Each stage of the load path alone over the same blobs, in GB/s (warm page cache):
+    sqlite_read (incremental-blob reads, nothing else), sha256_one_core, sha256_pool (the store's
+    thread pool), place (copy into the buffer; on CUDA through the pinned ring to the GPU),
+    pipeline (read_blob_tensor: all of the above overlapped, the workers reading too through
+    `chunk_readers`, as load_snapshot does), pipeline_one_reader (only the calling thread reads),
+    decode (header parse + views)."""
+    wait = sync if callable(sync) else (lambda: None)
+    with store._read() as s, s.begin():
+        shas = snapshot_blobs_in(s, sid, window=window, sinks=sinks)
+        index = {sha: blobs._chunk_index(s, sha, "bench") for sha in shas}
+        t = time.perf_counter()
+        chunks = {sha: list(blobs._chunk_data(s, sha, index[sha][2], "bench")) for sha in shas}
+        t_read = time.perf_counter() - t
+        total = sum(len(c) for cs in chunks.values() for c in cs)
+        flat = [c for cs in chunks.values() for c in cs]
+        sample = flat[: max(1, (256 << 20) // blobs.CHUNK_SIZE)]
+        t = time.perf_counter()
+        for c in sample:
+            hashlib.sha256(c).digest()
+        sha_one = sum(len(c) for c in sample) / (time.perf_counter() - t)
+        t = time.perf_counter()
+        blobs._digests(flat, total)
+        t_sha = time.perf_counter() - t
+        bufs = {sha: torch.empty(index[sha][0], dtype=torch.uint8, device=device) for sha in shas}
+        wait()
+        t = time.perf_counter()
+        for sha in shas:
+            chunk_size = index[sha][1]
+            buf = bufs[sha]
+            place = blobs._cuda_placer(buf, chunk_size) if buf.is_cuda else blobs._cpu_placer(buf)
+            pending: deque[Future[None]] = deque()
+            for i, c in enumerate(chunks[sha]):
+                while len(pending) >= blobs._in_flight():  # the pinned ring's slots: as read_blob_tensor
+                    pending.popleft().result()
+                pending.append(blobs._pool().submit(place, i, i * chunk_size, c))
+            for f in pending:
+                f.result()
+        wait()
+        t_place = time.perf_counter() - t
+        del chunks, flat, sample
+        t = time.perf_counter()
+        out = [blobs.read_blob_tensor(s, sha, what="bench", device=device) for sha in shas]
+        wait()
+        t_pipe1 = time.perf_counter() - t
+        del out
+        t = time.perf_counter()
+        with blobs.chunk_readers(s) as readers:
+            out = [
+                blobs.read_blob_tensor(s, sha, what="bench", device=device, readers=readers) for sha in shas
+            ]
+        wait()
+        t_pipe = time.perf_counter() - t
+        t = time.perf_counter()
+        for b in out:
+            tensors_from_buffer(b, what="bench")
+        wait()
+        t_dec = time.perf_counter() - t
+    gb = total / 1e9
+    return {
+        "bytes": total,
+        "workers": blobs._WORKERS,
+        "sqlite_read_GBps": gb / t_read,
+        "sha256_one_core_GBps": sha_one / 1e9,
+        "sha256_pool_GBps": gb / t_sha,
+        "place_GBps": gb / t_place,
+        "pipeline_one_reader_GBps": gb / t_pipe1,
+        "pipeline_GBps": gb / t_pipe,
+        "decode_s": t_dec,
+    }
+
+
 def bench_latency(workdir: Path, page_tokens: int, repeats: int, url: str | None = None) -> dict[str, float]:
     store = Store(url or workdir / "latency.db")
     sid = store.create_session("bench", "/w", "fp").id
-    kinds = ("save", "ser", "sha", "ckpt", "load", "fwrite", "fread", "hwrite", "hread")
+    kinds = ("save", "ser", "sha", "ckpt", "load", "legacy", "cold", "fwrite", "fread", "hwrite", "hread")
     times: dict[str, list[float]] = {k: [] for k in kinds}
     size = 0
     for turn in range(1, repeats + 1):
@@ -154,13 +269,33 @@ def bench_latency(workdir: Path, page_tokens: int, repeats: int, url: str | None
         assert len(snap.pages) == 1
         assert torch.equal(snap.pages[0].tensors["layers.24.k"], page.tensors["layers.24.k"])
         del snap
+        # The previous load path on the same bytes, in the same run (the before of the pipeline).
+        t0 = time.perf_counter()
+        old = legacy_load(store, sid, window=page_tokens, sinks=0)
+        times["legacy"].append(time.perf_counter() - t0)
+        got = [t["layers.24.k"] for t in old.values() if "layers.24.k" in t]
+        assert len(got) == 1 and torch.equal(got[0], page.tensors["layers.24.k"])
+        del old
+        path = sqlite_file_of(store)
+        if path is not None:  # the pipeline again, its bytes coming from the disk
+            drop_from_page_cache(path)
+            t0 = time.perf_counter()
+            store.load_snapshot(sid, window=page_tokens)
+            times["cold"].append(time.perf_counter() - t0)
         for prefix, hashed in (("f", False), ("h", True)):
             w, r = plain_file_roundtrip(workdir / f"plain{turn}", [rec, page.tensors], hashed=hashed)
             times[prefix + "write"].append(w)
             times[prefix + "read"].append(r)
+    stages = load_stages(store, sid, window=page_tokens, sinks=0)
     store.close()
-    m = {k: statistics.median(v) for k, v in times.items()}
+    m = {k: statistics.median(v) if v else float("nan") for k, v in times.items()}
     return {
+        "load_legacy_s": m["legacy"],
+        "load_cold_s": m["cold"],
+        "load_speedup_vs_legacy": m["legacy"] / m["load"],
+        "load_GBps": size / m["load"] / 1e9,
+        "load_legacy_GBps": size / m["legacy"] / 1e9,
+        "load_stages": stages,
         "turn_bytes": size,
         "repeats": repeats,
         "save_s": m["save"],
@@ -243,6 +378,8 @@ def report(
         ("  database (rest)", lat["save_s"] - lat["save_serialize_s"] - lat["save_sha256_s"], None, None),
         ("WAL checkpoint (background)", lat["checkpoint_s"], None, None),
         ("load (read + verify)", lat["load_s"], lat["file_read_s"], lat["hashed_file_read_s"]),
+        ("  previous load path", lat["load_legacy_s"], lat["file_read_s"], lat["hashed_file_read_s"]),
+        ("  load, cold page cache", lat["load_cold_s"], None, None),
     ]
     print(f"{'':30}{'store':>13}{'plain file':>20}{'file + sha256':>22}")
     units = f"{'s':>7}{'MB/s':>6}{'ratio':>7}"
@@ -254,6 +391,12 @@ def report(
             for base in (file_s, hashed_s):
                 line += f"{base:7.2f}{size / base:6.0f}{store_s / base:7.2f}"
         print(line)
+    st = lat["load_stages"]
+    print(f"\nload: {lat['load_speedup_vs_legacy']:.2f}x the previous path ({lat['load_GBps']:.2f} vs "
+          f"{lat['load_legacy_GBps']:.2f} GB/s); stages alone, GB/s ({st['workers']} workers): "
+          + ", ".join(f"{k[:-5]} {v:.2f}" for k, v in st.items() if k.endswith("_GBps")))  # fmt: skip
+    if not growth:
+        return
     print(f"\nbytes written per turn, one session of {args.growth_turns} turns,", end="")
     print(f" {args.growth_page_tokens}-token pages:")
     print(f"{'turn':>6}{'logical MB':>12}{'written MB':>12}{'save s':>9}{'db file MB':>12}")
@@ -287,7 +430,8 @@ def main() -> None:
         if args.pg_url:
             with pg_database(args.pg_url) as url:
                 pg = bench_latency(workdir, args.page_tokens, args.repeats, url)
-        growth = bench_growth(workdir, args.growth_page_tokens, n, {1, 2, 3, n // 4, n // 2, n - 1, n})
+        samples = {1, 2, 3, n // 4, n // 2, n - 1, n}
+        growth = bench_growth(workdir, args.growth_page_tokens, n, samples) if n else []
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report(lat, growth, args, sha)

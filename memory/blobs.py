@@ -24,8 +24,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import queue
 import sqlite3
 import threading
+import urllib.parse
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -235,6 +237,85 @@ def _sqlite_connection(session: Session) -> sqlite3.Connection | None:
     return raw if isinstance(raw, sqlite3.Connection) and hasattr(raw, "blobopen") else None
 
 
+class ChunkReaders:
+    """Extra SQLite connections for reading chunks in parallel, handed out one per worker at a time.
+
+    Why: one connection serialises its calls, so a single reader caps a load at one core's copy
+    speed. Each extra connection is read-only and opens its own read transaction when it is made,
+    which may be NEWER than the caller's. That is safe because stored chunks never change (blobs are
+    content-addressed: a row is inserted once and only ever deleted): a chunk such a connection finds
+    has the bytes the caller's snapshot has, and the sha256 check tells. A chunk it cannot find or
+    that fails the check (deleted meanwhile, its rowid reused) is read again through the caller's own
+    connection, whose verdict is the only one that can raise `CorruptDataError`."""
+
+    def __init__(self, path: str, limit: int) -> None:
+        self._uri = f"file:{urllib.parse.quote(path)}?mode=ro"
+        self._limit = limit
+        self._idle: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def _take(self) -> sqlite3.Connection:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        with self._lock:
+            if len(self._all) >= self._limit:
+                return self._idle.get()
+            conn = sqlite3.connect(self._uri, uri=True, check_same_thread=False, isolation_level=None)
+            self._all.append(conn)
+        conn.execute("BEGIN")  # one read snapshot for this connection's whole share of the load
+        conn.execute("SELECT 1 FROM blob_chunks LIMIT 1").fetchall()
+        return conn
+
+    def read(self, rowid: int) -> bytes | None:
+        """Chunk `rowid`'s stored bytes, or None if this connection cannot read it."""
+        try:
+            conn = self._take()
+        except sqlite3.Error:
+            return None
+        try:
+            with conn.blobopen("blob_chunks", "data", rowid, readonly=True) as handle:
+                return handle.read()
+        except sqlite3.Error:
+            return None
+        finally:
+            self._idle.put(conn)
+
+    def close(self) -> None:
+        for conn in self._all:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()  # ends its read transaction (nothing was written)
+        self._all.clear()
+
+
+@contextlib.contextmanager
+def chunk_readers(session: Session) -> Iterator[ChunkReaders | None]:
+    """Parallel chunk readers for a load in `session` (SQLite files only; None elsewhere)."""
+    from memory.database import sqlite_file
+
+    path = sqlite_file(session.get_bind().url) if _sqlite_connection(session) is not None else None
+    if path is None or _WORKERS < 2:
+        yield None
+        return
+    readers = ChunkReaders(str(path), _WORKERS)
+    try:
+        yield readers
+    finally:
+        readers.close()
+
+
+def _read_own(conn: sqlite3.Connection, rowid: int, idx: int, sha256: str, what: str) -> bytes:
+    try:
+        with conn.blobopen("blob_chunks", "data", rowid, readonly=True) as handle:
+            return handle.read()
+    except sqlite3.Error as exc:
+        raise CorruptDataError(
+            f"{what}: chunk {idx} of blob {sha256[:16]} could not be read ({exc})"
+        ) from exc
+
+
 def _chunk_data(
     session: Session, sha256: str, rows: list[tuple[int, str, int | None]], what: str
 ) -> Iterator[bytes]:
@@ -243,15 +324,8 @@ def _chunk_data(
     if conn is not None and all(r[2] is not None for r in rows):
         for idx, _, rowid in rows:
             assert rowid is not None
-            try:
-                # sqlite3_blob_read runs with the GIL released: the pool hashes earlier chunks meanwhile.
-                with conn.blobopen("blob_chunks", "data", rowid, readonly=True) as handle:
-                    data = handle.read()
-            except sqlite3.Error as exc:
-                raise CorruptDataError(
-                    f"{what}: chunk {idx} of blob {sha256[:16]} could not be read ({exc})"
-                ) from exc
-            yield data  # outside the handle: a caller that stops early leaves nothing open
+            # sqlite3_blob_read runs with the GIL released: the pool hashes earlier chunks meanwhile.
+            yield _read_own(conn, rowid, idx, sha256, what)
         return
     stmt = (
         select(BlobChunk.data)
@@ -302,13 +376,31 @@ def _check_chunk(data: bytes, idx: int, want: int, digest: str, off: int, place:
     return True
 
 
+def _read_check_place(
+    readers: ChunkReaders, rowid: int, idx: int, want: int, digest: str, off: int, place: Placer
+) -> bool:
+    data = readers.read(rowid)
+    return data is not None and _check_chunk(data, idx, want, digest, off, place)
+
+
+def _popped(pending: deque[tuple[int, Future[bool]]]) -> tuple[int, bool]:
+    idx, fut = pending.popleft()
+    return idx, fut.result()
+
+
 def read_blob_tensor(
-    session: Session, sha256: str, *, what: str, device: torch.device | str | None = None
+    session: Session,
+    sha256: str,
+    *,
+    what: str,
+    device: torch.device | str | None = None,
+    readers: ChunkReaders | None = None,
 ) -> torch.Tensor:
     """The verified bytes of blob `sha256` as one fresh uint8 tensor on `device` (CPU by default).
 
     Same guarantees as `read_blob`: every chunk's sha256 and the address are checked, a failure raises
-    `CorruptDataError` naming `what` and the chunk, and no byte reaches the caller before that."""
+    `CorruptDataError` naming `what` and the chunk, and no byte reaches the caller before that.
+    With `readers` (see `chunk_readers`) the pool's workers also read the chunks, in parallel."""
     dev = torch.device(device if device is not None else "cpu")
     size, chunk_size, rows = _chunk_index(session, sha256, what)
     buf = torch.empty(size, dtype=torch.uint8, device=dev)
@@ -322,7 +414,7 @@ def read_blob_tensor(
         place = _cpu_placer(staged)
     ring_lock = _ring(dev, chunk_size).lock if dev.type == "cuda" else contextlib.nullcontext()
     with ring_lock:
-        _fill(session, sha256, what, size, chunk_size, rows, place)
+        _fill(session, sha256, what, size, chunk_size, rows, place, readers)
     # Each chunk matched its stored digest and length, so the address over those digests is the check
     # that the chunk list itself belongs to this blob.
     if blob_address(size, chunk_size, [r[1] for r in rows]) != sha256:
@@ -340,6 +432,7 @@ def _fill(
     chunk_size: int,
     rows: list[tuple[int, str, int | None]],
     place: Placer,
+    readers: ChunkReaders | None = None,
 ) -> None:
     parallel = size >= _PARALLEL_MIN_BYTES and len(rows) > 1
     pending: deque[tuple[int, Future[bool]]] = deque()
@@ -350,6 +443,33 @@ def _fill(
             raise CorruptDataError(
                 f"{what}: chunk {idx} of blob {sha256[:16]} failed its sha256 check (stored bytes damaged)"
             )
+
+    conn = _sqlite_connection(session) if readers is not None else None
+    if parallel and conn is not None and readers is not None and all(r[2] is not None for r in rows):
+        spec = {idx: (rowid, digest) for idx, digest, rowid in rows}
+
+        def second_look(idx: int, ok: bool) -> None:
+            # A reader's miss or mismatch is only a hint: the caller's own snapshot decides.
+            if not ok:
+                rowid, digest = spec[idx]
+                assert rowid is not None and conn is not None
+                off = idx * chunk_size
+                data = _read_own(conn, rowid, idx, sha256, what)
+                settle(idx, _check_chunk(data, idx, min(chunk_size, size - off), digest, off, place))
+
+        try:
+            for idx, digest, rowid in rows:
+                while len(pending) >= limit:
+                    second_look(*_popped(pending))
+                off = idx * chunk_size
+                want = min(chunk_size, size - off)
+                task = _pool().submit(_read_check_place, readers, rowid, idx, want, digest, off, place)
+                pending.append((idx, task))
+            while pending:
+                second_look(*_popped(pending))
+        finally:
+            wait([fut for _, fut in pending])
+        return
 
     seen = 0
     try:

@@ -178,11 +178,14 @@ def read_snapshot(
     # Every byte is read and verified (into fresh buffers on `device`) before any tensor is built.
     rec_label = f"{where}: recurrent state"
     labels = [f"{where}: cache page [{p.token_start},{p.token_end})" for p in page_rows]
-    rec_buf = blobs.read_blob_tensor(s, snap.recurrent_blob, what=rec_label, device=device)
-    page_bufs = [
-        blobs.read_blob_tensor(s, p.blob_sha256, what=w, device=device)
-        for p, w in zip(page_rows, labels, strict=True)
-    ]
+    with blobs.chunk_readers(s) as readers:
+        rec_buf = blobs.read_blob_tensor(
+            s, snap.recurrent_blob, what=rec_label, device=device, readers=readers
+        )
+        page_bufs = [
+            blobs.read_blob_tensor(s, p.blob_sha256, what=w, device=device, readers=readers)
+            for p, w in zip(page_rows, labels, strict=True)
+        ]
     pages = [
         Page(p.token_start, p.token_end, tensors_from_buffer(b, what=w))
         for p, b, w in zip(page_rows, page_bufs, labels, strict=True)

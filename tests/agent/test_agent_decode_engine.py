@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from agent import Agent
-from agent.engine import DECODE_ENGINE_ENV, ModelEngine, want_decode_engine
+from agent.engine import DECODE_ENGINE_ENV, ModelEngine, StatePage, want_decode_engine
 from agent.events import TurnEnd
 from memory import Store
 from model.chat import NativeChatFormat
@@ -137,3 +137,29 @@ def test_agent_session_resumes_exactly_on_the_engine(lm: HybridLM, tmp_path: Pat
         assert torch.equal(a.pages[-1].tensors[k], b.pages[-1].tensors[k]), k
     for ag in (straight, stopped, resumed):
         ag.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_the_engine_is_the_default_and_resume_is_exact(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    lm = HybridLM(CFG).eval().to("cuda")
+    plain = ModelEngine(lm, ByteTokenizer(), NativeChatFormat(), window=None)
+    assert plain.uses_decode_engine and plain.device.startswith("cuda")
+    prompt = torch.randint(0, CFG.vocab_size, (40,)).tolist()
+    first = greedy(plain, prompt, 10)
+    rec, pages = plain.snapshot(0)
+    rest = greedy(plain, [5, 6, 7], 30)
+    # Through the store, loaded straight onto the GPU, into a new engine: the same continuation.
+    store = Store(tmp_path / "s.db")
+    sid = store.create_session("t", "/w", "fp").id
+    store.save_turn(sid, 1, events=[], recurrent=rec, pages=[(p.start, p.end, p.tensors) for p in pages],
+                    n_tokens=len(prompt) + len(first))  # fmt: skip
+    snap = store.load_snapshot(sid, device="cuda")
+    assert all(t.is_cuda for t in snap.recurrent.values())
+    resumed = ModelEngine(lm, ByteTokenizer(), NativeChatFormat(), window=None)
+    resumed.restore(snap.recurrent, [StatePage(p.token_start, p.token_end, p.tensors) for p in snap.pages])
+    assert greedy(resumed, [5, 6, 7], 30) == rest
+    # A window keeps the model's own path (the engine holds full attention only).
+    assert not ModelEngine(lm, ByteTokenizer(), NativeChatFormat(), window=16).uses_decode_engine
+    store.close()
