@@ -14,7 +14,8 @@ For each stack and context (1k / 16k / 64k): cache bytes per token (asserted: (k
 qk_rope_head_dim) x 2 bytes per MLA layer, 2 x Hkv x head_dim x 2 per GQA layer), decode tokens/s
 through the engine (graphed, fused; the caches and recurrent states filled with random values of the
 right shape: decode cost does not depend on them), the eager `model(token, state)` path for
-reference, and the floor (every weight, the cache and the recurrent states read, the recurrent states
+reference, a teacher-forced check of the engine against that eager path (64 steps after a 256-token
+prompt), and the floor (every weight, the cache and the recurrent states read, the recurrent states
 written, over the measured copy bandwidth). Stacks alternate inside each repeat; medians of 3.
 """
 
@@ -89,6 +90,26 @@ def expected_cache_bytes(model: HybridLM) -> int:
     return per
 
 
+def check_vs_eager(m: HybridLM, eng: DecodeEngine, gen: torch.Generator, steps: int) -> dict[str, Any]:
+    """Teacher forcing on a real 256-token prompt: the engine's logits against model(token, state) at
+    each step (largest difference relative to the largest logit), and whether the argmax agrees."""
+    from model.generate import prefill
+
+    prompt = torch.randint(0, m.config.vocab_size, (1, 256), device=m.device, generator=gen)
+    state = m.new_state()
+    want = [prefill(m, prompt, state)[0].float()]
+    toks = []
+    for _ in range(steps):
+        toks.append(int(want[-1].argmax()))
+        want.append(m(torch.tensor([[toks[-1]]], device=m.device), state)[0, -1].float())
+    eng.reset()
+    got = [eng.prefill(prompt)[0].float().clone()] + [eng.step(t)[0].float().clone() for t in toks]
+    rel = [float((g - w).abs().max() / w.abs().max()) for g, w in zip(got, want, strict=True)]
+    same = sum(int(g.argmax() == w.argmax()) for g, w in zip(got, want, strict=True))
+    eng.reset()
+    return {"steps": steps + 1, "max_rel_logit_diff": max(rel), "argmax_agree": same}
+
+
 def fill_synthetic(eng: DecodeEngine, gen: torch.Generator) -> None:
     with torch.inference_mode():
         for ls in eng.state.layers:
@@ -137,7 +158,8 @@ def main() -> None:
     res["stacks"] = {}
     for name in STACKS:
         models[name] = m = build(name, args.tiny, dev, dtype)
-        engines[name] = eng = DecodeEngine(m, max_context=max(ctxs) + 2 * N + 16)
+        engines[name] = eng = DecodeEngine(m, max_context=max(ctxs) + 2 * N + 400)
+        check = check_vs_eager(m, eng, gen, steps=8 if args.tiny else 64)
         fill_synthetic(eng, gen)
         eng.set_length(ctxs[0])
         got, want = cache_bytes_per_token(eng), expected_cache_bytes(m)
@@ -145,7 +167,7 @@ def main() -> None:
         res["stacks"][name] = {
             "params": m.num_parameters(), "attention_params_per_layer": attention_params(m),
             "cache_bytes_per_token": got, "graphed": eng.graphed, "fused": eng.fused,
-            "layer_types": m.config.layer_types,
+            "layer_types": m.config.layer_types, "check_vs_eager": check,
         }  # fmt: skip
     a_mla = res["stacks"]["mla"]["attention_params_per_layer"]
     for name in STACKS:
