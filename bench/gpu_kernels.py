@@ -77,14 +77,20 @@ def gdn_case(T: int, H: int, DK: int, DV: int):
     return q, k, v, g, beta
 
 
-def tune(op: str, module: Any, candidates: list[dict[str, int]]) -> dict[str, Any]:
-    """Time each candidate (overrides of module.CONFIG) at 16k in child processes, so a variant that
-    crashes the GPU context cannot take the rest of the run with it: one child runs the candidates in
-    order and prints one line each; if it dies, the candidate it was on is recorded as crashed and a
-    new child goes on with the rest. Every candidate is first checked against the fp32 torch reference
-    at 2k; it may be chosen only if its error is at most 1.05x that of the previous design (the split
-    path, `{"fused": 0}`, measured in the same child on the same inputs). The fastest such one wins."""
+def tune(op: str, module: Any) -> dict[str, Any]:
+    """Time module.REFERENCE (the previous design), the current CONFIG and each of module.VARIANTS
+    (overrides of CONFIG) at 16k in child processes, so a variant that crashes the GPU context
+    cannot take the rest of the run with it: one child runs the candidates in order and prints one
+    line each; if it dies, the candidate it was on is recorded as crashed and a new child goes on
+    with the rest. Each candidate is first checked against the fp32 torch reference at 2k (output
+    and final state). It may be chosen only if its output error is at most 1.05x, and its state
+    error at most 1.5x (or 1e-4), those of REFERENCE in the same child on the same inputs; the
+    fastest wins."""
     base = dict(module.CONFIG)
+    candidates = [module.REFERENCE]
+    if {**base, **module.REFERENCE} != base:
+        candidates.append({})
+    candidates += module.VARIANTS
     results: list[dict[str, Any]] = []
     todo = list(candidates)
     while todo:
@@ -94,14 +100,22 @@ def tune(op: str, module: Any, candidates: list[dict[str, int]]) -> dict[str, An
         if todo:  # the child died on todo[0]
             results.append({"variant": todo[0], "ms": None, "error": "child process died (see log)"})
             todo = todo[1:]
-    split_err = next((r.get("err") for r in results if r["variant"] == {"fused": 0}), None)
-    bound = min(3e-2, 1.05 * split_err) if split_err else 3e-2
-    ok = [r for r in results if r.get("ms") is not None and r.get("err", 1.0) <= bound]
+    ref = next((r for r in results if r["variant"] == module.REFERENCE and r.get("ms")), None)
+    out_bound = min(3e-2, 1.05 * ref["err"]) if ref else 3e-2
+    st_bound = max(1.5 * ref["state_err"], 1e-4) if ref else 3e-2
+    ok = [
+        r for r in results
+        if r.get("ms") is not None and r.get("err", 1.0) <= out_bound and r.get("state_err", 1.0) <= st_bound
+    ]  # fmt: skip
     best = min(ok, key=lambda r: r["ms"]) if ok else {"variant": {}, "ms": None}
     module.CONFIG = {**base, **best["variant"]}
-    print(f"tune {op}: chose {best} (error bound {bound:.2e})")
+    for r in results:
+        if ref and r.get("ms"):
+            r["speedup_vs_reference"] = ref["ms"] / r["ms"]
+    print(f"tune {op}: chose {best} (bounds: output {out_bound:.2e}, state {st_bound:.2e})")
     return {
-        "default": base, "chosen": module.CONFIG, "chosen_result": best, "err_bound": bound, "tried": results,
+        "default": base, "reference": module.REFERENCE, "chosen": module.CONFIG, "chosen_result": best,
+        "err_bound": out_bound, "state_err_bound": st_bound, "tried": results,
     }  # fmt: skip
 
 
@@ -126,14 +140,14 @@ def variant_child(op: str, variants: list[dict[str, int]]) -> None:
     with torch.inference_mode():
         if op == "ssd":
             small, _ = ssd_case(2048)
-            ref = ssd_scan_ref(*small)[0]
+            ref, ref_state = ssd_scan_ref(*small)
             big, _ = ssd_case(16384)
 
             def run(a):
                 return kernels.ssd_scan(*a)
         else:
             small = gdn_case(2048, 32, 128, 128)
-            ref = chunk_gated_delta_rule_ref(*small)[0]
+            ref, ref_state = chunk_gated_delta_rule_ref(*small)
             big = gdn_case(16384, 32, 128, 128)
 
             def run(a):
@@ -141,9 +155,10 @@ def variant_child(op: str, variants: list[dict[str, int]]) -> None:
 
         for var in variants:
             module.CONFIG = {**base, **var}
-            err = rel_err(run(small)[0], ref)
+            out, state = run(small)
+            err, state_err = rel_err(out, ref), rel_err(state, ref_state)
             ms = median_ms(lambda: run(big), rep_ms=100)
-            print(json.dumps({"variant": var, "ms": ms, "err": err}), flush=True)
+            print(json.dumps({"variant": var, "ms": ms, "err": err, "state_err": state_err}), flush=True)
 
 
 def prefill(fla, lengths: list[int], deadline: float) -> list[dict[str, Any]]:
@@ -156,7 +171,7 @@ def prefill(fla, lengths: list[int], deadline: float) -> list[dict[str, Any]]:
         y, _ = kernels.ssd_scan(*ours_args)
         row: dict[str, Any] = {"op": "ssd_vs_chunk_simple_gla", "shape": "H32_P128_N128_G32", "T": T}
         row["ours_ms"] = median_ms(lambda a=ours_args: kernels.ssd_scan(*a))
-        row["ours_split_ms"] = _split_ms(tssd, lambda a=ours_args: kernels.ssd_scan(*a))
+        row["ours_prev_ms"] = _prev_ms(tssd, lambda a=ours_args: kernels.ssd_scan(*a))
         if T <= 4096:
             row["rel_err_vs_ref"] = rel_err(y, ssd_scan_ref(*ours_args)[0])
         if fla is not None:
@@ -170,7 +185,7 @@ def prefill(fla, lengths: list[int], deadline: float) -> list[dict[str, Any]]:
             o_ours, _ = kernels.chunk_gated_delta_rule(*args)
             row = {"op": "gdn_vs_chunk_gated_delta_rule", "shape": shape, "T": T}
             row["ours_ms"] = median_ms(lambda a=args: kernels.chunk_gated_delta_rule(*a))
-            row["ours_split_ms"] = _split_ms(tgdr, lambda a=args: kernels.chunk_gated_delta_rule(*a))
+            row["ours_prev_ms"] = _prev_ms(tgdr, lambda a=args: kernels.chunk_gated_delta_rule(*a))
             if T <= 4096:
                 row["rel_err_vs_ref"] = rel_err(o_ours, chunk_gated_delta_rule_ref(*args)[0])
             if fla is not None:
@@ -186,27 +201,27 @@ def prefill(fla, lengths: list[int], deadline: float) -> list[dict[str, Any]]:
     return rows
 
 
-def _with_split(module: Any, fn) -> Any:
-    """Call fn with the previous design (split path: per-chunk states through memory)."""
+def _with_prev(module: Any, fn) -> Any:
+    """Call fn with the previous design (module.REFERENCE: the split path as first tuned)."""
     cfg = module.CONFIG
-    module.CONFIG = {**cfg, "fused": 0}
+    module.CONFIG = {**cfg, **module.REFERENCE}
     try:
         return fn()
     finally:
         module.CONFIG = cfg
 
 
-def _split_ms(module: Any, fn) -> float:
-    return _with_split(module, lambda: median_ms(fn))
+def _prev_ms(module: Any, fn) -> float:
+    return _with_prev(module, lambda: median_ms(fn))
 
 
 def _rates(row: dict[str, Any], T: int) -> dict[str, Any]:
-    for key in ("ours", "ours_split", "fla"):
+    for key in ("ours", "ours_prev", "fla"):
         if f"{key}_ms" in row:
             row[f"{key}_Mtok_s"] = T / (row[f"{key}_ms"] * 1e-3) / 1e6
     if "fla_ms" in row:
         row["speedup_vs_fla"] = row["fla_ms"] / row["ours_ms"]
-        row["split_speedup_vs_fla"] = row["fla_ms"] / row["ours_split_ms"]
+        row["prev_speedup_vs_fla"] = row["fla_ms"] / row["ours_prev_ms"]
     print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
     return row
 
@@ -285,23 +300,12 @@ def _guarded(name: str, fn):
         return None
 
 
-SPLIT = {"fused": 0}  # the previous design, timed for the record and as the error bound
-
-
 def _tune_ssd() -> dict[str, Any]:
-    return tune(
-        "ssd", tssd,
-        [SPLIT, {}, {"fu_warps": 8}, {"fu_stages": 3}, {"fu_st32": 0}, {"fu_L": 128, "fu_warps": 8},
-         {"fu_bp": 32, "narrow": 1}],
-    )  # fmt: skip
+    return tune("ssd", tssd)
 
 
 def _tune_gdn() -> dict[str, Any]:
-    return tune(
-        "gdn", tgdr,
-        [SPLIT, {}, {"fu_warps": 8}, {"fu_stages": 3}, {"fu_st32": 0}, {"fu_bv": 128, "fu_warps": 8},
-         {"fu_bv": 32, "narrow": 1}],
-    )  # fmt: skip
+    return tune("gdn", tgdr)
 
 
 def profile_kernels(fla) -> dict[str, dict[str, float]]:
@@ -315,10 +319,10 @@ def profile_kernels(fla) -> dict[str, dict[str, float]]:
         "ours_gdn": lambda: kernels.chunk_gated_delta_rule(*gdn_args),
     }
     for name, module, fn in (
-        ("ours_ssd_split", tssd, cases["ours_ssd"]),
-        ("ours_gdn_split", tgdr, cases["ours_gdn"]),
+        ("ours_ssd_prev", tssd, cases["ours_ssd"]),
+        ("ours_gdn_prev", tgdr, cases["ours_gdn"]),
     ):  # the previous design, for the per-kernel comparison
-        cases[name] = lambda m=module, f=fn: _with_split(m, f)
+        cases[name] = lambda m=module, f=fn: _with_prev(m, f)
     if fla is not None:
         cases["fla_chunk_simple_gla"] = lambda: fla[0](*fla_ssd, scale=1.0, output_final_state=True)
         cases["fla_chunk_gated_delta_rule"] = lambda: fla[1](*gdn_args, output_final_state=True)
@@ -383,8 +387,8 @@ def main() -> None:
     print()
     print_table(
         result.get("prefill", []),
-        ["op", "shape", "T", "ours_Mtok_s", "ours_split_Mtok_s", "fla_Mtok_s", "speedup_vs_fla",
-         "split_speedup_vs_fla", "rel_diff_vs_fla", "rel_err_vs_ref"],
+        ["op", "shape", "T", "ours_Mtok_s", "ours_prev_Mtok_s", "fla_Mtok_s", "speedup_vs_fla",
+         "prev_speedup_vs_fla", "rel_diff_vs_fla", "rel_err_vs_ref"],
     )  # fmt: skip
     print()
     print_table(

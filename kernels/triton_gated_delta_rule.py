@@ -27,16 +27,18 @@ from kernels.triton_gdr_prepare import _gdr_kkt_kernel, _gdr_solve_kernel, _gdr_
 
 CHUNK = 64
 # Launch parameters (block width over dv, warps, pipeline depth); bench/gpu_kernels.py sweeps them.
-# `fused` = 1: kkt + solve, then `_gdr_fused_kernel` (dv-block `fu_bv`; state products with fp32
-# operands if `fu_st32`, else 16-bit ones with T stored in the input dtype); 0: the five-launch split path.
+# `fused` = 1: kkt + solve, then `_gdr_fused_kernel` (dv-block `fu_bv`; state products by `fu_prec`:
+# 0 16-bit (T stored in the input dtype), 1 tf32, 2 16-bit hi + lo pairs; `qk_pre`: the causal q.k
+# matrix comes from the kkt kernel instead of the sequential loop); 0: the five-launch split path.
 # `narrow` = 1 allows 16-bit products with an output width of 32 (crashed once under Triton 3.6, NOTES.md).
 CONFIG = {
     "fused": 1,
-    "fu_bv": 64,
+    "fu_bv": 32,
     "fu_warps": 4,
     "fu_stages": 2,
-    "fu_st32": 1,
-    "narrow": 0,
+    "fu_prec": 2,
+    "qk_pre": 0,
+    "narrow": 1,
     "solve_warps": 1,
     "u_bv": 64,
     "prep_warps": 4,
@@ -46,6 +48,17 @@ CONFIG = {
     "out_bv": 128,
     "out_warps": 4,
 }
+# The previous design (the five-launch split path), and the variants bench/gpu_kernels.py times
+# against it; tests/kernels/test_chunk_variants.py checks every one against the reference.
+REFERENCE = {"fused": 0}
+VARIANTS: list[dict[str, int]] = [
+    {"fu_prec": 1},  # the first fused version (tf32 state products), best of device run 4
+    {"qk_pre": 1},
+    {"qk_pre": 1, "fu_prec": 1},
+    {"qk_pre": 1, "fu_warps": 8},
+    {"qk_pre": 1, "fu_bv": 64, "narrow": 0},
+    {"qk_pre": 1, "fu_prec": 0},
+]
 
 
 @triton.jit
@@ -145,9 +158,10 @@ def _gdr_output_kernel(
 
 @triton.jit
 def _gdr_fused_kernel(
-    q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, t_ptr, s0_ptr, o_ptr, final_ptr,
+    q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, t_ptr, aqk_ptr, s0_ptr, o_ptr, final_ptr,
     T, H, DK, DV, NCHUNK, scale,
-    HAS_S0: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IEEE: tl.constexpr, ST32: tl.constexpr,
+    HAS_S0: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IEEE: tl.constexpr, PREC: tl.constexpr,
+    QK_PRE: tl.constexpr,
 ):  # fmt: skip
     """States and output in one sequential pass per (batch*head, dv-block), the state held in
     registers (fp32): for each chunk, v_new = T diag(beta) (V - diag(exp(gam)) K S) (so W and U are
@@ -187,26 +201,42 @@ def _gdr_fused_kernel(
             mask=causal,
             other=0.0,
         )  # (64, 64) = (I + A)^-1, lower triangular (the upper part is never written)
+        # Products the state's own update depends on (K S, T r, K^T v_new), by PREC:
+        # 0: 16-bit operands (as fla); 1: fp32 operands (tf32 on the GPU); 2: the fp32 side split
+        # into 16-bit hi + lo parts, two 16-bit products (~16-bit mantissa, more than tf32's 10),
+        # so k stays a 16-bit operand straight from shared memory: no fp32 copy of the (64, dk)
+        # tile in registers, which made the tf32 version spill (sm_90 compile: 255 regs + stack).
         S16 = S.to(dtype)
-        if ST32:  # fp32 operands (tf32 on the GPU) wherever the state's own update depends on them
+        if PREC == 1:
             ks = _mm(k.to(tl.float32), S, IEEE)
+        elif PREC == 2:
+            ks = _mm(k, S16, IEEE) + _mm(k, (S - S16.to(tl.float32)).to(dtype), IEEE)
         else:
             ks = _mm(k, S16, IEEE)
         r = beta[:, None] * (v.to(tl.float32) - tl.exp2(gam)[:, None] * ks)
-        if ST32:
-            vnew = _mm(tm.to(tl.float32), r, IEEE)  # (64, BV)
-        else:
+        if PREC == 0:
             vnew = _mm(tm.to(dtype), r.to(dtype), IEEE)
+        else:
+            vnew = _mm(tm.to(tl.float32), r, IEEE)  # (64, BV)
         # The output reads the state in the input dtype, as the split path's stored states.
-        qk = _mm(q, tl.trans(k), IEEE)
-        qk = tl.where(causal, qk * tl.exp2(tl.where(causal, gam[:, None] - gam[None, :], 0.0)), 0.0)
+        if QK_PRE:  # the causal q.k matrix from the parallel kkt kernel (fewer registers here)
+            qk = tl.load(
+                aqk_ptr + ((bi * H + hi) * NCHUNK + c) * 4096 + offs_l[:, None] * 64 + offs_l[None, :]
+            )
+        else:
+            qk = _mm(q, tl.trans(k), IEEE)
+            qk = tl.where(causal, qk * tl.exp2(tl.where(causal, gam[:, None] - gam[None, :], 0.0)), 0.0)
         o = tl.exp2(gam)[:, None] * _mm(q, S16, IEEE) + _mm(qk.to(dtype), vnew.to(dtype), IEEE)
         tl.store(o_ptr + row * DV + offs_v[None, :], (o * scale).to(o_ptr.dtype.element_ty), mask=m_lv)
-        kd = k.to(tl.float32) * tl.exp2(last - gam)[:, None]
-        if ST32:
+        if PREC == 1:
+            kd = k.to(tl.float32) * tl.exp2(last - gam)[:, None]
             S = S * tl.exp2(last) + _mm(tl.trans(kd), vnew, IEEE)
-        else:
-            S = S * tl.exp2(last) + _mm(tl.trans(kd.to(dtype)), vnew.to(dtype), IEEE)
+        else:  # decay folded into v_new (BV wide) rather than k (dk wide)
+            vd = vnew * tl.exp2(last - gam)[:, None]
+            vd16 = vd.to(dtype)
+            S = S * tl.exp2(last) + _mm(tl.trans(k), vd16, IEEE)
+            if PREC == 2:
+                S += _mm(tl.trans(k), (vd - vd16.to(tl.float32)).to(dtype), IEEE)
     tl.store(final_ptr + state_off, S, mask=mk[:, None] & mv[None, :])
 
 
@@ -242,11 +272,15 @@ def chunk_gated_delta_rule_triton(
 
     dev = v.device
     fused = bool(cfg["fused"]) and intermediate_dtype is None
-    st32 = bool(cfg["fu_st32"])
+    prec = int(cfg["fu_prec"])
     a_buf = torch.empty((b * h * nchunk, CHUNK, CHUNK), device=dev, dtype=torch.float32)
     # T in the input dtype when the only product that reads it is 16-bit anyway (half the bytes).
-    t_buf = torch.empty_like(a_buf, dtype=torch.float32 if (st32 or not fused) else v.dtype)
-    _gdr_kkt_kernel[(nchunk, b * h)](k, g, beta, a_buf, t, h, dk, nchunk, BK=BK, IEEE=ieee, num_warps=4)
+    t_buf = torch.empty_like(a_buf, dtype=v.dtype if (fused and prec == 0) else torch.float32)
+    qk_pre = fused and bool(cfg["qk_pre"])
+    aqk = torch.empty((b * h * nchunk, CHUNK, CHUNK), device=dev, dtype=v.dtype) if qk_pre else a_buf
+    _gdr_kkt_kernel[(nchunk, b * h)](
+        k, g, beta, a_buf, q, aqk, t, h, dk, nchunk, BK=BK, IEEE=ieee, HAS_QK=qk_pre, num_warps=4
+    )
     _gdr_solve_kernel[(b * h * nchunk,)](a_buf, t_buf, num_warps=cfg["solve_warps"])
     if fused:
         o = torch.empty_like(v)
@@ -254,8 +288,8 @@ def chunk_gated_delta_rule_triton(
         s0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else final
         fu_bv = bv("fu_bv") if (ieee or cfg["narrow"]) else max(64, bv("fu_bv"))
         _gdr_fused_kernel[(triton.cdiv(dv, fu_bv), b * h)](
-            q, k, v, g, beta, t_buf, s0, o, final, t, h, dk, dv, nchunk, float(scale),
-            HAS_S0=initial_state is not None, BK=BK, BV=fu_bv, IEEE=ieee, ST32=st32,
+            q, k, v, g, beta, t_buf, aqk, s0, o, final, t, h, dk, dv, nchunk, float(scale),
+            HAS_S0=initial_state is not None, BK=BK, BV=fu_bv, IEEE=ieee, PREC=prec, QK_PRE=qk_pre,
             num_warps=cfg["fu_warps"], num_stages=cfg["fu_stages"],
         )  # fmt: skip
         return o, final

@@ -2,7 +2,8 @@
 
 For each chunk of 64 tokens and each (batch, head), independently of the state:
 
-1. `_gdr_kkt_kernel` (4 warps, one tensor-core product): A = [beta_i exp(gam_i - gam_j) k_i.k_j]_{j<i}.
+1. `_gdr_kkt_kernel` (4 warps, one tensor-core product): A = [beta_i exp(gam_i - gam_j) k_i.k_j]_{j<i}
+   (and, for the fused path's `qk_pre` option, the causal q.k attention matrix of the chunk).
 2. `_gdr_solve_kernel` (1 warp): T = (I + A)^-1 (stored in the dtype of its buffer: fp32, or the
    input dtype when the fused kernel reads it only as a 16-bit operand). Forward substitution on the
    four 16x16 diagonal blocks, reading each row of A from memory (so no cross-thread extraction),
@@ -41,10 +42,12 @@ def _chunk_gates(g_ptr, beta_ptr, bi, T, H, hi, c):
 
 @triton.jit
 def _gdr_kkt_kernel(
-    k_ptr, g_ptr, beta_ptr, a_ptr,
+    k_ptr, g_ptr, beta_ptr, a_ptr, q_ptr, aqk_ptr,
     T, H, DK, NCHUNK,
-    BK: tl.constexpr, IEEE: tl.constexpr,
+    BK: tl.constexpr, IEEE: tl.constexpr, HAS_QK: tl.constexpr,
 ):  # fmt: skip
+    """A (strictly lower, fp32); with HAS_QK also the chunk's causal attention matrix
+    [q_i.k_j exp(gam_i - gam_j)]_{j<=i} in aqk's dtype, so the sequential kernel need not form it."""
     c = tl.program_id(0)
     pid_bh = tl.program_id(1)
     bi = (pid_bh // H).to(tl.int64)
@@ -64,6 +67,16 @@ def _gdr_kkt_kernel(
     a = tl.where(strict, beta[:, None] * _mm(k, tl.trans(k), IEEE) * decay, 0.0)
     base = ((bi * H + hi) * NCHUNK + c) * 4096
     tl.store(a_ptr + base + offs[:, None] * 64 + offs[None, :], a)
+    if HAS_QK:
+        q = tl.load(
+            q_ptr + ((bi * T + t_idx[:, None]) * H + hi) * DK + offs_k[None, :],
+            mask=mt[:, None] & (offs_k[None, :] < DK),
+            other=0.0,
+        )
+        causal = offs[:, None] >= offs[None, :]
+        qk = _mm(q, tl.trans(k), IEEE) * tl.exp2(tl.where(causal, gam[:, None] - gam[None, :], 0.0))
+        qk = tl.where(causal, qk, 0.0)
+        tl.store(aqk_ptr + base + offs[:, None] * 64 + offs[None, :], qk.to(aqk_ptr.dtype.element_ty))
 
 
 @triton.jit

@@ -27,14 +27,27 @@ from kernels.ssd_scan import check_ssd_inputs
 
 # Launch parameters (block sizes, warps, pipeline depth); bench/gpu_kernels.py sweeps them.
 # Defaults: the best of a sweep on an H100 (triton 3.6) at T=16k, H=32, P=N=128, bf16 (kernels/NOTES.md).
-# `fused` = 1 runs `_ssd_fused_kernel` (one launch, chunk `fu_L`, p-block `fu_bp`, state update with
-# fp32 operands if `fu_st32` else 16-bit ones); 0 runs the
+# `fused` = 1 runs `_ssd_fused_kernel` (one launch, chunk `fu_L`, p-block `fu_bp`, state update
+# precision `fu_prec`, see `_update`); 0 runs the
 # two-launch split path (states kernel + output kernel) with the `st_*` / `out_*` parameters.
 # `narrow` = 1 allows 16-bit products with an output width of 32 (crashed once under Triton 3.6, NOTES.md).
 CONFIG = {
-    "fused": 1, "fu_L": 64, "fu_bp": 64, "fu_warps": 4, "fu_stages": 2, "fu_st32": 1, "narrow": 0,
-    "st_bp": 32, "st_bn": 32, "st_warps": 4, "st_stages": 2, "out_bp": 128, "out_warps": 4,
+    "fused": 0, "fu_L": 64, "fu_bp": 64, "fu_warps": 4, "fu_stages": 2, "fu_prec": 2, "narrow": 0,
+    "st_bp": 32, "st_bn": 32, "st_warps": 4, "st_stages": 2, "st_prec": 1, "out_bp": 128, "out_warps": 4,
 }  # fmt: skip
+# The previous design (the split path as first tuned), and the variants bench/gpu_kernels.py times
+# against it; tests/kernels/test_chunk_variants.py checks every one against the reference.
+REFERENCE = {"fused": 0, "st_prec": 1, "st_bp": 32, "st_bn": 32, "st_warps": 4}
+VARIANTS: list[dict[str, int]] = [
+    {"st_prec": 2},
+    {"st_prec": 2, "st_bp": 64, "st_bn": 32},
+    {"st_prec": 2, "st_bp": 64, "st_bn": 64},
+    {"st_prec": 2, "st_bp": 64, "st_bn": 64, "st_warps": 8},
+    {"st_prec": 1, "st_bp": 64, "st_bn": 64, "st_warps": 8},
+    {"st_prec": 2, "st_bp": 16, "st_bn": 16},
+    {"st_prec": 0},
+    {"fused": 1, "fu_bp": 32, "narrow": 1},
+]
 
 
 @triton.jit
@@ -45,10 +58,26 @@ def _mm(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _update(xw, b, PREC: tl.constexpr, IEEE: tl.constexpr):
+    """(xw^T b): the chunk's contribution to the state, (L, BP) x (L, BN) -> (BP, BN). xw is fp32
+    (x scaled by its decay and dt), b is the input dtype. PREC 1: fp32 operands (tf32 on the GPU);
+    2: xw split into 16-bit hi + lo parts, two 16-bit products (~16-bit mantissa, more than tf32's
+    10, and b stays a 16-bit operand); 0: xw rounded to 16 bits (as fla)."""
+    if PREC == 1:
+        return _mm(tl.trans(xw), b.to(tl.float32), IEEE)
+    hi = xw.to(b.dtype)
+    out = _mm(tl.trans(hi), b, IEEE)
+    if PREC == 2:
+        out += _mm(tl.trans((xw - hi.to(tl.float32)).to(b.dtype)), b, IEEE)
+    return out
+
+
+@triton.jit
 def _ssd_states_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, s0_ptr, states_ptr, final_ptr,
     T, H, G, P, N, NCHUNK,
     HAS_S0: tl.constexpr, L: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr,
+    PREC: tl.constexpr,
 ):  # fmt: skip
     pid_p = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -86,9 +115,7 @@ def _ssd_states_kernel(
             mask=mt[:, None] & (offs_n[None, :] < N),
             other=0.0,
         )  # (L, BN)
-        # fp32 operands (tf32 tensor cores on the GPU): the carried state deserves more than bf16.
-        xw = x.to(tl.float32) * w[:, None]
-        S = S * tl.exp2(last) + _mm(tl.trans(xw), b.to(tl.float32), IEEE)  # (BP, BN)
+        S = S * tl.exp2(last) + _update(xw=x.to(tl.float32) * w[:, None], b=b, PREC=PREC, IEEE=IEEE)
     tl.store(final_ptr + state_base + offs_p[:, None] * N + offs_n[None, :], S, mask=mask_pn)
 
 
@@ -144,12 +171,12 @@ def _ssd_fused_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, s0_ptr, y_ptr, final_ptr,
     T, H, G, P, N, NCHUNK,
     HAS_S0: tl.constexpr, HAS_D: tl.constexpr, L: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-    IEEE: tl.constexpr, ST32: tl.constexpr,
+    IEEE: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     """The whole scan in one sequential pass per (batch*head, p-block): for each chunk, the output
     (intra-chunk part + the entering state's part) and then the state update. The state stays in
-    registers (fp32, kept transposed as (n, p) so both products read it without a transpose), so the
-    per-chunk entering states never go to memory and no second launch re-reads x, B, C."""
+    registers (fp32), so the per-chunk entering states never go to memory and no second launch
+    re-reads x, B, C."""
     pid_p = tl.program_id(0)
     pid_bh = tl.program_id(1)
     bi = (pid_bh // H).to(tl.int64)
@@ -162,11 +189,11 @@ def _ssd_fused_kernel(
     mn = offs_n < N
     dtype = x_ptr.dtype.element_ty
     a = tl.load(A_ptr + hi).to(tl.float32) * 1.4426950408889634  # log2 units
-    state_t = (bi * H + hi) * P * N + offs_p[None, :] * N + offs_n[:, None]  # (BN, BP) view of (p, n)
+    state_off = (bi * H + hi) * P * N + offs_p[:, None] * N + offs_n[None, :]
     if HAS_S0:
-        St = tl.load(s0_ptr + state_t, mask=mn[:, None] & mp[None, :], other=0.0).to(tl.float32)
+        S = tl.load(s0_ptr + state_off, mask=mp[:, None] & mn[None, :], other=0.0).to(tl.float32)
     else:
-        St = tl.zeros((BN, BP), dtype=tl.float32)
+        S = tl.zeros((BP, BN), dtype=tl.float32)
     if HAS_D:
         d_skip = tl.load(D_ptr + hi).to(tl.float32)
     causal = offs_l[:, None] >= offs_l[None, :]
@@ -186,16 +213,13 @@ def _ssd_fused_kernel(
         wm = tl.where(causal, cb * tl.exp2(seg) * dt[None, :], 0.0)
         y = _mm(wm.to(dtype), x, IEEE)  # (L, BP)
         # The entering state in the input dtype for the product (as the split path stores it).
-        y += tl.exp2(cum)[:, None] * _mm(cm, St.to(dtype), IEEE)
+        y += tl.exp2(cum)[:, None] * _mm(cm, tl.trans(S.to(dtype)), IEEE)
         if HAS_D:
             y += d_skip * x.to(tl.float32)
         tl.store(y_ptr + xy_off, y.to(y_ptr.dtype.element_ty), mask=mt[:, None] & mp[None, :])
         xw = x.to(tl.float32) * (tl.exp2(last - cum) * dt)[:, None]
-        if ST32:  # fp32 operands (tf32 on the GPU): the carried state keeps more than 16 bits
-            St = St * tl.exp2(last) + _mm(tl.trans(b).to(tl.float32), xw, IEEE)  # (BN, BP)
-        else:  # 16-bit operands, as fla does: faster, state error ~ the output's
-            St = St * tl.exp2(last) + _mm(tl.trans(b), xw.to(dtype), IEEE)
-    tl.store(final_ptr + state_t, St, mask=mn[:, None] & mp[None, :])
+        S = S * tl.exp2(last) + _update(xw, b, PREC, IEEE)  # (BP, BN)
+    tl.store(final_ptr + state_off, S, mask=mp[:, None] & mn[None, :])
 
 
 def _pow2_at_least_16(n: int) -> int:
@@ -238,7 +262,7 @@ def ssd_scan_triton(
         _ssd_fused_kernel[(triton.cdiv(p, BP), b * h)](
             x, dt, A32, B, C, Dv, s0, y, final, t, h, g, p, n, triton.cdiv(t, L),
             HAS_S0=initial_state is not None, HAS_D=D is not None, L=L, BP=BP,
-            BN=_pow2_at_least_16(n), IEEE=ieee, ST32=bool(cfg["fu_st32"]),
+            BN=_pow2_at_least_16(n), IEEE=ieee, PREC=cfg["fu_prec"],
             num_warps=cfg["fu_warps"], num_stages=cfg["fu_stages"],
         )  # fmt: skip
         return y, final
@@ -253,7 +277,7 @@ def ssd_scan_triton(
     grid_s = (triton.cdiv(p, BP_s), triton.cdiv(n, BN_s), b * h)
     _ssd_states_kernel[grid_s](
         x, dt, A32, B, s0, states, final, t, h, g, p, n, nchunk,
-        HAS_S0=initial_state is not None, L=L, BP=BP_s, BN=BN_s, IEEE=ieee,
+        HAS_S0=initial_state is not None, L=L, BP=BP_s, BN=BN_s, IEEE=ieee, PREC=cfg["st_prec"],
         num_warps=cfg["st_warps"], num_stages=cfg["st_stages"],
     )  # fmt: skip
     BP_o, BN_o = min(cfg["out_bp"], _pow2_at_least_16(p)), _pow2_at_least_16(n)
