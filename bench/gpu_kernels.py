@@ -119,6 +119,26 @@ def tune(op: str, module: Any) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def warm(ops: list[str], parallel: int) -> None:
+    """Compile every candidate in parallel child processes (each runs it once at 2k and 16k), so
+    Triton's on-disk cache holds them before anything is timed: the timing children then only
+    load. Nothing is timed here, so this may share the machine with other correctness work."""
+    jobs = []
+    for op in ops:
+        module = tssd if op == "ssd" else tgdr
+        for var in [module.REFERENCE, {}, *module.VARIANTS]:
+            var_json = json.dumps([var])
+            jobs.append([sys.executable, __file__, "--variant-op", op, "--variant", var_json, "--no-time"])
+    running: list[subprocess.Popen] = []
+    for cmd in jobs:
+        while len(running) >= parallel:
+            running[0].wait()
+            running = [p for p in running if p.poll() is None]
+        running.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    for proc in running:
+        proc.wait()
+
+
 def _run_variants(op: str, variants: list[dict[str, int]]) -> list[dict[str, Any]]:
     cmd = [sys.executable, __file__, "--variant-op", op, "--variant", json.dumps(variants)]
     try:
@@ -133,8 +153,9 @@ def _run_variants(op: str, variants: list[dict[str, int]]) -> list[dict[str, Any
     return rows
 
 
-def variant_child(op: str, variants: list[dict[str, int]]) -> None:
-    """In a child process: for each variant, apply it, check against the reference at 2k, time at 16k."""
+def variant_child(op: str, variants: list[dict[str, int]], timed: bool = True) -> None:
+    """In a child process: for each variant, apply it, check against the reference at 2k, time at 16k
+    (or, untimed, run it once at 16k: the compile-only warm-up)."""
     module = tssd if op == "ssd" else tgdr
     base = dict(module.CONFIG)
     with torch.inference_mode():
@@ -157,6 +178,10 @@ def variant_child(op: str, variants: list[dict[str, int]]) -> None:
             module.CONFIG = {**base, **var}
             out, state = run(small)
             err, state_err = rel_err(out, ref), rel_err(state, ref_state)
+            if not timed:
+                run(big)
+                torch.cuda.synchronize()
+                continue
             ms = median_ms(lambda: run(big), rep_ms=100)
             print(json.dumps({"variant": var, "ms": ms, "err": err, "state_err": state_err}), flush=True)
 
@@ -352,13 +377,18 @@ def main() -> None:
     ap.add_argument(
         "--sections",
         default="tune,profile,prefill,decode",
-        help="comma list: tune (or tune_ssd, tune_gdn), profile, prefill, decode",
+        help="comma list: tune (or tune_ssd, tune_gdn), profile, prefill, decode; or warm alone",
     )
     ap.add_argument("--variant-op", choices=["ssd", "gdn"], help="internal: time one config variant")
     ap.add_argument("--variant", default="[]", help="internal: JSON list of CONFIG overrides")
+    ap.add_argument("--no-time", action="store_true", help="internal: compile and check, no timing")
+    ap.add_argument("--parallel", type=int, default=6, help="processes for --sections warm")
     args = ap.parse_args()
     if args.variant_op:
-        variant_child(args.variant_op, json.loads(args.variant))
+        variant_child(args.variant_op, json.loads(args.variant), timed=not args.no_time)
+        return
+    if args.sections == "warm":
+        warm(["ssd", "gdn"], args.parallel)
         return
     t0 = time.time()
     torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 references stay fp32

@@ -27,13 +27,15 @@ from kernels.triton_gdr_prepare import _gdr_kkt_kernel, _gdr_solve_kernel, _gdr_
 
 CHUNK = 64
 # Launch parameters (block width over dv, warps, pipeline depth); bench/gpu_kernels.py sweeps them.
-# `fused` = 1: kkt + solve, then `_gdr_fused_kernel` (dv-block `fu_bv`; state products by `fu_prec`:
+# `fused` = 1: kkt + solve, then `_gdr_fused_kernel` (dv-block `fu_bv`, 0 = by grid size, see
+# `_fused_bv`; state products by `fu_prec`:
 # 0 16-bit (T stored in the input dtype), 1 tf32, 2 16-bit hi + lo pairs; `qk_pre`: the causal q.k
-# matrix comes from the kkt kernel instead of the sequential loop); 0: the five-launch split path.
+# matrix and the decay cumsums come from the kkt kernel, not the sequential loop); 0: the five-launch
+# split path.
 # `narrow` = 1 allows 16-bit products with an output width of 32 (crashed once under Triton 3.6, NOTES.md).
 CONFIG = {
     "fused": 1,
-    "fu_bv": 32,
+    "fu_bv": 0,
     "fu_warps": 4,
     "fu_stages": 2,
     "fu_prec": 2,
@@ -52,12 +54,10 @@ CONFIG = {
 # against it; tests/kernels/test_chunk_variants.py checks every one against the reference.
 REFERENCE = {"fused": 0}
 VARIANTS: list[dict[str, int]] = [
-    {"fu_prec": 1},  # the first fused version (tf32 state products), best of device run 4
+    {"fu_bv": 32, "fu_prec": 1},  # the first fused version (tf32 state products), best of device run 4
     {"qk_pre": 1},
-    {"qk_pre": 1, "fu_prec": 1},
     {"qk_pre": 1, "fu_warps": 8},
-    {"qk_pre": 1, "fu_bv": 64, "narrow": 0},
-    {"qk_pre": 1, "fu_prec": 0},
+    {"qk_pre": 1, "fu_prec": 0},  # fla's precision: for the record (fails the state-error bound)
 ]
 
 
@@ -158,7 +158,7 @@ def _gdr_output_kernel(
 
 @triton.jit
 def _gdr_fused_kernel(
-    q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, t_ptr, aqk_ptr, s0_ptr, o_ptr, final_ptr,
+    q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, t_ptr, aqk_ptr, gam_ptr, s0_ptr, o_ptr, final_ptr,
     T, H, DK, DV, NCHUNK, scale,
     HAS_S0: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IEEE: tl.constexpr, PREC: tl.constexpr,
     QK_PRE: tl.constexpr,
@@ -191,10 +191,14 @@ def _gdr_fused_kernel(
         k = tl.load(k_ptr + row * DK + offs_k[None, :], mask=m_lk, other=0.0)  # (64, BK)
         q = tl.load(q_ptr + row * DK + offs_k[None, :], mask=m_lk, other=0.0)
         v = tl.load(v_ptr + row * DV + offs_v[None, :], mask=m_lv, other=0.0)  # (64, BV)
-        gl = tl.load(g_ptr + (bi * T + t_idx) * H + hi, mask=mt, other=0.0).to(tl.float32)
-        gl = gl * 1.4426950408889634
-        gam = tl.cumsum(gl, axis=0)  # log2-decay from the chunk start, inclusive
-        last = tl.sum(gl, axis=0)
+        if QK_PRE:  # from the kkt kernel: no scan in this loop
+            gam = tl.load(gam_ptr + ((bi * H + hi) * NCHUNK + c) * 64 + offs_l)
+            last = tl.load(gam_ptr + ((bi * H + hi) * NCHUNK + c) * 64 + 63)
+        else:
+            gl = tl.load(g_ptr + (bi * T + t_idx) * H + hi, mask=mt, other=0.0).to(tl.float32)
+            gl = gl * 1.4426950408889634
+            gam = tl.cumsum(gl, axis=0)  # log2-decay from the chunk start, inclusive
+            last = tl.sum(gl, axis=0)
         beta = tl.load(beta_ptr + (bi * T + t_idx) * H + hi, mask=mt, other=0.0).to(tl.float32)
         tm = tl.load(
             t_ptr + ((bi * H + hi) * NCHUNK + c) * 4096 + offs_l[:, None] * 64 + offs_l[None, :],
@@ -240,6 +244,16 @@ def _gdr_fused_kernel(
     tl.store(final_ptr + state_off, S, mask=mk[:, None] & mv[None, :])
 
 
+def _fused_bv(cfg: dict[str, int], dv: int, bh: int, dev: torch.device) -> int:
+    """`fu_bv` = 0: 32 if the grid then fits in one wave of the GPU's multiprocessors (one program
+    per SM: the kernel's shared memory allows no second), else 64 (128-wide state blocks spill).
+    Narrow blocks spread a batch-1 call over more SMs; past one wave they only add rounds."""
+    sms = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 132
+    cap = max(16, triton.next_power_of_2(dv))
+    width = 32 if triton.cdiv(dv, 32) * bh <= sms else 64
+    return min(width, cap)
+
+
 def chunk_gated_delta_rule_triton(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -278,17 +292,19 @@ def chunk_gated_delta_rule_triton(
     t_buf = torch.empty_like(a_buf, dtype=v.dtype if (fused and prec == 0) else torch.float32)
     qk_pre = fused and bool(cfg["qk_pre"])
     aqk = torch.empty((b * h * nchunk, CHUNK, CHUNK), device=dev, dtype=v.dtype) if qk_pre else a_buf
+    gam = torch.empty((b * h * nchunk * CHUNK,), device=dev, dtype=torch.float32) if qk_pre else a_buf
     _gdr_kkt_kernel[(nchunk, b * h)](
-        k, g, beta, a_buf, q, aqk, t, h, dk, nchunk, BK=BK, IEEE=ieee, HAS_QK=qk_pre, num_warps=4
+        k, g, beta, a_buf, q, aqk, gam, t, h, dk, nchunk, BK=BK, IEEE=ieee, HAS_QK=qk_pre, num_warps=4
     )
     _gdr_solve_kernel[(b * h * nchunk,)](a_buf, t_buf, num_warps=cfg["solve_warps"])
     if fused:
         o = torch.empty_like(v)
         final = torch.empty((b, h, dk, dv), device=dev, dtype=torch.float32)
         s0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else final
-        fu_bv = bv("fu_bv") if (ieee or cfg["narrow"]) else max(64, bv("fu_bv"))
+        fu_bv = _fused_bv(cfg, dv, b * h, dev) if cfg["fu_bv"] == 0 else bv("fu_bv")
+        fu_bv = fu_bv if (ieee or cfg["narrow"]) else max(64, fu_bv)
         _gdr_fused_kernel[(triton.cdiv(dv, fu_bv), b * h)](
-            q, k, v, g, beta, t_buf, aqk, s0, o, final, t, h, dk, dv, nchunk, float(scale),
+            q, k, v, g, beta, t_buf, aqk, gam, s0, o, final, t, h, dk, dv, nchunk, float(scale),
             HAS_S0=initial_state is not None, BK=BK, BV=fu_bv, IEEE=ieee, PREC=prec, QK_PRE=qk_pre,
             num_warps=cfg["fu_warps"], num_stages=cfg["fu_stages"],
         )  # fmt: skip

@@ -42,12 +42,13 @@ def _chunk_gates(g_ptr, beta_ptr, bi, T, H, hi, c):
 
 @triton.jit
 def _gdr_kkt_kernel(
-    k_ptr, g_ptr, beta_ptr, a_ptr, q_ptr, aqk_ptr,
+    k_ptr, g_ptr, beta_ptr, a_ptr, q_ptr, aqk_ptr, gam_ptr,
     T, H, DK, NCHUNK,
     BK: tl.constexpr, IEEE: tl.constexpr, HAS_QK: tl.constexpr,
 ):  # fmt: skip
     """A (strictly lower, fp32); with HAS_QK also the chunk's causal attention matrix
-    [q_i.k_j exp(gam_i - gam_j)]_{j<=i} in aqk's dtype, so the sequential kernel need not form it."""
+    [q_i.k_j exp(gam_i - gam_j)]_{j<=i} in aqk's dtype and the cumulative log2-decays gam (fp32,
+    contiguous per head), so the sequential kernel forms neither."""
     c = tl.program_id(0)
     pid_bh = tl.program_id(1)
     bi = (pid_bh // H).to(tl.int64)
@@ -77,6 +78,7 @@ def _gdr_kkt_kernel(
         qk = _mm(q, tl.trans(k), IEEE) * tl.exp2(tl.where(causal, gam[:, None] - gam[None, :], 0.0))
         qk = tl.where(causal, qk, 0.0)
         tl.store(aqk_ptr + base + offs[:, None] * 64 + offs[None, :], qk.to(aqk_ptr.dtype.element_ty))
+        tl.store(gam_ptr + ((bi * H + hi) * NCHUNK + c) * 64 + offs, gam)
 
 
 @triton.jit

@@ -33,19 +33,17 @@ from kernels.ssd_scan import check_ssd_inputs
 # `narrow` = 1 allows 16-bit products with an output width of 32 (crashed once under Triton 3.6, NOTES.md).
 CONFIG = {
     "fused": 0, "fu_L": 64, "fu_bp": 64, "fu_warps": 4, "fu_stages": 2, "fu_prec": 2, "narrow": 0,
-    "st_bp": 32, "st_bn": 32, "st_warps": 4, "st_stages": 2, "st_prec": 1, "out_bp": 128, "out_warps": 4,
+    "st_bp": 32, "st_bn": 32, "st_warps": 4, "st_stages": 2, "st_prec": 1, "st_pre": 0,
+    "out_bp": 128, "out_warps": 4,
 }  # fmt: skip
 # The previous design (the split path as first tuned), and the variants bench/gpu_kernels.py times
 # against it; tests/kernels/test_chunk_variants.py checks every one against the reference.
-REFERENCE = {"fused": 0, "st_prec": 1, "st_bp": 32, "st_bn": 32, "st_warps": 4}
+REFERENCE = {"fused": 0, "st_prec": 1, "st_pre": 0, "st_bp": 32, "st_bn": 32, "st_warps": 4}
 VARIANTS: list[dict[str, int]] = [
-    {"st_prec": 2},
-    {"st_prec": 2, "st_bp": 64, "st_bn": 32},
-    {"st_prec": 2, "st_bp": 64, "st_bn": 64},
-    {"st_prec": 2, "st_bp": 64, "st_bn": 64, "st_warps": 8},
-    {"st_prec": 1, "st_bp": 64, "st_bn": 64, "st_warps": 8},
-    {"st_prec": 2, "st_bp": 16, "st_bn": 16},
-    {"st_prec": 0},
+    {"st_pre": 1},
+    {"st_prec": 2, "st_pre": 1},
+    {"st_prec": 2, "st_pre": 1, "st_bp": 64, "st_bn": 64, "st_warps": 8},
+    {"st_prec": 0, "st_pre": 1},  # fla's precision: for the record (fails the state-error bound)
     {"fused": 1, "fu_bp": 32, "narrow": 1},
 ]
 
@@ -73,11 +71,29 @@ def _update(xw, b, PREC: tl.constexpr, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _ssd_chunk_weights_kernel(dt_ptr, A_ptr, w_ptr, decay_ptr, T, H, NCHUNK, L: tl.constexpr):
+    """Per (chunk, batch*head): w = exp(cum_L - cum) dt (L,) and exp(cum_L), written contiguously
+    per head, so the sequential states kernel does no scan and reads 64 adjacent floats."""
+    c = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    bi = (pid_bh // H).to(tl.int64)
+    hi = pid_bh % H
+    offs_l = tl.arange(0, L)
+    t_idx = c * L + offs_l
+    a = tl.load(A_ptr + hi).to(tl.float32) * 1.4426950408889634
+    dt = tl.load(dt_ptr + (bi * T + t_idx) * H + hi, mask=t_idx < T, other=0.0).to(tl.float32)
+    cum = tl.cumsum(dt * a, axis=0)
+    last = tl.sum(dt * a, axis=0)
+    tl.store(w_ptr + ((bi * H + hi) * NCHUNK + c) * L + offs_l, tl.exp2(last - cum) * dt)
+    tl.store(decay_ptr + (bi * H + hi) * NCHUNK + c, tl.exp2(last))
+
+
+@triton.jit
 def _ssd_states_kernel(
-    x_ptr, dt_ptr, A_ptr, B_ptr, s0_ptr, states_ptr, final_ptr,
+    x_ptr, dt_ptr, A_ptr, B_ptr, s0_ptr, states_ptr, final_ptr, w_ptr, decay_ptr,
     T, H, G, P, N, NCHUNK,
     HAS_S0: tl.constexpr, L: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr,
-    PREC: tl.constexpr,
+    PREC: tl.constexpr, PRE: tl.constexpr,
 ):  # fmt: skip
     pid_p = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -101,10 +117,15 @@ def _ssd_states_kernel(
         tl.store(states_ptr + st_off, S.to(states_ptr.dtype.element_ty), mask=mask_pn)
         t_idx = c * L + offs_l
         mt = t_idx < T
-        dt = tl.load(dt_ptr + (bi * T + t_idx) * H + hi, mask=mt, other=0.0).to(tl.float32)
-        cum = tl.cumsum(dt * a, axis=0)  # (L,) log2-decay from the chunk start
-        last = tl.sum(dt * a, axis=0)  # the chunk's total log2-decay
-        w = tl.exp2(last - cum) * dt  # (L,)
+        if PRE:  # weights and decay from `_ssd_chunk_weights_kernel`: no scan in this loop
+            w = tl.load(w_ptr + (bi * H + hi) * NCHUNK * L + c * L + offs_l)
+            decay = tl.load(decay_ptr + (bi * H + hi) * NCHUNK + c)
+        else:
+            dt = tl.load(dt_ptr + (bi * T + t_idx) * H + hi, mask=mt, other=0.0).to(tl.float32)
+            cum = tl.cumsum(dt * a, axis=0)  # (L,) log2-decay from the chunk start
+            last = tl.sum(dt * a, axis=0)  # the chunk's total log2-decay
+            w = tl.exp2(last - cum) * dt  # (L,)
+            decay = tl.exp2(last)
         x = tl.load(
             x_ptr + ((bi * T + t_idx[:, None]) * H + hi) * P + offs_p[None, :],
             mask=mt[:, None] & (offs_p[None, :] < P),
@@ -115,7 +136,7 @@ def _ssd_states_kernel(
             mask=mt[:, None] & (offs_n[None, :] < N),
             other=0.0,
         )  # (L, BN)
-        S = S * tl.exp2(last) + _update(xw=x.to(tl.float32) * w[:, None], b=b, PREC=PREC, IEEE=IEEE)
+        S = S * decay + _update(xw=x.to(tl.float32) * w[:, None], b=b, PREC=PREC, IEEE=IEEE)
     tl.store(final_ptr + state_base + offs_p[:, None] * N + offs_n[None, :], S, mask=mask_pn)
 
 
@@ -275,9 +296,16 @@ def ssd_scan_triton(
     s0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else final
     BP_s, BN_s = min(cfg["st_bp"], _pow2_at_least_16(p)), min(cfg["st_bn"], _pow2_at_least_16(n))
     grid_s = (triton.cdiv(p, BP_s), triton.cdiv(n, BN_s), b * h)
+    pre = bool(cfg["st_pre"])
+    if pre:
+        w_buf = torch.empty((b * h * nchunk * L,), device=x.device, dtype=torch.float32)
+        decay = torch.empty((b * h * nchunk,), device=x.device, dtype=torch.float32)
+        _ssd_chunk_weights_kernel[(nchunk, b * h)](dt, A32, w_buf, decay, t, h, nchunk, L=L, num_warps=2)
+    else:
+        w_buf = decay = A32  # not read
     _ssd_states_kernel[grid_s](
-        x, dt, A32, B, s0, states, final, t, h, g, p, n, nchunk,
-        HAS_S0=initial_state is not None, L=L, BP=BP_s, BN=BN_s, IEEE=ieee, PREC=cfg["st_prec"],
+        x, dt, A32, B, s0, states, final, w_buf, decay, t, h, g, p, n, nchunk,
+        HAS_S0=initial_state is not None, L=L, BP=BP_s, BN=BN_s, IEEE=ieee, PREC=cfg["st_prec"], PRE=pre,
         num_warps=cfg["st_warps"], num_stages=cfg["st_stages"],
     )  # fmt: skip
     BP_o, BN_o = min(cfg["out_bp"], _pow2_at_least_16(p)), _pow2_at_least_16(n)
