@@ -237,6 +237,9 @@ def _sqlite_connection(session: Session) -> sqlite3.Connection | None:
     return raw if isinstance(raw, sqlite3.Connection) and hasattr(raw, "blobopen") else None
 
 
+READER_MMAP_BYTES = 0  # PRAGMA mmap_size of the parallel readers (SQLite caps it, 2 GB by default)
+
+
 class ChunkReaders:
     """Extra SQLite connections for reading chunks in parallel, handed out one per worker at a time.
 
@@ -265,6 +268,12 @@ class ChunkReaders:
                 return self._idle.get()
             conn = sqlite3.connect(self._uri, uri=True, check_same_thread=False, isolation_level=None)
             self._all.append(conn)
+        if READER_MMAP_BYTES:
+            # Blob reads copy straight out of the mapped file instead of pread-ing each page into
+            # SQLite's cache first: one copy of every byte fewer. Read-only and short-lived
+            # connections, and the store never shrinks its file (no VACUUM), so a mapping cannot
+            # lose its pages under a reader.
+            conn.execute(f"PRAGMA mmap_size = {READER_MMAP_BYTES}")
         conn.execute("BEGIN")  # one read snapshot for this connection's whole share of the load
         conn.execute("SELECT 1 FROM blob_chunks LIMIT 1").fetchall()
         return conn
