@@ -91,7 +91,7 @@ class PreparedBlob:
     """Bytes with their chunk digests and address, computed before any transaction is opened."""
 
     sha256: str
-    data: bytes
+    data: bytes | memoryview
     chunk_digests: list[str]
 
     @property
@@ -102,11 +102,11 @@ class PreparedBlob:
         return memoryview(self.data)[idx * CHUNK_SIZE : (idx + 1) * CHUNK_SIZE]
 
 
-def prepare_blob(data: bytes) -> PreparedBlob:
-    view = memoryview(data)
+def prepare_blob(data: bytes | memoryview) -> PreparedBlob:
+    view = memoryview(data).cast("B")  # sizes and slices in bytes, whatever the buffer's format
     chunks = [view[i : i + CHUNK_SIZE] for i in range(0, len(data), CHUNK_SIZE)]
-    digests = _digests(chunks, len(data))
-    return PreparedBlob(blob_address(len(data), CHUNK_SIZE, digests), data, digests)
+    digests = _digests(chunks, len(view))
+    return PreparedBlob(blob_address(len(view), CHUNK_SIZE, digests), view, digests)
 
 
 def _blob_exists(session: Session, sha256: str) -> bool:

@@ -1,8 +1,11 @@
-"""Named tensors <-> bytes, with safetensors only.
+"""Named tensors <-> bytes, in the safetensors format only.
 
 Never pickle: a session database may come from someone else, and loading it must not run code.
-safetensors keeps every dtype (bf16 included) and shape, and its output is deterministic for the same
-tensors, which is what lets identical states deduplicate as identical blobs.
+safetensors keeps every dtype (bf16 included) and shape, and our writer's output is deterministic for
+the same tensors, which is what lets identical states deduplicate as identical blobs. Both directions
+are written here (a few dozen lines: an 8-byte header length, a JSON header, raw data) rather than
+through the safetensors library, which copies every byte several times on one core; images written by
+the library (older snapshots) load the same way, and the library loads ours.
 """
 
 from __future__ import annotations
@@ -10,27 +13,64 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-import safetensors.torch
+import numpy as np
 import torch
 
 from memory.errors import CorruptDataError
 
 
-def tensors_to_bytes(tensors: Mapping[str, torch.Tensor]) -> bytes:
-    """Serialise on the CPU. Views that share storage are cloned (safetensors refuses shared storage)."""
-    flat: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
+def tensors_to_bytes(tensors: Mapping[str, torch.Tensor]) -> memoryview:
+    """Serialise on the CPU into one safetensors image (any safetensors reader loads it).
+
+    Why not `safetensors.torch.save`: it copies every tensor two or three times on one core (about
+    0.7 GB/s on the H100's host: 0.8 s of a 0.56 GB snapshot's 2 s save). Here the header is written
+    first and each tensor is copied once into one preallocated buffer, large tensors in pieces on
+    the thread pool (numpy copies release the GIL). Deterministic for the same tensors (identical
+    states still deduplicate); tensors are ordered by element size, largest first, then name, and the
+    header is padded to 8 bytes, so every tensor is aligned and `tensors_from_buffer` never copies."""
+    flat: list[tuple[str, torch.Tensor]] = []
     for name, tensor in tensors.items():
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"tensor {name!r} is a {type(tensor).__name__}, expected torch.Tensor")
-        t = tensor.detach().to("cpu").contiguous()
-        ptr = t.untyped_storage().data_ptr() if t.numel() else 0
-        if ptr and ptr in seen:
-            t = t.clone()
-        elif ptr:
-            seen.add(ptr)
-        flat[name] = t
-    return safetensors.torch.save(flat)
+        if tensor.dtype not in _NAMES:
+            raise TypeError(f"tensor {name!r} has dtype {tensor.dtype}, which safetensors cannot store")
+        flat.append((name, tensor.detach().to("cpu").contiguous()))
+    flat.sort(key=lambda item: (-item[1].element_size(), item[0]))
+    header: dict[str, object] = {}
+    end = 0
+    for name, t in flat:
+        n = t.numel() * t.element_size()
+        header[name] = {"dtype": _NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [end, end + n]}
+        end += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-aligned, as the safetensors library writes it
+    base = 8 + len(raw)
+    out = np.empty(base + end, dtype=np.uint8)
+    out[:8] = np.frombuffer(len(raw).to_bytes(8, "little"), dtype=np.uint8)
+    out[8:base] = np.frombuffer(raw, dtype=np.uint8)
+    jobs = []
+    for name, t in flat:
+        start, stop = header[name]["data_offsets"]  # type: ignore[index]
+        src = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else None
+        for a in range(0, stop - start, _COPY_PIECE):
+            jobs.append((out[base + start + a : base + min(stop, start + a + _COPY_PIECE)], src, a))
+    if sum(len(j[0]) for j in jobs) >= 2 * _COPY_PIECE:
+        from memory.blobs import _pool
+
+        list(_pool().map(_copy_piece, jobs))
+    else:
+        for job in jobs:
+            _copy_piece(job)
+    return memoryview(out)
+
+
+_COPY_PIECE = 8 << 20  # bytes per copy job: big enough to amortise the hand-off
+
+
+def _copy_piece(job: tuple[np.ndarray, np.ndarray | None, int]) -> None:
+    dst, src, at = job
+    if src is not None:
+        dst[:] = src[at : at + len(dst)]
 
 
 # safetensors dtype names -> torch dtypes (the ones this torch build has).
@@ -56,6 +96,7 @@ _DTYPES: dict[str, torch.dtype] = {
     }.items()
     if hasattr(torch, attr)
 }
+_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
 _MAX_HEADER = 100 << 20  # as the safetensors library: a larger header is not one it wrote
 
 

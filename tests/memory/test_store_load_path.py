@@ -41,7 +41,7 @@ def as_buffer(data: bytes) -> torch.Tensor:
 
 
 def test_zero_copy_decoding_equals_the_safetensors_library() -> None:
-    data = tensors_to_bytes(mixed_tensors())
+    data = safetensors.torch.save(mixed_tensors())  # as snapshots written before our own writer
     ours, theirs = tensors_from_buffer(as_buffer(data), what="t"), safetensors.torch.load(data)
     assert ours.keys() == theirs.keys()
     for k in theirs:
@@ -49,9 +49,27 @@ def test_zero_copy_decoding_equals_the_safetensors_library() -> None:
         assert torch.equal(ours[k], theirs[k]), k
 
 
+def test_our_writer_is_read_by_the_library_aligned_and_deterministic() -> None:
+    tensors = mixed_tensors() | {"big": torch.randn(3 * CHUNK_SIZE // 4 + 5)}  # the pool's copy path
+    data = tensors_to_bytes(tensors)
+    assert bytes(data) == bytes(tensors_to_bytes(dict(reversed(tensors.items()))))  # same bytes
+    theirs = safetensors.torch.load(bytes(data))
+    buf = as_buffer(bytes(data))
+    ours = tensors_from_buffer(buf, what="t")
+    for k, v in tensors.items():
+        assert theirs[k].dtype == v.dtype and torch.equal(theirs[k], v), k
+        assert torch.equal(ours[k], v), k
+        if v.numel():  # every tensor aligned: a view of the buffer, never a copy
+            assert ours[k].untyped_storage().data_ptr() == buf.untyped_storage().data_ptr(), k
+    # A view (non-contiguous, sharing storage with another entry) is stored as its values.
+    base = torch.arange(12.0).view(3, 4)
+    back = tensors_from_buffer(as_buffer(bytes(tensors_to_bytes({"t": base.t(), "b": base}))), what="t")
+    assert torch.equal(back["t"], base.t()) and torch.equal(back["b"], base)
+
+
 def test_decoded_tensors_view_the_buffer_and_are_independent() -> None:
     t = {"x": torch.arange(6, dtype=torch.float32), "y": torch.arange(4, dtype=torch.float32)}
-    buf = as_buffer(tensors_to_bytes(t))
+    buf = as_buffer(bytes(tensors_to_bytes(t)))
     out = tensors_from_buffer(buf, what="t")
     assert out["x"].untyped_storage().data_ptr() == buf.untyped_storage().data_ptr()  # no copy
     out["x"].add_(1)
