@@ -11,8 +11,11 @@
 2. Decode: the one-token kernels' achieved bandwidth (state read + written, inputs read) vs a measured
    device-to-device copy of the same number of bytes and vs a 1 GiB copy (the ceiling), timed as
    CUDA-graph replays; fla's fused_recurrent_gated_delta_rule at T=1 alongside.
-Before timing, a small sweep picks launch parameters (block widths, warps, pipeline depth) at 16k.
-Speed claims are ratios against fla measured in the same run on the same card.
+Before timing, `tune` times each kernel module's REFERENCE (the previous design), its CONFIG and its
+VARIANTS at 16k and keeps the fastest whose output and final-state errors stay within bounds of the
+previous design's; the prefill rows then time the chosen config, the previous design ("prev") and
+fla. `--sections warm` compiles every candidate in parallel first (run it beside the GPU tests).
+Speed claims are ratios against fla (or the previous design) measured in the same run on the same card.
 """
 
 from __future__ import annotations

@@ -1,22 +1,26 @@
 """Triton chunked gated delta rule (forward), same contract as `chunk_gated_delta_rule_ref`.
 
-Five launches over chunks of 64 tokens (the result does not depend on the chunk size, so the
-`chunk_size` argument of the public op is a hint the Triton path does not need):
+Chunks of 64 tokens (the result does not depend on the chunk size, so the `chunk_size` argument of
+the public op is a hint the Triton path does not need). Default (fused) path, three launches:
 
-1-3. triton_gdr_prepare.py, parallel over (chunk, batch*head): A, T = (I + A)^-1 (blockwise forward
-   substitution), W = T diag(beta exp(gam)) K and U = T diag(beta) V.
-4. `_gdr_states_kernel`, one program per (batch*head, dv-block), sequential over chunks: stores the
-   state entering each chunk, v_new = U - W S, and S <- exp(gam_L) S + (exp(gam_L - gam) K)^T v_new.
-5. `_gdr_output_kernel`, one program per (chunk, batch*head, dv-block), parallel:
-   o = scale (exp(gam) Q S_in + [(Q K^T) exp(gam_i - gam_j)]_causal v_new).
+1. triton_gdr_prepare `_gdr_kkt_kernel`, parallel over (chunk, batch*head): A = [beta_i
+   exp(gam_i - gam_j) k_i.k_j]_{j<i}, and (`qk_pre`) the causal [q_i.k_j exp(gam_i - gam_j)] and
+   the decay cumsums gam.
+2. `_gdr_solve_kernel`: T = (I + A)^-1 by blockwise forward substitution.
+3. `_gdr_fused_kernel`, one program per (batch*head, dv-block), sequential over chunks, the state
+   in registers (fp32): v_new = T diag(beta) (V - diag(exp(gam)) K S) (W and U are never formed),
+   o = scale (exp(gam) Q S + [qk] v_new), S <- exp(gam_L) S + K^T (exp(gam_L - gam) v_new). Only o
+   goes to memory. The state's own products use 16-bit hi + lo operand pairs (`fu_prec` 2).
 
-Decays are carried in base 2 (exp2). Intermediates (W, U, v_new, entering states) are fp32 for fp32
-inputs and the input dtype for 16-bit inputs; A and T are fp32; the carried state is always fp32 and
-its updates use fp32 operands (tf32 on the GPU for 16-bit inputs, exact fp32 for fp32 inputs and on
-the CPU interpreter).
+The split path (`fused` = 0, the previous design, kept as the benchmark's reference) runs W/U,
+`_gdr_states_kernel` (stores each chunk's entering state and v_new) and the parallel
+`_gdr_output_kernel`. Decays are carried in base 2 (exp2). For fp32 inputs (and on the CPU
+interpreter) every product is exact fp32.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
@@ -39,7 +43,7 @@ CONFIG = {
     "fu_warps": 4,
     "fu_stages": 2,
     "fu_prec": 2,
-    "qk_pre": 0,
+    "qk_pre": 1,
     "narrow": 1,
     "solve_warps": 1,
     "u_bv": 64,
@@ -54,11 +58,12 @@ CONFIG = {
 # against it; tests/kernels/test_chunk_variants.py checks every one against the reference.
 REFERENCE = {"fused": 0}
 VARIANTS: list[dict[str, int]] = [
-    {"fu_bv": 32, "fu_prec": 1},  # the first fused version (tf32 state products), best of device run 4
-    {"qk_pre": 1},
-    {"qk_pre": 1, "fu_warps": 8},
-    {"qk_pre": 1, "fu_prec": 0},  # fla's precision: for the record (fails the state-error bound)
+    {"fu_bv": 32, "fu_prec": 1, "qk_pre": 0},  # the first fused version, best of device run 4
+    {"qk_pre": 0},
 ]
+# Not listed (wrong on an H100 under Triton 3.6, device run 5, though right on the interpreter):
+# {"fu_warps": 8} gave inf outputs; {"fu_prec": 0} (T in bf16) gave 0.85 relative error and an
+# illegal memory access. Both at dv-block 32; kernels/NOTES.md.
 
 
 @triton.jit
@@ -244,11 +249,16 @@ def _gdr_fused_kernel(
     tl.store(final_ptr + state_off, S, mask=mk[:, None] & mv[None, :])
 
 
+@functools.lru_cache(maxsize=16)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def _fused_bv(cfg: dict[str, int], dv: int, bh: int, dev: torch.device) -> int:
     """`fu_bv` = 0: 32 if the grid then fits in one wave of the GPU's multiprocessors (one program
     per SM: the kernel's shared memory allows no second), else 64 (128-wide state blocks spill).
     Narrow blocks spread a batch-1 call over more SMs; past one wave they only add rounds."""
-    sms = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 132
+    sms = _sm_count(dev.index or 0) if dev.type == "cuda" else 132
     cap = max(16, triton.next_power_of_2(dv))
     width = 32 if triton.cdiv(dv, 32) * bh <= sms else 64
     return min(width, cap)

@@ -1,7 +1,9 @@
 """Triton SSD chunked scan (forward), same contract as `kernels.ssd_scan.ssd_scan_ref`.
 
-Two launches, as in the SSD paper's block decomposition:
+Default (split) path, three launches, as in the SSD paper's block decomposition:
 
+0. `_ssd_chunk_weights_kernel` (`st_pre`), parallel: each chunk's weights exp(cum_L - cum) dt and
+   decay exp(cum_L), so the sequential kernel does no scan.
 1. `_ssd_states_kernel`, one program per (batch*head, p-block, n-block), walks the chunks in order.
    It writes the state *entering* each chunk to a buffer (b, h, c, p, n), then folds the chunk in:
    S <- exp(cum_L) S + (x * exp(cum_L - cum) dt)^T B. Sequential in chunks, but each step is one
@@ -15,6 +17,8 @@ the input dtype for 16-bit inputs (half the bytes of the biggest intermediate; t
 to that dtype anyway). Matrix products run on tensor cores in the input dtype with fp32 accumulation
 for 16-bit inputs, and in full fp32 ("ieee") for fp32 inputs, so fp32 stays comparable to the ref.
 Ragged tails are masked: padded steps load dt = 0, which neither decays nor writes.
+`_ssd_fused_kernel` (`fused` = 1) does both steps in one sequential pass with the state in
+registers; on an H100 it was slower than the split path (kernels/NOTES.md), so it is a variant only.
 """
 
 from __future__ import annotations
@@ -26,24 +30,24 @@ import triton.language as tl
 from kernels.ssd_scan import check_ssd_inputs
 
 # Launch parameters (block sizes, warps, pipeline depth); bench/gpu_kernels.py sweeps them.
-# Defaults: the best of a sweep on an H100 (triton 3.6) at T=16k, H=32, P=N=128, bf16 (kernels/NOTES.md).
+# Defaults: the best of the sweeps on an H100 (triton 3.6) at T=16k, H=32, P=N=128, bf16 (device runs 2
+# and 5, kernels/NOTES.md): split path, 32x32 state blocks, tf32 state update, precomputed weights.
 # `fused` = 1 runs `_ssd_fused_kernel` (one launch, chunk `fu_L`, p-block `fu_bp`, state update
 # precision `fu_prec`, see `_update`); 0 runs the
 # two-launch split path (states kernel + output kernel) with the `st_*` / `out_*` parameters.
 # `narrow` = 1 allows 16-bit products with an output width of 32 (crashed once under Triton 3.6, NOTES.md).
 CONFIG = {
     "fused": 0, "fu_L": 64, "fu_bp": 64, "fu_warps": 4, "fu_stages": 2, "fu_prec": 2, "narrow": 0,
-    "st_bp": 32, "st_bn": 32, "st_warps": 4, "st_stages": 2, "st_prec": 1, "st_pre": 0,
+    "st_bp": 32, "st_bn": 32, "st_warps": 4, "st_stages": 2, "st_prec": 1, "st_pre": 1,
     "out_bp": 128, "out_warps": 4,
 }  # fmt: skip
 # The previous design (the split path as first tuned), and the variants bench/gpu_kernels.py times
 # against it; tests/kernels/test_chunk_variants.py checks every one against the reference.
 REFERENCE = {"fused": 0, "st_prec": 1, "st_pre": 0, "st_bp": 32, "st_bn": 32, "st_warps": 4}
 VARIANTS: list[dict[str, int]] = [
-    {"st_pre": 1},
-    {"st_prec": 2, "st_pre": 1},
-    {"st_prec": 2, "st_pre": 1, "st_bp": 64, "st_bn": 64, "st_warps": 8},
-    {"st_prec": 0, "st_pre": 1},  # fla's precision: for the record (fails the state-error bound)
+    {"st_prec": 2},
+    {"st_prec": 2, "st_bp": 64, "st_bn": 64, "st_warps": 8},
+    {"st_prec": 0},  # fla's precision: for the record (fails the state-error bound)
     {"fused": 1, "fu_bp": 32, "narrow": 1},
 ]
 

@@ -1,0 +1,120 @@
+"""Compile the chunk-scan kernels for an H100 (sm_90) on a machine without a GPU and print what the
+compiler made of them: registers per thread, stack (spill) bytes, shared memory, how many loads
+became asynchronous copies (software-pipelined) and how many products became wgmma.
+
+    .venv/bin/python bench/triton_resources.py            # the defaults and the listed variants
+
+Uses the local Triton (its bundled ptxas and cuobjdump); the device may run another Triton version,
+so read the numbers as leads (kernels/NOTES.md, item 7). Integer arguments that the real launches
+see as multiples of 16 are compiled with that divisibility, as Triton specialises them at launch:
+without it, loads look unpipelined and the register counts are wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from kernels import triton_gated_delta_rule as tgdr
+from kernels import triton_ssd_scan as tssd
+
+DIV16 = {"T", "H", "G", "P", "N", "DK", "DV", "NCHUNK"}  # multiples of 16 at the benchmark shapes
+TARGET = GPUTarget("cuda", 90, 32)
+
+
+def compile_kernel(fn, types: dict[str, str], consts: dict[str, object], warps: int, stages: int):
+    sig, cons, attrs = {}, {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if name in consts:
+            sig[name] = "constexpr"
+            cons[(i,)] = consts[name]
+            continue
+        sig[name] = types.get(name, "i32")
+        if sig[name].startswith("*") or name in DIV16:
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    src = ASTSource(fn=fn, signature=sig, constexprs=cons, attrs=attrs)
+    return triton.compile(src, target=TARGET, options={"num_warps": warps, "num_stages": stages})
+
+
+def resources(kernel) -> str:
+    tool = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(kernel.asm["cubin"])
+    try:
+        out = subprocess.run(
+            [str(tool), "--dump-resource-usage", f.name], capture_output=True, text=True
+        ).stdout
+    finally:
+        os.unlink(f.name)
+    m = re.search(r"REG:(\d+) STACK:(\d+)", out)
+    ttgir = kernel.asm["ttgir"]
+    return (
+        f"regs {m.group(1) if m else '?'} stack {m.group(2) if m else '?'} B, "
+        f"shared {kernel.metadata.shared} B, async loads {ttgir.count('async_copy_global_to_local')}, "
+        f"wgmma {ttgir.count('warp_group_dot ')}"
+    )
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore")
+    bf16, f32 = "*bf16", "*fp32"
+    gdn_types = {n: bf16 for n in ("q_ptr", "k_ptr", "v_ptr", "o_ptr", "aqk_ptr", "beta_ptr")}
+    gdn_types.update({n: f32 for n in ("g_ptr", "t_ptr", "gam_ptr", "s0_ptr", "final_ptr")}, scale="fp32")
+    ssd_types = {n: bf16 for n in ("x_ptr", "B_ptr", "C_ptr", "y_ptr", "states_ptr")}
+    ssd_types.update(
+        {n: f32 for n in ("dt_ptr", "A_ptr", "D_ptr", "s0_ptr", "final_ptr", "w_ptr", "decay_ptr")}
+    )
+    for name, module in (("gdn", tgdr), ("ssd", tssd)):
+        for var in [{}, *module.VARIANTS]:
+            cfg = {**module.CONFIG, **var}
+            if name == "gdn" and cfg["fused"]:
+                types = dict(gdn_types, t_ptr=bf16 if cfg["fu_prec"] == 0 else f32)
+                bv = cfg["fu_bv"] or 32
+                consts = dict(
+                    HAS_S0=False, BK=128, BV=bv, IEEE=False, PREC=cfg["fu_prec"], QK_PRE=bool(cfg["qk_pre"])
+                )
+                k = compile_kernel(tgdr._gdr_fused_kernel, types, consts, cfg["fu_warps"], cfg["fu_stages"])
+            elif name == "ssd" and cfg["fused"]:
+                consts = dict(
+                    HAS_S0=False,
+                    HAS_D=True,
+                    L=cfg["fu_L"],
+                    BP=cfg["fu_bp"],
+                    BN=128,
+                    IEEE=False,
+                    PREC=cfg["fu_prec"],
+                )
+                k = compile_kernel(
+                    tssd._ssd_fused_kernel, ssd_types, consts, cfg["fu_warps"], cfg["fu_stages"]
+                )
+            elif name == "ssd":
+                consts = dict(
+                    HAS_S0=False,
+                    L=64,
+                    BP=cfg["st_bp"],
+                    BN=cfg["st_bn"],
+                    IEEE=False,
+                    PREC=cfg["st_prec"],
+                    PRE=bool(cfg["st_pre"]),
+                )
+                k = compile_kernel(
+                    tssd._ssd_states_kernel, ssd_types, consts, cfg["st_warps"], cfg["st_stages"]
+                )
+            else:
+                continue
+            print(f"{name} {var or 'default'}: {resources(k)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
