@@ -60,9 +60,10 @@ def _pool() -> ThreadPoolExecutor:
 
 def _forget_pool_after_fork() -> None:
     # Threads do not survive fork(); a child must build its own pool instead of waiting on dead workers.
-    global _executor
+    global _executor, _staging_lock
     _executor = None
     _staging.clear()
+    _staging_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_pool_after_fork)
@@ -189,11 +190,15 @@ class _PinnedRing:
 _staging: dict[tuple[str, int], _PinnedRing] = {}
 
 
+_staging_lock = threading.Lock()
+
+
 def _ring(device: torch.device, chunk_size: int) -> _PinnedRing:
     key = (str(device), chunk_size)
-    if key not in _staging:
-        _staging[key] = _PinnedRing(chunk_size, _in_flight())
-    return _staging[key]
+    with _staging_lock:  # two first loads at once must share one ring (and its lock)
+        if key not in _staging:
+            _staging[key] = _PinnedRing(chunk_size, _in_flight())
+        return _staging[key]
 
 
 def _in_flight() -> int:
