@@ -37,7 +37,7 @@ from model.chat import ChatFormat, Segment
 
 PREFILL_CHUNK = 2048  # tokens per forward call during prefill (bounds the attention matrix)
 DECODE_ENGINE_ENV = "HYBRID_AGENT_DECODE_ENGINE"  # auto (default: on CUDA) | 1 | 0
-MIN_CONTEXT = 8192  # the DecodeEngine's first buffers, in tokens; doubled whenever a session outgrows them
+MIN_CONTEXT = 8192  # the DecodeEngine's first buffers, in tokens; grown whenever a session outgrows them
 
 
 def want_decode_engine(arg: bool | None, device: torch.device) -> bool:
@@ -175,16 +175,19 @@ class ModelEngine:
             self._state = state
 
     def _decoder_for(self, n_tokens: int) -> Any:
-        """The DecodeEngine, with buffers for at least `n_tokens` (grown by doubling; the live state
+        """The DecodeEngine, with buffers for at least `n_tokens` (grown geometrically; the live state
         moves into the new buffers, so growing changes no number)."""
         from model.engine import DecodeEngine
 
         old = self._decoder
         if old is not None and n_tokens <= old.max_context:
             return old
-        size = self._min_context if old is None else 2 * old.max_context
-        while size < n_tokens:
-            size *= 2
+        # 1.5x the old buffers (amortised growth token by token), at least 1.25x what is needed now
+        # (a resumed 64k session gets ~80k, not the next power of two), in whole 1024-token blocks.
+        size = max(
+            self._min_context, n_tokens + n_tokens // 4, 0 if old is None else old.max_context * 3 // 2
+        )
+        size = -(-size // 1024) * 1024 if size > 1024 else size
         new = DecodeEngine(self.model, max_context=size, prefill_chunk=PREFILL_CHUNK)
         if old is not None and self._on_decoder and old.n_tokens:
             new.load_state(old.state)
