@@ -1,9 +1,11 @@
-"""CPU decode speed of the shipped default model: the reference kernels against the CPU fast path.
+"""CPU decode speed of the shipped default model: the reference kernels against the CPU fast paths.
 
 Greedy decode of `--tokens` tokens (one `model(token, state)` call each, as the agent's engine does)
-after a short prefill, on a fresh state every time. Baseline: `HYBRID_AGENT_KERNELS=ref` (the `*_ref`
-kernels); fast: `auto` (the `*_cpu` implementations on CPU tensors). The two alternate inside every
-repeat, so load from other processes hits both alike; each number is the median over repeats. The
+after a short prefill, on a fresh state every time. Modes: `ref` (`HYBRID_AGENT_KERNELS=ref`, the
+`*_ref` kernels), `auto-unfused` (`auto`: the `*_cpu` kernels, with the Mamba-2 mixer's one-token
+CPU step `model.mamba2.FUSED_CPU_STEP` off), `auto` (both on: what the agent runs). The modes
+alternate inside every repeat, so load from other processes hits all alike; each number is the
+median over repeats, and every mode must decode the same tokens. The
 model-level changes made for speed (one RoPE cos/sin per attention call, the one-token id check) are
 exact refactors in both runs, so the ratio understates the gain over older code. Writes JSON with the
 load average before and after, since on a shared 2-core machine the absolute numbers move with it.
@@ -31,6 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
+import model.mamba2  # noqa: E402
 from model import HybridLM  # noqa: E402
 
 ENV_VAR = "HYBRID_AGENT_KERNELS"
@@ -59,23 +62,30 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = HybridLM.from_pretrained(args.model, device="cpu")
+    lm = HybridLM.from_pretrained(args.model, device="cpu")
     prompt = [10 + i % 4000 for i in range(args.prompt_len)]
     load_before = os.getloadavg()
-    runs: dict[str, list[float]] = {"ref": [], "auto": []}
+    runs: dict[str, list[float]] = {"ref": [], "auto-unfused": [], "auto": []}
     tokens: dict[str, list[int]] = {}
+
+    def set_mode(mode: str) -> None:
+        os.environ[ENV_VAR] = mode.split("-")[0]
+        model.mamba2.FUSED_CPU_STEP = mode != "auto-unfused"
+
     for mode in runs:  # warm-up, not timed
-        os.environ[ENV_VAR] = mode
-        decode_tok_s(model, prompt, 20)
+        set_mode(mode)
+        decode_tok_s(lm, prompt, 20)
     for _ in range(args.repeats):
         for mode in runs:
-            os.environ[ENV_VAR] = mode
-            rate, toks = decode_tok_s(model, prompt, args.tokens)
+            set_mode(mode)
+            rate, toks = decode_tok_s(lm, prompt, args.tokens)
             runs[mode].append(rate)
             tokens[mode] = toks
     os.environ.pop(ENV_VAR)
-    assert tokens["ref"] == tokens["auto"], "the fast path decoded other tokens than the reference"
+    set_mode("auto")
+    assert tokens["ref"] == tokens["auto"] == tokens["auto-unfused"], "a fast path decoded other tokens"
     ref, fast = statistics.median(runs["ref"]), statistics.median(runs["auto"])
+    unfused = statistics.median(runs["auto-unfused"])
     result = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
@@ -86,11 +96,15 @@ def main() -> None:
         "tokens": args.tokens,
         "prompt_len": args.prompt_len,
         "repeats": args.repeats,
+        "model": args.model,
         "ref_tok_s": [round(x, 1) for x in runs["ref"]],
+        "unfused_tok_s": [round(x, 1) for x in runs["auto-unfused"]],
         "fast_tok_s": [round(x, 1) for x in runs["auto"]],
         "ref_median_tok_s": round(ref, 1),
+        "unfused_median_tok_s": round(unfused, 1),
         "fast_median_tok_s": round(fast, 1),
         "speedup": round(fast / ref, 3),
+        "speedup_vs_unfused": round(fast / unfused, 3),
         "same_tokens": True,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

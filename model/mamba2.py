@@ -25,9 +25,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kernels import causal_conv1d, causal_conv1d_step, ssd_scan, ssm_step
+from kernels._dispatch import backend
+from kernels.ssm_step import ssm_step_cpu
 from model.config import HybridConfig
 from model.layers import GatedRMSNorm
 from model.state import LayerState, ModelState
+
+# The one-token CPU path `Mamba2Mixer._step_cpu` (same numbers as the generic path); a switch so
+# bench/cpu_decode.py can time both in one run.
+FUSED_CPU_STEP = True
 
 
 class Mamba2Mixer(nn.Module):
@@ -76,6 +82,14 @@ class Mamba2Mixer(nn.Module):
 
     def forward(self, x: Tensor, layer: LayerState, state: ModelState) -> Tensor:
         Bsz, T, _ = x.shape
+        if (
+            T == 1
+            and FUSED_CPU_STEP
+            and x.dtype == torch.float32
+            and not torch.is_grad_enabled()
+            and backend(x) == "cpu"
+        ):
+            return self._step_cpu(x, layer)
         H, P, G, N = self.n_heads, self.head_dim, self.n_groups, self.d_state
         zxbcdt = self.in_proj(x)  # (B, T, E + E + 2GN + H)
         z, xBC, dt = zxbcdt.split([self.d_inner, self.conv_dim, H], dim=-1)  # (B,T,E) (B,T,E+2GN) (B,T,H)
@@ -117,6 +131,48 @@ class Mamba2Mixer(nn.Module):
         y = y.reshape(Bsz, T, self.d_inner)  # (B, T, E)
         y = self.norm(y, z) if self.norm is not None else y * F.silu(z.float())  # (B, T, E)
         return self.out_proj(y if y.dtype == x.dtype else y.to(x.dtype))  # (B, T, D_model)
+
+    def _A(self) -> Tensor:
+        """-exp(A_log), computed once per weight version (decode asks for it every token)."""
+        key = (self.A_log.data_ptr(), self.A_log._version)
+        cached = getattr(self, "_A_cache", None)
+        if cached is None or cached[0] != key:
+            cached = (key, -torch.exp(_f32(self.A_log)))
+            self._A_cache = cached
+        return cached[1]
+
+    def _step_cpu(self, x: Tensor, layer: LayerState) -> Tensor:
+        """One fp32 token on the CPU: the arithmetic of the T == 1 path above (the same products and
+        sums, in the same order), in about half the torch calls and without the kernels' per-call
+        checks and dispatch. Decode on a 2-core CPU is partly per-call overhead (a few us each)."""
+        Bsz = x.shape[0]
+        H, P, G, N = self.n_heads, self.head_dim, self.n_groups, self.d_state
+        zxbcdt = F.linear(x.view(Bsz, -1), self.in_proj.weight, self.in_proj.bias)  # (B, E + E + 2GN + H)
+        z, xBC, dt = zxbcdt.split([self.d_inner, self.conv_dim, H], dim=-1)  # (B,E) (B,E+2GN) (B,H)
+        conv = layer.recurrent["conv"]  # (B, E + 2GN, W - 1)
+        window = torch.cat([conv, xBC.unsqueeze(-1)], dim=-1)  # (B, E + 2GN, W)
+        xBC = (window * self.conv1d.weight.squeeze(1)).sum(-1)  # (B, E + 2GN)
+        if self.conv1d.bias is not None:
+            xBC += self.conv1d.bias
+        conv.copy_(window[:, :, 1:])
+        xBC = F.silu(xBC, inplace=True)
+        xs, Bm, Cm = xBC.split([self.d_inner, G * N, G * N], dim=-1)  # (B,E) (B,GN) (B,GN)
+        dt = F.softplus(dt + self.dt_bias)  # (B, H)
+        lo, hi = self.dt_limit
+        if lo > 0.0 or hi is not None:
+            dt = dt.clamp(min=lo, max=hi)
+        ssm = layer.recurrent["ssm"]  # (B, H, P, N)
+        if ssm.is_contiguous():
+            y = ssm_step_cpu(
+                ssm, xs.view(Bsz, H, P), dt, self._A(), Bm.view(Bsz, G, N), Cm.view(Bsz, G, N), D=self.D
+            )  # (B, H, P)
+        else:
+            y = ssm_step(
+                ssm, xs.view(Bsz, H, P), dt, self._A(), Bm.view(Bsz, G, N), Cm.view(Bsz, G, N), D=self.D
+            )
+        y = y.view(Bsz, 1, self.d_inner)  # (B, 1, E)
+        y = self.norm(y, z.view(Bsz, 1, -1)) if self.norm is not None else y * F.silu(z.view(Bsz, 1, -1))
+        return self.out_proj(y)  # (B, 1, D_model)
 
 
 def _f32(t: Tensor) -> Tensor:
