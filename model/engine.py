@@ -75,6 +75,7 @@ class DecodeEngine:
         prefill_chunk: int = 2048,
         attention: Literal["kernel", "sdpa"] | None = None,
         fuse: bool = True,
+        align: int = 1,
     ) -> None:
         self.model = model
         self.cfg = model.config
@@ -88,6 +89,7 @@ class DecodeEngine:
         # but one host-side call per attention layer and token).
         self.attention = attention or ("kernel" if self.graphed else "sdpa")
         self.fused = fuse and self.static and self.attention == "kernel"
+        self.align = align  # fused projections get zero rows up to a multiple of this (see _concat)
         self._plans = self._fuse_weights() if self.fused else []
         with torch.inference_mode():
             self.state = self._allocate(batch_size)
@@ -343,7 +345,7 @@ class DecodeEngine:
         qd = H * (dn + R)
         if w_in is not None:
             both = F.linear(h, w_in)  # (B, 1, H*(dn+R) + C + R)
-            q, kv = both[..., :qd], both[..., qd:]
+            q, kv = both[..., :qd], both[..., qd : qd + C + R]  # (alignment rows past the end)
         else:
             q = a.q_proj(h) if a.q_proj is not None else a.q_b_proj(a.q_a_layernorm(a.q_a_proj(h)))
             kv = a.kv_a_proj_with_mqa(h)
@@ -375,17 +377,18 @@ class DecodeEngine:
             plan: dict[str, object] = {}
             a = block.mixer
             if isinstance(a, Attention):
-                plan["w_in"], plan["b_in"] = _concat([a.q_proj, a.k_proj, a.v_proj], share)
+                plan["w_in"], plan["b_in"] = _concat([a.q_proj, a.k_proj, a.v_proj], share, self.align)
             elif block.kind == "gated_deltanet":
                 lins = [a.q_proj, a.k_proj, a.v_proj, a.a_proj, a.b_proj, a.g_proj]
-                plan["w_in"], _ = _concat(lins, share)
+                plan["w_in"], _ = _concat(lins, share, self.align)
                 plan["a_off"] = 2 * a.key_dim + a.value_dim
                 plan["b_off"] = plan["a_off"] + a.n_v_heads
                 plan["g_off"] = plan["b_off"] + a.n_v_heads
             elif isinstance(a, MLA) and a.q_proj is not None and a.kv_a_proj_with_mqa.bias is None:
-                plan["w_in"], _ = _concat([a.q_proj, a.kv_a_proj_with_mqa], share)
+                plan["w_in"], _ = _concat([a.q_proj, a.kv_a_proj_with_mqa], share, self.align)
             if block.mlp is not None and block.mlp.gate_proj is not None:
-                plan["w_gu"], plan["b_gu"] = _concat([block.mlp.gate_proj, block.mlp.up_proj], share)
+                # [gate | up] exactly (silu_mul splits the row in halves): no alignment rows
+                plan["w_gu"], plan["b_gu"] = _concat([block.mlp.gate_proj, block.mlp.up_proj], share, align=1)
             plans.append(plan)
         return plans
 
@@ -448,7 +451,11 @@ class DecodeEngine:
     ) -> Tensor:
         B, H, Hkv, Dh = h.shape[0], a.n_heads, a.n_kv_heads, a.head_dim
         qkv = F.linear(h, plan["w_in"], plan["b_in"])  # type: ignore[arg-type]  # (B, 1, (H + 2 Hkv) Dh)
-        q, k, v = qkv.split((H * Dh, Hkv * Dh, Hkv * Dh), dim=-1)
+        q, k, v = (
+            qkv[..., : H * Dh],
+            qkv[..., H * Dh : (H + Hkv) * Dh],
+            qkv[..., (H + Hkv) * Dh : (H + 2 * Hkv) * Dh],
+        )
         if a.qk_norm == "full":
             q, k = a.q_norm(q), a.k_norm(k)
         q, k, v = q.view(B, 1, H, Dh), k.view(B, 1, Hkv, Dh), v.view(B, 1, Hkv, Dh)
@@ -564,11 +571,12 @@ class DecodeEngine:
         return out
 
 
-def _concat(linears: list[nn.Linear], share: bool) -> tuple[Tensor, Tensor | None]:
-    """The weights (and biases) of `linears` stacked along the output axis, for one matmul. With `share`
+def _concat(linears: list[nn.Linear], share: bool, align: int = 1) -> tuple[Tensor, Tensor | None]:
+    """The weights (and biases) of `linears` stacked along the output axis (then zero rows up to a multiple
+    of `align`), for one matmul whose first outputs are the linears' in order. With `share`
     the linears' own parameters become views of the stacked tensors (same values, names and shapes; no
     memory doubled); a later engine over the same model finds them stacked already and reuses them."""
-    key = tuple(id(lin) for lin in linears)
+    key = (*(id(lin) for lin in linears), align)
     done = getattr(linears[0], "_engine_concat", None)
     if done is not None and done[0] == key:
         w, b = done[1], done[2]
@@ -578,14 +586,22 @@ def _concat(linears: list[nn.Linear], share: bool) -> tuple[Tensor, Tensor | Non
     with_bias = all(b is not None for b in biases)
     if not with_bias and any(b is not None for b in biases):
         raise ModelError("cannot fuse projections where only some have a bias")
-    w = torch.cat([lin.weight.detach() for lin in linears], dim=0)  # (sum of outputs, D)
-    b = torch.cat([lin.bias.detach() for lin in linears], dim=0) if with_bias else None  # type: ignore[union-attr]
     sizes = [lin.out_features for lin in linears]
+    # Zero rows up to a multiple of `align` outputs (16-byte rows): OLMo Hybrid's GDN q|k|v|a|b|g, 17,340
+    # outputs, ran as cuBLAS' gemvx kernel at ~1.4 TB/s on the H100, where the projections whose outputs
+    # are multiples of 16 ran as nvjet kernels at 2.6-2.9 TB/s (bench/results/gpu_e2e_fused.json,
+    # profile). `DecodeEngine(align=16)` pads to get the latter: not measured yet, so not the default.
+    pad = -sum(sizes) % align
+    first = linears[0].weight
+    w = torch.cat([lin.weight.detach() for lin in linears] + [first.new_zeros(pad, first.shape[1])], dim=0)
+    b = None
+    if with_bias:
+        b = torch.cat([lin.bias.detach() for lin in linears] + [first.new_zeros(pad)], dim=0)  # type: ignore[union-attr]
     if share:
-        for lin, view in zip(linears, w.split(sizes, dim=0), strict=True):
+        for lin, view in zip(linears, w.split([*sizes, pad], dim=0), strict=False):
             lin.weight = nn.Parameter(view, requires_grad=False)
         if b is not None:
-            for lin, view in zip(linears, b.split(sizes, dim=0), strict=True):
+            for lin, view in zip(linears, b.split([*sizes, pad], dim=0), strict=False):
                 lin.bias = nn.Parameter(view, requires_grad=False)
         linears[0]._engine_concat = (key, w, b, [lin.weight for lin in linears])  # type: ignore[assignment]
     return w, b

@@ -123,7 +123,7 @@ def test_kernel_attention_mode_on_cpu() -> None:
 MLA_CFG = {"kv_lora_rank": 16, "qk_rope_head_dim": 4, "qk_nope_head_dim": 8, "v_head_dim": 8, "n_heads": 4}
 
 
-@pytest.mark.parametrize("fuse", [True, False])
+@pytest.mark.parametrize("fuse, align", [(True, 1), (True, 16), (False, 1)])
 @pytest.mark.parametrize(
     "layers, over",
     [
@@ -135,14 +135,14 @@ MLA_CFG = {"kv_lora_rank": 16, "qk_rope_head_dim": 4, "qk_nope_head_dim": 8, "v_
                                 "mlp": {"hidden_dim": 64, "activation": "relu2"}}),
     ],
 )  # fmt: skip
-def test_kernel_mode_fused_and_mla(layers: list[str], over: dict, fuse: bool) -> None:
+def test_kernel_mode_fused_and_mla(layers: list[str], over: dict, fuse: bool, align: int) -> None:
     """The one-graph step (fused or the model's modules, MLA through kernels.mla_decode) against
     model forward: logits to float rounding at every step, the same greedy tokens."""
     model = make(layers, seed=11, **over)
     before = {n: t.clone() for n, t in model.state_dict().items()}
     prompt = torch.randint(0, 97, (1, 19), generator=torch.Generator().manual_seed(5))
     want, want_logits = eager_greedy(model, prompt, 20)
-    engine = DecodeEngine(model, max_context=48, attention="kernel", fuse=fuse)
+    engine = DecodeEngine(model, max_context=48, attention="kernel", fuse=fuse, align=align)
     assert engine.static and engine.fused == fuse and len(engine._segments) == 1
     engine.prefill(prompt)
     for i in range(20):
@@ -171,3 +171,9 @@ def test_concat_shared_weights_are_views() -> None:
     assert torch.equal(model(prompt, model.new_state()), want)
     w2, _ = _concat([a.q_proj, a.k_proj, a.v_proj], share=True)
     assert w2 is w
+    g = model.layers[0].mixer  # q|k|v|a|b|g = 16 + 16 + 32 + 4 + 4 + 32 = 104 outputs: 8 zero rows
+    lins = [g.q_proj, g.k_proj, g.v_proj, g.a_proj, g.b_proj, g.g_proj]
+    w3, _ = _concat(lins, share=True, align=16)
+    assert w3.shape == (112, 32) and not w3[104:].any()
+    assert g.g_proj.weight.shape == (32, 32) and g.g_proj.weight.data_ptr() == w3[72:].data_ptr()
+    assert torch.equal(model(prompt, model.new_state()), want)
