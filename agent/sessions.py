@@ -126,8 +126,16 @@ class SessionOps:
         """Load `turn` of `session_id` into the engine, under `policy` (None: the engine's current one).
         Everything that can refuse runs before the engine changes."""
         window, sinks = policy if policy is not None else (self.engine.window, self.engine.sinks)
+        # On a GPU the store copies verified chunks straight into device buffers (a pinned ring):
+        # loading to the CPU first would add a pageable copy of the whole state.
+        device = getattr(self.engine, "device", None)
         snap = self.store.load_snapshot(
-            session_id, turn, window=window, sinks=sinks, fingerprint=self.engine.fingerprint
+            session_id,
+            turn,
+            window=window,
+            sinks=sinks,
+            fingerprint=self.engine.fingerprint,
+            device=device if isinstance(device, str) and device.startswith("cuda") else None,
         )
         self._check_layout(session_id, turn, snap.meta.get("state_layout"))
         self._use_policy(policy, f"session {session_id}")
