@@ -96,7 +96,9 @@ class DecodeEngine:
             B, V = batch_size, self.cfg.vocab_size
             self._tok = torch.zeros(B, 1, dtype=torch.long, device=self.device)  # next input token
             self._pos = torch.zeros(1, dtype=torch.long, device=self.device)  # its position
-            self._ids = torch.zeros(B, max_context, dtype=torch.long, device=self.device)  # by position
+            # By position; one column past the end holds the greedy next token of a step that fills
+            # the last cache slot (it has no cache position until it is fed, which `_room` refuses).
+            self._ids = torch.zeros(B, max_context + 1, dtype=torch.long, device=self.device)
             self._x = torch.zeros(B, 1, self.cfg.d_model, dtype=model.dtype, device=self.device)
             self._logits = torch.zeros(B, V, dtype=model.dtype, device=self.device)
             self._attn_q: dict[int, Tensor] = {}

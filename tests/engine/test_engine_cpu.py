@@ -103,6 +103,17 @@ def test_stop_token_and_context_limit() -> None:
     assert engine.n_tokens == 0 and engine.state.layers[1].cache["k"].shape[2] == 0
 
 
+def test_step_fills_the_last_slot() -> None:
+    """A step that brings the state to exactly max_context succeeds (the greedy next token is kept past
+    the end); the one after it is refused with ContextFullError, not an index error."""
+    model = make(STATIC, seed=5)
+    engine = DecodeEngine(model, max_context=12)
+    engine.prefill(torch.randint(0, 97, (1, 10), generator=torch.Generator().manual_seed(8)))
+    assert engine.generate_greedy(2) and engine.n_tokens == 12
+    with pytest.raises(ContextFullError, match="max_context=12"):
+        engine.step(1)
+
+
 def test_kernel_attention_mode_on_cpu() -> None:
     """attention="kernel" (the GPU default: kernels.attention_decode inside the one-graph step) runs the
     reference on the CPU; it agrees with model forward to float rounding, and greedily."""
