@@ -15,11 +15,12 @@ from model import HybridLM
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "model" / "default"
 
 
-@pytest.mark.parametrize(("h", "g"), [(4, 1), (4, 2), (6, 6)])
+@pytest.mark.parametrize(("h", "g"), [(4, 1), (4, 2), (6, 6), (12, 1)])
 @pytest.mark.parametrize("with_d", [True, False])
-def test_ssm_step_cpu_equals_ref(h: int, g: int, with_d: bool) -> None:
+@pytest.mark.parametrize("b", [1, 2])  # 1: one sequence, as in decode
+def test_ssm_step_cpu_equals_ref(h: int, g: int, with_d: bool, b: int) -> None:
     torch.manual_seed(h * 10 + g)
-    b, p, n = 2, 8, 16
+    p, n = 8, 16
     state = torch.randn(b, h, p, n)
     x, dt = torch.randn(b, h, p), torch.rand(b, h) * 0.5 + 0.01
     A, B, C = -torch.rand(h) * 4, torch.randn(b, g, n), torch.randn(b, g, n)
