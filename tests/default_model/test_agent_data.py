@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +108,37 @@ def test_workspace_facts_match_the_files(tmp_path: Path) -> None:
     for c in ws.constants:
         line = (tmp_path / c.path).read_text().splitlines()[c.line - 1]
         assert line.startswith(f"{c.name} = ") and c.value in line
+
+
+def test_digits_are_tokens_of_their_own(tmp_path: Path) -> None:
+    """Numbers are copied digit by digit: no token of a trained tokenizer holds a digit and anything
+    else, and a number encodes the same wherever it stands."""
+    out = tmp_path / "data"
+    gen.main(["--out", str(out), "--episodes", "20", "--seed", "6", "--workers", "1", "--vocab-size", "800"])
+    tok = Tokenizer.from_file(out / "tokenizer.json")
+    pieces = [tok.decode([i]) for i in range(tok.vocab_size)]
+    assert not [p for p in pieces if any(c.isdigit() for c in p) and len(p) > 1]
+    digits = [tok.token_id(d) for d in "7198"]
+    for text in ("PORT = 7198", "set it to 7198.", '{"new_string": "x = 7198"}', "lines 1-7198 of 7198]"):
+        ids = tok.encode(text)
+        assert any(ids[i : i + 4] == digits for i in range(len(ids))), text
+
+
+def test_note_lines_vary_and_copy_heavy_kinds_are_drawn_more() -> None:
+    from collections import Counter
+
+    from agent_tasks import WEIGHTS, make_task
+    from agent_workspaces import NOTE_LINES, note_line
+
+    rng = random.Random(0)
+    lines = [note_line(rng) for _ in range(400)]
+    assert len(set(lines)) > 250 and sum(line in NOTE_LINES for line in lines) < 160
+    counts: Counter[str] = Counter()
+    for i in range(40):
+        with tempfile.TemporaryDirectory() as tmp:
+            ws = make_workspace(random.Random(i), Path(tmp))
+            if ws.functions and ws.constants:
+                counts.update(make_task(random.Random(f"{i}:{j}"), ws).kind for j in range(25))
+    heavy = sum(counts[k] for k in WEIGHTS) / len(WEIGHTS)
+    light = sum(v for k, v in counts.items() if k not in WEIGHTS) / max(1, len(set(counts) - set(WEIGHTS)))
+    assert heavy > 1.4 * light, counts
