@@ -26,7 +26,6 @@ from torch import Tensor, nn
 
 from kernels import causal_conv1d, causal_conv1d_step, ssd_scan, ssm_step
 from kernels._dispatch import backend
-from kernels.ssm_step import ssm_step_cpu
 from model.config import HybridConfig
 from model.layers import GatedRMSNorm
 from model.state import LayerState, ModelState
@@ -143,8 +142,9 @@ class Mamba2Mixer(nn.Module):
 
     def _step_cpu(self, x: Tensor, layer: LayerState) -> Tensor:
         """One fp32 token on the CPU: the arithmetic of the T == 1 path above (the same products and
-        sums, in the same order), in about half the torch calls and without the kernels' per-call
-        checks and dispatch. Decode on a 2-core CPU is partly per-call overhead (a few us each)."""
+        sums, in the same order: `causal_conv1d_step_ref`, `ssm_step_cpu`, `gated_rms_norm_ref`)
+        written out in one function, without the kernels' per-call dispatch and input checks or
+        the sub-modules' call overhead. Decode on a 2-core CPU is about half per-call overhead."""
         Bsz = x.shape[0]
         H, P, G, N = self.n_heads, self.head_dim, self.n_groups, self.d_state
         zxbcdt = F.linear(x.view(Bsz, -1), self.in_proj.weight, self.in_proj.bias)  # (B, E + E + 2GN + H)
@@ -157,22 +157,32 @@ class Mamba2Mixer(nn.Module):
         conv.copy_(window[:, :, 1:])
         xBC = F.silu(xBC, inplace=True)
         xs, Bm, Cm = xBC.split([self.d_inner, G * N, G * N], dim=-1)  # (B,E) (B,GN) (B,GN)
-        dt = F.softplus(dt + self.dt_bias)  # (B, H)
+        dt = F.softplus(dt + self.dt_bias)  # (B, H), > 0
         lo, hi = self.dt_limit
         if lo > 0.0 or hi is not None:
             dt = dt.clamp(min=lo, max=hi)
         ssm = layer.recurrent["ssm"]  # (B, H, P, N)
-        if ssm.is_contiguous():
-            y = ssm_step_cpu(
-                ssm, xs.view(Bsz, H, P), dt, self._A(), Bm.view(Bsz, G, N), Cm.view(Bsz, G, N), D=self.D
-            )  # (B, H, P)
+        xh = xs.view(Bsz, H, P)
+        if ssm.is_contiguous():  # ssm_step_cpu's arithmetic
+            r = H // G
+            s = ssm.view(Bsz, G, r, P, N)
+            s.mul_(torch.exp(dt * self._A()).view(Bsz, G, r, 1, 1))
+            s.add_((dt.unsqueeze(-1) * xh).view(Bsz, G, r, P, 1) * Bm.view(Bsz, G, 1, 1, N))
+            Ch = Cm.view(Bsz, G, N) if r == 1 else Cm.view(Bsz, G, N).repeat_interleave(r, dim=1)  # (B, H, N)
+            y = torch.einsum("bhpn,bhn->bhp", ssm, Ch) + self.D.view(1, H, 1) * xh  # (B, H, P)
         else:
-            y = ssm_step(
-                ssm, xs.view(Bsz, H, P), dt, self._A(), Bm.view(Bsz, G, N), Cm.view(Bsz, G, N), D=self.D
-            )
+            y = ssm_step(ssm, xh, dt, self._A(), Bm.view(Bsz, G, N), Cm.view(Bsz, G, N), D=self.D)
         y = y.view(Bsz, 1, self.d_inner)  # (B, 1, E)
-        y = self.norm(y, z.view(Bsz, 1, -1)) if self.norm is not None else y * F.silu(z.view(Bsz, 1, -1))
-        return self.out_proj(y)  # (B, 1, D_model)
+        zv = z.view(Bsz, 1, -1)
+        norm = self.norm
+        if norm is not None and not norm.norm_before_gate and norm.group_size == self.d_inner:
+            y = y * F.silu(zv)  # gated_rms_norm_ref, one group: gate, normalise, scale
+            y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weight
+        elif norm is not None:
+            y = norm(y, zv)
+        else:
+            y = y * F.silu(zv)
+        return F.linear(y, self.out_proj.weight, self.out_proj.bias)  # (B, 1, D_model)
 
 
 def _f32(t: Tensor) -> Tensor:
