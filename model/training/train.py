@@ -276,7 +276,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=0.0, help="wall-clock budget (0: --max-steps only)")
     p.add_argument("--max-steps", type=int, default=1000)
     p.add_argument("--calibrate", type=int, default=10)
-    p.add_argument("--tokens-per-batch", type=int, default=65536)
+    # Padded row tokens a step. With the shared system segment a row is only the episode's own part
+    # (~480 tokens), so 24576 is ~50 episodes a step, as 65536 full rows were before. The v2 run used
+    # 65536 (~136 episodes): 516 steps in its time, and it learnt copying less than v1's 1774 steps.
+    p.add_argument("--tokens-per-batch", type=int, default=24576)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--min-lr-frac", type=float, default=0.05)
     p.add_argument("--warmup", type=int, default=60)
