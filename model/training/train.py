@@ -278,7 +278,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--calibrate", type=int, default=10)
     # Padded row tokens a step. With the shared system segment a row is only the episode's own part
     # (~480 tokens), so 24576 is ~50 episodes a step, as 65536 full rows were before. The v2 run used
-    # 65536 (~136 episodes): 516 steps in its time, and it learnt copying less than v1's 1774 steps.
+    # 65536 (~136 episodes): 516 steps in its time, and copied values worse than v1 after 1774 steps
+    # (the likely cause: too few optimizer steps; not yet checked by a run).
     p.add_argument("--tokens-per-batch", type=int, default=24576)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--min-lr-frac", type=float, default=0.05)
