@@ -75,7 +75,7 @@ class DecodeEngine:
         prefill_chunk: int = 2048,
         attention: Literal["kernel", "sdpa"] | None = None,
         fuse: bool = True,
-        align: int = 1,
+        align: int | None = None,
     ) -> None:
         self.model = model
         self.cfg = model.config
@@ -89,7 +89,9 @@ class DecodeEngine:
         # but one host-side call per attention layer and token).
         self.attention = attention or ("kernel" if self.graphed else "sdpa")
         self.fused = fuse and self.static and self.attention == "kernel"
-        self.align = align  # fused projections get zero rows up to a multiple of this (see _concat)
+        # Fused projections get zero rows up to a multiple of this (see _concat); 16 on CUDA, where
+        # cuBLAS runs 16-aligned one-token matmuls ~2x faster (bench/results/gpu_e2e_final.json).
+        self.align = align if align is not None else (16 if self.device.type == "cuda" else 1)
         self._plans = self._fuse_weights() if self.fused else []
         with torch.inference_mode():
             self.state = self._allocate(batch_size)
@@ -592,7 +594,8 @@ def _concat(linears: list[nn.Linear], share: bool, align: int = 1) -> tuple[Tens
     # Zero rows up to a multiple of `align` outputs (16-byte rows): OLMo Hybrid's GDN q|k|v|a|b|g, 17,340
     # outputs, ran as cuBLAS' gemvx kernel at ~1.4 TB/s on the H100, where the projections whose outputs
     # are multiples of 16 ran as nvjet kernels at 2.6-2.9 TB/s (bench/results/gpu_e2e_fused.json,
-    # profile). `DecodeEngine(align=16)` pads to get the latter: not measured yet, so not the default.
+    # profile). Padding to 16 (the CUDA default) took OLMo-7B-shaped decode at 1k from 133.9 to 155.3
+    # tok/s in one run on the H100 (bench/results/gpu_e2e_final.json, decode_ours vs decode_aligned).
     pad = -sum(sizes) % align
     first = linears[0].weight
     w = torch.cat([lin.weight.detach() for lin in linears] + [first.new_zeros(pad, first.shape[1])], dim=0)
