@@ -2,14 +2,15 @@
 # On the lent GPU machine: train the default hybrid alone on a corpus generated beforehand (here, at
 # no device time), and pack its bf16 weights to come back (2 files of < 16 MiB).
 # Usage (repo root there): bash scripts/device_train_hybrid.sh OUT MINUTES CORPUS_TGZ
+#   CORPUS_TGZ: one or more scripts/make_agent_data.py folders made with one tokenizer (--tokenizer).
 # Extra train.py flags go in TRAIN_ARGS (e.g. --tokens-per-batch 16384 for more optimizer steps).
 set -euo pipefail
 out=$1 minutes=$2 corpus=$3
 start=$(date +%s)
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 mkdir -p /tmp/corpus && tar xzf "$corpus" -C /tmp/corpus
-data=$(dirname "$(ls /tmp/corpus/*/manifest.json | head -1)")
-python3 -m model.training.train --data "$data" --out /tmp/run-hybrid --arch hybrid --minutes "$minutes" \
+data=$(dirname $(ls /tmp/corpus/*/manifest.json))  # every corpus in the archive (one tokenizer)
+python3 -m model.training.train --data $data --out /tmp/run-hybrid --arch hybrid --minutes "$minutes" \
   --max-steps 100000 --log-every 50 --checkpoint-minutes 0 ${TRAIN_ARGS:-} 2>&1 | grep -v '^{' || true
 python3 - <<'PY'
 import torch
