@@ -7,6 +7,7 @@ from kernels.decode_fused import gdn_decode_prep, residual_rms_norm, silu_mul
 from kernels.errors import KernelInputError
 from kernels.gated_delta_rule import chunk_gated_delta_rule
 from kernels.gated_delta_rule_step import gated_delta_rule_step
+from kernels.gemv import gemv
 from kernels.mla_decode import mla_decode
 from kernels.rms_norm import gated_rms_norm, rms_norm
 from kernels.ssd_scan import ssd_scan
@@ -20,6 +21,7 @@ __all__ = [
     "gated_delta_rule_step",
     "gated_rms_norm",
     "gdn_decode_prep",
+    "gemv",
     "mla_decode",
     "residual_rms_norm",
     "rms_norm",

@@ -37,7 +37,7 @@ Design choices (the model stays plain; speed tricks live here, as in gpt-fast):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Literal
 
 import torch
@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from kernels import gated_delta_rule_step, rms_norm
 from kernels.attention_decode import attention_decode
 from kernels.decode_fused import gdn_decode_prep, residual_rms_norm, silu_mul
+from kernels.gemv import gemv as gemv_op
 from kernels.mla_decode import mla_decode
 from model.attention import Attention, sdpa
 from model.errors import ModelError, StateMismatchError, TokenRangeError
@@ -56,6 +57,11 @@ from model.mla import MLA
 from model.state import LayerState, ModelState
 
 GRAPHED_KINDS = frozenset({"attention", "gated_deltanet", "mamba2", "mlp", "mla"})
+# The fused step's one-token matmuls, by role; `gemv=` picks which run kernels.gemv (a bandwidth-bound
+# Triton GEMV) instead of F.linear (cuBLAS on CUDA).
+GEMV_ROLES = frozenset({"gate_up", "down", "gdn_in", "gdn_out", "attn_in", "attn_out", "head"})
+# The roles `gemv=None` turns on when the engine is on CUDA: none until a device run shows them faster.
+DEFAULT_GEMV_ROLES: frozenset[str] = frozenset()
 
 
 class ContextFullError(ModelError, ValueError):
@@ -76,6 +82,7 @@ class DecodeEngine:
         attention: Literal["kernel", "sdpa"] | None = None,
         fuse: bool = True,
         align: int | None = None,
+        gemv: bool | Collection[str] | None = None,
     ) -> None:
         self.model = model
         self.cfg = model.config
@@ -93,6 +100,7 @@ class DecodeEngine:
         # cuBLAS runs 16-aligned one-token matmuls ~2x faster (bench/results/gpu_e2e_final.json).
         self.align = align if align is not None else (16 if self.device.type == "cuda" else 1)
         self._plans = self._fuse_weights() if self.fused else []
+        self.set_gemv(gemv)
         with torch.inference_mode():
             self.state = self._allocate(batch_size)
             B, V = batch_size, self.cfg.vocab_size
@@ -108,6 +116,28 @@ class DecodeEngine:
         self._n = 0  # tokens in the state (host copy of state.n_tokens, kept without syncing)
         self._segments = self._build_segments() if self.static else []
         self._graphs: dict[int, torch.cuda.CUDAGraph] | None = None
+
+    def set_gemv(self, gemv: bool | Collection[str] | None) -> None:
+        """Which of the fused step's matmuls (GEMV_ROLES) run kernels.gemv instead of F.linear: True all,
+        False none, None the CUDA default (DEFAULT_GEMV_ROLES; none on the CPU), or a set of roles.
+        Drops captured graphs, so the next step captures the new choice."""
+        if gemv is None:
+            roles = DEFAULT_GEMV_ROLES if self.device.type == "cuda" else frozenset()
+        elif isinstance(gemv, bool):
+            roles = GEMV_ROLES if gemv else frozenset()
+        else:
+            roles = frozenset(gemv)
+            if roles - GEMV_ROLES:
+                raise ValueError(
+                    f"unknown gemv roles {sorted(roles - GEMV_ROLES)}; known: {sorted(GEMV_ROLES)}"
+                )
+        self.gemv_roles = roles
+        if getattr(self, "_graphs", None) is not None:
+            self._graphs = None
+
+    def _mm(self, role: str, x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
+        """x w^T + b for one of the fused step's matmuls: kernels.gemv where its role is on, else F.linear."""
+        return gemv_op(x, w, b) if role in self.gemv_roles else F.linear(x, w, b)
 
     # ---- buffers ---------------------------------------------------------------------------------------
     def _allocate(self, batch_size: int) -> ModelState:
@@ -427,18 +457,20 @@ class DecodeEngine:
             if block.mlp is not None:
                 h = settle(None if post else block.mlp_norm.weight)
                 if "w_gu" in plan:
-                    y = block.mlp.down_proj(silu_mul(F.linear(h, plan["w_gu"], plan["b_gu"])))  # type: ignore[arg-type]
+                    z = silu_mul(self._mm("gate_up", h, plan["w_gu"], plan["b_gu"]))  # type: ignore[arg-type]
+                    down = block.mlp.down_proj
+                    y = self._mm("down", z, down.weight, down.bias)
                 else:
                     y = block.mlp(h)
                 pending.append((y, block.mlp_norm.weight if post else None))
         h = settle(m.norm.weight)
         weight = m.embed_tokens.weight if m.lm_head is None else m.lm_head.weight
-        self._logits.copy_(F.linear(h, weight)[:, 0])
+        self._logits.copy_(self._mm("head", h, weight)[:, 0])
         self._advance()
 
     def _gdn_fused(self, a: nn.Module, ls: LayerState, h: Tensor, plan: dict[str, object]) -> Tensor:
         B = h.shape[0]
-        proj = F.linear(h.view(B, -1), plan["w_in"])  # type: ignore[arg-type]  # (B, q|k|v|a|b|g)
+        proj = self._mm("gdn_in", h.view(B, -1), plan["w_in"])  # type: ignore[arg-type]  # (B, q|k|v|a|b|g)
         q, k, v, g, beta = gdn_decode_prep(
             proj, ls.recurrent["conv"], a.conv1d.weight.squeeze(1), a.conv1d.bias, a.A_log, a.dt_bias,
             Hk=a.n_heads, Dk=a.head_k_dim, Hv=a.n_v_heads, Dv=a.head_v_dim, a_off=plan["a_off"],
@@ -448,13 +480,13 @@ class DecodeEngine:
         g_off = int(plan["g_off"])  # type: ignore[call-overload]
         gate = proj[:, g_off : g_off + a.value_dim].view(B, a.n_v_heads, a.head_v_dim)
         o = a.o_norm(o, gate)  # (B, Hv, Dv)
-        return a.o_proj(o.reshape(B, 1, a.value_dim).to(h.dtype))  # (B, 1, D)
+        return self._mm("gdn_out", o.reshape(B, 1, a.value_dim).to(h.dtype), a.o_proj.weight, a.o_proj.bias)
 
     def _attention_fused(
         self, a: Attention, ls: LayerState, h: Tensor, plan: dict[str, object], rope: dict[str, Tensor]
     ) -> Tensor:
         B, H, Hkv, Dh = h.shape[0], a.n_heads, a.n_kv_heads, a.head_dim
-        qkv = F.linear(h, plan["w_in"], plan["b_in"])  # type: ignore[arg-type]  # (B, 1, (H + 2 Hkv) Dh)
+        qkv = self._mm("attn_in", h, plan["w_in"], plan["b_in"])  # type: ignore[arg-type]  # (B, 1, (H + 2 Hkv) Dh)
         q, k, v = (
             qkv[..., : H * Dh],
             qkv[..., H * Dh : (H + Hkv) * Dh],
@@ -473,7 +505,8 @@ class DecodeEngine:
         G = H // Hkv
         qg = q.view(B, Hkv, G, Dh) if G == 1 or B == 1 else q.transpose(1, 2).reshape(B, Hkv, G, Dh)
         out = attention_decode(qg, ls.storage["k"], ls.storage["v"], self._pos, scale=1.0 / math.sqrt(Dh))
-        return a.o_proj(out.reshape(B, 1, H * Dh))  # (B, Hkv, G, Dh) is (B, H, Dh) in head order
+        # (B, Hkv, G, Dh) is (B, H, Dh) in head order
+        return self._mm("attn_out", out.reshape(B, 1, H * Dh), a.o_proj.weight, a.o_proj.bias)  # (B, 1, D)
 
     def _capture(self) -> dict[int, torch.cuda.CUDAGraph]:
         """Capture every graph-safe segment (attention cores with attention="sdpa" run eagerly). The

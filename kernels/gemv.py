@@ -1,0 +1,83 @@
+"""`gemv(x, w, b)`: y = x w^T (+ b) for a few rows of x, the one-token matmuls of the decode step.
+
+At batch 1 a decode step's matmuls are matrix-vector products: every weight byte is read once and used
+for one multiply-add, so they are bound by memory bandwidth alone. cuBLAS runs them as nvjet / splitK
+kernels at ~2.6-2.7 TB/s on the H100 (bench/results/gpu_e2e_final.json, profile), under the ~3.0 TB/s
+of a device-to-device copy; `kernels/triton_gemv.py` streams W with wide loads and many programs over N
+(split over K, with a deterministic second pass, where N alone gives too few programs).
+
+- x (..., K), w (N, K) row-major and contiguous, b (N,) or None, all of one floating dtype; returns
+  (..., N) in that dtype, accumulated in fp32 and rounded once (as cuBLAS does).
+- `gemv_ref` is the definition (F.linear). Dispatch: Triton on CUDA (kernels/_dispatch.py); rows
+  beyond `MAX_ROWS` (a prefill, not a decode step) go to the reference.
+- Block shapes come per (N, K) from `CONFIGS` (measured on the device: bench/gpu_gemv.py) or from
+  `default_config` for shapes not in the table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from kernels._dispatch import use_triton
+from kernels.errors import KernelInputError
+
+MAX_ROWS = 8  # more rows than this: a matrix product, not a gemv (cuBLAS' tensor-core path wins)
+
+
+@dataclass(frozen=True)
+class GemvConfig:
+    """One program computes `block_n` outputs over a 1/`split_k` share of K, `block_k` columns at a time."""
+
+    block_n: int = 16
+    block_k: int = 256
+    split_k: int = 1
+    num_warps: int = 4
+
+
+# (N, K) -> config. Filled from device measurements (bench/gpu_gemv.py writes the winners); shapes not
+# listed use default_config.
+CONFIGS: dict[tuple[int, int], GemvConfig] = {}
+
+
+def default_config(n: int, k: int, sms: int = 132) -> GemvConfig:
+    """Enough programs to fill the chip several times over: 16 rows each, split over K when N / 16 alone
+    gives fewer than ~4 programs per SM (the down projection: N = 3840 -> 240 programs)."""
+    programs = -(-n // 16)
+    split = 1
+    while programs * split < 4 * sms and split < 8 and k // (2 * split) >= 1024:
+        split *= 2
+    return GemvConfig(16, 256, split, 4)
+
+
+def check_gemv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> None:
+    if w.dim() != 2 or x.shape[-1] != w.shape[1]:
+        raise KernelInputError(
+            f"gemv: x {tuple(x.shape)} and w {tuple(w.shape)} do not multiply (w is (N, K))"
+        )
+    if b is not None and (b.dim() != 1 or b.shape[0] != w.shape[0]):
+        raise KernelInputError(f"gemv: bias {tuple(b.shape)} must be ({w.shape[0]},)")
+    if x.dtype != w.dtype or (b is not None and b.dtype != w.dtype):
+        raise KernelInputError(f"gemv: x, w and b must share a dtype (got {x.dtype}, {w.dtype})")
+
+
+def gemv_ref(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    check_gemv(x, w, b)
+    return F.linear(x, w, b)
+
+
+def gemv(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, config: GemvConfig | None = None
+) -> torch.Tensor:
+    """y = x w^T + b (see the module doc); `config` overrides the table (benchmarks sweep it)."""
+    check_gemv(x, w, b)
+    rows = x.numel() // max(1, x.shape[-1])
+    if use_triton(x) and rows <= MAX_ROWS and w.is_contiguous():
+        from kernels.triton_gemv import gemv_triton
+
+        n, k = w.shape
+        cfg = config or CONFIGS.get((n, k)) or default_config(n, k)
+        return gemv_triton(x, w, b, cfg)
+    return F.linear(x, w, b)

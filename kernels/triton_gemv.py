@@ -1,0 +1,118 @@
+"""Triton version of kernels/gemv.py (same contract; see that module's doc).
+
+One program reads a (BLOCK_N, BLOCK_K) tile of W per iteration (each thread a 16-byte run along K:
+rows are contiguous), multiplies it by the x columns in fp32 and keeps the products in a
+(BLOCK_N, BLOCK_K) accumulator, reduced over K once at the end (a cross-thread sum per iteration would
+cost more instructions than the loads). Rows past N are clamped to N - 1, so W is loaded without masks
+(a mask that varies along K stops 16-byte loads); only their outputs are dropped. With split_k > 1
+the grid has a second axis over K shares: each writes fp32 partial sums, and `_splitk_reduce` adds them
+in a fixed order (deterministic, unlike atomics), adds the bias and rounds once.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.gemv import GemvConfig
+
+
+@triton.jit
+def _gemv_kernel(
+    x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, K_SPLIT, stride_xm,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HAS_BIAS: tl.constexpr,
+    PARTIAL: tl.constexpr,
+):  # fmt: skip
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    rows = tl.minimum(offs_n, N - 1)  # clamped: every W load is in bounds
+    w_rows = w_ptr + rows.to(tl.int64)[:, None] * K  # (BLOCK_N, 1)
+    k_lo = pid_k * K_SPLIT  # K_SPLIT is a multiple of BLOCK_K
+    k_hi = tl.minimum(k_lo + K_SPLIT, K)
+    k_end = k_lo + ((k_hi - k_lo) // BLOCK_K) * BLOCK_K  # full tiles below k_end, a masked tail after
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_m = tl.arange(0, BLOCK_M)
+    if BLOCK_M == 1:
+        acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+        for k in range(k_lo, k_end, BLOCK_K):
+            k = tl.multiple_of(k, BLOCK_K)
+            w = tl.load(w_rows + (k + offs_k)[None, :])
+            xv = tl.load(x_ptr + k + offs_k)
+            acc += w.to(tl.float32) * xv.to(tl.float32)[None, :]
+        if k_end < k_hi:
+            kk = k_end + offs_k
+            mk = kk < k_hi
+            w = tl.load(w_rows + kk[None, :], mask=mk[None, :], other=0.0)
+            xv = tl.load(x_ptr + kk, mask=mk, other=0.0)
+            acc += w.to(tl.float32) * xv.to(tl.float32)[None, :]
+        y = tl.sum(acc, axis=1)[None, :]  # (1, BLOCK_N)
+    else:
+        # a few rows: products of (BLOCK_M, 1, BLOCK_K) x columns and (1, BLOCK_N, BLOCK_K) W, summed
+        # over K every tile (the 3-D accumulator would not fit in registers)
+        x_rows = x_ptr + tl.minimum(offs_m, M - 1)[:, None] * stride_xm  # (BLOCK_M, 1)
+        y = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+        for k in range(k_lo, k_end, BLOCK_K):
+            k = tl.multiple_of(k, BLOCK_K)
+            w = tl.load(w_rows + (k + offs_k)[None, :]).to(tl.float32)
+            xv = tl.load(x_rows + (k + offs_k)[None, :]).to(tl.float32)
+            y += tl.sum(xv[:, None, :] * w[None, :, :], axis=2)
+        if k_end < k_hi:
+            kk = k_end + offs_k
+            mk = kk < k_hi
+            w = tl.load(w_rows + kk[None, :], mask=mk[None, :], other=0.0).to(tl.float32)
+            xv = tl.load(x_rows + kk[None, :], mask=mk[None, :], other=0.0).to(tl.float32)
+            y += tl.sum(xv[:, None, :] * w[None, :, :], axis=2)
+    mask = (offs_m < M)[:, None] & mask_n[None, :]
+    if PARTIAL:
+        dst = out_ptr + pid_k * M * N + offs_m[:, None] * N + offs_n[None, :]
+        tl.store(dst, y, mask=mask)
+    else:
+        if HAS_BIAS:
+            y += tl.load(b_ptr + rows).to(tl.float32)[None, :]
+        dst = out_ptr + offs_m[:, None] * N + offs_n[None, :]
+        tl.store(dst, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _splitk_reduce(part_ptr, b_ptr, out_ptr, MN, N, SPLIT, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < MN
+    acc = tl.zeros((BLOCK,), tl.float32)
+    for s in range(SPLIT):  # in order: the same sum on every run
+        acc += tl.load(part_ptr + s * MN + offs, mask=mask, other=0.0)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs % N, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def gemv_triton(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, cfg: GemvConfig) -> torch.Tensor:
+    N, K = w.shape
+    x2 = x.reshape(-1, K)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    M = x2.shape[0]
+    out = torch.empty(M, N, dtype=x.dtype, device=x.device)
+    BLOCK_M = triton.next_power_of_2(M)
+    block_k = cfg.block_k
+    if BLOCK_M > 1:  # the (BLOCK_M, BLOCK_N, BLOCK_K) product tile must stay in registers
+        block_k = max(32, min(block_k, 8192 // (BLOCK_M * cfg.block_n)))
+    k_split = triton.cdiv(triton.cdiv(K, max(1, cfg.split_k)), block_k) * block_k
+    split = triton.cdiv(K, k_split)
+    grid = (triton.cdiv(N, cfg.block_n), split)
+    b_arg = b if b is not None else w  # never read without HAS_BIAS
+    common = dict(BLOCK_M=BLOCK_M, BLOCK_N=cfg.block_n, BLOCK_K=block_k, HAS_BIAS=b is not None)
+    if split == 1:
+        _gemv_kernel[grid](x2, w, b_arg, out, M, N, K, k_split, x2.stride(0), PARTIAL=False,
+                           num_warps=cfg.num_warps, **common)  # fmt: skip
+    else:
+        part = torch.empty(split, M, N, dtype=torch.float32, device=x.device)
+        _gemv_kernel[grid](x2, w, b_arg, part, M, N, K, k_split, x2.stride(0), PARTIAL=True,
+                           num_warps=cfg.num_warps, **common)  # fmt: skip
+        block = 1024
+        _splitk_reduce[(triton.cdiv(M * N, block),)](
+            part, b_arg, out, M * N, N, split, HAS_BIAS=b is not None, BLOCK=block, num_warps=4
+        )
+    return out.view(*x.shape[:-1], N)

@@ -1,0 +1,77 @@
+"""DecodeEngine(gemv=...): the fused step's one-token matmuls through kernels.gemv's Triton kernel (on
+the CPU under TRITON_INTERPRET=1, set by tests/conftest.py) give the logits and greedy tokens of the
+same engine with gemv=False (F.linear), fp32, OLMo Hybrid's block forms (GDN, post-norm attention with
+full QK norm, SwiGLU MLPs, an untied head) at toy sizes."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from kernels._dispatch import interpreter_on
+from model import HybridConfig, HybridLM
+from model.engine import GEMV_ROLES, DecodeEngine
+
+CFG = dict(
+    vocab_size=97,
+    d_model=32,
+    layer_types=["gated_deltanet", "attention", "gated_deltanet"],
+    attention={"n_heads": 4, "n_kv_heads": 2, "head_dim": 8, "qk_norm": "full", "norm_position": "post"},
+    gated_deltanet={"n_heads": 2, "n_v_heads": 4, "head_k_dim": 8, "head_v_dim": 8, "chunk_size": 8,
+                    "allow_neg_eigval": True},
+    mlp={"hidden_dim": 64},
+    init_std=0.3,
+)  # fmt: skip
+
+
+@pytest.fixture
+def triton_gemv(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """kernels.gemv runs its Triton kernel (only it: the other ops keep their CPU paths); returns a
+    list that counts the kernel's calls, so the test knows the engine really went through it."""
+    if not interpreter_on() and not torch.cuda.is_available():
+        pytest.skip("needs TRITON_INTERPRET=1 set before Triton is imported")
+    import kernels.triton_gemv as tg
+
+    mod = sys.modules["kernels.gemv"]
+    calls: list[int] = []
+    real = tg.gemv_triton
+
+    def counted(*a: object, **k: object) -> torch.Tensor:
+        calls.append(1)
+        return real(*a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(mod, "use_triton", lambda x: True)
+    monkeypatch.setattr(tg, "gemv_triton", counted)
+    return calls
+
+
+def test_gemv_engine_equals_linear_engine(triton_gemv: list[int]) -> None:
+    torch.manual_seed(3)
+    model = HybridLM(HybridConfig.model_validate(CFG)).eval()
+    prompt = torch.randint(0, 97, (1, 13), generator=torch.Generator().manual_seed(2))
+    off = DecodeEngine(model, max_context=40, attention="kernel", gemv=False)
+    on = DecodeEngine(model, max_context=40, attention="kernel", gemv=True)
+    assert off.fused and on.fused and on.gemv_roles == GEMV_ROLES and not off.gemv_roles
+    a, b = off.prefill(prompt).clone(), on.prefill(prompt).clone()
+    assert torch.equal(a, b)  # prefill does not use the gemv (many rows)
+    tokens = torch.randint(0, 97, (6,), generator=torch.Generator().manual_seed(4)).tolist()
+    for i, tok in enumerate(tokens):
+        la, lb = off.step(tok).clone(), on.step(tok).clone()
+        assert torch.allclose(la, lb, rtol=1e-5, atol=1e-5), f"step {i}: {float((la - lb).abs().max())}"
+    # per step: 3 MLPs x 2 + 2 GDN x 2 + attention x 2 + head = 13 gemv calls
+    assert len(triton_gemv) == 13 * len(tokens)
+    off.reset(), on.reset()
+    off.prefill(prompt), on.prefill(prompt)
+    assert off.generate_greedy(6) == on.generate_greedy(6)
+
+
+def test_gemv_roles_option() -> None:
+    torch.manual_seed(0)
+    model = HybridLM(HybridConfig.model_validate(CFG)).eval()
+    eng = DecodeEngine(model, max_context=16, attention="kernel", gemv={"down", "head"})
+    assert eng.gemv_roles == {"down", "head"}
+    assert not DecodeEngine(model, max_context=16, attention="kernel").gemv_roles  # CPU default: off
+    with pytest.raises(ValueError, match="unknown gemv roles"):
+        eng.set_gemv({"lm_head"})
