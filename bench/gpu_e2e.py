@@ -218,6 +218,13 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=420.0, help="skip sections that would start later")
     ap.add_argument("--decode-tokens", type=int, default=64)
     ap.add_argument("--attention", choices=["kernel", "sdpa"], default=None, help="engine attention mode")
+    ap.add_argument("--ctxs", default=None, help="decode contexts, comma list (default 1k,16k,64k,128k)")
+    ap.add_argument(
+        "--gemv", choices=["default", "off", "all", "measured"], default="default",
+        help="the engine's kernels.gemv roles for the decode section (measured: where the gemv section's "
+        "microbenchmark beat cuBLAS; decode_cublas is always gemv=False)",
+    )  # fmt: skip
+    ap.add_argument("--gemv-out", default=None, help="also write the gemv section's JSON here")
     ap.add_argument(
         "--sections",
         default="check,sdpa_overhead,eager_sdpa,prefill,decode_unfused,decode_unaligned,decode,hf,hf_prefill,resume,attention",
@@ -229,6 +236,8 @@ def main() -> None:
     tiny = args.tiny
     K = 1024
     ctxs = [64, 256] if tiny else [1 * K, 16 * K, 64 * K, 128 * K]
+    if args.ctxs:
+        ctxs = [int(c) for c in args.ctxs.split(",")]
     prefills = [128, 256] if tiny else [4 * K, 16 * K]
     resume_len = 256 if tiny else 64 * K
     N = 8 if tiny else args.decode_tokens
@@ -403,8 +412,39 @@ def main() -> None:
 
     if "decode_unaligned" in sections:
         b.section("decode_unaligned", decode_unaligned)
+    gemv_roles: dict[str, Any] = {"default": None, "off": False, "all": True, "measured": None}
+
+    def gemv_bench() -> dict[str, Any]:
+        # kernels.gemv vs cuBLAS at this model's one-token matmul shapes (bench/gpu_gemv.py); the best
+        # config per shape goes into kernels.gemv.CONFIGS for the decode sections below
+        from gpu_common import write_json
+        from gpu_gemv import engine_shapes, sweep
+
+        res = sweep(engine_shapes(engine))
+        gemv_roles["measured"] = res["faster_roles"]
+        if args.gemv_out:
+            write_json(args.gemv_out, res)
+        return res
+
+    if "gemv" in sections and b.cuda:
+        b.section("gemv_microbench", gemv_bench)
+
+    def decode_gemv(roles: Any, cs: list[int]) -> list[dict[str, Any]]:
+        engine.set_gemv(roles)
+        rows = decode(engine, ours, cs)
+        for r in rows:
+            r["gemv_roles"] = sorted(engine.gemv_roles)
+        return rows
+
+    # the same engine (same buffers) with every matmul on cuBLAS: the same-run baseline of the gemv
+    if "decode_cublas" in sections:
+        b.section("decode_cublas", lambda: decode_gemv(False, ctxs))
     if "decode" in sections:
-        b.section("decode_ours", lambda: decode(engine, ours, ctxs))
+        b.section("decode_ours", lambda: decode_gemv(gemv_roles[args.gemv], ctxs))
+    if "decode_cublas" in sections:  # again at the first context: the run-to-run spread
+        b.section("decode_cublas_again", lambda: decode_gemv(False, ctxs[:1]))
+    if "decode" in sections and "decode_cublas" in sections:
+        b.section("decode_ours_again", lambda: decode_gemv(gemv_roles[args.gemv], ctxs[:1]))
     engine = None  # frees its buffers (closures above hold the name, not the object)
     gc.collect()
     torch.cuda.empty_cache() if b.cuda else None

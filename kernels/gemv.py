@@ -29,12 +29,15 @@ MAX_ROWS = 8  # more rows than this: a matrix product, not a gemv (cuBLAS' tenso
 
 @dataclass(frozen=True)
 class GemvConfig:
-    """One program computes `block_n` outputs over a 1/`split_k` share of K, `block_k` columns at a time."""
+    """One program computes `block_n` outputs over a 1/`split_k` share of K, `block_k` columns at a time,
+    `unroll` tiles per loop trip (loads in flight per thread: block_n * block_k * unroll * 2 bytes /
+    (32 num_warps))."""
 
     block_n: int = 16
     block_k: int = 256
     split_k: int = 1
     num_warps: int = 4
+    unroll: int = 2
 
 
 # (N, K) -> config. Filled from device measurements (bench/gpu_gemv.py writes the winners); shapes not
@@ -49,7 +52,7 @@ def default_config(n: int, k: int, sms: int = 132) -> GemvConfig:
     split = 1
     while programs * split < 4 * sms and split < 8 and k // (2 * split) >= 1024:
         split *= 2
-    return GemvConfig(16, 256, split, 4)
+    return GemvConfig(16, 256, split, 4, 2)
 
 
 def check_gemv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> None:

@@ -1,10 +1,11 @@
 """Triton version of kernels/gemv.py (same contract; see that module's doc).
 
-One program reads a (BLOCK_N, BLOCK_K) tile of W per iteration (each thread a 16-byte run along K:
-rows are contiguous), multiplies it by the x columns in fp32 and keeps the products in a
-(BLOCK_N, BLOCK_K) accumulator, reduced over K once at the end (a cross-thread sum per iteration would
-cost more instructions than the loads). Rows past N are clamped to N - 1, so W is loaded without masks
-(a mask that varies along K stops 16-byte loads); only their outputs are dropped. With split_k > 1
+One program reads UNROLL (BLOCK_N, BLOCK_K) tiles of W per loop trip (each thread 16-byte runs along
+K, as rows are contiguous; evict-first, as each weight byte is read once a step), multiplies them by
+the x columns in fp32 and keeps the products in a (BLOCK_N, BLOCK_K) accumulator, reduced over K once
+at the end (a cross-thread sum per tile would cost more instructions than the loads). Rows past N are
+clamped to N - 1, so W is loaded without masks (a mask that varies along K stops 16-byte loads); only
+their outputs are dropped. With split_k > 1
 the grid has a second axis over K shares: each writes fp32 partial sums, and `_splitk_reduce` adds them
 in a fixed order (deterministic, unlike atomics), adds the bias and rounds once.
 """
@@ -21,8 +22,8 @@ from kernels.gemv import GemvConfig
 @triton.jit
 def _gemv_kernel(
     x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, K_SPLIT, stride_xm,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HAS_BIAS: tl.constexpr,
-    PARTIAL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UNROLL: tl.constexpr,
+    HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -37,15 +38,33 @@ def _gemv_kernel(
     offs_m = tl.arange(0, BLOCK_M)
     if BLOCK_M == 1:
         acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
-        for k in range(k_lo, k_end, BLOCK_K):
+        # UNROLL (1, 2 or 4) tiles per trip, all loads in flight before the first product (Triton does
+        # not software-pipeline loads that feed no tl.dot)
+        k_mid = k_lo + ((k_hi - k_lo) // (UNROLL * BLOCK_K)) * (UNROLL * BLOCK_K)
+        for k in range(k_lo, k_mid, UNROLL * BLOCK_K):
             k = tl.multiple_of(k, BLOCK_K)
-            w = tl.load(w_rows + (k + offs_k)[None, :])
+            # written out (not a static loop): ptxas then issues every load before the first product
+            w0 = tl.load(w_rows + (k + offs_k)[None, :], eviction_policy="evict_first")
+            if UNROLL >= 2:
+                w1 = tl.load(w_rows + (k + BLOCK_K + offs_k)[None, :], eviction_policy="evict_first")
+            if UNROLL >= 4:
+                w2 = tl.load(w_rows + (k + 2 * BLOCK_K + offs_k)[None, :], eviction_policy="evict_first")
+                w3 = tl.load(w_rows + (k + 3 * BLOCK_K + offs_k)[None, :], eviction_policy="evict_first")
+            acc += w0.to(tl.float32) * tl.load(x_ptr + k + offs_k).to(tl.float32)[None, :]
+            if UNROLL >= 2:
+                acc += w1.to(tl.float32) * tl.load(x_ptr + k + BLOCK_K + offs_k).to(tl.float32)[None, :]
+            if UNROLL >= 4:
+                acc += w2.to(tl.float32) * tl.load(x_ptr + k + 2 * BLOCK_K + offs_k).to(tl.float32)[None, :]
+                acc += w3.to(tl.float32) * tl.load(x_ptr + k + 3 * BLOCK_K + offs_k).to(tl.float32)[None, :]
+        for k in range(k_mid, k_end, BLOCK_K):
+            k = tl.multiple_of(k, BLOCK_K)
+            w = tl.load(w_rows + (k + offs_k)[None, :], eviction_policy="evict_first")
             xv = tl.load(x_ptr + k + offs_k)
             acc += w.to(tl.float32) * xv.to(tl.float32)[None, :]
         if k_end < k_hi:
             kk = k_end + offs_k
             mk = kk < k_hi
-            w = tl.load(w_rows + kk[None, :], mask=mk[None, :], other=0.0)
+            w = tl.load(w_rows + kk[None, :], mask=mk[None, :], other=0.0, eviction_policy="evict_first")
             xv = tl.load(x_ptr + kk, mask=mk, other=0.0)
             acc += w.to(tl.float32) * xv.to(tl.float32)[None, :]
         y = tl.sum(acc, axis=1)[None, :]  # (1, BLOCK_N)
@@ -56,13 +75,15 @@ def _gemv_kernel(
         y = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
         for k in range(k_lo, k_end, BLOCK_K):
             k = tl.multiple_of(k, BLOCK_K)
-            w = tl.load(w_rows + (k + offs_k)[None, :]).to(tl.float32)
+            w = tl.load(w_rows + (k + offs_k)[None, :], eviction_policy="evict_first").to(tl.float32)
             xv = tl.load(x_rows + (k + offs_k)[None, :]).to(tl.float32)
             y += tl.sum(xv[:, None, :] * w[None, :, :], axis=2)
         if k_end < k_hi:
             kk = k_end + offs_k
             mk = kk < k_hi
-            w = tl.load(w_rows + kk[None, :], mask=mk[None, :], other=0.0).to(tl.float32)
+            w = tl.load(w_rows + kk[None, :], mask=mk[None, :], other=0.0, eviction_policy="evict_first").to(
+                tl.float32
+            )
             xv = tl.load(x_rows + kk[None, :], mask=mk[None, :], other=0.0).to(tl.float32)
             y += tl.sum(xv[:, None, :] * w[None, :, :], axis=2)
     mask = (offs_m < M)[:, None] & mask_n[None, :]
@@ -103,7 +124,9 @@ def gemv_triton(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, cfg: G
     split = triton.cdiv(K, k_split)
     grid = (triton.cdiv(N, cfg.block_n), split)
     b_arg = b if b is not None else w  # never read without HAS_BIAS
-    common = dict(BLOCK_M=BLOCK_M, BLOCK_N=cfg.block_n, BLOCK_K=block_k, HAS_BIAS=b is not None)
+    common = dict(
+        BLOCK_M=BLOCK_M, BLOCK_N=cfg.block_n, BLOCK_K=block_k, UNROLL=cfg.unroll, HAS_BIAS=b is not None
+    )
     if split == 1:
         _gemv_kernel[grid](x2, w, b_arg, out, M, N, K, k_split, x2.stride(0), PARTIAL=False,
                            num_warps=cfg.num_warps, **common)  # fmt: skip

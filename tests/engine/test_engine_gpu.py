@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from model import HybridConfig, HybridLM
-from model.engine import DecodeEngine
+from model.engine import GEMV_ROLES, DecodeEngine
 from model.generate import prefill
 
 pytestmark = pytest.mark.gpu
@@ -74,6 +74,15 @@ def test_graphed_decode_matches_eager(layers: list[str], mode: str, fuse: bool) 
     prompt = torch.randint(0, 4096, (1, 300), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
     engine = DecodeEngine(model, max_context=1024, attention=mode, fuse=fuse)  # type: ignore[arg-type]
     assert engine.graphed and engine.fused == (fuse and mode == "kernel")
+    check_against_eager(model, engine, prompt)
+
+
+def test_graphed_decode_with_gemv_matches_eager() -> None:
+    """Every matmul of the fused step through kernels.gemv (Triton) instead of cuBLAS."""
+    model = olmo_like(["gated_deltanet"] * 3 + ["attention"])
+    prompt = torch.randint(0, 4096, (1, 300), device="cuda", generator=torch.Generator("cuda").manual_seed(2))
+    engine = DecodeEngine(model, max_context=1024, gemv=True)
+    assert engine.graphed and engine.fused and engine.gemv_roles == GEMV_ROLES
     check_against_eager(model, engine, prompt)
 
 

@@ -49,6 +49,8 @@ def _exact(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Te
     "m, n, k, cfg",
     [
         (1, 40, 96, GemvConfig(16, 32, 1, 4)),  # N % block_n != 0: clamped last rows
+        (1, 40, 296, GemvConfig(16, 32, 1, 4, 4)),  # 2 trips of 4 tiles, 1 lone tile, a tail of 8
+        (1, 33, 296, GemvConfig(8, 32, 1, 4, 1)),  # one tile a trip
         (1, 48, 100, GemvConfig(16, 32, 1, 4)),  # K % block_k != 0: masked tail
         (1, 24, 256, GemvConfig(8, 32, 4, 4)),  # split-K, exact shares
         (1, 24, 200, GemvConfig(8, 32, 3, 4)),  # split-K with a short last share and a tail
