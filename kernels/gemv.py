@@ -40,9 +40,18 @@ class GemvConfig:
     unroll: int = 2
 
 
-# (N, K) -> config. Filled from device measurements (bench/gpu_gemv.py writes the winners); shapes not
-# listed use default_config.
-CONFIGS: dict[tuple[int, int], GemvConfig] = {}
+# (N, K) -> config: the fastest of bench/gpu_gemv.py's candidates per shape in one device run (NVIDIA
+# H100 80GB HBM3, triton 3.6, bf16, 1 row; bench/results/gpu_gemv.json), at OLMo Hybrid 7B's one-token
+# matmuls; in () the time vs cuBLAS in the same run. Shapes not listed use default_config.
+CONFIGS: dict[tuple[int, int], GemvConfig] = {
+    (22016, 3840): GemvConfig(16, 256, 1, 4, 4),  # MLP gate|up: 57.3 us, 2949 GB/s (cuBLAS 65.3 us)
+    (3840, 11008): GemvConfig(16, 256, 2, 4, 2),  # MLP down: 31.2 us, 2707 GB/s (34.5 us)
+    (17344, 3840): GemvConfig(16, 256, 1, 4, 2),  # GDN q|k|v|a|b|g, 16-aligned: 45.1 us, 2955 GB/s (47.9 us)
+    (3840, 5760): GemvConfig(8, 512, 1, 4, 2),  # GDN out: 16.9 us, 2612 GB/s (20.3 us)
+    (11520, 3840): GemvConfig(16, 256, 1, 4, 4),  # attention q|k|v: 32.1 us, 2758 GB/s (34.4 us)
+    (3840, 3840): GemvConfig(8, 512, 1, 4, 2),  # attention out: 11.9 us, 2488 GB/s (12.7 us)
+    (100352, 3840): GemvConfig(8, 512, 1, 4, 2),  # LM head: 246.4 us, 3128 GB/s (269.0 us)
+}
 
 
 def default_config(n: int, k: int, sms: int = 132) -> GemvConfig:

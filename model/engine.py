@@ -17,8 +17,9 @@ Design choices (the model stays plain; speed tricks live here, as in gpt-fast):
   engine is built; on CUDA the model's own weights are rebound as views of the concatenation, so no
   memory is doubled and the model computes exactly what it did); `kernels.decode_fused` for the Gated
   DeltaNet conv step + L2 norms + gates (one launch), SiLU x up, and each residual add fused with the
-  next RMSNorm. `fuse=False` keeps the model's modules (the same graph, more kernels: the baseline of
-  bench/gpu_e2e.py).
+  next RMSNorm; on CUDA its one-token matmuls run `kernels.gemv` (a bandwidth-bound Triton GEMV,
+  faster than cuBLAS at these shapes; `gemv=False` keeps F.linear). `fuse=False` keeps the model's
+  modules (the same graph, more kernels: the baseline of bench/gpu_e2e.py).
   `attention="sdpa"` instead cuts the step at each attention core and runs the model's own
   `scaled_dot_product_attention` call (model.attention.sdpa: flash / memory-efficient on CUDA) eagerly
   over the first L keys between graphs: the kernels of `model(token, state)` (256 greedy tokens
@@ -60,8 +61,10 @@ GRAPHED_KINDS = frozenset({"attention", "gated_deltanet", "mamba2", "mlp", "mla"
 # The fused step's one-token matmuls, by role; `gemv=` picks which run kernels.gemv (a bandwidth-bound
 # Triton GEMV) instead of F.linear (cuBLAS on CUDA).
 GEMV_ROLES = frozenset({"gate_up", "down", "gdn_in", "gdn_out", "attn_in", "attn_out", "head"})
-# The roles `gemv=None` turns on when the engine is on CUDA: none until a device run shows them faster.
-DEFAULT_GEMV_ROLES: frozenset[str] = frozenset()
+# The roles `gemv=None` turns on when the engine is on CUDA: all seven, each faster than cuBLAS at OLMo
+# Hybrid 7B's shape in one run on the H100 (bench/results/gpu_gemv.json: 1.06-1.20x a call); decode at
+# 1k context 166.6 vs 154.7 tok/s with gemv=False in the same run (bench/results/gpu_e2e_gemv.json).
+DEFAULT_GEMV_ROLES: frozenset[str] = GEMV_ROLES
 
 
 class ContextFullError(ModelError, ValueError):
