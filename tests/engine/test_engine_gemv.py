@@ -47,20 +47,22 @@ def triton_gemv(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-def test_gemv_engine_equals_linear_engine(triton_gemv: list[int]) -> None:
+@pytest.mark.parametrize("silu_down", [True, False])
+def test_gemv_engine_equals_linear_engine(triton_gemv: list[int], silu_down: bool) -> None:
     torch.manual_seed(3)
     model = HybridLM(HybridConfig.model_validate(CFG)).eval()
     prompt = torch.randint(0, 97, (1, 13), generator=torch.Generator().manual_seed(2))
+    roles = GEMV_ROLES if silu_down else GEMV_ROLES - {"silu_down"}
     off = DecodeEngine(model, max_context=40, attention="kernel", gemv=False)
-    on = DecodeEngine(model, max_context=40, attention="kernel", gemv=True)
-    assert off.fused and on.fused and on.gemv_roles == GEMV_ROLES and not off.gemv_roles
+    on = DecodeEngine(model, max_context=40, attention="kernel", gemv=roles)
+    assert off.fused and on.fused and on.gemv_roles == roles and not off.gemv_roles
     a, b = off.prefill(prompt).clone(), on.prefill(prompt).clone()
     assert torch.equal(a, b)  # prefill does not use the gemv (many rows)
     tokens = torch.randint(0, 97, (6,), generator=torch.Generator().manual_seed(4)).tolist()
     for i, tok in enumerate(tokens):
         la, lb = off.step(tok).clone(), on.step(tok).clone()
         assert torch.allclose(la, lb, rtol=1e-5, atol=1e-5), f"step {i}: {float((la - lb).abs().max())}"
-    # per step: 3 MLPs x 2 + 2 GDN x 2 + attention x 2 + head = 13 gemv calls
+    # per step: 3 MLPs x 2 (gate|up, then down or the gated down) + 2 GDN x 2 + attention x 2 + head
     assert len(triton_gemv) == 13 * len(tokens)
     off.reset(), on.reset()
     off.prefill(prompt), on.prefill(prompt)
