@@ -27,10 +27,12 @@ CFG = dict(
 
 
 @pytest.fixture
-def triton_gemv(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """kernels.gemv runs its Triton kernel (only it: the other ops keep their CPU paths); returns a
-    list that counts the kernel's calls, so the test knows the engine really went through it."""
-    if not interpreter_on() and not torch.cuda.is_available():
+def triton_gemv(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], str]:
+    """kernels.gemv runs its Triton kernel (only it: on the CPU the other ops keep their CPU paths);
+    returns a list that counts the kernel's calls, so the test knows the engine really went through it,
+    and the device to run on (CUDA where there is one: Triton cannot launch on CPU tensors there)."""
+    cuda = torch.cuda.is_available() and not interpreter_on()
+    if not interpreter_on() and not cuda:
         pytest.skip("needs TRITON_INTERPRET=1 set before Triton is imported")
     import kernels.triton_gemv as tg
 
@@ -42,19 +44,22 @@ def triton_gemv(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         calls.append(1)
         return real(*a, **k)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(mod, "use_triton", lambda x: True)
+    if not cuda:
+        monkeypatch.setattr(mod, "use_triton", lambda x: True)
     monkeypatch.setattr(tg, "gemv_triton", counted)
-    return calls
+    return calls, "cuda" if cuda else "cpu"
 
 
 @pytest.mark.parametrize("silu_down", [True, False])
-def test_gemv_engine_equals_linear_engine(triton_gemv: list[int], silu_down: bool) -> None:
+def test_gemv_engine_equals_linear_engine(triton_gemv: tuple[list[int], str], silu_down: bool) -> None:
+    calls, dev = triton_gemv
     torch.manual_seed(3)
-    model = HybridLM(HybridConfig.model_validate(CFG)).eval()
-    prompt = torch.randint(0, 97, (1, 13), generator=torch.Generator().manual_seed(2))
+    model = HybridLM(HybridConfig.model_validate(CFG)).eval().to(dev)
+    prompt = torch.randint(0, 97, (1, 13), generator=torch.Generator().manual_seed(2)).to(dev)
     roles = GEMV_ROLES if silu_down else GEMV_ROLES - {"silu_down"}
-    off = DecodeEngine(model, max_context=40, attention="kernel", gemv=False)
-    on = DecodeEngine(model, max_context=40, attention="kernel", gemv=roles)
+    # no CUDA graphs: every step calls the kernel from Python, so the calls can be counted
+    off = DecodeEngine(model, max_context=40, attention="kernel", gemv=False, use_graphs=False)
+    on = DecodeEngine(model, max_context=40, attention="kernel", gemv=roles, use_graphs=False)
     assert off.fused and on.fused and on.gemv_roles == roles and not off.gemv_roles
     a, b = off.prefill(prompt).clone(), on.prefill(prompt).clone()
     assert torch.equal(a, b)  # prefill does not use the gemv (many rows)
@@ -63,7 +68,7 @@ def test_gemv_engine_equals_linear_engine(triton_gemv: list[int], silu_down: boo
         la, lb = off.step(tok).clone(), on.step(tok).clone()
         assert torch.allclose(la, lb, rtol=1e-5, atol=1e-5), f"step {i}: {float((la - lb).abs().max())}"
     # per step: 3 MLPs x 2 (gate|up, then down or the gated down) + 2 GDN x 2 + attention x 2 + head
-    assert len(triton_gemv) == 13 * len(tokens)
+    assert len(calls) == 13 * len(tokens)
     off.reset(), on.reset()
     off.prefill(prompt), on.prefill(prompt)
     assert off.generate_greedy(6) == on.generate_greedy(6)
