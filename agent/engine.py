@@ -13,12 +13,13 @@ Design choices:
   resumed session runs exactly the operations the uninterrupted one ran.
 - On CUDA (full attention) the real engine drives `model.engine.DecodeEngine`: preallocated caches,
   prefill in chunks, and each generated token fed back through the captured one-token step (one CUDA
-  graph) instead of a Python forward; resume copies the restored state into its buffers
-  (`load_state`). Snapshots read its state directly (`recurrent_tensors` + `cache_range` of the new
-  tokens): `export_state` would copy the whole cache for a page of it. With a window (the engine keeps
-  full attention only) and on the CPU the model's own forward runs, as before. Both paths are exact
-  with themselves across a save and a resume; they are not bit-identical to each other on the GPU
-  (other kernels). `HYBRID_AGENT_DECODE_ENGINE=1|0` forces the choice (tests run the engine on CPU).
+  graph) instead of a Python forward; resume copies the snapshot's recurrent tensors and pages
+  straight into its buffers (`load_parts`: no intermediate state, no concatenated cache). Snapshots
+  read its state directly (`recurrent_tensors` + `cache_range` of the new tokens): `export_state`
+  would copy the whole cache for a page of it. With a window (the engine keeps full attention only)
+  and on the CPU the model's own forward runs, as before. Both paths are exact with themselves across
+  a save and a resume; they are not bit-identical to each other on the GPU (other kernels).
+  `HYBRID_AGENT_DECODE_ENGINE=1|0` forces the choice (tests run the engine on CPU).
 - Calls are not thread-safe; the agent runs all of them on its one model thread.
 """
 
@@ -284,10 +285,21 @@ class ModelEngine:
             self.state.evict(i)
 
     def restore(self, recurrent: dict[str, Tensor], pages: Sequence[StatePage]) -> None:
-        """Rebuild the state from a snapshot. The tensors go to the model's device first (a no-op when
-        the store loaded them there), so reassembling the pages runs on the GPU, not in host memory."""
+        """Rebuild the state from a snapshot; everything is checked before the live state changes.
+
+        On the DecodeEngine the tensors go straight into its buffers from wherever they are (the store
+        puts them on the GPU when the model is there): no state is assembled first, so no concatenated
+        or moved copy of the cache exists beside the buffers. On the model's own path the tensors go
+        to the model's device first, so reassembling the pages runs there, not in host memory."""
         from model import ModelState
 
+        if self._on_decoder:
+            n = self._decoder.check_parts(recurrent, pages)  # refuses before anything changes
+            if n + 1 > self._decoder.max_context:
+                self._decoder.reset()  # replaced anyway: growing need not carry the old tokens over
+            self._decoder_for(n + 1).load_parts(recurrent, pages)
+            self._logits = None
+            return
         dev = self._device
         state = ModelState.from_parts(
             {k: v.to(dev, non_blocking=True) for k, v in recurrent.items()},
@@ -299,9 +311,6 @@ class ModelEngine:
             window=self._window_arg,
             sinks=self._sinks_arg,
         )
-        if self._on_decoder:
-            self._decoder_for(state.n_tokens + 1).load_state(state)
-        else:
-            self._state = state.to(dev)
-            self._state.keep_from = self.n_tokens
+        self._state = state.to(dev)
+        self._state.keep_from = self.n_tokens
         self._logits = None

@@ -17,7 +17,9 @@ from agent.events import TurnEnd
 from memory import Store
 from model.chat import NativeChatFormat
 from model.config import HybridConfig
+from model.errors import StateMismatchError
 from model.hybrid import HybridLM
+from model.state import ModelState
 from model.tokenizer import ByteTokenizer
 
 CFG = HybridConfig(
@@ -110,6 +112,48 @@ def test_restore_on_the_engine_continues_exactly(lm: HybridLM) -> None:
     resumed.restore(rec, pages)
     assert resumed.uses_decode_engine and resumed.n_tokens == len(prompt) + len(first)
     assert greedy(resumed, [5, 6, 7], 12) == rest
+
+
+def test_restore_goes_straight_into_the_buffers(lm: HybridLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the engine, restore copies the pages into the DecodeEngine's buffers (load_parts): no state is
+    assembled first (ModelState.from_parts is not called), the buffers grow when the snapshot needs it,
+    a live session is replaced, and the continuation is the uninterrupted one's."""
+    torch.manual_seed(4)
+    prompt = torch.randint(0, CFG.vocab_size, (50,)).tolist()
+    straight = engine(lm, on=True)
+    first = greedy(straight, prompt[:20], 4)
+    _, turn1 = straight.snapshot(0)
+    greedy(straight, prompt[20:], 6)
+    rec, turn2 = straight.snapshot(20 + len(first))  # as the store holds it: one page per turn
+    rest = greedy(straight, [5, 6, 7], 12)
+
+    def no_from_parts(*a: Any, **k: Any) -> Any:
+        raise AssertionError("restore on the DecodeEngine assembled a ModelState")
+
+    monkeypatch.setattr(ModelState, "from_parts", no_from_parts)
+    resumed = engine(lm, on=True, max_context=16)  # smaller than the snapshot: grows on restore
+    greedy(resumed, [1, 2, 3], 2)  # a live session, replaced by the restore
+    resumed.restore(rec, [*turn2, *turn1])
+    assert resumed.uses_decode_engine and resumed._decoder.max_context > resumed.n_tokens
+    assert resumed.n_tokens == 50 + 4 + 6
+    assert greedy(resumed, [5, 6, 7], 12) == rest
+
+
+def test_a_bad_snapshot_leaves_the_live_session_as_it_was(lm: HybridLM) -> None:
+    torch.manual_seed(5)
+    prompt = torch.randint(0, CFG.vocab_size, (30,)).tolist()
+    source = engine(lm, on=True)
+    greedy(source, prompt, 3)
+    rec, pages = source.snapshot(0)
+    half = StatePage(10, 33, source.state.cache_range(10, 33))  # positions 0..9 missing
+    live, twin = engine(lm, on=True), engine(lm, on=True)
+    for e in (live, twin):
+        greedy(e, [9, 8, 7, 6], 5)
+    for bad_rec, bad_pages in ((rec, [half]), ({k: v for k, v in rec.items() if k != "n_tokens"}, pages)):
+        with pytest.raises(StateMismatchError):
+            live.restore(bad_rec, bad_pages)
+    assert live.n_tokens == twin.n_tokens
+    assert greedy(live, [4, 5], 10) == greedy(twin, [4, 5], 10)
 
 
 def test_agent_session_resumes_exactly_on_the_engine(lm: HybridLM, tmp_path: Path) -> None:
