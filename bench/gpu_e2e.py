@@ -42,7 +42,7 @@ from model import HybridConfig, HybridLM
 from model.attention import Attention
 from model.checkpoints import olmo_hybrid
 from model.checkpoints.plan import Source
-from model.engine import DEFAULT_GEMV_ROLES, GEMV_ROLES, DecodeEngine
+from model.engine import DecodeEngine
 from model.generate import prefill as eager_prefill
 from model.layers import rope_inv_freq
 
@@ -445,18 +445,6 @@ def main() -> None:
         b.section("decode_cublas_again", lambda: decode_gemv(False, ctxs[:1]))
     if "decode" in sections and "decode_cublas" in sections:
         b.section("decode_ours_again", lambda: decode_gemv(gemv_roles[args.gemv], ctxs[:1]))
-
-    # the MLP's down projection reading [gate | up] itself (role silu_down: one launch less per layer),
-    # on top of the default roles, twice at the first context beside decode_ours(_again)
-    def with_silu_down() -> Any:
-        base = gemv_roles[args.gemv]
-        roles = DEFAULT_GEMV_ROLES if base is None else (GEMV_ROLES if base is True else set(base or ()))
-        return set(roles) | {"silu_down"}
-
-    if "decode_silu_down" in sections:
-        b.section("decode_silu_down", lambda: decode_gemv(with_silu_down(), ctxs))
-        b.section("decode_ours_third", lambda: decode_gemv(gemv_roles[args.gemv], ctxs[:1]))
-        b.section("decode_silu_down_again", lambda: decode_gemv(with_silu_down(), ctxs[:1]))
     engine = None  # frees its buffers (closures above hold the name, not the object)
     gc.collect()
     torch.cuda.empty_cache() if b.cuda else None

@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 
 from kernels._dispatch import use_triton
-from kernels.decode_fused import silu_mul, silu_mul_ref
 from kernels.errors import KernelInputError
 
 MAX_ROWS = 8  # more rows than this: a matrix product, not a gemv (cuBLAS' tensor-core path wins)
@@ -65,11 +64,10 @@ def default_config(n: int, k: int, sms: int = 132) -> GemvConfig:
     return GemvConfig(16, 256, split, 4, 2)
 
 
-def check_gemv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, gated: bool = False) -> None:
-    if w.dim() != 2 or x.shape[-1] != w.shape[1] * (2 if gated else 1):
+def check_gemv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> None:
+    if w.dim() != 2 or x.shape[-1] != w.shape[1]:
         raise KernelInputError(
-            f"gemv: x {tuple(x.shape)} and w {tuple(w.shape)} do not multiply (w is (N, K)"
-            + (", x is [gate | up] of 2K columns)" if gated else ")")
+            f"gemv: x {tuple(x.shape)} and w {tuple(w.shape)} do not multiply (w is (N, K))"
         )
     if b is not None and (b.dim() != 1 or b.shape[0] != w.shape[0]):
         raise KernelInputError(f"gemv: bias {tuple(b.shape)} must be ({w.shape[0]},)")
@@ -77,33 +75,21 @@ def check_gemv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, gated: 
         raise KernelInputError(f"gemv: x, w and b must share a dtype (got {x.dtype}, {w.dtype})")
 
 
-def gemv_ref(
-    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, *, gated: bool = False
-) -> torch.Tensor:
-    check_gemv(x, w, b, gated)
-    return F.linear(silu_mul_ref(x) if gated else x, w, b)
+def gemv_ref(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    check_gemv(x, w, b)
+    return F.linear(x, w, b)
 
 
 def gemv(
-    x: torch.Tensor,
-    w: torch.Tensor,
-    b: torch.Tensor | None = None,
-    config: GemvConfig | None = None,
-    *,
-    gated: bool = False,
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, config: GemvConfig | None = None
 ) -> torch.Tensor:
-    """y = x w^T + b (see the module doc); `config` overrides the table (benchmarks sweep it).
-    `gated`: x is [gate | up] (2K columns) and the product is silu_mul(x) w^T + b, the MLP's down
-    projection with the activation applied while x is read (one launch less per layer and token)."""
-    check_gemv(x, w, b, gated)
+    """y = x w^T + b (see the module doc); `config` overrides the table (benchmarks sweep it)."""
+    check_gemv(x, w, b)
     rows = x.numel() // max(1, x.shape[-1])
-    fits = rows <= (1 if gated else MAX_ROWS) and (x.is_contiguous() or not gated)
-    if use_triton(x) and fits and w.is_contiguous():
+    if use_triton(x) and rows <= MAX_ROWS and w.is_contiguous():
         from kernels.triton_gemv import gemv_triton
 
         n, k = w.shape
         cfg = config or CONFIGS.get((n, k)) or default_config(n, k)
-        return gemv_triton(x, w, b, cfg, gated=gated)
-    if gated:
-        return F.linear(silu_mul(x), w, b)
+        return gemv_triton(x, w, b, cfg)
     return F.linear(x, w, b)

@@ -20,31 +20,10 @@ from kernels.gemv import GemvConfig
 
 
 @triton.jit
-def _xcol(x_ptr, idx, K, mask, GATED: tl.constexpr, MASKED: tl.constexpr):
-    """x's columns `idx` in fp32 (`mask` read only when MASKED: full tiles load without one); with
-    GATED, x holds [gate | up] (2K columns) and the column is silu(gate) * up, rounded like
-    kernels.decode_fused.silu_mul (silu to the dtype, then the product)."""
-    if MASKED:
-        g = tl.load(x_ptr + idx, mask=mask, other=0.0)
-    else:
-        g = tl.load(x_ptr + idx)
-    if GATED:
-        if MASKED:
-            u = tl.load(x_ptr + K + idx, mask=mask, other=0.0).to(tl.float32)
-        else:
-            u = tl.load(x_ptr + K + idx).to(tl.float32)
-        gf = g.to(tl.float32)
-        act = (gf * tl.sigmoid(gf)).to(g.dtype).to(tl.float32)
-        return (act * u).to(g.dtype).to(tl.float32)
-    else:
-        return g.to(tl.float32)
-
-
-@triton.jit
 def _gemv_kernel(
     x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, K_SPLIT, stride_xm,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UNROLL: tl.constexpr,
-    HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, GATED: tl.constexpr = False,
+    HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -71,23 +50,23 @@ def _gemv_kernel(
             if UNROLL >= 4:
                 w2 = tl.load(w_rows + (k + 2 * BLOCK_K + offs_k)[None, :], eviction_policy="evict_first")
                 w3 = tl.load(w_rows + (k + 3 * BLOCK_K + offs_k)[None, :], eviction_policy="evict_first")
-            acc += w0.to(tl.float32) * _xcol(x_ptr, k + offs_k, K, None, GATED, False)[None, :]
+            acc += w0.to(tl.float32) * tl.load(x_ptr + k + offs_k).to(tl.float32)[None, :]
             if UNROLL >= 2:
-                acc += w1.to(tl.float32) * _xcol(x_ptr, k + BLOCK_K + offs_k, K, None, GATED, False)[None, :]
+                acc += w1.to(tl.float32) * tl.load(x_ptr + k + BLOCK_K + offs_k).to(tl.float32)[None, :]
             if UNROLL >= 4:
-                x2 = _xcol(x_ptr, k + 2 * BLOCK_K + offs_k, K, None, GATED, False)
-                acc += w2.to(tl.float32) * x2[None, :]
-                x3 = _xcol(x_ptr, k + 3 * BLOCK_K + offs_k, K, None, GATED, False)
-                acc += w3.to(tl.float32) * x3[None, :]
+                acc += w2.to(tl.float32) * tl.load(x_ptr + k + 2 * BLOCK_K + offs_k).to(tl.float32)[None, :]
+                acc += w3.to(tl.float32) * tl.load(x_ptr + k + 3 * BLOCK_K + offs_k).to(tl.float32)[None, :]
         for k in range(k_mid, k_end, BLOCK_K):
             k = tl.multiple_of(k, BLOCK_K)
             w = tl.load(w_rows + (k + offs_k)[None, :], eviction_policy="evict_first")
-            acc += w.to(tl.float32) * _xcol(x_ptr, k + offs_k, K, None, GATED, False)[None, :]
+            xv = tl.load(x_ptr + k + offs_k)
+            acc += w.to(tl.float32) * xv.to(tl.float32)[None, :]
         if k_end < k_hi:
             kk = k_end + offs_k
             mk = kk < k_hi
             w = tl.load(w_rows + kk[None, :], mask=mk[None, :], other=0.0, eviction_policy="evict_first")
-            acc += w.to(tl.float32) * _xcol(x_ptr, kk, K, mk, GATED, True)[None, :]
+            xv = tl.load(x_ptr + kk, mask=mk, other=0.0)
+            acc += w.to(tl.float32) * xv.to(tl.float32)[None, :]
         y = tl.sum(acc, axis=1)[None, :]  # (1, BLOCK_N)
     else:
         # a few rows: products of (BLOCK_M, 1, BLOCK_K) x columns and (1, BLOCK_N, BLOCK_K) W, summed
@@ -130,12 +109,9 @@ def _splitk_reduce(part_ptr, b_ptr, out_ptr, MN, N, SPLIT, HAS_BIAS: tl.constexp
     tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def gemv_triton(
-    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, cfg: GemvConfig, *, gated: bool = False
-) -> torch.Tensor:
-    """`gated`: x is one row [gate | up] of 2K columns (see _xcol); callers pass only one row."""
+def gemv_triton(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, cfg: GemvConfig) -> torch.Tensor:
     N, K = w.shape
-    x2 = x.reshape(-1, 2 * K if gated else K)
+    x2 = x.reshape(-1, K)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     M = x2.shape[0]
@@ -149,12 +125,7 @@ def gemv_triton(
     grid = (triton.cdiv(N, cfg.block_n), split)
     b_arg = b if b is not None else w  # never read without HAS_BIAS
     common = dict(
-        BLOCK_M=BLOCK_M,
-        BLOCK_N=cfg.block_n,
-        BLOCK_K=block_k,
-        UNROLL=cfg.unroll,
-        HAS_BIAS=b is not None,
-        GATED=gated,
+        BLOCK_M=BLOCK_M, BLOCK_N=cfg.block_n, BLOCK_K=block_k, UNROLL=cfg.unroll, HAS_BIAS=b is not None
     )
     if split == 1:
         _gemv_kernel[grid](x2, w, b_arg, out, M, N, K, k_split, x2.stride(0), PARTIAL=False,

@@ -63,13 +63,10 @@ from model.state import TOKEN_AXIS, LayerState, ModelState
 GRAPHED_KINDS = frozenset({"attention", "gated_deltanet", "mamba2", "mlp", "mla"})
 # The fused step's one-token matmuls, by role; `gemv=` picks which run kernels.gemv (a bandwidth-bound
 # Triton GEMV) instead of F.linear (cuBLAS on CUDA).
-# "silu_down": the MLP's down projection reads [gate | up] and applies silu(gate) * up itself
-# (kernels.gemv gated=True), one launch less per layer and token than silu_mul + "down".
-GEMV_ROLES = frozenset({"gate_up", "down", "silu_down", "gdn_in", "gdn_out", "attn_in", "attn_out", "head"})
-# The roles `gemv=None` turns on when the engine is on CUDA: all seven, each faster than cuBLAS at OLMo
+GEMV_ROLES = frozenset({"gate_up", "down", "gdn_in", "gdn_out", "attn_in", "attn_out", "head"})
+# `gemv=None` turns all of them on when the engine is on CUDA: each was faster than cuBLAS at OLMo
 # Hybrid 7B's shape in one run on the H100 (bench/results/gpu_gemv.json: 1.06-1.20x a call); decode at
 # 1k context 166.6 vs 154.7 tok/s with gemv=False in the same run (bench/results/gpu_e2e_gemv.json).
-DEFAULT_GEMV_ROLES: frozenset[str] = GEMV_ROLES - {"silu_down"}
 
 
 class ContextFullError(ModelError, ValueError):
@@ -127,10 +124,10 @@ class DecodeEngine:
 
     def set_gemv(self, gemv: bool | Collection[str] | None) -> None:
         """Which of the fused step's matmuls (GEMV_ROLES) run kernels.gemv instead of F.linear: True all,
-        False none, None the CUDA default (DEFAULT_GEMV_ROLES; none on the CPU), or a set of roles.
+        False none, None the default (all on CUDA, none on the CPU), or a set of roles.
         Drops captured graphs, so the next step captures the new choice."""
         if gemv is None:
-            roles = DEFAULT_GEMV_ROLES if self.device.type == "cuda" else frozenset()
+            roles = GEMV_ROLES if self.device.type == "cuda" else frozenset()
         elif isinstance(gemv, bool):
             roles = GEMV_ROLES if gemv else frozenset()
         else:
@@ -559,12 +556,9 @@ class DecodeEngine:
             if block.mlp is not None:
                 h = settle(None if post else block.mlp_norm.weight)
                 if "w_gu" in plan:
-                    gu = self._mm("gate_up", h, plan["w_gu"], plan["b_gu"])  # type: ignore[arg-type]
+                    z = silu_mul(self._mm("gate_up", h, plan["w_gu"], plan["b_gu"]))  # type: ignore[arg-type]
                     down = block.mlp.down_proj
-                    if "silu_down" in self.gemv_roles:
-                        y = gemv_op(gu, down.weight, down.bias, gated=True)
-                    else:
-                        y = self._mm("down", silu_mul(gu), down.weight, down.bias)
+                    y = self._mm("down", z, down.weight, down.bias)
                 else:
                     y = block.mlp(h)
                 pending.append((y, block.mlp_norm.weight if post else None))

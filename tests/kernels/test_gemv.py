@@ -113,26 +113,3 @@ def test_gemv_many_rows_fall_back_to_linear() -> None:
     """A prefill-sized x is a matrix product: the reference (cuBLAS / CPU BLAS) runs it."""
     x, w = torch.randn(64, 32), torch.randn(16, 32)
     assert torch.equal(gemv(x, w), F.linear(x, w))
-
-
-@pytest.mark.parametrize("n, k, split, bias", [(37, 300, 1, False), (40, 1100, 2, True), (16, 256, 1, True)])
-def test_gated_gemv_is_silu_mul_then_gemv(dev: str, n: int, k: int, split: int, bias: bool) -> None:
-    """gated=True (the MLP's down projection reading [gate | up]) equals silu_mul then the plain gemv.
-    fp32: to the sums' rounding. bf16: within the bf16 tolerance only, as the Triton interpreter rounds
-    fp32 -> bf16 toward zero where torch and the GPU round to nearest (the activation rounds twice)."""
-    from kernels.decode_fused import silu_mul_ref
-
-    for dtype in (torch.float32, torch.bfloat16):
-        g = torch.Generator().manual_seed(n + k)
-        gu = torch.randn(1, 2 * k, generator=g).to(dev, dtype)
-        w = (torch.randn(n, k, generator=g) / k**0.5).to(dev, dtype)
-        b = torch.randn(n, generator=g).to(dev, dtype) if bias else None
-        cfg = GemvConfig(16, 256, split, 4, 2)
-        got = gemv(gu, w, b, config=cfg, gated=True)
-        want = gemv(silu_mul_ref(gu), w, b, config=cfg)
-        assert got.shape == (1, n) and got.dtype == dtype
-        tol = 1e-6 if dtype == torch.float32 else TOL[dtype]
-        assert rel_err(got.double(), want.double()) < tol
-        assert rel_err(got.double(), gemv_ref(gu, w, b, gated=True).double()) < max(tol, 1e-5)
-    with pytest.raises(KernelInputError, match="gate"):
-        gemv(torch.randn(1, k).to(dev), torch.randn(n, k).to(dev), gated=True)
