@@ -68,11 +68,7 @@ except ImportError:  # the reference still works
 
 if triton is not None:
 
-    @triton.jit
-    def _dot(a, b, IEEE: tl.constexpr):
-        if IEEE:  # exact fp32 (fp32 inputs, and the CPU interpreter, whose 16-bit dot is wrong)
-            return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-        return tl.dot(a, b)
+    from kernels.triton_common import dot as _dot
 
     @triton.jit
     def _partial_kernel(

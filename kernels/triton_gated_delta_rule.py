@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 
 from kernels.gated_delta_rule import check_gdr_inputs
+from kernels.triton_common import dot as _mm
 from kernels.triton_gdr_prepare import _gdr_kkt_kernel, _gdr_solve_kernel, _gdr_wu_kernel
 
 CHUNK = 64
@@ -64,13 +65,6 @@ VARIANTS: list[dict[str, int]] = [
 # Not listed (wrong on an H100 under Triton 3.6, device run 5, though right on the interpreter):
 # {"fu_warps": 8} gave inf outputs; {"fu_prec": 0} (T in bf16) gave 0.85 relative error and an
 # illegal memory access. Both at dv-block 32; kernels/NOTES.md.
-
-
-@triton.jit
-def _mm(a, b, IEEE: tl.constexpr):
-    if IEEE:  # exact fp32 (fp32 inputs, and the CPU interpreter, whose 16-bit dot is wrong)
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    return tl.dot(a, b)
 
 
 @triton.jit

@@ -22,12 +22,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _mm(a, b, IEEE: tl.constexpr):
-    if IEEE:  # exact fp32 (fp32 inputs, and the CPU interpreter, whose 16-bit dot is wrong)
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    return tl.dot(a, b)
+from kernels.triton_common import dot as _mm
 
 
 @triton.jit

@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from kernels.ssd_scan import check_ssd_inputs
+from kernels.triton_common import dot as _mm
 
 # Launch parameters (block sizes, warps, pipeline depth); bench/gpu_kernels.py sweeps them.
 # Defaults: the best of the sweeps on an H100 (triton 3.6) at T=16k, H=32, P=N=128, bf16 (device runs 2
@@ -50,13 +51,6 @@ VARIANTS: list[dict[str, int]] = [
     {"st_prec": 0},  # fla's precision: for the record (fails the state-error bound)
     {"fused": 1, "fu_bp": 32, "narrow": 1},
 ]
-
-
-@triton.jit
-def _mm(a, b, IEEE: tl.constexpr):
-    if IEEE:  # full fp32 products (fp32 inputs, and the CPU interpreter, whose 16-bit dot is wrong)
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    return tl.dot(a, b)
 
 
 @triton.jit
