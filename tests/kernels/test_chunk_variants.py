@@ -20,7 +20,6 @@ import torch
 import kernels
 from kernels import triton_gated_delta_rule as tgdr
 from kernels import triton_ssd_scan as tssd
-from kernels._dispatch import interpreter_on
 from kernels.gated_delta_rule import chunk_gated_delta_rule_ref
 from kernels.ssd_scan import ssd_scan_ref
 from kernels.testing import make_gdr_inputs, make_ssd_inputs, rel_err
@@ -46,18 +45,6 @@ def _state_tol(variant: dict[str, int], key: str, dtype: torch.dtype, default_pr
     if variant.get(key, default_prec) == 0:
         return 2e-2
     return 3e-3 if ON_GPU else 1e-3
-
-
-@pytest.fixture
-def dev(monkeypatch: pytest.MonkeyPatch) -> str:
-    if ON_GPU:
-        device = "cuda"
-    elif interpreter_on():
-        device = "cpu"
-    else:
-        pytest.skip("needs CUDA or TRITON_INTERPRET=1 set before Triton is imported")
-    monkeypatch.setenv("HYBRID_AGENT_KERNELS", "triton")
-    return device
 
 
 def _ssd_check(dev: str, variant: dict[str, int], shape: tuple[int, ...], dtype: torch.dtype) -> None:

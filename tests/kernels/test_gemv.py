@@ -13,24 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from kernels import gemv
-from kernels._dispatch import interpreter_on
 from kernels.errors import KernelInputError
 from kernels.gemv import GemvConfig, default_config, gemv_ref
 from kernels.testing import rel_err
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 5e-3}
-
-
-@pytest.fixture
-def dev(monkeypatch: pytest.MonkeyPatch) -> str:
-    if torch.cuda.is_available():
-        device = "cuda"
-    elif interpreter_on():
-        device = "cpu"
-    else:
-        pytest.skip("needs CUDA or TRITON_INTERPRET=1 set before Triton is imported")
-    monkeypatch.setenv("HYBRID_AGENT_KERNELS", "triton")
-    return device
 
 
 def _inputs(m: int, n: int, k: int, dtype: torch.dtype, dev: str, bias: bool, seed: int):

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 import kernels
-from kernels._dispatch import interpreter_on
 from kernels.causal_conv1d import causal_conv1d_ref, causal_conv1d_step_ref
 from kernels.gated_delta_rule import chunk_gated_delta_rule_ref
 from kernels.gated_delta_rule_step import gated_delta_rule_step_ref
@@ -23,18 +22,6 @@ from kernels.ssm_step import ssm_step_ref
 from kernels.testing import make_gdr_inputs, make_ssd_inputs, rel_err
 
 TOL = {torch.float32: 5e-5, torch.bfloat16: 2e-2, torch.float16: 2e-2}
-
-
-@pytest.fixture
-def dev(monkeypatch: pytest.MonkeyPatch) -> str:
-    if torch.cuda.is_available():
-        device = "cuda"
-    elif interpreter_on():
-        device = "cpu"
-    else:
-        pytest.skip("needs CUDA or TRITON_INTERPRET=1 set before Triton is imported")
-    monkeypatch.setenv("HYBRID_AGENT_KERNELS", "triton")
-    return device
 
 
 def _cast(dtype, *ts):
