@@ -384,34 +384,27 @@ def main() -> None:
             print(row, flush=True)
         return rows
 
-    def decode_unfused() -> list[dict[str, Any]]:
-        # The one-graph step with the model's own modules (fuse=False): the session-1 engine, as the
-        # same-run baseline of the fused step.
-        eng = DecodeEngine(ours, max_context=maxctx, prefill_chunk=2048, attention=args.attention, fuse=False)
+    def decode_variant(contexts: list[int], **engine_options: Any) -> list[dict[str, Any]]:
+        # A same-run baseline: the engine built with other options, freed before the next section.
+        size = max(contexts) + N + 16
+        eng = DecodeEngine(ours, max_context=size, attention=args.attention, **engine_options)
         try:
-            return decode(eng, ours, ctxs)
+            return decode(eng, ours, contexts)
         finally:
             del eng
             gc.collect()
             torch.cuda.empty_cache() if b.cuda else None
 
+    # The one-graph step with the model's own modules (fuse=False): the session-1 engine, as the
+    # same-run baseline of the fused step.
     if "decode_unfused" in sections:
-        b.section("decode_unfused", decode_unfused)
+        b.section("decode_unfused", lambda: decode_variant(ctxs, fuse=False))
 
-    def decode_unaligned() -> list[dict[str, Any]]:
-        # The fused step without the zero rows that pad fused projections to multiples of 16 outputs
-        # (DecodeEngine align=1; 16 is the CUDA default: OLMo's GDN q|k|v|a|b|g, 17,340 outputs, ran as
-        # cuBLAS gemvx at ~1.4 TB/s unpadded), up to 64k: the same-run baseline for that choice.
-        eng = DecodeEngine(ours, max_context=ctxs[-2] + N + 16, attention=args.attention, align=1)
-        try:
-            return decode(eng, ours, ctxs[:-1])
-        finally:
-            del eng
-            gc.collect()
-            torch.cuda.empty_cache() if b.cuda else None
-
+    # The fused step without the zero rows that pad fused projections to multiples of 16 outputs
+    # (align=1; 16 is the CUDA default: OLMo's GDN q|k|v|a|b|g, 17,340 outputs, ran as cuBLAS gemvx at
+    # ~1.4 TB/s unpadded), up to 64k: the same-run baseline for that choice.
     if "decode_unaligned" in sections:
-        b.section("decode_unaligned", decode_unaligned)
+        b.section("decode_unaligned", lambda: decode_variant(ctxs[:-1], align=1))
     gemv_roles: dict[str, Any] = {"default": None, "off": False, "all": True, "measured": None}
 
     def gemv_bench() -> dict[str, Any]:
