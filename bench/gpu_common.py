@@ -14,9 +14,12 @@ import json
 import platform
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from model.engine import DecodeEngine
 
 
 def device_info() -> dict[str, Any]:
@@ -36,6 +39,18 @@ def device_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
+
+
+def fill_synthetic(eng: DecodeEngine, gen: torch.Generator) -> None:
+    """Random K/V in every cache slot and random recurrent states: a long context without prefilling it
+    (decode cost does not depend on the values)."""
+    with torch.inference_mode():
+        for ls in eng.state.layers:
+            for name, buf in ls.storage.items():
+                if name != "pos":
+                    buf.normal_(generator=gen)
+            for name, t in ls.recurrent.items():
+                t.normal_(generator=gen).mul_(0.1 if name != "conv" else 1.0)
 
 
 def median_ms(fn: Callable[[], object], *, graph: bool = False, rep_ms: int = 200) -> float:

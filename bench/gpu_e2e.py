@@ -38,6 +38,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from gpu_common import fill_synthetic
+
 from model import HybridConfig, HybridLM
 from model.attention import Attention
 from model.checkpoints import olmo_hybrid
@@ -123,17 +125,6 @@ def attention_only(model: HybridLM) -> HybridLM:
     _rope_buffers(attn, dev)
     attn._fingerprint = "bench-attention-only"
     return attn.eval()
-
-
-def fill_synthetic(eng: DecodeEngine, gen: torch.Generator) -> None:
-    """Random K/V in every cache slot and random recurrent states: a long context without prefilling it."""
-    with torch.inference_mode():
-        for ls in eng.state.layers:
-            for name, buf in ls.storage.items():
-                if name != "pos":
-                    buf.normal_(generator=gen)
-            for name, t in ls.recurrent.items():
-                t.normal_(generator=gen).mul_(0.1 if name != "conv" else 1.0)
 
 
 def floor_bytes(model: HybridLM, ctx: int) -> dict[str, int]:

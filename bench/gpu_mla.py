@@ -33,6 +33,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from gpu_common import fill_synthetic
+
 from model import HybridConfig, HybridLM
 from model.engine import DecodeEngine
 
@@ -108,16 +110,6 @@ def check_vs_eager(m: HybridLM, eng: DecodeEngine, gen: torch.Generator, steps: 
     same = sum(int(g.argmax() == w.argmax()) for g, w in zip(got, want, strict=True))
     eng.reset()
     return {"steps": steps + 1, "max_rel_logit_diff": max(rel), "argmax_agree": same}
-
-
-def fill_synthetic(eng: DecodeEngine, gen: torch.Generator) -> None:
-    with torch.inference_mode():
-        for ls in eng.state.layers:
-            for name, buf in ls.storage.items():
-                if name != "pos":
-                    buf.normal_(generator=gen)
-            for name, t in ls.recurrent.items():
-                t.normal_(generator=gen).mul_(0.1 if name != "conv" else 1.0)
 
 
 def floor_bytes(model: HybridLM, eng: DecodeEngine, ctx: int) -> int:
