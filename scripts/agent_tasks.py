@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent_workspaces import WORDS, Constant, Workspace, fresh_name, note_line
+from agent_workspaces import WORDS, Constant, Workspace, fresh_name, note_line, pick
 
 Check = Callable[[Path, str], bool]
 
@@ -138,7 +138,7 @@ def create_task(rng: random.Random, ws: Workspace) -> Task:
     rel = ""
     while not rel or rel in ws.files:  # a new file: "created", never "overwrote"
         folder = rng.choice([*ws.folders, "."])
-        name = f"{rng.choice(['todo', 'notes', 'ideas', 'plan', 'draft', 'summary'])}_{rng.choice(WORDS)}.md"
+        name = f"{rng.choice(['todo', 'notes', 'ideas', 'plan', 'draft', 'summary'])}_{pick(rng, WORDS)}.md"
         rel = name if folder == "." else f"{folder}/{name}"
     line = note_line(rng)
     text = line + "\n"
@@ -164,7 +164,7 @@ def append_task(rng: random.Random, ws: Workspace) -> Task:
     rel = rng.choice(notes) if notes else rng.choice(sorted(ws.files))
     text = ws.files[rel]
     last = text.splitlines()[-1]
-    line = f"- {note_line(rng)} ({rng.choice(WORDS)})"
+    line = f"- {note_line(rng)} ({pick(rng, WORDS)})"
     prompt = rng.choice(
         [
             f"Add the line '{line}' at the end of {rel}.",
@@ -186,7 +186,7 @@ def _replace_plan(rng: random.Random, ws: Workspace, c: Constant) -> tuple[str, 
     text = ws.files[c.path]
     old_line = text.splitlines()[c.line - 1]
     quoted = old_line.endswith("'")
-    new_value = rng.choice(WORDS) if quoted else str(rng.randint(2, 9999))
+    new_value = pick(rng, WORDS) if quoted else str(rng.randint(2, 9999))
     new_line = old_line.split("=")[0] + "= " + (repr(new_value) if quoted else new_value)
     prompt = rng.choice(
         [
@@ -238,7 +238,7 @@ def missing_task(rng: random.Random, ws: Workspace) -> Task:
             ["no matches"],
         )
     folder = rng.choice([*ws.folders, "."])
-    stem = f"{rng.choice(WORDS)}_{rng.choice(['notes.md', 'config.toml', 'main.py'])}"
+    stem = f"{pick(rng, WORDS)}_{rng.choice(['notes.md', 'config.toml', 'main.py'])}"
     rel = stem if folder == "." else f"{folder}/{stem}"
     prompt = rng.choice(
         [
@@ -361,9 +361,7 @@ class Fact:
 def make_facts(rng: random.Random, n: int) -> list[Fact]:
     keys = rng.sample(FACT_KEYS, n)
     values = [
-        rng.choice(
-            [rng.choice(WORDS), f"{rng.choice(WORDS)}-{rng.randint(1, 99)}", str(rng.randint(10, 9999))]
-        )
+        rng.choice([pick(rng, WORDS), f"{pick(rng, WORDS)}-{rng.randint(1, 99)}", str(rng.randint(10, 9999))])
         for _ in keys
     ]
     return [Fact(k, v) for k, v in zip(keys, values, strict=True)]

@@ -6,6 +6,10 @@ Design choices:
   about it has exactly one right answer, and the generator knows that answer (`Workspace` metadata).
 - Names come from word pools combined at random, so the model must read them from tool results rather
   than memorise them; values are random numbers and words for the same reason.
+- `WIDE` (0 by default, the eval's setting) is the share of names and values drawn instead from
+  made-up words (`made_up_word`: a space of millions), for training data: with a pool of 46 words a
+  model can answer from a prior ("falcon") instead of copying, and v3 did; with made-up words only
+  copying works. At 0 no extra random number is drawn, so the same seed writes the same files as before.
 """
 
 from __future__ import annotations
@@ -49,6 +53,28 @@ WORDS = _words(
     "meadow harbor summit"
 )
 FOLDERS = _words("src lib app core utils api services web tools notes docs config scripts data")
+# Syllables of made-up words: pronounceable, so a BPE splits them into a few pieces like real words.
+ONSETS = _words("b c d f g h j k l m n p r s t v w z br ch dr fl gr kr pl sh st tr th")
+VOWELS = _words("a e i o u ai ea ou y")
+CODAS = ("", "", "", "n", "r", "l", "s", "t", "m", "x", "nd", "rk")
+
+WIDE = 0.0  # share of made-up names and values (training data; the eval keeps 0)
+
+
+def made_up_word(rng: random.Random) -> str:
+    """A pronounceable non-word of 1 to 4 syllables, e.g. "tovemi", "brailnd", "kou"."""
+    return "".join(
+        rng.choice(ONSETS) + rng.choice(VOWELS) + rng.choice(CODAS) for _ in range(rng.randint(1, 4))
+    )
+
+
+def pick(rng: random.Random, pool: list[str]) -> str:
+    """rng.choice(pool), or with probability WIDE a made-up word (no extra draw when WIDE is 0)."""
+    if WIDE and rng.random() < WIDE:
+        return made_up_word(rng)
+    return rng.choice(pool)
+
+
 NOTE_LINES = (
     "fix the login bug",
     "write tests for the parser",
@@ -85,11 +111,16 @@ NOTE_TEMPLATES = (
 def note_line(rng: random.Random) -> str:
     """A to-do line: one of the fixed NOTE_LINES a quarter of the time, else a fresh combination of
     the word pools (with a number now and then), so that copying it is the only way to get it right."""
+    if WIDE and rng.random() < WIDE / 2:  # no template at all: 2 to 7 words and numbers
+        return " ".join(
+            str(rng.randint(1, 9999)) if rng.random() < 0.15 else pick(rng, WORDS + NOUNS + VERBS)
+            for _ in range(rng.randint(2, 7))
+        )
     if rng.random() < 0.25:
         return rng.choice(NOTE_LINES)
     return rng.choice(NOTE_TEMPLATES).format(
-        verb=rng.choice(VERBS), verb2=rng.choice(VERBS), noun=rng.choice(NOUNS), noun2=rng.choice(NOUNS),
-        word=rng.choice(WORDS), folder=rng.choice(FOLDERS), num=rng.randint(2, 9999),
+        verb=rng.choice(VERBS), verb2=rng.choice(VERBS), noun=pick(rng, NOUNS), noun2=pick(rng, NOUNS),
+        word=pick(rng, WORDS), folder=rng.choice(FOLDERS), num=rng.randint(2, 9999),
     )  # fmt: skip
 
 
@@ -135,14 +166,27 @@ def _value(rng: random.Random) -> str:
     if kind < 0.5:
         return str(rng.choice([rng.randint(2, 99), rng.randint(100, 9999)]))
     if kind < 0.8:
-        return repr(rng.choice(WORDS))
-    return repr(f"{rng.choice(WORDS)}-{rng.randint(1, 99)}")
+        return repr(pick(rng, WORDS))
+    return repr(f"{pick(rng, WORDS)}-{rng.randint(1, 99)}")
+
+
+def _wide_names(rng: random.Random, names: list[str], upper: bool = False) -> list[str]:
+    """`names` with each one replaced by a made-up word with probability WIDE (none when 0)."""
+    if not WIDE:
+        return names
+    out = []
+    for name in names:
+        if rng.random() < WIDE:
+            name = made_up_word(rng)
+            name = name.upper() + rng.choice(["", "_SIZE", "_NAME", "_LIMIT"]) if upper else name
+        out.append(name)
+    return list(dict.fromkeys(out))  # a made-up name could repeat a drawn one
 
 
 def _python_file(rng: random.Random, ws: Workspace, rel: str, used: set[str]) -> str:
-    lines: list[str] = [f'"""{rng.choice(VERBS).capitalize()} {rng.choice(NOUNS)}s for the project."""', ""]
+    lines: list[str] = [f'"""{rng.choice(VERBS).capitalize()} {pick(rng, NOUNS)}s for the project."""', ""]
     for _ in range(rng.randint(0, 2)):
-        name = rng.choice(CONSTS)
+        name = _wide_names(rng, [rng.choice(CONSTS)], upper=True)[0]
         if name in used:
             continue
         used.add(name)
@@ -150,15 +194,15 @@ def _python_file(rng: random.Random, ws: Workspace, rel: str, used: set[str]) ->
         lines.append(f"{name} = {value}")
         ws.constants.append(Constant(name, value.strip("'"), rel, len(lines)))
     for _ in range(rng.randint(1, 3)):
-        name = f"{rng.choice(VERBS)}_{rng.choice(NOUNS)}"
+        name = f"{rng.choice(VERBS)}_{pick(rng, NOUNS)}"
         if name in used:
             continue
         used.add(name)
-        args = rng.sample(ARGS, rng.randint(0, 3))
+        args = _wide_names(rng, rng.sample(ARGS, rng.randint(0, 3)))
         lines += ["", ""]
         lines.append(f"def {name}({', '.join(args)}):")
         ws.functions.append(Function(name, args, rel, len(lines)))
-        body = args[0] if args else repr(rng.choice(WORDS))
+        body = args[0] if args else repr(pick(rng, WORDS))
         if rng.random() < 0.5:
             lines.append(f'    """{name.replace("_", " ").capitalize()}."""')
         lines.append(f"    return {body}")
@@ -166,8 +210,8 @@ def _python_file(rng: random.Random, ws: Workspace, rel: str, used: set[str]) ->
 
 
 def _config_file(rng: random.Random, ws: Workspace, rel: str, used: set[str]) -> str:
-    lines = [f"# settings for {rng.choice(WORDS)}"]
-    for key in rng.sample(CONFIG_KEYS, rng.randint(2, 5)):
+    lines = [f"# settings for {pick(rng, WORDS)}"]
+    for key in _wide_names(rng, rng.sample(CONFIG_KEYS, rng.randint(2, 5))):
         if key in used:
             continue
         used.add(key)
@@ -194,7 +238,7 @@ def make_workspace(rng: random.Random, root: Path) -> Workspace:
         folder = rng.choice([*folders, "."]) if rng.random() < 0.9 else "."
         kind = rng.random()
         if kind < 0.55:
-            stem, text_of = f"{rng.choice(NOUNS)}{rng.choice(['', 's', '_utils', '_io'])}.py", "py"
+            stem, text_of = f"{pick(rng, NOUNS)}{rng.choice(['', 's', '_utils', '_io'])}.py", "py"
         elif kind < 0.75:
             stem, text_of = f"{rng.choice(['settings', 'app', 'deploy', 'local'])}.toml", "cfg"
         else:
@@ -220,6 +264,6 @@ def make_workspace(rng: random.Random, root: Path) -> Workspace:
 def fresh_name(rng: random.Random, taken: set[str]) -> str:
     """A function-like name that does not occur in the workspace."""
     while True:
-        name = f"{rng.choice(VERBS)}_{rng.choice(NOUNS)}"
+        name = f"{rng.choice(VERBS)}_{pick(rng, NOUNS)}"
         if name not in taken:
             return name

@@ -1,6 +1,7 @@
 """Generate the default model's training data: agent episodes with real tool calls and real results.
 
     python scripts/make_agent_data.py --out .data/agent --episodes 20000 --seed 0 [--tokenizer DIR]
+        [--wide 0.5]
 
 Design choices:
 - Deterministic from `--seed`: episode i uses `random.Random(f"{seed}:{i}")` and a fresh temporary
@@ -17,6 +18,9 @@ Design choices:
   `tokenizer.json`. Which tokens carry loss is recomputed from the ids (model/training/data.py).
   The tokenizer is a byte-level BPE trained on the episodes' text with the native special tokens
   first, in `NATIVE_SPECIAL_TOKENS` order, unless `--tokenizer` names an existing one.
+- `--wide P` (training data; 0, the eval's generator, by default): names and values are made-up
+  words with probability P (agent_workspaces.WIDE), and the mix gains plain copy episodes ("Repeat
+  after me: ...") and a larger share of memory episodes (38% against 35%).
 """
 
 from __future__ import annotations
@@ -38,8 +42,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import agent_workspaces
 from agent_tasks import CHITCHAT, Fact, Task, make_facts, make_task
-from agent_workspaces import Workspace, make_workspace
+from agent_workspaces import WORDS, Workspace, made_up_word, make_workspace, pick
 
 from model.chat import DEFAULT_SYSTEM_PROMPT, ChatMessage, NativeChatFormat
 from model.tokenizer import NATIVE_SPECIAL_TOKENS, Tokenizer
@@ -154,28 +159,75 @@ def _memory_turns(rng: random.Random, w: EpisodeWriter, ws: Workspace, facts: li
     w.ep.kinds.append("memory")
 
 
-def make_episode(seed: int, index: int, workdir: Path | None = None) -> Episode:
+COPY_ASKS = (
+    "Repeat after me: {x}",
+    "Say exactly this: {x}",
+    "Echo '{x}'.",
+    "Please repeat '{x}' back to me.",
+    "Write {x}",
+    'Copy this: "{x}"',
+)
+
+
+def copy_phrase(rng: random.Random) -> str:
+    """1 to 6 made-up or pool words, numbers, identifiers and paths: nothing a prior can guess."""
+    parts = []
+    for _ in range(rng.randint(1, 6)):
+        r = rng.random()
+        if r < 0.5:
+            parts.append(made_up_word(rng))
+        elif r < 0.65:
+            parts.append(str(rng.randint(0, 99999)))
+        elif r < 0.8:
+            parts.append(f"{pick(rng, WORDS)}_{made_up_word(rng)}")
+        elif r < 0.9:
+            folder, ext = rng.choice(["src", "lib", "docs"]), rng.choice(["py", "md"])
+            parts.append(f"{folder}/{made_up_word(rng)}.{ext}")
+        else:
+            parts.append(rng.choice(WORDS))
+    return " ".join(parts)
+
+
+def _copy_turns(rng: random.Random, w: EpisodeWriter) -> None:
+    for _ in range(rng.randint(2, 6)):
+        x = copy_phrase(rng)
+        w.chat(rng.choice(COPY_ASKS).format(x=x), x)
+    w.ep.kinds.append("copy")
+
+
+def make_episode(seed: int, index: int, workdir: Path | None = None, wide: float = 0.0) -> Episode:
     """Episode `index` of `seed`. Its workspace is a temporary folder, or `workdir` (kept) if given;
     it is the first thing drawn from the episode's generator, so `make_workspace(episode_rng(seed,
-    index), root)` rebuilds it as it was before the episode's tools ran."""
-    with tempfile.TemporaryDirectory(prefix="agent-ep-") as tmp:
-        return _episode(episode_rng(seed, index), Path(workdir or tmp))
+    index), root)` rebuilds it as it was before the episode's tools ran (with the same `wide`)."""
+    before = agent_workspaces.WIDE
+    agent_workspaces.WIDE = wide
+    try:
+        with tempfile.TemporaryDirectory(prefix="agent-ep-") as tmp:
+            return _episode(episode_rng(seed, index), Path(workdir or tmp), wide > 0)
+    finally:
+        agent_workspaces.WIDE = before
 
 
 def episode_rng(seed: int, index: int) -> random.Random:
     return random.Random(f"{seed}:{index}")
 
 
-def _episode(rng: random.Random, root: Path) -> Episode:
+def _episode(rng: random.Random, root: Path, wide: bool = False) -> Episode:
     ws = make_workspace(rng, root)
     roll = rng.random()
-    if roll < 0.05:  # plain text: a file of the workspace, for fluency
+    # Shares: text 5%, memory 35%, tasks 60%; wide: text 4%, copy 6%, memory 38%, tasks 52%.
+    text_end, copy_end, memory_end = (0.04, 0.10, 0.48) if wide else (0.05, 0.05, 0.40)
+    if roll < text_end:  # plain text: a file of the workspace, for fluency
         ep = Episode("text")
         ep.pieces.append(("<|bos|>", True, False))
         ep.pieces += [(t, False, True) for t in ws.files.values()]
         return ep
     with ToolRegistry(workspace=ws.root, load_plugins=False) as registry:
-        if roll < 0.40:
+        if roll < copy_end:
+            w = EpisodeWriter(registry, "copy")
+            _copy_turns(rng, w)
+            return w.ep
+        if roll < memory_end:
             w = EpisodeWriter(registry, "memory")
             gap = rng.choice([rng.randint(1, 8), rng.randint(8, 30), rng.randint(30, 60)])
             _memory_turns(rng, w, ws, make_facts(rng, rng.randint(1, 4)), gap)
@@ -202,12 +254,13 @@ def _episode(rng: random.Random, root: Path) -> Episode:
         return w.ep
 
 
-def _episode_args(args: tuple[int, int]) -> Episode:
-    return make_episode(*args)
+def _episode_args(args: tuple[int, int, float]) -> Episode:
+    seed, index, wide = args
+    return make_episode(seed, index, wide=wide)
 
 
-def episodes(seed: int, n: int, *, workers: int = 1) -> Iterator[Episode]:
-    jobs = [(seed, i) for i in range(n)]
+def episodes(seed: int, n: int, *, workers: int = 1, wide: float = 0.0) -> Iterator[Episode]:
+    jobs = [(seed, i, wide) for i in range(n)]
     if workers <= 1:
         yield from map(_episode_args, jobs)
         return
@@ -217,16 +270,24 @@ def episodes(seed: int, n: int, *, workers: int = 1) -> Iterator[Episode]:
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> Tokenizer:
     """Byte-level BPE with the native special tokens first (ids 0..10, in their fixed order), digits
-    split one per token."""
+    split one per token, and words never merged with the space or punctuation before them."""
+    from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
     from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import decoders, models, pre_tokenizers, trainers
 
     hf = HFTokenizer(models.BPE())
-    # One token per digit: a number is then copied digit by digit with the same ten well-trained
-    # tokens wherever it appears, instead of as one of thousands of rarely seen multi-digit merges
-    # (the first model turned "7198" into "723" when copying it from a request into an edit).
+    # Pieces: a run of letters, one digit, a run of whitespace, a run of other characters. One token
+    # per digit: a number is copied digit by digit with the same ten well-trained tokens wherever it
+    # appears (the first model turned "7198" into "723" when copying it from a request into an edit).
+    # Letters apart from the space before them: GPT-2's " vega" and "vega" (after a quote, a '(' or a
+    # '"') are two unrelated tokens, so copying "vega" from `X = 'vega'` into "X is vega." was a
+    # learned mapping for each word, not a copy; here a word, made-up or not, is the same tokens
+    # everywhere. The cost: about one more token for each word of prose (the space).
+    split = Regex(r"\p{L}+|\p{N}|\s+|[^\s\p{L}\p{N}]+")
     hf.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        [
+            pre_tokenizers.Split(split, behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
     )
     hf.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -270,6 +331,30 @@ def encode_episode(
     return ids, mask
 
 
+def encode_for_corpus(
+    ep: Episode, tok: Tokenizer, cache: dict[tuple[str, bool], list[int]]
+) -> tuple[str, list[str], list[int], int]:
+    """(kind, task kinds, ids, length of the system segment at their head: 0 for plain text)."""
+    ids, _ = encode_episode(ep, tok, cache)
+    head = 0
+    if len(FORMAT.system_pieces("", [])) == 3 and ep.kind != "text":
+        head = len(encode_episode(Episode(ep.kind, ep.pieces[:3]), tok, cache)[0])
+    return ep.kind, ep.kinds, ids, head
+
+
+_WORKER_TOK: dict[str, tuple[Tokenizer, dict[tuple[str, bool], list[int]]]] = {}
+
+
+def _encoded_args(args: tuple[int, int, float, str]) -> tuple[str, list[str], list[int], int]:
+    """An episode made and encoded in a worker (with a tokenizer given, encoding runs in parallel too:
+    in the main process alone it took as long as making the episodes on 16 cores)."""
+    seed, index, wide, tok_path = args
+    if tok_path not in _WORKER_TOK:
+        _WORKER_TOK[tok_path] = (Tokenizer.from_file(tok_path), {})
+    tok, cache = _WORKER_TOK[tok_path]
+    return encode_for_corpus(make_episode(seed, index, wide=wide), tok, cache)
+
+
 def main(argv: list[str] | None = None) -> None:
     import numpy as np
 
@@ -280,32 +365,38 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--vocab-size", type=int, default=8192)
     p.add_argument("--tokenizer", type=Path, default=None, help="an existing tokenizer.json or its folder")
+    p.add_argument("--wide", type=float, default=0.0, help="share of made-up names and values (training)")
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
 
-    eps = list(episodes(a.seed, a.episodes, workers=a.workers))
     if a.tokenizer is not None:
         tok = Tokenizer.from_file(a.tokenizer)
+        tok.save(a.out)
+        jobs = [(a.seed, i, a.wide, str(a.out / "tokenizer.json")) for i in range(a.episodes)]
+        if a.workers <= 1:
+            encoded = list(map(_encoded_args, jobs))
+        else:
+            with Pool(a.workers) as pool:
+                encoded = list(pool.imap(_encoded_args, jobs, chunksize=32))
     else:
+        eps = list(episodes(a.seed, a.episodes, workers=a.workers, wide=a.wide))
         tok = train_tokenizer(tokenizer_texts(eps), a.vocab_size)
-    tok.save(a.out)
+        tok.save(a.out)
+        cache: dict[tuple[str, bool], list[int]] = {}
+        encoded = [encode_for_corpus(ep, tok, cache) for ep in eps]
     prefix: list[int] | None = None
     chunks: list[np.ndarray] = []
     starts, with_prefix = [0], []
-    cache: dict[tuple[str, bool], list[int]] = {}
-    for ep in eps:
-        ids, _ = encode_episode(ep, tok, cache)
-        head = len(FORMAT.system_pieces("", [])) == 3 and ep.kind != "text"
-        if head:
+    for _kind, _kinds, ids, n in encoded:
+        if n:
             # Every chat episode starts with the same system segment: store it once (train.py re-adds it).
-            n = len(encode_episode(Episode(ep.kind, ep.pieces[:3]), tok)[0])
             prefix = ids[:n] if prefix is None else prefix
             if ids[:n] != prefix:
                 raise PlanMismatch("episodes do not share one system segment")
             ids = ids[n:]
         chunks.append(np.asarray(ids, dtype=np.uint16))
         starts.append(starts[-1] + len(ids))
-        with_prefix.append(int(head))
+        with_prefix.append(int(n > 0))
     assert tok.vocab_size <= 65536 and prefix is not None
     np.concatenate(chunks).tofile(a.out / "tokens.bin")
     np.save(a.out / "docs.npy", np.asarray(starts, dtype=np.int64))
@@ -315,6 +406,7 @@ def main(argv: list[str] | None = None) -> None:
     manifest = {
         "seed": a.seed,
         "episodes": a.episodes,
+        "wide": a.wide,
         "stored_tokens": int(starts[-1]),
         "tokens_with_prefix": int(starts[-1] + len(prefix) * sum(with_prefix)),
         "prefix_tokens": len(prefix),
@@ -323,8 +415,8 @@ def main(argv: list[str] | None = None) -> None:
             "max": int(lengths.max()),
             "min": int(lengths.min()),
         },
-        "episode_kinds": dict(Counter(ep.kind for ep in eps)),
-        "task_kinds": dict(Counter(k for ep in eps for k in ep.kinds)),
+        "episode_kinds": dict(Counter(e[0] for e in encoded)),
+        "task_kinds": dict(Counter(k for e in encoded for k in e[1])),
         "vocab_size": tok.vocab_size,
         "tokenizer_sha256": hashlib.sha256((a.out / "tokenizer.json").read_bytes()).hexdigest(),
     }

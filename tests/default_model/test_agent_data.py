@@ -142,3 +142,103 @@ def test_note_lines_vary_and_copy_heavy_kinds_are_drawn_more() -> None:
     heavy = sum(counts[k] for k in WEIGHTS) / len(WEIGHTS)
     light = sum(v for k, v in counts.items() if k not in WEIGHTS) / max(1, len(set(counts) - set(WEIGHTS)))
     assert heavy > 1.4 * light, counts
+
+
+def test_wide_zero_is_the_eval_generator_and_wide_draws_made_up_words(tmp_path: Path) -> None:
+    """--wide 0 (the eval's generator) only uses the word pools; --wide 0.5 makes up names and values
+    (arguments, constants, fact values) that no pool holds, and its workspace metadata still matches
+    the files."""
+    import agent_workspaces as aw
+    from agent_tasks import make_facts
+
+    def names(ws: aw.Workspace) -> tuple[set[str], set[str]]:
+        return {a for f in ws.functions for a in f.args}, {c.name for c in ws.constants}
+
+    def pooled(value: str) -> bool:
+        return value.isdigit() or value.split("-")[0] in aw.WORDS
+
+    pools = set(aw.ARGS), set(aw.CONSTS) | set(aw.CONFIG_KEYS)
+    seen_args: set[str] = set()
+    for i in range(30):
+        args, consts = names(make_workspace(random.Random(i), tmp_path / f"n{i}"))
+        assert args <= pools[0] and consts <= pools[1]
+        assert all(pooled(f.value) for f in make_facts(random.Random(i), 3))
+    assert aw.WIDE == 0
+    aw.WIDE = 0.5
+    try:
+        values = []
+        for i in range(30):
+            root = tmp_path / f"w{i}"
+            ws = make_workspace(random.Random(i), root)
+            args, _ = names(ws)
+            seen_args |= args - pools[0]
+            for fn in ws.functions:
+                line = (root / fn.path).read_text().splitlines()[fn.line - 1]
+                assert line == f"def {fn.name}({', '.join(fn.args)}):"
+            for c in ws.constants:
+                line = (root / c.path).read_text().splitlines()[c.line - 1]
+                assert line.startswith(f"{c.name} = ") and c.value in line
+            values += [f.value for f in make_facts(random.Random(i), 3)]
+    finally:
+        aw.WIDE = 0.0
+    assert len(seen_args) > 10
+    made_up = [v for v in values if not pooled(v)]
+    assert 0.1 * len(values) < len(made_up) < 0.6 * len(values)
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_wide_tool_results_are_real(tmp_path: Path, index: int) -> None:
+    import agent_workspaces as aw
+
+    ep = gen.make_episode(4, index, workdir=tmp_path / "episode", wide=0.5)
+    calls, results = _calls_and_results(ep)
+    aw.WIDE = 0.5
+    try:
+        make_workspace(gen.episode_rng(4, index), tmp_path / "replay")
+    finally:
+        aw.WIDE = 0.0
+    with ToolRegistry(workspace=tmp_path / "replay", load_plugins=False) as registry:
+        for (name, args), expected in zip(calls, results, strict=True):
+            assert registry.call(name, args).text == expected
+    assert gen.make_episode(4, index, wide=0.5).pieces == ep.pieces
+
+
+def test_copy_episodes_answer_with_the_request_text() -> None:
+    found = 0
+    for i in range(80):
+        ep = gen.make_episode(1, i, wide=0.5)
+        if ep.kind != "copy":
+            continue
+        found += 1
+        users = [ep.pieces[k + 1][0] for k, (t, m, _) in enumerate(ep.pieces) if m and t == "<|user|>"]
+        replies = [t for t, m, trained in ep.pieces if trained and not m]
+        assert len(users) == len(replies) >= 2
+        assert all(r in u for u, r in zip(users, replies, strict=True))
+    assert found >= 2
+
+
+def test_words_encode_the_same_in_every_context(tmp_path: Path) -> None:
+    """A word (or made-up word) is the same tokens after a space, a quote, a '(' or a '"', so copying
+    it from a file or a request into an answer or a call is a plain copy of ids."""
+    out = tmp_path / "data"
+    gen.main(["--out", str(out), "--episodes", "30", "--seed", "6", "--workers", "1", "--vocab-size", "900",
+              "--wide", "0.5"])  # fmt: skip
+    tok = Tokenizer.from_file(out / "tokenizer.json")
+    for word in ("heron", "encoding", "tovemi", "user_id", "brailnd"):
+        word_ids = tok.encode(word)
+        for text in (f"is {word}.", f"X = '{word}'", f"f({word}, x)", f'{{"content": "{word}\\n"}}'):
+            ids = tok.encode(text)
+            n = len(word_ids)
+            assert any(ids[i : i + n] == word_ids for i in range(len(ids))), (word, text)
+
+
+def test_encoding_in_workers_equals_encoding_in_main(tmp_path: Path) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    gen.main(["--out", str(first), "--episodes", "20", "--seed", "8", "--workers", "1", "--vocab-size", "700",
+              "--wide", "0.5"])  # fmt: skip
+    gen.main(["--out", str(second), "--episodes", "20", "--seed", "8", "--workers", "2", "--wide", "0.5",
+              "--tokenizer", str(first / "tokenizer.json")])  # fmt: skip
+    for name in ("tokens.bin", "tokenizer.json"):
+        assert (first / name).read_bytes() == (second / name).read_bytes()
+    for name in ("docs.npy", "with_prefix.npy", "prefix.npy"):
+        assert np.array_equal(np.load(first / name), np.load(second / name))

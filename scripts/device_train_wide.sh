@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# On the lent GPU machine: generate the training corpus there (16 cores: episodes made and encoded in
+# parallel with a tokenizer trained here beforehand), train the hybrid on it, pack bf16 weights back.
+# Usage (repo root there): bash scripts/device_train_wide.sh OUT SECONDS EPISODES SEED TOKENIZER [INIT]
+#   SECONDS bounds the whole script: training gets what generation leaves, less 50 s to evaluate and
+#   pack. INIT: a save_pretrained folder to continue from (same tokenizer). Data: --wide 0.5.
+# Extra train.py flags go in TRAIN_ARGS.
+set -euo pipefail
+out=$1 seconds=$2 episodes=$3 seed=$4 tok=$5 init=${6:-}
+start=$(date +%s)
+export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+workers=$(( $(nproc) > 1 ? $(nproc) - 1 : 1 ))
+python3 scripts/make_agent_data.py --out /tmp/agent-data --episodes "$episodes" --seed "$seed" \
+  --workers "$workers" --wide 0.5 --tokenizer "$tok" > "$out/manifest.json"
+echo "data: $(( $(date +%s) - start )) s"
+minutes=$(python3 -c "print(max(0.5, ($seconds - $(date +%s) + $start - 50) / 60))")
+python3 -m model.training.train --data /tmp/agent-data --out /tmp/run-hybrid --arch hybrid \
+  --minutes "$minutes" --max-steps 100000 --log-every 50 --checkpoint-minutes 0 \
+  ${init:+--init "$init"} ${TRAIN_ARGS:-} 2>&1 | grep -v '^{' || true
+python3 - <<'PY'
+import torch
+from safetensors.torch import load_file, save_file
+p = "/tmp/run-hybrid/model.safetensors"  # bf16 for the trip back (the loader casts to fp32 on the CPU)
+save_file({k: v.to(torch.bfloat16) for k, v in load_file(p).items()}, p, metadata={"format": "pt"})
+PY
+tar cf /tmp/hybrid.tar -C /tmp run-hybrid
+split -b 15900000 /tmp/hybrid.tar "$out/hybrid.tar.part-"
+ls -la "$out"; echo "total: $(( $(date +%s) - start )) s"
