@@ -1,7 +1,7 @@
 """Evaluate a native agent model (the packaged default unless --model) through the real agent.
 
     python bench/eval_default_model.py [--model DIR] [--per-kind 10] [--recall-n 10] [--workers 2]
-        [--speed] [--out bench/results/eval_default_model.json]
+        [--speed] [--wide 0] [--out bench/results/eval_default_model.json]
 
 What is measured (held-out seeds, never used for training data: training uses 0..N, this 10**6 + i):
 - tool-call validity: of all tool calls the model wrote, the share that parsed as JSON, named a real
@@ -14,6 +14,10 @@ What is measured (held-out seeds, never used for training data: training uses 0.
   the agent closed and a fresh agent (model reloaded from disk) resumed from the database before the
   question. Same episodes, greedy decoding, so the two columns should agree;
 - with --speed: decode tokens/s and first-token latency of a turn on this machine's CPU.
+
+`--wide P` (0 by default: the pools the eval has always used) draws names and values from made-up
+words with probability P (scripts/agent_workspaces.py WIDE): the same checks on requests whose words
+no pool holds, a test of copying rather than of the word pools.
 
 Every agent here is `agent.Agent` over a real `memory.Store` (SQLite file) and the built-in tools.
 """
@@ -36,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 
+import agent_workspaces  # noqa: E402
 from agent_tasks import CHITCHAT, TASKS, make_facts, make_task  # noqa: E402
 from agent_workspaces import make_workspace  # noqa: E402
 
@@ -43,6 +48,10 @@ EVAL_SEED = 10**6
 DISTANCES = (5, 20, 50)
 _ENGINE: Any = None
 _MODEL_DIR: str | None = None
+
+
+def _set_wide(wide: float) -> None:
+    agent_workspaces.WIDE = wide
 
 
 def _engine(model_dir: str | None) -> Any:
@@ -214,13 +223,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--distances", default=",".join(map(str, DISTANCES)))
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--speed", action="store_true")
+    p.add_argument("--wide", type=float, default=0.0, help="share of made-up names and values")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "eval_default_model.json")
     a = p.parse_args(argv)
     t0 = time.perf_counter()
     task_jobs = [(a.model, kind, i) for kind in TASKS for i in range(a.per_kind)]
     distances = [int(x) for x in a.distances.split(",") if x]
     recall_jobs = [(a.model, d, i) for d in distances for i in range(a.recall_n)]
-    with Pool(a.workers) as pool:
+    with Pool(a.workers, initializer=_set_wide, initargs=(a.wide,)) as pool:
         tasks = pool.map(eval_task, task_jobs, chunksize=1)
         recalls = pool.map(eval_recall, recall_jobs, chunksize=1)
     import torch
@@ -230,7 +240,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "model": a.model or "model/default (packaged)",
         "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__},
-        "settings": {"per_kind": a.per_kind, "recall_n": a.recall_n, "greedy": True, "seeds_from": EVAL_SEED},
+        "settings": {
+            "per_kind": a.per_kind,
+            "recall_n": a.recall_n,
+            "greedy": True,
+            "seeds_from": EVAL_SEED,
+            "wide": a.wide,
+        },
         "summary": summarize(tasks, recalls),
         "seconds": round(time.perf_counter() - t0, 1),
     }
