@@ -7,7 +7,10 @@ Default (split) path, three launches, as in the SSD paper's block decomposition:
 1. `_ssd_states_kernel`, one program per (batch*head, p-block, n-block), walks the chunks in order.
    It writes the state *entering* each chunk to a buffer (b, h, c, p, n), then folds the chunk in:
    S <- exp(cum_L) S + (x * exp(cum_L - cum) dt)^T B. Sequential in chunks, but each step is one
-   small matrix product, and the intra-chunk work is left to the next launch.
+   small matrix product, and the intra-chunk work is left to the next launch. That product runs in
+   fp16 on power-of-two-scaled operands (`st_prec` 3: tf32's 11 significant bits at 16-bit width).
+   Chunks are 128 tokens (`L`), whatever chunk_size the caller passes: half the sequential steps
+   and half the stored states of 64-token chunks, for an output kernel no slower (NOTES.md).
 2. `_ssd_output_kernel`, one program per (chunk, batch*head, p-block), fully parallel over chunks:
    y = [(C B^T) * exp(cum_i - cum_j) dt_j]_causal x + exp(cum_i) C S_in^T + D x.
 
@@ -29,27 +32,32 @@ import triton.language as tl
 
 from kernels.ssd_scan import check_ssd_inputs
 from kernels.triton_common import dot as _mm
+from kernels.triton_common import pow2_scale as _pow2_scale
 
 # Launch parameters (block sizes, warps, pipeline depth); bench/gpu_kernels.py sweeps them.
-# Defaults: the best of the sweeps on an H100 (triton 3.6) at T=16k, H=32, P=N=128, bf16 (device runs 2
-# and 5, kernels/NOTES.md): split path, 32x32 state blocks, tf32 state update, precomputed weights.
+# Defaults: the best of the sweeps on an H100 (triton 3.6) at T=16k, H=32, P=N=128, bf16 (device runs 2,
+# 5 and s3-1, kernels/NOTES.md): split path with 128-token chunks (`L`, 0 = the caller's chunk_size),
+# 64x64 state blocks, fp16 scaled state update (`st_prec` 3), precomputed weights, 8-warp output.
 # `fused` = 1 runs `_ssd_fused_kernel` (one launch, chunk `fu_L`, p-block `fu_bp`, state update
 # precision `fu_prec`, see `_update`); 0 runs the
 # two-launch split path (states kernel + output kernel) with the `st_*` / `out_*` parameters.
 # `narrow` = 1 allows 16-bit products with an output width of 32 (crashed once under Triton 3.6, NOTES.md).
 CONFIG = {
     "fused": 0, "fu_L": 64, "fu_bp": 64, "fu_warps": 4, "fu_stages": 2, "fu_prec": 2, "narrow": 0,
-    "st_bp": 32, "st_bn": 32, "st_warps": 4, "st_stages": 2, "st_prec": 1, "st_pre": 1,
-    "out_bp": 128, "out_warps": 4,
+    "st_bp": 64, "st_bn": 64, "st_warps": 4, "st_stages": 2, "st_prec": 3, "st_pre": 1,
+    "out_bp": 128, "out_warps": 8, "L": 128,
 }  # fmt: skip
 # The previous design (the split path as first tuned), and the variants bench/gpu_kernels.py times
 # against it; tests/kernels/test_chunk_variants.py checks every one against the reference.
-REFERENCE = {"fused": 0, "st_prec": 1, "st_pre": 0, "st_bp": 32, "st_bn": 32, "st_warps": 4}
+REFERENCE = {
+    "fused": 0, "st_prec": 1, "st_pre": 0, "st_bp": 32, "st_bn": 32, "st_warps": 4, "L": 0, "out_warps": 4,
+}  # fmt: skip
 VARIANTS: list[dict[str, int]] = [
-    {"st_prec": 2},
-    {"st_prec": 2, "st_bp": 64, "st_bn": 64, "st_warps": 8},
-    {"st_prec": 0},  # fla's precision: for the record (fails the state-error bound)
-    {"fused": 1, "fu_bp": 32, "narrow": 1},
+    {"st_prec": 0},  # fla's precision (xw rounded to bf16): for the record, fails the state-error bound
+    {"L": 0, "st_prec": 1, "st_bp": 32, "st_bn": 32, "out_warps": 4},  # the default of device run 5
+    {"st_prec": 1},  # tf32 update at the new shape
+    {"st_stages": 3},
+    {"st_warps": 8},
 ]
 
 
@@ -58,14 +66,32 @@ def _update(xw, b, PREC: tl.constexpr, IEEE: tl.constexpr):
     """(xw^T b): the chunk's contribution to the state, (L, BP) x (L, BN) -> (BP, BN). xw is fp32
     (x scaled by its decay and dt), b is the input dtype. PREC 1: fp32 operands (tf32 on the GPU);
     2: xw split into 16-bit hi + lo parts, two 16-bit products (~16-bit mantissa, more than tf32's
-    10, and b stays a 16-bit operand); 0: xw rounded to 16 bits (as fla)."""
+    10, and b stays a 16-bit operand); 0: xw rounded to 16 bits (as fla); 3: both operands
+    power-of-two scaled into fp16 (tf32's precision at 16-bit width, `_update_f16`)."""
     if PREC == 1:
         return _mm(tl.trans(xw), b.to(tl.float32), IEEE)
+    if PREC == 3:
+        return _update_f16(xw, b, IEEE)
     hi = xw.to(b.dtype)
     out = _mm(tl.trans(hi), b, IEEE)
     if PREC == 2:
         out += _mm(tl.trans((xw - hi.to(tl.float32)).to(b.dtype)), b, IEEE)
     return out
+
+
+@triton.jit
+def _update_f16(xw, b, IEEE: tl.constexpr):
+    """PREC 3: xw^T b as one fp16 product of power-of-two-scaled operands. fp16 keeps 11 significant
+    bits, as many as tf32, so the state update is as precise as PREC 1's tf32 product, at 16-bit
+    operand width (half the shared-memory bytes and twice the tensor-core rate of tf32). The scales
+    (one per tile and chunk) put each operand's largest entry at the top of fp16's range, so nothing
+    overflows; entries more than 2^24 below a tile's largest lose precision, as they would in the
+    fp32 sum. b (bf16) may hold values outside fp16's range, hence its own scale."""
+    bf = b.to(tl.float32)
+    sx = _pow2_scale(xw)
+    sb = _pow2_scale(bf)
+    out = _mm(tl.trans((xw * sx).to(tl.float16)), (bf * sb).to(tl.float16), IEEE)
+    return out * (1.0 / sx) * (1.0 / sb)  # two factors: sx * sb could overflow fp32
 
 
 @triton.jit
@@ -281,12 +307,15 @@ def ssd_scan_triton(
         _ssd_fused_kernel[(triton.cdiv(p, BP), b * h)](
             x, dt, A32, B, C, Dv, s0, y, final, t, h, g, p, n, triton.cdiv(t, L),
             HAS_S0=initial_state is not None, HAS_D=D is not None, L=L, BP=BP,
-            BN=_pow2_at_least_16(n), IEEE=ieee, PREC=cfg["fu_prec"],
+            BN=_pow2_at_least_16(n), IEEE=ieee, PREC=cfg["fu_prec"] if x.dtype != torch.float32 else 1,
             num_warps=cfg["fu_warps"], num_stages=cfg["fu_stages"],
         )  # fmt: skip
         return y, final
-    L = _pow2_at_least_16(chunk_size)  # tl.dot needs >= 16; the result does not depend on the chunk
+    # tl.dot needs >= 16; the result does not depend on the chunk, so `L` (when set) overrides it.
+    L = _pow2_at_least_16(cfg["L"] or chunk_size)
     nchunk = triton.cdiv(t, L)
+    # fp32 inputs keep exact fp32 state products (PREC 3 would round them to fp16).
+    st_prec = cfg["st_prec"] if x.dtype != torch.float32 else 1
     states_dtype = states_dtype or (torch.float32 if x.dtype == torch.float32 else x.dtype)
     states = torch.empty((b, h, nchunk, p, n), device=x.device, dtype=states_dtype)
     final = torch.empty((b, h, p, n), device=x.device, dtype=torch.float32)
@@ -303,7 +332,7 @@ def ssd_scan_triton(
         w_buf = decay = A32  # not read
     _ssd_states_kernel[grid_s](
         x, dt, A32, B, s0, states, final, w_buf, decay, t, h, g, p, n, nchunk,
-        HAS_S0=initial_state is not None, L=L, BP=BP_s, BN=BN_s, IEEE=ieee, PREC=cfg["st_prec"], PRE=pre,
+        HAS_S0=initial_state is not None, L=L, BP=BP_s, BN=BN_s, IEEE=ieee, PREC=st_prec, PRE=pre,
         num_warps=cfg["st_warps"], num_stages=cfg["st_stages"],
     )  # fmt: skip
     BP_o, BN_o = min(cfg["out_bp"], _pow2_at_least_16(p)), _pow2_at_least_16(n)

@@ -110,3 +110,23 @@ def test_gdn_variants_gpu(dev, variant, shape):
     _gdn_check(dev, variant, shape, torch.bfloat16)
     if shape[3] == 128:
         _gdn_check(dev, variant, shape, torch.float32)
+
+
+@pytest.mark.parametrize("scale", [1e5, 1e-7], ids=["above_fp16_range", "below_fp16_normals"])
+def test_ssd_fp16_state_update_range(dev, scale):
+    """The default state update (`st_prec` 3) rounds its operands to fp16 after power-of-two scaling:
+    x and B far above fp16's range (65504) or below its normals (6e-5) must keep the state as
+    precise as at unit scale. Unscaled, the first overflows to inf and the second loses its digits."""
+    if ON_GPU:
+        shape = (1, 1037, 4, 1, 128, 128)
+    else:
+        shape = (1, 70, 2, 1, 16, 32)
+    b, t, h, g, p, n = shape
+    x, dt, A, B, C, D, s0 = make_ssd_inputs(b, t, h, g, p, n, seed=11, with_init=True, device=dev)
+    x, B, C = (x * scale).to(torch.bfloat16), (B * scale).to(torch.bfloat16), C.to(torch.bfloat16)
+    s0 = s0 * scale * scale
+    y_ref, s_ref = ssd_scan_ref(x, dt, A, B, C, D=D, initial_state=s0)
+    with _config(tssd, {"st_prec": 3, "fused": 0}):
+        y, s = kernels.ssd_scan(x, dt, A, B, C, D=D, initial_state=s0)
+    assert rel_err(y, y_ref) < 2e-2
+    assert rel_err(s, s_ref) < (3e-3 if ON_GPU else 1e-3)
