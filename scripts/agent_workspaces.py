@@ -170,8 +170,12 @@ def _value(rng: random.Random) -> str:
     return repr(f"{pick(rng, WORDS)}-{rng.randint(1, 99)}")
 
 
-def _wide_names(rng: random.Random, names: list[str], upper: bool = False) -> list[str]:
-    """`names` with each one replaced by a made-up word with probability WIDE (none when 0)."""
+def _wide_names(
+    rng: random.Random, names: list[str], upper: bool = False, used: set[str] | None = None
+) -> list[str]:
+    """`names` with each one replaced by a made-up word with probability WIDE (none when 0). A made-up
+    name inside or around a name in `used` ("ra" and "bra") is dropped: `ra = 5` would not be a unique
+    anchor for an edit of a file that also says `bra = 5`."""
     if not WIDE:
         return names
     out = []
@@ -179,6 +183,8 @@ def _wide_names(rng: random.Random, names: list[str], upper: bool = False) -> li
         if rng.random() < WIDE:
             name = made_up_word(rng)
             name = name.upper() + rng.choice(["", "_SIZE", "_NAME", "_LIMIT"]) if upper else name
+            if any(name in u or u in name for u in used or ()):
+                continue
         out.append(name)
     return list(dict.fromkeys(out))  # a made-up name could repeat a drawn one
 
@@ -186,9 +192,10 @@ def _wide_names(rng: random.Random, names: list[str], upper: bool = False) -> li
 def _python_file(rng: random.Random, ws: Workspace, rel: str, used: set[str]) -> str:
     lines: list[str] = [f'"""{rng.choice(VERBS).capitalize()} {pick(rng, NOUNS)}s for the project."""', ""]
     for _ in range(rng.randint(0, 2)):
-        name = _wide_names(rng, [rng.choice(CONSTS)], upper=True)[0]
-        if name in used:
+        drawn = _wide_names(rng, [rng.choice(CONSTS)], upper=True, used=used)
+        if not drawn or drawn[0] in used:
             continue
+        name = drawn[0]
         used.add(name)
         value = _value(rng)
         lines.append(f"{name} = {value}")
@@ -211,7 +218,7 @@ def _python_file(rng: random.Random, ws: Workspace, rel: str, used: set[str]) ->
 
 def _config_file(rng: random.Random, ws: Workspace, rel: str, used: set[str]) -> str:
     lines = [f"# settings for {pick(rng, WORDS)}"]
-    for key in _wide_names(rng, rng.sample(CONFIG_KEYS, rng.randint(2, 5))):
+    for key in _wide_names(rng, rng.sample(CONFIG_KEYS, rng.randint(2, 5)), used=used):
         if key in used:
             continue
         used.add(key)
@@ -262,8 +269,9 @@ def make_workspace(rng: random.Random, root: Path) -> Workspace:
 
 
 def fresh_name(rng: random.Random, taken: set[str]) -> str:
-    """A function-like name that does not occur in the workspace."""
+    """A function-like name that does not occur in the workspace, nor begins a name that does (a grep
+    for `def close_re` finds `def close_request`; only made-up nouns can be such prefixes)."""
     while True:
         name = f"{rng.choice(VERBS)}_{pick(rng, NOUNS)}"
-        if name not in taken:
+        if name not in taken and not any(t.startswith(name) for t in taken):
             return name

@@ -345,14 +345,22 @@ def encode_for_corpus(
 _WORKER_TOK: dict[str, tuple[Tokenizer, dict[tuple[str, bool], list[int]]]] = {}
 
 
-def _encoded_args(args: tuple[int, int, float, str]) -> tuple[str, list[str], list[int], int]:
+def _encoded_args(args: tuple[int, int, float, str]) -> tuple[str, list[str], list[int], int] | None:
     """An episode made and encoded in a worker (with a tokenizer given, encoding runs in parallel too:
-    in the main process alone it took as long as making the episodes on 16 cores)."""
+    in the main process alone it took as long as making the episodes on 16 cores). With made-up
+    words (wide > 0) a plan that the tools contradict is skipped and counted rather than fatal: a
+    collision of made-up names found after 60k episodes should not cost a whole training run."""
     seed, index, wide, tok_path = args
     if tok_path not in _WORKER_TOK:
         _WORKER_TOK[tok_path] = (Tokenizer.from_file(tok_path), {})
     tok, cache = _WORKER_TOK[tok_path]
-    return encode_for_corpus(make_episode(seed, index, wide=wide), tok, cache)
+    try:
+        ep = make_episode(seed, index, wide=wide)
+    except PlanMismatch:
+        if not wide:
+            raise
+        return None
+    return encode_for_corpus(ep, tok, cache)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -378,10 +386,13 @@ def main(argv: list[str] | None = None) -> None:
         else:
             with Pool(a.workers) as pool:
                 encoded = list(pool.imap(_encoded_args, jobs, chunksize=32))
+        skipped = sum(e is None for e in encoded)
+        encoded = [e for e in encoded if e is not None]
     else:
         eps = list(episodes(a.seed, a.episodes, workers=a.workers, wide=a.wide))
         tok = train_tokenizer(tokenizer_texts(eps), a.vocab_size)
         tok.save(a.out)
+        skipped = 0
         cache: dict[tuple[str, bool], list[int]] = {}
         encoded = [encode_for_corpus(ep, tok, cache) for ep in eps]
     prefix: list[int] | None = None
@@ -407,6 +418,7 @@ def main(argv: list[str] | None = None) -> None:
         "seed": a.seed,
         "episodes": a.episodes,
         "wide": a.wide,
+        "skipped_plan_mismatch": skipped,
         "stored_tokens": int(starts[-1]),
         "tokens_with_prefix": int(starts[-1] + len(prefix) * sum(with_prefix)),
         "prefix_tokens": len(prefix),

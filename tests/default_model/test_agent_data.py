@@ -242,3 +242,18 @@ def test_encoding_in_workers_equals_encoding_in_main(tmp_path: Path) -> None:
         assert (first / name).read_bytes() == (second / name).read_bytes()
     for name in ("docs.npy", "with_prefix.npy", "prefix.npy"):
         assert np.array_equal(np.load(first / name), np.load(second / name))
+
+
+def test_made_up_names_are_no_prefix_of_taken_ones() -> None:
+    """A grep for a missing `def close_re` must not find `def close_request`."""
+    import agent_workspaces as aw
+
+    aw.WIDE = 1.0
+    try:
+        rng = random.Random(0)
+        taken = {f"{v}_{aw.made_up_word(rng)}" for v in aw.VERBS for _ in range(20)}
+        for _ in range(300):
+            name = aw.fresh_name(rng, taken)
+            assert not any(t.startswith(name) for t in taken)
+    finally:
+        aw.WIDE = 0.0
