@@ -251,7 +251,8 @@ def test_made_up_names_are_no_prefix_of_taken_ones() -> None:
     aw.WIDE = 1.0
     try:
         rng = random.Random(0)
-        taken = {f"{v}_{aw.made_up_word(rng)}" for v in aw.VERBS for _ in range(20)}
+        # every one-syllable made-up noun without a coda begins a taken name: ~8% of made-up draws
+        taken = {f"{v}_{o}{u}qq" for v in aw.VERBS for o in aw.ONSETS for u in aw.VOWELS}
         for _ in range(300):
             name = aw.fresh_name(rng, taken)
             assert not any(t.startswith(name) for t in taken)
