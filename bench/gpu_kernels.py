@@ -386,7 +386,18 @@ def main() -> None:
     ap.add_argument("--variant", default="[]", help="internal: JSON list of CONFIG overrides")
     ap.add_argument("--no-time", action="store_true", help="internal: compile and check, no timing")
     ap.add_argument("--parallel", type=int, default=6, help="processes for --sections warm")
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="OP.KEY=INT",
+        help="override a CONFIG entry before anything runs (op ssd or gdn), e.g. gdn.fu_stages=2",
+    )  # fmt: skip
     args = ap.parse_args()
+    for item in args.set:
+        name, value = item.split("=")
+        op, key = name.split(".")
+        module = tssd if op == "ssd" else tgdr
+        if key not in module.CONFIG:
+            raise SystemExit(f"--set: {op} has no CONFIG key {key!r}")
+        module.CONFIG = {**module.CONFIG, key: int(value)}
     if args.variant_op:
         variant_child(args.variant_op, json.loads(args.variant), timed=not args.no_time)
         return
@@ -395,7 +406,8 @@ def main() -> None:
         return
     t0 = time.time()
     torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 references stay fp32
-    result: dict[str, Any] = {"info": device_info()}
+    result: dict[str, Any] = {"info": device_info(), "command": sys.argv, "set": args.set}
+    result["config"] = {"ssd": tssd.CONFIG, "gdn": tgdr.CONFIG}
     fla = _fla()
     result["copy_1GiB_GBps"] = ceiling = copy_bandwidth_GBps()
     print(result["info"], f"copy {ceiling:.0f} GB/s")

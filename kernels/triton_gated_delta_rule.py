@@ -38,11 +38,12 @@ CHUNK = 64
 # matrix and the decay cumsums come from the kkt kernel, not the sequential loop); 0: the five-launch
 # split path.
 # `narrow` = 1 allows 16-bit products with an output width of 32 (crashed once under Triton 3.6, NOTES.md).
+# `fu_stages` 3 (was 2): 1.19 -> 1.03 ms at 16k, H32 K=V=128, H100 (device run s3-1, NOTES.md).
 CONFIG = {
     "fused": 1,
     "fu_bv": 0,
     "fu_warps": 4,
-    "fu_stages": 2,
+    "fu_stages": 3,
     "fu_prec": 2,
     "qk_pre": 1,
     "narrow": 1,
@@ -59,12 +60,13 @@ CONFIG = {
 # against it; tests/kernels/test_chunk_variants.py checks every one against the reference.
 REFERENCE = {"fused": 0}
 VARIANTS: list[dict[str, int]] = [
-    {"fu_bv": 32, "fu_prec": 1, "qk_pre": 0},  # the first fused version, best of device run 4
-    {"qk_pre": 0},
+    {"fu_stages": 2},  # the default of device run 5
 ]
-# Not listed (wrong on an H100 under Triton 3.6, device run 5, though right on the interpreter):
+# Not listed (wrong on an H100 under Triton 3.6, though right on the interpreter; kernels/NOTES.md):
 # {"fu_warps": 8} gave inf outputs; {"fu_prec": 0} (T in bf16) gave 0.85 relative error and an
-# illegal memory access. Both at dv-block 32; kernels/NOTES.md.
+# illegal memory access (device run 5, dv-block 32); {"fu_stages": 1} an illegal memory access at
+# k96/v192 (dv-block 64), and T as power-of-two-scaled fp16 (tried, since removed) ~0.86 relative
+# error at both test shapes (device run s3-1). {"fu_warps": 2} was right but 2.8x slower.
 
 
 @triton.jit
