@@ -99,9 +99,10 @@ def main() -> None:
                     tssd._ssd_fused_kernel, ssd_types, consts, cfg["fu_warps"], cfg["fu_stages"]
                 )
             elif name == "ssd":
+                L = cfg["L"] or 64
                 consts = dict(
                     HAS_S0=False,
-                    L=64,
+                    L=L,
                     BP=cfg["st_bp"],
                     BN=cfg["st_bn"],
                     IEEE=False,
@@ -111,6 +112,11 @@ def main() -> None:
                 k = compile_kernel(
                     tssd._ssd_states_kernel, ssd_types, consts, cfg["st_warps"], cfg["st_stages"]
                 )
+                print(f"{name} {var or 'default'} states: {resources(k)}", flush=True)
+                consts = dict(HAS_D=True, L=L, BP=cfg["out_bp"], BN=128, IEEE=False)
+                k = compile_kernel(tssd._ssd_output_kernel, ssd_types, consts, cfg["out_warps"], 2)
+                print(f"{name} {var or 'default'} output: {resources(k)}", flush=True)
+                continue
             else:
                 continue
             print(f"{name} {var or 'default'}: {resources(k)}", flush=True)
