@@ -1,19 +1,21 @@
-"""CPU decode speed of the shipped default model: the reference kernels against the CPU fast paths.
+"""CPU decode speed of the shipped default model: the reference kernels, the generic path, and the
+one-token CPU path that the agent runs.
 
 Greedy decode of `--tokens` tokens (one `model(token, state)` call each, as the agent's engine does)
-after a short prefill, on a fresh state every time. Modes: `ref` (`HYBRID_AGENT_KERNELS=ref`, the
-`*_ref` kernels), `auto-unfused` (`auto`: the `*_cpu` kernels, with the Mamba-2 mixer's one-token
-CPU step `model.mamba2.FUSED_CPU_STEP` off), `auto` (both on: what the agent runs). The modes
-alternate inside every repeat, so load from other processes hits all alike; each number is the
-median over repeats, and every mode must decode the same tokens. The
-model-level changes made for speed (one RoPE cos/sin per attention call, the one-token id check) are
-exact refactors in both runs, so the ratio understates the gain over older code. Writes JSON with the
-load average before and after, since on a shared 2-core machine the absolute numbers move with it.
+after a prefill of `--prompt-len` tokens, on a fresh state every repeat. Modes: `ref`
+(`HYBRID_AGENT_KERNELS=ref`, the `*_ref` kernels), `generic` (`auto`: the `*_cpu` kernels through
+each module's `forward`, with the one-token CPU path `model.layers.CPU_DECODE` off), `auto` (what the
+agent runs: `CPU_DECODE` on, see model/layers.py). The modes run token by token in turn, each on its
+own state, so load from other processes hits all of them alike even when it changes within a repeat.
+Per mode and repeat: tok/s = tokens / the summed time of its steps (the argmax and the model call);
+the JSON gives the median over repeats, the median of the per-repeat ratios, and the median step
+time over all steps. Every mode must decode the same tokens. The load average is written before and
+after: on a shared 2-core machine the absolute numbers move with it.
 
-    .venv/bin/python bench/cpu_decode.py [--tokens 200] [--prompt-len 32] [--repeats 5] [--threads N]
+    .venv/bin/python bench/cpu_decode.py [--tokens 150] [--prompt-len 900] [--repeats 15] [--threads N]
 
 `--prompt-len 900` is about the context of the agent's first turn (system prompt + tool schemas), where
-`bench/eval_default_model.py --speed` measures; attention then costs more per token.
+`bench/eval_default_model.py --speed` measures; attention costs more per token at longer contexts.
 """
 
 from __future__ import annotations
@@ -33,30 +35,47 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-import model.mamba2  # noqa: E402
+import model.layers  # noqa: E402
 from model import HybridLM  # noqa: E402
 
 ENV_VAR = "HYBRID_AGENT_KERNELS"
+MODES = ("ref", "generic", "auto")
 
 
-def decode_tok_s(model: HybridLM, prompt: list[int], n: int) -> tuple[float, list[int]]:
-    state = model.new_state()
-    logits = model(torch.tensor([prompt]), state)[:, -1]  # (1, V)
-    toks = []
-    t0 = time.perf_counter()
+def set_mode(mode: str) -> None:
+    os.environ[ENV_VAR] = "ref" if mode == "ref" else "auto"
+    model.layers.CPU_DECODE = mode == "auto"
+
+
+def decode_interleaved(
+    lm: HybridLM, prompt: list[int], n: int
+) -> tuple[dict[str, list[float]], dict[str, list[int]]]:
+    """Prefill `prompt` once per mode, then `n` greedy steps, the modes in turn at every step; the
+    seconds of each step and the tokens, per mode."""
+    states, logits = {}, {}
+    for mode in MODES:
+        set_mode(mode)
+        states[mode] = lm.new_state()
+        logits[mode] = lm(torch.tensor([prompt]), states[mode])[:, -1]  # (1, V)
+    times: dict[str, list[float]] = {m: [] for m in MODES}
+    tokens: dict[str, list[int]] = {m: [] for m in MODES}
     for _ in range(n):
-        tok = int(logits.argmax(-1))
-        toks.append(tok)
-        logits = model(torch.tensor([[tok]]), state)[:, -1]
-    return n / (time.perf_counter() - t0), toks
+        for mode in MODES:
+            set_mode(mode)
+            t0 = time.perf_counter()
+            tok = int(logits[mode].argmax(-1))
+            logits[mode] = lm(torch.tensor([[tok]]), states[mode])[:, -1]
+            times[mode].append(time.perf_counter() - t0)
+            tokens[mode].append(tok)
+    return times, tokens
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=str(ROOT / "model" / "default"))
-    ap.add_argument("--tokens", type=int, default=200)
-    ap.add_argument("--prompt-len", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--tokens", type=int, default=150)
+    ap.add_argument("--prompt-len", type=int, default=900)
+    ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "cpu_decode.json"))
     args = ap.parse_args()
@@ -65,29 +84,25 @@ def main() -> None:
     lm = HybridLM.from_pretrained(args.model, device="cpu")
     prompt = [10 + i % 4000 for i in range(args.prompt_len)]
     load_before = os.getloadavg()
-    runs: dict[str, list[float]] = {"ref": [], "auto-unfused": [], "auto": []}
-    tokens: dict[str, list[int]] = {}
-
-    def set_mode(mode: str) -> None:
-        os.environ[ENV_VAR] = mode.split("-")[0]
-        model.mamba2.FUSED_CPU_STEP = mode != "auto-unfused"
-
-    for mode in runs:  # warm-up, not timed
-        set_mode(mode)
-        decode_tok_s(lm, prompt, 20)
+    decode_interleaved(lm, prompt[:32], 10)  # warm-up, not timed
+    rates: dict[str, list[float]] = {m: [] for m in MODES}
+    steps: dict[str, list[float]] = {m: [] for m in MODES}
     for _ in range(args.repeats):
-        for mode in runs:
-            set_mode(mode)
-            rate, toks = decode_tok_s(lm, prompt, args.tokens)
-            runs[mode].append(rate)
-            tokens[mode] = toks
+        times, tokens = decode_interleaved(lm, prompt, args.tokens)
+        assert tokens["ref"] == tokens["generic"] == tokens["auto"], "a fast path decoded other tokens"
+        for mode in MODES:
+            rates[mode].append(args.tokens / sum(times[mode]))
+            steps[mode].extend(times[mode])
     os.environ.pop(ENV_VAR)
     set_mode("auto")
-    assert tokens["ref"] == tokens["auto"] == tokens["auto-unfused"], "a fast path decoded other tokens"
-    ref, fast = statistics.median(runs["ref"]), statistics.median(runs["auto"])
-    unfused = statistics.median(runs["auto-unfused"])
+    med = {m: statistics.median(rates[m]) for m in MODES}
+
+    def paired(a: str, b: str) -> float:
+        return round(statistics.median(x / y for x, y in zip(rates[a], rates[b], strict=True)), 3)
+
     result = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": "python bench/cpu_decode.py " + " ".join(sys.argv[1:]),
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -97,22 +112,16 @@ def main() -> None:
         "prompt_len": args.prompt_len,
         "repeats": args.repeats,
         "model": args.model,
-        "ref_tok_s": [round(x, 1) for x in runs["ref"]],
-        "unfused_tok_s": [round(x, 1) for x in runs["auto-unfused"]],
-        "fast_tok_s": [round(x, 1) for x in runs["auto"]],
-        "ref_median_tok_s": round(ref, 1),
-        "unfused_median_tok_s": round(unfused, 1),
-        "fast_median_tok_s": round(fast, 1),
-        "speedup": round(fast / ref, 3),
-        "speedup_vs_unfused": round(fast / unfused, 3),
-        # Each repeat runs the modes back to back: the median of the per-repeat ratios is less
-        # sensitive to load that changes during the run than the ratio of the medians.
-        "paired_speedup": round(
-            statistics.median(f / r for f, r in zip(runs["auto"], runs["ref"], strict=True)), 3
-        ),
-        "paired_speedup_vs_unfused": round(
-            statistics.median(f / u for f, u in zip(runs["auto"], runs["auto-unfused"], strict=True)), 3
-        ),
+        **{f"{m}_tok_s": [round(x, 1) for x in rates[m]] for m in MODES},
+        **{f"{m}_median_tok_s": round(med[m], 1) for m in MODES},
+        # The median step over every step of every repeat: less moved by the slowest repeats.
+        **{f"{m}_median_step_ms": round(1e3 * statistics.median(steps[m]), 3) for m in MODES},
+        "speedup_vs_ref": round(med["auto"] / med["ref"], 3),
+        "speedup_vs_generic": round(med["auto"] / med["generic"], 3),
+        # The modes share every repeat: the median of the per-repeat ratios is less sensitive to
+        # load that changes during the run than the ratio of the medians.
+        "paired_speedup_vs_ref": paired("auto", "ref"),
+        "paired_speedup_vs_generic": paired("auto", "generic"),
         "same_tokens": True,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -103,6 +103,35 @@ class Attention(nn.Module):
         out = out.view(B, self.n_heads, T, self.head_dim)  # (B, H, T, Dh)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))  # (B, T, D)
 
+    def step_cpu(self, x: Tensor, layer: LayerState, state: ModelState) -> Tensor:
+        """`forward` for one fp32 token on the CPU (model/layers.py `cpu_decode_applies`) without a
+        window or QK-norm, bit for bit: the same projections, RoPE values and SDPA call, with q and
+        k rotated together and without the position range, the per-head transposes and the RoPE
+        helper's extra concatenations (~15 fewer torch calls a layer). DecodeEngine's CPU step
+        (`project` + `sdpa`) is held to the same numbers by tests/engine/test_engine_cpu.py."""
+        if state.window is not None or self.qk_norm != "none" or self.inv_freq is None:
+            return self.forward(x, layer, state)
+        B, H, Hkv, Dh, R = x.shape[0], self.n_heads, self.n_kv_heads, self.head_dim, self.rope_dim
+        pos = torch.tensor([state.n_tokens])  # (1,)
+        x2 = x.view(B, -1)
+        q = F.linear(x2, self.q_proj.weight, self.q_proj.bias).view(B, H, Dh)
+        k = F.linear(x2, self.k_proj.weight, self.k_proj.bias).view(B, Hkv, Dh)
+        v = F.linear(x2, self.v_proj.weight, self.v_proj.bias).view(B, Hkv, 1, Dh)
+        cos, sin = rope_cos_sin(pos, self.inv_freq)  # (1, 1, 1, R) each: the values `forward` uses
+        cos, sin = cos.view(R), sin.view(R)
+        # rotate(): x * cos + cat(-x2, x1) * sin, with q and k in one tensor
+        qk = torch.cat((q, k), dim=1)  # (B, H + Hkv, Dh)
+        rotated = torch.cat((qk[..., R // 2 : R].neg(), qk[..., : R // 2]), dim=-1)  # (B, H + Hkv, R)
+        rotated.mul_(sin)
+        qk_r = torch.mul(qk[..., :R], cos).add_(rotated)  # (B, H + Hkv, R)
+        if Dh != R:  # partial RoPE: the rest of each head passes through
+            qk_r = torch.cat((qk_r, qk[..., R:]), dim=-1)  # (B, H + Hkv, Dh)
+        state.append_cache(layer, {"k": qk_r[:, H:, None], "v": v}, pos)  # (B, Hkv, 1, Dh) each
+        G = H // Hkv
+        q = qk_r[:, :H].reshape(B, Hkv, G, Dh)  # head h reads KV head h // G
+        out = sdpa(q, layer.cache["k"], layer.cache["v"], None, 1.0 / math.sqrt(Dh))  # (B, Hkv, G, Dh)
+        return F.linear(out.view(B, 1, H * Dh), self.o_proj.weight, self.o_proj.bias)  # (B, 1, D)
+
 
 # Unmasked calls on CUDA (decode: one query row per head, no window): flash or memory-efficient only.
 # With the default backend list, torch 2.11 spent ~59 ms of host time in a call whose key length

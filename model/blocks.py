@@ -86,3 +86,21 @@ class Block(nn.Module):
         if self.mlp is not None and self.mlp_norm is not None:
             x = x + (self.mlp_norm(self.mlp(x)) if self.post_norm else self.mlp(self.mlp_norm(x)))
         return x  # (B, T, D)
+
+    def step_cpu(self, x: Tensor, layer: LayerState, state: ModelState) -> Tensor:
+        """`forward` for one fp32 token on the CPU (model/layers.py `cpu_decode_applies`): each part's
+        `step_cpu` where it has one, the residual added in place (`x` is the caller's own buffer)."""
+        if self.post_norm:
+            return self.forward(x, layer, state)
+        mixer = self.mixer
+        if mixer is not None and self.mixer_norm is not None:
+            h = self.mixer_norm.step_cpu(x)  # (B, 1, D)
+            if isinstance(mixer, Mamba2Mixer):
+                x.add_(mixer._step_cpu(h, layer))
+            elif isinstance(mixer, Attention):
+                x.add_(mixer.step_cpu(h, layer, state))
+            else:
+                x.add_(mixer(h, layer, state))
+        if self.mlp is not None and self.mlp_norm is not None:
+            x.add_(self.mlp.step_cpu(self.mlp_norm.step_cpu(x)))
+        return x  # (B, 1, D)

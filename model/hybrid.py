@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from model.blocks import Block
 from model.config import HybridConfig
 from model.errors import CheckpointError, StateMismatchError, TokenRangeError
-from model.layers import RMSNorm
+from model.layers import RMSNorm, cpu_decode_applies
 from model.state import ModelState, state_layout
 
 WEIGHTS_FILE = "model.safetensors"
@@ -139,12 +139,18 @@ class HybridLM(nn.Module):
         self._check(input_ids, state)
         T = input_ids.shape[1]
         x = self.embed_tokens(input_ids.to(self.device))  # (B, T, D)
-        for block, layer in zip(self.layers, state.layers, strict=True):
-            x = block(x, layer, state)  # (B, T, D)
+        if T == 1 and cpu_decode_applies(x):  # one fp32 token on the CPU: see model/layers.py
+            for block, layer in zip(self.layers, state.layers, strict=True):
+                x = block.step_cpu(x, layer, state)  # (B, 1, D)
+            x = self.norm.step_cpu(x)  # (B, 1, D)
+        else:
+            for block, layer in zip(self.layers, state.layers, strict=True):
+                x = block(x, layer, state)  # (B, T, D)
+            x = self.norm(x)  # (B, T, D)
         state.n_tokens += T
-        for i in range(len(state.layers)):
-            state.evict(i)
-        x = self.norm(x)  # (B, T, D)
+        if state.window is not None:  # nothing to evict without a window
+            for i in range(len(state.layers)):
+                state.evict(i)
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         return F.linear(x, weight)  # (B, T, V)
 

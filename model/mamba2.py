@@ -25,14 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kernels import causal_conv1d, causal_conv1d_step, ssd_scan, ssm_step
-from kernels._dispatch import backend
 from model.config import HybridConfig
-from model.layers import GatedRMSNorm
+from model.layers import GatedRMSNorm, cpu_decode_applies, rms_norm_cpu
 from model.state import LayerState, ModelState
-
-# The one-token CPU path `Mamba2Mixer._step_cpu` (same numbers as the generic path); a switch so
-# bench/cpu_decode.py can time both in one run.
-FUSED_CPU_STEP = True
 
 
 class Mamba2Mixer(nn.Module):
@@ -81,13 +76,7 @@ class Mamba2Mixer(nn.Module):
 
     def forward(self, x: Tensor, layer: LayerState, state: ModelState) -> Tensor:
         Bsz, T, _ = x.shape
-        if (
-            T == 1
-            and FUSED_CPU_STEP
-            and x.dtype == torch.float32
-            and not torch.is_grad_enabled()
-            and backend(x) == "cpu"
-        ):
+        if T == 1 and cpu_decode_applies(x):  # one fp32 token on the CPU: see model/layers.py
             return self._step_cpu(x, layer)
         H, P, G, N = self.n_heads, self.head_dim, self.n_groups, self.d_state
         zxbcdt = self.in_proj(x)  # (B, T, E + E + 2GN + H)
@@ -141,43 +130,49 @@ class Mamba2Mixer(nn.Module):
         return cached[1]
 
     def _step_cpu(self, x: Tensor, layer: LayerState) -> Tensor:
-        """One fp32 token on the CPU: the arithmetic of the T == 1 path above (the same products and
-        sums, in the same order: `causal_conv1d_step_ref`, `ssm_step_cpu`, `gated_rms_norm_ref`)
-        written out in one function, without the kernels' per-call dispatch and input checks or
-        the sub-modules' call overhead. Decode on a 2-core CPU is about half per-call overhead."""
+        """One fp32 token on the CPU, bit for bit the T == 1 path above with the reference kernels
+        (the products and sums of `causal_conv1d_step_ref`, `ssm_step_ref` and `gated_rms_norm_ref`,
+        in their order) in about 30 torch calls: no kernel dispatch or input checks, no sub-module
+        calls, the state updated in place and the intermediates reused. Decode of a small model on
+        a 2-core CPU is mostly per-call overhead."""
         Bsz = x.shape[0]
-        H, P, G, N = self.n_heads, self.head_dim, self.n_groups, self.d_state
+        H, P, G, N, E = self.n_heads, self.head_dim, self.n_groups, self.d_state, self.d_inner
         zxbcdt = F.linear(x.view(Bsz, -1), self.in_proj.weight, self.in_proj.bias)  # (B, E + E + 2GN + H)
-        z, xBC, dt = zxbcdt.split([self.d_inner, self.conv_dim, H], dim=-1)  # (B,E) (B,E+2GN) (B,H)
+        z, xBC, dt = torch.split_with_sizes(zxbcdt, [E, self.conv_dim, H], dim=-1)  # (B,E) (B,E+2GN) (B,H)
         conv = layer.recurrent["conv"]  # (B, E + 2GN, W - 1)
         window = torch.cat([conv, xBC.unsqueeze(-1)], dim=-1)  # (B, E + 2GN, W)
-        xBC = (window * self.conv1d.weight.squeeze(1)).sum(-1)  # (B, E + 2GN)
-        if self.conv1d.bias is not None:
-            xBC += self.conv1d.bias
         conv.copy_(window[:, :, 1:])
+        xBC = window.mul_(self.conv1d.weight.view(self.conv_dim, -1)).sum(-1)  # (B, E + 2GN)
+        if self.conv1d.bias is not None:
+            xBC.add_(self.conv1d.bias)
         xBC = F.silu(xBC, inplace=True)
-        xs, Bm, Cm = xBC.split([self.d_inner, G * N, G * N], dim=-1)  # (B,E) (B,GN) (B,GN)
-        dt = F.softplus(dt + self.dt_bias)  # (B, H), > 0
+        xs, Bm, Cm = torch.split_with_sizes(xBC, [E, G * N, G * N], dim=-1)  # (B,E) (B,GN) (B,GN)
+        dt = F.softplus(torch.add(dt, self.dt_bias))  # (B, H), > 0
         lo, hi = self.dt_limit
         if lo > 0.0 or hi is not None:
             dt = dt.clamp(min=lo, max=hi)
         ssm = layer.recurrent["ssm"]  # (B, H, P, N)
         xh = xs.view(Bsz, H, P)
-        if ssm.is_contiguous():  # ssm_step_cpu's arithmetic
+        if ssm.is_contiguous():  # ssm_step_ref's arithmetic, the state updated in place
             r = H // G
             s = ssm.view(Bsz, G, r, P, N)
-            s.mul_(torch.exp(dt * self._A()).view(Bsz, G, r, 1, 1))
-            s.add_((dt.unsqueeze(-1) * xh).view(Bsz, G, r, P, 1) * Bm.view(Bsz, G, 1, 1, N))
-            Ch = Cm.view(Bsz, G, N) if r == 1 else Cm.view(Bsz, G, N).repeat_interleave(r, dim=1)  # (B, H, N)
-            y = torch.einsum("bhpn,bhn->bhp", ssm, Ch) + self.D.view(1, H, 1) * xh  # (B, H, P)
+            s.mul_(torch.mul(dt, self._A()).exp_().view(Bsz, G, r, 1, 1))  # decay
+            dtx = torch.mul(xh, dt.view(Bsz, H, 1))  # (B, H, P)
+            s.add_(dtx.view(Bsz, G, r, P, 1) * Bm.view(Bsz, G, 1, 1, N))  # + (dt x) outer B
+            # y = s C per head as the reference's einsum("bhpn,bhn->bhp") lowers it (same sums): per
+            # head, C^T (1, N) times s^T (N, P)
+            Ch = Cm if r == 1 else Cm.view(Bsz, G, N).repeat_interleave(r, dim=1)  # (B, H, N)
+            y = torch.bmm(Ch.reshape(Bsz * H, 1, N), ssm.view(Bsz * H, P, N).transpose(1, 2))  # (B H, 1, P)
+            y = y.view(Bsz, H, P)
+            y.add_(self.D.view(H, 1) * xh)  # + D x
         else:
             y = ssm_step(ssm, xh, dt, self._A(), Bm.view(Bsz, G, N), Cm.view(Bsz, G, N), D=self.D)
-        y = y.view(Bsz, 1, self.d_inner)  # (B, 1, E)
-        zv = z.view(Bsz, 1, -1)
+        y = y.view(Bsz, 1, E)  # (B, 1, E)
+        zv = z.view(Bsz, 1, E)
         norm = self.norm
-        if norm is not None and not norm.norm_before_gate and norm.group_size == self.d_inner:
-            y = y * F.silu(zv)  # gated_rms_norm_ref, one group: gate, normalise, scale
-            y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weight
+        if norm is not None and not norm.norm_before_gate and norm.group_size == E:
+            y = y.mul_(F.silu(zv, inplace=True))  # gated_rms_norm_ref, one group: gate, then normalise
+            y = rms_norm_cpu(y, norm.weight, norm.eps)
         elif norm is not None:
             y = norm(y, zv)
         else:
