@@ -9,16 +9,23 @@ be one CUDA graph, and on the H100 the call itself cost ~40 ms of host time per 
 changes every step (bench/results/gpu_e2e_run1.json). Here the length is read by the kernel, so the
 whole decode step is captured once and replayed at any context.
 
-Triton: flash-decoding in two launches. (1) grid (B*Hkv, NSPLIT): each program takes one contiguous
-share of the L keys, in blocks of BLOCK_N, and keeps a running max, sum of exponentials and weighted
-sum of values in fp32 for its G query rows; (2) grid (B*Hkv,): the NSPLIT partial results are
-combined with the usual log-sum-exp rescaling. NSPLIT is fixed (the grid of a captured graph cannot
-change); splits past L do nothing.
+Triton: flash-decoding in two launches. (1) Grid (B*Hkv, nsplit): each program takes one contiguous
+share of the L keys, in blocks of BLOCK_N, and keeps running maxima, sums of exponentials and
+weighted sums of values in fp32. With one query row per KV head (G == 1, multi-head attention) each
+of the BLOCK_N slots of a block keeps its own running max (key j in slot j % BLOCK_N), so the loop
+reduces only over D within a warp and never across warps, and the next block's K and V are loaded
+before the current one is used; the slots are merged once at the end. With G > 1 the G rows share
+one running max per row and the products are tl.dot. (2) Grid (B*Hkv,): the partial results of the
+splits that hold keys are combined with the usual log-sum-exp rescaling. nsplit is fixed when the
+call is made (the grid of a captured graph cannot change); splits past L exit at once.
+`DecodeConfig` holds the launch choices; `config_for` picks them (bench/gpu_e2e.py's attn_sweep
+section measures candidates over the engine's own cache buffers).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -57,8 +64,34 @@ def attention_decode(
     return attention_decode_ref(q, k_buf, v_buf, pos, scale=scale)
 
 
-NSPLIT = 64  # programs per KV head: 30 heads x 64 = 1920 programs, ~15 per SM of an H100
-BLOCK_N = 64
+@dataclass(frozen=True)
+class DecodeConfig:
+    """nsplit programs per (batch, KV head), keys in blocks of block_n; for G == 1, `slots` (per-slot
+    running maxima) and `prefetch` (the next block's K/V in flight while this one is used)."""
+
+    nsplit: int = 64
+    block_n: int = 32
+    num_warps: int = 4
+    slots: bool = True
+    prefetch: bool = True
+
+
+# None: config_for's choice; benchmarks set a DecodeConfig here to time candidates in the engine
+OVERRIDE: DecodeConfig | None = None
+
+
+def config_for(bh: int, sms: int = 132) -> DecodeConfig:
+    """The launch for bh = B * Hkv heads: enough splits that the programs fill the chip several times at
+    long contexts (30 heads x 64 = 1920 programs on an H100's 132 SMs), blocks of 32 keys. Measured on
+    the H100 (bench/results/gpu_e2e_s3_sweep.json, OLMo Hybrid 7B's 8 attention layers, G == 1):
+    64 x 32 with slots and prefetch took 128 / 768 / 2699 us at 1k / 16k / 64k (2.98 TB/s at 64k)
+    against 147 / 1254 / 4666 us for the previous one-max-per-row form (64 x 64); blocks of 64 keys
+    were faster at 1k only (112 us without prefetch) and slower at 64k (3047 us)."""
+    nsplit = 1
+    while bh * nsplit < 8 * sms and nsplit < 64:
+        nsplit *= 2
+    return DecodeConfig(nsplit=nsplit)
+
 
 try:
     import triton
@@ -71,46 +104,103 @@ if triton is not None:
     from kernels.triton_common import dot as _dot
 
     @triton.jit
-    def _partial_kernel(
-        q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr,
-        Hkv, G, D, scale_log2,
-        sqb, sqh, sqg, skb, skh, skn, svb, svh, svn,
-        NSPLIT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-        USE_DOT: tl.constexpr, IEEE: tl.constexpr,
+    def _combine(
+        m_ptr, l_ptr, acc_ptr, o_ptr, pid_bh, n_act, b, h, G, D, sob, soh, sog,
+        NSPLIT: tl.constexpr, BLOCK_D: tl.constexpr,
     ):  # fmt: skip
-        pid_bh = tl.program_id(0)
-        split = tl.program_id(1)
-        b = pid_bh // Hkv
-        h = pid_bh % Hkv
-        L = tl.load(pos_ptr) + 1
-        per = tl.cdiv(tl.cdiv(L, NSPLIT), BLOCK_N) * BLOCK_N  # keys per split, whole blocks
-        lo = split * per
-        hi = tl.minimum(lo + per, L)
+        """Log-sum-exp merge of the n_act partial results of one head into o (G rows of D)."""
+        offs_s = tl.arange(0, NSPLIT)
+        ms = offs_s < n_act
+        offs_d = tl.arange(0, BLOCK_D)
+        md = offs_d < D
+        for g in range(0, G):
+            row = (pid_bh * NSPLIT + offs_s) * G + g  # (NSPLIT,)
+            m = tl.load(m_ptr + row, mask=ms, other=-1.0e30)
+            denom = tl.load(l_ptr + row, mask=ms, other=0.0)
+            acc = tl.load(acc_ptr + row[:, None] * D + offs_d[None, :], mask=ms[:, None] & md[None, :],
+                          other=0.0)  # fmt: skip
+            m_max = tl.max(m, axis=0)
+            w = tl.where(ms, tl.exp2(m - m_max), 0.0)
+            out = tl.sum(acc * w[:, None], axis=0) / tl.sum(denom * w, axis=0)
+            tl.store(o_ptr + b * sob + h * soh + g * sog + offs_d, out.to(o_ptr.dtype.element_ty), mask=md)
+
+    @triton.jit
+    def _slots_partial(
+        q_row, k_base, v_base, lo, hi, skn, svn, D, scale_log2,
+        BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREFETCH: tl.constexpr,
+    ):  # fmt: skip
+        """One query row (G == 1) over keys lo..hi-1: each of the BLOCK_N slots of a block keeps its own
+        running max, sum and (D,) weighted values (key j goes to slot j % BLOCK_N), so the loop has no
+        reduction across warps (only the q.k sums over D, within a warp); the slots are merged once at
+        the end. Returns m (1,), l (1,), acc (1, BLOCK_D), fp32."""
+        offs_b = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        md = offs_d < D
+        q = tl.load(q_row + offs_d, mask=md, other=0.0).to(tl.float32)
+        m_s = tl.full((BLOCK_N,), -1.0e30, tl.float32)
+        l_s = tl.zeros((BLOCK_N,), tl.float32)
+        acc = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+        mn = (lo + offs_b) < hi
+        k = tl.load(k_base + (lo + offs_b)[:, None].to(tl.int64) * skn + offs_d[None, :],
+                    mask=mn[:, None] & md[None, :], other=0.0)  # fmt: skip
+        v = tl.load(v_base + (lo + offs_b)[:, None].to(tl.int64) * svn + offs_d[None, :],
+                    mask=mn[:, None] & md[None, :], other=0.0)  # fmt: skip
+        for start in range(lo, hi, BLOCK_N):
+            mn = (start + offs_b) < hi
+            if PREFETCH:  # the next block's K and V in flight while this one is used
+                nxt = start + BLOCK_N + offs_b
+                mx = nxt < hi
+                k_next = tl.load(k_base + nxt[:, None].to(tl.int64) * skn + offs_d[None, :],
+                                 mask=mx[:, None] & md[None, :], other=0.0)  # fmt: skip
+                v_next = tl.load(v_base + nxt[:, None].to(tl.int64) * svn + offs_d[None, :],
+                                 mask=mx[:, None] & md[None, :], other=0.0)  # fmt: skip
+            else:
+                k = tl.load(k_base + (start + offs_b)[:, None].to(tl.int64) * skn + offs_d[None, :],
+                            mask=mn[:, None] & md[None, :], other=0.0)  # fmt: skip
+                v = tl.load(v_base + (start + offs_b)[:, None].to(tl.int64) * svn + offs_d[None, :],
+                            mask=mn[:, None] & md[None, :], other=0.0)  # fmt: skip
+            s = tl.sum(k.to(tl.float32) * q[None, :], axis=1) * scale_log2  # (BLOCK_N,)
+            m_new = tl.where(mn, tl.maximum(m_s, s), m_s)
+            alpha = tl.exp2(m_s - m_new)
+            p = tl.exp2(tl.where(mn, s - m_new, -1.0e30))  # masked slots: 0 (and no overflow)
+            l_s = l_s * alpha + p
+            acc = acc * alpha[:, None] + p[:, None] * v.to(tl.float32)
+            m_s = m_new
+            if PREFETCH:
+                k = k_next
+                v = v_next
+        m = tl.max(m_s, axis=0)
+        w = tl.exp2(m_s - m)  # slots that saw no key: m_s = -1e30, weight 0 (and l_s = 0, acc = 0)
+        l_out = tl.sum(l_s * w, axis=0)
+        acc_out = tl.sum(acc * w[:, None], axis=0)  # (BLOCK_D,)
+        one = tl.zeros((1,), tl.float32)
+        return one + m, one + l_out, acc_out[None, :]
+
+    @triton.jit
+    def _rows_partial(
+        q_ptr, k_base, v_base, lo, hi, skn, svn, G, D, sqg, scale_log2,
+        BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, USE_DOT: tl.constexpr,
+        IEEE: tl.constexpr,
+    ):  # fmt: skip
+        """G query rows over keys lo..hi-1 (a running max per row over blocks); G > 1 uses tl.dot. Returns
+        m (BLOCK_G,), l (BLOCK_G,), acc (BLOCK_G, BLOCK_D), fp32."""
         offs_g = tl.arange(0, BLOCK_G)
         offs_d = tl.arange(0, BLOCK_D)
         mg, md = offs_g < G, offs_d < D
-        q = tl.load(
-            q_ptr + b * sqb + h * sqh + offs_g[:, None] * sqg + offs_d[None, :],
-            mask=mg[:, None] & md[None, :],
-            other=0.0,
-        )  # (BLOCK_G, BLOCK_D)
+        q = tl.load(q_ptr + offs_g[:, None] * sqg + offs_d[None, :], mask=mg[:, None] & md[None, :],
+                    other=0.0)  # fmt: skip
         if not USE_DOT:
             q = q.to(tl.float32)
         m_i = tl.full((BLOCK_G,), -1.0e30, tl.float32)
         l_i = tl.zeros((BLOCK_G,), tl.float32)
         acc = tl.zeros((BLOCK_G, BLOCK_D), tl.float32)
-        k_base = k_ptr + b.to(tl.int64) * skb + h.to(tl.int64) * skh
-        v_base = v_ptr + b.to(tl.int64) * svb + h.to(tl.int64) * svh
         for start in range(lo, hi, BLOCK_N):
             offs_n = start + tl.arange(0, BLOCK_N)
             mn = offs_n < hi
             kv_mask = mn[:, None] & md[None, :]
-            k = tl.load(
-                k_base + offs_n[:, None].to(tl.int64) * skn + offs_d[None, :], mask=kv_mask, other=0.0
-            )
-            v = tl.load(
-                v_base + offs_n[:, None].to(tl.int64) * svn + offs_d[None, :], mask=kv_mask, other=0.0
-            )
+            rows = offs_n[:, None].to(tl.int64)
+            k = tl.load(k_base + rows * skn + offs_d[None, :], mask=kv_mask, other=0.0)
+            v = tl.load(v_base + rows * svn + offs_d[None, :], mask=kv_mask, other=0.0)
             if USE_DOT:  # grouped queries: tensor-core products (the broadcast form spills registers)
                 s = _dot(q.to(k.dtype), tl.trans(k), IEEE) * scale_log2  # (BLOCK_G, BLOCK_N)
             else:
@@ -125,40 +215,68 @@ if triton is not None:
             else:
                 acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v.to(tl.float32)[None, :, :], axis=1)
             m_i = m_new
-        row = (pid_bh * NSPLIT + split) * G + offs_g
-        tl.store(m_ptr + row, m_i, mask=mg)
-        tl.store(l_ptr + row, l_i, mask=mg)
-        tl.store(acc_ptr + row[:, None] * D + offs_d[None, :], acc, mask=mg[:, None] & md[None, :])
+        return m_i, l_i, acc
+
+    @triton.jit
+    def _partial_kernel(
+        q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr,
+        Hkv, G, D, scale_log2,
+        sqb, sqh, sqg, skb, skh, skn, svb, svh, svn,
+        NSPLIT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
+        USE_DOT: tl.constexpr, IEEE: tl.constexpr, SLOTS: tl.constexpr, PREFETCH: tl.constexpr,
+    ):  # fmt: skip
+        pid_bh = tl.program_id(0)
+        split = tl.program_id(1)
+        b = pid_bh // Hkv
+        h = pid_bh % Hkv
+        L = tl.load(pos_ptr) + 1
+        per = tl.cdiv(tl.cdiv(L, NSPLIT), BLOCK_N) * BLOCK_N  # keys per split, whole blocks
+        lo = split * per  # splits past L hold no keys and exit at once (the combine skips them)
+        if lo < L:
+            hi = tl.minimum(lo + per, L)
+            k_base = k_ptr + b.to(tl.int64) * skb + h.to(tl.int64) * skh
+            v_base = v_ptr + b.to(tl.int64) * svb + h.to(tl.int64) * svh
+            q_row = q_ptr + b * sqb + h * sqh
+            if SLOTS:  # G == 1
+                m_i, l_i, acc = _slots_partial(q_row, k_base, v_base, lo, hi, skn, svn, D, scale_log2,
+                                               BLOCK_N, BLOCK_D, PREFETCH)  # fmt: skip
+            else:
+                m_i, l_i, acc = _rows_partial(q_row, k_base, v_base, lo, hi, skn, svn, G, D, sqg, scale_log2,
+                                              BLOCK_N, BLOCK_G, BLOCK_D, USE_DOT, IEEE)  # fmt: skip
+            offs_g = tl.arange(0, BLOCK_G)
+            offs_d = tl.arange(0, BLOCK_D)
+            mg, md = offs_g < G, offs_d < D
+            row = (pid_bh * NSPLIT + split) * G + offs_g
+            tl.store(m_ptr + row, m_i, mask=mg)
+            tl.store(l_ptr + row, l_i, mask=mg)
+            tl.store(acc_ptr + row[:, None] * D + offs_d[None, :], acc, mask=mg[:, None] & md[None, :])
 
     @triton.jit
     def _combine_kernel(
-        m_ptr, l_ptr, acc_ptr, o_ptr, Hkv, G, D, sob, soh, sog,
-        NSPLIT: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
+        m_ptr, l_ptr, acc_ptr, o_ptr, pos_ptr, Hkv, G, D, sob, soh, sog,
+        NSPLIT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     ):  # fmt: skip
         pid_bh = tl.program_id(0)
-        b = pid_bh // Hkv
-        h = pid_bh % Hkv
-        offs_s = tl.arange(0, NSPLIT)
-        offs_d = tl.arange(0, BLOCK_D)
-        md = offs_d < D
-        for g in range(0, G):
-            row = (pid_bh * NSPLIT + offs_s) * G + g  # (NSPLIT,)
-            m = tl.load(m_ptr + row)
-            denom = tl.load(l_ptr + row)
-            m_max = tl.max(m, axis=0)
-            w = tl.exp2(m - m_max)  # empty splits: m = -1e30, weight 0
-            acc = tl.load(acc_ptr + row[:, None] * D + offs_d[None, :], mask=md[None, :], other=0.0)
-            out = tl.sum(acc * w[:, None], axis=0) / tl.sum(denom * w, axis=0)
-            tl.store(o_ptr + b * sob + h * soh + g * sog + offs_d, out.to(o_ptr.dtype.element_ty), mask=md)
+        L = tl.load(pos_ptr) + 1
+        per = tl.cdiv(tl.cdiv(L, NSPLIT), BLOCK_N) * BLOCK_N
+        _combine(m_ptr, l_ptr, acc_ptr, o_ptr, pid_bh, tl.cdiv(L, per), pid_bh // Hkv, pid_bh % Hkv, G, D,
+                 sob, soh, sog, NSPLIT, BLOCK_D)  # fmt: skip
 
 
 def _attention_decode_triton(
-    q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, pos: torch.Tensor, *, scale: float
-) -> torch.Tensor:
+    q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, pos: torch.Tensor, *, scale: float,
+    config: DecodeConfig | None = None,
+) -> torch.Tensor:  # fmt: skip
     _check(q, k_buf, v_buf, pos)
     if k_buf.stride(3) != 1 or v_buf.stride(3) != 1 or q.stride(3) != 1:
         raise KernelInputError("attention_decode needs the head dimension contiguous in q, k_buf and v_buf")
     B, Hkv, G, D = q.shape
+    if config is None:
+        config = OVERRIDE
+    if config is None:
+        sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 132
+        config = config_for(B * Hkv, sms)
+    NSPLIT = config.nsplit
     rows = B * Hkv * NSPLIT * G
     m = torch.empty(rows, device=q.device, dtype=torch.float32)
     denom = torch.empty_like(m)
@@ -174,11 +292,12 @@ def _attention_decode_triton(
         q, k_buf, v_buf, pos, m, denom, acc, Hkv, G, D, scale * math.log2(math.e),
         q.stride(0), q.stride(1), q.stride(2), k_buf.stride(0), k_buf.stride(1), k_buf.stride(2),
         v_buf.stride(0), v_buf.stride(1), v_buf.stride(2),
-        NSPLIT=NSPLIT, BLOCK_N=BLOCK_N, BLOCK_G=BLOCK_G, BLOCK_D=BLOCK_D, num_warps=4,
+        NSPLIT=NSPLIT, BLOCK_N=config.block_n, BLOCK_G=BLOCK_G, BLOCK_D=BLOCK_D, num_warps=config.num_warps,
         USE_DOT=use_dot, IEEE=q.dtype == torch.float32 or interpreter_on(),
+        SLOTS=config.slots and G == 1, PREFETCH=config.prefetch,
     )  # fmt: skip
     _combine_kernel[(B * Hkv,)](
-        m, denom, acc, out, Hkv, G, D, out.stride(0), out.stride(1), out.stride(2),
-        NSPLIT=NSPLIT, BLOCK_G=BLOCK_G, BLOCK_D=BLOCK_D, num_warps=4,
+        m, denom, acc, out, pos, Hkv, G, D, out.stride(0), out.stride(1), out.stride(2),
+        NSPLIT=NSPLIT, BLOCK_N=config.block_n, BLOCK_D=BLOCK_D, num_warps=4,
     )  # fmt: skip
     return out

@@ -14,6 +14,17 @@ of the model's T == 1 path with one launch, with the same roundings as that path
   (post-norm).
 - `silu_mul(gu)`: gu (B, 2F) = [gate | up] -> silu(gate) * up (B, F), rounded like
   `F.silu(gate) * up` (silu rounded to the dtype, then the product).
+- `attn_decode_prep(qkv, q_w, k_w, cos, sin, pos, k_buf, v_buf, pos_buf, ...)`: an attention layer's work
+  between its fused q|k|v projection and the attention core: QK-norm ("full": one RMSNorm over all
+  heads, "head": per head, "none"), rotate-half RoPE of the first R channels of each head (cos, sin:
+  (R,) fp32 at this position, as `model.layers.rope_cos_sin` gives them), k and v written into the
+  cache buffers (B, Hkv, M, Dh) at slot `pos` (a (1,) int64 on the device) and `pos_buf[pos] = pos`.
+  Returns q (B, H, Dh) in qkv's dtype. One launch instead of the ~19 small kernels of the model's
+  arithmetic (norms, the rotation's slices / cats / products, three index copies).
+- `greedy_advance(logits, tok, pos, ids)`: the end of a greedy step on the device: tok (B, 1) <-
+  argmax(logits (B, V)) (the first index of the maximum, a NaN counting as the maximum, as
+  torch.argmax), pos (1,) += 1, ids[:, pos] <- tok. Two launches (block maxima, then one program)
+  instead of torch's single-block argmax (23 us at V = 100,352 on the H100) and three small kernels.
 The `*_ref` functions are the definitions (torch, the model's own arithmetic); Triton on CUDA.
 """
 
@@ -116,3 +127,90 @@ def silu_mul(gu: torch.Tensor) -> torch.Tensor:
 
         return silu_mul_triton(gu)
     return silu_mul_ref(gu)
+
+
+def _rotate_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """model.layers.rotate for x (B, H, Dh) and cos/sin (R,) (kernels/ imports nothing of ours)."""
+    R = cos.shape[-1]
+    xf = x.float()
+    xr, rest = xf[..., :R], xf[..., R:]
+    x1, x2 = xr.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return torch.cat((xr * cos + rotated * sin, rest), dim=-1).to(x.dtype)
+
+
+def check_attn_prep(qkv: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, pos_buf: torch.Tensor,
+                    H: int, Hkv: int, Dh: int, rope: int) -> None:  # fmt: skip
+    B = qkv.shape[0]
+    if qkv.dim() != 2 or qkv.shape[1] < (H + 2 * Hkv) * Dh or H % Hkv:
+        raise KernelInputError(
+            f"attn_decode_prep: qkv {tuple(qkv.shape)} too narrow for H={H}, Hkv={Hkv}, Dh={Dh}"
+        )
+    if k_buf.dim() != 4 or k_buf.shape != v_buf.shape or tuple(k_buf.shape) != (B, Hkv, k_buf.shape[2], Dh):
+        raise KernelInputError(
+            f"attn_decode_prep: k/v buffers must be equal (B, Hkv, M, Dh) = ({B}, {Hkv}, M, {Dh}); "
+            f"got {tuple(k_buf.shape)}, {tuple(v_buf.shape)}"
+        )
+    if pos_buf.dim() != 1 or pos_buf.shape[0] != k_buf.shape[2] or rope % 2 or rope > Dh:
+        raise KernelInputError(f"attn_decode_prep: pos_buf {tuple(pos_buf.shape)} or rope width {rope} off")
+
+
+def attn_decode_prep_ref(
+    qkv: torch.Tensor, q_w: torch.Tensor | None, k_w: torch.Tensor | None, cos: torch.Tensor | None,
+    sin: torch.Tensor | None, pos: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
+    pos_buf: torch.Tensor, *, H: int, Hkv: int, Dh: int, eps: float, qk_norm: str,
+) -> torch.Tensor:  # fmt: skip
+    """The model's arithmetic (Attention.project's QK-norm and RoPE, the engine's cache writes)."""
+    R = 0 if cos is None else cos.shape[-1]
+    check_attn_prep(qkv, k_buf, v_buf, pos_buf, H, Hkv, Dh, R)
+    B = qkv.shape[0]
+    q, k = qkv[:, : H * Dh], qkv[:, H * Dh : (H + Hkv) * Dh]
+    v = qkv[:, (H + Hkv) * Dh : (H + 2 * Hkv) * Dh]
+    if qk_norm == "full":
+        q, k = rms_norm_ref(q, q_w, eps), rms_norm_ref(k, k_w, eps)  # type: ignore[arg-type]
+    q, k, v = q.reshape(B, H, Dh), k.reshape(B, Hkv, Dh), v.reshape(B, Hkv, Dh)
+    if qk_norm == "head":
+        q, k = rms_norm_ref(q, q_w, eps), rms_norm_ref(k, k_w, eps)  # type: ignore[arg-type]
+    elif qk_norm not in ("full", "none"):
+        raise KernelInputError(f"attn_decode_prep: qk_norm must be full, head or none; got {qk_norm!r}")
+    if cos is not None and sin is not None:
+        q, k = _rotate_ref(q, cos, sin), _rotate_ref(k, cos, sin)
+    k_buf.index_copy_(2, pos, k[:, :, None].to(k_buf.dtype))
+    v_buf.index_copy_(2, pos, v[:, :, None].to(v_buf.dtype))
+    pos_buf.index_copy_(0, pos, pos)
+    return q
+
+
+def attn_decode_prep(
+    qkv: torch.Tensor, q_w: torch.Tensor | None, k_w: torch.Tensor | None, cos: torch.Tensor | None,
+    sin: torch.Tensor | None, pos: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
+    pos_buf: torch.Tensor, *, H: int, Hkv: int, Dh: int, eps: float, qk_norm: str,
+) -> torch.Tensor:  # fmt: skip
+    kw = dict(H=H, Hkv=Hkv, Dh=Dh, eps=eps, qk_norm=qk_norm)
+    args = (qkv, q_w, k_w, cos, sin, pos, k_buf, v_buf, pos_buf)
+    if use_triton(qkv):
+        from kernels.triton_decode_fused import attn_decode_prep_triton
+
+        return attn_decode_prep_triton(*args, **kw)  # type: ignore[arg-type]
+    return attn_decode_prep_ref(*args, **kw)  # type: ignore[arg-type]
+
+
+def greedy_advance_ref(logits: torch.Tensor, tok: torch.Tensor, pos: torch.Tensor, ids: torch.Tensor) -> None:
+    """The engine's greedy step end (model/engine.py `_advance`), in torch."""
+    tok.copy_(logits.argmax(-1, keepdim=True))
+    pos.add_(1)
+    ids.index_copy_(1, pos, tok)
+
+
+def greedy_advance(logits: torch.Tensor, tok: torch.Tensor, pos: torch.Tensor, ids: torch.Tensor) -> None:
+    if logits.dim() != 2 or tok.shape != (logits.shape[0], 1) or ids.shape[0] != logits.shape[0]:
+        raise KernelInputError(
+            f"greedy_advance: logits (B, V), tok (B, 1), ids (B, n); got {tuple(logits.shape)}, "
+            f"{tuple(tok.shape)}, {tuple(ids.shape)}"
+        )
+    if use_triton(logits):
+        from kernels.triton_decode_fused import greedy_advance_triton
+
+        greedy_advance_triton(logits, tok, pos, ids)
+        return
+    greedy_advance_ref(logits, tok, pos, ids)

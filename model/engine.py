@@ -17,9 +17,11 @@ Design choices (the model stays plain; speed tricks live here, as in gpt-fast):
   for q/k/v of an attention layer, for gate/up of an MLP (the weights concatenated once, when the
   engine is built; on CUDA the model's own weights are rebound as views of the concatenation, so no
   memory is doubled and the model computes exactly what it did); `kernels.decode_fused` for the Gated
-  DeltaNet conv step + L2 norms + gates (one launch), SiLU x up, and each residual add fused with the
-  next RMSNorm; on CUDA its one-token matmuls run `kernels.gemv` (a bandwidth-bound Triton GEMV,
-  faster than cuBLAS at these shapes; `gemv=False` keeps F.linear). `fuse=False` keeps the model's
+  DeltaNet conv step + L2 norms + gates (one launch), an attention layer's QK-norm + RoPE + cache
+  writes (one launch; `attn_prep=False` keeps the model's ops), SiLU x up, each residual add fused
+  with the next RMSNorm, and the greedy argmax + position advance; on CUDA its one-token matmuls run
+  `kernels.gemv` (a bandwidth-bound Triton GEMV, faster than cuBLAS at these shapes; `gemv=False`
+  keeps F.linear). `fuse=False` keeps the model's
   modules (the same graph, more kernels: the baseline of bench/gpu_e2e.py).
   `attention="sdpa"` instead cuts the step at each attention core and runs the model's own
   `scaled_dot_product_attention` call (model.attention.sdpa: flash / memory-efficient on CUDA) eagerly
@@ -50,7 +52,13 @@ from torch import Tensor, nn
 
 from kernels import gated_delta_rule_step, rms_norm
 from kernels.attention_decode import attention_decode
-from kernels.decode_fused import gdn_decode_prep, residual_rms_norm, silu_mul
+from kernels.decode_fused import (
+    attn_decode_prep,
+    gdn_decode_prep,
+    greedy_advance,
+    residual_rms_norm,
+    silu_mul,
+)
 from kernels.gemv import gemv as gemv_op
 from kernels.mla_decode import mla_decode
 from model.attention import Attention, sdpa
@@ -88,6 +96,7 @@ class DecodeEngine:
         fuse: bool = True,
         align: int | None = None,
         gemv: bool | Collection[str] | None = None,
+        attn_prep: bool = True,
     ) -> None:
         self.model = model
         self.cfg = model.config
@@ -105,6 +114,10 @@ class DecodeEngine:
         # cuBLAS runs 16-aligned one-token matmuls ~2x faster (bench/results/gpu_e2e_final.json).
         self.align = align if align is not None else (16 if self.device.type == "cuda" else 1)
         self._plans = self._fuse_weights() if self.fused else []
+        # fused step: an attention layer's QK-norm, RoPE and cache writes as one kernels.decode_fused
+        # launch (False: the model's own ops, ~19 small kernels a layer; the same-run baseline)
+        self.attn_prep = attn_prep
+        self.greedy_kernel = True  # _advance through kernels.decode_fused.greedy_advance (False: torch ops)
         self.set_gemv(gemv)
         with torch.inference_mode():
             self.state = self._allocate(batch_size)
@@ -422,9 +435,14 @@ class DecodeEngine:
         return parts
 
     def _advance(self) -> None:
-        self._tok.copy_(self._logits.argmax(-1, keepdim=True))  # greedy; `step` callers overwrite it
+        # greedy tok (`step` callers overwrite it), pos + 1, ids[:, pos] = tok (the next input's position);
+        # kernels.decode_fused: 3 launches instead of torch's single-block argmax (23 us) + 3 kernels
+        if self.greedy_kernel:
+            greedy_advance(self._logits, self._tok, self._pos, self._ids)
+            return
+        self._tok.copy_(self._logits.argmax(-1, keepdim=True))
         self._pos.add_(1)
-        self._ids.index_copy_(1, self._pos, self._tok)  # position of the next input token
+        self._ids.index_copy_(1, self._pos, self._tok)
 
     def _attention_in(self, i: int, block: nn.Module, ls: LayerState) -> None:
         """Attention.forward up to the cache append, for T == 1 at the device-side position: the
@@ -591,17 +609,29 @@ class DecodeEngine:
             qkv[..., H * Dh : (H + Hkv) * Dh],
             qkv[..., (H + Hkv) * Dh : (H + 2 * Hkv) * Dh],
         )
+        if a.inv_freq is not None and not rope:  # every attention layer has the config's inv_freq
+            rope["cos"], rope["sin"] = rope_cos_sin(self._pos, a.inv_freq)  # (1, 1, 1, R) each
+        G = H // Hkv
+        if self.attn_prep:  # QK-norm, RoPE and both cache writes in one launch (kernels.decode_fused)
+            cos, sin = (rope["cos"].view(-1), rope["sin"].view(-1)) if rope else (None, None)
+            norm = a.qk_norm if a.qk_norm in ("full", "head") else "none"
+            q_w, k_w = (a.q_norm.weight, a.k_norm.weight) if norm != "none" else (None, None)
+            eps = a.q_norm.eps if norm != "none" else 0.0
+            q = attn_decode_prep(
+                qkv.view(B, -1), q_w, k_w, cos, sin, self._pos, ls.storage["k"], ls.storage["v"],
+                ls.storage["pos"], H=H, Hkv=Hkv, Dh=Dh, eps=eps, qk_norm=norm,
+            )  # fmt: skip  # (B, H, Dh)
+            qg = q.view(B, Hkv, G, Dh)  # heads kvh * G + g: (B, Hkv, G, Dh) is (B, H, Dh)
+            out = attention_decode(qg, ls.storage["k"], ls.storage["v"], self._pos, scale=1.0 / math.sqrt(Dh))
+            return self._mm("attn_out", out.reshape(B, 1, H * Dh), a.o_proj.weight, a.o_proj.bias)
         if a.qk_norm == "full":
             q, k = a.q_norm(q), a.k_norm(k)
         q, k, v = q.view(B, 1, H, Dh), k.view(B, 1, Hkv, Dh), v.view(B, 1, Hkv, Dh)
         if a.qk_norm == "head":
             q, k = a.q_norm(q), a.k_norm(k)
         if a.inv_freq is not None:
-            if not rope:  # every attention layer has the config's inv_freq: cos/sin once per step
-                rope["cos"], rope["sin"] = rope_cos_sin(self._pos, a.inv_freq)
             q, k = rotate(q, rope["cos"], rope["sin"]), rotate(k, rope["cos"], rope["sin"])
         self._write_kv(ls, k, v)
-        G = H // Hkv
         qg = q.view(B, Hkv, G, Dh) if G == 1 or B == 1 else q.transpose(1, 2).reshape(B, Hkv, G, Dh)
         out = attention_decode(qg, ls.storage["k"], ls.storage["v"], self._pos, scale=1.0 / math.sqrt(Dh))
         # (B, Hkv, G, Dh) is (B, H, Dh) in head order

@@ -36,14 +36,46 @@ def test_reference_is_sdpa_over_valid_slots() -> None:
         (1, 2, 12, 32, 400, 333, torch.bfloat16),  # G = 12 as in bench/gpu_mla.py's gqa-24/2
     ],
 )  # fmt: skip
-def test_triton_matches_reference(monkeypatch: pytest.MonkeyPatch, B, H, G, D, M, L, dtype) -> None:
+@pytest.mark.parametrize(
+    "config",
+    [
+        None,
+        ad.DecodeConfig(nsplit=16, block_n=64),
+        ad.DecodeConfig(nsplit=4, block_n=16, num_warps=8),
+        ad.DecodeConfig(nsplit=8, block_n=16, slots=False),
+        ad.DecodeConfig(nsplit=16, block_n=32, prefetch=False),
+    ],
+    ids=["default", "16x64", "few-splits", "rows", "noprefetch"],
+)
+def test_triton_matches_reference(monkeypatch: pytest.MonkeyPatch, B, H, G, D, M, L, dtype, config) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         pytest.importorskip("triton")
         monkeypatch.setenv("HYBRID_AGENT_KERNELS", "triton")  # the interpreter (tests/conftest.py sets it)
+    monkeypatch.setattr(ad, "OVERRIDE", config)
     q, k, v, pos = inputs(B, H, G, D, M, L, dtype, device, 1)
     got = ad.attention_decode(q, k, v, pos, scale=D**-0.5)
     want = ad.attention_decode_ref(q, k, v, pos, scale=D**-0.5)
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     assert got.dtype == q.dtype and not torch.isnan(got).any()
     assert float((got.float() - want.float()).abs().max()) <= tol * float(want.float().abs().max())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "config",
+    [None, ad.DecodeConfig(block_n=64, prefetch=False), ad.DecodeConfig(nsplit=128, block_n=16),
+     ad.DecodeConfig(slots=False)],
+    ids=["default", "64-noprefetch", "128x16", "rows"],
+)  # fmt: skip
+@pytest.mark.parametrize("L", [1024, 16384])
+def test_triton_olmo_shape_gpu(monkeypatch: pytest.MonkeyPatch, config, L: int) -> None:
+    """OLMo Hybrid 7B's attention (30 heads of 128, one query head each), bf16, at 1k and 16k keys."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    monkeypatch.setattr(ad, "OVERRIDE", config)
+    q, k, v, pos = inputs(1, 30, 1, 128, L + 64, L, torch.bfloat16, "cuda", 2)
+    want = ad.attention_decode_ref(q, k, v, pos, scale=128**-0.5)
+    got = ad.attention_decode(q, k, v, pos, scale=128**-0.5)
+    err = float((got.float() - want.float()).norm() / want.float().norm())
+    assert err < 1e-2, err

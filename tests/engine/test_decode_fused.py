@@ -112,3 +112,98 @@ def test_silu_mul_triton(device: str) -> None:
     torch.testing.assert_close(want, F.silu(gu[..., :1500]) * gu[..., 1500:])
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
     torch.testing.assert_close(silu_mul_triton(gu).float(), want.float(), **tol)
+
+
+def _attn_inputs(B: int, H: int, Hkv: int, Dh: int, M: int, R: int, norm: str, dtype, device: str, seed: int):
+    g = torch.Generator(device).manual_seed(seed)
+    qkv = (torch.randn(B, (H + 2 * Hkv) * Dh + 3, generator=g, device=device) * 2).to(dtype)  # 3 pad columns
+    wdim = {"full": (H * Dh, Hkv * Dh), "head": (Dh, Dh)}.get(norm)
+    q_w = (torch.rand(wdim[0], generator=g, device=device) + 0.5).to(dtype) if wdim else None
+    k_w = (torch.rand(wdim[1], generator=g, device=device) + 0.5).to(dtype) if wdim else None
+    k_buf = torch.randn(B, Hkv, M, Dh, generator=g, device=device).to(dtype)
+    v_buf = torch.randn(B, Hkv, M, Dh, generator=g, device=device).to(dtype)
+    pos_buf = torch.full((M,), -7, dtype=torch.long, device=device)
+    pos = torch.tensor([M - 3], device=device)  # a late slot: position-dependent angles matter
+    cos = sin = None
+    if R:
+        from model.layers import rope_cos_sin, rope_inv_freq
+
+        inv_freq = rope_inv_freq(R, 10000.0).to(device)
+        cos, sin = (t.reshape(-1).contiguous() for t in rope_cos_sin(pos, inv_freq))
+    return qkv, q_w, k_w, cos, sin, pos, k_buf, v_buf, pos_buf
+
+
+@pytest.mark.parametrize("norm", ["full", "head", "none"])
+def test_attn_prep_reference_is_the_model_arithmetic(norm: str) -> None:
+    from kernels.decode_fused import attn_decode_prep_ref
+    from model.layers import rotate
+
+    B, H, Hkv, Dh, M, R = 2, 4, 2, 8, 11, 6  # partial RoPE (6 of 8 channels)
+    qkv, q_w, k_w, cos, sin, pos, k_buf, v_buf, pos_buf = _attn_inputs(B, H, Hkv, Dh, M, R, norm,
+                                                                        torch.bfloat16, "cpu", 5)  # fmt: skip
+    k0, v0 = k_buf.clone(), v_buf.clone()
+    q = attn_decode_prep_ref(qkv, q_w, k_w, cos, sin, pos, k_buf, v_buf, pos_buf, H=H, Hkv=Hkv, Dh=Dh,
+                             eps=1e-6, qk_norm=norm)  # fmt: skip
+    # Attention.project's order: norm ("full" before the head view), view, norm ("head"), rotate
+    wq, wk, wv = qkv[:, : H * Dh], qkv[:, H * Dh : (H + Hkv) * Dh], qkv[:, (H + Hkv) * Dh : -3]
+    if norm == "full":
+        wq, wk = rms_norm(wq, q_w, 1e-6), rms_norm(wk, k_w, 1e-6)
+    wq, wk = wq.view(B, 1, H, Dh), wk.view(B, 1, Hkv, Dh)
+    if norm == "head":
+        wq, wk = rms_norm(wq, q_w, 1e-6), rms_norm(wk, k_w, 1e-6)
+    c4, s4 = cos.view(1, 1, 1, R), sin.view(1, 1, 1, R)
+    wq, wk = rotate(wq, c4, s4), rotate(wk, c4, s4)
+    assert torch.equal(q, wq[:, 0])
+    slot = int(pos)
+    assert torch.equal(k_buf[:, :, slot], wk[:, 0]) and torch.equal(v_buf[:, :, slot], wv.view(B, Hkv, Dh))
+    others = [i for i in range(M) if i != slot]
+    assert torch.equal(k_buf[:, :, others], k0[:, :, others])
+    assert torch.equal(v_buf[:, :, others], v0[:, :, others])
+    assert int(pos_buf[slot]) == slot and bool((pos_buf[others] == -7).all())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("norm, R", [("full", 8), ("head", 6), ("none", 0)])
+def test_attn_prep_triton(device: str, norm: str, R: int) -> None:
+    from kernels.decode_fused import attn_decode_prep_ref
+    from kernels.triton_decode_fused import attn_decode_prep_triton
+
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    # the GPU at OLMo Hybrid 7B's attention shape (30 heads of 128, full QK-norm, full RoPE)
+    B, H, Hkv, Dh, M = (1, 30, 30, 128, 1100) if device == "cuda" else (2, 6, 3, 8, 9)
+    R = Dh if device == "cuda" and R == 8 else R
+    ins = _attn_inputs(B, H, Hkv, Dh, M, R, norm, dtype, device, 6)
+    ref = [t.clone() if isinstance(t, torch.Tensor) else t for t in ins]
+    kw = dict(H=H, Hkv=Hkv, Dh=Dh, eps=1e-6, qk_norm=norm)
+    want = attn_decode_prep_ref(*ref, **kw)
+    got = attn_decode_prep_triton(*ins, **kw)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1.6e-2, atol=1.6e-2)
+    torch.testing.assert_close(got.float(), want.float(), **tol)
+    for name, i in (("k_buf", 6), ("v_buf", 7)):
+        torch.testing.assert_close(ins[i].float(), ref[i].float(), **tol, msg=name)
+    assert torch.equal(ins[8], ref[8])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_greedy_advance_triton(device: str) -> None:
+    """argmax with ties (the first index wins, as torch.argmax), pos + 1, the token written at pos."""
+    from kernels.decode_fused import greedy_advance_ref
+    from kernels.triton_decode_fused import greedy_advance_triton
+
+    V = 100352 if device == "cuda" else 9000  # several blocks of 4096 and a ragged last one
+    g = torch.Generator(device).manual_seed(7)
+    logits = torch.randn(3, V, generator=g, device=device).to(torch.bfloat16)
+    logits[1, 5000] = logits[1, 8100] = logits[1, 4097] = 50.0  # a tie across blocks: 4097 wins
+    logits[2, 7] = logits[2, 3] = 60.0  # a tie inside one block: 3 wins
+    logits[0, 6000] = logits[0, 8000] = float("nan")  # NaN is the maximum (torch.argmax): 6000
+    outs = []
+    for fn in (greedy_advance_ref, greedy_advance_triton):
+        tok = torch.full((3, 1), -1, dtype=torch.long, device=device)
+        pos = torch.tensor([4], device=device)
+        ids = torch.zeros(3, 9, dtype=torch.long, device=device)
+        fn(logits, tok, pos, ids)
+        outs.append((tok, pos, ids))
+    (t0, p0, i0), (t1, p1, i1) = outs
+    assert torch.equal(t1, t0) and torch.equal(p1, p0) and torch.equal(i1, i0)
+    assert int(p1) == 5 and t1[1, 0] == 4097 and t1[2, 0] == 3 and torch.equal(i1[:, 5], t1[:, 0])
+    assert t1[0, 0] == 6000
