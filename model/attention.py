@@ -56,6 +56,7 @@ class Attention(nn.Module):
             # Not persistent: derived from the config, so it never appears in a checkpoint.
             # Partial RoPE (rope_fraction < 1) rotates the first rope_dim channels of each head.
             self.rope_dim = int(a.head_dim * a.rope_fraction) // 2 * 2
+            self.rope_theta = a.rope_theta
             self.register_buffer("inv_freq", rope_inv_freq(self.rope_dim, a.rope_theta), persistent=False)
 
     def project(self, x: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -103,7 +104,9 @@ class Attention(nn.Module):
         out = out.view(B, self.n_heads, T, self.head_dim)  # (B, H, T, Dh)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))  # (B, T, D)
 
-    def step_cpu(self, x: Tensor, layer: LayerState, state: ModelState) -> Tensor:
+    def step_cpu(
+        self, x: Tensor, layer: LayerState, state: ModelState, memo: dict[object, object] | None = None
+    ) -> Tensor:
         """`forward` for one fp32 token on the CPU (model/layers.py `cpu_decode_applies`) without a
         window or QK-norm, bit for bit: the same projections, RoPE values and SDPA call, with q and
         k rotated together and without the position range, the per-head transposes and the RoPE
@@ -112,13 +115,22 @@ class Attention(nn.Module):
         if state.window is not None or self.qk_norm != "none" or self.inv_freq is None:
             return self.forward(x, layer, state)
         B, H, Hkv, Dh, R = x.shape[0], self.n_heads, self.n_kv_heads, self.head_dim, self.rope_dim
-        pos = torch.tensor([state.n_tokens])  # (1,)
+        n = state.n_tokens
         x2 = x.view(B, -1)
         q = F.linear(x2, self.q_proj.weight, self.q_proj.bias).view(B, H, Dh)
         k = F.linear(x2, self.k_proj.weight, self.k_proj.bias).view(B, Hkv, Dh)
         v = F.linear(x2, self.v_proj.weight, self.v_proj.bias).view(B, Hkv, 1, Dh)
-        cos, sin = rope_cos_sin(pos, self.inv_freq)  # (1, 1, 1, R) each: the values `forward` uses
-        cos, sin = cos.view(R), sin.view(R)
+        # the layers of one step share position n and, with the same (R, theta), cos and sin
+        key = ("rope", n, R, self.rope_theta)
+        rope = memo.get(key) if memo is not None else None
+        if rope is None:
+            # `rope_cos_sin` at position n: n * inv_freq in fp32 (exact below 2**24), duplicated
+            freqs = self.inv_freq * float(n)  # (R/2,)
+            emb = torch.cat((freqs, freqs))  # (R,)
+            rope = (emb.cos(), emb.sin())
+            if memo is not None:
+                memo[key] = rope
+        cos, sin = rope  # (R,) each: the values `forward` uses
         # rotate(): x * cos + cat(-x2, x1) * sin, with q and k in one tensor
         qk = torch.cat((q, k), dim=1)  # (B, H + Hkv, Dh)
         rotated = torch.cat((qk[..., R // 2 : R].neg(), qk[..., : R // 2]), dim=-1)  # (B, H + Hkv, R)
@@ -126,7 +138,7 @@ class Attention(nn.Module):
         qk_r = torch.mul(qk[..., :R], cos).add_(rotated)  # (B, H + Hkv, R)
         if Dh != R:  # partial RoPE: the rest of each head passes through
             qk_r = torch.cat((qk_r, qk[..., R:]), dim=-1)  # (B, H + Hkv, Dh)
-        state.append_cache(layer, {"k": qk_r[:, H:, None], "v": v}, pos)  # (B, Hkv, 1, Dh) each
+        state.append_cache(layer, {"k": qk_r[:, H:, None], "v": v}, torch.tensor([n]))  # (B, Hkv, 1, Dh) each
         G = H // Hkv
         q = qk_r[:, :H].reshape(B, Hkv, G, Dh)  # head h reads KV head h // G
         out = sdpa(q, layer.cache["k"], layer.cache["v"], None, 1.0 / math.sqrt(Dh))  # (B, Hkv, G, Dh)

@@ -87,9 +87,12 @@ class Block(nn.Module):
             x = x + (self.mlp_norm(self.mlp(x)) if self.post_norm else self.mlp(self.mlp_norm(x)))
         return x  # (B, T, D)
 
-    def step_cpu(self, x: Tensor, layer: LayerState, state: ModelState) -> Tensor:
+    def step_cpu(
+        self, x: Tensor, layer: LayerState, state: ModelState, memo: dict[object, object] | None = None
+    ) -> Tensor:
         """`forward` for one fp32 token on the CPU (model/layers.py `cpu_decode_applies`): each part's
-        `step_cpu` where it has one, the residual added in place (`x` is the caller's own buffer)."""
+        `step_cpu` where it has one, the residual added in place (`x` is the caller's own buffer).
+        `memo`: values the layers of one step share (RoPE's cos and sin)."""
         if self.post_norm:
             return self.forward(x, layer, state)
         mixer = self.mixer
@@ -98,7 +101,7 @@ class Block(nn.Module):
             if isinstance(mixer, Mamba2Mixer):
                 x.add_(mixer._step_cpu(h, layer))
             elif isinstance(mixer, Attention):
-                x.add_(mixer.step_cpu(h, layer, state))
+                x.add_(mixer.step_cpu(h, layer, state, memo))
             else:
                 x.add_(mixer(h, layer, state))
         if self.mlp is not None and self.mlp_norm is not None:

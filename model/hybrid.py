@@ -140,8 +140,9 @@ class HybridLM(nn.Module):
         T = input_ids.shape[1]
         x = self.embed_tokens(input_ids.to(self.device))  # (B, T, D)
         if T == 1 and cpu_decode_applies(x):  # one fp32 token on the CPU: see model/layers.py
+            memo: dict[object, object] = {}  # shared by the layers of this step
             for block, layer in zip(self.layers, state.layers, strict=True):
-                x = block.step_cpu(x, layer, state)  # (B, 1, D)
+                x = block.step_cpu(x, layer, state, memo)  # (B, 1, D)
             x = self.norm.step_cpu(x)  # (B, 1, D)
         else:
             for block, layer in zip(self.layers, state.layers, strict=True):
