@@ -101,7 +101,8 @@ class Attention(nn.Module):
             mask,
             1.0 / math.sqrt(self.head_dim),
         )  # (B, Hkv, G*T, Dh)
-        out = out.view(B, self.n_heads, T, self.head_dim)  # (B, H, T, Dh)
+        # reshape, not view: CUDA's flash SDPA may hand back this output non-contiguous.
+        out = out.reshape(B, self.n_heads, T, self.head_dim)  # (B, H, T, Dh)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))  # (B, T, D)
 
     def step_cpu(
