@@ -13,9 +13,16 @@ time over all steps. Every mode must decode the same tokens. The load average is
 after: on a shared 2-core machine the absolute numbers move with it.
 
     .venv/bin/python bench/cpu_decode.py [--tokens 150] [--prompt-len 900] [--repeats 15] [--threads N]
+        [--wait-policies [--burn K] [--policy-repeats 3]]
 
 `--prompt-len 900` is about the context of the agent's first turn (system prompt + tool schemas), where
 `bench/eval_default_model.py --speed` measures; attention costs more per token at longer contexts.
+
+Load matters more than the path: with torch's two threads and OpenMP's default spin-waiting, another
+busy process on this 2-core machine took decode from ~120 to 5-14 tok/s (each parallel matmul waits
+for a descheduled thread); `OMP_WAIT_POLICY=PASSIVE` in the environment kept 43-45 tok/s at load 4-5
+(`--wait-policies --burn 1`: child processes, one busy loop of ours running; `wait_policies` in the JSON).
+The JSON records these variables.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -70,6 +78,48 @@ def decode_interleaved(
     return times, tokens
 
 
+def child_decode(lm: HybridLM, prompt: list[int], n: int) -> dict[str, float]:
+    """`--child`: the agent's path alone (mode auto), in a process whose environment the parent chose."""
+    set_mode("auto")
+    state = lm.new_state()
+    logits = lm(torch.tensor([prompt]), state)[:, -1]
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        logits = lm(torch.tensor([[int(logits.argmax(-1))]]), state)[:, -1]
+        times.append(time.perf_counter() - t0)
+    return {"tok_s": round(n / sum(times), 1), "median_step_ms": round(1e3 * statistics.median(times), 3)}
+
+
+def wait_policies(args: argparse.Namespace) -> dict[str, object]:
+    """`--wait-policies`: decode in child processes under OpenMP's default wait policy and under
+    OMP_WAIT_POLICY=PASSIVE, alternating, while `--burn` busy-looping processes of ours load the CPU."""
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.burn)]
+    runs: dict[str, list[dict[str, float]]] = {"default": [], "PASSIVE": []}
+    try:
+        time.sleep(1.0)
+        for _ in range(args.policy_repeats):
+            for policy in runs:
+                env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+                if policy != "default":
+                    env["OMP_WAIT_POLICY"] = policy
+                cmd = [sys.executable, __file__, "--child", "--tokens", str(args.tokens)]
+                cmd += ["--prompt-len", str(args.prompt_len), "--model", args.model]
+                if args.threads:
+                    cmd += ["--threads", str(args.threads)]
+                out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+                runs[policy].append({**json.loads(out), "load_avg": round(os.getloadavg()[0], 2)})
+    finally:
+        for p in burners:
+            p.kill()
+            p.wait()
+    return {
+        "busy_processes": args.burn,
+        "runs": runs,
+        **{f"{p}_median_tok_s": statistics.median(r["tok_s"] for r in runs[p]) for p in runs},
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=str(ROOT / "model" / "default"))
@@ -78,11 +128,22 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "cpu_decode.json"))
+    ap.add_argument(
+        "--wait-policies",
+        action="store_true",
+        help="after the main run: the agent's path in child processes, default vs PASSIVE OpenMP waiting",
+    )
+    ap.add_argument("--burn", type=int, default=0, help="busy processes of ours during --wait-policies")
+    ap.add_argument("--policy-repeats", type=int, default=3)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     lm = HybridLM.from_pretrained(args.model, device="cpu")
     prompt = [10 + i % 4000 for i in range(args.prompt_len)]
+    if args.child:
+        print(json.dumps(child_decode(lm, prompt, args.tokens)))
+        return
     load_before = os.getloadavg()
     decode_interleaved(lm, prompt[:32], 10)  # warm-up, not timed
     rates: dict[str, list[float]] = {m: [] for m in MODES}
@@ -106,6 +167,9 @@ def main() -> None:
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        # OpenMP's idle threads spin by default; under other load that collapses 2-thread decode
+        # (see the docstring). Read when torch loads, so only the environment can set them.
+        "env": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")},
         "load_avg_before": [round(x, 2) for x in load_before],
         "load_avg_after": [round(x, 2) for x in os.getloadavg()],
         "tokens": args.tokens,
@@ -124,6 +188,8 @@ def main() -> None:
         "paired_speedup_vs_generic": paired("auto", "generic"),
         "same_tokens": True,
     }
+    if args.wait_policies:
+        result["wait_policies"] = wait_policies(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
