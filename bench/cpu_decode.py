@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -83,12 +84,18 @@ def child_decode(lm: HybridLM, prompt: list[int], n: int) -> dict[str, float]:
     set_mode("auto")
     state = lm.new_state()
     logits = lm(torch.tensor([prompt]), state)[:, -1]
-    times = []
+    times, tokens = [], []
     for _ in range(n):
         t0 = time.perf_counter()
-        logits = lm(torch.tensor([[int(logits.argmax(-1))]]), state)[:, -1]
+        tokens.append(int(logits.argmax(-1)))
+        logits = lm(torch.tensor([[tokens[-1]]]), state)[:, -1]
         times.append(time.perf_counter() - t0)
-    return {"tok_s": round(n / sum(times), 1), "median_step_ms": round(1e3 * statistics.median(times), 3)}
+    return {
+        "tok_s": round(n / sum(times), 1),
+        "median_step_ms": round(1e3 * statistics.median(times), 3),
+        "tokens_sha256": hashlib.sha256(json.dumps(tokens).encode()).hexdigest()[:16],
+        "last_logits_sha256": hashlib.sha256(logits.numpy().tobytes()).hexdigest()[:16],
+    }
 
 
 def wait_policies(args: argparse.Namespace) -> dict[str, object]:
@@ -113,8 +120,11 @@ def wait_policies(args: argparse.Namespace) -> dict[str, object]:
         for p in burners:
             p.kill()
             p.wait()
+    outputs = {(r["tokens_sha256"], r["last_logits_sha256"]) for rs in runs.values() for r in rs}
+    assert len(outputs) == 1, "the wait policy changed the tokens or the logits"
     return {
         "busy_processes": args.burn,
+        "same_tokens_and_logits": True,
         "runs": runs,
         **{f"{p}_median_tok_s": statistics.median(r["tok_s"] for r in runs[p]) for p in runs},
     }
