@@ -1,7 +1,8 @@
 """Evaluate a native agent model (the packaged default unless --model) through the real agent.
 
     python bench/eval_default_model.py [--model DIR] [--per-kind 10] [--recall-n 10] [--workers 2]
-        [--speed] [--wide 0] [--out bench/results/eval_default_model.json]
+        [--speed [--speed-baseline DIR] [--speed-repeats 5]] [--wide 0]
+        [--out bench/results/eval_default_model.json]
 
 What is measured (held-out seeds, never used for training data: training uses 0..N, this 10**6 + i):
 - tool-call validity: of all tool calls the model wrote, the share that parsed as JSON, named a real
@@ -13,7 +14,11 @@ What is measured (held-out seeds, never used for training data: training uses 0.
   (chit-chat and other facts), then the question; once straight through, once with the session saved,
   the agent closed and a fresh agent (model reloaded from disk) resumed from the database before the
   question. Same episodes, greedy decoding, so the two columns should agree;
-- with --speed: decode tokens/s and first-token latency of a turn on this machine's CPU.
+- with --speed: decode tokens/s and first-token latency of a turn on this machine's CPU. With
+  --speed-baseline DIR, the same measure of another model in turns with this one (A, B, A, B, ...;
+  medians of --speed-repeats each, and their ratio: on a shared CPU only a paired ratio means much),
+  and the tokens each tokenizer needs for the text the evaluated model wrote in this run (answers
+  and tool calls): tokens/s times characters per token is what a reader sees.
 
 `--wide P` (0 by default: the pools the eval has always used) draws names and values from made-up
 words with probability P (scripts/agent_workspaces.py WIDE): the same checks on requests whose words
@@ -188,6 +193,38 @@ def measure_speed(model_dir: str | None, n_decode: int = 128) -> dict[str, Any]:
     }
 
 
+def paired_speed(model_dir: str | None, baseline: str, repeats: int, tasks: list[dict]) -> dict[str, Any]:
+    """measure_speed of the model and of `baseline` in turns; medians, ratio, characters per token."""
+    import statistics
+
+    from agent.factory import resolve_model_dir
+    from model.tokenizer import Tokenizer
+
+    runs: dict[str, list[dict[str, Any]]] = {"model": [], "baseline": []}
+    for _ in range(repeats):
+        runs["model"].append(measure_speed(model_dir))
+        runs["baseline"].append(measure_speed(baseline))
+    written = "".join(t["answer"] + json.dumps([c[:2] for c in t["calls"]]) for t in tasks)
+    out: dict[str, Any] = {"repeats": repeats, "baseline_model": baseline}
+    for name, rows in runs.items():
+        tok = Tokenizer.from_file(Path(resolve_model_dir(model_dir if name == "model" else baseline)))
+        out[name] = {
+            "decode_tok_s_median": statistics.median(r["decode_tok_s"] for r in rows),
+            "decode_tok_s": [r["decode_tok_s"] for r in rows],
+            "first_token_latency_ms_median": statistics.median(
+                x for r in rows for x in r["first_token_latency_ms"]
+            ),
+            "system_segment_prefill_s_median": statistics.median(r["system_segment_prefill_s"] for r in rows),
+            "chars_per_token_of_written_text": round(len(written) / max(1, len(tok.encode(written))), 3),
+        }
+    ratios = [
+        m["decode_tok_s"] / b["decode_tok_s"] for m, b in zip(runs["model"], runs["baseline"], strict=True)
+    ]
+    out["decode_tok_s_ratio_median"] = round(statistics.median(ratios), 3)
+    out["written_chars"] = len(written)
+    return out
+
+
 def summarize(tasks: list[dict], recalls: list[dict]) -> dict[str, Any]:
     calls = [c for t in tasks for c in t["calls"]]
     per_kind = {}
@@ -223,6 +260,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--distances", default=",".join(map(str, DISTANCES)))
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--speed", action="store_true")
+    p.add_argument("--speed-baseline", default=None, help="with --speed: also time this model, in turns")
+    p.add_argument("--speed-repeats", type=int, default=5)
     p.add_argument("--wide", type=float, default=0.0, help="share of made-up names and values")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "eval_default_model.json")
     a = p.parse_args(argv)
@@ -250,8 +289,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "summary": summarize(tasks, recalls),
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    if a.speed:
+    if a.speed and a.speed_baseline is None:
         result["speed"] = measure_speed(a.model)
+    elif a.speed:
+        result["speed"] = paired_speed(a.model, a.speed_baseline, a.speed_repeats, tasks)
     result["tasks"], result["recalls"] = tasks, recalls
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=1) + "\n")
