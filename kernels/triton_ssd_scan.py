@@ -56,6 +56,8 @@ VARIANTS: list[dict[str, int]] = [
     {"st_prec": 0},  # fla's precision (xw rounded to bf16): for the record, fails the state-error bound
     {"L": 0, "st_prec": 1, "st_bp": 32, "st_bn": 32, "out_warps": 4},  # the default of device run 5
     {"st_prec": 1},  # tf32 update at the new shape
+    {"st_warps": 8},  # an offline sm_90 compile spills at 4 warps (255 regs + 40 B stack), not at 8
+    {"st_warps": 8, "st_stages": 3},
 ]
 
 
