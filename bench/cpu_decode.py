@@ -13,15 +13,17 @@ time over all steps. Every mode must decode the same tokens. The load average is
 after: on a shared 2-core machine the absolute numbers move with it.
 
     .venv/bin/python bench/cpu_decode.py [--tokens 150] [--prompt-len 900] [--repeats 15] [--threads N]
-        [--wait-policies [--burn K] [--policy-repeats 3]]
+        [--wait-policies [--burn 0,1] [--policy-repeats 3]]
 
 `--prompt-len 900` is about the context of the agent's first turn (system prompt + tool schemas), where
 `bench/eval_default_model.py --speed` measures; attention costs more per token at longer contexts.
 
-Load matters more than the path: with torch's two threads and OpenMP's default spin-waiting, another
-busy process on this 2-core machine took decode from ~120 to 5-14 tok/s (each parallel matmul waits
-for a descheduled thread); `OMP_WAIT_POLICY=PASSIVE` in the environment kept 43-45 tok/s at load 4-5
-(`--wait-policies --burn 1`: child processes, one busy loop of ours running; `wait_policies` in the JSON).
+Load matters more than the path: with torch's two threads and OpenMP's default spin-waiting, one
+other busy process on this 2-core machine takes decode to a few tok/s (every parallel matmul waits
+for a descheduled thread); with `OMP_WAIT_POLICY=PASSIVE` in the environment it keeps most of its
+speed, at a cost on a quiet machine (`--wait-policies --burn 0,1`: the agent's path in child
+processes under both policies, with 0 and 1 busy loops of ours; `wait_policies` in the JSON, e.g.
+bench/results/cpu_decode_s3.json). The policy does not change the numbers, only the waiting.
 The JSON records these variables.
 """
 
@@ -98,10 +100,10 @@ def child_decode(lm: HybridLM, prompt: list[int], n: int) -> dict[str, float]:
     }
 
 
-def wait_policies(args: argparse.Namespace) -> dict[str, object]:
+def wait_policies(args: argparse.Namespace, burn: int) -> dict[str, object]:
     """`--wait-policies`: decode in child processes under OpenMP's default wait policy and under
-    OMP_WAIT_POLICY=PASSIVE, alternating, while `--burn` busy-looping processes of ours load the CPU."""
-    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.burn)]
+    OMP_WAIT_POLICY=PASSIVE, alternating, while `burn` busy-looping processes of ours load the CPU."""
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(burn)]
     runs: dict[str, list[dict[str, float]]] = {"default": [], "PASSIVE": []}
     try:
         time.sleep(1.0)
@@ -123,7 +125,7 @@ def wait_policies(args: argparse.Namespace) -> dict[str, object]:
     outputs = {(r["tokens_sha256"], r["last_logits_sha256"]) for rs in runs.values() for r in rs}
     assert len(outputs) == 1, "the wait policy changed the tokens or the logits"
     return {
-        "busy_processes": args.burn,
+        "busy_processes": burn,
         "same_tokens_and_logits": True,
         "runs": runs,
         **{f"{p}_median_tok_s": statistics.median(r["tok_s"] for r in runs[p]) for p in runs},
@@ -143,7 +145,9 @@ def main() -> None:
         action="store_true",
         help="after the main run: the agent's path in child processes, default vs PASSIVE OpenMP waiting",
     )
-    ap.add_argument("--burn", type=int, default=0, help="busy processes of ours during --wait-policies")
+    ap.add_argument(
+        "--burn", default="0", help="busy processes of ours during --wait-policies; a list (0,1) runs each"
+    )
     ap.add_argument("--policy-repeats", type=int, default=3)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -199,7 +203,7 @@ def main() -> None:
         "same_tokens": True,
     }
     if args.wait_policies:
-        result["wait_policies"] = wait_policies(args)
+        result["wait_policies"] = [wait_policies(args, int(k)) for k in args.burn.split(",")]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
