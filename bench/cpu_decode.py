@@ -190,6 +190,12 @@ def main() -> None:
         "prompt_len": args.prompt_len,
         "repeats": args.repeats,
         "model": args.model,
+        "model_identity": {
+            "fingerprint": lm.fingerprint[:16],
+            "params": lm.num_parameters(),
+            "vocab_size": lm.config.vocab_size,
+            "layer_types": lm.config.layer_types,
+        },
         **{f"{m}_tok_s": [round(x, 1) for x in rates[m]] for m in MODES},
         **{f"{m}_median_tok_s": round(med[m], 1) for m in MODES},
         # The median step over every step of every repeat: less moved by the slowest repeats.
