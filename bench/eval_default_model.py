@@ -3,6 +3,7 @@
     python bench/eval_default_model.py [--model DIR] [--per-kind 10] [--recall-n 10] [--workers 2]
         [--speed [--speed-baseline DIR] [--speed-repeats 5]] [--wide 0]
         [--out bench/results/eval_default_model.json]
+    python bench/eval_default_model.py --handwritten [--model DIR] --out F.json
 
 What is measured (held-out seeds, never used for training data: training uses 0..N, this 10**6 + i):
 - tool-call validity: of all tool calls the model wrote, the share that parsed as JSON, named a real
@@ -19,6 +20,9 @@ What is measured (held-out seeds, never used for training data: training uses 0.
   medians of --speed-repeats each, and their ratio: on a shared CPU only a paired ratio means much),
   and the tokens each tokenizer needs for the text the evaluated model wrote in this run (answers
   and tool calls): tokens/s times characters per token is what a reader sees.
+
+`--handwritten`: instead, one session of eight requests written by hand, outside the generator's
+phrasings, file names and fact keys (each with its own check; "Thanks!" is not scored).
 
 `--wide P` (0 by default: the pools the eval has always used) draws names and values from made-up
 words with probability P (scripts/agent_workspaces.py WIDE): the same checks on requests whose words
@@ -193,6 +197,41 @@ def measure_speed(model_dir: str | None, n_decode: int = 128) -> dict[str, Any]:
     }
 
 
+HANDWRITTEN: list[tuple[str, Any]] = [
+    ("What is in src?", lambda ws, a: "settings.py" in a),
+    ("Create notes.md with the text: buy milk",
+     lambda ws, a: (ws / "notes.md").is_file() and (ws / "notes.md").read_text() == "buy milk\n"),
+    ("Add the line '- bread' at the end of list.md.",
+     lambda ws, a: (ws / "list.md").read_text() == "# Shopping\n\n- eggs\n- bread\n"),
+    ("What is PORT in src/settings.py?", lambda ws, a: "8080" in a),
+    ("Remember that my dog is called Rex.", lambda ws, a: "Rex" in a),
+    ("Thanks!", None),
+    ("What is my dog called?", lambda ws, a: "Rex" in a),
+    ("Change PORT in src/settings.py to 9090.",
+     lambda ws, a: "PORT = 9090" in (ws / "src" / "settings.py").read_text()),
+]  # fmt: skip
+
+
+def eval_handwritten(model_dir: str | None) -> dict[str, Any]:
+    """HANDWRITTEN in one session over src/settings.py (PORT = 8080) and list.md."""
+    with tempfile.TemporaryDirectory(prefix="eval-hand-") as tmp:
+        ws = Path(tmp) / "ws"
+        (ws / "src").mkdir(parents=True)
+        (ws / "src" / "settings.py").write_text('PORT = 8080\nNAME = "demo"\n')
+        (ws / "list.md").write_text("# Shopping\n\n- eggs\n")
+        agent = _new_agent(model_dir, Path(tmp) / "s.db", ws)
+        rows = []
+        try:
+            for request, check in HANDWRITTEN:
+                answer, calls = run_turn(agent, request)
+                ok = None if check is None else bool(check(ws, answer))
+                rows.append({"request": request, "answer": answer, "calls": [c[:2] for c in calls], "ok": ok})
+        finally:
+            agent.close()
+    scored = [r for r in rows if r["ok"] is not None]
+    return {"ok": sum(r["ok"] for r in scored), "of": len(scored), "turns": rows}
+
+
 def paired_speed(model_dir: str | None, baseline: str, repeats: int, tasks: list[dict]) -> dict[str, Any]:
     """measure_speed of the model and of `baseline` in turns; medians, ratio, characters per token."""
     import statistics
@@ -264,8 +303,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--speed-repeats", type=int, default=5)
     p.add_argument("--wide", type=float, default=0.0, help="share of made-up names and values")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "eval_default_model.json")
+    p.add_argument("--handwritten", action="store_true", help="only the hand-written session")
     a = p.parse_args(argv)
     t0 = time.perf_counter()
+    if a.handwritten:
+        date = datetime.now(UTC).isoformat(timespec="seconds")
+        hand = {"benchmark": "eval_default_model_handwritten", "date": date,
+                "model": a.model or "model/default (packaged)", **eval_handwritten(a.model)}  # fmt: skip
+        a.out.write_text(json.dumps(hand, indent=1) + "\n")
+        print(json.dumps({k: hand[k] for k in ("model", "ok", "of")}))
+        return hand
     task_jobs = [(a.model, kind, i) for kind in TASKS for i in range(a.per_kind)]
     distances = [int(x) for x in a.distances.split(",") if x]
     recall_jobs = [(a.model, d, i) for d in distances for i in range(a.recall_n)]
