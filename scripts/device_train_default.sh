@@ -3,6 +3,9 @@
 # Usage (in the repo root there): bash scripts/device_train_default.sh OUT EPISODES SECONDS [WORKERS]
 # SECONDS bounds the whole script: training gets what data generation leaves, less a minute to pack.
 # The wheels of pydantic & co. (which that machine lacks) are expected in .data/whl (see README).
+# This is session 1's recipe (pool words only, tokenizer trained on the device). The shipped v4 came
+# from scripts/device_train_wide.sh: --wide 0.5 data, a tokenizer trained here beforehand, then a
+# second call continuing from the first's weights (bench/results/default_model_training_v4.json).
 set -euo pipefail
 out=$1 episodes=$2 seconds=$3 workers=${4:-15}
 if ls .data/whl/*.whl >/dev/null 2>&1 && ! python3 -c "import pydantic" 2>/dev/null; then
