@@ -8,6 +8,7 @@ so `--help` is instant. Errors a user can cause print one line and exit 1 (no tr
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -95,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # On a small CPU, OpenMP threads that spin while they wait stall every matmul as soon as another
+    # process is busy: 15.7 vs 91.1 tok/s with one busy process, 136.8 vs 120.3 on a quiet machine
+    # (bench/results/cpu_decode_s3_lead.json, same tokens and logits). Set before torch loads libgomp;
+    # the user's own setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     from agent.commands import dispatch

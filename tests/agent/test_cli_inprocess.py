@@ -5,6 +5,9 @@ the default run."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -136,3 +139,24 @@ def test_resume_keeps_the_sessions_window(env: dict[str, str], capsys: pytest.Ca
     assert first["window"] == second["window"] == 16 and second["turn"] == 2
     # Constant up to the eviction slack (a few tokens past the window may linger until a compaction).
     assert abs(second["state_bytes"] - first["state_bytes"]) <= 0.05 * first["state_bytes"]
+
+
+@pytest.mark.parametrize("preset", [None, "ACTIVE"])
+def test_main_sets_passive_omp_wait_before_torch(preset: str | None) -> None:
+    """`hybrid-agent` asks OpenMP not to spin (decode stalls under load otherwise), before torch is
+    imported (libgomp reads it when it loads), and leaves a user's own OMP_WAIT_POLICY alone."""
+    code = (
+        "import os, sys\n"
+        "import agent.commands as c\n"
+        "from agent import cli\n"
+        "c.dispatch = lambda args: print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules) or 0\n"
+        "cli.main(['sessions', 'list'])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset:
+        env["OMP_WAIT_POLICY"] = preset
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == [preset or "PASSIVE", "False"]
