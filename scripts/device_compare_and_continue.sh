@@ -50,12 +50,7 @@ for arch in ("hybrid", "attention", "mamba2"):
 Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/compare.json").write_text(json.dumps(out, indent=1))
 PY
 cp /tmp/compare.json $out/compare.json
-python3 - <<'PY'
-import torch
-from safetensors.torch import load_file, save_file
-p = "/tmp/main/model.safetensors"
-save_file({k: v.to(torch.bfloat16) for k, v in load_file(p).items()}, p, metadata={"format": "pt"})
-PY
+python3 scripts/bf16_weights.py /tmp/main/model.safetensors
 split -b 15M /tmp/main/model.safetensors $out/model.safetensors.part-
 cp /tmp/main/log.json $out/log.json; cp /tmp/main/config.json $out/
 tar czf $out/logs.tgz -C /tmp main.txt cmp-hybrid.txt cmp-attention.txt cmp-mamba2.txt cmp-hybrid/recall.txt \

@@ -21,12 +21,7 @@ minutes=$(python3 -c "print(max(0.5, ($seconds - $(date +%s) + $start - 60) / 60
 python3 -m model.training.train --data $data --out $run --minutes "$minutes" --log-every 20 \
   ${TRAIN_ARGS:-} 2>&1 | tee $out/train.txt
 # Weights in bf16 (the loader casts to float32 on the CPU), split to fit the size of returned files.
-python3 - "$run" <<'PY'
-import sys, torch
-from safetensors.torch import load_file, save_file
-p = sys.argv[1] + "/model.safetensors"
-save_file({k: v.to(torch.bfloat16) for k, v in load_file(p).items()}, p, metadata={"format": "pt"})
-PY
+python3 scripts/bf16_weights.py "$run/model.safetensors"
 split -b 15M $run/model.safetensors $out/model.safetensors.part-
 cp $run/config.json $run/tokenizer.json $run/log.json $out/
 tar czf $out/data.tgz -C /tmp agent-data

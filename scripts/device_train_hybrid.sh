@@ -12,12 +12,7 @@ mkdir -p /tmp/corpus && tar xzf "$corpus" -C /tmp/corpus
 data=$(dirname $(ls /tmp/corpus/*/manifest.json))  # every corpus in the archive (one tokenizer)
 python3 -m model.training.train --data $data --out /tmp/run-hybrid --arch hybrid --minutes "$minutes" \
   --max-steps 100000 --log-every 50 --checkpoint-minutes 0 ${TRAIN_ARGS:-} 2>&1 | grep -v '^{' || true
-python3 - <<'PY'
-import torch
-from safetensors.torch import load_file, save_file
-p = "/tmp/run-hybrid/model.safetensors"  # bf16 for the trip back (the loader casts to fp32 on the CPU)
-save_file({k: v.to(torch.bfloat16) for k, v in load_file(p).items()}, p, metadata={"format": "pt"})
-PY
+python3 scripts/bf16_weights.py /tmp/run-hybrid/model.safetensors  # the loader casts back to fp32
 tar cf /tmp/hybrid.tar -C /tmp run-hybrid
 split -b 15900000 /tmp/hybrid.tar "$out/hybrid.tar.part-"
 ls -la "$out"; echo "total: $(( $(date +%s) - start )) s"
