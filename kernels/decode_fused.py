@@ -139,8 +139,15 @@ def _rotate_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
     return torch.cat((xr * cos + rotated * sin, rest), dim=-1).to(x.dtype)
 
 
-def check_attn_prep(qkv: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, pos_buf: torch.Tensor,
-                    H: int, Hkv: int, Dh: int, rope: int) -> None:  # fmt: skip
+def check_attn_prep(
+    qkv: torch.Tensor, q_w: torch.Tensor | None, k_w: torch.Tensor | None, k_buf: torch.Tensor,
+    v_buf: torch.Tensor, pos_buf: torch.Tensor, H: int, Hkv: int, Dh: int, rope: int, qk_norm: str,
+) -> None:  # fmt: skip
+    """`attn_decode_prep`'s input rules, checked once before either implementation runs."""
+    if qk_norm not in ("full", "head", "none"):
+        raise KernelInputError(f"attn_decode_prep: qk_norm must be full, head or none; got {qk_norm!r}")
+    if qk_norm != "none" and (q_w is None or k_w is None):
+        raise KernelInputError("attn_decode_prep: QK-norm needs both weights")
     B = qkv.shape[0]
     if qkv.dim() != 2 or qkv.shape[1] < (H + 2 * Hkv) * Dh or H % Hkv:
         raise KernelInputError(
@@ -160,9 +167,8 @@ def attn_decode_prep_ref(
     sin: torch.Tensor | None, pos: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
     pos_buf: torch.Tensor, *, H: int, Hkv: int, Dh: int, eps: float, qk_norm: str,
 ) -> torch.Tensor:  # fmt: skip
-    """The model's arithmetic (Attention.project's QK-norm and RoPE, the engine's cache writes)."""
-    R = 0 if cos is None else cos.shape[-1]
-    check_attn_prep(qkv, k_buf, v_buf, pos_buf, H, Hkv, Dh, R)
+    """The model's arithmetic (Attention.project's QK-norm and RoPE, the engine's cache writes); inputs
+    as `check_attn_prep` allows."""
     B = qkv.shape[0]
     q, k = qkv[:, : H * Dh], qkv[:, H * Dh : (H + Hkv) * Dh]
     v = qkv[:, (H + Hkv) * Dh : (H + 2 * Hkv) * Dh]
@@ -171,8 +177,6 @@ def attn_decode_prep_ref(
     q, k, v = q.reshape(B, H, Dh), k.reshape(B, Hkv, Dh), v.reshape(B, Hkv, Dh)
     if qk_norm == "head":
         q, k = rms_norm_ref(q, q_w, eps), rms_norm_ref(k, k_w, eps)  # type: ignore[arg-type]
-    elif qk_norm not in ("full", "none"):
-        raise KernelInputError(f"attn_decode_prep: qk_norm must be full, head or none; got {qk_norm!r}")
     if cos is not None and sin is not None:
         q, k = _rotate_ref(q, cos, sin), _rotate_ref(k, cos, sin)
     k_buf.index_copy_(2, pos, k[:, :, None].to(k_buf.dtype))
@@ -186,6 +190,9 @@ def attn_decode_prep(
     sin: torch.Tensor | None, pos: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
     pos_buf: torch.Tensor, *, H: int, Hkv: int, Dh: int, eps: float, qk_norm: str,
 ) -> torch.Tensor:  # fmt: skip
+    check_attn_prep(
+        qkv, q_w, k_w, k_buf, v_buf, pos_buf, H, Hkv, Dh, 0 if cos is None else cos.shape[-1], qk_norm
+    )
     kw = dict(H=H, Hkv=Hkv, Dh=Dh, eps=eps, qk_norm=qk_norm)
     args = (qkv, q_w, k_w, cos, sin, pos, k_buf, v_buf, pos_buf)
     if use_triton(qkv):

@@ -253,15 +253,9 @@ def attn_decode_prep_triton(
     sin: torch.Tensor | None, pos: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
     pos_buf: torch.Tensor, *, H: int, Hkv: int, Dh: int, eps: float, qk_norm: str,
 ) -> torch.Tensor:  # fmt: skip
-    from kernels.decode_fused import check_attn_prep
-
+    # inputs as kernels.decode_fused.check_attn_prep allows (the dispatcher checked them)
     R = 0 if cos is None else cos.shape[-1]
-    check_attn_prep(qkv, k_buf, v_buf, pos_buf, H, Hkv, Dh, R)
-    norm = {"none": 0, "full": 1, "head": 2}.get(qk_norm)
-    if norm is None:
-        raise KernelInputError(f"attn_decode_prep: qk_norm must be full, head or none; got {qk_norm!r}")
-    if norm and (q_w is None or k_w is None):
-        raise KernelInputError("attn_decode_prep: QK-norm needs both weights")
+    norm = {"none": 0, "full": 1, "head": 2}[qk_norm]
     if qkv.stride(1) != 1 or k_buf.stride(3) != 1 or v_buf.stride(3) != 1 or pos_buf.stride(0) != 1:
         raise KernelInputError("attn_decode_prep_triton needs contiguous qkv rows and cache head dims")
     if R and (cos is None or sin is None or not cos.is_contiguous() or not sin.is_contiguous()):

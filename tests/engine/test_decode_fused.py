@@ -207,3 +207,26 @@ def test_greedy_advance_triton(device: str) -> None:
     assert torch.equal(t1, t0) and torch.equal(p1, p0) and torch.equal(i1, i0)
     assert int(p1) == 5 and t1[1, 0] == 4097 and t1[2, 0] == 3 and torch.equal(i1[:, 5], t1[:, 0])
     assert t1[0, 0] == 6000
+
+
+def test_attn_prep_refuses_bad_input_before_any_write() -> None:
+    from kernels.decode_fused import attn_decode_prep
+    from kernels.errors import KernelInputError
+
+    B, H, Hkv, Dh, M, R = 1, 4, 2, 8, 5, 8
+    qkv, q_w, k_w, cos, sin, pos, k_buf, v_buf, pos_buf = _attn_inputs(B, H, Hkv, Dh, M, R, "full",
+                                                                        torch.float32, "cpu", 7)  # fmt: skip
+    k0 = k_buf.clone()
+    bad = [
+        dict(qk_norm="layer"),  # not a QK-norm kind
+        dict(k_w=None),  # QK-norm without its weight
+        dict(qkv=qkv[:, : (H + Hkv) * Dh]),  # no room for v
+        dict(Hkv=3),  # H not a multiple of Hkv
+    ]
+    for over in bad:
+        args = dict(qkv=qkv, q_w=q_w, k_w=k_w, cos=cos, sin=sin, pos=pos, k_buf=k_buf, v_buf=v_buf,
+                    pos_buf=pos_buf, H=H, Hkv=Hkv, Dh=Dh, eps=1e-6, qk_norm="full")  # fmt: skip
+        args.update(over)
+        with pytest.raises(KernelInputError, match="attn_decode_prep"):
+            attn_decode_prep(**args)  # type: ignore[arg-type]
+        assert torch.equal(k_buf, k0)
