@@ -98,9 +98,7 @@ class Block(nn.Module):
         mixer = self.mixer
         if mixer is not None and self.mixer_norm is not None:
             h = self.mixer_norm.step_cpu(x)  # (B, 1, D)
-            if isinstance(mixer, Mamba2Mixer):
-                x.add_(mixer._step_cpu(h, layer))
-            elif isinstance(mixer, Attention):
+            if isinstance(mixer, (Mamba2Mixer, Attention)):
                 x.add_(mixer.step_cpu(h, layer, state, memo))
             else:
                 x.add_(mixer(h, layer, state))

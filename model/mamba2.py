@@ -77,7 +77,7 @@ class Mamba2Mixer(nn.Module):
     def forward(self, x: Tensor, layer: LayerState, state: ModelState) -> Tensor:
         Bsz, T, _ = x.shape
         if T == 1 and cpu_decode_applies(x):  # one fp32 token on the CPU: see model/layers.py
-            return self._step_cpu(x, layer)
+            return self.step_cpu(x, layer, state)
         H, P, G, N = self.n_heads, self.head_dim, self.n_groups, self.d_state
         zxbcdt = self.in_proj(x)  # (B, T, E + E + 2GN + H)
         z, xBC, dt = zxbcdt.split([self.d_inner, self.conv_dim, H], dim=-1)  # (B,T,E) (B,T,E+2GN) (B,T,H)
@@ -129,12 +129,19 @@ class Mamba2Mixer(nn.Module):
             self._A_cache = cached
         return cached[1]
 
-    def _step_cpu(self, x: Tensor, layer: LayerState) -> Tensor:
+    def step_cpu(
+        self,
+        x: Tensor,
+        layer: LayerState,
+        state: ModelState | None = None,
+        memo: dict[object, object] | None = None,
+    ) -> Tensor:
         """One fp32 token on the CPU, bit for bit the T == 1 path above with the reference kernels
         (the products and sums of `causal_conv1d_step_ref`, `ssm_step_ref` and `gated_rms_norm_ref`,
         in their order) in about 30 torch calls: no kernel dispatch or input checks, no sub-module
         calls, the state updated in place and the intermediates reused. Decode of a small model on
-        a 2-core CPU is mostly per-call overhead."""
+        a 2-core CPU is mostly per-call overhead. `state` and `memo` are unused: Attention.step_cpu's
+        signature, so Block calls both alike."""
         Bsz = x.shape[0]
         H, P, G, N, E = self.n_heads, self.head_dim, self.n_groups, self.d_state, self.d_inner
         zxbcdt = F.linear(x.view(Bsz, -1), self.in_proj.weight, self.in_proj.bias)  # (B, E + E + 2GN + H)
