@@ -33,11 +33,11 @@ import re
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing import Pool
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -259,13 +259,21 @@ def _episode_args(args: tuple[int, int, float]) -> Episode:
     return make_episode(seed, index, wide=wide)
 
 
-def episodes(seed: int, n: int, *, workers: int = 1, wide: float = 0.0) -> Iterator[Episode]:
-    jobs = [(seed, i, wide) for i in range(n)]
+_Job = TypeVar("_Job")
+_Out = TypeVar("_Out")
+
+
+def in_workers(fn: Callable[[_Job], _Out], jobs: list[_Job], workers: int) -> Iterator[_Out]:
+    """fn over jobs, in order: in this process, or in a pool of `workers` processes."""
     if workers <= 1:
-        yield from map(_episode_args, jobs)
+        yield from map(fn, jobs)
         return
     with Pool(workers) as pool:
-        yield from pool.imap(_episode_args, jobs, chunksize=32)
+        yield from pool.imap(fn, jobs, chunksize=32)
+
+
+def episodes(seed: int, n: int, *, workers: int = 1, wide: float = 0.0) -> Iterator[Episode]:
+    yield from in_workers(_episode_args, [(seed, i, wide) for i in range(n)], workers)
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> Tokenizer:
@@ -381,11 +389,7 @@ def main(argv: list[str] | None = None) -> None:
         tok = Tokenizer.from_file(a.tokenizer)
         tok.save(a.out)
         jobs = [(a.seed, i, a.wide, str(a.out / "tokenizer.json")) for i in range(a.episodes)]
-        if a.workers <= 1:
-            encoded = list(map(_encoded_args, jobs))
-        else:
-            with Pool(a.workers) as pool:
-                encoded = list(pool.imap(_encoded_args, jobs, chunksize=32))
+        encoded = list(in_workers(_encoded_args, jobs, a.workers))
         skipped = sum(e is None for e in encoded)
         encoded = [e for e in encoded if e is not None]
     else:
