@@ -67,6 +67,13 @@ def resources(kernel) -> str:
 
 
 def main() -> None:
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--op", choices=["ssd", "gdn"], help="only this module")
+    ap.add_argument("--variants", help="a JSON list of CONFIG overrides instead of the module's VARIANTS")
+    args = ap.parse_args()
     warnings.filterwarnings("ignore")
     bf16, f32 = "*bf16", "*fp32"
     gdn_types = {n: bf16 for n in ("q_ptr", "k_ptr", "v_ptr", "o_ptr", "aqk_ptr", "beta_ptr")}
@@ -76,7 +83,10 @@ def main() -> None:
         {n: f32 for n in ("dt_ptr", "A_ptr", "D_ptr", "s0_ptr", "final_ptr", "w_ptr", "decay_ptr")}
     )
     for name, module in (("gdn", tgdr), ("ssd", tssd)):
-        for var in [{}, *module.VARIANTS]:
+        if args.op and name != args.op:
+            continue
+        listed = json.loads(args.variants) if args.variants else module.VARIANTS
+        for var in [{}, *listed]:
             cfg = {**module.CONFIG, **var}
             if name == "gdn" and cfg["fused"]:
                 types = dict(gdn_types, t_ptr=bf16 if cfg["fu_prec"] == 0 else f32)
@@ -98,6 +108,16 @@ def main() -> None:
                 k = compile_kernel(
                     tssd._ssd_fused_kernel, ssd_types, consts, cfg["fu_warps"], cfg["fu_stages"]
                 )
+            elif name == "ssd" and cfg["st_acc"]:
+                consts = dict(
+                    HAS_S0=False, L=cfg["L"] or 64, BP=cfg["st_bp"], BN=cfg["st_bn"], IEEE=False,
+                    PREC=cfg["st_prec"], ORIENT=cfg["st_acc"],
+                )  # fmt: skip
+                k = compile_kernel(
+                    tssd._ssd_states_acc_kernel, ssd_types, consts, cfg["st_warps"], cfg["st_stages"]
+                )
+                print(f"{name} {var or 'default'} states: {resources(k)}", flush=True)
+                continue
             elif name == "ssd":
                 L = cfg["L"] or 64
                 consts = dict(
@@ -113,7 +133,7 @@ def main() -> None:
                     tssd._ssd_states_kernel, ssd_types, consts, cfg["st_warps"], cfg["st_stages"]
                 )
                 print(f"{name} {var or 'default'} states: {resources(k)}", flush=True)
-                consts = dict(HAS_D=True, L=L, BP=cfg["out_bp"], BN=128, IEEE=False)
+                consts = dict(HAS_D=True, L=L, BP=cfg["out_bp"], BN=128, IEEE=False, ST_NP=False)
                 k = compile_kernel(tssd._ssd_output_kernel, ssd_types, consts, cfg["out_warps"], 2)
                 print(f"{name} {var or 'default'} output: {resources(k)}", flush=True)
                 continue
