@@ -33,10 +33,12 @@ from kernels.triton_gdr_prepare import _gdr_kkt_kernel, _gdr_solve_kernel, _gdr_
 CHUNK = 64
 # Launch parameters (block width over dv, warps, pipeline depth); bench/gpu_kernels.py sweeps them.
 # `fused` = 1: kkt + solve, then `_gdr_fused_kernel` (dv-block `fu_bv`, 0 = by grid size, see
-# `_fused_bv`; state products by `fu_prec`:
-# 0 16-bit (T stored in the input dtype), 1 tf32, 2 16-bit hi + lo pairs; `qk_pre`: the causal q.k
-# matrix and the decay cumsums come from the kkt kernel, not the sequential loop); 0: the five-launch
-# split path.
+# `_fused_bv`; state products by `fu_prec`: 0 one 16-bit product, 1 tf32, 2 16-bit hi + lo pairs;
+# `fu_t16`: T stored in the input dtype, one 16-bit T r product (else fp32 T, a tf32 product);
+# `fu_tmask` 1: T read through a 16x16-block mask (vectorised) instead of an element mask;
+# `fu_ksplit` 1: a dk that is no power of two as two tiles (96 = 64 + 32, see `_k_split`) instead of
+# one padded tile; `qk_pre`: the causal q.k matrix and the decay cumsums come from the kkt kernel,
+# not the sequential loop); 0: the five-launch split path.
 # `narrow` = 1 allows 16-bit products with an output width of 32 (crashed once under Triton 3.6, NOTES.md).
 # `fu_stages` 3 (was 2): 1.19 -> 1.03 ms at 16k, H32 K=V=128, H100 (device run s3-1, NOTES.md).
 CONFIG = {
@@ -45,6 +47,9 @@ CONFIG = {
     "fu_warps": 4,
     "fu_stages": 3,
     "fu_prec": 2,
+    "fu_t16": 0,
+    "fu_tmask": 0,
+    "fu_ksplit": 0,
     "qk_pre": 1,
     "narrow": 1,
     "solve_warps": 1,
@@ -61,9 +66,19 @@ CONFIG = {
 REFERENCE = {"fused": 0}
 VARIANTS: list[dict[str, int]] = [
     {"fu_stages": 2},  # the default of device run 5
+    {"fu_ksplit": 1},
+    {"fu_tmask": 1},
+    {"fu_ksplit": 1, "fu_tmask": 1},
+    {"fu_ksplit": 1, "fu_tmask": 1, "fu_stages": 2},
+    {"fu_ksplit": 1, "fu_tmask": 1, "fu_bv": 32, "fu_stages": 2},
+    # fla's precision (may be chosen only under the benchmark's `--bound fla`):
+    {"fu_ksplit": 1, "fu_tmask": 1, "fu_prec": 0},
+    {"fu_ksplit": 1, "fu_tmask": 1, "fu_prec": 0, "fu_t16": 1},
+    {"fu_ksplit": 1, "fu_tmask": 1, "fu_prec": 0, "fu_t16": 1, "fu_bv": 32, "fu_stages": 2},
 ]
 # Not listed (wrong on an H100 under Triton 3.6, though right on the interpreter; kernels/NOTES.md):
-# {"fu_warps": 8} gave inf outputs; {"fu_prec": 0} (T in bf16) gave 0.85 relative error and an
+# {"fu_warps": 8} gave inf outputs; {"fu_prec": 0} with T in bf16 read through an element mask
+# (`fu_t16` 1, `fu_tmask` 0, as the old `fu_prec` 0 did) gave 0.85 relative error and an
 # illegal memory access (device run 5, dv-block 32); {"fu_stages": 1} an illegal memory access at
 # k96/v192 (dv-block 64), and T as power-of-two-scaled fp16 (tried, since removed) ~0.86 relative
 # error at both test shapes (device run s3-1). {"fu_warps": 2} was right but 2.8x slower.
@@ -158,15 +173,49 @@ def _gdr_output_kernel(
 
 
 @triton.jit
+def _state_dot(a, S, S16, PREC: tl.constexpr, IEEE: tl.constexpr):
+    """a @ S for a 16-bit (64, bk) tile a and the fp32 state part S (S16 = S in a's dtype), by PREC:
+    0: one 16-bit product (as fla); 1: fp32 operands (tf32 on the GPU); 2: S as 16-bit hi + lo
+    parts, two 16-bit products (~16-bit mantissa, more than tf32's 10), so a stays a 16-bit operand
+    straight from shared memory: no fp32 copy of the (64, dk) tile in registers, which made the
+    tf32 version spill (sm_90 compile: 255 regs + stack)."""
+    if PREC == 1:
+        return _mm(a.to(tl.float32), S, IEEE)
+    if PREC == 2:
+        return _mm(a, S16, IEEE) + _mm(a, (S - S16.to(tl.float32)).to(a.dtype), IEEE)
+    return _mm(a, S16, IEEE)
+
+
+@triton.jit
+def _state_update(S, k, vnew, vd, vd16, decay_k, last, PREC: tl.constexpr, IEEE: tl.constexpr):
+    """exp2(last) S + K^T (exp2(last - gam) v_new) for one part of the state (k: its columns of K).
+    PREC 1 puts the decay on k (fp32 operands); otherwise it is folded into v_new (vd, BV wide,
+    rather than k, dk wide), as 16-bit hi (vd16) + lo parts when PREC is 2."""
+    if PREC == 1:
+        return S * tl.exp2(last) + _mm(tl.trans(k.to(tl.float32) * decay_k[:, None]), vnew, IEEE)
+    S = S * tl.exp2(last) + _mm(tl.trans(k), vd16, IEEE)
+    if PREC == 2:
+        S += _mm(tl.trans(k), (vd - vd16.to(tl.float32)).to(k.dtype), IEEE)
+    return S
+
+
+@triton.jit
 def _gdr_fused_kernel(
     q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, t_ptr, aqk_ptr, gam_ptr, s0_ptr, o_ptr, final_ptr,
     T, H, DK, DV, NCHUNK, scale,
-    HAS_S0: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IEEE: tl.constexpr, PREC: tl.constexpr,
-    QK_PRE: tl.constexpr,
+    HAS_S0: tl.constexpr, BK: tl.constexpr, BK2: tl.constexpr, BV: tl.constexpr, IEEE: tl.constexpr,
+    PREC: tl.constexpr, QK_PRE: tl.constexpr, T16: tl.constexpr, TMASK: tl.constexpr,
 ):  # fmt: skip
     """States and output in one sequential pass per (batch*head, dv-block), the state held in
     registers (fp32): for each chunk, v_new = T diag(beta) (V - diag(exp(gam)) K S) (so W and U are
-    never formed), the output, then the state update. Nothing per chunk goes back to memory but o."""
+    never formed), the output, then the state update. Nothing per chunk goes back to memory but o.
+
+    dk columns [0, BK) are one tile; BK2 > 0 adds a second part, columns [BK, BK + BK2), with its
+    own state rows (S2): dk 96 as 64 + 32 instead of one tile padded to 128, a quarter less of every
+    k/q product, state register and k/q shared-memory tile. T16: T is stored in the input dtype and
+    multiplies r as one 16-bit product (fla's precision). TMASK 1 reads T's lower 16x16 blocks (all
+    that the solve writes, zeros above the diagonal included) through a block mask that is constant
+    along 16 columns, so the load is vectorised; 0 masks element by element."""
     pid_v = tl.program_id(0)
     pid_bh = tl.program_id(1)
     bi = (pid_bh // H).to(tl.int64)
@@ -177,20 +226,35 @@ def _gdr_fused_kernel(
     mk = offs_k < DK
     mv = offs_v < DV
     dtype = k_ptr.dtype.element_ty
-    state_off = (bi * H + hi) * DK * DV + offs_k[:, None] * DV + offs_v[None, :]
+    state_base = (bi * H + hi) * DK * DV
+    state_off = state_base + offs_k[:, None] * DV + offs_v[None, :]
     if HAS_S0:
         S = tl.load(s0_ptr + state_off, mask=mk[:, None] & mv[None, :], other=0.0).to(tl.float32)
     else:
         S = tl.zeros((BK, BV), dtype=tl.float32)
+    if BK2 > 0:
+        offs_k2 = BK + tl.arange(0, BK2)
+        mk2 = offs_k2 < DK
+        state_off2 = state_base + offs_k2[:, None] * DV + offs_v[None, :]
+        if HAS_S0:
+            S2 = tl.load(s0_ptr + state_off2, mask=mk2[:, None] & mv[None, :], other=0.0).to(tl.float32)
+        else:
+            S2 = tl.zeros((BK2, BV), dtype=tl.float32)
     causal = offs_l[:, None] >= offs_l[None, :]
+    if TMASK == 1:
+        t_mask = (offs_l[:, None] // 16) >= (offs_l[None, :] // 16)
+    else:
+        t_mask = causal
     for c in range(NCHUNK):
         t_idx = c * 64 + offs_l
         mt = t_idx < T
         row = (bi * T + t_idx[:, None]) * H + hi
-        m_lk = mt[:, None] & mk[None, :]
         m_lv = mt[:, None] & mv[None, :]
-        k = tl.load(k_ptr + row * DK + offs_k[None, :], mask=m_lk, other=0.0)  # (64, BK)
-        q = tl.load(q_ptr + row * DK + offs_k[None, :], mask=m_lk, other=0.0)
+        k = tl.load(k_ptr + row * DK + offs_k[None, :], mask=mt[:, None] & mk[None, :], other=0.0)
+        q = tl.load(q_ptr + row * DK + offs_k[None, :], mask=mt[:, None] & mk[None, :], other=0.0)
+        if BK2 > 0:
+            k2 = tl.load(k_ptr + row * DK + offs_k2[None, :], mask=mt[:, None] & mk2[None, :], other=0.0)
+            q2 = tl.load(q_ptr + row * DK + offs_k2[None, :], mask=mt[:, None] & mk2[None, :], other=0.0)
         v = tl.load(v_ptr + row * DV + offs_v[None, :], mask=m_lv, other=0.0)  # (64, BV)
         if QK_PRE:  # from the kkt kernel: no scan in this loop
             gam = tl.load(gam_ptr + ((bi * H + hi) * NCHUNK + c) * 64 + offs_l)
@@ -203,24 +267,17 @@ def _gdr_fused_kernel(
         beta = tl.load(beta_ptr + (bi * T + t_idx) * H + hi, mask=mt, other=0.0).to(tl.float32)
         tm = tl.load(
             t_ptr + ((bi * H + hi) * NCHUNK + c) * 4096 + offs_l[:, None] * 64 + offs_l[None, :],
-            mask=causal,
+            mask=t_mask,
             other=0.0,
-        )  # (64, 64) = (I + A)^-1, lower triangular (the upper part is never written)
-        # Products the state's own update depends on (K S, T r, K^T v_new), by PREC:
-        # 0: 16-bit operands (as fla); 1: fp32 operands (tf32 on the GPU); 2: the fp32 side split
-        # into 16-bit hi + lo parts, two 16-bit products (~16-bit mantissa, more than tf32's 10),
-        # so k stays a 16-bit operand straight from shared memory: no fp32 copy of the (64, dk)
-        # tile in registers, which made the tf32 version spill (sm_90 compile: 255 regs + stack).
+        )  # (64, 64) = (I + A)^-1, lower triangular (blocks above the diagonal are never written)
         S16 = S.to(dtype)
-        if PREC == 1:
-            ks = _mm(k.to(tl.float32), S, IEEE)
-        elif PREC == 2:
-            ks = _mm(k, S16, IEEE) + _mm(k, (S - S16.to(tl.float32)).to(dtype), IEEE)
-        else:
-            ks = _mm(k, S16, IEEE)
+        ks = _state_dot(k, S, S16, PREC, IEEE)
+        if BK2 > 0:
+            S2_16 = S2.to(dtype)
+            ks += _state_dot(k2, S2, S2_16, PREC, IEEE)
         r = beta[:, None] * (v.to(tl.float32) - tl.exp2(gam)[:, None] * ks)
-        if PREC == 0:
-            vnew = _mm(tm.to(dtype), r.to(dtype), IEEE)
+        if T16:
+            vnew = _mm(tm, r.to(dtype), IEEE)
         else:
             vnew = _mm(tm.to(tl.float32), r, IEEE)  # (64, BV)
         # The output reads the state in the input dtype, as the split path's stored states.
@@ -230,19 +287,23 @@ def _gdr_fused_kernel(
             )
         else:
             qk = _mm(q, tl.trans(k), IEEE)
+            if BK2 > 0:
+                qk += _mm(q2, tl.trans(k2), IEEE)
             qk = tl.where(causal, qk * tl.exp2(tl.where(causal, gam[:, None] - gam[None, :], 0.0)), 0.0)
-        o = tl.exp2(gam)[:, None] * _mm(q, S16, IEEE) + _mm(qk.to(dtype), vnew.to(dtype), IEEE)
+        qs = _mm(q, S16, IEEE)
+        if BK2 > 0:
+            qs += _mm(q2, S2_16, IEEE)
+        o = tl.exp2(gam)[:, None] * qs + _mm(qk.to(dtype), vnew.to(dtype), IEEE)
         tl.store(o_ptr + row * DV + offs_v[None, :], (o * scale).to(o_ptr.dtype.element_ty), mask=m_lv)
-        if PREC == 1:
-            kd = k.to(tl.float32) * tl.exp2(last - gam)[:, None]
-            S = S * tl.exp2(last) + _mm(tl.trans(kd), vnew, IEEE)
-        else:  # decay folded into v_new (BV wide) rather than k (dk wide)
-            vd = vnew * tl.exp2(last - gam)[:, None]
-            vd16 = vd.to(dtype)
-            S = S * tl.exp2(last) + _mm(tl.trans(k), vd16, IEEE)
-            if PREC == 2:
-                S += _mm(tl.trans(k), (vd - vd16.to(tl.float32)).to(dtype), IEEE)
+        decay_k = tl.exp2(last - gam)
+        vd = vnew * decay_k[:, None]
+        vd16 = vd.to(dtype)
+        S = _state_update(S, k, vnew, vd, vd16, decay_k, last, PREC, IEEE)
+        if BK2 > 0:
+            S2 = _state_update(S2, k2, vnew, vd, vd16, decay_k, last, PREC, IEEE)
     tl.store(final_ptr + state_off, S, mask=mk[:, None] & mv[None, :])
+    if BK2 > 0:
+        tl.store(final_ptr + state_off2, S2, mask=mk2[:, None] & mv[None, :])
 
 
 @functools.lru_cache(maxsize=16)
@@ -258,6 +319,19 @@ def _fused_bv(cfg: dict[str, int], dv: int, bh: int, dev: torch.device) -> int:
     cap = max(16, triton.next_power_of_2(dv))
     width = 32 if triton.cdiv(dv, 32) * bh <= sms else 64
     return min(width, cap)
+
+
+def _k_split(dk: int, split: bool) -> tuple[int, int]:
+    """(BK, BK2) of the fused kernel: one power-of-two tile covering dk, or, with `split` and a dk
+    that is no power of two, the largest power of two below it plus a second power-of-two tile for
+    the rest when the two together are narrower than one padded tile (96 -> 64 + 32; 112 would be
+    64 + 64 = 128, no gain). Tiles narrower than 16 are not valid tensor-core operands."""
+    bk = max(16, triton.next_power_of_2(dk))
+    lo = bk // 2
+    rest = triton.next_power_of_2(max(1, dk - lo))
+    if not split or dk == bk or lo < 16 or rest < 16 or lo + rest >= bk:
+        return bk, 0
+    return lo, rest
 
 
 def chunk_gated_delta_rule_triton(
@@ -294,8 +368,9 @@ def chunk_gated_delta_rule_triton(
     fused = bool(cfg["fused"]) and intermediate_dtype is None
     prec = int(cfg["fu_prec"])
     a_buf = torch.empty((b * h * nchunk, CHUNK, CHUNK), device=dev, dtype=torch.float32)
-    # T in the input dtype when the only product that reads it is 16-bit anyway (half the bytes).
-    t_buf = torch.empty_like(a_buf, dtype=v.dtype if (fused and prec == 0) else torch.float32)
+    # T in the input dtype (`fu_t16`: half the bytes, one 16-bit product; fla's precision).
+    t16 = fused and bool(cfg["fu_t16"])
+    t_buf = torch.empty_like(a_buf, dtype=v.dtype if t16 else torch.float32)
     qk_pre = fused and bool(cfg["qk_pre"])
     aqk = torch.empty((b * h * nchunk, CHUNK, CHUNK), device=dev, dtype=v.dtype) if qk_pre else a_buf
     gam = torch.empty((b * h * nchunk * CHUNK,), device=dev, dtype=torch.float32) if qk_pre else a_buf
@@ -309,9 +384,11 @@ def chunk_gated_delta_rule_triton(
         s0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else final
         fu_bv = _fused_bv(cfg, dv, b * h, dev) if cfg["fu_bv"] == 0 else bv("fu_bv")
         fu_bv = fu_bv if (ieee or cfg["narrow"]) else max(64, fu_bv)
+        bk1, bk2 = _k_split(dk, bool(cfg["fu_ksplit"]))
         _gdr_fused_kernel[(triton.cdiv(dv, fu_bv), b * h)](
             q, k, v, g, beta, t_buf, aqk, gam, s0, o, final, t, h, dk, dv, nchunk, float(scale),
-            HAS_S0=initial_state is not None, BK=BK, BV=fu_bv, IEEE=ieee, PREC=prec, QK_PRE=qk_pre,
+            HAS_S0=initial_state is not None, BK=bk1, BK2=bk2, BV=fu_bv, IEEE=ieee, PREC=prec,
+            QK_PRE=qk_pre, T16=t16, TMASK=cfg["fu_tmask"],
             num_warps=cfg["fu_warps"], num_stages=cfg["fu_stages"],
         )  # fmt: skip
         return o, final
