@@ -73,6 +73,7 @@ VARIANTS: list[dict[str, int]] = [
     {"fu_ksplit": 1, "fu_tmask": 1, "fu_bv": 32, "fu_stages": 2},
     # fla's precision (may be chosen only under the benchmark's `--bound fla`):
     {"fu_ksplit": 1, "fu_tmask": 1, "fu_prec": 0},
+    {"fu_ksplit": 1, "fu_tmask": 1, "fu_prec": 0, "fu_bv": 32, "fu_stages": 2},
     {"fu_ksplit": 1, "fu_tmask": 1, "fu_prec": 0, "fu_t16": 1},
     {"fu_ksplit": 1, "fu_tmask": 1, "fu_prec": 0, "fu_t16": 1, "fu_bv": 32, "fu_stages": 2},
 ]
