@@ -108,33 +108,30 @@ def main() -> None:
                 k = compile_kernel(
                     tssd._ssd_fused_kernel, ssd_types, consts, cfg["fu_warps"], cfg["fu_stages"]
                 )
-            elif name == "ssd" and cfg["st_acc"]:
-                consts = dict(
-                    HAS_S0=False, L=cfg["L"] or 64, BP=cfg["st_bp"], BN=cfg["st_bn"], IEEE=False,
-                    PREC=cfg["st_prec"], ORIENT=cfg["st_acc"],
-                )  # fmt: skip
-                k = compile_kernel(
-                    tssd._ssd_states_acc_kernel, ssd_types, consts, cfg["st_warps"], cfg["st_stages"]
-                )
-                print(f"{name} {var or 'default'} states: {resources(k)}", flush=True)
-                continue
             elif name == "ssd":
                 L = cfg["L"] or 64
-                consts = dict(
-                    HAS_S0=False,
-                    L=L,
-                    BP=cfg["st_bp"],
-                    BN=cfg["st_bn"],
-                    IEEE=False,
-                    PREC=cfg["st_prec"],
-                    PRE=bool(cfg["st_pre"]),
-                )
-                k = compile_kernel(
-                    tssd._ssd_states_kernel, ssd_types, consts, cfg["st_warps"], cfg["st_stages"]
-                )
+                if cfg["st_acc"]:
+                    consts = dict(
+                        HAS_S0=False, L=L, BP=cfg["st_bp"], BN=cfg["st_bn"], IEEE=False,
+                        PREC=cfg["st_prec"], ORIENT=cfg["st_acc"],
+                    )  # fmt: skip
+                    fn = tssd._ssd_states_acc_kernel
+                else:
+                    consts = dict(
+                        HAS_S0=False, L=L, BP=cfg["st_bp"], BN=cfg["st_bn"], IEEE=False,
+                        PREC=cfg["st_prec"], PRE=bool(cfg["st_pre"]),
+                    )  # fmt: skip
+                    fn = tssd._ssd_states_kernel
+                k = compile_kernel(fn, ssd_types, consts, cfg["st_warps"], cfg["st_stages"])
                 print(f"{name} {var or 'default'} states: {resources(k)}", flush=True)
-                consts = dict(HAS_D=True, L=L, BP=cfg["out_bp"], BN=128, IEEE=False, ST_NP=False)
-                k = compile_kernel(tssd._ssd_output_kernel, ssd_types, consts, cfg["out_warps"], 2)
+                consts = dict(HAS_D=True, L=L, BP=cfg["out_bp"], BN=128, IEEE=False, ST_NP=cfg["st_acc"] == 1)
+                if cfg["out_bm"] and cfg["out_bm"] < L:
+                    consts["BM"] = cfg["out_bm"]
+                    k = compile_kernel(
+                        tssd._ssd_output_rows_kernel, ssd_types, consts, cfg["out_warps"], cfg["out_stages"]
+                    )
+                else:
+                    k = compile_kernel(tssd._ssd_output_kernel, ssd_types, consts, cfg["out_warps"], 2)
                 print(f"{name} {var or 'default'} output: {resources(k)}", flush=True)
                 continue
             else:
