@@ -37,8 +37,9 @@ CHUNK = 64
 # `fu_t16`: T stored in the input dtype, one 16-bit T r product (else fp32 T, a tf32 product);
 # `fu_tmask` 1: T read through a 16x16-block mask (vectorised) instead of an element mask;
 # `fu_ksplit` 1: a dk that is no power of two as two tiles (96 = 64 + 32, see `_k_split`) instead of
-# one padded tile; `qk_pre`: the causal q.k matrix and the decay cumsums come from the kkt kernel,
-# not the sequential loop); 0: the five-launch split path.
+# one padded tile; `kkt_lower` 1: A and q.k stored only in the 16x16 blocks on and below the
+# diagonal (see `_gdr_kkt_kernel`); `qk_pre`: the causal q.k matrix and the decay cumsums come
+# from the kkt kernel, not the sequential loop); 0: the five-launch split path.
 # `narrow` = 1 allows 16-bit products with an output width of 32 (crashed once under Triton 3.6, NOTES.md).
 # `fu_stages` 3 (was 2): 1.19 -> 1.03 ms at 16k, H32 K=V=128, H100 (device run s3-1, NOTES.md).
 CONFIG = {
@@ -50,6 +51,7 @@ CONFIG = {
     "fu_t16": 0,
     "fu_tmask": 0,
     "fu_ksplit": 0,
+    "kkt_lower": 0,
     "qk_pre": 1,
     "narrow": 1,
     "solve_warps": 1,
@@ -66,16 +68,19 @@ CONFIG = {
 REFERENCE = {"fused": 0}
 VARIANTS: list[dict[str, int]] = [
     {"fu_stages": 2},  # the default of device run 5
-    {"fu_ksplit": 1},
+    # Session 4, OLMo shape (H30 dk 96 dv 192), 16k, H100, same run (default 1.366 ms, fla ~1.29;
+    # bench/results/gpu_kernels_s4_gdn_tune_a.json): `fu_tmask` 1.242 ms, same errors (3.28e-3,
+    # state 3.85e-4), passed the GPU variant tests; not yet the default (the whole GPU suite has not
+    # run with it), nor timed at H32. `kkt_lower` with it: untimed, not yet run on the GPU.
     {"fu_tmask": 1},
-    {"fu_ksplit": 1, "fu_tmask": 1},
-    {"fu_ksplit": 1, "fu_tmask": 1, "fu_stages": 2},
-    {"fu_ksplit": 1, "fu_tmask": 1, "fu_bv": 32, "fu_stages": 2},
-    # fla's precision (may be chosen only under the benchmark's `--bound fla`):
-    {"fu_ksplit": 1, "fu_tmask": 1, "fu_prec": 0},
-    {"fu_ksplit": 1, "fu_tmask": 1, "fu_prec": 0, "fu_bv": 32, "fu_stages": 2},
-    {"fu_ksplit": 1, "fu_tmask": 1, "fu_prec": 0, "fu_t16": 1},
-    {"fu_ksplit": 1, "fu_tmask": 1, "fu_prec": 0, "fu_t16": 1, "fu_bv": 32, "fu_stages": 2},
+    {"fu_tmask": 1, "kkt_lower": 1},
+    {"fu_tmask": 1, "fu_ksplit": 1},  # 1.278 ms
+    {"fu_tmask": 1, "fu_ksplit": 1, "fu_bv": 32, "fu_stages": 2},  # two programs per SM: 1.270 ms
+    # fla's precision (may be chosen only under the benchmark's `--bound fla`): 0.975 / 0.978 ms,
+    # errors at 2k 3.68e-3 / state 2.30e-3 (fla 3.73e-3 / 2.52e-3; ours 3.28e-3 / 3.85e-4),
+    # bench/results/gpu_kernels_s4_gdn_tune_b.json; passed the GPU variant tests.
+    {"fu_tmask": 1, "fu_ksplit": 1, "fu_prec": 0, "fu_t16": 1},
+    {"fu_tmask": 1, "fu_ksplit": 1, "fu_prec": 0, "fu_t16": 1, "fu_bv": 32, "fu_stages": 2},
 ]
 # Not listed (wrong on an H100 under Triton 3.6, though right on the interpreter; kernels/NOTES.md):
 # {"fu_warps": 8} gave inf outputs; {"fu_prec": 0} with T in bf16 read through an element mask
@@ -83,6 +88,11 @@ VARIANTS: list[dict[str, int]] = [
 # illegal memory access (device run 5, dv-block 32); {"fu_stages": 1} an illegal memory access at
 # k96/v192 (dv-block 64), and T as power-of-two-scaled fp16 (tried, since removed) ~0.86 relative
 # error at both test shapes (device run s3-1). {"fu_warps": 2} was right but 2.8x slower.
+# {"fu_ksplit": 1, "fu_prec": 0} (fp32 T, one 16-bit state product) gave NaN outputs at k96/v192
+# with an initial state in the GPU test, at dv-blocks 64 and 32, and inf at 2k in the tune at
+# dv-block 32 (session 4); the same with `fu_t16` passed. Not diagnosed.
+# {"fu_ksplit": 1} alone: 1.510 ms (slower than unsplit, 1.366); with `fu_tmask` and 2 stages at
+# dv-block 64: 1.395 ms.
 
 
 @triton.jit
@@ -206,6 +216,7 @@ def _gdr_fused_kernel(
     T, H, DK, DV, NCHUNK, scale,
     HAS_S0: tl.constexpr, BK: tl.constexpr, BK2: tl.constexpr, BV: tl.constexpr, IEEE: tl.constexpr,
     PREC: tl.constexpr, QK_PRE: tl.constexpr, T16: tl.constexpr, TMASK: tl.constexpr,
+    QK_LOWER: tl.constexpr,
 ):  # fmt: skip
     """States and output in one sequential pass per (batch*head, dv-block), the state held in
     registers (fp32): for each chunk, v_new = T diag(beta) (V - diag(exp(gam)) K S) (so W and U are
@@ -216,7 +227,8 @@ def _gdr_fused_kernel(
     k/q product, state register and k/q shared-memory tile. T16: T is stored in the input dtype and
     multiplies r as one 16-bit product (fla's precision). TMASK 1 reads T's lower 16x16 blocks (all
     that the solve writes, zeros above the diagonal included) through a block mask that is constant
-    along 16 columns, so the load is vectorised; 0 masks element by element."""
+    along 16 columns, so the load is vectorised; 0 masks element by element. QK_LOWER: the kkt
+    kernel wrote the q.k matrix only in those blocks (LOWER), so it is read through the block mask."""
     pid_v = tl.program_id(0)
     pid_bh = tl.program_id(1)
     bi = (pid_bh // H).to(tl.int64)
@@ -242,8 +254,9 @@ def _gdr_fused_kernel(
         else:
             S2 = tl.zeros((BK2, BV), dtype=tl.float32)
     causal = offs_l[:, None] >= offs_l[None, :]
+    blocks = (offs_l[:, None] // 16) >= (offs_l[None, :] // 16)
     if TMASK == 1:
-        t_mask = (offs_l[:, None] // 16) >= (offs_l[None, :] // 16)
+        t_mask = blocks
     else:
         t_mask = causal
     for c in range(NCHUNK):
@@ -283,9 +296,11 @@ def _gdr_fused_kernel(
             vnew = _mm(tm.to(tl.float32), r, IEEE)  # (64, BV)
         # The output reads the state in the input dtype, as the split path's stored states.
         if QK_PRE:  # the causal q.k matrix from the parallel kkt kernel (fewer registers here)
-            qk = tl.load(
-                aqk_ptr + ((bi * H + hi) * NCHUNK + c) * 4096 + offs_l[:, None] * 64 + offs_l[None, :]
-            )
+            qk_ptrs = aqk_ptr + ((bi * H + hi) * NCHUNK + c) * 4096 + offs_l[:, None] * 64 + offs_l[None, :]
+            if QK_LOWER:
+                qk = tl.load(qk_ptrs, mask=blocks, other=0.0)
+            else:
+                qk = tl.load(qk_ptrs)
         else:
             qk = _mm(q, tl.trans(k), IEEE)
             if BK2 > 0:
@@ -375,9 +390,11 @@ def chunk_gated_delta_rule_triton(
     qk_pre = fused and bool(cfg["qk_pre"])
     aqk = torch.empty((b * h * nchunk, CHUNK, CHUNK), device=dev, dtype=v.dtype) if qk_pre else a_buf
     gam = torch.empty((b * h * nchunk * CHUNK,), device=dev, dtype=torch.float32) if qk_pre else a_buf
+    lower = bool(cfg["kkt_lower"])
     _gdr_kkt_kernel[(nchunk, b * h)](
-        k, g, beta, a_buf, q, aqk, gam, t, h, dk, nchunk, BK=BK, IEEE=ieee, HAS_QK=qk_pre, num_warps=4
-    )
+        k, g, beta, a_buf, q, aqk, gam, t, h, dk, nchunk,
+        BK=BK, IEEE=ieee, HAS_QK=qk_pre, LOWER=lower, num_warps=4,
+    )  # fmt: skip
     _gdr_solve_kernel[(b * h * nchunk,)](a_buf, t_buf, num_warps=cfg["solve_warps"])
     if fused:
         o = torch.empty_like(v)
@@ -389,7 +406,7 @@ def chunk_gated_delta_rule_triton(
         _gdr_fused_kernel[(triton.cdiv(dv, fu_bv), b * h)](
             q, k, v, g, beta, t_buf, aqk, gam, s0, o, final, t, h, dk, dv, nchunk, float(scale),
             HAS_S0=initial_state is not None, BK=bk1, BK2=bk2, BV=fu_bv, IEEE=ieee, PREC=prec,
-            QK_PRE=qk_pre, T16=t16, TMASK=cfg["fu_tmask"],
+            QK_PRE=qk_pre, T16=t16, TMASK=cfg["fu_tmask"], QK_LOWER=lower,
             num_warps=cfg["fu_warps"], num_stages=cfg["fu_stages"],
         )  # fmt: skip
         return o, final

@@ -39,11 +39,13 @@ def _chunk_gates(g_ptr, beta_ptr, bi, T, H, hi, c):
 def _gdr_kkt_kernel(
     k_ptr, g_ptr, beta_ptr, a_ptr, q_ptr, aqk_ptr, gam_ptr,
     T, H, DK, NCHUNK,
-    BK: tl.constexpr, IEEE: tl.constexpr, HAS_QK: tl.constexpr,
+    BK: tl.constexpr, IEEE: tl.constexpr, HAS_QK: tl.constexpr, LOWER: tl.constexpr,
 ):  # fmt: skip
     """A (strictly lower, fp32); with HAS_QK also the chunk's causal attention matrix
     [q_i.k_j exp(gam_i - gam_j)]_{j<=i} in aqk's dtype and the cumulative log2-decays gam (fp32,
-    contiguous per head), so the sequential kernel forms neither."""
+    contiguous per head), so the sequential kernel forms neither. LOWER: both matrices are stored
+    only in the 16x16 blocks on and below the diagonal (the solve reads no other, and the fused
+    kernel reads q.k through the same block mask): 6 of 16 blocks of zeros not written."""
     c = tl.program_id(0)
     pid_bh = tl.program_id(1)
     bi = (pid_bh // H).to(tl.int64)
@@ -62,7 +64,11 @@ def _gdr_kkt_kernel(
     decay = tl.exp2(tl.where(strict, gam[:, None] - gam[None, :], 0.0))
     a = tl.where(strict, beta[:, None] * _mm(k, tl.trans(k), IEEE) * decay, 0.0)
     base = ((bi * H + hi) * NCHUNK + c) * 4096
-    tl.store(a_ptr + base + offs[:, None] * 64 + offs[None, :], a)
+    blocks = (offs[:, None] // 16) >= (offs[None, :] // 16)  # constant along 16 columns: vectorised
+    if LOWER:
+        tl.store(a_ptr + base + offs[:, None] * 64 + offs[None, :], a, mask=blocks)
+    else:
+        tl.store(a_ptr + base + offs[:, None] * 64 + offs[None, :], a)
     if HAS_QK:
         q = tl.load(
             q_ptr + ((bi * T + t_idx[:, None]) * H + hi) * DK + offs_k[None, :],
@@ -72,7 +78,11 @@ def _gdr_kkt_kernel(
         causal = offs[:, None] >= offs[None, :]
         qk = _mm(q, tl.trans(k), IEEE) * tl.exp2(tl.where(causal, gam[:, None] - gam[None, :], 0.0))
         qk = tl.where(causal, qk, 0.0)
-        tl.store(aqk_ptr + base + offs[:, None] * 64 + offs[None, :], qk.to(aqk_ptr.dtype.element_ty))
+        qk = qk.to(aqk_ptr.dtype.element_ty)
+        if LOWER:
+            tl.store(aqk_ptr + base + offs[:, None] * 64 + offs[None, :], qk, mask=blocks)
+        else:
+            tl.store(aqk_ptr + base + offs[:, None] * 64 + offs[None, :], qk)
         tl.store(gam_ptr + ((bi * H + hi) * NCHUNK + c) * 64 + offs, gam)
 
 
