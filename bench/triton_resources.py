@@ -89,11 +89,14 @@ def main() -> None:
         for var in [{}, *listed]:
             cfg = {**module.CONFIG, **var}
             if name == "gdn" and cfg["fused"]:
-                types = dict(gdn_types, t_ptr=bf16 if cfg["fu_prec"] == 0 else f32)
+                types = dict(gdn_types, t_ptr=bf16 if cfg["fu_t16"] else f32)
                 bv = cfg["fu_bv"] or 32
+                bk, bk2 = tgdr._k_split(96, bool(cfg["fu_ksplit"])) if cfg["fu_ksplit"] else (128, 0)
                 consts = dict(
-                    HAS_S0=False, BK=128, BV=bv, IEEE=False, PREC=cfg["fu_prec"], QK_PRE=bool(cfg["qk_pre"])
-                )
+                    HAS_S0=False, BK=bk, BK2=bk2, BV=bv, IEEE=False, PREC=cfg["fu_prec"],
+                    QK_PRE=bool(cfg["qk_pre"]), T16=bool(cfg["fu_t16"]), TMASK=bool(cfg["fu_tmask"]),
+                    QK_LOWER=bool(cfg["kkt_lower"]),
+                )  # fmt: skip
                 k = compile_kernel(tgdr._gdr_fused_kernel, types, consts, cfg["fu_warps"], cfg["fu_stages"])
             elif name == "ssd" and cfg["fused"]:
                 consts = dict(
@@ -124,14 +127,8 @@ def main() -> None:
                     fn = tssd._ssd_states_kernel
                 k = compile_kernel(fn, ssd_types, consts, cfg["st_warps"], cfg["st_stages"])
                 print(f"{name} {var or 'default'} states: {resources(k)}", flush=True)
-                consts = dict(HAS_D=True, L=L, BP=cfg["out_bp"], BN=128, IEEE=False, ST_NP=cfg["st_acc"] == 1)
-                if cfg["out_bm"] and cfg["out_bm"] < L:
-                    consts["BM"] = cfg["out_bm"]
-                    k = compile_kernel(
-                        tssd._ssd_output_rows_kernel, ssd_types, consts, cfg["out_warps"], cfg["out_stages"]
-                    )
-                else:
-                    k = compile_kernel(tssd._ssd_output_kernel, ssd_types, consts, cfg["out_warps"], 2)
+                consts = dict(HAS_D=True, L=L, BP=cfg["out_bp"], BN=128, IEEE=False)
+                k = compile_kernel(tssd._ssd_output_kernel, ssd_types, consts, cfg["out_warps"], 2)
                 print(f"{name} {var or 'default'} output: {resources(k)}", flush=True)
                 continue
             else:

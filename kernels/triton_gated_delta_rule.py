@@ -49,7 +49,7 @@ CONFIG = {
     "fu_stages": 3,
     "fu_prec": 2,
     "fu_t16": 0,
-    "fu_tmask": 0,
+    "fu_tmask": 1,
     "fu_ksplit": 0,
     "kkt_lower": 0,
     "qk_pre": 1,
@@ -68,11 +68,10 @@ CONFIG = {
 REFERENCE = {"fused": 0}
 VARIANTS: list[dict[str, int]] = [
     {"fu_stages": 2},  # the default of device run 5
-    # Session 4, OLMo shape (H30 dk 96 dv 192), 16k, H100, same run (default 1.366 ms, fla ~1.29;
-    # bench/results/gpu_kernels_s4_gdn_tune_a.json): `fu_tmask` 1.242 ms, same errors (3.28e-3,
-    # state 3.85e-4), passed the GPU variant tests; not yet the default (the whole GPU suite has not
-    # run with it), nor timed at H32. `kkt_lower` with it: untimed, not yet run on the GPU.
-    {"fu_tmask": 1},
+    # Session 4, OLMo shape (H30 dk 96 dv 192), 16k, H100, same run (bench/results/
+    # gpu_kernels_s4_gdn_tune_a.json): `fu_tmask` (now the default) 1.242 ms vs 1.366 without it,
+    # same errors (3.28e-3, state 3.85e-4).
+    {"fu_tmask": 0},  # session 3's default
     {"fu_tmask": 1, "kkt_lower": 1},
     {"fu_tmask": 1, "fu_ksplit": 1},  # 1.278 ms
     {"fu_tmask": 1, "fu_ksplit": 1, "fu_bv": 32, "fu_stages": 2},  # two programs per SM: 1.270 ms

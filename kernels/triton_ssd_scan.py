@@ -4,13 +4,14 @@ Default (split) path, three launches, as in the SSD paper's block decomposition:
 
 0. `_ssd_chunk_weights_kernel` (`st_pre`), parallel: each chunk's weights exp(cum_L - cum) dt and
    decay exp(cum_L), so the sequential kernel does no scan.
-1. `_ssd_states_kernel`, one program per (batch*head, p-block, n-block), walks the chunks in order.
-   It writes the state *entering* each chunk to a buffer (b, h, c, p, n), then folds the chunk in:
-   S <- exp(cum_L) S + (x * exp(cum_L - cum) dt)^T B. Sequential in chunks, but each step is one
-   small matrix product, and the intra-chunk work is left to the next launch. That product runs in
-   fp16 on power-of-two-scaled operands (`st_prec` 3: tf32's 11 significant bits at 16-bit width).
-   Chunks are 128 tokens (`L`), whatever chunk_size the caller passes: half the sequential steps
-   and half the stored states of 64-token chunks, for an output kernel no slower (NOTES.md).
+1. `_ssd_states_acc_kernel` (`st_acc` 1), one program per (batch*head, p-block, n-block), walks the
+   chunks in order. It writes the state *entering* each chunk to a buffer (b, h, c, p, n), then folds
+   the chunk in: S <- exp(cum_L) S + (x * exp(cum_L - cum) dt)^T B, accumulated in place by one 16-bit
+   tensor-core product (or two, `st_prec` 2). Sequential in chunks, but each step is one small matrix
+   product, and the intra-chunk work is left to the next launch. Chunks are 128 tokens (`L`), whatever
+   chunk_size the caller passes: half the sequential steps and half the stored states of 64-token
+   chunks, for an output kernel no slower (NOTES.md). `_ssd_states_kernel` (`st_acc` 0) is the
+   session-3 form (the product computed apart, then added; fp16-scaled, tf32 or hi + lo operands).
 2. `_ssd_output_kernel`, one program per (chunk, batch*head, p-block), fully parallel over chunks:
    y = [(C B^T) * exp(cum_i - cum_j) dt_j]_causal x + exp(cum_i) C S_in^T + D x.
 
@@ -36,29 +37,31 @@ from kernels.triton_common import pow2_scale as _pow2_scale
 
 # Launch parameters (block sizes, warps, pipeline depth); bench/gpu_kernels.py sweeps them.
 # Defaults: the best of the sweeps on an H100 (triton 3.6) at T=16k, H=32, P=N=128, bf16 (device runs 2,
-# 5, s3-1 and the lead's s3 call, kernels/NOTES.md): split path with 128-token chunks (`L`, 0 = the caller's
-# chunk_size), 64x64 state blocks in 8 warps with 3 stages, fp16 scaled state update (`st_prec` 3),
-# precomputed weights, 8-warp output.
-# `fused` = 1 runs `_ssd_fused_kernel` (one launch, chunk `fu_L`, p-block `fu_bp`, state update
-# precision `fu_prec`, see `_update`); 0 runs the
-# two-launch split path (states kernel + output kernel) with the `st_*` / `out_*` parameters.
+# 5, s3-1, s3 lead, s4-1, s4-2; kernels/NOTES.md): split path with 128-token chunks (`L`, 0 = the caller's
+# chunk_size), precomputed weights, the accumulating states kernel (`st_acc`) on 64x64 state blocks in
+# 4 warps / 3 stages with x w rounded to 16 bits (`st_prec` 0: fla's precision class; output and final
+# state measured closer to the fp32 reference than fla's, NOTES.md), 8-warp output.
+# `st_prec` 2 (x w as a hi + lo pair) keeps the final state ~400x closer to the fp32 reference at ~9%
+# more time. `fused` = 1 runs `_ssd_fused_kernel` (one launch, chunk `fu_L`, p-block `fu_bp`, state
+# update precision `fu_prec`, see `_update`); 0 runs the split path (states kernel + output kernel)
+# with the `st_*` / `out_*` parameters; `st_acc` 0 the states kernel before session 4 (`_update`'s
+# precisions, e.g. `st_prec` 3 = fp16 scaled operands).
 # `narrow` = 1 allows 16-bit products with an output width of 32 (crashed once under Triton 3.6, NOTES.md).
 CONFIG = {
     "fused": 0, "fu_L": 64, "fu_bp": 64, "fu_warps": 4, "fu_stages": 2, "fu_prec": 2, "narrow": 0,
-    "st_bp": 64, "st_bn": 64, "st_warps": 8, "st_stages": 3, "st_prec": 3, "st_pre": 1,
+    "st_acc": 1, "st_bp": 64, "st_bn": 64, "st_warps": 4, "st_stages": 3, "st_prec": 0, "st_pre": 1,
     "out_bp": 128, "out_warps": 8, "L": 128,
 }  # fmt: skip
 # The previous design (the split path as first tuned), and the variants bench/gpu_kernels.py times
 # against it; tests/kernels/test_chunk_variants.py checks every one against the reference.
 REFERENCE = {
-    "fused": 0, "st_prec": 1, "st_pre": 0, "st_bp": 32, "st_bn": 32, "st_warps": 4, "L": 0, "out_warps": 4,
+    "fused": 0, "st_acc": 0, "st_prec": 1, "st_pre": 0, "st_bp": 32, "st_bn": 32, "st_warps": 4, "L": 0,
+    "out_warps": 4,
 }  # fmt: skip
 VARIANTS: list[dict[str, int]] = [
-    {"st_prec": 0},  # fla's precision (xw rounded to bf16): for the record, fails the state-error bound
-    {"L": 0, "st_prec": 1, "st_bp": 32, "st_bn": 32, "out_warps": 4},  # the default of device run 5
-    {"st_prec": 1},  # tf32 update at the new shape
-    {"st_warps": 4, "st_stages": 2},  # session 3 s3-2 default: spills at 4 warps (255 regs + 40 B stack)
-    {"st_warps": 8, "st_stages": 2},
+    {"st_prec": 2},  # the accumulating kernel with x w as hi + lo (final state ~4e-6 from the reference)
+    {"st_acc": 0, "st_prec": 3, "st_warps": 8},  # session 3's default (fp16 scaled update)
+    {"st_acc": 0, "st_prec": 1, "st_warps": 8},  # tf32 update at the new shape
 ]
 
 
@@ -163,6 +166,63 @@ def _ssd_states_kernel(
         )  # (L, BN)
         S = S * decay + _update(xw=x.to(tl.float32) * w[:, None], b=b, PREC=PREC, IEEE=IEEE)
     tl.store(final_ptr + state_base + offs_p[:, None] * N + offs_n[None, :], S, mask=mask_pn)
+
+
+@triton.jit
+def _ssd_states_acc_kernel(
+    x_ptr, B_ptr, s0_ptr, states_ptr, final_ptr, w_ptr, decay_ptr,
+    T, H, G, P, N, NCHUNK,
+    HAS_S0: tl.constexpr, L: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr,
+    PREC: tl.constexpr,
+):  # fmt: skip
+    """The states kernel (`st_acc` 1), with the chunk's product accumulated into the state in place:
+    S <- decay S, then tl.dot(x w^T, B, S), so no separate product tile is added and B (the input
+    dtype, as loaded) is the right operand with no conversion, scaling or tile maxima. x is read
+    transposed, (BP, L), so x w, the one operand formed in registers, is already the left operand.
+    x w is one 16-bit operand (PREC 0: rounded as fla rounds v exp(g)) or a 16-bit hi + lo pair
+    (PREC 2: ~16 significant bits, two products into the same accumulator)."""
+    pid_p = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_bh = tl.program_id(2)
+    bi = (pid_bh // H).to(tl.int64)
+    hi = pid_bh % H
+    gi = hi // (H // G)
+    offs_l = tl.arange(0, L)
+    offs_p = pid_p * BP + tl.arange(0, BP)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    pn_off = offs_p[:, None] * N + offs_n[None, :]
+    mask = (offs_p[:, None] < P) & (offs_n[None, :] < N)
+    state_base = (bi * H + hi) * P * N
+    if HAS_S0:
+        S = tl.load(s0_ptr + state_base + pn_off, mask=mask, other=0.0).to(tl.float32)
+    else:
+        S = tl.zeros((BP, BN), dtype=tl.float32)
+    for c in range(NCHUNK):
+        st_ptr = states_ptr + ((bi * H + hi) * NCHUNK + c) * P * N + pn_off
+        tl.store(st_ptr, S.to(states_ptr.dtype.element_ty), mask=mask)
+        t_idx = c * L + offs_l
+        mt = t_idx < T
+        w = tl.load(w_ptr + (bi * H + hi) * NCHUNK * L + c * L + offs_l)
+        S = S * tl.load(decay_ptr + (bi * H + hi) * NCHUNK + c)
+        xt = tl.load(
+            x_ptr + ((bi * T + t_idx[None, :]) * H + hi) * P + offs_p[:, None],
+            mask=mt[None, :] & (offs_p[:, None] < P),
+            other=0.0,
+        )  # (BP, L)
+        b = tl.load(
+            B_ptr + ((bi * T + t_idx[:, None]) * G + gi) * N + offs_n[None, :],
+            mask=mt[:, None] & (offs_n[None, :] < N),
+            other=0.0,
+        )  # (L, BN)
+        xw = xt.to(tl.float32) * w[None, :]
+        if IEEE:
+            S = tl.dot(xw, b.to(tl.float32), S, input_precision="ieee")
+        else:
+            xw_hi = xw.to(b.dtype)
+            S = tl.dot(xw_hi, b, S)
+            if PREC == 2:
+                S = tl.dot((xw - xw_hi.to(tl.float32)).to(b.dtype), b, S)
+    tl.store(final_ptr + state_base + pn_off, S, mask=mask)
 
 
 @triton.jit
@@ -324,24 +384,31 @@ def ssd_scan_triton(
     s0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else final
     BP_s, BN_s = min(cfg["st_bp"], _pow2_at_least_16(p)), min(cfg["st_bn"], _pow2_at_least_16(n))
     grid_s = (triton.cdiv(p, BP_s), triton.cdiv(n, BN_s), b * h)
-    pre = bool(cfg["st_pre"])
+    acc = bool(cfg["st_acc"])
+    pre = bool(cfg["st_pre"]) or acc > 0
     if pre:
         w_buf = torch.empty((b * h * nchunk * L,), device=x.device, dtype=torch.float32)
         decay = torch.empty((b * h * nchunk,), device=x.device, dtype=torch.float32)
         _ssd_chunk_weights_kernel[(nchunk, b * h)](dt, A32, w_buf, decay, t, h, nchunk, L=L, num_warps=2)
     else:
         w_buf = decay = A32  # not read
-    _ssd_states_kernel[grid_s](
-        x, dt, A32, B, s0, states, final, w_buf, decay, t, h, g, p, n, nchunk,
-        HAS_S0=initial_state is not None, L=L, BP=BP_s, BN=BN_s, IEEE=ieee, PREC=st_prec, PRE=pre,
-        num_warps=cfg["st_warps"], num_stages=cfg["st_stages"],
-    )  # fmt: skip
+    if acc:
+        _ssd_states_acc_kernel[grid_s](
+            x, B, s0, states, final, w_buf, decay, t, h, g, p, n, nchunk,
+            HAS_S0=initial_state is not None, L=L, BP=BP_s, BN=BN_s, IEEE=ieee, PREC=cfg["st_prec"],
+            num_warps=cfg["st_warps"], num_stages=cfg["st_stages"],
+        )  # fmt: skip
+    else:
+        _ssd_states_kernel[grid_s](
+            x, dt, A32, B, s0, states, final, w_buf, decay, t, h, g, p, n, nchunk,
+            HAS_S0=initial_state is not None, L=L, BP=BP_s, BN=BN_s, IEEE=ieee, PREC=st_prec, PRE=pre,
+            num_warps=cfg["st_warps"], num_stages=cfg["st_stages"],
+        )  # fmt: skip
     BP_o, BN_o = min(cfg["out_bp"], _pow2_at_least_16(p)), _pow2_at_least_16(n)
     if not ieee:  # 16-bit dots with N=32 crashed on an H100 under Triton 3.6 (see triton_gated_delta_rule)
         BP_o = max(64, BP_o)
     Dv = D.to(torch.float32).contiguous() if D is not None else A32
-    grid_o = (nchunk, b * h, triton.cdiv(p, BP_o))
-    _ssd_output_kernel[grid_o](
+    _ssd_output_kernel[(nchunk, b * h, triton.cdiv(p, BP_o))](
         x, dt, A32, B, C, Dv, states, y, t, h, g, p, n, nchunk,
         HAS_D=D is not None, L=L, BP=BP_o, BN=BN_o, IEEE=ieee, num_warps=cfg["out_warps"],
     )  # fmt: skip

@@ -115,11 +115,15 @@ def test_gdn_variants_gpu(dev, variant, shape):
         _gdn_check(dev, variant, shape, torch.float32)
 
 
+@pytest.mark.parametrize(
+    "variant", [{"st_acc": 0, "st_prec": 3}, {}], ids=["session3_fp16_scaled", "default"]
+)
 @pytest.mark.parametrize("scale", [1e5, 1e-7], ids=["above_fp16_range", "below_fp16_normals"])
-def test_ssd_fp16_state_update_range(dev, scale):
-    """The default state update (`st_prec` 3) rounds its operands to fp16 after power-of-two scaling:
-    x and B far above fp16's range (65504) or below its normals (6e-5) must keep the state as
-    precise as at unit scale. Unscaled, the first overflows to inf and the second loses its digits."""
+def test_ssd_fp16_state_update_range(dev, scale, variant):
+    """Session 3's state update (`st_acc` 0, `st_prec` 3) rounds its operands to fp16 after
+    power-of-two scaling: x and B far above fp16's range (65504) or below its normals (6e-5) must
+    keep the state as precise as at unit scale. Unscaled, the first overflows to inf and the second
+    loses its digits. The default (16-bit products in the input dtype, bf16 here) must too."""
     if ON_GPU:
         shape = (1, 1037, 4, 1, 128, 128)
     else:
@@ -129,7 +133,7 @@ def test_ssd_fp16_state_update_range(dev, scale):
     x, B, C = (x * scale).to(torch.bfloat16), (B * scale).to(torch.bfloat16), C.to(torch.bfloat16)
     s0 = s0 * scale * scale
     y_ref, s_ref = ssd_scan_ref(x, dt, A, B, C, D=D, initial_state=s0)
-    with _config(tssd, {"st_prec": 3, "fused": 0}):
+    with _config(tssd, {"fused": 0, **variant}):
         y, s = kernels.ssd_scan(x, dt, A, B, C, D=D, initial_state=s0)
     assert rel_err(y, y_ref) < 2e-2
     assert rel_err(s, s_ref) < (3e-3 if ON_GPU else 1e-3)
