@@ -51,7 +51,7 @@ CONFIG = {
     "fu_t16": 0,
     "fu_tmask": 1,
     "fu_ksplit": 0,
-    "kkt_lower": 0,
+    "kkt_lower": 1,
     "qk_pre": 1,
     "narrow": 1,
     "solve_warps": 1,
@@ -71,8 +71,10 @@ VARIANTS: list[dict[str, int]] = [
     # Session 4, OLMo shape (H30 dk 96 dv 192), 16k, H100, same run (bench/results/
     # gpu_kernels_s4_gdn_tune_a.json): `fu_tmask` (now the default) 1.242 ms vs 1.366 without it,
     # same errors (3.28e-3, state 3.85e-4).
-    {"fu_tmask": 0},  # session 3's default
-    {"fu_tmask": 1, "kkt_lower": 1},
+    # `kkt_lower` (A and q.k stored only on/below the diagonal blocks; now the default too): 1.224 ms
+    # vs 1.237 with `fu_tmask` alone and 1.364 with neither (lead's call s4-3, gpu_kernels_s4_final.json).
+    {"fu_tmask": 0, "kkt_lower": 0},  # session 3's default
+    {"kkt_lower": 0},
     {"fu_tmask": 1, "fu_ksplit": 1},  # 1.278 ms
     {"fu_tmask": 1, "fu_ksplit": 1, "fu_bv": 32, "fu_stages": 2},  # two programs per SM: 1.270 ms
     # fla's precision (may be chosen only under the benchmark's `--bound fla`): 0.975 / 0.978 ms,
