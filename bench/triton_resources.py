@@ -113,18 +113,11 @@ def main() -> None:
                 )
             elif name == "ssd":
                 L = cfg["L"] or 64
-                if cfg["st_acc"]:
-                    consts = dict(
-                        HAS_S0=False, L=L, BP=cfg["st_bp"], BN=cfg["st_bn"], IEEE=False,
-                        PREC=cfg["st_prec"], ORIENT=cfg["st_acc"],
-                    )  # fmt: skip
-                    fn = tssd._ssd_states_acc_kernel
-                else:
-                    consts = dict(
-                        HAS_S0=False, L=L, BP=cfg["st_bp"], BN=cfg["st_bn"], IEEE=False,
-                        PREC=cfg["st_prec"], PRE=bool(cfg["st_pre"]),
-                    )  # fmt: skip
-                    fn = tssd._ssd_states_kernel
+                consts = dict(
+                    HAS_S0=False, L=L, BP=cfg["st_bp"], BN=cfg["st_bn"], IEEE=False, PREC=cfg["st_prec"],
+                    PRE=bool(cfg["st_pre"] or cfg["st_acc"]), ACC=bool(cfg["st_acc"]),
+                )  # fmt: skip
+                fn = tssd._ssd_states_kernel
                 k = compile_kernel(fn, ssd_types, consts, cfg["st_warps"], cfg["st_stages"])
                 print(f"{name} {var or 'default'} states: {resources(k)}", flush=True)
                 consts = dict(HAS_D=True, L=L, BP=cfg["out_bp"], BN=128, IEEE=False)

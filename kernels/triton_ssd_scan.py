@@ -4,14 +4,14 @@ Default (split) path, three launches, as in the SSD paper's block decomposition:
 
 0. `_ssd_chunk_weights_kernel` (`st_pre`), parallel: each chunk's weights exp(cum_L - cum) dt and
    decay exp(cum_L), so the sequential kernel does no scan.
-1. `_ssd_states_acc_kernel` (`st_acc` 1), one program per (batch*head, p-block, n-block), walks the
+1. `_ssd_states_kernel` (`st_acc` 1), one program per (batch*head, p-block, n-block), walks the
    chunks in order. It writes the state *entering* each chunk to a buffer (b, h, c, p, n), then folds
    the chunk in: S <- exp(cum_L) S + (x * exp(cum_L - cum) dt)^T B, accumulated in place by one 16-bit
    tensor-core product (or two, `st_prec` 2). Sequential in chunks, but each step is one small matrix
    product, and the intra-chunk work is left to the next launch. Chunks are 128 tokens (`L`), whatever
    chunk_size the caller passes: half the sequential steps and half the stored states of 64-token
-   chunks, for an output kernel no slower (NOTES.md). `_ssd_states_kernel` (`st_acc` 0) is the
-   session-3 form (the product computed apart, then added; fp16-scaled, tf32 or hi + lo operands).
+   chunks, for an output kernel no slower (NOTES.md). `st_acc` 0 is the session-3 form (the
+   product computed apart, then added; fp16-scaled, tf32 or hi + lo operands).
 2. `_ssd_output_kernel`, one program per (chunk, batch*head, p-block), fully parallel over chunks:
    y = [(C B^T) * exp(cum_i - cum_j) dt_j]_causal x + exp(cum_i) C S_in^T + D x.
 
@@ -121,8 +121,16 @@ def _ssd_states_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, s0_ptr, states_ptr, final_ptr, w_ptr, decay_ptr,
     T, H, G, P, N, NCHUNK,
     HAS_S0: tl.constexpr, L: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr,
-    PREC: tl.constexpr, PRE: tl.constexpr,
+    PREC: tl.constexpr, PRE: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
+    """One program per (batch*head, p-block, n-block), sequential over chunks (module docstring).
+    ACC (`st_acc` 1, needs PRE): the chunk's product accumulates into the state in place,
+    S <- decay S, then tl.dot(x w^T, B, S), so no separate product tile is added and B (the input
+    dtype, as loaded) is the right operand with no conversion, scaling or tile maxima; x is read
+    transposed, (BP, L), so x w, the one operand formed in registers, is already the left operand.
+    x w is one 16-bit operand (PREC 0: rounded as fla rounds v exp(g)) or a 16-bit hi + lo pair
+    (PREC 2: ~16 significant bits, two products into the same accumulator). Without ACC (session 3's
+    form) the product is formed apart by `_update` (PREC 0-3 there) and then added."""
     pid_p = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_bh = tl.program_id(2)
@@ -132,17 +140,17 @@ def _ssd_states_kernel(
     offs_l = tl.arange(0, L)
     offs_p = pid_p * BP + tl.arange(0, BP)
     offs_n = pid_n * BN + tl.arange(0, BN)
+    pn_off = offs_p[:, None] * N + offs_n[None, :]
     mask_pn = (offs_p[:, None] < P) & (offs_n[None, :] < N)
     a = tl.load(A_ptr + hi).to(tl.float32) * 1.4426950408889634  # log2 units
     state_base = (bi * H + hi) * P * N
     if HAS_S0:
-        S = tl.load(s0_ptr + state_base + offs_p[:, None] * N + offs_n[None, :], mask=mask_pn, other=0.0)
-        S = S.to(tl.float32)
+        S = tl.load(s0_ptr + state_base + pn_off, mask=mask_pn, other=0.0).to(tl.float32)
     else:
         S = tl.zeros((BP, BN), dtype=tl.float32)
     for c in range(NCHUNK):
-        st_off = ((bi * H + hi) * NCHUNK + c) * P * N + offs_p[:, None] * N + offs_n[None, :]
-        tl.store(states_ptr + st_off, S.to(states_ptr.dtype.element_ty), mask=mask_pn)
+        st_ptr = states_ptr + ((bi * H + hi) * NCHUNK + c) * P * N + pn_off
+        tl.store(st_ptr, S.to(states_ptr.dtype.element_ty), mask=mask_pn)
         t_idx = c * L + offs_l
         mt = t_idx < T
         if PRE:  # weights and decay from `_ssd_chunk_weights_kernel`: no scan in this loop
@@ -154,75 +162,34 @@ def _ssd_states_kernel(
             last = tl.sum(dt * a, axis=0)  # the chunk's total log2-decay
             w = tl.exp2(last - cum) * dt  # (L,)
             decay = tl.exp2(last)
-        x = tl.load(
-            x_ptr + ((bi * T + t_idx[:, None]) * H + hi) * P + offs_p[None, :],
-            mask=mt[:, None] & (offs_p[None, :] < P),
-            other=0.0,
-        )  # (L, BP)
         b = tl.load(
             B_ptr + ((bi * T + t_idx[:, None]) * G + gi) * N + offs_n[None, :],
             mask=mt[:, None] & (offs_n[None, :] < N),
             other=0.0,
         )  # (L, BN)
-        S = S * decay + _update(xw=x.to(tl.float32) * w[:, None], b=b, PREC=PREC, IEEE=IEEE)
-    tl.store(final_ptr + state_base + offs_p[:, None] * N + offs_n[None, :], S, mask=mask_pn)
-
-
-@triton.jit
-def _ssd_states_acc_kernel(
-    x_ptr, B_ptr, s0_ptr, states_ptr, final_ptr, w_ptr, decay_ptr,
-    T, H, G, P, N, NCHUNK,
-    HAS_S0: tl.constexpr, L: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr,
-    PREC: tl.constexpr,
-):  # fmt: skip
-    """The states kernel (`st_acc` 1), with the chunk's product accumulated into the state in place:
-    S <- decay S, then tl.dot(x w^T, B, S), so no separate product tile is added and B (the input
-    dtype, as loaded) is the right operand with no conversion, scaling or tile maxima. x is read
-    transposed, (BP, L), so x w, the one operand formed in registers, is already the left operand.
-    x w is one 16-bit operand (PREC 0: rounded as fla rounds v exp(g)) or a 16-bit hi + lo pair
-    (PREC 2: ~16 significant bits, two products into the same accumulator)."""
-    pid_p = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    pid_bh = tl.program_id(2)
-    bi = (pid_bh // H).to(tl.int64)
-    hi = pid_bh % H
-    gi = hi // (H // G)
-    offs_l = tl.arange(0, L)
-    offs_p = pid_p * BP + tl.arange(0, BP)
-    offs_n = pid_n * BN + tl.arange(0, BN)
-    pn_off = offs_p[:, None] * N + offs_n[None, :]
-    mask = (offs_p[:, None] < P) & (offs_n[None, :] < N)
-    state_base = (bi * H + hi) * P * N
-    if HAS_S0:
-        S = tl.load(s0_ptr + state_base + pn_off, mask=mask, other=0.0).to(tl.float32)
-    else:
-        S = tl.zeros((BP, BN), dtype=tl.float32)
-    for c in range(NCHUNK):
-        st_ptr = states_ptr + ((bi * H + hi) * NCHUNK + c) * P * N + pn_off
-        tl.store(st_ptr, S.to(states_ptr.dtype.element_ty), mask=mask)
-        t_idx = c * L + offs_l
-        mt = t_idx < T
-        w = tl.load(w_ptr + (bi * H + hi) * NCHUNK * L + c * L + offs_l)
-        S = S * tl.load(decay_ptr + (bi * H + hi) * NCHUNK + c)
-        xt = tl.load(
-            x_ptr + ((bi * T + t_idx[None, :]) * H + hi) * P + offs_p[:, None],
-            mask=mt[None, :] & (offs_p[:, None] < P),
-            other=0.0,
-        )  # (BP, L)
-        b = tl.load(
-            B_ptr + ((bi * T + t_idx[:, None]) * G + gi) * N + offs_n[None, :],
-            mask=mt[:, None] & (offs_n[None, :] < N),
-            other=0.0,
-        )  # (L, BN)
-        xw = xt.to(tl.float32) * w[None, :]
-        if IEEE:
-            S = tl.dot(xw, b.to(tl.float32), S, input_precision="ieee")
+        if ACC:
+            xt = tl.load(
+                x_ptr + ((bi * T + t_idx[None, :]) * H + hi) * P + offs_p[:, None],
+                mask=mt[None, :] & (offs_p[:, None] < P),
+                other=0.0,
+            )  # (BP, L)
+            xw = xt.to(tl.float32) * w[None, :]
+            S = S * decay
+            if IEEE:
+                S = tl.dot(xw, b.to(tl.float32), S, input_precision="ieee")
+            else:
+                xw_hi = xw.to(b.dtype)
+                S = tl.dot(xw_hi, b, S)
+                if PREC == 2:
+                    S = tl.dot((xw - xw_hi.to(tl.float32)).to(b.dtype), b, S)
         else:
-            xw_hi = xw.to(b.dtype)
-            S = tl.dot(xw_hi, b, S)
-            if PREC == 2:
-                S = tl.dot((xw - xw_hi.to(tl.float32)).to(b.dtype), b, S)
-    tl.store(final_ptr + state_base + pn_off, S, mask=mask)
+            x = tl.load(
+                x_ptr + ((bi * T + t_idx[:, None]) * H + hi) * P + offs_p[None, :],
+                mask=mt[:, None] & (offs_p[None, :] < P),
+                other=0.0,
+            )  # (L, BP)
+            S = S * decay + _update(xw=x.to(tl.float32) * w[:, None], b=b, PREC=PREC, IEEE=IEEE)
+    tl.store(final_ptr + state_base + pn_off, S, mask=mask_pn)
 
 
 @triton.jit
@@ -385,25 +352,19 @@ def ssd_scan_triton(
     BP_s, BN_s = min(cfg["st_bp"], _pow2_at_least_16(p)), min(cfg["st_bn"], _pow2_at_least_16(n))
     grid_s = (triton.cdiv(p, BP_s), triton.cdiv(n, BN_s), b * h)
     acc = bool(cfg["st_acc"])
-    pre = bool(cfg["st_pre"]) or acc > 0
+    pre = bool(cfg["st_pre"]) or acc  # the accumulating form reads precomputed weights only
     if pre:
         w_buf = torch.empty((b * h * nchunk * L,), device=x.device, dtype=torch.float32)
         decay = torch.empty((b * h * nchunk,), device=x.device, dtype=torch.float32)
         _ssd_chunk_weights_kernel[(nchunk, b * h)](dt, A32, w_buf, decay, t, h, nchunk, L=L, num_warps=2)
     else:
         w_buf = decay = A32  # not read
-    if acc:
-        _ssd_states_acc_kernel[grid_s](
-            x, B, s0, states, final, w_buf, decay, t, h, g, p, n, nchunk,
-            HAS_S0=initial_state is not None, L=L, BP=BP_s, BN=BN_s, IEEE=ieee, PREC=cfg["st_prec"],
-            num_warps=cfg["st_warps"], num_stages=cfg["st_stages"],
-        )  # fmt: skip
-    else:
-        _ssd_states_kernel[grid_s](
-            x, dt, A32, B, s0, states, final, w_buf, decay, t, h, g, p, n, nchunk,
-            HAS_S0=initial_state is not None, L=L, BP=BP_s, BN=BN_s, IEEE=ieee, PREC=st_prec, PRE=pre,
-            num_warps=cfg["st_warps"], num_stages=cfg["st_stages"],
-        )  # fmt: skip
+    # st_prec 1 (tf32) and 3 (fp16) are forms of `_update` (st_acc 0); fp32 inputs keep exact products.
+    _ssd_states_kernel[grid_s](
+        x, dt, A32, B, s0, states, final, w_buf, decay, t, h, g, p, n, nchunk,
+        HAS_S0=initial_state is not None, L=L, BP=BP_s, BN=BN_s, IEEE=ieee, PREC=st_prec, PRE=pre, ACC=acc,
+        num_warps=cfg["st_warps"], num_stages=cfg["st_stages"],
+    )  # fmt: skip
     BP_o, BN_o = min(cfg["out_bp"], _pow2_at_least_16(p)), _pow2_at_least_16(n)
     if not ieee:  # 16-bit dots with N=32 crashed on an H100 under Triton 3.6 (see triton_gated_delta_rule)
         BP_o = max(64, BP_o)
