@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# On the lent GPU machine: the GPU test suites and the chunk-kernel benchmark in one call, each step's
+# full output in OUT (so a step cut by its time limit still shows how far it got, test by test).
+# Usage (repo root there, after installing the carried wheels): bash scripts/device_gpu_checks.sh OUT
+# Steps and their limits (seconds; ~9 minutes in all, under one device command's 10):
+#   kernels 300: pytest -m gpu tests/kernels (-rA: every test's name and outcome in the log; every listed
+#                kernel variant compiles for every test shape, which is most of the time)
+#   engine   90: pytest -m gpu tests/engine tests/agent, and the gemv engine test (not marked gpu)
+#   bench   130: bench/gpu_kernels.py prefill at 4k / 16k / 64k, ours vs fla in one process
+# STEPS (default "kernels engine bench") picks some of them.
+set -uo pipefail
+out=$1
+export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+steps=${STEPS:-kernels engine bench}
+nvidia-smi --query-gpu=name --format=csv,noheader | tee "$out/card.txt"
+summary() { grep -E "^(PASSED|FAILED|ERROR)|passed|failed" "$1" | tail -${2:-12}; }
+for step in $steps; do
+  start=$(date +%s)
+  case $step in
+    kernels)
+      timeout 300 python3 -m pytest -m gpu -q -rA -p no:cacheprovider -n 8 tests/kernels \
+        > "$out/pytest_gpu_kernels.txt" 2>&1
+      echo "kernels rc=$? $(( $(date +%s) - start )) s"; summary "$out/pytest_gpu_kernels.txt" 50 ;;
+    engine)
+      timeout 90 python3 -m pytest -m gpu -q -p no:cacheprovider -n 4 tests/engine tests/agent \
+        > "$out/pytest_gpu_engine.txt" 2>&1
+      timeout 45 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/engine/test_engine_gemv.py \
+        >> "$out/pytest_gpu_engine.txt" 2>&1
+      echo "engine $(( $(date +%s) - start )) s"; summary "$out/pytest_gpu_engine.txt" ;;
+    bench)
+      timeout 130 python3 bench/gpu_kernels.py --sections prefill --lengths 4096,16384,65536 --budget-s 110 \
+        --out "$out/gpu_kernels_prefill.json" > "$out/bench_prefill.txt" 2>&1
+      echo "bench $(( $(date +%s) - start )) s"; grep -A10 "^op " "$out/bench_prefill.txt" | head -10 ;;
+    *) echo "unknown step $step" ;;
+  esac
+done
