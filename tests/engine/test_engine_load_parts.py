@@ -16,20 +16,12 @@ from torch import Tensor
 
 from agent.engine import StatePage
 from memory.records import Page
-from model import HybridConfig, HybridLM, ModelState
+from model import HybridLM, ModelState
 from model.engine import ContextFullError, DecodeEngine
 from model.errors import StateMismatchError
 from model.generate import prefill
+from model.testing import TINY, tiny_model
 
-BASE: dict[str, Any] = dict(
-    vocab_size=97,
-    d_model=32,
-    attention={"n_heads": 4, "n_kv_heads": 2, "head_dim": 8},
-    mamba2={"head_dim": 8, "d_state": 8, "chunk_size": 8},
-    gated_deltanet={"n_heads": 2, "n_v_heads": 4, "head_k_dim": 8, "head_v_dim": 8, "chunk_size": 8},
-    mlp={"hidden_dim": 64},
-    init_std=0.3,
-)
 MLA = {"kv_lora_rank": 16, "qk_rope_head_dim": 4, "qk_nope_head_dim": 8, "v_head_dim": 8, "n_heads": 4}
 LAYOUTS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "static": (["gated_deltanet", "attention", "mamba2", "mlp", "attention"], {}),
@@ -42,9 +34,7 @@ CUTS = [0, 7, 8, 20, N]  # page boundaries (a one-token page among them)
 
 def make(name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> HybridLM:
     layers, over = LAYOUTS[name]
-    torch.manual_seed(seed)
-    cfg = HybridConfig.model_validate({**BASE, "layer_types": layers, **over})
-    return HybridLM(cfg).eval().to(dtype)
+    return tiny_model(layers, seed, **over).to(dtype)
 
 
 def snapshot(model: HybridLM, n: int = N, seed: int = 1) -> tuple[dict[str, Tensor], ModelState, Tensor]:
@@ -369,12 +359,7 @@ def test_windowed_sessions_are_refused_clearly() -> None:
             e.load_parts(rec, pages)
     assert_same(engine_tensors(e), before)
 
-    layers, over = LAYOUTS["static"]
-    torch.manual_seed(0)
-    cfg = HybridConfig.model_validate(
-        {**BASE, "layer_types": layers, **over, "attention": {**BASE["attention"], "sliding_window": 8}}
-    )
-    windowed = HybridLM(cfg).eval()
+    windowed = tiny_model(LAYOUTS["static"][0], attention={**TINY["attention"], "sliding_window": 8})
     we = DecodeEngine(windowed, max_context=64)
     assert not we.static  # the engine's own rule: a window is not static
     w_state = windowed.new_state()
@@ -393,9 +378,8 @@ def test_empty_and_attention_free_snapshots() -> None:
     fresh = DecodeEngine(model, max_context=64)
     assert_same(e.state.to_tensors(), fresh.state.to_tensors())
 
-    torch.manual_seed(15)
-    cfg = HybridConfig.model_validate({**BASE, "layer_types": ["mamba2", "gated_deltanet", "mlp"]})
-    rnn = HybridLM(cfg).eval()
+    rnn = tiny_model(["mamba2", "gated_deltanet", "mlp"], seed=15)
+    cfg = rnn.config
     st = rnn.new_state()
     ids = torch.randint(0, 97, (1, 20), generator=torch.Generator().manual_seed(16))
     prefill(rnn, ids, st, chunk_size=8)
@@ -413,12 +397,8 @@ def test_on_cuda_no_temporary_cache_copy() -> None:
     """On the GPU: pages on the device (as the store loads them) or on the host go straight into the
     buffers; the allocator's peak during load_parts stays far below the cache's size, where
     from_parts + load_state allocates more than the whole cache again (concatenation, gather, clone)."""
-    torch.manual_seed(17)
     att = {"n_heads": 8, "n_kv_heads": 4, "head_dim": 64}
-    cfg = HybridConfig.model_validate(
-        {**BASE, "d_model": 256, "attention": att, "layer_types": LAYOUTS["static"][0]}
-    )
-    model = HybridLM(cfg).eval().to("cuda")
+    model = tiny_model(LAYOUTS["static"][0], seed=17, d_model=256, attention=att).to("cuda")
     n, cuts = 8192, [0, 2048, 4096, 6144, 8192]
     src = DecodeEngine(model, max_context=n + 64, prefill_chunk=2048)
     src.prefill(torch.randint(0, 97, (1, n), generator=torch.Generator().manual_seed(18)).cuda())
@@ -438,7 +418,7 @@ def test_on_cuda_no_temporary_cache_copy() -> None:
     got = DecodeEngine(model, max_context=n + 64)
     want = DecodeEngine(model, max_context=n + 64)
     direct = peak(lambda: got.load_parts(rec, pages))
-    assembled = peak(lambda: want.load_state(ModelState.from_parts(rec, pages, cfg)))
+    assembled = peak(lambda: want.load_state(ModelState.from_parts(rec, pages, model.config)))
     assert direct < cache_bytes / 16 and assembled > cache_bytes, (direct, assembled, cache_bytes)
     assert_same(got.state.to_tensors(), want.state.to_tensors())
     assert_same(got.state.to_tensors(), src.state.to_tensors())
