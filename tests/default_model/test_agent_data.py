@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import make_agent_data as gen  # noqa: E402
-from agent_workspaces import make_workspace  # noqa: E402
+from agent_workspaces import Workspace, make_workspace  # noqa: E402
 
 from model.chat import NativeChatFormat  # noqa: E402
 from model.tokenizer import NATIVE_SPECIAL_TOKENS, Tokenizer  # noqa: E402
@@ -100,14 +100,18 @@ def test_corpus_files_tokenizer_and_loss_mask(tmp_path: Path) -> None:
         assert mask.tolist() == expected.tolist()
 
 
-def test_workspace_facts_match_the_files(tmp_path: Path) -> None:
-    ws = make_workspace(random.Random(11), tmp_path)
+def assert_facts_match_files(ws: Workspace, root: Path) -> None:
+    """Every function and constant the workspace records is on the line it says, as it says."""
     for fn in ws.functions:
-        line = (tmp_path / fn.path).read_text().splitlines()[fn.line - 1]
+        line = (root / fn.path).read_text().splitlines()[fn.line - 1]
         assert line == f"def {fn.name}({', '.join(fn.args)}):"
     for c in ws.constants:
-        line = (tmp_path / c.path).read_text().splitlines()[c.line - 1]
+        line = (root / c.path).read_text().splitlines()[c.line - 1]
         assert line.startswith(f"{c.name} = ") and c.value in line
+
+
+def test_workspace_facts_match_the_files(tmp_path: Path) -> None:
+    assert_facts_match_files(make_workspace(random.Random(11), tmp_path), tmp_path)
 
 
 def test_digits_are_tokens_of_their_own(tmp_path: Path) -> None:
@@ -172,12 +176,7 @@ def test_wide_zero_is_the_eval_generator_and_wide_draws_made_up_words(tmp_path: 
             ws = make_workspace(random.Random(i), root)
             args, _ = names(ws)
             seen_args |= args - pools[0]
-            for fn in ws.functions:
-                line = (root / fn.path).read_text().splitlines()[fn.line - 1]
-                assert line == f"def {fn.name}({', '.join(fn.args)}):"
-            for c in ws.constants:
-                line = (root / c.path).read_text().splitlines()[c.line - 1]
-                assert line.startswith(f"{c.name} = ") and c.value in line
+            assert_facts_match_files(ws, root)
             values += [f.value for f in make_facts(random.Random(i), 3)]
     finally:
         aw.WIDE = 0.0
