@@ -16,10 +16,11 @@ BEGINs, the SQLAlchemy-documented way to get real transactions (and transactiona
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,7 +30,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -174,18 +175,35 @@ def migrate(engine: Engine, where: str) -> None:
     script = ScriptDirectory.from_config(cfg)
     head = script.get_current_head()
     with engine.connect() as conn:  # a read transaction first: the usual case is "already at head"
-        current = _check_revision(conn, script, where)
+        try:
+            current = _check_revision(conn, script, where)
+        except NotADatabaseError:
+            # Not final yet. PostgreSQL reads in READ COMMITTED: the revision and the table list are
+            # two statements with two snapshots, so another process's first open that commits the new
+            # schema between them reads as "tables but no revision". Ask again behind the migration
+            # lock, where no schema is half-visible: foreign there is foreign (and raises).
+            with _migration_transaction(engine) as locked:
+                current = _check_revision(locked, script, where)
     if engine.dialect.name == "sqlite":
         _enable_wal(engine)
     if current == head:
         return
-    with engine.execution_options(**{WRITE_OPTION: True}).begin() as conn:
-        if conn.dialect.name == "postgresql":  # serialise concurrent first opens
-            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
+    with _migration_transaction(engine) as conn:
         if _check_revision(conn, script, where) == head:  # someone else migrated meanwhile
             return
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+@contextlib.contextmanager
+def _migration_transaction(engine: Engine) -> Iterator[Connection]:
+    """A write transaction that concurrent first opens of the same database take one at a time:
+    SQLite's BEGIN IMMEDIATE is the database's write lock; PostgreSQL gets an advisory lock, held
+    until this transaction ends."""
+    with engine.execution_options(**{WRITE_OPTION: True}).begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
+        yield conn
 
 
 def _enable_wal(engine: Engine) -> None:

@@ -15,6 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from setuptools import find_packages
 
+import memory.database
 from memory import DatabaseUnavailableError, Event, NotADatabaseError, SchemaTooNewError, Store
 from memory.database import (
     WRITE_OPTION,
@@ -112,6 +113,42 @@ def test_sqlite_database_of_another_program_is_refused_untouched(sqlite_path: Pa
     with pytest.raises(NotADatabaseError, match=r"recipes.*no hybrid-agent schema"):
         Store(sqlite_path)
     assert file_digest(sqlite_path) == before
+
+
+def test_database_of_another_program_is_refused_untouched_on_every_backend(store_url: str) -> None:
+    engine = sa.create_engine(store_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE recipes (name TEXT)"))
+        conn.execute(sa.text("INSERT INTO recipes VALUES ('soup')"))
+    with pytest.raises(NotADatabaseError, match=r"recipes.*no hybrid-agent schema"):
+        Store(store_url)
+    with engine.connect() as conn:
+        assert sa.inspect(conn).get_table_names() == ["recipes"]
+        assert conn.execute(sa.text("SELECT name FROM recipes")).scalars().all() == ["soup"]
+    engine.dispose()
+
+
+@pytest.mark.parametrize("store_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+def test_schema_committed_between_the_two_reads_of_a_first_open(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two processes open a new PostgreSQL database at once (CI caught this). This one reads "no
+    # revision"; the other then commits the whole schema; this one's next statement (READ COMMITTED:
+    # a new snapshot) lists the tables: "tables but no revision" must not be taken for a foreign
+    # database. The other open is made to land exactly there.
+    real_inspect = memory.database.inspect
+    other_opens: list[str] = []
+
+    def inspect_after_another_first_open(conn: sa.Connection) -> sa.Inspector:
+        if not other_opens:
+            other_opens.append(store_url)
+            Store(store_url).close()  # its own reads come back here and go straight through
+        return real_inspect(conn)
+
+    monkeypatch.setattr(memory.database, "inspect", inspect_after_another_first_open)
+    with Store(store_url) as store:
+        assert store.list_sessions() == []
+    assert other_opens == [store_url]
 
 
 def test_default_database_lives_under_xdg_data_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
