@@ -496,10 +496,12 @@ def main() -> None:
             k1, v1 = layers[0].storage["k"], layers[0].storage["v"]
             want = ad.attention_decode_ref(q, k1, v1, pos, scale=0.088)
             for cfg in cands:
+
                 def run(cfg: Any = cfg, pos: torch.Tensor = pos) -> None:
                     for ls in layers:
                         ad._attention_decode_triton(q, ls.storage["k"], ls.storage["v"], pos, scale=0.088,
                                                     config=cfg)  # fmt: skip
+
                 try:
                     run()
                     ms = float(tt.do_bench_cudagraph(run, rep=60, return_mode="median"))

@@ -75,7 +75,6 @@ except ImportError:  # the reference still works
     triton = None
 
 if triton is not None:
-
     from kernels.triton_common import dot as _mm
 
     @triton.jit
