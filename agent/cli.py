@@ -79,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     sessions = sub.add_parser(
         "sessions", parents=[shared], help="list, show, fork, remove or export sessions"
     )
-    ssub = sessions.add_subparsers(dest="action", metavar="{list,show,fork,rm,export}", required=True)
+    # `sessions` alone lists them (as `git remote` does), so --json works there too.
+    sessions.add_argument("--json", action="store_true", help="with no action: list as JSON lines")
+    ssub = sessions.add_subparsers(dest="action", metavar="{list,show,fork,rm,export}")
     ls = ssub.add_parser("list", parents=[shared], help="saved sessions, most recent first")
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
     show = ssub.add_parser("show", parents=[shared], help="a session's details and conversation")

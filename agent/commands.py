@@ -202,8 +202,9 @@ def _event_json(ev: Any) -> dict[str, Any]:
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:
+    action = args.action or "list"  # `sessions` alone lists them
     with _store(args) as store:
-        if args.action == "list":
+        if action == "list":
             infos = store.list_sessions()
             if args.json:
                 for info in infos:
@@ -219,21 +220,21 @@ def cmd_sessions(args: argparse.Namespace) -> int:
                 print(f"{info.id:36}  {turns:>5}  {info.n_tokens:>8}  {updated:16}  {info.title}")
             return 0
         session_id = resolve_session_id(store, args.id)
-        if args.action == "show":
+        if action == "show":
             return _show(store, session_id, as_json=args.json)
-        if args.action == "fork":
+        if action == "fork":
             info = store.fork_session(session_id, args.turn)
             print(info.id)
             return 0
-        if args.action == "rm":
+        if action == "rm":
             store.delete_session(session_id)
             print(f"deleted session {session_id}")
             return 0
-        if args.action == "export":
+        if action == "export":
             for ev in store.events(session_id):
                 print(json.dumps(_event_json(ev), ensure_ascii=False))
             return 0
-    raise AgentError(f"unknown sessions action {args.action!r}")
+    raise AgentError(f"unknown sessions action {action!r}")
 
 
 def _show(store: Any, session_id: str, *, as_json: bool) -> int:

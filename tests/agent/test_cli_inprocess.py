@@ -58,6 +58,9 @@ def test_run_and_sessions(env: dict[str, str], capsys: pytest.CaptureFixture[str
     assert code == 0 and sid in out and "hello there" in out
     code, out, _ = call(capsys, "sessions", "list", "--json", "--db", env["db"])
     assert [json.loads(line)["turns"] for line in out.splitlines()] == [2]
+    assert call(capsys, "sessions", "--json", "--db", env["db"])[:2] == (0, out)  # no action: list
+    code, out, _ = call(capsys, "sessions", "--db", env["db"])
+    assert code == 0 and sid in out and "hello there" in out
     code, out, _ = call(capsys, "sessions", "show", sid, "--db", env["db"])
     assert "[1] user: hello there" in out and "[2] user: and again" in out
     code, out, _ = call(capsys, "sessions", "export", sid, "--db", env["db"])
