@@ -10,6 +10,26 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
+
+
+def _number(kind: type, low: float, what: str) -> Callable[[str], float]:
+    """An argparse type: `kind` of at least `low`, else argparse's one-line usage error."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text} is not {what}")
+        return value
+
+    return parse
+
+
+_COUNT = _number(int, 0, "a whole number >= 0")
+_POSITIVE = _number(int, 1, "a whole number >= 1")
 
 
 def _shared(defaults: bool) -> argparse.ArgumentParser:
@@ -38,16 +58,17 @@ def _shared(defaults: bool) -> argparse.ArgumentParser:
     p.add_argument("--device", default=d(None), help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument(
         "--window",
-        type=int,
+        type=_POSITIVE,
         metavar="N",
         default=d(None),
         help="attention window in tokens (constant memory); default: full attention, or a resumed "
         "session's own",
     )
-    p.add_argument("--sinks", type=int, metavar="N", default=d(4), help="sink tokens kept with --window")
+    p.add_argument("--sinks", type=_COUNT, metavar="N", default=d(4), help="sink tokens kept with --window")
     p.add_argument("--seed", type=int, default=d(None), help="seed for sampling")
-    p.add_argument("--temperature", type=float, default=d(0.0), help="0 = greedy (default)")
-    p.add_argument("--max-new-tokens", type=int, metavar="N", default=d(1024), help="per turn")
+    temperature = _number(float, 0.0, "a number >= 0")
+    p.add_argument("--temperature", type=temperature, default=d(0.0), help="0 = greedy (default)")
+    p.add_argument("--max-new-tokens", type=_POSITIVE, metavar="N", default=d(1024), help="per turn")
     p.add_argument(
         "--enable-commands",
         action="store_true",

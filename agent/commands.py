@@ -102,9 +102,10 @@ def cmd_tui(args: argparse.Namespace) -> int:
     if args.resume:
         with _store(args) as store:
             options["resume"] = resolve_session_id(store, args.resume)
-    from agent.factory import resolve_model_dir
+    from agent.factory import check_device, resolve_model_dir
 
     resolve_model_dir(options["model"])  # fail with one clear line before the UI starts
+    check_device(options["device"])
     return int(run_app(options) or 0)
 
 

@@ -55,6 +55,19 @@ def resolve_model_dir(path: str | Path | None) -> str:
     return str(local)
 
 
+def check_device(device: str | None) -> None:
+    """Refuse, before any weights load, a device this machine or this torch cannot use."""
+    import torch
+
+    try:
+        torch.empty(0, device=torch.device(device or "cpu"))
+    except (RuntimeError, AssertionError) as exc:  # AssertionError: a torch built without CUDA
+        raise AgentError(
+            f"--device {device}: cannot use it here ({str(exc).splitlines()[0]}); "
+            "use --device cpu, or cuda / cuda:N on a machine with an NVIDIA GPU"
+        ) from None
+
+
 def load_engine(
     path: str | Path | None,
     *,
@@ -69,6 +82,7 @@ def load_engine(
     from agent.engine import ModelEngine
     from model import load_model
 
+    check_device(device)
     where = resolve_model_dir(path)
     if seed is not None:
         torch.manual_seed(seed)

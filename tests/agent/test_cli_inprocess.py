@@ -98,6 +98,10 @@ def test_errors(
         (["sessions", "list", "--db", str(not_db)], ""),
         (["run", "hi", "--model", env["model"], "--db", env["db"], "--workspace", env["tmp"] + "/nowhere"],
          "nowhere"),
+        # Refused before the weights load, on any machine: no such device type / no 99th GPU.
+        (["run", "hi", "--model", env["model"], "--db", env["db"], "--device", "gpu0"], "--device gpu0"),
+        (["run", "hi", "--model", env["model"], "--db", env["db"], "--device", "cuda:99"], "--device cpu"),
+        (["--model", env["model"], "--db", env["db"], "--device", "gpu0"], "--device gpu0"),  # the TUI too
     ]  # fmt: skip
     for argv, needle in cases:
         code, out, err = call(capsys, *argv)
@@ -109,6 +113,14 @@ def test_errors(
     with pytest.raises(SystemExit) as usage:
         main(["run"])
     assert usage.value.code == 2
+    bad_numbers = [("--temperature", "-1", "number >= 0"), ("--max-new-tokens", "0", ">= 1"),
+                   ("--window", "0", ">= 1"), ("--sinks", "-2", ">= 0"), ("--window", "4k", "whole number")]
+    for option, value, needle in bad_numbers:  # argparse's one-line usage error, not a traceback
+        with pytest.raises(SystemExit) as usage:
+            main(["run", "hi", option, value])
+        assert usage.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument {option}: " in err and needle in err, err
 
 
 @pytest.mark.parametrize(
