@@ -3,8 +3,9 @@
 # full output in OUT (so a step cut by its time limit still shows how far it got, test by test).
 # Usage (repo root there, after installing the carried wheels): bash scripts/device_gpu_checks.sh OUT
 # Steps and their limits (seconds; ~9 minutes in all, under one device command's 10):
-#   kernels 300: pytest -m gpu tests/kernels (-rA: every test's name and outcome in the log; every listed
-#                kernel variant compiles for every test shape, which is most of the time)
+#   kernels 300: pytest -m gpu tests/kernels (-v: with xdist each test's name and outcome is logged as it
+#                ends, so a run cut by the limit still says which passed; every listed kernel variant
+#                compiles for every test shape, which is most of the time)
 #   engine   90: pytest -m gpu tests/engine tests/agent, and the gemv engine test (not marked gpu)
 #   bench   130: bench/gpu_kernels.py prefill at 4k / 16k / 64k, ours vs fla in one process
 # STEPS (default "kernels engine bench") picks some of them.
@@ -13,12 +14,12 @@ out=$1
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 steps=${STEPS:-kernels engine bench}
 nvidia-smi --query-gpu=name --format=csv,noheader | tee "$out/card.txt"
-summary() { grep -E "^(PASSED|FAILED|ERROR)|passed|failed" "$1" | tail -${2:-12}; }
+summary() { grep -E "PASSED|FAILED|ERROR|passed|failed|skipped" "$1" | tail -${2:-12}; }
 for step in $steps; do
   start=$(date +%s)
   case $step in
     kernels)
-      timeout 300 python3 -m pytest -m gpu -q -rA -p no:cacheprovider -n 8 tests/kernels \
+      timeout 300 python3 -m pytest -m gpu -v -p no:cacheprovider -n 8 --durations=15 tests/kernels \
         > "$out/pytest_gpu_kernels.txt" 2>&1
       echo "kernels rc=$? $(( $(date +%s) - start )) s"; summary "$out/pytest_gpu_kernels.txt" 50 ;;
     engine)
