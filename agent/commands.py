@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,7 @@ from agent.errors import AgentError
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader left
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -43,10 +45,17 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.debug:
         return command(args)
     try:
-        return command(args)
+        status = command(args)
+        sys.stdout.flush()  # here, where a reader that left is caught, not at the interpreter's exit
+        return status
     except KeyboardInterrupt:
         _say("hybrid-agent: interrupted; the session stays at its last saved turn")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`... | head`): stop quietly, as cat does. Point stdout at /dev/null so
+        # the interpreter's own flush at exit cannot raise a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except Exception as exc:
         if isinstance(exc, _user_errors()):
             _say(f"hybrid-agent: error: {exc}")

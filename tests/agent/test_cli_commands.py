@@ -151,6 +151,18 @@ def test_error_paths_print_one_line(env: dict[str, Path], tmp_path: Path) -> Non
     assert usage[0] == 2 and "usage:" in usage[2]
 
 
+def test_a_reader_that_leaves_ends_the_command_quietly(tmp_path: Path) -> None:
+    # `hybrid-agent sessions | head -1`: the reader is gone before anything is written (closed here
+    # before the child has even imported), so its first write fails. No error line, no traceback,
+    # no "Exception ignored" at exit; status 141 as a shell reports for SIGPIPE.
+    proc = start("sessions", "--db", str(tmp_path / "sessions.db"))
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 141, err
+    assert err == ""
+
+
 def test_help_lists_the_commands() -> None:
     (code, out, _), (scode, sout, _) = finish(start("--help"), start("sessions", "--help"))
     assert code == 0 and "run" in out and "sessions" in out and "--window" in out and "--model" in out
