@@ -51,8 +51,8 @@ def snapshot_row(s: Session, session_id: str, turn: int | None) -> SnapshotRow:
         have = f"saved turns: {', '.join(map(str, saved[:20]))}" if saved else "nothing saved yet"
         if len(saved) > 20:
             have += f", ... {saved[-1]}"
-        want = "any snapshot" if turn is None else f"a snapshot of turn {turn}"
-        raise TurnNotFoundError(f"session {session_id} has no {want} ({have})")
+        want = "no snapshot" if turn is None else f"no snapshot of turn {turn}"
+        raise TurnNotFoundError(f"session {session_id} has {want} ({have})")
     return row
 
 

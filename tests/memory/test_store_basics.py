@@ -195,7 +195,7 @@ def test_unknown_ids_raise_our_errors(store: Store) -> None:
         store.load_snapshot(sid)
     save(store, sid, 1)
     save(store, sid, 2)
-    with pytest.raises(TurnNotFoundError, match=r"no a snapshot of turn 7 \(saved turns: 1, 2\)"):
+    with pytest.raises(TurnNotFoundError, match=r"has no snapshot of turn 7 \(saved turns: 1, 2\)"):
         store.load_snapshot(sid, 7)
     with pytest.raises(TurnNotFoundError):
         store.fork_session(sid, 7)
