@@ -178,6 +178,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             elif isinstance(event, TurnEnd) and not args.json:
                 if not ended_with_text:
                     print()
+                if event.forked_from:
+                    _say(f"hybrid-agent: {event.fork_notice()}")
                 print(f"session: {agent.session_id}", flush=True)
     finally:
         agent.close()

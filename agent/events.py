@@ -56,6 +56,18 @@ class TurnEnd(BaseModel):
     tokens_per_s: float
     saved: bool = True
     stop_reason: Literal["end_of_turn", "max_tokens", "max_tool_rounds", "cancelled"] = "end_of_turn"
+    # Set when another process saved this turn number of the session first (the session open in two
+    # windows): this turn was saved on a fork at the turn both share, which is now `session_id`.
+    forked_from: str | None = None
+
+    def fork_notice(self) -> str:
+        """What to tell the user when `forked_from` is set."""
+        base = self.turn - 1
+        shared = {0: "a new session", 1: "a fork sharing turn 1"}.get(base, f"a fork sharing turns 1-{base}")
+        return (
+            f"another process saved turn {self.turn} of session {self.forked_from} first; this turn "
+            f"is saved on session {self.session_id} instead ({shared})"
+        )
 
 
 class ErrorEvent(BaseModel):

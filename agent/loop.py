@@ -42,7 +42,7 @@ from agent.journal import StoreJournal, attach_journal
 from agent.records import assistant_event, conversation_of, system_event, tool_call_event, tool_result_event
 from agent.sessions import SessionOps
 from agent.stream import VisibleText
-from memory import Event, Page, Store, StoreError
+from memory import Event, Page, Store, StoreError, TurnOrderError
 from model.chat import DEFAULT_SYSTEM_PROMPT, ChatFormatError, ChatMessage, ParsedToolCall
 from model.errors import ModelError
 from tools.errors import ToolError
@@ -357,7 +357,9 @@ class Agent(SessionOps):
         if self._cancel.is_set():
             raise _Cancelled
 
-    def _turn_end(self, stats: _TurnStats, *, saved: bool, stop_reason: Any) -> TurnEnd:
+    def _turn_end(
+        self, stats: _TurnStats, *, saved: bool, stop_reason: Any, forked_from: str | None = None
+    ) -> TurnEnd:
         return TurnEnd(
             session_id=self.session_id,
             turn=self.turn,
@@ -369,6 +371,7 @@ class Agent(SessionOps):
             tokens_per_s=stats.completion_tokens / stats.decode_s if stats.decode_s > 0 else 0.0,
             saved=saved,
             stop_reason=stop_reason,
+            forked_from=forked_from,
         )
 
     async def _save(self, turn: int, events: list[Event], stats: _TurnStats, stop_reason: str) -> TurnEnd:
@@ -384,17 +387,26 @@ class Agent(SessionOps):
         if (layout := self._state_layout()) is not None:
             meta["state_layout"] = layout  # so a stored snapshot says how to read its tensors
 
-        def write() -> None:
+        def write() -> str | None:
             recurrent, pages = self.engine.snapshot(self._saved_tokens)
             edits = self.journal.take_pending()
-            self.store.save_turn(
-                self.session_id, turn, events=events, recurrent=recurrent,
-                pages=[Page(p.start, p.end, p.tensors) for p in pages],
+            record: dict[str, Any] = dict(
+                events=events, recurrent=recurrent, pages=[Page(p.start, p.end, p.tensors) for p in pages],
                 n_tokens=self.engine.n_tokens, meta=meta, file_changes=edits,
             )  # fmt: skip
+            forked_from = None
+            try:
+                self.store.save_turn(self.session_id, turn, **record)
+            except TurnOrderError:
+                # Someone saved this turn number first (the session open twice): keep both turns.
+                forked_from = self._fork_for_turn(turn)
+                if forked_from is None:
+                    raise
+                self.store.save_turn(self.session_id, turn, **record)
             self.engine.mark_saved()
+            return forked_from
 
-        await self._on_model(write)
+        forked_from = await self._on_model(write)
         self.turn, self._saved_tokens = turn, self.engine.n_tokens
         if turn == 1:
             user = next((e.content for e in events if e.kind == "user"), "")
@@ -402,7 +414,7 @@ class Agent(SessionOps):
             with contextlib.suppress(StoreError):
                 if title and not self.store.get_session(self.session_id).title:
                     self.store.rename_session(self.session_id, title)
-        return self._turn_end(stats, saved=True, stop_reason=stop_reason)
+        return self._turn_end(stats, saved=True, stop_reason=stop_reason, forked_from=forked_from)
 
     async def _roll_back(self, history_len: int) -> None:
         """Back to the last snapshot in the database. Usually that is `self.turn`; but if the turn was

@@ -70,6 +70,22 @@ class SessionOps:
             self._restore(session_id, info.latest_turn, policy)
         self._set_session(session_id, info.latest_turn or 0, conv.system, conv.tools, conv.messages)
 
+    def _fork_for_turn(self, turn: int) -> str | None:
+        """`turn` could not be saved because the database already has it: another process (this
+        session open in a second window) saved that turn first. Move this agent to a session of its
+        own for it: a fork at the turn both share (a new session when they share none), so neither
+        turn is lost. Returns the session left behind; None (nothing changed) for any other cause."""
+        left = self.session_id
+        info = self.store.get_session(left)
+        if (info.latest_turn or 0) < turn:
+            return None
+        if turn == 1:
+            made = self.store.create_session("", info.workspace, info.model_fingerprint, meta=info.meta)
+        else:
+            made = self.store.fork_session(left, turn - 1)
+        self.session_id = made.id
+        return left
+
     def fork(self, turn: int) -> str:
         """A new session whose history is this one's up to `turn`; it becomes the active one."""
         self._idle()

@@ -81,7 +81,10 @@ class TurnActions(_Base):
                 window=event.window,
                 tokens_per_s=event.tokens_per_s,
             )
-            if event.turn == 1 and event.saved:  # the session was just named after this message
+            if event.forked_from:
+                await self.conversation.add_notice(event.fork_notice())
+                self.notify(event.fork_notice(), severity="warning", timeout=10)
+            if (event.turn == 1 and event.saved) or event.forked_from:  # named, or another session
                 await self.refresh_session_title()
             if event.stop_reason == "cancelled":
                 await self.conversation.add_notice("cancelled: the session stays at its last snapshot")

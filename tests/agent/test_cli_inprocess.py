@@ -113,8 +113,13 @@ def test_errors(
     with pytest.raises(SystemExit) as usage:
         main(["run"])
     assert usage.value.code == 2
-    bad_numbers = [("--temperature", "-1", "number >= 0"), ("--max-new-tokens", "0", ">= 1"),
-                   ("--window", "0", ">= 1"), ("--sinks", "-2", ">= 0"), ("--window", "4k", "whole number")]
+    bad_numbers = [
+        ("--temperature", "-1", "number >= 0"),
+        ("--max-new-tokens", "0", ">= 1"),
+        ("--window", "0", ">= 1"),
+        ("--sinks", "-2", ">= 0"),
+        ("--window", "4k", "whole number"),
+    ]
     for option, value, needle in bad_numbers:  # argparse's one-line usage error, not a traceback
         with pytest.raises(SystemExit) as usage:
             main(["run", "hi", option, value])

@@ -403,3 +403,45 @@ def test_cancel_during_a_long_prefill(make_agent) -> None:
     assert events[-1].stop_reason == "cancelled" and not events[-1].saved
     assert len(engine.prefill_log) == 1  # one chunk read, the rest skipped
     assert engine.n_tokens == 0 and agent.turn == 0 and not any(isinstance(e, TextDelta) for e in events)
+
+
+def test_a_turn_another_process_saved_first_is_kept_on_a_fork(make_agent, store) -> None:
+    # One session open in two windows: both run turn 2. The second to save must not lose its turn
+    # (nor overwrite the first's): it goes on a fork at turn 1, and that window continues there.
+    first, _ = make_agent(["One.<|end|>", "First window.<|end|>"])
+    run(first, "hi")
+    sid = first.session_id
+    second, engine = make_agent(["Second window.<|end|>", "Again.<|end|>"], session_id=sid)
+    run(first, "from the first")
+    end = run(second, "from the second")[-1]
+    assert isinstance(end, TurnEnd) and end.saved and end.forked_from == sid
+    fork = second.session_id
+    assert fork != sid and (end.session_id, end.turn, second.turn) == (fork, 2, 2)
+    assert f"saved turn 2 of session {sid} first" in end.fork_notice()
+    assert f"saved on session {fork} instead (a fork sharing turn 1)" in end.fork_notice()
+    users = {s: [e.content for e in store.events(s) if e.kind == "user"] for s in (sid, fork)}
+    assert users == {sid: ["hi", "from the first"], fork: ["hi", "from the second"]}
+    info = store.get_session(fork)
+    assert (info.parent_id, info.fork_turn, info.latest_turn, info.n_tokens) == (sid, 1, 2, engine.n_tokens)
+    # The fork holds exactly the second window's state, and its next turn goes on there as usual.
+    _, reader = make_agent(session_id=fork)
+    assert reader.tokens == engine.tokens and reader.text.endswith(
+        "from the second<|end|><|assistant|>Second window.<|end|>"
+    )
+    end = run(second, "and on")[-1]
+    assert (end.session_id, end.turn, end.forked_from) == (fork, 3, None)
+    assert store.get_session(sid).latest_turn == 2  # the first window's session is untouched
+
+
+def test_a_first_turn_another_process_saved_first_starts_a_new_session(make_agent, store) -> None:
+    first, _ = make_agent(["A.<|end|>"])
+    sid = first.session_id
+    second, engine = make_agent(["B.<|end|>"], session_id=sid)  # the same new, empty session
+    run(first, "one")
+    end = run(second, "two")[-1]
+    assert end.saved and end.forked_from == sid and "(a new session)" in end.fork_notice()
+    info = store.get_session(second.session_id)
+    assert (info.parent_id, info.latest_turn, info.title) == (None, 1, "two")
+    assert [e.kind for e in store.events(info.id)] == ["system", "user", "assistant"]
+    assert store.load_snapshot(info.id).n_tokens == engine.n_tokens
+    assert [e.content for e in store.events(sid) if e.kind == "user"] == ["one"]
