@@ -320,3 +320,26 @@ async def test_approval_prompt_shows_command_and_source(tmp_path: Path) -> None:
         await pilot.press("d")
         decision = await answer
         assert (decision.allow, decision.always) == (False, True)
+
+
+async def test_a_turn_another_window_saved_first_is_kept_on_a_fork(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, ["One.<|end|>", "Mine.<|end|>"])
+    async with rig.app.run_test() as pilot:
+        await send(pilot, "hi")
+        await settle(pilot)
+        session = rig.agent.session_id
+        # The same session open in another window, which saves turn 2 first.
+        other = Rig(tmp_path, ["Theirs.<|end|>"], resume=session).factory(None)
+        ends = [e async for e in other.send("from the other window") if type(e).__name__ == "TurnEnd"]
+        assert [e.turn for e in ends] == [2]
+        other.close()
+        await send(pilot, "from this window")
+        await settle(pilot)
+        fork = rig.agent.session_id
+        assert fork != session and rig.app.status_info.saved_turn == 2
+        notices = [n.text for n in rig.app.query(Notice)]
+        assert any(f"saved turn 2 of session {session} first" in t and fork in t for t in notices), notices
+        assert rig.app.sub_title == "hi (fork at turn 1)"
+    store = rig.store()
+    assert [e.content for e in store.events(fork) if e.kind == "user"] == ["hi", "from this window"]
+    assert [e.content for e in store.events(session) if e.kind == "user"] == ["hi", "from the other window"]
