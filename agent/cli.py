@@ -92,7 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     shared = _shared(False)
 
     run = sub.add_parser("run", parents=[shared], help="run one turn headless and print the answer")
-    run.add_argument("prompt", help="the message to send")
+    run.add_argument(
+        "prompt",
+        nargs="+",
+        help="the message to send; several are joined by blank lines, and '-' stands for all of stdin "
+        "(cat error.log | hybrid-agent run 'why does this fail?' -)",
+    )
     run.add_argument("--json", action="store_true", help="print the events as JSON lines")
     run.add_argument("--yes", "-y", action="store_true", help="approve every tool call")
     run.add_argument("--resume", metavar="ID", default=argparse.SUPPRESS, help="continue a saved session")

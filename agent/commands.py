@@ -143,10 +143,25 @@ async def _ask_on_terminal(request: Any) -> Any:
     return await asyncio.to_thread(ask_on_terminal, request)
 
 
+def read_prompt(parts: list[str]) -> str:
+    """The message of `run`: its parts joined by blank lines, '-' read from stdin (once). Only an
+    explicit '-' reads stdin: a caller that leaves stdin open without writing to it must not hang us."""
+    if "-" in parts:
+        if sys.stdin.isatty():
+            _say("hybrid-agent: reading the message from the terminal; end it with Ctrl-D")
+        piped = sys.stdin.read()
+        parts = [piped if part == "-" else part for part in parts]
+    prompt = "\n\n".join(part.strip("\n") for part in parts if part.strip())
+    if not prompt:
+        raise AgentError("the message is empty; give it as an argument, or pipe it in with '-'")
+    return prompt
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.events import ErrorEvent, TextDelta, ToolCallRequested, ToolResultEvent, TurnEnd
     from agent.loop import Agent
 
+    prompt = read_prompt(args.prompt)  # before the model loads: an empty message fails at once
     options = _agent_options(args)
     if args.resume:
         with _store(args) as store:
@@ -158,7 +173,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     status = 0
     try:
         ended_with_text = True
-        for event in agent.send_sync(args.prompt):
+        for event in agent.send_sync(prompt):
             if args.json:
                 print(event.model_dump_json(), flush=True)
             elif isinstance(event, TextDelta):

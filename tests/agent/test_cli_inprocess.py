@@ -4,6 +4,7 @@ the default run."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -180,3 +181,23 @@ def test_main_sets_passive_omp_wait_before_torch(preset: str | None) -> None:
         [sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True
     )
     assert out.stdout.split() == [preset or "PASSIVE", "False"]
+
+
+def test_run_reads_dash_parts_from_stdin(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `cat error.log | hybrid-agent run "why does this fail?" -`
+    log = "Traceback (most recent call last):\n  File 'a.py', line 1\nNameError: x\n"
+    monkeypatch.setattr(sys, "stdin", io.StringIO(log))
+    common = ["--model", env["model"], "--db", env["db"], "--workspace", env["ws"], "--max-new-tokens", "3"]
+    code, out, err = call(capsys, "run", "why does this fail?", "-", *common)
+    assert code == 0, err
+    sid = out.splitlines()[-1].removeprefix("session: ")
+    code, out, _ = call(capsys, "sessions", "export", sid, "--db", env["db"])
+    (user,) = [json.loads(line)["content"] for line in out.splitlines() if json.loads(line)["kind"] == "user"]
+    assert user == "why does this fail?\n\n" + log.rstrip("\n")
+    # An empty message is refused before the model loads (stdin empty, or blank arguments).
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    for argv in (["run", "-"], ["run", "  ", "\n"]):
+        code, _, err = call(capsys, *argv, *common)
+        assert code == 1 and err.startswith("hybrid-agent: error: the message is empty"), err
