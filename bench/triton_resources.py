@@ -12,11 +12,14 @@ without it, loads look unpipelined and the register counts are wrong.
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -73,8 +76,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--op", choices=["ssd", "gdn"], help="only this module")
     ap.add_argument("--variants", help="a JSON list of CONFIG overrides instead of the module's VARIANTS")
+    ap.add_argument(
+        "--fp32",
+        action="store_true",
+        help="SSD only: the kernels fp32 inputs get (fp32 pointers, IEEE dots, exact state products)",
+    )
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
+    # A cold cache, so the compile times printed are real (Triton reads this when it compiles).
+    cache = tempfile.mkdtemp(prefix="triton-resources-")
+    atexit.register(shutil.rmtree, cache, ignore_errors=True)
+    os.environ["TRITON_CACHE_DIR"] = cache
     bf16, f32 = "*bf16", "*fp32"
     gdn_types = {n: bf16 for n in ("q_ptr", "k_ptr", "v_ptr", "o_ptr", "aqk_ptr", "beta_ptr")}
     gdn_types.update({n: f32 for n in ("g_ptr", "t_ptr", "gam_ptr", "s0_ptr", "final_ptr")}, scale="fp32")
@@ -82,6 +94,8 @@ def main() -> None:
     ssd_types.update(
         {n: f32 for n in ("dt_ptr", "A_ptr", "D_ptr", "s0_ptr", "final_ptr", "w_ptr", "decay_ptr")}
     )
+    if args.fp32:
+        ssd_types = dict.fromkeys(ssd_types, f32)
     for name, module in (("gdn", tgdr), ("ssd", tssd)):
         if args.op and name != args.op:
             continue
@@ -113,16 +127,22 @@ def main() -> None:
                 )
             elif name == "ssd":
                 L = cfg["L"] or 64
+                ieee, prec = (True, 1) if args.fp32 else (False, cfg["st_prec"])  # as ssd_scan_triton
                 consts = dict(
-                    HAS_S0=False, L=L, BP=cfg["st_bp"], BN=cfg["st_bn"], IEEE=False, PREC=cfg["st_prec"],
+                    HAS_S0=False, L=L, BP=cfg["st_bp"], BN=cfg["st_bn"], IEEE=ieee, PREC=prec,
                     PRE=bool(cfg["st_pre"] or cfg["st_acc"]), ACC=bool(cfg["st_acc"]),
                 )  # fmt: skip
                 fn = tssd._ssd_states_kernel
+                t0 = time.perf_counter()
                 k = compile_kernel(fn, ssd_types, consts, cfg["st_warps"], cfg["st_stages"])
-                print(f"{name} {var or 'default'} states: {resources(k)}", flush=True)
-                consts = dict(HAS_D=True, L=L, BP=cfg["out_bp"], BN=128, IEEE=False)
+                took = time.perf_counter() - t0
+                tag = f"{name} {var or 'default'}{' fp32' if args.fp32 else ''}"
+                print(f"{tag} states: {resources(k)}, compiled in {took:.1f} s", flush=True)
+                consts = dict(HAS_D=True, L=L, BP=cfg["out_bp"], BN=128, IEEE=ieee)
+                t0 = time.perf_counter()
                 k = compile_kernel(tssd._ssd_output_kernel, ssd_types, consts, cfg["out_warps"], 2)
-                print(f"{name} {var or 'default'} output: {resources(k)}", flush=True)
+                took = time.perf_counter() - t0
+                print(f"{tag} output: {resources(k)}, compiled in {took:.1f} s", flush=True)
                 continue
             else:
                 continue
