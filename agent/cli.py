@@ -47,7 +47,7 @@ def _shared(defaults: bool) -> argparse.ArgumentParser:
         "--db",
         metavar="URL",
         default=d(None),
-        help="session database: a SQLAlchemy URL or a file path (default: under XDG_DATA_HOME)",
+        help="session database: an SQLite file path or a postgresql:// URL (default: under XDG_DATA_HOME)",
     )
     p.add_argument(
         "--workspace",

@@ -32,7 +32,7 @@ from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 
 from memory.errors import (
     CorruptDataError,
@@ -62,12 +62,29 @@ def default_url() -> str:
 
 
 def normalize_url(url: str | Path | None) -> URL:
-    """None -> the default database; a plain path -> an SQLite file; anything else -> an SQLAlchemy URL."""
+    """None -> the default database; a plain path -> an SQLite file; anything else -> an SQLAlchemy URL
+    of a backend the store supports (SQLite or PostgreSQL; `postgres://`, as many hosts write it, is
+    PostgreSQL)."""
     if url is None:
         return make_url(default_url())
     if isinstance(url, Path) or "://" not in url:
         return make_url(f"sqlite:///{Path(url).expanduser().resolve()}")
-    return make_url(url)
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        raise DatabaseUnavailableError(
+            f"{url!r} is not a database URL; give a file path, or e.g. postgresql://USER@HOST/DB"
+        ) from None
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend == "postgres":
+        parsed = parsed.set(drivername="postgresql" + (f"+{driver}" if driver else ""))
+    elif backend not in ("sqlite", "postgresql"):
+        # The schema, its migrations and the write locking are made and tested for these two only.
+        raise DatabaseUnavailableError(
+            f"hybrid-agent keeps sessions in SQLite (a file path) or PostgreSQL (postgresql://USER@HOST/DB), "
+            f"not {backend}"
+        )
+    return parsed
 
 
 def sqlite_file(url: URL) -> Path | None:
@@ -98,7 +115,13 @@ def check_sqlite_file(path: Path) -> None:
 
 def create_store_engine(url: URL) -> Engine:
     if url.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+        try:
+            return create_engine(url, pool_pre_ping=True)
+        except (ImportError, NoSuchModuleError) as exc:  # the URL's driver is not installed
+            raise DatabaseUnavailableError(
+                f"cannot open {url.render_as_string(hide_password=True)}: its driver is missing ({exc}); "
+                "for PostgreSQL install psycopg: pip install 'hybrid-agent[postgres]'"
+            ) from None
     path = sqlite_file(url)
     if path is not None:
         check_sqlite_file(path)

@@ -211,6 +211,32 @@ def test_unreachable_database_gets_a_clear_error(tmp_path: Path) -> None:
         Store("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2")
 
 
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("mysql://me@127.0.0.1/db", r"SQLite \(a file path\) or PostgreSQL .*not mysql"),
+        ("postgresql+nosuchdriver://me@127.0.0.1/db", r"driver is missing .*'hybrid-agent\[postgres\]'"),
+        ("sqlite://:bad::", "is not a database URL"),
+        ("://nothing", "is not a database URL"),
+    ],
+)
+def test_unsupported_or_malformed_urls_get_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, needle: str
+) -> None:
+    monkeypatch.chdir(tmp_path)  # nothing is created where the command runs either
+    with pytest.raises(DatabaseUnavailableError, match=needle):
+        Store(url)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_postgres_scheme_is_postgresql() -> None:
+    # `postgres://` is how many hosts write PostgreSQL URLs (SQLAlchemy only knows `postgresql`).
+    url = normalize_url("postgres://me:secret@db.example:5433/sessions")
+    assert (url.drivername, url.host, url.port) == ("postgresql", "db.example", 5433)
+    assert (url.username, url.password, url.database) == ("me", "secret", "sessions")
+    assert normalize_url("postgres+psycopg://me@h/db").drivername == "postgresql+psycopg"
+
+
 def test_only_sqlite_urls_name_a_local_file() -> None:
     # A server database's name is not a path: treating it as one would create files in the cwd.
     assert sqlite_file(normalize_url("postgresql+psycopg://u@localhost/sessions")) is None
