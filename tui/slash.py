@@ -7,6 +7,7 @@ palette can never disagree about which commands exist.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 
@@ -44,12 +45,23 @@ class ParsedCommand:
 
 
 def is_slash_command(text: str) -> bool:
-    """A message is a command when it starts with '/' followed by a letter (so '/etc/hosts?' with a
-    leading path is still sent to the model only if it is not a known command)."""
+    """A message is a command when it starts with '/' and a letter, and names a known command or
+    looks like a mistyped one: '/word' alone, or a first word close to a command ('/rewnd 3'). Every
+    message that enters the model stays in the session's state, so a typo is stopped here, while
+    '/etc/hosts is odd' or '/usr is full' still go to the model."""
     stripped = text.strip()
     if not stripped.startswith("/") or len(stripped) < 2 or not stripped[1].isalpha():
         return False
-    return stripped[1:].split()[0] in _BY_NAME
+    first = stripped[1:].split()[0]
+    if first in _BY_NAME:
+        return True
+    if not first.replace("-", "").isalpha():  # '/etc/hosts', '/tmp.' ...: a path, not a command
+        return False
+    return len(stripped.split()) == 1 or bool(_close(first))
+
+
+def _close(name: str) -> list[str]:
+    return difflib.get_close_matches(name, list(_BY_NAME), n=1, cutoff=0.75)
 
 
 def parse(text: str) -> ParsedCommand:
@@ -59,7 +71,11 @@ def parse(text: str) -> ParsedCommand:
         raise SlashCommandError(f"not a command: {text!r}; commands start with '/', try /help")
     name, args = parts[0][1:], tuple(parts[1:])
     if name not in _BY_NAME:
-        raise SlashCommandError(f"unknown command /{name}; type /help for the list")
+        hint = f"did you mean /{close[0]}? " if (close := _close(name)) else ""
+        raise SlashCommandError(
+            f"unknown command /{name}; {hint}/help lists them (to send it to the model as a message, "
+            "put a word before it)"
+        )
     if name in ("fork", "rewind") and args and not args[0].isdigit():
         raise SlashCommandError(f"usage: {_BY_NAME[name].usage} (N is a turn number)")
     if name == "rewind" and not args:

@@ -160,10 +160,11 @@ async def test_slash_commands(tmp_path: Path) -> None:
         await settle(pilot)
         assert app.clipboard == "echo: two"
 
-        count = len(notices(app))
+        count, turn = len(notices(app)), app.bridge.agent.turn
         await send(pilot, "/bogus")
         await settle(pilot)
         assert len(notices(app)) == count  # an unknown command only warns (a toast)
+        assert app.bridge.agent.turn == turn  # ... and never reaches the model
 
         await send(pilot, "/help")
         await pilot.pause()

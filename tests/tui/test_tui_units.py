@@ -29,6 +29,16 @@ def test_parse_and_reject_slash_commands() -> None:
     assert (
         is_slash_command("/help") and not is_slash_command("/etc/hosts is odd") and not is_slash_command("hi")
     )
+    # A mistyped command never reaches the model (whatever it reads stays in the session's state):
+    # '/word' alone, or a first word close to a command. Paths and other text still go through.
+    for typo in ("/bogus", "/hlep", "/rewnd 3", "/frok 2", "  /qiut  "):
+        assert is_slash_command(typo), typo
+    for message in ("/usr is full", "/etc/hosts", "/tmp/x.py fails", "/2 is a path?", "/ alone", "a /help"):
+        assert not is_slash_command(message), message
+    with pytest.raises(SlashCommandError, match=r"unknown command /rewnd; did you mean /rewind\?"):
+        parse("/rewnd 3")
+    with pytest.raises(SlashCommandError, match=r"unknown command /bogus; /help lists them .*word before"):
+        parse("/bogus")
 
 
 def test_completion() -> None:
