@@ -9,6 +9,7 @@ import torch
 
 from model.config import HybridConfig
 from model.hybrid import HybridLM
+from model.state import ModelState
 
 TINY: dict[str, Any] = dict(
     vocab_size=267,
@@ -31,3 +32,32 @@ def tiny_model(layer_types: list[str], seed: int = 0, **overrides: object) -> Hy
     """A seeded model in eval mode: the same weights for the same arguments."""
     torch.manual_seed(seed)
     return HybridLM(tiny_config(layer_types, **overrides)).eval()
+
+
+def run_in_pieces(
+    model: HybridLM, ids: torch.Tensor, sizes: list[int], **state_kw: object
+) -> tuple[torch.Tensor, ModelState]:
+    """The logits (B, T, V) of `ids` fed in consecutive pieces of `sizes` tokens, and the state after."""
+    state = model.new_state(ids.shape[0], **state_kw)
+    out, start = [], 0
+    for n in sizes:
+        out.append(model(ids[:, start : start + n], state))
+        start += n
+    assert start == ids.shape[1] and state.n_tokens == start
+    return torch.cat(out, dim=1), state
+
+
+def random_sizes(total: int, gen: torch.Generator) -> list[int]:
+    """Random piece sizes (1-11 tokens) that add up to `total`."""
+    sizes = []
+    while total:
+        n = min(total, int(torch.randint(1, 12, (1,), generator=gen)))
+        sizes.append(n)
+        total -= n
+    return sizes
+
+
+def assert_close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-4) -> None:
+    """Largest difference within `rel` of a's largest entry."""
+    err = float((a - b).abs().max() / a.abs().max())
+    assert err < rel, f"relative error {err:.2e}"

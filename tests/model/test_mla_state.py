@@ -8,6 +8,7 @@ from safetensors.torch import load, save
 
 from model import ConfigError, HybridConfig, HybridLM, ModelState
 from model.mla import MLA
+from model.testing import assert_close, random_sizes, run_in_pieces
 
 MLA_SIZES = {"n_heads": 4, "kv_lora_rank": 12, "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "v_head_dim": 8}
 STACKS = {
@@ -24,30 +25,6 @@ def make_mla_model(make_model):
         return make_model(layer_types, seed, mla={**MLA_SIZES, **mla}, parallel_attention="mla")
 
     return make
-
-
-def run_in_pieces(model: HybridLM, ids: torch.Tensor, sizes: list[int], **state_kw: object):
-    state = model.new_state(ids.shape[0], **state_kw)
-    out, start = [], 0
-    for n in sizes:
-        out.append(model(ids[:, start : start + n], state))
-        start += n
-    assert start == ids.shape[1] and state.n_tokens == start
-    return torch.cat(out, dim=1), state  # (B, T, V)
-
-
-def random_sizes(total: int, gen: torch.Generator) -> list[int]:
-    sizes = []
-    while total:
-        n = min(total, int(torch.randint(1, 12, (1,), generator=gen)))
-        sizes.append(n)
-        total -= n
-    return sizes
-
-
-def assert_close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-4) -> None:
-    err = float((a - b).abs().max() / a.abs().max())
-    assert err < rel, f"relative error {err:.2e}"
 
 
 def set_absorb(model: HybridLM, absorb: bool | None) -> None:

@@ -6,34 +6,11 @@ import pytest
 import torch
 
 from model import HybridLM
+from model.testing import assert_close, random_sizes, run_in_pieces
 
 KINDS = ["attention", "mamba2", "gated_deltanet", "parallel", "mlp"]
 MIXED = ["mamba2", "attention", "gated_deltanet", "parallel", "mlp", "attention"]
 T = 37  # crosses several SSD / delta-rule chunks of 8, with a ragged tail
-
-
-def run_in_pieces(model: HybridLM, ids: torch.Tensor, sizes: list[int], **state_kw: object) -> torch.Tensor:
-    state = model.new_state(ids.shape[0], **state_kw)
-    out, start = [], 0
-    for n in sizes:
-        out.append(model(ids[:, start : start + n], state))
-        start += n
-    assert start == ids.shape[1] and state.n_tokens == start
-    return torch.cat(out, dim=1)  # (B, T, V)
-
-
-def random_sizes(total: int, gen: torch.Generator) -> list[int]:
-    sizes = []
-    while total:
-        n = min(total, int(torch.randint(1, 12, (1,), generator=gen)))
-        sizes.append(n)
-        total -= n
-    return sizes
-
-
-def assert_close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-4) -> None:
-    err = float((a - b).abs().max() / a.abs().max())
-    assert err < rel, f"relative error {err:.2e}"
 
 
 @pytest.mark.parametrize("layer_types", [[k, k] for k in KINDS] + [MIXED], ids=[*KINDS, "mixed"])
@@ -43,10 +20,10 @@ def test_one_call_equals_chunks_equals_steps(make_model, layer_types, window):
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(0, model.config.vocab_size, (2, T), generator=gen)
     kw = {} if window is None else {"window": window[0], "sinks": window[1]}
-    whole = run_in_pieces(model, ids, [T], **kw)
+    whole, _ = run_in_pieces(model, ids, [T], **kw)
     assert whole.shape == (2, T, model.config.vocab_size)
-    assert_close(whole, run_in_pieces(model, ids, random_sizes(T, gen), **kw))
-    assert_close(whole, run_in_pieces(model, ids, [1] * T, **kw))
+    assert_close(whole, run_in_pieces(model, ids, random_sizes(T, gen), **kw)[0])
+    assert_close(whole, run_in_pieces(model, ids, [1] * T, **kw)[0])
 
 
 def naive_windowed_attention_logits(
@@ -68,9 +45,9 @@ def test_window_masks_exactly_the_policy(make_model):
         ["attention"], attention={"n_heads": 4, "n_kv_heads": 2, "head_dim": 8, "rope_theta": None}
     )
     ids = torch.randint(0, model.config.vocab_size, (1, 20), generator=torch.Generator().manual_seed(2))
-    got = run_in_pieces(model, ids, [3, 1, 9, 7], window=4, sinks=2)
+    got, _ = run_in_pieces(model, ids, [3, 1, 9, 7], window=4, sinks=2)
     assert_close(got, naive_windowed_attention_logits(model, ids, window=4, sinks=2))
-    full = run_in_pieces(model, ids, [20])
+    full, _ = run_in_pieces(model, ids, [20])
     assert float((got - full).abs().max()) > 1e-3  # the window does change what is seen
 
 
@@ -104,7 +81,7 @@ def test_eviction_in_batches_keeps_logits_and_bounds_storage(make_model):
     model = make_model(["attention", "mamba2", "attention"])
     ids = torch.randint(0, model.config.vocab_size, (1, 90), generator=torch.Generator().manual_seed(5))
     window, sinks = 24, 2
-    reference = run_in_pieces(model, ids, [90], window=window, sinks=sinks)
+    reference, _ = run_in_pieces(model, ids, [90], window=window, sinks=sinks)
     state = model.new_state(window=window, sinks=sinks)
     slack = state.evict_slack
     assert slack == 3
