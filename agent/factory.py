@@ -122,6 +122,11 @@ def open_agent(
             if workspace == ".":
                 # A resumed session works on the files it was started on, unless told otherwise.
                 workspace = info.workspace
+                if not Path(workspace).is_dir():
+                    raise AgentError(
+                        f"session {resume} works on {workspace}, which is not a folder any more (moved "
+                        "or deleted?); pass --workspace DIR to continue it on another folder"
+                    )
             recorded = session_policy(info)
             if window is None and recorded is not None and recorded[0] is not None:
                 # ... and keeps the attention window it ran with (its numbers depend on it).

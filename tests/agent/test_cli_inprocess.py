@@ -201,3 +201,19 @@ def test_run_reads_dash_parts_from_stdin(
     for argv in (["run", "-"], ["run", "  ", "\n"]):
         code, _, err = call(capsys, *argv, *common)
         assert code == 1 and err.startswith("hybrid-agent: error: the message is empty"), err
+
+
+def test_resuming_a_session_whose_folder_moved_says_what_to_do(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    common = ["--model", env["model"], "--db", env["db"], "--max-new-tokens", "2"]
+    code, out, err = call(capsys, "run", "hi", "--workspace", env["ws"], *common)
+    assert code == 0, err
+    sid = out.splitlines()[-1].removeprefix("session: ")
+    moved = tmp_path / "moved"
+    Path(env["ws"]).rename(moved)
+    code, _, err = call(capsys, "run", "again", "--resume", sid, *common)
+    assert code == 1 and f"works on {env['ws']}, which is not a folder any more" in err, err
+    assert "--workspace DIR" in err and len(err.strip().splitlines()) == 1
+    code, out, err = call(capsys, "run", "again", "--resume", sid, "--workspace", str(moved), *common)
+    assert code == 0 and out.splitlines()[-1] == f"session: {sid}", err
