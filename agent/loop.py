@@ -129,7 +129,7 @@ class Agent(SessionOps):
         if session_id is None:
             self.new_session()
         else:
-            self.resume(session_id)
+            self.resume(session_id, keep_workspace=True)  # the caller chose `workspace`
 
     @classmethod
     def open(cls, **options: Any) -> Agent:

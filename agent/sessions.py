@@ -15,6 +15,7 @@ from agent.errors import AgentBusyError, AgentError, StateLayoutError
 from agent.records import conversation_of
 from memory import Event, SessionInfo, Store
 from model.chat import ChatMessage
+from tools.workspace import Workspace
 
 if TYPE_CHECKING:
     from agent.engine import Engine
@@ -52,14 +53,23 @@ class SessionOps:
         self._set_session(info.id, 0, None, [], [])
         return info.id
 
-    def resume(self, session_id: str) -> None:
-        """Continue a saved session from its latest snapshot (its history is not re-read by the model)."""
+    def resume(self, session_id: str, *, keep_workspace: bool = False) -> None:
+        """Continue a saved session from its latest snapshot (its history is not re-read by the model).
+        The tools move to the session's own folder: the model's state is about those files. With
+        `keep_workspace` (the caller chose the folder, e.g. `--workspace` after a move) they stay."""
         self._idle()
         info = self.store.get_session(session_id)
         if info.model_fingerprint != self.engine.fingerprint:
             raise AgentError(
                 f"session {session_id} was made with another model ({info.model_fingerprint[:12]}); "
                 f"the model loaded now is {self.engine.fingerprint[:12]}: pass the model it was made with"
+            )
+        folder = self.workspace if keep_workspace else Path(info.workspace).resolve()
+        if not folder.is_dir():  # checked before anything changes
+            raise AgentError(
+                f"session {session_id} works on {folder}, which is not a folder any more (moved or "
+                f"deleted?); to continue it on another folder: hybrid-agent --workspace DIR --resume "
+                f"{session_id[:8]}"
             )
         policy = session_policy(info)
         conv = conversation_of(self.store.events(session_id))
@@ -68,6 +78,9 @@ class SessionOps:
             self.engine.reset()
         else:
             self._restore(session_id, info.latest_turn, policy)
+        if folder != self.workspace:
+            self.workspace = folder
+            self.registry.workspace = Workspace(folder)
         self._set_session(session_id, info.latest_turn or 0, conv.system, conv.tools, conv.messages)
 
     def _fork_for_turn(self, turn: int) -> str | None:
@@ -92,7 +105,7 @@ class SessionOps:
         if turn == 0:
             return self.new_session()
         info = self.store.fork_session(self.session_id, turn)
-        self.resume(info.id)
+        self.resume(info.id, keep_workspace=True)  # a fork goes on where this session is now
         return info.id
 
     def rewind(self, turn: int, revert_files: bool = False) -> str:

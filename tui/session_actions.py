@@ -118,6 +118,7 @@ class SessionActions(_Base):
             await self.refresh_session_title()  # it may have been renamed there
 
     async def open_session(self, how: str, session_id: str) -> None:
+        folder = self.bridge.agent.workspace
         ok, _ = await self._agent("resume the session", lambda: self.bridge.agent.resume(session_id))
         if not ok:
             return
@@ -128,7 +129,9 @@ class SessionActions(_Base):
                 return
         await self._redraw()
         word = "forked" if how == "fork" else "resumed"
-        self.notify(f"{word} session {self.bridge.agent.session_id[:8]} at turn {self.bridge.agent.turn}")
+        agent = self.bridge.agent
+        moved = f"; the tools now work in {agent.workspace}" if agent.workspace != folder else ""
+        self.notify(f"{word} session {agent.session_id[:8]} at turn {agent.turn}{moved}")
 
     async def resume_by_prefix(self, given: str) -> None:
         """`/resume ID`: the id or a unique prefix of it (the notices show the first 8 characters)."""

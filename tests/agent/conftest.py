@@ -118,7 +118,7 @@ def make_agent(store: Store, workspace: Path) -> Any:
 
     def make(replies: Sequence[str] = (), **kw: Any) -> tuple[Agent, ScriptedEngine]:
         engine = kw.pop("engine", None) or ScriptedEngine(replies, chat=kw.pop("chat", None))
-        agent = Agent(engine, store, workspace=workspace, **kw)
+        agent = Agent(engine, store, **{"workspace": workspace, **kw})
         made.append(agent)
         return agent, engine
 

@@ -445,3 +445,32 @@ def test_a_first_turn_another_process_saved_first_starts_a_new_session(make_agen
     assert [e.kind for e in store.events(info.id)] == ["system", "user", "assistant"]
     assert store.load_snapshot(info.id).n_tokens == engine.n_tokens
     assert [e.content for e in store.events(sid) if e.kind == "user"] == ["one"]
+
+
+def test_resume_moves_the_tools_to_the_sessions_folder(make_agent, store, tmp_path: Path) -> None:
+    # The TUI's /resume (or the session browser) can open a session of another project: the model's
+    # state is about that project's files, so the tools must act there, not in the folder the app
+    # was started in.
+    first, _ = make_agent(["One.<|end|>"])
+    run(first, "hi")
+    project = first.workspace
+    other = tmp_path / "other-project"
+    other.mkdir()
+    replies = [call("write_file", path="new.txt", content="x\n"), "Done.<|end|>"]
+    agent, _ = make_agent(replies, workspace=other)
+    agent.mode = "auto"
+    agent.resume(first.session_id)
+    assert agent.workspace == project and agent.registry.workspace.root == project
+    run(agent, "write new.txt")
+    assert (project / "new.txt").read_text() == "x\n" and not (other / "new.txt").exists()
+    # A fork continues where the session is now; a session whose folder is gone is refused, unchanged.
+    fork = agent.fork(1)
+    assert agent.workspace == project and store.get_session(fork).workspace == str(project)
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    lost, _ = make_agent(["Lost.<|end|>"], workspace=gone)
+    run(lost, "here")
+    gone.rmdir()
+    with pytest.raises(AgentError, match=r"works on .*gone, which is not a folder any more.*--workspace DIR"):
+        agent.resume(lost.session_id)
+    assert (agent.session_id, agent.workspace) == (fork, project)
