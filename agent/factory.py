@@ -116,9 +116,11 @@ def open_agent(
 
     store = Store(db)
     try:
-        recorded, given_window = None, window
+        recorded, given_window, moved_to = None, window, None
         if resume is not None:
             info = store.get_session(resume)
+            if workspace != "." and Path(workspace).resolve() != Path(info.workspace).resolve():
+                moved_to = str(Path(workspace).resolve())  # recorded once the session opened
             if workspace == ".":
                 # A resumed session works on the files it was started on, unless told otherwise.
                 workspace = info.workspace
@@ -141,7 +143,7 @@ def open_agent(
                 f"session {resume} runs with {describe_policy(recorded)}; --window {given_window} "
                 "would change its numbers: resume it without --window (or start a new session with it)"
             )
-        return cls(
+        agent = cls(
             engine,
             store,
             workspace=workspace,
@@ -152,6 +154,11 @@ def open_agent(
             max_new_tokens=max_new_tokens,
             max_tool_rounds=max_tool_rounds,
         )
+        if moved_to is not None and resume is not None:
+            # Resumed on another folder (the project moved, or a copy): that is the session's folder
+            # from now on, so the next resume finds it without --workspace.
+            store.move_session(resume, moved_to)
+        return agent
     except BaseException:
         store.close()
         raise

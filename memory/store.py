@@ -153,6 +153,18 @@ class Store:
 
         return self._in_write(do, "renaming a session")
 
+    def move_session(self, session_id: str, workspace: str) -> SessionInfo:
+        """Record that the session now works on another folder (its project was moved or copied)."""
+
+        def do(s: Session) -> SessionInfo:
+            row = session_row(s, session_id)
+            row.workspace = str(workspace)
+            row.updated_at = now()
+            s.flush()
+            return session_info(s, row)
+
+        return self._in_write(do, "moving a session")
+
     def delete_session(self, session_id: str) -> int:
         """Delete a session and every blob only it used; returns the number of blobs freed.
         Its forks keep working: they hold their own references to the blobs they share."""

@@ -217,3 +217,8 @@ def test_resuming_a_session_whose_folder_moved_says_what_to_do(
     assert "--workspace DIR" in err and len(err.strip().splitlines()) == 1
     code, out, err = call(capsys, "run", "again", "--resume", sid, "--workspace", str(moved), *common)
     assert code == 0 and out.splitlines()[-1] == f"session: {sid}", err
+    # ... and the session now lives there: the next resume needs no --workspace.
+    code, out, err = call(capsys, "run", "and on", "--resume", sid, *common)
+    assert code == 0 and out.splitlines()[-1] == f"session: {sid}", err
+    code, out, _ = call(capsys, "sessions", "show", sid, "--json", "--db", env["db"])
+    assert json.loads(out)["workspace"] == str(moved)

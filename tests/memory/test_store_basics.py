@@ -67,6 +67,8 @@ def test_sessions_create_get_list_rename(store: Store) -> None:
     assert (a.latest_turn, a.n_tokens, a.parent_id) == (None, 0, None)
     store.rename_session(b.id, "renamed")
     assert store.get_session(b.id).title == "renamed"
+    assert store.move_session(b.id, "/work/b-moved").workspace == "/work/b-moved"
+    assert [store.get_session(x.id).workspace for x in (a, b)] == ["/work/a", "/work/b-moved"]
     # most recently updated first
     assert [s.id for s in store.list_sessions()] == [b.id, a.id]
     save(store, a.id, 1)
