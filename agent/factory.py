@@ -111,7 +111,7 @@ def open_agent(
     max_new_tokens: int = 1024,
     max_tool_rounds: int = 8,
 ) -> Agent:
-    from agent.sessions import describe_policy, session_policy
+    from agent.sessions import describe_policy, folder_gone, session_policy
     from memory import Store
 
     store = Store(db)
@@ -124,11 +124,8 @@ def open_agent(
             if workspace == ".":
                 # A resumed session works on the files it was started on, unless told otherwise.
                 workspace = info.workspace
-                if not Path(workspace).is_dir():
-                    raise AgentError(
-                        f"session {resume} works on {workspace}, which is not a folder any more (moved "
-                        "or deleted?); pass --workspace DIR to continue it on another folder"
-                    )
+                if not Path(workspace).is_dir():  # before the tools are set up on it
+                    raise folder_gone(resume, workspace)
             recorded = session_policy(info)
             if window is None and recorded is not None and recorded[0] is not None:
                 # ... and keeps the attention window it ran with (its numbers depend on it).

@@ -23,6 +23,14 @@ if TYPE_CHECKING:
     from tools.registry import ToolRegistry
 
 
+def folder_gone(session_id: str, folder: str | Path) -> AgentError:
+    """The error for a session whose recorded folder is gone (a moved or deleted project)."""
+    return AgentError(
+        f"session {session_id} works on {folder}, which is not a folder any more (moved or deleted?); "
+        f"to continue it on another folder: hybrid-agent --workspace DIR --resume {session_id[:8]}"
+    )
+
+
 class SessionOps:
     engine: Engine
     store: Store
@@ -66,11 +74,7 @@ class SessionOps:
             )
         folder = self.workspace if keep_workspace else Path(info.workspace).resolve()
         if not folder.is_dir():  # checked before anything changes
-            raise AgentError(
-                f"session {session_id} works on {folder}, which is not a folder any more (moved or "
-                f"deleted?); to continue it on another folder: hybrid-agent --workspace DIR --resume "
-                f"{session_id[:8]}"
-            )
+            raise folder_gone(session_id, folder)
         policy = session_policy(info)
         conv = conversation_of(self.store.events(session_id))
         if info.latest_turn is None:
