@@ -75,6 +75,9 @@ class SessionOps:
         folder = self.workspace if keep_workspace else Path(info.workspace).resolve()
         if not folder.is_dir():  # checked before anything changes
             raise folder_gone(session_id, folder)
+        moved = None
+        if folder != self.workspace:  # the same rules in the new folder (its protected dirs)
+            moved = Workspace(folder, protected=tuple(self.registry.workspace.protected))
         policy = session_policy(info)
         conv = conversation_of(self.store.events(session_id))
         if info.latest_turn is None:
@@ -82,9 +85,8 @@ class SessionOps:
             self.engine.reset()
         else:
             self._restore(session_id, info.latest_turn, policy)
-        if folder != self.workspace:
-            self.workspace = folder
-            self.registry.workspace = Workspace(folder)
+        if moved is not None:
+            self.workspace, self.registry.workspace = folder, moved
         self._set_session(session_id, info.latest_turn or 0, conv.system, conv.tools, conv.messages)
 
     def _fork_for_turn(self, turn: int) -> str | None:
