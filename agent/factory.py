@@ -151,7 +151,7 @@ def open_agent(
             max_new_tokens=max_new_tokens,
             max_tool_rounds=max_tool_rounds,
         )
-        if moved_to is not None and resume is not None:
+        if moved_to is not None:  # set only on a resume
             # Resumed on another folder (the project moved, or a copy): that is the session's folder
             # from now on, so the next resume finds it without --workspace.
             store.move_session(resume, moved_to)

@@ -132,17 +132,17 @@ def main() -> None:
                     HAS_S0=False, L=L, BP=cfg["st_bp"], BN=cfg["st_bn"], IEEE=ieee, PREC=prec,
                     PRE=bool(cfg["st_pre"] or cfg["st_acc"]), ACC=bool(cfg["st_acc"]),
                 )  # fmt: skip
-                fn = tssd._ssd_states_kernel
-                t0 = time.perf_counter()
-                k = compile_kernel(fn, ssd_types, consts, cfg["st_warps"], cfg["st_stages"])
-                took = time.perf_counter() - t0
                 tag = f"{name} {var or 'default'}{' fp32' if args.fp32 else ''}"
-                print(f"{tag} states: {resources(k)}, compiled in {took:.1f} s", flush=True)
-                consts = dict(HAS_D=True, L=L, BP=cfg["out_bp"], BN=128, IEEE=ieee)
-                t0 = time.perf_counter()
-                k = compile_kernel(tssd._ssd_output_kernel, ssd_types, consts, cfg["out_warps"], 2)
-                took = time.perf_counter() - t0
-                print(f"{tag} output: {resources(k)}, compiled in {took:.1f} s", flush=True)
+                launches = [
+                    ("states", tssd._ssd_states_kernel, consts, cfg["st_warps"], cfg["st_stages"]),
+                    ("output", tssd._ssd_output_kernel,
+                     dict(HAS_D=True, L=L, BP=cfg["out_bp"], BN=128, IEEE=ieee), cfg["out_warps"], 2),
+                ]  # fmt: skip
+                for part, fn, part_consts, warps, stages in launches:
+                    t0 = time.perf_counter()
+                    k = compile_kernel(fn, ssd_types, part_consts, warps, stages)
+                    took = time.perf_counter() - t0
+                    print(f"{tag} {part}: {resources(k)}, compiled in {took:.1f} s", flush=True)
                 continue
             else:
                 continue

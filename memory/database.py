@@ -201,10 +201,13 @@ def migrate(engine: Engine, where: str) -> None:
         try:
             current = _check_revision(conn, script, where)
         except NotADatabaseError:
-            # Not final yet. PostgreSQL reads in READ COMMITTED: the revision and the table list are
-            # two statements with two snapshots, so another process's first open that commits the new
-            # schema between them reads as "tables but no revision". Ask again behind the migration
-            # lock, where no schema is half-visible: foreign there is foreign (and raises).
+            # Final on SQLite (both reads in one BEGIN: one snapshot), not yet on PostgreSQL: it reads
+            # in READ COMMITTED, the revision and the table list are two statements with two
+            # snapshots, so another process's first open that commits the new schema between them
+            # reads as "tables but no revision". Ask again behind the migration lock, where no schema
+            # is half-visible: foreign there is foreign (and raises).
+            if engine.dialect.name != "postgresql":
+                raise
             with _migration_transaction(engine) as locked:
                 current = _check_revision(locked, script, where)
     if engine.dialect.name == "sqlite":
