@@ -1,6 +1,7 @@
 """agent/: the persistent agent loop and the command line.
 
-`from agent import Agent`. The import is lazy so that `hybrid-agent --help` starts without loading torch.
+`from hybrid_agent import Agent` (or `from hybrid_agent.agent import Agent`). The import is lazy so that
+`hybrid-agent --help` starts without loading torch.
 """
 
 from __future__ import annotations
@@ -8,14 +9,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from agent.loop import Agent
+    from hybrid_agent.agent.loop import Agent
 
 __all__ = ["Agent"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "Agent":
-        from agent.loop import Agent
+        from hybrid_agent.agent.loop import Agent
 
         return Agent
-    raise AttributeError(f"module 'agent' has no attribute {name!r}")
+    raise AttributeError(f"module 'hybrid_agent.agent' has no attribute {name!r}")

@@ -12,6 +12,8 @@ import os
 import sys
 from collections.abc import Callable
 
+from hybrid_agent import __version__
+
 
 def _number(kind: type, low: float, what: str) -> Callable[[str], float]:
     """An argparse type: `kind` of at least `low`, else argparse's one-line usage error."""
@@ -27,6 +29,12 @@ def _number(kind: type, low: float, what: str) -> Callable[[str], float]:
 
     return parse
 
+
+EXIT_USAGE = 2  # as argparse exits on a usage error
+NO_TERMINAL = (
+    "hybrid-agent: the terminal UI needs a terminal on stdin and stdout; "
+    'without one, use `hybrid-agent run "PROMPT"`'
+)
 
 _COUNT = _number(int, 0, "a whole number >= 0")
 _POSITIVE = _number(int, 1, "a whole number >= 1")
@@ -86,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Without a command: open the terminal UI.",
         parents=[_shared(True)],
     )
-    parser.add_argument("--version", action="version", version="hybrid-agent 0.1.0")
+    parser.add_argument("--version", action="version", version=f"hybrid-agent {__version__}")
     parser.add_argument("--resume", metavar="ID", help="continue a saved session (id or unique prefix)")
     sub = parser.add_subparsers(dest="command", metavar="{run,sessions}")
     shared = _shared(False)
@@ -131,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
-    from agent.commands import dispatch
+    if args.command is None and not (sys.stdin.isatty() and sys.stdout.isatty()):
+        # The UI would wait on a terminal that is not there (a pipe, a CI job, an editor's task).
+        print(NO_TERMINAL, file=sys.stderr)
+        return EXIT_USAGE
+    from hybrid_agent.agent.commands import dispatch
 
     return dispatch(args)
 

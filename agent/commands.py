@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from agent.errors import AgentError
+from hybrid_agent.agent.errors import AgentError
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -24,10 +24,10 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that are the user's to fix: shown as one line."""
-    from memory import StoreError
-    from model.chat import ChatFormatError
-    from model.errors import ModelError
-    from tools.errors import ToolError
+    from hybrid_agent.memory import StoreError
+    from hybrid_agent.model.chat import ChatFormatError
+    from hybrid_agent.model.errors import ModelError
+    from hybrid_agent.tools.errors import ToolError
 
     return (AgentError, StoreError, ModelError, ChatFormatError, ToolError, OSError)
 
@@ -81,7 +81,7 @@ def _agent_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _store(args: argparse.Namespace) -> Any:
-    from memory import Store
+    from hybrid_agent.memory import Store
 
     return Store(args.db)
 
@@ -104,14 +104,14 @@ def cmd_tui(args: argparse.Namespace) -> int:
     # tui/ sits above agent/: the one place agent reaches up is this entry point, through importlib at
     # run time, so that nothing in agent/ imports tui/ and the package graph stays acyclic.
     try:
-        run_app = importlib.import_module("tui.app").run_app
+        run_app = importlib.import_module("hybrid_agent.tui.app").run_app
     except (ImportError, AttributeError) as exc:
         raise AgentError(f"the terminal UI is not available ({exc}); use `hybrid-agent run PROMPT`") from exc
     options = _agent_options(args)
     if args.resume:
         with _store(args) as store:
             options["resume"] = resolve_session_id(store, args.resume)
-    from agent.factory import check_device, resolve_model_dir
+    from hybrid_agent.agent.factory import check_device, resolve_model_dir
 
     resolve_model_dir(options["model"])  # fail with one clear line before the UI starts
     check_device(options["device"])
@@ -121,7 +121,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
 # ---- run -----------------------------------------------------------------------------------------
 def ask_on_terminal(request: Any) -> Any:
     """Ask the person at the terminal about one tool call (stderr + stdin); blocking."""
-    from agent.events import ApprovalDecision
+    from hybrid_agent.agent.events import ApprovalDecision
 
     _say(f"[approve {request.tool} {json.dumps(request.arguments, ensure_ascii=False)}]")
     for shown in (request.command and f"$ {request.command}", request.diff):
@@ -158,8 +158,8 @@ def read_prompt(parts: list[str]) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from agent.events import ErrorEvent, TextDelta, ToolCallRequested, ToolResultEvent, TurnEnd
-    from agent.loop import Agent
+    from hybrid_agent.agent.events import ErrorEvent, TextDelta, ToolCallRequested, ToolResultEvent, TurnEnd
+    from hybrid_agent.agent.loop import Agent
 
     prompt = read_prompt(args.prompt)  # before the model loads: an empty message fails at once
     options = _agent_options(args)

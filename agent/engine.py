@@ -32,9 +32,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+from hybrid_agent.model.chat import ChatFormat, Segment
 from torch import Tensor
-
-from model.chat import ChatFormat, Segment
 
 PREFILL_CHUNK = 2048  # tokens per forward call during prefill (bounds the attention matrix)
 DECODE_ENGINE_ENV = "HYBRID_AGENT_DECODE_ENGINE"  # auto (default: on CUDA) | 1 | 0
@@ -137,7 +136,7 @@ class ModelEngine:
         self._device = param.device if param is not None else torch.device("cpu")
         self.device = str(self._device)
         self.fingerprint: str = model.fingerprint
-        from model.sampling import SamplingParams, make_generator
+        from hybrid_agent.model.sampling import SamplingParams, make_generator
 
         self.sampling = SamplingParams(temperature=temperature)
         self._seed = seed
@@ -178,7 +177,7 @@ class ModelEngine:
     def _decoder_for(self, n_tokens: int) -> Any:
         """The DecodeEngine, with buffers for at least `n_tokens` (grown geometrically; the live state
         moves into the new buffers, so growing changes no number)."""
-        from model.engine import DecodeEngine
+        from hybrid_agent.model.engine import DecodeEngine
 
         old = self._decoder
         if old is not None and n_tokens <= old.max_context:
@@ -204,7 +203,7 @@ class ModelEngine:
 
     def layout_metadata(self) -> dict[str, str]:
         """How each state tensor is laid out (key- or value-first, conv width, dtype), by tensor name."""
-        from model.state_layout import layout_metadata
+        from hybrid_agent.model.state_layout import layout_metadata
 
         return layout_metadata(self.model.config)
 
@@ -220,7 +219,7 @@ class ModelEngine:
         return stream
 
     def reset(self) -> None:
-        from model.sampling import make_generator
+        from hybrid_agent.model.sampling import make_generator
 
         self._fresh_state()
         self._logits = None
@@ -245,7 +244,7 @@ class ModelEngine:
         self._generator.set_state(torch.frombuffer(raw, dtype=torch.uint8))
 
     def prefill(self, ids: Sequence[int]) -> None:
-        from model.generate import prefill
+        from hybrid_agent.model.generate import prefill
 
         if not ids:
             return
@@ -261,7 +260,7 @@ class ModelEngine:
                 self._logits = dec.prefill(list(ids))  # (1, V)
 
     def next_token(self) -> int:
-        from model.sampling import sample
+        from hybrid_agent.model.sampling import sample
 
         if self._logits is None:
             raise RuntimeError("next_token() before any prefill")
@@ -291,7 +290,7 @@ class ModelEngine:
         puts them on the GPU when the model is there): no state is assembled first, so no concatenated
         or moved copy of the cache exists beside the buffers. On the model's own path the tensors go
         to the model's device first, so reassembling the pages runs there, not in host memory."""
-        from model import ModelState
+        from hybrid_agent.model import ModelState
 
         if self._on_decoder:
             n = self._decoder.check_parts(recurrent, pages)  # refuses before anything changes

@@ -11,11 +11,11 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import AgentError, ModelNotFoundError
+from hybrid_agent.agent.errors import AgentError, ModelNotFoundError
 
 if TYPE_CHECKING:
-    from agent.engine import ModelEngine
-    from agent.loop import Agent
+    from hybrid_agent.agent.engine import ModelEngine
+    from hybrid_agent.agent.loop import Agent
 
 
 DEFAULT_MODEL_ENV = "HYBRID_AGENT_DEFAULT_MODEL"
@@ -26,8 +26,7 @@ def default_model_dir() -> Path:
     move it), else the one shipped in `model/default/`."""
     if os.environ.get(DEFAULT_MODEL_ENV):
         return Path(os.environ[DEFAULT_MODEL_ENV]).expanduser()
-    import model
-
+    from hybrid_agent import model
     return Path(model.__file__).resolve().parent / "default"
 
 
@@ -78,9 +77,8 @@ def load_engine(
     temperature: float = 0.0,
 ) -> ModelEngine:
     import torch
-
-    from agent.engine import ModelEngine
-    from model import load_model
+    from hybrid_agent.agent.engine import ModelEngine
+    from hybrid_agent.model import load_model
 
     check_device(device)
     where = resolve_model_dir(path)
@@ -111,8 +109,8 @@ def open_agent(
     max_new_tokens: int = 1024,
     max_tool_rounds: int = 8,
 ) -> Agent:
-    from agent.sessions import describe_policy, folder_gone, session_policy
-    from memory import Store
+    from hybrid_agent.agent.sessions import describe_policy, folder_gone, session_policy
+    from hybrid_agent.memory import Store
 
     store = Store(db)
     try:

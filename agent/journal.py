@@ -12,10 +12,10 @@ import itertools
 import threading
 from collections.abc import Callable, Iterable
 
-from agent.errors import AgentError
-from memory import FileEdit, Store
-from tools.journal import JournalEntry
-from tools.registry import ToolRegistry
+from hybrid_agent.agent.errors import AgentError
+from hybrid_agent.memory import FileEdit, Store
+from hybrid_agent.tools.journal import JournalEntry
+from hybrid_agent.tools.registry import ToolRegistry
 
 
 class StoreJournal:

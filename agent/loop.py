@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from agent.engine import PREFILL_CHUNK, Engine
-from agent.errors import AgentError
-from agent.events import (
+from hybrid_agent.agent.engine import PREFILL_CHUNK, Engine
+from hybrid_agent.agent.errors import AgentError
+from hybrid_agent.agent.events import (
     AgentEvent,
     ApprovalDecision,
     ErrorEvent,
@@ -38,15 +38,21 @@ from agent.events import (
     ToolResultEvent,
     TurnEnd,
 )
-from agent.journal import StoreJournal, attach_journal
-from agent.records import assistant_event, conversation_of, system_event, tool_call_event, tool_result_event
-from agent.sessions import SessionOps
-from agent.stream import VisibleText
-from memory import Event, Page, Store, StoreError, TurnOrderError
-from model.chat import DEFAULT_SYSTEM_PROMPT, ChatFormatError, ChatMessage, ParsedToolCall
-from model.errors import ModelError
-from tools.errors import ToolError
-from tools.registry import ToolRegistry
+from hybrid_agent.agent.journal import StoreJournal, attach_journal
+from hybrid_agent.agent.records import (
+    assistant_event,
+    conversation_of,
+    system_event,
+    tool_call_event,
+    tool_result_event,
+)
+from hybrid_agent.agent.sessions import SessionOps
+from hybrid_agent.agent.stream import VisibleText
+from hybrid_agent.memory import Event, Page, Store, StoreError, TurnOrderError
+from hybrid_agent.model.chat import DEFAULT_SYSTEM_PROMPT, ChatFormatError, ChatMessage, ParsedToolCall
+from hybrid_agent.model.errors import ModelError
+from hybrid_agent.tools.errors import ToolError
+from hybrid_agent.tools.registry import ToolRegistry
 
 Mode = Literal["ask", "accept-edits", "auto"]
 MODES: tuple[Mode, ...] = ("ask", "accept-edits", "auto")
@@ -135,7 +141,7 @@ class Agent(SessionOps):
     def open(cls, **options: Any) -> Agent:
         """Build model + tokenizer + chat format + Store + ToolRegistry, and a session (new, or
         `resume=ID`). Options: see `agent.factory.open_agent`."""
-        from agent.factory import open_agent
+        from hybrid_agent.agent.factory import open_agent
 
         return open_agent(cls, **options)
 

@@ -13,9 +13,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.events import ToolCallRequested, ToolResultEvent
-from memory import Event
-from model.chat import ChatMessage
+from hybrid_agent.agent.events import ToolCallRequested, ToolResultEvent
+from hybrid_agent.memory import Event
+from hybrid_agent.model.chat import ChatMessage
 
 
 def system_event(system: str, tools: Sequence[dict[str, Any]], format_name: str) -> Event:

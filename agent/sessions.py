@@ -10,17 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.engine import StatePage
-from agent.errors import AgentBusyError, AgentError, StateLayoutError
-from agent.records import conversation_of
-from memory import Event, SessionInfo, Store
-from model.chat import ChatMessage
-from tools.workspace import Workspace
+from hybrid_agent.agent.engine import StatePage
+from hybrid_agent.agent.errors import AgentBusyError, AgentError, StateLayoutError
+from hybrid_agent.agent.records import conversation_of
+from hybrid_agent.memory import Event, SessionInfo, Store
+from hybrid_agent.model.chat import ChatMessage
+from hybrid_agent.tools.workspace import Workspace
 
 if TYPE_CHECKING:
-    from agent.engine import Engine
-    from agent.events import ApprovalDecision
-    from tools.registry import ToolRegistry
+    from hybrid_agent.agent.engine import Engine
+    from hybrid_agent.agent.events import ApprovalDecision
+    from hybrid_agent.tools.registry import ToolRegistry
 
 
 def folder_gone(session_id: str, folder: str | Path) -> AgentError:

@@ -7,7 +7,7 @@ could still grow into a marker is held back until it either becomes one or canno
 
 from __future__ import annotations
 
-from model.chat import ChatFormat
+from hybrid_agent.model.chat import ChatFormat
 
 
 class VisibleText:

@@ -42,12 +42,9 @@ import time
 from pathlib import Path
 
 import torch
+from hybrid_agent.model import HybridLM, layers
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
-
-import model.layers  # noqa: E402
-from model import HybridLM  # noqa: E402
 
 ENV_VAR = "HYBRID_AGENT_KERNELS"
 MODES = ("ref", "generic", "auto")
@@ -55,7 +52,7 @@ MODES = ("ref", "generic", "auto")
 
 def set_mode(mode: str) -> None:
     os.environ[ENV_VAR] = "ref" if mode == "ref" else "auto"
-    model.layers.CPU_DECODE = mode == "auto"
+    layers.CPU_DECODE = mode == "auto"
 
 
 def decode_interleaved(

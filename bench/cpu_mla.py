@@ -32,17 +32,13 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from model import HybridConfig, HybridLM, ModelState
-from model.mla import MLA
-from model.state import TOKEN_AXIS
+from hybrid_agent.model import HybridConfig, HybridLM, ModelState
+from hybrid_agent.model.mla import MLA
+from hybrid_agent.model.state import TOKEN_AXIS
 
 D_MODEL = 512
 BASELINE = "mla"

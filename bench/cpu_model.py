@@ -20,16 +20,12 @@ import math
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from model import HybridConfig, HybridLM, ModelState
-from model.state import TOKEN_AXIS
+from hybrid_agent.model import HybridConfig, HybridLM, ModelState
+from hybrid_agent.model.state import TOKEN_AXIS
 
 MODELS = ("20m", "20m-attn")
 

@@ -47,7 +47,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(ROOT))
 
 import agent_workspaces  # noqa: E402
 from agent_tasks import CHITCHAT, TASKS, make_facts, make_task  # noqa: E402
@@ -68,8 +67,7 @@ def _engine(model_dir: str | None) -> Any:
     global _ENGINE, _MODEL_DIR
     if _ENGINE is None or model_dir != _MODEL_DIR:
         import torch
-
-        from agent.factory import load_engine
+        from hybrid_agent.agent.factory import load_engine
 
         torch.set_num_threads(1)
         _ENGINE, _MODEL_DIR = load_engine(model_dir, device="cpu"), model_dir
@@ -78,7 +76,7 @@ def _engine(model_dir: str | None) -> Any:
 
 def run_turn(agent: Any, text: str) -> tuple[str, list[tuple[str, dict, bool]]]:
     """(answer text, [(tool, arguments, valid)]) of one turn."""
-    from agent.events import TextDelta, ToolCallRequested, ToolResultEvent
+    from hybrid_agent.agent.events import TextDelta, ToolCallRequested, ToolResultEvent
 
     answer, calls, pending = [], [], {}
     for ev in agent.send_sync(text):
@@ -100,8 +98,8 @@ def run_turn(agent: Any, text: str) -> tuple[str, list[tuple[str, dict, bool]]]:
 
 
 def _new_agent(model_dir: str | None, db: Path, workspace: Path, session_id: str | None = None) -> Any:
-    from agent import Agent
-    from memory import Store
+    from hybrid_agent.agent import Agent
+    from hybrid_agent.memory import Store
 
     return Agent(
         _engine(model_dir), Store(str(db)), workspace=workspace, session_id=session_id, mode="auto",
@@ -161,10 +159,9 @@ def measure_speed(model_dir: str | None, n_decode: int = 128) -> dict[str, Any]:
     """First-token latency of a turn (prefill the user segment + one decode step, after a warm-up
     turn) and steady decode tokens/s, on this CPU with all its threads."""
     import torch
-
-    from agent.factory import load_engine
-    from model.chat import DEFAULT_SYSTEM_PROMPT, ChatMessage
-    from tools import ToolRegistry
+    from hybrid_agent.agent.factory import load_engine
+    from hybrid_agent.model.chat import DEFAULT_SYSTEM_PROMPT, ChatMessage
+    from hybrid_agent.tools import ToolRegistry
 
     eng = load_engine(model_dir, device="cpu")
     with tempfile.TemporaryDirectory() as tmp:
@@ -236,8 +233,8 @@ def paired_speed(model_dir: str | None, baseline: str, repeats: int, tasks: list
     """measure_speed of the model and of `baseline` in turns; medians, ratio, characters per token."""
     import statistics
 
-    from agent.factory import resolve_model_dir
-    from model.tokenizer import Tokenizer
+    from hybrid_agent.agent.factory import resolve_model_dir
+    from hybrid_agent.model.tokenizer import Tokenizer
 
     runs: dict[str, list[dict[str, Any]]] = {"model": [], "baseline": []}
     for _ in range(repeats):

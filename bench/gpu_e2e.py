@@ -35,18 +35,16 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gpu_common import fill_synthetic
-
-from model import HybridConfig, HybridLM
-from model.attention import Attention
-from model.checkpoints import olmo_hybrid
-from model.checkpoints.plan import Source
-from model.engine import DecodeEngine
-from model.generate import prefill as eager_prefill
-from model.layers import rope_inv_freq
+from hybrid_agent.model import HybridConfig, HybridLM
+from hybrid_agent.model.attention import Attention
+from hybrid_agent.model.checkpoints import olmo_hybrid
+from hybrid_agent.model.checkpoints.plan import Source
+from hybrid_agent.model.engine import DecodeEngine
+from hybrid_agent.model.generate import prefill as eager_prefill
+from hybrid_agent.model.layers import rope_inv_freq
 
 TINY_HF = dict(
     vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
@@ -130,7 +128,7 @@ def attention_only(model: HybridLM) -> HybridLM:
 def floor_bytes(model: HybridLM, ctx: int) -> dict[str, int]:
     """Bytes a decode step must move at context `ctx`: every weight but the embedding table (one row),
     the K/V cache read, the recurrent states read and written."""
-    from model.state import state_layout
+    from hybrid_agent.model.state import state_layout
 
     weights = sum(p.nbytes for p in model.parameters()) - model.embed_tokens.weight.nbytes
     item = model.dtype.itemsize
@@ -312,7 +310,7 @@ def main() -> None:
     def eager_decode_sdpa() -> dict[str, Any]:
         """#8 item 4: the model's eager T == 1 path (model(token, state)) per token, with the default
         SDPA backends (before) and restricted to flash / memory-efficient (model.attention.sdpa)."""
-        import model.attention as att
+        import hybrid_agent.model.attention as att
 
         out: dict[str, Any] = {}
         for name, restrict in (
@@ -426,8 +424,8 @@ def main() -> None:
         """The default engine (same buffers) with one of its choices switched: the attention prep fusion
         (attn_prep), the attention kernel's launch (attn: a kernels.attention_decode.DecodeConfig), the
         greedy-advance kernel (greedy), the down projection's GEMV config (down); graphs recaptured."""
-        from kernels import attention_decode as ad
-        from kernels.gemv import CONFIGS
+        from hybrid_agent.kernels import attention_decode as ad
+        from hybrid_agent.kernels.gemv import CONFIGS
 
         key = (ours.config.d_model, engine.model.layers[0].mlp.down_proj.in_features)
         saved = CONFIGS.get(key)
@@ -455,7 +453,7 @@ def main() -> None:
     if "decode_nogreedy" in sections:
         b.section("decode_nogreedy", lambda: decode_with(ctxs, greedy=False))
     if "decode_down" in sections:
-        from kernels.gemv import GemvConfig
+        from hybrid_agent.kernels.gemv import GemvConfig
 
         for name, cfg in (("split2", GemvConfig(16, 256, 2, 4, 2)), ("nosplit", GemvConfig(8, 512, 1, 4, 2))):
             b.section(f"decode_down_{name}", lambda cfg=cfg: decode_with(ctxs, down=cfg))
@@ -476,8 +474,7 @@ def main() -> None:
         """kernels.attention_decode launch candidates over the engine's own 8 cache buffers (one call per
         layer, as in a step; 126 MB of K/V at 1k, past the 50 MB L2), as CUDA-graph replays."""
         import triton.testing as tt
-
-        from kernels import attention_decode as ad
+        from hybrid_agent.kernels import attention_decode as ad
 
         fill_synthetic(engine, gen)
         layers = [ls for ls in engine.state.layers if ls.pos is not None]

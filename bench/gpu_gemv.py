@@ -21,11 +21,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kernels import gemv
-from kernels.gemv import CONFIGS, GemvConfig
+from hybrid_agent.kernels import gemv
+from hybrid_agent.kernels.gemv import CONFIGS, GemvConfig
 
 # role -> (N, K) of W at OLMo Hybrid 7B's shape (d 3840, MLP 11008, GDN 30 heads of k 96 / v 192 with
 # q|k|v|a|b|g fused and padded to 16 rows, attention 30 heads of 128, vocab 100352); how many a step

@@ -30,17 +30,16 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gpu_common import copy_bandwidth_GBps, device_info, median_ms, print_table, write_json
+from hybrid_agent.kernels import triton_gated_delta_rule as tgdr
+from hybrid_agent.kernels import triton_ssd_scan as tssd
+from hybrid_agent.kernels.gated_delta_rule import chunk_gated_delta_rule_ref
+from hybrid_agent.kernels.ssd_scan import ssd_scan_ref
+from hybrid_agent.kernels.testing import make_gdr_inputs, make_ssd_inputs, rel_err
 
-import kernels
-from kernels import triton_gated_delta_rule as tgdr
-from kernels import triton_ssd_scan as tssd
-from kernels.gated_delta_rule import chunk_gated_delta_rule_ref
-from kernels.ssd_scan import ssd_scan_ref
-from kernels.testing import make_gdr_inputs, make_ssd_inputs, rel_err
+from hybrid_agent import kernels
 
 BF16 = torch.bfloat16
 GDN_SHAPES = {"H32_K128_V128": (32, 128, 128), "olmo_H30_K96_V192": (30, 96, 192)}

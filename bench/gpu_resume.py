@@ -42,17 +42,15 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from hybrid_agent.memory import Page, Store, blobs
+from hybrid_agent.memory.blobs import prepare_blob
+from hybrid_agent.memory.codec import tensors_to_bytes
+from hybrid_agent.model import HybridLM, ModelState
+from hybrid_agent.model.engine import DecodeEngine
+from hybrid_agent.model.generate import prefill as eager_prefill
 from snapshot import drop_from_page_cache, legacy_load, load_stages
-
-from memory import Page, Store, blobs
-from memory.blobs import prepare_blob
-from memory.codec import tensors_to_bytes
-from model import HybridLM, ModelState
-from model.engine import DecodeEngine
-from model.generate import prefill as eager_prefill
 
 Clock = Callable[[], float]
 

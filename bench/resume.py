@@ -29,17 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from agent.engine import ModelEngine
-from agent.factory import load_engine
-from agent.loop import Agent
-from agent.records import conversation_of
-from memory import Store
-from model import HybridConfig, HybridLM
-from model.chat import ChatMessage
-from tools.registry import ToolRegistry
+from hybrid_agent.agent.engine import ModelEngine
+from hybrid_agent.agent.factory import load_engine
+from hybrid_agent.agent.loop import Agent
+from hybrid_agent.agent.records import conversation_of
+from hybrid_agent.memory import Store
+from hybrid_agent.model import HybridConfig, HybridLM
+from hybrid_agent.model.chat import ChatMessage
+from hybrid_agent.tools.registry import ToolRegistry
 
 LAYERS = ["mamba2", "attention", "gated_deltanet", "attention"]
 WORDS = ("state", "token", "window", "snapshot", "resume", "layer", "cache", "model", "turn", "agent")

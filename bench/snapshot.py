@@ -29,7 +29,6 @@ import platform
 import shutil
 import sqlite3
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -39,21 +38,17 @@ from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
 
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import alembic
 import safetensors
 import safetensors.torch
 import sqlalchemy
+import torch
+from hybrid_agent.memory import Page, Store, blobs
+from hybrid_agent.memory.blobs import prepare_blob
+from hybrid_agent.memory.codec import tensors_from_buffer, tensors_to_bytes
+from hybrid_agent.memory.queries import snapshot_row
+from hybrid_agent.memory.schema import StatePage
 from sqlalchemy import or_, select
-
-from memory import Page, Store, blobs
-from memory.blobs import prepare_blob
-from memory.codec import tensors_from_buffer, tensors_to_bytes
-from memory.queries import snapshot_row
-from memory.schema import StatePage
 
 GDN_LAYERS, ATTN_LAYERS = 24, 8
 HEADS, DK, DV, CONV_KEEP = 30, 96, 192, 3
@@ -131,7 +126,7 @@ def sha256_mbps() -> float:
 
 # ---- the load path, stage by stage -------------------------------------------------------------------
 def sqlite_file_of(store: Store) -> Path | None:
-    from memory.database import sqlite_file
+    from hybrid_agent.memory.database import sqlite_file
 
     return sqlite_file(store.url)
 

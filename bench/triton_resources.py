@@ -17,20 +17,16 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import triton
+from hybrid_agent.kernels import triton_gated_delta_rule as tgdr
+from hybrid_agent.kernels import triton_ssd_scan as tssd
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from kernels import triton_gated_delta_rule as tgdr
-from kernels import triton_ssd_scan as tssd
 
 DIV16 = {"T", "H", "G", "P", "N", "DK", "DV", "NCHUNK"}  # multiples of 16 at the benchmark shapes
 TARGET = GPUTarget("cuda", 90, 32)

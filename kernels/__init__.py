@@ -2,16 +2,16 @@
 that dispatches by device (Triton on CUDA, the reference elsewhere; see kernels/_dispatch.py).
 Signatures are fixed by docs/interfaces.md. kernels/ imports nothing else of ours."""
 
-from kernels.causal_conv1d import causal_conv1d, causal_conv1d_step
-from kernels.decode_fused import gdn_decode_prep, residual_rms_norm, silu_mul
-from kernels.errors import KernelInputError
-from kernels.gated_delta_rule import chunk_gated_delta_rule
-from kernels.gated_delta_rule_step import gated_delta_rule_step
-from kernels.gemv import gemv
-from kernels.mla_decode import mla_decode
-from kernels.rms_norm import gated_rms_norm, rms_norm
-from kernels.ssd_scan import ssd_scan
-from kernels.ssm_step import ssm_step
+from hybrid_agent.kernels.causal_conv1d import causal_conv1d, causal_conv1d_step
+from hybrid_agent.kernels.decode_fused import gdn_decode_prep, residual_rms_norm, silu_mul
+from hybrid_agent.kernels.errors import KernelInputError
+from hybrid_agent.kernels.gated_delta_rule import chunk_gated_delta_rule
+from hybrid_agent.kernels.gated_delta_rule_step import gated_delta_rule_step
+from hybrid_agent.kernels.gemv import gemv
+from hybrid_agent.kernels.mla_decode import mla_decode
+from hybrid_agent.kernels.rms_norm import gated_rms_norm, rms_norm
+from hybrid_agent.kernels.ssd_scan import ssd_scan
+from hybrid_agent.kernels.ssm_step import ssm_step
 
 __all__ = [
     "KernelInputError",

@@ -17,8 +17,7 @@ import os
 from functools import cache
 
 import torch
-
-from kernels.errors import KernelInputError
+from hybrid_agent.kernels.errors import KernelInputError
 
 ENV_VAR = "HYBRID_AGENT_KERNELS"
 

@@ -28,9 +28,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-
-from kernels._dispatch import interpreter_on, use_triton
-from kernels.errors import KernelInputError
+from hybrid_agent.kernels._dispatch import interpreter_on, use_triton
+from hybrid_agent.kernels.errors import KernelInputError
 
 
 def _check(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, pos: torch.Tensor) -> None:
@@ -100,7 +99,7 @@ except ImportError:  # the reference still works
     triton = None
 
 if triton is not None:
-    from kernels.triton_common import dot as _dot
+    from hybrid_agent.kernels.triton_common import dot as _dot
 
     @triton.jit
     def _combine(

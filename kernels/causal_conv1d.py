@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from kernels._cast import as_dtype, as_f32
-from kernels._dispatch import backend, use_triton
-from kernels.errors import KernelInputError
+from hybrid_agent.kernels._cast import as_dtype, as_f32
+from hybrid_agent.kernels._dispatch import backend, use_triton
+from hybrid_agent.kernels.errors import KernelInputError
 
 
 def _act(y: torch.Tensor, activation: str | None) -> torch.Tensor:
@@ -95,7 +94,7 @@ def causal_conv1d(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Full-sequence conv: (y (b,t,d), final_state (b,d,w-1)). See module doc."""
     if use_triton(x):
-        from kernels.triton_causal_conv1d import causal_conv1d_triton
+        from hybrid_agent.kernels.triton_causal_conv1d import causal_conv1d_triton
 
         return causal_conv1d_triton(x, weight, bias, initial_state=initial_state, activation=activation)
     return causal_conv1d_ref(x, weight, bias, initial_state=initial_state, activation=activation)
@@ -112,7 +111,7 @@ def causal_conv1d_step(
     """One token: y (b,d); `state` (b,d,w-1) is shifted in place."""
     impl = backend(x)
     if impl == "triton":
-        from kernels.triton_causal_conv1d import causal_conv1d_step_triton
+        from hybrid_agent.kernels.triton_causal_conv1d import causal_conv1d_step_triton
 
         return causal_conv1d_step_triton(x, state, weight, bias, activation=activation)
     return causal_conv1d_step_ref(x, state, weight, bias, activation=activation)

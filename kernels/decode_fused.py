@@ -32,11 +32,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from kernels._dispatch import use_triton
-from kernels.causal_conv1d import causal_conv1d_step_ref
-from kernels.errors import KernelInputError
-from kernels.rms_norm import rms_norm_ref
+from hybrid_agent.kernels._dispatch import use_triton
+from hybrid_agent.kernels.causal_conv1d import causal_conv1d_step_ref
+from hybrid_agent.kernels.errors import KernelInputError
+from hybrid_agent.kernels.rms_norm import rms_norm_ref
 
 GdnPrep = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -91,7 +90,7 @@ def gdn_decode_prep(
 ) -> GdnPrep:  # fmt: skip
     kw = dict(Hk=Hk, Dk=Dk, Hv=Hv, Dv=Dv, a_off=a_off, b_off=b_off, allow_neg_eigval=allow_neg_eigval)
     if use_triton(proj):
-        from kernels.triton_decode_fused import gdn_decode_prep_triton
+        from hybrid_agent.kernels.triton_decode_fused import gdn_decode_prep_triton
 
         return gdn_decode_prep_triton(proj, conv_state, conv_w, conv_b, A_log, dt_bias, **kw)  # type: ignore[arg-type]
     return gdn_decode_prep_ref(proj, conv_state, conv_w, conv_b, A_log, dt_bias, **kw)  # type: ignore[arg-type]
@@ -110,7 +109,7 @@ def residual_rms_norm(
     x: torch.Tensor, y: torch.Tensor, w_y: torch.Tensor | None, w_out: torch.Tensor | None, eps: float
 ) -> torch.Tensor | None:
     if use_triton(x):
-        from kernels.triton_decode_fused import residual_rms_norm_triton
+        from hybrid_agent.kernels.triton_decode_fused import residual_rms_norm_triton
 
         return residual_rms_norm_triton(x, y, w_y, w_out, eps)
     return residual_rms_norm_ref(x, y, w_y, w_out, eps)
@@ -123,7 +122,7 @@ def silu_mul_ref(gu: torch.Tensor) -> torch.Tensor:
 
 def silu_mul(gu: torch.Tensor) -> torch.Tensor:
     if use_triton(gu):
-        from kernels.triton_decode_fused import silu_mul_triton
+        from hybrid_agent.kernels.triton_decode_fused import silu_mul_triton
 
         return silu_mul_triton(gu)
     return silu_mul_ref(gu)
@@ -196,7 +195,7 @@ def attn_decode_prep(
     kw = dict(H=H, Hkv=Hkv, Dh=Dh, eps=eps, qk_norm=qk_norm)
     args = (qkv, q_w, k_w, cos, sin, pos, k_buf, v_buf, pos_buf)
     if use_triton(qkv):
-        from kernels.triton_decode_fused import attn_decode_prep_triton
+        from hybrid_agent.kernels.triton_decode_fused import attn_decode_prep_triton
 
         return attn_decode_prep_triton(*args, **kw)  # type: ignore[arg-type]
     return attn_decode_prep_ref(*args, **kw)  # type: ignore[arg-type]
@@ -216,7 +215,7 @@ def greedy_advance(logits: torch.Tensor, tok: torch.Tensor, pos: torch.Tensor, i
             f"{tuple(tok.shape)}, {tuple(ids.shape)}"
         )
     if use_triton(logits):
-        from kernels.triton_decode_fused import greedy_advance_triton
+        from hybrid_agent.kernels.triton_decode_fused import greedy_advance_triton
 
         greedy_advance_triton(logits, tok, pos, ids)
         return

@@ -27,9 +27,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from kernels._dispatch import use_triton
-from kernels.errors import KernelInputError
+from hybrid_agent.kernels._dispatch import use_triton
+from hybrid_agent.kernels.errors import KernelInputError
 
 
 def check_gdr_inputs(
@@ -134,7 +133,7 @@ def chunk_gated_delta_rule(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gated delta rule over a sequence: (o (b,t,h,dv) in v's dtype, final_state (b,h,dk,dv) fp32)."""
     if use_triton(v):
-        from kernels.triton_gated_delta_rule import chunk_gated_delta_rule_triton
+        from hybrid_agent.kernels.triton_gated_delta_rule import chunk_gated_delta_rule_triton
 
         return chunk_gated_delta_rule_triton(
             q, k, v, g, beta, scale=scale, initial_state=initial_state, chunk_size=chunk_size

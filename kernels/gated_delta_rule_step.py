@@ -9,9 +9,8 @@ g, beta (b,h). Returns o (b,h,dv) in v's dtype.
 from __future__ import annotations
 
 import torch
-
-from kernels._dispatch import use_triton
-from kernels.errors import KernelInputError
+from hybrid_agent.kernels._dispatch import use_triton
+from hybrid_agent.kernels.errors import KernelInputError
 
 
 def check_gdr_step_inputs(
@@ -73,7 +72,7 @@ def gated_delta_rule_step(
 ) -> torch.Tensor:
     """One decode step; updates `state` in place and returns o (b,h,dv)."""
     if use_triton(state):
-        from kernels.triton_gated_delta_rule_step import gated_delta_rule_step_triton
+        from hybrid_agent.kernels.triton_gated_delta_rule_step import gated_delta_rule_step_triton
 
         return gated_delta_rule_step_triton(state, q, k, v, g, beta, scale=scale)
     return gated_delta_rule_step_ref(state, q, k, v, g, beta, scale=scale)

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
-from kernels._dispatch import use_triton
-from kernels.errors import KernelInputError
+from hybrid_agent.kernels._dispatch import use_triton
+from hybrid_agent.kernels.errors import KernelInputError
 
 MAX_ROWS = 8  # more rows than this: a matrix product, not a gemv (cuBLAS' tensor-core path wins)
 
@@ -87,7 +86,7 @@ def gemv(
     check_gemv(x, w, b)
     rows = x.numel() // max(1, x.shape[-1])
     if use_triton(x) and rows <= MAX_ROWS and w.is_contiguous():
-        from kernels.triton_gemv import gemv_triton
+        from hybrid_agent.kernels.triton_gemv import gemv_triton
 
         n, k = w.shape
         cfg = config or CONFIGS.get((n, k)) or default_config(n, k)

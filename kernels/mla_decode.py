@@ -21,9 +21,8 @@ fp32; (2) grid (B, H, C / 64): the partials of the splits that hold keys are com
 from __future__ import annotations
 
 import torch
-
-from kernels._dispatch import interpreter_on, use_triton
-from kernels.errors import KernelInputError
+from hybrid_agent.kernels._dispatch import interpreter_on, use_triton
+from hybrid_agent.kernels.errors import KernelInputError
 
 
 def _check(
@@ -75,7 +74,7 @@ except ImportError:  # the reference still works
     triton = None
 
 if triton is not None:
-    from kernels.triton_common import dot as _mm
+    from hybrid_agent.kernels.triton_common import dot as _mm
 
     @triton.jit
     def _mla_partial_kernel(

@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from kernels._cast import as_dtype, as_f32
-from kernels._dispatch import backend
-from kernels.errors import KernelInputError
+from hybrid_agent.kernels._cast import as_dtype, as_f32
+from hybrid_agent.kernels._dispatch import backend
+from hybrid_agent.kernels.errors import KernelInputError
 
 
 def _normalise(xf: torch.Tensor, eps: float, group_size: int | None) -> torch.Tensor:
@@ -81,7 +80,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm over the last dimension; fp32 arithmetic, x's dtype out."""
     impl = backend(x)
     if impl == "triton":
-        from kernels.triton_rms_norm import gated_rms_norm_triton
+        from hybrid_agent.kernels.triton_rms_norm import gated_rms_norm_triton
 
         return gated_rms_norm_triton(x, None, weight, eps)
     return rms_norm_ref(x, weight, eps)
@@ -99,7 +98,7 @@ def gated_rms_norm(
     """Gated RMSNorm; see the module doc for the two orders (GDN default, Mamba-2 norm_before_gate=False)."""
     impl = backend(x)
     if impl == "triton":
-        from kernels.triton_rms_norm import gated_rms_norm_triton
+        from hybrid_agent.kernels.triton_rms_norm import gated_rms_norm_triton
 
         return gated_rms_norm_triton(
             x, z, weight, eps, group_size=group_size, norm_before_gate=norm_before_gate

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from kernels._dispatch import use_triton
-from kernels.errors import KernelInputError
+from hybrid_agent.kernels._dispatch import use_triton
+from hybrid_agent.kernels.errors import KernelInputError
 
 
 def check_ssd_inputs(
@@ -134,7 +133,9 @@ def ssd_scan(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SSD over a sequence: (y (b,t,h,p) in x's dtype, final_state (b,h,p,n) fp32). See module doc."""
     if use_triton(x):
-        from kernels.triton_ssd_scan import ssd_scan_triton  # imported late: Triton only when used
+        from hybrid_agent.kernels.triton_ssd_scan import (
+            ssd_scan_triton,  # imported late: Triton only when used
+        )
 
         return ssd_scan_triton(x, dt, A, B, C, D=D, initial_state=initial_state, chunk_size=chunk_size)
     return ssd_scan_ref(x, dt, A, B, C, D=D, initial_state=initial_state, chunk_size=chunk_size)

@@ -9,10 +9,9 @@ Head i reads group i // (h/g). Returns y (b,h,p) in x's dtype.
 from __future__ import annotations
 
 import torch
-
-from kernels._cast import as_dtype, as_f32
-from kernels._dispatch import backend
-from kernels.errors import KernelInputError
+from hybrid_agent.kernels._cast import as_dtype, as_f32
+from hybrid_agent.kernels._dispatch import backend
+from hybrid_agent.kernels.errors import KernelInputError
 
 
 def check_ssm_step_inputs(
@@ -111,7 +110,7 @@ def ssm_step(
     """One decode step; updates `state` in place and returns y (b,h,p)."""
     impl = backend(state)
     if impl == "triton":
-        from kernels.triton_ssm_step import ssm_step_triton
+        from hybrid_agent.kernels.triton_ssm_step import ssm_step_triton
 
         return ssm_step_triton(state, x, dt, A, B, C, D=D)
     if impl == "cpu" and state.is_contiguous():

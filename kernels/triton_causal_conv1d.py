@@ -9,9 +9,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
-from kernels.causal_conv1d import _check_state, _check_weight
-from kernels.errors import KernelInputError
+from hybrid_agent.kernels.causal_conv1d import _check_state, _check_weight
+from hybrid_agent.kernels.errors import KernelInputError
 
 
 @triton.jit

@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
-from kernels.decode_fused import GdnPrep, check_gdn_prep
-from kernels.errors import KernelInputError
+from hybrid_agent.kernels.decode_fused import GdnPrep, check_gdn_prep
+from hybrid_agent.kernels.errors import KernelInputError
 
 
 @triton.jit

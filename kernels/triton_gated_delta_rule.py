@@ -25,10 +25,9 @@ import functools
 import torch
 import triton
 import triton.language as tl
-
-from kernels.gated_delta_rule import check_gdr_inputs
-from kernels.triton_common import dot as _mm
-from kernels.triton_gdr_prepare import _gdr_kkt_kernel, _gdr_solve_kernel, _gdr_wu_kernel
+from hybrid_agent.kernels.gated_delta_rule import check_gdr_inputs
+from hybrid_agent.kernels.triton_common import dot as _mm
+from hybrid_agent.kernels.triton_gdr_prepare import _gdr_kkt_kernel, _gdr_solve_kernel, _gdr_wu_kernel
 
 CHUNK = 64
 # Launch parameters (block width over dv, warps, pipeline depth); bench/gpu_kernels.py sweeps them.

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
-
-from kernels.triton_common import dot as _mm
+from hybrid_agent.kernels.triton_common import dot as _mm
 
 
 @triton.jit

@@ -7,8 +7,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
-from kernels.errors import KernelInputError
+from hybrid_agent.kernels.errors import KernelInputError
 
 
 @triton.jit

@@ -30,10 +30,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
-from kernels.ssd_scan import check_ssd_inputs
-from kernels.triton_common import dot as _mm
-from kernels.triton_common import pow2_scale as _pow2_scale
+from hybrid_agent.kernels.ssd_scan import check_ssd_inputs
+from hybrid_agent.kernels.triton_common import dot as _mm
+from hybrid_agent.kernels.triton_common import pow2_scale as _pow2_scale
 
 # Launch parameters (block sizes, warps, pipeline depth); bench/gpu_kernels.py sweeps them.
 # Defaults: the best of the sweeps on an H100 (triton 3.6) at T=16k, H=32, P=N=128, bf16 (device runs 2,

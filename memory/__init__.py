@@ -4,7 +4,7 @@ attention-cache pages, forks, and the file-change journal (see ../shared/DESIGN.
 Speaks `dict[str, torch.Tensor]`, bytes and metadata only; it never imports `model/`.
 """
 
-from memory.errors import (
+from hybrid_agent.memory.errors import (
     CorruptDataError,
     DatabaseUnavailableError,
     FingerprintMismatchError,
@@ -18,8 +18,17 @@ from memory.errors import (
     TurnNotFoundError,
     TurnOrderError,
 )
-from memory.records import Event, FileChange, FileEdit, Page, SaveStats, SessionInfo, Snapshot, TurnInfo
-from memory.store import Store
+from hybrid_agent.memory.records import (
+    Event,
+    FileChange,
+    FileEdit,
+    Page,
+    SaveStats,
+    SessionInfo,
+    Snapshot,
+    TurnInfo,
+)
+from hybrid_agent.memory.store import Store
 
 __all__ = [
     "CorruptDataError",

@@ -36,11 +36,10 @@ from datetime import UTC, datetime
 
 import numpy as np
 import torch
+from hybrid_agent.memory.errors import CorruptDataError
+from hybrid_agent.memory.schema import Blob, BlobChunk, FileChangeRow, SnapshotRow, StatePage
 from sqlalchemy import delete, exists, insert, literal_column, or_, select
 from sqlalchemy.orm import Session
-
-from memory.errors import CorruptDataError
-from memory.schema import Blob, BlobChunk, FileChangeRow, SnapshotRow, StatePage
 
 CHUNK_SIZE = 4 << 20  # 4 MiB: large enough that per-row overhead is noise, small enough to stream
 _FORMAT_TAG = b"hybrid-agent/blob/v1\0"
@@ -307,7 +306,7 @@ class ChunkReaders:
 @contextlib.contextmanager
 def chunk_readers(session: Session) -> Iterator[ChunkReaders | None]:
     """Parallel chunk readers for a load in `session` (SQLite files only; None elsewhere)."""
-    from memory.database import sqlite_file
+    from hybrid_agent.memory.database import sqlite_file
 
     path = sqlite_file(session.get_bind().url) if _sqlite_connection(session) is not None else None
     if path is None or _WORKERS < 2:

@@ -15,8 +15,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
-
-from memory.errors import CorruptDataError
+from hybrid_agent.memory.errors import CorruptDataError
 
 
 def tensors_to_bytes(tensors: Mapping[str, torch.Tensor]) -> memoryview:
@@ -55,7 +54,7 @@ def tensors_to_bytes(tensors: Mapping[str, torch.Tensor]) -> memoryview:
         for a in range(0, stop - start, _COPY_PIECE):
             jobs.append((out[base + start + a : base + min(stop, start + a + _COPY_PIECE)], src, a))
     if sum(len(j[0]) for j in jobs) >= 2 * _COPY_PIECE:
-        from memory.blobs import _pool
+        from hybrid_agent.memory.blobs import _pool
 
         list(_pool().map(_copy_piece, jobs))
     else:

@@ -30,17 +30,16 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import Connection, Engine, create_engine, event, inspect
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
-
-from memory.errors import (
+from hybrid_agent.memory.errors import (
     CorruptDataError,
     DatabaseUnavailableError,
     NotADatabaseError,
     SchemaTooNewError,
     StoreBusyError,
 )
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 
 T = TypeVar("T")
 

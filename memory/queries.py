@@ -6,12 +6,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from hybrid_agent.memory.errors import SessionNotFoundError, TurnNotFoundError
+from hybrid_agent.memory.records import SessionInfo
+from hybrid_agent.memory.schema import SessionRow, SnapshotRow
 from sqlalchemy import insert, literal, select
 from sqlalchemy.orm import Session
-
-from memory.errors import SessionNotFoundError, TurnNotFoundError
-from memory.records import SessionInfo
-from memory.schema import SessionRow, SnapshotRow
 
 
 def now() -> datetime:

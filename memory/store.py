@@ -14,17 +14,32 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from hybrid_agent.memory import blobs, database
+from hybrid_agent.memory.database import (
+    WRITE_OPTION,
+    create_store_engine,
+    migrate,
+    normalize_url,
+    retry_busy,
+    translate,
+)
+from hybrid_agent.memory.queries import copy_rows, now, session_info, session_row, snapshot_row, utc
+from hybrid_agent.memory.records import (
+    Event,
+    FileChange,
+    FileEdit,
+    Page,
+    SaveStats,
+    SessionInfo,
+    Snapshot,
+    TurnInfo,
+)
+from hybrid_agent.memory.schema import EventRow, FileChangeRow, SessionRow, SnapshotRow, StatePage
+from hybrid_agent.memory.turns import prepare_turn, read_snapshot, write_turn
+from hybrid_agent.memory.wal import WalCheckpointer
 from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
-
-from memory import blobs, database
-from memory.database import WRITE_OPTION, create_store_engine, migrate, normalize_url, retry_busy, translate
-from memory.queries import copy_rows, now, session_info, session_row, snapshot_row, utc
-from memory.records import Event, FileChange, FileEdit, Page, SaveStats, SessionInfo, Snapshot, TurnInfo
-from memory.schema import EventRow, FileChangeRow, SessionRow, SnapshotRow, StatePage
-from memory.turns import prepare_turn, read_snapshot, write_turn
-from memory.wal import WalCheckpointer
 
 T = TypeVar("T")
 

@@ -14,15 +14,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from hybrid_agent.memory import blobs
+from hybrid_agent.memory.codec import tensors_from_buffer, tensors_to_bytes
+from hybrid_agent.memory.errors import (
+    FingerprintMismatchError,
+    InvalidEventError,
+    InvalidPageError,
+    TurnOrderError,
+)
+from hybrid_agent.memory.queries import now, session_row, snapshot_row
+from hybrid_agent.memory.records import Event, FileEdit, Page, SaveStats, Snapshot
+from hybrid_agent.memory.schema import EVENT_KINDS, EventRow, FileChangeRow, SnapshotRow, StatePage
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
-
-from memory import blobs
-from memory.codec import tensors_from_buffer, tensors_to_bytes
-from memory.errors import FingerprintMismatchError, InvalidEventError, InvalidPageError, TurnOrderError
-from memory.queries import now, session_row, snapshot_row
-from memory.records import Event, FileEdit, Page, SaveStats, Snapshot
-from memory.schema import EVENT_KINDS, EventRow, FileChangeRow, SnapshotRow, StatePage
 
 
 def event_of(item: Event | Mapping[str, Any]) -> Event:

@@ -4,9 +4,9 @@ Public names: `HybridConfig`, `HybridLM`, `ModelState`, `Tokenizer`, `ByteTokeni
 `generate`, `prefill`, `SamplingParams`, `load_model`, and the error types of model/errors.py.
 """
 
-from model.checkpoints import load_model
-from model.config import HybridConfig
-from model.errors import (
+from hybrid_agent.model.checkpoints import load_model
+from hybrid_agent.model.config import HybridConfig
+from hybrid_agent.model.errors import (
     CheckpointError,
     ConfigError,
     ModelError,
@@ -14,11 +14,11 @@ from model.errors import (
     TokenizerError,
     TokenRangeError,
 )
-from model.generate import Generation, Step, generate, prefill
-from model.hybrid import HybridLM
-from model.sampling import SamplingParams, sample
-from model.state import ModelState
-from model.tokenizer import NATIVE_SPECIAL_TOKENS, ByteTokenizer, Tokenizer, load_tokenizer
+from hybrid_agent.model.generate import Generation, Step, generate, prefill
+from hybrid_agent.model.hybrid import HybridLM
+from hybrid_agent.model.sampling import SamplingParams, sample
+from hybrid_agent.model.state import ModelState
+from hybrid_agent.model.tokenizer import NATIVE_SPECIAL_TOKENS, ByteTokenizer, Tokenizer, load_tokenizer
 
 __all__ = [
     "NATIVE_SPECIAL_TOKENS",

@@ -16,12 +16,11 @@ import math
 
 import torch
 import torch.nn.functional as F
+from hybrid_agent.model.config import HybridConfig
+from hybrid_agent.model.layers import RMSNorm, rope_cos_sin, rope_inv_freq, rotate
+from hybrid_agent.model.state import LayerState, ModelState
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
-
-from model.config import HybridConfig
-from model.layers import RMSNorm, rope_cos_sin, rope_inv_freq, rotate
-from model.state import LayerState, ModelState
 
 
 def visible(q_pos: Tensor, k_pos: Tensor, window: int | None, sinks: int) -> Tensor:

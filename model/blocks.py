@@ -13,15 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from hybrid_agent.model.attention import Attention
+from hybrid_agent.model.config import HybridConfig
+from hybrid_agent.model.gated_deltanet import GatedDeltaNet
+from hybrid_agent.model.layers import MLP, RMSNorm
+from hybrid_agent.model.mamba2 import Mamba2Mixer
+from hybrid_agent.model.mla import MLA
+from hybrid_agent.model.state import LayerState, ModelState
 from torch import Tensor, nn
-
-from model.attention import Attention
-from model.config import HybridConfig
-from model.gated_deltanet import GatedDeltaNet
-from model.layers import MLP, RMSNorm
-from model.mamba2 import Mamba2Mixer
-from model.mla import MLA
-from model.state import LayerState, ModelState
 
 
 class ParallelMixer(nn.Module):

@@ -19,9 +19,8 @@ import json
 from pathlib import Path
 from typing import Literal
 
+from hybrid_agent.model.errors import ConfigError
 from pydantic import BaseModel, ConfigDict, Field
-
-from model.errors import ConfigError
 
 # Layer kinds a config may name. `model/blocks.py` must have a registry entry for each.
 LAYER_TYPES: tuple[str, ...] = ("attention", "mamba2", "gated_deltanet", "parallel", "mlp", "mla")

@@ -48,25 +48,24 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
-from kernels import gated_delta_rule_step, rms_norm
-from kernels.attention_decode import attention_decode
-from kernels.decode_fused import (
+from hybrid_agent.kernels import gated_delta_rule_step, rms_norm
+from hybrid_agent.kernels.attention_decode import attention_decode
+from hybrid_agent.kernels.decode_fused import (
     attn_decode_prep,
     gdn_decode_prep,
     greedy_advance,
     residual_rms_norm,
     silu_mul,
 )
-from kernels.gemv import gemv as gemv_op
-from kernels.mla_decode import mla_decode
-from model.attention import Attention, sdpa
-from model.errors import ModelError, StateMismatchError, TokenRangeError
-from model.hybrid import HybridLM
-from model.layers import rope_cos_sin, rotate
-from model.mla import MLA
-from model.state import TOKEN_AXIS, LayerState, ModelState
+from hybrid_agent.kernels.gemv import gemv as gemv_op
+from hybrid_agent.kernels.mla_decode import mla_decode
+from hybrid_agent.model.attention import Attention, sdpa
+from hybrid_agent.model.errors import ModelError, StateMismatchError, TokenRangeError
+from hybrid_agent.model.hybrid import HybridLM
+from hybrid_agent.model.layers import rope_cos_sin, rotate
+from hybrid_agent.model.mla import MLA
+from hybrid_agent.model.state import TOKEN_AXIS, LayerState, ModelState
+from torch import Tensor, nn
 
 GRAPHED_KINDS = frozenset({"attention", "gated_deltanet", "mamba2", "mlp", "mla"})
 # The fused step's one-token matmuls, by role; `gemv=` picks which run kernels.gemv (a bandwidth-bound

@@ -23,12 +23,16 @@ import math
 
 import torch
 import torch.nn.functional as F
+from hybrid_agent.kernels import (
+    causal_conv1d,
+    causal_conv1d_step,
+    chunk_gated_delta_rule,
+    gated_delta_rule_step,
+)
+from hybrid_agent.model.config import HybridConfig
+from hybrid_agent.model.layers import GatedRMSNorm
+from hybrid_agent.model.state import LayerState, ModelState
 from torch import Tensor, nn
-
-from kernels import causal_conv1d, causal_conv1d_step, chunk_gated_delta_rule, gated_delta_rule_step
-from model.config import HybridConfig
-from model.layers import GatedRMSNorm
-from model.state import LayerState, ModelState
 
 
 def l2_normalize(x: Tensor, eps: float = 1e-6) -> Tensor:

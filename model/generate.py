@@ -19,13 +19,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from hybrid_agent.model.errors import TokenRangeError
+from hybrid_agent.model.hybrid import HybridLM
+from hybrid_agent.model.sampling import SamplingParams, make_generator, sample
+from hybrid_agent.model.state import ModelState
+from hybrid_agent.model.tokenizer import TokenizerLike
 from torch import Tensor
-
-from model.errors import TokenRangeError
-from model.hybrid import HybridLM
-from model.sampling import SamplingParams, make_generator, sample
-from model.state import ModelState
-from model.tokenizer import TokenizerLike
 
 StopReason = Literal["stop_token", "stop_string", "max_new_tokens"]
 

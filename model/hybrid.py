@@ -27,14 +27,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from hybrid_agent.model.blocks import Block
+from hybrid_agent.model.config import HybridConfig
+from hybrid_agent.model.errors import CheckpointError, StateMismatchError, TokenRangeError
+from hybrid_agent.model.layers import RMSNorm, cpu_decode_applies
+from hybrid_agent.model.state import ModelState, state_layout
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-
-from model.blocks import Block
-from model.config import HybridConfig
-from model.errors import CheckpointError, StateMismatchError, TokenRangeError
-from model.layers import RMSNorm, cpu_decode_applies
-from model.state import ModelState, state_layout
 
 WEIGHTS_FILE = "model.safetensors"
 

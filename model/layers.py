@@ -18,11 +18,10 @@ import struct
 
 import torch
 import torch.nn.functional as F
+from hybrid_agent.kernels import gated_rms_norm, rms_norm
+from hybrid_agent.kernels._dispatch import backend
+from hybrid_agent.model.config import HybridConfig
 from torch import Tensor, nn
-
-from kernels import gated_rms_norm, rms_norm
-from kernels._dispatch import backend
-from model.config import HybridConfig
 
 # The switch of the one-token CPU path (see the module docstring), so bench/cpu_decode.py can time
 # both paths in one process.

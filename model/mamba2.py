@@ -22,12 +22,11 @@ import math
 
 import torch
 import torch.nn.functional as F
+from hybrid_agent.kernels import causal_conv1d, causal_conv1d_step, ssd_scan, ssm_step
+from hybrid_agent.model.config import HybridConfig
+from hybrid_agent.model.layers import GatedRMSNorm, cpu_decode_applies, rms_norm_cpu
+from hybrid_agent.model.state import LayerState, ModelState
 from torch import Tensor, nn
-
-from kernels import causal_conv1d, causal_conv1d_step, ssd_scan, ssm_step
-from model.config import HybridConfig
-from model.layers import GatedRMSNorm, cpu_decode_applies, rms_norm_cpu
-from model.state import LayerState, ModelState
 
 
 class Mamba2Mixer(nn.Module):

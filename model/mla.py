@@ -31,12 +31,11 @@ import math
 
 import torch
 import torch.nn.functional as F
+from hybrid_agent.model.attention import visible
+from hybrid_agent.model.config import HybridConfig
+from hybrid_agent.model.layers import RMSNorm, apply_rope, rope_inv_freq
+from hybrid_agent.model.state import LayerState, ModelState
 from torch import Tensor, nn
-
-from model.attention import visible
-from model.config import HybridConfig
-from model.layers import RMSNorm, apply_rope, rope_inv_freq
-from model.state import LayerState, ModelState
 
 
 class MLA(nn.Module):

@@ -22,11 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
-
-from model.config import HybridConfig
-from model.errors import StateMismatchError
-from model.state_layout import (  # re-exported: the layout is part of the state's API
+from hybrid_agent.model.config import HybridConfig
+from hybrid_agent.model.errors import StateMismatchError
+from hybrid_agent.model.state_layout import (  # re-exported: the layout is part of the state's API
     STATE_SPECS,
     TOKEN_AXIS,
     StateSpec,
@@ -35,6 +33,7 @@ from model.state_layout import (  # re-exported: the layout is part of the state
     token_axes,
     token_axis,
 )
+from torch import Tensor
 
 __all__ = [
     "STATE_SPECS",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from model.config import HybridConfig
+from hybrid_agent.model.config import HybridConfig
 
 TOKEN_AXIS = -1  # placeholder for the token axis in a cache shape
 

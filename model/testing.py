@@ -6,10 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
-from model.config import HybridConfig
-from model.hybrid import HybridLM
-from model.state import ModelState
+from hybrid_agent.model.config import HybridConfig
+from hybrid_agent.model.hybrid import HybridLM
+from hybrid_agent.model.state import ModelState
 
 TINY: dict[str, Any] = dict(
     vocab_size=267,

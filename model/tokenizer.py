@@ -19,9 +19,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from hybrid_agent.model.errors import TokenizerError
 from tokenizers import Tokenizer as _HFTokenizer
-
-from model.errors import TokenizerError
 
 NATIVE_SPECIAL_TOKENS: tuple[str, ...] = (
     "<|pad|>",

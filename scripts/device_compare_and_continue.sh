@@ -15,13 +15,13 @@ if ls .data/whl/*.whl >/dev/null 2>&1 && ! python3 -c "import pydantic, sqlalche
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .data/whl/*.whl
   export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
-export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+source scripts/device_env.sh
 tar xzf .data/data.tgz -C /tmp
 python3 scripts/make_agent_data.py --out /tmp/agent-data2 --episodes "${EPISODES2:-24000}" --seed 1 --workers 12 \
   --tokenizer /tmp/agent-data > $out/manifest2.txt 2>&1 &
 gen=$!
 for arch in hybrid attention mamba2; do
-  python3 -m model.training.train --data /tmp/agent-data --out /tmp/cmp-$arch --arch $arch \
+  python3 -m hybrid_agent.model.training.train --data /tmp/agent-data --out /tmp/cmp-$arch --arch $arch \
     --max-steps "$cmp_steps" --log-every 20 --checkpoint-minutes 0 ${TRAIN_ARGS:-} > /tmp/cmp-$arch.txt 2>&1
   tail -2 /tmp/cmp-$arch.txt
 done
@@ -33,7 +33,7 @@ for arch in hybrid attention mamba2; do
 done
 wait $gen; echo "second corpus after $(( $(date +%s) - start )) s"; tail -3 $out/manifest2.txt
 minutes=$(python3 -c "print(max(0.5, ($seconds - $(date +%s) + $start - 45) / 60))")
-python3 -m model.training.train --data /tmp/agent-data /tmp/agent-data2 ${INIT---init model/default} --out /tmp/main \
+python3 -m hybrid_agent.model.training.train --data /tmp/agent-data /tmp/agent-data2 ${INIT---init model/default} --out /tmp/main \
   --minutes "$minutes" --max-steps 100000 --lr 1e-3 --warmup 30 --log-every 40 ${TRAIN_ARGS:-} 2>&1 | tee /tmp/main.txt | tail -4
 wait "${evals[@]}" || true
 python3 - <<'PY'

@@ -11,7 +11,7 @@
 # STEPS (default "kernels engine bench") picks some of them.
 set -uo pipefail
 out=$1
-export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+source scripts/device_env.sh
 steps=${STEPS:-kernels engine bench}
 nvidia-smi --query-gpu=name --format=csv,noheader | tee "$out/card.txt"
 summary() { grep -E "PASSED|FAILED|ERROR|passed|failed|skipped" "$1" | tail -${2:-12}; }

@@ -12,13 +12,13 @@
 set -euo pipefail
 out=$1 minutes=$2 corpus=$3
 start=$(date +%s)
-export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+source scripts/device_env.sh
 mkdir -p /tmp/corpus && tar xzf "$corpus" -C /tmp/corpus
 data=$(dirname "$(ls /tmp/corpus/*/manifest.json | head -1)")
 rm -rf /tmp/sync
 pids=()
 for arch in hybrid attention mamba2; do
-  python3 -m model.training.train --data "$data" --out /tmp/run-$arch --arch $arch --minutes "$minutes" \
+  python3 -m hybrid_agent.model.training.train --data "$data" --out /tmp/run-$arch --arch $arch --minutes "$minutes" \
     --max-steps 100000 --sync-dir /tmp/sync --sync-n 3 --log-every 20 --checkpoint-minutes 0 \
     ${TRAIN_ARGS:-} > /tmp/run-$arch.txt 2>&1 &
   pids+=($!)

@@ -12,13 +12,13 @@ if ls .data/whl/*.whl >/dev/null 2>&1 && ! python3 -c "import pydantic" 2>/dev/n
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .data/whl/*.whl
   export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
-export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+source scripts/device_env.sh
 data=/tmp/agent-data run=/tmp/agent-run
 start=$(date +%s)
 python3 scripts/make_agent_data.py --out $data --episodes "$episodes" --workers "$workers" > $out/manifest.txt
 echo "data: $(( $(date +%s) - start )) s"; tail -5 $out/manifest.txt
 minutes=$(python3 -c "print(max(0.5, ($seconds - $(date +%s) + $start - 60) / 60))")
-python3 -m model.training.train --data $data --out $run --minutes "$minutes" --log-every 20 \
+python3 -m hybrid_agent.model.training.train --data $data --out $run --minutes "$minutes" --log-every 20 \
   ${TRAIN_ARGS:-} 2>&1 | tee $out/train.txt
 # Weights in bf16 (the loader casts to float32 on the CPU), split to fit the size of returned files.
 python3 scripts/bf16_weights.py "$run/model.safetensors"

@@ -7,10 +7,10 @@
 set -euo pipefail
 out=$1 minutes=$2 corpus=$3
 start=$(date +%s)
-export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+source scripts/device_env.sh
 mkdir -p /tmp/corpus && tar xzf "$corpus" -C /tmp/corpus
 data=$(dirname $(ls /tmp/corpus/*/manifest.json))  # every corpus in the archive (one tokenizer)
-python3 -m model.training.train --data $data --out /tmp/run-hybrid --arch hybrid --minutes "$minutes" \
+python3 -m hybrid_agent.model.training.train --data $data --out /tmp/run-hybrid --arch hybrid --minutes "$minutes" \
   --max-steps 100000 --log-every 50 --checkpoint-minutes 0 ${TRAIN_ARGS:-} 2>&1 | grep -v '^{' || true
 python3 scripts/bf16_weights.py /tmp/run-hybrid/model.safetensors  # the loader casts back to fp32
 tar cf /tmp/hybrid.tar -C /tmp run-hybrid

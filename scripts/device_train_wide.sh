@@ -8,13 +8,13 @@
 set -euo pipefail
 out=$1 seconds=$2 episodes=$3 seed=$4 tok=$5 init=${6:-}
 start=$(date +%s)
-export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+source scripts/device_env.sh
 workers=$(( $(nproc) > 1 ? $(nproc) - 1 : 1 ))
 python3 scripts/make_agent_data.py --out /tmp/agent-data --episodes "$episodes" --seed "$seed" \
   --workers "$workers" --wide 0.5 --tokenizer "$tok" > "$out/manifest.json"
 echo "data: $(( $(date +%s) - start )) s"
 minutes=$(python3 -c "print(max(0.5, ($seconds - $(date +%s) + $start - 50) / 60))")
-python3 -m model.training.train --data /tmp/agent-data --out /tmp/run-hybrid --arch hybrid \
+python3 -m hybrid_agent.model.training.train --data /tmp/agent-data --out /tmp/run-hybrid --arch hybrid \
   --minutes "$minutes" --max-steps 100000 --log-every 50 --checkpoint-minutes 0 \
   ${init:+--init "$init"} ${TRAIN_ARGS:-} 2>&1 | grep -v '^{' || true
 python3 scripts/bf16_weights.py /tmp/run-hybrid/model.safetensors  # the loader casts back to fp32

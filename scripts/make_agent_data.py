@@ -40,15 +40,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import agent_workspaces
 from agent_tasks import CHITCHAT, Fact, Task, make_facts, make_task
 from agent_workspaces import WORDS, Workspace, made_up_word, make_workspace, pick
-
-from model.chat import DEFAULT_SYSTEM_PROMPT, ChatMessage, NativeChatFormat
-from model.tokenizer import NATIVE_SPECIAL_TOKENS, Tokenizer
-from tools import ToolRegistry
+from hybrid_agent.model.chat import DEFAULT_SYSTEM_PROMPT, ChatMessage, NativeChatFormat
+from hybrid_agent.model.tokenizer import NATIVE_SPECIAL_TOKENS, Tokenizer
+from hybrid_agent.tools import ToolRegistry
 
 FORMAT = NativeChatFormat()
 _MARKUP = re.compile(r"(<\|tool_call\|>|<\|/tool_call\|>|<\|end\|>)")

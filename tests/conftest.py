@@ -7,8 +7,16 @@ before any kernel module is imported, so it lives here, at the very top of the t
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
-import torch
+# `python -m pytest` puts the working directory on sys.path; from the repository root that makes its
+# folders importable under their bare names, and `kernels/` would then shadow Hugging Face's `kernels`
+# that transformers imports. The code is imported as `hybrid_agent.*` only, so the root is not needed.
+_REPO = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _REPO]
+
+import torch  # noqa: E402
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -7,7 +7,7 @@ import argparse
 import re
 from pathlib import Path
 
-from agent.cli import build_parser
+from hybrid_agent.agent.cli import build_parser
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
 

@@ -1,8 +1,8 @@
 """tools/ — the tool layer: typed tools, a registry with plugins and MCP servers, a confined
 workspace, approvals and an undo journal. See ../docs/interfaces.md and /work/shared/DESIGN.md."""
 
-from tools.base import Limits, Policy, Preview, Tool, ToolContext, ToolResult, tool
-from tools.errors import (
+from hybrid_agent.tools.base import Limits, Policy, Preview, Tool, ToolContext, ToolResult, tool
+from hybrid_agent.tools.errors import (
     ArgumentsError,
     MCPServerError,
     ToolDefinitionError,
@@ -10,9 +10,9 @@ from tools.errors import (
     UndoError,
     WorkspaceError,
 )
-from tools.journal import Journal, JournalEntry, MemoryJournal, undo_after_turn, undo_last
-from tools.registry import ENTRY_POINT_GROUP, ToolRegistry
-from tools.workspace import Workspace
+from hybrid_agent.tools.journal import Journal, JournalEntry, MemoryJournal, undo_after_turn, undo_last
+from hybrid_agent.tools.registry import ENTRY_POINT_GROUP, ToolRegistry
+from hybrid_agent.tools.workspace import Workspace
 
 __all__ = [
     "ENTRY_POINT_GROUP",

@@ -25,12 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, get_type_hints, overload
 
+from hybrid_agent.tools.errors import ToolDefinitionError
+from hybrid_agent.tools.journal import Journal
+from hybrid_agent.tools.workspace import Workspace
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.fields import FieldInfo
-
-from tools.errors import ToolDefinitionError
-from tools.journal import Journal
-from tools.workspace import Workspace
 
 Policy = Literal["auto", "ask", "deny"]
 POLICIES: tuple[Policy, ...] = ("auto", "ask", "deny")

@@ -16,8 +16,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
-from tools.errors import UndoError, WorkspaceError
-from tools.workspace import Workspace
+from hybrid_agent.tools.errors import UndoError, WorkspaceError
+from hybrid_agent.tools.workspace import Workspace
 
 # Undo reads the current file to compare it; a file bigger than this cannot be one we journaled.
 _UNDO_READ_MAX = 1 << 31

@@ -26,12 +26,11 @@ import tempfile
 import threading
 from typing import Any
 
+from hybrid_agent.tools.base import Preview, Tool, ToolContext, ToolResult, strip_titles
+from hybrid_agent.tools.errors import ArgumentsError, MCPServerError
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.types import CallToolResult, PaginatedRequestParams
 from mcp.types import Tool as MCPToolDefinition
-
-from tools.base import Preview, Tool, ToolContext, ToolResult, strip_titles
-from tools.errors import ArgumentsError, MCPServerError
 
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,),

@@ -20,9 +20,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from pydantic import ValidationError
-
-from tools.base import (
+from hybrid_agent.tools.base import (
     POLICIES,
     FunctionTool,
     Limits,
@@ -33,10 +31,11 @@ from tools.base import (
     ToolResult,
     validation_message,
 )
-from tools.builtins import BUILTIN_TOOLS
-from tools.errors import ArgumentsError, MCPServerError, ToolDefinitionError, ToolError
-from tools.journal import Journal, MemoryJournal, undo_after_turn, undo_last
-from tools.workspace import Workspace
+from hybrid_agent.tools.builtins import BUILTIN_TOOLS
+from hybrid_agent.tools.errors import ArgumentsError, MCPServerError, ToolDefinitionError, ToolError
+from hybrid_agent.tools.journal import Journal, MemoryJournal, undo_after_turn, undo_last
+from hybrid_agent.tools.workspace import Workspace
+from pydantic import ValidationError
 
 ENTRY_POINT_GROUP = "hybrid_agent.tools"
 _OWN_DISTRIBUTION = "hybrid-agent"
@@ -146,7 +145,7 @@ class ToolRegistry:
     ) -> list[str]:
         """Start an MCP server (stdio) and add its tools as `<server>__<tool>`; they default to `ask`.
         `timeout_s` bounds each call, `start_timeout_s` the start (spawn, initialize, list tools)."""
-        from tools.mcp_client import MCPConnection  # the SDK is imported only when MCP is used
+        from hybrid_agent.tools.mcp_client import MCPConnection  # the SDK is imported only when MCP is used
 
         conn = MCPConnection(
             server,

@@ -28,8 +28,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pathspec
-
-from tools.errors import WorkspaceError
+from hybrid_agent.tools.errors import WorkspaceError
 
 PROTECTED_DIRS = (".git", ".hybrid-agent")
 NAME_MAX = 255  # bytes per path component (Linux, macOS)

@@ -14,24 +14,23 @@ from datetime import datetime
 from pathlib import PurePath
 from typing import Any, ClassVar
 
+from hybrid_agent.agent.events import ApprovalDecision
+from hybrid_agent.tui.bridge import AgentBridge, error_text
+from hybrid_agent.tui.palette import AgentCommands
+from hybrid_agent.tui.screens.help import HelpScreen
+from hybrid_agent.tui.session_actions import SessionActions
+from hybrid_agent.tui.slash import is_slash_command
+from hybrid_agent.tui.turns import TurnActions
+from hybrid_agent.tui.widgets.conversation import DEFAULT_MAX_WIDGETS, Conversation
+from hybrid_agent.tui.widgets.loading import LoadingPanel
+from hybrid_agent.tui.widgets.prompt_input import PromptArea, PromptInput
+from hybrid_agent.tui.widgets.status_bar import MODES, StatusBar, StatusInfo
+from hybrid_agent.tui.widgets.tool_card import ToolCard
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.css.query import NoMatches
 from textual.widgets import Header
-
-from agent.events import ApprovalDecision
-from tui.bridge import AgentBridge, error_text
-from tui.palette import AgentCommands
-from tui.screens.help import HelpScreen
-from tui.session_actions import SessionActions
-from tui.slash import is_slash_command
-from tui.turns import TurnActions
-from tui.widgets.conversation import DEFAULT_MAX_WIDGETS, Conversation
-from tui.widgets.loading import LoadingPanel
-from tui.widgets.prompt_input import PromptArea, PromptInput
-from tui.widgets.status_bar import MODES, StatusBar, StatusInfo
-from tui.widgets.tool_card import ToolCard
 
 AgentFactory = Callable[..., Any]  # factory(approval=callback) -> Agent
 
@@ -192,7 +191,7 @@ def run_app(agent_factory_or_options: AgentFactory | Mapping[str, Any] | argpars
         options = dict(vars(given) if isinstance(given, argparse.Namespace) else given)
 
         def factory(approval: Any) -> Any:
-            from agent import Agent
+            from hybrid_agent.agent import Agent
 
             return Agent.open(**options, approval=approval)
 

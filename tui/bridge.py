@@ -17,7 +17,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-from agent.events import AgentEvent, ApprovalDecision, ErrorEvent, ToolCallRequested
+from hybrid_agent.agent.events import AgentEvent, ApprovalDecision, ErrorEvent, ToolCallRequested
 
 T = TypeVar("T")
 _DONE = object()

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from agent.events import ToolCallRequested, ToolResultEvent
-from tui.widgets.conversation import Conversation
-from tui.widgets.tool_card import ToolCard
+from hybrid_agent.agent.events import ToolCallRequested, ToolResultEvent
+from hybrid_agent.tui.widgets.conversation import Conversation
+from hybrid_agent.tui.widgets.tool_card import ToolCard
 
 
 def _get(event: Any, name: str, default: Any = None) -> Any:

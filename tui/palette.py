@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, cast
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
 if TYPE_CHECKING:
-    from tui.app import HybridAgentApp
+    from hybrid_agent.tui.app import HybridAgentApp
 
 # (title, help, action name on the app). Actions, not callables: the palette runs them the same way
 # a key binding does, so both paths are tested together.

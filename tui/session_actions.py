@@ -9,16 +9,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from hybrid_agent.tui.bridge import error_text
+from hybrid_agent.tui.clipboard import copy_to_system_clipboard
+from hybrid_agent.tui.history import redraw
+from hybrid_agent.tui.screens.sessions import BrowserChoice, SessionBrowser
+from hybrid_agent.tui.slash import ParsedCommand, SlashCommandError, parse
 from textual import work
 
-from tui.bridge import error_text
-from tui.clipboard import copy_to_system_clipboard
-from tui.history import redraw
-from tui.screens.sessions import BrowserChoice, SessionBrowser
-from tui.slash import ParsedCommand, SlashCommandError, parse
-
 if TYPE_CHECKING:
-    from tui.app import HybridAgentApp
+    from hybrid_agent.tui.app import HybridAgentApp
 
     _Base = HybridAgentApp
 else:
@@ -135,7 +134,7 @@ class SessionActions(_Base):
 
     async def resume_by_prefix(self, given: str) -> None:
         """`/resume ID`: the id or a unique prefix of it (the notices show the first 8 characters)."""
-        from agent.commands import resolve_session_id
+        from hybrid_agent.agent.commands import resolve_session_id
 
         agent = self.bridge.agent
         ok, session_id = await self._agent("find the session", lambda: resolve_session_id(agent.store, given))

@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from textual import work
-
-from agent.events import (
+from hybrid_agent.agent.events import (
     AgentEvent,
     ApprovalDecision,
     ErrorEvent,
@@ -21,11 +19,12 @@ from agent.events import (
     ToolResultEvent,
     TurnEnd,
 )
-from tui.screens.approval import ApprovalScreen
-from tui.widgets.messages import AssistantMessage
+from hybrid_agent.tui.screens.approval import ApprovalScreen
+from hybrid_agent.tui.widgets.messages import AssistantMessage
+from textual import work
 
 if TYPE_CHECKING:
-    from tui.app import HybridAgentApp
+    from hybrid_agent.tui.app import HybridAgentApp
 
     _Base = HybridAgentApp
 else:

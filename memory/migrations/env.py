@@ -7,8 +7,7 @@ write transaction that it owns) through `config.attributes["connection"]`. No al
 from __future__ import annotations
 
 from alembic import context
-
-from memory.schema import Base
+from hybrid_agent.memory.schema import Base
 
 connection = context.config.attributes.get("connection")
 if connection is None:

@@ -7,6 +7,6 @@ loader (model/checkpoints/loader.py) streams them in. Renamed, split or fused we
 multipliers are handled there, so the model core does not know which checkpoint it runs.
 """
 
-from model.checkpoints.loader import ADAPTERS, family_of, load_model, resolve_checkpoint
+from hybrid_agent.model.checkpoints.loader import ADAPTERS, family_of, load_model, resolve_checkpoint
 
 __all__ = ["ADAPTERS", "family_of", "load_model", "resolve_checkpoint"]

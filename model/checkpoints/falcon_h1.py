@@ -18,10 +18,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
-from model.checkpoints.plan import Source, constant, dt_limit, get, rope_theta, take
-from model.config import HybridConfig
-from model.errors import CheckpointError
+from hybrid_agent.model.checkpoints.plan import Source, constant, dt_limit, get, rope_theta, take
+from hybrid_agent.model.config import HybridConfig
+from hybrid_agent.model.errors import CheckpointError
 
 FAMILY = "falcon_h1"
 

@@ -24,20 +24,19 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+from hybrid_agent.model.attention import Attention
+from hybrid_agent.model.chat import ChatFormat, NativeChatFormat
+from hybrid_agent.model.checkpoints import bamba, falcon_h1, mamba2, native, nemotron_h, olmo_hybrid
+from hybrid_agent.model.checkpoints.digests import TensorDigests
+from hybrid_agent.model.checkpoints.plan import Adapter, Source
+from hybrid_agent.model.checkpoints.shards import ShardSet
+from hybrid_agent.model.checkpoints.tool_formats import format_class_for
+from hybrid_agent.model.config import HybridConfig
+from hybrid_agent.model.errors import CheckpointError
+from hybrid_agent.model.hybrid import HybridLM, combine_fingerprint, weight_header
+from hybrid_agent.model.layers import rope_inv_freq
+from hybrid_agent.model.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 from torch import Tensor
-
-from model.attention import Attention
-from model.chat import ChatFormat, NativeChatFormat
-from model.checkpoints import bamba, falcon_h1, mamba2, native, nemotron_h, olmo_hybrid
-from model.checkpoints.digests import TensorDigests
-from model.checkpoints.plan import Adapter, Source
-from model.checkpoints.shards import ShardSet
-from model.checkpoints.tool_formats import format_class_for
-from model.config import HybridConfig
-from model.errors import CheckpointError
-from model.hybrid import HybridLM, combine_fingerprint, weight_header
-from model.layers import rope_inv_freq
-from model.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 
 # Each family module is an `Adapter` (model/checkpoints/plan.py): FAMILY, hybrid_config, sources.
 ADAPTERS: dict[str, Adapter] = {

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from model.checkpoints.plan import MAMBA2_WEIGHTS, Source, dt_limit, get, take
-from model.config import HybridConfig
-from model.errors import CheckpointError
+from hybrid_agent.model.checkpoints.plan import MAMBA2_WEIGHTS, Source, dt_limit, get, take
+from hybrid_agent.model.config import HybridConfig
+from hybrid_agent.model.errors import CheckpointError
 
 FAMILY = "mamba2"
 

@@ -7,10 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
-from model.checkpoints.plan import Source, take
-from model.config import HybridConfig
-from model.hybrid import HybridLM
+from hybrid_agent.model.checkpoints.plan import Source, take
+from hybrid_agent.model.config import HybridConfig
+from hybrid_agent.model.hybrid import HybridLM
 
 FAMILY = "hybrid-agent"
 

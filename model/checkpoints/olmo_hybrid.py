@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from model.checkpoints.plan import Source, concat, either, get, rope_theta, take
-from model.config import HybridConfig
-from model.errors import CheckpointError
+from hybrid_agent.model.checkpoints.plan import Source, concat, either, get, rope_theta, take
+from hybrid_agent.model.config import HybridConfig
+from hybrid_agent.model.errors import CheckpointError
 
 FAMILY = "olmo_hybrid"
 _KINDS = {"linear_attention": "gated_deltanet", "full_attention": "attention"}

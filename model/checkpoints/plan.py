@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+from hybrid_agent.model.config import HybridConfig
+from hybrid_agent.model.errors import CheckpointError
 from torch import Tensor
-
-from model.config import HybridConfig
-from model.errors import CheckpointError
 
 # The Mamba-2 mixer's weights, named alike in every family (plus conv1d.bias, in/out_proj.bias if used).
 MAMBA2_WEIGHTS = (

@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
+from hybrid_agent.model.errors import CheckpointError
 from torch import Tensor
-
-from model.errors import CheckpointError
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"

@@ -19,7 +19,7 @@ import json
 import re
 from typing import Any
 
-from model.chat import JinjaChatFormat, ParsedToolCall
+from hybrid_agent.model.chat import JinjaChatFormat, ParsedToolCall
 
 
 class _BlockToolCalls(JinjaChatFormat):

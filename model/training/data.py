@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from model.tokenizer import Tokenizer
+from hybrid_agent.model.tokenizer import Tokenizer
 
 
 def assistant_mask(ids: np.ndarray, tok: Tokenizer) -> np.ndarray:

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from hybrid_agent.model.hybrid import HybridLM
+from hybrid_agent.model.state import LayerState, ModelState
 from torch import Tensor
-
-from model.hybrid import HybridLM
-from model.state import LayerState, ModelState
 
 
 def broadcast_state(state: ModelState, batch_size: int) -> ModelState:

@@ -34,11 +34,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from model.config import HybridConfig
-from model.hybrid import HybridLM
-from model.training.data import Corpus, collate, make_batches
-from model.training.forward import output_weight, train_hidden
+from hybrid_agent.model.config import HybridConfig
+from hybrid_agent.model.hybrid import HybridLM
+from hybrid_agent.model.training.data import Corpus, collate, make_batches
+from hybrid_agent.model.training.forward import output_weight, train_hidden
 
 ARCHS = ("hybrid", "attention", "mamba2")
 

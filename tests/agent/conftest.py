@@ -15,13 +15,12 @@ from typing import Any
 
 import pytest
 import torch
+from hybrid_agent.agent.engine import StatePage
+from hybrid_agent.agent.loop import Agent
+from hybrid_agent.memory import Store
+from hybrid_agent.model.chat import ChatFormat, NativeChatFormat, Segment
+from hybrid_agent.model.tokenizer import ByteTokenizer
 from torch import Tensor
-
-from agent.engine import StatePage
-from agent.loop import Agent
-from memory import Store
-from model.chat import ChatFormat, NativeChatFormat, Segment
-from model.tokenizer import ByteTokenizer
 
 
 class ScriptedEngine:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from agent import Agent
-from agent.events import TurnEnd
+from hybrid_agent.agent import Agent
+from hybrid_agent.agent.events import TurnEnd
 
 
 def main() -> None:

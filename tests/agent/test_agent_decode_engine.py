@@ -10,17 +10,16 @@ from typing import Any
 
 import pytest
 import torch
-
-from agent import Agent
-from agent.engine import DECODE_ENGINE_ENV, ModelEngine, StatePage, want_decode_engine
-from agent.events import TurnEnd
-from memory import Store
-from model.chat import NativeChatFormat
-from model.config import HybridConfig
-from model.errors import StateMismatchError
-from model.hybrid import HybridLM
-from model.state import ModelState
-from model.tokenizer import ByteTokenizer
+from hybrid_agent.agent import Agent
+from hybrid_agent.agent.engine import DECODE_ENGINE_ENV, ModelEngine, StatePage, want_decode_engine
+from hybrid_agent.agent.events import TurnEnd
+from hybrid_agent.memory import Store
+from hybrid_agent.model.chat import NativeChatFormat
+from hybrid_agent.model.config import HybridConfig
+from hybrid_agent.model.errors import StateMismatchError
+from hybrid_agent.model.hybrid import HybridLM
+from hybrid_agent.model.state import ModelState
+from hybrid_agent.model.tokenizer import ByteTokenizer
 
 CFG = HybridConfig(
     vocab_size=267, d_model=32, layer_types=["mamba2", "attention", "gated_deltanet", "attention"]

@@ -17,10 +17,9 @@ from typing import Any
 
 import pytest
 import torch
-
-from memory import Store
-from model.config import HybridConfig
-from model.hybrid import HybridLM
+from hybrid_agent.memory import Store
+from hybrid_agent.model.config import HybridConfig
+from hybrid_agent.model.hybrid import HybridLM
 
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).with_name("drive_session.py")
@@ -50,8 +49,8 @@ def drive(model: Path, db: str, ws: Path, prompts: list[str], **kw: Any) -> list
 
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True, cwd=ROOT,
-                         timeout=300)  # fmt: skip
+    cmd = [sys.executable, "-m", "hybrid_agent", *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     if check:
         assert out.returncode == 0, out.stderr
     return out

@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from agent.errors import AgentError
-from tools import ToolRegistry
+from hybrid_agent.agent.errors import AgentError
+from hybrid_agent.tools import ToolRegistry
 
 
 def call(name: str, **arguments: Any) -> str:

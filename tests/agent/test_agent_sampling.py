@@ -6,10 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
-from agent import Agent
-from model.config import HybridConfig
-from model.hybrid import HybridLM
+from hybrid_agent.agent import Agent
+from hybrid_agent.model.config import HybridConfig
+from hybrid_agent.model.hybrid import HybridLM
 
 
 def raw_turns(agent: Agent) -> list[str]:

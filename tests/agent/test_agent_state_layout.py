@@ -9,16 +9,15 @@ from typing import Any
 
 import pytest
 import torch
-
-from agent import Agent
-from agent.engine import ModelEngine
-from agent.errors import StateLayoutError
-from memory import Store
-from model.chat import NativeChatFormat
-from model.config import HybridConfig
-from model.hybrid import HybridLM
-from model.state_layout import layout_metadata
-from model.tokenizer import ByteTokenizer
+from hybrid_agent.agent import Agent
+from hybrid_agent.agent.engine import ModelEngine
+from hybrid_agent.agent.errors import StateLayoutError
+from hybrid_agent.memory import Store
+from hybrid_agent.model.chat import NativeChatFormat
+from hybrid_agent.model.config import HybridConfig
+from hybrid_agent.model.hybrid import HybridLM
+from hybrid_agent.model.state_layout import layout_metadata
+from hybrid_agent.model.tokenizer import ByteTokenizer
 
 CFG = HybridConfig(vocab_size=267, d_model=32, layer_types=["mamba2", "attention", "gated_deltanet"])
 

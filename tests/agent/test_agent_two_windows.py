@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from agent import Agent
-from agent.events import TurnEnd
-from memory import Store
-from model.config import HybridConfig
-from model.hybrid import HybridLM
+from hybrid_agent.agent import Agent
+from hybrid_agent.agent.events import TurnEnd
+from hybrid_agent.memory import Store
+from hybrid_agent.model.config import HybridConfig
+from hybrid_agent.model.hybrid import HybridLM
 
 
 def raw_turns(store: Store, session: str) -> list[str]:

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from model.config import HybridConfig
-from model.hybrid import HybridLM
+from hybrid_agent.model.config import HybridConfig
+from hybrid_agent.model.hybrid import HybridLM
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,7 +44,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def start(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", *args],
+        [sys.executable, "-m", "hybrid_agent", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -177,7 +176,7 @@ def test_help_lists_the_commands() -> None:
 def test_run_with_the_packaged_default_model(tmp_path: Path) -> None:
     env = {**os.environ, "HYBRID_AGENT_DEFAULT_MODEL": ""}
     out = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "run", "hello", "--db", str(tmp_path / "s.db"),
+        [sys.executable, "-m", "hybrid_agent", "run", "hello", "--db", str(tmp_path / "s.db"),
          "--workspace", str(tmp_path), "--max-new-tokens", "8", "--json"],
         cwd=ROOT, capture_output=True, text=True, env=env, timeout=600,
     )  # fmt: skip

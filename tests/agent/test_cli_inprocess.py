@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from agent.cli import main
-from model.config import HybridConfig
-from model.hybrid import HybridLM
+from hybrid_agent.agent.cli import main
+from hybrid_agent.model.config import HybridConfig
+from hybrid_agent.model.hybrid import HybridLM
 
 
 def tiny(path: Path, seed: int) -> Path:
@@ -136,8 +135,8 @@ def test_terminal_approval(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Captu
                            allow: bool, always: bool) -> None:  # fmt: skip
     import io
 
-    from agent.commands import ask_on_terminal
-    from agent.events import ToolCallRequested
+    from hybrid_agent.agent.commands import ask_on_terminal
+    from hybrid_agent.agent.events import ToolCallRequested
 
     monkeypatch.setattr("sys.stdin", io.StringIO(typed))
     req = ToolCallRequested(
@@ -168,8 +167,8 @@ def test_main_sets_passive_omp_wait_before_torch(preset: str | None) -> None:
     imported (libgomp reads it when it loads), and leaves a user's own OMP_WAIT_POLICY alone."""
     code = (
         "import os, sys\n"
-        "import agent.commands as c\n"
-        "from agent import cli\n"
+        "import hybrid_agent.agent.commands as c\n"
+        "from hybrid_agent.agent import cli\n"
         "c.dispatch = lambda args: print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules) or 0\n"
         "cli.main(['sessions', 'list'])\n"
     )

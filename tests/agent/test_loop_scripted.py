@@ -9,9 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from agent.errors import AgentBusyError, AgentError
-from agent.events import ApprovalDecision, ErrorEvent, TextDelta, ToolCallRequested, ToolResultEvent, TurnEnd
+from hybrid_agent.agent.errors import AgentBusyError, AgentError
+from hybrid_agent.agent.events import (
+    ApprovalDecision,
+    ErrorEvent,
+    TextDelta,
+    ToolCallRequested,
+    ToolResultEvent,
+    TurnEnd,
+)
 
 
 def call(name: str, **arguments: Any) -> str:
@@ -252,7 +258,7 @@ def test_fork_rewind_undo_with_the_file_journal(make_agent, workspace: Path, sto
 
 
 def test_a_template_that_rewrites_history_is_an_error_and_rolls_back(make_agent) -> None:
-    from model.chat import JinjaChatFormat
+    from hybrid_agent.model.chat import JinjaChatFormat
 
     llama = (
         "{% for m in messages %}{{ '<|start_header_id|>' + m.role + '<|end_header_id|>\\n\\n'"
@@ -301,7 +307,7 @@ CHATML = (
 def test_hermes_calls_through_a_chat_template(make_agent) -> None:
     """Qwen-style: the markers are several tokens long (held back while they stream), the result goes
     back through the template, and the whole state equals one render of the conversation."""
-    from model.chat import ChatMessage, JinjaChatFormat
+    from hybrid_agent.model.chat import ChatMessage, JinjaChatFormat
 
     chat = JinjaChatFormat(CHATML, eos_token="<|im_end|>")
     hermes = '<tool_call>{"name": "read_file", "arguments": {"path": "a.txt"}}</tool_call>'
@@ -322,8 +328,8 @@ def test_hermes_calls_through_a_chat_template(make_agent) -> None:
 
 
 def test_visible_text_holds_back_partial_markers() -> None:
-    from agent.stream import VisibleText
-    from model.chat import JinjaChatFormat
+    from hybrid_agent.agent.stream import VisibleText
+    from hybrid_agent.model.chat import JinjaChatFormat
 
     vis = VisibleText(JinjaChatFormat(CHATML, eos_token="<|im_end|>"))
     pieces = ["a <", "too", "l_c", "all>{}</tool_call>", " b <", "x", "<|im_", "end|>"]
@@ -388,7 +394,7 @@ def test_interrupted_while_saving_follows_the_database(make_agent, store) -> Non
 
 
 def test_cancel_during_a_long_prefill(make_agent) -> None:
-    from agent.engine import PREFILL_CHUNK
+    from hybrid_agent.agent.engine import PREFILL_CHUNK
 
     agent, engine = make_agent(["never decoded<|end|>"])
     long_text = "x" * (3 * PREFILL_CHUNK)

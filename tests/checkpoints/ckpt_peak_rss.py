@@ -27,16 +27,15 @@ def main() -> None:
     mode, folder = sys.argv[1], Path(sys.argv[2])
     import torch
     import tqdm.auto  # noqa: F401  (imported before measuring, as a long-running process would have)
-
-    from model import HybridLM, load_model
-    from model.checkpoints.loader import ADAPTERS, read_config
+    from hybrid_agent.model import HybridLM, load_model
+    from hybrid_agent.model.checkpoints.loader import ADAPTERS, read_config
 
     if mode == "transformers":
         import transformers  # noqa: F401
 
     # The first model built on the meta device imports torch's meta kernels (~150 MB, once per process,
     # whatever the model's size): done before measuring, as in any process that loaded a model before.
-    from model import HybridConfig
+    from hybrid_agent.model import HybridConfig
 
     with torch.device("meta"):
         HybridLM(HybridConfig(vocab_size=8, d_model=32, layer_types=["mamba2"], mlp={"enabled": False}))

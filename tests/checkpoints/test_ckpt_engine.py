@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from agent.engine import ModelEngine
-from model import load_model
-from model.chat import ChatMessage
+from hybrid_agent.agent.engine import ModelEngine
+from hybrid_agent.model import load_model
+from hybrid_agent.model.chat import ChatMessage
 
 
 def decode(engine: ModelEngine, n: int) -> tuple[list[int], list[torch.Tensor]]:

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from hybrid_agent.model import CheckpointError, HybridConfig, HybridLM, load_model
+from hybrid_agent.model.chat import ChatMessage, JinjaChatFormat, NativeChatFormat
+from hybrid_agent.model.tokenizer import ByteTokenizer, Tokenizer
 from safetensors.torch import load_file, save_file
-
-from model import CheckpointError, HybridConfig, HybridLM, load_model
-from model.chat import ChatMessage, JinjaChatFormat, NativeChatFormat
-from model.tokenizer import ByteTokenizer, Tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 IDS = torch.tensor([[5, 77, 123, 250, 9, 31, 64, 200, 17, 3, 99]])
@@ -170,7 +169,7 @@ def test_missing_folder_says_what_to_pass(tmp_path):
 def test_hub_id_offline_says_how_to_use_a_local_folder(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     code = (
-        "from model import load_model, CheckpointError\n"
+        "from hybrid_agent.model import load_model, CheckpointError\n"
         "try:\n    load_model('some-org/some-model')\n"
         "except CheckpointError as e:\n    print('ERR', e)\n"
     )
@@ -227,7 +226,7 @@ def test_hub_id_found_in_the_local_hub_cache_loads_offline(checkpoint, tmp_path)
     (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     code = (
-        "from model import load_model\n"
+        "from hybrid_agent.model import load_model\n"
         "m, tok, chat = load_model('some-org/tiny-bamba')\n"
         "print(m.fingerprint, type(chat).__name__)\n"
     )
@@ -241,7 +240,7 @@ def test_hub_id_found_in_the_local_hub_cache_loads_offline(checkpoint, tmp_path)
 
 
 def test_progress_bar_for_long_loads(checkpoint, monkeypatch, capsys):
-    from model.checkpoints import loader
+    from hybrid_agent.model.checkpoints import loader
 
     folder, _ = checkpoint("mamba2")
     load_model(folder)

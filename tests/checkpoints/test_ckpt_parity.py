@@ -12,11 +12,10 @@ from typing import Any
 
 import pytest
 import torch
+from hybrid_agent.model import ModelState, load_model
+from hybrid_agent.model.state_layout import layout_metadata
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
-
-from model import ModelState, load_model
-from model.state_layout import layout_metadata
 
 PROMPT = 13  # ragged over chunks of 8
 STEPS = 32

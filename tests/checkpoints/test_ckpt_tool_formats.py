@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from model import load_model
-from model.chat import JinjaChatFormat
-from model.checkpoints.tool_formats import NemotronToolCalls, PythonicToolCalls, format_class_for
+from hybrid_agent.model import load_model
+from hybrid_agent.model.chat import JinjaChatFormat
+from hybrid_agent.model.checkpoints.tool_formats import NemotronToolCalls, PythonicToolCalls, format_class_for
 
 TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
 

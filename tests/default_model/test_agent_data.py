@@ -16,11 +16,10 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import make_agent_data as gen  # noqa: E402
 from agent_workspaces import Workspace, make_workspace  # noqa: E402
-
-from model.chat import NativeChatFormat  # noqa: E402
-from model.tokenizer import NATIVE_SPECIAL_TOKENS, Tokenizer  # noqa: E402
-from model.training.data import assistant_mask  # noqa: E402
-from tools import ToolRegistry  # noqa: E402
+from hybrid_agent.model.chat import NativeChatFormat  # noqa: E402
+from hybrid_agent.model.tokenizer import NATIVE_SPECIAL_TOKENS, Tokenizer  # noqa: E402
+from hybrid_agent.model.training.data import assistant_mask  # noqa: E402
+from hybrid_agent.tools import ToolRegistry  # noqa: E402
 
 
 def test_episodes_are_deterministic(tmp_path: Path) -> None:

@@ -13,14 +13,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from agent_workspaces import make_workspace  # noqa: E402
-
-from agent.factory import default_model_dir, resolve_model_dir  # noqa: E402
-from model import load_model  # noqa: E402
-from model.chat import DEFAULT_SYSTEM_PROMPT, ChatMessage  # noqa: E402
-from model.generate import generate  # noqa: E402
-from model.sampling import SamplingParams  # noqa: E402
-from model.tokenizer import NATIVE_SPECIAL_TOKENS  # noqa: E402
-from tools import ToolRegistry  # noqa: E402
+from hybrid_agent.agent.factory import default_model_dir, resolve_model_dir  # noqa: E402
+from hybrid_agent.model import load_model  # noqa: E402
+from hybrid_agent.model.chat import DEFAULT_SYSTEM_PROMPT, ChatMessage  # noqa: E402
+from hybrid_agent.model.generate import generate  # noqa: E402
+from hybrid_agent.model.sampling import SamplingParams  # noqa: E402
+from hybrid_agent.model.tokenizer import NATIVE_SPECIAL_TOKENS  # noqa: E402
+from hybrid_agent.tools import ToolRegistry  # noqa: E402
 
 
 def test_default_model_is_packaged_and_small() -> None:
@@ -66,7 +65,7 @@ def test_default_model_lists_a_folder_of_an_unseen_workspace(tmp_path: Path) -> 
 @pytest.mark.slow
 def test_default_model_finds_a_definition_through_the_agent(tmp_path: Path) -> None:
     """A whole turn through the real Agent: grep, then an answer that names the right file."""
-    from agent import Agent
+    from hybrid_agent.agent import Agent
 
     ws = make_workspace(random.Random("held-out:agent-test"), tmp_path / "ws")
     fn = ws.functions[0]

@@ -14,14 +14,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import make_agent_data as gen  # noqa: E402
-
-from model import load_model  # noqa: E402
-from model.training.forward import train_forward  # noqa: E402
-from model.training.train import build_config, lr_at, main  # noqa: E402
+from hybrid_agent.model import load_model  # noqa: E402
+from hybrid_agent.model.training.forward import train_forward  # noqa: E402
+from hybrid_agent.model.training.train import build_config, lr_at, main  # noqa: E402
 
 
 def test_train_forward_matches_inference() -> None:
-    from model.hybrid import HybridLM
+    from hybrid_agent.model.hybrid import HybridLM
 
     torch.manual_seed(0)
     model = HybridLM(build_config("hybrid", 300, 64, 3)).eval()
@@ -61,10 +60,9 @@ def test_shared_prefix_gives_the_full_episodes_loss_and_gradients(tmp_path: Path
     """The system segment run once and broadcast (and logits only where loss is taken) vs every row
     run whole from an empty state: same loss, same gradients."""
     import numpy as np
-
-    from model.hybrid import HybridLM
-    from model.training.data import Corpus, collate, make_batches
-    from model.training.train import batch_loss, to_device
+    from hybrid_agent.model.hybrid import HybridLM
+    from hybrid_agent.model.training.data import Corpus, collate, make_batches
+    from hybrid_agent.model.training.train import batch_loss, to_device
 
     data = tmp_path / "data"
     gen.main(["--out", str(data), "--episodes", "10", "--seed", "4", "--workers", "1", "--vocab-size", "400"])

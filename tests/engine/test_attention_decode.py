@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
-from kernels import attention_decode as ad
+from hybrid_agent.kernels import attention_decode as ad
 
 
 def inputs(B: int, H: int, G: int, D: int, M: int, L: int, dtype: torch.dtype, device: str, seed: int):

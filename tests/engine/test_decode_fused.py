@@ -8,10 +8,9 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-
-from kernels import causal_conv1d_step, rms_norm
-from kernels.decode_fused import gdn_decode_prep_ref, residual_rms_norm_ref, silu_mul_ref
-from model.gated_deltanet import l2_normalize
+from hybrid_agent.kernels import causal_conv1d_step, rms_norm
+from hybrid_agent.kernels.decode_fused import gdn_decode_prep_ref, residual_rms_norm_ref, silu_mul_ref
+from hybrid_agent.model.gated_deltanet import l2_normalize
 
 INTERP = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICES = (["cpu"] if INTERP else []) + (
@@ -52,7 +51,7 @@ def test_gdn_prep_reference_is_the_model_arithmetic() -> None:
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", [(1, 3, 12, 3, 20, 4, False), (2, 2, 16, 4, 8, 3, True)])
 def test_gdn_prep_triton(device: str, shape: tuple) -> None:
-    from kernels.triton_decode_fused import gdn_decode_prep_triton
+    from hybrid_agent.kernels.triton_decode_fused import gdn_decode_prep_triton
 
     B, Hk, Dk, Hv, Dv, W, neg = shape
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
@@ -81,7 +80,7 @@ def test_residual_rms_norm_reference_is_the_block_arithmetic() -> None:
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("wy, wo", [(True, True), (False, True), (True, False)])
 def test_residual_rms_norm_triton(device: str, wy: bool, wo: bool) -> None:
-    from kernels.triton_decode_fused import residual_rms_norm_triton
+    from hybrid_agent.kernels.triton_decode_fused import residual_rms_norm_triton
 
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     g = torch.Generator(device).manual_seed(3)
@@ -102,7 +101,7 @@ def test_residual_rms_norm_triton(device: str, wy: bool, wo: bool) -> None:
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_silu_mul_triton(device: str) -> None:
-    from kernels.triton_decode_fused import silu_mul_triton
+    from hybrid_agent.kernels.triton_decode_fused import silu_mul_triton
 
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     gu = torch.randn(2, 1, 2 * 1500, device=device, generator=torch.Generator(device).manual_seed(4)).to(
@@ -126,7 +125,7 @@ def _attn_inputs(B: int, H: int, Hkv: int, Dh: int, M: int, R: int, norm: str, d
     pos = torch.tensor([M - 3], device=device)  # a late slot: position-dependent angles matter
     cos = sin = None
     if R:
-        from model.layers import rope_cos_sin, rope_inv_freq
+        from hybrid_agent.model.layers import rope_cos_sin, rope_inv_freq
 
         inv_freq = rope_inv_freq(R, 10000.0).to(device)
         cos, sin = (t.reshape(-1).contiguous() for t in rope_cos_sin(pos, inv_freq))
@@ -135,8 +134,8 @@ def _attn_inputs(B: int, H: int, Hkv: int, Dh: int, M: int, R: int, norm: str, d
 
 @pytest.mark.parametrize("norm", ["full", "head", "none"])
 def test_attn_prep_reference_is_the_model_arithmetic(norm: str) -> None:
-    from kernels.decode_fused import attn_decode_prep_ref
-    from model.layers import rotate
+    from hybrid_agent.kernels.decode_fused import attn_decode_prep_ref
+    from hybrid_agent.model.layers import rotate
 
     B, H, Hkv, Dh, M, R = 2, 4, 2, 8, 11, 6  # partial RoPE (6 of 8 channels)
     qkv, q_w, k_w, cos, sin, pos, k_buf, v_buf, pos_buf = _attn_inputs(B, H, Hkv, Dh, M, R, norm,
@@ -165,8 +164,8 @@ def test_attn_prep_reference_is_the_model_arithmetic(norm: str) -> None:
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("norm, R", [("full", 8), ("head", 6), ("none", 0)])
 def test_attn_prep_triton(device: str, norm: str, R: int) -> None:
-    from kernels.decode_fused import attn_decode_prep_ref
-    from kernels.triton_decode_fused import attn_decode_prep_triton
+    from hybrid_agent.kernels.decode_fused import attn_decode_prep_ref
+    from hybrid_agent.kernels.triton_decode_fused import attn_decode_prep_triton
 
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     # the GPU at OLMo Hybrid 7B's attention shape (30 heads of 128, full QK-norm, full RoPE)
@@ -187,8 +186,8 @@ def test_attn_prep_triton(device: str, norm: str, R: int) -> None:
 @pytest.mark.parametrize("device", DEVICES)
 def test_greedy_advance_triton(device: str) -> None:
     """argmax with ties (the first index wins, as torch.argmax), pos + 1, the token written at pos."""
-    from kernels.decode_fused import greedy_advance_ref
-    from kernels.triton_decode_fused import greedy_advance_triton
+    from hybrid_agent.kernels.decode_fused import greedy_advance_ref
+    from hybrid_agent.kernels.triton_decode_fused import greedy_advance_triton
 
     V = 100352 if device == "cuda" else 9000  # several blocks of 4096 and a ragged last one
     g = torch.Generator(device).manual_seed(7)
@@ -210,8 +209,8 @@ def test_greedy_advance_triton(device: str) -> None:
 
 
 def test_attn_prep_refuses_bad_input_before_any_write() -> None:
-    from kernels.decode_fused import attn_decode_prep
-    from kernels.errors import KernelInputError
+    from hybrid_agent.kernels.decode_fused import attn_decode_prep
+    from hybrid_agent.kernels.errors import KernelInputError
 
     B, H, Hkv, Dh, M, R = 1, 4, 2, 8, 5, 8
     qkv, q_w, k_w, cos, sin, pos, k_buf, v_buf, pos_buf = _attn_inputs(B, H, Hkv, Dh, M, R, "full",

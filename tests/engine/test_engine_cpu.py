@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from model import HybridLM
-from model.engine import ContextFullError, DecodeEngine
-from model.generate import prefill
-from model.testing import TINY
-from model.testing import tiny_model as make
+from hybrid_agent.model import HybridLM
+from hybrid_agent.model.engine import ContextFullError, DecodeEngine
+from hybrid_agent.model.generate import prefill
+from hybrid_agent.model.testing import TINY
+from hybrid_agent.model.testing import tiny_model as make
 
 STATIC = ["gated_deltanet", "attention", "mamba2", "mlp", "attention"]
 
@@ -161,7 +160,7 @@ def test_kernel_mode_fused_and_mla(layers: list[str], over: dict, fuse: bool, al
 def test_concat_shared_weights_are_views() -> None:
     """On CUDA the engine rebinds the projections as views of the concatenation (no memory doubled):
     the model computes the same, and a second concatenation reuses the first."""
-    from model.engine import _concat
+    from hybrid_agent.model.engine import _concat
 
     model = make(["gated_deltanet", "attention"], seed=12)
     prompt = torch.randint(0, 97, (1, 9), generator=torch.Generator().manual_seed(6))

@@ -9,10 +9,9 @@ import sys
 
 import pytest
 import torch
-
-from kernels._dispatch import interpreter_on
-from model import HybridConfig, HybridLM
-from model.engine import GEMV_ROLES, DecodeEngine
+from hybrid_agent.kernels._dispatch import interpreter_on
+from hybrid_agent.model import HybridConfig, HybridLM
+from hybrid_agent.model.engine import GEMV_ROLES, DecodeEngine
 
 CFG = dict(
     vocab_size=97,
@@ -34,9 +33,9 @@ def triton_gemv(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], str]:
     cuda = torch.cuda.is_available() and not interpreter_on()
     if not interpreter_on() and not cuda:
         pytest.skip("needs TRITON_INTERPRET=1 set before Triton is imported")
-    import kernels.triton_gemv as tg
+    import hybrid_agent.kernels.triton_gemv as tg
 
-    mod = sys.modules["kernels.gemv"]
+    mod = sys.modules["hybrid_agent.kernels.gemv"]
     calls: list[int] = []
     real = tg.gemv_triton
 

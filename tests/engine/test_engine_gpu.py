@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from model import HybridConfig, HybridLM
-from model.engine import GEMV_ROLES, DecodeEngine
-from model.generate import prefill
+from hybrid_agent.model import HybridConfig, HybridLM
+from hybrid_agent.model.engine import GEMV_ROLES, DecodeEngine
+from hybrid_agent.model.generate import prefill
 
 pytestmark = pytest.mark.gpu
 

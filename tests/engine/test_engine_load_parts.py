@@ -12,15 +12,14 @@ from typing import Any
 
 import pytest
 import torch
+from hybrid_agent.agent.engine import StatePage
+from hybrid_agent.memory.records import Page
+from hybrid_agent.model import HybridLM, ModelState
+from hybrid_agent.model.engine import ContextFullError, DecodeEngine
+from hybrid_agent.model.errors import StateMismatchError
+from hybrid_agent.model.generate import prefill
+from hybrid_agent.model.testing import TINY, tiny_model
 from torch import Tensor
-
-from agent.engine import StatePage
-from memory.records import Page
-from model import HybridLM, ModelState
-from model.engine import ContextFullError, DecodeEngine
-from model.errors import StateMismatchError
-from model.generate import prefill
-from model.testing import TINY, tiny_model
 
 MLA = {"kv_lora_rank": 16, "qk_rope_head_dim": 4, "qk_nope_head_dim": 8, "v_head_dim": 8, "n_heads": 4}
 LAYOUTS: dict[str, tuple[list[str], dict[str, Any]]] = {

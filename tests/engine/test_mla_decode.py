@@ -7,8 +7,7 @@ import os
 
 import pytest
 import torch
-
-from kernels.mla_decode import mla_decode_ref
+from hybrid_agent.kernels.mla_decode import mla_decode_ref
 
 
 def _inputs(B: int, H: int, C: int, R: int, M: int, L: int, dtype: torch.dtype, device: str, seed: int):
@@ -37,7 +36,7 @@ def test_reference_is_absorbed_attention_in_float64() -> None:
 )
 @pytest.mark.parametrize("L", [1, 37, 200])
 def test_triton_interpreter_matches_reference(L: int) -> None:
-    from kernels.mla_decode import _mla_decode_triton
+    from hybrid_agent.kernels.mla_decode import _mla_decode_triton
 
     q_lat, q_rot, lat, rope, pos = _inputs(2, 3, 24, 8, 256, L, torch.float32, "cpu", L)
     lat[:, L:] = float("nan")
@@ -49,7 +48,7 @@ def test_triton_interpreter_matches_reference(L: int) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("L", [1, 1000, 70000])
 def test_triton_gpu_matches_reference(L: int) -> None:
-    from kernels.mla_decode import _mla_decode_triton
+    from hybrid_agent.kernels.mla_decode import _mla_decode_triton
 
     q_lat, q_rot, lat, rope, pos = _inputs(1, 16, 512, 64, 70016, L, torch.bfloat16, "cuda", L)
     lat[:, L:] = float("nan")

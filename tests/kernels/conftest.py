@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from kernels._dispatch import interpreter_on
+from hybrid_agent.kernels._dispatch import interpreter_on
 
 
 @pytest.fixture

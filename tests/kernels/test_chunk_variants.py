@@ -16,13 +16,13 @@ from contextlib import contextmanager
 
 import pytest
 import torch
+from hybrid_agent.kernels import triton_gated_delta_rule as tgdr
+from hybrid_agent.kernels import triton_ssd_scan as tssd
+from hybrid_agent.kernels.gated_delta_rule import chunk_gated_delta_rule_ref
+from hybrid_agent.kernels.ssd_scan import ssd_scan_ref
+from hybrid_agent.kernels.testing import make_gdr_inputs, make_ssd_inputs, rel_err
 
-import kernels
-from kernels import triton_gated_delta_rule as tgdr
-from kernels import triton_ssd_scan as tssd
-from kernels.gated_delta_rule import chunk_gated_delta_rule_ref
-from kernels.ssd_scan import ssd_scan_ref
-from kernels.testing import make_gdr_inputs, make_ssd_inputs, rel_err
+from hybrid_agent import kernels
 
 SSD_CASES = [tssd.REFERENCE, *tssd.VARIANTS]
 GDN_CASES = [tgdr.REFERENCE, *tgdr.VARIANTS]

@@ -11,11 +11,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
-from kernels import gemv
-from kernels.errors import KernelInputError
-from kernels.gemv import GemvConfig, default_config, gemv_ref
-from kernels.testing import rel_err
+from hybrid_agent.kernels import gemv
+from hybrid_agent.kernels.errors import KernelInputError
+from hybrid_agent.kernels.gemv import GemvConfig, default_config, gemv_ref
+from hybrid_agent.kernels.testing import rel_err
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 5e-3}
 

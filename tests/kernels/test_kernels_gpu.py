@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hybrid_agent.kernels.causal_conv1d import causal_conv1d_ref, causal_conv1d_step_ref
+from hybrid_agent.kernels.gated_delta_rule import chunk_gated_delta_rule_ref
+from hybrid_agent.kernels.gated_delta_rule_step import gated_delta_rule_step_ref
+from hybrid_agent.kernels.rms_norm import gated_rms_norm_ref
+from hybrid_agent.kernels.ssd_scan import ssd_scan_ref
+from hybrid_agent.kernels.ssm_step import ssm_step_ref
+from hybrid_agent.kernels.testing import make_gdr_inputs, make_ssd_inputs, rel_err
 
-import kernels
-from kernels.causal_conv1d import causal_conv1d_ref, causal_conv1d_step_ref
-from kernels.gated_delta_rule import chunk_gated_delta_rule_ref
-from kernels.gated_delta_rule_step import gated_delta_rule_step_ref
-from kernels.rms_norm import gated_rms_norm_ref
-from kernels.ssd_scan import ssd_scan_ref
-from kernels.ssm_step import ssm_step_ref
-from kernels.testing import make_gdr_inputs, make_ssd_inputs, rel_err
+from hybrid_agent import kernels
 
 pytestmark = [
     pytest.mark.gpu,

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
-from kernels import KernelInputError, causal_conv1d, causal_conv1d_step, gated_rms_norm, rms_norm
+from hybrid_agent.kernels import KernelInputError, causal_conv1d, causal_conv1d_step, gated_rms_norm, rms_norm
 
 
 def conv_loop(x, weight, bias, state, activation):
@@ -73,7 +72,8 @@ transformers_models = pytest.importorskip("transformers.models")
 
 
 def test_norms_match_transformers_fp32():
-    from transformers.models.mamba2.modeling_mamba2 import Mamba2RMSNorm, MambaRMSNormGated
+    from transformers.models.mamba2 import modeling_mamba2
+    from transformers.models.mamba2.modeling_mamba2 import Mamba2RMSNorm
     from transformers.models.olmo_hybrid.modeling_olmo_hybrid import OlmoHybridRMSNormGated
     from transformers.models.qwen3_next.modeling_qwen3_next import Qwen3NextRMSNormGated
 
@@ -86,7 +86,9 @@ def test_norms_match_transformers_fp32():
         plain.weight.copy_(weight)
         torch.testing.assert_close(rms_norm(x, weight, 1e-6), plain(x))
 
-        mamba = MambaRMSNormGated(16, group_size=8, eps=1e-5)  # Mamba-2: gate, then grouped norm
+        # Mamba-2: gate, then grouped norm (named Mamba2RMSNormGated from transformers 5.25 on)
+        gated = getattr(modeling_mamba2, "Mamba2RMSNormGated", None) or modeling_mamba2.MambaRMSNormGated
+        mamba = gated(16, group_size=8, eps=1e-5)
         mamba.weight.copy_(weight)
         torch.testing.assert_close(
             gated_rms_norm(x, z, weight, 1e-5, group_size=8, norm_before_gate=False), mamba(x, z)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hybrid_agent.kernels import KernelInputError, chunk_gated_delta_rule, gated_delta_rule_step
+from hybrid_agent.kernels.gated_delta_rule import chunk_gated_delta_rule_ref
+from hybrid_agent.kernels.naive import gated_delta_rule_naive
+from hybrid_agent.kernels.testing import make_gdr_inputs as make_gdr
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from kernels import KernelInputError, chunk_gated_delta_rule, gated_delta_rule_step
-from kernels.gated_delta_rule import chunk_gated_delta_rule_ref
-from kernels.naive import gated_delta_rule_naive
-from kernels.testing import make_gdr_inputs as make_gdr
 
 ATOL, RTOL = 2e-4, 2e-4
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hybrid_agent.kernels import KernelInputError, ssd_scan, ssm_step
+from hybrid_agent.kernels.naive import ssd_naive
+from hybrid_agent.kernels.ssd_scan import ssd_scan_ref
+from hybrid_agent.kernels.ssm_step import ssm_step_ref
+from hybrid_agent.kernels.testing import make_ssd_inputs as make_ssd
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from kernels import KernelInputError, ssd_scan, ssm_step
-from kernels.naive import ssd_naive
-from kernels.ssd_scan import ssd_scan_ref
-from kernels.ssm_step import ssm_step_ref
-from kernels.testing import make_ssd_inputs as make_ssd
 
 # fp32 chunked vs float64 sequential on O(1) values: the error is a few ulps times the chunk length.
 ATOL, RTOL = 2e-4, 2e-4

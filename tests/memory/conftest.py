@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-
-from memory import Store
+from hybrid_agent.memory import Store
 
 PG_ENV = "HYBRID_AGENT_TEST_PG_URL"
 

@@ -19,13 +19,9 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for `memory`
 
 import torch
-
-from memory import Event, Page, Store
+from hybrid_agent.memory import Event, Page, Store
 
 PAGE_TOKENS = 16
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from memory import (
+from hybrid_agent.memory import (
     Event,
     FingerprintMismatchError,
     InvalidEventError,

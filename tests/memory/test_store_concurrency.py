@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from hybrid_agent.memory import Event, Store, StoreBusyError
 
-import memory.database
-from memory import Event, Store, StoreBusyError
+from hybrid_agent import memory
 
 HERE = Path(__file__).resolve().parent
 _spec = importlib.util.spec_from_file_location("crash_writer_conc", HERE / "crash_writer.py")

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import torch
-
-from memory import CorruptDataError, Page, Store
+from hybrid_agent.memory import CorruptDataError, Page, Store
 
 
 def save_two_turns(store: Store, marker: float = 1234.5) -> str:

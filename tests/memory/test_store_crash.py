@@ -21,8 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from memory import Store
+from hybrid_agent.memory import Store
 
 HERE = Path(__file__).resolve().parent
 _spec = importlib.util.spec_from_file_location("crash_writer", HERE / "crash_writer.py")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 import torch
-
-from memory import Event, FileEdit, Page, Store
+from hybrid_agent.memory import Event, FileEdit, Page, Store
 
 
 def state(turn: int, branch: int = 0) -> dict[str, torch.Tensor]:

@@ -11,10 +11,9 @@ import pytest
 import safetensors.torch
 import sqlalchemy as sa
 import torch
-
-from memory import CorruptDataError, Page, Store
-from memory.blobs import CHUNK_SIZE
-from memory.codec import tensors_from_buffer, tensors_to_bytes
+from hybrid_agent.memory import CorruptDataError, Page, Store
+from hybrid_agent.memory.blobs import CHUNK_SIZE
+from hybrid_agent.memory.codec import tensors_from_buffer, tensors_to_bytes
 
 FP = "f" * 64
 

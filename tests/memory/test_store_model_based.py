@@ -10,11 +10,10 @@ from pathlib import Path
 
 import sqlalchemy as sa
 import torch
+from hybrid_agent.memory import Event, Page, Store
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-
-from memory import Event, Page, Store
 
 
 def tensors(seed: int, n: int) -> dict[str, torch.Tensor]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,8 @@ import torch
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from setuptools import find_packages
-
-import memory.database
-from memory import DatabaseUnavailableError, Event, NotADatabaseError, SchemaTooNewError, Store
-from memory.database import (
+from hybrid_agent.memory import DatabaseUnavailableError, Event, NotADatabaseError, SchemaTooNewError, Store
+from hybrid_agent.memory.database import (
     WRITE_OPTION,
     _alembic_config,
     create_store_engine,
@@ -25,7 +23,9 @@ from memory.database import (
     normalize_url,
     sqlite_file,
 )
-from memory.schema import Base
+from hybrid_agent.memory.schema import Base
+
+from hybrid_agent import memory
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -195,8 +195,9 @@ def test_write_ahead_log_is_checkpointed_into_the_file(sqlite_path: Path) -> Non
 
 
 def test_migrations_ship_inside_the_package() -> None:
-    packages = find_packages(where=REPO, include=["memory*"])
-    assert {"memory", "memory.migrations", "memory.migrations.versions"} <= set(packages)
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    wanted = {"memory", "memory.migrations", "memory.migrations.versions"}
+    assert {f"hybrid_agent.{name}" for name in wanted} <= set(packages)
     versions = sorted(p.name for p in (REPO / "memory" / "migrations" / "versions").glob("0*.py"))
     assert versions == ["0001_initial.py", "0002_file_changes.py"]
     assert (REPO / "memory" / "migrations" / "script.py.mako").is_file()  # package-data "*.mako"

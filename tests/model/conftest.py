@@ -6,9 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-
-from model import HybridLM
-from model.testing import tiny_model
+from hybrid_agent.model import HybridLM
+from hybrid_agent.model.testing import tiny_model
 
 
 @pytest.fixture

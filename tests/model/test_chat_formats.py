@@ -7,8 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from model.chat import (
+from hybrid_agent.model.chat import (
     DEFAULT_SYSTEM_PROMPT,
     ChatMessage,
     JinjaChatFormat,
@@ -183,7 +182,7 @@ def test_from_pretrained_reads_tokenizer_config(tmp_path) -> None:
 
 
 def test_template_cannot_escape_the_sandbox() -> None:
-    from model.chat import ChatFormatError
+    from hybrid_agent.model.chat import ChatFormatError
 
     evil = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
     with pytest.raises(ChatFormatError):

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from model import HybridConfig, ModelState
-from model.attention import visible
-from model.mla import MLA
+from hybrid_agent.model import HybridConfig, ModelState
+from hybrid_agent.model.attention import visible
+from hybrid_agent.model.mla import MLA
 
 transformers = pytest.importorskip("transformers")
 from transformers.models.deepseek_v3.configuration_deepseek_v3 import DeepseekV3Config  # noqa: E402

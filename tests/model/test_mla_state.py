@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hybrid_agent.model import ConfigError, HybridConfig, HybridLM, ModelState
+from hybrid_agent.model.mla import MLA
+from hybrid_agent.model.testing import assert_close, random_sizes, run_in_pieces
 from safetensors.torch import load, save
-
-from model import ConfigError, HybridConfig, HybridLM, ModelState
-from model.mla import MLA
-from model.testing import assert_close, random_sizes, run_in_pieces
 
 MLA_SIZES = {"n_heads": 4, "kv_lora_rank": 12, "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "v_head_dim": 8}
 STACKS = {

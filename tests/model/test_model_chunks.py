@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from model import HybridLM
-from model.testing import assert_close, random_sizes, run_in_pieces
+from hybrid_agent.model import HybridLM
+from hybrid_agent.model.testing import assert_close, random_sizes, run_in_pieces
 
 KINDS = ["attention", "mamba2", "gated_deltanet", "parallel", "mlp"]
 MIXED = ["mamba2", "attention", "gated_deltanet", "parallel", "mlp", "attention"]

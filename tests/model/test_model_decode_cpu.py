@@ -8,12 +8,11 @@ from collections.abc import Callable
 
 import pytest
 import torch
-
-from kernels.rms_norm import rms_norm_ref
-from model import HybridLM
-from model.attention import Attention
-from model.layers import MLP, RMSNorm, rms_norm_cpu
-from model.mamba2 import Mamba2Mixer
+from hybrid_agent.kernels.rms_norm import rms_norm_ref
+from hybrid_agent.model import HybridLM
+from hybrid_agent.model.attention import Attention
+from hybrid_agent.model.layers import MLP, RMSNorm, rms_norm_cpu
+from hybrid_agent.model.mamba2 import Mamba2Mixer
 
 
 def _run(

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from kernels.ssm_step import ssm_step_cpu, ssm_step_ref
-from model import HybridLM
+from hybrid_agent.kernels.ssm_step import ssm_step_cpu, ssm_step_ref
+from hybrid_agent.model import HybridLM
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "model" / "default"
 

@@ -6,9 +6,8 @@ import json
 
 import pytest
 import torch
+from hybrid_agent.model import CheckpointError, ConfigError, HybridConfig, HybridLM
 from safetensors.torch import load_file, save_file
-
-from model import CheckpointError, ConfigError, HybridConfig, HybridLM
 
 MIXED = ["mamba2", "attention", "gated_deltanet", "parallel", "mlp"]
 
@@ -110,8 +109,8 @@ def test_bad_checkpoints_are_refused(make_model, tmp_path):
 
 
 def test_every_layer_type_has_a_mixer_and_a_state_layout():
-    from model.blocks import MIXERS
-    from model.config import LAYER_TYPES
-    from model.state import STATE_SPECS
+    from hybrid_agent.model.blocks import MIXERS
+    from hybrid_agent.model.config import LAYER_TYPES
+    from hybrid_agent.model.state import STATE_SPECS
 
     assert set(LAYER_TYPES) == set(MIXERS) == set(STATE_SPECS)

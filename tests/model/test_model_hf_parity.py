@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from model import HybridConfig, ModelState
-from model.attention import Attention
-from model.gated_deltanet import GatedDeltaNet
-from model.mamba2 import Mamba2Mixer
+from hybrid_agent.model import HybridConfig, ModelState
+from hybrid_agent.model.attention import Attention
+from hybrid_agent.model.gated_deltanet import GatedDeltaNet
+from hybrid_agent.model.mamba2 import Mamba2Mixer
 
 transformers = pytest.importorskip("transformers")
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from model import ModelError, StateMismatchError, TokenRangeError
+from hybrid_agent.model import ModelError, StateMismatchError, TokenRangeError
 
 
 def test_token_ids_out_of_range(make_model):

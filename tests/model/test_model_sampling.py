@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from model import ByteTokenizer, SamplingParams, generate, prefill, sample
-from model.sampling import filter_logits, make_generator
+from hybrid_agent.model import ByteTokenizer, SamplingParams, generate, prefill, sample
+from hybrid_agent.model.sampling import filter_logits, make_generator
 
 MIXED = ["mamba2", "attention", "gated_deltanet"]
 PROMPT = ByteTokenizer().encode("<|user|>hi<|end|><|assistant|>", special=True)
@@ -124,7 +123,7 @@ def test_streamed_text_never_splits_a_character():
 
 def test_empty_prompt_is_refused(make_model):
     model = make_model(["mamba2"])
-    from model import TokenRangeError
+    from hybrid_agent.model import TokenRangeError
 
     with pytest.raises(TokenRangeError, match="empty"):
         generate(model, ByteTokenizer(), model.new_state(), [], max_new_tokens=3).run()

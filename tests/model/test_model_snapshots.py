@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hybrid_agent.model import HybridConfig, HybridLM, ModelState
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from model import HybridConfig, HybridLM, ModelState
 
 LAYERS = ["attention", "mamba2", "gated_deltanet", "parallel"]
 

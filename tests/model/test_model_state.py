@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hybrid_agent.model import ModelState, StateMismatchError
 from safetensors.torch import load, save
-
-from model import ModelState, StateMismatchError
 
 MIXED = ["mamba2", "attention", "gated_deltanet", "parallel", "mlp"]
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from hybrid_agent.model import NATIVE_SPECIAL_TOKENS, ByteTokenizer, Tokenizer, TokenizerError, load_tokenizer
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
-
-from model import NATIVE_SPECIAL_TOKENS, ByteTokenizer, Tokenizer, TokenizerError, load_tokenizer
 
 TEXT = "def héllo():\n    return '🙂 wörld' <|end|> ✓\n"
 

@@ -9,8 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
-
-from tools import ToolRegistry
+from hybrid_agent.tools import ToolRegistry
 
 
 def tree_state(root: Path) -> dict[str, tuple]:

@@ -5,10 +5,17 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import pytest
+from hybrid_agent.tools import (
+    Tool,
+    ToolContext,
+    ToolDefinitionError,
+    ToolError,
+    ToolRegistry,
+    ToolResult,
+    tool,
+)
+from hybrid_agent.tools.base import parse_docstring
 from pydantic import BaseModel, Field
-
-from tools import Tool, ToolContext, ToolDefinitionError, ToolError, ToolRegistry, ToolResult, tool
-from tools.base import parse_docstring
 
 
 @tool(policy="auto")

@@ -9,8 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
-
-from tools import Limits, ToolRegistry
+from hybrid_agent.tools import Limits, ToolRegistry
 
 
 def test_read_whole_file_and_ranges(registry, sandbox):

@@ -7,8 +7,7 @@ import threading
 import time
 
 import pytest
-
-from tools import Limits, ToolRegistry
+from hybrid_agent.tools import Limits, ToolRegistry
 
 
 @pytest.fixture

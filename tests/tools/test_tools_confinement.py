@@ -9,8 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
-
-from tools import ToolRegistry, Workspace, WorkspaceError
+from hybrid_agent.tools import ToolRegistry, Workspace, WorkspaceError
 
 WRITE_CALLS = [
     ("write_file", lambda p: {"path": p, "content": "pwned\n"}),

@@ -9,8 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from tools import MCPServerError, ToolRegistry, ToolResult
+from hybrid_agent.tools import MCPServerError, ToolRegistry, ToolResult
 
 SERVER = str(Path(__file__).with_name("mcp_echo_server.py"))
 

@@ -7,10 +7,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from hybrid_agent.tools import ToolRegistry, Workspace, WorkspaceError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from tools import ToolRegistry, Workspace, WorkspaceError
 
 PIECES = ["..", ".", "src", "hello.txt", "out", "loop", "inlink", "new", "", "x" * 256, "a\x00b", "~", "\\"]
 

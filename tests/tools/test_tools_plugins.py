@@ -8,12 +8,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
-from tools import ToolRegistry
+from hybrid_agent.tools import ToolRegistry
 
 PLUGIN = '''
 from pydantic import BaseModel
-from tools import Tool, ToolResult, tool
+from hybrid_agent.tools import Tool, ToolResult, tool
 
 
 @tool(policy="auto")
@@ -111,6 +110,6 @@ def test_own_builtin_entry_point_is_published():
     ours = [ep for ep in eps if ep.name == "builtin"]
     if not ours:
         pytest.skip("hybrid-agent is not installed (pip install -e .)")
-    from tools.builtins import BUILTIN_TOOLS
+    from hybrid_agent.tools.builtins import BUILTIN_TOOLS
 
     assert ours[0].load() is BUILTIN_TOOLS

@@ -4,8 +4,7 @@ outside the agent since (it refuses and changes nothing)."""
 from __future__ import annotations
 
 import pytest
-
-from tools import Journal, JournalEntry, MemoryJournal, ToolRegistry, UndoError
+from hybrid_agent.tools import Journal, JournalEntry, MemoryJournal, ToolRegistry, UndoError
 
 
 def test_undo_last_steps_back_one_change_at_a_time(registry, sandbox):
@@ -106,7 +105,7 @@ def test_identical_rewrite_is_not_journaled(registry):
 
 def test_journal_backed_by_memory_store(sandbox, tmp_path_factory):
     """The adapter agent/ needs, over the real memory Store: three one-line methods."""
-    from memory import Store
+    from hybrid_agent.memory import Store
 
     class StoreJournal:
         def __init__(self, store: Store, session_id: str) -> None:

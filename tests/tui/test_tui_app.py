@@ -11,17 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hybrid_agent.tui.app import HybridAgentApp
+from hybrid_agent.tui.bridge import FRAME_S
+from hybrid_agent.tui.screens.approval import ApprovalScreen
+from hybrid_agent.tui.turns import WAITING_TITLE
+from hybrid_agent.tui.widgets.loading import LoadingPanel
+from hybrid_agent.tui.widgets.messages import AssistantMessage, Notice, UserMessage
+from hybrid_agent.tui.widgets.prompt_input import PromptArea
+from hybrid_agent.tui.widgets.status_bar import StatusBar
+from hybrid_agent.tui.widgets.tool_card import ToolCard
 from tui_testkit import Rig, ready, send, settle, tool_call, until
-
-from tui.app import HybridAgentApp
-from tui.bridge import FRAME_S
-from tui.screens.approval import ApprovalScreen
-from tui.turns import WAITING_TITLE
-from tui.widgets.loading import LoadingPanel
-from tui.widgets.messages import AssistantMessage, Notice, UserMessage
-from tui.widgets.prompt_input import PromptArea
-from tui.widgets.status_bar import StatusBar
-from tui.widgets.tool_card import ToolCard
 
 pytestmark = pytest.mark.anyio
 
@@ -206,7 +205,7 @@ async def test_old_messages_are_pruned_from_the_dom(tmp_path: Path) -> None:
 
 
 async def test_bad_model_path_shows_error_instead_of_crashing(tmp_path: Path) -> None:
-    from agent import Agent
+    from hybrid_agent.agent import Agent
 
     app = HybridAgentApp(
         lambda approval: Agent.open(model=tmp_path / "nope", db=f"sqlite:///{tmp_path}/x.db")
@@ -303,7 +302,7 @@ async def test_fast_stream_is_batched_and_exact(tmp_path: Path) -> None:
 
 
 async def test_approval_prompt_shows_command_and_source(tmp_path: Path) -> None:
-    from agent.events import ToolCallRequested
+    from hybrid_agent.agent.events import ToolCallRequested
 
     rig = Rig(tmp_path)
     app = rig.app

@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hybrid_agent.tui.screens.dialogs import ConfirmScreen, TextPromptScreen
+from hybrid_agent.tui.screens.help import HelpScreen
+from hybrid_agent.tui.screens.sessions import SessionBrowser
+from hybrid_agent.tui.widgets.messages import AssistantMessage, Notice, UserMessage
+from hybrid_agent.tui.widgets.prompt_input import PromptArea
 from tui_testkit import Rig, ready, send, settle, tool_call
-
-from tui.screens.dialogs import ConfirmScreen, TextPromptScreen
-from tui.screens.help import HelpScreen
-from tui.screens.sessions import SessionBrowser
-from tui.widgets.messages import AssistantMessage, Notice, UserMessage
-from tui.widgets.prompt_input import PromptArea
 
 pytestmark = pytest.mark.anyio
 

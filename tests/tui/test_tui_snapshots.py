@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from hybrid_agent.tui.screens.approval import ApprovalScreen
+from hybrid_agent.tui.screens.sessions import SessionBrowser
 from tui_testkit import Rig, fixed_dir, ready, send, settle, tool_call, until
-
-from tui.screens.approval import ApprovalScreen
-from tui.screens.sessions import SessionBrowser
 
 SIZE = (100, 34)
 

@@ -46,9 +46,8 @@ def _wait_for(session: str, pattern: str, timeout: float, *, absent: str | None 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 def test_hybrid_agent_in_tmux_answers_on_screen(tmp_path: Path) -> None:
     import torch
-
-    from memory import Store
-    from model import HybridConfig, HybridLM
+    from hybrid_agent.memory import Store
+    from hybrid_agent.model import HybridConfig, HybridLM
 
     torch.manual_seed(0)
     model_dir = HybridLM(HybridConfig.from_name("tiny")).save_pretrained(tmp_path / "model")

@@ -9,14 +9,20 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-
-from memory.records import SessionInfo
-from tui.clipboard import copy_to_system_clipboard
-from tui.screens.approval import describe_source
-from tui.screens.sessions import relative_time, session_row
-from tui.slash import SLASH_COMMANDS, ParsedCommand, SlashCommandError, complete, is_slash_command, parse
-from tui.widgets.diff_view import render_diff
-from tui.widgets.status_bar import StatusInfo, format_status
+from hybrid_agent.memory.records import SessionInfo
+from hybrid_agent.tui.clipboard import copy_to_system_clipboard
+from hybrid_agent.tui.screens.approval import describe_source
+from hybrid_agent.tui.screens.sessions import relative_time, session_row
+from hybrid_agent.tui.slash import (
+    SLASH_COMMANDS,
+    ParsedCommand,
+    SlashCommandError,
+    complete,
+    is_slash_command,
+    parse,
+)
+from hybrid_agent.tui.widgets.diff_view import render_diff
+from hybrid_agent.tui.widgets.status_bar import StatusInfo, format_status
 
 
 def test_parse_and_reject_slash_commands() -> None:

@@ -17,13 +17,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from hybrid_agent.agent.loop import Agent
+from hybrid_agent.memory import Store
+from hybrid_agent.tui.app import HybridAgentApp
+from hybrid_agent.tui.widgets.loading import LoadingPanel
+from hybrid_agent.tui.widgets.prompt_input import PromptArea
 from textual.worker import WorkerState
-
-from agent.loop import Agent
-from memory import Store
-from tui.app import HybridAgentApp
-from tui.widgets.loading import LoadingPanel
-from tui.widgets.prompt_input import PromptArea
 
 
 def _load_scripted_engine() -> type:

@@ -3,9 +3,9 @@ plugin's entry point (it is also published as the `builtin` entry point of this 
 
 from __future__ import annotations
 
-from tools.builtins.command import RunCommand
-from tools.builtins.files import EditFile, ReadFile, WriteFile
-from tools.builtins.search import Glob, Grep, ListDir
+from hybrid_agent.tools.builtins.command import RunCommand
+from hybrid_agent.tools.builtins.files import EditFile, ReadFile, WriteFile
+from hybrid_agent.tools.builtins.search import Glob, Grep, ListDir
 
 BUILTIN_TOOLS = [ReadFile, WriteFile, EditFile, ListDir, Glob, Grep, RunCommand]
 

@@ -21,11 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from hybrid_agent.tools.base import Preview, Tool, ToolContext, ToolResult
+from hybrid_agent.tools.errors import WorkspaceError
+from hybrid_agent.tools.workspace import Workspace
 from pydantic import BaseModel, ConfigDict, Field
-
-from tools.base import Preview, Tool, ToolContext, ToolResult
-from tools.errors import WorkspaceError
-from tools.workspace import Workspace
 
 _GRACE_S = 2.0
 

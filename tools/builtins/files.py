@@ -10,10 +10,9 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
+from hybrid_agent.tools.base import Preview, Tool, ToolContext, ToolResult
+from hybrid_agent.tools.errors import ToolError, WorkspaceError
 from pydantic import BaseModel, ConfigDict, Field
-
-from tools.base import Preview, Tool, ToolContext, ToolResult
-from tools.errors import ToolError, WorkspaceError
 
 _SNIFF = 8192
 _LINE_CUT = 4000  # characters of one line shown; minified files have megabyte-long lines

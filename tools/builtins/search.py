@@ -10,10 +10,9 @@ import re
 import time
 from typing import Any
 
+from hybrid_agent.tools.base import Preview, Tool, ToolContext, ToolResult
+from hybrid_agent.tools.errors import ToolError, WorkspaceError
 from pydantic import BaseModel, ConfigDict, Field
-
-from tools.base import Preview, Tool, ToolContext, ToolResult
-from tools.errors import ToolError, WorkspaceError
 
 _GREP_SECONDS = 20.0  # a pathological regex must not hang the turn
 _MATCH_LINE_CUT = 300

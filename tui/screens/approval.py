@@ -9,15 +9,14 @@ from __future__ import annotations
 import json
 from typing import ClassVar
 
+from hybrid_agent.agent.events import ApprovalDecision, ToolCallRequested
+from hybrid_agent.tui.widgets.diff_view import DiffView
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
 from textual.highlight import highlight
 from textual.screen import ModalScreen
 from textual.widgets import Input, Static
-
-from agent.events import ApprovalDecision, ToolCallRequested
-from tui.widgets.diff_view import DiffView
 
 
 def describe_source(source: str) -> str:

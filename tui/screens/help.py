@@ -5,16 +5,15 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from hybrid_agent.tui.screens.approval import ApprovalScreen
+from hybrid_agent.tui.screens.sessions import SessionBrowser
+from hybrid_agent.tui.slash import SLASH_COMMANDS
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Static
-
-from tui.screens.approval import ApprovalScreen
-from tui.screens.sessions import SessionBrowser
-from tui.slash import SLASH_COMMANDS
 
 
 def _keys(bindings: list[BindingType]) -> list[tuple[str, str]]:

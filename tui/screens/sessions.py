@@ -12,13 +12,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal, Protocol
 
+from hybrid_agent.tui.screens.dialogs import ConfirmScreen, TextPromptScreen
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Input, Static
-
-from tui.screens.dialogs import ConfirmScreen, TextPromptScreen
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,11 @@ therefore stay flat however long the session gets.
 
 from __future__ import annotations
 
+from hybrid_agent.agent.events import ToolCallRequested
+from hybrid_agent.tui.widgets.messages import AssistantMessage, Notice, UserMessage
+from hybrid_agent.tui.widgets.tool_card import ToolCard
 from textual.containers import VerticalScroll
 from textual.widget import Widget
-
-from agent.events import ToolCallRequested
-from tui.widgets.messages import AssistantMessage, Notice, UserMessage
-from tui.widgets.tool_card import ToolCard
 
 DEFAULT_MAX_WIDGETS = 300
 

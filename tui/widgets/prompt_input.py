@@ -3,13 +3,12 @@ tab completes a slash command (the matching commands are listed under the input 
 
 from __future__ import annotations
 
+from hybrid_agent.tui.slash import complete
 from textual import events
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Static, TextArea
-
-from tui.slash import complete
 
 
 class PromptArea(TextArea):

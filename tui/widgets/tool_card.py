@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 from typing import Literal
 
+from hybrid_agent.agent.events import ToolCallRequested, ToolResultEvent
+from hybrid_agent.tui.widgets.diff_view import DiffView
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.highlight import highlight
 from textual.widgets import Collapsible, Static
-
-from agent.events import ToolCallRequested, ToolResultEvent
-from tui.widgets.diff_view import DiffView
 
 ToolStatus = Literal["requested", "waiting", "running", "done", "error", "denied"]
 
