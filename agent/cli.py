@@ -8,6 +8,7 @@ so `--help` is instant. Errors a user can cause print one line and exit 1 (no tr
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -15,15 +16,16 @@ from collections.abc import Callable
 from hybrid_agent import __version__
 
 
-def _number(kind: type, low: float, what: str) -> Callable[[str], float]:
-    """An argparse type: `kind` of at least `low`, else argparse's one-line usage error."""
+def _number(kind: type, low: float, what: str, high: float = 2**31 - 1) -> Callable[[str], float]:
+    """An argparse type: a finite `kind` in [low, high], else argparse's one-line usage error (nan and
+    inf are refused everywhere: `nan < 0` is false, so a bare lower bound would let them through)."""
 
     def parse(text: str) -> float:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-        if value < low:
+        if not math.isfinite(value) or not low <= value <= high:
             raise argparse.ArgumentTypeError(f"{text} is not {what}")
         return value
 
@@ -38,6 +40,8 @@ NO_TERMINAL = (
 
 _COUNT = _number(int, 0, "a whole number >= 0")
 _POSITIVE = _number(int, 1, "a whole number >= 1")
+_SEED = _number(int, 0, "a whole number from 0 to 2**63 - 1", 2**63 - 1)
+_TEMPERATURE = _number(float, 0.0, "a number from 0 to 100", 100.0)
 
 
 def _shared(defaults: bool) -> argparse.ArgumentParser:
@@ -73,10 +77,17 @@ def _shared(defaults: bool) -> argparse.ArgumentParser:
         "session's own",
     )
     p.add_argument("--sinks", type=_COUNT, metavar="N", default=d(4), help="sink tokens kept with --window")
-    p.add_argument("--seed", type=int, default=d(None), help="seed for sampling")
-    temperature = _number(float, 0.0, "a number >= 0")
-    p.add_argument("--temperature", type=temperature, default=d(0.0), help="0 = greedy (default)")
+    p.add_argument("--seed", type=_SEED, default=d(None), help="seed for sampling")
+    p.add_argument("--temperature", type=_TEMPERATURE, default=d(0.0), help="0 = greedy (default)")
     p.add_argument("--max-new-tokens", type=_POSITIVE, metavar="N", default=d(1024), help="per turn")
+    p.add_argument(
+        "--max-prompt-tokens",
+        type=_POSITIVE,
+        metavar="N",
+        default=d(None),
+        help="refuse a message (or tool output) longer than N tokens "
+        "(default: 32768; longer ones would take minutes and gigabytes to read)",
+    )
     p.add_argument(
         "--enable-commands",
         action="store_true",
@@ -123,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="the details as one JSON object")
     fork = ssub.add_parser("fork", parents=[shared], help="a new session from a session's turn N")
     fork.add_argument("id")
-    fork.add_argument("--turn", type=int, required=True, metavar="N")
+    fork.add_argument("--turn", type=_COUNT, required=True, metavar="N")
     rm = ssub.add_parser("rm", parents=[shared], help="delete a session (its forks keep working)")
     rm.add_argument("id")
     export = ssub.add_parser("export", parents=[shared], help="a session's events as JSON lines")

@@ -11,11 +11,14 @@ import argparse
 import importlib
 import json
 import os
+import re
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
 from hybrid_agent.agent.errors import AgentError
+from hybrid_agent.agent.session_ids import resolve_session_id
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -32,8 +35,20 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (AgentError, StoreError, ModelError, ChatFormatError, ToolError, OSError)
 
 
+# C0 controls but newline and tab, DEL, and C1 controls: with them, a title, a message or a tool's
+# output could move the cursor, rewrite the screen or set the window title (ESC [ ..., ESC ] ..., CSI).
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+MAX_STDIN_BYTES = 64 << 20  # a message read from '-': more is surely not meant for the model
+
+
+def printable(text: str) -> str:
+    """`text` safe for a terminal: control characters written out as `\\xNN` (newline and tab kept).
+    Used for every human-readable line the CLI prints; `--json` output is exact (JSON escapes them)."""
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def _say(*parts: Any) -> None:
-    print(*parts, file=sys.stderr, flush=True)
+    print(*(printable(str(p)) for p in parts), file=sys.stderr, flush=True)
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -76,6 +91,7 @@ def _agent_options(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "temperature": args.temperature,
         "max_new_tokens": args.max_new_tokens,
+        "max_prompt_tokens": args.max_prompt_tokens,
         "enable_commands": args.enable_commands,
     }
 
@@ -84,19 +100,6 @@ def _store(args: argparse.Namespace) -> Any:
     from hybrid_agent.memory import Store
 
     return Store(args.db)
-
-
-def resolve_session_id(store: Any, given: str) -> str:
-    """A full session id, from the id or a unique prefix of it."""
-    ids = [s.id for s in store.list_sessions()]
-    if given in ids:
-        return given
-    matches = [i for i in ids if i.startswith(given)]
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise AgentError(f"no session {given!r}; `hybrid-agent sessions list` shows the saved ones")
-    raise AgentError(f"{given!r} matches {len(matches)} sessions; give more of the id")
 
 
 # ---- the TUI -------------------------------------------------------------------------------------
@@ -143,13 +146,36 @@ async def _ask_on_terminal(request: Any) -> Any:
     return await asyncio.to_thread(ask_on_terminal, request)
 
 
+def _read_stdin() -> str:
+    """All of stdin as UTF-8 text, at most MAX_STDIN_BYTES. Read as bytes, so that a byte that is not
+    UTF-8 is refused with its offset, before anything (a session) is made."""
+    raw = getattr(sys.stdin, "buffer", None)
+    if raw is None:  # a text stream without bytes underneath (an io.StringIO): already text
+        text: str = sys.stdin.read(MAX_STDIN_BYTES + 1)
+        if len(text) <= MAX_STDIN_BYTES:
+            return text
+    data = b"" if raw is None else raw.read(MAX_STDIN_BYTES + 1)
+    if raw is None or len(data) > MAX_STDIN_BYTES:
+        raise AgentError(
+            f"stdin holds more than {MAX_STDIN_BYTES >> 20} MiB; send the part the model needs "
+            "(head, tail or grep it first)"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise AgentError(
+            f"stdin is not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start} ({exc.reason}); "
+            "convert it first, e.g. iconv -f latin1 -t utf-8"
+        ) from None
+
+
 def read_prompt(parts: list[str]) -> str:
     """The message of `run`: its parts joined by blank lines, '-' read from stdin (once). Only an
     explicit '-' reads stdin: a caller that leaves stdin open without writing to it must not hang us."""
     if "-" in parts:
         if sys.stdin.isatty():
             _say("hybrid-agent: reading the message from the terminal; end it with Ctrl-D")
-        piped = sys.stdin.read()
+        piped = _read_stdin()
         parts = [piped if part == "-" else part for part in parts]
     prompt = "\n\n".join(part.strip("\n") for part in parts if part.strip())
     if not prompt:
@@ -157,48 +183,111 @@ def read_prompt(parts: list[str]) -> str:
     return prompt
 
 
+JSON_TEXT_INTERVAL_S = 0.05  # `run --json` joins text deltas: at most 20 text events a second
+
+
+class _JsonEvents:
+    """`run --json`: one JSON line per event, text deltas joined so that a fast model prints at most one
+    text event per JSON_TEXT_INTERVAL_S (the joined texts still add up to the answer exactly)."""
+
+    def __init__(self) -> None:
+        self._text: list[str] = []
+        self._last = float("-inf")
+
+    def __call__(self, event: Any) -> None:
+        from hybrid_agent.agent.events import TextDelta
+
+        if isinstance(event, TextDelta):
+            self._text.append(event.text)
+            if time.monotonic() - self._last < JSON_TEXT_INTERVAL_S:
+                return
+        self.flush()
+        if not isinstance(event, TextDelta):
+            print(event.model_dump_json(), flush=True)
+
+    def flush(self) -> None:
+        from hybrid_agent.agent.events import TextDelta
+
+        if self._text:
+            print(TextDelta(text="".join(self._text)).model_dump_json(), flush=True)
+            self._text.clear()
+            self._last = time.monotonic()
+
+
+class _PlainEvents:
+    """`run` without --json: the answer on stdout, tool activity, progress and errors on stderr, all
+    through `printable` (a tool's output or the model's text can hold terminal escapes)."""
+
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+        self._ended_with_text = True
+        self._bar: Any = None  # a tqdm bar on stderr while a long message is read
+
+    def __call__(self, event: Any) -> None:
+        from hybrid_agent.agent import events as ev
+
+        if isinstance(event, ev.PrefillProgress):
+            self._progress(event)
+            return
+        self.close_bar()
+        if isinstance(event, ev.TextDelta):
+            sys.stdout.write(printable(event.text))
+            sys.stdout.flush()
+            self._ended_with_text = event.text.endswith("\n")
+        elif isinstance(event, ev.ToolCallRequested):
+            _say(f"[tool {event.tool} {json.dumps(event.arguments, ensure_ascii=False)}]")
+        elif isinstance(event, ev.ToolResultEvent):
+            first = event.text.splitlines()[0] if event.text else ""
+            hint = " (rerun with --yes to approve tools)" if event.denied else ""
+            _say(f"[{'error' if event.is_error else 'result'} {event.tool}: {first[:200]}]{hint}")
+        elif isinstance(event, ev.ErrorEvent):
+            _say(f"hybrid-agent: error: {event.message}")
+        elif isinstance(event, ev.TurnEnd):
+            if not self._ended_with_text:
+                print()
+            if event.forked_from:
+                _say(f"hybrid-agent: {event.fork_notice()}")
+            print(f"session: {self.agent.session_id}", flush=True)
+
+    def _progress(self, event: Any) -> None:
+        from tqdm import tqdm
+
+        if self._bar is None:
+            self._bar = tqdm(
+                total=event.total, unit="tok", desc="reading the message", file=sys.stderr, leave=False
+            )
+        self._bar.update(event.tokens - self._bar.n)
+
+    def close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from hybrid_agent.agent.events import ErrorEvent, TextDelta, ToolCallRequested, ToolResultEvent, TurnEnd
+    from hybrid_agent.agent.events import ErrorEvent
     from hybrid_agent.agent.loop import Agent
 
     prompt = read_prompt(args.prompt)  # before the model loads: an empty message fails at once
     options = _agent_options(args)
     if args.resume:
-        with _store(args) as store:
-            options["resume"] = resolve_session_id(store, args.resume)
+        options["resume"] = args.resume  # an id or a unique prefix (Agent.open resolves it)
     options["mode"] = "auto" if args.yes else "ask"
     if not args.yes and not args.json and sys.stdin.isatty():
         options["approval"] = _ask_on_terminal  # else: every `ask` call is denied (use --yes)
     agent = Agent.open(**options)
-    status = 0
+    for problem in agent.registry.plugin_errors:  # the tools it lacks, so the user knows why
+        _say(f"hybrid-agent: warning: {problem.splitlines()[0] if problem else problem}")
+    show: Any = _JsonEvents() if args.json else _PlainEvents(agent)
     try:
-        ended_with_text = True
-        for event in agent.send_sync(prompt):
-            if args.json:
-                print(event.model_dump_json(), flush=True)
-            elif isinstance(event, TextDelta):
-                sys.stdout.write(event.text)
-                sys.stdout.flush()
-                ended_with_text = event.text.endswith("\n")
-            elif isinstance(event, ToolCallRequested):
-                _say(f"[tool {event.tool} {json.dumps(event.arguments, ensure_ascii=False)}]")
-            elif isinstance(event, ToolResultEvent):
-                first = event.text.splitlines()[0] if event.text else ""
-                hint = " (rerun with --yes to approve tools)" if event.denied else ""
-                _say(f"[{'error' if event.is_error else 'result'} {event.tool}: {first[:200]}]{hint}")
-            if isinstance(event, ErrorEvent):
-                if not args.json:
-                    _say(f"hybrid-agent: error: {event.message}")
-                status = EXIT_ERROR
-            elif isinstance(event, TurnEnd) and not args.json:
-                if not ended_with_text:
-                    print()
-                if event.forked_from:
-                    _say(f"hybrid-agent: {event.fork_notice()}")
-                print(f"session: {agent.session_id}", flush=True)
+        events = agent.send_sync(prompt, on_event=show)
     finally:
+        if args.json:
+            show.flush()  # text joined so far, even when the turn was interrupted
+        else:
+            show.close_bar()
         agent.close()
-    return status
+    return EXIT_ERROR if any(isinstance(e, ErrorEvent) for e in events) else 0
 
 
 # ---- sessions ------------------------------------------------------------------------------------
@@ -244,7 +333,7 @@ def cmd_sessions(args: argparse.Namespace) -> int:
             for info in infos:
                 updated = info.updated_at.strftime("%Y-%m-%d %H:%M")
                 turns = info.latest_turn or 0
-                print(f"{info.id:36}  {turns:>5}  {info.n_tokens:>8}  {updated:16}  {info.title}")
+                print(f"{info.id:36}  {turns:>5}  {info.n_tokens:>8}  {updated:16}  {printable(info.title)}")
             return 0
         session_id = resolve_session_id(store, args.id)
         if action == "show":
@@ -274,17 +363,21 @@ def _show(store: Any, session_id: str, *, as_json: bool) -> int:
         print(json.dumps(data))
         return 0
     d = _session_json(info)
-    print(f"session {d['id']}: {d['title'] or '(untitled)'}")
-    print(f"  workspace {d['workspace']}; {d['turns']} turns, {d['state_tokens']} tokens in the state")
+    lines = [f"session {d['id']}: {d['title'] or '(untitled)'}"]
+    lines.append(f"  workspace {d['workspace']}; {d['turns']} turns, {d['state_tokens']} tokens in the state")
     if info.parent_id:
-        print(f"  forked from {info.parent_id} at turn {info.fork_turn}")
+        lines.append(f"  forked from {info.parent_id} at turn {info.fork_turn}")
     for ev in store.events(session_id):
         if ev.kind == "user":
-            print(f"[{ev.turn}] user: {ev.content}")
+            lines.append(f"[{ev.turn}] user: {ev.content}")
         elif ev.kind == "assistant":
-            print(f"[{ev.turn}] assistant: {ev.content}")
+            lines.append(f"[{ev.turn}] assistant: {ev.content}")
         elif ev.kind == "tool_call":
-            print(f"[{ev.turn}] tool call: {ev.content} {json.dumps((ev.data or {}).get('arguments', {}))}")
+            lines.append(
+                f"[{ev.turn}] tool call: {ev.content} {json.dumps((ev.data or {}).get('arguments', {}))}"
+            )
         elif ev.kind == "tool_result":
-            print(f"[{ev.turn}] tool result: {ev.content[:200]}")
+            lines.append(f"[{ev.turn}] tool result: {ev.content[:200]}")
+    for line in lines:  # titles, messages and tool output may hold terminal escapes
+        print(printable(line))
     return 0

@@ -18,6 +18,16 @@ class TextDelta(BaseModel):
     text: str
 
 
+class PrefillProgress(BaseModel):
+    """How far the model has read a long segment (a big message or tool output), sent after each
+    prefill chunk of a segment longer than one chunk: reading one can take minutes on a CPU."""
+
+    kind: Literal["prefill"] = "prefill"
+    tokens: int  # read so far
+    total: int  # in the segment
+    tokens_per_s: float
+
+
 class ToolCallRequested(BaseModel):
     """The model asked for a tool. `needs_approval` is true when the policy says `ask`: the consumer
     answers through the approval callback it gave the agent (the UI shows `diff` / `command` / `path`)."""
@@ -78,7 +88,8 @@ class ErrorEvent(BaseModel):
 
 
 AgentEvent = Annotated[
-    TextDelta | ToolCallRequested | ToolResultEvent | TurnEnd | ErrorEvent, Field(discriminator="kind")
+    TextDelta | PrefillProgress | ToolCallRequested | ToolResultEvent | TurnEnd | ErrorEvent,
+    Field(discriminator="kind"),
 ]
 
 

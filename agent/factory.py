@@ -7,6 +7,7 @@ tokenizer.json). There is no silent fallback to random weights: without it, the 
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ def default_model_dir() -> Path:
     if os.environ.get(DEFAULT_MODEL_ENV):
         return Path(os.environ[DEFAULT_MODEL_ENV]).expanduser()
     from hybrid_agent import model
+
     return Path(model.__file__).resolve().parent / "default"
 
 
@@ -65,6 +67,19 @@ def check_device(device: str | None) -> None:
             f"--device {device}: cannot use it here ({str(exc).splitlines()[0]}); "
             "use --device cpu, or cuda / cuda:N on a machine with an NVIDIA GPU"
         ) from None
+
+
+def check_options(**numbers: float | None) -> None:
+    """The numeric options of `open_agent`, checked as the CLI checks them (agent/cli.py): finite,
+    and within bounds (temperature >= 0, counts >= 0, sizes >= 1); None means the default."""
+    for name, value in numbers.items():
+        if value is None:
+            continue
+        low = 0 if name in ("temperature", "sinks", "max_tool_rounds") else 1
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise AgentError(f"{name} must be a number, not {value!r}")
+        if not math.isfinite(value) or value < low:
+            raise AgentError(f"{name} must be a finite number >= {low}, not {value!r}")
 
 
 def load_engine(
@@ -108,14 +123,21 @@ def open_agent(
     temperature: float = 0.0,
     max_new_tokens: int = 1024,
     max_tool_rounds: int = 8,
+    max_prompt_tokens: int | None = None,
 ) -> Agent:
+    from hybrid_agent.agent.session_ids import resolve_session_id
     from hybrid_agent.agent.sessions import describe_policy, folder_gone, session_policy
     from hybrid_agent.memory import Store
 
+    check_options(
+        temperature=temperature, max_new_tokens=max_new_tokens, max_tool_rounds=max_tool_rounds,
+        window=window, sinks=sinks, max_prompt_tokens=max_prompt_tokens,
+    )  # fmt: skip
     store = Store(db)
     try:
         recorded, given_window, moved_to = None, window, None
         if resume is not None:
+            resume = resolve_session_id(store, resume)  # an id or a unique prefix, as on the CLI
             info = store.get_session(resume)
             if workspace != "." and Path(workspace).resolve() != Path(info.workspace).resolve():
                 moved_to = str(Path(workspace).resolve())  # recorded once the session opened
@@ -148,6 +170,7 @@ def open_agent(
             enable_commands=enable_commands,
             max_new_tokens=max_new_tokens,
             max_tool_rounds=max_tool_rounds,
+            max_prompt_tokens=max_prompt_tokens,
         )
         if moved_to is not None:  # set only on a resume
             # Resumed on another folder (the project moved, or a copy): that is the session's folder

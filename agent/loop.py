@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +33,7 @@ from hybrid_agent.agent.events import (
     AgentEvent,
     ApprovalDecision,
     ErrorEvent,
+    PrefillProgress,
     TextDelta,
     ToolCallRequested,
     ToolResultEvent,
@@ -58,6 +59,11 @@ Mode = Literal["ask", "accept-edits", "auto"]
 MODES: tuple[Mode, ...] = ("ask", "accept-edits", "auto")
 Approval = Callable[[ToolCallRequested], Awaitable[ApprovalDecision]]
 T = TypeVar("T")
+
+# The longest segment (a message, or the tool output of one round) a turn reads by default: reading
+# 32k tokens takes about a minute on a laptop CPU; a megabyte of text (~250k tokens) took 15 minutes and
+# 7 GB before anything was shown. `max_prompt_tokens` (CLI: --max-prompt-tokens) raises it.
+DEFAULT_MAX_PROMPT_TOKENS = 32_768
 
 # Errors a turn reports as an ErrorEvent (the user can act on them); anything else is a bug and raises.
 USER_ERRORS = (AgentError, ChatFormatError, ModelError, StoreError, ToolError)
@@ -100,6 +106,7 @@ class Agent(SessionOps):
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         max_new_tokens: int = 1024,
         max_tool_rounds: int = 8,
+        max_prompt_tokens: int | None = None,
     ) -> None:
         if mode not in MODES:
             raise AgentError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -119,6 +126,7 @@ class Agent(SessionOps):
         self.system_prompt = system_prompt
         self.max_new_tokens = max_new_tokens
         self.max_tool_rounds = max_tool_rounds
+        self.max_prompt_tokens = max_prompt_tokens or DEFAULT_MAX_PROMPT_TOKENS
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="hybrid-agent-model")
         self._cancel = threading.Event()
         self._running = False
@@ -202,12 +210,9 @@ class Agent(SessionOps):
                     self._history, new, system=self._system or "", tools=self._tools
                 )
                 ids = self.engine.encode(segment)
-                # In the engine's own chunks (so the numbers are those of one call), checking for a
-                # cancel in between: a long tool output can take minutes to read on a CPU.
-                for start in range(0, len(ids), PREFILL_CHUNK):
-                    if self._cancel.is_set():
-                        raise _Cancelled
-                    await self._on_model(self.engine.prefill, ids[start : start + PREFILL_CHUNK])
+                self._check_length(len(ids), "the message" if rounds == 0 else "the tool output")
+                async for progress in self._prefill(ids):
+                    yield progress
                 stats.prompt_tokens += len(ids)
                 self._history.extend(new)
                 rnd = _Round()
@@ -244,6 +249,26 @@ class Agent(SessionOps):
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._roll_back(history_len))
             self._running = False
+
+    def _check_length(self, n: int, what: str) -> None:
+        """Refuse, before any of it is read, a segment over `max_prompt_tokens` (time and memory)."""
+        if n > self.max_prompt_tokens:
+            raise AgentError(
+                f"{what} is {n:,} tokens, over the limit of {self.max_prompt_tokens:,} "
+                "(--max-prompt-tokens): send a shorter one, or raise the limit"
+            )
+
+    async def _prefill(self, ids: list[int]) -> AsyncIterator[PrefillProgress]:
+        """Read `ids` in the engine's own chunks (so the numbers are those of one call), checking for a
+        cancel in between and reporting progress when there is more than one chunk."""
+        t0 = time.perf_counter()
+        for start in range(0, len(ids), PREFILL_CHUNK):
+            if self._cancel.is_set():
+                raise _Cancelled
+            await self._on_model(self.engine.prefill, ids[start : start + PREFILL_CHUNK])
+            if len(ids) > PREFILL_CHUNK:
+                done, took = min(start + PREFILL_CHUNK, len(ids)), time.perf_counter() - t0
+                yield PrefillProgress(tokens=done, total=len(ids), tokens_per_s=done / max(took, 1e-9))
 
     def _step(self) -> int:
         tok = self.engine.next_token()
@@ -447,17 +472,24 @@ class Agent(SessionOps):
         self._saved_tokens = self.engine.n_tokens
 
     # ---- the sync wrapper (the CLI) -----------------------------------------------------------------
-    def send_sync(self, text: str) -> Iterator[AgentEvent]:
-        """`send` for synchronous callers: yields the same events, on a private event loop."""
+    def send_sync(
+        self, text: str, on_event: Callable[[AgentEvent], object] | None = None
+    ) -> list[AgentEvent]:
+        """`send` for synchronous callers, on a private event loop: runs the whole turn before it returns
+        (whether or not the caller looks at the result) and returns its events; `on_event` sees each
+        one as it happens (to stream the answer)."""
         loop = asyncio.new_event_loop()
         gen = self.send(text)
+        events: list[AgentEvent] = []
         try:
             while True:
                 try:
                     event = loop.run_until_complete(gen.__anext__())
                 except StopAsyncIteration:
-                    return
-                yield event
+                    return events
+                events.append(event)
+                if on_event is not None:
+                    on_event(event)
         finally:
             with contextlib.suppress(Exception):
                 loop.run_until_complete(gen.aclose())

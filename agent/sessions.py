@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from hybrid_agent.agent.engine import StatePage
 from hybrid_agent.agent.errors import AgentBusyError, AgentError, StateLayoutError
 from hybrid_agent.agent.records import conversation_of
+from hybrid_agent.agent.session_ids import resolve_session_id
 from hybrid_agent.memory import Event, SessionInfo, Store
 from hybrid_agent.model.chat import ChatMessage
 from hybrid_agent.tools.workspace import Workspace
@@ -64,8 +65,10 @@ class SessionOps:
     def resume(self, session_id: str, *, keep_workspace: bool = False) -> None:
         """Continue a saved session from its latest snapshot (its history is not re-read by the model).
         The tools move to the session's own folder: the model's state is about those files. With
-        `keep_workspace` (the caller chose the folder, e.g. `--workspace` after a move) they stay."""
+        `keep_workspace` (the caller chose the folder, e.g. `--workspace` after a move) they stay.
+        `session_id` may be a unique prefix of the id, as on the command line."""
         self._idle()
+        session_id = resolve_session_id(self.store, session_id)
         info = self.store.get_session(session_id)
         if info.model_fingerprint != self.engine.fingerprint:
             raise AgentError(

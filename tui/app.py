@@ -113,7 +113,7 @@ class HybridAgentApp(TurnActions, SessionActions, App[int]):
         self.query_one(StatusBar).mode = getattr(agent, "mode", "ask")
         if getattr(agent, "turn", 0):  # opened on a resumed session: show where it stands
             await self._redraw()
-        self.refresh_status()
+        self.refresh_session_status()
         await self.refresh_session_title()
         if self._queued:
             self.run_turn("\n\n".join(self._queued))

@@ -89,8 +89,15 @@ class SessionActions(_Base):
         ok, events = await self._agent("load the history", lambda: self.bridge.agent.history())
         if ok:
             await redraw(self.conversation, events, tail=self.conversation.max_widgets)
-        self.refresh_status()
+        self.refresh_session_status()
         await self.refresh_session_title()
+
+    def refresh_session_status(self) -> None:
+        """The status bar for the session now open (after a resume, fork, rewind or new session): its
+        own saved turn, and no speed until it runs a turn (the last one measured another session)."""
+        agent = self.bridge.agent
+        turn = int(getattr(agent, "turn", 0) or 0) if agent is not None else 0
+        self.refresh_status(saved_turn=turn or None, tokens_per_s=None)
 
     # --- sessions -------------------------------------------------------------------------------
     async def action_new_session(self) -> None:
@@ -98,7 +105,7 @@ class SessionActions(_Base):
         if ok:
             await self.conversation.clear()
             self.last_answer = ""
-            self.refresh_status(saved_turn=None)
+            self.refresh_session_status()
             await self.refresh_session_title()
             self.notify("new session")
 
@@ -134,7 +141,7 @@ class SessionActions(_Base):
 
     async def resume_by_prefix(self, given: str) -> None:
         """`/resume ID`: the id or a unique prefix of it (the notices show the first 8 characters)."""
-        from hybrid_agent.agent.commands import resolve_session_id
+        from hybrid_agent.agent.session_ids import resolve_session_id
 
         agent = self.bridge.agent
         ok, session_id = await self._agent("find the session", lambda: resolve_session_id(agent.store, given))
@@ -150,6 +157,7 @@ class SessionActions(_Base):
             if turn is not None:
                 await self._redraw()
             else:
+                self.refresh_session_status()
                 await self.refresh_session_title()
             self.notify(f"forked at turn {at}: now in session {str(new_id)[:8]}")
 
@@ -202,7 +210,8 @@ class SessionActions(_Base):
 
 
 def _tool_lines(agent: Any) -> list[str]:
-    """One line per tool: name, where it comes from, its policy, the first line of its description."""
+    """One line per tool: name, where it comes from, its policy, the first line of its description;
+    then one marked line per plugin that failed to load (the model does not get its tools)."""
     registry = agent.registry
     lines = []
     for name in registry.names():
@@ -210,4 +219,7 @@ def _tool_lines(agent: Any) -> list[str]:
         desc = (getattr(tool, "description", "") or "").strip().splitlines()
         policy = registry.policy(name)
         lines.append(f"  {name:<14} {tool.source:<12} {policy:<6} {desc[0] if desc else ''}")
-    return lines or ["  (none)"]
+    lines = lines or ["  (none)"]
+    for problem in getattr(registry, "plugin_errors", []):
+        lines.append(f"  ✗ not loaded: {(problem.splitlines() or [''])[0]}")
+    return lines

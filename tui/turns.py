@@ -14,6 +14,7 @@ from hybrid_agent.agent.events import (
     AgentEvent,
     ApprovalDecision,
     ErrorEvent,
+    PrefillProgress,
     TextDelta,
     ToolCallRequested,
     ToolResultEvent,
@@ -64,7 +65,9 @@ class TurnActions(_Base):
                 self.refresh_status(busy=None)
 
     async def _show_event(self, event: AgentEvent) -> None:
-        if isinstance(event, ToolCallRequested):
+        if isinstance(event, PrefillProgress):  # a long message or tool output is being read
+            self.refresh_status(busy=_reading(event) if event.tokens < event.total else "thinking")
+        elif isinstance(event, ToolCallRequested):
             card = await self.conversation.add_tool_call(event)
             card.set_status("waiting" if event.needs_approval else "running")
             self._cards[event.call_id] = card
@@ -132,6 +135,11 @@ class TurnActions(_Base):
             return
         self.bridge.cancel()
         self.refresh_status(busy="cancelling")
+
+
+def _reading(event: PrefillProgress) -> str:
+    percent = 100 * event.tokens // max(event.total, 1)
+    return f"reading {event.tokens:,}/{event.total:,} tok ({percent}%, {event.tokens_per_s:,.0f} tok/s)"
 
 
 def _join_text(batch: list[AgentEvent]) -> list[AgentEvent]:

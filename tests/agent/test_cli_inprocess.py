@@ -221,3 +221,169 @@ def test_resuming_a_session_whose_folder_moved_says_what_to_do(
     assert code == 0 and out.splitlines()[-1] == f"session: {sid}", err
     code, out, _ = call(capsys, "sessions", "show", sid, "--json", "--db", env["db"])
     assert json.loads(out)["workspace"] == str(moved)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--temperature", "nan"),
+        ("--temperature", "inf"),
+        ("--temperature", "1e400"),
+        ("--temperature", "1000"),
+        ("--max-new-tokens", "1e3"),
+        ("--max-prompt-tokens", "0"),
+        ("--window", str(2**40)),
+        ("--seed", "-1"),
+        ("--seed", str(2**64)),
+    ],
+)
+def test_numeric_options_refuse_nan_inf_and_out_of_range(
+    capsys: pytest.CaptureFixture[str], option: str, value: str
+) -> None:
+    with pytest.raises(SystemExit) as usage:  # argparse's one-line usage error, before anything loads
+        main(["run", "hi", option, value])
+    assert usage.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: " in err and "is not a" in err, err
+    with pytest.raises(SystemExit) as usage:  # `sessions fork --turn` too
+        main(["sessions", "fork", "x", "--turn", "-1"])
+    assert (
+        usage.value.code == 2 and "argument --turn: -1 is not a whole number >= 0" in capsys.readouterr().err
+    )
+
+
+def test_agent_open_refuses_nan_before_anything_is_made(env: dict[str, str]) -> None:
+    from hybrid_agent.agent.errors import AgentError
+    from hybrid_agent.agent.loop import Agent
+
+    with pytest.raises(AgentError, match="temperature must be a finite number >= 0, not nan"):
+        Agent.open(model=env["model"], db=env["db"], workspace=env["ws"], temperature=float("nan"))
+    assert not Path(env["db"]).exists()
+
+
+def test_invalid_utf8_on_stdin_names_the_offset_and_makes_no_session(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("héllo ".encode() + b"\xff\xfe rest")))
+    common = ["--model", env["model"], "--db", env["db"], "--workspace", env["ws"], "--max-new-tokens", "2"]
+    code, out, err = call(capsys, "run", "why?", "-", *common)
+    assert code == 1 and out == "", (out, err)
+    assert err.startswith("hybrid-agent: error: stdin is not UTF-8 text: byte 0xff at offset 7"), err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not Path(env["db"]).exists()  # nothing written: no session
+
+
+def test_max_prompt_tokens_refuses_a_long_message_in_one_line(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    common = ["--model", env["model"], "--db", env["db"], "--workspace", env["ws"], "--max-new-tokens", "2"]
+    code, out, err = call(capsys, "run", "x" * 500, "--max-prompt-tokens", "100", *common)
+    assert code == 1, (out, err)
+    assert err.startswith("hybrid-agent: error: the message is ") and "over the limit of 100" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_long_message_shows_prefill_progress_on_stderr(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hybrid_agent.agent.engine import PREFILL_CHUNK
+
+    stderr = _Terminal()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    common = ["--model", env["model"], "--db", env["db"], "--workspace", env["ws"], "--max-new-tokens", "2"]
+    code, out, _ = call(capsys, "run", "y" * (2 * PREFILL_CHUNK), *common)
+    assert code == 0, stderr.getvalue()
+    assert "reading the message" in stderr.getvalue() and "tok" in stderr.getvalue()
+    code, out, _ = call(capsys, "run", "y" * (2 * PREFILL_CHUNK), "--json", *common)
+    progress = [json.loads(line) for line in out.splitlines() if json.loads(line)["kind"] == "prefill"]
+    assert [p["tokens"] for p in progress][:2] == [PREFILL_CHUNK, 2 * PREFILL_CHUNK]
+    assert progress[-1]["tokens"] == progress[-1]["total"] > 2 * PREFILL_CHUNK
+
+
+def test_human_output_escapes_terminal_controls(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hybrid_agent.agent.commands import _PlainEvents
+    from hybrid_agent.agent.events import ToolCallRequested, ToolResultEvent
+
+    evil = "hi \x1b]2;owned\x07 \x1b[2J\x9b31m\rend"
+    common = ["--model", env["model"], "--db", env["db"], "--workspace", env["ws"], "--max-new-tokens", "2"]
+    code, out, err = call(capsys, "run", evil, *common)
+    assert code == 0, err
+    sid = out.splitlines()[-1].removeprefix("session: ")
+    for argv in (["sessions", "list"], ["sessions", "show", sid]):
+        code, out, _ = call(capsys, *argv, "--db", env["db"])
+        assert code == 0 and "hi \\x1b]2;owned\\x07 \\x1b[2J\\x9b31m" in out, out
+        assert not any(c in out for c in "\x1b\x07\x9b\r"), out
+    assert "[1] user: hi \\x1b]2;owned\\x07 \\x1b[2J\\x9b31m\\x0dend" in out  # `show`: the message
+    code, out, _ = call(capsys, "sessions", "show", sid, "--json", "--db", env["db"])
+    assert json.loads(out)["title"] == " ".join(evil.split())  # --json stays exact
+    show = _PlainEvents(agent=None)
+    show(ToolCallRequested(call_id="c", tool="read_file", arguments={"path": "\x1b[31m"}))
+    show(ToolResultEvent(call_id="c", tool="read_file", text="\x1b]0;title\x07 body"))
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err and "\\x1b]0;title\\x07 body" in err, err
+
+
+def test_json_joins_text_deltas_and_keeps_the_answer_exact(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import time
+
+    common = ["--model", env["model"], "--db", env["db"], "--workspace", env["ws"]]
+    t0 = time.monotonic()
+    code, out, err = call(capsys, "run", "go", "--json", "--max-new-tokens", "300", *common)
+    took = time.monotonic() - t0
+    assert code == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    texts = [e["text"] for e in events if e["kind"] == "text"]
+    end = events[-1]
+    assert end["kind"] == "turn_end" and end["completion_tokens"] > 100
+    # At most 20 text events a second (one more for the first and one for the rest at the end).
+    assert len(texts) <= 2 + took / 0.05, (len(texts), took)
+    code, out, _ = call(capsys, "sessions", "export", end["session_id"], "--db", env["db"])
+    (answer,) = [
+        json.loads(line)["content"] for line in out.splitlines() if json.loads(line)["kind"] == "assistant"
+    ]
+    assert "".join(texts) == answer
+
+
+def test_broken_plugin_is_reported_on_stderr(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    site = tmp_path / "site"
+    info = site / "broken_tools_plugin-1.0.dist-info"
+    info.mkdir(parents=True)
+    (site / "brokenplug_cli.py").write_text("raise ImportError('needs libfoo; pip install foo')\n")
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-tools-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[hybrid_agent.tools]\nbroken = brokenplug_cli:TOOLS\n")
+    monkeypatch.syspath_prepend(str(site))
+    common = ["--model", env["model"], "--db", env["db"], "--workspace", env["ws"], "--max-new-tokens", "2"]
+    code, _, err = call(capsys, "run", "hi", *common)
+    sys.modules.pop("brokenplug_cli", None)
+    assert code == 0, err
+    (line,) = [x for x in err.splitlines() if x.startswith("hybrid-agent: warning: ")]
+    assert "plugin 'broken'" in line and "needs libfoo; pip install foo" in line
+
+
+def test_python_open_and_send_sync(env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    from hybrid_agent.agent.loop import Agent
+
+    common = ["--model", env["model"], "--db", env["db"], "--workspace", env["ws"], "--max-new-tokens", "2"]
+    code, out, err = call(capsys, "run", "hi", *common)
+    assert code == 0, err
+    sid = out.splitlines()[-1].removeprefix("session: ")
+    # Resuming by a prefix of the id works from Python as on the command line.
+    agent = Agent.open(model=env["model"], db=env["db"], resume=sid[:8], max_new_tokens=2)
+    try:
+        assert agent.session_id == sid and agent.turn == 1
+        agent.send_sync("again")  # the turn runs even though the caller never looks at the events
+        assert agent.turn == 2
+        assert agent.store.get_session(sid).latest_turn == 2
+    finally:
+        agent.close()
