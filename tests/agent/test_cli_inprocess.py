@@ -279,7 +279,8 @@ def test_max_prompt_tokens_refuses_a_long_message_in_one_line(
     common = ["--model", env["model"], "--db", env["db"], "--workspace", env["ws"], "--max-new-tokens", "2"]
     code, out, err = call(capsys, "run", "x" * 500, "--max-prompt-tokens", "100", *common)
     assert code == 1, (out, err)
-    assert err.startswith("hybrid-agent: error: the message is ") and "over the limit of 100" in err, err
+    assert err.startswith("hybrid-agent: error: the message with the system prompt is "), err
+    assert "tokens, over the limit of 100 (--max-prompt-tokens)" in err, err
     assert len(err.strip().splitlines()) == 1, err
 
 
@@ -331,26 +332,29 @@ def test_human_output_escapes_terminal_controls(
 
 
 def test_json_joins_text_deltas_and_keeps_the_answer_exact(
-    env: dict[str, str], capsys: pytest.CaptureFixture[str]
+    env: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import time
 
-    common = ["--model", env["model"], "--db", env["db"], "--workspace", env["ws"]]
-    t0 = time.monotonic()
-    code, out, err = call(capsys, "run", "go", "--json", "--max-new-tokens", "300", *common)
-    took = time.monotonic() - t0
-    assert code == 0, err
-    events = [json.loads(line) for line in out.splitlines()]
-    texts = [e["text"] for e in events if e["kind"] == "text"]
-    end = events[-1]
-    assert end["kind"] == "turn_end" and end["completion_tokens"] > 100
-    # At most 20 text events a second (one more for the first and one for the rest at the end).
-    assert len(texts) <= 2 + took / 0.05, (len(texts), took)
-    code, out, _ = call(capsys, "sessions", "export", end["session_id"], "--db", env["db"])
-    (answer,) = [
-        json.loads(line)["content"] for line in out.splitlines() if json.loads(line)["kind"] == "assistant"
-    ]
-    assert "".join(texts) == answer
+    from hybrid_agent.agent import commands
+
+    common = ["--model", env["model"], "--db", env["db"], "--workspace", env["ws"], "--max-new-tokens", "80"]
+    for interval in (0.05, 1e9):  # 20 events a second, and an interval that no turn outlasts
+        monkeypatch.setattr(commands, "JSON_TEXT_INTERVAL_S", interval, raising=False)
+        t0 = time.monotonic()
+        code, out, err = call(capsys, "run", "go", "--json", *common)
+        took = time.monotonic() - t0
+        assert code == 0, err
+        events = [json.loads(line) for line in out.splitlines()]
+        texts = [e["text"] for e in events if e["kind"] == "text"]
+        end = events[-1]
+        assert end["kind"] == "turn_end" and end["completion_tokens"] > 50
+        # At most one text event per interval (the first one at once, the rest at the end).
+        assert len(texts) <= 2 + took / interval, (len(texts), took)
+        code, out, _ = call(capsys, "sessions", "export", end["session_id"], "--db", env["db"])
+        stored = [json.loads(line) for line in out.splitlines()]
+        (answer,) = [e["content"] for e in stored if e["kind"] == "assistant"]
+        assert "".join(texts) == answer
 
 
 def test_broken_plugin_is_reported_on_stderr(

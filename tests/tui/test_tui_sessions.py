@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hybrid_agent.tui.screens.dialogs import ConfirmScreen, TextPromptScreen
@@ -10,6 +11,7 @@ from hybrid_agent.tui.screens.help import HelpScreen
 from hybrid_agent.tui.screens.sessions import SessionBrowser
 from hybrid_agent.tui.widgets.messages import AssistantMessage, Notice, UserMessage
 from hybrid_agent.tui.widgets.prompt_input import PromptArea
+from hybrid_agent.tui.widgets.status_bar import StatusBar
 from tui_testkit import Rig, ready, send, settle, tool_call
 
 pytestmark = pytest.mark.anyio
@@ -208,3 +210,69 @@ async def test_command_palette_lists_agent_actions(tmp_path: Path) -> None:
         await pilot.press("enter")
         await pilot.pause(0.3)
         assert isinstance(app.screen, SessionBrowser)
+
+
+async def test_status_bar_follows_resume_and_fork(tmp_path: Path) -> None:
+    rig = echo_rig(tmp_path, "a1", "a2", "b1")
+    app = rig.app
+
+    def shows(turn: int | None) -> bool:
+        s = app.status_info
+        return (s.saved_turn, s.tokens_per_s, s.state_tokens) == (turn, None, rig.agent.state_tokens)
+
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        for text in ("a1", "a2"):
+            await send(pilot, text)
+            await settle(pilot)
+        first = rig.agent.session_id
+        await send(pilot, "/new")
+        await settle(pilot)
+        assert shows(None)  # no speed of the other session's last turn
+        await send(pilot, "b1")
+        await settle(pilot)
+        assert app.status_info.saved_turn == 1 and app.status_info.tokens_per_s is not None
+        await send(pilot, f"/resume {first[:8]}")
+        await settle(pilot)
+        assert rig.agent.session_id == first and shows(2)
+        await send(pilot, "/fork 1")
+        await settle(pilot)
+        assert rig.agent.turn == 1 and shows(1)
+        await send(pilot, "/fork")
+        await settle(pilot)
+        assert rig.agent.turn == 1 and shows(1)
+        assert app.query_one(StatusBar).info == app.status_info  # what is drawn
+
+
+async def test_tools_lists_plugins_that_failed_to_load(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    app = rig.app
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        rig.agent.registry.plugin_errors.append(
+            "plugin 'broken' (brokenplug:tool) from fake-tools was skipped: ImportError: needs libfoo"
+        )
+        await send(pilot, "/tools")
+        await settle(pilot)
+        tools = notices(app)[-1]
+        assert "read_file" in tools
+        assert "✗ not loaded: plugin 'broken' (brokenplug:tool) from fake-tools was skipped" in tools
+
+
+async def test_a_long_message_shows_reading_progress(tmp_path: Path) -> None:
+    rig = echo_rig(tmp_path, "long")
+    app = rig.app
+    busy: list[str | None] = []
+    refresh = app.refresh_status
+
+    def record(**changes: Any) -> None:
+        busy.append(changes.get("busy"))
+        refresh(**changes)
+
+    app.refresh_status = record  # type: ignore[method-assign]
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await send(pilot, "q" * 5000)
+        await settle(pilot)
+    reading = [b for b in busy if b and b.startswith("reading ")]
+    assert reading and reading[0].startswith("reading 2,048/") and "tok/s" in reading[0], busy
