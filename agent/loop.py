@@ -210,7 +210,8 @@ class Agent(SessionOps):
                     self._history, new, system=self._system or "", tools=self._tools
                 )
                 ids = self.engine.encode(segment)
-                self._check_length(len(ids), "the message" if rounds == 0 else "the tool output")
+                what = "the tool output" if rounds else "the message"
+                self._check_length(len(ids), what if self._history else f"{what} with the system prompt")
                 async for progress in self._prefill(ids):
                     yield progress
                 stats.prompt_tokens += len(ids)
