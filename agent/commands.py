@@ -72,7 +72,8 @@ def dispatch(args: argparse.Namespace) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     except Exception as exc:
-        if isinstance(exc, _user_errors()):
+        ours = isinstance(exc, AgentError)  # checked first: the others' modules import torch
+        if ours or isinstance(exc, _user_errors()):
             _say(f"hybrid-agent: error: {exc}")
         else:
             name = type(exc).__name__
@@ -265,10 +266,10 @@ class _PlainEvents:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    prompt = read_prompt(args.prompt)  # before torch and the model load: a bad message fails at once
     from hybrid_agent.agent.events import ErrorEvent
     from hybrid_agent.agent.loop import Agent
 
-    prompt = read_prompt(args.prompt)  # before the model loads: an empty message fails at once
     options = _agent_options(args)
     if args.resume:
         options["resume"] = args.resume  # an id or a unique prefix (Agent.open resolves it)

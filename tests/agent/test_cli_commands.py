@@ -86,7 +86,7 @@ def test_run_then_every_sessions_command(env: dict[str, Path]) -> None:
     assert jcode == 0, jerr
     events = [json.loads(line) for line in jout.splitlines()]
     assert events[-1]["kind"] == "turn_end" and events[-1]["window"] == 32 and events[-1]["turn"] == 1
-    assert {e["kind"] for e in events} <= {"text", "turn_end"}
+    assert {e["kind"] for e in events} <= {"prefill", "text", "turn_end"}
     other = events[-1]["session_id"]
 
     listed, listed_json, shown, shown_json, exported, forked = finish(
@@ -160,6 +160,19 @@ def test_a_reader_that_leaves_ends_the_command_quietly(tmp_path: Path) -> None:
     err = proc.stderr.read()
     assert proc.wait(timeout=300) == 141, err
     assert err == ""
+
+
+def test_invalid_utf8_on_stdin_is_one_line_with_its_offset(env: dict[str, Path], tmp_path: Path) -> None:
+    # `hybrid-agent run -` with a Latin-1 file piped in: refused before the model loads, no session.
+    db = tmp_path / "sessions.db"
+    out = subprocess.run(
+        [sys.executable, "-m", "hybrid_agent", "run", "-", "--db", str(db), "--workspace", str(tmp_path),
+         "--model", str(env["model"]), "--max-new-tokens", "2"],
+        cwd=ROOT, input="naïve\n".encode("latin-1"), capture_output=True, timeout=300,
+    )  # fmt: skip
+    result = (out.returncode, out.stdout.decode(), out.stderr.decode())
+    one_line_error(result, "stdin is not UTF-8 text: byte 0xef at offset 2")
+    assert not db.exists()
 
 
 def test_help_lists_the_commands() -> None:
