@@ -64,6 +64,9 @@ T = TypeVar("T")
 # 32k tokens takes about a minute on a laptop CPU; a megabyte of text (~250k tokens) took 15 minutes and
 # 7 GB before anything was shown. `max_prompt_tokens` (CLI: --max-prompt-tokens) raises it.
 DEFAULT_MAX_PROMPT_TOKENS = 32_768
+# No tokenizer makes a token of more characters than this from text people send (BPE merges are
+# words and runs of spaces): a longer message is refused before the tokenizer spends time on it.
+MAX_CHARS_PER_TOKEN = 64
 
 # Errors a turn reports as an ErrorEvent (the user can act on them); anything else is a bug and raises.
 USER_ERRORS = (AgentError, ChatFormatError, ModelError, StoreError, ToolError)
@@ -198,6 +201,11 @@ class Agent(SessionOps):
         events: list[Event] = []
         finished = False  # saved, or rolled back to the last snapshot
         try:
+            if len(text) > self.max_prompt_tokens * MAX_CHARS_PER_TOKEN:
+                raise AgentError(
+                    f"the message is {len(text):,} characters, far over the limit of "
+                    f"{self.max_prompt_tokens:,} tokens (--max-prompt-tokens): send a shorter one"
+                )
             if not self._history:
                 self._system = self.system_prompt
                 self._tools = [s["function"] for s in self.registry.schemas()]

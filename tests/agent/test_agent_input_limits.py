@@ -9,7 +9,7 @@ from typing import Any
 
 from hybrid_agent.agent.engine import PREFILL_CHUNK
 from hybrid_agent.agent.events import ErrorEvent, PrefillProgress, TurnEnd
-from hybrid_agent.agent.loop import DEFAULT_MAX_PROMPT_TOKENS
+from hybrid_agent.agent.loop import DEFAULT_MAX_PROMPT_TOKENS, MAX_CHARS_PER_TOKEN
 from hybrid_agent.tools import tool
 
 
@@ -21,6 +21,17 @@ def test_a_message_over_the_default_limit_is_refused_unread(make_agent) -> None:
     assert "over the limit of 32,768 (--max-prompt-tokens)" in events[0].message
     assert engine.tokens == [] and agent.turn == 0  # nothing read, nothing saved
     assert isinstance(agent.send_sync("short")[-1], TurnEnd)  # the session goes on
+
+
+def test_a_huge_message_is_refused_before_it_is_tokenized(make_agent) -> None:
+    agent, engine = make_agent(["never<|end|>"], max_prompt_tokens=10)
+    encoded: list[Any] = []
+    encode = engine.encode
+    engine.encode = lambda segment: encoded.append(segment) or encode(segment)
+    (error,) = agent.send_sync("x" * (10 * MAX_CHARS_PER_TOKEN + 1))
+    assert isinstance(error, ErrorEvent), error
+    assert "641 characters, far over the limit of 10 tokens" in error.message
+    assert encoded == [] and engine.tokens == [] and agent.turn == 0
 
 
 def test_a_tool_output_over_the_limit_ends_the_turn_at_its_last_snapshot(make_agent) -> None:
