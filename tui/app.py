@@ -115,6 +115,8 @@ class HybridAgentApp(TurnActions, SessionActions, App[int]):
             await self._redraw()
         self.refresh_session_status()
         await self.refresh_session_title()
+        if failed := len(getattr(getattr(agent, "registry", None), "plugin_errors", ())):
+            self.notify(f"{failed} tool plugin(s) failed to load; /tools names them", severity="warning")
         if self._queued:
             self.run_turn("\n\n".join(self._queued))
             self._queued.clear()

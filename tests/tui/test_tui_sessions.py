@@ -246,12 +246,22 @@ async def test_status_bar_follows_resume_and_fork(tmp_path: Path) -> None:
 
 async def test_tools_lists_plugins_that_failed_to_load(tmp_path: Path) -> None:
     rig = Rig(tmp_path)
-    app = rig.app
-    async with app.run_test(size=(100, 30)) as pilot:
-        await ready(pilot)
-        rig.agent.registry.plugin_errors.append(
+    factory = rig.factory
+
+    def with_a_broken_plugin(approval: Any) -> Any:
+        agent = factory(approval)
+        agent.registry.plugin_errors.append(
             "plugin 'broken' (brokenplug:tool) from fake-tools was skipped: ImportError: needs libfoo"
         )
+        return agent
+
+    app = rig.app
+    app.agent_factory = with_a_broken_plugin
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await settle(pilot)
+        toasts = [n.message for n in app._notifications]
+        assert "1 tool plugin(s) failed to load; /tools names them" in toasts, toasts
         await send(pilot, "/tools")
         await settle(pilot)
         tools = notices(app)[-1]
