@@ -60,9 +60,9 @@ MODES: tuple[Mode, ...] = ("ask", "accept-edits", "auto")
 Approval = Callable[[ToolCallRequested], Awaitable[ApprovalDecision]]
 T = TypeVar("T")
 
-# The longest segment (a message, or the tool output of one round) a turn reads by default: reading
-# 32k tokens takes about a minute on a laptop CPU; a megabyte of text (~250k tokens) took 15 minutes and
-# 7 GB before anything was shown. `max_prompt_tokens` (CLI: --max-prompt-tokens) raises it.
+# The longest segment (a message, or the tool output of one round) a turn reads by default. Reading
+# costs time and memory in proportion: a 1 MB message (~470k tokens of the packaged model) ran for 15
+# minutes and grew to 7 GB before anything was shown. `max_prompt_tokens` (--max-prompt-tokens) sets it.
 DEFAULT_MAX_PROMPT_TOKENS = 32_768
 # No tokenizer makes a token of more characters than this from text people send (BPE merges are
 # words and runs of spaces): a longer message is refused before the tokenizer spends time on it.
