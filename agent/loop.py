@@ -27,19 +27,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from hybrid_agent.agent.engine import PREFILL_CHUNK, Engine
+from hybrid_agent.agent.engine import Engine
 from hybrid_agent.agent.errors import AgentError
 from hybrid_agent.agent.events import (
     AgentEvent,
     ApprovalDecision,
     ErrorEvent,
-    PrefillProgress,
     TextDelta,
     ToolCallRequested,
     ToolResultEvent,
     TurnEnd,
 )
 from hybrid_agent.agent.journal import StoreJournal, attach_journal
+from hybrid_agent.agent.prefill import DEFAULT_MAX_PROMPT_TOKENS, PrefillOps
+from hybrid_agent.agent.prefill import TurnCancelled as _Cancelled
 from hybrid_agent.agent.records import (
     assistant_event,
     conversation_of,
@@ -60,20 +61,8 @@ MODES: tuple[Mode, ...] = ("ask", "accept-edits", "auto")
 Approval = Callable[[ToolCallRequested], Awaitable[ApprovalDecision]]
 T = TypeVar("T")
 
-# The longest segment (a message, or the tool output of one round) a turn reads by default. Reading
-# costs time and memory in proportion: a 1 MB message (~470k tokens of the packaged model) ran for 15
-# minutes and grew to 7 GB before anything was shown. `max_prompt_tokens` (--max-prompt-tokens) sets it.
-DEFAULT_MAX_PROMPT_TOKENS = 32_768
-# No tokenizer makes a token of more characters than this from text people send (BPE merges are
-# words and runs of spaces): a longer message is refused before the tokenizer spends time on it.
-MAX_CHARS_PER_TOKEN = 64
-
 # Errors a turn reports as an ErrorEvent (the user can act on them); anything else is a bug and raises.
 USER_ERRORS = (AgentError, ChatFormatError, ModelError, StoreError, ToolError)
-
-
-class _Cancelled(Exception):
-    pass
 
 
 @dataclass
@@ -92,7 +81,7 @@ class _Round:
     stop: str = "end_of_turn"  # end_of_turn | tool_call | max_tokens
 
 
-class Agent(SessionOps):
+class Agent(SessionOps, PrefillOps):
     """The persistent agent. `Agent.open(...)` builds everything from paths; this is the long form."""
 
     def __init__(
@@ -201,11 +190,7 @@ class Agent(SessionOps):
         events: list[Event] = []
         finished = False  # saved, or rolled back to the last snapshot
         try:
-            if len(text) > self.max_prompt_tokens * MAX_CHARS_PER_TOKEN:
-                raise AgentError(
-                    f"the message is {len(text):,} characters, far over the limit of "
-                    f"{self.max_prompt_tokens:,} tokens (--max-prompt-tokens): send a shorter one"
-                )
+            self._check_characters(text)
             if not self._history:
                 self._system = self.system_prompt
                 self._tools = [s["function"] for s in self.registry.schemas()]
@@ -258,26 +243,6 @@ class Agent(SessionOps):
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._roll_back(history_len))
             self._running = False
-
-    def _check_length(self, n: int, what: str) -> None:
-        """Refuse, before any of it is read, a segment over `max_prompt_tokens` (time and memory)."""
-        if n > self.max_prompt_tokens:
-            raise AgentError(
-                f"{what} is {n:,} tokens, over the limit of {self.max_prompt_tokens:,} "
-                "(--max-prompt-tokens): send a shorter one, or raise the limit"
-            )
-
-    async def _prefill(self, ids: list[int]) -> AsyncIterator[PrefillProgress]:
-        """Read `ids` in the engine's own chunks (so the numbers are those of one call), checking for a
-        cancel in between and reporting progress when there is more than one chunk."""
-        t0 = time.perf_counter()
-        for start in range(0, len(ids), PREFILL_CHUNK):
-            if self._cancel.is_set():
-                raise _Cancelled
-            await self._on_model(self.engine.prefill, ids[start : start + PREFILL_CHUNK])
-            if len(ids) > PREFILL_CHUNK:
-                done, took = min(start + PREFILL_CHUNK, len(ids)), time.perf_counter() - t0
-                yield PrefillProgress(tokens=done, total=len(ids), tokens_per_s=done / max(took, 1e-9))
 
     def _step(self) -> int:
         tok = self.engine.next_token()

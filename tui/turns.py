@@ -66,7 +66,9 @@ class TurnActions(_Base):
 
     async def _show_event(self, event: AgentEvent) -> None:
         if isinstance(event, PrefillProgress):  # a long message or tool output is being read
-            self.refresh_status(busy=_reading(event) if event.tokens < event.total else "thinking")
+            # Late in a batch, it must not cover what came since (an approval question, a cancel).
+            if self.status_info.busy == "thinking" or (self.status_info.busy or "").startswith("reading"):
+                self.refresh_status(busy=_reading(event) if event.tokens < event.total else "thinking")
         elif isinstance(event, ToolCallRequested):
             card = await self.conversation.add_tool_call(event)
             card.set_status("waiting" if event.needs_approval else "running")

@@ -9,7 +9,7 @@ from typing import Any
 
 from hybrid_agent.agent.engine import PREFILL_CHUNK
 from hybrid_agent.agent.events import ErrorEvent, PrefillProgress, TurnEnd
-from hybrid_agent.agent.loop import DEFAULT_MAX_PROMPT_TOKENS, MAX_CHARS_PER_TOKEN
+from hybrid_agent.agent.prefill import DEFAULT_MAX_PROMPT_TOKENS, MAX_CHARS_PER_TOKEN
 from hybrid_agent.tools import tool
 
 
