@@ -11,8 +11,8 @@ Design choices:
   the window's masking does not depend on what is held, so pinning does not change any number.
 - Long prefills are split in chunks of a fixed size: the same segment is always cut the same way, so a
   resumed session runs exactly the operations the uninterrupted one ran.
-- On CUDA (full attention) the real engine drives `model.engine.DecodeEngine`: preallocated caches,
-  prefill in chunks, and each generated token fed back through the captured one-token step (one CUDA
+- On CUDA (full attention) the real engine drives `hybrid_agent.model.engine.DecodeEngine`: preallocated
+  caches, prefill in chunks, and each generated token fed back through the captured one-token step (one CUDA
   graph) instead of a Python forward; resume copies the snapshot's recurrent tensors and pages
   straight into its buffers (`load_parts`: no intermediate state, no concatenated cache). Snapshots
   read its state directly (`recurrent_tensors` + `cache_range` of the new tokens): `export_state`
@@ -41,7 +41,8 @@ MIN_CONTEXT = 8192  # the DecodeEngine's first buffers, in tokens; grown wheneve
 
 
 def want_decode_engine(arg: bool | None, device: torch.device) -> bool:
-    """Whether to run on `model.engine.DecodeEngine`: `arg` if given, else the environment, else CUDA."""
+    """Whether to run on `hybrid_agent.model.engine.DecodeEngine`: `arg` if given, else the environment,
+    else CUDA."""
     if arg is not None:
         return arg
     env = os.environ.get(DECODE_ENGINE_ENV, "auto").strip().lower()
@@ -160,7 +161,7 @@ class ModelEngine:
 
     @property
     def uses_decode_engine(self) -> bool:
-        """Whether the live state runs on `model.engine.DecodeEngine` (CUDA graphs on CUDA)."""
+        """Whether the live state runs on `hybrid_agent.model.engine.DecodeEngine` (CUDA graphs on CUDA)."""
         return self._on_decoder
 
     def _fresh_state(self) -> None:

@@ -19,7 +19,7 @@ from hybrid_agent.tools.registry import ToolRegistry
 
 
 class StoreJournal:
-    """`tools.journal.Journal` over `Store.file_changes` for the agent's current session."""
+    """`hybrid_agent.tools.journal.Journal` over `Store.file_changes` for the agent's current session."""
 
     def __init__(self, store: Store, session_id: Callable[[], str]) -> None:
         self._store = store

@@ -140,7 +140,7 @@ class Agent(SessionOps):
     @classmethod
     def open(cls, **options: Any) -> Agent:
         """Build model + tokenizer + chat format + Store + ToolRegistry, and a session (new, or
-        `resume=ID`). Options: see `agent.factory.open_agent`."""
+        `resume=ID`). Options: see `hybrid_agent.agent.factory.open_agent`."""
         from hybrid_agent.agent.factory import open_agent
 
         return open_agent(cls, **options)

@@ -17,8 +17,8 @@ of the model's T == 1 path with one launch, with the same roundings as that path
 - `attn_decode_prep(qkv, q_w, k_w, cos, sin, pos, k_buf, v_buf, pos_buf, ...)`: an attention layer's work
   between its fused q|k|v projection and the attention core: QK-norm ("full": one RMSNorm over all
   heads, "head": per head, "none"), rotate-half RoPE of the first R channels of each head (cos, sin:
-  (R,) fp32 at this position, as `model.layers.rope_cos_sin` gives them), k and v written into the
-  cache buffers (B, Hkv, M, Dh) at slot `pos` (a (1,) int64 on the device) and `pos_buf[pos] = pos`.
+  (R,) fp32 at this position, as `hybrid_agent.model.layers.rope_cos_sin` gives them), k and v written into
+  the cache buffers (B, Hkv, M, Dh) at slot `pos` (a (1,) int64 on the device) and `pos_buf[pos] = pos`.
   Returns q (B, H, Dh) in qkv's dtype. One launch instead of the ~19 small kernels of the model's
   arithmetic (norms, the rotation's slices / cats / products, three index copies).
 - `greedy_advance(logits, tok, pos, ids)`: the end of a greedy step on the device: tok (B, 1) <-

@@ -1,4 +1,4 @@
-"""Triton RMSNorm and gated RMSNorm, same contract as `kernels.rms_norm` (see its doc for the two
+"""Triton RMSNorm and gated RMSNorm, same contract as `hybrid_agent.kernels.rms_norm` (see its doc for the two
 gate orders). One program per (row, group): the group is loaded once, reduced in fp32, written once.
 """
 

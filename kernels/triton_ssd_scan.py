@@ -1,4 +1,4 @@
-"""Triton SSD chunked scan (forward), same contract as `kernels.ssd_scan.ssd_scan_ref`.
+"""Triton SSD chunked scan (forward), same contract as `hybrid_agent.kernels.ssd_scan.ssd_scan_ref`.
 
 Default (split) path, three launches, as in the SSD paper's block decomposition:
 

@@ -1,4 +1,4 @@
-"""Triton one-token SSM state update, same contract as `kernels.ssm_step.ssm_step_ref`.
+"""Triton one-token SSM state update, same contract as `hybrid_agent.kernels.ssm_step.ssm_step_ref`.
 
 One program per (batch*head, p-block): it reads its (p-block, n) slice of the fp32 state once,
 decays and writes it in place, and reduces against C in registers: the state is read and written

@@ -9,18 +9,18 @@ Design choices (the model stays plain; speed tricks live here, as in gpt-fast):
   `load_state` copies a state into the buffers; `load_parts` copies a snapshot's recurrent tensors and
   cache pages straight into them (no intermediate `ModelState`: on resume, no concatenated cache).
 - The decode step (`attention="kernel"`, the default on CUDA) is captured as ONE CUDA graph and
-  replayed at any context: the attention cores are `kernels.attention_decode` (GQA) and
-  `kernels.mla_decode` (MLA, absorbed form over the latent cache), which read the cache length on the
-  device, and the cache writes go to a device-side position. With `fuse=True` (the default) the step
+  replayed at any context: the attention cores are `hybrid_agent.kernels.attention_decode` (GQA) and
+  `hybrid_agent.kernels.mla_decode` (MLA, absorbed form over the latent cache), which read the cache length on
+  the device, and the cache writes go to a device-side position. With `fuse=True` (the default) the step
   is the engine's own fused version of the model's T == 1 arithmetic, to cut the ~1,100 small kernels
   a token of OLMo Hybrid 7B's shape took (#8): one matmul for q/k/v/a/b/g of a Gated DeltaNet layer,
   for q/k/v of an attention layer, for gate/up of an MLP (the weights concatenated once, when the
   engine is built; on CUDA the model's own weights are rebound as views of the concatenation, so no
-  memory is doubled and the model computes exactly what it did); `kernels.decode_fused` for the Gated
-  DeltaNet conv step + L2 norms + gates (one launch), an attention layer's QK-norm + RoPE + cache
+  memory is doubled and the model computes exactly what it did); `hybrid_agent.kernels.decode_fused` for the
+  Gated DeltaNet conv step + L2 norms + gates (one launch), an attention layer's QK-norm + RoPE + cache
   writes (one launch; `attn_prep=False` keeps the model's ops), SiLU x up, each residual add fused
   with the next RMSNorm, and the greedy argmax + position advance; on CUDA its one-token matmuls run
-  `kernels.gemv` (a bandwidth-bound Triton GEMV, faster than cuBLAS at these shapes; `gemv=False`
+  `hybrid_agent.kernels.gemv` (a bandwidth-bound Triton GEMV, faster than cuBLAS at these shapes; `gemv=False`
   keeps F.linear). `fuse=False` keeps the model's
   modules (the same graph, more kernels: the baseline of bench/gpu_e2e.py).
   `attention="sdpa"` instead cuts the step at each attention core and runs the model's own
