@@ -27,6 +27,7 @@ def default_model_dir() -> Path:
     if os.environ.get(DEFAULT_MODEL_ENV):
         return Path(os.environ[DEFAULT_MODEL_ENV]).expanduser()
     from hybrid_agent import model
+
     return Path(model.__file__).resolve().parent / "default"
 
 
