@@ -131,6 +131,8 @@ class ModelEngine:
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        # Only ids the tokenizer has are sampled (a model's vocabulary is often padded past it).
+        self._vocab_size: int | None = getattr(tokenizer, "vocab_size", None)
         self.chat = chat
         self.model_name = model_name
         param = next(iter(model.parameters()), None)
@@ -189,7 +191,9 @@ class ModelEngine:
             self._min_context, n_tokens + n_tokens // 4, 0 if old is None else old.max_context * 3 // 2
         )
         size = -(-size // 1024) * 1024 if size > 1024 else size
-        new = DecodeEngine(self.model, max_context=size, prefill_chunk=PREFILL_CHUNK)
+        new = DecodeEngine(
+            self.model, max_context=size, prefill_chunk=PREFILL_CHUNK, vocab_size=self._vocab_size
+        )
         if old is not None and self._on_decoder and old.n_tokens:
             new.load_state(old.state)
         self._decoder = old = None
@@ -265,7 +269,7 @@ class ModelEngine:
 
         if self._logits is None:
             raise RuntimeError("next_token() before any prefill")
-        return int(sample(self._logits, self.sampling, self._generator)[0])
+        return int(sample(self._logits, self.sampling, self._generator, vocab_size=self._vocab_size)[0])
 
     def snapshot(self, since: int) -> tuple[dict[str, Tensor], list[StatePage]]:
         recurrent = {k: v.detach().cpu() for k, v in self.state.recurrent_tensors().items()}

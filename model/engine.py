@@ -32,6 +32,8 @@ Design choices (the model stays plain; speed tricks live here, as in gpt-fast):
   buffer of the next step and into a device history of token ids, which is read back every
   `sync_every` tokens (or every token when stop ids must be checked: the state must not run past a
   stop token, as in model/generate.py). Sampled decoding reads the logits buffer after each `step`.
+  Greedy picks among the ids below `vocab_size` (the tokenizer's size when the model's vocabulary is
+  padded past it), so it never yields an id without text.
 - Supported in the graphed path: attention (full, no window), mla, gated_deltanet, mamba2 and mlp
   layers (with attention="sdpa" an MLA layer runs the model's own block eagerly between graphs).
   Anything else (a window, parallel layers) and every CPU run take the eager path: the same buffers,
@@ -96,6 +98,7 @@ class DecodeEngine:
         align: int | None = None,
         gemv: bool | Collection[str] | None = None,
         attn_prep: bool = True,
+        vocab_size: int | None = None,
     ) -> None:
         self.model = model
         self.cfg = model.config
@@ -128,6 +131,9 @@ class DecodeEngine:
             self._ids = torch.zeros(B, max_context + 1, dtype=torch.long, device=self.device)
             self._x = torch.zeros(B, 1, self.cfg.d_model, dtype=model.dtype, device=self.device)
             self._logits = torch.zeros(B, V, dtype=model.dtype, device=self.device)
+            # What greedy picks from: the ids below `vocab_size` (the tokenizer's, when the model's
+            # vocabulary is padded past it; padding ids have no text), a view of the logits buffer.
+            self._greedy_logits = self._logits[:, : min(V, vocab_size or V)]
             self._attn_q: dict[int, Tensor] = {}
             self._attn_out: dict[int, Tensor] = {}
         self._n = 0  # tokens in the state (host copy of state.n_tokens, kept without syncing)
@@ -437,9 +443,9 @@ class DecodeEngine:
         # greedy tok (`step` callers overwrite it), pos + 1, ids[:, pos] = tok (the next input's position);
         # kernels.decode_fused: 3 launches instead of torch's single-block argmax (23 us) + 3 kernels
         if self.greedy_kernel:
-            greedy_advance(self._logits, self._tok, self._pos, self._ids)
+            greedy_advance(self._greedy_logits, self._tok, self._pos, self._ids)
             return
-        self._tok.copy_(self._logits.argmax(-1, keepdim=True))
+        self._tok.copy_(self._greedy_logits.argmax(-1, keepdim=True))
         self._pos.add_(1)
         self._ids.index_copy_(1, self._pos, self._tok)
 
@@ -721,7 +727,7 @@ class DecodeEngine:
         if self.state.batch_size != 1:
             raise StateMismatchError("generate_greedy decodes one sequence; use step() for batches")
         self._room(self._n, max_new_tokens)
-        self._tok.copy_(self._logits.argmax(-1, keepdim=True))
+        self._tok.copy_(self._greedy_logits.argmax(-1, keepdim=True))
         self._ids.index_copy_(1, self._pos, self._tok)
         every = 1 if stop_token_ids else max(1, sync_every)
         stops, first, out = set(stop_token_ids), self._n, []
