@@ -179,3 +179,47 @@ def test_every_walking_tool_says_when_the_budget_ran_out(sandbox):
         assert "[stopped early: the 0 s time budget of one tool call ran out" in res.text, (name, res.text)
     res = reg.call("read_file", {"path": "hello.txt"})
     assert res.is_error and "stopped before line 1: the 0 s time budget" in res.text
+
+
+_LINES = [
+    "foo",
+    "xfoo",
+    "foo bar",
+    "xy",
+    "y",
+    "yz",
+    "ab",
+    "a",
+    "b",
+    "",
+    "  ",
+    "FOO",
+    "bar foo",
+    "a b",
+    "zzzy",
+]
+_PATTERNS = [
+    *("^foo", "foo$", r"\bbar\b", "(?<=x)y", "(?<!x)y", "y(?!z)", r"\Ay", r"y\Z", "(?i)FOO", "(?s)a.*b"),
+    *("^$", r"\s+$", "[^a]$", r"a\nb", "x*", "(?m)^b", "(?-i)foo", "(?s)b(?![^z])", r"^\s*$", "o{2}"),
+]
+
+
+@pytest.mark.parametrize("read_chunk", [1 << 20, 7, 1])
+def test_grep_by_blocks_finds_exactly_the_lines_a_line_by_line_search_finds(sandbox, monkeypatch, read_chunk):
+    import regex
+    from hybrid_agent.tools.builtins import search
+
+    monkeypatch.setattr(search, "_READ_CHUNK", read_chunk)  # lines split across reads, too
+    lines = [_LINES[(i * 7) % len(_LINES)] for i in range(60)]
+    (sandbox.ws / "f.txt").write_text("\n".join(lines) + "\n")
+    reg = ToolRegistry(sandbox.ws, load_plugins=False)
+    for pattern in _PATTERNS:
+        res = reg.call("grep", {"pattern": pattern, "path": "f.txt", "max_results": 200})
+        expected = [f"f.txt:{n}: {line}" for n, line in enumerate(lines, 1) if regex.search(pattern, line)]
+        assert res.data["matches"] == expected, pattern
+    # Windows line ends, a last line without newline, lines over the line cap
+    (sandbox.ws / "g.txt").write_bytes(b"abcdefgh\r\nab\r\n\r\nxyzabcdefg")
+    reg = ToolRegistry(sandbox.ws, load_plugins=False, limits=Limits(grep_max_line_bytes=4))
+    res = reg.call("grep", {"pattern": "^(abcd|ab|xyza|)$", "path": "g.txt"})
+    assert res.data["matches"] == ["g.txt:1: abcd", "g.txt:2: ab", "g.txt:3: ", "g.txt:4: xyza"]
+    assert res.data["skipped"]["long_lines"] == ["g.txt:1", "g.txt:4"]

@@ -12,8 +12,6 @@ of backtracking for hours.
 
 from __future__ import annotations
 
-import bisect
-import itertools
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,12 +19,12 @@ from typing import Any
 import regex
 from hybrid_agent.tools.base import Preview, Tool, ToolContext, ToolResult
 from hybrid_agent.tools.errors import ToolError, WorkspaceError
-from hybrid_agent.tools.workspace import WalkNotes, Workspace
+from hybrid_agent.tools.workspace import WalkNotes
 from pydantic import BaseModel, ConfigDict, Field
 
 _MATCH_LINE_CUT = 300
 _SNIFF = 8192  # a NUL byte in the first 8 KiB marks a binary file (git's heuristic)
-_BLOCK_LINES, _BLOCK_CHARS = 4096, 1 << 20  # lines searched at once (see _LineSearch)
+_READ_CHUNK = 1 << 20  # grep reads and searches about this many bytes of lines at once
 _MIN_TIMEOUT = 0.001  # regex needs a positive timeout; the budget check right after ends the call
 
 
@@ -218,25 +216,58 @@ class _LineSearch:
             self.hits.append(f"{rel}:{n}: {line[:_MATCH_LINE_CUT]}")
         return None
 
-    def block(self, rel: str, first: int, lines: list[str]) -> str | None:
-        """Search consecutive lines, `lines[0]` being line `first` of `rel`. Returns "cut",
-        "stopped" or None, like Grep._search_file. Raises TimeoutError from inside a match."""
+    def block(self, rel: str, first: int, text: str) -> str | None:
+        """Search the lines of `text` ('\\n'-separated, no final newline), its first line being line
+        `first` of `rel`. Returns "cut", "stopped" or None, like Grep._search_file. Raises TimeoutError
+        from inside a match."""
         if self.ctx.stop_reason():
             return "stopped"
         if self.block_rx is None:
-            for i, line in enumerate(lines):
+            for i, line in enumerate(text.split("\n")):
                 if end := self._line(rel, first + i, line):
                     return end
             return None
-        text = "\n".join(lines)
-        starts = list(itertools.accumulate((len(line) + 1 for line in lines), initial=0))
-        pos = 0
+        pos = counted = 0  # where the next block search starts; newlines before `counted` are counted
+        n = first
         while pos <= len(text) and (m := self.block_rx.search(text, pos, timeout=_timeout(self.ctx))):
-            i = bisect.bisect_right(starts, m.start()) - 1
-            if end := self._line(rel, first + i, lines[i]):
+            at = m.start()
+            n += text.count("\n", counted, at)
+            counted = at
+            start, stop = text.rfind("\n", 0, at) + 1, text.find("\n", at)
+            stop = len(text) if stop == -1 else stop
+            if end := self._line(rel, n, text[start:stop]):
                 return end
-            pos = starts[i + 1]
+            pos = stop + 1
         return None
+
+
+def _line_blocks(f: Any, line_max: int, stop: Any) -> Any:
+    """(text, cut) pairs covering `f`: `text` holds whole lines, decoded and joined by '\\n' (about
+    _READ_CHUNK bytes of them), `cut` the indexes in it of lines longer than `line_max` bytes, which
+    are kept to their first `line_max` bytes. Memory is O(_READ_CHUNK + line_max) whatever the file."""
+    head, length = b"", 0  # the line that runs past the chunk read so far: its first bytes, its length
+    while chunk := f.read(_READ_CHUNK):
+        parts = chunk.split(b"\n")
+        tail = parts.pop()  # the start of a line that ends in a later chunk (or at the end of the file)
+        if parts:
+            lengths = [length + len(parts[0]), *map(len, parts[1:])]
+            parts[0] = head + parts[0][: max(line_max - len(head), 0)]
+            cut = [i for i, n in enumerate(lengths) if n > line_max] if max(lengths) > line_max else []
+            for i in cut:
+                parts[i] = parts[i][:line_max]
+            yield _decode(b"\n".join(parts)), cut
+            head, length = b"", 0
+        head += tail[: max(line_max - len(head), 0)]
+        length += len(tail)
+        if stop():
+            return
+    if length:
+        yield _decode(head), [0] if length > line_max else []
+
+
+def _decode(data: bytes) -> str:
+    text = data.decode("utf-8", "replace")
+    return text.replace("\r\n", "\n").removesuffix("\r") if "\r" in text else text
 
 
 @dataclass
@@ -327,19 +358,12 @@ class Grep(Tool):
                     skipped.binary.append(rel)
                     return None
                 f.seek(0)
-                block: list[str] = []
-                first, chars = 1, 0  # line number of block[0], characters in the block
-                for raw, length in Workspace.iter_lines(f, keep=line_max, stop=ctx.stop_reason):
-                    if length > line_max:
-                        skipped.long_lines.append(f"{rel}:{first + len(block)}")
-                    block.append(raw.decode("utf-8", "replace").rstrip("\r\n"))
-                    chars += len(block[-1])
-                    if chars >= _BLOCK_CHARS or len(block) >= _BLOCK_LINES:
-                        if end := search.block(rel, first, block):
-                            return end
-                        first, block, chars = first + len(block), [], 0
-                if end := search.block(rel, first, block):
-                    return end
+                first = 1  # line number of the block's first line
+                for text, cut in _line_blocks(f, line_max, ctx.stop_reason):
+                    skipped.long_lines += [f"{rel}:{first + i}" for i in cut]
+                    if end := search.block(rel, first, text):
+                        return end
+                    first += text.count("\n") + 1
             except TimeoutError:  # an OSError too: the budget ran out inside a match, not a read error
                 return "stopped"
             except OSError as e:
