@@ -200,7 +200,20 @@ _LINES = [
 ]
 _PATTERNS = [
     *("^foo", "foo$", r"\bbar\b", "(?<=x)y", "(?<!x)y", "y(?!z)", r"\Ay", r"y\Z", "(?i)FOO", "(?s)a.*b"),
-    *("^$", r"\s+$", "[^a]$", r"a\nb", "x*", "(?m)^b", "(?-i)foo", "(?s)b(?![^z])", r"^\s*$", "o{2}"),
+    *(
+        "^$",
+        r"\s+$",
+        "[^a]$",
+        r"a\nb",
+        "x*",
+        "(?m)^b",
+        "(?-i)foo",
+        "(?s)b(?![^z])",
+        r"^\s*$",
+        "o{2}",
+        "(?r)y",
+        "(?V1)[[a-z]--[b]]$",
+    ),
 ]
 
 
@@ -223,3 +236,14 @@ def test_grep_by_blocks_finds_exactly_the_lines_a_line_by_line_search_finds(sand
     res = reg.call("grep", {"pattern": "^(abcd|ab|xyza|)$", "path": "g.txt"})
     assert res.data["matches"] == ["g.txt:1: abcd", "g.txt:2: ab", "g.txt:3: ", "g.txt:4: xyza"]
     assert res.data["skipped"]["long_lines"] == ["g.txt:1", "g.txt:4"]
+
+
+def test_run_command_says_which_changes_it_cannot_see(sandbox):
+    _make_deep_tree(sandbox.ws, WALK_MAX_DEPTH + 1)
+    try:
+        reg = ToolRegistry(sandbox.ws, load_plugins=False, enable_commands=True)
+        res = reg.call("run_command", {"command": "true"})
+    finally:
+        _remove_deep_tree(sandbox.ws)
+    assert not res.is_error, res.text
+    assert f"[files deeper than {WALK_MAX_DEPTH} folder levels are not watched" in res.text

@@ -186,9 +186,19 @@ class Glob(Tool):
         return ToolResult(text + footer, data=data)
 
 
-# A pattern whose match on a line can depend on there being nothing before or after it: searching a
-# block of lines at once could miss such a match, so these patterns are matched line by line only.
-_EDGE_SENSITIVE = regex.compile(r"\\[AZzG]|\(\?<?!|\(\?[a-zA-Z]*-")
+# A pattern whose match on a line can depend on there being nothing before or after it (string
+# anchors, negative lookarounds) could miss that match inside a block of lines, and inline flags other
+# than these few change how a search runs (reverse, fuzzy best match, version 1 sets, ...): such
+# patterns are matched line by line only.
+_EDGE_SENSITIVE = regex.compile(r"\\[AZzG]|\(\?<?!")
+_INLINE_FLAGS = regex.compile(r"\(\?([\w-]+)[:)]")
+_BLOCK_SAFE_FLAGS = frozenset("imsxauL")
+
+
+def _block_safe(pattern: str) -> bool:
+    if _EDGE_SENSITIVE.search(pattern):
+        return False
+    return all(set(flags) <= _BLOCK_SAFE_FLAGS for flags in _INLINE_FLAGS.findall(pattern))
 
 
 class _LineSearch:
@@ -199,14 +209,11 @@ class _LineSearch:
     MULTILINE search over the block finds the first line that can match, that line alone is checked,
     and the block search goes on from the next line. Any match of a line is also a match inside the
     block (its neighbours only add newlines, which `^`/`$` in MULTILINE mode treat as line edges), so
-    no line is missed; patterns for which that is not so (`\\A`, `\\Z`, negative lookarounds, inline
-    flags switched off) are searched line by line."""
+    no line is missed; patterns for which that is not so (see _block_safe) are searched line by line."""
 
     def __init__(self, ctx: ToolContext, rx: Any, pattern: str, cap: int) -> None:
         self.ctx, self.rx, self.cap = ctx, rx, cap
-        self.block_rx = (
-            None if _EDGE_SENSITIVE.search(pattern) else regex.compile(pattern, rx.flags | regex.M)
-        )
+        self.block_rx = regex.compile(pattern, rx.flags | regex.M) if _block_safe(pattern) else None
         self.hits: list[str] = []
 
     def _line(self, rel: str, n: int, line: str) -> str | None:
