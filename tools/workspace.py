@@ -22,8 +22,8 @@ import os
 import secrets
 import stat
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -36,6 +36,7 @@ PATH_MAX = 4096
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_SKIP_CHUNK = 1 << 16
 _TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -234,6 +235,28 @@ class Workspace:
             raise WorkspaceError(f"{rel} grew past the limit of {max_bytes} bytes while being read")
         return rel, data
 
+    @staticmethod
+    def iter_lines(
+        f: BinaryIO, *, keep: int, stop: Callable[[], object] | None = None
+    ) -> Iterator[tuple[bytes, int]]:
+        """(head, length) of each line of `f`: its first `keep` bytes (newline included when it fits)
+        and its length in bytes, newline not counted. The rest of a longer line is skipped in bounded
+        chunks, so memory stays O(keep) however long a line is (a minified file can be one 100 MB
+        line). `stop`, checked between chunks of a long line, ends the iteration early when truthy."""
+        while head := f.readline(keep):
+            length = len(head)
+            if head.endswith(b"\n"):
+                length -= 1
+            elif length == keep:
+                while part := f.readline(_SKIP_CHUNK):
+                    length += len(part)
+                    if part.endswith(b"\n"):
+                        length -= 1
+                        break
+                    if stop is not None and stop():
+                        return
+            yield head, length
+
     def exists(self, path: str) -> bool:
         try:
             return self.resolve(path).exists()
@@ -307,26 +330,29 @@ class Workspace:
 
     # --- listing ------------------------------------------------------------------------------------
 
-    def _scan(self, rel_dir: str) -> list[tuple[str, os.stat_result]]:
-        """(name, lstat) of a folder's entries, sorted. The folder is opened by the no-follow walk, so
-        a folder swapped for a link out of the workspace is skipped, not listed."""
+    def _scan_fd(self, fd: int) -> list[tuple[str, os.stat_result]]:
+        """(name, lstat) of the entries of the open folder `fd`, sorted by name."""
+        out = []
+        with os.scandir(fd) as it:
+            for d in it:
+                try:
+                    out.append((d.name, os.stat(d.name, dir_fd=fd, follow_symlinks=False)))
+                except OSError:
+                    continue  # vanished between the listing and the stat
+        return sorted(out, key=lambda item: item[0])
+
+    def _gitignore(self, fd: int, rel_dir: str) -> pathspec.GitIgnoreSpec | None:
+        """The .gitignore of the open folder `fd`, or None (absent, not a regular file, unreadable)."""
+        name = f"{rel_dir}/.gitignore" if rel_dir else ".gitignore"
         try:
-            fd = self._open_dir(tuple(rel_dir.split("/")) if rel_dir else ())
+            opened = self._open_regular(fd, ".gitignore", name)
+            if opened is None:
+                return None
+            with os.fdopen(opened[0], "rb") as f:
+                data = f.read(1 << 20)
         except (WorkspaceError, OSError):
-            return []  # gone or unreadable: a listing is best effort
-        try:
-            out = []
-            with os.scandir(fd) as it:
-                for d in it:
-                    try:
-                        out.append((d.name, os.stat(d.name, dir_fd=fd, follow_symlinks=False)))
-                    except OSError:
-                        continue
-            return sorted(out, key=lambda item: item[0])
-        except OSError:
-            return []
-        finally:
-            os.close(fd)
+            return None
+        return pathspec.GitIgnoreSpec.from_lines(data.decode("utf-8", "replace").splitlines())
 
     def iter_entries(
         self,
@@ -335,64 +361,137 @@ class Workspace:
         recursive: bool = True,
         gitignore: bool = True,
         max_depth: int | None = None,
+        notes: WalkNotes | None = None,
     ) -> Iterator[Entry]:
         """Entries under `start`, sorted per folder, skipping `.git` and (optionally) ignored paths.
-        Symbolic links are listed, never followed."""
+        Symbolic links are listed, never followed.
+
+        The walk holds one descriptor per folder on the current path and opens each sub-folder
+        relative to its parent (O_NOFOLLOW), so its cost is linear in the number of entries, not in
+        depth squared. It never goes below WALK_MAX_DEPTH levels (nor below `max_depth`); folders it
+        did not enter because of that limit, or could not open, are recorded in `notes`."""
         base = self.resolve(start)
         if not base.is_dir():
             raise WorkspaceError(f"{self.relative(start)} is not a directory")
-        base_rel = base.relative_to(self.root).as_posix()
-        ignore = _IgnoreRules(self)  # fresh per listing: a .gitignore may have changed since the last one
-        stack: list[tuple[str, int]] = [("" if base_rel == "." else base_rel, 0)]
-        while stack:
-            rel_dir, depth = stack.pop()
-            subdirs: list[tuple[str, int]] = []
-            for name, st in self._scan(rel_dir):
-                rel = f"{rel_dir}/{name}" if rel_dir else name
-                if name == ".git":
+        parts = base.relative_to(self.root).parts
+        limit = WALK_MAX_DEPTH if max_depth is None else min(max_depth, WALK_MAX_DEPTH)
+        notes = notes if notes is not None else WalkNotes()
+        # The .gitignore files of the folders above `start` apply too: collect them on the way down.
+        rules: tuple[tuple[str, pathspec.GitIgnoreSpec], ...] = ()
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for i in range(len(parts) + 1):
+                if gitignore:
+                    rel_dir = "/".join(parts[:i])
+                    spec = self._gitignore(fd, rel_dir)
+                    if spec is not None:
+                        rules += ((rel_dir, spec),)
+                if i < len(parts):
+                    nfd = os.open(parts[i], _DIR_FLAGS, dir_fd=fd)
+                    os.close(fd)
+                    fd = nfd
+        except OSError:
+            os.close(fd)
+            return  # swapped for a link or removed since it was resolved: nothing to list
+        # One frame per open folder on the current path: (descriptor, path, depth of its entries,
+        # ignore rules in force, sub-folders still to visit).
+        frames: list[tuple[int, str, int, tuple[tuple[str, pathspec.GitIgnoreSpec], ...], Iterator[str]]] = []
+        rel_dir, depth, new_fd = "/".join(parts), 1, fd
+        try:
+            while True:
+                if new_fd is not None:
+                    subdirs: list[str] = []
+                    try:
+                        listing = self._scan_fd(new_fd)
+                    except OSError as e:
+                        listing = []
+                        notes.unreadable.append(f"{rel_dir or '.'}: {e.strerror or e}")
+                    for name, st in listing:
+                        if name == ".git":
+                            continue
+                        rel = f"{rel_dir}/{name}" if rel_dir else name
+                        is_dir = stat.S_ISDIR(st.st_mode)
+                        if gitignore and _ignored(rules, rel, is_dir):
+                            continue
+                        yield Entry(rel, _entry_kind(st.st_mode), st.st_size, st.st_mtime_ns, st.st_ino)
+                        if is_dir and recursive:
+                            if depth < limit:
+                                subdirs.append(name)
+                            elif depth >= WALK_MAX_DEPTH:
+                                notes.too_deep.append(rel)
+                    frames.append((new_fd, rel_dir, depth, rules, iter(subdirs)))
+                    new_fd = None
+                if not frames:
+                    return
+                top_fd, top_rel, top_depth, top_rules, pending = frames[-1]
+                name = next(pending, None)
+                if name is None:
+                    os.close(top_fd)
+                    frames.pop()
                     continue
-                is_dir = stat.S_ISDIR(st.st_mode)
-                if gitignore and ignore.ignored(rel, is_dir):
+                rel_dir = f"{top_rel}/{name}" if top_rel else name
+                try:
+                    new_fd = os.open(name, _DIR_FLAGS, dir_fd=top_fd)
+                except OSError as e:
+                    notes.unreadable.append(f"{rel_dir}: {e.strerror or e}")
                     continue
-                kind = (
-                    "dir"
-                    if is_dir
-                    else "file"
-                    if stat.S_ISREG(st.st_mode)
-                    else "link"
-                    if stat.S_ISLNK(st.st_mode)
-                    else "other"
-                )
-                yield Entry(rel, kind, st.st_size, st.st_mtime_ns, st.st_ino)
-                if is_dir and recursive and (max_depth is None or depth + 1 < max_depth):
-                    subdirs.append((rel, depth + 1))
-            stack.extend(reversed(subdirs))
+                depth, rules = top_depth + 1, top_rules
+                if gitignore:
+                    spec = self._gitignore(new_fd, rel_dir)
+                    if spec is not None:
+                        rules += ((rel_dir, spec),)
+        finally:
+            if new_fd is not None:
+                os.close(new_fd)
+            for frame in frames:
+                os.close(frame[0])
 
 
-class _IgnoreRules:
-    """.gitignore files of the workspace (root and nested), read once per folder, for relevance only."""
+WALK_MAX_DEPTH = 100  # folders below this many levels are not walked (and the walk says so)
 
-    def __init__(self, ws: Workspace) -> None:
-        self._ws = ws
-        self._specs: dict[str, pathspec.GitIgnoreSpec | None] = {}
 
-    def _spec(self, rel_dir: str) -> pathspec.GitIgnoreSpec | None:
-        if rel_dir not in self._specs:
-            spec = None
-            try:
-                _, data = self._ws.read_bytes(
-                    f"{rel_dir}/.gitignore" if rel_dir else ".gitignore", max_bytes=1 << 20
-                )
-                spec = pathspec.GitIgnoreSpec.from_lines(data.decode("utf-8", "replace").splitlines())
-            except WorkspaceError:
-                pass
-            self._specs[rel_dir] = spec
-        return self._specs[rel_dir]
+@dataclass
+class WalkNotes:
+    """What a walk left out, so that a tool can say so instead of answering as if it saw everything."""
 
-    def ignored(self, rel: str, is_dir: bool) -> bool:
-        parts = rel.split("/")
-        for i in range(len(parts)):
-            spec = self._spec("/".join(parts[:i]))
-            if spec is not None and spec.match_file("/".join(parts[i:]) + ("/" if is_dir else "")):
-                return True
-        return False
+    too_deep: list[str] = field(default_factory=list)  # folders at WALK_MAX_DEPTH not entered
+    unreadable: list[str] = field(default_factory=list)  # "path: reason" of folders not listed
+
+    def lines(self, shown: int = 3) -> list[str]:
+        """One line per kind of omission, naming the first `shown` paths."""
+        out = []
+        if self.too_deep:
+            out.append(
+                f"{len(self.too_deep)} folder(s) deeper than {WALK_MAX_DEPTH} levels were not entered: "
+                f"{_some(self.too_deep, shown)}; start from a deeper path to see inside them"
+            )
+        if self.unreadable:
+            out.append(
+                f"{len(self.unreadable)} folder(s) could not be listed: {_some(self.unreadable, shown)}"
+            )
+        return out
+
+
+def _some(items: list[str], shown: int) -> str:
+    """The first `shown` items, each cut to 120 characters (deep paths are long), then a count."""
+    cut = [p if len(p) <= 120 else p[:57] + "..." + p[-60:] for p in items[:shown]]
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(cut) + more
+
+
+def _entry_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISREG(mode):
+        return "file"
+    return "link" if stat.S_ISLNK(mode) else "other"
+
+
+def _ignored(rules: tuple[tuple[str, pathspec.GitIgnoreSpec], ...], rel: str, is_dir: bool) -> bool:
+    """Whether a .gitignore of a folder above `rel` (those in `rules`) ignores it. Only folders that
+    have a .gitignore are in `rules`, so this costs one match per such folder, not one per level."""
+    for rel_dir, spec in rules:
+        sub = rel[len(rel_dir) + 1 :] if rel_dir else rel
+        if spec.match_file(sub + "/" if is_dir else sub):
+            return True
+    return False
