@@ -34,34 +34,20 @@ import torch
 import torch.nn.functional as F
 from hybrid_agent.kernels._dispatch import use_triton
 from hybrid_agent.kernels.causal_conv1d import causal_conv1d_step_ref
-from hybrid_agent.kernels.errors import KernelInputError
+from hybrid_agent.kernels.checks import (
+    GdnPrep,
+    check_attn_prep,
+    check_gdn_prep,
+    check_greedy_advance,
+    check_residual,
+)
 from hybrid_agent.kernels.rms_norm import rms_norm_ref
-
-GdnPrep = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def _l2(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """model.gated_deltanet.l2_normalize (kernels/ imports nothing of ours)."""
     xf = x.float()
     return (xf * torch.rsqrt(xf.pow(2).sum(-1, keepdim=True) + eps)).to(x.dtype)
-
-
-def check_gdn_prep(proj: torch.Tensor, conv_state: torch.Tensor, Hk: int, Dk: int, Hv: int, Dv: int,
-                   a_off: int, b_off: int) -> int:  # fmt: skip
-    C = 2 * Hk * Dk + Hv * Dv
-    if proj.dim() != 2 or proj.shape[1] < max(C, a_off + Hv, b_off + Hv) or Hv % Hk:
-        raise KernelInputError(
-            f"gdn_decode_prep: proj {tuple(proj.shape)} too narrow for the layout, or Hv % Hk"
-        )
-    if (
-        conv_state.dim() != 3
-        or conv_state.shape[:2] != (proj.shape[0], C)
-        or conv_state.dtype != torch.float32
-    ):
-        raise KernelInputError(
-            f"gdn_decode_prep: conv_state must be fp32 (B, {C}, W-1), got {tuple(conv_state.shape)}"
-        )
-    return C
 
 
 def gdn_decode_prep_ref(
@@ -99,8 +85,7 @@ def gdn_decode_prep(
 def residual_rms_norm_ref(
     x: torch.Tensor, y: torch.Tensor, w_y: torch.Tensor | None, w_out: torch.Tensor | None, eps: float
 ) -> torch.Tensor | None:
-    if y.shape != x.shape:
-        raise KernelInputError(f"residual_rms_norm: y {tuple(y.shape)} must have x's shape {tuple(x.shape)}")
+    check_residual(x, y)
     x.copy_(x + (y if w_y is None else rms_norm_ref(y, w_y, eps)))
     return None if w_out is None else rms_norm_ref(x, w_out, eps)
 
@@ -136,29 +121,6 @@ def _rotate_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
     x1, x2 = xr.chunk(2, dim=-1)
     rotated = torch.cat((-x2, x1), dim=-1)
     return torch.cat((xr * cos + rotated * sin, rest), dim=-1).to(x.dtype)
-
-
-def check_attn_prep(
-    qkv: torch.Tensor, q_w: torch.Tensor | None, k_w: torch.Tensor | None, k_buf: torch.Tensor,
-    v_buf: torch.Tensor, pos_buf: torch.Tensor, H: int, Hkv: int, Dh: int, rope: int, qk_norm: str,
-) -> None:  # fmt: skip
-    """`attn_decode_prep`'s input rules, checked once before either implementation runs."""
-    if qk_norm not in ("full", "head", "none"):
-        raise KernelInputError(f"attn_decode_prep: qk_norm must be full, head or none; got {qk_norm!r}")
-    if qk_norm != "none" and (q_w is None or k_w is None):
-        raise KernelInputError("attn_decode_prep: QK-norm needs both weights")
-    B = qkv.shape[0]
-    if qkv.dim() != 2 or qkv.shape[1] < (H + 2 * Hkv) * Dh or H % Hkv:
-        raise KernelInputError(
-            f"attn_decode_prep: qkv {tuple(qkv.shape)} too narrow for H={H}, Hkv={Hkv}, Dh={Dh}"
-        )
-    if k_buf.dim() != 4 or k_buf.shape != v_buf.shape or tuple(k_buf.shape) != (B, Hkv, k_buf.shape[2], Dh):
-        raise KernelInputError(
-            f"attn_decode_prep: k/v buffers must be equal (B, Hkv, M, Dh) = ({B}, {Hkv}, M, {Dh}); "
-            f"got {tuple(k_buf.shape)}, {tuple(v_buf.shape)}"
-        )
-    if pos_buf.dim() != 1 or pos_buf.shape[0] != k_buf.shape[2] or rope % 2 or rope > Dh:
-        raise KernelInputError(f"attn_decode_prep: pos_buf {tuple(pos_buf.shape)} or rope width {rope} off")
 
 
 def attn_decode_prep_ref(
@@ -209,11 +171,7 @@ def greedy_advance_ref(logits: torch.Tensor, tok: torch.Tensor, pos: torch.Tenso
 
 
 def greedy_advance(logits: torch.Tensor, tok: torch.Tensor, pos: torch.Tensor, ids: torch.Tensor) -> None:
-    if logits.dim() != 2 or tok.shape != (logits.shape[0], 1) or ids.shape[0] != logits.shape[0]:
-        raise KernelInputError(
-            f"greedy_advance: logits (B, V), tok (B, 1), ids (B, n); got {tuple(logits.shape)}, "
-            f"{tuple(tok.shape)}, {tuple(ids.shape)}"
-        )
+    check_greedy_advance(logits, tok, ids)
     if use_triton(logits):
         from hybrid_agent.kernels.triton_decode_fused import greedy_advance_triton
 

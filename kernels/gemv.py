@@ -16,27 +16,12 @@ of a device-to-device copy; `kernels/triton_gemv.py` streams W with wide loads a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from hybrid_agent.kernels._dispatch import use_triton
-from hybrid_agent.kernels.errors import KernelInputError
+from hybrid_agent.kernels.checks import GemvConfig, check_gemv
 
 MAX_ROWS = 8  # more rows than this: a matrix product, not a gemv (cuBLAS' tensor-core path wins)
-
-
-@dataclass(frozen=True)
-class GemvConfig:
-    """One program computes `block_n` outputs over a 1/`split_k` share of K, `block_k` columns at a time,
-    `unroll` tiles per loop trip (loads in flight per thread: block_n * block_k * unroll * 2 bytes /
-    (32 num_warps))."""
-
-    block_n: int = 16
-    block_k: int = 256
-    split_k: int = 1
-    num_warps: int = 4
-    unroll: int = 2
 
 
 # (N, K) -> config: the fastest of bench/gpu_gemv.py's candidates per shape in one device run (NVIDIA
@@ -61,17 +46,6 @@ def default_config(n: int, k: int, sms: int = 132) -> GemvConfig:
     while programs * split < 4 * sms and split < 8 and k // (2 * split) >= 1024:
         split *= 2
     return GemvConfig(16, 256, split, 4, 2)
-
-
-def check_gemv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> None:
-    if w.dim() != 2 or x.shape[-1] != w.shape[1]:
-        raise KernelInputError(
-            f"gemv: x {tuple(x.shape)} and w {tuple(w.shape)} do not multiply (w is (N, K))"
-        )
-    if b is not None and (b.dim() != 1 or b.shape[0] != w.shape[0]):
-        raise KernelInputError(f"gemv: bias {tuple(b.shape)} must be ({w.shape[0]},)")
-    if x.dtype != w.dtype or (b is not None and b.dtype != w.dtype):
-        raise KernelInputError(f"gemv: x, w and b must share a dtype (got {x.dtype}, {w.dtype})")
 
 
 def gemv_ref(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from hybrid_agent.kernels.decode_fused import GdnPrep, check_gdn_prep
+from hybrid_agent.kernels.checks import GdnPrep, check_gdn_prep
 from hybrid_agent.kernels.errors import KernelInputError
 
 
@@ -252,7 +252,7 @@ def attn_decode_prep_triton(
     sin: torch.Tensor | None, pos: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
     pos_buf: torch.Tensor, *, H: int, Hkv: int, Dh: int, eps: float, qk_norm: str,
 ) -> torch.Tensor:  # fmt: skip
-    # inputs as kernels.decode_fused.check_attn_prep allows (the dispatcher checked them)
+    # inputs as kernels.checks.check_attn_prep allows (the dispatcher checked them)
     R = 0 if cos is None else cos.shape[-1]
     norm = {"none": 0, "full": 1, "head": 2}[qk_norm]
     if qkv.stride(1) != 1 or k_buf.stride(3) != 1 or v_buf.stride(3) != 1 or pos_buf.stride(0) != 1:

@@ -25,7 +25,7 @@ import functools
 import torch
 import triton
 import triton.language as tl
-from hybrid_agent.kernels.gated_delta_rule import check_gdr_inputs
+from hybrid_agent.kernels.checks import check_gdr_inputs
 from hybrid_agent.kernels.triton_common import dot as _mm
 from hybrid_agent.kernels.triton_gdr_prepare import _gdr_kkt_kernel, _gdr_solve_kernel, _gdr_wu_kernel
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from hybrid_agent.kernels.ssd_scan import check_ssd_inputs
+from hybrid_agent.kernels.checks import check_ssd_inputs
 from hybrid_agent.kernels.triton_common import dot as _mm
 from hybrid_agent.kernels.triton_common import pow2_scale as _pow2_scale
 
