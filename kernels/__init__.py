@@ -3,6 +3,7 @@ that dispatches by device (Triton on CUDA, the reference elsewhere; see kernels/
 Signatures are fixed by docs/interfaces.md. kernels/ imports nothing else of ours."""
 
 from hybrid_agent.kernels.causal_conv1d import causal_conv1d, causal_conv1d_step
+from hybrid_agent.kernels.checks import GemvConfig
 from hybrid_agent.kernels.decode_fused import gdn_decode_prep, residual_rms_norm, silu_mul
 from hybrid_agent.kernels.errors import KernelInputError
 from hybrid_agent.kernels.gated_delta_rule import chunk_gated_delta_rule
@@ -14,6 +15,7 @@ from hybrid_agent.kernels.ssd_scan import ssd_scan
 from hybrid_agent.kernels.ssm_step import ssm_step
 
 __all__ = [
+    "GemvConfig",
     "KernelInputError",
     "causal_conv1d",
     "causal_conv1d_step",

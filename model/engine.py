@@ -48,7 +48,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from hybrid_agent.kernels import gated_delta_rule_step, rms_norm
+from hybrid_agent.kernels import GemvConfig, gated_delta_rule_step, rms_norm
 from hybrid_agent.kernels.attention_decode import attention_decode
 from hybrid_agent.kernels.decode_fused import (
     attn_decode_prep,
@@ -117,6 +117,7 @@ class DecodeEngine:
         # launch (False: the model's own ops, ~19 small kernels a layer; the same-run baseline)
         self.attn_prep = attn_prep
         self.greedy_kernel = True  # _advance through kernels.decode_fused.greedy_advance (False: torch ops)
+        self.gemv_cfg: dict[tuple[int, int], GemvConfig] = {}  # kernels.gemv launches by (N, K)
         self.set_gemv(gemv)
         with torch.inference_mode():
             self.state = self._allocate(batch_size)
@@ -154,7 +155,7 @@ class DecodeEngine:
 
     def _mm(self, role: str, x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
         """x w^T + b for one of the fused step's matmuls: kernels.gemv where its role is on, else F.linear."""
-        return gemv_op(x, w, b) if role in self.gemv_roles else F.linear(x, w, b)
+        return gemv_op(x, w, b, self.gemv_cfg.get(w.shape)) if role in self.gemv_roles else F.linear(x, w, b)
 
     # ---- buffers ---------------------------------------------------------------------------------------
     def _allocate(self, batch_size: int) -> ModelState:

@@ -1,6 +1,7 @@
 """Every launch variant of the chunked scans that bench/gpu_kernels.py may choose (the modules'
-`reference_overrides()` and `variant_overrides()`, applied over `launch_config`'s choice) against the torch reference: on the CPU interpreter at
-small shapes in the default run, and on the GPU at real shapes under `pytest -m gpu`.
+`reference_overrides()` and `variant_overrides()`, applied over `launch_config`'s choice) against
+the torch reference: on the CPU interpreter at small shapes in the default run, and on the GPU at real
+shapes under `pytest -m gpu`.
 
 Output tolerances as in test_kernels_triton.py / test_kernels_gpu.py. The final state is checked
 too: variants that keep the state's own products above 16 bits (prec 1 tf32, prec 2 hi + lo) must
