@@ -445,7 +445,7 @@ def main() -> None:
         return rows
 
     # same-run baselines of this session's choices, each switched back alone: the attention layers'
-    # QK-norm / RoPE / cache writes as the model's small ops (before kernels.decode_fused.attn_decode_prep),
+    # QK-norm / RoPE / cache writes as the model's small ops (before kernels.attn_decode_prep),
     # torch's argmax + 3 ops for the greedy advance; the down projection with and without split-K
     if "decode_noprep" in sections:
         b.section("decode_noprep", lambda: decode_with(ctxs, attn_prep=False))

@@ -6,9 +6,11 @@ a leaf, so the Triton files never need their wrappers."""
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
 import hybrid_agent.kernels
+import pytest
 
 PACKAGE = "hybrid_agent.kernels"
 KERNELS = Path(hybrid_agent.kernels.__file__).resolve().parent
@@ -84,3 +86,17 @@ def test_no_triton_file_imports_its_wrapper() -> None:
 def test_checks_is_a_leaf() -> None:
     """kernels/checks.py imports nothing of ours but kernels/errors.py."""
     assert import_graph()[f"{PACKAGE}.checks"] <= {f"{PACKAGE}.errors"}
+
+
+FUSED_DECODE_OPS = ["gdn_decode_prep", "residual_rms_norm", "silu_mul", "attn_decode_prep", "greedy_advance"]
+
+
+@pytest.mark.parametrize("op", FUSED_DECODE_OPS)
+def test_fused_decode_ops_one_per_file(op: str) -> None:
+    """Each of the engine's fused one-token ops has its own module with its torch `*_ref` beside the
+    dispatching function, its own Triton file, and stays a public name of hybrid_agent.kernels."""
+    module = importlib.import_module(f"{PACKAGE}.{op}")
+    assert callable(getattr(module, op)) and callable(getattr(module, f"{op}_ref"))
+    assert (KERNELS / f"triton_{op}.py").is_file()
+    assert getattr(hybrid_agent.kernels, op) is getattr(module, op)
+    assert op in hybrid_agent.kernels.__all__
