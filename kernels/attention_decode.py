@@ -88,7 +88,7 @@ def config_for(bh: int, sms: int = 132) -> DecodeConfig:
     long contexts (30 heads x 64 = 1920 programs on an H100's 132 SMs), blocks of 32 keys. Measured on
     the H100 (bench/results/gpu_e2e_s3_sweep.json, OLMo Hybrid 7B's 8 attention layers, G == 1):
     64 x 32 with slots and prefetch took 128 / 768 / 2699 us at 1k / 16k / 64k (2.98 TB/s at 64k)
-    against 147 / 1254 / 4666 us for the previous one-max-per-row form (64 x 64); blocks of 64 keys
+    against 147 / 1254 / 4666 us with one running max per row (64 x 64); blocks of 64 keys
     were faster at 1k only (112 us without prefetch) and slower at 64k (3047 us)."""
     nsplit = 1
     while bh * nsplit < 8 * sms and nsplit < 64:

@@ -12,7 +12,7 @@ the public op is a hint the Triton path does not need). Default (fused) path, th
    o = scale (exp(gam) Q S + [qk] v_new), S <- exp(gam_L) S + K^T (exp(gam_L - gam) v_new). Only o
    goes to memory. The state's own products use 16-bit hi + lo operand pairs (`fu_prec` 2).
 
-The split path (`fused` = 0, the previous design, kept as the benchmark's reference) runs W/U,
+The split path (`fused` = 0, the benchmark's baseline) runs W/U,
 `_gdr_states_kernel` (stores each chunk's entering state and v_new) and the parallel
 `_gdr_output_kernel`. Decays are carried in base 2 (exp2). For fp32 inputs (and on the CPU
 interpreter) every product is exact fp32.
@@ -69,8 +69,8 @@ def launch_config(device: torch.device, shape: tuple[int, ...], dtype: torch.dty
 
 
 def reference_overrides() -> dict[str, int]:
-    """The previous design (the five-launch split path) as overrides of `launch_config`'s choice: the
-    baseline bench/gpu_kernels.py times against."""
+    """The baseline bench/gpu_kernels.py times against, as overrides of `launch_config`'s choice: the
+    five-launch split path (W and U, the entering states and v_new go through memory)."""
     return {"fused": 0}
 
 
@@ -436,8 +436,8 @@ def chunk_gated_delta_rule_triton(
         HAS_S0=initial_state is not None, BK=BK, BV=bv("st_bv"), IEEE=ieee,
         num_warps=cfg.st_warps, num_stages=cfg.st_stages,
     )  # fmt: skip
-    # 16-bit output dots with BV=32 hit an illegal memory access on an H100 under Triton 3.6 (seen
-    # 2026-11-26, NOTES.md); 64 is the narrowest width seen working there, so narrower dv is masked.
+    # 16-bit output dots with BV=32 hit an illegal memory access on an H100 under Triton 3.6
+    # (NOTES.md); 64 is the narrowest width seen working there, so narrower dv is masked.
     out_bv = bv("out_bv") if ieee else max(64, bv("out_bv"))
     _gdr_output_kernel[(nchunk, b * h, triton.cdiv(dv, out_bv))](
         q, k, g, vnew, states, o, t, h, dk, dv, nchunk, float(scale),

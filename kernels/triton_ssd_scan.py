@@ -10,8 +10,8 @@ Default (split) path, three launches, as in the SSD paper's block decomposition:
    tensor-core product (or two, `st_prec` 2). Sequential in chunks, but each step is one small matrix
    product, and the intra-chunk work is left to the next launch. Chunks are 128 tokens (`L`), whatever
    chunk_size the caller passes: half the sequential steps and half the stored states of 64-token
-   chunks, for an output kernel no slower (NOTES.md). `st_acc` 0 is the session-3 form (the
-   product computed apart, then added; fp16-scaled, tf32 or hi + lo operands).
+   chunks, for an output kernel no slower (NOTES.md). `st_acc` 0 computes the product apart, then
+   adds it (fp16-scaled, tf32 or hi + lo operands).
 2. `_ssd_output_kernel`, one program per (chunk, batch*head, p-block), fully parallel over chunks:
    y = [(C B^T) * exp(cum_i - cum_j) dt_j]_causal x + exp(cum_i) C S_in^T + D x.
 
@@ -75,8 +75,9 @@ def launch_config(device: torch.device, shape: tuple[int, ...], dtype: torch.dty
 
 
 def reference_overrides() -> dict[str, int]:
-    """The previous design (the split path as first tuned) as overrides of `launch_config`'s choice:
-    the baseline bench/gpu_kernels.py times against."""
+    """The baseline bench/gpu_kernels.py times against, as overrides of `launch_config`'s choice: the
+    split path with the state product formed apart in tf32, 32x32 state blocks, no precomputed
+    weights, chunks of the caller's size and a 4-warp output kernel."""
     return {
         "fused": 0, "st_acc": 0, "st_prec": 1, "st_pre": 0, "st_bp": 32, "st_bn": 32, "st_warps": 4, "L": 0,
         "out_warps": 4,
@@ -157,8 +158,8 @@ def _ssd_states_kernel(
     dtype, as loaded) is the right operand with no conversion, scaling or tile maxima; x is read
     transposed, (BP, L), so x w, the one operand formed in registers, is already the left operand.
     x w is one 16-bit operand (PREC 0: rounded as fla rounds v exp(g)) or a 16-bit hi + lo pair
-    (PREC 2: ~16 significant bits, two products into the same accumulator). Without ACC (session 3's
-    form) the product is formed apart by `_update` (PREC 0-3 there) and then added."""
+    (PREC 2: ~16 significant bits, two products into the same accumulator). Without ACC the product
+    is formed apart by `_update` (PREC 0-3 there) and then added."""
     pid_p = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_bh = tl.program_id(2)
