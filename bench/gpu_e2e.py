@@ -398,11 +398,11 @@ def main() -> None:
 
     def gemv_bench() -> dict[str, Any]:
         # kernels.gemv vs cuBLAS at this model's one-token matmul shapes (bench/gpu_gemv.py); the best
-        # config per shape goes into kernels.gemv.CONFIGS for the decode sections below
+        # config per shape goes into the engine's gemv_cfg for the decode sections below
         from gpu_common import write_json
         from gpu_gemv import engine_shapes, sweep
 
-        res = sweep(engine_shapes(engine))
+        res = sweep(engine_shapes(engine), install=engine.gemv_cfg)
         gemv_roles["measured"] = res["faster_roles"]
         if args.gemv_out:
             write_json(args.gemv_out, res)
@@ -425,28 +425,27 @@ def main() -> None:
         (attn_prep), the attention kernel's launch (attn: a kernels.attention_decode.DecodeConfig), the
         greedy-advance kernel (greedy), the down projection's GEMV config (down); graphs recaptured."""
         from hybrid_agent.kernels import attention_decode as ad
-        from hybrid_agent.kernels.gemv import CONFIGS
+        from hybrid_agent.kernels.gemv import gemv_config
 
         key = (ours.config.d_model, engine.model.layers[0].mlp.down_proj.in_features)
-        saved = CONFIGS.get(key)
+        saved = dict(engine.gemv_cfg)
+        shown = down or saved.get(key) or gemv_config(engine.device, key, engine.model.dtype)
         engine.set_gemv(gemv_roles[args.gemv])
         engine.attn_prep, engine.greedy_kernel, ad.OVERRIDE = attn_prep, greedy, attn
         if down is not None:
-            CONFIGS[key] = down
+            engine.gemv_cfg[key] = down
         try:
             rows = decode(engine, ours, cs)
         finally:
-            engine.attn_prep, engine.greedy_kernel, ad.OVERRIDE = True, True, None
-            if saved is not None:
-                CONFIGS[key] = saved
+            engine.attn_prep, engine.greedy_kernel, ad.OVERRIDE, engine.gemv_cfg = True, True, None, saved
             engine._graphs = None
         for r in rows:
             r.update(attn_prep=attn_prep, attn_config=str(attn), greedy_kernel=greedy,
-                     down_config=str(down or saved))  # fmt: skip
+                     down_config=str(shown))  # fmt: skip
         return rows
 
     # same-run baselines of this session's choices, each switched back alone: the attention layers'
-    # QK-norm / RoPE / cache writes as the model's small ops (before kernels.decode_fused.attn_decode_prep),
+    # QK-norm / RoPE / cache writes as the model's small ops (before kernels.attn_decode_prep),
     # torch's argmax + 3 ops for the greedy advance; the down projection with and without split-K
     if "decode_noprep" in sections:
         b.section("decode_noprep", lambda: decode_with(ctxs, attn_prep=False))

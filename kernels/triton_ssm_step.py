@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from hybrid_agent.kernels.ssm_step import check_ssm_step_inputs
+from hybrid_agent.kernels.checks import check_ssm_step_inputs
 
 
 @triton.jit
