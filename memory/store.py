@@ -23,6 +23,8 @@ from hybrid_agent.memory.database import (
     retry_busy,
     translate,
 )
+from hybrid_agent.memory.errors import CorruptDataError
+from hybrid_agent.memory.integrity import missing_blobs, rechain, verify_chain
 from hybrid_agent.memory.queries import copy_rows, now, session_info, session_row, snapshot_row, utc
 from hybrid_agent.memory.records import (
     Event,
@@ -212,6 +214,16 @@ class Store:
         def do(s: Session) -> SessionInfo:
             parent = session_row(s, session_id)
             snapshot_row(s, session_id, turn)
+            # Checked before anything is copied: a fork of damaged rows would carry the damage into a
+            # session with a fresh, valid chain; a missing blob would fail a foreign key halfway.
+            rows = verify_chain(s, parent, turn)
+            missing = missing_blobs(s, session_id, rows)
+            if missing:
+                raise CorruptDataError(
+                    f"{missing[0]}; session {session_id} cannot be forked at turn {turn} "
+                    f"({len(missing)} missing): fork at an earlier turn, or see "
+                    f"`hybrid-agent sessions check {session_id[:8]}`"
+                )
             stamp = now()
             name = title if title is not None else f"{parent.title} (fork at turn {turn})"
             child = SessionRow(
@@ -229,6 +241,7 @@ class Store:
             s.flush()
             for model, cols in _FORK_COPIES:
                 copy_rows(s, model, cols, session_id, child.id, turn)
+            rechain(s, child, rows)
             return session_info(s, child)
 
         return self._in_write(do, "forking a session")
