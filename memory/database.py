@@ -36,12 +36,14 @@ from hybrid_agent.memory.errors import (
     NotADatabaseError,
     SchemaTooNewError,
     StoreBusyError,
+    StoreError,
 )
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 
 T = TypeVar("T")
+S = TypeVar("S")
 
 BUSY_TIMEOUT_S = 10.0  # SQLite's own wait for the lock, per statement
 RETRY_BUDGET_S = 120.0  # our retries on top, per operation, before StoreBusyError
@@ -262,9 +264,33 @@ def _is_busy(exc: DBAPIError) -> bool:
     return "database is locked" in msg or "database is busy" in msg or "database table is locked" in msg
 
 
+def unreadable_as_damage(fn: Callable[[S], T], session: S, what: str, where: str) -> T:
+    """`fn(session)`, with a stored value that cannot be decoded (a JSON column that is not JSON, a
+    date or a number that is not one: SQLAlchemy's result processors raise these unwrapped) reported
+    as the damage it is instead of an internal error. Arguments are validated before a transaction
+    opens, so inside one these come only from what was read."""
+    try:
+        return fn(session)
+    except (ValueError, TypeError) as exc:
+        if isinstance(exc, StoreError):
+            raise
+        raise CorruptDataError(
+            f"{what}: a value stored in {where} cannot be read ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:200]}); the database is damaged: "
+            "`hybrid-agent sessions check` lists what is affected"
+        ) from exc
+
+
 def translate(exc: DBAPIError, where: str) -> Exception:
     """Our exception for a driver error a user can hit, or the original one."""
     msg = str(exc.orig).lower()
+    if isinstance(exc, IntegrityError):
+        # The store checks what it writes (turn order, page ranges, blobs before rows that point at
+        # them), so a violated constraint means rows that the database lost or that were changed.
+        return CorruptDataError(
+            f"{where}: the stored rows contradict each other ({' '.join(str(exc.orig).split())}); "
+            "the database is damaged: `hybrid-agent sessions check` lists what is affected"
+        )
     if "file is not a database" in msg:
         return NotADatabaseError(f"{where} is not an SQLite database (it was left untouched)")
     if "malformed" in msg:

@@ -25,7 +25,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from hybrid_agent.memory.errors import CorruptDataError
+from hybrid_agent.memory.errors import CorruptDataError, InvalidMetaError
 from hybrid_agent.memory.schema import Blob, FileChangeRow, SessionRow, SnapshotRow, StatePage
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
@@ -39,6 +39,16 @@ def _plain(value: Any) -> Any:
     """`value` as the JSON column hands it back (string keys, lists), so that the digest computed
     when a row is written equals the one computed from the row read back."""
     return json.loads(json.dumps(value))
+
+
+def plain_json(value: Any, what: str) -> Any:
+    """`_plain(value)` for a caller's value, checked before any transaction opens."""
+    try:
+        return _plain(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidMetaError(
+            f"{what} must be plain JSON (str, int, float, bool, None, list, dict): {exc}"
+        ) from None
 
 
 def snapshot_digest(

@@ -22,6 +22,7 @@ from hybrid_agent.memory.database import (
     normalize_url,
     retry_busy,
     translate,
+    unreadable_as_damage,
 )
 from hybrid_agent.memory.errors import CorruptDataError
 from hybrid_agent.memory.integrity import missing_blobs, rechain, verify_chain
@@ -110,14 +111,14 @@ class Store:
     def _in_read(self, fn: Callable[[Session], T], what: str) -> T:
         def attempt() -> T:
             with self._read() as s, s.begin():
-                return fn(s)
+                return unreadable_as_damage(fn, s, what, self._where)
 
         return self._run(attempt, what)
 
     def _in_write(self, fn: Callable[[Session], T], what: str) -> T:
         def attempt() -> T:
             with self._write() as s, s.begin():
-                return fn(s)
+                return unreadable_as_damage(fn, s, what, self._where)
 
         result = self._run(attempt, what)
         if self._checkpointer is not None:

@@ -22,7 +22,7 @@ from hybrid_agent.memory.errors import (
     InvalidPageError,
     TurnOrderError,
 )
-from hybrid_agent.memory.integrity import damaged, snapshot_digest, verify_chain
+from hybrid_agent.memory.integrity import damaged, plain_json, snapshot_digest, verify_chain
 from hybrid_agent.memory.queries import now, session_row, snapshot_row
 from hybrid_agent.memory.records import Event, FileEdit, Page, SaveStats, Snapshot
 from hybrid_agent.memory.schema import EVENT_KINDS, EventRow, FileChangeRow, SnapshotRow, StatePage
@@ -77,7 +77,7 @@ def prepare_turn(
     return PreparedTurn(
         turn=turn,
         n_tokens=n_tokens,
-        meta=dict(meta or {}),
+        meta=plain_json(meta or {}, "the snapshot's meta"),
         events=evs,
         recurrent=blobs.prepare_blob(tensors_to_bytes(recurrent)),
         pages=[(p, blobs.prepare_blob(tensors_to_bytes(p.tensors))) for p in ordered],

@@ -3,6 +3,9 @@ refused on load and fork with an error naming the session and the turn, never re
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
 import pytest
 import sqlalchemy as sa
 import torch
@@ -143,3 +146,26 @@ def test_forking_at_a_turn_whose_blob_row_is_missing_names_it(store: Store) -> N
         store.fork_session(sid, 3)
     assert len(store.list_sessions()) == before  # nothing half-made
     assert store.load_snapshot(store.fork_session(sid, 1).id).turn == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "read"),
+    [
+        ("UPDATE sessions SET meta = '{bad'", "list_sessions"),
+        ("UPDATE sessions SET created_at = 'garbage'", "list_sessions"),
+        ("UPDATE snapshots SET meta = '{bad'", "load_snapshot"),
+        ("UPDATE snapshots SET n_tokens = 'abc'", "fork_session"),
+        ("UPDATE state_pages SET token_start = 'x'", "load_snapshot"),
+        ("UPDATE events SET data = '{bad'", "events"),
+    ],
+)
+def test_unreadable_stored_values_are_reported_as_damage(sqlite_path: Path, change: str, read: str) -> None:
+    # Before: JSONDecodeError / ValueError tracebacks out of SQLAlchemy's result processing.
+    with Store(sqlite_path) as store:
+        sid = save_turns(store, 1)
+    with sqlite3.connect(sqlite_path) as conn:
+        conn.execute(change)
+    conn.close()
+    args = {"list_sessions": (), "load_snapshot": (sid,), "fork_session": (sid, 1), "events": (sid,)}[read]
+    with Store(sqlite_path) as store, pytest.raises(CorruptDataError, match=r"cannot be read.*damaged"):
+        getattr(store, read)(*args)
