@@ -19,7 +19,9 @@ from hybrid_agent.memory.errors import (
     TurnNotFoundError,
     TurnOrderError,
 )
+from hybrid_agent.memory.maintenance import CheckReport
 from hybrid_agent.memory.records import (
+    CompactStats,
     Event,
     FileChange,
     FileEdit,
@@ -32,6 +34,8 @@ from hybrid_agent.memory.records import (
 from hybrid_agent.memory.store import Store
 
 __all__ = [
+    "CheckReport",
+    "CompactStats",
     "CorruptDataError",
     "DatabaseUnavailableError",
     "Event",
