@@ -275,8 +275,8 @@ class ChunkReaders:
         if READER_MMAP_BYTES:
             # Blob reads copy straight out of the mapped file instead of pread-ing each page into
             # SQLite's cache first: one copy of every byte fewer. Read-only and short-lived
-            # connections, and the store never shrinks its file (no VACUUM), so a mapping cannot
-            # lose its pages under a reader.
+            # connections; the file shrinks only in `Store.compact`'s checkpoint, which does not
+            # truncate pages while a reader's snapshot may still need them.
             conn.execute(f"PRAGMA mmap_size = {READER_MMAP_BYTES}")
         conn.execute("BEGIN")  # one read snapshot for this connection's whole share of the load
         conn.execute("SELECT 1 FROM blob_chunks LIMIT 1").fetchall()

@@ -1,6 +1,6 @@
-"""`hybrid-agent sessions check` and `sessions gc`, and the session commands on a damaged or read-only
-database, through `agent.cli.main(argv)` in this process (no model needed: sessions are made with the
-store directly)."""
+"""`hybrid-agent sessions check` and `sessions gc`, the session commands on a damaged or read-only
+database, and a resume of damaged snapshot rows, through `agent.cli.main(argv)` in this process
+(sessions are made with the store directly, except for the resume)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import pytest
 import torch
 from hybrid_agent.agent.cli import main
 from hybrid_agent.memory import Store
+from hybrid_agent.model.config import HybridConfig
+from hybrid_agent.model.hybrid import HybridLM
 
 
 def call(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -111,3 +113,36 @@ def test_read_only_file_lists_and_shows(
     code, _, err = call(capsys, "sessions", "rm", sid, "--db", str(db))
     assert code == 1 and "is open read-only" in err and len(err.splitlines()) == 1
     assert db.read_bytes() == before
+
+
+@pytest.mark.slow  # two turns of a tiny model: ~8 s here (the store-level test is in tests/memory)
+def test_resume_refuses_a_renumbered_latest_turn(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Before the digest chain: turn 2 renumbered to 0 made turn 1 the latest, and `--resume` went on
+    # from turn 1 without a word.
+    torch.manual_seed(1)
+    model = tmp_path / "model"
+    HybridLM(HybridConfig(vocab_size=267, d_model=32, layer_types=["mamba2", "attention"])).save_pretrained(
+        model
+    )
+    (tmp_path / "ws").mkdir()
+    db = tmp_path / "s.db"
+    common = [
+        "--model",
+        str(model),
+        "--db",
+        str(db),
+        "--workspace",
+        str(tmp_path / "ws"),
+        "--max-new-tokens",
+        "3",
+    ]
+    code, out, err = call(capsys, "run", "one", *common)
+    assert code == 0, err
+    sid = out.splitlines()[-1].removeprefix("session: ")
+    assert call(capsys, "run", "two", "--resume", sid, *common)[0] == 0
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE snapshots SET turn = 0 WHERE session_id = ? AND turn = 2", (sid,))
+    conn.close()
+    code, out, err = call(capsys, "run", "three", "--resume", sid, *common)
+    assert code == 1 and "session: " not in out
+    assert err.startswith(f"hybrid-agent: error: session {sid} turn 0: ") and len(err.splitlines()) == 1, err
