@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import torch
+from alembic import command
 from hybrid_agent.memory import CorruptDataError, Page, Store
+from hybrid_agent.memory.database import WRITE_OPTION, _alembic_config, create_store_engine, normalize_url
 
 
 def save_turns(store: Store, n: int = 3, fingerprint: str = "fp") -> str:
@@ -169,3 +171,23 @@ def test_unreadable_stored_values_are_reported_as_damage(sqlite_path: Path, chan
     args = {"list_sessions": (), "load_snapshot": (sid,), "fork_session": (sid, 1), "events": (sid,)}[read]
     with Store(sqlite_path) as store, pytest.raises(CorruptDataError, match=r"cannot be read.*damaged"):
         getattr(store, read)(*args)
+
+
+def test_a_database_from_revision_0002_upgrades_and_resumes(store_url: str) -> None:
+    # Turns saved, then the schema taken back to 0002 (no digest columns): what an older
+    # hybrid-agent left. Opening upgrades it; its turns load, fork, and new turns extend a chain.
+    with Store(store_url) as store:
+        sid = save_turns(store, 2)
+    engine = create_store_engine(normalize_url(store_url))
+    cfg = _alembic_config()
+    with engine.execution_options(**{WRITE_OPTION: True}).begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0002")
+        assert "digest" not in {c["name"] for c in sa.inspect(conn).get_columns("snapshots")}
+    engine.dispose()
+    with Store(store_url) as store:
+        assert store.load_snapshot(sid).turn == 2
+        store.save_turn(sid, 3, events=[], recurrent={"s": torch.zeros(2)}, n_tokens=12)
+        assert store.load_snapshot(sid).turn == 3
+        assert store.load_snapshot(store.fork_session(sid, 2).id).turn == 2
+        assert store.check().ok

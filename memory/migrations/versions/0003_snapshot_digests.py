@@ -25,7 +25,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("snapshots") as batch:
-        batch.drop_column("digest")
-    with op.batch_alter_table("sessions") as batch:
-        batch.drop_column("head_digest")
+    # Plain ALTER TABLE DROP COLUMN (SQLite >= 3.35): batch mode would rebuild `sessions`, and dropping
+    # the old table with foreign keys on would cascade-delete every session's rows.
+    op.drop_column("snapshots", "digest")
+    op.drop_column("sessions", "head_digest")
