@@ -111,11 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="ID", default=argparse.SUPPRESS, help="continue a saved session")
 
     sessions = sub.add_parser(
-        "sessions", parents=[shared], help="list, show, fork, remove or export sessions"
+        "sessions", parents=[shared], help="list, show, fork, remove, export, check or compact sessions"
     )
     # `sessions` alone lists them (as `git remote` does), so --json works there too.
     sessions.add_argument("--json", action="store_true", help="with no action: list as JSON lines")
-    ssub = sessions.add_subparsers(dest="action", metavar="{list,show,fork,rm,export}")
+    ssub = sessions.add_subparsers(dest="action", metavar="{list,show,fork,rm,export,check,gc}")
     ls = ssub.add_parser("list", parents=[shared], help="saved sessions, most recent first")
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
     show = ssub.add_parser("show", parents=[shared], help="a session's details and conversation")
@@ -128,6 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("id")
     export = ssub.add_parser("export", parents=[shared], help="a session's events as JSON lines")
     export.add_argument("id")
+    check = ssub.add_parser(
+        "check",
+        parents=[shared],
+        help="verify the database file, the sessions' indexes and every stored byte",
+    )
+    check.add_argument("id", nargs="?", help="only this session (and the bytes it uses)")
+    ssub.add_parser(
+        "gc", parents=[shared], help="delete unreferenced data and give the freed space back to the disk"
+    )
     return parser
 
 
