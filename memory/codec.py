@@ -97,6 +97,7 @@ _DTYPES: dict[str, torch.dtype] = {
 }
 _NAMES = {dtype: name for name, dtype in _DTYPES.items()}
 _MAX_HEADER = 100 << 20  # as the safetensors library: a larger header is not one it wrote
+_MAX_DIM = 1 << 63  # torch sizes are int64
 
 
 def tensors_from_buffer(buf: torch.Tensor, *, what: str) -> dict[str, torch.Tensor]:
@@ -125,8 +126,8 @@ def tensors_from_buffer(buf: torch.Tensor, *, what: str) -> dict[str, torch.Tens
         raise bad(f"header length {n} is beyond the {total} bytes")
     try:
         header = json.loads(bytes(buf[8 : 8 + n].cpu().numpy()))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise bad(f"header is not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # also: a number too long to convert, deep nesting
+        raise bad(f"header is not JSON: {str(exc)[:200]}") from None
     if not isinstance(header, dict):
         raise bad("header is not a JSON object")
     base, data_len = 8 + n, total - 8 - n
@@ -139,12 +140,14 @@ def tensors_from_buffer(buf: torch.Tensor, *, what: str) -> dict[str, torch.Tens
             dtype, shape, (start, end) = _DTYPES[info["dtype"]], info["shape"], info["data_offsets"]
         except (KeyError, TypeError, ValueError):
             raise bad(f"tensor {name!r} has an unknown dtype or a malformed entry") from None
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        if not isinstance(shape, list) or not all(_whole(d) and 0 <= d < _MAX_DIM for d in shape):
             raise bad(f"tensor {name!r} has a malformed shape or offset")
-        numel = 1
+        numel = 0 if 0 in shape else 1
         for d in shape:
+            if numel > data_len:  # already more elements than bytes: stop before a huge product
+                break
             numel *= d
-        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end <= data_len):
+        if not (_whole(start) and _whole(end) and 0 <= start <= end <= data_len):
             raise bad(f"tensor {name!r} lies outside the data")
         if end - start != numel * dtype.itemsize:
             raise bad(f"tensor {name!r} has {end - start} bytes for shape {shape}")
@@ -162,5 +165,12 @@ def tensors_from_buffer(buf: torch.Tensor, *, what: str) -> dict[str, torch.Tens
         raw = buf[base + start : base + end]
         if (base + start) % dtype.itemsize:
             raw = raw.clone()  # a fresh allocation is aligned for every dtype
-        out[name] = raw.view(dtype).view(shape)
+        try:
+            out[name] = raw.view(dtype).view(shape)
+        except RuntimeError:  # an empty tensor whose dims multiply past what torch can index
+            raise bad(f"tensor {name!r} has a shape torch cannot hold") from None
     return out
+
+
+def _whole(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)  # JSON true/false are not sizes

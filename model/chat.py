@@ -20,6 +20,7 @@ Design choices:
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -116,24 +117,59 @@ class ChatFormat(Protocol):
         ...
 
 
-def _parse_call_json(body: str, raw: str) -> ParsedToolCall:
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999
+        raise ValueError(f"{text} is too large a number")
+    return value
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+        raise ValueError(f"a number of {len(text)} digits is too long") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def load_call_json(body: str) -> tuple[Any, str | None]:
+    """`(value, None)` for JSON the model wrote, else `(None, why)`. Strict JSON only: NaN, Infinity
+    and numbers too large for a float are refused, so arguments can be stored and shown as JSON.
+    Numbers with more digits than Python converts, and nesting deeper than the recursion limit, are
+    refused too (`json.loads` raises ValueError and RecursionError for those, not JSONDecodeError)."""
+    try:
+        return json.loads(body, parse_float=_finite, parse_int=_whole, parse_constant=_no_constant), None
+    except json.JSONDecodeError as exc:
+        return None, f"the tool call is not valid JSON ({exc.msg} at char {exc.pos})"
+    except ValueError as exc:
+        return None, f"the tool call is not valid JSON ({exc})"
+    except RecursionError:
+        return None, "the tool call is not valid JSON (nested too deeply)"
+
+
+def call_from_object(obj: Any, raw: str, *, what: str = "a tool call") -> ParsedToolCall:
     """Read `{"name": ..., "arguments": {...}}`; accept `parameters` and a JSON-string `arguments`,
     which real models emit too."""
-    try:
-        obj = json.loads(body)
-    except json.JSONDecodeError as exc:
-        return ParsedToolCall(None, {}, raw, f"the tool call is not valid JSON ({exc.msg} at char {exc.pos})")
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
-        return ParsedToolCall(None, {}, raw, 'a tool call must be a JSON object with a string "name"')
+        return ParsedToolCall(None, {}, raw, f'{what} must be a JSON object with a string "name"')
     args = obj.get("arguments", obj.get("parameters", {}))
     if isinstance(args, str):
-        try:
-            args = json.loads(args) if args.strip() else {}
-        except json.JSONDecodeError:
+        args, error = load_call_json(args) if args.strip() else ({}, None)
+        if error is not None:
             return ParsedToolCall(obj["name"], {}, raw, '"arguments" is a string that is not a JSON object')
     if not isinstance(args, dict):
         return ParsedToolCall(obj["name"], {}, raw, '"arguments" must be a JSON object')
     return ParsedToolCall(obj["name"], args, raw)
+
+
+def _parse_call_json(body: str, raw: str) -> ParsedToolCall:
+    obj, error = load_call_json(body)
+    if error is not None:
+        return ParsedToolCall(None, {}, raw, error)
+    return call_from_object(obj, raw)
 
 
 class _TaggedToolCalls:
@@ -143,19 +179,26 @@ class _TaggedToolCalls:
     tool_call_close: str
     stop_strings: tuple[str, ...]
 
+    def parse_block(self, body: str, raw: str) -> list[ParsedToolCall]:
+        """The calls in one block: `body` is the text between the markers, `raw` the whole block."""
+        return [_parse_call_json(body, raw)]
+
     def parse_tool_calls(self, text: str) -> list[ParsedToolCall]:
+        # str.find, not a lazy regex: `open(.*?)close` rescans to the end of the text for every open
+        # marker that has no close, quadratic in a degenerate output that repeats the open marker.
         calls: list[ParsedToolCall] = []
-        pattern = re.escape(self.tool_call_open) + r"(.*?)" + re.escape(self.tool_call_close)
-        for m in re.finditer(pattern, text, flags=re.DOTALL):
-            calls.append(_parse_call_json(m.group(1).strip(), m.group(0)))
-        # An open marker without its close (the model stopped or ran out of tokens) is malformed too.
-        last_close = text.rfind(self.tool_call_close)
-        tail = text[last_close + len(self.tool_call_close) :] if last_close >= 0 else text
-        if self.tool_call_open in tail:
-            raw = tail[tail.index(self.tool_call_open) :]
-            calls.append(
-                ParsedToolCall(None, {}, raw, f"the tool call was not closed with {self.tool_call_close}")
-            )
+        opener, closer = self.tool_call_open, self.tool_call_close
+        pos = 0
+        while (start := text.find(opener, pos)) >= 0:
+            end = text.find(closer, start + len(opener))
+            if end < 0:
+                # An open marker without its close (the model stopped or ran out of tokens) is malformed.
+                calls.append(
+                    ParsedToolCall(None, {}, text[start:], f"the tool call was not closed with {closer}")
+                )
+                break
+            pos = end + len(closer)
+            calls += self.parse_block(text[start + len(opener) : end].strip(), text[start:pos])
         return calls
 
     def visible_text(self, text: str) -> str:
