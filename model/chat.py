@@ -22,8 +22,9 @@ from __future__ import annotations
 import json
 import math
 import re
+import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -393,6 +394,8 @@ class JinjaChatFormat(HermesToolCalls):
             return self._template.render(**context)
         except TemplateError as exc:
             raise ChatFormatError(f"the chat template failed to render: {exc}") from exc
+        except Exception as exc:  # the template is untrusted code: 1 // 0 on some content, and so on
+            raise ChatFormatError(f"the chat template failed to render: {type(exc).__name__}: {exc}") from exc
 
     def _strip_stop(self, raw: str) -> str:
         for stop in self.stop_strings:
@@ -433,7 +436,51 @@ class JinjaChatFormat(HermesToolCalls):
                 f"has already read (at char {at}: {in_state[at : at + 40]!r} became {full[at : at + 40]!r}). "
                 "Start a new session, or use a model whose template only appends."
             )
-        return _split_content(full[len(in_state) :], [m.content for m in new])
+        text = full[len(in_state) :]
+        exact = self._split_exactly(text, full_history, new, tools, in_state)
+        return exact if exact is not None else _split_content(text, [m.content for m in new])
+
+    def _split_exactly(
+        self,
+        text: str,
+        head: Sequence[ChatMessage],
+        new: Sequence[ChatMessage],
+        tools: Sequence[dict[str, Any]],
+        in_state: str,
+    ) -> Segment | None:
+        """`text`, the new segment, cut into the template's markup and the new contents, or None.
+
+        The markup is what the template writes around placeholders put in place of the contents (a
+        second render), so text in a content is never taken for markup, whatever it repeats. That holds
+        when the template writes each content as it is, or trimmed (`| trim`), where its placeholder
+        was; for a template that does anything else, None, and `_split_content` searches instead."""
+        nonce = secrets.token_hex(8)
+        marks = [f"\ue000{nonce}:{i}\ue001" for i in range(len(new))]  # private-use code points
+        probe = [replace(m, content=mark) for m, mark in zip(new, marks, strict=True)]
+        try:
+            rendered = self.render([*head, *probe], add_generation_prompt=True, tools=tools)
+        except ChatFormatError:
+            return None
+        if not rendered.startswith(in_state):
+            return None
+        rest, markup = rendered[len(in_state) :], []
+        for mark in marks:
+            before, found, rest = rest.partition(mark)
+            if not found or mark in rest:
+                return None  # a placeholder missing, repeated or out of order
+            markup.append(before)
+        markup.append(rest)
+        if not text.startswith(markup[0]):
+            return None
+        pieces, pos = [(markup[0], True)], len(markup[0])
+        for msg, after in zip(new, markup[1:], strict=True):
+            fits = [c for c in (msg.content, msg.content.strip()) if text.startswith(c + after, pos)]
+            if not fits:
+                return None
+            written = fits[0]
+            pieces += [(written, False), (after, True)]
+            pos += len(written) + len(after)
+        return Segment(tuple(p for p in pieces if p[0])) if pos == len(text) else None
 
 
 def _split_content(text: str, contents: Sequence[str]) -> Segment:
