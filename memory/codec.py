@@ -31,6 +31,8 @@ def tensors_to_bytes(tensors: Mapping[str, torch.Tensor]) -> memoryview:
     for name, tensor in tensors.items():
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"tensor {name!r} is a {type(tensor).__name__}, expected torch.Tensor")
+        if name == "__metadata__":  # the safetensors format's own key: a reader skips it
+            raise ValueError("a tensor cannot be named '__metadata__' in a safetensors image")
         if tensor.dtype not in _NAMES:
             raise TypeError(f"tensor {name!r} has dtype {tensor.dtype}, which safetensors cannot store")
         flat.append((name, tensor.detach().to("cpu").contiguous()))
@@ -111,6 +113,7 @@ def tensors_from_buffer(buf: torch.Tensor, *, what: str) -> dict[str, torch.Tens
     whose offset is not a multiple of its element size (safetensors does not align) is copied."""
 
     def bad(why: str) -> CorruptDataError:
+        why = why if len(why) <= 300 else why[:300] + "..."  # names and shapes come from the bytes
         return CorruptDataError(
             f"{what}: the stored bytes passed their sha256 check but are not valid safetensors ({why}); "
             "the snapshot was written by something else — load an earlier turn or fork from one"
@@ -127,7 +130,7 @@ def tensors_from_buffer(buf: torch.Tensor, *, what: str) -> dict[str, torch.Tens
     try:
         header = json.loads(bytes(buf[8 : 8 + n].cpu().numpy()))
     except (ValueError, RecursionError) as exc:  # also: a number too long to convert, deep nesting
-        raise bad(f"header is not JSON: {str(exc)[:200]}") from None
+        raise bad(f"header is not JSON: {exc}") from None
     if not isinstance(header, dict):
         raise bad("header is not a JSON object")
     base, data_len = 8 + n, total - 8 - n
