@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, settings
 _QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large]
 
 settings.register_profile(
-    "fuzz", max_examples=60, deadline=timedelta(seconds=2), suppress_health_check=_QUIET, print_blob=True
+    "fuzz", max_examples=50, deadline=timedelta(seconds=5), suppress_health_check=_QUIET, print_blob=True
 )
 settings.register_profile(
     "fuzz-slow",
