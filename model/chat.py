@@ -484,9 +484,9 @@ class JinjaChatFormat(HermesToolCalls):
 
 
 def _split_content(text: str, contents: Sequence[str]) -> Segment:
-    """Mark the new messages' contents inside a rendered segment as content, the rest as markup.
-    Contents are looked for in order; one the template changed (trimmed, escaped) is not found and
-    its text stays markup, which only matters if it contains special-token strings."""
+    """`_split_exactly`'s fallback: contents are looked for in order and marked as content. One the
+    template changed (escaped, cut) is not found and its text stays markup, which only matters if it
+    contains special-token strings."""
     pieces: list[tuple[str, bool]] = []
     pos = 0
     for content in contents:
