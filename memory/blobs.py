@@ -228,7 +228,7 @@ def _chunk_index(
     ]
     if [r[0] for r in rows] != list(range(n_chunks)):
         raise CorruptDataError(f"{what}: blob {sha256[:16]} has {len(rows)} of its {n_chunks} chunks")
-    if chunk_size <= 0 or n_chunks != -(-size // chunk_size):  # every byte of the buffer gets written
+    if chunk_size <= 0 or size < 0 or n_chunks != -(-size // chunk_size):  # every byte gets written
         raise CorruptDataError(f"{what}: blob {sha256[:16]} has an inconsistent size record")
     return size, chunk_size, rows
 

@@ -38,6 +38,15 @@ NATIVE_SPECIAL_TOKENS: tuple[str, ...] = (
 
 TOKENIZER_FILE = "tokenizer.json"
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def encodable(text: str) -> str:
+    """`text` with each lone surrogate as U+FFFD. A str may hold them (an undecodable byte of a
+    command-line argument or file name, a JSON `"\\ud800"` escape) but UTF-8 cannot encode them, and
+    both tokenizers would raise."""
+    return text if _LONE_SURROGATE.search(text) is None else _LONE_SURROGATE.sub("\ufffd", text)
+
 
 class TokenizerLike(Protocol):
     """What `generate` and the chat code need from a tokenizer."""
@@ -101,6 +110,7 @@ class ByteTokenizer:
         self._special_re = re.compile("|".join(re.escape(t) for t in alternatives))
 
     def encode(self, text: str, *, special: bool = False) -> list[int]:
+        text = encodable(text)
         if not special:
             return list(text.encode("utf-8"))
         ids: list[int] = []
@@ -165,7 +175,7 @@ class Tokenizer:
         with self._lock:
             self._hf.encode_special_tokens = not special
             try:
-                return self._hf.encode(text, add_special_tokens=False).ids
+                return self._hf.encode(encodable(text), add_special_tokens=False).ids
             finally:
                 self._hf.encode_special_tokens = False
 
