@@ -5,6 +5,7 @@ docs/results.md cites exists."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -21,7 +22,12 @@ def _tracked() -> list[Path]:
     virtualenv folders)."""
     try:
         out = subprocess.run(
-            ["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True, timeout=30
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
         )
         files = [REPO / line for line in out.stdout.splitlines()]
     except (OSError, subprocess.SubprocessError):
@@ -71,3 +77,66 @@ def test_every_document_named_is_in_the_repository() -> None:
                 if not _resolves(ref, path, names)
             ]
     assert not bad, "documents named but not in the repository:\n" + "\n".join(bad)
+
+
+def _cited(name: str, texts: dict[Path, str]) -> list[Path]:
+    pattern = re.compile(rf"(?<![\w.-]){re.escape(name)}(?![\w-])")
+    return [path for path, text in texts.items() if pattern.search(text)]
+
+
+def test_every_results_file_is_cited_and_every_cited_one_exists() -> None:
+    texts = {
+        p: p.read_text(encoding="utf-8", errors="replace")
+        for p in _tracked()
+        if not p.is_relative_to(RESULTS)
+    }
+    stored = sorted(p.name for p in RESULTS.glob("*.json"))
+    assert "gpu_e2e_s3.json" in stored  # the decode table's file: the glob sees the real folder
+    uncited = [name for name in stored if not _cited(name, texts)]
+    assert not uncited, f"bench/results/ files no document, script or test names: {uncited}"
+    results_doc = (REPO / "docs" / "results.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"(?:(?<=bench/results/)|(?<![\w./-]))([a-z][\w-]*\.json)", results_doc))
+    assert {"gpu_e2e_s3.json", "eval_default_model.json"} <= named
+    missing = sorted(name for name in named if not (RESULTS / name).is_file())
+    assert not missing, f"docs/results.md cites files bench/results/ does not have: {missing}"
+
+
+def _table(doc: str, header_start: str) -> list[list[str]]:
+    """The body rows of the first markdown table whose header row starts with `header_start`."""
+    lines = doc.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_results_decode_and_kernel_tables_match_their_json() -> None:
+    doc = (REPO / "docs" / "results.md").read_text(encoding="utf-8")
+    load = lambda name: json.loads((RESULTS / name).read_text(encoding="utf-8"))
+    s3, final = load("gpu_e2e_s3.json"), load("gpu_e2e_final.json")
+    cublas = {r["ctx"]: r for r in s3["decode_cublas"]}
+    hf = {r["ctx"]: r["tok_s"] for r in final["transformers"]["decode"]}
+    want = [
+        [
+            f"{r['ctx'] // 1024}k",
+            f"{r['tok_s']:.1f}",
+            f"{cublas[r['ctx']]['tok_s']:.1f}",
+            f"{1000 / r['floor_ms']:.1f}",
+            f"{100 * r['vs_floor']:.1f}%",
+            f"{hf[r['ctx']]:.1f}",
+            f"{r['tok_s'] / hf[r['ctx']]:.1f}x",
+        ]
+        for r in s3["decode_ours"]
+    ]
+    assert _table(doc, "| context | ours tok/s") == want
+    prefill = (
+        load("gpu_kernels_s4_final.json")["prefill"] + load("gpu_kernels_s4_final_prefill.json")["prefill"]
+    )
+    speedups = [row[2:5] for row in _table(doc, "| kernel | shape")]
+    by_shape: dict[str, list[str]] = {}
+    for r in sorted(prefill, key=lambda r: r["T"]):
+        by_shape.setdefault(r["shape"], []).append(f"{r['speedup_vs_fla']:.2f}x")
+    assert speedups == [by_shape[s] for s in ("H32_P128_N128_G32", "H32_K128_V128", "olmo_H30_K96_V192")]
