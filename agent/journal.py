@@ -1,7 +1,7 @@
 """The tools' file journal, backed by the session database.
 
 Changes made during a turn are held here and written by the turn's `save_turn`, in the same
-transaction as its events and snapshot (DESIGN.md, step 5). A turn that is cancelled or fails still
+transaction as its events and snapshot (docs/design.md, step 5). A turn that is cancelled or fails still
 changed files on disk, so its changes are then written on their own (`flush`): nothing a tool did is
 ever left out of the journal that undo and rewind read.
 """

@@ -1,6 +1,6 @@
 """`Agent`: one session at a time, one turn at a time, each turn ending in one snapshot.
 
-A turn (DESIGN.md, "Data flow of one turn"): render the new segment only -> prefill it onto the state
+A turn (docs/design.md, "One turn"): render the new segment only -> prefill it onto the state
 -> decode, streaming `TextDelta`s, until end of turn or a complete tool call -> parse, approve, run the
 call, prefill its result -> decode again ... -> one `save_turn` with the events, the recurrent state,
 the cache pages since the last snapshot and the file-journal entries.

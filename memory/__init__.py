@@ -1,5 +1,5 @@
 """memory/ — the session database: sessions, events, per-turn state snapshots with append-only
-attention-cache pages, forks, and the file-change journal (see ../shared/DESIGN.md, Storage).
+attention-cache pages, forks, and the file-change journal (see docs/design.md, Storage).
 
 Speaks `dict[str, torch.Tensor]`, bytes and metadata only; it never imports `model/`.
 """

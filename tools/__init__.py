@@ -1,5 +1,5 @@
 """tools/ — the tool layer: typed tools, a registry with plugins and MCP servers, a confined
-workspace, approvals and an undo journal. See ../docs/interfaces.md and /work/shared/DESIGN.md."""
+workspace, approvals and an undo journal. See docs/interfaces.md and docs/design.md."""
 
 from hybrid_agent.tools.base import Limits, Policy, Preview, Tool, ToolContext, ToolResult, tool
 from hybrid_agent.tools.errors import (

@@ -76,7 +76,7 @@ def test_olmo_hybrid_shape_preset_has_its_parameter_count():
     with torch.device("meta"):  # shapes only: 7.4 B parameters are not allocated
         hybrid = HybridLM(HybridConfig.from_name("olmo-hybrid-7b"))
         attn = HybridLM(HybridConfig.from_name("olmo-hybrid-7b-attn"))
-    assert hybrid.num_parameters() == 7_430_870_688  # ../shared/PERF-ANCHORS.md: 7.43 B
+    assert hybrid.num_parameters() == 7_430_870_688  # docs/design.md: 7.43 B
     assert hybrid.config.layer_types.count("attention") == 8 and attn.config.n_layers == 32
 
 
