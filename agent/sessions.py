@@ -81,7 +81,11 @@ class SessionOps:
             if not create:
                 return None
             self.store.create_session(
-                new["title"], new["workspace"], new["fingerprint"], meta=new["meta"], session_id=self.session_id
+                new["title"],
+                new["workspace"],
+                new["fingerprint"],
+                meta=new["meta"],
+                session_id=self.session_id,
             )
             self._unwritten = None
         return self.session_id

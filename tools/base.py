@@ -92,7 +92,10 @@ class ToolContext:
             change = JournaledChange(self.journal, self.workspace, self.turn, data)
             try:
                 rel, before = self.workspace.write_bytes(
-                    path, data, journal_max_bytes=self.limits.journal_max_bytes, before_write=change.before_write
+                    path,
+                    data,
+                    journal_max_bytes=self.limits.journal_max_bytes,
+                    before_write=change.before_write,
                 )
             except BaseException:
                 change.failed()

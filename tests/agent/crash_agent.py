@@ -26,9 +26,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import ScriptedEngine  # noqa: E402
-from hybrid_agent.agent.loop import Agent  # noqa: E402
-from hybrid_agent.memory import Store  # noqa: E402
+from conftest import ScriptedEngine
+from hybrid_agent.agent.loop import Agent
+from hybrid_agent.memory import Store
 
 
 def call(name: str, **arguments: str) -> str:

@@ -57,7 +57,9 @@ def reopen(db: Path, workspace: Path, session_id: str, scripted_engine) -> Agent
     return Agent(scripted_engine(), Store(db), workspace=workspace, session_id=session_id)
 
 
-def test_a_write_killed_before_its_turn_was_saved_can_be_undone(crash, db, workspace, scripted_engine) -> None:
+def test_a_write_killed_before_its_turn_was_saved_can_be_undone(
+    crash, db, workspace, scripted_engine
+) -> None:
     sid = crash("after-write")
     assert (workspace / "a.txt").read_text() == "changed\n"  # the tool wrote it, then the process died
     agent = reopen(db, workspace, sid, scripted_engine)
@@ -69,7 +71,9 @@ def test_a_write_killed_before_its_turn_was_saved_can_be_undone(crash, db, works
         agent.close()
 
 
-def test_a_write_killed_before_the_file_changed_is_dropped_on_open(crash, db, workspace, scripted_engine) -> None:
+def test_a_write_killed_before_the_file_changed_is_dropped_on_open(
+    crash, db, workspace, scripted_engine
+) -> None:
     sid = crash("before-write")
     assert (workspace / "a.txt").read_text() == "hello from a\n"  # never replaced
     agent = reopen(db, workspace, sid, scripted_engine)
