@@ -8,6 +8,7 @@ window needs) and the session's events (the chat format needs the conversation, 
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +48,8 @@ class SessionOps:
     _history: list[ChatMessage]
     _always: dict[str, ApprovalDecision]
     _launch_policy: Policy
-    # A new session's row, not written yet: {"title", "workspace", "fingerprint", "meta"} (None once written).
+    # A new session's row, not written yet: title, workspace, fingerprint, meta, created_at (None once
+    # written).
     _unwritten: dict[str, Any] | None
 
     def _idle(self) -> None:
@@ -70,6 +72,7 @@ class SessionOps:
             "workspace": str(self.workspace),
             "fingerprint": self.engine.fingerprint,
             "meta": policy,
+            "created_at": datetime.now(UTC),
         }
         return session_id
 
@@ -161,7 +164,24 @@ class SessionOps:
         return self.registry.undo_last()
 
     def sessions(self) -> list[SessionInfo]:
-        return self.store.list_sessions()
+        """The saved sessions, most recently updated first, after the open one if its row is not
+        written yet (a UI lists the session it shows)."""
+        saved = self.store.list_sessions()
+        new = self._unwritten
+        if new is None:
+            return saved
+        info = SessionInfo(
+            id=self.session_id,
+            title=new["title"],
+            workspace=new["workspace"],
+            model_fingerprint=new["fingerprint"],
+            created_at=new["created_at"],
+            updated_at=new["created_at"],
+            parent_id=None,
+            fork_turn=None,
+            meta=dict(new["meta"]),
+        )
+        return [info, *saved]
 
     def history(self) -> list[Event]:
         """The stored events of the active session, for a UI to redraw it."""

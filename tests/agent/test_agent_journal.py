@@ -88,9 +88,11 @@ def test_a_new_session_is_written_with_its_first_change(make_agent, store, works
     agent, engine = make_agent(["cut short<|end|>"], mode="auto")
     sid = agent.session_id
     assert store.list_sessions() == [] and agent.history() == []
+    assert [(s.id, s.latest_turn) for s in agent.sessions()] == [(sid, None)]  # a UI lists the open one
     with pytest.raises(UndoError, match="nothing to undo"):
         agent.undo()
     agent.rename(sid, "my title")  # kept for the row
+    assert agent.sessions()[0].title == "my title"
     engine.step_hook = lambda n: agent.cancel()
     assert run(agent, "hello")[-1].stop_reason == "cancelled"
     assert store.list_sessions() == []  # nothing was saved: still no row
