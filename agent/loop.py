@@ -193,8 +193,8 @@ class Agent(SessionOps):
         self._running = True
         self._cancel.clear()
         self.journal.start_turn()
-        if self._unwritten is not None and not self._unwritten["title"]:
-            self._unwritten["title"] = _title_of(text)  # a new session is named after its first message
+        if self._unwritten is not None:  # a new session is named after the message that writes its row
+            self._unwritten["message"] = _title_of(text)
         turn = self.turn + 1
         history_len = len(self._history)
         stats = _TurnStats()

@@ -48,8 +48,8 @@ class SessionOps:
     _history: list[ChatMessage]
     _always: dict[str, ApprovalDecision]
     _launch_policy: Policy
-    # A new session's row, not written yet: title, workspace, fingerprint, meta, created_at (None once
-    # written).
+    # A new session's row, not written yet: title, workspace, fingerprint, meta, created_at, and the
+    # running turn's message (the title when none was given). None once written.
     _unwritten: dict[str, Any] | None
 
     def _idle(self) -> None:
@@ -84,7 +84,7 @@ class SessionOps:
             if not create:
                 return None
             self.store.create_session(
-                new["title"],
+                new["title"] or new.get("message", ""),
                 new["workspace"],
                 new["fingerprint"],
                 meta=new["meta"],

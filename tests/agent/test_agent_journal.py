@@ -104,6 +104,15 @@ def test_a_new_session_is_written_with_its_first_change(make_agent, store, works
     assert info.meta == {"window": None, "sinks": 0}
 
 
+def test_a_new_session_is_named_after_the_message_of_its_first_saved_turn(make_agent, store) -> None:
+    agent, engine = make_agent(["cut short<|end|>", "Saved.<|end|>"])
+    engine.step_hook = lambda n: agent.cancel()
+    run(agent, "not this one")
+    engine.step_hook = None
+    run(agent, "this one")
+    assert [s.title for s in store.list_sessions()] == ["this one"]
+
+
 def test_a_session_first_written_by_a_tool_is_named_after_the_message(make_agent, store) -> None:
     agent, engine = make_agent([call("write_file", path="a.txt", content="x\n"), "never read<|end|>"],
                                mode="auto")  # fmt: skip
