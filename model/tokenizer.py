@@ -103,9 +103,7 @@ class ByteTokenizer:
         # Longest first, so a special that is a prefix of another cannot shadow it.
         alternatives = sorted(self.special_tokens, key=len, reverse=True)
         self._special_re = re.compile("|".join(re.escape(t) for t in alternatives))
-        self.digest = hashlib.sha256(
-            b"byte-tokenizer|" + "|".join(special_tokens).encode()
-        ).hexdigest()
+        self.digest = hashlib.sha256(b"byte-tokenizer|" + "|".join(special_tokens).encode()).hexdigest()
 
     def encode(self, text: str, *, special: bool = False) -> list[int]:
         if not special:
