@@ -21,6 +21,8 @@ Design choices:
   a save and a resume; they are not bit-identical to each other on the GPU (other kernels).
   `HYBRID_AGENT_DECODE_ENGINE=1|0` forces the choice (tests run the engine on CPU).
 - Calls are not thread-safe; the agent runs all of them on its one model thread.
+- `fingerprint` is the model's (config + weights) and its tokenizer's digest, `MODEL:TOKENIZER`
+  (model/tokenizer.py): a session resumes only with both as they were (`check_fingerprint`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+from hybrid_agent.agent.errors import AgentError
 from hybrid_agent.model.chat import ChatFormat, Segment
+from hybrid_agent.model.tokenizer import fingerprint_with_tokenizer
 from torch import Tensor
 
 PREFILL_CHUNK = 2048  # tokens per forward call during prefill (bounds the attention matrix)
@@ -51,6 +55,28 @@ def want_decode_engine(arg: bool | None, device: torch.device) -> bool:
     if env in ("0", "false", "no", "off"):
         return False
     return device.type == "cuda"
+
+
+def check_fingerprint(session_id: str, stored: str, current: str) -> None:
+    """Refuse to continue a session with another model or another tokenizer than it was made with.
+
+    Fingerprints are `MODEL:TOKENIZER`; one without the tokenizer part was stored before tokenizers
+    were recorded, and is checked on the model alone (there is nothing else to check it against)."""
+    if stored == current:
+        return
+    model_then, _, tokenizer_then = stored.partition(":")
+    model_now, _, tokenizer_now = current.partition(":")
+    if model_then != model_now:
+        raise AgentError(
+            f"session {session_id} was made with another model ({model_then[:12]}); "
+            f"the model loaded now is {model_now[:12]}: pass the model it was made with"
+        )
+    if tokenizer_then:
+        raise AgentError(
+            f"session {session_id} was made with this model but another tokenizer ({tokenizer_then[:12]}); "
+            f"the tokenizer loaded now is {tokenizer_now[:12] or 'unknown'}: put back the tokenizer.json "
+            "the session was made with, or start a new session"
+        )
 
 
 @dataclass(frozen=True)
@@ -138,7 +164,7 @@ class ModelEngine:
         param = next(iter(model.parameters()), None)
         self._device = param.device if param is not None else torch.device("cpu")
         self.device = str(self._device)
-        self.fingerprint: str = model.fingerprint
+        self.fingerprint: str = fingerprint_with_tokenizer(model.fingerprint, tokenizer)
         from hybrid_agent.model.sampling import SamplingParams, make_generator
 
         self.sampling = SamplingParams(temperature=temperature)

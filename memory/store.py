@@ -178,12 +178,20 @@ class Store:
     # -- sessions ---------------------------------------------------------------------------------
 
     def create_session(
-        self, title: str, workspace: str, model_fingerprint: str, meta: dict[str, Any] | None = None
+        self,
+        title: str,
+        workspace: str,
+        model_fingerprint: str,
+        meta: dict[str, Any] | None = None,
+        *,
+        session_id: str | None = None,
     ) -> SessionInfo:
+        """A new session; its id is `session_id` when given (an id chosen before the row is written)."""
+
         def do(s: Session) -> SessionInfo:
             stamp = now()
             row = SessionRow(
-                id=str(uuid.uuid4()),
+                id=session_id or str(uuid.uuid4()),
                 title=title,
                 workspace=str(workspace),
                 model_fingerprint=model_fingerprint,
@@ -430,6 +438,16 @@ class Store:
             lambda s: s.execute(update(FileChangeRow).where(FileChangeRow.id.in_(ids)).values(reverted=True)),
             "marking file changes reverted",
         )
+
+    def move_file_changes(self, change_ids: Iterable[int], session_id: str) -> None:
+        """Give journal entries to another session (a turn saved in a fork moves its changes along)."""
+        ids = list(change_ids)
+
+        def do(s: Session) -> None:
+            session_row(s, session_id)
+            s.execute(update(FileChangeRow).where(FileChangeRow.id.in_(ids)).values(session_id=session_id))
+
+        self._in_write(do, "moving file changes")
 
     def collect_garbage(self) -> int:
         """Delete every blob nothing references (delete_session already does this for its own)."""

@@ -10,7 +10,15 @@ from hybrid_agent.tools.errors import (
     UndoError,
     WorkspaceError,
 )
-from hybrid_agent.tools.journal import Journal, JournalEntry, MemoryJournal, undo_after_turn, undo_last
+from hybrid_agent.tools.journal import (
+    Journal,
+    JournalEntry,
+    MemoryJournal,
+    WriteAheadJournal,
+    reconcile,
+    undo_after_turn,
+    undo_last,
+)
 from hybrid_agent.tools.registry import ENTRY_POINT_GROUP, ToolRegistry
 from hybrid_agent.tools.workspace import Workspace
 
@@ -33,6 +41,8 @@ __all__ = [
     "UndoError",
     "Workspace",
     "WorkspaceError",
+    "WriteAheadJournal",
+    "reconcile",
     "tool",
     "undo_after_turn",
     "undo_last",

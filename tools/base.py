@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, get_type_hints, overload
 
 from hybrid_agent.tools.errors import ToolDefinitionError
-from hybrid_agent.tools.journal import Journal
+from hybrid_agent.tools.journal import Journal, JournaledChange
 from hybrid_agent.tools.workspace import Workspace
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.fields import FieldInfo
@@ -110,19 +110,32 @@ class ToolContext:
     def write_bytes(self, path: str, data: bytes) -> tuple[str, bytes | None]:
         """Write a file inside the workspace and journal it. Returns (relative path, previous bytes)."""
         with self.workspace.lock:
-            rel, before = self.workspace.write_bytes(
-                path, data, journal_max_bytes=self.limits.journal_max_bytes
-            )
-            if before != data:
-                self.journal.record(self.turn, rel, before, data)
+            change = JournaledChange(self.journal, self.workspace, self.turn, data)
+            try:
+                rel, before = self.workspace.write_bytes(
+                    path,
+                    data,
+                    journal_max_bytes=self.limits.journal_max_bytes,
+                    before_write=change.before_write,
+                )
+            except BaseException:
+                change.failed()
+                raise
+            change.done()
         return rel, before
 
     def delete(self, path: str) -> tuple[str, bytes | None]:
         """Delete a file inside the workspace and journal it. Returns (relative path, previous bytes)."""
         with self.workspace.lock:
-            rel, before = self.workspace.delete(path, journal_max_bytes=self.limits.journal_max_bytes)
-            if before is not None:
-                self.journal.record(self.turn, rel, before, None)
+            change = JournaledChange(self.journal, self.workspace, self.turn, None)
+            try:
+                rel, before = self.workspace.delete(
+                    path, journal_max_bytes=self.limits.journal_max_bytes, before_write=change.before_write
+                )
+            except BaseException:
+                change.failed()
+                raise
+            change.done()
         return rel, before
 
 

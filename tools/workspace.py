@@ -37,6 +37,9 @@ PATH_MAX = 4096
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _SKIP_CHUNK = 1 << 16
+# Called by a write with (relative path, previous bytes or None) right before the file changes.
+BeforeWrite = Callable[[str, "bytes | None"], None]
+
 _TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -278,8 +281,12 @@ class Workspace:
             )
         return data
 
-    def write_bytes(self, path: str, data: bytes, *, journal_max_bytes: int) -> tuple[str, bytes | None]:
-        """Atomically replace (or create) a file. Returns (relative path, previous content or None)."""
+    def write_bytes(
+        self, path: str, data: bytes, *, journal_max_bytes: int, before_write: BeforeWrite | None = None
+    ) -> tuple[str, bytes | None]:
+        """Atomically replace (or create) a file. Returns (relative path, previous content or None).
+        `before_write(rel, previous)` runs once the previous content is read, before anything changes
+        (a journal records the change ahead of it there)."""
         parts = self._parts(path)
         rel = self._check_writable(parts)
         name = parts[-1]
@@ -290,6 +297,8 @@ class Workspace:
                 mode = None
                 if before is not None:
                     mode = stat.S_IMODE(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode)
+                if before_write is not None:
+                    before_write(rel, before)
                 # Keep the temp name within NAME_MAX whatever the target's length.
                 tmp = f".{name[:180]}.{secrets.token_hex(8)}.tmp"
                 fd = os.open(tmp, _TMP_FLAGS, 0o666, dir_fd=dfd)
@@ -311,8 +320,11 @@ class Workspace:
                 os.close(dfd)
         return rel, before
 
-    def delete(self, path: str, *, journal_max_bytes: int) -> tuple[str, bytes | None]:
-        """Delete a regular file. Returns (relative path, its content before)."""
+    def delete(
+        self, path: str, *, journal_max_bytes: int, before_write: BeforeWrite | None = None
+    ) -> tuple[str, bytes | None]:
+        """Delete a regular file. Returns (relative path, its content before). `before_write`: as in
+        `write_bytes`."""
         parts = self._parts(path)
         rel = self._check_writable(parts)
         with self.lock:
@@ -321,6 +333,8 @@ class Workspace:
                 before = self._current(dfd, parts[-1], rel, journal_max_bytes)
                 if before is None:
                     raise WorkspaceError(f"{rel} does not exist")
+                if before_write is not None:
+                    before_write(rel, before)
                 os.unlink(parts[-1], dir_fd=dfd)  # unlink removes the name; it never follows a link
             except OSError as e:
                 raise self._os_error(rel, e) from None
