@@ -23,12 +23,12 @@ import secrets
 import stat
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 import pathspec
 from hybrid_agent.tools.errors import WorkspaceError
+from hybrid_agent.tools.walk import WALK_MAX_DEPTH, Entry, WalkNotes, walk
 
 PROTECTED_DIRS = (".git", ".hybrid-agent")
 NAME_MAX = 255  # bytes per path component (Linux, macOS)
@@ -41,17 +41,6 @@ _SKIP_CHUNK = 1 << 16
 BeforeWrite = Callable[[str, "bytes | None"], None]
 
 _TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One item of a listing; `path` is relative to the workspace root, '/'-separated."""
-
-    path: str
-    kind: str  # "file", "dir", "link", "other"
-    size: int
-    mtime_ns: int
-    inode: int = 0
 
 
 def _kind(mode: int) -> str:
@@ -344,17 +333,6 @@ class Workspace:
 
     # --- listing ------------------------------------------------------------------------------------
 
-    def _scan_fd(self, fd: int) -> list[tuple[str, os.stat_result]]:
-        """(name, lstat) of the entries of the open folder `fd`, sorted by name."""
-        out = []
-        with os.scandir(fd) as it:
-            for d in it:
-                try:
-                    out.append((d.name, os.stat(d.name, dir_fd=fd, follow_symlinks=False)))
-                except OSError:
-                    continue  # vanished between the listing and the stat
-        return sorted(out, key=lambda item: item[0])
-
     def _gitignore(self, fd: int, rel_dir: str) -> pathspec.GitIgnoreSpec | None:
         """The .gitignore of the open folder `fd`, or None (absent, not a regular file, unreadable)."""
         name = f"{rel_dir}/.gitignore" if rel_dir else ".gitignore"
@@ -377,135 +355,21 @@ class Workspace:
         max_depth: int | None = None,
         notes: WalkNotes | None = None,
     ) -> Iterator[Entry]:
-        """Entries under `start`, sorted per folder, skipping `.git` and (optionally) ignored paths.
-        Symbolic links are listed, never followed.
-
-        The walk holds one descriptor per folder on the current path and opens each sub-folder
-        relative to its parent (O_NOFOLLOW), so its cost is linear in the number of entries, not in
-        depth squared. It never goes below WALK_MAX_DEPTH levels (nor below `max_depth`); folders it
-        did not enter because of that limit, or could not open, are recorded in `notes`."""
+        """Entries under `start`, sorted per folder, skipping `.git` and (optionally) ignored paths;
+        links are listed, never followed. At most WALK_MAX_DEPTH (and `max_depth`) levels deep; what
+        the walk left out is recorded in `notes` (see tools/walk.py)."""
         base = self.resolve(start)
         if not base.is_dir():
             raise WorkspaceError(f"{self.relative(start)} is not a directory")
         parts = base.relative_to(self.root).parts
         limit = WALK_MAX_DEPTH if max_depth is None else min(max_depth, WALK_MAX_DEPTH)
         notes = notes if notes is not None else WalkNotes()
-        # The .gitignore files of the folders above `start` apply too: collect them on the way down.
-        rules: tuple[tuple[str, pathspec.GitIgnoreSpec], ...] = ()
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            for i in range(len(parts) + 1):
-                if gitignore:
-                    rel_dir = "/".join(parts[:i])
-                    spec = self._gitignore(fd, rel_dir)
-                    if spec is not None:
-                        rules += ((rel_dir, spec),)
-                if i < len(parts):
-                    nfd = os.open(parts[i], _DIR_FLAGS, dir_fd=fd)
-                    os.close(fd)
-                    fd = nfd
-        except OSError:
-            os.close(fd)
-            return  # swapped for a link or removed since it was resolved: nothing to list
-        # One frame per open folder on the current path: (descriptor, path, depth of its entries,
-        # ignore rules in force, sub-folders still to visit).
-        frames: list[tuple[int, str, int, tuple[tuple[str, pathspec.GitIgnoreSpec], ...], Iterator[str]]] = []
-        rel_dir, depth, new_fd = "/".join(parts), 1, fd
-        try:
-            while True:
-                if new_fd is not None:
-                    subdirs: list[str] = []
-                    try:
-                        listing = self._scan_fd(new_fd)
-                    except OSError as e:
-                        listing = []
-                        notes.unreadable.append(f"{rel_dir or '.'}: {e.strerror or e}")
-                    for name, st in listing:
-                        if name == ".git":
-                            continue
-                        rel = f"{rel_dir}/{name}" if rel_dir else name
-                        is_dir = stat.S_ISDIR(st.st_mode)
-                        if gitignore and _ignored(rules, rel, is_dir):
-                            continue
-                        yield Entry(rel, _entry_kind(st.st_mode), st.st_size, st.st_mtime_ns, st.st_ino)
-                        if is_dir and recursive:
-                            if depth < limit:
-                                subdirs.append(name)
-                            elif depth >= WALK_MAX_DEPTH:
-                                notes.too_deep.append(rel)
-                    frames.append((new_fd, rel_dir, depth, rules, iter(subdirs)))
-                    new_fd = None
-                if not frames:
-                    return
-                top_fd, top_rel, top_depth, top_rules, pending = frames[-1]
-                name = next(pending, None)
-                if name is None:
-                    os.close(top_fd)
-                    frames.pop()
-                    continue
-                rel_dir = f"{top_rel}/{name}" if top_rel else name
-                try:
-                    new_fd = os.open(name, _DIR_FLAGS, dir_fd=top_fd)
-                except OSError as e:
-                    notes.unreadable.append(f"{rel_dir}: {e.strerror or e}")
-                    continue
-                depth, rules = top_depth + 1, top_rules
-                if gitignore:
-                    spec = self._gitignore(new_fd, rel_dir)
-                    if spec is not None:
-                        rules += ((rel_dir, spec),)
-        finally:
-            if new_fd is not None:
-                os.close(new_fd)
-            for frame in frames:
-                os.close(frame[0])
-
-
-WALK_MAX_DEPTH = 100  # folders below this many levels are not walked (and the walk says so)
-
-
-@dataclass
-class WalkNotes:
-    """What a walk left out, so that a tool can say so instead of answering as if it saw everything."""
-
-    too_deep: list[str] = field(default_factory=list)  # folders at WALK_MAX_DEPTH not entered
-    unreadable: list[str] = field(default_factory=list)  # "path: reason" of folders not listed
-
-    def lines(self, shown: int = 3) -> list[str]:
-        """One line per kind of omission, naming the first `shown` paths."""
-        out = []
-        if self.too_deep:
-            out.append(
-                f"{len(self.too_deep)} folder(s) deeper than {WALK_MAX_DEPTH} levels were not entered: "
-                f"{_some(self.too_deep, shown)}; start from a deeper path to see inside them"
-            )
-        if self.unreadable:
-            out.append(
-                f"{len(self.unreadable)} folder(s) could not be listed: {_some(self.unreadable, shown)}"
-            )
-        return out
-
-
-def _some(items: list[str], shown: int) -> str:
-    """The first `shown` items, each cut to 120 characters (deep paths are long), then a count."""
-    cut = [p if len(p) <= 120 else p[:57] + "..." + p[-60:] for p in items[:shown]]
-    more = f" and {len(items) - shown} more" if len(items) > shown else ""
-    return ", ".join(cut) + more
-
-
-def _entry_kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "dir"
-    if stat.S_ISREG(mode):
-        return "file"
-    return "link" if stat.S_ISLNK(mode) else "other"
-
-
-def _ignored(rules: tuple[tuple[str, pathspec.GitIgnoreSpec], ...], rel: str, is_dir: bool) -> bool:
-    """Whether a .gitignore of a folder above `rel` (those in `rules`) ignores it. Only folders that
-    have a .gitignore are in `rules`, so this costs one match per such folder, not one per level."""
-    for rel_dir, spec in rules:
-        sub = rel[len(rel_dir) + 1 :] if rel_dir else rel
-        if spec.match_file(sub + "/" if is_dir else sub):
-            return True
-    return False
+        yield from walk(
+            self.root,
+            parts,
+            recursive=recursive,
+            gitignore=gitignore,
+            limit=limit,
+            notes=notes,
+            read_gitignore=self._gitignore,
+        )

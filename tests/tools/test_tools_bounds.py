@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from hybrid_agent.tools import Limits, ToolRegistry
-from hybrid_agent.tools.workspace import WALK_MAX_DEPTH
+from hybrid_agent.tools.walk import WALK_MAX_DEPTH
 
 MiB = 1 << 20
 

@@ -23,7 +23,8 @@ from typing import Any
 
 from hybrid_agent.tools.base import Preview, Tool, ToolContext, ToolResult
 from hybrid_agent.tools.errors import WorkspaceError
-from hybrid_agent.tools.workspace import WALK_MAX_DEPTH, WalkNotes, Workspace
+from hybrid_agent.tools.walk import WALK_MAX_DEPTH, WalkNotes
+from hybrid_agent.tools.workspace import Workspace
 from pydantic import BaseModel, ConfigDict, Field
 
 _GRACE_S = 2.0

@@ -19,7 +19,7 @@ from typing import Any
 import regex
 from hybrid_agent.tools.base import Preview, Tool, ToolContext, ToolResult
 from hybrid_agent.tools.errors import ToolError, WorkspaceError
-from hybrid_agent.tools.workspace import WalkNotes
+from hybrid_agent.tools.walk import WalkNotes
 from pydantic import BaseModel, ConfigDict, Field
 
 _MATCH_LINE_CUT = 300
