@@ -47,7 +47,8 @@ def _problem(what: str, exc: Exception) -> str:
     return f"{what}: cannot be read ({' '.join(str(reason).split())[:200]})"
 
 
-def _session_blobs(s: Session, session_id: str) -> set[str]:
+def session_blobs(s: Session, session_id: str) -> set[str]:
+    """The digests of every blob `session_id`'s rows reference (state, pages, file contents)."""
     found: set[str] = set()
     for col in (
         SnapshotRow.recurrent_blob,
@@ -81,7 +82,7 @@ def check(s: Session, session_id: str | None) -> CheckReport:
         shas = sorted(s.scalars(select(Blob.sha256)))
     else:
         stored = set(s.scalars(select(Blob.sha256)))
-        shas = sorted(_session_blobs(s, session_id) & stored)  # missing ones are reported above
+        shas = sorted(session_blobs(s, session_id) & stored)  # missing ones are reported above
     total = 0
     for sha in shas:
         try:

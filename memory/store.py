@@ -28,7 +28,13 @@ from hybrid_agent.memory.database import (
 )
 from hybrid_agent.memory.errors import CorruptDataError, DatabaseUnavailableError, StoreError
 from hybrid_agent.memory.integrity import missing_blobs, rechain, verify_chain
-from hybrid_agent.memory.maintenance import CheckReport, check, vacuum_postgresql, vacuum_sqlite
+from hybrid_agent.memory.maintenance import (
+    CheckReport,
+    check,
+    session_blobs,
+    vacuum_postgresql,
+    vacuum_sqlite,
+)
 from hybrid_agent.memory.queries import copy_rows, now, session_info, session_row, snapshot_row, utc
 from hybrid_agent.memory.records import (
     CompactStats,
@@ -247,17 +253,7 @@ class Store:
 
         def do(s: Session) -> int:
             session_row(s, session_id)
-            used: set[str] = set()
-            for col in (
-                SnapshotRow.recurrent_blob,
-                StatePage.blob_sha256,
-                FileChangeRow.before_blob,
-                FileChangeRow.after_blob,
-            ):
-                table = col.class_
-                used.update(
-                    sha for sha in s.scalars(select(col).where(table.session_id == session_id)) if sha
-                )
+            used = session_blobs(s, session_id)
             for table in (EventRow, SnapshotRow, StatePage, FileChangeRow):
                 s.execute(delete(table).where(table.session_id == session_id))
             s.execute(update(SessionRow).where(SessionRow.parent_id == session_id).values(parent_id=None))
