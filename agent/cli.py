@@ -41,7 +41,7 @@ NO_TERMINAL = (
 _COUNT = _number(int, 0, "a whole number >= 0")
 _POSITIVE = _number(int, 1, "a whole number >= 1")
 _SEED = _number(int, 0, "a whole number from 0 to 2**63 - 1", 2**63 - 1)
-_TEMPERATURE = _number(float, 0.0, "a number from 0 to 100", 100.0)
+_TEMPERATURE = _number(float, 0.0, "a number >= 0 and <= 100", 100.0)
 
 
 def _shared(defaults: bool) -> argparse.ArgumentParser:
@@ -122,11 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="ID", default=argparse.SUPPRESS, help="continue a saved session")
 
     sessions = sub.add_parser(
-        "sessions", parents=[shared], help="list, show, fork, remove or export sessions"
+        "sessions", parents=[shared], help="list, show, fork, remove, export, check or compact sessions"
     )
     # `sessions` alone lists them (as `git remote` does), so --json works there too.
     sessions.add_argument("--json", action="store_true", help="with no action: list as JSON lines")
-    ssub = sessions.add_subparsers(dest="action", metavar="{list,show,fork,rm,export}")
+    ssub = sessions.add_subparsers(dest="action", metavar="{list,show,fork,rm,export,check,gc}")
     ls = ssub.add_parser("list", parents=[shared], help="saved sessions, most recent first")
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
     show = ssub.add_parser("show", parents=[shared], help="a session's details and conversation")
@@ -139,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("id")
     export = ssub.add_parser("export", parents=[shared], help="a session's events as JSON lines")
     export.add_argument("id")
+    check = ssub.add_parser(
+        "check",
+        parents=[shared],
+        help="verify the database file, the sessions' indexes and every stored byte",
+    )
+    check.add_argument("id", nargs="?", help="only this session (and the bytes it uses)")
+    ssub.add_parser(
+        "gc", parents=[shared], help="delete unreferenced data and give the freed space back to the disk"
+    )
     return parser
 
 

@@ -336,6 +336,10 @@ def cmd_sessions(args: argparse.Namespace) -> int:
                 turns = info.latest_turn or 0
                 print(f"{info.id:36}  {turns:>5}  {info.n_tokens:>8}  {updated:16}  {printable(info.title)}")
             return 0
+        if action == "gc":
+            return _gc(store)
+        if action == "check":
+            return _check(store, None if args.id is None else resolve_session_id(store, args.id))
         session_id = resolve_session_id(store, args.id)
         if action == "show":
             return _show(store, session_id, as_json=args.json)
@@ -345,13 +349,44 @@ def cmd_sessions(args: argparse.Namespace) -> int:
             return 0
         if action == "rm":
             store.delete_session(session_id)
-            print(f"deleted session {session_id}")
+            print(
+                f"deleted session {session_id} (`hybrid-agent sessions gc` gives its space back to the disk)"
+            )
             return 0
         if action == "export":
             for ev in store.events(session_id):
                 print(json.dumps(_event_json(ev), ensure_ascii=False))
             return 0
     raise AgentError(f"unknown sessions action {action!r}")
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def _check(store: Any, session_id: str | None) -> int:
+    """`sessions check [ID]`: one line per problem, then a summary; exit 1 when anything is damaged."""
+    report = store.check(session_id)
+    for problem in report.problems:
+        print(f"damaged: {problem}")
+    what = (
+        f"{report.sessions} session(s), {report.turns} turn(s), {report.blobs} blob(s) ({_mib(report.bytes)})"
+    )
+    if report.ok:
+        print(f"checked {what}: no damage found")
+        return 0
+    print(f"checked {what}: {len(report.problems)} problem(s) found")
+    return EXIT_ERROR
+
+
+def _gc(store: Any) -> int:
+    """`sessions gc`: drop unreferenced blobs, give the space back, say how much."""
+    stats = store.compact()
+    line = f"deleted {stats.blobs_freed} unreferenced blob(s)"
+    if stats.bytes_before is not None and stats.bytes_after is not None:
+        line += f"; database {_mib(stats.bytes_before)} -> {_mib(stats.bytes_after)}"
+    print(line)
+    return 0
 
 
 def _show(store: Any, session_id: str, *, as_json: bool) -> int:

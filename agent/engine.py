@@ -11,8 +11,8 @@ Design choices:
   the window's masking does not depend on what is held, so pinning does not change any number.
 - Long prefills are split in chunks of a fixed size: the same segment is always cut the same way, so a
   resumed session runs exactly the operations the uninterrupted one ran.
-- On CUDA (full attention) the real engine drives `model.engine.DecodeEngine`: preallocated caches,
-  prefill in chunks, and each generated token fed back through the captured one-token step (one CUDA
+- On CUDA (full attention) the real engine drives `hybrid_agent.model.engine.DecodeEngine`: preallocated
+  caches, prefill in chunks, and each generated token fed back through the captured one-token step (one CUDA
   graph) instead of a Python forward; resume copies the snapshot's recurrent tensors and pages
   straight into its buffers (`load_parts`: no intermediate state, no concatenated cache). Snapshots
   read its state directly (`recurrent_tensors` + `cache_range` of the new tokens): `export_state`
@@ -21,6 +21,8 @@ Design choices:
   a save and a resume; they are not bit-identical to each other on the GPU (other kernels).
   `HYBRID_AGENT_DECODE_ENGINE=1|0` forces the choice (tests run the engine on CPU).
 - Calls are not thread-safe; the agent runs all of them on its one model thread.
+- `fingerprint` is the model's (config + weights) and its tokenizer's digest, `MODEL:TOKENIZER`
+  (model/tokenizer.py): a session resumes only with both as they were (`check_fingerprint`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+from hybrid_agent.agent.errors import AgentError
 from hybrid_agent.model.chat import ChatFormat, Segment
+from hybrid_agent.model.tokenizer import fingerprint_with_tokenizer
 from torch import Tensor
 
 PREFILL_CHUNK = 2048  # tokens per forward call during prefill (bounds the attention matrix)
@@ -41,7 +45,8 @@ MIN_CONTEXT = 8192  # the DecodeEngine's first buffers, in tokens; grown wheneve
 
 
 def want_decode_engine(arg: bool | None, device: torch.device) -> bool:
-    """Whether to run on `model.engine.DecodeEngine`: `arg` if given, else the environment, else CUDA."""
+    """Whether to run on `hybrid_agent.model.engine.DecodeEngine`: `arg` if given, else the environment,
+    else CUDA."""
     if arg is not None:
         return arg
     env = os.environ.get(DECODE_ENGINE_ENV, "auto").strip().lower()
@@ -50,6 +55,28 @@ def want_decode_engine(arg: bool | None, device: torch.device) -> bool:
     if env in ("0", "false", "no", "off"):
         return False
     return device.type == "cuda"
+
+
+def check_fingerprint(session_id: str, stored: str, current: str) -> None:
+    """Refuse to continue a session with another model or another tokenizer than it was made with.
+
+    Fingerprints are `MODEL:TOKENIZER`; one without the tokenizer part was stored before tokenizers
+    were recorded, and is checked on the model alone (there is nothing else to check it against)."""
+    if stored == current:
+        return
+    model_then, _, tokenizer_then = stored.partition(":")
+    model_now, _, tokenizer_now = current.partition(":")
+    if model_then != model_now:
+        raise AgentError(
+            f"session {session_id} was made with another model ({model_then[:12]}); "
+            f"the model loaded now is {model_now[:12]}: pass the model it was made with"
+        )
+    if tokenizer_then:
+        raise AgentError(
+            f"session {session_id} was made with this model but another tokenizer ({tokenizer_then[:12]}); "
+            f"the tokenizer loaded now is {tokenizer_now[:12] or 'unknown'}: put back the tokenizer.json "
+            "the session was made with, or start a new session"
+        )
 
 
 @dataclass(frozen=True)
@@ -130,12 +157,14 @@ class ModelEngine:
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        # Only ids the tokenizer has are sampled (a model's vocabulary is often padded past it).
+        self._vocab_size: int | None = getattr(tokenizer, "vocab_size", None)
         self.chat = chat
         self.model_name = model_name
         param = next(iter(model.parameters()), None)
         self._device = param.device if param is not None else torch.device("cpu")
         self.device = str(self._device)
-        self.fingerprint: str = model.fingerprint
+        self.fingerprint: str = fingerprint_with_tokenizer(model.fingerprint, tokenizer)
         from hybrid_agent.model.sampling import SamplingParams, make_generator
 
         self.sampling = SamplingParams(temperature=temperature)
@@ -160,7 +189,7 @@ class ModelEngine:
 
     @property
     def uses_decode_engine(self) -> bool:
-        """Whether the live state runs on `model.engine.DecodeEngine` (CUDA graphs on CUDA)."""
+        """Whether the live state runs on `hybrid_agent.model.engine.DecodeEngine` (CUDA graphs on CUDA)."""
         return self._on_decoder
 
     def _fresh_state(self) -> None:
@@ -188,7 +217,9 @@ class ModelEngine:
             self._min_context, n_tokens + n_tokens // 4, 0 if old is None else old.max_context * 3 // 2
         )
         size = -(-size // 1024) * 1024 if size > 1024 else size
-        new = DecodeEngine(self.model, max_context=size, prefill_chunk=PREFILL_CHUNK)
+        new = DecodeEngine(
+            self.model, max_context=size, prefill_chunk=PREFILL_CHUNK, vocab_size=self._vocab_size
+        )
         if old is not None and self._on_decoder and old.n_tokens:
             new.load_state(old.state)
         self._decoder = old = None
@@ -264,7 +295,7 @@ class ModelEngine:
 
         if self._logits is None:
             raise RuntimeError("next_token() before any prefill")
-        return int(sample(self._logits, self.sampling, self._generator)[0])
+        return int(sample(self._logits, self.sampling, self._generator, vocab_size=self._vocab_size)[0])
 
     def snapshot(self, since: int) -> tuple[dict[str, Tensor], list[StatePage]]:
         recurrent = {k: v.detach().cpu() for k, v in self.state.recurrent_tensors().items()}

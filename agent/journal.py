@@ -1,66 +1,81 @@
 """The tools' file journal, backed by the session database.
 
-Changes made during a turn are held here and written by the turn's `save_turn`, in the same
-transaction as its events and snapshot (DESIGN.md, step 5). A turn that is cancelled or fails still
-changed files on disk, so its changes are then written on their own (`flush`): nothing a tool did is
-ever left out of the journal that undo and rewind read.
+Write-ahead: a tool's change is committed to the session's file-change table (`Store.record_file_change`,
+one durable transaction) *before* the file is written (`tools.journal.WriteAheadJournal`). A process
+killed at any moment after that still left the entry undo and rewind read: if the write happened, it
+can be undone; if it did not, the next open finds the file at its `before` bytes and drops the entry
+(`tools.journal.reconcile`, run by `Agent.resume`). A write that fails is cancelled at once. Changes
+only found after the fact (a shell command's) are committed as soon as they are found.
+
+The entries of the running turn carry its number before the turn is saved. If that turn ends up saved
+in a fork (the session was open twice and the other window saved the number first), they move there
+with it (`move_turn`).
 """
 
 from __future__ import annotations
 
-import itertools
 import threading
 from collections.abc import Callable, Iterable
 
 from hybrid_agent.agent.errors import AgentError
-from hybrid_agent.memory import FileEdit, Store
+from hybrid_agent.memory import Store
 from hybrid_agent.tools.journal import JournalEntry
 from hybrid_agent.tools.registry import ToolRegistry
 
+# `session(create)`: the id of the session the changes belong to. With create=False, None while that
+# session has no database row yet (nothing saved); create=True makes the row first.
+SessionOf = Callable[[bool], "str | None"]
+
 
 class StoreJournal:
-    """`tools.journal.Journal` over `Store.file_changes` for the agent's current session."""
+    """`hybrid_agent.tools.journal.WriteAheadJournal` over `Store.file_changes` for the agent's current
+    session."""
 
-    def __init__(self, store: Store, session_id: Callable[[], str]) -> None:
+    def __init__(self, store: Store, session: SessionOf) -> None:
         self._store = store
-        self._session_id = session_id
-        self._pending: list[JournalEntry] = []
-        # Pending entries have negative ids until they are saved (stored ids are positive).
-        self._ids = itertools.count(-1, -1)
+        self._session = session
         self._lock = threading.Lock()
+        self._turn_ids: list[int] = []  # entries made since the last `start_turn`
+
+    def begin(self, turn: int, path: str, before: bytes | None, after: bytes | None) -> int:
+        session_id = self._session(True)
+        assert session_id is not None
+        entry = self._store.record_file_change(session_id, turn, path, before, after)
+        with self._lock:
+            self._turn_ids.append(entry)
+        return entry
 
     def record(self, turn: int, path: str, before: bytes | None, after: bytes | None) -> None:
-        with self._lock:
-            self._pending.append(JournalEntry(next(self._ids), turn, path, before, after))
+        self.begin(turn, path, before, after)
+
+    def cancel(self, entry_id: int) -> None:
+        self._store.mark_reverted([entry_id])
 
     def entries(self, after_turn: int | None = None) -> list[JournalEntry]:
-        saved = [
+        session_id = self._session(False)
+        if session_id is None:
+            return []
+        return [
             JournalEntry(c.id, c.turn, c.path, c.before, c.after, c.reverted)
-            for c in self._store.file_changes(self._session_id(), after_turn=after_turn)
+            for c in self._store.file_changes(session_id, after_turn=after_turn)
         ]
-        with self._lock:
-            pending = [e for e in self._pending if after_turn is None or e.turn > after_turn]
-        return saved + pending
 
     def mark_reverted(self, entry_ids: Iterable[int]) -> None:
-        ids = set(entry_ids)
-        with self._lock:
-            # A pending change that is undone before it was saved is simply not saved.
-            self._pending = [e for e in self._pending if e.id not in ids]
-        stored = [i for i in ids if i > 0]
-        if stored:
-            self._store.mark_reverted(stored)
+        ids = list(entry_ids)
+        if ids:
+            self._store.mark_reverted(ids)
 
-    def take_pending(self) -> list[FileEdit]:
-        """The changes of the running turn, for `save_turn`; the journal forgets them."""
+    def start_turn(self) -> None:
+        """A turn starts: the entries made from now on are its own."""
         with self._lock:
-            pending, self._pending = self._pending, []
-        return [FileEdit(e.path, e.before, e.after) for e in pending]
+            self._turn_ids = []
 
-    def flush(self, turn: int) -> None:
-        """Write the running turn's changes on their own (the turn was not saved)."""
-        for edit in self.take_pending():
-            self._store.record_file_change(self._session_id(), turn, edit.path, edit.before, edit.after)
+    def move_turn(self, session_id: str) -> None:
+        """The running turn is saved in another session (a fork): its entries go along."""
+        with self._lock:
+            ids = list(self._turn_ids)
+        if ids:
+            self._store.move_file_changes(ids, session_id)
 
 
 def attach_journal(registry: ToolRegistry, journal: StoreJournal) -> None:

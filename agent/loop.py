@@ -1,9 +1,10 @@
 """`Agent`: one session at a time, one turn at a time, each turn ending in one snapshot.
 
-A turn (DESIGN.md, "Data flow of one turn"): render the new segment only -> prefill it onto the state
+A turn (docs/design.md, "One turn"): render the new segment only -> prefill it onto the state
 -> decode, streaming `TextDelta`s, until end of turn or a complete tool call -> parse, approve, run the
 call, prefill its result -> decode again ... -> one `save_turn` with the events, the recurrent state,
-the cache pages since the last snapshot and the file-journal entries.
+the cache pages since the last snapshot. A tool's file change is journaled on its own, durably,
+before the file is written (agent/journal.py), so a process killed mid-turn can still undo it.
 
 Design choices:
 - All model and database work runs on one dedicated thread (`_model_thread`), one step at a time, so
@@ -11,6 +12,8 @@ Design choices:
 - Whatever stops a turn before its snapshot (cancel, an error, the consumer going away) puts the
   engine back to the last snapshot, read from the database: the session stays exactly where it was,
   and the tool changes the turn made are still journaled (so undo and rewind can revert them).
+- A new session's database row is written with its first durable change (agent/sessions.py): a run
+  stopped before its first turn was saved, and before any tool wrote a file, leaves no session behind.
 - Tool calls that cannot be run (malformed, unknown tool, bad arguments, denied) become results the
   model reads, never exceptions.
 """
@@ -65,6 +68,10 @@ T = TypeVar("T")
 USER_ERRORS = (AgentError, ChatFormatError, ModelError, StoreError, ToolError)
 
 
+def _title_of(message: str) -> str:
+    return " ".join(message.split())[:60]
+
+
 @dataclass
 class _TurnStats:
     prompt_tokens: int = 0
@@ -107,7 +114,8 @@ class Agent(SessionOps, PrefillOps):
         self.workspace = Path(workspace).resolve()
         # Every file change goes to the session's file-change table, through this journal: a registry
         # given here gets it too (with its own in-memory journal, undo would forget across a resume).
-        self.journal = StoreJournal(store, lambda: self.session_id)
+        self._unwritten: dict[str, Any] | None = None
+        self.journal = StoreJournal(store, self._session_row)
         if registry is None:
             registry = ToolRegistry(self.workspace, journal=self.journal, enable_commands=enable_commands)
         else:
@@ -140,7 +148,7 @@ class Agent(SessionOps, PrefillOps):
     @classmethod
     def open(cls, **options: Any) -> Agent:
         """Build model + tokenizer + chat format + Store + ToolRegistry, and a session (new, or
-        `resume=ID`). Options: see `agent.factory.open_agent`."""
+        `resume=ID`). Options: see `hybrid_agent.agent.factory.open_agent`."""
         from hybrid_agent.agent.factory import open_agent
 
         return open_agent(cls, **options)
@@ -184,6 +192,9 @@ class Agent(SessionOps, PrefillOps):
         self._idle()
         self._running = True
         self._cancel.clear()
+        self.journal.start_turn()
+        if self._unwritten is not None:  # a new session is named after the message that writes its row
+            self._unwritten["message"] = _title_of(text)
         turn = self.turn + 1
         history_len = len(self._history)
         stats = _TurnStats()
@@ -394,11 +405,11 @@ class Agent(SessionOps, PrefillOps):
 
         def write() -> str | None:
             recurrent, pages = self.engine.snapshot(self._saved_tokens)
-            edits = self.journal.take_pending()
             record: dict[str, Any] = dict(
                 events=events, recurrent=recurrent, pages=[Page(p.start, p.end, p.tensors) for p in pages],
-                n_tokens=self.engine.n_tokens, meta=meta, file_changes=edits,
+                n_tokens=self.engine.n_tokens, meta=meta,
             )  # fmt: skip
+            self._session_row(True)
             forked_from = None
             try:
                 self.store.save_turn(self.session_id, turn, **record)
@@ -407,6 +418,7 @@ class Agent(SessionOps, PrefillOps):
                 forked_from = self._fork_for_turn(turn)
                 if forked_from is None:
                     raise
+                self.journal.move_turn(self.session_id)  # the turn's file changes go with it
                 self.store.save_turn(self.session_id, turn, **record)
             self.engine.mark_saved()
             return forked_from
@@ -414,8 +426,7 @@ class Agent(SessionOps, PrefillOps):
         forked_from = await self._on_model(write)
         self.turn, self._saved_tokens = turn, self.engine.n_tokens
         if turn == 1:
-            user = next((e.content for e in events if e.kind == "user"), "")
-            title = " ".join(user.split())[:60]
+            title = _title_of(next((e.content for e in events if e.kind == "user"), ""))
             with contextlib.suppress(StoreError):
                 if title and not self.store.get_session(self.session_id).title:
                     self.store.rename_session(self.session_id, title)
@@ -427,7 +438,7 @@ class Agent(SessionOps, PrefillOps):
         the database is one turn ahead: then the agent follows the database."""
 
         def restore() -> None:
-            latest = self.store.get_session(self.session_id).latest_turn or 0
+            latest = self._latest_saved()
             if latest != self.turn:
                 conv = conversation_of(self.store.events(self.session_id))
                 self._system, self._tools, self._history = conv.system, conv.tools, conv.messages
@@ -440,7 +451,6 @@ class Agent(SessionOps, PrefillOps):
                 self.engine.reset()
             else:
                 self._restore(self.session_id, latest)
-            self.journal.flush(self.turn + 1)
 
         await self._on_model(restore)
         self._saved_tokens = self.engine.n_tokens

@@ -7,15 +7,18 @@ window needs) and the session's events (the chat format needs the conversation, 
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hybrid_agent.agent.engine import StatePage
+from hybrid_agent.agent.engine import StatePage, check_fingerprint
 from hybrid_agent.agent.errors import AgentBusyError, AgentError, StateLayoutError
 from hybrid_agent.agent.records import conversation_of
 from hybrid_agent.agent.session_ids import resolve_session_id
 from hybrid_agent.memory import Event, SessionInfo, Store
 from hybrid_agent.model.chat import ChatMessage
+from hybrid_agent.tools.journal import reconcile
 from hybrid_agent.tools.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -46,6 +49,9 @@ class SessionOps:
     _history: list[ChatMessage]
     _always: dict[str, ApprovalDecision]
     _launch_policy: Policy
+    # A new session's row, not written yet: title, workspace, fingerprint, meta, created_at, and the
+    # running turn's message (the title when none was given). None once written.
+    _unwritten: dict[str, Any] | None
 
     def _idle(self) -> None:
         if self._running:
@@ -57,10 +63,42 @@ class SessionOps:
         # session used; that policy is recorded, and a resume switches back to it.
         self._use_policy(self._launch_policy, "a new session")
         policy = {"window": self.engine.window, "sinks": self.engine.sinks}
-        info = self.store.create_session(title, str(self.workspace), self.engine.fingerprint, meta=policy)
+        session_id = str(uuid.uuid4())
         self.engine.reset()
-        self._set_session(info.id, 0, None, [], [])
-        return info.id
+        self._set_session(session_id, 0, None, [], [])
+        # The row is written with the session's first durable change (its first file change or saved
+        # turn, `_session_row`): a run killed before that leaves no empty session behind.
+        self._unwritten = {
+            "title": title,
+            "workspace": str(self.workspace),
+            "fingerprint": self.engine.fingerprint,
+            "meta": policy,
+            "created_at": datetime.now(UTC),
+        }
+        return session_id
+
+    def _session_row(self, create: bool) -> str | None:
+        """The current session's id once its database row exists; before, None (create=False), or the
+        row is written now (create=True)."""
+        new = self._unwritten
+        if new is not None:
+            if not create:
+                return None
+            self.store.create_session(
+                new["title"] or new.get("message", ""),
+                new["workspace"],
+                new["fingerprint"],
+                meta=new["meta"],
+                session_id=self.session_id,
+            )
+            self._unwritten = None
+        return self.session_id
+
+    def _latest_saved(self) -> int:
+        """The current session's latest saved turn in the database (0: none, or no row yet)."""
+        if self._session_row(False) is None:
+            return 0
+        return self.store.get_session(self.session_id).latest_turn or 0
 
     def resume(self, session_id: str, *, keep_workspace: bool = False) -> None:
         """Continue a saved session from its latest snapshot (its history is not re-read by the model).
@@ -70,11 +108,7 @@ class SessionOps:
         self._idle()
         session_id = resolve_session_id(self.store, session_id)
         info = self.store.get_session(session_id)
-        if info.model_fingerprint != self.engine.fingerprint:
-            raise AgentError(
-                f"session {session_id} was made with another model ({info.model_fingerprint[:12]}); "
-                f"the model loaded now is {self.engine.fingerprint[:12]}: pass the model it was made with"
-            )
+        check_fingerprint(session_id, info.model_fingerprint, self.engine.fingerprint)
         folder = self.workspace if keep_workspace else Path(info.workspace).resolve()
         if not folder.is_dir():  # checked before anything changes
             raise folder_gone(session_id, folder)
@@ -91,6 +125,8 @@ class SessionOps:
         if moved is not None:
             self.workspace, self.registry.workspace = folder, moved
         self._set_session(session_id, info.latest_turn or 0, conv.system, conv.tools, conv.messages)
+        # A run killed mid-turn may have journaled a write it never made: drop such entries.
+        reconcile(self.registry.journal, self.registry.workspace, after_turn=self.turn)
 
     def _fork_for_turn(self, turn: int) -> str | None:
         """`turn` could not be saved because the database already has it: another process (this
@@ -131,19 +167,42 @@ class SessionOps:
         return self.registry.undo_last()
 
     def sessions(self) -> list[SessionInfo]:
-        return self.store.list_sessions()
+        """The saved sessions, most recently updated first, after the open one if its row is not
+        written yet (a UI lists the session it shows)."""
+        saved = self.store.list_sessions()
+        new = self._unwritten
+        if new is None:
+            return saved
+        info = SessionInfo(
+            id=self.session_id,
+            title=new["title"],
+            workspace=new["workspace"],
+            model_fingerprint=new["fingerprint"],
+            created_at=new["created_at"],
+            updated_at=new["created_at"],
+            parent_id=None,
+            fork_turn=None,
+            meta=dict(new["meta"]),
+        )
+        return [info, *saved]
 
     def history(self) -> list[Event]:
         """The stored events of the active session, for a UI to redraw it."""
+        if self._session_row(False) is None:
+            return []
         return self.store.events(self.session_id)
 
     def rename(self, session_id: str, title: str) -> None:
+        if session_id == self.session_id and self._unwritten is not None:
+            self._unwritten["title"] = title  # written with the row
+            return
         self.store.rename_session(session_id, title)
 
     def delete(self, session_id: str) -> None:
         """Delete a session; deleting the active one starts a new one."""
         self._idle()
-        self.store.delete_session(session_id)
+        if session_id != self.session_id or self._session_row(False) is not None:
+            self.store.delete_session(session_id)
         if session_id == self.session_id:
             self.new_session()
 
@@ -156,6 +215,7 @@ class SessionOps:
         history: list[ChatMessage],
     ) -> None:
         self.session_id, self.turn = session_id, turn
+        self._unwritten = None
         self._saved_tokens = self.engine.n_tokens
         self._system, self._tools, self._history = system, tools, history
         self._always.clear()
@@ -167,12 +227,16 @@ class SessionOps:
         # On a GPU the store copies verified chunks straight into device buffers (a pinned ring):
         # loading to the CPU first would add a pageable copy of the whole state.
         device = getattr(self.engine, "device", None)
+        # The store refuses a snapshot of any other fingerprint; one from before tokenizers were
+        # recorded is accepted when its model matches (`check_fingerprint` raises otherwise).
+        stored = self.store.get_session(session_id).model_fingerprint
+        check_fingerprint(session_id, stored, self.engine.fingerprint)
         snap = self.store.load_snapshot(
             session_id,
             turn,
             window=window,
             sinks=sinks,
-            fingerprint=self.engine.fingerprint,
+            fingerprint=stored,
             device=device if isinstance(device, str) and device.startswith("cuda") else None,
         )
         self._check_layout(session_id, turn, snap.meta.get("state_layout"))

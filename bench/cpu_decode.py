@@ -4,8 +4,8 @@ one-token CPU path that the agent runs.
 Greedy decode of `--tokens` tokens (one `model(token, state)` call each, as the agent's engine does)
 after a prefill of `--prompt-len` tokens, on a fresh state every repeat. Modes: `ref`
 (`HYBRID_AGENT_KERNELS=ref`, the `*_ref` kernels), `generic` (`auto`: the `*_cpu` kernels through
-each module's `forward`, with the one-token CPU path `model.layers.CPU_DECODE` off), `auto` (what the
-agent runs: `CPU_DECODE` on, see model/layers.py). The modes run token by token in turn, each on its
+each module's `forward`, with the one-token CPU path `hybrid_agent.model.layers.CPU_DECODE` off), `auto` (what
+the agent runs: `CPU_DECODE` on, see model/layers.py). The modes run token by token in turn, each on its
 own state, so load from other processes hits all of them alike even when it changes within a repeat.
 Per mode and repeat: tok/s = tokens / the summed time of its steps (the argmax and the model call);
 the JSON gives the median over repeats, the median of the per-repeat ratios, and the median step

@@ -38,91 +38,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gpu_common import fill_synthetic
-from hybrid_agent.model import HybridConfig, HybridLM
-from hybrid_agent.model.attention import Attention
-from hybrid_agent.model.checkpoints import olmo_hybrid
-from hybrid_agent.model.checkpoints.plan import Source
+from gpu_olmo import adopt_weights, attention_only, build_hf, hf_config
+from hybrid_agent.model import HybridLM
 from hybrid_agent.model.engine import DecodeEngine
 from hybrid_agent.model.generate import prefill as eager_prefill
-from hybrid_agent.model.layers import rope_inv_freq
-
-TINY_HF = dict(
-    vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-    num_key_value_heads=4, linear_num_key_heads=2, linear_num_value_heads=2, linear_key_head_dim=16,
-    linear_value_head_dim=32, pad_token_id=0, eos_token_id=1, bos_token_id=None,
-)  # fmt: skip
-
-
-# ---- building the models -------------------------------------------------------------------------
-def hf_config(tiny: bool) -> Any:
-    from transformers import OlmoHybridConfig
-
-    return OlmoHybridConfig(**TINY_HF) if tiny else OlmoHybridConfig()
-
-
-def build_hf(cfg: Any, device: torch.device, dtype: torch.dtype) -> Any:
-    """transformers' model with its own random init, built directly on the device."""
-    from transformers import OlmoHybridForCausalLM
-
-    torch.manual_seed(0)
-    with torch.device(device):
-        hf = OlmoHybridForCausalLM._from_config(cfg, attn_implementation="sdpa", dtype=dtype)
-    return hf.eval()
-
-
-def _resolve(src: Source, sd: dict[str, torch.Tensor]) -> torch.Tensor:
-    names = [next((n for n in spellings if n in sd), None) for spellings in src.names]
-    if None in names:
-        if src.fallback is None:
-            raise KeyError(f"no tensor for {src.names}")
-        return _resolve(src.fallback, sd)
-    if src.build is None:
-        return sd[names[0]]  # shared with transformers' model: no copy
-    return src.build([sd[n].float() for n in names]).to(sd[names[0]].dtype)
-
-
-def adopt_weights(hf: Any) -> HybridLM:
-    """Our HybridLM through the olmo_hybrid adapter's plan, reading transformers' tensors in place."""
-    hfd = hf.config.to_dict()
-    cfg = olmo_hybrid.hybrid_config(hfd)
-    sd = dict(hf.state_dict())
-    with torch.device("meta"):
-        model = HybridLM(cfg)
-    model.load_state_dict({n: _resolve(s, sd) for n, s in olmo_hybrid.sources(cfg, hfd).items()}, assign=True)
-    _rope_buffers(model, sd["lm_head.weight"].device)
-    model._fingerprint = "bench-random-olmo-hybrid"  # hashing 15 GB of random weights would cost ~10 s
-    return model.eval()
-
-
-def _rope_buffers(model: HybridLM, device: torch.device) -> None:
-    theta = model.config.attention.rope_theta
-    for m in model.modules():
-        if isinstance(m, Attention) and theta is not None:
-            m.register_buffer("inv_freq", rope_inv_freq(m.rope_dim, theta).to(device), persistent=False)
-
-
-def attention_only(model: HybridLM) -> HybridLM:
-    """The same width and depth with attention in every layer; every weight whose name and shape match
-    the hybrid's is shared (embeddings, head, MLPs, norms, the hybrid's own attention layers)."""
-    cfg = HybridConfig.model_validate(
-        {**model.config.model_dump(), "layer_types": ["attention"] * model.config.n_layers}
-    )
-    with torch.device("meta"):
-        attn = HybridLM(cfg)
-    have = model.state_dict()
-    dev, dtype = model.device, model.dtype
-    new = {}
-    for name, t in attn.state_dict().items():
-        if name in have and have[name].shape == t.shape:
-            new[name] = have[name]
-        elif name.endswith("norm.weight"):
-            new[name] = torch.ones(t.shape, device=dev, dtype=dtype)
-        else:
-            new[name] = torch.empty(t.shape, device=dev, dtype=dtype).normal_(0.0, 0.02)
-    attn.load_state_dict(new, assign=True)
-    _rope_buffers(attn, dev)
-    attn._fingerprint = "bench-attention-only"
-    return attn.eval()
 
 
 def floor_bytes(model: HybridLM, ctx: int) -> dict[str, int]:
@@ -398,11 +317,11 @@ def main() -> None:
 
     def gemv_bench() -> dict[str, Any]:
         # kernels.gemv vs cuBLAS at this model's one-token matmul shapes (bench/gpu_gemv.py); the best
-        # config per shape goes into kernels.gemv.CONFIGS for the decode sections below
+        # config per shape goes into the engine's gemv_cfg for the decode sections below
         from gpu_common import write_json
         from gpu_gemv import engine_shapes, sweep
 
-        res = sweep(engine_shapes(engine))
+        res = sweep(engine_shapes(engine), install=engine.gemv_cfg)
         gemv_roles["measured"] = res["faster_roles"]
         if args.gemv_out:
             write_json(args.gemv_out, res)
@@ -425,28 +344,27 @@ def main() -> None:
         (attn_prep), the attention kernel's launch (attn: a kernels.attention_decode.DecodeConfig), the
         greedy-advance kernel (greedy), the down projection's GEMV config (down); graphs recaptured."""
         from hybrid_agent.kernels import attention_decode as ad
-        from hybrid_agent.kernels.gemv import CONFIGS
+        from hybrid_agent.kernels.gemv import gemv_config
 
         key = (ours.config.d_model, engine.model.layers[0].mlp.down_proj.in_features)
-        saved = CONFIGS.get(key)
+        saved = dict(engine.gemv_cfg)
+        shown = down or saved.get(key) or gemv_config(engine.device, key, engine.model.dtype)
         engine.set_gemv(gemv_roles[args.gemv])
         engine.attn_prep, engine.greedy_kernel, ad.OVERRIDE = attn_prep, greedy, attn
         if down is not None:
-            CONFIGS[key] = down
+            engine.gemv_cfg[key] = down
         try:
             rows = decode(engine, ours, cs)
         finally:
-            engine.attn_prep, engine.greedy_kernel, ad.OVERRIDE = True, True, None
-            if saved is not None:
-                CONFIGS[key] = saved
+            engine.attn_prep, engine.greedy_kernel, ad.OVERRIDE, engine.gemv_cfg = True, True, None, saved
             engine._graphs = None
         for r in rows:
             r.update(attn_prep=attn_prep, attn_config=str(attn), greedy_kernel=greedy,
-                     down_config=str(down or saved))  # fmt: skip
+                     down_config=str(shown))  # fmt: skip
         return rows
 
     # same-run baselines of this session's choices, each switched back alone: the attention layers'
-    # QK-norm / RoPE / cache writes as the model's small ops (before kernels.decode_fused.attn_decode_prep),
+    # QK-norm / RoPE / cache writes as the model's small ops (before kernels.attn_decode_prep),
     # torch's argmax + 3 ops for the greedy advance; the down projection with and without split-K
     if "decode_noprep" in sections:
         b.section("decode_noprep", lambda: decode_with(ctxs, attn_prep=False))

@@ -7,7 +7,8 @@ For each shape: a check of every candidate config against cuBLAS (relative error
 time of one call as the median of CUDA-graph replays (bench/gpu_common.median_ms(graph=True)). Each
 timed graph cycles through enough copies of W (>= 256 MB) that no copy stays in the 50 MB L2 between
 its uses (the real step reads each weight once). GB/s = weight bytes / time. The best config per shape
-goes into kernels.gemv.CONFIGS, and a role counts as faster where that best beats cuBLAS.
+goes into the engine's `gemv_cfg` (bench/gpu_e2e.py), and a role counts as faster where that best beats
+cuBLAS.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hybrid_agent.kernels import gemv
-from hybrid_agent.kernels.gemv import CONFIGS, GemvConfig
+from hybrid_agent.kernels.gemv import GemvConfig
 
 # role -> (N, K) of W at OLMo Hybrid 7B's shape (d 3840, MLP 11008, GDN 30 heads of k 96 / v 192 with
 # q|k|v|a|b|g fused and padded to 16 rows, attention 30 heads of 128, vocab 100352); how many a step
@@ -114,8 +115,10 @@ def bench_shape(role: str, n: int, k: int, sms: int) -> dict[str, Any]:
     return row
 
 
-def sweep(shapes: dict[str, tuple[int, int]] | None = None, *, install: bool = True) -> dict[str, Any]:
-    """Benchmarks every role; with `install` the best configs go into kernels.gemv.CONFIGS."""
+def sweep(
+    shapes: dict[str, tuple[int, int]] | None = None, *, install: dict[Any, GemvConfig] | None = None
+) -> dict[str, Any]:
+    """Benchmarks every role; the best config of each (N, K) goes into `install` (an engine's gemv_cfg)."""
     from gpu_common import copy_bandwidth_GBps, device_info
 
     shapes = shapes or OLMO_SHAPES
@@ -129,8 +132,8 @@ def sweep(shapes: dict[str, tuple[int, int]] | None = None, *, install: bool = T
               f" {row['cublas_GBps']:5.0f} GB/s"
               f" | gemv {best['us']:7.1f} us {best['GBps']:5.0f} GB/s {best['config']}"
               f" | x{row['speedup_vs_cublas']:.3f}", flush=True)  # fmt: skip
-        if install:
-            CONFIGS[(n, k)] = GemvConfig(**row["best"]["config"])
+        if install is not None:
+            install[(n, k)] = GemvConfig(**row["best"]["config"])
     per_step = {
         "cublas_us": sum(CALLS_PER_STEP.get(r["role"], 1) * r["cublas_us"] for r in rows),
         "best_us": sum(CALLS_PER_STEP.get(r["role"], 1) * min(r["best"]["us"], r["cublas_us"]) for r in rows),

@@ -11,10 +11,11 @@
 2. Decode: the one-token kernels' achieved bandwidth (state read + written, inputs read) vs a measured
    device-to-device copy of the same number of bytes and vs a 1 GiB copy (the ceiling), timed as
    CUDA-graph replays; fla's fused_recurrent_gated_delta_rule at T=1 alongside.
-Before timing, `tune` times each kernel module's REFERENCE (the previous design), its CONFIG and its
-VARIANTS at 16k and keeps the fastest whose output and final-state errors stay within bounds of the
-previous design's; the prefill rows then time the chosen config, the previous design ("prev") and
-fla. `--sections warm` compiles every candidate in parallel first (run it beside the GPU tests).
+Before timing, `tune` times each kernel module's `reference_overrides()` (the previous design), its
+`launch_config` choice and its `variant_overrides()` at 16k and keeps the fastest whose output and
+final-state errors stay within bounds of the previous design's; the prefill rows then time the chosen
+config, the previous design ("prev") and fla. `--sections warm` compiles every candidate in parallel
+first (run it beside the GPU tests).
 Speed claims are ratios against fla (or the previous design) measured in the same run on the same card.
 """
 
@@ -25,6 +26,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,40 @@ GDN_SHAPES = {"H32_K128_V128": (32, 128, 128), "olmo_H30_K96_V192": (30, 96, 192
 # fla's own 2k errors are measured in the tune child only with --fla-errors (implied by --bound fla):
 # fla autotunes on its first call there, which cost ~2 min of a GDN tune on the H100 (session 4).
 TUNE = {"gdn_shape": "H32_K128_V128", "bound": "reference", "fla_errors": False}
+# Launch overrides over each op's own `launch_config` choice, passed to every call of `ours`: from
+# --set, then `tune`'s pick. VARIANTS: the list `tune` tries instead of the module's (--variants).
+CHOSEN: dict[str, dict[str, int]] = {"ssd": {}, "gdn": {}}
+VARIANTS: dict[str, list[dict[str, int]] | None] = {"ssd": None, "gdn": None}
+
+
+def _module(op: str) -> Any:
+    return tssd if op == "ssd" else tgdr
+
+
+def ours(op: str, args: tuple, overrides: dict[str, int] | None = None) -> Any:
+    """Our chunked scan (op ssd or gdn) on args with launch `overrides` (default CHOSEN[op]) over the
+    module's own choice for these inputs."""
+    x, over = args[0], CHOSEN[op] if overrides is None else overrides
+    cfg = replace(_module(op).launch_config(x.device, tuple(x.shape), x.dtype), **over)
+    if op == "ssd":
+        return tssd.ssd_scan_triton(*args, config=cfg)
+    return tgdr.chunk_gated_delta_rule_triton(*args, config=cfg)
+
+
+def _current(op: str) -> dict[str, int]:
+    """The launch `ours` uses for op at the tuned shape, as a dict."""
+    shape = (1, 16384, 32, 128) if op == "ssd" else (1, 16384, *GDN_SHAPES[TUNE["gdn_shape"]][:2])
+    return asdict(replace(_module(op).launch_config(torch.device("cuda"), shape, BF16), **CHOSEN[op]))
+
+
+def _variants(op: str) -> list[dict[str, int]]:
+    listed = VARIANTS[op]
+    return _module(op).variant_overrides() if listed is None else listed
+
+
+def _prev(op: str) -> dict[str, int]:
+    """The previous design's overrides (the split path as first tuned) over the current ones."""
+    return {**CHOSEN[op], **_module(op).reference_overrides()}
 
 
 def _fla():
@@ -84,21 +120,21 @@ def gdn_case(T: int, H: int, DK: int, DV: int):
 
 
 def tune(op: str, module: Any) -> dict[str, Any]:
-    """Time module.REFERENCE (the previous design), the current CONFIG and each of module.VARIANTS
-    (overrides of CONFIG) at 16k in child processes, so a variant that crashes the GPU context
+    """Time the previous design (reference_overrides), the current launch and each variant
+    (overrides of it) at 16k in child processes, so a variant that crashes the GPU context
     cannot take the rest of the run with it: one child runs the candidates in order and prints one
     line each; if it dies, the candidate it was on is recorded as crashed and a new child goes on
     with the rest. Each candidate is first checked against the fp32 torch reference at 2k (output
     and final state). It may be chosen only if its output error is at most 1.05x, and its state
-    error at most 1.5x (or 1e-4), those of REFERENCE in the same child on the same inputs; the
+    error at most 1.5x (or 1e-4), those of the previous design in the same child on the same inputs; the
     fastest wins. With `--bound fla` a candidate may also be as far from the fp32 reference as fla
     itself is on the same inputs (output and final state): no less accurate than what it is
     compared with, though maybe less than our previous design."""
-    base = dict(module.CONFIG)
-    candidates = [module.REFERENCE]
-    if {**base, **module.REFERENCE} != base:
+    base, reference = _current(op), module.reference_overrides()
+    candidates = [reference]
+    if {**base, **reference} != base:
         candidates.append({})
-    candidates += module.VARIANTS
+    candidates += _variants(op)
     results: list[dict[str, Any]] = []
     todo = list(candidates)
     while todo:
@@ -108,7 +144,7 @@ def tune(op: str, module: Any) -> dict[str, Any]:
         if todo:  # the child died on todo[0]
             results.append({"variant": todo[0], "ms": None, "error": "child process died (see log)"})
             todo = todo[1:]
-    ref = next((r for r in results if r["variant"] == module.REFERENCE and r.get("ms")), None)
+    ref = next((r for r in results if r["variant"] == reference and r.get("ms")), None)
     out_bound = min(3e-2, 1.05 * ref["err"]) if ref else 3e-2
     st_bound = max(1.5 * ref["state_err"], 1e-4) if ref else 3e-2
     fla_row = next((r for r in results if "fla_err" in r), None)
@@ -120,13 +156,13 @@ def tune(op: str, module: Any) -> dict[str, Any]:
         if r.get("ms") is not None and r.get("err", 1.0) <= out_bound and r.get("state_err", 1.0) <= st_bound
     ]  # fmt: skip
     best = min(ok, key=lambda r: r["ms"]) if ok else {"variant": {}, "ms": None}
-    module.CONFIG = {**base, **best["variant"]}
+    CHOSEN[op] = {**CHOSEN[op], **best["variant"]}
     for r in results:
         if ref and r.get("ms"):
             r["speedup_vs_reference"] = ref["ms"] / r["ms"]
     print(f"tune {op}: chose {best} (bounds: output {out_bound:.2e}, state {st_bound:.2e})")
     return {
-        "default": base, "reference": module.REFERENCE, "chosen": module.CONFIG, "chosen_result": best,
+        "default": base, "reference": reference, "chosen": _current(op), "chosen_result": best,
         "err_bound": out_bound, "state_err_bound": st_bound, "bound_rule": TUNE["bound"],
         "gdn_shape": TUNE["gdn_shape"] if op == "gdn" else None,
         "fla_err_2k": fla_row and {k: fla_row[k] for k in ("fla_err", "fla_state_err")}, "tried": results,
@@ -139,8 +175,7 @@ def warm(ops: list[str], parallel: int) -> None:
     load. Nothing is timed here, so this may share the machine with other correctness work."""
     jobs = []
     for op in ops:
-        module = tssd if op == "ssd" else tgdr
-        for var in [module.REFERENCE, {}, *module.VARIANTS]:
+        for var in [_module(op).reference_overrides(), {}, *_variants(op)]:
             var_json = json.dumps([var])
             jobs.append([sys.executable, __file__, "--variant-op", op, "--variant", var_json, "--no-time"])
     running: list[subprocess.Popen] = []
@@ -171,8 +206,6 @@ def _run_variants(op: str, variants: list[dict[str, int]]) -> list[dict[str, Any
 def variant_child(op: str, variants: list[dict[str, int]], timed: bool = True) -> None:
     """In a child process: for each variant, apply it, check against the reference at 2k, time at 16k
     (or, untimed, run it once at 16k: the compile-only warm-up)."""
-    module = tssd if op == "ssd" else tgdr
-    base = dict(module.CONFIG)
     fla = _fla() if timed and TUNE["fla_errors"] else None
     fla_errs: dict[str, float] = {}
     with torch.inference_mode():
@@ -185,8 +218,6 @@ def variant_child(op: str, variants: list[dict[str, int]], timed: bool = True) -
                 s = s.transpose(-1, -2)
                 fla_errs = {"fla_err": rel_err(o, ref), "fla_state_err": rel_err(s, ref_state)}
 
-            def run(a):
-                return kernels.ssd_scan(*a)
         else:
             shape = GDN_SHAPES[TUNE["gdn_shape"]]
             small = gdn_case(2048, *shape)
@@ -196,18 +227,15 @@ def variant_child(op: str, variants: list[dict[str, int]], timed: bool = True) -
                 o, s = fla[1](*small, output_final_state=True)
                 fla_errs = {"fla_err": rel_err(o, ref), "fla_state_err": rel_err(s, ref_state)}
 
-            def run(a):
-                return kernels.chunk_gated_delta_rule(*a)
-
         for var in variants:
-            module.CONFIG = {**base, **var}
-            out, state = run(small)
+            over = {**CHOSEN[op], **var}
+            out, state = ours(op, small, over)
             err, state_err = rel_err(out, ref), rel_err(state, ref_state)
             if not timed:
-                run(big)
+                ours(op, big, over)
                 torch.cuda.synchronize()
                 continue
-            ms = median_ms(lambda: run(big), rep_ms=100)
+            ms = median_ms(lambda o=over: ours(op, big, o), rep_ms=100)
             row = {"variant": var, "ms": ms, "err": err, "state_err": state_err, **fla_errs}
             print(json.dumps(row), flush=True)
 
@@ -219,10 +247,10 @@ def prefill(fla, lengths: list[int], deadline: float) -> list[dict[str, Any]]:
             print(f"time budget spent: skipping prefill T={T}")
             break
         ours_args, fla_args = ssd_case(T)
-        y, _ = kernels.ssd_scan(*ours_args)
+        y, _ = ours("ssd", ours_args)
         row: dict[str, Any] = {"op": "ssd_vs_chunk_simple_gla", "shape": "H32_P128_N128_G32", "T": T}
-        row["ours_ms"] = median_ms(lambda a=ours_args: kernels.ssd_scan(*a))
-        row["ours_prev_ms"] = _prev_ms(tssd, lambda a=ours_args: kernels.ssd_scan(*a))
+        row["ours_ms"] = median_ms(lambda a=ours_args: ours("ssd", a))
+        row["ours_prev_ms"] = median_ms(lambda a=ours_args: ours("ssd", a, _prev("ssd")))
         if T <= 4096:
             row["rel_err_vs_ref"] = rel_err(y, ssd_scan_ref(*ours_args)[0])
         if fla is not None:
@@ -233,10 +261,10 @@ def prefill(fla, lengths: list[int], deadline: float) -> list[dict[str, Any]]:
         del ours_args, fla_args, y
         for shape, (H, DK, DV) in GDN_SHAPES.items():
             args = gdn_case(T, H, DK, DV)
-            o_ours, _ = kernels.chunk_gated_delta_rule(*args)
+            o_ours, _ = ours("gdn", args)
             row = {"op": "gdn_vs_chunk_gated_delta_rule", "shape": shape, "T": T}
-            row["ours_ms"] = median_ms(lambda a=args: kernels.chunk_gated_delta_rule(*a))
-            row["ours_prev_ms"] = _prev_ms(tgdr, lambda a=args: kernels.chunk_gated_delta_rule(*a))
+            row["ours_ms"] = median_ms(lambda a=args: ours("gdn", a))
+            row["ours_prev_ms"] = median_ms(lambda a=args: ours("gdn", a, _prev("gdn")))
             if T <= 4096:
                 row["rel_err_vs_ref"] = rel_err(o_ours, chunk_gated_delta_rule_ref(*args)[0])
             if fla is not None:
@@ -250,20 +278,6 @@ def prefill(fla, lengths: list[int], deadline: float) -> list[dict[str, Any]]:
             del args, o_ours
         torch.cuda.empty_cache()
     return rows
-
-
-def _with_prev(module: Any, fn) -> Any:
-    """Call fn with the previous design (module.REFERENCE: the split path as first tuned)."""
-    cfg = module.CONFIG
-    module.CONFIG = {**cfg, **module.REFERENCE}
-    try:
-        return fn()
-    finally:
-        module.CONFIG = cfg
-
-
-def _prev_ms(module: Any, fn) -> float:
-    return _with_prev(module, lambda: median_ms(fn))
 
 
 def _rates(row: dict[str, Any], T: int) -> dict[str, Any]:
@@ -366,14 +380,12 @@ def profile_kernels(fla) -> dict[str, dict[str, float]]:
     ssd_args, fla_ssd = ssd_case(16384)
     gdn_args = gdn_case(16384, 32, 128, 128)
     cases = {
-        "ours_ssd": lambda: kernels.ssd_scan(*ssd_args),
-        "ours_gdn": lambda: kernels.chunk_gated_delta_rule(*gdn_args),
+        "ours_ssd": lambda: ours("ssd", ssd_args),
+        "ours_gdn": lambda: ours("gdn", gdn_args),
+        # the previous design, for the per-kernel comparison
+        "ours_ssd_prev": lambda: ours("ssd", ssd_args, _prev("ssd")),
+        "ours_gdn_prev": lambda: ours("gdn", gdn_args, _prev("gdn")),
     }
-    for name, module, fn in (
-        ("ours_ssd_prev", tssd, cases["ours_ssd"]),
-        ("ours_gdn_prev", tgdr, cases["ours_gdn"]),
-    ):  # the previous design, for the per-kernel comparison
-        cases[name] = lambda m=module, f=fn: _with_prev(m, f)
     if fla is not None:
         cases["fla_chunk_simple_gla"] = lambda: fla[0](*fla_ssd, scale=1.0, output_final_state=True)
         cases["fla_chunk_gated_delta_rule"] = lambda: fla[1](*gdn_args, output_final_state=True)
@@ -406,39 +418,38 @@ def main() -> None:
         help="comma list: tune (or tune_ssd, tune_gdn), profile, prefill, decode; or warm alone",
     )
     ap.add_argument("--variant-op", choices=["ssd", "gdn"], help="internal: time one config variant")
-    ap.add_argument("--variant", default="[]", help="internal: JSON list of CONFIG overrides")
+    ap.add_argument("--variant", default="[]", help="internal: JSON list of launch overrides")
     ap.add_argument("--no-time", action="store_true", help="internal: compile and check, no timing")
     ap.add_argument("--parallel", type=int, default=6, help="processes for --sections warm")
     ap.add_argument(
         "--set", action="append", default=[], metavar="OP.KEY=INT",
-        help="override a CONFIG entry before anything runs (op ssd or gdn), e.g. gdn.fu_stages=2",
+        help="override a launch field before anything runs (op ssd or gdn), e.g. gdn.fu_stages=2",
     )  # fmt: skip
     ap.add_argument("--tune-gdn-shape", choices=sorted(GDN_SHAPES), default=TUNE["gdn_shape"])
     ap.add_argument(
         "--bound", choices=["reference", "fla"], default="reference",
-        help="tune's error bounds: from REFERENCE only, or also up to fla's own error (see tune)",
+        help="tune's error bounds: from the previous design only, or also up to fla's own error (see tune)",
     )  # fmt: skip
     ap.add_argument(
         "--fla-errors", action="store_true", help="tune: also fla's own 2k errors (slow: fla autotunes)"
     )
     ap.add_argument(
         "--variants", action="append", default=[], metavar="OP=JSON",
-        help="tune these CONFIG overrides (a JSON list) instead of the module's VARIANTS (a sweep)",
+        help="tune these launch overrides (a JSON list) instead of the module's variants (a sweep)",
     )  # fmt: skip
     args = ap.parse_args()
     for item in args.variants:
         op, _, listed = item.partition("=")
-        (tssd if op == "ssd" else tgdr).VARIANTS = json.loads(listed)
+        VARIANTS[op] = json.loads(listed)
     TUNE.update(
         gdn_shape=args.tune_gdn_shape, bound=args.bound, fla_errors=args.fla_errors or args.bound == "fla"
     )
     for item in args.set:
         name, value = item.split("=")
         op, key = name.split(".")
-        module = tssd if op == "ssd" else tgdr
-        if key not in module.CONFIG:
-            raise SystemExit(f"--set: {op} has no CONFIG key {key!r}")
-        module.CONFIG = {**module.CONFIG, key: int(value)}
+        if key not in _current(op):
+            raise SystemExit(f"--set: {op}'s launch has no field {key!r}")
+        CHOSEN[op] = {**CHOSEN[op], key: int(value)}
     if args.variant_op:
         variant_child(args.variant_op, json.loads(args.variant), timed=not args.no_time)
         return
@@ -448,7 +459,7 @@ def main() -> None:
     t0 = time.time()
     torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 references stay fp32
     result: dict[str, Any] = {"info": device_info(), "command": sys.argv, "set": args.set}
-    result["config"] = {"ssd": tssd.CONFIG, "gdn": tgdr.CONFIG}
+    result["config"] = {"ssd": _current("ssd"), "gdn": _current("gdn")}
     fla = _fla()
     result["copy_1GiB_GBps"] = ceiling = copy_bandwidth_GBps()
     print(result["info"], f"copy {ceiling:.0f} GB/s")

@@ -305,7 +305,7 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.time()
     from gpu_common import device_info, write_json
-    from gpu_e2e import adopt_weights, build_hf, hf_config
+    from gpu_olmo import adopt_weights, build_hf, hf_config
 
     cuda = torch.cuda.is_available() and not args.tiny
     dev = torch.device("cuda" if cuda else "cpu")

@@ -20,8 +20,10 @@ import subprocess
 import tempfile
 import time
 import warnings
+from dataclasses import asdict, replace
 from pathlib import Path
 
+import torch
 import triton
 from hybrid_agent.kernels import triton_gated_delta_rule as tgdr
 from hybrid_agent.kernels import triton_ssd_scan as tssd
@@ -71,7 +73,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--op", choices=["ssd", "gdn"], help="only this module")
-    ap.add_argument("--variants", help="a JSON list of CONFIG overrides instead of the module's VARIANTS")
+    ap.add_argument("--variants", help="a JSON list of launch overrides instead of the module's variants")
     ap.add_argument(
         "--fp32",
         action="store_true",
@@ -95,9 +97,11 @@ def main() -> None:
     for name, module in (("gdn", tgdr), ("ssd", tssd)):
         if args.op and name != args.op:
             continue
-        listed = json.loads(args.variants) if args.variants else module.VARIANTS
+        listed = json.loads(args.variants) if args.variants else module.variant_overrides()
+        # the launch each module picks at the benchmark's shape (16k tokens, 32 heads of 128, bf16)
+        default = module.launch_config(torch.device("cuda"), (1, 16384, 32, 128), torch.bfloat16)
         for var in [{}, *listed]:
-            cfg = {**module.CONFIG, **var}
+            cfg = asdict(replace(default, **var))
             if name == "gdn" and cfg["fused"]:
                 types = dict(gdn_types, t_ptr=bf16 if cfg["fu_t16"] else f32)
                 bv = cfg["fu_bv"] or 32

@@ -2,19 +2,26 @@
 that dispatches by device (Triton on CUDA, the reference elsewhere; see kernels/_dispatch.py).
 Signatures are fixed by docs/interfaces.md. kernels/ imports nothing else of ours."""
 
+from hybrid_agent.kernels.attn_decode_prep import attn_decode_prep
 from hybrid_agent.kernels.causal_conv1d import causal_conv1d, causal_conv1d_step
-from hybrid_agent.kernels.decode_fused import gdn_decode_prep, residual_rms_norm, silu_mul
+from hybrid_agent.kernels.checks import GemvConfig
 from hybrid_agent.kernels.errors import KernelInputError
 from hybrid_agent.kernels.gated_delta_rule import chunk_gated_delta_rule
 from hybrid_agent.kernels.gated_delta_rule_step import gated_delta_rule_step
+from hybrid_agent.kernels.gdn_decode_prep import gdn_decode_prep
 from hybrid_agent.kernels.gemv import gemv
+from hybrid_agent.kernels.greedy_advance import greedy_advance
 from hybrid_agent.kernels.mla_decode import mla_decode
+from hybrid_agent.kernels.residual_rms_norm import residual_rms_norm
 from hybrid_agent.kernels.rms_norm import gated_rms_norm, rms_norm
+from hybrid_agent.kernels.silu_mul import silu_mul
 from hybrid_agent.kernels.ssd_scan import ssd_scan
 from hybrid_agent.kernels.ssm_step import ssm_step
 
 __all__ = [
+    "GemvConfig",
     "KernelInputError",
+    "attn_decode_prep",
     "causal_conv1d",
     "causal_conv1d_step",
     "chunk_gated_delta_rule",
@@ -22,6 +29,7 @@ __all__ = [
     "gated_rms_norm",
     "gdn_decode_prep",
     "gemv",
+    "greedy_advance",
     "mla_decode",
     "residual_rms_norm",
     "rms_norm",

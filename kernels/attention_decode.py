@@ -18,8 +18,9 @@ before the current one is used; the slots are merged once at the end. With G > 1
 one running max per row and the products are tl.dot. (2) Grid (B*Hkv,): the partial results of the
 splits that hold keys are combined with the usual log-sum-exp rescaling. nsplit is fixed when the
 call is made (the grid of a captured graph cannot change); splits past L exit at once.
-`DecodeConfig` holds the launch choices; `config_for` picks them (bench/gpu_e2e.py's attn_sweep
-section measures candidates over the engine's own cache buffers).
+`DecodeConfig` holds the launch choices; `config_for` picks them, and a caller may pass its own as
+`config=` (bench/gpu_e2e.py's attn_sweep section measures candidates over the engine's own cache
+buffers).
 """
 
 from __future__ import annotations
@@ -56,10 +57,12 @@ def attention_decode_ref(
 
 
 def attention_decode(
-    q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, pos: torch.Tensor, *, scale: float
-) -> torch.Tensor:
+    q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, pos: torch.Tensor, *, scale: float,
+    config: DecodeConfig | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """See the module doc; `config` replaces `config_for`'s launch choice (the Triton path only)."""
     if use_triton(q):
-        return _attention_decode_triton(q, k_buf, v_buf, pos, scale=scale)
+        return _attention_decode_triton(q, k_buf, v_buf, pos, scale=scale, config=config)
     return attention_decode_ref(q, k_buf, v_buf, pos, scale=scale)
 
 
@@ -75,7 +78,8 @@ class DecodeConfig:
     prefetch: bool = True
 
 
-# None: config_for's choice; benchmarks set a DecodeConfig here to time candidates in the engine
+# None: config_for's choice. The engine's calls pass no `config`, so bench/gpu_e2e.py sets a DecodeConfig
+# here to time candidates inside the engine; everything else passes `config=`.
 OVERRIDE: DecodeConfig | None = None
 
 
@@ -84,7 +88,7 @@ def config_for(bh: int, sms: int = 132) -> DecodeConfig:
     long contexts (30 heads x 64 = 1920 programs on an H100's 132 SMs), blocks of 32 keys. Measured on
     the H100 (bench/results/gpu_e2e_s3_sweep.json, OLMo Hybrid 7B's 8 attention layers, G == 1):
     64 x 32 with slots and prefetch took 128 / 768 / 2699 us at 1k / 16k / 64k (2.98 TB/s at 64k)
-    against 147 / 1254 / 4666 us for the previous one-max-per-row form (64 x 64); blocks of 64 keys
+    against 147 / 1254 / 4666 us with one running max per row (64 x 64); blocks of 64 keys
     were faster at 1k only (112 us without prefetch) and slower at 64k (3047 us)."""
     nsplit = 1
     while bh * nsplit < 8 * sms and nsplit < 64:

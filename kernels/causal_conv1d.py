@@ -15,30 +15,11 @@ import torch
 import torch.nn.functional as F
 from hybrid_agent.kernels._cast import as_dtype, as_f32
 from hybrid_agent.kernels._dispatch import backend, use_triton
-from hybrid_agent.kernels.errors import KernelInputError
+from hybrid_agent.kernels.checks import check_conv_state, check_conv_weight, check_conv_x, conv_silu
 
 
 def _act(y: torch.Tensor, activation: str | None) -> torch.Tensor:
-    if activation is None:
-        return y
-    if activation == "silu":
-        return F.silu(y)
-    raise KernelInputError(f"causal_conv1d: activation must be 'silu' or None, got {activation!r}")
-
-
-def _check_weight(d: int, weight: torch.Tensor, bias: torch.Tensor | None) -> int:
-    if weight.dim() != 2 or weight.shape[0] != d:
-        raise KernelInputError(f"causal_conv1d: weight must be (d, w) with d={d}, got {tuple(weight.shape)}")
-    if bias is not None and bias.shape != (d,):
-        raise KernelInputError(f"causal_conv1d: bias must be (d,) = ({d},), got {tuple(bias.shape)}")
-    return weight.shape[1]
-
-
-def _check_state(state: torch.Tensor, b: int, d: int, w: int) -> None:
-    if state.shape != (b, d, w - 1):
-        raise KernelInputError(
-            f"causal_conv1d: state must be (b, d, w-1) = {(b, d, w - 1)}, got {tuple(state.shape)}"
-        )
+    return F.silu(y) if conv_silu(activation) else y
 
 
 def causal_conv1d_ref(
@@ -49,14 +30,13 @@ def causal_conv1d_ref(
     initial_state: torch.Tensor | None = None,
     activation: str | None = "silu",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    if x.dim() != 3:
-        raise KernelInputError(f"causal_conv1d: x must be (b, t, d) channel-last, got {tuple(x.shape)}")
+    check_conv_x(x, step=False)
     b, _, d = x.shape
-    w = _check_weight(d, weight, bias)
+    w = check_conv_weight(d, weight, bias)
     f32 = torch.float32
     if initial_state is None:
         initial_state = x.new_zeros((b, d, w - 1))
-    _check_state(initial_state, b, d, w)
+    check_conv_state(initial_state, b, d, w)
     xs = torch.cat([initial_state.to(f32), x.to(f32).transpose(1, 2)], dim=2)  # (b, d, w-1+t)
     y = F.conv1d(xs, weight.to(f32).unsqueeze(1), None if bias is None else bias.to(f32), groups=d)  # (b,d,t)
     final_state = xs[:, :, xs.shape[2] - (w - 1) :].to(x.dtype)  # (b, d, w-1)
@@ -71,11 +51,10 @@ def causal_conv1d_step_ref(
     *,
     activation: str | None = "silu",
 ) -> torch.Tensor:
-    if x.dim() != 2:
-        raise KernelInputError(f"causal_conv1d_step: x must be (b, d), got {tuple(x.shape)}")
+    check_conv_x(x, step=True)
     b, d = x.shape
-    w = _check_weight(d, weight, bias)
-    _check_state(state, b, d, w)
+    w = check_conv_weight(d, weight, bias)
+    check_conv_state(state, b, d, w)
     window = torch.cat([as_f32(state), as_f32(x).unsqueeze(-1)], dim=-1)  # (b, d, w)
     y = (window * as_f32(weight)).sum(-1)  # (b, d)
     if bias is not None:

@@ -28,38 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from hybrid_agent.kernels._dispatch import use_triton
-from hybrid_agent.kernels.errors import KernelInputError
-
-
-def check_gdr_inputs(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    beta: torch.Tensor,
-    initial_state: torch.Tensor | None,
-    *,
-    op: str = "chunk_gated_delta_rule",
-) -> None:
-    if q.dim() != 4 or q.shape != k.shape:
-        raise KernelInputError(
-            f"{op}: q and k must both be (b, t, h, dk); got {tuple(q.shape)}, {tuple(k.shape)}"
-        )
-    b, t, h, dk = q.shape
-    if v.dim() != 4 or v.shape[:3] != (b, t, h):
-        raise KernelInputError(
-            f"{op}: v must be (b, t, h, dv) with (b, t, h) = {(b, t, h)}, got {tuple(v.shape)}"
-        )
-    if g.shape != (b, t, h) or beta.shape != (b, t, h):
-        raise KernelInputError(
-            f"{op}: g and beta must be (b, t, h) = {(b, t, h)}; got {tuple(g.shape)}, {tuple(beta.shape)}"
-        )
-    dv = v.shape[3]
-    if initial_state is not None and initial_state.shape != (b, h, dk, dv):
-        raise KernelInputError(
-            f"{op}: initial_state must be key-first (b, h, dk, dv) = {(b, h, dk, dv)}, "
-            f"got {tuple(initial_state.shape)}"
-        )
+from hybrid_agent.kernels.checks import check_gdr_inputs
 
 
 def chunk_gated_delta_rule_ref(

@@ -10,32 +10,7 @@ from __future__ import annotations
 
 import torch
 from hybrid_agent.kernels._dispatch import use_triton
-from hybrid_agent.kernels.errors import KernelInputError
-
-
-def check_gdr_step_inputs(
-    state: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    beta: torch.Tensor,
-) -> None:
-    op = "gated_delta_rule_step"
-    if q.dim() != 3 or q.shape != k.shape or v.dim() != 3 or v.shape[:2] != q.shape[:2]:
-        raise KernelInputError(
-            f"{op}: q, k must be (b, h, dk) and v (b, h, dv); "
-            f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
-        )
-    b, h, dk = q.shape
-    dv = v.shape[2]
-    if g.shape != (b, h) or beta.shape != (b, h):
-        raise KernelInputError(f"{op}: g and beta must be (b, h) = {(b, h)}")
-    if state.shape != (b, h, dk, dv) or state.dtype != torch.float32:
-        raise KernelInputError(
-            f"{op}: state must be fp32 (b, h, dk, dv) = {(b, h, dk, dv)}, "
-            f"got {state.dtype} {tuple(state.shape)}"
-        )
+from hybrid_agent.kernels.checks import check_gdr_step_inputs
 
 
 def gated_delta_rule_step_ref(

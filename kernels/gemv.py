@@ -10,39 +10,28 @@ of a device-to-device copy; `kernels/triton_gemv.py` streams W with wide loads a
   (..., N) in that dtype, accumulated in fp32 and rounded once (as cuBLAS does).
 - `gemv_ref` is the definition (F.linear). Dispatch: Triton on CUDA (kernels/_dispatch.py); rows
   beyond `MAX_ROWS` (a prefill, not a decode step) go to the reference.
-- Block shapes come per (N, K) from `CONFIGS` (measured on the device: bench/gpu_gemv.py) or from
-  `default_config` for shapes not in the table.
+- Block shapes: `gemv_config` picks them per (N, K), from the read-only `CONFIGS` (measured on the
+  device: bench/gpu_gemv.py) or from `default_config` for shapes not in the table; a caller may pass
+  its own as `config=` (the engine's `gemv_configs`, the benchmarks' sweeps).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from types import MappingProxyType
 
 import torch
 import torch.nn.functional as F
 from hybrid_agent.kernels._dispatch import use_triton
-from hybrid_agent.kernels.errors import KernelInputError
+from hybrid_agent.kernels.checks import GemvConfig, check_gemv
 
 MAX_ROWS = 8  # more rows than this: a matrix product, not a gemv (cuBLAS' tensor-core path wins)
-
-
-@dataclass(frozen=True)
-class GemvConfig:
-    """One program computes `block_n` outputs over a 1/`split_k` share of K, `block_k` columns at a time,
-    `unroll` tiles per loop trip (loads in flight per thread: block_n * block_k * unroll * 2 bytes /
-    (32 num_warps))."""
-
-    block_n: int = 16
-    block_k: int = 256
-    split_k: int = 1
-    num_warps: int = 4
-    unroll: int = 2
 
 
 # (N, K) -> config: the fastest of bench/gpu_gemv.py's candidates per shape in one device run (NVIDIA
 # H100 80GB HBM3, triton 3.6, bf16, 1 row; bench/results/gpu_gemv.json), at OLMo Hybrid 7B's one-token
 # matmuls; in () the time vs cuBLAS in the same run. Shapes not listed use default_config.
-CONFIGS: dict[tuple[int, int], GemvConfig] = {
+CONFIGS: Mapping[tuple[int, int], GemvConfig] = MappingProxyType({
     (22016, 3840): GemvConfig(16, 256, 1, 4, 4),  # MLP gate|up: 57.3 us, 2949 GB/s (cuBLAS 65.3 us)
     (3840, 11008): GemvConfig(16, 256, 2, 4, 2),  # MLP down: 31.2 us, 2707 GB/s (34.5 us)
     (17344, 3840): GemvConfig(16, 256, 1, 4, 2),  # GDN q|k|v|a|b|g, 16-aligned: 45.1 us, 2955 GB/s (47.9 us)
@@ -50,7 +39,7 @@ CONFIGS: dict[tuple[int, int], GemvConfig] = {
     (11520, 3840): GemvConfig(16, 256, 1, 4, 4),  # attention q|k|v: 32.1 us, 2758 GB/s (34.4 us)
     (3840, 3840): GemvConfig(8, 512, 1, 4, 2),  # attention out: 11.9 us, 2488 GB/s (12.7 us)
     (100352, 3840): GemvConfig(8, 512, 1, 4, 2),  # LM head: 246.4 us, 3128 GB/s (269.0 us)
-}
+})  # fmt: skip
 
 
 def default_config(n: int, k: int, sms: int = 132) -> GemvConfig:
@@ -63,15 +52,12 @@ def default_config(n: int, k: int, sms: int = 132) -> GemvConfig:
     return GemvConfig(16, 256, split, 4, 2)
 
 
-def check_gemv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> None:
-    if w.dim() != 2 or x.shape[-1] != w.shape[1]:
-        raise KernelInputError(
-            f"gemv: x {tuple(x.shape)} and w {tuple(w.shape)} do not multiply (w is (N, K))"
-        )
-    if b is not None and (b.dim() != 1 or b.shape[0] != w.shape[0]):
-        raise KernelInputError(f"gemv: bias {tuple(b.shape)} must be ({w.shape[0]},)")
-    if x.dtype != w.dtype or (b is not None and b.dtype != w.dtype):
-        raise KernelInputError(f"gemv: x, w and b must share a dtype (got {x.dtype}, {w.dtype})")
+def gemv_config(device: torch.device, shape: tuple[int, int], dtype: torch.dtype) -> GemvConfig:
+    """The launch for a weight of `shape` (N, K): the table's entry, else `default_config`'s (one
+    choice for every device and dtype; the table was measured in bf16 on the H100)."""
+    del device, dtype  # no choice depends on them yet
+    n, k = shape
+    return CONFIGS.get((n, k)) or default_config(n, k)
 
 
 def gemv_ref(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
@@ -88,7 +74,6 @@ def gemv(
     if use_triton(x) and rows <= MAX_ROWS and w.is_contiguous():
         from hybrid_agent.kernels.triton_gemv import gemv_triton
 
-        n, k = w.shape
-        cfg = config or CONFIGS.get((n, k)) or default_config(n, k)
+        cfg = config or gemv_config(w.device, (w.shape[0], w.shape[1]), w.dtype)
         return gemv_triton(x, w, b, cfg)
     return F.linear(x, w, b)

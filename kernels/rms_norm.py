@@ -24,14 +24,12 @@ import torch
 import torch.nn.functional as F
 from hybrid_agent.kernels._cast import as_dtype, as_f32
 from hybrid_agent.kernels._dispatch import backend
-from hybrid_agent.kernels.errors import KernelInputError
+from hybrid_agent.kernels.checks import check_rms_gate, check_rms_weight, rms_group_size
 
 
 def _normalise(xf: torch.Tensor, eps: float, group_size: int | None) -> torch.Tensor:
     d = xf.shape[-1]
-    gs = d if group_size is None else group_size
-    if gs <= 0 or d % gs != 0:
-        raise KernelInputError(f"rms_norm: group_size={group_size} must divide the last dimension {d}")
+    gs = rms_group_size(d, group_size)
     if gs == d:  # one group: no views needed (same sums)
         return xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     xg = xf.view(*xf.shape[:-1], d // gs, gs)
@@ -39,13 +37,8 @@ def _normalise(xf: torch.Tensor, eps: float, group_size: int | None) -> torch.Te
     return xg.view(xf.shape)
 
 
-def _check_weight(x: torch.Tensor, weight: torch.Tensor) -> None:
-    if weight.shape != (x.shape[-1],):
-        raise KernelInputError(f"rms_norm: weight must be ({x.shape[-1]},), got {tuple(weight.shape)}")
-
-
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    _check_weight(x, weight)
+    check_rms_weight(x, weight)
     return as_dtype(_normalise(as_f32(x), eps, None) * as_f32(weight), x.dtype)
 
 
@@ -58,11 +51,8 @@ def gated_rms_norm_ref(
     group_size: int | None = None,
     norm_before_gate: bool = True,
 ) -> torch.Tensor:
-    _check_weight(x, weight)
-    if z is not None and z.shape != x.shape:
-        raise KernelInputError(
-            f"gated_rms_norm: z must have x's shape {tuple(x.shape)}, got {tuple(z.shape)}"
-        )
+    check_rms_weight(x, weight)
+    check_rms_gate(x, z)
     xf = as_f32(x)
     gate = None if z is None else F.silu(as_f32(z))
     if norm_before_gate:

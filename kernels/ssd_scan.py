@@ -19,39 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from hybrid_agent.kernels._dispatch import use_triton
-from hybrid_agent.kernels.errors import KernelInputError
-
-
-def check_ssd_inputs(
-    x: torch.Tensor,
-    dt: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    initial_state: torch.Tensor | None,
-) -> None:
-    if x.dim() != 4:
-        raise KernelInputError(f"ssd_scan: x must be (b, t, h, p), got shape {tuple(x.shape)}")
-    b, t, h, p = x.shape
-    if dt.shape != (b, t, h):
-        raise KernelInputError(f"ssd_scan: dt must be (b, t, h) = {(b, t, h)}, got {tuple(dt.shape)}")
-    if A.shape != (h,):
-        raise KernelInputError(f"ssd_scan: A must be (h,) = ({h},), got {tuple(A.shape)}")
-    if B.dim() != 4 or B.shape[:2] != (b, t) or B.shape != C.shape:
-        raise KernelInputError(
-            f"ssd_scan: B and C must both be (b, t, g, n) with b, t = {(b, t)}; "
-            f"got B {tuple(B.shape)}, C {tuple(C.shape)}"
-        )
-    g, n = B.shape[2], B.shape[3]
-    if h % g != 0:
-        raise KernelInputError(f"ssd_scan: the number of groups g={g} must divide the heads h={h}")
-    if D is not None and D.shape != (h,):
-        raise KernelInputError(f"ssd_scan: D must be (h,) = ({h},) or None, got {tuple(D.shape)}")
-    if initial_state is not None and initial_state.shape != (b, h, p, n):
-        raise KernelInputError(
-            f"ssd_scan: initial_state must be (b, h, p, n) = {(b, h, p, n)}, got {tuple(initial_state.shape)}"
-        )
+from hybrid_agent.kernels.checks import check_ssd_inputs
 
 
 def ssd_scan_ref(

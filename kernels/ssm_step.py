@@ -11,34 +11,7 @@ from __future__ import annotations
 import torch
 from hybrid_agent.kernels._cast import as_dtype, as_f32
 from hybrid_agent.kernels._dispatch import backend
-from hybrid_agent.kernels.errors import KernelInputError
-
-
-def check_ssm_step_inputs(
-    state: torch.Tensor,
-    x: torch.Tensor,
-    dt: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-) -> None:
-    if x.dim() != 3:
-        raise KernelInputError(f"ssm_step: x must be (b, h, p), got shape {tuple(x.shape)}")
-    b, h, p = x.shape
-    if B.dim() != 3 or B.shape != C.shape or B.shape[0] != b or h % B.shape[1] != 0:
-        raise KernelInputError(
-            f"ssm_step: B and C must be (b, g, n) with g dividing h={h}; "
-            f"got {tuple(B.shape)}, {tuple(C.shape)}"
-        )
-    n = B.shape[2]
-    if state.shape != (b, h, p, n) or state.dtype != torch.float32:
-        raise KernelInputError(
-            f"ssm_step: state must be fp32 (b, h, p, n) = {(b, h, p, n)}, "
-            f"got {state.dtype} {tuple(state.shape)}"
-        )
-    if dt.shape != (b, h) or A.shape != (h,) or (D is not None and D.shape != (h,)):
-        raise KernelInputError(f"ssm_step: dt must be (b, h) = {(b, h)} and A, D (h,) = ({h},)")
+from hybrid_agent.kernels.checks import check_ssm_step_inputs
 
 
 def ssm_step_ref(

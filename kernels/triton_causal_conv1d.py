@@ -9,8 +9,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from hybrid_agent.kernels.causal_conv1d import _check_state, _check_weight
-from hybrid_agent.kernels.errors import KernelInputError
+from hybrid_agent.kernels.checks import check_conv_state, check_conv_weight, check_conv_x, conv_silu
 
 
 @triton.jit
@@ -80,12 +79,6 @@ def _conv_step_kernel(
     tl.store(y_ptr + bi * D + offs_d, acc.to(y_ptr.dtype.element_ty), mask=md)
 
 
-def _silu_flag(activation: str | None) -> bool:
-    if activation not in ("silu", None):
-        raise KernelInputError(f"causal_conv1d: activation must be 'silu' or None, got {activation!r}")
-    return activation == "silu"
-
-
 def causal_conv1d_triton(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -94,13 +87,12 @@ def causal_conv1d_triton(
     initial_state: torch.Tensor | None = None,
     activation: str | None = "silu",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    if x.dim() != 3:
-        raise KernelInputError(f"causal_conv1d: x must be (b, t, d) channel-last, got {tuple(x.shape)}")
+    check_conv_x(x, step=False)
     b, t, d = x.shape
-    w = _check_weight(d, weight, bias)
-    silu = _silu_flag(activation)
+    w = check_conv_weight(d, weight, bias)
+    silu = conv_silu(activation)
     if initial_state is not None:
-        _check_state(initial_state, b, d, w)
+        check_conv_state(initial_state, b, d, w)
     x = x.contiguous()
     weight = weight.contiguous()
     y = torch.empty_like(x)
@@ -125,12 +117,11 @@ def causal_conv1d_step_triton(
     *,
     activation: str | None = "silu",
 ) -> torch.Tensor:
-    if x.dim() != 2:
-        raise KernelInputError(f"causal_conv1d_step: x must be (b, d), got {tuple(x.shape)}")
+    check_conv_x(x, step=True)
     b, d = x.shape
-    w = _check_weight(d, weight, bias)
-    _check_state(state, b, d, w)
-    silu = _silu_flag(activation)
+    w = check_conv_weight(d, weight, bias)
+    check_conv_state(state, b, d, w)
+    silu = conv_silu(activation)
     if not state.is_contiguous():  # a packed copy, written back: the same in-place contract as the reference
         packed = state.contiguous()
         y = causal_conv1d_step_triton(x, packed, weight, bias, activation=activation)

@@ -12,7 +12,7 @@ the public op is a hint the Triton path does not need). Default (fused) path, th
    o = scale (exp(gam) Q S + [qk] v_new), S <- exp(gam_L) S + K^T (exp(gam_L - gam) v_new). Only o
    goes to memory. The state's own products use 16-bit hi + lo operand pairs (`fu_prec` 2).
 
-The split path (`fused` = 0, the previous design, kept as the benchmark's reference) runs W/U,
+The split path (`fused` = 0, the benchmark's baseline) runs W/U,
 `_gdr_states_kernel` (stores each chunk's entering state and v_new) and the parallel
 `_gdr_output_kernel`. Decays are carried in base 2 (exp2). For fp32 inputs (and on the CPU
 interpreter) every product is exact fp32.
@@ -21,78 +21,86 @@ interpreter) every product is exact fp32.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
-from hybrid_agent.kernels.gated_delta_rule import check_gdr_inputs
+from hybrid_agent.kernels.checks import check_gdr_inputs
 from hybrid_agent.kernels.triton_common import dot as _mm
 from hybrid_agent.kernels.triton_gdr_prepare import _gdr_kkt_kernel, _gdr_solve_kernel, _gdr_wu_kernel
 
 CHUNK = 64
-# Launch parameters (block width over dv, warps, pipeline depth); bench/gpu_kernels.py sweeps them.
-# `fused` = 1: kkt + solve, then `_gdr_fused_kernel` (dv-block `fu_bv`, 0 = by grid size, see
-# `_fused_bv`; state products by `fu_prec`: 0 one 16-bit product, 1 tf32, 2 16-bit hi + lo pairs;
-# `fu_t16`: T stored in the input dtype, one 16-bit T r product (else fp32 T, a tf32 product);
-# `fu_tmask` 1: T read through a 16x16-block mask (vectorised) instead of an element mask;
-# `fu_ksplit` 1: a dk that is no power of two as two tiles (96 = 64 + 32, see `_k_split`) instead of
-# one padded tile; `kkt_lower` 1: A and q.k stored only in the 16x16 blocks on and below the
-# diagonal (see `_gdr_kkt_kernel`); `qk_pre`: the causal q.k matrix and the decay cumsums come
-# from the kkt kernel, not the sequential loop); 0: the five-launch split path.
-# `narrow` = 1 allows 16-bit products with an output width of 32 (crashed once under Triton 3.6, NOTES.md).
-# `fu_stages` 3 (was 2): 1.19 -> 1.03 ms at 16k, H32 K=V=128, H100 (device run s3-1, NOTES.md).
-CONFIG = {
-    "fused": 1,
-    "fu_bv": 0,
-    "fu_warps": 4,
-    "fu_stages": 3,
-    "fu_prec": 2,
-    "fu_t16": 0,
-    "fu_tmask": 1,
-    "fu_ksplit": 0,
-    "kkt_lower": 1,
-    "qk_pre": 1,
-    "narrow": 1,
-    "solve_warps": 1,
-    "u_bv": 64,
-    "prep_warps": 4,
-    "st_bv": 32,
-    "st_warps": 4,
-    "st_stages": 2,
-    "out_bv": 128,
-    "out_warps": 4,
-}
-# The previous design (the five-launch split path), and the variants bench/gpu_kernels.py times
-# against it; tests/kernels/test_chunk_variants.py checks every one against the reference.
-REFERENCE = {"fused": 0}
-VARIANTS: list[dict[str, int]] = [
-    # Session 4, OLMo shape (H30 dk 96 dv 192), 16k, H100. `fu_tmask` (now the default) 1.242 ms vs
-    # 1.366 without it, same errors (3.28e-3, state 3.85e-4; helper G's call,
-    # bench/results/gpu_kernels_s4_gdn_tune_a.json); `kkt_lower` (A and q.k stored only on/below the
-    # diagonal blocks; also the default) 1.224 ms vs 1.237 with `fu_tmask` alone and 1.364 with
-    # neither (lead's call s4-3, gpu_kernels_s4_final.json).
-    {"fu_tmask": 0, "kkt_lower": 0},  # session 3's default
-    {"kkt_lower": 0},
-    # fla's precision (may be chosen only under the benchmark's `--bound fla`): 0.975 ms, errors at
-    # 2k 3.68e-3 / state 2.30e-3 (fla 3.73e-3 / 2.52e-3; the default 3.28e-3 / 3.85e-4),
-    # bench/results/gpu_kernels_s4_gdn_tune_b.json; passed the GPU variant tests (helper G).
-    {"fu_ksplit": 1, "fu_prec": 0, "fu_t16": 1, "kkt_lower": 0},
-]
-# Timed in session 4 and unlisted to keep the GPU test run short (each listed variant is compiled
-# for every test shape): `fu_ksplit` with `fu_tmask` 1.278 ms, and with dv-block 32 / 2 stages (two
-# programs per SM) 1.270 ms; the fla-precision one at dv-block 32 / 2 stages 0.978 ms; {"fu_stages": 2}
-# (device run 5's default) 1.19 ms at H32 K=V=128 (1.03 with 3).
-# Not listed (wrong on an H100 under Triton 3.6, though right on the interpreter; kernels/NOTES.md):
-# {"fu_warps": 8} gave inf outputs; {"fu_prec": 0} with T in bf16 read through an element mask
-# (`fu_t16` 1, `fu_tmask` 0, as the old `fu_prec` 0 did) gave 0.85 relative error and an
-# illegal memory access (device run 5, dv-block 32); {"fu_stages": 1} an illegal memory access at
-# k96/v192 (dv-block 64), and T as power-of-two-scaled fp16 (tried, since removed) ~0.86 relative
-# error at both test shapes (device run s3-1). {"fu_warps": 2} was right but 2.8x slower.
-# {"fu_ksplit": 1, "fu_prec": 0} (fp32 T, one 16-bit state product) gave NaN outputs at k96/v192
-# with an initial state in the GPU test, at dv-blocks 64 and 32, and inf at 2k in the tune at
-# dv-block 32 (session 4); the same with `fu_t16` passed. Not diagnosed.
-# {"fu_ksplit": 1} alone: 1.510 ms (slower than unsplit, 1.366); with `fu_tmask` and 2 stages at
-# dv-block 64: 1.395 ms.
+
+
+@dataclass(frozen=True)
+class GdrLaunch:
+    """Launch parameters of `chunk_gated_delta_rule_triton` (block width over dv, warps, pipeline depth,
+    path and precision switches), as ints so a benchmark can pass overrides as JSON. `launch_config`
+    picks them."""
+
+    fused: int = 1  # 1: kkt + solve, then `_gdr_fused_kernel`; 0: the five-launch split path
+    fu_bv: int = 0  # fused dv-block; 0: by grid size, see `_fused_bv`
+    fu_warps: int = 4
+    fu_stages: int = 3  # 1.19 -> 1.03 ms with 3 instead of 2 at 16k, H32 K=V=128, H100 (NOTES.md)
+    fu_prec: int = 2  # state products: 0 one 16-bit product, 1 tf32, 2 16-bit hi + lo pairs
+    fu_t16: int = 0  # 1: T stored in the input dtype, one 16-bit T r product (else fp32 T, tf32)
+    fu_tmask: int = 1  # 1: T read through a 16x16-block mask (vectorised) instead of an element mask
+    fu_ksplit: int = 0  # 1: a dk that is no power of two as two tiles (96 = 64 + 32, see `_k_split`)
+    kkt_lower: int = 1  # 1: A and q.k stored only in the 16x16 blocks on and below the diagonal
+    qk_pre: int = 1  # 1: the causal q.k matrix and the decay cumsums come from the kkt kernel
+    narrow: int = 1  # 1: allow 16-bit products of output width 32 (crashed once under Triton 3.6, NOTES.md)
+    solve_warps: int = 1
+    u_bv: int = 64  # split path: W/U kernel dv-block
+    prep_warps: int = 4
+    st_bv: int = 32  # split path: states kernel
+    st_warps: int = 4
+    st_stages: int = 2
+    out_bv: int = 128  # split path: output kernel
+    out_warps: int = 4
+
+
+def launch_config(device: torch.device, shape: tuple[int, ...], dtype: torch.dtype) -> GdrLaunch:
+    """The launch for q of `shape` (b, t, h, dk) and `dtype` on `device`: one choice for all of them
+    (the dv-block is picked per grid inside, `_fused_bv`), the best of the sweeps on an H100 (triton
+    3.6) at 16k tokens (kernels/NOTES.md)."""
+    del device, shape, dtype  # no choice depends on them yet
+    return GdrLaunch()
+
+
+def reference_overrides() -> dict[str, int]:
+    """The baseline bench/gpu_kernels.py times against, as overrides of `launch_config`'s choice: the
+    five-launch split path (W and U, the entering states and v_new go through memory)."""
+    return {"fused": 0}
+
+
+def variant_overrides() -> list[dict[str, int]]:
+    """Alternatives bench/gpu_kernels.py times against the choice; tests/kernels/test_chunk_variants.py
+    checks every one against the reference (each listed variant is compiled for every GPU test shape,
+    so the list stays short).
+
+    Measured and left out (H100, Triton 3.6, 16k tokens; kernels/NOTES.md): `fu_ksplit` with
+    `fu_tmask` 1.278 ms, and with dv-block 32 / 2 stages 1.270 ms; the fla-precision variant at
+    dv-block 32 / 2 stages 0.978 ms; `fu_stages` 2 1.19 ms at H32 K=V=128 (1.03 with 3); `fu_ksplit`
+    alone 1.510 ms (unsplit 1.366), with `fu_tmask` and 2 stages at dv-block 64 1.395 ms.
+    Wrong on an H100 under Triton 3.6, though right on the interpreter: `fu_warps` 8 (inf outputs);
+    `fu_prec` 0 with T in bf16 read through an element mask (`fu_t16` 1, `fu_tmask` 0: 0.85 relative
+    error and an illegal memory access at dv-block 32); `fu_stages` 1 (an illegal memory access at
+    k96/v192, dv-block 64); T as power-of-two-scaled fp16 (~0.86 relative error at both test shapes);
+    `fu_ksplit` 1 with `fu_prec` 0 and fp32 T (NaN outputs at k96/v192 with an initial state at
+    dv-blocks 64 and 32, inf at 2k at dv-block 32; not diagnosed; the same with `fu_t16` passed).
+    `fu_warps` 2 was right but 2.8x slower."""
+    return [
+        # OLMo shape (H30 dk 96 dv 192), 16k, H100: `fu_tmask` 1.242 ms vs 1.366 without it, same
+        # errors (3.28e-3, state 3.85e-4; bench/results/gpu_kernels_s4_gdn_tune_a.json); `kkt_lower`
+        # 1.224 ms vs 1.237 with `fu_tmask` alone and 1.364 with neither (gpu_kernels_s4_final.json)
+        {"fu_tmask": 0, "kkt_lower": 0},  # T read through an element mask, full A and q.k
+        {"kkt_lower": 0},
+        # fla's precision (chosen only under the benchmark's `--bound fla`): 0.975 ms, errors at 2k
+        # 3.68e-3 / state 2.30e-3 (fla 3.73e-3 / 2.52e-3; the default 3.28e-3 / 3.85e-4),
+        # bench/results/gpu_kernels_s4_gdn_tune_b.json
+        {"fu_ksplit": 1, "fu_prec": 0, "fu_t16": 1, "kkt_lower": 0},
+    ]
 
 
 @triton.jit
@@ -327,7 +335,7 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def _fused_bv(cfg: dict[str, int], dv: int, bh: int, dev: torch.device) -> int:
+def _fused_bv(cfg: GdrLaunch, dv: int, bh: int, dev: torch.device) -> int:
     """`fu_bv` = 0: 32 if the grid then fits in one wave of the GPU's multiprocessors (one program
     per SM: the kernel's shared memory allows no second), else 64 (128-wide state blocks spill).
     Narrow blocks spread a batch-1 call over more SMs; past one wave they only add rounds."""
@@ -361,9 +369,11 @@ def chunk_gated_delta_rule_triton(
     initial_state: torch.Tensor | None = None,
     chunk_size: int = 64,
     intermediate_dtype: torch.dtype | None = None,
+    config: GdrLaunch | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`intermediate_dtype` (private knob for the benchmark): run the split path with this dtype for
-    W, U, v_new and the entering states (default there: fp32 for fp32 inputs, else the input dtype)."""
+    W, U, v_new and the entering states (default there: fp32 for fp32 inputs, else the input dtype).
+    `config` replaces `launch_config`'s choice (the benchmark and the variant tests pass their own)."""
     check_gdr_inputs(q, k, v, g, beta, initial_state)
     del chunk_size  # the kernels use CHUNK = 64; the result does not depend on it
     b, t, h, dk = q.shape
@@ -375,39 +385,39 @@ def chunk_gated_delta_rule_triton(
     inter = intermediate_dtype or (torch.float32 if v.dtype == torch.float32 else v.dtype)
     nchunk = triton.cdiv(t, CHUNK)
     BK = max(16, triton.next_power_of_2(dk))
-    cfg = CONFIG
+    cfg = config if config is not None else launch_config(q.device, tuple(q.shape), q.dtype)
 
     def bv(key: str) -> int:
-        return min(cfg[key], max(16, triton.next_power_of_2(dv)))
+        return min(getattr(cfg, key), max(16, triton.next_power_of_2(dv)))
 
     dev = v.device
-    fused = bool(cfg["fused"]) and intermediate_dtype is None
-    prec = int(cfg["fu_prec"])
+    fused = bool(cfg.fused) and intermediate_dtype is None
+    prec = int(cfg.fu_prec)
     a_buf = torch.empty((b * h * nchunk, CHUNK, CHUNK), device=dev, dtype=torch.float32)
     # T in the input dtype (`fu_t16`: half the bytes, one 16-bit product; fla's precision).
-    t16 = fused and bool(cfg["fu_t16"])
+    t16 = fused and bool(cfg.fu_t16)
     t_buf = torch.empty_like(a_buf, dtype=v.dtype if t16 else torch.float32)
-    qk_pre = fused and bool(cfg["qk_pre"])
+    qk_pre = fused and bool(cfg.qk_pre)
     aqk = torch.empty((b * h * nchunk, CHUNK, CHUNK), device=dev, dtype=v.dtype) if qk_pre else a_buf
     gam = torch.empty((b * h * nchunk * CHUNK,), device=dev, dtype=torch.float32) if qk_pre else a_buf
-    lower = bool(cfg["kkt_lower"])
+    lower = bool(cfg.kkt_lower)
     _gdr_kkt_kernel[(nchunk, b * h)](
         k, g, beta, a_buf, q, aqk, gam, t, h, dk, nchunk,
         BK=BK, IEEE=ieee, HAS_QK=qk_pre, LOWER=lower, num_warps=4,
     )  # fmt: skip
-    _gdr_solve_kernel[(b * h * nchunk,)](a_buf, t_buf, num_warps=cfg["solve_warps"])
+    _gdr_solve_kernel[(b * h * nchunk,)](a_buf, t_buf, num_warps=cfg.solve_warps)
     if fused:
         o = torch.empty_like(v)
         final = torch.empty((b, h, dk, dv), device=dev, dtype=torch.float32)
         s0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else final
-        fu_bv = _fused_bv(cfg, dv, b * h, dev) if cfg["fu_bv"] == 0 else bv("fu_bv")
-        fu_bv = fu_bv if (ieee or cfg["narrow"]) else max(64, fu_bv)
-        bk1, bk2 = _k_split(dk, bool(cfg["fu_ksplit"]))
+        fu_bv = _fused_bv(cfg, dv, b * h, dev) if cfg.fu_bv == 0 else bv("fu_bv")
+        fu_bv = fu_bv if (ieee or cfg.narrow) else max(64, fu_bv)
+        bk1, bk2 = _k_split(dk, bool(cfg.fu_ksplit))
         _gdr_fused_kernel[(triton.cdiv(dv, fu_bv), b * h)](
             q, k, v, g, beta, t_buf, aqk, gam, s0, o, final, t, h, dk, dv, nchunk, float(scale),
             HAS_S0=initial_state is not None, BK=bk1, BK2=bk2, BV=fu_bv, IEEE=ieee, PREC=prec,
-            QK_PRE=qk_pre, T16=t16, TMASK=cfg["fu_tmask"], QK_LOWER=lower,
-            num_warps=cfg["fu_warps"], num_stages=cfg["fu_stages"],
+            QK_PRE=qk_pre, T16=t16, TMASK=cfg.fu_tmask, QK_LOWER=lower,
+            num_warps=cfg.fu_warps, num_stages=cfg.fu_stages,
         )  # fmt: skip
         return o, final
     w = torch.empty((b, t, h, dk), device=dev, dtype=inter)
@@ -419,18 +429,18 @@ def chunk_gated_delta_rule_triton(
     s0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else final
     _gdr_wu_kernel[(nchunk, b * h)](
         k, v, g, beta, t_buf, w, u, t, h, dk, dv, nchunk,
-        BK=BK, BV=bv("u_bv"), IEEE=ieee, num_warps=cfg["prep_warps"],
+        BK=BK, BV=bv("u_bv"), IEEE=ieee, num_warps=cfg.prep_warps,
     )  # fmt: skip
     _gdr_states_kernel[(triton.cdiv(dv, bv("st_bv")), b * h)](
         k, g, w, u, s0, states, vnew, final, t, h, dk, dv, nchunk,
         HAS_S0=initial_state is not None, BK=BK, BV=bv("st_bv"), IEEE=ieee,
-        num_warps=cfg["st_warps"], num_stages=cfg["st_stages"],
+        num_warps=cfg.st_warps, num_stages=cfg.st_stages,
     )  # fmt: skip
-    # 16-bit output dots with BV=32 hit an illegal memory access on an H100 under Triton 3.6 (seen
-    # 2026-11-26, NOTES.md); 64 is the narrowest width seen working there, so narrower dv is masked.
+    # 16-bit output dots with BV=32 hit an illegal memory access on an H100 under Triton 3.6
+    # (NOTES.md); 64 is the narrowest width seen working there, so narrower dv is masked.
     out_bv = bv("out_bv") if ieee else max(64, bv("out_bv"))
     _gdr_output_kernel[(nchunk, b * h, triton.cdiv(dv, out_bv))](
         q, k, g, vnew, states, o, t, h, dk, dv, nchunk, float(scale),
-        BK=BK, BV=out_bv, IEEE=ieee, num_warps=cfg["out_warps"],
+        BK=BK, BV=out_bv, IEEE=ieee, num_warps=cfg.out_warps,
     )  # fmt: skip
     return o, final

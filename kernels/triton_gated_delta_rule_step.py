@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from hybrid_agent.kernels.gated_delta_rule_step import check_gdr_step_inputs
+from hybrid_agent.kernels.checks import check_gdr_step_inputs
 
 
 @triton.jit

@@ -8,8 +8,8 @@ For each chunk of 64 tokens and each (batch, head), independently of the state:
    input dtype when the fused kernel reads it only as a 16-bit operand). Forward substitution on the
    four 16x16 diagonal blocks, reading each row of A from memory (so no cross-thread extraction),
    then the off-diagonal blocks from block products. One warp, because the substitution's small
-   reductions are then warp shuffles instead of barriers; the first version did it with 4 warps
-   inside one fused kernel and was 9x slower than fla at 4k tokens (kernels/NOTES.md).
+   reductions are then warp shuffles instead of barriers; with 4 warps inside one fused kernel it
+   measured 9x slower than fla at 4k tokens (kernels/NOTES.md).
 3. `_gdr_wu_kernel` (4 warps, split path only): W = T diag(beta exp(gam)) K and U = T diag(beta) V.
    The fused path (triton_gated_delta_rule.py) never forms W and U.
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from hybrid_agent.kernels.gemv import GemvConfig
+from hybrid_agent.kernels.checks import GemvConfig
 
 
 @triton.jit

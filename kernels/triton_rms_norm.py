@@ -1,4 +1,4 @@
-"""Triton RMSNorm and gated RMSNorm, same contract as `kernels.rms_norm` (see its doc for the two
+"""Triton RMSNorm and gated RMSNorm, same contract as `hybrid_agent.kernels.rms_norm` (see its doc for the two
 gate orders). One program per (row, group): the group is loaded once, reduced in fp32, written once.
 """
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from hybrid_agent.kernels.errors import KernelInputError
+from hybrid_agent.kernels.checks import check_rms_gate, check_rms_weight, rms_group_size
 
 
 @triton.jit
@@ -45,15 +45,9 @@ def gated_rms_norm_triton(
     norm_before_gate: bool = True,
 ) -> torch.Tensor:
     d = x.shape[-1]
-    if weight.shape != (d,):
-        raise KernelInputError(f"rms_norm: weight must be ({d},), got {tuple(weight.shape)}")
-    gs = d if group_size is None else group_size
-    if gs <= 0 or d % gs != 0:
-        raise KernelInputError(f"rms_norm: group_size={group_size} must divide the last dimension {d}")
-    if z is not None and z.shape != x.shape:
-        raise KernelInputError(
-            f"gated_rms_norm: z must have x's shape {tuple(x.shape)}, got {tuple(z.shape)}"
-        )
+    check_rms_weight(x, weight)
+    gs = rms_group_size(d, group_size)
+    check_rms_gate(x, z)
     xc = x.contiguous()
     zc = z.contiguous() if z is not None else xc
     y = torch.empty_like(xc)

@@ -1,4 +1,4 @@
-"""Triton SSD chunked scan (forward), same contract as `kernels.ssd_scan.ssd_scan_ref`.
+"""Triton SSD chunked scan (forward), same contract as `hybrid_agent.kernels.ssd_scan.ssd_scan_ref`.
 
 Default (split) path, three launches, as in the SSD paper's block decomposition:
 
@@ -10,8 +10,8 @@ Default (split) path, three launches, as in the SSD paper's block decomposition:
    tensor-core product (or two, `st_prec` 2). Sequential in chunks, but each step is one small matrix
    product, and the intra-chunk work is left to the next launch. Chunks are 128 tokens (`L`), whatever
    chunk_size the caller passes: half the sequential steps and half the stored states of 64-token
-   chunks, for an output kernel no slower (NOTES.md). `st_acc` 0 is the session-3 form (the
-   product computed apart, then added; fp16-scaled, tf32 or hi + lo operands).
+   chunks, for an output kernel no slower (NOTES.md). `st_acc` 0 computes the product apart, then
+   adds it (fp16-scaled, tf32 or hi + lo operands).
 2. `_ssd_output_kernel`, one program per (chunk, batch*head, p-block), fully parallel over chunks:
    y = [(C B^T) * exp(cum_i - cum_j) dt_j]_causal x + exp(cum_i) C S_in^T + D x.
 
@@ -27,41 +27,71 @@ registers; on an H100 it was slower than the split path (kernels/NOTES.md), so i
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
-from hybrid_agent.kernels.ssd_scan import check_ssd_inputs
+from hybrid_agent.kernels.checks import check_ssd_inputs
 from hybrid_agent.kernels.triton_common import dot as _mm
 from hybrid_agent.kernels.triton_common import pow2_scale as _pow2_scale
 
-# Launch parameters (block sizes, warps, pipeline depth); bench/gpu_kernels.py sweeps them.
-# Defaults: the best of the sweeps on an H100 (triton 3.6) at T=16k, H=32, P=N=128, bf16 (device runs 2,
-# 5, s3-1, s3 lead, s4-1, s4-2; kernels/NOTES.md): split path with 128-token chunks (`L`, 0 = the caller's
-# chunk_size), precomputed weights, the accumulating states kernel (`st_acc`) on 64x64 state blocks in
-# 4 warps / 3 stages with x w rounded to 16 bits (`st_prec` 0: fla's precision class; output and final
-# state measured closer to the fp32 reference than fla's, NOTES.md), 8-warp output.
-# `st_prec` 2 (x w as a hi + lo pair) keeps the final state ~400x closer to the fp32 reference at ~9%
-# more time. `fused` = 1 runs `_ssd_fused_kernel` (one launch, chunk `fu_L`, p-block `fu_bp`, state
-# update precision `fu_prec`, see `_update`); 0 runs the split path (states kernel + output kernel)
-# with the `st_*` / `out_*` parameters; `st_acc` 0 the states kernel before session 4 (`_update`'s
-# precisions, e.g. `st_prec` 3 = fp16 scaled operands).
-# `narrow` = 1 allows 16-bit products with an output width of 32 (crashed once under Triton 3.6, NOTES.md).
-CONFIG = {
-    "fused": 0, "fu_L": 64, "fu_bp": 64, "fu_warps": 4, "fu_stages": 2, "fu_prec": 2, "narrow": 0,
-    "st_acc": 1, "st_bp": 64, "st_bn": 64, "st_warps": 4, "st_stages": 3, "st_prec": 0, "st_pre": 1,
-    "out_bp": 128, "out_warps": 8, "L": 128,
-}  # fmt: skip
-# The previous design (the split path as first tuned), and the variants bench/gpu_kernels.py times
-# against it; tests/kernels/test_chunk_variants.py checks every one against the reference.
-REFERENCE = {
-    "fused": 0, "st_acc": 0, "st_prec": 1, "st_pre": 0, "st_bp": 32, "st_bn": 32, "st_warps": 4, "L": 0,
-    "out_warps": 4,
-}  # fmt: skip
-VARIANTS: list[dict[str, int]] = [
-    {"st_prec": 2},  # the accumulating kernel with x w as hi + lo (final state ~4e-6 from the reference)
-    {"st_acc": 0, "st_prec": 3, "st_warps": 8},  # session 3's default (fp16 scaled update)
-    {"st_acc": 0, "st_prec": 1, "st_warps": 8},  # tf32 update at the new shape
-]
+
+@dataclass(frozen=True)
+class SsdLaunch:
+    """Launch parameters of `ssd_scan_triton` (block sizes, warps, pipeline depth, path and precision
+    switches), as ints so a benchmark can pass overrides as JSON. `launch_config` picks them."""
+
+    fused: int = 0  # 1: `_ssd_fused_kernel` (one launch, the `fu_*` fields); 0: the split path
+    fu_L: int = 64  # fused path: chunk length
+    fu_bp: int = 64  # fused path: p-block
+    fu_warps: int = 4
+    fu_stages: int = 2
+    fu_prec: int = 2  # fused path: state update precision, see `_update`
+    narrow: int = 0  # 1: allow 16-bit products of output width 32 (crashed once under Triton 3.6, NOTES.md)
+    st_acc: int = 1  # states kernel accumulates the chunk's product into the state (ACC); 0: `_update`
+    st_bp: int = 64  # states kernel: state block (p, n)
+    st_bn: int = 64
+    st_warps: int = 4
+    st_stages: int = 3
+    st_prec: int = 0  # 0: x w rounded to 16 bits (fla's class); 2: hi + lo pair; 1 tf32, 3 fp16 scaled
+    st_pre: int = 1  # chunk weights precomputed by `_ssd_chunk_weights_kernel`
+    out_bp: int = 128  # output kernel: p-block
+    out_warps: int = 8
+    L: int = 128  # split path chunk length; 0: the caller's chunk_size
+
+
+def launch_config(device: torch.device, shape: tuple[int, ...], dtype: torch.dtype) -> SsdLaunch:
+    """The launch for x of `shape` (b, t, h, p) and `dtype` on `device`: one choice for all of them, the
+    best of the sweeps on an H100 (triton 3.6) at T=16k, H=32, P=N=128, bf16 (kernels/NOTES.md). Blocks
+    are clamped to small shapes and fp32 inputs get exact products inside `ssd_scan_triton`.
+
+    It is the split path with 128-token chunks, precomputed weights and the accumulating states kernel
+    on 64x64 state blocks in 4 warps / 3 stages, x w rounded to 16 bits (output and final state
+    measured closer to the fp32 reference than fla's, NOTES.md), and an 8-warp output kernel. `st_prec`
+    2 (x w as a hi + lo pair) keeps the final state ~400x closer to the fp32 reference at ~9% more time."""
+    del device, shape, dtype  # no choice depends on them yet
+    return SsdLaunch()
+
+
+def reference_overrides() -> dict[str, int]:
+    """The baseline bench/gpu_kernels.py times against, as overrides of `launch_config`'s choice: the
+    split path with the state product formed apart in tf32, 32x32 state blocks, no precomputed
+    weights, chunks of the caller's size and a 4-warp output kernel."""
+    return {
+        "fused": 0, "st_acc": 0, "st_prec": 1, "st_pre": 0, "st_bp": 32, "st_bn": 32, "st_warps": 4, "L": 0,
+        "out_warps": 4,
+    }  # fmt: skip
+
+
+def variant_overrides() -> list[dict[str, int]]:
+    """Alternatives bench/gpu_kernels.py times against the choice; tests/kernels/test_chunk_variants.py
+    checks every one against the reference."""
+    return [
+        {"st_prec": 2},  # x w as hi + lo (final state ~4e-6 from the reference)
+        {"st_acc": 0, "st_prec": 3, "st_warps": 8},  # product formed apart, fp16-scaled operands
+        {"st_acc": 0, "st_prec": 1, "st_warps": 8},  # product formed apart, tf32
+    ]
 
 
 @triton.jit
@@ -128,8 +158,8 @@ def _ssd_states_kernel(
     dtype, as loaded) is the right operand with no conversion, scaling or tile maxima; x is read
     transposed, (BP, L), so x w, the one operand formed in registers, is already the left operand.
     x w is one 16-bit operand (PREC 0: rounded as fla rounds v exp(g)) or a 16-bit hi + lo pair
-    (PREC 2: ~16 significant bits, two products into the same accumulator). Without ACC (session 3's
-    form) the product is formed apart by `_update` (PREC 0-3 there) and then added."""
+    (PREC 2: ~16 significant bits, two products into the same accumulator). Without ACC the product
+    is formed apart by `_update` (PREC 0-3 there) and then added."""
     pid_p = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_bh = tl.program_id(2)
@@ -309,23 +339,25 @@ def ssd_scan_triton(
     initial_state: torch.Tensor | None = None,
     chunk_size: int = 64,
     states_dtype: torch.dtype | None = None,
+    config: SsdLaunch | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`states_dtype` (private knob for the benchmark): run the split path with this dtype for the
-    per-chunk entering states (default there: fp32 for fp32 inputs, else the input dtype)."""
+    per-chunk entering states (default there: fp32 for fp32 inputs, else the input dtype). `config`
+    replaces `launch_config`'s choice (the benchmark and the variant tests pass their own)."""
     check_ssd_inputs(x, dt, A, B, C, D, initial_state)
     b, t, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
-    cfg = CONFIG
+    cfg = config if config is not None else launch_config(x.device, tuple(x.shape), x.dtype)
     x, dt, B, C = x.contiguous(), dt.contiguous(), B.contiguous(), C.contiguous()
     # Cast B, C to x's dtype so both dot operands agree (the model passes them in one dtype anyway).
     B, C = B.to(x.dtype), C.to(x.dtype)
     ieee = x.dtype == torch.float32 or not x.is_cuda
     A32 = A.to(torch.float32).contiguous()
-    if cfg["fused"] and states_dtype is None:
+    if cfg.fused and states_dtype is None:
         # The result does not depend on the chunk size, so the fused path uses its own (tuned) one.
-        L = _pow2_at_least_16(cfg["fu_L"])
-        BP = min(cfg["fu_bp"], _pow2_at_least_16(p))
-        if not ieee and not cfg["narrow"]:
+        L = _pow2_at_least_16(cfg.fu_L)
+        BP = min(cfg.fu_bp, _pow2_at_least_16(p))
+        if not ieee and not cfg.narrow:
             BP = max(64, BP)
         final = torch.empty((b, h, p, n), device=x.device, dtype=torch.float32)
         y = torch.empty_like(x)
@@ -334,24 +366,24 @@ def ssd_scan_triton(
         _ssd_fused_kernel[(triton.cdiv(p, BP), b * h)](
             x, dt, A32, B, C, Dv, s0, y, final, t, h, g, p, n, triton.cdiv(t, L),
             HAS_S0=initial_state is not None, HAS_D=D is not None, L=L, BP=BP,
-            BN=_pow2_at_least_16(n), IEEE=ieee, PREC=cfg["fu_prec"] if x.dtype != torch.float32 else 1,
-            num_warps=cfg["fu_warps"], num_stages=cfg["fu_stages"],
+            BN=_pow2_at_least_16(n), IEEE=ieee, PREC=cfg.fu_prec if x.dtype != torch.float32 else 1,
+            num_warps=cfg.fu_warps, num_stages=cfg.fu_stages,
         )  # fmt: skip
         return y, final
     # tl.dot needs >= 16; the result does not depend on the chunk, so `L` (when set) overrides it.
-    L = _pow2_at_least_16(cfg["L"] or chunk_size)
+    L = _pow2_at_least_16(cfg.L or chunk_size)
     nchunk = triton.cdiv(t, L)
     # fp32 inputs keep exact fp32 state products (PREC 3 would round them to fp16).
-    st_prec = cfg["st_prec"] if x.dtype != torch.float32 else 1
+    st_prec = cfg.st_prec if x.dtype != torch.float32 else 1
     states_dtype = states_dtype or (torch.float32 if x.dtype == torch.float32 else x.dtype)
     states = torch.empty((b, h, nchunk, p, n), device=x.device, dtype=states_dtype)
     final = torch.empty((b, h, p, n), device=x.device, dtype=torch.float32)
     y = torch.empty_like(x)
     s0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else final
-    BP_s, BN_s = min(cfg["st_bp"], _pow2_at_least_16(p)), min(cfg["st_bn"], _pow2_at_least_16(n))
+    BP_s, BN_s = min(cfg.st_bp, _pow2_at_least_16(p)), min(cfg.st_bn, _pow2_at_least_16(n))
     grid_s = (triton.cdiv(p, BP_s), triton.cdiv(n, BN_s), b * h)
-    acc = bool(cfg["st_acc"])
-    pre = bool(cfg["st_pre"]) or acc  # the accumulating form reads precomputed weights only
+    acc = bool(cfg.st_acc)
+    pre = bool(cfg.st_pre) or acc  # the accumulating form reads precomputed weights only
     if pre:
         w_buf = torch.empty((b * h * nchunk * L,), device=x.device, dtype=torch.float32)
         decay = torch.empty((b * h * nchunk,), device=x.device, dtype=torch.float32)
@@ -362,14 +394,14 @@ def ssd_scan_triton(
     _ssd_states_kernel[grid_s](
         x, dt, A32, B, s0, states, final, w_buf, decay, t, h, g, p, n, nchunk,
         HAS_S0=initial_state is not None, L=L, BP=BP_s, BN=BN_s, IEEE=ieee, PREC=st_prec, PRE=pre, ACC=acc,
-        num_warps=cfg["st_warps"], num_stages=cfg["st_stages"],
+        num_warps=cfg.st_warps, num_stages=cfg.st_stages,
     )  # fmt: skip
-    BP_o, BN_o = min(cfg["out_bp"], _pow2_at_least_16(p)), _pow2_at_least_16(n)
+    BP_o, BN_o = min(cfg.out_bp, _pow2_at_least_16(p)), _pow2_at_least_16(n)
     if not ieee:  # 16-bit dots with N=32 crashed on an H100 under Triton 3.6 (see triton_gated_delta_rule)
         BP_o = max(64, BP_o)
     Dv = D.to(torch.float32).contiguous() if D is not None else A32
     _ssd_output_kernel[(nchunk, b * h, triton.cdiv(p, BP_o))](
         x, dt, A32, B, C, Dv, states, y, t, h, g, p, n, nchunk,
-        HAS_D=D is not None, L=L, BP=BP_o, BN=BN_o, IEEE=ieee, num_warps=cfg["out_warps"],
+        HAS_D=D is not None, L=L, BP=BP_o, BN=BN_o, IEEE=ieee, num_warps=cfg.out_warps,
     )  # fmt: skip
     return y, final

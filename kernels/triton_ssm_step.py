@@ -1,4 +1,4 @@
-"""Triton one-token SSM state update, same contract as `kernels.ssm_step.ssm_step_ref`.
+"""Triton one-token SSM state update, same contract as `hybrid_agent.kernels.ssm_step.ssm_step_ref`.
 
 One program per (batch*head, p-block): it reads its (p-block, n) slice of the fp32 state once,
 decays and writes it in place, and reduces against C in registers: the state is read and written
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from hybrid_agent.kernels.ssm_step import check_ssm_step_inputs
+from hybrid_agent.kernels.checks import check_ssm_step_inputs
 
 
 @triton.jit

@@ -1,5 +1,5 @@
 """memory/ — the session database: sessions, events, per-turn state snapshots with append-only
-attention-cache pages, forks, and the file-change journal (see ../shared/DESIGN.md, Storage).
+attention-cache pages, forks, and the file-change journal (see docs/design.md, Storage).
 
 Speaks `dict[str, torch.Tensor]`, bytes and metadata only; it never imports `model/`.
 """
@@ -9,6 +9,7 @@ from hybrid_agent.memory.errors import (
     DatabaseUnavailableError,
     FingerprintMismatchError,
     InvalidEventError,
+    InvalidMetaError,
     InvalidPageError,
     NotADatabaseError,
     SchemaTooNewError,
@@ -18,7 +19,9 @@ from hybrid_agent.memory.errors import (
     TurnNotFoundError,
     TurnOrderError,
 )
+from hybrid_agent.memory.maintenance import CheckReport
 from hybrid_agent.memory.records import (
+    CompactStats,
     Event,
     FileChange,
     FileEdit,
@@ -31,6 +34,8 @@ from hybrid_agent.memory.records import (
 from hybrid_agent.memory.store import Store
 
 __all__ = [
+    "CheckReport",
+    "CompactStats",
     "CorruptDataError",
     "DatabaseUnavailableError",
     "Event",
@@ -38,6 +43,7 @@ __all__ = [
     "FileEdit",
     "FingerprintMismatchError",
     "InvalidEventError",
+    "InvalidMetaError",
     "InvalidPageError",
     "NotADatabaseError",
     "Page",

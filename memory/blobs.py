@@ -228,7 +228,7 @@ def _chunk_index(
     ]
     if [r[0] for r in rows] != list(range(n_chunks)):
         raise CorruptDataError(f"{what}: blob {sha256[:16]} has {len(rows)} of its {n_chunks} chunks")
-    if chunk_size <= 0 or n_chunks != -(-size // chunk_size):  # every byte of the buffer gets written
+    if chunk_size <= 0 or size < 0 or n_chunks != -(-size // chunk_size):  # every byte gets written
         raise CorruptDataError(f"{what}: blob {sha256[:16]} has an inconsistent size record")
     return size, chunk_size, rows
 
@@ -275,8 +275,8 @@ class ChunkReaders:
         if READER_MMAP_BYTES:
             # Blob reads copy straight out of the mapped file instead of pread-ing each page into
             # SQLite's cache first: one copy of every byte fewer. Read-only and short-lived
-            # connections, and the store never shrinks its file (no VACUUM), so a mapping cannot
-            # lose its pages under a reader.
+            # connections; the file shrinks only in `Store.compact`'s checkpoint, which does not
+            # truncate pages while a reader's snapshot may still need them.
             conn.execute(f"PRAGMA mmap_size = {READER_MMAP_BYTES}")
         conn.execute("BEGIN")  # one read snapshot for this connection's whole share of the load
         conn.execute("SELECT 1 FROM blob_chunks LIMIT 1").fetchall()
@@ -548,3 +548,22 @@ def delete_unreferenced(session: Session, candidates: Iterable[str] | None = Non
         session.execute(delete(BlobChunk).where(BlobChunk.blob_sha256.in_(batch)))
         session.execute(delete(Blob).where(Blob.sha256.in_(batch)))
     return len(unused)
+
+
+def verify_blob(session: Session, sha256: str, *, what: str) -> int:
+    """Check every chunk of blob `sha256` and its address without assembling it (one chunk in memory
+    at a time); returns its size. Raises CorruptDataError naming `what`, as a read would."""
+    size, chunk_size, rows = _chunk_index(session, sha256, what)
+    seen = 0
+    for (idx, digest, _), data in zip(rows, _chunk_data(session, sha256, rows, what), strict=False):
+        seen += 1
+        want = max(0, min(chunk_size, size - idx * chunk_size))
+        if len(data) != want or _sha256(data) != digest:
+            raise CorruptDataError(
+                f"{what}: chunk {idx} of blob {sha256[:16]} failed its sha256 check (stored bytes damaged)"
+            )
+    if seen != len(rows):
+        raise CorruptDataError(f"{what}: blob {sha256[:16]} has {seen} of its {len(rows)} chunks")
+    if blob_address(size, chunk_size, [r[1] for r in rows]) != sha256:
+        raise CorruptDataError(f"{what}: blob {sha256[:16]} failed its sha256 check (stored bytes damaged)")
+    return size

@@ -31,6 +31,8 @@ def tensors_to_bytes(tensors: Mapping[str, torch.Tensor]) -> memoryview:
     for name, tensor in tensors.items():
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"tensor {name!r} is a {type(tensor).__name__}, expected torch.Tensor")
+        if name == "__metadata__":  # the safetensors format's own key: a reader skips it
+            raise ValueError("a tensor cannot be named '__metadata__' in a safetensors image")
         if tensor.dtype not in _NAMES:
             raise TypeError(f"tensor {name!r} has dtype {tensor.dtype}, which safetensors cannot store")
         flat.append((name, tensor.detach().to("cpu").contiguous()))
@@ -97,6 +99,7 @@ _DTYPES: dict[str, torch.dtype] = {
 }
 _NAMES = {dtype: name for name, dtype in _DTYPES.items()}
 _MAX_HEADER = 100 << 20  # as the safetensors library: a larger header is not one it wrote
+_MAX_DIM = 1 << 63  # torch sizes are int64
 
 
 def tensors_from_buffer(buf: torch.Tensor, *, what: str) -> dict[str, torch.Tensor]:
@@ -110,6 +113,7 @@ def tensors_from_buffer(buf: torch.Tensor, *, what: str) -> dict[str, torch.Tens
     whose offset is not a multiple of its element size (safetensors does not align) is copied."""
 
     def bad(why: str) -> CorruptDataError:
+        why = why if len(why) <= 300 else why[:300] + "..."  # names and shapes come from the bytes
         return CorruptDataError(
             f"{what}: the stored bytes passed their sha256 check but are not valid safetensors ({why}); "
             "the snapshot was written by something else — load an earlier turn or fork from one"
@@ -125,7 +129,7 @@ def tensors_from_buffer(buf: torch.Tensor, *, what: str) -> dict[str, torch.Tens
         raise bad(f"header length {n} is beyond the {total} bytes")
     try:
         header = json.loads(bytes(buf[8 : 8 + n].cpu().numpy()))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # also: a number too long to convert, deep nesting
         raise bad(f"header is not JSON: {exc}") from None
     if not isinstance(header, dict):
         raise bad("header is not a JSON object")
@@ -139,12 +143,14 @@ def tensors_from_buffer(buf: torch.Tensor, *, what: str) -> dict[str, torch.Tens
             dtype, shape, (start, end) = _DTYPES[info["dtype"]], info["shape"], info["data_offsets"]
         except (KeyError, TypeError, ValueError):
             raise bad(f"tensor {name!r} has an unknown dtype or a malformed entry") from None
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        if not isinstance(shape, list) or not all(_whole(d) and 0 <= d < _MAX_DIM for d in shape):
             raise bad(f"tensor {name!r} has a malformed shape or offset")
-        numel = 1
+        numel = 0 if 0 in shape else 1
         for d in shape:
+            if numel > data_len:  # already more elements than bytes: stop before a huge product
+                break
             numel *= d
-        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end <= data_len):
+        if not (_whole(start) and _whole(end) and 0 <= start <= end <= data_len):
             raise bad(f"tensor {name!r} lies outside the data")
         if end - start != numel * dtype.itemsize:
             raise bad(f"tensor {name!r} has {end - start} bytes for shape {shape}")
@@ -162,5 +168,12 @@ def tensors_from_buffer(buf: torch.Tensor, *, what: str) -> dict[str, torch.Tens
         raw = buf[base + start : base + end]
         if (base + start) % dtype.itemsize:
             raw = raw.clone()  # a fresh allocation is aligned for every dtype
-        out[name] = raw.view(dtype).view(shape)
+        try:
+            out[name] = raw.view(dtype).view(shape)
+        except RuntimeError:  # an empty tensor whose dims multiply past what torch can index
+            raise bad(f"tensor {name!r} has a shape torch cannot hold") from None
     return out
+
+
+def _whole(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)  # JSON true/false are not sizes

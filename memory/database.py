@@ -20,6 +20,7 @@ import contextlib
 import random
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,12 +37,14 @@ from hybrid_agent.memory.errors import (
     NotADatabaseError,
     SchemaTooNewError,
     StoreBusyError,
+    StoreError,
 )
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 
 T = TypeVar("T")
+S = TypeVar("S")
 
 BUSY_TIMEOUT_S = 10.0  # SQLite's own wait for the lock, per statement
 RETRY_BUDGET_S = 120.0  # our retries on top, per operation, before StoreBusyError
@@ -112,7 +115,12 @@ def check_sqlite_file(path: Path) -> None:
         )
 
 
-def create_store_engine(url: URL) -> Engine:
+def read_only_url(url: URL, path: Path) -> URL:
+    """`url` opening SQLite file `path` read-only (SQLITE_OPEN_READONLY): nothing can write to it."""
+    return url.set(database=f"file:{urllib.parse.quote(str(path))}", query={"mode": "ro", "uri": "true"})
+
+
+def create_store_engine(url: URL, *, read_only: bool = False) -> Engine:
     if url.get_backend_name() != "sqlite":
         try:
             return create_engine(url, pool_pre_ping=True)
@@ -130,6 +138,8 @@ def create_store_engine(url: URL) -> Engine:
             raise DatabaseUnavailableError(
                 f"cannot create the directory of {path}: {exc.strerror}; choose a writable place (--db)"
             ) from exc
+    if read_only and path is not None:
+        url = read_only_url(url, path)
     engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
 
     @event.listens_for(engine, "connect")
@@ -140,9 +150,15 @@ def create_store_engine(url: URL) -> Engine:
             # Per-connection settings only: none of them writes to the file. WAL (which does) is
             # switched on by `migrate`, after the file has been found to be ours.
             cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            # Only takes effect when the file is created: 64 KiB pages halve the cost of writing
-            # multi-MiB chunks (16x fewer overflow pages and WAL frames than the 4 KiB default).
-            cursor.execute(f"PRAGMA page_size = {SQLITE_PAGE_SIZE}")
+            # Only for a file not written yet: on an existing one, setting auto_vacuum (even to the
+            # value it has) rewrites the header, and read-only connections refuse it.
+            if not read_only and cursor.execute("PRAGMA page_count").fetchone()[0] == 0:
+                # Only takes effect when the file is created: 64 KiB pages halve the cost of writing
+                # multi-MiB chunks (16x fewer overflow pages and WAL frames than the 4 KiB default).
+                cursor.execute(f"PRAGMA page_size = {SQLITE_PAGE_SIZE}")
+                # Also only at creation: freed pages can be given back to the file system without
+                # rewriting the whole file (`Store.compact`, `hybrid-agent sessions gc`).
+                cursor.execute("PRAGMA auto_vacuum = INCREMENTAL")
             cursor.execute("PRAGMA wal_autocheckpoint = 0")  # memory/wal.py checkpoints off the commit path
             cursor.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
             cursor.execute("PRAGMA synchronous = FULL")
@@ -189,6 +205,35 @@ def _check_revision(conn: Any, script: ScriptDirectory, where: str) -> str | Non
             f"{script.get_current_head()!r}); it was left untouched — upgrade hybrid-agent to open it"
         ) from None
     return current
+
+
+def sqlite_damage(engine: Engine) -> str | None:
+    """What `PRAGMA quick_check` finds wrong with the file (its first lines), None when it is intact.
+    quick_check reads every page but skips the index-content cross-check of integrity_check: the
+    part of a full check that is cheap enough for every open."""
+    with engine.connect() as conn:
+        try:
+            found = [str(r[0]) for r in conn.exec_driver_sql("PRAGMA quick_check(5)")]
+        except DBAPIError as exc:
+            if "malformed" not in str(exc.orig).lower():
+                raise
+            return str(exc.orig)
+    return None if found == ["ok"] else "; ".join(found)
+
+
+def require_head(engine: Engine, where: str, why: StoreError) -> None:
+    """For a database this process will not write to (`why` says why): refuse it unless its schema is
+    already this version's, since it cannot be upgraded."""
+    script = ScriptDirectory.from_config(_alembic_config())
+    with engine.connect() as conn:
+        current = _check_revision(conn, script, where)
+    if current is None:
+        raise type(why)(f"{why} (and it holds no hybrid-agent sessions yet)")
+    if current != script.get_current_head():
+        raise type(why)(
+            f"{why} (and it was written by an older hybrid-agent: schema {current!r}, which must be "
+            "upgraded in place before this version can read it)"
+        )
 
 
 def migrate(engine: Engine, where: str) -> None:
@@ -262,9 +307,33 @@ def _is_busy(exc: DBAPIError) -> bool:
     return "database is locked" in msg or "database is busy" in msg or "database table is locked" in msg
 
 
+def unreadable_as_damage(fn: Callable[[S], T], session: S, what: str, where: str) -> T:
+    """`fn(session)`, with a stored value that cannot be decoded (a JSON column that is not JSON, a
+    date or a number that is not one: SQLAlchemy's result processors raise these unwrapped) reported
+    as the damage it is instead of an internal error. Arguments are validated before a transaction
+    opens, so inside one these come only from what was read."""
+    try:
+        return fn(session)
+    except (ValueError, TypeError) as exc:
+        if isinstance(exc, StoreError):
+            raise
+        raise CorruptDataError(
+            f"{what}: a value stored in {where} cannot be read ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:200]}); the database is damaged: "
+            "`hybrid-agent sessions check` lists what is affected"
+        ) from exc
+
+
 def translate(exc: DBAPIError, where: str) -> Exception:
     """Our exception for a driver error a user can hit, or the original one."""
     msg = str(exc.orig).lower()
+    if isinstance(exc, IntegrityError):
+        # The store checks what it writes (turn order, page ranges, blobs before rows that point at
+        # them), so a violated constraint means rows that the database lost or that were changed.
+        return CorruptDataError(
+            f"{where}: the stored rows contradict each other ({' '.join(str(exc.orig).split())}); "
+            "the database is damaged: `hybrid-agent sessions check` lists what is affected"
+        )
     if "file is not a database" in msg:
         return NotADatabaseError(f"{where} is not an SQLite database (it was left untouched)")
     if "malformed" in msg:

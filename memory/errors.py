@@ -40,6 +40,10 @@ class InvalidEventError(StoreError, ValueError):
     """An event given to `save_turn` has a kind the store does not know."""
 
 
+class InvalidMetaError(StoreError, ValueError):
+    """Metadata given to the store is not plain JSON."""
+
+
 class FingerprintMismatchError(StoreError):
     """The snapshot was made by another model than the one it is being loaded into."""
 

@@ -103,3 +103,13 @@ class SaveStats:
     bytes_written: int
     bytes_deduplicated: int
     pages: int
+
+
+@dataclass(frozen=True)
+class CompactStats:
+    """What `Store.compact` did: blobs deleted, and the SQLite file's bytes (with its log) before and
+    after (None for a server database)."""
+
+    blobs_freed: int
+    bytes_before: int | None
+    bytes_after: int | None

@@ -54,6 +54,8 @@ class SessionRow(Base):
     )
     fork_turn: Mapped[int | None] = mapped_column(Integer, nullable=True)
     meta: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The digest of the newest snapshot row (memory/integrity.py); NULL until a turn is saved.
+    head_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class EventRow(Base):
@@ -103,6 +105,9 @@ class SnapshotRow(Base):
     recurrent_blob: Mapped[str] = mapped_column(String(64), ForeignKey("blobs.sha256"), index=True)
     meta: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The chain digest over this row, its page list and the previous row (memory/integrity.py);
+    # NULL on rows written before schema revision 0003.
+    digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class StatePage(Base):

@@ -8,6 +8,7 @@ them in only on success, so a failed load leaves its live state as it was.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -20,11 +21,23 @@ from hybrid_agent.memory.database import (
     create_store_engine,
     migrate,
     normalize_url,
+    require_head,
     retry_busy,
     translate,
+    unreadable_as_damage,
+)
+from hybrid_agent.memory.errors import CorruptDataError, DatabaseUnavailableError, StoreError
+from hybrid_agent.memory.integrity import missing_blobs, rechain, verify_chain
+from hybrid_agent.memory.maintenance import (
+    CheckReport,
+    check,
+    session_blobs,
+    vacuum_postgresql,
+    vacuum_sqlite,
 )
 from hybrid_agent.memory.queries import copy_rows, now, session_info, session_row, snapshot_row, utc
 from hybrid_agent.memory.records import (
+    CompactStats,
     Event,
     FileChange,
     FileEdit,
@@ -56,17 +69,50 @@ class Store:
     """The session database. `Store(url=None)`: None = the default SQLite file under the user's data
     directory; a path = an SQLite file; otherwise any SQLAlchemy URL (PostgreSQL is tested)."""
 
-    def __init__(self, url: str | Path | None = None) -> None:
+    def __init__(self, url: str | Path | None = None, *, read_only: bool = False) -> None:
+        """`read_only`, or an SQLite file this process may not write: opened with SQLite's read-only
+        flag; reads work, every write raises a one-line error. An SQLite file that fails `PRAGMA
+        quick_check` is opened that way too, so that nothing new is saved into a file that may be lost."""
         self.url = normalize_url(url)
         self._where = self.url.render_as_string(hide_password=True)
-        self._engine: Engine = create_store_engine(self.url)
         path = database.sqlite_file(self.url)
-        self._checkpointer = None if path is None else WalCheckpointer(path, database.BUSY_TIMEOUT_S)
+        exists = path is not None and path.is_file() and path.stat().st_size > 0
+        if path is not None and exists and not os.access(path, os.W_OK):
+            read_only = True
+        # Why writes are refused, or None: the store is writable.
+        self.refusal: StoreError | None = None
+        if read_only:
+            self.refusal = DatabaseUnavailableError(
+                f"{self._where} is open read-only: sessions can be listed, shown, exported and checked "
+                "but nothing can be saved, forked or removed; make the file writable, or pass another --db"
+            )
+        # An existing file is checked through a read-only connection: a damaged one stays untouched
+        # (even the close of a writable connection can write to the file's header).
+        self._engine: Engine = create_store_engine(self.url, read_only=read_only or exists)
+        self._checkpointer = None
         try:
-            self._run(lambda: migrate(self._engine, self._where), "opening the database")
+            if exists:
+                damage = self._run(lambda: database.sqlite_damage(self._engine), "checking the database")
+                if damage is not None:
+                    self.refusal = CorruptDataError(
+                        f"{self._where} is damaged (SQLite quick_check: {' '.join(damage.split())[:300]}); "
+                        "it is open read-only so that nothing new is lost with it: export what you need "
+                        "(`hybrid-agent sessions export ID`), then restore a backup or salvage it with "
+                        "`sqlite3 FILE .recover`; `hybrid-agent sessions check` shows the details"
+                    )
+            if self.refusal is None:
+                if exists:  # intact: reopen it for writing
+                    self._engine.dispose()
+                    self._engine = create_store_engine(self.url)
+                self._run(lambda: migrate(self._engine, self._where), "opening the database")
+            else:
+                refusal = self.refusal
+                self._run(lambda: require_head(self._engine, self._where, refusal), "opening the database")
         except BaseException:
             self._engine.dispose()
             raise
+        if path is not None and self.refusal is None:
+            self._checkpointer = WalCheckpointer(path, database.BUSY_TIMEOUT_S)
         # PostgreSQL defaults to READ COMMITTED: a load spans several statements and must not see a
         # concurrent delete halfway. SQLite read transactions are snapshots already.
         reader = self._engine
@@ -87,6 +133,7 @@ class Store:
     def checkpoint(self) -> None:
         """SQLite: copy the write-ahead log into the database file now and truncate it (normally a
         background thread does this after each write). Other backends: nothing to do."""
+        self._refuse_writes()
         if self._checkpointer is not None:
             self._run(self._checkpointer.run_now, "checkpointing the database")
 
@@ -107,15 +154,27 @@ class Store:
 
     def _in_read(self, fn: Callable[[Session], T], what: str) -> T:
         def attempt() -> T:
-            with self._read() as s, s.begin():
-                return fn(s)
+            # Ended by a rollback, not a commit: the same for a reader, and on a damaged file a COMMIT
+            # after a failed page read raises again, losing what the reader had found.
+            with self._read() as s:
+                s.begin()
+                try:
+                    return unreadable_as_damage(fn, s, what, self._where)
+                finally:
+                    s.rollback()
 
         return self._run(attempt, what)
 
+    def _refuse_writes(self) -> None:
+        if self.refusal is not None:
+            raise type(self.refusal)(str(self.refusal))
+
     def _in_write(self, fn: Callable[[Session], T], what: str) -> T:
+        self._refuse_writes()
+
         def attempt() -> T:
             with self._write() as s, s.begin():
-                return fn(s)
+                return unreadable_as_damage(fn, s, what, self._where)
 
         result = self._run(attempt, what)
         if self._checkpointer is not None:
@@ -125,12 +184,20 @@ class Store:
     # -- sessions ---------------------------------------------------------------------------------
 
     def create_session(
-        self, title: str, workspace: str, model_fingerprint: str, meta: dict[str, Any] | None = None
+        self,
+        title: str,
+        workspace: str,
+        model_fingerprint: str,
+        meta: dict[str, Any] | None = None,
+        *,
+        session_id: str | None = None,
     ) -> SessionInfo:
+        """A new session; its id is `session_id` when given (an id chosen before the row is written)."""
+
         def do(s: Session) -> SessionInfo:
             stamp = now()
             row = SessionRow(
-                id=str(uuid.uuid4()),
+                id=session_id or str(uuid.uuid4()),
                 title=title,
                 workspace=str(workspace),
                 model_fingerprint=model_fingerprint,
@@ -186,17 +253,7 @@ class Store:
 
         def do(s: Session) -> int:
             session_row(s, session_id)
-            used: set[str] = set()
-            for col in (
-                SnapshotRow.recurrent_blob,
-                StatePage.blob_sha256,
-                FileChangeRow.before_blob,
-                FileChangeRow.after_blob,
-            ):
-                table = col.class_
-                used.update(
-                    sha for sha in s.scalars(select(col).where(table.session_id == session_id)) if sha
-                )
+            used = session_blobs(s, session_id)
             for table in (EventRow, SnapshotRow, StatePage, FileChangeRow):
                 s.execute(delete(table).where(table.session_id == session_id))
             s.execute(update(SessionRow).where(SessionRow.parent_id == session_id).values(parent_id=None))
@@ -212,6 +269,16 @@ class Store:
         def do(s: Session) -> SessionInfo:
             parent = session_row(s, session_id)
             snapshot_row(s, session_id, turn)
+            # Checked before anything is copied: a fork of damaged rows would carry the damage into a
+            # session with a fresh, valid chain; a missing blob would fail a foreign key halfway.
+            rows = verify_chain(s, parent, turn)
+            missing = missing_blobs(s, session_id, rows)
+            if missing:
+                raise CorruptDataError(
+                    f"{missing[0]}; session {session_id} cannot be forked at turn {turn} "
+                    f"({len(missing)} missing): fork at an earlier turn, or see "
+                    f"`hybrid-agent sessions check {session_id[:8]}`"
+                )
             stamp = now()
             name = title if title is not None else f"{parent.title} (fork at turn {turn})"
             child = SessionRow(
@@ -229,6 +296,7 @@ class Store:
             s.flush()
             for model, cols in _FORK_COPIES:
                 copy_rows(s, model, cols, session_id, child.id, turn)
+            rechain(s, child, rows)
             return session_info(s, child)
 
         return self._in_write(do, "forking a session")
@@ -367,6 +435,46 @@ class Store:
             "marking file changes reverted",
         )
 
+    def move_file_changes(self, change_ids: Iterable[int], session_id: str) -> None:
+        """Give journal entries to another session (a turn saved in a fork moves its changes along)."""
+        ids = list(change_ids)
+
+        def do(s: Session) -> None:
+            session_row(s, session_id)
+            s.execute(update(FileChangeRow).where(FileChangeRow.id.in_(ids)).values(session_id=session_id))
+
+        self._in_write(do, "moving file changes")
+
     def collect_garbage(self) -> int:
         """Delete every blob nothing references (delete_session already does this for its own)."""
         return self._in_write(lambda s: blobs.delete_unreferenced(s), "collecting garbage")
+
+    # -- upkeep -----------------------------------------------------------------------------------
+
+    def check(self, session_id: str | None = None) -> CheckReport:
+        """Full verification, read-only: SQLite's integrity_check, each session's digest chain (or
+        only `session_id`'s) and every byte of every blob (or of the blobs that session uses)."""
+        if session_id is not None:
+            self.get_session(session_id)  # SessionNotFoundError before a long check
+        return self._in_read(lambda s: check(s, session_id), "checking the database")
+
+    def compact(self) -> CompactStats:
+        """Delete unreferenced blobs, then give the free space back to the file system (SQLite) or
+        mark it reusable (PostgreSQL). Returns the blobs freed and the file's size before and after."""
+        self._refuse_writes()
+        path = database.sqlite_file(self.url)
+        before = _file_size(path)
+        freed = self.collect_garbage()
+        if self._engine.dialect.name == "sqlite":
+            self._run(lambda: vacuum_sqlite(self._engine), "compacting the database")
+            self.checkpoint()  # the log is copied back and the file truncated to its used pages
+        elif self._engine.dialect.name == "postgresql":
+            self._run(lambda: vacuum_postgresql(self._engine), "compacting the database")
+        return CompactStats(freed, before, _file_size(path))
+
+
+def _file_size(path: Path | None) -> int | None:
+    """Bytes of an SQLite file and its write-ahead log; None for a server database."""
+    if path is None:
+        return None
+    return sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())

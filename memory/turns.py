@@ -22,6 +22,7 @@ from hybrid_agent.memory.errors import (
     InvalidPageError,
     TurnOrderError,
 )
+from hybrid_agent.memory.integrity import damaged, plain_json, snapshot_digest, verify_chain
 from hybrid_agent.memory.queries import now, session_row, snapshot_row
 from hybrid_agent.memory.records import Event, FileEdit, Page, SaveStats, Snapshot
 from hybrid_agent.memory.schema import EVENT_KINDS, EventRow, FileChangeRow, SnapshotRow, StatePage
@@ -76,7 +77,7 @@ def prepare_turn(
     return PreparedTurn(
         turn=turn,
         n_tokens=n_tokens,
-        meta=dict(meta or {}),
+        meta=plain_json(meta or {}, "the snapshot's meta"),
         events=evs,
         recurrent=blobs.prepare_blob(tensors_to_bytes(recurrent)),
         pages=[(p, blobs.prepare_blob(tensors_to_bytes(p.tensors))) for p in ordered],
@@ -88,7 +89,17 @@ def write_turn(s: Session, session_id: str, t: PreparedTurn) -> SaveStats:
     """Insert a prepared turn. Reads only the session's last turn and last page end (index lookups),
     so the cost does not grow with the length of the session."""
     row = session_row(s, session_id)
-    last = s.scalar(select(func.max(SnapshotRow.turn)).where(SnapshotRow.session_id == session_id))
+    newest = s.execute(
+        select(SnapshotRow.turn, SnapshotRow.digest)
+        .where(SnapshotRow.session_id == session_id)
+        .order_by(SnapshotRow.turn.desc())
+        .limit(1)
+    ).first()
+    last, prev_digest = (None, None) if newest is None else (newest.turn, newest.digest)
+    if prev_digest != row.head_digest:  # the chain would be extended from a row that was not saved last
+        raise damaged(
+            session_id, t.turn if last is None else last, "it is not the turn saved last", "nothing was saved"
+        )
     if last is not None and t.turn <= last:
         raise TurnOrderError(
             f"session {session_id} already has turn {last}; save turn {last + 1} or later, "
@@ -108,6 +119,15 @@ def write_turn(s: Session, session_id: str, t: PreparedTurn) -> SaveStats:
         else:
             dedup += blob.size
     stamp = now()
+    row.head_digest = snapshot_digest(
+        prev_digest,
+        session=row,
+        turn=t.turn,
+        n_tokens=t.n_tokens,
+        recurrent_blob=t.recurrent.sha256,
+        meta=t.meta,
+        pages=[(p.token_start, p.token_end, b.sha256) for p, b in t.pages],
+    )
     s.add(
         SnapshotRow(
             session_id=session_id,
@@ -116,6 +136,7 @@ def write_turn(s: Session, session_id: str, t: PreparedTurn) -> SaveStats:
             recurrent_blob=t.recurrent.sha256,
             meta=t.meta,
             created_at=stamp,
+            digest=row.head_digest,
         )
     )
     for page, blob in t.pages:
@@ -173,6 +194,7 @@ def read_snapshot(
             f"is {fingerprint}; load the model it was made with, or start a new session"
         )
     snap = snapshot_row(s, session_id, turn)
+    verify_chain(s, sess, snap.turn)  # the rows that select the bytes below are what was saved
     where = f"session {session_id} turn {snap.turn}"
     q = select(StatePage).where(StatePage.session_id == session_id, StatePage.turn <= snap.turn)
     if window is not None:

@@ -1,4 +1,4 @@
-"""model/: the hybrid language model with an explicit, serialisable state. See ../shared/DESIGN.md.
+"""model/: the hybrid language model with an explicit, serialisable state. See docs/design.md.
 
 Public names: `HybridConfig`, `HybridLM`, `ModelState`, `Tokenizer`, `ByteTokenizer`, `load_tokenizer`,
 `generate`, `prefill`, `SamplingParams`, `load_model`, and the error types of model/errors.py.

@@ -58,6 +58,12 @@ class Attention(nn.Module):
             self.rope_theta = a.rope_theta
             self.register_buffer("inv_freq", rope_inv_freq(self.rope_dim, a.rope_theta), persistent=False)
 
+    @torch.no_grad()
+    def reset_buffers(self) -> None:
+        """Recompute the buffers no checkpoint holds (the loader's `to_empty` leaves them uninitialised)."""
+        if self.inv_freq is not None:
+            self.inv_freq.copy_(rope_inv_freq(self.rope_dim, self.rope_theta))
+
     def project(self, x: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q (B, T, H, Dh), k and v (B, T, Hkv, Dh) of `x` (B, T, D) at absolute positions `pos` (T,):
         projections, QK-norm and RoPE. Shared with the decode engine's reference step (model/engine.py),

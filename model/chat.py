@@ -20,9 +20,11 @@ Design choices:
 from __future__ import annotations
 
 import json
+import math
 import re
+import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -116,24 +118,59 @@ class ChatFormat(Protocol):
         ...
 
 
-def _parse_call_json(body: str, raw: str) -> ParsedToolCall:
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999
+        raise ValueError(f"{text} is too large a number")
+    return value
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+        raise ValueError(f"a number of {len(text)} digits is too long") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def load_call_json(body: str) -> tuple[Any, str | None]:
+    """`(value, None)` for JSON the model wrote, else `(None, why)`. Strict JSON only: NaN, Infinity
+    and numbers too large for a float are refused, so arguments can be stored and shown as JSON.
+    Numbers with more digits than Python converts, and nesting deeper than the recursion limit, are
+    refused too (`json.loads` raises ValueError and RecursionError for those, not JSONDecodeError)."""
+    try:
+        return json.loads(body, parse_float=_finite, parse_int=_whole, parse_constant=_no_constant), None
+    except json.JSONDecodeError as exc:
+        return None, f"the tool call is not valid JSON ({exc.msg} at char {exc.pos})"
+    except ValueError as exc:
+        return None, f"the tool call is not valid JSON ({exc})"
+    except RecursionError:
+        return None, "the tool call is not valid JSON (nested too deeply)"
+
+
+def call_from_object(obj: Any, raw: str, *, what: str = "a tool call") -> ParsedToolCall:
     """Read `{"name": ..., "arguments": {...}}`; accept `parameters` and a JSON-string `arguments`,
     which real models emit too."""
-    try:
-        obj = json.loads(body)
-    except json.JSONDecodeError as exc:
-        return ParsedToolCall(None, {}, raw, f"the tool call is not valid JSON ({exc.msg} at char {exc.pos})")
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
-        return ParsedToolCall(None, {}, raw, 'a tool call must be a JSON object with a string "name"')
+        return ParsedToolCall(None, {}, raw, f'{what} must be a JSON object with a string "name"')
     args = obj.get("arguments", obj.get("parameters", {}))
     if isinstance(args, str):
-        try:
-            args = json.loads(args) if args.strip() else {}
-        except json.JSONDecodeError:
+        args, error = load_call_json(args) if args.strip() else ({}, None)
+        if error is not None:
             return ParsedToolCall(obj["name"], {}, raw, '"arguments" is a string that is not a JSON object')
     if not isinstance(args, dict):
         return ParsedToolCall(obj["name"], {}, raw, '"arguments" must be a JSON object')
     return ParsedToolCall(obj["name"], args, raw)
+
+
+def _parse_call_json(body: str, raw: str) -> ParsedToolCall:
+    obj, error = load_call_json(body)
+    if error is not None:
+        return ParsedToolCall(None, {}, raw, error)
+    return call_from_object(obj, raw)
 
 
 class _TaggedToolCalls:
@@ -143,19 +180,26 @@ class _TaggedToolCalls:
     tool_call_close: str
     stop_strings: tuple[str, ...]
 
+    def parse_block(self, body: str, raw: str) -> list[ParsedToolCall]:
+        """The calls in one block: `body` is the text between the markers, `raw` the whole block."""
+        return [_parse_call_json(body, raw)]
+
     def parse_tool_calls(self, text: str) -> list[ParsedToolCall]:
+        # str.find, not a lazy regex: `open(.*?)close` rescans to the end of the text for every open
+        # marker that has no close, quadratic in a degenerate output that repeats the open marker.
         calls: list[ParsedToolCall] = []
-        pattern = re.escape(self.tool_call_open) + r"(.*?)" + re.escape(self.tool_call_close)
-        for m in re.finditer(pattern, text, flags=re.DOTALL):
-            calls.append(_parse_call_json(m.group(1).strip(), m.group(0)))
-        # An open marker without its close (the model stopped or ran out of tokens) is malformed too.
-        last_close = text.rfind(self.tool_call_close)
-        tail = text[last_close + len(self.tool_call_close) :] if last_close >= 0 else text
-        if self.tool_call_open in tail:
-            raw = tail[tail.index(self.tool_call_open) :]
-            calls.append(
-                ParsedToolCall(None, {}, raw, f"the tool call was not closed with {self.tool_call_close}")
-            )
+        opener, closer = self.tool_call_open, self.tool_call_close
+        pos = 0
+        while (start := text.find(opener, pos)) >= 0:
+            end = text.find(closer, start + len(opener))
+            if end < 0:
+                # An open marker without its close (the model stopped or ran out of tokens) is malformed.
+                calls.append(
+                    ParsedToolCall(None, {}, text[start:], f"the tool call was not closed with {closer}")
+                )
+                break
+            pos = end + len(closer)
+            calls += self.parse_block(text[start + len(opener) : end].strip(), text[start:pos])
         return calls
 
     def visible_text(self, text: str) -> str:
@@ -350,6 +394,8 @@ class JinjaChatFormat(HermesToolCalls):
             return self._template.render(**context)
         except TemplateError as exc:
             raise ChatFormatError(f"the chat template failed to render: {exc}") from exc
+        except Exception as exc:  # the template is untrusted code: 1 // 0 on some content, and so on
+            raise ChatFormatError(f"the chat template failed to render: {type(exc).__name__}: {exc}") from exc
 
     def _strip_stop(self, raw: str) -> str:
         for stop in self.stop_strings:
@@ -390,13 +436,57 @@ class JinjaChatFormat(HermesToolCalls):
                 f"has already read (at char {at}: {in_state[at : at + 40]!r} became {full[at : at + 40]!r}). "
                 "Start a new session, or use a model whose template only appends."
             )
-        return _split_content(full[len(in_state) :], [m.content for m in new])
+        text = full[len(in_state) :]
+        exact = self._split_exactly(text, full_history, new, tools, in_state)
+        return exact if exact is not None else _split_content(text, [m.content for m in new])
+
+    def _split_exactly(
+        self,
+        text: str,
+        head: Sequence[ChatMessage],
+        new: Sequence[ChatMessage],
+        tools: Sequence[dict[str, Any]],
+        in_state: str,
+    ) -> Segment | None:
+        """`text`, the new segment, cut into the template's markup and the new contents, or None.
+
+        The markup is what the template writes around placeholders put in place of the contents (a
+        second render), so text in a content is never taken for markup, whatever it repeats. That holds
+        when the template writes each content as it is, or trimmed (`| trim`), where its placeholder
+        was; for a template that does anything else, None, and `_split_content` searches instead."""
+        nonce = secrets.token_hex(8)
+        marks = [f"\ue000{nonce}:{i}\ue001" for i in range(len(new))]  # private-use code points
+        probe = [replace(m, content=mark) for m, mark in zip(new, marks, strict=True)]
+        try:
+            rendered = self.render([*head, *probe], add_generation_prompt=True, tools=tools)
+        except ChatFormatError:
+            return None
+        if not rendered.startswith(in_state):
+            return None
+        rest, markup = rendered[len(in_state) :], []
+        for mark in marks:
+            before, found, rest = rest.partition(mark)
+            if not found or mark in rest:
+                return None  # a placeholder missing, repeated or out of order
+            markup.append(before)
+        markup.append(rest)
+        if not text.startswith(markup[0]):
+            return None
+        pieces, pos = [(markup[0], True)], len(markup[0])
+        for msg, after in zip(new, markup[1:], strict=True):
+            fits = [c for c in (msg.content, msg.content.strip()) if text.startswith(c + after, pos)]
+            if not fits:
+                return None
+            written = fits[0]
+            pieces += [(written, False), (after, True)]
+            pos += len(written) + len(after)
+        return Segment(tuple(p for p in pieces if p[0])) if pos == len(text) else None
 
 
 def _split_content(text: str, contents: Sequence[str]) -> Segment:
-    """Mark the new messages' contents inside a rendered segment as content, the rest as markup.
-    Contents are looked for in order; one the template changed (trimmed, escaped) is not found and
-    its text stays markup, which only matters if it contains special-token strings."""
+    """`_split_exactly`'s fallback: contents are looked for in order and marked as content. One the
+    template changed (escaped, cut) is not found and its text stays markup, which only matters if it
+    contains special-token strings."""
     pieces: list[tuple[str, bool]] = []
     pos = 0
     for content in contents:

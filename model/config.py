@@ -291,7 +291,7 @@ PRESETS: dict[str, dict[str, object]] = {
     "20m-attn": {"vocab_size": BYTE_VOCAB_SIZE, "d_model": 512, "layer_types": ["attention"] * 7},
     # The shape of OLMo Hybrid 7B (transformers' default OlmoHybridConfig: 3 Gated DeltaNet : 1 attention,
     # post-norm attention with QK-norm over all heads, no RoPE): the GPU reference workload of
-    # ../shared/PERF-ANCHORS.md, with random weights. 7.43 B parameters.
+    # docs/design.md, with random weights. 7.43 B parameters.
     "olmo-hybrid-7b": {
         "vocab_size": 100352,
         "d_model": 3840,
@@ -316,5 +316,5 @@ PRESETS: dict[str, dict[str, object]] = {
         "tie_embeddings": False,
     },
 }
-# The same width and depth, attention layers only (the attention-only baseline of PERF-ANCHORS.md).
+# The same width and depth, attention layers only (the attention-only baseline of docs/design.md).
 PRESETS["olmo-hybrid-7b-attn"] = {**PRESETS["olmo-hybrid-7b"], "layer_types": ["attention"] * 32}

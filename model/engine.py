@@ -9,18 +9,18 @@ Design choices (the model stays plain; speed tricks live here, as in gpt-fast):
   `load_state` copies a state into the buffers; `load_parts` copies a snapshot's recurrent tensors and
   cache pages straight into them (no intermediate `ModelState`: on resume, no concatenated cache).
 - The decode step (`attention="kernel"`, the default on CUDA) is captured as ONE CUDA graph and
-  replayed at any context: the attention cores are `kernels.attention_decode` (GQA) and
-  `kernels.mla_decode` (MLA, absorbed form over the latent cache), which read the cache length on the
-  device, and the cache writes go to a device-side position. With `fuse=True` (the default) the step
+  replayed at any context: the attention cores are `hybrid_agent.kernels.attention_decode` (GQA) and
+  `hybrid_agent.kernels.mla_decode` (MLA, absorbed form over the latent cache), which read the cache length on
+  the device, and the cache writes go to a device-side position. With `fuse=True` (the default) the step
   is the engine's own fused version of the model's T == 1 arithmetic, to cut the ~1,100 small kernels
   a token of OLMo Hybrid 7B's shape took (#8): one matmul for q/k/v/a/b/g of a Gated DeltaNet layer,
   for q/k/v of an attention layer, for gate/up of an MLP (the weights concatenated once, when the
   engine is built; on CUDA the model's own weights are rebound as views of the concatenation, so no
-  memory is doubled and the model computes exactly what it did); `kernels.decode_fused` for the Gated
-  DeltaNet conv step + L2 norms + gates (one launch), an attention layer's QK-norm + RoPE + cache
+  memory is doubled and the model computes exactly what it did); `hybrid_agent.kernels`' fused ops for the
+  Gated DeltaNet conv step + L2 norms + gates (one launch), an attention layer's QK-norm + RoPE + cache
   writes (one launch; `attn_prep=False` keeps the model's ops), SiLU x up, each residual add fused
   with the next RMSNorm, and the greedy argmax + position advance; on CUDA its one-token matmuls run
-  `kernels.gemv` (a bandwidth-bound Triton GEMV, faster than cuBLAS at these shapes; `gemv=False`
+  `hybrid_agent.kernels.gemv` (a bandwidth-bound Triton GEMV, faster than cuBLAS at these shapes; `gemv=False`
   keeps F.linear). `fuse=False` keeps the model's
   modules (the same graph, more kernels: the baseline of bench/gpu_e2e.py).
   `attention="sdpa"` instead cuts the step at each attention core and runs the model's own
@@ -32,6 +32,8 @@ Design choices (the model stays plain; speed tricks live here, as in gpt-fast):
   buffer of the next step and into a device history of token ids, which is read back every
   `sync_every` tokens (or every token when stop ids must be checked: the state must not run past a
   stop token, as in model/generate.py). Sampled decoding reads the logits buffer after each `step`.
+  Greedy picks among the ids below `vocab_size` (the tokenizer's size when the model's vocabulary is
+  padded past it), so it never yields an id without text.
 - Supported in the graphed path: attention (full, no window), mla, gated_deltanet, mamba2 and mlp
   layers (with attention="sdpa" an MLA layer runs the model's own block eagerly between graphs).
   Anything else (a window, parallel layers) and every CPU run take the eager path: the same buffers,
@@ -48,17 +50,15 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from hybrid_agent.kernels import gated_delta_rule_step, rms_norm
+from hybrid_agent.kernels import GemvConfig, gated_delta_rule_step, rms_norm
 from hybrid_agent.kernels.attention_decode import attention_decode
-from hybrid_agent.kernels.decode_fused import (
-    attn_decode_prep,
-    gdn_decode_prep,
-    greedy_advance,
-    residual_rms_norm,
-    silu_mul,
-)
+from hybrid_agent.kernels.attn_decode_prep import attn_decode_prep
+from hybrid_agent.kernels.gdn_decode_prep import gdn_decode_prep
 from hybrid_agent.kernels.gemv import gemv as gemv_op
+from hybrid_agent.kernels.greedy_advance import greedy_advance
 from hybrid_agent.kernels.mla_decode import mla_decode
+from hybrid_agent.kernels.residual_rms_norm import residual_rms_norm
+from hybrid_agent.kernels.silu_mul import silu_mul
 from hybrid_agent.model.attention import Attention, sdpa
 from hybrid_agent.model.errors import ModelError, StateMismatchError, TokenRangeError
 from hybrid_agent.model.hybrid import HybridLM
@@ -96,6 +96,7 @@ class DecodeEngine:
         align: int | None = None,
         gemv: bool | Collection[str] | None = None,
         attn_prep: bool = True,
+        vocab_size: int | None = None,
     ) -> None:
         self.model = model
         self.cfg = model.config
@@ -113,10 +114,11 @@ class DecodeEngine:
         # cuBLAS runs 16-aligned one-token matmuls ~2x faster (bench/results/gpu_e2e_final.json).
         self.align = align if align is not None else (16 if self.device.type == "cuda" else 1)
         self._plans = self._fuse_weights() if self.fused else []
-        # fused step: an attention layer's QK-norm, RoPE and cache writes as one kernels.decode_fused
+        # fused step: an attention layer's QK-norm, RoPE and cache writes as one kernels.attn_decode_prep
         # launch (False: the model's own ops, ~19 small kernels a layer; the same-run baseline)
         self.attn_prep = attn_prep
-        self.greedy_kernel = True  # _advance through kernels.decode_fused.greedy_advance (False: torch ops)
+        self.greedy_kernel = True  # _advance through kernels.greedy_advance (False: torch ops)
+        self.gemv_cfg: dict[tuple[int, int], GemvConfig] = {}  # kernels.gemv launches by (N, K)
         self.set_gemv(gemv)
         with torch.inference_mode():
             self.state = self._allocate(batch_size)
@@ -128,6 +130,9 @@ class DecodeEngine:
             self._ids = torch.zeros(B, max_context + 1, dtype=torch.long, device=self.device)
             self._x = torch.zeros(B, 1, self.cfg.d_model, dtype=model.dtype, device=self.device)
             self._logits = torch.zeros(B, V, dtype=model.dtype, device=self.device)
+            # What greedy picks from: the ids below `vocab_size` (the tokenizer's, when the model's
+            # vocabulary is padded past it; padding ids have no text), a view of the logits buffer.
+            self._greedy_logits = self._logits[:, : min(V, vocab_size or V)]
             self._attn_q: dict[int, Tensor] = {}
             self._attn_out: dict[int, Tensor] = {}
         self._n = 0  # tokens in the state (host copy of state.n_tokens, kept without syncing)
@@ -154,7 +159,7 @@ class DecodeEngine:
 
     def _mm(self, role: str, x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
         """x w^T + b for one of the fused step's matmuls: kernels.gemv where its role is on, else F.linear."""
-        return gemv_op(x, w, b) if role in self.gemv_roles else F.linear(x, w, b)
+        return gemv_op(x, w, b, self.gemv_cfg.get(w.shape)) if role in self.gemv_roles else F.linear(x, w, b)
 
     # ---- buffers ---------------------------------------------------------------------------------------
     def _allocate(self, batch_size: int) -> ModelState:
@@ -435,11 +440,11 @@ class DecodeEngine:
 
     def _advance(self) -> None:
         # greedy tok (`step` callers overwrite it), pos + 1, ids[:, pos] = tok (the next input's position);
-        # kernels.decode_fused: 3 launches instead of torch's single-block argmax (23 us) + 3 kernels
+        # kernels.greedy_advance: 3 launches instead of torch's single-block argmax (23 us) + 3 kernels
         if self.greedy_kernel:
-            greedy_advance(self._logits, self._tok, self._pos, self._ids)
+            greedy_advance(self._greedy_logits, self._tok, self._pos, self._ids)
             return
-        self._tok.copy_(self._logits.argmax(-1, keepdim=True))
+        self._tok.copy_(self._greedy_logits.argmax(-1, keepdim=True))
         self._pos.add_(1)
         self._ids.index_copy_(1, self._pos, self._tok)
 
@@ -611,7 +616,7 @@ class DecodeEngine:
         if a.inv_freq is not None and not rope:  # every attention layer has the config's inv_freq
             rope["cos"], rope["sin"] = rope_cos_sin(self._pos, a.inv_freq)  # (1, 1, 1, R) each
         G = H // Hkv
-        if self.attn_prep:  # QK-norm, RoPE and both cache writes in one launch (kernels.decode_fused)
+        if self.attn_prep:  # QK-norm, RoPE and both cache writes in one launch (kernels.attn_decode_prep)
             cos, sin = (rope["cos"].view(-1), rope["sin"].view(-1)) if rope else (None, None)
             norm = a.qk_norm if a.qk_norm in ("full", "head") else "none"
             q_w, k_w = (a.q_norm.weight, a.k_norm.weight) if norm != "none" else (None, None)
@@ -721,7 +726,7 @@ class DecodeEngine:
         if self.state.batch_size != 1:
             raise StateMismatchError("generate_greedy decodes one sequence; use step() for batches")
         self._room(self._n, max_new_tokens)
-        self._tok.copy_(self._logits.argmax(-1, keepdim=True))
+        self._tok.copy_(self._greedy_logits.argmax(-1, keepdim=True))
         self._ids.index_copy_(1, self._pos, self._tok)
         every = 1 if stop_token_ids else max(1, sync_every)
         stops, first, out = set(stop_token_ids), self._n, []

@@ -107,7 +107,8 @@ def generate(
 ) -> Generation:
     """Prefill `prompt` (the new tokens only) into `state`, then sample up to `max_new_tokens`.
 
-    Pass `seed` (or your own `generator`, on the model's device) for reproducible sampling.
+    Pass `seed` (or your own `generator`, on the model's device) for reproducible sampling. Only ids
+    the tokenizer has are sampled (a padded model vocabulary has more).
     """
     if state.batch_size != 1:
         raise TokenRangeError(f"generate decodes one sequence; the state has batch {state.batch_size}")
@@ -126,7 +127,7 @@ def generate(
         buf = ""  # visible text, including what is still held back
         emitted = 0  # buf[:emitted] has been yielded
         for i in range(max_new_tokens):
-            token = int(sample(logits, params, gen)[0])
+            token = int(sample(logits, params, gen, vocab_size=tokenizer.vocab_size)[0])
             logits = model(torch.tensor([[token]], device=model.device), state)[:, -1]  # (1, V)
             result.token_ids.append(token)
             if token in stop_ids:

@@ -1,7 +1,8 @@
 """Small building blocks shared by the mixers: RMSNorm, the SwiGLU MLP, rotary embeddings.
 
 Parameter names follow transformers (`weight`, `gate_proj`, `up_proj`, `down_proj`) so checkpoint
-adapters map weights by name. Norms go through `kernels.rms_norm` (fp32 arithmetic, input dtype out).
+adapters map weights by name. Norms go through `hybrid_agent.kernels.rms_norm` (fp32 arithmetic, input dtype
+out).
 
 The one-token fp32 CPU path of decode (`HybridLM.forward` with T == 1 on the CPU, kernels mode `auto`):
 each module's `step_cpu` computes what its `forward` computes with the reference kernels, bit for bit,
@@ -61,8 +62,8 @@ class RMSNorm(nn.Module):
 
 
 def rms_norm_cpu(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    """`kernels.rms_norm` of fp32 `x` on the CPU, bit for bit, in few torch calls. One row (decode):
-    the sum of squares by torch's own reduction (the one the reference's `mean` runs), the scale in
+    """`hybrid_agent.kernels.rms_norm` of fp32 `x` on the CPU, bit for bit, in few torch calls. One row
+    (decode): the sum of squares by torch's own reduction (the one the reference's `mean` runs), the scale in
     Python, two multiplies: five calls where torch's `rms_norm` makes about ten (pow, mean, add,
     rsqrt, multiplies, no-op casts), each costing microseconds on a small CPU. The scale's
     arithmetic (divide, add eps, sqrt, reciprocal) is done in double and rounded to fp32 after each

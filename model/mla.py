@@ -61,7 +61,13 @@ class MLA(nn.Module):
         self.kv_b_proj = nn.Linear(m.kv_lora_rank, h * (m.qk_nope_head_dim + m.v_head_dim), bias=False)
         self.o_proj = nn.Linear(h * m.v_head_dim, d, bias=m.bias)
         # Not persistent: derived from the config, so it never appears in a checkpoint.
+        self.rope_theta = m.rope_theta
         self.register_buffer("inv_freq", rope_inv_freq(m.qk_rope_head_dim, m.rope_theta), persistent=False)
+
+    @torch.no_grad()
+    def reset_buffers(self) -> None:
+        """Recompute the buffers no checkpoint holds (the loader's `to_empty` leaves them uninitialised)."""
+        self.inv_freq.copy_(rope_inv_freq(self.rope_dim, self.rope_theta))
 
     def _rope(self, x: Tensor, pos: Tensor) -> Tensor:
         """RoPE on x (B, T, H, R) at absolute positions `pos` (T,), in the checkpoint's pair layout."""

@@ -49,8 +49,19 @@ def filter_logits(logits: Tensor, params: SamplingParams) -> Tensor:
     return x
 
 
-def sample(logits: Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> Tensor:
-    """Next token ids (B,) from logits (B, V)."""
+def sample(
+    logits: Tensor,
+    params: SamplingParams,
+    generator: torch.Generator | None = None,
+    *,
+    vocab_size: int | None = None,
+) -> Tensor:
+    """Next token ids (B,) from logits (B, V); with `vocab_size` (the tokenizer's) only ids below it.
+
+    A model's vocabulary is often padded past its tokenizer's (OLMo's 100,278 tokens to 100,352): the
+    padding ids have no text, so sampling one would end the turn in a decode error."""
+    if vocab_size is not None and vocab_size < logits.shape[-1]:
+        logits = logits[..., :vocab_size]  # a view: ids keep their numbers
     if params.greedy:
         return logits.argmax(dim=-1)
     probs = filter_logits(logits, params).softmax(dim=-1)  # (B, V)

@@ -8,11 +8,15 @@ Design choices:
   ids. The chat renderer uses the latter only for the markup it writes itself.
 - Streaming: `StreamDecoder` turns ids into text pieces that never split a UTF-8 character; bytes of an
   incomplete character are held until the character completes.
+- `digest`: the sha256 of what defines the tokenizer (its tokenizer.json bytes; for the byte tokenizer,
+  its special tokens). A session's model fingerprint includes it (`fingerprint_with_tokenizer`): the
+  same weights read through another tokenizer see other ids, so a saved state would be misread.
 """
 
 from __future__ import annotations
 
 import codecs
+import hashlib
 import re
 import threading
 from collections.abc import Iterable, Sequence
@@ -37,6 +41,15 @@ NATIVE_SPECIAL_TOKENS: tuple[str, ...] = (
 )
 
 TOKENIZER_FILE = "tokenizer.json"
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def encodable(text: str) -> str:
+    """`text` with each lone surrogate as U+FFFD. A str may hold them (an undecodable byte of a
+    command-line argument or file name, a JSON `"\\ud800"` escape) but UTF-8 cannot encode them, and
+    both tokenizers would raise."""
+    return text if _LONE_SURROGATE.search(text) is None else _LONE_SURROGATE.sub("\ufffd", text)
 
 
 class TokenizerLike(Protocol):
@@ -99,8 +112,10 @@ class ByteTokenizer:
         # Longest first, so a special that is a prefix of another cannot shadow it.
         alternatives = sorted(self.special_tokens, key=len, reverse=True)
         self._special_re = re.compile("|".join(re.escape(t) for t in alternatives))
+        self.digest = hashlib.sha256(b"byte-tokenizer|" + "|".join(special_tokens).encode()).hexdigest()
 
     def encode(self, text: str, *, special: bool = False) -> list[int]:
+        text = encodable(text)
         if not special:
             return list(text.encode("utf-8"))
         ids: list[int] = []
@@ -140,8 +155,10 @@ class ByteTokenizer:
 class Tokenizer:
     """A `tokenizers` tokenizer.json (BPE, Unigram, ...)."""
 
-    def __init__(self, hf: _HFTokenizer) -> None:
+    def __init__(self, hf: _HFTokenizer, *, digest: str | None = None) -> None:
+        """`digest`: the sha256 of the file `hf` was read from (`from_file`); else of its JSON."""
         self._hf = hf
+        self.digest = digest or hashlib.sha256(hf.to_str().encode()).hexdigest()
         self._lock = threading.Lock()  # encode flips a setting of the shared Rust tokenizer
         self.vocab_size = hf.get_vocab_size(with_added_tokens=True)
         self.special_tokens: dict[str, int] = {
@@ -156,7 +173,8 @@ class Tokenizer:
         if not path.is_file():
             raise TokenizerError(f"no tokenizer file at {path}; pass a tokenizer.json or its directory")
         try:
-            return cls(_HFTokenizer.from_file(str(path)))
+            data = path.read_bytes()
+            return cls(_HFTokenizer.from_str(data.decode("utf-8")), digest=hashlib.sha256(data).hexdigest())
         except Exception as e:  # the Rust side raises a bare Exception on a malformed file
             raise TokenizerError(f"cannot read {path} as a tokenizers file: {e}") from e
 
@@ -165,7 +183,7 @@ class Tokenizer:
         with self._lock:
             self._hf.encode_special_tokens = not special
             try:
-                return self._hf.encode(text, add_special_tokens=False).ids
+                return self._hf.encode(encodable(text), add_special_tokens=False).ids
             finally:
                 self._hf.encode_special_tokens = False
 
@@ -186,6 +204,20 @@ class Tokenizer:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._hf.save(str(path))
         return path
+
+
+# Hex digits of the tokenizer digest kept in a fingerprint (128 bits; the whole fits the 128-character
+# fingerprint column next to the model's 64).
+TOKENIZER_DIGEST_CHARS = 32
+
+
+def fingerprint_with_tokenizer(model_fingerprint: str, tokenizer: object) -> str:
+    """`MODEL:TOKENIZER`, the fingerprint a session records: the model's own (config + weights) and the
+    start of its tokenizer's `digest`. A tokenizer without a digest leaves the model's as it is."""
+    digest = getattr(tokenizer, "digest", None)
+    if not digest:
+        return model_fingerprint
+    return f"{model_fingerprint}:{digest[:TOKENIZER_DIGEST_CHARS]}"
 
 
 def load_tokenizer(directory: str | Path | None) -> Tokenizer | ByteTokenizer:

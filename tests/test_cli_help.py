@@ -35,7 +35,7 @@ def test_no_terminal_on_stdin_says_use_run_and_exits_2() -> None:
     assert out.returncode == 2
     assert out.stdout == ""
     assert out.stderr.splitlines() == [
-        'hybrid-agent: the terminal UI needs a terminal on stdin and stdout; without one, use '
+        "hybrid-agent: the terminal UI needs a terminal on stdin and stdout; without one, use "
         '`hybrid-agent run "PROMPT"`'
     ]
 

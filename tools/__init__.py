@@ -1,5 +1,5 @@
 """tools/ — the tool layer: typed tools, a registry with plugins and MCP servers, a confined
-workspace, approvals and an undo journal. See ../docs/interfaces.md and /work/shared/DESIGN.md."""
+workspace, approvals and an undo journal. See docs/interfaces.md and docs/design.md."""
 
 from hybrid_agent.tools.base import Limits, Policy, Preview, Tool, ToolContext, ToolResult, tool
 from hybrid_agent.tools.errors import (
@@ -10,7 +10,15 @@ from hybrid_agent.tools.errors import (
     UndoError,
     WorkspaceError,
 )
-from hybrid_agent.tools.journal import Journal, JournalEntry, MemoryJournal, undo_after_turn, undo_last
+from hybrid_agent.tools.journal import (
+    Journal,
+    JournalEntry,
+    MemoryJournal,
+    WriteAheadJournal,
+    reconcile,
+    undo_after_turn,
+    undo_last,
+)
 from hybrid_agent.tools.registry import ENTRY_POINT_GROUP, ToolRegistry
 from hybrid_agent.tools.workspace import Workspace
 
@@ -33,6 +41,8 @@ __all__ = [
     "UndoError",
     "Workspace",
     "WorkspaceError",
+    "WriteAheadJournal",
+    "reconcile",
     "tool",
     "undo_after_turn",
     "undo_last",

@@ -21,12 +21,13 @@ import inspect
 import json
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, get_type_hints, overload
 
 from hybrid_agent.tools.errors import ToolDefinitionError
-from hybrid_agent.tools.journal import Journal
+from hybrid_agent.tools.journal import Journal, JournaledChange
 from hybrid_agent.tools.workspace import Workspace
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.fields import FieldInfo
@@ -69,10 +70,11 @@ class Limits:
     write_max_bytes: int = 8 * 1024 * 1024
     journal_max_bytes: int = 32 * 1024 * 1024  # a file bigger than this cannot be journaled -> not written
     grep_max_results: int = 200
-    grep_max_file_bytes: int = 4 * 1024 * 1024
+    grep_max_line_bytes: int = 1024 * 1024  # a longer line (minified code) is searched in its head only
     list_max_entries: int = 2_000
     command_output_max_chars: int = 30_000
     command_snapshot_max_bytes: int = 128 * 1024 * 1024  # before-images kept while a command runs
+    call_seconds: float = 20.0  # wall-clock budget of one call; the built-ins check it as they go
 
 
 @dataclass
@@ -85,23 +87,55 @@ class ToolContext:
     approved: bool = False  # true when a person approved this call (policy `ask`)
     cancel: threading.Event = field(default_factory=threading.Event)
     limits: Limits = field(default_factory=Limits)
+    deadline: float = 0.0  # time.monotonic() value the call must end by; 0: limits.call_seconds from now
+
+    def __post_init__(self) -> None:
+        if not self.deadline:
+            self.deadline = time.monotonic() + self.limits.call_seconds
+
+    def time_left(self) -> float:
+        """Seconds left of this call's budget (negative once it has run out)."""
+        return self.deadline - time.monotonic()
+
+    def stop_reason(self) -> str | None:
+        """Why a long-running tool should stop now (cancelled, or out of time), or None to go on.
+        Tools that loop over files or lines call this as they go and say in their result that they
+        stopped early, so the budget holds inside the call, not only between calls."""
+        if self.cancel.is_set():
+            return "the call was cancelled"
+        if time.monotonic() >= self.deadline:
+            return f"the {self.limits.call_seconds:g} s time budget of one tool call ran out"
+        return None
 
     def write_bytes(self, path: str, data: bytes) -> tuple[str, bytes | None]:
         """Write a file inside the workspace and journal it. Returns (relative path, previous bytes)."""
         with self.workspace.lock:
-            rel, before = self.workspace.write_bytes(
-                path, data, journal_max_bytes=self.limits.journal_max_bytes
-            )
-            if before != data:
-                self.journal.record(self.turn, rel, before, data)
+            change = JournaledChange(self.journal, self.workspace, self.turn, data)
+            try:
+                rel, before = self.workspace.write_bytes(
+                    path,
+                    data,
+                    journal_max_bytes=self.limits.journal_max_bytes,
+                    before_write=change.before_write,
+                )
+            except BaseException:
+                change.failed()
+                raise
+            change.done()
         return rel, before
 
     def delete(self, path: str) -> tuple[str, bytes | None]:
         """Delete a file inside the workspace and journal it. Returns (relative path, previous bytes)."""
         with self.workspace.lock:
-            rel, before = self.workspace.delete(path, journal_max_bytes=self.limits.journal_max_bytes)
-            if before is not None:
-                self.journal.record(self.turn, rel, before, None)
+            change = JournaledChange(self.journal, self.workspace, self.turn, None)
+            try:
+                rel, before = self.workspace.delete(
+                    path, journal_max_bytes=self.limits.journal_max_bytes, before_write=change.before_write
+                )
+            except BaseException:
+                change.failed()
+                raise
+            change.done()
         return rel, before
 
 

@@ -6,6 +6,11 @@ the session); `MemoryJournal` is the in-process implementation used by tests and
 Undo never overwrites work it did not make: before reverting a change it checks that the file still
 holds exactly what the agent wrote (`after`). If someone edited the file since, the undo is refused
 and nothing at all is changed.
+
+A journal that keeps its entries on disk implements `WriteAheadJournal`: a tool's write is then
+recorded durably *before* the file changes (`begin`), so a process killed right after the write still
+left a way to undo it. The entry of a write that never happened (killed between `begin` and the write)
+is found on the next open by `reconcile`: the file still holds its `before` bytes.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import itertools
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 from hybrid_agent.tools.errors import UndoError, WorkspaceError
 from hybrid_agent.tools.workspace import Workspace
@@ -55,7 +60,8 @@ class ChangeRecord(Protocol):
 @runtime_checkable
 class Journal(Protocol):
     def record(self, turn: int, path: str, before: bytes | None, after: bytes | None) -> None:
-        """Append one change (called right after the change was made)."""
+        """Append one change (called right after the change was made; a `WriteAheadJournal` gets
+        tool writes through `begin` instead, and only changes found after the fact here)."""
         ...
 
     def entries(self, after_turn: int | None = None) -> Sequence[ChangeRecord]:
@@ -64,6 +70,18 @@ class Journal(Protocol):
 
     def mark_reverted(self, entry_ids: Iterable[int]) -> None:
         """Flag entries as undone so they are not undone twice."""
+        ...
+
+
+@runtime_checkable
+class WriteAheadJournal(Journal, Protocol):
+    def begin(self, turn: int, path: str, before: bytes | None, after: bytes | None) -> int:
+        """Record, durably, a change that is about to be made; returns its entry id. Called instead of
+        `record` by tool writes, before the file is touched."""
+        ...
+
+    def cancel(self, entry_id: int) -> None:
+        """The change announced by `begin` was not made (the write failed): undo must skip it."""
         ...
 
 
@@ -87,6 +105,68 @@ class MemoryJournal:
         ids = set(entry_ids)
         with self._lock:
             self._entries = [replace(e, reverted=True) if e.id in ids else e for e in self._entries]
+
+
+class JournaledChange:
+    """One tool write or delete of one file, journaled ahead of the change when the journal can be.
+
+    `Workspace.write_bytes`/`delete` call `before_write(rel, before)` once they know the old bytes,
+    right before they touch the file; the caller then calls `done()` on success or `failed()` when the
+    workspace raised.
+    """
+
+    def __init__(self, journal: Journal, workspace: Workspace, turn: int, after: bytes | None) -> None:
+        self.journal, self.workspace, self.turn, self.after = journal, workspace, turn, after
+        self.rel: str | None = None
+        self.before: bytes | None = None
+        self.entry: int | None = None
+
+    def before_write(self, rel: str, before: bytes | None) -> None:
+        if before == self.after:
+            return  # the same bytes again: nothing to undo
+        self.rel, self.before = rel, before
+        if isinstance(self.journal, WriteAheadJournal):
+            self.entry = self.journal.begin(self.turn, rel, before, self.after)
+
+    def done(self) -> None:
+        if self.rel is not None and self.entry is None:  # not journaled ahead: record it now
+            self.journal.record(self.turn, self.rel, self.before, self.after)
+
+    def failed(self) -> None:
+        """The workspace raised. If the file holds the new bytes anyway (it failed after the change),
+        the entry stays; otherwise the change was not made and the entry is cancelled."""
+        if self.entry is None or self.rel is None:
+            return
+        try:
+            made = _current(self.workspace, self.rel) == self.after
+        except WorkspaceError:
+            made = False
+        if not made:
+            cast(WriteAheadJournal, self.journal).cancel(self.entry)
+
+
+def reconcile(journal: Journal, workspace: Workspace, after_turn: int = 0) -> list[str]:
+    """Match the journal with the disk after a crash: a change journaled ahead whose write never
+    happened (the file still holds its `before` bytes, not its `after`) is marked reverted, so undo
+    skips it instead of refusing. Only the newest live change of each path can be such a one (the
+    next change of a path starts from what is on disk), and only in turns after `after_turn` (a saved
+    turn's writes all finished). Returns the paths of the changes dropped."""
+    newest: dict[str, ChangeRecord] = {}
+    for e in journal.entries(after_turn=after_turn):
+        if not e.reverted:
+            newest[e.path] = e
+    dropped: list[ChangeRecord] = []
+    with workspace.lock:
+        for path, e in newest.items():
+            try:
+                now = _current(workspace, path)
+            except WorkspaceError:
+                continue  # unreadable now: leave it to undo, which says why
+            if now == e.before and now != e.after:
+                dropped.append(e)
+    if dropped:
+        journal.mark_reverted(e.id for e in dropped)
+    return [e.path for e in dropped]
 
 
 def _current(ws: Workspace, path: str) -> bytes | None:

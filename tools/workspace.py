@@ -22,13 +22,13 @@ import os
 import secrets
 import stat
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 import pathspec
 from hybrid_agent.tools.errors import WorkspaceError
+from hybrid_agent.tools.walk import WALK_MAX_DEPTH, Entry, WalkNotes, walk
 
 PROTECTED_DIRS = (".git", ".hybrid-agent")
 NAME_MAX = 255  # bytes per path component (Linux, macOS)
@@ -36,18 +36,11 @@ PATH_MAX = 4096
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_SKIP_CHUNK = 1 << 16
+# Called by a write with (relative path, previous bytes or None) right before the file changes.
+BeforeWrite = Callable[[str, "bytes | None"], None]
+
 _TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One item of a listing; `path` is relative to the workspace root, '/'-separated."""
-
-    path: str
-    kind: str  # "file", "dir", "link", "other"
-    size: int
-    mtime_ns: int
-    inode: int = 0
 
 
 def _kind(mode: int) -> str:
@@ -234,6 +227,28 @@ class Workspace:
             raise WorkspaceError(f"{rel} grew past the limit of {max_bytes} bytes while being read")
         return rel, data
 
+    @staticmethod
+    def iter_lines(
+        f: BinaryIO, *, keep: int, stop: Callable[[], object] | None = None
+    ) -> Iterator[tuple[bytes, int]]:
+        """(head, length) of each line of `f`: its first `keep` bytes (newline included when it fits)
+        and its length in bytes, newline not counted. The rest of a longer line is skipped in bounded
+        chunks, so memory stays O(keep) however long a line is (a minified file can be one 100 MB
+        line). `stop`, checked between chunks of a long line, ends the iteration early when truthy."""
+        while head := f.readline(keep):
+            length = len(head)
+            if head.endswith(b"\n"):
+                length -= 1
+            elif length == keep:
+                while part := f.readline(_SKIP_CHUNK):
+                    length += len(part)
+                    if part.endswith(b"\n"):
+                        length -= 1
+                        break
+                    if stop is not None and stop():
+                        return
+            yield head, length
+
     def exists(self, path: str) -> bool:
         try:
             return self.resolve(path).exists()
@@ -255,8 +270,12 @@ class Workspace:
             )
         return data
 
-    def write_bytes(self, path: str, data: bytes, *, journal_max_bytes: int) -> tuple[str, bytes | None]:
-        """Atomically replace (or create) a file. Returns (relative path, previous content or None)."""
+    def write_bytes(
+        self, path: str, data: bytes, *, journal_max_bytes: int, before_write: BeforeWrite | None = None
+    ) -> tuple[str, bytes | None]:
+        """Atomically replace (or create) a file. Returns (relative path, previous content or None).
+        `before_write(rel, previous)` runs once the previous content is read, before anything changes
+        (a journal records the change ahead of it there)."""
         parts = self._parts(path)
         rel = self._check_writable(parts)
         name = parts[-1]
@@ -267,6 +286,8 @@ class Workspace:
                 mode = None
                 if before is not None:
                     mode = stat.S_IMODE(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode)
+                if before_write is not None:
+                    before_write(rel, before)
                 # Keep the temp name within NAME_MAX whatever the target's length.
                 tmp = f".{name[:180]}.{secrets.token_hex(8)}.tmp"
                 fd = os.open(tmp, _TMP_FLAGS, 0o666, dir_fd=dfd)
@@ -288,8 +309,11 @@ class Workspace:
                 os.close(dfd)
         return rel, before
 
-    def delete(self, path: str, *, journal_max_bytes: int) -> tuple[str, bytes | None]:
-        """Delete a regular file. Returns (relative path, its content before)."""
+    def delete(
+        self, path: str, *, journal_max_bytes: int, before_write: BeforeWrite | None = None
+    ) -> tuple[str, bytes | None]:
+        """Delete a regular file. Returns (relative path, its content before). `before_write`: as in
+        `write_bytes`."""
         parts = self._parts(path)
         rel = self._check_writable(parts)
         with self.lock:
@@ -298,6 +322,8 @@ class Workspace:
                 before = self._current(dfd, parts[-1], rel, journal_max_bytes)
                 if before is None:
                     raise WorkspaceError(f"{rel} does not exist")
+                if before_write is not None:
+                    before_write(rel, before)
                 os.unlink(parts[-1], dir_fd=dfd)  # unlink removes the name; it never follows a link
             except OSError as e:
                 raise self._os_error(rel, e) from None
@@ -307,26 +333,18 @@ class Workspace:
 
     # --- listing ------------------------------------------------------------------------------------
 
-    def _scan(self, rel_dir: str) -> list[tuple[str, os.stat_result]]:
-        """(name, lstat) of a folder's entries, sorted. The folder is opened by the no-follow walk, so
-        a folder swapped for a link out of the workspace is skipped, not listed."""
+    def _gitignore(self, fd: int, rel_dir: str) -> pathspec.GitIgnoreSpec | None:
+        """The .gitignore of the open folder `fd`, or None (absent, not a regular file, unreadable)."""
+        name = f"{rel_dir}/.gitignore" if rel_dir else ".gitignore"
         try:
-            fd = self._open_dir(tuple(rel_dir.split("/")) if rel_dir else ())
+            opened = self._open_regular(fd, ".gitignore", name)
+            if opened is None:
+                return None
+            with os.fdopen(opened[0], "rb") as f:
+                data = f.read(1 << 20)
         except (WorkspaceError, OSError):
-            return []  # gone or unreadable: a listing is best effort
-        try:
-            out = []
-            with os.scandir(fd) as it:
-                for d in it:
-                    try:
-                        out.append((d.name, os.stat(d.name, dir_fd=fd, follow_symlinks=False)))
-                    except OSError:
-                        continue
-            return sorted(out, key=lambda item: item[0])
-        except OSError:
-            return []
-        finally:
-            os.close(fd)
+            return None
+        return pathspec.GitIgnoreSpec.from_lines(data.decode("utf-8", "replace").splitlines())
 
     def iter_entries(
         self,
@@ -335,64 +353,23 @@ class Workspace:
         recursive: bool = True,
         gitignore: bool = True,
         max_depth: int | None = None,
+        notes: WalkNotes | None = None,
     ) -> Iterator[Entry]:
-        """Entries under `start`, sorted per folder, skipping `.git` and (optionally) ignored paths.
-        Symbolic links are listed, never followed."""
+        """Entries under `start`, sorted per folder, skipping `.git` and (optionally) ignored paths;
+        links are listed, never followed. At most WALK_MAX_DEPTH (and `max_depth`) levels deep; what
+        the walk left out is recorded in `notes` (see tools/walk.py)."""
         base = self.resolve(start)
         if not base.is_dir():
             raise WorkspaceError(f"{self.relative(start)} is not a directory")
-        base_rel = base.relative_to(self.root).as_posix()
-        ignore = _IgnoreRules(self)  # fresh per listing: a .gitignore may have changed since the last one
-        stack: list[tuple[str, int]] = [("" if base_rel == "." else base_rel, 0)]
-        while stack:
-            rel_dir, depth = stack.pop()
-            subdirs: list[tuple[str, int]] = []
-            for name, st in self._scan(rel_dir):
-                rel = f"{rel_dir}/{name}" if rel_dir else name
-                if name == ".git":
-                    continue
-                is_dir = stat.S_ISDIR(st.st_mode)
-                if gitignore and ignore.ignored(rel, is_dir):
-                    continue
-                kind = (
-                    "dir"
-                    if is_dir
-                    else "file"
-                    if stat.S_ISREG(st.st_mode)
-                    else "link"
-                    if stat.S_ISLNK(st.st_mode)
-                    else "other"
-                )
-                yield Entry(rel, kind, st.st_size, st.st_mtime_ns, st.st_ino)
-                if is_dir and recursive and (max_depth is None or depth + 1 < max_depth):
-                    subdirs.append((rel, depth + 1))
-            stack.extend(reversed(subdirs))
-
-
-class _IgnoreRules:
-    """.gitignore files of the workspace (root and nested), read once per folder, for relevance only."""
-
-    def __init__(self, ws: Workspace) -> None:
-        self._ws = ws
-        self._specs: dict[str, pathspec.GitIgnoreSpec | None] = {}
-
-    def _spec(self, rel_dir: str) -> pathspec.GitIgnoreSpec | None:
-        if rel_dir not in self._specs:
-            spec = None
-            try:
-                _, data = self._ws.read_bytes(
-                    f"{rel_dir}/.gitignore" if rel_dir else ".gitignore", max_bytes=1 << 20
-                )
-                spec = pathspec.GitIgnoreSpec.from_lines(data.decode("utf-8", "replace").splitlines())
-            except WorkspaceError:
-                pass
-            self._specs[rel_dir] = spec
-        return self._specs[rel_dir]
-
-    def ignored(self, rel: str, is_dir: bool) -> bool:
-        parts = rel.split("/")
-        for i in range(len(parts)):
-            spec = self._spec("/".join(parts[:i]))
-            if spec is not None and spec.match_file("/".join(parts[i:]) + ("/" if is_dir else "")):
-                return True
-        return False
+        parts = base.relative_to(self.root).parts
+        limit = WALK_MAX_DEPTH if max_depth is None else min(max_depth, WALK_MAX_DEPTH)
+        notes = notes if notes is not None else WalkNotes()
+        yield from walk(
+            self.root,
+            parts,
+            recursive=recursive,
+            gitignore=gitignore,
+            limit=limit,
+            notes=notes,
+            read_gitignore=self._gitignore,
+        )

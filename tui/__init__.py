@@ -1,1 +1,1 @@
-"""tui/ — see ../shared/DESIGN.md."""
+"""tui/ — the terminal UI; see docs/design.md."""

@@ -1,7 +1,7 @@
 """Alembic environment for the store.
 
-Only the programmatic path is supported: `memory.database.migrate` passes an open connection (inside a
-write transaction that it owns) through `config.attributes["connection"]`. No alembic.ini is needed.
+Only the programmatic path is supported: `hybrid_agent.memory.database.migrate` passes an open connection
+(inside a write transaction that it owns) through `config.attributes["connection"]`. No alembic.ini is needed.
 """
 
 from __future__ import annotations

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
 import torch
-from hybrid_agent.model.attention import Attention
 from hybrid_agent.model.chat import ChatFormat, NativeChatFormat
 from hybrid_agent.model.checkpoints import bamba, falcon_h1, mamba2, native, nemotron_h, olmo_hybrid
 from hybrid_agent.model.checkpoints.digests import TensorDigests
@@ -34,7 +34,6 @@ from hybrid_agent.model.checkpoints.tool_formats import format_class_for
 from hybrid_agent.model.config import HybridConfig
 from hybrid_agent.model.errors import CheckpointError
 from hybrid_agent.model.hybrid import HybridLM, combine_fingerprint, weight_header
-from hybrid_agent.model.layers import rope_inv_freq
 from hybrid_agent.model.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 from torch import Tensor
 
@@ -232,13 +231,18 @@ def _fill(data: Tensor, names: list[str], src: Source, shards: ShardSet, family:
 
 
 def _restore_buffers(model: HybridLM) -> None:
-    """`to_empty` leaves non-persistent buffers uninitialised: recompute them from the config.
-
-    The only ones are RoPE frequencies; the adapted families use `Attention` (not MLA)."""
-    theta = model.config.attention.rope_theta
-    for module in model.modules():
-        if isinstance(module, Attention) and module.inv_freq is not None and theta is not None:
-            module.inv_freq.copy_(rope_inv_freq(module.rope_dim, theta))
+    """`to_empty` leaves non-persistent buffers uninitialised (no checkpoint holds them): every module
+    that has one recomputes it from its config with `reset_buffers` (the RoPE frequencies of
+    `Attention` and `MLA`)."""
+    for name, module in model.named_modules():
+        if not any(module._buffers.get(b) is not None for b in module._non_persistent_buffers_set):
+            continue
+        reset = getattr(module, "reset_buffers", None)
+        if reset is None:  # a new module kind without one: a bug in the model, not a bad checkpoint
+            raise AssertionError(
+                f"{type(module).__name__} at {name!r} has unsaved buffers but no reset_buffers"
+            )
+        reset()
 
 
 def load_chat_format(root: Path, tokenizer: Tokenizer | ByteTokenizer) -> ChatFormat:
@@ -298,4 +302,8 @@ def load_model(
             f"the tokenizer in {root} has {tokenizer.vocab_size} tokens but the model only "
             f"{model.config.vocab_size}; the tokenizer belongs to another model"
         )
+    if tokenizer.vocab_size < model.config.vocab_size:  # a padded vocabulary: common, and harmless
+        n, v = tokenizer.vocab_size, model.config.vocab_size
+        print(f"note: {root.name} has {v} token ids but its tokenizer {n}; ids {n}.. are never sampled",
+              file=sys.stderr, flush=True)  # fmt: skip
     return model, tokenizer, load_chat_format(root, tokenizer)

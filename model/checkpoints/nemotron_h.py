@@ -5,14 +5,15 @@ mixer, attention without positional encoding, or a squared-ReLU MLP (`down(relu(
 layers carry no MLP of their own (`mlp.in_mixer_layers=False`) and the MLP layers are `mlp` layers.
 The layer pattern comes as `layers_block_type` or, in older configs, `hybrid_override_pattern`
 (`M` Mamba-2, `*` attention, `-` MLP, `E` MoE). Weights are under `backbone.` (released) or `model.`.
-Its Mamba-2 mixer clamps dt below at `time_step_min` (transformers hard-codes that limit).
+Its Mamba-2 scan clamps dt to `time_step_limit` (`mamba_dt_limit` in older configs; default (0, inf), no
+clamp), as NVIDIA's kernels and transformers >= 5.25 do; `time_step_min`/`time_step_max` only set dt's init.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from hybrid_agent.model.checkpoints.plan import MAMBA2_WEIGHTS, Source, get, number, spellings, take
+from hybrid_agent.model.checkpoints.plan import MAMBA2_WEIGHTS, Source, dt_limit, get, spellings, take
 from hybrid_agent.model.config import HybridConfig
 from hybrid_agent.model.errors import CheckpointError
 
@@ -64,7 +65,7 @@ def hybrid_config(hf: dict[str, Any]) -> HybridConfig:
             "chunk_size": get(hf, "chunk_size", 128),
             "conv_bias": get(hf, "use_conv_bias", True),
             "bias": get(hf, "use_bias", False),
-            "dt_limit": (number(get(hf, "time_step_min", get(hf, "mamba_dt_min", 0.001))), None),
+            "dt_limit": dt_limit(get(hf, "time_step_limit", hf.get("mamba_dt_limit"))),
         },
         mlp={
             "in_mixer_layers": False,

@@ -15,81 +15,55 @@ The variant is picked from the template's text (it teaches the model its syntax)
 from __future__ import annotations
 
 import ast
-import json
-import re
+import math
 from typing import Any
 
-from hybrid_agent.model.chat import JinjaChatFormat, ParsedToolCall
+from hybrid_agent.model.chat import JinjaChatFormat, ParsedToolCall, call_from_object, load_call_json
 
 
-class _BlockToolCalls(JinjaChatFormat):
-    """A block between open and close markers holds one or more calls: subclasses parse the body."""
-
-    def parse_block(self, body: str, raw: str) -> list[ParsedToolCall]:
-        raise NotImplementedError
-
-    def parse_tool_calls(self, text: str) -> list[ParsedToolCall]:
-        calls: list[ParsedToolCall] = []
-        pattern = re.escape(self.tool_call_open) + r"(.*?)" + re.escape(self.tool_call_close)
-        for m in re.finditer(pattern, text, flags=re.DOTALL):
-            calls += self.parse_block(m.group(1).strip(), m.group(0))
-        last_close = text.rfind(self.tool_call_close)
-        tail = text[last_close + len(self.tool_call_close) :] if last_close >= 0 else text
-        if self.tool_call_open in tail:
-            raw = tail[tail.index(self.tool_call_open) :]
-            calls.append(
-                ParsedToolCall(None, {}, raw, f"the tool call was not closed with {self.tool_call_close}")
-            )
-        return calls
-
-
-def _call_from_object(obj: Any, raw: str) -> ParsedToolCall:
-    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
-        return ParsedToolCall(None, {}, raw, 'each tool call must be a JSON object with a string "name"')
-    args = obj.get("arguments", obj.get("parameters", {}))
-    if isinstance(args, str):  # some models write the arguments as a JSON string
-        try:
-            args = json.loads(args) if args.strip() else {}
-        except json.JSONDecodeError:
-            return ParsedToolCall(obj["name"], {}, raw, '"arguments" is a string that is not a JSON object')
-    if not isinstance(args, dict):
-        return ParsedToolCall(obj["name"], {}, raw, '"arguments" must be a JSON object')
-    return ParsedToolCall(obj["name"], args, raw)
-
-
-class NemotronToolCalls(_BlockToolCalls):
+class NemotronToolCalls(JinjaChatFormat):
     tool_call_open = "<TOOLCALL>"
     tool_call_close = "</TOOLCALL>"
 
     def parse_block(self, body: str, raw: str) -> list[ParsedToolCall]:
-        try:
-            obj = json.loads(body)
-        except json.JSONDecodeError as e:
-            return [
-                ParsedToolCall(None, {}, raw, f"the tool call is not valid JSON ({e.msg} at char {e.pos})")
-            ]
+        obj, error = load_call_json(body)
+        if error is not None:
+            return [ParsedToolCall(None, {}, raw, error)]
         items = obj if isinstance(obj, list) else [obj]
         if not items:
             return [ParsedToolCall(None, {}, raw, "the <TOOLCALL> list is empty")]
-        return [_call_from_object(item, raw) for item in items]
+        return [call_from_object(item, raw, what="each tool call") for item in items]
 
 
 _JSON_LITERALS = {"true": True, "false": False, "null": None}
 
 
 def _literal(node: ast.expr) -> Any:
+    """The JSON value a literal stands for; ValueError for anything else (bytes, complex numbers, sets,
+    `...`, non-finite floats, non-string keys), which a JSON object of arguments cannot hold."""
     if isinstance(node, ast.Name) and node.id in _JSON_LITERALS:
         return _JSON_LITERALS[node.id]
     if isinstance(node, ast.List | ast.Tuple):
         return [_literal(e) for e in node.elts]
     if isinstance(node, ast.Dict):
-        return {
-            _literal(k): _literal(v) for k, v in zip(node.keys, node.values, strict=True) if k is not None
-        }
-    return ast.literal_eval(node)  # numbers, strings, True/False/None, signed numbers; else ValueError
+        out = {}
+        for k, v in zip(node.keys, node.values, strict=True):
+            if k is not None:
+                key = _literal(k)
+                if not isinstance(key, str):
+                    raise ValueError(f"the key {key!r} is not a string")
+                out[key] = _literal(v)
+        return out
+    value = ast.literal_eval(node)  # numbers, strings, True/False/None, signed numbers; else ValueError
+    if isinstance(value, int):
+        str(value)  # ValueError for an int too long to write in decimal (a huge hex literal)
+        return value
+    if value is None or isinstance(value, str) or (isinstance(value, float) and math.isfinite(value)):
+        return value
+    raise ValueError(f"{type(value).__name__} is not a JSON value")
 
 
-class PythonicToolCalls(_BlockToolCalls):
+class PythonicToolCalls(JinjaChatFormat):
     tool_call_open = "<function_calls>"
     tool_call_close = "</function_calls>"
 
@@ -101,6 +75,12 @@ class PythonicToolCalls(_BlockToolCalls):
                 ParsedToolCall(
                     None, {}, raw, f"the function call is not valid syntax ({e.msg}, line {e.lineno})"
                 )
+            ]
+        except ValueError as e:  # a lone surrogate cannot be encoded for the parser
+            return [ParsedToolCall(None, {}, raw, f"the function call is not valid text ({e})")]
+        except (MemoryError, RecursionError):  # the parser's own stack ran out
+            return [
+                ParsedToolCall(None, {}, raw, "the function call is not valid syntax (nested too deeply)")
             ]
         calls: list[ParsedToolCall] = []
         for stmt in tree.body:

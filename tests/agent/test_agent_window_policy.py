@@ -42,6 +42,7 @@ def test_resume_switches_to_the_sessions_window_and_new_goes_back(make_agent, sc
     # A new session runs with the policy the agent was opened with, and records it.
     fresh = agent.new_session()
     assert (agent.window, engine.sinks) == (None, 0)
+    run(agent, "three")  # a new session's row is written with its first saved turn
     assert (store.get_session(fresh).meta["window"], store.get_session(fresh).meta["sinks"]) == (None, 0)
     # A session made before policies were recorded keeps the engine's.
     legacy = store.create_session("old", store.get_session(fresh).workspace, engine.fingerprint)

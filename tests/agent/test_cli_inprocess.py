@@ -104,7 +104,11 @@ def test_errors(
         (["--model", env["model"], "--db", env["db"], "--device", "gpu0"], "--device gpu0"),  # the TUI too
     ]  # fmt: skip
     for argv, needle in cases:
-        code, out, err = call(capsys, *argv)
+        with monkeypatch.context() as m:
+            if argv[0] not in ("run", "sessions"):  # the UI's own checks, as on a terminal
+                m.setattr(sys.stdin, "isatty", lambda: True)
+                m.setattr(sys.stdout, "isatty", lambda: True)
+            code, out, err = call(capsys, *argv)
         assert code == 1, (argv, out, err)
         assert err.startswith("hybrid-agent: error: ") and needle in err, (argv, err)
         assert len(err.strip().splitlines()) == 1, err

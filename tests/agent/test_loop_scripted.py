@@ -439,10 +439,12 @@ def test_a_turn_another_process_saved_first_is_kept_on_a_fork(make_agent, store)
     assert store.get_session(sid).latest_turn == 2  # the first window's session is untouched
 
 
-def test_a_first_turn_another_process_saved_first_starts_a_new_session(make_agent, store) -> None:
-    first, _ = make_agent(["A.<|end|>"])
-    sid = first.session_id
-    second, engine = make_agent(["B.<|end|>"], session_id=sid)  # the same new, empty session
+def test_a_first_turn_another_process_saved_first_starts_a_new_session(make_agent, store, workspace) -> None:
+    # A session with a row but no turn yet (a first turn killed after its tool wrote a file leaves one;
+    # a new session's row is only written with its first change), open in two windows.
+    sid = store.create_session("", str(workspace), "scripted-engine-v1").id
+    first, _ = make_agent(["A.<|end|>"], session_id=sid)
+    second, engine = make_agent(["B.<|end|>"], session_id=sid)
     run(first, "one")
     end = run(second, "two")[-1]
     assert end.saved and end.forked_from == sid and "(a new session)" in end.fork_notice()

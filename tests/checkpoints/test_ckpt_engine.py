@@ -25,7 +25,7 @@ def test_engine_on_a_loaded_checkpoint_resumes_exactly(checkpoint, family):
     folder, _ = checkpoint(family)
     model, tok, chat = load_model(folder)
     engine = ModelEngine(model, tok, chat, window=None, model_name=family)
-    assert engine.fingerprint == model.fingerprint
+    assert engine.fingerprint == f"{model.fingerprint}:{tok.digest[:32]}"  # the model's and its tokenizer's
     first = [ChatMessage("user", "list the files")]
     ids = engine.encode(chat.segment([], first, system="be brief"))
     assert ids[0] == tok.token_id("<|im_start|>")

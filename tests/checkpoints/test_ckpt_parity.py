@@ -136,6 +136,17 @@ def test_parity(checkpoint, case):
     check_parity(folder, hf)
 
 
+def test_nemotron_h_clamps_dt_to_time_step_limit_not_time_step_min(checkpoint):
+    """Nemotron-H's scan clamps dt to `time_step_limit` (default (0, inf): no clamp), as NVIDIA's
+    kernels do; `time_step_min` only sets dt's init range. Prefill only: transformers' one-token update
+    applies no limit at all, so a limit that bites makes its decode disagree with its own prefill."""
+    folder, hf = checkpoint("nemotron_h", time_step_limit=(0.02, 0.3))
+    model, _, _ = load_model(folder)
+    assert model.config.mamba2.dt_limit == (0.02, 0.3)
+    ids = torch.randint(0, hf.config.vocab_size, (1, PROMPT), generator=torch.Generator().manual_seed(0))
+    assert_close(reference_logits(hf, ids), model(ids, model.new_state()), "prefill")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", SLOW, ids=[_id(c) for c in SLOW])
 def test_parity_more_configs(checkpoint, case):

@@ -51,9 +51,8 @@ def test_triton_matches_reference(monkeypatch: pytest.MonkeyPatch, B, H, G, D, M
     if device == "cpu":
         pytest.importorskip("triton")
         monkeypatch.setenv("HYBRID_AGENT_KERNELS", "triton")  # the interpreter (tests/conftest.py sets it)
-    monkeypatch.setattr(ad, "OVERRIDE", config)
     q, k, v, pos = inputs(B, H, G, D, M, L, dtype, device, 1)
-    got = ad.attention_decode(q, k, v, pos, scale=D**-0.5)
+    got = ad.attention_decode(q, k, v, pos, scale=D**-0.5, config=config)
     want = ad.attention_decode_ref(q, k, v, pos, scale=D**-0.5)
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     assert got.dtype == q.dtype and not torch.isnan(got).any()
@@ -68,13 +67,12 @@ def test_triton_matches_reference(monkeypatch: pytest.MonkeyPatch, B, H, G, D, M
     ids=["default", "64-noprefetch", "128x16", "rows"],
 )  # fmt: skip
 @pytest.mark.parametrize("L", [1024, 16384])
-def test_triton_olmo_shape_gpu(monkeypatch: pytest.MonkeyPatch, config, L: int) -> None:
+def test_triton_olmo_shape_gpu(config, L: int) -> None:
     """OLMo Hybrid 7B's attention (30 heads of 128, one query head each), bf16, at 1k and 16k keys."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    monkeypatch.setattr(ad, "OVERRIDE", config)
     q, k, v, pos = inputs(1, 30, 1, 128, L + 64, L, torch.bfloat16, "cuda", 2)
     want = ad.attention_decode_ref(q, k, v, pos, scale=128**-0.5)
-    got = ad.attention_decode(q, k, v, pos, scale=128**-0.5)
+    got = ad.attention_decode(q, k, v, pos, scale=128**-0.5, config=config)
     err = float((got.float() - want.float()).norm() / want.float().norm())
     assert err < 1e-2, err

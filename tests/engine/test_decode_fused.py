@@ -1,5 +1,6 @@
-"""kernels.decode_fused: each reference against the model's own T == 1 arithmetic, and each Triton
-kernel against its reference (CPU interpreter in the default run, the GPU under -m gpu)."""
+"""The engine's fused one-token kernels (kernels/gdn_decode_prep.py, residual_rms_norm.py, silu_mul.py,
+attn_decode_prep.py, greedy_advance.py): each reference against the model's own T == 1 arithmetic,
+and each Triton kernel against its reference (CPU interpreter in the default run, the GPU under -m gpu)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hybrid_agent.kernels import causal_conv1d_step, rms_norm
-from hybrid_agent.kernels.decode_fused import gdn_decode_prep_ref, residual_rms_norm_ref, silu_mul_ref
+from hybrid_agent.kernels.gdn_decode_prep import gdn_decode_prep_ref
+from hybrid_agent.kernels.residual_rms_norm import residual_rms_norm_ref
+from hybrid_agent.kernels.silu_mul import silu_mul_ref
 from hybrid_agent.model.gated_deltanet import l2_normalize
 
 INTERP = os.environ.get("TRITON_INTERPRET") == "1"
@@ -51,7 +54,7 @@ def test_gdn_prep_reference_is_the_model_arithmetic() -> None:
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", [(1, 3, 12, 3, 20, 4, False), (2, 2, 16, 4, 8, 3, True)])
 def test_gdn_prep_triton(device: str, shape: tuple) -> None:
-    from hybrid_agent.kernels.triton_decode_fused import gdn_decode_prep_triton
+    from hybrid_agent.kernels.triton_gdn_decode_prep import gdn_decode_prep_triton
 
     B, Hk, Dk, Hv, Dv, W, neg = shape
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
@@ -80,7 +83,7 @@ def test_residual_rms_norm_reference_is_the_block_arithmetic() -> None:
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("wy, wo", [(True, True), (False, True), (True, False)])
 def test_residual_rms_norm_triton(device: str, wy: bool, wo: bool) -> None:
-    from hybrid_agent.kernels.triton_decode_fused import residual_rms_norm_triton
+    from hybrid_agent.kernels.triton_residual_rms_norm import residual_rms_norm_triton
 
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     g = torch.Generator(device).manual_seed(3)
@@ -101,7 +104,7 @@ def test_residual_rms_norm_triton(device: str, wy: bool, wo: bool) -> None:
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_silu_mul_triton(device: str) -> None:
-    from hybrid_agent.kernels.triton_decode_fused import silu_mul_triton
+    from hybrid_agent.kernels.triton_silu_mul import silu_mul_triton
 
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     gu = torch.randn(2, 1, 2 * 1500, device=device, generator=torch.Generator(device).manual_seed(4)).to(
@@ -134,7 +137,7 @@ def _attn_inputs(B: int, H: int, Hkv: int, Dh: int, M: int, R: int, norm: str, d
 
 @pytest.mark.parametrize("norm", ["full", "head", "none"])
 def test_attn_prep_reference_is_the_model_arithmetic(norm: str) -> None:
-    from hybrid_agent.kernels.decode_fused import attn_decode_prep_ref
+    from hybrid_agent.kernels.attn_decode_prep import attn_decode_prep_ref
     from hybrid_agent.model.layers import rotate
 
     B, H, Hkv, Dh, M, R = 2, 4, 2, 8, 11, 6  # partial RoPE (6 of 8 channels)
@@ -164,8 +167,8 @@ def test_attn_prep_reference_is_the_model_arithmetic(norm: str) -> None:
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("norm, R", [("full", 8), ("head", 6), ("none", 0)])
 def test_attn_prep_triton(device: str, norm: str, R: int) -> None:
-    from hybrid_agent.kernels.decode_fused import attn_decode_prep_ref
-    from hybrid_agent.kernels.triton_decode_fused import attn_decode_prep_triton
+    from hybrid_agent.kernels.attn_decode_prep import attn_decode_prep_ref
+    from hybrid_agent.kernels.triton_attn_decode_prep import attn_decode_prep_triton
 
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     # the GPU at OLMo Hybrid 7B's attention shape (30 heads of 128, full QK-norm, full RoPE)
@@ -186,8 +189,8 @@ def test_attn_prep_triton(device: str, norm: str, R: int) -> None:
 @pytest.mark.parametrize("device", DEVICES)
 def test_greedy_advance_triton(device: str) -> None:
     """argmax with ties (the first index wins, as torch.argmax), pos + 1, the token written at pos."""
-    from hybrid_agent.kernels.decode_fused import greedy_advance_ref
-    from hybrid_agent.kernels.triton_decode_fused import greedy_advance_triton
+    from hybrid_agent.kernels.greedy_advance import greedy_advance_ref
+    from hybrid_agent.kernels.triton_greedy_advance import greedy_advance_triton
 
     V = 100352 if device == "cuda" else 9000  # several blocks of 4096 and a ragged last one
     g = torch.Generator(device).manual_seed(7)
@@ -209,7 +212,7 @@ def test_greedy_advance_triton(device: str) -> None:
 
 
 def test_attn_prep_refuses_bad_input_before_any_write() -> None:
-    from hybrid_agent.kernels.decode_fused import attn_decode_prep
+    from hybrid_agent.kernels.attn_decode_prep import attn_decode_prep
     from hybrid_agent.kernels.errors import KernelInputError
 
     B, H, Hkv, Dh, M, R = 1, 4, 2, 8, 5, 8

@@ -24,7 +24,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.install
+# Each test installs torch into a new venv (for a Python whose CPU wheel the index lacks, its ~3 GB CUDA
+# build), far longer than the suite's default per-test limit.
+pytestmark = [pytest.mark.install, pytest.mark.timeout(2400)]
 
 REPO = Path(__file__).resolve().parents[2]
 LOCK = REPO / "requirements.lock"

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from hybrid_agent.kernels import gemv
 from hybrid_agent.kernels.errors import KernelInputError
-from hybrid_agent.kernels.gemv import GemvConfig, default_config, gemv_ref
+from hybrid_agent.kernels.gemv import CONFIGS, GemvConfig, default_config, gemv_config, gemv_ref
 from hybrid_agent.kernels.testing import rel_err
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 5e-3}
@@ -83,6 +83,17 @@ def test_gemv_default_config_and_table(dev: str) -> None:
     x, w, _ = _inputs(1, 24, 2048, torch.float32, dev, False, seed=9)
     assert default_config(24, 2048).split_k > 1
     assert rel_err(gemv(x, w).double(), _exact(x, w, None)) < TOL[torch.float32]
+
+
+def test_gemv_table_is_read_only_and_chosen_by_a_function() -> None:
+    """The measured table cannot be changed in place; `gemv_config` returns its entry for a listed
+    (N, K) and `default_config`'s otherwise (callers with other choices pass `config=`)."""
+    with pytest.raises(TypeError):
+        CONFIGS[(24, 2048)] = GemvConfig()  # type: ignore[index]
+    cuda, bf16 = torch.device("cuda"), torch.bfloat16
+    assert gemv_config(cuda, (3840, 11008), bf16) == GemvConfig(16, 256, 2, 4, 2)
+    assert gemv_config(cuda, (100352, 3840), bf16) == GemvConfig(8, 512, 1, 4, 2)
+    assert gemv_config(cuda, (24, 2048), bf16) == default_config(24, 2048)
 
 
 def test_gemv_bad_inputs() -> None:

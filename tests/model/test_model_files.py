@@ -6,10 +6,14 @@ import json
 
 import pytest
 import torch
-from hybrid_agent.model import CheckpointError, ConfigError, HybridConfig, HybridLM
+from hybrid_agent.model import CheckpointError, ConfigError, HybridConfig, HybridLM, load_model
+from hybrid_agent.model.config import LAYER_TYPES
 from safetensors.torch import load_file, save_file
 
 MIXED = ["mamba2", "attention", "gated_deltanet", "parallel", "mlp"]
+MLA_SIZES = {"n_heads": 4, "kv_lora_rank": 12, "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "v_head_dim": 8}
+# Every layer kind (LAYER_TYPES, so a new kind is covered when it is added), and `parallel` with MLA.
+KIND_CASES = [(kind, "attention") for kind in LAYER_TYPES] + [("parallel", "mla")]
 
 
 def test_save_and_load_round_trip(make_model, tmp_path):
@@ -72,7 +76,7 @@ def test_olmo_hybrid_shape_preset_has_its_parameter_count():
     with torch.device("meta"):  # shapes only: 7.4 B parameters are not allocated
         hybrid = HybridLM(HybridConfig.from_name("olmo-hybrid-7b"))
         attn = HybridLM(HybridConfig.from_name("olmo-hybrid-7b-attn"))
-    assert hybrid.num_parameters() == 7_430_870_688  # ../shared/PERF-ANCHORS.md: 7.43 B
+    assert hybrid.num_parameters() == 7_430_870_688  # docs/design.md: 7.43 B
     assert hybrid.config.layer_types.count("attention") == 8 and attn.config.n_layers == 32
 
 
@@ -114,3 +118,20 @@ def test_every_layer_type_has_a_mixer_and_a_state_layout():
     from hybrid_agent.model.state import STATE_SPECS
 
     assert set(LAYER_TYPES) == set(MIXERS) == set(STATE_SPECS)
+
+
+@pytest.mark.parametrize("kind, parallel", KIND_CASES, ids=[f"{k}-{p}" for k, p in KIND_CASES])
+def test_every_buffer_is_rebuilt_when_a_saved_model_loads(make_model, tmp_path, kind, parallel):
+    """Buffers are not saved (RoPE frequencies): both loaders must rebuild every one, bit for bit.
+    load_model builds on the meta device and `to_empty`s, which leaves them uninitialised."""
+    model = make_model([kind, kind], mla=MLA_SIZES, parallel_attention=parallel, tie_embeddings=False)
+    model.save_pretrained(tmp_path)
+    ids = torch.randint(0, model.config.vocab_size, (1, 19), generator=torch.Generator().manual_seed(0))
+    want = model(ids, model.new_state())
+    buffers = dict(model.named_buffers())
+    for loaded in (load_model(tmp_path, progress=False)[0], HybridLM.from_pretrained(tmp_path)):
+        got = dict(loaded.named_buffers())
+        assert sorted(got) == sorted(buffers)
+        for name, buf in buffers.items():
+            assert got[name].dtype == buf.dtype and torch.equal(got[name], buf), f"buffer {name} differs"
+        assert torch.equal(loaded(ids, loaded.new_state()), want)

@@ -4,6 +4,7 @@ tools): streaming, approvals, cancel, quitting mid-turn, modes, input history, p
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 import threading
 import time
@@ -101,20 +102,28 @@ async def test_allow_always_stops_asking(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("key", ["escape", "ctrl+c"])
 async def test_cancel_mid_turn_keeps_last_snapshot(tmp_path: Path, key: str) -> None:
-    rig = Rig(tmp_path, ["First.<|end|>", "word " * 1000], token_delay=0.002)
+    rig = Rig(tmp_path, ["First.<|end|>", "word " * 1000])
     app = rig.app
     async with app.run_test() as pilot:
         await ready(pilot)
         await send(pilot, "one")
         await settle(pilot)
         saved_tokens = rig.engine.n_tokens
+        # The second answer streams a few words, then the model thread waits for the cancel: the turn
+        # cannot end on its own before the key is handled, however slow the machine (no race).
+        assert rig.agent is not None
+        cancelled = threading.Event()
+        agent_cancel = rig.agent.cancel
+        rig.agent.cancel = lambda: (agent_cancel(), cancelled.set())  # type: ignore[method-assign]
+        decoded = itertools.count()
+        rig.engine.step_hook = lambda n: next(decoded) > 20 and cancelled.wait(60)
         await send(pilot, "long answer")
         await until(pilot, lambda: len(app.query(AssistantMessage)) == 2, "the second answer to start")
         assert app.bridge.turn_running
         await pilot.press(key)
         await settle(pilot)
         assert not app.bridge.turn_running
-        assert any("cancelled" in n.text for n in app.query(Notice))
+        assert any("cancelled" in n.text for n in app.query(Notice)), [n.text for n in app.query(Notice)]
         assert app.status_info.saved_turn == 1
         assert (rig.agent.turn, rig.engine.n_tokens) == (1, saved_tokens)  # back at the last snapshot
     assert rig.store().load_snapshot(rig.agent.session_id).turn == 1

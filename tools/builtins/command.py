@@ -23,6 +23,7 @@ from typing import Any
 
 from hybrid_agent.tools.base import Preview, Tool, ToolContext, ToolResult
 from hybrid_agent.tools.errors import WorkspaceError
+from hybrid_agent.tools.walk import WALK_MAX_DEPTH, WalkNotes
 from hybrid_agent.tools.workspace import Workspace
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -37,11 +38,14 @@ class FileState:
     content: bytes | None  # None: over the snapshot budget, not kept
 
 
-def snapshot(ws: Workspace, *, budget: int, per_file_max: int) -> dict[str, FileState]:
-    """Stat every regular file of the workspace (listing rules), keeping contents within `budget`."""
+def snapshot(
+    ws: Workspace, *, budget: int, per_file_max: int, notes: WalkNotes | None = None
+) -> dict[str, FileState]:
+    """Stat every regular file of the workspace (listing rules), keeping contents within `budget`.
+    Folders the walk leaves out (below WALK_MAX_DEPTH, unreadable) are recorded in `notes`."""
     out: dict[str, FileState] = {}
     used = 0
-    for e in ws.iter_entries("."):
+    for e in ws.iter_entries(".", notes=notes):
         if e.kind != "file" or ws.is_protected(e.path):
             continue
         content = None
@@ -151,8 +155,12 @@ class RunCommand(Tool):
 
     def run(self, args: Any, ctx: ToolContext) -> ToolResult:
         limits = ctx.limits
+        unwatched = WalkNotes()
         before = snapshot(
-            ctx.workspace, budget=limits.command_snapshot_max_bytes, per_file_max=limits.journal_max_bytes
+            ctx.workspace,
+            budget=limits.command_snapshot_max_bytes,
+            per_file_max=limits.journal_max_bytes,
+            notes=unwatched,
         )
         out = _Output(limits.command_output_max_chars)
         proc = subprocess.Popen(
@@ -213,6 +221,11 @@ class RunCommand(Tool):
             text += f"\n[changed files (undoable): {', '.join(changed)}]"
         if lost:
             text += f"\n[changed files too large to undo: {', '.join(lost)}]"
+        if unwatched.too_deep:
+            text += (
+                f"\n[files deeper than {WALK_MAX_DEPTH} folder levels are not watched: changes the "
+                "command made there were not journaled and cannot be undone]"
+            )
         data = {
             "exit_code": code,
             "stopped": stop_reason,

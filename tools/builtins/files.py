@@ -7,20 +7,33 @@ Binary files (a NUL byte in the first 8 KiB, the heuristic git uses) are refused
 
 from __future__ import annotations
 
+import codecs
 import difflib
 from typing import Any
 
 from hybrid_agent.tools.base import Preview, Tool, ToolContext, ToolResult
 from hybrid_agent.tools.errors import ToolError, WorkspaceError
+from hybrid_agent.tools.workspace import Workspace
 from pydantic import BaseModel, ConfigDict, Field
 
 _SNIFF = 8192
 _LINE_CUT = 4000  # characters of one line shown; minified files have megabyte-long lines
+_LINE_KEEP = 4 * _LINE_CUT + 2  # bytes of a line read: _LINE_CUT characters of UTF-8 and a newline
 _DIFF_MAX = 200_000
 
 
 def _looks_binary(head: bytes) -> bool:
     return b"\x00" in head
+
+
+def _decode_head(raw: bytes, *, whole: bool) -> tuple[str, bool]:
+    """(text, not valid UTF-8) of a line's head. When the line goes on past `raw` (`whole` false) the
+    last character may be cut in two: the incremental decoder drops that half instead of calling it
+    invalid."""
+    try:
+        return (raw.decode("utf-8") if whole else codecs.getincrementaldecoder("utf-8")().decode(raw)), False
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "replace"), True
 
 
 def unified_diff(rel: str, before: str | None, after: str | None) -> str:
@@ -90,9 +103,14 @@ class ReadFile(Tool):
             used = scanned = 0
             lineno = last = 0
             replaced = truncated = eof = False
-            for raw in f:
+            stopped: str | None = None
+            # Only the head of each line is kept (iter_lines skips the rest of a long one in chunks),
+            # so a 100 MB single-line file costs kilobytes, not hundreds of megabytes.
+            for raw, length in Workspace.iter_lines(f, keep=_LINE_KEEP, stop=ctx.stop_reason):
+                if stopped := ctx.stop_reason():
+                    break
                 lineno += 1
-                scanned += len(raw)
+                scanned += length + 1
                 if lineno < args.start_line:
                     if scanned > ctx.limits.read_max_bytes:
                         return ToolResult.error(
@@ -103,12 +121,14 @@ class ReadFile(Tool):
                     continue
                 if args.end_line is not None and lineno > args.end_line:
                     break
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    line, replaced = raw.decode("utf-8", "replace"), True
-                if len(line) > _LINE_CUT:
-                    line = line[:_LINE_CUT] + f" ... [line cut: {len(line)} characters]\n"
+                whole = length <= len(raw)  # the head holds the whole line
+                line, bad = _decode_head(raw, whole=whole)
+                replaced |= bad
+                if not whole or len(line.rstrip("\r\n")) > _LINE_CUT:
+                    line = (
+                        line[:_LINE_CUT]
+                        + f" ... [line cut: {length} bytes long, its first {_LINE_CUT} characters shown]\n"
+                    )
                 if args.line_numbers:
                     line = f"{lineno:6}\t{line}"
                 if used + len(line) > budget and shown:
@@ -118,7 +138,14 @@ class ReadFile(Tool):
                 used += len(line)
                 last = lineno
             else:
-                eof = True
+                # iter_lines also ends early when the budget runs out inside a long line
+                stopped = ctx.stop_reason()
+                eof = stopped is None
+        if stopped and not shown:
+            return ToolResult.error(
+                f"reading {rel} stopped before line {args.start_line}: {stopped}; "
+                "use grep to find what you need"
+            )
         total = lineno if eof else None  # known only when the whole file was read
         if total == 0:
             return ToolResult(f"{rel} is empty", data={"path": rel, "total_lines": 0})
@@ -132,6 +159,8 @@ class ReadFile(Tool):
             text += "\n"
         if truncated:
             text += f"[output cut at line {last}: continue with start_line={last + 1}]\n"
+        if stopped:
+            text += f"[stopped after line {last}: {stopped}; continue with start_line={last + 1}]\n"
         if replaced:
             text += "[note: the file is not valid UTF-8; undecodable bytes are shown as \ufffd]\n"
         data = {
@@ -139,7 +168,7 @@ class ReadFile(Tool):
             "start_line": args.start_line,
             "end_line": last,
             "total_lines": total,
-            "truncated": truncated,
+            "truncated": truncated or bool(stopped),
             "not_utf8": replaced,
             "size": size,
         }

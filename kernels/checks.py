@@ -1,0 +1,261 @@
+"""Input checks and small shared types of the kernels: what a wrapper (kernels/X.py, the torch
+reference and the dispatch) and its Triton file (kernels/triton_X.py) both need.
+
+A leaf: it imports torch and kernels/errors.py only, so no Triton file has to import its wrapper (the
+wrapper imports the Triton file when it dispatches to it; the reverse edge would be an import cycle,
+tests/kernels/test_kernels_imports.py). Each check raises KernelInputError with a one-line message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from hybrid_agent.kernels.errors import KernelInputError
+
+# q, k (B, Hv, Dk), v (B, Hv, Dv) in proj's dtype, g and beta (B, Hv) fp32: gdn_decode_prep's result
+GdnPrep = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class GemvConfig:
+    """One program computes `block_n` outputs over a 1/`split_k` share of K, `block_k` columns at a time,
+    `unroll` tiles per loop trip (loads in flight per thread: block_n * block_k * unroll * 2 bytes /
+    (32 num_warps))."""
+
+    block_n: int = 16
+    block_k: int = 256
+    split_k: int = 1
+    num_warps: int = 4
+    unroll: int = 2
+
+
+def check_rms_weight(x: torch.Tensor, weight: torch.Tensor) -> None:
+    if weight.shape != (x.shape[-1],):
+        raise KernelInputError(f"rms_norm: weight must be ({x.shape[-1]},), got {tuple(weight.shape)}")
+
+
+def rms_group_size(d: int, group_size: int | None) -> int:
+    """The channels normalised together: all d when group_size is None, else group_size (dividing d)."""
+    gs = d if group_size is None else group_size
+    if gs <= 0 or d % gs != 0:
+        raise KernelInputError(f"rms_norm: group_size={group_size} must divide the last dimension {d}")
+    return gs
+
+
+def check_rms_gate(x: torch.Tensor, z: torch.Tensor | None) -> None:
+    if z is not None and z.shape != x.shape:
+        raise KernelInputError(
+            f"gated_rms_norm: z must have x's shape {tuple(x.shape)}, got {tuple(z.shape)}"
+        )
+
+
+def check_conv_weight(d: int, weight: torch.Tensor, bias: torch.Tensor | None) -> int:
+    """The conv width w of a (d, w) weight."""
+    if weight.dim() != 2 or weight.shape[0] != d:
+        raise KernelInputError(f"causal_conv1d: weight must be (d, w) with d={d}, got {tuple(weight.shape)}")
+    if bias is not None and bias.shape != (d,):
+        raise KernelInputError(f"causal_conv1d: bias must be (d,) = ({d},), got {tuple(bias.shape)}")
+    return weight.shape[1]
+
+
+def check_conv_state(state: torch.Tensor, b: int, d: int, w: int) -> None:
+    if state.shape != (b, d, w - 1):
+        raise KernelInputError(
+            f"causal_conv1d: state must be (b, d, w-1) = {(b, d, w - 1)}, got {tuple(state.shape)}"
+        )
+
+
+def check_conv_x(x: torch.Tensor, *, step: bool) -> None:
+    """x is (b, t, d) channel-last for the full op, (b, d) for the one-token step."""
+    if step and x.dim() != 2:
+        raise KernelInputError(f"causal_conv1d_step: x must be (b, d), got {tuple(x.shape)}")
+    if not step and x.dim() != 3:
+        raise KernelInputError(f"causal_conv1d: x must be (b, t, d) channel-last, got {tuple(x.shape)}")
+
+
+def conv_silu(activation: str | None) -> bool:
+    """True for "silu", False for None; anything else is refused."""
+    if activation not in ("silu", None):
+        raise KernelInputError(f"causal_conv1d: activation must be 'silu' or None, got {activation!r}")
+    return activation == "silu"
+
+
+def check_ssd_inputs(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    initial_state: torch.Tensor | None,
+) -> None:
+    if x.dim() != 4:
+        raise KernelInputError(f"ssd_scan: x must be (b, t, h, p), got shape {tuple(x.shape)}")
+    b, t, h, p = x.shape
+    if dt.shape != (b, t, h):
+        raise KernelInputError(f"ssd_scan: dt must be (b, t, h) = {(b, t, h)}, got {tuple(dt.shape)}")
+    if A.shape != (h,):
+        raise KernelInputError(f"ssd_scan: A must be (h,) = ({h},), got {tuple(A.shape)}")
+    if B.dim() != 4 or B.shape[:2] != (b, t) or B.shape != C.shape:
+        raise KernelInputError(
+            f"ssd_scan: B and C must both be (b, t, g, n) with b, t = {(b, t)}; "
+            f"got B {tuple(B.shape)}, C {tuple(C.shape)}"
+        )
+    g, n = B.shape[2], B.shape[3]
+    if h % g != 0:
+        raise KernelInputError(f"ssd_scan: the number of groups g={g} must divide the heads h={h}")
+    if D is not None and D.shape != (h,):
+        raise KernelInputError(f"ssd_scan: D must be (h,) = ({h},) or None, got {tuple(D.shape)}")
+    if initial_state is not None and initial_state.shape != (b, h, p, n):
+        raise KernelInputError(
+            f"ssd_scan: initial_state must be (b, h, p, n) = {(b, h, p, n)}, got {tuple(initial_state.shape)}"
+        )
+
+
+def check_ssm_step_inputs(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+) -> None:
+    if x.dim() != 3:
+        raise KernelInputError(f"ssm_step: x must be (b, h, p), got shape {tuple(x.shape)}")
+    b, h, p = x.shape
+    if B.dim() != 3 or B.shape != C.shape or B.shape[0] != b or h % B.shape[1] != 0:
+        raise KernelInputError(
+            f"ssm_step: B and C must be (b, g, n) with g dividing h={h}; "
+            f"got {tuple(B.shape)}, {tuple(C.shape)}"
+        )
+    n = B.shape[2]
+    if state.shape != (b, h, p, n) or state.dtype != torch.float32:
+        raise KernelInputError(
+            f"ssm_step: state must be fp32 (b, h, p, n) = {(b, h, p, n)}, "
+            f"got {state.dtype} {tuple(state.shape)}"
+        )
+    if dt.shape != (b, h) or A.shape != (h,) or (D is not None and D.shape != (h,)):
+        raise KernelInputError(f"ssm_step: dt must be (b, h) = {(b, h)} and A, D (h,) = ({h},)")
+
+
+def check_gdr_inputs(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    initial_state: torch.Tensor | None,
+    *,
+    op: str = "chunk_gated_delta_rule",
+) -> None:
+    if q.dim() != 4 or q.shape != k.shape:
+        raise KernelInputError(
+            f"{op}: q and k must both be (b, t, h, dk); got {tuple(q.shape)}, {tuple(k.shape)}"
+        )
+    b, t, h, dk = q.shape
+    if v.dim() != 4 or v.shape[:3] != (b, t, h):
+        raise KernelInputError(
+            f"{op}: v must be (b, t, h, dv) with (b, t, h) = {(b, t, h)}, got {tuple(v.shape)}"
+        )
+    if g.shape != (b, t, h) or beta.shape != (b, t, h):
+        raise KernelInputError(
+            f"{op}: g and beta must be (b, t, h) = {(b, t, h)}; got {tuple(g.shape)}, {tuple(beta.shape)}"
+        )
+    dv = v.shape[3]
+    if initial_state is not None and initial_state.shape != (b, h, dk, dv):
+        raise KernelInputError(
+            f"{op}: initial_state must be key-first (b, h, dk, dv) = {(b, h, dk, dv)}, "
+            f"got {tuple(initial_state.shape)}"
+        )
+
+
+def check_gdr_step_inputs(
+    state: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+) -> None:
+    op = "gated_delta_rule_step"
+    if q.dim() != 3 or q.shape != k.shape or v.dim() != 3 or v.shape[:2] != q.shape[:2]:
+        raise KernelInputError(
+            f"{op}: q, k must be (b, h, dk) and v (b, h, dv); "
+            f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    b, h, dk = q.shape
+    dv = v.shape[2]
+    if g.shape != (b, h) or beta.shape != (b, h):
+        raise KernelInputError(f"{op}: g and beta must be (b, h) = {(b, h)}")
+    if state.shape != (b, h, dk, dv) or state.dtype != torch.float32:
+        raise KernelInputError(
+            f"{op}: state must be fp32 (b, h, dk, dv) = {(b, h, dk, dv)}, "
+            f"got {state.dtype} {tuple(state.shape)}"
+        )
+
+
+def check_gemv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> None:
+    if w.dim() != 2 or x.shape[-1] != w.shape[1]:
+        raise KernelInputError(
+            f"gemv: x {tuple(x.shape)} and w {tuple(w.shape)} do not multiply (w is (N, K))"
+        )
+    if b is not None and (b.dim() != 1 or b.shape[0] != w.shape[0]):
+        raise KernelInputError(f"gemv: bias {tuple(b.shape)} must be ({w.shape[0]},)")
+    if x.dtype != w.dtype or (b is not None and b.dtype != w.dtype):
+        raise KernelInputError(f"gemv: x, w and b must share a dtype (got {x.dtype}, {w.dtype})")
+
+
+def check_gdn_prep(proj: torch.Tensor, conv_state: torch.Tensor, Hk: int, Dk: int, Hv: int, Dv: int,
+                   a_off: int, b_off: int) -> int:  # fmt: skip
+    C = 2 * Hk * Dk + Hv * Dv
+    if proj.dim() != 2 or proj.shape[1] < max(C, a_off + Hv, b_off + Hv) or Hv % Hk:
+        raise KernelInputError(
+            f"gdn_decode_prep: proj {tuple(proj.shape)} too narrow for the layout, or Hv % Hk"
+        )
+    if (
+        conv_state.dim() != 3
+        or conv_state.shape[:2] != (proj.shape[0], C)
+        or conv_state.dtype != torch.float32
+    ):
+        raise KernelInputError(
+            f"gdn_decode_prep: conv_state must be fp32 (B, {C}, W-1), got {tuple(conv_state.shape)}"
+        )
+    return C
+
+
+def check_attn_prep(
+    qkv: torch.Tensor, q_w: torch.Tensor | None, k_w: torch.Tensor | None, k_buf: torch.Tensor,
+    v_buf: torch.Tensor, pos_buf: torch.Tensor, H: int, Hkv: int, Dh: int, rope: int, qk_norm: str,
+) -> None:  # fmt: skip
+    """`attn_decode_prep`'s input rules, checked once before either implementation runs."""
+    if qk_norm not in ("full", "head", "none"):
+        raise KernelInputError(f"attn_decode_prep: qk_norm must be full, head or none; got {qk_norm!r}")
+    if qk_norm != "none" and (q_w is None or k_w is None):
+        raise KernelInputError("attn_decode_prep: QK-norm needs both weights")
+    B = qkv.shape[0]
+    if qkv.dim() != 2 or qkv.shape[1] < (H + 2 * Hkv) * Dh or H % Hkv:
+        raise KernelInputError(
+            f"attn_decode_prep: qkv {tuple(qkv.shape)} too narrow for H={H}, Hkv={Hkv}, Dh={Dh}"
+        )
+    if k_buf.dim() != 4 or k_buf.shape != v_buf.shape or tuple(k_buf.shape) != (B, Hkv, k_buf.shape[2], Dh):
+        raise KernelInputError(
+            f"attn_decode_prep: k/v buffers must be equal (B, Hkv, M, Dh) = ({B}, {Hkv}, M, {Dh}); "
+            f"got {tuple(k_buf.shape)}, {tuple(v_buf.shape)}"
+        )
+    if pos_buf.dim() != 1 or pos_buf.shape[0] != k_buf.shape[2] or rope % 2 or rope > Dh:
+        raise KernelInputError(f"attn_decode_prep: pos_buf {tuple(pos_buf.shape)} or rope width {rope} off")
+
+
+def check_residual(x: torch.Tensor, y: torch.Tensor) -> None:
+    if y.shape != x.shape:
+        raise KernelInputError(f"residual_rms_norm: y {tuple(y.shape)} must have x's shape {tuple(x.shape)}")
+
+
+def check_greedy_advance(logits: torch.Tensor, tok: torch.Tensor, ids: torch.Tensor) -> None:
+    if logits.dim() != 2 or tok.shape != (logits.shape[0], 1) or ids.shape[0] != logits.shape[0]:
+        raise KernelInputError(
+            f"greedy_advance: logits (B, V), tok (B, 1), ids (B, n); got {tuple(logits.shape)}, "
+            f"{tuple(tok.shape)}, {tuple(ids.shape)}"
+        )
