@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from hybrid_agent.memory import SessionNotFoundError
 from hybrid_agent.tui.bridge import error_text
 from hybrid_agent.tui.clipboard import copy_to_system_clipboard
 from hybrid_agent.tui.history import redraw
@@ -81,6 +82,9 @@ class SessionActions(_Base):
             return
         try:
             info = await self.bridge.call(lambda: agent.store.get_session(agent.session_id))
+        except SessionNotFoundError:  # a new session is written with its first turn or file change
+            self.sub_title = "new session"
+            return
         except Exception:  # a title is not worth an error message
             return
         self.sub_title = info.title or "new session"
