@@ -368,7 +368,7 @@ def _check(store: Any, session_id: str | None) -> int:
     """`sessions check [ID]`: one line per problem, then a summary; exit 1 when anything is damaged."""
     report = store.check(session_id)
     for problem in report.problems:
-        print(f"damaged: {problem}")
+        print(f"damaged: {printable(problem)}")
     what = (
         f"{report.sessions} session(s), {report.turns} turn(s), {report.blobs} blob(s) ({_mib(report.bytes)})"
     )

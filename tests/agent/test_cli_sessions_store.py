@@ -146,3 +146,19 @@ def test_resume_refuses_a_renumbered_latest_turn(tmp_path: Path, capsys: pytest.
     code, out, err = call(capsys, "run", "three", "--resume", sid, *common)
     assert code == 1 and "session: " not in out
     assert err.startswith(f"hybrid-agent: error: session {sid} turn 0: ") and len(err.splitlines()) == 1, err
+
+
+def test_check_prints_damage_with_terminal_controls_escaped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A problem line quotes what the damaged file holds: its control characters must not reach the
+    terminal (an ESC sequence could rewrite what the user sees)."""
+    from hybrid_agent.memory.maintenance import CheckReport
+
+    db = tmp_path / "s.db"
+    make_sessions(db, (1,))
+    report = CheckReport(sessions=1, turns=1, blobs=1, bytes=1, problems=["session \x1b[2Jx: bad"])
+    monkeypatch.setattr(Store, "check", lambda self, session_id=None: report)
+    code, out, _ = call(capsys, "sessions", "check", "--db", str(db))
+    assert code == 1
+    assert "\x1b" not in out and "session \\x1b[2Jx: bad" in out
