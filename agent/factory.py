@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from hybrid_agent.agent.errors import AgentError, ModelNotFoundError
 
 if TYPE_CHECKING:
     from hybrid_agent.agent.engine import ModelEngine
-    from hybrid_agent.agent.loop import Agent
+
+# The agent class `open_agent` builds: `Agent.open` passes itself, so this module never imports
+# agent/loop.py (which imports this one), and the two do not form an import circle.
+AgentT = TypeVar("AgentT")
 
 
 DEFAULT_MODEL_ENV = "HYBRID_AGENT_DEFAULT_MODEL"
@@ -107,7 +111,7 @@ def load_engine(
 
 
 def open_agent(
-    cls: type[Agent],
+    cls: Callable[..., AgentT],
     *,
     model: str | Path | None = None,
     db: str | None = None,
@@ -124,7 +128,7 @@ def open_agent(
     max_new_tokens: int = 1024,
     max_tool_rounds: int = 8,
     max_prompt_tokens: int | None = None,
-) -> Agent:
+) -> AgentT:
     from hybrid_agent.agent.session_ids import resolve_session_id
     from hybrid_agent.agent.sessions import describe_policy, folder_gone, session_policy
     from hybrid_agent.memory import Store
