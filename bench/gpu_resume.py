@@ -44,7 +44,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hybrid_agent.memory import Page, Store, blobs
+from hybrid_agent.memory import Page, Store, sqlite_chunks
 from hybrid_agent.memory.blobs import prepare_blob
 from hybrid_agent.memory.codec import tensors_to_bytes
 from hybrid_agent.model import HybridLM, ModelState
@@ -172,12 +172,12 @@ def resume_windowed(
     runs: dict[str, list[dict[str, float]]] = {"plain": [], "mmap": []}
     for _ in range(repeats):
         for variant in ("plain", "mmap"):
-            blobs.READER_MMAP_BYTES = (1 << 31) - (1 << 16) if variant == "mmap" else 0
+            sqlite_chunks.READER_MMAP_BYTES = (1 << 31) - (1 << 16) if variant == "mmap" else 0
             steps: dict[str, float] = {}
             dt, loaded = _timed(clock, lambda s=steps: _load_new(db, sid, fp, cfg, dev, window, sinks, s))
             runs[variant].append({"total_s": dt, **steps})
             del loaded
-    blobs.READER_MMAP_BYTES = 0
+    sqlite_chunks.READER_MMAP_BYTES = 0
     out["load_runs"] = runs
     for variant, rs in runs.items():
         out[f"load_{variant}_median_s"] = statistics.median(r["total_s"] for r in rs)

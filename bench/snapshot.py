@@ -43,11 +43,12 @@ import safetensors
 import safetensors.torch
 import sqlalchemy
 import torch
-from hybrid_agent.memory import Page, Store, blobs
+from hybrid_agent.memory import Page, Store, blob_read, blobs
 from hybrid_agent.memory.blobs import prepare_blob
 from hybrid_agent.memory.codec import tensors_from_buffer, tensors_to_bytes
 from hybrid_agent.memory.queries import snapshot_row
 from hybrid_agent.memory.schema import StatePage
+from hybrid_agent.memory.sqlite_chunks import chunk_readers
 from sqlalchemy import or_, select
 
 GDN_LAYERS, ATTN_LAYERS = 24, 8
@@ -136,7 +137,7 @@ def legacy_load(store: Store, sid: str, *, window: int | None, sinks: int) -> di
     fetch every chunk as bytes in one query, sha256 them, join them, `safetensors.torch.load` (copies)."""
     with store._read() as s, s.begin():
         shas = snapshot_blobs_in(s, sid, window=window, sinks=sinks)
-        return {sha: safetensors.torch.load(blobs.read_blob(s, sha, what="bench")) for sha in shas}
+        return {sha: safetensors.torch.load(blob_read.read_blob(s, sha, what="bench")) for sha in shas}
 
 
 def snapshot_blobs_in(s: object, sid: str, *, window: int | None, sinks: int) -> list[str]:
@@ -172,9 +173,9 @@ def load_stages(
     wait = sync if callable(sync) else (lambda: None)
     with store._read() as s, s.begin():
         shas = snapshot_blobs_in(s, sid, window=window, sinks=sinks)
-        index = {sha: blobs._chunk_index(s, sha, "bench") for sha in shas}
+        index = {sha: blob_read._chunk_index(s, sha, "bench") for sha in shas}
         t = time.perf_counter()
-        chunks = {sha: list(blobs._chunk_data(s, sha, index[sha][2], "bench")) for sha in shas}
+        chunks = {sha: list(blob_read._chunk_data(s, sha, index[sha][2], "bench")) for sha in shas}
         t_read = time.perf_counter() - t
         total = sum(len(c) for cs in chunks.values() for c in cs)
         flat = [c for cs in chunks.values() for c in cs]
@@ -192,10 +193,10 @@ def load_stages(
         for sha in shas:
             chunk_size = index[sha][1]
             buf = bufs[sha]
-            place = blobs._cuda_placer(buf, chunk_size) if buf.is_cuda else blobs._cpu_placer(buf)
+            place = blob_read._cuda_placer(buf, chunk_size) if buf.is_cuda else blob_read._cpu_placer(buf)
             pending: deque[Future[None]] = deque()
             for i, c in enumerate(chunks[sha]):
-                while len(pending) >= blobs._in_flight():  # the pinned ring's slots: as read_blob_tensor
+                while len(pending) >= blob_read._in_flight():  # the pinned ring's slots: as read_blob_tensor
                     pending.popleft().result()
                 pending.append(blobs._pool().submit(place, i, i * chunk_size, c))
             for f in pending:
@@ -204,14 +205,15 @@ def load_stages(
         t_place = time.perf_counter() - t
         del chunks, flat, sample
         t = time.perf_counter()
-        out = [blobs.read_blob_tensor(s, sha, what="bench", device=device) for sha in shas]
+        out = [blob_read.read_blob_tensor(s, sha, what="bench", device=device) for sha in shas]
         wait()
         t_pipe1 = time.perf_counter() - t
         del out
         t = time.perf_counter()
-        with blobs.chunk_readers(s) as readers:
+        with chunk_readers(s) as readers:
             out = [
-                blobs.read_blob_tensor(s, sha, what="bench", device=device, readers=readers) for sha in shas
+                blob_read.read_blob_tensor(s, sha, what="bench", device=device, readers=readers)
+                for sha in shas
             ]
         wait()
         t_pipe = time.perf_counter() - t

@@ -1,4 +1,4 @@
-"""Content-addressed, chunked, verified blobs.
+"""Content-addressed, chunked blobs: their addresses, writing them, and deleting unreferenced ones.
 
 A blob is cut into chunks of `CHUNK_SIZE` bytes, each stored as one `blob_chunks` row with its own
 sha256. The blob's address is a sha256 over (format tag, chunk size, total size, the chunk digests in
@@ -6,39 +6,20 @@ order) — a one-level hash list. Why not sha256 of the whole bytes: chunk diges
 parallel (hashlib releases the GIL), so hashing a 500 MB snapshot uses every core, and a failed check
 names the damaged chunk. It is still a pure function of the bytes, so identical bytes share one blob.
 
-Every read recomputes every chunk digest and the address from them; any mismatch raises
-`CorruptDataError` naming what was being read.
-
-Reading a large blob (`read_blob_tensor`, what snapshot loads use) is a pipeline, so that it runs at
-the speed of its slowest stage instead of the sum of all of them: the calling thread pulls chunks out
-of the database one at a time (on SQLite through the incremental-blob API: one copy out of the page
-cache, with the GIL released), and a thread pool hashes each chunk and copies it to its place in ONE
-preallocated buffer (no per-chunk joins). For a CUDA destination the pool copies each verified chunk
-through a small ring of pinned host buffers straight into the GPU buffer (no pageable host copy of the
-whole blob, and no multi-GB page-locking at load time). The buffer is fresh and nothing outside this
-module sees it before every chunk and the address have been verified.
+Reading and verifying stored blobs is memory/blob_read.py's job.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import queue
-import sqlite3
-import threading
-import urllib.parse
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import numpy as np
-import torch
-from hybrid_agent.memory.errors import CorruptDataError
 from hybrid_agent.memory.schema import Blob, BlobChunk, FileChangeRow, SnapshotRow, StatePage
-from sqlalchemy import delete, exists, insert, literal_column, or_, select
+from sqlalchemy import delete, exists, insert, or_, select
 from sqlalchemy.orm import Session
 
 CHUNK_SIZE = 4 << 20  # 4 MiB: large enough that per-row overhead is noise, small enough to stream
@@ -59,10 +40,8 @@ def _pool() -> ThreadPoolExecutor:
 
 def _forget_pool_after_fork() -> None:
     # Threads do not survive fork(); a child must build its own pool instead of waiting on dead workers.
-    global _executor, _staging_lock
+    global _executor
     _executor = None
-    _staging.clear()
-    _staging_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_pool_after_fork)
@@ -72,8 +51,13 @@ def _sha256(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _parallel(size: int, n_chunks: int) -> bool:
+    """Whether hashing (or placing) `n_chunks` chunks of `size` bytes in all is worth the pool."""
+    return size >= _PARALLEL_MIN_BYTES and n_chunks > 1
+
+
 def _digests(chunks: Sequence[bytes | memoryview], total: int) -> list[str]:
-    if total < _PARALLEL_MIN_BYTES or len(chunks) < 2:
+    if not _parallel(total, len(chunks)):
         return [_sha256(c) for c in chunks]
     return list(_pool().map(_sha256, chunks))
 
@@ -146,366 +130,6 @@ def write_blob(session: Session, blob: PreparedBlob) -> bool:
     return True
 
 
-def read_blob(session: Session, sha256: str, *, what: str) -> bytes:
-    """The verified bytes of blob `sha256`; `what` says what it is (session, turn, part) for errors."""
-    head = session.execute(
-        select(Blob.size, Blob.chunk_size, Blob.n_chunks).where(Blob.sha256 == sha256)
-    ).first()
-    if head is None:
-        raise CorruptDataError(f"{what}: blob {sha256[:16]} is missing from the database")
-    size, chunk_size, n_chunks = head
-    rows = session.execute(
-        select(BlobChunk.idx, BlobChunk.sha256, BlobChunk.data)
-        .where(BlobChunk.blob_sha256 == sha256)
-        .order_by(BlobChunk.idx)
-    ).all()
-    chunks = [bytes(r.data) for r in rows]  # psycopg returns memoryview-like bytea; sqlite3 bytes
-    if [r.idx for r in rows] != list(range(n_chunks)):
-        raise CorruptDataError(f"{what}: blob {sha256[:16]} has {len(rows)} of its {n_chunks} chunks")
-    digests = _digests(chunks, size)
-    for r, digest in zip(rows, digests, strict=True):
-        if digest != r.sha256:
-            raise CorruptDataError(
-                f"{what}: chunk {r.idx} of blob {sha256[:16]} failed its sha256 check (stored bytes damaged)"
-            )
-    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    if len(data) != size or blob_address(size, chunk_size, digests) != sha256:
-        raise CorruptDataError(f"{what}: blob {sha256[:16]} failed its sha256 check (stored bytes damaged)")
-    return data
-
-
-class _PinnedRing:
-    """`slots` pinned host buffers of `chunk_size` bytes for one CUDA device, reused by every load in
-    the process (page-locking is slow: doing it once for a few MiB beats doing it per load for GBs).
-    Slot i % slots carries chunk i; an event per slot says when its last copy to the GPU finished."""
-
-    def __init__(self, chunk_size: int, slots: int) -> None:
-        self.bufs = [torch.empty(chunk_size, dtype=torch.uint8, pin_memory=True) for _ in range(slots)]
-        self.views = [b.numpy() for b in self.bufs]
-        self.events: list[torch.cuda.Event | None] = [None] * slots
-        self.lock = threading.Lock()  # one blob at a time: concurrent loads would share slots
-
-
-_staging: dict[tuple[str, int], _PinnedRing] = {}
-
-
-_staging_lock = threading.Lock()
-
-
-def _ring(device: torch.device, chunk_size: int) -> _PinnedRing:
-    key = (str(device), chunk_size)
-    with _staging_lock:  # two first loads at once must share one ring (and its lock)
-        if key not in _staging:
-            _staging[key] = _PinnedRing(chunk_size, _in_flight())
-        return _staging[key]
-
-
-def _in_flight() -> int:
-    # Chunks read but not yet placed: enough to keep every worker busy while the reader runs ahead,
-    # few enough that a multi-GB load never holds more than a few dozen MiB of chunk copies.
-    return _WORKERS + 2
-
-
-def _chunk_index(
-    session: Session, sha256: str, what: str
-) -> tuple[int, int, list[tuple[int, str, int | None]]]:
-    """(size, chunk_size, [(idx, stored sha256, SQLite rowid or None)]) after checking the chunk count."""
-    head = session.execute(
-        select(Blob.size, Blob.chunk_size, Blob.n_chunks).where(Blob.sha256 == sha256)
-    ).first()
-    if head is None:
-        raise CorruptDataError(f"{what}: blob {sha256[:16]} is missing from the database")
-    size, chunk_size, n_chunks = head
-    sqlite = session.get_bind().dialect.name == "sqlite"
-    rowid = literal_column("blob_chunks.rowid") if sqlite else literal_column("NULL")
-    rows = [
-        (int(r[0]), str(r[1]), None if r[2] is None else int(r[2]))
-        for r in session.execute(
-            select(BlobChunk.idx, BlobChunk.sha256, rowid)
-            .where(BlobChunk.blob_sha256 == sha256)
-            .order_by(BlobChunk.idx)
-        )
-    ]
-    if [r[0] for r in rows] != list(range(n_chunks)):
-        raise CorruptDataError(f"{what}: blob {sha256[:16]} has {len(rows)} of its {n_chunks} chunks")
-    if chunk_size <= 0 or size < 0 or n_chunks != -(-size // chunk_size):  # every byte gets written
-        raise CorruptDataError(f"{what}: blob {sha256[:16]} has an inconsistent size record")
-    return size, chunk_size, rows
-
-
-def _sqlite_connection(session: Session) -> sqlite3.Connection | None:
-    """The session's own sqlite3 connection (same read transaction) if it can open blob handles."""
-    if session.get_bind().dialect.name != "sqlite":
-        return None
-    raw = session.connection().connection.driver_connection
-    return raw if isinstance(raw, sqlite3.Connection) and hasattr(raw, "blobopen") else None
-
-
-READER_MMAP_BYTES = 0  # PRAGMA mmap_size of the parallel readers (SQLite caps it, 2 GB by default)
-
-
-class ChunkReaders:
-    """Extra SQLite connections for reading chunks in parallel, handed out one per worker at a time.
-
-    Why: one connection serialises its calls, so a single reader caps a load at one core's copy
-    speed. Each extra connection is read-only and opens its own read transaction when it is made,
-    which may be NEWER than the caller's. That is safe because stored chunks never change (blobs are
-    content-addressed: a row is inserted once and only ever deleted): a chunk such a connection finds
-    has the bytes the caller's snapshot has, and the sha256 check tells. A chunk it cannot find or
-    that fails the check (deleted meanwhile, its rowid reused) is read again through the caller's own
-    connection, whose verdict is the only one that can raise `CorruptDataError`."""
-
-    def __init__(self, path: str, limit: int) -> None:
-        self._uri = f"file:{urllib.parse.quote(path)}?mode=ro"
-        self._limit = limit
-        self._idle: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
-        self._all: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-
-    def _take(self) -> sqlite3.Connection:
-        try:
-            return self._idle.get_nowait()
-        except queue.Empty:
-            pass
-        with self._lock:
-            if len(self._all) >= self._limit:
-                return self._idle.get()
-            conn = sqlite3.connect(self._uri, uri=True, check_same_thread=False, isolation_level=None)
-            self._all.append(conn)
-        if READER_MMAP_BYTES:
-            # Blob reads copy straight out of the mapped file instead of pread-ing each page into
-            # SQLite's cache first: one copy of every byte fewer. Read-only and short-lived
-            # connections; the file shrinks only in `Store.compact`'s checkpoint, which does not
-            # truncate pages while a reader's snapshot may still need them.
-            conn.execute(f"PRAGMA mmap_size = {READER_MMAP_BYTES}")
-        conn.execute("BEGIN")  # one read snapshot for this connection's whole share of the load
-        conn.execute("SELECT 1 FROM blob_chunks LIMIT 1").fetchall()
-        return conn
-
-    def read(self, rowid: int) -> bytes | None:
-        """Chunk `rowid`'s stored bytes, or None if this connection cannot read it."""
-        try:
-            conn = self._take()
-        except sqlite3.Error:
-            return None
-        try:
-            with conn.blobopen("blob_chunks", "data", rowid, readonly=True) as handle:
-                return handle.read()
-        except sqlite3.Error:
-            return None
-        finally:
-            self._idle.put(conn)
-
-    def close(self) -> None:
-        for conn in self._all:
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()  # ends its read transaction (nothing was written)
-        self._all.clear()
-
-
-@contextlib.contextmanager
-def chunk_readers(session: Session) -> Iterator[ChunkReaders | None]:
-    """Parallel chunk readers for a load in `session` (SQLite files only; None elsewhere)."""
-    from hybrid_agent.memory.database import sqlite_file
-
-    path = sqlite_file(session.get_bind().url) if _sqlite_connection(session) is not None else None
-    if path is None or _WORKERS < 2:
-        yield None
-        return
-    readers = ChunkReaders(str(path), _WORKERS)
-    try:
-        yield readers
-    finally:
-        readers.close()
-
-
-def _read_own(conn: sqlite3.Connection, rowid: int, idx: int, sha256: str, what: str) -> bytes:
-    try:
-        with conn.blobopen("blob_chunks", "data", rowid, readonly=True) as handle:
-            return handle.read()
-    except sqlite3.Error as exc:
-        raise CorruptDataError(
-            f"{what}: chunk {idx} of blob {sha256[:16]} could not be read ({exc})"
-        ) from exc
-
-
-def _chunk_data(
-    session: Session, sha256: str, rows: list[tuple[int, str, int | None]], what: str
-) -> Iterator[bytes]:
-    """The chunks' stored bytes in order, one at a time (never the whole blob at once)."""
-    conn = _sqlite_connection(session)
-    if conn is not None and all(r[2] is not None for r in rows):
-        for idx, _, rowid in rows:
-            assert rowid is not None
-            # sqlite3_blob_read runs with the GIL released: the pool hashes earlier chunks meanwhile.
-            yield _read_own(conn, rowid, idx, sha256, what)
-        return
-    stmt = (
-        select(BlobChunk.data)
-        .where(BlobChunk.blob_sha256 == sha256)
-        .order_by(BlobChunk.idx)
-        .execution_options(yield_per=4)  # a server-side cursor on PostgreSQL: a few chunks at a time
-    )
-    for (data,) in session.execute(stmt):
-        yield bytes(data)  # psycopg returns bytea as bytes or memoryview; sqlite3 as bytes
-
-
-Placer = Callable[[int, int, bytes], None]  # (chunk index, byte offset, verified bytes)
-
-
-def _cpu_placer(buf: torch.Tensor) -> Placer:
-    view = buf.numpy()
-
-    def place(_idx: int, off: int, data: bytes) -> None:
-        view[off : off + len(data)] = np.frombuffer(data, dtype=np.uint8)  # numpy releases the GIL
-
-    return place
-
-
-def _cuda_placer(buf: torch.Tensor, chunk_size: int) -> Placer:
-    ring = _ring(buf.device, chunk_size)
-    stream = torch.cuda.current_stream(buf.device)  # the caller's: what it runs next is ordered after
-    n = len(ring.bufs)
-
-    def place(idx: int, off: int, data: bytes) -> None:
-        slot = idx % n
-        done = ring.events[slot]
-        if done is not None:
-            done.synchronize()  # chunk idx - n's copy out of this slot has finished
-        ring.views[slot][: len(data)] = np.frombuffer(data, dtype=np.uint8)
-        with torch.cuda.stream(stream):
-            buf[off : off + len(data)].copy_(ring.bufs[slot][: len(data)], non_blocking=True)
-            event = torch.cuda.Event()
-            event.record(stream)
-        ring.events[slot] = event
-
-    return place
-
-
-def _check_chunk(data: bytes, idx: int, want: int, digest: str, off: int, place: Placer) -> bool:
-    if len(data) != want or _sha256(data) != digest:
-        return False
-    place(idx, off, data)
-    return True
-
-
-def _read_check_place(
-    readers: ChunkReaders, rowid: int, idx: int, want: int, digest: str, off: int, place: Placer
-) -> bool:
-    data = readers.read(rowid)
-    return data is not None and _check_chunk(data, idx, want, digest, off, place)
-
-
-def _popped(pending: deque[tuple[int, Future[bool]]]) -> tuple[int, bool]:
-    idx, fut = pending.popleft()
-    return idx, fut.result()
-
-
-def read_blob_tensor(
-    session: Session,
-    sha256: str,
-    *,
-    what: str,
-    device: torch.device | str | None = None,
-    readers: ChunkReaders | None = None,
-) -> torch.Tensor:
-    """The verified bytes of blob `sha256` as one fresh uint8 tensor on `device` (CPU by default).
-
-    Same guarantees as `read_blob`: every chunk's sha256 and the address are checked, a failure raises
-    `CorruptDataError` naming `what` and the chunk, and no byte reaches the caller before that.
-    With `readers` (see `chunk_readers`) the pool's workers also read the chunks, in parallel."""
-    dev = torch.device(device if device is not None else "cpu")
-    size, chunk_size, rows = _chunk_index(session, sha256, what)
-    buf = torch.empty(size, dtype=torch.uint8, device=dev)
-    staged: torch.Tensor | None = None
-    if dev.type == "cuda":
-        place = _cuda_placer(buf, chunk_size)
-    elif dev.type == "cpu":
-        place = _cpu_placer(buf)
-    else:  # another accelerator: verify into host memory, then one copy
-        staged = torch.empty(size, dtype=torch.uint8)
-        place = _cpu_placer(staged)
-    ring_lock = _ring(dev, chunk_size).lock if dev.type == "cuda" else contextlib.nullcontext()
-    with ring_lock:
-        _fill(session, sha256, what, size, chunk_size, rows, place, readers)
-    # Each chunk matched its stored digest and length, so the address over those digests is the check
-    # that the chunk list itself belongs to this blob.
-    if blob_address(size, chunk_size, [r[1] for r in rows]) != sha256:
-        raise CorruptDataError(f"{what}: blob {sha256[:16]} failed its sha256 check (stored bytes damaged)")
-    if staged is not None:
-        buf.copy_(staged)
-    return buf
-
-
-def _fill(
-    session: Session,
-    sha256: str,
-    what: str,
-    size: int,
-    chunk_size: int,
-    rows: list[tuple[int, str, int | None]],
-    place: Placer,
-    readers: ChunkReaders | None = None,
-) -> None:
-    parallel = size >= _PARALLEL_MIN_BYTES and len(rows) > 1
-    pending: deque[tuple[int, Future[bool]]] = deque()
-    limit = _in_flight()
-
-    def settle(idx: int, ok: bool) -> None:
-        if not ok:
-            raise CorruptDataError(
-                f"{what}: chunk {idx} of blob {sha256[:16]} failed its sha256 check (stored bytes damaged)"
-            )
-
-    conn = _sqlite_connection(session) if readers is not None else None
-    if parallel and conn is not None and readers is not None and all(r[2] is not None for r in rows):
-        spec = {idx: (rowid, digest) for idx, digest, rowid in rows}
-
-        def second_look(idx: int, ok: bool) -> None:
-            # A reader's miss or mismatch is only a hint: the caller's own snapshot decides.
-            if not ok:
-                rowid, digest = spec[idx]
-                assert rowid is not None and conn is not None
-                off = idx * chunk_size
-                data = _read_own(conn, rowid, idx, sha256, what)
-                settle(idx, _check_chunk(data, idx, min(chunk_size, size - off), digest, off, place))
-
-        try:
-            for idx, digest, rowid in rows:
-                while len(pending) >= limit:
-                    second_look(*_popped(pending))
-                off = idx * chunk_size
-                want = min(chunk_size, size - off)
-                task = _pool().submit(_read_check_place, readers, rowid, idx, want, digest, off, place)
-                pending.append((idx, task))
-            while pending:
-                second_look(*_popped(pending))
-        finally:
-            wait([fut for _, fut in pending])
-        return
-
-    seen = 0
-    try:
-        for (idx, digest, _), data in zip(rows, _chunk_data(session, sha256, rows, what), strict=False):
-            seen += 1
-            off = idx * chunk_size
-            want = max(0, min(chunk_size, size - off))
-            if not parallel:
-                settle(idx, _check_chunk(data, idx, want, digest, off, place))
-                continue
-            while len(pending) >= limit:
-                done_idx, fut = pending.popleft()
-                settle(done_idx, fut.result())
-            pending.append((idx, _pool().submit(_check_chunk, data, idx, want, digest, off, place)))
-        while pending:
-            done_idx, fut = pending.popleft()
-            settle(done_idx, fut.result())
-    finally:
-        wait([fut for _, fut in pending])  # on a failure: in-flight copies finish before `buf` goes
-    if seen != len(rows):
-        raise CorruptDataError(f"{what}: blob {sha256[:16]} has {seen} of its {len(rows)} chunks")
-
-
 def referenced(session: Session, sha256s: Iterable[str]) -> set[str]:
     """The subset of `sha256s` that some snapshot, page or file change still points at."""
     wanted = sorted(set(sha256s))
@@ -548,22 +172,3 @@ def delete_unreferenced(session: Session, candidates: Iterable[str] | None = Non
         session.execute(delete(BlobChunk).where(BlobChunk.blob_sha256.in_(batch)))
         session.execute(delete(Blob).where(Blob.sha256.in_(batch)))
     return len(unused)
-
-
-def verify_blob(session: Session, sha256: str, *, what: str) -> int:
-    """Check every chunk of blob `sha256` and its address without assembling it (one chunk in memory
-    at a time); returns its size. Raises CorruptDataError naming `what`, as a read would."""
-    size, chunk_size, rows = _chunk_index(session, sha256, what)
-    seen = 0
-    for (idx, digest, _), data in zip(rows, _chunk_data(session, sha256, rows, what), strict=False):
-        seen += 1
-        want = max(0, min(chunk_size, size - idx * chunk_size))
-        if len(data) != want or _sha256(data) != digest:
-            raise CorruptDataError(
-                f"{what}: chunk {idx} of blob {sha256[:16]} failed its sha256 check (stored bytes damaged)"
-            )
-    if seen != len(rows):
-        raise CorruptDataError(f"{what}: blob {sha256[:16]} has {seen} of its {len(rows)} chunks")
-    if blob_address(size, chunk_size, [r[1] for r in rows]) != sha256:
-        raise CorruptDataError(f"{what}: blob {sha256[:16]} failed its sha256 check (stored bytes damaged)")
-    return size

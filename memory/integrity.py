@@ -1,6 +1,6 @@
 """The digest chain over a session's snapshot index, checked before any snapshot is restored or forked.
 
-Blob bytes verify themselves (memory/blobs.py), but the small rows that say WHICH bytes make up a
+Blob bytes verify themselves (memory/blob_read.py), but the small rows that say WHICH bytes make up a
 turn do not: a flipped `snapshots.turn`, a row moved to another session, or a page row moved to
 another turn would restore other (older) state without any byte failing its sha256. So each snapshot
 row carries `digest`, a sha256 over everything that selects or describes its restorable state:

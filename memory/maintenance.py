@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass, field
 
-from hybrid_agent.memory import blobs
+from hybrid_agent.memory import blob_read
 from hybrid_agent.memory.errors import StoreError
 from hybrid_agent.memory.integrity import chain_rows, missing_blobs, verify_chain
 from hybrid_agent.memory.schema import Blob, FileChangeRow, SessionRow, SnapshotRow, StatePage
@@ -86,7 +86,7 @@ def check(s: Session, session_id: str | None) -> CheckReport:
     total = 0
     for sha in shas:
         try:
-            total += blobs.verify_blob(s, sha, what=f"blob {sha[:16]}")
+            total += blob_read.verify_blob(s, sha, what=f"blob {sha[:16]}")
         except (StoreError, ValueError, TypeError, DBAPIError) as exc:
             problems.append(_problem(f"blob {sha[:16]}", exc))
     return CheckReport(len(sessions), turns, len(shas), total, problems)

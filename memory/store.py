@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from hybrid_agent.memory import blobs, database
+from hybrid_agent.memory import blob_read, blobs, database
 from hybrid_agent.memory.database import (
     WRITE_OPTION,
     create_store_engine,
@@ -416,7 +416,7 @@ class Store:
             for r in s.scalars(q.order_by(FileChangeRow.id)):
                 what = f"session {session_id} turn {r.turn}: file change {r.path}"
                 before, after = (
-                    None if sha is None else blobs.read_blob(s, sha, what=what)
+                    None if sha is None else blob_read.read_blob(s, sha, what=what)
                     for sha in (r.before_blob, r.after_blob)
                 )
                 out.append(

@@ -1,7 +1,7 @@
 """Saving and loading one turn's snapshot, inside a transaction the Store opens.
 
 `prepare_turn` does the CPU work (validation, safetensors, hashing) before any lock is taken;
-`write_turn` only inserts. `read_snapshot` reads and verifies every byte (memory/blobs.py's pipeline,
+`write_turn` only inserts. `read_snapshot` reads and verifies every byte (memory/blob_read.py's pipeline,
 straight into one buffer per blob on the target device) before building tensors, which are views of
 those buffers (memory/codec.py's `tensors_from_buffer`): no further copy.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from hybrid_agent.memory import blobs
+from hybrid_agent.memory import blob_read, blobs
 from hybrid_agent.memory.codec import tensors_from_buffer, tensors_to_bytes
 from hybrid_agent.memory.errors import (
     FingerprintMismatchError,
@@ -26,6 +26,7 @@ from hybrid_agent.memory.integrity import damaged, plain_json, snapshot_digest, 
 from hybrid_agent.memory.queries import now, session_row, snapshot_row
 from hybrid_agent.memory.records import Event, FileEdit, Page, SaveStats, Snapshot
 from hybrid_agent.memory.schema import EVENT_KINDS, EventRow, FileChangeRow, SnapshotRow, StatePage
+from hybrid_agent.memory.sqlite_chunks import chunk_readers
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
@@ -204,12 +205,12 @@ def read_snapshot(
     # Every byte is read and verified (into fresh buffers on `device`) before any tensor is built.
     rec_label = f"{where}: recurrent state"
     labels = [f"{where}: cache page [{p.token_start},{p.token_end})" for p in page_rows]
-    with blobs.chunk_readers(s) as readers:
-        rec_buf = blobs.read_blob_tensor(
+    with chunk_readers(s) as readers:
+        rec_buf = blob_read.read_blob_tensor(
             s, snap.recurrent_blob, what=rec_label, device=device, readers=readers
         )
         page_bufs = [
-            blobs.read_blob_tensor(s, p.blob_sha256, what=w, device=device, readers=readers)
+            blob_read.read_blob_tensor(s, p.blob_sha256, what=w, device=device, readers=readers)
             for p, w in zip(page_rows, labels, strict=True)
         ]
     pages = [

@@ -1,4 +1,4 @@
-"""Fuzzing the snapshot codec and the blob store (memory/codec.py, memory/blobs.py).
+"""Fuzzing the snapshot codec and the blob store (memory/codec.py, memory/blobs.py, memory/blob_read.py).
 
 A snapshot's tensors become one safetensors image (`tensors_to_bytes`), stored as a chunked,
 content-addressed blob; a load reads the blob back, checking every chunk's sha256, and decodes the
@@ -18,9 +18,10 @@ from unittest import mock
 import pytest
 import sqlalchemy as sa
 import torch
-from hybrid_agent.memory import CorruptDataError, blobs
+from hybrid_agent.memory import CorruptDataError, blob_read, blobs
 from hybrid_agent.memory.codec import _DTYPES, tensors_from_buffer, tensors_to_bytes
 from hybrid_agent.memory.schema import Base, Blob, BlobChunk
+from hybrid_agent.memory.sqlite_chunks import chunk_readers
 from hypothesis import example, given
 from hypothesis import strategies as st
 from sqlalchemy.orm import Session
@@ -182,12 +183,12 @@ def read_all(engine: sa.Engine, sha: str) -> list[bytes | CorruptDataError]:
     """The blob (or the refusal) from `read_blob`, and `read_blob_tensor` without and with parallel
     readers, each on its own."""
     reads = [
-        lambda s, _: blobs.read_blob(s, sha, what="fuzz"),
-        lambda s, _: bytes(blobs.read_blob_tensor(s, sha, what="fuzz").numpy()),
-        lambda s, readers: bytes(blobs.read_blob_tensor(s, sha, what="fuzz", readers=readers).numpy()),
+        lambda s, _: blob_read.read_blob(s, sha, what="fuzz"),
+        lambda s, _: bytes(blob_read.read_blob_tensor(s, sha, what="fuzz").numpy()),
+        lambda s, readers: bytes(blob_read.read_blob_tensor(s, sha, what="fuzz", readers=readers).numpy()),
     ]
     out: list[bytes | CorruptDataError] = []
-    with Session(engine) as s, blobs.chunk_readers(s) as readers:
+    with Session(engine) as s, chunk_readers(s) as readers:
         assert readers is not None
         for read in reads:
             try:

@@ -1,4 +1,4 @@
-"""The load path (memory/blobs.py's pipeline + memory/codec.py's zero-copy decoding): the same tensors
+"""The load path (memory/blob_read.py's pipeline + memory/codec.py's zero-copy decoding): the same tensors
 as the safetensors library gives, every dtype and odd alignment, damage found in any chunk of a blob
 that is read in parallel, malformed headers refused, and loads straight onto the GPU (`-m gpu`)."""
 
