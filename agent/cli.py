@@ -1,8 +1,10 @@
 """The `hybrid-agent` command line.
 
 Parsing only here; the commands live in agent/commands.py and import what they need when they run,
-so `--help` is instant. Errors a user can cause print one line and exit 1 (no traceback unless
-`--debug`); Ctrl-C exits 130 and leaves the session at its last saved turn.
+so `--help` is instant. The `hybrid-agent` command itself is hybrid_agent/cli.py's `main`: it parses
+with this module and also opens the terminal UI, which sits above agent/. Errors a user can cause
+print one line and exit 1 (no traceback unless `--debug`); Ctrl-C exits 130 and leaves the session at
+its last saved turn.
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ def _number(kind: type, low: float, what: str, high: float = 2**31 - 1) -> Calla
 
 
 EXIT_USAGE = 2  # as argparse exits on a usage error
-NO_TERMINAL = (
-    "hybrid-agent: the terminal UI needs a terminal on stdin and stdout; "
-    'without one, use `hybrid-agent run "PROMPT"`'
+NO_COMMAND = (
+    "hybrid-agent: hybrid_agent.agent.cli runs the commands (run, sessions) only; "
+    "the terminal UI opens from hybrid_agent.cli (the `hybrid-agent` command)"
 )
 
 _COUNT = _number(int, 0, "a whole number >= 0")
@@ -151,22 +153,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, parsed after the process set-up that every command needs."""
     # On a small CPU, OpenMP threads that spin while they wait stall every matmul as soon as another
     # process is busy: 15.7 vs 91.1 tok/s with one busy process, 136.8 vs 120.3 on a quiet machine
     # (bench/results/cpu_decode_s3_lead.json, same tokens and logits). Set before torch loads libgomp;
     # the user's own setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None and not (sys.stdin.isatty() and sys.stdout.isatty()):
-        # The UI would wait on a terminal that is not there (a pipe, a CI job, an editor's task).
-        print(NO_TERMINAL, file=sys.stderr)
+    return build_parser().parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`hybrid-agent run ...` and `hybrid-agent sessions ...` in this process. Without a command
+    (the terminal UI) it refuses: tui/ sits above agent/, so hybrid_agent/cli.py opens the UI."""
+    args = parse_args(argv)
+    if args.command is None:
+        print(NO_COMMAND, file=sys.stderr)
         return EXIT_USAGE
     from hybrid_agent.agent.commands import dispatch
 
     return dispatch(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,7 +8,6 @@ line; tool activity goes to stderr. `--json` prints each event as one JSON line 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import re
@@ -52,11 +51,14 @@ def _say(*parts: Any) -> None:
 
 
 def dispatch(args: argparse.Namespace) -> int:
-    command: Callable[[argparse.Namespace], int] = {
-        None: cmd_tui,
-        "run": cmd_run,
-        "sessions": cmd_sessions,
-    }[args.command]
+    """Run the command that `args` names (`run` or `sessions`). The terminal UI, the one without a
+    command, is opened by hybrid_agent/cli.py: tui/ sits above agent/."""
+    return run_command({"run": cmd_run, "sessions": cmd_sessions}[args.command], args)
+
+
+def run_command(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """`command(args)`'s exit status; an error becomes one line on stderr and its exit status (with
+    `--debug`, the traceback instead)."""
     if args.debug:
         return command(args)
     try:
@@ -103,23 +105,20 @@ def _store(args: argparse.Namespace) -> Any:
     return Store(args.db)
 
 
-# ---- the TUI -------------------------------------------------------------------------------------
-def cmd_tui(args: argparse.Namespace) -> int:
-    # tui/ sits above agent/: the one place agent reaches up is this entry point, through importlib at
-    # run time, so that nothing in agent/ imports tui/ and the package graph stays acyclic.
-    try:
-        run_app = importlib.import_module("hybrid_agent.tui.app").run_app
-    except (ImportError, AttributeError) as exc:
-        raise AgentError(f"the terminal UI is not available ({exc}); use `hybrid-agent run PROMPT`") from exc
+# ---- the TUI's options ---------------------------------------------------------------------------
+def tui_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of `Agent.open` for the terminal UI, which hybrid_agent/cli.py opens with them.
+    Checked here, so that a bad --resume, model folder or device fails with one line before the UI
+    starts."""
     options = _agent_options(args)
     if args.resume:
         with _store(args) as store:
             options["resume"] = resolve_session_id(store, args.resume)
     from hybrid_agent.agent.factory import check_device, resolve_model_dir
 
-    resolve_model_dir(options["model"])  # fail with one clear line before the UI starts
+    resolve_model_dir(options["model"])
     check_device(options["device"])
-    return int(run_app(options) or 0)
+    return options
 
 
 # ---- run -----------------------------------------------------------------------------------------

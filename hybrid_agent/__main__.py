@@ -1,5 +1,5 @@
 """`python -m hybrid_agent` is the `hybrid-agent` command."""
 
-from hybrid_agent.agent.cli import main
+from hybrid_agent.cli import main
 
 raise SystemExit(main())

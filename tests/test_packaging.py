@@ -34,7 +34,7 @@ def test_every_package_folder_is_listed_and_nothing_else() -> None:
 
 def test_entry_points_name_the_namespace() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    assert project["scripts"]["hybrid-agent"] == "hybrid_agent.agent.cli:main"
+    assert project["scripts"]["hybrid-agent"] == "hybrid_agent.cli:main"
     assert project["entry-points"]["hybrid_agent.tools"]["builtin"].startswith("hybrid_agent.tools.")
 
 

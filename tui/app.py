@@ -9,33 +9,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping
-from datetime import datetime
+from collections.abc import Mapping
 from pathlib import PurePath
 from typing import Any, ClassVar
 
-from hybrid_agent.agent.events import ApprovalDecision
-from hybrid_agent.tui.bridge import AgentBridge, error_text
+from hybrid_agent.tui.base import AgentFactory
+from hybrid_agent.tui.bridge import error_text
 from hybrid_agent.tui.palette import AgentCommands
 from hybrid_agent.tui.screens.help import HelpScreen
 from hybrid_agent.tui.session_actions import SessionActions
 from hybrid_agent.tui.slash import is_slash_command
 from hybrid_agent.tui.turns import TurnActions
-from hybrid_agent.tui.widgets.conversation import DEFAULT_MAX_WIDGETS, Conversation
+from hybrid_agent.tui.widgets.conversation import Conversation
 from hybrid_agent.tui.widgets.loading import LoadingPanel
 from hybrid_agent.tui.widgets.prompt_input import PromptArea, PromptInput
-from hybrid_agent.tui.widgets.status_bar import MODES, StatusBar, StatusInfo
-from hybrid_agent.tui.widgets.tool_card import ToolCard
+from hybrid_agent.tui.widgets.status_bar import MODES, StatusBar
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
-from textual.css.query import NoMatches
 from textual.widgets import Header
 
-AgentFactory = Callable[..., Any]  # factory(approval=callback) -> Agent
 
-
-class HybridAgentApp(TurnActions, SessionActions, App[int]):
+class HybridAgentApp(TurnActions, SessionActions):
     CSS_PATH: ClassVar[list[str | PurePath]] = ["app.tcss", "screens.tcss"]
     TITLE = "hybrid-agent"
     COMMANDS = App.COMMANDS | {AgentCommands}
@@ -52,38 +47,11 @@ class HybridAgentApp(TurnActions, SessionActions, App[int]):
         Binding("ctrl+q", "quit", "quit", priority=True),
     ]
 
-    def __init__(
-        self,
-        agent_factory: AgentFactory,
-        *,
-        max_widgets: int = DEFAULT_MAX_WIDGETS,
-        clock: Callable[[], datetime] | None = None,
-        system_clipboard: bool = True,
-        cursor_blink: bool = True,
-    ) -> None:
-        super().__init__()
-        self.agent_factory = agent_factory
-        self.bridge = AgentBridge(self.ask_user)
-        self.max_widgets = max_widgets
-        self.clock = clock  # a fixed clock makes the session browser deterministic in snapshots
-        self.system_clipboard = system_clipboard
-        self.cursor_blink = cursor_blink
-        self.status_info = StatusInfo()
-        self.last_answer = ""  # for /copy
-        self._cards: dict[str, ToolCard] = {}
-        self._approval: asyncio.Future[ApprovalDecision] | None = None
-        self._quitting = False
-        self._queued: list[str] = []  # messages typed while the model was still loading
-
     def compose(self) -> ComposeResult:
         yield Header(icon="◆")
         yield Conversation(max_widgets=self.max_widgets, id="conversation")
         yield PromptInput(id="input")
         yield StatusBar(id="status")
-
-    @property
-    def conversation(self) -> Conversation:
-        return self.query_one(Conversation)
 
     async def on_mount(self) -> None:
         area = self.query_one(PromptArea)
@@ -120,21 +88,6 @@ class HybridAgentApp(TurnActions, SessionActions, App[int]):
         if self._queued:
             self.run_turn("\n\n".join(self._queued))
             self._queued.clear()
-
-    def refresh_status(self, **changes: Any) -> None:
-        agent = self.bridge.agent
-        if agent is not None:
-            changes = {
-                "model": str(getattr(agent, "model_name", "—")),
-                "device": str(getattr(agent, "device", "—")),
-                "state_tokens": int(getattr(agent, "state_tokens", 0)),
-                "state_bytes": int(getattr(agent, "state_bytes", 0)),
-                "window": getattr(agent, "window", None),
-                **changes,
-            }
-        self.status_info = self.status_info.with_(**changes)
-        with contextlib.suppress(NoMatches):  # the bar is gone while the app shuts down
-            self.query_one(StatusBar).info = self.status_info
 
     # --- input -----------------------------------------------------------------------------------
     @on(PromptArea.Submitted)

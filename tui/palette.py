@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
-
-if TYPE_CHECKING:
-    from hybrid_agent.tui.app import HybridAgentApp
 
 # (title, help, action name on the app). Actions, not callables: the palette runs them the same way
 # a key binding does, so both paths are tested together.
@@ -30,7 +26,7 @@ PALETTE_ENTRIES: tuple[tuple[str, str, str], ...] = (
 
 class AgentCommands(Provider):
     def _callback(self, action: str) -> Callable[[], object]:
-        app = cast("HybridAgentApp", self.app)
+        app = self.app
         return lambda: app.run_action(action)
 
     async def discover(self) -> Hits:

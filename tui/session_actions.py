@@ -1,15 +1,16 @@
 """What the slash commands, the palette and the session browser do to the agent.
 
-A mixin of `HybridAgentApp`: each action runs the agent call on the agent thread (through the
-bridge), redraws what changed, and reports failures as notifications, never as a traceback.
+A part of `HybridAgentApp` (tui/app.py): each action runs the agent call on the agent thread (through
+the bridge), redraws what changed, and reports failures as notifications, never as a traceback.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hybrid_agent.memory import SessionNotFoundError
+from hybrid_agent.tui.base import AppBase
 from hybrid_agent.tui.bridge import error_text
 from hybrid_agent.tui.clipboard import copy_to_system_clipboard
 from hybrid_agent.tui.history import redraw
@@ -17,15 +18,8 @@ from hybrid_agent.tui.screens.sessions import BrowserChoice, SessionBrowser
 from hybrid_agent.tui.slash import ParsedCommand, SlashCommandError, parse
 from textual import work
 
-if TYPE_CHECKING:
-    from hybrid_agent.tui.app import HybridAgentApp
 
-    _Base = HybridAgentApp
-else:
-    _Base = object
-
-
-class SessionActions(_Base):
+class SessionActions(AppBase):
     # --- slash commands -------------------------------------------------------------------------
     async def run_slash(self, text: str) -> None:
         try:

@@ -1,5 +1,5 @@
 """A turn on screen: the user's message, the streamed answer, tool cards, the approval prompt, the
-status bar at the end; and cancelling it. A mixin of `HybridAgentApp`.
+status bar at the end; and cancelling it. A part of `HybridAgentApp` (tui/app.py).
 
 The agent's events arrive in batches from the agent thread (tui/bridge.py); consecutive text deltas of
 a batch become one Markdown append, so a fast model costs one re-render per batch, not per token.
@@ -8,7 +8,6 @@ a batch become one Markdown append, so a fast model costs one re-render per batc
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
 from hybrid_agent.agent.events import (
     AgentEvent,
@@ -20,21 +19,15 @@ from hybrid_agent.agent.events import (
     ToolResultEvent,
     TurnEnd,
 )
+from hybrid_agent.tui.base import AppBase
 from hybrid_agent.tui.screens.approval import ApprovalScreen
 from hybrid_agent.tui.widgets.messages import AssistantMessage
 from textual import work
 
-if TYPE_CHECKING:
-    from hybrid_agent.tui.app import HybridAgentApp
-
-    _Base = HybridAgentApp
-else:
-    _Base = object
-
 WAITING_TITLE = "⏸ waiting for you — hybrid-agent"
 
 
-class TurnActions(_Base):
+class TurnActions(AppBase):
     # --- a turn ----------------------------------------------------------------------------------
     @work(group="turn", exclusive=True)
     async def run_turn(self, text: str) -> None:

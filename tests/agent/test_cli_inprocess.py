@@ -1,6 +1,6 @@
-"""The command line through `agent.cli.main(argv)` in this process: the same commands and error paths
-as tests/agent/test_cli_commands.py (which runs them as subprocesses, under -m slow), fast enough for
-the default run."""
+"""The command line through `hybrid_agent.cli.main(argv)` in this process: the same commands and error
+paths as tests/agent/test_cli_commands.py (which runs them as subprocesses, under -m slow), fast enough
+for the default run."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hybrid_agent.agent.cli import main
 from hybrid_agent.model.config import HybridConfig
 from hybrid_agent.model.hybrid import HybridLM
+
+from hybrid_agent.cli import main
 
 
 def tiny(path: Path, seed: int) -> Path:
@@ -130,6 +131,31 @@ def test_errors(
         assert usage.value.code == 2
         err = capsys.readouterr().err
         assert f"argument {option}: " in err and needle in err, err
+
+
+def test_the_entry_opens_the_ui_with_checked_options(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """hybrid_agent/cli.py opens the UI itself (tui/ sits above agent/), with the options that
+    agent/commands.py checked: a --resume prefix becomes the session's id. agent/cli.py's `main` runs
+    the commands only."""
+    common = ["--model", env["model"], "--db", env["db"]]
+    code, out, err = call(capsys, "run", "hi", *common, "--workspace", env["ws"], "--max-new-tokens", "2")
+    assert code == 0, err
+    sid = out.splitlines()[-1].removeprefix("session: ")
+    import hybrid_agent.tui.app as app
+
+    opened: list[dict[str, object]] = []
+    monkeypatch.setattr(app, "run_app", lambda options: opened.append(options) or 0)
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert call(capsys, *common, "--resume", sid[:8])[0] == 0
+    assert [(o["resume"], o["model"], o["db"]) for o in opened] == [(sid, env["model"], env["db"])]
+
+    from hybrid_agent.agent import cli as agent_cli
+
+    assert agent_cli.main(common) == 2
+    assert capsys.readouterr().err.strip() == agent_cli.NO_COMMAND and not opened[1:]
 
 
 @pytest.mark.parametrize(

@@ -94,7 +94,7 @@ def test_the_wheel_installs_one_import_name_with_its_data(wheel: Path) -> None:
     assert not [n for n in names if n.startswith(("tests/", "bench/", "scripts/")) or "__pycache__" in n]
     (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    assert "hybrid-agent = hybrid_agent.agent.cli:main" in text
+    assert "hybrid-agent = hybrid_agent.cli:main" in text
     assert "builtin = hybrid_agent.tools.builtins:BUILTIN_TOOLS" in text
 
 

@@ -1,0 +1,44 @@
+"""The `hybrid-agent` command (pyproject.toml's [project.scripts], and `python -m hybrid_agent`).
+
+The top of the package: the one module that imports both agent/ and tui/. It parses with agent/cli.py,
+runs `run` and `sessions` through agent/commands.py, and without a command opens the terminal UI
+(tui/app.py) itself, once agent/commands.py has checked its options. Everything past the parser is
+imported when it runs, so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from hybrid_agent.agent.cli import EXIT_USAGE, parse_args
+
+NO_TERMINAL = (
+    "hybrid-agent: the terminal UI needs a terminal on stdin and stdout; "
+    'without one, use `hybrid-agent run "PROMPT"`'
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.command is None and not (sys.stdin.isatty() and sys.stdout.isatty()):
+        # The UI would wait on a terminal that is not there (a pipe, a CI job, an editor's task).
+        print(NO_TERMINAL, file=sys.stderr)
+        return EXIT_USAGE
+    from hybrid_agent.agent.commands import dispatch, run_command
+
+    if args.command is None:
+        return run_command(run_tui, args)
+    return dispatch(args)
+
+
+def run_tui(args: argparse.Namespace) -> int:
+    """Open the terminal UI with the options of `args`, once they passed agent/commands.py's checks."""
+    from hybrid_agent.agent.commands import tui_options
+    from hybrid_agent.agent.errors import AgentError
+
+    try:
+        from hybrid_agent.tui.app import run_app
+    except ImportError as exc:
+        raise AgentError(f"the terminal UI is not available ({exc}); use `hybrid-agent run PROMPT`") from exc
+    return int(run_app(tui_options(args)) or 0)

@@ -1,0 +1,74 @@
+"""The state the parts of the terminal app share.
+
+`HybridAgentApp` (tui/app.py) is this base plus its mixins, tui/turns.py and tui/session_actions.py.
+The mixins subclass this base, so they import it and never the app: tui/ has no import cycle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from hybrid_agent.agent.events import ApprovalDecision, ToolCallRequested
+from hybrid_agent.tui.bridge import AgentBridge
+from hybrid_agent.tui.widgets.conversation import DEFAULT_MAX_WIDGETS, Conversation
+from hybrid_agent.tui.widgets.status_bar import StatusBar, StatusInfo
+from hybrid_agent.tui.widgets.tool_card import ToolCard
+from textual.app import App
+from textual.css.query import NoMatches
+
+AgentFactory = Callable[..., Any]  # factory(approval=callback) -> Agent
+
+
+class AppBase(App[int]):
+    def __init__(
+        self,
+        agent_factory: AgentFactory,
+        *,
+        max_widgets: int = DEFAULT_MAX_WIDGETS,
+        clock: Callable[[], datetime] | None = None,
+        system_clipboard: bool = True,
+        cursor_blink: bool = True,
+    ) -> None:
+        super().__init__()
+        self.agent_factory = agent_factory
+        self.bridge = AgentBridge(self.ask_user)
+        self.max_widgets = max_widgets
+        self.clock = clock  # a fixed clock makes the session browser deterministic in snapshots
+        self.system_clipboard = system_clipboard
+        self.cursor_blink = cursor_blink
+        self.status_info = StatusInfo()
+        self.last_answer = ""  # for /copy
+        self._cards: dict[str, ToolCard] = {}
+        self._approval: asyncio.Future[ApprovalDecision] | None = None
+        self._quitting = False
+        self._queued: list[str] = []  # messages typed while the model was still loading
+
+    if TYPE_CHECKING:  # defined by the mixins and the app, called across them
+
+        async def ask_user(self, call: ToolCallRequested) -> ApprovalDecision: ...  # tui/turns.py
+        async def refresh_session_title(self) -> None: ...  # tui/session_actions.py
+        def action_help(self) -> None: ...  # tui/app.py
+        async def action_quit(self) -> None: ...  # tui/app.py
+
+    @property
+    def conversation(self) -> Conversation:
+        return self.query_one(Conversation)
+
+    def refresh_status(self, **changes: Any) -> None:
+        agent = self.bridge.agent
+        if agent is not None:
+            changes = {
+                "model": str(getattr(agent, "model_name", "—")),
+                "device": str(getattr(agent, "device", "—")),
+                "state_tokens": int(getattr(agent, "state_tokens", 0)),
+                "state_bytes": int(getattr(agent, "state_bytes", 0)),
+                "window": getattr(agent, "window", None),
+                **changes,
+            }
+        self.status_info = self.status_info.with_(**changes)
+        with contextlib.suppress(NoMatches):  # the bar is gone while the app shuts down
+            self.query_one(StatusBar).info = self.status_info
