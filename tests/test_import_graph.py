@@ -21,8 +21,6 @@ PACKAGE_DIRS: dict[str, str] = tomllib.loads((REPO / "pyproject.toml").read_text
 ROOT = "hybrid_agent"
 # Higher imports lower; one layer's folders may not import each other.
 LAYER = {"tui": 3, "agent": 2, "tools": 1, "memory": 1, "model": 1, "kernels": 0}
-# Import cycles known to remain; issue 19 removes this one (agent/factory.py <-> agent/loop.py).
-KNOWN_CYCLES = {frozenset({"hybrid_agent.agent.factory", "hybrid_agent.agent.loop"})}
 
 
 def _modules() -> dict[str, Path]:
@@ -162,13 +160,9 @@ def test_arrows_point_down_the_layers() -> None:
     assert not wrong, "imports that point up or sideways:\n" + "\n".join(wrong)
 
 
-def test_no_import_cycle_in_tui_and_none_new_elsewhere() -> None:
-    graph = _graph()
-    cycles = _cycles(graph)
-    in_tui = [sorted(c) for c in cycles if any(_layer_folder(m) == "tui" for m in c)]
-    assert not in_tui, f"import cycles in tui/: {in_tui}"
-    unknown = [sorted(c) for c in cycles if frozenset(c) not in KNOWN_CYCLES]
-    assert not unknown, f"new import cycles: {unknown}"
+def test_no_import_cycle_anywhere() -> None:
+    cycles = [sorted(c) for c in _cycles(_graph())]
+    assert not cycles, f"import cycles: {cycles}"
 
 
 def test_only_the_entry_imports_the_app() -> None:
