@@ -4,7 +4,6 @@ tools): streaming, approvals, cancel, quitting mid-turn, modes, input history, p
 from __future__ import annotations
 
 import asyncio
-import itertools
 import sqlite3
 import threading
 import time
@@ -109,14 +108,7 @@ async def test_cancel_mid_turn_keeps_last_snapshot(tmp_path: Path, key: str) -> 
         await send(pilot, "one")
         await settle(pilot)
         saved_tokens = rig.engine.n_tokens
-        # The second answer streams a few words, then the model thread waits for the cancel: the turn
-        # cannot end on its own before the key is handled, however slow the machine (no race).
-        assert rig.agent is not None
-        cancelled = threading.Event()
-        agent_cancel = rig.agent.cancel
-        rig.agent.cancel = lambda: (agent_cancel(), cancelled.set())  # type: ignore[method-assign]
-        decoded = itertools.count()
-        rig.engine.step_hook = lambda n: next(decoded) > 20 and cancelled.wait(60)
+        rig.hold_until_cancelled()  # the second answer cannot end before the key is handled
         await send(pilot, "long answer")
         await until(pilot, lambda: len(app.query(AssistantMessage)) == 2, "the second answer to start")
         assert app.bridge.turn_running
@@ -130,12 +122,13 @@ async def test_cancel_mid_turn_keeps_last_snapshot(tmp_path: Path, key: str) -> 
 
 
 async def test_quit_mid_turn_leaves_database_whole(tmp_path: Path) -> None:
-    rig = Rig(tmp_path, ["First.<|end|>", "word " * 1000], token_delay=0.002)
+    rig = Rig(tmp_path, ["First.<|end|>", "word " * 1000])
     app = rig.app
     async with app.run_test() as pilot:
         await ready(pilot)
         await send(pilot, "one")
         await settle(pilot)
+        rig.hold_until_cancelled()  # quitting cancels the turn; it cannot end on its own first
         await send(pilot, "two")
         await until(pilot, lambda: len(app.query(AssistantMessage)) == 2, "the second answer to start")
         await pilot.press("ctrl+q")

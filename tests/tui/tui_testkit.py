@@ -9,9 +9,11 @@ The scripted engine is loaded from that file by path (test directories are not p
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -57,7 +59,6 @@ class Rig:
         root: Path,
         replies: Sequence[str] = (),
         *,
-        token_delay: float = 0.0,
         tools: bool = True,
         resume: str | None = None,
         **app_kw: Any,
@@ -69,8 +70,6 @@ class Rig:
             (self.workspace / "hello.py").write_text('def main():\n    print("hello")\n    return 0\n')
         self.db_url = f"sqlite:///{root / 'sessions.db'}"
         self.engine = ScriptedEngine(list(replies))
-        if token_delay:
-            self.engine.step_hook = lambda n: time.sleep(token_delay)  # runs on the agent's model thread
         self.agent: Agent | None = None
         self.tools = tools
         self.resume = resume
@@ -92,6 +91,17 @@ class Rig:
             for name in self.agent.registry.names():
                 self.agent.registry.unregister(name)
         return self.agent
+
+    def hold_until_cancelled(self, after: int = 20) -> None:
+        """From the next turn on, the scripted model writes `after` tokens, then waits until the agent
+        is cancelled (by a key, or by quitting): such a turn cannot end on its own before the UI has
+        handled the key, however slow the machine."""
+        assert self.agent is not None, "after ready(): the agent is made when the app starts"
+        cancelled = threading.Event()
+        cancel = self.agent.cancel
+        self.agent.cancel = lambda: (cancel(), cancelled.set())  # type: ignore[method-assign]
+        decoded = itertools.count()
+        self.engine.step_hook = lambda n: next(decoded) >= after and cancelled.wait(60)
 
     def say(self, *replies: str) -> None:
         """Queue more replies of the scripted model."""
