@@ -87,6 +87,18 @@ class ChainRow:
     pages: list[PageKey]
 
 
+def _row_digest(prev: str | None, session: SessionRow, row: ChainRow) -> str:
+    return snapshot_digest(
+        prev,
+        session=session,
+        turn=row.turn,
+        n_tokens=row.n_tokens,
+        recurrent_blob=row.recurrent_blob,
+        meta=row.meta,
+        pages=row.pages,
+    )
+
+
 def chain_rows(s: Session, session_id: str) -> list[ChainRow]:
     """The session's snapshot rows, oldest first, each with the page rows stored under its turn."""
     pages: dict[int, list[PageKey]] = defaultdict(list)
@@ -131,15 +143,7 @@ def verify_chain(s: Session, session: SessionRow, upto: int | None = None) -> li
             if chained:
                 raise damaged(session.id, row.turn, "its snapshot row has lost its digest")
         else:
-            want = snapshot_digest(
-                prev,
-                session=session,
-                turn=row.turn,
-                n_tokens=row.n_tokens,
-                recurrent_blob=row.recurrent_blob,
-                meta=row.meta,
-                pages=row.pages,
-            )
+            want = _row_digest(prev, session, row)
             if want != row.digest:
                 raise damaged(session.id, row.turn, "its snapshot row or page list does not match its digest")
             chained = True
@@ -160,15 +164,7 @@ def rechain(s: Session, session: SessionRow, rows: list[ChainRow]) -> str | None
     prev: str | None = None
     params = []
     for row in rows:
-        prev = snapshot_digest(
-            prev,
-            session=session,
-            turn=row.turn,
-            n_tokens=row.n_tokens,
-            recurrent_blob=row.recurrent_blob,
-            meta=row.meta,
-            pages=row.pages,
-        )
+        prev = _row_digest(prev, session, row)
         params.append({"b_session": session.id, "b_turn": row.turn, "b_digest": prev})
     if params:
         table = SnapshotRow.__table__
