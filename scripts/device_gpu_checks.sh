@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the lent GPU machine: the GPU test suites and the chunk-kernel benchmark in one call, each step's
 # full output in OUT (so a step cut by its time limit still shows how far it got, test by test).
-# Usage (repo root there, after installing the carried wheels): bash scripts/device_gpu_checks.sh OUT
+# Usage (repo root there, after installing the wheels scripts/device_wheels.sh gathers, carried as .whl):
+#   python3 -m pip install -q --no-index --no-deps .whl/*.whl && bash scripts/device_gpu_checks.sh OUT
 # Steps and their limits (seconds; ~9 minutes in all, under one device command's 10):
 #   kernels 300: pytest -m gpu tests/kernels (-v: with xdist each test's name and outcome is logged as it
 #                ends, so a run cut by the limit still says which passed; every listed kernel variant
