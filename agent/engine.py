@@ -11,7 +11,7 @@ Design choices:
   the window's masking does not depend on what is held, so pinning does not change any number.
 - Long prefills are split in chunks of a fixed size: the same segment is always cut the same way, so a
   resumed session runs exactly the operations the uninterrupted one ran.
-- On CUDA (full attention) the real engine drives `hybrid_agent.model.engine.DecodeEngine`: preallocated
+- On CUDA (full attention) the real engine drives the `DecodeEngine` (model/decode/): preallocated
   caches, prefill in chunks, and each generated token fed back through the captured one-token step (one CUDA
   graph) instead of a Python forward; resume copies the snapshot's recurrent tensors and pages
   straight into its buffers (`load_parts`: no intermediate state, no concatenated cache). Snapshots
@@ -45,7 +45,7 @@ MIN_CONTEXT = 8192  # the DecodeEngine's first buffers, in tokens; grown wheneve
 
 
 def want_decode_engine(arg: bool | None, device: torch.device) -> bool:
-    """Whether to run on `hybrid_agent.model.engine.DecodeEngine`: `arg` if given, else the environment,
+    """Whether to run on the `DecodeEngine` (model/decode/): `arg` if given, else the environment,
     else CUDA."""
     if arg is not None:
         return arg
@@ -165,7 +165,7 @@ class ModelEngine:
         self._device = param.device if param is not None else torch.device("cpu")
         self.device = str(self._device)
         self.fingerprint: str = fingerprint_with_tokenizer(model.fingerprint, tokenizer)
-        from hybrid_agent.model.sampling import SamplingParams, make_generator
+        from hybrid_agent.model.decode.sampling import SamplingParams, make_generator
 
         self.sampling = SamplingParams(temperature=temperature)
         self._seed = seed
@@ -189,7 +189,7 @@ class ModelEngine:
 
     @property
     def uses_decode_engine(self) -> bool:
-        """Whether the live state runs on `hybrid_agent.model.engine.DecodeEngine` (CUDA graphs on CUDA)."""
+        """Whether the live state runs on the `DecodeEngine` (model/decode/) (CUDA graphs on CUDA)."""
         return self._on_decoder
 
     def _fresh_state(self) -> None:
@@ -206,7 +206,7 @@ class ModelEngine:
     def _decoder_for(self, n_tokens: int) -> Any:
         """The DecodeEngine, with buffers for at least `n_tokens` (grown geometrically; the live state
         moves into the new buffers, so growing changes no number)."""
-        from hybrid_agent.model.engine import DecodeEngine
+        from hybrid_agent.model.decode.engine import DecodeEngine
 
         old = self._decoder
         if old is not None and n_tokens <= old.max_context:
@@ -250,7 +250,7 @@ class ModelEngine:
         return stream
 
     def reset(self) -> None:
-        from hybrid_agent.model.sampling import make_generator
+        from hybrid_agent.model.decode.sampling import make_generator
 
         self._fresh_state()
         self._logits = None
@@ -275,7 +275,7 @@ class ModelEngine:
         self._generator.set_state(torch.frombuffer(raw, dtype=torch.uint8))
 
     def prefill(self, ids: Sequence[int]) -> None:
-        from hybrid_agent.model.generate import prefill
+        from hybrid_agent.model.decode.generate import prefill
 
         if not ids:
             return
@@ -291,7 +291,7 @@ class ModelEngine:
                 self._logits = dec.prefill(list(ids))  # (1, V)
 
     def next_token(self) -> int:
-        from hybrid_agent.model.sampling import sample
+        from hybrid_agent.model.decode.sampling import sample
 
         if self._logits is None:
             raise RuntimeError("next_token() before any prefill")

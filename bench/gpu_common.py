@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from hybrid_agent.model.engine import DecodeEngine
+    from hybrid_agent.model.decode.engine import DecodeEngine
 
 
 def device_info() -> dict[str, Any]:

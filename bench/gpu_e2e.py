@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_common import fill_synthetic
 from gpu_olmo import adopt_weights, attention_only, build_hf, hf_config
 from hybrid_agent.model import HybridLM
-from hybrid_agent.model.engine import DecodeEngine
-from hybrid_agent.model.generate import prefill as eager_prefill
+from hybrid_agent.model.decode.engine import DecodeEngine
+from hybrid_agent.model.decode.generate import prefill as eager_prefill
 
 
 def floor_bytes(model: HybridLM, ctx: int) -> dict[str, int]:

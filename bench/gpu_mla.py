@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gpu_common import fill_synthetic
 from hybrid_agent.model import HybridConfig, HybridLM
-from hybrid_agent.model.engine import DecodeEngine
+from hybrid_agent.model.decode.engine import DecodeEngine
 
 MLA = {"n_heads": 16, "kv_lora_rank": 512, "qk_rope_head_dim": 64, "qk_nope_head_dim": 128, "v_head_dim": 128}
 STACKS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -93,7 +93,7 @@ def expected_cache_bytes(model: HybridLM) -> int:
 def check_vs_eager(m: HybridLM, eng: DecodeEngine, gen: torch.Generator, steps: int) -> dict[str, Any]:
     """Teacher forcing on a real 256-token prompt: the engine's logits against model(token, state) at
     each step (largest difference relative to the largest logit), and whether the argmax agrees."""
-    from hybrid_agent.model.generate import prefill
+    from hybrid_agent.model.decode.generate import prefill
 
     prompt = torch.randint(0, m.config.vocab_size, (1, 256), device=m.device, generator=gen)
     state = m.new_state()

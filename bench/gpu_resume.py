@@ -48,8 +48,8 @@ from hybrid_agent.memory import Page, Store, sqlite_chunks
 from hybrid_agent.memory.blobs import prepare_blob
 from hybrid_agent.memory.codec import tensors_to_bytes
 from hybrid_agent.model import HybridLM, ModelState
-from hybrid_agent.model.engine import DecodeEngine
-from hybrid_agent.model.generate import prefill as eager_prefill
+from hybrid_agent.model.decode.engine import DecodeEngine
+from hybrid_agent.model.decode.generate import prefill as eager_prefill
 from snapshot import drop_from_page_cache, legacy_load, load_stages
 
 Clock = Callable[[], float]

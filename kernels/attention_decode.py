@@ -78,11 +78,6 @@ class DecodeConfig:
     prefetch: bool = True
 
 
-# None: config_for's choice. The engine's calls pass no `config`, so bench/gpu_e2e.py sets a DecodeConfig
-# here to time candidates inside the engine; everything else passes `config=`.
-OVERRIDE: DecodeConfig | None = None
-
-
 def config_for(bh: int, sms: int = 132) -> DecodeConfig:
     """The launch for bh = B * Hkv heads: enough splits that the programs fill the chip several times at
     long contexts (30 heads x 64 = 1920 programs on an H100's 132 SMs), blocks of 32 keys. Measured on
@@ -273,8 +268,6 @@ def _attention_decode_triton(
     if k_buf.stride(3) != 1 or v_buf.stride(3) != 1 or q.stride(3) != 1:
         raise KernelInputError("attention_decode needs the head dimension contiguous in q, k_buf and v_buf")
     B, Hkv, G, D = q.shape
-    if config is None:
-        config = OVERRIDE
     if config is None:
         sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 132
         config = config_for(B * Hkv, sms)

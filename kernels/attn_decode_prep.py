@@ -1,6 +1,6 @@
 """`attn_decode_prep(qkv, q_w, k_w, cos, sin, pos, k_buf, v_buf, pos_buf, ...)`: an attention layer's
 one-token work between its fused q|k|v projection and the attention core, for the decode engine
-(model/engine.py), with the roundings of the model's T == 1 path.
+(model/decode/engine.py), with the roundings of the model's T == 1 path.
 
 QK-norm ("full": one RMSNorm over all heads, "head": per head, "none"), rotate-half RoPE of the first R
 channels of each head (cos, sin: (R,) fp32 at this position, as `hybrid_agent.model.layers.rope_cos_sin`

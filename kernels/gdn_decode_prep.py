@@ -1,6 +1,6 @@
 """`gdn_decode_prep(proj, conv_state, conv_w, conv_b, A_log, dt_bias, ...)`: Gated DeltaNet's one-token
 work between its (fused) input projection and the recurrent step, as one launch for the decode engine
-(model/engine.py), with the roundings of the model's T == 1 path.
+(model/decode/engine.py), with the roundings of the model's T == 1 path.
 
 It does the causal-conv step over the q/k/v channels (state shifted in place) with SiLU, the L2 norm of
 q and k, q/k repeated to the value heads, beta = sigmoid(b) (x2 with negative eigenvalues) and

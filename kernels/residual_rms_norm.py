@@ -1,7 +1,7 @@
 """`residual_rms_norm(x, y, w_y, w_out, eps)`: x <- x + (rms_norm(y) w_y if w_y is given, else y), in
 place (x's dtype, as `x + ...` rounds), and returns rms_norm(x) w_out (or None): the residual add of one
 sub-layer fused with the norm in front of the next one (pre-norm) or behind this one (post-norm), one
-launch for the decode engine (model/engine.py) with the roundings of the model's T == 1 path.
+launch for the decode engine (model/decode/engine.py) with the roundings of the model's T == 1 path.
 `residual_rms_norm_ref` is the definition; Triton on CUDA (kernels/triton_residual_rms_norm.py).
 """
 

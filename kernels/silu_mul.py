@@ -1,6 +1,6 @@
 """`silu_mul(gu)`: gu (B, 2F) = [gate | up] -> silu(gate) * up (B, F), rounded like `F.silu(gate) * up`
 (silu rounded to the dtype, then the product): a SwiGLU MLP's activation in one launch for the decode
-engine (model/engine.py). `silu_mul_ref` is the definition; Triton on CUDA (kernels/triton_silu_mul.py).
+engine (model/decode/). `silu_mul_ref` is the definition; Triton on CUDA (kernels/triton_silu_mul.py).
 """
 
 from __future__ import annotations

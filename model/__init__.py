@@ -6,6 +6,8 @@ Public names: `HybridConfig`, `HybridLM`, `ModelState`, `Tokenizer`, `ByteTokeni
 
 from hybrid_agent.model.checkpoints import load_model
 from hybrid_agent.model.config import HybridConfig
+from hybrid_agent.model.decode.generate import Generation, Step, generate, prefill
+from hybrid_agent.model.decode.sampling import SamplingParams, sample
 from hybrid_agent.model.errors import (
     CheckpointError,
     ConfigError,
@@ -14,9 +16,7 @@ from hybrid_agent.model.errors import (
     TokenizerError,
     TokenRangeError,
 )
-from hybrid_agent.model.generate import Generation, Step, generate, prefill
 from hybrid_agent.model.hybrid import HybridLM
-from hybrid_agent.model.sampling import SamplingParams, sample
 from hybrid_agent.model.state import ModelState
 from hybrid_agent.model.tokenizer import NATIVE_SPECIAL_TOKENS, ByteTokenizer, Tokenizer, load_tokenizer
 

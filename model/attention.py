@@ -66,7 +66,7 @@ class Attention(nn.Module):
 
     def project(self, x: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q (B, T, H, Dh), k and v (B, T, Hkv, Dh) of `x` (B, T, D) at absolute positions `pos` (T,):
-        projections, QK-norm and RoPE. Shared with the decode engine's reference step (model/engine.py),
+        projections, QK-norm and RoPE. Shared with the decode engine's reference step (model/decode/),
         which passes a device-side position so the step can be captured as a CUDA graph."""
         B, T, _ = x.shape
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, H*Dh), (B, T, Hkv*Dh) x2

@@ -1,4 +1,4 @@
-"""The real engine on `hybrid_agent.model.engine.DecodeEngine` (the CUDA default; forced here on the CPU,
+"""The real engine on the `DecodeEngine` (model/decode/) (the CUDA default; forced here on the CPU,
 where the engine runs its eager path on the same preallocated buffers): a session saved and resumed on it
 continues exactly as one that never stopped, its buffers grow without changing a number, and it picks
 the same greedy tokens as the model's own forward. The same checks on the GPU are under `-m gpu`."""

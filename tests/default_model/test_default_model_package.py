@@ -16,8 +16,8 @@ from agent_workspaces import make_workspace  # noqa: E402
 from hybrid_agent.agent.factory import default_model_dir, resolve_model_dir  # noqa: E402
 from hybrid_agent.model import load_model  # noqa: E402
 from hybrid_agent.model.chat import DEFAULT_SYSTEM_PROMPT, ChatMessage  # noqa: E402
-from hybrid_agent.model.generate import generate  # noqa: E402
-from hybrid_agent.model.sampling import SamplingParams  # noqa: E402
+from hybrid_agent.model.decode.generate import generate  # noqa: E402
+from hybrid_agent.model.decode.sampling import SamplingParams  # noqa: E402
 from hybrid_agent.model.tokenizer import NATIVE_SPECIAL_TOKENS  # noqa: E402
 from hybrid_agent.tools import ToolRegistry  # noqa: E402
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 from hybrid_agent.model import HybridLM
-from hybrid_agent.model.engine import ContextFullError, DecodeEngine
-from hybrid_agent.model.generate import prefill
+from hybrid_agent.model.decode.engine import ContextFullError, DecodeEngine
+from hybrid_agent.model.decode.generate import prefill
 from hybrid_agent.model.testing import TINY
 from hybrid_agent.model.testing import tiny_model as make
 
@@ -160,7 +160,7 @@ def test_kernel_mode_fused_and_mla(layers: list[str], over: dict, fuse: bool, al
 def test_concat_shared_weights_are_views() -> None:
     """On CUDA the engine rebinds the projections as views of the concatenation (no memory doubled):
     the model computes the same, and a second concatenation reuses the first."""
-    from hybrid_agent.model.engine import _concat
+    from hybrid_agent.model.decode.fused import _concat
 
     model = make(["gated_deltanet", "attention"], seed=12)
     prompt = torch.randint(0, 97, (1, 9), generator=torch.Generator().manual_seed(6))

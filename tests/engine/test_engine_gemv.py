@@ -12,7 +12,7 @@ import torch
 from hybrid_agent.kernels import GemvConfig
 from hybrid_agent.kernels._dispatch import interpreter_on
 from hybrid_agent.model import HybridConfig, HybridLM
-from hybrid_agent.model.engine import GEMV_ROLES, DecodeEngine
+from hybrid_agent.model.decode.engine import GEMV_ROLES, DecodeEngine
 
 CFG = dict(
     vocab_size=97,
@@ -89,7 +89,7 @@ def test_gemv_roles_option() -> None:
 def test_engine_passes_its_gemv_configs(monkeypatch: pytest.MonkeyPatch) -> None:
     """engine.gemv_cfg[(N, K)] is the launch kernels.gemv gets for a weight of that shape (the
     benchmarks' sweeps set it there; kernels.gemv's own table is read-only); other shapes get None."""
-    import hybrid_agent.model.engine as engine_module
+    import hybrid_agent.model.decode.fused as engine_module
 
     model = HybridLM(HybridConfig.model_validate(CFG)).eval()
     eng = DecodeEngine(model, max_context=16, attention="kernel", gemv=True, use_graphs=False)
@@ -103,6 +103,6 @@ def test_engine_passes_its_gemv_configs(monkeypatch: pytest.MonkeyPatch) -> None
     cfg = GemvConfig(8, 32, 2, 4)
     eng.gemv_cfg[(24, 32)] = cfg
     x = torch.randn(1, 32)
-    eng._mm("down", x, torch.randn(24, 32))
-    eng._mm("down", x, torch.randn(16, 32))
+    eng.kernels.mm("down", x, torch.randn(24, 32))
+    eng.kernels.mm("down", x, torch.randn(16, 32))
     assert seen == [((24, 32), cfg), ((16, 32), None)]

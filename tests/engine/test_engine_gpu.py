@@ -14,8 +14,8 @@ from __future__ import annotations
 import pytest
 import torch
 from hybrid_agent.model import HybridConfig, HybridLM
-from hybrid_agent.model.engine import GEMV_ROLES, DecodeEngine
-from hybrid_agent.model.generate import prefill
+from hybrid_agent.model.decode.engine import GEMV_ROLES, DecodeEngine
+from hybrid_agent.model.decode.generate import prefill
 
 pytestmark = pytest.mark.gpu
 

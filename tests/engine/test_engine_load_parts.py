@@ -15,9 +15,9 @@ import torch
 from hybrid_agent.agent.engine import StatePage
 from hybrid_agent.memory.records import Page
 from hybrid_agent.model import HybridLM, ModelState
-from hybrid_agent.model.engine import ContextFullError, DecodeEngine
+from hybrid_agent.model.decode.engine import ContextFullError, DecodeEngine
+from hybrid_agent.model.decode.generate import prefill
 from hybrid_agent.model.errors import StateMismatchError
-from hybrid_agent.model.generate import prefill
 from hybrid_agent.model.testing import TINY, tiny_model
 from torch import Tensor
 

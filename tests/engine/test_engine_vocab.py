@@ -8,10 +8,10 @@ import torch
 from hybrid_agent.agent.engine import ModelEngine
 from hybrid_agent.model import ByteTokenizer, load_model
 from hybrid_agent.model.chat import NativeChatFormat
-from hybrid_agent.model.engine import DecodeEngine
-from hybrid_agent.model.generate import generate
+from hybrid_agent.model.decode.engine import DecodeEngine
+from hybrid_agent.model.decode.generate import generate
+from hybrid_agent.model.decode.sampling import SamplingParams
 from hybrid_agent.model.hybrid import HybridLM
-from hybrid_agent.model.sampling import SamplingParams
 from hybrid_agent.model.testing import TINY, tiny_model
 
 TOK = ByteTokenizer()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from hybrid_agent.model import ByteTokenizer, SamplingParams, generate, prefill, sample
-from hybrid_agent.model.sampling import filter_logits, make_generator
+from hybrid_agent.model.decode.sampling import filter_logits, make_generator
 
 MIXED = ["mamba2", "attention", "gated_deltanet"]
 PROMPT = ByteTokenizer().encode("<|user|>hi<|end|><|assistant|>", special=True)

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from hybrid_agent.model.decode.sampling import SamplingParams, make_generator, sample
 from hybrid_agent.model.errors import TokenRangeError
 from hybrid_agent.model.hybrid import HybridLM
-from hybrid_agent.model.sampling import SamplingParams, make_generator, sample
 from hybrid_agent.model.state import ModelState
 from hybrid_agent.model.tokenizer import TokenizerLike
 from torch import Tensor

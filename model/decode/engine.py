@@ -1,0 +1,302 @@
+"""`DecodeEngine`: prefill and decode on preallocated buffers, the one-token step replayed as CUDA graphs.
+
+Design choices (the model stays plain; speed tricks live here, as in gpt-fast):
+Files: buffers.py (the static state and the step's buffers), pages.py (a snapshot straight into the
+buffers), fused.py (the fused step), segments.py (the step from the model's modules), graphs.py
+(capture), generate.py and sampling.py (the model's own token loop, used off the engine's path).
+
+- Static state. The engine owns one `ModelState` whose attention caches are views into buffers of
+  `max_context` tokens allocated up front, and whose recurrent tensors never move. Prefill runs the
+  model's own blocks on that state (appends land in the buffers without reallocating; the chunked
+  kernels' new recurrent tensors are copied back into the fixed ones). `engine.state` is a real
+  `ModelState` at every point between calls, so snapshots (`to_tensors`, `cache_range`) just work;
+  `load_state` copies a state into the buffers; `load_parts` copies a snapshot's recurrent tensors and
+  cache pages straight into them (no intermediate `ModelState`: on resume, no concatenated cache).
+- The decode step (`attention="kernel"`, the default on CUDA) is captured as ONE CUDA graph and
+  replayed at any context: the attention cores are `hybrid_agent.kernels.attention_decode` (GQA) and
+  `hybrid_agent.kernels.mla_decode` (MLA, absorbed form over the latent cache), which read the cache length on
+  the device, and the cache writes go to a device-side position. With `fuse=True` (the default) the step
+  is the engine's own fused version of the model's T == 1 arithmetic (fused.py), to cut the ~1,100 small
+  kernels a token of OLMo Hybrid 7B's shape took (#8): one matmul for q/k/v/a/b/g of a Gated DeltaNet layer,
+  for q/k/v of an attention layer, for gate/up of an MLP (the weights concatenated once, when the
+  engine is built; on CUDA the model's own weights are rebound as views of the concatenation, so no
+  memory is doubled and the model computes exactly what it did); `hybrid_agent.kernels`' fused ops for the
+  Gated DeltaNet conv step + L2 norms + gates (one launch), an attention layer's QK-norm + RoPE + cache
+  writes (one launch; `attn_prep=False` keeps the model's ops), SiLU x up, each residual add fused
+  with the next RMSNorm, and the greedy argmax + position advance; on CUDA its one-token matmuls run
+  `hybrid_agent.kernels.gemv` (a bandwidth-bound Triton GEMV, faster than cuBLAS at these shapes; `gemv=False`
+  keeps F.linear). `fuse=False` keeps the model's
+  modules (the same graph, more kernels: the baseline of bench/gpu_e2e.py).
+  `attention="sdpa"` instead cuts the step at each attention core and runs the model's own
+  `scaled_dot_product_attention` call (model.attention.sdpa: flash / memory-efficient on CUDA) eagerly
+  over the first L keys between graphs: the kernels of `model(token, state)` (256 greedy tokens
+  identical at OLMo Hybrid 7B's shape; not promised bit for bit, as graph capture may change cuBLAS'
+  choices), with one host-side call per attention layer and token: the reference mode only.
+- Greedy decoding never leaves the device: the last graph writes argmax(logits) into the input
+  buffer of the next step and into a device history of token ids, which is read back every
+  `sync_every` tokens (or every token when stop ids must be checked: the state must not run past a
+  stop token, as in model/decode/generate.py). Sampled decoding reads the logits buffer after each `step`.
+  Greedy picks among the ids below `vocab_size` (the tokenizer's size when the model's vocabulary is
+  padded past it), so it never yields an id without text.
+- Supported in the graphed path: attention (full, no window), mla, gated_deltanet, mamba2 and mlp
+  layers (with attention="sdpa" an MLA layer runs the model's own block eagerly between graphs).
+  Anything else (a window, parallel layers) and every CPU run take the eager path: the same buffers,
+  the segments called directly (CPU) or `model(token, state)` (unsupported layouts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Literal
+
+import torch
+from hybrid_agent.kernels.attention_decode import DecodeConfig
+from hybrid_agent.model.decode import pages as page_loading
+from hybrid_agent.model.decode.buffers import ContextFullError, StaticState
+from hybrid_agent.model.decode.fused import GEMV_ROLES, FusedStep, StepKernels
+from hybrid_agent.model.decode.graphs import capture
+from hybrid_agent.model.decode.pages import PageLike
+from hybrid_agent.model.decode.segments import ModuleStep, Segment, head
+from hybrid_agent.model.errors import StateMismatchError, TokenRangeError
+from hybrid_agent.model.hybrid import HybridLM
+from hybrid_agent.model.state import ModelState
+from torch import Tensor
+
+__all__ = ["GEMV_ROLES", "GRAPHED_KINDS", "ContextFullError", "DecodeEngine"]
+
+GRAPHED_KINDS = frozenset({"attention", "gated_deltanet", "mamba2", "mlp", "mla"})
+
+
+class DecodeEngine:
+    """Prefill and decode for one `HybridLM` on buffers of `max_context` tokens (see the module doc)."""
+
+    def __init__(
+        self,
+        model: HybridLM,
+        *,
+        max_context: int,
+        batch_size: int = 1,
+        use_graphs: bool | None = None,
+        prefill_chunk: int = 2048,
+        attention: Literal["kernel", "sdpa"] | None = None,
+        fuse: bool = True,
+        align: int | None = None,
+        gemv: bool | Collection[str] | None = None,
+        attn_prep: bool = True,
+        vocab_size: int | None = None,
+    ) -> None:
+        self.model = model
+        self.cfg = model.config
+        self.max_context = max_context
+        self.prefill_chunk = prefill_chunk
+        self.device = model.device
+        self.static = set(self.cfg.layer_types) <= GRAPHED_KINDS and self.cfg.attention.sliding_window is None
+        self.graphed = self.static and (self.device.type == "cuda" if use_graphs is None else use_graphs)
+        # "kernel": kernels.attention_decode reads the length on the device, so the whole step is one
+        # graph; "sdpa": the model's own SDPA call between graphs (bit-identical to model(token, state),
+        # but one host-side call per attention layer and token).
+        self.attention = attention or ("kernel" if self.graphed else "sdpa")
+        self.fused = fuse and self.static and self.attention == "kernel"
+        # Fused projections get zero rows up to a multiple of this (fused.py `_concat`); 16 on CUDA, where
+        # cuBLAS runs 16-aligned one-token matmuls ~2x faster (bench/results/gpu_e2e_final.json).
+        self.align = align if align is not None else (16 if self.device.type == "cuda" else 1)
+        self.buf = StaticState(model, max_context, batch_size, vocab_size)
+        # fused step: an attention layer's QK-norm, RoPE and cache writes as one kernels.attn_decode_prep
+        # launch (attn_prep=False: the model's own ops, ~19 small kernels a layer; the same-run baseline)
+        self.kernels = StepKernels(attn_prep=attn_prep)
+        self.kernels.set_gemv(gemv, self.device)
+        self._fused = FusedStep(model, self.buf, self.kernels, self.align) if self.fused else None
+        self._segments: list[Segment] = []
+        if self._fused is not None:
+            self._segments = [(self._fused, True)]
+        elif self.static:
+            self._segments = ModuleStep(model, self.buf, self.kernels, self.attention).build()
+        self._graphs: dict[int, torch.cuda.CUDAGraph] | None = None
+
+    # ---- the step's kernel choices (each drops captured graphs: the next step captures the new choice)
+    def set_gemv(self, gemv: bool | Collection[str] | None) -> None:
+        """Which of the fused step's matmuls (GEMV_ROLES) run kernels.gemv instead of F.linear: True all,
+        False none, None the default (all on CUDA, none on the CPU), or a set of roles."""
+        self.kernels.set_gemv(gemv, self.device)
+        self._graphs = None
+
+    @property
+    def gemv_roles(self) -> frozenset[str]:
+        return self.kernels.gemv_roles
+
+    @property
+    def gemv_cfg(self) -> dict:
+        """kernels.gemv launches by (N, K): entries set here apply from the next capture."""
+        return self.kernels.gemv_cfg
+
+    @gemv_cfg.setter
+    def gemv_cfg(self, value: dict) -> None:
+        self.kernels.gemv_cfg = dict(value)
+        self._graphs = None
+
+    @property
+    def attn_prep(self) -> bool:
+        return self.kernels.attn_prep
+
+    @attn_prep.setter
+    def attn_prep(self, value: bool) -> None:
+        self.kernels.attn_prep = value
+        self._graphs = None
+
+    @property
+    def attn_config(self) -> DecodeConfig | None:
+        """kernels.attention_decode's launch (None: its own choice for the shape)."""
+        return self.kernels.attn_config
+
+    @attn_config.setter
+    def attn_config(self, value: DecodeConfig | None) -> None:
+        self.kernels.attn_config = value
+        self._graphs = None
+
+    @property
+    def greedy_kernel(self) -> bool:
+        """The greedy advance through kernels.greedy_advance (False: torch ops)."""
+        return self.buf.greedy_kernel
+
+    @greedy_kernel.setter
+    def greedy_kernel(self, value: bool) -> None:
+        self.buf.greedy_kernel = value
+        self._graphs = None
+
+    @property
+    def _plans(self) -> list[dict[str, object]]:
+        return self._fused.plans if self._fused is not None else []
+
+    @property
+    def _logits(self) -> Tensor:
+        return self.buf.logits
+
+    # ---- state -----------------------------------------------------------------------------------------
+    @property
+    def state(self) -> ModelState:
+        return self.buf.state
+
+    @property
+    def n_tokens(self) -> int:
+        return self.buf.n
+
+    def reset(self) -> None:
+        """Forget every token (the buffers stay; recurrent states are zeroed)."""
+        self.buf.reset()
+
+    def set_length(self, n_tokens: int) -> None:
+        """Declare that the first `n_tokens` of every cache buffer and the recurrent tensors were written
+        by the caller (benchmarks build long states this way); positions become 0..n-1."""
+        self.buf.set_length(n_tokens)
+
+    def load_state(self, state: ModelState) -> None:
+        """Copy `state` (e.g. restored from a snapshot, on any device) into the engine's buffers."""
+        self.buf.load_state(state)
+
+    def check_parts(self, recurrent: dict[str, Tensor], pages: Sequence[PageLike]) -> int:
+        """Validate a snapshot for `load_parts` without changing anything; returns its token count.
+        (`load_parts` checks again; callers use this to size the engine before loading.)"""
+        return page_loading.plan_parts(self.buf, recurrent, pages).n_tokens
+
+    def load_parts(self, recurrent: dict[str, Tensor], pages: Sequence[PageLike]) -> None:
+        """A snapshot (`ModelState.recurrent_tensors()` and cache pages) straight into the buffers; see
+        model/decode/pages.py `load_parts`. On StateMismatchError / ContextFullError nothing changed."""
+        page_loading.load_parts(self.buf, recurrent, pages)
+
+    def export_state(self) -> ModelState:
+        """A deep copy of the current state (without the spare room), e.g. to keep a checkpoint."""
+        return self.state.clone()
+
+    # ---- prefill ---------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def prefill(self, ids: Sequence[int] | Tensor) -> Tensor:
+        """Feed `ids` (T,) or (B, T); returns the logits of the last token (B, V), in chunks of
+        `prefill_chunk` tokens so activation memory stays bounded. Only the last chunk goes through
+        the LM head."""
+        x = torch.as_tensor(ids, dtype=torch.long, device=self.device)
+        x = x.view(1, -1) if x.dim() == 1 else x  # (B, T)
+        if x.shape[-1] == 0:
+            raise TokenRangeError("the prompt is empty; pass at least one token to prefill")
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi >= self.cfg.vocab_size:
+            raise TokenRangeError(f"token ids must be in [0, {self.cfg.vocab_size}); got [{lo}, {hi}]")
+        buf = self.buf
+        buf.room(buf.n, x.shape[1])
+        m, h = self.model, None
+        for start in range(0, x.shape[1], self.prefill_chunk):
+            chunk = x[:, start : start + self.prefill_chunk]  # (B, t)
+            h = m.embed_tokens(chunk)  # (B, t, D)
+            for block, layer in zip(m.layers, buf.state.layers, strict=True):
+                h = block(h, layer, buf.state)  # (B, t, D)
+            buf.state.n_tokens += chunk.shape[1]
+            buf.pin()
+            buf.ids[:, buf.n : buf.n + chunk.shape[1]] = chunk
+            buf.n = buf.state.n_tokens
+        assert h is not None
+        buf.pos.fill_(buf.n)
+        # The head over the whole last chunk, as model.forward does: the same matmul shape gives the
+        # same rounding, so the first decoded token matches the eager path exactly.
+        buf.logits.copy_(head(m, h)[:, -1])
+        return buf.logits
+
+    # ---- decode ----------------------------------------------------------------------------------------
+    def _run_step(self) -> None:
+        buf = self.buf
+        if self.graphed:
+            if self._graphs is None:
+                self._graphs = capture(self._segments, buf)
+            for j, (seg, safe) in enumerate(self._segments):
+                if safe:
+                    self._graphs[j].replay()
+                else:
+                    seg()
+        elif self.static:
+            for seg, _ in self._segments:
+                seg()
+        else:
+            buf.logits.copy_(self.model(buf.tok, buf.state)[:, -1])
+            buf.advance()
+            buf.n = buf.state.n_tokens
+            return
+        buf.n += 1
+        buf.narrow()
+
+    @torch.inference_mode()
+    def step(self, token: Tensor | int) -> Tensor:
+        """Feed one token per sequence ((B,) or (B, 1) on any device, or an int for B == 1); returns the
+        logits (B, V) of the next token. The returned tensor is the engine's buffer: it is overwritten
+        by the next call."""
+        buf = self.buf
+        buf.room(buf.n, 1)
+        if isinstance(token, int):
+            buf.tok.fill_(token)
+        else:
+            buf.tok.copy_(token.view(-1, 1))
+        buf.ids.index_copy_(1, buf.pos, buf.tok)
+        self._run_step()
+        return buf.logits
+
+    @torch.inference_mode()
+    def generate_greedy(
+        self, max_new_tokens: int, *, stop_token_ids: Sequence[int] = (), sync_every: int = 64
+    ) -> list[int]:
+        """Greedy tokens after the last prefill/step (batch 1), each fed into the state as in
+        model/decode/generate.py (the stop token too). Reads tokens back every `sync_every` steps, or every
+        step when stop ids are given (the state must not run past a stop)."""
+        if self.state.batch_size != 1:
+            raise StateMismatchError("generate_greedy decodes one sequence; use step() for batches")
+        buf = self.buf
+        buf.room(buf.n, max_new_tokens)
+        buf.tok.copy_(buf.greedy_logits.argmax(-1, keepdim=True))
+        buf.ids.index_copy_(1, buf.pos, buf.tok)
+        every = 1 if stop_token_ids else max(1, sync_every)
+        stops, first, out = set(stop_token_ids), buf.n, []
+        for i in range(max_new_tokens):
+            self._run_step()
+            if (i + 1) % every == 0 or i + 1 == max_new_tokens:
+                new = buf.ids[0, first + len(out) : buf.n].tolist()  # one sync per `every` tokens
+                for t in new:
+                    out.append(t)
+                    if t in stops:
+                        return out
+        return out
