@@ -89,18 +89,18 @@ class Block(nn.Module):
     def step_cpu(
         self, x: Tensor, layer: LayerState, state: ModelState, memo: dict[object, object] | None = None
     ) -> Tensor:
-        """`forward` for one fp32 token on the CPU (model/layers.py `cpu_decode_applies`): each part's
-        `step_cpu` where it has one, the residual added in place (`x` is the caller's own buffer).
-        `memo`: values the layers of one step share (RoPE's cos and sin)."""
+        """`forward` for one fp32 token on the CPU (model/layers.py `cpu_decode_applies`): the residual
+        added in place (`x` is the caller's own buffer), and an attention mixer's `step_cpu` with
+        `memo` (RoPE's cos and sin, shared by the layers of one step)."""
         if self.post_norm:
             return self.forward(x, layer, state)
         mixer = self.mixer
         if mixer is not None and self.mixer_norm is not None:
-            h = self.mixer_norm.step_cpu(x)  # (B, 1, D)
-            if isinstance(mixer, (Mamba2Mixer, Attention)):
+            h = self.mixer_norm(x)  # (B, 1, D)
+            if isinstance(mixer, Attention):
                 x.add_(mixer.step_cpu(h, layer, state, memo))
             else:
                 x.add_(mixer(h, layer, state))
         if self.mlp is not None and self.mlp_norm is not None:
-            x.add_(self.mlp.step_cpu(self.mlp_norm.step_cpu(x)))
+            x.add_(self.mlp(self.mlp_norm(x)))
         return x  # (B, 1, D)

@@ -142,7 +142,7 @@ class HybridLM(nn.Module):
             memo: dict[object, object] = {}  # shared by the layers of this step
             for block, layer in zip(self.layers, state.layers, strict=True):
                 x = block.step_cpu(x, layer, state, memo)  # (B, 1, D)
-            x = self.norm.step_cpu(x)  # (B, 1, D)
+            x = self.norm(x)  # (B, 1, D)
         else:
             for block, layer in zip(self.layers, state.layers, strict=True):
                 x = block(x, layer, state)  # (B, T, D)

@@ -4,18 +4,16 @@ Parameter names follow transformers (`weight`, `gate_proj`, `up_proj`, `down_pro
 adapters map weights by name. Norms go through `hybrid_agent.kernels.rms_norm` (fp32 arithmetic, input dtype
 out).
 
-The one-token fp32 CPU path of decode (`HybridLM.forward` with T == 1 on the CPU, kernels mode `auto`):
-each module's `step_cpu` computes what its `forward` computes with the reference kernels, bit for bit,
-in fewer torch calls (no kernel dispatch or input checks, no sub-module calls, in-place intermediates,
-an RMSNorm of five calls instead of ~10). Decode of a small model on a 2-core CPU is mostly per-call
-overhead: ~300 torch calls a token against ~4 ms of weight reads (bench/cpu_decode.py).
-tests/model/test_model_decode_cpu.py and test_model_decode_fast.py hold it to the reference.
+Decode of a small model on a 2-core CPU is mostly per-call overhead (~300 torch calls a token against
+~4 ms of weight reads, bench/cpu_decode.py). Its one-token work goes through the kernels, whose CPU forms
+(`*_cpu`, kernels mode `auto`; kernels/_dispatch.py) compute the reference's numbers bit for bit in fewer
+torch calls; the modules call weights through F.linear rather than their sub-modules' calls.
+`HybridLM.forward` adds the residuals in place for one token (`Block.step_cpu`), and attention's RoPE
+values are shared by the layers of a step (`Attention.step_cpu`). tests/model/test_model_decode_cpu.py
+and test_model_decode_fast.py hold them to the reference kernels.
 """
 
 from __future__ import annotations
-
-import math
-import struct
 
 import torch
 import torch.nn.functional as F
@@ -24,17 +22,13 @@ from hybrid_agent.kernels._dispatch import backend
 from hybrid_agent.model.config import HybridConfig
 from torch import Tensor, nn
 
-# The switch of the one-token CPU path (see the module docstring), so bench/cpu_decode.py can time
-# both paths in one process.
-CPU_DECODE = True
-
 
 def cpu_decode_applies(x: Tensor) -> bool:
-    """Whether `x` (B, 1, D) takes the one-token CPU path: fp32 on the CPU, kernels mode `auto`, no
-    autograd (the path writes into its own intermediates)."""
+    """Whether `x` (B, 1, D) takes the one-token CPU path: fp32 on the CPU, kernels mode `auto` (the CPU
+    kernels; `HYBRID_AGENT_KERNELS=ref` turns it off), no autograd (the path writes into its own
+    intermediates)."""
     return (
-        CPU_DECODE
-        and x.dtype == torch.float32
+        x.dtype == torch.float32
         and not torch.is_grad_enabled()
         and x.device.type == "cpu"
         and backend(x) == "cpu"
@@ -50,39 +44,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.numel() == x.shape[-1] and cpu_decode_applies(x):  # one token: what `step_cpu` computes
-            return rms_norm_cpu(x, self.weight, self.eps)
         return rms_norm(x, self.weight, self.eps)
-
-    def step_cpu(self, x: Tensor) -> Tensor:
-        """`forward` for one fp32 token on the CPU (`cpu_decode_applies`); see `rms_norm_cpu`. Also
-        what `forward` computes for such a token, so callers of the modules (DecodeEngine's CPU step)
-        get the same numbers as the one-token path."""
-        return rms_norm_cpu(x, self.weight, self.eps)
-
-
-def rms_norm_cpu(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    """`hybrid_agent.kernels.rms_norm` of fp32 `x` on the CPU, bit for bit, in few torch calls. One row
-    (decode): the sum of squares by torch's own reduction (the one the reference's `mean` runs), the scale in
-    Python, two multiplies: five calls where torch's `rms_norm` makes about ten (pow, mean, add,
-    rsqrt, multiplies, no-op casts), each costing microseconds on a small CPU. The scale's
-    arithmetic (divide, add eps, sqrt, reciprocal) is done in double and rounded to fp32 after each
-    operation, which gives exactly the fp32 results (binary64 has more than twice binary32's
-    precision). More rows: torch's `rms_norm` (the reference's operations)."""
-    d = x.shape[-1]
-    if x.numel() != d:
-        return torch.rms_norm(x, (d,), weight, eps)
-    mean = _f32(float((x * x).sum()) / d)  # mean(x^2) as the reference's sum, then divide
-    scale = _f32(1.0 / _f32(math.sqrt(_f32(mean + _f32(eps)))))  # rsqrt(mean + eps)
-    return torch.mul(x, scale).mul_(weight)  # (..., d): x * scale * weight, the reference's order
-
-
-_F32 = struct.Struct("f")
-
-
-def _f32(v: float) -> float:
-    """`v` rounded to the nearest fp32 value."""
-    return _F32.unpack(_F32.pack(v))[0]
 
 
 class GatedRMSNorm(nn.Module):
@@ -118,17 +80,12 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(hidden, cfg.d_model, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        # F.linear on the weights rather than the sub-modules' calls: the same numbers, and a decode
+        # step of a small model on the CPU is mostly per-call overhead (bench/cpu_decode.py).
+        up = F.linear(x, self.up_proj.weight, self.up_proj.bias)  # (B, T, hidden)
         if self.gate_proj is None:
-            return self.down_proj(F.relu(self.up_proj(x)).square())  # (B, T, D)
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # (B, T, D)
-
-    def step_cpu(self, x: Tensor) -> Tensor:
-        """`forward` without the sub-modules' calls; the gate's activation and product in place."""
-        if self.gate_proj is None:
-            h = F.relu(F.linear(x, self.up_proj.weight, self.up_proj.bias), inplace=True)
-            return F.linear(h.square_(), self.down_proj.weight, self.down_proj.bias)  # (B, T, D)
-        g = F.silu(F.linear(x, self.gate_proj.weight, self.gate_proj.bias), inplace=True)
-        g.mul_(F.linear(x, self.up_proj.weight, self.up_proj.bias))  # (B, T, hidden)
+            return F.linear(F.relu(up).square(), self.down_proj.weight, self.down_proj.bias)  # (B, T, D)
+        g = F.silu(F.linear(x, self.gate_proj.weight, self.gate_proj.bias)) * up  # (B, T, hidden)
         return F.linear(g, self.down_proj.weight, self.down_proj.bias)  # (B, T, D)
 
 

@@ -12,8 +12,9 @@ Weights (names and shapes as in transformers, so checkpoints load by name):
 - norm.weight (E,): gated RMSNorm over groups of E / G channels
 - out_proj (D_model, E)
 
-T == 1 runs the one-step kernels (decode); T > 1 the chunked ones (prefill). Both read and write the
-same layer state: `conv` (B, E + 2GN, W - 1) and `ssm` (B, H, P, N), fp32.
+T == 1 runs the one-step kernels (decode; on the CPU their `*_cpu` forms, see kernels/_dispatch.py);
+T > 1 the chunked ones (prefill). Both read and write the same layer state: `conv` (B, E + 2GN, W - 1)
+and `ssm` (B, H, P, N), fp32.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from hybrid_agent.kernels import causal_conv1d, causal_conv1d_step, ssd_scan, ssm_step
 from hybrid_agent.model.config import HybridConfig
-from hybrid_agent.model.layers import GatedRMSNorm, cpu_decode_applies, rms_norm_cpu
+from hybrid_agent.model.layers import GatedRMSNorm
 from hybrid_agent.model.state import LayerState, ModelState
 from torch import Tensor, nn
 
@@ -75,10 +76,8 @@ class Mamba2Mixer(nn.Module):
 
     def forward(self, x: Tensor, layer: LayerState, state: ModelState) -> Tensor:
         Bsz, T, _ = x.shape
-        if T == 1 and cpu_decode_applies(x):  # one fp32 token on the CPU: see model/layers.py
-            return self.step_cpu(x, layer, state)
         H, P, G, N = self.n_heads, self.head_dim, self.n_groups, self.d_state
-        zxbcdt = self.in_proj(x)  # (B, T, E + E + 2GN + H)
+        zxbcdt = F.linear(x, self.in_proj.weight, self.in_proj.bias)  # (B, T, E + E + 2GN + H)
         z, xBC, dt = zxbcdt.split([self.d_inner, self.conv_dim, H], dim=-1)  # (B,T,E) (B,T,E+2GN) (B,T,H)
         weight, bias = self.conv1d.weight.squeeze(1), self.conv1d.bias  # (E + 2GN, W)
         conv = layer.recurrent["conv"]
@@ -93,7 +92,7 @@ class Mamba2Mixer(nn.Module):
         lo, hi = self.dt_limit
         if lo > 0.0 or hi is not None:
             dt = dt.clamp(min=lo, max=hi)
-        A = -torch.exp(_f32(self.A_log))  # (H,)
+        A = self._A()  # (H,)
         if T == 1:
             y = ssm_step(
                 layer.recurrent["ssm"],
@@ -117,73 +116,20 @@ class Mamba2Mixer(nn.Module):
             )  # (B, T, H, P)
         y = y.reshape(Bsz, T, self.d_inner)  # (B, T, E)
         y = self.norm(y, z) if self.norm is not None else y * F.silu(z.float())  # (B, T, E)
-        return self.out_proj(y if y.dtype == x.dtype else y.to(x.dtype))  # (B, T, D_model)
+        y = y if y.dtype == x.dtype else y.to(x.dtype)
+        return F.linear(y, self.out_proj.weight, self.out_proj.bias)  # (B, T, D_model)
 
     def _A(self) -> Tensor:
-        """-exp(A_log), computed once per weight version (decode asks for it every token)."""
+        """-exp(A_log), computed once per weight version (decode asks for it every token); computed
+        afresh each call under autograd (a cached result would carry an old graph)."""
+        if torch.is_grad_enabled() and self.A_log.requires_grad:
+            return -torch.exp(_f32(self.A_log))
         key = (self.A_log.data_ptr(), self.A_log._version)
         cached = getattr(self, "_A_cache", None)
         if cached is None or cached[0] != key:
             cached = (key, -torch.exp(_f32(self.A_log)))
             self._A_cache = cached
         return cached[1]
-
-    def step_cpu(
-        self,
-        x: Tensor,
-        layer: LayerState,
-        state: ModelState | None = None,
-        memo: dict[object, object] | None = None,
-    ) -> Tensor:
-        """One fp32 token on the CPU, bit for bit the T == 1 path above with the reference kernels
-        (the products and sums of `causal_conv1d_step_ref`, `ssm_step_ref` and `gated_rms_norm_ref`,
-        in their order) in about 30 torch calls: no kernel dispatch or input checks, no sub-module
-        calls, the state updated in place and the intermediates reused. Decode of a small model on
-        a 2-core CPU is mostly per-call overhead. `state` and `memo` are unused: Attention.step_cpu's
-        signature, so Block calls both alike."""
-        Bsz = x.shape[0]
-        H, P, G, N, E = self.n_heads, self.head_dim, self.n_groups, self.d_state, self.d_inner
-        zxbcdt = F.linear(x.view(Bsz, -1), self.in_proj.weight, self.in_proj.bias)  # (B, E + E + 2GN + H)
-        z, xBC, dt = torch.split_with_sizes(zxbcdt, [E, self.conv_dim, H], dim=-1)  # (B,E) (B,E+2GN) (B,H)
-        conv = layer.recurrent["conv"]  # (B, E + 2GN, W - 1)
-        window = torch.cat([conv, xBC.unsqueeze(-1)], dim=-1)  # (B, E + 2GN, W)
-        conv.copy_(window[:, :, 1:])
-        xBC = window.mul_(self.conv1d.weight.view(self.conv_dim, -1)).sum(-1)  # (B, E + 2GN)
-        if self.conv1d.bias is not None:
-            xBC.add_(self.conv1d.bias)
-        xBC = F.silu(xBC, inplace=True)
-        xs, Bm, Cm = torch.split_with_sizes(xBC, [E, G * N, G * N], dim=-1)  # (B,E) (B,GN) (B,GN)
-        dt = F.softplus(torch.add(dt, self.dt_bias))  # (B, H), > 0
-        lo, hi = self.dt_limit
-        if lo > 0.0 or hi is not None:
-            dt = dt.clamp(min=lo, max=hi)
-        ssm = layer.recurrent["ssm"]  # (B, H, P, N)
-        xh = xs.view(Bsz, H, P)
-        if ssm.is_contiguous():  # ssm_step_ref's arithmetic, the state updated in place
-            r = H // G
-            s = ssm.view(Bsz, G, r, P, N)
-            s.mul_(torch.mul(dt, self._A()).exp_().view(Bsz, G, r, 1, 1))  # decay
-            dtx = torch.mul(xh, dt.view(Bsz, H, 1))  # (B, H, P)
-            s.add_(dtx.view(Bsz, G, r, P, 1) * Bm.view(Bsz, G, 1, 1, N))  # + (dt x) outer B
-            # y = s C per head as the reference's einsum("bhpn,bhn->bhp") lowers it (same sums): per
-            # head, C^T (1, N) times s^T (N, P)
-            Ch = Cm if r == 1 else Cm.view(Bsz, G, N).repeat_interleave(r, dim=1)  # (B, H, N)
-            y = torch.bmm(Ch.reshape(Bsz * H, 1, N), ssm.view(Bsz * H, P, N).transpose(1, 2))  # (B H, 1, P)
-            y = y.view(Bsz, H, P)
-            y.add_(self.D.view(H, 1) * xh)  # + D x
-        else:
-            y = ssm_step(ssm, xh, dt, self._A(), Bm.view(Bsz, G, N), Cm.view(Bsz, G, N), D=self.D)
-        y = y.view(Bsz, 1, E)  # (B, 1, E)
-        zv = z.view(Bsz, 1, E)
-        norm = self.norm
-        if norm is not None and not norm.norm_before_gate and norm.group_size == E:
-            y = y.mul_(F.silu(zv, inplace=True))  # gated_rms_norm_ref, one group: gate, then normalise
-            y = rms_norm_cpu(y, norm.weight, norm.eps)
-        elif norm is not None:
-            y = norm(y, zv)
-        else:
-            y = y * F.silu(zv)
-        return F.linear(y, self.out_proj.weight, self.out_proj.bias)  # (B, 1, D_model)
 
 
 def _f32(t: Tensor) -> Tensor:
