@@ -43,12 +43,13 @@ import safetensors
 import safetensors.torch
 import sqlalchemy
 import torch
-from hybrid_agent.memory import Page, Store, blob_read, blobs
+from hybrid_agent.memory import Store, blob_read, blobs
 from hybrid_agent.memory.blobs import prepare_blob
 from hybrid_agent.memory.codec import tensors_from_buffer, tensors_to_bytes
 from hybrid_agent.memory.queries import snapshot_row
 from hybrid_agent.memory.schema import StatePage
 from hybrid_agent.memory.sqlite_chunks import chunk_readers
+from hybrid_agent.model import Page
 from sqlalchemy import or_, select
 
 GDN_LAYERS, ATTN_LAYERS = 24, 8

@@ -24,9 +24,10 @@ from hybrid_agent.memory.errors import (
 )
 from hybrid_agent.memory.integrity import damaged, plain_json, snapshot_digest, verify_chain
 from hybrid_agent.memory.queries import now, session_row, snapshot_row
-from hybrid_agent.memory.records import Event, FileEdit, Page, SaveStats, Snapshot
+from hybrid_agent.memory.records import Event, FileEdit, SaveStats, Snapshot
 from hybrid_agent.memory.schema import EVENT_KINDS, EventRow, FileChangeRow, SnapshotRow, StatePage
 from hybrid_agent.memory.sqlite_chunks import chunk_readers
+from hybrid_agent.model.state import Page
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
@@ -58,23 +59,19 @@ def prepare_turn(
     *,
     events: Iterable[Event | Mapping[str, Any]],
     recurrent: Mapping[str, torch.Tensor],
-    pages: Sequence[Page | tuple[int, int, Mapping[str, torch.Tensor]]],
+    pages: Sequence[Page],
     n_tokens: int,
     meta: dict[str, Any] | None,
     file_changes: Sequence[FileEdit],
 ) -> PreparedTurn:
     evs = [event_of(e) for e in events]
-    ordered = sorted((Page(int(p[0]), int(p[1]), dict(p[2])) for p in pages), key=lambda p: p.token_start)
+    ordered = sorted((Page(int(p[0]), int(p[1]), dict(p[2])) for p in pages), key=lambda p: p.start)
     for a, b in itertools.pairwise(ordered):
-        if b.token_start < a.token_end:
-            raise InvalidPageError(
-                f"pages [{a.token_start},{a.token_end}) and [{b.token_start},{b.token_end}) overlap"
-            )
+        if b.start < a.end:
+            raise InvalidPageError(f"pages [{a.start},{a.end}) and [{b.start},{b.end}) overlap")
     for p in ordered:
-        if not 0 <= p.token_start < p.token_end <= n_tokens:
-            raise InvalidPageError(
-                f"page [{p.token_start},{p.token_end}) is empty or beyond n_tokens={n_tokens}"
-            )
+        if not 0 <= p.start < p.end <= n_tokens:
+            raise InvalidPageError(f"page [{p.start},{p.end}) is empty or beyond n_tokens={n_tokens}")
     return PreparedTurn(
         turn=turn,
         n_tokens=n_tokens,
@@ -107,9 +104,9 @@ def write_turn(s: Session, session_id: str, t: PreparedTurn) -> SaveStats:
             "or fork the session to rewrite its history"
         )
     end = s.scalar(select(func.max(StatePage.token_end)).where(StatePage.session_id == session_id))
-    if t.pages and end is not None and t.pages[0][0].token_start < end:
+    if t.pages and end is not None and t.pages[0][0].start < end:
         raise InvalidPageError(
-            f"session {session_id}: the new page at token {t.pages[0][0].token_start} overlaps saved pages "
+            f"session {session_id}: the new page at token {t.pages[0][0].start} overlaps saved pages "
             f"(they end at {end}); pages are append-only: save only the tokens from {end} on"
         )
     written = dedup = 0
@@ -127,7 +124,7 @@ def write_turn(s: Session, session_id: str, t: PreparedTurn) -> SaveStats:
         n_tokens=t.n_tokens,
         recurrent_blob=t.recurrent.sha256,
         meta=t.meta,
-        pages=[(p.token_start, p.token_end, b.sha256) for p, b in t.pages],
+        pages=[(p.start, p.end, b.sha256) for p, b in t.pages],
     )
     s.add(
         SnapshotRow(
@@ -145,8 +142,8 @@ def write_turn(s: Session, session_id: str, t: PreparedTurn) -> SaveStats:
             StatePage(
                 session_id=session_id,
                 turn=t.turn,
-                token_start=page.token_start,
-                token_end=page.token_end,
+                token_start=page.start,
+                token_end=page.end,
                 blob_sha256=blob.sha256,
             )
         )
