@@ -172,6 +172,15 @@ def test_memory_imports_only_the_page_type_of_the_layers_below() -> None:
     assert below == {"hybrid_agent.model.state"}
 
 
+def test_the_table_rows_are_private_to_memory() -> None:
+    importers = sorted(
+        m
+        for m, targets in _graph().items()
+        if "hybrid_agent.memory.schema" in targets and _layer_folder(m) != "memory"
+    )
+    assert importers == []
+
+
 def test_no_import_cycle_anywhere() -> None:
     cycles = [sorted(c) for c in _cycles(_graph())]
     assert not cycles, f"import cycles: {cycles}"
