@@ -30,12 +30,12 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 from hybrid_agent.agent.errors import AgentError
 from hybrid_agent.model.chat import ChatFormat, Segment
+from hybrid_agent.model.state import Page
 from hybrid_agent.model.tokenizer import fingerprint_with_tokenizer
 from torch import Tensor
 
@@ -79,15 +79,6 @@ def check_fingerprint(session_id: str, stored: str, current: str) -> None:
         )
 
 
-@dataclass(frozen=True)
-class StatePage:
-    """Attention-cache tensors for the absolute token positions [start, end)."""
-
-    start: int
-    end: int
-    tensors: dict[str, Tensor]
-
-
 class TextStream(Protocol):
     def push(self, token_id: int) -> str: ...
     def flush(self) -> str: ...
@@ -122,7 +113,7 @@ class Engine(Protocol):
         ...
 
     def next_token(self) -> int: ...
-    def snapshot(self, since: int) -> tuple[dict[str, Tensor], list[StatePage]]:
+    def snapshot(self, since: int) -> tuple[dict[str, Tensor], list[Page]]:
         """The recurrent tensors (whole) and the cache pages for tokens [since, n_tokens)."""
         ...
 
@@ -130,7 +121,7 @@ class Engine(Protocol):
         """The state up to now is in the database: tokens before it may leave memory."""
         ...
 
-    def restore(self, recurrent: dict[str, Tensor], pages: Sequence[StatePage]) -> None: ...
+    def restore(self, recurrent: dict[str, Tensor], pages: Sequence[Page]) -> None: ...
 
     # Optional (the loop looks them up with getattr): `sampler_state() -> str | None`,
     # `set_sampler_state(s)`, `layout_metadata() -> dict[str, str]`, how each state tensor is laid
@@ -297,14 +288,14 @@ class ModelEngine:
             raise RuntimeError("next_token() before any prefill")
         return int(sample(self._logits, self.sampling, self._generator, vocab_size=self._vocab_size)[0])
 
-    def snapshot(self, since: int) -> tuple[dict[str, Tensor], list[StatePage]]:
+    def snapshot(self, since: int) -> tuple[dict[str, Tensor], list[Page]]:
         recurrent = {k: v.detach().cpu() for k, v in self.state.recurrent_tensors().items()}
         end = self.n_tokens
         pages = []
         if end > since:
             tensors = {k: v.detach().cpu() for k, v in self.state.cache_range(since, end).items()}
             if tensors:  # a model without attention has no cache pages
-                pages.append(StatePage(since, end, tensors))
+                pages.append(Page(since, end, tensors))
         return recurrent, pages
 
     def mark_saved(self) -> None:
@@ -314,7 +305,7 @@ class ModelEngine:
         for i in range(len(self.state.layers)):
             self.state.evict(i)
 
-    def restore(self, recurrent: dict[str, Tensor], pages: Sequence[StatePage]) -> None:
+    def restore(self, recurrent: dict[str, Tensor], pages: Sequence[Page]) -> None:
         """Rebuild the state from a snapshot; everything is checked before the live state changes.
 
         On the DecodeEngine the tensors go straight into its buffers from wherever they are (the store

@@ -53,7 +53,7 @@ from hybrid_agent.agent.records import (
 )
 from hybrid_agent.agent.sessions import SessionOps
 from hybrid_agent.agent.stream import VisibleText
-from hybrid_agent.memory import Event, Page, Store, StoreError, TurnOrderError
+from hybrid_agent.memory import Event, Store, StoreError, TurnOrderError
 from hybrid_agent.model.chat import DEFAULT_SYSTEM_PROMPT, ChatFormatError, ChatMessage, ParsedToolCall
 from hybrid_agent.model.errors import ModelError
 from hybrid_agent.tools.errors import ToolError
@@ -406,7 +406,7 @@ class Agent(SessionOps, PrefillOps):
         def write() -> str | None:
             recurrent, pages = self.engine.snapshot(self._saved_tokens)
             record: dict[str, Any] = dict(
-                events=events, recurrent=recurrent, pages=[Page(p.start, p.end, p.tensors) for p in pages],
+                events=events, recurrent=recurrent, pages=pages,
                 n_tokens=self.engine.n_tokens, meta=meta,
             )  # fmt: skip
             self._session_row(True)

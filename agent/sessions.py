@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hybrid_agent.agent.engine import StatePage, check_fingerprint
+from hybrid_agent.agent.engine import check_fingerprint
 from hybrid_agent.agent.errors import AgentBusyError, AgentError, StateLayoutError
 from hybrid_agent.agent.records import conversation_of
 from hybrid_agent.agent.session_ids import resolve_session_id
@@ -241,9 +241,7 @@ class SessionOps:
         )
         self._check_layout(session_id, turn, snap.meta.get("state_layout"))
         self._use_policy(policy, f"session {session_id}")
-        self.engine.restore(
-            snap.recurrent, [StatePage(p.token_start, p.token_end, p.tensors) for p in snap.pages]
-        )
+        self.engine.restore(snap.recurrent, snap.pages)
         set_sampler = getattr(self.engine, "set_sampler_state", None)  # optional in the Engine protocol
         if set_sampler is not None and "sampler" in snap.meta:
             set_sampler(snap.meta["sampler"])

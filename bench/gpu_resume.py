@@ -44,10 +44,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hybrid_agent.memory import Page, Store, sqlite_chunks
+from hybrid_agent.memory import Store, sqlite_chunks
 from hybrid_agent.memory.blobs import prepare_blob
 from hybrid_agent.memory.codec import tensors_to_bytes
-from hybrid_agent.model import HybridLM, ModelState
+from hybrid_agent.model import HybridLM, ModelState, Page
 from hybrid_agent.model.decode.engine import DecodeEngine
 from hybrid_agent.model.decode.generate import prefill as eager_prefill
 from snapshot import drop_from_page_cache, legacy_load, load_stages

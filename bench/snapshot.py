@@ -37,19 +37,18 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import alembic
 import safetensors
 import safetensors.torch
 import sqlalchemy
 import torch
-from hybrid_agent.memory import Page, Store, blob_read, blobs
+from hybrid_agent.memory import Store, blob_read, blobs, turns
 from hybrid_agent.memory.blobs import prepare_blob
 from hybrid_agent.memory.codec import tensors_from_buffer, tensors_to_bytes
-from hybrid_agent.memory.queries import snapshot_row
-from hybrid_agent.memory.schema import StatePage
 from hybrid_agent.memory.sqlite_chunks import chunk_readers
-from sqlalchemy import or_, select
+from hybrid_agent.model import Page
 
 GDN_LAYERS, ATTN_LAYERS = 24, 8
 HEADS, DK, DV, CONV_KEEP = 30, 96, 192, 3
@@ -140,13 +139,8 @@ def legacy_load(store: Store, sid: str, *, window: int | None, sinks: int) -> di
         return {sha: safetensors.torch.load(blob_read.read_blob(s, sha, what="bench")) for sha in shas}
 
 
-def snapshot_blobs_in(s: object, sid: str, *, window: int | None, sinks: int) -> list[str]:
-    snap = snapshot_row(s, sid, None)  # type: ignore[arg-type]
-    q = select(StatePage.blob_sha256).where(StatePage.session_id == sid, StatePage.turn <= snap.turn)
-    if window is not None:
-        recent = StatePage.token_end > snap.n_tokens - window
-        q = q.where(or_(recent, StatePage.token_start < sinks) if sinks > 0 else recent)
-    return [snap.recurrent_blob, *s.scalars(q.order_by(StatePage.token_start))]  # type: ignore[attr-defined]
+def snapshot_blobs_in(s: Any, sid: str, *, window: int | None, sinks: int) -> list[str]:
+    return turns.snapshot_blobs(s, sid, None, window=window, sinks=sinks)
 
 
 def drop_from_page_cache(db: Path) -> None:

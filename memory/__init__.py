@@ -1,7 +1,8 @@
 """memory/ — the session database: sessions, events, per-turn state snapshots with append-only
 attention-cache pages, forks, and the file-change journal (see docs/design.md, Storage).
 
-Speaks `dict[str, torch.Tensor]`, bytes and metadata only; it never imports `model/`.
+Speaks `dict[str, torch.Tensor]`, bytes and metadata; of `model/` it imports only the cache-page
+type it persists (`hybrid_agent.model.state.Page`).
 """
 
 from hybrid_agent.memory.errors import (
@@ -25,7 +26,6 @@ from hybrid_agent.memory.records import (
     Event,
     FileChange,
     FileEdit,
-    Page,
     SaveStats,
     SessionInfo,
     Snapshot,
@@ -46,7 +46,6 @@ __all__ = [
     "InvalidMetaError",
     "InvalidPageError",
     "NotADatabaseError",
-    "Page",
     "SaveStats",
     "SchemaTooNewError",
     "SessionInfo",

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from hybrid_agent.memory.schema import Blob, BlobChunk, FileChangeRow, SnapshotRow, StatePage
+from hybrid_agent.memory.schema import Blob, BlobChunk, FileChangeRow, SnapshotRow, StatePageRow
 from sqlalchemy import delete, exists, insert, or_, select
 from sqlalchemy.orm import Session
 
@@ -139,7 +139,9 @@ def referenced(session: Session, sha256s: Iterable[str]) -> set[str]:
         found.update(
             session.scalars(select(SnapshotRow.recurrent_blob).where(SnapshotRow.recurrent_blob.in_(batch)))
         )
-        found.update(session.scalars(select(StatePage.blob_sha256).where(StatePage.blob_sha256.in_(batch))))
+        found.update(
+            session.scalars(select(StatePageRow.blob_sha256).where(StatePageRow.blob_sha256.in_(batch)))
+        )
         found.update(
             session.scalars(select(FileChangeRow.before_blob).where(FileChangeRow.before_blob.in_(batch)))
         )
@@ -156,7 +158,7 @@ def delete_unreferenced(session: Session, candidates: Iterable[str] | None = Non
             session.scalars(
                 select(Blob.sha256).where(
                     ~exists().where(SnapshotRow.recurrent_blob == Blob.sha256),
-                    ~exists().where(StatePage.blob_sha256 == Blob.sha256),
+                    ~exists().where(StatePageRow.blob_sha256 == Blob.sha256),
                     ~exists().where(
                         or_(FileChangeRow.before_blob == Blob.sha256, FileChangeRow.after_blob == Blob.sha256)
                     ),

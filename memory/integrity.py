@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hybrid_agent.memory.errors import CorruptDataError, InvalidMetaError
-from hybrid_agent.memory.schema import Blob, FileChangeRow, SessionRow, SnapshotRow, StatePage
+from hybrid_agent.memory.schema import Blob, FileChangeRow, SessionRow, SnapshotRow, StatePageRow
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
@@ -102,9 +102,9 @@ def _row_digest(prev: str | None, session: SessionRow, row: ChainRow) -> str:
 def chain_rows(s: Session, session_id: str) -> list[ChainRow]:
     """The session's snapshot rows, oldest first, each with the page rows stored under its turn."""
     pages: dict[int, list[PageKey]] = defaultdict(list)
-    q = select(StatePage.turn, StatePage.token_start, StatePage.token_end, StatePage.blob_sha256).where(
-        StatePage.session_id == session_id
-    )
+    q = select(
+        StatePageRow.turn, StatePageRow.token_start, StatePageRow.token_end, StatePageRow.blob_sha256
+    ).where(StatePageRow.session_id == session_id)
     for turn, start, end, sha in s.execute(q):
         pages[turn].append((start, end, sha))
     snaps = s.execute(

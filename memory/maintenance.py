@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from hybrid_agent.memory import blob_read
 from hybrid_agent.memory.errors import StoreError
 from hybrid_agent.memory.integrity import chain_rows, missing_blobs, verify_chain
-from hybrid_agent.memory.schema import Blob, FileChangeRow, SessionRow, SnapshotRow, StatePage
+from hybrid_agent.memory.schema import Blob, FileChangeRow, SessionRow, SnapshotRow, StatePageRow
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
@@ -52,7 +52,7 @@ def session_blobs(s: Session, session_id: str) -> set[str]:
     found: set[str] = set()
     for col in (
         SnapshotRow.recurrent_blob,
-        StatePage.blob_sha256,
+        StatePageRow.blob_sha256,
         FileChangeRow.before_blob,
         FileChangeRow.after_blob,
     ):

@@ -1,25 +1,15 @@
 """What the store hands in and out: plain frozen values, no ORM objects (they would outlive their
-database session). Tensors are always fresh CPU tensors owned by the caller."""
+database session). Tensors are always fresh CPU tensors owned by the caller. A cache page is the
+model's `Page` (model/state.py): the store persists the model's state, so it speaks its page type."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
-
-
-class Page(NamedTuple):
-    """Attention-cache tensors for absolute token positions [token_start, token_end).
-
-    A NamedTuple so that a list of pages is also the `list[tuple[int, int, dict]]` that
-    `ModelState.from_parts` takes.
-    """
-
-    token_start: int
-    token_end: int
-    tensors: dict[str, torch.Tensor]
+from hybrid_agent.model.state import Page
 
 
 @dataclass(frozen=True)
@@ -91,7 +81,7 @@ class Snapshot:
     turn: int
     n_tokens: int
     recurrent: dict[str, torch.Tensor]
-    pages: list[Page]  # sorted by token_start; with a window only those overlapping it
+    pages: list[Page]  # sorted by start; with a window only those overlapping it
     meta: dict[str, Any]
 
 

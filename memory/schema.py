@@ -8,7 +8,7 @@ Design choices:
   its own sha256: one multi-hundred-MB BLOB row is slow in SQLite and awkward in PostgreSQL.
 - Rows that use bytes (snapshots, pages, file changes) reference blobs by hash. A fork copies those
   small rows, never the bytes; a blob lives while any row references it (garbage collected on delete).
-- `StatePage.turn` is the turn that created the page, so "the pages of turn N" is a range query and a
+- `StatePageRow.turn` is the turn that created the page, so "the pages of turn N" is a range query and a
   fork at turn N copies exactly the pages with `turn <= N`.
 """
 
@@ -110,7 +110,10 @@ class SnapshotRow(Base):
     digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
-class StatePage(Base):
+class StatePageRow(Base):
+    """Where one saved cache page's tensors are (its blob). Private to memory/: callers save and load
+    the model's `Page` (model/state.py)."""
+
     __tablename__ = "state_pages"
     __table_args__ = (
         UniqueConstraint("session_id", "token_start", name="uq_state_pages_session_start"),

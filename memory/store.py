@@ -41,15 +41,15 @@ from hybrid_agent.memory.records import (
     Event,
     FileChange,
     FileEdit,
-    Page,
     SaveStats,
     SessionInfo,
     Snapshot,
     TurnInfo,
 )
-from hybrid_agent.memory.schema import EventRow, FileChangeRow, SessionRow, SnapshotRow, StatePage
+from hybrid_agent.memory.schema import EventRow, FileChangeRow, SessionRow, SnapshotRow, StatePageRow
 from hybrid_agent.memory.turns import prepare_turn, read_snapshot, write_turn
 from hybrid_agent.memory.wal import WalCheckpointer
+from hybrid_agent.model.state import Page
 from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -60,7 +60,7 @@ T = TypeVar("T")
 _FORK_COPIES: list[tuple[Any, tuple[str, ...]]] = [
     (EventRow, ("turn", "seq", "kind", "content", "data", "created_at")),
     (SnapshotRow, ("turn", "n_tokens", "recurrent_blob", "meta", "created_at")),
-    (StatePage, ("turn", "token_start", "token_end", "blob_sha256")),
+    (StatePageRow, ("turn", "token_start", "token_end", "blob_sha256")),
     (FileChangeRow, ("turn", "path", "before_blob", "after_blob", "created_at", "reverted")),
 ]
 
@@ -254,7 +254,7 @@ class Store:
         def do(s: Session) -> int:
             session_row(s, session_id)
             used = session_blobs(s, session_id)
-            for table in (EventRow, SnapshotRow, StatePage, FileChangeRow):
+            for table in (EventRow, SnapshotRow, StatePageRow, FileChangeRow):
                 s.execute(delete(table).where(table.session_id == session_id))
             s.execute(update(SessionRow).where(SessionRow.parent_id == session_id).values(parent_id=None))
             s.execute(delete(SessionRow).where(SessionRow.id == session_id))
@@ -310,7 +310,7 @@ class Store:
         *,
         events: Iterable[Event | Mapping[str, Any]],
         recurrent: Mapping[str, torch.Tensor],
-        pages: Sequence[Page | tuple[int, int, Mapping[str, torch.Tensor]]] = (),
+        pages: Sequence[Page] = (),
         n_tokens: int,
         meta: dict[str, Any] | None = None,
         file_changes: Sequence[FileEdit] = (),

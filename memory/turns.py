@@ -24,9 +24,10 @@ from hybrid_agent.memory.errors import (
 )
 from hybrid_agent.memory.integrity import damaged, plain_json, snapshot_digest, verify_chain
 from hybrid_agent.memory.queries import now, session_row, snapshot_row
-from hybrid_agent.memory.records import Event, FileEdit, Page, SaveStats, Snapshot
-from hybrid_agent.memory.schema import EVENT_KINDS, EventRow, FileChangeRow, SnapshotRow, StatePage
+from hybrid_agent.memory.records import Event, FileEdit, SaveStats, Snapshot
+from hybrid_agent.memory.schema import EVENT_KINDS, EventRow, FileChangeRow, SnapshotRow, StatePageRow
 from hybrid_agent.memory.sqlite_chunks import chunk_readers
+from hybrid_agent.model.state import Page
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
@@ -58,23 +59,19 @@ def prepare_turn(
     *,
     events: Iterable[Event | Mapping[str, Any]],
     recurrent: Mapping[str, torch.Tensor],
-    pages: Sequence[Page | tuple[int, int, Mapping[str, torch.Tensor]]],
+    pages: Sequence[Page],
     n_tokens: int,
     meta: dict[str, Any] | None,
     file_changes: Sequence[FileEdit],
 ) -> PreparedTurn:
     evs = [event_of(e) for e in events]
-    ordered = sorted((Page(int(p[0]), int(p[1]), dict(p[2])) for p in pages), key=lambda p: p.token_start)
+    ordered = sorted((Page(int(p[0]), int(p[1]), dict(p[2])) for p in pages), key=lambda p: p.start)
     for a, b in itertools.pairwise(ordered):
-        if b.token_start < a.token_end:
-            raise InvalidPageError(
-                f"pages [{a.token_start},{a.token_end}) and [{b.token_start},{b.token_end}) overlap"
-            )
+        if b.start < a.end:
+            raise InvalidPageError(f"pages [{a.start},{a.end}) and [{b.start},{b.end}) overlap")
     for p in ordered:
-        if not 0 <= p.token_start < p.token_end <= n_tokens:
-            raise InvalidPageError(
-                f"page [{p.token_start},{p.token_end}) is empty or beyond n_tokens={n_tokens}"
-            )
+        if not 0 <= p.start < p.end <= n_tokens:
+            raise InvalidPageError(f"page [{p.start},{p.end}) is empty or beyond n_tokens={n_tokens}")
     return PreparedTurn(
         turn=turn,
         n_tokens=n_tokens,
@@ -106,10 +103,10 @@ def write_turn(s: Session, session_id: str, t: PreparedTurn) -> SaveStats:
             f"session {session_id} already has turn {last}; save turn {last + 1} or later, "
             "or fork the session to rewrite its history"
         )
-    end = s.scalar(select(func.max(StatePage.token_end)).where(StatePage.session_id == session_id))
-    if t.pages and end is not None and t.pages[0][0].token_start < end:
+    end = s.scalar(select(func.max(StatePageRow.token_end)).where(StatePageRow.session_id == session_id))
+    if t.pages and end is not None and t.pages[0][0].start < end:
         raise InvalidPageError(
-            f"session {session_id}: the new page at token {t.pages[0][0].token_start} overlaps saved pages "
+            f"session {session_id}: the new page at token {t.pages[0][0].start} overlaps saved pages "
             f"(they end at {end}); pages are append-only: save only the tokens from {end} on"
         )
     written = dedup = 0
@@ -127,7 +124,7 @@ def write_turn(s: Session, session_id: str, t: PreparedTurn) -> SaveStats:
         n_tokens=t.n_tokens,
         recurrent_blob=t.recurrent.sha256,
         meta=t.meta,
-        pages=[(p.token_start, p.token_end, b.sha256) for p, b in t.pages],
+        pages=[(p.start, p.end, b.sha256) for p, b in t.pages],
     )
     s.add(
         SnapshotRow(
@@ -142,11 +139,11 @@ def write_turn(s: Session, session_id: str, t: PreparedTurn) -> SaveStats:
     )
     for page, blob in t.pages:
         s.add(
-            StatePage(
+            StatePageRow(
                 session_id=session_id,
                 turn=t.turn,
-                token_start=page.token_start,
-                token_end=page.token_end,
+                token_start=page.start,
+                token_end=page.end,
                 blob_sha256=blob.sha256,
             )
         )
@@ -178,6 +175,25 @@ def write_turn(s: Session, session_id: str, t: PreparedTurn) -> SaveStats:
     return SaveStats(turn=t.turn, bytes_written=written, bytes_deduplicated=dedup, pages=len(t.pages))
 
 
+def _page_rows(s: Session, snap: SnapshotRow, *, window: int | None, sinks: int) -> list[StatePageRow]:
+    """The page rows a load of `snap` reads, by token: with a window only those overlapping
+    [0, sinks) or [n_tokens - window, n_tokens)."""
+    q = select(StatePageRow).where(StatePageRow.session_id == snap.session_id, StatePageRow.turn <= snap.turn)
+    if window is not None:
+        recent = StatePageRow.token_end > snap.n_tokens - window
+        q = q.where(or_(recent, StatePageRow.token_start < sinks) if sinks > 0 else recent)
+    return list(s.scalars(q.order_by(StatePageRow.token_start)))
+
+
+def snapshot_blobs(
+    s: Session, session_id: str, turn: int | None, *, window: int | None, sinks: int
+) -> list[str]:
+    """The sha256 of each blob `read_snapshot` reads, in its order: the recurrent state, then the pages
+    by token (the chain is not verified: for tools that time or inspect the load path)."""
+    snap = snapshot_row(s, session_id, turn)
+    return [snap.recurrent_blob, *(p.blob_sha256 for p in _page_rows(s, snap, window=window, sinks=sinks))]
+
+
 def read_snapshot(
     s: Session,
     session_id: str,
@@ -197,11 +213,7 @@ def read_snapshot(
     snap = snapshot_row(s, session_id, turn)
     verify_chain(s, sess, snap.turn)  # the rows that select the bytes below are what was saved
     where = f"session {session_id} turn {snap.turn}"
-    q = select(StatePage).where(StatePage.session_id == session_id, StatePage.turn <= snap.turn)
-    if window is not None:
-        recent = StatePage.token_end > snap.n_tokens - window
-        q = q.where(or_(recent, StatePage.token_start < sinks) if sinks > 0 else recent)
-    page_rows = list(s.scalars(q.order_by(StatePage.token_start)))
+    page_rows = _page_rows(s, snap, window=window, sinks=sinks)
     # Every byte is read and verified (into fresh buffers on `device`) before any tensor is built.
     rec_label = f"{where}: recurrent state"
     labels = [f"{where}: cache page [{p.token_start},{p.token_end})" for p in page_rows]

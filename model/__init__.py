@@ -1,7 +1,8 @@
 """model/: the hybrid language model with an explicit, serialisable state. See docs/design.md.
 
-Public names: `HybridConfig`, `HybridLM`, `ModelState`, `Tokenizer`, `ByteTokenizer`, `load_tokenizer`,
-`generate`, `prefill`, `SamplingParams`, `load_model`, and the error types of model/errors.py.
+Public names: `HybridConfig`, `HybridLM`, `ModelState`, `Page` (a cache page), `Tokenizer`,
+`ByteTokenizer`, `load_tokenizer`, `generate`, `prefill`, `SamplingParams`, `load_model`, and the error
+types of model/errors.py.
 """
 
 from hybrid_agent.model.checkpoints import load_model
@@ -17,7 +18,7 @@ from hybrid_agent.model.errors import (
     TokenRangeError,
 )
 from hybrid_agent.model.hybrid import HybridLM
-from hybrid_agent.model.state import ModelState
+from hybrid_agent.model.state import ModelState, Page
 from hybrid_agent.model.tokenizer import NATIVE_SPECIAL_TOKENS, ByteTokenizer, Tokenizer, load_tokenizer
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "HybridLM",
     "ModelError",
     "ModelState",
+    "Page",
     "SamplingParams",
     "StateMismatchError",
     "Step",

@@ -20,6 +20,7 @@ Design choices:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from hybrid_agent.model.config import HybridConfig
@@ -40,10 +41,23 @@ __all__ = [
     "TOKEN_AXIS",
     "LayerState",
     "ModelState",
+    "Page",
     "StateSpec",
     "attention_policy",
     "state_layout",
 ]
+
+
+class Page(NamedTuple):
+    """Attention-cache tensors for the absolute token positions [start, end): `cache_range(start, end)`.
+
+    The one page type: the engine snapshots it, the store (memory/) saves and loads it, and a list of
+    pages is the `(start, end, tensors)` triples that `ModelState.from_parts` takes.
+    """
+
+    start: int
+    end: int
+    tensors: dict[str, Tensor]
 
 
 def attention_policy(cfg: HybridConfig, window: int | None, sinks: int) -> tuple[int | None, int]:

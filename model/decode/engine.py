@@ -55,11 +55,10 @@ from hybrid_agent.model.decode import pages as page_loading
 from hybrid_agent.model.decode.buffers import ContextFullError, StaticState
 from hybrid_agent.model.decode.fused import GEMV_ROLES, FusedStep, StepKernels
 from hybrid_agent.model.decode.graphs import capture
-from hybrid_agent.model.decode.pages import PageLike
 from hybrid_agent.model.decode.segments import ModuleStep, Segment, head
 from hybrid_agent.model.errors import StateMismatchError, TokenRangeError
 from hybrid_agent.model.hybrid import HybridLM
-from hybrid_agent.model.state import ModelState
+from hybrid_agent.model.state import ModelState, Page
 from torch import Tensor
 
 __all__ = ["GEMV_ROLES", "GRAPHED_KINDS", "ContextFullError", "DecodeEngine"]
@@ -193,12 +192,12 @@ class DecodeEngine:
         """Copy `state` (e.g. restored from a snapshot, on any device) into the engine's buffers."""
         self.buf.load_state(state)
 
-    def check_parts(self, recurrent: dict[str, Tensor], pages: Sequence[PageLike]) -> int:
+    def check_parts(self, recurrent: dict[str, Tensor], pages: Sequence[Page]) -> int:
         """Validate a snapshot for `load_parts` without changing anything; returns its token count.
         (`load_parts` checks again; callers use this to size the engine before loading.)"""
         return page_loading.plan_parts(self.buf, recurrent, pages).n_tokens
 
-    def load_parts(self, recurrent: dict[str, Tensor], pages: Sequence[PageLike]) -> None:
+    def load_parts(self, recurrent: dict[str, Tensor], pages: Sequence[Page]) -> None:
         """A snapshot (`ModelState.recurrent_tensors()` and cache pages) straight into the buffers; see
         model/decode/pages.py `load_parts`. On StateMismatchError / ContextFullError nothing changed."""
         page_loading.load_parts(self.buf, recurrent, pages)

@@ -11,12 +11,9 @@ from dataclasses import dataclass
 import torch
 from hybrid_agent.model.decode.buffers import StaticState
 from hybrid_agent.model.errors import StateMismatchError
-from hybrid_agent.model.state import TOKEN_AXIS, ModelState
+from hybrid_agent.model.state import TOKEN_AXIS, ModelState, Page
 from torch import Tensor
 
-# A cache page as callers hold one: (start, end, tensors) (memory's Page is such a tuple) or an object
-# with start/end (or token_start/token_end) and tensors (agent's StatePage).
-PageLike = object
 # One page's part of a layer's cache: its tensors, contiguous runs (first slot, first entry, length)
 # each copied with one narrow copy, and scattered picks (slots, entries) or None.
 _Copies = tuple[dict[str, Tensor], list[tuple[int, int, int]], "tuple[Tensor, Tensor] | None"]
@@ -34,20 +31,14 @@ def _is_float(t: Tensor) -> bool:
     return t.dtype.is_floating_point
 
 
-def _page(p: object) -> tuple[int, int, dict[str, Tensor]]:
-    if isinstance(p, tuple) and len(p) == 3:
-        start, end, tensors = p
-    elif hasattr(p, "tensors"):
-        start = p.start if hasattr(p, "start") else p.token_start  # type: ignore[attr-defined]
-        end = p.end if hasattr(p, "end") else p.token_end  # type: ignore[attr-defined]
-        tensors = p.tensors  # type: ignore[attr-defined]
-    else:
-        raise StateMismatchError(
-            f"a cache page must be (start, end, tensors) or a Page; got {type(p).__name__}"
-        )
+def _page(p: object) -> Page:
+    """A `Page` (or a (start, end, tensors) triple, which is what a Page is), checked."""
+    if not (isinstance(p, tuple) and len(p) == 3):
+        raise StateMismatchError(f"a cache page must be a Page (start, end, tensors); got {type(p).__name__}")
+    start, end, tensors = p
     if not isinstance(tensors, dict):
         raise StateMismatchError(f"a cache page's tensors must be a dict; got {type(tensors).__name__}")
-    return int(start), int(end), tensors
+    return Page(int(start), int(end), tensors)
 
 
 def _check_page(
@@ -110,14 +101,13 @@ def _place(i: int, n: int, parts: list[dict[str, Tensor]], poss: list[Tensor]) -
     return out
 
 
-def load_parts(buf: StaticState, recurrent: dict[str, Tensor], pages: Sequence[PageLike]) -> None:
+def load_parts(buf: StaticState, recurrent: dict[str, Tensor], pages: Sequence[Page]) -> None:
     """Load a snapshot given as `ModelState.recurrent_tensors()` and cache pages straight into the
     buffers: the same result as `buf.load_state(ModelState.from_parts(recurrent, pages, cfg))`
     without building that state (no concatenated cache, no gathered copy: each tensor of each page
     is copied once, into its slots; only pages that overlap others or hold scattered positions are
     gathered, a temporary of at most one page). The tensors may be on any device; dtypes convert as in
-    `load_state`. Pages are `(start, end, tensors)` tuples (memory's `Page`) or objects with
-    `start`/`end` (or `token_start`/`token_end`) and `tensors` (agent's `StatePage`).
+    `load_state`. Pages are `Page`s (model/state.py).
 
     Semantics are from_parts' with `window=None` (the engine keeps full attention): pages in any
     order, positions read from each page's `layers.{i}.pos`, every position 0..n_tokens-1 must be
@@ -147,7 +137,7 @@ def load_parts(buf: StaticState, recurrent: dict[str, Tensor], pages: Sequence[P
         buf.set_views(n)
 
 
-def plan_parts(buf: StaticState, recurrent: dict[str, Tensor], pages: Sequence[PageLike]) -> PartsPlan:
+def plan_parts(buf: StaticState, recurrent: dict[str, Tensor], pages: Sequence[Page]) -> PartsPlan:
     """Every check of from_parts + load_state, and where each page's entries go (no tensor copied)."""
     layout, B = buf.state.layout, buf.state.batch_size
     if buf.state.window is not None:

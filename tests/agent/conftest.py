@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 import torch
-from hybrid_agent.agent.engine import StatePage
 from hybrid_agent.agent.loop import Agent
 from hybrid_agent.memory import Store
+from hybrid_agent.model import Page
 from hybrid_agent.model.chat import ChatFormat, NativeChatFormat, Segment
 from hybrid_agent.model.tokenizer import ByteTokenizer
 from torch import Tensor
@@ -80,17 +80,17 @@ class ScriptedEngine:
             self.step_hook(len(self.tokens))
         return self._queue.pop(0)
 
-    def snapshot(self, since: int) -> tuple[dict[str, Tensor], list[StatePage]]:
+    def snapshot(self, since: int) -> tuple[dict[str, Tensor], list[Page]]:
         recurrent = {"n_tokens": torch.tensor(len(self.tokens))}
         pages = []
         if len(self.tokens) > since:
-            pages.append(StatePage(since, len(self.tokens), {"ids": torch.tensor(self.tokens[since:])}))
+            pages.append(Page(since, len(self.tokens), {"ids": torch.tensor(self.tokens[since:])}))
         return recurrent, pages
 
     def mark_saved(self) -> None:
         pass
 
-    def restore(self, recurrent: dict[str, Tensor], pages: Sequence[StatePage]) -> None:
+    def restore(self, recurrent: dict[str, Tensor], pages: Sequence[Page]) -> None:
         self.tokens = [int(t) for p in sorted(pages, key=lambda p: p.start) for t in p.tensors["ids"]]
         assert len(self.tokens) == int(recurrent["n_tokens"])
         self._queue = []

@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 import torch
 from hybrid_agent.agent import Agent
-from hybrid_agent.agent.engine import DECODE_ENGINE_ENV, ModelEngine, StatePage, want_decode_engine
+from hybrid_agent.agent.engine import DECODE_ENGINE_ENV, ModelEngine, want_decode_engine
 from hybrid_agent.agent.events import TurnEnd
 from hybrid_agent.memory import Store
 from hybrid_agent.model.chat import NativeChatFormat
 from hybrid_agent.model.config import HybridConfig
 from hybrid_agent.model.errors import StateMismatchError
 from hybrid_agent.model.hybrid import HybridLM
-from hybrid_agent.model.state import ModelState
+from hybrid_agent.model.state import ModelState, Page
 from hybrid_agent.model.tokenizer import ByteTokenizer
 
 CFG = HybridConfig(
@@ -144,7 +144,7 @@ def test_a_bad_snapshot_leaves_the_live_session_as_it_was(lm: HybridLM) -> None:
     source = engine(lm, on=True)
     greedy(source, prompt, 3)
     rec, pages = source.snapshot(0)
-    half = StatePage(10, 33, source.state.cache_range(10, 33))  # positions 0..9 missing
+    half = Page(10, 33, source.state.cache_range(10, 33))  # positions 0..9 missing
     live, twin = engine(lm, on=True), engine(lm, on=True)
     for e in (live, twin):
         greedy(e, [9, 8, 7, 6], 5)
@@ -201,7 +201,7 @@ def test_on_cuda_the_engine_is_the_default_and_resume_is_exact(tmp_path: Path) -
     snap = store.load_snapshot(sid, device="cuda")
     assert all(t.is_cuda for t in snap.recurrent.values())
     resumed = ModelEngine(lm, ByteTokenizer(), NativeChatFormat(), window=None)
-    resumed.restore(snap.recurrent, [StatePage(p.token_start, p.token_end, p.tensors) for p in snap.pages])
+    resumed.restore(snap.recurrent, snap.pages)
     assert greedy(resumed, [5, 6, 7], 30) == rest
     # A window keeps the model's own path (the engine holds full attention only).
     assert not ModelEngine(lm, ByteTokenizer(), NativeChatFormat(), window=16).uses_decode_engine

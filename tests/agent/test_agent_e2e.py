@@ -73,7 +73,7 @@ def assert_same_state(store: Store, a: str, b: str, turn: int) -> None:
         assert torch.equal(sa.recurrent[k], sb.recurrent[k]), k
     # The page this turn added (the append-only part of the attention cache).
     pa, pb = sa.pages[-1], sb.pages[-1]
-    assert (pa.token_start, pa.token_end) == (pb.token_start, pb.token_end)
+    assert (pa.start, pa.end) == (pb.start, pb.end)
     for k in pa.tensors:
         assert torch.equal(pa.tensors[k], pb.tensors[k]), k
 

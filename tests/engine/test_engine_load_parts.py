@@ -12,9 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from hybrid_agent.agent.engine import StatePage
-from hybrid_agent.memory.records import Page
-from hybrid_agent.model import HybridLM, ModelState
+from hybrid_agent.model import HybridLM, ModelState, Page
 from hybrid_agent.model.decode.engine import ContextFullError, DecodeEngine
 from hybrid_agent.model.decode.generate import prefill
 from hybrid_agent.model.errors import StateMismatchError
@@ -105,15 +103,14 @@ def test_load_parts_equals_from_parts_then_load_state(name: str) -> None:
 
 
 def test_page_forms_and_dtype_conversion() -> None:
-    """memory's Page, agent's StatePage and plain tuples are all pages; fp32 pages into a bf16 engine
-    convert as load_state converts them."""
+    """The model's Page (what the store loads and the agent passes) and plain tuples are both pages;
+    fp32 pages into a bf16 engine convert as load_state converts them."""
     model = make("static", seed=2, dtype=torch.bfloat16)
     rec, state, _ = snapshot(model, seed=3)
     tuples = pages_of(state)
     want = via_from_parts(model, rec, tuples)
     for pages in (
         [Page(a, b, t) for a, b, t in tuples],
-        [StatePage(a, b, t) for a, b, t in tuples],
         [(a, b, {k: v.float() if v.is_floating_point() else v for k, v in t.items()}) for a, b, t in tuples],
     ):
         e = DecodeEngine(model, max_context=40)

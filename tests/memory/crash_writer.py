@@ -21,7 +21,8 @@ import sys
 import time
 
 import torch
-from hybrid_agent.memory import Event, Page, Store
+from hybrid_agent.memory import Event, Store
+from hybrid_agent.model import Page
 
 PAGE_TOKENS = 16
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 import torch
-from hybrid_agent.memory import Event, FileEdit, Page, Store
+from hybrid_agent.memory import Event, FileEdit, Store
+from hybrid_agent.model import Page
 
 
 def state(turn: int, branch: int = 0) -> dict[str, torch.Tensor]:
@@ -60,7 +61,7 @@ def test_fork_shares_bytes_and_continues_independently(store: Store) -> None:
     assert from_fork.turn == 3
     for name, t in from_parent.recurrent.items():
         assert torch.equal(from_fork.recurrent[name], t)
-    assert [(p.token_start, p.token_end) for p in from_fork.pages] == [(0, 8), (8, 16), (16, 24)]
+    assert [(p.start, p.end) for p in from_fork.pages] == [(0, 8), (8, 16), (16, 24)]
     assert [e.content for e in store.events(fork.id)] == ["b0 t1", "b0 t2", "b0 t3"]
 
     run_session(store, fork.id, range(4, 7), branch=1)  # the fork diverges

@@ -10,8 +10,9 @@ import pytest
 import sqlalchemy as sa
 import torch
 from alembic import command
-from hybrid_agent.memory import CorruptDataError, Page, Store
+from hybrid_agent.memory import CorruptDataError, Store
 from hybrid_agent.memory.database import WRITE_OPTION, _alembic_config, create_store_engine, normalize_url
+from hybrid_agent.model import Page
 
 
 def save_turns(store: Store, n: int = 3, fingerprint: str = "fp") -> str:

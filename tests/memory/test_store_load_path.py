@@ -11,9 +11,10 @@ import pytest
 import safetensors.torch
 import sqlalchemy as sa
 import torch
-from hybrid_agent.memory import CorruptDataError, Page, Store
+from hybrid_agent.memory import CorruptDataError, Store
 from hybrid_agent.memory.blobs import CHUNK_SIZE
 from hybrid_agent.memory.codec import tensors_from_buffer, tensors_to_bytes
+from hybrid_agent.model import Page
 
 FP = "f" * 64
 

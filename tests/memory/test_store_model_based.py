@@ -10,7 +10,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 import torch
-from hybrid_agent.memory import Event, Page, Store
+from hybrid_agent.memory import Event, Store
+from hybrid_agent.model import Page
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -101,7 +102,7 @@ class StoreMachine(RuleBasedStateMachine):
             assert torch.equal(snap.recurrent[name], t)
         n = want.n_tokens
         expected = [p for p in want.pages if window is None or p[0] < sinks or p[1] > n - window]
-        assert [(p.token_start, p.token_end) for p in snap.pages] == [(s, e) for s, e, _ in expected]
+        assert [(p.start, p.end) for p in snap.pages] == [(s, e) for s, e, _ in expected]
         for page, (s, e, seed) in zip(snap.pages, expected, strict=True):
             for name, t in tensors(seed, e - s).items():
                 assert torch.equal(page.tensors[name], t)
