@@ -7,8 +7,10 @@ the cache pages since the last snapshot. A tool's file change is journaled on it
 before the file is written (agent/journal.py), so a process killed mid-turn can still undo it.
 
 Design choices:
-- All model and database work runs on one dedicated thread (`_model_thread`), one step at a time, so
-  the caller's event loop (the TUI's) never blocks and the engine is never used by two threads.
+- All model work (prefill, decode, snapshot, restore, and the session operations that load a state)
+  runs on one thread, the agent's `model_owner` (agent/owner.py), one request at a time, whoever the
+  caller is (the TUI, `run`, the Python API): the caller's event loop never blocks and the engine is
+  never used by two threads (docs/design.md, "Who runs the model").
 - Whatever stops a turn before its snapshot (cancel, an error, the consumer going away) puts the
   engine back to the last snapshot, read from the database: the session stays exactly where it was,
   and the tool changes the turn made are still journaled (so undo and rewind can revert them).
@@ -25,7 +27,6 @@ import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -42,6 +43,7 @@ from hybrid_agent.agent.events import (
     TurnEnd,
 )
 from hybrid_agent.agent.journal import StoreJournal, attach_journal
+from hybrid_agent.agent.owner import ModelOwner
 from hybrid_agent.agent.prefill import DEFAULT_MAX_PROMPT_TOKENS, PrefillOps
 from hybrid_agent.agent.prefill import TurnCancelled as _Cancelled
 from hybrid_agent.agent.records import (
@@ -127,7 +129,11 @@ class Agent(SessionOps, PrefillOps):
         self.max_new_tokens = max_new_tokens
         self.max_tool_rounds = max_tool_rounds
         self.max_prompt_tokens = max_prompt_tokens or DEFAULT_MAX_PROMPT_TOKENS
-        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="hybrid-agent-model")
+        # The thread every model operation runs on: the owner this agent is being built on (the UI
+        # builds it on one), else a thread of its own, which `close` stops.
+        adopted = ModelOwner.current()
+        self.model_owner = adopted or ModelOwner()
+        self._owns_thread = adopted is None
         self._cancel = threading.Event()
         self._running = False
         # "Always" answers, per tool, for the rest of the session (allow or reject).
@@ -185,7 +191,7 @@ class Agent(SessionOps, PrefillOps):
         self._cancel.set()
 
     async def _on_model(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._model_thread, fn, *args)
+        return await self.model_owner.run(fn, *args)
 
     async def send(self, text: str) -> AsyncIterator[AgentEvent]:
         """Run one turn for the user's `text`, yielding events as they happen."""
@@ -213,7 +219,7 @@ class Agent(SessionOps, PrefillOps):
                 segment = self.engine.chat.segment(
                     self._history, new, system=self._system or "", tools=self._tools
                 )
-                ids = self.engine.encode(segment)
+                ids = await self._on_model(self.engine.encode, segment)
                 what = "the tool output" if rounds else "the message"
                 self._check_length(len(ids), what if self._history else f"{what} with the system prompt")
                 async for progress in self._prefill(ids):
@@ -326,7 +332,7 @@ class Agent(SessionOps, PrefillOps):
             )
             result = ToolResultEvent(call_id=call_id, tool=name, text=text, is_error=True)
         else:
-            needs, preview = self._needs_approval(name, call.arguments)
+            needs, preview = await self._on_model(self._needs_approval, name, call.arguments)
             request = ToolCallRequested(
                 call_id=call_id,
                 tool=name,
@@ -397,13 +403,12 @@ class Agent(SessionOps, PrefillOps):
             "stop_reason": stop_reason,
         }
 
-        sampler = getattr(self.engine, "sampler_state", None)  # optional in the Engine protocol
-        if sampler is not None and (rng := sampler()) is not None:
-            meta["sampler"] = rng
-        if (layout := self._state_layout()) is not None:
-            meta["state_layout"] = layout  # so a stored snapshot says how to read its tensors
-
         def write() -> str | None:
+            sampler = getattr(self.engine, "sampler_state", None)  # optional in the Engine protocol
+            if sampler is not None and (rng := sampler()) is not None:
+                meta["sampler"] = rng
+            if (layout := self._state_layout()) is not None:
+                meta["state_layout"] = layout  # so a stored snapshot says how to read its tensors
             recurrent, pages = self.engine.snapshot(self._saved_tokens)
             record: dict[str, Any] = dict(
                 events=events, recurrent=recurrent, pages=pages,
@@ -421,15 +426,17 @@ class Agent(SessionOps, PrefillOps):
                 self.journal.move_turn(self.session_id)  # the turn's file changes go with it
                 self.store.save_turn(self.session_id, turn, **record)
             self.engine.mark_saved()
+            if turn == 1:
+                title = _title_of(next((e.content for e in events if e.kind == "user"), ""))
+                with contextlib.suppress(StoreError):
+                    if title and not self.store.get_session(self.session_id).title:
+                        self.store.rename_session(self.session_id, title)
             return forked_from
 
         forked_from = await self._on_model(write)
+        # Set here, not in `write`: a turn stopped while its save runs rolls back to the database's
+        # turn, and `_roll_back` sees the save by `self.turn` still being the one before.
         self.turn, self._saved_tokens = turn, self.engine.n_tokens
-        if turn == 1:
-            title = _title_of(next((e.content for e in events if e.kind == "user"), ""))
-            with contextlib.suppress(StoreError):
-                if title and not self.store.get_session(self.session_id).title:
-                    self.store.rename_session(self.session_id, title)
         return self._turn_end(stats, saved=True, stop_reason=stop_reason, forked_from=forked_from)
 
     async def _roll_back(self, history_len: int) -> None:
@@ -481,7 +488,10 @@ class Agent(SessionOps, PrefillOps):
 
     def close(self) -> None:
         self._cancel.set()
-        self._model_thread.shutdown(wait=True)
+        with contextlib.suppress(RuntimeError):  # RuntimeError: the owner's thread already stopped
+            self.model_owner.call(lambda: None)  # after the model work already queued
+        if self._owns_thread:
+            self.model_owner.shutdown(wait=True)
         with contextlib.suppress(Exception):
             self.registry.close()
         self.store.close()

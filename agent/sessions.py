@@ -1,8 +1,10 @@
 """Session operations of the `Agent`: new, resume, fork, rewind, undo, list, rename, delete.
 
 A mixin so that agent/loop.py keeps to the turn itself. Call these between turns: while a turn runs
-they raise `AgentBusyError`. Resume reads the latest snapshot (recurrent state + the cache pages the
-window needs) and the session's events (the chat format needs the conversation, not the model).
+they raise `AgentBusyError`. From whatever thread they are called, they run on the agent's model
+owner (agent/owner.py): they load and reset the engine's state, which only that thread touches.
+Resume reads the latest snapshot (recurrent state + the cache pages the window needs) and the
+session's events (the chat format needs the conversation, not the model).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from hybrid_agent.agent.engine import check_fingerprint
 from hybrid_agent.agent.errors import AgentBusyError, AgentError, StateLayoutError
+from hybrid_agent.agent.owner import ModelOwner, owned
 from hybrid_agent.agent.records import conversation_of
 from hybrid_agent.agent.session_ids import resolve_session_id
 from hybrid_agent.memory import Event, SessionInfo, Store
@@ -49,6 +52,7 @@ class SessionOps:
     _history: list[ChatMessage]
     _always: dict[str, ApprovalDecision]
     _launch_policy: Policy
+    model_owner: ModelOwner
     # A new session's row, not written yet: title, workspace, fingerprint, meta, created_at, and the
     # running turn's message (the title when none was given). None once written.
     _unwritten: dict[str, Any] | None
@@ -57,6 +61,7 @@ class SessionOps:
         if self._running:
             raise AgentBusyError("a turn is running; wait for it to end or cancel it first")
 
+    @owned
     def new_session(self, title: str = "") -> str:
         self._idle()
         # A new session runs with the policy the agent was opened with, whatever the last resumed
@@ -100,6 +105,7 @@ class SessionOps:
             return 0
         return self.store.get_session(self.session_id).latest_turn or 0
 
+    @owned
     def resume(self, session_id: str, *, keep_workspace: bool = False) -> None:
         """Continue a saved session from its latest snapshot (its history is not re-read by the model).
         The tools move to the session's own folder: the model's state is about those files. With
@@ -144,6 +150,7 @@ class SessionOps:
         self.session_id = made.id
         return left
 
+    @owned
     def fork(self, turn: int) -> str:
         """A new session whose history is this one's up to `turn`; it becomes the active one."""
         self._idle()
@@ -153,6 +160,7 @@ class SessionOps:
         self.resume(info.id, keep_workspace=True)  # a fork goes on where this session is now
         return info.id
 
+    @owned
     def rewind(self, turn: int, revert_files: bool = False) -> str:
         """Go back to the end of `turn` (a fork, so nothing is lost); with `revert_files`, first undo
         the file changes made after it. Returns the new session's id."""
@@ -161,11 +169,13 @@ class SessionOps:
             self.registry.undo_after_turn(turn)
         return self.fork(turn)
 
+    @owned
     def undo(self) -> str:
         """Revert the newest file change the agent made; says what it did."""
         self._idle()
         return self.registry.undo_last()
 
+    @owned
     def sessions(self) -> list[SessionInfo]:
         """The saved sessions, most recently updated first, after the open one if its row is not
         written yet (a UI lists the session it shows)."""
@@ -186,18 +196,21 @@ class SessionOps:
         )
         return [info, *saved]
 
+    @owned
     def history(self) -> list[Event]:
         """The stored events of the active session, for a UI to redraw it."""
         if self._session_row(False) is None:
             return []
         return self.store.events(self.session_id)
 
+    @owned
     def rename(self, session_id: str, title: str) -> None:
         if session_id == self.session_id and self._unwritten is not None:
             self._unwritten["title"] = title  # written with the row
             return
         self.store.rename_session(session_id, title)
 
+    @owned
     def delete(self, session_id: str) -> None:
         """Delete a session; deleting the active one starts a new one."""
         self._idle()

@@ -1,7 +1,8 @@
 """The hybrid-agent terminal app: conversation, input, status bar; everything else is composed in.
 
-`run_app(factory_or_options)` is the entry point the CLI calls. The agent lives on its own thread
-(tui/bridge.py); a turn is a Textual worker that consumes the agent's events and draws them.
+`run_app(factory_or_options)` is the entry point the CLI calls. The agent's model work runs on its
+one model thread (agent/owner.py, through tui/bridge.py); a turn is a Textual worker that consumes the
+agent's events and draws them.
 """
 
 from __future__ import annotations

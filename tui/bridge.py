@@ -1,23 +1,23 @@
-"""The agent on its own thread, with its own event loop.
+"""The UI's side of the agent: requests to the agent's model thread, and a turn's events in batches.
 
-Why a thread and not just an async worker: a turn is CPU/GPU work (prefill, decode, tools, a
-snapshot commit) and the agent is free to do it synchronously between its `yield`s. On the UI's loop
-that would freeze the screen; on a thread of its own it cannot. Every call into the agent goes
-through this one thread, so the agent never sees two threads at once (its SQLite connection and its
-model state are not shared). Events come back over an asyncio.Queue on the UI loop, and approval
-questions go the other way as coroutines run on the UI loop.
+The UI never runs model work itself and never starts a thread or an event loop for it: the agent's one
+model owner (agent/owner.py) does all of it. This bridge makes that owner before the agent exists,
+builds the agent on it (loading a model is model work; the agent keeps the owner it was built on),
+and then submits every call to it (`call`), awaiting the answer, so the screen keeps drawing. A turn
+is `agent.send` run as a task on the UI's loop: between its steps it only awaits the owner, and its
+events come back through a queue, drawn at most once per frame (`stream`). Approval questions are the
+UI's own coroutine, awaited by the turn on the same loop. See docs/design.md, "Who runs the model".
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from hybrid_agent.agent.events import AgentEvent, ApprovalDecision, ErrorEvent, ToolCallRequested
+from hybrid_agent.agent.owner import ModelOwner
 
 T = TypeVar("T")
 _DONE = object()
@@ -25,7 +25,7 @@ FRAME_S = 1 / 60  # the UI takes the agent's events at most once per frame
 
 
 class AgentBridgeError(RuntimeError):
-    """The agent thread is not running (not started, or already closed)."""
+    """The agent's model thread is not running (not started, or already closed)."""
 
 
 def error_text(exc: BaseException) -> str:
@@ -37,42 +37,34 @@ def error_text(exc: BaseException) -> str:
 
 class AgentBridge:
     def __init__(self, ask_user: Callable[[ToolCallRequested], Awaitable[ApprovalDecision]]) -> None:
-        self._ask_user = ask_user  # runs on the UI loop
-        self._ui_loop: asyncio.AbstractEventLoop | None = None
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="agent", daemon=True)
+        self._ask_user = ask_user  # runs on the UI loop, awaited there by the turn
+        self.owner: ModelOwner | None = None
         self.agent: Any = None
         self.turn_running = False
-        self._pump: concurrent.futures.Future[None] | None = None  # the running turn, on the agent loop
+        self._closed = False
+        self._pump: asyncio.Task[None] | None = None  # the running turn, a task on the UI loop
 
     def start(self) -> None:
-        self._ui_loop = asyncio.get_running_loop()
-        self._thread.start()
+        self.owner = ModelOwner()  # its thread starts with the first request
 
     async def open(self, factory: Callable[..., Any]) -> Any:
-        """Build the agent on its thread: `factory(approval=...)` where approval is the callback the
-        agent awaits when a tool needs the user's answer."""
-        self.agent = await self.call(factory, approval=self.approval)
+        """Build the agent on the model's thread: `factory(approval=...)` where approval is the
+        callback the agent awaits when a tool needs the user's answer."""
+        self.agent = await self.call(factory, approval=self._ask_user)
+        own = getattr(self.agent, "model_owner", None)
+        if own is not None and own is not self.owner:
+            # An agent built elsewhere (a factory handing back one made before) has an owner of its
+            # own: every request goes there, and the thread that ran the factory is done.
+            assert self.owner is not None
+            self.owner.shutdown(wait=False)
+            self.owner = own
         return self.agent
 
-    async def approval(self, call: ToolCallRequested) -> ApprovalDecision:
-        """Runs on the agent loop: hand the question to the UI loop and wait for the answer."""
-        assert self._ui_loop is not None
-        future = asyncio.run_coroutine_threadsafe(self._ask_user(call), self._ui_loop)
-        return await asyncio.wrap_future(future)
-
-    async def call(self, fn: Callable[..., T | Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        """Run `fn(*args, **kwargs)` on the agent thread (awaiting it there if it is a coroutine)."""
-        if not self._thread.is_alive():
-            raise AgentBridgeError("the agent thread is not running; restart hybrid-agent")
-
-        async def run() -> T:
-            result = fn(*args, **kwargs)
-            if asyncio.iscoroutine(result) or isinstance(result, Awaitable):
-                return await result  # type: ignore[no-any-return]
-            return result  # type: ignore[return-value]
-
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(run(), self._loop))
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run `fn(*args, **kwargs)` on the model's thread; the UI loop keeps running meanwhile."""
+        if self.owner is None or self._closed:
+            raise AgentBridgeError("the agent's model thread is not running; restart hybrid-agent")
+        return await self.owner.run(fn, *args, **kwargs)
 
     async def stream(self, text: str) -> AsyncIterator[list[AgentEvent]]:
         """Send a message; yield the events in batches: everything that arrived since the last batch.
@@ -80,23 +72,22 @@ class AgentBridge:
         Batching is what keeps hundreds of tokens/s smooth: the UI handles one batch per wake-up,
         and consecutive text deltas in it become one Markdown append.
         """
-        assert self._ui_loop is not None
-        ui_loop = self._ui_loop
         queue: asyncio.Queue[object] = asyncio.Queue()
-        put = lambda item: ui_loop.call_soon_threadsafe(queue.put_nowait, item)
 
         async def pump() -> None:
             try:
                 async for event in self.agent.send(text):
-                    put(event)
+                    queue.put_nowait(event)
             except Exception as exc:  # the turn failed: the session stays at its last snapshot
-                put(ErrorEvent(message=error_text(exc)))
+                queue.put_nowait(ErrorEvent(message=error_text(exc)))
             finally:
-                put(_DONE)
+                queue.put_nowait(_DONE)
 
         self.turn_running = True
         try:
-            self._pump = asyncio.run_coroutine_threadsafe(pump(), self._loop)
+            # A task of its own, not this generator: when the worker drawing the turn is cancelled
+            # (at shutdown), the turn still runs to its end or its roll-back, and `close` waits for it.
+            self._pump = asyncio.get_running_loop().create_task(pump())
             while True:
                 batch = [await queue.get()]
                 if batch[0] is not _DONE:
@@ -115,29 +106,34 @@ class AgentBridge:
             self.turn_running = False
 
     def cancel(self) -> None:
-        """Ask the running turn to stop. Called from the UI thread directly, not through the agent
-        loop: that loop may be busy decoding and would only get to a queued call after the turn."""
+        """Ask the running turn to stop. A flag the model's thread reads between tokens: no request
+        queued behind the turn's steps."""
         if self.agent is not None:
             self.agent.cancel()
 
     async def close(self, timeout: float = 10.0) -> None:
-        """Close the agent on its thread (it commits nothing half-done) and stop the thread."""
-        if self._thread.is_alive():
-            if self._pump is not None and not self._pump.done():
-                # Let the cancelled turn roll back to its snapshot; only then close under it.
-                self.cancel()
-                try:
-                    await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._pump)), timeout)
-                except (TimeoutError, Exception):
-                    # Stuck: cancel the task and give the agent loop a moment to unwind it, so no
-                    # half-run coroutine is left behind when the loop stops.
-                    self._pump.cancel()
-                    with contextlib.suppress(BaseException):
-                        await asyncio.wait_for(asyncio.wrap_future(self._pump), 1.0)
-            close = getattr(self.agent, "close", None)
-            if close is not None:
-                # Exiting anyway if this fails: each snapshot is one transaction, the database stays whole.
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self.call(close), timeout)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            await asyncio.to_thread(self._thread.join, timeout)
+        """Let a running turn roll back, close the agent on the model's thread (it commits nothing
+        half-done), and stop that thread."""
+        if self.owner is None or self._closed:
+            return
+        if self._pump is not None and not self._pump.done():
+            # Let the cancelled turn roll back to its snapshot; only then close under it.
+            self.cancel()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._pump), timeout)
+            except (TimeoutError, Exception):
+                # Stuck: cancel the task and give it a moment to unwind (its roll-back is queued on
+                # the model's thread), so no half-run coroutine is left behind.
+                self._pump.cancel()
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(self._pump, 1.0)
+        close = getattr(self.agent, "close", None)
+        if close is not None:
+            # Exiting anyway if this fails: each snapshot is one transaction, the database stays whole.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.call(close), timeout)
+        self._closed = True
+        owner = self.owner
+        owner.shutdown(wait=False)  # what is queued still runs; then the thread ends
+        if owner.thread is not None:
+            await asyncio.to_thread(owner.thread.join, timeout)

@@ -1,7 +1,8 @@
 """What the slash commands, the palette and the session browser do to the agent.
 
-A part of `HybridAgentApp` (tui/app.py): each action runs the agent call on the agent thread (through
-the bridge), redraws what changed, and reports failures as notifications, never as a traceback.
+A part of `HybridAgentApp` (tui/app.py): each action runs the agent call on the agent's model thread
+(through the bridge, tui/bridge.py), redraws what changed, and reports failures as notifications,
+never as a traceback.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class SessionActions(AppBase):
             await self.action_quit()
 
     async def _agent(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> tuple[bool, Any]:
-        """Call the agent on its thread; on failure say so and return (False, None)."""
+        """Call the agent on its model thread; on failure say so and return (False, None)."""
         if self.bridge.agent is None:
             self.notify("the model is not loaded yet", severity="warning")
             return False, None

@@ -1,7 +1,7 @@
 """A turn on screen: the user's message, the streamed answer, tool cards, the approval prompt, the
 status bar at the end; and cancelling it. A part of `HybridAgentApp` (tui/app.py).
 
-The agent's events arrive in batches from the agent thread (tui/bridge.py); consecutive text deltas of
+The agent's events arrive in batches from the running turn (tui/bridge.py); consecutive text deltas of
 a batch become one Markdown append, so a fast model costs one re-render per batch, not per token.
 """
 
@@ -91,7 +91,7 @@ class TurnActions(AppBase):
             await self.conversation.add_notice(event.message, error=True)
             self.notify(event.message, severity="error", timeout=8)
 
-    # --- approval (called by the agent through the bridge, runs on the UI loop) ------------------
+    # --- approval (awaited by the running turn, on the UI loop) ----------------------------------
     async def ask_user(self, call: ToolCallRequested) -> ApprovalDecision:
         if self._quitting:
             return ApprovalDecision(allow=False, reason="the user is quitting")

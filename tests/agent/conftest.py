@@ -95,6 +95,22 @@ class ScriptedEngine:
         assert len(self.tokens) == int(recurrent["n_tokens"])
         self._queue = []
 
+    MODEL_WORK = ("encode", "reset", "set_attention_policy", "prefill", "next_token", "snapshot",
+                  "mark_saved", "restore")  # fmt: skip
+
+    def record_threads(self) -> list[tuple[str, threading.Thread]]:
+        """From now on, each call of the engine's model work is listed with the thread it ran on."""
+        seen: list[tuple[str, threading.Thread]] = []
+        for name in self.MODEL_WORK:
+            method = getattr(self, name)
+
+            def recorded(*args: Any, _name: str = name, _method: Any = method, **kwargs: Any) -> Any:
+                seen.append((_name, threading.current_thread()))
+                return _method(*args, **kwargs)
+
+            setattr(self, name, recorded)
+        return seen
+
 
 @pytest.fixture
 def workspace(tmp_path: Path) -> Path:
@@ -123,7 +139,7 @@ def make_agent(store: Store, workspace: Path) -> Any:
 
     yield make
     for a in made:
-        a._model_thread.shutdown(wait=True)
+        a.model_owner.shutdown(wait=True)
 
 
 @pytest.fixture

@@ -106,7 +106,7 @@ def test_resumed_under_another_engines_window_is_exact(tiny: tuple[HybridLM, Pat
            stopped.session_id)]  # fmt: skip
     assert raw[0] == raw[1]
     for ag in (straight, stopped):
-        ag._model_thread.shutdown(wait=True)
+        ag.model_owner.shutdown(wait=True)
     other.close()
 
 

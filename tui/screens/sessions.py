@@ -2,7 +2,7 @@
 
 Type to search (title and workspace); enter resumes, f forks, r renames, d deletes (after a yes).
 The screen does not talk to the agent itself: it is given a `SessionSource` (the app backs it with
-the agent on its thread) and dismisses with what the user chose to open.
+the agent's model thread) and dismisses with what the user chose to open.
 """
 
 from __future__ import annotations
