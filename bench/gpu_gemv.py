@@ -57,16 +57,18 @@ NARROW = [G(16, 256, 1, 4, 2), G(8, 512, 1, 4, 2), G(8, 256, 1, 4, 2),
 def engine_shapes(engine: Any) -> dict[str, tuple[int, int]]:
     """The (N, K) of each role in a fused DecodeEngine (first layer of each kind)."""
     m, out = engine.model, {}
-    for block, plan in zip(m.layers, engine._plans, strict=True):
+    for block in m.layers:
+        a = block.mixer
         if block.kind == "gated_deltanet":
-            out.setdefault("gdn_in", tuple(plan["w_in"].shape))
-            out.setdefault("gdn_out", tuple(block.mixer.o_proj.weight.shape))
+            out.setdefault("gdn_in", tuple(engine.stacked_weight(a.in_projs).shape))
+            out.setdefault("gdn_out", tuple(a.o_proj.weight.shape))
         elif block.kind == "attention":
-            out.setdefault("attn_in", tuple(plan["w_in"].shape))
-            out.setdefault("attn_out", tuple(block.mixer.o_proj.weight.shape))
-        if "w_gu" in plan:
-            out.setdefault("gate_up", tuple(plan["w_gu"].shape))
-            out.setdefault("down", tuple(block.mlp.down_proj.weight.shape))
+            out.setdefault("attn_in", tuple(engine.stacked_weight([a.q_proj, a.k_proj, a.v_proj]).shape))
+            out.setdefault("attn_out", tuple(a.o_proj.weight.shape))
+        mlp = block.mlp
+        if mlp is not None and mlp.gate_proj is not None:
+            out.setdefault("gate_up", tuple(engine.stacked_weight([mlp.gate_proj, mlp.up_proj]).shape))
+            out.setdefault("down", tuple(mlp.down_proj.weight.shape))
     head = m.embed_tokens.weight if m.lm_head is None else m.lm_head.weight
     out["head"] = tuple(head.shape)
     return out

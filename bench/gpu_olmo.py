@@ -14,7 +14,7 @@ from hybrid_agent.model import HybridConfig, HybridLM
 from hybrid_agent.model.attention import Attention
 from hybrid_agent.model.checkpoints import olmo_hybrid
 from hybrid_agent.model.checkpoints.plan import Source
-from hybrid_agent.model.layers import rope_inv_freq
+from hybrid_agent.model.rope import rope_inv_freq
 
 TINY_HF = dict(
     vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,

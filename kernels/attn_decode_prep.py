@@ -33,7 +33,7 @@ def attn_decode_prep_ref(
     sin: torch.Tensor | None, pos: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
     pos_buf: torch.Tensor, *, H: int, Hkv: int, Dh: int, eps: float, qk_norm: str,
 ) -> torch.Tensor:  # fmt: skip
-    """The model's arithmetic (Attention.project's QK-norm and RoPE, the engine's cache writes); inputs
+    """The model's arithmetic (Attention.prep's QK-norm and RoPE, the engine's cache writes); inputs
     as `check_attn_prep` allows."""
     B = qkv.shape[0]
     q, k = qkv[:, : H * Dh], qkv[:, H * Dh : (H + Hkv) * Dh]

@@ -63,6 +63,35 @@ def causal_conv1d_step_ref(
     return as_dtype(_act(y, activation), x.dtype)
 
 
+def causal_conv1d_step_cpu(
+    x: torch.Tensor,
+    state: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    activation: str | None = "silu",
+) -> torch.Tensor:
+    """`causal_conv1d_step_ref` for fp32 tensors without autograd, bit for bit: the same products and
+    sums, with the window's product, the bias and the activation in place (decode on a small CPU is
+    mostly per-call overhead)."""
+    check_conv_x(x, step=True)
+    b, d = x.shape
+    check_conv_state(state, b, d, check_conv_weight(d, weight, bias))
+    silu = conv_silu(activation)
+    window = torch.cat([state, x.unsqueeze(-1)], dim=-1)  # (b, d, w)
+    state.copy_(window[:, :, 1:])  # drop the oldest input, keep the newest w-1
+    y = window.mul_(weight).sum(-1)  # (b, d)
+    if bias is not None:
+        y.add_(bias)
+    return F.silu(y, inplace=True) if silu else y
+
+
+def _cpu_fp32(*tensors: torch.Tensor | None) -> bool:
+    """All given tensors fp32 and, under autograd, none requiring a gradient (the CPU forms work in place)."""
+    grad = torch.is_grad_enabled()
+    return all(t is None or (t.dtype == torch.float32 and not (grad and t.requires_grad)) for t in tensors)
+
+
 def causal_conv1d(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -93,4 +122,6 @@ def causal_conv1d_step(
         from hybrid_agent.kernels.triton_causal_conv1d import causal_conv1d_step_triton
 
         return causal_conv1d_step_triton(x, state, weight, bias, activation=activation)
+    if impl == "cpu" and _cpu_fp32(x, state, weight, bias):
+        return causal_conv1d_step_cpu(x, state, weight, bias, activation=activation)
     return causal_conv1d_step_ref(x, state, weight, bias, activation=activation)

@@ -63,8 +63,9 @@ def ssm_step_cpu(
     s.mul_(decay.view(b, g, r, 1, 1))
     s.add_((dtf[..., None] * xf).view(b, g, r, p, 1) * Bf.view(b, g, 1, 1, n))
     Ch = Cf if r == 1 else Cf.repeat_interleave(r, dim=1)  # (b, h, n)
-    # The reference's contraction over (b, h): a grouped einsum reorders the sums (not bit-equal).
-    y = torch.einsum("bhpn,bhn->bhp", state, Ch)  # (b, h, p)
+    # y = state C per head as the reference's einsum("bhpn,bhn->bhp") lowers it (the same sums; a
+    # grouped einsum would reorder them), without einsum's per-call planning: C^T (1, n) by state^T (n, p)
+    y = torch.bmm(Ch.reshape(b * h, 1, n), state.view(b * h, p, n).transpose(1, 2)).view(b, h, p)
     if D is not None:
         y = y + as_f32(D)[None, :, None] * xf
     return as_dtype(y, x.dtype)

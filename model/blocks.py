@@ -4,7 +4,8 @@ A block is `x + mixer(norm(x))` then `x + mlp(norm(x))` (pre-norm), or with `nor
 the mixer's sub-config `x + norm(mixer(x))` then `x + norm(mlp(x))` (OLMo-2 style). Weight names:
 `mixer_norm`, `mixer`, `mlp_norm`, `mlp` (absent for the mlp-only kind / when the MLP is off).
 
-To add a layer kind: a mixer class `(cfg) -> nn.Module` with `forward(x, layer_state, model_state)`,
+To add a layer kind: a mixer class `(cfg) -> nn.Module` with `forward(x, layer_state, model_state, ops)`
+(model/ops.py),
 an entry in `MIXERS` here, in `state.STATE_SPECS`, and in `config.LAYER_TYPES`.
 """
 
@@ -19,6 +20,7 @@ from hybrid_agent.model.gated_deltanet import GatedDeltaNet
 from hybrid_agent.model.layers import MLP, RMSNorm
 from hybrid_agent.model.mamba2 import Mamba2Mixer
 from hybrid_agent.model.mla import MLA
+from hybrid_agent.model.ops import Ops
 from hybrid_agent.model.state import LayerState, ModelState
 from torch import Tensor, nn
 
@@ -38,9 +40,12 @@ class ParallelMixer(nn.Module):
         self.mamba = Mamba2Mixer(cfg)
         self.gate = nn.Parameter(torch.zeros(cfg.d_model))
 
-    def forward(self, x: Tensor, layer: LayerState, state: ModelState) -> Tensor:
+    def forward(self, x: Tensor, layer: LayerState, state: ModelState, ops: Ops | None = None) -> Tensor:
+        ops = ops or Ops()
         mix = torch.sigmoid(self.gate.float()).to(x.dtype)  # (D,)
-        return mix * self.attention(x, layer, state) + (1 - mix) * self.mamba(x, layer, state)  # (B, T, D)
+        return mix * self.attention(x, layer, state, ops) + (1 - mix) * self.mamba(
+            x, layer, state, ops
+        )  # (B, T, D)
 
 
 MixerFactory = Callable[[HybridConfig], nn.Module]
@@ -76,31 +81,13 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps) if has_mlp else None
         self.mlp = MLP(cfg) if has_mlp else None
 
-    def forward(self, x: Tensor, layer: LayerState, state: ModelState) -> Tensor:
+    def forward(self, x: Tensor, layer: LayerState, state: ModelState, ops: Ops | None = None) -> Tensor:
+        ops = ops or Ops()
         if self.mixer is not None and self.mixer_norm is not None:
             if self.post_norm:
-                x = x + self.mixer_norm(self.mixer(x, layer, state))
+                x = x + self.mixer_norm(self.mixer(x, layer, state, ops))
             else:
-                x = x + self.mixer(self.mixer_norm(x), layer, state)
+                x = x + self.mixer(self.mixer_norm(x), layer, state, ops)
         if self.mlp is not None and self.mlp_norm is not None:
-            x = x + (self.mlp_norm(self.mlp(x)) if self.post_norm else self.mlp(self.mlp_norm(x)))
+            x = x + (self.mlp_norm(self.mlp(x, ops)) if self.post_norm else self.mlp(self.mlp_norm(x), ops))
         return x  # (B, T, D)
-
-    def step_cpu(
-        self, x: Tensor, layer: LayerState, state: ModelState, memo: dict[object, object] | None = None
-    ) -> Tensor:
-        """`forward` for one fp32 token on the CPU (model/layers.py `cpu_decode_applies`): the residual
-        added in place (`x` is the caller's own buffer), and an attention mixer's `step_cpu` with
-        `memo` (RoPE's cos and sin, shared by the layers of one step)."""
-        if self.post_norm:
-            return self.forward(x, layer, state)
-        mixer = self.mixer
-        if mixer is not None and self.mixer_norm is not None:
-            h = self.mixer_norm(x)  # (B, 1, D)
-            if isinstance(mixer, Attention):
-                x.add_(mixer.step_cpu(h, layer, state, memo))
-            else:
-                x.add_(mixer(h, layer, state))
-        if self.mlp is not None and self.mlp_norm is not None:
-            x.add_(self.mlp(self.mlp_norm(x)))
-        return x  # (B, 1, D)

@@ -23,14 +23,11 @@ import math
 
 import torch
 import torch.nn.functional as F
-from hybrid_agent.kernels import (
-    causal_conv1d,
-    causal_conv1d_step,
-    chunk_gated_delta_rule,
-    gated_delta_rule_step,
-)
+from hybrid_agent.kernels import causal_conv1d, chunk_gated_delta_rule, gated_delta_rule_step
+from hybrid_agent.kernels.gdn_decode_prep import gdn_decode_prep
 from hybrid_agent.model.config import HybridConfig
 from hybrid_agent.model.layers import GatedRMSNorm
+from hybrid_agent.model.ops import Ops
 from hybrid_agent.model.state import LayerState, ModelState
 from torch import Tensor, nn
 
@@ -84,38 +81,48 @@ class GatedDeltaNet(nn.Module):
         dt = log_dt.exp().clamp(min=g.dt_init_floor)
         self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
 
-    def forward(self, x: Tensor, layer: LayerState, state: ModelState) -> Tensor:
+    @property
+    def in_projs(self) -> tuple[nn.Linear, ...]:
+        """The input projections side by side, in the order of the stacked one-token projection."""
+        return (self.q_proj, self.k_proj, self.v_proj, self.a_proj, self.b_proj, self.g_proj)
+
+    def forward(self, x: Tensor, layer: LayerState, state: ModelState, ops: Ops | None = None) -> Tensor:
+        ops = ops or Ops()
         B, T, _ = x.shape
-        qkv = torch.cat((self.q_proj(x), self.k_proj(x), self.v_proj(x)), dim=-1)  # (B, T, 2*Hk*Dk + Hv*Dv)
+        Hv, Dv = self.n_v_heads, self.head_v_dim
         weight, bias = self.conv1d.weight.squeeze(1), self.conv1d.bias  # (C, W)
         conv = layer.recurrent["conv"]
-        if T == 1:
-            qkv = causal_conv1d_step(qkv[:, 0], conv, weight, bias)[:, None]  # (B, 1, C)
+        if T == 1:  # one token: one stacked projection, kernels.gdn_decode_prep, the delta rule's step
+            proj = ops.project("gdn_in", x.view(B, -1), self.in_projs)  # (B, q|k|v|a|b|g)
+            a_off = 2 * self.key_dim + self.value_dim
+            q, k, v, g, beta = gdn_decode_prep(
+                proj, conv, weight, bias, self.A_log, self.dt_bias, Hk=self.n_heads, Dk=self.head_k_dim,
+                Hv=Hv, Dv=Dv, a_off=a_off, b_off=a_off + Hv, allow_neg_eigval=self.allow_neg_eigval,
+            )  # fmt: skip  # (B, Hv, Dk) x2, (B, Hv, Dv), (B, Hv) x2
+            o = gated_delta_rule_step(layer.recurrent["recurrent"], q, k, v, g, beta)  # (B, Hv, Dv)
+            gate = proj[:, a_off + 2 * Hv : a_off + 2 * Hv + self.value_dim]  # (B, Hv*Dv)
         else:
+            qkv = torch.cat((self.q_proj(x), self.k_proj(x), self.v_proj(x)), dim=-1)  # (B, T, C)
             qkv, final = causal_conv1d(qkv, weight, bias, initial_state=conv.to(qkv.dtype))  # (B, T, C)
             layer.recurrent["conv"] = final.float()
-        q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
-        q = l2_normalize(q.reshape(B, T, self.n_heads, self.head_k_dim))  # (B, T, Hk, Dk)
-        k = l2_normalize(k.reshape(B, T, self.n_heads, self.head_k_dim))  # (B, T, Hk, Dk)
-        v = v.reshape(B, T, self.n_v_heads, self.head_v_dim)  # (B, T, Hv, Dv)
-        if self.n_v_heads != self.n_heads:
-            r = self.n_v_heads // self.n_heads
-            q, k = q.repeat_interleave(r, dim=2), k.repeat_interleave(r, dim=2)  # (B, T, Hv, Dk)
-
-        beta = self.b_proj(x).float().sigmoid()  # (B, T, Hv)
-        if self.allow_neg_eigval:
-            beta = beta * 2.0
-        g = -self.A_log.float().exp() * F.softplus(
-            self.a_proj(x).float() + self.dt_bias.float()
-        )  # (B, T, Hv)
-        if T == 1:
-            o = gated_delta_rule_step(
-                layer.recurrent["recurrent"], q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0]
-            )[:, None]  # (B, 1, Hv, Dv)
-        else:
+            q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
+            q = l2_normalize(q.reshape(B, T, self.n_heads, self.head_k_dim))  # (B, T, Hk, Dk)
+            k = l2_normalize(k.reshape(B, T, self.n_heads, self.head_k_dim))  # (B, T, Hk, Dk)
+            v = v.reshape(B, T, Hv, Dv)  # (B, T, Hv, Dv)
+            if Hv != self.n_heads:
+                r = Hv // self.n_heads
+                q, k = q.repeat_interleave(r, dim=2), k.repeat_interleave(r, dim=2)  # (B, T, Hv, Dk)
+            beta = self.b_proj(x).float().sigmoid()  # (B, T, Hv)
+            if self.allow_neg_eigval:
+                beta = beta * 2.0
+            g = -self.A_log.float().exp() * F.softplus(
+                self.a_proj(x).float() + self.dt_bias.float()
+            )  # (B, T, Hv)
             o, layer.recurrent["recurrent"] = chunk_gated_delta_rule(
                 q, k, v, g, beta, initial_state=layer.recurrent["recurrent"], chunk_size=self.chunk_size
             )  # (B, T, Hv, Dv)
-        gate = self.g_proj(x).view(B, T, self.n_v_heads, self.head_v_dim)  # (B, T, Hv, Dv)
-        o = self.o_norm(o, gate)  # (B, T, Hv, Dv)
-        return self.o_proj(o.reshape(B, T, self.value_dim).to(x.dtype))  # (B, T, D)
+            gate = self.g_proj(x)  # (B, T, Hv*Dv)
+        o = self.o_norm(o, gate.reshape(o.shape))  # (B, T, Hv, Dv) or (B, Hv, Dv)
+        return ops.project(
+            "gdn_out", o.reshape(B, T, self.value_dim).to(x.dtype), (self.o_proj,)
+        )  # (B, T, D)

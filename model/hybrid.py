@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from hybrid_agent.model.blocks import Block
 from hybrid_agent.model.config import HybridConfig
 from hybrid_agent.model.errors import CheckpointError, StateMismatchError, TokenRangeError
-from hybrid_agent.model.layers import RMSNorm, cpu_decode_applies
+from hybrid_agent.model.layers import RMSNorm
+from hybrid_agent.model.ops import Ops
 from hybrid_agent.model.state import ModelState, state_layout
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
@@ -138,15 +139,10 @@ class HybridLM(nn.Module):
         self._check(input_ids, state)
         T = input_ids.shape[1]
         x = self.embed_tokens(input_ids.to(self.device))  # (B, T, D)
-        if T == 1 and cpu_decode_applies(x):  # one fp32 token on the CPU: see model/layers.py
-            memo: dict[object, object] = {}  # shared by the layers of this step
-            for block, layer in zip(self.layers, state.layers, strict=True):
-                x = block.step_cpu(x, layer, state, memo)  # (B, 1, D)
-            x = self.norm(x)  # (B, 1, D)
-        else:
-            for block, layer in zip(self.layers, state.layers, strict=True):
-                x = block(x, layer, state)  # (B, T, D)
-            x = self.norm(x)  # (B, T, D)
+        ops = Ops()  # the model's own path; shared by the layers of this call (positions, RoPE)
+        for block, layer in zip(self.layers, state.layers, strict=True):
+            x = block(x, layer, state, ops)  # (B, T, D)
+        x = self.norm(x)  # (B, T, D)
         state.n_tokens += T
         if state.window is not None:  # nothing to evict without a window
             for i in range(len(state.layers)):

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from hybrid_agent.kernels import causal_conv1d, causal_conv1d_step, ssd_scan, ssm_step
 from hybrid_agent.model.config import HybridConfig
 from hybrid_agent.model.layers import GatedRMSNorm
+from hybrid_agent.model.ops import Ops
 from hybrid_agent.model.state import LayerState, ModelState
 from torch import Tensor, nn
 
@@ -74,11 +75,14 @@ class Mamba2Mixer(nn.Module):
         dt = log_dt.exp().clamp(min=m.dt_init_floor)
         self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
 
-    def forward(self, x: Tensor, layer: LayerState, state: ModelState) -> Tensor:
+    def forward(self, x: Tensor, layer: LayerState, state: ModelState, ops: Ops | None = None) -> Tensor:
+        ops = ops or Ops()
         Bsz, T, _ = x.shape
         H, P, G, N = self.n_heads, self.head_dim, self.n_groups, self.d_state
-        zxbcdt = F.linear(x, self.in_proj.weight, self.in_proj.bias)  # (B, T, E + E + 2GN + H)
-        z, xBC, dt = zxbcdt.split([self.d_inner, self.conv_dim, H], dim=-1)  # (B,T,E) (B,T,E+2GN) (B,T,H)
+        zxbcdt = ops.project("mamba_in", x, (self.in_proj,))  # (B, T, E + E + 2GN + H)
+        z, xBC, dt = torch.split_with_sizes(
+            zxbcdt, [self.d_inner, self.conv_dim, H], dim=-1
+        )  # (B,T,E) (B,T,E+2GN) (B,T,H)
         weight, bias = self.conv1d.weight.squeeze(1), self.conv1d.bias  # (E + 2GN, W)
         conv = layer.recurrent["conv"]
         if T == 1:
@@ -86,7 +90,9 @@ class Mamba2Mixer(nn.Module):
         else:
             xBC, final = causal_conv1d(xBC, weight, bias, initial_state=conv.to(xBC.dtype))  # (B, T, E + 2GN)
             layer.recurrent["conv"] = final.float()
-        xs, Bm, Cm = xBC.split([self.d_inner, G * N, G * N], dim=-1)  # (B,T,E) (B,T,GN) (B,T,GN)
+        xs, Bm, Cm = torch.split_with_sizes(
+            xBC, [self.d_inner, G * N, G * N], dim=-1
+        )  # (B,T,E) (B,T,GN) (B,T,GN)
 
         dt = F.softplus(_f32(dt) + _f32(self.dt_bias))  # (B, T, H), > 0
         lo, hi = self.dt_limit
@@ -117,7 +123,7 @@ class Mamba2Mixer(nn.Module):
         y = y.reshape(Bsz, T, self.d_inner)  # (B, T, E)
         y = self.norm(y, z) if self.norm is not None else y * F.silu(z.float())  # (B, T, E)
         y = y if y.dtype == x.dtype else y.to(x.dtype)
-        return F.linear(y, self.out_proj.weight, self.out_proj.bias)  # (B, T, D_model)
+        return ops.project("mamba_out", y, (self.out_proj,))  # (B, T, D_model)
 
     def _A(self) -> Tensor:
         """-exp(A_log), computed once per weight version (decode asks for it every token); computed

@@ -14,7 +14,7 @@ Design choices:
   kv_b_proj, then ordinary attention. Absorbed: fold W_uk into the query (q_nope W_uk, width C) and
   W_uv into the output, so the scores and the weighted sum run over the latents directly, as
   multi-query attention with head size C + R and value size C. Absorbed costs more per (query, key)
-  pair but never expands the cache; `_absorbs(T, L)` picks the cheaper one by counting
+  pair but never expands the cache; `absorbs(T, L)` picks the cheaper one by counting
   multiply-adds: decode (T = 1) runs absorbed once two tokens are cached, a long prefill decompresses.
   `MLA.absorb` forces one way (tests check both give the same numbers).
 - Weight names follow transformers' DeepseekV3Attention (`q_proj` or `q_a_proj`/`q_a_layernorm`/
@@ -31,9 +31,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from hybrid_agent.model.attention import visible
 from hybrid_agent.model.config import HybridConfig
-from hybrid_agent.model.layers import RMSNorm, apply_rope, rope_inv_freq
+from hybrid_agent.model.layers import RMSNorm
+from hybrid_agent.model.ops import Ops
+from hybrid_agent.model.rope import rope_inv_freq, rotate
 from hybrid_agent.model.state import LayerState, ModelState
 from torch import Tensor, nn
 
@@ -69,13 +70,14 @@ class MLA(nn.Module):
         """Recompute the buffers no checkpoint holds (the loader's `to_empty` leaves them uninitialised)."""
         self.inv_freq.copy_(rope_inv_freq(self.rope_dim, self.rope_theta))
 
-    def _rope(self, x: Tensor, pos: Tensor) -> Tensor:
+    def _rope(self, x: Tensor, pos: Tensor, ops: Ops) -> Tensor:
         """RoPE on x (B, T, H, R) at absolute positions `pos` (T,), in the checkpoint's pair layout."""
         if self.rope_interleave:
             x = torch.cat((x[..., 0::2], x[..., 1::2]), dim=-1)  # (B, T, H, R): evens, then odds
-        return apply_rope(x, pos, self.inv_freq)
+        cos, sin = ops.rope(pos, self.inv_freq, self.rope_theta)
+        return rotate(x, cos, sin)
 
-    def _absorbs(self, T: int, L: int) -> bool:
+    def absorbs(self, T: int, L: int) -> bool:
         """Whether absorbed attention takes fewer multiply-adds than decompressing the L cached latents."""
         if self.absorb is not None:
             return self.absorb
@@ -84,36 +86,38 @@ class MLA(nn.Module):
         decompressed = L * C * (dn + dv) + T * L * (dn + R + dv)  # per head: expand L latents, attend
         return absorbed <= decompressed
 
-    def forward(self, x: Tensor, layer: LayerState, state: ModelState) -> Tensor:
+    def forward(self, x: Tensor, layer: LayerState, state: ModelState, ops: Ops | None = None) -> Tensor:
+        ops = ops or Ops()
         B, T, _ = x.shape
-        H, C = self.n_heads, self.kv_lora_rank
-        if self.q_proj is not None:
-            q = self.q_proj(x)
+        H, C, R, dn = self.n_heads, self.kv_lora_rank, self.rope_dim, self.nope_dim
+        if self.q_proj is not None:  # one stacked projection for the query and the latent
+            both = ops.project("mla_in", x, (self.q_proj, self.kv_a_proj_with_mqa))
+            q, kv = both[..., : H * (dn + R)], both[..., H * (dn + R) : H * (dn + R) + C + R]
         else:
             q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
-        q = q.view(B, T, H, self.nope_dim + self.rope_dim)  # (B, T, H, dn + R)
-        q_nope, q_rope = q.split((self.nope_dim, self.rope_dim), dim=-1)  # (B, T, H, dn), (B, T, H, R)
-        latent, k_rope = self.kv_a_proj_with_mqa(x).split((C, self.rope_dim), dim=-1)  # (B, T, C), (B, T, R)
+            kv = self.kv_a_proj_with_mqa(x)
+        q = q.reshape(B, T, H, dn + R)  # (B, T, H, dn + R)
+        q_nope, q_rope = q.split((dn, R), dim=-1)  # (B, T, H, dn), (B, T, H, R)
+        latent, k_rope = kv.split((C, R), dim=-1)  # (B, T, C), (B, T, R)
         latent = self.kv_a_layernorm(latent)
-        pos = torch.arange(state.n_tokens, state.n_tokens + T, device=x.device)  # (T,)
-        q_rope = self._rope(q_rope, pos)
-        k_rope = self._rope(k_rope[:, :, None], pos)[:, :, 0]  # (B, T, R)
+        pos = ops.positions(state, T, x.device)  # (T,)
+        q_rope = self._rope(q_rope, pos, ops)
+        k_rope = self._rope(k_rope[:, :, None], pos, ops)[:, :, 0]  # (B, T, R)
+        ops.write(layer, state, {"latent": latent, "k_rope": k_rope}, pos)  # cast to the cache dtype
+        out = ops.attend_latent(self, layer, state, q_nope, q_rope, pos)  # (B, T, H, dv)
+        return ops.project("mla_out", out.reshape(B, T, H * self.v_dim), (self.o_proj,))  # (B, T, D)
 
-        state.append_cache(layer, {"latent": latent, "k_rope": k_rope}, pos)  # cast to the cache dtype
-        latents, keys_rope, key_pos = layer.cache["latent"], layer.cache["k_rope"], layer.pos  # (B, L, C|R)
-        assert key_pos is not None
+    def absorb_query(self, q_nope: Tensor) -> Tensor:
+        """W_uk folded into the query: (B, T, H, dn) -> (B, H, T, C), times the softmax scale."""
+        w_uk = self.kv_b_proj.weight.view(self.n_heads, self.nope_dim + self.v_dim, -1)[:, : self.nope_dim]
+        return torch.einsum("bthd,hdc->bhtc", q_nope * self.scale, w_uk)  # (B, H, T, C)
 
-        mask = None
-        if T > 1 or state.window is not None:
-            mask = visible(pos, key_pos, state.window, state.sinks)  # (T, L)
-        latents, keys_rope = latents.to(x.dtype), keys_rope.to(x.dtype)
-        if self._absorbs(T, len(key_pos)):
-            out = self._attend_absorbed(q_nope, q_rope, latents, keys_rope, mask)
-        else:
-            out = self._attend_decompressed(q_nope, q_rope, latents, keys_rope, mask)
-        return self.o_proj(out.reshape(B, T, H * self.v_dim))  # (B, T, D)
+    def absorb_output(self, ctx: Tensor) -> Tensor:
+        """W_uv applied to the attended latents: (B, H, T, C) -> (B, T, H, dv)."""
+        w_uv = self.kv_b_proj.weight.view(self.n_heads, self.nope_dim + self.v_dim, -1)[:, self.nope_dim :]
+        return torch.einsum("bhtc,hvc->bthv", ctx, w_uv)  # (B, T, H, dv)
 
-    def _attend_decompressed(
+    def attend_decompressed(
         self, q_nope: Tensor, q_rope: Tensor, latents: Tensor, keys_rope: Tensor, mask: Tensor | None
     ) -> Tensor:
         """Expand the latents to per-head keys and values, then attend. Returns (B, T, H, dv)."""
@@ -129,7 +133,7 @@ class MLA(nn.Module):
         )  # (B, H, T, dv)
         return out.transpose(1, 2)  # (B, T, H, dv)
 
-    def _attend_absorbed(
+    def attend_absorbed(
         self, q_nope: Tensor, q_rope: Tensor, latents: Tensor, keys_rope: Tensor, mask: Tensor | None
     ) -> Tensor:
         """Attend over the latents directly: all heads share one key (latent | k_rope). Returns (B, T, H, dv).
@@ -138,9 +142,7 @@ class MLA(nn.Module):
         sum_j p_j W_uv c_j = W_uv (sum_j p_j c_j): heads become extra query rows of one (B, H*T, L) product.
         """
         B, T, H, _ = q_nope.shape
-        w = self.kv_b_proj.weight.view(H, self.nope_dim + self.v_dim, self.kv_lora_rank)  # (H, dn + dv, C)
-        w_uk, w_uv = w[:, : self.nope_dim], w[:, self.nope_dim :]  # (H, dn, C), (H, dv, C)
-        q_lat = torch.einsum("bthd,hdc->bhtc", q_nope * self.scale, w_uk).reshape(B, H * T, -1)  # (B, H*T, C)
+        q_lat = self.absorb_query(q_nope).reshape(B, H * T, -1)  # (B, H*T, C)
         q_rot = q_rope.transpose(1, 2).reshape(B, H * T, self.rope_dim) * self.scale  # (B, H*T, R)
         # Cache-major products ((L, C) @ (C, H*T)): several times faster on CPU than (H*T, C) @ (C, L).
         scores = keys_rope @ q_rot.transpose(1, 2)  # (B, L, H*T)
@@ -150,4 +152,4 @@ class MLA(nn.Module):
             scores = scores.masked_fill(~mask.repeat(H, 1), float("-inf"))  # rows are (head, query)
         probs = torch.softmax(scores, dim=-1).to(latents.dtype)  # (B, H*T, L)
         ctx = (probs @ latents).view(B, H, T, self.kv_lora_rank)  # (B, H, T, C)
-        return torch.einsum("bhtc,hvc->bthv", ctx, w_uv)  # (B, T, H, dv)
+        return self.absorb_output(ctx)  # (B, T, H, dv)

@@ -1,9 +1,11 @@
-"""`DecodeEngine`: prefill and decode on preallocated buffers, the one-token step replayed as CUDA graphs.
+"""`DecodeEngine`: prefill and decode on preallocated buffers, the one-token step replayed as a CUDA graph.
 
-Design choices (the model stays plain; speed tricks live here, as in gpt-fast):
-Files: buffers.py (the static state and the step's buffers), pages.py (a snapshot straight into the
-buffers), fused.py (the fused step), segments.py (the step from the model's modules), graphs.py
-(capture), generate.py and sampling.py (the model's own token loop, used off the engine's path).
+The model stays plain and every layer keeps one forward; what makes tokens fast lives in this folder,
+as in gpt-fast: buffers.py (the static state and the step's buffers), pages.py (a snapshot straight
+into the buffers), ops.py (the engine's side of model/ops.py: device position, cache writes into the
+buffers, attention kernels, concatenated projections, fused prep kernels, GEMV), step.py (the step:
+the layers' own forwards with those ops, residual + RMSNorm fused), graphs.py (capture), generate.py
+and sampling.py (the model's own token loop, used off the engine's path).
 
 - Static state. The engine owns one `ModelState` whose attention caches are views into buffers of
   `max_context` tokens allocated up front, and whose recurrent tensors never move. Prefill runs the
@@ -14,34 +16,30 @@ buffers), fused.py (the fused step), segments.py (the step from the model's modu
   cache pages straight into them (no intermediate `ModelState`: on resume, no concatenated cache).
 - The decode step (`attention="kernel"`, the default on CUDA) is captured as ONE CUDA graph and
   replayed at any context: the attention cores are `hybrid_agent.kernels.attention_decode` (GQA) and
-  `hybrid_agent.kernels.mla_decode` (MLA, absorbed form over the latent cache), which read the cache length on
-  the device, and the cache writes go to a device-side position. With `fuse=True` (the default) the step
-  is the engine's own fused version of the model's T == 1 arithmetic (fused.py), to cut the ~1,100 small
-  kernels a token of OLMo Hybrid 7B's shape took (#8): one matmul for q/k/v/a/b/g of a Gated DeltaNet layer,
-  for q/k/v of an attention layer, for gate/up of an MLP (the weights concatenated once, when the
-  engine is built; on CUDA the model's own weights are rebound as views of the concatenation, so no
-  memory is doubled and the model computes exactly what it did); `hybrid_agent.kernels`' fused ops for the
-  Gated DeltaNet conv step + L2 norms + gates (one launch), an attention layer's QK-norm + RoPE + cache
+  `hybrid_agent.kernels.mla_decode` (MLA, absorbed form over the latent cache), which read the cache
+  length on the device, and the cache writes go to a device-side position. With `fuse=True` (the
+  default) the step cuts the ~1,100 small kernels a token of OLMo Hybrid 7B's shape took (#8): one
+  matmul for q/k/v/a/b/g of a Gated DeltaNet layer, for q/k/v of an attention layer, for gate/up of an
+  MLP (the weights concatenated once, when the engine is built; on CUDA the model's own weights are
+  rebound as views of the concatenation, so no memory is doubled and the model computes exactly what
+  it did); `hybrid_agent.kernels`' fused ops for the Gated DeltaNet conv step + L2 norms + gates (one
+  launch, which the model's own one-token path runs too), an attention layer's QK-norm + RoPE + cache
   writes (one launch; `attn_prep=False` keeps the model's ops), SiLU x up, each residual add fused
   with the next RMSNorm, and the greedy argmax + position advance; on CUDA its one-token matmuls run
-  `hybrid_agent.kernels.gemv` (a bandwidth-bound Triton GEMV, faster than cuBLAS at these shapes; `gemv=False`
-  keeps F.linear). `fuse=False` keeps the model's
-  modules (the same graph, more kernels: the baseline of bench/gpu_e2e.py).
-  `attention="sdpa"` instead cuts the step at each attention core and runs the model's own
-  `scaled_dot_product_attention` call (model.attention.sdpa: flash / memory-efficient on CUDA) eagerly
-  over the first L keys between graphs: the kernels of `model(token, state)` (256 greedy tokens
-  identical at OLMo Hybrid 7B's shape; not promised bit for bit, as graph capture may change cuBLAS'
-  choices), with one host-side call per attention layer and token: the reference mode only.
-- Greedy decoding never leaves the device: the last graph writes argmax(logits) into the input
-  buffer of the next step and into a device history of token ids, which is read back every
-  `sync_every` tokens (or every token when stop ids must be checked: the state must not run past a
-  stop token, as in model/decode/generate.py). Sampled decoding reads the logits buffer after each `step`.
-  Greedy picks among the ids below `vocab_size` (the tokenizer's size when the model's vocabulary is
-  padded past it), so it never yields an id without text.
-- Supported in the graphed path: attention (full, no window), mla, gated_deltanet, mamba2 and mlp
-  layers (with attention="sdpa" an MLA layer runs the model's own block eagerly between graphs).
-  Anything else (a window, parallel layers) and every CPU run take the eager path: the same buffers,
-  the segments called directly (CPU) or `model(token, state)` (unsupported layouts).
+  `hybrid_agent.kernels.gemv` (a bandwidth-bound Triton GEMV, faster than cuBLAS at these shapes;
+  `gemv=False` keeps F.linear). `fuse=False` runs the model's blocks as they are (the same graph, more
+  kernels: the baseline of bench/gpu_e2e.py). `attention="sdpa"` runs the model's own
+  `scaled_dot_product_attention` call (model/ops.py `sdpa`: flash / memory-efficient on CUDA) over the
+  first L keys, with a host-side length, so the step is not captured: the reference mode only.
+- Greedy decoding never leaves the device: the step writes argmax(logits) into the input buffer of the
+  next step and into a device history of token ids, which is read back every `sync_every` tokens (or
+  every token when stop ids must be checked: the state must not run past a stop token, as in
+  model/decode/generate.py). Sampled decoding reads the logits buffer after each `step`. Greedy picks
+  among the ids below `vocab_size` (the tokenizer's size when the model's vocabulary is padded past
+  it), so it never yields an id without text.
+- Supported in the step: attention (full, no window), mla, gated_deltanet, mamba2 and mlp layers.
+  Anything else (a window, parallel layers) runs `model(token, state)` on the same buffers; on the CPU
+  the step runs without a graph.
 """
 
 from __future__ import annotations
@@ -53,13 +51,14 @@ import torch
 from hybrid_agent.kernels.attention_decode import DecodeConfig
 from hybrid_agent.model.decode import pages as page_loading
 from hybrid_agent.model.decode.buffers import ContextFullError, StaticState
-from hybrid_agent.model.decode.fused import GEMV_ROLES, FusedStep, StepKernels
 from hybrid_agent.model.decode.graphs import capture
-from hybrid_agent.model.decode.segments import ModuleStep, Segment, head
+from hybrid_agent.model.decode.ops import GEMV_ROLES, EngineOps, StepKernels, plan_concat
+from hybrid_agent.model.decode.step import Step, head
 from hybrid_agent.model.errors import StateMismatchError, TokenRangeError
 from hybrid_agent.model.hybrid import HybridLM
+from hybrid_agent.model.ops import Ops
 from hybrid_agent.model.state import ModelState, Page
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = ["GEMV_ROLES", "GRAPHED_KINDS", "ContextFullError", "DecodeEngine"]
 
@@ -92,11 +91,12 @@ class DecodeEngine:
         self.static = set(self.cfg.layer_types) <= GRAPHED_KINDS and self.cfg.attention.sliding_window is None
         self.graphed = self.static and (self.device.type == "cuda" if use_graphs is None else use_graphs)
         # "kernel": kernels.attention_decode reads the length on the device, so the whole step is one
-        # graph; "sdpa": the model's own SDPA call between graphs (bit-identical to model(token, state),
-        # but one host-side call per attention layer and token).
+        # graph; "sdpa": the model's own SDPA call over the first L slots, with a host-side length, so
+        # the step is never captured (the reference mode).
         self.attention = attention or ("kernel" if self.graphed else "sdpa")
+        self.graphed = self.graphed and self.attention == "kernel"
         self.fused = fuse and self.static and self.attention == "kernel"
-        # Fused projections get zero rows up to a multiple of this (fused.py `_concat`); 16 on CUDA, where
+        # Fused projections get zero rows up to a multiple of this (ops.py `_concat`); 16 on CUDA, where
         # cuBLAS runs 16-aligned one-token matmuls ~2x faster (bench/results/gpu_e2e_final.json).
         self.align = align if align is not None else (16 if self.device.type == "cuda" else 1)
         self.buf = StaticState(model, max_context, batch_size, vocab_size)
@@ -104,13 +104,13 @@ class DecodeEngine:
         # launch (attn_prep=False: the model's own ops, ~19 small kernels a layer; the same-run baseline)
         self.kernels = StepKernels(attn_prep=attn_prep)
         self.kernels.set_gemv(gemv, self.device)
-        self._fused = FusedStep(model, self.buf, self.kernels, self.align) if self.fused else None
-        self._segments: list[Segment] = []
-        if self._fused is not None:
-            self._segments = [(self._fused, True)]
-        elif self.static:
-            self._segments = ModuleStep(model, self.buf, self.kernels, self.attention).build()
-        self._graphs: dict[int, torch.cuda.CUDAGraph] | None = None
+        # On CUDA the model's own weights are rebound as views of the concatenations (no memory doubled).
+        concat = plan_concat(model, share=self.device.type == "cuda", align=self.align) if self.fused else {}
+        self.ops = EngineOps(
+            self.buf, self.kernels, concat=concat, fused=self.fused, attention=self.attention
+        )
+        self._step = Step(model, self.buf, self.ops)
+        self._graphs: torch.cuda.CUDAGraph | None = None
 
     # ---- the step's kernel choices (each drops captured graphs: the next step captures the new choice)
     def set_gemv(self, gemv: bool | Collection[str] | None) -> None:
@@ -162,9 +162,10 @@ class DecodeEngine:
         self.buf.greedy_kernel = value
         self._graphs = None
 
-    @property
-    def _plans(self) -> list[dict[str, object]]:
-        return self._fused.plans if self._fused is not None else []
+    def stacked_weight(self, linears: Sequence[nn.Linear]) -> Tensor | None:
+        """The concatenated weight the fused step multiplies by for these linears, if it has one."""
+        got = self.ops.concat.get(tuple(id(lin) for lin in linears))
+        return None if got is None else got[0]
 
     @property
     def _logits(self) -> Tensor:
@@ -224,9 +225,9 @@ class DecodeEngine:
         m, h = self.model, None
         for start in range(0, x.shape[1], self.prefill_chunk):
             chunk = x[:, start : start + self.prefill_chunk]  # (B, t)
-            h = m.embed_tokens(chunk)  # (B, t, D)
+            h, ops = m.embed_tokens(chunk), Ops()  # (B, t, D); the model's own path
             for block, layer in zip(m.layers, buf.state.layers, strict=True):
-                h = block(h, layer, buf.state)  # (B, t, D)
+                h = block(h, layer, buf.state, ops)  # (B, t, D)
             buf.state.n_tokens += chunk.shape[1]
             buf.pin()
             buf.ids[:, buf.n : buf.n + chunk.shape[1]] = chunk
@@ -243,15 +244,10 @@ class DecodeEngine:
         buf = self.buf
         if self.graphed:
             if self._graphs is None:
-                self._graphs = capture(self._segments, buf)
-            for j, (seg, safe) in enumerate(self._segments):
-                if safe:
-                    self._graphs[j].replay()
-                else:
-                    seg()
+                self._graphs = capture(self._step, buf)
+            self._graphs.replay()
         elif self.static:
-            for seg, _ in self._segments:
-                seg()
+            self._step()
         else:
             buf.logits.copy_(self.model(buf.tok, buf.state)[:, -1])
             buf.advance()

@@ -128,7 +128,7 @@ def _attn_inputs(B: int, H: int, Hkv: int, Dh: int, M: int, R: int, norm: str, d
     pos = torch.tensor([M - 3], device=device)  # a late slot: position-dependent angles matter
     cos = sin = None
     if R:
-        from hybrid_agent.model.layers import rope_cos_sin, rope_inv_freq
+        from hybrid_agent.model.rope import rope_cos_sin, rope_inv_freq
 
         inv_freq = rope_inv_freq(R, 10000.0).to(device)
         cos, sin = (t.reshape(-1).contiguous() for t in rope_cos_sin(pos, inv_freq))
@@ -138,7 +138,7 @@ def _attn_inputs(B: int, H: int, Hkv: int, Dh: int, M: int, R: int, norm: str, d
 @pytest.mark.parametrize("norm", ["full", "head", "none"])
 def test_attn_prep_reference_is_the_model_arithmetic(norm: str) -> None:
     from hybrid_agent.kernels.attn_decode_prep import attn_decode_prep_ref
-    from hybrid_agent.model.layers import rotate
+    from hybrid_agent.model.rope import rotate
 
     B, H, Hkv, Dh, M, R = 2, 4, 2, 8, 11, 6  # partial RoPE (6 of 8 channels)
     qkv, q_w, k_w, cos, sin, pos, k_buf, v_buf, pos_buf = _attn_inputs(B, H, Hkv, Dh, M, R, norm,
@@ -146,7 +146,7 @@ def test_attn_prep_reference_is_the_model_arithmetic(norm: str) -> None:
     k0, v0 = k_buf.clone(), v_buf.clone()
     q = attn_decode_prep_ref(qkv, q_w, k_w, cos, sin, pos, k_buf, v_buf, pos_buf, H=H, Hkv=Hkv, Dh=Dh,
                              eps=1e-6, qk_norm=norm)  # fmt: skip
-    # Attention.project's order: norm ("full" before the head view), view, norm ("head"), rotate
+    # Attention.prep's order: norm ("full" before the head view), view, norm ("head"), rotate
     wq, wk, wv = qkv[:, : H * Dh], qkv[:, H * Dh : (H + Hkv) * Dh], qkv[:, (H + Hkv) * Dh : -3]
     if norm == "full":
         wq, wk = rms_norm(wq, q_w, 1e-6), rms_norm(wk, k_w, 1e-6)

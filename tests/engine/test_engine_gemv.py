@@ -89,7 +89,7 @@ def test_gemv_roles_option() -> None:
 def test_engine_passes_its_gemv_configs(monkeypatch: pytest.MonkeyPatch) -> None:
     """engine.gemv_cfg[(N, K)] is the launch kernels.gemv gets for a weight of that shape (the
     benchmarks' sweeps set it there; kernels.gemv's own table is read-only); other shapes get None."""
-    import hybrid_agent.model.decode.fused as engine_module
+    import hybrid_agent.model.decode.ops as engine_module
 
     model = HybridLM(HybridConfig.model_validate(CFG)).eval()
     eng = DecodeEngine(model, max_context=16, attention="kernel", gemv=True, use_graphs=False)

@@ -65,14 +65,14 @@ def check_against_eager(model: HybridLM, engine: DecodeEngine, prompt: torch.Ten
         ("kernel", True, ["gated_deltanet"] * 3 + ["attention"]),  # the default engine, OLMo Hybrid's blocks
         ("kernel", False, ["gated_deltanet"] * 3 + ["attention"]),  # the model's modules in one graph
         ("kernel", True, ["attention", "mamba2", "mlp"]),
-        ("sdpa", True, ["attention", "mamba2", "mlp"]),  # the reference mode (fuse applies to kernel only)
+        ("sdpa", True, ["attention", "mamba2", "mlp"]),  # the reference mode: not captured, not fused
     ],
 )
 def test_graphed_decode_matches_eager(layers: list[str], mode: str, fuse: bool) -> None:
     model = olmo_like(layers * 2)
     prompt = torch.randint(0, 4096, (1, 300), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
     engine = DecodeEngine(model, max_context=1024, attention=mode, fuse=fuse)  # type: ignore[arg-type]
-    assert engine.graphed and engine.fused == (fuse and mode == "kernel")
+    assert engine.graphed == (mode == "kernel") and engine.fused == (fuse and mode == "kernel")
     check_against_eager(model, engine, prompt)
 
 
@@ -103,5 +103,5 @@ def test_graphed_mla_decode_matches_eager(fuse: bool) -> None:
     model = mla_stack()
     prompt = torch.randint(0, 4096, (1, 300), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
     engine = DecodeEngine(model, max_context=1024, fuse=fuse)
-    assert engine.graphed and engine.attention == "kernel" and len(engine._segments) == 1
+    assert engine.graphed and engine.attention == "kernel"
     check_against_eager(model, engine, prompt)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 from hybrid_agent.model import HybridConfig, ModelState
-from hybrid_agent.model.attention import visible
 from hybrid_agent.model.mla import MLA
+from hybrid_agent.model.ops import visible
 
 transformers = pytest.importorskip("transformers")
 from transformers.models.deepseek_v3.configuration_deepseek_v3 import DeepseekV3Config  # noqa: E402
@@ -124,8 +124,8 @@ def test_cached_latent_is_what_transformers_caches():
 
 def test_auto_mode_absorbs_decode_and_decompresses_long_prefill():
     _, _, ours, _ = build_pair(None, False, False)
-    assert ours._absorbs(1, 2) and ours._absorbs(1, 100_000) and ours._absorbs(4, 4096)
-    assert not ours._absorbs(512, 512)
+    assert ours.absorbs(1, 2) and ours.absorbs(1, 100_000) and ours.absorbs(4, 4096)
+    assert not ours.absorbs(512, 512)
 
 
 def test_decode_matches_transformers_own_cache():

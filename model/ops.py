@@ -1,0 +1,151 @@
+"""`Ops`: the parts of a forward that depend on where the state lives and which kernels run, passed to
+every mixer explicitly (`mixer(x, layer, state, ops)`), so each mixer's math is written once.
+
+The model's own path (`HybridLM.forward`) runs the plain `Ops`: positions from the host-side token
+count, caches that grow by `ModelState.append_cache` (windows and sinks included), attention over them
+with torch's SDPA and a mask. The decode engine (model/decode/ops.py) subclasses it for its one-token
+step over preallocated buffers: a position on the device (a captured CUDA graph reads it), cache writes
+at that position, the attention kernels that read the length on the device, concatenated projections
+and kernels.gemv. What a mixer computes from these parts is the same on both paths.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from hybrid_agent.model.rope import rope_cos_sin
+from hybrid_agent.model.state import LayerState, ModelState
+from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+
+class Ops:
+    """The model's own path. One instance per forward call: it keeps the positions and RoPE values that
+    the layers of one call share. `mixer` arguments are the calling layer (model/attention.py's
+    `Attention`, model/mla.py's `MLA`), typed as modules because those files import this one."""
+
+    def __init__(self) -> None:
+        self._pos: dict[tuple[int, int, torch.device], Tensor] = {}
+        self._rope: dict[tuple[int, int, float], tuple[Tensor, Tensor]] = {}
+
+    def positions(self, state: ModelState, T: int, device: torch.device) -> Tensor:
+        """Absolute positions (T,) of the new tokens (one tensor per call: the layers share it)."""
+        key = (state.n_tokens, T, device)
+        pos = self._pos.get(key)
+        if pos is None:
+            pos = self._pos[key] = torch.arange(state.n_tokens, state.n_tokens + T, device=device)
+        return pos
+
+    def rope(self, pos: Tensor, inv_freq: Tensor, theta: float) -> tuple[Tensor, Tensor]:
+        """cos, sin (1, T, 1, R) at `pos` for the table of `theta` (`rope_cos_sin`), computed once per
+        call for the layers that share it."""
+        key = (id(pos), inv_freq.shape[0], theta)
+        got = self._rope.get(key)
+        if got is None:
+            got = self._rope[key] = rope_cos_sin(pos, inv_freq)
+        return got
+
+    def project(self, role: str, x: Tensor, linears: Sequence[nn.Linear]) -> Tensor:
+        """`x` through `linears` side by side: (..., sum of their outputs), in their order. `role` names
+        the matmul for the engine's kernel choice (model/decode/ops.py)."""
+        if len(linears) == 1:
+            return F.linear(x, linears[0].weight, linears[0].bias)
+        return torch.cat([F.linear(x, lin.weight, lin.bias) for lin in linears], dim=-1)
+
+    def gated(self, x: Tensor, gate: nn.Linear, up: nn.Linear) -> Tensor:
+        """SwiGLU's hidden layer: silu(gate(x)) * up(x)."""
+        return F.silu(F.linear(x, gate.weight, gate.bias)) * F.linear(x, up.weight, up.bias)
+
+    def write(self, layer: LayerState, state: ModelState, new: dict[str, Tensor], pos: Tensor) -> None:
+        """Append the new tokens' cache entries (B, ..., T, ...) at positions `pos`."""
+        state.append_cache(layer, new, pos)
+
+    def attention_in(
+        self, mixer: nn.Module, layer: LayerState, state: ModelState, qkv: Tensor, pos: Tensor
+    ) -> Tensor:
+        """From the stacked q|k|v projection (B, T, (H + 2 Hkv) Dh): QK-norm and RoPE (`mixer.prep`),
+        the keys and values written to the cache; returns q (B, T, H, Dh)."""
+        q, k, v = mixer.prep(qkv, pos, self)
+        self.write(layer, state, {"k": k.transpose(1, 2), "v": v.transpose(1, 2)}, pos)  # (B, Hkv, T, Dh)
+        return q
+
+    def attend(
+        self, mixer: nn.Module, layer: LayerState, state: ModelState, q: Tensor, pos: Tensor
+    ) -> Tensor:
+        """Softmax attention of q (B, T, H, Dh) over the layer's cache: (B, T, H * Dh)."""
+        B, T, H, Dh = q.shape
+        keys, values, key_pos = layer.cache["k"], layer.cache["v"], layer.pos  # (B, Hkv, L, Dh), (L,)
+        assert key_pos is not None
+        # Grouped-query attention without copying K/V per query head: the G = H / Hkv query heads that
+        # share a KV head become G * T query rows of that head (head h reads KV head h // G).
+        Hkv = keys.shape[1]
+        G = H // Hkv
+        q = q.transpose(1, 2).reshape(B, Hkv, G * T, Dh)  # (B, Hkv, G*T, Dh)
+        mask = None
+        if T > 1 or state.window is not None:
+            mask = visible(pos, key_pos, state.window, state.sinks).repeat(G, 1)  # (G*T, L)
+        out = sdpa(
+            q,
+            keys if keys.dtype == q.dtype else keys.to(q.dtype),  # skip the no-op casts' dispatch
+            values if values.dtype == q.dtype else values.to(q.dtype),
+            mask,
+            1.0 / math.sqrt(Dh),
+        )  # (B, Hkv, G*T, Dh)
+        # reshape, not view: CUDA's flash SDPA may hand back this output non-contiguous.
+        return out.reshape(B, H, T, Dh).transpose(1, 2).reshape(B, T, H * Dh)
+
+    def attend_latent(
+        self,
+        mixer: nn.Module,
+        layer: LayerState,
+        state: ModelState,
+        q_nope: Tensor,
+        q_rope: Tensor,
+        pos: Tensor,
+    ) -> Tensor:
+        """MLA's attention of q_nope (B, T, H, dn) and q_rope (B, T, H, R) over the layer's latent cache:
+        absorbed or decompressed, whichever costs less (`mixer.absorbs`). Returns (B, T, H, dv)."""
+        T = q_nope.shape[1]
+        latents, keys_rope, key_pos = layer.cache["latent"], layer.cache["k_rope"], layer.pos  # (B, L, C|R)
+        assert key_pos is not None
+        mask = None
+        if T > 1 or state.window is not None:
+            mask = visible(pos, key_pos, state.window, state.sinks)  # (T, L)
+        latents, keys_rope = latents.to(q_nope.dtype), keys_rope.to(q_nope.dtype)
+        if mixer.absorbs(T, len(key_pos)):
+            return mixer.attend_absorbed(q_nope, q_rope, latents, keys_rope, mask)
+        return mixer.attend_decompressed(q_nope, q_rope, latents, keys_rope, mask)
+
+
+def visible(q_pos: Tensor, k_pos: Tensor, window: int | None, sinks: int) -> Tensor:
+    """(Tq, Tk) bool: key j is seen by query q iff j <= q and (j > q - window or j < sinks)."""
+    q, k = q_pos[:, None], k_pos[None, :]  # (Tq, 1), (1, Tk)
+    mask = k <= q
+    if window is not None:
+        mask &= (k > q - window) | (k < sinks)
+    return mask
+
+
+# Unmasked calls on CUDA (decode: one query row per head, no window): flash or memory-efficient only.
+# With the default backend list, torch 2.11 spent ~59 ms of host time in a call whose key length
+# differs from the last one's (every decode step; bench/results/gpu_e2e.json, sdpa_overhead), against
+# ~0.1 ms with these two. Masked calls (prefill, windows) keep the default choice.
+_DECODE_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+RESTRICT_DECODE_BACKENDS = True  # bench/gpu_e2e.py turns it off to time the default choice
+
+
+def sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:
+    """`F.scaled_dot_product_attention`, restricted to flash / memory-efficient for unmasked CUDA calls."""
+    if (
+        mask is None
+        and q.is_cuda
+        and RESTRICT_DECODE_BACKENDS
+        and q.shape[-1] <= 256
+        and q.dtype != torch.float64
+    ):
+        with sdpa_kernel(_DECODE_BACKENDS):
+            return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
