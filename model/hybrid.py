@@ -134,12 +134,14 @@ class HybridLM(nn.Module):
 
     # ---- forward -----------------------------------------------------------------------------------
     @torch.inference_mode()
-    def forward(self, input_ids: Tensor, state: ModelState) -> Tensor:
-        """Logits (B, T, V) for `input_ids` (B, T) following what `state` has seen; advances `state` by T."""
+    def forward(self, input_ids: Tensor, state: ModelState, ops: Ops | None = None) -> Tensor:
+        """Logits (B, T, V) for `input_ids` (B, T) following what `state` has seen; advances `state` by T.
+        `ops`: how the layers run (model/ops.py; a fresh `Ops()`, the model's own path, by default)."""
         self._check(input_ids, state)
         T = input_ids.shape[1]
         x = self.embed_tokens(input_ids.to(self.device))  # (B, T, D)
-        ops = Ops()  # the model's own path; shared by the layers of this call (positions, RoPE)
+        ops = ops or Ops()  # shared by the layers of this call (positions, RoPE)
+        ops.begin()
         for block, layer in zip(self.layers, state.layers, strict=True):
             x = block(x, layer, state, ops)  # (B, T, D)
         x = self.norm(x)  # (B, T, D)

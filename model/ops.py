@@ -23,13 +23,21 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 class Ops:
-    """The model's own path. One instance per forward call: it keeps the positions and RoPE values that
-    the layers of one call share. `mixer` arguments are the calling layer (model/attention.py's
+    """The model's own path. It keeps the positions and RoPE values that the layers of one call share
+    (`begin` starts a call). `mixer` arguments are the calling layer (model/attention.py's
     `Attention`, model/mla.py's `MLA`), typed as modules because those files import this one."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, restrict_sdpa: bool = True) -> None:
+        # Unmasked CUDA attention through flash / memory-efficient only (`sdpa`); False times the
+        # default choice (bench/gpu_e2e.py).
+        self.restrict_sdpa = restrict_sdpa
         self._pos: dict[tuple[int, int, torch.device], Tensor] = {}
         self._rope: dict[tuple[int, int, float], tuple[Tensor, Tensor]] = {}
+
+    def begin(self) -> None:
+        """A new call: forget the last one's positions and RoPE values."""
+        self._pos.clear()
+        self._rope.clear()
 
     def positions(self, state: ModelState, T: int, device: torch.device) -> Tensor:
         """Absolute positions (T,) of the new tokens (one tensor per call: the layers share it)."""
@@ -93,6 +101,7 @@ class Ops:
             values if values.dtype == q.dtype else values.to(q.dtype),
             mask,
             1.0 / math.sqrt(Dh),
+            restrict=self.restrict_sdpa,
         )  # (B, Hkv, G*T, Dh)
         # reshape, not view: CUDA's flash SDPA may hand back this output non-contiguous.
         return out.reshape(B, H, T, Dh).transpose(1, 2).reshape(B, T, H * Dh)
@@ -134,18 +143,14 @@ def visible(q_pos: Tensor, k_pos: Tensor, window: int | None, sinks: int) -> Ten
 # differs from the last one's (every decode step; bench/results/gpu_e2e.json, sdpa_overhead), against
 # ~0.1 ms with these two. Masked calls (prefill, windows) keep the default choice.
 _DECODE_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
-RESTRICT_DECODE_BACKENDS = True  # bench/gpu_e2e.py turns it off to time the default choice
 
 
-def sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:
-    """`F.scaled_dot_product_attention`, restricted to flash / memory-efficient for unmasked CUDA calls."""
-    if (
-        mask is None
-        and q.is_cuda
-        and RESTRICT_DECODE_BACKENDS
-        and q.shape[-1] <= 256
-        and q.dtype != torch.float64
-    ):
+def sdpa(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, *, restrict: bool = True
+) -> Tensor:
+    """`F.scaled_dot_product_attention`, restricted to flash / memory-efficient for unmasked CUDA calls
+    (`restrict=False`: torch's default choice)."""
+    if mask is None and q.is_cuda and restrict and q.shape[-1] <= 256 and q.dtype != torch.float64:
         with sdpa_kernel(_DECODE_BACKENDS):
             return F.scaled_dot_product_attention(q, k, v, scale=scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)

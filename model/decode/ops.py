@@ -95,10 +95,6 @@ class EngineOps(Ops):
             attention,
         )
 
-    def begin(self) -> None:
-        """A new step: forget the last one's RoPE values."""
-        self._rope.clear()
-
     def positions(self, state: ModelState, T: int, device: torch.device) -> Tensor:
         assert T == 1, "the engine's step feeds one token"
         return self.buf.pos
@@ -153,7 +149,9 @@ class EngineOps(Ops):
             out = attention_decode(qg, k, v, pos, scale=scale, config=self.kernels.attn_config)
         else:  # the model's SDPA call over the first L slots (the new token's key is in the buffer)
             L = self.buf.n + 1
-            out = sdpa(qg, k[:, :, :L].to(q.dtype), v[:, :, :L].to(q.dtype), None, scale)  # (B, Hkv, G, Dh)
+            out = sdpa(
+                qg, k[:, :, :L].to(q.dtype), v[:, :, :L].to(q.dtype), None, scale, restrict=self.restrict_sdpa
+            )  # (B, Hkv, G, Dh)
         return out.reshape(B, 1, H * Dh)  # (B, Hkv, G, Dh) is (B, H, Dh) in head order
 
     def attend_latent(
