@@ -44,7 +44,7 @@ def test_toy_training_lowers_the_loss(tmp_path: Path) -> None:
     gen.main(["--out", str(data), "--episodes", "12", "--seed", "2", "--workers", "1", "--vocab-size", "400"])
     main(
         ["--data", str(data), "--out", str(out), "--d-model", "32", "--n-layers", "3", "--max-steps", "16",
-         "--tokens-per-batch", "6000", "--lr", "3e-3", "--warmup", "2", "--log-every", "1",
+         "--tokens-per-batch", "1000", "--lr", "1e-2", "--warmup", "2", "--log-every", "1",
          "--val-fraction", "0.1", "--device", "cpu"]
     )  # fmt: skip
     log = json.loads((out / "log.json").read_text())
@@ -67,8 +67,8 @@ def test_shared_prefix_gives_the_full_episodes_loss_and_gradients(tmp_path: Path
     data = tmp_path / "data"
     gen.main(["--out", str(data), "--episodes", "10", "--seed", "4", "--workers", "1", "--vocab-size", "400"])
     corpus = Corpus.load(data)
-    chat = np.flatnonzero(corpus.with_prefix)[:4]
-    assert len(chat) == 4
+    chat = np.flatnonzero(corpus.with_prefix)[:2]
+    assert len(chat) == 2
     torch.manual_seed(0)
     model = HybridLM(build_config("hybrid", corpus.tokenizer.vocab_size, 32, 3)).train()
     results, widths = [], []
