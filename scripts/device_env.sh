@@ -8,4 +8,4 @@ ln -s "$PWD"/hybrid_agent/*.py "$site/hybrid_agent/"
 for folder in agent kernels memory model tools tui; do ln -s "$PWD/$folder" "$site/hybrid_agent/$folder"; done
 # PYTHONSAFEPATH: `python3 -m pytest` from the root would otherwise put the root first on sys.path, and
 # its hybrid_agent/ (the bare package folder, without the subpackages) would shadow the linked one.
-export PYTHONPATH=$site:${PYTHONPATH:-} PYTHONUNBUFFERED=1 PYTHONSAFEPATH=1
+export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 PYTHONSAFEPATH=1

@@ -5,13 +5,19 @@ the real Store on SQLite).
 Each "session A" runs its three turns in one process. The comparison is of the assistant's raw text
 (the byte tokenizer maps it 1:1 to the tokens, special tokens included) and, stronger, of the saved
 state after turn 3: recurrent tensors and the turn's attention-cache page, bit for bit.
+
+Every process is a new one forked from a helper that imported torch and the agent but never ran
+them (tests/agent/drive_session.py --serve): it starts in milliseconds instead of an interpreter's
+seconds, and a session's state reaches the next process only through the database.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,27 +44,52 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def drive(model: Path, db: str, ws: Path, prompts: list[str], **kw: Any) -> list[dict[str, Any]]:
-    args = [sys.executable, str(DRIVER), str(model), db, str(ws), *prompts, "--max-new-tokens", TOKENS]
+@pytest.fixture(scope="module")
+def runner() -> Iterator[Callable[..., subprocess.CompletedProcess[str]]]:
+    """Runs drive_session.py's arguments, or the `hybrid-agent` command line (first argument "cli"),
+    each in a new process forked from one that imported torch and the agent but never ran them."""
+    server = subprocess.Popen(
+        [sys.executable, str(DRIVER), "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        cwd=ROOT,
+    )  # fmt: skip
+    assert server.stdin is not None and server.stdout is not None
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        server.stdin.write(json.dumps(argv) + "\n")
+        server.stdin.flush()
+        lines = []
+        while not (line := server.stdout.readline()).startswith("exited") and line:
+            lines.append(line)
+        assert line, "the helper process died"
+        code = os.waitstatus_to_exitcode(int(line.split()[1]))
+        return subprocess.CompletedProcess(argv, code, "".join(lines), "(on the test's stderr)")
+
+    yield run
+    server.stdin.close()
+    server.wait(timeout=30)
+
+
+def drive(runner: Any, model: Path, db: str, ws: Path, prompts: list[str], **kw: Any) -> list[dict[str, Any]]:
+    args = [str(model), db, str(ws), *prompts, "--max-new-tokens", TOKENS]
     for k, v in kw.items():
         if v is not None:
             args += [f"--{k}", str(v)]
-    out = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert out.returncode == 0, out.stderr
+    out = runner(*args)
+    assert out.returncode == 0, out.stdout
     return [json.loads(line) for line in out.stdout.splitlines()]
 
 
-def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "hybrid_agent", *args]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
-    if check:
-        assert out.returncode == 0, out.stderr
+def cli(runner: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    out = runner("cli", *args)
+    assert out.returncode == 0, out.stdout
     return out
 
 
-def cli_turn(model: Path, db: str, ws: Path, session: str, prompt: str, window: int | None) -> dict[str, Any]:
+def cli_turn(
+    runner: Any, model: Path, db: str, ws: Path, session: str, prompt: str, window: int | None
+) -> dict[str, Any]:
     opts = ["--window", str(window)] if window else []
-    out = cli("run", prompt, "--json", "--resume", session, "--model", str(model), "--db", db,
+    out = cli(runner, "run", prompt, "--json", "--resume", session, "--model", str(model), "--db", db,
               "--workspace", str(ws), "--max-new-tokens", TOKENS, *opts)  # fmt: skip
     events = [json.loads(line) for line in out.stdout.splitlines()]
     assert events[-1]["kind"] == "turn_end" and events[-1]["saved"]
@@ -86,19 +117,19 @@ def raw_of(store: Store, session: str, turn: int) -> list[str]:
     "window", [None, pytest.param(48, marks=pytest.mark.slow)], ids=["full-attention", "window-48"]
 )
 def test_resume_and_fork_in_new_processes_are_exact(
-    tiny_model: Path, tmp_path: Path, window: int | None
+    tiny_model: Path, tmp_path: Path, window: int | None, runner: Any
 ) -> None:
     db, ws = f"sqlite:///{tmp_path / 's.db'}", tmp_path
     # Session A: three turns in one process. Session B: two turns, then that process exits.
-    straight = drive(tiny_model, db, ws, PROMPTS, window=window)
+    straight = drive(runner, tiny_model, db, ws, PROMPTS, window=window)
     a = straight[0]["session_id"]
-    b = drive(tiny_model, db, ws, PROMPTS[:2], window=window)[0]["session_id"]
+    b = drive(runner, tiny_model, db, ws, PROMPTS[:2], window=window)[0]["session_id"]
     # A new process resumes B and runs the third turn.
-    third = cli_turn(tiny_model, db, ws, b, PROMPTS[2], window)
+    third = cli_turn(runner, tiny_model, db, ws, b, PROMPTS[2], window)
     # A fork of A at turn 1, replayed turn by turn in new processes.
-    fork = cli("sessions", "fork", a, "--turn", "1", "--db", db).stdout.strip()
+    fork = cli(runner, "sessions", "fork", a, "--turn", "1", "--db", db).stdout.strip()
     for prompt in PROMPTS[1:]:
-        cli_turn(tiny_model, db, ws, fork, prompt, window)
+        cli_turn(runner, tiny_model, db, ws, fork, prompt, window)
 
     with Store(db) as store:
         for other in (b, fork):

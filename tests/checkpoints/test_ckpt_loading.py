@@ -216,7 +216,9 @@ def test_truncated_shard(checkpoint):
         load_model(folder)
 
 
-def test_hub_id_found_in_the_local_hub_cache_loads_offline(checkpoint, tmp_path):
+def test_hub_id_found_in_the_local_hub_cache_loads_offline(checkpoint, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
     folder, _ = checkpoint("bamba")
     snapshot = tmp_path / "hf" / "hub" / "models--some-org--tiny-bamba" / "snapshots" / ("0" * 40)
     snapshot.mkdir(parents=True)
@@ -224,19 +226,14 @@ def test_hub_id_found_in_the_local_hub_cache_loads_offline(checkpoint, tmp_path)
         (snapshot / f.name).write_bytes(f.read_bytes())
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    code = (
-        "from hybrid_agent.model import load_model\n"
-        "m, tok, chat = load_model('some-org/tiny-bamba')\n"
-        "print(m.fingerprint, type(chat).__name__)\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    fingerprint, chat_name = out.stdout.split()
-    assert fingerprint == load_model(folder)[0].fingerprint
-    assert chat_name == "JinjaChatFormat"
+    # HF_HUB_OFFLINE=1 and HF_HOME, as huggingface_hub reads them when it is imported (its requests
+    # then fail at once instead of reaching the network)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    model, _, chat = load_model("some-org/tiny-bamba")
+    assert model.fingerprint == load_model(folder)[0].fingerprint
+    assert type(chat).__name__ == "JinjaChatFormat"
 
 
 def test_progress_bar_for_long_loads(checkpoint, monkeypatch, capsys):

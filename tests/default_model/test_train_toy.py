@@ -43,13 +43,13 @@ def test_toy_training_lowers_the_loss(tmp_path: Path) -> None:
     data, out = tmp_path / "data", tmp_path / "run"
     gen.main(["--out", str(data), "--episodes", "12", "--seed", "2", "--workers", "1", "--vocab-size", "400"])
     main(
-        ["--data", str(data), "--out", str(out), "--d-model", "32", "--n-layers", "3", "--max-steps", "16",
-         "--tokens-per-batch", "6000", "--lr", "3e-3", "--warmup", "2", "--log-every", "1",
+        ["--data", str(data), "--out", str(out), "--d-model", "32", "--n-layers", "3", "--max-steps", "12",
+         "--tokens-per-batch", "1000", "--lr", "1e-2", "--warmup", "2", "--log-every", "1",
          "--val-fraction", "0.1", "--device", "cpu"]
     )  # fmt: skip
     log = json.loads((out / "log.json").read_text())
     losses = [s["loss"] for s in log["steps"]]
-    assert len(losses) == 16
+    assert len(losses) == 12
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.5  # starts near ln(400) ~ 6.0
     assert log["config"]["layer_types"] == ["mamba2", "mamba2", "attention"]
     model, tokenizer, chat = load_model(out)
@@ -67,8 +67,8 @@ def test_shared_prefix_gives_the_full_episodes_loss_and_gradients(tmp_path: Path
     data = tmp_path / "data"
     gen.main(["--out", str(data), "--episodes", "10", "--seed", "4", "--workers", "1", "--vocab-size", "400"])
     corpus = Corpus.load(data)
-    chat = np.flatnonzero(corpus.with_prefix)[:4]
-    assert len(chat) == 4
+    chat = np.flatnonzero(corpus.with_prefix)[:2]
+    assert len(chat) == 2
     torch.manual_seed(0)
     model = HybridLM(build_config("hybrid", corpus.tokenizer.vocab_size, 32, 3)).train()
     results, widths = [], []
