@@ -137,6 +137,12 @@ def crash_many_times(tmp_path: Path, kills: int, seed: int) -> None:
     assert len(reported) >= kills // 2  # every mid-stream writer committed at least once
 
 
+def test_sigkill_12_times_loses_nothing(tmp_path: Path) -> None:
+    """The default run's share of the kill test (under 5 s on 2 cores); -m slow runs 50 and 300."""
+    crash_many_times(tmp_path, kills=12, seed=1)
+
+
+@pytest.mark.slow
 def test_sigkill_50_times_loses_nothing(tmp_path: Path) -> None:
     crash_many_times(tmp_path, kills=50, seed=1)
 
