@@ -57,6 +57,6 @@ def backend(x: torch.Tensor) -> str:
     """ "triton", "cpu" (the op's `*_cpu` implementation) or "ref", for an op that has all three; reads
     the environment once (the decode hot path calls these ops ~20 times a token)."""
     mode = os.environ.get(ENV_VAR, "auto")
-    if mode == "auto" and x.device.type == "cpu":
+    if mode == "auto" and not x.is_cuda and x.device.type == "cpu":
         return "cpu"
     return "triton" if use_triton(x) else "ref"

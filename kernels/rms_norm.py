@@ -92,11 +92,11 @@ def _f32(v: float) -> float:
 
 def _one_cpu_row(x: torch.Tensor, *tensors: torch.Tensor | None) -> bool:
     """Whether `rms_norm_cpu` applies: one fp32 row, no autograd (it reads the sum into Python)."""
-    return (
-        x.numel() == x.shape[-1]
-        and x.dtype == torch.float32
-        and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *tensors)))
-    )
+    if x.dtype != torch.float32 or x.numel() != x.shape[-1]:
+        return False
+    if not torch.is_grad_enabled():
+        return True
+    return not x.requires_grad and not any(t is not None and t.requires_grad for t in tensors)
 
 
 def _cpu_gate(x: torch.Tensor, z: torch.Tensor | None, weight: torch.Tensor) -> bool:
