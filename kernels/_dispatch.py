@@ -53,10 +53,25 @@ def use_triton(x: torch.Tensor) -> bool:
     return x.is_cuda and triton_available()
 
 
+# os.environ's own dict (bytes keys on POSIX): reading it costs one lookup where `os.environ.get` makes
+# four Python calls, and the decode hot path asks ~25 times a token. It is the dict that
+# os.environ's item assignment (and pytest's monkeypatch.setenv) writes, so every call still sees
+# the current value.
+_ENV_DATA: dict | None = getattr(os.environ, "_data", None)
+_ENV_KEY = os.environ.encodekey(ENV_VAR) if hasattr(os.environ, "encodekey") else None
+
+
+def _mode() -> str:
+    if _ENV_DATA is None or _ENV_KEY is None:
+        return os.environ.get(ENV_VAR, "auto")
+    raw = _ENV_DATA.get(_ENV_KEY)
+    return "auto" if raw is None else os.environ.decodevalue(raw)
+
+
 def backend(x: torch.Tensor) -> str:
     """ "triton", "cpu" (the op's `*_cpu` implementation) or "ref", for an op that has all three; reads
     the environment once (the decode hot path calls these ops ~20 times a token)."""
-    mode = os.environ.get(ENV_VAR, "auto")
+    mode = _mode()
     if mode == "auto" and not x.is_cuda and x.device.type == "cpu":
         return "cpu"
     return "triton" if use_triton(x) else "ref"

@@ -88,10 +88,11 @@ def causal_conv1d_step_cpu(
 
 def _cpu_fp32(*tensors: torch.Tensor | None) -> bool:
     """All given tensors fp32 and, under autograd, none requiring a gradient (the CPU forms work in place)."""
-    f32 = torch.float32
-    if any(t is not None and t.dtype != f32 for t in tensors):
-        return False
-    return not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in tensors)
+    grad = torch.is_grad_enabled()
+    for t in tensors:
+        if t is not None and (t.dtype != torch.float32 or (grad and t.requires_grad)):
+            return False
+    return True
 
 
 def causal_conv1d(
