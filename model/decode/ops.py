@@ -87,13 +87,8 @@ class EngineOps(Ops):
         attention: str,
     ) -> None:
         super().__init__()
-        self.buf, self.kernels, self.concat, self.fused, self.attention = (
-            buf,
-            kernels,
-            concat,
-            fused,
-            attention,
-        )
+        self.buf, self.kernels, self.concat = buf, kernels, concat
+        self.fused, self.attention = fused, attention
 
     def positions(self, state: ModelState, T: int, device: torch.device) -> Tensor:
         assert T == 1, "the engine's step feeds one token"
