@@ -271,3 +271,19 @@ def test_granite_decode_engine_matches_model_forward(checkpoint):
     assert engine.static  # attention and Mamba-2 only: the segmented static step
     assert torch.equal(engine.prefill(prompt), want_logits[0])
     assert engine.generate_greedy(12, sync_every=5) == want
+
+
+def test_granite_hub_config_spelling_loads_the_same_model(checkpoint):
+    """The Hub's config.json (written by older transformers) says "mamba"/"attention" in layer_types,
+    keeps rope_theta at the top level and has no time_step_limit: the same model as transformers 5's."""
+    folder, _ = checkpoint("granitemoehybrid", position_embedding_type="rope", **GRANITE_MULTIPLIERS)
+    a, _, _ = load_model(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    legacy = {"linear_attention": "mamba", "full_attention": "attention"}
+    cfg["layer_types"] = [legacy[t] for t in cfg["layer_types"]]
+    cfg["rope_theta"] = cfg.pop("rope_parameters")["rope_theta"]
+    cfg.pop("time_step_limit")
+    (folder / "config.json").write_text(json.dumps({**cfg, "rope_scaling": None, "num_experts_per_tok": 0}))
+    b, _, _ = load_model(folder)
+    assert b.config.layer_types == ["mamba2", "attention", "mamba2"]
+    assert b.fingerprint == a.fingerprint  # same config, same weights
