@@ -67,10 +67,10 @@ def concat(parts: Sequence[tuple[str, ...]], dim: int = 0) -> Source:
     return Source(tuple(parts), lambda ts: torch.cat(ts, dim=dim))
 
 
-def part(name: str, index: int, parts: int, *, dim: int = 0, scale: float = 1.0) -> Source:
-    """The `index`-th of `parts` equal slices of one tensor along `dim`, times `scale` (a fused weight
-    that our model keeps split, e.g. gate and up projections stacked in one matrix)."""
-    return Source(((name,),), lambda ts: ts[0].chunk(parts, dim=dim)[index] * scale)
+def part(name: str, index: int, parts: int, dim: int = 0) -> Source:
+    """The `index`-th of `parts` equal slices of one tensor along `dim` (a fused weight that our model
+    keeps split, e.g. gate and up projections stacked in one matrix)."""
+    return Source(((name,),), lambda ts: ts[0].chunk(parts, dim=dim)[index])
 
 
 def either(first: Source, second: Source) -> Source:
