@@ -21,9 +21,6 @@ def hybrid_config(hf: dict[str, Any]) -> HybridConfig:
     if get(hf, "hidden_act", "silu") != "silu":
         raise CheckpointError(f"{FAMILY}: hidden_act={hf['hidden_act']!r} is not supported (only silu)")
     attn = set(hf.get("attn_layer_indices") or [])
-    expand, n_heads = get(hf, "mamba_expand", 2), get(hf, "mamba_n_heads", 128)
-    head_dim = hf.get("mamba_d_head")
-    head_dim = expand * d // n_heads if head_dim in (None, "auto") else head_dim
     rope = hf.get("rope_parameters") or {}
     return HybridConfig(
         vocab_size=hf["vocab_size"],
@@ -37,22 +34,42 @@ def hybrid_config(hf: dict[str, Any]) -> HybridConfig:
             "rope_fraction": float(rope.get("partial_rotary_factor") or 0.5),
             "bias": get(hf, "attention_bias", False),
         },
-        mamba2={
-            "expand": expand,
-            "d_inner": expand * d,
-            "head_dim": head_dim,
-            "d_state": get(hf, "mamba_d_state", 256),
-            "n_groups": get(hf, "mamba_n_groups", 1),
-            "d_conv": get(hf, "mamba_d_conv", 4),
-            "chunk_size": get(hf, "mamba_chunk_size", 256),
-            "conv_bias": get(hf, "mamba_conv_bias", True),
-            "bias": get(hf, "mamba_proj_bias", False),
-            "dt_limit": dt_limit(hf.get("time_step_limit")),
-        },
+        mamba2=mamba2_config(hf),
         mlp={"hidden_dim": hf["intermediate_size"], "bias": get(hf, "mlp_bias", False)},
         norm_eps=get(hf, "rms_norm_eps", 1e-5),
         tie_embeddings=get(hf, "tie_word_embeddings", False),
     )
+
+
+def mamba2_config(hf: dict[str, Any]) -> dict[str, Any]:
+    """The Mamba-2 sub-config from the `mamba_*` keys that Bamba and Granite 4.0-H share."""
+    d = hf["hidden_size"]
+    expand, n_heads = get(hf, "mamba_expand", 2), get(hf, "mamba_n_heads", 128)
+    head_dim = hf.get("mamba_d_head")
+    head_dim = expand * d // n_heads if head_dim in (None, "auto") else head_dim
+    return {
+        "expand": expand,
+        "d_inner": expand * d,
+        "head_dim": head_dim,
+        "d_state": get(hf, "mamba_d_state", 256),
+        "n_groups": get(hf, "mamba_n_groups", 1),
+        "d_conv": get(hf, "mamba_d_conv", 4),
+        "chunk_size": get(hf, "mamba_chunk_size", 256),
+        "conv_bias": get(hf, "mamba_conv_bias", True),
+        "bias": get(hf, "mamba_proj_bias", False),
+        "dt_limit": dt_limit(hf.get("time_step_limit")),
+    }
+
+
+def mamba2_sources(cfg: HybridConfig, src: str, dst: str, *, out_scale: float = 1.0) -> dict[str, Source]:
+    """Our Mamba-2 mixer's weights under `dst` from the checkpoint's under `src` (same names);
+    `out_scale` multiplies out_proj (a constant on the mixer's output, folded in)."""
+    names = list(MAMBA2_WEIGHTS)
+    names += ["conv1d.bias"] if cfg.mamba2.conv_bias else []
+    names += ["in_proj.bias", "out_proj.bias"] if cfg.mamba2.bias else []
+    return {
+        f"{dst}{n}": take(f"{src}{n}", scale=out_scale if n.startswith("out_proj") else None) for n in names
+    }
 
 
 def sources(cfg: HybridConfig, hf: dict[str, Any]) -> dict[str, Source]:
@@ -76,8 +93,5 @@ def sources(cfg: HybridConfig, hf: dict[str, Any]) -> dict[str, Source]:
                 if cfg.attention.bias:
                     out[f"{dst}mixer.{p}.bias"] = take(f"{src}self_attn.{p}.bias")
         else:
-            names = list(MAMBA2_WEIGHTS)
-            names += ["conv1d.bias"] if cfg.mamba2.conv_bias else []
-            names += ["in_proj.bias", "out_proj.bias"] if cfg.mamba2.bias else []
-            out.update({f"{dst}mixer.{n}": take(f"{src}mamba.{n}") for n in names})
+            out.update(mamba2_sources(cfg, f"{src}mamba.", f"{dst}mixer."))
     return out

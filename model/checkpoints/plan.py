@@ -67,6 +67,12 @@ def concat(parts: Sequence[tuple[str, ...]], dim: int = 0) -> Source:
     return Source(tuple(parts), lambda ts: torch.cat(ts, dim=dim))
 
 
+def part(name: str, index: int, parts: int, dim: int = 0) -> Source:
+    """The `index`-th of `parts` equal slices of one tensor along `dim` (a fused weight that our model
+    keeps split, e.g. gate and up projections stacked in one matrix)."""
+    return Source(((name,),), lambda ts: ts[0].chunk(parts, dim=dim)[index])
+
+
 def either(first: Source, second: Source) -> Source:
     """`first` if the checkpoint has all its tensors, else `second`."""
     return Source(first.names, first.build, first.optional, second)

@@ -2,8 +2,8 @@
 
 The checkpoint's own chat template renders the conversation (model/chat.py); what differs between
 families is how the model writes a call, so that is what these classes parse:
-- Hermes / Qwen style (Falcon-H1, Bamba and most ChatML templates): `<tool_call>{json}</tool_call>`,
-  `JinjaChatFormat` itself;
+- Hermes / Qwen style (Falcon-H1, Bamba, Granite 4.0 and most ChatML templates):
+  `<tool_call>{json}</tool_call>`, `JinjaChatFormat` itself;
 - Nemotron-H (Nemotron Nano 2): `<TOOLCALL>[{"name": ..., "arguments": {...}}, ...]</TOOLCALL>`, a JSON
   list of calls in one block;
 - OLMo 3 style: `<function_calls>` then one Python-like call per line, `name(key="value", n=1)`, then

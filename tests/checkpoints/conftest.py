@@ -56,6 +56,11 @@ def hf_config(family: str, **kw: Any) -> Any:
             num_key_value_heads=2, attn_layer_indices=[1], mamba_n_heads=8, mamba_d_state=8,
             mamba_n_groups=2, mamba_chunk_size=8,
         ),
+        "granitemoehybrid": dict(
+            hidden_size=32, shared_intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, layer_types=["mamba", "attention", "mamba"], num_local_experts=0,
+            mamba_n_heads=8, mamba_d_state=8, mamba_n_groups=2, mamba_chunk_size=8,
+        ),
     }  # fmt: skip
     cls = transformers.AutoConfig.for_model(family).__class__
     return cls(**{**_COMMON, **base[family], **kw})

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 import torch
-from hybrid_agent.model import ModelState, load_model
+from hybrid_agent.model import CheckpointError, ModelState, load_model
+from hybrid_agent.model.decode.generate import prefill
 from hybrid_agent.model.state_layout import layout_metadata
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
@@ -164,7 +165,9 @@ def test_parity_long_prompt(checkpoint, family):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["olmo_hybrid", "mamba2", "falcon_h1", "nemotron_h", "bamba"])
+@pytest.mark.parametrize(
+    "family", ["olmo_hybrid", "mamba2", "falcon_h1", "nemotron_h", "bamba", "granitemoehybrid"]
+)
 def test_bfloat16_error_is_on_par_with_transformers_own(checkpoint, family):
     """Loaded in bf16, our logits are about as far from the fp32 reference as transformers' bf16 model's
     (measured 0.77x to 1.21x of its error; 1.21x is Mamba-2, whose residual transformers keeps in fp32)."""
@@ -179,3 +182,108 @@ def test_bfloat16_error_is_on_par_with_transformers_own(checkpoint, family):
     err_theirs = float((reference_logits(theirs, ids) - want).abs().max()) / scale
     err_ours = float((ours(ids, ours.new_state()).float() - want).abs().max()) / scale
     assert err_ours <= 1.5 * err_theirs, f"bf16 error {err_ours:.4f} vs transformers' {err_theirs:.4f}"
+
+
+# ---- Granite 4.0 (`granitemoehybrid`), dense variants: every multiplier away from 1 (folded into weights,
+# model/checkpoints/granitemoehybrid.py), NoPE and RoPE attention, biases, tied and untied heads.
+GRANITE_MULTIPLIERS = {"embedding_multiplier": 2.0, "logits_scaling": 1.7, "residual_multiplier": 0.6,
+               "attention_multiplier": 0.2}  # fmt: skip
+
+GRANITE: list[tuple[str, dict[str, Any]]] = [
+    ("granitemoehybrid", {**GRANITE_MULTIPLIERS, "tie_word_embeddings": True}),  # NoPE, as the 4.0-H models
+    ("granitemoehybrid", {"position_embedding_type": "rope", "attention_bias": True, "mamba_proj_bias": True,
+                          "mamba_n_groups": 1, "mamba_conv_bias": False, **GRANITE_MULTIPLIERS}),
+]  # fmt: skip
+
+GRANITE_SLOW: list[tuple[str, dict[str, Any]]] = [
+    ("granitemoehybrid", {"tie_word_embeddings": True}),  # unit multipliers: the head stays tied
+    # The all-attention Granite 4.0 models (same model_type, RoPE), with a larger head.
+    ("granitemoehybrid", {"layer_types": ["attention"] * 2, "num_hidden_layers": 2, "head_dim": 16,
+                          "position_embedding_type": "rope", "num_key_value_heads": 4,
+                          **GRANITE_MULTIPLIERS}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", GRANITE, ids=[_id(c) for c in GRANITE])
+def test_granite_parity(checkpoint, case):
+    family, kw = case
+    folder, hf = checkpoint(family, **kw)
+    check_parity(folder, hf)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", GRANITE_SLOW, ids=[_id(c) for c in GRANITE_SLOW])
+def test_granite_parity_more_configs(checkpoint, case):
+    family, kw = case
+    folder, hf = checkpoint(family, seed=1, **kw)
+    check_parity(folder, hf, seed=1)
+
+
+def test_granite_head_is_untied_only_when_scaled(checkpoint):
+    folder, _ = checkpoint("granitemoehybrid", tie_word_embeddings=True)
+    assert load_model(folder)[0].config.tie_embeddings
+    folder, _ = checkpoint("granitemoehybrid", tie_word_embeddings=True, logits_scaling=2.0)
+    model = load_model(folder)[0]
+    assert not model.config.tie_embeddings
+    assert torch.equal(model.lm_head.weight, model.embed_tokens.weight / 2.0)
+
+
+def test_granite_chunked_prefill_equals_token_by_token(checkpoint):
+    folder, _ = checkpoint("granitemoehybrid", position_embedding_type="rope", **GRANITE_MULTIPLIERS)
+    model, _, _ = load_model(folder)
+    ids = torch.randint(0, model.config.vocab_size, (29,), generator=torch.Generator().manual_seed(3))
+    chunked, single = model.new_state(), model.new_state()
+    got = prefill(model, ids, chunked, chunk_size=8)
+    for t in ids.tolist():
+        want = model(torch.tensor([[t]]), single)[:, -1]
+    assert chunked.n_tokens == single.n_tokens == len(ids)
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-4
+    probe = torch.tensor([[5]])
+    a, b = model(probe, chunked), model(probe, single)
+    assert float((a - b).abs().max() / b.abs().max()) < 1e-4
+
+
+def test_granite_moe_variant_is_refused_in_one_line(checkpoint):
+    folder, _ = checkpoint("granitemoehybrid")
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "num_local_experts": 4}))
+    with pytest.raises(CheckpointError, match=r"mixture-of-experts .* not supported yet") as e:
+        load_model(folder)
+    assert "\n" not in str(e.value)
+
+
+def test_granite_decode_engine_matches_model_forward(checkpoint):
+    """The decode engine (model/decode/engine.py) runs the loaded Granite layers through its own ops:
+    its greedy tokens and logits are the model's own forward's."""
+    from hybrid_agent.model.decode.engine import DecodeEngine
+
+    folder, _ = checkpoint("granitemoehybrid", position_embedding_type="rope", **GRANITE_MULTIPLIERS)
+    model, _, _ = load_model(folder)
+    prompt = torch.randint(0, model.config.vocab_size, (1, 13), generator=torch.Generator().manual_seed(4))
+    state = model.new_state()
+    logits = prefill(model, prompt, state, chunk_size=8)
+    want, want_logits = [], [logits.clone()]
+    for _ in range(12):
+        want.append(int(logits.argmax(-1)))
+        logits = model(torch.tensor([[want[-1]]]), state)[:, -1]
+        want_logits.append(logits.clone())
+    engine = DecodeEngine(model, max_context=48, prefill_chunk=8)
+    assert engine.static  # attention and Mamba-2 only: the segmented static step
+    assert torch.equal(engine.prefill(prompt), want_logits[0])
+    assert engine.generate_greedy(12, sync_every=5) == want
+
+
+def test_granite_hub_config_spelling_loads_the_same_model(checkpoint):
+    """The Hub's config.json (written by older transformers) says "mamba"/"attention" in layer_types,
+    keeps rope_theta at the top level and has no time_step_limit: the same model as transformers 5's."""
+    folder, _ = checkpoint("granitemoehybrid", position_embedding_type="rope", **GRANITE_MULTIPLIERS)
+    a, _, _ = load_model(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    legacy = {"linear_attention": "mamba", "full_attention": "attention"}
+    cfg["layer_types"] = [legacy[t] for t in cfg["layer_types"]]
+    cfg["rope_theta"] = cfg.pop("rope_parameters")["rope_theta"]
+    cfg.pop("time_step_limit")
+    (folder / "config.json").write_text(json.dumps({**cfg, "rope_scaling": None, "num_experts_per_tok": 0}))
+    b, _, _ = load_model(folder)
+    assert b.config.layer_types == ["mamba2", "attention", "mamba2"]
+    assert b.fingerprint == a.fingerprint  # same config, same weights
