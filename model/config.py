@@ -45,6 +45,8 @@ class AttentionConfig(_Strict):
     rope_theta: float | None = 10000.0  # None: no positional encoding (NoPE)
     rope_fraction: float = Field(1.0, gt=0.0, le=1.0)  # partial RoPE: rotate this share of a head (Bamba 0.5)
     qk_norm: Literal["none", "head", "full"] = "none"  # per head (Qwen3) or over all (OLMo)
+    # An output gate (Qwen3-Next, Qwen3.5): out = o_proj(attn * sigmoid(g_proj(x))), g_proj (H*Dh, D).
+    output_gate: bool = False
     bias: bool = False
     # A window the model was trained with (keys in (q - window, q] are seen), and sink tokens kept visible.
     # The runtime window of `HybridLM.new_state(window=, sinks=)` combines with these (smaller window wins).

@@ -26,7 +26,7 @@ from typing import Any, cast
 
 import torch
 from hybrid_agent.model.chat import ChatFormat, NativeChatFormat
-from hybrid_agent.model.checkpoints import bamba, falcon_h1, mamba2, native, nemotron_h, olmo_hybrid
+from hybrid_agent.model.checkpoints import bamba, falcon_h1, mamba2, native, nemotron_h, olmo_hybrid, qwen3_5
 from hybrid_agent.model.checkpoints.digests import TensorDigests
 from hybrid_agent.model.checkpoints.plan import Adapter, Source
 from hybrid_agent.model.checkpoints.shards import ShardSet
@@ -39,8 +39,10 @@ from torch import Tensor
 
 # Each family module is an `Adapter` (model/checkpoints/plan.py): FAMILY, hybrid_config, sources.
 ADAPTERS: dict[str, Adapter] = {
-    m.FAMILY: cast(Adapter, m) for m in (olmo_hybrid, mamba2, falcon_h1, nemotron_h, bamba)
+    m.FAMILY: cast(Adapter, m) for m in (olmo_hybrid, mamba2, falcon_h1, nemotron_h, bamba, qwen3_5)
 }
+# Qwen3.5's text model alone, and its MoE variants (refused by the adapter with a clear message).
+ADAPTERS |= {k: cast(Adapter, qwen3_5) for k in (qwen3_5.TEXT_FAMILY, *qwen3_5.MOE_FAMILIES)}
 # state-spaces Mamba-2 checkpoints have no model_type; their config is recognised by its keys.
 _STATE_SPACES_KEYS = ("d_model", "n_layer", "ssm_cfg")
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model", "*.txt"]
