@@ -63,7 +63,7 @@ def engine_shapes(engine: Any) -> dict[str, tuple[int, int]]:
             out.setdefault("gdn_in", tuple(engine.stacked_weight(a.in_projs).shape))
             out.setdefault("gdn_out", tuple(a.o_proj.weight.shape))
         elif block.kind == "attention":
-            out.setdefault("attn_in", tuple(engine.stacked_weight([a.q_proj, a.k_proj, a.v_proj]).shape))
+            out.setdefault("attn_in", tuple(engine.stacked_weight(a.in_projs).shape))
             out.setdefault("attn_out", tuple(a.o_proj.weight.shape))
         mlp = block.mlp
         if mlp is not None and mlp.gate_proj is not None:

@@ -8,7 +8,9 @@ Design choices:
   cached after RoPE. Where the cache lives and which kernels attend is `ops`' (model/ops.py): the
   model's own growing cache, or the decode engine's buffers (model/decode/ops.py).
 - Weights (transformers names): q_proj (H*Dh, D), k_proj and v_proj (Hkv*Dh, D), o_proj (D, H*Dh),
-  optional q_norm / k_norm weights of size Dh ("head") or H*Dh / Hkv*Dh ("full").
+  optional q_norm / k_norm weights of size Dh ("head") or H*Dh / Hkv*Dh ("full"); with `output_gate`
+  g_proj (H*Dh, D), stacked after v in the one input projection so q|k|v keep their offsets (the
+  engine's fused prep reads them there and ignores the columns after).
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.d_model, kv_dim, bias=a.bias)
         self.v_proj = nn.Linear(cfg.d_model, kv_dim, bias=a.bias)
         self.o_proj = nn.Linear(q_dim, cfg.d_model, bias=a.bias)
+        self.output_gate = a.output_gate
+        if a.output_gate:
+            self.g_proj = nn.Linear(cfg.d_model, q_dim, bias=a.bias)
         if a.qk_norm != "none":
             full = a.qk_norm == "full"
             self.q_norm = RMSNorm(q_dim if full else a.head_dim, cfg.norm_eps)
@@ -54,12 +59,21 @@ class Attention(nn.Module):
         if self.inv_freq is not None:
             self.inv_freq.copy_(rope_inv_freq(self.rope_dim, self.rope_theta))
 
+    @property
+    def in_projs(self) -> tuple[nn.Linear, ...]:
+        """The input projections side by side, in the order of the stacked projection: q|k|v(|g)."""
+        gate = (self.g_proj,) if self.output_gate else ()
+        return (self.q_proj, self.k_proj, self.v_proj, *gate)
+
     def forward(self, x: Tensor, layer: LayerState, state: ModelState, ops: Ops | None = None) -> Tensor:
         ops = ops or Ops()
         pos = ops.positions(state, x.shape[1], x.device)  # (T,)
-        qkv = ops.project("attn_in", x, (self.q_proj, self.k_proj, self.v_proj))  # (B, T, (H + 2 Hkv) Dh)
+        qkv = ops.project("attn_in", x, self.in_projs)  # (B, T, (H + 2 Hkv) Dh (+ H Dh))
         q = ops.attention_in(self, layer, state, qkv, pos)  # (B, T, H, Dh); k and v are in the cache
         out = ops.attend(self, layer, state, q, pos)  # (B, T, H * Dh)
+        if self.output_gate:
+            start, width = (self.n_heads + 2 * self.n_kv_heads) * self.head_dim, self.n_heads * self.head_dim
+            out = out * torch.sigmoid(qkv[..., start : start + width])  # (B, T, H * Dh)
         return ops.project("attn_out", out, (self.o_proj,))  # (B, T, D)
 
     def prep(self, qkv: Tensor, pos: Tensor, ops: Ops) -> tuple[Tensor, Tensor, Tensor]:

@@ -27,6 +27,9 @@ LAYER_TYPES: tuple[str, ...] = ("attention", "mamba2", "gated_deltanet", "parall
 
 CONFIG_FILE = "config.json"
 
+# Fields of a sub-config that `to_json` leaves out while at their defaults (see `to_json`).
+_LATE_FIELDS: dict[str, tuple[str, ...]] = {"attention": ("output_gate",)}
+
 
 def _head_size(d_model: int) -> int:
     """Default head size: 64 for real models, smaller for test-sized ones so heads still divide."""
@@ -45,6 +48,8 @@ class AttentionConfig(_Strict):
     rope_theta: float | None = 10000.0  # None: no positional encoding (NoPE)
     rope_fraction: float = Field(1.0, gt=0.0, le=1.0)  # partial RoPE: rotate this share of a head (Bamba 0.5)
     qk_norm: Literal["none", "head", "full"] = "none"  # per head (Qwen3) or over all (OLMo)
+    # An output gate (Qwen3-Next, Qwen3.5): out = o_proj(attn * sigmoid(g_proj(x))), g_proj (H*Dh, D).
+    output_gate: bool = False
     bias: bool = False
     # A window the model was trained with (keys in (q - window, q] are seen), and sink tokens kept visible.
     # The runtime window of `HybridLM.new_state(window=, sinks=)` combines with these (smaller window wins).
@@ -242,7 +247,16 @@ class HybridConfig(_Strict):
         return cls.model_validate({**PRESETS[name], **overrides})
 
     def to_json(self) -> str:
-        return self.model_dump_json(indent=2)
+        """The config as saved and fingerprinted. Fields added after models were fingerprinted
+        (`_LATE_FIELDS`) are left out while they hold their defaults, so existing models keep their
+        fingerprints (and their sessions resume)."""
+        late: dict[str, set[str]] = {}
+        for section, fields in _LATE_FIELDS.items():
+            sub = getattr(self, section)
+            off = {f for f in fields if getattr(sub, f) == type(sub).model_fields[f].default}
+            if off:
+                late[section] = off
+        return self.model_dump_json(indent=2, exclude=late)
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory)

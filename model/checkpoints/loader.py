@@ -34,6 +34,7 @@ from hybrid_agent.model.checkpoints import (
     native,
     nemotron_h,
     olmo_hybrid,
+    qwen3_5,
 )
 from hybrid_agent.model.checkpoints.digests import TensorDigests
 from hybrid_agent.model.checkpoints.plan import Adapter, Source
@@ -55,8 +56,11 @@ ADAPTERS: dict[str, Adapter] = {
         nemotron_h,
         bamba,
         granitemoehybrid,
+        qwen3_5,
     )
 }
+# Qwen3.5's text model alone, and its MoE variants (refused by the adapter with a clear message).
+ADAPTERS |= {k: cast(Adapter, qwen3_5) for k in (qwen3_5.TEXT_FAMILY, *qwen3_5.MOE_FAMILIES)}
 # state-spaces Mamba-2 checkpoints have no model_type; their config is recognised by its keys.
 _STATE_SPACES_KEYS = ("d_model", "n_layer", "ssm_cfg")
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model", "*.txt"]

@@ -9,6 +9,10 @@ families is how the model writes a call, so that is what these classes parse:
 - OLMo 3 style: `<function_calls>` then one Python-like call per line, `name(key="value", n=1)`, then
   `</function_calls>`. Read with `ast` (parsed, never evaluated): only keyword arguments with literal
   values are accepted; JSON's true/false/null are accepted too.
+- Qwen3-Coder / Qwen3.5: `<tool_call><function=name><parameter=key>value</parameter>...</function>
+  </tool_call>`, each value as plain text (Hermes JSON inside `<tool_call>` is read too). A value is
+  kept as text where the tool's schema says string (or says nothing), else read as JSON when it is
+  JSON: the schemas are the ones the conversation was last rendered with.
 The variant is picked from the template's text (it teaches the model its syntax), not from the family.
 """
 
@@ -16,9 +20,16 @@ from __future__ import annotations
 
 import ast
 import math
+from collections.abc import Sequence
 from typing import Any
 
-from hybrid_agent.model.chat import JinjaChatFormat, ParsedToolCall, call_from_object, load_call_json
+from hybrid_agent.model.chat import (
+    ChatMessage,
+    JinjaChatFormat,
+    ParsedToolCall,
+    call_from_object,
+    load_call_json,
+)
 
 
 class NemotronToolCalls(JinjaChatFormat):
@@ -105,10 +116,89 @@ class PythonicToolCalls(JinjaChatFormat):
         return calls or [ParsedToolCall(None, {}, raw, "the <function_calls> block holds no call")]
 
 
+def _schema_types(schema: Any) -> set[str]:
+    """The JSON types a parameter's schema allows (`type`, a list of types, or anyOf / oneOf)."""
+    if not isinstance(schema, dict):
+        return set()
+    kind = schema.get("type")
+    types = {kind} if isinstance(kind, str) else {t for t in kind or () if isinstance(t, str)}
+    for alt in (*(schema.get("anyOf") or ()), *(schema.get("oneOf") or ())):
+        types |= _schema_types(alt)
+    return types
+
+
+class XmlToolCalls(JinjaChatFormat):
+    """`<function=name>` with one `<parameter=key>` block per argument, inside `<tool_call>`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._params: dict[str, dict[str, Any]] = {}  # tool name -> its parameters' schemas
+
+    def render(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        add_generation_prompt: bool,
+        tools: Sequence[dict[str, Any]] = (),
+    ) -> str:
+        if tools:  # remembered for the types of the values the model writes back
+            self._params = {
+                str(t.get("name")): dict((t.get("parameters") or {}).get("properties") or {}) for t in tools
+            }
+        return super().render(messages, add_generation_prompt=add_generation_prompt, tools=tools)
+
+    def _value(self, tool: str, key: str, text: str) -> Any:
+        types = _schema_types(self._params.get(tool, {}).get(key))
+        if not types or "string" in types:
+            return text
+        value, error = load_call_json(text.strip())
+        return text if error is not None else value
+
+    def parse_block(self, body: str, raw: str) -> list[ParsedToolCall]:
+        if not body.startswith("<function="):
+            return super().parse_block(body, raw)  # Hermes JSON
+        calls: list[ParsedToolCall] = []
+        pos = 0
+        while (start := body.find("<function=", pos)) >= 0:
+            name_end = body.find(">", start)
+            end = body.find("</function>", start)
+            if name_end < 0 or end < 0 or name_end > end:
+                return [
+                    *calls,
+                    ParsedToolCall(None, {}, raw, "write a call as <function=name>...</function>"),
+                ]
+            name = body[start + len("<function=") : name_end].strip()
+            if not name:
+                return [*calls, ParsedToolCall(None, {}, raw, "the <function=...> tag names no function")]
+            args, error = self._arguments(name, body[name_end + 1 : end])
+            calls.append(ParsedToolCall(name, {} if error else args, raw, error))
+            pos = end + len("</function>")
+        return calls
+
+    def _arguments(self, tool: str, body: str) -> tuple[dict[str, Any], str | None]:
+        args: dict[str, Any] = {}
+        pos = 0
+        while (start := body.find("<parameter=", pos)) >= 0:
+            key_end = body.find(">", start)
+            end = body.find("</parameter>", start)
+            if key_end < 0 or end < 0 or key_end > end:
+                return args, "write each argument as <parameter=name>value</parameter>"
+            key = body[start + len("<parameter=") : key_end].strip()
+            text = body[key_end + 1 : end]
+            # The template writes each value on its own lines: one newline either side is markup.
+            text = text[1:] if text.startswith("\n") else text
+            text = text[:-1] if text.endswith("\n") else text
+            args[key] = self._value(tool, key, text)
+            pos = end + len("</parameter>")
+        return args, None
+
+
 def format_class_for(template: str) -> type[JinjaChatFormat]:
     """The tool-call syntax a chat template teaches (Hermes `<tool_call>` when it names none)."""
     if "<TOOLCALL>" in template:
         return NemotronToolCalls
     if "<function_calls>" in template:
         return PythonicToolCalls
+    if "<function=" in template and "<parameter=" in template:
+        return XmlToolCalls
     return JinjaChatFormat

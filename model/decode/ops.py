@@ -167,14 +167,13 @@ def plan_concat(
     model: HybridLM, *, share: bool, align: int
 ) -> dict[tuple[int, ...], tuple[Tensor, Tensor | None]]:
     """The stacked weights of the projections that read the same input, by their linears' ids: an
-    attention layer's q|k|v, a Gated DeltaNet layer's q|k|v|a|b|g, MLA's q|kv_a (without a bias), an
-    MLP's gate|up (exactly, no alignment rows: silu_mul splits the row in halves)."""
+    attention layer's q|k|v (|g with an output gate), a Gated DeltaNet layer's q|k|v|a|b|g, MLA's
+    q|kv_a (without a bias), an MLP's gate|up (exactly, no alignment rows: silu_mul splits the row in
+    halves)."""
     groups: list[tuple[list[nn.Linear], int]] = []
     for block in model.layers:
         a = block.mixer
-        if isinstance(a, Attention):
-            groups.append(([a.q_proj, a.k_proj, a.v_proj], align))
-        elif isinstance(a, GatedDeltaNet):
+        if isinstance(a, Attention | GatedDeltaNet):
             groups.append((list(a.in_projs), align))
         elif isinstance(a, MLA) and a.q_proj is not None and a.kv_a_proj_with_mqa.bias is None:
             groups.append(([a.q_proj, a.kv_a_proj_with_mqa], align))

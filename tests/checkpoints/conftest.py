@@ -25,11 +25,24 @@ CHATML = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+# Multimodal wrappers whose language model we load: the family of the text config and a tiny vision tower.
+_MULTIMODAL: dict[str, tuple[str, dict[str, Any]]] = {
+    "qwen3_5": ("qwen3_5_text", dict(
+        depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32, patch_size=4,
+        spatial_merge_size=1, temporal_patch_size=1, num_position_embeddings=16,
+    )),
+}  # fmt: skip
+
 _COMMON: dict[str, Any] = {"vocab_size": VOCAB, "pad_token_id": 0, "bos_token_id": None, "eos_token_id": 258}
 
 
 def hf_config(family: str, **kw: Any) -> Any:
-    """A transformers config of `family` with test-sized defaults, overridden by `kw`."""
+    """A transformers config of `family` with test-sized defaults, overridden by `kw` (for a multimodal
+    wrapper, `kw` overrides its text config)."""
+    if family in _MULTIMODAL:
+        text, vision = _MULTIMODAL[family]
+        wrapper = transformers.AutoConfig.for_model(family).__class__
+        return wrapper(text_config=hf_config(text, **kw).to_dict(), vision_config=vision)
     base: dict[str, dict[str, Any]] = {
         "olmo_hybrid": dict(
             hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
@@ -60,6 +73,11 @@ def hf_config(family: str, **kw: Any) -> Any:
             hidden_size=32, shared_intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
             num_key_value_heads=2, layer_types=["mamba", "attention", "mamba"], num_local_experts=0,
             mamba_n_heads=8, mamba_d_state=8, mamba_n_groups=2, mamba_chunk_size=8,
+        ),
+        "qwen3_5_text": dict(
+            hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8,
+            layer_types=["linear_attention", "full_attention", "linear_attention"], num_hidden_layers=3,
         ),
     }  # fmt: skip
     cls = transformers.AutoConfig.for_model(family).__class__
@@ -101,12 +119,15 @@ def write_tokenizer_files(folder: Path) -> None:
 def save_checkpoint(family: str, folder: Path, *, seed: int = 0, **kw: Any) -> Any:
     """A random `family` model saved to `folder` with tokenizer files; returns the transformers model."""
     torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(hf_config(family, **kw)).float().eval()
+    auto = transformers.AutoModelForCausalLM
+    if family in _MULTIMODAL:
+        auto = transformers.AutoModelForImageTextToText
+    model = auto.from_config(hf_config(family, **kw)).float().eval()
     randomize(model, seed)
     model.save_pretrained(folder)
     write_tokenizer_files(folder)
     # The reference is what transformers builds from the saved folder (its config round trip included).
-    return transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    return auto.from_pretrained(folder, dtype=torch.float32).eval()
 
 
 @pytest.fixture

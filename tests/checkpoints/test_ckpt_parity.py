@@ -36,7 +36,8 @@ def reference_logits(hf: Any, ids: torch.Tensor) -> torch.Tensor:
 
 def check_parity(folder: Any, hf: Any, seed: int = 0, prompt: int = PROMPT) -> None:
     model, _, _ = load_model(folder)
-    ids = torch.randint(0, hf.config.vocab_size, (1, prompt), generator=torch.Generator().manual_seed(seed))
+    vocab = hf.config.get_text_config().vocab_size  # (a multimodal wrapper keeps it in its text config)
+    ids = torch.randint(0, vocab, (1, prompt), generator=torch.Generator().manual_seed(seed))
     state = model.new_state()
     logits = model(ids, state)
     assert_close(reference_logits(hf, ids), logits, "prefill")
@@ -101,6 +102,8 @@ FAST: list[tuple[str, dict[str, Any]]] = [
                    "ssm_multipliers": [0.9, 1.1, 0.8, 1.2, 1.3], "mamba_rms_norm": True}),
     ("nemotron_h", {}),
     ("bamba", {}),
+    ("qwen3_5_text", {}),  # gated attention, partial RoPE (0.25), zero-centred norms, Hv = 2 Hk
+    ("qwen3_5", {}),  # the multimodal wrapper: its language model only
 ]  # fmt: skip
 
 LIN, FULL = "linear_attention", "full_attention"
@@ -122,6 +125,10 @@ SLOW: list[tuple[str, dict[str, Any]]] = [
                "tie_word_embeddings": True}),
     ("bamba", {"attn_layer_indices": [0, 2], "num_hidden_layers": 4, "mamba_n_groups": 1,
                "mamba_n_heads": 4, "num_key_value_heads": 4}),
+    ("qwen3_5_text", {"layer_types": [FULL, LIN, LIN, FULL], "num_hidden_layers": 4, "num_key_value_heads": 4,
+                      "linear_num_value_heads": 2, "linear_value_head_dim": 16, "tie_word_embeddings": True,
+                      "attention_bias": True, "rope_parameters": {"rope_type": "default", "rope_theta": 1e6,
+                                                                  "partial_rotary_factor": 0.5}}),
 ]  # fmt: skip
 
 
@@ -157,7 +164,7 @@ def test_parity_more_configs(checkpoint, case):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["olmo_hybrid", "falcon_h1", "nemotron_h"])
+@pytest.mark.parametrize("family", ["olmo_hybrid", "falcon_h1", "nemotron_h", "qwen3_5_text"])
 def test_parity_long_prompt(checkpoint, family):
     """150 tokens: several chunks of the Gated DeltaNet (64) and Mamba-2 (8) scans on both sides."""
     folder, hf = checkpoint(family, seed=2)
@@ -166,7 +173,8 @@ def test_parity_long_prompt(checkpoint, family):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "family", ["olmo_hybrid", "mamba2", "falcon_h1", "nemotron_h", "bamba", "granitemoehybrid"]
+    "family",
+    ["olmo_hybrid", "mamba2", "falcon_h1", "nemotron_h", "bamba", "granitemoehybrid", "qwen3_5_text"],
 )
 def test_bfloat16_error_is_on_par_with_transformers_own(checkpoint, family):
     """Loaded in bf16, our logits are about as far from the fp32 reference as transformers' bf16 model's

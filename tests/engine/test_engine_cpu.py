@@ -33,6 +33,8 @@ def eager_greedy(model: HybridLM, prompt: torch.Tensor, n: int) -> tuple[list[in
         (["attention", "gated_deltanet"], {"attention": {**TINY["attention"], "qk_norm": "full",
                                                           "norm_position": "post", "rope_theta": None}}),
         (["attention", "mamba2"], {"attention": {**TINY["attention"], "qk_norm": "head"}}),
+        (["attention", "gated_deltanet"], {"attention": {**TINY["attention"], "qk_norm": "head",
+                                                          "output_gate": True, "rope_fraction": 0.25}}),
         (["parallel", "attention"], {}),  # not graphable: the eager fallback
         (["mla", "gated_deltanet"], {"mla": {"kv_lora_rank": 16, "qk_rope_head_dim": 4,
                                              "qk_nope_head_dim": 8, "v_head_dim": 8, "n_heads": 4}}),

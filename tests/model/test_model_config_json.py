@@ -1,0 +1,31 @@
+"""A model's fingerprint hashes its config JSON, and sessions record the fingerprint: a config field
+added later must not change the JSON of models that do not use it, or their sessions stop resuming."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hybrid_agent.model import HybridConfig
+from hybrid_agent.model.config import PRESETS
+
+DEFAULT = Path(__file__).resolve().parents[2] / "model" / "default" / "config.json"
+
+
+def test_the_shipped_config_json_is_written_back_byte_for_byte() -> None:
+    """model/default/config.json was written before the late fields existed."""
+    assert HybridConfig.load(DEFAULT).to_json() + "\n" == DEFAULT.read_text()
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_late_fields_are_left_out_at_their_defaults(name: str) -> None:
+    data = json.loads(HybridConfig.from_name(name).to_json())
+    assert "output_gate" not in data["attention"]
+
+
+def test_a_late_field_that_is_used_is_written_and_read_back() -> None:
+    cfg = HybridConfig.from_name("tiny", attention={"output_gate": True})
+    data = json.loads(cfg.to_json())
+    assert data["attention"]["output_gate"] is True
+    assert HybridConfig.model_validate(data) == cfg
