@@ -21,6 +21,7 @@ from hybrid_agent.model.layers import MLP, RMSNorm
 from hybrid_agent.model.mamba2 import Mamba2Mixer
 from hybrid_agent.model.mla import MLA
 from hybrid_agent.model.ops import Ops
+from hybrid_agent.model.short_conv import ShortConv
 from hybrid_agent.model.state import LayerState, ModelState
 from torch import Tensor, nn
 
@@ -58,6 +59,7 @@ MIXERS: dict[str, MixerFactory | None] = {
     "mlp": None,  # feed-forward only
     "mla": MLA,
 }
+MIXERS["short_conv"] = ShortConv
 
 _SUBCONFIG = {
     "attention": "attention",
@@ -66,6 +68,7 @@ _SUBCONFIG = {
     "parallel": "mamba2",
     "mla": "mla",
 }
+_SUBCONFIG["short_conv"] = "short_conv"
 
 
 class Block(nn.Module):

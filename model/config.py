@@ -24,8 +24,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # Layer kinds a config may name. `model/blocks.py` must have a registry entry for each.
 LAYER_TYPES: tuple[str, ...] = ("attention", "mamba2", "gated_deltanet", "parallel", "mlp", "mla")
+LAYER_TYPES += ("short_conv",)
 
 CONFIG_FILE = "config.json"
+
+# Sub-configs that `to_json` leaves out while at their defaults (see there).
+_LATE_SUBCONFIGS: tuple[str, ...] = ()
+_LATE_SUBCONFIGS += ("short_conv",)
 
 
 def _head_size(d_model: int) -> int:
@@ -107,6 +112,14 @@ class MLAConfig(_Strict):
     norm_position: Literal["pre", "post"] = "pre"
 
 
+class ShortConvConfig(_Strict):
+    """The gated short convolution (model/short_conv.py; LFM2's conv layers)."""
+
+    d_conv: int = 3  # conv width (LFM2's conv_L_cache); the state keeps d_conv - 1 inputs
+    bias: bool = False  # of in_proj, the conv and out_proj together (LFM2's conv_bias)
+    norm_position: Literal["pre", "post"] = "pre"
+
+
 class MLPConfig(_Strict):
     enabled: bool = True  # off: blocks are mixer-only (pure Mamba-2 stacks)
     in_mixer_layers: bool = True  # off: only 'mlp' layers have an MLP, mixer layers none (Nemotron-H)
@@ -124,6 +137,7 @@ class HybridConfig(_Strict):
     gated_deltanet: GatedDeltaNetConfig = Field(default_factory=GatedDeltaNetConfig)
     mla: MLAConfig = Field(default_factory=MLAConfig)
     parallel_attention: Literal["attention", "mla"] = "attention"  # the attention branch of `parallel`
+    short_conv: ShortConvConfig = Field(default_factory=ShortConvConfig)
     mlp: MLPConfig = Field(default_factory=MLPConfig)
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
@@ -195,7 +209,8 @@ class HybridConfig(_Strict):
             raise ConfigError(
                 f"mla.qk_rope_head_dim={self.mla.qk_rope_head_dim} must be even (RoPE rotates pairs)"
             )
-        for name, width in (("mamba2", m.d_conv), ("gated_deltanet", g.d_conv)):
+        widths = (("mamba2", m.d_conv), ("gated_deltanet", g.d_conv), ("short_conv", self.short_conv.d_conv))
+        for name, width in widths:
             if width < 2:
                 raise ConfigError(f"{name}.d_conv must be >= 2 (got {width})")
 
@@ -242,7 +257,10 @@ class HybridConfig(_Strict):
         return cls.model_validate({**PRESETS[name], **overrides})
 
     def to_json(self) -> str:
-        return self.model_dump_json(indent=2)
+        """The config as saved and fingerprinted. Sub-configs added after models were fingerprinted are
+        left out while at their defaults, so existing models keep their fingerprints (and sessions)."""
+        late = {n for n in _LATE_SUBCONFIGS if getattr(self, n) == type(getattr(self, n))()}
+        return self.model_dump_json(indent=2, exclude=late)
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory)

@@ -1,7 +1,7 @@
 """model/checkpoints/: published hybrid checkpoints loaded into our own modules and `ModelState`.
 
 `load_model(path_or_id, device=..., dtype=...) -> (HybridLM, tokenizer, chat format)`. One adapter module
-per family (olmo_hybrid, mamba2, falcon_h1, nemotron_h, bamba) maps its config.json to a `HybridConfig`
+per family (olmo_hybrid, mamba2, falcon_h1, nemotron_h, bamba, lfm2) maps its config.json to a `HybridConfig`
 and names the checkpoint tensors behind each of our weights (model/checkpoints/plan.py); the shared
 loader (model/checkpoints/loader.py) streams them in. Renamed, split or fused weights and folded
 multipliers are handled there, so the model core does not know which checkpoint it runs.

@@ -26,7 +26,7 @@ from typing import Any, cast
 
 import torch
 from hybrid_agent.model.chat import ChatFormat, NativeChatFormat
-from hybrid_agent.model.checkpoints import bamba, falcon_h1, mamba2, native, nemotron_h, olmo_hybrid
+from hybrid_agent.model.checkpoints import bamba, falcon_h1, lfm2, mamba2, native, nemotron_h, olmo_hybrid
 from hybrid_agent.model.checkpoints.digests import TensorDigests
 from hybrid_agent.model.checkpoints.plan import Adapter, Source
 from hybrid_agent.model.checkpoints.shards import ShardSet
@@ -41,6 +41,7 @@ from torch import Tensor
 ADAPTERS: dict[str, Adapter] = {
     m.FAMILY: cast(Adapter, m) for m in (olmo_hybrid, mamba2, falcon_h1, nemotron_h, bamba)
 }
+ADAPTERS[lfm2.FAMILY] = cast(Adapter, lfm2)
 # state-spaces Mamba-2 checkpoints have no model_type; their config is recognised by its keys.
 _STATE_SPACES_KEYS = ("d_model", "n_layer", "ssm_cfg")
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model", "*.txt"]

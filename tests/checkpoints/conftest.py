@@ -58,7 +58,7 @@ def hf_config(family: str, **kw: Any) -> Any:
         ),
     }  # fmt: skip
     cls = transformers.AutoConfig.for_model(family).__class__
-    return cls(**{**_COMMON, **base[family], **kw})
+    return cls(**{**_COMMON, **base.get(family, {}), **kw})  # a family absent here: kw says it all
 
 
 def randomize(model: torch.nn.Module, seed: int) -> None:
