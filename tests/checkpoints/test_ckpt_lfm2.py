@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 import torch
 from hybrid_agent.model import load_model
+from hybrid_agent.model.chat import ChatMessage
 from hybrid_agent.model.checkpoints import lfm2
+from hybrid_agent.model.checkpoints.tool_formats import Lfm2ToolCalls, format_class_for
 from hybrid_agent.model.decode.engine import DecodeEngine
 from hybrid_agent.model.decode.generate import prefill
 from hybrid_agent.model.errors import CheckpointError
@@ -142,3 +144,73 @@ def test_config_reading_old_spellings():
 def test_unsupported_configs_are_one_line_errors(extra, error):
     with pytest.raises(CheckpointError, match=error):
         lfm2.hybrid_config({**BASE, **extra})
+
+
+# ---- tool calls ------------------------------------------------------------------------------------
+# An LFM2-style template of our own: the tool list in the system turn, tool results wrapped in markers.
+LFM2_TEMPLATE = (
+    "{{ bos_token }}{% set ns = namespace(sys='') %}"
+    "{% if messages[0]['role'] == 'system' %}{% set ns.sys = messages[0]['content'] %}"
+    "{% set messages = messages[1:] %}{% endif %}"
+    "{% if tools %}{% set ns.sys = ns.sys + '\\nList of tools: <|tool_list_start|>' + (tools | tojson)"
+    " + '<|tool_list_end|>' %}{% endif %}"
+    "{% if ns.sys %}<|im_start|>system\n{{ ns.sys }}<|im_end|>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['role'] == 'tool' %}<|tool_response_start|>{{ m['content'] }}<|tool_response_end|>"
+    "{% else %}{{ m['content'] }}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_pythonic_list_of_calls():
+    chat = Lfm2ToolCalls(LFM2_TEMPLATE)
+    text = (
+        'Looking.<|tool_call_start|>[read_file(path="src/a.py", max_lines=-20), '
+        "edit(path='b', new={\"k\": [1, 2.5, null]}, dry=true)]<|tool_call_end|>"
+    )
+    calls = chat.parse_tool_calls(text)
+    assert [(c.name, c.arguments, c.error) for c in calls] == [
+        ("read_file", {"path": "src/a.py", "max_lines": -20}, None),
+        ("edit", {"path": "b", "new": {"k": [1, 2.5, None]}, "dry": True}, None),
+    ]
+    assert chat.visible_text(text) == "Looking."
+    one = chat.parse_tool_calls("<|tool_call_start|>grep(pattern='x')<|tool_call_end|>")  # no list
+    assert [(c.name, c.arguments) for c in one] == [("grep", {"pattern": "x"})]
+    as_json = chat.parse_tool_calls(
+        '<|tool_call_start|>[{"name": "grep", "arguments": {"pattern": "x"}}]<|tool_call_end|>'
+    )
+    assert [(c.name, c.arguments, c.error) for c in as_json] == [("grep", {"pattern": "x"}, None)]
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ("[read_file('a.py')]", "by name"),
+        ("[read_file(path=open('x').read())]", "literals"),
+        ("[1 + 2]", "as a list"),
+        ("[read_file(path=", "not valid syntax"),
+        ("", "empty"),
+        ("[]", "empty"),
+        ('[{"name": 1}]', 'string "name"'),
+    ],
+)
+def test_malformed_calls_become_errors_the_model_can_read(body, error):
+    calls = Lfm2ToolCalls(LFM2_TEMPLATE).parse_tool_calls(f"<|tool_call_start|>{body}<|tool_call_end|>")
+    assert len(calls) == 1 and calls[0].error is not None and error in calls[0].error
+
+
+def test_load_model_reads_lfm2_tool_calls_and_renders_tool_results(checkpoint):
+    folder, _ = checkpoint("lfm2", **SMALL)
+    (folder / "chat_template.jinja").write_text(LFM2_TEMPLATE)
+    _, _, chat = load_model(folder)
+    assert isinstance(chat, Lfm2ToolCalls) and format_class_for(LFM2_TEMPLATE) is Lfm2ToolCalls
+    tools = [{"name": "read_file", "description": "Read a file", "parameters": {"type": "object"}}]
+    first = chat.segment([], [ChatMessage("user", "show a.py")], system="be brief", tools=tools)
+    assert "<|tool_list_start|>" in first.text and '"read_file"' in first.text
+    said = '<|tool_call_start|>[read_file(path="a.py")]<|tool_call_end|><|im_end|>'
+    history = [ChatMessage("user", "show a.py"), ChatMessage("assistant", "", raw=said)]
+    nxt = chat.segment(history, [ChatMessage("tool", "print(1)")], system="be brief", tools=tools)
+    assert nxt.text == (
+        "\n<|im_start|>tool\n<|tool_response_start|>print(1)<|tool_response_end|><|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
