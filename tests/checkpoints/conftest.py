@@ -56,9 +56,14 @@ def hf_config(family: str, **kw: Any) -> Any:
             num_key_value_heads=2, attn_layer_indices=[1], mamba_n_heads=8, mamba_d_state=8,
             mamba_n_groups=2, mamba_chunk_size=8,
         ),
+        "lfm2": dict(
+            hidden_size=32, intermediate_size=96, block_multiple_of=16, num_attention_heads=4,
+            num_key_value_heads=2, num_hidden_layers=4,
+            layer_types=["conv", "full_attention", "conv", "conv"],
+        ),
     }  # fmt: skip
     cls = transformers.AutoConfig.for_model(family).__class__
-    return cls(**{**_COMMON, **base.get(family, {}), **kw})  # a family absent here: kw says it all
+    return cls(**{**_COMMON, **base[family], **kw})
 
 
 def randomize(model: torch.nn.Module, seed: int) -> None:

@@ -35,10 +35,6 @@ def _parity_module() -> Any:
 check_parity = _parity_module().check_parity
 
 CONV, ATTN = "conv", "full_attention"
-SMALL: dict[str, Any] = dict(
-    hidden_size=32, intermediate_size=96, block_multiple_of=16, num_attention_heads=4, num_key_value_heads=2,
-    num_hidden_layers=4, layer_types=[CONV, ATTN, CONV, CONV], conv_L_cache=3,
-)  # fmt: skip
 
 CASES: list[dict[str, Any]] = [
     {},  # tied head, the MLP width adjusted (2/3 of 96, rounded up to 16: 64)
@@ -50,7 +46,7 @@ CASES: list[dict[str, Any]] = [
 
 @pytest.mark.parametrize("kw", CASES, ids=["default", "bias-untied-width4", "multiplier-theta"])
 def test_parity(checkpoint, kw):
-    folder, hf = checkpoint("lfm2", **{**SMALL, **kw})
+    folder, hf = checkpoint("lfm2", **kw)
     model, _, _ = load_model(folder)
     assert model.config.layer_types == [lfm2._KINDS[t] for t in hf.config.layer_types]
     assert model.config.mlp.hidden_dim == hf.model.layers[0].feed_forward.w1.out_features
@@ -60,7 +56,7 @@ def test_parity(checkpoint, kw):
 @pytest.mark.slow
 def test_parity_long_prompt(checkpoint):
     """150 tokens: the conv state carried across many prefill chunks on our side."""
-    folder, hf = checkpoint("lfm2", seed=2, **SMALL)
+    folder, hf = checkpoint("lfm2", seed=2)
     check_parity(folder, hf, seed=2, prompt=150)
 
 
@@ -71,7 +67,7 @@ def test_bfloat16_error_is_on_par_with_transformers_own(checkpoint):
     three seeds and layer mixes, where the mean errors were 0.89x to 1.08x)."""
     import transformers
 
-    folder, hf = checkpoint("lfm2", **SMALL)
+    folder, hf = checkpoint("lfm2")
     ids = torch.randint(0, 300, (1, 40), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         want = hf(input_ids=ids, use_cache=False).logits.float()
@@ -84,7 +80,7 @@ def test_bfloat16_error_is_on_par_with_transformers_own(checkpoint):
 
 
 def test_chunked_prefill_equals_token_by_token(checkpoint):
-    folder, _ = checkpoint("lfm2", **SMALL)
+    folder, _ = checkpoint("lfm2")
     model, _, _ = load_model(folder)
     ids = torch.randint(0, 300, (1, 29), generator=torch.Generator().manual_seed(3))
     chunked, single = model.new_state(), model.new_state()
@@ -102,7 +98,7 @@ def test_chunked_prefill_equals_token_by_token(checkpoint):
 def test_engine_greedy_equals_model_forward(checkpoint, attention):
     """short_conv is a graphed kind: the engine's static step (fused with attention="kernel") runs the
     layers' own forwards through its ops and gives the model's greedy tokens."""
-    folder, _ = checkpoint("lfm2", **SMALL)
+    folder, _ = checkpoint("lfm2")
     model, _, _ = load_model(folder)
     prompt = torch.randint(0, 300, (1, 19), generator=torch.Generator().manual_seed(4))
     state = model.new_state()
@@ -226,7 +222,7 @@ def test_malformed_calls_become_errors_the_model_can_read(body, error):
 
 
 def test_load_model_reads_lfm2_tool_calls_and_renders_tool_results(checkpoint):
-    folder, _ = checkpoint("lfm2", **SMALL)
+    folder, _ = checkpoint("lfm2")
     (folder / "chat_template.jinja").write_text(LFM2_TEMPLATE)
     _, _, chat = load_model(folder)
     assert isinstance(chat, Lfm2ToolCalls) and format_class_for(LFM2_TEMPLATE) is Lfm2ToolCalls
