@@ -25,7 +25,7 @@ from hybrid_agent.model.errors import CheckpointError
 
 FAMILY = "lfm2"
 DEFAULT_ROPE_THETA = 1_000_000.0  # LFM2's default base when the config names none
-_KINDS = {"conv": "short_conv", "full_attention": "attention"}
+LAYER_KINDS = {"conv": "short_conv", "full_attention": "attention"}  # LFM2 layer_types -> ours
 
 
 def _layer_types(hf: dict[str, Any]) -> list[str]:
@@ -35,12 +35,12 @@ def _layer_types(hf: dict[str, Any]) -> list[str]:
         attn = hf.get("full_attn_idxs")
         attn = set(range(n) if attn is None else attn)
         raw = ["full_attention" if i in attn else "conv" for i in range(n)]
-    bad = sorted({t for t in raw if t not in _KINDS})
+    bad = sorted({t for t in raw if t not in LAYER_KINDS})
     if bad:
         raise CheckpointError(f"{FAMILY}: unknown layer types {bad} (only conv and full_attention)")
     if len(raw) != n:
         raise CheckpointError(f"{FAMILY}: {len(raw)} layer_types for num_hidden_layers={n}")
-    return [_KINDS[t] for t in raw]
+    return [LAYER_KINDS[t] for t in raw]
 
 
 def mlp_width(hf: dict[str, Any]) -> int:

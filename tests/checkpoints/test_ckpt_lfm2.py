@@ -48,7 +48,7 @@ CASES: list[dict[str, Any]] = [
 def test_parity(checkpoint, kw):
     folder, hf = checkpoint("lfm2", **kw)
     model, _, _ = load_model(folder)
-    assert model.config.layer_types == [lfm2._KINDS[t] for t in hf.config.layer_types]
+    assert model.config.layer_types == [lfm2.LAYER_KINDS[t] for t in hf.config.layer_types]
     assert model.config.mlp.hidden_dim == hf.model.layers[0].feed_forward.w1.out_features
     check_parity(folder, hf)
 
