@@ -28,7 +28,7 @@ LAYER_TYPES += ("short_conv",)
 
 CONFIG_FILE = "config.json"
 
-# Sub-configs that `to_json` leaves out while at their defaults (see there).
+# Sub-configs (named as their layer kind) that `to_json` leaves out while unused and at their defaults.
 _LATE_SUBCONFIGS: tuple[str, ...] = ()
 _LATE_SUBCONFIGS += ("short_conv",)
 
@@ -258,8 +258,13 @@ class HybridConfig(_Strict):
 
     def to_json(self) -> str:
         """The config as saved and fingerprinted. Sub-configs added after models were fingerprinted are
-        left out while at their defaults, so existing models keep their fingerprints (and sessions)."""
-        late = {n for n in _LATE_SUBCONFIGS if getattr(self, n) == type(getattr(self, n))()}
+        left out while no layer is of their kind and they hold their defaults, so existing models keep
+        their fingerprints (and sessions)."""
+        late = {
+            n
+            for n in _LATE_SUBCONFIGS
+            if n not in self.layer_types and getattr(self, n) == type(getattr(self, n))()
+        }
         return self.model_dump_json(indent=2, exclude=late)
 
     def save(self, directory: str | Path) -> Path:
