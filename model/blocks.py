@@ -21,6 +21,7 @@ from hybrid_agent.model.layers import MLP, RMSNorm
 from hybrid_agent.model.mamba2 import Mamba2Mixer
 from hybrid_agent.model.mla import MLA
 from hybrid_agent.model.ops import Ops
+from hybrid_agent.model.short_conv import ShortConv
 from hybrid_agent.model.state import LayerState, ModelState
 from torch import Tensor, nn
 
@@ -57,6 +58,7 @@ MIXERS: dict[str, MixerFactory | None] = {
     "parallel": ParallelMixer,
     "mlp": None,  # feed-forward only
     "mla": MLA,
+    "short_conv": ShortConv,
 }
 
 _SUBCONFIG = {
@@ -65,6 +67,7 @@ _SUBCONFIG = {
     "gated_deltanet": "gated_deltanet",
     "parallel": "mamba2",
     "mla": "mla",
+    "short_conv": "short_conv",
 }
 
 

@@ -23,11 +23,21 @@ from hybrid_agent.model.errors import ConfigError
 from pydantic import BaseModel, ConfigDict, Field
 
 # Layer kinds a config may name. `model/blocks.py` must have a registry entry for each.
-LAYER_TYPES: tuple[str, ...] = ("attention", "mamba2", "gated_deltanet", "parallel", "mlp", "mla")
+LAYER_TYPES: tuple[str, ...] = (
+    "attention",
+    "mamba2",
+    "gated_deltanet",
+    "parallel",
+    "mlp",
+    "mla",
+    "short_conv",
+)
 
 CONFIG_FILE = "config.json"
 
-# Fields of a sub-config that `to_json` leaves out while at their defaults (see `to_json`).
+# Added after models were fingerprinted (see `to_json`): sub-configs (named as their layer kind) left out
+# while unused and at their defaults, and fields left out while at their defaults.
+_LATE_SUBCONFIGS: tuple[str, ...] = ("short_conv",)
 _LATE_FIELDS: dict[str, tuple[str, ...]] = {"attention": ("output_gate",)}
 
 
@@ -112,6 +122,14 @@ class MLAConfig(_Strict):
     norm_position: Literal["pre", "post"] = "pre"
 
 
+class ShortConvConfig(_Strict):
+    """The gated short convolution (model/short_conv.py; LFM2's conv layers)."""
+
+    d_conv: int = 3  # conv width (LFM2's conv_L_cache); the state keeps d_conv - 1 inputs
+    bias: bool = False  # of in_proj, the conv and out_proj together (LFM2's conv_bias)
+    norm_position: Literal["pre", "post"] = "pre"
+
+
 class MLPConfig(_Strict):
     enabled: bool = True  # off: blocks are mixer-only (pure Mamba-2 stacks)
     in_mixer_layers: bool = True  # off: only 'mlp' layers have an MLP, mixer layers none (Nemotron-H)
@@ -129,6 +147,7 @@ class HybridConfig(_Strict):
     gated_deltanet: GatedDeltaNetConfig = Field(default_factory=GatedDeltaNetConfig)
     mla: MLAConfig = Field(default_factory=MLAConfig)
     parallel_attention: Literal["attention", "mla"] = "attention"  # the attention branch of `parallel`
+    short_conv: ShortConvConfig = Field(default_factory=ShortConvConfig)
     mlp: MLPConfig = Field(default_factory=MLPConfig)
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
@@ -200,7 +219,8 @@ class HybridConfig(_Strict):
             raise ConfigError(
                 f"mla.qk_rope_head_dim={self.mla.qk_rope_head_dim} must be even (RoPE rotates pairs)"
             )
-        for name, width in (("mamba2", m.d_conv), ("gated_deltanet", g.d_conv)):
+        widths = (("mamba2", m.d_conv), ("gated_deltanet", g.d_conv), ("short_conv", self.short_conv.d_conv))
+        for name, width in widths:
             if width < 2:
                 raise ConfigError(f"{name}.d_conv must be >= 2 (got {width})")
 
@@ -247,14 +267,18 @@ class HybridConfig(_Strict):
         return cls.model_validate({**PRESETS[name], **overrides})
 
     def to_json(self) -> str:
-        """The config as saved and fingerprinted. Fields added after models were fingerprinted
-        (`_LATE_FIELDS`) are left out while they hold their defaults, so existing models keep their
-        fingerprints (and their sessions resume)."""
-        late: dict[str, set[str]] = {}
+        """The config as saved and fingerprinted. Sub-configs and fields added after models were
+        fingerprinted are left out while unused and at their defaults (`_LATE_SUBCONFIGS`, `_LATE_FIELDS`),
+        so existing models keep their fingerprints (and their sessions resume)."""
+        late: dict[str, object] = {
+            n: True
+            for n in _LATE_SUBCONFIGS
+            if n not in self.layer_types and getattr(self, n) == type(getattr(self, n))()
+        }
         for section, fields in _LATE_FIELDS.items():
             sub = getattr(self, section)
             off = {f for f in fields if getattr(sub, f) == type(sub).model_fields[f].default}
-            if off:
+            if off and section not in late:
                 late[section] = off
         return self.model_dump_json(indent=2, exclude=late)
 

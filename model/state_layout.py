@@ -61,6 +61,10 @@ def _mla_spec(cfg: HybridConfig) -> StateSpec:
     )
 
 
+def _short_conv_spec(cfg: HybridConfig) -> StateSpec:
+    return StateSpec(recurrent={"conv": (cfg.d_model, cfg.short_conv.d_conv - 1)})  # the last inputs B*x
+
+
 def _parallel_spec(cfg: HybridConfig) -> StateSpec:
     attention = _mla_spec(cfg) if cfg.parallel_attention == "mla" else _attention_spec(cfg)
     return StateSpec(recurrent=_mamba2_spec(cfg).recurrent, cache=attention.cache)
@@ -74,6 +78,7 @@ STATE_SPECS: dict[str, Callable[[HybridConfig], StateSpec]] = {
     "parallel": _parallel_spec,
     "mlp": lambda cfg: StateSpec(),
     "mla": _mla_spec,
+    "short_conv": _short_conv_spec,
 }
 
 
@@ -106,7 +111,7 @@ def layout_metadata(cfg: HybridConfig) -> dict[str, str]:
         for name, shape in spec.recurrent.items():
             dims = ", ".join(map(str, shape))
             if name == "conv":
-                what = "q|k|v" if kind == "gated_deltanet" else "x|B|C"
+                what = {"gated_deltanet": "q|k|v", "short_conv": "B*x"}.get(kind, "x|B|C")
                 text = f"conv window (batch, channels {what}, d_conv - 1) = (batch, {dims}), oldest first"
             elif name == "ssm":
                 text = f"SSM state (batch, heads, head_dim, d_state) = (batch, {dims}), value-first: y = S C"

@@ -13,6 +13,8 @@ families is how the model writes a call, so that is what these classes parse:
   </tool_call>`, each value as plain text (Hermes JSON inside `<tool_call>` is read too). A value is
   kept as text where the tool's schema says string (or says nothing), else read as JSON when it is
   JSON: the schemas are the ones the conversation was last rendered with.
+- LFM2: `<|tool_call_start|>[name(key="value"), ...]<|tool_call_end|>`, the same calls as a Python list
+  (its templates list the tools between `<|tool_list_start|>` and `<|tool_list_end|>`).
 The variant is picked from the template's text (it teaches the model its syntax), not from the family.
 """
 
@@ -74,45 +76,45 @@ def _literal(node: ast.expr) -> Any:
     raise ValueError(f"{type(value).__name__} is not a JSON value")
 
 
+def _python_tree(body: str, raw: str, mode: str) -> ast.AST | ParsedToolCall:
+    """`body` parsed (never evaluated), or the error call the model reads back."""
+    try:
+        return ast.parse(body, mode=mode)
+    except SyntaxError as e:
+        return ParsedToolCall(
+            None, {}, raw, f"the function call is not valid syntax ({e.msg}, line {e.lineno})"
+        )
+    except ValueError as e:  # a lone surrogate cannot be encoded for the parser
+        return ParsedToolCall(None, {}, raw, f"the function call is not valid text ({e})")
+    except (MemoryError, RecursionError):  # the parser's own stack ran out
+        return ParsedToolCall(None, {}, raw, "the function call is not valid syntax (nested too deeply)")
+
+
+def _python_call(node: ast.AST | None, raw: str, shape: str) -> ParsedToolCall:
+    """One `name(key=literal, ...)` call; `shape` says how to write one when `node` is not a call."""
+    if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
+        return ParsedToolCall(None, {}, raw, shape)
+    name = node.func.id
+    if node.args or any(k.arg is None for k in node.keywords):
+        return ParsedToolCall(name, {}, raw, "pass every argument by name: name(key=value)")
+    try:
+        args = {k.arg: _literal(k.value) for k in node.keywords if k.arg is not None}
+    except (ValueError, TypeError, SyntaxError):
+        return ParsedToolCall(name, {}, raw, "argument values must be literals (strings, numbers, ...)")
+    return ParsedToolCall(name, args, raw)
+
+
 class PythonicToolCalls(JinjaChatFormat):
     tool_call_open = "<function_calls>"
     tool_call_close = "</function_calls>"
 
     def parse_block(self, body: str, raw: str) -> list[ParsedToolCall]:
-        try:
-            tree = ast.parse(body, mode="exec")
-        except SyntaxError as e:
-            return [
-                ParsedToolCall(
-                    None, {}, raw, f"the function call is not valid syntax ({e.msg}, line {e.lineno})"
-                )
-            ]
-        except ValueError as e:  # a lone surrogate cannot be encoded for the parser
-            return [ParsedToolCall(None, {}, raw, f"the function call is not valid text ({e})")]
-        except (MemoryError, RecursionError):  # the parser's own stack ran out
-            return [
-                ParsedToolCall(None, {}, raw, "the function call is not valid syntax (nested too deeply)")
-            ]
-        calls: list[ParsedToolCall] = []
-        for stmt in tree.body:
-            call = stmt.value if isinstance(stmt, ast.Expr) else None
-            if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name):
-                calls.append(
-                    ParsedToolCall(None, {}, raw, "write each call as name(key=value, ...) on its own line")
-                )
-                continue
-            name = call.func.id
-            if call.args or any(k.arg is None for k in call.keywords):
-                calls.append(ParsedToolCall(name, {}, raw, "pass every argument by name: name(key=value)"))
-                continue
-            try:
-                args = {k.arg: _literal(k.value) for k in call.keywords if k.arg is not None}
-            except (ValueError, TypeError, SyntaxError):
-                calls.append(
-                    ParsedToolCall(name, {}, raw, "argument values must be literals (strings, numbers, ...)")
-                )
-                continue
-            calls.append(ParsedToolCall(name, args, raw))
+        tree = _python_tree(body, raw, "exec")
+        if isinstance(tree, ParsedToolCall):
+            return [tree]
+        assert isinstance(tree, ast.Module)
+        shape = "write each call as name(key=value, ...) on its own line"
+        calls = [_python_call(s.value if isinstance(s, ast.Expr) else None, raw, shape) for s in tree.body]
         return calls or [ParsedToolCall(None, {}, raw, "the <function_calls> block holds no call")]
 
 
@@ -193,6 +195,34 @@ class XmlToolCalls(JinjaChatFormat):
         return args, None
 
 
+class Lfm2ToolCalls(JinjaChatFormat):
+    """LFM2: `<|tool_call_start|>[name(key="value", n=1), other(...)]<|tool_call_end|>`, a Python list of
+    calls (one bare call is accepted too); a JSON list of `{"name", "arguments"}` objects, which LFM2 writes
+    when its system prompt asks for JSON, is read as well."""
+
+    tool_call_open = "<|tool_call_start|>"
+    tool_call_close = "<|tool_call_end|>"
+
+    def parse_block(self, body: str, raw: str) -> list[ParsedToolCall]:
+        if not body:
+            return [ParsedToolCall(None, {}, raw, "the tool call list is empty")]
+        if body.startswith(("[{", "{")):
+            obj, error = load_call_json(body)
+            if error is None:
+                items = obj if isinstance(obj, list) else [obj]
+                return [call_from_object(item, raw, what="each tool call") for item in items] or [
+                    ParsedToolCall(None, {}, raw, "the tool call list is empty")
+                ]
+        tree = _python_tree(body, raw, "eval")
+        if isinstance(tree, ParsedToolCall):
+            return [tree]
+        assert isinstance(tree, ast.Expression)
+        nodes = tree.body.elts if isinstance(tree.body, ast.List) else [tree.body]
+        shape = "write the calls as a list: [name(key=value, ...), ...]"
+        calls = [_python_call(node, raw, shape) for node in nodes]
+        return calls or [ParsedToolCall(None, {}, raw, "the tool call list is empty")]
+
+
 def format_class_for(template: str) -> type[JinjaChatFormat]:
     """The tool-call syntax a chat template teaches (Hermes `<tool_call>` when it names none)."""
     if "<TOOLCALL>" in template:
@@ -201,4 +231,6 @@ def format_class_for(template: str) -> type[JinjaChatFormat]:
         return PythonicToolCalls
     if "<function=" in template and "<parameter=" in template:
         return XmlToolCalls
+    if "<|tool_list_start|>" in template or "<|tool_call_start|>" in template:
+        return Lfm2ToolCalls
     return JinjaChatFormat

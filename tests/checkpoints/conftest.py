@@ -79,6 +79,11 @@ def hf_config(family: str, **kw: Any) -> Any:
             linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8,
             layer_types=["linear_attention", "full_attention", "linear_attention"], num_hidden_layers=3,
         ),
+        "lfm2": dict(
+            hidden_size=32, intermediate_size=96, block_multiple_of=16, num_attention_heads=4,
+            num_key_value_heads=2, num_hidden_layers=4,
+            layer_types=["conv", "full_attention", "conv", "conv"],
+        ),
     }  # fmt: skip
     cls = transformers.AutoConfig.for_model(family).__class__
     return cls(**{**_COMMON, **base[family], **kw})

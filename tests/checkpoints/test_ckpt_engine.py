@@ -20,7 +20,7 @@ def decode(engine: ModelEngine, n: int) -> tuple[list[int], list[torch.Tensor]]:
     return tokens, logits
 
 
-@pytest.mark.parametrize("family", ["olmo_hybrid", "bamba", "granitemoehybrid"])
+@pytest.mark.parametrize("family", ["olmo_hybrid", "bamba", "granitemoehybrid", "lfm2"])
 def test_engine_on_a_loaded_checkpoint_resumes_exactly(checkpoint, family):
     folder, _ = checkpoint(family)
     model, tok, chat = load_model(folder)
