@@ -2,7 +2,9 @@
 
 A block is `x + mixer(norm(x))` then `x + mlp(norm(x))` (pre-norm), or with `norm_position="post"` on
 the mixer's sub-config `x + norm(mixer(x))` then `x + norm(mlp(x))` (OLMo-2 style). Weight names:
-`mixer_norm`, `mixer`, `mlp_norm`, `mlp` (absent for the mlp-only kind / when the MLP is off).
+`mixer_norm`, `mixer`, `mlp_norm`, `mlp` (absent for the mlp-only kind / when the MLP is off). The
+`mlp` of the layers `cfg.moe` chooses (by index) is a mixture of experts (model/moe.py); it is called
+like the MLP, `mlp(x, ops)`.
 
 To add a layer kind: a mixer class `(cfg) -> nn.Module` with `forward(x, layer_state, model_state, ops)`
 (model/ops.py),
@@ -20,6 +22,7 @@ from hybrid_agent.model.gated_deltanet import GatedDeltaNet
 from hybrid_agent.model.layers import MLP, RMSNorm
 from hybrid_agent.model.mamba2 import Mamba2Mixer
 from hybrid_agent.model.mla import MLA
+from hybrid_agent.model.moe import MoE
 from hybrid_agent.model.ops import Ops
 from hybrid_agent.model.short_conv import ShortConv
 from hybrid_agent.model.state import LayerState, ModelState
@@ -72,7 +75,7 @@ _SUBCONFIG = {
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: HybridConfig, kind: str) -> None:
+    def __init__(self, cfg: HybridConfig, kind: str, index: int = 0) -> None:
         super().__init__()
         self.kind = kind
         factory = MIXERS[kind]
@@ -82,7 +85,9 @@ class Block(nn.Module):
         self.mixer = factory(cfg) if factory else None
         has_mlp = cfg.mlp.enabled and (factory is None or cfg.mlp.in_mixer_layers)
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps) if has_mlp else None
-        self.mlp = MLP(cfg) if has_mlp else None
+        self.mlp: MLP | MoE | None = None
+        if has_mlp:
+            self.mlp = MoE(cfg) if cfg.moe.used_in(index) else MLP(cfg)
 
     def forward(self, x: Tensor, layer: LayerState, state: ModelState, ops: Ops | None = None) -> Tensor:
         ops = ops or Ops()

@@ -4,7 +4,8 @@ Design choices:
 - One entry of `layer_types` per layer. Each layer is a pre-norm residual block (mixer, then a SwiGLU
   MLP unless `mlp.enabled` is off); `norm_position="post"` on a mixer's sub-config switches that
   layer kind to OLMo-2 style post-norm (norm on the sub-layer output), which OLMo Hybrid's attention
-  layers use.
+  layers use. With `moe.n_experts > 0`, the MLP of the layers `moe.layers` names (all by default) is a
+  mixture of experts (model/moe.py).
 - Every sub-config field left at `None` is derived from `d_model` when the config is built, so
   `HybridConfig(vocab_size=..., d_model=..., layer_types=[...])` alone is valid, and the saved
   `config.json` spells out every derived size (a checkpoint never depends on these heuristics).
@@ -37,7 +38,7 @@ CONFIG_FILE = "config.json"
 
 # Added after models were fingerprinted (see `to_json`): sub-configs (named as their layer kind) left out
 # while unused and at their defaults, and fields left out while at their defaults.
-_LATE_SUBCONFIGS: tuple[str, ...] = ("short_conv",)
+_LATE_SUBCONFIGS: tuple[str, ...] = ("short_conv", "moe")
 _LATE_FIELDS: dict[str, tuple[str, ...]] = {"attention": ("output_gate",)}
 
 
@@ -138,6 +139,31 @@ class MLPConfig(_Strict):
     bias: bool = False
 
 
+class MoEConfig(_Strict):
+    """A mixture-of-experts feed-forward (model/moe.py) in place of the MLP of chosen layers.
+
+    Which layers: `layers` lists their indices; None means every layer that has an MLP. `n_experts=0`
+    (the default) means no MoE anywhere. Each routed expert is a SwiGLU of `hidden_dim`; the router scores
+    experts by softmax or sigmoid of a linear map, keeps the `top_k` best, optionally renormalises their
+    weights to sum to 1 (`norm_topk_prob`) and scales them by `routed_scaling`. An optional shared expert
+    (SwiGLU of `shared_hidden_dim`, 0 = none) sees every token, optionally gated by sigmoid(linear(x)).
+    """
+
+    n_experts: int = Field(0, ge=0)
+    top_k: int = Field(1, ge=1)
+    hidden_dim: int | None = None  # of each routed expert; default mlp.hidden_dim
+    shared_hidden_dim: int = Field(0, ge=0)
+    shared_gate: bool = False  # Qwen's shared_expert_gate: (D -> 1), sigmoid
+    scoring: Literal["softmax", "sigmoid"] = "softmax"
+    norm_topk_prob: bool = True
+    routed_scaling: float = 1.0
+    layers: list[int] | None = None
+
+    def used_in(self, layer: int) -> bool:
+        """Whether layer `layer`'s MLP is an MoE."""
+        return self.n_experts > 0 and (self.layers is None or layer in self.layers)
+
+
 class HybridConfig(_Strict):
     vocab_size: int = Field(gt=0)
     d_model: int = Field(gt=0)
@@ -149,6 +175,7 @@ class HybridConfig(_Strict):
     parallel_attention: Literal["attention", "mla"] = "attention"  # the attention branch of `parallel`
     short_conv: ShortConvConfig = Field(default_factory=ShortConvConfig)
     mlp: MLPConfig = Field(default_factory=MLPConfig)
+    moe: MoEConfig = Field(default_factory=MoEConfig)
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     init_std: float = 0.02
@@ -197,6 +224,8 @@ class HybridConfig(_Strict):
         la.n_heads = la.n_heads or max(1, d // la.qk_nope_head_dim)
         if self.mlp.hidden_dim is None:
             self.mlp.hidden_dim = -(-(8 * d // 3) // 64) * 64
+        if self.moe.n_experts and self.moe.hidden_dim is None:
+            self.moe.hidden_dim = self.mlp.hidden_dim
 
     def _check_sizes(self) -> None:
         a, m, g = self.attention, self.mamba2, self.gated_deltanet
@@ -219,6 +248,11 @@ class HybridConfig(_Strict):
             raise ConfigError(
                 f"mla.qk_rope_head_dim={self.mla.qk_rope_head_dim} must be even (RoPE rotates pairs)"
             )
+        moe = self.moe
+        if moe.n_experts and moe.top_k > moe.n_experts:
+            raise ConfigError(f"moe.top_k={moe.top_k} is more than moe.n_experts={moe.n_experts}")
+        if moe.layers is not None and any(not 0 <= i < self.n_layers for i in moe.layers):
+            raise ConfigError(f"moe.layers {moe.layers} names a layer outside 0..{self.n_layers - 1}")
         widths = (("mamba2", m.d_conv), ("gated_deltanet", g.d_conv), ("short_conv", self.short_conv.d_conv))
         for name, width in widths:
             if width < 2:

@@ -57,7 +57,7 @@ class HybridLM(nn.Module):
         super().__init__()
         self.config = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.layers = nn.ModuleList(Block(cfg, kind) for kind in cfg.layer_types)
+        self.layers = nn.ModuleList(Block(cfg, kind, i) for i, kind in enumerate(cfg.layer_types))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self._layout = state_layout(cfg)

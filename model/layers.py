@@ -57,11 +57,12 @@ class GatedRMSNorm(nn.Module):
 
 class MLP(nn.Module):
     """SwiGLU: down_proj(silu(gate_proj(x)) * up_proj(x)); or with `activation="relu2"` (Nemotron-H)
-    down_proj(relu(up_proj(x))^2), which has no gate_proj."""
+    down_proj(relu(up_proj(x))^2), which has no gate_proj. `hidden` overrides `mlp.hidden_dim` (an MoE's
+    shared expert, model/moe.py)."""
 
-    def __init__(self, cfg: HybridConfig) -> None:
+    def __init__(self, cfg: HybridConfig, hidden: int | None = None) -> None:
         super().__init__()
-        hidden, bias = cfg.mlp.hidden_dim, cfg.mlp.bias
+        hidden, bias = hidden or cfg.mlp.hidden_dim, cfg.mlp.bias
         assert hidden is not None
         self.gate_proj = nn.Linear(cfg.d_model, hidden, bias=bias) if cfg.mlp.activation == "swiglu" else None
         self.up_proj = nn.Linear(cfg.d_model, hidden, bias=bias)

@@ -38,7 +38,8 @@ and sampling.py (the model's own token loop, used off the engine's path).
   among the ids below `vocab_size` (the tokenizer's size when the model's vocabulary is padded past
   it), so it never yields an id without text.
 - Supported in the step: attention (full, no window), mla, gated_deltanet, mamba2, short_conv and mlp
-  layers.
+  layers, and MoE feed-forwards (model/moe.py: the chosen experts' weights gathered on the device, no
+  host read) while batch_size * top_k <= n_experts.
   Anything else (a window, parallel layers) runs `model(token, state)` on the same buffers; on the CPU
   the step runs without a graph.
 """
@@ -57,6 +58,7 @@ from hybrid_agent.model.decode.ops import GEMV_ROLES, EngineOps, StepKernels, pl
 from hybrid_agent.model.decode.step import Step, head
 from hybrid_agent.model.errors import StateMismatchError, TokenRangeError
 from hybrid_agent.model.hybrid import HybridLM
+from hybrid_agent.model.moe import gathers
 from hybrid_agent.model.ops import Ops
 from hybrid_agent.model.state import ModelState, Page
 from torch import Tensor, nn
@@ -91,6 +93,9 @@ class DecodeEngine:
         self.prefill_chunk = prefill_chunk
         self.device = model.device
         self.static = set(self.cfg.layer_types) <= GRAPHED_KINDS and self.cfg.attention.sliding_window is None
+        # MoE layers (model/moe.py) read nothing back to the host when a step's token-slots take the
+        # gathered path; a batch too large for it runs the model's forward instead of a graph.
+        self.static = self.static and (not self.cfg.moe.n_experts or gathers(self.cfg, batch_size))
         self.graphed = self.static and (self.device.type == "cuda" if use_graphs is None else use_graphs)
         # "kernel": kernels.attention_decode reads the length on the device, so the whole step is one
         # graph; "sdpa": the model's own SDPA call over the first L slots, with a host-side length, so

@@ -29,6 +29,7 @@ from hybrid_agent.model.decode.buffers import StaticState
 from hybrid_agent.model.errors import ModelError
 from hybrid_agent.model.gated_deltanet import GatedDeltaNet
 from hybrid_agent.model.hybrid import HybridLM
+from hybrid_agent.model.layers import MLP
 from hybrid_agent.model.mla import MLA
 from hybrid_agent.model.ops import Ops, sdpa
 from hybrid_agent.model.state import LayerState, ModelState
@@ -168,7 +169,7 @@ def plan_concat(
 ) -> dict[tuple[int, ...], tuple[Tensor, Tensor | None]]:
     """The stacked weights of the projections that read the same input, by their linears' ids: an
     attention layer's q|k|v (|g with an output gate), a Gated DeltaNet layer's q|k|v|a|b|g, MLA's
-    q|kv_a (without a bias), an MLP's gate|up (exactly, no alignment rows: silu_mul splits the row in
+    q|kv_a (without a bias), an MLP's (or an MoE's shared expert's) gate|up (exactly, no alignment rows: silu_mul splits the row in
     halves)."""
     groups: list[tuple[list[nn.Linear], int]] = []
     for block in model.layers:
@@ -177,8 +178,9 @@ def plan_concat(
             groups.append((list(a.in_projs), align))
         elif isinstance(a, MLA) and a.q_proj is not None and a.kv_a_proj_with_mqa.bias is None:
             groups.append(([a.q_proj, a.kv_a_proj_with_mqa], align))
-        if block.mlp is not None and block.mlp.gate_proj is not None:
-            groups.append(([block.mlp.gate_proj, block.mlp.up_proj], 1))
+        mlp = getattr(block.mlp, "shared_expert", block.mlp)  # an MoE's shared expert is an MLP
+        if isinstance(mlp, MLP) and mlp.gate_proj is not None:
+            groups.append(([mlp.gate_proj, mlp.up_proj], 1))
     return {tuple(id(lin) for lin in lins): _concat(lins, share, al) for lins, al in groups}
 
 

@@ -12,6 +12,9 @@ from hybrid_agent.model.testing import TINY
 from hybrid_agent.model.testing import tiny_model as make
 
 STATIC = ["gated_deltanet", "attention", "mamba2", "mlp", "attention"]
+# A mixture of experts in the first and last layers' MLPs (model/moe.py), with a gated shared expert.
+MOE = {"n_experts": 8, "top_k": 2, "hidden_dim": 32, "shared_hidden_dim": 48, "shared_gate": True,
+       "layers": [0, 2]}  # fmt: skip
 
 
 def eager_greedy(model: HybridLM, prompt: torch.Tensor, n: int) -> tuple[list[int], list[torch.Tensor]]:
@@ -36,6 +39,7 @@ def eager_greedy(model: HybridLM, prompt: torch.Tensor, n: int) -> tuple[list[in
         (["attention", "gated_deltanet"], {"attention": {**TINY["attention"], "qk_norm": "head",
                                                           "output_gate": True, "rope_fraction": 0.25}}),
         (["parallel", "attention"], {}),  # not graphable: the eager fallback
+        (["gated_deltanet", "attention", "mlp"], {"moe": MOE}),
         (["mla", "gated_deltanet"], {"mla": {"kv_lora_rank": 16, "qk_rope_head_dim": 4,
                                              "qk_nope_head_dim": 8, "v_head_dim": 8, "n_heads": 4}}),
     ],
@@ -137,6 +141,7 @@ MLA_CFG = {"kv_lora_rank": 16, "qk_rope_head_dim": 4, "qk_nope_head_dim": 8, "v_
           "gated_deltanet": {**TINY["gated_deltanet"], "allow_neg_eigval": True}}),
         (["mla", "attention"], {"mla": {**MLA_CFG, "q_lora_rank": 12},
                                 "mlp": {"hidden_dim": 64, "activation": "relu2"}}),
+        (["gated_deltanet", "attention", "mlp"], {"moe": {**MOE, "scoring": "sigmoid"}}),
     ],
 )  # fmt: skip
 def test_kernel_mode_fused_and_mla(layers: list[str], over: dict, fuse: bool, align: int) -> None:

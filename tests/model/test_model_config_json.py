@@ -29,3 +29,15 @@ def test_a_late_field_that_is_used_is_written_and_read_back() -> None:
     data = json.loads(cfg.to_json())
     assert data["attention"]["output_gate"] is True
     assert HybridConfig.model_validate(data) == cfg
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_moe_is_left_out_while_unused(name: str) -> None:
+    assert "moe" not in json.loads(HybridConfig.from_name(name).to_json())
+
+
+def test_a_used_moe_is_written_and_read_back() -> None:
+    cfg = HybridConfig.from_name("tiny", moe={"n_experts": 4, "top_k": 2, "layers": [4]})
+    data = json.loads(cfg.to_json())
+    assert data["moe"]["n_experts"] == 4 and data["moe"]["hidden_dim"] == cfg.mlp.hidden_dim
+    assert HybridConfig.model_validate(data) == cfg
