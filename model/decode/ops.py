@@ -169,8 +169,8 @@ def plan_concat(
 ) -> dict[tuple[int, ...], tuple[Tensor, Tensor | None]]:
     """The stacked weights of the projections that read the same input, by their linears' ids: an
     attention layer's q|k|v (|g with an output gate), a Gated DeltaNet layer's q|k|v|a|b|g, MLA's
-    q|kv_a (without a bias), an MLP's (or an MoE's shared expert's) gate|up (exactly, no alignment rows: silu_mul splits the row in
-    halves)."""
+    q|kv_a (without a bias), an MLP's (or an MoE's shared expert's) gate|up (exactly, no alignment rows:
+    silu_mul splits the row in halves)."""
     groups: list[tuple[list[nn.Linear], int]] = []
     for block in model.layers:
         a = block.mixer

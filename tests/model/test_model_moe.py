@@ -80,9 +80,7 @@ def test_blocks_use_moe_where_the_config_says() -> None:
     assert every(torch.tensor([[1, 2, 3]]), state).shape[1] == 3
 
 
-@pytest.mark.parametrize(
-    "over, match", [({"top_k": 7}, "top_k"), ({"layers": [3]}, "outside")]
-)
+@pytest.mark.parametrize("over, match", [({"top_k": 7}, "top_k"), ({"layers": [3]}, "outside")])
 def test_bad_moe_configs_say_what_to_fix(over: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         HybridConfig(vocab_size=50, d_model=16, layer_types=["mlp"], moe={**BASE, **over})
