@@ -60,7 +60,7 @@ ADAPTERS: dict[str, Adapter] = {
         qwen3_5,
     )
 }
-# Qwen3.5's text model alone, and its MoE variants (refused by the adapter with a clear message).
+# Qwen3.5's text model alone, and its MoE variants.
 ADAPTERS |= {k: cast(Adapter, qwen3_5) for k in (qwen3_5.TEXT_FAMILY, *qwen3_5.MOE_FAMILIES)}
 ADAPTERS[lfm2.FAMILY] = cast(Adapter, lfm2)
 # state-spaces Mamba-2 checkpoints have no model_type; their config is recognised by its keys.

@@ -16,21 +16,25 @@ model/gated_deltanet.py:
 - Gated DeltaNet: `in_proj_qkv` is q|k|v side by side (the conv's channel order), split into our q, k, v
   projections; `in_proj_z` is the output gate (our g_proj), `in_proj_a` / `in_proj_b` the decay and
   write-strength inputs; beta = sigmoid(b) (no negative eigenvalues).
-MoE variants (model_type "qwen3_5_moe*") are refused: the MoE layer does not exist yet.
+MoE variants (model_type "qwen3_5_moe", "qwen3_5_moe_text"): every layer's MLP is a mixture of experts
+(model/moe.py): softmax router `mlp.gate` (E, D), top-k renormalised, routed experts stored stacked
+(`mlp.experts.gate_up_proj` (E, 2I, D) gate rows first, `mlp.experts.down_proj` (E, D, I)) or per expert
+(`mlp.experts.{e}.gate_proj.weight`, as transformers' save_pretrained writes them), and a shared expert
+gated by sigmoid(`mlp.shared_expert_gate`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from hybrid_agent.model.checkpoints.plan import Source, get, rope_theta, spellings, take
+import torch
+from hybrid_agent.model.checkpoints.plan import Source, either, get, rope_theta, spellings, take
 from hybrid_agent.model.config import HybridConfig
 from hybrid_agent.model.errors import CheckpointError
 from torch import Tensor
 
 FAMILY = "qwen3_5"
-# The model_types this adapter reads (the text model alone, and the multimodal wrapper), and the MoE
-# ones it refuses with a clear message.
+# The model_types this adapter reads besides FAMILY: the text model alone, and the MoE variants.
 TEXT_FAMILY = "qwen3_5_text"
 MOE_FAMILIES = ("qwen3_5_moe", "qwen3_5_moe_text")
 _KINDS = {"linear_attention": "gated_deltanet", "full_attention": "attention"}
@@ -40,9 +44,6 @@ _PREFIXES = ("model.", "model.language_model.")
 
 def text_config(hf: dict[str, Any]) -> dict[str, Any]:
     """The language model's config: `text_config` of the multimodal wrapper, else the config itself."""
-    kinds = (hf.get("model_type"), (hf.get("text_config") or {}).get("model_type"))
-    if any(k in MOE_FAMILIES for k in kinds):
-        raise CheckpointError(f"{kinds[0]}: Qwen3.5 MoE checkpoints are not supported yet (dense only)")
     text = hf.get("text_config")
     return text if isinstance(text, dict) else hf
 
@@ -86,11 +87,56 @@ def hybrid_config(hf: dict[str, Any]) -> HybridConfig:
             "allow_neg_eigval": False,
             "norm_eps": eps,
         },
-        mlp={"hidden_dim": t["intermediate_size"], "bias": False},
+        mlp={"hidden_dim": get(t, "intermediate_size", get(t, "moe_intermediate_size", 0)), "bias": False},
+        # Qwen3.5's router always renormalises the top-k weights (its config has no norm_topk_prob).
+        moe={**moe_config(t, len(types)), "norm_topk_prob": True} if get(t, "num_experts", 0) else {},
         norm_eps=eps,
         # The wrapper's own flag decides (transformers ties through the top-level config).
         tie_embeddings=get(hf, "tie_word_embeddings", get(t, "tie_word_embeddings", False)),
     )
+
+
+def moe_config(t: dict[str, Any], n_layers: int) -> dict[str, Any]:
+    """The `moe` sub-config of a Qwen MoE text config: softmax router, gated shared expert. A layer's MLP
+    is an MoE unless listed in `mlp_only_layers`, and only every `decoder_sparse_step`-th (Qwen3-Next)."""
+    step, dense = get(t, "decoder_sparse_step", 1), set(get(t, "mlp_only_layers", []))
+    layers = [i for i in range(n_layers) if i not in dense and (i + 1) % step == 0]
+    if get(t, "hidden_act", "silu") != "silu":
+        raise CheckpointError(f"hidden_act={t['hidden_act']!r} is not supported for experts (only silu)")
+    shared = get(t, "shared_expert_intermediate_size", 0)
+    return {
+        "n_experts": t["num_experts"],
+        "top_k": get(t, "num_experts_per_tok", 1),
+        "hidden_dim": t["moe_intermediate_size"],
+        "shared_hidden_dim": shared,
+        "shared_gate": bool(shared),
+        "norm_topk_prob": get(t, "norm_topk_prob", True),
+        "layers": None if len(layers) == n_layers else layers,
+    }
+
+
+def moe_sources(cfg: HybridConfig, names: Any, src: str, dst: str) -> dict[str, Source]:
+    """Our MoE weights under `dst` (`layers.{i}.mlp.`) from a Qwen sparse block under `src`; `names`
+    gives a checkpoint name's accepted spellings."""
+    E, inner = cfg.moe.n_experts, cfg.moe.hidden_dim
+    out = {f"{dst}router.weight": take(*names(f"{src}gate.weight"))}
+
+    def stacked(name: str, pick: Any) -> Source:
+        return Source((names(f"{src}experts.{name}"),), lambda ts: pick(ts[0]))
+
+    def per_expert(proj: str) -> Source:
+        parts = tuple(names(f"{src}experts.{e}.{proj}.weight") for e in range(E))
+        return Source(parts, lambda ts: torch.stack(ts))
+
+    fused = {"gate_proj": lambda t: t[:, :inner], "up_proj": lambda t: t[:, inner:]}
+    for proj, pick in fused.items():
+        out[f"{dst}experts.{proj}"] = either(stacked("gate_up_proj", pick), per_expert(proj))
+    out[f"{dst}experts.down_proj"] = either(stacked("down_proj", lambda t: t), per_expert("down_proj"))
+    if cfg.moe.shared_hidden_dim:
+        for proj in ("gate_proj", "up_proj", "down_proj"):
+            out[f"{dst}shared_expert.{proj}.weight"] = take(*names(f"{src}shared_expert.{proj}.weight"))
+        out[f"{dst}shared_expert_gate.weight"] = take(*names(f"{src}shared_expert_gate.weight"))
+    return out
 
 
 def _names(name: str) -> tuple[str, ...]:
@@ -129,8 +175,11 @@ def sources(cfg: HybridConfig, hf: dict[str, Any]) -> dict[str, Source]:
         src, dst = f"layers.{i}.", f"layers.{i}."
         out[f"{dst}mixer_norm.weight"] = _centred(f"{src}input_layernorm.weight")
         out[f"{dst}mlp_norm.weight"] = _centred(f"{src}post_attention_layernorm.weight")
-        for proj in ("gate_proj", "up_proj", "down_proj"):
-            out[f"{dst}mlp.{proj}.weight"] = take(*_names(f"{src}mlp.{proj}.weight"))
+        if cfg.moe.used_in(i):
+            out |= moe_sources(cfg, _names, f"{src}mlp.", f"{dst}mlp.")
+        else:
+            for proj in ("gate_proj", "up_proj", "down_proj"):
+                out[f"{dst}mlp.{proj}.weight"] = take(*_names(f"{src}mlp.{proj}.weight"))
         if kind == "attention":
             a = f"{src}self_attn."
             params = ["weight", "bias"] if cfg.attention.bias else ["weight"]

@@ -32,6 +32,7 @@ _MULTIMODAL: dict[str, tuple[str, dict[str, Any]]] = {
         spatial_merge_size=1, temporal_patch_size=1, num_position_embeddings=16,
     )),
 }  # fmt: skip
+_MULTIMODAL["qwen3_5_moe"] = ("qwen3_5_moe_text", _MULTIMODAL["qwen3_5"][1])
 
 _COMMON: dict[str, Any] = {"vocab_size": VOCAB, "pad_token_id": 0, "bos_token_id": None, "eos_token_id": 258}
 
@@ -78,6 +79,13 @@ def hf_config(family: str, **kw: Any) -> Any:
             hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
             linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8,
             layer_types=["linear_attention", "full_attention", "linear_attention"], num_hidden_layers=3,
+        ),
+        "qwen3_5_moe_text": dict(
+            hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8,
+            layer_types=["linear_attention", "full_attention", "linear_attention"], num_hidden_layers=3,
+            num_experts=8, num_experts_per_tok=2, moe_intermediate_size=16,
+            shared_expert_intermediate_size=24,
         ),
         "lfm2": dict(
             hidden_size=32, intermediate_size=96, block_multiple_of=16, num_attention_heads=4,

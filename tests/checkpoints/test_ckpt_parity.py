@@ -104,6 +104,8 @@ FAST: list[tuple[str, dict[str, Any]]] = [
     ("bamba", {}),
     ("qwen3_5_text", {}),  # gated attention, partial RoPE (0.25), zero-centred norms, Hv = 2 Hk
     ("qwen3_5", {}),  # the multimodal wrapper: its language model only
+    ("qwen3_5_moe_text", {}),  # every MLP a mixture of experts (top-2 of 8) with a gated shared expert
+    ("qwen3_5_moe", {}),
 ]  # fmt: skip
 
 LIN, FULL = "linear_attention", "full_attention"
@@ -129,6 +131,8 @@ SLOW: list[tuple[str, dict[str, Any]]] = [
                       "linear_num_value_heads": 2, "linear_value_head_dim": 16, "tie_word_embeddings": True,
                       "attention_bias": True, "rope_parameters": {"rope_type": "default", "rope_theta": 1e6,
                                                                   "partial_rotary_factor": 0.5}}),
+    ("qwen3_5_moe_text", {"layer_types": [FULL, LIN], "num_hidden_layers": 2, "num_experts": 4,
+                          "num_experts_per_tok": 1, "tie_word_embeddings": True}),
 ]  # fmt: skip
 
 

@@ -1,0 +1,89 @@
+"""Qwen3.5-MoE: every layer's MLP a mixture of experts (model/moe.py). Beyond the parity of
+tests/checkpoints/test_ckpt_parity.py: what the adapter maps (router, experts stored
+per expert or stacked, the gated shared expert), chunked prefill equal to token by token, the decode
+engine equal to the model's own forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hybrid_agent.model import load_model
+from hybrid_agent.model.decode.engine import DecodeEngine
+from hybrid_agent.model.decode.generate import prefill
+from hybrid_agent.model.moe import MoE
+from safetensors.torch import load_file, save_file
+
+pytest.importorskip("transformers")
+
+
+def test_adapter_maps_router_experts_and_shared_expert(checkpoint):
+    folder, hf = checkpoint("qwen3_5_moe_text")
+    model, _, _ = load_model(folder)
+    m = model.config.moe
+    assert (m.n_experts, m.top_k, m.hidden_dim, m.shared_hidden_dim) == (8, 2, 16, 24)
+    assert m.shared_gate and m.norm_topk_prob and m.scoring == "softmax" and m.layers is None
+    ref, ours = hf.model.layers[1].mlp, model.layers[1].mlp
+    assert isinstance(ours, MoE)
+    assert torch.equal(ours.router.weight, ref.gate.weight)
+    inner = m.hidden_dim
+    assert torch.equal(ours.experts.gate_proj, ref.experts.gate_up_proj[:, :inner])
+    assert torch.equal(ours.experts.up_proj, ref.experts.gate_up_proj[:, inner:])
+    assert torch.equal(ours.experts.down_proj, ref.experts.down_proj)
+    assert torch.equal(ours.shared_expert.down_proj.weight, ref.shared_expert.down_proj.weight)
+    assert torch.equal(ours.shared_expert_gate.weight, ref.shared_expert_gate.weight)
+
+
+def test_stacked_expert_weights_load_the_same_model(checkpoint):
+    """Checkpoints that store the experts stacked (`experts.gate_up_proj`, `experts.down_proj`) load
+    to the same weights as the per-expert ones transformers' save_pretrained writes."""
+    folder, hf = checkpoint("qwen3_5_moe_text")
+    want, _, _ = load_model(folder)
+    tensors = load_file(folder / "model.safetensors")
+    E = hf.config.num_experts
+    for i in range(hf.config.num_hidden_layers):
+        p = f"model.layers.{i}.mlp.experts."
+        stack = {n: torch.stack([tensors.pop(f"{p}{e}.{n}.weight") for e in range(E)]) for n in
+                 ("gate_proj", "up_proj", "down_proj")}  # fmt: skip
+        tensors[f"{p}gate_up_proj"] = torch.cat((stack["gate_proj"], stack["up_proj"]), dim=1)
+        tensors[f"{p}down_proj"] = stack["down_proj"]
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    got, _, _ = load_model(folder)
+    assert got.state_dict().keys() == want.state_dict().keys()
+    assert all(torch.equal(t, got.state_dict()[n]) for n, t in want.state_dict().items())
+
+
+def test_chunked_prefill_equals_token_by_token(checkpoint):
+    folder, _ = checkpoint("qwen3_5_moe_text")
+    model, _, _ = load_model(folder)
+    ids = torch.randint(0, 300, (1, 21), generator=torch.Generator().manual_seed(3))
+    chunked, one = model.new_state(), model.new_state()
+    got = prefill(model, ids, chunked, chunk_size=8)
+    for t in range(ids.shape[1]):
+        want = model(ids[:, t : t + 1], one)[:, -1]
+    assert float((got - want).abs().max()) <= 1e-4 * float(want.abs().max())
+    for name, t in one.to_tensors().items():
+        c, t = chunked.to_tensors()[name].float(), t.float()
+        assert (c - t).abs().max() <= 1e-4 * t.abs().max() + 1e-6, name
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_engine_greedy_equals_model_forward(checkpoint, fuse):
+    folder, _ = checkpoint("qwen3_5_moe_text")
+    model, _, _ = load_model(folder)
+    prompt = torch.randint(0, 300, (1, 13), generator=torch.Generator().manual_seed(4))
+    state = model.new_state()
+    logits = prefill(model, prompt, state, chunk_size=8)
+    want, want_logits = [], [logits.clone()]
+    for _ in range(12):
+        want.append(int(logits.argmax(-1)))
+        logits = model(torch.tensor([[want[-1]]]), state)[:, -1]
+        want_logits.append(logits.clone())
+    engine = DecodeEngine(model, max_context=48, prefill_chunk=8, attention="kernel" if fuse else None)
+    assert engine.static and engine.fused == fuse
+    assert torch.equal(engine.prefill(prompt), want_logits[0])
+    for i in range(12):
+        got = engine.step(want[i])
+        if fuse:  # the fused step's kernels: float rounding
+            assert torch.allclose(got, want_logits[i + 1], rtol=1e-4, atol=1e-4), f"step {i}"
+        else:
+            assert torch.equal(got, want_logits[i + 1]), f"step {i}"
