@@ -36,6 +36,7 @@ from hybrid_agent.model.checkpoints import (
     nemotron_h,
     olmo_hybrid,
     qwen3_5,
+    qwen3_next,
 )
 from hybrid_agent.model.checkpoints.digests import TensorDigests
 from hybrid_agent.model.checkpoints.plan import Adapter, Source
@@ -63,6 +64,7 @@ ADAPTERS: dict[str, Adapter] = {
 # Qwen3.5's text model alone, and its MoE variants.
 ADAPTERS |= {k: cast(Adapter, qwen3_5) for k in (qwen3_5.TEXT_FAMILY, *qwen3_5.MOE_FAMILIES)}
 ADAPTERS[lfm2.FAMILY] = cast(Adapter, lfm2)
+ADAPTERS[qwen3_next.FAMILY] = cast(Adapter, qwen3_next)
 # state-spaces Mamba-2 checkpoints have no model_type; their config is recognised by its keys.
 _STATE_SPACES_KEYS = ("d_model", "n_layer", "ssm_cfg")
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model", "*.txt"]

@@ -50,6 +50,14 @@ def text_config(hf: dict[str, Any]) -> dict[str, Any]:
 
 def hybrid_config(hf: dict[str, Any]) -> HybridConfig:
     t = text_config(hf)
+    # Qwen3.5's router always renormalises the top-k weights (its config has no norm_topk_prob); the
+    # wrapper's own tie flag decides (transformers ties through the top-level config).
+    tie = get(hf, "tie_word_embeddings", get(t, "tie_word_embeddings", False))
+    return config_from_text(t, tie=tie, moe={"norm_topk_prob": True})
+
+
+def config_from_text(t: dict[str, Any], *, tie: bool, moe: dict[str, Any] | None = None) -> HybridConfig:
+    """Our config from a Qwen3.5 / Qwen3-Next text config; `moe` overrides the MoE sub-config's fields."""
     d, heads = t["hidden_size"], t["num_attention_heads"]
     types = t.get("layer_types") or [
         "full_attention" if (i + 1) % get(t, "full_attention_interval", 4) == 0 else "linear_attention"
@@ -88,11 +96,9 @@ def hybrid_config(hf: dict[str, Any]) -> HybridConfig:
             "norm_eps": eps,
         },
         mlp={"hidden_dim": get(t, "intermediate_size", get(t, "moe_intermediate_size", 0)), "bias": False},
-        # Qwen3.5's router always renormalises the top-k weights (its config has no norm_topk_prob).
-        moe={**moe_config(t, len(types)), "norm_topk_prob": True} if get(t, "num_experts", 0) else {},
+        moe={**moe_config(t, len(types)), **(moe or {})} if get(t, "num_experts", 0) else {},
         norm_eps=eps,
-        # The wrapper's own flag decides (transformers ties through the top-level config).
-        tie_embeddings=get(hf, "tie_word_embeddings", get(t, "tie_word_embeddings", False)),
+        tie_embeddings=tie,
     )
 
 
@@ -115,9 +121,8 @@ def moe_config(t: dict[str, Any], n_layers: int) -> dict[str, Any]:
     }
 
 
-def moe_sources(cfg: HybridConfig, names: Any, src: str, dst: str) -> dict[str, Source]:
-    """Our MoE weights under `dst` (`layers.{i}.mlp.`) from a Qwen sparse block under `src`; `names`
-    gives a checkpoint name's accepted spellings."""
+def moe_sources(cfg: HybridConfig, src: str, dst: str) -> dict[str, Source]:
+    """Our MoE weights under `dst` (`layers.{i}.mlp.`) from a Qwen sparse block under `src`."""
     E, inner = cfg.moe.n_experts, cfg.moe.hidden_dim
     out = {f"{dst}router.weight": take(*names(f"{src}gate.weight"))}
 
@@ -139,17 +144,18 @@ def moe_sources(cfg: HybridConfig, names: Any, src: str, dst: str) -> dict[str, 
     return out
 
 
-def _names(name: str) -> tuple[str, ...]:
+def names(name: str) -> tuple[str, ...]:
+    """The accepted spellings of a text-model weight name (own names, or inside the multimodal wrapper)."""
     return spellings(name, _PREFIXES)
 
 
 def _centred(name: str) -> Source:
     """A zero-centred RMSNorm weight (used as 1 + w), stored as the plain norm's weight."""
-    return Source((_names(name),), lambda ts: ts[0] + 1.0)
+    return Source((names(name),), lambda ts: ts[0] + 1.0)
 
 
 def _rows(name: str, pick: Any) -> Source:
-    return Source((_names(name),), lambda ts: pick(ts[0]))
+    return Source((names(name),), lambda ts: pick(ts[0]))
 
 
 def _query_gate(name: str, cfg: HybridConfig, which: int) -> Source:
@@ -164,22 +170,27 @@ def _query_gate(name: str, cfg: HybridConfig, which: int) -> Source:
 
 
 def sources(cfg: HybridConfig, hf: dict[str, Any]) -> dict[str, Source]:
+    return stack_sources(cfg, _split_gdn)
+
+
+def stack_sources(cfg: HybridConfig, gdn: Any) -> dict[str, Source]:
+    """Every weight of a Qwen3.5-shaped stack (Qwen3-Next's too); `gdn(cfg, src, dst)` maps a Gated
+    DeltaNet layer's input projections, which the two families store differently."""
     out = {
-        "embed_tokens.weight": take(*_names("embed_tokens.weight")),
+        "embed_tokens.weight": take(*names("embed_tokens.weight")),
         "norm.weight": _centred("norm.weight"),
     }
     if not cfg.tie_embeddings:
         out["lm_head.weight"] = take("lm_head.weight")
-    kd, vd = cfg.gdn_key_dim, cfg.gdn_value_dim
     for i, kind in enumerate(cfg.layer_types):
         src, dst = f"layers.{i}.", f"layers.{i}."
         out[f"{dst}mixer_norm.weight"] = _centred(f"{src}input_layernorm.weight")
         out[f"{dst}mlp_norm.weight"] = _centred(f"{src}post_attention_layernorm.weight")
         if cfg.moe.used_in(i):
-            out |= moe_sources(cfg, _names, f"{src}mlp.", f"{dst}mlp.")
+            out |= moe_sources(cfg, f"{src}mlp.", f"{dst}mlp.")
         else:
             for proj in ("gate_proj", "up_proj", "down_proj"):
-                out[f"{dst}mlp.{proj}.weight"] = take(*_names(f"{src}mlp.{proj}.weight"))
+                out[f"{dst}mlp.{proj}.weight"] = take(*names(f"{src}mlp.{proj}.weight"))
         if kind == "attention":
             a = f"{src}self_attn."
             params = ["weight", "bias"] if cfg.attention.bias else ["weight"]
@@ -187,21 +198,29 @@ def sources(cfg: HybridConfig, hf: dict[str, Any]) -> dict[str, Source]:
                 out[f"{dst}mixer.q_proj.{p}"] = _query_gate(f"{a}q_proj.{p}", cfg, 0)
                 out[f"{dst}mixer.g_proj.{p}"] = _query_gate(f"{a}q_proj.{p}", cfg, 1)
                 for proj in ("k_proj", "v_proj", "o_proj"):
-                    out[f"{dst}mixer.{proj}.{p}"] = take(*_names(f"{a}{proj}.{p}"))
+                    out[f"{dst}mixer.{proj}.{p}"] = take(*names(f"{a}{proj}.{p}"))
             out[f"{dst}mixer.q_norm.weight"] = _centred(f"{a}q_norm.weight")
             out[f"{dst}mixer.k_norm.weight"] = _centred(f"{a}k_norm.weight")
         else:
             g = f"{src}linear_attn."
-            qkv = f"{g}in_proj_qkv.weight"
-            out[f"{dst}mixer.q_proj.weight"] = _rows(qkv, lambda t: t[:kd])
-            out[f"{dst}mixer.k_proj.weight"] = _rows(qkv, lambda t: t[kd : 2 * kd])
-            out[f"{dst}mixer.v_proj.weight"] = _rows(qkv, lambda t: t[2 * kd : 2 * kd + vd])
-            out[f"{dst}mixer.a_proj.weight"] = take(*_names(f"{g}in_proj_a.weight"))
-            out[f"{dst}mixer.b_proj.weight"] = take(*_names(f"{g}in_proj_b.weight"))
-            out[f"{dst}mixer.g_proj.weight"] = take(*_names(f"{g}in_proj_z.weight"))
-            out[f"{dst}mixer.o_proj.weight"] = take(*_names(f"{g}out_proj.weight"))
-            out[f"{dst}mixer.o_norm.weight"] = take(*_names(f"{g}norm.weight"))
-            out[f"{dst}mixer.A_log"] = take(*_names(f"{g}A_log"))
-            out[f"{dst}mixer.dt_bias"] = take(*_names(f"{g}dt_bias"))
-            out[f"{dst}mixer.conv1d.weight"] = take(*_names(f"{g}conv1d.weight"))
+            out |= gdn(cfg, g, f"{dst}mixer.")
+            out[f"{dst}mixer.o_proj.weight"] = take(*names(f"{g}out_proj.weight"))
+            out[f"{dst}mixer.o_norm.weight"] = take(*names(f"{g}norm.weight"))
+            out[f"{dst}mixer.A_log"] = take(*names(f"{g}A_log"))
+            out[f"{dst}mixer.dt_bias"] = take(*names(f"{g}dt_bias"))
+            out[f"{dst}mixer.conv1d.weight"] = take(*names(f"{g}conv1d.weight"))
     return out
+
+
+def _split_gdn(cfg: HybridConfig, g: str, dst: str) -> dict[str, Source]:
+    """Qwen3.5's Gated DeltaNet inputs: `in_proj_qkv` q|k|v side by side, z, a and b apart."""
+    kd, vd = cfg.gdn_key_dim, cfg.gdn_value_dim
+    qkv = f"{g}in_proj_qkv.weight"
+    return {
+        f"{dst}q_proj.weight": _rows(qkv, lambda t: t[:kd]),
+        f"{dst}k_proj.weight": _rows(qkv, lambda t: t[kd : 2 * kd]),
+        f"{dst}v_proj.weight": _rows(qkv, lambda t: t[2 * kd : 2 * kd + vd]),
+        f"{dst}a_proj.weight": take(*names(f"{g}in_proj_a.weight")),
+        f"{dst}b_proj.weight": take(*names(f"{g}in_proj_b.weight")),
+        f"{dst}g_proj.weight": take(*names(f"{g}in_proj_z.weight")),
+    }

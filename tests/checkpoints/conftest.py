@@ -87,6 +87,13 @@ def hf_config(family: str, **kw: Any) -> Any:
             num_experts=8, num_experts_per_tok=2, moe_intermediate_size=16,
             shared_expert_intermediate_size=24,
         ),
+        "qwen3_next": dict(
+            hidden_size=32, intermediate_size=40, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8,
+            layer_types=["linear_attention", "full_attention", "linear_attention", "linear_attention"],
+            num_hidden_layers=4, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=16,
+            shared_expert_intermediate_size=24, mlp_only_layers=[2],
+        ),
         "lfm2": dict(
             hidden_size=32, intermediate_size=96, block_multiple_of=16, num_attention_heads=4,
             num_key_value_heads=2, num_hidden_layers=4,

@@ -106,6 +106,7 @@ FAST: list[tuple[str, dict[str, Any]]] = [
     ("qwen3_5", {}),  # the multimodal wrapper: its language model only
     ("qwen3_5_moe_text", {}),  # every MLP a mixture of experts (top-2 of 8) with a gated shared expert
     ("qwen3_5_moe", {}),
+    ("qwen3_next", {}),  # interleaved GDN projections, MoE MLPs but one dense layer (mlp_only_layers)
 ]  # fmt: skip
 
 LIN, FULL = "linear_attention", "full_attention"
@@ -133,6 +134,8 @@ SLOW: list[tuple[str, dict[str, Any]]] = [
                                                                   "partial_rotary_factor": 0.5}}),
     ("qwen3_5_moe_text", {"layer_types": [FULL, LIN], "num_hidden_layers": 2, "num_experts": 4,
                           "num_experts_per_tok": 1, "tie_word_embeddings": True}),
+    ("qwen3_next", {"mlp_only_layers": [], "decoder_sparse_step": 2, "norm_topk_prob": False,
+                    "linear_num_key_heads": 1, "shared_expert_intermediate_size": 0}),
 ]  # fmt: skip
 
 

@@ -1,7 +1,8 @@
-"""Qwen3.5-MoE: every layer's MLP a mixture of experts (model/moe.py). Beyond the parity of
-tests/checkpoints/test_ckpt_parity.py: what the adapter maps (router, experts stored
-per expert or stacked, the gated shared expert), chunked prefill equal to token by token, the decode
-engine equal to the model's own forward."""
+"""Qwen3.5-MoE (every layer's MLP a mixture of experts, model/moe.py) and Qwen3-Next (MoE on the layers
+its config chooses, Gated DeltaNet projections stored per key head). Beyond the parity of
+tests/checkpoints/test_ckpt_parity.py: what the adapters map (router, experts stored per expert or
+stacked, the gated shared expert, Qwen3-Next's interleaved in_proj_qkvz / in_proj_ba), chunked prefill
+equal to token by token, the decode engine equal to the model's own forward."""
 
 from __future__ import annotations
 
@@ -52,8 +53,25 @@ def test_stacked_expert_weights_load_the_same_model(checkpoint):
     assert all(torch.equal(t, got.state_dict()[n]) for n, t in want.state_dict().items())
 
 
-def test_chunked_prefill_equals_token_by_token(checkpoint):
-    folder, _ = checkpoint("qwen3_5_moe_text")
+FAMILIES = ["qwen3_5_moe_text", "qwen3_next"]
+
+
+def test_qwen3_next_maps_interleaved_projections_and_sparse_layers(checkpoint):
+    folder, hf = checkpoint("qwen3_next")
+    model, _, _ = load_model(folder)
+    assert model.config.moe.layers == [0, 1, 3]  # mlp_only_layers=[2]
+    assert [type(b.mlp).__name__ for b in model.layers] == ["MoE", "MoE", "MLP", "MoE"]
+    ref, ours = hf.model.layers[0].linear_attn, model.layers[0].mixer
+    x = torch.randn(1, 3, 32, generator=torch.Generator().manual_seed(0))
+    q, k, v, z, b, a = ref.fix_query_key_value_ordering(ref.in_proj_qkvz(x), ref.in_proj_ba(x))
+    for want, proj in ((q, ours.q_proj), (k, ours.k_proj), (v, ours.v_proj), (z, ours.g_proj)):
+        assert torch.allclose(want.reshape(1, 3, -1), proj(x), atol=1e-6)
+    assert torch.allclose(b, ours.b_proj(x), atol=1e-6) and torch.allclose(a, ours.a_proj(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_chunked_prefill_equals_token_by_token(checkpoint, family):
+    folder, _ = checkpoint(family)
     model, _, _ = load_model(folder)
     ids = torch.randint(0, 300, (1, 21), generator=torch.Generator().manual_seed(3))
     chunked, one = model.new_state(), model.new_state()
@@ -66,9 +84,10 @@ def test_chunked_prefill_equals_token_by_token(checkpoint):
         assert (c - t).abs().max() <= 1e-4 * t.abs().max() + 1e-6, name
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("fuse", [False, True])
-def test_engine_greedy_equals_model_forward(checkpoint, fuse):
-    folder, _ = checkpoint("qwen3_5_moe_text")
+def test_engine_greedy_equals_model_forward(checkpoint, fuse, family):
+    folder, _ = checkpoint(family)
     model, _, _ = load_model(folder)
     prompt = torch.randint(0, 300, (1, 13), generator=torch.Generator().manual_seed(4))
     state = model.new_state()
