@@ -13,7 +13,12 @@ from hybrid_agent.kernels.errors import KernelInputError
 
 
 def check_kda_step_inputs(
-    state: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor
+    state: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
 ) -> None:
     op = "kda_step"
     if q.dim() != 3 or q.shape != k.shape or q.shape != g.shape or v.dim() != 3 or v.shape[:2] != q.shape[:2]:
