@@ -11,6 +11,8 @@ from hybrid_agent.kernels.gated_delta_rule_step import gated_delta_rule_step
 from hybrid_agent.kernels.gdn_decode_prep import gdn_decode_prep
 from hybrid_agent.kernels.gemv import gemv
 from hybrid_agent.kernels.greedy_advance import greedy_advance
+from hybrid_agent.kernels.kda import chunk_kda
+from hybrid_agent.kernels.kda_step import kda_step
 from hybrid_agent.kernels.mla_decode import mla_decode
 from hybrid_agent.kernels.residual_rms_norm import residual_rms_norm
 from hybrid_agent.kernels.rms_norm import gated_rms_norm, rms_norm
@@ -25,11 +27,13 @@ __all__ = [
     "causal_conv1d",
     "causal_conv1d_step",
     "chunk_gated_delta_rule",
+    "chunk_kda",
     "gated_delta_rule_step",
     "gated_rms_norm",
     "gdn_decode_prep",
     "gemv",
     "greedy_advance",
+    "kda_step",
     "mla_decode",
     "residual_rms_norm",
     "rms_norm",

@@ -1,7 +1,7 @@
 """The recurrences written token by token: the shortest readable statement of each algorithm.
 
 These are the test oracles (run in float64 by the tests) and the place to start reading; the chunked
-references in ssd_scan.py and gated_delta_rule.py must agree with them. Slow by design.
+references in ssd_scan.py, gated_delta_rule.py and kda.py must agree with them. Slow by design.
 """
 
 from __future__ import annotations
@@ -46,14 +46,18 @@ def gated_delta_rule_naive(
     scale: float | None = None,
     initial_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """S_t = exp(g_t) S_{t-1} + k_t beta_t (v_t - exp(g_t) S_{t-1}^T k_t)^T ; o_t = scale S_t^T q_t."""
+    """S_t = exp(g_t) S_{t-1} + k_t beta_t (v_t - exp(g_t) S_{t-1}^T k_t)^T ; o_t = scale S_t^T q_t.
+
+    g is (b, t, h), one decay per head (Gated DeltaNet), or (b, t, h, dk), one per key channel, which
+    decays row c of S by exp(g_t[c]) (KDA, kernels/kda.py)."""
     b, t, h, dk = q.shape
     dv = v.shape[3]
     scale = dk**-0.5 if scale is None else scale
     S = q.new_zeros(b, h, dk, dv) if initial_state is None else initial_state.to(q.dtype).clone()
     os = []
     for i in range(t):
-        S = torch.exp(g[:, i])[..., None, None] * S
+        decay = torch.exp(g[:, i])  # (b, h) or (b, h, dk)
+        S = (decay[..., None, None] if g.dim() == 3 else decay[..., None]) * S
         err = v[:, i] - torch.einsum("bhkv,bhk->bhv", S, k[:, i])
         S = S + k[:, i, :, :, None] * (beta[:, i, :, None] * err)[:, :, None, :]
         os.append(scale * torch.einsum("bhkv,bhk->bhv", S, q[:, i]))

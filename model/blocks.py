@@ -19,6 +19,7 @@ import torch
 from hybrid_agent.model.attention import Attention
 from hybrid_agent.model.config import HybridConfig
 from hybrid_agent.model.gated_deltanet import GatedDeltaNet
+from hybrid_agent.model.kda import KimiDeltaAttention
 from hybrid_agent.model.layers import MLP, RMSNorm
 from hybrid_agent.model.mamba2 import Mamba2Mixer
 from hybrid_agent.model.mla import MLA
@@ -62,6 +63,7 @@ MIXERS: dict[str, MixerFactory | None] = {
     "mlp": None,  # feed-forward only
     "mla": MLA,
     "short_conv": ShortConv,
+    "kda": KimiDeltaAttention,
 }
 
 _SUBCONFIG = {
@@ -71,6 +73,7 @@ _SUBCONFIG = {
     "parallel": "mamba2",
     "mla": "mla",
     "short_conv": "short_conv",
+    "kda": "kda",
 }
 
 

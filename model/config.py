@@ -32,13 +32,14 @@ LAYER_TYPES: tuple[str, ...] = (
     "mlp",
     "mla",
     "short_conv",
+    "kda",
 )
 
 CONFIG_FILE = "config.json"
 
 # Added after models were fingerprinted (see `to_json`): sub-configs (named as their layer kind) left out
 # while unused and at their defaults, and fields left out while at their defaults.
-_LATE_SUBCONFIGS: tuple[str, ...] = ("short_conv", "moe")
+_LATE_SUBCONFIGS: tuple[str, ...] = ("short_conv", "moe", "kda")
 _LATE_FIELDS: dict[str, tuple[str, ...]] = {"attention": ("output_gate",)}
 
 
@@ -116,7 +117,7 @@ class MLAConfig(_Strict):
     qk_nope_head_dim: int | None = None  # default 64 (16 for test-sized models)
     qk_rope_head_dim: int | None = None  # shared RoPE key part; default qk_nope_head_dim // 2
     v_head_dim: int | None = None  # default qk_nope_head_dim
-    rope_theta: float = 10000.0
+    rope_theta: float | None = 10000.0  # None: no RoPE (Kimi Linear); k_rope is then cached as is
     rope_interleave: bool = False  # DeepSeek checkpoints rotate (x0, x1), (x2, x3), ... pairs
     bias: bool = False  # of q_a_proj, kv_a_proj_with_mqa and o_proj (transformers' attention_bias)
     norm_eps: float = 1e-6  # of q_a_layernorm and kv_a_layernorm
@@ -128,6 +129,21 @@ class ShortConvConfig(_Strict):
 
     d_conv: int = 3  # conv width (LFM2's conv_L_cache); the state keeps d_conv - 1 inputs
     bias: bool = False  # of in_proj, the conv and out_proj together (LFM2's conv_bias)
+    norm_position: Literal["pre", "post"] = "pre"
+
+
+class KDAConfig(_Strict):
+    """Kimi delta attention (model/kda.py; Kimi Linear's linear-attention layers)."""
+
+    n_heads: int | None = None  # default d_model // head_dim
+    head_dim: int | None = None  # of q, k and v alike; default 64 (16 for test-sized models)
+    d_conv: int = 4  # width of the short convolutions on q, k and v
+    chunk_size: int = 64
+    norm_eps: float = 1e-5  # of the gated output norm
+    a_init_range: tuple[float, float] = (1.0, 16.0)
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    dt_init_floor: float = 1e-4
     norm_position: Literal["pre", "post"] = "pre"
 
 
@@ -174,6 +190,7 @@ class HybridConfig(_Strict):
     mla: MLAConfig = Field(default_factory=MLAConfig)
     parallel_attention: Literal["attention", "mla"] = "attention"  # the attention branch of `parallel`
     short_conv: ShortConvConfig = Field(default_factory=ShortConvConfig)
+    kda: KDAConfig = Field(default_factory=KDAConfig)
     mlp: MLPConfig = Field(default_factory=MLPConfig)
     moe: MoEConfig = Field(default_factory=MoEConfig)
     norm_eps: float = 1e-5
@@ -222,6 +239,10 @@ class HybridConfig(_Strict):
         la.v_head_dim = la.v_head_dim or la.qk_nope_head_dim
         la.kv_lora_rank = la.kv_lora_rank or 4 * la.qk_nope_head_dim
         la.n_heads = la.n_heads or max(1, d // la.qk_nope_head_dim)
+        kd = self.kda
+        if "kda" in self.layer_types:  # unused, it stays at its defaults and out of config.json (to_json)
+            kd.head_dim = kd.head_dim or head
+            kd.n_heads = kd.n_heads or max(1, d // kd.head_dim)
         if self.mlp.hidden_dim is None:
             self.mlp.hidden_dim = -(-(8 * d // 3) // 64) * 64
         if self.moe.n_experts and self.moe.hidden_dim is None:
@@ -253,7 +274,12 @@ class HybridConfig(_Strict):
             raise ConfigError(f"moe.top_k={moe.top_k} is more than moe.n_experts={moe.n_experts}")
         if moe.layers is not None and any(not 0 <= i < self.n_layers for i in moe.layers):
             raise ConfigError(f"moe.layers {moe.layers} names a layer outside 0..{self.n_layers - 1}")
-        widths = (("mamba2", m.d_conv), ("gated_deltanet", g.d_conv), ("short_conv", self.short_conv.d_conv))
+        widths = (
+            ("mamba2", m.d_conv),
+            ("gated_deltanet", g.d_conv),
+            ("short_conv", self.short_conv.d_conv),
+            ("kda", self.kda.d_conv),
+        )
         for name, width in widths:
             if width < 2:
                 raise ConfigError(f"{name}.d_conv must be >= 2 (got {width})")

@@ -22,6 +22,8 @@ Design choices:
   name. `rope_interleave` (DeepSeek's checkpoints) rotates adjacent pairs; we de-interleave the RoPE
   channels (evens, then odds) and use the rotate-half rotation, which is the same map transformers
   applies, so the cached k_rope matches its layout too.
+- `rope_theta=None` (Kimi Linear): no RoPE at all; q_rope and k_rope stay as projected (k_rope is
+  still one key part shared by all heads, cached as is).
 - Softmax scale 1 / sqrt(dn + R). YaRN's mscale (long-context DeepSeek checkpoints) is not supported.
 """
 
@@ -63,15 +65,24 @@ class MLA(nn.Module):
         self.o_proj = nn.Linear(h * m.v_head_dim, d, bias=m.bias)
         # Not persistent: derived from the config, so it never appears in a checkpoint.
         self.rope_theta = m.rope_theta
-        self.register_buffer("inv_freq", rope_inv_freq(m.qk_rope_head_dim, m.rope_theta), persistent=False)
+        self.inv_freq: Tensor | None
+        if m.rope_theta is None:
+            self.inv_freq = None
+        else:
+            self.register_buffer(
+                "inv_freq", rope_inv_freq(m.qk_rope_head_dim, m.rope_theta), persistent=False
+            )
 
     @torch.no_grad()
     def reset_buffers(self) -> None:
         """Recompute the buffers no checkpoint holds (the loader's `to_empty` leaves them uninitialised)."""
-        self.inv_freq.copy_(rope_inv_freq(self.rope_dim, self.rope_theta))
+        if self.inv_freq is not None and self.rope_theta is not None:
+            self.inv_freq.copy_(rope_inv_freq(self.rope_dim, self.rope_theta))
 
     def _rope(self, x: Tensor, pos: Tensor, ops: Ops) -> Tensor:
         """RoPE on x (B, T, H, R) at absolute positions `pos` (T,), in the checkpoint's pair layout."""
+        if self.inv_freq is None or self.rope_theta is None:  # NoPE
+            return x
         if self.rope_interleave:
             x = torch.cat((x[..., 0::2], x[..., 1::2]), dim=-1)  # (B, T, H, R): evens, then odds
         cos, sin = ops.rope(pos, self.inv_freq, self.rope_theta)

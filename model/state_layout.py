@@ -65,6 +65,15 @@ def _short_conv_spec(cfg: HybridConfig) -> StateSpec:
     return StateSpec(recurrent={"conv": (cfg.d_model, cfg.short_conv.d_conv - 1)})  # the last inputs B*x
 
 
+def _kda_spec(cfg: HybridConfig) -> StateSpec:
+    c = cfg.kda
+    assert c.n_heads and c.head_dim
+    dim = c.n_heads * c.head_dim
+    return StateSpec(
+        recurrent={"conv": (3 * dim, c.d_conv - 1), "recurrent": (c.n_heads, c.head_dim, c.head_dim)}
+    )
+
+
 def _parallel_spec(cfg: HybridConfig) -> StateSpec:
     attention = _mla_spec(cfg) if cfg.parallel_attention == "mla" else _attention_spec(cfg)
     return StateSpec(recurrent=_mamba2_spec(cfg).recurrent, cache=attention.cache)
@@ -79,6 +88,7 @@ STATE_SPECS: dict[str, Callable[[HybridConfig], StateSpec]] = {
     "mlp": lambda cfg: StateSpec(),
     "mla": _mla_spec,
     "short_conv": _short_conv_spec,
+    "kda": _kda_spec,
 }
 
 
@@ -111,7 +121,7 @@ def layout_metadata(cfg: HybridConfig) -> dict[str, str]:
         for name, shape in spec.recurrent.items():
             dims = ", ".join(map(str, shape))
             if name == "conv":
-                what = {"gated_deltanet": "q|k|v", "short_conv": "B*x"}.get(kind, "x|B|C")
+                what = {"gated_deltanet": "q|k|v", "kda": "q|k|v", "short_conv": "B*x"}.get(kind, "x|B|C")
                 text = f"conv window (batch, channels {what}, d_conv - 1) = (batch, {dims}), oldest first"
             elif name == "ssm":
                 text = f"SSM state (batch, heads, head_dim, d_state) = (batch, {dims}), value-first: y = S C"

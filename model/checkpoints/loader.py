@@ -30,6 +30,7 @@ from hybrid_agent.model.checkpoints import (
     bamba,
     falcon_h1,
     granitemoehybrid,
+    kimi_linear,
     lfm2,
     mamba2,
     native,
@@ -59,12 +60,13 @@ ADAPTERS: dict[str, Adapter] = {
         bamba,
         granitemoehybrid,
         qwen3_5,
+        qwen3_next,
+        lfm2,
+        kimi_linear,
     )
 }
 # Qwen3.5's text model alone, and its MoE variants.
 ADAPTERS |= {k: cast(Adapter, qwen3_5) for k in (qwen3_5.TEXT_FAMILY, *qwen3_5.MOE_FAMILIES)}
-ADAPTERS[lfm2.FAMILY] = cast(Adapter, lfm2)
-ADAPTERS[qwen3_next.FAMILY] = cast(Adapter, qwen3_next)
 # state-spaces Mamba-2 checkpoints have no model_type; their config is recognised by its keys.
 _STATE_SPACES_KEYS = ("d_model", "n_layer", "ssm_cfg")
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model", "*.txt"]

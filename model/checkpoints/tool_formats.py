@@ -15,6 +15,9 @@ families is how the model writes a call, so that is what these classes parse:
   JSON: the schemas are the ones the conversation was last rendered with.
 - LFM2: `<|tool_call_start|>[name(key="value"), ...]<|tool_call_end|>`, the same calls as a Python list
   (its templates list the tools between `<|tool_list_start|>` and `<|tool_list_end|>`).
+- Kimi (Kimi K2, Kimi Linear): `<|tool_calls_section_begin|>` then, per call,
+  `<|tool_call_begin|>functions.name:0<|tool_call_argument_begin|>{json}<|tool_call_end|>`, then
+  `<|tool_calls_section_end|>`; the call id is `functions.{name}:{index}` (a bare name is read too).
 The variant is picked from the template's text (it teaches the model its syntax), not from the family.
 """
 
@@ -223,6 +226,37 @@ class Lfm2ToolCalls(JinjaChatFormat):
         return calls or [ParsedToolCall(None, {}, raw, "the tool call list is empty")]
 
 
+class KimiToolCalls(JinjaChatFormat):
+    """Kimi: a section of calls, each an id (`functions.name:index`) and its JSON arguments."""
+
+    tool_call_open = "<|tool_calls_section_begin|>"
+    tool_call_close = "<|tool_calls_section_end|>"
+    CALL_OPEN, ARGS, CALL_CLOSE = "<|tool_call_begin|>", "<|tool_call_argument_begin|>", "<|tool_call_end|>"
+
+    def parse_block(self, body: str, raw: str) -> list[ParsedToolCall]:
+        calls: list[ParsedToolCall] = []
+        pos = 0
+        while (start := body.find(self.CALL_OPEN, pos)) >= 0:
+            mid = body.find(self.ARGS, start)
+            end = body.find(self.CALL_CLOSE, start)
+            if mid < 0 or end < 0 or mid > end:
+                shape = (
+                    f"write a call as {self.CALL_OPEN}functions.name:0{self.ARGS}{{json}}{self.CALL_CLOSE}"
+                )
+                return [*calls, ParsedToolCall(None, {}, raw, shape)]
+            call_id = body[start + len(self.CALL_OPEN) : mid].strip()
+            name = call_id.removeprefix("functions.").rsplit(":", 1)[0].strip()
+            if not name:
+                return [*calls, ParsedToolCall(None, {}, raw, "the tool call names no function")]
+            text = body[mid + len(self.ARGS) : end].strip()
+            args, error = load_call_json(text) if text else ({}, None)
+            if error is None and not isinstance(args, dict):
+                error = "the arguments must be a JSON object"
+            calls.append(ParsedToolCall(name, {} if error else args, raw, error))
+            pos = end + len(self.CALL_CLOSE)
+        return calls or [ParsedToolCall(None, {}, raw, "the tool call section holds no call")]
+
+
 def format_class_for(template: str) -> type[JinjaChatFormat]:
     """The tool-call syntax a chat template teaches (Hermes `<tool_call>` when it names none)."""
     if "<TOOLCALL>" in template:
@@ -233,4 +267,6 @@ def format_class_for(template: str) -> type[JinjaChatFormat]:
         return XmlToolCalls
     if "<|tool_list_start|>" in template or "<|tool_call_start|>" in template:
         return Lfm2ToolCalls
+    if "<|tool_calls_section_begin|>" in template:
+        return KimiToolCalls
     return JinjaChatFormat

@@ -37,7 +37,7 @@ and sampling.py (the model's own token loop, used off the engine's path).
   model/decode/generate.py). Sampled decoding reads the logits buffer after each `step`. Greedy picks
   among the ids below `vocab_size` (the tokenizer's size when the model's vocabulary is padded past
   it), so it never yields an id without text.
-- Supported in the step: attention (full, no window), mla, gated_deltanet, mamba2, short_conv and mlp
+- Supported in the step: attention (full, no window), mla, gated_deltanet, mamba2, short_conv, kda and mlp
   layers, and MoE feed-forwards (model/moe.py: the chosen experts' weights gathered on the device, no
   host read) while batch_size * top_k <= n_experts.
   Anything else (a window, parallel layers) runs `model(token, state)` on the same buffers; on the CPU
@@ -66,7 +66,7 @@ from torch import Tensor, nn
 __all__ = ["GEMV_ROLES", "GRAPHED_KINDS", "ContextFullError", "DecodeEngine"]
 
 # The layer kinds the step runs: each uses only its ops (model/decode/ops.py) and one-step kernels.
-GRAPHED_KINDS = frozenset({"attention", "gated_deltanet", "mamba2", "mlp", "mla", "short_conv"})
+GRAPHED_KINDS = frozenset({"attention", "gated_deltanet", "mamba2", "mlp", "mla", "short_conv", "kda"})
 
 
 class DecodeEngine:

@@ -99,6 +99,12 @@ def hf_config(family: str, **kw: Any) -> Any:
             num_key_value_heads=2, num_hidden_layers=4,
             layer_types=["conv", "full_attention", "conv", "conv"],
         ),
+        "kimi_linear": dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+            num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8, qk_nope_head_dim=8,
+            v_head_dim=8, linear_head_dim=8, linear_num_heads=4, mlp_layer_types=["dense"] * 4,
+            layer_types=["linear_attention", "full_attention", "linear_attention", "linear_attention"],
+        ),
     }  # fmt: skip
     cls = transformers.AutoConfig.for_model(family).__class__
     return cls(**{**_COMMON, **base[family], **kw})

@@ -15,6 +15,7 @@ STATIC = ["gated_deltanet", "attention", "mamba2", "mlp", "attention"]
 # A mixture of experts in the first and last layers' MLPs (model/moe.py), with a gated shared expert.
 MOE = {"n_experts": 8, "top_k": 2, "hidden_dim": 32, "shared_hidden_dim": 48, "shared_gate": True,
        "layers": [0, 2]}  # fmt: skip
+KDA_CFG = {"n_heads": 2, "head_dim": 8, "chunk_size": 4}  # Kimi delta attention, several chunks a prefill
 
 
 def eager_greedy(model: HybridLM, prompt: torch.Tensor, n: int) -> tuple[list[int], list[torch.Tensor]]:
@@ -42,6 +43,8 @@ def eager_greedy(model: HybridLM, prompt: torch.Tensor, n: int) -> tuple[list[in
         (["gated_deltanet", "attention", "mlp"], {"moe": MOE}),
         (["mla", "gated_deltanet"], {"mla": {"kv_lora_rank": 16, "qk_rope_head_dim": 4,
                                              "qk_nope_head_dim": 8, "v_head_dim": 8, "n_heads": 4}}),
+        (["kda", "mla", "kda"], {"kda": KDA_CFG, "mla": {"kv_lora_rank": 16, "qk_rope_head_dim": 4,
+                                 "qk_nope_head_dim": 8, "v_head_dim": 8, "n_heads": 4, "rope_theta": None}}),
     ],
 )  # fmt: skip
 def test_greedy_matches_model_forward(layers: list[str], over: dict) -> None:
@@ -49,7 +52,7 @@ def test_greedy_matches_model_forward(layers: list[str], over: dict) -> None:
     prompt = torch.randint(0, 97, (1, 21), generator=torch.Generator().manual_seed(1))
     want, want_logits = eager_greedy(model, prompt, 24)
     engine = DecodeEngine(model, max_context=64, prefill_chunk=8)
-    assert engine.static == (set(layers) <= {"attention", "gated_deltanet", "mamba2", "mlp", "mla"})
+    assert engine.static == (set(layers) <= {"attention", "gated_deltanet", "mamba2", "mlp", "mla", "kda"})
     assert not engine.graphed  # CPU: no graphs
     first = engine.prefill(prompt)
     assert torch.equal(first, want_logits[0])
@@ -142,6 +145,7 @@ MLA_CFG = {"kv_lora_rank": 16, "qk_rope_head_dim": 4, "qk_nope_head_dim": 8, "v_
         (["mla", "attention"], {"mla": {**MLA_CFG, "q_lora_rank": 12},
                                 "mlp": {"hidden_dim": 64, "activation": "relu2"}}),
         (["gated_deltanet", "attention", "mlp"], {"moe": {**MOE, "scoring": "sigmoid"}}),
+        (["kda", "mla", "kda"], {"kda": KDA_CFG, "mla": {**MLA_CFG, "rope_theta": None}}),  # Kimi Linear
     ],
 )  # fmt: skip
 def test_kernel_mode_fused_and_mla(layers: list[str], over: dict, fuse: bool, align: int) -> None:

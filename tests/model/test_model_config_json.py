@@ -40,4 +40,13 @@ def test_a_used_moe_is_written_and_read_back() -> None:
     cfg = HybridConfig.from_name("tiny", moe={"n_experts": 4, "top_k": 2, "layers": [4]})
     data = json.loads(cfg.to_json())
     assert data["moe"]["n_experts"] == 4 and data["moe"]["hidden_dim"] == cfg.mlp.hidden_dim
+
+
+def test_the_kda_sub_config_is_written_only_when_a_layer_uses_it() -> None:
+    """Kimi delta attention (a late sub-config): absent from other models' JSON, spelt out with its
+    derived sizes when used, and read back equal."""
+    assert "kda" not in json.loads(HybridConfig.from_name("tiny").to_json())
+    cfg = HybridConfig(vocab_size=97, d_model=32, layer_types=["kda", "mla"], mla={"rope_theta": None})
+    data = json.loads(cfg.to_json())
+    assert data["kda"]["n_heads"] == 2 and data["kda"]["head_dim"] == 16 and data["mla"]["rope_theta"] is None
     assert HybridConfig.model_validate(data) == cfg

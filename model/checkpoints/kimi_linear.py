@@ -1,0 +1,135 @@
+"""Kimi Linear (Moonshot AI), dense MLP layers only: Kimi delta attention layers with latent attention
+(MLA, no RoPE) every few layers, each with a SwiGLU MLP.
+
+transformers: `KimiLinearForCausalLM` (model_type "kimi_linear"), weights under `model.`. Every layer
+is pre-norm: `h = x + self_attn(input_layernorm(x))`, then `h + mlp(post_attention_layernorm(h))`.
+- `linear_attention` layers are our `kda` (model/kda.py), whose weights keep their names. The Hub's
+  checkpoints (and transformers' save_pretrained, which writes that format back) store the conv as
+  `q_conv1d` / `k_conv1d` / `v_conv1d` (concatenated here, in that order, into our `conv1d`), the
+  forget gate's f_a_proj, f_b_proj, dt_bias and A_log ((1, 1, H, 1), flattened) directly under
+  `self_attn.`, and every MLP under `block_sparse_moe.`; transformers' in-memory names
+  (`conv1d`, `forget_gate.`, `mlp.`) are read too. Sizes: `linear_num_heads`, `linear_head_dim`,
+  `linear_conv_kernel_dim` (Hub configs nest them in `linear_attn_config` as num_heads, head_dim,
+  short_conv_kernel_size).
+- `full_attention` layers are our `mla` (model/mla.py, DeepSeek-V3's weight names) with
+  `rope_theta=None`: Kimi Linear applies no positional encoding, the qk_rope_head_dim part of each key
+  is only shared by all heads. Its q_a / kv_a norms use eps 1e-6 (our MLA default).
+The layer pattern is `layer_types`, else `linear_attn_config`'s 1-based `full_attn_layers` /
+`kda_layers`, else transformers' default (attention at every layer i > 0 with i % 4 == 0). MLP layers
+are `mlp_layer_types`, else "dense" for the first `first_k_dense_replace` (default 1) and "sparse"
+(mixture-of-experts) after; any sparse layer is refused, as the MoE layer does not exist yet.
+`lm_head` is always its own weight: transformers' model ties nothing, even with `tie_word_embeddings`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hybrid_agent.model.checkpoints.plan import Source, concat, either, get, take
+from hybrid_agent.model.config import HybridConfig
+from hybrid_agent.model.errors import CheckpointError
+
+FAMILY = "kimi_linear"
+LAYER_KINDS = {"linear_attention": "kda", "full_attention": "mla"}  # Kimi Linear layer_types -> ours
+
+
+def _layer_types(hf: dict[str, Any]) -> list[str]:
+    n, lin = hf["num_hidden_layers"], hf.get("linear_attn_config") or {}
+    raw = hf.get("layer_types")
+    if raw is None and "full_attn_layers" in lin and "kda_layers" in lin:
+        raw = [None] * n
+        for i in lin["full_attn_layers"]:
+            raw[i - 1] = "full_attention"
+        for i in lin["kda_layers"]:
+            raw[i - 1] = "linear_attention"
+    if raw is None:
+        raw = ["full_attention" if i and i % 4 == 0 else "linear_attention" for i in range(n)]
+    bad = sorted({str(t) for t in raw if t not in LAYER_KINDS})
+    if bad:
+        raise CheckpointError(
+            f"{FAMILY}: unknown layer types {bad} (only linear_attention and full_attention)"
+        )
+    return [LAYER_KINDS[t] for t in raw]
+
+
+def _check_dense(hf: dict[str, Any]) -> None:
+    n = hf["num_hidden_layers"]
+    mlp = hf.get("mlp_layer_types") or [
+        "dense" if i < get(hf, "first_k_dense_replace", 1) else "sparse" for i in range(n)
+    ]
+    if any(t != "dense" for t in mlp):
+        raise CheckpointError(
+            f"{FAMILY}: mixture-of-experts MLP layers are not supported yet (dense MLPs only)"
+        )
+
+
+def hybrid_config(hf: dict[str, Any]) -> HybridConfig:
+    _check_dense(hf)
+    if get(hf, "hidden_act", "silu") != "silu":
+        raise CheckpointError(f"{FAMILY}: hidden_act={hf['hidden_act']!r} is not supported (only silu)")
+    lin = hf.get("linear_attn_config") or {}
+    heads = hf["num_attention_heads"]
+    return HybridConfig(
+        vocab_size=hf["vocab_size"],
+        d_model=hf["hidden_size"],
+        layer_types=_layer_types(hf),
+        kda={
+            "n_heads": get(lin, "num_heads", get(hf, "linear_num_heads", 32)),
+            "head_dim": get(lin, "head_dim", get(hf, "linear_head_dim", 128)),
+            "d_conv": get(lin, "short_conv_kernel_size", get(hf, "linear_conv_kernel_dim", 4)),
+            "norm_eps": get(hf, "rms_norm_eps", 1e-5),
+        },
+        mla={
+            "n_heads": heads,
+            "q_lora_rank": hf.get("q_lora_rank"),
+            "kv_lora_rank": get(hf, "kv_lora_rank", 512),
+            "qk_nope_head_dim": get(hf, "qk_nope_head_dim", 128),
+            "qk_rope_head_dim": get(hf, "qk_rope_head_dim", 64),
+            "v_head_dim": get(hf, "v_head_dim", 128),
+            "rope_theta": None,
+            "bias": get(hf, "attention_bias", False),
+            "norm_eps": 1e-6,
+        },
+        mlp={"hidden_dim": hf["intermediate_size"], "bias": False},
+        norm_eps=get(hf, "rms_norm_eps", 1e-5),
+        tie_embeddings=False,  # transformers never ties this family's head, whatever tie_word_embeddings says
+    )
+
+
+def _m(*names: str) -> Source:
+    return take(*(f"model.{n}" for n in names))
+
+
+def sources(cfg: HybridConfig, hf: dict[str, Any]) -> dict[str, Source]:
+    out = {"embed_tokens.weight": _m("embed_tokens.weight"), "norm.weight": _m("norm.weight")}
+    if not cfg.tie_embeddings:
+        out["lm_head.weight"] = take("lm_head.weight")
+    for i, kind in enumerate(cfg.layer_types):
+        src, dst = f"layers.{i}.", f"layers.{i}."
+        a = f"{src}self_attn."
+        out[f"{dst}mixer_norm.weight"] = _m(f"{src}input_layernorm.weight")
+        out[f"{dst}mlp_norm.weight"] = _m(f"{src}post_attention_layernorm.weight")
+        for proj in ("gate_proj", "up_proj", "down_proj"):
+            out[f"{dst}mlp.{proj}.weight"] = _m(
+                f"{src}block_sparse_moe.{proj}.weight", f"{src}mlp.{proj}.weight"
+            )
+        if kind == "kda":
+            for name in ("q_proj", "k_proj", "v_proj", "b_proj", "g_a_proj", "g_b_proj", "o_proj", "o_norm"):
+                out[f"{dst}mixer.{name}.weight"] = _m(f"{a}{name}.weight")
+            split = concat([(f"model.{a}{x}_conv1d.weight",) for x in "qkv"])
+            out[f"{dst}mixer.conv1d.weight"] = either(split, _m(f"{a}conv1d.weight"))
+            for name in ("f_a_proj.weight", "f_b_proj.weight", "dt_bias"):
+                out[f"{dst}mixer.{name}"] = _m(f"{a}{name}", f"{a}forget_gate.{name}")
+            a_log = (f"model.{a}A_log", f"model.{a}forget_gate.A_log")
+            out[f"{dst}mixer.A_log"] = Source((a_log,), lambda ts: ts[0].reshape(-1))
+        else:
+            params = ["weight", "bias"] if cfg.mla.bias else ["weight"]
+            names = ["kv_b_proj.weight", "kv_a_layernorm.weight"]
+            names += [f"{p}.{x}" for p in ("kv_a_proj_with_mqa", "o_proj") for x in params]
+            if cfg.mla.q_lora_rank is None:
+                names.append("q_proj.weight")
+            else:
+                names += ["q_b_proj.weight", "q_a_layernorm.weight"] + [f"q_a_proj.{x}" for x in params]
+            for name in names:
+                out[f"{dst}mixer.{name}"] = _m(f"{a}{name}")
+    return out

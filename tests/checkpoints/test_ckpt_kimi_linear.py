@@ -1,0 +1,138 @@
+"""Kimi Linear (dense MLPs): KDA layers (a delta rule decayed per key channel) and MLA without RoPE.
+Parity with transformers, chunked prefill against token by token, the decode engine against the
+model's own forward, how its config.json is read, and MoE configs refused."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from hybrid_agent.model import load_model
+from hybrid_agent.model.checkpoints import kimi_linear
+from hybrid_agent.model.decode.engine import DecodeEngine
+from hybrid_agent.model.decode.generate import prefill
+from hybrid_agent.model.errors import CheckpointError
+
+
+def _parity_module() -> Any:
+    """tests/checkpoints/test_ckpt_parity.py, whose `check_parity` every family shares (pytest imports
+    test files in importlib mode, so a sibling is loaded by its path)."""
+    spec = importlib.util.spec_from_file_location(
+        "_ckpt_parity", Path(__file__).with_name("test_ckpt_parity.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+check_parity = _parity_module().check_parity
+
+KDA, MLA = "linear_attention", "full_attention"
+
+CASES: list[dict[str, Any]] = [
+    {},  # full-rank q_proj, KDA conv width 4
+    # q through q_a_proj / q_a_layernorm / q_b_proj; tie_word_embeddings, which transformers ignores here
+    {"q_lora_rank": 12, "attention_bias": True, "tie_word_embeddings": True, "linear_conv_kernel_dim": 3,
+     "layer_types": [MLA, KDA, KDA], "num_hidden_layers": 3, "mlp_layer_types": ["dense"] * 3},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("kw", CASES, ids=["default", "q-lora-bias-tied-width3"])
+def test_parity(checkpoint, kw):
+    folder, hf = checkpoint("kimi_linear", **kw)
+    model, _, _ = load_model(folder)
+    assert model.config.layer_types == [kimi_linear.LAYER_KINDS[t] for t in hf.config.layer_types]
+    assert model.config.mla.rope_theta is None
+    check_parity(folder, hf)
+
+
+def test_parity_long_prompt(checkpoint):
+    """70 tokens: several KDA chunks (64) in one prefill on both sides, the state carried across them."""
+    folder, hf = checkpoint("kimi_linear", seed=2)
+    check_parity(folder, hf, seed=2, prompt=70)
+
+
+def _kda_state_case(folder: Path) -> tuple[Any, torch.Tensor]:
+    model, _, _ = load_model(folder)
+    for block in model.layers:
+        if block.kind == "kda":
+            block.mixer.chunk_size = 4  # several chunks inside each prefill piece
+    return model, torch.randint(0, 300, (1, 29), generator=torch.Generator().manual_seed(3))
+
+
+def test_chunked_prefill_equals_token_by_token(checkpoint):
+    folder, _ = checkpoint("kimi_linear")
+    model, ids = _kda_state_case(folder)
+    chunked, single = model.new_state(), model.new_state()
+    want = prefill(model, ids, chunked, chunk_size=8)
+    for t in range(ids.shape[1]):
+        got = model(ids[:, t : t + 1], single)[:, -1]
+    assert float((want - got).abs().max()) <= 1e-4 * float(want.abs().max())
+    ref, new = chunked.to_tensors(), single.to_tensors()
+    assert (
+        ref.keys() == new.keys() and {"layers.0.conv", "layers.0.recurrent", "layers.1.latent"} <= ref.keys()
+    )
+    assert ref["layers.0.recurrent"].dtype == torch.float32 and ref["layers.0.conv"].dtype == torch.float32
+    for name, t in ref.items():
+        assert (new[name].float() - t.float()).abs().max() <= 1e-5 * t.float().abs().max() + 1e-6, name
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "kernel"])
+def test_engine_greedy_equals_model_forward(checkpoint, attention):
+    """kda is a graphed kind: the engine's static step runs the layer's own forward through its ops and
+    the one-step kernels, and gives the model's greedy tokens."""
+    folder, _ = checkpoint("kimi_linear")
+    model, _, _ = load_model(folder)
+    prompt = torch.randint(0, 300, (1, 19), generator=torch.Generator().manual_seed(4))
+    state = model.new_state()
+    logits, want = prefill(model, prompt, state, chunk_size=8), []
+    for _ in range(16):
+        want.append(int(logits.argmax(-1)))
+        logits = model(torch.tensor([[want[-1]]]), state)[:, -1]
+    engine = DecodeEngine(model, max_context=48, prefill_chunk=8, attention=attention)
+    assert engine.static and engine.fused == (attention == "kernel")
+    engine.prefill(prompt)
+    assert engine.generate_greedy(16, sync_every=5) == want
+    for name, t in state.to_tensors().items():
+        got = engine.state.to_tensors()[name].float()
+        assert (got - t.float()).abs().max() <= 1e-4 * t.float().abs().max() + 1e-6, name
+
+
+def _hub_config(**kw: Any) -> dict[str, Any]:
+    """A config.json as the Hub's Kimi Linear checkpoints spell it (sizes nested, 1-based layer lists)."""
+    base = {
+        "model_type": "kimi_linear", "vocab_size": 300, "hidden_size": 32, "intermediate_size": 64,
+        "num_hidden_layers": 4, "num_attention_heads": 4, "kv_lora_rank": 16, "q_lora_rank": None,
+        "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 8, "first_k_dense_replace": 4,
+        "linear_attn_config": {"head_dim": 8, "num_heads": 2, "short_conv_kernel_size": 4,
+                               "full_attn_layers": [2, 4], "kda_layers": [1, 3]},
+    }  # fmt: skip
+    return {**base, **kw}
+
+
+def test_hub_config_is_read():
+    cfg = kimi_linear.hybrid_config(_hub_config())
+    assert cfg.layer_types == ["kda", "mla", "kda", "mla"]
+    assert (cfg.kda.n_heads, cfg.kda.head_dim, cfg.kda.d_conv) == (2, 8, 4)
+    assert cfg.mla.rope_theta is None and cfg.mla.q_lora_rank is None and not cfg.tie_embeddings
+    default = kimi_linear.hybrid_config(
+        _hub_config(linear_attn_config={}, num_hidden_layers=6, first_k_dense_replace=6)
+    )
+    assert default.layer_types == ["kda", "kda", "kda", "kda", "mla", "kda"]  # transformers' default
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{"first_k_dense_replace": 1}, {"mlp_layer_types": ["dense", "sparse", "dense", "dense"]}, {}],
+    ids=["first-k-dense", "mlp-layer-types", "default-first-k"],
+)
+def test_moe_configs_are_refused(kw):
+    hf = _hub_config(**kw)
+    if not kw:
+        del hf["first_k_dense_replace"]  # transformers' default: only the first MLP is dense
+    with pytest.raises(CheckpointError, match=r"mixture-of-experts.*not supported yet"):
+        kimi_linear.hybrid_config(hf)
