@@ -20,10 +20,12 @@ from hybrid_agent.tools.journal import (
     undo_last,
 )
 from hybrid_agent.tools.registry import ENTRY_POINT_GROUP, ToolRegistry
+from hybrid_agent.tools.sandbox import SANDBOX_MODES, SandboxPolicy, SandboxUnavailable
 from hybrid_agent.tools.workspace import Workspace
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "SANDBOX_MODES",
     "ArgumentsError",
     "Journal",
     "JournalEntry",
@@ -32,6 +34,8 @@ __all__ = [
     "MemoryJournal",
     "Policy",
     "Preview",
+    "SandboxPolicy",
+    "SandboxUnavailable",
     "Tool",
     "ToolContext",
     "ToolDefinitionError",

@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Literal, get_type_hints, overload
 
 from hybrid_agent.tools.errors import ToolDefinitionError
 from hybrid_agent.tools.journal import Journal, JournaledChange
+from hybrid_agent.tools.sandbox import SandboxPolicy
 from hybrid_agent.tools.workspace import Workspace
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.fields import FieldInfo
@@ -88,6 +89,7 @@ class ToolContext:
     cancel: threading.Event = field(default_factory=threading.Event)
     limits: Limits = field(default_factory=Limits)
     deadline: float = 0.0  # time.monotonic() value the call must end by; 0: limits.call_seconds from now
+    sandbox: SandboxPolicy = field(default_factory=SandboxPolicy)  # how run_command confines commands
 
     def __post_init__(self) -> None:
         if not self.deadline:

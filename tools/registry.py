@@ -34,6 +34,7 @@ from hybrid_agent.tools.base import (
 from hybrid_agent.tools.builtins import BUILTIN_TOOLS
 from hybrid_agent.tools.errors import ArgumentsError, MCPServerError, ToolDefinitionError, ToolError
 from hybrid_agent.tools.journal import Journal, MemoryJournal, undo_after_turn, undo_last
+from hybrid_agent.tools.sandbox import SandboxPolicy, sandbox_problem
 from hybrid_agent.tools.workspace import Workspace
 from pydantic import ValidationError
 
@@ -67,11 +68,15 @@ class ToolRegistry:
         policies: dict[str, Policy] | None = None,
         load_plugins: bool = True,
         limits: Limits | None = None,
+        sandbox: SandboxPolicy | None = None,
     ) -> None:
         self.workspace = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
         self.journal: Journal = journal if journal is not None else MemoryJournal()
         self.enable_commands = enable_commands
         self.limits = limits or Limits()
+        self.sandbox = sandbox or SandboxPolicy()  # workspace-write: commands need bwrap, or mode off
+        if enable_commands:
+            sandbox_problem(self.sandbox)  # said once, when commands are enabled, not at the first call
         self.plugin_errors: list[str] = []
         self._tools: dict[str, Tool] = {}
         self._policies: dict[str, Policy] = {}
@@ -218,6 +223,7 @@ class ToolRegistry:
             approved=approved,
             cancel=cancel or threading.Event(),
             limits=self.limits,
+            sandbox=self.sandbox,
         )
 
     def preview(self, name: str, arguments: dict[str, Any]) -> Preview:

@@ -5,8 +5,10 @@ is compared before and after: every regular file (not `.git`, not ignored, not t
 stat-ed and its content kept beforehand; afterwards a file whose size, mtime or inode differ is read
 again and, if its bytes really changed, the change is journaled like any tool write and can be
 undone. Files over the snapshot budget are only stat-ed: a change to them is reported as not
-undoable. The command itself is NOT confined (it is a shell): that is why it is off unless the user
-enables it and asks for approval by default.
+undoable. The command runs in the sandbox its `SandboxPolicy` describes (tools/sandbox.py: bubblewrap,
+the workspace the only writable tree, no network, the home folder hidden); with the sandbox `off` it
+runs with the user's full rights. Either way it is off unless the user enables it, and asks for
+approval by default.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 from hybrid_agent.tools.base import Preview, Tool, ToolContext, ToolResult
 from hybrid_agent.tools.errors import WorkspaceError
+from hybrid_agent.tools.sandbox import sandboxed_argv
 from hybrid_agent.tools.walk import WALK_MAX_DEPTH, WalkNotes
 from hybrid_agent.tools.workspace import Workspace
 from pydantic import BaseModel, ConfigDict, Field
@@ -147,14 +150,26 @@ class RunCommand(Tool):
         timeout_s: int = Field(60, ge=1, le=600, description="Seconds before the command is killed.")
 
     def preview(self, args: Any, ctx: ToolContext) -> Preview:
+        box = ctx.sandbox
+        if not box.confined:
+            note = " (not sandboxed)"
+        else:
+            note = " (read-only sandbox)" if box.mode == "read-only" else ""
+            note += " (network allowed)" if box.network else ""
         return Preview(
-            summary=f"run `{args.command}` in {ctx.workspace.root}",
+            summary=f"run `{args.command}` in {ctx.workspace.root}{note}",
             command=args.command,
             path=str(ctx.workspace.root),
         )
 
     def run(self, args: Any, ctx: ToolContext) -> ToolResult:
         limits = ctx.limits
+        # No terminal and no stdin: pagers and credential prompts would wait forever.
+        env = {**os.environ, "PAGER": "cat", "GIT_PAGER": "cat", "GIT_TERMINAL_PROMPT": "0"}
+        if ctx.sandbox.confined:
+            env["TMPDIR"] = "/tmp"  # the sandbox's own /tmp: a TMPDIR elsewhere may not be writable
+        # Before the snapshot: a command the sandbox refuses (bwrap missing) costs nothing.
+        argv = sandboxed_argv(["/bin/sh", "-c", args.command], ctx.sandbox, ctx.workspace.root, env)
         unwatched = WalkNotes()
         before = snapshot(
             ctx.workspace,
@@ -164,14 +179,15 @@ class RunCommand(Tool):
         )
         out = _Output(limits.command_output_max_chars)
         proc = subprocess.Popen(
-            ["/bin/sh", "-c", args.command],
+            argv,
             cwd=ctx.workspace.root,
-            # No terminal and no stdin: pagers and credential prompts would wait forever.
-            env={**os.environ, "PAGER": "cat", "GIT_PAGER": "cat", "GIT_TERMINAL_PROMPT": "0"},
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, so a timeout kills the children too
+            # Its own process group (bwrap's too: the command stays in it), so a timeout kills the
+            # children; and its own session, so no controlling terminal is reachable from it.
+            start_new_session=True,
         )
         assert proc.stdout is not None
 

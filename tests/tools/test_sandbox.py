@@ -1,0 +1,190 @@
+"""run_command's sandbox (tools/sandbox.py): escapes refused (writes outside the workspace, the
+network, the home folder), read-only mode, allow_read, the journal, and bwrap missing."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+from hybrid_agent.tools import SandboxPolicy, ToolRegistry
+from hybrid_agent.tools.sandbox import BWRAP_MISSING, sandboxed_argv
+
+needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
+
+
+def shell(sandbox, **policy) -> ToolRegistry:
+    return ToolRegistry(sandbox.ws, load_plugins=False, enable_commands=True, sandbox=SandboxPolicy(**policy))
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A fake home folder with a private key, set as $HOME for the command."""
+    h = tmp_path / "home"
+    (h / ".ssh").mkdir(parents=True)
+    (h / ".ssh" / "id_rsa").write_text("PRIVATE-KEY-BYTES\n")
+    (h / "notes").mkdir()
+    (h / "notes" / "todo.txt").write_text("readable note\n")
+    monkeypatch.setenv("HOME", str(h))
+    return h
+
+
+@needs_bwrap
+def test_writes_outside_the_workspace_are_refused(sandbox, home):
+    before = sandbox.state()
+    elsewhere = Path(tempfile.mkdtemp(dir="/var/tmp" if os.access("/var/tmp", os.W_OK) else None))
+    try:
+        for target in (sandbox.outside / "new.txt", sandbox.outside / "secret.txt", elsewhere / "x"):
+            res = shell(sandbox).call("run_command", {"command": f"echo pwned > {target}"})
+            assert res.is_error and res.data["exit_code"] != 0, res.text
+        assert not list(elsewhere.iterdir())
+        # The home folder is an empty tmpfs: a write there "works" and is gone with the command.
+        res = shell(sandbox).call("run_command", {"command": "echo pwned > ~/.bashrc; ls -A ~"})
+        assert not res.is_error and res.text.splitlines()[1] == ".bashrc"
+        assert not (home / ".bashrc").exists()
+    finally:
+        shutil.rmtree(elsewhere)
+    assert sandbox.state() == before  # the fake home included
+
+
+@needs_bwrap
+def test_private_keys_in_home_cannot_be_read(sandbox, home):
+    for cmd in ("cat ~/.ssh/id_rsa", f"cat {home}/.ssh/id_rsa"):
+        res = shell(sandbox).call("run_command", {"command": cmd})
+        assert res.is_error and "PRIVATE-KEY" not in res.text, res.text
+    res = shell(sandbox).call("run_command", {"command": "ls -A ~"})
+    assert res.text == "$ ls -A ~\n[exit code 0]"  # an empty home
+    # ... unless the folder is listed in allow_read, which makes it readable, never writable.
+    reg = shell(sandbox, allow_read=["~/notes"])
+    res = reg.call("run_command", {"command": "cat ~/notes/todo.txt"})
+    assert not res.is_error and "readable note" in res.text
+    res = reg.call("run_command", {"command": "echo x >> ~/notes/todo.txt"})
+    assert res.is_error and (home / "notes" / "todo.txt").read_text() == "readable note\n"
+    res = reg.call("run_command", {"command": "cat ~/.ssh/id_rsa"})
+    assert res.is_error and "PRIVATE-KEY" not in res.text
+
+
+@pytest.fixture
+def listener():
+    """A TCP server on the host's loopback, accepting connections until the test ends."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    stop = threading.Event()
+
+    def serve() -> None:
+        srv.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):  # the accept timeout: look at `stop` again
+                srv.accept()[0].close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield srv.getsockname()[1]
+    stop.set()
+    t.join()
+    srv.close()
+
+
+@needs_bwrap
+def test_no_network_unless_allowed(sandbox, listener):
+    connect = (
+        f'{sys.executable} -I -c "import socket; '
+        f"socket.create_connection(('127.0.0.1', {listener}), timeout=3); print('connected')\""
+    )
+    # The interpreter may live in the hidden home (pyenv): allow_read is how a toolchain is reached.
+    python = [os.path.realpath(sys.base_prefix)]
+    res = shell(sandbox, allow_read=python).call("run_command", {"command": connect})
+    # A private network namespace: its own loopback, where nothing listens.
+    assert res.is_error and "ConnectionRefusedError" in res.text, res.text
+    res = shell(sandbox, allow_read=python, network=True).call("run_command", {"command": connect})
+    assert not res.is_error and "connected" in res.text, res.text
+
+
+@needs_bwrap
+def test_read_only_mode_refuses_workspace_writes(sandbox):
+    before = sandbox.state()
+    reg = shell(sandbox, mode="read-only")
+    res = reg.call("run_command", {"command": "cat hello.txt && echo x > new.txt"})
+    assert res.is_error and "hello" in res.text and "Read-only file system" in res.text
+    res = reg.call("run_command", {"command": "rm hello.txt"})
+    assert res.is_error and sandbox.state() == before and not reg.journal.entries()
+
+
+@needs_bwrap
+def test_changes_inside_the_workspace_are_journaled(sandbox):
+    reg = shell(sandbox)
+    cmd = "echo made > made.txt && echo tmp > /tmp/t && cat /tmp/t"  # /tmp: private, not journaled
+    res = reg.call("run_command", {"command": cmd}, turn=3)
+    assert not res.is_error and "tmp" in res.text and res.data["changed"] == ["made.txt"], res.text
+    [entry] = reg.journal.entries()
+    assert (entry.path, entry.before, entry.after, entry.turn) == ("made.txt", None, b"made\n", 3)
+    reg.undo_last()
+    assert not (sandbox.ws / "made.txt").exists()
+
+
+@needs_bwrap
+def test_the_agent_settings_folder_stays_read_only(sandbox):
+    (sandbox.ws / ".hybrid-agent").mkdir()
+    (sandbox.ws / ".hybrid-agent" / "settings.toml").write_text('sandbox = "workspace-write"\n')
+    res = shell(sandbox).call(
+        "run_command", {"command": "echo 'sandbox = \"off\"' > .hybrid-agent/settings.toml"}
+    )
+    assert res.is_error and "Read-only file system" in res.text
+    assert "workspace-write" in (sandbox.ws / ".hybrid-agent" / "settings.toml").read_text()
+
+
+def test_bwrap_missing_refuses_in_one_line_and_off_still_runs(sandbox, tmp_path, monkeypatch, caplog):
+    before = sandbox.state()
+    missing = str(tmp_path / "no-bwrap-here")
+    with caplog.at_level(logging.WARNING, logger="hybrid_agent.tools.sandbox"):
+        reg = shell(sandbox, bwrap=missing)
+        for _ in range(2):
+            res = reg.call("run_command", {"command": "echo x > made.txt"})
+            assert res.is_error and res.text == BWRAP_MISSING and "\n" not in res.text
+    assert [r.getMessage() for r in caplog.records] == [BWRAP_MISSING]  # said once
+    assert sandbox.state() == before
+    # The default policy looks bwrap up on PATH.
+    monkeypatch.setenv("PATH", str(tmp_path))
+    res = shell(sandbox).call("run_command", {"command": "echo x > made.txt"})
+    assert res.text == BWRAP_MISSING and sandbox.state() == before
+    # Mode off needs no bwrap, and is really unconfined.
+    monkeypatch.setenv("PATH", os.defpath)
+    res = shell(sandbox, mode="off", bwrap=missing).call(
+        "run_command", {"command": f"echo x > made.txt && echo y > {sandbox.outside}/out.txt"}
+    )
+    assert not res.is_error and res.data["changed"] == ["made.txt"], res.text
+    assert (sandbox.outside / "out.txt").read_text() == "y\n"
+
+
+def test_preview_says_how_the_command_is_confined(sandbox):
+    args = {"command": "ls"}
+    assert shell(sandbox).preview("run_command", args).summary == f"run `ls` in {sandbox.ws.resolve()}"
+    assert shell(sandbox, mode="off").preview("run_command", args).summary.endswith("(not sandboxed)")
+    summary = shell(sandbox, mode="read-only", network=True).preview("run_command", args).summary
+    assert summary.endswith("(read-only sandbox) (network allowed)")
+
+
+def test_policy_values_and_argv(tmp_path):
+    with pytest.raises(ValueError, match="workspace-write, read-only, off"):
+        SandboxPolicy(mode="strict")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="list of paths"):
+        SandboxPolicy(allow_read="~/.cargo")  # type: ignore[arg-type]
+    assert sandboxed_argv(["true"], SandboxPolicy(mode="off"), tmp_path, {}) == ["true"]
+    fake = tmp_path / "bwrap"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    argv = sandboxed_argv(["true"], SandboxPolicy(bwrap=str(fake)), tmp_path, {"HOME": str(tmp_path)})
+    assert argv[0] == str(fake) and argv[-2:] == ["--", "true"]
+    assert "--unshare-net" in argv and "--die-with-parent" in argv and "--new-session" not in argv
+    assert argv.index("--tmpfs", argv.index("/tmp")) < argv.index("--bind")  # home hidden, then ws
+    policy = SandboxPolicy(bwrap=str(fake), network=True, mode="read-only")
+    argv = sandboxed_argv(["true"], policy, tmp_path, {})
+    assert "--unshare-net" not in argv and "--bind" not in argv
