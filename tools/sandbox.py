@@ -6,12 +6,13 @@ Modes (`SandboxPolicy.mode`):
 - `read-only`: the workspace is read-only too;
 - `off`: the command runs unconfined, with the user's full rights.
 
-In both confined modes /dev and /proc are fresh private mounts, the user's home folder is hidden behind an
-empty tmpfs (so `~/.ssh`, `~/.aws`, browser profiles... cannot be read) except the paths listed in
+In both confined modes /dev and /proc are fresh private mounts, the user's home folder is hidden behind
+an empty tmpfs (so `~/.ssh`, `~/.aws`, browser profiles... cannot be read) except the paths listed in
 `allow_read` (mounted back read-only), the per-user runtime folder (`$XDG_RUNTIME_DIR`, where agent and
-D-Bus sockets live) is hidden the same way, and the network is a private namespace with only its own
-loopback unless `network` is true. The workspace's `.hybrid-agent/` folder, when it exists, stays
-read-only: a command must not be able to rewrite the settings that confine it.
+D-Bus sockets live) is hidden the same way, the sockets of system services (Docker, D-Bus...) are
+covered, and the network is a private namespace with only its own loopback unless `network` is true.
+The workspace's `.hybrid-agent/` folder, when it exists, stays read-only: a command must not be able
+to rewrite the settings that confine it.
 
 Process groups: `run_command` starts bwrap in a new session (no controlling terminal, which is what
 bwrap's `--new-session` guards against: a command cannot push keystrokes into the user's terminal), and
@@ -29,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,9 +45,25 @@ BWRAP_MISSING = (
     "run_command is sandboxed with bubblewrap, which is not installed: install it (Debian/Ubuntu: "
     '`apt install bubblewrap`) or set sandbox = "off" to run commands unconfined'
 )
+SANDBOX_FAILED = (
+    "the sandbox (bubblewrap) could not start, so the command did not run (its message is above); "
+    'fix that, or set sandbox = "off" to run commands unconfined'
+)
 
 # Folders inside the workspace a confined command may read but not change.
 _READ_ONLY_IN_WORKSPACE = (".hybrid-agent",)
+# Unix sockets of system services. A read-only mount does not stop a connect(), and a private network
+# namespace does not cover path sockets: each one found is covered with /dev/null (the Docker socket
+# alone would hand out root).
+SERVICE_SOCKETS: tuple[str, ...] = (
+    "/run/docker.sock",
+    "/var/run/docker.sock",
+    "/run/containerd/containerd.sock",
+    "/run/podman/podman.sock",
+    "/run/dbus/system_bus_socket",
+    "/run/snapd.socket",
+    "/run/snapd-snap.socket",
+)
 
 _log = logging.getLogger(__name__)
 _warned_missing: set[str] = set()
@@ -117,6 +135,18 @@ def _bind_pairs(paths: Iterable[str]) -> list[tuple[str, str]]:
     return out
 
 
+def _sockets(paths: Iterable[str]) -> list[str]:
+    out: list[str] = []
+    for p in paths:
+        real = os.path.realpath(p)
+        try:
+            if stat.S_ISSOCK(os.stat(real).st_mode) and real not in out:
+                out.append(real)
+        except OSError:
+            continue
+    return out
+
+
 def sandboxed_argv(
     argv: list[str], policy: SandboxPolicy, workspace: str | os.PathLike[str], env: dict[str, str]
 ) -> list[str]:
@@ -132,6 +162,8 @@ def sandboxed_argv(
     args = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
     for hidden in {_real_dir(env.get("HOME")), _real_dir(env.get("XDG_RUNTIME_DIR"))} - {None}:
         args += ["--tmpfs", str(hidden)]
+    for sock in _sockets(SERVICE_SOCKETS):
+        args += ["--ro-bind", "/dev/null", sock]
     for src, dst in _bind_pairs(policy.allow_read):
         args += ["--ro-bind", src, dst]
     args += ["--bind" if policy.mode == "workspace-write" else "--ro-bind", ws, ws]

@@ -15,13 +15,22 @@ from pathlib import Path
 
 import pytest
 from hybrid_agent.tools import SandboxPolicy, ToolRegistry
-from hybrid_agent.tools.sandbox import BWRAP_MISSING, sandboxed_argv
+from hybrid_agent.tools import sandbox as sandbox_module
+from hybrid_agent.tools.sandbox import BWRAP_MISSING, SANDBOX_FAILED, sandboxed_argv
 
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
 
 
 def shell(sandbox, **policy) -> ToolRegistry:
     return ToolRegistry(sandbox.ws, load_plugins=False, enable_commands=True, sandbox=SandboxPolicy(**policy))
+
+
+# This interpreter may live in the hidden home (pyenv): allow_read is how a toolchain is reached.
+python = [os.path.realpath(sys.base_prefix)]
+
+
+def python_c(code: str) -> str:
+    return f'{sys.executable} -I -c "{code}"'
 
 
 @pytest.fixture
@@ -95,12 +104,9 @@ def listener():
 
 @needs_bwrap
 def test_no_network_unless_allowed(sandbox, listener):
-    connect = (
-        f'{sys.executable} -I -c "import socket; '
-        f"socket.create_connection(('127.0.0.1', {listener}), timeout=3); print('connected')\""
+    connect = python_c(
+        f"import socket; socket.create_connection(('127.0.0.1', {listener}), timeout=3); print('connected')"
     )
-    # The interpreter may live in the hidden home (pyenv): allow_read is how a toolchain is reached.
-    python = [os.path.realpath(sys.base_prefix)]
     res = shell(sandbox, allow_read=python).call("run_command", {"command": connect})
     # A private network namespace: its own loopback, where nothing listens.
     assert res.is_error and "ConnectionRefusedError" in res.text, res.text
@@ -139,6 +145,34 @@ def test_the_agent_settings_folder_stays_read_only(sandbox):
     )
     assert res.is_error and "Read-only file system" in res.text
     assert "workspace-write" in (sandbox.ws / ".hybrid-agent" / "settings.toml").read_text()
+
+
+@needs_bwrap
+@pytest.mark.skipif(not os.access("/var/tmp", os.W_OK), reason="needs a writable /var/tmp")
+def test_service_sockets_are_covered(sandbox, monkeypatch):
+    """A Unix socket outside /tmp and home (where the Docker daemon's lives) cannot be connected to."""
+    where = Path(tempfile.mkdtemp(dir="/var/tmp"))
+    srv = socket.socket(socket.AF_UNIX)
+    try:
+        srv.bind(str(where / "docker.sock"))
+        srv.listen(1)
+        connect = python_c(f"import socket; socket.socket(socket.AF_UNIX).connect('{where}/docker.sock')")
+        res = shell(sandbox, allow_read=python).call("run_command", {"command": connect})
+        assert not res.is_error, res.text  # reachable: a read-only mount does not stop connect()
+        monkeypatch.setattr(sandbox_module, "SERVICE_SOCKETS", (str(where / "docker.sock"),))
+        res = shell(sandbox, allow_read=python).call("run_command", {"command": connect})
+        assert res.is_error and "ConnectionRefusedError" in res.text, res.text
+    finally:
+        srv.close()
+        shutil.rmtree(where)
+
+
+def test_a_sandbox_that_cannot_start_is_named(sandbox, tmp_path):
+    fake = tmp_path / "bwrap"
+    fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to create a new namespace' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    res = shell(sandbox, bwrap=str(fake)).call("run_command", {"command": "true"})
+    assert res.is_error and res.text.endswith(f"[exit code 1]\n[{SANDBOX_FAILED}]"), res.text
 
 
 def test_bwrap_missing_refuses_in_one_line_and_off_still_runs(sandbox, tmp_path, monkeypatch, caplog):

@@ -25,7 +25,7 @@ from typing import Any
 
 from hybrid_agent.tools.base import Preview, Tool, ToolContext, ToolResult
 from hybrid_agent.tools.errors import WorkspaceError
-from hybrid_agent.tools.sandbox import sandboxed_argv
+from hybrid_agent.tools.sandbox import SANDBOX_FAILED, sandboxed_argv
 from hybrid_agent.tools.walk import WALK_MAX_DEPTH, WalkNotes
 from hybrid_agent.tools.workspace import Workspace
 from pydantic import BaseModel, ConfigDict, Field
@@ -233,6 +233,9 @@ class RunCommand(Tool):
         text += f"[{stop_reason}; killed]" if stop_reason else f"[exit code {code}]"
         if background:
             text += "\n[background processes still writing to the output were stopped]"
+        if ctx.sandbox.confined and code == 1 and out.head.startswith(b"bwrap: "):
+            # bwrap's own failure (no user namespaces in a container, say): the command never ran.
+            text += f"\n[{SANDBOX_FAILED}]"
         if changed:
             text += f"\n[changed files (undoable): {', '.join(changed)}]"
         if lost:
