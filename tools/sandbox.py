@@ -14,12 +14,12 @@ covered, and the network is a private namespace with only its own loopback unles
 The workspace's `.hybrid-agent/` folder, when it exists, stays read-only: a command must not be able
 to rewrite the settings that confine it.
 
-Process groups: `run_command` starts bwrap in a new session (no controlling terminal, which is what
-bwrap's `--new-session` guards against: a command cannot push keystrokes into the user's terminal), and
-bwrap and the command share that one process group, so a timeout still kills every process of the
-command. `--new-session` itself would move the command into a group of its own, out of that reach, so it
-is not used. The pid namespace is shared for the same reason (background processes keep the meaning
-they have without a sandbox): a sandboxed command can still see and signal the user's other processes.
+Processes: the command has a pid namespace of its own (it sees and signals only its own processes).
+`run_command` starts bwrap in a new session (no controlling terminal, which is what bwrap's
+`--new-session` guards against: a command cannot push keystrokes into the user's terminal), and bwrap,
+its init and the command share that one process group, so a timeout still kills every process of the
+command. `--new-session` itself would move the command into a group of its own, out of that reach, so
+it is not used.
 
 If bwrap is not installed, confined commands are refused with one line saying so (logged once per
 process); mode `off` runs them as before.
@@ -31,6 +31,7 @@ import logging
 import os
 import shutil
 import stat
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,8 @@ SANDBOX_FAILED = (
     "the sandbox (bubblewrap) could not start, so the command did not run (its message is above); "
     'fix that, or set sandbox = "off" to run commands unconfined'
 )
+
+_OUTPUT_INSIDE = "/tmp/.hybrid-agent-output"  # where an OutputChannel's FIFO is bound in the sandbox
 
 # Folders inside the workspace a confined command may read but not change.
 _READ_ONLY_IN_WORKSPACE = (".hybrid-agent",)
@@ -147,11 +150,55 @@ def _sockets(paths: Iterable[str]) -> list[str]:
     return out
 
 
+class OutputChannel:
+    """Where a sandboxed command's output goes: a FIFO in a private folder, bound into the sandbox.
+
+    Why not bwrap's own stdout: bwrap's init (pid 1 of the command's pid namespace) inherits it and
+    keeps it open until the last process of the namespace is gone, so the output would never end
+    while a daemon the command started (`cmd > log 2>&1 &`) runs, and that daemon would be stopped as
+    one still writing. The command's shell opens the FIFO itself, so only the processes that really
+    write the output hold it. The caller holds a write end too until bwrap exits (a FIFO with no
+    writer reads as ended before the command has opened it). bwrap's own messages go to `stderr`, a
+    file, read back with `errors()`."""
+
+    def __init__(self) -> None:
+        self._dir = tempfile.mkdtemp(prefix="hybrid-agent-command-")
+        self.path = os.path.join(self._dir, "output")
+        os.mkfifo(self.path, 0o600)
+        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        self._writer: int | None = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
+        os.set_blocking(fd, True)
+        self.reader = os.fdopen(fd, "rb")
+        self.stderr = os.open(os.path.join(self._dir, "bwrap-errors"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
+
+    def command_exited(self) -> None:
+        """bwrap is gone: from now on the output ends when the command's last writer closes it."""
+        if self._writer is not None:
+            os.close(self._writer)
+            self._writer = None
+
+    def errors(self) -> bytes:
+        return os.pread(self.stderr, 65536, 0)
+
+    def close(self, *, reader_done: bool) -> None:
+        """Free everything; the read end only when nothing is blocked reading it (see command.py)."""
+        self.command_exited()
+        os.close(self.stderr)
+        if reader_done:
+            self.reader.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
 def sandboxed_argv(
-    argv: list[str], policy: SandboxPolicy, workspace: str | os.PathLike[str], env: dict[str, str]
+    argv: list[str],
+    policy: SandboxPolicy,
+    workspace: str | os.PathLike[str],
+    env: dict[str, str],
+    output: str | None = None,
 ) -> list[str]:
     """`argv` as run under `policy`: unchanged when the mode is `off`, else wrapped in bwrap. `env` is
-    the command's environment (HOME and XDG_RUNTIME_DIR are hidden). Raises SandboxUnavailable."""
+    the command's environment (HOME and XDG_RUNTIME_DIR are hidden); `output`, an `OutputChannel`'s
+    path, receives the command's stdout and stderr. Raises SandboxUnavailable."""
     if not policy.confined:
         return list(argv)
     bwrap = find_bwrap(policy)
@@ -171,7 +218,13 @@ def sandboxed_argv(
         inner = Path(ws, name)
         if inner.is_dir() and not inner.is_symlink():
             args += ["--ro-bind", str(inner), str(inner)]
+    if output is not None:
+        args += ["--bind", output, _OUTPUT_INSIDE]
+        argv = ["/bin/sh", "-c", f'exec "$@" > {_OUTPUT_INSIDE} 2>&1', "sh", *argv]
     if not policy.network:
         args.append("--unshare-net")
-    args += ["--unshare-ipc", "--die-with-parent", "--chdir", ws, "--"]
+    # A pid namespace of its own: with the host's, /proc/<pid>/root of any process of the user leads
+    # back to the whole unconfined filesystem. No --die-with-parent: a daemon the command starts
+    # lives on, as it does without a sandbox (a timeout still stops the whole process group).
+    args += ["--unshare-pid", "--unshare-ipc", "--chdir", ws, "--"]
     return args + list(argv)

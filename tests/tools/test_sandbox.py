@@ -11,6 +11,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,36 @@ def test_private_keys_in_home_cannot_be_read(sandbox, home):
     assert res.is_error and (home / "notes" / "todo.txt").read_text() == "readable note\n"
     res = reg.call("run_command", {"command": "cat ~/.ssh/id_rsa"})
     assert res.is_error and "PRIVATE-KEY" not in res.text
+
+
+@needs_bwrap
+def test_other_processes_are_out_of_sight(sandbox, home):
+    """With the host's pids, /proc/<pid>/root of the agent itself would lead to the whole filesystem."""
+    me = os.getpid()
+    cmd = (
+        f"cat /proc/{me}/root{home}/.ssh/id_rsa; cat /proc/{me}/environ; "
+        f"for p in /proc/[0-9]*; do cat $p/root{home}/.ssh/id_rsa; "
+        f"echo x > $p/root{sandbox.outside}/x; done; "
+        "ls -d /proc/[0-9]* | wc -l"
+    )
+    before = sandbox.state()
+    res = shell(sandbox).call("run_command", {"command": cmd})
+    assert "PRIVATE-KEY" not in res.text and "PATH=" not in res.text, res.text
+    assert int(res.text.splitlines()[-2]) < 10  # the sandbox's own few processes
+    assert sandbox.state() == before
+
+
+@needs_bwrap
+def test_a_daemon_that_redirects_its_output_lives_on(sandbox):
+    t0 = time.monotonic()
+    res = shell(sandbox).call(
+        "run_command", {"command": "(sleep 0.5; echo late > late.txt) > /dev/null 2>&1 & echo started"}
+    )
+    assert time.monotonic() - t0 < 0.5 and not res.data["background_stopped"], res.text
+    deadline = time.monotonic() + 5
+    while not (sandbox.ws / "late.txt").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (sandbox.ws / "late.txt").read_text() == "late\n"
 
 
 @pytest.fixture
@@ -217,7 +248,9 @@ def test_policy_values_and_argv(tmp_path):
     fake.chmod(0o755)
     argv = sandboxed_argv(["true"], SandboxPolicy(bwrap=str(fake)), tmp_path, {"HOME": str(tmp_path)})
     assert argv[0] == str(fake) and argv[-2:] == ["--", "true"]
-    assert "--unshare-net" in argv and "--die-with-parent" in argv and "--new-session" not in argv
+    assert "--unshare-net" in argv and "--unshare-pid" in argv
+    # Either would take the command's processes out of reach of run_command's process-group handling.
+    assert "--new-session" not in argv and "--die-with-parent" not in argv
     assert argv.index("--tmpfs", argv.index("/tmp")) < argv.index("--bind")  # home hidden, then ws
     policy = SandboxPolicy(bwrap=str(fake), network=True, mode="read-only")
     argv = sandboxed_argv(["true"], policy, tmp_path, {})

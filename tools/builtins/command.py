@@ -25,7 +25,7 @@ from typing import Any
 
 from hybrid_agent.tools.base import Preview, Tool, ToolContext, ToolResult
 from hybrid_agent.tools.errors import WorkspaceError
-from hybrid_agent.tools.sandbox import SANDBOX_FAILED, sandboxed_argv
+from hybrid_agent.tools.sandbox import SANDBOX_FAILED, OutputChannel, sandbox_problem, sandboxed_argv
 from hybrid_agent.tools.walk import WALK_MAX_DEPTH, WalkNotes
 from hybrid_agent.tools.workspace import Workspace
 from pydantic import BaseModel, ConfigDict, Field
@@ -164,12 +164,14 @@ class RunCommand(Tool):
 
     def run(self, args: Any, ctx: ToolContext) -> ToolResult:
         limits = ctx.limits
+        # Before the snapshot: a command the sandbox refuses (bwrap missing) costs nothing.
+        problem = sandbox_problem(ctx.sandbox)
+        if problem is not None:
+            return ToolResult.error(problem)
         # No terminal and no stdin: pagers and credential prompts would wait forever.
         env = {**os.environ, "PAGER": "cat", "GIT_PAGER": "cat", "GIT_TERMINAL_PROMPT": "0"}
         if ctx.sandbox.confined:
             env["TMPDIR"] = "/tmp"  # the sandbox's own /tmp: a TMPDIR elsewhere may not be writable
-        # Before the snapshot: a command the sandbox refuses (bwrap missing) costs nothing.
-        argv = sandboxed_argv(["/bin/sh", "-c", args.command], ctx.sandbox, ctx.workspace.root, env)
         unwatched = WalkNotes()
         before = snapshot(
             ctx.workspace,
@@ -178,23 +180,38 @@ class RunCommand(Tool):
             notes=unwatched,
         )
         out = _Output(limits.command_output_max_chars)
-        proc = subprocess.Popen(
-            argv,
-            cwd=ctx.workspace.root,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            # Its own process group (bwrap's too: the command stays in it), so a timeout kills the
-            # children; and its own session, so no controlling terminal is reachable from it.
-            start_new_session=True,
-        )
-        assert proc.stdout is not None
+        channel = OutputChannel() if ctx.sandbox.confined else None
+        command = ["/bin/sh", "-c", args.command]
+        try:
+            proc = subprocess.Popen(
+                sandboxed_argv(command, ctx.sandbox, ctx.workspace.root, env, channel and channel.path),
+                cwd=ctx.workspace.root,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if channel is None else subprocess.DEVNULL,
+                stderr=subprocess.STDOUT if channel is None else channel.stderr,
+                # Its own process group (bwrap's too: the command stays in it), so a timeout kills
+                # the children; and its own session, so no controlling terminal is reachable from it.
+                start_new_session=True,
+            )
+        except BaseException:
+            if channel is not None:
+                channel.close(reader_done=True)
+            raise
+        source = proc.stdout if channel is None else channel.reader
+        assert source is not None
 
         def pump() -> None:
             # read1 returns what is there; the reader never holds more than the budget.
-            while chunk := proc.stdout.read1(65536):  # type: ignore[union-attr]
+            while chunk := source.read1(65536):
                 out.feed(chunk)
+
+        def exited() -> bool:
+            if proc.poll() is None:
+                return False
+            if channel is not None:
+                channel.command_exited()
+            return True
 
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()
@@ -213,6 +230,7 @@ class RunCommand(Tool):
             if stop_reason:
                 break
         background = False
+        exited()
         reader.join(timeout=_GRACE_S if stop_reason is None else 0)
         if stop_reason is not None or reader.is_alive():
             # Killed, or the shell is done but a background child (`cmd &`) still holds the output
@@ -220,20 +238,27 @@ class RunCommand(Tool):
             # outlive the command should redirect its output (`cmd > log 2>&1 &`): then the pipe is
             # closed when the shell exits, and the daemon is left alone.
             background = stop_reason is None
-            _stop_group(proc, lambda: proc.poll() is not None and not reader.is_alive())
-        if not reader.is_alive():
-            # Closing while the reader is blocked in read1 would block too; a child that left the
-            # group (setsid) keeps the pipe, and the daemon reader thread, until it exits.
-            proc.stdout.close()
+            _stop_group(proc, lambda: exited() and not reader.is_alive())
+        # Closing while the reader is blocked in read1 would block too; a child that left the
+        # group (setsid) keeps the pipe, and the daemon reader thread, until it exits.
+        if channel is None:
+            if not reader.is_alive():
+                source.close()
+            failed = b""
+        else:
+            failed = channel.errors()  # bwrap's own messages: it could not set the sandbox up
+            channel.close(reader_done=not reader.is_alive())
         changed, lost = journal_changes(ctx, before)
         code = proc.returncode
+        if failed:
+            out.feed(failed)
         text = f"$ {args.command}\n{out.text()}"
         if not text.endswith("\n"):
             text += "\n"
         text += f"[{stop_reason}; killed]" if stop_reason else f"[exit code {code}]"
         if background:
             text += "\n[background processes still writing to the output were stopped]"
-        if ctx.sandbox.confined and code == 1 and out.head.startswith(b"bwrap: "):
+        if failed.startswith(b"bwrap: ") and code != 0:
             # bwrap's own failure (no user namespaces in a container, say): the command never ran.
             text += f"\n[{SANDBOX_FAILED}]"
         if changed:
