@@ -169,3 +169,18 @@ def checkpoint(tmp_path: Path) -> Callable[..., tuple[Path, Any]]:
 def tokenizer_files() -> Callable[[Path], None]:
     """Writes tokenizer.json, tokenizer_config.json and generation_config.json into a folder."""
     return write_tokenizer_files
+
+
+@pytest.fixture
+def check_parity() -> Callable[..., None]:
+    """tests/checkpoints/test_ckpt_parity.py's `check_parity`, which every family shares (pytest imports
+    test files in importlib mode, so the sibling is loaded by its path)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "_ckpt_parity", Path(__file__).with_name("test_ckpt_parity.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.check_parity

@@ -1,0 +1,129 @@
+"""Mixture-of-experts variants of families whose dense models load elsewhere (model/moe.py through each
+family's adapter): Granite 4.0-H MoE. Parity with transformers (tests/checkpoints/test_ckpt_parity.py's
+`check_parity`), what the adapter maps, chunked prefill equal to token by token, and the CPU decode engine
+equal to the model's own forward."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import torch
+from hybrid_agent.model import load_model
+from hybrid_agent.model.decode.engine import DecodeEngine
+from hybrid_agent.model.decode.generate import prefill
+from hybrid_agent.model.moe import MoE
+from safetensors.torch import load_file, save_file
+
+pytest.importorskip("transformers")
+
+GRANITE_MULTIPLIERS = {"embedding_multiplier": 2.0, "logits_scaling": 1.7, "residual_multiplier": 0.6,
+                       "attention_multiplier": 0.2}  # fmt: skip
+# Each case: (transformers family, config overrides). Experts: decode steps (1 token, top_k * 1 <= E) take
+# the gathered path, prefill the per-expert one (model/moe.py).
+CASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "granite-moe": ("granitemoehybrid", {
+        "num_local_experts": 4, "num_experts_per_tok": 2, "intermediate_size": 16,
+        "position_embedding_type": "rope", **GRANITE_MULTIPLIERS,
+    }),
+    "granite-moe-nope-top1": ("granitemoehybrid", {
+        "num_local_experts": 6, "num_experts_per_tok": 1, "intermediate_size": 24,
+        "layer_types": ["attention", "mamba"], "num_hidden_layers": 2, "tie_word_embeddings": True,
+    }),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_parity(checkpoint, check_parity, case):
+    family, kw = CASES[case]
+    folder, hf = checkpoint(family, **kw)
+    model, _, _ = load_model(folder)
+    assert all(isinstance(b.mlp, MoE) for b in model.layers)
+    check_parity(folder, hf)
+
+
+def test_granite_adapter_maps_router_experts_and_shared_mlp(checkpoint):
+    family, kw = CASES["granite-moe"]
+    folder, hf = checkpoint(family, **kw)
+    model, _, _ = load_model(folder)
+    m = model.config.moe
+    assert (m.n_experts, m.top_k, m.hidden_dim, m.shared_hidden_dim) == (4, 2, 16, 64)
+    assert m.scoring == "softmax" and m.norm_topk_prob and not m.shared_gate and m.layers is None
+    ref, ours = hf.model.layers[0], model.layers[0].mlp
+    assert torch.equal(ours.router.weight, ref.block_sparse_moe.router.weight)
+    gate_up = ref.block_sparse_moe.experts.gate_up_proj
+    assert torch.equal(ours.experts.gate_proj, gate_up[:, :16]) and torch.equal(
+        ours.experts.up_proj, gate_up[:, 16:]
+    )
+    r = kw["residual_multiplier"]
+    assert torch.allclose(ours.experts.down_proj, r * ref.block_sparse_moe.experts.down_proj)
+    assert torch.allclose(ours.shared_expert.down_proj.weight, r * ref.shared_mlp.output_linear.weight)
+
+
+def test_granite_both_expert_spellings_load_the_same_model(checkpoint):
+    """The Hub's names (`input_linear`, `output_linear`, `router.layer`) and transformers 5's
+    (`experts.gate_up_proj`, `experts.down_proj`, `router.weight`) give the same weights."""
+    family, kw = CASES["granite-moe"]
+    folder, _ = checkpoint(family, **kw)
+    want, _, _ = load_model(folder)
+    tensors = load_file(folder / "model.safetensors")
+    renames = {"input_linear.weight": "experts.gate_up_proj", "output_linear.weight": "experts.down_proj",
+               "router.layer.weight": "router.weight"}  # fmt: skip
+    moe_names = [n for n in tensors if ".block_sparse_moe." in n]
+    assert moe_names
+    for name in moe_names:
+        for old, new in renames.items():
+            for a, b in ((old, new), (new, old)):
+                if name.endswith(f"block_sparse_moe.{a}"):
+                    tensors[name[: -len(a)] + b] = tensors.pop(name)
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    got, _, _ = load_model(folder)
+    assert all(torch.equal(t, got.state_dict()[n]) for n, t in want.state_dict().items())
+
+
+def test_granite_without_experts_key_has_transformers_default_experts(checkpoint):
+    """transformers' default num_local_experts is 8: a config.json without the key is an MoE model."""
+    family, kw = CASES["granite-moe"]
+    folder, _ = checkpoint(family, **{**kw, "num_local_experts": 8})
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.pop("num_local_experts")
+    (folder / "config.json").write_text(json.dumps(cfg))
+    model, _, _ = load_model(folder)
+    assert model.config.moe.n_experts == 8
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_chunked_prefill_equals_token_by_token(checkpoint, case):
+    family, kw = CASES[case]
+    folder, _ = checkpoint(family, **kw)
+    model, _, _ = load_model(folder)
+    ids = torch.randint(0, 300, (1, 21), generator=torch.Generator().manual_seed(3))
+    chunked, one = model.new_state(), model.new_state()
+    got = prefill(model, ids, chunked, chunk_size=8)
+    for t in range(ids.shape[1]):
+        want = model(ids[:, t : t + 1], one)[:, -1]
+    assert float((got - want).abs().max()) <= 1e-4 * float(want.abs().max())
+    for name, t in one.to_tensors().items():
+        c, t = chunked.to_tensors()[name].float(), t.float()
+        assert (c - t).abs().max() <= 1e-4 * t.abs().max() + 1e-6, name
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_engine_greedy_equals_model_forward(checkpoint, case):
+    family, kw = CASES[case]
+    folder, _ = checkpoint(family, **kw)
+    model, _, _ = load_model(folder)
+    prompt = torch.randint(0, 300, (1, 13), generator=torch.Generator().manual_seed(4))
+    state = model.new_state()
+    logits = prefill(model, prompt, state, chunk_size=8)
+    want, want_logits = [], [logits.clone()]
+    for _ in range(12):
+        want.append(int(logits.argmax(-1)))
+        logits = model(torch.tensor([[want[-1]]]), state)[:, -1]
+        want_logits.append(logits.clone())
+    engine = DecodeEngine(model, max_context=48, prefill_chunk=8)
+    assert engine.static
+    assert torch.equal(engine.prefill(prompt), want_logits[0])
+    for i in range(12):
+        assert torch.equal(engine.step(want[i]), want_logits[i + 1]), f"step {i}"
