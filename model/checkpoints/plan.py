@@ -73,6 +73,11 @@ def part(name: str, index: int, parts: int, dim: int = 0) -> Source:
     return Source(((name,),), lambda ts: ts[0].chunk(parts, dim=dim)[index])
 
 
+def stacked(parts: Sequence[tuple[str, ...]]) -> Source:
+    """Tensors of equal shape stacked along a new leading axis (per-expert weights into our (E, ...))."""
+    return Source(tuple(parts), lambda ts: torch.stack(ts))
+
+
 def either(first: Source, second: Source) -> Source:
     """`first` if the checkpoint has all its tensors, else `second`."""
     return Source(first.names, first.build, first.optional, second)

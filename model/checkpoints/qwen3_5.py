@@ -27,8 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-from hybrid_agent.model.checkpoints.plan import Source, either, get, rope_theta, spellings, take
+from hybrid_agent.model.checkpoints.plan import Source, either, get, rope_theta, spellings, stacked, take
 from hybrid_agent.model.config import HybridConfig
 from hybrid_agent.model.errors import CheckpointError
 from torch import Tensor
@@ -126,17 +125,16 @@ def moe_sources(cfg: HybridConfig, src: str, dst: str) -> dict[str, Source]:
     E, inner = cfg.moe.n_experts, cfg.moe.hidden_dim
     out = {f"{dst}router.weight": take(*names(f"{src}gate.weight"))}
 
-    def stacked(name: str, pick: Any) -> Source:
+    def as_stored(name: str, pick: Any) -> Source:
         return Source((names(f"{src}experts.{name}"),), lambda ts: pick(ts[0]))
 
     def per_expert(proj: str) -> Source:
-        parts = tuple(names(f"{src}experts.{e}.{proj}.weight") for e in range(E))
-        return Source(parts, lambda ts: torch.stack(ts))
+        return stacked([names(f"{src}experts.{e}.{proj}.weight") for e in range(E)])
 
     fused = {"gate_proj": lambda t: t[:, :inner], "up_proj": lambda t: t[:, inner:]}
     for proj, pick in fused.items():
-        out[f"{dst}experts.{proj}"] = either(stacked("gate_up_proj", pick), per_expert(proj))
-    out[f"{dst}experts.down_proj"] = either(stacked("down_proj", lambda t: t), per_expert("down_proj"))
+        out[f"{dst}experts.{proj}"] = either(as_stored("gate_up_proj", pick), per_expert(proj))
+    out[f"{dst}experts.down_proj"] = either(as_stored("down_proj", lambda t: t), per_expert("down_proj"))
     if cfg.moe.shared_hidden_dim:
         for proj in ("gate_proj", "up_proj", "down_proj"):
             out[f"{dst}shared_expert.{proj}.weight"] = take(*names(f"{src}shared_expert.{proj}.weight"))

@@ -1,7 +1,7 @@
 """Mixture-of-experts variants of families whose dense models load elsewhere (model/moe.py through each
-family's adapter): Granite 4.0-H MoE. Parity with transformers (tests/checkpoints/test_ckpt_parity.py's
-`check_parity`), what the adapter maps, chunked prefill equal to token by token, and the CPU decode engine
-equal to the model's own forward."""
+family's adapter): Granite 4.0-H MoE, Nemotron-H MoE layers (Nemotron 3 Nano). Parity with transformers
+(tests/checkpoints/test_ckpt_parity.py's `check_parity`), what the adapters map, chunked prefill equal
+to token by token, and the CPU decode engine equal to the model's own forward."""
 
 from __future__ import annotations
 
@@ -31,15 +31,50 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
         "num_local_experts": 6, "num_experts_per_tok": 1, "intermediate_size": 24,
         "layer_types": ["attention", "mamba"], "num_hidden_layers": 2, "tie_word_embeddings": True,
     }),
+    # Nemotron-H: sigmoid scores, choice-only bias, 2 of 4 groups, routed scaling, relu2 experts.
+    "nemotron-h-moe": ("nemotron_h", {
+        "layers_block_type": ["linear_attention", "moe", "full_attention", "moe", "mlp"],
+        "n_routed_experts": 8, "num_experts_per_tok": 3, "moe_intermediate_size": 16,
+        "moe_shared_expert_intermediate_size": 24, "n_group": 4, "topk_group": 2,
+        "routed_scaling_factor": 2.5,
+    }),
+    "nemotron-h-moe-ungrouped": ("nemotron_h", {
+        "layers_block_type": ["moe", "linear_attention", "moe"], "mlp_bias": True,
+        "n_routed_experts": 6, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
+        "moe_shared_expert_intermediate_size": 24, "norm_topk_prob": False,
+    }),
 }  # fmt: skip
+
+
+def _randomize_choice_bias(folder: Any, hf: Any) -> None:
+    """transformers keeps `e_score_correction_bias` as a buffer (zeros, untouched by the conftest's
+    randomize): give it values large enough to change which experts are chosen, in the saved file and in
+    the reference model."""
+    tensors = load_file(folder / "model.safetensors")
+    g = torch.Generator().manual_seed(7)
+    for name in tensors:
+        if name.endswith("e_score_correction_bias"):
+            tensors[name] = 0.3 * torch.randn(tensors[name].shape, generator=g)
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    for name, buf in hf.named_buffers():
+        if name.endswith("e_score_correction_bias"):
+            key = next(n for n in tensors if n.endswith(name.removeprefix("model.")))
+            buf.copy_(tensors[key])
+
+
+def moe_checkpoint(checkpoint: Any, case: str, **kw: Any) -> tuple[Any, Any]:
+    family, base = CASES[case]
+    folder, hf = checkpoint(family, **{**base, **kw})
+    if family == "nemotron_h":
+        _randomize_choice_bias(folder, hf)
+    return folder, hf
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_parity(checkpoint, check_parity, case):
-    family, kw = CASES[case]
-    folder, hf = checkpoint(family, **kw)
+    folder, hf = moe_checkpoint(checkpoint, case)
     model, _, _ = load_model(folder)
-    assert all(isinstance(b.mlp, MoE) for b in model.layers)
+    assert any(isinstance(b.mlp, MoE) for b in model.layers)
     check_parity(folder, hf)
 
 
@@ -95,8 +130,7 @@ def test_granite_without_experts_key_has_transformers_default_experts(checkpoint
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_chunked_prefill_equals_token_by_token(checkpoint, case):
-    family, kw = CASES[case]
-    folder, _ = checkpoint(family, **kw)
+    folder, _ = moe_checkpoint(checkpoint, case)
     model, _, _ = load_model(folder)
     ids = torch.randint(0, 300, (1, 21), generator=torch.Generator().manual_seed(3))
     chunked, one = model.new_state(), model.new_state()
@@ -111,8 +145,7 @@ def test_chunked_prefill_equals_token_by_token(checkpoint, case):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_engine_greedy_equals_model_forward(checkpoint, case):
-    family, kw = CASES[case]
-    folder, _ = checkpoint(family, **kw)
+    folder, _ = moe_checkpoint(checkpoint, case)
     model, _, _ = load_model(folder)
     prompt = torch.randint(0, 300, (1, 13), generator=torch.Generator().manual_seed(4))
     state = model.new_state()
@@ -127,3 +160,46 @@ def test_engine_greedy_equals_model_forward(checkpoint, case):
     assert torch.equal(engine.prefill(prompt), want_logits[0])
     for i in range(12):
         assert torch.equal(engine.step(want[i]), want_logits[i + 1]), f"step {i}"
+
+
+def test_nemotron_h_adapter_maps_moe_layers(checkpoint):
+    folder, hf = moe_checkpoint(checkpoint, "nemotron-h-moe")
+    model, _, _ = load_model(folder)
+    m = model.config.moe
+    assert model.config.layer_types == ["mamba2", "mlp", "attention", "mlp", "mlp"] and m.layers == [1, 3]
+    assert [type(b.mlp).__name__ for b in model.layers] == ["NoneType", "MoE", "NoneType", "MoE", "MLP"]
+    assert (m.n_experts, m.top_k, m.n_groups, m.topk_groups, m.routed_scaling) == (8, 3, 4, 2, 2.5)
+    assert m.scoring == "sigmoid" and m.score_bias and m.shared_hidden_dim == 24
+    ref, ours = hf.model.layers[1].mixer, model.layers[1].mlp
+    assert torch.equal(ours.router.weight, ref.gate.weight)
+    assert torch.equal(ours.score_bias, ref.gate.e_score_correction_bias) and ours.score_bias.abs().sum() > 0
+    assert ours.experts.gate_proj is None and torch.equal(ours.experts.up_proj, ref.experts.up_proj)
+    assert torch.equal(ours.experts.down_proj, ref.experts.down_proj)
+    assert torch.equal(ours.shared_expert.up_proj.weight, ref.shared_experts.up_proj.weight)
+
+
+def test_nemotron_h_stacked_experts_load_the_same_model(checkpoint):
+    """Per-expert weights (the Hub's, and what save_pretrained writes) and transformers 5's stacked
+    `mixer.experts.up_proj` / `down_proj` give the same model."""
+    folder, _ = moe_checkpoint(checkpoint, "nemotron-h-moe")
+    want, _, _ = load_model(folder)
+    tensors = load_file(folder / "model.safetensors")
+    prefix = next(n for n in tensors if n.endswith("experts.0.up_proj.weight")).split("layers.")[0]
+    for i in (1, 3):
+        p = f"{prefix}layers.{i}.mixer.experts."
+        for proj in ("up_proj", "down_proj"):
+            tensors[f"{p}{proj}"] = torch.stack([tensors.pop(f"{p}{e}.{proj}.weight") for e in range(8)])
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    got, _, _ = load_model(folder)
+    assert all(torch.equal(t, got.state_dict()[n]) for n, t in want.state_dict().items())
+
+
+def test_nemotron_h_latent_moe_is_refused_in_one_line(checkpoint):
+    from hybrid_agent.model.errors import CheckpointError
+
+    folder, _ = moe_checkpoint(checkpoint, "nemotron-h-moe-ungrouped")
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "moe_latent_size": 8}))
+    with pytest.raises(CheckpointError, match="moe_latent_size") as e:
+        load_model(folder)
+    assert "\n" not in str(e.value)
