@@ -1,7 +1,7 @@
 """Mixture-of-experts variants of families whose dense models load elsewhere (model/moe.py through each
-family's adapter): Granite 4.0-H MoE, Nemotron-H MoE layers (Nemotron 3 Nano). Parity with transformers
-(tests/checkpoints/test_ckpt_parity.py's `check_parity`), what the adapters map, chunked prefill equal
-to token by token, and the CPU decode engine equal to the model's own forward."""
+family's adapter): Granite 4.0-H MoE, Nemotron-H MoE layers (Nemotron 3 Nano), Kimi Linear. Parity
+with transformers (tests/checkpoints/test_ckpt_parity.py's `check_parity`), what the adapters map,
+chunked prefill equal to token by token, and the CPU decode engine equal to the model's own forward."""
 
 from __future__ import annotations
 
@@ -43,30 +43,36 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
         "n_routed_experts": 6, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
         "moe_shared_expert_intermediate_size": 24, "norm_topk_prob": False,
     }),
+    # Kimi Linear: DeepSeek-V3 selection with SwiGLU experts, on the sparse layers only.
+    "kimi-linear-moe": ("kimi_linear", {
+        "mlp_layer_types": ["dense", "sparse", "sparse", "dense"], "num_local_experts": 8,
+        "num_experts_per_tok": 2, "moe_intermediate_size": 16, "n_shared_experts": 2, "n_group": 4,
+        "topk_group": 2, "routed_scaling_factor": 2.5,
+    }),
+    "kimi-linear-moe-ungrouped": ("kimi_linear", {
+        "mlp_layer_types": ["sparse"] * 4, "num_local_experts": 6, "num_experts_per_tok": 3,
+        "moe_intermediate_size": 16, "norm_topk_prob": False, "n_group": 1, "topk_group": 1,
+    }),
 }  # fmt: skip
 
 
 def _randomize_choice_bias(folder: Any, hf: Any) -> None:
     """transformers keeps `e_score_correction_bias` as a buffer (zeros, untouched by the conftest's
-    randomize): give it values large enough to change which experts are chosen, in the saved file and in
-    the reference model."""
-    tensors = load_file(folder / "model.safetensors")
+    randomize): give the reference values large enough to change which experts are chosen, and save it
+    again."""
     g = torch.Generator().manual_seed(7)
-    for name in tensors:
-        if name.endswith("e_score_correction_bias"):
-            tensors[name] = 0.3 * torch.randn(tensors[name].shape, generator=g)
-    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
-    for name, buf in hf.named_buffers():
-        if name.endswith("e_score_correction_bias"):
-            key = next(n for n in tensors if n.endswith(name.removeprefix("model.")))
-            buf.copy_(tensors[key])
+    biases = [b for n, b in hf.named_buffers() if n.endswith("e_score_correction_bias")]
+    with torch.no_grad():
+        for buf in biases:
+            buf.copy_(0.3 * torch.randn(buf.shape, generator=g))
+    if biases:
+        hf.save_pretrained(folder)
 
 
 def moe_checkpoint(checkpoint: Any, case: str, **kw: Any) -> tuple[Any, Any]:
     family, base = CASES[case]
     folder, hf = checkpoint(family, **{**base, **kw})
-    if family == "nemotron_h":
-        _randomize_choice_bias(folder, hf)
+    _randomize_choice_bias(folder, hf)  # (Granite has none)
     return folder, hf
 
 
@@ -203,3 +209,44 @@ def test_nemotron_h_latent_moe_is_refused_in_one_line(checkpoint):
     with pytest.raises(CheckpointError, match="moe_latent_size") as e:
         load_model(folder)
     assert "\n" not in str(e.value)
+
+
+def test_kimi_linear_adapter_maps_sparse_layers(checkpoint):
+    folder, hf = moe_checkpoint(checkpoint, "kimi-linear-moe")
+    model, _, _ = load_model(folder)
+    m = model.config.moe
+    assert m.layers == [1, 2] and [type(b.mlp).__name__ for b in model.layers] == ["MLP", "MoE", "MoE", "MLP"]
+    assert (m.n_experts, m.top_k, m.hidden_dim, m.shared_hidden_dim, m.n_groups, m.topk_groups) == (
+        8, 2, 16, 32, 4, 2,
+    )  # fmt: skip
+    ref, ours = hf.model.layers[2].mlp, model.layers[2].mlp
+    assert torch.equal(ours.router.weight, ref.gate.weight) and torch.equal(
+        ours.score_bias, ref.gate.e_score_correction_bias
+    )
+    gate_up = ref.experts.gate_up_proj
+    assert torch.equal(ours.experts.gate_proj, gate_up[:, :16]) and torch.equal(
+        ours.experts.up_proj, gate_up[:, 16:]
+    )
+    assert torch.equal(ours.experts.down_proj, ref.experts.down_proj)
+    assert torch.equal(ours.shared_expert.gate_proj.weight, ref.shared_experts.gate_proj.weight)
+
+
+def test_kimi_linear_stacked_experts_load_the_same_model(checkpoint):
+    """The Hub's per-expert w1 / w3 / w2 under `block_sparse_moe.` and transformers' in-memory
+    `mlp.experts.gate_up_proj` / `down_proj` give the same model."""
+    folder, _ = moe_checkpoint(checkpoint, "kimi-linear-moe")
+    want, _, _ = load_model(folder)
+    tensors = load_file(folder / "model.safetensors")
+    for i in (1, 2):
+        old, new = f"model.layers.{i}.block_sparse_moe.", f"model.layers.{i}.mlp."
+        w = {
+            n: torch.stack([tensors.pop(f"{old}experts.{e}.{n}.weight") for e in range(8)])
+            for n in ("w1", "w2", "w3")
+        }
+        tensors[f"{new}experts.gate_up_proj"] = torch.cat((w["w1"], w["w3"]), dim=1)
+        tensors[f"{new}experts.down_proj"] = w["w2"]
+        for name in [n for n in tensors if n.startswith(old)]:
+            tensors[new + name[len(old) :]] = tensors.pop(name)
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    got, _, _ = load_model(folder)
+    assert all(torch.equal(t, got.state_dict()[n]) for n, t in want.state_dict().items())
