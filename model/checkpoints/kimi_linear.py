@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hybrid_agent.model.checkpoints.plan import Source, concat, either, get, stacked, take
+from hybrid_agent.model.checkpoints.plan import Source, concat, either, get, swiglu_experts, take
 from hybrid_agent.model.config import HybridConfig
 from hybrid_agent.model.errors import CheckpointError
 
@@ -137,27 +137,18 @@ def _m(*names: str) -> Source:
 def _moe_sources(cfg: HybridConfig, src: str, dst: str) -> dict[str, Source]:
     """Router, choice bias, routed experts (per expert or stacked) and shared experts of layer `src`,
     under the Hub's `block_sparse_moe.` or transformers' `mlp.`."""
-    inner, E = cfg.moe.hidden_dim, cfg.moe.n_experts
+    assert cfg.moe.hidden_dim is not None  # set by HybridConfig
     homes = [f"model.{src}block_sparse_moe.", f"model.{src}mlp."]
 
     def one(name: str) -> Source:
         return take(*(h + name for h in homes))
 
-    def per_expert(w: str) -> Source:
-        return stacked([tuple(f"{h}experts.{e}.{w}.weight" for h in homes) for e in range(E)])
-
-    def as_stored(name: str, pick: Any) -> Source:
-        return Source((tuple(f"{h}experts.{name}" for h in homes),), lambda ts: pick(ts[0]))
-
     out = {
         f"{dst}router.weight": one("gate.weight"),
         f"{dst}score_bias": one("gate.e_score_correction_bias"),
-        f"{dst}experts.gate_proj": either(
-            per_expert("w1"), as_stored("gate_up_proj", lambda t: t[:, :inner])
-        ),
-        f"{dst}experts.up_proj": either(per_expert("w3"), as_stored("gate_up_proj", lambda t: t[:, inner:])),
-        f"{dst}experts.down_proj": either(per_expert("w2"), as_stored("down_proj", lambda t: t)),
     }
+    experts = swiglu_experts(homes, cfg.moe.n_experts, cfg.moe.hidden_dim, ("w1", "w3", "w2"))
+    out |= {f"{dst}experts.{k}": v for k, v in experts.items()}
     for proj in ("gate_proj", "up_proj", "down_proj"):
         out[f"{dst}shared_expert.{proj}.weight"] = one(f"shared_experts.{proj}.weight")
     return out
