@@ -1,5 +1,6 @@
 """Mixture-of-experts variants of families whose dense models load elsewhere (model/moe.py through each
-family's adapter): Granite 4.0-H MoE, Nemotron-H MoE layers (Nemotron 3 Nano), Kimi Linear. Parity
+family's adapter): Granite 4.0-H MoE, Nemotron-H MoE layers (Nemotron 3 Nano), Kimi Linear, LFM2-MoE.
+Parity
 with transformers (tests/checkpoints/test_ckpt_parity.py's `check_parity`), what the adapters map,
 chunked prefill equal to token by token, and the CPU decode engine equal to the model's own forward."""
 
@@ -53,15 +54,21 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
         "mlp_layer_types": ["sparse"] * 4, "num_local_experts": 6, "num_experts_per_tok": 3,
         "moe_intermediate_size": 16, "norm_topk_prob": False, "n_group": 1, "topk_group": 1,
     }),
+    # LFM2-MoE: sigmoid scores, a choice-only expert bias, no groups, no shared expert.
+    "lfm2-moe": ("lfm2_moe", {"routed_scaling_factor": 1.5}),
+    "lfm2-moe-no-bias": ("lfm2_moe", {
+        "use_expert_bias": False, "norm_topk_prob": False, "num_dense_layers": 2,
+        "tie_word_embeddings": False,
+    }),
 }  # fmt: skip
 
 
 def _randomize_choice_bias(folder: Any, hf: Any) -> None:
-    """transformers keeps `e_score_correction_bias` as a buffer (zeros, untouched by the conftest's
-    randomize): give the reference values large enough to change which experts are chosen, and save it
-    again."""
+    """transformers keeps `e_score_correction_bias` (LFM2-MoE: `expert_bias`) as a buffer (zeros, untouched
+    by the conftest's randomize): give the reference values large enough to change which experts are
+    chosen, and save it again."""
     g = torch.Generator().manual_seed(7)
-    biases = [b for n, b in hf.named_buffers() if n.endswith("e_score_correction_bias")]
+    biases = [b for n, b in hf.named_buffers() if n.endswith(("e_score_correction_bias", "expert_bias"))]
     with torch.no_grad():
         for buf in biases:
             buf.copy_(0.3 * torch.randn(buf.shape, generator=g))
@@ -250,3 +257,20 @@ def test_kimi_linear_stacked_experts_load_the_same_model(checkpoint):
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     got, _, _ = load_model(folder)
     assert all(torch.equal(t, got.state_dict()[n]) for n, t in want.state_dict().items())
+
+
+def test_lfm2_moe_adapter_maps_sparse_layers(checkpoint):
+    folder, hf = moe_checkpoint(checkpoint, "lfm2-moe")
+    model, _, _ = load_model(folder)
+    m = model.config.moe
+    assert m.layers == [1, 2, 3] and type(model.layers[0].mlp).__name__ == "MLP"
+    assert model.config.mlp.hidden_dim == 48  # intermediate_size as is (no LFM2 width adjustment)
+    assert (m.n_experts, m.top_k, m.hidden_dim, m.shared_hidden_dim, m.routed_scaling) == (8, 2, 16, 0, 1.5)
+    assert m.scoring == "sigmoid" and m.score_bias and m.n_groups == 1
+    ref, ours = hf.model.layers[2].feed_forward, model.layers[2].mlp
+    assert torch.equal(ours.router.weight, ref.gate.weight) and torch.equal(ours.score_bias, ref.expert_bias)
+    assert ours.score_bias.abs().sum() > 0
+    gate_up = ref.experts.gate_up_proj
+    assert torch.equal(ours.experts.gate_proj, gate_up[:, :16]) and torch.equal(
+        ours.experts.down_proj, ref.experts.down_proj
+    )
