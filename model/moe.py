@@ -25,6 +25,8 @@ The router and the shared expert are plain linears and go through `ops.project` 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from hybrid_agent.model.config import HybridConfig
@@ -71,6 +73,15 @@ class MoE(nn.Module):
         with torch.no_grad():
             for p in self.experts.parameters():
                 nn.init.normal_(p, std=cfg.init_std)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> MoE:
+        """`score_bias` stays fp32 whatever dtype the model is cast to: the bias decides between scores
+        that differ in their third digit, which bf16 cannot hold (the loader casts the model before
+        filling it, so checkpoint values arrive unrounded)."""
+        out = super()._apply(fn, recurse)
+        if self.score_bias is not None and self.score_bias.dtype != torch.float32:
+            self.score_bias.data = self.score_bias.data.float()
+        return out
 
     def route(self, logits: Tensor) -> tuple[Tensor, Tensor]:
         """Router logits (N, E) -> the top-k weights (N, k) in fp32 and expert ids (N, k)."""

@@ -274,3 +274,11 @@ def test_lfm2_moe_adapter_maps_sparse_layers(checkpoint):
     assert torch.equal(ours.experts.gate_proj, gate_up[:, :16]) and torch.equal(
         ours.experts.down_proj, ref.experts.down_proj
     )
+
+
+def test_choice_bias_loads_unrounded_into_a_bfloat16_model(checkpoint):
+    folder, hf = moe_checkpoint(checkpoint, "nemotron-h-moe")
+    model, _, _ = load_model(folder, dtype="bfloat16")
+    ours = model.layers[1].mlp
+    assert ours.router.weight.dtype == torch.bfloat16
+    assert torch.equal(ours.score_bias, hf.model.layers[1].mixer.gate.e_score_correction_bias)

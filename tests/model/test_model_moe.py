@@ -116,6 +116,13 @@ def test_score_bias_changes_the_choice_not_the_weights() -> None:
     torch.testing.assert_close(weights[:, 0], logits[:, 4].sigmoid())
 
 
+def test_score_bias_stays_fp32_when_the_model_is_cast() -> None:
+    m = moe(scoring="sigmoid", score_bias=True).to(torch.bfloat16)
+    assert m.router.weight.dtype == torch.bfloat16 and m.score_bias.dtype == torch.float32
+    x = torch.randn(1, 3, 16, dtype=torch.bfloat16)
+    assert m(x).dtype == torch.bfloat16
+
+
 def test_relu2_experts_have_no_gate() -> None:
     m = moe(activation="relu2", shared_hidden_dim=20)
     assert m.experts.gate_proj is None and m.shared_expert.gate_proj is None
