@@ -40,7 +40,10 @@ CONFIG_FILE = "config.json"
 # Added after models were fingerprinted (see `to_json`): sub-configs (named as their layer kind) left out
 # while unused and at their defaults, and fields left out while at their defaults.
 _LATE_SUBCONFIGS: tuple[str, ...] = ("short_conv", "moe", "kda")
-_LATE_FIELDS: dict[str, tuple[str, ...]] = {"attention": ("output_gate",)}
+_LATE_FIELDS: dict[str, tuple[str, ...]] = {
+    "attention": ("output_gate",),
+    "moe": ("score_bias", "n_groups", "topk_groups"),
+}
 
 
 def _head_size(d_model: int) -> int:
@@ -159,10 +162,15 @@ class MoEConfig(_Strict):
     """A mixture-of-experts feed-forward (model/moe.py) in place of the MLP of chosen layers.
 
     Which layers: `layers` lists their indices; None means every layer that has an MLP. `n_experts=0`
-    (the default) means no MoE anywhere. Each routed expert is a SwiGLU of `hidden_dim`; the router scores
-    experts by softmax or sigmoid of a linear map, keeps the `top_k` best, optionally renormalises their
-    weights to sum to 1 (`norm_topk_prob`) and scales them by `routed_scaling`. An optional shared expert
-    (SwiGLU of `shared_hidden_dim`, 0 = none) sees every token, optionally gated by sigmoid(linear(x)).
+    (the default) means no MoE anywhere. Each routed expert is an MLP of `hidden_dim` with `mlp.activation`
+    (SwiGLU, or relu2 without a gate); the router scores experts by softmax or sigmoid of a linear map,
+    keeps the `top_k` best, optionally renormalises their weights to sum to 1 (`norm_topk_prob`) and scales
+    them by `routed_scaling`. DeepSeek-V3-style selection: with `score_bias` a learned per-expert bias is
+    added to the scores for choosing only (the weights are the unbiased scores); with `n_groups` > 1 the
+    experts are split into that many equal groups, each group scored by the sum of its two best (biased)
+    scores, and only experts of the `topk_groups` best groups may be chosen. An optional shared expert
+    (same activation, `shared_hidden_dim`, 0 = none) sees every token, optionally gated by
+    sigmoid(linear(x)).
     """
 
     n_experts: int = Field(0, ge=0)
@@ -174,6 +182,9 @@ class MoEConfig(_Strict):
     norm_topk_prob: bool = True
     routed_scaling: float = 1.0
     layers: list[int] | None = None
+    score_bias: bool = False  # a per-expert bias (E,) on the scores, for choosing only
+    n_groups: int = Field(1, ge=1)
+    topk_groups: int = Field(1, ge=1)
 
     def used_in(self, layer: int) -> bool:
         """Whether layer `layer`'s MLP is an MoE."""
@@ -272,6 +283,18 @@ class HybridConfig(_Strict):
         moe = self.moe
         if moe.n_experts and moe.top_k > moe.n_experts:
             raise ConfigError(f"moe.top_k={moe.top_k} is more than moe.n_experts={moe.n_experts}")
+        if moe.n_experts and moe.n_experts % moe.n_groups:
+            raise ConfigError(f"moe.n_experts={moe.n_experts} does not split into n_groups={moe.n_groups}")
+        if moe.n_experts and moe.topk_groups > moe.n_groups:
+            raise ConfigError(f"moe.topk_groups={moe.topk_groups} is more than n_groups={moe.n_groups}")
+        if (
+            moe.n_experts
+            and moe.n_groups > 1
+            and moe.top_k > moe.topk_groups * (moe.n_experts // moe.n_groups)
+        ):
+            raise ConfigError(
+                f"moe.top_k={moe.top_k} is more than the experts in topk_groups={moe.topk_groups} groups"
+            )
         if moe.layers is not None and any(not 0 <= i < self.n_layers for i in moe.layers):
             raise ConfigError(f"moe.layers {moe.layers} names a layer outside 0..{self.n_layers - 1}")
         widths = (

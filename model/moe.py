@@ -2,10 +2,14 @@
 
 For each token (x (N, D) after flattening batch and time):
     scores = softmax(router(x)) or sigmoid(router(x))            (N, E), in fp32
-    w, e   = top_k(scores)                                       (N, k) weights and expert ids
+    choice = scores [+ score_bias], outside the best groups -inf (N, E), only to choose
+    e      = top_k(choice);  w = scores[e]                       (N, k) expert ids and weights
     w      = w / sum(w) if norm_topk_prob;  w *= routed_scaling
     y      = sum_j w_j * expert_{e_j}(x)  [+ sigmoid(shared_gate(x)) *] shared_expert(x)
-Every expert is a SwiGLU, down(silu(gate(x)) * up(x)); the routed experts' weights are stacked as
+Groups (DeepSeek-V3's selection, `n_groups` > 1): the E experts are split into n_groups equal groups, a
+group scores the sum of its two best `choice` values, and only the `topk_groups` best groups' experts
+stay choosable. Every expert is an MLP with `mlp.activation`: a SwiGLU, down(silu(gate(x)) * up(x)), or
+relu2, down(relu(up(x))^2) without a gate (Nemotron-H). The routed experts' weights are stacked as
 (E, ...) parameters (`experts.gate_proj` (E, I, D), `experts.up_proj` (E, I, D), `experts.down_proj`
 (E, D, I)), the shared expert is a plain `MLP` (model/layers.py).
 
@@ -21,6 +25,8 @@ The router and the shared expert are plain linears and go through `ops.project` 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from hybrid_agent.model.config import HybridConfig
@@ -35,13 +41,17 @@ def gathers(cfg: HybridConfig, n_tokens: int) -> bool:
 
 
 class Experts(nn.Module):
-    """The routed experts' SwiGLU weights, stacked along a leading expert axis."""
+    """The routed experts' weights, stacked along a leading expert axis (no gate_proj when not gated)."""
 
-    def __init__(self, n_experts: int, d_model: int, hidden: int) -> None:
+    def __init__(self, n_experts: int, d_model: int, hidden: int, gated: bool = True) -> None:
         super().__init__()
-        self.gate_proj = nn.Parameter(torch.empty(n_experts, hidden, d_model))
+        self.gate_proj = nn.Parameter(torch.empty(n_experts, hidden, d_model)) if gated else None
         self.up_proj = nn.Parameter(torch.empty(n_experts, hidden, d_model))
         self.down_proj = nn.Parameter(torch.empty(n_experts, d_model, hidden))
+
+    def hidden(self, up: Tensor, gate: Tensor | None) -> Tensor:
+        """The activation between the projections: silu(gate) * up, or relu(up)^2 without a gate."""
+        return F.relu(up).square() if gate is None else F.silu(gate) * up
 
 
 class MoE(nn.Module):
@@ -53,7 +63,10 @@ class MoE(nn.Module):
         self.n_experts, self.top_k = m.n_experts, m.top_k
         self.scoring, self.norm_topk_prob, self.routed_scaling = m.scoring, m.norm_topk_prob, m.routed_scaling
         self.router = nn.Linear(cfg.d_model, m.n_experts, bias=False)
-        self.experts = Experts(m.n_experts, cfg.d_model, m.hidden_dim)
+        self.experts = Experts(m.n_experts, cfg.d_model, m.hidden_dim, cfg.mlp.activation == "swiglu")
+        self.n_groups, self.topk_groups = m.n_groups, m.topk_groups
+        # Added to the scores for choosing experts only (DeepSeek-V3's e_score_correction_bias).
+        self.score_bias = nn.Parameter(torch.zeros(m.n_experts)) if m.score_bias else None
         self.shared_expert = MLP(cfg, m.shared_hidden_dim) if m.shared_hidden_dim else None
         gated = self.shared_expert is not None and m.shared_gate
         self.shared_expert_gate = nn.Linear(cfg.d_model, 1, bias=False) if gated else None
@@ -61,14 +74,40 @@ class MoE(nn.Module):
             for p in self.experts.parameters():
                 nn.init.normal_(p, std=cfg.init_std)
 
+    def _apply(self, fn: Any, recurse: bool = True) -> MoE:
+        """`score_bias` stays fp32 whatever dtype the model is cast to: the bias decides between scores
+        that differ in their third digit, which bf16 cannot hold (the loader casts the model before
+        filling it, so checkpoint values arrive unrounded)."""
+        out = super()._apply(fn, recurse)
+        if self.score_bias is not None and self.score_bias.dtype != torch.float32:
+            self.score_bias.data = self.score_bias.data.float()
+        return out
+
     def route(self, logits: Tensor) -> tuple[Tensor, Tensor]:
         """Router logits (N, E) -> the top-k weights (N, k) in fp32 and expert ids (N, k)."""
         logits = logits.float()
         scores = logits.softmax(-1) if self.scoring == "softmax" else logits.sigmoid()
-        weights, ids = scores.topk(self.top_k, dim=-1)
+        if self.score_bias is None and self.n_groups == 1:
+            weights, ids = scores.topk(self.top_k, dim=-1)
+        else:
+            choice = scores if self.score_bias is None else scores + self.score_bias.float()
+            if self.n_groups > 1:
+                choice = self._in_best_groups(choice)
+            ids = choice.topk(self.top_k, dim=-1).indices
+            weights = scores.gather(-1, ids)
         if self.norm_topk_prob:
             weights = weights / weights.sum(-1, keepdim=True)
         return weights * self.routed_scaling, ids
+
+    def _in_best_groups(self, choice: Tensor) -> Tensor:
+        """`choice` (N, E) with the experts outside the `topk_groups` best groups set to -inf; a group
+        scores the sum of its two best values. All on the device (no host read)."""
+        N, E = choice.shape
+        groups = choice.view(N, self.n_groups, E // self.n_groups)
+        best = groups.topk(min(2, groups.shape[-1]), dim=-1).values.sum(-1)  # (N, n_groups)
+        keep = torch.zeros_like(best, dtype=torch.bool)
+        keep.scatter_(1, best.topk(self.topk_groups, dim=-1).indices, True)
+        return groups.masked_fill(~keep.unsqueeze(-1), float("-inf")).view(N, E)
 
     def forward(self, x: Tensor, ops: Ops | None = None) -> Tensor:
         ops = ops or Ops()
@@ -92,9 +131,11 @@ class MoE(nn.Module):
         N, k = ids.shape
         e, slots = self.experts, ids.reshape(-1)  # (N*k,)
         xs = x.repeat_interleave(k, dim=0).unsqueeze(1)  # (N*k, 1, D)
-        gate = torch.bmm(xs, e.gate_proj[slots].transpose(1, 2))  # (N*k, 1, I)
+        gate = (
+            None if e.gate_proj is None else torch.bmm(xs, e.gate_proj[slots].transpose(1, 2))
+        )  # (N*k, 1, I)
         up = torch.bmm(xs, e.up_proj[slots].transpose(1, 2))
-        y = torch.bmm(F.silu(gate) * up, e.down_proj[slots].transpose(1, 2))  # (N*k, 1, D)
+        y = torch.bmm(e.hidden(up, gate), e.down_proj[slots].transpose(1, 2))  # (N*k, 1, D)
         return (y.view(N, k, -1) * weights.unsqueeze(-1)).sum(1)  # (N, D)
 
     def _by_expert(self, x: Tensor, weights: Tensor, ids: Tensor) -> Tensor:
@@ -113,6 +154,7 @@ class MoE(nn.Module):
             start += n
             tokens = slots // k
             xe = x[tokens]  # (n, D)
-            h = F.silu(F.linear(xe, e.gate_proj[expert])) * F.linear(xe, e.up_proj[expert])
+            gate = None if e.gate_proj is None else F.linear(xe, e.gate_proj[expert])
+            h = e.hidden(F.linear(xe, e.up_proj[expert]), gate)
             out.index_add_(0, tokens, F.linear(h, e.down_proj[expert]) * flat_w[slots, None])
         return out

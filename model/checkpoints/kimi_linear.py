@@ -1,5 +1,5 @@
-"""Kimi Linear (Moonshot AI), dense MLP layers only: Kimi delta attention layers with latent attention
-(MLA, no RoPE) every few layers, each with a SwiGLU MLP.
+"""Kimi Linear (Moonshot AI): Kimi delta attention layers with latent attention (MLA, no RoPE) every few
+layers, each with a SwiGLU MLP or a mixture of experts.
 
 transformers: `KimiLinearForCausalLM` (model_type "kimi_linear"), weights under `model.`. Every layer
 is pre-norm: `h = x + self_attn(input_layernorm(x))`, then `h + mlp(post_attention_layernorm(h))`.
@@ -17,7 +17,13 @@ is pre-norm: `h = x + self_attn(input_layernorm(x))`, then `h + mlp(post_attenti
 The layer pattern is `layer_types`, else `linear_attn_config`'s 1-based `full_attn_layers` /
 `kda_layers`, else transformers' default (attention at every layer i > 0 with i % 4 == 0). MLP layers
 are `mlp_layer_types`, else "dense" for the first `first_k_dense_replace` (default 1) and "sparse"
-(mixture-of-experts) after; any sparse layer is refused, as the MoE layer does not exist yet.
+after. A sparse layer's MLP is a mixture of experts (model/moe.py, `moe.layers` lists them) with
+DeepSeek-V3's selection: sigmoid scores from `gate` (E, D), the choice-only `gate.e_score_correction_bias`,
+`num_expert_group` / `topk_group` grouped top-k, renormalised (`moe_renormalize`), scaled by
+`routed_scaling_factor`; SwiGLU experts stored per expert (`experts.{e}.w1` gate, `w3` up, `w2` down) or
+stacked (`experts.gate_up_proj`, `experts.down_proj`), plus an ungated SwiGLU `shared_experts` of
+`num_shared_experts * moe_intermediate_size`. The config keys are read in the Hub's spelling
+(`num_experts`, `num_experts_per_token`, ...) or transformers' attribute names.
 `lm_head` is always its own weight: transformers' model ties nothing, even with `tie_word_embeddings`.
 """
 
@@ -25,7 +31,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hybrid_agent.model.checkpoints.plan import Source, concat, either, get, take
+from hybrid_agent.model.checkpoints.plan import Source, concat, either, get, swiglu_experts, take
 from hybrid_agent.model.config import HybridConfig
 from hybrid_agent.model.errors import CheckpointError
 
@@ -52,19 +58,46 @@ def _layer_types(hf: dict[str, Any]) -> list[str]:
     return [LAYER_KINDS[t] for t in raw]
 
 
-def _check_dense(hf: dict[str, Any]) -> None:
+def _sparse_layers(hf: dict[str, Any]) -> list[int]:
     n = hf["num_hidden_layers"]
     mlp = hf.get("mlp_layer_types") or [
         "dense" if i < get(hf, "first_k_dense_replace", 1) else "sparse" for i in range(n)
     ]
-    if any(t != "dense" for t in mlp):
-        raise CheckpointError(
-            f"{FAMILY}: mixture-of-experts MLP layers are not supported yet (dense MLPs only)"
-        )
+    bad = sorted({t for t in mlp if t not in ("dense", "sparse")})
+    if bad:
+        raise CheckpointError(f"{FAMILY}: unknown mlp_layer_types {bad} (only dense and sparse)")
+    return [i for i, t in enumerate(mlp) if t == "sparse"]
+
+
+def _first(hf: dict[str, Any], keys: tuple[str, ...], default: Any) -> Any:
+    """The value of the first of `keys` present (the Hub's spelling, then transformers' attribute)."""
+    return next((hf[k] for k in keys if hf.get(k) is not None), default)
+
+
+def _moe_config(hf: dict[str, Any]) -> dict[str, Any]:
+    layers = _sparse_layers(hf)
+    if not layers:
+        return {}
+    scoring = get(hf, "moe_router_activation_func", "sigmoid")
+    if scoring != "sigmoid":
+        raise CheckpointError(f"{FAMILY}: moe_router_activation_func={scoring!r} is not supported (sigmoid)")
+    inner = get(hf, "moe_intermediate_size", 1024)
+    return {
+        "n_experts": _first(hf, ("num_experts", "num_local_experts"), 256),
+        "top_k": _first(hf, ("num_experts_per_token", "num_experts_per_tok"), 8),
+        "hidden_dim": inner,
+        "shared_hidden_dim": inner * _first(hf, ("num_shared_experts", "n_shared_experts"), 1),
+        "scoring": "sigmoid",
+        "score_bias": True,
+        "n_groups": _first(hf, ("num_expert_group", "n_group"), 1),
+        "topk_groups": get(hf, "topk_group", 1),
+        "norm_topk_prob": _first(hf, ("moe_renormalize", "norm_topk_prob"), True),
+        "routed_scaling": float(get(hf, "routed_scaling_factor", 2.446)),
+        "layers": layers,
+    }
 
 
 def hybrid_config(hf: dict[str, Any]) -> HybridConfig:
-    _check_dense(hf)
     if get(hf, "hidden_act", "silu") != "silu":
         raise CheckpointError(f"{FAMILY}: hidden_act={hf['hidden_act']!r} is not supported (only silu)")
     lin = hf.get("linear_attn_config") or {}
@@ -91,6 +124,7 @@ def hybrid_config(hf: dict[str, Any]) -> HybridConfig:
             "norm_eps": 1e-6,
         },
         mlp={"hidden_dim": hf["intermediate_size"], "bias": False},
+        moe=_moe_config(hf),
         norm_eps=get(hf, "rms_norm_eps", 1e-5),
         tie_embeddings=False,  # transformers never ties this family's head, whatever tie_word_embeddings says
     )
@@ -98,6 +132,26 @@ def hybrid_config(hf: dict[str, Any]) -> HybridConfig:
 
 def _m(*names: str) -> Source:
     return take(*(f"model.{n}" for n in names))
+
+
+def _moe_sources(cfg: HybridConfig, src: str, dst: str) -> dict[str, Source]:
+    """Router, choice bias, routed experts (per expert or stacked) and shared experts of layer `src`,
+    under the Hub's `block_sparse_moe.` or transformers' `mlp.`."""
+    assert cfg.moe.hidden_dim is not None  # set by HybridConfig
+    homes = [f"model.{src}block_sparse_moe.", f"model.{src}mlp."]
+
+    def one(name: str) -> Source:
+        return take(*(h + name for h in homes))
+
+    out = {
+        f"{dst}router.weight": one("gate.weight"),
+        f"{dst}score_bias": one("gate.e_score_correction_bias"),
+    }
+    experts = swiglu_experts(homes, cfg.moe.n_experts, cfg.moe.hidden_dim, ("w1", "w3", "w2"))
+    out |= {f"{dst}experts.{k}": v for k, v in experts.items()}
+    for proj in ("gate_proj", "up_proj", "down_proj"):
+        out[f"{dst}shared_expert.{proj}.weight"] = one(f"shared_experts.{proj}.weight")
+    return out
 
 
 def sources(cfg: HybridConfig, hf: dict[str, Any]) -> dict[str, Source]:
@@ -109,10 +163,13 @@ def sources(cfg: HybridConfig, hf: dict[str, Any]) -> dict[str, Source]:
         a = f"{src}self_attn."
         out[f"{dst}mixer_norm.weight"] = _m(f"{src}input_layernorm.weight")
         out[f"{dst}mlp_norm.weight"] = _m(f"{src}post_attention_layernorm.weight")
-        for proj in ("gate_proj", "up_proj", "down_proj"):
-            out[f"{dst}mlp.{proj}.weight"] = _m(
-                f"{src}block_sparse_moe.{proj}.weight", f"{src}mlp.{proj}.weight"
-            )
+        if cfg.moe.used_in(i):
+            out.update(_moe_sources(cfg, src, f"{dst}mlp."))
+        else:
+            for proj in ("gate_proj", "up_proj", "down_proj"):
+                out[f"{dst}mlp.{proj}.weight"] = _m(
+                    f"{src}block_sparse_moe.{proj}.weight", f"{src}mlp.{proj}.weight"
+                )
         if kind == "kda":
             for name in ("q_proj", "k_proj", "v_proj", "b_proj", "g_a_proj", "g_b_proj", "o_proj", "o_norm"):
                 out[f"{dst}mixer.{name}.weight"] = _m(f"{a}{name}.weight")

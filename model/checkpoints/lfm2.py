@@ -13,17 +13,25 @@ Older configs spell the MLP width `block_ff_dim` and the tie `tie_embedding`; bo
 names, as in transformers. The MLP width is `intermediate_size` adjusted as LFM2 does when
 `block_auto_adjust_ff_dim` is on: 2/3 of it, times `block_ffn_dim_multiplier`, rounded up to a
 multiple of `block_multiple_of`.
+
+LFM2-MoE (`Lfm2MoeForCausalLM`, model_type "lfm2_moe"): the same layers; the first `num_dense_layers`
+feed-forwards are SwiGLU MLPs of `intermediate_size` (not adjusted), the others mixtures of experts
+(model/moe.py): sigmoid scores from `feed_forward.gate` (E, D), with `use_expert_bias` the choice-only
+bias `feed_forward.expert_bias`, top-k renormalised (`norm_topk_prob`; transformers adds 1e-6 to the
+sum, a relative 1e-6 left out here) and scaled by `routed_scaling_factor`; SwiGLU experts stored per
+expert (`experts.{e}.w1` gate, `w3` up, `w2` down) or stacked (transformers 5); no shared expert.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from hybrid_agent.model.checkpoints.plan import Source, get, rope_theta, take
+from hybrid_agent.model.checkpoints.plan import Source, get, rope_theta, swiglu_experts, take
 from hybrid_agent.model.config import HybridConfig
 from hybrid_agent.model.errors import CheckpointError
 
 FAMILY = "lfm2"
+MOE_FAMILY = "lfm2_moe"
 DEFAULT_ROPE_THETA = 1_000_000.0  # LFM2's default base when the config names none
 LAYER_KINDS = {"conv": "short_conv", "full_attention": "attention"}  # LFM2 layer_types -> ours
 
@@ -61,7 +69,22 @@ def _tied(hf: dict[str, Any]) -> bool:
     return bool(get(hf, "tie_embedding", get(hf, "tie_word_embeddings", True)))
 
 
+def _moe_config(hf: dict[str, Any]) -> dict[str, Any]:
+    n, dense = hf["num_hidden_layers"], get(hf, "num_dense_layers", 2)
+    return {
+        "n_experts": get(hf, "num_experts", 32),
+        "top_k": get(hf, "num_experts_per_tok", 4),
+        "hidden_dim": get(hf, "moe_intermediate_size", 1792),
+        "scoring": "sigmoid",
+        "score_bias": bool(get(hf, "use_expert_bias", True)),
+        "norm_topk_prob": get(hf, "norm_topk_prob", True),
+        "routed_scaling": float(get(hf, "routed_scaling_factor", 1.0)),
+        "layers": list(range(dense, n)),
+    }
+
+
 def hybrid_config(hf: dict[str, Any]) -> HybridConfig:
+    moe = hf.get("model_type") == MOE_FAMILY
     d, heads = hf["hidden_size"], hf["num_attention_heads"]
     has_theta = "rope_theta" in hf or "rope_theta" in (hf.get("rope_parameters") or {})
     theta = rope_theta(hf if has_theta else {**hf, "rope_theta": DEFAULT_ROPE_THETA})
@@ -78,7 +101,8 @@ def hybrid_config(hf: dict[str, Any]) -> HybridConfig:
             "bias": False,
         },
         short_conv={"d_conv": get(hf, "conv_L_cache", 3), "bias": get(hf, "conv_bias", False)},
-        mlp={"hidden_dim": mlp_width(hf), "bias": False},
+        mlp={"hidden_dim": hf["intermediate_size"] if moe else mlp_width(hf), "bias": False},
+        moe=_moe_config(hf) if moe else {},
         norm_eps=get(hf, "norm_eps", 1e-5),
         tie_embeddings=_tied(hf),
     )
@@ -95,8 +119,17 @@ def sources(cfg: HybridConfig, hf: dict[str, Any]) -> dict[str, Source]:
         src, dst = f"model.layers.{i}.", f"layers.{i}."
         out[f"{dst}mixer_norm.weight"] = take(f"{src}operator_norm.weight")
         out[f"{dst}mlp_norm.weight"] = take(f"{src}ffn_norm.weight")
-        for ours, theirs in (("gate_proj", "w1"), ("up_proj", "w3"), ("down_proj", "w2")):
-            out[f"{dst}mlp.{ours}.weight"] = take(f"{src}feed_forward.{theirs}.weight")
+        ff = f"{src}feed_forward."
+        if cfg.moe.used_in(i):
+            assert cfg.moe.hidden_dim is not None  # set by HybridConfig
+            out[f"{dst}mlp.router.weight"] = take(f"{ff}gate.weight")
+            if cfg.moe.score_bias:
+                out[f"{dst}mlp.score_bias"] = take(f"{ff}expert_bias")
+            experts = swiglu_experts([ff], cfg.moe.n_experts, cfg.moe.hidden_dim, ("w1", "w3", "w2"))
+            out |= {f"{dst}mlp.experts.{k}": v for k, v in experts.items()}
+        else:
+            for ours, theirs in (("gate_proj", "w1"), ("up_proj", "w3"), ("down_proj", "w2")):
+                out[f"{dst}mlp.{ours}.weight"] = take(f"{ff}{theirs}.weight")
         if kind == "attention":
             a, att = f"{src}self_attn.", f"{dst}mixer."
             for p in ("q_proj", "k_proj", "v_proj"):

@@ -67,6 +67,7 @@ ADAPTERS: dict[str, Adapter] = {
 }
 # Qwen3.5's text model alone, and its MoE variants.
 ADAPTERS |= {k: cast(Adapter, qwen3_5) for k in (qwen3_5.TEXT_FAMILY, *qwen3_5.MOE_FAMILIES)}
+ADAPTERS[lfm2.MOE_FAMILY] = cast(Adapter, lfm2)
 # state-spaces Mamba-2 checkpoints have no model_type; their config is recognised by its keys.
 _STATE_SPACES_KEYS = ("d_model", "n_layer", "ssm_cfg")
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model", "*.txt"]

@@ -73,6 +73,40 @@ def part(name: str, index: int, parts: int, dim: int = 0) -> Source:
     return Source(((name,),), lambda ts: ts[0].chunk(parts, dim=dim)[index])
 
 
+def stacked(parts: Sequence[tuple[str, ...]]) -> Source:
+    """Tensors of equal shape stacked along a new leading axis (per-expert weights into our (E, ...))."""
+    return Source(tuple(parts), lambda ts: torch.stack(ts))
+
+
+def swiglu_experts(
+    homes: Sequence[str],
+    n_experts: int,
+    hidden: int,
+    names: Sequence[str] = ("gate_proj", "up_proj", "down_proj"),
+) -> dict[str, Source]:
+    """Our stacked SwiGLU expert weights (keys gate_proj, up_proj, down_proj of model/moe.py's `Experts`)
+    from a checkpoint that stores them per expert (`{home}experts.{e}.{name}.weight`, `names` = the gate,
+    up and down projections' names) or stacked as transformers 5 holds them (`{home}experts.gate_up_proj`
+    (E, 2I, D), gate rows first, and `{home}experts.down_proj` (E, D, I)), under any of `homes`."""
+
+    def per_expert(name: str) -> Source:
+        return stacked([tuple(f"{h}experts.{e}.{name}.weight" for h in homes) for e in range(n_experts)])
+
+    def as_stored(name: str, pick: Callable[[Tensor], Tensor]) -> Source:
+        return Source((tuple(f"{h}experts.{name}" for h in homes),), lambda ts: pick(ts[0]))
+
+    picks: list[tuple[str, Callable[[Tensor], Tensor]]] = [
+        ("gate_up_proj", lambda t: t[:, :hidden]),
+        ("gate_up_proj", lambda t: t[:, hidden:]),
+        ("down_proj", lambda t: t),
+    ]
+    ours = ("gate_proj", "up_proj", "down_proj")
+    return {
+        o: either(per_expert(n), as_stored(stored, pick))
+        for o, n, (stored, pick) in zip(ours, names, picks, strict=True)
+    }
+
+
 def either(first: Source, second: Source) -> Source:
     """`first` if the checkpoint has all its tensors, else `second`."""
     return Source(first.names, first.build, first.optional, second)

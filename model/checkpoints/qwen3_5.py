@@ -27,8 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-from hybrid_agent.model.checkpoints.plan import Source, either, get, rope_theta, spellings, take
+from hybrid_agent.model.checkpoints.plan import Source, get, rope_theta, spellings, swiglu_experts, take
 from hybrid_agent.model.config import HybridConfig
 from hybrid_agent.model.errors import CheckpointError
 from torch import Tensor
@@ -123,20 +122,10 @@ def moe_config(t: dict[str, Any], n_layers: int) -> dict[str, Any]:
 
 def moe_sources(cfg: HybridConfig, src: str, dst: str) -> dict[str, Source]:
     """Our MoE weights under `dst` (`layers.{i}.mlp.`) from a Qwen sparse block under `src`."""
-    E, inner = cfg.moe.n_experts, cfg.moe.hidden_dim
+    assert cfg.moe.hidden_dim is not None  # set by HybridConfig
     out = {f"{dst}router.weight": take(*names(f"{src}gate.weight"))}
-
-    def stacked(name: str, pick: Any) -> Source:
-        return Source((names(f"{src}experts.{name}"),), lambda ts: pick(ts[0]))
-
-    def per_expert(proj: str) -> Source:
-        parts = tuple(names(f"{src}experts.{e}.{proj}.weight") for e in range(E))
-        return Source(parts, lambda ts: torch.stack(ts))
-
-    fused = {"gate_proj": lambda t: t[:, :inner], "up_proj": lambda t: t[:, inner:]}
-    for proj, pick in fused.items():
-        out[f"{dst}experts.{proj}"] = either(stacked("gate_up_proj", pick), per_expert(proj))
-    out[f"{dst}experts.down_proj"] = either(stacked("down_proj", lambda t: t), per_expert("down_proj"))
+    experts = swiglu_experts(names(src), cfg.moe.n_experts, cfg.moe.hidden_dim)
+    out |= {f"{dst}experts.{k}": v for k, v in experts.items()}
     if cfg.moe.shared_hidden_dim:
         for proj in ("gate_proj", "up_proj", "down_proj"):
             out[f"{dst}shared_expert.{proj}.weight"] = take(*names(f"{src}shared_expert.{proj}.weight"))

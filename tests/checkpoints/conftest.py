@@ -99,6 +99,12 @@ def hf_config(family: str, **kw: Any) -> Any:
             num_key_value_heads=2, num_hidden_layers=4,
             layer_types=["conv", "full_attention", "conv", "conv"],
         ),
+        "lfm2_moe": dict(
+            hidden_size=32, intermediate_size=48, moe_intermediate_size=16, num_attention_heads=4,
+            num_key_value_heads=2, num_hidden_layers=4,
+            layer_types=["conv", "full_attention", "conv", "conv"], num_dense_layers=1,
+            num_experts=8, num_experts_per_tok=2,
+        ),
         "kimi_linear": dict(
             hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
             num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8, qk_nope_head_dim=8,
@@ -169,3 +175,18 @@ def checkpoint(tmp_path: Path) -> Callable[..., tuple[Path, Any]]:
 def tokenizer_files() -> Callable[[Path], None]:
     """Writes tokenizer.json, tokenizer_config.json and generation_config.json into a folder."""
     return write_tokenizer_files
+
+
+@pytest.fixture
+def check_parity() -> Callable[..., None]:
+    """tests/checkpoints/test_ckpt_parity.py's `check_parity`, which every family shares (pytest imports
+    test files in importlib mode, so the sibling is loaded by its path)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "_ckpt_parity", Path(__file__).with_name("test_ckpt_parity.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.check_parity

@@ -1,6 +1,7 @@
-"""Kimi Linear (dense MLPs): KDA layers (a delta rule decayed per key channel) and MLA without RoPE.
+"""Kimi Linear: KDA layers (a delta rule decayed per key channel) and MLA without RoPE.
 Parity with transformers, chunked prefill against token by token, the decode engine against the
-model's own forward, how its config.json is read, and MoE configs refused."""
+model's own forward, how its config.json is read (MoE layers included; their parity is in
+tests/checkpoints/test_ckpt_moe_families.py)."""
 
 from __future__ import annotations
 
@@ -125,14 +126,34 @@ def test_hub_config_is_read():
     assert default.layer_types == ["kda", "kda", "kda", "kda", "mla", "kda"]  # transformers' default
 
 
+HUB_MOE = {"num_experts": 8, "num_experts_per_token": 2, "num_shared_experts": 2, "num_expert_group": 4,
+           "topk_group": 2, "moe_renormalize": False, "moe_intermediate_size": 16,
+           "routed_scaling_factor": 2.5, "moe_router_activation_func": "sigmoid"}  # fmt: skip
+
+
 @pytest.mark.parametrize(
-    "kw",
-    [{"first_k_dense_replace": 1}, {"mlp_layer_types": ["dense", "sparse", "dense", "dense"]}, {}],
+    "kw, layers",
+    [
+        ({"first_k_dense_replace": 1}, [1, 2, 3]),
+        ({"mlp_layer_types": ["dense", "sparse", "dense", "dense"]}, [1]),
+        ({}, [1, 2, 3]),
+    ],
     ids=["first-k-dense", "mlp-layer-types", "default-first-k"],
 )
-def test_moe_configs_are_refused(kw):
-    hf = _hub_config(**kw)
+def test_sparse_layers_are_moe_with_the_hub_keys(kw, layers):
+    hf = _hub_config(**kw, **HUB_MOE)
     if not kw:
         del hf["first_k_dense_replace"]  # transformers' default: only the first MLP is dense
-    with pytest.raises(CheckpointError, match=r"mixture-of-experts.*not supported yet"):
+    m = kimi_linear.hybrid_config(hf).moe
+    assert m.layers == layers
+    assert (m.n_experts, m.top_k, m.hidden_dim, m.shared_hidden_dim, m.n_groups, m.topk_groups) == (
+        8, 2, 16, 32, 4, 2,
+    )  # fmt: skip
+    assert m.scoring == "sigmoid" and m.score_bias and not m.norm_topk_prob and m.routed_scaling == 2.5
+
+
+def test_softmax_router_is_refused_in_one_line():
+    hf = _hub_config(first_k_dense_replace=1, **{**HUB_MOE, "moe_router_activation_func": "softmax"})
+    with pytest.raises(CheckpointError, match="moe_router_activation_func") as e:
         kimi_linear.hybrid_config(hf)
+    assert "\n" not in str(e.value)

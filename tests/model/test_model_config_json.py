@@ -50,3 +50,19 @@ def test_the_kda_sub_config_is_written_only_when_a_layer_uses_it() -> None:
     data = json.loads(cfg.to_json())
     assert data["kda"]["n_heads"] == 2 and data["kda"]["head_dim"] == 16 and data["mla"]["rope_theta"] is None
     assert HybridConfig.model_validate(data) == cfg
+
+
+def test_moe_selection_fields_are_left_out_at_their_defaults() -> None:
+    """`score_bias`, `n_groups`, `topk_groups` came after MoE configs were written (Qwen MoE checkpoints):
+    a used MoE at their defaults writes the same JSON as before; set, they are written and read back."""
+    cfg = HybridConfig.from_name("tiny", moe={"n_experts": 4, "top_k": 2})
+    assert set(json.loads(cfg.to_json())["moe"]) == {
+        "n_experts", "top_k", "hidden_dim", "shared_hidden_dim", "shared_gate", "scoring", "norm_topk_prob",
+        "routed_scaling", "layers",
+    }  # fmt: skip
+    grouped = HybridConfig.from_name(
+        "tiny", moe={"n_experts": 6, "top_k": 2, "score_bias": True, "n_groups": 3, "topk_groups": 2}
+    )
+    data = json.loads(grouped.to_json())["moe"]
+    assert (data["score_bias"], data["n_groups"], data["topk_groups"]) == (True, 3, 2)
+    assert HybridConfig.model_validate(json.loads(grouped.to_json())) == grouped

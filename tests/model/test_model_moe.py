@@ -15,8 +15,10 @@ from hybrid_agent.model.testing import tiny_model
 BASE = {"n_experts": 6, "top_k": 2, "hidden_dim": 24}
 
 
-def moe(seed: int = 0, **over: object) -> MoE:
-    cfg = HybridConfig(vocab_size=50, d_model=16, layer_types=["mlp"], moe={**BASE, **over})
+def moe(seed: int = 0, activation: str = "swiglu", **over: object) -> MoE:
+    cfg = HybridConfig(
+        vocab_size=50, d_model=16, layer_types=["mlp"], mlp={"activation": activation}, moe={**BASE, **over}
+    )
     torch.manual_seed(seed)
     m = MoE(cfg)
     with torch.no_grad():
@@ -26,17 +28,28 @@ def moe(seed: int = 0, **over: object) -> MoE:
 
 
 def reference(m: MoE, x: torch.Tensor) -> torch.Tensor:
-    """The definition, one token and one chosen expert at a time."""
+    """The definition, one token and one chosen expert at a time; groups and the choice bias as plain
+    Python over the experts."""
     out = torch.zeros_like(x)
+    E, size = m.n_experts, m.n_experts // m.n_groups
     for n, tok in enumerate(x):
         logits = m.router.weight @ tok
         scores = logits.softmax(-1) if m.scoring == "softmax" else logits.sigmoid()
-        w, ids = scores.topk(m.top_k)
+        choice = scores.tolist() if m.score_bias is None else (scores + m.score_bias).tolist()
+        group_score = [sum(sorted(choice[g * size : (g + 1) * size])[-2:]) for g in range(m.n_groups)]
+        groups = sorted(range(m.n_groups), key=lambda g: -group_score[g])[: m.topk_groups]
+        allowed = [e for e in range(E) if e // size in groups]
+        ids = sorted(allowed, key=lambda e: -choice[e])[: m.top_k]
+        w = scores[ids]
         if m.norm_topk_prob:
             w = w / w.sum()
-        for weight, e in zip(w * m.routed_scaling, ids.tolist(), strict=True):
-            g, u, d = m.experts.gate_proj[e], m.experts.up_proj[e], m.experts.down_proj[e]
-            out[n] += weight * (d @ (F.silu(g @ tok) * (u @ tok)))
+        for weight, e in zip(w * m.routed_scaling, ids, strict=True):
+            u, d = m.experts.up_proj[e], m.experts.down_proj[e]
+            if m.experts.gate_proj is None:
+                h = F.relu(u @ tok).square()
+            else:
+                h = F.silu(m.experts.gate_proj[e] @ tok) * (u @ tok)
+            out[n] += weight * (d @ h)
         if m.shared_expert is not None:
             s = m.shared_expert(tok)
             if m.shared_expert_gate is not None:
@@ -52,6 +65,18 @@ def reference(m: MoE, x: torch.Tensor) -> torch.Tensor:
         {"scoring": "sigmoid", "norm_topk_prob": False, "routed_scaling": 2.5},
         {"shared_hidden_dim": 20, "shared_gate": True},
         {"shared_hidden_dim": 20, "top_k": 1},
+        # DeepSeek-V3 / Nemotron-H selection: a choice-only bias, best 2 of 3 groups, relu2 experts
+        {
+            "scoring": "sigmoid",
+            "score_bias": True,
+            "n_groups": 3,
+            "topk_groups": 2,
+            "routed_scaling": 2.5,
+            "shared_hidden_dim": 20,
+            "activation": "relu2",
+        },
+        {"scoring": "sigmoid", "score_bias": True, "norm_topk_prob": False},  # LFM2-MoE: bias, no groups
+        {"n_groups": 2, "topk_groups": 1, "top_k": 3},  # every chosen expert from the one best group
     ],
 )
 @pytest.mark.parametrize("tokens", [1, 3, 11])  # 1, 3: gathered (N * k <= E); 11: by expert
@@ -80,7 +105,40 @@ def test_blocks_use_moe_where_the_config_says() -> None:
     assert every(torch.tensor([[1, 2, 3]]), state).shape[1] == 3
 
 
-@pytest.mark.parametrize("over, match", [({"top_k": 7}, "top_k"), ({"layers": [3]}, "outside")])
+def test_score_bias_changes_the_choice_not_the_weights() -> None:
+    """A large bias on one expert makes every token choose it, weighted by its unbiased score."""
+    m = moe(scoring="sigmoid", score_bias=True, norm_topk_prob=False, top_k=1)
+    with torch.no_grad():
+        m.score_bias.zero_()[4] = 10.0
+    logits = torch.randn(5, 6, generator=torch.Generator().manual_seed(0))
+    weights, ids = m.route(logits)
+    assert ids.flatten().tolist() == [4] * 5
+    torch.testing.assert_close(weights[:, 0], logits[:, 4].sigmoid())
+
+
+def test_score_bias_stays_fp32_when_the_model_is_cast() -> None:
+    m = moe(scoring="sigmoid", score_bias=True).to(torch.bfloat16)
+    assert m.router.weight.dtype == torch.bfloat16 and m.score_bias.dtype == torch.float32
+    x = torch.randn(1, 3, 16, dtype=torch.bfloat16)
+    assert m(x).dtype == torch.bfloat16
+
+
+def test_relu2_experts_have_no_gate() -> None:
+    m = moe(activation="relu2", shared_hidden_dim=20)
+    assert m.experts.gate_proj is None and m.shared_expert.gate_proj is None
+    assert "experts.gate_proj" not in m.state_dict()
+
+
+@pytest.mark.parametrize(
+    "over, match",
+    [
+        ({"top_k": 7}, "top_k"),
+        ({"layers": [3]}, "outside"),
+        ({"n_groups": 4}, "split"),
+        ({"n_groups": 3, "topk_groups": 4}, "topk_groups"),
+        ({"n_groups": 3, "topk_groups": 1, "top_k": 3}, "topk_groups=1 groups"),
+    ],
+)
 def test_bad_moe_configs_say_what_to_fix(over: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         HybridConfig(vocab_size=50, d_model=16, layer_types=["mlp"], moe={**BASE, **over})
