@@ -122,6 +122,7 @@ def open_agent(
     seed: int | None = None,
     resume: str | None = None,
     approval: Any = None,
+    permissions: Any = None,
     enable_commands: bool = False,
     mode: str = "ask",
     temperature: float = 0.0,
@@ -171,6 +172,7 @@ def open_agent(
             session_id=resume,
             mode=mode,  # type: ignore[arg-type]
             approval=approval,
+            permissions=permissions,
             enable_commands=enable_commands,
             max_new_tokens=max_new_tokens,
             max_tool_rounds=max_tool_rounds,
