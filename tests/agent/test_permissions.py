@@ -25,8 +25,8 @@ def test_path_globs(tmp_path: Path) -> None:
     assert action(p, "write_file", path="src/a/b.py") == "allow"
     assert action(p, "write_file", path="./src/x.py") == "allow"
     assert action(p, "write_file", path=str(tmp_path / "src" / "x.py")) == "allow"
-    assert action(p, "write_file", path="docs/x.md") is None
-    assert action(p, "write_file", path="src/../docs/x.md") is None  # normalised before matching
+    assert action(p, "write_file", path="notes/x.txt") is None
+    assert action(p, "write_file", path="src/../notes/x.txt") is None  # normalised before matching
     assert action(p, "read_file", path=".env") == "deny"
     assert (
         action(p, "read_file", path="a/b/id.key") == "deny"
