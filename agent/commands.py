@@ -111,8 +111,9 @@ def tui_options(args: argparse.Namespace) -> dict[str, Any]:
     """The options of `Agent.open` for the terminal UI, which hybrid_agent/cli.py opens with them.
     Checked here, so that a bad --resume, model folder or device fails with one line before the UI
     starts."""
-    from hybrid_agent.agent.config_commands import continued_session
+    from hybrid_agent.agent.config_commands import continued_session, settle
 
+    settle(args, ask_trust=True)  # before the UI: the first time in a folder, ask to trust it
     options = _agent_options(args)
     if args.resume or args.continue_:
         with _store(args) as store:

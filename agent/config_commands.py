@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from hybrid_agent.agent.errors import AgentError, printable
-from hybrid_agent.agent.settings import Settings, flat, is_trusted, load_settings, settings_paths, trust
+from hybrid_agent.agent.settings import (
+    Settings,
+    flat,
+    is_trusted,
+    load_settings,
+    settings_paths,
+    toml_value,
+    trust,
+)  # fmt: skip
 
 # The flags the settings files may give a default for, and the defaults when neither does.
 SETTING_FLAGS = (
@@ -34,16 +42,34 @@ def _warn(line: str) -> None:
     print(printable(f"hybrid-agent: warning: {line}"), file=sys.stderr, flush=True)
 
 
-def settle(args: argparse.Namespace) -> Settings:
+def _ask_trust(folder: str, warnings: list[str]) -> bool:
+    """Before the terminal UI opens on a folder whose settings files were cut down for want of trust:
+    show what was ignored and ask whether to trust the folder (only on a terminal)."""
+    for warning in warnings:
+        _warn(warning)
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return False
+    sys.stderr.write(f"trust {printable(str(Path(folder).resolve()))} and apply them? [y/N] ")
+    sys.stderr.flush()
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+
+def settle(args: argparse.Namespace, *, ask_trust: bool = False) -> Settings:
     """Fill the flags of `args` that were not given from the settings files of its workspace (once);
-    the merged settings are kept on `args` for the permission rules and `config show`."""
+    the merged settings are kept on `args` for the permission rules and `config show`. With
+    `ask_trust` (the terminal UI), an untrusted folder's ignored settings are offered for trust."""
     done = getattr(args, "settings_", None)
     if done is not None:
         return done
     given = {key: getattr(args, key, None) for key in SETTING_FLAGS}
-    settings = load_settings(getattr(args, "workspace", "."), given)
-    for warning in settings.warnings:
-        _warn(warning)
+    workspace = getattr(args, "workspace", ".")
+    settings = load_settings(workspace, given)
+    if not ask_trust:
+        for warning in settings.warnings:
+            _warn(warning)
+    elif settings.warnings and _ask_trust(workspace, settings.warnings):
+        trust(workspace)
+        settings = load_settings(workspace, given)
     for key in SETTING_FLAGS:
         setattr(args, key, settings.get(key, DEFAULTS.get(key)))
     args.settings_ = settings
@@ -71,19 +97,6 @@ def continued_session(store: Any, args: argparse.Namespace) -> str | None:
 
 
 # ---- config, trust -------------------------------------------------------------------------------
-def _toml(value: Any) -> str:
-    """`value` written as TOML (inline tables and arrays), for `config show`."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items()) + " }"
-    return json.dumps(value, ensure_ascii=False)
-
-
 def cmd_config(args: argparse.Namespace) -> int:
     paths = settings_paths(args.workspace)
     if args.action == "path":
@@ -105,7 +118,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     if not rows:
         print("# nothing set: every option has its built-in default")
     for key, value, source in rows:
-        print(printable(f"{key} = {_toml(value)}  # {source}"))
+        print(printable(f"{key} = {toml_value(value)}  # {source}"))
     return 0
 
 

@@ -171,7 +171,8 @@ def open_agent(
             workspace=workspace,
             session_id=resume,
             mode=mode,  # type: ignore[arg-type]
-            approval=approval,
+            # An "allow always" answer also becomes a rule of the local settings file.
+            approval=permissions.remembering(approval) if permissions and approval else approval,
             permissions=permissions,
             enable_commands=enable_commands,
             max_new_tokens=max_new_tokens,

@@ -19,13 +19,15 @@ Deny beats ask beats allow; no matching rule leaves the decision to the approval
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from hybrid_agent.agent.settings import RULE, Settings
+from hybrid_agent.agent.errors import AgentError
+from hybrid_agent.agent.settings import RULE, Settings, add_rule
 
 Action = Literal["deny", "ask", "allow"]
 _CHAIN = re.compile(r"&&|\|\||[;|&\n`<>]|\$\(")
@@ -104,8 +106,14 @@ def _command_matches(pattern: str, command: str, action: Action) -> bool:
 class PermissionRules:
     """The rules of one session, checked before every tool call (agent/loop.py)."""
 
-    def __init__(self, workspace: str | Path, rules: dict[Action, list[Rule]] | None = None) -> None:
+    def __init__(
+        self,
+        workspace: str | Path,
+        rules: dict[Action, list[Rule]] | None = None,
+        remember_in: Path | None = None,
+    ) -> None:
         self.workspace = Path(workspace).resolve()
+        self.remember_in = remember_in  # the settings file that "allow always" adds a rule to
         self.rules: dict[Action, list[Rule]] = {"deny": [], "ask": [], "allow": []}
         for action, listed in (rules or {}).items():
             self.rules[action].extend(listed)
@@ -115,7 +123,29 @@ class PermissionRules:
         rules: dict[Action, list[Rule]] = {
             a: [Rule.parse(t, origin) for t, origin in settings.rules(a)] for a in ("deny", "ask", "allow")
         }
-        return cls(workspace, rules)
+        return cls(workspace, rules, remember_in=settings.files.get("local"))
+
+    def remember(self, tool: str, source: str = "builtin") -> None:
+        """The user allowed every call of `tool` ("allow always"): add the rule `TOOL` to the local
+        settings file, for the next sessions too (in a folder that is not trusted, `allow` rules of
+        that file apply once it is). If the file cannot be written, the answer holds for this session
+        only (agent/loop.py remembers it)."""
+        rule = Rule(rule_name(tool, source), rule_name(tool, source), None, "local")
+        self.rules["allow"].append(rule)
+        if self.remember_in is not None:
+            with contextlib.suppress(OSError, AgentError):
+                add_rule(self.remember_in, "allow", rule.text)
+
+    def remembering(self, approval: Any) -> Any:
+        """`approval` (agent/loop.py's callback) that also remembers an "allow always" answer."""
+
+        async def ask(request: Any) -> Any:
+            decision = await approval(request)
+            if decision.allow and decision.always:
+                self.remember(request.tool, request.source)
+            return decision
+
+        return ask
 
     def matches(self, rule: Rule, action: Action, name: str, arguments: dict[str, Any]) -> bool:
         if not fnmatch.fnmatchcase(name, rule.tool):

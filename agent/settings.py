@@ -328,3 +328,40 @@ def flat(settings: Settings) -> list[tuple[str, Any, str]]:
         sources = settings.list_sources.get(f"hooks.{event}", [])
         rows += [(f"hooks.{event}", h, s) for h, s in zip(hooks, sources, strict=True)]
     return rows
+
+
+# ---- writing -----------------------------------------------------------------------------------------
+def toml_value(value: Any) -> str:
+    """`value` as one line of TOML (inline tables and arrays)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def add_rule(path: Path, kind: str, rule: str) -> bool:
+    """Add `rule` to `permissions.<kind>` of the settings file at `path` (made if missing); False when
+    it is there already. A file without `permissions` keeps its text (the table is appended); one with
+    it is written anew, one `key = value` line per key (its comments are not kept)."""
+    data = read_file(path)
+    permissions = data.get("permissions", {})
+    if rule in permissions.get(kind, []):
+        return False
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if "permissions" not in data:
+        text += (
+            "\n" if text and not text.endswith("\n") else ""
+        ) + f"\n[permissions]\n{kind} = {toml_value([rule])}\n"
+    else:
+        data["permissions"] = {**permissions, kind: [*permissions.get(kind, []), rule]}
+        text = "".join(f"{key} = {toml_value(value)}\n" for key, value in data.items())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return True

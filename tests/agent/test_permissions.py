@@ -115,3 +115,20 @@ def test_an_allow_rule_skips_the_question_and_an_ask_rule_asks(
     list(agent.send_sync("write"))
     assert asked == ["c.txt", "c.txt"]  # "always" does not silence an ask rule
     assert (workspace / "b.txt").read_text() == "x" and (workspace / "c.txt").read_text() == "z"
+
+
+def test_allow_always_writes_a_rule_to_the_local_file(make_agent, workspace: Path) -> None:
+    from hybrid_agent.agent.settings import read_file
+
+    local = workspace / ".hybrid-agent" / "settings.local.toml"
+
+    async def always(request: ToolCallRequested) -> ApprovalDecision:
+        return ApprovalDecision(allow=True, always=True)
+
+    p = PermissionRules(workspace, remember_in=local)
+    replies = [call("write_file", path="b.txt", content="x"), "OK.<|end|>"]
+    agent, _ = make_agent(replies, approval=p.remembering(always), permissions=p)
+    list(agent.send_sync("write"))
+    assert read_file(local) == {"permissions": {"allow": ["write_file"]}}
+    verdict = p.check("write_file", {"path": "c.txt"})
+    assert verdict is not None and verdict.action == "allow" and verdict.rule.origin == "local"

@@ -128,3 +128,23 @@ def test_the_user_file_needs_no_trust(files: dict[str, Path]) -> None:
     write(files["user"], "[permissions]\nallow = ['run_command(git status:*)']\n")
     s = load_settings(files["ws"])
     assert s.rules("allow") == [("run_command(git status:*)", "user")] and s.warnings == []
+
+
+def test_add_rule_appends_or_rewrites(files: dict[str, Path]) -> None:
+    from hybrid_agent.agent.settings import add_rule, read_file
+
+    local = files["local"]
+    assert add_rule(local, "allow", "write_file") and not add_rule(local, "allow", "write_file")
+    assert read_file(local) == {"permissions": {"allow": ["write_file"]}}
+    commented = files["project"]
+    write(commented, "# the team's model\nmodel = 'm'\n[[hooks.Stop]]\ncommand = 'x'")
+    assert add_rule(commented, "allow", "mcp__gh__list")
+    assert commented.read_text().startswith("# the team's model\n")  # appended: the text is kept
+    assert read_file(commented)["permissions"] == {"allow": ["mcp__gh__list"]}
+    assert read_file(commented)["hooks"] == {"Stop": [{"command": "x"}]}
+    write(local, "[permissions]\ndeny = ['read_file(.env)']\n[mcp_servers.a]\ncommand = 'a'\nargs = ['-v']\n")
+    assert add_rule(local, "allow", "edit_file")
+    assert read_file(local) == {
+        "permissions": {"deny": ["read_file(.env)"], "allow": ["edit_file"]},
+        "mcp_servers": {"a": {"command": "a", "args": ["-v"]}},
+    }

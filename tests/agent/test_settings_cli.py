@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from hybrid_agent.agent.errors import AgentError
-from hybrid_agent.agent.settings import read_file
+from hybrid_agent.agent.settings import is_trusted, read_file
 
 from hybrid_agent.cli import main
 
@@ -158,3 +158,28 @@ def test_the_example_in_docs_is_valid() -> None:
     assert {"permissions", "mcp_servers", "hooks", "sandbox", "sandbox_network", "sandbox_allow_read"} <= set(
         data
     )
+
+
+@pytest.mark.parametrize("answer", ["y\n", "\n"])
+def test_the_ui_asks_to_trust_a_folder_first(
+    ws: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, answer: str
+) -> None:
+    import io
+
+    import hybrid_agent.tui.app as app
+
+    (ws / ".hybrid-agent" / "settings.toml").write_text('[permissions]\nallow = ["run_command(make:*)"]\n')
+    opened: list[dict[str, Any]] = []
+    monkeypatch.setattr(app, "run_app", lambda options: opened.append(options) or 0)
+    monkeypatch.setattr("hybrid_agent.agent.factory.resolve_model_dir", lambda path: "m")
+    monkeypatch.setattr("hybrid_agent.agent.factory.check_device", lambda device: None)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(answer))
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    code, _, err = call(capsys, "--workspace", str(ws), "--db", str(ws / "s.db"))
+    assert code == 0, err
+    assert "ignored permissions.allow" in err and f"trust {ws} and apply them? [y/N]" in err
+    verdict = opened[0]["permissions"].check("run_command", {"command": "make all"})
+    assert (verdict is not None) is (answer == "y\n")
+    assert is_trusted(ws) is (answer == "y\n")
