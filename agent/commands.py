@@ -41,8 +41,8 @@ def _say(*parts: Any) -> None:
 
 
 def dispatch(args: argparse.Namespace) -> int:
-    """Run the command that `args` names (`run` or `sessions`). The terminal UI, the one without a
-    command, is opened by hybrid_agent/cli.py: tui/ sits above agent/."""
+    """Run the command that `args` names (`run`, `sessions`, `config`, `trust`). The terminal UI, the
+    one without a command, is opened by hybrid_agent/cli.py: tui/ sits above agent/."""
     from hybrid_agent.agent.config_commands import cmd_config, cmd_trust
 
     commands = {"run": cmd_run, "sessions": cmd_sessions, "config": cmd_config, "trust": cmd_trust}
