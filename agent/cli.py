@@ -36,7 +36,7 @@ def _number(kind: type, low: float, what: str, high: float = 2**31 - 1) -> Calla
 
 EXIT_USAGE = 2  # as argparse exits on a usage error
 NO_COMMAND = (
-    "hybrid-agent: hybrid_agent.agent.cli runs the commands (run, sessions) only; "
+    "hybrid-agent: hybrid_agent.agent.cli runs the commands (run, sessions, config, trust) only; "
     "the terminal UI opens from hybrid_agent.cli (the `hybrid-agent` command)"
 )
 
@@ -78,10 +78,18 @@ def _shared(defaults: bool) -> argparse.ArgumentParser:
         help="attention window in tokens (constant memory); default: full attention, or a resumed "
         "session's own",
     )
-    p.add_argument("--sinks", type=_COUNT, metavar="N", default=d(4), help="sink tokens kept with --window")
+    p.add_argument(
+        "--sinks",
+        type=_COUNT,
+        metavar="N",
+        default=d(None),
+        help="sink tokens kept with --window (default: 4)",
+    )
     p.add_argument("--seed", type=_SEED, default=d(None), help="seed for sampling")
-    p.add_argument("--temperature", type=_TEMPERATURE, default=d(0.0), help="0 = greedy (default)")
-    p.add_argument("--max-new-tokens", type=_POSITIVE, metavar="N", default=d(1024), help="per turn")
+    p.add_argument("--temperature", type=_TEMPERATURE, default=d(None), help="0 = greedy (default)")
+    p.add_argument(
+        "--max-new-tokens", type=_POSITIVE, metavar="N", default=d(None), help="per turn (default: 1024)"
+    )
     p.add_argument(
         "--max-prompt-tokens",
         type=_POSITIVE,
@@ -93,7 +101,7 @@ def _shared(defaults: bool) -> argparse.ArgumentParser:
     p.add_argument(
         "--enable-commands",
         action="store_true",
-        default=d(False),
+        default=d(None),
         help="give the model the run_command tool (asks before each command)",
     )
     p.add_argument("--debug", action="store_true", default=d(False), help="show tracebacks")
@@ -109,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hybrid-agent {__version__}")
     parser.add_argument("--resume", metavar="ID", help="continue a saved session (id or unique prefix)")
-    sub = parser.add_subparsers(dest="command", metavar="{run,sessions}")
+    _session_options(parser, True)
+    sub = parser.add_subparsers(dest="command", metavar="{run,sessions,config,trust}")
     shared = _shared(False)
 
     run = sub.add_parser("run", parents=[shared], help="run one turn headless and print the answer")
@@ -122,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the events as JSON lines")
     run.add_argument("--yes", "-y", action="store_true", help="approve every tool call")
     run.add_argument("--resume", metavar="ID", default=argparse.SUPPRESS, help="continue a saved session")
+    _session_options(run, False)
 
     sessions = sub.add_parser(
         "sessions", parents=[shared], help="list, show, fork, remove, export, check or compact sessions"
@@ -150,7 +160,39 @@ def build_parser() -> argparse.ArgumentParser:
     ssub.add_parser(
         "gc", parents=[shared], help="delete unreferenced data and give the freed space back to the disk"
     )
+
+    config = sub.add_parser("config", parents=[shared], help="the settings files and what they set")
+    config.add_argument("--json", action="store_true", help="with no action: show as JSON")
+    csub = config.add_subparsers(dest="action", metavar="{show,path}")
+    cshow = csub.add_parser(
+        "show", parents=[shared], help="the merged settings, each value with the file it came from"
+    )
+    cshow.add_argument("--json", action="store_true", help="as one JSON object")
+    csub.add_parser("path", parents=[shared], help="the user, project and local settings files")
+    trust = sub.add_parser(
+        "trust",
+        parents=[shared],
+        help="trust a folder: its settings may add hooks, MCP servers, allow rules, sandbox relaxations",
+    )
+    trust.add_argument("dir", nargs="?", metavar="DIR", help="the folder (default: --workspace)")
     return parser
+
+
+def _session_options(p: argparse.ArgumentParser, defaults: bool) -> None:
+    """Options of the commands that run a session: the terminal UI and `run`."""
+    p.add_argument(
+        "--permission-mode",
+        choices=("ask", "accept-edits", "auto"),
+        default=None if defaults else argparse.SUPPRESS,
+        help="when tools ask before they run (default: ask, or the settings' permission_mode)",
+    )
+    p.add_argument(
+        "--continue",
+        dest="continue_",
+        action="store_true",
+        default=False if defaults else argparse.SUPPRESS,
+        help="continue the most recent session of the workspace",
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -164,7 +206,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`hybrid-agent run ...` and `hybrid-agent sessions ...` in this process. Without a command
+    """`hybrid-agent run|sessions|config|trust ...` in this process. Without a command
     (the terminal UI) it refuses: tui/ sits above agent/, so hybrid_agent/cli.py opens the UI."""
     args = parse_args(argv)
     if args.command is None:

@@ -10,13 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-from hybrid_agent.agent.errors import AgentError
+from hybrid_agent.agent.errors import AgentError, printable
 from hybrid_agent.agent.session_ids import resolve_session_id
 
 EXIT_ERROR = 1
@@ -34,16 +33,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (AgentError, StoreError, ModelError, ChatFormatError, ToolError, OSError)
 
 
-# C0 controls but newline and tab, DEL, and C1 controls: with them, a title, a message or a tool's
-# output could move the cursor, rewrite the screen or set the window title (ESC [ ..., ESC ] ..., CSI).
-_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 MAX_STDIN_BYTES = 64 << 20  # a message read from '-': more is surely not meant for the model
-
-
-def printable(text: str) -> str:
-    """`text` safe for a terminal: control characters written out as `\\xNN` (newline and tab kept).
-    Used for every human-readable line the CLI prints; `--json` output is exact (JSON escapes them)."""
-    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _say(*parts: Any) -> None:
@@ -51,9 +41,12 @@ def _say(*parts: Any) -> None:
 
 
 def dispatch(args: argparse.Namespace) -> int:
-    """Run the command that `args` names (`run` or `sessions`). The terminal UI, the one without a
-    command, is opened by hybrid_agent/cli.py: tui/ sits above agent/."""
-    return run_command({"run": cmd_run, "sessions": cmd_sessions}[args.command], args)
+    """Run the command that `args` names (`run`, `sessions`, `config`, `trust`). The terminal UI, the
+    one without a command, is opened by hybrid_agent/cli.py: tui/ sits above agent/."""
+    from hybrid_agent.agent.config_commands import cmd_config, cmd_trust
+
+    commands = {"run": cmd_run, "sessions": cmd_sessions, "config": cmd_config, "trust": cmd_trust}
+    return run_command(commands[args.command], args)
 
 
 def run_command(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
@@ -84,6 +77,10 @@ def run_command(command: Callable[[argparse.Namespace], int], args: argparse.Nam
 
 
 def _agent_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of `Agent.open`: the flags, over the settings files (agent/config_commands.py)."""
+    from hybrid_agent.agent.config_commands import permission_rules
+
+    rules = permission_rules(args)
     return {
         "model": args.model,
         "db": args.db,
@@ -96,12 +93,16 @@ def _agent_options(args: argparse.Namespace) -> dict[str, Any]:
         "max_new_tokens": args.max_new_tokens,
         "max_prompt_tokens": args.max_prompt_tokens,
         "enable_commands": args.enable_commands,
+        "mode": args.permission_mode,
+        "permissions": rules,
     }
 
 
 def _store(args: argparse.Namespace) -> Any:
+    from hybrid_agent.agent.config_commands import settle
     from hybrid_agent.memory import Store
 
+    settle(args)  # the database may come from the settings
     return Store(args.db)
 
 
@@ -110,10 +111,13 @@ def tui_options(args: argparse.Namespace) -> dict[str, Any]:
     """The options of `Agent.open` for the terminal UI, which hybrid_agent/cli.py opens with them.
     Checked here, so that a bad --resume, model folder or device fails with one line before the UI
     starts."""
+    from hybrid_agent.agent.config_commands import continued_session, settle
+
+    settle(args, ask_trust=True)  # before the UI: the first time in a folder, ask to trust it
     options = _agent_options(args)
-    if args.resume:
+    if args.resume or args.continue_:
         with _store(args) as store:
-            options["resume"] = resolve_session_id(store, args.resume)
+            options["resume"] = continued_session(store, args) or resolve_session_id(store, args.resume)
     from hybrid_agent.agent.factory import check_device, resolve_model_dir
 
     resolve_model_dir(options["model"])
@@ -238,7 +242,10 @@ class _PlainEvents:
             _say(f"[tool {event.tool} {json.dumps(event.arguments, ensure_ascii=False)}]")
         elif isinstance(event, ev.ToolResultEvent):
             first = event.text.splitlines()[0] if event.text else ""
-            hint = " (rerun with --yes to approve tools)" if event.denied else ""
+            # (--yes does not help a call a permission rule refused.)
+            hint = (
+                " (rerun with --yes to approve tools)" if event.denied and " rule `" not in event.text else ""
+            )
             _say(f"[{'error' if event.is_error else 'result'} {event.tool}: {first[:200]}]{hint}")
         elif isinstance(event, ev.ErrorEvent):
             _say(f"hybrid-agent: error: {event.message}")
@@ -266,13 +273,18 @@ class _PlainEvents:
 
 def cmd_run(args: argparse.Namespace) -> int:
     prompt = read_prompt(args.prompt)  # before torch and the model load: a bad message fails at once
+    from hybrid_agent.agent.config_commands import continued_session
     from hybrid_agent.agent.events import ErrorEvent
     from hybrid_agent.agent.loop import Agent
 
     options = _agent_options(args)
     if args.resume:
         options["resume"] = args.resume  # an id or a unique prefix (Agent.open resolves it)
-    options["mode"] = "auto" if args.yes else "ask"
+    if args.continue_:
+        with _store(args) as store:
+            options["resume"] = continued_session(store, args)
+    if args.yes:
+        options["mode"] = "auto"
     if not args.yes and not args.json and sys.stdin.isatty():
         options["approval"] = _ask_on_terminal  # else: every `ask` call is denied (use --yes)
     agent = Agent.open(**options)

@@ -122,6 +122,7 @@ def open_agent(
     seed: int | None = None,
     resume: str | None = None,
     approval: Any = None,
+    permissions: Any = None,
     enable_commands: bool = False,
     mode: str = "ask",
     temperature: float = 0.0,
@@ -170,7 +171,9 @@ def open_agent(
             workspace=workspace,
             session_id=resume,
             mode=mode,  # type: ignore[arg-type]
-            approval=approval,
+            # An "allow always" answer also becomes a rule of the local settings file.
+            approval=permissions.remembering(approval) if permissions and approval else approval,
+            permissions=permissions,
             enable_commands=enable_commands,
             max_new_tokens=max_new_tokens,
             max_tool_rounds=max_tool_rounds,

@@ -44,6 +44,7 @@ from hybrid_agent.agent.events import (
 )
 from hybrid_agent.agent.journal import StoreJournal, attach_journal
 from hybrid_agent.agent.owner import ModelOwner
+from hybrid_agent.agent.permissions import PermissionRules, Verdict, refusal
 from hybrid_agent.agent.prefill import DEFAULT_MAX_PROMPT_TOKENS, PrefillOps
 from hybrid_agent.agent.prefill import TurnCancelled as _Cancelled
 from hybrid_agent.agent.records import (
@@ -103,6 +104,7 @@ class Agent(SessionOps, PrefillOps):
         session_id: str | None = None,
         mode: Mode = "ask",
         approval: Approval | None = None,
+        permissions: PermissionRules | None = None,
         enable_commands: bool = False,
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         max_new_tokens: int = 1024,
@@ -125,6 +127,7 @@ class Agent(SessionOps, PrefillOps):
         self.registry = registry
         self.mode: Mode = mode
         self.approval = approval
+        self.permissions = permissions  # the settings' allow/ask/deny rules (agent/permissions.py)
         self.system_prompt = system_prompt
         self.max_new_tokens = max_new_tokens
         self.max_tool_rounds = max_tool_rounds
@@ -301,23 +304,26 @@ class Agent(SessionOps, PrefillOps):
         finally:
             stats.decode_s += time.perf_counter() - t0
 
-    def _needs_approval(self, name: str, arguments: dict[str, Any]) -> tuple[bool, Any]:
-        """(ask the user?, preview). Calls the registry will refuse anyway (unknown tool, bad arguments,
-        policy deny) are not asked about: their error result is enough."""
+    def _needs_approval(self, name: str, arguments: dict[str, Any]) -> tuple[bool, Any, Verdict | None]:
+        """(ask?, preview, the deciding permission rule: in every mode). Calls the registry refuses anyway
+        (unknown tool, bad arguments, policy deny) are not asked about: their error is enough."""
         if name not in self.registry:
-            return False, None
+            return False, None, None
         try:
             self.registry.get(name).parse_arguments(arguments)
         except Exception:
-            return False, None
+            return False, None, None
+        preview = self.registry.preview(name, arguments)
+        rule = self.permissions and self.permissions.check(name, arguments, self.registry.get(name).source)
+        if rule is not None and self.registry.policy(name) != "deny":
+            return rule.action == "ask", preview, rule
         if self.registry.policy(name) != "ask" or self.mode == "auto" or name in self._always:
             # A remembered rejection is applied by the caller, without asking (and in every mode: the
             # user said never, and switching to auto does not take that back).
-            return False, self.registry.preview(name, arguments)
-        preview = self.registry.preview(name, arguments)
+            return False, preview, None
         if self.mode == "accept-edits" and preview.diff is not None and preview.command is None:
-            return False, preview
-        return True, preview
+            return False, preview, None
+        return True, preview, None
 
     async def _tool_call(
         self, call: ParsedToolCall, call_id: str, turn: int, events: list[Event], new: list[ChatMessage]
@@ -332,7 +338,7 @@ class Agent(SessionOps, PrefillOps):
             )
             result = ToolResultEvent(call_id=call_id, tool=name, text=text, is_error=True)
         else:
-            needs, preview = await self._on_model(self._needs_approval, name, call.arguments)
+            needs, preview, rule = await self._on_model(self._needs_approval, name, call.arguments)
             request = ToolCallRequested(
                 call_id=call_id,
                 tool=name,
@@ -346,16 +352,16 @@ class Agent(SessionOps, PrefillOps):
             yield request
             decision = ApprovalDecision(allow=True)
             remembered = self._always.get(name)
-            if remembered is not None and not remembered.allow and name in self.registry:
+            if rule is not None and rule.action == "deny":
+                decision = ApprovalDecision(allow=False, reason=f"denied by {rule.describe()}")
+            elif remembered is not None and not remembered.allow and name in self.registry:
                 decision = remembered
             elif needs:
-                decision = (
-                    await self.approval(request)
-                    if self.approval is not None
-                    else ApprovalDecision(
-                        allow=False, reason="no one was asked (run with --yes to allow tools)"
-                    )
-                )
+                nobody = "run with --yes to allow tools" if rule is None else f"{rule.describe()} asks"
+                if self.approval is None:
+                    decision = ApprovalDecision(allow=False, reason=f"no one was asked ({nobody})")
+                else:
+                    decision = await self.approval(request)
                 if decision.always:
                     self._always[name] = decision
             if self._cancel.is_set():
@@ -368,10 +374,7 @@ class Agent(SessionOps, PrefillOps):
                     call_id=call_id, tool=name, text=out.text, is_error=out.is_error, denied=out.denied
                 )
             else:
-                why = f" ({decision.reason})" if decision.reason else ""
-                text = f"the user did not approve this {name} call{why}; it was not run"
-                if decision.always:
-                    text += f". The user refuses every {name} call for the rest of this session"
+                text = refusal(name, decision, rule)
                 result = ToolResultEvent(call_id=call_id, tool=name, text=text, is_error=True, denied=True)
         events += [tool_call_event(request, call.raw, call.error), tool_result_event(result)]
         new.append(ChatMessage("tool", result.text, name=name))

@@ -22,6 +22,13 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _REPO]
 # cores, and one CPU training test 3 to 35 s. Subprocesses the tests start inherit it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+# The settings files of the person running the tests (agent/settings.py) must not change what the tests
+# see: the user config dir is an empty folder of this run (subprocesses inherit it).
+if "HYBRID_AGENT_CONFIG_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["HYBRID_AGENT_CONFIG_DIR"] = tempfile.mkdtemp(prefix="hybrid-agent-config-")
+
 import torch  # noqa: E402
 
 if not torch.cuda.is_available():

@@ -1,0 +1,129 @@
+"""The settings on the command line: flags over the settings files (agent/settings.py), `config show`,
+`config path`, `trust`, and `--continue`.
+
+A flag the user gave wins; a flag not given takes the settings' value, and without one the built-in
+default (DEFAULTS). Warnings about an untrusted folder's files are one line each on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from hybrid_agent.agent.errors import AgentError, printable
+from hybrid_agent.agent.settings import (
+    Settings,
+    flat,
+    is_trusted,
+    load_settings,
+    settings_paths,
+    toml_value,
+    trust,
+)  # fmt: skip
+
+# The flags the settings files may give a default for, and the defaults when neither does.
+SETTING_FLAGS = (
+    "model", "db", "device", "window", "sinks", "temperature", "max_new_tokens", "permission_mode",
+    "enable_commands",
+)  # fmt: skip
+DEFAULTS: dict[str, Any] = {
+    "sinks": 4,
+    "temperature": 0.0,
+    "max_new_tokens": 1024,
+    "permission_mode": "ask",
+    "enable_commands": False,
+}
+
+
+def _warn(line: str) -> None:
+    print(printable(f"hybrid-agent: warning: {line}"), file=sys.stderr, flush=True)
+
+
+def _ask_trust(folder: str, warnings: list[str]) -> bool:
+    """Before the terminal UI opens on a folder whose settings files were cut down for want of trust:
+    show what was ignored and ask whether to trust the folder (only on a terminal)."""
+    for warning in warnings:
+        _warn(warning)
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return False
+    sys.stderr.write(f"trust {printable(str(Path(folder).resolve()))} and apply them? [y/N] ")
+    sys.stderr.flush()
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+
+def settle(args: argparse.Namespace, *, ask_trust: bool = False) -> Settings:
+    """Fill the flags of `args` that were not given from the settings files of its workspace (once);
+    the merged settings are kept on `args` for the permission rules and `config show`. With
+    `ask_trust` (the terminal UI), an untrusted folder's ignored settings are offered for trust."""
+    done = getattr(args, "settings_", None)
+    if done is not None:
+        return done
+    given = {key: getattr(args, key, None) for key in SETTING_FLAGS}
+    workspace = getattr(args, "workspace", ".")
+    settings = load_settings(workspace, given)
+    if not ask_trust:
+        for warning in settings.warnings:
+            _warn(warning)
+    elif settings.warnings and _ask_trust(workspace, settings.warnings):
+        trust(workspace)
+        settings = load_settings(workspace, given)
+    for key in SETTING_FLAGS:
+        setattr(args, key, settings.get(key, DEFAULTS.get(key)))
+    args.settings_ = settings
+    return settings
+
+
+def permission_rules(args: argparse.Namespace) -> Any:
+    """The allow/ask/deny rules of the settings, for `Agent.open(permissions=...)`."""
+    from hybrid_agent.agent.permissions import PermissionRules
+
+    return PermissionRules.from_settings(settle(args), args.workspace)
+
+
+def continued_session(store: Any, args: argparse.Namespace) -> str | None:
+    """With `--continue`: the id of the workspace's most recent session (None without the flag)."""
+    if not getattr(args, "continue_", False):
+        return None
+    if getattr(args, "resume", None):
+        raise AgentError("give --resume ID or --continue, not both")
+    here = Path(args.workspace).expanduser().resolve()
+    for info in store.list_sessions():  # most recent first
+        if Path(info.workspace).resolve() == here:
+            return str(info.id)
+    raise AgentError(f"no saved session in {here} to continue; start one without --continue")
+
+
+# ---- config, trust -------------------------------------------------------------------------------
+def cmd_config(args: argparse.Namespace) -> int:
+    paths = settings_paths(args.workspace)
+    if args.action == "path":
+        for layer, path in paths.items():
+            print(printable(f"{layer:8} {path}"))
+        return 0
+    settings = settle(args)
+    trusted = is_trusted(args.workspace)
+    if args.json:
+        files = {layer: {"path": str(p), "exists": p.is_file()} for layer, p in paths.items()}
+        values = [{"key": k, "value": v, "source": s} for k, v, s in flat(settings)]
+        data = {"files": files, "trusted": trusted, "values": values, "warnings": settings.warnings}
+        print(json.dumps(data, ensure_ascii=False))
+        return 0
+    for layer, path in paths.items():
+        print(printable(f"# {layer}: {path}{'' if path.is_file() else ' (none)'}"))
+    print(f"# this folder is {'trusted' if trusted else 'not trusted'}")
+    rows = flat(settings)
+    if not rows:
+        print("# nothing set: every option has its built-in default")
+    for key, value, source in rows:
+        print(printable(f"{key} = {toml_value(value)}  # {source}"))
+    return 0
+
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    path, new = trust(args.dir or args.workspace)
+    what = "now trusted" if new else "already trusted"
+    print(printable(f"{path} is {what}: its settings files may add hooks, MCP servers, allow rules"))
+    return 0
