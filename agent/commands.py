@@ -78,7 +78,7 @@ def run_command(command: Callable[[argparse.Namespace], int], args: argparse.Nam
 
 def _agent_options(args: argparse.Namespace) -> dict[str, Any]:
     """The options of `Agent.open`: the flags, over the settings files (agent/config_commands.py)."""
-    from hybrid_agent.agent.config_commands import permission_rules
+    from hybrid_agent.agent.config_commands import permission_rules, sandbox_policy
 
     rules = permission_rules(args)
     return {
@@ -95,6 +95,7 @@ def _agent_options(args: argparse.Namespace) -> dict[str, Any]:
         "enable_commands": args.enable_commands,
         "mode": args.permission_mode,
         "permissions": rules,
+        "sandbox": sandbox_policy(args),
     }
 
 

@@ -83,6 +83,20 @@ def permission_rules(args: argparse.Namespace) -> Any:
     return PermissionRules.from_settings(settle(args), args.workspace)
 
 
+def sandbox_policy(args: argparse.Namespace) -> Any:
+    """The sandbox of run_command (tools/sandbox.py) from the settings: `sandbox` (default
+    workspace-write), `sandbox_network`, `sandbox_allow_read`. Relaxations from an untrusted
+    folder's files were already dropped by `load_settings`."""
+    from hybrid_agent.tools.sandbox import SandboxPolicy
+
+    settings = settle(args)
+    return SandboxPolicy(
+        mode=settings.get("sandbox") or "workspace-write",
+        network=bool(settings.get("sandbox_network")),
+        allow_read=tuple(settings.get("sandbox_allow_read") or ()),
+    )
+
+
 def continued_session(store: Any, args: argparse.Namespace) -> str | None:
     """With `--continue`: the id of the workspace's most recent session (None without the flag)."""
     if not getattr(args, "continue_", False):

@@ -124,6 +124,7 @@ def open_agent(
     approval: Any = None,
     permissions: Any = None,
     enable_commands: bool = False,
+    sandbox: Any = None,
     mode: str = "ask",
     temperature: float = 0.0,
     max_new_tokens: int = 1024,
@@ -165,9 +166,15 @@ def open_agent(
                 f"session {resume} runs with {describe_policy(recorded)}; --window {given_window} "
                 "would change its numbers: resume it without --window (or start a new session with it)"
             )
+        registry = None
+        if sandbox is not None:  # run_command's sandbox from the settings (tools/sandbox.py)
+            from hybrid_agent.tools import ToolRegistry
+
+            registry = ToolRegistry(workspace, enable_commands=enable_commands, sandbox=sandbox)
         agent = cls(
             engine,
             store,
+            registry,
             workspace=workspace,
             session_id=resume,
             mode=mode,  # type: ignore[arg-type]

@@ -183,3 +183,20 @@ def test_the_ui_asks_to_trust_a_folder_first(
     verdict = opened[0]["permissions"].check("run_command", {"command": "make all"})
     assert (verdict is not None) is (answer == "y\n")
     assert is_trusted(ws) is (answer == "y\n")
+
+
+def test_the_sandbox_settings_reach_run_command(ws: Path, tmp_path: Path) -> None:
+    """`sandbox*` keys become the tool registry's SandboxPolicy (tools/sandbox.py) through the options
+    `run` and the UI open the agent with; an untrusted folder cannot relax it."""
+    from hybrid_agent.agent.cli import parse_args
+    from hybrid_agent.agent.commands import _agent_options
+    from hybrid_agent.agent.settings import trust
+
+    (ws / ".hybrid-agent" / "settings.toml").write_text(
+        'sandbox = "read-only"\nsandbox_network = true\nsandbox_allow_read = ["/opt/tools"]\n'
+    )
+    policy = _agent_options(parse_args(["run", "--workspace", str(ws), "hi"]))["sandbox"]
+    assert (policy.mode, policy.network, tuple(policy.allow_read)) == ("read-only", False, ())
+    trust(ws)
+    policy = _agent_options(parse_args(["run", "--workspace", str(ws), "hi"]))["sandbox"]
+    assert (policy.mode, policy.network, tuple(policy.allow_read)) == ("read-only", True, ("/opt/tools",))
