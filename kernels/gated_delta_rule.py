@@ -31,6 +31,15 @@ from hybrid_agent.kernels._dispatch import use_triton
 from hybrid_agent.kernels.checks import check_gdr_inputs
 
 
+def to_chunks(a: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """(b, t, h, ...) -> (b, h, c, L, ...) in fp32: time cut in c chunks of L = chunk_size, the last one
+    padded with zeros (the chunked delta rules here and in kernels/kda.py)."""
+    b, t, h = a.shape[:3]
+    pad = (-t) % chunk_size
+    a = F.pad(a.to(torch.float32), (0, 0) * (a.dim() - 3) + (0, 0, 0, pad))
+    return a.view(b, (t + pad) // chunk_size, chunk_size, h, *a.shape[3:]).transpose(1, 3).transpose(2, 3)
+
+
 def chunk_gated_delta_rule_ref(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -52,9 +61,8 @@ def chunk_gated_delta_rule_ref(
     c = (t + pad) // L
     f32 = torch.float32
 
-    def chunks(a: torch.Tensor) -> torch.Tensor:  # (b, t, h, ...) -> (b, h, c, L, ...)
-        a = F.pad(a.to(f32), (0, 0) * (a.dim() - 2) + (0, pad))
-        return a.view(b, c, L, h, *a.shape[3:]).transpose(1, 3).transpose(2, 3)
+    def chunks(a: torch.Tensor) -> torch.Tensor:  # (b, t, h, ...) -> (b, h, c, L, ...), fp32
+        return to_chunks(a, L)
 
     qc, kc, vc = chunks(q), chunks(k), chunks(v)  # (b, h, c, L, dk|dv)
     gc, bc = chunks(g), chunks(beta)  # (b, h, c, L)

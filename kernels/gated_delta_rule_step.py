@@ -24,10 +24,25 @@ def gated_delta_rule_step_ref(
     scale: float | None = None,
 ) -> torch.Tensor:
     check_gdr_step_inputs(state, q, k, v, g, beta)
+    return delta_rule_step(state, q, k, v, g.to(torch.float32)[..., None, None], beta, scale)
+
+
+def delta_rule_step(
+    state: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_decay: torch.Tensor,
+    beta: torch.Tensor,
+    scale: float | None,
+) -> torch.Tensor:
+    """The step both delta rules share (this op's and kernels/kda_step.py's): the state decays by
+    exp(log_decay), which broadcasts against (b, h, dk, dv) (one value per head here, per key channel
+    there), then the delta-rule write and the read, in fp32."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     f32 = torch.float32
     qf, kf, vf = q.to(f32), k.to(f32), v.to(f32)
-    s = state * g.to(f32).exp()[..., None, None]  # (b, h, dk, dv)
+    s = state * log_decay.exp()  # (b, h, dk, dv)
     pred = torch.einsum("bhkv,bhk->bhv", s, kf)  # what the state already says for k
     delta = beta.to(f32)[..., None] * (vf - pred)  # (b, h, dv)
     s = s + kf.unsqueeze(-1) * delta.unsqueeze(-2)

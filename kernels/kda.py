@@ -26,8 +26,8 @@ time. All arithmetic is fp32; padding the tail with zeros (g = 0, beta = 0) writ
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from hybrid_agent.kernels.errors import KernelInputError
+from hybrid_agent.kernels.gated_delta_rule import to_chunks
 
 
 def check_kda_inputs(
@@ -78,9 +78,8 @@ def chunk_kda_ref(
     c = (t + pad) // L
     f32 = torch.float32
 
-    def chunks(a: torch.Tensor) -> torch.Tensor:  # (b, t, h, ...) -> (b, h, c, L, ...)
-        a = F.pad(a.to(f32), (0, 0) * (a.dim() - 2) + (0, pad))
-        return a.view(b, c, L, h, *a.shape[3:]).transpose(1, 3).transpose(2, 3)
+    def chunks(a: torch.Tensor) -> torch.Tensor:  # (b, t, h, ...) -> (b, h, c, L, ...), fp32
+        return to_chunks(a, L)
 
     qc, kc, vc, gc = chunks(q), chunks(k), chunks(v), chunks(g)  # (b, h, c, L, dk|dv)
     bc = chunks(beta)  # (b, h, c, L)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from hybrid_agent.kernels.errors import KernelInputError
+from hybrid_agent.kernels.gated_delta_rule_step import delta_rule_step
 
 
 def check_kda_step_inputs(
@@ -48,15 +49,8 @@ def kda_step_ref(
     scale: float | None = None,
 ) -> torch.Tensor:
     check_kda_step_inputs(state, q, k, v, g, beta)
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    f32 = torch.float32
-    qf, kf, vf = q.to(f32), k.to(f32), v.to(f32)
-    s = state * g.to(f32).exp().unsqueeze(-1)  # (b, h, dk, dv): row c decays by exp(g_c)
-    pred = torch.einsum("bhkv,bhk->bhv", s, kf)  # what the state already says for k
-    delta = beta.to(f32)[..., None] * (vf - pred)  # (b, h, dv)
-    s = s + kf.unsqueeze(-1) * delta.unsqueeze(-2)
-    state.copy_(s)
-    return (scale * torch.einsum("bhkv,bhk->bhv", s, qf)).to(v.dtype)
+    # row c of the state (key channel c) decays by exp(g_c)
+    return delta_rule_step(state, q, k, v, g.to(torch.float32).unsqueeze(-1), beta, scale)
 
 
 def kda_step(

@@ -190,3 +190,68 @@ def check_parity() -> Callable[..., None]:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.check_parity
+
+
+def assert_chunked_equals_stepwise(
+    model: Any, *, n_tokens: int = 21, chunk_size: int = 8, state_rtol: float = 1e-4, seed: int = 3
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A prompt prefilled in chunks of `chunk_size` ends with the logits and the state of the same
+    prompt fed one token at a time (relative to each tensor's largest value). Returns both states'
+    tensors (chunked, one at a time) for a family's own checks."""
+    from hybrid_agent.model.decode.generate import prefill
+
+    ids = torch.randint(
+        0, model.config.vocab_size, (1, n_tokens), generator=torch.Generator().manual_seed(seed)
+    )
+    chunked, one = model.new_state(), model.new_state()
+    got = prefill(model, ids, chunked, chunk_size=chunk_size)
+    for t in range(ids.shape[1]):
+        want = model(ids[:, t : t + 1], one)[:, -1]
+    assert float((got - want).abs().max()) <= 1e-4 * float(want.abs().max())
+    ref, new = chunked.to_tensors(), one.to_tensors()
+    assert ref.keys() == new.keys()
+    for name, t in new.items():
+        c, t = ref[name].float(), t.float()
+        assert (c - t).abs().max() <= state_rtol * t.abs().max() + 1e-6, name
+    return ref, new
+
+
+def assert_engine_equals_model(model: Any, *, steps: int = 12, exact: bool = True, **engine_kw: Any) -> Any:
+    """The DecodeEngine (a static step; `engine_kw` picks attention / fuse) gives the model's own greedy
+    tokens after the same prompt; with `exact`, also its logits bit for bit at every step (the step runs
+    the same forwards and kernels on the CPU), else its final state within float rounding."""
+    from hybrid_agent.model.decode.engine import DecodeEngine
+    from hybrid_agent.model.decode.generate import prefill
+
+    vocab = model.config.vocab_size
+    prompt = torch.randint(0, vocab, (1, 13), generator=torch.Generator().manual_seed(4))
+    state = model.new_state()
+    logits = prefill(model, prompt, state, chunk_size=8)
+    want, want_logits = [], [logits.clone()]
+    for _ in range(steps):
+        want.append(int(logits.argmax(-1)))
+        logits = model(torch.tensor([[want[-1]]]), state)[:, -1]
+        want_logits.append(logits.clone())
+    engine = DecodeEngine(model, max_context=48, prefill_chunk=8, **engine_kw)
+    assert engine.static
+    if exact:
+        assert torch.equal(engine.prefill(prompt), want_logits[0])
+        for i in range(steps):
+            assert torch.equal(engine.step(want[i]), want_logits[i + 1]), f"step {i}"
+        return engine
+    engine.prefill(prompt)
+    assert engine.generate_greedy(steps, sync_every=5) == want
+    for name, t in state.to_tensors().items():
+        got = engine.state.to_tensors()[name].float()
+        assert (got - t.float()).abs().max() <= 1e-4 * t.float().abs().max() + 1e-6, name
+    return engine
+
+
+@pytest.fixture
+def chunked_equals_stepwise() -> Callable[..., Any]:
+    return assert_chunked_equals_stepwise
+
+
+@pytest.fixture
+def engine_equals_model() -> Callable[..., Any]:
+    return assert_engine_equals_model

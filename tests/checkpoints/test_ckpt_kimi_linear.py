@@ -5,32 +5,13 @@ tests/checkpoints/test_ckpt_moe_families.py)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from hybrid_agent.model import load_model
 from hybrid_agent.model.checkpoints import kimi_linear
-from hybrid_agent.model.decode.engine import DecodeEngine
-from hybrid_agent.model.decode.generate import prefill
 from hybrid_agent.model.errors import CheckpointError
-
-
-def _parity_module() -> Any:
-    """tests/checkpoints/test_ckpt_parity.py, whose `check_parity` every family shares (pytest imports
-    test files in importlib mode, so a sibling is loaded by its path)."""
-    spec = importlib.util.spec_from_file_location(
-        "_ckpt_parity", Path(__file__).with_name("test_ckpt_parity.py")
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-check_parity = _parity_module().check_parity
 
 KDA, MLA = "linear_attention", "full_attention"
 
@@ -43,7 +24,7 @@ CASES: list[dict[str, Any]] = [
 
 
 @pytest.mark.parametrize("kw", CASES, ids=["default", "q-lora-bias-tied-width3"])
-def test_parity(checkpoint, kw):
+def test_parity(checkpoint, check_parity, kw):
     folder, hf = checkpoint("kimi_linear", **kw)
     model, _, _ = load_model(folder)
     assert model.config.layer_types == [kimi_linear.LAYER_KINDS[t] for t in hf.config.layer_types]
@@ -51,56 +32,30 @@ def test_parity(checkpoint, kw):
     check_parity(folder, hf)
 
 
-def test_parity_long_prompt(checkpoint):
+def test_parity_long_prompt(checkpoint, check_parity):
     """70 tokens: several KDA chunks (64) in one prefill on both sides, the state carried across them."""
     folder, hf = checkpoint("kimi_linear", seed=2)
     check_parity(folder, hf, seed=2, prompt=70)
 
 
-def _kda_state_case(folder: Path) -> tuple[Any, torch.Tensor]:
+def test_chunked_prefill_equals_token_by_token(checkpoint, chunked_equals_stepwise):
+    folder, _ = checkpoint("kimi_linear")
     model, _, _ = load_model(folder)
     for block in model.layers:
         if block.kind == "kda":
             block.mixer.chunk_size = 4  # several chunks inside each prefill piece
-    return model, torch.randint(0, 300, (1, 29), generator=torch.Generator().manual_seed(3))
-
-
-def test_chunked_prefill_equals_token_by_token(checkpoint):
-    folder, _ = checkpoint("kimi_linear")
-    model, ids = _kda_state_case(folder)
-    chunked, single = model.new_state(), model.new_state()
-    want = prefill(model, ids, chunked, chunk_size=8)
-    for t in range(ids.shape[1]):
-        got = model(ids[:, t : t + 1], single)[:, -1]
-    assert float((want - got).abs().max()) <= 1e-4 * float(want.abs().max())
-    ref, new = chunked.to_tensors(), single.to_tensors()
-    assert (
-        ref.keys() == new.keys() and {"layers.0.conv", "layers.0.recurrent", "layers.1.latent"} <= ref.keys()
-    )
+    ref, _ = chunked_equals_stepwise(model, n_tokens=29, state_rtol=1e-5)
+    assert {"layers.0.conv", "layers.0.recurrent", "layers.1.latent"} <= ref.keys()
     assert ref["layers.0.recurrent"].dtype == torch.float32 and ref["layers.0.conv"].dtype == torch.float32
-    for name, t in ref.items():
-        assert (new[name].float() - t.float()).abs().max() <= 1e-5 * t.float().abs().max() + 1e-6, name
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "kernel"])
-def test_engine_greedy_equals_model_forward(checkpoint, attention):
+def test_engine_greedy_equals_model_forward(checkpoint, engine_equals_model, attention):
     """kda is a graphed kind: the engine's static step runs the layer's own forward through its ops and
     the one-step kernels, and gives the model's greedy tokens."""
     folder, _ = checkpoint("kimi_linear")
-    model, _, _ = load_model(folder)
-    prompt = torch.randint(0, 300, (1, 19), generator=torch.Generator().manual_seed(4))
-    state = model.new_state()
-    logits, want = prefill(model, prompt, state, chunk_size=8), []
-    for _ in range(16):
-        want.append(int(logits.argmax(-1)))
-        logits = model(torch.tensor([[want[-1]]]), state)[:, -1]
-    engine = DecodeEngine(model, max_context=48, prefill_chunk=8, attention=attention)
-    assert engine.static and engine.fused == (attention == "kernel")
-    engine.prefill(prompt)
-    assert engine.generate_greedy(16, sync_every=5) == want
-    for name, t in state.to_tensors().items():
-        got = engine.state.to_tensors()[name].float()
-        assert (got - t.float()).abs().max() <= 1e-4 * t.float().abs().max() + 1e-6, name
+    engine = engine_equals_model(load_model(folder)[0], steps=16, exact=False, attention=attention)
+    assert engine.fused == (attention == "kernel")
 
 
 def _hub_config(**kw: Any) -> dict[str, Any]:

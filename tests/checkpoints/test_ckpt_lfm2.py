@@ -4,8 +4,6 @@ config.json is read (layer pattern, MLP width, old spellings)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,25 +12,8 @@ from hybrid_agent.model import load_model
 from hybrid_agent.model.chat import ChatMessage
 from hybrid_agent.model.checkpoints import lfm2
 from hybrid_agent.model.checkpoints.tool_formats import Lfm2ToolCalls, format_class_for
-from hybrid_agent.model.decode.engine import DecodeEngine
-from hybrid_agent.model.decode.generate import prefill
 from hybrid_agent.model.errors import CheckpointError
 from hybrid_agent.model.testing import tiny_model
-
-
-def _parity_module() -> Any:
-    """tests/checkpoints/test_ckpt_parity.py, whose `check_parity` every family shares (pytest imports
-    test files in importlib mode, so a sibling is loaded by its path)."""
-    spec = importlib.util.spec_from_file_location(
-        "_ckpt_parity", Path(__file__).with_name("test_ckpt_parity.py")
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-check_parity = _parity_module().check_parity
 
 CONV, ATTN = "conv", "full_attention"
 
@@ -45,7 +26,7 @@ CASES: list[dict[str, Any]] = [
 
 
 @pytest.mark.parametrize("kw", CASES, ids=["default", "bias-untied-width4", "multiplier-theta"])
-def test_parity(checkpoint, kw):
+def test_parity(checkpoint, check_parity, kw):
     folder, hf = checkpoint("lfm2", **kw)
     model, _, _ = load_model(folder)
     assert model.config.layer_types == [lfm2.LAYER_KINDS[t] for t in hf.config.layer_types]
@@ -54,7 +35,7 @@ def test_parity(checkpoint, kw):
 
 
 @pytest.mark.slow
-def test_parity_long_prompt(checkpoint):
+def test_parity_long_prompt(checkpoint, check_parity):
     """150 tokens: the conv state carried across many prefill chunks on our side."""
     folder, hf = checkpoint("lfm2", seed=2)
     check_parity(folder, hf, seed=2, prompt=150)
@@ -79,40 +60,19 @@ def test_bfloat16_error_is_on_par_with_transformers_own(checkpoint):
     assert err_ours <= 1.25 * err_theirs, f"bf16 mean error {err_ours:.3g} vs transformers' {err_theirs:.3g}"
 
 
-def test_chunked_prefill_equals_token_by_token(checkpoint):
+def test_chunked_prefill_equals_token_by_token(checkpoint, chunked_equals_stepwise):
     folder, _ = checkpoint("lfm2")
-    model, _, _ = load_model(folder)
-    ids = torch.randint(0, 300, (1, 29), generator=torch.Generator().manual_seed(3))
-    chunked, single = model.new_state(), model.new_state()
-    want = prefill(model, ids, chunked, chunk_size=8)
-    for t in range(ids.shape[1]):
-        got = model(ids[:, t : t + 1], single)[:, -1]
-    assert float((want - got).abs().max()) <= 1e-4 * float(want.abs().max())
-    ref, new = chunked.to_tensors(), single.to_tensors()
-    assert ref.keys() == new.keys() and "layers.0.conv" in ref
-    for name, t in ref.items():
-        assert (new[name].float() - t.float()).abs().max() <= 1e-5 * t.float().abs().max() + 1e-7, name
+    ref, _ = chunked_equals_stepwise(load_model(folder)[0], n_tokens=29, state_rtol=1e-5)
+    assert "layers.0.conv" in ref
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "kernel"])
-def test_engine_greedy_equals_model_forward(checkpoint, attention):
+def test_engine_greedy_equals_model_forward(checkpoint, engine_equals_model, attention):
     """short_conv is a graphed kind: the engine's static step (fused with attention="kernel") runs the
     layers' own forwards through its ops and gives the model's greedy tokens."""
     folder, _ = checkpoint("lfm2")
-    model, _, _ = load_model(folder)
-    prompt = torch.randint(0, 300, (1, 19), generator=torch.Generator().manual_seed(4))
-    state = model.new_state()
-    logits, want = prefill(model, prompt, state, chunk_size=8), []
-    for _ in range(16):
-        want.append(int(logits.argmax(-1)))
-        logits = model(torch.tensor([[want[-1]]]), state)[:, -1]
-    engine = DecodeEngine(model, max_context=48, prefill_chunk=8, attention=attention)
-    assert engine.static and engine.fused == (attention == "kernel")
-    engine.prefill(prompt)
-    assert engine.generate_greedy(16, sync_every=5) == want
-    for name, t in state.to_tensors().items():
-        got = engine.state.to_tensors()[name].float()
-        assert (got - t.float()).abs().max() <= 1e-4 * t.float().abs().max() + 1e-6, name
+    engine = engine_equals_model(load_model(folder)[0], steps=16, exact=False, attention=attention)
+    assert engine.fused == (attention == "kernel")
 
 
 def test_short_conv_layer_with_the_native_config():

@@ -12,8 +12,6 @@ from typing import Any
 import pytest
 import torch
 from hybrid_agent.model import load_model
-from hybrid_agent.model.decode.engine import DecodeEngine
-from hybrid_agent.model.decode.generate import prefill
 from hybrid_agent.model.moe import MoE
 from safetensors.torch import load_file, save_file
 
@@ -142,37 +140,15 @@ def test_granite_without_experts_key_has_transformers_default_experts(checkpoint
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_chunked_prefill_equals_token_by_token(checkpoint, case):
+def test_chunked_prefill_equals_token_by_token(checkpoint, chunked_equals_stepwise, case):
     folder, _ = moe_checkpoint(checkpoint, case)
-    model, _, _ = load_model(folder)
-    ids = torch.randint(0, 300, (1, 21), generator=torch.Generator().manual_seed(3))
-    chunked, one = model.new_state(), model.new_state()
-    got = prefill(model, ids, chunked, chunk_size=8)
-    for t in range(ids.shape[1]):
-        want = model(ids[:, t : t + 1], one)[:, -1]
-    assert float((got - want).abs().max()) <= 1e-4 * float(want.abs().max())
-    for name, t in one.to_tensors().items():
-        c, t = chunked.to_tensors()[name].float(), t.float()
-        assert (c - t).abs().max() <= 1e-4 * t.abs().max() + 1e-6, name
+    chunked_equals_stepwise(load_model(folder)[0])
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_engine_greedy_equals_model_forward(checkpoint, case):
+def test_engine_greedy_equals_model_forward(checkpoint, engine_equals_model, case):
     folder, _ = moe_checkpoint(checkpoint, case)
-    model, _, _ = load_model(folder)
-    prompt = torch.randint(0, 300, (1, 13), generator=torch.Generator().manual_seed(4))
-    state = model.new_state()
-    logits = prefill(model, prompt, state, chunk_size=8)
-    want, want_logits = [], [logits.clone()]
-    for _ in range(12):
-        want.append(int(logits.argmax(-1)))
-        logits = model(torch.tensor([[want[-1]]]), state)[:, -1]
-        want_logits.append(logits.clone())
-    engine = DecodeEngine(model, max_context=48, prefill_chunk=8)
-    assert engine.static
-    assert torch.equal(engine.prefill(prompt), want_logits[0])
-    for i in range(12):
-        assert torch.equal(engine.step(want[i]), want_logits[i + 1]), f"step {i}"
+    engine_equals_model(load_model(folder)[0])
 
 
 def test_nemotron_h_adapter_maps_moe_layers(checkpoint):

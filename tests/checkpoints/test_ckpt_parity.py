@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 import torch
 from hybrid_agent.model import ModelState, load_model
-from hybrid_agent.model.decode.generate import prefill
 from hybrid_agent.model.state_layout import layout_metadata
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
@@ -243,40 +242,16 @@ def test_granite_head_is_untied_only_when_scaled(checkpoint):
     assert torch.equal(model.lm_head.weight, model.embed_tokens.weight / 2.0)
 
 
-def test_granite_chunked_prefill_equals_token_by_token(checkpoint):
+def test_granite_chunked_prefill_equals_token_by_token(checkpoint, chunked_equals_stepwise):
     folder, _ = checkpoint("granitemoehybrid", position_embedding_type="rope", **GRANITE_MULTIPLIERS)
-    model, _, _ = load_model(folder)
-    ids = torch.randint(0, model.config.vocab_size, (29,), generator=torch.Generator().manual_seed(3))
-    chunked, single = model.new_state(), model.new_state()
-    got = prefill(model, ids, chunked, chunk_size=8)
-    for t in ids.tolist():
-        want = model(torch.tensor([[t]]), single)[:, -1]
-    assert chunked.n_tokens == single.n_tokens == len(ids)
-    assert float((got - want).abs().max() / want.abs().max()) < 1e-4
-    probe = torch.tensor([[5]])
-    a, b = model(probe, chunked), model(probe, single)
-    assert float((a - b).abs().max() / b.abs().max()) < 1e-4
+    chunked_equals_stepwise(load_model(folder)[0], n_tokens=29)
 
 
-def test_granite_decode_engine_matches_model_forward(checkpoint):
+def test_granite_decode_engine_matches_model_forward(checkpoint, engine_equals_model):
     """The decode engine (model/decode/engine.py) runs the loaded Granite layers through its own ops:
     its greedy tokens and logits are the model's own forward's."""
-    from hybrid_agent.model.decode.engine import DecodeEngine
-
     folder, _ = checkpoint("granitemoehybrid", position_embedding_type="rope", **GRANITE_MULTIPLIERS)
-    model, _, _ = load_model(folder)
-    prompt = torch.randint(0, model.config.vocab_size, (1, 13), generator=torch.Generator().manual_seed(4))
-    state = model.new_state()
-    logits = prefill(model, prompt, state, chunk_size=8)
-    want, want_logits = [], [logits.clone()]
-    for _ in range(12):
-        want.append(int(logits.argmax(-1)))
-        logits = model(torch.tensor([[want[-1]]]), state)[:, -1]
-        want_logits.append(logits.clone())
-    engine = DecodeEngine(model, max_context=48, prefill_chunk=8)
-    assert engine.static  # attention and Mamba-2 only: the segmented static step
-    assert torch.equal(engine.prefill(prompt), want_logits[0])
-    assert engine.generate_greedy(12, sync_every=5) == want
+    engine_equals_model(load_model(folder)[0])
 
 
 def test_granite_hub_config_spelling_loads_the_same_model(checkpoint):

@@ -7,8 +7,6 @@ from __future__ import annotations
 import pytest
 import torch
 from hybrid_agent.model import load_model
-from hybrid_agent.model.decode.engine import DecodeEngine
-from hybrid_agent.model.decode.generate import prefill
 
 pytest.importorskip("transformers")
 
@@ -32,33 +30,11 @@ def test_adapter_maps_gate_norms_and_projections(checkpoint):
     assert torch.equal(stacked, gdn.in_proj_qkv.weight)
 
 
-def test_chunked_prefill_equals_token_by_token(checkpoint):
+def test_chunked_prefill_equals_token_by_token(checkpoint, chunked_equals_stepwise):
     folder, _ = checkpoint("qwen3_5_text")
-    model, _, _ = load_model(folder)
-    ids = torch.randint(0, 300, (1, 21), generator=torch.Generator().manual_seed(3))
-    chunked, one = model.new_state(), model.new_state()
-    got = prefill(model, ids, chunked, chunk_size=8)
-    for t in range(ids.shape[1]):
-        want = model(ids[:, t : t + 1], one)[:, -1]
-    assert float((got - want).abs().max()) <= 1e-4 * float(want.abs().max())
-    for name, t in one.to_tensors().items():
-        c, t = chunked.to_tensors()[name].float(), t.float()
-        assert (c - t).abs().max() <= 1e-4 * t.abs().max() + 1e-6, name
+    chunked_equals_stepwise(load_model(folder)[0])
 
 
-def test_engine_greedy_equals_model_forward(checkpoint):
+def test_engine_greedy_equals_model_forward(checkpoint, engine_equals_model):
     folder, _ = checkpoint("qwen3_5_text")
-    model, _, _ = load_model(folder)
-    prompt = torch.randint(0, 300, (1, 13), generator=torch.Generator().manual_seed(4))
-    state = model.new_state()
-    logits = prefill(model, prompt, state, chunk_size=8)
-    want, want_logits = [], [logits.clone()]
-    for _ in range(12):
-        want.append(int(logits.argmax(-1)))
-        logits = model(torch.tensor([[want[-1]]]), state)[:, -1]
-        want_logits.append(logits.clone())
-    engine = DecodeEngine(model, max_context=48, prefill_chunk=8)
-    assert engine.static
-    assert torch.equal(engine.prefill(prompt), want_logits[0])
-    for i in range(12):
-        assert torch.equal(engine.step(want[i]), want_logits[i + 1]), f"step {i}"
+    engine_equals_model(load_model(folder)[0])

@@ -9,8 +9,6 @@ from __future__ import annotations
 import pytest
 import torch
 from hybrid_agent.model import load_model
-from hybrid_agent.model.decode.engine import DecodeEngine
-from hybrid_agent.model.decode.generate import prefill
 from hybrid_agent.model.moe import MoE
 from safetensors.torch import load_file, save_file
 
@@ -70,39 +68,16 @@ def test_qwen3_next_maps_interleaved_projections_and_sparse_layers(checkpoint):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_chunked_prefill_equals_token_by_token(checkpoint, family):
+def test_chunked_prefill_equals_token_by_token(checkpoint, chunked_equals_stepwise, family):
     folder, _ = checkpoint(family)
-    model, _, _ = load_model(folder)
-    ids = torch.randint(0, 300, (1, 21), generator=torch.Generator().manual_seed(3))
-    chunked, one = model.new_state(), model.new_state()
-    got = prefill(model, ids, chunked, chunk_size=8)
-    for t in range(ids.shape[1]):
-        want = model(ids[:, t : t + 1], one)[:, -1]
-    assert float((got - want).abs().max()) <= 1e-4 * float(want.abs().max())
-    for name, t in one.to_tensors().items():
-        c, t = chunked.to_tensors()[name].float(), t.float()
-        assert (c - t).abs().max() <= 1e-4 * t.abs().max() + 1e-6, name
+    chunked_equals_stepwise(load_model(folder)[0])
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("fuse", [False, True])
-def test_engine_greedy_equals_model_forward(checkpoint, fuse, family):
+def test_engine_greedy_equals_model_forward(checkpoint, engine_equals_model, fuse, family):
+    """Unfused: the model's own forwards, bit for bit; fused (kernels.silu_mul, stacked projections):
+    the same greedy tokens and state to float rounding."""
     folder, _ = checkpoint(family)
-    model, _, _ = load_model(folder)
-    prompt = torch.randint(0, 300, (1, 13), generator=torch.Generator().manual_seed(4))
-    state = model.new_state()
-    logits = prefill(model, prompt, state, chunk_size=8)
-    want, want_logits = [], [logits.clone()]
-    for _ in range(12):
-        want.append(int(logits.argmax(-1)))
-        logits = model(torch.tensor([[want[-1]]]), state)[:, -1]
-        want_logits.append(logits.clone())
-    engine = DecodeEngine(model, max_context=48, prefill_chunk=8, attention="kernel" if fuse else None)
-    assert engine.static and engine.fused == fuse
-    assert torch.equal(engine.prefill(prompt), want_logits[0])
-    for i in range(12):
-        got = engine.step(want[i])
-        if fuse:  # the fused step's kernels: float rounding
-            assert torch.allclose(got, want_logits[i + 1], rtol=1e-4, atol=1e-4), f"step {i}"
-        else:
-            assert torch.equal(got, want_logits[i + 1]), f"step {i}"
+    engine = engine_equals_model(load_model(folder)[0], exact=not fuse, attention="kernel" if fuse else None)
+    assert engine.fused == fuse
