@@ -54,9 +54,9 @@ def start_options(
     return {
         "command": expand(name, server["command"], env),
         "args": [expand(name, a, env) for a in server.get("args", [])],
-        # The SDK's stdio client passes only a few safe variables on unless told: the server gets the
-        # whole environment, with the entry's own variables on top.
-        "env": {**os.environ, **extra} if extra else None,
+        # Merged by the SDK over its few safe variables (PATH, HOME, ...): the rest of this process's
+        # environment, secrets included, reaches a server only through its entry's `env`.
+        "env": extra or None,
     }
 
 
