@@ -44,8 +44,11 @@ def dispatch(args: argparse.Namespace) -> int:
     """Run the command that `args` names (`run`, `sessions`, `config`, `trust`). The terminal UI, the
     one without a command, is opened by hybrid_agent/cli.py: tui/ sits above agent/."""
     from hybrid_agent.agent.config_commands import cmd_config, cmd_trust
+    from hybrid_agent.agent.mcp_commands import cmd_mcp
 
-    commands = {"run": cmd_run, "sessions": cmd_sessions, "config": cmd_config, "trust": cmd_trust}
+    commands = {
+        "run": cmd_run, "sessions": cmd_sessions, "config": cmd_config, "trust": cmd_trust, "mcp": cmd_mcp,
+    }  # fmt: skip
     return run_command(commands[args.command], args)
 
 
@@ -78,7 +81,7 @@ def run_command(command: Callable[[argparse.Namespace], int], args: argparse.Nam
 
 def _agent_options(args: argparse.Namespace) -> dict[str, Any]:
     """The options of `Agent.open`: the flags, over the settings files (agent/config_commands.py)."""
-    from hybrid_agent.agent.config_commands import permission_rules, sandbox_policy
+    from hybrid_agent.agent.config_commands import permission_rules, sandbox_policy, settle
 
     rules = permission_rules(args)
     return {
@@ -96,6 +99,7 @@ def _agent_options(args: argparse.Namespace) -> dict[str, Any]:
         "mode": args.permission_mode,
         "permissions": rules,
         "sandbox": sandbox_policy(args),
+        "mcp_servers": settle(args).get("mcp_servers") or None,  # mounted by Agent.open
     }
 
 

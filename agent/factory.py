@@ -125,6 +125,7 @@ def open_agent(
     permissions: Any = None,
     enable_commands: bool = False,
     sandbox: Any = None,
+    mcp_servers: dict[str, Any] | None = None,
     mode: str = "ask",
     temperature: float = 0.0,
     max_new_tokens: int = 1024,
@@ -140,6 +141,7 @@ def open_agent(
         window=window, sinks=sinks, max_prompt_tokens=max_prompt_tokens,
     )  # fmt: skip
     store = Store(db)
+    registry: Any = None
     try:
         recorded, given_window, moved_to = None, window, None
         if resume is not None:
@@ -166,11 +168,14 @@ def open_agent(
                 f"session {resume} runs with {describe_policy(recorded)}; --window {given_window} "
                 "would change its numbers: resume it without --window (or start a new session with it)"
             )
-        registry = None
-        if sandbox is not None:  # run_command's sandbox from the settings (tools/sandbox.py)
+        if sandbox is not None or mcp_servers:  # run_command's sandbox from the settings (tools/sandbox.py)
             from hybrid_agent.tools import ToolRegistry
 
             registry = ToolRegistry(workspace, enable_commands=enable_commands, sandbox=sandbox)
+        if mcp_servers:  # a server that fails is one line of registry.plugin_errors, not a stop
+            from hybrid_agent.agent.mcp_servers import mount_servers
+
+            mount_servers(registry, mcp_servers)
         agent = cls(
             engine,
             store,
@@ -192,5 +197,7 @@ def open_agent(
             store.move_session(resume, moved_to)
         return agent
     except BaseException:
+        if registry is not None:
+            registry.close()  # the MCP servers it started
         store.close()
         raise

@@ -15,7 +15,9 @@ merged by key. Every value remembers the file it came from (`Settings.sources`),
 Trust: a project or local file comes with code the user cloned. Its hooks, MCP servers, `allow` rules
 and sandbox relaxations apply only in a folder the user trusted (`hybrid-agent trust DIR`, recorded in
 the user config dir); until then they are dropped with one warning line each file. `deny` and `ask`
-rules always apply: they only take rights away.
+rules always apply: they only take rights away. An MCP server the user added with `hybrid-agent mcp
+add` is approved on its own (`approve_server`): it applies in an untrusted folder as long as its
+entry is unchanged.
 
 Every problem in a file (TOML syntax, an unknown key, a bad value) is one line naming the file, the
 key and what is allowed (`SettingsError`).
@@ -172,12 +174,40 @@ def trust(folder: str | Path) -> tuple[Path, bool]:
     known = trusted_folders()
     if str(path) in known:
         return path, False
-    target = _trust_file()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"folders": [*known, str(path)]}, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, target)
+    replace_file(_trust_file(), json.dumps({"folders": [*known, str(path)]}, indent=2) + "\n")
     return path, True
+
+
+def _approved_file() -> Path:
+    return user_config_dir() / "approved_mcp_servers.json"
+
+
+def _server_key(workspace: str | Path, name: str, server: dict[str, Any]) -> str:
+    """The folder, the name and the whole entry as written (before `${VAR}` expansion): an entry
+    that a later commit changes is no longer approved."""
+    folder = str(Path(workspace).expanduser().resolve())
+    return json.dumps([folder, name, server], sort_keys=True, ensure_ascii=False)
+
+
+def approved_servers() -> list[str]:
+    try:
+        data = json.loads(_approved_file().read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        raise SettingsError(f"{_approved_file()}: cannot read the approved MCP servers ({exc})") from None
+    return [str(k) for k in data.get("servers", [])] if isinstance(data, dict) else []
+
+
+def approve_server(workspace: str | Path, name: str, server: dict[str, Any] | None) -> None:
+    """Record (or, with `server` None, forget every record of) the MCP server `name` of `workspace`
+    as approved by the user: `mcp add` does this, so a server the user added applies without
+    `trust`, while one that came in a cloned settings file does not."""
+    folder = _server_key(workspace, name, {})[: -len(", {}]")]
+    keys = [k for k in approved_servers() if not k.startswith(folder + ",")]
+    if server is not None:
+        keys.append(_server_key(workspace, name, server))
+    replace_file(_approved_file(), json.dumps({"servers": keys}, indent=2) + "\n")
 
 
 # ---- reading one file ------------------------------------------------------------------------------
@@ -274,10 +304,18 @@ class Settings:
         self.list_sources.setdefault(key, []).extend([layer] * len(items))
 
 
-def _untrusted(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """`data` without what an untrusted file may not set; the names of what was dropped."""
+def _untrusted(data: dict[str, Any], workspace: str | Path) -> tuple[dict[str, Any], list[str]]:
+    """`data` without what an untrusted file may not set (MCP servers the user approved are kept);
+    the names of what was dropped."""
     kept = dict(data)
-    dropped = [k for k in ("hooks", "mcp_servers") if kept.pop(k, None)]
+    dropped = [k for k in ("hooks",) if kept.pop(k, None)]
+    servers = kept.pop("mcp_servers", None) or {}
+    approved = set(approved_servers()) if servers else set()
+    ok = {n: v for n, v in servers.items() if _server_key(workspace, n, v) in approved}
+    if ok:
+        kept["mcp_servers"] = ok
+    if len(ok) < len(servers):
+        dropped.append("mcp_servers" + (f" {', '.join(n for n in servers if n not in ok)}" if ok else ""))
     if kept.get("permissions", {}).get("allow"):
         kept["permissions"] = {k: v for k, v in kept["permissions"].items() if k != "allow"}
         dropped.append("permissions.allow")
@@ -301,7 +339,7 @@ def load_settings(workspace: str | Path = ".", cli: dict[str, Any] | None = None
         if data and layer != "user":
             trusted = is_trusted(workspace) if trusted is None else trusted
             if not trusted:
-                data, dropped = _untrusted(data)
+                data, dropped = _untrusted(data, workspace)
                 if dropped:
                     settings.warnings.append(
                         f"{path}: ignored {', '.join(dropped)}: the folder is not trusted "
@@ -360,8 +398,13 @@ def add_rule(path: Path, kind: str, rule: str) -> bool:
     else:
         data["permissions"] = {**permissions, kind: [*permissions.get(kind, []), rule]}
         text = "".join(f"{key} = {toml_value(value)}\n" for key, value in data.items())
+    replace_file(path, text)
+    return True
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
-    return True

@@ -1,9 +1,10 @@
-"""Mount the tools of a Model Context Protocol server (stdio) into a ToolRegistry.
+"""Mount the tools of a Model Context Protocol server (stdio, or streamable HTTP) into a ToolRegistry.
 
 Design choices:
 - The registry is synchronous; the MCP SDK is async and its session must live in one task for its
   whole life (its transport and task groups are scoped). So each server gets a background thread
-  running its own event loop, where one long-lived task owns `stdio_client` + `ClientSession`.
+  running its own event loop, where one long-lived task owns the transport (`stdio_client`, or
+  `streamable_http_client` when a `url` is given) + `ClientSession`.
   Calls are submitted to that loop with `run_coroutine_threadsafe` and waited for with a timeout;
   closing sets an event that lets the owning task leave its context managers normally (the SDK's
   shutdown then closes stdin, waits, and kills the server's process group).
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import json
 import re
 import tempfile
@@ -56,19 +58,27 @@ class MCPConnection:
     def __init__(
         self,
         server: str,
-        command: str,
-        args: list[str],
+        command: str | None = None,
+        args: list[str] | None = None,
         *,
         env: dict[str, str] | None = None,
         cwd: str | None = None,
         timeout_s: float = 60.0,
         start_timeout_s: float = 60.0,
+        url: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", server):
             raise MCPServerError(f"MCP server name {server!r}: use 1-32 letters, digits, '_' or '-'")
         self.server = server
         self.timeout_s = timeout_s
-        self._params = StdioServerParameters(command=command, args=args, env=env, cwd=cwd)
+        if (command is None) == (url is None):
+            raise MCPServerError(f"MCP server {server!r}: give a command (stdio) or a url (http), not both")
+        self.url, self.headers = url, dict(headers or {})
+        args = list(args or [])
+        self._params = (
+            StdioServerParameters(command=command, args=args, env=env, cwd=cwd) if command else None
+        )
         # Lives as long as the connection (closed by the finalizer), hence no `with`.
         self._errlog = tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace")  # noqa: SIM115
         self._loop = asyncio.new_event_loop()
@@ -88,7 +98,8 @@ class MCPConnection:
                 if isinstance(e, TimeoutError)
                 else f"{type(_leaf(e)).__name__}: {_leaf(e)}"
             )
-            message = f"MCP server {server!r} ({command} {' '.join(args)}) did not start: {reason}."
+            what = url if url is not None else " ".join([command or "", *args])
+            message = f"MCP server {server!r} ({what}) did not start: {reason}."
             raise MCPServerError(message + self.stderr_tail()) from None
         atexit.register(self.close)
 
@@ -106,10 +117,7 @@ class MCPConnection:
 
     async def _main(self) -> None:
         try:
-            async with (
-                stdio_client(self._params, errlog=self._errlog) as (read, write),
-                ClientSession(read, write) as session,
-            ):
+            async with self._transport() as (read, write), ClientSession(read, write) as session:
                 await session.initialize()
                 definitions: list[MCPToolDefinition] = []
                 cursor = None
@@ -132,10 +140,29 @@ class MCPConnection:
         finally:
             self._session = None
 
+    def _transport(self) -> Any:
+        if self._params is not None:
+            return stdio_client(self._params, errlog=self._errlog)
+        from mcp.client.streamable_http import streamable_http_client
+        from mcp.shared._httpx_utils import create_mcp_http_client
+
+        # The client is closed by the transport's exit only when the transport made it, so it is
+        # entered here together with the transport.
+        @contextlib.asynccontextmanager
+        async def both() -> Any:
+            async with (
+                create_mcp_http_client(headers=self.headers) as client,
+                streamable_http_client(self.url or "", http_client=client) as streams,
+            ):
+                yield streams[0], streams[1]
+
+        return both()
+
     # --- used from other threads ------------------------------------------------------------------
 
     def __del__(self) -> None:
-        self._errlog.close()
+        if hasattr(self, "_errlog"):  # not when the name was refused
+            self._errlog.close()
 
     def stderr_tail(self, chars: int = 2000) -> str:
         try:

@@ -140,16 +140,19 @@ class ToolRegistry:
     def mount_mcp(
         self,
         server: str,
-        command: str,
+        command: str | None = None,
         args: Iterable[str] = (),
         *,
         env: dict[str, str] | None = None,
         cwd: str | None = None,
         timeout_s: float = 60.0,
         start_timeout_s: float = 60.0,
+        url: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> list[str]:
-        """Start an MCP server (stdio) and add its tools as `<server>__<tool>`; they default to `ask`.
-        `timeout_s` bounds each call, `start_timeout_s` the start (spawn, initialize, list tools)."""
+        """Start an MCP server (stdio: `command`; streamable HTTP: `url` and `headers`) and add its
+        tools as `<server>__<tool>`; they default to `ask`. `timeout_s` bounds each call,
+        `start_timeout_s` the start (spawn or connect, initialize, list tools)."""
         from hybrid_agent.tools.mcp_client import MCPConnection  # the SDK is imported only when MCP is used
 
         conn = MCPConnection(
@@ -160,6 +163,8 @@ class ToolRegistry:
             cwd=cwd,
             timeout_s=timeout_s,
             start_timeout_s=start_timeout_s,
+            url=url,
+            headers=headers,
         )
         try:
             tools = conn.tools()

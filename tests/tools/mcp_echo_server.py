@@ -1,4 +1,5 @@
-"""A small MCP server (stdio) for the tests: `python mcp_echo_server.py`."""
+"""A small MCP server for the tests: `python mcp_echo_server.py` (stdio), or
+`python mcp_echo_server.py --http PORT` (streamable HTTP on 127.0.0.1:PORT/mcp)."""
 
 from __future__ import annotations
 
@@ -47,4 +48,7 @@ def crash() -> str:
 
 
 if __name__ == "__main__":
-    app.run()
+    if "--http" in sys.argv:
+        app.run("streamable-http", host="127.0.0.1", port=int(sys.argv[sys.argv.index("--http") + 1]))
+    else:
+        app.run()
