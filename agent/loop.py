@@ -40,12 +40,19 @@ from hybrid_agent.agent.events import (
     TextDelta,
     TurnEnd,
 )
+from hybrid_agent.agent.hooks import HookOutcome, Hooks
 from hybrid_agent.agent.journal import StoreJournal, attach_journal
 from hybrid_agent.agent.owner import ModelOwner
 from hybrid_agent.agent.permissions import PermissionRules
 from hybrid_agent.agent.prefill import DEFAULT_MAX_PROMPT_TOKENS, PrefillOps
 from hybrid_agent.agent.prefill import TurnCancelled as _Cancelled
-from hybrid_agent.agent.records import assistant_event, conversation_of, system_event
+from hybrid_agent.agent.records import (
+    assistant_event,
+    conversation_of,
+    system_event,
+    user_event,
+    user_message,
+)
 from hybrid_agent.agent.sessions import SessionOps
 from hybrid_agent.agent.stream import VisibleText
 from hybrid_agent.agent.toolcalls import Approval, ToolCallOps
@@ -97,6 +104,7 @@ class Agent(SessionOps, PrefillOps, ToolCallOps):
         mode: Mode = "ask",
         approval: Approval | None = None,
         permissions: PermissionRules | None = None,
+        hooks: Hooks | None = None,
         enable_commands: bool = False,
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         max_new_tokens: int = 1024,
@@ -120,6 +128,8 @@ class Agent(SessionOps, PrefillOps, ToolCallOps):
         self.mode: Mode = mode
         self.approval = approval
         self.permissions = permissions  # the settings' allow/ask/deny rules (agent/permissions.py)
+        self.hooks = hooks  # the settings' hooks (agent/hooks.py)
+        self._hook_start = HookOutcome()  # the SessionStart hooks' runs, for the session's next turn
         self.system_prompt = system_prompt
         self.max_new_tokens = max_new_tokens
         self.max_tool_rounds = max_tool_rounds
@@ -207,8 +217,19 @@ class Agent(SessionOps, PrefillOps, ToolCallOps):
                 self._system = self.system_prompt
                 self._tools = [s["function"] for s in self.registry.schemas()]
                 events.append(system_event(self._system, self._tools, self.engine.chat.name))
-            events.append(Event("user", text))
-            new = [ChatMessage("user", text)]
+            # What the SessionStart hooks said (agent/hooks.py), then the UserPromptSubmit hooks.
+            started, self._hook_start = self._hook_start, HookOutcome()
+            prompted = await self._run_hooks("UserPromptSubmit", prompt=text)
+            for notice in started.notices() + prompted.notices():
+                yield notice
+            if (blocked := prompted.blocked) is not None:
+                finished = True  # nothing was read: the session is where it was
+                yield ErrorEvent(message=f"a UserPromptSubmit hook refused the prompt: {blocked.reason()}")
+                return
+            events += started.records() + prompted.records()
+            context = "\n\n".join(c for c in (started.context, prompted.context) if c)
+            events.append(user_event(text, context))
+            new = [user_message(text, context)]
             rounds = 0
             while True:
                 segment = self.engine.chat.segment(
@@ -238,6 +259,10 @@ class Agent(SessionOps, PrefillOps, ToolCallOps):
                 for i, call in enumerate(calls):
                     async for ev in self._tool_call(call, f"call_{turn}_{rounds}_{i}", turn, events, new):
                         yield ev
+            stopped = await self._run_hooks("Stop", stop_reason=stop_reason)
+            for notice in stopped.notices():
+                yield notice
+            events += stopped.records()
             end = await self._save(turn, events, stats, stop_reason)
             finished = True
             yield end

@@ -15,7 +15,8 @@ from typing import Any
 
 from hybrid_agent.agent.engine import Engine
 from hybrid_agent.agent.events import AgentEvent, ApprovalDecision, ToolCallRequested, ToolResultEvent
-from hybrid_agent.agent.permissions import PermissionRules, Verdict, refusal
+from hybrid_agent.agent.hooks import HookOutcome, Hooks
+from hybrid_agent.agent.permissions import PermissionRules, Verdict, refusal, rule_name
 from hybrid_agent.agent.prefill import TurnCancelled as _Cancelled
 from hybrid_agent.agent.records import tool_call_event, tool_result_event
 from hybrid_agent.memory import Event
@@ -31,6 +32,8 @@ class ToolCallOps:
     mode: str
     approval: Approval | None
     permissions: PermissionRules | None
+    hooks: Hooks | None
+    session_id: str
     _always: dict[str, ApprovalDecision]
     _cancel: threading.Event
     _on_model: Callable[..., Any]
@@ -60,6 +63,7 @@ class ToolCallOps:
         self, call: ParsedToolCall, call_id: str, turn: int, events: list[Event], new: list[ChatMessage]
     ) -> AsyncIterator[AgentEvent]:
         name = call.name or "?"
+        hooked: list[Event] = []  # the hooks' runs
         if call.error is not None:
             request = ToolCallRequested(call_id=call_id, tool=name, arguments=call.arguments)
             yield request
@@ -97,18 +101,41 @@ class ToolCallOps:
                     self._always[name] = decision
             if self._cancel.is_set():
                 raise _Cancelled
+            source = request.source
+            pre = HookOutcome()
             if decision.allow:
+                pre = await self._run_hooks("PreToolUse", rule_name(name, source), tool_input=call.arguments)
+                for notice in pre.notices():
+                    yield notice
+                hooked += pre.records()
+            if decision.allow and (blocked := pre.blocked) is not None:
+                text = f"a PreToolUse hook blocked this {name} call; it was not run: {blocked.reason()}"
+                result = ToolResultEvent(call_id=call_id, tool=name, text=text, is_error=True, denied=True)
+            elif decision.allow:
                 out = await asyncio.to_thread(
                     self.registry.call, name, call.arguments, True, turn, cancel=self._cancel
                 )
                 result = ToolResultEvent(
                     call_id=call_id, tool=name, text=out.text, is_error=out.is_error, denied=out.denied
                 )
+                response = {"text": out.text, "is_error": out.is_error}
+                post = await self._run_hooks(
+                    "PostToolUse", rule_name(name, source), tool_input=call.arguments, tool_response=response
+                )
+                for notice in post.notices():
+                    yield notice
+                hooked += post.records()
             else:
                 text = refusal(name, decision, rule)
                 result = ToolResultEvent(call_id=call_id, tool=name, text=text, is_error=True, denied=True)
-        events += [tool_call_event(request, call.raw, call.error), tool_result_event(result)]
+        events += [tool_call_event(request, call.raw, call.error), *hooked, tool_result_event(result)]
         new.append(ChatMessage("tool", result.text, name=name))
         yield result
         if self._cancel.is_set():
             raise _Cancelled
+
+    async def _run_hooks(self, event: str, tool: str | None = None, **fields: Any) -> HookOutcome:
+        """The hooks of `event` run, off the event loop (agent/hooks.py)."""
+        if self.hooks is None or not self.hooks.wants(event, tool):
+            return HookOutcome()
+        return await asyncio.to_thread(self.hooks.run, event, self.session_id, tool, **fields)
