@@ -211,3 +211,40 @@ def test_an_invalid_matcher_is_a_settings_error(workspace: Path, config: Path) -
     (config / "settings.toml").write_text('[[hooks.PreToolUse]]\nmatcher = "write_file("\ncommand = "true"\n')
     with pytest.raises(SettingsError, match=r"hooks\.PreToolUse\[0\]\.matcher.*not a regular expression"):
         load_settings(workspace)
+
+
+def test_the_settings_hooks_reach_the_agent_through_the_cli_options(
+    workspace: Path, tmp_path: Path, config: Path
+) -> None:
+    """`run` and the UI open the agent with `_agent_options`: its `hooks` come from the merged
+    settings, an untrusted folder's left out."""
+    from hybrid_agent.agent.cli import parse_args
+    from hybrid_agent.agent.commands import _agent_options
+
+    project_hook(workspace, tmp_path / "ran")
+    config.mkdir()
+    (config / "settings.toml").write_text(f"[[hooks.Stop]]\ncommand = {json.dumps(py('pass'))}\n")
+    options = _agent_options(parse_args(["run", "--workspace", str(workspace), "hi"]))
+    assert [(h.event, h.origin) for hs in options["hooks"].hooks.values() for h in hs] == [("Stop", "user")]
+    trust(workspace)
+    options = _agent_options(parse_args(["run", "--workspace", str(workspace), "hi"]))
+    found = [(h.event, h.origin) for hs in options["hooks"].hooks.values() for h in hs]
+    assert found == [("PreToolUse", "project"), ("Stop", "user")]
+
+
+def test_session_start_runs_for_a_new_and_a_resumed_session(
+    make_agent, workspace: Path, tmp_path: Path
+) -> None:
+    seen = tmp_path / "start.jsonl"
+    code = f"import sys; open({str(seen)!r}, 'a').write(sys.stdin.read() + chr(10))"
+    agent, _ = make_agent(["OK.<|end|>"], hooks=hooks(workspace, "SessionStart", code))
+    agent.send_sync("hi")
+    first = agent.session_id
+    agent.new_session()
+    agent.resume(first)
+    runs = [json.loads(line) for line in seen.read_text().splitlines()]
+    assert [(r["source"], r["session_id"] == first) for r in runs] == [
+        ("startup", True),
+        ("startup", False),
+        ("resume", True),
+    ]
