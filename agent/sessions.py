@@ -244,6 +244,7 @@ class SessionOps:
         self._saved_tokens = self.engine.n_tokens
         self._system, self._tools, self._history = system, tools, history
         self._always.clear()
+        self._hook_start = HookOutcome()  # what another session's SessionStart hooks said is not for this one
 
     def _restore(self, session_id: str, turn: int, policy: Policy | None = None) -> None:
         """Load `turn` of `session_id` into the engine, under `policy` (None: the engine's current one).

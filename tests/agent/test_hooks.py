@@ -110,10 +110,14 @@ def test_session_start_context_reaches_the_first_message(make_agent, workspace: 
     assert "<|user|>branch: main\n\nhi<|end|>" in engine.text
 
 
-def test_a_hook_past_its_timeout_is_killed_and_warned(make_agent, workspace: Path) -> None:
+def test_a_hook_past_its_timeout_is_killed_and_warned(make_agent, workspace: Path, tmp_path: Path) -> None:
     # It starts a child in its group too: the whole group goes.
+    pid_file = tmp_path / "child.pid"
     child = "[sys.executable, '-c', 'import time; time.sleep(30)']"
-    code = f"import subprocess, sys, time; subprocess.Popen({child}); time.sleep(30)"
+    code = (
+        f"import pathlib, subprocess, sys, time; p = subprocess.Popen({child}); "
+        f"pathlib.Path({str(pid_file)!r}).write_text(str(p.pid)); time.sleep(30)"
+    )
     h = hooks(workspace, "PreToolUse", code, timeout=0.5)
     agent, _ = make_agent(write_b(), mode="auto", hooks=h)
     t0 = time.monotonic()
@@ -122,6 +126,11 @@ def test_a_hook_past_its_timeout_is_killed_and_warned(make_agent, workspace: Pat
     notice = next(e for e in events if isinstance(e, HookNotice))
     assert notice.exit_code is None and not notice.blocked and "was killed after 0.5 s" in notice.message
     assert (workspace / "b.txt").read_text() == "x"  # a warning: the call went on
+    status = Path(f"/proc/{pid_file.read_text()}/status")
+    deadline = time.monotonic() + 5
+    while status.exists() and "zombie" not in status.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not status.exists() or "zombie" in status.read_text()  # the child went with the group
 
 
 def test_other_exit_codes_warn_and_go_on(make_agent, workspace: Path) -> None:
