@@ -81,7 +81,7 @@ def run_command(command: Callable[[argparse.Namespace], int], args: argparse.Nam
 
 def _agent_options(args: argparse.Namespace) -> dict[str, Any]:
     """The options of `Agent.open`: the flags, over the settings files (agent/config_commands.py)."""
-    from hybrid_agent.agent.config_commands import permission_rules, sandbox_policy, settle
+    from hybrid_agent.agent.config_commands import hook_set, permission_rules, sandbox_policy, settle
 
     rules = permission_rules(args)
     return {
@@ -100,6 +100,7 @@ def _agent_options(args: argparse.Namespace) -> dict[str, Any]:
         "permissions": rules,
         "sandbox": sandbox_policy(args),
         "mcp_servers": settle(args).get("mcp_servers") or None,  # mounted by Agent.open
+        "hooks": hook_set(args),
     }
 
 
@@ -254,6 +255,8 @@ class _PlainEvents:
             _say(f"[{'error' if event.is_error else 'result'} {event.tool}: {first[:200]}]{hint}")
         elif isinstance(event, ev.ErrorEvent):
             _say(f"hybrid-agent: error: {event.message}")
+        elif isinstance(event, ev.HookNotice) and event.message:
+            _say(f"hybrid-agent: warning: {event.message}")
         elif isinstance(event, ev.TurnEnd):
             if not self._ended_with_text:
                 print()

@@ -83,6 +83,14 @@ def permission_rules(args: argparse.Namespace) -> Any:
     return PermissionRules.from_settings(settle(args), args.workspace)
 
 
+def hook_set(args: argparse.Namespace) -> Any:
+    """The hooks of the settings (agent/hooks.py), for `Agent.open(hooks=...)`. Hooks from an untrusted
+    folder's files were already dropped by `load_settings`."""
+    from hybrid_agent.agent.hooks import Hooks
+
+    return Hooks.from_settings(settle(args), args.workspace)
+
+
 def sandbox_policy(args: argparse.Namespace) -> Any:
     """The sandbox of run_command (tools/sandbox.py) from the settings: `sandbox` (default
     workspace-write), `sandbox_network`, `sandbox_allow_read`. Relaxations from an untrusted

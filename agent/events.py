@@ -87,8 +87,21 @@ class ErrorEvent(BaseModel):
     message: str
 
 
+class HookNotice(BaseModel):
+    """A hook ran (agent/hooks.py). `message` is the one line to show when it did not go well (a
+    failure, a timeout, a block); empty when it did."""
+
+    kind: Literal["hook"] = "hook"
+    event: str
+    command: str
+    exit_code: int | None  # None: killed at its timeout
+    duration_s: float
+    blocked: bool = False
+    message: str = ""
+
+
 AgentEvent = Annotated[
-    TextDelta | PrefillProgress | ToolCallRequested | ToolResultEvent | TurnEnd | ErrorEvent,
+    TextDelta | PrefillProgress | ToolCallRequested | ToolResultEvent | TurnEnd | ErrorEvent | HookNotice,
     Field(discriminator="kind"),
 ]
 

@@ -123,6 +123,7 @@ def open_agent(
     resume: str | None = None,
     approval: Any = None,
     permissions: Any = None,
+    hooks: Any = None,
     enable_commands: bool = False,
     sandbox: Any = None,
     mcp_servers: dict[str, Any] | None = None,
@@ -186,6 +187,7 @@ def open_agent(
             # An "allow always" answer also becomes a rule of the local settings file.
             approval=permissions.remembering(approval) if permissions and approval else approval,
             permissions=permissions,
+            hooks=hooks,
             enable_commands=enable_commands,
             max_new_tokens=max_new_tokens,
             max_tool_rounds=max_tool_rounds,

@@ -17,7 +17,7 @@ Design choices:
 - A new session's database row is written with its first durable change (agent/sessions.py): a run
   stopped before its first turn was saved, and before any tool wrote a file, leaves no session behind.
 - Tool calls that cannot be run (malformed, unknown tool, bad arguments, denied) become results the
-  model reads, never exceptions.
+  model reads, never exceptions (agent/toolcalls.py).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -38,33 +38,32 @@ from hybrid_agent.agent.events import (
     ApprovalDecision,
     ErrorEvent,
     TextDelta,
-    ToolCallRequested,
-    ToolResultEvent,
     TurnEnd,
 )
+from hybrid_agent.agent.hooks import HookOutcome, Hooks
 from hybrid_agent.agent.journal import StoreJournal, attach_journal
 from hybrid_agent.agent.owner import ModelOwner
-from hybrid_agent.agent.permissions import PermissionRules, Verdict, refusal
+from hybrid_agent.agent.permissions import PermissionRules
 from hybrid_agent.agent.prefill import DEFAULT_MAX_PROMPT_TOKENS, PrefillOps
 from hybrid_agent.agent.prefill import TurnCancelled as _Cancelled
 from hybrid_agent.agent.records import (
     assistant_event,
     conversation_of,
     system_event,
-    tool_call_event,
-    tool_result_event,
+    user_event,
+    user_message,
 )
 from hybrid_agent.agent.sessions import SessionOps
 from hybrid_agent.agent.stream import VisibleText
+from hybrid_agent.agent.toolcalls import Approval, ToolCallOps
 from hybrid_agent.memory import Event, Store, StoreError, TurnOrderError
-from hybrid_agent.model.chat import DEFAULT_SYSTEM_PROMPT, ChatFormatError, ChatMessage, ParsedToolCall
+from hybrid_agent.model.chat import DEFAULT_SYSTEM_PROMPT, ChatFormatError, ChatMessage
 from hybrid_agent.model.errors import ModelError
 from hybrid_agent.tools.errors import ToolError
 from hybrid_agent.tools.registry import ToolRegistry
 
 Mode = Literal["ask", "accept-edits", "auto"]
 MODES: tuple[Mode, ...] = ("ask", "accept-edits", "auto")
-Approval = Callable[[ToolCallRequested], Awaitable[ApprovalDecision]]
 T = TypeVar("T")
 
 # Errors a turn reports as an ErrorEvent (the user can act on them); anything else is a bug and raises.
@@ -91,7 +90,7 @@ class _Round:
     stop: str = "end_of_turn"  # end_of_turn | tool_call | max_tokens
 
 
-class Agent(SessionOps, PrefillOps):
+class Agent(SessionOps, PrefillOps, ToolCallOps):
     """The persistent agent. `Agent.open(...)` builds everything from paths; this is the long form."""
 
     def __init__(
@@ -105,6 +104,7 @@ class Agent(SessionOps, PrefillOps):
         mode: Mode = "ask",
         approval: Approval | None = None,
         permissions: PermissionRules | None = None,
+        hooks: Hooks | None = None,
         enable_commands: bool = False,
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         max_new_tokens: int = 1024,
@@ -128,6 +128,8 @@ class Agent(SessionOps, PrefillOps):
         self.mode: Mode = mode
         self.approval = approval
         self.permissions = permissions  # the settings' allow/ask/deny rules (agent/permissions.py)
+        self.hooks = hooks  # the settings' hooks (agent/hooks.py)
+        self._hook_start = HookOutcome()  # the SessionStart hooks' runs, for the session's next turn
         self.system_prompt = system_prompt
         self.max_new_tokens = max_new_tokens
         self.max_tool_rounds = max_tool_rounds
@@ -215,8 +217,19 @@ class Agent(SessionOps, PrefillOps):
                 self._system = self.system_prompt
                 self._tools = [s["function"] for s in self.registry.schemas()]
                 events.append(system_event(self._system, self._tools, self.engine.chat.name))
-            events.append(Event("user", text))
-            new = [ChatMessage("user", text)]
+            # What the SessionStart hooks said (agent/hooks.py), then the UserPromptSubmit hooks.
+            started, self._hook_start = self._hook_start, HookOutcome()
+            prompted = await self._run_hooks("UserPromptSubmit", prompt=text)
+            for notice in started.notices() + prompted.notices():
+                yield notice
+            if (blocked := prompted.blocked) is not None:
+                finished = True  # nothing was read: the session is where it was
+                yield ErrorEvent(message=f"a UserPromptSubmit hook refused the prompt: {blocked.reason()}")
+                return
+            events += started.records() + prompted.records()
+            context = "\n\n".join(c for c in (started.context, prompted.context) if c)
+            events.append(user_event(text, context))
+            new = [user_message(text, context)]
             rounds = 0
             while True:
                 segment = self.engine.chat.segment(
@@ -246,6 +259,10 @@ class Agent(SessionOps, PrefillOps):
                 for i, call in enumerate(calls):
                     async for ev in self._tool_call(call, f"call_{turn}_{rounds}_{i}", turn, events, new):
                         yield ev
+            stopped = await self._run_hooks("Stop", stop_reason=stop_reason)
+            for notice in stopped.notices():
+                yield notice
+            events += stopped.records()
             end = await self._save(turn, events, stats, stop_reason)
             finished = True
             yield end
@@ -303,84 +320,6 @@ class Agent(SessionOps, PrefillOps):
             rnd.visible = chat.visible_text(rnd.raw)
         finally:
             stats.decode_s += time.perf_counter() - t0
-
-    def _needs_approval(self, name: str, arguments: dict[str, Any]) -> tuple[bool, Any, Verdict | None]:
-        """(ask?, preview, the deciding permission rule: in every mode). Calls the registry refuses anyway
-        (unknown tool, bad arguments, policy deny) are not asked about: their error is enough."""
-        if name not in self.registry:
-            return False, None, None
-        try:
-            self.registry.get(name).parse_arguments(arguments)
-        except Exception:
-            return False, None, None
-        preview = self.registry.preview(name, arguments)
-        rule = self.permissions and self.permissions.check(name, arguments, self.registry.get(name).source)
-        if rule is not None and self.registry.policy(name) != "deny":
-            return rule.action == "ask", preview, rule
-        if self.registry.policy(name) != "ask" or self.mode == "auto" or name in self._always:
-            # A remembered rejection is applied by the caller, without asking (and in every mode: the
-            # user said never, and switching to auto does not take that back).
-            return False, preview, None
-        if self.mode == "accept-edits" and preview.diff is not None and preview.command is None:
-            return False, preview, None
-        return True, preview, None
-
-    async def _tool_call(
-        self, call: ParsedToolCall, call_id: str, turn: int, events: list[Event], new: list[ChatMessage]
-    ) -> AsyncIterator[AgentEvent]:
-        name = call.name or "?"
-        if call.error is not None:
-            request = ToolCallRequested(call_id=call_id, tool=name, arguments=call.arguments)
-            yield request
-            text = (
-                f"error: {call.error}. Write a tool call as {self.engine.chat.tool_call_open}"
-                f'{{"name": "...", "arguments": {{...}}}}{self.engine.chat.tool_call_close}'
-            )
-            result = ToolResultEvent(call_id=call_id, tool=name, text=text, is_error=True)
-        else:
-            needs, preview, rule = await self._on_model(self._needs_approval, name, call.arguments)
-            request = ToolCallRequested(
-                call_id=call_id,
-                tool=name,
-                arguments=call.arguments,
-                source=self.registry.get(name).source if name in self.registry else "builtin",
-                needs_approval=needs,
-                diff=getattr(preview, "diff", None),
-                command=getattr(preview, "command", None),
-                path=getattr(preview, "path", None),
-            )
-            yield request
-            decision = ApprovalDecision(allow=True)
-            remembered = self._always.get(name)
-            if rule is not None and rule.action == "deny":
-                decision = ApprovalDecision(allow=False, reason=f"denied by {rule.describe()}")
-            elif remembered is not None and not remembered.allow and name in self.registry:
-                decision = remembered
-            elif needs:
-                nobody = "run with --yes to allow tools" if rule is None else f"{rule.describe()} asks"
-                if self.approval is None:
-                    decision = ApprovalDecision(allow=False, reason=f"no one was asked ({nobody})")
-                else:
-                    decision = await self.approval(request)
-                if decision.always:
-                    self._always[name] = decision
-            if self._cancel.is_set():
-                raise _Cancelled
-            if decision.allow:
-                out = await asyncio.to_thread(
-                    self.registry.call, name, call.arguments, True, turn, cancel=self._cancel
-                )
-                result = ToolResultEvent(
-                    call_id=call_id, tool=name, text=out.text, is_error=out.is_error, denied=out.denied
-                )
-            else:
-                text = refusal(name, decision, rule)
-                result = ToolResultEvent(call_id=call_id, tool=name, text=text, is_error=True, denied=True)
-        events += [tool_call_event(request, call.raw, call.error), tool_result_event(result)]
-        new.append(ChatMessage("tool", result.text, name=name))
-        yield result
-        if self._cancel.is_set():
-            raise _Cancelled
 
     def _turn_end(
         self, stats: _TurnStats, *, saved: bool, stop_reason: Any, forked_from: str | None = None

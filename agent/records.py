@@ -4,7 +4,8 @@ Stored kinds (memory.EVENT_KINDS): `system` (the system prompt and the tool sche
 started with: a chat template must see the same ones on every later segment), `user`, `assistant`
 (visible text; `data.raw` is the exact decoded text, markup included, that the state holds),
 `tool_call` and `tool_result` (`data` carries the fields of the matching agent event, so the TUI can
-redraw them).
+redraw them). A hook's run is a `system` event with `data.hook` (agent/hooks.py), not part of the
+conversation; context that hooks added to a message is the `user` event's `data.context`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,15 @@ from hybrid_agent.model.chat import ChatMessage
 
 def system_event(system: str, tools: Sequence[dict[str, Any]], format_name: str) -> Event:
     return Event("system", system, {"tools": list(tools), "format": format_name})
+
+
+def user_event(text: str, context: str = "") -> Event:
+    return Event("user", text, {"context": context} if context else None)
+
+
+def user_message(text: str, context: str = "") -> ChatMessage:
+    """The user's message as the model reads it: the context hooks added (agent/hooks.py) first."""
+    return ChatMessage("user", f"{context}\n\n{text}" if context else text)
 
 
 def assistant_event(visible: str, raw: str, stop: str) -> Event:
@@ -49,11 +59,13 @@ def conversation_of(events: Iterable[Event]) -> Conversation:
     conv = Conversation()
     for ev in events:
         data = ev.data or {}
+        if ev.kind == "system" and "hook" in data:
+            continue
         if ev.kind == "system":
             conv.system = ev.content
             conv.tools = list(data.get("tools", []))
         elif ev.kind == "user":
-            conv.messages.append(ChatMessage("user", ev.content))
+            conv.messages.append(user_message(ev.content, data.get("context", "")))
         elif ev.kind == "assistant":
             conv.messages.append(ChatMessage("assistant", ev.content, raw=data.get("raw", ev.content)))
         elif ev.kind == "tool_result":

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from hybrid_agent.agent.engine import check_fingerprint
 from hybrid_agent.agent.errors import AgentBusyError, AgentError, StateLayoutError
+from hybrid_agent.agent.hooks import HookOutcome, Hooks
 from hybrid_agent.agent.owner import ModelOwner, owned
 from hybrid_agent.agent.records import conversation_of
 from hybrid_agent.agent.session_ids import resolve_session_id
@@ -56,6 +57,8 @@ class SessionOps:
     # A new session's row, not written yet: title, workspace, fingerprint, meta, created_at, and the
     # running turn's message (the title when none was given). None once written.
     _unwritten: dict[str, Any] | None
+    hooks: Hooks | None
+    _hook_start: HookOutcome
 
     def _idle(self) -> None:
         if self._running:
@@ -80,7 +83,15 @@ class SessionOps:
             "meta": policy,
             "created_at": datetime.now(UTC),
         }
+        self._session_started("startup")
         return session_id
+
+    def _session_started(self, source: str) -> None:
+        """Run the SessionStart hooks (agent/hooks.py); what they did reaches the session's next turn."""
+        if self.hooks is not None and self.hooks.wants("SessionStart"):
+            self._hook_start = self.hooks.run("SessionStart", self.session_id, source=source)
+        else:
+            self._hook_start = HookOutcome()
 
     def _session_row(self, create: bool) -> str | None:
         """The current session's id once its database row exists; before, None (create=False), or the
@@ -133,6 +144,7 @@ class SessionOps:
         self._set_session(session_id, info.latest_turn or 0, conv.system, conv.tools, conv.messages)
         # A run killed mid-turn may have journaled a write it never made: drop such entries.
         reconcile(self.registry.journal, self.registry.workspace, after_turn=self.turn)
+        self._session_started("resume")
 
     def _fork_for_turn(self, turn: int) -> str | None:
         """`turn` could not be saved because the database already has it: another process (this
@@ -232,6 +244,7 @@ class SessionOps:
         self._saved_tokens = self.engine.n_tokens
         self._system, self._tools, self._history = system, tools, history
         self._always.clear()
+        self._hook_start = HookOutcome()  # what another session's SessionStart hooks said is not for this one
 
     def _restore(self, session_id: str, turn: int, policy: Policy | None = None) -> None:
         """Load `turn` of `session_id` into the engine, under `policy` (None: the engine's current one).

@@ -13,6 +13,7 @@ from hybrid_agent.agent.events import (
     AgentEvent,
     ApprovalDecision,
     ErrorEvent,
+    HookNotice,
     PrefillProgress,
     TextDelta,
     ToolCallRequested,
@@ -87,6 +88,9 @@ class TurnActions(AppBase):
                 await self.conversation.add_notice("cancelled: the session stays at its last snapshot")
             elif event.stop_reason != "end_of_turn":
                 await self.conversation.add_notice(f"turn stopped: {event.stop_reason.replace('_', ' ')}")
+        elif isinstance(event, HookNotice):
+            if event.message:  # a hook failed, timed out or blocked (agent/hooks.py)
+                await self.conversation.add_notice(event.message, error=event.blocked)
         elif isinstance(event, ErrorEvent):
             await self.conversation.add_notice(event.message, error=True)
             self.notify(event.message, severity="error", timeout=8)

@@ -124,7 +124,7 @@ class _Output:
         return self.head.decode("utf-8", "replace") + mid + tail.decode("utf-8", "replace")
 
 
-def _stop_group(proc: subprocess.Popen[bytes], done: Callable[[], bool]) -> None:
+def stop_group(proc: subprocess.Popen[bytes], done: Callable[[], bool]) -> None:
     """SIGTERM the command's process group, SIGKILL whatever is left after a grace period."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
@@ -238,7 +238,7 @@ class RunCommand(Tool):
             # outlive the command should redirect its output (`cmd > log 2>&1 &`): then the pipe is
             # closed when the shell exits, and the daemon is left alone.
             background = stop_reason is None
-            _stop_group(proc, lambda: exited() and not reader.is_alive())
+            stop_group(proc, lambda: exited() and not reader.is_alive())
         # Closing while the reader is blocked in read1 would block too; a child that left the
         # group (setsid) keeps the pipe, and the daemon reader thread, until it exits.
         if channel is None:
