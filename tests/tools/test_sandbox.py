@@ -31,7 +31,9 @@ python = [os.path.realpath(sys.base_prefix)]
 
 
 def python_c(code: str) -> str:
-    return f'{sys.executable} -I -c "{code}"'
+    # The base interpreter (under `python`), not a virtual environment's link to it: a venv may sit in
+    # /tmp, which is private inside the sandbox. -I: the standard library only.
+    return f'{os.path.realpath(sys.executable)} -I -c "{code}"'
 
 
 @pytest.fixture
