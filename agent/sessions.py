@@ -22,6 +22,7 @@ from hybrid_agent.agent.records import conversation_of
 from hybrid_agent.agent.session_ids import resolve_session_id
 from hybrid_agent.memory import Event, SessionInfo, Store
 from hybrid_agent.model.chat import ChatMessage
+from hybrid_agent.model.state import Page
 from hybrid_agent.tools.journal import reconcile
 from hybrid_agent.tools.workspace import Workspace
 
@@ -267,7 +268,7 @@ class SessionOps:
         )
         self._check_layout(session_id, turn, snap.meta.get("state_layout"))
         self._use_policy(policy, f"session {session_id}")
-        self.engine.restore(snap.recurrent, snap.pages)
+        self.engine.restore(snap.recurrent, [Page(*p) for p in snap.pages])  # the store's triples
         set_sampler = getattr(self.engine, "set_sampler_state", None)  # optional in the Engine protocol
         if set_sampler is not None and "sampler" in snap.meta:
             set_sampler(snap.meta["sampler"])

@@ -275,7 +275,7 @@ def bench_latency(workdir: Path, page_tokens: int, repeats: int, url: str | None
         snap = store.load_snapshot(sid, window=page_tokens)  # this turn's state + its page = same bytes
         times["load"].append(time.perf_counter() - t0)
         assert len(snap.pages) == 1
-        assert torch.equal(snap.pages[0].tensors["layers.24.k"], page.tensors["layers.24.k"])
+        assert torch.equal(snap.pages[0][2]["layers.24.k"], page.tensors["layers.24.k"])
         del snap
         # The previous load path on the same bytes, in the same run (the before of the pipeline).
         t0 = time.perf_counter()

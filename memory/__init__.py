@@ -1,8 +1,8 @@
 """memory/ — the session database: sessions, events, per-turn state snapshots with append-only
 attention-cache pages, forks, and the file-change journal (see docs/design.md, Storage).
 
-Speaks `dict[str, torch.Tensor]`, bytes and metadata; of `model/` it imports only the cache-page
-type it persists (`hybrid_agent.model.state.Page`).
+Speaks `dict[str, torch.Tensor]`, bytes and metadata, and imports nothing of `model/`: a cache page is a
+`(start, end, tensors)` triple (`PageParts`), the shape of the model's `Page`.
 """
 
 from hybrid_agent.memory.errors import (

@@ -1,6 +1,7 @@
 """What the store hands in and out: plain frozen values, no ORM objects (they would outlive their
-database session). Tensors are always fresh CPU tensors owned by the caller. A cache page is the
-model's `Page` (model/state.py): the store persists the model's state, so it speaks its page type."""
+database session). Tensors are always fresh CPU tensors owned by the caller. A cache page is a
+`PageParts` triple (start, end, tensors): the shape of model/state.py's `Page`, which the store never
+imports (memory/ stores named tensors and bytes, not the model's types; docs/design.md)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from datetime import datetime
 from typing import Any
 
 import torch
-from hybrid_agent.model.state import Page
+
+# Attention-cache tensors for the absolute token positions [start, end): (start, end, tensors).
+PageParts = tuple[int, int, dict[str, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ class Snapshot:
     turn: int
     n_tokens: int
     recurrent: dict[str, torch.Tensor]
-    pages: list[Page]  # sorted by start; with a window only those overlapping it
+    pages: list[PageParts]  # sorted by start; with a window only those overlapping it
     meta: dict[str, Any]
 
 

@@ -112,7 +112,7 @@ class SnapshotRow(Base):
 
 class StatePageRow(Base):
     """Where one saved cache page's tensors are (its blob). Private to memory/: callers save and load
-    the model's `Page` (model/state.py)."""
+    (start, end, tensors) triples (memory/records.py `PageParts`)."""
 
     __tablename__ = "state_pages"
     __table_args__ = (

@@ -41,6 +41,7 @@ from hybrid_agent.memory.records import (
     Event,
     FileChange,
     FileEdit,
+    PageParts,
     SaveStats,
     SessionInfo,
     Snapshot,
@@ -49,7 +50,6 @@ from hybrid_agent.memory.records import (
 from hybrid_agent.memory.schema import EventRow, FileChangeRow, SessionRow, SnapshotRow, StatePageRow
 from hybrid_agent.memory.turns import prepare_turn, read_snapshot, write_turn
 from hybrid_agent.memory.wal import WalCheckpointer
-from hybrid_agent.model.state import Page
 from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -310,7 +310,7 @@ class Store:
         *,
         events: Iterable[Event | Mapping[str, Any]],
         recurrent: Mapping[str, torch.Tensor],
-        pages: Sequence[Page] = (),
+        pages: Sequence[PageParts] = (),
         n_tokens: int,
         meta: dict[str, Any] | None = None,
         file_changes: Sequence[FileEdit] = (),

@@ -24,10 +24,9 @@ from hybrid_agent.memory.errors import (
 )
 from hybrid_agent.memory.integrity import damaged, plain_json, snapshot_digest, verify_chain
 from hybrid_agent.memory.queries import now, session_row, snapshot_row
-from hybrid_agent.memory.records import Event, FileEdit, SaveStats, Snapshot
+from hybrid_agent.memory.records import Event, FileEdit, PageParts, SaveStats, Snapshot
 from hybrid_agent.memory.schema import EVENT_KINDS, EventRow, FileChangeRow, SnapshotRow, StatePageRow
 from hybrid_agent.memory.sqlite_chunks import chunk_readers
-from hybrid_agent.model.state import Page
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
@@ -46,7 +45,7 @@ class PreparedTurn:
     meta: dict[str, Any]
     events: list[Event]
     recurrent: blobs.PreparedBlob
-    pages: list[tuple[Page, blobs.PreparedBlob]]
+    pages: list[tuple[PageParts, blobs.PreparedBlob]]
     edits: list[tuple[FileEdit, blobs.PreparedBlob | None, blobs.PreparedBlob | None]]
 
 
@@ -59,26 +58,26 @@ def prepare_turn(
     *,
     events: Iterable[Event | Mapping[str, Any]],
     recurrent: Mapping[str, torch.Tensor],
-    pages: Sequence[Page],
+    pages: Sequence[PageParts],
     n_tokens: int,
     meta: dict[str, Any] | None,
     file_changes: Sequence[FileEdit],
 ) -> PreparedTurn:
     evs = [event_of(e) for e in events]
-    ordered = sorted((Page(int(p[0]), int(p[1]), dict(p[2])) for p in pages), key=lambda p: p.start)
-    for a, b in itertools.pairwise(ordered):
-        if b.start < a.end:
-            raise InvalidPageError(f"pages [{a.start},{a.end}) and [{b.start},{b.end}) overlap")
-    for p in ordered:
-        if not 0 <= p.start < p.end <= n_tokens:
-            raise InvalidPageError(f"page [{p.start},{p.end}) is empty or beyond n_tokens={n_tokens}")
+    ordered: list[PageParts] = sorted(((int(a), int(b), dict(t)) for a, b, t in pages), key=lambda p: p[0])
+    for (a0, a1, _), (b0, b1, _) in itertools.pairwise(ordered):
+        if b0 < a1:
+            raise InvalidPageError(f"pages [{a0},{a1}) and [{b0},{b1}) overlap")
+    for start, end, _ in ordered:
+        if not 0 <= start < end <= n_tokens:
+            raise InvalidPageError(f"page [{start},{end}) is empty or beyond n_tokens={n_tokens}")
     return PreparedTurn(
         turn=turn,
         n_tokens=n_tokens,
         meta=plain_json(meta or {}, "the snapshot's meta"),
         events=evs,
         recurrent=blobs.prepare_blob(tensors_to_bytes(recurrent)),
-        pages=[(p, blobs.prepare_blob(tensors_to_bytes(p.tensors))) for p in ordered],
+        pages=[(p, blobs.prepare_blob(tensors_to_bytes(p[2]))) for p in ordered],
         edits=[(e, _prepare_optional(e.before), _prepare_optional(e.after)) for e in file_changes],
     )
 
@@ -104,9 +103,9 @@ def write_turn(s: Session, session_id: str, t: PreparedTurn) -> SaveStats:
             "or fork the session to rewrite its history"
         )
     end = s.scalar(select(func.max(StatePageRow.token_end)).where(StatePageRow.session_id == session_id))
-    if t.pages and end is not None and t.pages[0][0].start < end:
+    if t.pages and end is not None and t.pages[0][0][0] < end:
         raise InvalidPageError(
-            f"session {session_id}: the new page at token {t.pages[0][0].start} overlaps saved pages "
+            f"session {session_id}: the new page at token {t.pages[0][0][0]} overlaps saved pages "
             f"(they end at {end}); pages are append-only: save only the tokens from {end} on"
         )
     written = dedup = 0
@@ -124,7 +123,7 @@ def write_turn(s: Session, session_id: str, t: PreparedTurn) -> SaveStats:
         n_tokens=t.n_tokens,
         recurrent_blob=t.recurrent.sha256,
         meta=t.meta,
-        pages=[(p.start, p.end, b.sha256) for p, b in t.pages],
+        pages=[(p[0], p[1], b.sha256) for p, b in t.pages],
     )
     s.add(
         SnapshotRow(
@@ -142,8 +141,8 @@ def write_turn(s: Session, session_id: str, t: PreparedTurn) -> SaveStats:
             StatePageRow(
                 session_id=session_id,
                 turn=t.turn,
-                token_start=page.start,
-                token_end=page.end,
+                token_start=page[0],
+                token_end=page[1],
                 blob_sha256=blob.sha256,
             )
         )
@@ -226,7 +225,7 @@ def read_snapshot(
             for p, w in zip(page_rows, labels, strict=True)
         ]
     pages = [
-        Page(p.token_start, p.token_end, tensors_from_buffer(b, what=w))
+        (p.token_start, p.token_end, tensors_from_buffer(b, what=w))
         for p, b, w in zip(page_rows, page_bufs, labels, strict=True)
     ]
     return Snapshot(

@@ -176,8 +176,8 @@ def test_agent_session_resumes_exactly_on_the_engine(lm: HybridLM, tmp_path: Pat
     assert a.n_tokens == b.n_tokens
     for k in a.recurrent:
         assert torch.equal(a.recurrent[k], b.recurrent[k]), k
-    for k in a.pages[-1].tensors:
-        assert torch.equal(a.pages[-1].tensors[k], b.pages[-1].tensors[k]), k
+    for k in a.pages[-1][2]:
+        assert torch.equal(a.pages[-1][2][k], b.pages[-1][2][k]), k
     for ag in (straight, stopped, resumed):
         ag.close()
 

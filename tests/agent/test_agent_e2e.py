@@ -104,9 +104,9 @@ def assert_same_state(store: Store, a: str, b: str, turn: int) -> None:
         assert torch.equal(sa.recurrent[k], sb.recurrent[k]), k
     # The page this turn added (the append-only part of the attention cache).
     pa, pb = sa.pages[-1], sb.pages[-1]
-    assert (pa.start, pa.end) == (pb.start, pb.end)
-    for k in pa.tensors:
-        assert torch.equal(pa.tensors[k], pb.tensors[k]), k
+    assert pa[:2] == pb[:2]  # (start, end)
+    for k in pa[2]:
+        assert torch.equal(pa[2][k], pb[2][k]), k
 
 
 def raw_of(store: Store, session: str, turn: int) -> list[str]:

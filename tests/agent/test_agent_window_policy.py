@@ -100,8 +100,8 @@ def test_resumed_under_another_engines_window_is_exact(tiny: tuple[HybridLM, Pat
     assert a.n_tokens == b.n_tokens and a.recurrent.keys() == b.recurrent.keys()
     for k in a.recurrent:
         assert torch.equal(a.recurrent[k], b.recurrent[k]), k
-    for k in a.pages[-1].tensors:
-        assert torch.equal(a.pages[-1].tensors[k], b.pages[-1].tensors[k]), k
+    for k in a.pages[-1][2]:
+        assert torch.equal(a.pages[-1][2][k], b.pages[-1][2][k]), k
     raw = [[e.data["raw"] for e in store.events(s) if e.kind == "assistant"] for s in (straight.session_id,
            stopped.session_id)]  # fmt: skip
     assert raw[0] == raw[1]

@@ -88,9 +88,9 @@ def test_save_and_load_every_turn_exactly(store: Store) -> None:
         assert snap.turn == turn
         assert_same(snap.recurrent, recurrent_state(turn))
         expected = [(i * 10, i * 10 + 10) for i in range(turn)]
-        assert [(p.start, p.end) for p in snap.pages] == expected
-        for p in snap.pages:
-            assert_same(p.tensors, page(p.start, p.end).tensors)
+        assert [(p[0], p[1]) for p in snap.pages] == expected
+        for start, end, tensors in snap.pages:
+            assert_same(tensors, page(start, end).tensors)
     assert [t.turn for t in store.turns(sid)] == [1, 2, 3, 4, 5]
     events = store.events(sid)
     assert [(e.turn, e.seq, e.kind, e.content) for e in events[:2]] == [
@@ -121,10 +121,10 @@ def test_window_reads_only_overlapping_pages(store: Store, window: int | None, s
         for s in range(0, n, 10)
         if window is None or s < sinks or s + 10 > n - window  # overlaps [0,sinks) or [n-window,n)
     ]
-    assert [(p.start, p.end) for p in snap.pages] == expected
+    assert [(p[0], p[1]) for p in snap.pages] == expected
     # an earlier turn's window is relative to that turn's n_tokens
     early = store.load_snapshot(sid, 3, window=15)
-    assert [(p.start, p.end) for p in early.pages] == [(10, 20), (20, 30)]
+    assert [(p[0], p[1]) for p in early.pages] == [(10, 20), (20, 30)]
 
 
 def test_identical_blobs_are_stored_once(store: Store) -> None:

@@ -73,7 +73,7 @@ def test_flipped_byte_in_cache_page_names_the_page(store: Store) -> None:
     for turn in (1, 2):
         with pytest.raises(CorruptDataError, match=rf"session {sid} turn {turn}: cache page \[0,4\)"):
             store.load_snapshot(sid, turn)
-    assert [p.start for p in store.load_snapshot(sid, window=4).pages] == [4]
+    assert [p[0] for p in store.load_snapshot(sid, window=4).pages] == [4]
 
 
 def test_flipped_byte_in_the_sqlite_file_itself(sqlite_path: Path) -> None:

@@ -105,13 +105,13 @@ def check_after_crash(path: Path, sid: str, reported: set[int], full: bool) -> i
             for name, t in writer.expected_recurrent(latest).items():
                 assert torch.equal(snap.recurrent[name], t), name
             first_page = 1 if full else max(1, latest - 1)
-            assert [p.start for p in snap.pages] == [
+            assert [p[0] for p in snap.pages] == [
                 (t - 1) * writer.PAGE_TOKENS for t in range(first_page, latest + 1)
             ]
             for page in snap.pages:
-                want = writer.expected_page(page.start // writer.PAGE_TOKENS + 1)
+                want = writer.expected_page(page[0] // writer.PAGE_TOKENS + 1)
                 for name, t in want.tensors.items():
-                    assert torch.equal(page.tensors[name], t)
+                    assert torch.equal(page[2][name], t)
             assert len(store.events(sid)) == 2 * latest
     return latest
 

@@ -61,17 +61,17 @@ def test_fork_shares_bytes_and_continues_independently(store: Store) -> None:
     assert from_fork.turn == 3
     for name, t in from_parent.recurrent.items():
         assert torch.equal(from_fork.recurrent[name], t)
-    assert [(p.start, p.end) for p in from_fork.pages] == [(0, 8), (8, 16), (16, 24)]
+    assert [(p[0], p[1]) for p in from_fork.pages] == [(0, 8), (8, 16), (16, 24)]
     assert [e.content for e in store.events(fork.id)] == ["b0 t1", "b0 t2", "b0 t3"]
 
     run_session(store, fork.id, range(4, 7), branch=1)  # the fork diverges
     assert torch.equal(store.load_snapshot(fork.id).recurrent["layers.0.ssm"], state(6, 1)["layers.0.ssm"])
     assert torch.equal(store.load_snapshot(parent.id).recurrent["layers.0.ssm"], state(5)["layers.0.ssm"])
     assert torch.equal(
-        store.load_snapshot(parent.id, 4).pages[-1].tensors["layers.2.k"], kv(24, 32).tensors["layers.2.k"]
+        store.load_snapshot(parent.id, 4).pages[-1][2]["layers.2.k"], kv(24, 32).tensors["layers.2.k"]
     )
     assert torch.equal(
-        store.load_snapshot(fork.id, 4).pages[-1].tensors["layers.2.k"], kv(24, 32, 1).tensors["layers.2.k"]
+        store.load_snapshot(fork.id, 4).pages[-1][2]["layers.2.k"], kv(24, 32, 1).tensors["layers.2.k"]
     )
 
 
@@ -90,7 +90,7 @@ def test_delete_parent_keeps_fork_and_collects_garbage(store: Store) -> None:
     for name, t in fork_before.recurrent.items():
         assert torch.equal(fork_after.recurrent[name], t)
     for a, b in zip(fork_before.pages, fork_after.pages, strict=True):
-        assert torch.equal(a.tensors["layers.2.k"], b.tensors["layers.2.k"])
+        assert torch.equal(a[2]["layers.2.k"], b[2]["layers.2.k"])
     assert [c.after for c in store.file_changes(fork.id)][:2] == [b"branch 0 turn 1", b"branch 0 turn 2"]
     assert store.load_snapshot(fork.id, 1).turn == 1
     assert [s.id for s in store.list_sessions()] == [fork.id]

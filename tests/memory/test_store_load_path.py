@@ -131,7 +131,7 @@ def test_multi_chunk_round_trip(store: Store) -> None:
     for k, v in state.items():
         assert torch.equal(snap.recurrent[k], v), k
     for k, v in mixed_tensors().items():
-        assert torch.equal(snap.pages[0].tensors[k], v), k
+        assert torch.equal(snap.pages[0][2][k], v), k
 
 
 @pytest.mark.parametrize("chunk", [0, 3, 5])
@@ -187,7 +187,7 @@ def test_load_straight_onto_the_gpu(store: Store) -> None:
         for k, v in state.items():
             assert snap.recurrent[k].is_cuda and torch.equal(snap.recurrent[k].cpu(), v), k
         for k, v in mixed_tensors().items():
-            assert torch.equal(snap.pages[0].tensors[k].cpu(), v), k
+            assert torch.equal(snap.pages[0][2][k].cpu(), v), k
     with store._engine.begin() as conn:
         sha = conn.execute(sa.text("SELECT recurrent_blob FROM snapshots")).scalar_one()
         conn.execute(

@@ -102,10 +102,10 @@ class StoreMachine(RuleBasedStateMachine):
             assert torch.equal(snap.recurrent[name], t)
         n = want.n_tokens
         expected = [p for p in want.pages if window is None or p[0] < sinks or p[1] > n - window]
-        assert [(p.start, p.end) for p in snap.pages] == [(s, e) for s, e, _ in expected]
+        assert [(p[0], p[1]) for p in snap.pages] == [(s, e) for s, e, _ in expected]
         for page, (s, e, seed) in zip(snap.pages, expected, strict=True):
             for name, t in tensors(seed, e - s).items():
-                assert torch.equal(page.tensors[name], t)
+                assert torch.equal(page[2][name], t)
         assert [e.content for e in self.store.events(sid, upto_turn=want.turn)] == want.events
 
     @invariant()
