@@ -14,6 +14,7 @@ from hybrid_agent.kernels.greedy_advance import greedy_advance
 from hybrid_agent.kernels.kda import chunk_kda
 from hybrid_agent.kernels.kda_step import kda_step
 from hybrid_agent.kernels.mla_decode import mla_decode
+from hybrid_agent.kernels.moe import moe_gemv, moe_grouped_gemm
 from hybrid_agent.kernels.residual_rms_norm import residual_rms_norm
 from hybrid_agent.kernels.rms_norm import gated_rms_norm, rms_norm
 from hybrid_agent.kernels.silu_mul import silu_mul
@@ -35,6 +36,8 @@ __all__ = [
     "greedy_advance",
     "kda_step",
     "mla_decode",
+    "moe_gemv",
+    "moe_grouped_gemm",
     "residual_rms_norm",
     "rms_norm",
     "silu_mul",

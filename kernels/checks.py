@@ -259,3 +259,58 @@ def check_greedy_advance(logits: torch.Tensor, tok: torch.Tensor, ids: torch.Ten
             f"greedy_advance: logits (B, V), tok (B, 1), ids (B, n); got {tuple(logits.shape)}, "
             f"{tuple(tok.shape)}, {tuple(ids.shape)}"
         )
+
+
+@dataclass(frozen=True)
+class MoeGemvConfig:
+    """kernels.moe_gemv's launches: the gate|up kernel computes `block_i` hidden rows of one token-slot,
+    `block_d_in` input columns at a time; the down kernel `block_d` outputs of one token over its k
+    slots, `block_i_in` hidden columns at a time."""
+
+    block_i: int = 16
+    block_d_in: int = 128
+    block_d: int = 16
+    block_i_in: int = 128
+    num_warps: int = 4
+
+
+@dataclass(frozen=True)
+class MoeGemmConfig:
+    """kernels.moe_grouped_gemm's tiles: `block_m` token-slots of one expert by `block_n` outputs,
+    `block_k` of the reduced axis at a time (the same for the gate|up and the down launch)."""
+
+    block_m: int = 64
+    block_n: int = 64
+    block_k: int = 64
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+def check_moe(
+    x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
+    gate: torch.Tensor | None, up: torch.Tensor, down: torch.Tensor,
+) -> None:  # fmt: skip
+    """x (N, D); ids, weights (N, k); gate (or None), up (E, I, D); down (E, D, I); x's dtype throughout."""
+    if x.dim() != 2 or up.dim() != 3:
+        raise KernelInputError(
+            f"moe: x must be (N, D) and up (E, I, D), got {tuple(x.shape)}, {tuple(up.shape)}"
+        )
+    E, H, D = up.shape
+    N = x.shape[0]
+    if x.shape[1] != D:
+        raise KernelInputError(f"moe: x has {x.shape[1]} features, the experts take {D}")
+    if ids.dim() != 2 or ids.shape[0] != N or weights.shape != ids.shape:
+        raise KernelInputError(
+            f"moe: ids and weights must be (N, k) with N={N}, got {tuple(ids.shape)}, {tuple(weights.shape)}"
+        )
+    if ids.dtype.is_floating_point or ids.dtype == torch.bool or not weights.dtype.is_floating_point:
+        raise KernelInputError(
+            f"moe: ids must be integers and weights floating, got {ids.dtype}, {weights.dtype}"
+        )
+    if down.shape != (E, D, H) or (gate is not None and gate.shape != up.shape):
+        raise KernelInputError(
+            f"moe: gate/up must be (E, I, D) = {(E, H, D)} and down (E, D, I), got "
+            f"{None if gate is None else tuple(gate.shape)}, {tuple(down.shape)}"
+        )
+    if any(w.dtype != x.dtype for w in (up, down, *(() if gate is None else (gate,)))):
+        raise KernelInputError(f"moe: expert weights must have x's dtype {x.dtype}")

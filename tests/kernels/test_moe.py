@@ -1,0 +1,179 @@
+"""kernels.moe_gemv (decode) and kernels.moe_grouped_gemm (prefill) against their torch references and a
+float64 computation of the definition (every token-slot through its expert, weighted, summed).
+
+Without a GPU the Triton kernels run under the interpreter (tests/conftest.py sets TRITON_INTERPRET=1) at
+small shapes; on the device the same tests run on CUDA, and the `gpu` tests check bf16 at a real MoE shape
+and that both ops run inside a captured CUDA graph (no host read).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hybrid_agent.kernels.errors import KernelInputError
+from hybrid_agent.kernels.moe import (
+    MoeGemmConfig,
+    MoeGemvConfig,
+    default_gemm_config,
+    default_gemv_config,
+    moe_gemv,
+    moe_gemv_ref,
+    moe_grouped_gemm,
+    moe_grouped_gemm_ref,
+)
+from hybrid_agent.kernels.testing import rel_err
+
+TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2}
+# small blocks: several programs per axis and masked tails at these shapes, few enough for the interpreter
+GEMV = MoeGemvConfig(block_i=8, block_d_in=32, block_d=8, block_i_in=32)
+GEMM = MoeGemmConfig(block_m=16, block_n=16, block_k=16)
+
+
+def inputs(n: int, k: int, e: int, d: int, i: int, gated: bool, dtype: torch.dtype, dev: str, seed: int,
+           dup: bool = False):  # fmt: skip
+    """x, ids (distinct per token, as top-k gives; `dup`: repeats within a token too), weights, gate, up,
+    down. Few experts for many tokens, so tokens share experts."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    if dup:
+        ids = torch.randint(0, e, (n, k), generator=g)
+    else:
+        ids = torch.stack([torch.randperm(e, generator=g)[:k] for _ in range(n)])
+    w = torch.rand(n, k, generator=g) + 0.1
+    gate = torch.randn(e, i, d, generator=g) / d**0.5 if gated else None
+    up = torch.randn(e, i, d, generator=g) / d**0.5
+    down = torch.randn(e, d, i, generator=g) / i**0.5
+    cast = [x, gate, up, down]
+    x, gate, up, down = (None if t is None else t.to(dev, dtype) for t in cast)
+    return x, ids.to(dev), w.to(dev), gate, up, down
+
+
+def exact(x, ids, w, gate, up, down) -> torch.Tensor:
+    """The definition in float64, slot by slot."""
+    out = torch.zeros(x.shape, dtype=torch.float64)
+    x64 = x.double().cpu()
+    for n in range(ids.shape[0]):
+        for j in range(ids.shape[1]):
+            e = int(ids[n, j])
+            u = up[e].double().cpu() @ x64[n]
+            h = F.relu(u).square() if gate is None else F.silu(gate[e].double().cpu() @ x64[n]) * u
+            out[n] += float(w[n, j]) * (down[e].double().cpu() @ h)
+    return out
+
+
+CASES = [  # n, k, e, d, i
+    (1, 2, 6, 40, 24),  # D, I not multiples of the blocks: masked tails, clamped rows
+    (3, 3, 5, 48, 24),
+    (9, 2, 4, 32, 16),  # more slots than experts: each expert serves several tokens
+]
+
+
+@pytest.mark.parametrize("n, k, e, d, i", CASES)
+@pytest.mark.parametrize("gated", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_moe_ops_match_float64(dev, n, k, e, d, i, gated, dtype):
+    args = inputs(n, k, e, d, i, gated, dtype, dev, seed=n * 100 + k * 10 + e)
+    want = exact(*args)
+    refs = moe_gemv_ref(*args), moe_grouped_gemm_ref(*args)
+    outs = moe_gemv(*args, config=GEMV), moe_grouped_gemm(*args, config=GEMM)
+    for got in (*refs, *outs):
+        assert got.shape == (n, d) and got.dtype == dtype
+        assert rel_err(got.cpu(), want) < TOL[dtype]
+    for got in outs:  # the engine swaps the reference for the kernel
+        assert rel_err(got.cpu(), refs[0].cpu()) < TOL[dtype]
+
+
+def test_repeated_ids_within_a_token(dev):
+    """Ids repeated inside a token's k slots (not what top-k gives, but the contract allows it)."""
+    args = inputs(5, 3, 3, 32, 16, True, torch.float32, dev, seed=4, dup=True)
+    assert any(len(set(r.tolist())) < 3 for r in args[1])
+    want = exact(*args)
+    assert rel_err(moe_gemv(*args, config=GEMV).cpu(), want) < TOL[torch.float32]
+    assert rel_err(moe_grouped_gemm(*args, config=GEMM).cpu(), want) < TOL[torch.float32]
+
+
+def test_default_configs_and_int32_ids(dev):
+    """The ops' own launch choices, with int32 ids and bf16 routing weights (what a caller may pass)."""
+    x, ids, w, gate, up, down = inputs(2, 2, 4, 64, 32, True, torch.float32, dev, seed=8)
+    want = exact(x, ids, w, gate, up, down)
+    ids32, wb = ids.to(torch.int32), w.to(torch.bfloat16)
+    want_b = exact(x, ids32, wb, gate, up, down)
+    assert rel_err(moe_gemv(x, ids32, wb, gate, up, down).cpu(), want_b) < TOL[torch.float32]
+    assert rel_err(moe_grouped_gemm(x, ids, w, gate, up, down).cpu(), want) < TOL[torch.float32]
+    assert default_gemm_config(4096 * 8, 256).block_m == 64 and default_gemm_config(64, 128).block_m == 16
+    cfg = default_gemv_config(1, 8, 2048, 512)
+    assert cfg.block_i * cfg.block_d_in >= 1024 and 8 * 512 // cfg.block_i >= 4 * 132
+
+
+def test_align_by_expert_groups_slots_in_padded_blocks():
+    from hybrid_agent.kernels.triton_moe import align_by_expert
+
+    ids = torch.tensor([[2, 0], [2, 1], [0, 2], [3, 2]])  # slots 0..7; expert 2 has four
+    slots, block_expert = align_by_expert(ids, 5, 2)
+    assert block_expert.shape[0] == (8 + 5 * 1) // 2
+    assert slots.tolist()[:10] == [1, 4, 3, 8, 0, 2, 5, 7, 6, 8]  # 8 = padding
+    assert block_expert.tolist() == [0, 1, 2, 2, 3, -1]
+
+
+def test_moe_bad_inputs():
+    x, ids, w, gate, up, down = inputs(2, 2, 4, 16, 8, True, torch.float32, "cpu", seed=1)
+    with pytest.raises(KernelInputError, match="features"):
+        moe_gemv(x[:, :8], ids, w, gate, up, down)
+    with pytest.raises(KernelInputError, match="integers"):
+        moe_grouped_gemm(x, ids.float(), w, gate, up, down)
+    with pytest.raises(KernelInputError, match=r"\(N, k\)"):
+        moe_gemv(x, ids, w[:, :1], gate, up, down)
+    with pytest.raises(KernelInputError, match="down"):
+        moe_gemv(x, ids, w, gate, up, down.transpose(1, 2))
+    with pytest.raises(KernelInputError, match="dtype"):
+        moe_gemv(x, ids, w, gate, up.double(), down)
+
+
+# ---- on the device: a real shape in bf16, and both ops inside a captured CUDA graph
+
+
+def _real(n: int, gated: bool, e: int = 128, k: int = 8, d: int = 2048, i: int = 768):
+    g = torch.Generator(device="cuda").manual_seed(n)
+    x = torch.randn(n, d, device="cuda", generator=g).bfloat16()
+    ids = torch.rand(n, e, device="cuda", generator=g).topk(k, dim=-1).indices
+    w = torch.rand(n, k, device="cuda", generator=g).softmax(-1).bfloat16()
+    mk = lambda *s: (torch.randn(*s, device="cuda", generator=g) / s[-1] ** 0.5).bfloat16()
+    return x, ids, w, mk(e, i, d) if gated else None, mk(e, i, d), mk(e, d, i)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("gated", [True, False])
+@pytest.mark.parametrize("n", [1, 4, 600])
+def test_moe_bf16_real_shape_gpu(monkeypatch, n, gated):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    monkeypatch.setenv("HYBRID_AGENT_KERNELS", "auto")
+    args = _real(n, gated)
+    f64 = [None if t is None else t.double() for t in args]
+    f64[1], f64[2] = args[1], args[2].double()
+    want = moe_grouped_gemm_ref(*f64).float()
+    ref = moe_grouped_gemm_ref(*args)
+    for got in (moe_gemv(*args), moe_grouped_gemm(*args)):
+        assert rel_err(got, want) <= max(1.2 * rel_err(ref, want), 5e-3)
+
+
+@pytest.mark.gpu
+def test_moe_ops_run_in_a_cuda_graph(monkeypatch):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    monkeypatch.setenv("HYBRID_AGENT_KERNELS", "auto")
+    args = _real(64, True)
+    x, ids = args[0], args[1]
+    for op in (moe_gemv, moe_grouped_gemm):
+        op(*args)  # compile outside the capture
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = op(*args)
+        new = _real(65, True)
+        x.copy_(new[0][:64])
+        ids.copy_(new[1][:64])  # other experts chosen: the replay must read them on the device
+        graph.replay()
+        torch.cuda.synchronize()
+        assert rel_err(out, moe_grouped_gemm_ref(*args)) < 1e-2
