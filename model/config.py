@@ -42,7 +42,7 @@ CONFIG_FILE = "config.json"
 _LATE_SUBCONFIGS: tuple[str, ...] = ("short_conv", "moe", "kda")
 _LATE_FIELDS: dict[str, tuple[str, ...]] = {
     "attention": ("output_gate",),
-    "moe": ("score_bias", "n_groups", "topk_groups"),
+    "moe": ("score_bias", "n_groups", "topk_groups", "router_fp32"),
 }
 
 
@@ -170,7 +170,10 @@ class MoEConfig(_Strict):
     experts are split into that many equal groups, each group scored by the sum of its two best (biased)
     scores, and only experts of the `topk_groups` best groups may be chosen. An optional shared expert
     (same activation, `shared_hidden_dim`, 0 = none) sees every token, optionally gated by
-    sigmoid(linear(x)).
+    sigmoid(linear(x)). `router_fp32`: the router's weight is kept in fp32 whatever the model's dtype and
+    applied to x cast to fp32 (transformers' Nemotron-H and Kimi Linear keep `gate.weight` in fp32), so
+    a bf16 model chooses the experts the checkpoint's own code chooses; otherwise the router runs in the
+    model's dtype and only the scores are fp32 (Qwen, Granite, LFM2).
     """
 
     n_experts: int = Field(0, ge=0)
@@ -185,6 +188,7 @@ class MoEConfig(_Strict):
     score_bias: bool = False  # a per-expert bias (E,) on the scores, for choosing only
     n_groups: int = Field(1, ge=1)
     topk_groups: int = Field(1, ge=1)
+    router_fp32: bool = False
 
     def used_in(self, layer: int) -> bool:
         """Whether layer `layer`'s MLP is an MoE."""

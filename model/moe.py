@@ -14,13 +14,17 @@ relu2, down(relu(up(x))^2) without a gate (Nemotron-H). The routed experts' weig
 (E, D, I)), the shared expert is a plain `MLP` (model/layers.py).
 
 One forward for any number of tokens, with two ways to apply the routed experts (the same numbers up to
-summation order), chosen by shape alone:
-- few token-slots (N * k <= E, decode): the chosen experts' weights are gathered by their ids on the
-  device and applied as batched matmuls. Nothing is read back to the host, so the decode engine's step
-  stays one CUDA graph (model/decode/engine.py), and no more weight bytes are read than all experts hold.
-- many (prefill): the token-slots are sorted by expert and each expert that has tokens runs once on its
+summation order), chosen by shape alone, both in hybrid_agent.kernels (Triton on CUDA, their torch
+references elsewhere; `HYBRID_AGENT_KERNELS` switches as for every kernel):
+- few token-slots (N * k <= E, decode): `kernels.moe_gemv` reads only the chosen experts' rows (the
+  reference gathers their weights by id and runs batched matmuls). Nothing is read back to the host, so
+  the decode engine's step stays one CUDA graph (model/decode/engine.py).
+- many (prefill): `kernels.moe_grouped_gemm`, the token-slots sorted by expert and one grouped GEMM over
+  all experts on CUDA (no host read either); the reference runs each expert that has tokens once on its
   tokens (one host read of the per-expert counts).
-The router and the shared expert are plain linears and go through `ops.project` / the MLP, as the MLP's do.
+The router and the shared expert are plain linears and go through `ops.project` / the MLP, as the MLP's
+do; with `moe.router_fp32` (Nemotron-H, Kimi Linear) the router's weight stays fp32 and multiplies x in
+fp32, as transformers does for those families, so a bf16 model picks the experts theirs picks.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from hybrid_agent.kernels.moe import moe_gemv, moe_grouped_gemm
 from hybrid_agent.model.config import HybridConfig
 from hybrid_agent.model.layers import MLP
 from hybrid_agent.model.ops import Ops
@@ -49,10 +54,6 @@ class Experts(nn.Module):
         self.up_proj = nn.Parameter(torch.empty(n_experts, hidden, d_model))
         self.down_proj = nn.Parameter(torch.empty(n_experts, d_model, hidden))
 
-    def hidden(self, up: Tensor, gate: Tensor | None) -> Tensor:
-        """The activation between the projections: silu(gate) * up, or relu(up)^2 without a gate."""
-        return F.relu(up).square() if gate is None else F.silu(gate) * up
-
 
 class MoE(nn.Module):
     def __init__(self, cfg: HybridConfig) -> None:
@@ -63,6 +64,7 @@ class MoE(nn.Module):
         self.n_experts, self.top_k = m.n_experts, m.top_k
         self.scoring, self.norm_topk_prob, self.routed_scaling = m.scoring, m.norm_topk_prob, m.routed_scaling
         self.router = nn.Linear(cfg.d_model, m.n_experts, bias=False)
+        self.router_fp32 = m.router_fp32
         self.experts = Experts(m.n_experts, cfg.d_model, m.hidden_dim, cfg.mlp.activation == "swiglu")
         self.n_groups, self.topk_groups = m.n_groups, m.topk_groups
         # Added to the scores for choosing experts only (DeepSeek-V3's e_score_correction_bias).
@@ -75,12 +77,14 @@ class MoE(nn.Module):
                 nn.init.normal_(p, std=cfg.init_std)
 
     def _apply(self, fn: Any, recurse: bool = True) -> MoE:
-        """`score_bias` stays fp32 whatever dtype the model is cast to: the bias decides between scores
-        that differ in their third digit, which bf16 cannot hold (the loader casts the model before
-        filling it, so checkpoint values arrive unrounded)."""
+        """`score_bias` (and the router's weight with `router_fp32`) stay fp32 whatever dtype the model
+        is cast to: the bias decides between scores that differ in their third digit, which bf16 cannot
+        hold (the loader casts the model before filling it, so checkpoint values arrive unrounded)."""
         out = super()._apply(fn, recurse)
-        if self.score_bias is not None and self.score_bias.dtype != torch.float32:
-            self.score_bias.data = self.score_bias.data.float()
+        kept = [self.score_bias, self.router.weight if self.router_fp32 else None]
+        for p in kept:
+            if p is not None and p.is_floating_point() and p.dtype != torch.float32:
+                p.data = p.data.float()
         return out
 
     def route(self, logits: Tensor) -> tuple[Tensor, Tensor]:
@@ -109,52 +113,23 @@ class MoE(nn.Module):
         keep.scatter_(1, best.topk(self.topk_groups, dim=-1).indices, True)
         return groups.masked_fill(~keep.unsqueeze(-1), float("-inf")).view(N, E)
 
+    def logits(self, flat: Tensor, ops: Ops) -> Tensor:
+        """Router logits (N, E): in fp32 with `router_fp32`, else in the model's dtype."""
+        if self.router_fp32:
+            return F.linear(flat.float(), self.router.weight.float())
+        return ops.project("router", flat, (self.router,))
+
     def forward(self, x: Tensor, ops: Ops | None = None) -> Tensor:
         ops = ops or Ops()
         shape = x.shape
         flat = x.reshape(-1, shape[-1])  # (N, D)
-        weights, ids = self.route(ops.project("router", flat, (self.router,)))
-        weights = weights.to(x.dtype)
-        if gathers(self.cfg, flat.shape[0]):
-            out = self._gathered(flat, weights, ids)
-        else:
-            out = self._by_expert(flat, weights, ids)
+        weights, ids = self.route(self.logits(flat, ops))
+        e = self.experts
+        args = (flat, ids, weights.to(x.dtype), e.gate_proj, e.up_proj, e.down_proj)
+        out = moe_gemv(*args) if gathers(self.cfg, flat.shape[0]) else moe_grouped_gemm(*args)
         if self.shared_expert is not None:
             shared = self.shared_expert(flat, ops)
             if self.shared_expert_gate is not None:
                 shared = torch.sigmoid(ops.project("router", flat, (self.shared_expert_gate,))) * shared
             out = out + shared
         return out.view(shape)  # (B, T, D)
-
-    def _gathered(self, x: Tensor, weights: Tensor, ids: Tensor) -> Tensor:
-        """Each token-slot's expert weights gathered by id: (N * k) small batched matmuls."""
-        N, k = ids.shape
-        e, slots = self.experts, ids.reshape(-1)  # (N*k,)
-        xs = x.repeat_interleave(k, dim=0).unsqueeze(1)  # (N*k, 1, D)
-        gate = (
-            None if e.gate_proj is None else torch.bmm(xs, e.gate_proj[slots].transpose(1, 2))
-        )  # (N*k, 1, I)
-        up = torch.bmm(xs, e.up_proj[slots].transpose(1, 2))
-        y = torch.bmm(e.hidden(up, gate), e.down_proj[slots].transpose(1, 2))  # (N*k, 1, D)
-        return (y.view(N, k, -1) * weights.unsqueeze(-1)).sum(1)  # (N, D)
-
-    def _by_expert(self, x: Tensor, weights: Tensor, ids: Tensor) -> Tensor:
-        """Token-slots sorted by expert; each expert that has tokens runs once on them."""
-        k, e = ids.shape[1], self.experts
-        flat_ids = ids.reshape(-1)  # (N*k,)
-        order = flat_ids.argsort(stable=True)
-        counts = torch.bincount(flat_ids, minlength=self.n_experts).tolist()  # the one host read
-        flat_w = weights.reshape(-1)
-        out = torch.zeros_like(x)
-        start = 0
-        for expert, n in enumerate(counts):
-            if n == 0:
-                continue
-            slots = order[start : start + n]
-            start += n
-            tokens = slots // k
-            xe = x[tokens]  # (n, D)
-            gate = None if e.gate_proj is None else F.linear(xe, e.gate_proj[expert])
-            h = e.hidden(F.linear(xe, e.up_proj[expert]), gate)
-            out.index_add_(0, tokens, F.linear(h, e.down_proj[expert]) * flat_w[slots, None])
-        return out

@@ -89,6 +89,7 @@ def _moe_config(hf: dict[str, Any]) -> dict[str, Any]:
         "shared_hidden_dim": inner * _first(hf, ("num_shared_experts", "n_shared_experts"), 1),
         "scoring": "sigmoid",
         "score_bias": True,
+        "router_fp32": True,  # transformers keeps gate.weight in fp32 (_keep_in_fp32_modules_strict)
         "n_groups": _first(hf, ("num_expert_group", "n_group"), 1),
         "topk_groups": get(hf, "topk_group", 1),
         "norm_topk_prob": _first(hf, ("moe_renormalize", "norm_topk_prob"), True),

@@ -109,6 +109,7 @@ def _moe_config(hf: dict[str, Any], layers: list[int]) -> dict[str, Any]:
         "shared_hidden_dim": get(hf, "moe_shared_expert_intermediate_size", 7688),
         "scoring": "sigmoid",
         "score_bias": True,
+        "router_fp32": True,  # transformers keeps gate.weight in fp32 (_keep_in_fp32_modules_strict)
         "n_groups": get(hf, "n_group", 1),
         "topk_groups": get(hf, "topk_group", 1),
         "norm_topk_prob": get(hf, "norm_topk_prob", True),

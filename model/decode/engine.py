@@ -38,8 +38,8 @@ and sampling.py (the model's own token loop, used off the engine's path).
   among the ids below `vocab_size` (the tokenizer's size when the model's vocabulary is padded past
   it), so it never yields an id without text.
 - Supported in the step: attention (full, no window), mla, gated_deltanet, mamba2, short_conv, kda and mlp
-  layers, and MoE feed-forwards (model/moe.py: the chosen experts' weights gathered on the device, no
-  host read) while batch_size * top_k <= n_experts.
+  layers, and MoE feed-forwards (model/moe.py: kernels.moe_gemv reads the chosen experts on the
+  device, no host read) while batch_size * top_k <= n_experts.
   Anything else (a window, parallel layers) runs `model(token, state)` on the same buffers; on the CPU
   the step runs without a graph.
 """

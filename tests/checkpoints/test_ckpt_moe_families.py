@@ -256,5 +256,30 @@ def test_choice_bias_loads_unrounded_into_a_bfloat16_model(checkpoint):
     folder, hf = moe_checkpoint(checkpoint, "nemotron-h-moe")
     model, _, _ = load_model(folder, dtype="bfloat16")
     ours = model.layers[1].mlp
-    assert ours.router.weight.dtype == torch.bfloat16
+    assert ours.experts.up_proj.dtype == torch.bfloat16
     assert torch.equal(ours.score_bias, hf.model.layers[1].mixer.gate.e_score_correction_bias)
+
+
+@pytest.mark.parametrize("case", ["nemotron-h-moe", "kimi-linear-moe"])
+def test_bfloat16_router_runs_in_fp32_and_picks_transformers_experts(checkpoint, case):
+    """Nemotron-H and Kimi Linear keep the router weight in fp32 in a bf16 model (transformers'
+    `_keep_in_fp32_modules_strict`) and apply it to x in fp32: on the same bf16 hidden states our bf16
+    model picks the experts (and weights) transformers' bf16 model picks."""
+    import transformers
+    from hybrid_agent.model.ops import Ops
+
+    folder, _ = moe_checkpoint(checkpoint, case)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
+    ours, _, _ = load_model(folder, dtype="bfloat16")
+    i = next(i for i, b in enumerate(ours.layers) if isinstance(b.mlp, MoE))
+    mine = ours.layers[i].mlp
+    ref = getattr(theirs.model.layers[i], "mixer" if case.startswith("nemotron") else "mlp").gate
+    assert mine.router.weight.dtype == torch.float32 and torch.equal(mine.router.weight, ref.weight)
+    x = torch.randn(64, ours.config.d_model, generator=torch.Generator().manual_seed(0)).bfloat16()
+    weights, ids = mine.route(mine.logits(x, Ops()))
+    with torch.no_grad():
+        _, their_w, their_ids = ref(x)
+    assert torch.equal(ids.sort(-1).values, their_ids.sort(-1).values)
+    torch.testing.assert_close(
+        weights.gather(-1, ids.argsort(-1)), their_w.float().gather(-1, their_ids.argsort(-1))
+    )

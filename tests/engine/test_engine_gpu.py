@@ -105,3 +105,31 @@ def test_graphed_mla_decode_matches_eager(fuse: bool) -> None:
     engine = DecodeEngine(model, max_context=1024, fuse=fuse)
     assert engine.graphed and engine.attention == "kernel"
     check_against_eager(model, engine, prompt)
+
+
+MOE_CASES = {
+    # Qwen3.5-MoE-like: softmax router, SwiGLU experts, gated shared expert
+    "swiglu": {"n_experts": 64, "top_k": 8, "hidden_dim": 256, "shared_hidden_dim": 512, "shared_gate": True},
+    # Nemotron-H-like: sigmoid scores, choice bias, groups, relu2 experts, router in fp32
+    "relu2": {"n_experts": 32, "top_k": 4, "hidden_dim": 384, "shared_hidden_dim": 512,
+              "scoring": "sigmoid", "score_bias": True, "n_groups": 4, "topk_groups": 2,
+              "routed_scaling": 2.5, "router_fp32": True},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(MOE_CASES))
+def test_graphed_moe_decode_matches_eager(case: str) -> None:
+    """MoE feed-forwards in the captured step: kernels.moe_gemv reads the chosen experts on the device;
+    the prompt's prefill runs kernels.moe_grouped_gemm."""
+    layers = ["gated_deltanet", "attention"] if case == "swiglu" else ["mamba2", "attention", "mlp"]
+    cfg = HybridConfig.from_name(
+        "olmo-hybrid-7b", d_model=1024, layer_types=layers * 2, vocab_size=4096, moe=MOE_CASES[case],
+        mlp={"activation": case},
+    )  # fmt: skip
+    cfg = cfg.model_copy(update={"init_std": 0.05})
+    torch.manual_seed(0)
+    model = HybridLM(cfg).to(device="cuda", dtype=torch.bfloat16).eval()
+    prompt = torch.randint(0, 4096, (1, 300), device="cuda", generator=torch.Generator("cuda").manual_seed(3))
+    engine = DecodeEngine(model, max_context=1024)
+    assert engine.graphed and engine.fused
+    check_against_eager(model, engine, prompt)

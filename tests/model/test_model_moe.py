@@ -7,9 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from hybrid_agent.kernels._dispatch import interpreter_on
 from hybrid_agent.model import HybridConfig
+from hybrid_agent.model import moe as moe_module
 from hybrid_agent.model.errors import ConfigError
 from hybrid_agent.model.moe import MoE
+from hybrid_agent.model.ops import Ops
 from hybrid_agent.model.testing import tiny_model
 
 BASE = {"n_experts": 6, "top_k": 2, "hidden_dim": 24}
@@ -91,7 +94,9 @@ def test_forward_is_the_definition(over: dict, tokens: int) -> None:
 def test_decode_sized_call_reads_nothing_back(monkeypatch: pytest.MonkeyPatch) -> None:
     """One token takes the gathered path: no `.tolist()` host read (a CUDA graph can capture it)."""
     m = moe()
-    monkeypatch.setattr(MoE, "_by_expert", lambda *a: pytest.fail("host-read path on one token"))
+    monkeypatch.setattr(moe_module, "moe_grouped_gemm", lambda *a: pytest.fail("host-read path on one token"))
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda *a: pytest.fail("host read"))
+    monkeypatch.setattr(torch.Tensor, "item", lambda *a: pytest.fail("host read"))
     m(torch.randn(1, 1, 16))
 
 
@@ -142,3 +147,34 @@ def test_relu2_experts_have_no_gate() -> None:
 def test_bad_moe_configs_say_what_to_fix(over: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         HybridConfig(vocab_size=50, d_model=16, layer_types=["mlp"], moe={**BASE, **over})
+
+
+def test_router_fp32_keeps_the_router_in_fp32() -> None:
+    """`router_fp32` (Nemotron-H, Kimi Linear): the router weight survives a bf16 cast and multiplies x
+    in fp32; the experts are bf16."""
+    m = moe(router_fp32=True, scoring="sigmoid", score_bias=True).to(torch.bfloat16)
+    assert m.router.weight.dtype == torch.float32 and m.experts.up_proj.dtype == torch.bfloat16
+    x = torch.randn(3, 16).bfloat16()
+    logits = m.logits(x, Ops())
+    assert logits.dtype == torch.float32 and torch.equal(logits, F.linear(x.float(), m.router.weight))
+    assert m(x[None]).dtype == torch.bfloat16
+    plain = moe().to(torch.bfloat16)
+    assert plain.router.weight.dtype == torch.bfloat16 and plain.logits(x, Ops()).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("tokens", [1, 11])  # moe_gemv, moe_grouped_gemm
+@pytest.mark.parametrize("activation", ["swiglu", "relu2"])
+def test_triton_experts_match_the_reference(
+    monkeypatch: pytest.MonkeyPatch, tokens: int, activation: str
+) -> None:
+    """The forward through the Triton kernels (the interpreter here, CUDA on the device) equals the
+    reference kernels' forward."""
+    if not torch.cuda.is_available() and not interpreter_on():
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    m = moe(activation=activation, shared_hidden_dim=20).to(dev)
+    x = torch.randn(1, tokens, 16, generator=torch.Generator().manual_seed(3)).to(dev)
+    monkeypatch.setenv("HYBRID_AGENT_KERNELS", "ref")
+    want = m(x)
+    monkeypatch.setenv("HYBRID_AGENT_KERNELS", "triton")
+    torch.testing.assert_close(m(x), want, rtol=1e-5, atol=1e-5)
