@@ -78,7 +78,7 @@ SMOKE: dict[str, dict[str, Any]] = {
 }
 HBM_PEAK = {"H100": 3.35e12, "H200": 4.8e12}  # B/s, SXM cards
 G, M = MoeGemvConfig, MoeGemmConfig
-GEMV_CANDIDATES = [G(16, 128, 16, 128), G(8, 256, 8, 256), G(4, 256, 4, 256)]
+GEMV_CANDIDATES = [G(16, 128, 16, 128), G(8, 256, 8, 256), G(4, 256, 4, 256), G(4, 512, 8, 512)]
 GEMM_CANDIDATES = [M(64, 128, 64, 4, 3), M(128, 128, 64, 8, 3), M(64, 64, 64, 4, 4)]
 PREFILL_TOKENS = 4096
 

@@ -177,3 +177,24 @@ def test_moe_ops_run_in_a_cuda_graph(monkeypatch):
         graph.replay()
         torch.cuda.synchronize()
         assert rel_err(out, moe_grouped_gemm_ref(*args)) < 1e-2
+
+
+@pytest.mark.slow
+def test_bench_smoke_runs(tmp_path):
+    """bench/gpu_moe.py end to end at tiny shapes on the CPU (the interpreter): every config it would
+    time is checked against fp32 and the JSON is written."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "bench" / "gpu_moe.py"
+    out = tmp_path / "moe.json"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    subprocess.run(
+        [sys.executable, str(script), "--smoke", "--out", str(out)], check=True, timeout=600, env=env
+    )
+    res = json.loads(out.read_text())
+    assert len(res["decode"]) == 4 and len(res["prefill"]) == 2
+    assert all(r["best"]["rel_err"] < 2e-2 for r in res["decode"] + res["prefill"])
