@@ -120,7 +120,11 @@ MOE_CASES = {
 @pytest.mark.parametrize("case", list(MOE_CASES))
 def test_graphed_moe_decode_matches_eager(case: str) -> None:
     """MoE feed-forwards in the captured step: kernels.moe_gemv reads the chosen experts on the device;
-    the prompt's prefill runs kernels.moe_grouped_gemm."""
+    the prompt's prefill runs kernels.moe_grouped_gemm. Teacher-forced against the eager path, with room
+    for routing flips: where two experts' scores are within bf16 noise of each other the two paths may
+    choose differently, which changes that expert's whole share of the output (not a rounding-sized
+    change), so most steps (not every one) must agree within the rounding bound and on the argmax. A graph
+    that replayed stale expert ids would miss on most steps."""
     layers = ["gated_deltanet", "attention"] if case == "swiglu" else ["mamba2", "attention", "mlp"]
     cfg = HybridConfig.from_name(
         "olmo-hybrid-7b", d_model=1024, layer_types=layers * 2, vocab_size=4096, moe=MOE_CASES[case],
@@ -132,4 +136,20 @@ def test_graphed_moe_decode_matches_eager(case: str) -> None:
     prompt = torch.randint(0, 4096, (1, 300), device="cuda", generator=torch.Generator("cuda").manual_seed(3))
     engine = DecodeEngine(model, max_context=1024)
     assert engine.graphed and engine.fused
-    check_against_eager(model, engine, prompt)
+    state = model.new_state()
+    logits = prefill(model, prompt, state)[0].float()
+    want, eager = [], []
+    for _ in range(128):
+        eager.append(logits)
+        want.append(int(logits.argmax()))
+        logits = model(torch.tensor([[want[-1]]], device="cuda"), state)[0, -1].float()
+    forced = [engine.prefill(prompt)[0].float().clone()]
+    forced += [engine.step(t)[0].float().clone() for t in want[:-1]]
+    close = [
+        float((e - x).abs().max()) <= 0.05 * float(e.abs().max()) for e, x in zip(eager, forced, strict=True)
+    ]
+    same = [int(e.argmax()) == int(x.argmax()) for e, x in zip(eager, forced, strict=True)]
+    assert sum(close) >= 0.9 * len(close), (
+        f"{len(close) - sum(close)} of {len(close)} steps outside the bound"
+    )
+    assert sum(same) >= 0.9 * len(same), f"argmax differs at {len(same) - sum(same)} of {len(same)} steps"
