@@ -155,7 +155,7 @@ def test_moe_bf16_real_shape_gpu(monkeypatch, n, gated):
     want = moe_grouped_gemm_ref(*f64).float()
     ref = moe_grouped_gemm_ref(*args)
     for got in (moe_gemv(*args), moe_grouped_gemm(*args)):
-        assert rel_err(got, want) <= max(1.2 * rel_err(ref, want), 5e-3)
+        assert rel_err(got, want) <= max(1.5 * rel_err(ref, want), 8e-3)  # fp32 inside, one rounding
 
 
 @pytest.mark.gpu
