@@ -36,8 +36,8 @@ def _number(kind: type, low: float, what: str, high: float = 2**31 - 1) -> Calla
 
 EXIT_USAGE = 2  # as argparse exits on a usage error
 NO_COMMAND = (
-    "hybrid-agent: hybrid_agent.agent.cli runs the commands (run, sessions, config, trust, mcp) only; "
-    "the terminal UI opens from hybrid_agent.cli (the `hybrid-agent` command)"
+    "hybrid-agent: hybrid_agent.agent.cli runs the commands (run, sessions, undo, rewind, config, trust, "
+    "mcp) only; the terminal UI opens from hybrid_agent.cli (the `hybrid-agent` command)"
 )
 
 _COUNT = _number(int, 0, "a whole number >= 0")
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hybrid-agent {__version__}")
     parser.add_argument("--resume", metavar="ID", help="continue a saved session (id or unique prefix)")
     _session_options(parser, True)
-    sub = parser.add_subparsers(dest="command", metavar="{run,sessions,config,trust,mcp}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,sessions,undo,rewind,config,trust,mcp}")
     shared = _shared(False)
 
     run = sub.add_parser("run", parents=[shared], help="run one turn headless and print the answer")
@@ -134,11 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     _session_options(run, False)
 
     sessions = sub.add_parser(
-        "sessions", parents=[shared], help="list, show, fork, remove, export, check or compact sessions"
+        "sessions",
+        parents=[shared],
+        help="list, show, diff, fork, remove, export, import, check or compact sessions",
     )
     # `sessions` alone lists them (as `git remote` does), so --json works there too.
     sessions.add_argument("--json", action="store_true", help="with no action: list as JSON lines")
-    ssub = sessions.add_subparsers(dest="action", metavar="{list,show,fork,rm,export,check,gc}")
+    ssub = sessions.add_subparsers(dest="action", metavar="{list,show,diff,fork,rm,export,import,check,gc}")
     ls = ssub.add_parser("list", parents=[shared], help="saved sessions, most recent first")
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
     show = ssub.add_parser("show", parents=[shared], help="a session's details and conversation")
@@ -149,8 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     fork.add_argument("--turn", type=_COUNT, required=True, metavar="N")
     rm = ssub.add_parser("rm", parents=[shared], help="delete a session (its forks keep working)")
     rm.add_argument("id")
-    export = ssub.add_parser("export", parents=[shared], help="a session's events as JSON lines")
-    export.add_argument("id")
+    from hybrid_agent.agent.transfer import add_parsers as add_transfer
+    from hybrid_agent.agent.undo_commands import add_parsers as add_undo
+
+    add_transfer(ssub, shared)
     check = ssub.add_parser(
         "check",
         parents=[shared],
@@ -177,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     trust.add_argument("dir", nargs="?", metavar="DIR", help="the folder (default: --workspace)")
     from hybrid_agent.agent.mcp_commands import add_parser as add_mcp
 
+    add_undo(sub, ssub, shared, _COUNT)
     add_mcp(sub, shared)
     return parser
 

@@ -2,7 +2,8 @@
 
 Output contract: `run` prints the answer on stdout as it streams, then `session: ID` as the last
 line; tool activity goes to stderr. `--json` prints each event as one JSON line on stdout.
-`sessions export` prints a session's stored events as JSON lines. Errors print one line on stderr.
+`sessions export` prints a session's stored events as JSON lines (agent/transfer.py: other formats,
+and `sessions import`). Errors print one line on stderr.
 """
 
 from __future__ import annotations
@@ -45,9 +46,11 @@ def dispatch(args: argparse.Namespace) -> int:
     one without a command, is opened by hybrid_agent/cli.py: tui/ sits above agent/."""
     from hybrid_agent.agent.config_commands import cmd_config, cmd_trust
     from hybrid_agent.agent.mcp_commands import cmd_mcp
+    from hybrid_agent.agent.undo_commands import cmd_rewind, cmd_undo
 
     commands = {
         "run": cmd_run, "sessions": cmd_sessions, "config": cmd_config, "trust": cmd_trust, "mcp": cmd_mcp,
+        "undo": cmd_undo, "rewind": cmd_rewind,
     }  # fmt: skip
     return run_command(commands[args.command], args)
 
@@ -323,17 +326,7 @@ def _session_json(info: Any) -> dict[str, Any]:
         "fork_turn": info.fork_turn,
         "turns": info.latest_turn or 0,
         "state_tokens": info.n_tokens,
-    }
-
-
-def _event_json(ev: Any) -> dict[str, Any]:
-    return {
-        "turn": ev.turn,
-        "seq": ev.seq,
-        "kind": ev.kind,
-        "content": ev.content,
-        "data": ev.data,
-        "created_at": ev.created_at.isoformat() if ev.created_at else None,
+        "git_head": (info.meta or {}).get("git_head"),  # the commit its workspace was on at the start
     }
 
 
@@ -359,7 +352,18 @@ def cmd_sessions(args: argparse.Namespace) -> int:
             return _gc(store)
         if action == "check":
             return _check(store, None if args.id is None else resolve_session_id(store, args.id))
+        if action == "import":
+            from hybrid_agent.agent.transfer import import_session
+
+            return import_session(store, args.file, args.workspace)
         session_id = resolve_session_id(store, args.id)
+        if action in ("diff", "export"):
+            from hybrid_agent.agent.transfer import export_session
+            from hybrid_agent.agent.undo_commands import sessions_diff
+
+            if action == "diff":
+                return sessions_diff(store, session_id, args.turn)
+            return export_session(store, session_id, args.format)
         if action == "show":
             return _show(store, session_id, as_json=args.json)
         if action == "fork":
@@ -371,10 +375,6 @@ def cmd_sessions(args: argparse.Namespace) -> int:
             print(
                 f"deleted session {session_id} (`hybrid-agent sessions gc` gives its space back to the disk)"
             )
-            return 0
-        if action == "export":
-            for ev in store.events(session_id):
-                print(json.dumps(_event_json(ev), ensure_ascii=False))
             return 0
     raise AgentError(f"unknown sessions action {action!r}")
 
