@@ -121,14 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="{run,sessions,undo,rewind,config,trust,mcp}")
     shared = _shared(False)
 
+    from hybrid_agent.agent.workflow_cli import add_headless, add_transfer, add_undo
+
     run = sub.add_parser("run", parents=[shared], help="run one turn headless and print the answer")
     run.add_argument(
         "prompt",
-        nargs="+",
+        nargs="*",
         help="the message to send; several are joined by blank lines, and '-' stands for all of stdin "
         "(cat error.log | hybrid-agent run 'why does this fail?' -)",
     )
-    run.add_argument("--json", action="store_true", help="print the events as JSON lines")
+    add_headless(run)
     run.add_argument("--yes", "-y", action="store_true", help="approve every tool call")
     run.add_argument("--resume", metavar="ID", default=argparse.SUPPRESS, help="continue a saved session")
     _session_options(run, False)
@@ -151,9 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
     fork.add_argument("--turn", type=_COUNT, required=True, metavar="N")
     rm = ssub.add_parser("rm", parents=[shared], help="delete a session (its forks keep working)")
     rm.add_argument("id")
-    from hybrid_agent.agent.transfer import add_parsers as add_transfer
-    from hybrid_agent.agent.undo_commands import add_parsers as add_undo
-
     add_transfer(ssub, shared)
     check = ssub.add_parser(
         "check",
@@ -210,7 +209,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # (bench/results/cpu_decode_s3_lead.json, same tokens and logits). Set before torch loads libgomp;
     # the user's own setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    return build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "run" and not args.prompt and args.input_format == "text":
+        parser.error("run: the following arguments are required: prompt (or --input-format stream-json)")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,8 @@
 """What each `hybrid-agent` command does (parsing is in agent/cli.py).
 
 Output contract: `run` prints the answer on stdout as it streams, then `session: ID` as the last
-line; tool activity goes to stderr. `--json` prints each event as one JSON line on stdout.
+line; tool activity goes to stderr. `--output-format json|stream-json` (`--json`) prints Claude Code's
+headless objects instead (agent/headless.py, docs/headless.md).
 `sessions export` prints a session's stored events as JSON lines (agent/transfer.py: other formats,
 and `sessions import`). Errors print one line on stderr.
 """
@@ -12,7 +13,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -196,37 +196,6 @@ def read_prompt(parts: list[str]) -> str:
     return prompt
 
 
-JSON_TEXT_INTERVAL_S = 0.05  # `run --json` joins text deltas: at most 20 text events a second
-
-
-class _JsonEvents:
-    """`run --json`: one JSON line per event, text deltas joined so that a fast model prints at most one
-    text event per JSON_TEXT_INTERVAL_S (the joined texts still add up to the answer exactly)."""
-
-    def __init__(self) -> None:
-        self._text: list[str] = []
-        self._last = float("-inf")
-
-    def __call__(self, event: Any) -> None:
-        from hybrid_agent.agent.events import TextDelta
-
-        if isinstance(event, TextDelta):
-            self._text.append(event.text)
-            if time.monotonic() - self._last < JSON_TEXT_INTERVAL_S:
-                return
-        self.flush()
-        if not isinstance(event, TextDelta):
-            print(event.model_dump_json(), flush=True)
-
-    def flush(self) -> None:
-        from hybrid_agent.agent.events import TextDelta
-
-        if self._text:
-            print(TextDelta(text="".join(self._text)).model_dump_json(), flush=True)
-            self._text.clear()
-            self._last = time.monotonic()
-
-
 class _PlainEvents:
     """`run` without --json: the answer on stdout, tool activity, progress and errors on stderr, all
     through `printable` (a tool's output or the model's text can hold terminal escapes)."""
@@ -283,9 +252,29 @@ class _PlainEvents:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.json:
+        args.output_format = "stream-json"
+    if args.output_format != "text" or args.input_format != "text" or args.include_partial_messages:
+        from hybrid_agent.agent.headless import run_headless
+
+        return run_headless(args, lambda: _open_run_agent(args, ask=False), read_prompt)
     prompt = read_prompt(args.prompt)  # before torch and the model load: a bad message fails at once
-    from hybrid_agent.agent.config_commands import continued_session
     from hybrid_agent.agent.events import ErrorEvent
+
+    agent = _open_run_agent(args, ask=not args.yes and sys.stdin.isatty())
+    show = _PlainEvents(agent)
+    try:
+        events = agent.send_sync(prompt, on_event=show)
+    finally:
+        show.close_bar()
+        agent.close()
+    return EXIT_ERROR if any(isinstance(e, ErrorEvent) for e in events) else 0
+
+
+def _open_run_agent(args: argparse.Namespace, *, ask: bool) -> Any:
+    """The agent of `run`: the options, the session to resume, and who approves tool calls (the person
+    at the terminal with `ask`; else every `ask` call is denied, unless --yes)."""
+    from hybrid_agent.agent.config_commands import continued_session
     from hybrid_agent.agent.loop import Agent
 
     options = _agent_options(args)
@@ -296,21 +285,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             options["resume"] = continued_session(store, args)
     if args.yes:
         options["mode"] = "auto"
-    if not args.yes and not args.json and sys.stdin.isatty():
-        options["approval"] = _ask_on_terminal  # else: every `ask` call is denied (use --yes)
+    if ask:
+        options["approval"] = _ask_on_terminal
     agent = Agent.open(**options)
     for problem in agent.registry.plugin_errors:  # the tools it lacks, so the user knows why
         _say(f"hybrid-agent: warning: {problem.splitlines()[0] if problem else problem}")
-    show: Any = _JsonEvents() if args.json else _PlainEvents(agent)
-    try:
-        events = agent.send_sync(prompt, on_event=show)
-    finally:
-        if args.json:
-            show.flush()  # text joined so far, even when the turn was interrupted
-        else:
-            show.close_bar()
-        agent.close()
-    return EXIT_ERROR if any(isinstance(e, ErrorEvent) for e in events) else 0
+    return agent
 
 
 # ---- sessions ------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ the file names). An import writes nothing but the database's rows and runs nothi
 
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import re
@@ -79,26 +78,6 @@ class _ImportedResult(BaseModel):
     tool: str = Field(default="", max_length=_NAME_MAX)
     is_error: bool = False
     denied: bool = False
-
-
-def add_parsers(sessions: Any, shared: argparse.ArgumentParser) -> None:
-    export = sessions.add_parser(
-        "export", parents=[shared], help="a session's events (jsonl), as one JSON object, or as Markdown"
-    )
-    export.add_argument("id")
-    export.add_argument(
-        "--format",
-        choices=("jsonl", "json", "md"),
-        default="jsonl",
-        help="jsonl: the stored events, a line each (default); json: one object that `sessions import` "
-        "reads; md: the readable transcript",
-    )
-    imp = sessions.add_parser(
-        "import",
-        parents=[shared],
-        help="a new session from an exported FILE.json (text only: the state is rebuilt on its first turn)",
-    )
-    imp.add_argument("file", metavar="FILE.json")
 
 
 # ---- export --------------------------------------------------------------------------------------

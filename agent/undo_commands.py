@@ -16,37 +16,6 @@ from typing import Any
 from hybrid_agent.agent.errors import AgentError, printable
 
 
-def add_parsers(sub: Any, sessions: Any, shared: argparse.ArgumentParser, count: Any) -> None:
-    """`undo` and `rewind` under `sub` (the commands), `diff` under `sessions`' actions."""
-    diff = sessions.add_parser(
-        "diff", parents=[shared], help="a session's file changes as a unified diff (from its undo journal)"
-    )
-    diff.add_argument("id")
-    diff.add_argument("--turn", type=count, metavar="N", help="only turn N's changes (default: all)")
-    undo = sub.add_parser("undo", parents=[shared], help="revert the file changes of a session's last turn")
-    undo.add_argument("id")
-    _force(undo)
-    rewind = sub.add_parser(
-        "rewind",
-        parents=[shared],
-        help="take a session back to turn N in place: its model state and its files",
-    )
-    rewind.add_argument("id")
-    rewind.add_argument("--turn", type=count, required=True, metavar="N", help="the turn to go back to")
-    only = rewind.add_mutually_exclusive_group()
-    only.add_argument("--files-only", action="store_true", help="revert the files, keep the model state")
-    only.add_argument("--state-only", action="store_true", help="rewind the model state, keep the files")
-    _force(rewind)
-
-
-def _force(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="also revert files changed outside the agent since (their edits are lost)",
-    )
-
-
 def _open_store(args: argparse.Namespace) -> Any:
     """The session database: --db, else the settings' (as agent/commands.py opens it)."""
     from hybrid_agent.agent.config_commands import settle
