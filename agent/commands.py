@@ -402,6 +402,8 @@ def _show(store: Any, session_id: str, *, as_json: bool) -> int:
     lines.append(f"  workspace {d['workspace']}; {d['turns']} turns, {d['state_tokens']} tokens in the state")
     if info.parent_id:
         lines.append(f"  forked from {info.parent_id} at turn {info.fork_turn}")
+    if d["git_head"]:
+        lines.append(f"  started at git commit {d['git_head']}")
     for ev in store.events(session_id):
         if ev.kind == "user":
             lines.append(f"[{ev.turn}] user: {ev.content}")

@@ -151,6 +151,10 @@ def test_a_session_records_the_git_head_it_started_on(
     shown = cli(capsys, tmp_path / "sessions.db", "sessions", "show", agent.session_id, "--json")[1]
     info = json.loads(shown)
     assert info["git_head"] == head.strip()
+    assert (
+        f"started at git commit {head.strip()}"
+        in cli(capsys, tmp_path / "sessions.db", "sessions", "show", agent.session_id)[1]
+    )
     subprocess.run([*git, "pack-refs", "--all"], cwd=workspace, check=True)  # the ref in packed-refs
     other, _ = make_agent(["hi<|end|>"])
     other.send_sync("hello")
