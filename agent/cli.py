@@ -36,8 +36,8 @@ def _number(kind: type, low: float, what: str, high: float = 2**31 - 1) -> Calla
 
 EXIT_USAGE = 2  # as argparse exits on a usage error
 NO_COMMAND = (
-    "hybrid-agent: hybrid_agent.agent.cli runs the commands (run, sessions, config, trust, mcp) only; "
-    "the terminal UI opens from hybrid_agent.cli (the `hybrid-agent` command)"
+    "hybrid-agent: hybrid_agent.agent.cli runs the commands (run, sessions, undo, rewind, config, trust, "
+    "mcp) only; the terminal UI opens from hybrid_agent.cli (the `hybrid-agent` command)"
 )
 
 _COUNT = _number(int, 0, "a whole number >= 0")
@@ -118,27 +118,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hybrid-agent {__version__}")
     parser.add_argument("--resume", metavar="ID", help="continue a saved session (id or unique prefix)")
     _session_options(parser, True)
-    sub = parser.add_subparsers(dest="command", metavar="{run,sessions,config,trust,mcp}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,sessions,undo,rewind,config,trust,mcp}")
     shared = _shared(False)
+
+    from hybrid_agent.agent.workflow_cli import add_headless, add_transfer, add_undo
 
     run = sub.add_parser("run", parents=[shared], help="run one turn headless and print the answer")
     run.add_argument(
         "prompt",
-        nargs="+",
+        nargs="*",
         help="the message to send; several are joined by blank lines, and '-' stands for all of stdin "
         "(cat error.log | hybrid-agent run 'why does this fail?' -)",
     )
-    run.add_argument("--json", action="store_true", help="print the events as JSON lines")
+    add_headless(run)
     run.add_argument("--yes", "-y", action="store_true", help="approve every tool call")
     run.add_argument("--resume", metavar="ID", default=argparse.SUPPRESS, help="continue a saved session")
     _session_options(run, False)
 
     sessions = sub.add_parser(
-        "sessions", parents=[shared], help="list, show, fork, remove, export, check or compact sessions"
+        "sessions",
+        parents=[shared],
+        help="list, show, diff, fork, remove, export, import, check or compact sessions",
     )
     # `sessions` alone lists them (as `git remote` does), so --json works there too.
     sessions.add_argument("--json", action="store_true", help="with no action: list as JSON lines")
-    ssub = sessions.add_subparsers(dest="action", metavar="{list,show,fork,rm,export,check,gc}")
+    ssub = sessions.add_subparsers(dest="action", metavar="{list,show,diff,fork,rm,export,import,check,gc}")
     ls = ssub.add_parser("list", parents=[shared], help="saved sessions, most recent first")
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
     show = ssub.add_parser("show", parents=[shared], help="a session's details and conversation")
@@ -149,8 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     fork.add_argument("--turn", type=_COUNT, required=True, metavar="N")
     rm = ssub.add_parser("rm", parents=[shared], help="delete a session (its forks keep working)")
     rm.add_argument("id")
-    export = ssub.add_parser("export", parents=[shared], help="a session's events as JSON lines")
-    export.add_argument("id")
+    add_transfer(ssub, shared)
     check = ssub.add_parser(
         "check",
         parents=[shared],
@@ -177,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     trust.add_argument("dir", nargs="?", metavar="DIR", help="the folder (default: --workspace)")
     from hybrid_agent.agent.mcp_commands import add_parser as add_mcp
 
+    add_undo(sub, ssub, shared, _COUNT)
     add_mcp(sub, shared)
     return parser
 
@@ -205,7 +209,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # (bench/results/cpu_decode_s3_lead.json, same tokens and logits). Set before torch loads libgomp;
     # the user's own setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    return build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "run" and not args.prompt and args.input_format == "text":
+        parser.error("run: the following arguments are required: prompt (or --input-format stream-json)")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

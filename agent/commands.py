@@ -1,8 +1,10 @@
 """What each `hybrid-agent` command does (parsing is in agent/cli.py).
 
 Output contract: `run` prints the answer on stdout as it streams, then `session: ID` as the last
-line; tool activity goes to stderr. `--json` prints each event as one JSON line on stdout.
-`sessions export` prints a session's stored events as JSON lines. Errors print one line on stderr.
+line; tool activity goes to stderr. `--output-format json|stream-json` (`--json`) prints Claude Code's
+headless objects instead (agent/headless.py, docs/headless.md).
+`sessions export` prints a session's stored events as JSON lines (agent/transfer.py: other formats,
+and `sessions import`). Errors print one line on stderr.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -45,9 +46,11 @@ def dispatch(args: argparse.Namespace) -> int:
     one without a command, is opened by hybrid_agent/cli.py: tui/ sits above agent/."""
     from hybrid_agent.agent.config_commands import cmd_config, cmd_trust
     from hybrid_agent.agent.mcp_commands import cmd_mcp
+    from hybrid_agent.agent.undo_commands import cmd_rewind, cmd_undo
 
     commands = {
         "run": cmd_run, "sessions": cmd_sessions, "config": cmd_config, "trust": cmd_trust, "mcp": cmd_mcp,
+        "undo": cmd_undo, "rewind": cmd_rewind,
     }  # fmt: skip
     return run_command(commands[args.command], args)
 
@@ -193,37 +196,6 @@ def read_prompt(parts: list[str]) -> str:
     return prompt
 
 
-JSON_TEXT_INTERVAL_S = 0.05  # `run --json` joins text deltas: at most 20 text events a second
-
-
-class _JsonEvents:
-    """`run --json`: one JSON line per event, text deltas joined so that a fast model prints at most one
-    text event per JSON_TEXT_INTERVAL_S (the joined texts still add up to the answer exactly)."""
-
-    def __init__(self) -> None:
-        self._text: list[str] = []
-        self._last = float("-inf")
-
-    def __call__(self, event: Any) -> None:
-        from hybrid_agent.agent.events import TextDelta
-
-        if isinstance(event, TextDelta):
-            self._text.append(event.text)
-            if time.monotonic() - self._last < JSON_TEXT_INTERVAL_S:
-                return
-        self.flush()
-        if not isinstance(event, TextDelta):
-            print(event.model_dump_json(), flush=True)
-
-    def flush(self) -> None:
-        from hybrid_agent.agent.events import TextDelta
-
-        if self._text:
-            print(TextDelta(text="".join(self._text)).model_dump_json(), flush=True)
-            self._text.clear()
-            self._last = time.monotonic()
-
-
 class _PlainEvents:
     """`run` without --json: the answer on stdout, tool activity, progress and errors on stderr, all
     through `printable` (a tool's output or the model's text can hold terminal escapes)."""
@@ -280,9 +252,29 @@ class _PlainEvents:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.json:
+        args.output_format = "stream-json"
+    if args.output_format != "text" or args.input_format != "text" or args.include_partial_messages:
+        from hybrid_agent.agent.headless import run_headless
+
+        return run_headless(args, lambda: _open_run_agent(args, ask=False), read_prompt)
     prompt = read_prompt(args.prompt)  # before torch and the model load: a bad message fails at once
-    from hybrid_agent.agent.config_commands import continued_session
     from hybrid_agent.agent.events import ErrorEvent
+
+    agent = _open_run_agent(args, ask=not args.yes and sys.stdin.isatty())
+    show = _PlainEvents(agent)
+    try:
+        events = agent.send_sync(prompt, on_event=show)
+    finally:
+        show.close_bar()
+        agent.close()
+    return EXIT_ERROR if any(isinstance(e, ErrorEvent) for e in events) else 0
+
+
+def _open_run_agent(args: argparse.Namespace, *, ask: bool) -> Any:
+    """The agent of `run`: the options, the session to resume, and who approves tool calls (the person
+    at the terminal with `ask`; else every `ask` call is denied, unless --yes)."""
+    from hybrid_agent.agent.config_commands import continued_session
     from hybrid_agent.agent.loop import Agent
 
     options = _agent_options(args)
@@ -293,21 +285,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             options["resume"] = continued_session(store, args)
     if args.yes:
         options["mode"] = "auto"
-    if not args.yes and not args.json and sys.stdin.isatty():
-        options["approval"] = _ask_on_terminal  # else: every `ask` call is denied (use --yes)
+    if ask:
+        options["approval"] = _ask_on_terminal
     agent = Agent.open(**options)
     for problem in agent.registry.plugin_errors:  # the tools it lacks, so the user knows why
         _say(f"hybrid-agent: warning: {problem.splitlines()[0] if problem else problem}")
-    show: Any = _JsonEvents() if args.json else _PlainEvents(agent)
-    try:
-        events = agent.send_sync(prompt, on_event=show)
-    finally:
-        if args.json:
-            show.flush()  # text joined so far, even when the turn was interrupted
-        else:
-            show.close_bar()
-        agent.close()
-    return EXIT_ERROR if any(isinstance(e, ErrorEvent) for e in events) else 0
+    return agent
 
 
 # ---- sessions ------------------------------------------------------------------------------------
@@ -323,17 +306,7 @@ def _session_json(info: Any) -> dict[str, Any]:
         "fork_turn": info.fork_turn,
         "turns": info.latest_turn or 0,
         "state_tokens": info.n_tokens,
-    }
-
-
-def _event_json(ev: Any) -> dict[str, Any]:
-    return {
-        "turn": ev.turn,
-        "seq": ev.seq,
-        "kind": ev.kind,
-        "content": ev.content,
-        "data": ev.data,
-        "created_at": ev.created_at.isoformat() if ev.created_at else None,
+        "git_head": (info.meta or {}).get("git_head"),  # the commit its workspace was on at the start
     }
 
 
@@ -359,7 +332,18 @@ def cmd_sessions(args: argparse.Namespace) -> int:
             return _gc(store)
         if action == "check":
             return _check(store, None if args.id is None else resolve_session_id(store, args.id))
+        if action == "import":
+            from hybrid_agent.agent.transfer import import_session
+
+            return import_session(store, args.file, args.workspace)
         session_id = resolve_session_id(store, args.id)
+        if action in ("diff", "export"):
+            from hybrid_agent.agent.transfer import export_session
+            from hybrid_agent.agent.undo_commands import sessions_diff
+
+            if action == "diff":
+                return sessions_diff(store, session_id, args.turn)
+            return export_session(store, session_id, args.format)
         if action == "show":
             return _show(store, session_id, as_json=args.json)
         if action == "fork":
@@ -371,10 +355,6 @@ def cmd_sessions(args: argparse.Namespace) -> int:
             print(
                 f"deleted session {session_id} (`hybrid-agent sessions gc` gives its space back to the disk)"
             )
-            return 0
-        if action == "export":
-            for ev in store.events(session_id):
-                print(json.dumps(_event_json(ev), ensure_ascii=False))
             return 0
     raise AgentError(f"unknown sessions action {action!r}")
 
@@ -422,6 +402,8 @@ def _show(store: Any, session_id: str, *, as_json: bool) -> int:
     lines.append(f"  workspace {d['workspace']}; {d['turns']} turns, {d['state_tokens']} tokens in the state")
     if info.parent_id:
         lines.append(f"  forked from {info.parent_id} at turn {info.fork_turn}")
+    if d["git_head"]:
+        lines.append(f"  started at git commit {d['git_head']}")
     for ev in store.events(session_id):
         if ev.kind == "user":
             lines.append(f"[{ev.turn}] user: {ev.content}")

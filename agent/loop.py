@@ -49,6 +49,7 @@ from hybrid_agent.agent.prefill import TurnCancelled as _Cancelled
 from hybrid_agent.agent.records import (
     assistant_event,
     conversation_of,
+    rebuild_segments,
     system_event,
     user_event,
     user_message,
@@ -213,7 +214,10 @@ class Agent(SessionOps, PrefillOps, ToolCallOps):
         finished = False  # saved, or rolled back to the last snapshot
         try:
             self._check_characters(text)
-            if not self._history:
+            # An imported session (agent/transfer.py) has a conversation but no state yet: this turn
+            # reads all of it first, under this agent's own system prompt and tools.
+            rebuild = self.turn == 0 and bool(self._history) and self.engine.n_tokens == 0
+            if not self._history or rebuild:
                 self._system = self.system_prompt
                 self._tools = [s["function"] for s in self.registry.schemas()]
                 events.append(system_event(self._system, self._tools, self.engine.chat.name))
@@ -227,6 +231,14 @@ class Agent(SessionOps, PrefillOps, ToolCallOps):
                 yield ErrorEvent(message=f"a UserPromptSubmit hook refused the prompt: {blocked.reason()}")
                 return
             events += started.records() + prompted.records()
+            if rebuild:
+                chat, system = self.engine.chat, self._system or ""
+                for part in rebuild_segments(chat, self._history, system, self._tools):
+                    ids = await self._on_model(self.engine.encode, part)
+                    self._check_length(len(ids), "a message of the imported conversation")
+                    async for progress in self._prefill(ids):
+                        yield progress
+                    stats.prompt_tokens += len(ids)
             context = "\n\n".join(c for c in (started.context, prompted.context) if c)
             events.append(user_event(text, context))
             new = [user_message(text, context)]

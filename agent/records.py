@@ -16,7 +16,7 @@ from typing import Any
 
 from hybrid_agent.agent.events import ToolCallRequested, ToolResultEvent
 from hybrid_agent.memory import Event
-from hybrid_agent.model.chat import ChatMessage
+from hybrid_agent.model.chat import ChatFormat, ChatMessage, Segment
 
 
 def system_event(system: str, tools: Sequence[dict[str, Any]], format_name: str) -> Event:
@@ -71,3 +71,27 @@ def conversation_of(events: Iterable[Event]) -> Conversation:
         elif ev.kind == "tool_result":
             conv.messages.append(ChatMessage("tool", ev.content, name=data.get("tool")))
     return conv
+
+
+def rebuild_segments(
+    chat: ChatFormat, messages: Sequence[ChatMessage], system: str, tools: Sequence[dict[str, Any]]
+) -> list[Segment]:
+    """What to prefill onto an empty state so that it holds `messages` (an imported conversation,
+    agent/transfer.py), as the turns would have left it: each run of user/tool messages as the chat
+    format renders it after the ones before, each assistant message as the text the model wrote."""
+    parts: list[Segment] = []
+    done: list[ChatMessage] = []
+    pending: list[ChatMessage] = []
+    for msg in messages:
+        if msg.role != "assistant":
+            pending.append(msg)
+            continue
+        if pending:
+            parts.append(chat.segment(done, pending, system=system, tools=tools))
+            done += pending
+            pending = []
+        parts.append(Segment(((msg.raw if msg.raw is not None else msg.content, False),)))
+        done.append(msg)
+    if pending:
+        parts.append(chat.segment(done, pending, system=system, tools=tools))
+    return parts

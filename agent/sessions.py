@@ -19,6 +19,7 @@ from hybrid_agent.agent.errors import AgentBusyError, AgentError, StateLayoutErr
 from hybrid_agent.agent.hooks import HookOutcome, Hooks
 from hybrid_agent.agent.owner import ModelOwner, owned
 from hybrid_agent.agent.records import conversation_of
+from hybrid_agent.agent.session_diff import git_head
 from hybrid_agent.agent.session_ids import resolve_session_id
 from hybrid_agent.memory import Event, SessionInfo, Store
 from hybrid_agent.model.chat import ChatMessage
@@ -71,7 +72,10 @@ class SessionOps:
         # A new session runs with the policy the agent was opened with, whatever the last resumed
         # session used; that policy is recorded, and a resume switches back to it.
         self._use_policy(self._launch_policy, "a new session")
-        policy = {"window": self.engine.window, "sinks": self.engine.sinks}
+        policy: dict[str, Any] = {"window": self.engine.window, "sinks": self.engine.sinks}
+        head = git_head(self.workspace)  # what `git diff` compares the session's changes against
+        if head is not None:
+            policy["git_head"] = head
         session_id = str(uuid.uuid4())
         self.engine.reset()
         self._set_session(session_id, 0, None, [], [])

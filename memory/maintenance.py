@@ -7,11 +7,12 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass, field
 
-from hybrid_agent.memory import blob_read
+from hybrid_agent.memory import blob_read, blobs
 from hybrid_agent.memory.errors import StoreError
 from hybrid_agent.memory.integrity import chain_rows, missing_blobs, verify_chain
-from hybrid_agent.memory.schema import Blob, FileChangeRow, SessionRow, SnapshotRow, StatePageRow
-from sqlalchemy import Engine, select
+from hybrid_agent.memory.queries import now, session_row, snapshot_row
+from hybrid_agent.memory.schema import Blob, EventRow, FileChangeRow, SessionRow, SnapshotRow, StatePageRow
+from sqlalchemy import Engine, delete, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -119,3 +120,20 @@ def vacuum_postgresql(engine: Engine) -> None:
     blocks readers or writers; VACUUM FULL would, so it is left to the administrator)."""
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.exec_driver_sql("VACUUM blob_chunks, blobs")
+
+
+def truncate_session(s: Session, session_id: str, turn: int) -> int:
+    """Drop every row of `session_id` after `turn` (events, snapshots, pages, file-journal entries), in
+    place: the session ends at `turn` again, its chain head moved back to that turn's digest (the rows
+    kept are checked first). Returns the number of blobs freed. Its forks keep their own rows."""
+    row = session_row(s, session_id)
+    if turn:
+        snapshot_row(s, session_id, turn)  # refuses a turn the session does not have
+    kept = verify_chain(s, row, turn)
+    used = session_blobs(s, session_id)
+    for table in (EventRow, SnapshotRow, StatePageRow, FileChangeRow):
+        s.execute(delete(table).where(table.session_id == session_id, table.turn > turn))
+    row.head_digest = kept[-1].digest if kept else None
+    row.updated_at = now()
+    s.flush()
+    return blobs.delete_unreferenced(s, used)

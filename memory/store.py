@@ -27,11 +27,12 @@ from hybrid_agent.memory.database import (
     unreadable_as_damage,
 )
 from hybrid_agent.memory.errors import CorruptDataError, DatabaseUnavailableError, StoreError
-from hybrid_agent.memory.integrity import missing_blobs, rechain, verify_chain
+from hybrid_agent.memory.integrity import missing_blobs, plain_json, rechain, verify_chain
 from hybrid_agent.memory.maintenance import (
     CheckReport,
     check,
     session_blobs,
+    truncate_session,
     vacuum_postgresql,
     vacuum_sqlite,
 )
@@ -48,7 +49,7 @@ from hybrid_agent.memory.records import (
     TurnInfo,
 )
 from hybrid_agent.memory.schema import EventRow, FileChangeRow, SessionRow, SnapshotRow, StatePageRow
-from hybrid_agent.memory.turns import prepare_turn, read_snapshot, write_turn
+from hybrid_agent.memory.turns import event_of, prepare_turn, read_snapshot, write_turn
 from hybrid_agent.memory.wal import WalCheckpointer
 from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.exc import DBAPIError
@@ -191,8 +192,11 @@ class Store:
         meta: dict[str, Any] | None = None,
         *,
         session_id: str | None = None,
+        events: Sequence[Event] = (),
     ) -> SessionInfo:
-        """A new session; its id is `session_id` when given (an id chosen before the row is written)."""
+        """A new session; its id is `session_id` when given (an id chosen before the row is written).
+        `events` (an imported conversation, no state) are stored under turn 0, in one transaction."""
+        given = [event_of(e) for e in events]
 
         def do(s: Session) -> SessionInfo:
             stamp = now()
@@ -209,6 +213,10 @@ class Store:
             )
             s.add(row)
             s.flush()
+            for seq, ev in enumerate(given):
+                data = None if ev.data is None else plain_json(ev.data, "an event's data")
+                s.add(EventRow(session_id=row.id, turn=0, seq=seq, kind=ev.kind, content=ev.content,
+                               data=data, created_at=ev.created_at or stamp))  # fmt: skip
             return session_info(s, row)
 
         return self._in_write(do, "creating a session")
@@ -300,6 +308,11 @@ class Store:
             return session_info(s, child)
 
         return self._in_write(do, "forking a session")
+
+    def truncate_session(self, session_id: str, turn: int) -> int:
+        """Rewind `session_id` in place to the end of `turn` (0: before its first): every later turn's
+        rows go, with the bytes only they used. Returns the number of blobs freed."""
+        return self._in_write(lambda s: truncate_session(s, session_id, turn), "rewinding a session")
 
     # -- turns ------------------------------------------------------------------------------------
 

@@ -179,8 +179,9 @@ def _describe(data: bytes | None) -> str:
     return "absent" if data is None else f"{len(data)} bytes"
 
 
-def _revert(ws: Workspace, entries: Sequence[ChangeRecord]) -> list[str]:
-    """Revert `entries` (oldest first) as one unit: check every file, then change them. Returns the paths."""
+def _revert(ws: Workspace, entries: Sequence[ChangeRecord], force: bool = False) -> list[str]:
+    """Revert `entries` (oldest first) as one unit: check every file, then change them. Returns the paths.
+    With `force`, a file changed outside the agent since is overwritten too (its edits are lost)."""
     newest: dict[str, ChangeRecord] = {}
     oldest: dict[str, ChangeRecord] = {}
     for e in entries:
@@ -199,7 +200,7 @@ def _revert(ws: Workspace, entries: Sequence[ChangeRecord]) -> list[str]:
                     f"{path} was changed outside the agent since turn {e.turn} "
                     f"(expected {_describe(e.after)}, found {_describe(now)})"
                 )
-        if conflicts:
+        if conflicts and not force:
             raise UndoError(
                 "undo refused, nothing was changed: "
                 + "; ".join(conflicts)
@@ -226,13 +227,26 @@ def undo_last(journal: Journal, workspace: Workspace) -> str:
     return f"undid the change to {e.path} from turn {e.turn} ({verb})"
 
 
-def undo_after_turn(journal: Journal, workspace: Workspace, turn: int) -> str:
-    """Revert every change made after `turn`, as one unit. Raises UndoError when refused."""
+def undo_after_turn(journal: Journal, workspace: Workspace, turn: int, *, force: bool = False) -> str:
+    """Revert every change made after `turn`, as one unit. Raises UndoError when refused (a file changed
+    outside the agent since; `force` overwrites such files)."""
     live = [e for e in journal.entries(after_turn=turn) if not e.reverted]
     if not live:
         return f"nothing to undo after turn {turn}"
-    paths = _revert(workspace, live)
+    return _undo_all(journal, workspace, live, f"after turn {turn}", force)
+
+
+def undo_last_turn(journal: Journal, workspace: Workspace, *, force: bool = False) -> str:
+    """Revert every live change of the newest turn that has any, as one unit. Raises UndoError when
+    there is none, or when refused (as `undo_after_turn`)."""
+    live = [e for e in journal.entries() if not e.reverted]
+    if not live:
+        raise UndoError("nothing to undo: no file changes are recorded")
+    turn = max(e.turn for e in live)
+    return _undo_all(journal, workspace, [e for e in live if e.turn == turn], f"of turn {turn}", force)
+
+
+def _undo_all(journal: Journal, ws: Workspace, live: list[ChangeRecord], what: str, force: bool) -> str:
+    paths = _revert(ws, live, force)
     journal.mark_reverted(e.id for e in live)
-    return f"undid {len(live)} change(s) after turn {turn} in {len(paths)} file(s): " + ", ".join(
-        sorted(paths)
-    )
+    return f"undid {len(live)} change(s) {what} in {len(paths)} file(s): " + ", ".join(sorted(paths))

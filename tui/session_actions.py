@@ -17,6 +17,7 @@ from hybrid_agent.tui.clipboard import copy_to_system_clipboard
 from hybrid_agent.tui.history import redraw
 from hybrid_agent.tui.screens.sessions import BrowserChoice, SessionBrowser
 from hybrid_agent.tui.slash import ParsedCommand, SlashCommandError, parse
+from hybrid_agent.tui.widgets.diff_view import DiffView
 from textual import work
 
 
@@ -45,6 +46,8 @@ class SessionActions(AppBase):
             await self.rewind(int(a[0]), revert_files="files" in a[1:])
         elif cmd.name == "undo":
             await self.action_undo()
+        elif cmd.name == "diff":
+            await self.action_diff(int(a[0]) if a else None)
         elif cmd.name == "tools":
             await self.action_tools()
         elif cmd.name == "model":
@@ -182,6 +185,25 @@ class SessionActions(AppBase):
         ok, what = await self._agent("undo", lambda: self.bridge.agent.undo())
         if ok:
             await self.conversation.add_notice(f"undo: {what}")
+
+    async def action_diff(self, turn: int | None = None) -> None:
+        """`/diff [N]`: the session's file changes (turn N's), one highlighted diff per file, from the
+        undo journal as `hybrid-agent sessions diff` prints them."""
+        from hybrid_agent.agent.session_diff import file_diff, net_changes
+
+        journal = self.bridge.agent.registry.journal if self.bridge.agent is not None else None
+        ok, changes = await self._agent("read the file changes", lambda: journal.entries())
+        if not ok:
+            return
+        net = net_changes(changes, turn)
+        what = "the session" if turn is None else f"turn {turn}"
+        talk = self.conversation
+        if not net:
+            await talk.add_notice(f"diff: no file changes in {what} (undone changes are left out)")
+            return
+        await talk.add_notice(f"diff: {len(net)} file(s) changed in {what}: " + ", ".join(net))
+        for path, (before, after) in net.items():
+            await talk.add(DiffView(file_diff(path, before, after), path, classes="session-diff"))
 
     async def action_tools(self) -> None:
         ok, tools = await self._agent("list the tools", lambda: _tool_lines(self.bridge.agent))

@@ -28,6 +28,7 @@ SLASH_COMMANDS: tuple[SlashCommand, ...] = (
     SlashCommand("fork", "/fork [N]", "fork this session at turn N (default: the latest turn)"),
     SlashCommand("rewind", "/rewind N [files]", "go back to turn N ('files' also reverts file edits)"),
     SlashCommand("undo", "/undo", "undo the last file change"),
+    SlashCommand("diff", "/diff [N]", "show the session's file changes (turn N's with N)"),
     SlashCommand("tools", "/tools", "list the tools the model can call"),
     SlashCommand("model", "/model", "show the model, device and state"),
     SlashCommand("copy", "/copy", "copy the last answer to the clipboard"),
@@ -76,7 +77,7 @@ def parse(text: str) -> ParsedCommand:
             f"unknown command /{name}; {hint}/help lists them (to send it to the model as a message, "
             "put a word before it)"
         )
-    if name in ("fork", "rewind") and args and not args[0].isdigit():
+    if name in ("fork", "rewind", "diff") and args and not args[0].isdigit():
         raise SlashCommandError(f"usage: {_BY_NAME[name].usage} (N is a turn number)")
     if name == "rewind" and not args:
         raise SlashCommandError(f"usage: {_BY_NAME[name].usage}")

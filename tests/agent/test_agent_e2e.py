@@ -91,9 +91,9 @@ def cli_turn(
     opts = ["--window", str(window)] if window else []
     out = cli(runner, "run", prompt, "--json", "--resume", session, "--model", str(model), "--db", db,
               "--workspace", str(ws), "--max-new-tokens", TOKENS, *opts)  # fmt: skip
-    events = [json.loads(line) for line in out.stdout.splitlines()]
-    assert events[-1]["kind"] == "turn_end" and events[-1]["saved"]
-    return events[-1]
+    end = json.loads(out.stdout.splitlines()[-1])  # --json: Claude Code's stream-json, the result last
+    assert end["type"] == "result" and end["saved"]
+    return {**end, "completion_tokens": end["usage"]["output_tokens"]}
 
 
 def assert_same_state(store: Store, a: str, b: str, turn: int) -> None:

@@ -85,8 +85,8 @@ def test_run_then_every_sessions_command(env: dict[str, Path]) -> None:
     sid = lines[-1].removeprefix("session: ")
     assert jcode == 0, jerr
     events = [json.loads(line) for line in jout.splitlines()]
-    assert events[-1]["kind"] == "turn_end" and events[-1]["window"] == 32 and events[-1]["turn"] == 1
-    assert {e["kind"] for e in events} <= {"prefill", "text", "turn_end"}
+    assert events[-1]["type"] == "result" and events[-1]["window"] == 32 and events[-1]["turn"] == 1
+    assert {e["type"] for e in events} <= {"system", "assistant", "result"}
     other = events[-1]["session_id"]
 
     listed, listed_json, shown, shown_json, exported, forked = finish(
@@ -197,4 +197,4 @@ def test_run_with_the_packaged_default_model(tmp_path: Path) -> None:
         cwd=ROOT, capture_output=True, text=True, env=env, timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout.splitlines()[-1])["kind"] == "turn_end"
+    assert json.loads(out.stdout.splitlines()[-1])["type"] == "result"

@@ -52,8 +52,9 @@ def test_run_and_sessions(env: dict[str, str], capsys: pytest.CaptureFixture[str
     sid = out.splitlines()[-1].removeprefix("session: ")
     code, out, err = call(capsys, "run", "and again", "--json", "--resume", sid[:8], *common)
     assert code == 0, err
-    events = [json.loads(line) for line in out.splitlines()]
-    assert events[-1]["kind"] == "turn_end" and events[-1]["turn"] == 2 and events[-1]["session_id"] == sid
+    events = [json.loads(line) for line in out.splitlines()]  # --json is --output-format stream-json
+    assert (events[0]["type"], events[0]["subtype"], events[0]["session_id"]) == ("system", "init", sid)
+    assert events[-1]["type"] == "result" and events[-1]["turn"] == 2 and events[-1]["session_id"] == sid
 
     code, out, _ = call(capsys, "sessions", "list", "--db", env["db"])
     assert code == 0 and sid in out and "hello there" in out
@@ -331,7 +332,8 @@ def test_long_message_shows_prefill_progress_on_stderr(
     assert code == 0, stderr.getvalue()
     assert "reading the message" in stderr.getvalue() and "tok" in stderr.getvalue()
     code, out, _ = call(capsys, "run", "y" * (2 * PREFILL_CHUNK), "--json", *common)
-    progress = [json.loads(line) for line in out.splitlines() if json.loads(line)["kind"] == "prefill"]
+    shown = [json.loads(line) for line in out.splitlines()]
+    progress = [e["data"] for e in shown if e["type"] == "system" and e["subtype"] == "prefill_progress"]
     assert [p["tokens"] for p in progress][:2] == [PREFILL_CHUNK, 2 * PREFILL_CHUNK]
     assert progress[-1]["tokens"] == progress[-1]["total"] > 2 * PREFILL_CHUNK
 
@@ -366,25 +368,26 @@ def test_json_joins_text_deltas_and_keeps_the_answer_exact(
 ) -> None:
     import time
 
-    from hybrid_agent.agent import commands
+    from hybrid_agent.agent import headless
 
     common = ["--model", env["model"], "--db", env["db"], "--workspace", env["ws"], "--max-new-tokens", "80"]
     for interval in (0.05, 1e9):  # 20 events a second, and an interval that no turn outlasts
-        monkeypatch.setattr(commands, "JSON_TEXT_INTERVAL_S", interval, raising=False)
+        monkeypatch.setattr(headless, "TEXT_INTERVAL_S", interval)
         t0 = time.monotonic()
-        code, out, err = call(capsys, "run", "go", "--json", *common)
+        code, out, err = call(capsys, "run", "go", "--json", "--include-partial-messages", *common)
         took = time.monotonic() - t0
         assert code == 0, err
         events = [json.loads(line) for line in out.splitlines()]
-        texts = [e["text"] for e in events if e["kind"] == "text"]
+        texts = [e["event"]["delta"]["text"] for e in events if e["type"] == "stream_event"]
         end = events[-1]
-        assert end["kind"] == "turn_end" and end["completion_tokens"] > 50
+        assert end["type"] == "result" and end["usage"]["output_tokens"] > 50
         # At most one text event per interval (the first one at once, the rest at the end).
         assert len(texts) <= 2 + took / interval, (len(texts), took)
         code, out, _ = call(capsys, "sessions", "export", end["session_id"], "--db", env["db"])
         stored = [json.loads(line) for line in out.splitlines()]
         (answer,) = [e["content"] for e in stored if e["kind"] == "assistant"]
-        assert "".join(texts) == answer
+        (message,) = [e["message"] for e in events if e["type"] == "assistant"]
+        assert "".join(texts) == answer == message["content"][0]["text"] == end["result"]
 
 
 def test_broken_plugin_is_reported_on_stderr(

@@ -128,7 +128,7 @@ def test_a_clean_venv_without_dev_extras_runs_a_turn(wheel: Path, tmp_path: Path
     out = _run(cmd, cwd=work, env=env, timeout=600)
     events = [json.loads(line) for line in out.splitlines()]
     assert events, "no events"
-    assert events[-1]["kind"] == "turn_end", events[-1]
+    assert events[0]["type"] == "system" and events[-1]["type"] == "result", events[-1]
     cmd = [str(bin_dir / "hybrid-agent"), "sessions", "--json", "--db", str(tmp_path / "s.db")]
     listed = _run(cmd, cwd=work)
     (session,) = [json.loads(line) for line in listed.splitlines()]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 import torch
-from hybrid_agent.memory import Event, FileEdit, Store
+from hybrid_agent.memory import Event, FileEdit, Store, TurnNotFoundError
 from hybrid_agent.model import Page
 
 
@@ -110,3 +111,25 @@ def test_shared_content_survives_deleting_one_of_two_unrelated_sessions(store: S
     assert store.delete_session(a) == 0  # b still uses the blob
     assert torch.equal(store.load_snapshot(b).recurrent["layers.0.ssm"], same["layers.0.ssm"])
     assert store.delete_session(b) == 1
+
+
+def test_truncate_in_place_keeps_the_chain_and_frees_only_unshared_bytes(store: Store) -> None:
+    sid = store.create_session("s", "/w", "fp").id
+    run_session(store, sid, range(1, 6))
+    fork = store.fork_session(sid, 4).id  # shares turns 1-4
+    with pytest.raises(TurnNotFoundError, match="no snapshot of turn 9"):
+        store.truncate_session(sid, 9)
+    assert store.get_session(sid).latest_turn == 5  # refused: nothing changed
+    freed = store.truncate_session(sid, 2)
+    assert freed == 3  # turn 5's state, page and file (turns 3-4 are the fork's too)
+    assert store.get_session(sid).latest_turn == 2
+    assert [e.turn for e in store.events(sid)] == [1, 2] and [c.turn for c in store.file_changes(sid)] == [
+        1,
+        2,
+    ]
+    assert store.check().ok
+    assert torch.equal(store.load_snapshot(fork, 4).recurrent["layers.1.conv"], state(4)["layers.1.conv"])
+    run_session(store, sid, range(3, 4), branch=1)  # the session goes on from turn 2
+    assert store.load_snapshot(sid).turn == 3 and store.check().ok
+    assert store.truncate_session(sid, 0) > 0 and store.get_session(sid).latest_turn is None
+    assert store.events(sid) == [] and store.check().ok

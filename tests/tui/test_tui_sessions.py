@@ -286,3 +286,41 @@ async def test_a_long_message_shows_reading_progress(tmp_path: Path) -> None:
         await settle(pilot)
     reading = [b for b in busy if b and b.startswith("reading ")]
     assert reading and reading[0].startswith("reading 2,048/") and "tok/s" in reading[0], busy
+
+
+async def test_diff_shows_the_sessions_file_changes_per_turn(tmp_path: Path) -> None:
+    from hybrid_agent.agent.session_diff import session_diff
+    from hybrid_agent.tui.widgets.diff_view import DiffView
+
+    rig = Rig(tmp_path, [
+        tool_call("write_file", path="a.txt", content="one\n"), "done<|end|>",
+        tool_call("write_file", path="b.py", content="x = 2\n"), "done<|end|>",
+    ])  # fmt: skip
+    app = rig.app
+    async with app.run_test(size=(100, 40)) as pilot:
+        await ready(pilot)
+        await send(pilot, "/diff")
+        await settle(pilot)
+        assert notices(app)[-1].startswith("diff: no file changes in the session")
+        await pilot.press("shift+tab", "shift+tab")  # auto: tools run without asking
+        for text in ("one", "two"):
+            await send(pilot, text)
+            await settle(pilot)
+        await send(pilot, "/diff")
+        await settle(pilot)
+        assert notices(app)[-1] == "diff: 2 file(s) changed in the session: a.txt, b.py"
+        shown = [v.diff for v in app.query(DiffView) if v.has_class("session-diff")]
+        # What the CLI prints (`sessions diff`), split by file.
+        assert "".join(shown) == session_diff(rig.agent.registry.journal.entries())
+        assert "+x = 2" in shown[1] and "new file mode" in shown[0]
+        await send(pilot, "/diff 2")
+        await settle(pilot)
+        assert notices(app)[-1] == "diff: 1 file(s) changed in turn 2: b.py"
+        await send(pilot, "/undo")
+        await settle(pilot)
+        await send(pilot, "/diff 2")
+        await settle(pilot)
+        assert notices(app)[-1].startswith("diff: no file changes in turn 2")
+        await send(pilot, "/diff x")
+        await settle(pilot)
+        assert any("usage: /diff [N]" in n.message for n in app._notifications)

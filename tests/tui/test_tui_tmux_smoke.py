@@ -59,8 +59,7 @@ def test_hybrid_agent_in_tmux_answers_on_screen(tmp_path: Path) -> None:
         [CLI, "run", *common, "--db", str(tmp_path / "ref.db"), "--json", "hello"],
         check=True, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    events = [json.loads(line) for line in ref.stdout.splitlines()]
-    answer = "".join(e["text"] for e in events if e["kind"] == "text")
+    answer = json.loads(ref.stdout.splitlines()[-1])["result"]  # --json: the result object last
     # Gibberish may hold Markdown syntax or odd bytes; letters and digits are drawn as they are.
     runs = sorted(re.findall(r"[A-Za-z0-9]{3,}", answer), key=len, reverse=True)
     assert runs, f"the reference answer has nothing legible to look for: {answer!r}"
