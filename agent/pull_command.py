@@ -88,7 +88,7 @@ def pull(
     cache = Path(cache_dir if cache_dir is not None else constants.HF_HUB_CACHE).expanduser()
     where = endpoint or constants.ENDPOINT
     api = HfApi(endpoint=endpoint, token=token)
-    with _hub_errors(repo_id, revision, where, cache):
+    with _hub_errors(repo_id, revision, where, cache, token):
         try:
             commit = api.repo_info(repo_id, revision=revision).sha
             files = _listing(api, repo_id, commit)
@@ -272,8 +272,11 @@ def _cached(repo_id: str, revision: str | None, cache: Path) -> Path:
 class _hub_errors:
     """huggingface_hub's exceptions as one line each, saying what to do."""
 
-    def __init__(self, repo_id: str, revision: str | None, endpoint: str, cache: Path) -> None:
+    def __init__(
+        self, repo_id: str, revision: str | None, endpoint: str, cache: Path, token: str | bool | None
+    ) -> None:
         self.repo_id, self.revision, self.endpoint, self.cache = repo_id, revision, endpoint, cache
+        self.token = token
 
     def __enter__(self) -> None:
         return None
@@ -295,7 +298,8 @@ class _hub_errors:
 
         repo, page = self.repo_id, f"{self.endpoint.rstrip('/')}/{self.repo_id}"
         if isinstance(exc, GatedRepoError):
-            if get_token() is None:
+            sent = self.token if isinstance(self.token, str) else self.token is not False and get_token()
+            if not sent:
                 return (
                     f"{repo} is a gated model: accept its terms at {page}, then log in "
                     "(`hf auth login`, or set HF_TOKEN to a read token) and pull again"

@@ -267,6 +267,11 @@ def test_hub_errors_are_one_line(
     assert _gets(hub, "model.safetensors") == []
 
 
+def test_a_gated_repo_with_a_token_says_the_token_has_no_access(hub: Hub, cache: Path) -> None:
+    with pytest.raises(AgentError, match="org/gated is a gated model and your token has no access yet"):
+        pull("org/gated", cache_dir=cache, endpoint=hub.url, token="hf_not_granted")
+
+
 def test_unsupported_model_type_is_refused_before_the_weights(hub: Hub, cache: Path) -> None:
     with pytest.raises(AgentError) as info:
         _pull(hub, cache, "org/llama")
