@@ -12,6 +12,7 @@ Design choices:
 - A template is *prefix-stable* when rendering one more message only appends text. Some are not (they
   trim content, or drop the reasoning of earlier turns). That is detected on every segment and raises
   `TemplateNotPrefixStable`, because a state cannot un-read tokens; nothing is silently re-rendered.
+  Reasoning blocks are the exception (`JinjaChatFormat`): they stay in the state as the model wrote them.
 - Tool calls: ours are `<|tool_call|>{json}<|/tool_call|>`, Hermes/Qwen-style are
   `<tool_call>{json}</tool_call>`. A call that cannot be parsed is returned with `error` set, so the
   loop can hand the model an error result it can correct.
