@@ -37,7 +37,7 @@ def _number(kind: type, low: float, what: str, high: float = 2**31 - 1) -> Calla
 EXIT_USAGE = 2  # as argparse exits on a usage error
 NO_COMMAND = (
     "hybrid-agent: hybrid_agent.agent.cli runs the commands (run, sessions, undo, rewind, config, trust, "
-    "mcp) only; the terminal UI opens from hybrid_agent.cli (the `hybrid-agent` command)"
+    "mcp, pull) only; the terminal UI opens from hybrid_agent.cli (the `hybrid-agent` command)"
 )
 
 _COUNT = _number(int, 0, "a whole number >= 0")
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hybrid-agent {__version__}")
     parser.add_argument("--resume", metavar="ID", help="continue a saved session (id or unique prefix)")
     _session_options(parser, True)
-    sub = parser.add_subparsers(dest="command", metavar="{run,sessions,undo,rewind,config,trust,mcp}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,sessions,undo,rewind,config,trust,mcp,pull}")
     shared = _shared(False)
 
     from hybrid_agent.agent.workflow_cli import add_headless, add_transfer, add_undo
@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_undo(sub, ssub, shared, _COUNT)
     add_mcp(sub, shared)
+    from hybrid_agent.agent.pull_command import add_parser as add_pull
+
+    add_pull(sub)
     return parser
 
 
@@ -217,7 +220,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`hybrid-agent run|sessions|config|trust|mcp ...` in this process. Without a command
+    """`hybrid-agent run|sessions|config|trust|mcp|pull ...` in this process. Without a command
     (the terminal UI) it refuses: tui/ sits above agent/, so hybrid_agent/cli.py opens the UI."""
     args = parse_args(argv)
     if args.command is None:

@@ -42,8 +42,13 @@ def tool_call_event(call: ToolCallRequested, raw: str, error: str | None) -> Eve
     return Event("tool_call", call.tool, data)
 
 
-def tool_result_event(result: ToolResultEvent) -> Event:
-    return Event("tool_result", result.text, result.model_dump(exclude={"kind", "text"}))
+def tool_result_event(result: ToolResultEvent, tool_call_id: str | None = None) -> Event:
+    """`tool_call_id`: the id the chat template shows the result under (the model's own call id where
+    its syntax has one), when it is not `result.call_id`."""
+    data = result.model_dump(exclude={"kind", "text"})
+    if tool_call_id is not None and tool_call_id != result.call_id:
+        data["tool_call_id"] = tool_call_id
+    return Event("tool_result", result.text, data)
 
 
 @dataclass
@@ -69,7 +74,10 @@ def conversation_of(events: Iterable[Event]) -> Conversation:
         elif ev.kind == "assistant":
             conv.messages.append(ChatMessage("assistant", ev.content, raw=data.get("raw", ev.content)))
         elif ev.kind == "tool_result":
-            conv.messages.append(ChatMessage("tool", ev.content, name=data.get("tool")))
+            answers = data.get("tool_call_id", data.get("call_id"))
+            tool = data.get("tool")  # "?" stands for a call whose name could not be read (agent/toolcalls.py)
+            name = None if tool == "?" else tool
+            conv.messages.append(ChatMessage("tool", ev.content, name=name, tool_call_id=answers))
     return conv
 
 

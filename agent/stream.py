@@ -13,7 +13,8 @@ from hybrid_agent.model.chat import ChatFormat
 class VisibleText:
     def __init__(self, chat: ChatFormat) -> None:
         self._chat = chat
-        self._markers = (chat.tool_call_open, *chat.stop_strings)
+        # Reasoning markers too, for formats that hide reasoning (model/chat_text.py).
+        self._markers = (chat.tool_call_open, *chat.stop_strings, *getattr(chat, "thinking_markers", ()))
         self.raw = ""
         self.emitted = ""
 

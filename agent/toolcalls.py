@@ -67,10 +67,9 @@ class ToolCallOps:
         if call.error is not None:
             request = ToolCallRequested(call_id=call_id, tool=name, arguments=call.arguments)
             yield request
-            text = (
-                f"error: {call.error}. Write a tool call as {self.engine.chat.tool_call_open}"
-                f'{{"name": "...", "arguments": {{...}}}}{self.engine.chat.tool_call_close}'
-            )
+            chat = self.engine.chat
+            shape = f'{chat.tool_call_open}{{"name": "...", "arguments": {{...}}}}{chat.tool_call_close}'
+            text = f"error: {call.error}. Write a tool call as {getattr(chat, 'call_example', shape)}"
             result = ToolResultEvent(call_id=call_id, tool=name, text=text, is_error=True)
         else:
             needs, preview, rule = await self._on_model(self._needs_approval, name, call.arguments)
@@ -128,8 +127,11 @@ class ToolCallOps:
             else:
                 text = refusal(name, decision, rule)
                 result = ToolResultEvent(call_id=call_id, tool=name, text=text, is_error=True, denied=True)
-        events += [tool_call_event(request, call.raw, call.error), *hooked, tool_result_event(result)]
-        new.append(ChatMessage("tool", result.text, name=name))
+        # The result names its call by the id the model gave it, where its syntax has ids (Kimi's).
+        answers = call.call_id or call_id
+        events += [tool_call_event(request, call.raw, call.error), *hooked]
+        events.append(tool_result_event(result, answers))
+        new.append(ChatMessage("tool", result.text, name=call.name, tool_call_id=answers))
         yield result
         if self._cancel.is_set():
             raise _Cancelled

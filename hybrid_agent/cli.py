@@ -1,8 +1,9 @@
 """The `hybrid-agent` command (pyproject.toml's [project.scripts], and `python -m hybrid_agent`).
 
 The top of the package: the one module that imports both agent/ and tui/. It parses with agent/cli.py,
-runs the commands (`run`, `sessions`, `config`, `trust`, `mcp`) through agent/commands.py, and without a
-command opens the terminal UI (tui/app.py) itself, once agent/commands.py has checked its options.
+runs the commands (`run`, `sessions`, `config`, `trust`, `mcp`, `pull`) through agent/commands.py, and
+without a command opens the terminal UI (tui/app.py) itself, once agent/commands.py has checked its
+options.
 Everything past the parser is imported when it runs, so `--help` is instant.
 """
 

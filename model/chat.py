@@ -12,6 +12,7 @@ Design choices:
 - A template is *prefix-stable* when rendering one more message only appends text. Some are not (they
   trim content, or drop the reasoning of earlier turns). That is detected on every segment and raises
   `TemplateNotPrefixStable`, because a state cannot un-read tokens; nothing is silently re-rendered.
+  Reasoning blocks are the exception (`JinjaChatFormat`): they stay in the state as the model wrote them.
 - Tool calls: ours are `<|tool_call|>{json}<|/tool_call|>`, Hermes/Qwen-style are
   `<tool_call>{json}</tool_call>`. A call that cannot be parsed is returned with `error` set, so the
   loop can hand the model an error result it can correct.
@@ -20,14 +21,20 @@ Design choices:
 from __future__ import annotations
 
 import json
-import math
 import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
+
+from hybrid_agent.model.chat_text import (
+    THINK_CLOSE,
+    THINK_OPEN,
+    load_call_json,
+    template_environment,
+    without_thinking,
+)
 
 Role = Literal["system", "user", "assistant", "tool"]
 
@@ -54,6 +61,7 @@ class ChatMessage:
     content: str
     name: str | None = None  # the tool's name, on a tool result
     raw: str | None = None
+    tool_call_id: str | None = None  # on a tool result: the id of the call it answers
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,7 @@ class ParsedToolCall:
     arguments: dict[str, Any] = field(default_factory=dict)
     raw: str = ""
     error: str | None = None
+    call_id: str | None = None  # the id the model gave the call, in syntaxes that have one (Kimi)
 
 
 @runtime_checkable
@@ -116,39 +125,6 @@ class ChatFormat(Protocol):
     def visible_text(self, text: str) -> str:
         """The assistant's raw text without tool-call blocks and stop strings."""
         ...
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):  # 1e999
-        raise ValueError(f"{text} is too large a number")
-    return value
-
-
-def _whole(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
-        raise ValueError(f"a number of {len(text)} digits is too long") from None
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def load_call_json(body: str) -> tuple[Any, str | None]:
-    """`(value, None)` for JSON the model wrote, else `(None, why)`. Strict JSON only: NaN, Infinity
-    and numbers too large for a float are refused, so arguments can be stored and shown as JSON.
-    Numbers with more digits than Python converts, and nesting deeper than the recursion limit, are
-    refused too (`json.loads` raises ValueError and RecursionError for those, not JSONDecodeError)."""
-    try:
-        return json.loads(body, parse_float=_finite, parse_int=_whole, parse_constant=_no_constant), None
-    except json.JSONDecodeError as exc:
-        return None, f"the tool call is not valid JSON ({exc.msg} at char {exc.pos})"
-    except ValueError as exc:
-        return None, f"the tool call is not valid JSON ({exc})"
-    except RecursionError:
-        return None, "the tool call is not valid JSON (nested too deeply)"
 
 
 def call_from_object(obj: Any, raw: str, *, what: str = "a tool call") -> ParsedToolCall:
@@ -276,36 +252,6 @@ class HermesToolCalls(_TaggedToolCalls):
     stop_strings: tuple[str, ...] = ()
 
 
-def _sandbox() -> Any:
-    # Imported here: only checkpoints with a template need jinja2.
-    from jinja2.ext import loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
-
-    def raise_exception(message: str) -> None:
-        from jinja2.exceptions import TemplateError
-
-        raise TemplateError(message)
-
-    def tojson(
-        x: Any,
-        ensure_ascii: bool = False,
-        indent: int | None = None,
-        separators: tuple[str, str] | None = None,
-        sort_keys: bool = False,
-    ) -> str:
-        # Jinja's own tojson escapes HTML characters; templates expect plain json.dumps.
-        return json.dumps(
-            x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
-        )
-
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return env
-
-
 class JinjaChatFormat(HermesToolCalls):
     """A Hugging Face chat template, rendered incrementally.
 
@@ -315,6 +261,13 @@ class JinjaChatFormat(HermesToolCalls):
     when it is not, the template rewrote something already read and `TemplateNotPrefixStable` is raised.
     Assistant messages are passed to the template with their raw text (tool-call markup included) as
     `content`, so the template reproduces exactly what the model wrote.
+
+    Reasoning (model/chat_text.py) is the exception: templates of thinking models drop it from earlier
+    replies (Qwen3, LFM2.5) or never render it for a reply (Nemotron Nano 2), so theirs cannot be
+    prefix-stable. For a template that mentions `</think>`, the state keeps what the model wrote, and
+    the new segment is what the template writes after the last reply (its content stood in for by a
+    placeholder): the end of that turn, less the stop string the model already wrote, then the new
+    messages. Reasoning is never shown (`visible_text`) and tool calls inside it are not read.
     """
 
     def __init__(
@@ -330,7 +283,7 @@ class JinjaChatFormat(HermesToolCalls):
         from jinja2.exceptions import TemplateSyntaxError
 
         try:
-            self._template = _sandbox().from_string(template)
+            self._template = template_environment().from_string(template)
         except TemplateSyntaxError as exc:
             raise ChatFormatError(f"the chat template does not parse: {exc}") from exc
         self.name = name
@@ -339,6 +292,9 @@ class JinjaChatFormat(HermesToolCalls):
         stops = tuple(s for s in (*stop_strings, eos_token) if s)
         self.stop_strings = tuple(dict.fromkeys(stops))
         self._extra = dict(extra_context or {})
+        self.thinks = THINK_CLOSE in template  # the template knows reasoning blocks
+        self._opened = False  # the last segment's generation prompt opened a reasoning block
+        self.thinking_markers = (THINK_OPEN, THINK_CLOSE)  # held back while streaming (agent/stream.py)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> JinjaChatFormat:
@@ -370,6 +326,8 @@ class JinjaChatFormat(HermesToolCalls):
         out: dict[str, Any] = {"role": msg.role, "content": msg.content}
         if msg.name is not None:
             out["name"] = msg.name
+        if msg.tool_call_id is not None:
+            out["tool_call_id"] = msg.tool_call_id
         return out
 
     def render(
@@ -396,6 +354,15 @@ class JinjaChatFormat(HermesToolCalls):
             raise ChatFormatError(f"the chat template failed to render: {exc}") from exc
         except Exception as exc:  # the template is untrusted code: 1 // 0 on some content, and so on
             raise ChatFormatError(f"the chat template failed to render: {type(exc).__name__}: {exc}") from exc
+
+    def _answer(self, text: str) -> str:
+        return without_thinking(text, self._opened)
+
+    def parse_tool_calls(self, text: str) -> list[ParsedToolCall]:
+        return super().parse_tool_calls(self._answer(text))
+
+    def visible_text(self, text: str) -> str:
+        return super().visible_text(self._answer(text))
 
     def _strip_stop(self, raw: str) -> str:
         for stop in self.stop_strings:
@@ -426,7 +393,9 @@ class JinjaChatFormat(HermesToolCalls):
         else:
             in_state = ""
         full = self.render([*full_history, *new], add_generation_prompt=True, tools=tools)
-        if not full.startswith(in_state):
+        if history and self.thinks and not full.startswith(in_state):
+            seg = self._after_reply(full_history, new, tools, raw)
+        elif not full.startswith(in_state):
             at = next(
                 (i for i, (a, b) in enumerate(zip(full, in_state, strict=False)) if a != b),
                 min(len(full), len(in_state)),
@@ -436,8 +405,36 @@ class JinjaChatFormat(HermesToolCalls):
                 f"has already read (at char {at}: {in_state[at : at + 40]!r} became {full[at : at + 40]!r}). "
                 "Start a new session, or use a model whose template only appends."
             )
-        text = full[len(in_state) :]
-        exact = self._split_exactly(text, full_history, new, tools, in_state)
+        else:
+            text = full[len(in_state) :]
+            exact = self._split_exactly(text, full_history, new, tools, in_state)
+            seg = exact if exact is not None else _split_content(text, [m.content for m in new])
+        self._opened = seg.text.rstrip().endswith(THINK_OPEN)
+        return seg
+
+    def _after_reply(
+        self, head: Sequence[ChatMessage], new: Sequence[ChatMessage], tools: Sequence[Any], raw: str
+    ) -> Segment:
+        """The segment after the last reply for a template that rewrites replies (the class docstring):
+        what it writes after a placeholder in place of the reply's content."""
+        mark = f"\ue000{secrets.token_hex(8)}:reply\ue001"
+        head = [*head[:-1], ChatMessage("assistant", mark, raw=mark)]
+        full = self.render([*head, *new], add_generation_prompt=True, tools=tools)
+        if full.count(mark) != 1:
+            raise TemplateNotPrefixStable(
+                f"chat template {self.name!r} does not write the last reply where it stood, so the end of "
+                "that turn cannot be found. Start a new session, or use a model whose template only appends."
+            )
+        cut = full.index(mark) + len(mark)
+        # The end of the reply's turn, before the first new message: the model may have written part of
+        # it already (its stop string), which is not written twice.
+        found = (full.find(m.content, cut) for m in new if m.content)
+        first = min((i for i in found if i >= 0), default=len(full))
+        stop = next((s for s in self.stop_strings if raw.endswith(s) and s in full[cut:first]), None)
+        if stop is not None:
+            cut = full.index(stop, cut) + len(stop)
+        text = full[cut:]
+        exact = self._split_exactly(text, head, new, tools, full[:cut])
         return exact if exact is not None else _split_content(text, [m.content for m in new])
 
     def _split_exactly(

@@ -93,9 +93,9 @@ def resolve_checkpoint(path_or_id: str | Path) -> Path:
         offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
         why = "the Hub is offline (HF_HUB_OFFLINE is set)" if offline else f"the download failed ({e})"
         raise CheckpointError(
-            f"cannot load {text!r}: it is not a local folder and {why}. Download it where there is a "
-            f"network (`huggingface-cli download {text} --local-dir DIR`) and pass that folder instead: "
-            "load_model('DIR') or --model DIR"
+            f"cannot load {text!r}: it is not a local folder and {why}. Download it first "
+            f"(`hybrid-agent pull {text}`, then --model {text} finds it offline), or pass a folder "
+            "that holds it: load_model('DIR') or --model DIR"
         ) from e
 
 

@@ -2,7 +2,7 @@
 
 The checkpoint's own chat template renders the conversation (model/chat.py); what differs between
 families is how the model writes a call, so that is what these classes parse:
-- Hermes / Qwen style (Falcon-H1, Bamba, Granite 4.0 and most ChatML templates):
+- Hermes / Qwen style (Falcon-H1, Bamba, Granite 4.0, Qwen3-Next and most ChatML templates):
   `<tool_call>{json}</tool_call>`, `JinjaChatFormat` itself;
 - Nemotron-H (Nemotron Nano 2): `<TOOLCALL>[{"name": ..., "arguments": {...}}, ...]</TOOLCALL>`, a JSON
   list of calls in one block;
@@ -19,6 +19,8 @@ families is how the model writes a call, so that is what these classes parse:
   `<|tool_call_begin|>functions.name:0<|tool_call_argument_begin|>{json}<|tool_call_end|>`, then
   `<|tool_calls_section_end|>`; the call id is `functions.{name}:{index}` (a bare name is read too).
 The variant is picked from the template's text (it teaches the model its syntax), not from the family.
+Each has a `call_example`, the shape a malformed call is told to take (agent/toolcalls.py).
+tests/checkpoints/templates/ holds a template of each family's format, written after the published ones.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from hybrid_agent.model.chat import (
 class NemotronToolCalls(JinjaChatFormat):
     tool_call_open = "<TOOLCALL>"
     tool_call_close = "</TOOLCALL>"
+    call_example = '<TOOLCALL>[{"name": "...", "arguments": {...}}]</TOOLCALL>'
 
     def parse_block(self, body: str, raw: str) -> list[ParsedToolCall]:
         obj, error = load_call_json(body)
@@ -110,6 +113,7 @@ def _python_call(node: ast.AST | None, raw: str, shape: str) -> ParsedToolCall:
 class PythonicToolCalls(JinjaChatFormat):
     tool_call_open = "<function_calls>"
     tool_call_close = "</function_calls>"
+    call_example = '<function_calls>\nname(key="value")\n</function_calls>'
 
     def parse_block(self, body: str, raw: str) -> list[ParsedToolCall]:
         tree = _python_tree(body, raw, "exec")
@@ -134,6 +138,10 @@ def _schema_types(schema: Any) -> set[str]:
 
 class XmlToolCalls(JinjaChatFormat):
     """`<function=name>` with one `<parameter=key>` block per argument, inside `<tool_call>`."""
+
+    call_example = (
+        "<tool_call>\n<function=NAME>\n<parameter=KEY>\nVALUE\n</parameter>\n</function>\n</tool_call>"
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -205,6 +213,7 @@ class Lfm2ToolCalls(JinjaChatFormat):
 
     tool_call_open = "<|tool_call_start|>"
     tool_call_close = "<|tool_call_end|>"
+    call_example = '<|tool_call_start|>[name(key="value")]<|tool_call_end|>'
 
     def parse_block(self, body: str, raw: str) -> list[ParsedToolCall]:
         if not body:
@@ -232,6 +241,10 @@ class KimiToolCalls(JinjaChatFormat):
     tool_call_open = "<|tool_calls_section_begin|>"
     tool_call_close = "<|tool_calls_section_end|>"
     CALL_OPEN, ARGS, CALL_CLOSE = "<|tool_call_begin|>", "<|tool_call_argument_begin|>", "<|tool_call_end|>"
+    call_example = (
+        "<|tool_calls_section_begin|><|tool_call_begin|>functions.NAME:0<|tool_call_argument_begin|>"
+        "{...}<|tool_call_end|><|tool_calls_section_end|>"
+    )
 
     def parse_block(self, body: str, raw: str) -> list[ParsedToolCall]:
         calls: list[ParsedToolCall] = []
@@ -252,7 +265,7 @@ class KimiToolCalls(JinjaChatFormat):
             args, error = load_call_json(text) if text else ({}, None)
             if error is None and not isinstance(args, dict):
                 error = "the arguments must be a JSON object"
-            calls.append(ParsedToolCall(name, {} if error else args, raw, error))
+            calls.append(ParsedToolCall(name, {} if error else args, raw, error, call_id=call_id))
             pos = end + len(self.CALL_CLOSE)
         return calls or [ParsedToolCall(None, {}, raw, "the tool call section holds no call")]
 

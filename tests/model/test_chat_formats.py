@@ -1,6 +1,7 @@
 """Representative Hugging Face chat templates, written for these tests in the style of the families
 they stand for (ChatML/Qwen with Hermes tool calls, Llama-3 headers, OLMo role tags), plus one that is
-not prefix-stable on purpose (it drops the reasoning of earlier assistant turns, as Qwen3's does)."""
+not prefix-stable on purpose (it drops the reasoning of earlier assistant turns, as Qwen3's does: the
+state keeps that reasoning, and the segment goes on from the end of the reply)."""
 
 from __future__ import annotations
 
@@ -156,20 +157,39 @@ def test_trimming_template_with_untrimmed_reply_is_detected() -> None:
         fmt.segment(history, [ChatMessage("user", "again")])
 
 
-def test_template_that_drops_reasoning_is_detected() -> None:
+def test_template_that_drops_reasoning_keeps_it_in_the_state() -> None:
     fmt = JinjaChatFormat(DROPS_REASONING, eos_token="<|im_end|>")
     first = fmt.segment([], [ChatMessage("user", "hi")]).text
     assert first.endswith("<|im_start|>assistant\n")
     plain = [ChatMessage("user", "hi"), ChatMessage("assistant", "hello", raw="hello<|im_end|>")]
-    assert fmt.segment(plain, [ChatMessage("user", "again")]).text == (
-        "\n<|im_start|>user\nagain<|im_end|>\n<|im_start|>assistant\n"
+    after = "\n<|im_start|>user\nagain<|im_end|>\n<|im_start|>assistant\n"
+    assert fmt.segment(plain, [ChatMessage("user", "again")]).text == after
+    raw = "<think>hm</think>\nhello<|im_end|>"
+    thought = [ChatMessage("user", "hi"), ChatMessage("assistant", "hello", raw=raw)]
+    # A re-render would drop "<think>hm</think>\n", which the state holds: the state is kept as it is,
+    # and the new segment is what the template writes after that reply.
+    seg = fmt.segment(thought, [ChatMessage("user", "again")])
+    assert seg.text == after and ("again", False) in seg.pieces
+    assert (
+        fmt.visible_text(raw) == "hello"
+        and fmt.parse_tool_calls("<think><tool_call>{}</tool_call></think>") == []
     )
-    thought = [
+    # Stopped without its stop string (a tool call): the template's end of the turn is written.
+    cut = [
         ChatMessage("user", "hi"),
-        ChatMessage("assistant", "hello", raw="<think>hm</think>\nhello<|im_end|>"),
+        ChatMessage("assistant", "", raw='<think>hm</think><tool_call>{"name": "f"}</tool_call>'),
     ]
+    assert fmt.segment(cut, [ChatMessage("tool", "r")]).text == (
+        "<|im_end|>\n<|im_start|>tool\nr<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def test_a_template_that_rewrites_more_than_reasoning_is_still_detected() -> None:
+    drops_and_trims = DROPS_REASONING.replace("+ content +", "+ (content | trim) +")
+    fmt = JinjaChatFormat(drops_and_trims.replace("</think>", "</reasoning>"), eos_token="<|im_end|>")
+    history = [ChatMessage("user", "hi"), ChatMessage("assistant", "hello", raw="hello  <|im_end|>")]
     with pytest.raises(TemplateNotPrefixStable):
-        fmt.segment(thought, [ChatMessage("user", "again")])
+        fmt.segment(history, [ChatMessage("user", "again")])
 
 
 def test_from_pretrained_reads_tokenizer_config(tmp_path) -> None:
