@@ -236,7 +236,7 @@ def test_run_loads_a_pulled_model_offline(
     out, err = capsys.readouterr()
     assert code == 0, err
     events = [json.loads(line) for line in out.splitlines()]
-    assert events[-1]["kind"] == "turn_end"
+    assert events[-1]["type"] == "result" and events[-1]["subtype"] == "success"
     # offline, `pull` itself answers with the cached copy
     folder = pull(REPO, cache_dir=pulled, endpoint="http://127.0.0.1:9", token=False)
     assert folder == pulled / "models--org--tiny" / "snapshots" / COMMIT
