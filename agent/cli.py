@@ -178,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     from hybrid_agent.agent.mcp_commands import add_parser as add_mcp
 
     add_mcp(sub, shared)
+    from hybrid_agent.agent.acp_commands import add_parser as add_acp
+
+    add_acp(sub, shared)
     return parser
 
 
