@@ -158,7 +158,10 @@ def plan_update(arguments: dict[str, Any]) -> Any | None:
     if not isinstance(entries, list):
         return None
     try:
-        return helpers.update_plan(PlanEntry.model_validate(e) for e in entries)
+        # The model may leave out priority and status (update_plan's defaults, agent/acp_tools.py).
+        return helpers.update_plan(
+            PlanEntry.model_validate({"priority": "medium", "status": "pending", **e}) for e in entries
+        )
     except Exception:
         return None
 

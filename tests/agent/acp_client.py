@@ -106,3 +106,83 @@ async def connect(client: Recorder, *argv: str, cwd: Path, log: Path) -> AsyncIt
             )
             assert answer.protocol_version == 1
             yield conn, proc
+
+
+class ForkServer:
+    """tests/agent/acp_scripted.py --serve: `hybrid-agent acp` processes forked in milliseconds."""
+
+    def __init__(self) -> None:
+        import subprocess
+
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "acp_scripted.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ),
+        )
+        assert self.proc.stdout is not None and self.proc.stdout.readline() == "ready\n"
+
+    def start(
+        self, tmp: Path, argv: list[str], script: dict[str, Any] | None = None
+    ) -> tuple[int, Path, Path]:
+        """A child running `hybrid-agent ARGV`; (pid, its stdin FIFO, its stdout FIFO)."""
+        import json
+
+        n = len(list(tmp.glob("in-*")))
+        fin, fout = tmp / f"in-{n}", tmp / f"out-{n}"
+        os.mkfifo(fin)
+        os.mkfifo(fout)
+        request: dict[str, Any] = {
+            "argv": argv,
+            "in": str(fin),
+            "out": str(fout),
+            "err": str(tmp / "stderr.log"),
+        }
+        if script is not None:
+            (tmp / f"script-{n}.json").write_text(json.dumps(script))
+            request["script"] = str(tmp / f"script-{n}.json")
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line.startswith("pid "), line
+        return int(line.split()[1]), fin, fout
+
+    def close(self) -> None:
+        self.proc.kill()  # it holds nothing to save; its children are servers that got EOF
+        self.proc.wait(timeout=30)
+
+
+async def pipes(fin: Path, fout: Path) -> tuple[asyncio.StreamWriter, asyncio.StreamReader]:
+    """asyncio streams on a child's FIFOs (opened in the order the child opens them)."""
+    loop = asyncio.get_running_loop()
+    w = await asyncio.to_thread(os.open, fin, os.O_WRONLY)
+    r = await asyncio.to_thread(os.open, fout, os.O_RDONLY)
+    reader = asyncio.StreamReader(limit=64 << 20)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(r, "rb", 0))
+    transport, protocol = await loop.connect_write_pipe(
+        asyncio.streams.FlowControlMixin, os.fdopen(w, "wb", 0)
+    )
+    return asyncio.StreamWriter(transport, protocol, None, loop), reader
+
+
+@contextlib.asynccontextmanager
+async def forked(
+    server: ForkServer, client: Recorder, tmp: Path, argv: list[str], script: dict[str, Any] | None = None
+) -> AsyncIterator[tuple[Any, int]]:
+    """An initialized SDK connection to a forked `hybrid-agent acp`; (connection, pid)."""
+    from acp import connect_to_agent
+
+    pid, fin, fout = server.start(tmp, argv, script)
+    writer, reader = await pipes(fin, fout)
+    conn = connect_to_agent(client, writer, reader)
+    try:
+        answer = await asyncio.wait_for(
+            conn.initialize(protocol_version=1, client_capabilities=client.capabilities()), 30
+        )
+        assert answer.protocol_version == 1 and answer.agent_capabilities.load_session
+        yield conn, pid
+    finally:
+        writer.close()  # the server reads EOF and exits
+        await conn.close()

@@ -1,0 +1,325 @@
+"""`hybrid-agent acp` (agent/acp_server.py) driven as an editor drives it: a real server process, the
+official SDK's client side (tests/agent/acp_client.py). Servers are forked from a process that has
+imported everything (tests/agent/acp_scripted.py); where a test needs a chosen tool call, the
+server's model is the scripted engine, everything else as `hybrid-agent acp` runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from acp import RequestError, text_block
+from hybrid_agent.memory import Store
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from acp_client import ForkServer, Recorder, forked, pipes
+
+
+@pytest.fixture(scope="module")
+def fork_server() -> Iterator[ForkServer]:
+    server = ForkServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Path:
+    folder = tmp_path / "ws"
+    folder.mkdir()
+    (folder / "a.txt").write_text("hello from a\n")
+    return folder
+
+
+def call(name: str, **arguments: Any) -> str:
+    return "<|tool_call|>" + json.dumps({"name": name, "arguments": arguments}) + "<|/tool_call|>"
+
+
+def argv(tmp: Path, *extra: str) -> list[str]:
+    return ["acp", "--db", str(tmp / "sessions.db"), *extra]
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def tool_updates(client: Recorder) -> list[Any]:
+    return [u for _, u in client.updates if u.session_update in ("tool_call", "tool_call_update")]
+
+
+def saved_turns(tmp: Path, session_id: str) -> int:
+    with Store(str(tmp / "sessions.db")) as store:
+        return store.get_session(session_id).latest_turn or 0
+
+
+# ---- the real model ----------------------------------------------------------------------------------
+def test_prompt_streams_the_answer_and_the_session_is_the_stores(
+    fork_server: ForkServer, tmp_path: Path, ws: Path
+) -> None:
+    client = Recorder()
+
+    async def go() -> tuple[str, Any]:
+        async with forked(fork_server, client, tmp_path, argv(tmp_path, "--max-new-tokens", "12")) as (
+            conn,
+            _,
+        ):
+            new = await conn.new_session(cwd=str(ws), mcp_servers=[])
+            answer = await conn.prompt(session_id=new.session_id, prompt=[text_block("hello")])
+            return new.session_id, answer
+
+    session_id, answer = run(go())
+    assert answer.stop_reason in ("end_turn", "max_tokens")
+    assert client.kinds() and set(client.kinds()) == {"agent_message_chunk"}
+    with Store(str(tmp_path / "sessions.db")) as store:
+        info = store.get_session(session_id)
+        events = store.events(session_id)
+    assert Path(info.workspace) == ws.resolve() and info.latest_turn == 1
+    assert client.text() == next(e.content for e in events if e.kind == "assistant")
+
+
+# ---- scripted replies: tool calls, permissions, stop reasons -----------------------------------------
+def scripted_session(
+    fork_server: ForkServer,
+    tmp: Path,
+    ws: Path,
+    client: Recorder,
+    replies: list[str],
+    prompts: list[str],
+    *extra: str,
+    step_delay: float = 0.0,
+) -> tuple[str, list[Any]]:
+    """One session, `prompts` sent in turn; (session id, each prompt's answer or error)."""
+
+    async def go() -> tuple[str, list[Any]]:
+        script = {"replies": replies, "step_delay": step_delay}
+        async with forked(fork_server, client, tmp, argv(tmp, *extra), script) as (conn, _):
+            new = await conn.new_session(cwd=str(ws), mcp_servers=[])
+            answers: list[Any] = []
+            for text in prompts:
+                try:
+                    answers.append(await conn.prompt(session_id=new.session_id, prompt=[text_block(text)]))
+                except RequestError as exc:
+                    answers.append(exc)
+            return new.session_id, answers
+
+    return run(go())
+
+
+def test_an_approved_write_streams_its_call_permission_and_diff(
+    fork_server: ForkServer, tmp_path: Path, ws: Path
+) -> None:
+    client = Recorder(permission="allow_once")
+    replies = [call("write_file", path="a.txt", content="changed\n"), "Done.<|end|>"]
+    session_id, (answer,) = scripted_session(fork_server, tmp_path, ws, client, replies, ["change a"])
+    assert answer.stop_reason == "end_turn"
+    assert (ws / "a.txt").read_text() == "changed\n"
+    start, running, end = tool_updates(client)
+    assert start.session_update == "tool_call" and start.status == "pending"
+    assert start.kind == "edit" and start.title == "Write a.txt"
+    assert start.raw_input == {"path": "a.txt", "content": "changed\n"}
+    (asked,) = client.asked
+    assert asked.tool_call_id == start.tool_call_id
+    assert (running.status, end.status) == ("in_progress", "completed")
+    diff = next(c for c in end.content if c.type == "diff")
+    assert (diff.path, diff.old_text, diff.new_text) == (str(ws / "a.txt"), "hello from a\n", "changed\n")
+    assert client.kinds()[-1] == "agent_message_chunk" and client.text() == "Done."
+    assert saved_turns(tmp_path, session_id) == 1
+
+
+def test_a_rejected_write_does_not_run_and_its_call_fails(
+    fork_server: ForkServer, tmp_path: Path, ws: Path
+) -> None:
+    client = Recorder(permission="reject_once")
+    replies = [call("write_file", path="new.txt", content="x\n"), "Not done.<|end|>"]
+    _, (answer,) = scripted_session(fork_server, tmp_path, ws, client, replies, ["write new"])
+    assert answer.stop_reason == "end_turn"
+    assert not (ws / "new.txt").exists()
+    start, end = tool_updates(client)
+    assert (start.status, end.status) == ("pending", "failed")
+    assert "did not approve" in end.content[0].content.text
+
+
+def test_always_answers_stick_and_allow_always_is_saved_in_the_settings(
+    fork_server: ForkServer, tmp_path: Path, ws: Path
+) -> None:
+    client = Recorder(permission="allow_always")
+    replies = [call("write_file", path="b.txt", content="1\n"), "One.<|end|>",
+               call("write_file", path="b.txt", content="2\n"), "Two.<|end|>"]  # fmt: skip
+    _, answers = scripted_session(fork_server, tmp_path, ws, client, replies, ["one", "two"])
+    assert [a.stop_reason for a in answers] == ["end_turn", "end_turn"]
+    assert len(client.asked) == 1 and (ws / "b.txt").read_text() == "2\n"
+    assert "write_file" in (ws / ".hybrid-agent" / "settings.local.toml").read_text()
+
+    client = Recorder(permission="reject_always")
+    replies = [call("write_file", path="c.txt", content="1\n"), "No.<|end|>",
+               call("write_file", path="c.txt", content="2\n"), "No again.<|end|>"]  # fmt: skip
+    other = tmp_path / "other"
+    other.mkdir()
+    _, answers = scripted_session(fork_server, tmp_path, other, client, replies, ["one", "two"])
+    assert len(client.asked) == 1 and not (other / "c.txt").exists()
+    assert [u.status for u in tool_updates(client) if u.session_update == "tool_call_update"] == [
+        "failed"
+    ] * 2
+
+
+def test_stop_reasons(fork_server: ForkServer, tmp_path: Path, ws: Path) -> None:
+    client = Recorder()
+    replies = ["x" * 50 + "<|end|>"]
+    _, (answer,) = scripted_session(
+        fork_server, tmp_path, ws, client, replies, ["long"], "--max-new-tokens", "8"
+    )
+    assert answer.stop_reason == "max_tokens"
+    rounds = [call("read_file", path="a.txt")] * 3 + ["Done.<|end|>"]
+    _, (answer,) = scripted_session(
+        fork_server, tmp_path, ws, client, rounds, ["read"], "--max-tool-rounds", "1"
+    )
+    assert answer.stop_reason == "max_turn_requests"
+    ends = [u for u in tool_updates(client) if u.session_update == "tool_call_update"]
+    assert len(ends) == len([u for u in tool_updates(client) if u.session_update == "tool_call"]) >= 1
+    assert all(u.status == "completed" for u in ends)
+
+
+def test_a_plan_is_a_plan_update(fork_server: ForkServer, tmp_path: Path, ws: Path) -> None:
+    client = Recorder()
+    entries = [{"content": "read a", "status": "completed"}, {"content": "fix a", "priority": "high"}]
+    replies = [call("update_plan", entries=entries), "Planned.<|end|>"]
+    _, (answer,) = scripted_session(fork_server, tmp_path, ws, client, replies, ["plan"])
+    assert answer.stop_reason == "end_turn"
+    (plan,) = [u for _, u in client.updates if u.session_update == "plan"]
+    assert [(e.content, e.status, e.priority) for e in plan.entries] == [
+        ("read a", "completed", "medium"),
+        ("fix a", "pending", "high"),
+    ]
+    assert tool_updates(client) == []
+
+
+# ---- cancels -----------------------------------------------------------------------------------------
+def test_cancel_while_decoding_ends_the_turn_and_keeps_the_session(
+    fork_server: ForkServer, tmp_path: Path, ws: Path
+) -> None:
+    client = Recorder()
+    replies = ["First.<|end|>", "y" * 2000 + "<|end|>", "Third.<|end|>"]
+
+    async def go() -> tuple[str, list[Any], float]:
+        script = {"replies": replies, "step_delay": 0.005}
+        async with forked(fork_server, client, tmp_path, argv(tmp_path), script) as (conn, _):
+            sid = (await conn.new_session(cwd=str(ws), mcp_servers=[])).session_id
+            first = await conn.prompt(session_id=sid, prompt=[text_block("one")])
+            turn = asyncio.ensure_future(conn.prompt(session_id=sid, prompt=[text_block("two")]))
+            while "y" not in client.text():
+                await asyncio.sleep(0.01)
+            t0 = time.monotonic()
+            await conn.cancel(session_id=sid)
+            second = await turn
+            took = time.monotonic() - t0
+            n = len(client.updates)
+            await asyncio.sleep(0.2)
+            assert len(client.updates) == n  # nothing streamed after the answer
+            third = await conn.prompt(session_id=sid, prompt=[text_block("three")])
+            return sid, [first, second, third], took
+
+    sid, answers, took = run(go())
+    assert [a.stop_reason for a in answers] == ["end_turn", "cancelled", "end_turn"]
+    assert took < 2.0
+    with Store(str(tmp_path / "sessions.db")) as store:
+        events = store.events(sid)
+    assert [e.content for e in events if e.kind == "user"] == [
+        "one",
+        "three",
+    ]  # the cancelled turn left nothing
+    assert saved_turns(tmp_path, sid) == 2
+
+
+def test_cancel_before_the_turn_starts(fork_server: ForkServer, tmp_path: Path, ws: Path) -> None:
+    client = Recorder()
+
+    async def go() -> tuple[str, Any, Any]:
+        script = {"replies": ["Never.<|end|>", "Later.<|end|>"]}
+        async with forked(fork_server, client, tmp_path, argv(tmp_path), script) as (conn, _):
+            sid = (await conn.new_session(cwd=str(ws), mcp_servers=[])).session_id
+            turn = asyncio.ensure_future(conn.prompt(session_id=sid, prompt=[text_block("one")]))
+            await asyncio.sleep(0)  # the prompt request is written first
+            await conn.cancel(session_id=sid)
+            cancelled = await turn
+            after = await conn.prompt(session_id=sid, prompt=[text_block("two")])
+            return sid, cancelled, after
+
+    sid, cancelled, after = run(go())
+    assert cancelled.stop_reason == "cancelled" and after.stop_reason == "end_turn"
+    assert client.text() == "Never."  # the reply meant for the cancelled turn was never decoded
+    assert saved_turns(tmp_path, sid) == 1
+
+
+@pytest.mark.parametrize("how", ["cancel", "cancelled-outcome"])
+def test_cancel_with_a_permission_request_pending(
+    fork_server: ForkServer, tmp_path: Path, ws: Path, how: str
+) -> None:
+    client = Recorder(permission="wait" if how == "cancel" else "cancelled")
+    replies = [call("write_file", path="new.txt", content="x\n"), "Never.<|end|>", "After.<|end|>"]
+
+    async def go() -> tuple[str, Any, Any]:
+        async with forked(fork_server, client, tmp_path, argv(tmp_path), {"replies": replies}) as (conn, _):
+            sid = (await conn.new_session(cwd=str(ws), mcp_servers=[])).session_id
+            turn = asyncio.ensure_future(conn.prompt(session_id=sid, prompt=[text_block("write")]))
+            await client.asking.wait()
+            if how == "cancel":
+                await conn.cancel(session_id=sid)
+            cancelled = await turn
+            client.permission = "allow_once"
+            after = await conn.prompt(session_id=sid, prompt=[text_block("again")])
+            return sid, cancelled, after
+
+    sid, cancelled, after = run(go())
+    assert cancelled.stop_reason == "cancelled"
+    assert not (ws / "new.txt").exists()
+    start, end, *_ = tool_updates(client)
+    assert start.tool_call_id == end.tool_call_id and end.status == "failed"
+    assert after.stop_reason == "end_turn" and saved_turns(tmp_path, sid) == 1
+
+
+# ---- the editor's files ------------------------------------------------------------------------------
+def test_file_tools_go_through_the_editor_when_it_offers_them(
+    fork_server: ForkServer, tmp_path: Path, ws: Path
+) -> None:
+    a = str(ws / "a.txt")
+    client = Recorder(permission="allow_once", buffers={a: "unsaved text of a\n"})
+    replies = [call("read_file", path="a.txt"), "Read.<|end|>",
+               call("edit_file", path="a.txt", old_string="unsaved", new_string="edited"), "Edited.<|end|>",
+               call("write_file", path="sub/b.txt", content="b\n"), "Wrote.<|end|>"]  # fmt: skip
+    sid, answers = scripted_session(
+        fork_server, tmp_path, ws, client, replies, ["read a", "edit a", "write b"]
+    )
+    assert [a.stop_reason for a in answers] == ["end_turn"] * 3
+    ends = [
+        u
+        for u in tool_updates(client)
+        if u.session_update == "tool_call_update" and u.status != "in_progress"
+    ]
+    assert [u.status for u in ends] == ["completed"] * 3
+    assert "unsaved text of a" in ends[0].content[0].content.text
+    assert client.writes == [(a, "edited text of a\n"), (str(ws / "sub" / "b.txt"), "b\n")]
+    diff = next(c for c in ends[1].content if c.type == "diff")
+    assert (diff.old_text, diff.new_text) == ("unsaved text of a\n", "edited text of a\n")
+    # The disk is the editor's to write: untouched; the edits are still in the session's file changes.
+    assert (ws / "a.txt").read_text() == "hello from a\n" and not (ws / "sub").exists()
+    with Store(str(tmp_path / "sessions.db")) as store:
+        assert [c.path for c in store.file_changes(sid)] == ["a.txt", "sub/b.txt"]
+
+
+def test_a_path_outside_the_workspace_is_refused_without_asking_the_editor(
+    fork_server: ForkServer, tmp_path: Path, ws: Path
+) -> None:
+    (tmp_path / "secret.txt").write_text("secret\n")
+    client = Recorder(permission="allow_once", buffers={})
+    replies = [call("read_file", path=str(tmp_path / "secret.txt")), "No.<|end|>"]
+    _, (answer,) = scripted_session(fork_server, tmp_path, ws, client, replies, ["read"])
+    assert answer.stop_reason == "end_turn" and client.reads == []
+    assert tool_updates(client)[-1].status == "failed"
