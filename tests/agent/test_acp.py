@@ -323,3 +323,91 @@ def test_a_path_outside_the_workspace_is_refused_without_asking_the_editor(
     _, (answer,) = scripted_session(fork_server, tmp_path, ws, client, replies, ["read"])
     assert answer.stop_reason == "end_turn" and client.reads == []
     assert tool_updates(client)[-1].status == "failed"
+
+
+# ---- a killed server, and session/load -----------------------------------------------------------------
+def _texts(client: Recorder, start: int = 0) -> str:
+    return "".join(
+        u.content.text for _, u in client.updates[start:] if u.session_update == "agent_message_chunk"
+    )
+
+
+@pytest.mark.slow  # three servers load the model: ~8 s on a busy 2-core machine
+def test_load_after_a_kill_continues_exactly_as_an_uninterrupted_session(
+    fork_server: ForkServer, tmp_path: Path, ws: Path
+) -> None:
+    options = argv(tmp_path, "--max-new-tokens", "12")
+
+    async def uninterrupted() -> tuple[str, str]:
+        client = Recorder()
+        async with forked(fork_server, client, tmp_path, options) as (conn, _):
+            sid = (await conn.new_session(cwd=str(ws), mcp_servers=[])).session_id
+            await conn.prompt(session_id=sid, prompt=[text_block("hello")])
+            first = _texts(client)
+            client.clear()
+            await conn.prompt(session_id=sid, prompt=[text_block("what is 2+2?")])
+            return first, _texts(client)
+
+    async def killed() -> str:
+        async with forked(fork_server, Recorder(), tmp_path, options) as (conn, pid):
+            sid = (await conn.new_session(cwd=str(ws), mcp_servers=[])).session_id
+            await conn.prompt(session_id=sid, prompt=[text_block("hello")])
+            os.kill(pid, signal.SIGKILL)
+            return str(sid)
+
+    async def loaded(sid: str) -> tuple[Recorder, str]:
+        client = Recorder()
+        async with forked(fork_server, client, tmp_path, options) as (conn, _):
+            await conn.load_session(session_id=sid, cwd=str(ws), mcp_servers=[])
+            replayed = list(client.updates)
+            client.clear()
+            await conn.prompt(session_id=sid, prompt=[text_block("what is 2+2?")])
+            client.updates[:0] = replayed
+            return client, _texts(client, len(replayed))
+
+    first, second = run(uninterrupted())
+    sid = run(killed())
+    client, continued = run(loaded(sid))
+    replay = [(u.session_update, u.content.text) for _, u in client.updates[:2]]
+    assert replay == [("user_message_chunk", "hello"), ("agent_message_chunk", first)]
+    assert continued == second
+    assert saved_turns(tmp_path, sid) == 2
+
+
+def test_load_after_a_kill_replays_tool_calls_and_refuses_an_unknown_session(
+    fork_server: ForkServer, tmp_path: Path, ws: Path
+) -> None:
+    replies = [call("write_file", path="b.txt", content="b\n"), "Made b.<|end|>", "Again.<|end|>"]
+
+    async def killed() -> str:
+        options = argv(tmp_path, "--permission-mode", "auto")
+        async with forked(fork_server, Recorder(), tmp_path, options, {"replies": replies}) as (conn, pid):
+            sid = (await conn.new_session(cwd=str(ws), mcp_servers=[])).session_id
+            assert (
+                await conn.prompt(session_id=sid, prompt=[text_block("make b")])
+            ).stop_reason == "end_turn"
+            os.kill(pid, signal.SIGKILL)
+            return str(sid)
+
+    client = Recorder()
+
+    async def loaded(sid: str) -> tuple[Any, Any, Any]:
+        async with forked(fork_server, client, tmp_path, argv(tmp_path), {"replies": ["Again.<|end|>"]}) as (
+            conn,
+            _,
+        ):
+            await conn.load_session(session_id=sid, cwd=str(ws), mcp_servers=[])
+            with pytest.raises(RequestError) as unknown:
+                await conn.load_session(session_id="no-such-session", cwd=str(ws), mcp_servers=[])
+            with pytest.raises(RequestError) as prompt:
+                await conn.prompt(session_id="no-such-session", prompt=[text_block("hi")])
+            replayed = list(client.kinds())
+            again = await conn.prompt(session_id=sid, prompt=[text_block("again")])
+            return unknown.value, prompt.value, (replayed, again)
+
+    sid = run(killed())
+    unknown, prompt, (replayed, again) = run(loaded(sid))
+    assert "no-such-session" in str(unknown) and "unknown session" in str(prompt)
+    assert replayed == ["user_message_chunk", "tool_call", "tool_call_update", "agent_message_chunk"]
+    assert tool_updates(client)[1].status == "completed" and client.text() == "Made b.Again."
+    assert again.stop_reason == "end_turn" and saved_turns(tmp_path, sid) == 2
