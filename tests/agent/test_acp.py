@@ -411,3 +411,86 @@ def test_load_after_a_kill_replays_tool_calls_and_refuses_an_unknown_session(
     assert replayed == ["user_message_chunk", "tool_call", "tool_call_update", "agent_message_chunk"]
     assert tool_updates(client)[1].status == "completed" and client.text() == "Made b.Again."
     assert again.stop_reason == "end_turn" and saved_turns(tmp_path, sid) == 2
+
+
+# ---- bad input, stdout, MCP servers ----------------------------------------------------------------------
+def test_bad_lines_get_errors_and_the_server_keeps_serving(
+    fork_server: ForkServer, tmp_path: Path, ws: Path
+) -> None:
+    pid, fin, fout = fork_server.start(tmp_path, argv(tmp_path), {"replies": []})
+    lines = [
+        "not json at all",
+        "[1, 2]",
+        json.dumps({"jsonrpc": "2.0", "id": 1, "method": "no/such_method", "params": {}}),
+        json.dumps({"jsonrpc": "2.0", "id": 2, "method": "initialize", "params": {"protocolVersion": 1}}),
+        json.dumps({"jsonrpc": "2.0", "id": 3, "method": "session/prompt",
+                    "params": {"sessionId": "nope", "prompt": [{"type": "text", "text": "hi"}]}}),
+        json.dumps({"jsonrpc": "2.0", "id": 4, "method": "session/new", "params": {"cwd": "rel", "mcpServers": []}}),
+        json.dumps({"jsonrpc": "2.0", "id": 5, "method": "session/new", "params": {"cwd": str(ws), "mcpServers": []}}),
+    ]  # fmt: skip
+
+    async def go() -> list[dict[str, Any]]:
+        writer, reader = await pipes(fin, fout)
+        writer.write(("\n".join(lines) + "\n").encode())
+        await writer.drain()
+        got = [json.loads(await asyncio.wait_for(reader.readline(), 30)) for _ in lines]
+        writer.close()
+        assert await asyncio.wait_for(reader.read(), 30) == b""  # stdin closed: the server exits
+        return got
+
+    got = run(go())
+    assert all(m["jsonrpc"] == "2.0" for m in got)
+    nulls = [m["error"]["code"] for m in got if m["id"] is None]
+    assert nulls == [-32700, -32600]
+    by_id = {m["id"]: m for m in got if m["id"] is not None}
+    assert by_id[1]["error"]["code"] == -32601
+    assert by_id[2]["result"]["protocolVersion"] == 1
+    assert by_id[2]["result"]["agentCapabilities"]["loadSession"] is True
+    assert "unknown session" in by_id[3]["error"]["message"]
+    assert "not an absolute path" in by_id[4]["error"]["message"]
+    assert by_id[5]["result"]["sessionId"]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the server did not exit after its stdin closed")
+
+
+def test_mcp_servers_the_editor_passes_are_mounted(fork_server: ForkServer, tmp_path: Path, ws: Path) -> None:
+    from acp.schema import McpServerStdio
+
+    echo = str(Path(__file__).resolve().parents[1] / "tools" / "mcp_echo_server.py")
+    server = McpServerStdio(name="echo", command=sys.executable, args=[echo], env=[])
+    client = Recorder()
+    replies = [call("echo__shout", text="quiet"), "Shouted.<|end|>"]
+
+    async def go() -> Any:
+        options = argv(tmp_path, "--permission-mode", "auto")
+        async with forked(fork_server, client, tmp_path, options, {"replies": replies}) as (conn, _):
+            sid = (await conn.new_session(cwd=str(ws), mcp_servers=[server])).session_id
+            return await conn.prompt(session_id=sid, prompt=[text_block("shout")])
+
+    assert run(go()).stop_reason == "end_turn"
+    start, end = tool_updates(client)
+    assert start.raw_input == {"text": "quiet"} and end.status == "completed"
+    assert "QUIET" in end.content[0].content.text
+
+
+@pytest.mark.slow  # a new interpreter imports torch and loads the model: ~15 s on a busy 2-core machine
+def test_the_command_itself_over_stdio(tmp_path: Path, ws: Path) -> None:
+    from acp_client import connect
+
+    client = Recorder()
+
+    async def go() -> Any:
+        command = ["-m", "hybrid_agent", *argv(tmp_path, "--max-new-tokens", "8")]
+        async with connect(client, *command, cwd=ws, log=tmp_path / "stderr.log") as (conn, _):
+            sid = (await conn.new_session(cwd=str(ws), mcp_servers=[])).session_id
+            return await conn.prompt(session_id=sid, prompt=[text_block("hello")])
+
+    assert run(go()).stop_reason in ("end_turn", "max_tokens")
+    assert client.kinds() and set(client.kinds()) == {"agent_message_chunk"}
