@@ -170,21 +170,21 @@ class CliOpener:
         self.owner.shutdown(wait=True)
 
 
-def _protocol_stdio() -> tuple[Any, int]:
-    """(the protocol's input, a binary file; its output descriptor), with fds 0 and 1 moved aside."""
+def _protocol_stdio() -> tuple[int, int]:
+    """(the protocol's input and output descriptors), with fds 0 and 1 moved aside."""
     proto_in, proto_out = os.dup(0), os.dup(1)
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    return os.fdopen(proto_in, "rb", buffering=0), proto_out
+    return proto_in, proto_out
 
 
 def cmd_acp(args: argparse.Namespace, engines: Callable[[], Any] | None = None) -> int:
     """Serve until the editor closes stdin. `engines` replaces the model (tests' scripted engines)."""
     from hybrid_agent.agent.acp_server import log_to_stderr, serve
 
-    reader, out_fd = _protocol_stdio()
+    in_fd, out_fd = _protocol_stdio()
     log_to_stderr(args.debug)
     opener = CliOpener(args, engines)
-    asyncio.run(serve(opener, reader, out_fd))
+    asyncio.run(serve(opener, in_fd, out_fd))
     return 0

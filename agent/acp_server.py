@@ -348,13 +348,13 @@ class AcpServer:
         self.opener.close()
 
 
-async def serve(opener: SessionOpener, reader: Any, out_fd: int) -> None:
-    """Serve one client on `reader` (a binary file) / `out_fd` until it closes its end."""
+async def serve(opener: SessionOpener, in_fd: int, out_fd: int) -> None:
+    """Serve one client on the descriptors `in_fd` / `out_fd` until it closes its end."""
     from acp.agent.connection import AgentSideConnection
     from hybrid_agent.agent.acp_transport import LineTransport
 
     server = AcpServer(opener)
-    transport = LineTransport(reader, out_fd)
+    transport = LineTransport(in_fd, out_fd)
     conn = AgentSideConnection(server, transport, listening=False)
     try:
         await conn.listen()

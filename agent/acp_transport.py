@@ -3,8 +3,8 @@
 An `acp` SDK `Transport` (the message-level seam of its `Connection`). It reads lines itself, because
 the SDK's own reader drops a line that is not JSON without a word: here such a line is answered with
 a JSON-RPC error (`-32700` parse error, `id: null`; `-32600` for JSON that is not a request or a
-response), and the server goes on reading. A line longer than MAX_LINE_BYTES is skipped in pieces and
-answered the same way, so one bad line costs bounded memory.
+response), and the server goes on reading. A line longer than MAX_LINE_BYTES is dropped as it is read
+and answered the same way, so one bad line costs bounded memory.
 
 Reading and writing run in threads of their own, so that stdin and stdout may be pipes, files or a
 terminal, and a client that reads slowly never blocks the event loop the turns' cancels are read on.
@@ -17,7 +17,7 @@ import concurrent.futures
 import json
 import os
 import threading
-from typing import Any, BinaryIO
+from typing import Any
 
 MAX_LINE_BYTES = 64 << 20  # one JSON-RPC message: far beyond any prompt an editor sends
 _TOO_LONG = object()
@@ -28,10 +28,10 @@ def error_message(request_id: Any, code: int, message: str) -> dict[str, Any]:
 
 
 class LineTransport:
-    """Newline-delimited JSON-RPC on `reader` (a binary file) and the file descriptor `out_fd`."""
+    """Newline-delimited JSON-RPC on the file descriptors `in_fd` and `out_fd`."""
 
-    def __init__(self, reader: BinaryIO, out_fd: int, *, max_line_bytes: int = MAX_LINE_BYTES) -> None:
-        self._reader = reader
+    def __init__(self, in_fd: int, out_fd: int, *, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+        self._in_fd = in_fd
         self._out_fd = out_fd
         self._max = max_line_bytes
         self._lines: asyncio.Queue[Any] = asyncio.Queue()
@@ -42,25 +42,35 @@ class LineTransport:
         threading.Thread(target=self._read_lines, name="acp-stdin", daemon=True).start()
 
     # ---- reading -------------------------------------------------------------------------------------
-    def _put(self, item: Any) -> None:
-        self._loop.call_soon_threadsafe(self._lines.put_nowait, item)
+    def _put(self, items: list[Any]) -> None:
+        # The lines of one read arrive together: a prompt and the cancel right behind it are both
+        # queued before either is handled.
+        self._loop.call_soon_threadsafe(lambda: [self._lines.put_nowait(i) for i in items])
 
     def _read_lines(self) -> None:
+        pieces: list[bytes] = []  # the line being read, so far
+        size = 0
+        skipping = False  # inside a line over the limit: dropped up to its end
         try:
-            while True:
-                line = self._reader.readline(self._max + 1)
-                if not line:
-                    break
-                if len(line) > self._max and not line.endswith(b"\n"):
-                    while line and not line.endswith(b"\n"):  # skip the rest of it, piece by piece
-                        line = self._reader.readline(1 << 20)
-                    self._put(_TOO_LONG)
-                    continue
-                self._put(line)
-        except (OSError, ValueError):
+            while chunk := os.read(self._in_fd, 1 << 16):
+                *complete, rest = chunk.split(b"\n")
+                items: list[Any] = []
+                for piece in complete:
+                    too_long = skipping or size + len(piece) > self._max
+                    items.append(_TOO_LONG if too_long else b"".join([*pieces, piece]))
+                    pieces, size, skipping = [], 0, False
+                if rest and not skipping:
+                    pieces.append(rest)
+                    size += len(rest)
+                    if size > self._max:
+                        pieces, size, skipping = [], 0, True
+                if items:
+                    self._put(items)
+        except OSError:
             pass
         finally:
-            self._put(None)
+            last = b"".join(pieces)
+            self._put([last, None] if last.strip() and not skipping else [None])
 
     async def receive(self) -> dict[str, Any] | None:
         while True:

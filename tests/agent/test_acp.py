@@ -239,22 +239,43 @@ def test_cancel_while_decoding_ends_the_turn_and_keeps_the_session(
 
 
 def test_cancel_before_the_turn_starts(fork_server: ForkServer, tmp_path: Path, ws: Path) -> None:
-    client = Recorder()
+    """The prompt and its cancel in one write: the turn ends `cancelled` before the model decodes a
+    token, and the session goes on with the reply the cancelled turn never used."""
+    _pid, fin, fout = fork_server.start(tmp_path, argv(tmp_path), {"replies": ["Never.<|end|>"]})
 
-    async def go() -> tuple[str, Any, Any]:
-        script = {"replies": ["Never.<|end|>", "Later.<|end|>"]}
-        async with forked(fork_server, client, tmp_path, argv(tmp_path), script) as (conn, _):
-            sid = (await conn.new_session(cwd=str(ws), mcp_servers=[])).session_id
-            turn = asyncio.ensure_future(conn.prompt(session_id=sid, prompt=[text_block("one")]))
-            await asyncio.sleep(0)  # the prompt request is written first
-            await conn.cancel(session_id=sid)
-            cancelled = await turn
-            after = await conn.prompt(session_id=sid, prompt=[text_block("two")])
-            return sid, cancelled, after
+    def request(n: int, method: str, **params: Any) -> str:
+        return json.dumps({"jsonrpc": "2.0", "id": n, "method": method, "params": params}) + "\n"
 
-    sid, cancelled, after = run(go())
-    assert cancelled.stop_reason == "cancelled" and after.stop_reason == "end_turn"
-    assert client.text() == "Never."  # the reply meant for the cancelled turn was never decoded
+    async def answer(reader: asyncio.StreamReader, n: int, seen: list[dict[str, Any]]) -> dict[str, Any]:
+        while True:
+            message = json.loads(await asyncio.wait_for(reader.readline(), 30))
+            if message.get("id") == n:
+                return message
+            seen.append(message)
+
+    async def go() -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+        writer, reader = await pipes(fin, fout)
+        writer.write(request(1, "initialize", protocolVersion=1).encode())
+        writer.write(request(2, "session/new", cwd=str(ws), mcpServers=[]).encode())
+        await answer(reader, 1, [])
+        sid = (await answer(reader, 2, []))["result"]["sessionId"]
+        prompt = request(3, "session/prompt", sessionId=sid, prompt=[{"type": "text", "text": "one"}])
+        cancel = json.dumps({"jsonrpc": "2.0", "method": "session/cancel", "params": {"sessionId": sid}})
+        writer.write((prompt + cancel + "\n").encode())
+        first: list[dict[str, Any]] = []
+        results = [(await answer(reader, 3, first))["result"]]
+        writer.write(
+            request(4, "session/prompt", sessionId=sid, prompt=[{"type": "text", "text": "two"}]).encode()
+        )
+        second: list[dict[str, Any]] = []
+        results.append((await answer(reader, 4, second))["result"])
+        writer.close()
+        return sid, results, [first, second]
+
+    sid, results, (first, second) = run(go())
+    assert [r["stopReason"] for r in results] == ["cancelled", "end_turn"]
+    assert first == []  # nothing was streamed for the cancelled turn
+    assert "".join(m["params"]["update"]["content"]["text"] for m in second) == "Never."
     assert saved_turns(tmp_path, sid) == 1
 
 
