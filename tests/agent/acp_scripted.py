@@ -11,7 +11,8 @@ model's replies chosen by the test. Forking from this process, which imported to
 the agent but never ran them, makes each server start in milliseconds, not a new interpreter's
 seconds (as tests/agent/drive_session.py does).
 
-SCRIPT.json: {"replies": [reply, ...], "step_delay": seconds per decoded token (default 0)}. The
+SCRIPT.json: {"replies": [reply, ...], "step_delay": seconds per decoded token (default 0),
+"noise": true to print to stdout at every decoded token}. The
 replies are shared by every session of the process, in order; past the last, a reply is `<|end|>`.
 """
 
@@ -33,12 +34,19 @@ from hybrid_agent.agent import acp_commands
 def scripted(script: dict[str, Any]) -> Any:
     replies: list[str] = list(script["replies"])
     delay = float(script.get("step_delay", 0))
+    noise = bool(script.get("noise"))
+
+    def step(_: int) -> None:
+        time.sleep(delay)
+        if noise:  # what a careless library does: print, and write to descriptor 1
+            print("noise from print")
+            os.write(1, b"noise on fd 1\n")
 
     def engine() -> Any:
         made = ScriptedEngine()
         made.replies = replies  # one queue for every session
-        if delay:
-            made.step_hook = lambda _: time.sleep(delay)
+        if delay or noise:
+            made.step_hook = step
         return made
 
     return engine

@@ -446,8 +446,10 @@ def test_bad_lines_get_errors_and_the_server_keeps_serving(
         json.dumps({"jsonrpc": "2.0", "id": 2, "method": "initialize", "params": {"protocolVersion": 1}}),
         json.dumps({"jsonrpc": "2.0", "id": 3, "method": "session/prompt",
                     "params": {"sessionId": "nope", "prompt": [{"type": "text", "text": "hi"}]}}),
-        json.dumps({"jsonrpc": "2.0", "id": 4, "method": "session/new", "params": {"cwd": "rel", "mcpServers": []}}),
-        json.dumps({"jsonrpc": "2.0", "id": 5, "method": "session/new", "params": {"cwd": str(ws), "mcpServers": []}}),
+        json.dumps({"jsonrpc": "2.0", "id": 4, "method": "session/new",
+                    "params": {"cwd": "rel", "mcpServers": []}}),
+        json.dumps({"jsonrpc": "2.0", "id": 5, "method": "session/new",
+                    "params": {"cwd": str(ws), "mcpServers": []}}),
     ]  # fmt: skip
 
     async def go() -> list[dict[str, Any]]:
@@ -515,3 +517,81 @@ def test_the_command_itself_over_stdio(tmp_path: Path, ws: Path) -> None:
 
     assert run(go()).stop_reason in ("end_turn", "max_tokens")
     assert client.kinds() and set(client.kinds()) == {"agent_message_chunk"}
+
+
+def _request(n: int, method: str, **params: Any) -> bytes:
+    return (json.dumps({"jsonrpc": "2.0", "id": n, "method": method, "params": params}) + "\n").encode()
+
+
+def test_stdout_carries_only_protocol_messages(fork_server: ForkServer, tmp_path: Path, ws: Path) -> None:
+    """Prints and writes to descriptor 1 while the model decodes end up in the log, not in the protocol."""
+    _, fin, fout = fork_server.start(
+        tmp_path, argv(tmp_path), {"replies": ["Hi there.<|end|>"], "noise": True}
+    )
+
+    async def go() -> list[bytes]:
+        writer, reader = await pipes(fin, fout)
+        writer.write(_request(1, "initialize", protocolVersion=1))
+        writer.write(_request(2, "session/new", cwd=str(ws), mcpServers=[]))
+        lines = [await asyncio.wait_for(reader.readline(), 30) for _ in range(2)]
+        sid = next(json.loads(x)["result"]["sessionId"] for x in lines if b"sessionId" in x)
+        writer.write(_request(3, "session/prompt", sessionId=sid, prompt=[{"type": "text", "text": "hi"}]))
+        while b'"id":3' not in lines[-1]:
+            lines.append(await asyncio.wait_for(reader.readline(), 30))
+        writer.close()
+        return lines + (await asyncio.wait_for(reader.read(), 30)).splitlines()
+
+    messages = [json.loads(line) for line in run(go())]  # every line is JSON
+    assert all(m["jsonrpc"] == "2.0" for m in messages)
+    assert next(m for m in messages if m.get("id") == 3)["result"]["stopReason"] == "end_turn"
+    log = (tmp_path / "stderr.log").read_text()
+    assert "noise from print" in log and "noise on fd 1" in log
+
+
+def test_a_failed_turn_is_a_json_rpc_error_and_a_busy_session_refuses_a_second_prompt(
+    fork_server: ForkServer, tmp_path: Path, ws: Path
+) -> None:
+    client = Recorder()
+    script = {"replies": ["z" * 300 + "<|end|>", "Fine.<|end|>"], "step_delay": 0.002}
+
+    async def go() -> tuple[Any, Any, Any, Any]:
+        options = argv(tmp_path, "--max-prompt-tokens", "20000")  # the scripted tokens are bytes
+        async with forked(fork_server, client, tmp_path, options, script) as (conn, _):
+            sid = (await conn.new_session(cwd=str(ws), mcp_servers=[])).session_id
+            with pytest.raises(RequestError) as too_long:
+                await conn.prompt(session_id=sid, prompt=[text_block("w" * 25000)])
+            turn = asyncio.ensure_future(conn.prompt(session_id=sid, prompt=[text_block("one")]))
+            while not client.updates and not turn.done():
+                await asyncio.sleep(0.01)
+            with pytest.raises(RequestError) as busy:
+                await conn.prompt(session_id=sid, prompt=[text_block("two")])
+            first = await turn
+            second = await conn.prompt(session_id=sid, prompt=[text_block("three")])
+            return too_long.value, busy.value, first, second
+
+    too_long, busy, first, second = run(go())
+    assert too_long.code == -32603 and "tokens" in str(too_long)
+    assert "already running a prompt" in str(busy)
+    assert (first.stop_reason, second.stop_reason) == ("end_turn", "end_turn")
+
+
+def test_the_transport_answers_bad_lines_in_bounded_memory() -> None:
+    from hybrid_agent.agent.acp_transport import LineTransport
+
+    async def go() -> tuple[list[Any], list[dict[str, Any]]]:
+        r_in, w_in = os.pipe()
+        r_out, w_out = os.pipe()
+        transport = LineTransport(r_in, w_out, max_line_bytes=64)
+        good = {"jsonrpc": "2.0", "id": 1, "method": "m", "params": {}}
+        data = b"x" * 200 + b"\n" + b"{bad\n" + b'{"id": {"no": 1}}\n' + json.dumps(good).encode() + b"\n"
+        os.write(w_in, data)
+        os.close(w_in)
+        received = [await transport.receive(), await transport.receive()]
+        await transport.close()
+        os.close(w_out)
+        with os.fdopen(r_out, "rb") as out:
+            return received, [json.loads(line) for line in out.read().splitlines()]
+
+    received, errors = run(go())
+    assert received[0]["id"] == 1 and received[1] is None
+    assert [(e["id"], e["error"]["code"]) for e in errors] == [(None, -32700), (None, -32700), (None, -32600)]
