@@ -186,5 +186,14 @@ def cmd_acp(args: argparse.Namespace, engines: Callable[[], Any] | None = None) 
     in_fd, out_fd = _protocol_stdio()
     log_to_stderr(args.debug)
     opener = CliOpener(args, engines)
+    # What the command line got wrong fails now, in one line, not at the editor's first session.
+    if engines is None:
+        from hybrid_agent.agent.factory import check_device, resolve_model_dir
+
+        resolve_model_dir(args.model)
+        check_device(args.device)
+    from hybrid_agent.memory import Store
+
+    Store(args.db).close()
     asyncio.run(serve(opener, in_fd, out_fd))
     return 0

@@ -595,3 +595,23 @@ def test_the_transport_answers_bad_lines_in_bounded_memory() -> None:
     received, errors = run(go())
     assert received[0]["id"] == 1 and received[1] is None
     assert [(e["id"], e["error"]["code"]) for e in errors] == [(None, -32700), (None, -32700), (None, -32600)]
+
+
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [(["--model", "/no/such/model"], "no model at /no/such/model"), (["--device", "tpu9"], "--device tpu9")],
+)
+def test_bad_options_fail_at_start_in_one_line(
+    fork_server: ForkServer, tmp_path: Path, option: list[str], said: str
+) -> None:
+    _, fin, fout = fork_server.start(tmp_path, argv(tmp_path, *option))
+
+    async def go() -> bytes:
+        writer, reader = await pipes(fin, fout)
+        out = await asyncio.wait_for(reader.read(), 30)  # the server exits without reading anything
+        writer.close()
+        return out
+
+    assert run(go()) == b""
+    (line,) = (tmp_path / "stderr.log").read_text().splitlines()
+    assert line.startswith("hybrid-agent: error: ") and said in line
