@@ -6,8 +6,8 @@ saved session's events as ACP `session/update`s, and the other direct translatio
   `in_progress`) with a title, a kind and the raw arguments, and ended by one `tool_call_update`
   (`completed`, or `failed` for an error or a refusal) carrying the tool's output; an edit that ran
   also carries its diff (the file's text before and after), which editors show as a diff.
-- `update_plan` is the one tool the editor does not see as a tool call: its entries become a `plan`
-  update (docs/design.md keeps tools model-facing; the plan is the editor's own view of them).
+- `update_plan` (agent/acp_tools.py) is the one tool the editor does not see as a tool call: its
+  entries become a `plan` update, which editors draw as the thread's plan.
 - A replayed session (`session/load`) is its stored conversation: the user's messages, the
   assistant's visible text, and each tool call with its result.
 """
