@@ -113,6 +113,7 @@ class CliOpener:
         files: Any,
     ) -> Any:
         from hybrid_agent.agent.acp_tools import UpdatePlan, client_file_tools
+        from hybrid_agent.agent.errors import AgentError
         from hybrid_agent.agent.loop import Agent
         from hybrid_agent.agent.mcp_servers import mount_servers
         from hybrid_agent.agent.session_ids import resolve_session_id
@@ -129,7 +130,8 @@ class CliOpener:
         try:
             moved = False
             if resume is not None:
-                resume = resolve_session_id(store, resume)
+                if resolve_session_id(store, resume) != resume:  # the editor names sessions by full id
+                    raise AgentError(f"no session {resume!r}; session/load takes a full session id")
                 moved = Path(store.get_session(resume).workspace).resolve() != workspace.resolve()
             registry = ToolRegistry(workspace, enable_commands=a.enable_commands, sandbox=options["sandbox"])
             mount_servers(registry, {**options["mcp_servers"], **mcp_servers})

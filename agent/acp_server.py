@@ -207,13 +207,15 @@ class AcpServer:
             await asyncio.sleep(0)  # a cancel sent right behind the prompt is read before the turn starts
             if run.cancelled.is_set():
                 return PromptResponse(stop_reason="cancelled")
-            async for event in session.agent.send(text):
-                if isinstance(event, TurnEnd):
-                    end = event
-                elif isinstance(event, ErrorEvent):
-                    failed = event.message
-                else:
-                    await self._forward(session, run, event)
+            # aclosing: a failure to reach the editor mid-turn still rolls the turn back at once.
+            async with contextlib.aclosing(session.agent.send(text)) as events:
+                async for event in events:
+                    if isinstance(event, TurnEnd):
+                        end = event
+                    elif isinstance(event, ErrorEvent):
+                        failed = event.message
+                    else:
+                        await self._forward(session, run, event)
         finally:
             for call_id in list(run.open):
                 why = "the turn was cancelled" if run.cancelled.is_set() else "the turn ended before it"
@@ -283,9 +285,9 @@ class AcpServer:
                 return None
 
         def read() -> str | None:
-            if full.stat().st_size > _DIFF_MAX_BYTES:
-                return None
             try:
+                if full.stat().st_size > _DIFF_MAX_BYTES:
+                    return None
                 return full.read_bytes().decode("utf-8")
             except (OSError, UnicodeDecodeError):
                 return None
@@ -308,6 +310,9 @@ class AcpServer:
         stop = asyncio.ensure_future(run.cancelled.wait())
         try:
             await asyncio.wait({ask, stop}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            ask.cancel()
+            raise
         finally:
             stop.cancel()
         if not ask.done():
@@ -318,7 +323,7 @@ class AcpServer:
         except Exception as exc:
             return ApprovalDecision(allow=False, reason=f"the editor could not ask the user: {exc}")
         if outcome.outcome != "selected":  # cancelled: deny, and the turn ends
-            self._cancel_run(session)
+            self.stop_run(session)
             return ApprovalDecision(allow=False, reason="the turn was cancelled")
         decision = up.decision_of(outcome.option_id)
         if decision.allow:
@@ -327,7 +332,7 @@ class AcpServer:
         return decision
 
     # ---- cancel, shutdown ------------------------------------------------------------------------------
-    def _cancel_run(self, session: _Session) -> None:
+    def stop_run(self, session: _Session) -> None:
         run = session.run
         if run is None:
             return
@@ -338,7 +343,7 @@ class AcpServer:
     async def cancel(self, session_id: str, **_: Any) -> None:
         session = self.sessions.get(session_id)
         if session is not None:
-            self._cancel_run(session)
+            self.stop_run(session)
 
     def close(self) -> None:
         """Stop every session (a running turn rolls back to its last snapshot) and the model thread."""
@@ -361,7 +366,7 @@ async def serve(opener: SessionOpener, in_fd: int, out_fd: int) -> None:
     finally:
         for session in server.sessions.values():
             if session.run is not None:
-                server._cancel_run(session)
+                server.stop_run(session)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(conn.close(), 5)
         await asyncio.to_thread(server.close)
