@@ -6,6 +6,9 @@ official `acp` SDK that records what the agent streams and answers its requests 
 - `buffers`: with it, the client offers `fs/read_text_file` / `fs/write_text_file`: a path in
   `buffers` reads as its (unsaved) text, any other as the file on disk; writes go into `buffers`
   and `writes`, never to disk, as an editor keeps them in its buffers.
+
+`forked` connects it to a server forked by tests/agent/acp_scripted.py (`ForkServer`) over two FIFOs;
+`connect` to a `hybrid-agent acp` started as a new process over its stdio.
 """
 
 from __future__ import annotations

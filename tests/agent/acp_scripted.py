@@ -72,6 +72,8 @@ def serve() -> None:
     import torch._dynamo  # noqa: F401  (torch.nn.init imports it on a model's first init: ~1.5 s)
     from hybrid_agent.agent import acp_server, factory  # noqa: F401  (what `acp` imports when it starts)
     from hybrid_agent.agent.loop import Agent  # noqa: F401
+    from hybrid_agent.model import load_model  # noqa: F401  (what the first session imports)
+    from hybrid_agent.tools import ToolRegistry  # noqa: F401
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     print("ready", flush=True)
