@@ -37,7 +37,7 @@ def _number(kind: type, low: float, what: str, high: float = 2**31 - 1) -> Calla
 EXIT_USAGE = 2  # as argparse exits on a usage error
 NO_COMMAND = (
     "hybrid-agent: hybrid_agent.agent.cli runs the commands (run, sessions, undo, rewind, config, trust, "
-    "mcp, pull) only; the terminal UI opens from hybrid_agent.cli (the `hybrid-agent` command)"
+    "mcp, pull, acp) only; the terminal UI opens from hybrid_agent.cli (the `hybrid-agent` command)"
 )
 
 _COUNT = _number(int, 0, "a whole number >= 0")
@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hybrid-agent {__version__}")
     parser.add_argument("--resume", metavar="ID", help="continue a saved session (id or unique prefix)")
     _session_options(parser, True)
-    sub = parser.add_subparsers(dest="command", metavar="{run,sessions,undo,rewind,config,trust,mcp,pull}")
+    commands = "{run,sessions,undo,rewind,config,trust,mcp,pull,acp}"
+    sub = parser.add_subparsers(dest="command", metavar=commands)
     shared = _shared(False)
 
     from hybrid_agent.agent.workflow_cli import add_headless, add_transfer, add_undo
@@ -185,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     from hybrid_agent.agent.pull_command import add_parser as add_pull
 
     add_pull(sub)
+    from hybrid_agent.agent.acp_commands import add_parser as add_acp
+
+    add_acp(sub, shared)
     return parser
 
 

@@ -44,6 +44,7 @@ def _say(*parts: Any) -> None:
 def dispatch(args: argparse.Namespace) -> int:
     """Run the command that `args` names (`run`, `sessions`, `config`, `trust`). The terminal UI, the
     one without a command, is opened by hybrid_agent/cli.py: tui/ sits above agent/."""
+    from hybrid_agent.agent.acp_commands import cmd_acp
     from hybrid_agent.agent.config_commands import cmd_config, cmd_trust
     from hybrid_agent.agent.mcp_commands import cmd_mcp
     from hybrid_agent.agent.pull_command import cmd_pull
@@ -51,7 +52,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
     commands = {
         "run": cmd_run, "sessions": cmd_sessions, "config": cmd_config, "trust": cmd_trust, "mcp": cmd_mcp,
-        "undo": cmd_undo, "rewind": cmd_rewind, "pull": cmd_pull,
+        "undo": cmd_undo, "rewind": cmd_rewind, "pull": cmd_pull, "acp": cmd_acp,
     }  # fmt: skip
     return run_command(commands[args.command], args)
 

@@ -70,6 +70,17 @@ class _Args(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class _TextFileTool(Tool):
+    """Where write_file and edit_file read a file's current text and write its new bytes: the workspace
+    on disk here; a subclass may route both elsewhere (an editor's buffers, agent/acp_tools.py)."""
+
+    def current_text(self, ctx: ToolContext, path: str) -> tuple[str, str | None]:
+        return _current_text(ctx, path)
+
+    def write(self, ctx: ToolContext, path: str, data: bytes) -> tuple[str, bytes | None]:
+        return ctx.write_bytes(path, data)
+
+
 class ReadFile(Tool):
     """Read a text file of the workspace. Long files: give start_line/end_line (1-based, inclusive)."""
 
@@ -175,7 +186,7 @@ class ReadFile(Tool):
         return ToolResult(text, data=data)
 
 
-class WriteFile(Tool):
+class WriteFile(_TextFileTool):
     """Create or overwrite a text file in the workspace (folders are created as needed)."""
 
     name = "write_file"
@@ -194,7 +205,7 @@ class WriteFile(Tool):
     def preview(self, args: Any, ctx: ToolContext) -> Preview:
         try:
             self._check(args, ctx)
-            rel, before = _current_text(ctx, args.path)
+            rel, before = self.current_text(ctx, args.path)
         except ToolError as e:
             return Preview(summary=f"write {args.path} (will fail: {e})", path=args.path)
         verb = "create" if before is None else "overwrite"
@@ -202,7 +213,7 @@ class WriteFile(Tool):
 
     def run(self, args: Any, ctx: ToolContext) -> ToolResult:
         data = self._check(args, ctx)
-        rel, before = ctx.write_bytes(args.path, data)
+        rel, before = self.write(ctx, args.path, data)
         verb = "created" if before is None else "unchanged" if before == data else "overwrote"
         return ToolResult(f"{verb} {rel} ({len(data)} bytes)", data={"path": rel, "bytes": len(data)})
 
@@ -216,7 +227,7 @@ def _occurrences(text: str, snippet: str) -> list[int]:
     return found
 
 
-class EditFile(Tool):
+class EditFile(_TextFileTool):
     """Replace an exact snippet of a text file. old_string must occur exactly once in the file:
     include enough surrounding lines to make it unique."""
 
@@ -231,7 +242,7 @@ class EditFile(Tool):
     def _plan(self, args: Any, ctx: ToolContext) -> tuple[str, str, str, int]:
         if not args.old_string:
             raise ToolError("old_string is empty; to create or replace a whole file use write_file")
-        rel, text = _current_text(ctx, args.path)
+        rel, text = self.current_text(ctx, args.path)
         if text is None:
             raise WorkspaceError(f"{rel} does not exist; create it with write_file")
         hits = _occurrences(text, args.old_string)
@@ -268,8 +279,8 @@ class EditFile(Tool):
         # Re-check under the workspace lock that nobody changed the file since we read it, so a
         # concurrent write is never silently overwritten by our older copy.
         with ctx.workspace.lock:
-            _, now = _current_text(ctx, args.path)
+            _, now = self.current_text(ctx, args.path)
             if now != old:
                 raise ToolError(f"{rel} changed while being edited; read it again and retry")
-            ctx.write_bytes(args.path, data)
+            self.write(ctx, args.path, data)
         return ToolResult(f"edited {rel} at line {line}", data={"path": rel, "line": line})
