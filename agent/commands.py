@@ -150,6 +150,12 @@ def ask_on_terminal(request: Any) -> Any:
     return ApprovalDecision(allow=False, reason="the user said no at the terminal")
 
 
+async def _approve_all(request: Any) -> Any:
+    from hybrid_agent.agent.events import ApprovalDecision
+
+    return ApprovalDecision(allow=True)
+
+
 async def _ask_on_terminal(request: Any) -> Any:
     import asyncio
 
@@ -262,6 +268,10 @@ class _PlainEvents:
                 print()
             if event.forked_from:
                 _say(f"hybrid-agent: {event.fork_notice()}")
+            if event.plan is not None:
+                from hybrid_agent.agent.plan import carry_out_hint
+
+                _say(f"hybrid-agent: {carry_out_hint(self.agent.session_id)}")
             print(f"session: {self.agent.session_id}", flush=True)
 
     def _progress(self, event: Any) -> None:
@@ -291,8 +301,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.continue_:
         with _store(args) as store:
             options["resume"] = continued_session(store, args)
-    if args.yes:
+    if args.yes and options["mode"] != "plan":  # with plan: --yes approves what plan mode allows
         options["mode"] = "auto"
+    if args.yes and options["mode"] == "plan":
+        options["approval"] = _approve_all
     if not args.yes and not args.json and sys.stdin.isatty():
         options["approval"] = _ask_on_terminal  # else: every `ask` call is denied (use --yes)
     agent = Agent.open(**options)

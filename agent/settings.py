@@ -110,7 +110,7 @@ class SettingsFile(_Strict):
     sinks: int | None = Field(None, ge=0)
     temperature: float | None = Field(None, ge=0, le=100, allow_inf_nan=False)
     max_new_tokens: int | None = Field(None, ge=1)
-    permission_mode: Literal["ask", "accept-edits", "auto"] | None = None
+    permission_mode: Literal["ask", "accept-edits", "auto", "plan"] | None = None
     enable_commands: bool | None = None
     permissions: Permissions | None = None
     mcp_servers: dict[str, MCPServer] | None = None
