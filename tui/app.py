@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from hybrid_agent.tui.base import AgentFactory
 from hybrid_agent.tui.bridge import error_text
 from hybrid_agent.tui.palette import AgentCommands
+from hybrid_agent.tui.plan_actions import PlanActions
 from hybrid_agent.tui.screens.help import HelpScreen
 from hybrid_agent.tui.session_actions import SessionActions
 from hybrid_agent.tui.slash import is_slash_command
@@ -31,7 +32,7 @@ from textual.binding import Binding, BindingType
 from textual.widgets import Header
 
 
-class HybridAgentApp(TurnActions, SessionActions):
+class HybridAgentApp(TurnActions, SessionActions, PlanActions):
     CSS_PATH: ClassVar[list[str | PurePath]] = ["app.tcss", "screens.tcss"]
     TITLE = "hybrid-agent"
     COMMANDS = App.COMMANDS | {AgentCommands}
@@ -39,6 +40,7 @@ class HybridAgentApp(TurnActions, SessionActions):
         Binding("ctrl+c", "cancel_turn", "cancel turn", priority=True),
         Binding("escape", "cancel_turn", "cancel turn", show=False),
         Binding("shift+tab", "cycle_mode", "approval mode", priority=True),
+        Binding("ctrl+g", "accept_plan", "accept the plan"),
         Binding("ctrl+o", "sessions", "sessions"),
         Binding("ctrl+n", "new_session", "new session"),
         Binding("ctrl+y", "copy_answer", "copy last answer"),
