@@ -119,7 +119,7 @@ def tui_options(args: argparse.Namespace) -> dict[str, Any]:
     starts."""
     from hybrid_agent.agent.config_commands import continued_session, settle
 
-    settle(args, ask_trust=True)  # before the UI: the first time in a folder, ask to trust it
+    settle(args, quiet=True)  # the UI asks whether to trust the folder instead (trust_question)
     options = _agent_options(args)
     if args.resume or args.continue_:
         with _store(args) as store:

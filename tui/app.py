@@ -19,6 +19,7 @@ from hybrid_agent.tui.bridge import error_text
 from hybrid_agent.tui.palette import AgentCommands
 from hybrid_agent.tui.plan_actions import PlanActions
 from hybrid_agent.tui.screens.help import HelpScreen
+from hybrid_agent.tui.screens.trust import TrustScreen
 from hybrid_agent.tui.session_actions import SessionActions
 from hybrid_agent.tui.slash import is_slash_command
 from hybrid_agent.tui.turns import TurnActions
@@ -50,6 +51,12 @@ class HybridAgentApp(TurnActions, SessionActions, PlanActions):
         Binding("ctrl+q", "quit", "quit", priority=True),
     ]
 
+    trust_question: Any = None  # asked before the agent starts (agent/config_commands.py), or None
+
+    def factory_of(self, options: Mapping[str, Any]) -> AgentFactory:
+        """The agent factory for `Agent.open` options (those a trusted folder's settings give)."""
+        return factory_of(options)
+
     def compose(self) -> ComposeResult:
         yield Header(icon="◆")
         yield Conversation(max_widgets=self.max_widgets, id="conversation")
@@ -73,6 +80,8 @@ class HybridAgentApp(TurnActions, SessionActions, PlanActions):
     # --- loading ---------------------------------------------------------------------------------
     @work(group="load")
     async def load_agent(self) -> None:
+        if self.trust_question is not None:
+            await self.ask_trust(self.trust_question)
         try:
             agent = await self.bridge.open(self.agent_factory)
         except Exception as exc:  # a bad model path or database: say so, keep the app alive to quit
@@ -118,6 +127,23 @@ class HybridAgentApp(TurnActions, SessionActions, PlanActions):
             self.bridge.agent.mode = mode  # a plain attribute: read by the agent at the next tool call
         bar.mode = mode
 
+    async def ask_trust(self, question: Any) -> None:
+        """ "Trust this folder?" (tui/screens/trust.py); yes: the agent opens with the folder's settings."""
+        if await self.push_screen_wait(TrustScreen(question)):
+            try:
+                self.agent_factory = self.factory_of(await asyncio.to_thread(question.accept))
+            except Exception as exc:  # the trust file cannot be written: say so, go on untrusted
+                self.notify(error_text(exc), title="could not trust the folder", severity="error", timeout=15)
+            else:
+                self.notify(f"{question.folder} is trusted: its settings apply")
+        else:
+            self.notify(
+                "the folder's hooks, MCP servers, allow rules and sandbox relaxations are ignored "
+                "this session (`hybrid-agent trust` applies them)",
+                severity="warning",
+                timeout=10,
+            )
+
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen(self.BINDINGS))
@@ -139,19 +165,29 @@ class HybridAgentApp(TurnActions, SessionActions, PlanActions):
         self.exit(0)
 
 
-def run_app(agent_factory_or_options: AgentFactory | Mapping[str, Any] | argparse.Namespace) -> int:
+def factory_of(options: Mapping[str, Any]) -> AgentFactory:
+    """The agent factory for the keyword options of `Agent.open`."""
+    options = dict(options)
+
+    def factory(approval: Any) -> Any:
+        from hybrid_agent.agent import Agent
+
+        return Agent.open(**options, approval=approval)
+
+    return factory
+
+
+def run_app(
+    agent_factory_or_options: AgentFactory | Mapping[str, Any] | argparse.Namespace, *, trust: Any = None
+) -> int:
     """Open the TUI. Either a factory `f(approval=...) -> Agent`, or the keyword options of
-    `Agent.open` (a mapping, or the CLI's argparse namespace with the same names)."""
+    `Agent.open` (a mapping, or the CLI's argparse namespace with the same names). `trust`: a
+    TrustQuestion (agent/config_commands.py) to ask before the agent starts, or None."""
     if callable(agent_factory_or_options):
         factory = agent_factory_or_options
     else:
         given = agent_factory_or_options
-        options = dict(vars(given) if isinstance(given, argparse.Namespace) else given)
-
-        def factory(approval: Any) -> Any:
-            from hybrid_agent.agent import Agent
-
-            return Agent.open(**options, approval=approval)
-
-    result = HybridAgentApp(factory).run()
-    return int(result or 0)
+        factory = factory_of(vars(given) if isinstance(given, argparse.Namespace) else given)
+    app = HybridAgentApp(factory)
+    app.trust_question = trust
+    return int(app.run() or 0)
