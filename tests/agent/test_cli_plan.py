@@ -33,10 +33,6 @@ def test_run_in_plan_mode_prints_the_plan_and_how_to_carry_it_out(
     out, err = capsys.readouterr()
     sid = out.splitlines()[-1].removeprefix("session: ")
     assert f"To carry out the plan: hybrid-agent run --resume {sid} --permission-mode ask" in err
-    # Carried out in the same session, in another mode: no plan any more.
-    assert main(["run", "go ahead", "--json", "--resume", sid, "--permission-mode", "auto", *common]) == 0
-    end = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert end["session_id"] == sid and end["turn"] == 2 and end["plan"] is None
 
 
 def test_plan_is_a_permission_mode_of_the_cli_and_the_settings(
@@ -52,5 +48,10 @@ def test_plan_is_a_permission_mode_of_the_cli_and_the_settings(
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     answer = "".join(e["text"] for e in events if e["kind"] == "text")
     assert events[-1]["kind"] == "turn_end" and events[-1]["saved"] and events[-1]["plan"] == answer
+    # Carried out in the same session, in another mode (the flag beats the settings): no plan any more.
+    sid = events[-1]["session_id"]
+    assert main(["run", "go ahead", "--json", "--resume", sid, "--permission-mode", "auto", *common]) == 0
+    end = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert end["session_id"] == sid and end["turn"] == 2 and end["plan"] is None
     with pytest.raises(SystemExit):
         main(["run", "x", "--permission-mode", "planning", *common])
