@@ -14,9 +14,10 @@ covered, and the network is a private namespace with only its own loopback unles
 The workspace's `.hybrid-agent/` folder, when it exists, stays read-only: a command must not be able
 to rewrite the settings that confine it. So do the git repository's hooks folder, its `config` (and
 its submodules' under `.git/modules`) and a `core.hooksPath` folder inside the workspace
-(`git_protected`): git runs what they name later, outside
-the sandbox, when the user commits. A hooks folder (or hooksPath folder) that does not exist yet is made
-empty first, and a missing `config` made empty, so that the command cannot create them either.
+(`git_protected`): git runs what they name later, outside the sandbox, when the user commits. A hooks
+folder (or hooksPath folder) that does not exist yet is made empty first, and a missing `config` made
+empty, so that the command cannot create them either; the folders above them are mount points, so
+they cannot be renamed away. The rest of `.git` stays writable (`git commit` works in the sandbox).
 
 Processes: the command has a pid namespace of its own (it sees and signals only its own processes).
 `run_command` starts bwrap in a new session (no controlling terminal, which is what bwrap's
