@@ -214,7 +214,7 @@ class Agent(SessionOps, PrefillOps, ToolCallOps, PlanOps):
             self._check_characters(text)
             if not self._history:
                 self._system = self.system_prompt
-                self._tools = [s["function"] for s in self.registry.schemas()]
+                self._tools = self._offered_tools()  # in plan mode, the read-only ones (agent/plan.py)
                 events.append(system_event(self._system, self._tools, self.engine.chat.name))
             events += self._take_notes()  # mode changes since the last turn (agent/plan.py)
             # What the SessionStart hooks said (agent/hooks.py), then the UserPromptSubmit hooks.

@@ -1,16 +1,18 @@
 """Plan mode, the fourth approval mode (`plan`), and the notes a session records besides its turns.
 
-In plan mode the model may look but not touch: the turn's message tells it which tools it has (only
-the read-only ones: tools declared `read_only`, MCP tools whose server marks them `readOnlyHint`,
-tools/base.py), and a call of any other tool is refused with a tool error saying that plan mode is on.
+In plan mode the model may look but not touch: it is offered only the read-only tools (tools declared
+`read_only`, MCP tools whose server marks them `readOnlyHint`, tools/base.py), and a call of any other
+tool is refused with a tool error saying that plan mode is on.
 Its final answer is the plan (`TurnEnd.plan`, and a `system` event with `data.plan`). Accepting it
 (`accept_plan`: the UI's "Accept plan") switches back to the mode used before plan mode and gives the
 message that asks the model to carry the plan out, in the same session. The next turn after a plan-mode
 turn tells the model that plan mode is off.
 
-Why the tool list in the system prompt stays whole: the prompt is the start of the session's saved
-state (docs/design.md, "One turn"), so it cannot change for one turn. The list a plan-mode turn offers
-is its message's context, and the refusal is what enforces it.
+Where the offer is made: the tool list of the system prompt is the start of the session's saved state
+(docs/design.md, "One turn"), so it is fixed when the session starts. A session that starts in plan
+mode gets only the read-only tools there; every plan-mode turn's message also names the tools it may
+use (a session that entered plan mode later has the others in its system prompt). When plan mode ends,
+the first message after it gives the schemas of the tools the system prompt lacks, once.
 
 Mode changes (`Agent.mode = ...`, from the UI's shift+tab or `accept_plan`) are recorded as `system`
 events with `data.mode`; they and the hook runs of a turn that was not saved (cancelled, refused, an
@@ -24,6 +26,7 @@ from typing import Any, Literal
 
 from hybrid_agent.agent.records import NOTE_KEYS
 from hybrid_agent.memory import Event, Store
+from hybrid_agent.model.chat import render_tool_list
 from hybrid_agent.tools.registry import ToolRegistry
 
 Mode = Literal["ask", "accept-edits", "auto", "plan"]
@@ -46,9 +49,13 @@ def plan_note(tools: list[str]) -> str:
     )
 
 
-def plan_off_note(mode: str) -> str:
-    """The context of the first message after a plan-mode turn."""
-    return f"[Plan mode is off (approval mode: {mode}): every tool is available again.]"
+def plan_off_note(mode: str, added: list[dict[str, Any]]) -> str:
+    """The context of the first message after a plan-mode turn; `added`: the schemas of the tools the
+    session's system prompt does not list (it started in plan mode)."""
+    note = f"[Plan mode is off (approval mode: {mode}): every tool is available again.]"
+    if added:
+        note += "\nThese tools are available now, call them as the others:\n" + render_tool_list(added)
+    return note
 
 
 def plan_refusal(name: str, tools: list[str]) -> str:
@@ -95,6 +102,7 @@ class PlanOps:
     _after_plan: bool  # the last turn was a plan-mode turn: the next one says plan mode is off
 
     _session_row: Any
+    _tools: list[dict[str, Any]]  # the tool list of the session's system prompt
 
     @property
     def mode(self) -> str:
@@ -128,12 +136,19 @@ class PlanOps:
             self.mode = self._mode_before_plan
         return ACCEPTED
 
+    def _offered_tools(self) -> list[dict[str, Any]]:
+        """The tool list a new session's system prompt gets: in plan mode only the read-only tools."""
+        schemas = [s["function"] for s in self.registry.schemas()]
+        return [f for f in schemas if self.registry.read_only(f["name"])] if self._mode == PLAN else schemas
+
     def _plan_context(self) -> tuple[bool, str]:
         """(whether this turn is in plan mode, the note its message gets)."""
         if self._mode == PLAN:
             return True, plan_note(read_only_tools(self.registry))
         if self._after_plan:
-            return False, plan_off_note(self._mode)
+            listed = {t.get("name") for t in self._tools}
+            added = [s["function"] for s in self.registry.schemas() if s["function"]["name"] not in listed]
+            return False, plan_off_note(self._mode, added)
         return False, ""
 
     def _plan_refusal(self, name: str) -> str | None:

@@ -40,6 +40,10 @@ def test_plan_mode_offers_only_read_only_tools_and_refuses_writers(make_agent, w
     # The message told the model which tools it has in plan mode: the read-only ones, not the others.
     offered = read_only_tools(agent.registry)
     assert offered == ["read_file", "list_dir", "glob", "grep"]
+    # A session that starts in plan mode lists only those in its system prompt.
+    [system] = [e for e in agent.store.events(agent.session_id) if "tools" in (e.data or {})]
+    assert [t["name"] for t in system.data["tools"]] == offered
+    assert '"name": "write_file"' not in engine.text.split("<|user|>")[0]
     note = engine.text.split("<|user|>")[1]
     assert note.startswith("[Plan mode is on.") and "(read_file, list_dir, glob, grep)" in note
     end = events[-1]
@@ -69,7 +73,7 @@ def test_a_plan_mode_turn_asks_nobody_and_the_write_call_is_refused_in_every_app
 
 
 def test_accepting_the_plan_goes_back_to_the_mode_before_and_continues(make_agent, workspace: Path) -> None:
-    replies = [f"{PLAN}<|end|>", call("write_file", path="b.txt", content="x"), "Done.<|end|>"]
+    replies = [f"{PLAN}<|end|>", call("write_file", path="b.txt", content="x"), "Done.<|end|>", "Ok.<|end|>"]
     agent, engine = make_agent(replies, mode="accept-edits")
     agent.mode = "plan"
     end = agent.send_sync("add b.txt")[-1]
@@ -84,6 +88,8 @@ def test_accepting_the_plan_goes_back_to_the_mode_before_and_continues(make_agen
     # The model was told that plan mode is off, in front of the follow-up message.
     follow_up = engine.text.split("<|user|>")[2]
     assert follow_up.startswith("[Plan mode is off (approval mode: accept-edits)") and ACCEPTED in follow_up
+    # The session started in plan mode: the tools its system prompt lacks are given here, once.
+    assert '"name": "write_file"' in follow_up and '"name": "read_file"' not in follow_up
     # Mode changes are notes in the session's events, with the turn that followed them.
     stored = agent.store.events(session)
     changes = [(e.turn, e.data["mode"]) for e in stored if "mode" in (e.data or {})]
@@ -93,6 +99,8 @@ def test_accepting_the_plan_goes_back_to_the_mode_before_and_continues(make_agen
     ]
     conv = conversation_of(stored)  # notes are not part of the conversation
     assert [m.role for m in conv.messages] == ["user", "assistant", "user", "assistant", "tool", "assistant"]
+    agent.send_sync("thanks")  # a later turn: no note any more
+    assert engine.text.split("<|user|>")[3].startswith("thanks")
 
 
 def test_a_resumed_plan_session_is_told_plan_mode_is_off(make_agent, workspace: Path) -> None:
