@@ -452,6 +452,7 @@ class Agent(SessionOps, PrefillOps, ToolCallOps, PlanOps):
             self.model_owner.call(lambda: None)  # after the model work already queued
         if self._owns_thread:
             self.model_owner.shutdown(wait=True)
+        self._flush_notes()  # mode changes since the last turn (agent/plan.py)
         with contextlib.suppress(Exception):
             self.registry.close()
         self.store.close()

@@ -22,10 +22,11 @@ conversation (agent/records.py).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Literal
 
 from hybrid_agent.agent.records import NOTE_KEYS
-from hybrid_agent.memory import Event, Store
+from hybrid_agent.memory import Event, Store, StoreError
 from hybrid_agent.model.chat import render_tool_list
 from hybrid_agent.tools.registry import ToolRegistry
 
@@ -160,6 +161,14 @@ class PlanOps:
     def _take_notes(self) -> list[Event]:
         notes, self._notes = self._notes, []
         return notes
+
+    def _flush_notes(self) -> None:
+        """The notes not yet saved (mode changes since the last turn) go to the session now: it is
+        being left or closed. A session without a database row has nowhere to keep them."""
+        notes = self._take_notes() if getattr(self, "_notes", None) else []
+        if notes and self.session_id and self._session_row(False) is not None:
+            with contextlib.suppress(StoreError):
+                self.store.append_events(self.session_id, self.turn, notes)
 
     def _keep_notes(self, events: list[Event]) -> None:
         """The notes among the events of a turn that will not be saved (its hook runs, mode changes)

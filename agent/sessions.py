@@ -62,6 +62,7 @@ class SessionOps:
     _hook_start: HookOutcome
     _notes: list[Event]
     _after_plan: bool
+    _flush_notes: Any  # agent/plan.py
 
     def _idle(self) -> None:
         if self._running:
@@ -243,6 +244,7 @@ class SessionOps:
         tools: list[dict[str, Any]],
         history: list[ChatMessage],
     ) -> None:
+        self._flush_notes()  # to the session being left (agent/plan.py)
         self.session_id, self.turn = session_id, turn
         self._unwritten = None
         self._saved_tokens = self.engine.n_tokens

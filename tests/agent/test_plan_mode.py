@@ -131,3 +131,19 @@ def test_tools_declare_read_only(tmp_path: Path) -> None:
     assert read_only_tools(reg) == ["read_file", "list_dir", "glob", "grep", "peek"]
     reg.set_policy("grep", "deny")  # not offered at all
     assert "grep" not in read_only_tools(reg)
+
+
+def test_a_mode_change_without_a_later_turn_is_recorded_when_the_session_is_left(make_agent) -> None:
+    agent, _ = make_agent(["One.<|end|>", "Two.<|end|>"])
+    agent.send_sync("one")
+    first = agent.session_id
+    agent.mode = "plan"
+    agent.new_session()  # left: the change goes to the session it happened in
+    agent.send_sync("two")
+    agent.mode = "auto"
+    agent.close()  # closed: likewise
+    modes = {
+        sid: [(e.turn, e.data["mode"]["to"]) for e in agent.store.events(sid) if "mode" in (e.data or {})]
+        for sid in (first, agent.session_id)
+    }
+    assert modes == {first: [(1, "plan")], agent.session_id: [(1, "auto")]}
