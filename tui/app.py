@@ -124,16 +124,19 @@ class HybridAgentApp(TurnActions, SessionActions, PlanActions):
         bar = self.query_one(StatusBar)
         mode = MODES[(MODES.index(bar.mode) + 1) % len(MODES)] if bar.mode in MODES else MODES[0]
         if self.bridge.agent is not None:
-            self.bridge.agent.mode = mode  # a plain attribute: read by the agent at the next tool call
+            self.bridge.agent.mode = (
+                mode  # read at the next tool call; recorded in the session (agent/plan.py)
+            )
         bar.mode = mode
 
     async def ask_trust(self, question: Any) -> None:
-        """ "Trust this folder?" (tui/screens/trust.py); yes: the agent opens with the folder's settings."""
+        """Ask "Trust this folder?" (tui/screens/trust.py); yes: the agent opens with its settings."""
         if await self.push_screen_wait(TrustScreen(question)):
             try:
                 self.agent_factory = self.factory_of(await asyncio.to_thread(question.accept))
-            except Exception as exc:  # the trust file cannot be written: say so, go on untrusted
-                self.notify(error_text(exc), title="could not trust the folder", severity="error", timeout=15)
+            except Exception as exc:  # the trust file cannot be written, or the settings fail: go on without
+                title = "could not apply the folder's settings"
+                self.notify(error_text(exc), title=title, severity="error", timeout=15)
             else:
                 self.notify(f"{question.folder} is trusted: its settings apply")
         else:

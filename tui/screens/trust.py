@@ -1,6 +1,7 @@
-""" "Trust this folder?": asked before the agent starts in a folder whose project or local settings
-files would add hooks, MCP servers, allow rules or sandbox relaxations (agent/settings.py). Yes records
-the trust as `hybrid-agent trust` does and applies them; No ignores them for this session."""
+"""The question "Trust this folder?", asked before the agent starts in a folder whose project or
+local settings files would add hooks, MCP servers, allow rules or sandbox relaxations
+(agent/settings.py). Yes records the trust as `hybrid-agent trust` does and applies them; No ignores
+them for this session."""
 
 from __future__ import annotations
 
