@@ -196,9 +196,10 @@ def _session_options(p: argparse.ArgumentParser, defaults: bool) -> None:
     """Options of the commands that run a session: the terminal UI and `run`."""
     p.add_argument(
         "--permission-mode",
-        choices=("ask", "accept-edits", "auto"),
+        choices=("ask", "accept-edits", "auto", "plan"),
         default=None if defaults else argparse.SUPPRESS,
-        help="when tools ask before they run (default: ask, or the settings' permission_mode)",
+        help="when tools ask before they run; plan: read-only tools only, the answer is a plan "
+        "(default: ask, or the settings' permission_mode)",
     )
     p.add_argument(
         "--continue",

@@ -124,7 +124,7 @@ def tui_options(args: argparse.Namespace) -> dict[str, Any]:
     starts."""
     from hybrid_agent.agent.config_commands import continued_session, settle
 
-    settle(args, ask_trust=True)  # before the UI: the first time in a folder, ask to trust it
+    settle(args, quiet=True)  # the UI asks whether to trust the folder instead (trust_question)
     options = _agent_options(args)
     if args.resume or args.continue_:
         with _store(args) as store:
@@ -153,6 +153,12 @@ def ask_on_terminal(request: Any) -> Any:
     if answer in ("y", "yes"):
         return ApprovalDecision(allow=True)
     return ApprovalDecision(allow=False, reason="the user said no at the terminal")
+
+
+async def _approve_all(request: Any) -> Any:
+    from hybrid_agent.agent.events import ApprovalDecision
+
+    return ApprovalDecision(allow=True)
 
 
 async def _ask_on_terminal(request: Any) -> Any:
@@ -236,6 +242,10 @@ class _PlainEvents:
                 print()
             if event.forked_from:
                 _say(f"hybrid-agent: {event.fork_notice()}")
+            if event.plan is not None:
+                from hybrid_agent.agent.plan import carry_out_hint
+
+                _say(f"hybrid-agent: {carry_out_hint(self.agent.session_id)}")
             print(f"session: {self.agent.session_id}", flush=True)
 
     def _progress(self, event: Any) -> None:
@@ -285,8 +295,10 @@ def _open_run_agent(args: argparse.Namespace, *, ask: bool) -> Any:
     if args.continue_:
         with _store(args) as store:
             options["resume"] = continued_session(store, args)
-    if args.yes:
+    if args.yes and options["mode"] != "plan":  # with plan: --yes approves what plan mode allows
         options["mode"] = "auto"
+    if args.yes and options["mode"] == "plan":
+        options["approval"] = _approve_all
     if ask:
         options["approval"] = _ask_on_terminal
     agent = Agent.open(**options)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,34 +44,52 @@ def _warn(line: str) -> None:
     print(printable(f"hybrid-agent: warning: {line}"), file=sys.stderr, flush=True)
 
 
-def _ask_trust(folder: str, warnings: list[str]) -> bool:
-    """Before the terminal UI opens on a folder whose settings files were cut down for want of trust:
-    show what was ignored and ask whether to trust the folder (only on a terminal)."""
-    for warning in warnings:
-        _warn(warning)
-    if not (sys.stdin.isatty() and sys.stderr.isatty()):
-        return False
-    sys.stderr.write(f"trust {printable(str(Path(folder).resolve()))} and apply them? [y/N] ")
-    sys.stderr.flush()
-    return sys.stdin.readline().strip().lower() in ("y", "yes")
+@dataclass
+class TrustQuestion:
+    """What the terminal UI asks before it opens a folder whose project or local settings need trust
+    (tui/screens/trust.py): `files` lists, per file, what it would enable. `accept()` records the
+    trust as `hybrid-agent trust` does and returns the agent's options again, with those settings."""
+
+    folder: Path
+    files: list[tuple[Path, list[str]]]
+    reopen: Callable[[], dict[str, Any]]
+
+    def accept(self) -> dict[str, Any]:
+        trust(self.folder)
+        return self.reopen()
 
 
-def settle(args: argparse.Namespace, *, ask_trust: bool = False) -> Settings:
+def trust_question(
+    args: argparse.Namespace, options: Callable[[argparse.Namespace], dict[str, Any]]
+) -> TrustQuestion | None:
+    """The question for the UI when the settings of `args`' workspace were cut down for want of trust,
+    else None. `options(args)` makes the agent's options (agent/commands.py's `tui_options`): called
+    again, with the settings read anew, once the user trusts the folder."""
+    settings = settle(args)
+    if not settings.untrusted:
+        return None
+
+    def reopen() -> dict[str, Any]:
+        args.settings_ = None  # read the files again: now trusted, nothing is cut
+        return options(args)
+
+    return TrustQuestion(Path(args.workspace).expanduser().resolve(), settings.untrusted, reopen)
+
+
+def settle(args: argparse.Namespace, *, quiet: bool = False) -> Settings:
     """Fill the flags of `args` that were not given from the settings files of its workspace (once);
-    the merged settings are kept on `args` for the permission rules and `config show`. With
-    `ask_trust` (the terminal UI), an untrusted folder's ignored settings are offered for trust."""
+    the merged settings are kept on `args` for the permission rules and `config show`. The warnings
+    about an untrusted folder are printed unless `quiet` (the terminal UI asks instead:
+    `trust_question`)."""
     done = getattr(args, "settings_", None)
     if done is not None:
         return done
     given = {key: getattr(args, key, None) for key in SETTING_FLAGS}
     workspace = getattr(args, "workspace", ".")
     settings = load_settings(workspace, given)
-    if not ask_trust:
+    if not quiet:
         for warning in settings.warnings:
             _warn(warning)
-    elif settings.warnings and _ask_trust(workspace, settings.warnings):
-        trust(workspace)
-        settings = load_settings(workspace, given)
     for key in SETTING_FLAGS:
         setattr(args, key, settings.get(key, DEFAULTS.get(key)))
     args.settings_ = settings

@@ -69,6 +69,8 @@ class TurnEnd(BaseModel):
     # Set when another process saved this turn number of the session first (the session open in two
     # windows): this turn was saved on a fork at the turn both share, which is now `session_id`.
     forked_from: str | None = None
+    # A plan-mode turn's final answer: the plan the user may accept (agent/plan.py).
+    plan: str | None = None
 
     def fork_notice(self) -> str:
         """What to tell the user when `forked_from` is set."""

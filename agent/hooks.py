@@ -14,7 +14,7 @@ model reads before the user's message); 2 blocks (a PreToolUse call is not run a
 is the reason the model reads; a UserPromptSubmit prompt is refused with it; for the other events it is
 a warning); any other status is a one-line warning. A hook still running after `timeout` seconds has its
 process group killed: a warning too. Every run is recorded in the session's events
-(`hook_record`).
+(`hook_record`), also those of a turn that is cancelled or refused (agent/plan.py, `_keep_notes`).
 
 Hooks from a project or local settings file run only in a trusted folder: `load_settings` drops them
 otherwise.

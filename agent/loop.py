@@ -29,7 +29,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from hybrid_agent.agent.engine import Engine
 from hybrid_agent.agent.errors import AgentError
@@ -44,6 +44,7 @@ from hybrid_agent.agent.hooks import HookOutcome, Hooks
 from hybrid_agent.agent.journal import StoreJournal, attach_journal
 from hybrid_agent.agent.owner import ModelOwner
 from hybrid_agent.agent.permissions import PermissionRules
+from hybrid_agent.agent.plan import MODES, Mode, PlanOps, plan_event
 from hybrid_agent.agent.prefill import DEFAULT_MAX_PROMPT_TOKENS, PrefillOps
 from hybrid_agent.agent.prefill import TurnCancelled as _Cancelled
 from hybrid_agent.agent.records import (
@@ -63,8 +64,6 @@ from hybrid_agent.model.errors import ModelError
 from hybrid_agent.tools.errors import ToolError
 from hybrid_agent.tools.registry import ToolRegistry
 
-Mode = Literal["ask", "accept-edits", "auto"]
-MODES: tuple[Mode, ...] = ("ask", "accept-edits", "auto")
 T = TypeVar("T")
 
 # Errors a turn reports as an ErrorEvent (the user can act on them); anything else is a bug and raises.
@@ -91,7 +90,7 @@ class _Round:
     stop: str = "end_of_turn"  # end_of_turn | tool_call | max_tokens
 
 
-class Agent(SessionOps, PrefillOps, ToolCallOps):
+class Agent(SessionOps, PrefillOps, ToolCallOps, PlanOps):
     """The persistent agent. `Agent.open(...)` builds everything from paths; this is the long form."""
 
     def __init__(
@@ -126,7 +125,7 @@ class Agent(SessionOps, PrefillOps, ToolCallOps):
         else:
             attach_journal(registry, self.journal)
         self.registry = registry
-        self.mode: Mode = mode
+        self.mode = mode  # agent/plan.py: recorded when it changes
         self.approval = approval
         self.permissions = permissions  # the settings' allow/ask/deny rules (agent/permissions.py)
         self.hooks = hooks  # the settings' hooks (agent/hooks.py)
@@ -219,18 +218,20 @@ class Agent(SessionOps, PrefillOps, ToolCallOps):
             rebuild = self.turn == 0 and bool(self._history) and self.engine.n_tokens == 0
             if not self._history or rebuild:
                 self._system = self.system_prompt
-                self._tools = [s["function"] for s in self.registry.schemas()]
+                self._tools = self._offered_tools()  # in plan mode, the read-only ones (agent/plan.py)
                 events.append(system_event(self._system, self._tools, self.engine.chat.name))
+            events += self._take_notes()  # mode changes since the last turn (agent/plan.py)
             # What the SessionStart hooks said (agent/hooks.py), then the UserPromptSubmit hooks.
             started, self._hook_start = self._hook_start, HookOutcome()
             prompted = await self._run_hooks("UserPromptSubmit", prompt=text)
             for notice in started.notices() + prompted.notices():
                 yield notice
+            events += started.records() + prompted.records()
             if (blocked := prompted.blocked) is not None:
-                finished = True  # nothing was read: the session is where it was
+                finished = True  # nothing was read: the session is where it was, its notes recorded
+                await self._keep(events)
                 yield ErrorEvent(message=f"a UserPromptSubmit hook refused the prompt: {blocked.reason()}")
                 return
-            events += started.records() + prompted.records()
             if rebuild:
                 chat, system = self.engine.chat, self._system or ""
                 for part in rebuild_segments(chat, self._history, system, self._tools):
@@ -239,8 +240,9 @@ class Agent(SessionOps, PrefillOps, ToolCallOps):
                     async for progress in self._prefill(ids):
                         yield progress
                     stats.prompt_tokens += len(ids)
-            context = "\n\n".join(c for c in (started.context, prompted.context) if c)
-            events.append(user_event(text, context))
+            planning, note = self._plan_context()
+            context = "\n\n".join(c for c in (started.context, prompted.context, note) if c)
+            events.append(user_event(text, context, plan_mode=planning))
             new = [user_message(text, context)]
             rounds = 0
             while True:
@@ -275,23 +277,39 @@ class Agent(SessionOps, PrefillOps, ToolCallOps):
             for notice in stopped.notices():
                 yield notice
             events += stopped.records()
-            end = await self._save(turn, events, stats, stop_reason)
+            # A plan-mode turn's final answer is its plan (agent/plan.py).
+            plan = rnd.visible if planning and stop_reason != "max_tool_rounds" else None
+            if plan is not None:
+                events.append(plan_event(plan))
+            end = await self._save(turn, events + self._take_notes(), stats, stop_reason)
+            end.plan, self._after_plan = plan, planning
             finished = True
             yield end
         except _Cancelled:
             await self._roll_back(history_len)
             finished = True
+            await self._keep(events, turn)
             yield self._turn_end(stats, saved=False, stop_reason="cancelled")
         except USER_ERRORS as exc:
             await self._roll_back(history_len)
             finished = True
+            await self._keep(events, turn)
             yield ErrorEvent(message=str(exc))
         finally:
             if not finished:
                 # The consumer went away mid-turn (or a bug): still leave the session consistent.
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._roll_back(history_len))
+                    await asyncio.shield(self._keep(events, turn))
             self._running = False
+
+    async def _keep(self, events: list[Event], turn: int | None = None) -> None:
+        """The hook runs and mode changes of a turn that is not saved still reach the session's events
+        (agent/plan.py); not when the turn was saved after all (stopped while its save ran)."""
+        if turn is not None and self.turn >= turn:
+            return
+        with contextlib.suppress(StoreError):  # (a read-only database: the turn failed for that too)
+            await self._on_model(self._keep_notes, events)
 
     def _step(self) -> int:
         tok = self.engine.next_token()
@@ -446,6 +464,7 @@ class Agent(SessionOps, PrefillOps, ToolCallOps):
             self.model_owner.call(lambda: None)  # after the model work already queued
         if self._owns_thread:
             self.model_owner.shutdown(wait=True)
+        self._flush_notes()  # mode changes since the last turn (agent/plan.py)
         with contextlib.suppress(Exception):
             self.registry.close()
         self.store.close()

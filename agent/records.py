@@ -4,8 +4,10 @@ Stored kinds (memory.EVENT_KINDS): `system` (the system prompt and the tool sche
 started with: a chat template must see the same ones on every later segment), `user`, `assistant`
 (visible text; `data.raw` is the exact decoded text, markup included, that the state holds),
 `tool_call` and `tool_result` (`data` carries the fields of the matching agent event, so the TUI can
-redraw them). A hook's run is a `system` event with `data.hook` (agent/hooks.py), not part of the
-conversation; context that hooks added to a message is the `user` event's `data.context`.
+redraw them). A hook's run is a `system` event with `data.hook` (agent/hooks.py), an approval mode
+change one with `data.mode` and a plan-mode turn's plan one with `data.plan` (agent/plan.py): notes, not
+part of the conversation. Context that hooks (or plan mode) added to a message is the `user` event's
+`data.context`; `data.plan_mode` marks a message sent in plan mode.
 """
 
 from __future__ import annotations
@@ -18,13 +20,18 @@ from hybrid_agent.agent.events import ToolCallRequested, ToolResultEvent
 from hybrid_agent.memory import Event
 from hybrid_agent.model.chat import ChatFormat, ChatMessage, Segment
 
+NOTE_KEYS = ("hook", "mode", "plan")  # a `system` event with one of these in `data` is a note
+
 
 def system_event(system: str, tools: Sequence[dict[str, Any]], format_name: str) -> Event:
     return Event("system", system, {"tools": list(tools), "format": format_name})
 
 
-def user_event(text: str, context: str = "") -> Event:
-    return Event("user", text, {"context": context} if context else None)
+def user_event(text: str, context: str = "", *, plan_mode: bool = False) -> Event:
+    data: dict[str, Any] = {"context": context} if context else {}
+    if plan_mode:
+        data["plan_mode"] = True
+    return Event("user", text, data or None)
 
 
 def user_message(text: str, context: str = "") -> ChatMessage:
@@ -58,19 +65,21 @@ class Conversation:
     system: str | None = None
     tools: list[dict[str, Any]] = field(default_factory=list)
     messages: list[ChatMessage] = field(default_factory=list)
+    plan_mode: bool = False  # the last message was sent in plan mode
 
 
 def conversation_of(events: Iterable[Event]) -> Conversation:
     conv = Conversation()
     for ev in events:
         data = ev.data or {}
-        if ev.kind == "system" and "hook" in data:
+        if ev.kind == "system" and any(k in data for k in NOTE_KEYS):
             continue
         if ev.kind == "system":
             conv.system = ev.content
             conv.tools = list(data.get("tools", []))
         elif ev.kind == "user":
             conv.messages.append(user_message(ev.content, data.get("context", "")))
+            conv.plan_mode = bool(data.get("plan_mode"))
         elif ev.kind == "assistant":
             conv.messages.append(ChatMessage("assistant", ev.content, raw=data.get("raw", ev.content)))
         elif ev.kind == "tool_result":

@@ -61,6 +61,9 @@ class SessionOps:
     _unwritten: dict[str, Any] | None
     hooks: Hooks | None
     _hook_start: HookOutcome
+    _notes: list[Event]
+    _after_plan: bool
+    _flush_notes: Any  # agent/plan.py
 
     def _idle(self) -> None:
         if self._running:
@@ -147,6 +150,7 @@ class SessionOps:
         if moved is not None:
             self.workspace, self.registry.workspace = folder, moved
         self._set_session(session_id, info.latest_turn or 0, conv.system, conv.tools, conv.messages)
+        self._after_plan = conv.plan_mode  # its next message says plan mode is off (agent/plan.py)
         # A run killed mid-turn may have journaled a write it never made: drop such entries.
         reconcile(self.registry.journal, self.registry.workspace, after_turn=self.turn)
         self._session_started("resume")
@@ -244,12 +248,14 @@ class SessionOps:
         tools: list[dict[str, Any]],
         history: list[ChatMessage],
     ) -> None:
+        self._flush_notes()  # to the session being left (agent/plan.py)
         self.session_id, self.turn = session_id, turn
         self._unwritten = None
         self._saved_tokens = self.engine.n_tokens
         self._system, self._tools, self._history = system, tools, history
         self._always.clear()
         self._hook_start = HookOutcome()  # what another session's SessionStart hooks said is not for this one
+        self._notes, self._after_plan = [], False  # agent/plan.py
 
     def _restore(self, session_id: str, turn: int, policy: Policy | None = None) -> None:
         """Load `turn` of `session_id` into the engine, under `policy` (None: the engine's current one).

@@ -110,7 +110,7 @@ class SettingsFile(_Strict):
     sinks: int | None = Field(None, ge=0)
     temperature: float | None = Field(None, ge=0, le=100, allow_inf_nan=False)
     max_new_tokens: int | None = Field(None, ge=1)
-    permission_mode: Literal["ask", "accept-edits", "auto"] | None = None
+    permission_mode: Literal["ask", "accept-edits", "auto", "plan"] | None = None
     enable_commands: bool | None = None
     permissions: Permissions | None = None
     mcp_servers: dict[str, MCPServer] | None = None
@@ -266,6 +266,8 @@ class Settings:
     list_sources: dict[str, list[str]] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # (file, what it would enable) for each project or local file cut down for want of trust.
+    untrusted: list[tuple[Path, list[str]]] = field(default_factory=list)
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.values.get(key, default)
@@ -328,6 +330,27 @@ def _untrusted(data: dict[str, Any], workspace: str | Path) -> tuple[dict[str, A
     return kept, dropped
 
 
+def _needs_trust(data: dict[str, Any], kept: dict[str, Any]) -> list[str]:
+    """What `data` (one file's keys) would enable that `kept` (the same, cut down by `_untrusted`)
+    does not: one line each, for the question whether to trust the folder."""
+    items = [
+        f"run the {event} hook `{hook['command']}`"
+        for event, hooks in (data.get("hooks") or {}).items()
+        for hook in hooks
+    ]
+    for name, server in (data.get("mcp_servers") or {}).items():
+        if name not in kept.get("mcp_servers", {}):
+            what = server.get("url") or " ".join([server.get("command") or "", *server.get("args", [])])
+            items.append(f"start the MCP server {name}: `{what.strip()}`")
+    items += [f"allow without asking: {rule}" for rule in (data.get("permissions") or {}).get("allow", [])]
+    if data.get("sandbox") == "off":
+        items.append('run commands without the sandbox (sandbox = "off")')
+    if data.get("sandbox_network"):
+        items.append("give commands the network (sandbox_network = true)")
+    items += [f"let commands read {path}" for path in data.get("sandbox_allow_read") or []]
+    return items
+
+
 def load_settings(workspace: str | Path = ".", cli: dict[str, Any] | None = None) -> Settings:
     """The user, project and local files of `workspace` merged, then `cli` (flags the user gave, by
     settings key; None values are left out). Raises SettingsError for a file that cannot be used."""
@@ -339,8 +362,9 @@ def load_settings(workspace: str | Path = ".", cli: dict[str, Any] | None = None
         if data and layer != "user":
             trusted = is_trusted(workspace) if trusted is None else trusted
             if not trusted:
-                data, dropped = _untrusted(data, workspace)
+                whole, (data, dropped) = data, _untrusted(data, workspace)
                 if dropped:
+                    settings.untrusted.append((path, _needs_trust(whole, data)))
                     settings.warnings.append(
                         f"{path}: ignored {', '.join(dropped)}: the folder is not trusted "
                         f"(run `hybrid-agent trust {Path(workspace).expanduser().resolve()}` to apply them)"

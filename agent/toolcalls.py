@@ -2,8 +2,9 @@
 rules of agent/permissions.py), asking for it, the hooks before and after it (agent/hooks.py), and
 running it. A mixin of `Agent` (agent/loop.py), which keeps to the turn itself.
 
-Tool calls that cannot be run (malformed, unknown tool, bad arguments, denied, blocked by a hook)
-become results the model reads, never exceptions.
+Tool calls that cannot be run (malformed, unknown tool, bad arguments, denied, blocked by a hook, a
+tool that writes or runs things in plan mode: agent/plan.py) become results the model reads, never
+exceptions.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class ToolCallOps:
     _always: dict[str, ApprovalDecision]
     _cancel: threading.Event
     _on_model: Callable[..., Any]
+    _plan_refusal: Callable[[str], str | None]
 
     def _needs_approval(self, name: str, arguments: dict[str, Any]) -> tuple[bool, Any, Verdict | None]:
         """(ask?, preview, the deciding permission rule: in every mode). Calls the registry refuses anyway
@@ -73,6 +75,8 @@ class ToolCallOps:
             result = ToolResultEvent(call_id=call_id, tool=name, text=text, is_error=True)
         else:
             needs, preview, rule = await self._on_model(self._needs_approval, name, call.arguments)
+            planned = self._plan_refusal(name)  # plan mode: not asked about, not run
+            needs = needs and planned is None
             request = ToolCallRequested(
                 call_id=call_id,
                 tool=name,
@@ -86,7 +90,9 @@ class ToolCallOps:
             yield request
             decision = ApprovalDecision(allow=True)
             remembered = self._always.get(name)
-            if rule is not None and rule.action == "deny":
+            if planned is not None:
+                decision = ApprovalDecision(allow=False, reason="plan mode is on")
+            elif rule is not None and rule.action == "deny":
                 decision = ApprovalDecision(allow=False, reason=f"denied by {rule.describe()}")
             elif remembered is not None and not remembered.allow and name in self.registry:
                 decision = remembered
@@ -125,7 +131,7 @@ class ToolCallOps:
                     yield notice
                 hooked += post.records()
             else:
-                text = refusal(name, decision, rule)
+                text = planned or refusal(name, decision, rule)
                 result = ToolResultEvent(call_id=call_id, tool=name, text=text, is_error=True, denied=True)
         # The result names its call by the id the model gave it, where its syntax has ids (Kimi's).
         answers = call.call_id or call_id

@@ -36,10 +36,14 @@ def main(argv: list[str] | None = None) -> int:
 def run_tui(args: argparse.Namespace) -> int:
     """Open the terminal UI with the options of `args`, once they passed agent/commands.py's checks."""
     from hybrid_agent.agent.commands import tui_options
+    from hybrid_agent.agent.config_commands import trust_question
     from hybrid_agent.agent.errors import AgentError
 
     try:
         from hybrid_agent.tui.app import run_app
     except ImportError as exc:
         raise AgentError(f"the terminal UI is not available ({exc}); use `hybrid-agent run PROMPT`") from exc
-    return int(run_app(tui_options(args)) or 0)
+    options = tui_options(args)
+    # In a folder whose settings need trust, the UI asks first (tui/screens/trust.py).
+    question = trust_question(args, tui_options)
+    return int((run_app(options) if question is None else run_app(options, trust=question)) or 0)

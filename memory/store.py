@@ -49,7 +49,7 @@ from hybrid_agent.memory.records import (
     TurnInfo,
 )
 from hybrid_agent.memory.schema import EventRow, FileChangeRow, SessionRow, SnapshotRow, StatePageRow
-from hybrid_agent.memory.turns import event_of, prepare_turn, read_snapshot, write_turn
+from hybrid_agent.memory.turns import append_events, event_of, prepare_turn, read_snapshot, write_turn
 from hybrid_agent.memory.wal import WalCheckpointer
 from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.exc import DBAPIError
@@ -343,6 +343,13 @@ class Store:
         return self._in_write(
             lambda s: write_turn(s, session_id, prepared), f"saving turn {turn} of session {session_id}"
         )
+
+    def append_events(self, session_id: str, turn: int, events: Iterable[Event | Mapping[str, Any]]) -> int:
+        """Add events after those of `turn` without a snapshot: what a turn that was not saved (cancelled,
+        refused) still records, such as the hooks it ran (agent/loop.py). Returns how many."""
+        evs = [event_of(e) for e in events]
+        what = f"recording events of session {session_id}"
+        return self._in_write(lambda s: append_events(s, session_id, turn, evs), what)
 
     def load_snapshot(
         self,

@@ -236,3 +236,22 @@ def read_snapshot(
         pages=pages,
         meta=dict(snap.meta or {}),
     )
+
+
+def append_events(s: Session, session_id: str, turn: int, events: Sequence[Event]) -> int:
+    """Insert `events` after the events of `turn` (0: before the first snapshot); no snapshot is
+    written and the digest chain (which covers snapshots, not events) is unchanged. Returns how many."""
+    session_row(s, session_id)
+    last = s.scalar(
+        select(func.max(EventRow.seq)).where(EventRow.session_id == session_id, EventRow.turn == turn)
+    )
+    stamp = now()
+    start = 0 if last is None else last + 1
+    for seq, ev in enumerate(events, start):
+        s.add(
+            EventRow(
+                session_id=session_id, turn=turn, seq=seq, kind=ev.kind, content=ev.content,
+                data=ev.data, created_at=stamp,
+            )
+        )  # fmt: skip
+    return len(events)

@@ -9,6 +9,8 @@ Design choices:
   raises into a result the model can read and correct.
 - A tool declares its default approval policy. Built-ins: read-only tools `auto`, writes and commands
   `ask`. A function or subclass that does not say defaults to `ask`: we cannot know that it only reads.
+- A tool also declares whether it only reads (`read_only`, default False): plan mode (agent/plan.py)
+  offers and runs only those. A tool that does not say counts as one that writes or runs things.
 - Writes a tool makes go through `ctx.write_bytes` / `ctx.delete`, which confine the path and record
   before/after bytes in the journal, so every write can be undone.
 """
@@ -153,6 +155,7 @@ class Tool:
     description: str = ""
     Args: ClassVar[type[BaseModel]] = _NoArguments
     policy: Policy = "ask"
+    read_only: bool = False  # only reads (changes no file, runs nothing): usable in plan mode
     source: str = "builtin"  # "builtin", "plugin:<distribution>", "mcp:<server>"
 
     def __init__(self) -> None:
@@ -215,8 +218,10 @@ class FunctionTool(Tool):
         name: str | None = None,
         description: str | None = None,
         policy: Policy = "ask",
+        read_only: bool = False,
     ) -> None:
         self.fn = fn
+        self.read_only = read_only
         self.name = name or fn.__name__
         summary, param_docs = parse_docstring(inspect.getdoc(fn) or "")
         self.description = description or summary
@@ -278,7 +283,11 @@ class FunctionTool(Tool):
 def tool(fn: Callable[..., Any], /) -> FunctionTool: ...
 @overload
 def tool(
-    *, name: str | None = None, description: str | None = None, policy: Policy = "ask"
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    policy: Policy = "ask",
+    read_only: bool = False,
 ) -> Callable[[Callable[..., Any]], FunctionTool]: ...
 def tool(
     fn: Callable[..., Any] | None = None,
@@ -287,14 +296,16 @@ def tool(
     name: str | None = None,
     description: str | None = None,
     policy: Policy = "ask",
+    read_only: bool = False,
 ) -> FunctionTool | Callable[[Callable[..., Any]], FunctionTool]:
-    """Turn a typed function into a tool: `@tool` or `@tool(name=..., policy="auto")`.
+    """Turn a typed function into a tool: `@tool` or `@tool(name=..., policy="auto", read_only=True)`
+    (`read_only`: it changes nothing and runs nothing, so plan mode may offer it).
 
     A parameter annotated `ToolContext` receives the context and is not part of the schema. The function
     may return a `ToolResult`, a string (the text), or anything JSON-serialisable (text + data)."""
 
     def wrap(f: Callable[..., Any]) -> FunctionTool:
-        return FunctionTool(f, name=name, description=description, policy=policy)
+        return FunctionTool(f, name=name, description=description, policy=policy, read_only=read_only)
 
     return wrap(fn) if fn is not None else wrap
 

@@ -9,7 +9,8 @@ Design choices:
   closing sets an event that lets the owning task leave its context managers normally (the SDK's
   shutdown then closes stdin, waits, and kills the server's process group).
 - MCP tools default to `ask`: their annotations (`read_only_hint`, ...) come from the server and are
-  untrusted; they are kept for display only.
+  untrusted. Only `read_only_hint` is used: a tool without it counts as one that writes (plan mode
+  does not offer it); one with it is still asked about before it runs.
 - Arguments are checked lightly here (an object; required keys; top-level JSON types), the server
   validates the rest and answers with `is_error`, which maps onto our error result.
 - The server's stderr goes to a temporary file, not to our terminal (it would scribble over the
@@ -256,7 +257,8 @@ class MCPTool(Tool):
         self.name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{conn.server}__{definition.name}")[:64]
         self.description = definition.description or f"Tool {definition.name} of MCP server {conn.server}."
         self.input_schema: dict[str, Any] = dict(definition.input_schema)
-        self.annotations = definition.annotations  # untrusted hints, for display only
+        self.annotations = definition.annotations  # untrusted hints
+        self.read_only = bool(self.annotations is not None and self.annotations.read_only_hint)
         self.source = f"mcp:{conn.server}"
         super().__init__()
 

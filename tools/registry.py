@@ -207,6 +207,10 @@ class ToolRegistry:
         """Function schemas of the usable tools (policy `deny` left out), for the prompt."""
         return [t.schema() for name, t in self._tools.items() if self.policy(name) != "deny"]
 
+    def read_only(self, name: str) -> bool:
+        """Whether the tool `name` only reads (plan mode offers and runs only those)."""
+        return bool(self.get(name).read_only)
+
     def policy(self, name: str) -> Policy:
         return self._policies.get(name) or self.get(name).policy
 

@@ -12,7 +12,12 @@ an empty tmpfs (so `~/.ssh`, `~/.aws`, browser profiles... cannot be read) excep
 D-Bus sockets live) is hidden the same way, the sockets of system services (Docker, D-Bus...) are
 covered, and the network is a private namespace with only its own loopback unless `network` is true.
 The workspace's `.hybrid-agent/` folder, when it exists, stays read-only: a command must not be able
-to rewrite the settings that confine it.
+to rewrite the settings that confine it. So do the git repository's hooks folder, its `config` (and
+its submodules' under `.git/modules`) and a `core.hooksPath` folder inside the workspace
+(`git_protected`): git runs what they name later, outside the sandbox, when the user commits. A hooks
+folder (or hooksPath folder) that does not exist yet is made empty first, and a missing `config` made
+empty, so that the command cannot create them either; the folders above them are mount points, so
+they cannot be renamed away. The rest of `.git` stays writable (`git commit` works in the sandbox).
 
 Processes: the command has a pid namespace of its own (it sees and signals only its own processes).
 `run_command` starts bwrap in a new session (no controlling terminal, which is what bwrap's
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -189,6 +195,115 @@ class OutputChannel:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
+def _git_dir(ws: str) -> str | None:
+    """The folder of the workspace's own repository whose hooks and config git uses, when it lies
+    inside the workspace: `.git` itself, or for a `.git` file (a linked worktree, a submodule) the
+    folder it names, or that folder's common folder (where a linked worktree's hooks and config are)."""
+    dot_git = os.path.join(ws, ".git")
+    if os.path.isdir(dot_git) and not os.path.islink(dot_git):
+        found = os.path.realpath(dot_git)
+    elif os.path.isfile(dot_git):
+        try:
+            with open(dot_git, encoding="utf-8", errors="replace") as f:
+                first = f.read(4096).strip()
+        except OSError:
+            return None
+        if not first.startswith("gitdir:"):
+            return None
+        found = os.path.realpath(os.path.join(ws, first.removeprefix("gitdir:").strip()))
+        try:
+            with open(os.path.join(found, "commondir"), encoding="utf-8", errors="replace") as f:
+                found = os.path.realpath(os.path.join(found, f.read(4096).strip()))
+        except OSError:
+            pass
+    else:
+        return None
+    return found if os.path.isdir(found) and _inside(found, ws) else None
+
+
+def _inside(path: str, ws: str) -> bool:
+    return path == ws or path.startswith(ws.rstrip("/") + "/")
+
+
+def _between(ws: str, path: str) -> list[str]:
+    """The folders strictly between `ws` and `path` (inside it)."""
+    out, parent = [], os.path.dirname(path)
+    while parent != ws and _inside(parent, ws):
+        out.append(parent)
+        parent = os.path.dirname(parent)
+    return out
+
+
+_HOOKS_PATH = re.compile(r"^\s*hookspath\s*=\s*(.*?)\s*$", re.IGNORECASE)
+
+
+def _hooks_path(config: str, ws: str) -> str | None:
+    """`core.hooksPath` of a repository's config file, resolved (relative: to the workspace, where git
+    runs hooks from), or None. A plain reading of the `[core]` section, enough for the usual
+    `hooksPath = .githooks`; includes and quoting tricks are not followed."""
+    try:
+        with open(config, encoding="utf-8", errors="replace") as f:
+            lines = f.read(1 << 20).splitlines()
+    except OSError:
+        return None
+    section, found = "", None
+    for line in lines:
+        stripped = line.strip()
+        if stripped.startswith("["):
+            section = stripped[1:].split("]")[0].strip().lower()
+        elif section == "core" and (m := _HOOKS_PATH.match(stripped)):
+            found = m.group(1).strip('"')
+    if not found:
+        return None
+    return os.path.realpath(os.path.join(ws, os.path.expanduser(found)))
+
+
+def git_protected(ws: str) -> list[str]:
+    """The paths inside the workspace `ws` that a confined command may not change because git runs
+    what they say outside the sandbox: each repository folder's `hooks` and `config`, and the
+    `core.hooksPath` folder when it is inside the workspace. Missing ones are made (empty), so there
+    is something to mount read-only over them."""
+    git_dir = _git_dir(ws)
+    if git_dir is None:
+        return []
+    out: list[str] = []
+    for repo in [git_dir, *_submodule_dirs(git_dir)]:
+        config = os.path.join(repo, "config")
+        folders = [os.path.join(repo, "hooks")]
+        if (hooks_path := _hooks_path(config, ws)) is not None and _inside(hooks_path, ws):
+            folders.append(hooks_path)
+        for path in (config, *folders):
+            try:
+                if not os.path.lexists(path):
+                    if path == config:
+                        with open(config, "x"):
+                            pass
+                    else:
+                        os.makedirs(path)
+            except OSError:
+                continue  # (a read-only workspace: the command cannot make it either)
+            real = os.path.realpath(path)
+            if _inside(real, ws) and real != ws and os.path.exists(real) and real not in out:
+                out.append(real)
+    return out
+
+
+_MAX_SUBMODULES = 256
+
+
+def _submodule_dirs(git_dir: str) -> list[str]:
+    """The repository folders of submodules under `git_dir/modules` (git runs their hooks and reads
+    their config when it works in a submodule: `git submodule update`, `git status`)."""
+    out: list[str] = []
+    for root, dirs, files in os.walk(os.path.join(git_dir, "modules")):
+        if "HEAD" in files and "config" in files:
+            out.append(root)
+            dirs[:] = [d for d in dirs if d == "modules"]  # nested submodules only, not objects/
+        if len(out) >= _MAX_SUBMODULES:
+            break
+    return out
+
+
 def sandboxed_argv(
     argv: list[str],
     policy: SandboxPolicy,
@@ -218,6 +333,15 @@ def sandboxed_argv(
         inner = Path(ws, name)
         if inner.is_dir() and not inner.is_symlink():
             args += ["--ro-bind", str(inner), str(inner)]
+    if policy.mode == "workspace-write":
+        protected = git_protected(ws)
+        # Each folder between the workspace and a protected path is bound onto itself first: a mount
+        # point cannot be renamed or removed, so `mv .git old && mkdir -p .git/hooks` fails too.
+        pinned = sorted({a for p in protected for a in _between(ws, p)}, key=lambda a: a.count("/"))
+        for folder in pinned:
+            args += ["--bind", folder, folder]
+        for path in protected:
+            args += ["--ro-bind", path, path]
     if output is not None:
         args += ["--bind", output, _OUTPUT_INSIDE]
         argv = ["/bin/sh", "-c", f'exec "$@" > {_OUTPUT_INSIDE} 2>&1', "sh", *argv]

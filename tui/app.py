@@ -17,7 +17,9 @@ from typing import Any, ClassVar
 from hybrid_agent.tui.base import AgentFactory
 from hybrid_agent.tui.bridge import error_text
 from hybrid_agent.tui.palette import AgentCommands
+from hybrid_agent.tui.plan_actions import PlanActions
 from hybrid_agent.tui.screens.help import HelpScreen
+from hybrid_agent.tui.screens.trust import TrustScreen
 from hybrid_agent.tui.session_actions import SessionActions
 from hybrid_agent.tui.slash import is_slash_command
 from hybrid_agent.tui.turns import TurnActions
@@ -31,7 +33,7 @@ from textual.binding import Binding, BindingType
 from textual.widgets import Header
 
 
-class HybridAgentApp(TurnActions, SessionActions):
+class HybridAgentApp(TurnActions, SessionActions, PlanActions):
     CSS_PATH: ClassVar[list[str | PurePath]] = ["app.tcss", "screens.tcss"]
     TITLE = "hybrid-agent"
     COMMANDS = App.COMMANDS | {AgentCommands}
@@ -39,6 +41,7 @@ class HybridAgentApp(TurnActions, SessionActions):
         Binding("ctrl+c", "cancel_turn", "cancel turn", priority=True),
         Binding("escape", "cancel_turn", "cancel turn", show=False),
         Binding("shift+tab", "cycle_mode", "approval mode", priority=True),
+        Binding("ctrl+g", "accept_plan", "accept the plan"),
         Binding("ctrl+o", "sessions", "sessions"),
         Binding("ctrl+n", "new_session", "new session"),
         Binding("ctrl+y", "copy_answer", "copy last answer"),
@@ -47,6 +50,12 @@ class HybridAgentApp(TurnActions, SessionActions):
         Binding("ctrl+p", "command_palette", "commands"),
         Binding("ctrl+q", "quit", "quit", priority=True),
     ]
+
+    trust_question: Any = None  # asked before the agent starts (agent/config_commands.py), or None
+
+    def factory_of(self, options: Mapping[str, Any]) -> AgentFactory:
+        """The agent factory for `Agent.open` options (those a trusted folder's settings give)."""
+        return factory_of(options)
 
     def compose(self) -> ComposeResult:
         yield Header(icon="◆")
@@ -71,6 +80,8 @@ class HybridAgentApp(TurnActions, SessionActions):
     # --- loading ---------------------------------------------------------------------------------
     @work(group="load")
     async def load_agent(self) -> None:
+        if self.trust_question is not None:
+            await self.ask_trust(self.trust_question)
         try:
             agent = await self.bridge.open(self.agent_factory)
         except Exception as exc:  # a bad model path or database: say so, keep the app alive to quit
@@ -113,8 +124,28 @@ class HybridAgentApp(TurnActions, SessionActions):
         bar = self.query_one(StatusBar)
         mode = MODES[(MODES.index(bar.mode) + 1) % len(MODES)] if bar.mode in MODES else MODES[0]
         if self.bridge.agent is not None:
-            self.bridge.agent.mode = mode  # a plain attribute: read by the agent at the next tool call
+            self.bridge.agent.mode = (
+                mode  # read at the next tool call; recorded in the session (agent/plan.py)
+            )
         bar.mode = mode
+
+    async def ask_trust(self, question: Any) -> None:
+        """Ask "Trust this folder?" (tui/screens/trust.py); yes: the agent opens with its settings."""
+        if await self.push_screen_wait(TrustScreen(question)):
+            try:
+                self.agent_factory = self.factory_of(await asyncio.to_thread(question.accept))
+            except Exception as exc:  # the trust file cannot be written, or the settings fail: go on without
+                title = "could not apply the folder's settings"
+                self.notify(error_text(exc), title=title, severity="error", timeout=15)
+            else:
+                self.notify(f"{question.folder} is trusted: its settings apply")
+        else:
+            self.notify(
+                "the folder's hooks, MCP servers, allow rules and sandbox relaxations are ignored "
+                "this session (`hybrid-agent trust` applies them)",
+                severity="warning",
+                timeout=10,
+            )
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
@@ -137,19 +168,29 @@ class HybridAgentApp(TurnActions, SessionActions):
         self.exit(0)
 
 
-def run_app(agent_factory_or_options: AgentFactory | Mapping[str, Any] | argparse.Namespace) -> int:
+def factory_of(options: Mapping[str, Any]) -> AgentFactory:
+    """The agent factory for the keyword options of `Agent.open`."""
+    options = dict(options)
+
+    def factory(approval: Any) -> Any:
+        from hybrid_agent.agent import Agent
+
+        return Agent.open(**options, approval=approval)
+
+    return factory
+
+
+def run_app(
+    agent_factory_or_options: AgentFactory | Mapping[str, Any] | argparse.Namespace, *, trust: Any = None
+) -> int:
     """Open the TUI. Either a factory `f(approval=...) -> Agent`, or the keyword options of
-    `Agent.open` (a mapping, or the CLI's argparse namespace with the same names)."""
+    `Agent.open` (a mapping, or the CLI's argparse namespace with the same names). `trust`: a
+    TrustQuestion (agent/config_commands.py) to ask before the agent starts, or None."""
     if callable(agent_factory_or_options):
         factory = agent_factory_or_options
     else:
         given = agent_factory_or_options
-        options = dict(vars(given) if isinstance(given, argparse.Namespace) else given)
-
-        def factory(approval: Any) -> Any:
-            from hybrid_agent.agent import Agent
-
-            return Agent.open(**options, approval=approval)
-
-    result = HybridAgentApp(factory).run()
-    return int(result or 0)
+        factory = factory_of(vars(given) if isinstance(given, argparse.Namespace) else given)
+    app = HybridAgentApp(factory)
+    app.trust_question = trust
+    return int(app.run() or 0)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from hybrid_agent.agent.events import ApprovalDecision, ToolCallRequested
+from hybrid_agent.agent.events import ApprovalDecision, ToolCallRequested, TurnEnd
 from hybrid_agent.tui.bridge import AgentBridge
 from hybrid_agent.tui.widgets.conversation import DEFAULT_MAX_WIDGETS, Conversation
 from hybrid_agent.tui.widgets.status_bar import StatusBar, StatusInfo
@@ -51,6 +51,9 @@ class AppBase(App[int]):
 
         async def ask_user(self, call: ToolCallRequested) -> ApprovalDecision: ...  # tui/turns.py
         async def refresh_session_title(self) -> None: ...  # tui/session_actions.py
+        def run_turn(self, text: str) -> Any: ...  # tui/turns.py
+        async def show_plan(self, event: TurnEnd) -> None: ...  # tui/plan_actions.py
+        def plan_superseded(self) -> None: ...  # tui/plan_actions.py
         def action_help(self) -> None: ...  # tui/app.py
         async def action_quit(self) -> None: ...  # tui/app.py
 

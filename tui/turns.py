@@ -33,6 +33,7 @@ class TurnActions(AppBase):
     @work(group="turn", exclusive=True)
     async def run_turn(self, text: str) -> None:
         conversation = self.conversation
+        self.plan_superseded()
         await conversation.add_user(text)
         self.refresh_status(busy="thinking")
         answer: list[str] = []
@@ -84,6 +85,8 @@ class TurnActions(AppBase):
                 self.notify(event.fork_notice(), severity="warning", timeout=10)
             if (event.turn == 1 and event.saved) or event.forked_from:  # named, or another session
                 await self.refresh_session_title()
+            if event.plan is not None:  # a plan-mode turn: its answer is a plan to accept (agent/plan.py)
+                await self.show_plan(event)
             if event.stop_reason == "cancelled":
                 await self.conversation.add_notice("cancelled: the session stays at its last snapshot")
             elif event.stop_reason != "end_of_turn":

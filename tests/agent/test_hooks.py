@@ -257,3 +257,65 @@ def test_session_start_runs_for_a_new_and_a_resumed_session(
         ("startup", False),
         ("resume", True),
     ]
+
+
+def hook_runs(agent: Any) -> list[tuple[int | None, str, int | None]]:
+    events = agent.store.events(agent.session_id)
+    return [
+        (e.turn, e.data["hook"]["event"], e.data["hook"]["exit_code"])
+        for e in events
+        if "hook" in (e.data or {})
+    ]
+
+
+def test_a_cancelled_turn_keeps_the_records_of_the_hooks_that_ran(make_agent, workspace: Path) -> None:
+    """The hooks that ran before a cancel ran for real (they may have changed things): their runs reach
+    the session's events, after the last saved turn's, while the conversation stays as it was."""
+    h = Hooks(
+        workspace,
+        [
+            Hook("UserPromptSubmit", py("pass")),
+            Hook("PreToolUse", py("pass")),
+            Hook("PostToolUse", py("pass")),
+        ],
+    )
+    agent, engine = make_agent(["First.<|end|>", *write_b(), "never read"], mode="auto", hooks=h)
+    agent.send_sync("one")
+    assert hook_runs(agent) == [(1, "UserPromptSubmit", 0)]
+    # Cancelled in the round after the tool call (its Pre/PostToolUse hooks ran).
+    engine.step_hook = lambda n: agent.cancel() if (workspace / "b.txt").exists() else None
+    events = agent.send_sync("write b")
+    assert events[-1].stop_reason == "cancelled" and agent.turn == 1
+    assert hook_runs(agent) == [
+        (1, "UserPromptSubmit", 0),
+        (1, "UserPromptSubmit", 0),
+        (1, "PreToolUse", 0),
+        (1, "PostToolUse", 0),
+    ]
+    conv = conversation_of(agent.store.events(agent.session_id))
+    assert [m.role for m in conv.messages] == ["user", "assistant"]  # the cancelled turn is not in it
+    # The next turn is saved as turn 2, after the records.
+    engine.step_hook = None
+    engine.replies = ["Done.<|end|>"]
+    agent.send_sync("again")
+    assert agent.turn == 2 and hook_runs(agent)[-1] == (2, "UserPromptSubmit", 0)
+
+
+def test_records_of_a_cancelled_first_turn_go_with_the_first_saved_turn(make_agent, workspace: Path) -> None:
+    """Before the session has a saved turn (and a database row) the records wait for its first turn;
+    a refused prompt keeps its records too."""
+    h = Hooks(workspace, [Hook("UserPromptSubmit", py("import sys; sys.exit(3)"))])
+    agent, engine = make_agent(["a long answer that is cut", "Fine.<|end|>"], hooks=h)
+    engine.step_hook = lambda n: agent.cancel() if engine.text.endswith("long") else None
+    assert agent.send_sync("one")[-1].stop_reason == "cancelled"
+    assert agent.store.list_sessions() == []  # no row for a session without a saved turn
+    engine.step_hook = None
+    agent.send_sync("two")
+    assert hook_runs(agent) == [(1, "UserPromptSubmit", 3), (1, "UserPromptSubmit", 3)]
+    kinds = [e.kind for e in agent.store.events(agent.session_id)]
+    assert kinds[0] == "system" and kinds.count("user") == 1
+    # A prompt a hook refuses is not read, but the refusing run is recorded.
+    agent.hooks = Hooks(workspace, [Hook("UserPromptSubmit", py("import sys; sys.exit(2)"))])
+    events = agent.send_sync("three")
+    assert isinstance(events[-1], ErrorEvent) and agent.turn == 1
+    assert hook_runs(agent)[-1] == (1, "UserPromptSubmit", 2)

@@ -68,7 +68,7 @@ def test_no_files_is_no_settings(files: dict[str, Path]) -> None:
         ("window = 0\n", "key `window`: Input should be greater than or equal to 1"),
         (
             "permission_mode = 'yolo'\n",
-            "key `permission_mode`: Input should be 'ask', 'accept-edits' or 'auto'",
+            "key `permission_mode`: Input should be 'ask', 'accept-edits', 'auto' or 'plan'",
         ),
         ("[permissions]\nallow = ['read_file(']\n", "key `permissions.allow`: 'read_file(' is not a rule"),
         ("[permissions]\nalow = []\n", "key `permissions.alow`: unknown key; allowed here: allow, ask, deny"),

@@ -160,29 +160,53 @@ def test_the_example_in_docs_is_valid() -> None:
     )
 
 
-@pytest.mark.parametrize("answer", ["y\n", "\n"])
+@pytest.mark.parametrize("accept", [True, False])
 def test_the_ui_asks_to_trust_a_folder_first(
-    ws: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, answer: str
+    ws: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, accept: bool
 ) -> None:
-    import io
-
+    """The UI is handed the question (tui/screens/trust.py asks it: tests/tui/test_tui_trust.py): what
+    each file would enable; accepting records the trust and gives options with those settings."""
     import hybrid_agent.tui.app as app
 
-    (ws / ".hybrid-agent" / "settings.toml").write_text('[permissions]\nallow = ["run_command(make:*)"]\n')
-    opened: list[dict[str, Any]] = []
-    monkeypatch.setattr(app, "run_app", lambda options: opened.append(options) or 0)
+    (ws / ".hybrid-agent" / "settings.toml").write_text(
+        '[permissions]\nallow = ["run_command(make:*)"]\ndeny = ["read_file(.env)"]\n'
+        '[[hooks.Stop]]\ncommand = "make notify"\n[mcp_servers.gh]\ncommand = "gh-mcp"\nargs = ["--ro"]\n'
+    )
+    (ws / ".hybrid-agent" / "settings.local.toml").write_text(
+        'sandbox = "off"\nsandbox_allow_read = ["~/x"]\n'
+    )
+    opened: list[tuple[dict[str, Any], Any]] = []
+    monkeypatch.setattr(app, "run_app", lambda options, trust: opened.append((options, trust)) or 0)
     monkeypatch.setattr("hybrid_agent.agent.factory.resolve_model_dir", lambda path: "m")
     monkeypatch.setattr("hybrid_agent.agent.factory.check_device", lambda device: None)
-    monkeypatch.setattr(sys, "stdin", io.StringIO(answer))
     monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
-    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     code, _, err = call(capsys, "--workspace", str(ws), "--db", str(ws / "s.db"))
-    assert code == 0, err
-    assert "ignored permissions.allow" in err and f"trust {ws} and apply them? [y/N]" in err
-    verdict = opened[0]["permissions"].check("run_command", {"command": "make all"})
-    assert (verdict is not None) is (answer == "y\n")
-    assert is_trusted(ws) is (answer == "y\n")
+    assert code == 0 and err == ""  # no terminal prompt, no warning lines: the UI asks
+    [(options, question)] = opened
+    assert question.folder == ws.resolve()
+    assert [(p.name, items) for p, items in question.files] == [
+        (
+            "settings.toml",
+            [
+                "run the Stop hook `make notify`",
+                "start the MCP server gh: `gh-mcp --ro`",
+                "allow without asking: run_command(make:*)",
+            ],
+        ),
+        (
+            "settings.local.toml",
+            ['run commands without the sandbox (sandbox = "off")', "let commands read ~/x"],
+        ),
+    ]
+    if accept:
+        options = question.accept()
+    make = {"command": "make all"}
+    assert (options["permissions"].check("run_command", make) is not None) is accept
+    assert options["permissions"].check("read_file", {"path": ".env"}).action == "deny"  # either way
+    assert bool(options["hooks"].hooks["Stop"]) is accept and bool(options["mcp_servers"]) is accept
+    assert (options["sandbox"].mode == "off") is accept
+    assert is_trusted(ws) is accept
 
 
 def test_the_sandbox_settings_reach_run_command(ws: Path, tmp_path: Path) -> None:

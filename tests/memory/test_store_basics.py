@@ -235,3 +235,33 @@ def test_file_journal_round_trip(store: Store) -> None:
     assert [x.id for x in store.file_changes(sid, after_turn=1)] == [b, c]
     store.mark_reverted([b, c])
     assert [x.reverted for x in store.file_changes(sid)] == [False, True, True]
+
+
+def test_append_events_after_a_saved_turn(store: Store) -> None:
+    """Events of a turn that was not saved (agent/plan.py's notes) go after a saved turn's events,
+    with no snapshot: the chain still verifies, the next turn saves as usual, a fork keeps them."""
+    sid = store.create_session("s", "/ws", FP).id
+    save(store, sid, 1)
+    note = Event("system", "hook Stop: true", {"hook": {"event": "Stop", "exit_code": 0}})
+    assert (
+        store.append_events(sid, 1, [note, Event("system", "mode", {"mode": {"from": "ask", "to": "plan"}})])
+        == 2
+    )
+    save(store, sid, 2)
+    events = store.events(sid)
+    assert [(e.turn, e.seq, e.content) for e in events] == [
+        (1, 0, "question 1"),
+        (1, 1, "answer 1"),
+        (1, 2, "hook Stop: true"),
+        (1, 3, "mode"),
+        (2, 0, "question 2"),
+        (2, 1, "answer 2"),
+    ]
+    assert events[2].data == note.data
+    assert store.check(sid).ok and store.load_snapshot(sid).turn == 2
+    fork = store.fork_session(sid, 1)
+    assert [e.content for e in store.events(fork.id)] == ["question 1", "answer 1", "hook Stop: true", "mode"]
+    with pytest.raises(InvalidEventError):
+        store.append_events(sid, 2, [Event("note", "not a kind")])
+    with pytest.raises(SessionNotFoundError):
+        store.append_events("no-such-session", 1, [note])

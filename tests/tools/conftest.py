@@ -45,6 +45,7 @@ class Sandbox:
         (self.ws / "src" / "main.py").write_text("print('hi')\n")
         (self.ws / ".git").mkdir()
         (self.ws / ".git" / "config").write_text("[core]\n")
+        (self.ws / ".git" / "hooks").mkdir()
         self.tmp = tmp_path
 
     def state(self) -> dict[str, tuple]:

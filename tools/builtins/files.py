@@ -86,6 +86,7 @@ class ReadFile(Tool):
 
     name = "read_file"
     policy = "auto"
+    read_only = True
 
     class Args(_Args):
         path: str = Field(description="File path, relative to the workspace root.")

@@ -103,6 +103,7 @@ class ListDir(Tool):
 
     name = "list_dir"
     policy = "auto"
+    read_only = True
 
     class Args(_Args):
         path: str = Field(".", description="Folder, relative to the workspace root.")
@@ -148,6 +149,7 @@ class Glob(Tool):
 
     name = "glob"
     policy = "auto"
+    read_only = True
 
     class Args(_Args):
         pattern: str = Field(description="Glob pattern; without '/', it matches file names at any depth.")
@@ -315,6 +317,7 @@ class Grep(Tool):
 
     name = "grep"
     policy = "auto"
+    read_only = True
 
     class Args(_Args):
         pattern: str = Field(description="Regular expression to search for.")

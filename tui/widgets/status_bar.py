@@ -9,7 +9,7 @@ from textual.containers import Horizontal
 from textual.reactive import reactive
 from textual.widgets import Static
 
-MODES = ("ask", "accept-edits", "auto")
+MODES = ("ask", "accept-edits", "auto", "plan")  # the order shift+tab cycles them in
 
 
 @dataclass(frozen=True)
