@@ -185,6 +185,7 @@ class TurnWriter:
             window=end.window if end else None,
             tokens_per_s=end.tokens_per_s if end else None,
             forked_from=end.forked_from if end else None,
+            plan=end.plan if end else None,
         )
         _emit(result)
         return result

@@ -175,6 +175,7 @@ class ResultMessage(BaseModel):
     window: int | None = None
     tokens_per_s: float | None = None
     forked_from: str | None = None  # another process saved this turn number first (agent/events.py)
+    plan: str | None = None  # with --permission-mode plan: the plan this turn made (agent/plan.py)
 
 
 class InputBody(BaseModel):

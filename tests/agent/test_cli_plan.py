@@ -46,8 +46,14 @@ def test_plan_is_a_permission_mode_of_the_cli_and_the_settings(
     (tmp_path / "config" / "settings.toml").write_text('permission_mode = "plan"\n')
     assert main(["run", "plan", "--json", *common]) == 0
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    answer = "".join(e["text"] for e in events if e["kind"] == "text")
-    assert events[-1]["kind"] == "turn_end" and events[-1]["saved"] and events[-1]["plan"] == answer
+    answer = "".join(
+        b["text"]
+        for e in events
+        if e["type"] == "assistant"
+        for b in e["message"]["content"]
+        if b["type"] == "text"
+    )
+    assert events[-1]["type"] == "result" and events[-1]["saved"] and events[-1]["plan"] == answer
     # Carried out in the same session, in another mode (the flag beats the settings): no plan any more.
     sid = events[-1]["session_id"]
     assert main(["run", "go ahead", "--json", "--resume", sid, "--permission-mode", "auto", *common]) == 0
