@@ -1,0 +1,260 @@
+"""Triton chunked Kimi delta rule (KDA, forward), same contract as `chunk_kda_ref` (kernels/kda.py).
+
+The chunked form of kernels/kda.py in chunks of 64 tokens (the result does not depend on the chunk
+size, so the public op's `chunk_size` is a hint here, as for kernels/triton_gated_delta_rule.py).
+Four launches:
+
+1. `_kda_gam_kernel`, parallel over (chunk, batch*head): gam, the cumulative log2-decay per key
+   channel from the chunk's start (fp32, (b*h, chunks, 64, dk); tail rows past t repeat the last
+   token's value, since padding decays nothing).
+2. `_kda_kkt_kernel`, parallel over (chunk, batch*head, 16-row block i): the blocks (i, j <= i) of
+   A_ij = beta_i sum_c k_ic k_jc exp(gam_ic - gam_jc) (strictly lower) and of the decayed attention
+   matrix [sum_c q_ic k_jc exp(gam_ic - gam_jc)] (diagonal included). The decay differs per channel,
+   so it cannot be a factor outside one product. Off-diagonal blocks (j < i) split it around a
+   reference point, gam at the last row of block i - 1, which lies between the two rows' values
+   (gam never increases in time): (k_i exp(gam_i - ref)) . (k_j exp(ref - gam_j)), both factors
+   <= 1, so one tensor-core product per block and nothing overflows however strong the decay. The
+   diagonal blocks have no such point between every pair, so they form each pair's decay itself
+   (a (16, 16, dk-slice) broadcast, every exponent <= 0), as fla's token-parallel diagonal does.
+3. `_gdr_solve_kernel` of triton_gdr_prepare.py: T = (I + A)^-1 (the system has the scalar gate's
+   shape; only A's entries differ).
+4. `_kda_fused_kernel`, one program per (batch*head, dv-block), sequential over chunks with the fp32
+   state in registers: v_new = T diag(beta) (V - (K * exp(gam)) S), o = scale ((Q * exp(gam)) S +
+   [qk] v_new), S <- diag(exp(gam_L)) S + (K * exp(gam_L - gam))^T v_new. Only o goes to memory.
+
+Products are exact fp32 for fp32 inputs and on the CPU interpreter, otherwise fp32 operands on tensor
+cores (tf32). A, T, the q.k matrix and gam are fp32.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from hybrid_agent.kernels.checks import check_kda_inputs
+from hybrid_agent.kernels.triton_common import dot as _mm
+from hybrid_agent.kernels.triton_gdr_prepare import _gdr_solve_kernel
+
+CHUNK = 64
+LOG2E = 1.4426950408889634
+
+
+@dataclass(frozen=True)
+class KdaLaunch:
+    """Launch parameters of `chunk_kda_triton`, as ints so a benchmark can pass overrides as JSON."""
+
+    fu_bv: int = 0  # fused dv-block; 0: 32 when the grid fits one wave of the GPU's SMs, else 64
+    fu_warps: int = 4
+    fu_stages: int = 2
+    kkt_bkc: int = 32  # dk slice of the kkt kernel's diagonal-block broadcast
+    kkt_warps: int = 4
+
+
+@triton.jit
+def _kda_gam_kernel(g_ptr, gam_ptr, T, H, DK, NCHUNK, BK: tl.constexpr):
+    c = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    bi = (pid_bh // H).to(tl.int64)
+    hi = pid_bh % H
+    offs_l = tl.arange(0, 64)
+    offs_k = tl.arange(0, BK)
+    t_idx = c * 64 + offs_l
+    mk = offs_k[None, :] < DK
+    g = tl.load(
+        g_ptr + ((bi * T + t_idx[:, None]) * H + hi) * DK + offs_k[None, :],
+        mask=(t_idx[:, None] < T) & mk,
+        other=0.0,
+    ).to(tl.float32)
+    gam = tl.cumsum(g * 1.4426950408889634, axis=0)
+    base = ((bi * H + hi) * NCHUNK + c) * 64 * DK
+    tl.store(gam_ptr + base + offs_l[:, None] * DK + offs_k[None, :], gam, mask=mk)
+
+
+@triton.jit
+def _rows(ptr, row0, base_row, T, DK, H, hi, bi, k0, BKC: tl.constexpr):
+    """(16, BKC) fp32 tile of a (b, t, h, dk) tensor: tokens base_row + row0 + [0, 16) of the chunk
+    starting at token base_row, channels k0 + [0, BKC); zero past t or dk."""
+    r16 = tl.arange(0, 16)
+    cols = k0 + tl.arange(0, BKC)
+    t_idx = base_row + row0 + r16
+    return tl.load(
+        ptr + ((bi * T + t_idx[:, None]) * H + hi) * DK + cols[None, :],
+        mask=(t_idx[:, None] < T) & (cols[None, :] < DK),
+        other=0.0,
+    ).to(tl.float32)
+
+
+@triton.jit
+def _gam_rows(gam_ptr, gbase, row0, DK, k0, BKC: tl.constexpr):
+    """(16, BKC) tile of the chunk's gam: rows row0 + [0, 16), channels k0 + [0, BKC)."""
+    r16 = tl.arange(0, 16)
+    cols = k0 + tl.arange(0, BKC)
+    return tl.load(
+        gam_ptr + gbase + (row0 + r16[:, None]) * DK + cols[None, :], mask=cols[None, :] < DK, other=0.0
+    )
+
+
+@triton.jit
+def _kda_kkt_kernel(
+    q_ptr, k_ptr, gam_ptr, beta_ptr, a_ptr, aqk_ptr,
+    T, H, DK, NCHUNK,
+    BKC: tl.constexpr, IEEE: tl.constexpr,
+):  # fmt: skip
+    """Row block i of A (strictly lower, fp32) and of the decayed q.k matrix (j <= i, fp32), only
+    the 16x16 blocks on and below the diagonal (the solve and the fused kernel read no other)."""
+    c = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    i = tl.program_id(2)
+    bi = (pid_bh // H).to(tl.int64)
+    hi = pid_bh % H
+    r16 = tl.arange(0, 16)
+    row_i = i * 16
+    t0 = c * 64
+    gbase = ((bi * H + hi) * NCHUNK + c) * 64 * DK
+    base = ((bi * H + hi) * NCHUNK + c) * 4096
+    t_i = t0 + row_i + r16
+    beta = tl.load(beta_ptr + (bi * T + t_i) * H + hi, mask=t_i < T, other=0.0).to(tl.float32)
+    strict = r16[:, None] > r16[None, :]
+    causal = r16[:, None] >= r16[None, :]
+    blk = (row_i + r16[:, None]) * 64 + r16[None, :]  # block (i, 0); + 16 j for block (i, j)
+
+    # Diagonal block: every pair's decay exp2(gam_i - gam_j), j <= i, formed elementwise.
+    a_d = tl.zeros((16, 16), dtype=tl.float32)
+    qk_d = tl.zeros((16, 16), dtype=tl.float32)
+    for k0 in range(0, DK, BKC):
+        k_i = _rows(k_ptr, row_i, t0, T, DK, H, hi, bi, k0, BKC)
+        q_i = _rows(q_ptr, row_i, t0, T, DK, H, hi, bi, k0, BKC)
+        g_i = _gam_rows(gam_ptr, gbase, row_i, DK, k0, BKC)
+        diff = g_i[:, None, :] - g_i[None, :, :]  # (16, 16, BKC): gam_i - gam_j
+        dec = tl.exp2(tl.where(causal[:, :, None], diff, 0.0))
+        kj = k_i[None, :, :] * dec
+        a_d += tl.sum(k_i[:, None, :] * kj, axis=2)
+        qk_d += tl.sum(q_i[:, None, :] * kj, axis=2)
+    tl.store(a_ptr + base + blk + row_i, tl.where(strict, beta[:, None] * a_d, 0.0))
+    tl.store(aqk_ptr + base + blk + row_i, tl.where(causal, qk_d, 0.0))
+
+    # Blocks j < i: the decay split at ref = gam of row 16 i - 1 (between every row of block j and
+    # every row of block i), one product per dk slice.
+    for j in range(0, i):
+        a_o = tl.zeros((16, 16), dtype=tl.float32)
+        qk_o = tl.zeros((16, 16), dtype=tl.float32)
+        for k0 in range(0, DK, BKC):
+            cols = k0 + tl.arange(0, BKC)
+            ref = tl.load(gam_ptr + gbase + (row_i - 1) * DK + cols, mask=cols < DK, other=0.0)
+            g_i = _gam_rows(gam_ptr, gbase, row_i, DK, k0, BKC)
+            g_j = _gam_rows(gam_ptr, gbase, j * 16, DK, k0, BKC)
+            down = tl.exp2(g_i - ref[None, :])  # <= 1
+            k_i = _rows(k_ptr, row_i, t0, T, DK, H, hi, bi, k0, BKC) * down
+            q_i = _rows(q_ptr, row_i, t0, T, DK, H, hi, bi, k0, BKC) * down
+            k_j = _rows(k_ptr, j * 16, t0, T, DK, H, hi, bi, k0, BKC) * tl.exp2(ref[None, :] - g_j)  # <= 1
+            a_o += _mm(k_i, tl.trans(k_j), IEEE)
+            qk_o += _mm(q_i, tl.trans(k_j), IEEE)
+        tl.store(a_ptr + base + blk + j * 16, beta[:, None] * a_o)
+        tl.store(aqk_ptr + base + blk + j * 16, qk_o)
+
+
+@triton.jit
+def _kda_fused_kernel(
+    q_ptr, k_ptr, v_ptr, beta_ptr, gam_ptr, t_ptr, aqk_ptr, s0_ptr, o_ptr, final_ptr,
+    T, H, DK, DV, NCHUNK, scale,
+    HAS_S0: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IEEE: tl.constexpr,
+):  # fmt: skip
+    pid_v = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    bi = (pid_bh // H).to(tl.int64)
+    hi = pid_bh % H
+    offs_l = tl.arange(0, 64)
+    offs_k = tl.arange(0, BK)
+    offs_v = pid_v * BV + tl.arange(0, BV)
+    mk = offs_k < DK
+    mv = offs_v < DV
+    state_off = (bi * H + hi) * DK * DV + offs_k[:, None] * DV + offs_v[None, :]
+    if HAS_S0:
+        S = tl.load(s0_ptr + state_off, mask=mk[:, None] & mv[None, :], other=0.0).to(tl.float32)
+    else:
+        S = tl.zeros((BK, BV), dtype=tl.float32)
+    blocks = (offs_l[:, None] // 16) >= (offs_l[None, :] // 16)  # the blocks the kkt / solve wrote
+    for c in range(NCHUNK):
+        t_idx = c * 64 + offs_l
+        mt = t_idx < T
+        row = (bi * T + t_idx[:, None]) * H + hi
+        m_lk = mt[:, None] & mk[None, :]
+        m_lv = mt[:, None] & mv[None, :]
+        gbase = ((bi * H + hi) * NCHUNK + c) * 64 * DK
+        gam = tl.load(gam_ptr + gbase + offs_l[:, None] * DK + offs_k[None, :], mask=mk[None, :], other=0.0)
+        last = tl.load(gam_ptr + gbase + 63 * DK + offs_k, mask=mk, other=0.0)  # (BK,)
+        k = tl.load(k_ptr + row * DK + offs_k[None, :], mask=m_lk, other=0.0).to(tl.float32)
+        v = tl.load(v_ptr + row * DV + offs_v[None, :], mask=m_lv, other=0.0).to(tl.float32)
+        beta = tl.load(beta_ptr + (bi * T + t_idx) * H + hi, mask=mt, other=0.0).to(tl.float32)
+        mat = ((bi * H + hi) * NCHUNK + c) * 4096 + offs_l[:, None] * 64 + offs_l[None, :]
+        tm = tl.load(t_ptr + mat, mask=blocks, other=0.0)  # (I + A)^-1, lower triangular
+        r = beta[:, None] * (v - _mm(k * tl.exp2(gam), S, IEEE))
+        vnew = _mm(tm, r, IEEE)  # (64, BV)
+        q = tl.load(q_ptr + row * DK + offs_k[None, :], mask=m_lk, other=0.0).to(tl.float32)
+        qk = tl.load(aqk_ptr + mat, mask=blocks, other=0.0)
+        o = _mm(q * tl.exp2(gam), S, IEEE) + _mm(qk, vnew, IEEE)
+        tl.store(o_ptr + row * DV + offs_v[None, :], (o * scale).to(o_ptr.dtype.element_ty), mask=m_lv)
+        kd = k * tl.exp2(last[None, :] - gam)  # writes, decayed to the chunk's end
+        S = S * tl.exp2(last)[:, None] + _mm(tl.trans(kd), vnew, IEEE)
+    tl.store(final_ptr + state_off, S, mask=mk[:, None] & mv[None, :])
+
+
+@functools.lru_cache(maxsize=16)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _fused_bv(dv: int, bh: int, dev: torch.device) -> int:
+    """32 when the (dv-blocks x batch*head) grid then fits one wave of the SMs, else 64."""
+    sms = _sm_count(dev.index or 0) if dev.type == "cuda" else 132
+    width = 32 if triton.cdiv(dv, 32) * bh <= sms else 64
+    return min(width, max(16, triton.next_power_of_2(dv)))
+
+
+def chunk_kda_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    *,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    chunk_size: int = 64,
+    config: KdaLaunch | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`config` replaces the default launch (the benchmark passes its own)."""
+    check_kda_inputs(q, k, v, g, beta, initial_state)
+    del chunk_size  # the kernels use CHUNK = 64; the result does not depend on it
+    cfg = config or KdaLaunch()
+    b, t, h, dk = q.shape
+    dv = v.shape[3]
+    scale = dk**-0.5 if scale is None else scale
+    q, k, v, g, beta = (a.contiguous() for a in (q, k, v, g, beta))
+    ieee = v.dtype == torch.float32 or not v.is_cuda
+    dev = v.device
+    nchunk = triton.cdiv(t, CHUNK)
+    BK = max(16, triton.next_power_of_2(dk))
+    gam = torch.empty((b * h, nchunk, CHUNK, dk), device=dev, dtype=torch.float32)
+    _kda_gam_kernel[(nchunk, b * h)](g, gam, t, h, dk, nchunk, BK=BK)
+    a_buf = torch.empty((b * h * nchunk, CHUNK, CHUNK), device=dev, dtype=torch.float32)
+    aqk = torch.empty_like(a_buf)
+    _kda_kkt_kernel[(nchunk, b * h, CHUNK // 16)](
+        q, k, gam, beta, a_buf, aqk, t, h, dk, nchunk,
+        BKC=min(BK, cfg.kkt_bkc), IEEE=ieee, num_warps=cfg.kkt_warps,
+    )  # fmt: skip
+    t_buf = torch.empty_like(a_buf)
+    _gdr_solve_kernel[(b * h * nchunk,)](a_buf, t_buf, num_warps=1)
+    o = torch.empty_like(v)
+    final = torch.empty((b, h, dk, dv), device=dev, dtype=torch.float32)
+    s0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else final
+    bv = _fused_bv(dv, b * h, dev) if cfg.fu_bv == 0 else cfg.fu_bv
+    _kda_fused_kernel[(triton.cdiv(dv, bv), b * h)](
+        q, k, v, beta, gam, t_buf, aqk, s0, o, final, t, h, dk, dv, nchunk, float(scale),
+        HAS_S0=initial_state is not None, BK=BK, BV=bv, IEEE=ieee,
+        num_warps=cfg.fu_warps, num_stages=cfg.fu_stages,
+    )  # fmt: skip
+    return o, final
