@@ -4,9 +4,11 @@ The chunked form of kernels/kda.py in chunks of 64 tokens (the result does not d
 size, so the public op's `chunk_size` is a hint here, as for kernels/triton_gated_delta_rule.py).
 Four launches:
 
-1. `_kda_gam_kernel`, parallel over (chunk, batch*head): gam, the cumulative log2-decay per key
-   channel from the chunk's start (fp32, (b*h, chunks, 64, dk); tail rows past t repeat the last
-   token's value, since padding decays nothing).
+1. `_kda_prep_kernel`, parallel over (chunk, batch*head, dk-block): gam, the cumulative log2-decay
+   per key channel from the chunk's start (fp32, (b*h, chunks, 64, dk); tail rows past t repeat the
+   last token's value, since padding decays nothing), and the decayed operands of step 4 in the input
+   dtype: q exp(gam), k exp(gam) and k exp(gam_L - gam) (every exponent <= 0). Elementwise work on
+   (64, dk) tiles inside the sequential kernel made it spill (sm_90 compile: 255 registers + 776 B).
 2. `_kda_kkt_kernel`, parallel over (chunk, batch*head, 16-row block i): the blocks (i, j <= i) of
    A_ij = beta_i sum_c k_ic k_jc exp(gam_ic - gam_jc) (strictly lower) and of the decayed attention
    matrix [sum_c q_ic k_jc exp(gam_ic - gam_jc)] (diagonal included). The decay differs per channel,
@@ -22,8 +24,10 @@ Four launches:
    state in registers: v_new = T diag(beta) (V - (K * exp(gam)) S), o = scale ((Q * exp(gam)) S +
    [qk] v_new), S <- diag(exp(gam_L)) S + (K * exp(gam_L - gam))^T v_new. Only o goes to memory.
 
-Products are exact fp32 for fp32 inputs and on the CPU interpreter, otherwise fp32 operands on tensor
-cores (tf32). A, T, the q.k matrix and gam are fp32.
+Products are exact fp32 for fp32 inputs and on the CPU interpreter. For 16-bit inputs the decayed
+q, k operands and the q.k matrix are rounded to the input dtype (fla's precision class), the state's
+own products use 16-bit hi + lo pairs of S and v_new (as triton_gated_delta_rule.py's default), and
+T (I + A)^-1 multiplies in tf32. A, T and gam are fp32.
 """
 
 from __future__ import annotations
@@ -46,31 +50,46 @@ LOG2E = 1.4426950408889634
 class KdaLaunch:
     """Launch parameters of `chunk_kda_triton`, as ints so a benchmark can pass overrides as JSON."""
 
-    fu_bv: int = 0  # fused dv-block; 0: 32 when the grid fits one wave of the GPU's SMs, else 64
+    fu_bv: int = 32  # fused dv-block: at dk 128, bf16, 4 warps, 232 registers and no spill (sm_90
+    # compile, Triton 3.9); 64 spills 120 B (64 B at 8 warps); 0: 32 when the grid fits one wave of
+    # the GPU's SMs, else 64
     fu_warps: int = 4
-    fu_stages: int = 2
+    fu_stages: int = 2  # 3 needs 246 KB of shared memory at dk 128, dv-block 32: over an H100's 227
     kkt_bkc: int = 32  # dk slice of the kkt kernel's diagonal-block broadcast
     kkt_warps: int = 4
 
 
 @triton.jit
-def _kda_gam_kernel(g_ptr, gam_ptr, T, H, DK, NCHUNK, BK: tl.constexpr):
+def _kda_prep_kernel(
+    q_ptr, k_ptr, g_ptr, gam_ptr, qg_ptr, kg_ptr, kd_ptr,
+    T, H, DK, NCHUNK,
+    BKP: tl.constexpr,
+):  # fmt: skip
+    """For chunk c and channels [pid 2 * BKP, + BKP): gam (fp32, every row of the chunk) and the
+    decayed operands of the sequential pass in the input dtype: q exp2(gam) and k exp2(gam) (reads of
+    the entering state) and k exp2(gam_L - gam) (writes, decayed to the chunk's end)."""
     c = tl.program_id(0)
     pid_bh = tl.program_id(1)
     bi = (pid_bh // H).to(tl.int64)
     hi = pid_bh % H
     offs_l = tl.arange(0, 64)
-    offs_k = tl.arange(0, BK)
+    offs_k = tl.program_id(2) * BKP + tl.arange(0, BKP)
     t_idx = c * 64 + offs_l
     mk = offs_k[None, :] < DK
-    g = tl.load(
-        g_ptr + ((bi * T + t_idx[:, None]) * H + hi) * DK + offs_k[None, :],
-        mask=(t_idx[:, None] < T) & mk,
-        other=0.0,
-    ).to(tl.float32)
+    m = (t_idx[:, None] < T) & mk
+    off = ((bi * T + t_idx[:, None]) * H + hi) * DK + offs_k[None, :]
+    g = tl.load(g_ptr + off, mask=m, other=0.0).to(tl.float32)
     gam = tl.cumsum(g * 1.4426950408889634, axis=0)
+    last = tl.sum(g * 1.4426950408889634, axis=0)  # the chunk's decay (padding rows add nothing)
     base = ((bi * H + hi) * NCHUNK + c) * 64 * DK
     tl.store(gam_ptr + base + offs_l[:, None] * DK + offs_k[None, :], gam, mask=mk)
+    dtype = kg_ptr.dtype.element_ty
+    up = tl.exp2(gam)
+    k = tl.load(k_ptr + off, mask=m, other=0.0).to(tl.float32)
+    tl.store(kg_ptr + off, (k * up).to(dtype), mask=m)
+    tl.store(kd_ptr + off, (k * tl.exp2(last[None, :] - gam)).to(dtype), mask=m)
+    q = tl.load(q_ptr + off, mask=m, other=0.0).to(tl.float32)
+    tl.store(qg_ptr + off, (q * up).to(dtype), mask=m)
 
 
 @triton.jit
@@ -134,7 +153,7 @@ def _kda_kkt_kernel(
         a_d += tl.sum(k_i[:, None, :] * kj, axis=2)
         qk_d += tl.sum(q_i[:, None, :] * kj, axis=2)
     tl.store(a_ptr + base + blk + row_i, tl.where(strict, beta[:, None] * a_d, 0.0))
-    tl.store(aqk_ptr + base + blk + row_i, tl.where(causal, qk_d, 0.0))
+    tl.store(aqk_ptr + base + blk + row_i, tl.where(causal, qk_d, 0.0).to(aqk_ptr.dtype.element_ty))
 
     # Blocks j < i: the decay split at ref = gam of row 16 i - 1 (between every row of block j and
     # every row of block i), one product per dk slice.
@@ -153,15 +172,27 @@ def _kda_kkt_kernel(
             a_o += _mm(k_i, tl.trans(k_j), IEEE)
             qk_o += _mm(q_i, tl.trans(k_j), IEEE)
         tl.store(a_ptr + base + blk + j * 16, beta[:, None] * a_o)
-        tl.store(aqk_ptr + base + blk + j * 16, qk_o)
+        tl.store(aqk_ptr + base + blk + j * 16, qk_o.to(aqk_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _state_dot(a, S, S16, HILO: tl.constexpr, IEEE: tl.constexpr):
+    """a @ S for a tile a in the input dtype and the fp32 state S: with HILO (16-bit inputs) S as a
+    16-bit hi + lo pair, two 16-bit products (~16 mantissa bits, as triton_gated_delta_rule.py's
+    `fu_prec` 2), so a stays a 16-bit operand; else one product (fp32 inputs: exact). S16 is S in
+    a's dtype."""
+    if HILO:
+        return _mm(a, S16, IEEE) + _mm(a, (S - S16.to(tl.float32)).to(S16.dtype), IEEE)
+    return _mm(a, S16, IEEE)
 
 
 @triton.jit
 def _kda_fused_kernel(
-    q_ptr, k_ptr, v_ptr, beta_ptr, gam_ptr, t_ptr, aqk_ptr, s0_ptr, o_ptr, final_ptr,
+    qg_ptr, kg_ptr, kd_ptr, v_ptr, beta_ptr, gam_ptr, t_ptr, aqk_ptr, s0_ptr, o_ptr, final_ptr,
     T, H, DK, DV, NCHUNK, scale,
-    HAS_S0: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IEEE: tl.constexpr,
+    HAS_S0: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IEEE: tl.constexpr, HILO: tl.constexpr,
 ):  # fmt: skip
+    """One (batch*head, dv-block), sequential over chunks, the state S (BK, BV) fp32 in registers."""
     pid_v = tl.program_id(0)
     pid_bh = tl.program_id(1)
     bi = (pid_bh // H).to(tl.int64)
@@ -171,6 +202,7 @@ def _kda_fused_kernel(
     offs_v = pid_v * BV + tl.arange(0, BV)
     mk = offs_k < DK
     mv = offs_v < DV
+    dtype = kg_ptr.dtype.element_ty
     state_off = (bi * H + hi) * DK * DV + offs_k[:, None] * DV + offs_v[None, :]
     if HAS_S0:
         S = tl.load(s0_ptr + state_off, mask=mk[:, None] & mv[None, :], other=0.0).to(tl.float32)
@@ -183,22 +215,27 @@ def _kda_fused_kernel(
         row = (bi * T + t_idx[:, None]) * H + hi
         m_lk = mt[:, None] & mk[None, :]
         m_lv = mt[:, None] & mv[None, :]
-        gbase = ((bi * H + hi) * NCHUNK + c) * 64 * DK
-        gam = tl.load(gam_ptr + gbase + offs_l[:, None] * DK + offs_k[None, :], mask=mk[None, :], other=0.0)
-        last = tl.load(gam_ptr + gbase + 63 * DK + offs_k, mask=mk, other=0.0)  # (BK,)
-        k = tl.load(k_ptr + row * DK + offs_k[None, :], mask=m_lk, other=0.0).to(tl.float32)
+        kg = tl.load(kg_ptr + row * DK + offs_k[None, :], mask=m_lk, other=0.0)
         v = tl.load(v_ptr + row * DV + offs_v[None, :], mask=m_lv, other=0.0).to(tl.float32)
         beta = tl.load(beta_ptr + (bi * T + t_idx) * H + hi, mask=mt, other=0.0).to(tl.float32)
         mat = ((bi * H + hi) * NCHUNK + c) * 4096 + offs_l[:, None] * 64 + offs_l[None, :]
         tm = tl.load(t_ptr + mat, mask=blocks, other=0.0)  # (I + A)^-1, lower triangular
-        r = beta[:, None] * (v - _mm(k * tl.exp2(gam), S, IEEE))
-        vnew = _mm(tm, r, IEEE)  # (64, BV)
-        q = tl.load(q_ptr + row * DK + offs_k[None, :], mask=m_lk, other=0.0).to(tl.float32)
+        S16 = S.to(dtype)
+        r = beta[:, None] * (v - _state_dot(kg, S, S16, HILO, IEEE))
+        vnew = _mm(tm, r, IEEE)  # (64, BV) fp32
+        qg = tl.load(qg_ptr + row * DK + offs_k[None, :], mask=m_lk, other=0.0)
         qk = tl.load(aqk_ptr + mat, mask=blocks, other=0.0)
-        o = _mm(q * tl.exp2(gam), S, IEEE) + _mm(qk, vnew, IEEE)
+        # The output reads the state in the input dtype, as triton_gated_delta_rule.py's does.
+        vnew16 = vnew.to(dtype)
+        o = _mm(qg, S16, IEEE) + _mm(qk, vnew16, IEEE)
         tl.store(o_ptr + row * DV + offs_v[None, :], (o * scale).to(o_ptr.dtype.element_ty), mask=m_lv)
-        kd = k * tl.exp2(last[None, :] - gam)  # writes, decayed to the chunk's end
-        S = S * tl.exp2(last)[:, None] + _mm(tl.trans(kd), vnew, IEEE)
+        kd = tl.load(kd_ptr + row * DK + offs_k[None, :], mask=m_lk, other=0.0)
+        last = tl.load(
+            gam_ptr + ((bi * H + hi) * NCHUNK + c) * 64 * DK + 63 * DK + offs_k, mask=mk, other=0.0
+        )
+        S = S * tl.exp2(last)[:, None] + _mm(tl.trans(kd), vnew16, IEEE)
+        if HILO:
+            S += _mm(tl.trans(kd), (vnew - vnew16.to(tl.float32)).to(dtype), IEEE)
     tl.store(final_ptr + state_off, S, mask=mk[:, None] & mv[None, :])
 
 
@@ -234,14 +271,19 @@ def chunk_kda_triton(
     dv = v.shape[3]
     scale = dk**-0.5 if scale is None else scale
     q, k, v, g, beta = (a.contiguous() for a in (q, k, v, g, beta))
+    k, q = k.to(v.dtype), q.to(v.dtype)  # one operand dtype for the products
     ieee = v.dtype == torch.float32 or not v.is_cuda
     dev = v.device
     nchunk = triton.cdiv(t, CHUNK)
     BK = max(16, triton.next_power_of_2(dk))
     gam = torch.empty((b * h, nchunk, CHUNK, dk), device=dev, dtype=torch.float32)
-    _kda_gam_kernel[(nchunk, b * h)](g, gam, t, h, dk, nchunk, BK=BK)
+    qg, kg, kd = (torch.empty_like(k) for _ in range(3))
+    bkp = min(BK, 64)
+    _kda_prep_kernel[(nchunk, b * h, triton.cdiv(dk, bkp))](
+        q, k, g, gam, qg, kg, kd, t, h, dk, nchunk, BKP=bkp, num_warps=4
+    )
     a_buf = torch.empty((b * h * nchunk, CHUNK, CHUNK), device=dev, dtype=torch.float32)
-    aqk = torch.empty_like(a_buf)
+    aqk = torch.empty_like(a_buf, dtype=v.dtype)  # the causal q.k matrix, an operand in the input dtype
     _kda_kkt_kernel[(nchunk, b * h, CHUNK // 16)](
         q, k, gam, beta, a_buf, aqk, t, h, dk, nchunk,
         BKC=min(BK, cfg.kkt_bkc), IEEE=ieee, num_warps=cfg.kkt_warps,
@@ -251,10 +293,10 @@ def chunk_kda_triton(
     o = torch.empty_like(v)
     final = torch.empty((b, h, dk, dv), device=dev, dtype=torch.float32)
     s0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else final
-    bv = _fused_bv(dv, b * h, dev) if cfg.fu_bv == 0 else cfg.fu_bv
+    bv = _fused_bv(dv, b * h, dev) if cfg.fu_bv == 0 else min(cfg.fu_bv, max(16, triton.next_power_of_2(dv)))
     _kda_fused_kernel[(triton.cdiv(dv, bv), b * h)](
-        q, k, v, beta, gam, t_buf, aqk, s0, o, final, t, h, dk, dv, nchunk, float(scale),
-        HAS_S0=initial_state is not None, BK=BK, BV=bv, IEEE=ieee,
+        qg, kg, kd, v, beta, gam, t_buf, aqk, s0, o, final, t, h, dk, dv, nchunk, float(scale),
+        HAS_S0=initial_state is not None, BK=BK, BV=bv, IEEE=ieee, HILO=v.dtype != torch.float32,
         num_warps=cfg.fu_warps, num_stages=cfg.fu_stages,
     )  # fmt: skip
     return o, final
