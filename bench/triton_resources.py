@@ -156,14 +156,16 @@ def kda_resources(variants: list[dict[str, int]]) -> None:
     """The KDA kkt and fused kernels (kernels/triton_kda.py) at dk = dv = 128, bf16, for the default
     `KdaLaunch` and each of `variants` (overrides of it)."""
     bf16, f32 = "*bf16", "*fp32"
-    fused_types = {n: bf16 for n in ("qg_ptr", "kg_ptr", "kd_ptr", "v_ptr", "aqk_ptr", "o_ptr")}
+    fused_types = {
+        n: bf16 for n in ("qg_ptr", "kg_ptr", "kd_ptr", "kgl_ptr", "kdl_ptr", "v_ptr", "aqk_ptr", "o_ptr")
+    }
     fused_types.update(
         {n: f32 for n in ("beta_ptr", "gam_ptr", "t_ptr", "s0_ptr", "final_ptr")}, scale="fp32"
     )
     kkt_types = {"q_ptr": bf16, "k_ptr": bf16, "aqk_ptr": bf16, "gam_ptr": f32, "beta_ptr": f32, "a_ptr": f32}
     for var in [{}, *variants]:
         cfg = replace(tkda.KdaLaunch(), **var)
-        consts = dict(HAS_S0=True, BK=128, BV=cfg.fu_bv or 32, IEEE=False, HILO=True)
+        consts = dict(HAS_S0=True, BK=128, BV=cfg.fu_bv or 32, IEEE=False, HILO=True, LO=bool(cfg.k_lo))
         k = compile_kernel(tkda._kda_fused_kernel, fused_types, consts, cfg.fu_warps, cfg.fu_stages)
         print(f"kda {var or 'default'} fused: {resources(k)}", flush=True)
         k = compile_kernel(

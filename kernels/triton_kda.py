@@ -55,19 +55,25 @@ class KdaLaunch:
     # the GPU's SMs, else 64
     fu_warps: int = 4
     fu_stages: int = 2  # 3 needs 246 KB of shared memory at dk 128, dv-block 32: over an H100's 227
+    # 16-bit inputs: k exp(gam) and k exp(gam_L - gam) as 16-bit hi + lo pairs (final state 2.0e-5 from
+    # the fp32 reference instead of 2.4e-3, interpreter, t=200, dk 64; the output's error is the same).
+    # Off by default: two more (64, dk) tiles per pipeline stage need 234 KB of shared memory at 2
+    # stages (over an H100's 227), and at 1 stage the loads are not pipelined (and it spills 160 B).
+    k_lo: int = 0
     kkt_bkc: int = 32  # dk slice of the kkt kernel's diagonal-block broadcast
     kkt_warps: int = 4
 
 
 @triton.jit
 def _kda_prep_kernel(
-    q_ptr, k_ptr, g_ptr, gam_ptr, qg_ptr, kg_ptr, kd_ptr,
+    q_ptr, k_ptr, g_ptr, gam_ptr, qg_ptr, kg_ptr, kd_ptr, kgl_ptr, kdl_ptr,
     T, H, DK, NCHUNK,
-    BKP: tl.constexpr,
+    BKP: tl.constexpr, LO: tl.constexpr,
 ):  # fmt: skip
     """For chunk c and channels [pid 2 * BKP, + BKP): gam (fp32, every row of the chunk) and the
     decayed operands of the sequential pass in the input dtype: q exp2(gam) and k exp2(gam) (reads of
-    the entering state) and k exp2(gam_L - gam) (writes, decayed to the chunk's end)."""
+    the entering state) and k exp2(gam_L - gam) (writes, decayed to the chunk's end). LO: also the
+    rounding residues of the two k operands (kgl, kdl: the fp32 value minus its 16-bit one)."""
     c = tl.program_id(0)
     pid_bh = tl.program_id(1)
     bi = (pid_bh // H).to(tl.int64)
@@ -86,8 +92,13 @@ def _kda_prep_kernel(
     dtype = kg_ptr.dtype.element_ty
     up = tl.exp2(gam)
     k = tl.load(k_ptr + off, mask=m, other=0.0).to(tl.float32)
-    tl.store(kg_ptr + off, (k * up).to(dtype), mask=m)
-    tl.store(kd_ptr + off, (k * tl.exp2(last[None, :] - gam)).to(dtype), mask=m)
+    kg = k * up
+    kd = k * tl.exp2(last[None, :] - gam)
+    tl.store(kg_ptr + off, kg.to(dtype), mask=m)
+    tl.store(kd_ptr + off, kd.to(dtype), mask=m)
+    if LO:
+        tl.store(kgl_ptr + off, (kg - kg.to(dtype).to(tl.float32)).to(dtype), mask=m)
+        tl.store(kdl_ptr + off, (kd - kd.to(dtype).to(tl.float32)).to(dtype), mask=m)
     q = tl.load(q_ptr + off, mask=m, other=0.0).to(tl.float32)
     tl.store(qg_ptr + off, (q * up).to(dtype), mask=m)
 
@@ -188,11 +199,14 @@ def _state_dot(a, S, S16, HILO: tl.constexpr, IEEE: tl.constexpr):
 
 @triton.jit
 def _kda_fused_kernel(
-    qg_ptr, kg_ptr, kd_ptr, v_ptr, beta_ptr, gam_ptr, t_ptr, aqk_ptr, s0_ptr, o_ptr, final_ptr,
-    T, H, DK, DV, NCHUNK, scale,
+    qg_ptr, kg_ptr, kd_ptr, kgl_ptr, kdl_ptr, v_ptr, beta_ptr, gam_ptr, t_ptr, aqk_ptr, s0_ptr, o_ptr,
+    final_ptr, T, H, DK, DV, NCHUNK, scale,
     HAS_S0: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IEEE: tl.constexpr, HILO: tl.constexpr,
+    LO: tl.constexpr,
 ):  # fmt: skip
-    """One (batch*head, dv-block), sequential over chunks, the state S (BK, BV) fp32 in registers."""
+    """One (batch*head, dv-block), sequential over chunks, the state S (BK, BV) fp32 in registers.
+    LO: the k operands' rounding residues join the state's products (one more product each), so
+    they carry ~16 mantissa bits as the state's own hi + lo pairs do."""
     pid_v = tl.program_id(0)
     pid_bh = tl.program_id(1)
     bi = (pid_bh // H).to(tl.int64)
@@ -221,7 +235,10 @@ def _kda_fused_kernel(
         mat = ((bi * H + hi) * NCHUNK + c) * 4096 + offs_l[:, None] * 64 + offs_l[None, :]
         tm = tl.load(t_ptr + mat, mask=blocks, other=0.0)  # (I + A)^-1, lower triangular
         S16 = S.to(dtype)
-        r = beta[:, None] * (v - _state_dot(kg, S, S16, HILO, IEEE))
+        ks = _state_dot(kg, S, S16, HILO, IEEE)
+        if LO:
+            ks += _mm(tl.load(kgl_ptr + row * DK + offs_k[None, :], mask=m_lk, other=0.0), S16, IEEE)
+        r = beta[:, None] * (v - ks)
         vnew = _mm(tm, r, IEEE)  # (64, BV) fp32
         qg = tl.load(qg_ptr + row * DK + offs_k[None, :], mask=m_lk, other=0.0)
         qk = tl.load(aqk_ptr + mat, mask=blocks, other=0.0)
@@ -236,6 +253,9 @@ def _kda_fused_kernel(
         S = S * tl.exp2(last)[:, None] + _mm(tl.trans(kd), vnew16, IEEE)
         if HILO:
             S += _mm(tl.trans(kd), (vnew - vnew16.to(tl.float32)).to(dtype), IEEE)
+        if LO:
+            kdl = tl.load(kdl_ptr + row * DK + offs_k[None, :], mask=m_lk, other=0.0)
+            S += _mm(tl.trans(kdl), vnew16, IEEE)
     tl.store(final_ptr + state_off, S, mask=mk[:, None] & mv[None, :])
 
 
@@ -278,9 +298,11 @@ def chunk_kda_triton(
     BK = max(16, triton.next_power_of_2(dk))
     gam = torch.empty((b * h, nchunk, CHUNK, dk), device=dev, dtype=torch.float32)
     qg, kg, kd = (torch.empty_like(k) for _ in range(3))
+    lo = bool(cfg.k_lo) and v.dtype != torch.float32
+    kgl, kdl = (torch.empty_like(k), torch.empty_like(k)) if lo else (kg, kd)
     bkp = min(BK, 64)
     _kda_prep_kernel[(nchunk, b * h, triton.cdiv(dk, bkp))](
-        q, k, g, gam, qg, kg, kd, t, h, dk, nchunk, BKP=bkp, num_warps=4
+        q, k, g, gam, qg, kg, kd, kgl, kdl, t, h, dk, nchunk, BKP=bkp, LO=lo, num_warps=4
     )
     a_buf = torch.empty((b * h * nchunk, CHUNK, CHUNK), device=dev, dtype=torch.float32)
     aqk = torch.empty_like(a_buf, dtype=v.dtype)  # the causal q.k matrix, an operand in the input dtype
@@ -295,8 +317,8 @@ def chunk_kda_triton(
     s0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else final
     bv = _fused_bv(dv, b * h, dev) if cfg.fu_bv == 0 else min(cfg.fu_bv, max(16, triton.next_power_of_2(dv)))
     _kda_fused_kernel[(triton.cdiv(dv, bv), b * h)](
-        qg, kg, kd, v, beta, gam, t_buf, aqk, s0, o, final, t, h, dk, dv, nchunk, float(scale),
-        HAS_S0=initial_state is not None, BK=BK, BV=bv, IEEE=ieee, HILO=v.dtype != torch.float32,
+        qg, kg, kd, kgl, kdl, v, beta, gam, t_buf, aqk, s0, o, final, t, h, dk, dv, nchunk, float(scale),
+        HAS_S0=initial_state is not None, BK=BK, BV=bv, IEEE=ieee, HILO=v.dtype != torch.float32, LO=lo,
         num_warps=cfg.fu_warps, num_stages=cfg.fu_stages,
     )  # fmt: skip
     return o, final
