@@ -169,7 +169,7 @@ def kda_resources(variants: list[dict[str, int]]) -> None:
         k = compile_kernel(tkda._kda_fused_kernel, fused_types, consts, cfg.fu_warps, cfg.fu_stages)
         print(f"kda {var or 'default'} fused: {resources(k)}", flush=True)
         k = compile_kernel(
-            tkda._kda_kkt_kernel, kkt_types, dict(BKC=cfg.kkt_bkc, IEEE=False), cfg.kkt_warps, 2
+            tkda._kda_kkt_kernel, kkt_types, dict(BKC=cfg.kkt_bkc, IEEE=True), cfg.kkt_warps, 2
         )
         print(f"kda {var or 'default'} kkt: {resources(k)}", flush=True)
 

@@ -18,6 +18,8 @@ Four launches:
    <= 1, so one tensor-core product per block and nothing overflows however strong the decay. The
    diagonal blocks have no such point between every pair, so they form each pair's decay itself
    (a (16, 16, dk-slice) broadcast, every exponent <= 0), as fla's token-parallel diagonal does.
+   The launch passes IEEE: the decayed operands are fp32, which tensor cores would cut to tf32,
+   and 16x16 products are a small part of this kernel's time (its loads dominate).
 3. `_gdr_solve_kernel` of triton_gdr_prepare.py: T = (I + A)^-1 (the system has the scalar gate's
    shape; only A's entries differ).
 4. `_kda_fused_kernel`, one program per (batch*head, dv-block), sequential over chunks with the fp32
@@ -308,7 +310,7 @@ def chunk_kda_triton(
     aqk = torch.empty_like(a_buf, dtype=v.dtype)  # the causal q.k matrix, an operand in the input dtype
     _kda_kkt_kernel[(nchunk, b * h, CHUNK // 16)](
         q, k, gam, beta, a_buf, aqk, t, h, dk, nchunk,
-        BKC=min(BK, cfg.kkt_bkc), IEEE=ieee, num_warps=cfg.kkt_warps,
+        BKC=min(BK, cfg.kkt_bkc), IEEE=True, num_warps=cfg.kkt_warps,
     )  # fmt: skip
     t_buf = torch.empty_like(a_buf)
     _gdr_solve_kernel[(b * h * nchunk,)](a_buf, t_buf, num_warps=1)
