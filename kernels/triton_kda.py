@@ -45,7 +45,6 @@ from hybrid_agent.kernels.triton_common import dot as _mm
 from hybrid_agent.kernels.triton_gdr_prepare import _gdr_solve_kernel
 
 CHUNK = 64
-LOG2E = 1.4426950408889634
 
 
 @dataclass(frozen=True)
@@ -72,7 +71,7 @@ def _kda_prep_kernel(
     T, H, DK, NCHUNK,
     BKP: tl.constexpr, LO: tl.constexpr,
 ):  # fmt: skip
-    """For chunk c and channels [pid 2 * BKP, + BKP): gam (fp32, every row of the chunk) and the
+    """For chunk c and the BKP channels from BKP * program_id(2): gam (fp32, every row of the chunk) and the
     decayed operands of the sequential pass in the input dtype: q exp2(gam) and k exp2(gam) (reads of
     the entering state) and k exp2(gam_L - gam) (writes, decayed to the chunk's end). LO: also the
     rounding residues of the two k operands (kgl, kdl: the fp32 value minus its 16-bit one)."""
@@ -88,7 +87,7 @@ def _kda_prep_kernel(
     off = ((bi * T + t_idx[:, None]) * H + hi) * DK + offs_k[None, :]
     g = tl.load(g_ptr + off, mask=m, other=0.0).to(tl.float32)
     gam = tl.cumsum(g * 1.4426950408889634, axis=0)
-    last = tl.sum(g * 1.4426950408889634, axis=0)  # the chunk's decay (padding rows add nothing)
+    last = tl.sum(tl.where(offs_l[:, None] == 63, gam, 0.0), axis=0)  # row 63, as the fused kernel reads it
     base = ((bi * H + hi) * NCHUNK + c) * 64 * DK
     tl.store(gam_ptr + base + offs_l[:, None] * DK + offs_k[None, :], gam, mask=mk)
     dtype = kg_ptr.dtype.element_ty
@@ -135,7 +134,7 @@ def _kda_kkt_kernel(
     T, H, DK, NCHUNK,
     BKC: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
-    """Row block i of A (strictly lower, fp32) and of the decayed q.k matrix (j <= i, fp32), only
+    """Row block i of A (strictly lower, fp32) and of the decayed q.k matrix (j <= i, aqk's dtype), only
     the 16x16 blocks on and below the diagonal (the solve and the fused kernel read no other)."""
     c = tl.program_id(0)
     pid_bh = tl.program_id(1)
