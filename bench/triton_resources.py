@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import triton
 from hybrid_agent.kernels import triton_gated_delta_rule as tgdr
+from hybrid_agent.kernels import triton_kda as tkda
 from hybrid_agent.kernels import triton_ssd_scan as tssd
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -72,7 +73,7 @@ def main() -> None:
     import json
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--op", choices=["ssd", "gdn"], help="only this module")
+    ap.add_argument("--op", choices=["ssd", "gdn", "kda"], help="only this module")
     ap.add_argument("--variants", help="a JSON list of launch overrides instead of the module's variants")
     ap.add_argument(
         "--fp32",
@@ -94,6 +95,8 @@ def main() -> None:
     )
     if args.fp32:
         ssd_types = dict.fromkeys(ssd_types, f32)
+    if args.op in (None, "kda"):
+        kda_resources(json.loads(args.variants) if args.variants and args.op == "kda" else [])
     for name, module in (("gdn", tgdr), ("ssd", tssd)):
         if args.op and name != args.op:
             continue
@@ -147,6 +150,28 @@ def main() -> None:
             else:
                 continue
             print(f"{name} {var or 'default'}: {resources(k)}", flush=True)
+
+
+def kda_resources(variants: list[dict[str, int]]) -> None:
+    """The KDA kkt and fused kernels (kernels/triton_kda.py) at dk = dv = 128, bf16, for the default
+    `KdaLaunch` and each of `variants` (overrides of it)."""
+    bf16, f32 = "*bf16", "*fp32"
+    fused_types = {
+        n: bf16 for n in ("qg_ptr", "kg_ptr", "kd_ptr", "kgl_ptr", "kdl_ptr", "v_ptr", "aqk_ptr", "o_ptr")
+    }
+    fused_types.update(
+        {n: f32 for n in ("beta_ptr", "gam_ptr", "t_ptr", "s0_ptr", "final_ptr")}, scale="fp32"
+    )
+    kkt_types = {"q_ptr": bf16, "k_ptr": bf16, "aqk_ptr": bf16, "gam_ptr": f32, "beta_ptr": f32, "a_ptr": f32}
+    for var in [{}, *variants]:
+        cfg = replace(tkda.KdaLaunch(), **var)
+        consts = dict(HAS_S0=True, BK=128, BV=cfg.fu_bv or 32, IEEE=False, HILO=True, LO=bool(cfg.k_lo))
+        k = compile_kernel(tkda._kda_fused_kernel, fused_types, consts, cfg.fu_warps, cfg.fu_stages)
+        print(f"kda {var or 'default'} fused: {resources(k)}", flush=True)
+        k = compile_kernel(
+            tkda._kda_kkt_kernel, kkt_types, dict(BKC=cfg.kkt_bkc, IEEE=True), cfg.kkt_warps, 2
+        )
+        print(f"kda {var or 'default'} kkt: {resources(k)}", flush=True)
 
 
 if __name__ == "__main__":

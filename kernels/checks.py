@@ -196,6 +196,58 @@ def check_gdr_step_inputs(
         )
 
 
+def check_kda_inputs(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    initial_state: torch.Tensor | None,
+) -> None:
+    op = "chunk_kda"
+    if q.dim() != 4 or q.shape != k.shape or q.shape != g.shape:
+        raise KernelInputError(
+            f"{op}: q, k and g must all be (b, t, h, dk); got {tuple(q.shape)}, {tuple(k.shape)}, "
+            f"{tuple(g.shape)}"
+        )
+    b, t, h, dk = q.shape
+    if v.dim() != 4 or v.shape[:3] != (b, t, h) or beta.shape != (b, t, h):
+        raise KernelInputError(
+            f"{op}: v must be (b, t, h, dv) and beta (b, t, h) with (b, t, h) = {(b, t, h)}; "
+            f"got {tuple(v.shape)}, {tuple(beta.shape)}"
+        )
+    if initial_state is not None and initial_state.shape != (b, h, dk, v.shape[3]):
+        raise KernelInputError(
+            f"{op}: initial_state must be key-first (b, h, dk, dv) = {(b, h, dk, v.shape[3])}, "
+            f"got {tuple(initial_state.shape)}"
+        )
+
+
+def check_kda_step_inputs(
+    state: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+) -> None:
+    op = "kda_step"
+    if q.dim() != 3 or q.shape != k.shape or q.shape != g.shape or v.dim() != 3 or v.shape[:2] != q.shape[:2]:
+        raise KernelInputError(
+            f"{op}: q, k, g must be (b, h, dk) and v (b, h, dv); "
+            f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(g.shape)}, {tuple(v.shape)}"
+        )
+    b, h, dk = q.shape
+    dv = v.shape[2]
+    if beta.shape != (b, h):
+        raise KernelInputError(f"{op}: beta must be (b, h) = {(b, h)}, got {tuple(beta.shape)}")
+    if state.shape != (b, h, dk, dv) or state.dtype != torch.float32:
+        raise KernelInputError(
+            f"{op}: state must be fp32 (b, h, dk, dv) = {(b, h, dk, dv)}, "
+            f"got {state.dtype} {tuple(state.shape)}"
+        )
+
+
 def check_gemv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> None:
     if w.dim() != 2 or x.shape[-1] != w.shape[1]:
         raise KernelInputError(

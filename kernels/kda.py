@@ -26,35 +26,9 @@ time. All arithmetic is fp32; padding the tail with zeros (g = 0, beta = 0) writ
 from __future__ import annotations
 
 import torch
-from hybrid_agent.kernels.errors import KernelInputError
+from hybrid_agent.kernels._dispatch import use_triton
+from hybrid_agent.kernels.checks import check_kda_inputs
 from hybrid_agent.kernels.gated_delta_rule import to_chunks
-
-
-def check_kda_inputs(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    beta: torch.Tensor,
-    initial_state: torch.Tensor | None,
-) -> None:
-    op = "chunk_kda"
-    if q.dim() != 4 or q.shape != k.shape or q.shape != g.shape:
-        raise KernelInputError(
-            f"{op}: q, k and g must all be (b, t, h, dk); got {tuple(q.shape)}, {tuple(k.shape)}, "
-            f"{tuple(g.shape)}"
-        )
-    b, t, h, dk = q.shape
-    if v.dim() != 4 or v.shape[:3] != (b, t, h) or beta.shape != (b, t, h):
-        raise KernelInputError(
-            f"{op}: v must be (b, t, h, dv) and beta (b, t, h) with (b, t, h) = {(b, t, h)}; "
-            f"got {tuple(v.shape)}, {tuple(beta.shape)}"
-        )
-    if initial_state is not None and initial_state.shape != (b, h, dk, v.shape[3]):
-        raise KernelInputError(
-            f"{op}: initial_state must be key-first (b, h, dk, dv) = {(b, h, dk, v.shape[3])}, "
-            f"got {tuple(initial_state.shape)}"
-        )
 
 
 def chunk_kda_ref(
@@ -120,7 +94,11 @@ def chunk_kda(
     initial_state: torch.Tensor | None = None,
     chunk_size: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """KDA over a sequence: (o (b,t,h,dv) in v's dtype, final_state (b,h,dk,dv) fp32).
+    """KDA over a sequence: (o (b,t,h,dv) in v's dtype, final_state (b,h,dk,dv) fp32)."""
+    if use_triton(v):
+        from hybrid_agent.kernels.triton_kda import chunk_kda_triton
 
-    Every device runs the torch reference for now (there is no Triton kernel of this op yet)."""
+        return chunk_kda_triton(
+            q, k, v, g, beta, scale=scale, initial_state=initial_state, chunk_size=chunk_size
+        )
     return chunk_kda_ref(q, k, v, g, beta, scale=scale, initial_state=initial_state, chunk_size=chunk_size)

@@ -9,33 +9,9 @@ g (b,h,dk) the log-decay per key channel; beta (b,h). Returns o (b,h,dv) in v's 
 from __future__ import annotations
 
 import torch
-from hybrid_agent.kernels.errors import KernelInputError
+from hybrid_agent.kernels._dispatch import use_triton
+from hybrid_agent.kernels.checks import check_kda_step_inputs
 from hybrid_agent.kernels.gated_delta_rule_step import delta_rule_step
-
-
-def check_kda_step_inputs(
-    state: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    beta: torch.Tensor,
-) -> None:
-    op = "kda_step"
-    if q.dim() != 3 or q.shape != k.shape or q.shape != g.shape or v.dim() != 3 or v.shape[:2] != q.shape[:2]:
-        raise KernelInputError(
-            f"{op}: q, k, g must be (b, h, dk) and v (b, h, dv); "
-            f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(g.shape)}, {tuple(v.shape)}"
-        )
-    b, h, dk = q.shape
-    dv = v.shape[2]
-    if beta.shape != (b, h):
-        raise KernelInputError(f"{op}: beta must be (b, h) = {(b, h)}, got {tuple(beta.shape)}")
-    if state.shape != (b, h, dk, dv) or state.dtype != torch.float32:
-        raise KernelInputError(
-            f"{op}: state must be fp32 (b, h, dk, dv) = {(b, h, dk, dv)}, "
-            f"got {state.dtype} {tuple(state.shape)}"
-        )
 
 
 def kda_step_ref(
@@ -63,7 +39,9 @@ def kda_step(
     *,
     scale: float | None = None,
 ) -> torch.Tensor:
-    """One decode step; updates `state` in place and returns o (b,h,dv).
+    """One decode step; updates `state` in place and returns o (b,h,dv)."""
+    if use_triton(state):
+        from hybrid_agent.kernels.triton_kda_step import kda_step_triton
 
-    Every device runs the torch reference for now (there is no Triton kernel of this op yet)."""
+        return kda_step_triton(state, q, k, v, g, beta, scale=scale)
     return kda_step_ref(state, q, k, v, g, beta, scale=scale)

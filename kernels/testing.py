@@ -58,3 +58,24 @@ def make_gdr_inputs(
     beta = (torch.sigmoid(rnd(b, t, h)) * (2.0 if neg_eig else 1.0)).to(device, dtype)
     s0 = (rnd(b, h, dk, dv) * 0.5).to(device) if with_init else None
     return q, k, v, g, beta, s0
+
+
+def make_kda_inputs(
+    b: int, t: int, h: int, dk: int, dv: int, seed: int, *,
+    dtype: torch.dtype = torch.float32, with_init: bool = False, strong: bool = False, device: str = "cpu",
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]:  # fmt: skip
+    """q, k (L2-normalised) and v in `dtype`; g (b,t,h,dk) fp32 log-decay <= 0 per key channel
+    (`strong`: down to exp(-20) a token on some channels, so a chunk's cumulative decay reaches the
+    1000s), beta (b,t,h) fp32 in (0,1), initial_state fp32 (b,h,dk,dv), as chunk_kda takes them."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape: int) -> Tensor:
+        return torch.randn(*shape, generator=gen)
+
+    q = F.normalize(rnd(b, t, h, dk), dim=-1).to(device, dtype)
+    k = F.normalize(rnd(b, t, h, dk), dim=-1).to(device, dtype)
+    v = rnd(b, t, h, dv).to(device, dtype)
+    g = (-F.softplus(rnd(b, t, h, dk)) * (10.0 if strong else 0.5)).to(device)
+    beta = torch.sigmoid(rnd(b, t, h)).to(device)
+    s0 = (rnd(b, h, dk, dv) * 0.5).to(device) if with_init else None
+    return q, k, v, g, beta, s0

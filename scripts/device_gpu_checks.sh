@@ -9,6 +9,8 @@
 #                compiles for every test shape, which is most of the time)
 #   engine   90: pytest -m gpu tests/engine tests/agent, and the gemv engine test (not marked gpu)
 #   bench   130: bench/gpu_kernels.py prefill at 4k / 16k / 64k, ours vs fla in one process
+#   kda     240: the KDA / short-conv GPU tests (kernels, engine, model layers) and bench/gpu_kda.py
+#                (not in the default list: STEPS=kda runs it alone)
 # STEPS (default "kernels engine bench") picks some of them.
 set -uo pipefail
 out=$1
@@ -33,6 +35,14 @@ for step in $steps; do
       timeout 130 python3 bench/gpu_kernels.py --sections prefill --lengths 4096,16384,65536 --budget-s 110 \
         --out "$out/gpu_kernels_prefill.json" > "$out/bench_prefill.txt" 2>&1
       echo "bench $(( $(date +%s) - start )) s"; grep -A10 "^op " "$out/bench_prefill.txt" | head -10 ;;
+    kda)
+      timeout 120 python3 -m pytest -m gpu -v -p no:cacheprovider -n 4 tests/kernels/test_kernels_gpu_kda.py \
+        tests/kernels/test_kernels_gpu_conv.py tests/engine/test_engine_kda_gpu.py > "$out/pytest_gpu_kda.txt" 2>&1
+      timeout 60 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/model/test_model_triton_layers.py \
+        tests/kernels/test_kernels_triton_kda.py >> "$out/pytest_gpu_kda.txt" 2>&1
+      echo "kda tests rc=$? $(( $(date +%s) - start )) s"; summary "$out/pytest_gpu_kda.txt" 30
+      timeout 120 python3 bench/gpu_kda.py --out "$out/gpu_kda.json" > "$out/bench_kda.txt" 2>&1
+      echo "kda $(( $(date +%s) - start )) s"; tail -12 "$out/bench_kda.txt" ;;
     *) echo "unknown step $step" ;;
   esac
 done
