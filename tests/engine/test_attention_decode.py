@@ -76,3 +76,54 @@ def test_triton_olmo_shape_gpu(config, L: int) -> None:
     got = ad.attention_decode(q, k, v, pos, scale=128**-0.5, config=config)
     err = float((got.float() - want.float()).norm() / want.float().norm())
     assert err < 1e-2, err
+
+
+def _gate(q: torch.Tensor, seed: int) -> torch.Tensor:
+    """An output gate shaped like q, as a strided view: the gate columns of a wider stacked row (gated
+    attention's q|k|v|g projection), not a contiguous tensor."""
+    B, H, G, D = q.shape
+    g = torch.Generator(q.device.type).manual_seed(seed)
+    row = (torch.randn(B, 3 * H * G * D + 5, generator=g, device=q.device) * 3).to(q.dtype)
+    return row[:, 2 * H * G * D + 5 :].view(B, H, G, D)
+
+
+def test_reference_gate_is_the_models_arithmetic() -> None:
+    q, k, v, pos = inputs(2, 2, 2, 16, 30, 21, torch.bfloat16, "cpu", 3)
+    gate = _gate(q, 4)
+    plain = ad.attention_decode_ref(q, k, v, pos, scale=0.25)
+    got = ad.attention_decode_ref(q, k, v, pos, scale=0.25, gate=gate)
+    assert torch.equal(got, plain * torch.sigmoid(gate))
+
+
+@pytest.mark.parametrize(
+    "B, H, G, D, M, L, dtype",
+    [
+        (1, 2, 4, 64, 300, 257, torch.bfloat16),  # Qwen3.5-9B's grouping (16 q / 4 kv heads), smaller D
+        (2, 1, 1, 32, 90, 40, torch.float32),  # one query head per KV head (the slots form), batch
+        (1, 2, 8, 32, 70, 1, torch.bfloat16),  # Qwen3.5-35B-A3B's grouping (16 / 2), one key
+    ],
+)  # fmt: skip
+def test_triton_gate_matches_reference(monkeypatch: pytest.MonkeyPatch, B, H, G, D, M, L, dtype) -> None:
+    """The output gate in the combine step: the same numbers as the reference's attn * sigmoid(gate),
+    read through the gate's strides."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        pytest.importorskip("triton")
+        monkeypatch.setenv("HYBRID_AGENT_KERNELS", "triton")
+    q, k, v, pos = inputs(B, H, G, D, M, L, dtype, device, 5)
+    gate = _gate(q, 6)
+    assert gate.storage_offset() > 0 and (B == 1 or not gate.is_contiguous())
+    got = ad.attention_decode(q, k, v, pos, scale=D**-0.5, gate=gate)
+    want = ad.attention_decode_ref(q, k, v, pos, scale=D**-0.5, gate=gate)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert float((got.float() - want.float()).abs().max()) <= tol * float(want.float().abs().max())
+    plain = ad.attention_decode_ref(q, k, v, pos, scale=D**-0.5)
+    assert float((got.float() - plain.float()).abs().max()) > 0.1 * float(plain.float().abs().max())  # gated
+
+
+def test_gate_of_another_shape_is_refused() -> None:
+    from hybrid_agent.kernels.errors import KernelInputError
+
+    q, k, v, pos = inputs(1, 2, 2, 16, 20, 10, torch.float32, "cpu", 7)
+    with pytest.raises(KernelInputError, match="output gate"):
+        ad.attention_decode(q, k, v, pos, scale=0.25, gate=q[:, :1])
