@@ -14,7 +14,9 @@ builds transformers' model (random init) and ours from its tensors through the q
    CUDA graph a token; the context synthetic: random K/V and recurrent states, decode cost does not
    depend on the values) against the floor: the bytes a step must move (every weight but the embedding
    table, for the MoE only the top-k experts of each layer, the K/V cache at that context, the recurrent
-   states read and written) over the copy bandwidth measured in the same run;
+   states read and written) over the copy bandwidth measured in the same run; same-run baselines on the
+   same engine: the attention kernel's launch with 64 splits (kernels/attention_decode.py `config_for`
+   gives few KV heads more), and every matmul on cuBLAS instead of kernels.gemv;
 3. prefill tok/s at `--prefill` tokens (16k) through our engine;
 4. transformers in the same run (with fla's kernels where fla is installed: `fla` in the JSON says):
    prefill at the same length (the second call: the first autotunes fla), then decode per context as
@@ -41,6 +43,7 @@ from gpu_common import copy_bandwidth_GBps, device_info, fill_synthetic, print_t
 from gpu_e2e_probes import extend_hf_cache, hf_call, rel
 from gpu_e2e_run import Bench
 from gpu_families_models import NAMES, adopt_weights, build_hf, describe, floor_bytes, hf_config
+from hybrid_agent.kernels.attention_decode import DecodeConfig
 from hybrid_agent.model.decode.engine import DecodeEngine
 
 SHAPES = ("dense", "moe")
@@ -142,6 +145,23 @@ class Shape:
             print(rows[-1], flush=True)
         return rows
 
+    def decode_with(self, *, attn_config: DecodeConfig | None = None, gemv: bool | None = None) -> Any:
+        """decode_ours on the same engine with the attention launch or the matmul choice switched."""
+        eng = self.engine
+        assert eng is not None
+        eng.attn_config = attn_config
+        eng.set_gemv(gemv)
+        try:
+            rows = self.decode_ours(eng)
+        finally:  # each setter drops the captured graph: the next step captures the defaults again
+            eng.attn_config = None
+            eng.set_gemv(None)
+        for row in rows:
+            row.update(
+                attn_config=str(attn_config), gemv_roles=sorted(eng.gemv_roles) if gemv is None else gemv
+            )
+        return rows
+
     def prefill_ours(self, eng: DecodeEngine) -> dict[str, Any]:
         T = self.args.prefill
         eng.prefill_chunk = 8192 if not self.args.tiny else 16
@@ -160,6 +180,10 @@ class Shape:
         size = max(self.args.contexts) + self.args.steps + 16
         self.engine = DecodeEngine(self.ours, max_context=max(size, self.args.prefill + 8))
         b.section(f"{name}.decode_ours", lambda: self.decode_ours(self.engine))
+        # same-run baselines of two launch choices, on the same engine (graphs recaptured): the attention
+        # kernel with 64 splits (its launch before few-KV-head shapes got more), every matmul on cuBLAS
+        b.section(f"{name}.decode_nsplit64", lambda: self.decode_with(attn_config=DecodeConfig(nsplit=64)))
+        b.section(f"{name}.decode_cublas", lambda: self.decode_with(gemv=False))
         b.section(f"{name}.prefill_ours", lambda: self.prefill_ours(self.engine))
         self.engine = None  # frees its buffers before transformers' caches need the room
         if self.b.cuda:
@@ -271,17 +295,36 @@ def fla_available() -> bool:
 def table(res: dict[str, Any], shapes: list[str]) -> None:
     rows = []
     for s in shapes:
-        ours = res.get(f"{s}.decode_ours")
-        hf = {r["ctx"]: r for r in res.get(f"{s}.decode_hf") or [] if isinstance(r, dict)}
-        for r in ours if isinstance(ours, list) else []:
-            h = hf.get(r["ctx"], {})
-            rows.append({"shape": s, "ctx": r["ctx"], "tok_s": r["tok_s"], "floor_tok_s": r["floor_tok_s"],
-                         "vs_floor": r["vs_floor"], "hf_tok_s": h.get("tok_s"),
-                         "hf_generate": h.get("generate_tok_s")})  # fmt: skip
+
+        def by_ctx(section: str, s: str = s) -> dict[int, dict[str, Any]]:
+            got = res.get(f"{s}.{section}")
+            return (
+                {r["ctx"]: r for r in got if isinstance(r, dict) and "ctx" in r}
+                if isinstance(got, list)
+                else {}
+            )
+
+        hf, split64, cublas = by_ctx("decode_hf"), by_ctx("decode_nsplit64"), by_ctx("decode_cublas")
+        for ctx, r in by_ctx("decode_ours").items():
+            rows.append({"shape": s, "ctx": ctx, "tok_s": r["tok_s"], "floor_tok_s": r["floor_tok_s"],
+                         "vs_floor": r["vs_floor"], "nsplit64": split64.get(ctx, {}).get("tok_s"),
+                         "cublas": cublas.get(ctx, {}).get("tok_s"), "hf_tok_s": hf.get(ctx, {}).get("tok_s"),
+                         "hf_generate": hf.get(ctx, {}).get("generate_tok_s")})  # fmt: skip
         po, ph = res.get(f"{s}.prefill_ours") or {}, res.get(f"{s}.prefill_hf") or {}
         rows.append({"shape": s, "ctx": f"prefill {po.get('T')}", "tok_s": po.get("tok_s"),
                      "hf_tok_s": ph.get("tok_s")})  # fmt: skip
-    print_table(rows, ["shape", "ctx", "tok_s", "floor_tok_s", "vs_floor", "hf_tok_s", "hf_generate"])
+    cols = [
+        "shape",
+        "ctx",
+        "tok_s",
+        "floor_tok_s",
+        "vs_floor",
+        "nsplit64",
+        "cublas",
+        "hf_tok_s",
+        "hf_generate",
+    ]
+    print_table(rows, cols)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

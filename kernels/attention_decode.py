@@ -102,9 +102,12 @@ def config_for(bh: int, sms: int = 132) -> DecodeConfig:
     the H100 (bench/results/gpu_e2e_s3_sweep.json, OLMo Hybrid 7B's 8 attention layers, G == 1):
     64 x 32 with slots and prefetch took 128 / 768 / 2699 us at 1k / 16k / 64k (2.98 TB/s at 64k)
     against 147 / 1254 / 4666 us with one running max per row (64 x 64); blocks of 64 keys
-    were faster at 1k only (112 us without prefetch) and slower at 64k (3047 us)."""
+    were faster at 1k only (112 us without prefetch) and slower at 64k (3047 us).
+    Few KV heads (Qwen3.5-9B's 4, Qwen3.5-35B-A3B's 2 at batch 1) get up to 256 splits, so that they too
+    fill the chip (4 x 64 = 256 programs would leave most SMs one 4-warp program); 30 heads keep 64.
+    Not yet measured on the GPU: bench/gpu_families.py times the engine with nsplit=64 beside it."""
     nsplit = 1
-    while bh * nsplit < 8 * sms and nsplit < 64:
+    while bh * nsplit < 8 * sms and nsplit < 256:
         nsplit *= 2
     return DecodeConfig(nsplit=nsplit)
 
@@ -121,23 +124,31 @@ if triton is not None:
     @triton.jit
     def _combine(
         m_ptr, l_ptr, acc_ptr, o_ptr, g_ptr, pid_bh, n_act, b, h, G, D, sob, soh, sog, sgb, sgh, sgg,
-        NSPLIT: tl.constexpr, BLOCK_D: tl.constexpr, GATE: tl.constexpr,
+        NSPLIT: tl.constexpr, BLOCK_D: tl.constexpr, CH: tl.constexpr, GATE: tl.constexpr,
     ):  # fmt: skip
-        """Log-sum-exp merge of the n_act partial results of one head into o (G rows of D); with GATE,
-        times sigmoid(gate), each factor rounded to o's dtype (the model's `out * sigmoid(gate)`)."""
+        """Log-sum-exp merge of the n_act partial results of one head into o (G rows of D), the partial
+        sums read CH splits at a time (the registers hold (CH, BLOCK_D), whatever NSPLIT is); with
+        GATE, times sigmoid(gate), each factor rounded to o's dtype (the model's `out * sigmoid(gate)`)."""
         offs_s = tl.arange(0, NSPLIT)
         ms = offs_s < n_act
+        offs_c = tl.arange(0, CH)
         offs_d = tl.arange(0, BLOCK_D)
         md = offs_d < D
         for g in range(0, G):
             row = (pid_bh * NSPLIT + offs_s) * G + g  # (NSPLIT,)
             m = tl.load(m_ptr + row, mask=ms, other=-1.0e30)
             denom = tl.load(l_ptr + row, mask=ms, other=0.0)
-            acc = tl.load(acc_ptr + row[:, None] * D + offs_d[None, :], mask=ms[:, None] & md[None, :],
-                          other=0.0)  # fmt: skip
             m_max = tl.max(m, axis=0)
-            w = tl.where(ms, tl.exp2(m - m_max), 0.0)
-            out = tl.sum(acc * w[:, None], axis=0) / tl.sum(denom * w, axis=0)
+            total = tl.sum(denom * tl.where(ms, tl.exp2(m - m_max), 0.0), axis=0)
+            num = tl.zeros((BLOCK_D,), tl.float32)
+            for c in range(0, n_act, CH):
+                mc = (c + offs_c) < n_act
+                rc = (pid_bh * NSPLIT + c + offs_c) * G + g  # (CH,)
+                wc = tl.where(mc, tl.exp2(tl.load(m_ptr + rc, mask=mc, other=-1.0e30) - m_max), 0.0)
+                acc = tl.load(acc_ptr + rc[:, None] * D + offs_d[None, :], mask=mc[:, None] & md[None, :],
+                              other=0.0)  # fmt: skip
+                num += tl.sum(acc * wc[:, None], axis=0)
+            out = num / total
             dt = o_ptr.dtype.element_ty
             if GATE:
                 gv = tl.load(g_ptr + b * sgb + h * sgh + g * sgg + offs_d, mask=md, other=0.0).to(tl.float32)
@@ -275,13 +286,14 @@ if triton is not None:
     @triton.jit
     def _combine_kernel(
         m_ptr, l_ptr, acc_ptr, o_ptr, g_ptr, pos_ptr, Hkv, G, D, sob, soh, sog, sgb, sgh, sgg,
-        NSPLIT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, GATE: tl.constexpr,
+        NSPLIT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CH: tl.constexpr,
+        GATE: tl.constexpr,
     ):  # fmt: skip
         pid_bh = tl.program_id(0)
         L = tl.load(pos_ptr) + 1
         per = tl.cdiv(tl.cdiv(L, NSPLIT), BLOCK_N) * BLOCK_N
         _combine(m_ptr, l_ptr, acc_ptr, o_ptr, g_ptr, pid_bh, tl.cdiv(L, per), pid_bh // Hkv, pid_bh % Hkv, G,
-                 D, sob, soh, sog, sgb, sgh, sgg, NSPLIT, BLOCK_D, GATE)  # fmt: skip
+                 D, sob, soh, sog, sgb, sgh, sgg, NSPLIT, BLOCK_D, CH, GATE)  # fmt: skip
 
 
 def _attention_decode_triton(
@@ -320,7 +332,7 @@ def _attention_decode_triton(
     gs = (0, 0, 0) if gate is None else (gate.stride(0), gate.stride(1), gate.stride(2))
     _combine_kernel[(B * Hkv,)](
         m, denom, acc, out, out if gate is None else gate, pos, Hkv, G, D, out.stride(0), out.stride(1),
-        out.stride(2), *gs, NSPLIT=NSPLIT, BLOCK_N=config.block_n, BLOCK_D=BLOCK_D, GATE=gate is not None,
-        num_warps=4,
+        out.stride(2), *gs, NSPLIT=NSPLIT, BLOCK_N=config.block_n, BLOCK_D=BLOCK_D,
+        CH=min(NSPLIT, max(16, 8192 // BLOCK_D)), GATE=gate is not None, num_warps=4,
     )  # fmt: skip
     return out

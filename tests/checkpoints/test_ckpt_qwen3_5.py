@@ -62,6 +62,11 @@ def test_fused_engine_greedy_equals_model_forward(checkpoint, monkeypatch, kerne
     monkeypatch.setenv("HYBRID_AGENT_KERNELS", kernels)
     engine = DecodeEngine(model, max_context=48, prefill_chunk=8, attention="kernel")
     assert engine.fused and engine.attn_prep
+    gdn, attn = model.layers[0].mixer, model.layers[1].mixer
+    # one matmul each for the split q|k|v|a|b|z of a Gated DeltaNet layer and q|k|v|gate of an attention one
+    for mixer in (gdn, attn):
+        stacked = engine.stacked_weight(mixer.in_projs)
+        assert stacked is not None and stacked.shape[0] == sum(lin.out_features for lin in mixer.in_projs)
     engine.prefill(prompt)
     assert engine.generate_greedy(10, sync_every=5) == want
     for name, t in state.to_tensors().items():

@@ -127,3 +127,27 @@ def test_gate_of_another_shape_is_refused() -> None:
     q, k, v, pos = inputs(1, 2, 2, 16, 20, 10, torch.float32, "cpu", 7)
     with pytest.raises(KernelInputError, match="output gate"):
         ad.attention_decode(q, k, v, pos, scale=0.25, gate=q[:, :1])
+
+
+@pytest.mark.parametrize(
+    "G, D, L, config",
+    [
+        (1, 256, 140, ad.DecodeConfig(nsplit=64, block_n=4)),  # 35 splits hold keys: chunks of 32 + 3
+        pytest.param(4, 256, 555, ad.DecodeConfig(nsplit=128, block_n=16), marks=pytest.mark.slow),
+        pytest.param(1, 256, 300, None, marks=pytest.mark.slow),  # config_for(2 heads): 256 splits
+        pytest.param(2, 1024, 700, ad.DecodeConfig(nsplit=64, block_n=8), marks=pytest.mark.slow),  # of 16
+    ],
+)  # fmt: skip
+def test_combine_reads_many_splits_in_chunks(monkeypatch: pytest.MonkeyPatch, G, D, L, config) -> None:
+    """The combine step over more splits than fit its registers at once (heads of 256 and more): the
+    same numbers as the reference (gated: the gate is applied after the chunks are summed)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        pytest.importorskip("triton")
+        monkeypatch.setenv("HYBRID_AGENT_KERNELS", "triton")
+    assert ad.config_for(2).nsplit == 256 and ad.config_for(30).nsplit == 64
+    q, k, v, pos = inputs(1, 1, G, D, L + 5, L, torch.float32, device, 8)
+    gate = _gate(q, 9)
+    got = ad.attention_decode(q, k, v, pos, scale=D**-0.5, config=config, gate=gate)
+    want = ad.attention_decode_ref(q, k, v, pos, scale=D**-0.5, gate=gate)
+    assert float((got - want).abs().max()) <= 1e-5 * float(want.abs().max())

@@ -45,6 +45,8 @@ def check_shape(res: dict[str, Any], shape: str, contexts: list[int], prefill: i
     assert all(r["tok_s"] > 0 and isinstance(r["generate_tok_s"], float) for r in hf), hf
     assert all(f"grown to {c} " in r["cache"] for r, c in zip(hf, contexts, strict=True))
     assert res[f"{shape}.prefill_ours"]["T"] == res[f"{shape}.prefill_hf"]["T"] == prefill
+    for baseline in ("decode_nsplit64", "decode_cublas"):
+        assert [r["ctx"] for r in res[f"{shape}.{baseline}"]] == contexts
 
 
 def test_smoke_run_moe(families, tmp_path: Path) -> None:
