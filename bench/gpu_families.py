@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_common import copy_bandwidth_GBps, device_info, fill_synthetic, print_table
 from gpu_e2e_probes import extend_hf_cache, hf_call, rel
 from gpu_e2e_run import Bench
-from gpu_families_models import NAMES, adopt_weights, build_hf, describe, floor_bytes, hf_config
+from gpu_families_models import NAMES, adopt_weights, build_hf, build_ours, describe, floor_bytes, hf_config
 from hybrid_agent.kernels.attention_decode import DecodeConfig
 from hybrid_agent.model.decode.engine import DecodeEngine
 
@@ -98,8 +98,16 @@ class Shape:
     def __init__(self, b: Bench, args: argparse.Namespace, shape: str, copy_bps: float) -> None:
         self.b, self.args, self.shape, self.copy_bps = b, args, shape, copy_bps
         self.gen = torch.Generator(b.dev).manual_seed(0)
-        self.hf = build_hf(hf_config(shape, args.tiny), b.dev, b.dtype)
-        self.ours = adopt_weights(self.hf)
+        self.hf: Any = None
+        self.why_no_hf = "--no-hf" if args.no_hf else ""
+        if not args.no_hf:
+            try:
+                self.hf = build_hf(hf_config(shape, args.tiny), b.dev, b.dtype)
+            except ImportError as exc:  # a transformers without Qwen3.5: ours alone
+                self.why_no_hf = f"transformers has no Qwen3.5 here: {exc}"[:300]
+        self.ours = (
+            adopt_weights(self.hf) if self.hf is not None else build_ours(shape, args.tiny, b.dev, b.dtype)
+        )
         self.engine: DecodeEngine | None = None
         self.vocab = self.ours.config.vocab_size
 
@@ -109,6 +117,8 @@ class Shape:
     def check(self) -> dict[str, Any]:
         """Ours (engine) against transformers on one prompt: the logits and the greedy tokens."""
         T, n = (256, 16) if not self.args.tiny else (12, 4)
+        if self.hf is None:
+            return {"skipped": self.why_no_hf}
         eng = DecodeEngine(self.ours, max_context=T + n + 8)
         prompt = self.ids(T)
         with torch.inference_mode():
@@ -259,8 +269,8 @@ class Shape:
 
     def hf_sections(self) -> None:
         b, name = self.b, self.shape
-        if self.args.no_hf:
-            b.res[f"{name}.transformers"] = {"skipped": "--no-hf"}
+        if self.hf is None:
+            b.res[f"{name}.transformers"] = {"skipped": self.why_no_hf}
             return
         b.section(f"{name}.prefill_hf", self.prefill_hf, min_left=60 if not self.args.tiny else 0)
         b.section(f"{name}.decode_hf", self.decode_hf)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from hybrid_agent.model import HybridLM
+from hybrid_agent.model import HybridConfig, HybridLM
 from hybrid_agent.model.attention import Attention
 from hybrid_agent.model.checkpoints import qwen3_5
 from hybrid_agent.model.checkpoints.plan import Source
@@ -33,6 +33,42 @@ TINY = {
 }  # fmt: skip
 # What each shape stands for (the configs' defaults are these checkpoints' text models).
 NAMES = {"dense": "Qwen3.5-9B", "moe": "Qwen3.5-35B-A3B"}
+# The same shapes written out (transformers' defaults, checked equal by tests/engine/test_bench_families.py),
+# so ours can be built where the installed transformers has no Qwen3.5 (then without transformers' side).
+_LINEAR = dict(
+    linear_num_key_heads=16, linear_num_value_heads=32, linear_key_head_dim=128, linear_value_head_dim=128,
+    linear_conv_kernel_dim=4,
+)  # fmt: skip
+FULL = {
+    "dense": dict(vocab_size=248320, hidden_size=4096, num_hidden_layers=32, num_attention_heads=16,
+                  num_key_value_heads=4, head_dim=256, intermediate_size=12288, **_LINEAR),
+    "moe": dict(vocab_size=248320, hidden_size=2048, num_hidden_layers=40, num_attention_heads=16,
+                num_key_value_heads=2, head_dim=256, num_experts=256, num_experts_per_tok=8,
+                moe_intermediate_size=512, shared_expert_intermediate_size=512, **_LINEAR),
+}  # fmt: skip
+_ROPE = {"rope_parameters": {"rope_theta": 10000.0, "partial_rotary_factor": 0.25}, "rms_norm_eps": 1e-6}
+
+
+def our_config(shape: str, tiny: bool) -> HybridConfig:
+    """Our config of the shape through the qwen3_5 adapter, from the written-out text config."""
+    text = {**(TINY if tiny else FULL)[shape], **_ROPE}
+    return qwen3_5.config_from_text(text, tie=False, moe={"norm_topk_prob": True})
+
+
+def build_ours(shape: str, tiny: bool, device: torch.device, dtype: torch.dtype) -> HybridLM:
+    """Ours alone with its own random init, built in `dtype` directly on the device (35B parameters in
+    fp32 would not fit the card)."""
+    cfg = our_config(shape, tiny)
+    before = torch.get_default_dtype()
+    torch.manual_seed(0)
+    try:
+        torch.set_default_dtype(dtype)
+        with torch.device(device):
+            model = HybridLM(cfg)
+    finally:
+        torch.set_default_dtype(before)
+    model._fingerprint = "bench-random-qwen3.5"
+    return model.eval()
 
 
 def hf_config(shape: str, tiny: bool) -> Any:

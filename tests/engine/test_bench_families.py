@@ -91,3 +91,23 @@ def test_ours_reads_transformers_tensors_in_place(families) -> None:
     assert shared(ours.layers[0].mlp.experts.up_proj, ref.mlp.experts.gate_up_proj)
     assert shared(ours.layers[0].mixer.v_proj.weight, ref.linear_attn.in_proj_qkv.weight)
     assert shared(ours.lm_head.weight, hf.lm_head.weight)
+
+
+def test_written_out_shapes_are_transformers_defaults(families) -> None:
+    """The shapes ours is built from where transformers has no Qwen3.5 are the ones its configs give."""
+    import gpu_families_models as m
+    from hybrid_agent.model.checkpoints import qwen3_5
+
+    for shape, cls in (("dense", transformers.Qwen3_5TextConfig), ("moe", transformers.Qwen3_5MoeTextConfig)):
+        want = qwen3_5.hybrid_config(cls().to_dict())
+        assert m.our_config(shape, tiny=False).model_dump() == want.model_dump(), shape
+
+
+def test_smoke_run_without_transformers(families, tmp_path: Path) -> None:
+    res = smoke(
+        families, tmp_path / "f.json", "--no-hf", "--shapes", "dense", "--contexts", "20", "--prefill", "12"
+    )
+    assert res["dense.transformers"] == {"skipped": "--no-hf"} and res["dense.check"] == {
+        "skipped": "--no-hf"
+    }
+    assert [r["ctx"] for r in res["dense.decode_ours"]] == [20] and res["dense.prefill_ours"]["T"] == 12
