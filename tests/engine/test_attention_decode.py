@@ -151,3 +151,20 @@ def test_combine_reads_many_splits_in_chunks(monkeypatch: pytest.MonkeyPatch, G,
     got = ad.attention_decode(q, k, v, pos, scale=D**-0.5, config=config, gate=gate)
     want = ad.attention_decode_ref(q, k, v, pos, scale=D**-0.5, gate=gate)
     assert float((got - want).abs().max()) <= 1e-5 * float(want.abs().max())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("Hkv, G", [(4, 4), (2, 8)], ids=["qwen3.5-9b", "qwen3.5-35b-a3b"])
+@pytest.mark.parametrize("L", [1024, 16384])
+@pytest.mark.parametrize("gated", [False, True])
+def test_triton_qwen3_5_shapes_gpu(Hkv: int, G: int, L: int, gated: bool) -> None:
+    """Qwen3.5's attention (heads of 256, GQA 16 / 4 and 16 / 2), bf16, the default launch (few KV heads:
+    256 splits), with and without the output gate."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    q, k, v, pos = inputs(1, Hkv, G, 256, L + 64, L, torch.bfloat16, "cuda", 3)
+    gate = _gate(q, 4) if gated else None
+    want = ad.attention_decode_ref(q, k, v, pos, scale=256**-0.5, gate=gate)
+    got = ad.attention_decode(q, k, v, pos, scale=256**-0.5, gate=gate)
+    err = float((got.float() - want.float()).norm() / want.float().norm())
+    assert err < 1e-2, err

@@ -52,7 +52,11 @@ def test_gdn_prep_reference_is_the_model_arithmetic() -> None:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("shape", [(1, 3, 12, 3, 20, 4, False), (2, 2, 16, 4, 8, 3, True)])
+@pytest.mark.parametrize(
+    "shape",
+    [(1, 3, 12, 3, 20, 4, False), (2, 2, 16, 4, 8, 3, True), (1, 16, 128, 32, 128, 4, False)],
+    ids=["mha", "gqa-neg", "qwen3.5"],
+)
 def test_gdn_prep_triton(device: str, shape: tuple) -> None:
     from hybrid_agent.kernels.triton_gdn_decode_prep import gdn_decode_prep_triton
 
