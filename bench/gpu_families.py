@@ -87,6 +87,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="decode tokens timed per context (default 64)")
     p.add_argument("--hf-steps", type=int, default=None, help="transformers decode tokens (default 8)")
     p.add_argument("--no-hf", action="store_true", help="skip transformers")
+    p.add_argument(
+        "--gemv-sweep", action="store_true", help="also tune kernels.gemv at these shapes (~1 min)"
+    )
     p.add_argument("--smoke", action="store_true", help="toy shapes on the CPU (checks the script runs)")
     p.add_argument("--budget-s", type=float, default=None, help="wall-clock budget (default 360, smoke 60)")
     return p
@@ -109,6 +112,7 @@ class Shape:
             adopt_weights(self.hf) if self.hf is not None else build_ours(shape, args.tiny, b.dev, b.dtype)
         )
         self.engine: DecodeEngine | None = None
+        self.tuned_roles: list[str] = []
         self.vocab = self.ours.config.vocab_size
 
     def ids(self, n: int) -> torch.Tensor:
@@ -155,7 +159,17 @@ class Shape:
             print(rows[-1], flush=True)
         return rows
 
-    def decode_with(self, *, attn_config: DecodeConfig | None = None, gemv: bool | None = None) -> Any:
+    def gemv_sweep(self) -> dict[str, Any]:
+        """bench/gpu_gemv.py's sweep at this engine's matmul shapes: the best launch of each goes into the
+        engine's gemv_cfg, the roles where it beats cuBLAS into `tuned_roles`."""
+        from gpu_gemv import engine_shapes, sweep
+
+        assert self.engine is not None
+        res = sweep(engine_shapes(self.engine), install=self.engine.gemv_cfg)
+        self.tuned_roles = res["faster_roles"]
+        return {"shapes": res["shapes"], "faster_roles": res["faster_roles"]}
+
+    def decode_with(self, *, attn_config: DecodeConfig | None = None, gemv: Any = None) -> Any:
         """decode_ours on the same engine with the attention launch or the matmul choice switched."""
         eng = self.engine
         assert eng is not None
@@ -194,6 +208,11 @@ class Shape:
         # kernel with 64 splits (its launch before few-KV-head shapes got more), every matmul on cuBLAS
         b.section(f"{name}.decode_nsplit64", lambda: self.decode_with(attn_config=DecodeConfig(nsplit=64)))
         b.section(f"{name}.decode_cublas", lambda: self.decode_with(gemv=False))
+        if (
+            self.args.gemv_sweep and b.cuda
+        ):  # kernels.gemv's launches tuned at this shape's matmuls, then decode
+            b.section(f"{name}.gemv_sweep", self.gemv_sweep)
+            b.section(f"{name}.decode_gemv_tuned", lambda: self.decode_with(gemv=self.tuned_roles))
         b.section(f"{name}.prefill_ours", lambda: self.prefill_ours(self.engine))
         self.engine = None  # frees its buffers before transformers' caches need the room
         if self.b.cuda:

@@ -111,3 +111,22 @@ def test_smoke_run_without_transformers(families, tmp_path: Path) -> None:
         "skipped": "--no-hf"
     }
     assert [r["ctx"] for r in res["dense.decode_ours"]] == [20] and res["dense.prefill_ours"]["T"] == 12
+
+
+def test_gemv_sweep_shapes_of_the_moe_engine(families) -> None:
+    """--gemv-sweep tunes the matmuls the MoE engine's step runs: the shared expert's gate|up and down,
+    the stacked Gated DeltaNet and gated-attention inputs, the head."""
+    import gpu_families_models as m
+    from gpu_gemv import engine_shapes
+    from hybrid_agent.model.decode.engine import DecodeEngine
+
+    model = m.build_ours("moe", True, torch.device("cpu"), torch.float32)
+    shapes = engine_shapes(DecodeEngine(model, max_context=16, attention="kernel"))
+    shared = m.TINY["moe"]["shared_expert_intermediate_size"]
+    key, value = 2 * 16 * 2, 16 * 4  # q|k (2 heads of 16 each), v (4 heads of 16)
+    assert shapes == {
+        "gdn_in": (key + value + 2 * 4 + value, 64), "gdn_out": (64, value),
+        "attn_in": ((4 + 2 * 2 + 4) * 32, 64), "attn_out": (64, 4 * 32),
+        "gate_up": (2 * shared, 64), "down": (64, shared),
+        "head": (512, 64),
+    }  # fmt: skip
