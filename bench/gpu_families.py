@@ -208,9 +208,8 @@ class Shape:
         # kernel with 64 splits (its launch before few-KV-head shapes got more), every matmul on cuBLAS
         b.section(f"{name}.decode_nsplit64", lambda: self.decode_with(attn_config=DecodeConfig(nsplit=64)))
         b.section(f"{name}.decode_cublas", lambda: self.decode_with(gemv=False))
-        if (
-            self.args.gemv_sweep and b.cuda
-        ):  # kernels.gemv's launches tuned at this shape's matmuls, then decode
+        # with --gemv-sweep: kernels.gemv's launches tuned at this shape's matmuls, then decode again
+        if self.args.gemv_sweep and b.cuda:
             b.section(f"{name}.gemv_sweep", self.gemv_sweep)
             b.section(f"{name}.decode_gemv_tuned", lambda: self.decode_with(gemv=self.tuned_roles))
         b.section(f"{name}.prefill_ours", lambda: self.prefill_ours(self.engine))
