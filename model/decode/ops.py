@@ -145,10 +145,13 @@ class EngineOps(Ops):
         qg = q.reshape(B, Hkv, G, Dh)  # heads kvh * G + g: (B, 1, H, Dh) is (B, Hkv, G, Dh)
         k, v, scale = layer.storage["k"], layer.storage["v"], 1.0 / math.sqrt(Dh)
         if self.attention == "kernel":  # reads the length (pos + 1) on the device
-            # the output gate (a view of the stacked projection's columns) applied in the kernel's last step
-            g = None if gate is None else gate.view(B, Hkv, G, Dh)
+            # the output gate (a view of the stacked projection's columns) applied in the kernel's last step;
+            # a gate with non-contiguous channels (never from `project`) is applied after, as the model does
+            fuse_gate = gate is not None and gate.stride(-1) == 1
+            g = gate.view(B, Hkv, G, Dh) if fuse_gate else None  # type: ignore[union-attr]
             out = attention_decode(qg, k, v, pos, scale=scale, config=self.kernels.attn_config, gate=g)
-            return out.reshape(B, 1, H * Dh)  # (B, Hkv, G, Dh) is (B, H, Dh) in head order
+            out = out.reshape(B, 1, H * Dh)  # (B, Hkv, G, Dh) is (B, H, Dh) in head order
+            return out if fuse_gate else gated(out, gate)
         # the model's SDPA call over the first L slots (the new token's key is in the buffer)
         L = self.buf.n + 1
         out = sdpa(

@@ -168,3 +168,29 @@ def test_triton_qwen3_5_shapes_gpu(Hkv: int, G: int, L: int, gated: bool) -> Non
     got = ad.attention_decode(q, k, v, pos, scale=256**-0.5, gate=gate)
     err = float((got.float() - want.float()).norm() / want.float().norm())
     assert err < 1e-2, err
+
+
+def test_engine_applies_a_strided_gate_after_the_kernel() -> None:
+    """EngineOps.attend fuses the output gate when its channels are contiguous (a view of the stacked
+    projection) and applies a gate whose channels are not after the kernel: the same numbers."""
+    from hybrid_agent.model import HybridConfig, HybridLM
+    from hybrid_agent.model.decode.engine import DecodeEngine
+
+    cfg = HybridConfig.model_validate(
+        {"vocab_size": 50, "d_model": 32, "layer_types": ["attention"], "mlp": {"hidden_dim": 32},
+         "attention": {"n_heads": 4, "n_kv_heads": 2, "head_dim": 8, "output_gate": True,
+                       "rope_fraction": 0.5}}
+    )  # fmt: skip
+    torch.manual_seed(0)
+    engine = DecodeEngine(HybridLM(cfg).eval(), max_context=16, attention="kernel")
+    engine.prefill(torch.randint(0, 50, (1, 9), generator=torch.Generator().manual_seed(1)))
+    mixer, layer = engine.model.layers[0].mixer, engine.state.layers[0]
+    g = torch.Generator().manual_seed(2)
+    q, pos = torch.randn(1, 1, 4, 8, generator=g), torch.tensor([8])
+    row = torch.randn(1, 1, 2 * 32, generator=g)
+    fused, strided = row[..., :32], row[..., ::2]  # contiguous channels / every other one
+    assert fused.stride(-1) == 1 and strided.stride(-1) == 2
+    plain = engine.ops.attend(mixer, layer, engine.state, q, pos)
+    for gate in (fused, strided):
+        got = engine.ops.attend(mixer, layer, engine.state, q, pos, gate)
+        assert torch.equal(got, plain * torch.sigmoid(gate))
