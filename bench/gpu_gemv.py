@@ -65,8 +65,8 @@ def engine_shapes(engine: Any) -> dict[str, tuple[int, int]]:
         elif block.kind == "attention":
             out.setdefault("attn_in", tuple(engine.stacked_weight(a.in_projs).shape))
             out.setdefault("attn_out", tuple(a.o_proj.weight.shape))
-        mlp = block.mlp
-        if mlp is not None and mlp.gate_proj is not None:
+        mlp = getattr(block.mlp, "shared_expert", block.mlp)  # an MoE's shared expert is an MLP
+        if mlp is not None and getattr(mlp, "gate_proj", None) is not None:
             out.setdefault("gate_up", tuple(engine.stacked_weight([mlp.gate_proj, mlp.up_proj]).shape))
             out.setdefault("down", tuple(mlp.down_proj.weight.shape))
     head = m.embed_tokens.weight if m.lm_head is None else m.lm_head.weight

@@ -3,6 +3,10 @@
 `attention_decode(q, k_buf, v_buf, pos, *, scale)`: q (B, Hkv, G, D) holds the G query heads that share
 each KV head; k_buf, v_buf (B, Hkv, M, D) hold M >= L slots of which the first L = pos + 1 are valid
 (`pos`: (1,) int64 on the device, the position of the newest key). Returns (B, Hkv, G, D) in q's dtype.
+With `gate` (q's shape and dtype, any strides but a contiguous last axis: gated attention's output gate
+before its sigmoid, e.g. Qwen3.5's), the output is attn * sigmoid(gate), each factor rounded to q's
+dtype as the model's `out * torch.sigmoid(gate)` rounds them, in the kernel's last step (no extra
+launches).
 
 Why: `scaled_dot_product_attention` needs the length as a shape, so a decode step that calls it cannot
 be one CUDA graph, and on the H100 the call itself cost ~40 ms of host time per token when the length
@@ -33,7 +37,13 @@ from hybrid_agent.kernels._dispatch import interpreter_on, use_triton
 from hybrid_agent.kernels.errors import KernelInputError
 
 
-def _check(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, pos: torch.Tensor) -> None:
+def _check(
+    q: torch.Tensor,
+    k_buf: torch.Tensor,
+    v_buf: torch.Tensor,
+    pos: torch.Tensor,
+    gate: torch.Tensor | None = None,
+) -> None:
     if q.dim() != 4 or k_buf.dim() != 4 or k_buf.shape != v_buf.shape:
         raise KernelInputError(
             f"attention_decode wants q (B, Hkv, G, D) and equal k/v buffers (B, Hkv, M, D); got "
@@ -43,27 +53,35 @@ def _check(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, pos: torch
         raise KernelInputError(f"q {tuple(q.shape)} does not match the KV buffers {tuple(k_buf.shape)}")
     if pos.numel() != 1 or pos.dtype != torch.long:
         raise KernelInputError(f"pos must be one int64 (the newest key's slot); got {pos.dtype} {pos.shape}")
+    if gate is not None and (gate.shape != q.shape or gate.dtype != q.dtype):
+        raise KernelInputError(
+            f"the output gate must have q's shape and dtype {tuple(q.shape)} {q.dtype}; got "
+            f"{tuple(gate.shape)} {gate.dtype}"
+        )
 
 
 def attention_decode_ref(
-    q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, pos: torch.Tensor, *, scale: float
-) -> torch.Tensor:
-    """The definition (fp32 softmax over the first pos + 1 slots); reads `pos` on the host."""
-    _check(q, k_buf, v_buf, pos)
+    q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, pos: torch.Tensor, *, scale: float,
+    gate: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """The definition (fp32 softmax over the first pos + 1 slots, then the gate as the model applies
+    it); reads `pos` on the host."""
+    _check(q, k_buf, v_buf, pos, gate)
     L = int(pos.reshape(())) + 1
     k, v = k_buf[:, :, :L].float(), v_buf[:, :, :L].float()  # (B, Hkv, L, D)
     scores = q.float() @ k.transpose(-1, -2) * scale  # (B, Hkv, G, L)
-    return (scores.softmax(-1) @ v).to(q.dtype)  # (B, Hkv, G, D)
+    out = (scores.softmax(-1) @ v).to(q.dtype)  # (B, Hkv, G, D)
+    return out if gate is None else out * torch.sigmoid(gate)
 
 
 def attention_decode(
     q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, pos: torch.Tensor, *, scale: float,
-    config: DecodeConfig | None = None,
+    config: DecodeConfig | None = None, gate: torch.Tensor | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """See the module doc; `config` replaces `config_for`'s launch choice (the Triton path only)."""
     if use_triton(q):
-        return _attention_decode_triton(q, k_buf, v_buf, pos, scale=scale, config=config)
-    return attention_decode_ref(q, k_buf, v_buf, pos, scale=scale)
+        return _attention_decode_triton(q, k_buf, v_buf, pos, scale=scale, config=config, gate=gate)
+    return attention_decode_ref(q, k_buf, v_buf, pos, scale=scale, gate=gate)
 
 
 @dataclass(frozen=True)
@@ -84,9 +102,12 @@ def config_for(bh: int, sms: int = 132) -> DecodeConfig:
     the H100 (bench/results/gpu_e2e_s3_sweep.json, OLMo Hybrid 7B's 8 attention layers, G == 1):
     64 x 32 with slots and prefetch took 128 / 768 / 2699 us at 1k / 16k / 64k (2.98 TB/s at 64k)
     against 147 / 1254 / 4666 us with one running max per row (64 x 64); blocks of 64 keys
-    were faster at 1k only (112 us without prefetch) and slower at 64k (3047 us)."""
+    were faster at 1k only (112 us without prefetch) and slower at 64k (3047 us).
+    Few KV heads (Qwen3.5-9B's 4, Qwen3.5-35B-A3B's 2 at batch 1) get up to 256 splits, so that they too
+    fill the chip (4 x 64 = 256 programs would leave most SMs one 4-warp program); 30 heads keep 64.
+    Not yet measured on the GPU: bench/gpu_families.py times the engine with nsplit=64 beside it."""
     nsplit = 1
-    while bh * nsplit < 8 * sms and nsplit < 64:
+    while bh * nsplit < 8 * sms and nsplit < 256:
         nsplit *= 2
     return DecodeConfig(nsplit=nsplit)
 
@@ -102,24 +123,38 @@ if triton is not None:
 
     @triton.jit
     def _combine(
-        m_ptr, l_ptr, acc_ptr, o_ptr, pid_bh, n_act, b, h, G, D, sob, soh, sog,
-        NSPLIT: tl.constexpr, BLOCK_D: tl.constexpr,
+        m_ptr, l_ptr, acc_ptr, o_ptr, g_ptr, pid_bh, n_act, b, h, G, D, sob, soh, sog, sgb, sgh, sgg,
+        NSPLIT: tl.constexpr, BLOCK_D: tl.constexpr, CH: tl.constexpr, GATE: tl.constexpr,
     ):  # fmt: skip
-        """Log-sum-exp merge of the n_act partial results of one head into o (G rows of D)."""
+        """Log-sum-exp merge of the n_act partial results of one head into o (G rows of D), the partial
+        sums read CH splits at a time (the registers hold (CH, BLOCK_D), whatever NSPLIT is); with
+        GATE, times sigmoid(gate), each factor rounded to o's dtype (the model's `out * sigmoid(gate)`)."""
         offs_s = tl.arange(0, NSPLIT)
         ms = offs_s < n_act
+        offs_c = tl.arange(0, CH)
         offs_d = tl.arange(0, BLOCK_D)
         md = offs_d < D
         for g in range(0, G):
             row = (pid_bh * NSPLIT + offs_s) * G + g  # (NSPLIT,)
             m = tl.load(m_ptr + row, mask=ms, other=-1.0e30)
             denom = tl.load(l_ptr + row, mask=ms, other=0.0)
-            acc = tl.load(acc_ptr + row[:, None] * D + offs_d[None, :], mask=ms[:, None] & md[None, :],
-                          other=0.0)  # fmt: skip
             m_max = tl.max(m, axis=0)
-            w = tl.where(ms, tl.exp2(m - m_max), 0.0)
-            out = tl.sum(acc * w[:, None], axis=0) / tl.sum(denom * w, axis=0)
-            tl.store(o_ptr + b * sob + h * soh + g * sog + offs_d, out.to(o_ptr.dtype.element_ty), mask=md)
+            total = tl.sum(denom * tl.where(ms, tl.exp2(m - m_max), 0.0), axis=0)
+            num = tl.zeros((BLOCK_D,), tl.float32)
+            for c in range(0, n_act, CH):
+                mc = (c + offs_c) < n_act
+                rc = (pid_bh * NSPLIT + c + offs_c) * G + g  # (CH,)
+                wc = tl.where(mc, tl.exp2(tl.load(m_ptr + rc, mask=mc, other=-1.0e30) - m_max), 0.0)
+                acc = tl.load(acc_ptr + rc[:, None] * D + offs_d[None, :], mask=mc[:, None] & md[None, :],
+                              other=0.0)  # fmt: skip
+                num += tl.sum(acc * wc[:, None], axis=0)
+            out = num / total
+            dt = o_ptr.dtype.element_ty
+            if GATE:
+                gv = tl.load(g_ptr + b * sgb + h * sgh + g * sgg + offs_d, mask=md, other=0.0).to(tl.float32)
+                sig = (1.0 / (1.0 + tl.exp(-gv))).to(dt).to(tl.float32)
+                out = out.to(dt).to(tl.float32) * sig
+            tl.store(o_ptr + b * sob + h * soh + g * sog + offs_d, out.to(dt), mask=md)
 
     @triton.jit
     def _slots_partial(
@@ -250,23 +285,26 @@ if triton is not None:
 
     @triton.jit
     def _combine_kernel(
-        m_ptr, l_ptr, acc_ptr, o_ptr, pos_ptr, Hkv, G, D, sob, soh, sog,
-        NSPLIT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        m_ptr, l_ptr, acc_ptr, o_ptr, g_ptr, pos_ptr, Hkv, G, D, sob, soh, sog, sgb, sgh, sgg,
+        NSPLIT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CH: tl.constexpr,
+        GATE: tl.constexpr,
     ):  # fmt: skip
         pid_bh = tl.program_id(0)
         L = tl.load(pos_ptr) + 1
         per = tl.cdiv(tl.cdiv(L, NSPLIT), BLOCK_N) * BLOCK_N
-        _combine(m_ptr, l_ptr, acc_ptr, o_ptr, pid_bh, tl.cdiv(L, per), pid_bh // Hkv, pid_bh % Hkv, G, D,
-                 sob, soh, sog, NSPLIT, BLOCK_D)  # fmt: skip
+        _combine(m_ptr, l_ptr, acc_ptr, o_ptr, g_ptr, pid_bh, tl.cdiv(L, per), pid_bh // Hkv, pid_bh % Hkv, G,
+                 D, sob, soh, sog, sgb, sgh, sgg, NSPLIT, BLOCK_D, CH, GATE)  # fmt: skip
 
 
 def _attention_decode_triton(
     q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, pos: torch.Tensor, *, scale: float,
-    config: DecodeConfig | None = None,
+    config: DecodeConfig | None = None, gate: torch.Tensor | None = None,
 ) -> torch.Tensor:  # fmt: skip
-    _check(q, k_buf, v_buf, pos)
+    _check(q, k_buf, v_buf, pos, gate)
     if k_buf.stride(3) != 1 or v_buf.stride(3) != 1 or q.stride(3) != 1:
         raise KernelInputError("attention_decode needs the head dimension contiguous in q, k_buf and v_buf")
+    if gate is not None and gate.stride(3) != 1:
+        raise KernelInputError("attention_decode needs the head dimension contiguous in the output gate")
     B, Hkv, G, D = q.shape
     if config is None:
         sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 132
@@ -291,8 +329,10 @@ def _attention_decode_triton(
         USE_DOT=use_dot, IEEE=q.dtype == torch.float32 or interpreter_on(),
         SLOTS=config.slots and G == 1, PREFETCH=config.prefetch,
     )  # fmt: skip
+    gs = (0, 0, 0) if gate is None else (gate.stride(0), gate.stride(1), gate.stride(2))
     _combine_kernel[(B * Hkv,)](
-        m, denom, acc, out, pos, Hkv, G, D, out.stride(0), out.stride(1), out.stride(2),
-        NSPLIT=NSPLIT, BLOCK_N=config.block_n, BLOCK_D=BLOCK_D, num_warps=4,
+        m, denom, acc, out, out if gate is None else gate, pos, Hkv, G, D, out.stride(0), out.stride(1),
+        out.stride(2), *gs, NSPLIT=NSPLIT, BLOCK_N=config.block_n, BLOCK_D=BLOCK_D,
+        CH=min(NSPLIT, max(16, 8192 // BLOCK_D)), GATE=gate is not None, num_warps=4,
     )  # fmt: skip
     return out

@@ -10,7 +10,8 @@ Design choices:
 - Weights (transformers names): q_proj (H*Dh, D), k_proj and v_proj (Hkv*Dh, D), o_proj (D, H*Dh),
   optional q_norm / k_norm weights of size Dh ("head") or H*Dh / Hkv*Dh ("full"); with `output_gate`
   g_proj (H*Dh, D), stacked after v in the one input projection so q|k|v keep their offsets (the
-  engine's fused prep reads them there and ignores the columns after).
+  engine's fused prep reads them there and ignores the columns after); `ops.attend` multiplies its
+  output by sigmoid(gate) (the engine's attention kernel in its last step).
 """
 
 from __future__ import annotations
@@ -70,10 +71,11 @@ class Attention(nn.Module):
         pos = ops.positions(state, x.shape[1], x.device)  # (T,)
         qkv = ops.project("attn_in", x, self.in_projs)  # (B, T, (H + 2 Hkv) Dh (+ H Dh))
         q = ops.attention_in(self, layer, state, qkv, pos)  # (B, T, H, Dh); k and v are in the cache
-        out = ops.attend(self, layer, state, q, pos)  # (B, T, H * Dh)
-        if self.output_gate:
+        gate = None
+        if self.output_gate:  # out * sigmoid(gate), applied by `ops.attend` (the engine's kernel fuses it)
             start, width = (self.n_heads + 2 * self.n_kv_heads) * self.head_dim, self.n_heads * self.head_dim
-            out = out * torch.sigmoid(qkv[..., start : start + width])  # (B, T, H * Dh)
+            gate = qkv[..., start : start + width]  # (B, T, H * Dh)
+        out = ops.attend(self, layer, state, q, pos, gate)  # (B, T, H * Dh)
         return ops.project("attn_out", out, (self.o_proj,))  # (B, T, D)
 
     def prep(self, qkv: Tensor, pos: Tensor, ops: Ops) -> tuple[Tensor, Tensor, Tensor]:

@@ -81,9 +81,11 @@ class Ops:
         return q
 
     def attend(
-        self, mixer: nn.Module, layer: LayerState, state: ModelState, q: Tensor, pos: Tensor
-    ) -> Tensor:
-        """Softmax attention of q (B, T, H, Dh) over the layer's cache: (B, T, H * Dh)."""
+        self, mixer: nn.Module, layer: LayerState, state: ModelState, q: Tensor, pos: Tensor,
+        gate: Tensor | None = None,
+    ) -> Tensor:  # fmt: skip
+        """Softmax attention of q (B, T, H, Dh) over the layer's cache: (B, T, H * Dh); with `gate`
+        (B, T, H * Dh, gated attention's output gate before its sigmoid) times sigmoid(gate)."""
         B, T, H, Dh = q.shape
         keys, values, key_pos = layer.cache["k"], layer.cache["v"], layer.pos  # (B, Hkv, L, Dh), (L,)
         assert key_pos is not None
@@ -104,7 +106,7 @@ class Ops:
             restrict=self.restrict_sdpa,
         )  # (B, Hkv, G*T, Dh)
         # reshape, not view: CUDA's flash SDPA may hand back this output non-contiguous.
-        return out.reshape(B, H, T, Dh).transpose(1, 2).reshape(B, T, H * Dh)
+        return gated(out.reshape(B, H, T, Dh).transpose(1, 2).reshape(B, T, H * Dh), gate)
 
     def attend_latent(
         self,
@@ -127,6 +129,11 @@ class Ops:
         if mixer.absorbs(T, len(key_pos)):
             return mixer.attend_absorbed(q_nope, q_rope, latents, keys_rope, mask)
         return mixer.attend_decompressed(q_nope, q_rope, latents, keys_rope, mask)
+
+
+def gated(out: Tensor, gate: Tensor | None) -> Tensor:
+    """Gated attention's output: out * sigmoid(gate) (out as is without a gate)."""
+    return out if gate is None else out * torch.sigmoid(gate)
 
 
 def visible(q_pos: Tensor, k_pos: Tensor, window: int | None, sinks: int) -> Tensor:

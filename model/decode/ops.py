@@ -6,8 +6,10 @@ buffers (model/decode/buffers.py). The mixers run their own forward; these parts
   mode, never captured), with the model's SDPA call over the first L slots;
 - fused (the default): projections that read the same input are one matmul over weights concatenated
   once (`plan_concat`), an attention layer's QK-norm, RoPE and cache writes are one
-  kernels.attn_decode_prep launch, SwiGLU is kernels.silu_mul, and on CUDA the one-token matmuls run
-  kernels.gemv (`StepKernels`).
+  kernels.attn_decode_prep launch (partial RoPE too), SwiGLU is kernels.silu_mul, and on CUDA the
+  one-token matmuls run kernels.gemv (`StepKernels`);
+- gated attention's output gate (Qwen3.5) is applied inside kernels.attention_decode's last step (a
+  view of the stacked projection's gate columns; no extra launch).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from hybrid_agent.model.gated_deltanet import GatedDeltaNet
 from hybrid_agent.model.hybrid import HybridLM
 from hybrid_agent.model.layers import MLP
 from hybrid_agent.model.mla import MLA
-from hybrid_agent.model.ops import Ops, sdpa
+from hybrid_agent.model.ops import Ops, gated, sdpa
 from hybrid_agent.model.state import LayerState, ModelState
 from torch import Tensor, nn
 
@@ -134,21 +136,28 @@ class EngineOps(Ops):
         return q.view(B, 1, H, Dh)
 
     def attend(
-        self, mixer: Attention, layer: LayerState, state: ModelState, q: Tensor, pos: Tensor
-    ) -> Tensor:
+        self, mixer: Attention, layer: LayerState, state: ModelState, q: Tensor, pos: Tensor,
+        gate: Tensor | None = None,
+    ) -> Tensor:  # fmt: skip
         B, _, H, Dh = q.shape
         Hkv = mixer.n_kv_heads
         G = H // Hkv
         qg = q.reshape(B, Hkv, G, Dh)  # heads kvh * G + g: (B, 1, H, Dh) is (B, Hkv, G, Dh)
         k, v, scale = layer.storage["k"], layer.storage["v"], 1.0 / math.sqrt(Dh)
         if self.attention == "kernel":  # reads the length (pos + 1) on the device
-            out = attention_decode(qg, k, v, pos, scale=scale, config=self.kernels.attn_config)
-        else:  # the model's SDPA call over the first L slots (the new token's key is in the buffer)
-            L = self.buf.n + 1
-            out = sdpa(
-                qg, k[:, :, :L].to(q.dtype), v[:, :, :L].to(q.dtype), None, scale, restrict=self.restrict_sdpa
-            )  # (B, Hkv, G, Dh)
-        return out.reshape(B, 1, H * Dh)  # (B, Hkv, G, Dh) is (B, H, Dh) in head order
+            # the output gate (a view of the stacked projection's columns) applied in the kernel's last step;
+            # a gate with non-contiguous channels (never from `project`) is applied after, as the model does
+            fuse_gate = gate is not None and gate.stride(-1) == 1
+            g = gate.view(B, Hkv, G, Dh) if fuse_gate else None  # type: ignore[union-attr]
+            out = attention_decode(qg, k, v, pos, scale=scale, config=self.kernels.attn_config, gate=g)
+            out = out.reshape(B, 1, H * Dh)  # (B, Hkv, G, Dh) is (B, H, Dh) in head order
+            return out if fuse_gate else gated(out, gate)
+        # the model's SDPA call over the first L slots (the new token's key is in the buffer)
+        L = self.buf.n + 1
+        out = sdpa(
+            qg, k[:, :, :L].to(q.dtype), v[:, :, :L].to(q.dtype), None, scale, restrict=self.restrict_sdpa
+        )  # (B, Hkv, G, Dh)
+        return gated(out.reshape(B, 1, H * Dh), gate)
 
     def attend_latent(
         self, mixer: MLA, layer: LayerState, state: ModelState, q_nope: Tensor, q_rope: Tensor, pos: Tensor

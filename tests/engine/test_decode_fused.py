@@ -52,7 +52,11 @@ def test_gdn_prep_reference_is_the_model_arithmetic() -> None:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("shape", [(1, 3, 12, 3, 20, 4, False), (2, 2, 16, 4, 8, 3, True)])
+@pytest.mark.parametrize(
+    "shape",
+    [(1, 3, 12, 3, 20, 4, False), (2, 2, 16, 4, 8, 3, True), (1, 16, 128, 32, 128, 4, False)],
+    ids=["mha", "gqa-neg", "qwen3.5"],
+)
 def test_gdn_prep_triton(device: str, shape: tuple) -> None:
     from hybrid_agent.kernels.triton_gdn_decode_prep import gdn_decode_prep_triton
 
@@ -184,6 +188,32 @@ def test_attn_prep_triton(device: str, norm: str, R: int) -> None:
     for name, i in (("k_buf", 6), ("v_buf", 7)):
         torch.testing.assert_close(ins[i].float(), ref[i].float(), **tol, msg=name)
     assert torch.equal(ins[8], ref[8])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_attn_prep_triton_partial_rope_with_gate_columns(device: str) -> None:
+    """Qwen3.5's attention: per-head QK-norm, RoPE on a quarter of each head (64 of 256 on the GPU, 4 of
+    16 here), GQA, and the output gate's H * Dh columns after q|k|v in the stacked row (left alone)."""
+    from hybrid_agent.kernels.attn_decode_prep import attn_decode_prep_ref
+    from hybrid_agent.kernels.triton_attn_decode_prep import attn_decode_prep_triton
+
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    B, H, Hkv, Dh, M = (1, 16, 4, 256, 1100) if device == "cuda" else (2, 4, 2, 16, 9)
+    qkv, *rest = _attn_inputs(B, H, Hkv, Dh, M, Dh // 4, "head", dtype, device, 8)
+    gate = torch.randn(B, H * Dh, device=device, generator=torch.Generator(device).manual_seed(9)).to(dtype)
+    ins = [torch.cat((qkv, gate), dim=1), *rest]
+    ref = [t.clone() if isinstance(t, torch.Tensor) else t for t in ins]
+    kw = dict(H=H, Hkv=Hkv, Dh=Dh, eps=1e-6, qk_norm="head")
+    want = attn_decode_prep_ref(*ref, **kw)
+    got = attn_decode_prep_triton(*ins, **kw)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1.6e-2, atol=1.6e-2)
+    torch.testing.assert_close(got.float(), want.float(), **tol)
+    for name, i in (("k_buf", 6), ("v_buf", 7)):
+        torch.testing.assert_close(ins[i].float(), ref[i].float(), **tol, msg=name)
+    assert torch.equal(ins[0], ref[0])  # the row, gate columns included, is only read
+    # the unrotated channels of q are the normalised input as is
+    qn = rms_norm(qkv[:, : H * Dh].view(B, H, Dh), ins[1], 1e-6)
+    torch.testing.assert_close(got[..., Dh // 4 :].float(), qn[..., Dh // 4 :].float(), **tol)
 
 
 @pytest.mark.parametrize("device", DEVICES)

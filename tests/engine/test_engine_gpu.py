@@ -153,3 +153,38 @@ def test_graphed_moe_decode_matches_eager(case: str) -> None:
         f"{len(close) - sum(close)} of {len(close)} steps outside the bound"
     )
     assert sum(same) >= 0.9 * len(same), f"argmax differs at {len(same) - sum(same)} of {len(same)} steps"
+
+
+def qwen3_5_like(moe: bool) -> HybridLM:
+    """Qwen3.5's layers through the qwen3_5 adapter's config (model/checkpoints/qwen3_5.py) at a small
+    width: 3 Gated DeltaNet : 1 gated attention (heads of 256 with a quarter rotated, per-head QK-norm,
+    GQA 8 / 2, the output gate), GDN value heads twice the key heads; with `moe`, 32 experts top 4 and
+    a gated shared expert (the gathered decode path inside the graph)."""
+    from hybrid_agent.model.checkpoints import qwen3_5
+
+    text = {
+        "hidden_size": 1024, "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 2,
+        "head_dim": 256, "linear_num_key_heads": 4, "linear_num_value_heads": 8, "linear_key_head_dim": 128,
+        "linear_value_head_dim": 128, "intermediate_size": 2048, "vocab_size": 4096, "rope_theta": 1e7,
+    }  # fmt: skip
+    if moe:
+        text |= {"num_experts": 32, "num_experts_per_tok": 4, "moe_intermediate_size": 256,
+                 "shared_expert_intermediate_size": 256}  # fmt: skip
+    cfg = qwen3_5.config_from_text(text, tie=False, moe={"norm_topk_prob": True})
+    cfg = cfg.model_copy(update={"init_std": 0.05})
+    assert cfg.attention.output_gate and cfg.attention.rope_fraction == 0.25
+    torch.manual_seed(0)
+    return HybridLM(cfg).to(device="cuda", dtype=torch.bfloat16).eval()
+
+
+@pytest.mark.parametrize("moe", [False, True], ids=["dense", "moe"])
+@pytest.mark.parametrize("fuse", [True, False])
+def test_graphed_qwen3_5_decode_matches_eager(moe: bool, fuse: bool) -> None:
+    """Qwen3.5's layers in the one-graph step: fused, the stacked projections through kernels.gemv,
+    kernels.attn_decode_prep with partial RoPE, the output gate inside kernels.attention_decode."""
+    model = qwen3_5_like(moe)
+    assert model.layers[3].mixer.rope_dim == 64
+    prompt = torch.randint(0, 4096, (1, 300), device="cuda", generator=torch.Generator("cuda").manual_seed(3))
+    engine = DecodeEngine(model, max_context=1024, fuse=fuse)
+    assert engine.graphed and engine.fused == fuse
+    check_against_eager(model, engine, prompt)
