@@ -11,6 +11,10 @@
 #   bench   130: bench/gpu_kernels.py prefill at 4k / 16k / 64k, ours vs fla in one process
 #   kda     240: the KDA / short-conv GPU tests (kernels, engine, model layers) and bench/gpu_kda.py
 #                (not in the default list: STEPS=kda runs it alone)
+#   moe     200: the MoE kernels' GPU tests and bench/gpu_moe.py (not in the default list)
+#   models   90: pytest -m gpu tests/checkpoints tests/model (not in the default list)
+#   families 380: bench/gpu_families.py, the Qwen3.5-9B and 35B-A3B shapes, ours vs transformers
+#                (not in the default list)
 # STEPS (default "kernels engine bench") picks some of them.
 set -uo pipefail
 out=$1
@@ -43,6 +47,19 @@ for step in $steps; do
       echo "kda tests rc=$? $(( $(date +%s) - start )) s"; summary "$out/pytest_gpu_kda.txt" 30
       timeout 120 python3 bench/gpu_kda.py --out "$out/gpu_kda.json" > "$out/bench_kda.txt" 2>&1
       echo "kda $(( $(date +%s) - start )) s"; tail -12 "$out/bench_kda.txt" ;;
+    moe)
+      timeout 90 python3 -m pytest -m gpu -q -p no:cacheprovider tests/kernels/test_moe.py > "$out/pytest_gpu_moe.txt" 2>&1
+      echo "moe tests rc=$? $(( $(date +%s) - start )) s"; summary "$out/pytest_gpu_moe.txt"
+      timeout 110 python3 bench/gpu_moe.py --out "$out/gpu_moe.json" > "$out/bench_moe.txt" 2>&1
+      echo "moe $(( $(date +%s) - start )) s"; tail -15 "$out/bench_moe.txt" ;;
+    models)
+      timeout 90 python3 -m pytest -m gpu -q -p no:cacheprovider -n 4 tests/checkpoints tests/model \
+        > "$out/pytest_gpu_models.txt" 2>&1
+      echo "models rc=$? $(( $(date +%s) - start )) s"; summary "$out/pytest_gpu_models.txt" ;;
+    families)
+      timeout 380 python3 bench/gpu_families.py --budget-s 350 --out "$out/gpu_families.json" \
+        > "$out/bench_families.txt" 2>&1
+      echo "families rc=$? $(( $(date +%s) - start )) s"; tail -30 "$out/bench_families.txt" ;;
     *) echo "unknown step $step" ;;
   esac
 done
