@@ -15,6 +15,8 @@ import os
 import sys
 from collections.abc import Callable
 
+from hybrid_agent.agent.session_ids import PICK_SESSION
+
 from hybrid_agent import __version__
 
 
@@ -116,7 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[_shared(True)],
     )
     parser.add_argument("--version", action="version", version=f"hybrid-agent {__version__}")
-    parser.add_argument("--resume", metavar="ID", help="continue a saved session (id or unique prefix)")
+    parser.add_argument(
+        "--resume",
+        metavar="ID",
+        nargs="?",
+        const=PICK_SESSION,
+        help="continue a saved session (id or unique prefix); without ID, open the session picker",
+    )
     _session_options(parser, True)
     sub = parser.add_subparsers(dest="command", metavar="{run,sessions,config,trust,mcp}")
     shared = _shared(False)
@@ -130,7 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--json", action="store_true", help="print the events as JSON lines")
     run.add_argument("--yes", "-y", action="store_true", help="approve every tool call")
-    run.add_argument("--resume", metavar="ID", default=argparse.SUPPRESS, help="continue a saved session")
+    run.add_argument(
+        "--resume",
+        metavar="ID",
+        nargs="?",
+        const=PICK_SESSION,
+        default=argparse.SUPPRESS,
+        help="continue a saved session (id or unique prefix)",
+    )
     _session_options(run, False)
 
     sessions = sub.add_parser(
@@ -191,6 +206,7 @@ def _session_options(p: argparse.ArgumentParser, defaults: bool) -> None:
     )
     p.add_argument(
         "--continue",
+        "-c",
         dest="continue_",
         action="store_true",
         default=False if defaults else argparse.SUPPRESS,

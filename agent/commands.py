@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hybrid_agent.agent.errors import AgentError, printable
-from hybrid_agent.agent.session_ids import resolve_session_id
+from hybrid_agent.agent.session_ids import PICK_SESSION, resolve_session_id
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -121,7 +121,7 @@ def tui_options(args: argparse.Namespace) -> dict[str, Any]:
 
     settle(args, ask_trust=True)  # before the UI: the first time in a folder, ask to trust it
     options = _agent_options(args)
-    if args.resume or args.continue_:
+    if args.resume or args.continue_:  # `--resume` alone (PICK_SESSION) opens the picker in the UI
         with _store(args) as store:
             options["resume"] = continued_session(store, args) or resolve_session_id(store, args.resume)
     from hybrid_agent.agent.factory import check_device, resolve_model_dir
@@ -280,6 +280,8 @@ class _PlainEvents:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.resume == PICK_SESSION:  # `run --resume` without an id: there is no picker here
+        raise AgentError("run --resume needs a session id: `hybrid-agent sessions list` shows them")
     prompt = read_prompt(args.prompt)  # before torch and the model load: a bad message fails at once
     from hybrid_agent.agent.config_commands import continued_session
     from hybrid_agent.agent.events import ErrorEvent
@@ -311,8 +313,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 # ---- sessions ------------------------------------------------------------------------------------
-def _session_json(info: Any) -> dict[str, Any]:
-    return {
+def _session_json(info: Any, size_bytes: int | None = None) -> dict[str, Any]:
+    data = {
         "id": info.id,
         "title": info.title,
         "workspace": info.workspace,
@@ -324,6 +326,9 @@ def _session_json(info: Any) -> dict[str, Any]:
         "turns": info.latest_turn or 0,
         "state_tokens": info.n_tokens,
     }
+    if size_bytes is not None:
+        data["size_bytes"] = size_bytes  # the bytes its snapshots use (memory/queries.py)
+    return data
 
 
 def _event_json(ev: Any) -> dict[str, Any]:
@@ -342,18 +347,22 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     with _store(args) as store:
         if action == "list":
             infos = store.list_sessions()
+            sizes = store.snapshot_bytes()
             if args.json:
                 for info in infos:
-                    print(json.dumps(_session_json(info)))
+                    print(json.dumps(_session_json(info, sizes.get(info.id, 0))))
                 return 0
             if not infos:
                 print("no saved sessions")
                 return 0
-            print(f"{'ID':36}  {'TURNS':>5}  {'TOKENS':>8}  {'UPDATED':16}  TITLE")
+            print(f"{'ID':36}  {'TURNS':>5}  {'TOKENS':>8}  {'SIZE':>9}  {'UPDATED':16}  TITLE")
             for info in infos:
                 updated = info.updated_at.strftime("%Y-%m-%d %H:%M")
-                turns = info.latest_turn or 0
-                print(f"{info.id:36}  {turns:>5}  {info.n_tokens:>8}  {updated:16}  {printable(info.title)}")
+                turns, size = info.latest_turn or 0, _mib(sizes.get(info.id, 0))
+                print(
+                    f"{info.id:36}  {turns:>5}  {info.n_tokens:>8}  {size:>9}  {updated:16}  "
+                    f"{printable(info.title)}"
+                )
             return 0
         if action == "gc":
             return _gc(store)

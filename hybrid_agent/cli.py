@@ -41,4 +41,7 @@ def run_tui(args: argparse.Namespace) -> int:
         from hybrid_agent.tui.app import run_app
     except ImportError as exc:
         raise AgentError(f"the terminal UI is not available ({exc}); use `hybrid-agent run PROMPT`") from exc
-    return int(run_app(tui_options(args)) or 0)
+    from hybrid_agent.agent.session_ids import PICK_SESSION
+
+    # `--resume` without an id: the UI opens on a new session with the session picker over it.
+    return int(run_app(tui_options(args), pick_session=args.resume == PICK_SESSION) or 0)

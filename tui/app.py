@@ -89,6 +89,8 @@ class HybridAgentApp(TurnActions, SessionActions):
         if self._queued:
             self.run_turn("\n\n".join(self._queued))
             self._queued.clear()
+        elif self.pick_session:
+            self.action_sessions()
 
     # --- input -----------------------------------------------------------------------------------
     @on(PromptArea.Submitted)
@@ -137,9 +139,14 @@ class HybridAgentApp(TurnActions, SessionActions):
         self.exit(0)
 
 
-def run_app(agent_factory_or_options: AgentFactory | Mapping[str, Any] | argparse.Namespace) -> int:
+def run_app(
+    agent_factory_or_options: AgentFactory | Mapping[str, Any] | argparse.Namespace,
+    *,
+    pick_session: bool = False,
+) -> int:
     """Open the TUI. Either a factory `f(approval=...) -> Agent`, or the keyword options of
-    `Agent.open` (a mapping, or the CLI's argparse namespace with the same names)."""
+    `Agent.open` (a mapping, or the CLI's argparse namespace with the same names). `pick_session`
+    opens the session picker once the agent is loaded."""
     if callable(agent_factory_or_options):
         factory = agent_factory_or_options
     else:
@@ -151,5 +158,5 @@ def run_app(agent_factory_or_options: AgentFactory | Mapping[str, Any] | argpars
 
             return Agent.open(**options, approval=approval)
 
-    result = HybridAgentApp(factory).run()
+    result = HybridAgentApp(factory, pick_session=pick_session).run()
     return int(result or 0)

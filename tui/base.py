@@ -32,6 +32,7 @@ class AppBase(App[int]):
         clock: Callable[[], datetime] | None = None,
         system_clipboard: bool = True,
         cursor_blink: bool = True,
+        pick_session: bool = False,
     ) -> None:
         super().__init__()
         self.agent_factory = agent_factory
@@ -40,6 +41,7 @@ class AppBase(App[int]):
         self.clock = clock  # a fixed clock makes the session browser deterministic in snapshots
         self.system_clipboard = system_clipboard
         self.cursor_blink = cursor_blink
+        self.pick_session = pick_session  # `--resume` without an id: the session picker opens at start
         self.status_info = StatusInfo()
         self.last_answer = ""  # for /copy
         self._cards: dict[str, ToolCard] = {}

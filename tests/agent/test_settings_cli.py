@@ -127,7 +127,7 @@ def test_continue_resumes_the_workspaces_latest_session(
     import hybrid_agent.tui.app as app
 
     opened: list[dict[str, Any]] = []
-    monkeypatch.setattr(app, "run_app", lambda options: opened.append(options) or 0)
+    monkeypatch.setattr(app, "run_app", lambda options, **kw: opened.append({**options, **kw}) or 0)
     monkeypatch.setattr("hybrid_agent.agent.factory.resolve_model_dir", lambda path: "m")
     monkeypatch.setattr("hybrid_agent.agent.factory.check_device", lambda device: None)
     monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
@@ -135,6 +135,22 @@ def test_continue_resumes_the_workspaces_latest_session(
     code, _, err = call(capsys, "--db", db, "--workspace", str(ws), "--continue", "--permission-mode", "auto")
     assert code == 0, err
     assert [(o["resume"], o["mode"]) for o in opened] == [(older, "auto")] and newer != older
+    assert opened[0]["pick_session"] is False
+    code, _, err = call(capsys, "--db", db, "--workspace", str(ws), "-c")  # the short form
+    assert code == 0, err
+    assert opened[-1]["resume"] == older
+    code, _, err = call(capsys, "--db", db, "--workspace", str(ws), "--resume")  # no id: the picker
+    assert code == 0, err
+    assert (opened[-1].get("resume"), opened[-1]["pick_session"]) == (None, True)
+    code, _, err = call(capsys, "--db", db, "--workspace", str(ws), "--resume", newer[:8])
+    assert code == 0, err
+    assert (opened[-1]["resume"], opened[-1]["pick_session"]) == (newer, False)
+    code, out, err = call(capsys, "run", "hi", "--db", db, "--workspace", str(ws), "--resume")
+    assert (code, out) == (1, "") and err.strip() == (
+        "hybrid-agent: error: run --resume needs a session id: `hybrid-agent sessions list` shows them"
+    )
+    code, _, err = call(capsys, "run", "hi", "--db", db, "--workspace", str(ws), "-c", "--resume")
+    assert code == 1 and "run --resume needs a session id" in err
     code, _, err = call(capsys, "--db", db, "--workspace", str(ws / ".hybrid-agent"), "--continue")
     assert code == 1 and "no saved session in" in err and "start one without --continue" in err
     code, _, err = call(capsys, "--db", db, "--workspace", str(ws), "--continue", "--resume", newer)
@@ -170,7 +186,7 @@ def test_the_ui_asks_to_trust_a_folder_first(
 
     (ws / ".hybrid-agent" / "settings.toml").write_text('[permissions]\nallow = ["run_command(make:*)"]\n')
     opened: list[dict[str, Any]] = []
-    monkeypatch.setattr(app, "run_app", lambda options: opened.append(options) or 0)
+    monkeypatch.setattr(app, "run_app", lambda options, **kw: opened.append({**options, **kw}) or 0)
     monkeypatch.setattr("hybrid_agent.agent.factory.resolve_model_dir", lambda path: "m")
     monkeypatch.setattr("hybrid_agent.agent.factory.check_device", lambda device: None)
     monkeypatch.setattr(sys, "stdin", io.StringIO(answer))
