@@ -27,7 +27,7 @@ import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -78,7 +78,9 @@ def _title_of(message: str) -> str:
 class _TurnStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    prefill_s: float = 0.0
     decode_s: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
 
 
 @dataclass
@@ -238,8 +240,10 @@ class Agent(SessionOps, PrefillOps, ToolCallOps):
                 ids = await self._on_model(self.engine.encode, segment)
                 what = "the tool output" if rounds else "the message"
                 self._check_length(len(ids), what if self._history else f"{what} with the system prompt")
+                t0 = time.perf_counter()
                 async for progress in self._prefill(ids):
                     yield progress
+                stats.prefill_s += time.perf_counter() - t0  # (with the consumer's time per progress event)
                 stats.prompt_tokens += len(ids)
                 self._history.extend(new)
                 rnd = _Round()
@@ -343,6 +347,10 @@ class Agent(SessionOps, PrefillOps, ToolCallOps):
             "prompt_tokens": stats.prompt_tokens,
             "completion_tokens": stats.completion_tokens,
             "stop_reason": stop_reason,
+            # What the status bar and /status show of a session's turns (agent/usage.py).
+            "prefill_s": round(stats.prefill_s, 6),
+            "decode_s": round(stats.decode_s, 6),
+            "duration_s": round(time.perf_counter() - stats.started, 6),
         }
 
         def write() -> str | None:

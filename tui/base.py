@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from hybrid_agent.agent.events import ApprovalDecision, ToolCallRequested
+from hybrid_agent.agent.usage import git_status, usage_of
 from hybrid_agent.tui.bridge import AgentBridge
 from hybrid_agent.tui.widgets.conversation import DEFAULT_MAX_WIDGETS, Conversation
 from hybrid_agent.tui.widgets.status_bar import StatusBar, StatusInfo
@@ -59,6 +60,28 @@ class AppBase(App[int]):
     @property
     def conversation(self) -> Conversation:
         return self.query_one(Conversation)
+
+    async def refresh_usage(self) -> None:
+        """What the session uses (agent/usage.py, read on the agent's model thread: it asks the
+        database) and the workspace's git state (a `git` subprocess with a short timeout, in a thread).
+        Run after a turn and when the session changes, never per keystroke."""
+        agent = self.bridge.agent
+        if agent is None or self.bridge.turn_running:
+            return
+        try:
+            usage = await self.bridge.call(usage_of, agent)
+        except Exception:  # usage is not worth an error message; the next turn tries again
+            return
+        git = await asyncio.to_thread(git_status, agent.workspace)
+        self.refresh_status(
+            cache_bytes=usage.cache_bytes,
+            cache_limit_bytes=usage.cache_limit_bytes,
+            snapshot_bytes=usage.snapshot_bytes,
+            prefill_tokens_per_s=usage.prefill_tokens_per_s,
+            tokens_per_s=usage.decode_tokens_per_s,
+            session_s=usage.session_s,
+            git=None if git is None else str(git),
+        )
 
     def refresh_status(self, **changes: Any) -> None:
         agent = self.bridge.agent

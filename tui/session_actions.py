@@ -7,9 +7,11 @@ never as a traceback.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from hybrid_agent.agent.usage import describe, git_status, usage_of
 from hybrid_agent.memory import SessionNotFoundError
 from hybrid_agent.tui.base import AppBase
 from hybrid_agent.tui.bridge import error_text
@@ -49,6 +51,8 @@ class SessionActions(AppBase):
             await self.action_tools()
         elif cmd.name == "model":
             await self.action_model_info()
+        elif cmd.name == "status":
+            await self.action_usage()
         elif cmd.name == "copy":
             self.action_copy_answer()
         elif cmd.name == "help":
@@ -93,10 +97,12 @@ class SessionActions(AppBase):
 
     def refresh_session_status(self) -> None:
         """The status bar for the session now open (after a resume, fork, rewind or new session): its
-        own saved turn, and no speed until it runs a turn (the last one measured another session)."""
+        own saved turn, and the speeds its own last turn recorded (the last one run may be another
+        session's)."""
         agent = self.bridge.agent
         turn = int(getattr(agent, "turn", 0) or 0) if agent is not None else 0
-        self.refresh_status(saved_turn=turn or None, tokens_per_s=None)
+        self.refresh_status(saved_turn=turn or None, tokens_per_s=None, prefill_tokens_per_s=None)
+        self.run_worker(self.refresh_usage(), group="usage", exclusive=True)  # its own last turn's
 
     # --- sessions -------------------------------------------------------------------------------
     async def action_new_session(self) -> None:
@@ -198,6 +204,15 @@ class SessionActions(AppBase):
             f"window {'full' if s.window is None else s.window}; "
             f"session {agent.session_id[:8]}, turn {agent.turn}"
         )
+
+    async def action_usage(self) -> None:
+        """`/status`: what the session uses, one fact a line (agent/usage.py)."""
+        agent = self.bridge.agent
+        ok, usage = await self._agent("measure the session", usage_of, agent)
+        if ok:
+            git = await asyncio.to_thread(git_status, agent.workspace)
+            lines = describe(usage, None if git is None else str(git))
+            await self.conversation.add_notice(f"session {agent.session_id[:8]}:\n" + "\n".join(lines))
 
     def action_copy_answer(self) -> None:
         if not self.last_answer:

@@ -30,6 +30,7 @@ SLASH_COMMANDS: tuple[SlashCommand, ...] = (
     SlashCommand("undo", "/undo", "undo the last file change"),
     SlashCommand("tools", "/tools", "list the tools the model can call"),
     SlashCommand("model", "/model", "show the model, device and state"),
+    SlashCommand("status", "/status", "what the session uses: state, cache, disk, speed, time, git"),
     SlashCommand("copy", "/copy", "copy the last answer to the clipboard"),
     SlashCommand("help", "/help", "show key bindings and commands"),
     SlashCommand("quit", "/quit", "save and quit"),

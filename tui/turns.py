@@ -57,6 +57,8 @@ class TurnActions(AppBase):
                 self.last_answer = "".join(answer)
             if self.status_info.busy:
                 self.refresh_status(busy=None)
+            if not self._quitting:  # the turn's speeds, the snapshot's bytes, what it did to git
+                self.run_worker(self.refresh_usage(), group="usage", exclusive=True)
 
     async def _show_event(self, event: AgentEvent) -> None:
         if isinstance(event, PrefillProgress):  # a long message or tool output is being read

@@ -3,10 +3,14 @@ session picker, the status bar's usage and git facts, `/status`, `/memory`, `@fi
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 from hybrid_agent.tui.screens.sessions import SessionBrowser
+from hybrid_agent.tui.widgets.messages import Notice
+from hybrid_agent.tui.widgets.status_bar import StatusBar, format_status
 from tui_testkit import Rig, ready, send, settle, until
 
 pytestmark = pytest.mark.anyio
@@ -29,3 +33,32 @@ async def test_resume_without_id_opens_the_picker_and_resumes_the_choice(tmp_pat
         await pilot.press("enter")
         await settle(pilot)
         assert app.bridge.agent.session_id == old and app.bridge.agent.turn == 1
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+async def test_status_bar_and_status_show_usage_and_git(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, ["echo: hi<|end|>"])
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    subprocess.run(["git", "init", "-q", "-b", "trunk"], cwd=rig.workspace, env=env, check=True)
+    app = rig.app
+    async with app.run_test(size=(120, 30)) as pilot:
+        await ready(pilot)
+        await settle(pilot)
+        assert app.status_info.git == "trunk *"  # hello.py is not committed
+        assert app.status_info.snapshot_bytes == 0 and app.status_info.session_s == 0
+        await send(pilot, "hi")
+        await settle(pilot)
+        s, agent = app.status_info, rig.agent
+        [meta] = [t.meta for t in agent.store.turns(agent.session_id)]
+        assert s.snapshot_bytes == agent.store.snapshot_bytes()[agent.session_id] > 0
+        assert s.session_s == meta["duration_s"] and s.prefill_tokens_per_s == pytest.approx(
+            meta["prompt_tokens"] / meta["prefill_s"]
+        )
+        assert "git trunk *" in format_status(app.query_one(StatusBar).info)  # what is drawn
+        await send(pilot, "/status")
+        await settle(pilot)
+        notice = app.query(Notice).last()
+        lines = notice.text.splitlines()
+        assert lines[0] == f"session {agent.session_id[:8]}:"
+        assert f"state        {agent.state_tokens:,} tokens" in lines[1]
+        assert lines[-1] == "git          trunk *"
