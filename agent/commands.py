@@ -101,6 +101,7 @@ def _agent_options(args: argparse.Namespace) -> dict[str, Any]:
         "sandbox": sandbox_policy(args),
         "mcp_servers": settle(args).get("mcp_servers") or None,  # mounted by Agent.open
         "hooks": hook_set(args),
+        "mention_max_bytes": settle(args).get("mention_max_bytes"),  # @path attachments
     }
 
 
@@ -257,6 +258,8 @@ class _PlainEvents:
             _say(f"hybrid-agent: error: {event.message}")
         elif isinstance(event, ev.HookNotice) and event.message:
             _say(f"hybrid-agent: warning: {event.message}")
+        elif isinstance(event, ev.MentionNotice):
+            _say(f"[{event.message}]")
         elif isinstance(event, ev.TurnEnd):
             if not self._ended_with_text:
                 print()

@@ -42,6 +42,8 @@ from hybrid_agent.agent.events import (
 )
 from hybrid_agent.agent.hooks import HookOutcome, Hooks
 from hybrid_agent.agent.journal import StoreJournal, attach_journal
+from hybrid_agent.agent.mentions import DEFAULT_MENTION_MAX_BYTES, Mentions
+from hybrid_agent.agent.mentions import expand as expand_mentions
 from hybrid_agent.agent.owner import ModelOwner
 from hybrid_agent.agent.permissions import PermissionRules
 from hybrid_agent.agent.prefill import DEFAULT_MAX_PROMPT_TOKENS, PrefillOps
@@ -112,6 +114,7 @@ class Agent(SessionOps, PrefillOps, ToolCallOps):
         max_new_tokens: int = 1024,
         max_tool_rounds: int = 8,
         max_prompt_tokens: int | None = None,
+        mention_max_bytes: int | None = None,
     ) -> None:
         if mode not in MODES:
             raise AgentError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -136,6 +139,8 @@ class Agent(SessionOps, PrefillOps, ToolCallOps):
         self.max_new_tokens = max_new_tokens
         self.max_tool_rounds = max_tool_rounds
         self.max_prompt_tokens = max_prompt_tokens or DEFAULT_MAX_PROMPT_TOKENS
+        # The most of one @path file a message attaches (None: 64 KiB; 0: @path stays plain text).
+        self.mention_max_bytes = DEFAULT_MENTION_MAX_BYTES if mention_max_bytes is None else mention_max_bytes
         # The thread every model operation runs on: the owner this agent is being built on (the UI
         # builds it on one), else a thread of its own, which `close` stops.
         adopted = ModelOwner.current()
@@ -229,8 +234,11 @@ class Agent(SessionOps, PrefillOps, ToolCallOps):
                 yield ErrorEvent(message=f"a UserPromptSubmit hook refused the prompt: {blocked.reason()}")
                 return
             events += started.records() + prompted.records()
-            context = "\n\n".join(c for c in (started.context, prompted.context) if c)
-            events.append(user_event(text, context))
+            mentioned = self._mentions(text)  # the files of its @path words (agent/mentions.py)
+            for notice in mentioned.events():
+                yield notice
+            context = "\n\n".join(c for c in (started.context, prompted.context, mentioned.context()) if c)
+            events.append(user_event(text, context, mentions=mentioned.records()))
             new = [user_message(text, context)]
             rounds = 0
             while True:
@@ -284,6 +292,11 @@ class Agent(SessionOps, PrefillOps, ToolCallOps):
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._roll_back(history_len))
             self._running = False
+
+    def _mentions(self, text: str) -> Mentions:
+        if not self.mention_max_bytes:  # 0: mentions are off
+            return Mentions()
+        return expand_mentions(text, self.registry.workspace, self.mention_max_bytes)
 
     def _step(self) -> int:
         tok = self.engine.next_token()

@@ -5,7 +5,8 @@ started with: a chat template must see the same ones on every later segment), `u
 (visible text; `data.raw` is the exact decoded text, markup included, that the state holds),
 `tool_call` and `tool_result` (`data` carries the fields of the matching agent event, so the TUI can
 redraw them). A hook's run is a `system` event with `data.hook` (agent/hooks.py), not part of the
-conversation; context that hooks added to a message is the `user` event's `data.context`.
+conversation; context that hooks added to a message, and the files its `@path` words attached, is the
+`user` event's `data.context` (`data.mentions` lists those files).
 """
 
 from __future__ import annotations
@@ -23,8 +24,15 @@ def system_event(system: str, tools: Sequence[dict[str, Any]], format_name: str)
     return Event("system", system, {"tools": list(tools), "format": format_name})
 
 
-def user_event(text: str, context: str = "") -> Event:
-    return Event("user", text, {"context": context} if context else None)
+def user_event(text: str, context: str = "", mentions: list[dict[str, Any]] | None = None) -> Event:
+    """The user's message; `context` holds what hooks added and the files its `@path` words attached
+    (agent/mentions.py), which `mentions` lists (path, size, truncated)."""
+    data: dict[str, Any] = {}
+    if context:
+        data["context"] = context
+    if mentions:
+        data["mentions"] = mentions
+    return Event("user", text, data or None)
 
 
 def user_message(text: str, context: str = "") -> ChatMessage:

@@ -13,9 +13,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from hybrid_agent.agent.events import ApprovalDecision, ToolCallRequested
+from hybrid_agent.agent.mentions import workspace_paths
 from hybrid_agent.agent.usage import git_status, usage_of
 from hybrid_agent.tui.bridge import AgentBridge
 from hybrid_agent.tui.widgets.conversation import DEFAULT_MAX_WIDGETS, Conversation
+from hybrid_agent.tui.widgets.prompt_input import PromptArea
 from hybrid_agent.tui.widgets.status_bar import StatusBar, StatusInfo
 from hybrid_agent.tui.widgets.tool_card import ToolCard
 from textual.app import App
@@ -63,8 +65,9 @@ class AppBase(App[int]):
 
     async def refresh_usage(self) -> None:
         """What the session uses (agent/usage.py, read on the agent's model thread: it asks the
-        database) and the workspace's git state (a `git` subprocess with a short timeout, in a thread).
-        Run after a turn and when the session changes, never per keystroke."""
+        database), the workspace's git state (a `git` subprocess with a short timeout, in a thread)
+        and its paths for @ completion. Run after a turn and when the session changes, never per
+        keystroke."""
         agent = self.bridge.agent
         if agent is None or self.bridge.turn_running:
             return
@@ -73,6 +76,9 @@ class AppBase(App[int]):
         except Exception:  # usage is not worth an error message; the next turn tries again
             return
         git = await asyncio.to_thread(git_status, agent.workspace)
+        with contextlib.suppress(Exception):  # the files @ completes (a walk: a thread of its own)
+            paths = await asyncio.to_thread(workspace_paths, agent.registry.workspace)
+            self.query_one(PromptArea).paths = paths
         self.refresh_status(
             cache_bytes=usage.cache_bytes,
             cache_limit_bytes=usage.cache_limit_bytes,

@@ -14,6 +14,7 @@ from hybrid_agent.agent.events import (
     ApprovalDecision,
     ErrorEvent,
     HookNotice,
+    MentionNotice,
     PrefillProgress,
     TextDelta,
     ToolCallRequested,
@@ -90,6 +91,8 @@ class TurnActions(AppBase):
                 await self.conversation.add_notice("cancelled: the session stays at its last snapshot")
             elif event.stop_reason != "end_of_turn":
                 await self.conversation.add_notice(f"turn stopped: {event.stop_reason.replace('_', ' ')}")
+        elif isinstance(event, MentionNotice):  # an @path of the message (agent/mentions.py)
+            await self.conversation.add_notice(event.message, error=not event.attached)
         elif isinstance(event, HookNotice):
             if event.message:  # a hook failed, timed out or blocked (agent/hooks.py)
                 await self.conversation.add_notice(event.message, error=event.blocked)

@@ -35,11 +35,17 @@ def common(env: dict[str, str]) -> list[str]:
     return ["--model", env["model"], "--db", env["db"], "--workspace", env["ws"], "--max-new-tokens", "3"]
 
 
-def test_sessions_list_shows_the_bytes_of_each_sessions_snapshots(
+def test_run_attaches_mentions_and_sessions_list_shows_snapshot_bytes(
     env: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = call(capsys, "run", "hello", *common(env))
+    (Path(env["ws"]) / "notes.txt").write_text("remember the milk\n")
+    (Path(env["ws"]).parent / "secret.txt").write_text("outside\n")
+    code, out, err = call(capsys, "run", "hello, read @notes.txt and @../secret.txt", *common(env))
     assert code == 0, err
+    assert err.splitlines()[:2] == [  # (then the progress bar of reading the long first segment)
+        "[attached @notes.txt (18 bytes)]",
+        "[@../secret.txt is outside the workspace; not attached (tools may only read inside it)]",
+    ]
     sid = out.splitlines()[-1].removeprefix("session: ")
     with sqlite3.connect(env["db"]) as db:  # no file changes: every stored blob is a snapshot's
         (total,) = db.execute("SELECT sum(size) FROM blobs").fetchone()

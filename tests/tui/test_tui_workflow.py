@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from hybrid_agent.tui.screens.sessions import SessionBrowser
 from hybrid_agent.tui.widgets.messages import Notice
+from hybrid_agent.tui.widgets.prompt_input import PromptArea
 from hybrid_agent.tui.widgets.status_bar import StatusBar, format_status
+from textual.widgets import Static
 from tui_testkit import Rig, ready, send, settle, until
 
 pytestmark = pytest.mark.anyio
@@ -62,3 +64,33 @@ async def test_status_bar_and_status_show_usage_and_git(tmp_path: Path) -> None:
         assert lines[0] == f"session {agent.session_id[:8]}:"
         assert f"state        {agent.state_tokens:,} tokens" in lines[1]
         assert lines[-1] == "git          trunk *"
+
+
+async def test_at_completes_workspace_paths_and_attaches_the_file(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, ["echo: seen<|end|>"])
+    (rig.workspace / "src" / "pkg").mkdir(parents=True)
+    (rig.workspace / "src" / "pkg" / "mod.py").write_text("VALUE = 42\n")
+    (rig.workspace / "src" / "build.log").write_text("ignored\n")
+    (rig.workspace / ".gitignore").write_text("*.log\n")
+    app = rig.app
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await settle(pilot)
+        area = app.query_one(PromptArea)
+        area.load_text("what is in @s")
+        area.move_cursor(area.document.end)
+        await pilot.pause()
+        hint = app.query_one("#completions", Static)
+        assert hint.display and str(hint.render()) == "@src/"
+        await pilot.press("tab")
+        assert area.text == "what is in @src/"
+        await pilot.pause()
+        assert str(hint.render()) == "@src/pkg/"  # build.log is .gitignore'd
+        await pilot.press("tab", "tab")
+        assert area.text == "what is in @src/pkg/mod.py"
+        await pilot.press("space", *"and", "space", *"mail", "space", *"a@b.c")
+        assert area.text.endswith("mail a@b.c") and not hint.display  # not a mention
+        await pilot.press("enter")
+        await settle(pilot)
+        assert "VALUE = 42" in rig.engine.prefill_log[-1]
+        assert [n.text for n in app.query(Notice)][-1] == "attached @src/pkg/mod.py (11 bytes)"
