@@ -102,6 +102,7 @@ def _agent_options(args: argparse.Namespace) -> dict[str, Any]:
         "mcp_servers": settle(args).get("mcp_servers") or None,  # mounted by Agent.open
         "hooks": hook_set(args),
         "mention_max_bytes": settle(args).get("mention_max_bytes"),  # @path attachments
+        "project_memory_max_bytes": settle(args).get("project_memory_max_bytes"),  # AGENTS.md
     }
 
 

@@ -48,6 +48,7 @@ from hybrid_agent.agent.owner import ModelOwner
 from hybrid_agent.agent.permissions import PermissionRules
 from hybrid_agent.agent.prefill import DEFAULT_MAX_PROMPT_TOKENS, PrefillOps
 from hybrid_agent.agent.prefill import TurnCancelled as _Cancelled
+from hybrid_agent.agent.project_memory import DEFAULT_PROJECT_MEMORY_MAX_BYTES, MemoryOps
 from hybrid_agent.agent.records import (
     assistant_event,
     conversation_of,
@@ -94,7 +95,7 @@ class _Round:
     stop: str = "end_of_turn"  # end_of_turn | tool_call | max_tokens
 
 
-class Agent(SessionOps, PrefillOps, ToolCallOps):
+class Agent(SessionOps, PrefillOps, ToolCallOps, MemoryOps):
     """The persistent agent. `Agent.open(...)` builds everything from paths; this is the long form."""
 
     def __init__(
@@ -115,6 +116,7 @@ class Agent(SessionOps, PrefillOps, ToolCallOps):
         max_tool_rounds: int = 8,
         max_prompt_tokens: int | None = None,
         mention_max_bytes: int | None = None,
+        project_memory_max_bytes: int | None = None,
     ) -> None:
         if mode not in MODES:
             raise AgentError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -141,6 +143,11 @@ class Agent(SessionOps, PrefillOps, ToolCallOps):
         self.max_prompt_tokens = max_prompt_tokens or DEFAULT_MAX_PROMPT_TOKENS
         # The most of one @path file a message attaches (None: 64 KiB; 0: @path stays plain text).
         self.mention_max_bytes = DEFAULT_MENTION_MAX_BYTES if mention_max_bytes is None else mention_max_bytes
+        # AGENTS.md read into a new session's system prompt, in bytes (None: 32 KiB; 0: none).
+        self.project_memory_max_bytes = (
+            DEFAULT_PROJECT_MEMORY_MAX_BYTES if project_memory_max_bytes is None else project_memory_max_bytes
+        )
+        self._memory_reload: dict[str, Any] | None = None
         # The thread every model operation runs on: the owner this agent is being built on (the UI
         # builds it on one), else a thread of its own, which `close` stops.
         adopted = ModelOwner.current()
@@ -220,10 +227,11 @@ class Agent(SessionOps, PrefillOps, ToolCallOps):
         finished = False  # saved, or rolled back to the last snapshot
         try:
             self._check_characters(text)
-            if not self._history:
-                self._system = self.system_prompt
+            if not self._history:  # the session starts: its system prompt, with AGENTS.md
+                memory = self.current_memory()
+                self._system = memory.prompt(self.system_prompt)
                 self._tools = [s["function"] for s in self.registry.schemas()]
-                events.append(system_event(self._system, self._tools, self.engine.chat.name))
+                events.append(system_event(self._system, self._tools, self.engine.chat.name, memory.record()))
             # What the SessionStart hooks said (agent/hooks.py), then the UserPromptSubmit hooks.
             started, self._hook_start = self._hook_start, HookOutcome()
             prompted = await self._run_hooks("UserPromptSubmit", prompt=text)
@@ -238,7 +246,8 @@ class Agent(SessionOps, PrefillOps, ToolCallOps):
             for notice in mentioned.events():
                 yield notice
             context = "\n\n".join(c for c in (started.context, prompted.context, mentioned.context()) if c)
-            events.append(user_event(text, context, mentions=mentioned.records()))
+            memory_record = self._take_memory_reload()  # set by /memory reload (agent/project_memory.py)
+            events.append(user_event(text, context, mentions=mentioned.records(), memory=memory_record))
             new = [user_message(text, context)]
             rounds = 0
             while True:

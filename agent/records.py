@@ -20,14 +20,29 @@ from hybrid_agent.memory import Event
 from hybrid_agent.model.chat import ChatMessage
 
 
-def system_event(system: str, tools: Sequence[dict[str, Any]], format_name: str) -> Event:
-    return Event("system", system, {"tools": list(tools), "format": format_name})
+def system_event(
+    system: str, tools: Sequence[dict[str, Any]], format_name: str, memory: dict[str, Any] | None = None
+) -> Event:
+    """The session's start; `memory` records the AGENTS.md files its prompt holds
+    (agent/project_memory.py)."""
+    data: dict[str, Any] = {"tools": list(tools), "format": format_name}
+    if memory is not None:
+        data["project_memory"] = memory
+    return Event("system", system, data)
 
 
-def user_event(text: str, context: str = "", mentions: list[dict[str, Any]] | None = None) -> Event:
+def user_event(
+    text: str,
+    context: str = "",
+    mentions: list[dict[str, Any]] | None = None,
+    memory: dict[str, Any] | None = None,
+) -> Event:
     """The user's message; `context` holds what hooks added and the files its `@path` words attached
-    (agent/mentions.py), which `mentions` lists (path, size, truncated)."""
+    (agent/mentions.py), which `mentions` lists (path, size, truncated); `memory`, on the message of a
+    `/memory reload`, records the AGENTS.md files it gave the model."""
     data: dict[str, Any] = {}
+    if memory is not None:
+        data["project_memory"] = memory
     if context:
         data["context"] = context
     if mentions:
