@@ -56,6 +56,7 @@ class AppBase(App[int]):
 
         async def ask_user(self, call: ToolCallRequested) -> ApprovalDecision: ...  # tui/turns.py
         async def refresh_session_title(self) -> None: ...  # tui/session_actions.py
+        def run_turn(self, text: str) -> Any: ...  # tui/turns.py
         def action_help(self) -> None: ...  # tui/app.py
         async def action_quit(self) -> None: ...  # tui/app.py
 

@@ -16,6 +16,7 @@ PALETTE_ENTRIES: tuple[tuple[str, str, str], ...] = (
     ("Tools", "list the tools the model can call (/tools)", "tools"),
     ("Model", "show the model, device and state (/model)", "model_info"),
     ("Status", "what the session uses: state, cache, disk, speed, time, git (/status)", "usage"),
+    ("Project memory", "the AGENTS.md files the session read (/memory)", "memory"),
     ("Copy last answer", "copy the last answer to the clipboard (/copy)", "copy_answer"),
     ("Cycle approval mode", "ask → accept-edits → auto (shift+tab)", "cycle_mode"),
     ("Cancel turn", "stop the running turn; the session stays at its last snapshot", "cancel_turn"),

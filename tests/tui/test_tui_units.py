@@ -28,8 +28,11 @@ from hybrid_agent.tui.widgets.status_bar import StatusInfo, format_status
 def test_parse_and_reject_slash_commands() -> None:
     assert parse("/rewind 3 files") == ParsedCommand("rewind", ("3", "files"))
     assert parse("  /fork  ") == ParsedCommand("fork", ())
+    assert parse("/memory reload") == ParsedCommand("memory", ("reload",))
+    assert parse("/status") == ParsedCommand("status", ())
     for bad, says in [("/nope", "unknown command /nope"), ("/rewind", "usage: /rewind N"),
-                      ("/fork x", "N is a turn number")]:  # fmt: skip
+                      ("/fork x", "N is a turn number"),
+                      ("/memory now", r"usage: /memory \[reload\]")]:  # fmt: skip
         with pytest.raises(SlashCommandError, match=says):
             parse(bad)
     assert (

@@ -94,3 +94,36 @@ async def test_at_completes_workspace_paths_and_attaches_the_file(tmp_path: Path
         await settle(pilot)
         assert "VALUE = 42" in rig.engine.prefill_log[-1]
         assert [n.text for n in app.query(Notice)][-1] == "attached @src/pkg/mod.py (11 bytes)"
+
+
+async def test_memory_shows_a_change_on_resume_and_reload_sends_it(tmp_path: Path) -> None:
+    first = Rig(tmp_path, ["echo: ok<|end|>"])
+    (first.workspace / "AGENTS.md").write_text("Use tabs.\n")
+    async with first.app.run_test(size=(100, 30)) as pilot:
+        await send(pilot, "/memory")
+        await settle(pilot)
+        assert "not loaded yet" in first.app.query(Notice).last().text
+        await send(pilot, "hello")
+        await settle(pilot)
+        session = first.agent.session_id
+    assert "Use tabs." in first.engine.prefill_log[0]
+    (first.workspace / "AGENTS.md").write_text("Use spaces.\n")
+    rig = Rig(tmp_path, ["echo: noted<|end|>"], resume=session)
+    app = rig.app
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await settle(pilot)
+        notices = [n.text for n in app.query(Notice)]
+        assert any(n.startswith("AGENTS.md changed since this session read it") for n in notices)
+        await send(pilot, "/memory")
+        await settle(pilot)
+        shown = app.query(Notice).last().text
+        assert "loaded when the session started" in shown and "Use spaces." in shown
+        assert "changed since; /memory reload gives the model the new text" in shown
+        await send(pilot, "/memory reload")
+        await settle(pilot)
+        assert "Use spaces." in rig.engine.prefill_log[-1] and rig.agent.turn == 2
+        assert not rig.agent.memory_status().changed
+        await send(pilot, "/memory reload")
+        await settle(pilot)
+        assert rig.agent.turn == 2  # nothing new to send
