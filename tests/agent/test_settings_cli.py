@@ -87,6 +87,7 @@ def test_settings_are_the_defaults_and_flags_win(
 ) -> None:
     (ws / ".hybrid-agent" / "settings.toml").write_text(
         'model = "some/model"\nmax_new_tokens = 7\npermission_mode = "accept-edits"\nenable_commands = true\n'
+        "mention_max_bytes = 100\nproject_memory_max_bytes = 0\n"
         '[permissions]\ndeny = ["run_command(rm:*)"]\n'
     )
     seen: list[dict[str, Any]] = []
@@ -105,6 +106,7 @@ def test_settings_are_the_defaults_and_flags_win(
     assert (first["model"], first["max_new_tokens"], first["mode"], first["enable_commands"]) == (
         "some/model", 7, "auto", True)  # fmt: skip
     assert (first["sinks"], first["temperature"]) == (4, 0.0)  # the built-in defaults
+    assert (first["mention_max_bytes"], first["project_memory_max_bytes"]) == (100, 0)
     verdict = first["permissions"].check("run_command", {"command": "rm -rf x"})
     assert (
         verdict is not None and verdict.action == "deny"
