@@ -242,11 +242,12 @@ class Agent(SessionOps, PrefillOps, ToolCallOps, MemoryOps):
                 yield ErrorEvent(message=f"a UserPromptSubmit hook refused the prompt: {blocked.reason()}")
                 return
             events += started.records() + prompted.records()
-            mentioned = self._mentions(text)  # the files of its @path words (agent/mentions.py)
+            memory_record = self._take_memory_reload()  # set by /memory reload (agent/project_memory.py)
+            # The files of its @path words (agent/mentions.py); not of AGENTS.md's text when reloaded.
+            mentioned = self._mentions(text) if memory_record is None else Mentions()
             for notice in mentioned.events():
                 yield notice
             context = "\n\n".join(c for c in (started.context, prompted.context, mentioned.context()) if c)
-            memory_record = self._take_memory_reload()  # set by /memory reload (agent/project_memory.py)
             events.append(user_event(text, context, mentions=mentioned.records(), memory=memory_record))
             new = [user_message(text, context)]
             rounds = 0

@@ -71,7 +71,8 @@ def test_a_session_keeps_its_memory_sees_a_change_and_reloads_it(tmp_path: Path,
     session = agent.session_id
     agent.close()
 
-    (ws / "AGENTS.md").write_text("app rules, version 2\n")
+    (ws / "AGENTS.md").write_text("app rules, version 2: see @notes.txt\n")
+    (ws / "notes.txt").write_text("NOTES BODY\n")
     engine2 = scripted_engine(["Ok.<|end|>", "Got it.<|end|>"])
     resumed = Agent(engine2, Store(db), workspace=ws, session_id=session)
     status = resumed.memory_status()
@@ -83,6 +84,7 @@ def test_a_session_keeps_its_memory_sees_a_change_and_reloads_it(tmp_path: Path,
     assert message.startswith("The project instructions (AGENTS.md) changed") and "version 2" in message
     resumed.send_sync(message)
     assert "app rules, version 2" in engine2.prefill_log[-1]
+    assert "NOTES BODY" not in engine2.prefill_log[-1]  # AGENTS.md's own @words attach nothing
     assert not resumed.memory_status().changed  # the reload message recorded what it gave the model
     [*_, last_user] = [e for e in resumed.store.events(session) if e.kind == "user"]
     assert last_user.data["project_memory"] == load_project_memory(ws).record()
