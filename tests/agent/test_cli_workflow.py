@@ -57,3 +57,15 @@ def test_run_attaches_mentions_and_sessions_list_shows_snapshot_bytes(
     header, line = out.splitlines()
     assert header.split()[:4] == ["ID", "TURNS", "TOKENS", "SIZE"]
     assert f"{total / (1 << 20):.1f} MiB" in line
+
+
+def test_c_is_continue_and_resume_takes_an_optional_id() -> None:
+    from hybrid_agent.agent.cli import build_parser
+    from hybrid_agent.agent.session_ids import PICK_SESSION
+
+    parse = build_parser().parse_args
+    assert parse(["run", "x", "-c"]).continue_ and parse(["-c"]).continue_
+    assert parse(["--resume"]).resume == PICK_SESSION and parse(["--resume", "ab12"]).resume == "ab12"
+    assert parse(["run", "x", "--resume"]).resume == PICK_SESSION
+    assert parse([]).resume is None and not parse([]).continue_
+    assert "-c, --continue" in build_parser().format_help()

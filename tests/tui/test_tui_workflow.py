@@ -19,12 +19,12 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_resume_without_id_opens_the_picker_and_resumes_the_choice(tmp_path: Path) -> None:
-    first = Rig(tmp_path, ["echo: old<|end|>"])
-    async with first.app.run_test(size=(100, 30)) as pilot:
-        await send(pilot, "old work")
-        await settle(pilot)
-        old = first.agent.session_id
-    rig = Rig(tmp_path, ["echo: more<|end|>"], pick_session=True)
+    rig = Rig(tmp_path, ["echo: old<|end|>", "echo: more<|end|>"], pick_session=True)
+    earlier = rig.factory(approval=None)  # a session saved by an earlier run, on the same database
+    async for _ in earlier.send("old work"):
+        pass
+    old = earlier.session_id
+    earlier.close()
     app = rig.app
     async with app.run_test(size=(100, 30)) as pilot:
         await ready(pilot)
@@ -97,18 +97,15 @@ async def test_at_completes_workspace_paths_and_attaches_the_file(tmp_path: Path
 
 
 async def test_memory_shows_a_change_on_resume_and_reload_sends_it(tmp_path: Path) -> None:
-    first = Rig(tmp_path, ["echo: ok<|end|>"])
-    (first.workspace / "AGENTS.md").write_text("Use tabs.\n")
-    async with first.app.run_test(size=(100, 30)) as pilot:
-        await send(pilot, "/memory")
-        await settle(pilot)
-        assert "not loaded yet" in first.app.query(Notice).last().text
-        await send(pilot, "hello")
-        await settle(pilot)
-        session = first.agent.session_id
-    assert "Use tabs." in first.engine.prefill_log[0]
-    (first.workspace / "AGENTS.md").write_text("Use spaces.\n")
-    rig = Rig(tmp_path, ["echo: noted<|end|>"], resume=session)
+    rig = Rig(tmp_path, ["echo: ok<|end|>", "echo: noted<|end|>"])
+    (rig.workspace / "AGENTS.md").write_text("Use tabs.\n")
+    earlier = rig.factory(approval=None)  # a session saved by an earlier run, on the same database
+    async for _ in earlier.send("hello"):
+        pass
+    earlier.close()
+    assert "Use tabs." in rig.engine.prefill_log[0]
+    (rig.workspace / "AGENTS.md").write_text("Use spaces.\n")
+    rig.resume = earlier.session_id
     app = rig.app
     async with app.run_test(size=(100, 30)) as pilot:
         await ready(pilot)
@@ -127,3 +124,7 @@ async def test_memory_shows_a_change_on_resume_and_reload_sends_it(tmp_path: Pat
         await send(pilot, "/memory reload")
         await settle(pilot)
         assert rig.agent.turn == 2  # nothing new to send
+        await send(pilot, "/new")
+        await send(pilot, "/memory")
+        await settle(pilot)
+        assert "not loaded yet: the session's first message reads:" in app.query(Notice).last().text
