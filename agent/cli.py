@@ -205,8 +205,8 @@ def _session_options(p: argparse.ArgumentParser, defaults: bool) -> None:
         help="when tools ask before they run (default: ask, or the settings' permission_mode)",
     )
     p.add_argument(
-        "--continue",
         "-c",
+        "--continue",
         dest="continue_",
         action="store_true",
         default=False if defaults else argparse.SUPPRESS,
