@@ -25,6 +25,11 @@ from typing import TYPE_CHECKING, Any
 MEMORY_FILE = "AGENTS.md"
 DEFAULT_PROJECT_MEMORY_MAX_BYTES = 32 << 10
 MAX_PARENTS = 64  # folders walked up looking for the git root
+# What introduces the files' text in the system prompt, and in the message of a `/memory reload`.
+HEADING = f"\n\n# Project instructions ({MEMORY_FILE})\n\n"
+RELOAD_INTRO = (
+    f"The project instructions ({MEMORY_FILE}) changed since this session started. They now read:\n\n"
+)
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,7 @@ class ProjectMemory:
         """`system` with the project's instructions after it (unchanged when there are none)."""
         if not self.files:
             return system
-        return f"{system}\n\n# Project instructions ({MEMORY_FILE})\n\n{self.text()}"
+        return f"{system}{HEADING}{self.text()}"
 
     def record(self) -> dict[str, Any]:
         """What a session's events keep of it (the text itself is in the prompt or message)."""
@@ -135,14 +140,18 @@ def _read(path: Path, limit: int) -> MemoryFile | None:
     return MemoryFile(str(path), digest.hexdigest(), size, text, truncated)
 
 
-def recorded_memory(events: Iterable[Any]) -> dict[str, Any] | None:
-    """What a session's model read of the project memory last: the record of its system event or of
-    its last `/memory reload` message (None: the session never read any, or predates recording)."""
+def recorded_memory(events: Iterable[Any]) -> tuple[dict[str, Any], str] | None:
+    """What a session's model read of the project memory last, and its text: the record of its system
+    event (the text: what follows the system prompt's heading) or of its last `/memory reload` message
+    (the text: what follows the message's introduction). None: the session never read any, or it
+    predates recording."""
     found = None
     for ev in events:
         data = getattr(ev, "data", None) or {}
         if ev.kind in ("system", "user") and "project_memory" in data:
-            found = data["project_memory"]
+            marker = HEADING if ev.kind == "system" else RELOAD_INTRO
+            _, cut, text = ev.content.partition(marker)
+            found = data["project_memory"], text if cut else ""
     return found
 
 
@@ -150,6 +159,7 @@ def recorded_memory(events: Iterable[Any]) -> dict[str, Any] | None:
 class MemoryStatus:
     loaded: dict[str, Any] | None  # the session's record; None before its first turn
     current: ProjectMemory  # the files on disk now
+    loaded_text: str = ""  # the text the session's model read
 
     @property
     def changed(self) -> bool:
@@ -161,23 +171,26 @@ class MemoryStatus:
 
 
 def describe(status: MemoryStatus, max_chars: int = 2000) -> str:
-    """`/memory`: what the session loaded, whether it changed since, and the text now on disk."""
-    lines = []
+    """`/memory`: the files and the text the session's model read, and, when they changed since, the
+    text now on disk (each shown up to `max_chars`)."""
+
+    def shown(text: str) -> list[str]:
+        return ["", text if len(text) <= max_chars else text[:max_chars] + "\n…"] if text else []
+
+    def listed(files: list[dict[str, Any]]) -> list[str]:
+        return [
+            f"  {f['path']} ({f['size']:,} bytes{', cut' if f.get('truncated') else ''})" for f in files
+        ] or [f"  (no {MEMORY_FILE})"]
+
     if status.loaded is None:
-        lines.append("not loaded yet: the session's first message reads:")
-        files = status.current.record()["files"]
-    else:
-        lines.append("loaded when the session started (or at its last /memory reload):")
-        files = status.loaded.get("files", [])
-    lines += [
-        f"  {f['path']} ({f['size']:,} bytes{', cut' if f.get('truncated') else ''})" for f in files
-    ] or [f"  (no {MEMORY_FILE})"]
+        lines = ["not loaded yet: the session's first message reads:"]
+        lines += listed(status.current.record()["files"]) + shown(status.current.text())
+        return "\n".join(lines)
+    lines = ["read when the session started (or at its last /memory reload):"]
+    lines += listed(status.loaded.get("files", [])) + shown(status.loaded_text)
     if status.changed:
-        lines.append(f"{MEMORY_FILE} changed since; /memory reload gives the model the new text")
-    text = status.current.text()
-    if text:
-        shown = text if len(text) <= max_chars else text[:max_chars] + "\n…"
-        lines += ["", shown]
+        lines += ["", f"{MEMORY_FILE} changed since; /memory reload gives the model the new text:"]
+        lines += listed(status.current.record()["files"]) + shown(status.current.text())
     return "\n".join(lines)
 
 
@@ -185,10 +198,7 @@ def reload_message(memory: ProjectMemory) -> str:
     """The message `/memory reload` sends: the new text, introduced as such."""
     if not memory.files:
         return f"The project's {MEMORY_FILE} files were removed: its earlier instructions no longer apply."
-    return (
-        f"The project instructions ({MEMORY_FILE}) changed since this session started. They now read:\n\n"
-        + (memory.text())
-    )
+    return RELOAD_INTRO + memory.text()
 
 
 class MemoryOps:
@@ -211,10 +221,12 @@ class MemoryOps:
     def memory_status(self) -> MemoryStatus:
         """What the session's model read of the project memory, against the files now. Reads the
         session's events: call it between turns, on the model thread, like the session operations."""
-        loaded = None
+        found = None
         if self._session_row(False) is not None:
-            loaded = recorded_memory(self.store.events(self.session_id))
-        return MemoryStatus(loaded, self.current_memory())
+            found = recorded_memory(self.store.events(self.session_id))
+        if found is None:
+            return MemoryStatus(None, self.current_memory())
+        return MemoryStatus(found[0], self.current_memory(), found[1])
 
     def memory_reload(self) -> str:
         """The message that gives the model the files' new text; the next message sent records them

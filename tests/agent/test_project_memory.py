@@ -70,6 +70,7 @@ def test_a_session_keeps_its_memory_sees_a_change_and_reloads_it(tmp_path: Path,
     assert status.loaded == load_project_memory(ws).record() and not status.changed
     session = agent.session_id
     agent.close()
+    memory_before = load_project_memory(ws)
 
     (ws / "AGENTS.md").write_text("app rules, version 2: see @notes.txt\n")
     (ws / "notes.txt").write_text("NOTES BODY\n")
@@ -77,6 +78,7 @@ def test_a_session_keeps_its_memory_sees_a_change_and_reloads_it(tmp_path: Path,
     resumed = Agent(engine2, Store(db), workspace=ws, session_id=session)
     status = resumed.memory_status()
     assert status.changed and "changed since; /memory reload" in describe(status)
+    assert status.loaded_text == memory_before.text()  # what the model read, from the session's prompt
     assert "version 2" not in (resumed._system or "")  # the session's prompt is the one it started with
     resumed.send_sync("go on")
     assert resumed.memory_status().changed  # a plain message changes nothing
@@ -85,7 +87,9 @@ def test_a_session_keeps_its_memory_sees_a_change_and_reloads_it(tmp_path: Path,
     resumed.send_sync(message)
     assert "app rules, version 2" in engine2.prefill_log[-1]
     assert "NOTES BODY" not in engine2.prefill_log[-1]  # AGENTS.md's own @words attach nothing
-    assert not resumed.memory_status().changed  # the reload message recorded what it gave the model
+    status = resumed.memory_status()
+    assert not status.changed  # the reload message recorded what it gave the model
+    assert status.loaded_text == load_project_memory(ws).text() and "version 2" in status.loaded_text
     [*_, last_user] = [e for e in resumed.store.events(session) if e.kind == "user"]
     assert last_user.data["project_memory"] == load_project_memory(ws).record()
     resumed.close()

@@ -115,8 +115,9 @@ async def test_memory_shows_a_change_on_resume_and_reload_sends_it(tmp_path: Pat
         await send(pilot, "/memory")
         await settle(pilot)
         shown = app.query(Notice).last().text
-        assert "loaded when the session started" in shown and "Use spaces." in shown
-        assert "changed since; /memory reload gives the model the new text" in shown
+        read, _, now = shown.partition("changed since; /memory reload gives the model the new text")
+        assert "read when the session started" in read and "Use tabs." in read and "Use spaces." not in read
+        assert "Use spaces." in now
         await send(pilot, "/memory reload")
         await settle(pilot)
         assert "Use spaces." in rig.engine.prefill_log[-1] and rig.agent.turn == 2
