@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hybrid_agent.memory import SessionNotFoundError
+
 GIT_TIMEOUT_S = 1.0  # `git` runs in the UI's background, but a hung network mount must not pile up calls
 
 
@@ -88,8 +90,10 @@ def usage_of(agent: Any) -> Usage:
     engine = agent.engine
     window, sinks = engine.window, int(getattr(engine, "sinks", 0) or 0)
     cache, limit = attention_cache(engine, window, sinks)
-    written = agent._session_row(False) is not None
-    metas = [t.meta for t in agent.store.turns(agent.session_id)] if written else []
+    try:
+        metas = [t.meta for t in agent.store.turns(agent.session_id)]
+    except SessionNotFoundError:  # a new session's row is written with its first turn
+        metas = []
     timing = speeds(metas)
     return Usage(
         state_tokens=int(engine.n_tokens),
@@ -97,7 +101,7 @@ def usage_of(agent: Any) -> Usage:
         cache_bytes=cache,
         cache_limit_bytes=limit,
         window=window,
-        snapshot_bytes=agent.snapshot_bytes() if written else 0,
+        snapshot_bytes=agent.snapshot_bytes(),
         prefill_tokens_per_s=timing.prefill_tokens_per_s,
         decode_tokens_per_s=timing.decode_tokens_per_s,
         session_s=timing.session_s,
