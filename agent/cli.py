@@ -15,6 +15,8 @@ import os
 import sys
 from collections.abc import Callable
 
+from hybrid_agent.agent.session_ids import PICK_SESSION
+
 from hybrid_agent import __version__
 
 
@@ -116,7 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[_shared(True)],
     )
     parser.add_argument("--version", action="version", version=f"hybrid-agent {__version__}")
-    parser.add_argument("--resume", metavar="ID", help="continue a saved session (id or unique prefix)")
+    parser.add_argument(
+        "--resume",
+        metavar="ID",
+        nargs="?",
+        const=PICK_SESSION,
+        help="continue a saved session (id or unique prefix); without ID, open the session picker",
+    )
     _session_options(parser, True)
     commands = "{run,sessions,undo,rewind,config,trust,mcp,pull,acp}"
     sub = parser.add_subparsers(dest="command", metavar=commands)
@@ -133,7 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_headless(run)
     run.add_argument("--yes", "-y", action="store_true", help="approve every tool call")
-    run.add_argument("--resume", metavar="ID", default=argparse.SUPPRESS, help="continue a saved session")
+    run.add_argument(
+        "--resume",
+        metavar="ID",
+        nargs="?",
+        const=PICK_SESSION,
+        default=argparse.SUPPRESS,
+        help="continue a saved session (id or unique prefix)",
+    )
     _session_options(run, False)
 
     sessions = sub.add_parser(
@@ -202,6 +217,7 @@ def _session_options(p: argparse.ArgumentParser, defaults: bool) -> None:
         "(default: ask, or the settings' permission_mode)",
     )
     p.add_argument(
+        "-c",
         "--continue",
         dest="continue_",
         action="store_true",

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hybrid_agent.agent.errors import AgentError, printable
-from hybrid_agent.agent.session_ids import resolve_session_id
+from hybrid_agent.agent.session_ids import PICK_SESSION, resolve_session_id
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -106,6 +106,8 @@ def _agent_options(args: argparse.Namespace) -> dict[str, Any]:
         "sandbox": sandbox_policy(args),
         "mcp_servers": settle(args).get("mcp_servers") or None,  # mounted by Agent.open
         "hooks": hook_set(args),
+        "mention_max_bytes": settle(args).get("mention_max_bytes"),  # @path attachments
+        "project_memory_max_bytes": settle(args).get("project_memory_max_bytes"),  # AGENTS.md
     }
 
 
@@ -126,7 +128,7 @@ def tui_options(args: argparse.Namespace) -> dict[str, Any]:
 
     settle(args, quiet=True)  # the UI asks whether to trust the folder instead (trust_question)
     options = _agent_options(args)
-    if args.resume or args.continue_:
+    if args.resume or args.continue_:  # `--resume` alone (PICK_SESSION) opens the picker in the UI
         with _store(args) as store:
             options["resume"] = continued_session(store, args) or resolve_session_id(store, args.resume)
     from hybrid_agent.agent.factory import check_device, resolve_model_dir
@@ -237,6 +239,8 @@ class _PlainEvents:
             _say(f"hybrid-agent: error: {event.message}")
         elif isinstance(event, ev.HookNotice) and event.message:
             _say(f"hybrid-agent: warning: {event.message}")
+        elif isinstance(event, ev.MentionNotice):
+            _say(f"[{event.message}]")
         elif isinstance(event, ev.TurnEnd):
             if not self._ended_with_text:
                 print()
@@ -264,6 +268,8 @@ class _PlainEvents:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.resume == PICK_SESSION:  # `run --resume` without an id: there is no picker here
+        raise AgentError("run --resume needs a session id: `hybrid-agent sessions list` shows them")
     if args.json:
         args.output_format = "stream-json"
     if args.output_format != "text" or args.input_format != "text" or args.include_partial_messages:
@@ -308,8 +314,8 @@ def _open_run_agent(args: argparse.Namespace, *, ask: bool) -> Any:
 
 
 # ---- sessions ------------------------------------------------------------------------------------
-def _session_json(info: Any) -> dict[str, Any]:
-    return {
+def _session_json(info: Any, size_bytes: int | None = None) -> dict[str, Any]:
+    data = {
         "id": info.id,
         "title": info.title,
         "workspace": info.workspace,
@@ -322,6 +328,9 @@ def _session_json(info: Any) -> dict[str, Any]:
         "state_tokens": info.n_tokens,
         "git_head": (info.meta or {}).get("git_head"),  # the commit its workspace was on at the start
     }
+    if size_bytes is not None:
+        data["size_bytes"] = size_bytes  # the bytes its snapshots use (memory/queries.py)
+    return data
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:
@@ -329,18 +338,22 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     with _store(args) as store:
         if action == "list":
             infos = store.list_sessions()
+            sizes = store.snapshot_bytes()
             if args.json:
                 for info in infos:
-                    print(json.dumps(_session_json(info)))
+                    print(json.dumps(_session_json(info, sizes.get(info.id, 0))))
                 return 0
             if not infos:
                 print("no saved sessions")
                 return 0
-            print(f"{'ID':36}  {'TURNS':>5}  {'TOKENS':>8}  {'UPDATED':16}  TITLE")
+            print(f"{'ID':36}  {'TURNS':>5}  {'TOKENS':>8}  {'SIZE':>9}  {'UPDATED':16}  TITLE")
             for info in infos:
                 updated = info.updated_at.strftime("%Y-%m-%d %H:%M")
-                turns = info.latest_turn or 0
-                print(f"{info.id:36}  {turns:>5}  {info.n_tokens:>8}  {updated:16}  {printable(info.title)}")
+                turns, size = info.latest_turn or 0, _mib(sizes.get(info.id, 0))
+                print(
+                    f"{info.id:36}  {turns:>5}  {info.n_tokens:>8}  {size:>9}  {updated:16}  "
+                    f"{printable(info.title)}"
+                )
             return 0
         if action == "gc":
             return _gc(store)

@@ -129,7 +129,7 @@ def continued_session(store: Any, args: argparse.Namespace) -> str | None:
     """With `--continue`: the id of the workspace's most recent session (None without the flag)."""
     if not getattr(args, "continue_", False):
         return None
-    if getattr(args, "resume", None):
+    if getattr(args, "resume", None) is not None:
         raise AgentError("give --resume ID or --continue, not both")
     here = Path(args.workspace).expanduser().resolve()
     for info in store.list_sessions():  # most recent first

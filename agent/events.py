@@ -102,8 +102,25 @@ class HookNotice(BaseModel):
     message: str = ""
 
 
+class MentionNotice(BaseModel):
+    """An `@path` of the message (agent/mentions.py): the file was attached, cut, or not attached
+    (outside the workspace, not text, ...); `message` says which in one line."""
+
+    kind: Literal["mention"] = "mention"
+    path: str
+    attached: bool
+    message: str
+
+
 AgentEvent = Annotated[
-    TextDelta | PrefillProgress | ToolCallRequested | ToolResultEvent | TurnEnd | ErrorEvent | HookNotice,
+    TextDelta
+    | PrefillProgress
+    | ToolCallRequested
+    | ToolResultEvent
+    | TurnEnd
+    | ErrorEvent
+    | HookNotice
+    | MentionNotice,
     Field(discriminator="kind"),
 ]
 

@@ -79,7 +79,8 @@ def check_options(**numbers: float | None) -> None:
     for name, value in numbers.items():
         if value is None:
             continue
-        low = 0 if name in ("temperature", "sinks", "max_tool_rounds") else 1
+        zero_ok = ("temperature", "sinks", "max_tool_rounds", "mention_max_bytes", "project_memory_max_bytes")
+        low = 0 if name in zero_ok else 1
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise AgentError(f"{name} must be a number, not {value!r}")
         if not math.isfinite(value) or value < low:
@@ -132,6 +133,8 @@ def open_agent(
     max_new_tokens: int = 1024,
     max_tool_rounds: int = 8,
     max_prompt_tokens: int | None = None,
+    mention_max_bytes: int | None = None,
+    project_memory_max_bytes: int | None = None,
 ) -> AgentT:
     from hybrid_agent.agent.session_ids import resolve_session_id
     from hybrid_agent.agent.sessions import describe_policy, folder_gone, session_policy
@@ -139,7 +142,8 @@ def open_agent(
 
     check_options(
         temperature=temperature, max_new_tokens=max_new_tokens, max_tool_rounds=max_tool_rounds,
-        window=window, sinks=sinks, max_prompt_tokens=max_prompt_tokens,
+        window=window, sinks=sinks, max_prompt_tokens=max_prompt_tokens, mention_max_bytes=mention_max_bytes,
+        project_memory_max_bytes=project_memory_max_bytes,
     )  # fmt: skip
     store = Store(db)
     registry: Any = None
@@ -192,6 +196,8 @@ def open_agent(
             max_new_tokens=max_new_tokens,
             max_tool_rounds=max_tool_rounds,
             max_prompt_tokens=max_prompt_tokens,
+            mention_max_bytes=mention_max_bytes,
+            project_memory_max_bytes=project_memory_max_bytes,
         )
         if moved_to is not None:  # set only on a resume
             # Resumed on another folder (the project moved, or a copy): that is the session's folder

@@ -27,7 +27,7 @@ import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,11 +42,14 @@ from hybrid_agent.agent.events import (
 )
 from hybrid_agent.agent.hooks import HookOutcome, Hooks
 from hybrid_agent.agent.journal import StoreJournal, attach_journal
+from hybrid_agent.agent.mentions import DEFAULT_MENTION_MAX_BYTES, Mentions
+from hybrid_agent.agent.mentions import expand as expand_mentions
 from hybrid_agent.agent.owner import ModelOwner
 from hybrid_agent.agent.permissions import PermissionRules
 from hybrid_agent.agent.plan import MODES, Mode, PlanOps, plan_event
 from hybrid_agent.agent.prefill import DEFAULT_MAX_PROMPT_TOKENS, PrefillOps
 from hybrid_agent.agent.prefill import TurnCancelled as _Cancelled
+from hybrid_agent.agent.project_memory import DEFAULT_PROJECT_MEMORY_MAX_BYTES, MemoryOps
 from hybrid_agent.agent.records import (
     assistant_event,
     conversation_of,
@@ -78,7 +81,9 @@ def _title_of(message: str) -> str:
 class _TurnStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    prefill_s: float = 0.0
     decode_s: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
 
 
 @dataclass
@@ -90,7 +95,7 @@ class _Round:
     stop: str = "end_of_turn"  # end_of_turn | tool_call | max_tokens
 
 
-class Agent(SessionOps, PrefillOps, ToolCallOps, PlanOps):
+class Agent(SessionOps, PrefillOps, ToolCallOps, PlanOps, MemoryOps):
     """The persistent agent. `Agent.open(...)` builds everything from paths; this is the long form."""
 
     def __init__(
@@ -110,6 +115,8 @@ class Agent(SessionOps, PrefillOps, ToolCallOps, PlanOps):
         max_new_tokens: int = 1024,
         max_tool_rounds: int = 8,
         max_prompt_tokens: int | None = None,
+        mention_max_bytes: int | None = None,
+        project_memory_max_bytes: int | None = None,
     ) -> None:
         if mode not in MODES:
             raise AgentError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -134,6 +141,13 @@ class Agent(SessionOps, PrefillOps, ToolCallOps, PlanOps):
         self.max_new_tokens = max_new_tokens
         self.max_tool_rounds = max_tool_rounds
         self.max_prompt_tokens = max_prompt_tokens or DEFAULT_MAX_PROMPT_TOKENS
+        # The most of one @path file a message attaches (None: 64 KiB; 0: @path stays plain text).
+        self.mention_max_bytes = DEFAULT_MENTION_MAX_BYTES if mention_max_bytes is None else mention_max_bytes
+        # AGENTS.md read into a new session's system prompt, in bytes (None: 32 KiB; 0: none).
+        self.project_memory_max_bytes = (
+            DEFAULT_PROJECT_MEMORY_MAX_BYTES if project_memory_max_bytes is None else project_memory_max_bytes
+        )
+        self._memory_reload: dict[str, Any] | None = None
         # The thread every model operation runs on: the owner this agent is being built on (the UI
         # builds it on one), else a thread of its own, which `close` stops.
         adopted = ModelOwner.current()
@@ -216,10 +230,11 @@ class Agent(SessionOps, PrefillOps, ToolCallOps, PlanOps):
             # An imported session (agent/transfer.py) has a conversation but no state yet: this turn
             # reads all of it first, under this agent's own system prompt and tools.
             rebuild = self.turn == 0 and bool(self._history) and self.engine.n_tokens == 0
-            if not self._history or rebuild:
-                self._system = self.system_prompt
+            if not self._history or rebuild:  # the session starts: its system prompt, with AGENTS.md
+                memory = self.current_memory()
+                self._system = memory.prompt(self.system_prompt)
                 self._tools = self._offered_tools()  # in plan mode, the read-only ones (agent/plan.py)
-                events.append(system_event(self._system, self._tools, self.engine.chat.name))
+                events.append(system_event(self._system, self._tools, self.engine.chat.name, memory.record()))
             events += self._take_notes()  # mode changes since the last turn (agent/plan.py)
             # What the SessionStart hooks said (agent/hooks.py), then the UserPromptSubmit hooks.
             started, self._hook_start = self._hook_start, HookOutcome()
@@ -240,9 +255,16 @@ class Agent(SessionOps, PrefillOps, ToolCallOps, PlanOps):
                     async for progress in self._prefill(ids):
                         yield progress
                     stats.prompt_tokens += len(ids)
+            memory_record = self._take_memory_reload()  # set by /memory reload (agent/project_memory.py)
+            # The files of its @path words (agent/mentions.py); not of AGENTS.md's text when reloaded.
+            mentioned = self._mentions(text) if memory_record is None else Mentions()
+            for notice in mentioned.events():
+                yield notice
             planning, note = self._plan_context()
-            context = "\n\n".join(c for c in (started.context, prompted.context, note) if c)
-            events.append(user_event(text, context, plan_mode=planning))
+            parts = (started.context, prompted.context, mentioned.context(), note)
+            context = "\n\n".join(c for c in parts if c)
+            records = mentioned.records()
+            events.append(user_event(text, context, records, memory_record, plan_mode=planning))
             new = [user_message(text, context)]
             rounds = 0
             while True:
@@ -252,8 +274,10 @@ class Agent(SessionOps, PrefillOps, ToolCallOps, PlanOps):
                 ids = await self._on_model(self.engine.encode, segment)
                 what = "the tool output" if rounds else "the message"
                 self._check_length(len(ids), what if self._history else f"{what} with the system prompt")
+                t0 = time.perf_counter()
                 async for progress in self._prefill(ids):
                     yield progress
+                stats.prefill_s += time.perf_counter() - t0  # (with the consumer's time per progress event)
                 stats.prompt_tokens += len(ids)
                 self._history.extend(new)
                 rnd = _Round()
@@ -310,6 +334,11 @@ class Agent(SessionOps, PrefillOps, ToolCallOps, PlanOps):
             return
         with contextlib.suppress(StoreError):  # (a read-only database: the turn failed for that too)
             await self._on_model(self._keep_notes, events)
+
+    def _mentions(self, text: str) -> Mentions:
+        if not self.mention_max_bytes:  # 0: mentions are off
+            return Mentions()
+        return expand_mentions(text, self.registry.workspace, self.mention_max_bytes)
 
     def _step(self) -> int:
         tok = self.engine.next_token()
@@ -373,6 +402,10 @@ class Agent(SessionOps, PrefillOps, ToolCallOps, PlanOps):
             "prompt_tokens": stats.prompt_tokens,
             "completion_tokens": stats.completion_tokens,
             "stop_reason": stop_reason,
+            # What the status bar and /status show of a session's turns (agent/usage.py).
+            "prefill_s": round(stats.prefill_s, 6),
+            "decode_s": round(stats.decode_s, 6),
+            "duration_s": round(time.perf_counter() - stats.started, 6),
         }
 
         def write() -> str | None:

@@ -6,8 +6,9 @@ started with: a chat template must see the same ones on every later segment), `u
 `tool_call` and `tool_result` (`data` carries the fields of the matching agent event, so the TUI can
 redraw them). A hook's run is a `system` event with `data.hook` (agent/hooks.py), an approval mode
 change one with `data.mode` and a plan-mode turn's plan one with `data.plan` (agent/plan.py): notes, not
-part of the conversation. Context that hooks (or plan mode) added to a message is the `user` event's
-`data.context`; `data.plan_mode` marks a message sent in plan mode.
+part of the conversation. Context that hooks (or plan mode) added to a message, and the files its
+`@path` words attached, is the `user` event's `data.context` (`data.mentions` lists those files);
+`data.plan_mode` marks a message sent in plan mode.
 """
 
 from __future__ import annotations
@@ -23,12 +24,35 @@ from hybrid_agent.model.chat import ChatFormat, ChatMessage, Segment
 NOTE_KEYS = ("hook", "mode", "plan")  # a `system` event with one of these in `data` is a note
 
 
-def system_event(system: str, tools: Sequence[dict[str, Any]], format_name: str) -> Event:
-    return Event("system", system, {"tools": list(tools), "format": format_name})
+def system_event(
+    system: str, tools: Sequence[dict[str, Any]], format_name: str, memory: dict[str, Any] | None = None
+) -> Event:
+    """The session's start; `memory` records the AGENTS.md files its prompt holds
+    (agent/project_memory.py)."""
+    data: dict[str, Any] = {"tools": list(tools), "format": format_name}
+    if memory is not None:
+        data["project_memory"] = memory
+    return Event("system", system, data)
 
 
-def user_event(text: str, context: str = "", *, plan_mode: bool = False) -> Event:
-    data: dict[str, Any] = {"context": context} if context else {}
+def user_event(
+    text: str,
+    context: str = "",
+    mentions: list[dict[str, Any]] | None = None,
+    memory: dict[str, Any] | None = None,
+    *,
+    plan_mode: bool = False,
+) -> Event:
+    """The user's message; `context` holds what hooks (or plan mode) added and the files its `@path`
+    words attached (agent/mentions.py), which `mentions` lists (path, size, truncated); `memory`, on the
+    message of a `/memory reload`, records the AGENTS.md files it gave the model."""
+    data: dict[str, Any] = {}
+    if memory is not None:
+        data["project_memory"] = memory
+    if context:
+        data["context"] = context
+    if mentions:
+        data["mentions"] = mentions
     if plan_mode:
         data["plan_mode"] = True
     return Event("user", text, data or None)

@@ -10,6 +10,9 @@ from typing import Any
 
 from hybrid_agent.agent.errors import AgentError
 
+# `--resume` given without an id: the UI opens its session picker, `run` asks for an id.
+PICK_SESSION = ""
+
 
 def resolve_session_id(store: Any, given: str) -> str:
     """A full session id, from the id or a unique prefix of it."""

@@ -218,6 +218,14 @@ class SessionOps:
         return [info, *saved]
 
     @owned
+    def snapshot_bytes(self) -> int:
+        """Bytes the active session's stored snapshots use (recurrent state + cache pages; blobs
+        shared with forks included); 0 before its first turn is saved."""
+        if self._session_row(False) is None:
+            return 0
+        return self.store.snapshot_bytes(self.session_id).get(self.session_id, 0)
+
+    @owned
     def history(self) -> list[Event]:
         """The stored events of the active session, for a UI to redraw it."""
         if self._session_row(False) is None:

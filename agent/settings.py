@@ -118,6 +118,8 @@ class SettingsFile(_Strict):
     sandbox: Literal["workspace-write", "read-only", "off"] | None = None
     sandbox_network: bool | None = None
     sandbox_allow_read: list[str] | None = None
+    mention_max_bytes: int | None = Field(None, ge=0)  # of one @path file in a message; 0: off
+    project_memory_max_bytes: int | None = Field(None, ge=0)  # AGENTS.md text in the system prompt; 0: off
 
 
 SCALAR_KEYS = tuple(

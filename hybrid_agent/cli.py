@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from hybrid_agent.agent.cli import EXIT_USAGE, parse_args
 
@@ -43,7 +44,13 @@ def run_tui(args: argparse.Namespace) -> int:
         from hybrid_agent.tui.app import run_app
     except ImportError as exc:
         raise AgentError(f"the terminal UI is not available ({exc}); use `hybrid-agent run PROMPT`") from exc
+    from hybrid_agent.agent.session_ids import PICK_SESSION
+
     options = tui_options(args)
+    extra: dict[str, Any] = {}
+    if args.resume == PICK_SESSION:  # `--resume` without an id: the session picker over a new session
+        extra["pick_session"] = True
     # In a folder whose settings need trust, the UI asks first (tui/screens/trust.py).
-    question = trust_question(args, tui_options)
-    return int((run_app(options) if question is None else run_app(options, trust=question)) or 0)
+    if (question := trust_question(args, tui_options)) is not None:
+        extra["trust"] = question
+    return int(run_app(options, **extra) or 0)

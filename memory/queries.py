@@ -8,8 +8,8 @@ from typing import Any
 
 from hybrid_agent.memory.errors import SessionNotFoundError, TurnNotFoundError
 from hybrid_agent.memory.records import SessionInfo
-from hybrid_agent.memory.schema import SessionRow, SnapshotRow
-from sqlalchemy import insert, literal, select
+from hybrid_agent.memory.schema import Blob, SessionRow, SnapshotRow, StatePageRow
+from sqlalchemy import func, insert, literal, select, union
 from sqlalchemy.orm import Session
 
 
@@ -85,3 +85,23 @@ def copy_rows(s: Session, model: Any, cols: Sequence[str], src: str, dst: str, u
         table.c.session_id == src, table.c.turn <= upto_turn
     )
     s.execute(insert(table).from_select(["session_id", *cols], source))
+
+
+def snapshot_bytes(s: Session, session_ids: Sequence[str] | None = None) -> dict[str, int]:
+    """Bytes of the snapshots each session uses: its recurrent-state blobs and its cache-page blobs,
+    each distinct blob counted once per session. Forks share their parent's blobs, so the numbers of
+    two sessions can overlap; a session with nothing saved is 0. `session_ids` None: every session."""
+    used = union(
+        select(SnapshotRow.session_id.label("session_id"), SnapshotRow.recurrent_blob.label("blob")),
+        select(StatePageRow.session_id.label("session_id"), StatePageRow.blob_sha256.label("blob")),
+    ).subquery()  # UNION, not UNION ALL: a blob two rows of one session share is counted once
+    q = (
+        select(used.c.session_id, func.coalesce(func.sum(Blob.size), 0))
+        .join(Blob, Blob.sha256 == used.c.blob)
+        .group_by(used.c.session_id)
+    )
+    if session_ids is not None:
+        q = q.where(used.c.session_id.in_(list(session_ids)))
+    found = {str(sid): int(total) for sid, total in s.execute(q)}
+    wanted = session_ids if session_ids is not None else s.scalars(select(SessionRow.id))
+    return {sid: found.get(sid, 0) for sid in wanted}

@@ -36,7 +36,15 @@ from hybrid_agent.memory.maintenance import (
     vacuum_postgresql,
     vacuum_sqlite,
 )
-from hybrid_agent.memory.queries import copy_rows, now, session_info, session_row, snapshot_row, utc
+from hybrid_agent.memory.queries import (
+    copy_rows,
+    now,
+    session_info,
+    session_row,
+    snapshot_bytes,
+    snapshot_row,
+    utc,
+)
 from hybrid_agent.memory.records import (
     CompactStats,
     Event,
@@ -382,6 +390,14 @@ class Store:
             return [TurnInfo(r.turn, r.n_tokens, utc(r.created_at), dict(r.meta or {})) for r in s.scalars(q)]
 
         return self._in_read(do, "listing turns")
+
+    def snapshot_bytes(self, session_id: str | None = None) -> dict[str, int]:
+        """Bytes of stored snapshots (recurrent state + cache pages) by session id: `session_id`'s
+        alone, or every session's (memory/queries.py `snapshot_bytes`)."""
+        if session_id is not None:
+            self.get_session(session_id)  # SessionNotFoundError names the id
+        ids = None if session_id is None else [session_id]
+        return self._in_read(lambda s: snapshot_bytes(s, ids), "measuring snapshots")
 
     def events(self, session_id: str, *, upto_turn: int | None = None) -> list[Event]:
         """The session's events in order (turn, seq); only those of turns <= `upto_turn` when given."""

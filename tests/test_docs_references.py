@@ -14,6 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 TEXT_SUFFIXES = {".py", ".md", ".sh", ".toml", ".cfg", ".ini", ".txt", ".yml", ".yaml"}
 # An upper-case document name (README.md, NOTES.md, ...) or any file under docs/, with its path.
+# Files hybrid-agent reads from the user's project (agent/project_memory.py), not documents of this one.
+WORKSPACE_FILES = {"AGENTS.md"}
 DOC_REF = re.compile(r"(?<![\w./-])(/?(?:\.\./)*(?:[\w-]+/)*(?:[A-Z][A-Z0-9_-]*|docs/[\w-]+)\.md)(?![\w-])")
 
 
@@ -38,6 +40,8 @@ def _tracked() -> list[Path]:
 
 
 def _resolves(ref: str, source: Path, names: set[str]) -> bool:
+    if ref in WORKSPACE_FILES:
+        return True
     if ref.startswith("/"):
         return False  # an absolute path is someone's machine, not the repository
     if "/" not in ref and ref in names:

@@ -100,6 +100,8 @@ class HybridAgentApp(TurnActions, SessionActions, PlanActions):
         if self._queued:
             self.run_turn("\n\n".join(self._queued))
             self._queued.clear()
+        elif self.pick_session:
+            self.action_sessions()
 
     # --- input -----------------------------------------------------------------------------------
     @on(PromptArea.Submitted)
@@ -181,16 +183,20 @@ def factory_of(options: Mapping[str, Any]) -> AgentFactory:
 
 
 def run_app(
-    agent_factory_or_options: AgentFactory | Mapping[str, Any] | argparse.Namespace, *, trust: Any = None
+    agent_factory_or_options: AgentFactory | Mapping[str, Any] | argparse.Namespace,
+    *,
+    trust: Any = None,
+    pick_session: bool = False,
 ) -> int:
     """Open the TUI. Either a factory `f(approval=...) -> Agent`, or the keyword options of
     `Agent.open` (a mapping, or the CLI's argparse namespace with the same names). `trust`: a
-    TrustQuestion (agent/config_commands.py) to ask before the agent starts, or None."""
+    TrustQuestion (agent/config_commands.py) to ask before the agent starts, or None; `pick_session`
+    opens the session picker once the agent is loaded."""
     if callable(agent_factory_or_options):
         factory = agent_factory_or_options
     else:
         given = agent_factory_or_options
         factory = factory_of(vars(given) if isinstance(given, argparse.Namespace) else given)
-    app = HybridAgentApp(factory)
+    app = HybridAgentApp(factory, pick_session=pick_session)
     app.trust_question = trust
     return int(app.run() or 0)

@@ -13,8 +13,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from hybrid_agent.agent.events import ApprovalDecision, ToolCallRequested, TurnEnd
+from hybrid_agent.agent.mentions import workspace_paths
+from hybrid_agent.agent.usage import git_status, usage_of
 from hybrid_agent.tui.bridge import AgentBridge
 from hybrid_agent.tui.widgets.conversation import DEFAULT_MAX_WIDGETS, Conversation
+from hybrid_agent.tui.widgets.prompt_input import PromptArea
 from hybrid_agent.tui.widgets.status_bar import StatusBar, StatusInfo
 from hybrid_agent.tui.widgets.tool_card import ToolCard
 from textual.app import App
@@ -32,6 +35,7 @@ class AppBase(App[int]):
         clock: Callable[[], datetime] | None = None,
         system_clipboard: bool = True,
         cursor_blink: bool = True,
+        pick_session: bool = False,
     ) -> None:
         super().__init__()
         self.agent_factory = agent_factory
@@ -40,6 +44,7 @@ class AppBase(App[int]):
         self.clock = clock  # a fixed clock makes the session browser deterministic in snapshots
         self.system_clipboard = system_clipboard
         self.cursor_blink = cursor_blink
+        self.pick_session = pick_session  # `--resume` without an id: the session picker opens at start
         self.status_info = StatusInfo()
         self.last_answer = ""  # for /copy
         self._cards: dict[str, ToolCard] = {}
@@ -60,6 +65,32 @@ class AppBase(App[int]):
     @property
     def conversation(self) -> Conversation:
         return self.query_one(Conversation)
+
+    async def refresh_usage(self) -> None:
+        """What the session uses (agent/usage.py, read on the agent's model thread: it asks the
+        database), the workspace's git state (a `git` subprocess with a short timeout, in a thread)
+        and its paths for @ completion. Run after a turn and when the session changes, never per
+        keystroke."""
+        agent = self.bridge.agent
+        if agent is None or self.bridge.turn_running:
+            return
+        try:
+            usage = await self.bridge.call(usage_of, agent)
+        except Exception:  # usage is not worth an error message; the next turn tries again
+            return
+        git = await asyncio.to_thread(git_status, agent.workspace)
+        with contextlib.suppress(Exception):  # the files @ completes (a walk: a thread of its own)
+            paths = await asyncio.to_thread(workspace_paths, agent.registry.workspace)
+            self.query_one(PromptArea).paths = paths
+        self.refresh_status(
+            cache_bytes=usage.cache_bytes,
+            cache_limit_bytes=usage.cache_limit_bytes,
+            snapshot_bytes=usage.snapshot_bytes,
+            prefill_tokens_per_s=usage.prefill_tokens_per_s,
+            tokens_per_s=usage.decode_tokens_per_s,
+            session_s=usage.session_s,
+            git=None if git is None else str(git),
+        )
 
     def refresh_status(self, **changes: Any) -> None:
         agent = self.bridge.agent

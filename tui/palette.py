@@ -15,6 +15,8 @@ PALETTE_ENTRIES: tuple[tuple[str, str, str], ...] = (
     ("Undo last file change", "revert the last edit the agent made (/undo)", "undo"),
     ("Tools", "list the tools the model can call (/tools)", "tools"),
     ("Model", "show the model, device and state (/model)", "model_info"),
+    ("Status", "what the session uses: state, cache, disk, speed, time, git (/status)", "usage"),
+    ("Project memory", "the AGENTS.md files the session read (/memory)", "memory"),
     ("Copy last answer", "copy the last answer to the clipboard (/copy)", "copy_answer"),
     ("Cycle approval mode", "ask → accept-edits → auto → plan (shift+tab)", "cycle_mode"),
     ("Accept plan", "leave plan mode and carry out the plan (ctrl+g)", "accept_plan"),

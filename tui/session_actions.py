@@ -7,9 +7,13 @@ never as a traceback.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from hybrid_agent.agent.project_memory import MEMORY_FILE
+from hybrid_agent.agent.project_memory import describe as describe_memory
+from hybrid_agent.agent.usage import describe, git_status, usage_of
 from hybrid_agent.memory import SessionNotFoundError
 from hybrid_agent.tui.base import AppBase
 from hybrid_agent.tui.bridge import error_text
@@ -52,6 +56,10 @@ class SessionActions(AppBase):
             await self.action_tools()
         elif cmd.name == "model":
             await self.action_model_info()
+        elif cmd.name == "status":
+            await self.action_usage()
+        elif cmd.name == "memory":
+            await (self.reload_memory() if a else self.action_memory())
         elif cmd.name == "copy":
             self.action_copy_answer()
         elif cmd.name == "help":
@@ -96,10 +104,13 @@ class SessionActions(AppBase):
 
     def refresh_session_status(self) -> None:
         """The status bar for the session now open (after a resume, fork, rewind or new session): its
-        own saved turn, and no speed until it runs a turn (the last one measured another session)."""
+        own saved turn, and the speeds its own last turn recorded (the last one run may be another
+        session's)."""
         agent = self.bridge.agent
         turn = int(getattr(agent, "turn", 0) or 0) if agent is not None else 0
-        self.refresh_status(saved_turn=turn or None, tokens_per_s=None)
+        self.refresh_status(saved_turn=turn or None, tokens_per_s=None, prefill_tokens_per_s=None)
+        self.run_worker(self.refresh_usage(), group="usage", exclusive=True)  # its own last turn's
+        self.run_worker(self.check_memory(), group="memory", exclusive=True)
 
     # --- sessions -------------------------------------------------------------------------------
     async def action_new_session(self) -> None:
@@ -220,6 +231,55 @@ class SessionActions(AppBase):
             f"window {'full' if s.window is None else s.window}; "
             f"session {agent.session_id[:8]}, turn {agent.turn}"
         )
+
+    async def action_usage(self) -> None:
+        """`/status`: what the session uses, one fact a line (agent/usage.py)."""
+        agent = self.bridge.agent
+        ok, usage = await self._agent("measure the session", usage_of, agent)
+        if ok:
+            git = await asyncio.to_thread(git_status, agent.workspace)
+            lines = describe(usage, None if git is None else str(git))
+            await self.conversation.add_notice(f"session {agent.session_id[:8]}:\n" + "\n".join(lines))
+
+    # --- project memory (agent/project_memory.py) ------------------------------------------------
+    async def action_memory(self) -> None:
+        """`/memory`: the AGENTS.md files the session read, and whether they changed since."""
+        ok, status = await self._agent("read the project memory", lambda: self.bridge.agent.memory_status())
+        if ok:
+            await self.conversation.add_notice(f"project memory: {describe_memory(status)}")
+
+    async def check_memory(self) -> None:
+        """Say so when the open session's AGENTS.md changed since its model read it (on a resume)."""
+        agent = self.bridge.agent
+        if agent is None or self.bridge.turn_running:
+            return
+        try:
+            status = await self.bridge.call(agent.memory_status)
+        except Exception:  # the next look (a resume, /memory) says what is wrong
+            return
+        if status.changed:
+            line = (
+                f"{MEMORY_FILE} changed since this session read it; /memory shows it, /memory reload sends it"
+            )
+            await self.conversation.add_notice(line)
+            self.notify(line, severity="warning", timeout=10)
+
+    async def reload_memory(self) -> None:
+        """`/memory reload`: send the new AGENTS.md text as a message, which records it as read."""
+        ok, status = await self._agent("read the project memory", lambda: self.bridge.agent.memory_status())
+        if not ok:
+            return
+        if status.loaded is None:
+            self.notify(f"the session's first message reads {MEMORY_FILE} as it is now", severity="warning")
+            return
+        if not status.changed:
+            self.notify(f"{MEMORY_FILE} has not changed since the session read it")
+            return
+        ok, message = await self._agent(
+            "reload the project memory", lambda: self.bridge.agent.memory_reload()
+        )
+        if ok:
+            self.run_turn(message)
 
     def action_copy_answer(self) -> None:
         if not self.last_answer:

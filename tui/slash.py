@@ -31,6 +31,8 @@ SLASH_COMMANDS: tuple[SlashCommand, ...] = (
     SlashCommand("diff", "/diff [N]", "show the session's file changes (turn N's with N)"),
     SlashCommand("tools", "/tools", "list the tools the model can call"),
     SlashCommand("model", "/model", "show the model, device and state"),
+    SlashCommand("status", "/status", "what the session uses: state, cache, disk, speed, time, git"),
+    SlashCommand("memory", "/memory [reload]", "the AGENTS.md the session read; 'reload' sends the new text"),
     SlashCommand("copy", "/copy", "copy the last answer to the clipboard"),
     SlashCommand("help", "/help", "show key bindings and commands"),
     SlashCommand("quit", "/quit", "save and quit"),
@@ -79,6 +81,8 @@ def parse(text: str) -> ParsedCommand:
         )
     if name in ("fork", "rewind", "diff") and args and not args[0].isdigit():
         raise SlashCommandError(f"usage: {_BY_NAME[name].usage} (N is a turn number)")
+    if name == "memory" and args not in ((), ("reload",)):
+        raise SlashCommandError(f"usage: {_BY_NAME[name].usage}")
     if name == "rewind" and not args:
         raise SlashCommandError(f"usage: {_BY_NAME[name].usage}")
     return ParsedCommand(name, args)

@@ -14,6 +14,7 @@ from hybrid_agent.agent.events import (
     ApprovalDecision,
     ErrorEvent,
     HookNotice,
+    MentionNotice,
     PrefillProgress,
     TextDelta,
     ToolCallRequested,
@@ -58,6 +59,8 @@ class TurnActions(AppBase):
                 self.last_answer = "".join(answer)
             if self.status_info.busy:
                 self.refresh_status(busy=None)
+            if not self._quitting:  # the turn's speeds, the snapshot's bytes, what it did to git
+                self.run_worker(self.refresh_usage(), group="usage", exclusive=True)
 
     async def _show_event(self, event: AgentEvent) -> None:
         if isinstance(event, PrefillProgress):  # a long message or tool output is being read
@@ -91,6 +94,8 @@ class TurnActions(AppBase):
                 await self.conversation.add_notice("cancelled: the session stays at its last snapshot")
             elif event.stop_reason != "end_of_turn":
                 await self.conversation.add_notice(f"turn stopped: {event.stop_reason.replace('_', ' ')}")
+        elif isinstance(event, MentionNotice):  # an @path of the message (agent/mentions.py)
+            await self.conversation.add_notice(event.message, error=not event.attached)
         elif isinstance(event, HookNotice):
             if event.message:  # a hook failed, timed out or blocked (agent/hooks.py)
                 await self.conversation.add_notice(event.message, error=event.blocked)

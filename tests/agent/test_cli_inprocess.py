@@ -147,7 +147,7 @@ def test_the_entry_opens_the_ui_with_checked_options(
     import hybrid_agent.tui.app as app
 
     opened: list[dict[str, object]] = []
-    monkeypatch.setattr(app, "run_app", lambda options: opened.append(options) or 0)
+    monkeypatch.setattr(app, "run_app", lambda options, **kw: opened.append(options) or 0)
     monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     assert call(capsys, *common, "--resume", sid[:8])[0] == 0

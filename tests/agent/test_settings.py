@@ -66,6 +66,11 @@ def test_no_files_is_no_settings(files: dict[str, Path]) -> None:
     [
         ("modle = 'x'\n", "key `modle`: unknown key; allowed here: model, db, device"),
         ("window = 0\n", "key `window`: Input should be greater than or equal to 1"),
+        ("mention_max_bytes = -1\n", "key `mention_max_bytes`: Input should be greater than or equal to 0"),
+        (
+            "project_memory_max_bytes = 'big'\n",
+            "key `project_memory_max_bytes`: Input should be a valid integer",
+        ),
         (
             "permission_mode = 'yolo'\n",
             "key `permission_mode`: Input should be 'ask', 'accept-edits', 'auto' or 'plan'",

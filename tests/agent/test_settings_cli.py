@@ -87,6 +87,7 @@ def test_settings_are_the_defaults_and_flags_win(
 ) -> None:
     (ws / ".hybrid-agent" / "settings.toml").write_text(
         'model = "some/model"\nmax_new_tokens = 7\npermission_mode = "accept-edits"\nenable_commands = true\n'
+        "mention_max_bytes = 100\nproject_memory_max_bytes = 0\n"
         '[permissions]\ndeny = ["run_command(rm:*)"]\n'
     )
     seen: list[dict[str, Any]] = []
@@ -105,6 +106,7 @@ def test_settings_are_the_defaults_and_flags_win(
     assert (first["model"], first["max_new_tokens"], first["mode"], first["enable_commands"]) == (
         "some/model", 7, "auto", True)  # fmt: skip
     assert (first["sinks"], first["temperature"]) == (4, 0.0)  # the built-in defaults
+    assert (first["mention_max_bytes"], first["project_memory_max_bytes"]) == (100, 0)
     verdict = first["permissions"].check("run_command", {"command": "rm -rf x"})
     assert (
         verdict is not None and verdict.action == "deny"
@@ -127,7 +129,7 @@ def test_continue_resumes_the_workspaces_latest_session(
     import hybrid_agent.tui.app as app
 
     opened: list[dict[str, Any]] = []
-    monkeypatch.setattr(app, "run_app", lambda options: opened.append(options) or 0)
+    monkeypatch.setattr(app, "run_app", lambda options, **kw: opened.append({**options, **kw}) or 0)
     monkeypatch.setattr("hybrid_agent.agent.factory.resolve_model_dir", lambda path: "m")
     monkeypatch.setattr("hybrid_agent.agent.factory.check_device", lambda device: None)
     monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
@@ -135,6 +137,22 @@ def test_continue_resumes_the_workspaces_latest_session(
     code, _, err = call(capsys, "--db", db, "--workspace", str(ws), "--continue", "--permission-mode", "auto")
     assert code == 0, err
     assert [(o["resume"], o["mode"]) for o in opened] == [(older, "auto")] and newer != older
+    assert opened[0]["pick_session"] is False
+    code, _, err = call(capsys, "--db", db, "--workspace", str(ws), "-c")  # the short form
+    assert code == 0, err
+    assert opened[-1]["resume"] == older
+    code, _, err = call(capsys, "--db", db, "--workspace", str(ws), "--resume")  # no id: the picker
+    assert code == 0, err
+    assert (opened[-1].get("resume"), opened[-1]["pick_session"]) == (None, True)
+    code, _, err = call(capsys, "--db", db, "--workspace", str(ws), "--resume", newer[:8])
+    assert code == 0, err
+    assert (opened[-1]["resume"], opened[-1]["pick_session"]) == (newer, False)
+    code, out, err = call(capsys, "run", "hi", "--db", db, "--workspace", str(ws), "--resume")
+    assert (code, out) == (1, "") and err.strip() == (
+        "hybrid-agent: error: run --resume needs a session id: `hybrid-agent sessions list` shows them"
+    )
+    code, _, err = call(capsys, "run", "hi", "--db", db, "--workspace", str(ws), "-c", "--resume")
+    assert code == 1 and "run --resume needs a session id" in err
     code, _, err = call(capsys, "--db", db, "--workspace", str(ws / ".hybrid-agent"), "--continue")
     assert code == 1 and "no saved session in" in err and "start one without --continue" in err
     code, _, err = call(capsys, "--db", db, "--workspace", str(ws), "--continue", "--resume", newer)
@@ -176,7 +194,7 @@ def test_the_ui_asks_to_trust_a_folder_first(
         'sandbox = "off"\nsandbox_allow_read = ["~/x"]\n'
     )
     opened: list[tuple[dict[str, Any], Any]] = []
-    monkeypatch.setattr(app, "run_app", lambda options, trust: opened.append((options, trust)) or 0)
+    monkeypatch.setattr(app, "run_app", lambda options, trust, **kw: opened.append((options, trust)) or 0)
     monkeypatch.setattr("hybrid_agent.agent.factory.resolve_model_dir", lambda path: "m")
     monkeypatch.setattr("hybrid_agent.agent.factory.check_device", lambda device: None)
     monkeypatch.setattr(sys.stdin, "isatty", lambda: True)

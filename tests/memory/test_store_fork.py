@@ -133,3 +133,28 @@ def test_truncate_in_place_keeps_the_chain_and_frees_only_unshared_bytes(store: 
     assert store.load_snapshot(sid).turn == 3 and store.check().ok
     assert store.truncate_session(sid, 0) > 0 and store.get_session(sid).latest_turn is None
     assert store.events(sid) == [] and store.check().ok
+
+
+def test_snapshot_bytes_count_each_sessions_own_and_shared_blobs(store: Store) -> None:
+    """The bytes a session's snapshots use: what save_turn reported writing for its turns (the tensors
+    are random, so nothing deduplicates), a fork's shared turns included; file-change blobs are not."""
+    parent = store.create_session("parent", "/w", "fp")
+    written = {}
+    for t in range(1, 4):
+        stats = store.save_turn(
+            parent.id, t, events=[], recurrent=state(t), pages=[kv((t - 1) * 8, t * 8)], n_tokens=t * 8,
+            file_changes=[FileEdit(f"f{t}.txt", None, bytes([t]) * 5000)],
+        )  # fmt: skip
+        written[t] = stats.bytes_written
+    empty = store.create_session("empty", "/w", "fp")
+    fork = store.fork_session(parent.id, 2)
+    own = store.save_turn(fork.id, 3, events=[], recurrent=state(3, 1), pages=[kv(16, 24, 1)], n_tokens=24)
+    file_bytes = 3 * 5000  # each file-change blob was written in the same save
+    assert sum(written.values()) - file_bytes > 0
+    sizes = store.snapshot_bytes()
+    assert sizes[parent.id] == sum(written.values()) - file_bytes
+    assert sizes[fork.id] == written[1] + written[2] - 2 * 5000 + own.bytes_written
+    assert sizes[empty.id] == 0
+    assert store.snapshot_bytes(fork.id) == {fork.id: sizes[fork.id]}
+    store.delete_session(parent.id)
+    assert store.snapshot_bytes(fork.id) == {fork.id: sizes[fork.id]}  # the fork keeps the shared bytes

@@ -217,8 +217,11 @@ async def test_status_bar_follows_resume_and_fork(tmp_path: Path) -> None:
     app = rig.app
 
     def shows(turn: int | None) -> bool:
-        s = app.status_info
-        return (s.saved_turn, s.tokens_per_s, s.state_tokens) == (turn, None, rig.agent.state_tokens)
+        """The session's own saved turn, and its last turn's recorded speed (none for a new one)."""
+        s, agent = app.status_info, rig.agent
+        metas = [t.meta for t in agent.store.turns(agent.session_id)] if turn else []
+        speed = metas[-1]["completion_tokens"] / metas[-1]["decode_s"] if metas else None
+        return (s.saved_turn, s.tokens_per_s, s.state_tokens) == (turn, speed, agent.state_tokens)
 
     async with app.run_test(size=(100, 30)) as pilot:
         await ready(pilot)

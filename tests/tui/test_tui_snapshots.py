@@ -37,9 +37,13 @@ def conversation_rig(name: str, *extra: str, **kw: Any) -> Rig:
 
 
 def pin_status(app: Any) -> None:
-    """Pin the numbers that are not about the UI: the speed is measured, and the state's size follows
-    the system segment, which holds every tool's schema (other packages edit those)."""
-    app.refresh_status(tokens_per_s=123.4, state_tokens=4096, state_bytes=32_768)
+    """Pin the numbers that are not about the UI: speeds and times are measured, and the state's size
+    (and its snapshots') follows the system segment, which holds every tool's schema (other packages
+    edit those)."""
+    app.refresh_status(
+        tokens_per_s=123.4, state_tokens=4096, state_bytes=32_768, prefill_tokens_per_s=2345.6,
+        session_s=3.0, snapshot_bytes=65_536,
+    )  # fmt: skip
 
 
 async def finish(pilot: Any) -> None:

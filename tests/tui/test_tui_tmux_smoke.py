@@ -70,7 +70,7 @@ def test_hybrid_agent_in_tmux_answers_on_screen(tmp_path: Path) -> None:
     _tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "40", command)
     try:
         # Loaded: the loading box is gone and the status bar shows the (empty) state.
-        _wait_for(session, r"│  0 tok  │", timeout=120, absent=r"Loading the model")
+        _wait_for(session, r"│\s+0 tok\s+│", timeout=120, absent=r"Loading the model")
         _tmux("send-keys", "-t", session, "hello", "Enter")
         screen = _wait_for(session, r"saved turn 1", timeout=300)
         assert "hello" in screen

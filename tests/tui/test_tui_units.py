@@ -28,8 +28,11 @@ from hybrid_agent.tui.widgets.status_bar import StatusInfo, format_status
 def test_parse_and_reject_slash_commands() -> None:
     assert parse("/rewind 3 files") == ParsedCommand("rewind", ("3", "files"))
     assert parse("  /fork  ") == ParsedCommand("fork", ())
+    assert parse("/memory reload") == ParsedCommand("memory", ("reload",))
+    assert parse("/status") == ParsedCommand("status", ())
     for bad, says in [("/nope", "unknown command /nope"), ("/rewind", "usage: /rewind N"),
-                      ("/fork x", "N is a turn number")]:  # fmt: skip
+                      ("/fork x", "N is a turn number"),
+                      ("/memory now", r"usage: /memory \[reload\]")]:  # fmt: skip
         with pytest.raises(SlashCommandError, match=says):
             parse(bad)
     assert (
@@ -92,7 +95,18 @@ def test_session_row_reads_memory_session_info() -> None:
 def test_status_line() -> None:
     info = StatusInfo(model="m", device="cuda:0", state_tokens=123456, state_bytes=52_400_000, window=4096,
                       tokens_per_s=87.25)  # fmt: skip
-    assert format_status(info) == "m  │  cuda:0  │  123,456 tok  │  52.4 MB  │  window 4,096  │  87.2 tok/s"
+    assert (
+        format_status(info)
+        == "m │ cuda:0 │ 123,456 tok │ 52.4 MB │ window 4,096\nprefill — │ decode 87.2 tok/s"
+    )
+    info = info.with_(cache_bytes=1_500_000, cache_limit_bytes=6_000_000, snapshot_bytes=12_300_000,
+                      prefill_tokens_per_s=2345.67, session_s=125, git="main *")  # fmt: skip
+    assert format_status(info).splitlines() == [
+        "m │ cuda:0 │ 123,456 tok │ 52.4 MB │ cache 1.5/6.0 MB, window 4,096",
+        "prefill 2,345.7 tok/s │ decode 87.2 tok/s │ time 2m 05s │ disk 12.3 MB │ git main *",
+    ]
+    full = format_status(info.with_(window=None, cache_limit_bytes=None, git=None)).splitlines()
+    assert "cache 1.5 MB, full attention" in full[0] and "git" not in full[1]
 
 
 def test_tool_sources_in_words() -> None:

@@ -40,7 +40,7 @@ class HelpScreen(ModalScreen[None]):
                     ("enter", "send"),
                     ("shift+enter / ctrl+j", "new line"),
                     ("up / down", "history"),
-                    ("tab", "complete a /command"),
+                    ("tab", "complete a /command or an @path"),
                 ],
             ),
             ("Slash commands", [(c.usage, c.help) for c in SLASH_COMMANDS]),

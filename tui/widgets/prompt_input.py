@@ -1,14 +1,19 @@
 """Multi-line input: enter sends, shift+enter / ctrl+j breaks the line, up/down walk the history,
-tab completes a slash command (the matching commands are listed under the input while typing)."""
+tab completes a slash command or an `@path` (the matching commands or workspace paths are listed
+under the input while typing; the paths are the workspace's files minus .gitignore'd ones, listed by
+the app off the UI loop, agent/mentions.py)."""
 
 from __future__ import annotations
 
+from hybrid_agent.agent.mentions import complete_path, mention_at
 from hybrid_agent.tui.slash import complete
 from textual import events
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Static, TextArea
+
+MAX_SHOWN_PATHS = 8  # @ completions listed under the input
 
 
 class PromptArea(TextArea):
@@ -22,6 +27,7 @@ class PromptArea(TextArea):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(soft_wrap=True, show_line_numbers=False, compact=True, **kwargs)  # type: ignore[arg-type]
         self.sent: list[str] = []
+        self.paths: list[str] = []  # the workspace's paths, for @ completion (set by the app)
         self._history_pos: int | None = None  # index into history while browsing it
         self._draft = ""  # what was typed before browsing started, restored past the newest entry
 
@@ -40,6 +46,11 @@ class PromptArea(TextArea):
             event.stop()
             event.prevent_default()
             self.complete_command()
+            return
+        if event.key == "tab" and self.mention() is not None:
+            event.stop()
+            event.prevent_default()
+            self.complete_mention()
             return
         await super()._on_key(event)
 
@@ -66,6 +77,30 @@ class PromptArea(TextArea):
                 prefix = prefix[:-1]
         self.load_text(prefix + (" " if len(names) == 1 else ""))
         self.move_cursor(self.document.end)
+
+    def mention(self) -> str | None:
+        """What follows the `@` of the mention the cursor ends, or None when it ends none."""
+        row, col = self.cursor_location
+        found = mention_at(self.document.get_line(row), col)
+        return None if found is None else found[1]
+
+    def mention_matches(self) -> list[str]:
+        prefix = self.mention()
+        return [] if prefix is None else complete_path(self.paths, prefix)
+
+    def complete_mention(self) -> None:
+        """Complete the `@path` at the cursor to the longest prefix its matches share (a folder's
+        `/` included, so tab again goes one level down)."""
+        prefix, matches = self.mention(), self.mention_matches()
+        if prefix is None or not matches:
+            return
+        common = matches[0]  # the longest prefix, character by character (names, not path parts)
+        for match in matches[1:]:
+            while not match.startswith(common):
+                common = common[:-1]
+        if len(common) > len(prefix):
+            row, col = self.cursor_location
+            self.replace(common[len(prefix) :], (row, col), (row, col))
 
     def action_cursor_up(self, select: bool = False) -> None:
         if not select and self.cursor_location[0] == 0 and self.sent:
@@ -111,7 +146,18 @@ class PromptInput(Vertical):
         return self.query_one(PromptArea)
 
     def on_text_area_changed(self, event: TextArea.Changed) -> None:
+        self._show_completions()
+
+    def on_text_area_selection_changed(self, event: TextArea.SelectionChanged) -> None:
+        self._show_completions()  # the cursor moved onto or off an @word
+
+    def _show_completions(self) -> None:
         hint = self.query_one("#completions", Static)
-        matches = complete(event.text_area.text.strip()) if "\n" not in event.text_area.text else []
-        hint.display = bool(matches)
-        hint.update("\n".join(f"{m.usage:<20} {m.help}" for m in matches))
+        area = self.area
+        matches = complete(area.text.strip()) if "\n" not in area.text else []
+        lines = [f"{m.usage:<20} {m.help}" for m in matches]
+        if not lines and (paths := area.mention_matches()):
+            more = len(paths) - MAX_SHOWN_PATHS
+            lines = ["@" + p for p in paths[:MAX_SHOWN_PATHS]] + ([f"… {more} more"] if more > 0 else [])
+        hint.display = bool(lines)
+        hint.update("\n".join(lines))

@@ -1,9 +1,12 @@
-"""The bottom line: approval mode (always visible), model, device, state, speed, 'saved'."""
+"""The bottom two lines: approval mode (always visible), then what the session uses (model, device,
+state, attention cache against the window, snapshots on disk) and how it runs (last turn's prefill
+and decode speed, the session's time, the workspace's git branch), then 'saved'."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from hybrid_agent.agent.usage import cache_text, duration, megabytes, speed_text
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.reactive import reactive
@@ -19,31 +22,37 @@ class StatusInfo:
     state_tokens: int = 0
     state_bytes: int = 0
     window: int | None = None
-    tokens_per_s: float | None = None
+    tokens_per_s: float | None = None  # decode speed of the last turn
     saved_turn: int | None = None  # the turn whose snapshot was committed last
     busy: str | None = None  # "thinking", "loading model", ... while the agent works
+    cache_bytes: int | None = None  # the attention cache (agent/usage.py); None: not known
+    cache_limit_bytes: int | None = None  # what the window lets it grow to
+    snapshot_bytes: int | None = None  # the session's snapshots in the database
+    prefill_tokens_per_s: float | None = None
+    session_s: float | None = None  # the session's turns, summed
+    git: str | None = None  # "main *": branch, and a star when the work tree has changes
 
     def with_(self, **changes: object) -> StatusInfo:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 
 def format_status(info: StatusInfo) -> str:
-    window = "full" if info.window is None else f"{info.window:,}"
-    speed = "—" if info.tokens_per_s is None else f"{info.tokens_per_s:.1f} tok/s"
-    parts = [
+    """Two lines: what the session holds, then how it runs and what it keeps on disk."""
+    first = [
         info.model,
         info.device,
         f"{info.state_tokens:,} tok",
-        _megabytes(info.state_bytes),
-        f"window {window}",
-        speed,
+        megabytes(info.state_bytes),
+        cache_text(info.cache_bytes, info.cache_limit_bytes, info.window),
     ]
-    return "  │  ".join(parts)
-
-
-def _megabytes(n: int) -> str:
-    mb = n / 1e6
-    return f"{mb:.1f} MB" if mb >= 1 or mb == 0 else f"{mb:.2f} MB"  # a tiny state is not "0.0 MB"
+    second = [f"prefill {speed_text(info.prefill_tokens_per_s)}", f"decode {speed_text(info.tokens_per_s)}"]
+    if info.session_s is not None:
+        second.append(f"time {duration(info.session_s)}")
+    if info.snapshot_bytes is not None:
+        second.append(f"disk {megabytes(info.snapshot_bytes)}")
+    if info.git:
+        second.append(f"git {info.git}")
+    return " │ ".join(first) + "\n" + " │ ".join(second)
 
 
 class StatusBar(Horizontal):
