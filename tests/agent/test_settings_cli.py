@@ -137,7 +137,7 @@ def test_continue_resumes_the_workspaces_latest_session(
     code, _, err = call(capsys, "--db", db, "--workspace", str(ws), "--continue", "--permission-mode", "auto")
     assert code == 0, err
     assert [(o["resume"], o["mode"]) for o in opened] == [(older, "auto")] and newer != older
-    assert opened[0]["pick_session"] is False
+    assert opened[0].get("pick_session", False) is False
     code, _, err = call(capsys, "--db", db, "--workspace", str(ws), "-c")  # the short form
     assert code == 0, err
     assert opened[-1]["resume"] == older
@@ -146,7 +146,7 @@ def test_continue_resumes_the_workspaces_latest_session(
     assert (opened[-1].get("resume"), opened[-1]["pick_session"]) == (None, True)
     code, _, err = call(capsys, "--db", db, "--workspace", str(ws), "--resume", newer[:8])
     assert code == 0, err
-    assert (opened[-1]["resume"], opened[-1]["pick_session"]) == (newer, False)
+    assert (opened[-1]["resume"], opened[-1].get("pick_session", False)) == (newer, False)
     code, out, err = call(capsys, "run", "hi", "--db", db, "--workspace", str(ws), "--resume")
     assert (code, out) == (1, "") and err.strip() == (
         "hybrid-agent: error: run --resume needs a session id: `hybrid-agent sessions list` shows them"
