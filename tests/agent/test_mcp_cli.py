@@ -163,6 +163,13 @@ def test_a_failing_server_does_not_stop_run_and_rules_name_mcp_tools(
     assert code == 0
     [warning] = [line for line in err.splitlines() if "bad" in line]
     assert warning.startswith("hybrid-agent: warning: MCP server 'bad'") and "goes on without it" in warning
-    shout, add = [e for e in map(json.loads, out.splitlines()) if e["kind"] == "tool_result"]
-    assert shout["denied"] and "denied by the deny rule `mcp__echo__shout`" in shout["text"]  # --yes too
-    assert (add["text"], add["is_error"]) == ("5", False)  # the server's other tool ran
+    results = [
+        block
+        for e in map(json.loads, out.splitlines())
+        if e["type"] == "user"
+        for block in e["message"]["content"]
+        if block["type"] == "tool_result"
+    ]  # stream-json: each tool result is a user message's tool_result block (docs/headless.md)
+    shout, add = results
+    assert shout["is_error"] and "denied by the deny rule `mcp__echo__shout`" in shout["content"]  # --yes too
+    assert (add["content"], add["is_error"]) == ("5", False)  # the server's other tool ran
