@@ -67,6 +67,17 @@ class _Skeleton(TorchFunctionMode):
 
 def skeleton(cfg: HybridConfig) -> HybridLM:
     """The model of `cfg` with its large tensors on the meta device and nothing initialised (module
-    docstring); `to_empty(device=...)` gives every tensor real, uninitialised storage."""
+    docstring); `to_empty` gives every tensor real, uninitialised storage."""
     with torch.device("meta"), _Skeleton():
         return HybridLM(cfg)
+
+
+def to_empty(model: HybridLM, device: torch.device | str, dtype: torch.dtype) -> HybridLM:
+    """`model.to(dtype).to_empty(device=device)` without torch's Python references: `nn.Module.to_empty`
+    calls `empty_like` on meta tensors, whose reference implementation imports sympy (a second of
+    every start); a plain `empty` of each tensor's shape is the same storage, contiguous."""
+
+    def fresh(t: Tensor) -> Tensor:
+        return torch.empty(t.shape, dtype=dtype if t.is_floating_point() else t.dtype, device=device)
+
+    return model._apply(fresh)

@@ -54,7 +54,7 @@ from hybrid_agent.model.checkpoints.tool_formats import format_class_for
 from hybrid_agent.model.config import HybridConfig
 from hybrid_agent.model.errors import CheckpointError
 from hybrid_agent.model.hybrid import HybridLM, combine_fingerprint, weight_header
-from hybrid_agent.model.skeleton import skeleton
+from hybrid_agent.model.skeleton import skeleton, to_empty
 from hybrid_agent.model.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 from torch import Tensor
 
@@ -188,7 +188,7 @@ def load_weights(
     cfg: HybridConfig = adapter.hybrid_config(hf)
     plan: dict[str, Source] = adapter.sources(cfg, hf)
     shards = ShardSet(root)
-    model = skeleton(cfg).to(dtype=dtype).to_empty(device=device)
+    model = to_empty(skeleton(cfg), device, dtype)
     params = model.state_dict(keep_vars=True)
     if set(params) != set(plan):  # a bug in an adapter, not a bad checkpoint
         unplanned, extra = sorted(set(params) - set(plan)), sorted(set(plan) - set(params))
