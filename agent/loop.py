@@ -293,10 +293,12 @@ class Agent(SessionOps, PrefillOps, ToolCallOps):
                     await asyncio.shield(self._roll_back(history_len))
             self._running = False
 
-    def _step(self) -> int:
-        tok = self.engine.next_token()
-        self.engine.prefill([tok])  # the state holds every token the model wrote, the stop token too
-        return tok
+    def _feed(self, tok: int | None) -> None:
+        """The state holds every token the model wrote, the stop token too. A token is fed after its
+        text went out, so the first token is shown before the first one-token step runs (on CUDA that
+        step captures its graph: docs/results.md, cold start)."""
+        if tok is not None:
+            self.engine.prefill([tok])
 
     async def _decode(self, rnd: _Round, stats: _TurnStats) -> AsyncIterator[TextDelta]:
         chat = self.engine.chat
@@ -304,6 +306,7 @@ class Agent(SessionOps, PrefillOps, ToolCallOps):
         visible = VisibleText(chat)
         longest = max(len(m) for m in (chat.tool_call_close, *chat.stop_strings))
         t0 = time.perf_counter()
+        tok: int | None = None  # written, not yet fed (`_feed`)
         try:
             while True:
                 if self._cancel.is_set():
@@ -311,7 +314,8 @@ class Agent(SessionOps, PrefillOps, ToolCallOps):
                 if stats.completion_tokens >= self.max_new_tokens:
                     rnd.stop = "max_tokens"
                     break
-                tok = await self._on_model(self._step)
+                await self._on_model(self._feed, tok)
+                tok = await self._on_model(self.engine.next_token)
                 stats.completion_tokens += 1
                 piece = stream.push(tok)
                 rnd.raw += piece
@@ -324,6 +328,8 @@ class Agent(SessionOps, PrefillOps, ToolCallOps):
                 if chat.tool_call_close in tail:
                     rnd.stop = "tool_call"
                     break
+            await self._on_model(self._feed, tok)
+            tok = None
             rest = stream.flush()
             rnd.raw += rest
             visible.push(rest)
