@@ -214,11 +214,12 @@ def load_weights(
         for target in order:
             names, src = resolved[target]
             data = params[target].data
-            final = _fill(data, names, src, shards, family, target)
+            final = _fill(data, names, src, shards, family, target, hashes is not None)
             if hashes is not None:
                 hashes(target, weight_header(target, data.dtype, tuple(data.shape)), _bytes(final))
             bar.update(sum(shards.entries[n].nbytes for n in names if n in used))
             used.difference_update(names)  # a tensor read twice (a tied head) counts once
+        shards.sync()  # the uploads still in flight
         if hashes is not None:
             known = combine_fingerprint(cfg.to_json(), hashes.digests())
             # Stored only if no file changed while it was read (the key would not match the bytes).
@@ -256,9 +257,13 @@ def _bytes(t: Tensor) -> memoryview:
     return memoryview(t.view(-1).view(torch.uint8).numpy()) if t.numel() else memoryview(b"")
 
 
-def _fill(data: Tensor, names: list[str], src: Source, shards: ShardSet, family: str, target: str) -> Tensor:
+def _fill(
+    data: Tensor, names: list[str], src: Source, shards: ShardSet, family: str, target: str, hashed: bool
+) -> Tensor:
     """Fill the parameter `data`; returns a contiguous CPU tensor with its final bytes (`data` itself
-    on the CPU). Casts happen on the CPU, so the bytes hashed are exactly the bytes the device gets."""
+    on the CPU) when `hashed`. Casts happen on the CPU, so the bytes hashed are exactly the bytes the
+    device gets. Unhashed, a CUDA weight stored in its own dtype is uploaded through pinned buffers,
+    its reads overlapping the copies (`ShardSet.upload_into`), and `data` itself is returned."""
     if src.build is None and names:
         e = shards.entries[names[0]]
         if tuple(e.shape) != tuple(data.shape):
@@ -268,6 +273,8 @@ def _fill(data: Tensor, names: list[str], src: Source, shards: ShardSet, family:
             )
         if data.device.type == "cpu" and data.dtype == e.dtype and data.is_contiguous():
             return shards.read_into(names[0], data)  # straight into the parameter: no extra copy
+        if not hashed and data.device.type == "cuda" and data.dtype == e.dtype and data.is_contiguous():
+            return shards.upload_into(names[0], data)
         value = shards.read(names[0])
     else:
         build: Callable[[list[Tensor]], Tensor] = src.build or (lambda ts: torch.zeros(()))
