@@ -46,6 +46,7 @@ from hybrid_agent.agent.owner import ModelOwner
 from hybrid_agent.agent.permissions import PermissionRules
 from hybrid_agent.agent.prefill import DEFAULT_MAX_PROMPT_TOKENS, PrefillOps
 from hybrid_agent.agent.prefill import TurnCancelled as _Cancelled
+from hybrid_agent.agent.prefix_cache import PrefixOps
 from hybrid_agent.agent.records import (
     assistant_event,
     conversation_of,
@@ -91,7 +92,7 @@ class _Round:
     stop: str = "end_of_turn"  # end_of_turn | tool_call | max_tokens
 
 
-class Agent(SessionOps, PrefillOps, ToolCallOps):
+class Agent(SessionOps, PrefillOps, ToolCallOps, PrefixOps):
     """The persistent agent. `Agent.open(...)` builds everything from paths; this is the long form."""
 
     def __init__(
@@ -250,7 +251,14 @@ class Agent(SessionOps, PrefillOps, ToolCallOps):
                 ids = await self._on_model(self.engine.encode, segment)
                 what = "the tool output" if rounds else "the message"
                 self._check_length(len(ids), what if self._history else f"{what} with the system prompt")
-                async for progress in self._prefill(ids):
+                n = 0  # a new session's system part: restored, or read alone and kept (agent/prefix_cache.py)
+                if not rounds and not self._history and self.engine.n_tokens == 0:
+                    n, key = await self._on_model(self._prefix_of, ids, self._system or "", self._tools)
+                    if n and not await self._on_model(self._prefix_restore, key):
+                        async for progress in self._prefill(ids, 0, n):
+                            yield progress
+                        await self._on_model(self._prefix_store, key)
+                async for progress in self._prefill(ids, n):
                     yield progress
                 stats.prompt_tokens += len(ids)
                 self._history.extend(new)
