@@ -9,7 +9,7 @@ Design choices:
   the first segments of two other messages (`PROBES`), i.e. the system part and whatever the format
   puts before the message. The message's own first token is never in it.
 - The key is a sha256 over the engine's fingerprint (model + tokenizer), its state layout and the
-  prefix token ids: another model, tokenizer, tool set or AGENTS.md gives another key.
+  prefix token ids: another model, tokenizer, tool set or project instructions gives another key.
 - Identical by construction: the first segment of a new session is always read as the prefix alone
   (restored, or read and stored), then the rest; a snapshot restores exactly the state it saved.
 - Stored as a hidden session (meta `"hidden": true`, which `Store.list_sessions` leaves out) whose id

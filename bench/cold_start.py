@@ -3,8 +3,9 @@
 Each run is a fresh `python -m hybrid_agent run --output-format stream-json --include-partial-messages`
 subprocess; the clock starts before it is spawned and stops at the first text delta (`stream_event`) on
 its stdout. Also timed: `run --help` (the imports of the CLI), the moment the `system/init` line
-appears, the `result` line, and the decode rate between the first delta and the result
-(output_tokens - 1 over that time; 0 when the model answered in one token).
+appears, the `result` line, the decode rate between the first delta and the result
+(output_tokens - 1 over that time; 0 when the model answered in one token) and the decode rate the
+result reports (`tokens_per_s`: the agent's time in decoding only).
 
 Trees: `--tree NAME=SITE` (repeatable) runs the package found in the folder SITE (a PYTHONPATH entry
 holding `hybrid_agent/`, e.g. one made by scripts/device_env.sh with HYBRID_AGENT_SITE); without it,
@@ -19,7 +20,8 @@ turn (their order alternates between rounds), so load from other processes hits 
     # On a GPU machine: an OLMo Hybrid 7B-shaped random bf16 checkpoint (13 GB) written to a temp folder
     python bench/cold_start.py --shape olmo7b --device cuda --rounds 3 --out cold_start_h100.json
 
-`--shape default` uses the packaged default model (or `--model DIR`).
+`--shape default` uses the packaged default model (or `--model DIR`); `--shape olmo-tiny` is a small
+random checkpoint of the same family, to check the script on a CPU.
 """
 
 from __future__ import annotations
@@ -38,6 +40,17 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+# transformers' OlmoHybridConfig arguments: its defaults are OLMo Hybrid 7B; the tiny one checks this
+# script on a CPU.
+SHAPES: dict[str, dict[str, Any]] = {
+    "olmo7b": {},
+    "olmo-tiny": dict(
+        vocab_size=2048, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16,
+        linear_value_head_dim=16,
+        layer_types=["linear_attention", "linear_attention", "linear_attention", "full_attention"],
+    ),
+}  # fmt: skip
 
 
 def write_random_checkpoint(folder: Path, shape: str) -> Path:
@@ -48,9 +61,9 @@ def write_random_checkpoint(folder: Path, shape: str) -> Path:
     from hybrid_agent.model.skeleton import skeleton
     from transformers import OlmoHybridConfig
 
-    if shape != "olmo7b":
-        raise SystemExit(f"unknown --shape {shape}; use default or olmo7b")
-    cfg = olmo_hybrid.hybrid_config(OlmoHybridConfig().to_dict())
+    if shape not in SHAPES:
+        raise SystemExit(f"unknown --shape {shape}; use default, {' or '.join(SHAPES)}")
+    cfg = olmo_hybrid.hybrid_config(OlmoHybridConfig(**SHAPES[shape]).to_dict())
     folder.mkdir(parents=True, exist_ok=True)
     cfg.save(folder)
     names = {n: tuple(t.shape) for n, t in skeleton(cfg).state_dict().items()}
@@ -103,6 +116,7 @@ def timed_run(tree: dict[str, Any], args: list[str], timeout: float) -> dict[str
             out["result_s"] = now
             out["session_id"] = obj.get("session_id")
             out["output_tokens"] = (obj.get("usage") or {}).get("output_tokens", 0)
+            out["agent_tok_s"] = obj.get("tokens_per_s") or 0.0  # the agent's own decode rate
     err = proc.stderr.read() if proc.stderr else ""
     if proc.wait() != 0 or "first_token_s" not in out:
         raise SystemExit(f"{tree['name']}: {' '.join(args)} failed (exit {proc.returncode}): {err[-500:]}")
@@ -138,7 +152,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tree", action="append", default=[], help="NAME=SITE, repeatable")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--shape", default="default", help="default (the packaged model) or olmo7b")
+    p.add_argument("--shape", default="default", help="default (the packaged model), olmo7b or olmo-tiny")
     p.add_argument("--model", default=None, help="a model folder instead of --shape's")
     p.add_argument("--device", default="cpu")
     p.add_argument("--prompt", default="hello")
@@ -178,7 +192,7 @@ def main() -> None:
                        "help_s_median": statistics.median(tree["help_s"])}  # fmt: skip
             for kind in ("new", "resume"):
                 rows = tree[kind]
-                keys = ("init_s", "first_token_s", "result_s", "decode_tok_s")
+                keys = ("init_s", "first_token_s", "result_s", "decode_tok_s", "agent_tok_s", "output_tokens")
                 summary[kind] = {k: median(rows, k) for k in keys}
                 summary[kind]["first_token_s_all"] = [round(x["first_token_s"], 3) for x in rows]
             report["trees"][tree["name"]] = summary
