@@ -27,6 +27,7 @@ random checkpoint of the same family, to check the script on a CPU.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import platform
@@ -183,6 +184,7 @@ def main() -> None:
                 print(f"round {r} {tree['name']}: new {new['first_token_s']:.2f} s, resume "
                       f"{tree['resume'][-1]['first_token_s']:.2f} s", file=sys.stderr)  # fmt: skip
         report: dict[str, Any] = {
+            "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg": os.getloadavg()},
             "shape": a.shape, "model": a.model, "device": a.device, "rounds": a.rounds, "trees": {},

@@ -15,6 +15,7 @@ GB/s = file bytes / seconds; the JSON has the median per mode and every round's 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import platform
@@ -96,6 +97,7 @@ def main() -> None:
                 speeds[name].append(size / (time.perf_counter() - t0) / 1e9)
                 del out
         report = {
+            "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "command": "python bench/load_weights.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
                                                                    vars(a).items() if v is not None),
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg": os.getloadavg(),
