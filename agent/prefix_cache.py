@@ -8,8 +8,9 @@ Design choices:
 - The prefix is found on the tokens, for any chat format: the tokens the first segment shares with
   the first segments of two other messages (`PROBES`), i.e. the system part and whatever the format
   puts before the message. The message's own first token is never in it.
-- The key is a sha256 over the engine's fingerprint (model + tokenizer), its state layout and the
-  prefix token ids: another model, tokenizer, tool set or project instructions gives another key.
+- The key is a sha256 over the engine's fingerprint (model + tokenizer), its state layout, device and
+  decode path, and the prefix token ids: another model, tokenizer, tool set or project instructions
+  gives another key.
 - Identical by construction: the first segment of a new session is always read as the prefix alone
   (restored, or read and stored), then the rest; a snapshot restores exactly the state it saved.
 - Stored as a hidden session (meta `"hidden": true`, which `Store.list_sessions` leaves out) whose id
@@ -74,7 +75,12 @@ class PrefixOps:
             n = _common(ids[:n], other)
         if n < MIN_TOKENS:
             return 0, ""
-        text = json.dumps([self.engine.fingerprint, self._state_layout(), ids[:n]], sort_keys=True)
+        # The device and the engine's path too: a prefix read elsewhere would not be this read's numbers.
+        where = [
+            str(getattr(self.engine, "device", "")),
+            bool(getattr(self.engine, "uses_decode_engine", False)),
+        ]
+        text = json.dumps([self.engine.fingerprint, self._state_layout(), where, ids[:n]], sort_keys=True)
         return n, hashlib.sha256(text.encode()).hexdigest()
 
     def _prefix_restore(self, key: str) -> bool:
