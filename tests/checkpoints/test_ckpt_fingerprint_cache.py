@@ -154,3 +154,19 @@ def test_the_cache_keeps_its_newest_entries(tmp_path):
     assert cache.get(newest) == newest
     with pytest.raises(ValueError):
         cache.put(f"{1:064x}", "not a digest")
+
+
+@pytest.mark.gpu
+def test_a_cuda_load_with_the_fingerprint_cached_equals_the_hashed_one(tmp_path, cache_dir, hashed):
+    """With the fingerprint cached, CUDA weights go through the pinned upload ring (shards.py)."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    ours = save_tiny(tmp_path / "m")
+    first = load_model(tmp_path / "m", device="cuda", dtype="float32")[0]  # hashed on the CPU bytes
+    hashed[0] = 0
+    second = load_model(tmp_path / "m", device="cuda", dtype="float32")[0]
+    assert hashed[0] == 0 and first.fingerprint == second.fingerprint == ours.fingerprint
+    pairs = zip(first.state_dict().items(), ours.state_dict().values(), strict=True)
+    assert all(torch.equal(a.cpu(), b) for (_, a), b in pairs)
+    pairs = zip(second.state_dict().values(), ours.state_dict().values(), strict=True)
+    assert all(torch.equal(a.cpu(), b) for a, b in pairs)
