@@ -49,6 +49,7 @@ from hybrid_agent.agent.permissions import PermissionRules
 from hybrid_agent.agent.plan import MODES, Mode, PlanOps, plan_event
 from hybrid_agent.agent.prefill import DEFAULT_MAX_PROMPT_TOKENS, PrefillOps
 from hybrid_agent.agent.prefill import TurnCancelled as _Cancelled
+from hybrid_agent.agent.prefix_cache import PrefixOps
 from hybrid_agent.agent.project_memory import DEFAULT_PROJECT_MEMORY_MAX_BYTES, MemoryOps
 from hybrid_agent.agent.records import (
     assistant_event,
@@ -95,7 +96,7 @@ class _Round:
     stop: str = "end_of_turn"  # end_of_turn | tool_call | max_tokens
 
 
-class Agent(SessionOps, PrefillOps, ToolCallOps, PlanOps, MemoryOps):
+class Agent(SessionOps, PrefillOps, ToolCallOps, PlanOps, MemoryOps, PrefixOps):
     """The persistent agent. `Agent.open(...)` builds everything from paths; this is the long form."""
 
     def __init__(
@@ -275,7 +276,14 @@ class Agent(SessionOps, PrefillOps, ToolCallOps, PlanOps, MemoryOps):
                 what = "the tool output" if rounds else "the message"
                 self._check_length(len(ids), what if self._history else f"{what} with the system prompt")
                 t0 = time.perf_counter()
-                async for progress in self._prefill(ids):
+                n = 0  # a new session's system part: restored, or read alone and kept (agent/prefix_cache.py)
+                if not rounds and not self._history and self.engine.n_tokens == 0:
+                    n, key = await self._on_model(self._prefix_of, ids, self._system or "", self._tools)
+                    if n and not await self._on_model(self._prefix_restore, key):
+                        async for progress in self._prefill(ids, 0, n):
+                            yield progress
+                        await self._on_model(self._prefix_store, key)
+                async for progress in self._prefill(ids, n):
                     yield progress
                 stats.prefill_s += time.perf_counter() - t0  # (with the consumer's time per progress event)
                 stats.prompt_tokens += len(ids)
@@ -340,10 +348,12 @@ class Agent(SessionOps, PrefillOps, ToolCallOps, PlanOps, MemoryOps):
             return Mentions()
         return expand_mentions(text, self.registry.workspace, self.mention_max_bytes)
 
-    def _step(self) -> int:
-        tok = self.engine.next_token()
-        self.engine.prefill([tok])  # the state holds every token the model wrote, the stop token too
-        return tok
+    def _feed(self, tok: int | None) -> None:
+        """The state holds every token the model wrote, the stop token too. A token is fed after its
+        text went out, so the first token is shown before the first one-token step runs (on CUDA that
+        step captures its graph: docs/results.md, cold start)."""
+        if tok is not None:
+            self.engine.prefill([tok])
 
     async def _decode(self, rnd: _Round, stats: _TurnStats) -> AsyncIterator[TextDelta]:
         chat = self.engine.chat
@@ -351,6 +361,7 @@ class Agent(SessionOps, PrefillOps, ToolCallOps, PlanOps, MemoryOps):
         visible = VisibleText(chat)
         longest = max(len(m) for m in (chat.tool_call_close, *chat.stop_strings))
         t0 = time.perf_counter()
+        tok: int | None = None  # written, not yet fed (`_feed`)
         try:
             while True:
                 if self._cancel.is_set():
@@ -358,7 +369,8 @@ class Agent(SessionOps, PrefillOps, ToolCallOps, PlanOps, MemoryOps):
                 if stats.completion_tokens >= self.max_new_tokens:
                     rnd.stop = "max_tokens"
                     break
-                tok = await self._on_model(self._step)
+                await self._on_model(self._feed, tok)
+                tok = await self._on_model(self.engine.next_token)
                 stats.completion_tokens += 1
                 piece = stream.push(tok)
                 rnd.raw += piece
@@ -371,6 +383,8 @@ class Agent(SessionOps, PrefillOps, ToolCallOps, PlanOps, MemoryOps):
                 if chat.tool_call_close in tail:
                     rnd.stop = "tool_call"
                     break
+            await self._on_model(self._feed, tok)
+            tok = None
             rest = stream.flush()
             rnd.raw += rest
             visible.push(rest)

@@ -49,15 +49,23 @@ class PrefillOps:
                 "(--max-prompt-tokens): send a shorter one, or raise the limit"
             )
 
-    async def _prefill(self, ids: list[int]) -> AsyncIterator[PrefillProgress]:
-        """Read `ids` in the engine's own chunks (so the numbers are those of one call), checking for a
-        cancel in between (a long tool output can take minutes to read on a CPU) and reporting progress
-        when there is more than one chunk."""
+    async def _prefill(
+        self, ids: list[int], start: int = 0, stop: int | None = None
+    ) -> AsyncIterator[PrefillProgress]:
+        """Read `ids[start:stop]` in the engine's own chunks (so the numbers are those of one call),
+        checking for a cancel in between (a long tool output can take minutes to read on a CPU) and
+        reporting progress through `ids` when it has more than one chunk. A segment read in two parts
+        (agent/prefix_cache.py) keeps the chunk grid and the progress of one whole read."""
         t0 = time.perf_counter()
-        for start in range(0, len(ids), PREFILL_CHUNK):
+        pos, stop = start, len(ids) if stop is None else stop
+        while pos < stop:
             if self._cancel.is_set():
                 raise TurnCancelled
-            await self._on_model(self.engine.prefill, ids[start : start + PREFILL_CHUNK])
-            if len(ids) > PREFILL_CHUNK:
-                done, took = min(start + PREFILL_CHUNK, len(ids)), time.perf_counter() - t0
-                yield PrefillProgress(tokens=done, total=len(ids), tokens_per_s=done / max(took, 1e-9))
+            end = min(stop, (pos // PREFILL_CHUNK + 1) * PREFILL_CHUNK)
+            await self._on_model(self.engine.prefill, ids[pos:end])
+            pos = end
+            if len(ids) > PREFILL_CHUNK and (pos % PREFILL_CHUNK == 0 or pos == len(ids)):
+                took = time.perf_counter() - t0
+                yield PrefillProgress(
+                    tokens=pos, total=len(ids), tokens_per_s=(pos - start) / max(took, 1e-9)
+                )

@@ -12,25 +12,26 @@ SQLite set-up, and why:
   is retried with backoff (`retry_busy`) and never reaches the user as "database is locked".
 pysqlite's own transaction handling is switched off (isolation_level=None) and replaced by explicit
 BEGINs, the SQLAlchemy-documented way to get real transactions (and transactional DDL) from it.
+
+Opening a database already at the newest schema (every open but the first) reads its revision with
+one query and compares it with the newest one of memory/migrations/versions (`_quick_head`, read from
+the files' `revision`/`down_revision` lines); alembic, a large import (docs/results.md, cold start),
+is loaded only to create, upgrade or refuse a schema.
 """
 
 from __future__ import annotations
 
 import contextlib
 import random
+import re
 import sqlite3
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import platformdirs
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util.exc import CommandError
 from hybrid_agent.memory.errors import (
     CorruptDataError,
     DatabaseUnavailableError,
@@ -42,6 +43,10 @@ from hybrid_agent.memory.errors import (
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -174,13 +179,53 @@ def create_store_engine(url: URL, *, read_only: bool = False) -> Engine:
     return engine
 
 
+_REVISION = re.compile(r"""^revision(?:\s*:[^=]*)?\s*=\s*["']([^"']+)["']\s*$""", re.M)
+_DOWN_REVISION = re.compile(r"""^down_revision(?:\s*:[^=]*)?\s*=\s*(?:["']([^"']+)["']|None)\s*$""", re.M)
+
+
+def _quick_head() -> str | None:
+    """The newest revision of memory/migrations/versions, from the files' text without alembic; None
+    when the files are not the plain single chain this reads (alembic decides then)."""
+    revisions, parents = set(), set()
+    for path in (_MIGRATIONS / "versions").glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        rev, down = _REVISION.search(text), _DOWN_REVISION.search(text)
+        if rev is None and down is None:
+            continue  # not a revision (__init__.py)
+        if rev is None or down is None:
+            return None
+        revisions.add(rev[1])
+        if down[1]:
+            parents.add(down[1])
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def _at_head(engine: Engine) -> bool:
+    """Whether the database's schema is already the newest one, read with one query; False when it
+    cannot tell (no such table, not a database, busy): the full check then decides and reports."""
+    head = _quick_head()
+    if head is None:
+        return False
+    try:
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql("SELECT version_num FROM alembic_version").fetchall()
+    except DBAPIError:
+        return False
+    return [tuple(r) for r in rows] == [(head,)]
+
+
 def _alembic_config() -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(_MIGRATIONS))
     return cfg
 
 
 def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
     assert head is not None, "memory/migrations/versions is empty"
     return head
@@ -188,6 +233,9 @@ def head_revision() -> str:
 
 def _check_revision(conn: Any, script: ScriptDirectory, where: str) -> str | None:
     """The database's revision, after refusing a newer or foreign database. Touches nothing."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.util.exc import CommandError
+
     current = MigrationContext.configure(conn).get_current_revision()
     if current is None:
         tables = [t for t in inspect(conn).get_table_names() if t != "alembic_version"]
@@ -224,6 +272,10 @@ def sqlite_damage(engine: Engine) -> str | None:
 def require_head(engine: Engine, where: str, why: StoreError) -> None:
     """For a database this process will not write to (`why` says why): refuse it unless its schema is
     already this version's, since it cannot be upgraded."""
+    if _at_head(engine):
+        return
+    from alembic.script import ScriptDirectory
+
     script = ScriptDirectory.from_config(_alembic_config())
     with engine.connect() as conn:
         current = _check_revision(conn, script, where)
@@ -238,6 +290,13 @@ def require_head(engine: Engine, where: str, why: StoreError) -> None:
 
 def migrate(engine: Engine, where: str) -> None:
     """Bring the schema to head: create it in an empty database, upgrade an older one, never recreate."""
+    if _at_head(engine):  # the usual case, without alembic
+        if engine.dialect.name == "sqlite":
+            _enable_wal(engine)
+        return
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
     cfg = _alembic_config()
     script = ScriptDirectory.from_config(cfg)
     head = script.get_current_head()

@@ -232,12 +232,13 @@ class Store:
     def get_session(self, session_id: str) -> SessionInfo:
         return self._in_read(lambda s: session_info(s, session_row(s, session_id)), "reading a session")
 
-    def list_sessions(self) -> list[SessionInfo]:
-        """All sessions, most recently updated first."""
+    def list_sessions(self, *, hidden: bool = False) -> list[SessionInfo]:
+        """All sessions, most recently updated first; those whose meta has `"hidden": true` (states the
+        agent keeps for itself, not conversations) only with `hidden=True`, and then only they."""
 
         def do(s: Session) -> list[SessionInfo]:
             rows = s.scalars(select(SessionRow).order_by(SessionRow.updated_at.desc(), SessionRow.id))
-            return [session_info(s, row) for row in rows]
+            return [session_info(s, r) for r in rows if bool((r.meta or {}).get("hidden")) == hidden]
 
         return self._in_read(do, "listing sessions")
 

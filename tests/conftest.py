@@ -28,6 +28,11 @@ if "HYBRID_AGENT_CONFIG_DIR" not in os.environ:
     import tempfile
 
     os.environ["HYBRID_AGENT_CONFIG_DIR"] = tempfile.mkdtemp(prefix="hybrid-agent-config-")
+# Likewise the user cache dir (model fingerprints, model/checkpoints/fingerprint_cache.py).
+if "HYBRID_AGENT_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["HYBRID_AGENT_CACHE_DIR"] = tempfile.mkdtemp(prefix="hybrid-agent-cache-")
 
 import torch  # noqa: E402
 

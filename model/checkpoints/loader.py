@@ -4,13 +4,15 @@ Design choices:
 - The family comes from `model_type` in config.json; its adapter (one module per family) gives our
   `HybridConfig` and a `Source` for every weight. A config.json without `model_type` is one of ours
   (`HybridLM.save_pretrained`, model/checkpoints/native.py), streamed in the same way.
-- The model is built on the meta device (no memory, no random init), given real storage in the
-  target dtype and device with `to_empty`, then filled one tensor at a time from the shards
-  (model/checkpoints/shards.py): host memory peaks at the model plus about one tensor.
+- The model is built on the meta device (no memory, no random init: model/skeleton.py), given real
+  storage in the target dtype and device with `to_empty`, then filled one tensor at a time from the
+  shards (model/checkpoints/shards.py): host memory peaks at the model plus about one tensor.
 - The fingerprint is `HybridLM.fingerprint`'s own definition (config + each weight's sha256), fed with
   each of our weights' final bytes as they are filled in (hashed on worker threads, model/checkpoints/
   digests.py): the weights are read once, never re-hashed, and the value is the one the model would
   compute itself (so it survives `.to()`, and does not depend on how the checkpoint is sharded).
+  It is remembered per (files, dtype, loader code) in the user cache dir (model/checkpoints/
+  fingerprint_cache.py): a later start of the same files only reads the weights, hashing nothing.
 - A Hub id is fetched with `huggingface_hub.snapshot_download` (weights, configs, tokenizer files
   only); offline, a clear error says how to point at a local folder.
 """
@@ -40,12 +42,19 @@ from hybrid_agent.model.checkpoints import (
     qwen3_next,
 )
 from hybrid_agent.model.checkpoints.digests import TensorDigests
+from hybrid_agent.model.checkpoints.fingerprint_cache import (
+    FingerprintCache,
+    cache_key,
+    file_stats,
+    settled,
+)
 from hybrid_agent.model.checkpoints.plan import Adapter, Source
-from hybrid_agent.model.checkpoints.shards import ShardSet
+from hybrid_agent.model.checkpoints.shards import INDEX_FILE, ShardSet
 from hybrid_agent.model.checkpoints.tool_formats import format_class_for
 from hybrid_agent.model.config import HybridConfig
 from hybrid_agent.model.errors import CheckpointError
 from hybrid_agent.model.hybrid import HybridLM, combine_fingerprint, weight_header
+from hybrid_agent.model.skeleton import skeleton, to_empty
 from hybrid_agent.model.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 from torch import Tensor
 
@@ -171,15 +180,15 @@ def load_weights(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
+    cache_fingerprint: bool = True,
 ) -> HybridLM:
-    """Build our model for a checkpoint read by `adapter` and stream its weights in (module docstring)."""
+    """Build our model for a checkpoint read by `adapter` and stream its weights in (module docstring).
+    `cache_fingerprint=False` hashes the weights and neither reads nor writes the fingerprint cache."""
     family: str = adapter.FAMILY
     cfg: HybridConfig = adapter.hybrid_config(hf)
     plan: dict[str, Source] = adapter.sources(cfg, hf)
     shards = ShardSet(root)
-    with torch.device("meta"):
-        model = HybridLM(cfg)
-    model = model.to(dtype=dtype).to_empty(device=device)
+    model = to_empty(skeleton(cfg), device, dtype)
     params = model.state_dict(keep_vars=True)
     if set(params) != set(plan):  # a bug in an adapter, not a bad checkpoint
         unplanned, extra = sorted(set(params) - set(plan)), sorted(set(plan) - set(params))
@@ -194,25 +203,47 @@ def load_weights(
         resolved[target] = hit if hit is not None else ([], Source((), lambda ts: torch.zeros(())))
     # Read in file order: one sequential pass over each shard.
     order = sorted(resolved, key=lambda t: _position(resolved[t][0], shards))
-    hashes = TensorDigests()
+    cache = FingerprintCache() if cache_fingerprint else None
+    stats = _fingerprint_inputs(root, adapter, shards)
+    key = cache_key(stats, dtype=str(dtype))
+    known = cache.get(key) if cache is not None else None
+    hashes = TensorDigests() if known is None else None
     used = {n for names, _ in resolved.values() for n in names}
     bar = _Progress(sum(shards.entries[n].nbytes for n in used), progress)
     try:
         for target in order:
             names, src = resolved[target]
             data = params[target].data
-            final = _fill(data, names, src, shards, family, target)
-            hashes(target, weight_header(target, data.dtype, tuple(data.shape)), _bytes(final))
+            final = _fill(data, names, src, shards, family, target, hashes is not None)
+            if hashes is not None:
+                hashes(target, weight_header(target, data.dtype, tuple(data.shape)), _bytes(final))
             bar.update(sum(shards.entries[n].nbytes for n in names if n in used))
             used.difference_update(names)  # a tensor read twice (a tied head) counts once
-        digests = hashes.digests()
+        shards.sync()  # the uploads still in flight
+        if hashes is not None:
+            known = combine_fingerprint(cfg.to_json(), hashes.digests())
+            # Stored only if no file changed while it was read (the key would not match the bytes).
+            if cache is not None and settled(stats) and _fingerprint_inputs(root, adapter, shards) == stats:
+                cache.put(key, known)
     finally:
-        hashes.close()
+        if hashes is not None:
+            hashes.close()
         bar.close()
         shards.close()
     model.eval()
-    model._fingerprint = combine_fingerprint(cfg.to_json(), digests)  # `model.fingerprint`, not re-read
+    model._fingerprint = known  # `model.fingerprint`, not re-read
     return model
+
+
+def _fingerprint_inputs(root: Path, adapter: Adapter, shards: ShardSet) -> list[list[str | int]]:
+    """The files the fingerprint of a load depends on besides the dtype (model/checkpoints/
+    fingerprint_cache.py): the checkpoint's files and the code that turns them into our weights."""
+    inputs = [root / "config.json", *([root / INDEX_FILE] if (root / INDEX_FILE).is_file() else [])]
+    inputs += sorted({e.file for e in shards.entries.values()})
+    code = [Path(__file__), Path(getattr(adapter, "__file__", __file__))]
+    for cls in (HybridLM, HybridConfig):  # the fingerprint's definition, the config's JSON
+        code.append(Path(sys.modules[cls.__module__].__file__ or __file__))
+    return file_stats(inputs + code)
 
 
 def _position(names: list[str], shards: ShardSet) -> tuple[str, int]:
@@ -226,9 +257,13 @@ def _bytes(t: Tensor) -> memoryview:
     return memoryview(t.view(-1).view(torch.uint8).numpy()) if t.numel() else memoryview(b"")
 
 
-def _fill(data: Tensor, names: list[str], src: Source, shards: ShardSet, family: str, target: str) -> Tensor:
+def _fill(
+    data: Tensor, names: list[str], src: Source, shards: ShardSet, family: str, target: str, hashed: bool
+) -> Tensor:
     """Fill the parameter `data`; returns a contiguous CPU tensor with its final bytes (`data` itself
-    on the CPU). Casts happen on the CPU, so the bytes hashed are exactly the bytes the device gets."""
+    on the CPU) when `hashed`. Casts happen on the CPU, so the bytes hashed are exactly the bytes the
+    device gets. Unhashed, a CUDA weight stored in its own dtype is uploaded through pinned buffers,
+    its reads overlapping the copies (`ShardSet.upload_into`), and `data` itself is returned."""
     if src.build is None and names:
         e = shards.entries[names[0]]
         if tuple(e.shape) != tuple(data.shape):
@@ -238,6 +273,8 @@ def _fill(data: Tensor, names: list[str], src: Source, shards: ShardSet, family:
             )
         if data.device.type == "cpu" and data.dtype == e.dtype and data.is_contiguous():
             return shards.read_into(names[0], data)  # straight into the parameter: no extra copy
+        if not hashed and data.device.type == "cuda" and data.dtype == e.dtype and data.is_contiguous():
+            return shards.upload_into(names[0], data)
         value = shards.read(names[0])
     else:
         build: Callable[[list[Tensor]], Tensor] = src.build or (lambda ts: torch.zeros(()))
@@ -303,9 +340,11 @@ def load_model(
     device: torch.device | str | None = None,
     dtype: torch.dtype | str | None = None,
     progress: bool = True,
+    cache_fingerprint: bool = True,
 ) -> tuple[HybridLM, Tokenizer | ByteTokenizer, ChatFormat]:
     """Load a checkpoint (see the module docstring). Default device: cpu; default dtype: float32 on CPU,
-    bfloat16 on CUDA (`dtype` may be spelt "bfloat16", "float16", "float32")."""
+    bfloat16 on CUDA (`dtype` may be spelt "bfloat16", "float16", "float32"). `cache_fingerprint`:
+    see `load_weights`."""
     if isinstance(dtype, str):
         if dtype not in ("bfloat16", "float16", "float32"):
             raise CheckpointError(f"dtype {dtype!r} is not supported; use bfloat16, float16 or float32")
@@ -323,7 +362,9 @@ def load_model(
         )
     tokenizer = load_tokenizer(root)
     adapter = cast(Adapter, native) if family is None else ADAPTERS[family]
-    model = load_weights(root, adapter, hf, device=dev, dtype=dt, progress=progress)
+    model = load_weights(
+        root, adapter, hf, device=dev, dtype=dt, progress=progress, cache_fingerprint=cache_fingerprint
+    )
     if tokenizer.vocab_size > model.config.vocab_size:
         raise CheckpointError(
             f"the tokenizer in {root} has {tokenizer.vocab_size} tokens but the model only "

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from hybrid_agent.model.checkpoints.plan import Source, take
 from hybrid_agent.model.config import HybridConfig
-from hybrid_agent.model.hybrid import HybridLM
+from hybrid_agent.model.skeleton import skeleton
 
 FAMILY = "hybrid-agent"
 
@@ -19,6 +18,5 @@ def hybrid_config(hf: dict[str, Any]) -> HybridConfig:
 
 
 def sources(cfg: HybridConfig, hf: dict[str, Any]) -> dict[str, Source]:
-    with torch.device("meta"):  # only the names are needed: nothing is allocated
-        names = list(HybridLM(cfg).state_dict())
+    names = list(skeleton(cfg).state_dict())  # only the names are needed: nothing large is allocated
     return {name: take(name) for name in names}

@@ -52,7 +52,14 @@ def run(point: str, db: str, workspace: str) -> None:
         list(agent.send_sync("make b"))
         os.rename = die  # the workspace replaces a file by renaming its new copy over it
     elif point == "after-write":
-        Store.save_turn = die  # type: ignore[method-assign]
+        save = Store.save_turn
+
+        def save_or_die(store: Store, session_id: str, *args: object, **kwargs: object) -> object:
+            if session_id == agent.session_id:  # not the system prompt's state (agent/prefix_cache.py)
+                die()
+            return save(store, session_id, *args, **kwargs)  # type: ignore[arg-type]
+
+        Store.save_turn = save_or_die  # type: ignore[method-assign,assignment]
     else:
         engine.step_hook = die
     os.write(1, f"session {agent.session_id}\n".encode())

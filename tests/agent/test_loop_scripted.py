@@ -57,6 +57,24 @@ def test_only_the_new_segment_is_prefilled(make_agent) -> None:
     assert engine.n_tokens == before + (3 + len("two")) + 2  # 3 special ids + the text, then 'B<|end|>'
 
 
+def test_a_written_token_is_shown_before_it_is_fed_back(make_agent) -> None:
+    """The first token's text goes out before the first one-token step (on CUDA, the graph capture)."""
+    agent, engine = make_agent(["Hello<|end|>"])
+    shown, states = "", []
+
+    def seen(e: Any) -> None:
+        nonlocal shown
+        if isinstance(e, TextDelta):
+            shown += e.text
+            states.append((len(shown), engine.n_tokens))
+
+    agent.send_sync("hi", on_event=seen)
+    prompt = engine.n_tokens - len("Hello") - 1  # at the end the state holds every token, the stop too
+    assert engine.text.endswith("<|assistant|>Hello<|end|>")
+    assert [k for k, _ in states] == [1, 2, 3, 4, 5]
+    assert all(n == prompt + k - 1 for k, n in states)  # each token's text out before the token is read
+
+
 def test_tool_round_runs_the_tool_and_prefills_its_result(make_agent) -> None:
     agent, engine = make_agent(["Reading." + call("read_file", path="a.txt"), "It says hello.<|end|>"])
     events = run(agent, "what is in a.txt?")
@@ -364,8 +382,9 @@ def test_interrupted_while_saving_follows_the_database(make_agent, store) -> Non
     snapshot = engine.snapshot
 
     def slow_snapshot(since: int) -> Any:
-        in_save.set()
-        time.sleep(0.3)
+        if "Saved anyway" in engine.text:  # the turn's snapshot, not the system prompt's (prefix_cache.py)
+            in_save.set()
+            time.sleep(0.3)
         return snapshot(since)
 
     engine.snapshot = slow_snapshot

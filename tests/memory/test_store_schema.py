@@ -257,3 +257,30 @@ def test_no_local_files_for_a_server_database(
         store.save_turn(sid, 1, events=[], recurrent={"x": torch.ones(2)}, n_tokens=1)
         store.checkpoint()  # a no-op here
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_quick_head_is_alembics_head() -> None:
+    from hybrid_agent.memory.database import _quick_head, head_revision
+
+    assert _quick_head() == head_revision()
+
+
+def test_a_database_at_the_newest_schema_opens_without_alembic(sqlite_path: Path) -> None:
+    """The usual open (every one but the first) needs no alembic, a large import on a start."""
+    import subprocess
+    import sys
+
+    Store(sqlite_path).close()  # created (and migrated) here
+    code = (
+        "import sys\nfrom hybrid_agent.memory import Store\n"
+        f"s = Store({str(sqlite_path)!r}); s.list_sessions(); s.close()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    newer = sqlite3.connect(sqlite_path)  # any other revision still goes through alembic's checks
+    newer.execute("UPDATE alembic_version SET version_num = '9999'")
+    newer.commit()
+    newer.close()
+    with pytest.raises(SchemaTooNewError):
+        Store(sqlite_path)
