@@ -178,7 +178,7 @@ def test_hub_id_offline_says_how_to_use_a_local_folder(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("ERR cannot load 'some-org/some-model'")
-    assert "offline" in out.stdout and "local-dir" in out.stdout and "load_model('DIR')" in out.stdout
+    assert "offline" in out.stdout and "hybrid-agent pull" in out.stdout and "load_model('DIR')" in out.stdout
 
 
 def test_unsupported_model_type_names_it_and_the_supported_ones(tmp_path):
