@@ -59,10 +59,10 @@ from hybrid_agent.agent.records import (
     user_event,
     user_message,
 )
-from hybrid_agent.agent.sessions import SessionOps
+from hybrid_agent.agent.sessions import SessionOps, title_of
 from hybrid_agent.agent.stream import VisibleText
 from hybrid_agent.agent.toolcalls import Approval, ToolCallOps
-from hybrid_agent.memory import Event, Store, StoreError, TurnOrderError
+from hybrid_agent.memory import Event, Store, StoreError
 from hybrid_agent.model.chat import DEFAULT_SYSTEM_PROMPT, ChatFormatError, ChatMessage
 from hybrid_agent.model.errors import ModelError
 from hybrid_agent.tools.errors import ToolError
@@ -72,10 +72,6 @@ T = TypeVar("T")
 
 # Errors a turn reports as an ErrorEvent (the user can act on them); anything else is a bug and raises.
 USER_ERRORS = (AgentError, ChatFormatError, ModelError, StoreError, ToolError)
-
-
-def _title_of(message: str) -> str:
-    return " ".join(message.split())[:60]
 
 
 @dataclass
@@ -220,7 +216,7 @@ class Agent(SessionOps, PrefillOps, ToolCallOps, PlanOps, MemoryOps, PrefixOps):
         self._cancel.clear()
         self.journal.start_turn()
         if self._unwritten is not None:  # a new session is named after the message that writes its row
-            self._unwritten["message"] = _title_of(text)
+            self._unwritten["message"] = title_of(text)
         turn = self.turn + 1
         history_len = len(self._history)
         stats = _TurnStats()
@@ -422,37 +418,7 @@ class Agent(SessionOps, PrefillOps, ToolCallOps, PlanOps, MemoryOps, PrefixOps):
             "duration_s": round(time.perf_counter() - stats.started, 6),
         }
 
-        def write() -> str | None:
-            sampler = getattr(self.engine, "sampler_state", None)  # optional in the Engine protocol
-            if sampler is not None and (rng := sampler()) is not None:
-                meta["sampler"] = rng
-            if (layout := self._state_layout()) is not None:
-                meta["state_layout"] = layout  # so a stored snapshot says how to read its tensors
-            recurrent, pages = self.engine.snapshot(self._saved_tokens)
-            record: dict[str, Any] = dict(
-                events=events, recurrent=recurrent, pages=pages,
-                n_tokens=self.engine.n_tokens, meta=meta,
-            )  # fmt: skip
-            self._session_row(True)
-            forked_from = None
-            try:
-                self.store.save_turn(self.session_id, turn, **record)
-            except TurnOrderError:
-                # Someone saved this turn number first (the session open twice): keep both turns.
-                forked_from = self._fork_for_turn(turn)
-                if forked_from is None:
-                    raise
-                self.journal.move_turn(self.session_id)  # the turn's file changes go with it
-                self.store.save_turn(self.session_id, turn, **record)
-            self.engine.mark_saved()
-            if turn == 1:
-                title = _title_of(next((e.content for e in events if e.kind == "user"), ""))
-                with contextlib.suppress(StoreError):
-                    if title and not self.store.get_session(self.session_id).title:
-                        self.store.rename_session(self.session_id, title)
-            return forked_from
-
-        forked_from = await self._on_model(write)
+        forked_from = await self._on_model(self._write_turn, turn, events, meta)
         # Set here, not in `write`: a turn stopped while its save runs rolls back to the database's
         # turn, and `_roll_back` sees the save by `self.turn` still being the one before.
         self.turn, self._saved_tokens = turn, self.engine.n_tokens

@@ -9,6 +9,7 @@ session's events (the chat format needs the conversation, not the model).
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +22,7 @@ from hybrid_agent.agent.owner import ModelOwner, owned
 from hybrid_agent.agent.records import conversation_of
 from hybrid_agent.agent.session_diff import git_head
 from hybrid_agent.agent.session_ids import resolve_session_id
-from hybrid_agent.memory import Event, SessionInfo, Store
+from hybrid_agent.memory import Event, SessionInfo, Store, StoreError, TurnOrderError
 from hybrid_agent.model.chat import ChatMessage
 from hybrid_agent.model.state import Page
 from hybrid_agent.tools.journal import reconcile
@@ -31,6 +32,11 @@ if TYPE_CHECKING:
     from hybrid_agent.agent.engine import Engine
     from hybrid_agent.agent.events import ApprovalDecision
     from hybrid_agent.tools.registry import ToolRegistry
+
+
+def title_of(message: str) -> str:
+    """A session's title from its first message: the words of its first 60 characters."""
+    return " ".join(message.split())[:60]
 
 
 def folder_gone(session_id: str, folder: str | Path) -> AgentError:
@@ -172,6 +178,38 @@ class SessionOps:
         return left
 
     @owned
+    def _write_turn(self, turn: int, events: list[Event], meta: dict[str, Any]) -> str | None:
+        """Save turn `turn` (its events, the state since the last save, `meta`) on the model's thread;
+        returns the session it forked from when another process saved this turn number first."""
+        sampler = getattr(self.engine, "sampler_state", None)  # optional in the Engine protocol
+        if sampler is not None and (rng := sampler()) is not None:
+            meta["sampler"] = rng
+        if (layout := self._state_layout()) is not None:
+            meta["state_layout"] = layout  # so a stored snapshot says how to read its tensors
+        recurrent, pages = self.engine.snapshot(self._saved_tokens)
+        record: dict[str, Any] = dict(
+            events=events, recurrent=recurrent, pages=pages,
+            n_tokens=self.engine.n_tokens, meta=meta,
+        )  # fmt: skip
+        self._session_row(True)
+        forked_from = None
+        try:
+            self.store.save_turn(self.session_id, turn, **record)
+        except TurnOrderError:
+            # Someone saved this turn number first (the session open twice): keep both turns.
+            forked_from = self._fork_for_turn(turn)
+            if forked_from is None:
+                raise
+            self.journal.move_turn(self.session_id)  # the turn's file changes go with it
+            self.store.save_turn(self.session_id, turn, **record)
+        self.engine.mark_saved()
+        if turn == 1:
+            title = title_of(next((e.content for e in events if e.kind == "user"), ""))
+            with contextlib.suppress(StoreError):
+                if title and not self.store.get_session(self.session_id).title:
+                    self.store.rename_session(self.session_id, title)
+        return forked_from
+
     def fork(self, turn: int) -> str:
         """A new session whose history is this one's up to `turn`; it becomes the active one."""
         self._idle()
