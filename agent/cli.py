@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hybrid-agent {__version__}")
     parser.add_argument("--resume", metavar="ID", help="continue a saved session (id or unique prefix)")
     _session_options(parser, True)
-    sub = parser.add_subparsers(dest="command", metavar="{run,sessions,config,trust,mcp}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,sessions,config,trust,mcp,serve}")
     shared = _shared(False)
 
     run = sub.add_parser("run", parents=[shared], help="run one turn headless and print the answer")
@@ -178,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     from hybrid_agent.agent.mcp_commands import add_parser as add_mcp
 
     add_mcp(sub, shared)
+    from hybrid_agent.agent.serve_app import add_parser as add_serve
+
+    add_serve(sub, shared)
     return parser
 
 

@@ -1,0 +1,265 @@
+"""The model side of `hybrid-agent serve`: one thread owns the engine (docs/design.md, "Who runs the
+model") and runs the admitted requests; the HTTP side (agent/serve_app.py) talks to it through jobs.
+
+A request's run: find the longest saved prefix of its rendered tokens (agent/serve_prefix.py), restore
+that state (or start empty), prefill only the rest, save the state at the end of the prompt, decode
+(every generated token is fed back, the stop token too, as in agent/loop.py), and when the answer as the
+client will send it back renders to exactly the tokens decoded, save the state at its end as well: the
+next request of the conversation starts there.
+
+Requests run one at a time on the engine, in the order admitted; `max_concurrent + max_queue` bounds
+how many are admitted (more get 429) and `queue_depth` is how many wait. Running several in one batch
+(each row its own position, recurrent state and cache length) is the next step (README, "Serving").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from hybrid_agent.agent.serve_api import RequestError, assistant_segment, forced_opening
+from hybrid_agent.agent.serve_prefix import Entry, PrefixCache
+from hybrid_agent.model.chat import Segment
+from hybrid_agent.model.state import Page
+
+log = logging.getLogger("hybrid_agent.serve")
+
+
+class Metrics:
+    """Prometheus counters and gauges, as text (the exposition format, version 0.0.4)."""
+
+    COUNTERS: ClassVar[dict[str, str]] = {
+        "requests_total": "chat completion requests answered, by HTTP status",
+        "prompt_tokens_total": "prompt tokens of finished requests",
+        "completion_tokens_total": "tokens generated",
+        "cached_tokens_total": "prompt tokens restored from a saved state instead of prefilled",
+        "state_hits_total": "requests that restored a saved prefix state, by tier",
+        "state_misses_total": "requests that found no saved prefix state",
+        "restore_seconds_total": "time spent finding and restoring saved states",
+        "state_saves_total": "prefix states saved",
+    }
+    GAUGES: ClassVar[dict[str, str]] = {
+        "queue_depth": "admitted requests waiting for the engine",
+        "running_requests": "requests on the engine",
+        "memory_tier_bytes": "bytes of saved states in the host-memory tier",
+    }
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = collections.defaultdict(float)
+        self.gauges: dict[str, Callable[[], float]] = {}
+
+    def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
+        with self._lock:
+            self.values[(name, tuple(sorted(labels.items())))] += amount
+
+    def get(self, name: str, **labels: str) -> float:
+        return self.values.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    def render(self) -> str:
+        lines = []
+        with self._lock:
+            values = dict(self.values)
+        for name, doc in self.COUNTERS.items():
+            lines += [f"# HELP hybrid_agent_{name} {doc}", f"# TYPE hybrid_agent_{name} counter"]
+            rows = [(k[1], v) for k, v in values.items() if k[0] == name] or [((), 0.0)]
+            for labels, value in rows:
+                tag = ",".join(f'{k}="{v}"' for k, v in labels)
+                lines.append(
+                    f"hybrid_agent_{name}{{{tag}}} {value}" if tag else f"hybrid_agent_{name} {value}"
+                )
+        for name, doc in self.GAUGES.items():
+            value = self.gauges[name]() if name in self.gauges else 0.0
+            lines += [f"# HELP hybrid_agent_{name} {doc}", f"# TYPE hybrid_agent_{name} gauge"]
+            lines.append(f"hybrid_agent_{name} {float(value)}")
+        return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Result:
+    content: str
+    calls: list[tuple[str, Any]]
+    finish_reason: str  # stop | length | tool_calls
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+
+
+@dataclass
+class Job:
+    """One admitted request. Events go to `events` on the HTTP side's loop: ("delta", text),
+    ("done", Result) or ("error", RequestError)."""
+
+    ids: list[int]
+    boundaries: list[int]
+    max_new_tokens: int
+    temperature: float
+    forced: str | None  # tool_choice: a function name, "" = any, None = the model decides
+    loop: asyncio.AbstractEventLoop
+    ignore_eos: bool = False
+    events: asyncio.Queue[tuple[str, Any]] = field(default_factory=asyncio.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def emit(self, kind: str, data: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the HTTP side's loop is gone: nobody is listening
+            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, data))
+
+
+class Scheduler:
+    def __init__(
+        self, engine: Any, prefix: PrefixCache, metrics: Metrics, *, max_concurrent: int, max_queue: int
+    ) -> None:
+        self.engine, self.prefix, self.metrics = engine, prefix, metrics
+        self.max_concurrent, self.max_queue = max_concurrent, max_queue
+        self._waiting: collections.deque[Job] = collections.deque()
+        self._running = 0
+        self._cond = threading.Condition()
+        self._stopping = False
+        metrics.gauges["queue_depth"] = lambda: len(self._waiting)
+        metrics.gauges["running_requests"] = lambda: self._running
+        metrics.gauges["memory_tier_bytes"] = lambda: prefix.memory_used
+        self._thread = threading.Thread(target=self._serve, name="hybrid-agent-model", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        """Admit `job`, or refuse it with 429 when the running slots and the queue are both full."""
+        with self._cond:
+            if self._stopping:
+                raise RequestError(503, "the server is shutting down", type="server_error")
+            if self._running + len(self._waiting) >= self.max_concurrent + self.max_queue:
+                raise RequestError(
+                    429,
+                    "too many requests: every slot and the queue are full; retry later",
+                    type="rate_limit_error",
+                )
+            self._waiting.append(job)
+            self._cond.notify()
+
+    def stop(self) -> None:
+        """Finish the running request, refuse the waiting ones, stop the thread."""
+        with self._cond:
+            self._stopping = True
+            waiting, self._waiting = list(self._waiting), collections.deque()
+            self._cond.notify()
+        for job in waiting:
+            job.emit("error", RequestError(503, "the server is shutting down", type="server_error"))
+        self._thread.join()
+
+    def _serve(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting and not self._stopping:
+                    self._cond.wait()
+                if self._stopping and not self._waiting:
+                    return
+                job = self._waiting.popleft()
+                self._running += 1
+            try:
+                if not job.cancelled.is_set():
+                    job.emit("done", self._run(job))
+            except RequestError as exc:
+                job.emit("error", exc)
+            except Exception as exc:  # a bug or a model error: this request fails, the server goes on
+                log.exception("request failed")
+                job.emit(
+                    "error",
+                    RequestError(500, f"the model failed: {type(exc).__name__}: {exc}", type="server_error"),
+                )
+            finally:
+                with self._cond:
+                    self._running -= 1
+
+    # -- one request ------------------------------------------------------------------------------
+
+    def _restore(self, job: Job) -> tuple[Entry | None, int]:
+        hit = self.prefix.lookup(job.ids, job.boundaries)
+        eng = self.engine
+        if hit is None:
+            self.metrics.inc("state_misses_total")
+            eng.reset()
+            return None, 0
+        t0 = time.perf_counter()
+        eng.reset()
+        recurrent, pages = hit.entry.clone()
+        eng.restore(recurrent, pages)
+        self.metrics.inc("state_hits_total", tier=hit.source)
+        self.metrics.inc("restore_seconds_total", hit.seconds + time.perf_counter() - t0)
+        return hit.entry, hit.entry.n_tokens
+
+    def _save(self, ids: list[int], base: Entry | None) -> Entry:
+        """Save the live state, which holds `ids`, as continuing `base` (its pages are not copied)."""
+        recurrent, pages = self.engine.snapshot(0 if base is None else base.n_tokens)
+        recurrent = {k: v.clone() for k, v in recurrent.items()}  # the live state changes on
+        pages = [Page(p.start, p.end, {k: v.clone() for k, v in p.tensors.items()}) for p in pages]
+        self.metrics.inc("state_saves_total")
+        return self.prefix.put(self.prefix.digest(ids), len(ids), recurrent, pages, base)
+
+    def _run(self, job: Job) -> Result:
+        from hybrid_agent.model.decode.sampling import SamplingParams
+
+        eng, chat = self.engine, self.engine.chat
+        base, cached = self._restore(job)
+        eng.sampling = SamplingParams(temperature=job.temperature)
+        # The prompt's state is saved one token short of its end: the same request again (a retry, or
+        # another sample) restores it and prefills that last token, whose logits the answer starts from.
+        last = len(job.ids) - 1
+        prompt_entry = base
+        if cached < last:
+            eng.prefill(job.ids[cached:last])
+            prompt_entry = self._save(job.ids[:last], base)
+        eng.prefill(job.ids[last:])
+        stream, raw, generated = eng.text_stream(), "", []
+        if job.forced is not None:  # tool_choice forces a call: the answer starts with its markup
+            opening = forced_opening(job.forced)
+            forced = Segment(((chat.tool_call_open, True), (opening, False))).encode(eng.tokenizer)
+            eng.prefill(forced)
+            generated += forced
+            raw = "".join(stream.push(t) for t in forced)
+        from hybrid_agent.agent.stream import VisibleText
+
+        visible = VisibleText(chat)
+        longest = max(len(m) for m in (chat.tool_call_close, *chat.stop_strings))
+        finish = "length"
+        while len(generated) < job.max_new_tokens:
+            if job.cancelled.is_set():
+                return Result("", [], "cancelled", len(job.ids), len(generated), cached)
+            tok = eng.next_token()
+            eng.prefill([tok])
+            generated.append(tok)
+            piece = stream.push(tok)
+            raw += piece
+            if delta := visible.push(piece):
+                job.emit("delta", delta)
+            tail = raw[-(len(piece) + longest) :]
+            if job.ignore_eos:
+                continue
+            if any(s in tail for s in chat.stop_strings):
+                finish = "stop"
+                break
+            if chat.tool_call_close in tail:
+                finish = "stop"
+                break
+        raw += stream.flush()
+        if delta := visible.push("") + visible.finish():
+            job.emit("delta", delta)
+        calls = [(c.name, c.arguments) for c in chat.parse_tool_calls(raw) if c.error is None and c.name]
+        content = chat.visible_text(raw)
+        if calls:
+            finish = "tool_calls"
+        # The state after the answer is reusable when the answer, sent back, renders to what was decoded.
+        answer = assistant_segment(chat, content, calls).encode(eng.tokenizer)
+        # (An answer cut at max_tokens lacks the stop token that rendering adds: its state is the prefix
+        # just before that token, one of the boundaries looked up.)
+        if answer == generated or (finish == "length" and answer[:-1] == generated):
+            self._save(job.ids + generated, prompt_entry)
+        self.metrics.inc("prompt_tokens_total", len(job.ids))
+        self.metrics.inc("completion_tokens_total", len(generated))
+        self.metrics.inc("cached_tokens_total", cached)
+        return Result(content, calls, finish, len(job.ids), len(generated), cached)

@@ -1,0 +1,184 @@
+"""`hybrid-agent serve` with the official `openai` client against a real uvicorn server on loopback, the
+packaged default model on the CPU (agent/serve_app.py, serve_scheduler.py, serve_prefix.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from serve_testkit import as_history, chat, serving
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "list_files",
+            "description": "List the files of a folder",
+            "parameters": {
+                "type": "object",
+                "properties": {"path": {"type": "string"}},
+                "required": ["path"],
+            },
+        },
+    }
+]
+
+
+@pytest.fixture(scope="module")
+def engine() -> Any:
+    from hybrid_agent.agent.factory import load_engine
+
+    return load_engine(None)
+
+
+def _db(tmp_path: Path, name: str = "serve.db") -> str:
+    return str(tmp_path / name)
+
+
+def test_second_turn_reuses_the_first_and_answers_as_a_fresh_prefill(engine: Any, tmp_path: Path) -> None:
+    first = [{"role": "user", "content": "Show me main.py"}]
+    with serving(engine, _db(tmp_path), max_new_tokens=64) as served:
+        a1 = chat(served, first)
+        convo = [
+            *first,
+            as_history(a1.choices[0].message),
+            {"role": "user", "content": "Fix the bug in app.py"},
+        ]
+        a2 = chat(served, convo)
+        assert a1.usage.prompt_tokens_details.cached_tokens == 0
+        # Everything of turn one, its answer included, is restored rather than prefilled.
+        assert (
+            a2.usage.prompt_tokens_details.cached_tokens
+            == a1.usage.prompt_tokens + a1.usage.completion_tokens
+        )
+        assert served.metric("state_hits_total", tier="memory") == 1
+        assert served.metric("state_misses_total") == 1
+    with serving(engine, _db(tmp_path, "fresh.db"), max_new_tokens=64) as fresh:
+        b2 = chat(fresh, convo)
+        assert b2.usage.prompt_tokens_details.cached_tokens == 0
+    assert b2.usage.prompt_tokens == a2.usage.prompt_tokens
+    assert b2.choices[0].message == a2.choices[0].message  # greedy: the same answer as a full prefill
+
+
+def test_streaming_equals_the_plain_answer_and_a_retry_reuses_the_prompt(engine: Any, tmp_path: Path) -> None:
+    messages = [{"role": "user", "content": "Explain what a hybrid model is."}]
+    with serving(engine, _db(tmp_path), max_new_tokens=20) as served:
+        plain = chat(served, messages)
+        chunks = list(chat(served, messages, stream=True, stream_options={"include_usage": True}))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        usage = chunks[-1].usage
+    assert text == (plain.choices[0].message.content or "")
+    assert finish == [plain.choices[0].finish_reason]
+    # The same request again restores the prompt's state one token short of its end.
+    assert usage.prompt_tokens == plain.usage.prompt_tokens
+    assert usage.prompt_tokens_details.cached_tokens == plain.usage.prompt_tokens - 1
+
+
+def test_tool_calls_in_openai_shape_and_the_tool_result_turn_reuses_state(
+    engine: Any, tmp_path: Path
+) -> None:
+    messages = [{"role": "user", "content": "List the files in src please."}]
+    with serving(engine, _db(tmp_path), max_new_tokens=48) as served:
+        a1 = chat(
+            served,
+            messages,
+            tools=TOOLS,
+            tool_choice={"type": "function", "function": {"name": "list_files"}},
+        )
+        choice = a1.choices[0]
+        assert choice.finish_reason == "tool_calls"
+        call = choice.message.tool_calls[0]
+        assert call.type == "function" and call.function.name == "list_files" and call.id
+        assert isinstance(json.loads(call.function.arguments), dict)
+        streamed = list(
+            chat(
+                served,
+                messages,
+                tools=TOOLS,
+                tool_choice={"type": "function", "function": {"name": "list_files"}},
+                stream=True,
+            )
+        )
+        deltas = [tc for c in streamed if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+        assert [(d.function.name, d.function.arguments) for d in deltas] == [
+            (call.function.name, call.function.arguments)
+        ]
+        assert streamed[-1].choices[0].finish_reason == "tool_calls"
+        result = {"role": "tool", "tool_call_id": call.id, "content": "Makefile\nREADME.md"}
+        a2 = chat(served, [*messages, as_history(choice.message), result], tools=TOOLS)
+        assert (
+            a2.usage.prompt_tokens_details.cached_tokens
+            == a1.usage.prompt_tokens + a1.usage.completion_tokens
+        )
+
+
+def test_a_restart_reuses_states_from_the_database(engine: Any, tmp_path: Path) -> None:
+    first = [{"role": "user", "content": "hi"}]
+    with serving(engine, _db(tmp_path), max_new_tokens=64) as served:
+        a1 = chat(served, first)
+    # A graceful shutdown wrote the states; a new process (its memory tier empty) finds them.
+    convo = [*first, as_history(a1.choices[0].message), {"role": "user", "content": "Read README.md"}]
+    with serving(engine, _db(tmp_path), max_new_tokens=64) as served:
+        a2 = chat(served, convo)
+        assert served.metric("state_hits_total", tier="database") == 1
+    assert a2.usage.prompt_tokens_details.cached_tokens == a1.usage.prompt_tokens + a1.usage.completion_tokens
+
+
+def test_bad_input_gets_openai_shaped_errors(engine: Any, tmp_path: Path) -> None:
+    ok = {"model": "default", "messages": [{"role": "user", "content": "hi"}]}
+    with serving(engine, None, api_key="sekrit", max_prompt_tokens=64) as served:
+        auth = {"Authorization": "Bearer sekrit", "Content-Type": "application/json"}
+        status, body = served.raw("/v1/chat/completions", b'{"model": "default", "messages": [', auth)
+        assert status == 400 and body["error"]["type"] == "invalid_request_error"
+        assert "not valid JSON" in body["error"]["message"]
+        status, body = served.raw("/v1/chat/completions", json.dumps({**ok, "messages": []}).encode(), auth)
+        assert status == 400 and body["error"]["param"] == "messages"
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=served.url + "/v1", api_key="wrong", max_retries=0).models.list()
+        status, _ = served.raw(
+            "/v1/chat/completions", json.dumps(ok).encode(), {"Content-Type": "application/json"}
+        )
+        assert status == 401
+        with pytest.raises(openai.NotFoundError, match="does not exist"):
+            served.client.chat.completions.create(model="gpt-4", messages=ok["messages"])
+        bad_tool = {
+            "type": "function",
+            "function": {"name": "f", "parameters": {"type": "object", "properties": 3}},
+        }
+        with pytest.raises(openai.BadRequestError, match="not a valid JSON Schema"):
+            chat(served, ok["messages"], tools=[bad_tool])
+        with pytest.raises(openai.BadRequestError, match="--max-prompt-tokens"):
+            chat(served, [{"role": "user", "content": "word " * 200}])
+        with pytest.raises(openai.BadRequestError, match="last message"):
+            chat(served, [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
+        assert [m.id for m in served.client.models.list().data] == ["default"]
+        assert served.raw("/health")[1]["status"] == "ok"
+        status, text = served.raw("/metrics", headers=auth)
+        assert status == 200 and 'hybrid_agent_requests_total{code="400"}' in text
+        names = ("prompt_tokens_total", "completion_tokens_total", "state_hits_total", "state_misses_total")
+        for name in (*names, "restore_seconds_total", "queue_depth"):
+            assert f"# TYPE hybrid_agent_{name} " in text
+
+
+def test_full_slots_get_429_and_a_disconnect_frees_the_slot(engine: Any, tmp_path: Path) -> None:
+    messages = [{"role": "user", "content": "Count."}]
+    with serving(engine, None, max_concurrent=1, max_queue=0) as served:
+        endless = chat(served, messages, stream=True, max_tokens=100_000, extra_body={"ignore_eos": True})
+        next(iter(endless))  # admitted and running
+        with pytest.raises(openai.RateLimitError, match="full"):
+            chat(served, messages, max_tokens=2)
+        endless.close()  # the client goes away: its generation stops and its slot is free again
+        deadline = time.monotonic() + 10
+        while served.app.state.scheduler._running and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert chat(served, messages, max_tokens=2).usage.completion_tokens == 2
+        generated = served.metric("completion_tokens_total")
+    assert generated < 100_000
