@@ -182,3 +182,139 @@ def test_full_slots_get_429_and_a_disconnect_frees_the_slot(engine: Any, tmp_pat
         assert chat(served, messages, max_tokens=2).usage.completion_tokens == 2
         generated = served.metric("completion_tokens_total")
     assert generated < 100_000
+
+
+def _conversation(served: Any, client: int, turns: int, max_tokens: int) -> list[tuple[Any, Any]]:
+    """One client's conversation: each turn's answer (content, tool calls) and its cached tokens."""
+    messages: list[dict[str, Any]] = []
+    out = []
+    for turn in range(turns):
+        messages.append({"role": "user", "content": f"Show me file_{client}_{turn}.py"})
+        answer = chat(served, messages, max_tokens=max_tokens)
+        message = answer.choices[0].message
+        calls = [(c.function.name, c.function.arguments) for c in message.tool_calls or ()]
+        out.append(((message.content, calls), answer.usage.prompt_tokens_details.cached_tokens))
+        messages.append(as_history(message))
+    return out
+
+
+def _load(engine: Any, tmp_path: Path, clients: int, turns: int, max_tokens: int) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with serving(engine, _db(tmp_path, "solo.db"), max_new_tokens=max_tokens) as solo:
+        alone = [_conversation(solo, c, turns, max_tokens) for c in range(clients)]
+    with serving(engine, _db(tmp_path), max_concurrent=clients, max_queue=clients) as served:
+        with ThreadPoolExecutor(clients) as pool:
+            together = list(pool.map(lambda c: _conversation(served, c, turns, max_tokens), range(clients)))
+        assert served.metric("requests_total", code="200") == clients * turns
+    for c in range(clients):
+        assert [a for a, _ in together[c]] == [a for a, _ in alone[c]], f"client {c}'s answers changed"
+        assert all(cached > 0 for _, cached in together[c][1:])  # every later turn restored its state
+
+
+def test_concurrent_clients_get_their_solo_answers(engine: Any, tmp_path: Path) -> None:
+    _load(engine, tmp_path, clients=4, turns=2, max_tokens=3)  # ~0.2 s a request on this CPU
+
+
+@pytest.mark.slow
+def test_load_32_clients_20_turns(engine: Any, tmp_path: Path) -> None:
+    _load(engine, tmp_path, clients=32, turns=20, max_tokens=12)
+
+
+def test_two_servers_on_one_database_are_one_service(engine: Any, tmp_path: Path) -> None:
+    first = [{"role": "user", "content": "Show me main.py"}]
+    with serving(engine, _db(tmp_path), max_new_tokens=32) as a, serving(engine, _db(tmp_path)) as b:
+        a1 = chat(a, first)
+        a.app.state.prefix.flush()  # on the database (a second later without this)
+        convo = [*first, as_history(a1.choices[0].message), {"role": "user", "content": "Read README.md"}]
+        b2 = chat(b, convo, max_tokens=8)
+        assert b.metric("state_hits_total", tier="database") == 1
+        assert (
+            b2.usage.prompt_tokens_details.cached_tokens
+            == a1.usage.prompt_tokens + a1.usage.completion_tokens
+        )
+        b.app.state.prefix.flush()
+        # Back on the first: its memory tier has turn one, but the database has more (the second's
+        # prompt, saved one token short of its end), and the longest prefix wins.
+        a2 = chat(a, convo, max_tokens=8)
+        assert a.metric("state_hits_total", tier="database") == 1
+        assert a2.usage.prompt_tokens_details.cached_tokens == b2.usage.prompt_tokens - 1
+    assert a2.choices[0].message == b2.choices[0].message
+
+
+def _start_process(db: str, tmp_path: Path, name: str) -> tuple[Any, str]:
+    """`hybrid-agent serve --port 0` in a process of its own; its base URL from the line it prints."""
+    import subprocess
+
+    log = open(tmp_path / f"{name}.log", "w+b")  # noqa: SIM115 (closed by the caller with the process)
+    cmd = [sys.executable, "-m", "hybrid_agent", "serve", "--port", "0", "--db", db, "--max-new-tokens", "32"]
+    proc = subprocess.Popen(cmd, stderr=log, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        text = (tmp_path / f"{name}.log").read_text()
+        if "serving" in text:
+            return proc, text.split("on ", 1)[1].split()[0]
+        assert proc.poll() is None, text
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("the server did not start")
+
+
+def _pg_or_sqlite(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    import os
+    import uuid
+
+    if request.param == "sqlite":
+        yield str(tmp_path / "shared.db")
+        return
+    server = os.environ.get("HYBRID_AGENT_TEST_PG_URL")
+    if not server:
+        pytest.skip("set HYBRID_AGENT_TEST_PG_URL=postgresql+psycopg://USER@HOST:PORT/DB to run")
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    name = f"hybrid_agent_serve_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield sa.make_url(server).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+shared_db = pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])(
+    _pg_or_sqlite
+)
+
+
+@pytest.mark.slow
+def test_two_processes_on_one_database(shared_db: str, tmp_path: Path) -> None:
+    import signal
+
+    a, url_a = _start_process(shared_db, tmp_path, "a")
+    b, url_b = _start_process(shared_db, tmp_path, "b")
+    try:
+        client_a, client_b = (openai.OpenAI(base_url=u, api_key="-", max_retries=0) for u in (url_a, url_b))
+        first = [{"role": "user", "content": "Show me main.py"}]
+        a1 = client_a.chat.completions.create(model="default", messages=first)
+        convo = [*first, as_history(a1.choices[0].message), {"role": "user", "content": "Read README.md"}]
+        time.sleep(1.0)  # the first process's writer thread puts the states in the database
+        b2 = client_b.chat.completions.create(model="default", messages=convo)
+        assert (
+            b2.usage.prompt_tokens_details.cached_tokens
+            == a1.usage.prompt_tokens + a1.usage.completion_tokens
+        )
+    finally:
+        for proc in (a, b):
+            proc.send_signal(signal.SIGTERM)
+        codes = [proc.wait(60) for proc in (a, b)]
+    # A graceful stop (uvicorn re-raises the signal once it has shut down), states all written.
+    assert codes == [-signal.SIGTERM] * 2
+    assert "Traceback" not in (tmp_path / "a.log").read_text() + (tmp_path / "b.log").read_text()
+    from hybrid_agent.memory import Store
+    from hybrid_agent.memory.prefixes import PrefixIndex
+
+    with Store(shared_db) as store:
+        assert PrefixIndex(store).count() >= 3  # a's prompt and answer, b's prompt (and its answer)
