@@ -7,9 +7,11 @@ that state (or start empty), prefill only the rest, save the state at the end of
 client will send it back renders to exactly the tokens decoded, save the state at its end as well: the
 next request of the conversation starts there.
 
-Requests run one at a time on the engine, in the order admitted; `max_concurrent + max_queue` bounds
-how many are admitted (more get 429) and `queue_depth` is how many wait. Running several in one batch
-(each row its own position, recurrent state and cache length) is the next step (README, "Serving").
+Up to `max_concurrent` requests decode together in one batch (agent/serve_batch.py, model/batch.py:
+each row its own position, recurrent state and cache length; rows join and leave between steps), each
+prefilled alone on the engine when it joins; a model the batch cannot run (a window, MLA layers), or
+`max_concurrent` 1, runs one request at a time on the engine. `max_concurrent + max_queue` bounds how
+many are admitted (more get 429) and `queue_depth` is how many wait.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class Metrics:
         "state_misses_total": "requests that found no saved prefix state",
         "restore_seconds_total": "time spent finding and restoring saved states",
         "state_saves_total": "prefix states saved",
+        "decode_steps_total": "batched decode steps",
+        "batch_rows_total": "rows over all batched decode steps (divided by the steps: the mean batch)",
     }
     GAUGES: ClassVar[dict[str, str]] = {
         "queue_depth": "admitted requests waiting for the engine",
@@ -122,9 +126,16 @@ class Scheduler:
         self._running = 0
         self._cond = threading.Condition()
         self._stopping = False
+        self.peak_batch = 0  # the most rows decoded in one batched step so far
         metrics.gauges["queue_depth"] = lambda: len(self._waiting)
         metrics.gauges["running_requests"] = lambda: self._running
         metrics.gauges["memory_tier_bytes"] = lambda: prefix.memory_used
+        from hybrid_agent.model.batch import batchable
+
+        model = getattr(engine, "model", None)
+        # Several requests decode in one batch when the model's path can batch them (model/batch.py);
+        # otherwise (a window, MLA layers) one at a time on the engine.
+        self.batched = max_concurrent > 1 and model is not None and batchable(model, engine.window)
         self._thread = threading.Thread(target=self._serve, name="hybrid-agent-model", daemon=True)
         self._thread.start()
 
@@ -153,6 +164,11 @@ class Scheduler:
         self._thread.join()
 
     def _serve(self) -> None:
+        if self.batched:
+            from hybrid_agent.agent.serve_batch import BatchLoop
+
+            BatchLoop(self).run()
+            return
         while True:
             with self._cond:
                 while not self._waiting and not self._stopping:
@@ -162,8 +178,9 @@ class Scheduler:
                 job = self._waiting.popleft()
                 self._running += 1
             try:
-                if not job.cancelled.is_set():
-                    job.emit("done", self._run(job))
+                result = None if job.cancelled.is_set() else self._run(job)
+                if result is not None:
+                    job.emit("done", result)
             except RequestError as exc:
                 job.emit("error", exc)
             except Exception as exc:  # a bug or a model error: this request fails, the server goes on
@@ -193,15 +210,19 @@ class Scheduler:
         self.metrics.inc("restore_seconds_total", hit.seconds + time.perf_counter() - t0)
         return hit.entry, hit.entry.n_tokens
 
-    def _save(self, ids: list[int], base: Entry | None) -> Entry:
-        """Save the live state, which holds `ids`, as continuing `base` (its pages are not copied)."""
-        recurrent, pages = self.engine.snapshot(0 if base is None else base.n_tokens)
+    def _save(self, ids: list[int], base: Entry | None, snapshot: Snapshotter | None = None) -> Entry:
+        """Save the state holding `ids` (the engine's live one, or `snapshot`'s) as continuing `base`
+        (whose pages are not copied)."""
+        recurrent, pages = (snapshot or self.engine.snapshot)(0 if base is None else base.n_tokens)
         recurrent = {k: v.clone() for k, v in recurrent.items()}  # the live state changes on
         pages = [Page(p.start, p.end, {k: v.clone() for k, v in p.tensors.items()}) for p in pages]
         self.metrics.inc("state_saves_total")
         return self.prefix.put(self.prefix.digest(ids), len(ids), recurrent, pages, base)
 
-    def _run(self, job: Job) -> Result:
+    def begin(self, job: Job) -> Row:
+        """Restore the longest saved prefix, prefill the rest of the prompt on the engine, save the
+        prompt's state; the engine's live state is then the row's, ready for its first token."""
+        from hybrid_agent.agent.stream import VisibleText
         from hybrid_agent.model.decode.sampling import SamplingParams
 
         eng, chat = self.engine, self.engine.chat
@@ -215,51 +236,78 @@ class Scheduler:
             eng.prefill(job.ids[cached:last])
             prompt_entry = self._save(job.ids[:last], base)
         eng.prefill(job.ids[last:])
-        stream, raw, generated = eng.text_stream(), "", []
+        row = Row(job, cached, prompt_entry, eng.text_stream(), VisibleText(chat), chat)
         if job.forced is not None:  # tool_choice forces a call: the answer starts with its markup
             opening = forced_opening(job.forced)
             forced = Segment(((chat.tool_call_open, True), (opening, False))).encode(eng.tokenizer)
             eng.prefill(forced)
-            generated += forced
-            raw = "".join(stream.push(t) for t in forced)
-        from hybrid_agent.agent.stream import VisibleText
+            row.generated += forced
+            row.raw = "".join(row.stream.push(t) for t in forced)
+        return row
 
-        visible = VisibleText(chat)
-        longest = max(len(m) for m in (chat.tool_call_close, *chat.stop_strings))
-        finish = "length"
-        while len(generated) < job.max_new_tokens:
-            if job.cancelled.is_set():
-                return Result("", [], "cancelled", len(job.ids), len(generated), cached)
-            tok = eng.next_token()
-            eng.prefill([tok])
-            generated.append(tok)
-            piece = stream.push(tok)
-            raw += piece
-            if delta := visible.push(piece):
-                job.emit("delta", delta)
-            tail = raw[-(len(piece) + longest) :]
-            if job.ignore_eos:
-                continue
-            if any(s in tail for s in chat.stop_strings):
-                finish = "stop"
-                break
-            if chat.tool_call_close in tail:
-                finish = "stop"
-                break
-        raw += stream.flush()
-        if delta := visible.push("") + visible.finish():
+    def end(self, row: Row, snapshot: Snapshotter | None = None) -> Result:
+        """The answer of a row whose last token is in its state (the engine's, or `snapshot`'s)."""
+        job, chat = row.job, row.chat
+        row.raw += row.stream.flush()
+        if delta := row.visible.push("") + row.visible.finish():
             job.emit("delta", delta)
-        calls = [(c.name, c.arguments) for c in chat.parse_tool_calls(raw) if c.error is None and c.name]
-        content = chat.visible_text(raw)
-        if calls:
-            finish = "tool_calls"
+        calls = [(c.name, c.arguments) for c in chat.parse_tool_calls(row.raw) if c.error is None and c.name]
+        content = chat.visible_text(row.raw)
+        finish = "tool_calls" if calls else row.finish
         # The state after the answer is reusable when the answer, sent back, renders to what was decoded.
-        answer = assistant_segment(chat, content, calls).encode(eng.tokenizer)
         # (An answer cut at max_tokens lacks the stop token that rendering adds: its state is the prefix
         # just before that token, one of the boundaries looked up.)
-        if answer == generated or (finish == "length" and answer[:-1] == generated):
-            self._save(job.ids + generated, prompt_entry)
+        answer = assistant_segment(chat, content, calls).encode(self.engine.tokenizer)
+        if answer == row.generated or (finish == "length" and answer[:-1] == row.generated):
+            self._save(job.ids + row.generated, row.prompt_entry, snapshot)
         self.metrics.inc("prompt_tokens_total", len(job.ids))
-        self.metrics.inc("completion_tokens_total", len(generated))
-        self.metrics.inc("cached_tokens_total", cached)
-        return Result(content, calls, finish, len(job.ids), len(generated), cached)
+        self.metrics.inc("completion_tokens_total", len(row.generated))
+        self.metrics.inc("cached_tokens_total", row.cached)
+        return Result(content, calls, finish, len(job.ids), len(row.generated), row.cached)
+
+    def _run(self, job: Job) -> Result | None:
+        """One request alone on the engine (None: cancelled)."""
+        eng = self.engine
+        row = self.begin(job)
+        while len(row.generated) < job.max_new_tokens:
+            if job.cancelled.is_set():
+                return None
+            tok = eng.next_token()
+            eng.prefill([tok])
+            if row.take(tok):
+                break
+        return self.end(row)
+
+
+Snapshotter = Callable[[int], tuple[dict[str, Any], list[Page]]]
+
+
+@dataclass
+class Row:
+    """A request being decoded: its answer so far."""
+
+    job: Job
+    cached: int
+    prompt_entry: Entry | None
+    stream: Any
+    visible: Any
+    chat: Any
+    raw: str = ""
+    generated: list[int] = field(default_factory=list)
+    finish: str = "length"
+
+    def take(self, tok: int) -> bool:
+        """Add a decoded token (already fed to the state, or about to be); True when it ends the answer."""
+        self.generated.append(tok)
+        piece = self.stream.push(tok)
+        self.raw += piece
+        if delta := self.visible.push(piece):
+            self.job.emit("delta", delta)
+        if self.job.ignore_eos:
+            return False
+        longest = max(len(m) for m in (self.chat.tool_call_close, *self.chat.stop_strings))
+        tail = self.raw[-(len(piece) + longest) :]
+        if any(stop in tail for stop in self.chat.stop_strings) or self.chat.tool_call_close in tail:
+            self.finish = "stop"
+            return True
+        return False

@@ -201,12 +201,15 @@ def _conversation(served: Any, client: int, turns: int, max_tokens: int) -> list
 def _load(engine: Any, tmp_path: Path, clients: int, turns: int, max_tokens: int) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    with serving(engine, _db(tmp_path, "solo.db"), max_new_tokens=max_tokens) as solo:
+    # Alone: one request at a time on the engine (no batch), each client's conversation on its own.
+    with serving(engine, _db(tmp_path, "solo.db"), max_concurrent=1) as solo:
+        assert not solo.app.state.scheduler.batched
         alone = [_conversation(solo, c, turns, max_tokens) for c in range(clients)]
     with serving(engine, _db(tmp_path), max_concurrent=clients, max_queue=clients) as served:
         with ThreadPoolExecutor(clients) as pool:
             together = list(pool.map(lambda c: _conversation(served, c, turns, max_tokens), range(clients)))
         assert served.metric("requests_total", code="200") == clients * turns
+        assert served.app.state.scheduler.peak_batch > 1  # requests did decode together
     for c in range(clients):
         assert [a for a, _ in together[c]] == [a for a, _ in alone[c]], f"client {c}'s answers changed"
         assert all(cached > 0 for _, cached in together[c][1:])  # every later turn restored its state
