@@ -12,15 +12,15 @@ client went away leaves at the next step. Rows join and leave by repacking the b
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from hybrid_agent.agent.serve_api import RequestError
 from hybrid_agent.model.batch import BatchState
 from hybrid_agent.model.state import ModelState, Page
 
-if TYPE_CHECKING:
-    from hybrid_agent.agent.serve_scheduler import Job, Row, Scheduler
+# The scheduler's `Scheduler`, `Job` and `Row` (agent/serve_scheduler.py, which imports this module).
+Scheduler = Job = Row = Any
 
 log = logging.getLogger("hybrid_agent.serve")
 
