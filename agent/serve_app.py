@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import logging
 import os
 import socket
 import sys
@@ -35,6 +36,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+log = logging.getLogger("hybrid_agent.serve")
 
 MAX_BODY_BYTES = 64 << 20
 API_KEY_ENV = "HYBRID_AGENT_API_KEY"
@@ -188,8 +191,11 @@ def build_app(engine: Any, store: Any, options: ServeOptions) -> Starlette:
         )
 
     async def on_request_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestError)
-        return _error(exc)
+        if isinstance(exc, RequestError):
+            return _error(exc)
+        # A bug: the client still gets one line in OpenAI's shape, the log the traceback.
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return _error(RequestError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error"))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -210,7 +216,11 @@ def build_app(engine: Any, store: Any, options: ServeOptions) -> Starlette:
             Route("/v1/models", models),
             Route("/v1/chat/completions", completions, methods=["POST"]),
         ],
-        exception_handlers={HTTPException: not_found, RequestError: on_request_error},
+        exception_handlers={
+            HTTPException: not_found,
+            RequestError: on_request_error,
+            Exception: on_request_error,
+        },
         lifespan=lifespan,
     )
     app.state.metrics, app.state.prefix, app.state.scheduler = metrics, prefix, scheduler

@@ -12,6 +12,7 @@ client went away leaves at the next step. Rows join and leave by repacking the b
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import torch
@@ -130,7 +131,11 @@ class BatchLoop:
     def _step(self) -> None:
         assert self.batch is not None
         ended = [row.take(tok) for row, tok in zip(self.rows, self.next, strict=True)]
+        t0 = time.perf_counter()
         logits = self.batch.step(self.engine.model, self.next)  # (B, V)
+        if logits.is_cuda:
+            torch.cuda.synchronize(logits.device)  # the step's time, not its launch's
+        self.s.metrics.inc("decode_seconds_total", time.perf_counter() - t0)
         self.s.peak_batch = max(self.s.peak_batch, self.batch.size)
         self.s.metrics.inc("decode_steps_total")
         self.s.metrics.inc("batch_rows_total", self.batch.size)

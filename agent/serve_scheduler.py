@@ -47,6 +47,7 @@ class Metrics:
         "restore_seconds_total": "time spent finding and restoring saved states",
         "state_saves_total": "prefix states saved",
         "decode_steps_total": "batched decode steps",
+        "decode_seconds_total": "time in batched decode steps",
         "batch_rows_total": "rows over all batched decode steps (divided by the steps: the mean batch)",
     }
     GAUGES: ClassVar[dict[str, str]] = {

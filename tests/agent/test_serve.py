@@ -321,3 +321,19 @@ def test_two_processes_on_one_database(shared_db: str, tmp_path: Path) -> None:
 
     with Store(shared_db) as store:
         assert PrefixIndex(store).count() >= 3  # a's prompt and answer, b's prompt (and its answer)
+
+
+@pytest.mark.slow
+def test_gpu_serve_bench_smoke(tmp_path: Path) -> None:
+    import subprocess
+
+    bench = Path(__file__).resolve().parents[2] / "bench" / "gpu_serve.py"
+    out = tmp_path / "serve.json"
+    subprocess.run(
+        [sys.executable, str(bench), "--smoke", "--device", "cpu", "--out", str(out)], check=True, timeout=300
+    )
+    result = json.loads(out.read_text())
+    assert [r["sessions"] for r in result["decode"]] == [1, 1, 4]
+    assert result["decode"][2]["mean_batch"] > 1
+    back = result["returning"]
+    assert back["memory_cached"] > 0 and back["database_cached"] > 0 and back["prefill_cached"] == 0
