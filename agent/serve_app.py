@@ -257,18 +257,21 @@ def _message(result: Result, rid: str) -> dict[str, Any]:
 
 async def _wait(job: Job, request: Request) -> Result:
     """The job's result; a client that disconnects meanwhile cancels it."""
+    checked = time.monotonic()
     try:
         while True:
             try:
                 kind, data = await asyncio.wait_for(job.events.get(), 0.25)
             except TimeoutError:
-                if await request.is_disconnected():
-                    raise Disconnected from None
-                continue
+                kind, data = "", None
             if kind == "error":
                 raise data
             if kind == "done":
                 return data  # type: ignore[no-any-return]
+            if time.monotonic() - checked >= 0.25:  # text keeps coming: look at the client now and then
+                checked = time.monotonic()
+                if await request.is_disconnected():
+                    raise Disconnected
     finally:
         job.cancelled.set()  # nothing if it finished; otherwise its slot is freed at the next token
 

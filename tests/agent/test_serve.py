@@ -337,3 +337,48 @@ def test_gpu_serve_bench_smoke(tmp_path: Path) -> None:
     assert result["decode"][2]["mean_batch"] > 1
     back = result["returning"]
     assert back["memory_cached"] > 0 and back["database_cached"] > 0 and back["prefill_cached"] == 0
+
+
+def test_a_plain_request_whose_client_leaves_is_cancelled(engine: Any) -> None:
+    import socket
+
+    with serving(engine, None, max_concurrent=2) as served:
+        body = json.dumps(
+            {
+                "model": "default",
+                "messages": [{"role": "user", "content": "Count."}],
+                "max_tokens": 100_000,
+                "ignore_eos": True,
+            }
+        ).encode()
+        port = int(served.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            head += f"Content-Length: {len(body)}\r\n\r\n"
+            conn.sendall(head.encode() + body)
+            scheduler = served.app.state.scheduler
+            deadline = time.monotonic() + 10
+            while not scheduler._running and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert scheduler._running == 1
+        deadline = time.monotonic() + 10  # closed: the server notices within a poll and stops decoding
+        while scheduler._running and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert scheduler._running == 0
+
+
+def test_the_command_says_in_one_line_when_the_port_is_taken(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    from hybrid_agent.agent.cli import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code = main(["serve", "--port", str(port), "--db", str(tmp_path / "s.db")])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and len(err.splitlines()) == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err
