@@ -36,7 +36,7 @@ def _number(kind: type, low: float, what: str, high: float = 2**31 - 1) -> Calla
 
 EXIT_USAGE = 2  # as argparse exits on a usage error
 NO_COMMAND = (
-    "hybrid-agent: hybrid_agent.agent.cli runs the commands (run, sessions, config, trust, mcp) only; "
+    "hybrid-agent: hybrid_agent.agent.cli runs the commands (run, sessions, config, trust, mcp, serve) only; "
     "the terminal UI opens from hybrid_agent.cli (the `hybrid-agent` command)"
 )
 
