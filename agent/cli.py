@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     from hybrid_agent.agent.mcp_commands import add_parser as add_mcp
 
     add_mcp(sub, shared)
-    from hybrid_agent.agent.serve_app import add_parser as add_serve
+    from hybrid_agent.agent.serve_command import add_parser as add_serve
 
     add_serve(sub, shared)
     return parser

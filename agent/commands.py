@@ -45,7 +45,7 @@ def dispatch(args: argparse.Namespace) -> int:
     one without a command, is opened by hybrid_agent/cli.py: tui/ sits above agent/."""
     from hybrid_agent.agent.config_commands import cmd_config, cmd_trust
     from hybrid_agent.agent.mcp_commands import cmd_mcp
-    from hybrid_agent.agent.serve_app import cmd_serve
+    from hybrid_agent.agent.serve_command import cmd_serve
 
     commands = {
         "run": cmd_run, "sessions": cmd_sessions, "config": cmd_config, "trust": cmd_trust, "mcp": cmd_mcp,
