@@ -49,3 +49,42 @@ def test_a_branch_forks_and_a_duplicate_keeps_the_first(store: Store) -> None:
         "c", base=None, recurrent={"h": torch.ones(1)}, pages=[_page(0, 8)], n_tokens=8, fingerprint="fp"
     )
     assert again == c and index.count() == 3
+
+
+def test_two_writers_extending_one_prefix_at_once_both_keep_theirs(store_url: str) -> None:
+    """Two processes (two Stores) continue the same stored prefix at the same moment: the session row
+    lock orders them, the second forks, and both states load back as saved."""
+    import threading
+
+    with Store(store_url) as first:
+        a = PrefixIndex(first).save(
+            "a", base=None, recurrent={"h": torch.ones(1)}, pages=[_page(0, 4)], n_tokens=4, fingerprint="fp"
+        )
+    stores = [Store(store_url), Store(store_url)]
+    barrier, refs = threading.Barrier(2), {}
+
+    def extend(i: int) -> None:
+        barrier.wait()
+        refs[i] = PrefixIndex(stores[i]).save(
+            f"b{i}",
+            base=a,
+            recurrent={"h": torch.full((1,), float(i))},
+            pages=[_page(4, 6 + i)],
+            n_tokens=6 + i,
+            fingerprint="fp",
+        )
+
+    threads = [threading.Thread(target=extend, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert refs[0].session_id != refs[1].session_id
+        for i in range(2):
+            snap = PrefixIndex(stores[i]).load(refs[i], fingerprint="fp")
+            assert snap.recurrent["h"].tolist() == [float(i)]
+            assert [(p[0], p[1]) for p in snap.pages] == [(0, 4), (4, 6 + i)]
+    finally:
+        for s in stores:
+            s.close()
