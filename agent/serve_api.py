@@ -17,6 +17,7 @@ Design choices:
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -36,6 +37,15 @@ class RequestError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": str(self), "type": self.type, "param": self.param, "code": self.code}}
+
+
+def failure(exc: Exception) -> RequestError:
+    """What the client is told of an error in its request's run: a RequestError as it is, anything
+    else (a bug, a model error) as a 500 (the traceback goes to the log)."""
+    if isinstance(exc, RequestError):
+        return exc
+    logging.getLogger("hybrid_agent.serve").error("request failed", exc_info=exc)
+    return RequestError(500, f"the model failed: {type(exc).__name__}: {exc}", type="server_error")
 
 
 class _Loose(BaseModel):

@@ -11,19 +11,16 @@ client went away leaves at the next step. Rows join and leave by repacking the b
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
 import torch
-from hybrid_agent.agent.serve_api import RequestError
+from hybrid_agent.agent.serve_api import failure
 from hybrid_agent.model.batch import BatchState
 from hybrid_agent.model.state import ModelState, Page
 
 # The scheduler's `Scheduler`, `Job` and `Row` (agent/serve_scheduler.py, which imports this module).
 Scheduler = Job = Row = Any
-
-log = logging.getLogger("hybrid_agent.serve")
 
 
 def _snapshotter(state: ModelState) -> Any:
@@ -51,14 +48,10 @@ class BatchLoop:
         self.batch: BatchState | None = None
 
     def _release(self) -> None:
-        with self.s._cond:
-            self.s._running -= 1
+        self.s.release()
 
     def _fail(self, job: Job, exc: Exception) -> None:
-        if not isinstance(exc, RequestError):
-            log.exception("request failed", exc_info=exc)
-            exc = RequestError(500, f"the model failed: {type(exc).__name__}: {exc}", type="server_error")
-        job.emit("error", exc)
+        job.emit("error", failure(exc))
 
     def _sample(self, row: Row, logits: torch.Tensor) -> int:
         from hybrid_agent.model.decode.sampling import SamplingParams, sample
@@ -68,23 +61,9 @@ class BatchLoop:
         vocab = getattr(eng, "_vocab_size", None)
         return int(sample(logits[None], params, getattr(eng, "_generator", None), vocab_size=vocab)[0])
 
-    def _admit(self) -> list[Job] | None:
-        """Jobs to start now (up to the free slots); None when the loop should end."""
-        s = self.s
-        with s._cond:
-            while not s._waiting and not self.rows and not s._stopping:
-                s._cond.wait()
-            if s._stopping and not s._waiting and not self.rows:
-                return None
-            jobs = []
-            while s._waiting and len(self.rows) + len(jobs) < s.max_concurrent:
-                jobs.append(s._waiting.popleft())
-                s._running += 1
-            return jobs
-
     def run(self) -> None:
         while True:
-            jobs = self._admit()
+            jobs = self.s.next_jobs(len(self.rows))
             if jobs is None:
                 return
             cancelled = any(row.job.cancelled.is_set() for row in self.rows)

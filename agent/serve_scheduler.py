@@ -19,19 +19,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from hybrid_agent.agent.serve_api import RequestError, assistant_segment, forced_opening
+from hybrid_agent.agent.serve_api import RequestError, assistant_segment, failure, forced_opening
 from hybrid_agent.agent.serve_prefix import Entry, PrefixCache
 from hybrid_agent.model.chat import Segment
 from hybrid_agent.model.state import Page
-
-log = logging.getLogger("hybrid_agent.serve")
 
 
 class Metrics:
@@ -154,6 +151,30 @@ class Scheduler:
             self._waiting.append(job)
             self._cond.notify()
 
+    @property
+    def running(self) -> int:
+        """Admitted requests that have left the queue and not yet finished."""
+        return self._running
+
+    def next_jobs(self, active: int) -> list[Job] | None:
+        """Wait until there is work (queued jobs, or `active` running ones), then take queued jobs up to
+        the free slots; None once stopping with nothing left. Taken jobs count as running."""
+        with self._cond:
+            while not self._waiting and not active and not self._stopping:
+                self._cond.wait()
+            if self._stopping and not self._waiting and not active:
+                return None
+            jobs = []
+            while self._waiting and active + len(jobs) < self.max_concurrent:
+                jobs.append(self._waiting.popleft())
+            self._running += len(jobs)
+            return jobs
+
+    def release(self) -> None:
+        """A running job is over (answered, failed or cancelled): its slot is free."""
+        with self._cond:
+            self._running -= 1
+
     def stop(self) -> None:
         """Finish the running request, refuse the waiting ones, stop the thread."""
         with self._cond:
@@ -170,29 +191,16 @@ class Scheduler:
 
             BatchLoop(self).run()
             return
-        while True:
-            with self._cond:
-                while not self._waiting and not self._stopping:
-                    self._cond.wait()
-                if self._stopping and not self._waiting:
-                    return
-                job = self._waiting.popleft()
-                self._running += 1
-            try:
-                result = None if job.cancelled.is_set() else self._run(job)
-                if result is not None:
-                    job.emit("done", result)
-            except RequestError as exc:
-                job.emit("error", exc)
-            except Exception as exc:  # a bug or a model error: this request fails, the server goes on
-                log.exception("request failed")
-                job.emit(
-                    "error",
-                    RequestError(500, f"the model failed: {type(exc).__name__}: {exc}", type="server_error"),
-                )
-            finally:
-                with self._cond:
-                    self._running -= 1
+        while (jobs := self.next_jobs(0)) is not None:
+            for job in jobs:
+                try:
+                    result = None if job.cancelled.is_set() else self._run(job)
+                    if result is not None:
+                        job.emit("done", result)
+                except Exception as exc:  # this request fails, the server goes on
+                    job.emit("error", failure(exc))
+                finally:
+                    self.release()
 
     # -- one request ------------------------------------------------------------------------------
 

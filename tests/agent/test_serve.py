@@ -177,7 +177,7 @@ def test_full_slots_get_429_and_a_disconnect_frees_the_slot(engine: Any, tmp_pat
             chat(served, messages, max_tokens=2)
         endless.close()  # the client goes away: its generation stops and its slot is free again
         deadline = time.monotonic() + 10
-        while served.app.state.scheduler._running and time.monotonic() < deadline:
+        while served.app.state.scheduler.running and time.monotonic() < deadline:
             time.sleep(0.02)
         assert chat(served, messages, max_tokens=2).usage.completion_tokens == 2
         generated = served.metric("completion_tokens_total")
@@ -358,13 +358,13 @@ def test_a_plain_request_whose_client_leaves_is_cancelled(engine: Any) -> None:
             conn.sendall(head.encode() + body)
             scheduler = served.app.state.scheduler
             deadline = time.monotonic() + 10
-            while not scheduler._running and time.monotonic() < deadline:
+            while not scheduler.running and time.monotonic() < deadline:
                 time.sleep(0.01)
-            assert scheduler._running == 1
+            assert scheduler.running == 1
         deadline = time.monotonic() + 10  # closed: the server notices within a poll and stops decoding
-        while scheduler._running and time.monotonic() < deadline:
+        while scheduler.running and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert scheduler._running == 0
+        assert scheduler.running == 0
 
 
 def test_the_command_says_in_one_line_when_the_port_is_taken(
