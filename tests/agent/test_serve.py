@@ -168,17 +168,36 @@ def test_bad_input_gets_openai_shaped_errors(engine: Any, tmp_path: Path) -> Non
             assert f"# TYPE hybrid_agent_{name} " in text
 
 
-def test_full_slots_get_429_and_a_disconnect_frees_the_slot(engine: Any, tmp_path: Path) -> None:
+def _until(condition: Any, seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return bool(condition())
+
+
+@pytest.mark.parametrize("concurrent", [1, 2])  # one at a time on the engine; in a batch
+def test_full_slots_get_429_and_a_disconnect_frees_the_slot(engine: Any, concurrent: int) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
     messages = [{"role": "user", "content": "Count."}]
-    with serving(engine, None, max_concurrent=1, max_queue=0) as served:
-        endless = chat(served, messages, stream=True, max_tokens=100_000, extra_body={"ignore_eos": True})
-        next(iter(endless))  # admitted and running
-        with pytest.raises(openai.RateLimitError, match="full"):
-            chat(served, messages, max_tokens=2)
-        endless.close()  # the client goes away: its generation stops and its slot is free again
-        deadline = time.monotonic() + 10
-        while served.app.state.scheduler.running and time.monotonic() < deadline:
-            time.sleep(0.02)
+    endless_kw: dict[str, Any] = {"stream": True, "max_tokens": 100_000, "extra_body": {"ignore_eos": True}}
+    with (
+        serving(engine, None, max_concurrent=concurrent, max_queue=1) as served,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        scheduler = served.app.state.scheduler
+        endless = [chat(served, messages, **endless_kw) for _ in range(concurrent)]
+        try:
+            assert _until(lambda: scheduler.running == concurrent)  # every slot decoding
+            waiting = pool.submit(chat, served, messages, max_tokens=2)  # queued behind them
+            assert _until(lambda: "hybrid_agent_queue_depth 1.0" in served.raw("/metrics")[1])
+            assert f"hybrid_agent_running_requests {float(concurrent)}" in served.raw("/metrics")[1]
+            with pytest.raises(openai.RateLimitError, match="full"):
+                chat(served, messages, max_tokens=2)
+        finally:
+            for stream in endless:
+                stream.close()  # the client goes away: its generation stops and its slot is free again
+        assert waiting.result(timeout=30).usage.completion_tokens == 2
         assert chat(served, messages, max_tokens=2).usage.completion_tokens == 2
         generated = served.metric("completion_tokens_total")
     assert generated < 100_000
@@ -357,14 +376,9 @@ def test_a_plain_request_whose_client_leaves_is_cancelled(engine: Any) -> None:
             head += f"Content-Length: {len(body)}\r\n\r\n"
             conn.sendall(head.encode() + body)
             scheduler = served.app.state.scheduler
-            deadline = time.monotonic() + 10
-            while not scheduler.running and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert scheduler.running == 1
-        deadline = time.monotonic() + 10  # closed: the server notices within a poll and stops decoding
-        while scheduler.running and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert scheduler.running == 0
+            assert _until(lambda: scheduler.running == 1)
+        # Closed: the server notices within a poll and stops decoding.
+        assert _until(lambda: scheduler.running == 0)
 
 
 def test_the_command_says_in_one_line_when_the_port_is_taken(
