@@ -88,3 +88,12 @@ def test_two_writers_extending_one_prefix_at_once_both_keep_theirs(store_url: st
     finally:
         for s in stores:
             s.close()
+
+
+def test_removing_the_session_removes_its_prefixes(store: Store) -> None:
+    index = PrefixIndex(store)
+    a = index.save(
+        "a", base=None, recurrent={"h": torch.ones(1)}, pages=[_page(0, 4)], n_tokens=4, fingerprint="fp"
+    )
+    store.delete_session(a.session_id)  # `hybrid-agent sessions rm`
+    assert index.find(["a"]) is None and index.count() == 0
