@@ -39,7 +39,7 @@ def _number(kind: type, low: float, what: str, high: float = 2**31 - 1) -> Calla
 EXIT_USAGE = 2  # as argparse exits on a usage error
 NO_COMMAND = (
     "hybrid-agent: hybrid_agent.agent.cli runs the commands (run, sessions, undo, rewind, config, trust, "
-    "mcp, pull, acp) only; the terminal UI opens from hybrid_agent.cli (the `hybrid-agent` command)"
+    "mcp, pull, acp, serve) only; the terminal UI opens from hybrid_agent.cli (the `hybrid-agent` command)"
 )
 
 _COUNT = _number(int, 0, "a whole number >= 0")
@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue a saved session (id or unique prefix); without ID, open the session picker",
     )
     _session_options(parser, True)
-    commands = "{run,sessions,undo,rewind,config,trust,mcp,pull,acp}"
+    commands = "{run,sessions,undo,rewind,config,trust,mcp,pull,acp,serve}"
     sub = parser.add_subparsers(dest="command", metavar=commands)
     shared = _shared(False)
 
@@ -204,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     from hybrid_agent.agent.acp_commands import add_parser as add_acp
 
     add_acp(sub, shared)
+    from hybrid_agent.agent.serve_command import add_parser as add_serve
+
+    add_serve(sub, shared)
     return parser
 
 

@@ -48,11 +48,12 @@ def dispatch(args: argparse.Namespace) -> int:
     from hybrid_agent.agent.config_commands import cmd_config, cmd_trust
     from hybrid_agent.agent.mcp_commands import cmd_mcp
     from hybrid_agent.agent.pull_command import cmd_pull
+    from hybrid_agent.agent.serve_command import cmd_serve
     from hybrid_agent.agent.undo_commands import cmd_rewind, cmd_undo
 
     commands = {
         "run": cmd_run, "sessions": cmd_sessions, "config": cmd_config, "trust": cmd_trust, "mcp": cmd_mcp,
-        "undo": cmd_undo, "rewind": cmd_rewind, "pull": cmd_pull, "acp": cmd_acp,
+        "undo": cmd_undo, "rewind": cmd_rewind, "pull": cmd_pull, "acp": cmd_acp, "serve": cmd_serve,
     }  # fmt: skip
     return run_command(commands[args.command], args)
 

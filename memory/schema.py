@@ -145,3 +145,18 @@ class FileChangeRow(Base):
     )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     reverted: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class PrefixRow(Base):
+    """A saved state keyed by the digest of the token prefix it holds (`hybrid-agent serve`,
+    memory/prefixes.py): the snapshot is turn `turn` of session `session_id`, `n_tokens` long."""
+
+    __tablename__ = "prefix_states"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("sessions.id", ondelete="CASCADE"), index=True
+    )
+    turn: Mapped[int] = mapped_column(Integer)
+    n_tokens: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,119 @@
+"""`hybrid-agent serve`'s command line: its options (agent/cli.py adds them) and the command, which
+binds the port, loads the model, opens the store and runs the server (agent/serve_app.py) on uvicorn.
+Parsing imports nothing heavy (no torch, no server): `hybrid-agent --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from typing import Any
+
+from hybrid_agent.agent.errors import AgentError
+
+API_KEY_ENV = "HYBRID_AGENT_API_KEY"
+DEFAULT_MEMORY_TIER_MB = 2048  # agent/serve_app.py's default too
+
+
+def _whole(low: int, high: int) -> Any:
+    """An argparse type: a whole number in [low, high], else argparse's one-line usage error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} is not a whole number from {low} to {high}")
+        return value
+
+    return parse
+
+
+_COUNT, _POSITIVE, _PORT = _whole(0, 2**31 - 1), _whole(1, 2**31 - 1), _whole(0, 65535)
+
+
+def add_parser(sub: Any, shared: argparse.ArgumentParser) -> None:
+    """The `serve` command, on the subparsers `sub` of agent/cli.py's parser."""
+    p = sub.add_parser(
+        "serve", parents=[shared], help="an OpenAI-compatible HTTP server (state reuse by prefix)"
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, loopback only)"
+    )
+    p.add_argument(
+        "--port", type=_PORT, default=8000, help="port to listen on (default: 8000; 0: any free port)"
+    )
+    p.add_argument(
+        "--api-key", metavar="KEY", default=None, help=f"require this bearer key (or set ${API_KEY_ENV})"
+    )
+    p.add_argument(
+        "--max-concurrent",
+        type=_POSITIVE,
+        metavar="N",
+        default=8,
+        help="requests admitted to run (default: 8)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=_COUNT,
+        metavar="N",
+        default=64,
+        help="requests waiting beyond those; more get 429 (default: 64)",
+    )
+    p.add_argument(
+        "--memory-tier-mb", type=_POSITIVE, metavar="MB", default=DEFAULT_MEMORY_TIER_MB,
+        help=f"host memory for saved states, least recent out first (default: {DEFAULT_MEMORY_TIER_MB})",
+    )  # fmt: skip
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+    from hybrid_agent.agent.factory import load_engine
+    from hybrid_agent.agent.serve_app import ServeOptions, build_app
+    from hybrid_agent.memory import Store
+
+    port = int(args.port)
+    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((args.host, port))
+    except OSError as exc:
+        sock.close()
+        raise AgentError(
+            f"cannot listen on {args.host}:{port} ({exc.strerror}); pick another --port or --host"
+        ) from None
+    options = ServeOptions(
+        max_concurrent=args.max_concurrent,
+        max_queue=args.max_queue,
+        max_prompt_tokens=getattr(args, "max_prompt_tokens", None) or 32768,
+        max_new_tokens=getattr(args, "max_new_tokens", None) or 1024,
+        temperature=getattr(args, "temperature", None) or 0.0,
+        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+        memory_tier_bytes=args.memory_tier_mb << 20,
+    )
+    engine = load_engine(
+        getattr(args, "model", None),
+        device=getattr(args, "device", None),
+        window=getattr(args, "window", None),
+        sinks=getattr(args, "sinks", None) or 4,
+        seed=getattr(args, "seed", None),
+    )
+    store = Store(getattr(args, "db", None))
+    try:
+        app = build_app(engine, store, options)
+        host, bound = sock.getsockname()[:2]
+        where = f"[{host}]" if ":" in host else host
+        print(
+            f"hybrid-agent: serving {engine.model_name} on http://{where}:{bound}/v1",
+            file=sys.stderr,
+            flush=True,
+        )
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=30)
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+        store.close()
+    return 0

@@ -1,0 +1,322 @@
+"""The model side of `hybrid-agent serve`: one thread owns the engine (docs/design.md, "Who runs the
+model") and runs the admitted requests; the HTTP side (agent/serve_app.py) talks to it through jobs.
+
+A request's run: find the longest saved prefix of its rendered tokens (agent/serve_prefix.py), restore
+that state (or start empty), prefill only the rest, save the state at the end of the prompt, decode
+(every generated token is fed back, the stop token too, as in agent/loop.py), and when the answer as the
+client will send it back renders to exactly the tokens decoded, save the state at its end as well: the
+next request of the conversation starts there.
+
+Up to `max_concurrent` requests decode together in one batch (agent/serve_batch.py, model/batch.py:
+each row its own position, recurrent state and cache length; rows join and leave between steps), each
+prefilled alone on the engine when it joins; a model the batch cannot run (a window, MLA layers), or
+`max_concurrent` 1, runs one request at a time on the engine. `max_concurrent + max_queue` bounds how
+many are admitted (more get 429) and `queue_depth` is how many wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from hybrid_agent.agent.serve_api import RequestError, assistant_segment, failure, forced_opening
+from hybrid_agent.agent.serve_prefix import Entry, PrefixCache
+from hybrid_agent.model.chat import Segment
+from hybrid_agent.model.state import Page
+
+
+class Metrics:
+    """Prometheus counters and gauges, as text (the exposition format, version 0.0.4)."""
+
+    COUNTERS: ClassVar[dict[str, str]] = {
+        "requests_total": "chat completion requests answered, by HTTP status",
+        "prompt_tokens_total": "prompt tokens of finished requests",
+        "completion_tokens_total": "tokens generated",
+        "cached_tokens_total": "prompt tokens restored from a saved state instead of prefilled",
+        "state_hits_total": "requests that restored a saved prefix state, by tier",
+        "state_misses_total": "requests that found no saved prefix state",
+        "restore_seconds_total": "time spent finding and restoring saved states",
+        "state_saves_total": "prefix states saved",
+        "decode_steps_total": "batched decode steps",
+        "decode_seconds_total": "time in batched decode steps",
+        "batch_rows_total": "rows over all batched decode steps (divided by the steps: the mean batch)",
+    }
+    GAUGES: ClassVar[dict[str, str]] = {
+        "queue_depth": "admitted requests waiting for the engine",
+        "running_requests": "requests on the engine",
+        "memory_tier_bytes": "bytes of saved states in the host-memory tier",
+    }
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = collections.defaultdict(float)
+        self.gauges: dict[str, Callable[[], float]] = {}
+
+    def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
+        with self._lock:
+            self.values[(name, tuple(sorted(labels.items())))] += amount
+
+    def get(self, name: str, **labels: str) -> float:
+        return self.values.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    def render(self) -> str:
+        lines = []
+        with self._lock:
+            values = dict(self.values)
+        for name, doc in self.COUNTERS.items():
+            lines += [f"# HELP hybrid_agent_{name} {doc}", f"# TYPE hybrid_agent_{name} counter"]
+            rows = [(k[1], v) for k, v in values.items() if k[0] == name] or [((), 0.0)]
+            for labels, value in rows:
+                tag = ",".join(f'{k}="{v}"' for k, v in labels)
+                lines.append(
+                    f"hybrid_agent_{name}{{{tag}}} {value}" if tag else f"hybrid_agent_{name} {value}"
+                )
+        for name, doc in self.GAUGES.items():
+            value = self.gauges[name]() if name in self.gauges else 0.0
+            lines += [f"# HELP hybrid_agent_{name} {doc}", f"# TYPE hybrid_agent_{name} gauge"]
+            lines.append(f"hybrid_agent_{name} {float(value)}")
+        return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Result:
+    content: str
+    calls: list[tuple[str, Any]]
+    finish_reason: str  # stop | length | tool_calls
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+
+
+@dataclass
+class Job:
+    """One admitted request. Events go to `events` on the HTTP side's loop: ("delta", text),
+    ("done", Result) or ("error", RequestError)."""
+
+    ids: list[int]
+    boundaries: list[int]
+    max_new_tokens: int
+    temperature: float
+    forced: str | None  # tool_choice: a function name, "" = any, None = the model decides
+    loop: asyncio.AbstractEventLoop
+    ignore_eos: bool = False
+    events: asyncio.Queue[tuple[str, Any]] = field(default_factory=asyncio.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def emit(self, kind: str, data: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the HTTP side's loop is gone: nobody is listening
+            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, data))
+
+
+class Scheduler:
+    def __init__(
+        self, engine: Any, prefix: PrefixCache, metrics: Metrics, *, max_concurrent: int, max_queue: int
+    ) -> None:
+        self.engine, self.prefix, self.metrics = engine, prefix, metrics
+        self.max_concurrent, self.max_queue = max_concurrent, max_queue
+        self._waiting: collections.deque[Job] = collections.deque()
+        self._running = 0
+        self._cond = threading.Condition()
+        self._stopping = False
+        self.peak_batch = 0  # the most rows decoded in one batched step so far
+        metrics.gauges["queue_depth"] = lambda: len(self._waiting)
+        metrics.gauges["running_requests"] = lambda: self._running
+        metrics.gauges["memory_tier_bytes"] = lambda: prefix.memory_used
+        from hybrid_agent.model.batch import batchable
+
+        model = getattr(engine, "model", None)
+        # Several requests decode in one batch when the model's path can batch them (model/batch.py);
+        # otherwise (a window, MLA layers) one at a time on the engine.
+        self.batched = max_concurrent > 1 and model is not None and batchable(model, engine.window)
+        self._thread = threading.Thread(target=self._serve, name="hybrid-agent-model", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        """Admit `job`, or refuse it with 429 when the running slots and the queue are both full."""
+        with self._cond:
+            if self._stopping:
+                raise RequestError(503, "the server is shutting down", type="server_error")
+            if self._running + len(self._waiting) >= self.max_concurrent + self.max_queue:
+                raise RequestError(
+                    429,
+                    "too many requests: every slot and the queue are full; retry later",
+                    type="rate_limit_error",
+                )
+            self._waiting.append(job)
+            self._cond.notify()
+
+    @property
+    def running(self) -> int:
+        """Admitted requests that have left the queue and not yet finished."""
+        return self._running
+
+    def next_jobs(self, active: int) -> list[Job] | None:
+        """Wait until there is work (queued jobs, or `active` running ones), then take queued jobs up to
+        the free slots; None once stopping with nothing left. Taken jobs count as running."""
+        with self._cond:
+            while not self._waiting and not active and not self._stopping:
+                self._cond.wait()
+            if self._stopping and not self._waiting and not active:
+                return None
+            jobs = []
+            while self._waiting and active + len(jobs) < self.max_concurrent:
+                jobs.append(self._waiting.popleft())
+            self._running += len(jobs)
+            return jobs
+
+    def release(self) -> None:
+        """A running job is over (answered, failed or cancelled): its slot is free."""
+        with self._cond:
+            self._running -= 1
+
+    def stop(self) -> None:
+        """Finish the running request, refuse the waiting ones, stop the thread."""
+        with self._cond:
+            self._stopping = True
+            waiting, self._waiting = list(self._waiting), collections.deque()
+            self._cond.notify()
+        for job in waiting:
+            job.emit("error", RequestError(503, "the server is shutting down", type="server_error"))
+        self._thread.join()
+
+    def _serve(self) -> None:
+        if self.batched:
+            from hybrid_agent.agent.serve_batch import BatchLoop
+
+            BatchLoop(self).run()
+            return
+        while (jobs := self.next_jobs(0)) is not None:
+            for job in jobs:
+                try:
+                    result = None if job.cancelled.is_set() else self._run(job)
+                    if result is not None:
+                        job.emit("done", result)
+                except Exception as exc:  # this request fails, the server goes on
+                    job.emit("error", failure(exc))
+                finally:
+                    self.release()
+
+    # -- one request ------------------------------------------------------------------------------
+
+    def _restore(self, job: Job) -> tuple[Entry | None, int]:
+        hit = self.prefix.lookup(job.ids, job.boundaries)
+        eng = self.engine
+        if hit is None:
+            self.metrics.inc("state_misses_total")
+            eng.reset()
+            return None, 0
+        t0 = time.perf_counter()
+        eng.reset()
+        recurrent, pages = hit.entry.clone()
+        eng.restore(recurrent, pages)
+        self.metrics.inc("state_hits_total", tier=hit.source)
+        self.metrics.inc("restore_seconds_total", hit.seconds + time.perf_counter() - t0)
+        return hit.entry, hit.entry.n_tokens
+
+    def _save(self, ids: list[int], base: Entry | None, snapshot: Snapshotter | None = None) -> Entry:
+        """Save the state holding `ids` (the engine's live one, or `snapshot`'s) as continuing `base`
+        (whose pages are not copied)."""
+        recurrent, pages = (snapshot or self.engine.snapshot)(0 if base is None else base.n_tokens)
+        recurrent = {k: v.clone() for k, v in recurrent.items()}  # the live state changes on
+        pages = [Page(p.start, p.end, {k: v.clone() for k, v in p.tensors.items()}) for p in pages]
+        self.metrics.inc("state_saves_total")
+        return self.prefix.put(self.prefix.digest(ids), len(ids), recurrent, pages, base)
+
+    def begin(self, job: Job) -> Row:
+        """Restore the longest saved prefix, prefill the rest of the prompt on the engine, save the
+        prompt's state; the engine's live state is then the row's, ready for its first token."""
+        from hybrid_agent.agent.stream import VisibleText
+        from hybrid_agent.model.decode.sampling import SamplingParams
+
+        eng, chat = self.engine, self.engine.chat
+        base, cached = self._restore(job)
+        eng.sampling = SamplingParams(temperature=job.temperature)
+        # The prompt's state is saved one token short of its end: the same request again (a retry, or
+        # another sample) restores it and prefills that last token, whose logits the answer starts from.
+        last = len(job.ids) - 1
+        prompt_entry = base
+        if cached < last:
+            eng.prefill(job.ids[cached:last])
+            prompt_entry = self._save(job.ids[:last], base)
+        eng.prefill(job.ids[last:])
+        row = Row(job, cached, prompt_entry, eng.text_stream(), VisibleText(chat), chat)
+        if job.forced is not None:  # tool_choice forces a call: the answer starts with its markup
+            opening = forced_opening(job.forced)
+            forced = Segment(((chat.tool_call_open, True), (opening, False))).encode(eng.tokenizer)
+            eng.prefill(forced)
+            row.generated += forced
+            row.raw = "".join(row.stream.push(t) for t in forced)
+        return row
+
+    def end(self, row: Row, snapshot: Snapshotter | None = None) -> Result:
+        """The answer of a row whose last token is in its state (the engine's, or `snapshot`'s)."""
+        job, chat = row.job, row.chat
+        row.raw += row.stream.flush()
+        if delta := row.visible.push("") + row.visible.finish():
+            job.emit("delta", delta)
+        calls = [(c.name, c.arguments) for c in chat.parse_tool_calls(row.raw) if c.error is None and c.name]
+        content = chat.visible_text(row.raw)
+        finish = "tool_calls" if calls else row.finish
+        # The state after the answer is reusable when the answer, sent back, renders to what was decoded.
+        # (An answer cut at max_tokens lacks the stop token that rendering adds: its state is the prefix
+        # just before that token, one of the boundaries looked up.)
+        answer = assistant_segment(chat, content, calls).encode(self.engine.tokenizer)
+        if answer == row.generated or (finish == "length" and answer[:-1] == row.generated):
+            self._save(job.ids + row.generated, row.prompt_entry, snapshot)
+        self.metrics.inc("prompt_tokens_total", len(job.ids))
+        self.metrics.inc("completion_tokens_total", len(row.generated))
+        self.metrics.inc("cached_tokens_total", row.cached)
+        return Result(content, calls, finish, len(job.ids), len(row.generated), row.cached)
+
+    def _run(self, job: Job) -> Result | None:
+        """One request alone on the engine (None: cancelled)."""
+        eng = self.engine
+        row = self.begin(job)
+        while len(row.generated) < job.max_new_tokens:
+            if job.cancelled.is_set():
+                return None
+            tok = eng.next_token()
+            eng.prefill([tok])
+            if row.take(tok):
+                break
+        return self.end(row)
+
+
+Snapshotter = Callable[[int], tuple[dict[str, Any], list[Page]]]
+
+
+@dataclass
+class Row:
+    """A request being decoded: its answer so far."""
+
+    job: Job
+    cached: int
+    prompt_entry: Entry | None
+    stream: Any
+    visible: Any
+    chat: Any
+    raw: str = ""
+    generated: list[int] = field(default_factory=list)
+    finish: str = "length"
+
+    def take(self, tok: int) -> bool:
+        """Add a decoded token (already fed to the state, or about to be); True when it ends the answer."""
+        self.generated.append(tok)
+        piece = self.stream.push(tok)
+        self.raw += piece
+        if delta := self.visible.push(piece):
+            self.job.emit("delta", delta)
+        if self.job.ignore_eos:
+            return False
+        longest = max(len(m) for m in (self.chat.tool_call_close, *self.chat.stop_strings))
+        tail = self.raw[-(len(piece) + longest) :]
+        if any(stop in tail for stop in self.chat.stop_strings) or self.chat.tool_call_close in tail:
+            self.finish = "stop"
+            return True
+        return False

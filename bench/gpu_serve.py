@@ -1,0 +1,187 @@
+"""`hybrid-agent serve` on a GPU: aggregate decode throughput by concurrent sessions, and the time to the
+first token of a returning long conversation, restored (host memory, database) vs prefilled again.
+
+    python3 bench/gpu_serve.py --out $OUT/gpu_serve.json                 # device machine (H100), < 5 min
+    python3 bench/gpu_serve.py --model PATH --out $OUT/gpu_serve.json    # a real checkpoint
+    .venv/bin/python bench/gpu_serve.py --smoke --out /tmp/serve.json    # CPU smoke run, small sizes
+
+Everything goes through the real server (agent/serve_app.py on uvicorn, loopback) and the official
+`openai` client, one thread per session:
+1. decode: N sessions (1, 8, 32, 64) each stream `--decode-tokens` tokens (`ignore_eos`, so every
+   session decodes exactly that many); aggregate tok/s = all tokens after each session's first one,
+   over the time from the last session's first token to the last session's end. N = 1 also runs with
+   `--max-concurrent 1` (no batch: the engine's own decode path, CUDA graphs on CUDA);
+2. returning conversation: a user message of `--context` tokens, answered (8 tokens), then the next
+   user message: its latency with `max_tokens=1` (the time to the first token) on a server that holds
+   the state in host memory, on a fresh server that reads it from the database (SQLite in a temporary
+   folder), and on a fresh server with an empty database (the whole history prefilled again).
+Results go to one JSON file (rewritten after each section).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@contextmanager
+def server(engine: Any, db: str, **options: Any) -> Any:
+    import openai
+    import uvicorn
+    from hybrid_agent.agent.serve_app import ServeOptions, build_app
+    from hybrid_agent.memory import Store
+
+    store = Store(db)
+    app = build_app(engine, store, ServeOptions(**options))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    srv = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not srv.started:
+        time.sleep(0.01)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    try:
+        yield app, openai.OpenAI(base_url=url, api_key="-", max_retries=0, timeout=3600)
+    finally:
+        srv.should_exit = True
+        thread.join()
+        sock.close()
+        store.close()
+
+
+def stream_session(client: Any, model: str, i: int, tokens: int) -> tuple[float, float, int]:
+    """(time of the first chunk, time of the end, completion tokens) of one streamed session."""
+    first = None
+    out = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": f"Session {i}: write a long story about number {i}."}],
+        max_tokens=tokens,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
+    )
+    used = 0
+    for chunk in out:
+        if first is None:  # the role chunk: the request is admitted
+            first = time.perf_counter()
+        if chunk.usage is not None:
+            used = chunk.usage.completion_tokens
+    end = time.perf_counter()
+    return first or end, end, used
+
+
+def decode_section(engine: Any, sessions: list[int], tokens: int, tmp: Path) -> list[dict[str, Any]]:
+    rows = []
+    for n, concurrent in [(1, 1), *((n, max(n, 2)) for n in sessions)]:
+        with server(
+            engine, str(tmp / f"decode_{n}_{concurrent}.db"), max_concurrent=concurrent, max_queue=n
+        ) as (
+            app,
+            client,
+        ):
+            stream_session(client, engine.model_name, -1, 4)  # warm-up (allocations, kernels)
+            metrics = app.state.metrics
+            names = ("decode_steps_total", "batch_rows_total", "decode_seconds_total")
+            before = [metrics.get(k) for k in names]
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(n) as pool:
+                got = list(pool.map(lambda i: stream_session(client, engine.model_name, i, tokens), range(n)))
+            steps, rows_fed, step_s = (metrics.get(k) - b for k, b in zip(names, before, strict=True))
+        end = max(g[1] for g in got)
+        rows.append(
+            {
+                "sessions": n,
+                "batched": concurrent > 1,
+                "tokens_per_session": tokens,
+                # Every token of every session (first ones and prefills included) over the wall time.
+                "aggregate_tok_s_wall": sum(g[2] for g in got) / (end - t0),
+                # Tokens fed by batched steps over the time in those steps (decode alone).
+                "aggregate_tok_s_steps": rows_fed / step_s if step_s else None,
+                "wall_s": end - t0,
+                "mean_batch": rows_fed / steps if steps else 1.0,
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def returning_section(engine: Any, context: int, tmp: Path) -> dict[str, Any]:
+    name = engine.model_name
+    words = max(1, context // 2)  # about 2 tokens a word in "word N"
+    text = " ".join(f"w{i % 97}" for i in range(words))
+    first = [{"role": "user", "content": text}]
+    opts = {"max_prompt_tokens": 4 * context + 4096, "memory_tier_bytes": 1 << 40, "max_concurrent": 1}
+    db = str(tmp / "returning.db")
+
+    def ttft(client: Any, convo: list[dict[str, Any]]) -> tuple[float, int, int]:
+        t0 = time.perf_counter()
+        r = client.chat.completions.create(model=name, messages=convo, max_tokens=1)
+        return time.perf_counter() - t0, r.usage.prompt_tokens, r.usage.prompt_tokens_details.cached_tokens
+
+    out: dict[str, Any] = {}
+    with server(engine, db, **opts) as (app, client):
+        t0 = time.perf_counter()
+        a1 = client.chat.completions.create(
+            model=name, messages=first, max_tokens=8, extra_body={"ignore_eos": True}
+        )
+        out["first_turn_s"] = time.perf_counter() - t0
+        message = a1.choices[0].message.model_dump(
+            exclude_none=True, include={"role", "content", "tool_calls"}
+        )
+        # Each of the three asks something else next, so each restores the first turn's state.
+        then = lambda text: [*first, message, {"role": "user", "content": text}]
+        out["memory_s"], out["prompt_tokens"], out["memory_cached"] = ttft(client, then("Now summarise it."))
+    with server(engine, db, **opts) as (app, client):
+        out["database_s"], _, out["database_cached"] = ttft(client, then("Now shorten it."))
+        out["database_restore_s"] = app.state.metrics.get("restore_seconds_total")
+    with server(engine, str(tmp / "empty.db"), **opts) as (app, client):
+        out["prefill_s"], _, out["prefill_cached"] = ttft(client, then("Now list its words."))
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default=None, help="model folder (default: the packaged model)")
+    p.add_argument("--device", default=None, help="default: cuda when available")
+    p.add_argument("--sessions", default="1,8,32,64")
+    p.add_argument("--decode-tokens", type=int, default=128)
+    p.add_argument("--context", type=int, default=65536)
+    p.add_argument("--smoke", action="store_true", help="tiny sizes (CPU)")
+    p.add_argument("--out", default="gpu_serve.json")
+    args = p.parse_args()
+    if args.smoke:
+        args.sessions, args.decode_tokens, args.context = "1,4", 8, 1024
+    from hybrid_agent.agent.factory import load_engine
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    engine = load_engine(args.model, device=device)
+    result: dict[str, Any] = {
+        "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+        "model": engine.model_name,
+        "torch": torch.__version__,
+    }
+    out = Path(args.out)
+    with tempfile.TemporaryDirectory() as folder:
+        tmp = Path(folder)
+        sessions = [int(s) for s in args.sessions.split(",")]
+        result["decode"] = decode_section(engine, sessions, args.decode_tokens, tmp)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        result["returning"] = returning_section(engine, args.context, tmp)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

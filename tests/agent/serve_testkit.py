@@ -1,0 +1,82 @@
+"""A real `hybrid-agent serve` app on a real uvicorn server, on a free loopback port in a thread, with
+the packaged default model on the CPU and the official `openai` client."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+import uvicorn
+from hybrid_agent.agent.serve_app import ServeOptions, build_app
+from hybrid_agent.memory import Store
+from starlette.applications import Starlette
+
+
+@dataclass
+class Served:
+    url: str
+    app: Starlette
+    client: openai.OpenAI
+
+    def metric(self, name: str, **labels: str) -> float:
+        return float(self.app.state.metrics.get(name, **labels))
+
+    def raw(
+        self, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        """A plain HTTP request (no client library): status and the JSON (or text) answer."""
+        req = urllib.request.Request(
+            self.url + path, data=body, headers=headers or {}, method="POST" if body is not None else "GET"
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                status, text = resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            status, text = exc.code, exc.read().decode()
+        try:
+            return status, json.loads(text)
+        except ValueError:
+            return status, text
+
+
+@contextmanager
+def serving(engine: Any, db: str | None, *, api_key: str | None = None, **options: Any) -> Iterator[Served]:
+    store = Store(db) if db is not None else None
+    app = build_app(engine, store, ServeOptions(api_key=api_key, **options))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.01)
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        client = openai.OpenAI(base_url=url + "/v1", api_key=api_key or "unused", max_retries=0, timeout=60)
+        yield Served(url, app, client)
+    finally:
+        server.should_exit = True
+        thread.join(60)
+        sock.close()
+        if store is not None:
+            store.close()
+
+
+def chat(served: Served, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
+    return served.client.chat.completions.create(model="default", messages=messages, **kwargs)
+
+
+def as_history(message: Any) -> dict[str, Any]:
+    """An answer's message as the client sends it back."""
+    return message.model_dump(exclude_none=True, include={"role", "content", "tool_calls"})
