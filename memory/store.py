@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from hybrid_agent.memory import blob_read, blobs, database
+from hybrid_agent.memory import blobs, database
 from hybrid_agent.memory.database import (
     WRITE_OPTION,
     create_store_engine,
@@ -27,6 +27,7 @@ from hybrid_agent.memory.database import (
     unreadable_as_damage,
 )
 from hybrid_agent.memory.errors import CorruptDataError, DatabaseUnavailableError, StoreError
+from hybrid_agent.memory.file_journal import FileJournalOps
 from hybrid_agent.memory.integrity import missing_blobs, plain_json, rechain, verify_chain
 from hybrid_agent.memory.maintenance import (
     CheckReport,
@@ -48,7 +49,6 @@ from hybrid_agent.memory.queries import (
 from hybrid_agent.memory.records import (
     CompactStats,
     Event,
-    FileChange,
     FileEdit,
     PageParts,
     SaveStats,
@@ -74,7 +74,7 @@ _FORK_COPIES: list[tuple[Any, tuple[str, ...]]] = [
 ]
 
 
-class Store:
+class Store(FileJournalOps):
     """The session database. `Store(url=None)`: None = the default SQLite file under the user's data
     directory; a path = an SQLite file; otherwise any SQLAlchemy URL (PostgreSQL is tested)."""
 
@@ -412,75 +412,6 @@ class Store:
             return [Event(r.kind, r.content, r.data, r.turn, r.seq, utc(r.created_at)) for r in rows]
 
         return self._in_read(do, "reading events")
-
-    # -- file journal -----------------------------------------------------------------------------
-
-    def record_file_change(
-        self, session_id: str, turn: int, path: str, before: bytes | None, after: bytes | None
-    ) -> int:
-        """Journal one file write at once (None = absent / deleted). Returns the entry's id."""
-        prepared = [None if b is None else blobs.prepare_blob(bytes(b)) for b in (before, after)]
-
-        def do(s: Session) -> int:
-            session_row(s, session_id)
-            for blob in prepared:
-                if blob is not None:
-                    blobs.write_blob(s, blob)
-            row = FileChangeRow(
-                session_id=session_id,
-                turn=turn,
-                path=path,
-                before_blob=prepared[0] and prepared[0].sha256,
-                after_blob=prepared[1] and prepared[1].sha256,
-                created_at=now(),
-                reverted=False,
-            )
-            s.add(row)
-            s.flush()
-            return row.id
-
-        return self._in_write(do, "recording a file change")
-
-    def file_changes(self, session_id: str, after_turn: int | None = None) -> list[FileChange]:
-        """Journal entries in the order they happened; only turns > `after_turn` when given."""
-
-        def do(s: Session) -> list[FileChange]:
-            session_row(s, session_id)
-            q = select(FileChangeRow).where(FileChangeRow.session_id == session_id)
-            if after_turn is not None:
-                q = q.where(FileChangeRow.turn > after_turn)
-            out = []
-            for r in s.scalars(q.order_by(FileChangeRow.id)):
-                what = f"session {session_id} turn {r.turn}: file change {r.path}"
-                before, after = (
-                    None if sha is None else blob_read.read_blob(s, sha, what=what)
-                    for sha in (r.before_blob, r.after_blob)
-                )
-                out.append(
-                    FileChange(
-                        r.id, r.session_id, r.turn, r.path, before, after, utc(r.created_at), r.reverted
-                    )
-                )
-            return out
-
-        return self._in_read(do, "reading the file journal")
-
-    def mark_reverted(self, change_ids: Iterable[int]) -> None:
-        ids = list(change_ids)
-        self._in_write(
-            lambda s: s.execute(update(FileChangeRow).where(FileChangeRow.id.in_(ids)).values(reverted=True)),
-            "marking file changes reverted",
-        )
-
-    def move_file_changes(self, change_ids: Iterable[int], session_id: str) -> None:
-        """Give journal entries to another session (a turn saved in a fork moves its changes along)."""
-        ids = list(change_ids)
-
-        def do(s: Session) -> None:
-            session_row(s, session_id)
-            s.execute(update(FileChangeRow).where(FileChangeRow.id.in_(ids)).values(session_id=session_id))
-
-        self._in_write(do, "moving file changes")
 
     def collect_garbage(self) -> int:
         """Delete every blob nothing references (delete_session already does this for its own)."""
