@@ -47,8 +47,12 @@ def test_run_attaches_mentions_and_sessions_list_shows_snapshot_bytes(
         "[@../secret.txt is outside the workspace; not attached (tools may only read inside it)]",
     ]
     sid = out.splitlines()[-1].removeprefix("session: ")
-    with sqlite3.connect(env["db"]) as db:  # no file changes: every stored blob is a snapshot's
-        (total,) = db.execute("SELECT sum(size) FROM blobs").fetchone()
+    with sqlite3.connect(env["db"]) as db:  # the distinct blobs of this session's snapshots and pages
+        (total,) = db.execute(
+            "SELECT sum(size) FROM blobs WHERE sha256 IN (SELECT recurrent_blob FROM snapshots "
+            "WHERE session_id = ?1 UNION SELECT blob_sha256 FROM state_pages WHERE session_id = ?1)",
+            (sid,),
+        ).fetchone()
     assert total > 0
     code, out, _ = call(capsys, "sessions", "list", "--json", "--db", env["db"])
     [row] = [json.loads(line) for line in out.splitlines()]
