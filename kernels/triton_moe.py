@@ -38,7 +38,7 @@ def _act(u, g, GATED: tl.constexpr):
 
 @triton.jit
 def _moe_up_kernel(
-    x_ptr, ids_ptr, wg_ptr, wu_ptr, h_ptr, D, H, stride_x,
+    x_ptr, ids_ptr, wg_ptr, wu_ptr, h_ptr, D, H, stride_x, stride_we, stride_wr,
     TOP_K: tl.constexpr, GATED: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr,
     EVEN_D: tl.constexpr,
 ):  # fmt: skip
@@ -46,7 +46,7 @@ def _moe_up_kernel(
     offs_i = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
     e = tl.load(ids_ptr + s).to(tl.int64)
     rows = tl.minimum(offs_i, H - 1).to(tl.int64)  # clamped: every weight load is in bounds
-    w_rows = e * H * D + rows[:, None] * D  # (BLOCK_I, 1)
+    w_rows = e * stride_we + rows[:, None] * stride_wr  # (BLOCK_I, 1)
     x_row = x_ptr + (s // TOP_K).to(tl.int64) * stride_x
     offs_d = tl.arange(0, BLOCK_D)
     acc_u = tl.zeros((BLOCK_I, BLOCK_D), tl.float32)
@@ -72,7 +72,7 @@ def _moe_up_kernel(
 
 @triton.jit
 def _moe_down_kernel(
-    h_ptr, ids_ptr, rw_ptr, wd_ptr, out_ptr, D, H,
+    h_ptr, ids_ptr, rw_ptr, wd_ptr, out_ptr, D, H, stride_de, stride_dr,
     TOP_K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_I: tl.constexpr, EVEN_I: tl.constexpr,
 ):  # fmt: skip
     offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -83,7 +83,7 @@ def _moe_down_kernel(
     for j in tl.static_range(TOP_K):
         s = t * TOP_K + j
         e = tl.load(ids_ptr + s).to(tl.int64)
-        w_rows = e * D * H + rows[:, None] * H  # (BLOCK_D, 1)
+        w_rows = e * stride_de + rows[:, None] * stride_dr  # (BLOCK_D, 1)
         acc = tl.zeros((BLOCK_D, BLOCK_I), tl.float32)
         for i in range(0, H, BLOCK_I):
             cols = i + offs_i
@@ -101,6 +101,26 @@ def _moe_down_kernel(
     tl.store(out_ptr + t * D + offs_d, y.to(out_ptr.dtype.element_ty), mask=offs_d < D)
 
 
+def expert_weights(
+    gate: torch.Tensor | None, up: torch.Tensor, down: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The stacked expert weights as the kernels read them: rows contiguous, any expert and row strides
+    (the kernels take them), so a view such as the gate and up halves of a fused (E, 2I, D) tensor is
+    read in place; a copy of every expert's weights per call would cost more than the call. gate and up
+    share their strides (one pair is passed); without a gate, up stands in for it (never read)."""
+
+    def rows(w: torch.Tensor) -> torch.Tensor:
+        return w if w.stride(-1) == 1 else w.contiguous()
+
+    up, down = rows(up), rows(down)
+    if gate is None:
+        return up, up, down
+    gate = rows(gate)
+    if gate.stride() != up.stride():
+        gate, up = gate.contiguous(), up.contiguous()
+    return gate, up, down
+
+
 def moe_gemv_triton(
     x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
     gate: torch.Tensor | None, up: torch.Tensor, down: torch.Tensor, cfg: MoeGemvConfig,
@@ -110,21 +130,22 @@ def moe_gemv_triton(
     if x.stride(-1) != 1:
         x = x.contiguous()
     ids, weights = ids.contiguous(), weights.contiguous()
-    up, down = up.contiguous(), down.contiguous()
     gated = gate is not None
-    gate = gate.contiguous() if gate is not None else up  # never read without GATED
+    gate, up, down = expert_weights(gate, up, down)
     h = torch.empty(N * k, H, dtype=x.dtype, device=x.device)
     out = torch.empty(N, D, dtype=x.dtype, device=x.device)
     if N == 0:
         return out
     bi, bdi = min(cfg.block_i, triton.next_power_of_2(H)), min(cfg.block_d_in, triton.next_power_of_2(D))
     _moe_up_kernel[(N * k, triton.cdiv(H, bi))](
-        x, ids, gate, up, h, D, H, x.stride(0), TOP_K=k, GATED=gated, BLOCK_I=bi, BLOCK_D=bdi,
+        x, ids, gate, up, h, D, H, x.stride(0), up.stride(0), up.stride(1), TOP_K=k, GATED=gated,
+        BLOCK_I=bi, BLOCK_D=bdi,
         EVEN_D=D % bdi == 0, num_warps=cfg.num_warps,
     )  # fmt: skip
     bd, bii = min(cfg.block_d, triton.next_power_of_2(D)), min(cfg.block_i_in, triton.next_power_of_2(H))
     _moe_down_kernel[(triton.cdiv(D, bd), N)](
-        h, ids, weights, down, out, D, H, TOP_K=k, BLOCK_D=bd, BLOCK_I=bii, EVEN_I=H % bii == 0,
+        h, ids, weights, down, out, D, H, down.stride(0), down.stride(1), TOP_K=k, BLOCK_D=bd, BLOCK_I=bii,
+        EVEN_I=H % bii == 0,
         num_warps=cfg.num_warps,
     )  # fmt: skip
     return out
@@ -132,7 +153,7 @@ def moe_gemv_triton(
 
 @triton.jit
 def _moe_gg_up_kernel(
-    x_ptr, slots_ptr, bexp_ptr, wg_ptr, wu_ptr, h_ptr, S, D, H, stride_x,
+    x_ptr, slots_ptr, bexp_ptr, wg_ptr, wu_ptr, h_ptr, S, D, H, stride_x, stride_we, stride_wr,
     TOP_K: tl.constexpr, GATED: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     IEEE: tl.constexpr,
 ):  # fmt: skip
@@ -145,7 +166,7 @@ def _moe_gg_up_kernel(
     valid = slot < S
     tok = tl.where(valid, slot // TOP_K, 0).to(tl.int64)
     offs_n = tl.program_id(1) * BN + tl.arange(0, BN)
-    cols_w = e * H * D + tl.minimum(offs_n, H - 1).to(tl.int64)[None, :] * D  # (1, BN): W^T tiles
+    cols_w = e * stride_we + tl.minimum(offs_n, H - 1).to(tl.int64)[None, :] * stride_wr  # (1, BN): W^T tiles
     offs_k = tl.arange(0, BK)
     acc_u = tl.zeros((BM, BN), tl.float32)
     acc_g = tl.zeros((BM, BN), tl.float32)
@@ -167,7 +188,7 @@ def _moe_gg_up_kernel(
 
 @triton.jit
 def _moe_gg_down_kernel(
-    h_ptr, slots_ptr, bexp_ptr, wd_ptr, rw_ptr, y_ptr, S, D, H,
+    h_ptr, slots_ptr, bexp_ptr, wd_ptr, rw_ptr, y_ptr, S, D, H, stride_de, stride_dr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
@@ -178,7 +199,7 @@ def _moe_gg_down_kernel(
     slot = tl.load(slots_ptr + offs_m)
     valid = slot < S
     offs_n = tl.program_id(1) * BN + tl.arange(0, BN)
-    cols_w = e * D * H + tl.minimum(offs_n, D - 1).to(tl.int64)[None, :] * H  # (1, BN)
+    cols_w = e * stride_de + tl.minimum(offs_n, D - 1).to(tl.int64)[None, :] * stride_dr  # (1, BN)
     h_rows = h_ptr + offs_m.to(tl.int64)[:, None] * H
     offs_k = tl.arange(0, BK)
     acc = tl.zeros((BM, BN), tl.float32)
@@ -204,9 +225,8 @@ def moe_grouped_gemm_triton(
         return torch.zeros_like(x)
     if x.stride(-1) != 1:
         x = x.contiguous()
-    up, down = up.contiguous(), down.contiguous()
     gated = gate is not None
-    gate = gate.contiguous() if gate is not None else up
+    gate, up, down = expert_weights(gate, up, down)
     bm = cfg.block_m
     slots, block_expert = align_by_expert(ids, E, bm)
     n_blocks = block_expert.shape[0]
@@ -215,11 +235,36 @@ def moe_grouped_gemm_triton(
     common = dict(BM=bm, BN=cfg.block_n, BK=cfg.block_k, IEEE=ieee, num_warps=cfg.num_warps,
                   num_stages=cfg.num_stages)  # fmt: skip
     _moe_gg_up_kernel[(n_blocks, triton.cdiv(H, cfg.block_n))](
-        x, slots, block_expert, gate, up, h, S, D, H, x.stride(0), TOP_K=k, GATED=gated, **common
+        x,
+        slots,
+        block_expert,
+        gate,
+        up,
+        h,
+        S,
+        D,
+        H,
+        x.stride(0),
+        up.stride(0),
+        up.stride(1),
+        TOP_K=k,
+        GATED=gated,
+        **common,
     )
     y = torch.empty(S, D, dtype=x.dtype, device=x.device)
     _moe_gg_down_kernel[(n_blocks, triton.cdiv(D, cfg.block_n))](
-        h, slots, block_expert, down, weights.reshape(-1).contiguous(), y, S, D, H, **common
+        h,
+        slots,
+        block_expert,
+        down,
+        weights.reshape(-1).contiguous(),
+        y,
+        S,
+        D,
+        H,
+        down.stride(0),
+        down.stride(1),
+        **common,
     )
     return y.view(N, k, D).sum(1, dtype=torch.float32).to(x.dtype)
 

@@ -188,3 +188,37 @@ def test_graphed_qwen3_5_decode_matches_eager(moe: bool, fuse: bool) -> None:
     engine = DecodeEngine(model, max_context=1024, fuse=fuse)
     assert engine.graphed and engine.fused == fuse
     check_against_eager(model, engine, prompt)
+
+
+@pytest.mark.parametrize("case", ["qwen3_5", *MOE_CASES])
+def test_graphed_moe_decode_matches_eager_in_fp32(case: str) -> None:
+    """The MoE engine paths in fp32, where routing near-ties are ~2^16 times rarer than in bf16: every
+    teacher-forced step within 1e-3 of the eager logits' maximum, so a wrong expert read or a stale id in
+    the graph fails at once (the bf16 tests above leave room for routing flips)."""
+    if case == "qwen3_5":
+        model = qwen3_5_like(True).float()
+    else:
+        layers = ["gated_deltanet", "attention"] if case == "swiglu" else ["mamba2", "attention", "mlp"]
+        cfg = HybridConfig.from_name(
+            "olmo-hybrid-7b", d_model=1024, layer_types=layers * 2, vocab_size=4096, moe=MOE_CASES[case],
+            mlp={"activation": case},
+        )  # fmt: skip
+        torch.manual_seed(0)
+        model = HybridLM(cfg.model_copy(update={"init_std": 0.05})).to(device="cuda").eval()
+    prompt = torch.randint(0, 4096, (1, 300), device="cuda", generator=torch.Generator("cuda").manual_seed(3))
+    engine = DecodeEngine(model, max_context=1024)
+    state = model.new_state()
+    logits = prefill(model, prompt, state)[0].float()
+    eager, want = [], []
+    for _ in range(64):
+        eager.append(logits)
+        want.append(int(logits.argmax()))
+        logits = model(torch.tensor([[want[-1]]], device="cuda"), state)[0, -1].float()
+    forced = [engine.prefill(prompt)[0].float().clone()]
+    forced += [engine.step(t)[0].float().clone() for t in want[:-1]]
+    bad = [
+        (i, float((e - x).abs().max()) / float(e.abs().max()))
+        for i, (e, x) in enumerate(zip(eager, forced, strict=True))
+        if float((e - x).abs().max()) > 1e-3 * float(e.abs().max())
+    ]
+    assert not bad, f"{len(bad)} of {len(eager)} steps outside 1e-3 (step, relative): {bad[:8]}"

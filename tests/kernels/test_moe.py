@@ -198,3 +198,26 @@ def test_bench_smoke_runs(tmp_path):
     res = json.loads(out.read_text())
     assert len(res["decode"]) == 4 and len(res["prefill"]) == 2
     assert all(r["best"]["rel_err"] < 2e-2 for r in res["decode"] + res["prefill"])
+
+
+def test_expert_views_are_read_in_place(dev, monkeypatch):
+    """Gate and up as the two halves of one fused (E, 2I, D) tensor, down as a slice of a wider one (as
+    a checkpoint with fused experts gives them): the kernels read the views through their strides, with
+    no copy of the experts' weights (a copy per call would read every expert, not the chosen ones)."""
+    n, k, e, d, i = 3, 2, 5, 40, 24
+    x, ids, w, gate, up, down = inputs(n, k, e, d, i, True, torch.float32, dev, seed=7)
+    fused = torch.cat([gate, up], dim=1)  # (E, 2I, D)
+    wide = torch.cat([down, torch.zeros_like(down)], dim=2)  # (E, D, 2I)
+    views = (fused[:, :i], fused[:, i:], wide[:, :, :i])
+    assert not any(v.is_contiguous() for v in views)
+    copied = []
+    real = torch.Tensor.contiguous
+    monkeypatch.setattr(
+        torch.Tensor, "contiguous", lambda t, *a, **kw: copied.append(t.shape) or real(t, *a, **kw)
+    )
+    outs = moe_gemv(x, ids, w, *views, config=GEMV), moe_grouped_gemm(x, ids, w, *views, config=GEMM)
+    monkeypatch.undo()
+    want = exact(x, ids, w, gate, up, down)
+    for got in outs:
+        assert rel_err(got.double().cpu(), want) < TOL[torch.float32]
+    assert (e, i, d) not in copied and (e, d, i) not in copied, copied
