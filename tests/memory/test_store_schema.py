@@ -199,7 +199,12 @@ def test_migrations_ship_inside_the_package() -> None:
     wanted = {"memory", "memory.migrations", "memory.migrations.versions"}
     assert {f"hybrid_agent.{name}" for name in wanted} <= set(packages)
     versions = sorted(p.name for p in (REPO / "memory" / "migrations" / "versions").glob("0*.py"))
-    assert versions == ["0001_initial.py", "0002_file_changes.py", "0003_snapshot_digests.py"]
+    assert versions == [
+        "0001_initial.py",
+        "0002_file_changes.py",
+        "0003_snapshot_digests.py",
+        "0004_blob_digest_algorithm.py",
+    ]
     assert (REPO / "memory" / "migrations" / "script.py.mako").is_file()  # package-data "*.mako"
 
 
