@@ -1,7 +1,8 @@
 """Writing tokens on the model's thread, several per trip (agent/loop.py `_decode` runs the message).
 
-One trip to the model's thread per token (a thread hand-off each way, an event per token) cost a
-third of the decode speed on a small model (docs/results.md, "Decode through the agent loop"). So a
+Two trips to the model's thread per token (a thread hand-off each way, an event per token) cost a
+tenth to a half of the decode speed on a small model (docs/results.md, "Decode through the agent
+loop"). So a
 trip writes tokens until the message ends (a stop string or a complete tool call, found by the same
 scan of the raw text's tail as before), the token limit, a cancel, or `BATCH_S` has passed, and hands
 back their text in one piece. The stop is checked after every token, so the state holds exactly
