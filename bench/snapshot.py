@@ -7,7 +7,7 @@ bf16 short-conv states for q, k (30*96 channels) and v (30*192 channels) with ke
 `--page-tokens` tokens (default 4,096) per attention layer.
 
 Baseline: the same tensors through `safetensors.torch.save` -> write -> fsync to a plain file, and
-back with read -> `safetensors.torch.load`. The store additionally hashes every chunk (sha256, on
+back with read -> `safetensors.torch.load`. The store additionally hashes every chunk (BLAKE3, on
 write and on every read) and commits durably (SQLite WAL, synchronous=FULL).
 
 Growth: one session of `--growth-turns` turns with smaller pages (`--growth-page-tokens`, to keep the
@@ -90,7 +90,7 @@ def plain_file_roundtrip(
     path: Path, tensors: list[dict[str, torch.Tensor]], *, hashed: bool
 ) -> tuple[float, float]:
     """Seconds to write (serialise + write + fsync) and to read back (read + deserialise) plain files.
-    `hashed`: also sha256 the bytes on both sides with the store's chunked hashing, i.e. everything the
+    `hashed`: also digest the bytes on both sides with the store's chunked hashing, i.e. everything the
     store does except the database, to separate the cost of verification from the cost of SQLite."""
     t0 = time.perf_counter()
     for i, t in enumerate(tensors):
@@ -396,7 +396,7 @@ def report(
         ("  previous load path", lat["load_legacy_s"], lat["file_read_s"], lat["hashed_file_read_s"]),
         ("  load, cold page cache", lat["load_cold_s"], None, None),
     ]
-    print(f"{'':30}{'store':>13}{'plain file':>20}{'file + sha256':>22}")
+    print(f"{'':30}{'store':>13}{'plain file':>20}{'file + digest':>22}")
     units = f"{'s':>7}{'MB/s':>6}{'ratio':>7}"
     print(f"{'':30}{'s':>6}{'MB/s':>7}{units}{units}  (ratio = store / file)")
     for name, store_s, file_s, hashed_s in rows:
