@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hybrid_agent.agent.decode_steps import SINGLE_TOKENS, write_tokens
 from hybrid_agent.agent.engine import Engine
 from hybrid_agent.agent.errors import AgentError
 from hybrid_agent.agent.events import (
@@ -352,12 +353,13 @@ class Agent(SessionOps, PrefillOps, ToolCallOps, PlanOps, MemoryOps, PrefixOps):
             self.engine.prefill([tok])
 
     async def _decode(self, rnd: _Round, stats: _TurnStats) -> AsyncIterator[TextDelta]:
+        """Write the message on the model's thread, several tokens a trip (agent/decode_steps.py)."""
         chat = self.engine.chat
         stream = self.engine.text_stream()
         visible = VisibleText(chat)
-        longest = max(len(m) for m in (chat.tool_call_close, *chat.stop_strings))
         t0 = time.perf_counter()
         tok: int | None = None  # written, not yet fed (`_feed`)
+        tail, written = rnd.raw, 0
         try:
             while True:
                 if self._cancel.is_set():
@@ -365,19 +367,18 @@ class Agent(SessionOps, PrefillOps, ToolCallOps, PlanOps, MemoryOps, PrefixOps):
                 if stats.completion_tokens >= self.max_new_tokens:
                     rnd.stop = "max_tokens"
                     break
-                await self._on_model(self._feed, tok)
-                tok = await self._on_model(self.engine.next_token)
-                stats.completion_tokens += 1
-                piece = stream.push(tok)
-                rnd.raw += piece
-                if delta := visible.push(piece):
+                limit = self.max_new_tokens - stats.completion_tokens
+                single = written < SINGLE_TOKENS
+                out = await self._on_model(
+                    write_tokens, self.engine, stream, tok, tail, limit, self._cancel.is_set, single
+                )
+                tok, tail, written = out.last, out.tail, written + out.n
+                stats.completion_tokens += out.n
+                rnd.raw += out.text
+                if delta := visible.push(out.text):
                     yield TextDelta(text=delta)
-                tail = rnd.raw[-(len(piece) + longest) :]
-                if any(s in tail for s in chat.stop_strings):
-                    rnd.stop = "end_of_turn"
-                    break
-                if chat.tool_call_close in tail:
-                    rnd.stop = "tool_call"
+                if out.stop is not None:
+                    rnd.stop = out.stop
                     break
             await self._on_model(self._feed, tok)
             tok = None

@@ -9,7 +9,7 @@ Two ways a 64k-token session can live, each timed against re-prefilling its hist
 - `resume_windowed`: the product's constant-memory mode (`--window 4096`, 4 sink tokens). The history
   is prefilled with that window (the baseline, through the model's eager path: the engine keeps full
   attention only); the snapshot holds the recurrent state and the cache pages the window needs.
-  Resume = open the store, load the snapshot (sha256-verified) straight onto the GPU
+  Resume = open the store, load the snapshot (every chunk verified) straight onto the GPU
   (`load_snapshot(device="cuda")`), rebuild the state there. Timed: the first load in the process
   (which also page-locks the store's small staging ring), a second one, one with the database file
   evicted from the page cache (bytes from the disk), and the previous load path (CPU bytes, joins,
@@ -20,8 +20,11 @@ Two ways a 64k-token session can live, each timed against re-prefilling its hist
   copy it into the engine's buffers (`load_state`). Check: the next token's logits, bit for bit.
 
 Floors, printed with the results: bytes / (the slowest unavoidable stage), where the stages are the
-sha256 of every byte (the integrity guarantee) over the host's cores, the host-to-device copy, and,
+digest of every byte (the integrity guarantee) over the host's cores, the host-to-device copy, and,
 from a cold page cache, the disk.
+
+`--digest` picks the algorithm the snapshots are written (and so verified) with: blake3 (the store's
+default, memory/blobs.py) or sha256 (what databases written before it hold); run both to compare.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hybrid_agent.memory import Store, sqlite_chunks
+import blake3
+from hybrid_agent.memory import Store, blobs, sqlite_chunks
 from hybrid_agent.memory.blobs import prepare_blob
 from hybrid_agent.memory.codec import tensors_to_bytes
 from hybrid_agent.model import HybridLM, ModelState, Page
@@ -71,7 +75,7 @@ def _save(
         t = time.perf_counter()
         for b in raw:
             prepare_blob(b)
-        out["save_sha256_s"] = time.perf_counter() - t
+        out["save_digest_s"] = time.perf_counter() - t
         del raw
     store = Store(db)
     sid = store.create_session("gpu resume bench", "/tmp", fp).id
@@ -260,12 +264,18 @@ def resume_full(eng: DecodeEngine, ids: torch.Tensor, db: Path, clock: Clock, *,
 
 
 def host_rates(dev: torch.device) -> dict[str, Any]:
-    """The host's ceilings for the floor arithmetic: sha256 on one core, host-to-device copies of
-    1 GiB from pageable and from pinned memory, and page-locking 1 GiB."""
+    """The host's ceilings for the floor arithmetic: sha256 and BLAKE3 on one core (4 MiB chunks, as
+    the store hashes), host-to-device copies of 1 GiB from pageable and from pinned memory, and
+    page-locking 1 GiB."""
     data = os.urandom(256 << 20)
     t = time.perf_counter()
     hashlib.sha256(data).digest()
     out: dict[str, Any] = {"sha256_one_core_GBps": len(data) / (time.perf_counter() - t) / 1e9}
+    view = memoryview(data)
+    t = time.perf_counter()
+    for i in range(0, len(data), blobs.CHUNK_SIZE):
+        blake3.blake3(view[i : i + blobs.CHUNK_SIZE]).digest()
+    out["blake3_one_core_GBps"] = len(data) / (time.perf_counter() - t) / 1e9
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), "?")  # fmt: skip
     flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
@@ -298,11 +308,13 @@ def main() -> None:
     ap.add_argument("--out", default="bench/results/gpu_resume.json")
     ap.add_argument("--tiny", action="store_true", help="toy shapes (CPU smoke run)")
     ap.add_argument("--sections", default="windowed,full")
+    ap.add_argument("--digest", choices=blobs.ALGORITHMS, default=blobs.WRITE_ALGORITHM)
     ap.add_argument("--repeats", type=int, default=5, help="warm windowed loads per variant (median)")
     ap.add_argument(
         "--budget-s", type=float, default=90.0, help="skip the full section if it would start later"
     )
     args = ap.parse_args()
+    blobs.WRITE_ALGORITHM = args.digest
     t0 = time.time()
     from gpu_common import device_info, write_json
     from gpu_olmo import adopt_weights, build_hf, hf_config
@@ -310,7 +322,11 @@ def main() -> None:
     cuda = torch.cuda.is_available() and not args.tiny
     dev = torch.device("cuda" if cuda else "cpu")
     torch.set_grad_enabled(False)
-    res: dict[str, Any] = {"what": __doc__.splitlines()[0], "command": " ".join(sys.argv)}
+    res: dict[str, Any] = {
+        "what": __doc__.splitlines()[0],
+        "command": " ".join(sys.argv),
+        "digest": args.digest,
+    }
     res["info"] = device_info() if cuda else {"device": "cpu"}
     res["host"] = host_rates(dev)
     print(res, flush=True)

@@ -1,7 +1,8 @@
 """Reading and verifying stored blobs (their layout and addresses: memory/blobs.py).
 
-Every read recomputes every chunk digest and the address from them; any mismatch raises
-`CorruptDataError` naming what was being read.
+Every read recomputes every chunk digest and the address from them, with the algorithm the blob's row
+names (sha256 or BLAKE3, memory/blobs.py); any mismatch raises `CorruptDataError` naming what was
+being read.
 
 Reading a large blob (`read_blob_tensor`, what snapshot loads use) is a pipeline, so that it runs at
 the speed of its slowest stage instead of the sum of all of them: the calling thread pulls chunks out
@@ -24,7 +25,16 @@ from concurrent.futures import Future, wait
 
 import numpy as np
 import torch
-from hybrid_agent.memory.blobs import _WORKERS, _digests, _parallel, _pool, _sha256, blob_address
+from hybrid_agent.memory.blobs import (
+    _WORKERS,
+    ALGORITHMS,
+    _digests,
+    _parallel,
+    _pool,
+    address_algorithm,
+    blob_address,
+    chunk_digester,
+)
 from hybrid_agent.memory.errors import CorruptDataError
 from hybrid_agent.memory.schema import Blob, BlobChunk
 from hybrid_agent.memory.sqlite_chunks import ChunkReaders, _read_own, _sqlite_connection
@@ -32,14 +42,33 @@ from sqlalchemy import literal_column, select
 from sqlalchemy.orm import Session
 
 
+def _failed(what: str, sha256: str, algorithm: str, idx: int | None = None) -> CorruptDataError:
+    part = "" if idx is None else f"chunk {idx} of "
+    return CorruptDataError(
+        f"{what}: {part}blob {sha256[:16]} failed its {algorithm} check (stored bytes damaged)"
+    )
+
+
+def _algorithm(sha256: str, stored: str, what: str) -> str:
+    """The blob's digest algorithm, after checking that its row and its address's form agree (a
+    changed `algorithm` cell would otherwise pick the check)."""
+    if stored not in ALGORITHMS or address_algorithm(sha256) != stored:
+        raise CorruptDataError(
+            f"{what}: blob {sha256[:16]} records digest algorithm {stored!r}, which its address does "
+            "not have (the database was damaged or written by a newer hybrid-agent)"
+        )
+    return stored
+
+
 def read_blob(session: Session, sha256: str, *, what: str) -> bytes:
     """The verified bytes of blob `sha256`; `what` says what it is (session, turn, part) for errors."""
     head = session.execute(
-        select(Blob.size, Blob.chunk_size, Blob.n_chunks).where(Blob.sha256 == sha256)
+        select(Blob.size, Blob.chunk_size, Blob.n_chunks, Blob.algorithm).where(Blob.sha256 == sha256)
     ).first()
     if head is None:
         raise CorruptDataError(f"{what}: blob {sha256[:16]} is missing from the database")
-    size, chunk_size, n_chunks = head
+    size, chunk_size, n_chunks, stored_algorithm = head
+    algorithm = _algorithm(sha256, stored_algorithm, what)
     rows = session.execute(
         select(BlobChunk.idx, BlobChunk.sha256, BlobChunk.data)
         .where(BlobChunk.blob_sha256 == sha256)
@@ -48,15 +77,13 @@ def read_blob(session: Session, sha256: str, *, what: str) -> bytes:
     chunks = [bytes(r.data) for r in rows]  # psycopg returns memoryview-like bytea; sqlite3 bytes
     if [r.idx for r in rows] != list(range(n_chunks)):
         raise CorruptDataError(f"{what}: blob {sha256[:16]} has {len(rows)} of its {n_chunks} chunks")
-    digests = _digests(chunks, size)
+    digests = _digests(chunks, size, algorithm)
     for r, digest in zip(rows, digests, strict=True):
         if digest != r.sha256:
-            raise CorruptDataError(
-                f"{what}: chunk {r.idx} of blob {sha256[:16]} failed its sha256 check (stored bytes damaged)"
-            )
+            raise _failed(what, sha256, algorithm, r.idx)
     data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    if len(data) != size or blob_address(size, chunk_size, digests) != sha256:
-        raise CorruptDataError(f"{what}: blob {sha256[:16]} failed its sha256 check (stored bytes damaged)")
+    if len(data) != size or blob_address(size, chunk_size, digests, algorithm) != sha256:
+        raise _failed(what, sha256, algorithm)
     return data
 
 
@@ -100,16 +127,19 @@ def _in_flight() -> int:
     return _WORKERS + 2
 
 
-def _chunk_index(
-    session: Session, sha256: str, what: str
-) -> tuple[int, int, list[tuple[int, str, int | None]]]:
-    """(size, chunk_size, [(idx, stored sha256, SQLite rowid or None)]) after checking the chunk count."""
+ChunkRow = tuple[int, str, int | None]  # (idx, stored digest, SQLite rowid or None)
+
+
+def _chunk_index(session: Session, sha256: str, what: str) -> tuple[int, int, list[ChunkRow], str]:
+    """(size, chunk_size, [(idx, stored digest, SQLite rowid or None)], digest algorithm) after
+    checking the chunk count and the algorithm."""
     head = session.execute(
-        select(Blob.size, Blob.chunk_size, Blob.n_chunks).where(Blob.sha256 == sha256)
+        select(Blob.size, Blob.chunk_size, Blob.n_chunks, Blob.algorithm).where(Blob.sha256 == sha256)
     ).first()
     if head is None:
         raise CorruptDataError(f"{what}: blob {sha256[:16]} is missing from the database")
-    size, chunk_size, n_chunks = head
+    size, chunk_size, n_chunks, stored_algorithm = head
+    algorithm = _algorithm(sha256, stored_algorithm, what)
     sqlite = session.get_bind().dialect.name == "sqlite"
     rowid = literal_column("blob_chunks.rowid") if sqlite else literal_column("NULL")
     rows = [
@@ -124,12 +154,10 @@ def _chunk_index(
         raise CorruptDataError(f"{what}: blob {sha256[:16]} has {len(rows)} of its {n_chunks} chunks")
     if chunk_size <= 0 or size < 0 or n_chunks != -(-size // chunk_size):  # every byte gets written
         raise CorruptDataError(f"{what}: blob {sha256[:16]} has an inconsistent size record")
-    return size, chunk_size, rows
+    return size, chunk_size, rows, algorithm
 
 
-def _chunk_data(
-    session: Session, sha256: str, rows: list[tuple[int, str, int | None]], what: str
-) -> Iterator[bytes]:
+def _chunk_data(session: Session, sha256: str, rows: list[ChunkRow], what: str) -> Iterator[bytes]:
     """The chunks' stored bytes in order, one at a time (never the whole blob at once)."""
     conn = _sqlite_connection(session)
     if conn is not None and all(r[2] is not None for r in rows):
@@ -180,18 +208,30 @@ def _cuda_placer(buf: torch.Tensor, chunk_size: int) -> Placer:
     return place
 
 
-def _check_chunk(data: bytes, idx: int, want: int, digest: str, off: int, place: Placer) -> bool:
-    if len(data) != want or _sha256(data) != digest:
+Digester = Callable[[bytes | memoryview], str]
+
+
+def _check_chunk(
+    data: bytes, idx: int, want: int, digest: str, off: int, place: Placer, hasher: Digester
+) -> bool:
+    if len(data) != want or hasher(data) != digest:
         return False
     place(idx, off, data)
     return True
 
 
 def _read_check_place(
-    readers: ChunkReaders, rowid: int, idx: int, want: int, digest: str, off: int, place: Placer
+    readers: ChunkReaders,
+    rowid: int,
+    idx: int,
+    want: int,
+    digest: str,
+    off: int,
+    place: Placer,
+    hasher: Digester,
 ) -> bool:
     data = readers.read(rowid)
-    return data is not None and _check_chunk(data, idx, want, digest, off, place)
+    return data is not None and _check_chunk(data, idx, want, digest, off, place, hasher)
 
 
 def _popped(pending: deque[tuple[int, Future[bool]]]) -> tuple[int, bool]:
@@ -209,11 +249,11 @@ def read_blob_tensor(
 ) -> torch.Tensor:
     """The verified bytes of blob `sha256` as one fresh uint8 tensor on `device` (CPU by default).
 
-    Same guarantees as `read_blob`: every chunk's sha256 and the address are checked, a failure raises
+    Same guarantees as `read_blob`: every chunk's digest and the address are checked, a failure raises
     `CorruptDataError` naming `what` and the chunk, and no byte reaches the caller before that.
     With `readers` (see `chunk_readers`) the pool's workers also read the chunks, in parallel."""
     dev = torch.device(device if device is not None else "cpu")
-    size, chunk_size, rows = _chunk_index(session, sha256, what)
+    size, chunk_size, rows, algorithm = _chunk_index(session, sha256, what)
     buf = torch.empty(size, dtype=torch.uint8, device=dev)
     staged: torch.Tensor | None = None
     if dev.type == "cuda":
@@ -225,11 +265,11 @@ def read_blob_tensor(
         place = _cpu_placer(staged)
     ring_lock = _ring(dev, chunk_size).lock if dev.type == "cuda" else contextlib.nullcontext()
     with ring_lock:
-        _fill(session, sha256, what, size, chunk_size, rows, place, readers)
+        _fill(session, sha256, what, size, chunk_size, rows, place, readers, algorithm)
     # Each chunk matched its stored digest and length, so the address over those digests is the check
     # that the chunk list itself belongs to this blob.
-    if blob_address(size, chunk_size, [r[1] for r in rows]) != sha256:
-        raise CorruptDataError(f"{what}: blob {sha256[:16]} failed its sha256 check (stored bytes damaged)")
+    if blob_address(size, chunk_size, [r[1] for r in rows], algorithm) != sha256:
+        raise _failed(what, sha256, algorithm)
     if staged is not None:
         buf.copy_(staged)
     return buf
@@ -241,19 +281,19 @@ def _fill(
     what: str,
     size: int,
     chunk_size: int,
-    rows: list[tuple[int, str, int | None]],
+    rows: list[ChunkRow],
     place: Placer,
     readers: ChunkReaders | None = None,
+    algorithm: str = "sha256",
 ) -> None:
     parallel = _parallel(size, len(rows))
+    hasher = chunk_digester(algorithm)
     pending: deque[tuple[int, Future[bool]]] = deque()
     limit = _in_flight()
 
     def settle(idx: int, ok: bool) -> None:
         if not ok:
-            raise CorruptDataError(
-                f"{what}: chunk {idx} of blob {sha256[:16]} failed its sha256 check (stored bytes damaged)"
-            )
+            raise _failed(what, sha256, algorithm, idx)
 
     conn = _sqlite_connection(session) if readers is not None else None
     if parallel and conn is not None and readers is not None and all(r[2] is not None for r in rows):
@@ -266,7 +306,7 @@ def _fill(
                 assert rowid is not None and conn is not None
                 off = idx * chunk_size
                 data = _read_own(conn, rowid, idx, sha256, what)
-                settle(idx, _check_chunk(data, idx, min(chunk_size, size - off), digest, off, place))
+                settle(idx, _check_chunk(data, idx, min(chunk_size, size - off), digest, off, place, hasher))
 
         try:
             for idx, digest, rowid in rows:
@@ -274,7 +314,9 @@ def _fill(
                     second_look(*_popped(pending))
                 off = idx * chunk_size
                 want = min(chunk_size, size - off)
-                task = _pool().submit(_read_check_place, readers, rowid, idx, want, digest, off, place)
+                task = _pool().submit(
+                    _read_check_place, readers, rowid, idx, want, digest, off, place, hasher
+                )
                 pending.append((idx, task))
             while pending:
                 second_look(*_popped(pending))
@@ -289,12 +331,12 @@ def _fill(
             off = idx * chunk_size
             want = max(0, min(chunk_size, size - off))
             if not parallel:
-                settle(idx, _check_chunk(data, idx, want, digest, off, place))
+                settle(idx, _check_chunk(data, idx, want, digest, off, place, hasher))
                 continue
             while len(pending) >= limit:
                 done_idx, fut = pending.popleft()
                 settle(done_idx, fut.result())
-            pending.append((idx, _pool().submit(_check_chunk, data, idx, want, digest, off, place)))
+            pending.append((idx, _pool().submit(_check_chunk, data, idx, want, digest, off, place, hasher)))
         while pending:
             done_idx, fut = pending.popleft()
             settle(done_idx, fut.result())
@@ -307,17 +349,16 @@ def _fill(
 def verify_blob(session: Session, sha256: str, *, what: str) -> int:
     """Check every chunk of blob `sha256` and its address without assembling it (one chunk in memory
     at a time); returns its size. Raises CorruptDataError naming `what`, as a read would."""
-    size, chunk_size, rows = _chunk_index(session, sha256, what)
+    size, chunk_size, rows, algorithm = _chunk_index(session, sha256, what)
+    hasher = chunk_digester(algorithm)
     seen = 0
     for (idx, digest, _), data in zip(rows, _chunk_data(session, sha256, rows, what), strict=False):
         seen += 1
         want = max(0, min(chunk_size, size - idx * chunk_size))
-        if len(data) != want or _sha256(data) != digest:
-            raise CorruptDataError(
-                f"{what}: chunk {idx} of blob {sha256[:16]} failed its sha256 check (stored bytes damaged)"
-            )
+        if len(data) != want or hasher(data) != digest:
+            raise _failed(what, sha256, algorithm, idx)
     if seen != len(rows):
         raise CorruptDataError(f"{what}: blob {sha256[:16]} has {seen} of its {len(rows)} chunks")
-    if blob_address(size, chunk_size, [r[1] for r in rows]) != sha256:
-        raise CorruptDataError(f"{what}: blob {sha256[:16]} failed its sha256 check (stored bytes damaged)")
+    if blob_address(size, chunk_size, [r[1] for r in rows], algorithm) != sha256:
+        raise _failed(what, sha256, algorithm)
     return size

@@ -1,10 +1,16 @@
 """Content-addressed, chunked blobs: their addresses, writing them, and deleting unreferenced ones.
 
 A blob is cut into chunks of `CHUNK_SIZE` bytes, each stored as one `blob_chunks` row with its own
-sha256. The blob's address is a sha256 over (format tag, chunk size, total size, the chunk digests in
-order) — a one-level hash list. Why not sha256 of the whole bytes: chunk digests can be computed in
-parallel (hashlib releases the GIL), so hashing a 500 MB snapshot uses every core, and a failed check
-names the damaged chunk. It is still a pure function of the bytes, so identical bytes share one blob.
+digest. The blob's address is a digest over (format tag, chunk size, total size, the chunk digests in
+order) — a one-level hash list. Why not one digest of the whole bytes: chunk digests can be computed
+in parallel (hashlib and blake3 release the GIL), so hashing a multi-GB snapshot uses every core, and
+a failed check names the damaged chunk. It is still a pure function of the bytes, so identical bytes
+share one blob.
+
+Two digest algorithms (docs/design.md, "Blob digests", says why): new blobs use BLAKE3 (`blake3`,
+several times sha256's speed on one core) and their addresses start with `b3:`; blobs written
+before it (`sha256`, a bare 64-digit hex address) still verify with sha256. `blobs.algorithm` records
+which one a row uses, and the address's form must agree with it.
 
 Reading and verifying stored blobs is memory/blob_read.py's job.
 """
@@ -13,17 +19,25 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
+import blake3
 from hybrid_agent.memory.schema import Blob, BlobChunk, FileChangeRow, SnapshotRow, StatePageRow
 from sqlalchemy import delete, exists, insert, or_, select
 from sqlalchemy.orm import Session
 
 CHUNK_SIZE = 4 << 20  # 4 MiB: large enough that per-row overhead is noise, small enough to stream
-_FORMAT_TAG = b"hybrid-agent/blob/v1\0"
+_FORMAT_TAG = b"hybrid-agent/blob/v1\0"  # sha256 addresses
+_FORMAT_TAG_B3 = b"hybrid-agent/blob/v2/blake3\0"
+B3_PREFIX = "b3:"  # a sha256 address is hex only, so no BLAKE3 address can equal one
+ALGORITHMS = ("sha256", "blake3")
+# What new blobs are written with. A module setting so that a test can write a database as a
+# hybrid-agent without BLAKE3 did (sha256 everywhere).
+WRITE_ALGORITHM = "blake3"
 _PARALLEL_MIN_BYTES = 2 * CHUNK_SIZE  # below this a thread hand-off costs more than it saves
 
 _executor: ThreadPoolExecutor | None = None
@@ -51,22 +65,50 @@ def _sha256(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _blake3(data: bytes | memoryview) -> str:
+    # One thread per chunk: the pool already hashes several chunks at once.
+    return blake3.blake3(data).hexdigest()
+
+
+_CHUNK_DIGEST: dict[str, Callable[[bytes | memoryview], str]] = {"sha256": _sha256, "blake3": _blake3}
+
+
+def chunk_digester(algorithm: str) -> Callable[[bytes | memoryview], str]:
+    """The function that digests one chunk under `algorithm` (one of `ALGORITHMS`)."""
+    return _CHUNK_DIGEST[algorithm]
+
+
+def address_algorithm(address: str) -> str:
+    """The algorithm an address's form says: `blake3` for `b3:...`, else `sha256`."""
+    return "blake3" if address.startswith(B3_PREFIX) else "sha256"
+
+
 def _parallel(size: int, n_chunks: int) -> bool:
     """Whether hashing (or placing) `n_chunks` chunks of `size` bytes in all is worth the pool."""
     return size >= _PARALLEL_MIN_BYTES and n_chunks > 1
 
 
-def _digests(chunks: Sequence[bytes | memoryview], total: int) -> list[str]:
+def _digests(chunks: Sequence[bytes | memoryview], total: int, algorithm: str = "sha256") -> list[str]:
+    digest = chunk_digester(algorithm)
     if not _parallel(total, len(chunks)):
-        return [_sha256(c) for c in chunks]
-    return list(_pool().map(_sha256, chunks))
+        return [digest(c) for c in chunks]
+    return list(_pool().map(digest, chunks))
 
 
-def blob_address(size: int, chunk_size: int, chunk_digests: Iterable[str]) -> str:
-    h = hashlib.sha256(_FORMAT_TAG)
+def blob_address(size: int, chunk_size: int, chunk_digests: Iterable[str], algorithm: str = "sha256") -> str:
+    """The address of a blob of `size` bytes whose chunks have `chunk_digests` under `algorithm`.
+
+    BLAKE3 addresses are `b3:` and 61 hex digits (244 bits) so that they fit the 64-character
+    columns that hold addresses on every backend."""
+    if algorithm == "blake3":
+        h: Any = blake3.blake3(_FORMAT_TAG_B3)
+    else:
+        h = hashlib.sha256(_FORMAT_TAG)
     h.update(f"{chunk_size}:{size}:".encode())
     for digest in chunk_digests:
         h.update(bytes.fromhex(digest))
+    if algorithm == "blake3":
+        return B3_PREFIX + h.hexdigest()[: 64 - len(B3_PREFIX)]
     return h.hexdigest()
 
 
@@ -74,9 +116,10 @@ def blob_address(size: int, chunk_size: int, chunk_digests: Iterable[str]) -> st
 class PreparedBlob:
     """Bytes with their chunk digests and address, computed before any transaction is opened."""
 
-    sha256: str
+    sha256: str  # the address (named as its column is, from when every address was a sha256)
     data: bytes | memoryview
     chunk_digests: list[str]
+    algorithm: str = "sha256"
 
     @property
     def size(self) -> int:
@@ -86,11 +129,13 @@ class PreparedBlob:
         return memoryview(self.data)[idx * CHUNK_SIZE : (idx + 1) * CHUNK_SIZE]
 
 
-def prepare_blob(data: bytes | memoryview) -> PreparedBlob:
+def prepare_blob(data: bytes | memoryview, algorithm: str | None = None) -> PreparedBlob:
+    """`data` with its chunk digests and address under `algorithm` (`WRITE_ALGORITHM` by default)."""
+    algo = algorithm or WRITE_ALGORITHM
     view = memoryview(data).cast("B")  # sizes and slices in bytes, whatever the buffer's format
     chunks = [view[i : i + CHUNK_SIZE] for i in range(0, len(data), CHUNK_SIZE)]
-    digests = _digests(chunks, len(view))
-    return PreparedBlob(blob_address(len(view), CHUNK_SIZE, digests), view, digests)
+    digests = _digests(chunks, len(view), algo)
+    return PreparedBlob(blob_address(len(view), CHUNK_SIZE, digests, algo), view, digests, algo)
 
 
 def _blob_exists(session: Session, sha256: str) -> bool:
@@ -109,6 +154,7 @@ def write_blob(session: Session, blob: PreparedBlob) -> bool:
         "size": blob.size,
         "chunk_size": CHUNK_SIZE,
         "n_chunks": len(blob.chunk_digests),
+        "algorithm": blob.algorithm,
         "created_at": datetime.now(UTC),
     }
     dialect = session.get_bind().dialect.name

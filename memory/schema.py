@@ -75,11 +75,15 @@ class EventRow(Base):
 class Blob(Base):
     __tablename__ = "blobs"
 
-    # sha256 over (chunk size, total size, the chunks' sha256s): see memory/blobs.py.
+    # The address: a digest over (chunk size, total size, the chunks' digests), see memory/blobs.py;
+    # a bare sha256 hex or `b3:` + BLAKE3 hex. The column keeps its first name.
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger)
     chunk_size: Mapped[int] = mapped_column(Integer)
     n_chunks: Mapped[int] = mapped_column(Integer)
+    # The digest algorithm of the address and of every chunk: 'sha256' (all rows before schema
+    # revision 0005) or 'blake3'.
+    algorithm: Mapped[str] = mapped_column(String(16), server_default="sha256")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 

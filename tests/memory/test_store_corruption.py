@@ -87,7 +87,7 @@ def test_flipped_byte_in_the_sqlite_file_itself(sqlite_path: Path) -> None:
     raw[at + 128] ^= 0x40
     sqlite_path.write_bytes(bytes(raw))
     with Store(sqlite_path) as store:
-        with pytest.raises(CorruptDataError, match=rf"session {sid} turn 2: recurrent state.*sha256"):
+        with pytest.raises(CorruptDataError, match=rf"session {sid} turn 2: recurrent state.*blake3"):
             store.load_snapshot(sid)
         assert store.load_snapshot(sid, 1).turn == 1
     assert sqlite_path.read_bytes() == bytes(raw)  # the failed load changed nothing

@@ -163,7 +163,7 @@ def test_a_truncated_chunk_is_damage(store: Store) -> None:
             sa.text("UPDATE blob_chunks SET data = :d WHERE blob_sha256 = :b AND idx = 2"),
             {"d": b"short", "b": sha},
         )
-    with pytest.raises(CorruptDataError, match=r"chunk 2 of .* failed its sha256 check"):
+    with pytest.raises(CorruptDataError, match=r"chunk 2 of .* failed its blake3 check"):
         store.load_snapshot(sid)
 
 

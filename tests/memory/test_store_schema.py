@@ -204,6 +204,7 @@ def test_migrations_ship_inside_the_package() -> None:
         "0002_file_changes.py",
         "0003_snapshot_digests.py",
         "0004_prefix_states.py",
+        "0005_blob_digest_algorithm.py",
     ]
     assert (REPO / "memory" / "migrations" / "script.py.mako").is_file()  # package-data "*.mako"
 

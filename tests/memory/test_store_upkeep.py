@@ -106,7 +106,7 @@ def test_check_verifies_every_blob_and_names_the_damage(store: Store) -> None:
     report = store.check()
     assert len(report.problems) == 2
     assert any(f"session {a} turn 7" in p for p in report.problems)
-    assert any(f"blob {sha[:16]}" in p and "sha256" in p for p in report.problems)
+    assert any(f"blob {sha[:16]}" in p and "blake3 check" in p for p in report.problems)
     only_b = store.check(b)
     assert only_b.sessions == 1 and only_b.blobs == 1 and len(only_b.problems) == 1
 
