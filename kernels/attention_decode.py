@@ -103,11 +103,12 @@ def config_for(bh: int, sms: int = 132) -> DecodeConfig:
     64 x 32 with slots and prefetch took 128 / 768 / 2699 us at 1k / 16k / 64k (2.98 TB/s at 64k)
     against 147 / 1254 / 4666 us with one running max per row (64 x 64); blocks of 64 keys
     were faster at 1k only (112 us without prefetch) and slower at 64k (3047 us).
-    Few KV heads (Qwen3.5-9B's 4, Qwen3.5-35B-A3B's 2 at batch 1) get up to 256 splits, so that they too
-    fill the chip (4 x 64 = 256 programs would leave most SMs one 4-warp program); 30 heads keep 64.
-    Not yet measured on the GPU: bench/gpu_families.py times the engine with nsplit=64 beside it."""
+    At most 64 splits for few KV heads too: at Qwen3.5-9B's shape (4 KV heads of 256) up to 256 splits
+    decoded at 150.8 / 136.3 / 123.1 tok/s at 16k / 64k / 128k against 154.7 / 142.7 / 129.5 with 64
+    (bench/results/gpu_families_s4.json, H100, the same run): more programs, but more partial results
+    to merge and smaller shares of keys each."""
     nsplit = 1
-    while bh * nsplit < 8 * sms and nsplit < 256:
+    while bh * nsplit < 8 * sms and nsplit < 64:
         nsplit *= 2
     return DecodeConfig(nsplit=nsplit)
 
