@@ -62,7 +62,8 @@ def _mla_spec(cfg: HybridConfig) -> StateSpec:
 
 
 def _short_conv_spec(cfg: HybridConfig) -> StateSpec:
-    return StateSpec(recurrent={"conv": (cfg.d_model, cfg.short_conv.d_conv - 1)})  # the last inputs B*x
+    channels = cfg.short_conv.channels or cfg.d_model
+    return StateSpec(recurrent={"conv": (channels, cfg.short_conv.d_conv - 1)})  # the last inputs B*x
 
 
 def _kda_spec(cfg: HybridConfig) -> StateSpec:
