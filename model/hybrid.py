@@ -29,10 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hybrid_agent.model.attention import Attention
 from hybrid_agent.model.blocks import Block
 from hybrid_agent.model.config import HybridConfig
 from hybrid_agent.model.errors import CheckpointError, StateMismatchError, TokenRangeError
 from hybrid_agent.model.layers import RMSNorm
+from hybrid_agent.model.mamba2 import Mamba2Mixer
 from hybrid_agent.model.ops import Ops
 from hybrid_agent.model.parallel import TensorParallel, local_config
 from hybrid_agent.model.state import ModelState, state_layout
@@ -67,15 +69,22 @@ class HybridLM(nn.Module):
         self.layers = nn.ModuleList(Block(local, kind, i, reduce) for i, kind in enumerate(cfg.layer_types))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, vocab, bias=False)
-        if self.tp.world > 1 and cfg.mamba2.n_groups == 1:  # one group over all ranks: its norm spans them
-            for m in self.modules():
-                if isinstance(m, Block) and m.kind in ("mamba2", "parallel") and m.mixer is not None:
-                    mamba = m.mixer if m.kind == "mamba2" else m.mixer.mamba
-                    if mamba.norm is not None:
-                        mamba.norm.span = self.tp
+        if self.tp.world > 1:
+            self._span_norms()
         self._layout = state_layout(local)
         self._fingerprint: str | None = None
         self._init_weights()
+
+    def _span_norms(self) -> None:
+        """Norms over an axis split across the ranks sum their squares over them (model/parallel.py):
+        single-group Mamba-2's gated norm, attention's QK-norm over all heads."""
+        for block in self.layers:
+            mixers = [block.mixer] if block.kind != "parallel" else [block.mixer.attention, block.mixer.mamba]
+            for m in mixers:
+                if isinstance(m, Mamba2Mixer) and m.norm is not None and self.config.mamba2.n_groups == 1:
+                    m.norm.span = self.tp
+                if isinstance(m, Attention) and m.qk_norm == "full":
+                    m.q_norm.span = m.k_norm.span = self.tp
 
     @torch.no_grad()
     def _init_weights(self) -> None:

@@ -26,7 +26,12 @@ from torch import Tensor, nn
 
 
 class RMSNorm(nn.Module):
-    """`weight` (dim,), initialised to ones; y = x / rms(x) * weight over the last axis."""
+    """`weight` (dim,), initialised to ones; y = x / rms(x) * weight over the last axis.
+
+    `span` (a `TensorParallel`, model/parallel.py): the axis is split across the ranks (attention's
+    QK-norm over all heads, `qk_norm="full"`), so the mean square is summed over them."""
+
+    span: Any = None
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -34,6 +39,11 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.span is not None and self.span.world > 1:
+            xf = x.float()
+            squares = self.span.all_reduce(xf.pow(2).sum(-1, keepdim=True))
+            mean = squares / (xf.shape[-1] * self.span.world)
+            return (xf * torch.rsqrt(mean + self.eps) * self.weight.float()).to(x.dtype)
         return rms_norm(x, self.weight, self.eps)
 
 

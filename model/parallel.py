@@ -10,7 +10,8 @@ Design choices (docs/design.md, "Tensor parallelism"):
   once. Everything an output depends on linearly (the parallel mixer's gate, the MoE's routed and
   shared experts) sums correctly from partial outputs.
 - Mamba-2 with a single group (Bamba, Falcon-H1): every rank keeps that group's B and C (replicated, as
-  vLLM does); its gated norm spans all of d_inner, so the norm sums its squares over the ranks.
+  vLLM does); its gated norm spans all of d_inner, so the norm sums its squares over the ranks. So does
+  attention's QK-norm over all heads (`qk_norm="full"`, OLMo).
 - Embeddings and the LM head are vocab-parallel: rank r holds rows [r V', (r + 1) V') of the vocabulary
   padded to a multiple of the world (V' = ceil(V / world)); the embedding sums the ranks' lookups (a
   token's row is on one rank, zeros on the others), the head gathers the ranks' logits.
@@ -117,8 +118,6 @@ def local_config(cfg: HybridConfig, world: int) -> HybridConfig:
 
     if "attention" in kinds:
         a = out.attention
-        if a.qk_norm == "full":
-            raise ConfigError("attention.qk_norm='full' normalises over all heads; run it with tp=1")
         a.n_heads, a.n_kv_heads = (
             div("attention.n_heads", a.n_heads),
             div("attention.n_kv_heads", a.n_kv_heads),
@@ -160,6 +159,7 @@ def _mixer_rules(cfg: HybridConfig, kind: str) -> dict[str, Rule]:
             **{f"{p}.{w}": _rows(kv) for p in ("k_proj", "v_proj") for w in ("weight", "bias")},
             "o_proj.weight": Split(1, (q,)),
             "o_proj.bias": FIRST,
+            **({"q_norm.weight": _rows(q), "k_norm.weight": _rows(kv)} if a.qk_norm == "full" else {}),
         }
     if kind == "mamba2":
         m = cfg.mamba2

@@ -5,15 +5,22 @@ state gathered from tp=2 resumes at tp=1 (and a tp=1 state re-split resumes at t
 from __future__ import annotations
 
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-from hybrid_agent.model.parallel import TensorParallel, gather, launch, shard, state_rules, weight_rules
+from hybrid_agent.model.errors import ConfigError
+from hybrid_agent.model.parallel import (
+    TensorParallel,
+    gather,
+    launch,
+    local_config,
+    shard,
+    state_rules,
+    weight_rules,
+)
 from hybrid_agent.model.sharding import gather_state, shard_model, split_state
-from hybrid_agent.model.testing import tiny_model
+from hybrid_agent.model.testing import thread_ranks, tiny_config, tiny_model
 
 BIASED = {
     "attention": {"n_heads": 4, "n_kv_heads": 2, "head_dim": 8, "bias": True},
@@ -22,6 +29,7 @@ BIASED = {
 CASES: dict[str, tuple[list[str], dict[str, object]]] = {
     "attention": (["attention", "mlp"], BIASED),
     "mla": (["mla", "attention"], {}),
+    "qk_norm_full": (["attention"], {"attention": {"n_heads": 4, "n_kv_heads": 2, "qk_norm": "full"}}),
     "mamba2_groups": (["mamba2"], {"mamba2": {"head_dim": 8, "d_state": 8, "chunk_size": 8, "n_groups": 2}}),
     "mamba2_one_group": (["mamba2", "attention"], {}),
     "gated_deltanet": (["gated_deltanet", "attention"], {}),
@@ -96,31 +104,20 @@ def importable(monkeypatch):
 def test_tp2_equals_tp1_threads():
     """The fast representative in the default suite: two ranks as two threads of this process, joined
     by a real gloo process group (attention with biases, Mamba-2 with one group, MoE)."""
-    store, errors = dist.HashStore(), []
-    names = ["moe", "attention"]
-    models = {n: _full(n) for n in names}  # built here: the threads share torch's one random generator
-
-    def rank(r: int) -> None:
-        try:
-            tp = TensorParallel(r, 2, dist.ProcessGroupGloo(store, r, 2))
-            for n in names:
-                _check_case(tp, n, models[n])
-        except Exception as e:  # reported by the test below
-            errors.append(e)
-
-    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert not any(t.is_alive() for t in threads), "a rank hung"
-    assert not errors, errors[0]
+    models = {n: _full(n) for n in ("moe", "attention")}
+    thread_ranks(2, lambda tp: [_check_case(tp, n, m) for n, m in models.items()])
 
 
 @pytest.mark.slow
 def test_tp2_equals_tp1_every_kind(importable):
     """Every layer kind on two processes (`launch`, as `--tp` runs it)."""
     launch(_all_cases, 2, list(CASES))
+
+
+def test_sizes_that_do_not_split_are_refused():
+    cfg = tiny_config(["attention"], attention={"n_heads": 3, "n_kv_heads": 3, "head_dim": 8})
+    with pytest.raises(ConfigError, match=r"attention\.n_heads=3 does not split over tp=2"):
+        local_config(cfg, 2)
 
 
 def test_shard_and_gather_are_inverse():
