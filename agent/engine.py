@@ -227,7 +227,8 @@ class ModelEngine:
         """How each state tensor is laid out (key- or value-first, conv width, dtype), by tensor name."""
         from hybrid_agent.model.state_layout import layout_metadata
 
-        return layout_metadata(self.model.config)
+        tp = getattr(self.model, "tp", None)  # a tensor-parallel rank's model: the layout it was split in
+        return layout_metadata(self.model.config, tp.world if tp is not None else 1)
 
     @property
     def state_bytes(self) -> int:

@@ -4,6 +4,7 @@ state gathered from tp=2 resumes at tp=1 (and a tp=1 state re-split resumes at t
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -20,7 +21,9 @@ from hybrid_agent.model.parallel import (
     weight_rules,
 )
 from hybrid_agent.model.sharding import gather_state, shard_model, split_state
+from hybrid_agent.model.state_layout import layout_metadata
 from hybrid_agent.model.testing import thread_ranks, tiny_config, tiny_model
+from safetensors.torch import load, save
 
 BIASED = {
     "attention": {"n_heads": 4, "n_kv_heads": 2, "head_dim": 8, "bias": True},
@@ -73,6 +76,10 @@ def _check_case(tp: TensorParallel, name: str, full) -> None:
     assert set(gathered) == set(ref_tensors)
     for n, t in ref_tensors.items():
         _close(gathered[n], t, f"{name} state {n}")
+    # Through a snapshot's bytes (safetensors with the layout recorded) and back: exact.
+    saved = save(gathered, metadata=layout_metadata(full.config, tp.world))
+    assert safe_open_meta(saved)["tensor_parallel"].startswith(f"written by {tp.world}")
+    gathered = load(saved)
     again = split_state(gathered, local).to_tensors()
     for n, t in state.to_tensors().items():
         assert torch.equal(again[n], t), f"{name}: {n} changed in gather + split"
@@ -87,6 +94,11 @@ def _check_case(tp: TensorParallel, name: str, full) -> None:
 
     at_tp1 = ModelState.from_tensors(gathered, full.config)
     assert _greedy(full, ids[:, -1:], at_tp1, 6)[0] == want, f"{name}: tp=2 state at tp=1"
+
+
+def safe_open_meta(data: bytes) -> dict[str, str]:
+    n = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + n])["__metadata__"]
 
 
 def _all_cases(tp: TensorParallel, names: list[str]) -> None:
