@@ -66,6 +66,10 @@ class TensorParallel:
             return cls()
         return cls(dist.get_rank(group), dist.get_world_size(group), group)
 
+    def backend(self) -> str:
+        """The group's backend ("gloo", "nccl"); "" at world 1."""
+        return "" if self.world == 1 else str(dist.get_backend(self.group))
+
     def all_reduce(self, x: Tensor) -> Tensor:
         """The sum of `x` over the ranks (in place when `x` is contiguous)."""
         if self.world == 1:
@@ -355,7 +359,10 @@ def launch(fn: Any, world: int, *args: Any, backend: str = "gloo") -> None:
 
 
 def _rank_main(rank: int, world: int, backend: str, store: str, fn: Any, args: tuple[Any, ...]) -> None:
-    torch.set_num_threads(1)
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    else:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         fn(TensorParallel.current(), *args)

@@ -359,7 +359,8 @@ def load_model(
     """Load a checkpoint (see the module docstring). Default device: cpu; default dtype: float32 on CPU,
     bfloat16 on CUDA (`dtype` may be spelt "bfloat16", "float16", "float32"). `cache_fingerprint`:
     see `load_weights`. `tp` > 1: this process's tensor-parallel shard, in an initialised process group
-    of `tp` ranks (torchrun, or model/parallel.py's `launch`); the tokenizer and chat format are whole."""
+    of `tp` ranks (torchrun, or model/parallel.py's `launch`); the tokenizer and chat format are whole.
+    Under NCCL the default device is the rank's current card (`torch.cuda.set_device` first)."""
     ctx = TensorParallel.current()
     if tp < 1 or ctx.world != tp:
         raise CheckpointError(
@@ -372,7 +373,9 @@ def load_model(
         dtype = getattr(torch, dtype)
     root = resolve_checkpoint(path_or_id)
     hf = read_config(root)
-    dev = torch.device(device or "cpu")
+    dev = torch.device(device or ("cuda" if ctx.world > 1 and ctx.backend() == "nccl" else "cpu"))
+    if dev.type == "cuda" and dev.index is None and ctx.world > 1:
+        dev = torch.device("cuda", torch.cuda.current_device())  # the rank's card (torchrun's LOCAL_RANK)
     dt = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
     family = family_of(hf)
     if family is not None and not (root / "tokenizer.json").is_file():

@@ -11,6 +11,8 @@ from hybrid_agent.model.checkpoints.loader import ADAPTERS, family_of, load_weig
 from hybrid_agent.model.errors import CheckpointError
 from hybrid_agent.model.parallel import TensorParallel
 from hybrid_agent.model.testing import thread_ranks
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 pytest.importorskip("transformers")
 
@@ -68,3 +70,34 @@ def test_tp_without_a_process_group_is_refused_in_one_line(checkpoint):
     with pytest.raises(CheckpointError, match="torchrun --nproc-per-node 2") as e:
         load_model(folder, tp=2, progress=False)
     assert "\n" not in str(e.value)
+
+
+def _load_on_rank(tp: TensorParallel, folder: str, out: str) -> None:
+    """A rank started by `launch`: `load_model(path, tp=2)` as a torchrun rank calls it."""
+    model, _, _ = load_model(folder, tp=tp.world, progress=False, cache_fingerprint=False)
+    ids = torch.arange(3, 12)[None]
+    logits, got = _greedy(model, ids)
+    if tp.rank == 0:
+        tensors = {"logits": logits.contiguous(), "greedy": torch.tensor(got)}
+        save_file(tensors, out, metadata={"fingerprint": model.fingerprint})
+
+
+@pytest.mark.slow
+def test_load_model_tp2_in_two_processes(checkpoint, tmp_path, monkeypatch):
+    """Two processes over gloo (model/parallel.py's `launch`), each calling `load_model(path, tp=2)`."""
+    import sys
+    from pathlib import Path
+
+    from hybrid_agent.model.parallel import launch
+
+    monkeypatch.setattr(sys, "path", [*sys.path, str(Path(__file__).resolve().parents[2])])
+    folder, _ = checkpoint("bamba", mamba_n_groups=1)
+    whole, _, _ = load_model(folder, progress=False, cache_fingerprint=False)
+    want_logits, want = _greedy(whole, torch.arange(3, 12)[None])
+    out = tmp_path / "out.safetensors"
+    launch(_load_on_rank, 2, str(folder), str(out))
+    got = load_file(out)
+    with safe_open(out, "pt") as f:
+        assert f.metadata()["fingerprint"] == whole.fingerprint
+    assert got["greedy"].tolist() == want
+    assert (got["logits"] - want_logits).abs().max().item() <= 1e-4 * max(1.0, want_logits.abs().max().item())
