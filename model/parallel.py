@@ -139,7 +139,8 @@ def local_config(cfg: HybridConfig, world: int) -> HybridConfig:
         out.kda.n_heads = div("kda.n_heads", out.kda.n_heads)
     if "short_conv" in kinds:
         out.short_conv.channels = div("d_model (short_conv channels)", cfg.d_model)
-    out.mlp.hidden_dim = div("mlp.hidden_dim", cfg.mlp.hidden_dim)
+    if cfg.mlp.enabled:
+        out.mlp.hidden_dim = div("mlp.hidden_dim", cfg.mlp.hidden_dim)
     if cfg.moe.n_experts:
         out.moe.hidden_dim = div("moe.hidden_dim", cfg.moe.hidden_dim)
         if cfg.moe.shared_hidden_dim:

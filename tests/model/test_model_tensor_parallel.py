@@ -41,6 +41,8 @@ CASES: dict[str, tuple[list[str], dict[str, object]]] = {
     "moe": (["attention", "mamba2"], {"moe": {"n_experts": 4, "top_k": 2, "hidden_dim": 32,
                                               "shared_hidden_dim": 32, "shared_gate": True}}),
     "parallel": (["parallel"], {"tie_embeddings": False}),
+    "four_ranks": (["mamba2", "attention", "kda"],
+                   {"attention": {"n_heads": 4, "n_kv_heads": 4, "head_dim": 8}, "kda": {"head_dim": 8}}),
 }  # fmt: skip
 
 
@@ -113,17 +115,23 @@ def importable(monkeypatch):
     monkeypatch.setattr(sys, "path", [*sys.path, root])  # spawn passes sys.path on; after the package
 
 
-def test_tp2_equals_tp1_threads():
-    """The fast representative in the default suite: two ranks as two threads of this process, joined
-    by a real gloo process group (attention with biases, Mamba-2 with one group, MoE)."""
-    models = {n: _full(n) for n in ("moe", "attention")}
-    thread_ranks(2, lambda tp: [_check_case(tp, n, m) for n, m in models.items()])
+@pytest.mark.parametrize("name", [n for n in CASES if n != "four_ranks"])
+def test_tp2_equals_tp1_threads(name):
+    """Two ranks as two threads of this process, joined by a real gloo process group."""
+    model = _full(name)
+    thread_ranks(2, lambda tp: _check_case(tp, name, model))
+
+
+def test_tp4_equals_tp1_threads():
+    """Four ranks: a state gathered at tp=4 resumes at tp=1, a tp=1 state re-split at tp=4."""
+    model = _full("four_ranks")
+    thread_ranks(4, lambda tp: _check_case(tp, "four_ranks", model))
 
 
 @pytest.mark.slow
-def test_tp2_equals_tp1_every_kind(importable):
-    """Every layer kind on two processes (`launch`, as `--tp` runs it)."""
-    launch(_all_cases, 2, list(CASES))
+def test_tp2_equals_tp1_processes(importable):
+    """Two processes (`launch`, as torchrun runs the ranks): every layer kind."""
+    launch(_all_cases, 2, [n for n in CASES if n != "four_ranks"])
 
 
 def test_sizes_that_do_not_split_are_refused():
