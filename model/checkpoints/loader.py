@@ -54,7 +54,7 @@ from hybrid_agent.model.checkpoints.tool_formats import format_class_for
 from hybrid_agent.model.config import HybridConfig
 from hybrid_agent.model.errors import CheckpointError
 from hybrid_agent.model.hybrid import HybridLM, combine_fingerprint, weight_header
-from hybrid_agent.model.parallel import TensorParallel, shard, weight_rules
+from hybrid_agent.model.parallel import TensorParallel, local_config, shard, weight_rules
 from hybrid_agent.model.skeleton import skeleton, to_empty
 from hybrid_agent.model.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 from torch import Tensor
@@ -345,6 +345,16 @@ def end_of_turn_strings(root: Path, tokenizer: Tokenizer | ByteTokenizer) -> lis
     ids = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
     ids = [ids] if isinstance(ids, int) else list(ids or [])
     return [s for s in (tokenizer.decode([i]) for i in ids if 0 <= i < tokenizer.vocab_size) if s]
+
+
+def check_split(path_or_id: str | Path, tp: int) -> None:
+    """Raise ConfigError, before any weight is read, if the checkpoint's sizes do not split over `tp`
+    ranks (model/parallel.py's `local_config`)."""
+    root = resolve_checkpoint(path_or_id)
+    hf = read_config(root)
+    family = family_of(hf)
+    adapter = cast(Adapter, native) if family is None else ADAPTERS[family]
+    local_config(adapter.hybrid_config(hf), tp)
 
 
 def load_model(
