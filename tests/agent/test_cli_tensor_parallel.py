@@ -60,3 +60,14 @@ def test_tp_below_one_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFix
         main(["run", "hi", "--tp", "0", "--db", str(tmp_path / "s.db")])
     assert e.value.code == 2
     assert "--tp: 0 is not a whole number from 1 to 64" in capsys.readouterr().err
+
+
+def test_acp_refuses_tp(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    HybridLM(HybridConfig(vocab_size=267, d_model=32, layer_types=["attention"])).save_pretrained(
+        tmp_path / "m"
+    )
+    code = main(["acp", "--model", str(tmp_path / "m"), "--db", str(tmp_path / "s.db"), "--tp", "2"])
+    err = capsys.readouterr().err
+    assert (
+        code != 0 and "acp runs several sessions on one model and has no --tp" in err and err.count("\n") == 1
+    )
