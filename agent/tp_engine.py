@@ -27,14 +27,21 @@ from torch import Tensor
 STOP = "stop"
 
 
+def _wire(tp: TensorParallel) -> torch.device:
+    """Where the group's messages live: NCCL moves only CUDA tensors, gloo CPU ones."""
+    return (
+        torch.device("cuda", torch.cuda.current_device()) if tp.backend() == "nccl" else torch.device("cpu")
+    )
+
+
 def _send_bytes(tp: TensorParallel, data: bytes | None) -> bytes:
     """Rank 0's `data` on every rank (the others pass None)."""
-    n = torch.tensor([len(data) if data is not None else 0], dtype=torch.int64)
-    n = tp.all_reduce(n)
+    wire = _wire(tp)
+    n = tp.all_reduce(torch.tensor([len(data) if data is not None else 0], dtype=torch.int64, device=wire))
     buf = torch.zeros(int(n), dtype=torch.int32)  # (bytes as int32: a sum of one value and zeros is exact)
     if data is not None:
         buf += torch.frombuffer(bytearray(data), dtype=torch.uint8).to(torch.int32)
-    return bytes(tp.all_reduce(buf).to(torch.uint8).numpy().tobytes())
+    return bytes(tp.all_reduce(buf.to(wire)).to(torch.uint8).cpu().numpy().tobytes())
 
 
 def _send_command(tp: TensorParallel, command: dict[str, Any] | None) -> dict[str, Any]:
@@ -51,7 +58,7 @@ def _send_tensors(
         dt = getattr(torch, dtype)
         t = torch.zeros(shape, dtype=dt) if tensors is None else tensors[name].detach().cpu().contiguous()
         wide = t.reshape(-1).view(torch.uint8).to(torch.int32)  # (bytes; summed with zeros: exact)
-        out[name] = tp.all_reduce(wide).to(torch.uint8).view(dt).reshape(shape)
+        out[name] = tp.all_reduce(wide.to(_wire(tp))).to(torch.uint8).cpu().view(dt).reshape(shape)
     return out
 
 
@@ -60,13 +67,15 @@ def _specs(tensors: dict[str, Tensor]) -> list[list[Any]]:
 
 
 def _gathered(tp: TensorParallel, tensors: dict[str, Tensor], rules: dict[str, Any]) -> dict[str, Tensor]:
-    """The full layout's tensors from every rank's (rank order)."""
+    """The full layout's tensors from every rank's (rank order), where each rank's were."""
     out = {}
     for name, t in tensors.items():
         rule = rules.get(name)
-        out[name] = (
-            t if rule is None else gather(torch.chunk(tp.all_gather(t.contiguous(), 0), tp.world), rule)
-        )
+        if rule is None:
+            out[name] = t
+            continue
+        parts = tp.all_gather(t.contiguous().to(_wire(tp)), 0).to(t.device)
+        out[name] = gather(list(torch.chunk(parts, tp.world)), rule)
     return out
 
 
