@@ -79,9 +79,9 @@ def _check_case(tp: TensorParallel, name: str, full) -> None:
     for n, t in ref_tensors.items():
         _close(gathered[n], t, f"{name} state {n}")
     # Through a snapshot's bytes (safetensors with the layout recorded) and back: exact.
-    saved = save(gathered, metadata=layout_metadata(full.config, tp.world))
+    saved = save({n: t.cpu() for n, t in gathered.items()}, metadata=layout_metadata(full.config, tp.world))
     assert safe_open_meta(saved)["tensor_parallel"].startswith(f"written by {tp.world}")
-    gathered = load(saved)
+    gathered = {n: t.to(full.device) for n, t in load(saved).items()}
     again = split_state(gathered, local).to_tensors()
     for n, t in state.to_tensors().items():
         assert torch.equal(again[n], t), f"{name}: {n} changed in gather + split"
@@ -126,6 +126,19 @@ def test_tp4_equals_tp1_threads():
     """Four ranks: a state gathered at tp=4 resumes at tp=1, a tp=1 state re-split at tp=4."""
     model = _full("four_ranks")
     thread_ranks(4, lambda tp: _check_case(tp, "four_ranks", model))
+
+
+def _cuda_cases(tp: TensorParallel, names: list[str]) -> None:
+    for name in names:
+        _check_case(tp, name, _full(name).to(f"cuda:{tp.rank}"))
+
+
+@pytest.mark.gpu
+def test_tp2_equals_tp1_over_nccl(importable):
+    """Two GPUs over NCCL (`launch`, one card per rank), the cases of one of each kind of split."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA devices")
+    launch(_cuda_cases, 2, ["attention", "mamba2_one_group", "gated_deltanet", "moe"], backend="nccl")
 
 
 @pytest.mark.slow
