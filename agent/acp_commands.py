@@ -194,6 +194,12 @@ def cmd_acp(args: argparse.Namespace, engines: Callable[[], Any] | None = None) 
 
         resolve_model_dir(args.model)
         check_device(args.device)
+        if getattr(args, "tp", 1) > 1:  # its sessions share one model; the ranks serve one engine
+            from hybrid_agent.agent.errors import AgentError
+
+            raise AgentError(
+                "acp runs several sessions on one model and has no --tp; use it with run or the UI"
+            )
     from hybrid_agent.memory import Store
 
     Store(args.db).close()

@@ -73,6 +73,14 @@ def _shared(defaults: bool) -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default=d(None), help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument(
+        "--tp",
+        type=_number(int, 1, "a whole number from 1 to 64", 64),
+        metavar="N",
+        default=d(1),
+        help="tensor parallel: split the model over N processes (N cards with --device cuda, else the "
+        "CPU over gloo); this one runs the agent (default: 1)",
+    )
+    p.add_argument(
         "--window",
         type=_POSITIVE,
         metavar="N",

@@ -95,6 +95,7 @@ def _agent_options(args: argparse.Namespace) -> dict[str, Any]:
         "db": args.db,
         "workspace": args.workspace,
         "device": args.device,
+        "tp": getattr(args, "tp", 1),
         "window": args.window,
         "sinks": args.sinks,
         "seed": args.seed,

@@ -163,6 +163,10 @@ class ModelEngine:
         self._generator = make_generator(seed, self._device)
         self._window_arg, self._sinks_arg = window, sinks
         self._want_engine = want_decode_engine(decode_engine, self._device)
+        if getattr(getattr(model, "tp", None), "world", 1) > 1:
+            # A tensor-parallel shard runs on the model's own path: the DecodeEngine's step adds the
+            # residuals itself, without the ranks' all-reduce (docs/design.md, "Tensor parallelism").
+            self._want_engine = False
         self._min_context = max(1, int(max_context))
         self._decoder: Any = None  # the DecodeEngine, built on first use and kept (its buffers are big)
         self._on_decoder = False  # whether the live state is the DecodeEngine's
@@ -227,7 +231,8 @@ class ModelEngine:
         """How each state tensor is laid out (key- or value-first, conv width, dtype), by tensor name."""
         from hybrid_agent.model.state_layout import layout_metadata
 
-        return layout_metadata(self.model.config)
+        tp = getattr(self.model, "tp", None)  # a tensor-parallel rank's model: the layout it was split in
+        return layout_metadata(self.model.config, tp.world if tp is not None else 1)
 
     @property
     def state_bytes(self) -> int:

@@ -95,7 +95,9 @@ def load_engine(
     sinks: int = 4,
     seed: int | None = None,
     temperature: float = 0.0,
+    tp: int = 1,
 ) -> ModelEngine:
+    """The model's engine; `tp` > 1 splits the model over that many processes (agent/tp_launch.py)."""
     import torch
     from hybrid_agent.agent.engine import ModelEngine
     from hybrid_agent.model import load_model
@@ -104,6 +106,12 @@ def load_engine(
     where = resolve_model_dir(path)
     if seed is not None:
         torch.manual_seed(seed)
+    if tp > 1:
+        from hybrid_agent.agent.tp_launch import start_ranks
+
+        options = {"window": window, "sinks": sinks, "temperature": temperature, "seed": seed}
+        engine: ModelEngine = start_ranks(where, tp, device, options)
+        return engine
     lm, tokenizer, chat = load_model(where, device=device, progress=False)
     name = Path(where).name if Path(where).is_dir() else where
     return ModelEngine(
@@ -135,6 +143,7 @@ def open_agent(
     max_prompt_tokens: int | None = None,
     mention_max_bytes: int | None = None,
     project_memory_max_bytes: int | None = None,
+    tp: int = 1,
 ) -> AgentT:
     from hybrid_agent.agent.session_ids import resolve_session_id
     from hybrid_agent.agent.sessions import describe_policy, folder_gone, session_policy
@@ -143,7 +152,7 @@ def open_agent(
     check_options(
         temperature=temperature, max_new_tokens=max_new_tokens, max_tool_rounds=max_tool_rounds,
         window=window, sinks=sinks, max_prompt_tokens=max_prompt_tokens, mention_max_bytes=mention_max_bytes,
-        project_memory_max_bytes=project_memory_max_bytes,
+        project_memory_max_bytes=project_memory_max_bytes, tp=tp,
     )  # fmt: skip
     store = Store(db)
     registry: Any = None
@@ -164,7 +173,7 @@ def open_agent(
                 # ... and keeps the attention window it ran with (its numbers depend on it).
                 window, sinks = recorded
         engine = load_engine(
-            model, device=device, window=window, sinks=sinks, seed=seed, temperature=temperature
+            model, device=device, window=window, sinks=sinks, seed=seed, temperature=temperature, tp=tp
         )
         if recorded is not None and given_window is not None and engine.window != recorded[0]:
             # The resume would run under the session's own window anyway (Agent.resume): say so

@@ -25,6 +25,7 @@ from hybrid_agent.agent.session_ids import resolve_session_id
 from hybrid_agent.memory import Event, SessionInfo, Store, StoreError, TurnOrderError
 from hybrid_agent.model.chat import ChatMessage
 from hybrid_agent.model.state import Page
+from hybrid_agent.model.state_layout import TENSOR_PARALLEL_KEY
 from hybrid_agent.tools.journal import reconcile
 from hybrid_agent.tools.workspace import Workspace
 
@@ -336,9 +337,14 @@ class SessionOps:
     def _check_layout(self, session_id: str, turn: int, stored: dict[str, str] | None) -> None:
         """Refuse a snapshot whose tensors were written in another layout than the loaded model reads
         (same weights, but e.g. a state stored value-first by another version): loading it would run
-        on silently wrong numbers. Snapshots from before the layout was stored are read as they are."""
+        on silently wrong numbers. Snapshots from before the layout was stored are read as they are.
+        The tensor-parallel layout a snapshot was written in is no reason to refuse it: its tensors are
+        in the full layout whatever the tp (model/state_layout.py)."""
         current = self._state_layout()
-        if stored is None or current is None or stored == current:
+        if stored is None or current is None:
+            return
+        stored, current = _without_tp(stored), _without_tp(current)
+        if stored == current:
             return
         key = next(k for k in sorted(stored.keys() | current.keys()) if stored.get(k) != current.get(k))
         raise StateLayoutError(
@@ -396,3 +402,7 @@ def describe_policy(policy: Policy) -> str:
 def policy_options(policy: Policy) -> str:
     window, sinks = policy
     return "no --window" if window is None else f"--window {window} --sinks {sinks}"
+
+
+def _without_tp(layout: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in layout.items() if k != TENSOR_PARALLEL_KEY}

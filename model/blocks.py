@@ -77,10 +77,19 @@ _SUBCONFIG = {
 }
 
 
+def _same(x: Tensor) -> Tensor:
+    return x
+
+
 class Block(nn.Module):
-    def __init__(self, cfg: HybridConfig, kind: str, index: int = 0) -> None:
+    """`reduce` sums a sub-layer's output over the tensor-parallel ranks (model/parallel.py): each rank's
+    mixer and MLP give the part of their row-parallel output projection that its heads hold."""
+
+    def __init__(
+        self, cfg: HybridConfig, kind: str, index: int = 0, reduce: Callable[[Tensor], Tensor] = _same
+    ) -> None:
         super().__init__()
-        self.kind = kind
+        self.kind, self.reduce = kind, reduce
         factory = MIXERS[kind]
         sub = _SUBCONFIG.get(kind)
         self.post_norm = sub is not None and getattr(cfg, sub).norm_position == "post"
@@ -96,9 +105,12 @@ class Block(nn.Module):
         ops = ops or Ops()
         if self.mixer is not None and self.mixer_norm is not None:
             if self.post_norm:
-                x = x + self.mixer_norm(self.mixer(x, layer, state, ops))
+                x = x + self.mixer_norm(self.reduce(self.mixer(x, layer, state, ops)))
             else:
-                x = x + self.mixer(self.mixer_norm(x), layer, state, ops)
+                x = x + self.reduce(self.mixer(self.mixer_norm(x), layer, state, ops))
         if self.mlp is not None and self.mlp_norm is not None:
-            x = x + (self.mlp_norm(self.mlp(x, ops)) if self.post_norm else self.mlp(self.mlp_norm(x), ops))
+            if self.post_norm:
+                x = x + self.mlp_norm(self.reduce(self.mlp(x, ops)))
+            else:
+                x = x + self.reduce(self.mlp(self.mlp_norm(x), ops))
         return x  # (B, T, D)

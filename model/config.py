@@ -43,6 +43,7 @@ _LATE_SUBCONFIGS: tuple[str, ...] = ("short_conv", "moe", "kda")
 _LATE_FIELDS: dict[str, tuple[str, ...]] = {
     "attention": ("output_gate",),
     "moe": ("score_bias", "n_groups", "topk_groups", "router_fp32"),
+    "short_conv": ("channels",),
 }
 
 
@@ -132,6 +133,7 @@ class ShortConvConfig(_Strict):
 
     d_conv: int = 3  # conv width (LFM2's conv_L_cache); the state keeps d_conv - 1 inputs
     bias: bool = False  # of in_proj, the conv and out_proj together (LFM2's conv_bias)
+    channels: int | None = None  # conv channels; default d_model (fewer on a tensor-parallel rank)
     norm_position: Literal["pre", "post"] = "pre"
 
 

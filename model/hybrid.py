@@ -14,6 +14,9 @@ Design choices:
   .to()). Per-weight digests let a checkpoint loader compute the same value while it streams the
   weights in, in any order and on several threads (model/checkpoints/), without reading them twice.
 - Files: `config.json` + `model.safetensors` (never pickle). Tied embeddings are stored once.
+- Tensor parallel (model/parallel.py): built with `tp`, the model holds one rank's shard: its layers are
+  built from the rank's local config (`local_config`, and so is its state), its embedding and head hold
+  the rank's vocabulary rows, and `config` stays the full model's (its fingerprint too).
 - Weight names (for checkpoint adapters): `embed_tokens.weight`, `layers.{i}.*` (model/blocks.py),
   `norm.weight`, `lm_head.weight` (only without tied embeddings).
 """
@@ -26,12 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from hybrid_agent.model.attention import Attention
 from hybrid_agent.model.blocks import Block
 from hybrid_agent.model.config import HybridConfig
 from hybrid_agent.model.errors import CheckpointError, StateMismatchError, TokenRangeError
 from hybrid_agent.model.layers import RMSNorm
+from hybrid_agent.model.mamba2 import Mamba2Mixer
 from hybrid_agent.model.ops import Ops
+from hybrid_agent.model.parallel import TensorParallel, local_config
 from hybrid_agent.model.state import ModelState, state_layout
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
@@ -53,16 +58,33 @@ def combine_fingerprint(config_json: str, digests: Mapping[str, str]) -> str:
 
 
 class HybridLM(nn.Module):
-    def __init__(self, cfg: HybridConfig) -> None:
+    def __init__(self, cfg: HybridConfig, tp: TensorParallel | None = None) -> None:
         super().__init__()
+        self.tp = tp or TensorParallel()
         self.config = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.layers = nn.ModuleList(Block(cfg, kind, i) for i, kind in enumerate(cfg.layer_types))
+        self.local_config = local = local_config(cfg, self.tp.world)  # `cfg` itself at world 1
+        vocab = self.tp.vocab_rows(cfg.vocab_size)
+        self.embed_tokens = nn.Embedding(vocab, cfg.d_model)
+        reduce = self.tp.all_reduce
+        self.layers = nn.ModuleList(Block(local, kind, i, reduce) for i, kind in enumerate(cfg.layer_types))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        self._layout = state_layout(cfg)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, vocab, bias=False)
+        if self.tp.world > 1:
+            self._span_norms()
+        self._layout = state_layout(local)
         self._fingerprint: str | None = None
         self._init_weights()
+
+    def _span_norms(self) -> None:
+        """Norms over an axis split across the ranks sum their squares over them (model/parallel.py):
+        single-group Mamba-2's gated norm, attention's QK-norm over all heads."""
+        for block in self.layers:
+            mixers = [block.mixer] if block.kind != "parallel" else [block.mixer.attention, block.mixer.mamba]
+            for m in mixers:
+                if isinstance(m, Mamba2Mixer) and m.norm is not None and self.config.mamba2.n_groups == 1:
+                    m.norm.span = self.tp
+                if isinstance(m, Attention) and m.qk_norm == "full":
+                    m.q_norm.span = m.k_norm.span = self.tp
 
     @torch.no_grad()
     def _init_weights(self) -> None:
@@ -88,7 +110,7 @@ class HybridLM(nn.Module):
     def new_state(self, batch_size: int = 1, *, window: int | None = None, sinks: int = 0) -> ModelState:
         """An empty state. `window=None`: exact full attention; else keep `sinks` + the last `window`."""
         return ModelState.empty(
-            self.config, batch_size, window=window, sinks=sinks, device=self.device, dtype=self.dtype
+            self.local_config, batch_size, window=window, sinks=sinks, device=self.device, dtype=self.dtype
         )
 
     def _check(self, input_ids: Tensor, state: ModelState) -> None:
@@ -139,7 +161,7 @@ class HybridLM(nn.Module):
         `ops`: how the layers run (model/ops.py; a fresh `Ops()`, the model's own path, by default)."""
         self._check(input_ids, state)
         T = input_ids.shape[1]
-        x = self.embed_tokens(input_ids.to(self.device))  # (B, T, D)
+        x = self.tp.embed(self.embed_tokens.weight, input_ids.to(self.device))  # (B, T, D)
         ops = ops or Ops()  # shared by the layers of this call (positions, RoPE)
         ops.begin()
         for block, layer in zip(self.layers, state.layers, strict=True):
@@ -150,12 +172,16 @@ class HybridLM(nn.Module):
             for i in range(len(state.layers)):
                 state.evict(i)
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(x, weight)  # (B, T, V)
+        return self.tp.logits(x, weight, self.config.vocab_size)  # (B, T, V)
 
     # ---- identity and files --------------------------------------------------------------------------
     @property
     def fingerprint(self) -> str:
         if self._fingerprint is None:
+            if self.tp.world > 1:
+                raise CheckpointError(
+                    "a tensor-parallel shard knows its fingerprint only from its full model"
+                )
             digests = {}
             for name, t in self.state_dict().items():
                 h = hashlib.sha256(weight_header(name, t.dtype, tuple(t.shape)))

@@ -15,6 +15,8 @@ forms to the reference kernels.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from hybrid_agent.kernels import gated_rms_norm, rms_norm
@@ -24,7 +26,12 @@ from torch import Tensor, nn
 
 
 class RMSNorm(nn.Module):
-    """`weight` (dim,), initialised to ones; y = x / rms(x) * weight over the last axis."""
+    """`weight` (dim,), initialised to ones; y = x / rms(x) * weight over the last axis.
+
+    `span` (a `TensorParallel`, model/parallel.py): the axis is split across the ranks (attention's
+    QK-norm over all heads, `qk_norm="full"`), so the mean square is summed over them."""
+
+    span: Any = None
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -32,6 +39,11 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.span is not None and self.span.world > 1:
+            xf = x.float()
+            squares = self.span.all_reduce(xf.pow(2).sum(-1, keepdim=True))
+            mean = squares / (xf.shape[-1] * self.span.world)
+            return (xf * torch.rsqrt(mean + self.eps) * self.weight.float()).to(x.dtype)
         return rms_norm(x, self.weight, self.eps)
 
 
@@ -40,7 +52,12 @@ class GatedRMSNorm(nn.Module):
 
     `norm_before_gate=False` (Mamba-2): norm(x * silu(z)) over groups of `group_size` channels;
     `True` (Gated DeltaNet): norm(x) * silu(z).
+
+    `span` (a `TensorParallel`, model/parallel.py) is set on a rank whose one group is split across the
+    ranks (tensor-parallel Mamba-2 with a single group): the mean square is then summed over them.
     """
+
+    span: Any = None
 
     def __init__(
         self, dim: int, eps: float, *, group_size: int | None = None, norm_before_gate: bool
@@ -50,9 +67,20 @@ class GatedRMSNorm(nn.Module):
         self.eps, self.group_size, self.norm_before_gate = eps, group_size, norm_before_gate
 
     def forward(self, x: Tensor, z: Tensor) -> Tensor:
+        if self.span is not None and self.span.world > 1:
+            return self._spanning(x, z)
         return gated_rms_norm(
             x, z, self.weight, self.eps, group_size=self.group_size, norm_before_gate=self.norm_before_gate
         )
+
+    def _spanning(self, x: Tensor, z: Tensor) -> Tensor:
+        """The one-group norm of a group spread over the ranks: each holds `x.shape[-1]` of its channels."""
+        xf, gate = x.float(), F.silu(z.float())
+        if not self.norm_before_gate:
+            xf = xf * gate
+        squares = self.span.all_reduce(xf.pow(2).sum(-1, keepdim=True))
+        y = xf * torch.rsqrt(squares / (xf.shape[-1] * self.span.world) + self.eps) * self.weight.float()
+        return (y * gate if self.norm_before_gate else y).to(x.dtype)
 
 
 class MLP(nn.Module):

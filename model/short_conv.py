@@ -28,10 +28,11 @@ class ShortConv(nn.Module):
     def __init__(self, cfg: HybridConfig) -> None:
         super().__init__()
         s, d = cfg.short_conv, cfg.d_model
-        self.d_model = d
-        self.in_proj = nn.Linear(d, 3 * d, bias=s.bias)
-        self.conv1d = nn.Conv1d(d, d, s.d_conv, groups=d, padding=s.d_conv - 1, bias=s.bias)
-        self.out_proj = nn.Linear(d, d, bias=s.bias)
+        c = s.channels or d  # fewer on a tensor-parallel rank (model/parallel.py)
+        self.d_model = c
+        self.in_proj = nn.Linear(d, 3 * c, bias=s.bias)
+        self.conv1d = nn.Conv1d(c, c, s.d_conv, groups=c, padding=s.d_conv - 1, bias=s.bias)
+        self.out_proj = nn.Linear(c, d, bias=s.bias)
 
     def forward(self, x: Tensor, layer: LayerState, state: ModelState, ops: Ops | None = None) -> Tensor:
         ops = ops or Ops()

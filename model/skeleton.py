@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from hybrid_agent.model.config import HybridConfig
 from hybrid_agent.model.hybrid import HybridLM
+from hybrid_agent.model.parallel import TensorParallel
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
@@ -65,11 +66,12 @@ class _Skeleton(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def skeleton(cfg: HybridConfig) -> HybridLM:
+def skeleton(cfg: HybridConfig, tp: TensorParallel | None = None) -> HybridLM:
     """The model of `cfg` with its large tensors on the meta device and nothing initialised (module
-    docstring); `to_empty` gives every tensor real, uninitialised storage."""
+    docstring); `to_empty` gives every tensor real, uninitialised storage. With `tp`: that rank's shard
+    (model/parallel.py)."""
     with torch.device("meta"), _Skeleton():
-        return HybridLM(cfg)
+        return HybridLM(cfg, tp)
 
 
 def to_empty(model: HybridLM, device: torch.device | str, dtype: torch.dtype) -> HybridLM:

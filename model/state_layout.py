@@ -62,7 +62,8 @@ def _mla_spec(cfg: HybridConfig) -> StateSpec:
 
 
 def _short_conv_spec(cfg: HybridConfig) -> StateSpec:
-    return StateSpec(recurrent={"conv": (cfg.d_model, cfg.short_conv.d_conv - 1)})  # the last inputs B*x
+    channels = cfg.short_conv.channels or cfg.d_model
+    return StateSpec(recurrent={"conv": (channels, cfg.short_conv.d_conv - 1)})  # the last inputs B*x
 
 
 def _kda_spec(cfg: HybridConfig) -> StateSpec:
@@ -109,8 +110,15 @@ def token_axes(spec: StateSpec) -> dict[str, int]:
     return {n: token_axis(s) for n, s in spec.cache.items()}
 
 
-def layout_metadata(cfg: HybridConfig) -> dict[str, str]:
+TENSOR_PARALLEL_KEY = "tensor_parallel"
+
+
+def layout_metadata(cfg: HybridConfig, tp: int = 1) -> dict[str, str]:
     """Every layout decision behind the state's tensors, as safetensors metadata (`{name: text}`).
+
+    `tp` > 1: written by that many tensor-parallel ranks (model/parallel.py). Their tensors are still
+    stored in the full (tp=1) layout, gathered from the ranks on save and re-split on load, so the
+    `TENSOR_PARALLEL_KEY` entry records where the state came from and a reader at any tp reads it.
 
     Written beside the tensors of a saved state so that a reader (or a converter to another runtime)
     never has to guess: which axis of a recurrent state is the key, how wide a conv window is, what
@@ -133,4 +141,9 @@ def layout_metadata(cfg: HybridConfig) -> dict[str, str]:
             out[f"layers.{i}.{name}"] = f"{kind} cache {name!r}: (batch, {dims}) in the model's dtype"
         if spec.cache:
             out[f"layers.{i}.pos"] = f"{kind} cache positions: (tokens,) int64, absolute"
+    if tp > 1:
+        out[TENSOR_PARALLEL_KEY] = (
+            f"written by {tp} tensor-parallel ranks; tensors in the full (tp=1) layout, gathered from "
+            "the ranks (heads, conv channels and groups split as model/parallel.py's state_rules say)"
+        )
     return out

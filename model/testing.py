@@ -3,11 +3,15 @@ path). Shared by tests/model and tests/engine, so every layer kind is exercised 
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from hybrid_agent.model.config import HybridConfig
 from hybrid_agent.model.hybrid import HybridLM
+from hybrid_agent.model.parallel import TensorParallel
 from hybrid_agent.model.state import ModelState
 
 TINY: dict[str, Any] = dict(
@@ -60,3 +64,29 @@ def assert_close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-4) -> None:
     """Largest difference within `rel` of a's largest entry."""
     err = float((a - b).abs().max() / a.abs().max())
     assert err < rel, f"relative error {err:.2e}"
+
+
+def thread_ranks(world: int, fn: Callable[[TensorParallel], Any], timeout: float = 120.0) -> list[Any]:
+    """`fn(tp)` for every rank of a real gloo process group whose ranks are threads of this process
+    (tensor-parallel tests without starting processes); returns the ranks' results in rank order and
+    raises the first rank's exception. Build random models before: the threads share one generator."""
+    store = dist.HashStore()
+    results: list[Any] = [None] * world
+    errors: list[BaseException] = []
+
+    def rank(r: int) -> None:
+        try:
+            results[r] = fn(TensorParallel(r, world, dist.ProcessGroupGloo(store, r, world)))
+        except BaseException as e:  # re-raised in the caller's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=rank, args=(r,), daemon=True) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    if any(t.is_alive() for t in threads):
+        raise TimeoutError(f"a rank of {world} did not finish in {timeout} s")
+    if errors:
+        raise errors[0]
+    return results

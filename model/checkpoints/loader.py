@@ -54,6 +54,7 @@ from hybrid_agent.model.checkpoints.tool_formats import format_class_for
 from hybrid_agent.model.config import HybridConfig
 from hybrid_agent.model.errors import CheckpointError
 from hybrid_agent.model.hybrid import HybridLM, combine_fingerprint, weight_header
+from hybrid_agent.model.parallel import TensorParallel, local_config, shard, weight_rules
 from hybrid_agent.model.skeleton import skeleton, to_empty
 from hybrid_agent.model.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 from torch import Tensor
@@ -181,14 +182,20 @@ def load_weights(
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
     cache_fingerprint: bool = True,
+    tp: TensorParallel | None = None,
 ) -> HybridLM:
     """Build our model for a checkpoint read by `adapter` and stream its weights in (module docstring).
-    `cache_fingerprint=False` hashes the weights and neither reads nor writes the fingerprint cache."""
+    `cache_fingerprint=False` hashes the weights and neither reads nor writes the fingerprint cache.
+    `tp` (world > 1): the rank's shard; each full weight is read into a host buffer, hashed (the
+    fingerprint is the full model's), and only the rank's part kept (model/parallel.py's rules)."""
     family: str = adapter.FAMILY
     cfg: HybridConfig = adapter.hybrid_config(hf)
     plan: dict[str, Source] = adapter.sources(cfg, hf)
     shards = ShardSet(root)
-    model = to_empty(skeleton(cfg), device, dtype)
+    tp = tp or TensorParallel()
+    model = to_empty(skeleton(cfg, tp), device, dtype)
+    full_shapes = {n: tuple(t.shape) for n, t in skeleton(cfg).state_dict().items()} if tp.world > 1 else {}
+    rules = weight_rules(cfg)
     params = model.state_dict(keep_vars=True)
     if set(params) != set(plan):  # a bug in an adapter, not a bad checkpoint
         unplanned, extra = sorted(set(params) - set(plan)), sorted(set(plan) - set(params))
@@ -214,7 +221,13 @@ def load_weights(
         for target in order:
             names, src = resolved[target]
             data = params[target].data
-            final = _fill(data, names, src, shards, family, target, hashes is not None)
+            if tp.world > 1:  # the full weight on the host, then the rank's part
+                dtype_of = data.dtype  # (an MoE router kept in fp32 stays fp32)
+                data = torch.empty(full_shapes[target], dtype=dtype_of)
+                final = _fill(data, names, src, shards, family, target, True)
+                params[target].data.copy_(shard(final, rules.get(target), tp.rank, tp.world))
+            else:
+                final = _fill(data, names, src, shards, family, target, hashes is not None)
             if hashes is not None:
                 hashes(target, weight_header(target, data.dtype, tuple(data.shape)), _bytes(final))
             bar.update(sum(shards.entries[n].nbytes for n in names if n in used))
@@ -334,6 +347,16 @@ def end_of_turn_strings(root: Path, tokenizer: Tokenizer | ByteTokenizer) -> lis
     return [s for s in (tokenizer.decode([i]) for i in ids if 0 <= i < tokenizer.vocab_size) if s]
 
 
+def check_split(path_or_id: str | Path, tp: int) -> None:
+    """Raise ConfigError, before any weight is read, if the checkpoint's sizes do not split over `tp`
+    ranks (model/parallel.py's `local_config`)."""
+    root = resolve_checkpoint(path_or_id)
+    hf = read_config(root)
+    family = family_of(hf)
+    adapter = cast(Adapter, native) if family is None else ADAPTERS[family]
+    local_config(adapter.hybrid_config(hf), tp)
+
+
 def load_model(
     path_or_id: str | Path,
     *,
@@ -341,17 +364,28 @@ def load_model(
     dtype: torch.dtype | str | None = None,
     progress: bool = True,
     cache_fingerprint: bool = True,
+    tp: int = 1,
 ) -> tuple[HybridLM, Tokenizer | ByteTokenizer, ChatFormat]:
     """Load a checkpoint (see the module docstring). Default device: cpu; default dtype: float32 on CPU,
     bfloat16 on CUDA (`dtype` may be spelt "bfloat16", "float16", "float32"). `cache_fingerprint`:
-    see `load_weights`."""
+    see `load_weights`. `tp` > 1: this process's tensor-parallel shard, in an initialised process group
+    of `tp` ranks (torchrun, or model/parallel.py's `launch`); the tokenizer and chat format are whole.
+    Under NCCL the default device is the rank's current card (`torch.cuda.set_device` first)."""
+    ctx = TensorParallel.current()
+    if tp < 1 or ctx.world != tp:
+        raise CheckpointError(
+            f"tp={tp} needs a process group of {tp} ranks (this process is in one of {ctx.world}); "
+            f"run under torchrun --nproc-per-node {tp}, or pass tp={ctx.world}"
+        )
     if isinstance(dtype, str):
         if dtype not in ("bfloat16", "float16", "float32"):
             raise CheckpointError(f"dtype {dtype!r} is not supported; use bfloat16, float16 or float32")
         dtype = getattr(torch, dtype)
     root = resolve_checkpoint(path_or_id)
     hf = read_config(root)
-    dev = torch.device(device or "cpu")
+    dev = torch.device(device or ("cuda" if ctx.world > 1 and ctx.backend() == "nccl" else "cpu"))
+    if dev.type == "cuda" and dev.index is None and ctx.world > 1:
+        dev = torch.device("cuda", torch.cuda.current_device())  # the rank's card (torchrun's LOCAL_RANK)
     dt = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
     family = family_of(hf)
     if family is not None and not (root / "tokenizer.json").is_file():
@@ -363,8 +397,9 @@ def load_model(
     tokenizer = load_tokenizer(root)
     adapter = cast(Adapter, native) if family is None else ADAPTERS[family]
     model = load_weights(
-        root, adapter, hf, device=dev, dtype=dt, progress=progress, cache_fingerprint=cache_fingerprint
-    )
+        root, adapter, hf, device=dev, dtype=dt, progress=progress and ctx.rank == 0,
+        cache_fingerprint=cache_fingerprint, tp=ctx,
+    )  # fmt: skip
     if tokenizer.vocab_size > model.config.vocab_size:
         raise CheckpointError(
             f"the tokenizer in {root} has {tokenizer.vocab_size} tokens but the model only "

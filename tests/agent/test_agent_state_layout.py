@@ -72,3 +72,24 @@ def test_snapshots_record_the_layout_and_resume_refuses_another(model: HybridLM,
     list(agent.send_sync("again"))
     assert store.load_snapshot(legacy, 2).meta["state_layout"] == layout_metadata(CFG)
     agent.close()
+
+
+def test_a_snapshot_written_by_tensor_parallel_ranks_resumes_at_tp1(model: HybridLM, tmp_path: Path) -> None:
+    """Snapshots hold the full layout at any tp (gathered from the ranks, model/sharding.py): a layout
+    recording tp=2 resumes on a one-process model to the same state; the next snapshot records tp=1."""
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    agent = Agent(engine_of(model), store, workspace=tmp_path, max_new_tokens=4)
+    list(agent.send_sync("hello"))
+    first = agent.session_id
+    meta = store.load_snapshot(first, 1).meta
+    assert "tensor_parallel" not in meta["state_layout"]
+    at_tp2 = {**meta, "state_layout": layout_metadata(CFG, tp=2)}
+    assert "2 tensor-parallel ranks" in at_tp2["state_layout"]["tensor_parallel"]
+    sid = copy_session(store, first, model.fingerprint, at_tp2)
+    want = agent.engine.state.to_tensors()
+    agent.resume(sid)
+    got = agent.engine.state.to_tensors()
+    assert agent.session_id == sid and all(torch.equal(got[n], t) for n, t in want.items())
+    list(agent.send_sync("again"))
+    assert store.load_snapshot(sid, 2).meta["state_layout"] == layout_metadata(CFG)
+    agent.close()
