@@ -55,7 +55,7 @@ from hybrid_agent.model.decode import pages as page_loading
 from hybrid_agent.model.decode.buffers import ContextFullError, StaticState
 from hybrid_agent.model.decode.graphs import capture
 from hybrid_agent.model.decode.ops import GEMV_ROLES, EngineOps, StepKernels, plan_concat
-from hybrid_agent.model.decode.step import Step, head
+from hybrid_agent.model.decode.step import Step, embed, head
 from hybrid_agent.model.errors import StateMismatchError, TokenRangeError
 from hybrid_agent.model.hybrid import HybridLM
 from hybrid_agent.model.moe import gathers
@@ -232,7 +232,7 @@ class DecodeEngine:
         m, h = self.model, None
         for start in range(0, x.shape[1], self.prefill_chunk):
             chunk = x[:, start : start + self.prefill_chunk]  # (B, t)
-            h, ops = m.embed_tokens(chunk), Ops()  # (B, t, D); the model's own path
+            h, ops = embed(m, chunk), Ops()  # (B, t, D); the model's own path
             for block, layer in zip(m.layers, buf.state.layers, strict=True):
                 h = block(h, layer, buf.state, ops)  # (B, t, D)
             buf.state.n_tokens += chunk.shape[1]
