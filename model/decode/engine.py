@@ -42,6 +42,9 @@ and sampling.py (the model's own token loop, used off the engine's path).
   device, no host read) while batch_size * top_k <= n_experts.
   Anything else (a window, parallel layers) runs `model(token, state)` on the same buffers; on the CPU
   the step runs without a graph.
+- Tensor parallel (model/parallel.py): a rank's engine runs its shard; the step all-reduces each
+  sub-layer's output through the block's `reduce` and uses the vocab-parallel embedding and head (see
+  model/decode/step.py); over NCCL the collectives are inside the captured graph.
 """
 
 from __future__ import annotations
