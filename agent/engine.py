@@ -163,10 +163,6 @@ class ModelEngine:
         self._generator = make_generator(seed, self._device)
         self._window_arg, self._sinks_arg = window, sinks
         self._want_engine = want_decode_engine(decode_engine, self._device)
-        if getattr(getattr(model, "tp", None), "world", 1) > 1:
-            # A tensor-parallel shard runs on the model's own path: the DecodeEngine's step adds the
-            # residuals itself, without the ranks' all-reduce (docs/design.md, "Tensor parallelism").
-            self._want_engine = False
         self._min_context = max(1, int(max_context))
         self._decoder: Any = None  # the DecodeEngine, built on first use and kept (its buffers are big)
         self._on_decoder = False  # whether the live state is the DecodeEngine's

@@ -113,6 +113,9 @@ class _Ranked:
                 pages.append(
                     (start, end, {n[len(prefix) :]: t for n, t in mine.items() if n.startswith(prefix)})
                 )
+            if e._on_decoder:  # straight into the DecodeEngine's buffers, as one process does
+                ModelEngine.restore(e, recurrent, [Page(s, t, d) for s, t, d in pages])
+                return None
             dev = e._device
             state = ModelState.from_parts(
                 {k: v.to(dev) for k, v in recurrent.items()},

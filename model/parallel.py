@@ -104,9 +104,10 @@ class TensorParallel:
         x = torch.nn.functional.embedding(local.clamp(0, rows - 1), weight) * inside.unsqueeze(-1)
         return self.all_reduce(x)
 
-    def logits(self, x: Tensor, weight: Tensor, vocab: int) -> Tensor:
-        """The LM head: each rank's vocabulary rows, gathered (B, T, vocab)."""
-        out = torch.nn.functional.linear(x, weight)
+    def logits(self, x: Tensor, weight: Tensor, vocab: int, matmul: Any = None) -> Tensor:
+        """The LM head: each rank's vocabulary rows, gathered (B, T, vocab). `matmul(x, weight)` computes
+        the rank's part (F.linear by default; the decode engine's step passes its GEMV choice)."""
+        out = (matmul or torch.nn.functional.linear)(x, weight)
         return out if self.world == 1 else self.all_gather(out, -1)[..., :vocab]
 
 

@@ -42,6 +42,9 @@ and sampling.py (the model's own token loop, used off the engine's path).
   device, no host read) while batch_size * top_k <= n_experts.
   Anything else (a window, parallel layers) runs `model(token, state)` on the same buffers; on the CPU
   the step runs without a graph.
+- Tensor parallel (model/parallel.py): a rank's engine runs its shard; the step all-reduces each
+  sub-layer's output through the block's `reduce` and uses the vocab-parallel embedding and head (see
+  model/decode/step.py); over NCCL the collectives are inside the captured graph.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ from hybrid_agent.model.decode import pages as page_loading
 from hybrid_agent.model.decode.buffers import ContextFullError, StaticState
 from hybrid_agent.model.decode.graphs import capture
 from hybrid_agent.model.decode.ops import GEMV_ROLES, EngineOps, StepKernels, plan_concat
-from hybrid_agent.model.decode.step import Step, head
+from hybrid_agent.model.decode.step import Step, embed, head
 from hybrid_agent.model.errors import StateMismatchError, TokenRangeError
 from hybrid_agent.model.hybrid import HybridLM
 from hybrid_agent.model.moe import gathers
@@ -232,7 +235,7 @@ class DecodeEngine:
         m, h = self.model, None
         for start in range(0, x.shape[1], self.prefill_chunk):
             chunk = x[:, start : start + self.prefill_chunk]  # (B, t)
-            h, ops = m.embed_tokens(chunk), Ops()  # (B, t, D); the model's own path
+            h, ops = embed(m, chunk), Ops()  # (B, t, D); the model's own path
             for block, layer in zip(m.layers, buf.state.layers, strict=True):
                 h = block(h, layer, buf.state, ops)  # (B, t, D)
             buf.state.n_tokens += chunk.shape[1]

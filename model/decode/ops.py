@@ -120,7 +120,10 @@ class EngineOps(Ops):
     def attention_in(
         self, mixer: Attention, layer: LayerState, state: ModelState, qkv: Tensor, pos: Tensor
     ) -> Tensor:
-        if not (self.fused and self.kernels.attn_prep):
+        # a QK-norm over all heads split across tensor-parallel ranks sums its squares over them (the
+        # model's RMSNorm `span`), which the one-launch prep does not: the model's ops run it then
+        spans = mixer.qk_norm == "full" and getattr(mixer.q_norm.span, "world", 1) > 1
+        if not (self.fused and self.kernels.attn_prep) or spans:
             return super().attention_in(mixer, layer, state, qkv, pos)
         B, H, Hkv, Dh = qkv.shape[0], mixer.n_heads, mixer.n_kv_heads, mixer.head_dim
         cos = sin = None

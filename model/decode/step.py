@@ -5,11 +5,17 @@ one CUDA graph.
 Fused (the default with the attention kernel): each residual add is fused with the next RMSNorm
 (kernels.residual_rms_norm; the block structure of model/blocks.py, pre- or post-norm), and the LM head
 runs through the step's matmul choice. Otherwise the model's own blocks run as they are.
+
+Tensor parallel (model/parallel.py): the step is a rank's; each mixer's and MLP's output goes through
+the block's own `reduce` (the ranks' all-reduce) before its residual add, the embedding and head are the
+model's vocab-parallel ones (`tp.embed`, `tp.logits`: every rank holds the full logits, so every rank's
+greedy advance picks the same token). No host read: with NCCL the collectives are captured in the graph.
 """
 
 from __future__ import annotations
 
-import torch.nn.functional as F
+from collections.abc import Callable
+
 from hybrid_agent.kernels import rms_norm
 from hybrid_agent.kernels.residual_rms_norm import residual_rms_norm
 from hybrid_agent.model.decode.buffers import StaticState
@@ -19,9 +25,19 @@ from torch import Tensor
 
 
 def head(model: HybridLM, h: Tensor) -> Tensor:
-    """The final norm and the LM head: (B, t, D) -> (B, t, V)."""
+    """The final norm and the LM head: (B, t, D) -> (B, t, V) (gathered over tensor-parallel ranks)."""
+    return logits(model, model.norm(h))
+
+
+def logits(model: HybridLM, h: Tensor, matmul: Callable[[Tensor, Tensor], Tensor] | None = None) -> Tensor:
+    """The LM head of normed `h`: the rank's vocabulary rows by `matmul`, gathered over the ranks."""
     weight = model.embed_tokens.weight if model.lm_head is None else model.lm_head.weight
-    return F.linear(model.norm(h), weight)
+    return model.tp.logits(h, weight, model.config.vocab_size, matmul)
+
+
+def embed(model: HybridLM, ids: Tensor) -> Tensor:
+    """The vocab-parallel embedding of `ids` (B, t) -> (B, t, D), summed over the ranks."""
+    return model.tp.embed(model.embed_tokens.weight, ids)
 
 
 class Step:
@@ -32,14 +48,14 @@ class Step:
         m, buf, ops = self.model, self.buf, self.ops
         ops.begin()
         if not ops.fused:
-            h = m.embed_tokens(buf.tok)  # (B, 1, D)
+            h = embed(m, buf.tok)  # (B, 1, D)
             for block, ls in zip(m.layers, buf.state.layers, strict=True):
                 h = block(h, ls, buf.state, ops)
             buf.logits.copy_(head(m, h)[:, 0])
             buf.advance()
             return
         x, eps = buf.x, m.config.norm_eps
-        x.copy_(m.embed_tokens(buf.tok))
+        x.copy_(embed(m, buf.tok))
         pending: list[tuple[Tensor, Tensor | None]] = []  # the last sub-layer's output, not yet added to x
 
         def settle(w_out: Tensor | None) -> Tensor:
@@ -54,12 +70,12 @@ class Step:
             post = block.post_norm
             if block.mixer is not None:
                 h = settle(None if post else block.mixer_norm.weight)
-                y = block.mixer(h, ls, buf.state, ops)
+                y = block.reduce(block.mixer(h, ls, buf.state, ops))
                 pending.append((y, block.mixer_norm.weight if post else None))
             if block.mlp is not None:
                 h = settle(None if post else block.mlp_norm.weight)
-                pending.append((block.mlp(h, ops), block.mlp_norm.weight if post else None))
+                y = block.reduce(block.mlp(h, ops))
+                pending.append((y, block.mlp_norm.weight if post else None))
         h = settle(m.norm.weight)
-        weight = m.embed_tokens.weight if m.lm_head is None else m.lm_head.weight
-        buf.logits.copy_(ops.kernels.mm("head", h, weight)[:, 0])
+        buf.logits.copy_(logits(m, h, lambda a, w: ops.kernels.mm("head", a, w))[:, 0])
         buf.advance()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from hybrid_agent.agent import Agent
 from hybrid_agent.agent.engine import ModelEngine
@@ -25,11 +26,13 @@ def _said(store: Store, sid: str) -> list[tuple[str, str]]:
     return [(e.kind, e.content) for e in store.events(sid)]
 
 
-def test_agent_on_two_ranks_equals_one_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("decode_engine", [False, True])
+def test_agent_on_two_ranks_equals_one_process(tmp_path: Path, decode_engine: bool) -> None:
+    """With decode_engine=True every rank (and the one process) runs the DecodeEngine (model/decode/)."""
     full = tiny_model(KINDS, seed=5)
     one = Store(f"sqlite:///{tmp_path / 'one.db'}")
-    agent = Agent(ModelEngine(full, ByteTokenizer(), NativeChatFormat()), one, workspace=tmp_path,
-                  max_new_tokens=4)  # fmt: skip
+    one_engine = ModelEngine(full, ByteTokenizer(), NativeChatFormat(), decode_engine=decode_engine)
+    agent = Agent(one_engine, one, workspace=tmp_path, max_new_tokens=4)
     list(agent.send_sync("hello"))
     want_state = agent.engine.state.to_tensors()
     want_events = _said(one, agent.session_id)
@@ -42,9 +45,12 @@ def test_agent_on_two_ranks_equals_one_process(tmp_path: Path) -> None:
     def rank(tp: TensorParallel):
         model = shard_model(full, tp)
         if tp.rank > 0:
-            return serve(ModelEngine(model, ByteTokenizer(), NativeChatFormat()), tp)
-        engine = LeaderEngine(model, ByteTokenizer(), NativeChatFormat())
+            return serve(
+                ModelEngine(model, ByteTokenizer(), NativeChatFormat(), decode_engine=decode_engine), tp
+            )
+        engine = LeaderEngine(model, ByteTokenizer(), NativeChatFormat(), decode_engine=decode_engine)
         try:
+            assert engine.uses_decode_engine == decode_engine
             a = Agent(engine, two, workspace=tmp_path, max_new_tokens=4)
             list(a.send_sync("hello"))
             sid = a.session_id
@@ -68,8 +74,8 @@ def test_agent_on_two_ranks_equals_one_process(tmp_path: Path) -> None:
     assert all(torch.equal(resumed[n], saved_one[n]) for n in saved_one)
 
     # The two-rank session resumed in one process.
-    back = Agent(ModelEngine(full, ByteTokenizer(), NativeChatFormat()), two, workspace=tmp_path,
-                 session_id=sid, max_new_tokens=4)  # fmt: skip
+    back_engine = ModelEngine(full, ByteTokenizer(), NativeChatFormat(), decode_engine=decode_engine)
+    back = Agent(back_engine, two, workspace=tmp_path, session_id=sid, max_new_tokens=4)
     state = back.engine.state.to_tensors()
     assert all(torch.equal(state[n], t.to(state[n].dtype)) for n, t in snap.recurrent.items() if n in state)
     back.close()
