@@ -125,6 +125,7 @@ class Scheduler:
         self._cond = threading.Condition()
         self._stopping = False
         self.peak_batch = 0  # the most rows decoded in one batched step so far
+        self.batch_path: str | None = None  # "engine" (per-row slots) or "model" (agent/serve_rows.py)
         metrics.gauges["queue_depth"] = lambda: len(self._waiting)
         metrics.gauges["running_requests"] = lambda: self._running
         metrics.gauges["memory_tier_bytes"] = lambda: prefix.memory_used
