@@ -5,7 +5,7 @@ per-row slots or the model's own batch.
   request; its one-token step is captured once as a CUDA graph on CUDA and replayed at any mix of
   lengths. A joining row is loaded into a free slot, a leaving one exported from its slot; nothing is
   recaptured. Its buffers hold `max_context` tokens per slot: sized to the longest row with room to
-  grow (x1.5, whole 1024-token blocks), and rebuilt larger (rows moved over) when a row outgrows them.
+  grow (x1.5, whole 256-token blocks), and rebuilt larger (rows moved over) when a row outgrows them.
 - `ModelRows`: model/batch.py's `BatchState` on the model's own forward (uncaptured), repacked when rows
   join or leave. Used when the engine cannot run the model per row, when the live engine is not the
   DecodeEngine (the CPU by default), or with HYBRID_AGENT_BATCH_ENGINE=0.
@@ -24,7 +24,9 @@ from hybrid_agent.model.state import ModelState
 from torch import Tensor
 
 BATCH_ENGINE_ENV = "HYBRID_AGENT_BATCH_ENGINE"  # auto (default: when the DecodeEngine runs) | 1 | 0
-_BLOCK = 1024
+# Slot buffers in whole blocks of this many tokens: small, since every slot has them (64 slots of 256
+# tokens at OLMo Hybrid 7B's 8 attention layers, ~1 MB a token, are 16 GB).
+_BLOCK = 256
 
 
 class ModelRows:

@@ -37,6 +37,11 @@ and sampling.py (the model's own token loop, used off the engine's path).
   model/decode/generate.py). Sampled decoding reads the logits buffer after each `step`. Greedy picks
   among the ids below `vocab_size` (the tokenizer's size when the model's vocabulary is padded past
   it), so it never yields an id without text.
+- Per-row positions (`per_row=True`, model/decode/rows.py): B slots, each with its own length, the
+  same step (one graph) advancing every occupied slot by one token at its own position; requests are
+  loaded into (`prefill_row`, `load_row`, `load_row_parts`) and exported from (`export_row`,
+  `clear_row`) slots between steps without recapturing. The whole-batch calls (`prefill`,
+  `generate_greedy`, `load_state`) refuse such an engine; a window refuses per-row mode.
 - Supported in the step: attention (full, no window), mla, gated_deltanet, mamba2, short_conv, kda and mlp
   layers, and MoE feed-forwards (model/moe.py: kernels.moe_gemv reads the chosen experts on the
   device, no host read) while batch_size * top_k <= n_experts.
