@@ -121,6 +121,16 @@ def test_load_row_from_a_saved_state_and_refusals() -> None:
     torch.testing.assert_close(out[0], all_logits[1], atol=1e-4, rtol=1e-4)
     out = engine.step(torch.tensor([0, tokens[1]]))
     torch.testing.assert_close(out[1], all_logits[2], atol=1e-4, rtol=1e-4)
+    # a snapshot's parts (recurrent tensors and cache pages, as stored) into the other slot
+    from hybrid_agent.model.state import Page
+
+    st = engine.export_row(1)
+    pages = [Page(0, 6, st.cache_range(0, 6)), Page(6, st.n_tokens, st.cache_range(6, st.n_tokens))]
+    engine.clear_row(1)
+    engine.load_row_parts(0, st.recurrent_tensors(), pages)
+    assert engine.free_rows == [1] and engine.row_lengths == [11, 0]
+    out = engine.step(torch.tensor([tokens[2], 0]))
+    torch.testing.assert_close(out[0], all_logits[3], atol=1e-4, rtol=1e-4)
     with pytest.raises(StateMismatchError, match="per_row=True"):
         engine.prefill(torch.tensor(prompt))
     with pytest.raises(StateMismatchError, match="per_row=True"):
