@@ -203,8 +203,10 @@ class DecodeEngine:
         return self.buf.n
 
     def reset(self) -> None:
-        """Forget every token (the buffers stay; recurrent states are zeroed)."""
+        """Forget every token (the buffers stay; recurrent states are zeroed; per row: every slot empty)."""
         self.buf.reset()
+        for b in range(self.buf.state.batch_size) if self.per_row else ():
+            rows.clear_row(self.buf, b)
 
     def set_length(self, n_tokens: int) -> None:
         """Declare that the first `n_tokens` of every cache buffer and the recurrent tensors were written

@@ -131,6 +131,8 @@ def test_load_row_from_a_saved_state_and_refusals() -> None:
     assert engine.free_rows == [1] and engine.row_lengths == [11, 0]
     out = engine.step(torch.tensor([tokens[2], 0]))
     torch.testing.assert_close(out[0], all_logits[3], atol=1e-4, rtol=1e-4)
+    engine.reset()
+    assert engine.free_rows == [0, 1] and engine.row_lengths == [0, 0]
     with pytest.raises(StateMismatchError, match="per_row=True"):
         engine.prefill(torch.tensor(prompt))
     with pytest.raises(StateMismatchError, match="per_row=True"):
