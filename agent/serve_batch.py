@@ -1,12 +1,14 @@
 """Continuous batching for `hybrid-agent serve`: the scheduler's thread decodes every running request in
-one batch (model/batch.py), admitting new ones and letting finished ones go between steps.
+one batch, admitting new ones and letting finished ones go between steps. The batch is the decode
+engine's per-row slots (one captured step for every mix of lengths) where the engine runs the model, else
+the model's own batched forward (model/batch.py); agent/serve_rows.py has both.
 
 One step: each row takes the token chosen for it (stop strings and tool calls end a row, as in
 agent/serve_scheduler.py's `Row.take`), the batch feeds all of them at once, and each row still going
 chooses its next token from its own logits (its own temperature). A joining request is restored and
 prefilled alone on the engine first (`Scheduler.begin`, the engine's fast path), then its state joins
 the batch; a row that ends leaves with its state, from which its answer's state is saved. A row whose
-client went away leaves at the next step. Rows join and leave by repacking the batch (`BatchState`).
+client went away leaves at the next step.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 import torch
 from hybrid_agent.agent.serve_api import failure
-from hybrid_agent.model.batch import BatchState
+from hybrid_agent.agent.serve_rows import EngineRows, ModelRows, make_rows
 from hybrid_agent.model.state import ModelState, Page
 
 # The scheduler's `Scheduler`, `Job` and `Row` (agent/serve_scheduler.py, which imports this module).
@@ -45,7 +47,7 @@ class BatchLoop:
         self.engine = scheduler.engine
         self.rows: list[Row] = []
         self.next: list[int] = []  # each row's token, chosen and not yet fed
-        self.batch: BatchState | None = None
+        self.batch: EngineRows | ModelRows | None = None  # where the rows' states are (agent/serve_rows.py)
 
     def _release(self) -> None:
         self.s.release()
@@ -61,16 +63,41 @@ class BatchLoop:
         vocab = getattr(eng, "_vocab_size", None)
         return int(sample(logits[None], params, getattr(eng, "_generator", None), vocab_size=vocab)[0])
 
+    def _choose(self, rows: list[int], logits: torch.Tensor) -> None:
+        """The next token of each of `rows`: the greedy ones in one argmax and one read back (not one
+        sync per row: at 32 rows those cost more than the step), the others sampled row by row."""
+        from hybrid_agent.model.decode.sampling import SamplingParams, sample
+
+        greedy = [b for b in rows if SamplingParams(temperature=self.rows[b].job.temperature).greedy]
+        if greedy:
+            idx = torch.tensor(greedy, device=logits.device)
+            vocab = getattr(self.engine, "_vocab_size", None)
+            picks = sample(logits[idx], SamplingParams(temperature=0.0), vocab_size=vocab).tolist()
+            for b, tok in zip(greedy, picks, strict=True):
+                self.next[b] = int(tok)
+        for b in rows:
+            if b not in greedy:
+                self.next[b] = self._sample(self.rows[b], logits[b])
+
+    def _rows(self) -> EngineRows | ModelRows:
+        if self.batch is None:
+            self.batch = make_rows(self.engine, self.s.max_concurrent)
+            self.s.batch_path = self.batch.kind
+        return self.batch
+
     def run(self) -> None:
         while True:
             jobs = self.s.next_jobs(len(self.rows))
             if jobs is None:
                 return
-            cancelled = any(row.job.cancelled.is_set() for row in self.rows)
+            gone = [b for b, row in enumerate(self.rows) if row.job.cancelled.is_set()]
+            if gone:  # clients that went away: their rows leave
+                self._rows().leave(gone)
+                for _ in gone:
+                    self._release()
+                self.rows = [row for b, row in enumerate(self.rows) if b not in gone]
+                self.next = [tok for b, tok in enumerate(self.next) if b not in gone]
             states: list[ModelState] = []
-            if (jobs or cancelled) and self.batch is not None:  # the batch is repacked: rows come out
-                states = [self.batch.row(b) for b in range(self.batch.size)]
-            changed = False
             for job in jobs:
                 if job.cancelled.is_set():
                     self._release()
@@ -86,21 +113,11 @@ class BatchLoop:
                 self.rows.append(row)
                 self.next.append(first)
                 states.append(state)
-                changed = True
-            keep = [b for b, row in enumerate(self.rows) if not row.job.cancelled.is_set()]
-            if len(keep) < len(self.rows):  # clients that went away: their rows leave
-                for _ in range(len(self.rows) - len(keep)):
-                    self._release()
-                self.rows = [self.rows[b] for b in keep]
-                self.next = [self.next[b] for b in keep]
-                states = [states[b] for b in keep]
-                changed = True
-            if changed:
-                self.batch = BatchState(states) if states else None
-            if self.batch is None:
-                continue
             try:
-                self._step()
+                if states:
+                    self._rows().join(states)
+                if self.rows:
+                    self._step()
             except Exception as exc:  # a model error fails every running row; the server goes on
                 for row in self.rows:
                     self._fail(row.job, exc)
@@ -108,33 +125,29 @@ class BatchLoop:
                 self.rows, self.next, self.batch = [], [], None
 
     def _step(self) -> None:
-        assert self.batch is not None
+        batch = self._rows()
         ended = [row.take(tok) for row, tok in zip(self.rows, self.next, strict=True)]
         t0 = time.perf_counter()
-        logits = self.batch.step(self.engine.model, self.next)  # (B, V)
+        logits = batch.step(self.next)  # (B, V)
         if logits.is_cuda:
             torch.cuda.synchronize(logits.device)  # the step's time, not its launch's
         self.s.metrics.inc("decode_seconds_total", time.perf_counter() - t0)
-        self.s.peak_batch = max(self.s.peak_batch, self.batch.size)
+        self.s.peak_batch = max(self.s.peak_batch, len(self.rows))
         self.s.metrics.inc("decode_steps_total")
-        self.s.metrics.inc("batch_rows_total", self.batch.size)
+        self.s.metrics.inc("batch_rows_total", len(self.rows))
         leaving = [
             b for b, row in enumerate(self.rows) if ended[b] or len(row.generated) >= row.job.max_new_tokens
         ]
-        for b, row in enumerate(self.rows):
-            if b not in leaving:
-                self.next[b] = self._sample(row, logits[b])
+        self._choose([b for b in range(len(self.rows)) if b not in leaving], logits)
         if not leaving:
             return
-        states = [self.batch.row(b) for b in range(self.batch.size)]
-        for b in leaving:
+        states = batch.leave(leaving)
+        for b, state in zip(leaving, states, strict=True):
             row = self.rows[b]
             try:
-                row.job.emit("done", self.s.end(row, _snapshotter(states[b])))
+                row.job.emit("done", self.s.end(row, _snapshotter(state)))
             except Exception as exc:
                 self._fail(row.job, exc)
             self._release()
-        stay = [b for b in range(len(self.rows)) if b not in leaving]
-        self.rows = [self.rows[b] for b in stay]
-        self.next = [self.next[b] for b in stay]
-        self.batch = BatchState([states[b] for b in stay]) if stay else None
+        self.rows = [row for b, row in enumerate(self.rows) if b not in leaving]
+        self.next = [tok for b, tok in enumerate(self.next) if b not in leaving]

@@ -7,9 +7,10 @@ that state (or start empty), prefill only the rest, save the state at the end of
 client will send it back renders to exactly the tokens decoded, save the state at its end as well: the
 next request of the conversation starts there.
 
-Up to `max_concurrent` requests decode together in one batch (agent/serve_batch.py, model/batch.py:
-each row its own position, recurrent state and cache length; rows join and leave between steps), each
-prefilled alone on the engine when it joins; a model the batch cannot run (a window, MLA layers), or
+Up to `max_concurrent` requests decode together in one batch (agent/serve_batch.py; the decode
+engine's per-row slots or model/batch.py, agent/serve_rows.py: each row its own position, recurrent
+state and cache length; rows join and leave between steps), each prefilled alone on the engine when it
+joins; a model the batch cannot run (a window, MLA layers), or
 `max_concurrent` 1, runs one request at a time on the engine. `max_concurrent + max_queue` bounds how
 many are admitted (more get 429) and `queue_depth` is how many wait.
 """
@@ -125,6 +126,7 @@ class Scheduler:
         self._cond = threading.Condition()
         self._stopping = False
         self.peak_batch = 0  # the most rows decoded in one batched step so far
+        self.batch_path: str | None = None  # "engine" (per-row slots) or "model" (agent/serve_rows.py)
         metrics.gauges["queue_depth"] = lambda: len(self._waiting)
         metrics.gauges["running_requests"] = lambda: self._running
         metrics.gauges["memory_tier_bytes"] = lambda: prefix.memory_used

@@ -2,7 +2,9 @@
 
 `attention_decode(q, k_buf, v_buf, pos, *, scale)`: q (B, Hkv, G, D) holds the G query heads that share
 each KV head; k_buf, v_buf (B, Hkv, M, D) hold M >= L slots of which the first L = pos + 1 are valid
-(`pos`: (1,) int64 on the device, the position of the newest key). Returns (B, Hkv, G, D) in q's dtype.
+(`pos`: (1,) int64 on the device, the position of the newest key; or (B,), one newest-key slot per row,
+for a batch whose rows have different lengths: each row's programs read their own, and the slots
+past it are never read). Returns (B, Hkv, G, D) in q's dtype.
 With `gate` (q's shape and dtype, any strides but a contiguous last axis: gated attention's output gate
 before its sigmoid, e.g. Qwen3.5's), the output is attn * sigmoid(gate), each factor rounded to q's
 dtype as the model's `out * torch.sigmoid(gate)` rounds them, in the kernel's last step (no extra
@@ -51,8 +53,11 @@ def _check(
         )
     if q.shape[:2] != k_buf.shape[:2] or q.shape[3] != k_buf.shape[3]:
         raise KernelInputError(f"q {tuple(q.shape)} does not match the KV buffers {tuple(k_buf.shape)}")
-    if pos.numel() != 1 or pos.dtype != torch.long:
-        raise KernelInputError(f"pos must be one int64 (the newest key's slot); got {pos.dtype} {pos.shape}")
+    if pos.dim() != 1 or pos.numel() not in (1, q.shape[0]) or pos.dtype != torch.long:
+        raise KernelInputError(
+            f"pos must be (1,) or (B,) = ({q.shape[0]},) int64 (the newest key's slot, shared or per row); "
+            f"got {pos.dtype} {tuple(pos.shape)}"
+        )
     if gate is not None and (gate.shape != q.shape or gate.dtype != q.dtype):
         raise KernelInputError(
             f"the output gate must have q's shape and dtype {tuple(q.shape)} {q.dtype}; got "
@@ -64,9 +69,18 @@ def attention_decode_ref(
     q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, pos: torch.Tensor, *, scale: float,
     gate: torch.Tensor | None = None,
 ) -> torch.Tensor:  # fmt: skip
-    """The definition (fp32 softmax over the first pos + 1 slots, then the gate as the model applies
-    it); reads `pos` on the host."""
+    """The definition (fp32 softmax over the first pos + 1 slots of each row, then the gate as the
+    model applies it); reads `pos` on the host."""
     _check(q, k_buf, v_buf, pos, gate)
+    if pos.numel() > 1:  # per row: each row over its own first pos[b] + 1 slots
+        rows = [
+            attention_decode_ref(
+                q[b : b + 1], k_buf[b : b + 1], v_buf[b : b + 1], pos[b : b + 1], scale=scale
+            )
+            for b in range(q.shape[0])
+        ]
+        out = torch.cat(rows)
+        return out if gate is None else out * torch.sigmoid(gate)
     L = int(pos.reshape(())) + 1
     k, v = k_buf[:, :, :L].float(), v_buf[:, :, :L].float()  # (B, Hkv, L, D)
     scores = q.float() @ k.transpose(-1, -2) * scale  # (B, Hkv, G, L)
@@ -257,12 +271,16 @@ if triton is not None:
         sqb, sqh, sqg, skb, skh, skn, svb, svh, svn,
         NSPLIT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
         USE_DOT: tl.constexpr, IEEE: tl.constexpr, SLOTS: tl.constexpr, PREFETCH: tl.constexpr,
+        PER_ROW: tl.constexpr,
     ):  # fmt: skip
         pid_bh = tl.program_id(0)
         split = tl.program_id(1)
         b = pid_bh // Hkv
         h = pid_bh % Hkv
-        L = tl.load(pos_ptr) + 1
+        if PER_ROW:  # this row's own length
+            L = tl.load(pos_ptr + b) + 1
+        else:
+            L = tl.load(pos_ptr) + 1
         per = tl.cdiv(tl.cdiv(L, NSPLIT), BLOCK_N) * BLOCK_N  # keys per split, whole blocks
         lo = split * per  # splits past L hold no keys and exit at once (the combine skips them)
         if lo < L:
@@ -288,10 +306,13 @@ if triton is not None:
     def _combine_kernel(
         m_ptr, l_ptr, acc_ptr, o_ptr, g_ptr, pos_ptr, Hkv, G, D, sob, soh, sog, sgb, sgh, sgg,
         NSPLIT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CH: tl.constexpr,
-        GATE: tl.constexpr,
+        GATE: tl.constexpr, PER_ROW: tl.constexpr,
     ):  # fmt: skip
         pid_bh = tl.program_id(0)
-        L = tl.load(pos_ptr) + 1
+        if PER_ROW:
+            L = tl.load(pos_ptr + pid_bh // Hkv) + 1
+        else:
+            L = tl.load(pos_ptr) + 1
         per = tl.cdiv(tl.cdiv(L, NSPLIT), BLOCK_N) * BLOCK_N
         _combine(m_ptr, l_ptr, acc_ptr, o_ptr, g_ptr, pid_bh, tl.cdiv(L, per), pid_bh // Hkv, pid_bh % Hkv, G,
                  D, sob, soh, sog, sgb, sgh, sgg, NSPLIT, BLOCK_D, CH, GATE)  # fmt: skip
@@ -311,6 +332,9 @@ def _attention_decode_triton(
         sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 132
         config = config_for(B * Hkv, sms)
     NSPLIT = config.nsplit
+    per_row = pos.numel() > 1  # (1,) with B > 1 broadcasts, as before
+    if per_row and pos.stride(0) != 1:
+        raise KernelInputError("attention_decode needs per-row positions contiguous")
     rows = B * Hkv * NSPLIT * G
     m = torch.empty(rows, device=q.device, dtype=torch.float32)
     denom = torch.empty_like(m)
@@ -328,12 +352,12 @@ def _attention_decode_triton(
         v_buf.stride(0), v_buf.stride(1), v_buf.stride(2),
         NSPLIT=NSPLIT, BLOCK_N=config.block_n, BLOCK_G=BLOCK_G, BLOCK_D=BLOCK_D, num_warps=config.num_warps,
         USE_DOT=use_dot, IEEE=q.dtype == torch.float32 or interpreter_on(),
-        SLOTS=config.slots and G == 1, PREFETCH=config.prefetch,
+        SLOTS=config.slots and G == 1, PREFETCH=config.prefetch, PER_ROW=per_row,
     )  # fmt: skip
     gs = (0, 0, 0) if gate is None else (gate.stride(0), gate.stride(1), gate.stride(2))
     _combine_kernel[(B * Hkv,)](
         m, denom, acc, out, out if gate is None else gate, pos, Hkv, G, D, out.stride(0), out.stride(1),
         out.stride(2), *gs, NSPLIT=NSPLIT, BLOCK_N=config.block_n, BLOCK_D=BLOCK_D,
-        CH=min(NSPLIT, max(16, 8192 // BLOCK_D)), GATE=gate is not None, num_warps=4,
+        CH=min(NSPLIT, max(16, 8192 // BLOCK_D)), GATE=gate is not None, PER_ROW=per_row, num_warps=4,
     )  # fmt: skip
     return out

@@ -300,6 +300,23 @@ def check_attn_prep(
         raise KernelInputError(f"attn_decode_prep: pos_buf {tuple(pos_buf.shape)} or rope width {rope} off")
 
 
+def check_prep_positions(
+    B: int, pos: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None
+) -> None:
+    """`attn_decode_prep`'s positions: pos (1,) with cos/sin (R,), or per row pos (B,) with cos/sin (B, R)."""
+    if pos.dim() != 1 or pos.numel() not in (1, B) or pos.dtype != torch.long:
+        raise KernelInputError(
+            f"attn_decode_prep: pos must be (1,) or (B,) = ({B},) int64; got {tuple(pos.shape)}"
+        )
+    want = (B, -1) if pos.numel() > 1 else (-1,)
+    for t in (cos, sin):
+        if t is not None and (t.dim() != len(want) or (len(want) == 2 and t.shape[0] != B)):
+            raise KernelInputError(
+                f"attn_decode_prep: cos/sin must be (R,) with one position or (B, R) with per-row ones; "
+                f"got {tuple(t.shape)}"
+            )
+
+
 def check_residual(x: torch.Tensor, y: torch.Tensor) -> None:
     if y.shape != x.shape:
         raise KernelInputError(f"residual_rms_norm: y {tuple(y.shape)} must have x's shape {tuple(x.shape)}")

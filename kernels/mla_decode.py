@@ -4,8 +4,9 @@ lives on the device.
 `mla_decode(q_lat, q_rot, lat_buf, rope_buf, pos)`: q_lat (B, H, C) is each head's query folded into
 the latent space (q_nope W_uk, softmax scale included), q_rot (B, H, R) its RoPE part (scale
 included); lat_buf (B, M, C) and rope_buf (B, M, R) hold M >= L cached latents / RoPE keys of which
-the first L = pos + 1 are valid (`pos`: (1,) int64 on the device). Returns ctx (B, H, C) in q_lat's
-dtype: sum_j softmax_j(q_lat . c_j + q_rot . r_j) c_j. The caller applies W_uv and o_proj.
+the first L = pos + 1 are valid (`pos`: (1,) int64 on the device, or (B,): each row's own newest
+slot). Returns ctx (B, H, C) in q_lat's dtype: sum_j softmax_j(q_lat . c_j + q_rot . r_j) c_j. The
+caller applies W_uv and o_proj.
 
 Why: every head shares one key (latent | k_rope) and one value (the latent), so this is multi-query
 attention with key width C + R and value width C: one pass over the cache serves all H heads, and,
@@ -41,8 +42,11 @@ def _check(
         raise KernelInputError(
             f"mla_decode: rope_buf must be {(B, lat.shape[1], R)}, got {tuple(rope.shape)}"
         )
-    if pos.numel() != 1 or pos.dtype != torch.long:
-        raise KernelInputError(f"pos must be one int64 (the newest key's slot); got {pos.dtype} {pos.shape}")
+    if pos.dim() != 1 or pos.numel() not in (1, B) or pos.dtype != torch.long:
+        raise KernelInputError(
+            f"mla_decode: pos must be (1,) or (B,) = ({B},) int64 (the newest key's slot, shared or "
+            f"per row); got {pos.dtype} {tuple(pos.shape)}"
+        )
 
 
 def mla_decode_ref(
@@ -50,6 +54,13 @@ def mla_decode_ref(
 ) -> torch.Tensor:
     """The definition (fp32 scores and softmax over the first pos + 1 slots); reads `pos` on the host."""
     _check(q_lat, q_rot, lat_buf, rope_buf, pos)
+    if pos.numel() > 1:  # per row: each row over its own first pos[b] + 1 slots
+        parts = [
+            mla_decode_ref(q_lat[b : b + 1], q_rot[b : b + 1], lat_buf[b : b + 1], rope_buf[b : b + 1],
+                           pos[b : b + 1])
+            for b in range(q_lat.shape[0])
+        ]  # fmt: skip
+        return torch.cat(parts)
     L = int(pos.reshape(())) + 1
     lat, rope = lat_buf[:, :L].float(), rope_buf[:, :L].float()  # (B, L, C), (B, L, R)
     scores = q_lat.float() @ lat.transpose(1, 2) + q_rot.float() @ rope.transpose(1, 2)  # (B, H, L)
@@ -82,11 +93,14 @@ if triton is not None:
         H, C, R,
         sqlb, sqlh, sqrb, sqrh, slb, sln, srb, srn,
         NSPLIT: tl.constexpr, BLOCK_N: tl.constexpr, BH: tl.constexpr, BC: tl.constexpr,
-        BR: tl.constexpr, IEEE: tl.constexpr,
+        BR: tl.constexpr, IEEE: tl.constexpr, PER_ROW: tl.constexpr,
     ):  # fmt: skip
         b = tl.program_id(0)
         split = tl.program_id(1)
-        L = tl.load(pos_ptr) + 1
+        if PER_ROW:  # this row's own length
+            L = tl.load(pos_ptr + b) + 1
+        else:
+            L = tl.load(pos_ptr) + 1
         per = tl.cdiv(tl.cdiv(L, NSPLIT), BLOCK_N) * BLOCK_N  # keys per split, whole blocks
         lo = split * per
         hi = tl.minimum(lo + per, L)
@@ -139,13 +153,17 @@ if triton is not None:
     def _mla_combine_kernel(
         m_ptr, l_ptr, acc_ptr, pos_ptr, o_ptr, C, sob, soh,
         NSPLIT: tl.constexpr, BLOCK_N: tl.constexpr, BH: tl.constexpr, BC: tl.constexpr, BCB: tl.constexpr,
+        PER_ROW: tl.constexpr,
     ):  # fmt: skip
         # grid (B, H, C / BCB): a (NSPLIT, BCB) tile of partial sums per program, no register spill
         b = tl.program_id(0)
         h = tl.program_id(1)
         offs_c = tl.program_id(2) * BCB + tl.arange(0, BCB)
         mc = offs_c < C
-        L = tl.load(pos_ptr) + 1
+        if PER_ROW:
+            L = tl.load(pos_ptr + b) + 1
+        else:
+            L = tl.load(pos_ptr) + 1
         per = tl.cdiv(tl.cdiv(L, NSPLIT), BLOCK_N) * BLOCK_N
         used = tl.cdiv(L, per)  # splits that hold keys: only their partials are read
         offs_s = tl.arange(0, NSPLIT)
@@ -180,16 +198,19 @@ def _mla_decode_triton(
     acc = torch.empty(rows, BC, device=q_lat.device, dtype=torch.float32)
     out = torch.empty_like(q_lat)
     ieee = q_lat.dtype == torch.float32 or interpreter_on()
+    per_row = pos.numel() > 1  # (1,) with B > 1 broadcasts, as before
+    if per_row and pos.stride(0) != 1:
+        raise KernelInputError("mla_decode needs per-row positions contiguous")
     _mla_partial_kernel[(B, NSPLIT)](
         q_lat, q_rot, lat_buf, rope_buf, pos, m, denom, acc, H, C, R,
         q_lat.stride(0), q_lat.stride(1), q_rot.stride(0), q_rot.stride(1),
         lat_buf.stride(0), lat_buf.stride(1), rope_buf.stride(0), rope_buf.stride(1),
-        NSPLIT=NSPLIT, BLOCK_N=BLOCK_N, BH=BH, BC=BC, BR=BR, IEEE=ieee,
+        NSPLIT=NSPLIT, BLOCK_N=BLOCK_N, BH=BH, BC=BC, BR=BR, IEEE=ieee, PER_ROW=per_row,
         num_warps=8 if BC >= 256 else 4, num_stages=2,
     )  # fmt: skip
     BCB = min(64, BC)
     _mla_combine_kernel[(B, H, triton.cdiv(C, BCB))](
         m, denom, acc, pos, out, C, out.stride(0), out.stride(1),
-        NSPLIT=NSPLIT, BLOCK_N=BLOCK_N, BH=BH, BC=BC, BCB=BCB, num_warps=4,
+        NSPLIT=NSPLIT, BLOCK_N=BLOCK_N, BH=BH, BC=BC, BCB=BCB, PER_ROW=per_row, num_warps=4,
     )  # fmt: skip
     return out

@@ -57,12 +57,17 @@ def _norm_rope(
 def _attn_prep_kernel(
     qkv_ptr, qw_ptr, kw_ptr, cos_ptr, sin_ptr, pos_ptr, k_ptr, v_ptr, pbuf_ptr, q_ptr,
     s_row, H, Hkv, Dh, eps, skb, skh, skn, svb, svh, svn,
-    NORM: tl.constexpr, R: tl.constexpr, BH: tl.constexpr, BD: tl.constexpr,
+    NORM: tl.constexpr, R: tl.constexpr, BH: tl.constexpr, BD: tl.constexpr, PER_ROW: tl.constexpr,
 ):  # fmt: skip
     # grid (B, 3): q, k (norm + RoPE; k into the cache) and v (into the cache) of one row each
     b = tl.program_id(0).to(tl.int64)
     part = tl.program_id(1)
-    pos = tl.load(pos_ptr)
+    if PER_ROW:  # this row's own position, cos and sin
+        pos = tl.load(pos_ptr + b)
+        cos_ptr += b * R
+        sin_ptr += b * R
+    else:
+        pos = tl.load(pos_ptr)
     offs_h = tl.arange(0, BH)
     offs_d = tl.arange(0, BD)
     row = qkv_ptr + b * s_row
@@ -82,7 +87,7 @@ def _attn_prep_kernel(
         v = tl.load(row + (H + Hkv) * Dh + offs_h[:, None] * Dh + offs_d[None, :], mask=m, other=0.0)
         tl.store(v_ptr + b * svb + offs_h[:, None] * svh + pos * svn + offs_d[None, :],
                  v.to(v_ptr.dtype.element_ty), mask=m)  # fmt: skip
-        if b == 0:
+        if PER_ROW or b == 0:  # slot p holds position p, whichever row wrote it
             tl.store(pbuf_ptr + pos, pos)
 
 
@@ -106,6 +111,6 @@ def attn_decode_prep_triton(
         cos if cos is not None else qkv, sin if sin is not None else qkv, pos, k_buf, v_buf, pos_buf, q,
         qkv.stride(0), H, Hkv, Dh, float(eps), k_buf.stride(0), k_buf.stride(1), k_buf.stride(2),
         v_buf.stride(0), v_buf.stride(1), v_buf.stride(2),
-        NORM=norm, R=R, BH=BH, BD=BD, num_warps=8 if BH * BD >= 2048 else 4,
+        NORM=norm, R=R, BH=BH, BD=BD, PER_ROW=pos.numel() > 1, num_warps=8 if BH * BD >= 2048 else 4,
     )  # fmt: skip
     return q

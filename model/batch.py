@@ -17,7 +17,7 @@ import math
 from collections.abc import Sequence
 
 import torch
-from hybrid_agent.model.ops import Ops, sdpa
+from hybrid_agent.model.ops import Ops, gated, sdpa
 from hybrid_agent.model.rope import rope_cos_sin
 from hybrid_agent.model.state import LayerState, ModelState
 from torch import Tensor, nn
@@ -52,8 +52,9 @@ class BatchOps(Ops):
         state.append_cache(layer, new, slot)  # every row's token into the same next slot
 
     def attend(
-        self, mixer: nn.Module, layer: LayerState, state: ModelState, q: Tensor, pos: Tensor
-    ) -> Tensor:
+        self, mixer: nn.Module, layer: LayerState, state: ModelState, q: Tensor, pos: Tensor,
+        gate: Tensor | None = None,
+    ) -> Tensor:  # fmt: skip
         B, T, H, Dh = q.shape
         keys, values = layer.cache["k"], layer.cache["v"]  # (B, Hkv, L, Dh)
         Hkv, L = keys.shape[1], keys.shape[2]
@@ -61,7 +62,7 @@ class BatchOps(Ops):
         q = q.transpose(1, 2).reshape(B, Hkv, G * T, Dh)  # (B, Hkv, G, Dh)
         mask = self.valid[:, None, None, :L]  # (B, 1, 1, L)
         out = sdpa(q, keys.to(q.dtype), values.to(q.dtype), mask, 1.0 / math.sqrt(Dh))  # (B, Hkv, G, Dh)
-        return out.reshape(B, H, T, Dh).transpose(1, 2).reshape(B, T, H * Dh)
+        return gated(out.reshape(B, H, T, Dh).transpose(1, 2).reshape(B, T, H * Dh), gate)
 
     def attend_latent(self, *args: object, **kwargs: object) -> Tensor:
         raise NotImplementedError("MLA layers are not batched (model/batch.py)")

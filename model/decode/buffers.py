@@ -25,16 +25,26 @@ class StaticState:
     """A `ModelState` whose caches live in `max_context`-token buffers, plus the step's buffers:
     `tok` (B, 1) the next input token, `pos` (1,) its position (on the device, so graphs read it), `ids`
     (B, max_context + 1) every token by position, `x` (B, 1, D) the residual stream, `logits` (B, V).
-    `n` is the host copy of the token count, kept without syncing."""
+    `n` is the host copy of the token count, kept without syncing. With `per_row` (model/decode/rows.py)
+    `pos` is (B,), each row's own position, `active` (B,) marks the slots that hold a request (`live` on
+    the host) and `lens` is the host copy of each row's token count."""
 
-    def __init__(self, model: HybridLM, max_context: int, batch_size: int, vocab_size: int | None) -> None:
+    def __init__(
+        self,
+        model: HybridLM,
+        max_context: int,
+        batch_size: int,
+        vocab_size: int | None,
+        per_row: bool = False,
+    ) -> None:
         self.max_context, self.device = max_context, model.device
         cfg = model.config
         B, V = batch_size, cfg.vocab_size
         with torch.inference_mode():
             self.state = self._allocate(model, batch_size)
             self.tok = torch.zeros(B, 1, dtype=torch.long, device=self.device)
-            self.pos = torch.zeros(1, dtype=torch.long, device=self.device)
+            self.pos = torch.zeros(B if per_row else 1, dtype=torch.long, device=self.device)
+            self.active = torch.zeros(B, dtype=torch.long, device=self.device)
             # One column past the end holds the greedy next token of a step that fills the last cache
             # slot (it has no cache position until it is fed, which `room` refuses).
             self.ids = torch.zeros(B, max_context + 1, dtype=torch.long, device=self.device)
@@ -44,6 +54,9 @@ class StaticState:
             # vocabulary is padded past it; padding ids have no text), a view of the logits buffer.
             self.greedy_logits = self.logits[:, : min(V, vocab_size or V)]
         self.n = 0
+        self.per_row = per_row
+        self.lens = [0] * B
+        self.live = [False] * B  # host copy of `active`
         self.greedy_kernel = True  # `advance` through kernels.greedy_advance (False: torch ops)
 
     def _allocate(self, model: HybridLM, batch_size: int) -> ModelState:
@@ -145,7 +158,12 @@ class StaticState:
     def advance(self) -> None:
         """Greedy next token into `tok` (callers of `step` overwrite it), pos + 1, ids[:, pos] = tok (the
         next input's position); kernels.greedy_advance: 3 launches instead of torch's single-block argmax
-        (23 us) + 3 kernels."""
+        (23 us) + 3 kernels. Per row: each active row's position + 1 and ids[b, pos[b]] = tok[b]."""
+        if self.per_row:
+            self.tok.copy_(self.greedy_logits.argmax(-1, keepdim=True))
+            self.pos.add_(self.active)
+            self.ids.scatter_(1, self.pos[:, None], self.tok)
+            return
         if self.greedy_kernel:
             greedy_advance(self.greedy_logits, self.tok, self.pos, self.ids)
             return

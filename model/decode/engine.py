@@ -37,6 +37,11 @@ and sampling.py (the model's own token loop, used off the engine's path).
   model/decode/generate.py). Sampled decoding reads the logits buffer after each `step`. Greedy picks
   among the ids below `vocab_size` (the tokenizer's size when the model's vocabulary is padded past
   it), so it never yields an id without text.
+- Per-row positions (`per_row=True`, model/decode/rows.py): B slots, each with its own length, the
+  same step (one graph) advancing every occupied slot by one token at its own position; requests are
+  loaded into (`prefill_row`, `load_row`, `load_row_parts`) and exported from (`export_row`,
+  `clear_row`) slots between steps without recapturing. The whole-batch calls (`prefill`,
+  `generate_greedy`, `load_state`) refuse such an engine; a window refuses per-row mode.
 - Supported in the step: attention (full, no window), mla, gated_deltanet, mamba2, short_conv, kda and mlp
   layers, and MoE feed-forwards (model/moe.py: kernels.moe_gemv reads the chosen experts on the
   device, no host read) while batch_size * top_k <= n_experts.
@@ -55,7 +60,9 @@ from typing import Literal
 import torch
 from hybrid_agent.kernels.attention_decode import DecodeConfig
 from hybrid_agent.model.decode import pages as page_loading
+from hybrid_agent.model.decode import rows
 from hybrid_agent.model.decode.buffers import ContextFullError, StaticState
+from hybrid_agent.model.decode.generate import prefill as prefill_model
 from hybrid_agent.model.decode.graphs import capture
 from hybrid_agent.model.decode.ops import GEMV_ROLES, EngineOps, StepKernels, plan_concat
 from hybrid_agent.model.decode.step import Step, embed, head
@@ -89,6 +96,7 @@ class DecodeEngine:
         gemv: bool | Collection[str] | None = None,
         attn_prep: bool = True,
         vocab_size: int | None = None,
+        per_row: bool = False,
     ) -> None:
         self.model = model
         self.cfg = model.config
@@ -103,13 +111,20 @@ class DecodeEngine:
         # "kernel": kernels.attention_decode reads the length on the device, so the whole step is one
         # graph; "sdpa": the model's own SDPA call over the first L slots, with a host-side length, so
         # the step is never captured (the reference mode).
-        self.attention = attention or ("kernel" if self.graphed else "sdpa")
+        self.attention = attention or ("kernel" if self.graphed or per_row else "sdpa")
+        self.per_row = per_row
+        if per_row and not (self.static and self.attention == "kernel"):
+            raise StateMismatchError(
+                "per-row positions need the engine's own step (layers "
+                f"{sorted(GRAPHED_KINDS)}, no sliding window, attention='kernel'); this model or setting "
+                "has to decode its requests one at a time or through model/batch.py"
+            )
         self.graphed = self.graphed and self.attention == "kernel"
         self.fused = fuse and self.static and self.attention == "kernel"
         # Fused projections get zero rows up to a multiple of this (ops.py `_concat`); 16 on CUDA, where
         # cuBLAS runs 16-aligned one-token matmuls ~2x faster (bench/results/gpu_e2e_final.json).
         self.align = align if align is not None else (16 if self.device.type == "cuda" else 1)
-        self.buf = StaticState(model, max_context, batch_size, vocab_size)
+        self.buf = StaticState(model, max_context, batch_size, vocab_size, per_row=per_row)
         # fused step: an attention layer's QK-norm, RoPE and cache writes as one kernels.attn_decode_prep
         # launch (attn_prep=False: the model's own ops, ~19 small kernels a layer; the same-run baseline)
         self.kernels = StepKernels(attn_prep=attn_prep)
@@ -191,16 +206,20 @@ class DecodeEngine:
         return self.buf.n
 
     def reset(self) -> None:
-        """Forget every token (the buffers stay; recurrent states are zeroed)."""
+        """Forget every token (the buffers stay; recurrent states are zeroed; per row: every slot empty)."""
         self.buf.reset()
+        for b in range(self.buf.state.batch_size) if self.per_row else ():
+            rows.clear_row(self.buf, b)
 
     def set_length(self, n_tokens: int) -> None:
         """Declare that the first `n_tokens` of every cache buffer and the recurrent tensors were written
         by the caller (benchmarks build long states this way); positions become 0..n-1."""
+        self._whole_only("set_length")
         self.buf.set_length(n_tokens)
 
     def load_state(self, state: ModelState) -> None:
         """Copy `state` (e.g. restored from a snapshot, on any device) into the engine's buffers."""
+        self._whole_only("load_state")
         self.buf.load_state(state)
 
     def check_parts(self, recurrent: dict[str, Tensor], pages: Sequence[Page]) -> int:
@@ -211,6 +230,7 @@ class DecodeEngine:
     def load_parts(self, recurrent: dict[str, Tensor], pages: Sequence[Page]) -> None:
         """A snapshot (`ModelState.recurrent_tensors()` and cache pages) straight into the buffers; see
         model/decode/pages.py `load_parts`. On StateMismatchError / ContextFullError nothing changed."""
+        self._whole_only("load_parts")
         page_loading.load_parts(self.buf, recurrent, pages)
 
     def export_state(self) -> ModelState:
@@ -223,6 +243,7 @@ class DecodeEngine:
         """Feed `ids` (T,) or (B, T); returns the logits of the last token (B, V), in chunks of
         `prefill_chunk` tokens so activation memory stays bounded. Only the last chunk goes through
         the LM head."""
+        self._whole_only("prefill")
         x = torch.as_tensor(ids, dtype=torch.long, device=self.device)
         x = x.view(1, -1) if x.dim() == 1 else x  # (B, T)
         if x.shape[-1] == 0:
@@ -272,6 +293,8 @@ class DecodeEngine:
         logits (B, V) of the next token. The returned tensor is the engine's buffer: it is overwritten
         by the next call."""
         buf = self.buf
+        if self.per_row:
+            return self._step_rows(token)
         buf.room(buf.n, 1)
         if isinstance(token, int):
             buf.tok.fill_(token)
@@ -281,6 +304,84 @@ class DecodeEngine:
         self._run_step()
         return buf.logits
 
+    # ---- per-row positions (model/decode/rows.py) ---------------------------------------------------------
+    def _step_rows(self, token: Tensor | int) -> Tensor:
+        buf = self.buf
+        live = [b for b, on in enumerate(buf.live) if on]
+        for b in live:
+            buf.room(buf.lens[b], 1)
+        if isinstance(token, int):
+            buf.tok.fill_(token)
+        else:
+            buf.tok.copy_(token.view(-1, 1))
+        buf.ids.scatter_(1, buf.pos[:, None], buf.tok)
+        if self.graphed:
+            if self._graphs is None:
+                self._graphs = capture(self._step, buf)
+            self._graphs.replay()
+        else:
+            self._step()
+        for b in live:
+            buf.lens[b] += 1
+        return buf.logits
+
+    def _rows_only(self, what: str) -> None:
+        if not self.per_row:
+            raise StateMismatchError(f"{what} needs an engine built with per_row=True")
+
+    def _whole_only(self, what: str) -> None:
+        if self.per_row:
+            raise StateMismatchError(f"{what} runs the whole batch at one length; with per_row=True use "
+                                     "prefill_row / load_row / step")  # fmt: skip
+
+    @property
+    def row_lengths(self) -> list[int]:
+        """Each slot's token count (0 for an empty slot); per_row engines."""
+        return list(self.buf.lens)
+
+    @property
+    def free_rows(self) -> list[int]:
+        """The slots that hold no request."""
+        return [b for b in range(self.buf.state.batch_size) if not self.buf.live[b]]
+
+    def load_row(self, b: int, state: ModelState) -> None:
+        """A batch-1 state (a prefilled prompt, a restored snapshot) into slot b; the graph is kept."""
+        self._rows_only("load_row")
+        rows.load_row(self.buf, b, state)
+
+    def load_row_parts(self, b: int, recurrent: dict[str, Tensor], pages: Sequence[Page]) -> None:
+        """A batch-1 snapshot (`recurrent_tensors()` and cache pages, as `load_parts` takes) into slot b."""
+        self._rows_only("load_row_parts")
+        state = ModelState.from_parts(recurrent, [tuple(p) for p in pages], self.model.local_config)
+        rows.load_row(self.buf, b, state.to(self.device))
+
+    def export_row(self, b: int) -> ModelState:
+        """Slot b as a batch-1 state of its own (a copy)."""
+        self._rows_only("export_row")
+        return rows.export_row(self.buf, b)
+
+    def clear_row(self, b: int) -> None:
+        """Empty slot b (it keeps running inside the step, harmlessly, until a row is loaded into it)."""
+        self._rows_only("clear_row")
+        rows.clear_row(self.buf, b)
+
+    @torch.inference_mode()
+    def prefill_row(self, b: int, ids: Sequence[int] | Tensor) -> Tensor:
+        """Feed the prompt `ids` (T,) as a new request in slot b (the model's own forward on a batch-1
+        state, then `load_row`); returns its next-token logits (V,)."""
+        self._rows_only("prefill_row")
+        x = torch.as_tensor(ids, dtype=torch.long, device=self.device).view(1, -1)
+        if x.shape[1] == 0:
+            raise TokenRangeError("the prompt is empty; pass at least one token to prefill")
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi >= self.cfg.vocab_size:
+            raise TokenRangeError(f"token ids must be in [0, {self.cfg.vocab_size}); got [{lo}, {hi}]")
+        self.buf.room(x.shape[1], 1)
+        state = self.model.new_state(1)
+        logits = prefill_model(self.model, x, state, chunk_size=self.prefill_chunk)  # (1, V)
+        rows.load_row(self.buf, b, state)
+        return logits[0]
+
     @torch.inference_mode()
     def generate_greedy(
         self, max_new_tokens: int, *, stop_token_ids: Sequence[int] = (), sync_every: int = 64
@@ -288,6 +389,7 @@ class DecodeEngine:
         """Greedy tokens after the last prefill/step (batch 1), each fed into the state as in
         model/decode/generate.py (the stop token too). Reads tokens back every `sync_every` steps, or every
         step when stop ids are given (the state must not run past a stop)."""
+        self._whole_only("generate_greedy")
         if self.state.batch_size != 1:
             raise StateMismatchError("generate_greedy decodes one sequence; use step() for batches")
         buf = self.buf

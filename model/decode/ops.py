@@ -28,6 +28,7 @@ from hybrid_agent.kernels.mla_decode import mla_decode
 from hybrid_agent.kernels.silu_mul import silu_mul
 from hybrid_agent.model.attention import Attention
 from hybrid_agent.model.decode.buffers import StaticState
+from hybrid_agent.model.decode.rows import write_rows
 from hybrid_agent.model.errors import ModelError
 from hybrid_agent.model.gated_deltanet import GatedDeltaNet
 from hybrid_agent.model.hybrid import HybridLM
@@ -97,6 +98,12 @@ class EngineOps(Ops):
         assert T == 1, "the engine's step feeds one token"
         return self.buf.pos
 
+    def rope(self, pos: Tensor, inv_freq: Tensor, theta: float) -> tuple[Tensor, Tensor]:
+        cos, sin = super().rope(pos, inv_freq, theta)  # (1, T, 1, R)
+        if self.buf.per_row:  # pos (B,): one token per row, each at its own position -> (B, 1, 1, R)
+            return cos.transpose(0, 1), sin.transpose(0, 1)
+        return cos, sin
+
     def project(self, role: str, x: Tensor, linears: Sequence[nn.Linear]) -> Tensor:
         stacked = self.concat.get(tuple(id(lin) for lin in linears))
         if stacked is not None:
@@ -114,6 +121,9 @@ class EngineOps(Ops):
     def write(self, layer: LayerState, state: ModelState, new: dict[str, Tensor], pos: Tensor) -> None:
         store = layer.storage
         for name, t in new.items():  # (B, ..., 1, ...) at the cache's token axis
+            if self.buf.per_row:  # row b at its own slot pos[b]
+                write_rows(store[name], layer.axes[name], t, pos)
+                continue
             store[name].index_copy_(layer.axes[name], pos, t.to(store[name].dtype))
         store["pos"].index_copy_(0, pos, pos)
 
@@ -128,7 +138,9 @@ class EngineOps(Ops):
         B, H, Hkv, Dh = qkv.shape[0], mixer.n_heads, mixer.n_kv_heads, mixer.head_dim
         cos = sin = None
         if mixer.inv_freq is not None:
-            cos, sin = (t.view(-1) for t in self.rope(pos, mixer.inv_freq, mixer.rope_theta))  # (R,) each
+            cos, sin = self.rope(pos, mixer.inv_freq, mixer.rope_theta)
+            # (R,) each at one position; per row (B, R), unless B == 1 (then pos is (1,) as ever)
+            cos, sin = (t.reshape(B, -1) if pos.numel() > 1 else t.reshape(-1) for t in (cos, sin))
         norm = mixer.qk_norm if mixer.qk_norm in ("full", "head") else "none"
         q_w, k_w = (mixer.q_norm.weight, mixer.k_norm.weight) if norm != "none" else (None, None)
         eps = mixer.q_norm.eps if norm != "none" else 0.0

@@ -352,8 +352,11 @@ def test_gpu_serve_bench_smoke(tmp_path: Path) -> None:
         [sys.executable, str(bench), "--smoke", "--device", "cpu", "--out", str(out)], check=True, timeout=300
     )
     result = json.loads(out.read_text())
-    assert [r["sessions"] for r in result["decode"]] == [1, 1, 4]
-    assert result["decode"][2]["mean_batch"] > 1
+    decode = result["decode"]
+    assert [(r["sessions"], r["path"]) for r in decode] == [
+        (1, "solo"), (1, "engine"), (1, "model"), (4, "engine"), (4, "model")
+    ]  # fmt: skip
+    assert decode[3]["mean_batch"] > 1 and decode[4]["mean_batch"] > 1
     back = result["returning"]
     assert back["memory_cached"] > 0 and back["database_cached"] > 0 and back["prefill_cached"] == 0
 

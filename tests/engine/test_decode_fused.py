@@ -262,3 +262,41 @@ def test_attn_prep_refuses_bad_input_before_any_write() -> None:
         with pytest.raises(KernelInputError, match="attn_decode_prep"):
             attn_decode_prep(**args)  # type: ignore[arg-type]
         assert torch.equal(k_buf, k0)
+
+
+@pytest.mark.parametrize("impl", ["ref", "triton"])
+@pytest.mark.parametrize("norm, R", [("head", 6), ("full", 8)])
+def test_attn_prep_per_row_positions(impl: str, norm: str, R: int) -> None:
+    """pos (B,) with cos/sin (B, R): each row is rotated at its own position and written at its own slot,
+    exactly as that row alone with its single position (the reference; the kernel under the
+    interpreter against it)."""
+    from hybrid_agent.kernels.attn_decode_prep import attn_decode_prep, attn_decode_prep_ref
+    from hybrid_agent.kernels.errors import KernelInputError
+    from hybrid_agent.model.rope import rope_cos_sin, rope_inv_freq
+
+    if impl == "triton":
+        pytest.importorskip("triton")
+    B, H, Hkv, Dh, M = 3, 4, 2, 8, 9
+    qkv, q_w, k_w, _, _, _, k_buf, v_buf, pos_buf = _attn_inputs(B, H, Hkv, Dh, M, R, norm, torch.float32,
+                                                                  "cpu", 11)  # fmt: skip
+    pos = torch.tensor([1, 7, 4])
+    cos, sin = (t.reshape(B, R).contiguous() for t in rope_cos_sin(pos, rope_inv_freq(R, 10000.0)))
+    kw = dict(H=H, Hkv=Hkv, Dh=Dh, eps=1e-6, qk_norm=norm)
+    k0, v0, p0 = k_buf.clone(), v_buf.clone(), pos_buf.clone()
+    if impl == "triton":
+        from hybrid_agent.kernels.triton_attn_decode_prep import attn_decode_prep_triton
+
+        q = attn_decode_prep_triton(qkv, q_w, k_w, cos, sin, pos, k_buf, v_buf, pos_buf, **kw)
+    else:
+        q = attn_decode_prep(qkv, q_w, k_w, cos, sin, pos, k_buf, v_buf, pos_buf, **kw)
+    for b in range(B):
+        kb, vb, pb = k0[b : b + 1].clone(), v0[b : b + 1].clone(), p0.clone()
+        want = attn_decode_prep_ref(
+            qkv[b : b + 1], q_w, k_w, cos[b], sin[b], pos[b : b + 1], kb, vb, pb, **kw
+        )
+        torch.testing.assert_close(q[b : b + 1], want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(k_buf[b : b + 1], kb, rtol=1e-5, atol=1e-5)
+        assert torch.equal(v_buf[b : b + 1], vb)
+    assert pos_buf.tolist() == [i if i in (1, 4, 7) else -7 for i in range(M)]
+    with pytest.raises(KernelInputError, match="cos/sin"):
+        attn_decode_prep(qkv, q_w, k_w, cos[0], sin[0], pos, k_buf, v_buf, pos_buf, **kw)

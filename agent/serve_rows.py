@@ -1,0 +1,135 @@
+"""Where `hybrid-agent serve`'s batched rows live between steps (agent/serve_batch.py): the decode engine's
+per-row slots or the model's own batch.
+
+- `EngineRows`: a `DecodeEngine(per_row=True)` (model/decode/rows.py) with one slot per concurrent
+  request; its one-token step is captured once as a CUDA graph on CUDA and replayed at any mix of
+  lengths. A joining row is loaded into a free slot, a leaving one exported from its slot; nothing is
+  recaptured. Its buffers hold `max_context` tokens per slot: sized to the longest row with room to
+  grow (x1.5, whole 256-token blocks), and rebuilt larger (rows moved over) when a row outgrows them.
+- `ModelRows`: model/batch.py's `BatchState` on the model's own forward (uncaptured), repacked when rows
+  join or leave. Used when the engine cannot run the model per row, when the live engine is not the
+  DecodeEngine (the CPU by default), or with HYBRID_AGENT_BATCH_ENGINE=0.
+Both keep the rows in join order; `step` takes and returns them in that order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from hybrid_agent.model.batch import BatchState
+from hybrid_agent.model.state import ModelState
+from torch import Tensor
+
+BATCH_ENGINE_ENV = "HYBRID_AGENT_BATCH_ENGINE"  # auto (default: when the DecodeEngine runs) | 1 | 0
+# Slot buffers in whole blocks of this many tokens: small, since every slot has them (64 slots of 256
+# tokens at OLMo Hybrid 7B's 8 attention layers, ~1 MB a token, are 16 GB).
+_BLOCK = 256
+
+
+class ModelRows:
+    """The model's own batched forward (model/batch.py)."""
+
+    kind = "model"
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.batch: BatchState | None = None
+
+    def _states(self) -> list[ModelState]:
+        return [] if self.batch is None else [self.batch.row(b) for b in range(self.batch.size)]
+
+    def join(self, states: Sequence[ModelState]) -> None:
+        rows = [*self._states(), *states]
+        self.batch = BatchState(rows) if rows else None
+
+    def leave(self, idx: Sequence[int]) -> list[ModelState]:
+        """Rows `idx` (positions in join order) out, as states of their own; the rest stay in order."""
+        states = self._states()
+        gone = set(idx)
+        stay = [s for b, s in enumerate(states) if b not in gone]
+        self.batch = BatchState(stay) if stay else None
+        return [states[b] for b in idx]
+
+    def step(self, tokens: Sequence[int]) -> Tensor:
+        assert self.batch is not None
+        return self.batch.step(self.model, tokens)
+
+
+class EngineRows:
+    """The decode engine's per-row slots (see the module doc)."""
+
+    kind = "engine"
+
+    def __init__(self, model: Any, slots: int, vocab_size: int | None, min_context: int = _BLOCK) -> None:
+        self.model, self.slots, self.vocab_size = model, slots, vocab_size
+        self.min_context = min_context
+        self.order: list[int] = []  # the slot of each row, in join order
+        self.engine = self._build(min_context)
+
+    def _build(self, need: int) -> Any:
+        from hybrid_agent.model.decode.engine import DecodeEngine
+
+        size = max(self.min_context, need + need // 2)
+        size = -(-size // _BLOCK) * _BLOCK
+        return DecodeEngine(self.model, max_context=size, batch_size=self.slots, per_row=True,
+                            vocab_size=self.vocab_size)  # fmt: skip
+
+    def _fit(self, need: int) -> None:
+        """Buffers for `need` tokens in a slot: rebuilt larger with the rows moved over when they are not."""
+        if need <= self.engine.max_context:
+            return
+        states = [self.engine.export_row(b) for b in self.order]
+        self.engine = None  # the old buffers go before the new ones are allocated
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self.engine = self._build(need)
+        for b, state in zip(self.order, states, strict=True):
+            self.engine.load_row(b, state)
+
+    def join(self, states: Sequence[ModelState]) -> None:
+        for state in states:
+            self._fit(int(state.n_tokens) + 1)
+            b = self.engine.free_rows[0]  # as many slots as concurrent requests
+            self.engine.load_row(b, state)
+            self.order.append(b)
+
+    def leave(self, idx: Sequence[int]) -> list[ModelState]:
+        out = []
+        for i in idx:
+            out.append(self.engine.export_row(self.order[i]))
+            self.engine.clear_row(self.order[i])
+        gone = set(idx)
+        self.order = [b for i, b in enumerate(self.order) if i not in gone]
+        return out
+
+    def step(self, tokens: Sequence[int]) -> Tensor:
+        eng = self.engine
+        self._fit(max(eng.row_lengths[b] for b in self.order) + 1)
+        eng = self.engine
+        feed = [0] * self.slots  # empty slots take token 0 (their outputs are never read)
+        for b, tok in zip(self.order, tokens, strict=True):
+            feed[b] = tok
+        logits = eng.step(torch.tensor(feed, dtype=torch.long, device=eng.device))  # (slots, V)
+        return logits[torch.tensor(self.order, device=eng.device)]  # (rows, V), join order
+
+
+def make_rows(engine: Any, slots: int) -> EngineRows | ModelRows:
+    """The decode engine's slots when the serving engine runs on the DecodeEngine (or the environment
+    asks for them) and the engine can run this model per row; else the model's own batch."""
+    from hybrid_agent.model.errors import StateMismatchError
+
+    env = os.environ.get(BATCH_ENGINE_ENV, "auto").strip().lower()
+    want = bool(getattr(engine, "uses_decode_engine", False))
+    if env in ("1", "true", "yes", "on"):
+        want = True
+    elif env in ("0", "false", "no", "off"):
+        want = False
+    if want and engine.window is None:
+        try:
+            return EngineRows(engine.model, slots, getattr(engine, "_vocab_size", None))
+        except StateMismatchError:  # layers the engine's step does not run: the model's own batch
+            pass
+    return ModelRows(engine.model)
