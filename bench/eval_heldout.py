@@ -210,7 +210,8 @@ class EvalTask:
     category: str
     prompt: str
     rule: Rule
-    facts: dict = field(default_factory=dict)
+    solution: Calls = field(default_factory=list)  # one right way (tests: the rule accepts it)
+    answer: str = ""
 
 
 _MISSING = re.compile(r"\b(not|no|doesn't|does not|cannot|can't|couldn't|missing|unable)\b", re.I)
@@ -238,33 +239,34 @@ def make_task(rng: random.Random, ws: Workspace, category: str) -> EvalTask:
         c = rng.choice(sorted(ws.constants))
         _, value = ws.constants[c]
         prompt = wording(rng, category, [c], c=c, p=_settings_ref(rng, ws))
-        return EvalTask(category, prompt, lambda r, a, k: value in a and _called(k, ("read_file", "grep")))
+        rule: Rule = lambda r, a, k: value in a and _called(k, ("read_file", "grep"))
+        return EvalTask(category, prompt, rule, [("read_file", {"path": f"{ws.package}/settings.py"})], value)
     if category == "find_definition":
         f = rng.choice(sorted(ws.functions))
         rel = ws.functions[f]
         prompt = wording(rng, category, [f], f=f)
-        return EvalTask(
-            category,
-            prompt,
-            lambda r, a, k: Path(rel).name in a and _called(k, ("grep", "read_file", "glob")),
-        )
+        rule = lambda r, a, k: Path(rel).name in a and _called(k, ("grep", "read_file", "glob"))
+        return EvalTask(category, prompt, rule, [("grep", {"pattern": f"def {f}"})], f"In {rel}.")
     if category == "list_folder":
         folder = rng.choice([ws.package, "docs", "tests"])
         names = entries(ws, folder)
         prompt = wording(rng, category, [folder], d=folder)
-        return EvalTask(
-            category, prompt, lambda r, a, k: all(n in a for n in names) and _called(k, ("list_dir",))
-        )
+        rule = lambda r, a, k: all(n in a for n in names) and _called(k, ("list_dir",))
+        return EvalTask(category, prompt, rule, [("list_dir", {"path": folder})], ", ".join(names))
     if category == "answer_from_docs":
         rel, question, x = rng.choice(ws.docs)
         prompt = wording(rng, category, [], q=question)
-        return EvalTask(category, prompt, lambda r, a, k: x in a and _called(k, ("read_file", "grep")))
+        rule = lambda r, a, k: x in a and _called(k, ("read_file", "grep"))
+        return EvalTask(category, prompt, rule, [("read_file", {"path": rel})], x)
     if category == "create_file":
         rel = f"{rng.choice(['notes', 'ops', 'docs'])}/{rng.choice(['courier', 'release', 'renewal'])}.txt"
         text = rng.choice(NOTE_TEXTS).format(n=rng.randint(10, 999))
         prompt = wording(rng, category, [rel, *text.split()], p=rel, t=text)
         check = _file_is(rel, text)
-        return EvalTask(category, prompt, lambda r, a, k: check(r) and _called(k, ("write_file",)))
+        rule = lambda r, a, k: check(r) and _called(k, ("write_file",))
+        return EvalTask(
+            category, prompt, rule, [("write_file", {"path": rel, "content": text + "\n"})], "Done."
+        )
     if category in ("edit_value", "multi_step"):
         c = rng.choice(sorted(ws.constants))
         rel, value = ws.constants[c]
@@ -286,19 +288,20 @@ def make_task(rng: random.Random, ws: Workspace, category: str) -> EvalTask:
             done = p.is_file() and p.read_text(encoding="utf-8") in accept
             return done and (category == "edit_value" or len(k) >= 2)
 
-        return EvalTask(category, prompt, edited)
+        new_line = f"{c} = '{new}'" if quoted else f"{c} = {new}"
+        solution: Calls = [("edit_file", {"path": rel, "old_string": old_line, "new_string": new_line})]
+        if category == "multi_step":
+            solution.insert(0, ("grep", {"pattern": f"^{c} ="}))
+        return EvalTask(category, prompt, edited, solution, "Done.")
     if category == "refusal_missing_file":
         taken = {Path(rel).stem for rel in ws.files}
         stem = rng.choice([m for m in MODULES if m not in taken])
         rel = rng.choice([f"{ws.package}/{stem}.py", f"docs/{stem}.md"])
         prompt = wording(rng, category, [rel], p=rel)
-        return EvalTask(
-            category,
-            prompt,
-            lambda r, a, k: (
-                bool(_MISSING.search(a)) and not (r / rel).exists() and not _called(k, ("write_file",))
-            ),
+        rule = lambda r, a, k: (
+            bool(_MISSING.search(a)) and not (r / rel).exists() and not _called(k, ("write_file",))
         )
+        return EvalTask(category, prompt, rule, [("read_file", {"path": rel})], f"{rel} does not exist.")
     raise ValueError(f"unknown category {category!r}")
 
 

@@ -278,7 +278,7 @@ def train(a: argparse.Namespace) -> dict:
                 calibrated = True
                 per_step = (time.perf_counter() - calib_t0) / a.calibrate
                 left = a.minutes * 60 - (before + time.perf_counter() - start)
-                total_steps = min(a.max_steps, step + int(left / per_step))
+                total_steps = max(step, min(a.max_steps, step + int(left / per_step)))
                 print(f"{per_step * 1000:.0f} ms/step: can finish {total_steps} steps", flush=True)
                 if a.sync_dir is not None:
                     total_steps = max(step, agree_on_steps(a.sync_dir, a.sync_n, a.arch, total_steps))
