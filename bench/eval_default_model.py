@@ -127,6 +127,19 @@ def eval_task(job: tuple[str | None, str, int]) -> dict[str, Any]:
 
 
 def eval_heldout_task(job: tuple[str | None, str, int]) -> dict[str, Any]:
+    """`_heldout_task`, tried twice: an error of the machinery (not of the model: its answers are only
+    judged) must not end a run of 216; a task that fails twice is recorded, with its error, as failed."""
+    error = ""
+    for _ in range(2):
+        try:
+            return _heldout_task(job)
+        except Exception as e:  # recorded in the JSON, counted in the summary
+            error = f"{type(e).__name__}: {e}"
+    _, category, _ = job
+    return {"category": category, "prompt": "", "answer": "", "ok": False, "calls": [], "error": error}
+
+
+def _heldout_task(job: tuple[str | None, str, int]) -> dict[str, Any]:
     """One held-out task (bench/eval_heldout.py) in a fresh workspace and session, judged by its rule."""
     model_dir, category, i = job
     rng = random.Random(f"heldout:{EVAL_SEED}:{category}:{i}")
@@ -181,6 +194,7 @@ def summarize_heldout(rows: list[dict]) -> dict[str, Any]:
     recall = [t for t in rows if t["category"] == "recall_resume"]
     out: dict[str, Any] = {
         "tasks": len(rows),
+        "errors": sum(bool(t.get("error")) for t in rows),
         "tool_calls": len(calls),
         "tool_call_validity": round(sum(c[2] for c in calls) / max(1, len(calls)), 3),
         "task_success": round(sum(t["ok"] for t in rows) / max(1, len(rows)), 3),

@@ -298,9 +298,19 @@ def make_task(rng: random.Random, ws: Workspace, category: str) -> EvalTask:
         stem = rng.choice([m for m in MODULES if m not in taken])
         rel = rng.choice([f"{ws.package}/{stem}.py", f"docs/{stem}.md"])
         prompt = wording(rng, category, [rel], p=rel)
-        rule = lambda r, a, k: (
-            bool(_MISSING.search(a)) and not (r / rel).exists() and not _called(k, ("write_file",))
-        )
+        folder = str(Path(rel).parent)
+
+        def refused(r: Path, a: str, k: Calls, rel: str = rel, folder: str = folder) -> bool:
+            """Looked for that very file (read it, or listed its folder), said it is missing, made none."""
+            looked = any(args.get("path") in (rel, folder) or tool == "glob" for tool, args in k)
+            return (
+                looked
+                and bool(_MISSING.search(a))
+                and not (r / rel).exists()
+                and not _called(k, ("write_file",))
+            )
+
+        rule = refused
         return EvalTask(category, prompt, rule, [("read_file", {"path": rel})], f"{rel} does not exist.")
     raise ValueError(f"unknown category {category!r}")
 

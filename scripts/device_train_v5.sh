@@ -5,10 +5,10 @@
 #   it between calls), then train for what is left of 9 minutes, resuming the checkpoint in .train/run
 #   (weights, optimizer state, data position: model/training/checkpoint.py). TOTAL_MINUTES is the
 #   schedule's budget over all calls; call again until log.json says "finished": true, then the
-#   weights come back in bf16 under OUT. SIZE: D_MODELxN_LAYERS (docs/training.md says why 384x8).
+#   weights come back in bf16 under OUT. SIZE: D_MODELxN_LAYERS (docs/training.md says why 384x7).
 # Data: the held-out eval's names and wordings are not in it (scripts/check_eval_overlap.py).
 set -euo pipefail
-out=$1 episodes=${2:-120000} total=${3:-30} size=${4:-384x8}
+out=$1 episodes=${2:-120000} total=${3:-30} size=${4:-384x7}
 start=$(date +%s)
 source scripts/device_env.sh
 data=.train/data run=.train/run

@@ -76,3 +76,14 @@ def test_no_eval_8gram_in_the_training_requests_and_no_shared_names() -> None:
 def test_no_eval_8gram_in_500_training_episodes() -> None:
     result = overlap.overlap(overlap.training_requests(500), overlap.eval_requests(24), 8)
     assert result["shared"] == 0, result["examples"]
+
+
+def test_a_refusal_counts_only_after_looking_for_that_file(tmp_path: Path) -> None:
+    rng = random.Random("refusal")
+    ws = ho.make_workspace(rng, tmp_path / "ws")
+    task = ho.make_task(rng, ws, "refusal_missing_file")
+    (rel,) = [args["path"] for _, args in task.solution]
+    assert task.rule(ws.root, f"{rel} does not exist.", [("read_file", {"path": rel})])
+    assert not task.rule(ws.root, "It does not exist.", [("read_file", {"path": "other" + rel})])
+    assert not task.rule(ws.root, "It does not exist.", [])
+    assert not task.rule(ws.root, f"Here is {rel}.", [("read_file", {"path": rel})])
