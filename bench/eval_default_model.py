@@ -1,7 +1,8 @@
 """Evaluate a native agent model (the packaged default unless --model) through the real agent.
 
-    python bench/eval_default_model.py [--model DIR] [--per-kind 10] [--recall-n 10] [--workers 2]
-        [--speed [--speed-baseline DIR] [--speed-repeats 5]] [--wide 0]
+    python bench/eval_default_model.py [--model DIR] [--per-category 24] [--limit N] [--workers 2]
+    python bench/eval_default_model.py --suite generator [--model DIR] [--per-kind 10] [--recall-n 10]
+        [--workers 2] [--speed [--speed-baseline DIR] [--speed-repeats 5]] [--wide 0]
         [--out bench/results/eval_default_model.json]
     python bench/eval_default_model.py --handwritten [--model DIR] --out F.json
 
@@ -48,7 +49,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
+sys.path.insert(0, str(ROOT / "bench"))
+
 import agent_workspaces  # noqa: E402
+import eval_heldout  # noqa: E402
 from agent_tasks import CHITCHAT, TASKS, make_facts, make_task  # noqa: E402
 from agent_workspaces import make_workspace  # noqa: E402
 
@@ -120,6 +124,101 @@ def eval_task(job: tuple[str | None, str, int]) -> dict[str, Any]:
             agent.close()
         ok = task.check(ws.root, answer)
     return {"kind": task.kind, "prompt": task.prompt, "answer": answer, "ok": ok, "calls": calls}
+
+
+def eval_heldout_task(job: tuple[str | None, str, int]) -> dict[str, Any]:
+    """`_heldout_task`, tried twice: an error of the machinery (not of the model: its answers are only
+    judged) must not end a run of 216; a task that fails twice is recorded, with its error, as failed."""
+    error = ""
+    for _ in range(2):
+        try:
+            return _heldout_task(job)
+        except Exception as e:  # recorded in the JSON, counted in the summary
+            error = f"{type(e).__name__}: {e}"
+    _, category, _ = job
+    return {"category": category, "prompt": "", "answer": "", "ok": False, "calls": [], "error": error}
+
+
+def _heldout_task(job: tuple[str | None, str, int]) -> dict[str, Any]:
+    """One held-out task (bench/eval_heldout.py) in a fresh workspace and session, judged by its rule."""
+    model_dir, category, i = job
+    rng = random.Random(f"heldout:{EVAL_SEED}:{category}:{i}")
+    if category == "recall_resume":
+        return eval_heldout_recall(model_dir, rng)
+    with tempfile.TemporaryDirectory(prefix="eval-heldout-") as tmp:
+        ws = eval_heldout.make_workspace(rng, Path(tmp) / "ws")
+        task = eval_heldout.make_task(rng, ws, category)
+        agent = _new_agent(model_dir, Path(tmp) / "s.db", ws.root)
+        try:
+            answer, calls = run_turn(agent, task.prompt)
+        finally:
+            agent.close()
+        ok = bool(task.rule(ws.root, answer, [(c[0], c[1]) for c in calls]))
+    return {"category": category, "prompt": task.prompt, "answer": answer, "ok": ok, "calls": calls}
+
+
+def eval_heldout_recall(model_dir: str | None, rng: random.Random) -> dict[str, Any]:
+    """A held-out fact, filler turns and the question: straight through, then the same turns with the
+    session saved, the agent closed and the model reloaded before the question. Judged on the resume."""
+    global _ENGINE
+    script = eval_heldout.make_recall(rng, rng.randint(2, 5))
+    out: dict[str, Any] = {"category": "recall_resume", "prompt": script.question, "calls": []}
+    for resume in (False, True):
+        with tempfile.TemporaryDirectory(prefix="eval-heldout-recall-") as tmp:
+            ws = Path(tmp) / "ws"
+            ws.mkdir()
+            db = Path(tmp) / "s.db"
+            agent = _new_agent(model_dir, db, ws)
+            for text in script.turns:
+                run_turn(agent, text)
+            if resume:
+                sid = agent.session_id
+                agent.close()
+                _ENGINE = None  # nothing survives but the database
+                agent = _new_agent(model_dir, db, ws, session_id=sid)
+            answer, calls = run_turn(agent, script.question)
+            agent.close()
+        out["resumed" if resume else "straight"] = {"answer": answer, "ok": script.value in answer}
+        out["calls"] += calls
+    out["answer"], out["ok"] = out["resumed"]["answer"], out["resumed"]["ok"]
+    return out
+
+
+def summarize_heldout(rows: list[dict]) -> dict[str, Any]:
+    calls = [c for t in rows for c in t["calls"]]
+    per = {}
+    for cat in eval_heldout.CATEGORIES:
+        got = [t for t in rows if t["category"] == cat]
+        if got:
+            per[cat] = {"n": len(got), "success": round(sum(t["ok"] for t in got) / len(got), 3)}
+    recall = [t for t in rows if t["category"] == "recall_resume"]
+    out: dict[str, Any] = {
+        "tasks": len(rows),
+        "errors": sum(bool(t.get("error")) for t in rows),
+        "tool_calls": len(calls),
+        "tool_call_validity": round(sum(c[2] for c in calls) / max(1, len(calls)), 3),
+        "task_success": round(sum(t["ok"] for t in rows) / max(1, len(rows)), 3),
+        "success_per_category": per,
+        "min_category_success": min((v["success"] for v in per.values()), default=0.0),
+    }
+    if recall:
+        n = len(recall)
+        out["recall_resume"] = {
+            "straight": round(sum(t["straight"]["ok"] for t in recall) / n, 3),
+            "resumed": round(sum(t["resumed"]["ok"] for t in recall) / n, 3),
+            "same_answer": round(
+                sum(t["straight"]["answer"] == t["resumed"]["answer"] for t in recall) / n, 3
+            ),
+        }
+    return out
+
+
+def heldout_jobs(
+    model_dir: str | None, per_category: int, limit: int | None
+) -> list[tuple[str | None, str, int]]:
+    """Round-robin over the categories, so that `--limit N` still covers every category."""
+    jobs = [(model_dir, cat, i) for i in range(per_category) for cat in eval_heldout.CATEGORIES]
+    return jobs[:limit] if limit is not None else jobs
 
 
 def eval_recall(job: tuple[str | None, int, int]) -> dict[str, Any]:
@@ -288,6 +387,29 @@ def summarize(tasks: list[dict], recalls: list[dict]) -> dict[str, Any]:
     }
 
 
+def run_heldout(a: argparse.Namespace, t0: float) -> dict[str, Any]:
+    import torch
+
+    with Pool(a.workers) as pool:
+        rows = pool.map(eval_heldout_task, heldout_jobs(a.model, a.per_category, a.limit), chunksize=1)
+    result: dict[str, Any] = {
+        "benchmark": "eval_default_model_heldout",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "model": a.model or "model/default (packaged)",
+        "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+                    "threads_per_worker": 1, "workers": a.workers},
+        "settings": {"suite": "heldout", "per_category": a.per_category, "limit": a.limit,
+                     "greedy": True, "seed": EVAL_SEED},
+        "summary": summarize_heldout(rows),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "tasks": rows,
+    }  # fmt: skip
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({k: result[k] for k in ("summary", "seconds")}, indent=1))
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="model folder (default: the packaged model/default)")
@@ -301,8 +423,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--wide", type=float, default=0.0, help="share of made-up names and values")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "eval_default_model.json")
     p.add_argument("--handwritten", action="store_true", help="only the hand-written session")
+    p.add_argument(
+        "--suite", choices=("heldout", "generator"), default="heldout",
+        help="heldout: bench/eval_heldout.py's categories; generator: the training generator's kinds",
+    )  # fmt: skip
+    p.add_argument("--per-category", type=int, default=24, help="held-out tasks per category")
+    p.add_argument("--limit", type=int, default=None, help="run only the first N held-out tasks")
     a = p.parse_args(argv)
     t0 = time.perf_counter()
+    if a.suite == "heldout" and not a.handwritten:
+        return run_heldout(a, t0)
     if a.handwritten:
         date = datetime.now(UTC).isoformat(timespec="seconds")
         hand = {"benchmark": "eval_default_model_handwritten", "date": date,

@@ -27,6 +27,7 @@ class Task:
     answer: str
     check: Check
     expect: list[str] = field(default_factory=list)  # text that the i-th result must contain
+    slots: dict[str, str] = field(default_factory=dict)  # what scripts/agent_voices.py may re-word
 
 
 def _has_all(words: list[str]) -> Check:
@@ -62,7 +63,15 @@ def list_task(rng: random.Random, ws: Workspace) -> Task:
     answer = f"{where[0].upper() + where[1:]} has {len(entries)} entries: {names}."
     if len(entries) == 1:
         answer = f"{where[0].upper() + where[1:]} has one entry: {names}."
-    return Task("list", prompt, [("list_dir", {"path": folder})], answer, _has_all(entries), [entries[0]])
+    return Task(
+        "list",
+        prompt,
+        [("list_dir", {"path": folder})],
+        answer,
+        _has_all(entries),
+        [entries[0]],
+        {"where": where},
+    )
 
 
 def find_def_task(rng: random.Random, ws: Workspace) -> Task:
@@ -78,7 +87,13 @@ def find_def_task(rng: random.Random, ws: Workspace) -> Task:
     )
     answer = f"{fn.name} is defined in {fn.path} at line {fn.line}."
     return Task(
-        "find", prompt, [("grep", {"pattern": f"def {fn.name}"})], answer, _has_all([fn.path]), [fn.path]
+        "find",
+        prompt,
+        [("grep", {"pattern": f"def {fn.name}"})],
+        answer,
+        _has_all([fn.path]),
+        [fn.path],
+        {"name": fn.name},
     )
 
 
@@ -94,7 +109,13 @@ def read_value_task(rng: random.Random, ws: Workspace) -> Task:
     )
     answer = f"{c.name} is {c.value}."
     return Task(
-        "read_value", prompt, [("read_file", {"path": c.path})], answer, _has_all([c.value]), [c.value]
+        "read_value",
+        prompt,
+        [("read_file", {"path": c.path})],
+        answer,
+        _has_all([c.value]),
+        [c.value],
+        {"name": c.name, "path": c.path},
     )
 
 
@@ -115,7 +136,9 @@ def func_args_task(rng: random.Random, ws: Workspace) -> Task:
     else:
         answer = f"{fn.name} takes no arguments."
         check = lambda _r, a: _said_missing(a)
-    return Task("read_args", prompt, [("read_file", {"path": fn.path})], answer, check, [f"def {fn.name}("])
+    calls: list[tuple[str, dict[str, object]]] = [("read_file", {"path": fn.path})]
+    slots = {"name": fn.name, "path": fn.path}
+    return Task("read_args", prompt, calls, answer, check, [f"def {fn.name}("], slots)
 
 
 def line_count_task(rng: random.Random, ws: Workspace) -> Task:
@@ -131,6 +154,7 @@ def line_count_task(rng: random.Random, ws: Workspace) -> Task:
         f"{rel} has {n} lines.",
         lambda _r, a: re.search(rf"\b{n}\b", a) is not None,
         [f"of {n}]"],
+        {"path": rel},
     )
 
 
@@ -156,6 +180,7 @@ def create_task(rng: random.Random, ws: Workspace) -> Task:
         f"Created {rel}.",
         _file_is(rel, text),
         ["created"],
+        {"path": rel, "text": line},
     )
 
 
@@ -179,7 +204,8 @@ def append_task(rng: random.Random, ws: Workspace) -> Task:
     new_text = text.rstrip("\n") + f"\n{line}\n"
     if text.count(last) != 1:  # the last line must be a unique anchor; else rewrite the whole file
         calls[1] = ("write_file", {"path": rel, "content": new_text})
-    return Task("append", prompt, calls, f"Added the line to {rel}.", _file_is(rel, new_text), [last])
+    slots = {"path": rel, "line": line}
+    return Task("append", prompt, calls, f"Added the line to {rel}.", _file_is(rel, new_text), [last], slots)
 
 
 def _replace_plan(rng: random.Random, ws: Workspace, c: Constant) -> tuple[str, Task]:
@@ -201,7 +227,9 @@ def _replace_plan(rng: random.Random, ws: Workspace, c: Constant) -> tuple[str, 
         ("edit_file", {"path": c.path, "old_string": old_line, "new_string": new_line}),
     ]
     answer = f"{c.name} is now {new_value} in {c.path}."
-    return new_value, Task("replace", prompt, calls, answer, _file_is(c.path, new_text), [old_line, "edited"])
+    slots = {"name": c.name, "value": new_value, "path": c.path}
+    task = Task("replace", prompt, calls, answer, _file_is(c.path, new_text), [old_line, "edited"], slots)
+    return new_value, task
 
 
 def replace_task(rng: random.Random, ws: Workspace) -> Task:
@@ -220,7 +248,8 @@ def multi_step_task(rng: random.Random, ws: Workspace) -> Task:
         ]
     )
     calls = [("grep", {"pattern": f"^{c.name} ="}), *task.calls]
-    return Task("multi_step", prompt, calls, task.answer, task.check, [c.path, *task.expect])
+    slots = {"name": c.name, "value": new_value}
+    return Task("multi_step", prompt, calls, task.answer, task.check, [c.path, *task.expect], slots)
 
 
 def missing_task(rng: random.Random, ws: Workspace) -> Task:
@@ -236,6 +265,7 @@ def missing_task(rng: random.Random, ws: Workspace) -> Task:
             f"{name} is not defined anywhere in the project.",
             lambda _r, a: _said_missing(a),
             ["no matches"],
+            {"target": f"the definition of {name}"},
         )
     folder = rng.choice([*ws.folders, "."])
     stem = f"{pick(rng, WORDS)}_{rng.choice(['notes.md', 'config.toml', 'main.py'])}"
@@ -255,6 +285,7 @@ def missing_task(rng: random.Random, ws: Workspace) -> Task:
         f"{rel} does not exist.",
         lambda root, a: _said_missing(a) and not (root / rel).exists(),
         ["does not exist"],
+        {"target": rel},
     )
 
 
@@ -283,13 +314,29 @@ WEIGHTS: dict[str, float] = {
 }
 
 
+VOICES = 0.0  # share of requests re-worded by scripts/agent_voices.py; 0: the generator as it was
+
+
 def make_task(rng: random.Random, ws: Workspace, kinds: Sequence[str] | None = None) -> Task:
-    """A task of one of `kinds` (any kind when None, drawn by WEIGHTS) that this workspace can pose."""
-    allowed = [k for k in (kinds or TASKS) if ws.functions or k not in ("find", "read_args")]
-    allowed = [k for k in allowed if ws.constants or k not in ("read_value", "replace", "multi_step")]
+    """A task of one of `kinds` (any kind when None, drawn by WEIGHTS) that this workspace can pose.
+    With VOICES > 0 the kinds of scripts/agent_tasks_more.py join in and requests may be re-worded."""
+    from agent_tasks_more import MORE_TASKS, MORE_WEIGHTS, can_pose
+
+    table = {**TASKS, **MORE_TASKS} if VOICES else TASKS
+    weights = {**WEIGHTS, **MORE_WEIGHTS} if VOICES else WEIGHTS
+    allowed = [k for k in (kinds or table) if ws.functions or k not in ("find", "read_args", "find_args")]
+    allowed = [
+        k for k in allowed if ws.constants or k not in ("read_value", "replace", "multi_step", "copy_value")
+    ]
+    allowed = [k for k in allowed if can_pose(k, ws)]
     allowed = allowed or ["list", "read_lines"]
-    kind = rng.choices(allowed, weights=[WEIGHTS.get(k, 1.0) for k in allowed])[0]
-    return TASKS[kind](rng, ws)
+    kind = rng.choices(allowed, weights=[weights.get(k, 1.0) for k in allowed])[0]
+    task = table[kind](rng, ws)
+    if VOICES and rng.random() < VOICES:
+        from agent_voices import voice
+
+        task = voice(rng, task, ws.files)
+    return task
 
 
 # ---- memory: facts told early, asked later ------------------------------------------------------
@@ -343,6 +390,11 @@ class Fact:
                 f"Keep in mind that {self.key} is called {self.value}.",
             ]
         )
+        if VOICES and rng.random() < VOICES:
+            from agent_voices import FACT_SAY
+
+            said = rng.choice(FACT_SAY).format(k=self.key, v=self.value)
+            said = said[0].upper() + said[1:]
         return said, f"Got it: {self.key} is {self.value}."
 
     def question(self, rng: random.Random) -> tuple[str, str]:
@@ -354,12 +406,22 @@ class Fact:
                 f"Which one is {self.key} again?",
             ]
         )
+        if VOICES and rng.random() < VOICES:
+            from agent_voices import FACT_ASK
+
+            asked = rng.choice(FACT_ASK).format(k=self.key)
+            asked = asked[0].upper() + asked[1:]
         key = self.key[0].upper() + self.key[1:]
         return asked, f"{key} is {self.value}."
 
 
 def make_facts(rng: random.Random, n: int) -> list[Fact]:
-    keys = rng.sample(FACT_KEYS, n)
+    if VOICES:
+        from agent_voices import FACT_KEYS as MORE_KEYS
+
+        keys = rng.sample(FACT_KEYS + MORE_KEYS, n)
+    else:
+        keys = rng.sample(FACT_KEYS, n)
     values = [
         rng.choice([pick(rng, WORDS), f"{pick(rng, WORDS)}-{rng.randint(1, 99)}", str(rng.randint(10, 9999))])
         for _ in keys

@@ -59,6 +59,7 @@ VOWELS = _words("a e i o u ai ea ou y")
 CODAS = ("", "", "", "n", "r", "l", "s", "t", "m", "x", "nd", "rk")
 
 WIDE = 0.0  # share of made-up names and values (training data; the eval keeps 0)
+PROJECTS = 0.0  # share of project-like workspaces (scripts/agent_projects.py); 0: no extra draw
 
 
 def made_up_word(rng: random.Random) -> str:
@@ -149,6 +150,7 @@ class Workspace:
     functions: list[Function] = field(default_factory=list)
     constants: list[Constant] = field(default_factory=list)
     folders: list[str] = field(default_factory=list)
+    docs: list[tuple[str, str, str]] = field(default_factory=list)  # (path, topic, value) of a doc's fact
 
     def entries(self, folder: str) -> list[str]:
         """The names list_dir shows for `folder` (sub-folders end with '/')."""
@@ -235,7 +237,12 @@ def _notes_file(rng: random.Random) -> str:
 
 
 def make_workspace(rng: random.Random, root: Path) -> Workspace:
-    """Write 3 to 9 files in 1 to 4 folders (some nested) under `root` and describe them."""
+    """Write 3 to 9 files in 1 to 4 folders (some nested) under `root` and describe them; or, with
+    probability PROJECTS, a project-like tree (scripts/agent_projects.py)."""
+    if PROJECTS and rng.random() < PROJECTS:
+        from agent_projects import make_project
+
+        return make_project(rng, root)
     ws = Workspace(root=Path(root))
     used: set[str] = set()
     folders = rng.sample(FOLDERS, rng.randint(1, 4))

@@ -1,7 +1,7 @@
 """Generate the default model's training data: agent episodes with real tool calls and real results.
 
     python scripts/make_agent_data.py --out .data/agent --episodes 20000 --seed 0 [--tokenizer DIR]
-        [--wide 0.5]
+        [--wide 0.5] [--voices 0.7] [--projects 0.5]
 
 Design choices:
 - Deterministic from `--seed`: episode i uses `random.Random(f"{seed}:{i}")` and a fresh temporary
@@ -21,6 +21,10 @@ Design choices:
 - `--wide P` (training data; 0, the eval's generator, by default): names and values are made-up
   words with probability P (agent_workspaces.WIDE), and the mix gains plain copy episodes ("Repeat
   after me: ...") and a larger share of memory episodes (38% against 35%).
+- `--voices P` / `--projects P` (training data; 0 by default): a share P of requests re-worded by
+  several voices with indirect file names and typos (scripts/agent_voices.py), with the kinds of
+  scripts/agent_tasks_more.py (answers from the docs, two-call copies); a share P of workspaces
+  project-like (scripts/agent_projects.py: README.md, a package with settings.py, docs/, tests/).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import agent_tasks
 import agent_workspaces
 from agent_tasks import CHITCHAT, Fact, Task, make_facts, make_task
 from agent_workspaces import WORDS, Workspace, made_up_word, make_workspace, pick
@@ -193,17 +198,25 @@ def _copy_turns(rng: random.Random, w: EpisodeWriter) -> None:
     w.ep.kinds.append("copy")
 
 
-def make_episode(seed: int, index: int, workdir: Path | None = None, wide: float = 0.0) -> Episode:
+def make_episode(
+    seed: int,
+    index: int,
+    workdir: Path | None = None,
+    wide: float = 0.0,
+    voices: float = 0.0,
+    projects: float = 0.0,
+) -> Episode:
     """Episode `index` of `seed`. Its workspace is a temporary folder, or `workdir` (kept) if given;
     it is the first thing drawn from the episode's generator, so `make_workspace(episode_rng(seed,
-    index), root)` rebuilds it as it was before the episode's tools ran (with the same `wide`)."""
-    before = agent_workspaces.WIDE
-    agent_workspaces.WIDE = wide
+    index), root)` rebuilds it as it was before the episode's tools ran (with the same `wide` and
+    `projects`). `voices`: agent_tasks.VOICES; `projects`: agent_workspaces.PROJECTS."""
+    before = agent_workspaces.WIDE, agent_tasks.VOICES, agent_workspaces.PROJECTS
+    agent_workspaces.WIDE, agent_tasks.VOICES, agent_workspaces.PROJECTS = wide, voices, projects
     try:
         with tempfile.TemporaryDirectory(prefix="agent-ep-") as tmp:
             return _episode(episode_rng(seed, index), Path(workdir or tmp), wide > 0)
     finally:
-        agent_workspaces.WIDE = before
+        agent_workspaces.WIDE, agent_tasks.VOICES, agent_workspaces.PROJECTS = before
 
 
 def episode_rng(seed: int, index: int) -> random.Random:
@@ -252,9 +265,9 @@ def _episode(rng: random.Random, root: Path, wide: bool = False) -> Episode:
         return w.ep
 
 
-def _episode_args(args: tuple[int, int, float]) -> Episode:
-    seed, index, wide = args
-    return make_episode(seed, index, wide=wide)
+def _episode_args(args: tuple[int, int, float, float, float]) -> Episode:
+    seed, index, wide, voices, projects = args
+    return make_episode(seed, index, wide=wide, voices=voices, projects=projects)
 
 
 _Job = TypeVar("_Job")
@@ -270,8 +283,10 @@ def in_workers(fn: Callable[[_Job], _Out], jobs: list[_Job], workers: int) -> It
         yield from pool.imap(fn, jobs, chunksize=32)
 
 
-def episodes(seed: int, n: int, *, workers: int = 1, wide: float = 0.0) -> Iterator[Episode]:
-    yield from in_workers(_episode_args, [(seed, i, wide) for i in range(n)], workers)
+def episodes(
+    seed: int, n: int, *, workers: int = 1, wide: float = 0.0, voices: float = 0.0, projects: float = 0.0
+) -> Iterator[Episode]:
+    yield from in_workers(_episode_args, [(seed, i, wide, voices, projects) for i in range(n)], workers)
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> Tokenizer:
@@ -351,19 +366,21 @@ def encode_for_corpus(
 _WORKER_TOK: dict[str, tuple[Tokenizer, dict[tuple[str, bool], list[int]]]] = {}
 
 
-def _encoded_args(args: tuple[int, int, float, str]) -> tuple[str, list[str], list[int], int] | None:
+def _encoded_args(
+    args: tuple[int, int, float, str, float, float],
+) -> tuple[str, list[str], list[int], int] | None:
     """An episode made and encoded in a worker (with a tokenizer given, encoding runs in parallel too:
     in the main process alone it took as long as making the episodes on 16 cores). With made-up
     words (wide > 0) a plan that the tools contradict is skipped and counted rather than fatal: a
     collision of made-up names found after 60k episodes should not cost a whole training run."""
-    seed, index, wide, tok_path = args
+    seed, index, wide, tok_path, voices, projects = args
     if tok_path not in _WORKER_TOK:
         _WORKER_TOK[tok_path] = (Tokenizer.from_file(tok_path), {})
     tok, cache = _WORKER_TOK[tok_path]
     try:
-        ep = make_episode(seed, index, wide=wide)
+        ep = make_episode(seed, index, wide=wide, voices=voices, projects=projects)
     except PlanMismatch:
-        if not wide:
+        if not (wide or voices or projects):
             raise
         return None
     return encode_for_corpus(ep, tok, cache)
@@ -380,18 +397,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--vocab-size", type=int, default=8192)
     p.add_argument("--tokenizer", type=Path, default=None, help="an existing tokenizer.json or its folder")
     p.add_argument("--wide", type=float, default=0.0, help="share of made-up names and values (training)")
+    p.add_argument("--voices", type=float, default=0.0, help="share of re-worded requests (agent_voices.py)")
+    p.add_argument("--projects", type=float, default=0.0, help="share of project-like workspaces")
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
 
     if a.tokenizer is not None:
         tok = Tokenizer.from_file(a.tokenizer)
         tok.save(a.out)
-        jobs = [(a.seed, i, a.wide, str(a.out / "tokenizer.json")) for i in range(a.episodes)]
+        tok_file = str(a.out / "tokenizer.json")
+        jobs = [(a.seed, i, a.wide, tok_file, a.voices, a.projects) for i in range(a.episodes)]
         encoded = list(in_workers(_encoded_args, jobs, a.workers))
         skipped = sum(e is None for e in encoded)
         encoded = [e for e in encoded if e is not None]
     else:
-        eps = list(episodes(a.seed, a.episodes, workers=a.workers, wide=a.wide))
+        eps = list(
+            episodes(a.seed, a.episodes, workers=a.workers, wide=a.wide, voices=a.voices, projects=a.projects)
+        )
         tok = train_tokenizer(tokenizer_texts(eps), a.vocab_size)
         tok.save(a.out)
         skipped = 0
@@ -420,6 +442,8 @@ def main(argv: list[str] | None = None) -> None:
         "seed": a.seed,
         "episodes": a.episodes,
         "wide": a.wide,
+        "voices": a.voices,
+        "projects": a.projects,
         "skipped_plan_mismatch": skipped,
         "stored_tokens": int(starts[-1]),
         "tokens_with_prefix": int(starts[-1] + len(prefix) * sum(with_prefix)),

@@ -19,7 +19,14 @@ Design choices:
   `--minutes`, so they all see the same batches and end with fully decayed schedules.
 - Logged to `log.json` (written as it goes): per step the tokens seen (non-padding), the loss over
   the assistant's tokens, the learning rate; and a held-out loss at the end. Checkpoints
-  (`save_pretrained` + tokenizer.json) every `--checkpoint-minutes` and at the end.
+  (model/training/checkpoint.py: weights, optimizer state, position in the data) every
+  `--checkpoint-minutes` and when a run stops early.
+- Several runs, one schedule (`--resume`, `--run-minutes`/`--run-steps`): a run stops after its own
+  budget with a checkpoint and `"finished": false` in log.json; the same command again continues at
+  the next step with the same schedule, optimizer state and batches, until the schedule's last step
+  (then the held-out loss and the final weights). `--minutes` is then the budget of all runs
+  together: the first run fixes the schedule's length from it. For the lent GPU, whose commands end
+  after 10 minutes (docs/training.md).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from hybrid_agent.model.config import HybridConfig
 from hybrid_agent.model.hybrid import HybridLM
+from hybrid_agent.model.training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from hybrid_agent.model.training.data import Corpus, collate, make_batches
 from hybrid_agent.model.training.forward import output_weight, train_hidden
 
@@ -174,6 +182,8 @@ def train(a: argparse.Namespace) -> dict:
             raise ValueError(f"--init {a.init} has another shape than --arch/--d-model/--n-layers")
         model.load_state_dict({k: v.float() for k, v in init.state_dict().items()})
     model = model.to(device).train()
+    if a.resume and a.init is not None and has_checkpoint(Path(a.out)):
+        raise ValueError("--init and a checkpoint to resume in --out: drop --init to continue the run")
     rng = np.random.default_rng(a.seed)
     perm = rng.permutation(len(corpus))
     n_val = max(1, int(len(corpus) * a.val_fraction))
@@ -197,15 +207,48 @@ def train(a: argparse.Namespace) -> dict:
         "steps": [],
     }
     print(f"{a.arch}: {log['params'] / 1e6:.2f}M params, layers {cfg.layer_types}", flush=True)
-    total_steps, step, tokens, computed, epoch = a.max_steps, 0, 0, 0, 0
+    total_steps, step, tokens, computed, epoch, skip = a.max_steps, 0, 0, 0, 0, 0
+    before = 0.0  # seconds trained by earlier runs
+    calibrated = False
+    if a.resume and has_checkpoint(out):
+        st = load_checkpoint(out, model, opt)
+        total_steps, step, tokens, computed = st["total_steps"], st["step"], st["tokens"], st["computed"]
+        epoch, skip, before, calibrated = st["epoch"], st["batch_in_epoch"], st["seconds"], st["calibrated"]
+        log["steps"], log["runs"] = st["log_steps"], st["runs"]
+        log.update({k: st[k] for k in ("ms_per_step_calibrated",) if k in st})
+        print(f"resumed at step {step} of {total_steps} (epoch {epoch}, batch {skip})", flush=True)
+    log.setdefault("runs", []).append({"from_step": step, "device": log["device"]})
     pad = corpus.tokenizer.token_id("<|pad|>")
     start = last_ckpt = time.perf_counter()
     calib_t0: float | None = None
-    while step < total_steps:
-        for b in make_batches(
+    run_start_step = step
+
+    def checkpoint(batch_in_epoch: int) -> None:
+        log["runs"][-1]["to_step"] = step
+        save_checkpoint(out, model, opt, {
+            "step": step, "total_steps": total_steps, "tokens": tokens, "computed": computed,
+            "epoch": epoch, "batch_in_epoch": batch_in_epoch, "calibrated": calibrated,
+            "seconds": round(before + time.perf_counter() - start, 1), "log_steps": log["steps"],
+            "runs": log["runs"], **{k: log[k] for k in ("ms_per_step_calibrated",) if k in log},
+        })  # fmt: skip
+
+    def run_over() -> bool:
+        by_time = a.run_minutes and time.perf_counter() - start > a.run_minutes * 60
+        return bool(by_time or (a.run_steps and step - run_start_step >= a.run_steps))
+
+    stopped = False
+    while step < total_steps and not stopped:
+        batches = make_batches(
             corpus, train_idx, a.tokens_per_batch, np.random.default_rng(a.seed + epoch), shared_prefix=sp
-        ):
+        )
+        for bi, b in enumerate(batches):
+            if bi < skip:  # done before the resume
+                continue
             if step >= total_steps:
+                break
+            if run_over():
+                checkpoint(bi)
+                stopped = True
                 break
             batch = collate(corpus, b, shared_prefix=sp)
             ids, where, prefix = to_device(batch, device)
@@ -226,10 +269,16 @@ def train(a: argparse.Namespace) -> dict:
             step += 1
             if step == a.calibrate_from:
                 calib_t0 = time.perf_counter()  # the first steps include allocator and kernel warm-up
-            if step == a.calibrate_from + a.calibrate and calib_t0 is not None and a.minutes:
+            if (
+                step == a.calibrate_from + a.calibrate
+                and calib_t0 is not None
+                and a.minutes
+                and not calibrated
+            ):
+                calibrated = True
                 per_step = (time.perf_counter() - calib_t0) / a.calibrate
-                left = a.minutes * 60 - (time.perf_counter() - start)
-                total_steps = min(a.max_steps, step + int(left / per_step))
+                left = a.minutes * 60 - (before + time.perf_counter() - start)
+                total_steps = max(step, min(a.max_steps, step + int(left / per_step)))
                 print(f"{per_step * 1000:.0f} ms/step: can finish {total_steps} steps", flush=True)
                 if a.sync_dir is not None:
                     total_steps = max(step, agree_on_steps(a.sync_dir, a.sync_n, a.arch, total_steps))
@@ -238,20 +287,30 @@ def train(a: argparse.Namespace) -> dict:
             if step % a.log_every == 0 or step == total_steps:
                 entry = {"step": step, "tokens": tokens, "computed_tokens": computed,
                          "loss": float(loss.detach()), "lr": lr,
-                         "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+                         "seconds": round(before + time.perf_counter() - start, 1)}  # fmt: skip
                 log["steps"].append(entry)
                 print(json.dumps(entry), flush=True)
             if a.checkpoint_minutes and time.perf_counter() - last_ckpt > a.checkpoint_minutes * 60:
-                model.save_pretrained(out)
+                checkpoint(bi + 1)
                 last_ckpt = time.perf_counter()
-        epoch += 1
+        else:
+            epoch, skip = epoch + 1, 0
+    if stopped:
+        log["finished"] = False
+        log["total_steps"], log["step"] = total_steps, step
+        (out / "log.json").write_text(json.dumps(log, indent=1) + "\n")
+        print(f"checkpointed at step {step} of {total_steps}; run the same command to continue", flush=True)
+        return log
     log["total_steps"], log["tokens"], log["computed_tokens"], log["epochs_started"] = (
         step,
         tokens,
         computed,
         epoch,
     )
-    log["train_seconds"] = round(time.perf_counter() - start, 1)
+    log["train_seconds"] = round(before + time.perf_counter() - start, 1)
+    log["finished"] = True
+    if a.resume:
+        checkpoint(0)  # the finished state: running the command again changes nothing
     log["val_loss"] = evaluate(model, corpus, val_batches, device, sp)
     print(f"held-out loss {log['val_loss']:.4f} after {tokens} tokens", flush=True)
     model.float().save_pretrained(out)
@@ -292,6 +351,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--checkpoint-minutes", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--resume", action="store_true",
+        help="continue from the checkpoint in --out if there is one (same arguments as the first run)",
+    )  # fmt: skip
+    p.add_argument("--run-minutes", type=float, default=0.0, help="stop this run after M minutes (resumable)")
+    p.add_argument("--run-steps", type=int, default=0, help="stop this run after N steps (resumable)")
     p.add_argument("--device", default=None)
     p.add_argument(
         "--shared-prefix", action=argparse.BooleanOptionalAction, default=True,

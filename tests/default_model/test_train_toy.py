@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,3 +87,30 @@ def test_shared_prefix_gives_the_full_episodes_loss_and_gradients(tmp_path: Path
     assert abs(full - shared_loss) < 1e-5 * abs(full)
     for name, g in g_full.items():
         torch.testing.assert_close(g_shared[name], g, rtol=1e-3, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_two_resumed_runs_equal_one_straight_run(tmp_path: Path) -> None:
+    """4 steps in one run against 2 + resume + 2 (run-steps budget, checkpoint with optimizer state
+    and data position): the same losses and the same final weights."""
+    from safetensors.torch import load_file
+
+    data = tmp_path / "data"
+    gen.main(["--out", str(data), "--episodes", "8", "--seed", "5", "--workers", "1", "--vocab-size", "400"])
+    common = ["--data", str(data), "--d-model", "32", "--n-layers", "3", "--max-steps", "4",
+              "--tokens-per-batch", "600", "--lr", "1e-2", "--warmup", "2", "--log-every", "1",
+              "--val-fraction", "0.1", "--device", "cpu", "--checkpoint-minutes", "0"]  # fmt: skip
+    main([*common, "--out", str(tmp_path / "straight")])
+    main([*common, "--out", str(tmp_path / "split"), "--resume", "--run-steps", "2"])
+    first = json.loads((tmp_path / "split" / "log.json").read_text())
+    assert first["finished"] is False and first["step"] == 2
+    assert not (tmp_path / "split" / "model.safetensors").exists()  # only the checkpoint so far
+    main([*common, "--out", str(tmp_path / "split"), "--resume", "--run-steps", "2"])
+    logs = [json.loads((tmp_path / d / "log.json").read_text()) for d in ("straight", "split")]
+    assert logs[1]["finished"] is True and [r["from_step"] for r in logs[1]["runs"]] == [0, 2]
+    assert [s["loss"] for s in logs[1]["steps"]] == pytest.approx(
+        [s["loss"] for s in logs[0]["steps"]], rel=1e-5
+    )
+    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("straight", "split"))
+    for name, t in a.items():
+        torch.testing.assert_close(b[name], t, rtol=1e-5, atol=1e-6, msg=name)
