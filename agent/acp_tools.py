@@ -134,32 +134,32 @@ class ClientReadFile(ReadFile):
         return ToolResult(out, data=data)
 
 
-class ClientWriteFile(WriteFile):
+class _ThroughEditor:
+    """The two file-tool methods that read and write (tools/builtins/files.py), sent to the editor."""
+
+    files: ClientFiles
+
+    def current_text(self, ctx: ToolContext, path: str) -> tuple[str, str | None]:
+        return self.files.current(ctx, path)
+
+    def write(self, ctx: ToolContext, path: str, data: bytes) -> tuple[str, bytes | None]:
+        return self.files.write(ctx, path, data)
+
+
+class ClientWriteFile(_ThroughEditor, WriteFile):
     """write_file through the editor."""
 
     def __init__(self, files: ClientFiles) -> None:
         super().__init__()
         self.files = files
 
-    def current_text(self, ctx: ToolContext, path: str) -> tuple[str, str | None]:
-        return self.files.current(ctx, path)
 
-    def write(self, ctx: ToolContext, path: str, data: bytes) -> tuple[str, bytes | None]:
-        return self.files.write(ctx, path, data)
-
-
-class ClientEditFile(EditFile):
+class ClientEditFile(_ThroughEditor, EditFile):
     """edit_file through the editor."""
 
     def __init__(self, files: ClientFiles) -> None:
         super().__init__()
         self.files = files
-
-    def current_text(self, ctx: ToolContext, path: str) -> tuple[str, str | None]:
-        return self.files.current(ctx, path)
-
-    def write(self, ctx: ToolContext, path: str, data: bytes) -> tuple[str, bytes | None]:
-        return self.files.write(ctx, path, data)
 
 
 def client_file_tools(files: ClientFiles) -> list[Tool]:

@@ -1,46 +1,13 @@
-"""Triton one-token Kimi delta rule (KDA decode), same contract as `kda_step_ref`.
-
-The gated delta rule step of kernels/triton_gated_delta_rule_step.py with the decay read per key
-channel: one program per (batch*head, dv-block) holds a (dk, dv-block) slice of the fp32 state, scales
-its row c by exp(g_c), then the prediction S^T k, the delta write and the read S^T q, so the state is
-read and written once. No host synchronisation (the engine captures it in a CUDA graph).
+"""Triton one-token Kimi delta rule (KDA decode), same contract as `kda_step_ref`: the gated delta rule
+step of kernels/triton_gated_delta_rule_step.py with the decay read per key channel (its PER_CHANNEL
+kernel), so the state is read and written once and nothing reads the host.
 """
 
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 from hybrid_agent.kernels.checks import check_kda_step_inputs
-
-
-@triton.jit
-def _kda_step_kernel(
-    state_ptr, q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, o_ptr,
-    DK, DV, scale,
-    BK: tl.constexpr, BV: tl.constexpr,
-):  # fmt: skip
-    pid_bh = tl.program_id(0)
-    pid_v = tl.program_id(1)
-    bh = pid_bh.to(tl.int64)
-    offs_k = tl.arange(0, BK)
-    offs_v = pid_v * BV + tl.arange(0, BV)
-    mk = offs_k < DK
-    mv = offs_v < DV
-    s_off = bh * DK * DV + offs_k[:, None] * DV + offs_v[None, :]
-    m = mk[:, None] & mv[None, :]
-    s = tl.load(state_ptr + s_off, mask=m, other=0.0)
-    q = tl.load(q_ptr + bh * DK + offs_k, mask=mk, other=0.0).to(tl.float32)
-    k = tl.load(k_ptr + bh * DK + offs_k, mask=mk, other=0.0).to(tl.float32)
-    g = tl.load(g_ptr + bh * DK + offs_k, mask=mk, other=0.0).to(tl.float32)
-    v = tl.load(v_ptr + bh * DV + offs_v, mask=mv, other=0.0).to(tl.float32)
-    beta = tl.load(beta_ptr + bh).to(tl.float32)
-    s = s * tl.exp(g)[:, None]  # row c (key channel c) decays by exp(g_c)
-    pred = tl.sum(s * k[:, None], axis=0)  # (BV,) what the state already says for k
-    s = s + k[:, None] * (beta * (v - pred))[None, :]
-    tl.store(state_ptr + s_off, s, mask=m)
-    o = tl.sum(s * q[:, None], axis=0) * scale
-    tl.store(o_ptr + bh * DV + offs_v, o.to(o_ptr.dtype.element_ty), mask=mv)
+from hybrid_agent.kernels.triton_gated_delta_rule_step import delta_step_triton
 
 
 def kda_step_triton(
@@ -54,19 +21,4 @@ def kda_step_triton(
     scale: float | None = None,
 ) -> torch.Tensor:
     check_kda_step_inputs(state, q, k, v, g, beta)
-    if not state.is_contiguous():  # a packed copy, written back: the same in-place contract as the reference
-        packed = state.contiguous()
-        o = kda_step_triton(packed, q, k, v, g, beta, scale=scale)
-        state.copy_(packed)
-        return o
-    b, h, dk = q.shape
-    dv = v.shape[2]
-    scale = dk**-0.5 if scale is None else scale
-    q, k, v, g, beta = (a.contiguous() for a in (q, k, v, g, beta))
-    o = torch.empty_like(v)
-    BK = triton.next_power_of_2(dk)
-    BV = min(triton.next_power_of_2(dv), max(1, 4096 // BK))
-    _kda_step_kernel[(b * h, triton.cdiv(dv, BV))](
-        state, q, k, v, g, beta, o, dk, dv, float(scale), BK=BK, BV=BV, num_warps=4
-    )
-    return o
+    return delta_step_triton(state, q, k, v, g, beta, scale, per_channel=True)
