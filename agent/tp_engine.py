@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 from hybrid_agent.agent.engine import ModelEngine
-from hybrid_agent.model.parallel import TensorParallel, gather, shard, state_rules
+from hybrid_agent.model.parallel import TensorParallel, shard, state_rules
+from hybrid_agent.model.sharding import gather_tensors
 from hybrid_agent.model.state import ModelState, Page
 from torch import Tensor
 
@@ -66,19 +67,6 @@ def _specs(tensors: dict[str, Tensor]) -> list[list[Any]]:
     return [[n, str(t.dtype).removeprefix("torch."), list(t.shape)] for n, t in tensors.items()]
 
 
-def _gathered(tp: TensorParallel, tensors: dict[str, Tensor], rules: dict[str, Any]) -> dict[str, Tensor]:
-    """The full layout's tensors from every rank's (rank order), where each rank's were."""
-    out = {}
-    for name, t in tensors.items():
-        rule = rules.get(name)
-        if rule is None:
-            out[name] = t
-            continue
-        parts = tp.all_gather(t.contiguous().to(_wire(tp)), 0).to(t.device)
-        out[name] = gather(list(torch.chunk(parts, tp.world)), rule)
-    return out
-
-
 class _Ranked:
     """What leader and follower do alike on their own shard."""
 
@@ -97,8 +85,10 @@ class _Ranked:
         elif op == "snapshot":
             recurrent, pages = ModelEngine.snapshot(e, command["since"])
             rules = state_rules(e.model.config)
-            full = [Page(p.start, p.end, _gathered(self.tp, p.tensors, rules)) for p in pages]
-            return _gathered(self.tp, recurrent, rules), full
+            full = [
+                Page(p.start, p.end, gather_tensors(self.tp, p.tensors, rules, _wire(self.tp))) for p in pages
+            ]
+            return gather_tensors(self.tp, recurrent, rules, _wire(self.tp)), full
         elif op == "restore":
             assert tensors is not None
             rules = state_rules(e.model.config)

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from hybrid_agent.model.hybrid import HybridLM
 from hybrid_agent.model.parallel import TensorParallel, gather, shard, state_rules, weight_rules
@@ -48,16 +50,23 @@ def gather_state(state: ModelState, model: HybridLM) -> dict[str, Tensor]:
     tp = model.tp
     if tp.world == 1:
         return tensors
-    rules = state_rules(model.config)
+    return gather_tensors(tp, tensors, state_rules(model.config))
+
+
+def gather_tensors(
+    tp: TensorParallel, tensors: dict[str, Tensor], rules: dict[str, Any], wire: torch.device | None = None
+) -> dict[str, Tensor]:
+    """The full layout's tensors from every rank's (rank order), each back where the rank's was; a
+    tensor without a rule is the same on every rank and kept. `wire`: the device the group moves
+    tensors on (NCCL: CUDA), when they may live elsewhere."""
     out = {}
     for name, t in tensors.items():
         rule = rules.get(name)
         if rule is None:
             out[name] = t
             continue
-        parts = [torch.empty_like(t) for _ in range(tp.world)]
-        torch.distributed.all_gather(parts, t.contiguous(), group=tp.group)
-        out[name] = gather(parts, rule)
+        x = t.contiguous() if wire is None else t.contiguous().to(wire)
+        out[name] = gather(list(torch.chunk(tp.all_gather(x, 0).to(t.device), tp.world)), rule)
     return out
 
 
