@@ -20,7 +20,6 @@ interpreter) every product is exact fp32.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -28,9 +27,15 @@ import triton
 import triton.language as tl
 from hybrid_agent.kernels.checks import check_gdr_inputs
 from hybrid_agent.kernels.triton_common import dot as _mm
-from hybrid_agent.kernels.triton_gdr_prepare import _gdr_kkt_kernel, _gdr_solve_kernel, _gdr_wu_kernel
-
-CHUNK = 64
+from hybrid_agent.kernels.triton_gdr_prepare import (
+    CHUNK,
+    _gdr_kkt_kernel,
+    _gdr_solve_kernel,
+    _gdr_wu_kernel,
+    chunk_operands,
+    fused_bv,
+    state_buffers,
+)
 
 
 @dataclass(frozen=True)
@@ -40,7 +45,7 @@ class GdrLaunch:
     picks them."""
 
     fused: int = 1  # 1: kkt + solve, then `_gdr_fused_kernel`; 0: the five-launch split path
-    fu_bv: int = 0  # fused dv-block; 0: by grid size, see `_fused_bv`
+    fu_bv: int = 0  # fused dv-block; 0: by grid size, see triton_gdr_prepare.py's `fused_bv`
     fu_warps: int = 4
     fu_stages: int = 3  # 1.19 -> 1.03 ms with 3 instead of 2 at 16k, H32 K=V=128, H100 (NOTES.md)
     fu_prec: int = 2  # state products: 0 one 16-bit product, 1 tf32, 2 16-bit hi + lo pairs
@@ -62,7 +67,7 @@ class GdrLaunch:
 
 def launch_config(device: torch.device, shape: tuple[int, ...], dtype: torch.dtype) -> GdrLaunch:
     """The launch for q of `shape` (b, t, h, dk) and `dtype` on `device`: one choice for all of them
-    (the dv-block is picked per grid inside, `_fused_bv`), the best of the sweeps on an H100 (triton
+    (the dv-block is picked per grid inside, `fused_bv`), the best of the sweeps on an H100 (triton
     3.6) at 16k tokens (kernels/NOTES.md)."""
     del device, shape, dtype  # no choice depends on them yet
     return GdrLaunch()
@@ -330,21 +335,6 @@ def _gdr_fused_kernel(
         tl.store(final_ptr + state_off2, S2, mask=mk2[:, None] & mv[None, :])
 
 
-@functools.lru_cache(maxsize=16)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def _fused_bv(cfg: GdrLaunch, dv: int, bh: int, dev: torch.device) -> int:
-    """`fu_bv` = 0: 32 if the grid then fits in one wave of the GPU's multiprocessors (one program
-    per SM: the kernel's shared memory allows no second), else 64 (128-wide state blocks spill).
-    Narrow blocks spread a batch-1 call over more SMs; past one wave they only add rounds."""
-    sms = _sm_count(dev.index or 0) if dev.type == "cuda" else 132
-    cap = max(16, triton.next_power_of_2(dv))
-    width = 32 if triton.cdiv(dv, 32) * bh <= sms else 64
-    return min(width, cap)
-
-
 def _k_split(dk: int, split: bool) -> tuple[int, int]:
     """(BK, BK2) of the fused kernel: one power-of-two tile covering dk, or, with `split` and a dk
     that is no power of two, the largest power of two below it plus a second power-of-two tile for
@@ -378,13 +368,8 @@ def chunk_gated_delta_rule_triton(
     del chunk_size  # the kernels use CHUNK = 64; the result does not depend on it
     b, t, h, dk = q.shape
     dv = v.shape[3]
-    scale = dk**-0.5 if scale is None else scale
-    q, k, v, g, beta = (a.contiguous() for a in (q, k, v, g, beta))
-    k, q = k.to(v.dtype), q.to(v.dtype)  # one operand dtype for the dots
-    ieee = v.dtype == torch.float32 or not v.is_cuda
+    q, k, v, g, beta, scale, ieee, nchunk, BK = chunk_operands(q, k, v, g, beta, scale)
     inter = intermediate_dtype or (torch.float32 if v.dtype == torch.float32 else v.dtype)
-    nchunk = triton.cdiv(t, CHUNK)
-    BK = max(16, triton.next_power_of_2(dk))
     cfg = config if config is not None else launch_config(q.device, tuple(q.shape), q.dtype)
 
     def bv(key: str) -> int:
@@ -407,10 +392,8 @@ def chunk_gated_delta_rule_triton(
     )  # fmt: skip
     _gdr_solve_kernel[(b * h * nchunk,)](a_buf, t_buf, num_warps=cfg.solve_warps)
     if fused:
-        o = torch.empty_like(v)
-        final = torch.empty((b, h, dk, dv), device=dev, dtype=torch.float32)
-        s0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else final
-        fu_bv = _fused_bv(cfg, dv, b * h, dev) if cfg.fu_bv == 0 else bv("fu_bv")
+        o, final, s0 = state_buffers(v, dk, initial_state)
+        fu_bv = fused_bv(dv, b * h, dev) if cfg.fu_bv == 0 else bv("fu_bv")
         fu_bv = fu_bv if (ieee or cfg.narrow) else max(64, fu_bv)
         bk1, bk2 = _k_split(dk, bool(cfg.fu_ksplit))
         _gdr_fused_kernel[(triton.cdiv(dv, fu_bv), b * h)](
@@ -424,9 +407,7 @@ def chunk_gated_delta_rule_triton(
     u = torch.empty((b, t, h, dv), device=dev, dtype=inter)
     vnew = torch.empty((b, t, h, dv), device=dev, dtype=inter)
     states = torch.empty((b, h, nchunk, dk, dv), device=dev, dtype=inter)
-    final = torch.empty((b, h, dk, dv), device=dev, dtype=torch.float32)
-    o = torch.empty_like(v)
-    s0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else final
+    o, final, s0 = state_buffers(v, dk, initial_state)
     _gdr_wu_kernel[(nchunk, b * h)](
         k, v, g, beta, t_buf, w, u, t, h, dk, dv, nchunk,
         BK=BK, BV=bv("u_bv"), IEEE=ieee, num_warps=cfg.prep_warps,

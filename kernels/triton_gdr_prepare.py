@@ -15,13 +15,83 @@ For each chunk of 64 tokens and each (batch, head), independently of the state:
 
 Forward substitution rather than a power series: with highly correlated keys the powers of A grow
 like binomial coefficients and a series cancels catastrophically; substitution does not.
+
+The host side both chunked launches share (this one and kernels/triton_kda.py, whose decay is per key
+channel): `chunk_operands` (the prologue), `state_buffers` (o and the fp32 states) and `fused_bv`
+(the sequential kernel's dv-block).
 """
 
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
+import torch
 import triton
 import triton.language as tl
 from hybrid_agent.kernels.triton_common import dot as _mm
+
+CHUNK = 64
+
+
+class ChunkOperands(NamedTuple):
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    g: torch.Tensor
+    beta: torch.Tensor
+    scale: float
+    ieee: bool  # exact fp32 products: fp32 inputs, or the CPU interpreter (its 16-bit dot is wrong)
+    nchunk: int
+    bk: int  # dk as one power-of-two tile, at least 16 (a tensor-core operand)
+
+
+def chunk_operands(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    scale: float | None,
+) -> ChunkOperands:
+    """The prologue of a chunked launch, for checked (b, t, h, ...) inputs: contiguous operands, q and
+    k in v's dtype (one operand dtype for the products), the default scale dk ** -0.5."""
+    t, dk = q.shape[1], q.shape[3]
+    scale = dk**-0.5 if scale is None else scale
+    q, k, v, g, beta = (a.contiguous() for a in (q, k, v, g, beta))
+    k, q = k.to(v.dtype), q.to(v.dtype)
+    ieee = v.dtype == torch.float32 or not v.is_cuda
+    return ChunkOperands(
+        q, k, v, g, beta, scale, ieee, triton.cdiv(t, CHUNK), max(16, triton.next_power_of_2(dk))
+    )
+
+
+def state_buffers(
+    v: torch.Tensor, dk: int, initial_state: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(o like v, the fp32 final state (b, h, dk, dv), the fp32 entering state the kernels read): with
+    no initial state the final buffer stands in for it (HAS_S0 off: never read)."""
+    b, _, h, dv = v.shape
+    o = torch.empty_like(v)
+    final = torch.empty((b, h, dk, dv), device=v.device, dtype=torch.float32)
+    s0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else final
+    return o, final, s0
+
+
+@functools.lru_cache(maxsize=16)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def fused_bv(dv: int, bh: int, dev: torch.device) -> int:
+    """The sequential kernel's dv-block by grid size: 32 if the (dv-blocks x batch*head) grid then fits
+    in one wave of the GPU's multiprocessors (one program per SM: the kernel's shared memory allows
+    no second), else 64 (128-wide state blocks spill). Narrow blocks spread a batch-1 call over more
+    SMs; past one wave they only add rounds."""
+    sms = _sm_count(dev.index or 0) if dev.type == "cuda" else 132
+    cap = max(16, triton.next_power_of_2(dv))
+    width = 32 if triton.cdiv(dv, 32) * bh <= sms else 64
+    return min(width, cap)
 
 
 @triton.jit

@@ -30,11 +30,14 @@ Products are exact fp32 for fp32 inputs and on the CPU interpreter. For 16-bit i
 q, k operands and the q.k matrix are rounded to the input dtype (fla's precision class), the state's
 own products use 16-bit hi + lo pairs of S and v_new (as triton_gated_delta_rule.py's default), and
 T (I + A)^-1 multiplies in tf32. A, T and gam are fp32.
+
+The host prologue, the output buffers, the dv-block rule and the state's hi + lo product are the GDN
+launch's (triton_gdr_prepare.py, triton_gated_delta_rule.py). The kernels stay their own: a decay per
+channel cannot leave the key products, so kkt and the sequential pass differ from the scalar gate's.
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -42,9 +45,14 @@ import triton
 import triton.language as tl
 from hybrid_agent.kernels.checks import check_kda_inputs
 from hybrid_agent.kernels.triton_common import dot as _mm
-from hybrid_agent.kernels.triton_gdr_prepare import _gdr_solve_kernel
-
-CHUNK = 64
+from hybrid_agent.kernels.triton_gated_delta_rule import _state_dot
+from hybrid_agent.kernels.triton_gdr_prepare import (
+    CHUNK,
+    _gdr_solve_kernel,
+    chunk_operands,
+    fused_bv,
+    state_buffers,
+)
 
 
 @dataclass(frozen=True)
@@ -188,17 +196,6 @@ def _kda_kkt_kernel(
 
 
 @triton.jit
-def _state_dot(a, S, S16, HILO: tl.constexpr, IEEE: tl.constexpr):
-    """a @ S for a tile a in the input dtype and the fp32 state S: with HILO (16-bit inputs) S as a
-    16-bit hi + lo pair, two 16-bit products (~16 mantissa bits, as triton_gated_delta_rule.py's
-    `fu_prec` 2), so a stays a 16-bit operand; else one product (fp32 inputs: exact). S16 is S in
-    a's dtype."""
-    if HILO:
-        return _mm(a, S16, IEEE) + _mm(a, (S - S16.to(tl.float32)).to(S16.dtype), IEEE)
-    return _mm(a, S16, IEEE)
-
-
-@triton.jit
 def _kda_fused_kernel(
     qg_ptr, kg_ptr, kd_ptr, kgl_ptr, kdl_ptr, v_ptr, beta_ptr, gam_ptr, t_ptr, aqk_ptr, s0_ptr, o_ptr,
     final_ptr, T, H, DK, DV, NCHUNK, scale,
@@ -236,7 +233,9 @@ def _kda_fused_kernel(
         mat = ((bi * H + hi) * NCHUNK + c) * 4096 + offs_l[:, None] * 64 + offs_l[None, :]
         tm = tl.load(t_ptr + mat, mask=blocks, other=0.0)  # (I + A)^-1, lower triangular
         S16 = S.to(dtype)
-        ks = _state_dot(kg, S, S16, HILO, IEEE)
+        # With HILO (16-bit inputs) S as a 16-bit hi + lo pair (triton_gated_delta_rule.py's `fu_prec`
+        # 2: ~16 mantissa bits, kg stays a 16-bit operand); else one product (fp32 inputs: exact).
+        ks = _state_dot(kg, S, S16, 2 if HILO else 0, IEEE)
         if LO:
             ks += _mm(tl.load(kgl_ptr + row * DK + offs_k[None, :], mask=m_lk, other=0.0), S16, IEEE)
         r = beta[:, None] * (v - ks)
@@ -260,18 +259,6 @@ def _kda_fused_kernel(
     tl.store(final_ptr + state_off, S, mask=mk[:, None] & mv[None, :])
 
 
-@functools.lru_cache(maxsize=16)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def _fused_bv(dv: int, bh: int, dev: torch.device) -> int:
-    """32 when the (dv-blocks x batch*head) grid then fits one wave of the SMs, else 64."""
-    sms = _sm_count(dev.index or 0) if dev.type == "cuda" else 132
-    width = 32 if triton.cdiv(dv, 32) * bh <= sms else 64
-    return min(width, max(16, triton.next_power_of_2(dv)))
-
-
 def chunk_kda_triton(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -290,13 +277,8 @@ def chunk_kda_triton(
     cfg = config or KdaLaunch()
     b, t, h, dk = q.shape
     dv = v.shape[3]
-    scale = dk**-0.5 if scale is None else scale
-    q, k, v, g, beta = (a.contiguous() for a in (q, k, v, g, beta))
-    k, q = k.to(v.dtype), q.to(v.dtype)  # one operand dtype for the products
-    ieee = v.dtype == torch.float32 or not v.is_cuda
+    q, k, v, g, beta, scale, ieee, nchunk, BK = chunk_operands(q, k, v, g, beta, scale)
     dev = v.device
-    nchunk = triton.cdiv(t, CHUNK)
-    BK = max(16, triton.next_power_of_2(dk))
     gam = torch.empty((b * h, nchunk, CHUNK, dk), device=dev, dtype=torch.float32)
     qg, kg, kd = (torch.empty_like(k) for _ in range(3))
     lo = bool(cfg.k_lo) and v.dtype != torch.float32
@@ -313,10 +295,8 @@ def chunk_kda_triton(
     )  # fmt: skip
     t_buf = torch.empty_like(a_buf)
     _gdr_solve_kernel[(b * h * nchunk,)](a_buf, t_buf, num_warps=1)
-    o = torch.empty_like(v)
-    final = torch.empty((b, h, dk, dv), device=dev, dtype=torch.float32)
-    s0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else final
-    bv = _fused_bv(dv, b * h, dev) if cfg.fu_bv == 0 else min(cfg.fu_bv, max(16, triton.next_power_of_2(dv)))
+    o, final, s0 = state_buffers(v, dk, initial_state)
+    bv = fused_bv(dv, b * h, dev) if cfg.fu_bv == 0 else min(cfg.fu_bv, max(16, triton.next_power_of_2(dv)))
     _kda_fused_kernel[(triton.cdiv(dv, bv), b * h)](
         qg, kg, kd, kgl, kdl, v, beta, gam, t_buf, aqk, s0, o, final, t, h, dk, dv, nchunk, float(scale),
         HAS_S0=initial_state is not None, BK=BK, BV=bv, IEEE=ieee, HILO=v.dtype != torch.float32, LO=lo,

@@ -119,3 +119,19 @@ def test_chunk_kda_triton_k_lo_keeps_the_state_closer(dev):
     o1, s1 = chunk_kda_triton(q, k, v, g, beta, initial_state=s0, config=KdaLaunch(k_lo=1, fu_stages=1))
     assert rel_err(o1, o_ref) < TOL[torch.bfloat16] and rel_err(o0, o_ref) < TOL[torch.bfloat16]
     assert rel_err(s1, s_ref) < 2e-4 < rel_err(s0_out, s_ref)
+
+
+def test_chunk_kda_triton_dv_block_by_grid(dev):
+    """`fu_bv` 0 picks the dv-block by the GDN launch's rule (triton_gdr_prepare.py's `fused_bv`: 32
+    while the grid fits one wave of SMs, else 64, at most dv's power of two); at dv 48 that is two
+    blocks of 32, the second one partial, and the result matches the reference."""
+    from hybrid_agent.kernels.triton_gdr_prepare import fused_bv
+    from hybrid_agent.kernels.triton_kda import KdaLaunch, chunk_kda_triton
+
+    cpu = torch.device("cpu")  # off the GPU the rule assumes an H100's 132 SMs
+    assert fused_bv(128, 33, cpu) == 32 and fused_bv(128, 34, cpu) == 64 and fused_bv(48, 200, cpu) == 64
+    assert fused_bv(16, 200, cpu) == 16
+    q, k, v, g, beta, s0 = make_kda_inputs(1, 70, 2, 16, 48, seed=9, with_init=True, device=dev)
+    o_ref, s_ref = chunk_kda_ref(q, k, v, g, beta, initial_state=s0)
+    o, s = chunk_kda_triton(q, k, v, g, beta, initial_state=s0, config=KdaLaunch(fu_bv=0))
+    assert rel_err(o, o_ref) < TOL[torch.float32] and rel_err(s, s_ref) < TOL[torch.float32]
