@@ -140,7 +140,21 @@ def check_ssm_step_inputs(
         raise KernelInputError(f"ssm_step: dt must be (b, h) = {(b, h)} and A, D (h,) = ({h},)")
 
 
-def check_gdr_inputs(
+def _split_by_decay(
+    per_channel: bool, q: torch.Tensor, k: torch.Tensor, g: torch.Tensor, beta: torch.Tensor
+) -> tuple[str, list[torch.Tensor], str, list[torch.Tensor]]:
+    """The delta rule's operands by shape: (names, tensors) shaped like q, then those shaped like beta.
+    The decay g is per key channel with `per_channel` (KDA: q's shape), else one per head (beta's)."""
+    if per_channel:
+        return "q, k and g", [q, k, g], "beta", [beta]
+    return "q and k", [q, k], "g and beta", [g, beta]
+
+
+def _shapes(tensors: list[torch.Tensor]) -> str:
+    return ", ".join(str(tuple(a.shape)) for a in tensors)
+
+
+def check_delta_inputs(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -148,21 +162,22 @@ def check_gdr_inputs(
     beta: torch.Tensor,
     initial_state: torch.Tensor | None,
     *,
-    op: str = "chunk_gated_delta_rule",
+    per_channel: bool,
 ) -> None:
-    if q.dim() != 4 or q.shape != k.shape:
-        raise KernelInputError(
-            f"{op}: q and k must both be (b, t, h, dk); got {tuple(q.shape)}, {tuple(k.shape)}"
-        )
+    """The chunked delta rule's inputs: q, k (b, t, h, dk), v (b, t, h, dv), beta (b, t, h), the
+    log-decay g (b, t, h) (gated delta rule) or (b, t, h, dk) with `per_channel` (KDA), and an
+    optional key-first initial state (b, h, dk, dv)."""
+    op = "chunk_kda" if per_channel else "chunk_gated_delta_rule"
+    keyed, keyed_t, gated, gated_t = _split_by_decay(per_channel, q, k, g, beta)
+    if q.dim() != 4 or any(a.shape != q.shape for a in keyed_t):
+        raise KernelInputError(f"{op}: {keyed} must all be (b, t, h, dk); got {_shapes(keyed_t)}")
     b, t, h, dk = q.shape
     if v.dim() != 4 or v.shape[:3] != (b, t, h):
         raise KernelInputError(
             f"{op}: v must be (b, t, h, dv) with (b, t, h) = {(b, t, h)}, got {tuple(v.shape)}"
         )
-    if g.shape != (b, t, h) or beta.shape != (b, t, h):
-        raise KernelInputError(
-            f"{op}: g and beta must be (b, t, h) = {(b, t, h)}; got {tuple(g.shape)}, {tuple(beta.shape)}"
-        )
+    if any(a.shape != (b, t, h) for a in gated_t):
+        raise KernelInputError(f"{op}: {gated} must be (b, t, h) = {(b, t, h)}; got {_shapes(gated_t)}")
     dv = v.shape[3]
     if initial_state is not None and initial_state.shape != (b, h, dk, dv):
         raise KernelInputError(
@@ -171,76 +186,28 @@ def check_gdr_inputs(
         )
 
 
-def check_gdr_step_inputs(
+def check_delta_step_inputs(
     state: torch.Tensor,
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
     g: torch.Tensor,
     beta: torch.Tensor,
+    *,
+    per_channel: bool,
 ) -> None:
-    op = "gated_delta_rule_step"
-    if q.dim() != 3 or q.shape != k.shape or v.dim() != 3 or v.shape[:2] != q.shape[:2]:
+    """The one-token delta rule's inputs: as `check_delta_inputs` without the time axis, and the fp32
+    state (b, h, dk, dv) that the step updates in place."""
+    op = "kda_step" if per_channel else "gated_delta_rule_step"
+    keyed, keyed_t, gated, gated_t = _split_by_decay(per_channel, q, k, g, beta)
+    if q.dim() != 3 or any(a.shape != q.shape for a in keyed_t) or v.dim() != 3 or v.shape[:2] != q.shape[:2]:
         raise KernelInputError(
-            f"{op}: q, k must be (b, h, dk) and v (b, h, dv); "
-            f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+            f"{op}: {keyed} must be (b, h, dk) and v (b, h, dv); got {_shapes([*keyed_t, v])}"
         )
     b, h, dk = q.shape
     dv = v.shape[2]
-    if g.shape != (b, h) or beta.shape != (b, h):
-        raise KernelInputError(f"{op}: g and beta must be (b, h) = {(b, h)}")
-    if state.shape != (b, h, dk, dv) or state.dtype != torch.float32:
-        raise KernelInputError(
-            f"{op}: state must be fp32 (b, h, dk, dv) = {(b, h, dk, dv)}, "
-            f"got {state.dtype} {tuple(state.shape)}"
-        )
-
-
-def check_kda_inputs(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    beta: torch.Tensor,
-    initial_state: torch.Tensor | None,
-) -> None:
-    op = "chunk_kda"
-    if q.dim() != 4 or q.shape != k.shape or q.shape != g.shape:
-        raise KernelInputError(
-            f"{op}: q, k and g must all be (b, t, h, dk); got {tuple(q.shape)}, {tuple(k.shape)}, "
-            f"{tuple(g.shape)}"
-        )
-    b, t, h, dk = q.shape
-    if v.dim() != 4 or v.shape[:3] != (b, t, h) or beta.shape != (b, t, h):
-        raise KernelInputError(
-            f"{op}: v must be (b, t, h, dv) and beta (b, t, h) with (b, t, h) = {(b, t, h)}; "
-            f"got {tuple(v.shape)}, {tuple(beta.shape)}"
-        )
-    if initial_state is not None and initial_state.shape != (b, h, dk, v.shape[3]):
-        raise KernelInputError(
-            f"{op}: initial_state must be key-first (b, h, dk, dv) = {(b, h, dk, v.shape[3])}, "
-            f"got {tuple(initial_state.shape)}"
-        )
-
-
-def check_kda_step_inputs(
-    state: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    beta: torch.Tensor,
-) -> None:
-    op = "kda_step"
-    if q.dim() != 3 or q.shape != k.shape or q.shape != g.shape or v.dim() != 3 or v.shape[:2] != q.shape[:2]:
-        raise KernelInputError(
-            f"{op}: q, k, g must be (b, h, dk) and v (b, h, dv); "
-            f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(g.shape)}, {tuple(v.shape)}"
-        )
-    b, h, dk = q.shape
-    dv = v.shape[2]
-    if beta.shape != (b, h):
-        raise KernelInputError(f"{op}: beta must be (b, h) = {(b, h)}, got {tuple(beta.shape)}")
+    if any(a.shape != (b, h) for a in gated_t):
+        raise KernelInputError(f"{op}: {gated} must be (b, h) = {(b, h)}; got {_shapes(gated_t)}")
     if state.shape != (b, h, dk, dv) or state.dtype != torch.float32:
         raise KernelInputError(
             f"{op}: state must be fp32 (b, h, dk, dv) = {(b, h, dk, dv)}, "

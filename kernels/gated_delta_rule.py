@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from hybrid_agent.kernels._dispatch import use_triton
-from hybrid_agent.kernels.checks import check_gdr_inputs
+from hybrid_agent.kernels.checks import check_delta_inputs
 
 
 def to_chunks(a: torch.Tensor, chunk_size: int) -> torch.Tensor:
@@ -52,7 +52,7 @@ def chunk_gated_delta_rule_ref(
     chunk_size: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The definition: chunked gated delta rule in fp32 torch. Returns (o in v's dtype, final_state fp32)."""
-    check_gdr_inputs(q, k, v, g, beta, initial_state)
+    check_delta_inputs(q, k, v, g, beta, initial_state, per_channel=False)
     b, t, h, dk = q.shape
     dv = v.shape[3]
     scale = dk**-0.5 if scale is None else scale

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 from hybrid_agent.kernels._dispatch import use_triton
-from hybrid_agent.kernels.checks import check_gdr_step_inputs
+from hybrid_agent.kernels.checks import check_delta_step_inputs
 
 
 def gated_delta_rule_step_ref(
@@ -23,7 +23,7 @@ def gated_delta_rule_step_ref(
     *,
     scale: float | None = None,
 ) -> torch.Tensor:
-    check_gdr_step_inputs(state, q, k, v, g, beta)
+    check_delta_step_inputs(state, q, k, v, g, beta, per_channel=False)
     return delta_rule_step(state, q, k, v, g.to(torch.float32)[..., None, None], beta, scale)
 
 

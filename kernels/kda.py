@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 from hybrid_agent.kernels._dispatch import use_triton
-from hybrid_agent.kernels.checks import check_kda_inputs
+from hybrid_agent.kernels.checks import check_delta_inputs
 from hybrid_agent.kernels.gated_delta_rule import to_chunks
 
 
@@ -43,7 +43,7 @@ def chunk_kda_ref(
     chunk_size: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The definition: chunked KDA in fp32 torch. Returns (o in v's dtype, final_state fp32)."""
-    check_kda_inputs(q, k, v, g, beta, initial_state)
+    check_delta_inputs(q, k, v, g, beta, initial_state, per_channel=True)
     b, t, h, dk = q.shape
     dv = v.shape[3]
     scale = dk**-0.5 if scale is None else scale

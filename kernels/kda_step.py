@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 from hybrid_agent.kernels._dispatch import use_triton
-from hybrid_agent.kernels.checks import check_kda_step_inputs
+from hybrid_agent.kernels.checks import check_delta_step_inputs
 from hybrid_agent.kernels.gated_delta_rule_step import delta_rule_step
 
 
@@ -24,7 +24,7 @@ def kda_step_ref(
     *,
     scale: float | None = None,
 ) -> torch.Tensor:
-    check_kda_step_inputs(state, q, k, v, g, beta)
+    check_delta_step_inputs(state, q, k, v, g, beta, per_channel=True)
     # row c of the state (key channel c) decays by exp(g_c)
     return delta_rule_step(state, q, k, v, g.to(torch.float32).unsqueeze(-1), beta, scale)
 

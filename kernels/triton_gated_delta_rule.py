@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
-from hybrid_agent.kernels.checks import check_gdr_inputs
+from hybrid_agent.kernels.checks import check_delta_inputs
 from hybrid_agent.kernels.triton_common import dot as _mm
 from hybrid_agent.kernels.triton_gdr_prepare import (
     CHUNK,
@@ -364,7 +364,7 @@ def chunk_gated_delta_rule_triton(
     """`intermediate_dtype` (private knob for the benchmark): run the split path with this dtype for
     W, U, v_new and the entering states (default there: fp32 for fp32 inputs, else the input dtype).
     `config` replaces `launch_config`'s choice (the benchmark and the variant tests pass their own)."""
-    check_gdr_inputs(q, k, v, g, beta, initial_state)
+    check_delta_inputs(q, k, v, g, beta, initial_state, per_channel=False)
     del chunk_size  # the kernels use CHUNK = 64; the result does not depend on it
     b, t, h, dk = q.shape
     dv = v.shape[3]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from hybrid_agent.kernels.checks import check_gdr_step_inputs
+from hybrid_agent.kernels.checks import check_delta_step_inputs
 
 
 @triton.jit
@@ -55,7 +55,7 @@ def gated_delta_rule_step_triton(
     *,
     scale: float | None = None,
 ) -> torch.Tensor:
-    check_gdr_step_inputs(state, q, k, v, g, beta)
+    check_delta_step_inputs(state, q, k, v, g, beta, per_channel=False)
     return delta_step_triton(state, q, k, v, g, beta, scale, per_channel=False)
 
 

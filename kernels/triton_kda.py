@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
-from hybrid_agent.kernels.checks import check_kda_inputs
+from hybrid_agent.kernels.checks import check_delta_inputs
 from hybrid_agent.kernels.triton_common import dot as _mm
 from hybrid_agent.kernels.triton_gated_delta_rule import _state_dot
 from hybrid_agent.kernels.triton_gdr_prepare import (
@@ -272,7 +272,7 @@ def chunk_kda_triton(
     config: KdaLaunch | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`config` replaces the default launch (the benchmark passes its own)."""
-    check_kda_inputs(q, k, v, g, beta, initial_state)
+    check_delta_inputs(q, k, v, g, beta, initial_state, per_channel=True)
     del chunk_size  # the kernels use CHUNK = 64; the result does not depend on it
     cfg = config or KdaLaunch()
     b, t, h, dk = q.shape

@@ -6,7 +6,7 @@ kernel), so the state is read and written once and nothing reads the host.
 from __future__ import annotations
 
 import torch
-from hybrid_agent.kernels.checks import check_kda_step_inputs
+from hybrid_agent.kernels.checks import check_delta_step_inputs
 from hybrid_agent.kernels.triton_gated_delta_rule_step import delta_step_triton
 
 
@@ -20,5 +20,5 @@ def kda_step_triton(
     *,
     scale: float | None = None,
 ) -> torch.Tensor:
-    check_kda_step_inputs(state, q, k, v, g, beta)
+    check_delta_step_inputs(state, q, k, v, g, beta, per_channel=True)
     return delta_step_triton(state, q, k, v, g, beta, scale, per_channel=True)

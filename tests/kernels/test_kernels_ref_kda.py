@@ -7,7 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from hybrid_agent.kernels import KernelInputError, chunk_gated_delta_rule, chunk_kda, kda_step
+from hybrid_agent.kernels import (
+    KernelInputError,
+    chunk_gated_delta_rule,
+    chunk_kda,
+    gated_delta_rule_step,
+    kda_step,
+)
 from hybrid_agent.kernels.kda import chunk_kda_ref
 from hybrid_agent.kernels.naive import gated_delta_rule_naive
 from hypothesis import given, settings
@@ -101,5 +107,39 @@ def test_kda_rejects_a_per_head_decay():
     q, k, v, g, beta, s0 = make_kda(1, 4, 2, 8, 4, seed=0, with_init=True)
     with pytest.raises(KernelInputError, match="q, k and g"):
         chunk_kda(q, k, v, g[..., 0], beta, initial_state=s0)
-    with pytest.raises(KernelInputError, match="q, k, g"):
+    with pytest.raises(KernelInputError, match="q, k and g"):
         kda_step(s0.clone(), q[:, 0], k[:, 0], v[:, 0], g[:, 0, :, 0], beta[:, 0])
+
+
+@pytest.mark.parametrize("per_channel", [False, True], ids=["gdn", "kda"])
+def test_delta_rule_checks_name_the_wrong_operand(per_channel):
+    """One check serves both decay shapes (kernels/checks.py): each wrong operand of the chunked op and
+    of the step is named in a one-line error with the shape it must have."""
+    q, k, v, g, beta, s0 = make_kda(1, 4, 2, 8, 4, seed=0, with_init=True)
+    g = g if per_channel else g[..., 0]
+    chunk = chunk_kda if per_channel else chunk_gated_delta_rule
+    step = kda_step if per_channel else gated_delta_rule_step
+    keyed = "q, k and g" if per_channel else "q and k"
+    gated = "beta" if per_channel else "g and beta"
+    args = dict(q=q, k=k, v=v, g=g, beta=beta)
+    bad = [
+        ("k", k[..., :4], rf"{keyed} must all be \(b, t, h, dk\)"),
+        ("v", v[:, :3], r"v must be \(b, t, h, dv\) with \(b, t, h\) = \(1, 4, 2\)"),
+        ("beta", beta[:, :3], rf"{gated} must be \(b, t, h\) = \(1, 4, 2\)"),
+        ("g", g[:, :3], rf"{keyed} must all be" if per_channel else rf"{gated} must be \(b, t, h\)"),
+    ]
+    for name, value, msg in bad:
+        with pytest.raises(KernelInputError, match=msg) as err:
+            chunk(**{**args, name: value}, initial_state=s0)
+        assert "\n" not in str(err.value)
+    with pytest.raises(KernelInputError, match="initial_state must be key-first"):
+        chunk(**args, initial_state=s0[..., :2])
+    one = {n: a[:, 0] for n, a in args.items()}
+    for name, value, msg in [
+        ("k", one["k"][..., :4], rf"{keyed} must be \(b, h, dk\) and v \(b, h, dv\)"),
+        ("beta", one["beta"][:, :1], rf"{gated} must be \(b, h\) = \(1, 2\)"),
+    ]:
+        with pytest.raises(KernelInputError, match=msg):
+            step(s0.clone(), **{**one, name: value})
+    with pytest.raises(KernelInputError, match=r"state must be fp32"):
+        step(s0.double(), **one)
