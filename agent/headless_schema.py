@@ -32,6 +32,27 @@ def new_uuid() -> str:
     return str(uuid.uuid4())
 
 
+class _StatusEnvelope(BaseModel):
+    """The keys a system or result object begins with, in Claude Code's order: `type`, `subtype`,
+    `uuid`, `session_id`. Each object narrows `type` and `subtype` to its literals (a redeclared field
+    keeps its base's place, so the order holds)."""
+
+    type: str
+    subtype: str
+    uuid: str = Field(default_factory=new_uuid)
+    session_id: str
+
+
+class _MessageEnvelope(BaseModel):
+    """The keys a conversation object (assistant, user, stream event) begins with, in Claude Code's
+    order: `type`, `uuid`, `session_id`, `parent_tool_use_id` (always null: no subagent sends them)."""
+
+    type: str
+    uuid: str = Field(default_factory=new_uuid)
+    session_id: str
+    parent_tool_use_id: None = None
+
+
 class TextBlock(BaseModel):
     type: Literal["text"] = "text"
     text: str
@@ -66,11 +87,9 @@ class McpServer(BaseModel):
     status: str
 
 
-class SystemInit(BaseModel):
+class SystemInit(_StatusEnvelope):
     type: Literal["system"] = "system"
     subtype: Literal["init"] = "init"
-    uuid: str = Field(default_factory=new_uuid)
-    session_id: str
     cwd: str
     model: str
     tools: list[str]
@@ -79,15 +98,13 @@ class SystemInit(BaseModel):
     apiKeySource: Literal["none"] = "none"
 
 
-class SystemNotice(BaseModel):
+class SystemNotice(_StatusEnvelope):
     """`hook_response`: a hook ran (agent/hooks.py; `hook_event` names it, as Claude Code does, and
     `data.message` is empty when it went well). `prefill_progress`: how far the model has read a long
     message or tool output."""
 
     type: Literal["system"] = "system"
     subtype: Literal["hook_response", "prefill_progress"]
-    uuid: str = Field(default_factory=new_uuid)
-    session_id: str
     hook_event: str | None = None
     data: dict[str, Any]
 
@@ -102,11 +119,8 @@ class AssistantBody(BaseModel):
     stop_sequence: str | None = None
 
 
-class AssistantMessage(BaseModel):
+class AssistantMessage(_MessageEnvelope):
     type: Literal["assistant"] = "assistant"
-    uuid: str = Field(default_factory=new_uuid)
-    session_id: str
-    parent_tool_use_id: None = None
     message: AssistantBody
 
 
@@ -115,11 +129,8 @@ class UserBody(BaseModel):
     content: list[ToolResultBlock]
 
 
-class UserMessage(BaseModel):
+class UserMessage(_MessageEnvelope):
     type: Literal["user"] = "user"
-    uuid: str = Field(default_factory=new_uuid)
-    session_id: str
-    parent_tool_use_id: None = None
     message: UserBody
 
 
@@ -134,11 +145,8 @@ class ContentBlockDelta(BaseModel):
     delta: TextDeltaBody
 
 
-class StreamEvent(BaseModel):
+class StreamEvent(_MessageEnvelope):
     type: Literal["stream_event"] = "stream_event"
-    uuid: str = Field(default_factory=new_uuid)
-    session_id: str
-    parent_tool_use_id: None = None
     event: ContentBlockDelta
 
 
@@ -148,7 +156,7 @@ class PermissionDenial(BaseModel):
     tool_input: dict[str, Any]
 
 
-class ResultMessage(BaseModel):
+class ResultMessage(_StatusEnvelope):
     """The end of a turn. `subtype`: `success`; `error_max_turns` (the turn hit the tool-round limit);
     `error_during_execution` (an error, a cancelled turn, or a bad input line: then `errors` says
     what). `result` is the text of the turn's last round (or the error). After Claude Code's fields
@@ -156,8 +164,6 @@ class ResultMessage(BaseModel):
 
     type: Literal["result"] = "result"
     subtype: Literal["success", "error_max_turns", "error_during_execution"]
-    uuid: str = Field(default_factory=new_uuid)
-    session_id: str
     is_error: bool
     result: str
     errors: list[str] = Field(default_factory=list)

@@ -71,6 +71,11 @@ def test_tool_calls_results_and_denials_in_claude_codes_shapes(
     out = lines(capsys.readouterr().out)
     for obj in out:  # every line is one of the documented objects, exactly
         assert MODELS[obj["type"]].model_validate(obj).model_dump(mode="json") == obj
+        # and begins with Claude Code's keys in its order (agent/headless_schema.py's envelopes)
+        head = ["type", "subtype", "uuid", "session_id"] if obj["type"] in ("system", "result") else [
+            "type", "uuid", "session_id", "parent_tool_use_id"]  # fmt: skip
+        assert list(obj)[:4] == head
+    assert list(init.model_dump())[:4] == ["type", "subtype", "uuid", "session_id"]
     progress = [o for o in out if o["type"] == "system"]  # reading the system prompt, in chunks
     assert {o["subtype"] for o in progress} <= {"prefill_progress"}
     out = [o for o in out if o["type"] != "system"]
