@@ -3,7 +3,8 @@
 Nothing here is drawn from the training generator (scripts/agent_workspaces.py, scripts/agent_tasks.py,
 scripts/agent_voices.py): the project themes, module, function, constant and fact names, the docs'
 facts and every request template are this file's own, so a model scores here only by reading the
-tool results and copying from them, not by having seen the task. tests/default_model/
+tool results and copying from them, not by having seen the task. Only the typo rule is shared
+(scripts/agent_voices.py's `typo`, with its stricter `spare_containing`). tests/default_model/
 test_eval_overlap.py checks that no 8 words of a request here occur in the training data's requests
 and that the name pools are disjoint.
 
@@ -18,9 +19,16 @@ from __future__ import annotations
 
 import random
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+_SCRIPTS = str(Path(__file__).resolve().parent.parent / "scripts")
+if _SCRIPTS not in sys.path:  # as bench/eval_default_model.py reaches the training generator
+    sys.path.insert(0, _SCRIPTS)
+
+from agent_voices import typo  # noqa: E402
 
 CATEGORIES = (
     "lookup",
@@ -178,26 +186,10 @@ FACT_ASK = ("Quick memory check: {k}?", "what was {k} again", "Tell me {k}, as I
 FILLER = ("ok cool", "Let me grab a coffee.", "The standup ran long today.", "sounds fine", "brb")
 
 
-def typo(rng: random.Random, text: str, protect: list[str]) -> str:
-    """Swap two inner letters of one plain word (never a name the task needs copied)."""
-    words = text.split(" ")
-    ok = [
-        i
-        for i, w in enumerate(words)
-        if len(w) >= 5 and w.isalpha() and not any(w in p or p in w for p in protect)
-    ]
-    if not ok:
-        return text
-    i = rng.choice(ok)
-    w = words[i]
-    j = rng.randint(1, len(w) - 3)
-    words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2 :]
-    return " ".join(words)
-
-
 def wording(rng: random.Random, category: str, protect: list[str], **slots: str) -> str:
     text = rng.choice(rng.choice(VOICES[category])).format(**slots)
-    return typo(rng, text, protect) if rng.random() < 0.25 else text
+    # a word containing a name to copy is spared too (it may be the name with a suffix)
+    return typo(rng, text, protect, spare_containing=True) if rng.random() < 0.25 else text
 
 
 # ---- tasks -----------------------------------------------------------------------------------------

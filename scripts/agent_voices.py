@@ -104,10 +104,16 @@ VOICES: dict[str, tuple[tuple[str, ...], ...]] = {
 KIND_NAMES = {"settings": ("the settings module", "the settings file", "our settings")}
 
 
-def typo(rng: random.Random, text: str, protect: list[str]) -> str:
-    """Two inner letters of one plain word (5+ letters, not part of any protected name) swapped."""
+def typo(rng: random.Random, text: str, protect: list[str], *, spare_containing: bool = False) -> str:
+    """Two inner letters of one plain word (5+ letters, not part of any protected name) swapped. With
+    `spare_containing` a word that contains a protected name is spared too (the held-out eval's rule,
+    bench/eval_heldout.py, which shares this helper)."""
     words = text.split(" ")
-    ok = [i for i, w in enumerate(words) if len(w) >= 5 and w.isalpha() and not any(w in p for p in protect)]
+    ok = [
+        i
+        for i, w in enumerate(words)
+        if len(w) >= 5 and w.isalpha() and not any(w in p or (spare_containing and p in w) for p in protect)
+    ]
     if not ok:
         return text
     i = rng.choice(ok)

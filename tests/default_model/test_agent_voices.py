@@ -100,3 +100,13 @@ def test_typo_swaps_two_letters_of_a_plain_word_only() -> None:
         assert "PAGE_SIZE" in out and "beacon/settings.py" in out and sorted(out) == sorted(text)
         changed += out != text
     assert changed == 100
+
+
+def test_typo_spares_words_containing_a_name_only_with_spare_containing() -> None:
+    """The training rule spares only words inside a protected name; the held-out eval's
+    (bench/eval_heldout.py, `spare_containing`) also those that contain one."""
+    text = "please rename loader"
+    strict = [typo(random.Random(i), text, ["load"], spare_containing=True) for i in range(60)]
+    loose = [typo(random.Random(i), text, ["load"]) for i in range(60)]
+    assert all(out.endswith(" loader") for out in strict) and len(set(strict)) > 1
+    assert any(not out.endswith(" loader") for out in loose)

@@ -57,9 +57,10 @@ def test_typos_never_touch_the_names_to_copy() -> None:
         text = ho.typo(
             rng,
             "Could you please update REFUND_WINDOW_DAYS in shopfront/settings.py",
-            ["REFUND_WINDOW_DAYS", "shopfront/settings.py"],
+            ["REFUND_WINDOW_DAYS", "shopfront/settings.py", "date"],
+            spare_containing=True,  # the eval's rule (`wording`): "update" holds "date"
         )
-        assert "REFUND_WINDOW_DAYS" in text and "shopfront/settings.py" in text
+        assert "REFUND_WINDOW_DAYS" in text and "shopfront/settings.py" in text and "update" in text
 
 
 def test_no_eval_8gram_in_the_training_requests_and_no_shared_names() -> None:
