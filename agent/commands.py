@@ -317,19 +317,13 @@ def _open_run_agent(args: argparse.Namespace, *, ask: bool) -> Any:
 
 # ---- sessions ------------------------------------------------------------------------------------
 def _session_json(info: Any, size_bytes: int | None = None) -> dict[str, Any]:
-    data = {
-        "id": info.id,
-        "title": info.title,
-        "workspace": info.workspace,
-        "model_fingerprint": info.model_fingerprint,
-        "created_at": info.created_at.isoformat(),
-        "updated_at": info.updated_at.isoformat(),
-        "parent_id": info.parent_id,
-        "fork_turn": info.fork_turn,
-        "turns": info.latest_turn or 0,
-        "state_tokens": info.n_tokens,
-        "git_head": (info.meta or {}).get("git_head"),  # the commit its workspace was on at the start
-    }
+    from hybrid_agent.agent.transfer import session_fields
+
+    data = session_fields(info)
+    data["created_at"] = info.created_at.isoformat()
+    data["updated_at"] = info.updated_at.isoformat()
+    data["state_tokens"] = info.n_tokens
+    data["git_head"] = data.pop("git_head")  # last, after the state's size, as this output always had it
     if size_bytes is not None:
         data["size_bytes"] = size_bytes  # the bytes its snapshots use (memory/queries.py)
     return data

@@ -92,19 +92,27 @@ def event_json(ev: Any) -> dict[str, Any]:
     }
 
 
+def session_fields(info: Any) -> dict[str, Any]:
+    """A session's details (memory's SessionInfo) as `sessions export --format json` carries them and
+    `sessions list/show --json` print them (agent/commands.py, dates there as ISO text): one list."""
+    return {
+        "id": info.id,
+        "title": info.title,
+        "workspace": info.workspace,
+        "model_fingerprint": info.model_fingerprint,
+        "created_at": info.created_at,
+        "updated_at": info.updated_at,
+        "parent_id": info.parent_id,
+        "fork_turn": info.fork_turn,
+        "turns": info.latest_turn or 0,
+        "git_head": (info.meta or {}).get("git_head"),  # the commit its workspace was on at the start
+    }
+
+
 def session_export(store: Any, session_id: str) -> SessionExport:
     info = store.get_session(session_id)
     return SessionExport(
-        id=info.id,
-        title=info.title,
-        workspace=info.workspace,
-        model_fingerprint=info.model_fingerprint,
-        created_at=info.created_at,
-        updated_at=info.updated_at,
-        parent_id=info.parent_id,
-        fork_turn=info.fork_turn,
-        git_head=(info.meta or {}).get("git_head"),
-        turns=info.latest_turn or 0,
+        **session_fields(info),
         events=[ExportedEvent.model_validate(event_json(ev)) for ev in store.events(session_id)],
     )
 

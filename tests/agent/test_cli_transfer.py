@@ -45,6 +45,20 @@ def test_export_md_folds_tool_calls_and_json_validates(
         "system", "user", "assistant", "tool_call", "tool_result", "assistant"]  # fmt: skip
     code, out, _ = cli(capsys, db, "sessions", "export", sid)  # jsonl stays the default
     assert [json.loads(line)["kind"] for line in out.splitlines()] == [e.kind for e in export.events]
+    # `sessions show --json` prints the same details (agent/transfer.py's `session_fields`), its own
+    # key order kept, and the dates as ISO text
+    shown = json.loads(cli(capsys, db, "sessions", "show", sid, "--json")[1])
+    assert list(shown) == [
+        "id", "title", "workspace", "model_fingerprint", "created_at", "updated_at", "parent_id",
+        "fork_turn", "turns", "state_tokens", "git_head", "turn_list",
+    ]  # fmt: skip
+    exported = export.model_dump(exclude={"format", "version", "events"})
+    assert {k: shown[k] for k in exported} == {
+        **exported,
+        "created_at": export.created_at.isoformat(),
+        "updated_at": export.updated_at.isoformat(),
+    }
+    assert shown["state_tokens"] > 0
 
 
 def test_an_imported_session_reads_what_the_uninterrupted_one_read(
