@@ -256,3 +256,32 @@ def test_made_up_names_are_no_prefix_of_taken_ones() -> None:
             assert not any(t.startswith(name) for t in taken)
     finally:
         aw.WIDE = 0.0
+
+
+def test_corpus_system_segment_is_what_the_agent_feeds(tmp_path: Path) -> None:
+    """Every training episode starts with the system segment (system prompt + the built-in tools'
+    schemas) a new session of the real Agent reads first: a tool added, renamed or re-described
+    without regenerating the data would show here, not as a model that quietly stops calling tools."""
+    from hybrid_agent.agent import Agent
+    from hybrid_agent.agent.factory import load_engine
+    from hybrid_agent.memory import Store
+    from hybrid_agent.model.chat import ChatMessage
+
+    out = tmp_path / "data"
+    tokenizer = ROOT / "model" / "default" / "tokenizer.json"
+    gen.main(
+        ["--out", str(out), "--episodes", "6", "--seed", "3", "--workers", "1", "--tokenizer", str(tokenizer)]
+    )
+    prefix = np.load(out / "prefix.npy").tolist()
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    agent = Agent(load_engine(None, device="cpu"), Store(str(tmp_path / "s.db")), workspace=ws, mode="auto")
+    try:
+        system = agent.current_memory().prompt(agent.system_prompt)
+        segment = agent.engine.chat.segment(
+            [], [ChatMessage("user", "Hello.")], system=system, tools=agent._offered_tools()
+        )
+        ids = agent.engine.encode(segment)
+    finally:
+        agent.close()
+    assert len(ids) > len(prefix) and ids[: len(prefix)] == prefix

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The GPU benchmarks of `hybrid-agent serve` (issue 24) and of the start and resume paths (issue 25) in
+# one device call of at most 10 minutes, at OLMo Hybrid 7B's shape (random bf16 weights, written once):
+#   bash scripts/device_bench_serve_start.sh OUT [STEPS]
+# STEPS (comma-separated, default all, in this order): serve, start, resume, loop.
+#   serve  bench/gpu_serve.py: 1 / 8 / 32 / 64 concurrent sessions, a returning 64k conversation
+#   start  bench/cold_start.py: this tree against the tree in .before/ (the commit before the start work,
+#          made with `git archive`, carried as an ignored folder), new and resumed sessions
+#   resume bench/gpu_resume.py full-cache resume at 64k, BLAKE3 and sha256 snapshots
+#   loop   bench/loop_overhead.py on cuda: the agent loop's decode against the engine's at one context
+# Each step has its own time limit so one that hangs cannot take the others' time; every JSON lands in OUT.
+set -uo pipefail
+out=$1 steps=${2:-serve,start,resume,loop}
+start=$(date +%s)
+source scripts/device_env.sh
+ckpt=/tmp/olmo7b
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/card.txt"
+python3 -c "import torch, triton, transformers; print(torch.__version__, triton.__version__, transformers.__version__)" \
+  | tee -a "$out/card.txt"
+if [ ! -f $ckpt/model.safetensors ]; then
+  python3 -c "import sys; sys.path.insert(0, 'bench'); from pathlib import Path; import cold_start as c; \
+c.write_random_checkpoint(Path('$ckpt'), 'olmo7b')"
+  echo "checkpoint: $(( $(date +%s) - start )) s"
+fi
+step() {  # step name (of STEPS), log name, seconds, command...
+  local name=$1 log=$2 limit=$3; shift 3
+  case ",$steps," in *",$name,"*) ;; *) return ;; esac
+  local t0=$(date +%s)
+  timeout -k 10 "$limit" "$@" > "$out/$log.log" 2>&1
+  echo "$log: exit $? in $(( $(date +%s) - t0 )) s"; tail -4 "$out/$log.log"
+}
+step serve serve 230 python3 bench/gpu_serve.py --model $ckpt --sessions 1,8,32,64 --decode-tokens 128 \
+  --context 65536 --out "$out/gpu_serve.json"
+if [ -d .before ] && [ ! -e .before/model/default ]; then ln -s "$PWD/model/default" .before/model/default; fi
+(cd .before && HYBRID_AGENT_SITE=/tmp/site-before source scripts/device_env.sh > /dev/null)
+step start start 170 python3 bench/cold_start.py --model $ckpt --device cuda --rounds 2 \
+  --tree before=/tmp/site-before --tree after=/tmp/hybrid-agent-site --out "$out/cold_start_gpu.json"
+step resume resume_b3 90 python3 bench/gpu_resume.py --sections full --digest blake3 --out "$out/gpu_resume_b3.json"
+step resume resume_sha 60 python3 bench/gpu_resume.py --sections full --digest sha256 --out "$out/gpu_resume_sha.json"
+step loop loop 60 python3 bench/loop_overhead.py --model $ckpt --device cuda --context 4096 --tokens 256 \
+  --repeats 2 --out "$out/loop_overhead_gpu.json"
+echo "total: $(( $(date +%s) - start )) s"
