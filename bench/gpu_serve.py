@@ -18,6 +18,10 @@ Everything goes through the real server (agent/serve_app.py on uvicorn, loopback
    user message: its latency with `max_tokens=1` (the time to the first token) on a server that holds
    the state in host memory, on a fresh server that reads it from the database (SQLite in a temporary
    folder), and on a fresh server with an empty database (the whole history prefilled again).
+3. transformers in the same run (`--transformers`, the OLMo Hybrid shape only, random weights of the
+   same shape): its continuous batching (`generate_batch`) where it runs (its paged cache takes full and
+   sliding attention layers only, so a hybrid's recurrent layers are refused: the error is recorded),
+   and its static batched `generate` of N equal prompts, greedy, exactly `--decode-tokens` new tokens.
 Results go to one JSON file (rewritten after each section).
 """
 
@@ -168,6 +172,46 @@ def returning_section(engine: Any, context: int, tmp: Path) -> dict[str, Any]:
     return out
 
 
+def transformers_section(sessions: list[int], tokens: int) -> dict[str, Any]:
+    """transformers on the OLMo Hybrid 7B shape (bf16, random weights): `generate_batch` (continuous
+    batching) where it runs, else its error; `generate` on a static batch of N prompts of 32 tokens."""
+    import sys
+
+    from transformers import GenerationConfig
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from gpu_olmo import build_hf, hf_config
+
+    hf = build_hf(hf_config(False), torch.device("cuda"), torch.bfloat16)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    vocab = hf.config.vocab_size
+    cfg = GenerationConfig(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, eos_token_id=None)
+    out: dict[str, Any] = {"shape": "OlmoHybridConfig() defaults (OLMo Hybrid 7B)", "static": []}
+    prompts = torch.randint(0, vocab, (max(sessions), 32), device="cuda", generator=gen)
+    try:
+        t0 = time.perf_counter()
+        got = hf.generate_batch([p.tolist() for p in prompts[:8]], generation_config=cfg, progress_bar=False)
+        wall = time.perf_counter() - t0
+        n = sum(len(g.generated_tokens) for g in got.values())
+        out["generate_batch"] = {"sessions": 8, "tok_s": n / wall}
+    except Exception as exc:  # the recorded answer is the reason it does not run
+        out["generate_batch"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    with torch.inference_mode():
+        hf.generate(prompts[:1], generation_config=GenerationConfig(max_new_tokens=4, do_sample=False))
+        for n in sessions:
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            res = hf.generate(prompts[:n], generation_config=cfg)
+            torch.cuda.synchronize()
+            wall = time.perf_counter() - t0
+            new = (res.shape[1] - prompts.shape[1]) * n
+            out["static"].append({"sessions": n, "new_tokens": new, "tok_s": new / wall, "wall_s": wall})
+            print(json.dumps(out["static"][-1]), flush=True)
+    del hf
+    torch.cuda.empty_cache()
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=None, help="model folder (default: the packaged model)")
@@ -181,6 +225,11 @@ def main() -> None:
     )
     p.add_argument("--context", type=int, default=65536)
     p.add_argument("--smoke", action="store_true", help="tiny sizes (CPU)")
+    p.add_argument(
+        "--transformers",
+        action="store_true",
+        help="also time transformers' batching (CUDA, OLMo Hybrid 7B shape)",
+    )
     p.add_argument("--out", default="gpu_serve.json")
     args = p.parse_args()
     if args.smoke:
@@ -204,6 +253,14 @@ def main() -> None:
         result["decode"] = decode_section(engine, sessions, args.decode_tokens, tmp, paths)
         out.write_text(json.dumps(result, indent=1) + "\n")
         result["returning"] = returning_section(engine, args.context, tmp)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+    if args.transformers and device.startswith("cuda"):
+        del engine
+        torch.cuda.empty_cache()
+        import transformers
+
+        result["transformers"] = transformers_section(sessions, args.decode_tokens)
+        result["transformers"]["version"] = transformers.__version__
         out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}")
 

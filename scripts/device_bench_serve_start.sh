@@ -29,7 +29,7 @@ step() {  # step name (of STEPS), log name, seconds, command...
   timeout -k 10 "$limit" "$@" > "$out/$log.log" 2>&1
   echo "$log: exit $? in $(( $(date +%s) - t0 )) s"; tail -4 "$out/$log.log"
 }
-step serve serve 230 python3 bench/gpu_serve.py --model $ckpt --sessions 1,8,32,64 --decode-tokens 128 \
+step serve serve 280 python3 bench/gpu_serve.py --model $ckpt --sessions 1,8,32,64 --decode-tokens 128 --transformers \
   --context 65536 --out "$out/gpu_serve.json"
 if [ -d .before ] && [ ! -e .before/model/default ]; then ln -s "$PWD/model/default" .before/model/default; fi
 (cd .before && HYBRID_AGENT_SITE=/tmp/site-before source scripts/device_env.sh > /dev/null)
