@@ -54,6 +54,18 @@ NARROW = [G(16, 256, 1, 4, 2), G(8, 512, 1, 4, 2), G(8, 256, 1, 4, 2),
           G(16, 256, 2, 4, 2), G(16, 256, 4, 4, 2), G(8, 512, 2, 4, 2)]  # fmt: skip
 
 
+def moe_stacked(engine: Any, mlp: Any) -> tuple[int, int] | None:
+    """The (N, K) of an MoE layer's stacked input matmul when the engine's fused MoE step runs it
+    (model/decode/moe_step.py), else None."""
+    from hybrid_agent.model.decode.moe_step import input_linears
+    from hybrid_agent.model.moe import MoE
+
+    if not (isinstance(mlp, MoE) and engine.fused and engine.moe_fused):
+        return None
+    w = engine.stacked_weight(input_linears(mlp))
+    return None if w is None else tuple(w.shape)
+
+
 def engine_shapes(engine: Any) -> dict[str, tuple[int, int]]:
     """The (N, K) of each role in a fused DecodeEngine (first layer of each kind)."""
     m, out = engine.model, {}
@@ -65,6 +77,10 @@ def engine_shapes(engine: Any) -> dict[str, tuple[int, int]]:
         elif block.kind == "attention":
             out.setdefault("attn_in", tuple(engine.stacked_weight(a.in_projs).shape))
             out.setdefault("attn_out", tuple(a.o_proj.weight.shape))
+        moe_in = moe_stacked(engine, block.mlp)
+        if moe_in is not None:  # the fused MoE step: one stacked matmul, the shared down in moe_gemv
+            out.setdefault("gate_up", moe_in)
+            continue
         mlp = getattr(block.mlp, "shared_expert", block.mlp)  # an MoE's shared expert is an MLP
         if mlp is not None and getattr(mlp, "gate_proj", None) is not None:
             out.setdefault("gate_up", tuple(engine.stacked_weight([mlp.gate_proj, mlp.up_proj]).shape))

@@ -10,11 +10,15 @@
 
 Decode (batch 1 and 4): `moe_gemv` (Triton) against the gathered reference (`moe_gemv_ref`, the model's
 decode path before the kernel) and the whole MoE layer (router, routing, experts, shared expert) with the
-kernels on and off. Times are medians of CUDA-graph replays; each graph runs E / (N k) calls whose token-
-slots choose disjoint experts, so every call reads its experts' weights from HBM, not from the 50 MB L2
-(the layer runs get a fresh random x per call). `active_MB` = the bytes of the chosen experts' weights
-(N k distinct experts); `frac_peak` = those bytes / time / the card's HBM peak (H100 SXM 3.35e12 B/s,
-H200 4.8e12), `frac_copy` the same against a measured 1 GiB device copy.
+kernels on and off; then the layer as the decode engine's step runs it, both ways in the same run:
+`engine_old` (`DecodeEngine.moe_fused=False`: the layer's own forward with the engine's ops, ~17
+launches) and `engine_fused` (model/decode/moe_step.py: four launches), with `frac_*` of the layer's
+bytes (active experts, router, shared expert and its gate; the last three, read by every call of a
+graph, may stay in the L2). Times are medians of CUDA-graph replays; each graph runs E / (N k) calls
+whose token-slots choose disjoint experts, so every call reads its experts' weights from HBM, not from
+the 50 MB L2 (the layer runs get a fresh random x per call). `active_MB` = the bytes of the chosen
+experts' weights (N k distinct experts); `frac_peak` = those bytes / time / the card's HBM peak (H100
+SXM 3.35e12 B/s, H200 4.8e12), `frac_copy` the same against a measured 1 GiB device copy.
 Prefill (4096 tokens, router-like random choices): `moe_grouped_gemm` (Triton, a few tile configs) against
 the per-expert loop (`moe_grouped_gemm_ref`), TFLOP/s of the expert matmuls. Every timed config is first
 checked against an fp32 computation (relative error, asserted below 2e-2).
@@ -68,7 +72,7 @@ SMOKE: dict[str, dict[str, Any]] = {
     },
     "tiny-relu2": {
         "d": 48,
-        "e": 6,
+        "e": 12,
         "k": 3,
         "i": 40,
         "act": "relu2",
@@ -84,10 +88,11 @@ PREFILL_TOKENS = 4096
 
 
 @cache
-def layer(name: str, dev: str) -> Any:
-    """A MoE layer (model/moe.py) of shape `name`, random weights (made on the device), bf16."""
+def model(name: str, dev: str) -> Any:
+    """A one-layer model (model/hybrid.py) whose MLP is a MoE layer (model/moe.py) of shape `name`,
+    random weights (made on the device), bf16."""
     from hybrid_agent.model import HybridConfig
-    from hybrid_agent.model.moe import MoE
+    from hybrid_agent.model.hybrid import HybridLM
 
     shape = {**SHAPES, **SMOKE}[name]
     moe = {"n_experts": shape["e"], "top_k": shape["k"], "hidden_dim": shape["i"],
@@ -96,11 +101,27 @@ def layer(name: str, dev: str) -> Any:
                        mlp={"activation": shape["act"]}, moe=moe, init_std=shape["d"] ** -0.5)  # fmt: skip
     torch.manual_seed(0)
     with torch.device(dev):
-        m = MoE(cfg).to(torch.bfloat16).eval()
+        lm = HybridLM(cfg).to(torch.bfloat16).eval()
+    m = lm.layers[0].mlp
     if m.score_bias is not None:
         with torch.no_grad():
             m.score_bias.normal_(std=0.01)
-    return m
+    return lm
+
+
+def layer(name: str, dev: str) -> Any:
+    """The MoE layer of `model(name, dev)`."""
+    return model(name, dev).layers[0].mlp
+
+
+def layer_bytes(m: Any, n: int) -> int:
+    """The bytes one decode step of the layer reads at least: n k distinct experts' weights, the router,
+    the shared expert and its gate."""
+    e = m.experts
+    per = sum(p[0].numel() * p.element_size() for p in (e.gate_proj, e.up_proj, e.down_proj) if p is not None)
+    rest = [m.router, m.shared_expert, m.shared_expert_gate]
+    return n * m.top_k * per + sum(p.numel() * p.element_size() for mod in rest if mod is not None
+                                   for p in mod.parameters())  # fmt: skip
 
 
 def experts(m: Any) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
@@ -174,6 +195,21 @@ def decode(name: str, shape: dict[str, Any], n: int, dev: str, timer: Timer, pea
         us = timer(lambda: [m(t) for t in lx]) * 1e3 / calls
         row[f"layer_{mode}_us"] = us
     os.environ["HYBRID_AGENT_KERNELS"] = "auto" if dev == "cuda" else "triton"
+    # the layer as the decode engine's step runs it: its own forward with the engine's ops (old), then
+    # the fused step (model/decode/moe_step.py), timed in the same run on the same inputs
+    from hybrid_agent.model.decode.engine import DecodeEngine
+
+    engine = DecodeEngine(model(name, dev), max_context=4, batch_size=n, attention="kernel", use_graphs=False)
+    nbytes = layer_bytes(m, n)
+    row["layer_MB"] = nbytes / 1e6
+    outs = {}
+    for label, fused in (("engine_old", False), ("engine_fused", True)):
+        engine.moe_fused = fused
+        outs[label] = m(lx[0], engine.ops).float()
+        us = timer(lambda: [m(t, engine.ops) for t in lx]) * 1e3 / calls
+        row[label] = {"us": us, **{f"frac_{p}": nbytes / (us * 1e-6) / v for p, v in peaks.items()}}
+    row["engine_fused"]["rel_err_vs_old"] = rel_err(outs["engine_fused"], outs["engine_old"])
+    row["engine_speedup"] = row["engine_old"]["us"] / row["engine_fused"]["us"]
     return row
 
 
@@ -247,6 +283,10 @@ def main() -> None:
                   f" {', '.join(f'{k} {v:.2f}' for k, v in b.items() if k.startswith('frac'))})"
                   f" | gathered {r['gathered_ref']['us']:7.1f} us | layer {r['layer_auto_us']:7.1f} us"
                   f" (ref {r['layer_ref_us']:7.1f})", flush=True)  # fmt: skip
+            f = r["engine_fused"]
+            fr = ", ".join(f"{k} {v:.2f}" for k, v in f.items() if k.startswith("frac"))
+            print(f"        engine step: old {r['engine_old']['us']:7.1f} us -> fused {f['us']:7.1f} us"
+                  f" ({r['layer_MB']:.1f} MB, {fr})", flush=True)  # fmt: skip
         T = PREFILL_TOKENS if cuda else 24
         r = prefill(name, shape, T, dev, timer)
         res["prefill"].append(r)

@@ -15,6 +15,7 @@ from hybrid_agent.kernels.kda import chunk_kda
 from hybrid_agent.kernels.kda_step import kda_step
 from hybrid_agent.kernels.mla_decode import mla_decode
 from hybrid_agent.kernels.moe import moe_gemv, moe_grouped_gemm
+from hybrid_agent.kernels.moe_route import moe_route
 from hybrid_agent.kernels.residual_rms_norm import residual_rms_norm
 from hybrid_agent.kernels.rms_norm import gated_rms_norm, rms_norm
 from hybrid_agent.kernels.silu_mul import silu_mul
@@ -38,6 +39,7 @@ __all__ = [
     "mla_decode",
     "moe_gemv",
     "moe_grouped_gemm",
+    "moe_route",
     "residual_rms_norm",
     "rms_norm",
     "silu_mul",

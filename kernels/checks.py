@@ -9,6 +9,7 @@ tests/kernels/test_kernels_imports.py). Each check raises KernelInputError with 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from hybrid_agent.kernels.errors import KernelInputError
@@ -320,6 +321,39 @@ class MoeGemmConfig:
     block_k: int = 64
     num_warps: int = 4
     num_stages: int = 3
+
+
+class SharedExpert(NamedTuple):
+    """An MoE layer's shared expert for kernels.moe_gemv to add to the routed sum: its pre-activations
+    `pre` (N, 2I_s) = [gate | up] (SwiGLU) or (N, I_s) = up (relu2), the same activation as the routed
+    experts; its down weight `down` (D, I_s); `gate` (N, 1) the logit of its sigmoid gate, or None.
+    Rows may be strided views (columns of the decode engine's stacked projection)."""
+
+    pre: torch.Tensor
+    down: torch.Tensor
+    gate: torch.Tensor | None = None
+
+
+def check_shared(x: torch.Tensor, shared: SharedExpert, gated: bool) -> None:
+    """The shared expert's shapes against x (N, D), with the routed experts' activation (`gated`)."""
+    N, D = x.shape
+    if shared.down.dim() != 2 or shared.down.shape[0] != D:
+        raise KernelInputError(
+            f"moe: the shared expert's down must be ({D}, I_s), got {tuple(shared.down.shape)}"
+        )
+    hs = shared.down.shape[1]
+    want = (N, 2 * hs if gated else hs)
+    if tuple(shared.pre.shape) != want:
+        raise KernelInputError(
+            f"moe: the shared expert's pre-activations must be {want} ({'[gate | up]' if gated else 'up'}),"
+            f" got {tuple(shared.pre.shape)}"
+        )
+    if shared.gate is not None and tuple(shared.gate.shape) != (N, 1):
+        raise KernelInputError(
+            f"moe: the shared expert's gate must be ({N}, 1), got {tuple(shared.gate.shape)}"
+        )
+    if shared.pre.dtype != x.dtype or shared.down.dtype != x.dtype:
+        raise KernelInputError(f"moe: the shared expert's tensors must have x's dtype {x.dtype}")
 
 
 def check_moe(

@@ -13,7 +13,11 @@ Two ops, by the number of token-slots:
   launch per (token, block of D rows) reads the k chosen experts' down rows, applies the routing weights
   and sums the k slots. Nothing is read back to the host, so the decode engine captures it in its CUDA
   graph (model/decode/graphs.py). `moe_gemv_ref` gathers the chosen weights by id and runs batched
-  matmuls (also host-read free; the model's decode path before the kernel).
+  matmuls (also host-read free; the model's decode path before the kernel). With `shared` (a
+  `SharedExpert`: the shared expert's pre-activations, down weight and sigmoid-gate logit) the layer's
+  shared expert is added in the down launch, so the layer's output is written once:
+      out_n += sigmoid(g_n) * (act(pre_n) down_s^T)        (without the gate: no sigmoid factor)
+  The reference is the model's arithmetic (model/moe.py, model/layers.py `MLP`): act, down, gate, add.
 - `moe_grouped_gemm` (prefill): the token-slots sorted by expert on the device (`align_by_expert` in
   kernels/triton_moe.py: a histogram, a stable sort, each expert's run padded to the block height),
   then one grouped GEMM launch for gate|up (+ activation) and one for down (+ routing weight) over all
@@ -31,11 +35,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from hybrid_agent.kernels._dispatch import use_triton
-from hybrid_agent.kernels.checks import MoeGemmConfig, MoeGemvConfig, check_moe
+from hybrid_agent.kernels.checks import MoeGemmConfig, MoeGemvConfig, SharedExpert, check_moe, check_shared
 
 __all__ = [
     "MoeGemmConfig",
     "MoeGemvConfig",
+    "SharedExpert",
     "default_gemm_config",
     "default_gemv_config",
     "moe_gemv",
@@ -51,9 +56,10 @@ def _hidden(up: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
 
 def moe_gemv_ref(
     x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
-    gate: torch.Tensor | None, up: torch.Tensor, down: torch.Tensor,
+    gate: torch.Tensor | None, up: torch.Tensor, down: torch.Tensor, shared: SharedExpert | None = None,
 ) -> torch.Tensor:  # fmt: skip
-    """Each token-slot's expert weights gathered by id, then (N * k) small batched matmuls."""
+    """Each token-slot's expert weights gathered by id, then (N * k) small batched matmuls; the shared
+    expert (if any) as the model computes it, added last."""
     check_moe(x, ids, weights, gate, up, down)
     N, k = ids.shape
     slots = ids.reshape(-1).long()  # (N*k,)
@@ -61,7 +67,17 @@ def moe_gemv_ref(
     g = None if gate is None else torch.bmm(xs, gate[slots].transpose(1, 2))  # (N*k, 1, I)
     h = _hidden(torch.bmm(xs, up[slots].transpose(1, 2)), g)
     y = torch.bmm(h, down[slots].transpose(1, 2))  # (N*k, 1, D)
-    return (y.view(N, k, -1) * weights.to(y.dtype).unsqueeze(-1)).sum(1)  # (N, D)
+    out = (y.view(N, k, -1) * weights.to(y.dtype).unsqueeze(-1)).sum(1)  # (N, D)
+    if shared is None:
+        return out
+    check_shared(x, shared, gate is not None)
+    pre = shared.pre
+    hs = shared.down.shape[1]
+    h_s = _hidden(pre[:, hs:], pre[:, :hs]) if gate is not None else _hidden(pre, None)
+    y_s = F.linear(h_s, shared.down)
+    if shared.gate is not None:
+        y_s = torch.sigmoid(shared.gate) * y_s
+    return out + y_s
 
 
 def moe_grouped_gemm_ref(
@@ -119,16 +135,20 @@ def default_gemm_config(n_slots: int, n_experts: int) -> MoeGemmConfig:
 def moe_gemv(
     x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
     gate: torch.Tensor | None, up: torch.Tensor, down: torch.Tensor, config: MoeGemvConfig | None = None,
+    shared: SharedExpert | None = None,
 ) -> torch.Tensor:  # fmt: skip
-    """The experts applied slot by slot, reading only the chosen experts' rows (see the module doc)."""
+    """The experts applied slot by slot, reading only the chosen experts' rows, plus the shared expert
+    when given (see the module doc)."""
     check_moe(x, ids, weights, gate, up, down)
     if use_triton(x):
         from hybrid_agent.kernels.triton_moe import moe_gemv_triton
 
+        if shared is not None:
+            check_shared(x, shared, gate is not None)
         N, k = ids.shape
         cfg = config or default_gemv_config(N, k, up.shape[2], up.shape[1])
-        return moe_gemv_triton(x, ids, weights, gate, up, down, cfg)
-    return moe_gemv_ref(x, ids, weights, gate, up, down)
+        return moe_gemv_triton(x, ids, weights, gate, up, down, cfg, shared)
+    return moe_gemv_ref(x, ids, weights, gate, up, down, shared)
 
 
 def moe_grouped_gemm(

@@ -7,8 +7,10 @@ Decode (`moe_gemv_triton`), two launches:
   (block_i, block_d_in) accumulator reduced once at the end (as kernels/triton_gemv.py), applies the
   activation and writes h (N * k, I). Rows past I are clamped (loads need no row mask).
 - `_moe_down_kernel`, grid (D / block_d, N): for each of the token's k slots, that expert's (block_d, I)
-  rows of down against the slot's h, times the routing weight, summed over the slots in order in fp32 and
-  rounded once.
+  rows of down against the slot's h, times the routing weight, summed over the slots in order in fp32;
+  with a shared expert (SHARED), then its (block_d, I_s) down rows against its hidden row (the
+  activation of its pre-activations, recomputed by every program: I_s values, rounded to the dtype as
+  the MLP's h is), times sigmoid(gate logit) when gated, added; the sum rounded once.
 Prefill (`moe_grouped_gemm_triton`): `align_by_expert` (below) lists the slots by expert in
 blocks of block_m; `_moe_gg_up_kernel` (grid: bound on the blocks x I / block_n) gathers each block's x
 rows and multiplies them by its expert's gate|up tile with tl.dot (+ activation) into h, one row per
@@ -23,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 from hybrid_agent.kernels._dispatch import interpreter_on
-from hybrid_agent.kernels.checks import MoeGemmConfig, MoeGemvConfig
+from hybrid_agent.kernels.checks import MoeGemmConfig, MoeGemvConfig, SharedExpert
 from hybrid_agent.kernels.triton_common import dot
 
 
@@ -73,7 +75,9 @@ def _moe_up_kernel(
 @triton.jit
 def _moe_down_kernel(
     h_ptr, ids_ptr, rw_ptr, wd_ptr, out_ptr, D, H, stride_de, stride_dr,
+    sp_ptr, sd_ptr, sg_ptr, HS, stride_sp, stride_sd, stride_sg,
     TOP_K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_I: tl.constexpr, EVEN_I: tl.constexpr,
+    SHARED: tl.constexpr, SHARED_GATE: tl.constexpr, GATED: tl.constexpr,
 ):  # fmt: skip
     offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
     t = tl.program_id(1).to(tl.int64)  # token
@@ -98,6 +102,28 @@ def _moe_down_kernel(
                     * hv[None, :]
                 )
         y += tl.load(rw_ptr + s).to(tl.float32) * tl.sum(acc, axis=1)
+    if SHARED:  # the shared expert: its hidden row from the pre-activations, then its down rows
+        s_rows = rows[:, None] * stride_sd  # (BLOCK_D, 1)
+        pre = sp_ptr + t * stride_sp
+        acc = tl.zeros((BLOCK_D, BLOCK_I), tl.float32)
+        for i in range(0, HS, BLOCK_I):
+            cols = i + offs_i
+            m = cols < HS
+            if GATED:  # [gate | up]
+                g = tl.load(pre + cols, mask=m, other=0.0).to(tl.float32)
+                u = tl.load(pre + HS + cols, mask=m, other=0.0).to(tl.float32)
+            else:
+                u = tl.load(pre + cols, mask=m, other=0.0).to(tl.float32)
+                g = u
+            hv = _act(u, g, GATED).to(h_ptr.dtype.element_ty).to(tl.float32)  # rounded as the MLP's h
+            acc += (
+                tl.load(sd_ptr + s_rows + cols[None, :], mask=m[None, :], other=0.0).to(tl.float32)
+                * hv[None, :]
+            )
+        ys = tl.sum(acc, axis=1)
+        if SHARED_GATE:
+            ys = ys * tl.sigmoid(tl.load(sg_ptr + t * stride_sg).to(tl.float32))
+        y += ys
     tl.store(out_ptr + t * D + offs_d, y.to(out_ptr.dtype.element_ty), mask=offs_d < D)
 
 
@@ -121,9 +147,22 @@ def expert_weights(
     return gate, up, down
 
 
+def _shared_args(
+    shared: SharedExpert | None, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The down kernel's shared-expert pointers: pre-activations, down weight (rows contiguous) and gate
+    logit, each read through its row stride; x stands in for any that is absent (never read)."""
+    if shared is None:
+        return x, x, x
+    pre = shared.pre if shared.pre.stride(-1) == 1 else shared.pre.contiguous()
+    down = shared.down if shared.down.stride(-1) == 1 else shared.down.contiguous()
+    return pre, down, x if shared.gate is None else shared.gate
+
+
 def moe_gemv_triton(
     x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
     gate: torch.Tensor | None, up: torch.Tensor, down: torch.Tensor, cfg: MoeGemvConfig,
+    shared: SharedExpert | None = None,
 ) -> torch.Tensor:  # fmt: skip
     N, k = ids.shape
     _, H, D = up.shape
@@ -143,10 +182,12 @@ def moe_gemv_triton(
         EVEN_D=D % bdi == 0, num_warps=cfg.num_warps,
     )  # fmt: skip
     bd, bii = min(cfg.block_d, triton.next_power_of_2(D)), min(cfg.block_i_in, triton.next_power_of_2(H))
+    sp, sd, sg = _shared_args(shared, x)
     _moe_down_kernel[(triton.cdiv(D, bd), N)](
-        h, ids, weights, down, out, D, H, down.stride(0), down.stride(1), TOP_K=k, BLOCK_D=bd, BLOCK_I=bii,
-        EVEN_I=H % bii == 0,
-        num_warps=cfg.num_warps,
+        h, ids, weights, down, out, D, H, down.stride(0), down.stride(1),
+        sp, sd, sg, sd.shape[-1], sp.stride(0), sd.stride(0), sg.stride(0),
+        TOP_K=k, BLOCK_D=bd, BLOCK_I=bii, EVEN_I=H % bii == 0, SHARED=shared is not None,
+        SHARED_GATE=shared is not None and shared.gate is not None, GATED=gated, num_warps=cfg.num_warps,
     )  # fmt: skip
     return out
 

@@ -25,6 +25,8 @@ references elsewhere; `HYBRID_AGENT_KERNELS` switches as for every kernel):
 The router and the shared expert are plain linears and go through `ops.project` / the MLP, as the MLP's
 do; with `moe.router_fp32` (Nemotron-H, Kimi Linear) the router's weight stays fp32 and multiplies x in
 fp32, as transformers does for those families, so a bf16 model picks the experts theirs picks.
+The decode engine runs the same layer in a few launches (`Ops.moe_step`, model/decode/moe_step.py):
+this forward stays the definition it is tested against.
 """
 
 from __future__ import annotations
@@ -123,6 +125,9 @@ class MoE(nn.Module):
         ops = ops or Ops()
         shape = x.shape
         flat = x.reshape(-1, shape[-1])  # (N, D)
+        fused = ops.moe_step(self, flat)  # the decode engine's few-launch step (model/decode/moe_step.py)
+        if fused is not None:
+            return fused.view(shape)
         weights, ids = self.route(self.logits(flat, ops))
         e = self.experts
         args = (flat, ids, weights.to(x.dtype), e.gate_proj, e.up_proj, e.down_proj)

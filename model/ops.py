@@ -67,6 +67,11 @@ class Ops:
         """SwiGLU's hidden layer: silu(gate(x)) * up(x)."""
         return F.silu(F.linear(x, gate.weight, gate.bias)) * F.linear(x, up.weight, up.bias)
 
+    def moe_step(self, moe: nn.Module, flat: Tensor) -> Tensor | None:
+        """An MoE layer (model/moe.py `MoE`) on its flattened tokens (N, D) by the decode engine's fused
+        kernels (model/decode/moe_step.py), or None: the layer runs its own forward (always here)."""
+        return None
+
     def write(self, layer: LayerState, state: ModelState, new: dict[str, Tensor], pos: Tensor) -> None:
         """Append the new tokens' cache entries (B, ..., T, ...) at positions `pos`."""
         state.append_cache(layer, new, pos)

@@ -11,7 +11,8 @@
 #   bench   130: bench/gpu_kernels.py prefill at 4k / 16k / 64k, ours vs fla in one process
 #   kda     240: the KDA / short-conv GPU tests (kernels, engine, model layers) and bench/gpu_kda.py
 #                (not in the default list: STEPS=kda runs it alone)
-#   moe     200: the MoE kernels' GPU tests and bench/gpu_moe.py (not in the default list)
+#   moe     400: the MoE kernels' and the engine's MoE GPU tests and bench/gpu_moe.py (not in the default
+#                list)
 #   models   90: pytest -m gpu tests/checkpoints tests/model (not in the default list)
 #   families 380: bench/gpu_families.py, the Qwen3.5-9B and 35B-A3B shapes, ours vs transformers
 #                (not in the default list)
@@ -48,9 +49,11 @@ for step in $steps; do
       timeout 120 python3 bench/gpu_kda.py --out "$out/gpu_kda.json" > "$out/bench_kda.txt" 2>&1
       echo "kda $(( $(date +%s) - start )) s"; tail -12 "$out/bench_kda.txt" ;;
     moe)
-      timeout 90 python3 -m pytest -m gpu -q -p no:cacheprovider tests/kernels/test_moe.py > "$out/pytest_gpu_moe.txt" 2>&1
+      timeout 240 python3 -m pytest -m gpu -q -p no:cacheprovider -k moe tests/kernels/test_moe.py \
+        tests/kernels/test_moe_route.py tests/engine/test_engine_moe_step.py tests/engine/test_engine_gpu.py \
+        > "$out/pytest_gpu_moe.txt" 2>&1
       echo "moe tests rc=$? $(( $(date +%s) - start )) s"; summary "$out/pytest_gpu_moe.txt"
-      timeout 110 python3 bench/gpu_moe.py --out "$out/gpu_moe.json" > "$out/bench_moe.txt" 2>&1
+      timeout 150 python3 bench/gpu_moe.py --out "$out/gpu_moe.json" > "$out/bench_moe.txt" 2>&1
       echo "moe $(( $(date +%s) - start )) s"; tail -15 "$out/bench_moe.txt" ;;
     models)
       timeout 90 python3 -m pytest -m gpu -q -p no:cacheprovider -n 4 tests/checkpoints tests/model \

@@ -44,7 +44,9 @@ and sampling.py (the model's own token loop, used off the engine's path).
   `generate_greedy`, `load_state`) refuse such an engine; a window refuses per-row mode.
 - Supported in the step: attention (full, no window), mla, gated_deltanet, mamba2, short_conv, kda and mlp
   layers, and MoE feed-forwards (model/moe.py: kernels.moe_gemv reads the chosen experts on the
-  device, no host read) while batch_size * top_k <= n_experts.
+  device, no host read) while batch_size * top_k <= n_experts; fused, an MoE layer is four launches
+  (model/decode/moe_step.py: one stacked matmul for the router and the shared expert's inputs, the
+  routing in one kernel, the experts' two launches with the shared expert added in the second).
   Anything else (a window, parallel layers) runs `model(token, state)` on the same buffers; on the CPU
   the step runs without a graph.
 - Tensor parallel (model/parallel.py): a rank's engine runs its shard; the step all-reduces each
@@ -165,6 +167,17 @@ class DecodeEngine:
     @attn_prep.setter
     def attn_prep(self, value: bool) -> None:
         self.kernels.attn_prep = value
+        self._graphs = None
+
+    @property
+    def moe_fused(self) -> bool:
+        """MoE layers in the fused step's four launches (model/decode/moe_step.py; False: the layer's own
+        forward with the engine's ops, the same-run baseline of bench/gpu_moe.py)."""
+        return self.kernels.moe_fused
+
+    @moe_fused.setter
+    def moe_fused(self, value: bool) -> None:
+        self.kernels.moe_fused = value
         self._graphs = None
 
     @property

@@ -9,7 +9,9 @@ buffers (model/decode/buffers.py). The mixers run their own forward; these parts
   kernels.attn_decode_prep launch (partial RoPE too), SwiGLU is kernels.silu_mul, and on CUDA the
   one-token matmuls run kernels.gemv (`StepKernels`);
 - gated attention's output gate (Qwen3.5) is applied inside kernels.attention_decode's last step (a
-  view of the stacked projection's gate columns; no extra launch).
+  view of the stacked projection's gate columns; no extra launch);
+- an MoE layer runs in four launches (model/decode/moe_step.py; `StepKernels.moe_fused=False` keeps
+  the layer's own forward with these ops, the same-run baseline).
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ from hybrid_agent.kernels.mla_decode import mla_decode
 from hybrid_agent.kernels.silu_mul import silu_mul
 from hybrid_agent.model.attention import Attention
 from hybrid_agent.model.decode.buffers import StaticState
+from hybrid_agent.model.decode.moe_step import fusable, input_linears, moe_step
 from hybrid_agent.model.decode.rows import write_rows
 from hybrid_agent.model.errors import ModelError
 from hybrid_agent.model.gated_deltanet import GatedDeltaNet
 from hybrid_agent.model.hybrid import HybridLM
 from hybrid_agent.model.layers import MLP
 from hybrid_agent.model.mla import MLA
+from hybrid_agent.model.moe import MoE, gathers
 from hybrid_agent.model.ops import Ops, gated, sdpa
 from hybrid_agent.model.state import LayerState, ModelState
 from torch import Tensor, nn
@@ -50,12 +54,13 @@ GEMV_ROLES = frozenset({"gate_up", "down", "gdn_in", "gdn_out", "attn_in", "attn
 class StepKernels:
     """Which kernels the one-token step calls, chosen explicitly per engine: the matmul roles that run
     kernels.gemv (and their launches by (N, K)), the attention prep fusion, the attention kernel's launch
-    (None: kernels.attention_decode's own choice for the shape)."""
+    (None: kernels.attention_decode's own choice for the shape), the MoE layers' fused step."""
 
     gemv_roles: frozenset[str] = frozenset()
     gemv_cfg: dict[tuple[int, int], GemvConfig] = field(default_factory=dict)
     attn_prep: bool = True
     attn_config: DecodeConfig | None = None
+    moe_fused: bool = True
 
     def set_gemv(self, gemv: bool | Collection[str] | None, device: torch.device) -> None:
         """Which of the fused step's matmuls (GEMV_ROLES) run kernels.gemv instead of F.linear: True all,
@@ -117,6 +122,11 @@ class EngineOps(Ops):
         if not self.fused or stacked is None:
             return super().gated(x, gate, up)
         return silu_mul(self.kernels.mm("gate_up", x, *stacked))  # [gate | up] -> silu(gate) * up
+
+    def moe_step(self, moe: nn.Module, flat: Tensor) -> Tensor | None:
+        assert isinstance(moe, MoE)
+        on = self.fused and self.kernels.moe_fused and gathers(moe.cfg, flat.shape[0]) and fusable(moe)
+        return moe_step(self, moe, flat) if on else None
 
     def write(self, layer: LayerState, state: ModelState, new: dict[str, Tensor], pos: Tensor) -> None:
         store = layer.storage
@@ -193,19 +203,33 @@ def plan_concat(
 ) -> dict[tuple[int, ...], tuple[Tensor, Tensor | None]]:
     """The stacked weights of the projections that read the same input, by their linears' ids: an
     attention layer's q|k|v (|g with an output gate), a Gated DeltaNet layer's q|k|v|a|b|g, MLA's
-    q|kv_a (without a bias), an MLP's (or an MoE's shared expert's) gate|up (exactly, no alignment rows:
-    silu_mul splits the row in halves)."""
+    q|kv_a (without a bias), an MLP's gate|up (exactly, no alignment rows: silu_mul splits the row in
+    halves), an MoE's router|shared gate|shared up|shared-expert gate (model/decode/moe_step.py
+    `input_linears`), whose shared gate|up rows are also the entry of that pair (a view: the layer's own
+    forward with the engine's ops multiplies by it)."""
     groups: list[tuple[list[nn.Linear], int]] = []
+    moes: list[MoE] = []
     for block in model.layers:
         a = block.mixer
         if isinstance(a, Attention | GatedDeltaNet):
             groups.append((list(a.in_projs), align))
         elif isinstance(a, MLA) and a.q_proj is not None and a.kv_a_proj_with_mqa.bias is None:
             groups.append(([a.q_proj, a.kv_a_proj_with_mqa], align))
+        if isinstance(block.mlp, MoE) and fusable(block.mlp) and len(input_linears(block.mlp)) > 1:
+            moes.append(block.mlp)
+            continue
         mlp = getattr(block.mlp, "shared_expert", block.mlp)  # an MoE's shared expert is an MLP
         if isinstance(mlp, MLP) and mlp.gate_proj is not None:
             groups.append(([mlp.gate_proj, mlp.up_proj], 1))
-    return {tuple(id(lin) for lin in lins): _concat(lins, share, al) for lins, al in groups}
+    out = {tuple(id(lin) for lin in lins): _concat(lins, share, al) for lins, al in groups}
+    for moe in moes:
+        lins = input_linears(moe)
+        w, _ = out[tuple(id(lin) for lin in lins)] = _concat(lins, share, align)
+        s = moe.shared_expert
+        if s is not None and s.gate_proj is not None:
+            start = 0 if moe.router_fp32 else moe.n_experts
+            out[(id(s.gate_proj), id(s.up_proj))] = (w[start : start + 2 * s.up_proj.out_features], None)
+    return out
 
 
 def _concat(linears: list[nn.Linear], share: bool, align: int = 1) -> tuple[Tensor, Tensor | None]:

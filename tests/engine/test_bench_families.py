@@ -114,19 +114,23 @@ def test_smoke_run_without_transformers(families, tmp_path: Path) -> None:
 
 
 def test_gemv_sweep_shapes_of_the_moe_engine(families) -> None:
-    """--gemv-sweep tunes the matmuls the MoE engine's step runs: the shared expert's gate|up and down,
-    the stacked Gated DeltaNet and gated-attention inputs, the head."""
+    """--gemv-sweep tunes the matmuls the MoE engine's step runs: the stacked router | shared gate | up |
+    shared-expert gate of the fused MoE step (model/decode/moe_step.py; the shared down runs inside
+    kernels.moe_gemv), the stacked Gated DeltaNet and gated-attention inputs, the head; without the fused
+    MoE step, the shared expert's gate|up and down."""
     import gpu_families_models as m
     from gpu_gemv import engine_shapes
     from hybrid_agent.model.decode.engine import DecodeEngine
 
     model = m.build_ours("moe", True, torch.device("cpu"), torch.float32)
-    shapes = engine_shapes(DecodeEngine(model, max_context=16, attention="kernel"))
-    shared = m.TINY["moe"]["shared_expert_intermediate_size"]
+    engine = DecodeEngine(model, max_context=16, attention="kernel")
+    shapes = engine_shapes(engine)
+    shared, experts = m.TINY["moe"]["shared_expert_intermediate_size"], m.TINY["moe"]["num_experts"]
     key, value = 2 * 16 * 2, 16 * 4  # q|k (2 heads of 16 each), v (4 heads of 16)
-    assert shapes == {
+    common = {
         "gdn_in": (key + value + 2 * 4 + value, 64), "gdn_out": (64, value),
-        "attn_in": ((4 + 2 * 2 + 4) * 32, 64), "attn_out": (64, 4 * 32),
-        "gate_up": (2 * shared, 64), "down": (64, shared),
-        "head": (512, 64),
+        "attn_in": ((4 + 2 * 2 + 4) * 32, 64), "attn_out": (64, 4 * 32), "head": (512, 64),
     }  # fmt: skip
+    assert shapes == {**common, "gate_up": (experts + 2 * shared + 1, 64)}
+    engine.moe_fused = False
+    assert engine_shapes(engine) == {**common, "gate_up": (2 * shared, 64), "down": (64, shared)}

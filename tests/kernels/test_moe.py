@@ -15,6 +15,7 @@ from hybrid_agent.kernels.errors import KernelInputError
 from hybrid_agent.kernels.moe import (
     MoeGemmConfig,
     MoeGemvConfig,
+    SharedExpert,
     default_gemm_config,
     default_gemv_config,
     moe_gemv,
@@ -82,6 +83,53 @@ def test_moe_ops_match_float64(dev, n, k, e, d, i, gated, dtype):
         assert rel_err(got.cpu(), want) < TOL[dtype]
     for got in outs:  # the engine swaps the reference for the kernel
         assert rel_err(got.cpu(), refs[0].cpu()) < TOL[dtype]
+
+
+def shared_inputs(n: int, d: int, hs: int, gated: bool, with_gate: bool, dtype, dev: str, seed: int):
+    """A shared expert's pre-activations as columns of a wider stacked row (as the decode engine's one
+    projection gives them: router logits first, the gate logit after), its down weight, its gate logit."""
+    g = torch.Generator().manual_seed(seed)
+    width = 2 * hs if gated else hs
+    row = torch.randn(n, 5 + width + 1 + 3, generator=g).to(dev, dtype)  # 5 "router" columns, 3 spare
+    down = (torch.randn(d, hs, generator=g) / hs**0.5).to(dev, dtype)
+    return SharedExpert(row[:, 5 : 5 + width], down, row[:, 5 + width : 6 + width] if with_gate else None)
+
+
+def exact_shared(shared: SharedExpert, gated: bool) -> torch.Tensor:
+    """The shared expert's term in float64."""
+    pre, hs = shared.pre.double().cpu(), shared.down.shape[1]
+    h = F.silu(pre[:, :hs]) * pre[:, hs:] if gated else F.relu(pre).square()
+    y = h @ shared.down.double().cpu().T
+    return y if shared.gate is None else torch.sigmoid(shared.gate.double().cpu()) * y
+
+
+@pytest.mark.parametrize("n, k, e, d, i", CASES[:2])
+@pytest.mark.parametrize("gated", [True, False])
+@pytest.mark.parametrize("with_gate", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_moe_gemv_adds_the_shared_expert(dev, n, k, e, d, i, gated, with_gate, dtype):
+    """`shared`: the layer's shared expert (hidden 20: masked tails; strided views) added in the down
+    launch, against float64 and against the reference (the model's arithmetic)."""
+    args = inputs(n, k, e, d, i, gated, dtype, dev, seed=n * 7 + e)
+    shared = shared_inputs(n, d, 20, gated, with_gate, dtype, dev, seed=n + 3)
+    assert shared.pre.stride(0) > shared.pre.shape[1]  # a view into wider rows
+    want = exact(*args) + exact_shared(shared, gated)
+    ref = moe_gemv_ref(*args, shared=shared)
+    got = moe_gemv(*args, config=GEMV, shared=shared)
+    assert got.shape == (n, d) and got.dtype == dtype
+    assert rel_err(ref.cpu(), want) < TOL[dtype] and rel_err(got.cpu(), want) < TOL[dtype]
+    assert rel_err(got.cpu(), ref.cpu()) < TOL[dtype]
+
+
+def test_moe_gemv_shared_bad_inputs():
+    x, ids, w, gate, up, down = inputs(2, 2, 4, 16, 8, True, torch.float32, "cpu", seed=1)
+    shared = shared_inputs(2, 16, 6, True, True, torch.float32, "cpu", seed=2)
+    with pytest.raises(KernelInputError, match=r"\[gate \| up\]"):
+        moe_gemv(x, ids, w, gate, up, down, shared=shared._replace(pre=shared.pre[:, :6]))
+    with pytest.raises(KernelInputError, match="down"):
+        moe_gemv(x, ids, w, gate, up, down, shared=shared._replace(down=shared.down.T))
+    with pytest.raises(KernelInputError, match="gate must be"):
+        moe_gemv(x, ids, w, gate, up, down, shared=shared._replace(gate=shared.pre[:, :2]))
 
 
 def test_repeated_ids_within_a_token(dev):
@@ -177,6 +225,32 @@ def test_moe_ops_run_in_a_cuda_graph(monkeypatch):
         graph.replay()
         torch.cuda.synchronize()
         assert rel_err(out, moe_grouped_gemm_ref(*args)) < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("gated", [True, False])
+@pytest.mark.parametrize("n", [1, 4])
+def test_moe_gemv_shared_real_shape_gpu(monkeypatch, n, gated):
+    """The shared expert in the down launch at Qwen3.5-35B-A3B's shape (hidden 2048, shared 512, gated)
+    and a relu2 one, bf16: against float64 within the reference's own error, and inside a CUDA graph."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    monkeypatch.setenv("HYBRID_AGENT_KERNELS", "auto")
+    args = _real(n, gated, e=256, k=8, d=2048, i=512)
+    shared = shared_inputs(n, 2048, 512, gated, gated, torch.bfloat16, "cuda", seed=n)
+    f64 = [None if t is None else t.double() for t in args]
+    f64[1], f64[2] = args[1], args[2].double()
+    want = moe_grouped_gemm_ref(*f64).cpu() + exact_shared(shared, gated)
+    ref = moe_gemv_ref(*args, shared=shared)
+    got = moe_gemv(*args, shared=shared)
+    assert rel_err(got.cpu(), want) <= max(1.5 * rel_err(ref.cpu(), want), 8e-3)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = moe_gemv(*args, shared=shared)
+    shared.pre.copy_(torch.randn_like(shared.pre))  # a replay reads the new pre-activations
+    graph.replay()
+    torch.cuda.synchronize()
+    assert rel_err(out.cpu(), moe_gemv_ref(*args, shared=shared).cpu()) < 1e-2
 
 
 @pytest.mark.slow
