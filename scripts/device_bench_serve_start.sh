@@ -6,7 +6,7 @@
 #   serve  bench/gpu_serve.py: 1 / 8 / 32 / 64 concurrent sessions, a returning 64k conversation
 #   start  bench/cold_start.py: this tree against the tree in .before/ (the commit before the start work,
 #          made with `git archive`, carried as an ignored folder), new and resumed sessions
-#   resume bench/gpu_resume.py full-cache resume at 64k, BLAKE3 and sha256 snapshots
+#   resume bench/gpu_resume.py full-cache resume at 64k (BLAKE3 snapshots) against re-prefilling
 #   loop   bench/loop_overhead.py on cuda: the agent loop's decode against the engine's at one context
 # Each step has its own time limit so one that hangs cannot take the others' time; every JSON lands in OUT.
 set -uo pipefail
@@ -29,14 +29,13 @@ step() {  # step name (of STEPS), log name, seconds, command...
   timeout -k 10 "$limit" "$@" > "$out/$log.log" 2>&1
   echo "$log: exit $? in $(( $(date +%s) - t0 )) s"; tail -4 "$out/$log.log"
 }
-step serve serve 280 python3 bench/gpu_serve.py --model $ckpt --sessions 1,8,32,64 --decode-tokens 128 --transformers \
+step serve serve 250 python3 bench/gpu_serve.py --model $ckpt --sessions 1,8,32,64 --decode-tokens 128 --transformers \
   --context 65536 --out "$out/gpu_serve.json"
 if [ -d .before ] && [ ! -e .before/model/default ]; then ln -s "$PWD/model/default" .before/model/default; fi
 (cd .before && HYBRID_AGENT_SITE=/tmp/site-before source scripts/device_env.sh > /dev/null)
-step start start 170 python3 bench/cold_start.py --model $ckpt --device cuda --rounds 2 \
+step start start 150 python3 bench/cold_start.py --model $ckpt --device cuda --rounds 2 \
   --tree before=/tmp/site-before --tree after=/tmp/hybrid-agent-site --out "$out/cold_start_gpu.json"
-step resume resume_b3 90 python3 bench/gpu_resume.py --sections full --digest blake3 --out "$out/gpu_resume_b3.json"
-step resume resume_sha 60 python3 bench/gpu_resume.py --sections full --digest sha256 --out "$out/gpu_resume_sha.json"
-step loop loop 60 python3 bench/loop_overhead.py --model $ckpt --device cuda --context 4096 --tokens 256 \
+step resume resume_b3 100 python3 bench/gpu_resume.py --sections full --digest blake3 --out "$out/gpu_resume_b3.json"
+step loop loop 50 python3 bench/loop_overhead.py --model $ckpt --device cuda --context 4096 --tokens 256 \
   --repeats 2 --out "$out/loop_overhead_gpu.json"
 echo "total: $(( $(date +%s) - start )) s"
