@@ -36,6 +36,7 @@ log = logging.getLogger("hybrid_agent.serve")
 
 MAX_BODY_BYTES = 64 << 20
 DEFAULT_MEMORY_TIER_MB = 2048
+DEFAULT_PREFIX_MAX_GB = 16.0  # agent/serve_command.py's default too
 
 
 @dataclass
@@ -47,6 +48,10 @@ class ServeOptions:
     temperature: float = 0.0
     api_key: str | None = None
     memory_tier_bytes: int = DEFAULT_MEMORY_TIER_MB << 20
+    # Saved prefix states in the database (memory/prefix_retention.py): their bytes at most (least
+    # recently used out first; None: no bound), and how long an unused one stays (None or 0: kept).
+    prefix_max_bytes: int | None = int(DEFAULT_PREFIX_MAX_GB * 2**30)
+    prefix_ttl_seconds: float | None = None
 
 
 class Disconnected(Exception):
@@ -66,6 +71,8 @@ def build_app(engine: Any, store: Any, options: ServeOptions) -> Starlette:
         policy=f"window={engine.window},sinks={engine.sinks}",
         layout=engine.layout_metadata() if hasattr(engine, "layout_metadata") else None,
         memory_bytes=options.memory_tier_bytes,
+        max_bytes=options.prefix_max_bytes,
+        ttl_seconds=options.prefix_ttl_seconds,
     )
     scheduler = Scheduler(
         engine, prefix, metrics, max_concurrent=options.max_concurrent, max_queue=options.max_queue
