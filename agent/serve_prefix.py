@@ -95,15 +95,16 @@ class PrefixCache:
         self.max_bytes, self.ttl_seconds = max_bytes, ttl_seconds
         self.evicted = 0  # states this server evicted from the database
         if self.index is not None:
-            self._writer.submit(self._retain)
+            self._writer.submit(self._retain, True)
 
-    def _retain(self) -> None:
-        """Apply the retention policy (on the writer thread)."""
+    def _retain(self, start: bool = False) -> None:
+        """Apply the retention policy (on the writer thread); at start, also delete the prefix sessions
+        no prefix names (memory/prefixes.py `ORPHAN_AGE`)."""
         assert self.index is not None
         if self.max_bytes is None and not self.ttl_seconds:
             return
         try:
-            stats = self.index.enforce(max_bytes=self.max_bytes, ttl_seconds=self.ttl_seconds)
+            stats = self.index.enforce(max_bytes=self.max_bytes, ttl_seconds=self.ttl_seconds, sweep=start)
         except StoreError as exc:  # tried again after the next write
             log.warning("evicting saved prefixes failed: %s", exc)
             return

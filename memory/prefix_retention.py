@@ -148,22 +148,43 @@ def evict(s: Session, digests: Sequence[str]) -> int:
     return blobs.delete_unreferenced(s, used)
 
 
+def sweep_orphans(s: Session, title: str, older_than: timedelta) -> int:
+    """Delete prefix sessions (titled `title`) that no prefix names and that nothing changed for
+    `older_than` (one whose first turn lost the race for its digest to another server, or a process
+    that stopped between creating it and saving its turn); the blobs freed."""
+    named = select(PrefixRow.session_id).where(PrefixRow.session_id == SessionRow.id).exists()
+    ids = list(
+        s.scalars(
+            select(SessionRow.id).where(
+                SessionRow.title == title, SessionRow.updated_at < now() - older_than, ~named
+            )
+        )
+    )
+    used: set[str] = set()
+    for sid in ids:
+        used |= session_blobs(s, sid)
+        _drop_session(s, sid)
+    return blobs.delete_unreferenced(s, used) if ids else 0
+
+
 def expired(s: Session, ttl: timedelta) -> list[str]:
     """The prefixes not used for `ttl`."""
     cutoff: datetime = now() - ttl
     return list(s.scalars(select(PrefixRow.digest).where(_last_used() < cutoff)))
 
 
-def over_budget(s: Session, max_bytes: int) -> list[str]:
+def over_budget(s: Session, max_bytes: int) -> tuple[list[str], int]:
     """The least recently used prefixes whose bytes, evicted, bring the total to `max_bytes` or under
-    (an estimate: bytes shared between turns or sessions may free less; the caller measures again)."""
-    excess = prefix_bytes(s) - max_bytes
+    (an estimate: bytes shared between turns or sessions may free less; the caller measures again),
+    and the total now."""
+    total = prefix_bytes(s)
+    excess = total - max_bytes
     if excess <= 0:
-        return []
+        return [], total
     out, freed = [], 0
     for digest, size in _lru(s):
         out.append(digest)
         freed += size
         if freed >= excess:
             break
-    return out
+    return out, total

@@ -33,6 +33,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 PREFIX_TITLE = "serve: saved prefix"
+# A prefix session that no prefix names is deleted once unchanged for this long (a younger one may be
+# another server's, between its creation and its first turn).
+ORPHAN_AGE = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -97,11 +100,19 @@ class PrefixIndex:
         """Bytes of every saved prefix state (blobs shared between them counted once)."""
         return self.store._in_read(retention.prefix_bytes, "measuring saved prefixes")
 
-    def enforce(self, *, max_bytes: int | None, ttl_seconds: float | None) -> retention.RetentionStats:
+    def enforce(
+        self, *, max_bytes: int | None, ttl_seconds: float | None, sweep: bool = False
+    ) -> retention.RetentionStats:
         """Delete the prefixes unused for `ttl_seconds` (None or 0: none), then the least recently used
         ones until their bytes are at most `max_bytes` (None: no bound), with the blobs nothing else
-        references any more."""
+        references any more. `sweep`: first the prefix sessions no prefix names (unchanged for
+        `ORPHAN_AGE`)."""
         evicted = freed = 0
+        if sweep:
+            freed += self.store._in_write(
+                lambda s: retention.sweep_orphans(s, PREFIX_TITLE, ORPHAN_AGE),
+                "deleting unnamed prefix sessions",
+            )
 
         def drop(digests: list[str]) -> None:
             nonlocal evicted, freed
@@ -115,14 +126,17 @@ class PrefixIndex:
         if ttl_seconds:
             ttl = timedelta(seconds=ttl_seconds)
             drop(self.store._in_read(lambda s: retention.expired(s, ttl), "finding expired prefixes"))
-        if max_bytes is not None:
+        if max_bytes is None:
+            return retention.RetentionStats(evicted, freed, self.stored_bytes())
+        while True:
             # Each round evicts at least one prefix; bytes shared between turns may free less than
             # estimated, so the total is measured again.
-            while digests := self.store._in_read(
+            digests, total = self.store._in_read(
                 lambda s: retention.over_budget(s, max_bytes), "measuring saved prefixes"
-            ):
-                drop(digests)
-        return retention.RetentionStats(evicted, freed, self.stored_bytes())
+            )
+            if not digests:
+                return retention.RetentionStats(evicted, freed, total)
+            drop(digests)
 
     def load(self, ref: PrefixRef, *, fingerprint: str, device: torch.device | str | None = None) -> Snapshot:
         """The prefix's snapshot, verified (memory/turns.py `read_snapshot`)."""

@@ -63,7 +63,7 @@ def test_the_least_recently_used_go_first_and_their_blobs_with_them(store: Store
     assert _digests(store) == {"a"}
     assert index.load(a, fingerprint="fp").recurrent["h"][0] == 8.0
     index.enforce(max_bytes=0, ttl_seconds=None)
-    assert index.count() == 0 and _blobs(store) == 0 and store.list_sessions(hidden=True) == []
+    assert index.count() == 0 and _blobs(store) == 0 and store.list_sessions() == []
     assert b.session_id != c.session_id
 
 
@@ -155,3 +155,25 @@ def test_a_state_another_server_evicted_is_a_miss_and_its_continuation_is_stored
         torch.testing.assert_close(
             torch.cat([p[2]["k"] for p in snap.pages]), torch.arange(7 * WIDTH).float()
         )
+
+
+def test_prefix_sessions_no_prefix_names_are_swept_once_old(store: Store) -> None:
+    from hybrid_agent.memory.prefixes import PREFIX_TITLE
+    from hybrid_agent.memory.schema import SessionRow
+
+    index = PrefixIndex(store)
+    kept = _save(index, "kept", 4)
+    stray, young = (store.create_session(PREFIX_TITLE, "", "fp", {"serve": True}) for _ in range(2))
+    agent = store.create_session("an agent session", "", "fp", {})
+    for sid in (stray.id, young.id, agent.id):
+        store.save_turn(
+            sid, 1, events=[], recurrent={"h": torch.rand(64)}, pages=[_page(0, 4, 7.0)], n_tokens=4
+        )
+    hour_ago = now() - timedelta(hours=1)
+    stmt = update(SessionRow).where(SessionRow.id.in_([stray.id, agent.id])).values(updated_at=hour_ago)
+    store._in_write(lambda s: s.execute(stmt), "ageing sessions")
+    blobs = _blobs(store)
+    stats = index.enforce(max_bytes=None, ttl_seconds=None, sweep=True)
+    assert stats.blobs_freed == 1 and _blobs(store) == blobs - 1  # its recurrent state; the page is shared
+    left = {s.id for s in store.list_sessions()}
+    assert stray.id not in left and {young.id, agent.id, kept.session_id} <= left
