@@ -443,3 +443,25 @@ def test_evicted_states_are_a_fresh_prefill_and_the_bytes_stay_bounded(engine: A
         newest, oldest = follow_up(served, 3, answers[3]), follow_up(served, 0, answers[0])
     assert newest.usage.prompt_tokens_details.cached_tokens > 0
     assert oldest.usage.prompt_tokens_details.cached_tokens == 0
+
+
+def test_a_state_another_server_evicted_is_no_error_on_either(engine: Any, tmp_path: Path) -> None:
+    first = [{"role": "user", "content": "Show me main.py"}]
+    with serving(engine, _db(tmp_path), max_new_tokens=16) as a:
+        a1 = chat(a, first)
+        a.app.state.prefix.flush()
+        with serving(engine, _db(tmp_path), memory_tier_bytes=1, prefix_max_bytes=0) as b:
+            b.app.state.prefix.flush()  # its start evicted every state, a's included
+            assert b.app.state.prefix.index.count() == 0
+            convo = [*first, as_history(a1.choices[0].message), {"role": "user", "content": "Read README.md"}]
+            a2 = chat(a, convo, max_tokens=8)  # a still holds turn one in memory, and continues it
+            assert (
+                a2.usage.prompt_tokens_details.cached_tokens
+                == a1.usage.prompt_tokens + a1.usage.completion_tokens
+            )
+            a.app.state.prefix.flush()
+            assert a.app.state.prefix.write_errors == 0 and a.app.state.prefix.index.count() > 0
+            b2 = chat(b, convo, max_tokens=8)  # from a's new states, stored whole
+            assert b.metric("state_hits_total", tier="database") == 1
+            assert b2.usage.prompt_tokens_details.cached_tokens == a2.usage.prompt_tokens - 1
+    assert b2.choices[0].message == a2.choices[0].message

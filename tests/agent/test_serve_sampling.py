@@ -85,6 +85,10 @@ def test_tiny_top_p_is_greedy_and_a_seed_repeats_its_sample(engine: Any) -> None
         greedy = _said(chat(served, ASK, max_tokens=12, temperature=0, **LONG))
         nucleus = _said(chat(served, ASK, max_tokens=12, temperature=1.5, top_p=1e-6, **LONG))
         assert nucleus == greedy
+        top_one = chat(
+            served, ASK, max_tokens=12, temperature=1.5, extra_body={"ignore_eos": True, "top_k": 1}
+        )
+        assert _said(top_one) == greedy  # vLLM's top_k
         sampled: dict[str, Any] = dict(max_tokens=12, temperature=1.2, **LONG)
         a = _said(chat(served, ASK, seed=7, **sampled))
         assert _said(chat(served, ASK, seed=7, **sampled)) == a
