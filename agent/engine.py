@@ -282,6 +282,14 @@ class ModelEngine:
             else:
                 self._logits = dec.prefill(list(ids))  # (1, V)
 
+    @property
+    def last_logits(self) -> Tensor:
+        """The logits (1, V) the next token is chosen from (after the last prefill); read them before
+        the next prefill, which may overwrite them in place."""
+        if self._logits is None:
+            raise RuntimeError("last_logits before any prefill")
+        return self._logits
+
     def next_token(self) -> int:
         from hybrid_agent.model.decode.sampling import sample
 

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from hybrid_agent.agent.serve_sampling import MAX_TOP_LOGPROBS, Sampling
 from hybrid_agent.model.chat import DEFAULT_SYSTEM_PROMPT, ChatFormat, ChatFormatError, ChatMessage, Segment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -113,7 +114,15 @@ class ChatRequest(_Loose):
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    n: int | None = Field(default=None, ge=1, le=1)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=-1)  # vLLM's extension; -1 or 0: every token
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**64)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    stop: str | list[str] | None = None
+    n: int | None = Field(default=None, ge=1)
     user: str | None = None
     # vLLM's extension: decode exactly max_tokens, past stop strings and tool calls (benchmarks).
     ignore_eos: bool = False
@@ -135,7 +144,62 @@ def parse_request(raw: bytes) -> ChatRequest:
         raise RequestError(400, f"{where}: {err['msg']}", param=where or None) from None
     for i, tool in enumerate(req.tools or ()):
         check_tool_schema(tool.function, f"tools.{i}.function.parameters")
+    _check_supported(data, req)
     return req
+
+
+# Parameters this server does not apply, with the value each may have (the API's default, or none).
+_UNSUPPORTED: dict[str, tuple[Any, ...]] = {
+    "logit_bias": (None, {}),
+    "min_p": (None, 0, 0.0),
+    "repetition_penalty": (None, 1, 1.0),
+    "min_tokens": (None, 0),
+    "best_of": (None, 1),
+    "use_beam_search": (None, False),
+    "stop_token_ids": (None, []),
+    "prompt_logprobs": (None,),
+    "guided_json": (None,),
+    "guided_regex": (None,),
+    "guided_choice": (None,),
+    "guided_grammar": (None,),
+}
+
+
+def _check_supported(data: dict[str, Any], req: ChatRequest) -> None:
+    """A parameter the server would otherwise ignore is refused, naming it."""
+    for name, fine in _UNSUPPORTED.items():
+        if name in data and not any(data[name] == v and type(data[name]) is type(v) for v in fine):
+            raise RequestError(400, f"{name} is not supported by this server; leave it out", param=name)
+    fmt = data.get("response_format")
+    if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") != "text"):
+        raise RequestError(
+            400, 'response_format: only {"type": "text"} is supported by this server', param="response_format"
+        )
+    if req.n is not None and req.n > 1:
+        raise RequestError(400, "n: only one choice per request is supported (n = 1)", param="n")
+    if req.top_logprobs and not req.logprobs:
+        raise RequestError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+    stops = [req.stop] if isinstance(req.stop, str) else req.stop or []
+    if len(stops) > 4:
+        raise RequestError(400, "stop: at most 4 stop strings", param="stop")
+    if any(not s for s in stops):
+        raise RequestError(400, "stop: a stop string may not be empty", param="stop")
+
+
+def sampling(req: ChatRequest, default_temperature: float) -> Sampling:
+    """The request's sampling parameters, with the server's temperature where it names none."""
+    stops = [req.stop] if isinstance(req.stop, str) else req.stop or []
+    return Sampling(
+        temperature=default_temperature if req.temperature is None else req.temperature,
+        top_p=req.top_p,
+        top_k=req.top_k if req.top_k is not None and req.top_k > 0 else None,
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        seed=req.seed,
+        logprobs=bool(req.logprobs),
+        top_logprobs=req.top_logprobs or 0,
+        stop=tuple(stops),
+    )
 
 
 def check_tool_schema(fn: FunctionDef, param: str) -> None:

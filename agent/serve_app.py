@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from hybrid_agent.agent.serve_api import RequestError, forced_call, parse_request, render, tool_list
+from hybrid_agent.agent.serve_api import RequestError, forced_call, parse_request, render, sampling, tool_list
 from hybrid_agent.agent.serve_prefix import PrefixCache
 from hybrid_agent.agent.serve_scheduler import Job, Metrics, Result, Scheduler
 from starlette.applications import Starlette
@@ -36,6 +36,7 @@ log = logging.getLogger("hybrid_agent.serve")
 
 MAX_BODY_BYTES = 64 << 20
 DEFAULT_MEMORY_TIER_MB = 2048
+DEFAULT_PREFIX_MAX_GB = 16.0  # agent/serve_command.py's default too
 
 
 @dataclass
@@ -47,6 +48,10 @@ class ServeOptions:
     temperature: float = 0.0
     api_key: str | None = None
     memory_tier_bytes: int = DEFAULT_MEMORY_TIER_MB << 20
+    # Saved prefix states in the database (memory/prefix_retention.py): their bytes at most (least
+    # recently used out first; None: no bound), and how long an unused one stays (None or 0: kept).
+    prefix_max_bytes: int | None = int(DEFAULT_PREFIX_MAX_GB * 2**30)
+    prefix_ttl_seconds: float | None = None
 
 
 class Disconnected(Exception):
@@ -66,6 +71,8 @@ def build_app(engine: Any, store: Any, options: ServeOptions) -> Starlette:
         policy=f"window={engine.window},sinks={engine.sinks}",
         layout=engine.layout_metadata() if hasattr(engine, "layout_metadata") else None,
         memory_bytes=options.memory_tier_bytes,
+        max_bytes=options.prefix_max_bytes,
+        ttl_seconds=options.prefix_ttl_seconds,
     )
     scheduler = Scheduler(
         engine, prefix, metrics, max_concurrent=options.max_concurrent, max_queue=options.max_queue
@@ -133,7 +140,7 @@ def build_app(engine: Any, store: Any, options: ServeOptions) -> Starlette:
                 ids=rendered.ids,
                 boundaries=rendered.boundaries,
                 max_new_tokens=req.max_completion_tokens or req.max_tokens or options.max_new_tokens,
-                temperature=options.temperature if req.temperature is None else req.temperature,
+                sampling=sampling(req, options.temperature),
                 forced=forced,
                 ignore_eos=req.ignore_eos,
                 loop=asyncio.get_running_loop(),
@@ -171,7 +178,7 @@ def build_app(engine: Any, store: Any, options: ServeOptions) -> Starlette:
                     "index": 0,
                     "message": _message(result, rid),
                     "finish_reason": result.finish_reason,
-                    "logprobs": None,
+                    "logprobs": None if result.logprobs is None else {"content": result.logprobs},
                 }
             ],
             "usage": _usage(result),
@@ -271,8 +278,13 @@ async def _wait(job: Job, request: Request) -> Result:
 
 
 async def _sse(job: Job, rid: str, created: int, model_id: str, usage: bool) -> AsyncIterator[str]:
+    pending: list[dict[str, Any]] = []  # logprobs of tokens whose text has not been sent yet
+
     def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        logprobs = {"content": pending[:]} if pending and delta is not None else None
+        if delta is not None:
+            pending.clear()
+        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
         body = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model_id}
         return f"data: {json.dumps({**body, 'choices': [choice] if delta is not None else [], **extra})}\n\n"
 
@@ -282,6 +294,8 @@ async def _sse(job: Job, rid: str, created: int, model_id: str, usage: bool) -> 
             kind, data = await job.events.get()
             if kind == "delta":
                 yield chunk({"content": data})
+            elif kind == "logprobs":
+                pending.extend(data)
             elif kind == "error":
                 yield f"data: {json.dumps(data.body())}\n\n"
                 break

@@ -5,10 +5,10 @@ the model's own batched forward (model/batch.py); agent/serve_rows.py has both.
 
 One step: each row takes the token chosen for it (stop strings and tool calls end a row, as in
 agent/serve_scheduler.py's `Row.take`), the batch feeds all of them at once, and each row still going
-chooses its next token from its own logits (its own temperature). A joining request is restored and
-prefilled alone on the engine first (`Scheduler.begin`, the engine's fast path), then its state joins
-the batch; a row that ends leaves with its state, from which its answer's state is saved. A row whose
-client went away leaves at the next step.
+chooses its next token from its own logits (its own sampling parameters, agent/serve_sampling.py). A
+joining request is restored and prefilled alone on the engine first (`Scheduler.begin`, the engine's
+fast path), then its state joins the batch; a row that ends leaves with its state, from which its
+answer's state is saved. A row whose client went away leaves at the next step.
 """
 
 from __future__ import annotations
@@ -55,20 +55,13 @@ class BatchLoop:
     def _fail(self, job: Job, exc: Exception) -> None:
         job.emit("error", failure(exc))
 
-    def _sample(self, row: Row, logits: torch.Tensor) -> int:
-        from hybrid_agent.model.decode.sampling import SamplingParams, sample
-
-        params = SamplingParams(temperature=row.job.temperature)
-        eng = self.engine
-        vocab = getattr(eng, "_vocab_size", None)
-        return int(sample(logits[None], params, getattr(eng, "_generator", None), vocab_size=vocab)[0])
-
     def _choose(self, rows: list[int], logits: torch.Tensor) -> None:
         """The next token of each of `rows`: the greedy ones in one argmax and one read back (not one
-        sync per row: at 32 rows those cost more than the step), the others sampled row by row."""
+        sync per row: at 32 rows those cost more than the step), the others each by its own sampler
+        (agent/serve_sampling.py: its parameters, generator and penalties)."""
         from hybrid_agent.model.decode.sampling import SamplingParams, sample
 
-        greedy = [b for b in rows if SamplingParams(temperature=self.rows[b].job.temperature).greedy]
+        greedy = [b for b in rows if self.rows[b].job.sampling.plain_greedy]
         if greedy:
             idx = torch.tensor(greedy, device=logits.device)
             vocab = getattr(self.engine, "_vocab_size", None)
@@ -77,7 +70,7 @@ class BatchLoop:
                 self.next[b] = int(tok)
         for b in rows:
             if b not in greedy:
-                self.next[b] = self._sample(self.rows[b], logits[b])
+                self.next[b] = self.rows[b].sampler.choose(logits[b])
 
     def _rows(self) -> EngineRows | ModelRows:
         if self.batch is None:
@@ -104,7 +97,7 @@ class BatchLoop:
                     continue
                 try:
                     row = self.s.begin(job)
-                    first = self.engine.next_token()
+                    first = row.sampler.choose(self.engine.last_logits)
                     state = self.engine.state.clone()
                 except Exception as exc:  # this request fails, the others go on
                     self._fail(job, exc)

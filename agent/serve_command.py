@@ -15,6 +15,7 @@ from hybrid_agent.agent.errors import AgentError
 
 API_KEY_ENV = "HYBRID_AGENT_API_KEY"
 DEFAULT_MEMORY_TIER_MB = 2048  # agent/serve_app.py's default too
+DEFAULT_PREFIX_MAX_GB = 16.0  # agent/serve_app.py's default too
 
 
 def _whole(low: int, high: int) -> Any:
@@ -33,6 +34,21 @@ def _whole(low: int, high: int) -> Any:
 
 
 _COUNT, _POSITIVE, _PORT = _whole(0, 2**31 - 1), _whole(1, 2**31 - 1), _whole(0, 65535)
+
+
+def _amount(what: str, low: float, high: float) -> Any:
+    """An argparse type: a number of `what` in [low, high], else argparse's one-line usage error."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of {what}") from None
+        if not low <= value <= high:  # NaN fails too
+            raise argparse.ArgumentTypeError(f"{text} is not a number of {what} from {low:g} to {high:g}")
+        return value
+
+    return parse
 
 
 def add_parser(sub: Any, shared: argparse.ArgumentParser) -> None:
@@ -67,6 +83,15 @@ def add_parser(sub: Any, shared: argparse.ArgumentParser) -> None:
         "--memory-tier-mb", type=_POSITIVE, metavar="MB", default=DEFAULT_MEMORY_TIER_MB,
         help=f"host memory for saved states, least recent out first (default: {DEFAULT_MEMORY_TIER_MB})",
     )  # fmt: skip
+    p.add_argument(
+        "--prefix-max-gb", type=_amount("GB", 0.0, 1e6), metavar="G", default=DEFAULT_PREFIX_MAX_GB,
+        help="bytes of saved prefix states kept in the database, least recently used deleted first "
+        f"(default: {DEFAULT_PREFIX_MAX_GB:g}; 0: none kept)",
+    )  # fmt: skip
+    p.add_argument(
+        "--prefix-ttl-hours", type=_amount("hours", 0.0, 1e6), metavar="H", default=0.0,
+        help="delete saved prefix states unused for this long (default: 0, kept until evicted)",
+    )  # fmt: skip
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -93,6 +118,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         temperature=getattr(args, "temperature", None) or 0.0,
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
         memory_tier_bytes=args.memory_tier_mb << 20,
+        prefix_max_bytes=int(args.prefix_max_gb * 2**30),
+        prefix_ttl_seconds=args.prefix_ttl_hours * 3600.0,
     )
     engine = load_engine(
         getattr(args, "model", None),

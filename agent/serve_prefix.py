@@ -11,6 +11,10 @@ Design choices:
   continues another is written after it and stored as the next turn of its session (only its new
   cache pages). `flush` waits for every write: a graceful shutdown calls it, so reuse survives a restart.
 - The memory tier's tensors are never handed out to be changed: a restore gets clones.
+- Retention (memory/prefix_retention.py): every state found is marked used in the database, and after
+  each write (and once at start) the writer thread deletes the states unused for `ttl_seconds` and the
+  least recently used ones beyond `max_bytes`. A state evicted there is a miss (a fresh prefill); one
+  continuing an evicted state is stored whole (its entry has every page).
 """
 
 from __future__ import annotations
@@ -73,6 +77,8 @@ class PrefixCache:
         policy: str,
         layout: dict[str, str] | None,
         memory_bytes: int,
+        max_bytes: int | None = None,
+        ttl_seconds: float | None = None,
     ) -> None:
         self.index = PrefixIndex(store) if store is not None else None
         self.fingerprint = fingerprint
@@ -86,6 +92,36 @@ class PrefixCache:
             1, thread_name_prefix="hybrid-agent-prefix-writer"
         )
         self.write_errors = 0
+        self.max_bytes, self.ttl_seconds = max_bytes, ttl_seconds
+        self.evicted = 0  # states this server evicted from the database
+        if self.index is not None:
+            self._writer.submit(self._retain, True)
+
+    def _retain(self, start: bool = False) -> None:
+        """Apply the retention policy (on the writer thread); at start, also delete the prefix sessions
+        no prefix names (memory/prefixes.py `ORPHAN_AGE`)."""
+        assert self.index is not None
+        if self.max_bytes is None and not self.ttl_seconds:
+            return
+        try:
+            stats = self.index.enforce(max_bytes=self.max_bytes, ttl_seconds=self.ttl_seconds, sweep=start)
+        except StoreError as exc:  # tried again after the next write
+            log.warning("evicting saved prefixes failed: %s", exc)
+            return
+        self.evicted += stats.evicted
+
+    def _touch(self, entry: Entry) -> None:
+        if self.index is None:
+            return
+
+        def do() -> None:
+            assert self.index is not None
+            try:
+                self.index.touch([entry.digest])
+            except StoreError as exc:
+                log.warning("marking a saved prefix used failed: %s", exc)
+
+        self._writer.submit(do)
 
     def digests(self, ids: Sequence[int], lengths: Sequence[int]) -> list[str]:
         """The digest of `ids[:n]` for each n in `lengths` (increasing), in one pass over the ids."""
@@ -134,12 +170,17 @@ class PrefixCache:
                     best = self._mem[digest]
                     break
         if best is not None and best.n_tokens == (lengths[-1] if lengths else 0):
+            self._touch(best)
             return Hit(best, "memory", time.perf_counter() - t0)
         longer = [d for n, d in zip(lengths, digests, strict=True) if best is None or n > best.n_tokens]
         found = self._from_database(longer)
         if found is not None:
+            self._touch(found)
             return Hit(found, "database", time.perf_counter() - t0)
-        return None if best is None else Hit(best, "memory", time.perf_counter() - t0)
+        if best is None:
+            return None
+        self._touch(best)
+        return Hit(best, "memory", time.perf_counter() - t0)
 
     def _from_database(self, digests: Sequence[str]) -> Entry | None:
         if self.index is None or not digests:
@@ -181,13 +222,13 @@ class PrefixCache:
     def _write(self, entry: Entry, base: Entry | None) -> None:
         assert self.index is not None
         base_ref = base.ref if base is not None else None
-        start = base_ref.n_tokens if base_ref is not None else 0
         try:
             entry.ref = self.index.save(
                 entry.digest,
                 base=base_ref,
                 recurrent=entry.recurrent,
-                pages=[(p.start, p.end, p.tensors) for p in entry.pages if p.start >= start],
+                # Every page: the index stores only those past the base, or all when it was evicted.
+                pages=[(p.start, p.end, p.tensors) for p in entry.pages],
                 n_tokens=entry.n_tokens,
                 fingerprint=self.fingerprint,
                 meta={"state_layout": self.layout} if self.layout else {},
@@ -195,6 +236,8 @@ class PrefixCache:
         except StoreError as exc:  # the database is down or full: the memory tier still serves it
             self.write_errors += 1
             log.warning("saving a prefix of %d tokens failed: %s", entry.n_tokens, exc)
+            return
+        self._retain()
 
     def flush(self) -> None:
         """Wait until every save so far is in the database."""

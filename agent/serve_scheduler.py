@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 from hybrid_agent.agent.serve_api import RequestError, assistant_segment, failure, forced_opening
 from hybrid_agent.agent.serve_prefix import Entry, PrefixCache
+from hybrid_agent.agent.serve_sampling import RowSampler, Sampling, StopText
 from hybrid_agent.model.chat import Segment
 from hybrid_agent.model.state import Page
 
@@ -93,17 +94,18 @@ class Result:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
+    logprobs: list[dict[str, Any]] | None = None  # OpenAI's `logprobs.content`, when asked for
 
 
 @dataclass
 class Job:
     """One admitted request. Events go to `events` on the HTTP side's loop: ("delta", text),
-    ("done", Result) or ("error", RequestError)."""
+    ("logprobs", entries of the tokens of the next delta), ("done", Result) or ("error", RequestError)."""
 
     ids: list[int]
     boundaries: list[int]
     max_new_tokens: int
-    temperature: float
+    sampling: Sampling
     forced: str | None  # tool_choice: a function name, "" = any, None = the model decides
     loop: asyncio.AbstractEventLoop
     ignore_eos: bool = False
@@ -238,7 +240,8 @@ class Scheduler:
 
         eng, chat = self.engine, self.engine.chat
         base, cached = self._restore(job)
-        eng.sampling = SamplingParams(temperature=job.temperature)
+        eng.sampling = SamplingParams(temperature=job.sampling.temperature)
+        sampler = RowSampler.make(job.sampling, eng)  # after the restore: its reset reseeds the engine
         # The prompt's state is saved one token short of its end: the same request again (a retry, or
         # another sample) restores it and prefills that last token, whose logits the answer starts from.
         last = len(job.ids) - 1
@@ -247,23 +250,33 @@ class Scheduler:
             eng.prefill(job.ids[cached:last])
             prompt_entry = self._save(job.ids[:last], base)
         eng.prefill(job.ids[last:])
-        row = Row(job, cached, prompt_entry, eng.text_stream(), VisibleText(chat), chat)
+        row = Row(job, cached, prompt_entry, eng.text_stream(), VisibleText(chat), chat, sampler,
+                  StopText(job.sampling.stop))  # fmt: skip
         if job.forced is not None:  # tool_choice forces a call: the answer starts with its markup
             opening = forced_opening(job.forced)
             forced = Segment(((chat.tool_call_open, True), (opening, False))).encode(eng.tokenizer)
             eng.prefill(forced)
             row.generated += forced
             row.raw = "".join(row.stream.push(t) for t in forced)
+            for tok in forced:
+                sampler.seen(tok)
         return row
 
     def end(self, row: Row, snapshot: Snapshotter | None = None) -> Result:
         """The answer of a row whose last token is in its state (the engine's, or `snapshot`'s)."""
         job, chat = row.job, row.chat
-        row.raw += row.stream.flush()
-        if delta := row.visible.push("") + row.visible.finish():
+        flushed = row.stream.flush()
+        row.raw += flushed
+        delta = row.stop.push(row.visible.push(flushed) + row.visible.finish())
+        if not row.stop.stopped:
+            delta += row.stop.finish()
+        row.emit_logprobs()
+        if delta:
             job.emit("delta", delta)
         calls = [(c.name, c.arguments) for c in chat.parse_tool_calls(row.raw) if c.error is None and c.name]
-        content = chat.visible_text(row.raw)
+        content = row.stop.cut(chat.visible_text(row.raw))
+        if row.stop.stopped:  # a stop string of the request ended the answer in its text
+            calls, row.finish = [], "stop"
         finish = "tool_calls" if calls else row.finish
         # The state after the answer is reusable when the answer, sent back, renders to what was decoded.
         # (An answer cut at max_tokens lacks the stop token that rendering adds: its state is the prefix
@@ -274,7 +287,8 @@ class Scheduler:
         self.metrics.inc("prompt_tokens_total", len(job.ids))
         self.metrics.inc("completion_tokens_total", len(row.generated))
         self.metrics.inc("cached_tokens_total", row.cached)
-        return Result(content, calls, finish, len(job.ids), len(row.generated), row.cached)
+        logprobs = row.sampler.logprobs if job.sampling.logprobs else None
+        return Result(content, calls, finish, len(job.ids), len(row.generated), row.cached, logprobs)
 
     def _run(self, job: Job) -> Result | None:
         """One request alone on the engine (None: cancelled)."""
@@ -283,7 +297,7 @@ class Scheduler:
         while len(row.generated) < job.max_new_tokens:
             if job.cancelled.is_set():
                 return None
-            tok = eng.next_token()
+            tok = row.sampler.choose(eng.last_logits)
             eng.prefill([tok])
             if row.take(tok):
                 break
@@ -303,17 +317,33 @@ class Row:
     stream: Any
     visible: Any
     chat: Any
+    sampler: RowSampler
+    stop: StopText
     raw: str = ""
     generated: list[int] = field(default_factory=list)
     finish: str = "length"
+    logprobs_sent: int = 0
+
+    def emit_logprobs(self) -> None:
+        """The logprobs of the tokens sampled since the last call (streaming sends them with the text)."""
+        entries = self.sampler.logprobs
+        if self.job.sampling.logprobs and len(entries) > self.logprobs_sent:
+            self.job.emit("logprobs", entries[self.logprobs_sent :])
+            self.logprobs_sent = len(entries)
 
     def take(self, tok: int) -> bool:
         """Add a decoded token (already fed to the state, or about to be); True when it ends the answer."""
         self.generated.append(tok)
+        self.sampler.seen(tok)
         piece = self.stream.push(tok)
         self.raw += piece
-        if delta := self.visible.push(piece):
+        delta = self.stop.push(self.visible.push(piece))
+        self.emit_logprobs()
+        if delta:
             self.job.emit("delta", delta)
+        if self.stop.stopped:
+            self.finish = "stop"
+            return True
         if self.job.ignore_eos:
             return False
         longest = max(len(m) for m in (self.chat.tool_call_close, *self.chat.stop_strings))

@@ -9,15 +9,21 @@ branches off an earlier prefix forks that session at the prefix's turn (rows cop
 Several server processes may share one database: the session row is locked while a turn is appended,
 so two processes extending the same prefix at once end up on two sessions (the second one forks), and
 the digest row is inserted with ON CONFLICT DO NOTHING (the first process to store a prefix keeps it).
+
+What is kept, and for how long, is memory/prefix_retention.py's (`PrefixIndex.enforce`): a prefix that
+was evicted is simply not found, and a state continuing one is stored whole.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
+from hybrid_agent.memory import prefix_retention as retention
+from hybrid_agent.memory.errors import InvalidPageError, StoreError
 from hybrid_agent.memory.queries import now
 from hybrid_agent.memory.records import PageParts, Snapshot
 from hybrid_agent.memory.schema import PrefixRow, SessionRow, SnapshotRow
@@ -27,6 +33,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 PREFIX_TITLE = "serve: saved prefix"
+# A prefix session that no prefix names is deleted once unchanged for this long (a younger one may be
+# another server's, between its creation and its first turn).
+ORPHAN_AGE = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,53 @@ class PrefixIndex:
             self.store._in_read(lambda s: s.scalar(select(func.count()).select_from(PrefixRow)), "counting")
         )
 
+    def touch(self, digests: Sequence[str]) -> None:
+        """Mark these prefixes used now (for the least-recently-used eviction)."""
+        if digests:
+            self.store._in_write(lambda s: retention.touch(s, digests), "marking saved prefixes used")
+
+    def stored_bytes(self) -> int:
+        """Bytes of every saved prefix state (blobs shared between them counted once)."""
+        return self.store._in_read(retention.prefix_bytes, "measuring saved prefixes")
+
+    def enforce(
+        self, *, max_bytes: int | None, ttl_seconds: float | None, sweep: bool = False
+    ) -> retention.RetentionStats:
+        """Delete the prefixes unused for `ttl_seconds` (None or 0: none), then the least recently used
+        ones until their bytes are at most `max_bytes` (None: no bound), with the blobs nothing else
+        references any more. `sweep`: first the prefix sessions no prefix names (unchanged for
+        `ORPHAN_AGE`)."""
+        evicted = freed = 0
+        if sweep:
+            freed += self.store._in_write(
+                lambda s: retention.sweep_orphans(s, PREFIX_TITLE, ORPHAN_AGE),
+                "deleting unnamed prefix sessions",
+            )
+
+        def drop(digests: list[str]) -> None:
+            nonlocal evicted, freed
+            for i in range(0, len(digests), retention._BATCH):
+                batch = digests[i : i + retention._BATCH]
+                freed += self.store._in_write(
+                    lambda s, batch=batch: retention.evict(s, batch), "evicting saved prefixes"
+                )
+                evicted += len(batch)
+
+        if ttl_seconds:
+            ttl = timedelta(seconds=ttl_seconds)
+            drop(self.store._in_read(lambda s: retention.expired(s, ttl), "finding expired prefixes"))
+        if max_bytes is None:
+            return retention.RetentionStats(evicted, freed, self.stored_bytes())
+        while True:
+            # Each round evicts at least one prefix; bytes shared between turns may free less than
+            # estimated, so the total is measured again.
+            digests, total = self.store._in_read(
+                lambda s: retention.over_budget(s, max_bytes), "measuring saved prefixes"
+            )
+            if not digests:
+                return retention.RetentionStats(evicted, freed, total)
+            drop(digests)
+
     def load(self, ref: PrefixRef, *, fingerprint: str, device: torch.device | str | None = None) -> Snapshot:
         """The prefix's snapshot, verified (memory/turns.py `read_snapshot`)."""
         return self.store.load_snapshot(ref.session_id, ref.turn, fingerprint=fingerprint, device=device)
@@ -102,18 +158,30 @@ class PrefixIndex:
         every token. Returns where the prefix is (an earlier copy of it when one was stored already)."""
         known = self.get(digest)
         if known is not None:
+            self.touch([digest])
             return known
+        if base is not None:
+            base = self.get(base.digest)  # where it is now; None when it was evicted
+            if base is None and pages and pages[0][0] > 0:
+                raise InvalidPageError(
+                    f"the prefix this state of {n_tokens} tokens continues was evicted, and its pages "
+                    f"start at token {pages[0][0]}: save every page to store it whole"
+                )
         start = 0 if base is None else base.n_tokens
         new_pages = [(a, b, t) for a, b, t in pages if a >= start]
         if base is not None:
-            ref = self._append(digest, base.session_id, base.turn, recurrent, new_pages, n_tokens, meta)
-            if ref is not None:
-                return ref
-            # Another prefix continues the base already: branch off it (rows copied, bytes shared).
-            fork = self.store.fork_session(base.session_id, base.turn, title=PREFIX_TITLE)
-            ref = self._append(digest, fork.id, base.turn, recurrent, new_pages, n_tokens, meta)
-            if ref is not None:
-                return ref
+            try:
+                ref = self._append(digest, base.session_id, base.turn, recurrent, new_pages, n_tokens, meta)
+                if ref is not None:
+                    return ref
+                # Another prefix continues the base already: branch off it (rows copied, bytes shared).
+                fork = self.store.fork_session(base.session_id, base.turn, title=PREFIX_TITLE)
+                ref = self._append(digest, fork.id, base.turn, recurrent, new_pages, n_tokens, meta)
+                if ref is not None:
+                    return ref
+            except StoreError:  # the base was evicted meanwhile (another server): stored whole below
+                if pages and pages[0][0] > 0:
+                    raise
         session = self.store.create_session(PREFIX_TITLE, "", fingerprint, {"serve": True})
         ref = self._append(digest, session.id, 0, recurrent, list(pages), n_tokens, meta)
         assert ref is not None  # a new session that nobody else knows has no turn yet
@@ -145,12 +213,14 @@ class PrefixIndex:
             if (last or 0) != after_turn:
                 return None
             write_turn(s, session_id, prepared)
+            stamp = now()
             values = {
                 "digest": digest,
                 "session_id": session_id,
                 "turn": turn,
                 "n_tokens": n_tokens,
-                "created_at": now(),
+                "created_at": stamp,
+                "last_used_at": stamp,
             }
             _insert_ignoring_duplicates(s, values)
             row = s.get(PrefixRow, digest)

@@ -164,3 +164,6 @@ class PrefixRow(Base):
     turn: Mapped[int] = mapped_column(Integer)
     n_tokens: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # When a server last saved, found or restored it (memory/prefix_retention.py evicts the least
+    # recently used first); NULL on rows from before schema revision 0006 (their created_at counts).
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)

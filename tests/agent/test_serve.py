@@ -399,3 +399,69 @@ def test_the_command_says_in_one_line_when_the_port_is_taken(
     err = capsys.readouterr().err.strip()
     assert code != 0 and len(err.splitlines()) == 1
     assert f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err
+
+
+def test_evicted_states_are_a_fresh_prefill_and_the_bytes_stay_bounded(engine: Any, tmp_path: Path) -> None:
+    """The retention policy (memory/prefix_retention.py) under the real server: the memory tier holds
+    nothing here, so every reuse comes from the database."""
+
+    def conversation(i: int) -> list[dict[str, Any]]:
+        return [{"role": "user", "content": f"Show me file_{i}.py"}]
+
+    def follow_up(served: Any, i: int, answer: Any) -> Any:
+        convo = [*conversation(i), as_history(answer.choices[0].message), {"role": "user", "content": "Why?"}]
+        return chat(served, convo, max_tokens=4)
+
+    with serving(engine, _db(tmp_path), max_new_tokens=8) as unbounded:
+        first = chat(unbounded, conversation(0))
+        unbounded.app.state.prefix.flush()
+        one = unbounded.app.state.prefix.index.stored_bytes()  # a conversation's prompt and answer
+    assert one > 0
+    # A server whose bound is under what is stored evicts at start; then every state right after it
+    # is written. A follow-up is prefilled afresh and answers as on a fresh database.
+    with serving(engine, _db(tmp_path), memory_tier_bytes=1, prefix_max_bytes=0) as none_kept:
+        prefix = none_kept.app.state.prefix
+        prefix.flush()
+        assert prefix.index.count() == 0
+        again = follow_up(none_kept, 0, first)
+        prefix.flush()
+        assert prefix.index.stored_bytes() == 0
+    with serving(engine, _db(tmp_path, "fresh.db"), max_new_tokens=8) as fresh:
+        expected = follow_up(fresh, 0, first)
+    assert again.usage.prompt_tokens_details.cached_tokens == 0
+    assert again.choices[0].message == expected.choices[0].message
+    # Room for about two conversations: the least recently used go, the bound holds after each one.
+    bound = 5 * one // 2
+    with serving(engine, _db(tmp_path, "lru.db"), memory_tier_bytes=1, prefix_max_bytes=bound) as served:
+        prefix = served.app.state.prefix
+        answers = []
+        for i in range(4):
+            answers.append(chat(served, conversation(i), max_tokens=8))
+            prefix.flush()
+            assert prefix.index.stored_bytes() <= bound
+        assert prefix.evicted > 0
+        newest, oldest = follow_up(served, 3, answers[3]), follow_up(served, 0, answers[0])
+    assert newest.usage.prompt_tokens_details.cached_tokens > 0
+    assert oldest.usage.prompt_tokens_details.cached_tokens == 0
+
+
+def test_a_state_another_server_evicted_is_no_error_on_either(engine: Any, tmp_path: Path) -> None:
+    first = [{"role": "user", "content": "Show me main.py"}]
+    with serving(engine, _db(tmp_path), max_new_tokens=16) as a:
+        a1 = chat(a, first)
+        a.app.state.prefix.flush()
+        with serving(engine, _db(tmp_path), memory_tier_bytes=1, prefix_max_bytes=0) as b:
+            b.app.state.prefix.flush()  # its start evicted every state, a's included
+            assert b.app.state.prefix.index.count() == 0
+            convo = [*first, as_history(a1.choices[0].message), {"role": "user", "content": "Read README.md"}]
+            a2 = chat(a, convo, max_tokens=8)  # a still holds turn one in memory, and continues it
+            assert (
+                a2.usage.prompt_tokens_details.cached_tokens
+                == a1.usage.prompt_tokens + a1.usage.completion_tokens
+            )
+            a.app.state.prefix.flush()
+            assert a.app.state.prefix.write_errors == 0 and a.app.state.prefix.index.count() > 0
+            b2 = chat(b, convo, max_tokens=8)  # from a's new states, stored whole
+            assert b.metric("state_hits_total", tier="database") == 1
+            assert b2.usage.prompt_tokens_details.cached_tokens == a2.usage.prompt_tokens - 1
+    assert b2.choices[0].message == a2.choices[0].message

@@ -205,6 +205,7 @@ def test_migrations_ship_inside_the_package() -> None:
         "0003_snapshot_digests.py",
         "0004_prefix_states.py",
         "0005_blob_digest_algorithm.py",
+        "0006_prefix_last_used.py",
     ]
     assert (REPO / "memory" / "migrations" / "script.py.mako").is_file()  # package-data "*.mako"
 
