@@ -42,7 +42,7 @@ CONFIG_FILE = "config.json"
 _LATE_SUBCONFIGS: tuple[str, ...] = ("short_conv", "moe", "kda")
 _LATE_FIELDS: dict[str, tuple[str, ...]] = {
     "attention": ("output_gate",),
-    "moe": ("score_bias", "n_groups", "topk_groups", "router_fp32"),
+    "moe": ("score_bias", "n_groups", "topk_groups", "router_fp32", "latent_dim"),
     "short_conv": ("channels",),
 }
 
@@ -175,7 +175,10 @@ class MoEConfig(_Strict):
     sigmoid(linear(x)). `router_fp32`: the router's weight is kept in fp32 whatever the model's dtype and
     applied to x cast to fp32 (transformers' Nemotron-H and Kimi Linear keep `gate.weight` in fp32), so
     a bf16 model chooses the experts the checkpoint's own code chooses; otherwise the router runs in the
-    model's dtype and only the scores are fp32 (Qwen, Granite, LFM2).
+    model's dtype and only the scores are fp32 (Qwen, Granite, LFM2). `latent_dim` (Nemotron 3 Super's
+    `moe_latent_size`; 0 = none): the routed experts work in a smaller space, x projected down to
+    `latent_dim` before them (`latent_in`, D -> latent_dim) and their weighted sum projected back up after
+    (`latent_out`); the router and the shared expert still read x itself.
     """
 
     n_experts: int = Field(0, ge=0)
@@ -191,6 +194,7 @@ class MoEConfig(_Strict):
     n_groups: int = Field(1, ge=1)
     topk_groups: int = Field(1, ge=1)
     router_fp32: bool = False
+    latent_dim: int = Field(0, ge=0)
 
     def used_in(self, layer: int) -> bool:
         """Whether layer `layer`'s MLP is an MoE."""

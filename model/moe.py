@@ -6,6 +6,9 @@ For each token (x (N, D) after flattening batch and time):
     e      = top_k(choice);  w = scores[e]                       (N, k) expert ids and weights
     w      = w / sum(w) if norm_topk_prob;  w *= routed_scaling
     y      = sum_j w_j * expert_{e_j}(x)  [+ sigmoid(shared_gate(x)) *] shared_expert(x)
+With a latent space (`moe.latent_dim`, Nemotron 3 Super) the routed experts read latent_in(x) (D -> L)
+and their weighted sum is projected back, latent_out(sum_j w_j * expert_{e_j}(latent_in(x))) (L -> D);
+the router and the shared expert read x, as without one (transformers' `NemotronHMoE`).
 Groups (DeepSeek-V3's selection, `n_groups` > 1): the E experts are split into n_groups equal groups, a
 group scores the sum of its two best `choice` values, and only the `topk_groups` best groups' experts
 stay choosable. Every expert is an MLP with `mlp.activation`: a SwiGLU, down(silu(gate(x)) * up(x)), or
@@ -67,7 +70,11 @@ class MoE(nn.Module):
         self.scoring, self.norm_topk_prob, self.routed_scaling = m.scoring, m.norm_topk_prob, m.routed_scaling
         self.router = nn.Linear(cfg.d_model, m.n_experts, bias=False)
         self.router_fp32 = m.router_fp32
-        self.experts = Experts(m.n_experts, cfg.d_model, m.hidden_dim, cfg.mlp.activation == "swiglu")
+        width = m.latent_dim or cfg.d_model  # what the routed experts read and write
+        self.experts = Experts(m.n_experts, width, m.hidden_dim, cfg.mlp.activation == "swiglu")
+        latent = m.latent_dim > 0
+        self.latent_in = nn.Linear(cfg.d_model, width, bias=cfg.mlp.bias) if latent else None
+        self.latent_out = nn.Linear(width, cfg.d_model, bias=cfg.mlp.bias) if latent else None
         self.n_groups, self.topk_groups = m.n_groups, m.topk_groups
         # Added to the scores for choosing experts only (DeepSeek-V3's e_score_correction_bias).
         self.score_bias = nn.Parameter(torch.zeros(m.n_experts)) if m.score_bias else None
@@ -130,8 +137,11 @@ class MoE(nn.Module):
             return fused.view(shape)
         weights, ids = self.route(self.logits(flat, ops))
         e = self.experts
-        args = (flat, ids, weights.to(x.dtype), e.gate_proj, e.up_proj, e.down_proj)
+        xe = flat if self.latent_in is None else ops.project("up", flat, (self.latent_in,))  # (N, L)
+        args = (xe, ids, weights.to(x.dtype), e.gate_proj, e.up_proj, e.down_proj)
         out = moe_gemv(*args) if gathers(self.cfg, flat.shape[0]) else moe_grouped_gemm(*args)
+        if self.latent_out is not None:
+            out = ops.project("down", out, (self.latent_out,))  # (N, D)
         if self.shared_expert is not None:
             shared = self.shared_expert(flat, ops)
             if self.shared_expert_gate is not None:

@@ -8,7 +8,7 @@ Design choices (docs/design.md, "Tensor parallelism"):
   rank its heads' columns); a block all-reduces its mixer's and its MLP's output (model/blocks.py),
   once per sub-layer. A row-parallel bias is kept by rank 0 only (zeros elsewhere), so the sum adds it
   once. Everything an output depends on linearly (the parallel mixer's gate, the MoE's routed and
-  shared experts) sums correctly from partial outputs.
+  shared experts, the projection up from an MoE's latent space) sums correctly from partial outputs.
 - Mamba-2 with a single group (Bamba, Falcon-H1): every rank keeps that group's B and C (replicated, as
   vLLM does); its gated norm spans all of d_inner, so the norm sums its squares over the ranks. So does
   attention's QK-norm over all heads (`qk_norm="full"`, OLMo).
@@ -264,6 +264,9 @@ def weight_rules(cfg: HybridConfig) -> dict[str, Rule]:
             out[f"layers.{i}.mlp.experts.gate_proj"] = Split(1, (e,))
             out[f"layers.{i}.mlp.experts.up_proj"] = Split(1, (e,))
             out[f"layers.{i}.mlp.experts.down_proj"] = Split(2, (e,))
+            # A latent space (moe.latent_dim): latent_in is replicated (every rank's experts read all of
+            # it) and so is latent_out, linear in the ranks' partial sums; its bias is added once.
+            out[f"layers.{i}.mlp.latent_out.bias"] = FIRST
             if cfg.moe.shared_hidden_dim:
                 shared = _mlp_rules(cfg.moe.shared_hidden_dim).items()
                 out.update({f"layers.{i}.mlp.shared_expert.{n}": r for n, r in shared})

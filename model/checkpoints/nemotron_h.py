@@ -14,7 +14,10 @@ choice-only `mixer.gate.e_score_correction_bias`, `n_group` / `topk_group` group
 (`norm_topk_prob`) and scaled by `routed_scaling_factor`. Experts and the ungated `mixer.shared_experts`
 are squared-ReLU MLPs like the dense ones (no gate); the routed experts are stored per expert
 (`mixer.experts.{e}.up_proj.weight`) or stacked (`mixer.experts.up_proj` (E, I, D), transformers 5).
-A latent expert projection (`moe_latent_size`) is refused.
+With `moe_latent_size` (Nemotron 3 Super) the routed experts work in that latent space: the layer's
+input is projected down by `mixer.fc1_latent_proj` before them and their weighted sum back up by
+`mixer.fc2_latent_proj` (both with `mlp_bias`); the router and the shared expert read the input itself
+(`moe.latent_dim`, model/moe.py).
 """
 
 from __future__ import annotations
@@ -100,8 +103,9 @@ def hybrid_config(hf: dict[str, Any]) -> HybridConfig:
 def _moe_config(hf: dict[str, Any], layers: list[int]) -> dict[str, Any]:
     if not layers:
         return {}
-    if hf.get("moe_latent_size") is not None:
-        raise CheckpointError(f"{FAMILY}: MoE with a latent projection (moe_latent_size) is not supported")
+    latent = hf.get("moe_latent_size")
+    if latent is not None and (not isinstance(latent, int) or isinstance(latent, bool) or latent < 1):
+        raise CheckpointError(f"{FAMILY}: moe_latent_size={latent!r} is not a positive integer")
     return {
         "n_experts": get(hf, "n_routed_experts", get(hf, "num_local_experts", 8)),
         "top_k": get(hf, "num_experts_per_tok", 2),
@@ -115,11 +119,13 @@ def _moe_config(hf: dict[str, Any], layers: list[int]) -> dict[str, Any]:
         "norm_topk_prob": get(hf, "norm_topk_prob", True),
         "routed_scaling": float(get(hf, "routed_scaling_factor", 1.0)),
         "layers": layers,
+        "latent_dim": latent or 0,
     }
 
 
 def _moe_sources(cfg: HybridConfig, src: str, dst: str, t: Any) -> dict[str, Source]:
-    """Router, choice bias, routed experts (per expert or stacked) and the shared expert of `src`."""
+    """Router, choice bias, routed experts (per expert or stacked), the shared expert and the latent
+    projections (with `moe.latent_dim`) of `src`."""
     out = {
         f"{dst}router.weight": t(f"{src}gate.weight"),
         f"{dst}score_bias": t(f"{src}gate.e_score_correction_bias"),
@@ -133,6 +139,10 @@ def _moe_sources(cfg: HybridConfig, src: str, dst: str, t: Any) -> dict[str, Sou
         ["up_proj.bias", "down_proj.bias"] if cfg.mlp.bias else []
     )
     out.update({f"{dst}shared_expert.{n}": t(f"{src}shared_experts.{n}") for n in names})
+    if cfg.moe.latent_dim:
+        params = ["weight", "bias"] if cfg.mlp.bias else ["weight"]
+        for ours, theirs in (("latent_in", "fc1_latent_proj"), ("latent_out", "fc2_latent_proj")):
+            out.update({f"{dst}{ours}.{p}": t(f"{src}{theirs}.{p}") for p in params})
     return out
 
 

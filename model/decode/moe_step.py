@@ -14,8 +14,9 @@ expert's gate|up, SwiGLU and down, its gate's matmul, sigmoid, product and the s
 The same numbers as the layer's forward up to rounding (tests/engine/test_engine_moe_step.py). Nothing
 is read back to the host, so the step stays one CUDA graph. The engine's ops take this path when the
 step is fused with `StepKernels.moe_fused` on (the default), the step's token-slots take the gathered
-path (`gathers`) and no linear of the layer has a bias (`fusable`); otherwise the layer's own forward
-runs with the engine's ops.
+path (`gathers`), no linear of the layer has a bias and it has no latent space (`fusable`); otherwise
+the layer's own forward runs with the engine's ops (still one CUDA graph: the gathered path reads
+nothing back to the host).
 """
 
 from __future__ import annotations
@@ -40,7 +41,10 @@ def input_linears(moe: MoE) -> list[nn.Linear]:
 
 def fusable(moe: MoE) -> bool:
     """Whether the layer's step can run here: no bias on its input linears or the shared expert's down
-    (the down launch adds no bias)."""
+    (the down launch adds no bias), and no latent space (`moe.latent_dim`: the routed experts' sum is
+    projected up before the shared expert's output joins it, which the down launch does not do)."""
+    if moe.latent_in is not None:
+        return False
     s = moe.shared_expert
     lins = [*input_linears(moe), *(() if s is None else (s.down_proj,))]
     return all(lin.bias is None for lin in lins)

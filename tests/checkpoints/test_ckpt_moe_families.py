@@ -1,5 +1,6 @@
 """Mixture-of-experts variants of families whose dense models load elsewhere (model/moe.py through each
-family's adapter): Granite 4.0-H MoE, Nemotron-H MoE layers (Nemotron 3 Nano), Kimi Linear, LFM2-MoE.
+family's adapter): Granite 4.0-H MoE, Nemotron-H MoE layers (Nemotron 3 Nano; Nemotron 3 Super's latent
+experts), Kimi Linear, LFM2-MoE.
 Parity
 with transformers (tests/checkpoints/test_ckpt_parity.py's `check_parity`), what the adapters map,
 chunked prefill equal to token by token, and the CPU decode engine equal to the model's own forward."""
@@ -39,6 +40,18 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
     }),
     "nemotron-h-moe-ungrouped": ("nemotron_h", {
         "layers_block_type": ["moe", "linear_attention", "moe"], "mlp_bias": True,
+        "n_routed_experts": 6, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
+        "moe_shared_expert_intermediate_size": 24, "norm_topk_prob": False,
+    }),
+    # Nemotron 3 Super: the routed experts in a latent space (moe_latent_size), with and without biases.
+    "nemotron-h-latent-moe": ("nemotron_h", {
+        "layers_block_type": ["linear_attention", "moe", "full_attention", "moe"], "moe_latent_size": 12,
+        "n_routed_experts": 8, "num_experts_per_tok": 3, "moe_intermediate_size": 16,
+        "moe_shared_expert_intermediate_size": 24, "n_group": 4, "topk_group": 2,
+        "routed_scaling_factor": 2.5,
+    }),
+    "nemotron-h-latent-moe-bias": ("nemotron_h", {
+        "layers_block_type": ["moe", "linear_attention", "moe"], "mlp_bias": True, "moe_latent_size": 20,
         "n_routed_experts": 6, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
         "moe_shared_expert_intermediate_size": 24, "norm_topk_prob": False,
     }),
@@ -183,12 +196,36 @@ def test_nemotron_h_stacked_experts_load_the_same_model(checkpoint):
     assert all(torch.equal(t, got.state_dict()[n]) for n, t in want.state_dict().items())
 
 
-def test_nemotron_h_latent_moe_is_refused_in_one_line(checkpoint):
+def test_nemotron_h_adapter_maps_the_latent_projections(checkpoint):
+    """`moe_latent_size`: the routed experts read and write the latent size; fc1/fc2_latent_proj (and
+    their biases with mlp_bias) are the layer's latent_in / latent_out; router and shared expert read x."""
+    folder, hf = moe_checkpoint(checkpoint, "nemotron-h-latent-moe-bias")
+    model, _, _ = load_model(folder)
+    assert model.config.moe.latent_dim == 20 and model.config.moe.layers == [0, 2]
+    ref, ours = hf.model.layers[2].mixer, model.layers[2].mlp
+    assert ours.experts.up_proj.shape == (6, 16, 20) and ours.experts.down_proj.shape == (6, 20, 16)
+    assert torch.equal(ours.experts.up_proj, ref.experts.up_proj)
+    for mine, theirs in ((ours.latent_in, ref.fc1_latent_proj), (ours.latent_out, ref.fc2_latent_proj)):
+        assert torch.equal(mine.weight, theirs.weight) and torch.equal(mine.bias, theirs.bias)
+    assert ours.router.weight.shape == (6, 32) and ours.shared_expert.up_proj.in_features == 32
+
+
+def test_nemotron_h_latent_moe_config_round_trips(checkpoint):
+    """The loaded model's config JSON (what sessions fingerprint) spells latent_dim out and reads back."""
+    folder, _ = moe_checkpoint(checkpoint, "nemotron-h-latent-moe")
+    model, _, _ = load_model(folder)
+    data = json.loads(model.config.to_json())
+    assert data["moe"]["latent_dim"] == 12
+    assert type(model.config).model_validate(data) == model.config
+
+
+@pytest.mark.parametrize("bad", [0, -4, 2.5, "8", True])
+def test_nemotron_h_bad_latent_size_is_refused_in_one_line(checkpoint, bad):
     from hybrid_agent.model.errors import CheckpointError
 
     folder, _ = moe_checkpoint(checkpoint, "nemotron-h-moe-ungrouped")
     cfg = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**cfg, "moe_latent_size": 8}))
+    (folder / "config.json").write_text(json.dumps({**cfg, "moe_latent_size": bad}))
     with pytest.raises(CheckpointError, match="moe_latent_size") as e:
         load_model(folder)
     assert "\n" not in str(e.value)
