@@ -22,6 +22,15 @@ FAMILIES: dict[str, dict[str, object]] = {
     "bamba": {},
     "bamba_one_group": {"mamba_n_groups": 1},  # B/C replicated on every rank; the gated norm spans them
     "nemotron_h": {},
+    "nemotron_h_latent_moe": {  # latent_in / latent_out replicated, latent_out's bias on rank 0 only
+        "layers_block_type": ["moe", "linear_attention", "moe"],
+        "mlp_bias": True,
+        "moe_latent_size": 12,
+        "n_routed_experts": 6,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 16,
+        "moe_shared_expert_intermediate_size": 24,
+    },
     "granitemoehybrid": {},
     "qwen3_next": {},
     "lfm2": {},
@@ -45,7 +54,7 @@ def _greedy(model, ids, n=5):
 
 @pytest.mark.parametrize("case", list(FAMILIES))
 def test_tp2_load_equals_tp1(checkpoint, case):
-    family = case.removesuffix("_one_group")
+    family = case.removesuffix("_one_group").removesuffix("_latent_moe")
     folder, _ = checkpoint(family, **FAMILIES[case])
     whole, _, _ = load_model(folder, progress=False, cache_fingerprint=False)
     ids = torch.randint(0, whole.config.vocab_size, (1, 9), generator=torch.Generator().manual_seed(0))
