@@ -2,8 +2,9 @@
 kernels.moe_gemv with the shared expert in its down launch) against the layer's own forward
 (model/moe.py, the definition), for every MoE form the model has: softmax or sigmoid scores, a choice
 bias, groups (the model's routing), relu2 experts, a router in fp32, a shared expert with or without its
-sigmoid gate, none. On the CPU with the torch references and with the Triton kernels under the
-interpreter; on the device (`gpu`) at Qwen3.5-35B-A3B's shape inside a CUDA graph."""
+sigmoid gate, none; a latent space (Nemotron 3 Super), which keeps the layer's own forward. On the CPU
+with the torch references and with the Triton kernels under the interpreter; on the device (`gpu`) at
+Qwen3.5-35B-A3B's shape inside a CUDA graph."""
 
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ FORMS = {
     "kimi": ({**BASE, "scoring": "sigmoid", "score_bias": True, "n_groups": 4, "topk_groups": 2,
               "norm_topk_prob": True}, "swiglu"),
     "no-shared": ({**BASE, "shared_hidden_dim": 0}, "swiglu"),
+    # Nemotron 3 Super: the routed experts in a latent space; the layer's own forward with the engine's ops
+    "nemotron-latent": ({**BASE, "scoring": "sigmoid", "score_bias": True, "routed_scaling": 2.5,
+                         "router_fp32": True, "latent_dim": 12}, "relu2"),
 }  # fmt: skip
 
 
@@ -69,9 +73,9 @@ def test_fused_moe_step_matches_the_layer(form: str) -> None:
     model = moe_model(form)
     engine = DecodeEngine(model, max_context=16, attention="kernel", batch_size=2)
     assert engine.fused and engine.moe_fused
-    grouped = FORMS[form][0].get("n_groups", 1) > 1
+    own = FORMS[form][0].get("n_groups", 1) > 1 or FORMS[form][0].get("latent_dim", 0) > 0
     n_moe = sum(isinstance(b.mlp, MoE) for b in model.layers)
-    assert n_moe == 3 and layers_against_forward(model, engine, 2, 1e-5) == (0 if grouped else n_moe)
+    assert n_moe == 3 and layers_against_forward(model, engine, 2, 1e-5) == (0 if own else n_moe)
     engine.moe_fused = False  # the same-run baseline: the layer's own forward with the engine's ops
     assert layers_against_forward(model, engine, 2, 1e-5) == 0
 
@@ -88,7 +92,7 @@ def test_fused_moe_step_with_triton_kernels(monkeypatch) -> None:
         assert layers_against_forward(model, engine, 1, 2e-5) == 3
 
 
-@pytest.mark.parametrize("form", ["qwen", "nemotron"])
+@pytest.mark.parametrize("form", ["qwen", "nemotron", "nemotron-latent"])
 def test_engine_decode_with_fused_moe_matches_eager(form: str) -> None:
     """Whole steps: the fused engine's logits against model forward, and greedy tokens the same."""
     model = moe_model(form)

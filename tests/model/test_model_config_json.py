@@ -52,6 +52,16 @@ def test_the_kda_sub_config_is_written_only_when_a_layer_uses_it() -> None:
     assert HybridConfig.model_validate(data) == cfg
 
 
+def test_moe_latent_dim_is_left_out_unless_set() -> None:
+    """`moe.latent_dim` (Nemotron 3 Super's latent experts) came after MoE configs were fingerprinted:
+    an MoE without one writes the JSON it wrote before; set, it is written and read back."""
+    plain = HybridConfig.from_name("tiny", moe={"n_experts": 4, "top_k": 2})
+    assert "latent_dim" not in json.loads(plain.to_json())["moe"]
+    latent = HybridConfig.from_name("tiny", moe={"n_experts": 4, "top_k": 2, "latent_dim": 16})
+    data = json.loads(latent.to_json())
+    assert data["moe"]["latent_dim"] == 16 and HybridConfig.model_validate(data) == latent
+
+
 def test_moe_selection_fields_are_left_out_at_their_defaults() -> None:
     """`score_bias`, `n_groups`, `topk_groups` came after MoE configs were written (Qwen MoE checkpoints):
     a used MoE at their defaults writes the same JSON as before; set, they are written and read back."""

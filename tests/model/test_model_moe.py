@@ -18,10 +18,9 @@ from hybrid_agent.model.testing import tiny_model
 BASE = {"n_experts": 6, "top_k": 2, "hidden_dim": 24}
 
 
-def moe(seed: int = 0, activation: str = "swiglu", **over: object) -> MoE:
-    cfg = HybridConfig(
-        vocab_size=50, d_model=16, layer_types=["mlp"], mlp={"activation": activation}, moe={**BASE, **over}
-    )
+def moe(seed: int = 0, activation: str = "swiglu", bias: bool = False, **over: object) -> MoE:
+    mlp = {"activation": activation, "bias": bias}
+    cfg = HybridConfig(vocab_size=50, d_model=16, layer_types=["mlp"], mlp=mlp, moe={**BASE, **over})
     torch.manual_seed(seed)
     m = MoE(cfg)
     with torch.no_grad():
@@ -32,7 +31,8 @@ def moe(seed: int = 0, activation: str = "swiglu", **over: object) -> MoE:
 
 def reference(m: MoE, x: torch.Tensor) -> torch.Tensor:
     """The definition, one token and one chosen expert at a time; groups and the choice bias as plain
-    Python over the experts."""
+    Python over the experts; with a latent space the experts read latent_in(x) and their weighted sum
+    goes through latent_out."""
     out = torch.zeros_like(x)
     E, size = m.n_experts, m.n_experts // m.n_groups
     for n, tok in enumerate(x):
@@ -46,13 +46,16 @@ def reference(m: MoE, x: torch.Tensor) -> torch.Tensor:
         w = scores[ids]
         if m.norm_topk_prob:
             w = w / w.sum()
+        xe = tok if m.latent_in is None else m.latent_in(tok)
+        routed = torch.zeros_like(xe)
         for weight, e in zip(w * m.routed_scaling, ids, strict=True):
             u, d = m.experts.up_proj[e], m.experts.down_proj[e]
             if m.experts.gate_proj is None:
-                h = F.relu(u @ tok).square()
+                h = F.relu(u @ xe).square()
             else:
-                h = F.silu(m.experts.gate_proj[e] @ tok) * (u @ tok)
-            out[n] += weight * (d @ h)
+                h = F.silu(m.experts.gate_proj[e] @ xe) * (u @ xe)
+            routed += weight * (d @ h)
+        out[n] += routed if m.latent_out is None else m.latent_out(routed)
         if m.shared_expert is not None:
             s = m.shared_expert(tok)
             if m.shared_expert_gate is not None:
@@ -80,6 +83,26 @@ def reference(m: MoE, x: torch.Tensor) -> torch.Tensor:
         },
         {"scoring": "sigmoid", "score_bias": True, "norm_topk_prob": False},  # LFM2-MoE: bias, no groups
         {"n_groups": 2, "topk_groups": 1, "top_k": 3},  # every chosen expert from the one best group
+        # Nemotron 3 Super: relu2 experts in a latent space of 8 (of d_model 16), with and without biases
+        {
+            "scoring": "sigmoid",
+            "score_bias": True,
+            "n_groups": 3,
+            "topk_groups": 2,
+            "routed_scaling": 2.5,
+            "shared_hidden_dim": 20,
+            "activation": "relu2",
+            "latent_dim": 8,
+            "router_fp32": True,
+        },
+        {
+            "scoring": "sigmoid",
+            "shared_hidden_dim": 20,
+            "activation": "relu2",
+            "latent_dim": 12,
+            "bias": True,
+        },
+        {"latent_dim": 8},  # SwiGLU experts, no shared expert
     ],
 )
 @pytest.mark.parametrize("tokens", [1, 3, 11])  # 1, 3: gathered (N * k <= E); 11: by expert
@@ -91,9 +114,10 @@ def test_forward_is_the_definition(over: dict, tokens: int) -> None:
     torch.testing.assert_close(got[0], reference(m, x[0]), rtol=1e-5, atol=1e-5)
 
 
-def test_decode_sized_call_reads_nothing_back(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("over", [{}, {"latent_dim": 8, "shared_hidden_dim": 20, "activation": "relu2"}])
+def test_decode_sized_call_reads_nothing_back(monkeypatch: pytest.MonkeyPatch, over: dict) -> None:
     """One token takes the gathered path: no `.tolist()` host read (a CUDA graph can capture it)."""
-    m = moe()
+    m = moe(**over)
     monkeypatch.setattr(moe_module, "moe_grouped_gemm", lambda *a: pytest.fail("host-read path on one token"))
     monkeypatch.setattr(torch.Tensor, "tolist", lambda *a: pytest.fail("host read"))
     monkeypatch.setattr(torch.Tensor, "item", lambda *a: pytest.fail("host read"))
@@ -164,15 +188,16 @@ def test_router_fp32_keeps_the_router_in_fp32() -> None:
 
 @pytest.mark.parametrize("tokens", [1, 11])  # moe_gemv, moe_grouped_gemm
 @pytest.mark.parametrize("activation", ["swiglu", "relu2"])
+@pytest.mark.parametrize("latent", [0, 8])  # the experts in the model's width or a latent space
 def test_triton_experts_match_the_reference(
-    monkeypatch: pytest.MonkeyPatch, tokens: int, activation: str
+    monkeypatch: pytest.MonkeyPatch, tokens: int, activation: str, latent: int
 ) -> None:
     """The forward through the Triton kernels (the interpreter here, CUDA on the device) equals the
     reference kernels' forward."""
     if not torch.cuda.is_available() and not interpreter_on():
         pytest.skip("needs CUDA or TRITON_INTERPRET=1")
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    m = moe(activation=activation, shared_hidden_dim=20).to(dev)
+    m = moe(activation=activation, shared_hidden_dim=20, latent_dim=latent).to(dev)
     x = torch.randn(1, tokens, 16, generator=torch.Generator().manual_seed(3)).to(dev)
     monkeypatch.setenv("HYBRID_AGENT_KERNELS", "ref")
     want = m(x)
