@@ -29,7 +29,8 @@ The router and the shared expert are plain linears and go through `ops.project` 
 do; with `moe.router_fp32` (Nemotron-H, Kimi Linear) the router's weight stays fp32 and multiplies x in
 fp32, as transformers does for those families, so a bf16 model picks the experts theirs picks.
 The decode engine runs the same layer in a few launches (`Ops.moe_step`, model/decode/moe_step.py):
-this forward stays the definition it is tested against.
+this forward stays the definition it is tested against (and what the engine runs for a layer with a
+latent space: the latent projections are `ops.project` calls too).
 """
 
 from __future__ import annotations

@@ -188,3 +188,42 @@ def test_fused_moe_step_real_shape_in_a_graph_gpu(monkeypatch, dtype: torch.dtyp
                     compared += 1
                     assert rel_err(out[t], want[t]) < 2e-2, (seed, t)
     assert dtype == torch.float32 or compared >= 2 * n  # most tokens choose alike
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n", [1, 4])
+def test_latent_moe_layer_in_a_graph_gpu(monkeypatch, n: int) -> None:
+    """A layer with a latent space (hidden 4096, latent 1024, 128 relu2 experts top 8 of 1024, shared
+    expert of 2048, router in fp32): its own forward with the engine's ops (kernels.gemv for the latent
+    projections, kernels.moe_gemv in the latent space) captured in a CUDA graph and replayed on new tokens,
+    fp32, within 1e-4 of the eager forward."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    monkeypatch.setenv("HYBRID_AGENT_KERNELS", "auto")
+    from hybrid_agent.model.config import HybridConfig
+
+    moe = {"n_experts": 128, "top_k": 8, "hidden_dim": 1024, "shared_hidden_dim": 2048, "latent_dim": 1024,
+           "scoring": "sigmoid", "score_bias": True, "router_fp32": True, "routed_scaling": 2.5}  # fmt: skip
+    cfg = HybridConfig(
+        vocab_size=64, d_model=4096, layer_types=["mlp"], moe=moe, mlp={"activation": "relu2"},
+        init_std=4096**-0.5,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = HybridLM(cfg).eval()
+    engine = DecodeEngine(model, max_context=4, batch_size=n, attention="kernel", use_graphs=False)
+    layer = model.layers[0].mlp
+    assert not step_mod.fusable(layer)
+    x = torch.randn(n, 1, 4096, device="cuda")
+    with torch.inference_mode():
+        layer(x, engine.ops)  # compile outside the capture
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = layer(x, engine.ops)
+        for seed in range(3):
+            x.copy_(
+                torch.randn(n, 1, 4096, device="cuda", generator=torch.Generator("cuda").manual_seed(seed))
+            )
+            graph.replay()
+            assert rel_err(out, layer(x)) < 1e-4, seed
