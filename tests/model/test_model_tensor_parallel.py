@@ -40,6 +40,10 @@ CASES: dict[str, tuple[list[str], dict[str, object]]] = {
     "short_conv": (["short_conv", "attention"], {}),
     "moe": (["attention", "mamba2"], {"moe": {"n_experts": 4, "top_k": 2, "hidden_dim": 32,
                                               "shared_hidden_dim": 32, "shared_gate": True}}),
+    # Experts in a latent space (Nemotron 3 Super): latent_in / latent_out whole on every rank, biases
+    "moe_latent": (["attention", "mamba2"], {"mlp": {"hidden_dim": 64, "bias": True, "activation": "relu2"},
+                   "moe": {"n_experts": 4, "top_k": 2, "hidden_dim": 32, "shared_hidden_dim": 32,
+                           "latent_dim": 16, "scoring": "sigmoid"}}),
     "parallel": (["parallel"], {"tie_embeddings": False}),
     "four_ranks": (["mamba2", "attention", "kda"],
                    {"attention": {"n_heads": 4, "n_kv_heads": 4, "head_dim": 8}, "kda": {"head_dim": 8}}),
@@ -138,7 +142,12 @@ def test_tp2_equals_tp1_over_nccl(importable):
     """Two GPUs over NCCL (`launch`, one card per rank), the cases of one of each kind of split."""
     if torch.cuda.device_count() < 2:
         pytest.skip("needs two CUDA devices")
-    launch(_cuda_cases, 2, ["attention", "mamba2_one_group", "gated_deltanet", "moe"], backend="nccl")
+    launch(
+        _cuda_cases,
+        2,
+        ["attention", "mamba2_one_group", "gated_deltanet", "moe", "moe_latent"],
+        backend="nccl",
+    )
 
 
 @pytest.mark.slow
