@@ -18,6 +18,7 @@ Reading and verifying stored blobs is memory/blob_read.py's job.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import blake3
+from hybrid_agent.memory.errors import StoreError
 from hybrid_agent.memory.schema import Blob, BlobChunk, FileChangeRow, SnapshotRow, StatePageRow
 from sqlalchemy import delete, exists, insert, or_, select
 from sqlalchemy.orm import Session
@@ -39,6 +41,12 @@ ALGORITHMS = ("sha256", "blake3")
 # hybrid-agent without BLAKE3 did (sha256 everywhere).
 WRITE_ALGORITHM = "blake3"
 _PARALLEL_MIN_BYTES = 2 * CHUNK_SIZE  # below this a thread hand-off costs more than it saves
+_BATCH = 500  # addresses in one IN list: under every backend's parameter limit
+# Rounds of "insert, then lock" for blobs that other transactions store and delete meanwhile (each
+# round needs another process to commit both in between).
+_WRITE_ROUNDS = 5
+
+log = logging.getLogger(__name__)
 
 _executor: ThreadPoolExecutor | None = None
 _WORKERS = max(1, min(16, os.cpu_count() or 1))
@@ -138,18 +146,8 @@ def prepare_blob(data: bytes | memoryview, algorithm: str | None = None) -> Prep
     return PreparedBlob(blob_address(len(view), CHUNK_SIZE, digests, algo), view, digests, algo)
 
 
-def _blob_exists(session: Session, sha256: str) -> bool:
-    return session.execute(select(Blob.sha256).where(Blob.sha256 == sha256)).first() is not None
-
-
-def write_blob(session: Session, blob: PreparedBlob) -> bool:
-    """Store `blob` unless it is already stored. Returns True if its bytes were written.
-
-    On SQLite every write transaction holds the database's write lock (BEGIN IMMEDIATE), so "check,
-    then insert" cannot race. On PostgreSQL two sessions may store the same bytes at once:
-    `ON CONFLICT DO NOTHING` makes the second wait for the first and then skip.
-    """
-    row = {
+def _blob_row(blob: PreparedBlob) -> dict[str, Any]:
+    return {
         "sha256": blob.sha256,
         "size": blob.size,
         "chunk_size": CHUNK_SIZE,
@@ -157,23 +155,73 @@ def write_blob(session: Session, blob: PreparedBlob) -> bool:
         "algorithm": blob.algorithm,
         "created_at": datetime.now(UTC),
     }
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-        stmt = pg_insert(Blob).values(**row).on_conflict_do_nothing().returning(Blob.sha256)
-        if session.execute(stmt).first() is None:
-            return False
-    else:
-        if _blob_exists(session, blob.sha256):
-            return False
-        session.execute(insert(Blob).values(**row))
+
+def _write_chunks(session: Session, blob: PreparedBlob) -> None:
     # One statement per chunk keeps at most one chunk in flight in the driver.
     for idx, digest in enumerate(blob.chunk_digests):
         session.execute(
             insert(BlobChunk).values(blob_sha256=blob.sha256, idx=idx, sha256=digest, data=blob.chunk(idx))
         )
-    return True
+
+
+def _share_locked(session: Session, addresses: Sequence[str]) -> set[str]:
+    """PostgreSQL: which of `addresses` are stored, each row locked FOR KEY SHARE (in address order)
+    until this transaction ends, so that no other transaction deletes it meanwhile."""
+    ordered = sorted(addresses)
+    found: set[str] = set()
+    for i in range(0, len(ordered), _BATCH):
+        q = select(Blob.sha256).where(Blob.sha256.in_(ordered[i : i + _BATCH])).order_by(Blob.sha256)
+        found.update(session.scalars(q.with_for_update(read=True, key_share=True)))
+    return found
+
+
+def write_blobs(session: Session, prepared: Sequence[PreparedBlob]) -> set[str]:
+    """Store each blob unless it is stored already; the addresses whose bytes were written.
+
+    A blob that is reused stays stored until the transaction that reuses it ends: on SQLite every
+    write transaction holds the database's write lock (BEGIN IMMEDIATE), so nothing else runs; on
+    PostgreSQL the reused rows are locked FOR KEY SHARE (all at once, in address order), which makes a
+    concurrent `delete_unreferenced` (another server evicting saved prefixes) wait and then see this
+    transaction's references. A row that such a delete removed before the lock was taken is written
+    again here; two transactions storing the same new bytes meet at `ON CONFLICT DO NOTHING`.
+    """
+    unique = {b.sha256: b for b in prepared}
+    written: set[str] = set()
+    if session.get_bind().dialect.name != "postgresql":
+        for address, blob in unique.items():
+            if session.execute(select(Blob.sha256).where(Blob.sha256 == address)).first() is None:
+                session.execute(insert(Blob).values(**_blob_row(blob)))
+                _write_chunks(session, blob)
+                written.add(address)
+        return written
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+    todo = sorted(set(unique) - _share_locked(session, sorted(unique)))
+    for _ in range(_WRITE_ROUNDS):
+        raced = []
+        for address in todo:
+            stmt = pg_insert(Blob).values(**_blob_row(unique[address])).on_conflict_do_nothing()
+            if session.execute(stmt.returning(Blob.sha256)).first() is None:
+                raced.append(address)  # another transaction stored it meanwhile
+            else:
+                _write_chunks(session, unique[address])
+                written.add(address)
+        # Locked like the others; one deleted again in between (stored, then evicted) goes round again.
+        todo = sorted(set(raced) - _share_locked(session, raced))
+        if not todo:
+            return written
+        names = ", ".join(a[:15] for a in todo)
+        log.info("blobs %s were stored and deleted again by other transactions meanwhile: storing", names)
+    raise StoreError(
+        f"{len(todo)} blobs were stored and deleted again by other processes {_WRITE_ROUNDS} times "
+        "while this transaction stored them; try again"
+    )
+
+
+def write_blob(session: Session, blob: PreparedBlob) -> bool:
+    """Store `blob` unless it is already stored (`write_blobs`). Returns True if its bytes were written."""
+    return bool(write_blobs(session, [blob]))
 
 
 def referenced(session: Session, sha256s: Iterable[str]) -> set[str]:
@@ -198,7 +246,12 @@ def referenced(session: Session, sha256s: Iterable[str]) -> set[str]:
 
 
 def delete_unreferenced(session: Session, candidates: Iterable[str] | None = None) -> int:
-    """Delete blobs (and their chunks) that nothing references; all blobs when `candidates` is None."""
+    """Delete blobs (and their chunks) that nothing references; all blobs when `candidates` is None.
+
+    PostgreSQL: the candidates are locked FOR UPDATE (in address order, as `write_blobs` locks) before
+    their references are counted. A transaction that reuses one of them either locked it first (this
+    waits for it to end, then counts its rows: the blob stays) or waits for this one to end (then
+    writes the blob again if it was deleted). Neither fails on a foreign key nor is rolled back."""
     if candidates is None:
         unused = list(
             session.scalars(
@@ -212,11 +265,24 @@ def delete_unreferenced(session: Session, candidates: Iterable[str] | None = Non
             )
         )
     else:
-        wanted = set(candidates)
-        unused = sorted(wanted - referenced(session, wanted))
-    for i in range(0, len(unused), 500):
-        batch = unused[i : i + 500]
+        unused = list(candidates)
+    wanted = sorted(set(unused))
+    if session.get_bind().dialect.name == "postgresql":
+        wanted = sorted(_update_locked(session, wanted))
+    unused = sorted(set(wanted) - referenced(session, wanted))
+    for i in range(0, len(unused), _BATCH):
+        batch = unused[i : i + _BATCH]
         # Chunks first and explicitly: correct even on a connection without foreign-key cascades.
         session.execute(delete(BlobChunk).where(BlobChunk.blob_sha256.in_(batch)))
         session.execute(delete(Blob).where(Blob.sha256.in_(batch)))
     return len(unused)
+
+
+def _update_locked(session: Session, addresses: Sequence[str]) -> set[str]:
+    """PostgreSQL: which of `addresses` (sorted) are stored, each row locked FOR UPDATE in address
+    order until this transaction ends."""
+    found: set[str] = set()
+    for i in range(0, len(addresses), _BATCH):
+        q = select(Blob.sha256).where(Blob.sha256.in_(addresses[i : i + _BATCH])).order_by(Blob.sha256)
+        found.update(session.scalars(q.with_for_update()))
+    return found

@@ -22,6 +22,7 @@ is loaded only to create, upgrade or refuse a schema.
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import re
 import sqlite3
@@ -59,6 +60,8 @@ WRITE_OPTION = "hybrid_agent_write"  # execution option: this transaction will w
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _MIGRATIONS = Path(__file__).with_name("migrations")
 _PG_MIGRATION_LOCK = 0x6879_6272  # pg_advisory_xact_lock key: "hybr"
+
+log = logging.getLogger(__name__)
 
 
 def default_url() -> str:
@@ -353,17 +356,28 @@ def _enable_wal(engine: Engine) -> None:
         raw.close()
 
 
-# PostgreSQL SQLSTATEs worth retrying the whole transaction for: serialization failure, deadlock,
-# lock not available, and a foreign-key violation — the one way that happens here is a save that
-# reused an existing blob while another session's delete garbage-collected it; the retry stores it.
-_RETRY_SQLSTATES = ("40001", "40P01", "55P03", "23503")
+# PostgreSQL SQLSTATEs worth retrying the whole transaction for, with what the log says of each:
+# serialization failure, deadlock, lock not available, and a foreign-key violation: a row the
+# transaction refers to was deleted by another one meanwhile (a session deleted while a turn of it
+# was being saved; the retry then says it is gone). Blobs are not among them: a write that reuses one
+# locks it first (memory/blobs.py `write_blobs`), so an eviction on another server waits instead.
+_RETRY_SQLSTATES = {
+    "40001": "it conflicted with a concurrent transaction",
+    "40P01": "it deadlocked with a concurrent transaction",
+    "55P03": "a row it needs was locked",
+    "23503": "a row it refers to was deleted by a concurrent transaction",
+}
 
 
-def _is_busy(exc: DBAPIError) -> bool:
-    if getattr(exc.orig, "sqlstate", None) in _RETRY_SQLSTATES:
-        return True
+def _busy_reason(exc: DBAPIError) -> str | None:
+    """Why `exc` is worth retrying the transaction for (None: it is not)."""
+    reason = _RETRY_SQLSTATES.get(str(getattr(exc.orig, "sqlstate", None)))
+    if reason is not None:
+        return reason
     msg = str(exc.orig).lower()
-    return "database is locked" in msg or "database is busy" in msg or "database table is locked" in msg
+    if "database is locked" in msg or "database is busy" in msg or "database table is locked" in msg:
+        return "the database was locked"
+    return None
 
 
 def unreadable_as_damage(fn: Callable[[S], T], session: S, what: str, where: str) -> T:
@@ -418,12 +432,16 @@ def retry_busy(fn: Callable[[], T], what: str) -> T:
         try:
             return fn()
         except DBAPIError as exc:
-            if not _is_busy(exc):
+            reason = _busy_reason(exc)
+            if reason is None:
                 raise
             if time.monotonic() + delay > deadline:
                 raise StoreBusyError(
                     f"{what}: the database stayed locked by other writers for {RETRY_BUDGET_S:.0f} s; "
                     "close other hybrid-agent processes using it and try again"
                 ) from exc
+            # A lock is routine (SQLite's single writer); anything else is worth a line in the log.
+            level = logging.DEBUG if reason == "the database was locked" else logging.INFO
+            log.log(level, "%s: rolled back and retried: %s", what, reason)
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 1.0)

@@ -29,9 +29,7 @@ class FileJournalOps:
 
         def do(s: Session) -> int:
             session_row(s, session_id)
-            for blob in prepared:
-                if blob is not None:
-                    blobs.write_blob(s, blob)
+            blobs.write_blobs(s, [b for b in prepared if b is not None])
             row = FileChangeRow(
                 session_id=session_id,
                 turn=turn,

@@ -15,7 +15,10 @@ Design choices:
   after the old one was checked. A session no prefix names is deleted whole; a damaged one too.
 - Several servers may share the database: each session row is locked while its turns change (as
   memory/prefixes.py does when it appends), and a state that another server evicted is just not found
-  (that server prefills again; one still holding it in its memory tier keeps using it).
+  (that server prefills again; one still holding it in its memory tier keeps using it). A blob that
+  another server's save reuses while it is evicted here is locked by that save (memory/blobs.py
+  `write_blobs`): the eviction waits and keeps it, or deletes it first and the save stores it again;
+  neither transaction fails nor is rolled back.
 """
 
 from __future__ import annotations

@@ -116,12 +116,8 @@ class PrefixIndex:
 
         def drop(digests: list[str]) -> None:
             nonlocal evicted, freed
-            for i in range(0, len(digests), retention._BATCH):
-                batch = digests[i : i + retention._BATCH]
-                freed += self.store._in_write(
-                    lambda s, batch=batch: retention.evict(s, batch), "evicting saved prefixes"
-                )
-                evicted += len(batch)
+            freed += self.evict(digests)
+            evicted += len(digests)
 
         if ttl_seconds:
             ttl = timedelta(seconds=ttl_seconds)
@@ -137,6 +133,15 @@ class PrefixIndex:
             if not digests:
                 return retention.RetentionStats(evicted, freed, total)
             drop(digests)
+
+    def evict(self, digests: Sequence[str]) -> int:
+        """Delete these prefixes now (memory/prefix_retention.py `evict`), a batch per transaction;
+        the blobs freed. A digest not stored is skipped."""
+        freed = 0
+        for i in range(0, len(digests), retention._BATCH):
+            batch = list(digests[i : i + retention._BATCH])
+            freed += self.store._in_write(lambda s, b=batch: retention.evict(s, b), "evicting saved prefixes")
+        return freed
 
     def load(self, ref: PrefixRef, *, fingerprint: str, device: torch.device | str | None = None) -> Snapshot:
         """The prefix's snapshot, verified (memory/turns.py `read_snapshot`)."""

@@ -110,8 +110,11 @@ def write_turn(s: Session, session_id: str, t: PreparedTurn) -> SaveStats:
         )
     written = dedup = 0
     edit_blobs = [b for _, before, after in t.edits for b in (before, after) if b is not None]
-    for blob in [t.recurrent, *(b for _, b in t.pages), *edit_blobs]:
-        if blobs.write_blob(s, blob):
+    every = [t.recurrent, *(b for _, b in t.pages), *edit_blobs]
+    fresh = blobs.write_blobs(s, every)
+    for blob in every:  # bytes repeated within the turn are written once
+        if blob.sha256 in fresh:
+            fresh.discard(blob.sha256)
             written += blob.size
         else:
             dedup += blob.size
