@@ -371,7 +371,9 @@ _RETRY_SQLSTATES = {
 
 def _busy_reason(exc: DBAPIError) -> str | None:
     """Why `exc` is worth retrying the transaction for (None: it is not)."""
-    reason = _RETRY_SQLSTATES.get(str(getattr(exc.orig, "sqlstate", None)))
+    # psycopg names the SQLSTATE `sqlstate`, psycopg2 (SQLAlchemy's default for postgresql://) `pgcode`.
+    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    reason = _RETRY_SQLSTATES.get(str(code))
     if reason is not None:
         return reason
     msg = str(exc.orig).lower()

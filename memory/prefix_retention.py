@@ -18,7 +18,9 @@ Design choices:
   (that server prefills again; one still holding it in its memory tier keeps using it). A blob that
   another server's save reuses while it is evicted here is locked by that save (memory/blobs.py
   `write_blobs`): the eviction waits and keeps it, or deletes it first and the save stores it again;
-  neither transaction fails nor is rolled back.
+  neither transaction fails nor is rolled back. A save that forks a prefix session locks its row for
+  share (memory/store.py `fork_session`), so the fork copies all of its rows before an eviction changes
+  them, or finds the session gone.
 """
 
 from __future__ import annotations

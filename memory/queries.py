@@ -22,8 +22,11 @@ def utc(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-def session_row(s: Session, session_id: str) -> SessionRow:
-    row = s.get(SessionRow, session_id)
+def session_row(s: Session, session_id: str, *, share_lock: bool = False) -> SessionRow:
+    """The session's row. `share_lock` (PostgreSQL): locked FOR SHARE until the transaction ends, so
+    that no other transaction changes the session's turns meanwhile (they lock it FOR UPDATE, or
+    delete it); SQLite's write transactions are serial already."""
+    row = s.get(SessionRow, session_id, with_for_update={"read": True} if share_lock else None)
     if row is None:
         raise SessionNotFoundError(
             f"no session {session_id!r} in this database; `hybrid-agent sessions list` shows the ids"

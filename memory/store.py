@@ -284,7 +284,10 @@ class Store(FileJournalOps):
         rows (events, snapshots, page index, journal) inside the database; state bytes are shared."""
 
         def do(s: Session) -> SessionInfo:
-            parent = session_row(s, session_id)
+            # Locked: the rows below are read and copied by several statements, each seeing what was
+            # committed last on PostgreSQL, and an eviction (memory/prefix_retention.py) or a delete
+            # committed in between would leave the fork a part of them.
+            parent = session_row(s, session_id, share_lock=True)
             snapshot_row(s, session_id, turn)
             # Checked before anything is copied: a fork of damaged rows would carry the damage into a
             # session with a fresh, valid chain; a missing blob would fail a foreign key halfway.

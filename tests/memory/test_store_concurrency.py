@@ -130,3 +130,23 @@ def test_opening_a_new_database_waits_for_another_writer(
     with Store(sqlite_path) as store:
         assert store.create_session("t", "/w", "fp").title == "t"
     holder.join()
+
+
+def test_retried_errors_are_read_from_either_postgresql_driver() -> None:
+    # Which errors roll back and retry a transaction is read from the SQLSTATE: psycopg's `sqlstate`,
+    # or psycopg2's `pgcode` (SQLAlchemy's default driver for postgresql:// URLs). Missed, a foreign-key
+    # race would be reported as a damaged database instead of being retried.
+    psycopg = pytest.importorskip("psycopg")
+    from hybrid_agent.memory.database import _busy_reason
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    fk = IntegrityError("INSERT", None, psycopg.errors.ForeignKeyViolation("violates foreign key"))
+    assert _busy_reason(fk) == "a row it refers to was deleted by a concurrent transaction"
+    unique = IntegrityError("INSERT", None, psycopg.errors.UniqueViolation("duplicate key"))
+    assert _busy_reason(unique) is None
+
+    class Psycopg2Error(Exception):
+        pgcode = "40P01"  # how psycopg2's errors carry the SQLSTATE
+
+    deadlock = OperationalError("UPDATE", None, Psycopg2Error("deadlock detected"))
+    assert _busy_reason(deadlock) == "it deadlocked with a concurrent transaction"

@@ -9,6 +9,8 @@ ones it deletes) and nothing is logged at WARNING or above (serve logs a store e
 database is damaged" would be a lie). The forced interleavings pause one side inside its transaction,
 at the point where it has decided which blobs to keep or reuse, until the other side waits for it
 (PostgreSQL: seen in pg_stat_activity; SQLite: its single writer lock makes the other side wait).
+A save that continues a prefix another one continues already forks that session: the fork racing the
+eviction of the session must copy all of its rows or none (memory/store.py `fork_session` locks it).
 """
 
 from __future__ import annotations
@@ -260,4 +262,77 @@ def test_a_save_that_locked_first_keeps_its_blobs_from_the_eviction(
 ) -> None:
     freed, _ = _interleave(store_url, "save", monkeypatch)
     assert freed == 0  # the eviction waited for the save, then saw its references
+    _assert_quiet(logs)
+
+
+def test_a_fork_of_a_prefix_session_racing_its_eviction_copies_all_of_it(
+    store_url: str, monkeypatch: pytest.MonkeyPatch, logs: pytest.LogCaptureFixture
+) -> None:
+    # The saved state continues "victim" (turn 1), which "victim+" continues already (turn 2): the save
+    # forks the session at turn 1 while the other server evicts both. The fork is held after it read the
+    # parent's rows; the eviction must wait for it, not delete them from under it.
+    from hybrid_agent.memory import store as store_module
+
+    with Store(store_url) as one, Store(store_url) as two:
+        evictor, writer = PrefixIndex(one), PrefixIndex(two)
+        victim = _save(evictor, "victim", 7)
+        _save(evictor, "victim+", 7, base=victim)
+        threads: dict[str, threading.Thread] = {}
+        out: dict[str, Any] = {}
+
+        def run(side: str, fn: Callable[[], Any]) -> None:
+            try:
+                out[side] = fn()
+            except BaseException as exc:
+                out[side] = exc
+
+        paused = threading.Event()
+        real_verify = store_module.verify_chain
+
+        def held(*args: Any, **kwargs: Any) -> Any:
+            rows = real_verify(*args, **kwargs)
+            if threading.current_thread() is threads["save"] and not paused.is_set():
+                paused.set()
+                threads["evict"].start()
+                _pause_until(_waits_for_lock(store_url), threads["evict"])
+            return rows
+
+        monkeypatch.setattr(store_module, "verify_chain", held)
+        pages = [*_state(7)[1], (4, 6, {"k": torch.full((2 * WIDTH,), 3.0)})]
+        threads["evict"] = threading.Thread(
+            target=run, args=("evict", lambda: evictor.evict(["victim", "victim+"]))
+        )
+        threads["save"] = threading.Thread(
+            target=run,
+            args=(
+                "save",
+                lambda: writer.save(
+                    "saved",
+                    base=victim,
+                    recurrent={"h": torch.ones(256)},
+                    pages=pages,
+                    n_tokens=6,
+                    fingerprint="fp",
+                ),
+            ),
+        )
+        threads["save"].start()
+        for side in ("save", "evict"):
+            threads[side].join(timeout=2 * WAIT_S)
+            assert not threads[side].is_alive(), f"{side} never finished"
+        assert paused.is_set()
+        for side in ("evict", "save"):
+            assert not isinstance(out[side], BaseException), out[side]
+        ref = out["save"]
+        # Stored as turn 2 of a fork (its turn 1 shares the victim's blobs), not whole: the eviction
+        # freed only what victim+ alone used (its recurrent state and page).
+        assert ref.session_id != victim.session_id and ref.turn == 2
+        assert out["evict"] == 2
+        snap = writer.load(ref, fingerprint="fp")
+        assert torch.equal(snap.recurrent["h"], torch.ones(256))
+        k = torch.cat([p[2]["k"] for p in snap.pages])
+        assert torch.equal(k, torch.cat([pages[0][2]["k"], pages[1][2]["k"]]))
+        assert evictor.count() == 1 and _dangling(one) == []
+        report = one.check()
+        assert report.ok, report.problems[:5]
     _assert_quiet(logs)
