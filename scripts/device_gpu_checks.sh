@@ -9,6 +9,9 @@
 #                compiles for every test shape, which is most of the time)
 #   engine   90: pytest -m gpu tests/engine tests/agent, and the gemv engine test (not marked gpu)
 #   bench   130: bench/gpu_kernels.py prefill at 4k / 16k / 64k, ours vs fla in one process
+#   prefill 300: bench/gpu_prefill_profile.py at the 7B shape, 4k / 16k / 64k: prefill tok/s by chunk
+#                (2k-16k) and a torch.profiler run of one prefill, time by kernel and by layer part
+#                against each part's FLOP / byte limit (not in the default list: STEPS=prefill runs it)
 #   kda     240: the KDA / short-conv GPU tests (kernels, engine, model layers) and bench/gpu_kda.py
 #                (not in the default list: STEPS=kda runs it alone)
 #   moe     400: the MoE kernels' and the engine's MoE GPU tests and bench/gpu_moe.py (not in the default
@@ -40,6 +43,10 @@ for step in $steps; do
       timeout 130 python3 bench/gpu_kernels.py --sections prefill --lengths 4096,16384,65536 --budget-s 110 \
         --out "$out/gpu_kernels_prefill.json" > "$out/bench_prefill.txt" 2>&1
       echo "bench $(( $(date +%s) - start )) s"; grep -A10 "^op " "$out/bench_prefill.txt" | head -10 ;;
+    prefill)
+      timeout 300 python3 bench/gpu_prefill_profile.py --budget-s 270 --out "$out/gpu_prefill_profile.json" \
+        > "$out/bench_prefill_profile.txt" 2>&1
+      echo "prefill rc=$? $(( $(date +%s) - start )) s"; tail -45 "$out/bench_prefill_profile.txt" ;;
     kda)
       timeout 120 python3 -m pytest -m gpu -v -p no:cacheprovider -n 4 tests/kernels/test_kernels_gpu_kda.py \
         tests/kernels/test_kernels_gpu_conv.py tests/engine/test_engine_kda_gpu.py > "$out/pytest_gpu_kda.txt" 2>&1
