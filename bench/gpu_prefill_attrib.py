@@ -113,7 +113,9 @@ def _leaves(events: Any, device: bool) -> tuple[list[tuple[str, float, Any]], li
     (name, us) of every activity straight from the event list (the independent total)."""
     cpu = [e for e in events if e.device_type == DeviceType.CPU and not getattr(e, "is_async", False)]
     if device:
-        owned = [(k.name, float(k.duration), e) for e in cpu for k in getattr(e, "kernels", [])]
+        # a label's own device-side span (gpu_user_annotation) may be linked to it like a kernel: skipped
+        kernels = ((k, e) for e in cpu for k in getattr(e, "kernels", []))
+        owned = [(k.name, float(k.duration), e) for k, e in kernels if not k.name.startswith(PREFIX)]
         flat = [(e.name, float(e.time_range.end - e.time_range.start)) for e in events if _is_device(e)]
         return owned, flat
     ops = [e for e in cpu if not _is_label(e)]

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gpu_e2e_run import Bench
 from gpu_olmo import adopt_weights, build_hf, hf_config
-from gpu_prefill_attrib import attribute, busy_ms, labels
+from gpu_prefill_attrib import PREFIX, attribute, busy_ms, labels
 from gpu_prefill_limits import kind_costs, limits, measured_gemm_tflops, peaks, totals, versus
 
 K = 1024
@@ -107,7 +107,7 @@ def profile_one(b: Bench, engine: Any, ids: torch.Tensor, chunk: int, peak: dict
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if b.cuda else [])
     with labels(engine.model), profile(activities=acts) as prof:
         t = b.clock()
-        with record_function("pp:prefill"):
+        with record_function(PREFIX + "prefill"):
             engine.prefill(ids)
         prof_s = b.clock() - t
     events = prof.events()
