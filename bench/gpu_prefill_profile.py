@@ -136,7 +136,8 @@ def table(res: dict[str, Any]) -> None:
         print(
             f"\n{key} chunk {p['chunk']}: {tot['plain_tok_s'] / 1e3:.1f}k tok/s, FLOP limit "
             f"{tot['flop_limit_tok_s'] / 1e3:.1f}k (at the measured GEMM rate "
-            f"{(tot['measured_gemm_limit_tok_s'] or 0) / 1e3:.1f}k), roofline {tot['roofline_tok_s'] / 1e3:.1f}k; "
+            f"{(tot['measured_gemm_limit_tok_s'] or 0) / 1e3:.1f}k), "
+            f"roofline {tot['roofline_tok_s'] / 1e3:.1f}k; "
             f"kernels {p['total_ms']:.1f} ms ({p['attributed_ms']:.1f} attributed)"
         )
         print(f"  {'kind':26s} {'ms':>9s} {'share':>6s} {'limit':>8s} {'eff':>6s} bound")
