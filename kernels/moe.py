@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from hybrid_agent.kernels._dispatch import use_triton
 from hybrid_agent.kernels.checks import MoeGemmConfig, MoeGemvConfig, SharedExpert, check_moe, check_shared
+from hybrid_agent.kernels.moe_tuned import tuned_gemv_config
 
 __all__ = [
     "MoeGemmConfig",
@@ -43,6 +44,7 @@ __all__ = [
     "SharedExpert",
     "default_gemm_config",
     "default_gemv_config",
+    "heuristic_gemv_config",
     "moe_gemv",
     "moe_gemv_ref",
     "moe_grouped_gemm",
@@ -108,6 +110,12 @@ def moe_grouped_gemm_ref(
 
 
 def default_gemv_config(n_tokens: int, top_k: int, d: int, i: int, sms: int = 132) -> MoeGemvConfig:
+    """The measured config for this shape and batch bucket when kernels/moe_tuned.py's table has one (a
+    sweep's pick, bench/gpu_moe.py `tune`), else `heuristic_gemv_config`."""
+    return tuned_gemv_config(n_tokens, top_k, d, i) or heuristic_gemv_config(n_tokens, top_k, d, i, sms)
+
+
+def heuristic_gemv_config(n_tokens: int, top_k: int, d: int, i: int, sms: int = 132) -> MoeGemvConfig:
     """Enough programs to keep every SM streaming: the gate|up launch has N * k * I / block_i programs
     and the down launch N * D / block_d; each block shrinks (16 -> 4 rows) until there are ~4 a SM, and
     the column block widens so a tile stays 2048 elements (two 16-byte loads a thread for 4 warps, all
