@@ -25,6 +25,9 @@ Two ops, by the number of token-slots:
   grid is sized by the bound on the padded blocks, so it needs no host read either.
   `moe_grouped_gemm_ref` is the per-expert loop (one host read of the per-expert counts).
 
+`moe_gemv`'s launch config, when not passed: kernels/moe_tuned.py's measured entry for the shape and
+batch bucket if it has one, else the rule of `heuristic_gemv_config` (`default_gemv_config`).
+
 The Triton kernels accumulate in fp32 and round h and each slot's weighted output once to x's dtype; the
 references round like the torch ops they call. Dispatch as every op: Triton on CUDA, the reference
 elsewhere, `HYBRID_AGENT_KERNELS` overrides (kernels/_dispatch.py).
