@@ -26,9 +26,9 @@ checked against an fp32 computation (relative error, asserted below 2e-2).
 Tune (`--tune`, or `--sections tune` alone; bench/gpu_moe_tune.py): `moe_gemv`'s launch configs swept at
 each shape and batch, every point checked against fp32 (below 2e-2, else recorded as failed and not
 timed) and timed as in decode (`--tune-rep-ms` of replays a point), within `--tune-budget-s` (each
-(shape, batch) an equal share of what is left; how far each got is recorded); every point, the default's
-and the best's time and `frac_*`, the default and the best again with the shared expert added (as the
-engine's step calls it), and the line for kernels/moe_tuned.py's table, printed to paste.
+(shape, batch) a share of what is left, see `tune_section`; how far each got is recorded). Recorded:
+every point, the default's and the best's time and `frac_*`, the two again with the shared expert added
+(as the engine's step calls it), and the line for kernels/moe_tuned.py's table, printed to paste.
 """
 
 from __future__ import annotations
@@ -337,12 +337,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     bad = sorted(set(args.sections) - set(SECTIONS))
     if bad:
         ap.error(f"--sections: unknown {', '.join(bad)}; choose from {', '.join(SECTIONS)}")
+    raw = args.batches
     try:
-        args.batches = [int(b) for b in args.batches.split(",")]
+        args.batches = [int(b) for b in raw.split(",")]
     except ValueError:
-        ap.error(f"--batches: a comma list of positive integers, got {args.batches!r}")
+        args.batches = []
     if not args.batches or min(args.batches) < 1:
-        ap.error(f"--batches: a comma list of positive integers, got {args.batches!r}")
+        ap.error(f"--batches: a comma list of positive integers, got {raw!r}")
     if args.tune_budget_s < 0 or args.tune_rep_ms < 1:
         ap.error("--tune-budget-s must be >= 0 and --tune-rep-ms >= 1")
     return args
@@ -407,15 +408,18 @@ def run(args: argparse.Namespace, cuda: bool) -> dict[str, Any]:
 
 def tune_section(args: argparse.Namespace, shapes: dict[str, dict[str, Any]], dev: str, timer: Timer,
                  peaks: dict[str, float], card: str, save: Callable[[], None]) -> dict[str, Any]:  # fmt: skip
-    """The sweep at every shape and batch, each pair given an equal share of what is left of the budget
-    (so a cut sweep still has every pair's default and first points); the results saved after each."""
+    """The sweep at every shape and batch, each pair given its share of what is left of the budget (so a
+    cut sweep still has every pair's default and first points): the first batch of a shape counts
+    twice, as it compiles the shape's kernels (the later batches launch the same gate|up kernels);
+    the results saved after each pair."""
     out: dict[str, Any] = {"budget_s": args.tune_budget_s, "rep_ms": args.tune_rep_ms, "up_share": UP_SHARE,
                            "launches": [list(t) for t in LAUNCHES], "rows": []}  # fmt: skip
     pairs = [(name, shape, n) for name, shape in shapes.items() for n in args.batches]
     t0 = time.monotonic()
     end = t0 + args.tune_budget_s
+    weight = [1 + (j == 0 or pairs[j - 1][0] != name) for j, (name, _, _) in enumerate(pairs)]
     for j, (name, shape, n) in enumerate(pairs):
-        deadline = time.monotonic() + max(0.0, end - time.monotonic()) / (len(pairs) - j)
+        deadline = time.monotonic() + max(0.0, end - time.monotonic()) * weight[j] / sum(weight[j:])
         r = tune(name, shape, n, dev, timer, peaks, deadline, card)
         out["rows"].append(r)
         b, d, st = r["best"] or {}, r["default"], r["stages"]
