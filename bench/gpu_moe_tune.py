@@ -13,11 +13,13 @@ stages over one GEMV launch grid (`LAUNCHES`) instead of its square:
 
 LAUNCHES: a program streams `rows` weight rows, `cols` columns at a time (rows 1-32, cols 128-2048,
 2/4/8 warps), kept where each thread holds 16 to 32 elements of the tile: two to four 16-byte bf16 loads
-in flight per weight matrix, fewer starve the HBM of requests, more cost registers for the fp32
-accumulators (two of them in the gate|up kernel). Rows past 32 leave fewer programs than SMs at batch 1
-for Qwen3.5-35B-A3B's up launch (8 slots x 512 rows) and are left out. The current rule
-(kernels/moe.py `heuristic_gemv_config`) picks 4 or 16 rows of 512 or 128 columns with 4 warps at the
-two shapes of bench/gpu_moe.py, inside this grid.
+in flight per weight matrix (fewer leave the HBM short of requests; more cost registers for the fp32
+accumulators, two of them in the gate|up kernel). Compiled offline for sm_90 at Qwen3.5-35B-A3B's
+shape (local Triton 3.7, as bench/triton_resources.py does), every launch of both kernels builds with
+56-155 registers and no spill (16 stack bytes for the down kernel's 4 x 1024, 8 warps). Rows past 32
+leave fewer programs than SMs at batch 1 for Qwen3.5-35B-A3B's up launch (8 slots x 512 rows) and are
+left out. The current rule (kernels/moe.py `heuristic_gemv_config`) picks 4 or 16 rows of 512 or 128
+columns with 4 warps at the two shapes of bench/gpu_moe.py, inside this grid.
 
 Configs whose blocks launch the same kernels at the shape (`launch`, e.g. MoeGemvConfig.clamped) run
 once. The first points (the default and the rule) always run; the others only while time is left: the
