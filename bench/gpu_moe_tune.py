@@ -18,7 +18,7 @@ accumulators, two of them in the gate|up kernel). Compiled offline for sm_90 at 
 shape (local Triton 3.7, as bench/triton_resources.py does), every launch of both kernels builds with
 56-155 registers and no spill (16 stack bytes for the down kernel's 4 x 1024, 8 warps). Rows past 32
 leave fewer programs than SMs at batch 1 for Qwen3.5-35B-A3B's up launch (8 slots x 512 rows) and are
-left out. The current rule (kernels/moe.py `heuristic_gemv_config`) picks 4 or 16 rows of 512 or 128
+left out. The current rule (kernels/moe.py `heuristic_gemv_config`) picks 4, 8 or 16 rows of 512, 256 or 128
 columns with 4 warps at the two shapes of bench/gpu_moe.py, inside this grid.
 
 Configs whose blocks launch the same kernels at the shape (`launch`, e.g. MoeGemvConfig.clamped) run
