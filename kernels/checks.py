@@ -8,7 +8,7 @@ tests/kernels/test_kernels_imports.py). Each check raises KernelInputError with 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -309,6 +309,19 @@ class MoeGemvConfig:
     block_d: int = 16
     block_i_in: int = 128
     num_warps: int = 4
+
+    def clamped(self, d: int, i: int) -> MoeGemvConfig:
+        """The blocks the launches use at hidden size d and expert hidden size i: each at most the next
+        power of two of the axis it tiles (a wider block only adds masked lanes). Two configs with the
+        same clamped blocks launch the same kernels."""
+        p2 = lambda n: 1 << max(0, n - 1).bit_length()
+        return replace(
+            self,
+            block_i=min(self.block_i, p2(i)),
+            block_d_in=min(self.block_d_in, p2(d)),
+            block_d=min(self.block_d, p2(d)),
+            block_i_in=min(self.block_i_in, p2(i)),
+        )
 
 
 @dataclass(frozen=True)

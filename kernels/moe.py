@@ -25,6 +25,9 @@ Two ops, by the number of token-slots:
   grid is sized by the bound on the padded blocks, so it needs no host read either.
   `moe_grouped_gemm_ref` is the per-expert loop (one host read of the per-expert counts).
 
+`moe_gemv`'s launch config, when not passed: kernels/moe_tuned.py's measured entry for the shape and
+batch bucket if it has one, else the rule of `heuristic_gemv_config` (`default_gemv_config`).
+
 The Triton kernels accumulate in fp32 and round h and each slot's weighted output once to x's dtype; the
 references round like the torch ops they call. Dispatch as every op: Triton on CUDA, the reference
 elsewhere, `HYBRID_AGENT_KERNELS` overrides (kernels/_dispatch.py).
@@ -36,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from hybrid_agent.kernels._dispatch import use_triton
 from hybrid_agent.kernels.checks import MoeGemmConfig, MoeGemvConfig, SharedExpert, check_moe, check_shared
+from hybrid_agent.kernels.moe_tuned import tuned_gemv_config
 
 __all__ = [
     "MoeGemmConfig",
@@ -43,6 +47,7 @@ __all__ = [
     "SharedExpert",
     "default_gemm_config",
     "default_gemv_config",
+    "heuristic_gemv_config",
     "moe_gemv",
     "moe_gemv_ref",
     "moe_grouped_gemm",
@@ -108,6 +113,12 @@ def moe_grouped_gemm_ref(
 
 
 def default_gemv_config(n_tokens: int, top_k: int, d: int, i: int, sms: int = 132) -> MoeGemvConfig:
+    """The measured config for this shape and batch bucket when kernels/moe_tuned.py's table has one (a
+    sweep's pick, bench/gpu_moe.py `tune`), else `heuristic_gemv_config`."""
+    return tuned_gemv_config(n_tokens, top_k, d, i) or heuristic_gemv_config(n_tokens, top_k, d, i, sms)
+
+
+def heuristic_gemv_config(n_tokens: int, top_k: int, d: int, i: int, sms: int = 132) -> MoeGemvConfig:
     """Enough programs to keep every SM streaming: the gate|up launch has N * k * I / block_i programs
     and the down launch N * D / block_d; each block shrinks (16 -> 4 rows) until there are ~4 a SM, and
     the column block widens so a tile stays 2048 elements (two 16-byte loads a thread for 4 warps, all

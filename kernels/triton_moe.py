@@ -175,13 +175,14 @@ def moe_gemv_triton(
     out = torch.empty(N, D, dtype=x.dtype, device=x.device)
     if N == 0:
         return out
-    bi, bdi = min(cfg.block_i, triton.next_power_of_2(H)), min(cfg.block_d_in, triton.next_power_of_2(D))
+    c = cfg.clamped(D, H)
+    bi, bdi = c.block_i, c.block_d_in
     _moe_up_kernel[(N * k, triton.cdiv(H, bi))](
         x, ids, gate, up, h, D, H, x.stride(0), up.stride(0), up.stride(1), TOP_K=k, GATED=gated,
         BLOCK_I=bi, BLOCK_D=bdi,
         EVEN_D=D % bdi == 0, num_warps=cfg.num_warps,
     )  # fmt: skip
-    bd, bii = min(cfg.block_d, triton.next_power_of_2(D)), min(cfg.block_i_in, triton.next_power_of_2(H))
+    bd, bii = c.block_d, c.block_i_in
     sp, sd, sg = _shared_args(shared, x)
     _moe_down_kernel[(triton.cdiv(D, bd), N)](
         h, ids, weights, down, out, D, H, down.stride(0), down.stride(1),

@@ -14,8 +14,10 @@
 #                against each part's FLOP / byte limit (not in the default list: STEPS=prefill runs it)
 #   kda     240: the KDA / short-conv GPU tests (kernels, engine, model layers) and bench/gpu_kda.py
 #                (not in the default list: STEPS=kda runs it alone)
-#   moe     400: the MoE kernels' and the engine's MoE GPU tests and bench/gpu_moe.py (not in the default
-#                list)
+#   moe     540: the MoE kernels' and the engine's MoE GPU tests (240), bench/gpu_moe.py (150) and its
+#                moe_gemv config sweep (150: --sections tune, a 110 s budget, then each shape and batch's
+#                default and the shared-expert timings); not in the default list, and with the wheels'
+#                install it fills most of one device command: run it alone (STEPS=moe)
 #   models   90: pytest -m gpu tests/checkpoints tests/model (not in the default list)
 #   families 380: bench/gpu_families.py, the Qwen3.5-9B and 35B-A3B shapes, ours vs transformers
 #                (not in the default list)
@@ -61,7 +63,10 @@ for step in $steps; do
         > "$out/pytest_gpu_moe.txt" 2>&1
       echo "moe tests rc=$? $(( $(date +%s) - start )) s"; summary "$out/pytest_gpu_moe.txt"
       timeout 150 python3 bench/gpu_moe.py --out "$out/gpu_moe.json" > "$out/bench_moe.txt" 2>&1
-      echo "moe $(( $(date +%s) - start )) s"; tail -15 "$out/bench_moe.txt" ;;
+      echo "moe bench $(( $(date +%s) - start )) s"; tail -15 "$out/bench_moe.txt"
+      timeout 150 python3 bench/gpu_moe.py --sections tune --tune-budget-s 110 --out "$out/gpu_moe_tune.json" \
+        > "$out/bench_moe_tune.txt" 2>&1
+      echo "moe rc=$? $(( $(date +%s) - start )) s"; grep -A1 "^tune " "$out/bench_moe_tune.txt" | tail -12 ;;
     models)
       timeout 90 python3 -m pytest -m gpu -q -p no:cacheprovider -n 4 tests/checkpoints tests/model \
         > "$out/pytest_gpu_models.txt" 2>&1

@@ -4,13 +4,27 @@ float64 computation of the definition (every token-slot through its expert, weig
 Without a GPU the Triton kernels run under the interpreter (tests/conftest.py sets TRITON_INTERPRET=1) at
 small shapes; on the device the same tests run on CUDA, and the `gpu` tests check bf16 at a real MoE shape
 and that both ops run inside a captured CUDA graph (no host read).
+
+The launch-config sweep of moe_gemv (bench/gpu_moe_tune.py, bench/gpu_moe.py's `tune` section) and the
+table its picks go to (kernels/moe_tuned.py), at the end: every launch of the sweep's grid runs as the
+gate|up kernel's blocks and as the down kernel's at small shapes whose sizes are multiples of no block
+(tails in every kernel, more than one column block where a block is narrower than the axis), against
+`moe_gemv_ref`. The sweep's configs pair an up launch with a down launch and each kernel's result
+depends only on its own blocks, so this covers every config the sweep can time. A config is passed as
+the grid has it; moe_gemv_triton clamps its blocks to the small axes, as it does at any shape.
 """
 
 from __future__ import annotations
 
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
+from hybrid_agent.kernels._dispatch import interpreter_on
 from hybrid_agent.kernels.errors import KernelInputError
 from hybrid_agent.kernels.moe import (
     MoeGemmConfig,
@@ -18,12 +32,16 @@ from hybrid_agent.kernels.moe import (
     SharedExpert,
     default_gemm_config,
     default_gemv_config,
+    heuristic_gemv_config,
     moe_gemv,
     moe_gemv_ref,
     moe_grouped_gemm,
     moe_grouped_gemm_ref,
 )
+from hybrid_agent.kernels.moe_tuned import GEMV_TUNED, batch_bucket
 from hybrid_agent.kernels.testing import rel_err
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2}
 # small blocks: several programs per axis and masked tails at these shapes, few enough for the interpreter
@@ -295,3 +313,198 @@ def test_expert_views_are_read_in_place(dev, monkeypatch):
     for got in outs:
         assert rel_err(got.double().cpu(), want) < TOL[torch.float32]
     assert (e, i, d) not in copied and (e, d, i) not in copied, copied
+
+
+# ---- the launch-config sweep (bench/gpu_moe_tune.py) and the table of its picks (kernels/moe_tuned.py)
+
+
+def _bench_module(name: str):
+    """A module of bench/ (its scripts import their siblings by bare name)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+TUNE = _bench_module("gpu_moe_tune")
+LAUNCHES = TUNE.LAUNCHES
+PAIRS = sorted({(r, c) for r, c, _ in LAUNCHES})
+CHEAP = dict(block_i=32, block_d_in=32, block_d=32, block_i_in=32)  # the other kernel's blocks
+
+
+def _warps(dev: str, rows: int, cols: int) -> list[int]:
+    """The grid's warps for this launch; the interpreter ignores warps, so one run there."""
+    warps = [w for r, c, w in LAUNCHES if (r, c) == (rows, cols)]
+    return warps if dev == "cuda" else warps[:1]
+
+
+@pytest.mark.parametrize("rows, cols", PAIRS, ids=[f"r{r}-c{c}" for r, c in PAIRS])
+def test_every_grid_launch_matches_the_reference(dev, rows, cols):
+    """(rows, cols) as the gate|up kernel's (block_i, block_d_in) at D=137, I=21 (both activations), and
+    as the down kernel's (block_d, block_i_in) at D=21, I=137 with a shared expert of hidden 37."""
+    for w in _warps(dev, rows, cols):
+        up_cfg = MoeGemvConfig(**{**CHEAP, "block_i": rows, "block_d_in": cols, "num_warps": w})
+        for gated in (True, False):
+            args = inputs(2, 2, 5, 137, 21, gated, torch.float32, dev, seed=rows + cols + gated)
+            got = moe_gemv(*args, config=up_cfg)
+            assert rel_err(got.cpu(), moe_gemv_ref(*args).cpu()) < TOL[torch.float32], (up_cfg, gated)
+        down_cfg = MoeGemvConfig(**{**CHEAP, "block_d": rows, "block_i_in": cols, "num_warps": w})
+        args = inputs(2, 2, 5, 21, 137, True, torch.float32, dev, seed=rows * cols)
+        shared = shared_inputs(2, 21, 37, True, True, torch.float32, dev, seed=rows)
+        got = moe_gemv(*args, config=down_cfg, shared=shared)
+        want = moe_gemv_ref(*args, shared=shared)
+        assert rel_err(got.cpu(), want.cpu()) < TOL[torch.float32], down_cfg
+
+
+def test_clamped_is_the_launch_of_triton_moe():
+    """MoeGemvConfig.clamped gives the blocks moe_gemv_triton launches: each at most the next power of two
+    of its axis."""
+    triton = pytest.importorskip("triton")
+    cfg = MoeGemvConfig(block_i=64, block_d_in=1024, block_d=32, block_i_in=2048, num_warps=8)
+    for d, i in [(137, 21), (2048, 512), (2688, 1856), (1, 1), (64, 33)]:
+        c = cfg.clamped(d, i)
+        p2 = triton.next_power_of_2
+        assert (c.block_i, c.block_d_in) == (min(64, p2(i)), min(1024, p2(d)))
+        assert (c.block_d, c.block_i_in) == (min(32, p2(d)), min(2048, p2(i)))
+        assert c.num_warps == 8
+
+
+def test_grid_holds_the_rule_and_sensible_tiles():
+    """The grid has the current rule's launches at the two benchmark shapes, and each launch keeps a
+    thread's share of the tile at 16-32 elements."""
+    for n, k, d, i in [(1, 8, 2048, 512), (4, 8, 2048, 512), (1, 6, 2688, 1856), (4, 6, 2688, 1856)]:
+        c = heuristic_gemv_config(n, k, d, i)
+        assert (c.block_i, c.block_d_in, c.num_warps) in LAUNCHES
+        assert (c.block_d, c.block_i_in, c.num_warps) in LAUNCHES
+    assert 20 <= len(LAUNCHES) <= 40 and len(set(LAUNCHES)) == len(LAUNCHES)
+    assert all(16 <= r * c // (32 * w) <= 32 for r, c, w in LAUNCHES)
+    base = MoeGemvConfig(block_i=4, block_d_in=512, block_d=8, block_i_in=256, num_warps=4)
+    assert {(c.block_d, c.block_i_in) for c in TUNE.up_stage(base)} == {(8, 256)}
+    down = TUNE.down_stage(base)
+    assert {(c.block_i, c.block_d_in, c.num_warps) for c in down} == {(4, 512, 4)}
+    assert len(down) == sum(w == 4 for *_, w in LAUNCHES)
+
+
+def test_sweep_runs_both_stages_on_the_kernel(dev):
+    """The two-stage sweep with the real kernel (check against the reference, wall-clock time) at a small
+    shape: every planned point runs, the down stage keeps the fastest up launch, the best is the
+    quickest point, and the printed table line names it."""
+    import time
+
+    n, k, d, i = 1, 2, 40, 24
+    args = inputs(n, k, 4, d, i, True, torch.float32, dev, seed=5)
+    want = moe_gemv_ref(*args)
+
+    def measure(cfg: MoeGemvConfig) -> dict:
+        t = time.perf_counter()
+        err = rel_err(moe_gemv(*args, config=cfg).cpu(), want.cpu())
+        return {"ok": err < TOL[torch.float32], "rel_err": err, "us": (time.perf_counter() - t) * 1e6}
+
+    first = [("default", heuristic_gemv_config(n, k, d, i))]
+    launch = lambda c: replace(c.clamped(d, i), num_warps=0)  # the interpreter ignores warps
+    res = TUNE.sweep(measure, first, launch if dev == "cpu" else (lambda c: c.clamped(d, i)), 1e12)
+    pts = res["points"]
+    assert res["complete"] and all(s["run"] == s["planned"] > 0 for s in res["stages"].values())
+    assert pts[0]["stage"] == "default" and all(p["ok"] for p in pts)
+    assert res["best"] == min(pts, key=lambda p: p["us"])
+    ups = [p for p in pts if p["stage"] in ("default", "up")]
+    top = min(ups, key=lambda p: p["us"])["config"]
+    for p in pts[len(ups) :]:
+        assert p["stage"] == "down"
+        assert [p["config"][f] for f in ("block_i", "block_d_in", "num_warps")] == [
+            top[f] for f in ("block_i", "block_d_in", "num_warps")
+        ]
+    keys = [launch(MoeGemvConfig(**p["config"])) for p in pts]
+    assert len(set(keys)) == len(keys)  # no launch timed twice
+    line = TUNE.table_entry((d, i, k, 1), res, "test card")
+    assert line.startswith(f"({d}, {i}, {k}, 1): MoeGemvConfig(block_i={res['best']['config']['block_i']},")
+    assert "test card" in line
+
+
+def test_batch_bucket():
+    assert [batch_bucket(n) for n in (0, 1, 2, 3, 4, 5, 8, 9)] == [1, 1, 2, 4, 4, 8, 8, 16]
+
+
+def test_table_entries_are_well_formed():
+    """Whatever the table holds (filled from a sweep's printed lines): positive shapes, a power-of-two
+    batch bucket, power-of-two blocks."""
+    pow2 = lambda v: v > 0 and v & (v - 1) == 0
+    for (d, i, k, bucket), cfg in GEMV_TUNED.items():
+        assert d > 0 and i > 0 and k > 0 and pow2(bucket)
+        assert isinstance(cfg, MoeGemvConfig)
+        assert all(
+            pow2(getattr(cfg, f)) for f in ("block_i", "block_d_in", "block_d", "block_i_in", "num_warps")
+        )
+
+
+def test_default_gemv_config_reads_the_table(dev, monkeypatch):
+    """An entry for a shape and batch bucket is what moe_gemv launches when no config is passed; without
+    one the rule's config is."""
+    import hybrid_agent.kernels.triton_moe as tm
+
+    n, k, e, d, i = 3, 2, 4, 40, 24
+    entry = MoeGemvConfig(block_i=2, block_d_in=32, block_d=8, block_i_in=16, num_warps=2)
+    assert default_gemv_config(n, k, d, i) == heuristic_gemv_config(n, k, d, i)  # no entry here
+    monkeypatch.setitem(GEMV_TUNED, (d, i, k, 4), entry)
+    assert default_gemv_config(n, k, d, i) == entry == default_gemv_config(4, k, d, i)
+    assert default_gemv_config(2, k, d, i) == heuristic_gemv_config(2, k, d, i)  # bucket 2: none
+    used = []
+    real = tm.moe_gemv_triton
+    monkeypatch.setattr(tm, "moe_gemv_triton", lambda *a: used.append(a[6]) or real(*a))
+    args = inputs(n, k, e, d, i, True, torch.float32, dev, seed=2)
+    got = moe_gemv(*args)
+    assert used == [entry]
+    assert rel_err(got.cpu(), moe_gemv_ref(*args).cpu()) < TOL[torch.float32]
+
+
+def test_bench_tune_smoke_writes_its_keys(tmp_path, monkeypatch):
+    """bench/gpu_moe.py --smoke --tune (tune alone, batch 1, no budget: each pair's default only) runs on
+    the CPU and writes the sweep's keys."""
+    if not interpreter_on():
+        pytest.skip("the in-process smoke run needs TRITON_INTERPRET=1 (tests/conftest.py on the CPU)")
+    monkeypatch.syspath_prepend(str(BENCH))
+    monkeypatch.setenv("HYBRID_AGENT_KERNELS", "triton")
+    import gpu_moe
+
+    out = tmp_path / "moe.json"
+    argv = [
+        "--smoke",
+        "--tune",
+        "--sections",
+        "",
+        "--batches",
+        "1",
+        "--tune-budget-s",
+        "0",
+        "--out",
+        str(out),
+    ]
+    gpu_moe.main(argv)
+    res = json.loads(out.read_text())
+    tune = res["tune"]
+    assert res["decode"] == [] and res["prefill"] == []
+    assert {"budget_s", "rep_ms", "launches", "rows", "complete", "seconds"} <= tune.keys()
+    assert tune["launches"] == [list(t) for t in LAUNCHES] and tune["complete"] is False
+    assert [(r["shape"], r["tokens"]) for r in tune["rows"]] == [(s, 1) for s in gpu_moe.SMOKE]
+    for r in tune["rows"]:
+        shape = gpu_moe.SMOKE[r["shape"]]
+        assert r["key"] == [shape["d"], shape["i"], shape["k"], 1]
+        assert {
+            "points",
+            "best",
+            "default",
+            "stages",
+            "speedup_vs_default",
+            "table_entry",
+            "with_shared",
+        } <= r.keys()
+        assert r["stages"]["up"]["run"] == 0 < r["stages"]["up"]["planned"] and not r["complete"]
+        assert r["points"][0]["stage"] == "default" and r["best"]["ok"] and r["best"]["rel_err"] < 2e-2
+        assert r["default"]["config"] == default_gemv_config(1, shape["k"], shape["d"], shape["i"]).__dict__
+        assert r["table_entry"].startswith(f"({shape['d']}, {shape['i']}, {shape['k']}, 1): MoeGemvConfig(")
+        assert r["with_shared"]["best"]["ok"]
+    with pytest.raises(SystemExit):
+        gpu_moe.parse_args(["--sections", "decode,bogus"])
+    with pytest.raises(SystemExit):
+        gpu_moe.parse_args(["--batches", "1,x"])
