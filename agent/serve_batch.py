@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from hybrid_agent.agent.serve_api import failure
 from hybrid_agent.agent.serve_rows import EngineRows, ModelRows, make_rows
+from hybrid_agent.agent.serve_scheduler import Outbox
 from hybrid_agent.model.state import ModelState, Page
 
 # The scheduler's `Scheduler`, `Job` and `Row` (agent/serve_scheduler.py, which imports this module).
@@ -48,6 +49,8 @@ class BatchLoop:
         self.rows: list[Row] = []
         self.next: list[int] = []  # each row's token, chosen and not yet fed
         self.batch: EngineRows | ModelRows | None = None  # where the rows' states are (agent/serve_rows.py)
+        self.outbox = Outbox()  # the rows' events, handed over once per step
+        self._builds: tuple[Any, int] = (None, 0)  # the batch and its `EngineRows.builds` as last counted
 
     def _release(self) -> None:
         self.s.release()
@@ -79,43 +82,74 @@ class BatchLoop:
         return self.batch
 
     def run(self) -> None:
+        self.warm()
         while True:
             jobs = self.s.next_jobs(len(self.rows))
             if jobs is None:
                 return
-            gone = [b for b, row in enumerate(self.rows) if row.job.cancelled.is_set()]
-            if gone:  # clients that went away: their rows leave
-                self._rows().leave(gone)
-                for _ in gone:
-                    self._release()
-                self.rows = [row for b, row in enumerate(self.rows) if b not in gone]
-                self.next = [tok for b, tok in enumerate(self.next) if b not in gone]
-            states: list[ModelState] = []
             for job in jobs:
-                if job.cancelled.is_set():
-                    self._release()
-                    continue
-                try:
-                    row = self.s.begin(job)
-                    first = row.sampler.choose(self.engine.last_logits)
-                    state = self.engine.state.clone()
-                except Exception as exc:  # this request fails, the others go on
-                    self._fail(job, exc)
-                    self._release()
-                    continue
-                self.rows.append(row)
-                self.next.append(first)
-                states.append(state)
+                job.outbox = self.outbox
             try:
-                if states:
-                    self._rows().join(states)
-                if self.rows:
-                    self._step()
-            except Exception as exc:  # a model error fails every running row; the server goes on
-                for row in self.rows:
-                    self._fail(row.job, exc)
-                    self._release()
-                self.rows, self.next, self.batch = [], [], None
+                self._iterate(jobs)
+            finally:
+                self.outbox.flush()
+
+    def warm(self) -> None:
+        """Before the first request: build the batch's buffers and run its step once on empty slots, so
+        that the one-time costs (allocation, kernel compiles, the CUDA graph's capture) are not paid
+        inside a request (agent/serve_rows.py `EngineRows.warm`)."""
+        try:
+            batch = self._rows()
+            t0 = time.perf_counter()
+            if batch.warm():
+                self.s.metrics.inc("warmup_seconds_total", time.perf_counter() - t0)
+        except Exception:  # the first request builds the batch again and reports what fails
+            self.batch = None
+        self._note_builds()
+
+    def _iterate(self, jobs: list[Job]) -> None:
+        gone = [b for b, row in enumerate(self.rows) if row.job.cancelled.is_set()]
+        if gone:  # clients that went away: their rows leave
+            self._rows().leave(gone)
+            for _ in gone:
+                self._release()
+            self.rows = [row for b, row in enumerate(self.rows) if b not in gone]
+            self.next = [tok for b, tok in enumerate(self.next) if b not in gone]
+        states: list[ModelState] = []
+        for job in jobs:
+            if job.cancelled.is_set():
+                self._release()
+                continue
+            try:
+                row = self.s.begin(job)
+                first = row.sampler.choose(self.engine.last_logits)
+                state = self.engine.state.clone()
+            except Exception as exc:  # this request fails, the others go on
+                self._fail(job, exc)
+                self._release()
+                continue
+            self.rows.append(row)
+            self.next.append(first)
+            states.append(state)
+        try:
+            if states:
+                self._rows().join(states)
+            if self.rows:
+                self._step()
+        except Exception as exc:  # a model error fails every running row; the server goes on
+            for row in self.rows:
+                self._fail(row.job, exc)
+                self._release()
+            self.rows, self.next, self.batch = [], [], None
+        self._note_builds()
+
+    def _note_builds(self) -> None:
+        """Count the batch buffers built since the last call (`EngineRows.builds`) as a metric."""
+        builds = getattr(self.batch, "builds", 0)
+        seen = self._builds[1] if self._builds[0] is self.batch else 0  # a new batch counts from 0
+        if builds > seen:
+            self.s.metrics.inc("batch_builds_total", builds - seen)
+        self._builds = (self.batch, builds)
 
     def _step(self) -> None:
         batch = self._rows()

@@ -48,6 +48,8 @@ class Metrics:
         "decode_steps_total": "batched decode steps",
         "decode_seconds_total": "time in batched decode steps",
         "batch_rows_total": "rows over all batched decode steps (divided by the steps: the mean batch)",
+        "batch_builds_total": "batch buffers built (at start-up, and again larger when a row outgrows them)",
+        "warmup_seconds_total": "time warming the batched step at start-up (before any request)",
     }
     GAUGES: ClassVar[dict[str, str]] = {
         "queue_depth": "admitted requests waiting for the engine",
@@ -111,10 +113,42 @@ class Job:
     ignore_eos: bool = False
     events: asyncio.Queue[tuple[str, Any]] = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    # Set by the batch loop: events wait here and go over in one hand-off per step (`Outbox`).
+    outbox: Outbox | None = None
 
     def emit(self, kind: str, data: Any) -> None:
+        if self.outbox is not None:
+            self.outbox.add(self, (kind, data))
+            return
         with contextlib.suppress(RuntimeError):  # the HTTP side's loop is gone: nobody is listening
             self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, data))
+
+
+def _deliver(items: list[tuple[Job, tuple[str, Any]]]) -> None:
+    for job, event in items:
+        job.events.put_nowait(event)
+
+
+class Outbox:
+    """Events of many jobs, handed to the HTTP side's loop in one call per `flush` instead of one per
+    event: a batched step makes one event per row, and each hand-off wakes the loop's thread (a write
+    to its self-pipe), which then competes with the model's thread for the interpreter. Each job's
+    events keep their order."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[Job, tuple[str, Any]]] = []
+
+    def add(self, job: Job, event: tuple[str, Any]) -> None:
+        self.items.append((job, event))
+
+    def flush(self) -> None:
+        items, self.items = self.items, []
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, tuple[str, Any]]]] = {}
+        for job, event in items:
+            by_loop.setdefault(job.loop, []).append((job, event))
+        for loop, group in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop is gone: nobody is listening
+                loop.call_soon_threadsafe(_deliver, group)
 
 
 class Scheduler:

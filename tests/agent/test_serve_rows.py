@@ -5,6 +5,7 @@ clients get exactly the answers they get one at a time, through the real server 
 from __future__ import annotations
 
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -49,3 +50,63 @@ def test_batched_answers_equal_solo_ones(engine: Any, tmp_path: Path, monkeypatc
         assert scheduler.batched and scheduler.peak_batch > 1
         assert scheduler.batch_path == ("engine" if path == "1" else "model")
     assert together == alone
+
+
+def _until(condition: Any, seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return bool(condition())
+
+
+def test_the_engine_batch_is_built_and_stepped_before_the_first_request(
+    engine: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HYBRID_AGENT_BATCH_ENGINE", "1")
+    with serving(engine, str(tmp_path / "warm.db"), max_concurrent=3, max_queue=3) as served:
+        # Start-up alone (no request yet) builds the slots and runs their step once.
+        assert _until(lambda: served.metric("warmup_seconds_total") > 0)
+        assert served.metric("batch_builds_total") == 1 and served.metric("decode_steps_total") == 0
+        assert served.app.state.scheduler.batch_path == "engine"
+        with ThreadPoolExecutor(3) as pool:
+            together = list(pool.map(lambda c: _conversation(served, c, 1, 3), range(3)))
+        # Short answers fit the warmed buffers: the requests' steps built (and captured) nothing more.
+        assert served.metric("batch_builds_total") == 1 and served.metric("decode_steps_total") > 0
+    with serving(engine, str(tmp_path / "solo.db"), max_concurrent=1) as solo:
+        assert solo.metric("warmup_seconds_total") == 0  # no batch, nothing to warm
+        assert together == [_conversation(solo, c, 1, 3) for c in range(3)]
+
+
+def test_the_outbox_hands_each_loop_its_jobs_events_in_order() -> None:
+    import asyncio
+    import threading
+
+    from hybrid_agent.agent.serve_sampling import Sampling
+    from hybrid_agent.agent.serve_scheduler import Job, Outbox
+
+    loops = [asyncio.new_event_loop() for _ in range(2)]
+    threads = [threading.Thread(target=lp.run_forever, daemon=True) for lp in loops]
+    for t in threads:
+        t.start()
+    try:
+        jobs = [Job([1], [], 4, Sampling(), None, loops[i % 2]) for i in range(3)]
+        outbox = Outbox()
+        for job in jobs:
+            job.outbox = outbox
+        for k in range(4):
+            for i, job in enumerate(jobs):
+                job.emit("delta", f"{i}:{k}")
+            if k == 1:
+                time.sleep(0.05)
+                assert all(job.events.empty() for job in jobs)  # nothing goes over before the flush
+            if k % 2:
+                outbox.flush()
+        assert outbox.items == []
+        for i, job in enumerate(jobs):
+            got = [asyncio.run_coroutine_threadsafe(job.events.get(), job.loop).result(5) for _ in range(4)]
+            assert got == [("delta", f"{i}:{k}") for k in range(4)]
+    finally:
+        for lp, t in zip(loops, threads, strict=True):
+            lp.call_soon_threadsafe(lp.stop)
+            t.join()
+            lp.close()
