@@ -120,6 +120,7 @@ class BatchLoop:
             if job.cancelled.is_set():
                 self._release()
                 continue
+            t0 = time.perf_counter()
             try:
                 row = self.s.begin(job)
                 first = row.sampler.choose(self.engine.last_logits)
@@ -128,6 +129,8 @@ class BatchLoop:
                 self._fail(job, exc)
                 self._release()
                 continue
+            finally:
+                self.s.metrics.inc("join_seconds_total", time.perf_counter() - t0)
             self.rows.append(row)
             self.next.append(first)
             states.append(state)

@@ -49,6 +49,7 @@ class Metrics:
         "decode_seconds_total": "time in batched decode steps",
         "batch_rows_total": "rows over all batched decode steps (divided by the steps: the mean batch)",
         "batch_builds_total": "batch buffers built (at start-up, and again larger when a row outgrows them)",
+        "join_seconds_total": "time admitting requests to the batch (restore, prefill, first token)",
         "warmup_seconds_total": "time warming the batched step at start-up (before any request)",
     }
     GAUGES: ClassVar[dict[str, str]] = {

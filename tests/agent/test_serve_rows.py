@@ -110,3 +110,23 @@ def test_the_outbox_hands_each_loop_its_jobs_events_in_order() -> None:
             lp.call_soon_threadsafe(lp.stop)
             t.join()
             lp.close()
+
+
+def test_the_serve_bench_warms_each_run_before_timing_it(
+    engine: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    monkeypatch.setenv("HYBRID_AGENT_BATCH_ENGINE", "auto")  # the bench sets it per run: restored after
+
+    bench = Path(__file__).resolve().parents[2] / "bench" / "gpu_serve.py"
+    spec = importlib.util.spec_from_file_location("gpu_serve_bench", bench)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    solo, batched = module.decode_section(engine, [2], 3, tmp_path, ["engine"])
+    assert (solo["path"], batched["path"]) == ("solo", "engine")
+    # The untimed round decoded as much as the timed one; the timed one built no buffers.
+    assert batched["warm_round_steps"] >= 3 and batched["server_warmup_s"] > 0
+    assert batched["builds_timed"] == 0 and batched["mean_batch"] > 1
+    assert solo["warm_round_steps"] == 0 and solo["join_s"] == 0  # one at a time: no batch
