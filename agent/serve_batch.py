@@ -3,6 +3,10 @@ one batch, admitting new ones and letting finished ones go between steps. The ba
 engine's per-row slots (one captured step for every mix of lengths) where the engine runs the model, else
 the model's own batched forward (model/batch.py); agent/serve_rows.py has both.
 
+A joining row's prompt ends in the batch: its last token (and a forced call's markup) is fed by the
+batch's step rather than by a forward of its own on the engine (`Scheduler.begin(defer=True)`), and its
+first token is chosen from that step's logits.
+
 One step: each row takes the token chosen for it (stop strings and tool calls end a row, as in
 agent/serve_scheduler.py's `Row.take`), the batch feeds all of them at once, and each row still going
 chooses its next token from its own logits (its own sampling parameters, agent/serve_sampling.py). A
@@ -13,13 +17,14 @@ answer's state is saved. A row whose client went away leaves at the next step.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from typing import Any
 
 import torch
 from hybrid_agent.agent.serve_api import failure
 from hybrid_agent.agent.serve_rows import EngineRows, ModelRows, make_rows
-from hybrid_agent.agent.serve_scheduler import Outbox
 from hybrid_agent.model.state import ModelState, Page
 
 # The scheduler's `Scheduler`, `Job` and `Row` (agent/serve_scheduler.py, which imports this module).
@@ -40,6 +45,33 @@ def _snapshotter(state: ModelState) -> Any:
         return recurrent, pages
 
     return snapshot
+
+
+def _deliver(items: list[tuple[Job, tuple[str, Any]]]) -> None:
+    for job, event in items:
+        job.events.put_nowait(event)
+
+
+class Outbox:
+    """Events of many jobs, handed to the HTTP side's loop in one call per `flush` instead of one per
+    event: a batched step makes one event per row, and each hand-off wakes the loop's thread (a write
+    to its self-pipe), which then competes with the model's thread for the interpreter. Each job's
+    events keep their order."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[Job, tuple[str, Any]]] = []
+
+    def add(self, job: Job, event: tuple[str, Any]) -> None:
+        self.items.append((job, event))
+
+    def flush(self) -> None:
+        items, self.items = self.items, []
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, tuple[str, Any]]]] = {}
+        for job, event in items:
+            by_loop.setdefault(job.loop, []).append((job, event))
+        for loop, group in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop is gone: nobody is listening
+                loop.call_soon_threadsafe(_deliver, group)
 
 
 class BatchLoop:
@@ -122,8 +154,11 @@ class BatchLoop:
                 continue
             t0 = time.perf_counter()
             try:
-                row = self.s.begin(job)
-                first = row.sampler.choose(self.engine.last_logits)
+                row = self.s.begin(job, defer=True)
+                if row.pending:  # the batch's step feeds the prompt's last token
+                    first, row.feeding = row.pending.pop(0), True
+                else:
+                    first = row.sampler.choose(self.engine.last_logits)
                 state = self.engine.state.clone()
             except Exception as exc:  # this request fails, the others go on
                 self._fail(job, exc)
@@ -156,7 +191,7 @@ class BatchLoop:
 
     def _step(self) -> None:
         batch = self._rows()
-        ended = [row.take(tok) for row, tok in zip(self.rows, self.next, strict=True)]
+        ended = [not row.feeding and row.take(tok) for row, tok in zip(self.rows, self.next, strict=True)]
         t0 = time.perf_counter()
         logits = batch.step(self.next)  # (B, V)
         if logits.is_cuda:
@@ -166,9 +201,18 @@ class BatchLoop:
         self.s.metrics.inc("decode_steps_total")
         self.s.metrics.inc("batch_rows_total", len(self.rows))
         leaving = [
-            b for b, row in enumerate(self.rows) if ended[b] or len(row.generated) >= row.job.max_new_tokens
+            b
+            for b, row in enumerate(self.rows)
+            if not row.feeding and (ended[b] or len(row.generated) >= row.job.max_new_tokens)
         ]
-        self._choose([b for b in range(len(self.rows)) if b not in leaving], logits)
+        choose = []
+        for b, row in enumerate(self.rows):
+            if row.pending:  # still feeding its prompt: its logits are not read
+                self.next[b] = row.pending.pop(0)
+            elif b not in leaving:
+                row.feeding = False
+                choose.append(b)
+        self._choose(choose, logits)
         if not leaving:
             return
         states = batch.leave(leaving)

@@ -114,8 +114,9 @@ class Job:
     ignore_eos: bool = False
     events: asyncio.Queue[tuple[str, Any]] = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
-    # Set by the batch loop: events wait here and go over in one hand-off per step (`Outbox`).
-    outbox: Outbox | None = None
+    # Set by the batch loop: events wait here and go over in one hand-off per step
+    # (agent/serve_batch.py `Outbox`).
+    outbox: Any = None
 
     def emit(self, kind: str, data: Any) -> None:
         if self.outbox is not None:
@@ -123,33 +124,6 @@ class Job:
             return
         with contextlib.suppress(RuntimeError):  # the HTTP side's loop is gone: nobody is listening
             self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, data))
-
-
-def _deliver(items: list[tuple[Job, tuple[str, Any]]]) -> None:
-    for job, event in items:
-        job.events.put_nowait(event)
-
-
-class Outbox:
-    """Events of many jobs, handed to the HTTP side's loop in one call per `flush` instead of one per
-    event: a batched step makes one event per row, and each hand-off wakes the loop's thread (a write
-    to its self-pipe), which then competes with the model's thread for the interpreter. Each job's
-    events keep their order."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[Job, tuple[str, Any]]] = []
-
-    def add(self, job: Job, event: tuple[str, Any]) -> None:
-        self.items.append((job, event))
-
-    def flush(self) -> None:
-        items, self.items = self.items, []
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, tuple[str, Any]]]] = {}
-        for job, event in items:
-            by_loop.setdefault(job.loop, []).append((job, event))
-        for loop, group in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # that loop is gone: nobody is listening
-                loop.call_soon_threadsafe(_deliver, group)
 
 
 class Scheduler:
@@ -267,9 +241,12 @@ class Scheduler:
         self.metrics.inc("state_saves_total")
         return self.prefix.put(self.prefix.digest(ids), len(ids), recurrent, pages, base)
 
-    def begin(self, job: Job) -> Row:
+    def begin(self, job: Job, defer: bool = False) -> Row:
         """Restore the longest saved prefix, prefill the rest of the prompt on the engine, save the
-        prompt's state; the engine's live state is then the row's, ready for its first token."""
+        prompt's state; the engine's live state is then the row's, ready for its first token.
+        `defer`: the prompt's last token (and a forced call's markup) are left in `row.pending` for the
+        batch's step to feed (each would otherwise cost a forward of its own here), unless the state
+        would then be empty."""
         from hybrid_agent.agent.stream import VisibleText
         from hybrid_agent.model.decode.sampling import SamplingParams
 
@@ -284,13 +261,20 @@ class Scheduler:
         if cached < last:
             eng.prefill(job.ids[cached:last])
             prompt_entry = self._save(job.ids[:last], base)
-        eng.prefill(job.ids[last:])
+        defer = defer and max(cached, last) > 0
         row = Row(job, cached, prompt_entry, eng.text_stream(), VisibleText(chat), chat, sampler,
                   StopText(job.sampling.stop))  # fmt: skip
+        if defer:
+            row.pending = list(job.ids[last:])
+        else:
+            eng.prefill(job.ids[last:])
         if job.forced is not None:  # tool_choice forces a call: the answer starts with its markup
             opening = forced_opening(job.forced)
             forced = Segment(((chat.tool_call_open, True), (opening, False))).encode(eng.tokenizer)
-            eng.prefill(forced)
+            if defer:
+                row.pending += forced
+            else:
+                eng.prefill(forced)
             row.generated += forced
             row.raw = "".join(row.stream.push(t) for t in forced)
             for tok in forced:
@@ -358,6 +342,9 @@ class Row:
     generated: list[int] = field(default_factory=list)
     finish: str = "length"
     logprobs_sent: int = 0
+    # Tokens of the prompt (and forced markup) not yet in the row's state: the batch feeds them first.
+    pending: list[int] = field(default_factory=list)
+    feeding: bool = False  # the row's token in the batch is one of those, not a generated one
 
     def emit_logprobs(self) -> None:
         """The logprobs of the tokens sampled since the last call (streaming sends them with the text)."""

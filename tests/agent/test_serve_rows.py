@@ -81,8 +81,9 @@ def test_the_outbox_hands_each_loop_its_jobs_events_in_order() -> None:
     import asyncio
     import threading
 
+    from hybrid_agent.agent.serve_batch import Outbox
     from hybrid_agent.agent.serve_sampling import Sampling
-    from hybrid_agent.agent.serve_scheduler import Job, Outbox
+    from hybrid_agent.agent.serve_scheduler import Job
 
     loops = [asyncio.new_event_loop() for _ in range(2)]
     threads = [threading.Thread(target=lp.run_forever, daemon=True) for lp in loops]
@@ -130,3 +131,34 @@ def test_the_serve_bench_warms_each_run_before_timing_it(
     assert batched["warm_round_steps"] >= 3 and batched["server_warmup_s"] > 0
     assert batched["builds_timed"] == 0 and batched["mean_batch"] > 1
     assert solo["warm_round_steps"] == 0 and solo["join_s"] == 0  # one at a time: no batch
+
+
+@pytest.mark.parametrize("path", ["1", "0"])
+def test_a_joining_rows_last_prompt_token_is_fed_by_the_batch(
+    engine: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    from test_serve import TOOLS
+
+    monkeypatch.setenv("HYBRID_AGENT_BATCH_ENGINE", path)
+    messages = [{"role": "user", "content": "List the files in src please."}]
+    forced = {"type": "function", "function": {"name": "list_files"}}
+    asks = [{}, {"tools": TOOLS, "tool_choice": forced}]  # plain; a forced call's markup fed too
+
+    def answers(served: Any) -> list[Any]:
+        out = []
+        for ask in asks:
+            before = served.metric("decode_steps_total")
+            reply = chat(served, messages, max_tokens=48, **ask)
+            message = reply.choices[0].message
+            calls = [(c.function.name, c.function.arguments) for c in message.tool_calls or ()]
+            out.append((reply.choices[0].message.content, calls, reply.usage.completion_tokens))
+            steps = served.metric("decode_steps_total") - before
+            if served.app.state.scheduler.batched:  # the prompt's last token, then each generated one
+                assert steps == reply.usage.completion_tokens + 1
+        return out
+
+    with serving(engine, str(tmp_path / "batch.db"), max_concurrent=2) as served:
+        together = answers(served)
+    with serving(engine, str(tmp_path / "solo.db"), max_concurrent=1) as solo:
+        assert together == answers(solo)
+    assert together[1][1] and together[1][1][0][0] == "list_files"
