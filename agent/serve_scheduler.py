@@ -10,9 +10,10 @@ next request of the conversation starts there.
 Up to `max_concurrent` requests decode together in one batch (agent/serve_batch.py; the decode
 engine's per-row slots or model/batch.py, agent/serve_rows.py: each row its own position, recurrent
 state and cache length; rows join and leave between steps), each prefilled alone on the engine when it
-joins; a model the batch cannot run (a window, MLA layers), or
-`max_concurrent` 1, runs one request at a time on the engine. `max_concurrent + max_queue` bounds how
-many are admitted (more get 429) and `queue_depth` is how many wait.
+joins but for its prompt's last token, which the batch's step feeds; a model the batch cannot run (a
+window, MLA layers), or `max_concurrent` 1, runs one request at a time on the engine.
+`max_concurrent + max_queue` bounds how many are admitted (more get 429) and `queue_depth` is how many
+wait.
 """
 
 from __future__ import annotations
