@@ -3,6 +3,10 @@ one batch, admitting new ones and letting finished ones go between steps. The ba
 engine's per-row slots (one captured step for every mix of lengths) where the engine runs the model, else
 the model's own batched forward (model/batch.py); agent/serve_rows.py has both.
 
+A joining row's prompt ends in the batch: its last token (and a forced call's markup) is fed by the
+batch's step rather than by a forward of its own on the engine (`Scheduler.begin(defer=True)`), and its
+first token is chosen from that step's logits.
+
 One step: each row takes the token chosen for it (stop strings and tool calls end a row, as in
 agent/serve_scheduler.py's `Row.take`), the batch feeds all of them at once, and each row still going
 chooses its next token from its own logits (its own sampling parameters, agent/serve_sampling.py). A
@@ -13,6 +17,8 @@ answer's state is saved. A row whose client went away leaves at the next step.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -41,6 +47,33 @@ def _snapshotter(state: ModelState) -> Any:
     return snapshot
 
 
+def _deliver(items: list[tuple[Job, tuple[str, Any]]]) -> None:
+    for job, event in items:
+        job.events.put_nowait(event)
+
+
+class Outbox:
+    """Events of many jobs, handed to the HTTP side's loop in one call per `flush` instead of one per
+    event: a batched step makes one event per row, and each hand-off wakes the loop's thread (a write
+    to its self-pipe), which then competes with the model's thread for the interpreter. Each job's
+    events keep their order."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[Job, tuple[str, Any]]] = []
+
+    def add(self, job: Job, event: tuple[str, Any]) -> None:
+        self.items.append((job, event))
+
+    def flush(self) -> None:
+        items, self.items = self.items, []
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, tuple[str, Any]]]] = {}
+        for job, event in items:
+            by_loop.setdefault(job.loop, []).append((job, event))
+        for loop, group in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop is gone: nobody is listening
+                loop.call_soon_threadsafe(_deliver, group)
+
+
 class BatchLoop:
     def __init__(self, scheduler: Scheduler) -> None:
         self.s = scheduler
@@ -48,6 +81,8 @@ class BatchLoop:
         self.rows: list[Row] = []
         self.next: list[int] = []  # each row's token, chosen and not yet fed
         self.batch: EngineRows | ModelRows | None = None  # where the rows' states are (agent/serve_rows.py)
+        self.outbox = Outbox()  # the rows' events, handed over once per step
+        self._builds: tuple[Any, int] = (None, 0)  # the batch and its `EngineRows.builds` as last counted
 
     def _release(self) -> None:
         self.s.release()
@@ -79,47 +114,84 @@ class BatchLoop:
         return self.batch
 
     def run(self) -> None:
+        self.warm()
         while True:
             jobs = self.s.next_jobs(len(self.rows))
             if jobs is None:
                 return
-            gone = [b for b, row in enumerate(self.rows) if row.job.cancelled.is_set()]
-            if gone:  # clients that went away: their rows leave
-                self._rows().leave(gone)
-                for _ in gone:
-                    self._release()
-                self.rows = [row for b, row in enumerate(self.rows) if b not in gone]
-                self.next = [tok for b, tok in enumerate(self.next) if b not in gone]
-            states: list[ModelState] = []
             for job in jobs:
-                if job.cancelled.is_set():
-                    self._release()
-                    continue
-                try:
-                    row = self.s.begin(job)
-                    first = row.sampler.choose(self.engine.last_logits)
-                    state = self.engine.state.clone()
-                except Exception as exc:  # this request fails, the others go on
-                    self._fail(job, exc)
-                    self._release()
-                    continue
-                self.rows.append(row)
-                self.next.append(first)
-                states.append(state)
+                job.outbox = self.outbox
             try:
-                if states:
-                    self._rows().join(states)
-                if self.rows:
-                    self._step()
-            except Exception as exc:  # a model error fails every running row; the server goes on
-                for row in self.rows:
-                    self._fail(row.job, exc)
-                    self._release()
-                self.rows, self.next, self.batch = [], [], None
+                self._iterate(jobs)
+            finally:
+                self.outbox.flush()
+
+    def warm(self) -> None:
+        """Before the first request: build the batch's buffers and run its step once on empty slots, so
+        that the one-time costs (allocation, kernel compiles, the CUDA graph's capture) are not paid
+        inside a request (agent/serve_rows.py `EngineRows.warm`)."""
+        try:
+            batch = self._rows()
+            t0 = time.perf_counter()
+            if batch.warm():
+                self.s.metrics.inc("warmup_seconds_total", time.perf_counter() - t0)
+        except Exception:  # the first request builds the batch again and reports what fails
+            self.batch = None
+        self._note_builds()
+
+    def _iterate(self, jobs: list[Job]) -> None:
+        gone = [b for b, row in enumerate(self.rows) if row.job.cancelled.is_set()]
+        if gone:  # clients that went away: their rows leave
+            self._rows().leave(gone)
+            for _ in gone:
+                self._release()
+            self.rows = [row for b, row in enumerate(self.rows) if b not in gone]
+            self.next = [tok for b, tok in enumerate(self.next) if b not in gone]
+        states: list[ModelState] = []
+        for job in jobs:
+            if job.cancelled.is_set():
+                self._release()
+                continue
+            t0 = time.perf_counter()
+            try:
+                row = self.s.begin(job, defer=True)
+                if row.pending:  # the batch's step feeds the prompt's last token
+                    first, row.feeding = row.pending.pop(0), True
+                else:
+                    first = row.sampler.choose(self.engine.last_logits)
+                state = self.engine.state.clone()
+            except Exception as exc:  # this request fails, the others go on
+                self._fail(job, exc)
+                self._release()
+                continue
+            finally:
+                self.s.metrics.inc("join_seconds_total", time.perf_counter() - t0)
+            self.rows.append(row)
+            self.next.append(first)
+            states.append(state)
+        try:
+            if states:
+                self._rows().join(states)
+            if self.rows:
+                self._step()
+        except Exception as exc:  # a model error fails every running row; the server goes on
+            for row in self.rows:
+                self._fail(row.job, exc)
+                self._release()
+            self.rows, self.next, self.batch = [], [], None
+        self._note_builds()
+
+    def _note_builds(self) -> None:
+        """Count the batch buffers built since the last call (`EngineRows.builds`) as a metric."""
+        builds = getattr(self.batch, "builds", 0)
+        seen = self._builds[1] if self._builds[0] is self.batch else 0  # a new batch counts from 0
+        if builds > seen:
+            self.s.metrics.inc("batch_builds_total", builds - seen)
+        self._builds = (self.batch, builds)
 
     def _step(self) -> None:
         batch = self._rows()
-        ended = [row.take(tok) for row, tok in zip(self.rows, self.next, strict=True)]
+        ended = [not row.feeding and row.take(tok) for row, tok in zip(self.rows, self.next, strict=True)]
         t0 = time.perf_counter()
         logits = batch.step(self.next)  # (B, V)
         if logits.is_cuda:
@@ -129,9 +201,18 @@ class BatchLoop:
         self.s.metrics.inc("decode_steps_total")
         self.s.metrics.inc("batch_rows_total", len(self.rows))
         leaving = [
-            b for b, row in enumerate(self.rows) if ended[b] or len(row.generated) >= row.job.max_new_tokens
+            b
+            for b, row in enumerate(self.rows)
+            if not row.feeding and (ended[b] or len(row.generated) >= row.job.max_new_tokens)
         ]
-        self._choose([b for b in range(len(self.rows)) if b not in leaving], logits)
+        choose = []
+        for b, row in enumerate(self.rows):
+            if row.pending:  # still feeding its prompt: its logits are not read
+                self.next[b] = row.pending.pop(0)
+            elif b not in leaving:
+                row.feeding = False
+                choose.append(b)
+        self._choose(choose, logits)
         if not leaving:
             return
         states = batch.leave(leaving)

@@ -57,6 +57,10 @@ class ModelRows:
         assert self.batch is not None
         return self.batch.step(self.model, tokens)
 
+    def warm(self) -> bool:
+        """Nothing to build ahead: the batch is packed from its rows at each join. False: not warmed."""
+        return False
+
 
 class EngineRows:
     """The decode engine's per-row slots (see the module doc)."""
@@ -67,6 +71,7 @@ class EngineRows:
         self.model, self.slots, self.vocab_size = model, slots, vocab_size
         self.min_context = min_context
         self.order: list[int] = []  # the slot of each row, in join order
+        self.builds = 0  # buffers built so far (each build captures its step again on CUDA)
         self.engine = self._build(min_context)
 
     def _build(self, need: int) -> Any:
@@ -74,6 +79,7 @@ class EngineRows:
 
         size = max(self.min_context, need + need // 2)
         size = -(-size // _BLOCK) * _BLOCK
+        self.builds += 1
         return DecodeEngine(self.model, max_context=size, batch_size=self.slots, per_row=True,
                             vocab_size=self.vocab_size)  # fmt: skip
 
@@ -114,6 +120,19 @@ class EngineRows:
             feed[b] = tok
         logits = eng.step(torch.tensor(feed, dtype=torch.long, device=eng.device))  # (slots, V)
         return logits[torch.tensor(self.order, device=eng.device)]  # (rows, V), join order
+
+    def warm(self) -> bool:
+        """One step on the empty slots (their outputs are never read; each is cleared after), so that
+        the first request's step replays a captured graph instead of compiling and capturing one."""
+        if self.order:
+            return False
+        eng = self.engine
+        eng.step(torch.zeros(self.slots, dtype=torch.long, device=eng.device))
+        if eng.device.type == "cuda":
+            torch.cuda.synchronize(eng.device)
+        for b in range(self.slots):
+            eng.clear_row(b)
+        return True
 
 
 def make_rows(engine: Any, slots: int) -> EngineRows | ModelRows:

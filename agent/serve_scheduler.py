@@ -10,9 +10,10 @@ next request of the conversation starts there.
 Up to `max_concurrent` requests decode together in one batch (agent/serve_batch.py; the decode
 engine's per-row slots or model/batch.py, agent/serve_rows.py: each row its own position, recurrent
 state and cache length; rows join and leave between steps), each prefilled alone on the engine when it
-joins; a model the batch cannot run (a window, MLA layers), or
-`max_concurrent` 1, runs one request at a time on the engine. `max_concurrent + max_queue` bounds how
-many are admitted (more get 429) and `queue_depth` is how many wait.
+joins but for its prompt's last token, which the batch's step feeds; a model the batch cannot run (a
+window, MLA layers), or `max_concurrent` 1, runs one request at a time on the engine.
+`max_concurrent + max_queue` bounds how many are admitted (more get 429) and `queue_depth` is how many
+wait.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ class Metrics:
         "decode_steps_total": "batched decode steps",
         "decode_seconds_total": "time in batched decode steps",
         "batch_rows_total": "rows over all batched decode steps (divided by the steps: the mean batch)",
+        "batch_builds_total": "batch buffers built (at start-up, and again larger when a row outgrows them)",
+        "join_seconds_total": "time admitting requests to the batch (restore, prefill, first token)",
+        "warmup_seconds_total": "time warming the batched step at start-up (before any request)",
     }
     GAUGES: ClassVar[dict[str, str]] = {
         "queue_depth": "admitted requests waiting for the engine",
@@ -111,8 +115,14 @@ class Job:
     ignore_eos: bool = False
     events: asyncio.Queue[tuple[str, Any]] = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    # Set by the batch loop: events wait here and go over in one hand-off per step
+    # (agent/serve_batch.py `Outbox`).
+    outbox: Any = None
 
     def emit(self, kind: str, data: Any) -> None:
+        if self.outbox is not None:
+            self.outbox.add(self, (kind, data))
+            return
         with contextlib.suppress(RuntimeError):  # the HTTP side's loop is gone: nobody is listening
             self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, data))
 
@@ -232,9 +242,12 @@ class Scheduler:
         self.metrics.inc("state_saves_total")
         return self.prefix.put(self.prefix.digest(ids), len(ids), recurrent, pages, base)
 
-    def begin(self, job: Job) -> Row:
+    def begin(self, job: Job, defer: bool = False) -> Row:
         """Restore the longest saved prefix, prefill the rest of the prompt on the engine, save the
-        prompt's state; the engine's live state is then the row's, ready for its first token."""
+        prompt's state; the engine's live state is then the row's, ready for its first token.
+        `defer`: the prompt's last token (and a forced call's markup) are left in `row.pending` for the
+        batch's step to feed (each would otherwise cost a forward of its own here), unless the state
+        would then be empty."""
         from hybrid_agent.agent.stream import VisibleText
         from hybrid_agent.model.decode.sampling import SamplingParams
 
@@ -249,13 +262,20 @@ class Scheduler:
         if cached < last:
             eng.prefill(job.ids[cached:last])
             prompt_entry = self._save(job.ids[:last], base)
-        eng.prefill(job.ids[last:])
+        defer = defer and max(cached, last) > 0
         row = Row(job, cached, prompt_entry, eng.text_stream(), VisibleText(chat), chat, sampler,
                   StopText(job.sampling.stop))  # fmt: skip
+        if defer:
+            row.pending = list(job.ids[last:])
+        else:
+            eng.prefill(job.ids[last:])
         if job.forced is not None:  # tool_choice forces a call: the answer starts with its markup
             opening = forced_opening(job.forced)
             forced = Segment(((chat.tool_call_open, True), (opening, False))).encode(eng.tokenizer)
-            eng.prefill(forced)
+            if defer:
+                row.pending += forced
+            else:
+                eng.prefill(forced)
             row.generated += forced
             row.raw = "".join(row.stream.push(t) for t in forced)
             for tok in forced:
@@ -323,6 +343,9 @@ class Row:
     generated: list[int] = field(default_factory=list)
     finish: str = "length"
     logprobs_sent: int = 0
+    # Tokens of the prompt (and forced markup) not yet in the row's state: the batch feeds them first.
+    pending: list[int] = field(default_factory=list)
+    feeding: bool = False  # the row's token in the batch is one of those, not a generated one
 
     def emit_logprobs(self) -> None:
         """The logprobs of the tokens sampled since the last call (streaming sends them with the text)."""

@@ -5,6 +5,7 @@ clients get exactly the answers they get one at a time, through the real server 
 from __future__ import annotations
 
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -49,3 +50,115 @@ def test_batched_answers_equal_solo_ones(engine: Any, tmp_path: Path, monkeypatc
         assert scheduler.batched and scheduler.peak_batch > 1
         assert scheduler.batch_path == ("engine" if path == "1" else "model")
     assert together == alone
+
+
+def _until(condition: Any, seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return bool(condition())
+
+
+def test_the_engine_batch_is_built_and_stepped_before_the_first_request(
+    engine: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HYBRID_AGENT_BATCH_ENGINE", "1")
+    with serving(engine, str(tmp_path / "warm.db"), max_concurrent=3, max_queue=3) as served:
+        # Start-up alone (no request yet) builds the slots and runs their step once.
+        assert _until(lambda: served.metric("warmup_seconds_total") > 0)
+        assert served.metric("batch_builds_total") == 1 and served.metric("decode_steps_total") == 0
+        assert served.app.state.scheduler.batch_path == "engine"
+        with ThreadPoolExecutor(3) as pool:
+            together = list(pool.map(lambda c: _conversation(served, c, 1, 3), range(3)))
+        # Short answers fit the warmed buffers: the requests' steps built (and captured) nothing more.
+        assert served.metric("batch_builds_total") == 1 and served.metric("decode_steps_total") > 0
+    with serving(engine, str(tmp_path / "solo.db"), max_concurrent=1) as solo:
+        assert solo.metric("warmup_seconds_total") == 0  # no batch, nothing to warm
+        assert together == [_conversation(solo, c, 1, 3) for c in range(3)]
+
+
+def test_the_outbox_hands_each_loop_its_jobs_events_in_order() -> None:
+    import asyncio
+    import threading
+
+    from hybrid_agent.agent.serve_batch import Outbox
+    from hybrid_agent.agent.serve_sampling import Sampling
+    from hybrid_agent.agent.serve_scheduler import Job
+
+    loops = [asyncio.new_event_loop() for _ in range(2)]
+    threads = [threading.Thread(target=lp.run_forever, daemon=True) for lp in loops]
+    for t in threads:
+        t.start()
+    try:
+        jobs = [Job([1], [], 4, Sampling(), None, loops[i % 2]) for i in range(3)]
+        outbox = Outbox()
+        for job in jobs:
+            job.outbox = outbox
+        for k in range(4):
+            for i, job in enumerate(jobs):
+                job.emit("delta", f"{i}:{k}")
+            if k == 1:
+                time.sleep(0.05)
+                assert all(job.events.empty() for job in jobs)  # nothing goes over before the flush
+            if k % 2:
+                outbox.flush()
+        assert outbox.items == []
+        for i, job in enumerate(jobs):
+            got = [asyncio.run_coroutine_threadsafe(job.events.get(), job.loop).result(5) for _ in range(4)]
+            assert got == [("delta", f"{i}:{k}") for k in range(4)]
+    finally:
+        for lp, t in zip(loops, threads, strict=True):
+            lp.call_soon_threadsafe(lp.stop)
+            t.join()
+            lp.close()
+
+
+def test_the_serve_bench_warms_each_run_before_timing_it(
+    engine: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    monkeypatch.setenv("HYBRID_AGENT_BATCH_ENGINE", "auto")  # the bench sets it per run: restored after
+
+    bench = Path(__file__).resolve().parents[2] / "bench" / "gpu_serve.py"
+    spec = importlib.util.spec_from_file_location("gpu_serve_bench", bench)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    solo, batched = module.decode_section(engine, [2], 3, tmp_path, ["engine"])
+    assert (solo["path"], batched["path"]) == ("solo", "engine")
+    # The untimed round decoded as much as the timed one; the timed one built no buffers.
+    assert batched["warm_round_steps"] >= 3 and batched["server_warmup_s"] > 0
+    assert batched["builds_timed"] == 0 and batched["mean_batch"] > 1
+    assert solo["warm_round_steps"] == 0 and solo["join_s"] == 0  # one at a time: no batch
+
+
+@pytest.mark.parametrize("path", ["1", "0"])
+def test_a_joining_rows_last_prompt_token_is_fed_by_the_batch(
+    engine: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    from test_serve import TOOLS
+
+    monkeypatch.setenv("HYBRID_AGENT_BATCH_ENGINE", path)
+    messages = [{"role": "user", "content": "List the files in src please."}]
+    forced = {"type": "function", "function": {"name": "list_files"}}
+    asks = [{}, {"tools": TOOLS, "tool_choice": forced}]  # plain; a forced call's markup fed too
+
+    def answers(served: Any) -> list[Any]:
+        out = []
+        for ask in asks:
+            before = served.metric("decode_steps_total")
+            reply = chat(served, messages, max_tokens=48, **ask)
+            message = reply.choices[0].message
+            calls = [(c.function.name, c.function.arguments) for c in message.tool_calls or ()]
+            out.append((reply.choices[0].message.content, calls, reply.usage.completion_tokens))
+            steps = served.metric("decode_steps_total") - before
+            if served.app.state.scheduler.batched:  # the prompt's last token, then each generated one
+                assert steps == reply.usage.completion_tokens + 1
+        return out
+
+    with serving(engine, str(tmp_path / "batch.db"), max_concurrent=2) as served:
+        together = answers(served)
+    with serving(engine, str(tmp_path / "solo.db"), max_concurrent=1) as solo:
+        assert together == answers(solo)
+    assert together[1][1] and together[1][1][0][0] == "list_files"
