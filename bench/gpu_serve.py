@@ -161,7 +161,11 @@ def decode_section(
 
 def returning_section(engine: Any, context: int, tmp: Path) -> dict[str, Any]:
     name = engine.model_name
-    words = max(1, context // 2)  # about 2 tokens a word in "word N"
+    # Words of "wN" cost a tokenizer-dependent number of tokens each: measure it on a sample, so the
+    # history is about `context` tokens whatever the checkpoint's tokenizer.
+    sample = " ".join(f"w{i % 97}" for i in range(970))
+    per_word = max(1e-3, len(engine.tokenizer.encode(sample)) / 970)
+    words = max(1, int(context / per_word))
     text = " ".join(f"w{i % 97}" for i in range(words))
     first = [{"role": "user", "content": text}]
     opts = {"max_prompt_tokens": 4 * context + 4096, "memory_tier_bytes": 1 << 40, "max_concurrent": 1}
