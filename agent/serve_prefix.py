@@ -10,7 +10,9 @@ Design choices:
 - Saves land in memory at once and reach the database on one writer thread, in order, so a state that
   continues another is written after it and stored as the next turn of its session (only its new
   cache pages). `flush` waits for every write: a graceful shutdown calls it, so reuse survives a restart.
-- The memory tier's tensors are never handed out to be changed: a restore gets clones.
+- The memory tier's tensors are never handed out to be changed: a restore reads them straight into the
+  engine's own state (`Engine.restore` copies and keeps no reference), with no clone of the whole
+  state first.
 - Retention (memory/prefix_retention.py): every state found is marked used in the database, and after
   each write (and once at start) the writer thread deletes the states unused for `ttl_seconds` and the
   least recently used ones beyond `max_bytes`. A state evicted there is a miss (a fresh prefill); one
@@ -53,12 +55,6 @@ class Entry:
     def nbytes(self) -> int:
         tensors = [*self.recurrent.values(), *(t for p in self.pages for t in p.tensors.values())]
         return sum(t.numel() * t.element_size() for t in tensors)
-
-    def clone(self) -> tuple[dict[str, Tensor], list[Page]]:
-        return (
-            {k: v.clone() for k, v in self.recurrent.items()},
-            [Page(p.start, p.end, {k: v.clone() for k, v in p.tensors.items()}) for p in self.pages],
-        )
 
 
 @dataclass(frozen=True)

@@ -217,8 +217,8 @@ class Scheduler:
             return None, 0
         t0 = time.perf_counter()
         eng.reset()
-        recurrent, pages = hit.entry.clone()
-        eng.restore(recurrent, pages)
+        # No clone of the whole state first: `restore` only reads the tensors (agent/engine.py).
+        eng.restore(hit.entry.recurrent, hit.entry.pages)
         self.metrics.inc("state_hits_total", tier=hit.source)
         self.metrics.inc("restore_seconds_total", hit.seconds + time.perf_counter() - t0)
         return hit.entry, hit.entry.n_tokens
