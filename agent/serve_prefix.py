@@ -22,8 +22,11 @@ Design choices:
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import logging
+import os
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -38,6 +41,15 @@ from hybrid_agent.model.state import Page
 from torch import Tensor
 
 log = logging.getLogger("hybrid_agent.serve")
+
+
+def _yielding() -> None:
+    """The writer thread runs below the model's thread: a multi-GB save (serialise, digest, insert)
+    must not slow the restore and prefill of the request being answered. Linux only, where the nice
+    value is per thread (elsewhere it would lower the whole process)."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, 0, 10)
 
 
 @dataclass
@@ -85,7 +97,7 @@ class PrefixCache:
         self._mem_used = 0
         self._lock = threading.Lock()
         self._writer = concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix="hybrid-agent-prefix-writer"
+            1, thread_name_prefix="hybrid-agent-prefix-writer", initializer=_yielding
         )
         self.write_errors = 0
         self.max_bytes, self.ttl_seconds = max_bytes, ttl_seconds

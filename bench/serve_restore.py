@@ -12,7 +12,9 @@ them. In one run, alternating, the median of `--repeats`:
 - memory, the previous code: the same with the clone of the whole entry before the restore
   (`Entry.clone()`, removed);
 - database: `Scheduler._restore` on a fresh `PrefixCache` over the same store (the state is read,
-  verified, and then joins the memory tier; each repeat starts from a fresh cache).
+  verified, and then joins the memory tier; each repeat starts from a fresh cache);
+- memory (and the previous code) while the server's writer thread saves another state as large
+  into the database, as after an answer in bench/gpu_serve.py's returning conversation.
 Check: the restored engine's state equals the saved one, bit for bit, from each path.
 """
 
@@ -121,6 +123,19 @@ def main() -> None:
                 fn()  # type: ignore[no-untyped-call]
                 runs[name].append(time.perf_counter() - t)
                 exact[name] = exact.get(name, True) and equal_state(eng, rec, pages[0])
+        # As in bench/gpu_serve.py's returning conversation: the state restored while the writer
+        # thread still saves another one as large (the answer before it) into the database.
+        for k in range(args.repeats):
+            for name, fn in (("memory_during_write", lambda: held._restore(job)),
+                             ("memory_previous_during_write", previous)):  # fmt: skip
+                other = Page(0, n, {key: v + 1 + k if v.is_floating_point() else v
+                                    for key, v in pages[0].tensors.items()})  # fmt: skip
+                warm.put(warm.digest([*ids[:n], k, len(name)]), n, rec, [other], None)
+                t = time.perf_counter()
+                fn()  # type: ignore[no-untyped-call]
+                runs.setdefault(name, []).append(time.perf_counter() - t)
+                exact[name] = exact.get(name, True) and equal_state(eng, rec, pages[0])
+                warm.flush()
         warm.close()
         store.close()
     res["runs_s"] = runs
