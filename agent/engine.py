@@ -114,7 +114,8 @@ class Engine(Protocol):
 
     def next_token(self) -> int: ...
     def snapshot(self, since: int) -> tuple[dict[str, Tensor], list[Page]]:
-        """The recurrent tensors (whole) and the cache pages for tokens [since, n_tokens)."""
+        """The recurrent tensors (whole) and the cache pages for tokens [since, n_tokens), as CPU
+        copies that share no memory with the live state (the serve memory tier keeps them as they are)."""
         ...
 
     def mark_saved(self) -> None:
@@ -301,6 +302,7 @@ class ModelEngine:
         return int(sample(self._logits, self.sampling, self._generator, vocab_size=self._vocab_size)[0])
 
     def snapshot(self, since: int) -> tuple[dict[str, Tensor], list[Page]]:
+        # Fresh tensors on any device: recurrent_tensors() clones and cache_range() gathers.
         recurrent = {k: v.detach().cpu() for k, v in self.state.recurrent_tensors().items()}
         end = self.n_tokens
         pages = []

@@ -226,9 +226,8 @@ class Scheduler:
     def _save(self, ids: list[int], base: Entry | None, snapshot: Snapshotter | None = None) -> Entry:
         """Save the state holding `ids` (the engine's live one, or `snapshot`'s) as continuing `base`
         (whose pages are not copied)."""
+        # Snapshots are copies already (`Engine.snapshot`): on a GPU no second host copy of the state.
         recurrent, pages = (snapshot or self.engine.snapshot)(0 if base is None else base.n_tokens)
-        recurrent = {k: v.clone() for k, v in recurrent.items()}  # the live state changes on
-        pages = [Page(p.start, p.end, {k: v.clone() for k, v in p.tensors.items()}) for p in pages]
         self.metrics.inc("state_saves_total")
         return self.prefix.put(self.prefix.digest(ids), len(ids), recurrent, pages, base)
 

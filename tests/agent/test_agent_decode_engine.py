@@ -216,9 +216,7 @@ def test_restore_reads_the_given_tensors_and_keeps_no_reference(lm: HybridLM, on
     prompt = torch.randint(0, CFG.vocab_size, (40,)).tolist()
     live = engine(lm, on=on)
     live.prefill(prompt)
-    rec, pages = live.snapshot(0)
-    rec = {k: v.clone() for k, v in rec.items()}
-    pages = [Page(p.start, p.end, {k: v.clone() for k, v in p.tensors.items()}) for p in pages]
+    rec, pages = live.snapshot(0)  # copies: the live state's decoding below must not change them
     kept = (
         {k: v.clone() for k, v in rec.items()},
         [{k: v.clone() for k, v in p.tensors.items()} for p in pages],
