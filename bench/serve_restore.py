@@ -85,7 +85,7 @@ def main() -> None:
     pages = [Page(0, n, stretched(small[0].tensors, t_small, n, gen))]
     ids = [i % 250 + 1 for i in range(n + 1)]
     job = SimpleNamespace(ids=ids, boundaries=[n])
-    res: dict[str, Any] = {"what": __doc__.splitlines()[0], "tokens": n}
+    res: dict[str, Any] = {"what": " ".join(__doc__.split("\n\n")[0].split()), "tokens": n}
     res.update(cpu_threads=torch.get_num_threads(), load_avg_start=os.getloadavg())
 
     def cache(store: Store) -> PrefixCache:
