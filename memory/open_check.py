@@ -60,6 +60,8 @@ class OpenCheck:
 
     def result(self) -> str | None:
         """What quick_check found wrong (None: intact); raises the error the check raised."""
+        if not self._done.is_set() and not self._thread.is_alive():  # a forked child: no thread there
+            self._run()
         self._done.wait()
         if self._error is not None:
             raise self._error
