@@ -114,14 +114,18 @@ class Engine(Protocol):
 
     def next_token(self) -> int: ...
     def snapshot(self, since: int) -> tuple[dict[str, Tensor], list[Page]]:
-        """The recurrent tensors (whole) and the cache pages for tokens [since, n_tokens)."""
+        """The recurrent tensors (whole) and the cache pages for tokens [since, n_tokens), as CPU
+        copies that share no memory with the live state (the serve memory tier keeps them as they are)."""
         ...
 
     def mark_saved(self) -> None:
         """The state up to now is in the database: tokens before it may leave memory."""
         ...
 
-    def restore(self, recurrent: dict[str, Tensor], pages: Sequence[Page]) -> None: ...
+    def restore(self, recurrent: dict[str, Tensor], pages: Sequence[Page]) -> None:
+        """Rebuild the state from a snapshot. The given tensors are only read: the engine copies them
+        into its own state and keeps no reference (the serve memory tier hands over its own tensors)."""
+        ...
 
     # Optional (the loop looks them up with getattr): `sampler_state() -> str | None`,
     # `set_sampler_state(s)`, `layout_metadata() -> dict[str, str]`, how each state tensor is laid
@@ -298,6 +302,7 @@ class ModelEngine:
         return int(sample(self._logits, self.sampling, self._generator, vocab_size=self._vocab_size)[0])
 
     def snapshot(self, since: int) -> tuple[dict[str, Tensor], list[Page]]:
+        # Fresh tensors on any device: recurrent_tensors() clones and cache_range() gathers.
         recurrent = {k: v.detach().cpu() for k, v in self.state.recurrent_tensors().items()}
         end = self.n_tokens
         pages = []
@@ -320,7 +325,8 @@ class ModelEngine:
         On the DecodeEngine the tensors go straight into its buffers from wherever they are (the store
         puts them on the GPU when the model is there): no state is assembled first, so no concatenated
         or moved copy of the cache exists beside the buffers. On the model's own path the tensors go
-        to the model's device first, so reassembling the pages runs there, not in host memory."""
+        to the model's device first, so reassembling the pages runs there, not in host memory (and
+        `from_parts` builds new tensors: the state never aliases the given ones)."""
         from hybrid_agent.model import ModelState
 
         if self._on_decoder:

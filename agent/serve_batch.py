@@ -32,7 +32,8 @@ Scheduler = Job = Row = Any
 
 
 def _snapshotter(state: ModelState) -> Any:
-    """`ModelEngine.snapshot` for a row's own state: recurrent tensors and the cache pages since."""
+    """`ModelEngine.snapshot` for a row's own state: recurrent tensors and the cache pages since, as
+    CPU copies (recurrent_tensors() clones and cache_range() gathers: never views of the live state)."""
 
     def snapshot(since: int) -> tuple[dict[str, torch.Tensor], list[Page]]:
         recurrent = {k: v.detach().cpu() for k, v in state.recurrent_tensors().items()}

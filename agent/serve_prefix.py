@@ -10,7 +10,9 @@ Design choices:
 - Saves land in memory at once and reach the database on one writer thread, in order, so a state that
   continues another is written after it and stored as the next turn of its session (only its new
   cache pages). `flush` waits for every write: a graceful shutdown calls it, so reuse survives a restart.
-- The memory tier's tensors are never handed out to be changed: a restore gets clones.
+- The memory tier's tensors are never handed out to be changed: a restore reads them straight into the
+  engine's own state (`Engine.restore` copies and keeps no reference), with no clone of the whole
+  state first.
 - Retention (memory/prefix_retention.py): every state found is marked used in the database, and after
   each write (and once at start) the writer thread deletes the states unused for `ttl_seconds` and the
   least recently used ones beyond `max_bytes`. A state evicted there is a miss (a fresh prefill); one
@@ -20,8 +22,11 @@ Design choices:
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import logging
+import os
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -36,6 +41,15 @@ from hybrid_agent.model.state import Page
 from torch import Tensor
 
 log = logging.getLogger("hybrid_agent.serve")
+
+
+def _yielding() -> None:
+    """The writer thread runs below the model's thread: a multi-GB save (serialise, digest, insert)
+    must not slow the restore and prefill of the request being answered. Linux only, where the nice
+    value is per thread (elsewhere it would lower the whole process)."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, 0, 10)
 
 
 @dataclass
@@ -53,12 +67,6 @@ class Entry:
     def nbytes(self) -> int:
         tensors = [*self.recurrent.values(), *(t for p in self.pages for t in p.tensors.values())]
         return sum(t.numel() * t.element_size() for t in tensors)
-
-    def clone(self) -> tuple[dict[str, Tensor], list[Page]]:
-        return (
-            {k: v.clone() for k, v in self.recurrent.items()},
-            [Page(p.start, p.end, {k: v.clone() for k, v in p.tensors.items()}) for p in self.pages],
-        )
 
 
 @dataclass(frozen=True)
@@ -89,7 +97,7 @@ class PrefixCache:
         self._mem_used = 0
         self._lock = threading.Lock()
         self._writer = concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix="hybrid-agent-prefix-writer"
+            1, thread_name_prefix="hybrid-agent-prefix-writer", initializer=_yielding
         )
         self.write_errors = 0
         self.max_bytes, self.ttl_seconds = max_bytes, ttl_seconds

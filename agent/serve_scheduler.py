@@ -227,8 +227,8 @@ class Scheduler:
             return None, 0
         t0 = time.perf_counter()
         eng.reset()
-        recurrent, pages = hit.entry.clone()
-        eng.restore(recurrent, pages)
+        # No clone of the whole state first: `restore` only reads the tensors (agent/engine.py).
+        eng.restore(hit.entry.recurrent, hit.entry.pages)
         self.metrics.inc("state_hits_total", tier=hit.source)
         self.metrics.inc("restore_seconds_total", hit.seconds + time.perf_counter() - t0)
         return hit.entry, hit.entry.n_tokens
@@ -236,9 +236,8 @@ class Scheduler:
     def _save(self, ids: list[int], base: Entry | None, snapshot: Snapshotter | None = None) -> Entry:
         """Save the state holding `ids` (the engine's live one, or `snapshot`'s) as continuing `base`
         (whose pages are not copied)."""
+        # Snapshots are copies already (`Engine.snapshot`): on a GPU no second host copy of the state.
         recurrent, pages = (snapshot or self.engine.snapshot)(0 if base is None else base.n_tokens)
-        recurrent = {k: v.clone() for k, v in recurrent.items()}  # the live state changes on
-        pages = [Page(p.start, p.end, {k: v.clone() for k, v in p.tensors.items()}) for p in pages]
         self.metrics.inc("state_saves_total")
         return self.prefix.put(self.prefix.digest(ids), len(ids), recurrent, pages, base)
 

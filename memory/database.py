@@ -108,6 +108,14 @@ def sqlite_file(url: URL) -> Path | None:
     return Path(db)
 
 
+def readable_sqlite_file(url: URL) -> Path | None:
+    """The SQLite file behind `url`, also when `url` is `read_only_url`'s form of it."""
+    db = url.database or ""
+    if url.get_backend_name() == "sqlite" and db.startswith("file:") and url.query.get("mode") == "ro":
+        return Path(urllib.parse.unquote(db.removeprefix("file:")))
+    return sqlite_file(url)
+
+
 def check_sqlite_file(path: Path) -> None:
     """Refuse, before SQLite touches it, a file that is not an SQLite database."""
     if not path.exists() or path.stat().st_size == 0:
@@ -204,7 +212,7 @@ def _quick_head() -> str | None:
     return heads.pop() if len(heads) == 1 else None
 
 
-def _at_head(engine: Engine) -> bool:
+def at_head(engine: Engine) -> bool:
     """Whether the database's schema is already the newest one, read with one query; False when it
     cannot tell (no such table, not a database, busy): the full check then decides and reports."""
     head = _quick_head()
@@ -258,11 +266,14 @@ def _check_revision(conn: Any, script: ScriptDirectory, where: str) -> str | Non
     return current
 
 
-def sqlite_damage(engine: Engine) -> str | None:
+def sqlite_damage(engine: Engine, started: Callable[[Any], None] | None = None) -> str | None:
     """What `PRAGMA quick_check` finds wrong with the file (its first lines), None when it is intact.
     quick_check reads every page but skips the index-content cross-check of integrity_check: the
-    part of a full check that is cheap enough for every open."""
+    part of a full check that is cheap enough for every open (memory/open_check.py runs it beside
+    the open). `started` gets the driver connection before the check runs (to interrupt it)."""
     with engine.connect() as conn:
+        if started is not None:
+            started(conn.connection.driver_connection)
         try:
             found = [str(r[0]) for r in conn.exec_driver_sql("PRAGMA quick_check(5)")]
         except DBAPIError as exc:
@@ -275,7 +286,7 @@ def sqlite_damage(engine: Engine) -> str | None:
 def require_head(engine: Engine, where: str, why: StoreError) -> None:
     """For a database this process will not write to (`why` says why): refuse it unless its schema is
     already this version's, since it cannot be upgraded."""
-    if _at_head(engine):
+    if at_head(engine):
         return
     from alembic.script import ScriptDirectory
 
@@ -293,7 +304,7 @@ def require_head(engine: Engine, where: str, why: StoreError) -> None:
 
 def migrate(engine: Engine, where: str) -> None:
     """Bring the schema to head: create it in an empty database, upgrade an older one, never recreate."""
-    if _at_head(engine):  # the usual case, without alembic
+    if at_head(engine):  # the usual case, without alembic
         if engine.dialect.name == "sqlite":
             _enable_wal(engine)
         return

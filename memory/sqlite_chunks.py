@@ -91,9 +91,10 @@ class ChunkReaders:
 @contextlib.contextmanager
 def chunk_readers(session: Session) -> Iterator[ChunkReaders | None]:
     """Parallel chunk readers for a load in `session` (SQLite files only; None elsewhere)."""
-    from hybrid_agent.memory.database import sqlite_file
+    from hybrid_agent.memory.database import readable_sqlite_file
 
-    path = sqlite_file(session.get_bind().url) if _sqlite_connection(session) is not None else None
+    # Read-only stores (and a store whose open check is still running) read through a `mode=ro` URL.
+    path = readable_sqlite_file(session.get_bind().url) if _sqlite_connection(session) is not None else None
     if path is None or _WORKERS < 2:
         yield None
         return

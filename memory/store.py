@@ -9,6 +9,7 @@ them in only on success, so a failed load leaves its live state as it was.
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -37,6 +38,7 @@ from hybrid_agent.memory.maintenance import (
     vacuum_postgresql,
     vacuum_sqlite,
 )
+from hybrid_agent.memory.open_check import OpenCheck
 from hybrid_agent.memory.queries import (
     copy_rows,
     now,
@@ -81,47 +83,63 @@ class Store(FileJournalOps):
     def __init__(self, url: str | Path | None = None, *, read_only: bool = False) -> None:
         """`read_only`, or an SQLite file this process may not write: opened with SQLite's read-only
         flag; reads work, every write raises a one-line error. An SQLite file that fails `PRAGMA
-        quick_check` is opened that way too, so that nothing new is saved into a file that may be lost."""
+        quick_check` is opened that way too, so that nothing new is saved into a file that may be lost.
+        The check of a file already at this version's schema runs beside the open (memory/open_check.py):
+        reads start at once, through a read-only connection; the first write waits for the verdict."""
         self.url = normalize_url(url)
         self._where = self.url.render_as_string(hide_password=True)
-        path = database.sqlite_file(self.url)
+        self._path = path = database.sqlite_file(self.url)
         exists = path is not None and path.is_file() and path.stat().st_size > 0
         if path is not None and exists and not os.access(path, os.W_OK):
             read_only = True
-        # Why writes are refused, or None: the store is writable.
-        self.refusal: StoreError | None = None
+        # Why writes are refused, or None: the store is writable (see `refusal`).
+        self._refusal: StoreError | None = None
         if read_only:
-            self.refusal = DatabaseUnavailableError(
+            self._refusal = DatabaseUnavailableError(
                 f"{self._where} is open read-only: sessions can be listed, shown, exported and checked "
                 "but nothing can be saved, forked or removed; make the file writable, or pass another --db"
             )
         # An existing file is checked through a read-only connection: a damaged one stays untouched
         # (even the close of a writable connection can write to the file's header).
         self._engine: Engine = create_store_engine(self.url, read_only=read_only or exists)
-        self._checkpointer = None
+        self._checkpointer: WalCheckpointer | None = None
+        self._pending: OpenCheck | None = None  # the open check still running
+        self._settle_lock = threading.Lock()
         try:
-            if exists:
-                damage = self._run(lambda: database.sqlite_damage(self._engine), "checking the database")
-                if damage is not None:
-                    self.refusal = CorruptDataError(
-                        f"{self._where} is damaged (SQLite quick_check: {' '.join(damage.split())[:300]}); "
-                        "it is open read-only so that nothing new is lost with it: export what you need "
-                        "(`hybrid-agent sessions export ID`), then restore a backup or salvage it with "
-                        "`sqlite3 FILE .recover`; `hybrid-agent sessions check` shows the details"
-                    )
-            if self.refusal is None:
-                if exists:  # intact: reopen it for writing
-                    self._engine.dispose()
-                    self._engine = create_store_engine(self.url)
-                self._run(lambda: migrate(self._engine, self._where), "opening the database")
+            if exists and not read_only and database.at_head(self._engine):  # the usual case
+                self._pending = OpenCheck(self._engine, "checking the database")
             else:
-                refusal = self.refusal
-                self._run(lambda: require_head(self._engine, self._where, refusal), "opening the database")
+                if exists:
+                    damage = self._run(lambda: database.sqlite_damage(self._engine), "checking the database")
+                    self._note_damage(damage)
+                if self._refusal is None:
+                    self._open_writable(reopen=exists)
+                else:
+                    why = self._refusal
+                    self._run(lambda: require_head(self._engine, self._where, why), "opening the database")
         except BaseException:
             self._engine.dispose()
             raise
-        if path is not None and self.refusal is None:
-            self._checkpointer = WalCheckpointer(path, database.BUSY_TIMEOUT_S)
+        self._sessions()
+
+    def _note_damage(self, damage: str | None) -> None:
+        if damage is not None:
+            self._refusal = CorruptDataError(
+                f"{self._where} is damaged (SQLite quick_check: {' '.join(damage.split())[:300]}); "
+                "it is open read-only so that nothing new is lost with it: export what you need "
+                "(`hybrid-agent sessions export ID`), then restore a backup or salvage it with "
+                "`sqlite3 FILE .recover`; `hybrid-agent sessions check` shows the details"
+            )
+
+    def _open_writable(self, *, reopen: bool) -> None:
+        if reopen:  # intact: reopen it for writing (connections still reading close when returned)
+            self._engine.dispose()
+            self._engine = create_store_engine(self.url)
+        self._run(lambda: migrate(self._engine, self._where), "opening the database")
+        if self._path is not None:
+            self._checkpointer = WalCheckpointer(self._path, database.BUSY_TIMEOUT_S)
+
+    def _sessions(self) -> None:
         # PostgreSQL defaults to READ COMMITTED: a load spans several statements and must not see a
         # concurrent delete halfway. SQLite read transactions are snapshots already.
         reader = self._engine
@@ -132,9 +150,39 @@ class Store(FileJournalOps):
             self._engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False
         )
 
+    def _settle(self) -> None:
+        """Wait for a running open check's verdict: then refuse writes, or open the file for writing."""
+        if self._pending is None:
+            return
+        with self._settle_lock:
+            pending = self._pending
+            if pending is None:
+                return
+            try:
+                damage = pending.result()
+            except DBAPIError as exc:
+                translated = translate(exc, self._where)
+                if translated is exc:
+                    raise
+                raise translated from exc
+            self._pending = None
+            self._note_damage(damage)
+            if self._refusal is None:
+                self._open_writable(reopen=True)
+                self._sessions()
+
+    @property
+    def refusal(self) -> StoreError | None:
+        """Why writes are refused (None: writable); waits for the open check's verdict."""
+        self._settle()
+        return self._refusal
+
     # -- plumbing ---------------------------------------------------------------------------------
 
     def close(self) -> None:
+        pending = self._pending
+        if pending is not None:
+            pending.cancel()
         if self._checkpointer is not None:
             self._checkpointer.close()
         self._engine.dispose()  # SQLite checkpoints the log when its last connection closes

@@ -206,3 +206,32 @@ def test_on_cuda_the_engine_is_the_default_and_resume_is_exact(tmp_path: Path) -
     # A window keeps the model's own path (the engine holds full attention only).
     assert not ModelEngine(lm, ByteTokenizer(), NativeChatFormat(), window=16).uses_decode_engine
     store.close()
+
+
+@pytest.mark.parametrize("on", [True, False], ids=["decode_engine", "model_path"])
+def test_restore_reads_the_given_tensors_and_keeps_no_reference(lm: HybridLM, on: bool) -> None:
+    # The serve memory tier hands its own tensors to `restore` (no clone first): the restored state must
+    # equal them bit for bit, and decoding on must leave them unchanged.
+    torch.manual_seed(5)
+    prompt = torch.randint(0, CFG.vocab_size, (40,)).tolist()
+    live = engine(lm, on=on)
+    live.prefill(prompt)
+    rec, pages = live.snapshot(0)  # copies: the live state's decoding below must not change them
+    kept = (
+        {k: v.clone() for k, v in rec.items()},
+        [{k: v.clone() for k, v in p.tensors.items()} for p in pages],
+    )
+    rest = greedy(live, [5, 6, 7], 12)
+    resumed = engine(lm, on=on)
+    resumed.restore(rec, pages)
+    got_rec, got_pages = resumed.snapshot(0)
+    for name, t in rec.items():
+        assert torch.equal(got_rec[name], t), name
+    assert [(p.start, p.end) for p in got_pages] == [(p.start, p.end) for p in pages]
+    for got, want in zip(got_pages, pages, strict=True):
+        assert all(torch.equal(got.tensors[k], want.tensors[k]) for k in want.tensors)
+    assert greedy(resumed, [5, 6, 7], 12) == rest
+    for name, t in kept[0].items():
+        assert torch.equal(rec[name], t), name
+    for p, want in zip(pages, kept[1], strict=True):
+        assert all(torch.equal(p.tensors[k], want[k]) for k in want)

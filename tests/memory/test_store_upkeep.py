@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import torch
-from hybrid_agent.memory import CorruptDataError, DatabaseUnavailableError, Store
+from hybrid_agent.memory import CorruptDataError, DatabaseUnavailableError, Store, blobs
+from hybrid_agent.memory.sqlite_chunks import chunk_readers
 
 MARKER = 4321.5
 
@@ -58,6 +59,47 @@ def test_a_damaged_file_is_opened_read_only_and_refuses_writes(sqlite_path: Path
         report = store.check()
     assert digest(sqlite_path) == before
     assert not report.ok and any(p.startswith("the database file:") for p in report.problems)
+
+
+def flip_byte_in_chunk(path: Path, value: float) -> None:
+    """Change one byte inside a run of `value` (a chunk's data, not the b-tree): quick_check still
+    finds the file intact; only the chunk's digest can tell."""
+    raw = bytearray(path.read_bytes())
+    at = raw.find(torch.full((64,), value).numpy().tobytes())
+    assert at > 0
+    raw[at + 100] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+def test_an_intact_file_is_read_while_its_check_runs_and_written_after_it(sqlite_path: Path) -> None:
+    # Opening no longer waits for quick_check (a full read of the file): loads start at once, through
+    # a read-only connection with the parallel chunk readers; the first write waits for the verdict.
+    n = 3 * (blobs.CHUNK_SIZE // 4)  # three chunks: the parallel load path
+    with Store(sqlite_path) as store:
+        sid = save_session(store, n)
+    with Store(sqlite_path) as store:
+        assert store._pending is not None  # the check runs beside the open
+        with store._read() as s, s.begin(), chunk_readers(s) as readers:
+            assert (readers is not None) == (blobs._WORKERS >= 2)
+        snap = store.load_snapshot(sid)
+        assert torch.equal(snap.recurrent["s"], torch.full((n,), MARKER + 1))  # bit for bit
+        store.save_turn(sid, 2, events=[], recurrent={"s": torch.ones(3)}, n_tokens=0)
+        assert store._pending is None and store.refusal is None
+    with Store(sqlite_path) as store:
+        assert [t.turn for t in store.turns(sid)] == [1, 2]
+    with Store(sqlite_path) as store:
+        pass  # closed at once: a check still running is interrupted, not waited for to the end
+
+
+def test_a_damaged_chunk_is_refused_while_the_check_runs(sqlite_path: Path) -> None:
+    n = 3 * (blobs.CHUNK_SIZE // 4)
+    with Store(sqlite_path) as store:
+        sid = save_session(store, n)
+    flip_byte_in_chunk(sqlite_path, MARKER + 1)
+    with Store(sqlite_path) as store:
+        with pytest.raises(CorruptDataError, match="failed its blake3 check"):
+            store.load_snapshot(sid)
+        assert store.refusal is None  # the b-tree is intact: quick_check cannot see a changed byte
 
 
 def test_read_only_store_lists_and_refuses_writes_without_touching_the_file(sqlite_path: Path) -> None:
