@@ -148,6 +148,12 @@ def table(res: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    # Tests call main in-process: autograd is off only for the run, then as it was.
+    with torch.no_grad():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser().parse_args(argv)
     b = Bench(args, what=__doc__.splitlines()[0])
     tiny = args.tiny
@@ -157,7 +163,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sections = set(args.sections.split(","))
     if not sections <= {"sweep", "profile"} or args.reps < 1:
         parser().error("--sections takes sweep and/or profile; --reps must be at least 1")
-    torch.set_grad_enabled(False)
     info: dict[str, Any] = {"device": str(b.dev), "dtype": str(b.dtype)}
     if b.cuda:
         from gpu_common import copy_bandwidth_GBps, device_info

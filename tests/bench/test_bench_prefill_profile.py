@@ -50,6 +50,7 @@ def test_smoke_run(bench, tmp_path: Path) -> None:
         )
     finally:
         torch.set_num_threads(threads)
+    assert torch.is_grad_enabled()  # the run turned autograd off for itself only (later tests train)
     assert json.loads(out.read_text()) == json.loads(json.dumps(res))  # the file holds the last state
     sweep = res["sweep_80"]
     assert [r["chunk"] for r in sweep] == [32, 96, 128]
