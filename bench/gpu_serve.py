@@ -256,8 +256,16 @@ def main() -> None:
         action="store_true",
         help="also time transformers' batching (CUDA, OLMo Hybrid 7B shape)",
     )
+    p.add_argument(
+        "--sections",
+        default="decode,returning",
+        help="which of decode and returning to run (comma list; empty: only --transformers)",
+    )
     p.add_argument("--out", default="gpu_serve.json")
     args = p.parse_args()
+    sections = {x for x in args.sections.split(",") if x}
+    if sections - {"decode", "returning"}:
+        p.error(f"--sections takes decode and/or returning; got {args.sections!r}")
     if args.smoke:
         args.sessions, args.decode_tokens, args.context = "1,4", 8, 1024
     from hybrid_agent.agent.factory import load_engine
@@ -276,10 +284,12 @@ def main() -> None:
         paths = [x for x in args.batch_paths.split(",") if x]
         if set(paths) - {"engine", "model"}:
             p.error(f"--batch-paths takes engine and/or model; got {args.batch_paths!r}")
-        result["decode"] = decode_section(engine, sessions, args.decode_tokens, tmp, paths)
-        out.write_text(json.dumps(result, indent=1) + "\n")
-        result["returning"] = returning_section(engine, args.context, tmp)
-        out.write_text(json.dumps(result, indent=1) + "\n")
+        if "decode" in sections:
+            result["decode"] = decode_section(engine, sessions, args.decode_tokens, tmp, paths)
+            out.write_text(json.dumps(result, indent=1) + "\n")
+        if "returning" in sections:
+            result["returning"] = returning_section(engine, args.context, tmp)
+            out.write_text(json.dumps(result, indent=1) + "\n")
     if args.transformers and device.startswith("cuda"):
         del engine
         torch.cuda.empty_cache()

@@ -2,12 +2,15 @@
 # The GPU benchmarks of `hybrid-agent serve` (issue 24) and of the start and resume paths (issue 25) in
 # one device call of at most 10 minutes, at OLMo Hybrid 7B's shape (random bf16 weights, written once):
 #   bash scripts/device_bench_serve_start.sh OUT [STEPS]
-# STEPS (comma-separated, default all, in this order): serve, start, resume, loop.
+# STEPS (comma-separated; default serve,start,resume,loop), run in this order: serve, hf, start, resume, loop.
 #   serve  bench/gpu_serve.py: 1 / 8 / 32 / 64 concurrent sessions, a returning 64k conversation
 #   start  bench/cold_start.py: this tree against the tree in .before/ (the commit before the start work,
 #          made with `git archive`, carried as an ignored folder), new and resumed sessions
 #   resume bench/gpu_resume.py full-cache resume at 64k (BLAKE3 snapshots) against re-prefilling
 #   loop   bench/loop_overhead.py on cuda: the agent loop's decode against the engine's at one context
+#   hf     (not in the default list) transformers' batching on the same shape, bench/gpu_serve.py
+#          --transformers alone: on the H100 (transformers 5.17) its generate_batch outran the serve
+#          step's limit when the two shared it, so it has its own step and JSON
 # Each step has its own time limit so one that hangs cannot take the others' time; every JSON lands in OUT.
 set -uo pipefail
 out=$1 steps=${2:-serve,start,resume,loop}
@@ -29,8 +32,10 @@ step() {  # step name (of STEPS), log name, seconds, command...
   timeout -k 10 "$limit" "$@" > "$out/$log.log" 2>&1
   echo "$log: exit $? in $(( $(date +%s) - t0 )) s"; tail -4 "$out/$log.log"
 }
-step serve serve 250 python3 bench/gpu_serve.py --model $ckpt --sessions 1,8,32,64 --decode-tokens 128 --transformers \
+step serve serve 250 python3 bench/gpu_serve.py --model $ckpt --sessions 1,8,32,64 --decode-tokens 128 \
   --context 65536 --out "$out/gpu_serve.json"
+step hf serve_hf 240 python3 bench/gpu_serve.py --model $ckpt --sessions 1,8,32,64 --decode-tokens 128 \
+  --sections "" --transformers --out "$out/gpu_serve_hf.json"
 if [ -d .before ] && [ ! -e .before/model/default ]; then ln -s "$PWD/model/default" .before/model/default; fi
 (cd .before && HYBRID_AGENT_SITE=/tmp/site-before source scripts/device_env.sh > /dev/null)
 step start start 150 python3 bench/cold_start.py --model $ckpt --device cuda --rounds 2 \

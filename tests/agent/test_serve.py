@@ -363,6 +363,22 @@ def test_gpu_serve_bench_smoke(tmp_path: Path) -> None:
     assert 1024 * 0.9 <= back["prompt_tokens"] <= 1024 * 1.25
 
 
+def test_gpu_serve_bench_sections(tmp_path: Path) -> None:
+    """An unknown section is refused in one line before any model loads; `--sections returning` runs
+    that section alone (the device script runs transformers' side as a step of its own)."""
+    import subprocess
+
+    bench = Path(__file__).resolve().parents[2] / "bench" / "gpu_serve.py"
+    bad = subprocess.run(
+        [sys.executable, str(bench), "--sections", "decode,speed", "--out", str(tmp_path / "x.json")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert (
+        bad.returncode == 2 and "--sections takes decode and/or returning; got 'decode,speed'" in bad.stderr
+    )
+    assert "Traceback" not in bad.stderr and not (tmp_path / "x.json").exists()
+
+
 def test_a_plain_request_whose_client_leaves_is_cancelled(engine: Any) -> None:
     import socket
 
