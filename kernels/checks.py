@@ -31,6 +31,12 @@ class GemvConfig:
     unroll: int = 2
 
 
+def next_pow2(n: int) -> int:
+    """The smallest power of two at least n (1 for n <= 1): the widest block a launch needs on an
+    axis of n, and the MoE config table's batch bucket (kernels/moe_tuned.py)."""
+    return 1 << max(0, n - 1).bit_length()
+
+
 def check_rms_weight(x: torch.Tensor, weight: torch.Tensor) -> None:
     if weight.shape != (x.shape[-1],):
         raise KernelInputError(f"rms_norm: weight must be ({x.shape[-1]},), got {tuple(weight.shape)}")
@@ -314,13 +320,12 @@ class MoeGemvConfig:
         """The blocks the launches use at hidden size d and expert hidden size i: each at most the next
         power of two of the axis it tiles (a wider block only adds masked lanes). Two configs with the
         same clamped blocks launch the same kernels."""
-        p2 = lambda n: 1 << max(0, n - 1).bit_length()
         return replace(
             self,
-            block_i=min(self.block_i, p2(i)),
-            block_d_in=min(self.block_d_in, p2(d)),
-            block_d=min(self.block_d, p2(d)),
-            block_i_in=min(self.block_i_in, p2(i)),
+            block_i=min(self.block_i, next_pow2(i)),
+            block_d_in=min(self.block_d_in, next_pow2(d)),
+            block_d=min(self.block_d, next_pow2(d)),
+            block_i_in=min(self.block_i_in, next_pow2(i)),
         )
 
 

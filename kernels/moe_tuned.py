@@ -11,14 +11,14 @@ until such a sweep has been run on the device.
 
 from __future__ import annotations
 
-from hybrid_agent.kernels.checks import MoeGemvConfig
+from hybrid_agent.kernels.checks import MoeGemvConfig, next_pow2
 
 GEMV_TUNED: dict[tuple[int, int, int, int], MoeGemvConfig] = {}
 
 
 def batch_bucket(n_tokens: int) -> int:
     """The table's batch key: the smallest power of two at least `n_tokens` (1 for 0 or 1)."""
-    return 1 << max(0, n_tokens - 1).bit_length()
+    return next_pow2(n_tokens)
 
 
 def tuned_gemv_config(n_tokens: int, top_k: int, d: int, i: int) -> MoeGemvConfig | None:
