@@ -302,12 +302,23 @@ class ModelEngine:
         return int(sample(self._logits, self.sampling, self._generator, vocab_size=self._vocab_size)[0])
 
     def snapshot(self, since: int) -> tuple[dict[str, Tensor], list[Page]]:
+        return self._snapshot(since, on_device=False)
+
+    def snapshot_on_device(self, since: int) -> tuple[dict[str, Tensor], list[Page]]:
+        """`snapshot`, its copies left on the model's device (no host copy, no sync: the serve device
+        tier, agent/serve_prefix.py, copies them to the host off the model thread)."""
+        return self._snapshot(since, on_device=True)
+
+    def _snapshot(self, since: int, *, on_device: bool) -> tuple[dict[str, Tensor], list[Page]]:
         # Fresh tensors on any device: recurrent_tensors() clones and cache_range() gathers.
-        recurrent = {k: v.detach().cpu() for k, v in self.state.recurrent_tensors().items()}
+        def move(t: Tensor) -> Tensor:
+            return t.detach() if on_device else t.detach().cpu()
+
+        recurrent = {k: move(v) for k, v in self.state.recurrent_tensors().items()}
         end = self.n_tokens
         pages = []
         if end > since:
-            tensors = {k: v.detach().cpu() for k, v in self.state.cache_range(since, end).items()}
+            tensors = {k: move(v) for k, v in self.state.cache_range(since, end).items()}
             if tensors:  # a model without attention has no cache pages
                 pages.append(Page(since, end, tensors))
         return recurrent, pages

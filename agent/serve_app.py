@@ -48,6 +48,9 @@ class ServeOptions:
     temperature: float = 0.0
     api_key: str | None = None
     memory_tier_bytes: int = DEFAULT_MEMORY_TIER_MB << 20
+    # The device tier in front of it (agent/serve_prefix.py): None sizes it from the device's free
+    # memory at the first save (agent/serve_tiers.py `auto_device_bytes`; 0 on a CPU); 0: none.
+    gpu_tier_bytes: int | None = None
     # Saved prefix states in the database (memory/prefix_retention.py): their bytes at most (least
     # recently used out first; None: no bound), and how long an unused one stays (None or 0: kept).
     prefix_max_bytes: int | None = int(DEFAULT_PREFIX_MAX_GB * 2**30)
@@ -71,6 +74,8 @@ def build_app(engine: Any, store: Any, options: ServeOptions) -> Starlette:
         policy=f"window={engine.window},sinks={engine.sinks}",
         layout=engine.layout_metadata() if hasattr(engine, "layout_metadata") else None,
         memory_bytes=options.memory_tier_bytes,
+        device_bytes=options.gpu_tier_bytes,
+        device=getattr(engine, "device", None),
         max_bytes=options.prefix_max_bytes,
         ttl_seconds=options.prefix_ttl_seconds,
     )

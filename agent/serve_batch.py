@@ -31,16 +31,20 @@ from hybrid_agent.model.state import ModelState, Page
 Scheduler = Job = Row = Any
 
 
-def _snapshotter(state: ModelState) -> Any:
+def _snapshotter(state: ModelState, on_device: bool = False) -> Any:
     """`ModelEngine.snapshot` for a row's own state: recurrent tensors and the cache pages since, as
-    CPU copies (recurrent_tensors() clones and cache_range() gathers: never views of the live state)."""
+    CPU copies, or copies on the state's device (`on_device`: `ModelEngine.snapshot_on_device`, for the
+    device tier). recurrent_tensors() clones and cache_range() gathers: never views of the live state."""
+
+    def move(t: torch.Tensor) -> torch.Tensor:
+        return t.detach() if on_device else t.detach().cpu()
 
     def snapshot(since: int) -> tuple[dict[str, torch.Tensor], list[Page]]:
-        recurrent = {k: v.detach().cpu() for k, v in state.recurrent_tensors().items()}
+        recurrent = {k: move(v) for k, v in state.recurrent_tensors().items()}
         end = int(state.n_tokens)
         pages = []
         if end > since:
-            tensors = {k: v.detach().cpu() for k, v in state.cache_range(since, end).items()}
+            tensors = {k: move(v) for k, v in state.cache_range(since, end).items()}
             if tensors:
                 pages.append(Page(since, end, tensors))
         return recurrent, pages
@@ -220,7 +224,7 @@ class BatchLoop:
         for b, state in zip(leaving, states, strict=True):
             row = self.rows[b]
             try:
-                row.job.emit("done", self.s.end(row, _snapshotter(state)))
+                row.job.emit("done", self.s.end(row, _snapshotter(state, self.s.prefix.on_device)))
             except Exception as exc:
                 self._fail(row.job, exc)
             self._release()

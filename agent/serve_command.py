@@ -84,6 +84,12 @@ def add_parser(sub: Any, shared: argparse.ArgumentParser) -> None:
         help=f"host memory for saved states, least recent out first (default: {DEFAULT_MEMORY_TIER_MB})",
     )  # fmt: skip
     p.add_argument(
+        "--gpu-tier-mb", type=_COUNT, metavar="MB", default=None,
+        help="memory on the model's GPU for saved states, in front of the host tier; least recent "
+        "out first, to host memory (default: half the GPU memory free once the model is loaded and "
+        "its buffers built; 0 on a CPU; 0: no GPU tier)",
+    )  # fmt: skip
+    p.add_argument(
         "--prefix-max-gb", type=_amount("GB", 0.0, 1e6), metavar="G", default=DEFAULT_PREFIX_MAX_GB,
         help="bytes of saved prefix states kept in the database, least recently used deleted first "
         f"(default: {DEFAULT_PREFIX_MAX_GB:g}; 0: none kept)",
@@ -118,6 +124,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         temperature=getattr(args, "temperature", None) or 0.0,
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
         memory_tier_bytes=args.memory_tier_mb << 20,
+        gpu_tier_bytes=None if args.gpu_tier_mb is None else args.gpu_tier_mb << 20,
         prefix_max_bytes=int(args.prefix_max_gb * 2**30),
         prefix_ttl_seconds=args.prefix_ttl_hours * 3600.0,
     )

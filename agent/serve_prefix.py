@@ -1,18 +1,29 @@
-"""States saved by token prefix for `hybrid-agent serve`: a host-memory tier (LRU, bounded in bytes)
-in front of the database (memory/prefixes.py).
+"""States saved by token prefix for `hybrid-agent serve`: a device tier (states on the model's device,
+LRU, bounded in bytes), a host-memory tier behind it (the same), and the database behind both
+(memory/prefixes.py). The tiers themselves and the copies between them: agent/serve_tiers.py.
 
 Design choices:
 - A prefix is named by a digest of the model's fingerprint, the attention policy and its token ids, so
   states of another model, tokenizer or window are never found. Digests are taken only at the
   rendered conversation's boundaries (agent/serve_api.py), the only places a state is saved.
-- Lookup: the memory tier first (the longest boundary it holds), then one database query over the
-  boundaries longer than that. A state found in the database joins the memory tier.
-- Saves land in memory at once and reach the database on one writer thread, in order, so a state that
-  continues another is written after it and stored as the next turn of its session (only its new
-  cache pages). `flush` waits for every write: a graceful shutdown calls it, so reuse survives a restart.
-- The memory tier's tensors are never handed out to be changed: a restore reads them straight into the
-  engine's own state (`Engine.restore` copies and keeps no reference), with no clone of the whole
-  state first.
+- Lookup: the device tier and the host tier first (the longest boundary either holds), then one
+  database query over the boundaries longer than that. A state found in host memory or the database
+  moves to the device tier when it fits there (`promote`), else a database hit joins the host tier.
+- Saves: a snapshot taken on the model's device stays there, in the device tier, when it fits. Its
+  host copy is made on the writer thread (agent/serve_tiers.py `Copier`), which then writes it to the
+  database; the model thread never waits for either. Saves reach the database on that one thread, in
+  order, so a state that continues another is written after it and stored as the next turn of its
+  session (only its new cache pages). `flush` waits for every write: a graceful shutdown calls it, so
+  reuse survives a restart.
+- Leaving the device tier (least recently used first) demotes a state to the host tier: its tensors
+  become its host copy, or, while that copy is still being made, it waits in `_moving` (still found
+  by lookups, its device tensors held) until the writer thread finishes the copy and demotes it. A
+  state leaving the host tier is dropped: it is in the database, or its write is pending and holds it.
+- A state kept on the device also keeps its host copy once made (host memory, outside the host tier's
+  bound): the database write and a later demotion need it, and it is the same size as the device tier.
+- Tiers' tensors are never handed out to be changed: a restore reads them straight into the engine's
+  own state (`Engine.restore` copies and keeps no reference), with no clone of the whole state first;
+  from the device tier that is a device-to-device copy.
 - Retention (memory/prefix_retention.py): every state found is marked used in the database, and after
   each write (and once at start) the writer thread deletes the states unused for `ttl_seconds` and the
   least recently used ones beyond `max_bytes`. A state evicted there is a miss (a fresh prefill); one
@@ -29,12 +40,12 @@ import os
 import sys
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from hybrid_agent.agent.serve_tiers import Copier, Tier, auto_device_bytes, copy_parts, parts_bytes, touches
 from hybrid_agent.memory import Store, StoreError
 from hybrid_agent.memory.prefixes import PrefixIndex, PrefixRef
 from hybrid_agent.model.state import Page
@@ -54,7 +65,8 @@ def _yielding() -> None:
 
 @dataclass
 class Entry:
-    """One saved prefix state: the recurrent tensors and every cache page [0, n_tokens), on the CPU."""
+    """One saved prefix state: the recurrent tensors and every cache page [0, n_tokens), on the model's
+    device while in the device tier, else on the host."""
 
     digest: str
     n_tokens: int
@@ -62,18 +74,26 @@ class Entry:
     pages: list[Page]
     ref: PrefixRef | None = None  # where it is in the database, once written
     written: concurrent.futures.Future[Any] | None = field(default=None, repr=False)
+    # Its host copy (the tensors themselves when they are on the host); None while it is being made.
+    host: tuple[dict[str, Tensor], list[Page]] | None = field(default=None, repr=False)
+    ready: Any = field(default=None, repr=False)  # the CUDA event after which its device tensors are whole
+    size: int = 0
+
+    def __post_init__(self) -> None:
+        self.size = parts_bytes(self.recurrent, self.pages)
 
     @property
     def nbytes(self) -> int:
-        tensors = [*self.recurrent.values(), *(t for p in self.pages for t in p.tensors.values())]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return self.size
 
 
 @dataclass(frozen=True)
 class Hit:
     entry: Entry
-    source: str  # "memory" | "database"
-    seconds: float  # looking up and reading the state
+    source: str  # "gpu" | "memory" | "database": where it was found
+    seconds: float  # looking up and reading the state (and moving it to the device tier)
+    recurrent: dict[str, Tensor]  # the tensors to restore from (the entry's, as they were when found)
+    pages: list[Page]
 
 
 class PrefixCache:
@@ -87,14 +107,22 @@ class PrefixCache:
         memory_bytes: int,
         max_bytes: int | None = None,
         ttl_seconds: float | None = None,
+        device_bytes: int | None = 0,
+        device: torch.device | str | None = None,
     ) -> None:
+        """`device_bytes`: the device tier's bound (0: no device tier; None: `auto_device_bytes`,
+        measured at the first save or lookup, on the model thread); `device`: the model's."""
         self.index = PrefixIndex(store) if store is not None else None
         self.fingerprint = fingerprint
         self.layout = layout
         self.memory_bytes = memory_bytes
         self._header = f"{fingerprint}\0{policy}\0".encode()
-        self._mem: OrderedDict[str, Entry] = OrderedDict()
-        self._mem_used = 0
+        self.device = torch.device(device if device is not None else "cpu")
+        self._device_bytes = device_bytes
+        self._gpu = Tier(device_bytes or 0)
+        self._mem = Tier(memory_bytes)
+        self._moving: dict[str, Entry] = {}  # left the device tier, host copy on its way
+        self._copier = Copier(self.device)
         self._lock = threading.Lock()
         self._writer = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="hybrid-agent-prefix-writer", initializer=_yielding
@@ -144,51 +172,113 @@ class PrefixCache:
     def digest(self, ids: Sequence[int]) -> str:
         return self.digests(ids, [len(ids)])[0]
 
-    # -- memory tier ------------------------------------------------------------------------------
+    # -- tiers ------------------------------------------------------------------------------------
 
-    def _remember(self, entry: Entry) -> None:
-        with self._lock:
-            old = self._mem.pop(entry.digest, None)
-            if old is not None:
-                self._mem_used -= old.nbytes
-            size = entry.nbytes
-            if size > self.memory_bytes:
-                return
-            self._mem[entry.digest] = entry
-            self._mem_used += size
-            while self._mem_used > self.memory_bytes:
-                _, dropped = self._mem.popitem(last=False)
-                self._mem_used -= dropped.nbytes
+    def _resolve(self) -> None:
+        if self._device_bytes is None:
+            self._device_bytes = auto_device_bytes(self.device)
+            self._gpu.capacity = self._device_bytes
+
+    @property
+    def device_capacity(self) -> int:
+        """The device tier's bound in bytes (0: none); the automatic size once measured."""
+        self._resolve()
+        return self._gpu.capacity
+
+    @property
+    def on_device(self) -> bool:
+        """Whether saves should be snapshots on the model's device (the device tier is on)."""
+        return self.device_capacity > 0
 
     @property
     def memory_used(self) -> int:
-        return self._mem_used
+        return self._mem.used
+
+    @property
+    def device_used(self) -> int:
+        """Bytes of the device tier's states, and of those leaving it whose host copy is on its way."""
+        with self._lock:
+            return self._gpu.used + sum(e.size for e in self._moving.values())
+
+    def _remember(self, entry: Entry) -> None:
+        """Hold a host-resident entry in the host tier (under the lock)."""
+        self._mem.add(entry)  # what leaves is dropped: in the database, or held by its pending write
+
+    def _settle(self, entry: Entry) -> None:
+        """`entry` left the device tier and its host copy exists: it lives on in the host tier (under the
+        lock; the device tensors are let go)."""
+        assert entry.host is not None
+        entry.recurrent, entry.pages = entry.host
+        entry.ready = None
+        self._remember(entry)
+
+    def _keep_on_device(self, entry: Entry) -> None:
+        """Hold a device-resident entry in the device tier; those it pushes out are demoted (under the
+        lock)."""
+        self._moving.pop(entry.digest, None)
+        self._mem.pop(entry.digest)
+        for out in self._gpu.add(entry):
+            if out.host is not None:
+                self._settle(out)
+            else:  # the writer thread is copying it: it demotes it when done (`_write`)
+                self._moving[out.digest] = out
+
+    def _promote(self, entry: Entry) -> None:
+        """Move a host-resident entry (found in host memory or the database) to the device tier when it
+        fits there: a copy on the model thread's stream, ahead of the restore that reads it."""
+        if not self._gpu.fits(entry) or entry.host is None:
+            return
+        try:
+            rec, pages = copy_parts(entry.recurrent, entry.pages, self._copier.to_device)
+        except torch.OutOfMemoryError:  # the device is fuller than the tier's bound allowed for
+            log.warning("no device memory to keep a prefix of %d tokens there", entry.n_tokens)
+            with self._lock:
+                if entry.digest not in self._mem:
+                    self._remember(entry)
+            return
+        with self._lock:
+            entry.recurrent, entry.pages = rec, pages
+            self._keep_on_device(entry)
+
+    def _found(self, digest: str) -> tuple[Entry, str] | None:
+        entry = self._gpu.get(digest)
+        if entry is not None:
+            return entry, "gpu"
+        entry = self._moving.get(digest)
+        if entry is not None:
+            return entry, "gpu"
+        entry = self._mem.get(digest)
+        return (entry, "memory") if entry is not None else None
 
     def lookup(self, ids: Sequence[int], boundaries: Sequence[int]) -> Hit | None:
-        """The longest saved prefix of `ids` ending at one of `boundaries` (each < len(ids))."""
+        """The longest saved prefix of `ids` ending at one of `boundaries` (each < len(ids)). Called on
+        the model thread (a promotion copies on its stream)."""
         t0 = time.perf_counter()
+        self._resolve()
         # The prompt's own state is saved one token short of its end (agent/serve_scheduler.py).
         lengths = sorted({n for b in boundaries for n in (b - 1, b) if 0 < n < len(ids)})
         digests = self.digests(ids, lengths)
-        best: Entry | None = None
+        best: tuple[Entry, str] | None = None
         with self._lock:
             for digest in reversed(digests):
-                if digest in self._mem:
-                    self._mem.move_to_end(digest)
-                    best = self._mem[digest]
+                if (best := self._found(digest)) is not None:
                     break
-        if best is not None and best.n_tokens == (lengths[-1] if lengths else 0):
-            self._touch(best)
-            return Hit(best, "memory", time.perf_counter() - t0)
-        longer = [d for n, d in zip(lengths, digests, strict=True) if best is None or n > best.n_tokens]
-        found = self._from_database(longer)
-        if found is not None:
-            self._touch(found)
-            return Hit(found, "database", time.perf_counter() - t0)
+        if best is None or best[0].n_tokens != (lengths[-1] if lengths else 0):
+            longer = [
+                d for n, d in zip(lengths, digests, strict=True) if best is None or n > best[0].n_tokens
+            ]
+            found = self._from_database(longer)
+            if found is not None:
+                best = (found, "database")
         if best is None:
             return None
-        self._touch(best)
-        return Hit(best, "memory", time.perf_counter() - t0)
+        entry, source = best
+        self._touch(entry)
+        if source != "gpu":
+            self._promote(entry)
+        with self._lock:
+            recurrent, pages = entry.recurrent, entry.pages
+        return Hit(entry, source, time.perf_counter() - t0, recurrent, pages)
 
     def _from_database(self, digests: Sequence[str]) -> Entry | None:
         if self.index is None or not digests:
@@ -205,7 +295,10 @@ class PrefixCache:
             log.warning("saved prefix %s has another state layout; not used", ref.digest[:12])
             return None
         entry = Entry(ref.digest, ref.n_tokens, dict(snap.recurrent), [Page(*p) for p in snap.pages], ref=ref)
-        self._remember(entry)
+        entry.host = (entry.recurrent, entry.pages)
+        if not self._gpu.fits(entry):
+            with self._lock:
+                self._remember(entry)
         return entry
 
     # -- saving -----------------------------------------------------------------------------------
@@ -219,29 +312,67 @@ class PrefixCache:
         base: Entry | None,
     ) -> Entry:
         """Save the state of a prefix `n_tokens` long that continues `base` (None: from the start);
-        `new_pages` cover [base.n_tokens, n_tokens). In memory now, in the database soon."""
+        `new_pages` cover [base.n_tokens, n_tokens). Called on the model thread, right after the
+        snapshot. In a tier now (the device tier when its tensors are on the model's device and it fits
+        there), its host copy and the database write soon, on the writer thread."""
+        self._resolve()
         pages = [*(base.pages if base is not None else []), *new_pages]
         entry = Entry(digest, n_tokens, recurrent, pages)
-        self._remember(entry)
-        if self.index is not None:
+        # The device tier holds states with tensors on the model's device (small CPU ones, such as the
+        # state's header, may come along); all-host ones go to the host tier as they are.
+        if self._gpu.fits(entry) and touches(recurrent, pages, self.device):
+            entry.ready = self._copier.mark()
+            with self._lock:
+                self._keep_on_device(entry)
+        elif self.device.type != "cpu" and touches(recurrent, pages, self.device):
+            entry.ready = self._copier.mark()
+            with self._lock:  # too big for the device tier: to the host tier once copied
+                self._moving[digest] = entry
+        else:
+            entry.host = (recurrent, pages)
+            with self._lock:
+                self._remember(entry)
+        if self.index is not None or entry.host is None:
             entry.written = self._writer.submit(self._write, entry, base)
         return entry
 
+    def _copy_to_host(self, entry: Entry, base: Entry | None) -> None:
+        """Make the entry's host copy (on the writer thread), the base's pages reused from its own copy;
+        then demote it if it left the device tier meanwhile."""
+        try:
+            recurrent, pages = entry.recurrent, entry.pages
+            reuse = base.host[1] if base is not None and base.host is not None else None
+            host = copy_parts(recurrent, pages, lambda ts: self._copier.to_host(ts, entry.ready), reuse)
+        except Exception as exc:  # e.g. no host memory left: the state stays where it is
+            log.warning("copying a prefix of %d tokens to host memory failed: %s", entry.n_tokens, exc)
+            with self._lock:
+                self._moving.pop(entry.digest, None)
+            return
+        entry.host = host
+        with self._lock:
+            if self._moving.get(entry.digest) is entry:
+                del self._moving[entry.digest]
+                self._settle(entry)
+
     def _write(self, entry: Entry, base: Entry | None) -> None:
-        assert self.index is not None
+        if entry.host is None:
+            self._copy_to_host(entry, base)
+        if self.index is None or entry.host is None:
+            return
+        recurrent, pages = entry.host
         base_ref = base.ref if base is not None else None
         try:
             entry.ref = self.index.save(
                 entry.digest,
                 base=base_ref,
-                recurrent=entry.recurrent,
+                recurrent=recurrent,
                 # Every page: the index stores only those past the base, or all when it was evicted.
-                pages=[(p.start, p.end, p.tensors) for p in entry.pages],
+                pages=[(p.start, p.end, p.tensors) for p in pages],
                 n_tokens=entry.n_tokens,
                 fingerprint=self.fingerprint,
                 meta={"state_layout": self.layout} if self.layout else {},
             )
-        except StoreError as exc:  # the database is down or full: the memory tier still serves it
+        except StoreError as exc:  # the database is down or full: the memory tiers still serve it
             self.write_errors += 1
             log.warning("saving a prefix of %d tokens failed: %s", entry.n_tokens, exc)
             return

@@ -57,6 +57,7 @@ class Metrics:
         "queue_depth": "admitted requests waiting for the engine",
         "running_requests": "requests on the engine",
         "memory_tier_bytes": "bytes of saved states in the host-memory tier",
+        "gpu_tier_bytes": "bytes of saved states in the device tier (on the model's GPU)",
     }
 
     def __init__(self) -> None:
@@ -142,6 +143,7 @@ class Scheduler:
         metrics.gauges["queue_depth"] = lambda: len(self._waiting)
         metrics.gauges["running_requests"] = lambda: self._running
         metrics.gauges["memory_tier_bytes"] = lambda: prefix.memory_used
+        metrics.gauges["gpu_tier_bytes"] = lambda: prefix.device_used
         from hybrid_agent.model.batch import batchable
 
         model = getattr(engine, "model", None)
@@ -228,7 +230,7 @@ class Scheduler:
         t0 = time.perf_counter()
         eng.reset()
         # No clone of the whole state first: `restore` only reads the tensors (agent/engine.py).
-        eng.restore(hit.entry.recurrent, hit.entry.pages)
+        eng.restore(hit.recurrent, hit.pages)
         self.metrics.inc("state_hits_total", tier=hit.source)
         self.metrics.inc("restore_seconds_total", hit.seconds + time.perf_counter() - t0)
         return hit.entry, hit.entry.n_tokens
@@ -236,8 +238,13 @@ class Scheduler:
     def _save(self, ids: list[int], base: Entry | None, snapshot: Snapshotter | None = None) -> Entry:
         """Save the state holding `ids` (the engine's live one, or `snapshot`'s) as continuing `base`
         (whose pages are not copied)."""
-        # Snapshots are copies already (`Engine.snapshot`): on a GPU no second host copy of the state.
-        recurrent, pages = (snapshot or self.engine.snapshot)(0 if base is None else base.n_tokens)
+        # Snapshots are copies already (`Engine.snapshot`): no second copy of the state. With a device
+        # tier they stay on the model's device (`snapshot_on_device`): the host copy is made off this
+        # thread (agent/serve_prefix.py).
+        if snapshot is None:
+            on_device = getattr(self.engine, "snapshot_on_device", None) if self.prefix.on_device else None
+            snapshot = on_device or self.engine.snapshot
+        recurrent, pages = snapshot(0 if base is None else base.n_tokens)
         self.metrics.inc("state_saves_total")
         return self.prefix.put(self.prefix.digest(ids), len(ids), recurrent, pages, base)
 

@@ -1,0 +1,160 @@
+"""The in-memory tiers of `hybrid-agent serve`'s saved prefix states (agent/serve_prefix.py): each an
+LRU bounded in bytes, and the copies that move a state between the model's device and host memory.
+
+Design choices:
+- A tier counts each entry whole: pages an entry shares with the state it continues count in both.
+  The bound can only over-estimate what is held, never let the tier grow past it.
+- Device -> host copies run on the prefix writer's thread, never on the model's: the model thread only
+  records a CUDA event after the snapshot (no sync); the writer's own stream waits for that event and
+  copies into pinned host memory (PyTorch's caching host allocator: pinned blocks are reused, not
+  pinned again for every copy), then waits for its own stream alone. The writer holds the device
+  tensors until the copy is done, so they cannot be freed and reused under it.
+- Host -> device copies (promoting a state found in host memory or the database) run on the model
+  thread's stream, before the restore that reads them, so they are ordered with it without a sync.
+- On a CPU "device" (tests, or `--gpu-tier-mb` on a CPU server) the copies are plain clones: the tier
+  logic is the same, only the memory is.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import torch
+from hybrid_agent.model.state import Page
+from torch import Tensor
+
+AUTO_DEVICE_FRACTION = 0.5  # of the device memory free once the model and its buffers are built
+
+
+def auto_device_bytes(device: torch.device) -> int:
+    """The device tier's size when none is given: half the device's free memory now (0 on a CPU).
+    Measured at the first save, when the model, the decode engine's buffers and the batch are built;
+    the other half stays for the decode engine growing to longer contexts and for prefill's work."""
+    if device.type != "cuda":
+        return 0
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free * AUTO_DEVICE_FRACTION)
+
+
+def parts_bytes(recurrent: dict[str, Tensor], pages: list[Page]) -> int:
+    tensors = [*recurrent.values(), *(t for p in pages for t in p.tensors.values())]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def touches(recurrent: dict[str, Tensor], pages: list[Page], device: torch.device) -> bool:
+    """Whether any of the tensors is on `device` (of its type; of its index when it names one)."""
+    tensors = [*recurrent.values(), *(t for p in pages for t in p.tensors.values())]
+    return any(
+        t.device.type == device.type and (device.index is None or t.device.index == device.index)
+        for t in tensors
+    )
+
+
+class Tier:
+    """Entries (anything with `digest` and `size`) by digest, least recently used first, their sizes
+    summed in `used` and kept at most `capacity` by `add`."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.entries: OrderedDict[str, Any] = OrderedDict()
+        self.used = 0
+
+    def __contains__(self, digest: str) -> bool:
+        return digest in self.entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def get(self, digest: str) -> Any:
+        """The entry (now the most recently used), or None."""
+        entry = self.entries.get(digest)
+        if entry is not None:
+            self.entries.move_to_end(digest)
+        return entry
+
+    def pop(self, digest: str) -> Any:
+        entry = self.entries.pop(digest, None)
+        if entry is not None:
+            self.used -= entry.size
+        return entry
+
+    def fits(self, entry: Any) -> bool:
+        return self.capacity > 0 and entry.size <= self.capacity
+
+    def add(self, entry: Any) -> list[Any]:
+        """Hold `entry` (replacing one of its digest, which is let go) as the most recently used;
+        returns what left to stay within the capacity, least recently used first (`entry` itself when
+        it does not fit)."""
+        out: list[Any] = []
+        self.pop(entry.digest)
+        if not self.fits(entry):
+            return [entry]
+        self.entries[entry.digest] = entry
+        self.used += entry.size
+        while self.used > self.capacity:
+            _, dropped = self.entries.popitem(last=False)
+            self.used -= dropped.size
+            out.append(dropped)
+        return out
+
+
+class Copier:
+    """Copies between the model's device and host memory (see the module's docstring)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self._stream: Any = None  # the writer thread's own CUDA stream, made on first use
+
+    def mark(self) -> Any:
+        """On the model thread, after a snapshot: what a host copy of it waits for (no sync)."""
+        if not self.cuda:
+            return None
+        return torch.cuda.current_stream(self.device).record_event()
+
+    def to_host(self, tensors: list[Tensor], ready: Any) -> list[Tensor]:
+        """Host copies of `tensors` (pinned on CUDA), once the work that made them (`ready`) is done;
+        called on the writer thread. Host tensors among them are cloned as well: the copy shares nothing."""
+        if not self.cuda:
+            return [t.clone() for t in tensors]
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(self.device)
+        stream = self._stream
+        out = []
+        with torch.cuda.stream(stream):
+            if ready is not None:
+                stream.wait_event(ready)
+            for t in tensors:
+                if t.device.type != "cuda":
+                    out.append(t.clone())
+                    continue
+                host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+                host.copy_(t, non_blocking=True)
+                out.append(host)
+        stream.synchronize()  # this thread waits for its own copies only
+        return out
+
+    def to_device(self, tensors: list[Tensor]) -> list[Tensor]:
+        """Device copies of `tensors`, on the model thread's stream (clones on a CPU device)."""
+        if not self.cuda:
+            return [t.clone() for t in tensors]
+        return [t.to(self.device, non_blocking=True) for t in tensors]
+
+
+def copy_parts(
+    recurrent: dict[str, Tensor], pages: list[Page], copy: Any, reuse: list[Page] | None = None
+) -> tuple[dict[str, Tensor], list[Page]]:
+    """`recurrent` and `pages` through `copy` (a list of tensors -> their copies, in one call); the
+    first pages are taken from `reuse` instead where it has them (the host copy of the state this one
+    continues: the same token ranges)."""
+    shared = 0
+    for mine, theirs in zip(pages, reuse or [], strict=False):
+        if (mine.start, mine.end) != (theirs.start, theirs.end):
+            break
+        shared += 1
+    todo = [*recurrent.values(), *(t for p in pages[shared:] for t in p.tensors.values())]
+    done = iter(copy(todo))
+    new_rec = {k: next(done) for k in recurrent}
+    new_pages = [Page(p.start, p.end, {k: next(done) for k in p.tensors}) for p in pages[shared:]]
+    return new_rec, [*(reuse or [])[:shared], *new_pages]
