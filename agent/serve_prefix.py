@@ -111,7 +111,8 @@ class PrefixCache:
         device: torch.device | str | None = None,
     ) -> None:
         """`device_bytes`: the device tier's bound (0: no device tier; None: `auto_device_bytes`,
-        measured at the first save or lookup, on the model thread); `device`: the model's."""
+        measured at the first save, on the model thread; until then nothing is promoted to the device
+        tier); `device`: the model's."""
         self.index = PrefixIndex(store) if store is not None else None
         self.fingerprint = fingerprint
         self.layout = layout
@@ -254,7 +255,6 @@ class PrefixCache:
         """The longest saved prefix of `ids` ending at one of `boundaries` (each < len(ids)). Called on
         the model thread (a promotion copies on its stream)."""
         t0 = time.perf_counter()
-        self._resolve()
         # The prompt's own state is saved one token short of its end (agent/serve_scheduler.py).
         lengths = sorted({n for b in boundaries for n in (b - 1, b) if 0 < n < len(ids)})
         digests = self.digests(ids, lengths)

@@ -359,6 +359,9 @@ def test_gpu_serve_bench_smoke(tmp_path: Path) -> None:
     assert decode[3]["mean_batch"] > 1 and decode[4]["mean_batch"] > 1
     back = result["returning"]
     assert back["memory_cached"] > 0 and back["database_cached"] > 0 and back["prefill_cached"] == 0
+    assert back["gpu_cached"] == back["memory_cached"] == back["database_cached"]  # the first turn, whole
+    assert back["gpu_hits"] == back["memory_hits"] == back["database_hits"] == 1
+    assert 0 < back["gpu_tier_bytes"] <= back["gpu_tier_capacity_bytes"] == 1 << 30
     # the history is the asked length (--smoke: 1024 tokens), not a tokenizer-dependent multiple of it
     assert 1024 * 0.9 <= back["prompt_tokens"] <= 1024 * 1.25
 

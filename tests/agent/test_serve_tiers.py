@@ -216,11 +216,14 @@ def test_the_cuda_tier_restores_bit_exact_without_a_sync_on_save() -> None:
     cache = _cache(None, device_bytes=1 << 30, device="cuda")
     assert cache.on_device
     rec, pages = live.snapshot_on_device(0)
+    gate = threading.Event()  # the writer thread (whose copy does wait, for itself) starts after the check
+    cache._writer.submit(gate.wait, 30)
     torch.cuda.set_sync_debug_mode("error")  # the save must not make the model thread wait on the GPU
     try:
         entry = cache.put(cache.digest(prompt), len(prompt), rec, pages, None)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+        gate.set()
     rest = greedy(live, [5, 6, 7], 30)  # the live state goes on: the saved one must not change
     hit = cache.lookup([*prompt, 5], [len(prompt)])
     assert hit is not None and hit.source == "gpu" and hit.entry is entry
