@@ -2,8 +2,10 @@
 LRU bounded in bytes, and the copies that move a state between the model's device and host memory.
 
 Design choices:
-- A tier counts each entry whole: pages an entry shares with the state it continues count in both.
-  The bound can only over-estimate what is held, never let the tier grow past it.
+- A tier counts the memory it holds: a tensor shared by several entries (the pages a state shares
+  with the one it continues) counts once, and leaves the count with the last entry holding it. So a
+  long conversation's successive states cost their new pages each, not the whole state again, and
+  evicting a state frees only what no other held state uses (the LRU goes on until under the bound).
 - Device -> host copies run on the prefix writer's thread, never on the model's: the model thread only
   records a CUDA event after the snapshot (no sync); the writer's own stream waits for that event and
   copies into pinned host memory (PyTorch's caching host allocator: pinned blocks are reused, not
@@ -51,14 +53,20 @@ def touches(recurrent: dict[str, Tensor], pages: list[Page], device: torch.devic
     )
 
 
+def _tensors(entry: Any) -> list[Tensor]:
+    return [*entry.recurrent.values(), *(t for p in entry.pages for t in p.tensors.values())]
+
+
 class Tier:
-    """Entries (anything with `digest` and `size`) by digest, least recently used first, their sizes
-    summed in `used` and kept at most `capacity` by `add`."""
+    """Entries (anything with `digest`, `size`, `recurrent` and `pages`) by digest, least recently used
+    first; `used` is the bytes of the distinct tensors they hold, kept at most `capacity` by `add`."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.entries: OrderedDict[str, Any] = OrderedDict()
         self.used = 0
+        self._held: dict[str, list[Tensor]] = {}  # by digest: the tensors counted for it (as added)
+        self._refs: dict[int, tuple[Tensor, int]] = {}  # by id: a counted tensor and how many hold it
 
     def __contains__(self, digest: str) -> bool:
         return digest in self.entries
@@ -73,10 +81,27 @@ class Tier:
             self.entries.move_to_end(digest)
         return entry
 
+    def _hold(self, digest: str, tensors: list[Tensor]) -> None:
+        self._held[digest] = tensors
+        for t in tensors:
+            _, n = self._refs.get(id(t), (t, 0))
+            if n == 0:
+                self.used += t.numel() * t.element_size()
+            self._refs[id(t)] = (t, n + 1)
+
+    def _release(self, digest: str) -> None:
+        for t in self._held.pop(digest):
+            _, n = self._refs[id(t)]
+            if n == 1:
+                del self._refs[id(t)]
+                self.used -= t.numel() * t.element_size()
+            else:
+                self._refs[id(t)] = (t, n - 1)
+
     def pop(self, digest: str) -> Any:
         entry = self.entries.pop(digest, None)
         if entry is not None:
-            self.used -= entry.size
+            self._release(digest)
         return entry
 
     def fits(self, entry: Any) -> bool:
@@ -91,10 +116,10 @@ class Tier:
         if not self.fits(entry):
             return [entry]
         self.entries[entry.digest] = entry
-        self.used += entry.size
-        while self.used > self.capacity:
-            _, dropped = self.entries.popitem(last=False)
-            self.used -= dropped.size
+        self._hold(entry.digest, _tensors(entry))
+        while self.used > self.capacity:  # ends at the latest with `entry` alone, which fits
+            digest, dropped = self.entries.popitem(last=False)
+            self._release(digest)
             out.append(dropped)
         return out
 

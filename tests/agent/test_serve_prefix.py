@@ -48,8 +48,8 @@ def test_a_state_leaves_memory_but_not_the_database(tmp_path: Path) -> None:
     ids = list(range(50))
     with Store(tmp_path / "s.db") as store:
         cache = _cache(store, memory_bytes=45 * 16 * 4)
-        first = _put(cache, ids[:20])
-        _put(cache, ids[:40], base=first)  # pushes the first out of memory
+        _put(cache, ids[:20])
+        _put(cache, ids[:40])  # pushes the first out of memory (continuing it, it would share its page)
         cache.flush()
         hit = cache.lookup(ids, [20])
         assert hit is not None and hit.source == "database" and hit.entry.n_tokens == 20

@@ -92,6 +92,27 @@ def test_host_copies_share_nothing_and_continuations_reuse_the_base_pages() -> N
     cache.close()
 
 
+def test_pages_shared_by_a_conversation_s_states_count_once_in_either_tier() -> None:
+    ids = list(range(100))
+    both = _size(50) + 4  # the 50 tokens' pages once, and each state's own recurrent tensor
+    cache = _cache(None, device_bytes=both)
+    base = _put(cache, ids[:20])
+    more = _put(cache, ids[:50], base=base)
+    assert cache.device_used == both  # both fit: the first 20 tokens' page is held once
+    cache.flush()
+    other = _put(cache, [9, *ids[:9]])
+    # Over the bound: the least recent goes first (freeing its recurrent tensor alone, the page being
+    # shared), then the next, until under it; both land in the host tier, still sharing the page.
+    cache.flush()
+    assert cache.device_used == other.size == _size(10)
+    assert cache.memory_used == both
+    for n, entry in ((20, base), (50, more)):
+        hit = cache.lookup(ids[: n + 1], [n])
+        assert hit is not None and hit.source == "memory" and hit.entry is entry
+        _expect(hit, n)
+    cache.close()
+
+
 @pytest.mark.parametrize("with_db", [True, False])
 def test_a_state_whose_copy_or_write_is_pending_is_never_dropped(tmp_path: Path, with_db: bool) -> None:
     ids = list(range(100))
