@@ -8,9 +8,12 @@ Design choices:
   evicting a state frees only what no other held state uses (the LRU goes on until under the bound).
 - Device -> host copies run on the prefix writer's thread, never on the model's: the model thread only
   records a CUDA event after the snapshot (no sync); the writer's own stream waits for that event and
-  copies into pinned host memory (PyTorch's caching host allocator: pinned blocks are reused, not
-  pinned again for every copy), then waits for its own stream alone. The writer holds the device
-  tensors until the copy is done, so they cannot be freed and reused under it.
+  copies, then waits for its own stream alone. The writer holds the device tensors until the copy is
+  done, so they cannot be freed and reused under it.
+- Host copies are pinned (uploaded back at link speed when promoted) where that costs little: PyTorch's
+  caching host allocator reuses pinned blocks (no pinning again for every copy) but rounds each one up
+  to a power of two, so a tensor is pinned only when that wastes at most 1/8 of it (`PIN_WASTE`), else
+  it is plain memory (exactly its size: the tiers' byte bounds stay true within 1/8).
 - Host -> device copies (promoting a state found in host memory or the database) run on the model
   thread's stream, before the restore that reads them, so they are ordered with it without a sync.
 - On a CPU "device" (tests, or `--gpu-tier-mb` on a CPU server) the copies are plain clones: the tier
@@ -27,6 +30,15 @@ from hybrid_agent.model.state import Page
 from torch import Tensor
 
 AUTO_DEVICE_FRACTION = 0.5  # of the device memory free once the model and its buffers are built
+PIN_WASTE = 8  # a host copy is pinned when rounding it up to a power of two adds at most 1/PIN_WASTE
+
+
+def pins_well(nbytes: int) -> bool:
+    """Whether a pinned block for `nbytes` (rounded up to a power of two) wastes at most 1/PIN_WASTE."""
+    if nbytes <= 0:
+        return False
+    block = 1 << (nbytes - 1).bit_length()
+    return (block - nbytes) * PIN_WASTE <= nbytes
 
 
 def auto_device_bytes(device: torch.device) -> int:
@@ -139,8 +151,9 @@ class Copier:
         return torch.cuda.current_stream(self.device).record_event()
 
     def to_host(self, tensors: list[Tensor], ready: Any) -> list[Tensor]:
-        """Host copies of `tensors` (pinned on CUDA), once the work that made them (`ready`) is done;
-        called on the writer thread. Host tensors among them are cloned as well: the copy shares nothing."""
+        """Host copies of `tensors` (on CUDA: pinned where `pins_well`), once the work that made them
+        (`ready`) is done; called on the writer thread. Host tensors among them are cloned as well: the
+        copy shares nothing."""
         if not self.cuda:
             return [t.clone() for t in tensors]
         if self._stream is None:
@@ -154,8 +167,9 @@ class Copier:
                 if t.device.type != "cuda":
                     out.append(t.clone())
                     continue
-                host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-                host.copy_(t, non_blocking=True)
+                pinned = pins_well(t.numel() * t.element_size())
+                host = torch.empty(t.shape, dtype=t.dtype, pin_memory=pinned)
+                host.copy_(t, non_blocking=pinned)  # into plain memory: synchronous, on this stream
                 out.append(host)
         stream.synchronize()  # this thread waits for its own copies only
         return out

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 from hybrid_agent.agent.serve_prefix import Entry, PrefixCache
+from hybrid_agent.agent.serve_tiers import pins_well
 from hybrid_agent.memory import Store
 from hybrid_agent.model.state import Page
 
@@ -171,6 +172,12 @@ def test_database_hits_move_to_the_device_tier_when_they_fit(tmp_path: Path) -> 
         small.close()
 
 
+def test_host_copies_are_pinned_only_where_the_power_of_two_rounding_wastes_little() -> None:
+    assert pins_well(1 << 20) and pins_well(int((1 << 20) * 0.9)) and pins_well(8)
+    assert not pins_well(int((1 << 20) * 0.87))  # rounding up to 2^20 would add 15%
+    assert not pins_well((1 << 20) + 1) and not pins_well(0)
+
+
 def test_no_device_tier_on_a_cpu_by_default() -> None:
     cache = _cache(None, device_bytes=None)
     assert cache.device_capacity == 0 and not cache.on_device
@@ -257,5 +264,7 @@ def test_the_cuda_tier_restores_bit_exact_without_a_sync_on_save() -> None:
     assert entry.host is not None
     for dev, host in zip(entry.pages, entry.host[1], strict=True):
         for name, t in dev.tensors.items():
-            assert host.tensors[name].is_pinned() and torch.equal(host.tensors[name], t.cpu()), name
+            nbytes = t.numel() * t.element_size()
+            assert host.tensors[name].is_pinned() == pins_well(nbytes), name
+            assert torch.equal(host.tensors[name], t.cpu()), name
     cache.close()
