@@ -74,7 +74,8 @@ def build_app(engine: Any, store: Any, options: ServeOptions) -> Starlette:
         policy=f"window={engine.window},sinks={engine.sinks}",
         layout=engine.layout_metadata() if hasattr(engine, "layout_metadata") else None,
         memory_bytes=options.memory_tier_bytes,
-        device_bytes=options.gpu_tier_bytes,
+        # The device tier needs states snapshotted on the device (agent/engine.py `snapshot_on_device`).
+        device_bytes=options.gpu_tier_bytes if getattr(engine, "snapshot_on_device", None) else 0,
         device=getattr(engine, "device", None),
         max_bytes=options.prefix_max_bytes,
         ttl_seconds=options.prefix_ttl_seconds,

@@ -19,6 +19,9 @@ Design choices:
   become its host copy, or, while that copy is still being made, it waits in `_moving` (still found
   by lookups, its device tensors held) until the writer thread finishes the copy and demotes it. A
   state leaving the host tier is dropped: it is in the database, or its write is pending and holds it.
+- A state continuing one that left the device tier meanwhile (a batch row's answer, saved after
+  other rows' saves pushed its prompt's state out) holds that one's pages where they now are, in host
+  memory, beside its own on the device: it is restored all the same, those pages uploaded.
 - A state kept on the device also keeps its host copy once made (host memory, outside the host tier's
   bound): the database write and a later demotion need it, and it is the same size as the device tier.
 - Tiers' tensors are never handed out to be changed: a restore reads them straight into the engine's

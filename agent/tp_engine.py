@@ -150,6 +150,10 @@ class LeaderEngine(ModelEngine, _Ranked):
         out: tuple[dict[str, Tensor], list[Page]] = self._command({"op": "snapshot", "since": int(since)})
         return out
 
+    # A snapshot gathers every rank's shard to the host (`snapshot`): the leader's own state is one
+    # shard, so there are no device snapshots, and serve keeps no device tier (agent/serve_app.py).
+    snapshot_on_device = None
+
     def restore(self, recurrent: dict[str, Tensor], pages: Sequence[Page]) -> None:
         tensors = {f"r:{n}": t for n, t in recurrent.items()}
         for p in pages:

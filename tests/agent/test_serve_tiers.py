@@ -225,6 +225,21 @@ def test_served_from_the_device_tier_answers_as_a_fresh_prefill(
     assert a2.choices[0].message == b2.choices[0].message == c2.choices[0].message == f2.choices[0].message
 
 
+def test_an_engine_without_device_snapshots_gets_no_device_tier(engine: Any) -> None:
+    import copy
+
+    # As agent/tp_engine.py's leader: its snapshots gather the ranks' shards to the host.
+    leader_like = copy.copy(engine)
+    leader_like.snapshot_on_device = None
+    with serving(leader_like, None, gpu_tier_bytes=64 << 20, max_new_tokens=8) as served:
+        assert served.app.state.prefix.device_capacity == 0
+        first = [{"role": "user", "content": "hi"}]
+        a1 = chat(served, first)
+        chat(served, [*first, as_history(a1.choices[0].message), {"role": "user", "content": "more"}])
+        assert served.metric("state_hits_total", tier="memory") == 1
+        assert served.metric("state_hits_total", tier="gpu") == 0
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_the_cuda_tier_restores_bit_exact_without_a_sync_on_save() -> None:
