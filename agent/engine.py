@@ -130,7 +130,9 @@ class Engine(Protocol):
     # Optional (the loop looks them up with getattr): `sampler_state() -> str | None`,
     # `set_sampler_state(s)`, `layout_metadata() -> dict[str, str]`, how each state tensor is laid
     # out (model.state_layout.layout_metadata), stored with every snapshot and checked on resume, and
-    # `set_attention_policy(window, sinks)`, so that a session resumes under the window it was made with.
+    # `set_attention_policy(window, sinks)`, so that a session resumes under the window it was made with,
+    # and `snapshot_on_device(since)`, `snapshot` with its copies left on the model's device (serve's
+    # device tier, agent/serve_prefix.py; an engine without it gets no device tier).
 
 
 class ModelEngine:

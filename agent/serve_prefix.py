@@ -123,6 +123,7 @@ class PrefixCache:
         self._header = f"{fingerprint}\0{policy}\0".encode()
         self.device = torch.device(device if device is not None else "cpu")
         self._device_bytes = device_bytes
+        self._resolved = False
         self._gpu = Tier(device_bytes or 0)
         self._mem = Tier(memory_bytes)
         self._moving: dict[str, Entry] = {}  # left the device tier, host copy on its way
@@ -179,9 +180,24 @@ class PrefixCache:
     # -- tiers ------------------------------------------------------------------------------------
 
     def _resolve(self) -> None:
+        """Size the device tier once, at the first save (see `__init__`); a size given that the device
+        cannot hold now is said in the log (saves would then run it out of memory)."""
+        if self._resolved:
+            return
+        self._resolved = True
         if self._device_bytes is None:
             self._device_bytes = auto_device_bytes(self.device)
             self._gpu.capacity = self._device_bytes
+            log.info("device tier for saved states: %d MiB", self._device_bytes >> 20)
+        elif self._device_bytes > 0 and self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            if self._device_bytes > free:
+                log.warning(
+                    "the GPU tier (%d MiB) is more than the free GPU memory (%d MiB): saving states may "
+                    "run out of memory; lower --gpu-tier-mb",
+                    self._device_bytes >> 20,
+                    free >> 20,
+                )
 
     @property
     def device_capacity(self) -> int:
