@@ -180,7 +180,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tree", action="append", default=[], help="NAME=SITE, repeatable")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--shape", default="default", help="default (the packaged model), olmo7b, olmo-1b or olmo-tiny")
+    p.add_argument("--shape", default="default", help="default (packaged), olmo7b, olmo-1b, olmo-tiny")
     p.add_argument("--model", default=None, help="a model folder instead of --shape's")
     p.add_argument("--keep-model", default=None, help="write --shape's random checkpoint here, and keep it")
     p.add_argument("--device", default="cpu")
