@@ -298,11 +298,18 @@ def _open_run_agent(args: argparse.Namespace, *, ask: bool) -> Any:
     from hybrid_agent.agent.factory import ModelPreload
     from hybrid_agent.agent.startup import mark
 
-    settle(args)  # the model and device may come from the settings
-    mark("settings")
-    # The weights are read on a thread from here on, while the rest is set up (`ModelPreload`).
-    preload = ModelPreload(args.model, args.device, args.seed) if getattr(args, "tp", 1) == 1 else None
+    # The weights are read on a thread from the moment the model and device are known, while the rest
+    # is set up (`ModelPreload`): at once when both flags are given (a flag wins over the settings),
+    # else once the settings are read.
+    preload = None
     try:
+        tp = getattr(args, "tp", 1)
+        if tp == 1 and args.model is not None and args.device is not None:
+            preload = ModelPreload(args.model, args.device, args.seed)
+        settle(args)
+        mark("settings")
+        if tp == 1 and preload is None:
+            preload = ModelPreload(args.model, args.device, args.seed)
         from hybrid_agent.agent.loop import Agent
 
         mark("imports")

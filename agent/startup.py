@@ -4,7 +4,8 @@
 T the wall-clock time (seconds since the epoch), so a benchmark that noted when it spawned the process
 gets each phase's offset from the spawn (bench/cold_start.py, docs/results.md "Cold start"). The
 phases: `main` (the interpreter is up, the parser imported), `settings`, `preload-start` (torch and
-the loader imported; the weights are read on a thread from here: agent/factory.py `ModelPreload`),
+the loader imported; the weights are read on a thread from here: agent/factory.py `ModelPreload`;
+before `settings` when `--model` and `--device` are both given, which the settings cannot change),
 `device-ready` and `weights-read` (on that thread), `imports` (the agent's modules), `store-open`,
 `model-taken` (the agent has the model: its wait for the thread ends here), `engine-ready`,
 `agent-ready` (the session exists); the `system/init` line follows.

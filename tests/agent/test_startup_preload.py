@@ -102,15 +102,18 @@ def test_a_failed_start_stops_the_read(
     assert not preload_threads()
 
 
+@pytest.mark.parametrize("device", [None, "cpu"])
 def test_the_trace_names_the_phases_in_order(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, device: str | None
 ) -> None:
+    """With --model and --device both given the read starts before the settings are read (they cannot
+    change either); else after."""
     model = tiny(tmp_path / "m", 1)
     (tmp_path / "ws").mkdir()
     monkeypatch.setenv(TRACE_ENV, "1")
     argv = ["run", "hi", "--output-format", "stream-json", "--model", str(model), "--max-new-tokens", "2",
             "--db", str(tmp_path / "s.db"), "--workspace", str(tmp_path / "ws")]  # fmt: skip
-    code = main(argv)
+    code = main(argv + (["--device", device] if device else []))
     out, err = capsys.readouterr()
     assert code == 0, err
     assert json.loads(out.splitlines()[0])["subtype"] == "init"
@@ -118,8 +121,8 @@ def test_the_trace_names_the_phases_in_order(
         line.removeprefix(TRACE_PREFIX).split() for line in err.splitlines() if line.startswith(TRACE_PREFIX)
     ]
     names = [name for name, _ in marks]
-    main_thread = ["main", "settings", "preload-start", "imports", "store-open", "model-taken"]
-    main_thread += ["engine-ready", "agent-ready"]
+    start = ["main", "preload-start", "settings"] if device else ["main", "settings", "preload-start"]
+    main_thread = [*start, "imports", "store-open", "model-taken", "engine-ready", "agent-ready"]
     assert [n for n in names if n in main_thread] == main_thread, err
     # The read's own phases come after it started and before the model is taken.
     assert names.index("preload-start") < names.index("device-ready") < names.index("weights-read")
