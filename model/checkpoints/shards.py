@@ -271,7 +271,7 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 def _pinned(nbytes: int) -> Tensor:
     """A page-locked host buffer: the GPU copies from it without an extra staging copy, asynchronously."""
-    return torch.empty(nbytes, dtype=torch.uint8).pin_memory()
+    return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)  # (allocated pinned: no copy)
 
 
 def _copy_async(dst: Tensor, src: Tensor) -> Any:
