@@ -136,11 +136,12 @@ class ModelPreload:
     result (or raises its error) to the one caller that asks for the same model and device.
 
     Before the first token, `run` imports the agent's modules, reads the settings, opens the database,
-    builds the tool registry and the session, and reads the weights. Only the weights are large (13 GB
-    at OLMo Hybrid 7B's shape) and reading them is file reads and device copies, which release the
-    GIL; the rest is Python (imports, SQL) that holds it. So `run` starts the read as soon as the model
-    and device are known (agent/commands.py, after the settings) and `load_engine` takes the model from
-    it: the two overlap (docs/results.md, "Cold start"). The modules the read needs are imported before
+    builds the tool registry and the session, and reads the weights. Only the weights are large (about
+    14 GB at OLMo Hybrid 7B's shape) and reading them is file reads and device copies, which release
+    the GIL; the rest is Python (imports, SQL) that holds it. So `run` starts the read as soon as the
+    model and device are known (agent/commands.py: after the settings, or before them when `--model`
+    and `--device` are both given) and `load_engine` takes the model from it: the two overlap
+    (docs/results.md, "Cold start"). The modules the read needs are imported before
     the thread starts, on the caller's thread: two threads importing modules that import each other
     could each get the other's half-built module. A start that fails before the model is taken (a bad
     `--resume`, a settings error) calls `discard`: the read stops between two tensors and the thread
@@ -150,7 +151,7 @@ class ModelPreload:
         self.where = resolve_model_dir(model)  # a path that is not a model fails here, before the thread
         self.device = device
         self._seed = seed
-        # What the thread runs, imported here (module docstring): torch and the loader.
+        # What the thread runs, imported here (see the class docstring): torch and the loader.
         import hybrid_agent.model.checkpoints.loader  # noqa: F401
 
         self._stop = threading.Event()

@@ -191,7 +191,7 @@ def load_weights(
     `tp` (world > 1): the rank's shard; each full weight is read into a host buffer, hashed (the
     fingerprint is the full model's), and only the rank's part kept (model/parallel.py's rules).
     `stop`: once set, the load ends before the next tensor with a CheckpointError (a start that failed
-    elsewhere no longer needs the model: agent/startup.py)."""
+    elsewhere no longer needs the model: agent/factory.py `ModelPreload`)."""
     family: str = adapter.FAMILY
     cfg: HybridConfig = adapter.hybrid_config(hf)
     plan: dict[str, Source] = adapter.sources(cfg, hf)
