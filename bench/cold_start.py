@@ -10,7 +10,8 @@ result reports (`tokens_per_s`: the agent's time in decoding only).
 The start's phases (`phases_median_s` in the JSON: settings read, torch imported and the weights' read
 started, device ready, weights read, agent modules imported, database open, model taken, session made)
 come from the trace each run writes on stderr (HYBRID_AGENT_STARTUP_TRACE=1, agent/startup.py); a
-tree from before the trace has none.
+tree from before the trace has none. `load_gb_s_median`: the weights' bytes over the time from
+`device-ready` to `weights-read` (building the model, allocating it, reading and copying the weights).
 
 Trees: `--tree NAME=SITE` (repeatable) runs the package found in the folder SITE (a PYTHONPATH entry
 holding `hybrid_agent/`, e.g. one made by scripts/device_env.sh with HYBRID_AGENT_SITE); without it,
@@ -217,6 +218,9 @@ def main() -> None:
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg": os.getloadavg()},
             "shape": a.shape, "model": a.model, "device": a.device, "rounds": a.rounds, "trees": {},
         }  # fmt: skip
+        folder = Path(model) if model else ROOT / "model" / "default"
+        weight_bytes = sum(f.stat().st_size for f in folder.glob("*.safetensors")) if folder.is_dir() else 0
+        report["weight_bytes"] = weight_bytes
         for tree in trees:
             summary = {"site": tree["site"], "first_start": tree["first_start"],
                        "help_s_median": statistics.median(tree["help_s"])}  # fmt: skip
@@ -228,6 +232,11 @@ def main() -> None:
                 summary[kind]["init_s_all"] = [round(x["init_s"], 3) for x in rows]
                 phases = sorted({p for x in rows for p in x["phases"]}, key=lambda p: median_phase(rows, p))
                 summary[kind]["phases_median_s"] = {p: round(median_phase(rows, p), 3) for p in phases}
+                if weight_bytes and {"device-ready", "weights-read"} <= set(phases):
+                    # The load's rate: skeleton, allocation, reads and copies, from the device's readiness.
+                    took = [x["phases"]["weights-read"] - x["phases"]["device-ready"] for x in rows
+                            if {"device-ready", "weights-read"} <= set(x["phases"])]  # fmt: skip
+                    summary[kind]["load_gb_s_median"] = round(weight_bytes / 1e9 / statistics.median(took), 2)
             report["trees"][tree["name"]] = summary
         text = json.dumps(report, indent=1)
         print(text)
