@@ -294,22 +294,43 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _open_run_agent(args: argparse.Namespace, *, ask: bool) -> Any:
     """The agent of `run`: the options, the session to resume, and who approves tool calls (the person
     at the terminal with `ask`; else every `ask` call is denied, unless --yes)."""
-    from hybrid_agent.agent.config_commands import continued_session
-    from hybrid_agent.agent.loop import Agent
+    from hybrid_agent.agent.config_commands import continued_session, settle
+    from hybrid_agent.agent.factory import ModelPreload
+    from hybrid_agent.agent.startup import mark
 
-    options = _agent_options(args)
-    if args.resume:
-        options["resume"] = args.resume  # an id or a unique prefix (Agent.open resolves it)
-    if args.continue_:
-        with _store(args) as store:
-            options["resume"] = continued_session(store, args)
-    if args.yes and options["mode"] != "plan":  # with plan: --yes approves what plan mode allows
-        options["mode"] = "auto"
-    if args.yes and options["mode"] == "plan":
-        options["approval"] = _approve_all
-    if ask:
-        options["approval"] = _ask_on_terminal
-    agent = Agent.open(**options)
+    # The weights are read on a thread from the moment the model and device are known, while the rest
+    # is set up (`ModelPreload`): at once when both flags are given (a flag wins over the settings),
+    # else once the settings are read.
+    preload = None
+    try:
+        tp = getattr(args, "tp", 1)
+        if tp == 1 and args.model is not None and args.device is not None:
+            preload = ModelPreload(args.model, args.device, args.seed)
+        settle(args)
+        mark("settings")
+        if tp == 1 and preload is None:
+            preload = ModelPreload(args.model, args.device, args.seed)
+        from hybrid_agent.agent.loop import Agent
+
+        mark("imports")
+        options = _agent_options(args)
+        if args.resume:
+            options["resume"] = args.resume  # an id or a unique prefix (Agent.open resolves it)
+        if args.continue_:
+            with _store(args) as store:
+                options["resume"] = continued_session(store, args)
+        if args.yes and options["mode"] != "plan":  # with plan: --yes approves what plan mode allows
+            options["mode"] = "auto"
+        if args.yes and options["mode"] == "plan":
+            options["approval"] = _approve_all
+        if ask:
+            options["approval"] = _ask_on_terminal
+    except BaseException:
+        if preload is not None:
+            preload.discard()
+        raise
+    agent = Agent.open(**options, preload=preload)  # which takes or discards the preload
+    mark("agent-ready")
     for problem in agent.registry.plugin_errors:  # the tools it lacks, so the user knows why
         _say(f"hybrid-agent: warning: {problem.splitlines()[0] if problem else problem}")
     return agent

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from hybrid_agent.agent.errors import AgentError, ModelNotFoundError
+from hybrid_agent.agent.startup import mark
 
 if TYPE_CHECKING:
     from hybrid_agent.agent.engine import ModelEngine
@@ -96,27 +98,106 @@ def load_engine(
     seed: int | None = None,
     temperature: float = 0.0,
     tp: int = 1,
+    preload: ModelPreload | None = None,
 ) -> ModelEngine:
-    """The model's engine; `tp` > 1 splits the model over that many processes (agent/tp_launch.py)."""
+    """The model's engine; `tp` > 1 splits the model over that many processes (agent/tp_launch.py).
+    `preload`: the model already being read on a thread (`ModelPreload`), taken if it is this one
+    (same model and device); otherwise it is discarded and the model read here."""
     import torch
     from hybrid_agent.agent.engine import ModelEngine
     from hybrid_agent.model import load_model
 
-    check_device(device)
-    where = resolve_model_dir(path)
-    if seed is not None:
-        torch.manual_seed(seed)
-    if tp > 1:
-        from hybrid_agent.agent.tp_launch import start_ranks
+    if preload is not None and (tp > 1 or not preload.matches(path, device)):
+        preload.discard()
+        preload = None
+    if preload is not None:
+        where = preload.where
+        lm, tokenizer, chat = preload.take()
+    else:
+        check_device(device)
+        where = resolve_model_dir(path)
+        if seed is not None:
+            torch.manual_seed(seed)
+        if tp > 1:
+            from hybrid_agent.agent.tp_launch import start_ranks
 
-        options = {"window": window, "sinks": sinks, "temperature": temperature, "seed": seed}
-        engine: ModelEngine = start_ranks(where, tp, device, options)
-        return engine
-    lm, tokenizer, chat = load_model(where, device=device, progress=False)
+            options = {"window": window, "sinks": sinks, "temperature": temperature, "seed": seed}
+            engine: ModelEngine = start_ranks(where, tp, device, options)
+            return engine
+        lm, tokenizer, chat = load_model(where, device=device, progress=False)
     name = Path(where).name if Path(where).is_dir() else where
     return ModelEngine(
         lm, tokenizer, chat, window=window, sinks=sinks, temperature=temperature, seed=seed, model_name=name
     )
+
+
+class ModelPreload:
+    """`load_model(model, device=device)` on a thread of its own, started at once; `take` returns its
+    result (or raises its error) to the one caller that asks for the same model and device.
+
+    Before the first token, `run` imports the agent's modules, reads the settings, opens the database,
+    builds the tool registry and the session, and reads the weights. Only the weights are large (about
+    14 GB at OLMo Hybrid 7B's shape) and reading them is file reads and device copies, which release
+    the GIL; the rest is Python (imports, SQL) that holds it. So `run` starts the read as soon as the
+    model and device are known (agent/commands.py: after the settings, or before them when `--model`
+    and `--device` are both given) and `load_engine` takes the model from it: the two overlap
+    (docs/results.md, "Cold start"). The modules the read needs are imported before
+    the thread starts, on the caller's thread: two threads importing modules that import each other
+    could each get the other's half-built module. A start that fails before the model is taken (a bad
+    `--resume`, a settings error) calls `discard`: the read stops between two tensors and the thread
+    is waited for, so the error comes soon and no thread is left writing to the device at exit."""
+
+    def __init__(self, model: str | Path | None, device: str | None, seed: int | None = None) -> None:
+        self.where = resolve_model_dir(model)  # a path that is not a model fails here, before the thread
+        self.device = device
+        self._seed = seed
+        # What the thread runs, imported here (see the class docstring): torch and the loader.
+        import hybrid_agent.model.checkpoints.loader  # noqa: F401
+
+        self._stop = threading.Event()
+        self._result: tuple[Any, Any, Any] | None = None
+        self._error: BaseException | None = None
+        self._taken = False
+        self._thread = threading.Thread(target=self._load, name="hybrid-agent-preload", daemon=False)
+        mark("preload-start")
+        self._thread.start()
+
+    def _load(self) -> None:
+        import torch
+        from hybrid_agent.model.checkpoints.loader import load_model
+
+        try:
+            check_device(self.device)
+            mark("device-ready")
+            if self._seed is not None:  # as `load_engine` seeds it before its own load
+                torch.manual_seed(self._seed)
+            self._result = load_model(self.where, device=self.device, progress=False, stop=self._stop)
+            mark("weights-read")
+        except BaseException as exc:  # handed to `take`, on the caller's thread
+            self._error = exc
+
+    def matches(self, model: str | Path | None, device: str | None) -> bool:
+        """Whether this preload is the load `load_engine(model, device=device)` would do."""
+        return not self._taken and self.device == device and resolve_model_dir(model) == self.where
+
+    def take(self) -> tuple[Any, Any, Any]:
+        """Wait for the read; (model, tokenizer, chat format), or the error the read raised."""
+        self._taken = True
+        self._thread.join()
+        mark("model-taken")
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        assert self._result is not None
+        result, self._result = self._result, None
+        return result
+
+    def discard(self) -> None:
+        """Stop the read between two tensors and wait for the thread (a start that failed)."""
+        self._taken = True
+        self._stop.set()
+        self._thread.join()
+        self._result = self._error = None
 
 
 def open_agent(
@@ -144,17 +225,26 @@ def open_agent(
     mention_max_bytes: int | None = None,
     project_memory_max_bytes: int | None = None,
     tp: int = 1,
+    preload: ModelPreload | None = None,
 ) -> AgentT:
+    """`preload`: the model being read on a thread since the options were known (`ModelPreload`);
+    taken by `load_engine`, or discarded if the agent fails to open before that."""
     from hybrid_agent.agent.session_ids import resolve_session_id
     from hybrid_agent.agent.sessions import describe_policy, folder_gone, session_policy
     from hybrid_agent.memory import Store
 
-    check_options(
-        temperature=temperature, max_new_tokens=max_new_tokens, max_tool_rounds=max_tool_rounds,
-        window=window, sinks=sinks, max_prompt_tokens=max_prompt_tokens, mention_max_bytes=mention_max_bytes,
-        project_memory_max_bytes=project_memory_max_bytes, tp=tp,
-    )  # fmt: skip
-    store = Store(db)
+    try:
+        check_options(
+            temperature=temperature, max_new_tokens=max_new_tokens, max_tool_rounds=max_tool_rounds,
+            window=window, sinks=sinks, max_prompt_tokens=max_prompt_tokens,
+            mention_max_bytes=mention_max_bytes, project_memory_max_bytes=project_memory_max_bytes, tp=tp,
+        )  # fmt: skip
+        store = Store(db)
+    except BaseException:
+        if preload is not None:
+            preload.discard()
+        raise
+    mark("store-open")
     registry: Any = None
     try:
         recorded, given_window, moved_to = None, window, None
@@ -173,8 +263,11 @@ def open_agent(
                 # ... and keeps the attention window it ran with (its numbers depend on it).
                 window, sinks = recorded
         engine = load_engine(
-            model, device=device, window=window, sinks=sinks, seed=seed, temperature=temperature, tp=tp
-        )
+            model, device=device, window=window, sinks=sinks, seed=seed, temperature=temperature, tp=tp,
+            preload=preload,
+        )  # fmt: skip
+        preload = None  # taken (or discarded) by load_engine
+        mark("engine-ready")
         if recorded is not None and given_window is not None and engine.window != recorded[0]:
             # The resume would run under the session's own window anyway (Agent.resume): say so
             # rather than drop the option without a word.
@@ -214,6 +307,8 @@ def open_agent(
             store.move_session(resume, moved_to)
         return agent
     except BaseException:
+        if preload is not None:
+            preload.discard()
         if registry is not None:
             registry.close()  # the MCP servers it started
         store.close()

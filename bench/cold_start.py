@@ -7,6 +7,12 @@ appears, the `result` line, the decode rate between the first delta and the resu
 (output_tokens - 1 over that time; 0 when the model answered in one token) and the decode rate the
 result reports (`tokens_per_s`: the agent's time in decoding only).
 
+The start's phases (`phases_median_s` in the JSON: settings read, torch imported and the weights' read
+started, device ready, weights read, agent modules imported, database open, model taken, session made)
+come from the trace each run writes on stderr (HYBRID_AGENT_STARTUP_TRACE=1, agent/startup.py); a
+tree from before the trace has none. `load_gb_s_median`: the weights' bytes over the time from
+`device-ready` to `weights-read` (building the model, allocating it, reading and copying the weights).
+
 Trees: `--tree NAME=SITE` (repeatable) runs the package found in the folder SITE (a PYTHONPATH entry
 holding `hybrid_agent/`, e.g. one made by scripts/device_env.sh with HYBRID_AGENT_SITE); without it,
 the package this script imports. Every tree has its own database, workspace, settings folder and
@@ -21,7 +27,9 @@ turn (their order alternates between rounds), so load from other processes hits 
     python bench/cold_start.py --shape olmo7b --device cuda --rounds 3 --out cold_start_h100.json
 
 `--shape default` uses the packaged default model (or `--model DIR`); `--shape olmo-tiny` is a small
-random checkpoint of the same family, to check the script on a CPU.
+random checkpoint of the same family, to check the script on a CPU; `--shape olmo-1b` a 1.3 GB one, a
+weights' read that takes a while on a CPU. `--keep-model DIR` writes the random checkpoint there and
+keeps it (a later run passes it as `--model DIR`).
 """
 
 from __future__ import annotations
@@ -41,10 +49,18 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+TRACE_PREFIX = "hybrid-agent: startup "  # agent/startup.py's trace lines (its TRACE_ENV turns them on)
 # transformers' OlmoHybridConfig arguments: its defaults are OLMo Hybrid 7B; the tiny one checks this
 # script on a CPU.
 SHAPES: dict[str, dict[str, Any]] = {
     "olmo7b": {},
+    # About 0.65 B parameters, 1.3 GB in bf16 (2.6 GB as the CPU's float32): a load that takes a
+    # while on a CPU, to measure how the weights' read overlaps the rest of the start there.
+    "olmo-1b": dict(
+        hidden_size=1536, intermediate_size=4096, num_hidden_layers=12, num_attention_heads=12,
+        num_key_value_heads=12, linear_num_key_heads=12, linear_num_value_heads=12, linear_key_head_dim=64,
+        linear_value_head_dim=128, layer_types=(["linear_attention"] * 3 + ["full_attention"]) * 3,
+    ),
     "olmo-tiny": dict(
         vocab_size=2048, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
         num_key_value_heads=2, linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16,
@@ -95,6 +111,7 @@ def timed_run(tree: dict[str, Any], args: list[str], timeout: float) -> dict[str
     """One CLI subprocess of `tree`; the seconds from spawn to each milestone of its stream."""
     cmd = [sys.executable, "-m", "hybrid_agent", *args]
     out: dict[str, Any] = {}
+    spawned = time.time()  # the trace's clock (agent/startup.py): wall-clock seconds
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=tree["env"], cwd=tree["workspace"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -119,6 +136,11 @@ def timed_run(tree: dict[str, Any], args: list[str], timeout: float) -> dict[str
             out["output_tokens"] = (obj.get("usage") or {}).get("output_tokens", 0)
             out["agent_tok_s"] = obj.get("tokens_per_s") or 0.0  # the agent's own decode rate
     err = proc.stderr.read() if proc.stderr else ""
+    # The start's phases, from the HYBRID_AGENT_STARTUP_TRACE lines (a tree without the trace has none).
+    out["phases"] = {}
+    for line in err.splitlines():
+        if line.startswith(TRACE_PREFIX) and len(parts := line[len(TRACE_PREFIX) :].split()) == 2:
+            out["phases"][parts[0]] = float(parts[1]) - spawned
     if proc.wait() != 0 or "first_token_s" not in out:
         raise SystemExit(f"{tree['name']}: {' '.join(args)} failed (exit {proc.returncode}): {err[-500:]}")
     gen = out["result_s"] - out["first_token_s"]
@@ -138,6 +160,7 @@ def make_tree(name: str, site: str | None, scratch: Path) -> dict[str, Any]:
     for sub in ("workspace", "config", "cache"):
         (home / sub).mkdir(parents=True)
     env = dict(os.environ, PYTHONSAFEPATH="1", PYTHONUNBUFFERED="1", OMP_WAIT_POLICY="PASSIVE")
+    env["HYBRID_AGENT_STARTUP_TRACE"] = "1"
     env |= {"HYBRID_AGENT_CONFIG_DIR": str(home / "config"), "HYBRID_AGENT_CACHE_DIR": str(home / "cache")}
     if site is not None:
         env["PYTHONPATH"] = site + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else site
@@ -149,12 +172,18 @@ def median(rows: list[dict[str, Any]], key: str) -> float:
     return statistics.median(r[key] for r in rows)
 
 
+def median_phase(rows: list[dict[str, Any]], phase: str) -> float:
+    """The median offset of a trace phase from the spawn, over the runs that marked it."""
+    return statistics.median(r["phases"][phase] for r in rows if phase in r["phases"])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tree", action="append", default=[], help="NAME=SITE, repeatable")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--shape", default="default", help="default (the packaged model), olmo7b or olmo-tiny")
+    p.add_argument("--shape", default="default", help="default (packaged), olmo7b, olmo-1b, olmo-tiny")
     p.add_argument("--model", default=None, help="a model folder instead of --shape's")
+    p.add_argument("--keep-model", default=None, help="write --shape's random checkpoint here, and keep it")
     p.add_argument("--device", default="cpu")
     p.add_argument("--prompt", default="hello")
     p.add_argument("--max-new-tokens", type=int, default=32)
@@ -166,7 +195,7 @@ def main() -> None:
         model = a.model
         if model is None and a.shape != "default":
             t = time.perf_counter()
-            model = str(write_random_checkpoint(scratch / "model", a.shape))
+            model = str(write_random_checkpoint(Path(a.keep_model or scratch / "model"), a.shape))
             print(f"wrote {a.shape} checkpoint in {time.perf_counter() - t:.1f} s", file=sys.stderr)
         trees = [make_tree(*(t.split("=", 1)), scratch) for t in a.tree] or [make_tree("this", None, scratch)]
         common = ["run", "--output-format", "stream-json", "--include-partial-messages", "--device", a.device]
@@ -189,6 +218,9 @@ def main() -> None:
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg": os.getloadavg()},
             "shape": a.shape, "model": a.model, "device": a.device, "rounds": a.rounds, "trees": {},
         }  # fmt: skip
+        folder = Path(model) if model else ROOT / "model" / "default"
+        weight_bytes = sum(f.stat().st_size for f in folder.glob("*.safetensors")) if folder.is_dir() else 0
+        report["weight_bytes"] = weight_bytes
         for tree in trees:
             summary = {"site": tree["site"], "first_start": tree["first_start"],
                        "help_s_median": statistics.median(tree["help_s"])}  # fmt: skip
@@ -197,6 +229,14 @@ def main() -> None:
                 keys = ("init_s", "first_token_s", "result_s", "decode_tok_s", "agent_tok_s", "output_tokens")
                 summary[kind] = {k: median(rows, k) for k in keys}
                 summary[kind]["first_token_s_all"] = [round(x["first_token_s"], 3) for x in rows]
+                summary[kind]["init_s_all"] = [round(x["init_s"], 3) for x in rows]
+                phases = sorted({p for x in rows for p in x["phases"]}, key=lambda p: median_phase(rows, p))
+                summary[kind]["phases_median_s"] = {p: round(median_phase(rows, p), 3) for p in phases}
+                if weight_bytes and {"device-ready", "weights-read"} <= set(phases):
+                    # The load's rate: skeleton, allocation, reads and copies, from the device's readiness.
+                    took = [x["phases"]["weights-read"] - x["phases"]["device-ready"] for x in rows
+                            if {"device-ready", "weights-read"} <= set(x["phases"])]  # fmt: skip
+                    summary[kind]["load_gb_s_median"] = round(weight_bytes / 1e9 / statistics.median(took), 2)
             report["trees"][tree["name"]] = summary
         text = json.dumps(report, indent=1)
         print(text)

@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from hybrid_agent.agent.cli import EXIT_USAGE, parse_args
+from hybrid_agent.agent.startup import mark
 
 NO_TERMINAL = (
     "hybrid-agent: the terminal UI needs a terminal on stdin and stdout; "
@@ -22,6 +23,7 @@ NO_TERMINAL = (
 
 
 def main(argv: list[str] | None = None) -> int:
+    mark("main")  # the interpreter is up and the parser imported (a trace of the start: agent/startup.py)
     args = parse_args(argv)
     if args.command is None and not (sys.stdin.isatty() and sys.stdout.isatty()):
         # The UI would wait on a terminal that is not there (a pipe, a CI job, an editor's task).

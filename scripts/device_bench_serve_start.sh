@@ -2,12 +2,15 @@
 # The GPU benchmarks of `hybrid-agent serve` (issue 24) and of the start and resume paths (issue 25) in
 # one device call of at most 10 minutes, at OLMo Hybrid 7B's shape (random bf16 weights, written once):
 #   bash scripts/device_bench_serve_start.sh OUT [STEPS]
-# STEPS (comma-separated; default serve,start,resume,loop), run in this order: serve, hf, start, resume, loop.
+# STEPS (comma-separated; default serve,start,resume,loop), run in this order: serve, hf, start, weights,
+# resume, loop. The start step's JSON has each phase of the start (HYBRID_AGENT_STARTUP_TRACE, agent/startup.py).
 #   serve  bench/gpu_serve.py: 1 / 8 / 32 / 64 concurrent sessions, a returning 64k conversation
 #   start  bench/cold_start.py: this tree against the tree in .before/ (the commit before the start work,
 #          made with `git archive`, carried as an ignored folder), new and resumed sessions
 #   resume bench/gpu_resume.py full-cache resume at 64k (BLAKE3 snapshots) against re-prefilling
 #   loop   bench/loop_overhead.py on cuda: the agent loop's decode against the engine's at one context
+#   weights (not in the default list) bench/load_weights.py --device cuda: the weights' reader into the
+#          GPU (the pinned ring of model/checkpoints/shards.py) in GB/s, against safetensors' load_file
 #   hf     (not in the default list) transformers' batching on the same shape, bench/gpu_serve.py
 #          --transformers alone: on the H100 (transformers 5.17) its generate_batch outran the serve
 #          step's limit when the two shared it, so it has its own step and JSON
@@ -40,6 +43,8 @@ if [ -d .before ] && [ ! -e .before/model/default ]; then ln -s "$PWD/model/defa
 (cd .before && HYBRID_AGENT_SITE=/tmp/site-before source scripts/device_env.sh > /dev/null)
 step start start 150 python3 bench/cold_start.py --model $ckpt --device cuda --rounds 2 \
   --tree before=/tmp/site-before --tree after=/tmp/hybrid-agent-site --out "$out/cold_start_gpu.json"
+step weights load_weights 90 python3 bench/load_weights.py --gb 4 --rounds 3 --device cuda \
+  --out "$out/load_weights_gpu.json"
 step resume resume_b3 100 python3 bench/gpu_resume.py --sections full --digest blake3 --out "$out/gpu_resume_b3.json"
 step loop loop 50 python3 bench/loop_overhead.py --model $ckpt --device cuda --context 4096 --tokens 256 \
   --repeats 2 --out "$out/loop_overhead_gpu.json"

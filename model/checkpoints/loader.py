@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -183,11 +184,14 @@ def load_weights(
     progress: bool = True,
     cache_fingerprint: bool = True,
     tp: TensorParallel | None = None,
+    stop: threading.Event | None = None,
 ) -> HybridLM:
     """Build our model for a checkpoint read by `adapter` and stream its weights in (module docstring).
     `cache_fingerprint=False` hashes the weights and neither reads nor writes the fingerprint cache.
     `tp` (world > 1): the rank's shard; each full weight is read into a host buffer, hashed (the
-    fingerprint is the full model's), and only the rank's part kept (model/parallel.py's rules)."""
+    fingerprint is the full model's), and only the rank's part kept (model/parallel.py's rules).
+    `stop`: once set, the load ends before the next tensor with a CheckpointError (a start that failed
+    elsewhere no longer needs the model: agent/factory.py `ModelPreload`)."""
     family: str = adapter.FAMILY
     cfg: HybridConfig = adapter.hybrid_config(hf)
     plan: dict[str, Source] = adapter.sources(cfg, hf)
@@ -219,6 +223,8 @@ def load_weights(
     bar = _Progress(sum(shards.entries[n].nbytes for n in used), progress)
     try:
         for target in order:
+            if stop is not None and stop.is_set():
+                raise CheckpointError(f"loading {root} was cancelled")
             names, src = resolved[target]
             data = params[target].data
             if tp.world > 1:  # the full weight on the host, then the rank's part
@@ -365,12 +371,14 @@ def load_model(
     progress: bool = True,
     cache_fingerprint: bool = True,
     tp: int = 1,
+    stop: threading.Event | None = None,
 ) -> tuple[HybridLM, Tokenizer | ByteTokenizer, ChatFormat]:
     """Load a checkpoint (see the module docstring). Default device: cpu; default dtype: float32 on CPU,
     bfloat16 on CUDA (`dtype` may be spelt "bfloat16", "float16", "float32"). `cache_fingerprint`:
     see `load_weights`. `tp` > 1: this process's tensor-parallel shard, in an initialised process group
     of `tp` ranks (torchrun, or model/parallel.py's `launch`); the tokenizer and chat format are whole.
-    Under NCCL the default device is the rank's current card (`torch.cuda.set_device` first)."""
+    Under NCCL the default device is the rank's current card (`torch.cuda.set_device` first).
+    `stop`: see `load_weights`."""
     ctx = TensorParallel.current()
     if tp < 1 or ctx.world != tp:
         raise CheckpointError(
@@ -398,7 +406,7 @@ def load_model(
     adapter = cast(Adapter, native) if family is None else ADAPTERS[family]
     model = load_weights(
         root, adapter, hf, device=dev, dtype=dt, progress=progress and ctx.rank == 0,
-        cache_fingerprint=cache_fingerprint, tp=ctx,
+        cache_fingerprint=cache_fingerprint, tp=ctx, stop=stop,
     )  # fmt: skip
     if tokenizer.vocab_size > model.config.vocab_size:
         raise CheckpointError(

@@ -8,9 +8,14 @@ Design choices:
   model would peak near twice its size. Plain reads keep the peak at the model plus one tensor.
 - Reads are positional (`os.preadv`, no shared file offset), so a large tensor is read as `READ_CHUNK`
   pieces on several threads at once: one thread copies from the page cache at a few GB/s, and the
-  GIL is released while it does. A CUDA target (`upload_into`) goes through a small ring of pinned
-  buffers: a piece is read into one while the previous pieces are copied to the GPU asynchronously,
-  so reading and uploading overlap, with host memory bounded by the ring, not the tensor.
+  GIL is released while it does.
+- A CUDA target (`upload_into`) goes through a ring of pinned buffers of `READ_CHUNK` bytes. The call
+  only queues its pieces and returns: each piece is one job on the reading threads, which takes a free
+  buffer (waiting for the copy that last used it), reads into it and starts its asynchronous copy to
+  the GPU. So the next tensors' pieces are read while the earlier ones are still being read and
+  copied: every thread reads all the time, whatever the tensors' sizes (a tensor of one piece no
+  longer reads on one thread while the others wait), and host memory stays bounded by the ring.
+  `sync` (or `close`) waits for every piece and raises the first error one of them met.
 - The header is checked before anything is read: its length is capped, every entry needs a known
   dtype, a shape, and `data_offsets` that match the shape and lie inside the file. A file that fails
   is named in a one-line error.
@@ -18,12 +23,14 @@ Design choices:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import queue
 import struct
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,8 +41,8 @@ from torch import Tensor
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
-READ_CHUNK = 16 << 20  # bytes one thread reads at a time
-RING_SLOTS, RING_SLOT_BYTES = 4, 64 << 20  # the pinned staging buffers of `upload_into`
+READ_CHUNK = 16 << 20  # bytes one thread reads at a time (and the size of `upload_into`'s buffers)
+RING_SLOTS = 16  # the pinned buffers of `upload_into`: two per reading thread at most (8 threads)
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -137,6 +144,7 @@ class ShardSet:
         self._threads = max(1, min(8, os.cpu_count() or 1) if threads is None else threads)
         self._pool: ThreadPoolExecutor | None = None
         self._ring: _Ring | None = None
+        self._uploads: list[Future[None]] = []
 
     def __contains__(self, name: str) -> bool:
         return name in self.entries
@@ -188,32 +196,59 @@ class ShardSet:
 
     def upload_into(self, name: str, out: Tensor) -> Tensor:
         """Fill the contiguous CUDA tensor `out` (the entry's dtype and size) through the pinned ring:
-        the copies are asynchronous on the current stream; `close` (or `sync`) waits for them."""
+        the reads and copies run on the reading threads after this returns; `sync` (or `close`) waits
+        for them and raises the first error one met."""
         e = self.entries[name]
         if out.dtype != e.dtype or out.numel() != _numel(e.shape) or not out.is_contiguous():
             raise AssertionError(f"upload_into({name}): {out.dtype} {tuple(out.shape)} does not fit")
         if self._ring is None:
-            self._ring = _Ring()
+            self._ring = _Ring(min(RING_SLOTS, 2 * self._threads))
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="shard-read")
         dst = out.view(-1).view(torch.uint8)
-        for a in range(0, e.nbytes, RING_SLOT_BYTES):
-            n = min(RING_SLOT_BYTES, e.nbytes - a)
-            slot = self._ring.next_slot()  # waits until its previous copy is done
-            self._read_bytes(e, memoryview(slot[:n].numpy()), a)
-            dst[a : a + n].copy_(slot[:n], non_blocking=True)
-            self._ring.record()
+        for a in range(0, e.nbytes, READ_CHUNK):
+            n = min(READ_CHUNK, e.nbytes - a)
+            self._uploads.append(self._pool.submit(self._upload_piece, e, dst, a, n))
         return out.view(e.shape)
+
+    def _upload_piece(self, e: TensorEntry, dst: Tensor, offset: int, n: int) -> None:
+        """One job of `upload_into`: bytes [offset, offset + n) of the entry into a free pinned buffer,
+        then its asynchronous copy into `dst`; the buffer goes back to the ring with the copy's event."""
+        assert self._ring is not None
+        i, slot = self._ring.take()
+        event = None
+        try:
+            self._pread(e, memoryview(slot[:n].numpy()), offset)
+            event = _copy_async(dst[offset : offset + n], slot[:n])
+        finally:
+            self._ring.give(i, event)
 
     def read(self, name: str) -> Tensor:
         e = self.entries[name]
         return self.read_into(name, torch.empty(e.shape, dtype=e.dtype))
 
     def sync(self) -> None:
-        """Wait for the uploads `upload_into` started."""
+        """Wait for the uploads `upload_into` started; the first error one met is raised here."""
+        uploads, self._uploads = self._uploads, []
+        error: BaseException | None = None
+        for f in uploads:  # every one waited for, so none still writes into a buffer afterwards
+            try:
+                f.result()
+            except BaseException as exc:
+                error = error or exc
         if self._ring is not None:
             self._ring.wait_all()
+        if error is not None:
+            raise error
 
     def close(self) -> None:
-        self.sync()
+        """Release the files, threads and buffers. Uploads not begun are dropped and those running waited
+        for, their errors not raised: a caller that needs the uploads calls `sync` first (a load that
+        failed or was cancelled elsewhere only needs them stopped)."""
+        for f in self._uploads:
+            f.cancel()
+        with contextlib.suppress(Exception):  # see the docstring
+            self.sync()
         self._ring = None
         if self._pool is not None:
             self._pool.shutdown(wait=True)
@@ -234,26 +269,51 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
+def _pinned(nbytes: int) -> Tensor:
+    """A page-locked host buffer: the GPU copies from it without an extra staging copy, asynchronously."""
+    return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)  # (allocated pinned: no copy)
+
+
+def _copy_async(dst: Tensor, src: Tensor) -> Any:
+    """Queue the copy of the pinned `src` into the GPU tensor `dst` on `dst`'s device's current stream;
+    the event whose `synchronize()` returns once it is done (and `src` may be written again)."""
+    dst.copy_(src, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record(torch.cuda.current_stream(dst.device))
+    return event
+
+
 class _Ring:
-    """`RING_SLOTS` pinned host buffers used in turn; a slot is reused once its copy has finished."""
+    """`size` pinned buffers of `READ_CHUNK` bytes, taken by the reading threads in turn; one comes back
+    with the event of the copy that reads it, and is reused once that copy has finished. A buffer is
+    allocated when it is first taken (on the thread that takes it, so the ring's pinning is parallel)."""
 
-    def __init__(self) -> None:
-        self.slots = [torch.empty(RING_SLOT_BYTES, dtype=torch.uint8).pin_memory() for _ in range(RING_SLOTS)]
-        self.events: list[Any] = [None] * RING_SLOTS
-        self.i = -1
+    def __init__(self, size: int) -> None:
+        self.slots: list[Tensor | None] = [None] * size
+        self.events: list[Any] = [None] * size
+        self.free: queue.Queue[int] = queue.Queue()
+        for i in range(size):
+            self.free.put(i)
 
-    def next_slot(self) -> Tensor:
-        self.i = (self.i + 1) % RING_SLOTS
-        if self.events[self.i] is not None:
-            self.events[self.i].synchronize()
-        return self.slots[self.i]
+    def take(self) -> tuple[int, Tensor]:
+        i = self.free.get()
+        if self.events[i] is not None:
+            self.events[i].synchronize()
+            self.events[i] = None
+        slot = self.slots[i]
+        if slot is None:
+            try:
+                slot = self.slots[i] = _pinned(READ_CHUNK)
+            except BaseException:
+                self.free.put(i)
+                raise
+        return i, slot
 
-    def record(self) -> None:
-        event = torch.cuda.Event()
-        event.record()
-        self.events[self.i] = event
+    def give(self, i: int, event: Any) -> None:
+        self.events[i] = event
+        self.free.put(i)
 
     def wait_all(self) -> None:
-        for event in self.events:
+        for event in list(self.events):
             if event is not None:
                 event.synchronize()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import struct
+import threading
 from pathlib import Path
 
 import pytest
@@ -51,8 +52,7 @@ def test_reads_equal_safetensors_load_file(tmp_path: Path, monkeypatch, threads:
 def test_upload_into_a_gpu_equals_the_file(tmp_path: Path, monkeypatch) -> None:
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    monkeypatch.setattr(shards_mod, "RING_SLOT_BYTES", 8192)  # many slots per tensor, the ring wraps
-    monkeypatch.setattr(shards_mod, "READ_CHUNK", 2048)
+    monkeypatch.setattr(shards_mod, "READ_CHUNK", 2048)  # many pieces per tensor, the ring wraps
     save_file(tensors(), str(tmp_path / "model.safetensors"))
     want = load_file(str(tmp_path / "model.safetensors"))
     s = ShardSet(tmp_path)
@@ -109,3 +109,80 @@ def test_a_file_cut_short_after_the_header_is_a_clear_error(tmp_path: Path) -> N
             s.read("a")
     finally:
         s.close()
+
+
+class LateCopy:
+    """A copy that happens only when it is waited for: what an asynchronous GPU copy may do. A ring that
+    reused a buffer before waiting for its copy would copy the next piece's bytes instead."""
+
+    def __init__(self, dst: torch.Tensor, src: torch.Tensor) -> None:
+        self.dst, self.src, self.done = dst, src, False
+
+    def synchronize(self) -> None:
+        if not self.done:
+            self.dst.copy_(self.src)
+            self.done = True
+
+
+@pytest.mark.parametrize("threads", [1, 3, 8])
+def test_the_upload_ring_waits_for_each_copy(tmp_path: Path, monkeypatch, threads: int) -> None:
+    """`upload_into`'s ring on the CPU (plain buffers; copies that land only when waited for): many
+    small pieces on several threads, the ring wrapping many times, every byte equal to the file."""
+    monkeypatch.setattr(shards_mod, "READ_CHUNK", 512)  # "big" is 302 pieces, "f32" 8
+    monkeypatch.setattr(shards_mod, "_pinned", lambda n: torch.empty(n, dtype=torch.uint8))
+    monkeypatch.setattr(shards_mod, "_copy_async", LateCopy)
+    save_file(tensors(), str(tmp_path / "model.safetensors"))
+    want = load_file(str(tmp_path / "model.safetensors"))
+    s = ShardSet(tmp_path, threads=threads)
+    try:
+        out = {n: torch.full(t.shape, 7, dtype=t.dtype) for n, t in want.items()}
+        for n in want:
+            s.upload_into(n, out[n])
+        s.sync()
+        for n, t in want.items():
+            assert torch.equal(out[n], t), n
+    finally:
+        s.close()
+
+
+def test_an_upload_that_fails_raises_at_sync(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(shards_mod, "READ_CHUNK", 512)
+    monkeypatch.setattr(shards_mod, "_pinned", lambda n: torch.empty(n, dtype=torch.uint8))
+    monkeypatch.setattr(shards_mod, "_copy_async", LateCopy)
+    save_file({"a": torch.ones(1000), "b": torch.ones(1000)}, str(tmp_path / "model.safetensors"))
+    s = ShardSet(tmp_path, threads=2)
+    with (tmp_path / "model.safetensors").open("r+b") as f:
+        f.truncate(6000)  # "b" is cut short
+    out = {n: torch.empty(1000) for n in ("a", "b")}
+    try:
+        s.upload_into("a", out["a"])
+        s.upload_into("b", out["b"])
+        with pytest.raises(CheckpointError, match="ends inside tensor b"):
+            s.sync()
+        assert torch.equal(out["a"], torch.ones(1000))
+    finally:
+        s.close()
+
+
+def test_close_drops_the_uploads_not_begun(tmp_path: Path, monkeypatch) -> None:
+    """A load that stops early (cancelled, or failed elsewhere) does not read the rest of the file."""
+    monkeypatch.setattr(shards_mod, "READ_CHUNK", 512)
+    monkeypatch.setattr(shards_mod, "_pinned", lambda n: torch.empty(n, dtype=torch.uint8))
+    monkeypatch.setattr(shards_mod, "_copy_async", LateCopy)
+    save_file({f"t{i}": torch.ones(1024) for i in range(50)}, str(tmp_path / "model.safetensors"))
+    s = ShardSet(tmp_path, threads=1)
+    reads: list[int] = []
+    pread = s._pread
+    gate = threading.Event()
+
+    def counted(e, buf, offset):  # the first piece waits until everything is queued
+        gate.wait(10)
+        reads.append(offset)
+        pread(e, buf, offset)
+
+    monkeypatch.setattr(s, "_pread", counted)
+    for i in range(50):
+        s.upload_into(f"t{i}", torch.empty(1024))
+    gate.set()
+    s.close()
+    assert 1 <= len(reads) < 50 * 8

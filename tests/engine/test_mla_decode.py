@@ -84,3 +84,14 @@ def test_per_row_positions(monkeypatch: pytest.MonkeyPatch) -> None:
         one = (q_lat[b : b + 1], q_rot[b : b + 1], lat[b : b + 1], rope[b : b + 1], pos[b : b + 1])
         assert torch.equal(out[b : b + 1], _mla_decode_triton(*one))
         torch.testing.assert_close(ref[b : b + 1], mla_decode_ref(*one), rtol=0, atol=0)
+
+
+def test_importing_the_model_imports_no_triton() -> None:
+    """Triton is imported when a kernel runs, not on a start's import of the model (80 ms on a CPU)."""
+    import subprocess
+    import sys
+
+    code = "import sys\nimport hybrid_agent.model.checkpoints.loader\nprint('triton' in sys.modules)"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip() == "False"
