@@ -53,6 +53,11 @@ class ModelRows:
         self.batch = BatchState(stay) if stay else None
         return [states[b] for b in idx]
 
+    def view(self, i: int) -> ModelState:
+        """Row `i` (join order) as a state of its own (here a copy), to read before the next step."""
+        assert self.batch is not None
+        return self.batch.row(i)
+
     def step(self, tokens: Sequence[int]) -> Tensor:
         assert self.batch is not None
         return self.batch.step(self.model, tokens)
@@ -110,6 +115,11 @@ class EngineRows:
         gone = set(idx)
         self.order = [b for i, b in enumerate(self.order) if i not in gone]
         return out
+
+    def view(self, i: int) -> ModelState:
+        """Row `i` (join order) as a state of views into its slot (no copy of a long cache): read it
+        before the next step, join or leave."""
+        return self.engine.view_row(self.order[i])
 
     def step(self, tokens: Sequence[int]) -> Tensor:
         eng = self.engine

@@ -9,9 +9,11 @@ next request of the conversation starts there.
 
 Up to `max_concurrent` requests decode together in one batch (agent/serve_batch.py; the decode
 engine's per-row slots or model/batch.py, agent/serve_rows.py: each row its own position, recurrent
-state and cache length; rows join and leave between steps), each prefilled alone on the engine when it
-joins but for its prompt's last token, which the batch's step feeds; a model the batch cannot run (a
-window, MLA layers), or `max_concurrent` 1, runs one request at a time on the engine.
+state and cache length; rows join and leave between steps). A joining request is restored on the
+engine; the rest of its prompt is prefilled alone there but for its last token, which the batch's step
+feeds, or, when that rest is at most `join_feed_tokens` long, all of it is fed by the batch's steps (its
+prompt state then saved from the batch). A model the batch cannot run (a window, MLA layers), or
+`max_concurrent` 1, runs one request at a time on the engine.
 `max_concurrent + max_queue` bounds how many are admitted (more get 429) and `queue_depth` is how many
 wait.
 """
@@ -51,6 +53,8 @@ class Metrics:
         "batch_rows_total": "rows over all batched decode steps (divided by the steps: the mean batch)",
         "batch_builds_total": "batch buffers built (at start-up, and again larger when a row outgrows them)",
         "join_seconds_total": "time admitting requests to the batch (restore, prefill, first token)",
+        "step_prompt_tokens_total": "prompt tokens fed by the batch's step while other rows decode, "
+        "instead of a prefill of their own on joining (--join-feed-tokens)",
         "warmup_seconds_total": "time warming the batched step at start-up (before any request)",
     }
     GAUGES: ClassVar[dict[str, str]] = {
@@ -129,10 +133,20 @@ class Job:
 
 class Scheduler:
     def __init__(
-        self, engine: Any, prefix: PrefixCache, metrics: Metrics, *, max_concurrent: int, max_queue: int
+        self,
+        engine: Any,
+        prefix: PrefixCache,
+        metrics: Metrics,
+        *,
+        max_concurrent: int,
+        max_queue: int,
+        join_feed_tokens: int = 0,
     ) -> None:
         self.engine, self.prefix, self.metrics = engine, prefix, metrics
         self.max_concurrent, self.max_queue = max_concurrent, max_queue
+        # A joining request's unrestored prompt part of at most this many tokens is fed by the batch's
+        # step rather than prefilled alone (`begin(feed=...)`).
+        self.join_feed_tokens = join_feed_tokens
         self._waiting: collections.deque[Job] = collections.deque()
         self._running = 0
         self._cond = threading.Condition()
@@ -241,12 +255,14 @@ class Scheduler:
         self.metrics.inc("state_saves_total")
         return self.prefix.put(self.prefix.digest(ids), len(ids), recurrent, pages, base)
 
-    def begin(self, job: Job, defer: bool = False) -> Row:
+    def begin(self, job: Job, defer: bool = False, feed: int = 0) -> Row:
         """Restore the longest saved prefix, prefill the rest of the prompt on the engine, save the
         prompt's state; the engine's live state is then the row's, ready for its first token.
         `defer`: the prompt's last token (and a forced call's markup) are left in `row.pending` for the
         batch's step to feed (each would otherwise cost a forward of its own here), unless the state
-        would then be empty."""
+        would then be empty. `feed`: with `defer`, a part of the prompt not restored (before its last
+        token) of at most this many tokens is not prefilled here either: it goes to `row.pending` too,
+        and the batch saves the prompt's state when its step has fed it (`row.prompt_save_in`)."""
         from hybrid_agent.agent.stream import VisibleText
         from hybrid_agent.model.decode.sampling import SamplingParams
 
@@ -258,13 +274,17 @@ class Scheduler:
         # another sample) restores it and prefills that last token, whose logits the answer starts from.
         last = len(job.ids) - 1
         prompt_entry = base
-        if cached < last:
+        by_step = defer and 0 < last - cached <= feed  # the batch's step feeds the whole rest
+        if cached < last and not by_step:
             eng.prefill(job.ids[cached:last])
             prompt_entry = self._save(job.ids[:last], base)
-        defer = defer and max(cached, last) > 0
+        defer = by_step or (defer and max(cached, last) > 0)
         row = Row(job, cached, prompt_entry, eng.text_stream(), VisibleText(chat), chat, sampler,
                   StopText(job.sampling.stop))  # fmt: skip
-        if defer:
+        if by_step:
+            row.pending, row.prompt_save_in = list(job.ids[cached:]), last - cached
+            self.metrics.inc("step_prompt_tokens_total", last - cached)
+        elif defer:
             row.pending = list(job.ids[last:])
         else:
             eng.prefill(job.ids[last:])
@@ -280,6 +300,11 @@ class Scheduler:
             for tok in forced:
                 sampler.seen(tok)
         return row
+
+    def save_prompt(self, row: Row, snapshot: Snapshotter) -> None:
+        """The prompt's state (one token short of its end, as `begin` saves it) from `snapshot`, once
+        the batch's step has fed the rest of a prompt that `begin(feed=...)` left to it."""
+        row.prompt_entry = self._save(row.job.ids[:-1], row.prompt_entry, snapshot)
 
     def end(self, row: Row, snapshot: Snapshotter | None = None) -> Result:
         """The answer of a row whose last token is in its state (the engine's, or `snapshot`'s)."""
@@ -345,6 +370,9 @@ class Row:
     # Tokens of the prompt (and forced markup) not yet in the row's state: the batch feeds them first.
     pending: list[int] = field(default_factory=list)
     feeding: bool = False  # the row's token in the batch is one of those, not a generated one
+    # Steps until the row's state holds the prompt but its last token, when its prompt's state is yet
+    # to be saved from the batch (`Scheduler.save_prompt`); 0: nothing to save.
+    prompt_save_in: int = 0
 
     def emit_logprobs(self) -> None:
         """The logprobs of the tokens sampled since the last call (streaming sends them with the text)."""

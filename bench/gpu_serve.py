@@ -93,7 +93,7 @@ def stream_session(client: Any, model: str, i: int, tokens: int) -> tuple[float,
 
 
 def decode_section(
-    engine: Any, sessions: list[int], tokens: int, tmp: Path, paths: list[str]
+    engine: Any, sessions: list[int], tokens: int, tmp: Path, paths: list[str], feed: int | None = None
 ) -> list[dict[str, Any]]:
     from hybrid_agent.agent.serve_rows import BATCH_ENGINE_ENV
 
@@ -102,15 +102,21 @@ def decode_section(
     for n, concurrent, path in runs:
         # the batch on the decode engine's per-row slots (one captured step) or the model's own forward
         os.environ[BATCH_ENGINE_ENV] = {"engine": "1", "model": "0"}.get(path, "auto")
+        # `feed`: the server's --join-feed-tokens (None: its default)
+        extra = {} if feed is None else {"join_feed_tokens": feed}
         with server(
-            engine, str(tmp / f"decode_{n}_{concurrent}_{path}.db"), max_concurrent=concurrent, max_queue=n
+            engine,
+            str(tmp / f"decode_{n}_{concurrent}_{path}.db"),
+            max_concurrent=concurrent,
+            max_queue=n,
+            **extra,
         ) as (
             app,
             client,
         ):
             metrics = app.state.metrics
             names = ("decode_steps_total", "batch_rows_total", "decode_seconds_total", "batch_builds_total",
-                     "join_seconds_total")  # fmt: skip
+                     "join_seconds_total", "step_prompt_tokens_total")  # fmt: skip
             # Untimed warm round: the same number of sessions and tokens (other prompts, so nothing of
             # it is restored later), so the batch's buffers reach the size the timed round needs and
             # every one-time cost (kernel compiles, autotuning, graph captures) is paid here.
@@ -124,7 +130,7 @@ def decode_section(
             t0 = time.perf_counter()
             with ThreadPoolExecutor(n) as pool:
                 got = list(pool.map(lambda i: stream_session(client, engine.model_name, i, tokens), range(n)))
-            steps, rows_fed, step_s, builds, join_s = (
+            steps, rows_fed, step_s, builds, join_s, step_prompt = (
                 metrics.get(k) - b for k, b in zip(names, before, strict=True)
             )
             used = app.state.scheduler.batch_path if concurrent > 1 else "solo"
@@ -148,6 +154,9 @@ def decode_section(
                 # Time admitting the sessions to the batch (restore, prefill alone on the engine, first
                 # token): in the wall time, outside the steps.
                 "join_s": join_s,
+                # Prompt tokens the steps fed instead of a prefill on joining (--join-feed-tokens).
+                "step_prompt_tokens": step_prompt,
+                "join_feed_tokens": app.state.scheduler.join_feed_tokens,
                 "warm_round_s": warm_s,  # the untimed round before
                 "warm_round_steps": warm_steps,
                 "server_warmup_s": warmup_s,  # the server's own start-up step (agent/serve_batch.py)
@@ -261,6 +270,10 @@ def main() -> None:
         default="decode,returning",
         help="which of decode and returning to run (comma list; empty: only --transformers)",
     )
+    p.add_argument(
+        "--join-feed-tokens", type=int, default=None, metavar="K",
+        help="the servers' --join-feed-tokens (default: the server's default)",
+    )  # fmt: skip
     p.add_argument("--out", default="gpu_serve.json")
     args = p.parse_args()
     sections = {x for x in args.sections.split(",") if x}
@@ -285,7 +298,9 @@ def main() -> None:
         if set(paths) - {"engine", "model"}:
             p.error(f"--batch-paths takes engine and/or model; got {args.batch_paths!r}")
         if "decode" in sections:
-            result["decode"] = decode_section(engine, sessions, args.decode_tokens, tmp, paths)
+            result["decode"] = decode_section(
+                engine, sessions, args.decode_tokens, tmp, paths, args.join_feed_tokens
+            )
             out.write_text(json.dumps(result, indent=1) + "\n")
         if "returning" in sections:
             result["returning"] = returning_section(engine, args.context, tmp)

@@ -162,3 +162,45 @@ def test_a_joining_rows_last_prompt_token_is_fed_by_the_batch(
     with serving(engine, str(tmp_path / "solo.db"), max_concurrent=1) as solo:
         assert together == answers(solo)
     assert together[1][1] and together[1][1][0][0] == "list_files"
+
+
+@pytest.mark.parametrize("path", ["1", "0"])
+def test_a_short_unrestored_prompt_part_is_fed_by_the_batch_without_a_prefill(
+    engine: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    monkeypatch.setenv("HYBRID_AGENT_BATCH_ENGINE", path)
+    real_prefill, prefilled = engine.prefill, []
+
+    def prefill(ids: Any) -> None:  # the real engine's prefill, its calls counted
+        prefilled.append(len(ids))
+        real_prefill(ids)
+
+    monkeypatch.setattr(engine, "prefill", prefill)
+    first = [{"role": "user", "content": "Show me file_3_0.py"}]
+
+    def turns(served: Any) -> list[Any]:
+        answer = chat(served, first, max_tokens=6)
+        messages = [*first, as_history(answer.choices[0].message), {"role": "user", "content": "And x.py"}]
+        out = [answer.choices[0].message.content]
+        for _ in range(2):  # the second turn, then the same request again (a retry)
+            steps, calls = served.metric("decode_steps_total"), len(prefilled)
+            reply = chat(served, messages, max_tokens=6)
+            usage = reply.usage
+            out.append((reply.choices[0].message.content, usage.prompt_tokens,
+                        usage.prompt_tokens_details.cached_tokens))  # fmt: skip
+            if served.app.state.scheduler.batched:
+                assert len(prefilled) == calls  # no prefill of its own: the batch's steps fed the rest
+                fed = usage.prompt_tokens - usage.prompt_tokens_details.cached_tokens
+                assert served.metric("decode_steps_total") - steps == fed + usage.completion_tokens
+        return out
+
+    with serving(engine, str(tmp_path / "batch.db"), max_concurrent=2, join_feed_tokens=32) as served:
+        together = turns(served)
+        step_fed = served.metric("step_prompt_tokens_total")
+    with serving(engine, str(tmp_path / "solo.db"), max_concurrent=1) as solo:
+        assert together == turns(solo)  # the same answers as one at a time, prefilled
+    (_, prompt, cached), (_, _, retry_cached) = together[1], together[2]
+    assert cached > 0 and step_fed == prompt - 1 - cached  # the rest of the second turn's prompt
+    # The retry restored the prompt's state that the batch saved once its steps had fed the rest: all
+    # of the prompt but its last token.
+    assert retry_cached == prompt - 1
