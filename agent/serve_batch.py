@@ -14,8 +14,9 @@ One step: each row takes the token chosen for it (stop strings and tool calls en
 agent/serve_scheduler.py's `Row.take`), the batch feeds all of them at once, and each row still going
 chooses its next token from its own logits (its own sampling parameters, agent/serve_sampling.py). A
 joining request is restored (and a longer unrestored part prefilled) alone on the engine first
-(`Scheduler.begin`, the engine's fast path), then its state joins the batch; a row that ends leaves with its state, from which its
-answer's state is saved. A row whose client went away leaves at the next step.
+(`Scheduler.begin`, the engine's fast path), then its state joins the batch; a row that ends leaves
+with its state, from which its answer's state is saved. A row whose client went away leaves at the
+next step.
 """
 
 from __future__ import annotations
