@@ -164,7 +164,12 @@ class BatchLoop:
                     first, row.feeding = row.pending.pop(0), True
                 else:
                     first = row.sampler.choose(self.engine.last_logits)
-                state = self.engine.state.clone()
+                if row.start is None:
+                    state = self.engine.state.clone()
+                else:  # a saved prefix not restored into the engine: built once, for the batch to copy
+                    t1 = time.perf_counter()
+                    state = self._rows().state(row.start.recurrent, row.start.pages)
+                    self.s.metrics.inc("restore_seconds_total", time.perf_counter() - t1)
             except Exception as exc:  # this request fails, the others go on
                 self._fail(job, exc)
                 self._release()

@@ -232,7 +232,9 @@ class Scheduler:
 
     # -- one request ------------------------------------------------------------------------------
 
-    def _restore(self, job: Job) -> tuple[Entry | None, int]:
+    def _restore(self, job: Job, load: Callable[[int], bool] | None = None) -> tuple[Entry | None, int]:
+        """Find the longest saved prefix of `job`'s tokens and restore it into the engine (reset either
+        way); `load(n_tokens)` False: found but left for the caller to load elsewhere."""
         hit = self.prefix.lookup(job.ids, job.boundaries)
         eng = self.engine
         if hit is None:
@@ -241,8 +243,9 @@ class Scheduler:
             return None, 0
         t0 = time.perf_counter()
         eng.reset()
-        # No clone of the whole state first: `restore` only reads the tensors (agent/engine.py).
-        eng.restore(hit.entry.recurrent, hit.entry.pages)
+        if load is None or load(hit.entry.n_tokens):
+            # No clone of the whole state first: `restore` only reads the tensors (agent/engine.py).
+            eng.restore(hit.entry.recurrent, hit.entry.pages)
         self.metrics.inc("state_hits_total", tier=hit.source)
         self.metrics.inc("restore_seconds_total", hit.seconds + time.perf_counter() - t0)
         return hit.entry, hit.entry.n_tokens
@@ -262,19 +265,23 @@ class Scheduler:
         batch's step to feed (each would otherwise cost a forward of its own here), unless the state
         would then be empty. `feed`: with `defer`, a part of the prompt not restored (before its last
         token) of at most this many tokens is not prefilled here either: it goes to `row.pending` too,
-        and the batch saves the prompt's state when its step has fed it (`row.prompt_save_in`)."""
+        and the batch saves the prompt's state when its step has fed it (`row.prompt_save_in`); a saved
+        prefix is then not restored into the engine either: the batch loads it straight into the row's
+        place (`row.start`), one copy fewer."""
         from hybrid_agent.agent.stream import VisibleText
         from hybrid_agent.model.decode.sampling import SamplingParams
 
         eng, chat = self.engine, self.engine.chat
-        base, cached = self._restore(job)
+        last = len(job.ids) - 1
+        # The batch's step feeds the whole rest of the prompt when it is short.
+        step_fed: Callable[[int], bool] = lambda cached: defer and 0 < last - cached <= feed
+        base, cached = self._restore(job, load=lambda cached: not step_fed(cached))
         eng.sampling = SamplingParams(temperature=job.sampling.temperature)
         sampler = RowSampler.make(job.sampling, eng)  # after the restore: its reset reseeds the engine
         # The prompt's state is saved one token short of its end: the same request again (a retry, or
         # another sample) restores it and prefills that last token, whose logits the answer starts from.
-        last = len(job.ids) - 1
         prompt_entry = base
-        by_step = defer and 0 < last - cached <= feed  # the batch's step feeds the whole rest
+        by_step = step_fed(cached)
         if cached < last and not by_step:
             eng.prefill(job.ids[cached:last])
             prompt_entry = self._save(job.ids[:last], base)
@@ -282,7 +289,7 @@ class Scheduler:
         row = Row(job, cached, prompt_entry, eng.text_stream(), VisibleText(chat), chat, sampler,
                   StopText(job.sampling.stop))  # fmt: skip
         if by_step:
-            row.pending, row.prompt_save_in = list(job.ids[cached:]), last - cached
+            row.pending, row.prompt_save_in, row.start = list(job.ids[cached:]), last - cached, base
             self.metrics.inc("step_prompt_tokens_total", last - cached)
         elif defer:
             row.pending = list(job.ids[last:])
@@ -373,6 +380,9 @@ class Row:
     # Steps until the row's state holds the prompt but its last token, when its prompt's state is yet
     # to be saved from the batch (`Scheduler.save_prompt`); 0: nothing to save.
     prompt_save_in: int = 0
+    # The saved state the row starts from when it was not restored into the engine (`begin(feed=...)`):
+    # the batch loads it into the row's place itself. None: the engine's live state is the row's.
+    start: Entry | None = None
 
     def emit_logprobs(self) -> None:
         """The logprobs of the tokens sampled since the last call (streaming sends them with the text)."""
