@@ -164,12 +164,18 @@ class BatchLoop:
                     first, row.feeding = row.pending.pop(0), True
                 else:
                     first = row.sampler.choose(self.engine.last_logits)
+                batch = self._rows()
                 if row.start is None:
-                    state = self.engine.state.clone()
+                    state = self.engine.state  # the engine's live state, the next `begin` changes it
                 else:  # a saved prefix not restored into the engine: built once, for the batch to copy
                     t1 = time.perf_counter()
-                    state = self._rows().state(row.start.recurrent, row.start.pages)
+                    state = batch.state(row.start.recurrent, row.start.pages)
                     self.s.metrics.inc("restore_seconds_total", time.perf_counter() - t1)
+                if isinstance(batch, EngineRows):  # a slot copies the state in as it joins: no copy first
+                    batch.join([state])
+                    state = None
+                elif row.start is None:  # the model's batch is repacked once, after every admission
+                    state = state.clone()
             except Exception as exc:  # this request fails, the others go on
                 self._fail(job, exc)
                 self._release()
@@ -178,7 +184,8 @@ class BatchLoop:
                 self.s.metrics.inc("join_seconds_total", time.perf_counter() - t0)
             self.rows.append(row)
             self.next.append(first)
-            states.append(state)
+            if state is not None:
+                states.append(state)
         try:
             if states:
                 self._rows().join(states)
