@@ -7,7 +7,7 @@ A joining row's prompt ends in the batch: its last token (and a forced call's ma
 batch's step rather than by a forward of its own on the engine (`Scheduler.begin(defer=True)`), and its
 first token is chosen from that step's logits. When the part of its prompt not restored from a saved
 state is short (`--join-feed-tokens`), the steps feed all of it, one token each while the other rows
-decode (a step costs about the same with a row more), and the prompt's state is saved from the row's
+decode (on a GPU a step costs about the same with a row more), and the prompt's state is saved from the row's
 state in the batch once it holds all but the prompt's last token (`_save_prompts`).
 
 One step: each row takes the token chosen for it (stop strings and tool calls end a row, as in

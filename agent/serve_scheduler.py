@@ -52,7 +52,8 @@ class Metrics:
         "decode_seconds_total": "time in batched decode steps",
         "batch_rows_total": "rows over all batched decode steps (divided by the steps: the mean batch)",
         "batch_builds_total": "batch buffers built (at start-up, and again larger when a row outgrows them)",
-        "join_seconds_total": "time admitting requests to the batch (restore, prefill, first token)",
+        "join_seconds_total": "time admitting requests to the batch (restore, prefill, first token; on "
+        "the engine's slots the copy into the slot too)",
         "step_prompt_tokens_total": "prompt tokens fed by the batch's step while other rows decode, "
         "instead of a prefill of their own on joining (--join-feed-tokens)",
         "warmup_seconds_total": "time warming the batched step at start-up (before any request)",
