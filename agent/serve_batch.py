@@ -165,16 +165,18 @@ class BatchLoop:
                 else:
                     first = row.sampler.choose(self.engine.last_logits)
                 batch = self._rows()
-                if row.start is None:
+                # `row.start` is read once, here: the state built from it is the row's from now on
+                start, row.start = row.start, None
+                if start is None:
                     state = self.engine.state  # the engine's live state, the next `begin` changes it
                 else:  # a saved prefix not restored into the engine: built once, for the batch to copy
                     t1 = time.perf_counter()
-                    state = batch.state(row.start.recurrent, row.start.pages)
+                    state = batch.state(start.recurrent, start.pages)
                     self.s.metrics.inc("restore_seconds_total", time.perf_counter() - t1)
                 if isinstance(batch, EngineRows):  # a slot copies the state in as it joins: no copy first
                     batch.join([state])
                     state = None
-                elif row.start is None:  # the model's batch is repacked once, after every admission
+                elif start is None:  # the model's batch is repacked once, after every admission
                     state = state.clone()
             except Exception as exc:  # this request fails, the others go on
                 self._fail(job, exc)
