@@ -37,12 +37,16 @@ log = logging.getLogger("hybrid_agent.serve")
 MAX_BODY_BYTES = 64 << 20
 DEFAULT_MEMORY_TIER_MB = 2048
 DEFAULT_PREFIX_MAX_GB = 16.0  # agent/serve_command.py's default too
+DEFAULT_JOIN_FEED_TOKENS = 32  # agent/serve_command.py's default too
 
 
 @dataclass
 class ServeOptions:
     max_concurrent: int = 8
     max_queue: int = 64
+    # A joining request's unrestored prompt part of at most this many tokens is fed by the batch's step
+    # instead of a prefill of its own (agent/serve_scheduler.py `Scheduler.begin`); 0: always prefilled.
+    join_feed_tokens: int = DEFAULT_JOIN_FEED_TOKENS
     max_prompt_tokens: int = 32768
     max_new_tokens: int = 1024
     temperature: float = 0.0
@@ -81,7 +85,12 @@ def build_app(engine: Any, store: Any, options: ServeOptions) -> Starlette:
         ttl_seconds=options.prefix_ttl_seconds,
     )
     scheduler = Scheduler(
-        engine, prefix, metrics, max_concurrent=options.max_concurrent, max_queue=options.max_queue
+        engine,
+        prefix,
+        metrics,
+        max_concurrent=options.max_concurrent,
+        max_queue=options.max_queue,
+        join_feed_tokens=options.join_feed_tokens,
     )
     model_id = engine.model_name
     key = options.api_key.encode() if options.api_key else None

@@ -5,14 +5,18 @@ the model's own batched forward (model/batch.py); agent/serve_rows.py has both.
 
 A joining row's prompt ends in the batch: its last token (and a forced call's markup) is fed by the
 batch's step rather than by a forward of its own on the engine (`Scheduler.begin(defer=True)`), and its
-first token is chosen from that step's logits.
+first token is chosen from that step's logits. When the part of its prompt not restored from a saved
+state is short (`--join-feed-tokens`), the steps feed all of it, one token each while the other rows
+decode (on a GPU a step costs about the same with a row more), and the prompt's state is saved from the row's
+state in the batch once it holds all but the prompt's last token (`_save_prompts`).
 
 One step: each row takes the token chosen for it (stop strings and tool calls end a row, as in
 agent/serve_scheduler.py's `Row.take`), the batch feeds all of them at once, and each row still going
 chooses its next token from its own logits (its own sampling parameters, agent/serve_sampling.py). A
-joining request is restored and prefilled alone on the engine first (`Scheduler.begin`, the engine's
-fast path), then its state joins the batch; a row that ends leaves with its state, from which its
-answer's state is saved. A row whose client went away leaves at the next step.
+joining request is restored (and a longer unrestored part prefilled) alone on the engine first
+(`Scheduler.begin`, the engine's fast path), then its state joins the batch; a row that ends leaves
+with its state, from which its answer's state is saved. A row whose client went away leaves at the
+next step.
 """
 
 from __future__ import annotations
@@ -159,12 +163,25 @@ class BatchLoop:
                 continue
             t0 = time.perf_counter()
             try:
-                row = self.s.begin(job, defer=True)
+                row = self.s.begin(job, defer=True, feed=self.s.join_feed_tokens)
                 if row.pending:  # the batch's step feeds the prompt's last token
                     first, row.feeding = row.pending.pop(0), True
                 else:
                     first = row.sampler.choose(self.engine.last_logits)
-                state = self.engine.state.clone()
+                batch = self._rows()
+                # `row.start` is read once, here: the state built from it is the row's from now on
+                start, row.start = row.start, None
+                if start is None:
+                    state = self.engine.state  # the engine's live state, the next `begin` changes it
+                else:  # a saved prefix not restored into the engine: built once, for the batch to copy
+                    t1 = time.perf_counter()
+                    state = batch.state(start.recurrent, start.pages)
+                    self.s.metrics.inc("restore_seconds_total", time.perf_counter() - t1)
+                if isinstance(batch, EngineRows):  # a slot copies the state in as it joins: no copy first
+                    batch.join([state])
+                    state = None
+                elif start is None:  # the model's batch is repacked once, after every admission
+                    state = state.clone()
             except Exception as exc:  # this request fails, the others go on
                 self._fail(job, exc)
                 self._release()
@@ -173,7 +190,8 @@ class BatchLoop:
                 self.s.metrics.inc("join_seconds_total", time.perf_counter() - t0)
             self.rows.append(row)
             self.next.append(first)
-            states.append(state)
+            if state is not None:
+                states.append(state)
         try:
             if states:
                 self._rows().join(states)
@@ -205,6 +223,7 @@ class BatchLoop:
         self.s.peak_batch = max(self.s.peak_batch, len(self.rows))
         self.s.metrics.inc("decode_steps_total")
         self.s.metrics.inc("batch_rows_total", len(self.rows))
+        self._save_prompts(batch)
         leaving = [
             b
             for b, row in enumerate(self.rows)
@@ -230,3 +249,19 @@ class BatchLoop:
             self._release()
         self.rows = [row for b, row in enumerate(self.rows) if b not in leaving]
         self.next = [tok for b, tok in enumerate(self.next) if b not in leaving]
+
+    def _save_prompts(self, batch: EngineRows | ModelRows) -> None:
+        """After a step: the prompt's state of each row whose step-fed prompt now holds all but its last
+        token (`Row.prompt_save_in`), saved from the row's state in the batch. A row whose save fails
+        gets the error and leaves at the next iteration; the others go on."""
+        for b, row in enumerate(self.rows):
+            if row.prompt_save_in <= 0:
+                continue
+            row.prompt_save_in -= 1
+            if row.prompt_save_in:
+                continue
+            try:
+                self.s.save_prompt(row, _snapshotter(batch.view(b)))
+            except Exception as exc:
+                self._fail(row.job, exc)
+                row.job.cancelled.set()  # answered with the error: it leaves like a client that went away

@@ -16,6 +16,7 @@ from hybrid_agent.agent.errors import AgentError
 API_KEY_ENV = "HYBRID_AGENT_API_KEY"
 DEFAULT_MEMORY_TIER_MB = 2048  # agent/serve_app.py's default too
 DEFAULT_PREFIX_MAX_GB = 16.0  # agent/serve_app.py's default too
+DEFAULT_JOIN_FEED_TOKENS = 32  # agent/serve_app.py's default too
 
 
 def _whole(low: int, high: int) -> Any:
@@ -80,6 +81,12 @@ def add_parser(sub: Any, shared: argparse.ArgumentParser) -> None:
         help="requests waiting beyond those; more get 429 (default: 64)",
     )
     p.add_argument(
+        "--join-feed-tokens", type=_COUNT, metavar="K", default=DEFAULT_JOIN_FEED_TOKENS,
+        help="a joining request's prompt part not restored from a saved state, when at most K tokens, is "
+        "fed by the batch's decode steps instead of a prefill of its own that the batch waits for "
+        f"(default: {DEFAULT_JOIN_FEED_TOKENS}; 0: always prefilled)",
+    )  # fmt: skip
+    p.add_argument(
         "--memory-tier-mb", type=_POSITIVE, metavar="MB", default=DEFAULT_MEMORY_TIER_MB,
         help=f"host memory for saved states, least recent out first (default: {DEFAULT_MEMORY_TIER_MB})",
     )  # fmt: skip
@@ -119,6 +126,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     options = ServeOptions(
         max_concurrent=args.max_concurrent,
         max_queue=args.max_queue,
+        join_feed_tokens=args.join_feed_tokens,
         max_prompt_tokens=getattr(args, "max_prompt_tokens", None) or 32768,
         max_new_tokens=getattr(args, "max_new_tokens", None) or 1024,
         temperature=getattr(args, "temperature", None) or 0.0,

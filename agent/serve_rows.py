@@ -20,13 +20,26 @@ from typing import Any
 
 import torch
 from hybrid_agent.model.batch import BatchState
-from hybrid_agent.model.state import ModelState
+from hybrid_agent.model.state import ModelState, Page
 from torch import Tensor
 
 BATCH_ENGINE_ENV = "HYBRID_AGENT_BATCH_ENGINE"  # auto (default: when the DecodeEngine runs) | 1 | 0
 # Slot buffers in whole blocks of this many tokens: small, since every slot has them (64 slots of 256
 # tokens at OLMo Hybrid 7B's 8 attention layers, ~1 MB a token, are 16 GB).
 _BLOCK = 256
+
+
+def _state(
+    model: Any, device: torch.device, recurrent: dict[str, Tensor], pages: Sequence[Page]
+) -> ModelState:
+    """A saved state (`recurrent_tensors()` and cache pages) as a batch-1 state on `device` (full
+    attention: the batch has no window), its tensors new (`from_parts` never aliases the given ones)."""
+    state = ModelState.from_parts(
+        {k: v.to(device) for k, v in recurrent.items()},
+        [(p.start, p.end, {k: v.to(device) for k, v in p.tensors.items()}) for p in pages],
+        getattr(model, "local_config", None) or model.config,
+    )
+    return state.to(device)
 
 
 class ModelRows:
@@ -52,6 +65,15 @@ class ModelRows:
         stay = [s for b, s in enumerate(states) if b not in gone]
         self.batch = BatchState(stay) if stay else None
         return [states[b] for b in idx]
+
+    def state(self, recurrent: dict[str, Tensor], pages: Sequence[Page]) -> ModelState:
+        """A saved state as a batch-1 state to `join`."""
+        return _state(self.model, next(self.model.parameters()).device, recurrent, pages)
+
+    def view(self, i: int) -> ModelState:
+        """Row `i` (join order) as a state of its own (here a copy), to read before the next step."""
+        assert self.batch is not None
+        return self.batch.row(i)
 
     def step(self, tokens: Sequence[int]) -> Tensor:
         assert self.batch is not None
@@ -110,6 +132,15 @@ class EngineRows:
         gone = set(idx)
         self.order = [b for i, b in enumerate(self.order) if i not in gone]
         return out
+
+    def state(self, recurrent: dict[str, Tensor], pages: Sequence[Page]) -> ModelState:
+        """A saved state as a batch-1 state to `join`."""
+        return _state(self.model, self.engine.device, recurrent, pages)
+
+    def view(self, i: int) -> ModelState:
+        """Row `i` (join order) as a state of views into its slot (no copy of a long cache): read it
+        before the next step, join or leave."""
+        return self.engine.view_row(self.order[i])
 
     def step(self, tokens: Sequence[int]) -> Tensor:
         eng = self.engine

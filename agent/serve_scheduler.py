@@ -9,9 +9,11 @@ next request of the conversation starts there.
 
 Up to `max_concurrent` requests decode together in one batch (agent/serve_batch.py; the decode
 engine's per-row slots or model/batch.py, agent/serve_rows.py: each row its own position, recurrent
-state and cache length; rows join and leave between steps), each prefilled alone on the engine when it
-joins but for its prompt's last token, which the batch's step feeds; a model the batch cannot run (a
-window, MLA layers), or `max_concurrent` 1, runs one request at a time on the engine.
+state and cache length; rows join and leave between steps). A joining request is restored on the
+engine; the rest of its prompt is prefilled alone there but for its last token, which the batch's step
+feeds, or, when that rest is at most `join_feed_tokens` long, all of it is fed by the batch's steps (its
+prompt state then saved from the batch). A model the batch cannot run (a window, MLA layers), or
+`max_concurrent` 1, runs one request at a time on the engine.
 `max_concurrent + max_queue` bounds how many are admitted (more get 429) and `queue_depth` is how many
 wait.
 """
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from hybrid_agent.agent.serve_api import RequestError, assistant_segment, failure, forced_opening
-from hybrid_agent.agent.serve_prefix import Entry, PrefixCache
+from hybrid_agent.agent.serve_prefix import Entry, Hit, PrefixCache
 from hybrid_agent.agent.serve_sampling import RowSampler, Sampling, StopText
 from hybrid_agent.model.chat import Segment
 from hybrid_agent.model.state import Page
@@ -50,7 +52,10 @@ class Metrics:
         "decode_seconds_total": "time in batched decode steps",
         "batch_rows_total": "rows over all batched decode steps (divided by the steps: the mean batch)",
         "batch_builds_total": "batch buffers built (at start-up, and again larger when a row outgrows them)",
-        "join_seconds_total": "time admitting requests to the batch (restore, prefill, first token)",
+        "join_seconds_total": "time admitting requests to the batch (restore, prefill, first token; on "
+        "the engine's slots the copy into the slot too)",
+        "step_prompt_tokens_total": "prompt tokens fed by the batch's step while other rows decode, "
+        "instead of a prefill of their own on joining (--join-feed-tokens)",
         "warmup_seconds_total": "time warming the batched step at start-up (before any request)",
     }
     GAUGES: ClassVar[dict[str, str]] = {
@@ -130,10 +135,20 @@ class Job:
 
 class Scheduler:
     def __init__(
-        self, engine: Any, prefix: PrefixCache, metrics: Metrics, *, max_concurrent: int, max_queue: int
+        self,
+        engine: Any,
+        prefix: PrefixCache,
+        metrics: Metrics,
+        *,
+        max_concurrent: int,
+        max_queue: int,
+        join_feed_tokens: int = 0,
     ) -> None:
         self.engine, self.prefix, self.metrics = engine, prefix, metrics
         self.max_concurrent, self.max_queue = max_concurrent, max_queue
+        # A joining request's unrestored prompt part of at most this many tokens is fed by the batch's
+        # step rather than prefilled alone (`begin(feed=...)`).
+        self.join_feed_tokens = join_feed_tokens
         self._waiting: collections.deque[Job] = collections.deque()
         self._running = 0
         self._cond = threading.Condition()
@@ -220,7 +235,10 @@ class Scheduler:
 
     # -- one request ------------------------------------------------------------------------------
 
-    def _restore(self, job: Job) -> tuple[Entry | None, int]:
+    def _restore(self, job: Job, load: Callable[[int], bool] | None = None) -> tuple[Hit | None, int]:
+        """Find the longest saved prefix of `job`'s tokens and restore it into the engine (reset either
+        way); `load(n_tokens)` False: found but left for the caller to load elsewhere (from the hit's
+        tensors, which a move between the tiers does not change)."""
         hit = self.prefix.lookup(job.ids, job.boundaries)
         eng = self.engine
         if hit is None:
@@ -229,11 +247,12 @@ class Scheduler:
             return None, 0
         t0 = time.perf_counter()
         eng.reset()
-        # No clone of the whole state first: `restore` only reads the tensors (agent/engine.py).
-        eng.restore(hit.recurrent, hit.pages)
+        if load is None or load(hit.entry.n_tokens):
+            # No clone of the whole state first: `restore` only reads the tensors (agent/engine.py).
+            eng.restore(hit.recurrent, hit.pages)
         self.metrics.inc("state_hits_total", tier=hit.source)
         self.metrics.inc("restore_seconds_total", hit.seconds + time.perf_counter() - t0)
-        return hit.entry, hit.entry.n_tokens
+        return hit, hit.entry.n_tokens
 
     def _save(self, ids: list[int], base: Entry | None, snapshot: Snapshotter | None = None) -> Entry:
         """Save the state holding `ids` (the engine's live one, or `snapshot`'s) as continuing `base`
@@ -248,30 +267,41 @@ class Scheduler:
         self.metrics.inc("state_saves_total")
         return self.prefix.put(self.prefix.digest(ids), len(ids), recurrent, pages, base)
 
-    def begin(self, job: Job, defer: bool = False) -> Row:
+    def begin(self, job: Job, defer: bool = False, feed: int = 0) -> Row:
         """Restore the longest saved prefix, prefill the rest of the prompt on the engine, save the
         prompt's state; the engine's live state is then the row's, ready for its first token.
         `defer`: the prompt's last token (and a forced call's markup) are left in `row.pending` for the
         batch's step to feed (each would otherwise cost a forward of its own here), unless the state
-        would then be empty."""
+        would then be empty. `feed`: with `defer`, a part of the prompt not restored (before its last
+        token) of at most this many tokens is not prefilled here either: it goes to `row.pending` too,
+        and the batch saves the prompt's state when its step has fed it (`row.prompt_save_in`); a saved
+        prefix is then not restored into the engine either: the batch loads it straight into the row's
+        place (`row.start`), one copy fewer."""
         from hybrid_agent.agent.stream import VisibleText
         from hybrid_agent.model.decode.sampling import SamplingParams
 
         eng, chat = self.engine, self.engine.chat
-        base, cached = self._restore(job)
+        last = len(job.ids) - 1
+        # The batch's step feeds the whole rest of the prompt when it is short.
+        step_fed: Callable[[int], bool] = lambda cached: defer and 0 < last - cached <= feed
+        hit, cached = self._restore(job, load=lambda cached: not step_fed(cached))
+        base = hit.entry if hit is not None else None
         eng.sampling = SamplingParams(temperature=job.sampling.temperature)
         sampler = RowSampler.make(job.sampling, eng)  # after the restore: its reset reseeds the engine
         # The prompt's state is saved one token short of its end: the same request again (a retry, or
         # another sample) restores it and prefills that last token, whose logits the answer starts from.
-        last = len(job.ids) - 1
         prompt_entry = base
-        if cached < last:
+        by_step = step_fed(cached)
+        if cached < last and not by_step:
             eng.prefill(job.ids[cached:last])
             prompt_entry = self._save(job.ids[:last], base)
-        defer = defer and max(cached, last) > 0
+        defer = by_step or (defer and max(cached, last) > 0)
         row = Row(job, cached, prompt_entry, eng.text_stream(), VisibleText(chat), chat, sampler,
                   StopText(job.sampling.stop))  # fmt: skip
-        if defer:
+        if by_step:
+            row.pending, row.prompt_save_in, row.start = list(job.ids[cached:]), last - cached, hit
+            self.metrics.inc("step_prompt_tokens_total", last - cached)
+        elif defer:
             row.pending = list(job.ids[last:])
         else:
             eng.prefill(job.ids[last:])
@@ -287,6 +317,11 @@ class Scheduler:
             for tok in forced:
                 sampler.seen(tok)
         return row
+
+    def save_prompt(self, row: Row, snapshot: Snapshotter) -> None:
+        """The prompt's state (one token short of its end, as `begin` saves it) from `snapshot`, once
+        the batch's step has fed the rest of a prompt that `begin(feed=...)` left to it."""
+        row.prompt_entry = self._save(row.job.ids[:-1], row.prompt_entry, snapshot)
 
     def end(self, row: Row, snapshot: Snapshotter | None = None) -> Result:
         """The answer of a row whose last token is in its state (the engine's, or `snapshot`'s)."""
@@ -352,6 +387,12 @@ class Row:
     # Tokens of the prompt (and forced markup) not yet in the row's state: the batch feeds them first.
     pending: list[int] = field(default_factory=list)
     feeding: bool = False  # the row's token in the batch is one of those, not a generated one
+    # Steps until the row's state holds the prompt but its last token, when its prompt's state is yet
+    # to be saved from the batch (`Scheduler.save_prompt`); 0: nothing to save.
+    prompt_save_in: int = 0
+    # The saved state the row starts from when it was not restored into the engine (`begin(feed=...)`):
+    # the batch loads it into the row's place itself. None: the engine's live state is the row's.
+    start: Hit | None = None
 
     def emit_logprobs(self) -> None:
         """The logprobs of the tokens sampled since the last call (streaming sends them with the text)."""

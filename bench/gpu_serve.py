@@ -75,12 +75,21 @@ def server(engine: Any, db: str, **options: Any) -> Any:
         store.close()
 
 
-def stream_session(client: Any, model: str, i: int, tokens: int) -> tuple[float, float, int]:
-    """(time of the first chunk, time of the end, completion tokens) of one streamed session."""
+def opening(i: int) -> list[dict[str, Any]]:
+    """Session i's first user message."""
+    return [{"role": "user", "content": f"Session {i}: write a long story about number {i}."}]
+
+
+def stream_session(
+    client: Any, model: str, i: int, tokens: int, messages: list[dict[str, Any]] | None = None
+) -> tuple[float, float, int, str]:
+    """(time of the first chunk, time of the end, completion tokens, text) of one streamed session;
+    `messages`: its conversation so far (default: session i's first message)."""
     first = None
+    text = []
     out = client.chat.completions.create(
         model=model,
-        messages=[{"role": "user", "content": f"Session {i}: write a long story about number {i}."}],
+        messages=messages or opening(i),
         max_tokens=tokens,
         stream=True,
         stream_options={"include_usage": True},
@@ -92,12 +101,26 @@ def stream_session(client: Any, model: str, i: int, tokens: int) -> tuple[float,
             first = time.perf_counter()
         if chunk.usage is not None:
             used = chunk.usage.completion_tokens
+        if chunk.choices and chunk.choices[0].delta.content:
+            text.append(chunk.choices[0].delta.content)
     end = time.perf_counter()
-    return first or end, end, used
+    return first or end, end, used, "".join(text)
+
+
+def next_turn(i: int, answer: str) -> list[dict[str, Any]]:
+    """Session i's second turn: its first message, the answer it got, a short new user message (the
+    answer's state is restored: only that message, a few tokens, is new to the model)."""
+    return [*opening(i), {"role": "assistant", "content": answer}, {"role": "user", "content": "Go on."}]
 
 
 def decode_section(
-    engine: Any, sessions: list[int], tokens: int, tmp: Path, paths: list[str]
+    engine: Any,
+    sessions: list[int],
+    tokens: int,
+    tmp: Path,
+    paths: list[str],
+    feed: int | None = None,
+    returning: bool = False,
 ) -> list[dict[str, Any]]:
     from hybrid_agent.agent.serve_rows import BATCH_ENGINE_ENV
 
@@ -106,29 +129,45 @@ def decode_section(
     for n, concurrent, path in runs:
         # the batch on the decode engine's per-row slots (one captured step) or the model's own forward
         os.environ[BATCH_ENGINE_ENV] = {"engine": "1", "model": "0"}.get(path, "auto")
+        # `feed`: the server's --join-feed-tokens (None: its default)
+        extra = {} if feed is None else {"join_feed_tokens": feed}
         with server(
-            engine, str(tmp / f"decode_{n}_{concurrent}_{path}.db"), max_concurrent=concurrent, max_queue=n
+            engine,
+            str(tmp / f"decode_{n}_{concurrent}_{path}.db"),
+            max_concurrent=concurrent,
+            max_queue=n,
+            **extra,
         ) as (
             app,
             client,
         ):
             metrics = app.state.metrics
             names = ("decode_steps_total", "batch_rows_total", "decode_seconds_total", "batch_builds_total",
-                     "join_seconds_total")  # fmt: skip
+                     "join_seconds_total", "step_prompt_tokens_total")  # fmt: skip
             # Untimed warm round: the same number of sessions and tokens (other prompts, so nothing of
             # it is restored later), so the batch's buffers reach the size the timed round needs and
             # every one-time cost (kernel compiles, autotuning, graph captures) is paid here.
+            # `returning`: the warm round is the timed sessions' own first turns instead, and the timed
+            # round their second turns (each restores its first turn's state).
             before = [metrics.get(k) for k in names]
             t0 = time.perf_counter()
             with ThreadPoolExecutor(n) as pool:
-                list(pool.map(lambda i: stream_session(client, engine.model_name, -1 - i, tokens), range(n)))
+                firsts = list(pool.map(
+                    lambda i: stream_session(client, engine.model_name, i if returning else -1 - i, tokens),
+                    range(n),
+                ))  # fmt: skip
             warm_s = time.perf_counter() - t0
             warm_steps = metrics.get("decode_steps_total") - before[0]
             before = [metrics.get(k) for k in names]
             t0 = time.perf_counter()
+            turns = [next_turn(i, firsts[i][3]) if returning else None for i in range(n)]
             with ThreadPoolExecutor(n) as pool:
-                got = list(pool.map(lambda i: stream_session(client, engine.model_name, i, tokens), range(n)))
-            steps, rows_fed, step_s, builds, join_s = (
+                got = list(pool.map(
+                    lambda i, turn: stream_session(client, engine.model_name, i, tokens, turn),
+                    range(n),
+                    turns,
+                ))  # fmt: skip
+            steps, rows_fed, step_s, builds, join_s, step_prompt = (
                 metrics.get(k) - b for k, b in zip(names, before, strict=True)
             )
             used = app.state.scheduler.batch_path if concurrent > 1 else "solo"
@@ -152,6 +191,10 @@ def decode_section(
                 # Time admitting the sessions to the batch (restore, prefill alone on the engine, first
                 # token): in the wall time, outside the steps.
                 "join_s": join_s,
+                # Prompt tokens the steps fed instead of a prefill on joining (--join-feed-tokens).
+                "step_prompt_tokens": step_prompt,
+                "join_feed_tokens": getattr(app.state.scheduler, "join_feed_tokens", 0),
+                "returning": returning,  # second turns (a restored state, a short new message)
                 "warm_round_s": warm_s,  # the untimed round before
                 "warm_round_steps": warm_steps,
                 "server_warmup_s": warmup_s,  # the server's own start-up step (agent/serve_batch.py)
@@ -288,6 +331,15 @@ def main() -> None:
         default="decode,returning",
         help="which of decode and returning to run (comma list; empty: only --transformers)",
     )
+    p.add_argument(
+        "--join-feed-tokens", type=int, default=None, metavar="K",
+        help="the servers' --join-feed-tokens (default: the server's default)",
+    )  # fmt: skip
+    p.add_argument(
+        "--returning", action="store_true",
+        help="decode: time each session's second turn (its first restored, a short new message) "
+        "instead of a first turn",
+    )  # fmt: skip
     p.add_argument("--out", default="gpu_serve.json")
     args = p.parse_args()
     sections = {x for x in args.sections.split(",") if x}
@@ -314,7 +366,9 @@ def main() -> None:
         if set(paths) - {"engine", "model"}:
             p.error(f"--batch-paths takes engine and/or model; got {args.batch_paths!r}")
         if "decode" in sections:
-            result["decode"] = decode_section(engine, sessions, args.decode_tokens, tmp, paths)
+            result["decode"] = decode_section(
+                engine, sessions, args.decode_tokens, tmp, paths, args.join_feed_tokens, args.returning
+            )
             out.write_text(json.dumps(result, indent=1) + "\n")
         if "returning" in sections:
             gpu_tier = None if args.gpu_tier_mb is None else args.gpu_tier_mb << 20

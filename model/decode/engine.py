@@ -373,6 +373,11 @@ class DecodeEngine:
         self._rows_only("export_row")
         return rows.export_row(self.buf, b)
 
+    def view_row(self, b: int) -> ModelState:
+        """Slot b as a batch-1 state of views into the buffers (no copy), valid until the next step."""
+        self._rows_only("view_row")
+        return rows.view_row(self.buf, b)
+
     def clear_row(self, b: int) -> None:
         """Empty slot b (it keeps running inside the step, harmlessly, until a row is loaded into it)."""
         self._rows_only("clear_row")

@@ -60,13 +60,20 @@ def load_row(buf: StaticState, b: int, state: ModelState) -> None:
 
 def export_row(buf: StaticState, b: int) -> ModelState:
     """Slot b as a batch-1 state of its own (copies: its recurrent tensors, its first lens[b] cache slots)."""
+    return view_row(buf, b, copy=True)
+
+
+def view_row(buf: StaticState, b: int, copy: bool = False) -> ModelState:
+    """Slot b as a batch-1 state; without `copy`, views into the buffers (nothing copied, so cheap for
+    a long row) that are valid only until the next step, load or clear: read them before."""
     n = buf.lens[b]
+    own = (lambda t: t.clone()) if copy else (lambda t: t)
     layers = []
     for ls, fixed in zip(buf.state.layers, buf.fixed, strict=True):
-        recurrent = {k: t[b : b + 1].clone() for k, t in fixed.items()}
+        recurrent = {k: own(t[b : b + 1]) for k, t in fixed.items()}
         cache, pos = {}, None
         if ls.pos is not None:
-            cache = {k: ls.storage[k][b : b + 1].narrow(ls.axes[k], 0, n).clone() for k in ls.cache}
+            cache = {k: own(ls.storage[k][b : b + 1].narrow(ls.axes[k], 0, n)) for k in ls.cache}
             pos = torch.arange(n, device=buf.device)
         layers.append(LayerState(recurrent, cache, pos, dict(ls.axes)))
     return ModelState(layers, buf.state.layout, n_tokens=n)

@@ -162,3 +162,84 @@ def test_a_joining_rows_last_prompt_token_is_fed_by_the_batch(
     with serving(engine, str(tmp_path / "solo.db"), max_concurrent=1) as solo:
         assert together == answers(solo)
     assert together[1][1] and together[1][1][0][0] == "list_files"
+
+
+@pytest.mark.parametrize("path", ["1", "0"])
+def test_a_short_unrestored_prompt_part_is_fed_by_the_batch_without_a_prefill(
+    engine: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    monkeypatch.setenv("HYBRID_AGENT_BATCH_ENGINE", path)
+    real_prefill, prefilled = engine.prefill, []
+
+    def prefill(ids: Any) -> None:  # the real engine's prefill, its calls counted
+        prefilled.append(len(ids))
+        real_prefill(ids)
+
+    monkeypatch.setattr(engine, "prefill", prefill)
+    from test_serve import TOOLS
+
+    first = [{"role": "user", "content": "Show me file_3_0.py"}]
+    forced = {"type": "function", "function": {"name": "list_files"}}
+
+    def ask(served: Any, messages: list[Any], max_tokens: int = 6, **extra: Any) -> Any:
+        steps, calls = served.metric("decode_steps_total"), len(prefilled)
+        reply = chat(served, messages, max_tokens=max_tokens, tools=TOOLS, **extra)
+        usage = reply.usage
+        if served.app.state.scheduler.batched:
+            assert len(prefilled) == calls  # no prefill of its own: the batch's steps fed the rest
+            fed = usage.prompt_tokens - usage.prompt_tokens_details.cached_tokens
+            assert served.metric("decode_steps_total") - steps == fed + usage.completion_tokens
+        return reply
+
+    def turns(served: Any) -> list[Any]:
+        answer = chat(served, first, max_tokens=6, tools=TOOLS).choices[0].message
+        messages = [*first, as_history(answer), {"role": "user", "content": "And x.py"}]
+        out: list[Any] = [answer.content]
+        for _ in range(2):  # the second turn, then the same request again (a retry)
+            reply = ask(served, messages)
+            usage = reply.usage
+            out.append((reply.choices[0].message.content, usage.prompt_tokens,
+                        usage.prompt_tokens_details.cached_tokens))  # fmt: skip
+        # A third turn whose answer must start with a named call: the markup is fed after the prompt.
+        messages += [as_history(reply.choices[0].message), {"role": "user", "content": "List src."}]
+        message = ask(served, messages, 48, tool_choice=forced).choices[0].message
+        out.append([(c.function.name, c.function.arguments) for c in message.tool_calls or ()])
+        return out
+
+    with serving(engine, str(tmp_path / "batch.db"), max_concurrent=2, join_feed_tokens=32) as served:
+        together = turns(served)
+        step_fed = served.metric("step_prompt_tokens_total")
+    with serving(engine, str(tmp_path / "solo.db"), max_concurrent=1) as solo:
+        assert together == turns(solo)  # the same answers as one at a time, prefilled
+    assert together[3] and together[3][0][0] == "list_files"
+    (_, prompt, cached), (_, _, retry_cached) = together[1], together[2]
+    assert cached > 0 and 0 < step_fed - (prompt - 1 - cached) <= 32  # the second and third turns' rests
+    # The retry restored the prompt's state that the batch saved once its steps had fed the rest: all
+    # of the prompt but its last token.
+    assert retry_cached == prompt - 1
+
+
+def test_a_failed_save_of_a_step_fed_prompt_fails_that_request_and_the_server_goes_on(
+    engine: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import openai
+    from hybrid_agent.agent.serve_scheduler import Scheduler
+
+    monkeypatch.setenv("HYBRID_AGENT_BATCH_ENGINE", "0")
+    first = [{"role": "user", "content": "Show me file_5_0.py"}]
+    with serving(engine, str(tmp_path / "fail.db"), max_concurrent=2, join_feed_tokens=32) as served:
+        answer = chat(served, first, max_tokens=4).choices[0].message
+        messages = [*first, as_history(answer), {"role": "user", "content": "And y.py"}]
+
+        def save_prompt(self: Any, row: Any, snapshot: Any) -> None:  # the store refuses the write
+            raise OSError("disk full")
+
+        monkeypatch.setattr(Scheduler, "save_prompt", save_prompt)
+        with pytest.raises(openai.InternalServerError, match="disk full"):
+            chat(served, messages, max_tokens=4)
+        assert _until(lambda: served.app.state.scheduler.running == 0)
+        monkeypatch.undo()
+        monkeypatch.setenv("HYBRID_AGENT_BATCH_ENGINE", "0")
+        # The server goes on: the same request again is answered, with its prompt state saved this time.
+        assert chat(served, messages, max_tokens=4).usage.completion_tokens > 0
+        assert chat(served, messages, max_tokens=4).usage.prompt_tokens_details.cached_tokens > 0

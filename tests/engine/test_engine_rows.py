@@ -140,3 +140,24 @@ def test_load_row_from_a_saved_state_and_refusals() -> None:
     windowed = make(["attention", "gated_deltanet"], attention={**TINY["attention"], "sliding_window": 8})
     with pytest.raises(StateMismatchError, match="one at a time"):
         DecodeEngine(windowed, max_context=32, batch_size=2, per_row=True)
+
+
+def test_a_row_view_reads_the_slot_without_copying_it() -> None:
+    """`view_row` gives what `export_row` copies (equal tensors), as views of the slot's buffers: a
+    snapshot of a long row in the batch copies only what it reads."""
+    model = make(["attention", "gated_deltanet"])
+    engine = DecodeEngine(model, max_context=32, batch_size=2, per_row=True)
+    engine.prefill_row(1, _prompt(6, 7))
+    view, copy = engine.view_row(1), engine.export_row(1)
+    assert view.n_tokens == copy.n_tokens == 7
+    want, got = copy.to_tensors(), view.to_tensors()
+    assert want.keys() == got.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=0)
+    same = lambda a, b: a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+    for ls, buf in zip(view.layers, engine.buf.fixed, strict=True):  # recurrent tensors: the buffers'
+        for name, t in ls.recurrent.items():
+            assert same(t, buf[name])
+    for ls, out, live in zip(view.layers, copy.layers, engine.buf.state.layers, strict=True):
+        for name, t in ls.cache.items():  # cache: views of the buffers; in the export, copies
+            assert same(t, live.storage[name]) and not same(out.cache[name], live.storage[name])
