@@ -1,4 +1,4 @@
-"""`gemv(x, w, b)`: y = x w^T (+ b) for a few rows of x, the one-token matmuls of the decode step.
+"""`gemv(x, w, b)`: y = x w^T (+ b) for one row of x, the one-token matmul of a batch-1 decode step.
 
 At batch 1 a decode step's matmuls are matrix-vector products: every weight byte is read once and used
 for one multiply-add, so they are bound by memory bandwidth alone. cuBLAS runs them as nvjet / splitK
@@ -8,8 +8,12 @@ of a device-to-device copy; `kernels/triton_gemv.py` streams W with wide loads a
 
 - x (..., K), w (N, K) row-major and contiguous, b (N,) or None, all of one floating dtype; returns
   (..., N) in that dtype, accumulated in fp32 and rounded once (as cuBLAS does).
-- `gemv_ref` is the definition (F.linear). Dispatch: Triton on CUDA (kernels/_dispatch.py); rows
-  beyond `MAX_ROWS` (a prefill, not a decode step) go to the reference.
+- `gemv_ref` is the definition (F.linear). Dispatch: Triton on CUDA (kernels/_dispatch.py) for one row;
+  more rows go to the reference (cuBLAS), which reads W once for all of them. Why no few-rows form of
+  the kernel: a (rows, N, K) product tile held in registers forces K blocks of 32-64 elements, and the
+  batched engine's step at 8 rows through such a form took 73 ms against 20 ms at 32 rows through
+  cuBLAS on the H100 (bench/results/gpu_serve_h100_s7.json; docs/results.md, "`hybrid-agent serve` on
+  the GPU").
 - Block shapes: `gemv_config` picks them per (N, K), from the read-only `CONFIGS` (measured on the
   device: bench/gpu_gemv.py) or from `default_config` for shapes not in the table; a caller may pass
   its own as `config=` (the engine's `gemv_configs`, the benchmarks' sweeps).
@@ -25,7 +29,7 @@ import torch.nn.functional as F
 from hybrid_agent.kernels._dispatch import use_triton
 from hybrid_agent.kernels.checks import GemvConfig, check_gemv
 
-MAX_ROWS = 8  # more rows than this: a matrix product, not a gemv (cuBLAS' tensor-core path wins)
+MAX_ROWS = 1  # more rows than this: cuBLAS (see the module doc)
 
 
 # (N, K) -> config: the fastest of bench/gpu_gemv.py's candidates per shape in one device run (NVIDIA

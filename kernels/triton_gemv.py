@@ -20,8 +20,8 @@ from hybrid_agent.kernels.checks import GemvConfig
 
 @triton.jit
 def _gemv_kernel(
-    x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, K_SPLIT, stride_xm,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UNROLL: tl.constexpr,
+    x_ptr, w_ptr, b_ptr, out_ptr, N, K, K_SPLIT,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UNROLL: tl.constexpr,
     HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
@@ -34,66 +34,43 @@ def _gemv_kernel(
     k_hi = tl.minimum(k_lo + K_SPLIT, K)
     k_end = k_lo + ((k_hi - k_lo) // BLOCK_K) * BLOCK_K  # full tiles below k_end, a masked tail after
     offs_k = tl.arange(0, BLOCK_K)
-    offs_m = tl.arange(0, BLOCK_M)
-    if BLOCK_M == 1:
-        acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
-        # UNROLL (1, 2 or 4) tiles per trip, all loads in flight before the first product (Triton does
-        # not software-pipeline loads that feed no tl.dot)
-        k_mid = k_lo + ((k_hi - k_lo) // (UNROLL * BLOCK_K)) * (UNROLL * BLOCK_K)
-        for k in range(k_lo, k_mid, UNROLL * BLOCK_K):
-            k = tl.multiple_of(k, BLOCK_K)
-            # written out (not a static loop): ptxas then issues every load before the first product
-            w0 = tl.load(w_rows + (k + offs_k)[None, :], eviction_policy="evict_first")
-            if UNROLL >= 2:
-                w1 = tl.load(w_rows + (k + BLOCK_K + offs_k)[None, :], eviction_policy="evict_first")
-            if UNROLL >= 4:
-                w2 = tl.load(w_rows + (k + 2 * BLOCK_K + offs_k)[None, :], eviction_policy="evict_first")
-                w3 = tl.load(w_rows + (k + 3 * BLOCK_K + offs_k)[None, :], eviction_policy="evict_first")
-            acc += w0.to(tl.float32) * tl.load(x_ptr + k + offs_k).to(tl.float32)[None, :]
-            if UNROLL >= 2:
-                acc += w1.to(tl.float32) * tl.load(x_ptr + k + BLOCK_K + offs_k).to(tl.float32)[None, :]
-            if UNROLL >= 4:
-                acc += w2.to(tl.float32) * tl.load(x_ptr + k + 2 * BLOCK_K + offs_k).to(tl.float32)[None, :]
-                acc += w3.to(tl.float32) * tl.load(x_ptr + k + 3 * BLOCK_K + offs_k).to(tl.float32)[None, :]
-        for k in range(k_mid, k_end, BLOCK_K):
-            k = tl.multiple_of(k, BLOCK_K)
-            w = tl.load(w_rows + (k + offs_k)[None, :], eviction_policy="evict_first")
-            xv = tl.load(x_ptr + k + offs_k)
-            acc += w.to(tl.float32) * xv.to(tl.float32)[None, :]
-        if k_end < k_hi:
-            kk = k_end + offs_k
-            mk = kk < k_hi
-            w = tl.load(w_rows + kk[None, :], mask=mk[None, :], other=0.0, eviction_policy="evict_first")
-            xv = tl.load(x_ptr + kk, mask=mk, other=0.0)
-            acc += w.to(tl.float32) * xv.to(tl.float32)[None, :]
-        y = tl.sum(acc, axis=1)[None, :]  # (1, BLOCK_N)
-    else:
-        # a few rows: products of (BLOCK_M, 1, BLOCK_K) x columns and (1, BLOCK_N, BLOCK_K) W, summed
-        # over K every tile (the 3-D accumulator would not fit in registers)
-        x_rows = x_ptr + tl.minimum(offs_m, M - 1)[:, None] * stride_xm  # (BLOCK_M, 1)
-        y = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-        for k in range(k_lo, k_end, BLOCK_K):
-            k = tl.multiple_of(k, BLOCK_K)
-            w = tl.load(w_rows + (k + offs_k)[None, :], eviction_policy="evict_first").to(tl.float32)
-            xv = tl.load(x_rows + (k + offs_k)[None, :]).to(tl.float32)
-            y += tl.sum(xv[:, None, :] * w[None, :, :], axis=2)
-        if k_end < k_hi:
-            kk = k_end + offs_k
-            mk = kk < k_hi
-            w = tl.load(w_rows + kk[None, :], mask=mk[None, :], other=0.0, eviction_policy="evict_first").to(
-                tl.float32
-            )
-            xv = tl.load(x_rows + kk[None, :], mask=mk[None, :], other=0.0).to(tl.float32)
-            y += tl.sum(xv[:, None, :] * w[None, :, :], axis=2)
-    mask = (offs_m < M)[:, None] & mask_n[None, :]
+    acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+    # UNROLL (1, 2 or 4) tiles per trip, all loads in flight before the first product (Triton does
+    # not software-pipeline loads that feed no tl.dot)
+    k_mid = k_lo + ((k_hi - k_lo) // (UNROLL * BLOCK_K)) * (UNROLL * BLOCK_K)
+    for k in range(k_lo, k_mid, UNROLL * BLOCK_K):
+        k = tl.multiple_of(k, BLOCK_K)
+        # written out (not a static loop): ptxas then issues every load before the first product
+        w0 = tl.load(w_rows + (k + offs_k)[None, :], eviction_policy="evict_first")
+        if UNROLL >= 2:
+            w1 = tl.load(w_rows + (k + BLOCK_K + offs_k)[None, :], eviction_policy="evict_first")
+        if UNROLL >= 4:
+            w2 = tl.load(w_rows + (k + 2 * BLOCK_K + offs_k)[None, :], eviction_policy="evict_first")
+            w3 = tl.load(w_rows + (k + 3 * BLOCK_K + offs_k)[None, :], eviction_policy="evict_first")
+        acc += w0.to(tl.float32) * tl.load(x_ptr + k + offs_k).to(tl.float32)[None, :]
+        if UNROLL >= 2:
+            acc += w1.to(tl.float32) * tl.load(x_ptr + k + BLOCK_K + offs_k).to(tl.float32)[None, :]
+        if UNROLL >= 4:
+            acc += w2.to(tl.float32) * tl.load(x_ptr + k + 2 * BLOCK_K + offs_k).to(tl.float32)[None, :]
+            acc += w3.to(tl.float32) * tl.load(x_ptr + k + 3 * BLOCK_K + offs_k).to(tl.float32)[None, :]
+    for k in range(k_mid, k_end, BLOCK_K):
+        k = tl.multiple_of(k, BLOCK_K)
+        w = tl.load(w_rows + (k + offs_k)[None, :], eviction_policy="evict_first")
+        xv = tl.load(x_ptr + k + offs_k)
+        acc += w.to(tl.float32) * xv.to(tl.float32)[None, :]
+    if k_end < k_hi:
+        kk = k_end + offs_k
+        mk = kk < k_hi
+        w = tl.load(w_rows + kk[None, :], mask=mk[None, :], other=0.0, eviction_policy="evict_first")
+        xv = tl.load(x_ptr + kk, mask=mk, other=0.0)
+        acc += w.to(tl.float32) * xv.to(tl.float32)[None, :]
+    y = tl.sum(acc, axis=1)  # (BLOCK_N,)
     if PARTIAL:
-        dst = out_ptr + pid_k * M * N + offs_m[:, None] * N + offs_n[None, :]
-        tl.store(dst, y, mask=mask)
+        tl.store(out_ptr + pid_k * N + offs_n, y, mask=mask_n)
     else:
         if HAS_BIAS:
-            y += tl.load(b_ptr + rows).to(tl.float32)[None, :]
-        dst = out_ptr + offs_m[:, None] * N + offs_n[None, :]
-        tl.store(dst, y.to(out_ptr.dtype.element_ty), mask=mask)
+            y += tl.load(b_ptr + rows).to(tl.float32)
+        tl.store(out_ptr + offs_n, y.to(out_ptr.dtype.element_ty), mask=mask_n)
 
 
 @triton.jit
@@ -109,32 +86,25 @@ def _splitk_reduce(part_ptr, b_ptr, out_ptr, MN, N, SPLIT, HAS_BIAS: tl.constexp
 
 
 def gemv_triton(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, cfg: GemvConfig) -> torch.Tensor:
+    """One row: x (..., K) with a single row in all, w (N, K) contiguous (kernels/gemv.py checks both)."""
     N, K = w.shape
-    x2 = x.reshape(-1, K)
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
-    M = x2.shape[0]
-    out = torch.empty(M, N, dtype=x.dtype, device=x.device)
-    BLOCK_M = triton.next_power_of_2(M)
+    x1 = x.reshape(K)
+    if x1.stride(0) != 1:
+        x1 = x1.contiguous()
+    out = torch.empty(N, dtype=x.dtype, device=x.device)
     block_k = cfg.block_k
-    if BLOCK_M > 1:  # the (BLOCK_M, BLOCK_N, BLOCK_K) product tile must stay in registers
-        block_k = max(32, min(block_k, 8192 // (BLOCK_M * cfg.block_n)))
     k_split = triton.cdiv(triton.cdiv(K, max(1, cfg.split_k)), block_k) * block_k
     split = triton.cdiv(K, k_split)
     grid = (triton.cdiv(N, cfg.block_n), split)
     b_arg = b if b is not None else w  # never read without HAS_BIAS
-    common = dict(
-        BLOCK_M=BLOCK_M, BLOCK_N=cfg.block_n, BLOCK_K=block_k, UNROLL=cfg.unroll, HAS_BIAS=b is not None
-    )
+    common = dict(BLOCK_N=cfg.block_n, BLOCK_K=block_k, UNROLL=cfg.unroll, HAS_BIAS=b is not None)
     if split == 1:
-        _gemv_kernel[grid](x2, w, b_arg, out, M, N, K, k_split, x2.stride(0), PARTIAL=False,
-                           num_warps=cfg.num_warps, **common)  # fmt: skip
+        _gemv_kernel[grid](x1, w, b_arg, out, N, K, k_split, PARTIAL=False, num_warps=cfg.num_warps, **common)
     else:
-        part = torch.empty(split, M, N, dtype=torch.float32, device=x.device)
-        _gemv_kernel[grid](x2, w, b_arg, part, M, N, K, k_split, x2.stride(0), PARTIAL=True,
-                           num_warps=cfg.num_warps, **common)  # fmt: skip
+        part = torch.empty(split, N, dtype=torch.float32, device=x.device)
+        _gemv_kernel[grid](x1, w, b_arg, part, N, K, k_split, PARTIAL=True, num_warps=cfg.num_warps, **common)
         block = 1024
-        _splitk_reduce[(triton.cdiv(M * N, block),)](
-            part, b_arg, out, M * N, N, split, HAS_BIAS=b is not None, BLOCK=block, num_warps=4
+        _splitk_reduce[(triton.cdiv(N, block),)](
+            part, b_arg, out, N, N, split, HAS_BIAS=b is not None, BLOCK=block, num_warps=4
         )
     return out.view(*x.shape[:-1], N)
