@@ -80,3 +80,10 @@ def chat(served: Served, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
 def as_history(message: Any) -> dict[str, Any]:
     """An answer's message as the client sends it back."""
     return message.model_dump(exclude_none=True, include={"role", "content", "tool_calls"})
+
+
+def said(answer: Any) -> tuple[str | None, list[tuple[str, str]]]:
+    """What an answer says: its text and its tool calls' names and arguments (not their ids, which
+    are made per request: two equal answers have different ones)."""
+    message = answer.choices[0].message
+    return message.content, [(c.function.name, c.function.arguments) for c in message.tool_calls or ()]

@@ -13,7 +13,7 @@ import openai
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_testkit import as_history, chat, serving
+from serve_testkit import as_history, chat, said, serving
 
 TOOLS = [
     {
@@ -64,7 +64,7 @@ def test_second_turn_reuses_the_first_and_answers_as_a_fresh_prefill(engine: Any
         b2 = chat(fresh, convo)
         assert b2.usage.prompt_tokens_details.cached_tokens == 0
     assert b2.usage.prompt_tokens == a2.usage.prompt_tokens
-    assert b2.choices[0].message == a2.choices[0].message  # greedy: the same answer as a full prefill
+    assert said(b2) == said(a2)  # greedy: the same answer as a full prefill
 
 
 def test_streaming_equals_the_plain_answer_and_a_retry_reuses_the_prompt(engine: Any, tmp_path: Path) -> None:
@@ -261,7 +261,7 @@ def test_two_servers_on_one_database_are_one_service(engine: Any, tmp_path: Path
         a2 = chat(a, convo, max_tokens=8)
         assert a.metric("state_hits_total", tier="database") == 1
         assert a2.usage.prompt_tokens_details.cached_tokens == b2.usage.prompt_tokens - 1
-    assert a2.choices[0].message == b2.choices[0].message
+    assert said(a2) == said(b2)
 
 
 def _start_process(db: str, tmp_path: Path, name: str) -> tuple[Any, str]:
@@ -450,7 +450,7 @@ def test_evicted_states_are_a_fresh_prefill_and_the_bytes_stay_bounded(engine: A
     with serving(engine, _db(tmp_path, "fresh.db"), max_new_tokens=8) as fresh:
         expected = follow_up(fresh, 0, first)
     assert again.usage.prompt_tokens_details.cached_tokens == 0
-    assert again.choices[0].message == expected.choices[0].message
+    assert said(again) == said(expected)
     # Room for about two conversations: the least recently used go, the bound holds after each one.
     bound = 5 * one // 2
     with serving(engine, _db(tmp_path, "lru.db"), memory_tier_bytes=1, prefix_max_bytes=bound) as served:
@@ -485,4 +485,4 @@ def test_a_state_another_server_evicted_is_no_error_on_either(engine: Any, tmp_p
             b2 = chat(b, convo, max_tokens=8)  # from a's new states, stored whole
             assert b.metric("state_hits_total", tier="database") == 1
             assert b2.usage.prompt_tokens_details.cached_tokens == a2.usage.prompt_tokens - 1
-    assert b2.choices[0].message == a2.choices[0].message
+    assert said(b2) == said(a2)

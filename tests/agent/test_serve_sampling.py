@@ -15,7 +15,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_testkit import chat, serving
+from serve_testkit import chat, said, serving
 
 ASK = [{"role": "user", "content": "Show me main.py"}]  # the default model answers in text, repeating
 OTHER = [{"role": "user", "content": "Which files are in src?"}]
@@ -31,12 +31,6 @@ def engine() -> Any:
 
 def _text(answer: Any) -> str:
     return answer.choices[0].message.content or ""
-
-
-def _said(answer: Any) -> tuple[str, list[tuple[str, str]]]:
-    """An answer's text and tool calls (a sampled answer may call a tool)."""
-    message = answer.choices[0].message
-    return _text(answer), [(c.function.name, c.function.arguments) for c in message.tool_calls or ()]
 
 
 def _streamed(served: Any, messages: list[dict[str, Any]], **kw: Any) -> tuple[str, str, list[Any]]:
@@ -82,24 +76,24 @@ def test_stop_text_holds_back_what_may_become_a_stop_string() -> None:
 
 def test_tiny_top_p_is_greedy_and_a_seed_repeats_its_sample(engine: Any) -> None:
     with serving(engine, None, max_concurrent=2) as served:
-        greedy = _said(chat(served, ASK, max_tokens=12, temperature=0, **LONG))
-        nucleus = _said(chat(served, ASK, max_tokens=12, temperature=1.5, top_p=1e-6, **LONG))
+        greedy = said(chat(served, ASK, max_tokens=12, temperature=0, **LONG))
+        nucleus = said(chat(served, ASK, max_tokens=12, temperature=1.5, top_p=1e-6, **LONG))
         assert nucleus == greedy
         top_one = chat(
             served, ASK, max_tokens=12, temperature=1.5, extra_body={"ignore_eos": True, "top_k": 1}
         )
-        assert _said(top_one) == greedy  # vLLM's top_k
+        assert said(top_one) == greedy  # vLLM's top_k
         sampled: dict[str, Any] = dict(max_tokens=12, temperature=1.2, **LONG)
-        a = _said(chat(served, ASK, seed=7, **sampled))
-        assert _said(chat(served, ASK, seed=7, **sampled)) == a
-        others = {str(_said(chat(served, ASK, seed=s, **sampled))) for s in (1, 2, 3)}
+        a = said(chat(served, ASK, seed=7, **sampled))
+        assert said(chat(served, ASK, seed=7, **sampled)) == a
+        others = {str(said(chat(served, ASK, seed=s, **sampled))) for s in (1, 2, 3)}
         assert others != {str(a)}  # it does sample
         other_kw = {"seed": 3, "top_p": 0.9, "presence_penalty": 0.5, **sampled}
-        b = _said(chat(served, OTHER, **other_kw))
+        b = said(chat(served, OTHER, **other_kw))
         # Both again, at once in one batch: each gets what it got alone.
         with ThreadPoolExecutor(2) as pool:
             together = pool.map(
-                lambda kw: _said(chat(served, **kw)),
+                lambda kw: said(chat(served, **kw)),
                 [{"messages": ASK, "seed": 7, **sampled}, {"messages": OTHER, **other_kw}],
             )
             assert list(together) == [a, b]

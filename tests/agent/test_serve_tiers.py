@@ -18,7 +18,7 @@ from hybrid_agent.memory import Store
 from hybrid_agent.model.state import Page
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_testkit import as_history, chat, serving
+from serve_testkit import as_history, chat, said, serving
 
 WIDTH = 16
 
@@ -222,7 +222,7 @@ def test_served_from_the_device_tier_answers_as_a_fresh_prefill(
         f2 = chat(fresh, convo)
         assert f2.usage.prompt_tokens_details.cached_tokens == 0
     # greedy: every restore answers what the full prefill does
-    assert a2.choices[0].message == b2.choices[0].message == c2.choices[0].message == f2.choices[0].message
+    assert said(a2) == said(b2) == said(c2) == said(f2)
 
 
 def test_an_engine_without_device_snapshots_gets_no_device_tier(engine: Any) -> None:
