@@ -2,9 +2,15 @@
 # The GPU benchmarks of `hybrid-agent serve` (issue 24) and of the start and resume paths (issue 25) in
 # one device call of at most 10 minutes, at OLMo Hybrid 7B's shape (random bf16 weights, written once):
 #   bash scripts/device_bench_serve_start.sh OUT [STEPS]
-# STEPS (comma-separated; default serve,start,resume,loop), run in this order: serve, hf, start, weights,
-# resume, loop. The start step's JSON has each phase of the start (HYBRID_AGENT_STARTUP_TRACE, agent/startup.py).
-#   serve  bench/gpu_serve.py: 1 / 8 / 32 / 64 concurrent sessions, a returning 64k conversation
+# STEPS (comma-separated; default serve,returning), run in this order: serve, returning, hf, start,
+# weights, resume, loop. The limits add up to more than one device command's 10 minutes: the default
+# list (with the checkpoint's ~50 s) is one call, `start,weights,resume,loop` another. The start step's
+# JSON has each phase of the start (HYBRID_AGENT_STARTUP_TRACE, agent/startup.py).
+#   serve  bench/gpu_serve.py: 1 / 8 / 32 / 64 concurrent sessions on the engine's rows (the model's own
+#          batch, the fallback for models the engine cannot batch, doubled the step's time and cut it
+#          at 32 sessions on the H100: `--batch-paths engine,model` times both)
+#   returning  bench/gpu_serve.py's returning 64k conversation: the first token from the GPU tier, the
+#          host-memory tier, the database and a full prefill
 #   start  bench/cold_start.py: this tree against the tree in .before/ (the commit before the start work,
 #          made with `git archive`, carried as an ignored folder), new and resumed sessions
 #   resume bench/gpu_resume.py full-cache resume at 64k (BLAKE3 snapshots) against re-prefilling
@@ -16,7 +22,7 @@
 #          step's limit when the two shared it, so it has its own step and JSON
 # Each step has its own time limit so one that hangs cannot take the others' time; every JSON lands in OUT.
 set -uo pipefail
-out=$1 steps=${2:-serve,start,resume,loop}
+out=$1 steps=${2:-serve,returning}
 start=$(date +%s)
 source scripts/device_env.sh
 ckpt=/tmp/olmo7b
@@ -35,8 +41,10 @@ step() {  # step name (of STEPS), log name, seconds, command...
   timeout -k 10 "$limit" "$@" > "$out/$log.log" 2>&1
   echo "$log: exit $? in $(( $(date +%s) - t0 )) s"; tail -4 "$out/$log.log"
 }
-step serve serve 250 python3 bench/gpu_serve.py --model $ckpt --sessions 1,8,32,64 --decode-tokens 128 \
-  --context 65536 --out "$out/gpu_serve.json"
+step serve serve 240 python3 bench/gpu_serve.py --model $ckpt --sessions 1,8,32,64 --decode-tokens 128 \
+  --sections decode --batch-paths engine --out "$out/gpu_serve.json"
+step returning serve_returning 200 python3 bench/gpu_serve.py --model $ckpt --sessions 1 --sections returning \
+  --context 65536 --out "$out/gpu_serve_returning.json"
 step hf serve_hf 240 python3 bench/gpu_serve.py --model $ckpt --sessions 1,8,32,64 --decode-tokens 128 \
   --sections "" --transformers --out "$out/gpu_serve_hf.json"
 if [ -d .before ] && [ ! -e .before/model/default ]; then ln -s "$PWD/model/default" .before/model/default; fi
