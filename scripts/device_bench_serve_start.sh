@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU benchmarks of `hybrid-agent serve` (issue 24) and of the start and resume paths (issue 25) in
-# one device call of at most 10 minutes, at OLMo Hybrid 7B's shape (random bf16 weights, written once):
+# device calls of at most 10 minutes each, at OLMo Hybrid 7B's shape (random bf16 weights, written once):
 #   bash scripts/device_bench_serve_start.sh OUT [STEPS]
 # STEPS (comma-separated; default serve,returning), run in this order: serve, returning, hf, start,
 # weights, resume, loop. The limits add up to more than one device command's 10 minutes: the default
