@@ -124,13 +124,21 @@ class LateCopy:
             self.done = True
 
 
-@pytest.mark.parametrize("threads", [1, 3, 8])
-def test_the_upload_ring_waits_for_each_copy(tmp_path: Path, monkeypatch, threads: int) -> None:
-    """`upload_into`'s ring on the CPU (plain buffers; copies that land only when waited for): many
-    small pieces on several threads, the ring wrapping many times, every byte equal to the file."""
-    monkeypatch.setattr(shards_mod, "READ_CHUNK", 512)  # "big" is 302 pieces, "f32" 8
+@pytest.fixture
+def late_ring(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The upload ring on the CPU: plain buffers for pinned ones, `LateCopy` for the device copy, and
+    512-byte pieces (many a tensor)."""
+    monkeypatch.setattr(shards_mod, "READ_CHUNK", 512)
     monkeypatch.setattr(shards_mod, "_pinned", lambda n: torch.empty(n, dtype=torch.uint8))
     monkeypatch.setattr(shards_mod, "_copy_async", LateCopy)
+
+
+@pytest.mark.parametrize("threads", [1, 3, 8])
+@pytest.mark.usefixtures("late_ring")
+def test_the_upload_ring_waits_for_each_copy(tmp_path: Path, threads: int) -> None:
+    """`upload_into`'s ring on the CPU (plain buffers; copies that land only when waited for): many
+    small pieces on several threads, the ring wrapping many times, every byte equal to the file."""
+    # 512-byte pieces: "big" is 302 pieces, "f32" 8
     save_file(tensors(), str(tmp_path / "model.safetensors"))
     want = load_file(str(tmp_path / "model.safetensors"))
     s = ShardSet(tmp_path, threads=threads)
@@ -145,10 +153,8 @@ def test_the_upload_ring_waits_for_each_copy(tmp_path: Path, monkeypatch, thread
         s.close()
 
 
-def test_an_upload_that_fails_raises_at_sync(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(shards_mod, "READ_CHUNK", 512)
-    monkeypatch.setattr(shards_mod, "_pinned", lambda n: torch.empty(n, dtype=torch.uint8))
-    monkeypatch.setattr(shards_mod, "_copy_async", LateCopy)
+@pytest.mark.usefixtures("late_ring")
+def test_an_upload_that_fails_raises_at_sync(tmp_path: Path) -> None:
     save_file({"a": torch.ones(1000), "b": torch.ones(1000)}, str(tmp_path / "model.safetensors"))
     s = ShardSet(tmp_path, threads=2)
     with (tmp_path / "model.safetensors").open("r+b") as f:
@@ -164,11 +170,9 @@ def test_an_upload_that_fails_raises_at_sync(tmp_path: Path, monkeypatch) -> Non
         s.close()
 
 
+@pytest.mark.usefixtures("late_ring")
 def test_close_drops_the_uploads_not_begun(tmp_path: Path, monkeypatch) -> None:
     """A load that stops early (cancelled, or failed elsewhere) does not read the rest of the file."""
-    monkeypatch.setattr(shards_mod, "READ_CHUNK", 512)
-    monkeypatch.setattr(shards_mod, "_pinned", lambda n: torch.empty(n, dtype=torch.uint8))
-    monkeypatch.setattr(shards_mod, "_copy_async", LateCopy)
     save_file({f"t{i}": torch.ones(1024) for i in range(50)}, str(tmp_path / "model.safetensors"))
     s = ShardSet(tmp_path, threads=1)
     reads: list[int] = []
