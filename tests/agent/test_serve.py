@@ -210,10 +210,8 @@ def _conversation(served: Any, client: int, turns: int, max_tokens: int) -> list
     for turn in range(turns):
         messages.append({"role": "user", "content": f"Show me file_{client}_{turn}.py"})
         answer = chat(served, messages, max_tokens=max_tokens)
-        message = answer.choices[0].message
-        calls = [(c.function.name, c.function.arguments) for c in message.tool_calls or ()]
-        out.append(((message.content, calls), answer.usage.prompt_tokens_details.cached_tokens))
-        messages.append(as_history(message))
+        out.append((said(answer), answer.usage.prompt_tokens_details.cached_tokens))
+        messages.append(as_history(answer.choices[0].message))
     return out
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_testkit import as_history, chat, serving
+from serve_testkit import as_history, chat, said, serving
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +28,9 @@ def _conversation(served: Any, client: int, turns: int, max_tokens: int) -> list
     out = []
     for turn in range(turns):
         messages.append({"role": "user", "content": f"Tell me about item {client * 7 + turn}, please."})
-        message = chat(served, messages, max_tokens=max_tokens + client).choices[0].message  # rows end apart
-        out.append(
-            (message.content, [(c.function.name, c.function.arguments) for c in message.tool_calls or ()])
-        )
-        messages.append(as_history(message))
+        answer = chat(served, messages, max_tokens=max_tokens + client)  # rows end apart
+        out.append(said(answer))
+        messages.append(as_history(answer.choices[0].message))
     return out
 
 
@@ -149,9 +147,7 @@ def test_a_joining_rows_last_prompt_token_is_fed_by_the_batch(
         for ask in asks:
             before = served.metric("decode_steps_total")
             reply = chat(served, messages, max_tokens=48, **ask)
-            message = reply.choices[0].message
-            calls = [(c.function.name, c.function.arguments) for c in message.tool_calls or ()]
-            out.append((reply.choices[0].message.content, calls, reply.usage.completion_tokens))
+            out.append((*said(reply), reply.usage.completion_tokens))
             steps = served.metric("decode_steps_total") - before
             if served.app.state.scheduler.batched:  # the prompt's last token, then each generated one
                 assert steps == reply.usage.completion_tokens + 1
