@@ -4,6 +4,7 @@ clients get exactly the answers they get one at a time, through the real server 
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +15,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from serve_testkit import as_history, chat, serving
+
+# The phases of a join (agent/serve_scheduler.py `join_<phase>_seconds_total`).
+PHASES = ("restore", "setup", "prefill", "save", "load")
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +135,13 @@ def test_the_serve_bench_warms_each_run_before_timing_it(
     assert batched["warm_round_steps"] >= 3 and batched["server_warmup_s"] > 0
     assert batched["builds_timed"] == 0 and batched["mean_batch"] > 1
     assert solo["warm_round_steps"] == 0 and solo["join_s"] == 0  # one at a time: no batch
+    # The join's phases, timed with the device synchronized at each boundary, make up most of join_s.
+    phases = batched["join_phases_s"]
+    assert set(phases) == set(PHASES) and all(v >= 0 for v in phases.values())
+    assert 0.8 * batched["join_s"] <= sum(phases.values()) <= batched["join_s"]
+    per_join = batched["join_phases_ms_per_join"]
+    assert per_join == pytest.approx({p: 1e3 * v / 2 for p, v in phases.items()})  # 2 sessions, 2 joins
+    assert "HYBRID_AGENT_SERVE_SYNC_PHASES" not in os.environ  # the bench's setting does not leak
 
 
 @pytest.mark.parametrize("path", ["1", "0"])
@@ -243,9 +254,6 @@ def test_a_failed_save_of_a_step_fed_prompt_fails_that_request_and_the_server_go
         # The server goes on: the same request again is answered, with its prompt state saved this time.
         assert chat(served, messages, max_tokens=4).usage.completion_tokens > 0
         assert chat(served, messages, max_tokens=4).usage.prompt_tokens_details.cached_tokens > 0
-
-
-PHASES = ("restore", "setup", "prefill", "save", "load")
 
 
 @pytest.mark.parametrize("path", ["1", "0"])  # the decode engine's slots; the model's batch
