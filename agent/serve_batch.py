@@ -161,13 +161,16 @@ class BatchLoop:
             if job.cancelled.is_set():
                 self._release()
                 continue
+            self.s.sync()  # with `sync_phases`: earlier work is not counted in this join's phases
             t0 = time.perf_counter()
             try:
                 row = self.s.begin(job, defer=True, feed=self.s.join_feed_tokens)
+                t = time.perf_counter()
                 if row.pending:  # the batch's step feeds the prompt's last token
                     first, row.feeding = row.pending.pop(0), True
                 else:
                     first = row.sampler.choose(self.engine.last_logits)
+                t = self.s.lap("setup", t)
                 batch = self._rows()
                 # `row.start` is read once, here: the state built from it is the row's from now on
                 start, row.start = row.start, None
@@ -177,11 +180,13 @@ class BatchLoop:
                     t1 = time.perf_counter()
                     state = batch.state(start.recurrent, start.pages)
                     self.s.metrics.inc("restore_seconds_total", time.perf_counter() - t1)
+                    t = self.s.lap("restore", t)
                 if isinstance(batch, EngineRows):  # a slot copies the state in as it joins: no copy first
                     batch.join([state])
                     state = None
                 elif start is None:  # the model's batch is repacked once, after every admission
                     state = state.clone()
+                self.s.lap("load", t)
             except Exception as exc:  # this request fails, the others go on
                 self._fail(job, exc)
                 self._release()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +35,9 @@ from hybrid_agent.agent.serve_prefix import Entry, Hit, PrefixCache
 from hybrid_agent.agent.serve_sampling import RowSampler, Sampling, StopText
 from hybrid_agent.model.chat import Segment
 from hybrid_agent.model.state import Page
+
+# "1": the join phases' times (`join_*_seconds_total`) are the device's: a sync at each phase's end.
+SYNC_PHASES_ENV = "HYBRID_AGENT_SERVE_SYNC_PHASES"
 
 
 class Metrics:
@@ -54,6 +58,13 @@ class Metrics:
         "batch_builds_total": "batch buffers built (at start-up, and again larger when a row outgrows them)",
         "join_seconds_total": "time admitting requests to the batch (restore, prefill, first token; on "
         "the engine's slots the copy into the slot too)",
+        "join_restore_seconds_total": "of join_seconds_total: finding and restoring the saved prefix (into "
+        "the engine, or built for the batch to load)",
+        "join_setup_seconds_total": "of join_seconds_total: the row's sampler set-up and first token choice",
+        "join_prefill_seconds_total": "of join_seconds_total: the prompt's prefill alone on the engine",
+        "join_save_seconds_total": "of join_seconds_total: saving the prompt's state (snapshot, tier put)",
+        "join_load_seconds_total": "of join_seconds_total: the state's copy into the batch (on the engine's "
+        "slots; the model's batch is repacked after the admissions, outside join_seconds_total)",
         "step_prompt_tokens_total": "prompt tokens fed by the batch's step while other rows decode, "
         "instead of a prefill of their own on joining (--join-feed-tokens)",
         "warmup_seconds_total": "time warming the batched step at start-up (before any request)",
@@ -155,6 +166,9 @@ class Scheduler:
         self._stopping = False
         self.peak_batch = 0  # the most rows decoded in one batched step so far
         self.batch_path: str | None = None  # "engine" (per-row slots) or "model" (agent/serve_rows.py)
+        # Synchronize the device at each join phase's boundary (`lap`), so that a phase's time on CUDA is
+        # its GPU work and not only its launches'. Off by default: then no sync at all is added.
+        self.sync_phases = os.environ.get(SYNC_PHASES_ENV) == "1"
         metrics.gauges["queue_depth"] = lambda: len(self._waiting)
         metrics.gauges["running_requests"] = lambda: self._running
         metrics.gauges["memory_tier_bytes"] = lambda: prefix.memory_used
@@ -233,6 +247,24 @@ class Scheduler:
                 finally:
                     self.release()
 
+    def sync(self) -> None:
+        """With `sync_phases`, wait for the engine's device to finish its queued work; else nothing."""
+        if not self.sync_phases:
+            return
+        import torch
+
+        device = torch.device(getattr(self.engine, "device", "cpu"))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def lap(self, phase: str, t0: float) -> float:
+        """Add the time since `t0` to `join_<phase>_seconds_total` (after `sync`); returns the time now,
+        the next phase's start."""
+        self.sync()
+        now = time.perf_counter()
+        self.metrics.inc(f"join_{phase}_seconds_total", now - t0)
+        return now
+
     # -- one request ------------------------------------------------------------------------------
 
     def _restore(self, job: Job, load: Callable[[int], bool] | None = None) -> tuple[Hit | None, int]:
@@ -284,17 +316,22 @@ class Scheduler:
         last = len(job.ids) - 1
         # The batch's step feeds the whole rest of the prompt when it is short.
         step_fed: Callable[[int], bool] = lambda cached: defer and 0 < last - cached <= feed
+        t = time.perf_counter()  # each phase's time goes to `join_<phase>_seconds_total` (`lap`)
         hit, cached = self._restore(job, load=lambda cached: not step_fed(cached))
+        t = self.lap("restore", t)
         base = hit.entry if hit is not None else None
         eng.sampling = SamplingParams(temperature=job.sampling.temperature)
         sampler = RowSampler.make(job.sampling, eng)  # after the restore: its reset reseeds the engine
+        t = self.lap("setup", t)
         # The prompt's state is saved one token short of its end: the same request again (a retry, or
         # another sample) restores it and prefills that last token, whose logits the answer starts from.
         prompt_entry = base
         by_step = step_fed(cached)
         if cached < last and not by_step:
             eng.prefill(job.ids[cached:last])
+            t = self.lap("prefill", t)
             prompt_entry = self._save(job.ids[:last], base)
+            t = self.lap("save", t)
         defer = by_step or (defer and max(cached, last) > 0)
         row = Row(job, cached, prompt_entry, eng.text_stream(), VisibleText(chat), chat, sampler,
                   StopText(job.sampling.stop))  # fmt: skip
@@ -316,6 +353,7 @@ class Scheduler:
             row.raw = "".join(row.stream.push(t) for t in forced)
             for tok in forced:
                 sampler.seen(tok)
+        self.lap("prefill", t)  # without `defer`: the last token and a forced call's markup
         return row
 
     def save_prompt(self, row: Row, snapshot: Snapshotter) -> None:

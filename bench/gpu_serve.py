@@ -11,7 +11,9 @@ Everything goes through the real server (agent/serve_app.py on uvicorn, loopback
    session decodes exactly that many), after an untimed round of N other sessions of as many tokens
    on the same server (one-time costs: compiles, autotuning, graph captures, buffer growth; the
    server also steps its batch once at start-up); aggregate tok/s = every session's tokens over the
-   time from the round's start to the last session's end (their admissions included: `join_s`).
+   time from the round's start to the last session's end (their admissions included: `join_s`, and
+   by phase `join_phases_s`: restore, sampler set-up and first token, prefill, prompt-state save, load
+   into the batch; the device synchronized at each phase's end, HYBRID_AGENT_SERVE_SYNC_PHASES).
    N = 1 also runs with `--max-concurrent 1` (no batch: the engine's own decode path, CUDA graphs on
    CUDA); each batched N runs on the decode engine's per-row slots (one captured step,
    agent/serve_rows.py) and on the model's own batched forward (model/batch.py), `--batch-paths`;
@@ -47,6 +49,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+# The phases of a request's admission to the batch (agent/serve_scheduler.py `Metrics`).
+JOIN_PHASES = ("restore", "setup", "prefill", "save", "load")
 
 
 @contextmanager
@@ -123,12 +128,15 @@ def decode_section(
     returning: bool = False,
 ) -> list[dict[str, Any]]:
     from hybrid_agent.agent.serve_rows import BATCH_ENGINE_ENV
+    from hybrid_agent.agent.serve_scheduler import SYNC_PHASES_ENV
 
     rows: list[dict[str, Any]] = []
     runs = [(1, 1, "solo"), *((n, max(n, 2), path) for n in sessions for path in paths)]
     for n, concurrent, path in runs:
         # the batch on the decode engine's per-row slots (one captured step) or the model's own forward
         os.environ[BATCH_ENGINE_ENV] = {"engine": "1", "model": "0"}.get(path, "auto")
+        # The join phases' times are the device's (a sync at each phase's end; the step syncs anyway).
+        os.environ[SYNC_PHASES_ENV] = "1"
         # `feed`: the server's --join-feed-tokens (None: its default)
         extra = {} if feed is None else {"join_feed_tokens": feed}
         with server(
@@ -143,7 +151,8 @@ def decode_section(
         ):
             metrics = app.state.metrics
             names = ("decode_steps_total", "batch_rows_total", "decode_seconds_total", "batch_builds_total",
-                     "join_seconds_total", "step_prompt_tokens_total")  # fmt: skip
+                     "join_seconds_total", "step_prompt_tokens_total",
+                     *(f"join_{p}_seconds_total" for p in JOIN_PHASES))  # fmt: skip
             # Untimed warm round: the same number of sessions and tokens (other prompts, so nothing of
             # it is restored later), so the batch's buffers reach the size the timed round needs and
             # every one-time cost (kernel compiles, autotuning, graph captures) is paid here.
@@ -167,7 +176,7 @@ def decode_section(
                     range(n),
                     turns,
                 ))  # fmt: skip
-            steps, rows_fed, step_s, builds, join_s, step_prompt = (
+            steps, rows_fed, step_s, builds, join_s, step_prompt, *phase_s = (
                 metrics.get(k) - b for k, b in zip(names, before, strict=True)
             )
             used = app.state.scheduler.batch_path if concurrent > 1 else "solo"
@@ -191,6 +200,12 @@ def decode_section(
                 # Time admitting the sessions to the batch (restore, prefill alone on the engine, first
                 # token): in the wall time, outside the steps.
                 "join_s": join_s,
+                # Of join_s, by phase (agent/serve_scheduler.py's `join_*_seconds_total`, device time):
+                # the totals over the round's n joins, and per join.
+                "join_phases_s": dict(zip(JOIN_PHASES, phase_s, strict=True)),
+                "join_phases_ms_per_join": {
+                    p: 1e3 * v / n for p, v in zip(JOIN_PHASES, phase_s, strict=True)
+                },
                 # Prompt tokens the steps fed instead of a prefill on joining (--join-feed-tokens).
                 "step_prompt_tokens": step_prompt,
                 "join_feed_tokens": getattr(app.state.scheduler, "join_feed_tokens", 0),
@@ -203,6 +218,7 @@ def decode_section(
         )
         print(json.dumps(rows[-1]), flush=True)
     os.environ.pop(BATCH_ENGINE_ENV, None)
+    os.environ.pop(SYNC_PHASES_ENV, None)
     return rows
 
 

@@ -355,6 +355,11 @@ def test_gpu_serve_bench_smoke(tmp_path: Path) -> None:
         (1, "solo"), (1, "engine"), (1, "model"), (4, "engine"), (4, "model")
     ]  # fmt: skip
     assert decode[3]["mean_batch"] > 1 and decode[4]["mean_batch"] > 1
+    for row in decode[1:]:  # batched: the join's time by phase (device-synced), within join_s
+        phases = row["join_phases_s"]
+        assert set(phases) == {"restore", "setup", "prefill", "save", "load"}
+        assert all(v >= 0 for v in phases.values()) and sum(phases.values()) <= row["join_s"]
+        assert set(row["join_phases_ms_per_join"]) == set(phases)
     back = result["returning"]
     assert back["memory_cached"] > 0 and back["database_cached"] > 0 and back["prefill_cached"] == 0
     assert back["gpu_cached"] == back["memory_cached"] == back["database_cached"]  # the first turn, whole

@@ -4,6 +4,7 @@ clients get exactly the answers they get one at a time, through the real server 
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +15,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from serve_testkit import as_history, chat, said, serving
+
+# The phases of a join (agent/serve_scheduler.py `join_<phase>_seconds_total`).
+PHASES = ("restore", "setup", "prefill", "save", "load")
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +133,13 @@ def test_the_serve_bench_warms_each_run_before_timing_it(
     assert batched["warm_round_steps"] >= 3 and batched["server_warmup_s"] > 0
     assert batched["builds_timed"] == 0 and batched["mean_batch"] > 1
     assert solo["warm_round_steps"] == 0 and solo["join_s"] == 0  # one at a time: no batch
+    # The join's phases, timed with the device synchronized at each boundary, make up most of join_s.
+    phases = batched["join_phases_s"]
+    assert set(phases) == set(PHASES) and all(v >= 0 for v in phases.values())
+    assert 0.8 * batched["join_s"] <= sum(phases.values()) <= batched["join_s"]
+    per_join = batched["join_phases_ms_per_join"]
+    assert per_join == pytest.approx({p: 1e3 * v / 2 for p, v in phases.items()})  # 2 sessions, 2 joins
+    assert "HYBRID_AGENT_SERVE_SYNC_PHASES" not in os.environ  # the bench's setting does not leak
 
 
 @pytest.mark.parametrize("path", ["1", "0"])
@@ -239,3 +250,30 @@ def test_a_failed_save_of_a_step_fed_prompt_fails_that_request_and_the_server_go
         # The server goes on: the same request again is answered, with its prompt state saved this time.
         assert chat(served, messages, max_tokens=4).usage.completion_tokens > 0
         assert chat(served, messages, max_tokens=4).usage.prompt_tokens_details.cached_tokens > 0
+
+
+@pytest.mark.parametrize("path", ["1", "0"])  # the decode engine's slots; the model's batch
+def test_join_phases_make_up_the_join_time(
+    engine: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """`join_<phase>_seconds_total` (agent/serve_scheduler.py `Scheduler.lap`): each phase of admitting
+    a request is timed, the phases lie inside the join's time and make up most of it. With
+    HYBRID_AGENT_SERVE_SYNC_PHASES=1 the device is synchronized at each boundary (on the CPU: nothing)."""
+    monkeypatch.setenv("HYBRID_AGENT_BATCH_ENGINE", path)
+    monkeypatch.setenv("HYBRID_AGENT_SERVE_SYNC_PHASES", "1")
+    clients = 3
+    with serving(engine, str(tmp_path / "batch.db"), max_concurrent=clients, max_queue=clients) as served:
+        scheduler = served.app.state.scheduler
+        assert scheduler.batched and scheduler.sync_phases
+        with ThreadPoolExecutor(clients) as pool:
+            list(pool.map(lambda c: _conversation(served, c, 2, 2), range(clients)))
+        assert served.metric("state_hits_total", tier="memory") >= clients  # second turns restored
+        join = served.metric("join_seconds_total")
+        phases = {name: served.metric(f"join_{name}_seconds_total") for name in PHASES}
+        text = served.raw("/metrics")[1]
+    assert all(f"# TYPE hybrid_agent_join_{name}_seconds_total counter" in text for name in PHASES)
+    assert all(seconds > 0 for seconds in phases.values()), phases
+    assert 0.8 * join <= sum(phases.values()) <= join, (join, phases)
+    monkeypatch.delenv("HYBRID_AGENT_SERVE_SYNC_PHASES")
+    with serving(engine, None, max_concurrent=2) as served:
+        assert not served.app.state.scheduler.sync_phases  # off unless asked for
