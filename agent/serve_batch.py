@@ -266,7 +266,7 @@ class BatchLoop:
             if row.prompt_save_in:
                 continue
             try:
-                self.s.save_prompt(row, _snapshotter(batch.view(b)))
+                self.s.save_prompt(row, _snapshotter(batch.view(b), self.s.prefix.on_device))
             except Exception as exc:
                 self._fail(row.job, exc)
                 row.job.cancelled.set()  # answered with the error: it leaves like a client that went away
