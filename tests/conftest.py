@@ -6,9 +6,12 @@ before any kernel module is imported, so it lives here, at the very top of the t
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 # `python -m pytest` puts the working directory on sys.path; from the repository root that makes its
 # folders importable under their bare names, and `kernels/` would then shadow Hugging Face's `kernels`
@@ -34,9 +37,17 @@ if "HYBRID_AGENT_CACHE_DIR" not in os.environ:
 
     os.environ["HYBRID_AGENT_CACHE_DIR"] = tempfile.mkdtemp(prefix="hybrid-agent-cache-")
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def bench_script(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], ModuleType]:
+    """Import a script of bench/ by its module name, with bench/ on sys.path for this test only."""
+    monkeypatch.syspath_prepend(str(_REPO / "bench"))
+    return importlib.import_module

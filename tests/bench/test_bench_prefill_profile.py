@@ -17,15 +17,11 @@ import torch
 from torch import nn
 
 pytest.importorskip("transformers")
-BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
 @pytest.fixture
-def bench(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    import gpu_prefill_profile
-
-    return gpu_prefill_profile
+def bench(bench_script: Any) -> Any:
+    return bench_script("gpu_prefill_profile")
 
 
 def _tiny_model() -> nn.Module:

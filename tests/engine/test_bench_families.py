@@ -16,15 +16,10 @@ transformers = pytest.importorskip("transformers")
 # the model classes load at collection, as a top-level import would (seconds of import, not of the test)
 _ = transformers.Qwen3_5ForCausalLM, transformers.Qwen3_5MoeForCausalLM
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
 
 @pytest.fixture
-def families(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    import gpu_families
-
-    return gpu_families
+def families(bench_script: Any) -> Any:
+    return bench_script("gpu_families")
 
 
 def smoke(families: Any, out: Path, *argv: str) -> dict[str, Any]:

@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 pytest.importorskip("transformers")
-BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
 @pytest.fixture
-def gpu_tp(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    import gpu_tp
-
-    return gpu_tp
+def gpu_tp(bench_script: Any) -> Any:
+    return bench_script("gpu_tp")
 
 
 @pytest.mark.parametrize(
