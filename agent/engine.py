@@ -135,6 +135,26 @@ class Engine(Protocol):
     # device tier, agent/serve_prefix.py; an engine without it gets no device tier).
 
 
+def state_snapshot(
+    state: Any, since: int, *, on_device: bool = False
+) -> tuple[dict[str, Tensor], list[Page]]:
+    """A `ModelState`'s recurrent tensors (whole) and its cache pages for tokens [since, n_tokens), as
+    CPU copies, or copies left on the state's device (`on_device`). Never views of the live state:
+    recurrent_tensors() clones and cache_range() gathers."""
+
+    def move(t: Tensor) -> Tensor:
+        return t.detach() if on_device else t.detach().cpu()
+
+    recurrent = {k: move(v) for k, v in state.recurrent_tensors().items()}
+    end = int(state.n_tokens)
+    pages = []
+    if end > since:
+        tensors = {k: move(v) for k, v in state.cache_range(since, end).items()}
+        if tensors:  # a model without attention has no cache pages
+            pages.append(Page(since, end, tensors))
+    return recurrent, pages
+
+
 class ModelEngine:
     """The real engine: a `HybridLM` (or adapted checkpoint) with its tokenizer and chat format."""
 
@@ -312,18 +332,7 @@ class ModelEngine:
         return self._snapshot(since, on_device=True)
 
     def _snapshot(self, since: int, *, on_device: bool) -> tuple[dict[str, Tensor], list[Page]]:
-        # Fresh tensors on any device: recurrent_tensors() clones and cache_range() gathers.
-        def move(t: Tensor) -> Tensor:
-            return t.detach() if on_device else t.detach().cpu()
-
-        recurrent = {k: move(v) for k, v in self.state.recurrent_tensors().items()}
-        end = self.n_tokens
-        pages = []
-        if end > since:
-            tensors = {k: move(v) for k, v in self.state.cache_range(since, end).items()}
-            if tensors:  # a model without attention has no cache pages
-                pages.append(Page(since, end, tensors))
-        return recurrent, pages
+        return state_snapshot(self.state, since, on_device=on_device)
 
     def mark_saved(self) -> None:
         if self._on_decoder:  # full attention: nothing leaves memory

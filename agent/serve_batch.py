@@ -23,37 +23,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from typing import Any
 
 import torch
+from hybrid_agent.agent.engine import state_snapshot
 from hybrid_agent.agent.serve_api import failure
 from hybrid_agent.agent.serve_rows import EngineRows, ModelRows, make_rows
-from hybrid_agent.model.state import ModelState, Page
+from hybrid_agent.model.state import ModelState
 
 # The scheduler's `Scheduler`, `Job` and `Row` (agent/serve_scheduler.py, which imports this module).
 Scheduler = Job = Row = Any
 
 
 def _snapshotter(state: ModelState, on_device: bool = False) -> Any:
-    """`ModelEngine.snapshot` for a row's own state: recurrent tensors and the cache pages since, as
-    CPU copies, or copies on the state's device (`on_device`: `ModelEngine.snapshot_on_device`, for the
-    device tier). recurrent_tensors() clones and cache_range() gathers: never views of the live state."""
-
-    def move(t: torch.Tensor) -> torch.Tensor:
-        return t.detach() if on_device else t.detach().cpu()
-
-    def snapshot(since: int) -> tuple[dict[str, torch.Tensor], list[Page]]:
-        recurrent = {k: move(v) for k, v in state.recurrent_tensors().items()}
-        end = int(state.n_tokens)
-        pages = []
-        if end > since:
-            tensors = {k: move(v) for k, v in state.cache_range(since, end).items()}
-            if tensors:
-                pages.append(Page(since, end, tensors))
-        return recurrent, pages
-
-    return snapshot
+    """`ModelEngine.snapshot` (or, `on_device`, `snapshot_on_device`) for a row's own state."""
+    return functools.partial(state_snapshot, state, on_device=on_device)
 
 
 def _deliver(items: list[tuple[Job, tuple[str, Any]]]) -> None:
