@@ -26,9 +26,11 @@ def smoke(families: Any, out: Path, *argv: str) -> dict[str, Any]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # toy shapes: threads only contend for the test machine's cores
     try:
-        return families.main(["--smoke", "--steps", "1", "--hf-steps", "1", *argv, "--out", str(out)])
+        res = families.main(["--smoke", "--steps", "1", "--hf-steps", "1", *argv, "--out", str(out)])
     finally:
         torch.set_num_threads(threads)
+    assert torch.is_grad_enabled()  # the run's no_grad ends with it: later tests in the process train
+    return res
 
 
 def check_shape(res: dict[str, Any], shape: str, contexts: list[int], prefill: int) -> None:
