@@ -120,25 +120,33 @@ MOE_CASES = {
 def check_moe_against_eager(model: HybridLM, engine: DecodeEngine, prompt: torch.Tensor) -> None:
     """Teacher-forced against the eager path in bf16, with room for routing flips: where two experts'
     scores are within bf16 noise of each other the two paths may choose differently, which changes that
-    expert's whole share of the output (not a rounding-sized change), so most steps, not every one, must
-    agree within the rounding bound and on the argmax. On the H100, 115 of 128 steps did for the relu2
-    case below. A graph that replayed stale expert ids would miss on most steps; exactness is the fp32
-    test's job (`test_graphed_moe_decode_matches_eager_in_fp32`: every step within 1e-3)."""
-    state = model.new_state()
-    logits = prefill(model, prompt, state)[0].float()
-    want, eager = [], []
-    for _ in range(128):
-        eager.append(logits)
-        want.append(int(logits.argmax()))
-        logits = model(torch.tensor([[want[-1]]], device="cuda"), state)[0, -1].float()
-    forced = [engine.prefill(prompt)[0].float().clone()]
-    forced += [engine.step(t)[0].float().clone() for t in want[:-1]]
-    close = [
-        float((e - x).abs().max()) <= 0.05 * float(e.abs().max()) for e, x in zip(eager, forced, strict=True)
-    ]
-    same = [int(e.argmax()) == int(x.argmax()) for e, x in zip(eager, forced, strict=True)]
+    expert's whole share of the output (not a rounding-sized change), and the changed recurrent state
+    carries the difference into every later step. So the check runs 8 short decodes (prefill, then 8
+    steps) from 8 prompts rather than one long one, a flip spoils at most the rest of its own short run,
+    and most steps, not every one, must agree within the rounding bound and on the argmax. (One 128-step
+    run of the Qwen3.5-MoE case on the H100 left the bound for good after a flip near step 43.) A graph
+    that replayed stale expert ids would miss on most steps; exactness is the fp32 test's job
+    (`test_graphed_moe_decode_matches_eager_in_fp32`: every step within 1e-3)."""
+    gen = torch.Generator("cuda").manual_seed(int(prompt[0, 0]))
+    V = model.config.vocab_size
+    prompts = [prompt] + [torch.randint(0, V, prompt.shape, device="cuda", generator=gen) for _ in range(7)]
+    close, same = [], []
+    for p in prompts:
+        state = model.new_state()
+        logits = prefill(model, p, state)[0].float()
+        want, eager = [], []
+        for _ in range(9):
+            eager.append(logits)
+            want.append(int(logits.argmax()))
+            logits = model(torch.tensor([[want[-1]]], device="cuda"), state)[0, -1].float()
+        forced = [engine.prefill(p)[0].float().clone()]
+        forced += [engine.step(t)[0].float().clone() for t in want[:-1]]
+        for e, x in zip(eager, forced, strict=True):
+            close.append(float((e - x).abs().max()) <= 0.05 * float(e.abs().max()))
+            same.append(int(e.argmax()) == int(x.argmax()))
+        engine.reset()
     assert sum(close) >= 0.8 * len(close), (
-        f"{len(close) - sum(close)} of {len(close)} steps outside the bound"
+        f"{len(close) - sum(close)} of {len(close)} steps outside the bound: {close}"
     )
     assert sum(same) >= 0.8 * len(same), f"argmax differs at {len(same) - sum(same)} of {len(same)} steps"
 
