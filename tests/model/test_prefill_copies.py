@@ -277,3 +277,31 @@ def test_rms_norm_reads_a_column_block_in_place(monkeypatch):
     for t in (x, z):
         assert _rows(t, 32).data_ptr() == t.data_ptr()
     assert _rows(wide[..., 1:33].transpose(0, 1), 32).data_ptr() != wide.data_ptr() + 2  # irregular: packed
+
+
+@pytest.mark.parametrize("variant", [{}, {"fused": 0}], ids=["fused", "split"])
+def test_delta_rule_reads_v_in_place(variant):
+    """Gated DeltaNet's v, a column block of the conv's q|k|v output, is read at its token stride: the
+    same output and state as from a packed copy, and no copy made."""
+    if not torch.cuda.is_available() and not interpreter_on():
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1 set before Triton is imported")
+    from dataclasses import replace
+
+    from hybrid_agent.kernels import triton_gated_delta_rule as tgdr
+    from hybrid_agent.kernels.testing import make_gdr_inputs
+    from hybrid_agent.kernels.triton_gdr_prepare import chunk_operands
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    b, t, h, dk, dv = 2, 70, 2, 16, 32
+    q, k, v, g, beta, s0 = make_gdr_inputs(
+        b, t, h, dk, dv, seed=3, dtype=torch.bfloat16, with_init=True, device=dev
+    )
+    wide = torch.randn(b, t, 2 * h * dk + h * dv + 8, device=dev).to(torch.bfloat16)
+    wide[..., 2 * h * dk : 2 * h * dk + h * dv] = v.reshape(b, t, h * dv)
+    vs = wide[..., 2 * h * dk : 2 * h * dk + h * dv].reshape(b, t, h, dv)  # (b, t, h, dv), token stride 168
+    assert not vs.is_contiguous() and chunk_operands(q, k, vs, g, beta, None, strided_v=True).v is vs
+    cfg = replace(tgdr.launch_config(vs.device, tuple(q.shape), q.dtype), **variant)
+    got = tgdr.chunk_gated_delta_rule_triton(q, k, vs, g, beta, initial_state=s0, config=cfg)
+    want = tgdr.chunk_gated_delta_rule_triton(q, k, v, g, beta, initial_state=s0, config=cfg)
+    for a, w in zip(got, want, strict=True):
+        assert torch.equal(a, w)
