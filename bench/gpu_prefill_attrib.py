@@ -135,10 +135,14 @@ def attribute(events: Any, device: bool, top: int = 25) -> dict[str, Any]:
         row["us"] += us
         row["count"] += 1
         row["classes"][cls] = row["classes"].get(cls, 0.0) + us
-    # linear calls by label: checks the labels against the model's structure (tests/bench/)
+    # linear calls by label: checks the labels against the model's structure (tests/bench/). A linear is
+    # an aten::linear, or an mm / addmm issued directly (model/ops.py `project_cols` writes stacked
+    # projections' column blocks with them), not one inside another matmul op.
     linears: dict[str, int] = {}
     for e in events:
-        if e.device_type == DeviceType.CPU and e.name == "aten::linear":
+        parent = e.cpu_parent.name if e.cpu_parent is not None else ""
+        direct = e.name in ("aten::mm", "aten::addmm") and parent not in GEMM
+        if e.device_type == DeviceType.CPU and (e.name == "aten::linear" or direct):
             label = _owner(e, cache)[0] or "unattributed"
             linears[label] = linears.get(label, 0) + 1
     by_name: dict[str, list[float]] = {}

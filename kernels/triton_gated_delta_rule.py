@@ -226,7 +226,7 @@ def _state_update(S, k, vnew, vd, vd16, decay_k, last, PREC: tl.constexpr, IEEE:
 @triton.jit
 def _gdr_fused_kernel(
     q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, t_ptr, aqk_ptr, gam_ptr, s0_ptr, o_ptr, final_ptr,
-    T, H, DK, DV, NCHUNK, scale,
+    T, H, DK, DV, NCHUNK, SV, scale,
     HAS_S0: tl.constexpr, BK: tl.constexpr, BK2: tl.constexpr, BV: tl.constexpr, IEEE: tl.constexpr,
     PREC: tl.constexpr, QK_PRE: tl.constexpr, T16: tl.constexpr, TMASK: tl.constexpr,
     QK_LOWER: tl.constexpr,
@@ -282,7 +282,10 @@ def _gdr_fused_kernel(
         if BK2 > 0:
             k2 = tl.load(k_ptr + row * DK + offs_k2[None, :], mask=mt[:, None] & mk2[None, :], other=0.0)
             q2 = tl.load(q_ptr + row * DK + offs_k2[None, :], mask=mt[:, None] & mk2[None, :], other=0.0)
-        v = tl.load(v_ptr + row * DV + offs_v[None, :], mask=m_lv, other=0.0)  # (64, BV)
+        v_rows = (
+            bi * T + t_idx[:, None]
+        ) * SV + hi * DV  # v's token stride SV: a column block is read in place
+        v = tl.load(v_ptr + v_rows + offs_v[None, :], mask=m_lv, other=0.0)  # (64, BV)
         if QK_PRE:  # from the kkt kernel: no scan in this loop
             gam = tl.load(gam_ptr + ((bi * H + hi) * NCHUNK + c) * 64 + offs_l)
             last = tl.load(gam_ptr + ((bi * H + hi) * NCHUNK + c) * 64 + 63)
@@ -368,7 +371,7 @@ def chunk_gated_delta_rule_triton(
     del chunk_size  # the kernels use CHUNK = 64; the result does not depend on it
     b, t, h, dk = q.shape
     dv = v.shape[3]
-    q, k, v, g, beta, scale, ieee, nchunk, BK = chunk_operands(q, k, v, g, beta, scale)
+    q, k, v, g, beta, scale, ieee, nchunk, BK = chunk_operands(q, k, v, g, beta, scale, strided_v=True)
     inter = intermediate_dtype or (torch.float32 if v.dtype == torch.float32 else v.dtype)
     cfg = config if config is not None else launch_config(q.device, tuple(q.shape), q.dtype)
 
@@ -397,7 +400,7 @@ def chunk_gated_delta_rule_triton(
         fu_bv = fu_bv if (ieee or cfg.narrow) else max(64, fu_bv)
         bk1, bk2 = _k_split(dk, bool(cfg.fu_ksplit))
         _gdr_fused_kernel[(triton.cdiv(dv, fu_bv), b * h)](
-            q, k, v, g, beta, t_buf, aqk, gam, s0, o, final, t, h, dk, dv, nchunk, float(scale),
+            q, k, v, g, beta, t_buf, aqk, gam, s0, o, final, t, h, dk, dv, nchunk, v.stride(1), float(scale),
             HAS_S0=initial_state is not None, BK=bk1, BK2=bk2, BV=fu_bv, IEEE=ieee, PREC=prec,
             QK_PRE=qk_pre, T16=t16, TMASK=cfg.fu_tmask, QK_LOWER=lower,
             num_warps=cfg.fu_warps, num_stages=cfg.fu_stages,
@@ -409,7 +412,7 @@ def chunk_gated_delta_rule_triton(
     states = torch.empty((b, h, nchunk, dk, dv), device=dev, dtype=inter)
     o, final, s0 = state_buffers(v, dk, initial_state)
     _gdr_wu_kernel[(nchunk, b * h)](
-        k, v, g, beta, t_buf, w, u, t, h, dk, dv, nchunk,
+        k, v, g, beta, t_buf, w, u, t, h, dk, dv, nchunk, v.stride(1),
         BK=BK, BV=bv("u_bv"), IEEE=ieee, num_warps=cfg.prep_warps,
     )  # fmt: skip
     _gdr_states_kernel[(triton.cdiv(dv, bv("st_bv")), b * h)](

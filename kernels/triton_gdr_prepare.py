@@ -53,17 +53,31 @@ def chunk_operands(
     g: torch.Tensor,
     beta: torch.Tensor,
     scale: float | None,
+    *,
+    strided_v: bool = False,
 ) -> ChunkOperands:
     """The prologue of a chunked launch, for checked (b, t, h, ...) inputs: contiguous operands, q and
-    k in v's dtype (one operand dtype for the products), the default scale dk ** -0.5."""
+    k in v's dtype (one operand dtype for the products), the default scale dk ** -0.5. `strided_v`
+    (kernels that read v at its token stride, v.stride(1)): v stays where it is when its heads are
+    packed within a token and its tokens one stride apart, as a column block of a wider projection
+    (Gated DeltaNet's v in the conv's q|k|v output), instead of a packed copy."""
     t, dk = q.shape[1], q.shape[3]
     scale = dk**-0.5 if scale is None else scale
-    q, k, v, g, beta = (a.contiguous() for a in (q, k, v, g, beta))
+    keep_v = strided_v and _token_rows(v)
+    q, k, g, beta = (a.contiguous() for a in (q, k, g, beta))
+    v = v if keep_v else v.contiguous()
     k, q = k.to(v.dtype), q.to(v.dtype)
     ieee = v.dtype == torch.float32 or not v.is_cuda
     return ChunkOperands(
         q, k, v, g, beta, scale, ieee, triton.cdiv(t, CHUNK), max(16, triton.next_power_of_2(dk))
     )
+
+
+def _token_rows(v: torch.Tensor) -> bool:
+    """v (b, t, h, dv): each token's h * dv values packed, tokens at one stride (also across b)."""
+    b, t, h, dv = v.shape
+    packed = v.stride(3) == 1 and (h == 1 or v.stride(2) == dv)
+    return packed and v.stride(1) >= h * dv and (b == 1 or v.stride(0) == t * v.stride(1))
 
 
 def state_buffers(
@@ -72,7 +86,7 @@ def state_buffers(
     """(o like v, the fp32 final state (b, h, dk, dv), the fp32 entering state the kernels read): with
     no initial state the final buffer stands in for it (HAS_S0 off: never read)."""
     b, _, h, dv = v.shape
-    o = torch.empty_like(v)
+    o = torch.empty((b, v.shape[1], h, dv), device=v.device, dtype=v.dtype)  # packed, whatever v's strides
     final = torch.empty((b, h, dk, dv), device=v.device, dtype=torch.float32)
     s0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else final
     return o, final, s0
@@ -223,7 +237,7 @@ def _gdr_solve_kernel(a_ptr, t_ptr):
 @triton.jit
 def _gdr_wu_kernel(
     k_ptr, v_ptr, g_ptr, beta_ptr, t_ptr, w_ptr, u_ptr,
-    T, H, DK, DV, NCHUNK,
+    T, H, DK, DV, NCHUNK, SV,
     BK: tl.constexpr, BV: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
     c = tl.program_id(0)
@@ -248,6 +262,7 @@ def _gdr_wu_kernel(
     for v0 in range(0, DV, BV):
         offs_v = v0 + tl.arange(0, BV)
         mv = mt[:, None] & (offs_v[None, :] < DV)
-        v = tl.load(v_ptr + row * DV + offs_v[None, :], mask=mv, other=0.0).to(tl.float32)
+        v_rows = (bi * T + t_idx[:, None]) * SV + hi * DV  # v's token stride SV
+        v = tl.load(v_ptr + v_rows + offs_v[None, :], mask=mv, other=0.0).to(tl.float32)
         u = _mm(tm, v * beta[:, None], IEEE)
         tl.store(u_ptr + row * DV + offs_v[None, :], u.to(u_ptr.dtype.element_ty), mask=mv)

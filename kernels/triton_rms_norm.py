@@ -1,5 +1,7 @@
 """Triton RMSNorm and gated RMSNorm, same contract as `hybrid_agent.kernels.rms_norm` (see its doc for the two
 gate orders). One program per (row, group): the group is loaded once, reduced in fp32, written once.
+Rows may be read at a row stride wider than their channels (a column block of a stacked projection
+needs no packed copy first); the output is packed.
 """
 
 from __future__ import annotations
@@ -13,17 +15,17 @@ from hybrid_agent.kernels.checks import check_rms_gate, check_rms_weight, rms_gr
 @triton.jit
 def _rms_norm_kernel(
     x_ptr, z_ptr, w_ptr, y_ptr,
-    D, GS, eps,
+    D, GS, eps, SX, SZ,
     HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, BS: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0).to(tl.int64)
     grp = tl.program_id(1)
     offs = grp * GS + tl.arange(0, BS)
     m = tl.arange(0, BS) < GS
-    x = tl.load(x_ptr + row * D + offs, mask=m, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + row * SX + offs, mask=m, other=0.0).to(tl.float32)
     w = tl.load(w_ptr + offs, mask=m, other=0.0).to(tl.float32)
     if HAS_Z:
-        z = tl.load(z_ptr + row * D + offs, mask=m, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + row * SZ + offs, mask=m, other=0.0).to(tl.float32)
         gate = z * tl.sigmoid(z)
         if not NORM_BEFORE_GATE:
             x = x * gate
@@ -48,15 +50,29 @@ def gated_rms_norm_triton(
     check_rms_weight(x, weight)
     gs = rms_group_size(d, group_size)
     check_rms_gate(x, z)
-    xc = x.contiguous()
-    zc = z.contiguous() if z is not None else xc
-    y = torch.empty_like(xc)
-    rows = xc.numel() // d
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    rows = y.numel() // d
     if rows == 0:
         return y
+    xr = _rows(x, d)
+    zr = _rows(z, d) if z is not None else xr
     _rms_norm_kernel[(rows, d // gs)](
-        xc, zc, weight.contiguous(), y, d, gs, float(eps),
+        xr, zr, weight.contiguous(), y, d, gs, float(eps), xr.stride(0), zr.stride(0),
         HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate, BS=triton.next_power_of_2(gs),
         num_warps=4 if gs <= 4096 else 8,
     )  # fmt: skip
     return y
+
+
+def _rows(t: torch.Tensor, d: int) -> torch.Tensor:
+    """t as (rows, d) rows of unit channel stride and one row stride, without a copy where its strides
+    allow (a column block of a wider projection, as attention's q and k before QK-norm), else a packed
+    copy."""
+    if t.stride(-1) == 1:
+        try:
+            v = t.view(-1, d)
+        except RuntimeError:  # rows at irregular strides
+            v = None
+        if v is not None and (v.shape[0] <= 1 or v.stride(0) >= d):
+            return v
+    return t.contiguous().view(-1, d)

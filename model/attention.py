@@ -98,6 +98,9 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if self.inv_freq is not None:
             cos, sin = ops.rope(pos, self.inv_freq, self.rope_theta)
-            qk = rotate(torch.cat((q, k), dim=2), cos, sin)  # (B, T, H + Hkv, Dh): q and k in one rotation
-            q, k = qk[:, :, :H], qk[:, :, H:]
+            if T > 1:  # each on its own: no concatenated copy of q and k
+                q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+            else:  # one token: q and k in one rotation (fewer torch calls)
+                qk = rotate(torch.cat((q, k), dim=2), cos, sin)  # (B, 1, H + Hkv, Dh)
+                q, k = qk[:, :, :H], qk[:, :, H:]
         return q, k, v

@@ -33,9 +33,15 @@ from torch import Tensor, nn
 
 
 def l2_normalize(x: Tensor, eps: float = 1e-6) -> Tensor:
-    """x / sqrt(sum(x^2) + eps) over the last axis (fla's and transformers' form, eps inside the root)."""
+    """x / sqrt(sum(x^2) + eps) over the last axis (fla's and transformers' form, eps inside the root).
+    fp32 arithmetic, x's dtype out: the last product reads x itself (a 16-bit value times an fp32
+    factor is computed in fp32) and rounds once into x's dtype, the same numbers as
+    `(x.float() * r).to(x.dtype)` without the fp32 product's pass and the cast's (on CUDA)."""
     xf = x.float()
-    return (xf * torch.rsqrt(xf.pow(2).sum(-1, keepdim=True) + eps)).to(x.dtype)
+    r = torch.rsqrt(xf.pow(2).sum(-1, keepdim=True) + eps)  # (..., 1) fp32
+    if x.dtype not in (torch.bfloat16, torch.float16) or (torch.is_grad_enabled() and x.requires_grad):
+        return (xf * r).to(x.dtype)  # (`out=` records no autograd graph)
+    return torch.mul(x, r, out=x.new_empty(x.shape))
 
 
 class GatedDeltaNet(nn.Module):
@@ -102,7 +108,7 @@ class GatedDeltaNet(nn.Module):
             o = gated_delta_rule_step(layer.recurrent["recurrent"], q, k, v, g, beta)  # (B, Hv, Dv)
             gate = proj[:, a_off + 2 * Hv : a_off + 2 * Hv + self.value_dim]  # (B, Hv*Dv)
         else:
-            qkv = torch.cat((self.q_proj(x), self.k_proj(x), self.v_proj(x)), dim=-1)  # (B, T, C)
+            qkv = ops.project("gdn_qkv", x, (self.q_proj, self.k_proj, self.v_proj))  # (B, T, C)
             qkv, final = causal_conv1d(qkv, weight, bias, initial_state=conv.to(qkv.dtype))  # (B, T, C)
             layer.recurrent["conv"] = final.float()
             q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=-1)

@@ -61,6 +61,8 @@ class Ops:
         the matmul for the engine's kernel choice (model/decode/ops.py)."""
         if len(linears) == 1:
             return F.linear(x, linears[0].weight, linears[0].bias)
+        if x.numel() > x.shape[-1]:  # several rows: each matmul writes its columns (no concatenation)
+            return project_cols(x, linears)
         return torch.cat([F.linear(x, lin.weight, lin.bias) for lin in linears], dim=-1)
 
     def gated(self, x: Tensor, gate: nn.Linear, up: nn.Linear) -> Tensor:
@@ -101,7 +103,8 @@ class Ops:
         q = q.transpose(1, 2).reshape(B, Hkv, G * T, Dh)  # (B, Hkv, G*T, Dh)
         mask = None
         if T > 1 or state.window is not None:
-            mask = visible(pos, key_pos, state.window, state.sinks).repeat(G, 1)  # (G*T, L)
+            mask = visible(pos, key_pos, state.window, state.sinks)  # (T, L)
+            mask = mask.repeat(G, 1) if G > 1 else mask  # (G*T, L)
         out = sdpa(
             q,
             keys if keys.dtype == q.dtype else keys.to(q.dtype),  # skip the no-op casts' dispatch
@@ -134,6 +137,33 @@ class Ops:
         if mixer.absorbs(T, len(key_pos)):
             return mixer.attend_absorbed(q_nope, q_rope, latents, keys_rope, mask)
         return mixer.attend_decompressed(q_nope, q_rope, latents, keys_rope, mask)
+
+
+def project_cols(x: Tensor, linears: Sequence[nn.Linear]) -> Tensor:
+    """`torch.cat([F.linear(x, lin.weight, lin.bias) for lin in linears], dim=-1)`, the same numbers,
+    with each matmul writing its own block of columns of one (rows, sum of outputs) tensor: the matmul
+    takes an output with a row stride wider than its columns, so nothing is copied after it (a prefill
+    chunk's concatenation was one more pass over its q|k|v activations). F.linear's own route where
+    it is not a plain matmul of the flattened rows (a bias on a non-contiguous or >3-d input: matmul,
+    then add) and under autograd (`out=` does not record a graph) keeps the concatenation."""
+    D = x.shape[-1]
+    plain = x.dim() == 2 or (x.dim() == 3 and x.is_contiguous()) or all(lin.bias is None for lin in linears)
+    grad = torch.is_grad_enabled() and (
+        x.requires_grad or any(p.requires_grad for lin in linears for p in lin.parameters())
+    )
+    if not plain or grad:
+        return torch.cat([F.linear(x, lin.weight, lin.bias) for lin in linears], dim=-1)
+    rows = x.reshape(-1, D)  # (N, D)
+    out = rows.new_empty((rows.shape[0], sum(lin.out_features for lin in linears)))  # (N, sum of outputs)
+    col = 0
+    for lin in linears:
+        dst = out[:, col : col + lin.out_features]  # (N, n): row stride = all the outputs
+        if lin.bias is None:
+            torch.mm(rows, lin.weight.t(), out=dst)
+        else:
+            torch.addmm(lin.bias, rows, lin.weight.t(), out=dst)
+        col += lin.out_features
+    return out.view(*x.shape[:-1], col)
 
 
 def gated(out: Tensor, gate: Tensor | None) -> Tensor:
