@@ -1,7 +1,8 @@
 """bench/cold_start.py keeps what it measured: its JSON is rewritten after every start, so a run cut by
 a time limit (the device script's SIGTERM) leaves the finished rounds, with each start's row and
 phases; a start that hashed the weights (the tree's first, which stores the fingerprint) is marked and
-kept out of the medians; `--budget` ends the run by itself before a round that would overrun it."""
+kept out of the medians; `--budget` ends the run by itself before a round that would overrun it.
+bench/serve_start.py, built on its helpers, times `serve` from the spawn to /health and a first token."""
 
 from __future__ import annotations
 
@@ -125,3 +126,42 @@ def test_a_budget_ends_the_run_by_itself_with_a_complete_json(tmp_path: Path) ->
     assert json.loads(stdout) == data
     assert (data["complete"], data["rounds_done"]) == (True, 0)
     assert data["trees"]["this"]["new"] == {"n": 0} and data["trees"]["this"]["starts"] == []
+
+
+SERVE_BENCH = BENCH.parent / "serve_start.py"
+
+
+def test_serve_start_bad_rounds_is_one_usage_line(tmp_path: Path) -> None:
+    bad = subprocess.run(
+        [sys.executable, str(SERVE_BENCH), "--rounds", "0", "--out", str(tmp_path / "x.json")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "--rounds takes a whole number >= 1" in bad.stderr, bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.slow  # a checkpoint and four `serve` processes: ~15 s on a 2-core machine
+def test_serve_start_times_health_and_a_first_token(tmp_path: Path) -> None:
+    """bench/serve_start.py on a tiny checkpoint: each start answers /health before its first token,
+    the trace shows the read started before the server's modules, and the warm-up start hashed."""
+    out = tmp_path / "ss.json"
+    done = subprocess.run(
+        [sys.executable, str(SERVE_BENCH), "--shape", "olmo-tiny", "--rounds", "3", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    data = json.loads(out.read_text())
+    assert (data["complete"], data["rounds_done"]) == (True, 3)
+    tree = data["trees"]["this"]
+    assert tree["first_start"]["fingerprint_cache"] == "stored"
+    assert [s["fingerprint_cache"] for s in tree["starts"]] == ["hit"] * 3
+    for s in tree["starts"]:
+        assert 0 < s["address_s"] <= s["health_s"] <= s["first_token_s"]
+        assert (
+            s["phases"]["preload-start"]
+            < s["phases"]["imports"]
+            < s["phases"]["engine-ready"]
+            < s["health_s"]
+        )
+    serve = tree["serve"]
+    assert serve["n"] == 3 and serve["health_s_median"] == statistics.median(serve["health_s_all"])
