@@ -75,12 +75,20 @@ class CliOpener:
         from hybrid_agent.agent.owner import ModelOwner
 
         self.args = args
-        settle(args)  # the model, device and sampling: the server's folder's settings, over the flags
         self._engines = engines  # a test's scripted engines; else the model of the command line
         self._first: Any = None
         self._preload: Any = None
-        if engines is None:
+        # The weights' read starts as soon as the model and device are known: at once when both flags
+        # are given (a flag wins over the settings), else once the settings are read.
+        if engines is None and args.model is not None and args.device is not None:
             self._preload = _start_read(args)
+        try:
+            settle(args)  # the model, device and sampling: the server's folder's settings, over the flags
+            if engines is None and self._preload is None:
+                self._preload = _start_read(args)
+        except BaseException:
+            self.drop_read()
+            raise
         self.owner = ModelOwner()
         self._lock = threading.Lock()
 
@@ -216,13 +224,13 @@ def _protocol_stdio() -> tuple[int, int]:
 
 def cmd_acp(args: argparse.Namespace, engines: Callable[[], Any] | None = None) -> int:
     """Serve until the editor closes stdin. `engines` replaces the model (tests' scripted engines)."""
-    from hybrid_agent.agent.acp_server import log_to_stderr, serve
-
     in_fd, out_fd = _protocol_stdio()
-    log_to_stderr(args.debug)
-    opener = CliOpener(args, engines)  # which starts the weights' read
+    opener = CliOpener(args, engines)  # which starts the weights' read, before the server's imports
     try:
+        from hybrid_agent.agent.acp_server import log_to_stderr, serve
         from hybrid_agent.memory import Store
+
+        log_to_stderr(args.debug)
 
         Store(args.db).close()
         asyncio.run(serve(opener, in_fd, out_fd))

@@ -248,6 +248,12 @@ def test_acp_stops_the_read_when_no_session_takes_it_or_the_start_fails(tmp_path
     with pytest.raises(AgentError, match="no --tp"):
         CliOpener(_acp_args(tmp_path, "--model", str(model), "--tp", "2"))
     assert not preload_threads()
+    # With --model and --device the read starts before the settings are read; settings that fail stop it.
+    (tmp_path / "ws" / ".hybrid-agent").mkdir()
+    (tmp_path / "ws" / ".hybrid-agent" / "settings.toml").write_text("bogus = 1\n")
+    with pytest.raises(Exception, match="unknown key"):
+        CliOpener(_acp_args(tmp_path, "--model", str(model), "--device", "cpu"))
+    assert not preload_threads()
 
 
 @pytest.mark.slow  # a new interpreter imports torch and the server: 3 to 10 s on a 2-core machine
