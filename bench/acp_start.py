@@ -5,8 +5,8 @@ prompt; the clock stops at the first `agent_message_chunk`.
 
 Each start is a fresh process driven over stdio by the official `acp` SDK's client side, with
 HYBRID_AGENT_STARTUP_TRACE on (agent/startup.py): each start's trace phases are kept. Trees, rounds,
-checkpoint shapes, the fingerprint bookkeeping and the JSON after every start are those of
-bench/cold_start.py, whose helpers this script uses.
+checkpoint shapes, `--budget`, the fingerprint bookkeeping and the JSON after every start are those
+of bench/cold_start.py, whose helpers this script uses.
 
     python bench/acp_start.py --tree before=/tmp/site-before --tree after=/tmp/site-after \
         --shape olmo-1b --think 0 --rounds 5 --out acp_start_cpu.json
@@ -115,6 +115,7 @@ def report(head: dict[str, Any], trees: list[dict[str, Any]], complete: bool) ->
 
 
 def main() -> None:
+    began = time.perf_counter()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tree", action="append", default=[], help="NAME=SITE, repeatable")
     p.add_argument("--rounds", type=int, default=5)
@@ -125,10 +126,13 @@ def main() -> None:
         "--think", type=float, default=0.0, help="seconds from the spawn to session/new (default 0)"
     )
     p.add_argument("--max-new-tokens", type=int, default=4)
+    p.add_argument(
+        "--budget", type=float, default=None, help="seconds: no round begins that would end past it"
+    )
     p.add_argument("--out", default=None, help="JSON file to write (rewritten after every start)")
     a = p.parse_args()
-    if a.rounds < 1 or not a.think >= 0:
-        p.error("--rounds takes a whole number >= 1 and --think a number of seconds >= 0")
+    if a.rounds < 1 or not a.think >= 0 or (a.budget is not None and not a.budget > 0):
+        p.error("--rounds takes a whole number >= 1, --think seconds >= 0 and --budget seconds > 0")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     scratch = Path(tempfile.mkdtemp(prefix="acp-start-"))
     try:
@@ -157,12 +161,18 @@ def main() -> None:
         for tree in trees:
             tree["first_start"] = asyncio.run(timed_start(tree, args, a.think))
             cold_start.write_json(a.out, report(head, trees, False))
+        slowest = 0.0
         for r in range(a.rounds):
+            if a.budget is not None and time.perf_counter() - began + slowest > a.budget:
+                print(f"round {r}: not started, it would end past --budget {a.budget:g} s", file=sys.stderr)
+                break
+            t_round = time.perf_counter()
             for tree in trees if r % 2 == 0 else trees[::-1]:
                 row = asyncio.run(timed_start(tree, args, a.think)) | {"round": r}
                 tree["starts"].append(row)
                 cold_start.write_json(a.out, report(head, trees, False))
                 print(f"round {r} {tree['name']}: first token {row['first_token_s']:.2f} s", file=sys.stderr)
+            slowest = max(slowest, time.perf_counter() - t_round)
         data = report(head, trees, True)
         cold_start.write_json(a.out, data)
         print(json.dumps(data, indent=1))
