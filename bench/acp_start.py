@@ -10,6 +10,11 @@ of bench/cold_start.py, whose helpers this script uses.
 
     python bench/acp_start.py --tree before=/tmp/site-before --tree after=/tmp/site-after \
         --shape olmo-1b --think 0 --rounds 5 --out acp_start_cpu.json
+
+On the 2-core CPU machine (before: a3de715, which read the weights at the first session/new; after:
+the read from the start): acp_start_olmo1b_think0_cpu_s8.json (session at once: no gain, and
+`initialize` later while the read takes a core) and acp_start_olmo1b_think5_cpu_s8.json (session
+after 5 s: the read is done by then).
 """
 
 from __future__ import annotations

@@ -39,6 +39,9 @@ script's start: the run ends by itself, its JSON complete, inside a step's time 
 random checkpoint of the same family, to check the script on a CPU; `--shape olmo-1b` a 1.3 GB one, a
 weights' read that takes a while on a CPU. `--keep-model DIR` writes the random checkpoint there and
 keeps it (a later run passes it as `--model DIR`).
+
+cold_start_default_cpu_s8.json: the packaged model on the CPU, a3de715 against a tree whose `run` is
+the same (its changes are in serve, acp and the UI): the spread of two equal trees.
 """
 
 from __future__ import annotations
