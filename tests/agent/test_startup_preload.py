@@ -187,7 +187,7 @@ def test_serve_takes_the_preloaded_model(
     assert names.index("preload-start") < names.index("weights-read") < names.index("model-taken")
 
 
-def test_a_serve_that_cannot_listen_stops_the_read(
+def test_a_serve_that_fails_to_start_stops_the_read(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import socket
@@ -204,6 +204,13 @@ def test_a_serve_that_cannot_listen_stops_the_read(
         )
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1 and f"cannot listen on 127.0.0.1:{port}" in err
+    assert not preload_threads()
+    # A device this machine lacks: the read's own error, in one line, once the engine is built.
+    code = agent_main(
+        ["serve", "--model", str(model), "--device", "tpu9", "--port", "0", "--db", str(tmp_path / "s.db")]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and "--device tpu9" in err, err
     assert not preload_threads()
 
 
