@@ -7,7 +7,9 @@ copy, and descriptor 0 becomes /dev/null, so no child process can eat the editor
 
 Sessions take the settings of their own folder (`cwd` of `session/new`): permission rules, hooks,
 MCP servers, the sandbox. The model, its device and sampling come from the command line and the
-settings of the folder the server started in, and are loaded once, on the first session.
+settings of the folder the server started in. The weights are read once, on a thread started as
+soon as those settings are read (agent/factory.py `ModelPreload`), while the editor connects and
+opens its first session, whose engine takes the model.
 """
 
 from __future__ import annotations
@@ -73,10 +75,21 @@ class CliOpener:
         from hybrid_agent.agent.owner import ModelOwner
 
         self.args = args
-        settle(args)  # the model, device and sampling: the server's folder's settings, over the flags
-        self.owner = ModelOwner()
         self._engines = engines  # a test's scripted engines; else the model of the command line
         self._first: Any = None
+        self._preload: Any = None
+        # The weights' read starts as soon as the model and device are known: at once when both flags
+        # are given (a flag wins over the settings), else once the settings are read.
+        if engines is None and args.model is not None and args.device is not None:
+            self._preload = _start_read(args)
+        try:
+            settle(args)  # the model, device and sampling: the server's folder's settings, over the flags
+            if engines is None and self._preload is None:
+                self._preload = _start_read(args)
+        except BaseException:
+            self.drop_read()
+            raise
+        self.owner = ModelOwner()
         self._lock = threading.Lock()
 
     def _engine(self) -> Any:
@@ -87,6 +100,7 @@ class CliOpener:
         if self._first is None:
             from hybrid_agent.agent.factory import load_engine
 
+            preload, self._preload = self._preload, None  # taken (or discarded) by load_engine
             self._first = load_engine(
                 a.model,
                 device=a.device,
@@ -94,6 +108,7 @@ class CliOpener:
                 sinks=a.sinks,
                 seed=a.seed,
                 temperature=a.temperature,
+                preload=preload,
             )
             return self._first
         from hybrid_agent.agent.engine import ModelEngine
@@ -170,6 +185,32 @@ class CliOpener:
 
     def close(self) -> None:
         self.owner.shutdown(wait=True)
+        self.drop_read()
+
+    def drop_read(self) -> None:
+        """Stop the weights' read if no session took the model (the editor left first, or the start
+        failed) and wait for its thread."""
+        preload, self._preload = self._preload, None
+        if preload is not None:
+            preload.discard()
+
+
+def _start_read(args: argparse.Namespace) -> Any:
+    """The weights' read of `args.model` on `args.device`, started (`ModelPreload`). What the command
+    line got wrong fails here, in one line, not at the editor's first session: a model folder that
+    is not one, a device this machine lacks, `--tp`."""
+    from hybrid_agent.agent.errors import AgentError
+    from hybrid_agent.agent.factory import ModelPreload, check_device
+
+    if getattr(args, "tp", 1) > 1:  # its sessions share one model; the ranks serve one engine
+        raise AgentError("acp runs several sessions on one model and has no --tp; use it with run or the UI")
+    preload = ModelPreload(args.model, args.device, args.seed)
+    try:
+        check_device(args.device)  # the read checks it too, but its error would wait for a session
+    except BaseException:
+        preload.discard()
+        raise
+    return preload
 
 
 def _protocol_stdio() -> tuple[int, int]:
@@ -183,25 +224,16 @@ def _protocol_stdio() -> tuple[int, int]:
 
 def cmd_acp(args: argparse.Namespace, engines: Callable[[], Any] | None = None) -> int:
     """Serve until the editor closes stdin. `engines` replaces the model (tests' scripted engines)."""
-    from hybrid_agent.agent.acp_server import log_to_stderr, serve
-
     in_fd, out_fd = _protocol_stdio()
-    log_to_stderr(args.debug)
-    opener = CliOpener(args, engines)
-    # What the command line got wrong fails now, in one line, not at the editor's first session.
-    if engines is None:
-        from hybrid_agent.agent.factory import check_device, resolve_model_dir
+    opener = CliOpener(args, engines)  # which starts the weights' read, before the server's imports
+    try:
+        from hybrid_agent.agent.acp_server import log_to_stderr, serve
+        from hybrid_agent.memory import Store
 
-        resolve_model_dir(args.model)
-        check_device(args.device)
-        if getattr(args, "tp", 1) > 1:  # its sessions share one model; the ranks serve one engine
-            from hybrid_agent.agent.errors import AgentError
+        log_to_stderr(args.debug)
 
-            raise AgentError(
-                "acp runs several sessions on one model and has no --tp; use it with run or the UI"
-            )
-    from hybrid_agent.memory import Store
-
-    Store(args.db).close()
-    asyncio.run(serve(opener, in_fd, out_fd))
+        Store(args.db).close()
+        asyncio.run(serve(opener, in_fd, out_fd))
+    finally:
+        opener.drop_read()  # a store that failed to open, or an editor that never opened a session
     return 0

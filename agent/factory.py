@@ -141,11 +141,13 @@ class ModelPreload:
     the GIL; the rest is Python (imports, SQL) that holds it. So `run` starts the read as soon as the
     model and device are known (agent/commands.py: after the settings, or before them when `--model`
     and `--device` are both given) and `load_engine` takes the model from it: the two overlap
-    (docs/results.md, "Cold start"). The modules the read needs are imported before
-    the thread starts, on the caller's thread: two threads importing modules that import each other
-    could each get the other's half-built module. A start that fails before the model is taken (a bad
-    `--resume`, a settings error) calls `discard`: the read stops between two tensors and the thread
-    is waited for, so the error comes soon and no thread is left writing to the device at exit."""
+    (docs/results.md, "Cold start"). `serve` and `acp` start it the same way, before their server's
+    modules, port and database (agent/serve_command.py, agent/acp_commands.py). The modules the read
+    needs are imported before the thread starts, on the caller's thread: two threads importing
+    modules that import each other could each get the other's half-built module. A start that fails
+    before the model is taken (a bad `--resume`, a settings error, a port in use) calls `discard`: the
+    read stops between two tensors and the thread is waited for, so the error comes soon and no
+    thread is left writing to the device at exit."""
 
     def __init__(self, model: str | Path | None, device: str | None, seed: int | None = None) -> None:
         self.where = resolve_model_dir(model)  # a path that is not a model fails here, before the thread

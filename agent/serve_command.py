@@ -1,5 +1,6 @@
 """`hybrid-agent serve`'s command line: its options (agent/cli.py adds them) and the command, which
-binds the port, loads the model, opens the store and runs the server (agent/serve_app.py) on uvicorn.
+starts reading the weights, binds the port, opens the store, builds the engine and runs the server
+(agent/serve_app.py) on uvicorn.
 Parsing imports nothing heavy (no torch, no server): `hybrid-agent --help` stays fast.
 """
 
@@ -108,43 +109,11 @@ def add_parser(sub: Any, shared: argparse.ArgumentParser) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-    from hybrid_agent.agent.factory import load_engine
-    from hybrid_agent.agent.serve_app import ServeOptions, build_app
-    from hybrid_agent.memory import Store
+    sock, engine, store, options = open_server(args)
+    try:
+        import uvicorn  # both imported by open_server, while the weights were read
+        from hybrid_agent.agent.serve_app import build_app
 
-    port = int(args.port)
-    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((args.host, port))
-    except OSError as exc:
-        sock.close()
-        raise AgentError(
-            f"cannot listen on {args.host}:{port} ({exc.strerror}); pick another --port or --host"
-        ) from None
-    options = ServeOptions(
-        max_concurrent=args.max_concurrent,
-        max_queue=args.max_queue,
-        join_feed_tokens=args.join_feed_tokens,
-        max_prompt_tokens=getattr(args, "max_prompt_tokens", None) or 32768,
-        max_new_tokens=getattr(args, "max_new_tokens", None) or 1024,
-        temperature=getattr(args, "temperature", None) or 0.0,
-        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
-        memory_tier_bytes=args.memory_tier_mb << 20,
-        gpu_tier_bytes=None if args.gpu_tier_mb is None else args.gpu_tier_mb << 20,
-        prefix_max_bytes=int(args.prefix_max_gb * 2**30),
-        prefix_ttl_seconds=args.prefix_ttl_hours * 3600.0,
-    )
-    engine = load_engine(
-        getattr(args, "model", None),
-        device=getattr(args, "device", None),
-        window=getattr(args, "window", None),
-        sinks=getattr(args, "sinks", None) or 4,
-        seed=getattr(args, "seed", None),
-    )
-    store = Store(getattr(args, "db", None))
-    try:
         app = build_app(engine, store, options)
         host, bound = sock.getsockname()[:2]
         where = f"[{host}]" if ":" in host else host
@@ -159,3 +128,77 @@ def cmd_serve(args: argparse.Namespace) -> int:
         sock.close()
         store.close()
     return 0
+
+
+def open_server(args: argparse.Namespace) -> tuple[socket.socket, Any, Any, Any]:
+    """The bound socket, the model's engine, the open store and the server's options of `serve`.
+
+    The weights are read on a thread from the first line (agent/factory.py `ModelPreload`: the
+    command line alone names the model and device) while the server's modules are imported, the port
+    bound and the database opened; the engine takes the model when it is built. Anything that fails
+    before stops the read and waits for its thread, so the error line comes at once and no thread is
+    left behind."""
+    from hybrid_agent.agent.factory import ModelPreload, load_engine
+    from hybrid_agent.agent.startup import mark
+
+    model, device, seed = (
+        getattr(args, "model", None),
+        getattr(args, "device", None),
+        getattr(args, "seed", None),
+    )
+    preload = ModelPreload(model, device, seed)  # a path that is not a model fails here, in one line
+    sock: socket.socket | None = None
+    store: Any = None
+    try:
+        # The server's modules (cmd_serve's too), imported while the weights are read.
+        import uvicorn  # noqa: F401
+        from hybrid_agent.agent.serve_app import ServeOptions, build_app  # noqa: F401
+        from hybrid_agent.memory import Store
+
+        mark("imports")
+        sock = _bind(args.host, int(args.port))
+        options = ServeOptions(
+            max_concurrent=args.max_concurrent,
+            max_queue=args.max_queue,
+            join_feed_tokens=args.join_feed_tokens,
+            max_prompt_tokens=getattr(args, "max_prompt_tokens", None) or 32768,
+            max_new_tokens=getattr(args, "max_new_tokens", None) or 1024,
+            temperature=getattr(args, "temperature", None) or 0.0,
+            api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+            memory_tier_bytes=args.memory_tier_mb << 20,
+            gpu_tier_bytes=None if args.gpu_tier_mb is None else args.gpu_tier_mb << 20,
+            prefix_max_bytes=int(args.prefix_max_gb * 2**30),
+            prefix_ttl_seconds=args.prefix_ttl_hours * 3600.0,
+        )
+        store = Store(getattr(args, "db", None))
+        mark("store-open")
+        engine = load_engine(
+            model,
+            device=device,
+            window=getattr(args, "window", None),
+            sinks=getattr(args, "sinks", None) or 4,
+            seed=seed,
+            preload=preload,
+        )
+        mark("engine-ready")
+        return sock, engine, store, options
+    except BaseException:
+        preload.discard()  # nothing to stop once the engine took the model
+        if store is not None:
+            store.close()
+        if sock is not None:
+            sock.close()
+        raise
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise AgentError(
+            f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port or --host"
+        ) from None
+    return sock

@@ -9,6 +9,9 @@ before `settings` when `--model` and `--device` are both given, which the settin
 `device-ready` and `weights-read` (on that thread), `imports` (the agent's modules), `store-open`,
 `model-taken` (the agent has the model: its wait for the thread ends here), `engine-ready`,
 `agent-ready` (the session exists); the `system/init` line follows.
+`serve` (agent/serve_command.py) starts the read first, then marks `imports` (the server's modules),
+`store-open` and `engine-ready`; `acp` (agent/acp_commands.py) starts it once its settings are read,
+and the editor's first session takes the model (`model-taken`).
 This module imports nothing of the package, so any module may mark a phase.
 """
 

@@ -21,6 +21,15 @@ per tree first warms the page cache and that cache ("first_start" in the JSON: a
 the weights). Then, per round, each tree runs a new session, then resumes that session, the trees in
 turn (their order alternates between rounds), so load from other processes hits them alike.
 
+Every start records what the fingerprint cache did (`fingerprint_cache`): "stored" (the start hashed
+the weights and stored their fingerprint: a first start of the tree, `first_start` true, never in a
+median), "hit" (read from the cache) or "none" (the tree keeps no cache, so each of its starts hashes:
+a tree from before the cache). The JSON (`--out`) is rewritten after every start, with each start's
+row and phases (`starts`) and the medians of the rounds every tree finished (`rounds_done`;
+`complete` once the run ended by itself), so a run cut by a time limit keeps what it measured.
+`--budget S` starts no round that the slowest round so far says would end past S seconds from the
+script's start: the run ends by itself, its JSON complete, inside a step's time limit.
+
     python bench/cold_start.py --tree base=/tmp/site-base --tree new=/tmp/site-new --rounds 5 \
         --out bench/results/cold_start_cpu.json
     # On a GPU machine: an OLMo Hybrid 7B-shaped random bf16 checkpoint (13 GB) written to a temp folder
@@ -30,6 +39,9 @@ turn (their order alternates between rounds), so load from other processes hits 
 random checkpoint of the same family, to check the script on a CPU; `--shape olmo-1b` a 1.3 GB one, a
 weights' read that takes a while on a CPU. `--keep-model DIR` writes the random checkpoint there and
 keeps it (a later run passes it as `--model DIR`).
+
+cold_start_default_cpu_s8.json: the packaged model on the CPU, a3de715 against a tree whose `run` is
+the same (its changes are in serve, acp and the UI): the spread of two equal trees.
 """
 
 from __future__ import annotations
@@ -40,6 +52,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -116,26 +129,34 @@ def timed_run(tree: dict[str, Any], args: list[str], timeout: float) -> dict[str
     proc = subprocess.Popen(cmd, env=tree["env"], cwd=tree["workspace"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     assert proc.stdout is not None
-    for line in proc.stdout:
-        now = time.perf_counter() - t0
-        if now > timeout:
-            proc.kill()
-            raise SystemExit(f"{tree['name']}: {' '.join(args)} ran over {timeout} s")
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        kind = obj.get("type")
-        if kind == "system" and "init_s" not in out:
-            out["init_s"] = now
-        elif kind == "stream_event" and "first_token_s" not in out:
-            out["first_token_s"] = now
-        elif kind == "result":
-            out["result_s"] = now
-            out["session_id"] = obj.get("session_id")
-            out["output_tokens"] = (obj.get("usage") or {}).get("output_tokens", 0)
-            out["agent_tok_s"] = obj.get("tokens_per_s") or 0.0  # the agent's own decode rate
-    err = proc.stderr.read() if proc.stderr else ""
+    cached = fingerprint_file(tree)
+    try:
+        for line in proc.stdout:
+            now = time.perf_counter() - t0
+            if now > timeout:
+                raise SystemExit(f"{tree['name']}: {' '.join(args)} ran over {timeout} s")
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            kind = obj.get("type")
+            if kind == "system" and "init_s" not in out:
+                out["init_s"] = now
+            elif kind == "stream_event" and "first_token_s" not in out:
+                out["first_token_s"] = now
+            elif kind == "result":
+                out["result_s"] = now
+                out["session_id"] = obj.get("session_id")
+                out["output_tokens"] = (obj.get("usage") or {}).get("output_tokens", 0)
+                out["agent_tok_s"] = obj.get("tokens_per_s") or 0.0  # the agent's own decode rate
+        err = proc.stderr.read() if proc.stderr else ""
+    except BaseException:  # a timeout, Ctrl-C, or the step's SIGTERM (main): no run is left behind
+        proc.kill()
+        proc.wait()
+        raise
+    after = fingerprint_file(tree)
+    out["fingerprint_cache"] = "none" if after is None else "hit" if after == cached else "stored"
+    out["first_start"] = out["fingerprint_cache"] == "stored"  # it hashed the weights: not in a median
     # The start's phases, from the HYBRID_AGENT_STARTUP_TRACE lines (a tree without the trace has none).
     out["phases"] = {}
     for line in err.splitlines():
@@ -146,6 +167,23 @@ def timed_run(tree: dict[str, Any], args: list[str], timeout: float) -> dict[str
     gen = out["result_s"] - out["first_token_s"]
     out["decode_tok_s"] = (out["output_tokens"] - 1) / gen if out["output_tokens"] > 1 and gen > 0 else 0.0
     return out
+
+
+def fingerprint_file(tree: dict[str, Any]) -> bytes | None:
+    """The tree's fingerprint cache file (model/checkpoints/fingerprint_cache.py), None when absent: a
+    start that changes it hashed the weights and stored their fingerprint."""
+    try:
+        return (Path(tree["env"]["HYBRID_AGENT_CACHE_DIR"]) / "fingerprints.json").read_bytes()
+    except OSError:
+        return None
+
+
+def settle_checkpoint(folder: Path) -> None:
+    """Wait until the checkpoint's files are older than the fingerprint cache's settling time (its
+    SETTLE_NS, 2 s): a start right after they were written hashes them without storing the result,
+    so the warm-up run would not spare the next start the hashing."""
+    newest = max((f.stat().st_mtime for f in folder.iterdir() if f.is_file()), default=0.0)
+    time.sleep(max(0.0, newest + 2.5 - time.time()))
 
 
 def help_seconds(tree: dict[str, Any]) -> float:
@@ -172,12 +210,75 @@ def median(rows: list[dict[str, Any]], key: str) -> float:
     return statistics.median(r[key] for r in rows)
 
 
+def counted(tree: dict[str, Any], kind: str, rounds: int) -> list[dict[str, Any]]:
+    """The `kind` ("new" or "resume") starts of `tree` that go into its medians: those of the first
+    `rounds` rounds (the ones every tree finished), less any that hashed the weights."""
+    return [r for r in tree[kind] if r["round"] < rounds and not r["first_start"]]
+
+
+def summarize(rows: list[dict[str, Any]], weight_bytes: int) -> dict[str, Any]:
+    """The medians of `rows` (timed starts of one kind): milestones, phases and the load's rate."""
+    summary: dict[str, Any] = {"n": len(rows)}
+    if not rows:
+        return summary
+    keys = ("init_s", "first_token_s", "result_s", "decode_tok_s", "agent_tok_s", "output_tokens")
+    summary |= {k: median(rows, k) for k in keys}
+    summary["first_token_s_all"] = [round(x["first_token_s"], 3) for x in rows]
+    summary["init_s_all"] = [round(x["init_s"], 3) for x in rows]
+    phases = sorted({p for x in rows for p in x["phases"]}, key=lambda p: median_phase(rows, p))
+    summary["phases_median_s"] = {p: round(median_phase(rows, p), 3) for p in phases}
+    if weight_bytes and {"device-ready", "weights-read"} <= set(phases):
+        # The load's rate: skeleton, allocation, reads and copies, from the device's readiness.
+        took = [x["phases"]["weights-read"] - x["phases"]["device-ready"] for x in rows
+                if {"device-ready", "weights-read"} <= set(x["phases"])]  # fmt: skip
+        summary["load_gb_s_median"] = round(weight_bytes / 1e9 / statistics.median(took), 2)
+    return summary
+
+
+def start_row(run: dict[str, Any]) -> dict[str, Any]:
+    """One start as the JSON lists it: its milestones, its phases and what the fingerprint cache did."""
+    keep = ("round", "kind", "init_s", "first_token_s", "result_s", "output_tokens", "fingerprint_cache")
+    row = {k: round(v, 3) if isinstance(v, float) else v for k, v in run.items() if k in keep}
+    return row | {
+        "first_start": run["first_start"],
+        "phases": {p: round(t, 3) for p, t in run["phases"].items()},
+    }
+
+
+def report(
+    head: dict[str, Any], trees: list[dict[str, Any]], weight_bytes: int, complete: bool
+) -> dict[str, Any]:
+    """The JSON of the run so far: the medians over the rounds every tree finished, every start's row."""
+    done = min((len(t["resume"]) for t in trees), default=0)
+    out = head | {"complete": complete, "rounds_done": done, "weight_bytes": weight_bytes, "trees": {}}
+    for tree in trees:
+        summary: dict[str, Any] = {"site": tree["site"]}
+        if "first_start" in tree:
+            summary["first_start"] = start_row(tree["first_start"])
+        summary["help_s_median"] = statistics.median(tree["help_s"][:done]) if done else None
+        for kind in ("new", "resume"):
+            summary[kind] = summarize(counted(tree, kind, done), weight_bytes)
+        runs = sorted(tree["new"] + tree["resume"], key=lambda r: (r["round"], r["kind"] == "resume"))
+        summary["starts"] = [start_row(r) for r in runs]
+        out["trees"][tree["name"]] = summary
+    return out
+
+
+def write_json(path: str | None, data: dict[str, Any]) -> None:
+    """`data` to `path` through a temporary file renamed over it: a kill mid-write leaves the last one."""
+    if path:
+        tmp = Path(f"{path}.tmp")
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+        os.replace(tmp, path)
+
+
 def median_phase(rows: list[dict[str, Any]], phase: str) -> float:
     """The median offset of a trace phase from the spawn, over the runs that marked it."""
     return statistics.median(r["phases"][phase] for r in rows if phase in r["phases"])
 
 
 def main() -> None:
+    began = time.perf_counter()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tree", action="append", default=[], help="NAME=SITE, repeatable")
     p.add_argument("--rounds", type=int, default=5)
@@ -188,8 +289,19 @@ def main() -> None:
     p.add_argument("--prompt", default="hello")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--timeout", type=float, default=600.0, help="seconds one run may take")
-    p.add_argument("--out", default=None, help="JSON file to write")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds from the start: no round begins that would end past it",
+    )
+    p.add_argument("--out", default=None, help="JSON file to write (rewritten after every start)")
     a = p.parse_args()
+    if a.rounds < 1 or (a.budget is not None and not a.budget > 0):
+        p.error("--rounds takes a whole number >= 1 and --budget a number of seconds > 0")
+    # A step's time limit (scripts/device_bench_serve_start.sh) sends SIGTERM: unwind, so the run in
+    # flight is killed and the scratch folder removed; the JSON already holds every finished start.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     scratch = Path(tempfile.mkdtemp(prefix="cold-start-"))
     try:
         model = a.model
@@ -197,51 +309,51 @@ def main() -> None:
             t = time.perf_counter()
             model = str(write_random_checkpoint(Path(a.keep_model or scratch / "model"), a.shape))
             print(f"wrote {a.shape} checkpoint in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-        trees = [make_tree(*(t.split("=", 1)), scratch) for t in a.tree] or [make_tree("this", None, scratch)]
-        common = ["run", "--output-format", "stream-json", "--include-partial-messages", "--device", a.device]
-        common += ["--max-new-tokens", str(a.max_new_tokens), *(["--model", model] if model else [])]
-        for tree in trees:
-            tree["first_start"] = timed_run(tree, [*common, "--db", tree["db"], a.prompt], a.timeout)
-            tree["help_s"], tree["new"], tree["resume"] = [], [], []
-        for r in range(a.rounds):
-            for tree in trees if r % 2 == 0 else trees[::-1]:
-                tree["help_s"].append(help_seconds(tree))
-                new = timed_run(tree, [*common, "--db", tree["db"], a.prompt], a.timeout)
-                resume = ["--resume", new["session_id"], a.prompt]
-                tree["new"].append(new)
-                tree["resume"].append(timed_run(tree, [*common, "--db", tree["db"], *resume], a.timeout))
-                print(f"round {r} {tree['name']}: new {new['first_token_s']:.2f} s, resume "
-                      f"{tree['resume'][-1]['first_token_s']:.2f} s", file=sys.stderr)  # fmt: skip
-        report: dict[str, Any] = {
+        folder = Path(model) if model else ROOT / "model" / "default"
+        if folder.is_dir():
+            settle_checkpoint(folder)
+        weight_bytes = sum(f.stat().st_size for f in folder.glob("*.safetensors")) if folder.is_dir() else 0
+        head: dict[str, Any] = {
             "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg": os.getloadavg()},
-            "shape": a.shape, "model": a.model, "device": a.device, "rounds": a.rounds, "trees": {},
+            "shape": a.shape, "model": a.model, "device": a.device, "rounds": a.rounds,
         }  # fmt: skip
-        folder = Path(model) if model else ROOT / "model" / "default"
-        weight_bytes = sum(f.stat().st_size for f in folder.glob("*.safetensors")) if folder.is_dir() else 0
-        report["weight_bytes"] = weight_bytes
+        trees = [make_tree(*(t.split("=", 1)), scratch) for t in a.tree] or [make_tree("this", None, scratch)]
         for tree in trees:
-            summary = {"site": tree["site"], "first_start": tree["first_start"],
-                       "help_s_median": statistics.median(tree["help_s"])}  # fmt: skip
-            for kind in ("new", "resume"):
-                rows = tree[kind]
-                keys = ("init_s", "first_token_s", "result_s", "decode_tok_s", "agent_tok_s", "output_tokens")
-                summary[kind] = {k: median(rows, k) for k in keys}
-                summary[kind]["first_token_s_all"] = [round(x["first_token_s"], 3) for x in rows]
-                summary[kind]["init_s_all"] = [round(x["init_s"], 3) for x in rows]
-                phases = sorted({p for x in rows for p in x["phases"]}, key=lambda p: median_phase(rows, p))
-                summary[kind]["phases_median_s"] = {p: round(median_phase(rows, p), 3) for p in phases}
-                if weight_bytes and {"device-ready", "weights-read"} <= set(phases):
-                    # The load's rate: skeleton, allocation, reads and copies, from the device's readiness.
-                    took = [x["phases"]["weights-read"] - x["phases"]["device-ready"] for x in rows
-                            if {"device-ready", "weights-read"} <= set(x["phases"])]  # fmt: skip
-                    summary[kind]["load_gb_s_median"] = round(weight_bytes / 1e9 / statistics.median(took), 2)
-            report["trees"][tree["name"]] = summary
-        text = json.dumps(report, indent=1)
-        print(text)
-        if a.out:
-            Path(a.out).write_text(text + "\n")
+            tree["help_s"], tree["new"], tree["resume"] = [], [], []
+        common = ["run", "--output-format", "stream-json", "--include-partial-messages", "--device", a.device]
+        common += ["--max-new-tokens", str(a.max_new_tokens), *(["--model", model] if model else [])]
+
+        def save(complete: bool = False) -> dict[str, Any]:
+            data = report(head, trees, weight_bytes, complete)
+            write_json(a.out, data)
+            return data
+
+        for tree in trees:
+            first = timed_run(tree, [*common, "--db", tree["db"], a.prompt], a.timeout)
+            tree["first_start"] = first | {"round": -1, "kind": "new"}
+            save()
+        slowest = 0.0
+        for r in range(a.rounds):
+            if a.budget is not None and time.perf_counter() - began + slowest > a.budget:
+                print(f"round {r}: not started, it would end past --budget {a.budget:g} s", file=sys.stderr)
+                break
+            t_round = time.perf_counter()
+            for tree in trees if r % 2 == 0 else trees[::-1]:
+                tree["help_s"].append(help_seconds(tree))
+                new = timed_run(tree, [*common, "--db", tree["db"], a.prompt], a.timeout)
+                tree["new"].append(new | {"round": r, "kind": "new"})
+                save()
+                resume = ["--resume", new["session_id"], a.prompt]
+                back = timed_run(tree, [*common, "--db", tree["db"], *resume], a.timeout)
+                tree["resume"].append(back | {"round": r, "kind": "resume"})
+                save()
+                hashed = " (hashed the weights: not in the medians)" if new["first_start"] else ""
+                print(f"round {r} {tree['name']}: new {new['first_token_s']:.2f} s{hashed}, resume "
+                      f"{back['first_token_s']:.2f} s", file=sys.stderr)  # fmt: skip
+            slowest = max(slowest, time.perf_counter() - t_round)
+        print(json.dumps(save(complete=True), indent=1))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -41,18 +41,29 @@ def run_tui(args: argparse.Namespace) -> int:
     from hybrid_agent.agent.commands import tui_options
     from hybrid_agent.agent.config_commands import trust_question
     from hybrid_agent.agent.errors import AgentError
-
-    try:
-        from hybrid_agent.tui.app import run_app
-    except ImportError as exc:
-        raise AgentError(f"the terminal UI is not available ({exc}); use `hybrid-agent run PROMPT`") from exc
+    from hybrid_agent.agent.factory import ModelPreload
     from hybrid_agent.agent.session_ids import PICK_SESSION
 
     options = tui_options(args)
-    extra: dict[str, Any] = {}
-    if args.resume == PICK_SESSION:  # `--resume` without an id: the session picker over a new session
-        extra["pick_session"] = True
-    # In a folder whose settings need trust, the UI asks first (tui/screens/trust.py).
-    if (question := trust_question(args, tui_options)) is not None:
-        extra["trust"] = question
-    return int(run_app(options, **extra) or 0)
+    # The weights are read on a thread from here (agent/factory.py `ModelPreload`), while the UI's
+    # modules are imported and the app starts; the agent the UI opens takes the model.
+    preload = (
+        ModelPreload(options["model"], options["device"], options["seed"]) if options["tp"] == 1 else None
+    )
+    try:
+        try:
+            from hybrid_agent.tui.app import run_app
+        except ImportError as exc:
+            raise AgentError(
+                f"the terminal UI is not available ({exc}); use `hybrid-agent run PROMPT`"
+            ) from exc
+        extra: dict[str, Any] = {}
+        if args.resume == PICK_SESSION:  # `--resume` without an id: the session picker over a new session
+            extra["pick_session"] = True
+        # In a folder whose settings need trust, the UI asks first (tui/screens/trust.py).
+        if (question := trust_question(args, tui_options)) is not None:
+            extra["trust"] = question
+        return int(run_app(options, preload=preload, **extra) or 0)
+    finally:
+        if preload is not None:  # taken by the UI's agent, or stopped here: no thread outlives the UI
+            preload.discard()

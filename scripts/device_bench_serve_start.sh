@@ -3,20 +3,30 @@
 # device calls of at most 10 minutes each, at OLMo Hybrid 7B's shape (random bf16 weights, written once):
 #   bash scripts/device_bench_serve_start.sh OUT [STEPS]
 # STEPS (comma-separated; default serve,returning), run in this order: serve, returning, hf, start,
-# weights, resume, loop. The limits add up to more than one device command's 10 minutes: the default
-# list (with the checkpoint's ~50 s) is one call, `start,weights,resume,loop` another. The start step's
-# JSON has each phase of the start (HYBRID_AGENT_STARTUP_TRACE, agent/startup.py).
+# serve-start, acp-start, weights, resume, loop. The limits add up to more than one device command's
+# 10 minutes: the default list (with the checkpoint's ~50 s) is one call, `start,weights,resume,loop`
+# another (280 + 90 + 100 + 50 s of limits and the checkpoint's ~45 s: under 10 minutes),
+# `serve-start,acp-start` a third. The start step's JSON has each phase of
+# the start (HYBRID_AGENT_STARTUP_TRACE, agent/startup.py) and is rewritten after every start, so a
+# cut step keeps the rounds it finished.
 #   serve  bench/gpu_serve.py: 1 / 8 / 32 / 64 concurrent sessions on the engine's rows (the model's own
 #          batch, the fallback for models the engine cannot batch, doubled the step's time and cut it
 #          at 32 sessions on the H100: `--batch-paths engine,model` times both)
 #   returning  bench/gpu_serve.py's returning 64k conversation: the first token from the GPU tier, the
 #          host-memory tier, the database and a full prefill
 #   start  bench/cold_start.py: this tree against the tree in .before/ (the commit before the start work,
-#          made with `git archive`, carried as an ignored folder), new and resumed sessions
+#          made with `git archive`, carried as an ignored folder), new and resumed sessions. On the
+#          H100 a 150 s limit ended the step after the warm-up starts and round 0 (whose four starts
+#          took ~73 s: the old tree hashes the weights at every start), so two rounds need ~230 s;
+#          `--budget` skips a round that would not end before the step's limit.
 #   resume bench/gpu_resume.py full-cache resume at 64k (BLAKE3 snapshots) against re-prefilling
 #   loop   bench/loop_overhead.py on cuda: the agent loop's decode against the engine's at one context
 #   weights (not in the default list) bench/load_weights.py --device cuda: the weights' reader into the
 #          GPU (the pinned ring of model/checkpoints/shards.py) in GB/s, against safetensors' load_file
+#   serve-start, acp-start (not in the default list; with the checkpoint, one call) bench/serve_start.py
+#          and bench/acp_start.py: seconds from the spawn of `serve` to /health and a first token, and
+#          of `acp` to an editor's first token (session/new 5 s after the spawn, as a person typing),
+#          this tree against .before/ as the start step
 #   hf     (not in the default list) transformers' batching on the same shape, bench/gpu_serve.py
 #          --transformers alone: on the H100 (transformers 5.17) its generate_batch outran the serve
 #          step's limit when the two shared it, so it has its own step and JSON
@@ -49,8 +59,12 @@ step hf serve_hf 240 python3 bench/gpu_serve.py --model $ckpt --sessions 1,8,32,
   --sections "" --transformers --out "$out/gpu_serve_hf.json"
 if [ -d .before ] && [ ! -e .before/model/default ]; then ln -s "$PWD/model/default" .before/model/default; fi
 (cd .before && HYBRID_AGENT_SITE=/tmp/site-before source scripts/device_env.sh > /dev/null)
-step start start 150 python3 bench/cold_start.py --model $ckpt --device cuda --rounds 2 \
+step start start 280 python3 bench/cold_start.py --model $ckpt --device cuda --rounds 2 --budget 255 \
   --tree before=/tmp/site-before --tree after=/tmp/hybrid-agent-site --out "$out/cold_start_gpu.json"
+step serve-start serve_start 200 python3 bench/serve_start.py --model $ckpt --device cuda --rounds 2 --budget 180 \
+  --tree before=/tmp/site-before --tree after=/tmp/hybrid-agent-site --out "$out/serve_start_gpu.json"
+step acp-start acp_start 200 python3 bench/acp_start.py --model $ckpt --device cuda --rounds 2 --budget 180 --think 5 \
+  --tree before=/tmp/site-before --tree after=/tmp/hybrid-agent-site --out "$out/acp_start_gpu.json"
 step weights load_weights 90 python3 bench/load_weights.py --gb 4 --rounds 3 --device cuda \
   --out "$out/load_weights_gpu.json"
 step resume resume_b3 100 python3 bench/gpu_resume.py --sections full --digest blake3 --out "$out/gpu_resume_b3.json"

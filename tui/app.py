@@ -52,10 +52,14 @@ class HybridAgentApp(TurnActions, SessionActions, PlanActions):
     ]
 
     trust_question: Any = None  # asked before the agent starts (agent/config_commands.py), or None
+    # The weights' read started with the options (agent/factory.py ModelPreload), or None; stopped by
+    # run_app once the app exits, if no agent took it.
+    preload: Any = None
 
     def factory_of(self, options: Mapping[str, Any]) -> AgentFactory:
-        """The agent factory for `Agent.open` options (those a trusted folder's settings give)."""
-        return factory_of(options)
+        """The agent factory for `Agent.open` options (those a trusted folder's settings give); it takes
+        the read already started, if it is that model's."""
+        return factory_of(options, self.preload)
 
     def compose(self) -> ComposeResult:
         yield Header(icon="◆")
@@ -170,14 +174,18 @@ class HybridAgentApp(TurnActions, SessionActions, PlanActions):
         self.exit(0)
 
 
-def factory_of(options: Mapping[str, Any]) -> AgentFactory:
-    """The agent factory for the keyword options of `Agent.open`."""
+def factory_of(options: Mapping[str, Any], preload: Any = None) -> AgentFactory:
+    """The agent factory for the keyword options of `Agent.open`. `preload`: the weights being read
+    since the options were known (agent/factory.py `ModelPreload`), handed to the first agent opened;
+    `Agent.open` takes it if it is that agent's model and device, else stops it and reads its own."""
     options = dict(options)
+    held = [preload]
 
     def factory(approval: Any) -> Any:
         from hybrid_agent.agent import Agent
 
-        return Agent.open(**options, approval=approval)
+        taken, held[0] = held[0], None
+        return Agent.open(**options, approval=approval, preload=taken)
 
     return factory
 
@@ -187,16 +195,23 @@ def run_app(
     *,
     trust: Any = None,
     pick_session: bool = False,
+    preload: Any = None,
 ) -> int:
     """Open the TUI. Either a factory `f(approval=...) -> Agent`, or the keyword options of
     `Agent.open` (a mapping, or the CLI's argparse namespace with the same names). `trust`: a
     TrustQuestion (agent/config_commands.py) to ask before the agent starts, or None; `pick_session`
-    opens the session picker once the agent is loaded."""
+    opens the session picker once the agent is loaded; `preload`: the weights' read the caller
+    started (agent/factory.py `ModelPreload`), which the options' agent takes, or None."""
     if callable(agent_factory_or_options):
         factory = agent_factory_or_options
     else:
         given = agent_factory_or_options
-        factory = factory_of(vars(given) if isinstance(given, argparse.Namespace) else given)
+        factory = factory_of(vars(given) if isinstance(given, argparse.Namespace) else given, preload)
     app = HybridAgentApp(factory, pick_session=pick_session)
     app.trust_question = trust
-    return int(app.run() or 0)
+    app.preload = preload
+    try:
+        return int(app.run() or 0)
+    finally:
+        if preload is not None:  # taken, or stopped at the app's exit; else stopped here
+            preload.discard()

@@ -1,0 +1,189 @@
+"""Time from the spawn of `hybrid-agent acp` to an editor's first streamed token: the process answers
+`initialize`, the editor opens a session (`session/new`) after `--think` seconds (0: at once, as a
+script would; an editor opens its panel at once and the person types for a while) and sends a
+prompt; the clock stops at the first `agent_message_chunk`.
+
+Each start is a fresh process driven over stdio by the official `acp` SDK's client side, with
+HYBRID_AGENT_STARTUP_TRACE on (agent/startup.py): each start's trace phases are kept. Trees, rounds,
+checkpoint shapes, `--budget`, the fingerprint bookkeeping and the JSON after every start are those
+of bench/cold_start.py, whose helpers this script uses.
+
+    python bench/acp_start.py --tree before=/tmp/site-before --tree after=/tmp/site-after \
+        --shape olmo-1b --think 0 --rounds 5 --out acp_start_cpu.json
+
+On the 2-core CPU machine (before: a3de715, which read the weights at the first session/new; after:
+the read from the start): acp_start_olmo1b_think0_cpu_s8.json (session at once: no gain, and
+`initialize` later while the read takes a core) and acp_start_olmo1b_think5_cpu_s8.json (session
+after 5 s: the read is done by then).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cold_start  # bench/ is not a package: its scripts import each other by path
+
+
+class Editor:
+    """The client side: notes when the first answer chunk arrives; refuses every tool call."""
+
+    def __init__(self, t0: float) -> None:
+        self.t0 = t0
+        self.first_chunk_s: float | None = None
+
+    async def session_update(self, session_id: str, update: Any, **_: Any) -> None:
+        if update.session_update == "agent_message_chunk" and self.first_chunk_s is None:
+            self.first_chunk_s = time.perf_counter() - self.t0
+
+    async def request_permission(self, options: list[Any], session_id: str, tool_call: Any, **_: Any) -> Any:
+        from acp.schema import DeniedOutcome, RequestPermissionResponse
+
+        return RequestPermissionResponse(outcome=DeniedOutcome(outcome="cancelled"))
+
+
+async def timed_start(tree: dict[str, Any], args: list[str], think: float) -> dict[str, Any]:
+    from acp import spawn_agent_process, text_block
+    from acp.schema import ClientCapabilities
+
+    cmd = ["-m", "hybrid_agent", "acp", "--db", tree["db"], *args]
+    log = Path(tree["workspace"]) / "acp.log"
+    cached = cold_start.fingerprint_file(tree)
+    out: dict[str, Any] = {}
+    spawned = time.time()
+    t0 = time.perf_counter()
+    editor = Editor(t0)
+    with log.open("wb") as err:
+        async with spawn_agent_process(
+            lambda _: editor, sys.executable, *cmd, cwd=tree["workspace"], env=tree["env"],
+            transport_kwargs={"stderr": err},
+        ) as (conn, _):  # fmt: skip
+            await conn.initialize(protocol_version=1, client_capabilities=ClientCapabilities())
+            out["initialize_s"] = time.perf_counter() - t0
+            await asyncio.sleep(max(0.0, think - out["initialize_s"]))
+            sid = (await conn.new_session(cwd=tree["workspace"], mcp_servers=[])).session_id
+            out["session_s"] = time.perf_counter() - t0
+            await conn.prompt(session_id=sid, prompt=[text_block("hello")])
+            out["result_s"] = time.perf_counter() - t0
+    out["first_token_s"] = editor.first_chunk_s
+    out["phases"] = {}
+    for line in log.read_text().splitlines():
+        if (
+            line.startswith(cold_start.TRACE_PREFIX)
+            and len(parts := line[len(cold_start.TRACE_PREFIX) :].split()) == 2
+        ):
+            out["phases"][parts[0]] = float(parts[1]) - spawned
+    if out["first_token_s"] is None:
+        raise SystemExit(f"{tree['name']}: no answer streamed: {log.read_text()[-500:]}")
+    after = cold_start.fingerprint_file(tree)
+    out["fingerprint_cache"] = "none" if after is None else "hit" if after == cached else "stored"
+    out["first_start"] = out["fingerprint_cache"] == "stored"
+    return out
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    summary: dict[str, Any] = {"n": len(rows)}
+    if not rows:
+        return summary
+    for key in ("initialize_s", "session_s", "first_token_s"):
+        summary[f"{key}_median"] = round(statistics.median(r[key] for r in rows), 3)
+    summary["first_token_s_all"] = [round(r["first_token_s"], 3) for r in rows]
+    phases = sorted({p for r in rows for p in r["phases"]}, key=lambda p: cold_start.median_phase(rows, p))
+    summary["phases_median_s"] = {p: round(cold_start.median_phase(rows, p), 3) for p in phases}
+    return summary
+
+
+def report(head: dict[str, Any], trees: list[dict[str, Any]], complete: bool) -> dict[str, Any]:
+    done = min((len(t["starts"]) for t in trees), default=0)
+    out = head | {"complete": complete, "rounds_done": done, "trees": {}}
+    for tree in trees:
+        rows = [r for r in tree["starts"][:done] if not r["first_start"]]
+        starts = [
+            {k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()} for r in tree["starts"]
+        ]
+        out["trees"][tree["name"]] = {"site": tree["site"], "first_start": tree.get("first_start"),
+                                      "acp": summarize(rows), "starts": starts}  # fmt: skip
+    return out
+
+
+def main() -> None:
+    began = time.perf_counter()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tree", action="append", default=[], help="NAME=SITE, repeatable")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--shape", default="default", help="default (packaged), olmo7b, olmo-1b, olmo-tiny")
+    p.add_argument("--model", default=None, help="a model folder instead of --shape's")
+    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--think", type=float, default=0.0, help="seconds from the spawn to session/new (default 0)"
+    )
+    p.add_argument("--max-new-tokens", type=int, default=4)
+    p.add_argument(
+        "--budget", type=float, default=None, help="seconds: no round begins that would end past it"
+    )
+    p.add_argument("--out", default=None, help="JSON file to write (rewritten after every start)")
+    a = p.parse_args()
+    if a.rounds < 1 or not a.think >= 0 or (a.budget is not None and not a.budget > 0):
+        p.error("--rounds takes a whole number >= 1, --think seconds >= 0 and --budget seconds > 0")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    scratch = Path(tempfile.mkdtemp(prefix="acp-start-"))
+    try:
+        model = a.model
+        if model is None and a.shape != "default":
+            model = str(cold_start.write_random_checkpoint(scratch / "model", a.shape))
+        if model:
+            cold_start.settle_checkpoint(Path(model))
+        head = {
+            "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg": os.getloadavg()},
+            "shape": a.shape, "model": a.model, "device": a.device, "rounds": a.rounds, "think_s": a.think,
+        }  # fmt: skip
+        trees = [cold_start.make_tree(*(t.split("=", 1)), scratch) for t in a.tree]
+        trees = trees or [cold_start.make_tree("this", None, scratch)]
+        args = [
+            "--device",
+            a.device,
+            "--max-new-tokens",
+            str(a.max_new_tokens),
+            *(["--model", model] if model else []),
+        ]
+        for tree in trees:
+            tree["starts"] = []
+        for tree in trees:
+            tree["first_start"] = asyncio.run(timed_start(tree, args, a.think))
+            cold_start.write_json(a.out, report(head, trees, False))
+        slowest = 0.0
+        for r in range(a.rounds):
+            if a.budget is not None and time.perf_counter() - began + slowest > a.budget:
+                print(f"round {r}: not started, it would end past --budget {a.budget:g} s", file=sys.stderr)
+                break
+            t_round = time.perf_counter()
+            for tree in trees if r % 2 == 0 else trees[::-1]:
+                row = asyncio.run(timed_start(tree, args, a.think)) | {"round": r}
+                tree["starts"].append(row)
+                cold_start.write_json(a.out, report(head, trees, False))
+                print(f"round {r} {tree['name']}: first token {row['first_token_s']:.2f} s", file=sys.stderr)
+            slowest = max(slowest, time.perf_counter() - t_round)
+        data = report(head, trees, True)
+        cold_start.write_json(a.out, data)
+        print(json.dumps(data, indent=1))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
