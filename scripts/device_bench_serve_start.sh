@@ -2,11 +2,11 @@
 # The GPU benchmarks of `hybrid-agent serve` (issue 24) and of the start and resume paths (issue 25) in
 # device calls of at most 10 minutes each, at OLMo Hybrid 7B's shape (random bf16 weights, written once):
 #   bash scripts/device_bench_serve_start.sh OUT [STEPS]
-# STEPS (comma-separated; default serve,returning), run in this order: serve, returning, hf, start,
-# serve-start, acp-start, weights, resume, loop. The limits add up to more than one device command's
-# 10 minutes: the default list (with the checkpoint's ~50 s) is one call, `start,weights,resume,loop`
-# another (280 + 90 + 100 + 50 s of limits and the checkpoint's ~45 s: under 10 minutes),
-# `serve-start,acp-start` a third. The start step's JSON has each phase of
+# STEPS (comma-separated; default serve,returning), run in this order: serve, returning, feed, stepprof,
+# shortpf, hf, start, serve-start, acp-start, weights, resume, loop. The limits add up to more than one
+# device command's 10 minutes: the default list (with the checkpoint's ~50 s) is one call,
+# `feed,stepprof,shortpf` another, `start,weights,resume,loop` another (280 + 90 + 100 + 50 s of limits
+# and the checkpoint's ~45 s: under 10 minutes), `serve-start,acp-start` a fourth. The start step's JSON has each phase of
 # the start (HYBRID_AGENT_STARTUP_TRACE, agent/startup.py) and is rewritten after every start, so a
 # cut step keeps the rounds it finished.
 #   serve  bench/gpu_serve.py: 1 / 8 / 32 / 64 concurrent sessions on the engine's rows (the model's own
@@ -27,6 +27,13 @@
 #          and bench/acp_start.py: seconds from the spawn of `serve` to /health and a first token, and
 #          of `acp` to an editor's first token (session/new 5 s after the spawn, as a person typing),
 #          this tree against .before/ as the start step
+#   feed   (not in the default list) the serve step again with `--join-feed-tokens 128`: the ~72-token
+#          first turns fed by the batch's steps instead of a prefill alone each (issue 24: a prefill
+#          that short is ~100 ms of kernel launches on the H100), to compare with the serve step's rows
+#   stepprof (not in the default list) bench/gpu_step_profile.py: the engine's batched step alone at
+#          1 / 8 / 32 / 64 rows, graphed time and an ungraphed profile by kernel
+#   shortpf (not in the default list) bench/gpu_prefill_profile.py at 72 / 73 / 200 / 4096 tokens:
+#          short prefills' time by chunk and by layer part (launch-bound or not)
 #   hf     (not in the default list) transformers' batching on the same shape, bench/gpu_serve.py
 #          --transformers alone: on the H100 (transformers 5.17) its generate_batch outran the serve
 #          step's limit when the two shared it, so it has its own step and JSON
@@ -55,6 +62,12 @@ step serve serve 240 python3 bench/gpu_serve.py --model $ckpt --sessions 1,8,32,
   --sections decode --batch-paths engine --out "$out/gpu_serve.json"
 step returning serve_returning 200 python3 bench/gpu_serve.py --model $ckpt --sessions 1 --sections returning \
   --context 65536 --out "$out/gpu_serve_returning.json"
+step feed serve_feed 200 python3 bench/gpu_serve.py --model $ckpt --sessions 1,8,32,64 --decode-tokens 128 \
+  --sections decode --batch-paths engine --join-feed-tokens 128 --out "$out/gpu_serve_feed128.json"
+step stepprof step_profile 150 python3 bench/gpu_step_profile.py --rows 1,8,32,64 --budget-s 140 \
+  --out "$out/gpu_step_profile.json"
+step shortpf short_prefill 120 python3 bench/gpu_prefill_profile.py --lengths 72,73,200,4096 --chunks 2048 \
+  --profile-chunk 2048 --reps 3 --budget-s 110 --out "$out/gpu_prefill_short.json"
 step hf serve_hf 240 python3 bench/gpu_serve.py --model $ckpt --sessions 1,8,32,64 --decode-tokens 128 \
   --sections "" --transformers --out "$out/gpu_serve_hf.json"
 if [ -d .before ] && [ ! -e .before/model/default ]; then ln -s "$PWD/model/default" .before/model/default; fi
