@@ -19,12 +19,7 @@ after 5 s: the read is done by then).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import datetime
-import json
-import os
-import platform
 import shutil
 import signal
 import statistics
@@ -79,18 +74,10 @@ async def timed_start(tree: dict[str, Any], args: list[str], think: float) -> di
             await conn.prompt(session_id=sid, prompt=[text_block("hello")])
             out["result_s"] = time.perf_counter() - t0
     out["first_token_s"] = editor.first_chunk_s
-    out["phases"] = {}
-    for line in log.read_text().splitlines():
-        if (
-            line.startswith(cold_start.TRACE_PREFIX)
-            and len(parts := line[len(cold_start.TRACE_PREFIX) :].split()) == 2
-        ):
-            out["phases"][parts[0]] = float(parts[1]) - spawned
+    out["phases"] = cold_start.trace_phases(log.read_text(), spawned)
     if out["first_token_s"] is None:
         raise SystemExit(f"{tree['name']}: no answer streamed: {log.read_text()[-500:]}")
-    after = cold_start.fingerprint_file(tree)
-    out["fingerprint_cache"] = "none" if after is None else "hit" if after == cached else "stored"
-    out["first_start"] = out["fingerprint_cache"] == "stored"
+    out |= cold_start.cache_outcome(tree, cached)
     return out
 
 
@@ -106,54 +93,20 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def report(head: dict[str, Any], trees: list[dict[str, Any]], complete: bool) -> dict[str, Any]:
-    done = min((len(t["starts"]) for t in trees), default=0)
-    out = head | {"complete": complete, "rounds_done": done, "trees": {}}
-    for tree in trees:
-        rows = [r for r in tree["starts"][:done] if not r["first_start"]]
-        starts = [
-            {k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()} for r in tree["starts"]
-        ]
-        out["trees"][tree["name"]] = {"site": tree["site"], "first_start": tree.get("first_start"),
-                                      "acp": summarize(rows), "starts": starts}  # fmt: skip
-    return out
-
-
 def main() -> None:
     began = time.perf_counter()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tree", action="append", default=[], help="NAME=SITE, repeatable")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--shape", default="default", help="default (packaged), olmo7b, olmo-1b, olmo-tiny")
-    p.add_argument("--model", default=None, help="a model folder instead of --shape's")
-    p.add_argument("--device", default="cpu")
+    p = cold_start.start_parser(__doc__)
     p.add_argument(
         "--think", type=float, default=0.0, help="seconds from the spawn to session/new (default 0)"
     )
     p.add_argument("--max-new-tokens", type=int, default=4)
-    p.add_argument(
-        "--budget", type=float, default=None, help="seconds: no round begins that would end past it"
-    )
-    p.add_argument("--out", default=None, help="JSON file to write (rewritten after every start)")
     a = p.parse_args()
     if a.rounds < 1 or not a.think >= 0 or (a.budget is not None and not a.budget > 0):
         p.error("--rounds takes a whole number >= 1, --think seconds >= 0 and --budget seconds > 0")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     scratch = Path(tempfile.mkdtemp(prefix="acp-start-"))
     try:
-        model = a.model
-        if model is None and a.shape != "default":
-            model = str(cold_start.write_random_checkpoint(scratch / "model", a.shape))
-        if model:
-            cold_start.settle_checkpoint(Path(model))
-        head = {
-            "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "command": " ".join([Path(sys.executable).name, *sys.argv]),
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg": os.getloadavg()},
-            "shape": a.shape, "model": a.model, "device": a.device, "rounds": a.rounds, "think_s": a.think,
-        }  # fmt: skip
-        trees = [cold_start.make_tree(*(t.split("=", 1)), scratch) for t in a.tree]
-        trees = trees or [cold_start.make_tree("this", None, scratch)]
+        model = cold_start.model_for(a, scratch)
         args = [
             "--device",
             a.device,
@@ -161,26 +114,11 @@ def main() -> None:
             str(a.max_new_tokens),
             *(["--model", model] if model else []),
         ]
-        for tree in trees:
-            tree["starts"] = []
-        for tree in trees:
-            tree["first_start"] = asyncio.run(timed_start(tree, args, a.think))
-            cold_start.write_json(a.out, report(head, trees, False))
-        slowest = 0.0
-        for r in range(a.rounds):
-            if a.budget is not None and time.perf_counter() - began + slowest > a.budget:
-                print(f"round {r}: not started, it would end past --budget {a.budget:g} s", file=sys.stderr)
-                break
-            t_round = time.perf_counter()
-            for tree in trees if r % 2 == 0 else trees[::-1]:
-                row = asyncio.run(timed_start(tree, args, a.think)) | {"round": r}
-                tree["starts"].append(row)
-                cold_start.write_json(a.out, report(head, trees, False))
-                print(f"round {r} {tree['name']}: first token {row['first_token_s']:.2f} s", file=sys.stderr)
-            slowest = max(slowest, time.perf_counter() - t_round)
-        data = report(head, trees, True)
-        cold_start.write_json(a.out, data)
-        print(json.dumps(data, indent=1))
+        cold_start.run_starts(
+            a, began, scratch, cold_start.run_header(a, think_s=a.think), "acp", summarize,
+            lambda tree: asyncio.run(timed_start(tree, args, a.think)),
+            lambda row: f"first token {row['first_token_s']:.2f} s",
+        )  # fmt: skip
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -154,14 +154,8 @@ def timed_run(tree: dict[str, Any], args: list[str], timeout: float) -> dict[str
         proc.kill()
         proc.wait()
         raise
-    after = fingerprint_file(tree)
-    out["fingerprint_cache"] = "none" if after is None else "hit" if after == cached else "stored"
-    out["first_start"] = out["fingerprint_cache"] == "stored"  # it hashed the weights: not in a median
-    # The start's phases, from the HYBRID_AGENT_STARTUP_TRACE lines (a tree without the trace has none).
-    out["phases"] = {}
-    for line in err.splitlines():
-        if line.startswith(TRACE_PREFIX) and len(parts := line[len(TRACE_PREFIX) :].split()) == 2:
-            out["phases"][parts[0]] = float(parts[1]) - spawned
+    out |= cache_outcome(tree, cached)  # a start that hashed the weights: not in a median
+    out["phases"] = trace_phases(err, spawned)
     if proc.wait() != 0 or "first_token_s" not in out:
         raise SystemExit(f"{tree['name']}: {' '.join(args)} failed (exit {proc.returncode}): {err[-500:]}")
     gen = out["result_s"] - out["first_token_s"]
@@ -277,18 +271,33 @@ def median_phase(rows: list[dict[str, Any]], phase: str) -> float:
     return statistics.median(r["phases"][phase] for r in rows if phase in r["phases"])
 
 
-def main() -> None:
-    began = time.perf_counter()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+# ---- what bench/serve_start.py and bench/acp_start.py use as well ------------------------------------------
+def trace_phases(stderr: str, spawned: float) -> dict[str, float]:
+    """The start's phases from its HYBRID_AGENT_STARTUP_TRACE lines, seconds from `spawned` (wall clock);
+    a tree without the trace has none."""
+    phases = {}
+    for line in stderr.splitlines():
+        if line.startswith(TRACE_PREFIX) and len(parts := line[len(TRACE_PREFIX) :].split()) == 2:
+            phases[parts[0]] = float(parts[1]) - spawned
+    return phases
+
+
+def cache_outcome(tree: dict[str, Any], cached: bytes | None) -> dict[str, Any]:
+    """What the fingerprint cache did in a start (`cached`: its file before): a start that stored it
+    hashed the weights, so it is a first start and stays out of the medians."""
+    after = fingerprint_file(tree)
+    outcome = "none" if after is None else "hit" if after == cached else "stored"
+    return {"fingerprint_cache": outcome, "first_start": outcome == "stored"}
+
+
+def start_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The options every start benchmark takes: trees, rounds, the model, the device, budget, output."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tree", action="append", default=[], help="NAME=SITE, repeatable")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--shape", default="default", help="default (packaged), olmo7b, olmo-1b, olmo-tiny")
     p.add_argument("--model", default=None, help="a model folder instead of --shape's")
-    p.add_argument("--keep-model", default=None, help="write --shape's random checkpoint here, and keep it")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--prompt", default="hello")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds one run may take")
     p.add_argument(
         "--budget",
         type=float,
@@ -296,6 +305,94 @@ def main() -> None:
         help="seconds from the start: no round begins that would end past it",
     )
     p.add_argument("--out", default=None, help="JSON file to write (rewritten after every start)")
+    return p
+
+
+def run_header(a: argparse.Namespace, **extra: Any) -> dict[str, Any]:
+    """The JSON's head: when, the command, the machine and the run's settings."""
+    return {
+        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg": os.getloadavg()},
+        "shape": a.shape, "model": a.model, "device": a.device, "rounds": a.rounds, **extra,
+    }  # fmt: skip
+
+
+def run_rounds(a: argparse.Namespace, began: float, trees: list[dict[str, Any]], one: Any) -> None:
+    """`one(tree, r)` for every tree in each of `a.rounds` rounds, their order alternating between
+    rounds; a round the slowest so far says would end past `a.budget` seconds from `began` is not begun."""
+    slowest = 0.0
+    for r in range(a.rounds):
+        if a.budget is not None and time.perf_counter() - began + slowest > a.budget:
+            print(f"round {r}: not started, it would end past --budget {a.budget:g} s", file=sys.stderr)
+            return
+        t_round = time.perf_counter()
+        for tree in trees if r % 2 == 0 else trees[::-1]:
+            one(tree, r)
+        slowest = max(slowest, time.perf_counter() - t_round)
+
+
+def model_for(a: argparse.Namespace, scratch: Path) -> str | None:
+    """`--model`, or `--shape`'s random checkpoint written under `scratch` (None: the packaged
+    default), settled so the first start can store its fingerprint."""
+    model = a.model
+    if model is None and a.shape != "default":
+        model = str(write_random_checkpoint(scratch / "model", a.shape))
+    if model:
+        settle_checkpoint(Path(model))
+    return model
+
+
+def run_starts(
+    a: argparse.Namespace, began: float, scratch: Path, head: dict[str, Any], key: str, summarize: Any,
+    start: Any, describe: Any,
+) -> None:  # fmt: skip
+    """A start benchmark whose one start per tree and round is `start(tree)` (a row): an untimed first
+    start of each tree, then the rounds (`run_rounds`), the JSON after every start (`starts_report`
+    under `key`), `describe(row)` on stderr, the whole JSON on stdout at the end."""
+    trees = [make_tree(*(t.split("=", 1)), scratch) for t in a.tree] or [make_tree("this", None, scratch)]
+    for tree in trees:
+        tree["starts"] = []
+    for tree in trees:
+        tree["first_start"] = start(tree)
+        write_json(a.out, starts_report(head, trees, False, key, summarize))
+
+    def one_round(tree: dict[str, Any], r: int) -> None:
+        row = start(tree) | {"round": r}
+        tree["starts"].append(row)
+        write_json(a.out, starts_report(head, trees, False, key, summarize))
+        print(f"round {r} {tree['name']}: {describe(row)}", file=sys.stderr)
+
+    run_rounds(a, began, trees, one_round)
+    data = starts_report(head, trees, True, key, summarize)
+    write_json(a.out, data)
+    print(json.dumps(data, indent=1))
+
+
+def starts_report(
+    head: dict[str, Any], trees: list[dict[str, Any]], complete: bool, key: str, summarize: Any
+) -> dict[str, Any]:
+    """The JSON of a run whose trees list `starts`: `summarize` over the rounds every tree finished
+    (first starts left out) under `key`, and every start's row."""
+    done = min((len(t["starts"]) for t in trees), default=0)
+    out = head | {"complete": complete, "rounds_done": done, "trees": {}}
+    for tree in trees:
+        rows = [r for r in tree["starts"][:done] if not r["first_start"]]
+        starts = [
+            {k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()} for r in tree["starts"]
+        ]
+        out["trees"][tree["name"]] = {"site": tree["site"], "first_start": tree.get("first_start"),
+                                      key: summarize(rows), "starts": starts}  # fmt: skip
+    return out
+
+
+def main() -> None:
+    began = time.perf_counter()
+    p = start_parser(__doc__)
+    p.add_argument("--keep-model", default=None, help="write --shape's random checkpoint here, and keep it")
+    p.add_argument("--prompt", default="hello")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds one run may take")
     a = p.parse_args()
     if a.rounds < 1 or (a.budget is not None and not a.budget > 0):
         p.error("--rounds takes a whole number >= 1 and --budget a number of seconds > 0")
@@ -313,12 +410,7 @@ def main() -> None:
         if folder.is_dir():
             settle_checkpoint(folder)
         weight_bytes = sum(f.stat().st_size for f in folder.glob("*.safetensors")) if folder.is_dir() else 0
-        head: dict[str, Any] = {
-            "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "command": " ".join([Path(sys.executable).name, *sys.argv]),
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg": os.getloadavg()},
-            "shape": a.shape, "model": a.model, "device": a.device, "rounds": a.rounds,
-        }  # fmt: skip
+        head = run_header(a)
         trees = [make_tree(*(t.split("=", 1)), scratch) for t in a.tree] or [make_tree("this", None, scratch)]
         for tree in trees:
             tree["help_s"], tree["new"], tree["resume"] = [], [], []
@@ -334,25 +426,21 @@ def main() -> None:
             first = timed_run(tree, [*common, "--db", tree["db"], a.prompt], a.timeout)
             tree["first_start"] = first | {"round": -1, "kind": "new"}
             save()
-        slowest = 0.0
-        for r in range(a.rounds):
-            if a.budget is not None and time.perf_counter() - began + slowest > a.budget:
-                print(f"round {r}: not started, it would end past --budget {a.budget:g} s", file=sys.stderr)
-                break
-            t_round = time.perf_counter()
-            for tree in trees if r % 2 == 0 else trees[::-1]:
-                tree["help_s"].append(help_seconds(tree))
-                new = timed_run(tree, [*common, "--db", tree["db"], a.prompt], a.timeout)
-                tree["new"].append(new | {"round": r, "kind": "new"})
-                save()
-                resume = ["--resume", new["session_id"], a.prompt]
-                back = timed_run(tree, [*common, "--db", tree["db"], *resume], a.timeout)
-                tree["resume"].append(back | {"round": r, "kind": "resume"})
-                save()
-                hashed = " (hashed the weights: not in the medians)" if new["first_start"] else ""
-                print(f"round {r} {tree['name']}: new {new['first_token_s']:.2f} s{hashed}, resume "
-                      f"{back['first_token_s']:.2f} s", file=sys.stderr)  # fmt: skip
-            slowest = max(slowest, time.perf_counter() - t_round)
+
+        def one_round(tree: dict[str, Any], r: int) -> None:
+            tree["help_s"].append(help_seconds(tree))
+            new = timed_run(tree, [*common, "--db", tree["db"], a.prompt], a.timeout)
+            tree["new"].append(new | {"round": r, "kind": "new"})
+            save()
+            resume = ["--resume", new["session_id"], a.prompt]
+            back = timed_run(tree, [*common, "--db", tree["db"], *resume], a.timeout)
+            tree["resume"].append(back | {"round": r, "kind": "resume"})
+            save()
+            hashed = " (hashed the weights: not in the medians)" if new["first_start"] else ""
+            print(f"round {r} {tree['name']}: new {new['first_token_s']:.2f} s{hashed}, resume "
+                  f"{back['first_token_s']:.2f} s", file=sys.stderr)  # fmt: skip
+
+        run_rounds(a, began, trees, one_round)
         print(json.dumps(save(complete=True), indent=1))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

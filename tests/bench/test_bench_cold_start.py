@@ -181,23 +181,24 @@ def test_acp_start_bad_think_is_one_usage_line(tmp_path: Path) -> None:
 
 @pytest.mark.slow  # a checkpoint and three `acp` processes: ~20 s on a 2-core machine
 def test_acp_start_times_an_editors_first_token(tmp_path: Path) -> None:
-    """bench/acp_start.py on a tiny checkpoint, the session opened 4 s after the spawn: the read
+    """bench/acp_start.py on a tiny checkpoint, the session opened 8 s after the spawn (room for a loaded
+    2-core machine, where `initialize` alone took 3.3-3.9 s): the read
     started before it and was done by then, so the session's engine did not wait for it."""
     out = tmp_path / "as.json"
     done = subprocess.run(
-        [sys.executable, str(ACP_BENCH), "--shape", "olmo-tiny", "--rounds", "2", "--think", "4",
+        [sys.executable, str(ACP_BENCH), "--shape", "olmo-tiny", "--rounds", "2", "--think", "8",
          "--out", str(out)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     data = json.loads(out.read_text())
-    assert (data["complete"], data["rounds_done"], data["think_s"]) == (True, 2, 4.0)
+    assert (data["complete"], data["rounds_done"], data["think_s"]) == (True, 2, 8.0)
     tree = data["trees"]["this"]
     assert tree["first_start"]["fingerprint_cache"] == "stored"
     for s in tree["starts"]:
         assert (
             s["fingerprint_cache"] == "hit"
-            and 0 < s["initialize_s"] < 4.0 <= s["session_s"] < s["first_token_s"]
+            and 0 < s["initialize_s"] < 8.0 <= s["session_s"] < s["first_token_s"]
         )
-        assert s["phases"]["preload-start"] < s["phases"]["weights-read"] < 4.0 < s["phases"]["model-taken"]
+        assert s["phases"]["preload-start"] < s["phases"]["weights-read"] < 8.0 < s["phases"]["model-taken"]
     assert tree["acp"]["n"] == 2
