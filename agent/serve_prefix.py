@@ -397,6 +397,14 @@ class PrefixCache:
             return
         self._retain()
 
+    def hold_copies(self) -> None:
+        """A request's admission starts (model thread): host copies pause until `release_copies`, for
+        a bounded time (agent/serve_tiers.py `Copier.hold`)."""
+        self._copier.hold()
+
+    def release_copies(self) -> None:
+        self._copier.release()
+
     def flush(self) -> None:
         """Wait until every save so far is in the database."""
         self._writer.submit(lambda: None).result()

@@ -300,6 +300,15 @@ class Scheduler:
         return self.prefix.put(self.prefix.digest(ids), len(ids), recurrent, pages, base)
 
     def begin(self, job: Job, defer: bool = False, feed: int = 0) -> Row:
+        """`_begin`, with the prefix writer's device -> host copies paused meanwhile: a read of the
+        device here (the first token's logits) does not queue behind a large state being copied out."""
+        self.prefix.hold_copies()
+        try:
+            return self._begin(job, defer, feed)
+        finally:
+            self.prefix.release_copies()
+
+    def _begin(self, job: Job, defer: bool = False, feed: int = 0) -> Row:
         """Restore the longest saved prefix, prefill the rest of the prompt on the engine, save the
         prompt's state; the engine's live state is then the row's, ready for its first token.
         `defer`: the prompt's last token (and a forced call's markup) are left in `row.pending` for the
