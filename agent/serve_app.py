@@ -140,7 +140,9 @@ def build_app(engine: Any, store: Any, options: ServeOptions) -> Starlette:
     async def completions(request: Request) -> Response:
         try:
             authorize(request)
-            req = parse_request(await read_body(request))
+            body = await read_body(request)
+            t0 = time.perf_counter()
+            req = parse_request(body)
             if req.model != model_id:
                 err = RequestError(
                     404,
@@ -151,6 +153,7 @@ def build_app(engine: Any, store: Any, options: ServeOptions) -> Starlette:
                 raise err
             tools, forced = tool_list(req), forced_call(req)
             rendered = await asyncio.to_thread(render, engine.chat, encoder, req.messages, tools)
+            metrics.inc("render_seconds_total", time.perf_counter() - t0)
             if len(rendered.ids) > options.max_prompt_tokens:
                 err = RequestError(
                     400,
