@@ -59,7 +59,7 @@ class Metrics:
         "join_seconds_total": "time admitting requests to the batch (restore, prefill, first token; on "
         "the engine's slots the copy into the slot too)",
         "join_restore_seconds_total": "of join_seconds_total: finding and restoring the saved prefix (into "
-        "the engine, or built for the batch to load)",
+        "the engine, straight into an engine slot, or built for the model's batch to load)",
         "join_lookup_seconds_total": "of join_restore_seconds_total: the prefix lookup (digests, tiers)",
         "render_seconds_total": "time parsing requests and rendering their conversations to token ids",
         "queue_seconds_total": "time admitted requests waited for the model thread to take them",

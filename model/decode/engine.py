@@ -375,10 +375,11 @@ class DecodeEngine:
         rows.load_row(self.buf, b, state)
 
     def load_row_parts(self, b: int, recurrent: dict[str, Tensor], pages: Sequence[Page]) -> None:
-        """A batch-1 snapshot (`recurrent_tensors()` and cache pages, as `load_parts` takes) into slot b."""
+        """A batch-1 snapshot (`recurrent_tensors()` and cache pages, as `load_parts` takes) straight into
+        slot b (model/decode/pages.py `load_plan`): one copy per page and tensor, no state assembled
+        first; everything checked before the first write."""
         self._rows_only("load_row_parts")
-        state = ModelState.from_parts(recurrent, [tuple(p) for p in pages], self.model.local_config)
-        rows.load_row(self.buf, b, state.to(self.device))
+        page_loading.load_plan(self.buf, page_loading.plan_parts(self.buf, recurrent, pages, row=True), b)
 
     def export_row(self, b: int) -> ModelState:
         """Slot b as a batch-1 state of its own (a copy)."""

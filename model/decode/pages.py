@@ -32,6 +32,7 @@ class PartsPlan:
     recurrent: list[tuple[Tensor, Tensor]]  # (the engine's fixed tensor, its source)
     layers: list[list[_Copies]]  # per layer, per page that fills some of its slots
     buf: StaticState | None = None  # the buffers it was planned for (`load_plan` refuses others)
+    row: bool = False  # a batch-1 snapshot for one slot of per-row buffers (model/decode/rows.py)
 
 
 def _is_float(t: Tensor) -> bool:
@@ -147,34 +148,47 @@ def load_parts(buf: StaticState, recurrent: dict[str, Tensor], pages: Sequence[P
     load_plan(buf, plan_parts(buf, recurrent, pages))
 
 
-def load_plan(buf: StaticState, plan: PartsPlan) -> None:
-    """`load_parts` with the plan made already (`plan_parts` on these same buffers)."""
-    if plan.buf is not buf:
+def load_plan(buf: StaticState, plan: PartsPlan, b: int | None = None) -> None:
+    """`load_parts` with the plan made already (`plan_parts` on these same buffers); with `b`, a row's
+    plan into slot b of per-row buffers, which is then live at its length (as `rows.load_row` leaves
+    it), one copy per page and tensor instead of a state assembled first."""
+    if plan.buf is not buf or plan.row != (b is not None):
         raise StateMismatchError("this plan was made for other buffers; plan the snapshot again")
+    if b is not None and not 0 <= b < buf.state.batch_size:
+        raise IndexError(f"slot {b} out of range: the engine has {buf.state.batch_size} slots")
     n = plan.n_tokens
-    buf.room(n, 0)
+    buf.room(n, 0 if b is None else 1)
+    mine = (lambda t: t) if b is None else (lambda t: t[b : b + 1])
     with torch.inference_mode():
         for fixed, src in plan.recurrent:
-            fixed.copy_(src)
+            mine(fixed).copy_(src)
         for i, (ls, copies) in enumerate(zip(buf.state.layers, plan.layers, strict=True)):
             if ls.pos is None:
                 continue
             for tensors, runs, scattered in copies:
                 for name in ls.cache:
-                    ax, t, dst = ls.axes[name], tensors[f"layers.{i}.{name}"], ls.storage[name]
+                    ax, t, dst = ls.axes[name], tensors[f"layers.{i}.{name}"], mine(ls.storage[name])
                     for dst_lo, src_lo, length in runs:  # one copy each, no temporary
                         dst.narrow(ax, dst_lo, length).copy_(t.narrow(ax, src_lo, length))
                     if scattered is not None:  # picks from overlapping pages: a temporary <= one page
                         slots, local = scattered
                         picked = t.index_select(ax, local.to(t.device)).to(dst.dtype)
                         dst.index_copy_(ax, slots.to(dst.device), picked)
-            ls.storage["pos"][:n] = torch.arange(n, device=buf.device)
-        buf.set_views(n)
+            ls.storage["pos"][:n] = torch.arange(n, device=buf.device)  # slot p holds position p
+        if b is None:
+            buf.set_views(n)
+            return
+        buf.pos[b] = n
+        buf.active[b] = 1
+    buf.lens[b], buf.live[b] = n, True
 
 
-def plan_parts(buf: StaticState, recurrent: dict[str, Tensor], pages: Sequence[Page]) -> PartsPlan:
-    """Every check of from_parts + load_state, and where each page's entries go (no tensor copied)."""
-    layout, B = buf.state.layout, buf.state.batch_size
+def plan_parts(
+    buf: StaticState, recurrent: dict[str, Tensor], pages: Sequence[Page], *, row: bool = False
+) -> PartsPlan:
+    """Every check of from_parts + load_state, and where each page's entries go (no tensor copied);
+    `row`: a batch-1 snapshot for one slot of per-row buffers (`load_plan(..., b)`)."""
+    layout, B = buf.state.layout, 1 if row else buf.state.batch_size
     if buf.state.window is not None:
         raise StateMismatchError(
             f"this engine's model attends through a window ({buf.state.window}); the DecodeEngine "
@@ -206,11 +220,11 @@ def plan_parts(buf: StaticState, recurrent: dict[str, Tensor], pages: Sequence[P
     rec: list[tuple[Tensor, Tensor]] = []
     for i, ((kind, spec), fixed) in enumerate(zip(layout, buf.fixed, strict=True)):
         for r in spec.recurrent:
-            t = recurrent[f"layers.{i}.{r}"]
-            if tuple(t.shape) != tuple(fixed[r].shape) or not _is_float(t):
+            t, want = recurrent[f"layers.{i}.{r}"], (B, *fixed[r].shape[1:])
+            if tuple(t.shape) != want or not _is_float(t):
                 raise StateMismatchError(
                     f"state tensor layers.{i}.{r} ({kind}) is {t.dtype} {tuple(t.shape)}, but this "
-                    f"engine needs floating point {tuple(fixed[r].shape)} (batch {B}); "
+                    f"engine needs floating point {want} (batch {B}); "
                     "load the state with the model it was saved from"
                 )
             rec.append((fixed[r], t))
@@ -223,7 +237,7 @@ def plan_parts(buf: StaticState, recurrent: dict[str, Tensor], pages: Sequence[P
         parts = [t for _, _, t in parsed if f"layers.{i}.pos" in t]
         poss = [_check_page(i, kind, spec.cache, ls.axes, t, B) for t in parts]
         layers.append(_place(i, n, parts, poss))
-    return PartsPlan(n, rec, layers, buf)
+    return PartsPlan(n, rec, layers, buf, row)
 
 
 def snapshot_parts(

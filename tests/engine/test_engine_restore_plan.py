@@ -15,7 +15,9 @@ import pytest
 import torch
 from hybrid_agent.agent.engine import ModelEngine, state_snapshot
 from hybrid_agent.model.chat import NativeChatFormat
+from hybrid_agent.model.decode.engine import DecodeEngine
 from hybrid_agent.model.decode.pages import _place_any, _runs_in_order
+from hybrid_agent.model.state import ModelState, Page
 from hybrid_agent.model.testing import tiny_model
 from hybrid_agent.model.tokenizer import ByteTokenizer
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -122,6 +124,34 @@ def test_restoring_the_engines_own_pages_plans_once_and_copies_each_page_once() 
     eng.prefill([9])
     src.prefill([9])
     assert torch.equal(eng.last_logits, src.last_logits)
+
+
+def test_a_saved_state_goes_straight_into_a_slot_as_the_assembled_one_would() -> None:
+    model = tiny_model(LAYERS, 0)
+    slots = lambda: DecodeEngine(model, max_context=64, batch_size=2, per_row=True)
+    src = slots()
+    first = src.prefill_row(0, list(range(3, 23)))
+    src.step(torch.tensor([int(first.argmax()), 0]))
+    st = src.export_row(0)
+    n = st.n_tokens
+    rec, pages = st.recurrent_tensors(), [Page(0, 7, st.cache_range(0, 7)), Page(7, n, st.cache_range(7, n))]
+    assembled, direct = slots(), slots()
+    for eng in (assembled, direct):  # another request in the other slot, which must stay as it is
+        eng.prefill_row(1, [9, 8, 7, 6])
+    assembled.load_row(0, ModelState.from_parts(rec, [tuple(p) for p in pages], model.config))
+    ops = _Ops()
+    with ops:
+        direct.load_row_parts(0, rec, pages)
+    assert not {"cat", "index_select", "sort", "searchsorted"} & {n.split(".")[0] for n in ops.names}
+    assert direct.row_lengths == assembled.row_lengths == [n, 4] and direct.free_rows == []
+    for a, b in zip(assembled.buf.fixed, direct.buf.fixed, strict=True):
+        _same(a, b)
+    for a, b in zip(assembled.state.layers, direct.state.layers, strict=True):
+        _same(a.storage, b.storage)
+    _same({"pos": assembled.buf.pos, "active": assembled.buf.active},
+          {"pos": direct.buf.pos, "active": direct.buf.active})  # fmt: skip
+    tokens = torch.tensor([5, 2])
+    assert torch.equal(assembled.step(tokens), direct.step(tokens))
 
 
 @pytest.mark.gpu
