@@ -252,7 +252,7 @@ class PrefixCache:
         if not self._gpu.fits(entry) or entry.host is None:
             return
         try:
-            rec, pages = copy_parts(entry.recurrent, entry.pages, self._copier.to_device)
+            rec, pages = copy_parts(entry.recurrent, entry.pages, self._copier.to_device, positions=False)
         except torch.OutOfMemoryError:  # the device is fuller than the tier's bound allowed for
             log.warning("no device memory to keep a prefix of %d tokens there", entry.n_tokens)
             with self._lock:

@@ -416,8 +416,9 @@ class Scheduler:
             tok = row.sampler.choose(eng.last_logits)
             if not row.generated:
                 self.metrics.inc("first_token_seconds_total", time.perf_counter() - t0)
+            done = row.take(tok)  # its text goes out before it is fed back (the state gets it all the same)
             eng.prefill([tok])
-            if row.take(tok):
+            if done:
                 break
         return self.end(row)
 

@@ -20,8 +20,8 @@ Design choices:
   on the copy engine, not behind a whole multi-GB state being written out after the previous answer.
 - Host -> device copies (promoting a state found in host memory or the database) run on the model
   thread's stream, before the restore that reads them, so they are ordered with it without a sync.
-- On a CPU "device" (tests, or `--gpu-tier-mb` on a CPU server) the copies are plain clones: the tier
-  logic is the same, only the memory is.
+- On a CPU "device" (tests, or `--gpu-tier-mb` on a CPU server) the copies are plain host copies, in
+  the same chunks: the tier logic is the same, only the memory is.
 """
 
 from __future__ import annotations
@@ -223,18 +223,31 @@ class Copier:
 
 
 def copy_parts(
-    recurrent: dict[str, Tensor], pages: list[Page], copy: Any, reuse: list[Page] | None = None
+    recurrent: dict[str, Tensor],
+    pages: list[Page],
+    copy: Any,
+    reuse: list[Page] | None = None,
+    positions: bool = True,
 ) -> tuple[dict[str, Tensor], list[Page]]:
     """`recurrent` and `pages` through `copy` (a list of tensors -> their copies, in one call); the
     first pages are taken from `reuse` instead where it has them (the host copy of the state this one
-    continues: the same token ranges)."""
+    continues: the same token ranges). `positions` False: the pages' host positions (`layers.{i}.pos`)
+    are kept as they are, not copied: a restore plans from positions on the host (model/decode/pages.py),
+    so a state moved to the device keeps them there (they are never changed, so sharing them is safe)."""
     shared = 0
     for mine, theirs in zip(pages, reuse or [], strict=False):
         if (mine.start, mine.end) != (theirs.start, theirs.end):
             break
         shared += 1
-    todo = [*recurrent.values(), *(t for p in pages[shared:] for t in p.tensors.values())]
+
+    def moved(name: str, t: Tensor) -> bool:
+        return positions or not (name.endswith(".pos") and t.device.type == "cpu")
+
+    todo = [*recurrent.values(), *(t for p in pages[shared:] for k, t in p.tensors.items() if moved(k, t))]
     done = iter(copy(todo))
     new_rec = {k: next(done) for k in recurrent}
-    new_pages = [Page(p.start, p.end, {k: next(done) for k in p.tensors}) for p in pages[shared:]]
+    new_pages = [
+        Page(p.start, p.end, {k: next(done) if moved(k, t) else t for k, t in p.tensors.items()})
+        for p in pages[shared:]
+    ]
     return new_rec, [*(reuse or [])[:shared], *new_pages]

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 from hybrid_agent.agent.serve_prefix import Entry, PrefixCache
-from hybrid_agent.agent.serve_tiers import pins_well
+from hybrid_agent.agent.serve_tiers import copy_parts, pins_well
 from hybrid_agent.memory import Store
 from hybrid_agent.model.state import Page
 
@@ -195,6 +195,20 @@ def test_host_copies_go_in_chunks_that_pause_while_a_request_is_admitted() -> No
     assert other.host is not None and 0.2 < time.monotonic() - t0 < 5
     _expect(cache.lookup([7, *ids[:50], 1], [51]), 51)
     cache.close()
+
+
+def test_a_state_moved_to_the_device_keeps_its_positions_on_the_host() -> None:
+    """A restore plans from the pages' positions on the host (model/decode/pages.py): promoting a state
+    to the device tier copies its cache tensors but keeps its host positions (shared, never changed)."""
+    pos, k = torch.arange(5), torch.ones(5, 2)
+    pages = [Page(0, 5, {"layers.1.k": k, "layers.1.pos": pos})]
+    clones = lambda ts: [t.clone() for t in ts]
+    _, moved = copy_parts({"h": torch.zeros(1)}, pages, clones, positions=False)
+    assert moved[0].tensors["layers.1.pos"] is pos and moved[0].tensors["layers.1.k"] is not k
+    _, copied = copy_parts({"h": torch.zeros(1)}, pages, clones)  # host copies share nothing
+    assert copied[0].tensors["layers.1.pos"] is not pos
+    for name, t in pages[0].tensors.items():
+        assert torch.equal(copied[0].tensors[name], t)
 
 
 def test_host_copies_are_pinned_only_where_the_power_of_two_rounding_wastes_little() -> None:
