@@ -140,9 +140,8 @@ def build_app(engine: Any, store: Any, options: ServeOptions) -> Starlette:
     async def completions(request: Request) -> Response:
         try:
             authorize(request)
-            body = await read_body(request)
             t0 = time.perf_counter()
-            req = parse_request(body)
+            req = parse_request(await read_body(request))
             if req.model != model_id:
                 err = RequestError(
                     404,

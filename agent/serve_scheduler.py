@@ -61,7 +61,8 @@ class Metrics:
         "join_restore_seconds_total": "of join_seconds_total: finding and restoring the saved prefix (into "
         "the engine, straight into an engine slot, or built for the model's batch to load)",
         "join_lookup_seconds_total": "of join_restore_seconds_total: the prefix lookup (digests, tiers)",
-        "render_seconds_total": "time parsing requests and rendering their conversations to token ids",
+        "render_seconds_total": "time receiving and parsing request bodies and rendering them to token ids",
+        "finish_seconds_total": "one request at a time: from its first token to its answer",
         "queue_seconds_total": "time admitted requests waited for the model thread to take them",
         "first_token_seconds_total": "one request at a time: from the model thread taking it to its token 1",
         "join_setup_seconds_total": "of join_seconds_total: the row's sampler set-up and first token choice",
@@ -415,12 +416,16 @@ class Scheduler:
                 return None
             tok = row.sampler.choose(eng.last_logits)
             if not row.generated:
-                self.metrics.inc("first_token_seconds_total", time.perf_counter() - t0)
+                now = time.perf_counter()
+                self.metrics.inc("first_token_seconds_total", now - t0)
+                t0 = now  # `finish_seconds_total` counts from here
             done = row.take(tok)  # its text goes out before it is fed back (the state gets it all the same)
             eng.prefill([tok])
             if done:
                 break
-        return self.end(row)
+        result = self.end(row)
+        self.metrics.inc("finish_seconds_total", time.perf_counter() - t0)
+        return result
 
 
 Snapshotter = Callable[[int], tuple[dict[str, Any], list[Page]]]

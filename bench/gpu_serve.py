@@ -57,7 +57,7 @@ JOIN_PHASES = ("restore", "setup", "prefill", "save", "load")
 # A returning request's first token, one request at a time (agent/serve_scheduler.py `Metrics`): the
 # counters read around it, by the name of the phase in the JSON.
 RETURNING_COUNTERS = {
-    "render": "render_seconds_total",  # HTTP side: parse the body, render the history to token ids
+    "render": "render_seconds_total",  # HTTP side: receive and parse the body, render it to token ids
     "queue": "queue_seconds_total",  # admitted, waiting for the model thread
     "lookup": "join_lookup_seconds_total",  # digests of the boundaries, the tiers (and the database)
     "restore": "join_restore_seconds_total",  # lookup + engine reset + the copy into the engine
@@ -65,13 +65,14 @@ RETURNING_COUNTERS = {
     "prefill": "join_prefill_seconds_total",  # the new tail's prefill (and its last token)
     "save": "join_save_seconds_total",  # the prompt state's snapshot and tier put
     "model": "first_token_seconds_total",  # the model thread: taking the request to its first token
+    "finish": "finish_seconds_total",  # then: the token fed back, the answer's save (max_tokens=1)
 }
 
 
 def returning_phases(metrics: Any, before: dict[str, float], total_s: float) -> dict[str, float]:
-    """Milliseconds of one returning request's first token by phase: render, queue, lookup, the rest of
-    the restore, setup, prefill, save, the first token's choice, and `other` (HTTP, the client, the
-    answer): the phases sum to `total_s`."""
+    """Milliseconds of one returning request's first token by phase: render (with receiving the body),
+    queue, lookup, the rest of the restore, setup, prefill, save, the first token's choice, finish (the
+    token fed back, the answer's save) and `other` (the client, HTTP, the reply): they sum to `total_s`."""
     d = {k: metrics.get(c) - before[k] for k, c in RETURNING_COUNTERS.items()}
     inside = d["restore"] + d["setup"] + d["prefill"] + d["save"]
     ms = {
@@ -83,7 +84,8 @@ def returning_phases(metrics: Any, before: dict[str, float], total_s: float) -> 
         "prefill": d["prefill"],
         "save": d["save"],
         "first_choice": d["model"] - inside,
-        "other": total_s - d["render"] - d["queue"] - d["model"],
+        "finish": d["finish"],
+        "other": total_s - d["render"] - d["queue"] - d["model"] - d["finish"],
     }
     return {k: round(1e3 * v, 3) for k, v in ms.items()}
 
@@ -297,6 +299,9 @@ def returning_section(engine: Any, context: int, tmp: Path, gpu_tier_bytes: int 
         )
         # Each of the four asks something else next, so each restores the first turn's state.
         then = lambda text: [*first, message, {"role": "user", "content": text}]
+        # Whether the server's writer thread was still saving the first turn's state (its host copy and
+        # database write) as the request came: it then runs beside the restore.
+        out["gpu_writer_busy"] = not app.state.prefix._writer.submit(lambda: None).done()
         out["gpu_s"], out["prompt_tokens"], out["gpu_cached"] = ttft(
             client, then("Now summarise it."), app, "gpu"
         )

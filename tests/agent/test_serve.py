@@ -373,9 +373,9 @@ def test_gpu_serve_bench_smoke(tmp_path: Path) -> None:
                        ("database", "database_s"), ("prefill", "prefill_s")]:  # fmt: skip
         phases = back["phases_ms"][tag]
         assert set(phases) == {"render", "queue", "lookup", "restore_copy", "setup", "prefill", "save",
-                               "first_choice", "other"}  # fmt: skip
+                               "first_choice", "finish", "other"}  # fmt: skip
         assert abs(sum(phases.values()) - 1e3 * back[total]) < 0.1
-        assert phases["render"] > 0 and phases["lookup"] > 0 and phases["other"] > 0
+        assert phases["render"] > 0 and phases["lookup"] > 0 and phases["finish"] > 0 and phases["other"] > 0
     restored, fresh = back["phases_ms"]["gpu"], back["phases_ms"]["prefill"]
     assert fresh["prefill"] > restored["prefill"]
 
