@@ -332,6 +332,10 @@ class ModelEngine:
         return self._snapshot(since, on_device=True)
 
     def _snapshot(self, since: int, *, on_device: bool) -> tuple[dict[str, Tensor], list[Page]]:
+        if self._on_decoder:  # a slice of its buffers, positions made on the host: no device read
+            from hybrid_agent.model.decode.pages import snapshot_parts
+
+            return snapshot_parts(self._decoder.buf, since, on_device=on_device)
         return state_snapshot(self.state, since, on_device=on_device)
 
     def mark_saved(self) -> None:
@@ -352,10 +356,16 @@ class ModelEngine:
         from hybrid_agent.model import ModelState
 
         if self._on_decoder:
-            n = self._decoder.check_parts(recurrent, pages)  # refuses before anything changes
-            if n + 1 > self._decoder.max_context:
-                self._decoder.reset()  # replaced anyway: growing need not carry the old tokens over
-            self._decoder_for(n + 1).load_parts(recurrent, pages)
+            # Checked and planned once (refused before anything changes), then copied; planned again only
+            # on buffers grown for it. The plan reads positions alone, on the host where the pages hold
+            # them (the engine's snapshots do): restoring a state kept on the device reads nothing back.
+            dec = self._decoder
+            plan = dec.plan_parts(recurrent, pages)
+            if plan.n_tokens + 1 > dec.max_context:
+                dec.reset()  # replaced anyway: growing need not carry the old tokens over
+                dec = self._decoder_for(plan.n_tokens + 1)
+                plan = dec.plan_parts(recurrent, pages)
+            dec.load_plan(plan)
             self._logits = None
             return
         dev = self._device

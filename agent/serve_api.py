@@ -16,8 +16,11 @@ Design choices:
 
 from __future__ import annotations
 
+import array
 import json
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -265,6 +268,45 @@ def assistant_segment(chat: ChatFormat, content: str, calls: Sequence[tuple[str,
     if not calls and chat.stop_strings:
         pieces.append((chat.stop_strings[0], True))
     return Segment(tuple(pieces))
+
+
+class CachedEncoder:
+    """A tokenizer whose `encode` of long texts is remembered (least recently used out first, bounded
+    in bytes): a returning conversation sends its whole history again with every request, and its long
+    messages are then not tokenized again (at 64k tokens that was most of rendering the request).
+    Tokenizing is a function of the text and `special` alone, so the ids are the tokenizer's own. The
+    ids are kept as int64 arrays (8 bytes a token); the texts count in the bound too. Thread-safe:
+    requests render on worker threads."""
+
+    MIN_CHARS = 1024  # shorter texts are tokenized each time (cheap; not worth an entry)
+
+    def __init__(self, tokenizer: Any, max_bytes: int = 256 << 20) -> None:
+        self.tokenizer, self.max_bytes = tokenizer, max_bytes
+        self._entries: OrderedDict[tuple[str, bool], array.array[int]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.used = 0
+
+    def encode(self, text: str, *, special: bool = False) -> list[int]:
+        if len(text) < self.MIN_CHARS:
+            return list(self.tokenizer.encode(text, special=special))
+        key = (text, special)
+        with self._lock:
+            got = self._entries.get(key)
+            if got is not None:
+                self._entries.move_to_end(key)
+                return got.tolist()
+        ids = list(self.tokenizer.encode(text, special=special))
+        size = len(text) + 8 * len(ids)
+        if size > self.max_bytes:
+            return ids
+        with self._lock:
+            if key not in self._entries:
+                self._entries[key] = array.array("q", ids)
+                self.used += size
+            while self.used > self.max_bytes:
+                (old, _), dropped = self._entries.popitem(last=False)
+                self.used -= len(old) + 8 * len(dropped)
+        return ids
 
 
 @dataclass(frozen=True)

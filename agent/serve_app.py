@@ -23,7 +23,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from hybrid_agent.agent.serve_api import RequestError, forced_call, parse_request, render, sampling, tool_list
+from hybrid_agent.agent.serve_api import (
+    CachedEncoder,
+    RequestError,
+    forced_call,
+    parse_request,
+    render,
+    sampling,
+    tool_list,
+)
 from hybrid_agent.agent.serve_prefix import PrefixCache
 from hybrid_agent.agent.serve_scheduler import Job, Metrics, Result, Scheduler
 from starlette.applications import Starlette
@@ -94,6 +102,7 @@ def build_app(engine: Any, store: Any, options: ServeOptions) -> Starlette:
     )
     model_id = engine.model_name
     key = options.api_key.encode() if options.api_key else None
+    encoder = CachedEncoder(engine.tokenizer)  # a returning conversation's history: tokenized once
 
     def authorize(request: Request) -> None:
         if key is None:
@@ -131,6 +140,7 @@ def build_app(engine: Any, store: Any, options: ServeOptions) -> Starlette:
     async def completions(request: Request) -> Response:
         try:
             authorize(request)
+            t0 = time.perf_counter()
             req = parse_request(await read_body(request))
             if req.model != model_id:
                 err = RequestError(
@@ -141,7 +151,8 @@ def build_app(engine: Any, store: Any, options: ServeOptions) -> Starlette:
                 err.code = "model_not_found"
                 raise err
             tools, forced = tool_list(req), forced_call(req)
-            rendered = await asyncio.to_thread(render, engine.chat, engine.tokenizer, req.messages, tools)
+            rendered = await asyncio.to_thread(render, engine.chat, encoder, req.messages, tools)
+            metrics.inc("render_seconds_total", time.perf_counter() - t0)
             if len(rendered.ids) > options.max_prompt_tokens:
                 err = RequestError(
                     400,

@@ -162,13 +162,18 @@ class BatchLoop:
                 start, row.start = row.start, None
                 if start is None:
                     state = self.engine.state  # the engine's live state, the next `begin` changes it
-                else:  # a saved prefix not restored into the engine: built once, for the batch to copy
-                    t1 = time.perf_counter()
-                    state = batch.state(start.recurrent, start.pages)
+                else:  # a saved prefix not restored into the engine: straight into a slot, or built
+                    t1 = time.perf_counter()  # once for the model's batch to copy
+                    if isinstance(batch, EngineRows):
+                        batch.join_parts(start.recurrent, start.pages)
+                        state = None
+                    else:
+                        state = batch.state(start.recurrent, start.pages)
                     self.s.metrics.inc("restore_seconds_total", time.perf_counter() - t1)
                     t = self.s.lap("restore", t)
                 if isinstance(batch, EngineRows):  # a slot copies the state in as it joins: no copy first
-                    batch.join([state])
+                    if state is not None:
+                        batch.join([state])
                     state = None
                 elif start is None:  # the model's batch is repacked once, after every admission
                     state = state.clone()

@@ -35,6 +35,7 @@ Design choices:
 
 from __future__ import annotations
 
+import array
 import concurrent.futures
 import contextlib
 import hashlib
@@ -169,7 +170,9 @@ class PrefixCache:
         h = hashlib.sha256(self._header)
         out, done = [], 0
         for n in lengths:
-            h.update(torch.tensor(ids[done:n], dtype=torch.int64).numpy().tobytes())
+            # int64s in native order, as torch.tensor(..., dtype=torch.int64).numpy() lays them out
+            # (digests already stored stay valid), a third of its cost
+            h.update(array.array("q", ids[done:n]).tobytes())
             done = n
             out.append(h.hexdigest())
         return out
@@ -249,7 +252,7 @@ class PrefixCache:
         if not self._gpu.fits(entry) or entry.host is None:
             return
         try:
-            rec, pages = copy_parts(entry.recurrent, entry.pages, self._copier.to_device)
+            rec, pages = copy_parts(entry.recurrent, entry.pages, self._copier.to_device, positions=False)
         except torch.OutOfMemoryError:  # the device is fuller than the tier's bound allowed for
             log.warning("no device memory to keep a prefix of %d tokens there", entry.n_tokens)
             with self._lock:
@@ -396,6 +399,14 @@ class PrefixCache:
             log.warning("saving a prefix of %d tokens failed: %s", entry.n_tokens, exc)
             return
         self._retain()
+
+    def hold_copies(self) -> None:
+        """A request's admission starts (model thread): host copies pause until `release_copies`, for
+        a bounded time (agent/serve_tiers.py `Copier.hold`)."""
+        self._copier.hold()
+
+    def release_copies(self) -> None:
+        self._copier.release()
 
     def flush(self) -> None:
         """Wait until every save so far is in the database."""

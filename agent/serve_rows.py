@@ -124,6 +124,14 @@ class EngineRows:
             self.engine.load_row(b, state)
             self.order.append(b)
 
+    def join_parts(self, recurrent: dict[str, Tensor], pages: Sequence[Page]) -> None:
+        """A saved state straight into a free slot (`DecodeEngine.load_row_parts`: one copy per page and
+        tensor, no device read), instead of a state built from it first and copied in (`state`, `join`)."""
+        self._fit(int(recurrent["n_tokens"]) + 1)
+        b = self.engine.free_rows[0]
+        self.engine.load_row_parts(b, recurrent, pages)
+        self.order.append(b)
+
     def leave(self, idx: Sequence[int]) -> list[ModelState]:
         out = []
         for i in idx:

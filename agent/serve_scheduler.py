@@ -59,7 +59,12 @@ class Metrics:
         "join_seconds_total": "time admitting requests to the batch (restore, prefill, first token; on "
         "the engine's slots the copy into the slot too)",
         "join_restore_seconds_total": "of join_seconds_total: finding and restoring the saved prefix (into "
-        "the engine, or built for the batch to load)",
+        "the engine, straight into an engine slot, or built for the model's batch to load)",
+        "join_lookup_seconds_total": "of join_restore_seconds_total: the prefix lookup (digests, tiers)",
+        "render_seconds_total": "time receiving and parsing request bodies and rendering them to token ids",
+        "finish_seconds_total": "one request at a time: from its first token to its answer",
+        "queue_seconds_total": "time admitted requests waited for the model thread to take them",
+        "first_token_seconds_total": "one request at a time: from the model thread taking it to its token 1",
         "join_setup_seconds_total": "of join_seconds_total: the row's sampler set-up and first token choice",
         "join_prefill_seconds_total": "of join_seconds_total: the prompt's prefill alone on the engine",
         "join_save_seconds_total": "of join_seconds_total: saving the prompt's state (snapshot, tier put)",
@@ -130,6 +135,7 @@ class Job:
     forced: str | None  # tool_choice: a function name, "" = any, None = the model decides
     loop: asyncio.AbstractEventLoop
     ignore_eos: bool = False
+    submitted: float = field(default_factory=time.perf_counter)  # `queue_seconds_total` counts from here
     events: asyncio.Queue[tuple[str, Any]] = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     # Set by the batch loop: events wait here and go over in one hand-off per step
@@ -271,7 +277,9 @@ class Scheduler:
         """Find the longest saved prefix of `job`'s tokens and restore it into the engine (reset either
         way); `load(n_tokens)` False: found but left for the caller to load elsewhere (from the hit's
         tensors, which a move between the tiers does not change)."""
+        t0 = time.perf_counter()
         hit = self.prefix.lookup(job.ids, job.boundaries)
+        self.lap("lookup", t0)
         eng = self.engine
         if hit is None:
             self.metrics.inc("state_misses_total")
@@ -300,6 +308,15 @@ class Scheduler:
         return self.prefix.put(self.prefix.digest(ids), len(ids), recurrent, pages, base)
 
     def begin(self, job: Job, defer: bool = False, feed: int = 0) -> Row:
+        """`_begin`, with the prefix writer's device -> host copies paused meanwhile: a read of the
+        device here (the first token's logits) does not queue behind a large state being copied out."""
+        self.prefix.hold_copies()
+        try:
+            return self._begin(job, defer, feed)
+        finally:
+            self.prefix.release_copies()
+
+    def _begin(self, job: Job, defer: bool = False, feed: int = 0) -> Row:
         """Restore the longest saved prefix, prefill the rest of the prompt on the engine, save the
         prompt's state; the engine's live state is then the row's, ready for its first token.
         `defer`: the prompt's last token (and a forced call's markup) are left in `row.pending` for the
@@ -313,6 +330,7 @@ class Scheduler:
         from hybrid_agent.model.decode.sampling import SamplingParams
 
         eng, chat = self.engine, self.engine.chat
+        self.metrics.inc("queue_seconds_total", time.perf_counter() - job.submitted)
         last = len(job.ids) - 1
         # The batch's step feeds the whole rest of the prompt when it is short.
         step_fed: Callable[[int], bool] = lambda cached: defer and 0 < last - cached <= feed
@@ -391,16 +409,23 @@ class Scheduler:
 
     def _run(self, job: Job) -> Result | None:
         """One request alone on the engine (None: cancelled)."""
-        eng = self.engine
+        eng, t0 = self.engine, time.perf_counter()
         row = self.begin(job)
         while len(row.generated) < job.max_new_tokens:
             if job.cancelled.is_set():
                 return None
             tok = row.sampler.choose(eng.last_logits)
+            if not row.generated:
+                now = time.perf_counter()
+                self.metrics.inc("first_token_seconds_total", now - t0)
+                t0 = now  # `finish_seconds_total` counts from here
+            done = row.take(tok)  # its text goes out before it is fed back (the state gets it all the same)
             eng.prefill([tok])
-            if row.take(tok):
+            if done:
                 break
-        return self.end(row)
+        result = self.end(row)
+        self.metrics.inc("finish_seconds_total", time.perf_counter() - t0)
+        return result
 
 
 Snapshotter = Callable[[int], tuple[dict[str, Any], list[Page]]]

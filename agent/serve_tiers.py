@@ -14,14 +14,20 @@ Design choices:
   caching host allocator reuses pinned blocks (no pinning again for every copy) but rounds each one up
   to a power of two, so a tensor is pinned only when that wastes at most 1/8 of it (`PIN_WASTE`), else
   it is plain memory (exactly its size: the tiers' byte bounds stay true within 1/8).
+- A device -> host copy goes in chunks of `COPY_CHUNK_BYTES`, one in flight at a time, and pauses
+  between chunks while the model thread admits a request (`Copier.hold`, at most `HOLD_SECONDS` an
+  admission): a read of the model thread (the first token's logits) queues behind at most one chunk
+  on the copy engine, not behind a whole multi-GB state being written out after the previous answer.
 - Host -> device copies (promoting a state found in host memory or the database) run on the model
   thread's stream, before the restore that reads them, so they are ordered with it without a sync.
-- On a CPU "device" (tests, or `--gpu-tier-mb` on a CPU server) the copies are plain clones: the tier
-  logic is the same, only the memory is.
+- On a CPU "device" (tests, or `--gpu-tier-mb` on a CPU server) the copies are plain host copies, in
+  the same chunks: the tier logic is the same, only the memory is.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -31,6 +37,8 @@ from torch import Tensor
 
 AUTO_DEVICE_FRACTION = 0.5  # of the device memory free once the model and its buffers are built
 PIN_WASTE = 8  # a host copy is pinned when rounding it up to a power of two adds at most 1/PIN_WASTE
+COPY_CHUNK_BYTES = 64 << 20  # a device -> host copy's piece (~2-6 ms of the link)
+HOLD_SECONDS = 1.0  # the longest one admission pauses the device -> host copies
 
 
 def pins_well(nbytes: int) -> bool:
@@ -139,10 +147,38 @@ class Tier:
 class Copier:
     """Copies between the model's device and host memory (see the module's docstring)."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, chunk_bytes: int = COPY_CHUNK_BYTES) -> None:
         self.device = device
         self.cuda = device.type == "cuda"
+        self.chunk_bytes = max(1, chunk_bytes)
         self._stream: Any = None  # the writer thread's own CUDA stream, made on first use
+        self._free = threading.Event()  # set: copies may go on; cleared by `hold` until `release`
+        self._free.set()
+        self._until = 0.0  # when a hold ends at the latest (time.monotonic)
+
+    def hold(self, seconds: float = HOLD_SECONDS) -> None:
+        """On the model thread, as a request's admission starts: device -> host copies pause at their
+        next chunk until `release`, or for `seconds` at most."""
+        self._until = time.monotonic() + seconds
+        self._free.clear()
+
+    def release(self) -> None:
+        self._free.set()
+
+    def _wait(self) -> None:
+        if not self._free.is_set():
+            self._free.wait(max(0.0, self._until - time.monotonic()))
+
+    def _copy_chunks(self, dst: Tensor, src: Tensor, non_blocking: bool, stream: Any) -> None:
+        """`src` into the contiguous `dst`, a chunk at a time (pausing while held): with `stream`, each
+        chunk is waited for before the next is issued, so one at a time is on the link."""
+        flat_src, flat_dst = src.contiguous().view(-1), dst.view(-1)
+        step = max(1, self.chunk_bytes // src.element_size())
+        for a in range(0, flat_src.numel(), step):
+            self._wait()
+            flat_dst[a : a + step].copy_(flat_src[a : a + step], non_blocking=non_blocking)
+            if stream is not None and non_blocking:
+                stream.synchronize()
 
     def mark(self) -> Any:
         """On the model thread, after a snapshot: what a host copy of it waits for (no sync)."""
@@ -155,7 +191,11 @@ class Copier:
         (`ready`) is done; called on the writer thread. Host tensors among them are cloned as well: the
         copy shares nothing."""
         if not self.cuda:
-            return [t.clone() for t in tensors]
+            out = []
+            for t in tensors:
+                out.append(torch.empty(t.shape, dtype=t.dtype))
+                self._copy_chunks(out[-1], t, False, None)
+            return out
         if self._stream is None:
             self._stream = torch.cuda.Stream(self.device)
         stream = self._stream
@@ -169,7 +209,8 @@ class Copier:
                     continue
                 pinned = pins_well(t.numel() * t.element_size())
                 host = torch.empty(t.shape, dtype=t.dtype, pin_memory=pinned)
-                host.copy_(t, non_blocking=pinned)  # into plain memory: synchronous, on this stream
+                # into plain memory: synchronous, on this stream
+                self._copy_chunks(host, t, pinned, stream)
                 out.append(host)
         stream.synchronize()  # this thread waits for its own copies only
         return out
@@ -182,18 +223,31 @@ class Copier:
 
 
 def copy_parts(
-    recurrent: dict[str, Tensor], pages: list[Page], copy: Any, reuse: list[Page] | None = None
+    recurrent: dict[str, Tensor],
+    pages: list[Page],
+    copy: Any,
+    reuse: list[Page] | None = None,
+    positions: bool = True,
 ) -> tuple[dict[str, Tensor], list[Page]]:
     """`recurrent` and `pages` through `copy` (a list of tensors -> their copies, in one call); the
     first pages are taken from `reuse` instead where it has them (the host copy of the state this one
-    continues: the same token ranges)."""
+    continues: the same token ranges). `positions` False: the pages' host positions (`layers.{i}.pos`)
+    are kept as they are, not copied: a restore plans from positions on the host (model/decode/pages.py),
+    so a state moved to the device keeps them there (they are never changed, so sharing them is safe)."""
     shared = 0
     for mine, theirs in zip(pages, reuse or [], strict=False):
         if (mine.start, mine.end) != (theirs.start, theirs.end):
             break
         shared += 1
-    todo = [*recurrent.values(), *(t for p in pages[shared:] for t in p.tensors.values())]
+
+    def moved(name: str, t: Tensor) -> bool:
+        return positions or not (name.endswith(".pos") and t.device.type == "cpu")
+
+    todo = [*recurrent.values(), *(t for p in pages[shared:] for k, t in p.tensors.items() if moved(k, t))]
     done = iter(copy(todo))
     new_rec = {k: next(done) for k in recurrent}
-    new_pages = [Page(p.start, p.end, {k: next(done) for k in p.tensors}) for p in pages[shared:]]
+    new_pages = [
+        Page(p.start, p.end, {k: next(done) if moved(k, t) else t for k, t in p.tensors.items()})
+        for p in pages[shared:]
+    ]
     return new_rec, [*(reuse or [])[:shared], *new_pages]

@@ -24,7 +24,10 @@ Everything goes through the real server (agent/serve_app.py on uvicorn, loopback
    holds the state in its GPU tier (`--gpu-tier-mb`, default the server's own automatic size; the smoke
    run's tier is on the CPU), on a fresh server without a GPU tier that reads it from the database
    (SQLite in a temporary folder), then on that server again from its host-memory tier, and on a fresh
-   server with an empty database (the whole history prefilled again). The GPU tier's bound and bytes
+   server with an empty database (the whole history prefilled again). Each one's time by phase is in
+   `phases_ms` (`returning_phases`: rendering, queueing, lookup, restore, prefill, save, the first
+   token's choice, the rest), and the GPU tier's again with the device synchronized at each phase's
+   end (`gpu_synced`). The GPU tier's bound and bytes
    held, and where each restore came from (`*_hits`), are recorded; `speedup_gpu` is re-prefill over
    the GPU tier (issue #24's target: >= 20x, <= 150 ms at 64k tokens).
 3. transformers in the same run (`--transformers`, the OLMo Hybrid shape only, random weights of the
@@ -39,7 +42,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import tempfile
 import threading
 import time
@@ -52,6 +54,40 @@ import torch
 
 # The phases of a request's admission to the batch (agent/serve_scheduler.py `Metrics`).
 JOIN_PHASES = ("restore", "setup", "prefill", "save", "load")
+# A returning request's first token, one request at a time (agent/serve_scheduler.py `Metrics`): the
+# counters read around it, by the name of the phase in the JSON.
+RETURNING_COUNTERS = {
+    "render": "render_seconds_total",  # HTTP side: receive and parse the body, render it to token ids
+    "queue": "queue_seconds_total",  # admitted, waiting for the model thread
+    "lookup": "join_lookup_seconds_total",  # digests of the boundaries, the tiers (and the database)
+    "restore": "join_restore_seconds_total",  # lookup + engine reset + the copy into the engine
+    "setup": "join_setup_seconds_total",  # sampler set-up
+    "prefill": "join_prefill_seconds_total",  # the new tail's prefill (and its last token)
+    "save": "join_save_seconds_total",  # the prompt state's snapshot and tier put
+    "model": "first_token_seconds_total",  # the model thread: taking the request to its first token
+    "finish": "finish_seconds_total",  # then: the token fed back, the answer's save (max_tokens=1)
+}
+
+
+def returning_phases(metrics: Any, before: dict[str, float], total_s: float) -> dict[str, float]:
+    """Milliseconds of one returning request's first token by phase: render (with receiving the body),
+    queue, lookup, the rest of the restore, setup, prefill, save, the first token's choice, finish (the
+    token fed back, the answer's save) and `other` (the client, HTTP, the reply): they sum to `total_s`."""
+    d = {k: metrics.get(c) - before[k] for k, c in RETURNING_COUNTERS.items()}
+    inside = d["restore"] + d["setup"] + d["prefill"] + d["save"]
+    ms = {
+        "render": d["render"],
+        "queue": d["queue"],
+        "lookup": d["lookup"],
+        "restore_copy": d["restore"] - d["lookup"],
+        "setup": d["setup"],
+        "prefill": d["prefill"],
+        "save": d["save"],
+        "first_choice": d["model"] - inside,
+        "finish": d["finish"],
+        "other": total_s - d["render"] - d["queue"] - d["model"] - d["finish"],
+    }
+    return {k: round(1e3 * v, 3) for k, v in ms.items()}
 
 
 @contextmanager
@@ -59,12 +95,12 @@ def server(engine: Any, db: str, **options: Any) -> Any:
     import openai
     import uvicorn
     from hybrid_agent.agent.serve_app import ServeOptions, build_app
+    from hybrid_agent.agent.serve_command import listening_socket
     from hybrid_agent.memory import Store
 
     store = Store(db)
     app = build_app(engine, store, ServeOptions(**options))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    sock = listening_socket("127.0.0.1", 0)  # as `hybrid-agent serve` makes it (TCP_NODELAY)
     srv = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning"))
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -239,10 +275,17 @@ def returning_section(engine: Any, context: int, tmp: Path, gpu_tier_bytes: int 
     opts = {"max_prompt_tokens": 4 * context + 4096, "memory_tier_bytes": 1 << 40, "max_concurrent": 1}
     db = str(tmp / "returning.db")
 
-    def ttft(client: Any, convo: list[dict[str, Any]]) -> tuple[float, int, int]:
+    phases: dict[str, dict[str, float]] = {}
+
+    def ttft(client: Any, convo: list[Any], app: Any = None, tag: str = "") -> tuple[float, int, int]:
+        """The request's latency, prompt and cached tokens; with `app`, its phases go to phases[tag]."""
+        before = {k: app.state.metrics.get(c) for k, c in RETURNING_COUNTERS.items()} if app else {}
         t0 = time.perf_counter()
         r = client.chat.completions.create(model=name, messages=convo, max_tokens=1)
-        return time.perf_counter() - t0, r.usage.prompt_tokens, r.usage.prompt_tokens_details.cached_tokens
+        took = time.perf_counter() - t0
+        if app is not None:
+            phases[tag] = returning_phases(app.state.metrics, before, took)
+        return took, r.usage.prompt_tokens, r.usage.prompt_tokens_details.cached_tokens
 
     out: dict[str, Any] = {}
     with server(engine, db, gpu_tier_bytes=gpu_tier_bytes, **opts) as (app, client):
@@ -256,24 +299,37 @@ def returning_section(engine: Any, context: int, tmp: Path, gpu_tier_bytes: int 
         )
         # Each of the four asks something else next, so each restores the first turn's state.
         then = lambda text: [*first, message, {"role": "user", "content": text}]
-        out["gpu_s"], out["prompt_tokens"], out["gpu_cached"] = ttft(client, then("Now summarise it."))
+        # Whether the server's writer thread was still saving the first turn's state (its host copy and
+        # database write) as the request came: it then runs beside the restore.
+        out["gpu_writer_busy"] = not app.state.prefix._writer.submit(lambda: None).done()
+        out["gpu_s"], out["prompt_tokens"], out["gpu_cached"] = ttft(
+            client, then("Now summarise it."), app, "gpu"
+        )
         metrics = app.state.metrics
         out["gpu_hits"] = metrics.get("state_hits_total", tier="gpu")
         out["gpu_restore_s"] = metrics.get("restore_seconds_total")
+        # Once more with the device synchronized at each phase's end (the phases are then the device's
+        # time, not their launches'; the syncs add a little); the writer has had time to finish.
+        app.state.prefix.flush()
+        app.state.scheduler.sync_phases = True
+        out["gpu_synced_s"], _, _ = ttft(client, then("Now retell it."), app, "gpu_synced")
+        app.state.scheduler.sync_phases = False
         out["gpu_tier_capacity_bytes"] = app.state.prefix.device_capacity
         out["gpu_tier_bytes"] = metrics.gauges["gpu_tier_bytes"]()
     with server(engine, db, **{**opts, "gpu_tier_bytes": 0}) as (app, client):
         metrics = app.state.metrics
-        out["database_s"], _, out["database_cached"] = ttft(client, then("Now shorten it."))
+        out["database_s"], _, out["database_cached"] = ttft(client, then("Now shorten it."), app, "database")
         out["database_restore_s"] = metrics.get("restore_seconds_total")
         out["database_hits"] = metrics.get("state_hits_total", tier="database")
-        out["memory_s"], _, out["memory_cached"] = ttft(client, then("Now count its words."))
+        out["memory_s"], _, out["memory_cached"] = ttft(client, then("Now count its words."), app, "memory")
         out["memory_restore_s"] = metrics.get("restore_seconds_total") - out["database_restore_s"]
         out["memory_hits"] = metrics.get("state_hits_total", tier="memory")
         out["memory_tier_bytes"] = metrics.gauges["memory_tier_bytes"]()
     with server(engine, str(tmp / "empty.db"), **{**opts, "gpu_tier_bytes": 0}) as (app, client):
-        out["prefill_s"], _, out["prefill_cached"] = ttft(client, then("Now list its words."))
+        out["prefill_s"], _, out["prefill_cached"] = ttft(client, then("Now list its words."), app, "prefill")
     out["speedup_gpu"] = out["prefill_s"] / out["gpu_s"]
+    # Each request's first token by phase, in ms (`returning_phases`); "gpu_synced" with device syncs.
+    out["phases_ms"] = phases
     print(json.dumps(out), flush=True)
     return out
 

@@ -246,6 +246,16 @@ class DecodeEngine:
         self._whole_only("load_parts")
         page_loading.load_parts(self.buf, recurrent, pages)
 
+    def plan_parts(self, recurrent: dict[str, Tensor], pages: Sequence[Page]) -> page_loading.PartsPlan:
+        """Validate a snapshot and plan its copies into these buffers, changing nothing (`n_tokens` says
+        its length); `load_plan` then copies without checking or planning again."""
+        return page_loading.plan_parts(self.buf, recurrent, pages)
+
+    def load_plan(self, plan: page_loading.PartsPlan) -> None:
+        """`load_parts` of a snapshot planned by `plan_parts` on this engine."""
+        self._whole_only("load_parts")
+        page_loading.load_plan(self.buf, plan)
+
     def export_state(self) -> ModelState:
         """A deep copy of the current state (without the spare room), e.g. to keep a checkpoint."""
         return self.state.clone()
@@ -261,7 +271,9 @@ class DecodeEngine:
         x = x.view(1, -1) if x.dim() == 1 else x  # (B, T)
         if x.shape[-1] == 0:
             raise TokenRangeError("the prompt is empty; pass at least one token to prefill")
-        lo, hi = int(x.min()), int(x.max())
+        # Ids given on the host are checked there: no device read (a sync) before the forward.
+        flat = ids if isinstance(ids, list) and all(isinstance(i, int) for i in ids) else None
+        lo, hi = (min(flat), max(flat)) if flat else (int(x.min()), int(x.max()))
         if lo < 0 or hi >= self.cfg.vocab_size:
             raise TokenRangeError(f"token ids must be in [0, {self.cfg.vocab_size}); got [{lo}, {hi}]")
         buf = self.buf
@@ -363,10 +375,11 @@ class DecodeEngine:
         rows.load_row(self.buf, b, state)
 
     def load_row_parts(self, b: int, recurrent: dict[str, Tensor], pages: Sequence[Page]) -> None:
-        """A batch-1 snapshot (`recurrent_tensors()` and cache pages, as `load_parts` takes) into slot b."""
+        """A batch-1 snapshot (`recurrent_tensors()` and cache pages, as `load_parts` takes) straight into
+        slot b (model/decode/pages.py `load_plan`): one copy per page and tensor, no state assembled
+        first; everything checked before the first write."""
         self._rows_only("load_row_parts")
-        state = ModelState.from_parts(recurrent, [tuple(p) for p in pages], self.model.local_config)
-        rows.load_row(self.buf, b, state.to(self.device))
+        page_loading.load_plan(self.buf, page_loading.plan_parts(self.buf, recurrent, pages, row=True), b)
 
     def export_row(self, b: int) -> ModelState:
         """Slot b as a batch-1 state of its own (a copy)."""

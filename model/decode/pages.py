@@ -1,5 +1,11 @@
 """Loading a snapshot (recurrent tensors + cache pages) straight into the engine's buffers: where
-each page's entries go (`plan_parts`, every check before the first write) and the copies (`load_parts`).
+each page's entries go (`plan_parts`, every check before the first write) and the copies (`load_plan`,
+`load_parts`).
+
+The plan reads only the pages' positions, on the host: positions held on the host (the engine's own
+snapshots give them so, `snapshot_parts`) cost no device read, so restoring a state held on the
+GPU makes no host round-trip. Pages whose positions are consecutive runs that follow each other from 0
+(every snapshot of the engine) are placed without sorting or searching: one copy per page and tensor.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from hybrid_agent.model.decode.buffers import StaticState
 from hybrid_agent.model.errors import StateMismatchError
-from hybrid_agent.model.state import TOKEN_AXIS, ModelState, Page
+from hybrid_agent.model.state import TOKEN_AXIS, ModelState, Page, token_axis
 from torch import Tensor
 
 # One page's part of a layer's cache: its tensors, contiguous runs (first slot, first entry, length)
@@ -25,6 +31,8 @@ class PartsPlan:
     n_tokens: int
     recurrent: list[tuple[Tensor, Tensor]]  # (the engine's fixed tensor, its source)
     layers: list[list[_Copies]]  # per layer, per page that fills some of its slots
+    buf: StaticState | None = None  # the buffers it was planned for (`load_plan` refuses others)
+    row: bool = False  # a batch-1 snapshot for one slot of per-row buffers (model/decode/rows.py)
 
 
 def _is_float(t: Tensor) -> bool:
@@ -66,10 +74,32 @@ def _check_page(
     return pos.cpu().long()
 
 
+def _runs_in_order(n: int, parts: list[dict[str, Tensor]], poss: list[Tensor]) -> list[_Copies] | None:
+    """`_place`'s answer when the pages' positions, in page order, are 0, 1, 2, ... (each page one
+    consecutive run, the next page going on where it ends) up to n or beyond: page j fills its own
+    slots with one run. None when they are anything else (the general placement decides)."""
+    out: list[_Copies] = []
+    at = 0
+    for t, pos in zip(parts, poss, strict=True):
+        m = len(pos)
+        if m == 0 or int(pos[0]) != at or not torch.equal(pos, torch.arange(at, at + m)):
+            return None
+        if at < n:
+            out.append((t, [(at, 0, min(m, n - at))], None))
+        at += m
+    return out if at >= n else None
+
+
 def _place(i: int, n: int, parts: list[dict[str, Tensor]], poss: list[Tensor]) -> list[_Copies]:
     """Which entry of which page fills each of the n slots of layer i: from_parts' choice (pages sorted
     by start, concatenated; per slot the first entry holding its position), as copies per page. The
     arithmetic runs on the positions only (8 bytes a token), never on the cache tensors."""
+    fast = _runs_in_order(n, parts, poss)
+    return fast if fast is not None else _place_any(i, n, parts, poss)
+
+
+def _place_any(i: int, n: int, parts: list[dict[str, Tensor]], poss: list[Tensor]) -> list[_Copies]:
+    """`_place` for positions in any order: sorted, searched, overlaps settled as from_parts does."""
     need = torch.arange(n)
     pos = torch.cat(poss) if poss else torch.zeros(0, dtype=torch.long)
     order = torch.argsort(pos, stable=True)
@@ -115,31 +145,50 @@ def load_parts(buf: StaticState, recurrent: dict[str, Tensor], pages: Sequence[P
     earliest entry), positions >= n_tokens are ignored. A snapshot saved under a window is refused.
     Everything is validated before the first write: on StateMismatchError / ContextFullError the
     engine is unchanged."""
-    plan = plan_parts(buf, recurrent, pages)
+    load_plan(buf, plan_parts(buf, recurrent, pages))
+
+
+def load_plan(buf: StaticState, plan: PartsPlan, b: int | None = None) -> None:
+    """`load_parts` with the plan made already (`plan_parts` on these same buffers); with `b`, a row's
+    plan into slot b of per-row buffers, which is then live at its length (as `rows.load_row` leaves
+    it), one copy per page and tensor instead of a state assembled first."""
+    if plan.buf is not buf or plan.row != (b is not None):
+        raise StateMismatchError("this plan was made for other buffers; plan the snapshot again")
+    if b is not None and not 0 <= b < buf.state.batch_size:
+        raise IndexError(f"slot {b} out of range: the engine has {buf.state.batch_size} slots")
     n = plan.n_tokens
-    buf.room(n, 0)
+    buf.room(n, 0 if b is None else 1)
+    mine = (lambda t: t) if b is None else (lambda t: t[b : b + 1])
     with torch.inference_mode():
         for fixed, src in plan.recurrent:
-            fixed.copy_(src)
+            mine(fixed).copy_(src)
         for i, (ls, copies) in enumerate(zip(buf.state.layers, plan.layers, strict=True)):
             if ls.pos is None:
                 continue
             for tensors, runs, scattered in copies:
                 for name in ls.cache:
-                    ax, t, dst = ls.axes[name], tensors[f"layers.{i}.{name}"], ls.storage[name]
+                    ax, t, dst = ls.axes[name], tensors[f"layers.{i}.{name}"], mine(ls.storage[name])
                     for dst_lo, src_lo, length in runs:  # one copy each, no temporary
                         dst.narrow(ax, dst_lo, length).copy_(t.narrow(ax, src_lo, length))
                     if scattered is not None:  # picks from overlapping pages: a temporary <= one page
                         slots, local = scattered
                         picked = t.index_select(ax, local.to(t.device)).to(dst.dtype)
                         dst.index_copy_(ax, slots.to(dst.device), picked)
-            ls.storage["pos"][:n] = torch.arange(n, device=buf.device)
-        buf.set_views(n)
+            ls.storage["pos"][:n] = torch.arange(n, device=buf.device)  # slot p holds position p
+        if b is None:
+            buf.set_views(n)
+            return
+        buf.pos[b] = n
+        buf.active[b] = 1
+    buf.lens[b], buf.live[b] = n, True
 
 
-def plan_parts(buf: StaticState, recurrent: dict[str, Tensor], pages: Sequence[Page]) -> PartsPlan:
-    """Every check of from_parts + load_state, and where each page's entries go (no tensor copied)."""
-    layout, B = buf.state.layout, buf.state.batch_size
+def plan_parts(
+    buf: StaticState, recurrent: dict[str, Tensor], pages: Sequence[Page], *, row: bool = False
+) -> PartsPlan:
+    """Every check of from_parts + load_state, and where each page's entries go (no tensor copied);
+    `row`: a batch-1 snapshot for one slot of per-row buffers (`load_plan(..., b)`)."""
+    layout, B = buf.state.layout, 1 if row else buf.state.batch_size
     if buf.state.window is not None:
         raise StateMismatchError(
             f"this engine's model attends through a window ({buf.state.window}); the DecodeEngine "
@@ -171,11 +220,11 @@ def plan_parts(buf: StaticState, recurrent: dict[str, Tensor], pages: Sequence[P
     rec: list[tuple[Tensor, Tensor]] = []
     for i, ((kind, spec), fixed) in enumerate(zip(layout, buf.fixed, strict=True)):
         for r in spec.recurrent:
-            t = recurrent[f"layers.{i}.{r}"]
-            if tuple(t.shape) != tuple(fixed[r].shape) or not _is_float(t):
+            t, want = recurrent[f"layers.{i}.{r}"], (B, *fixed[r].shape[1:])
+            if tuple(t.shape) != want or not _is_float(t):
                 raise StateMismatchError(
                     f"state tensor layers.{i}.{r} ({kind}) is {t.dtype} {tuple(t.shape)}, but this "
-                    f"engine needs floating point {tuple(fixed[r].shape)} (batch {B}); "
+                    f"engine needs floating point {want} (batch {B}); "
                     "load the state with the model it was saved from"
                 )
             rec.append((fixed[r], t))
@@ -188,4 +237,35 @@ def plan_parts(buf: StaticState, recurrent: dict[str, Tensor], pages: Sequence[P
         parts = [t for _, _, t in parsed if f"layers.{i}.pos" in t]
         poss = [_check_page(i, kind, spec.cache, ls.axes, t, B) for t in parts]
         layers.append(_place(i, n, parts, poss))
-    return PartsPlan(n, rec, layers)
+    return PartsPlan(n, rec, layers, buf, row)
+
+
+def snapshot_parts(
+    buf: StaticState, since: int, *, on_device: bool = False
+) -> tuple[dict[str, Tensor], list[Page]]:
+    """The buffers' state as `recurrent_tensors()` and one cache page of tokens [since, n): what
+    `ModelState.cache_range` gives, without its gather. In these buffers slot p holds position p (every
+    write keeps it so: prefill appends, the step writes at `pos`, loads place position p in slot p), so
+    the page is a slice of each cache, copied, and its positions are made on the host (one tensor for
+    every layer): no device read, so a snapshot kept on the device (`on_device`) costs the model no
+    sync. Copies share no memory with the buffers; without `on_device` they are on the host."""
+    state = buf.state
+
+    def own(t: Tensor) -> Tensor:  # a slice of a buffer: copied
+        t = t.detach()
+        return t.clone(memory_format=torch.contiguous_format) if on_device else t.to("cpu", copy=True)
+
+    # recurrent_tensors() copies already
+    recurrent = {k: v if on_device else v.cpu() for k, v in state.recurrent_tensors().items()}
+    end = int(state.n_tokens)
+    if end <= since:
+        return recurrent, []
+    positions = torch.arange(since, end)
+    tensors: dict[str, Tensor] = {}
+    for i, ((_, spec), ls) in enumerate(zip(state.layout, state.layers, strict=True)):
+        if ls.pos is None:
+            continue
+        for name, s in spec.cache.items():
+            tensors[f"layers.{i}.{name}"] = own(ls.cache[name].narrow(token_axis(s), since, end - since))
+        tensors[f"layers.{i}.pos"] = positions
+    return recurrent, [Page(since, end, tensors)] if tensors else []

@@ -4,7 +4,6 @@ the packaged default model on the CPU and the official `openai` client."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 import urllib.error
@@ -17,6 +16,7 @@ from typing import Any
 import openai
 import uvicorn
 from hybrid_agent.agent.serve_app import ServeOptions, build_app
+from hybrid_agent.agent.serve_command import listening_socket
 from hybrid_agent.memory import Store
 from starlette.applications import Starlette
 
@@ -52,8 +52,7 @@ class Served:
 def serving(engine: Any, db: str | None, *, api_key: str | None = None, **options: Any) -> Iterator[Served]:
     store = Store(db) if db is not None else None
     app = build_app(engine, store, ServeOptions(api_key=api_key, **options))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    sock = listening_socket("127.0.0.1", 0)  # as `hybrid-agent serve` makes it (TCP_NODELAY)
     server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

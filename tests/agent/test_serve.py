@@ -367,6 +367,17 @@ def test_gpu_serve_bench_smoke(tmp_path: Path) -> None:
     assert 0 < back["gpu_tier_bytes"] <= back["gpu_tier_capacity_bytes"] == 1 << 30
     # the history is the asked length (--smoke: 1024 tokens), not a tokenizer-dependent multiple of it
     assert 1024 * 0.9 <= back["prompt_tokens"] <= 1024 * 1.25
+    # each request's first token by phase (ms), summing to its latency; the restored ones looked up and
+    # restored a state, the re-prefill prefilled the whole history
+    for tag, total in [("gpu", "gpu_s"), ("gpu_synced", "gpu_synced_s"), ("memory", "memory_s"),
+                       ("database", "database_s"), ("prefill", "prefill_s")]:  # fmt: skip
+        phases = back["phases_ms"][tag]
+        assert set(phases) == {"render", "queue", "lookup", "restore_copy", "setup", "prefill", "save",
+                               "first_choice", "finish", "other"}  # fmt: skip
+        assert abs(sum(phases.values()) - 1e3 * back[total]) < 0.1
+        assert phases["render"] > 0 and phases["lookup"] > 0 and phases["finish"] > 0 and phases["other"] > 0
+    restored, fresh = back["phases_ms"]["gpu"], back["phases_ms"]["prefill"]
+    assert fresh["prefill"] > restored["prefill"]
 
 
 def test_gpu_serve_bench_sections(tmp_path: Path) -> None:

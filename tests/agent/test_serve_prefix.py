@@ -3,6 +3,7 @@ match, the host-memory tier's byte bound, and the database behind it."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -27,6 +28,11 @@ def test_digests_name_the_model_and_the_tokens() -> None:
     a, b = _cache(None), _cache(None, fingerprint="other")
     assert a.digest([1, 2, 3]) == a.digests([1, 2, 3, 4], [1, 3])[1] != b.digest([1, 2, 3])
     assert a.digest([1, 2, 3]) != a.digest([1, 2, 4])
+    # The bytes hashed are the ids as int64s in native order (what databases of saved states were
+    # written with): sha256 of the header and torch's int64 layout of the ids.
+    ids = [0, 5, 2047, 70000, 2**40]
+    raw = torch.tensor(ids, dtype=torch.int64).numpy().tobytes()
+    assert a.digest(ids) == hashlib.sha256(b"fp\0window=None\0" + raw).hexdigest()
 
 
 def test_the_longest_boundary_wins_and_the_memory_tier_stays_in_its_bytes() -> None:

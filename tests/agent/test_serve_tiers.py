@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from hybrid_agent.agent.serve_prefix import Entry, PrefixCache
-from hybrid_agent.agent.serve_tiers import pins_well
+from hybrid_agent.agent.serve_tiers import copy_parts, pins_well
 from hybrid_agent.memory import Store
 from hybrid_agent.model.state import Page
 
@@ -170,6 +171,44 @@ def test_database_hits_move_to_the_device_tier_when_they_fit(tmp_path: Path) -> 
         assert small.device_used == 0 and small.memory_used == _size(100)
         assert small.lookup(ids[:101], [100]).source == "memory"
         small.close()
+
+
+def test_host_copies_go_in_chunks_that_pause_while_a_request_is_admitted() -> None:
+    ids = list(range(100))
+    cache = _cache(None, device_bytes=1 << 20)
+    cache._copier.chunk_bytes = 64  # the 100 tokens' page (6,400 bytes) in 100 chunks
+    cache.hold_copies()
+    entry = _put(cache, ids)
+    time.sleep(0.3)
+    assert entry.host is None  # the writer waits at its first chunk while the model thread admits
+    cache.release_copies()
+    cache.flush()
+    assert entry.host is not None
+    for dev, host in zip(entry.pages, entry.host[1], strict=True):
+        assert torch.equal(dev.tensors["k"], host.tensors["k"])
+        assert dev.tensors["k"].data_ptr() != host.tensors["k"].data_ptr()
+    # A hold is bounded: nobody releasing it, the copy goes on once it has lasted its time.
+    cache._copier.hold(0.3)
+    t0 = time.monotonic()
+    other = _put(cache, [7, *ids[:50]])
+    cache.flush()
+    assert other.host is not None and 0.2 < time.monotonic() - t0 < 5
+    _expect(cache.lookup([7, *ids[:50], 1], [51]), 51)
+    cache.close()
+
+
+def test_a_state_moved_to_the_device_keeps_its_positions_on_the_host() -> None:
+    """A restore plans from the pages' positions on the host (model/decode/pages.py): promoting a state
+    to the device tier copies its cache tensors but keeps its host positions (shared, never changed)."""
+    pos, k = torch.arange(5), torch.ones(5, 2)
+    pages = [Page(0, 5, {"layers.1.k": k, "layers.1.pos": pos})]
+    clones = lambda ts: [t.clone() for t in ts]
+    _, moved = copy_parts({"h": torch.zeros(1)}, pages, clones, positions=False)
+    assert moved[0].tensors["layers.1.pos"] is pos and moved[0].tensors["layers.1.k"] is not k
+    _, copied = copy_parts({"h": torch.zeros(1)}, pages, clones)  # host copies share nothing
+    assert copied[0].tensors["layers.1.pos"] is not pos
+    for name, t in pages[0].tensors.items():
+        assert torch.equal(copied[0].tensors[name], t)
 
 
 def test_host_copies_are_pinned_only_where_the_power_of_two_rounding_wastes_little() -> None:
