@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -82,15 +81,7 @@ async def timed_start(tree: dict[str, Any], args: list[str], think: float) -> di
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    summary: dict[str, Any] = {"n": len(rows)}
-    if not rows:
-        return summary
-    for key in ("initialize_s", "session_s", "first_token_s"):
-        summary[f"{key}_median"] = round(statistics.median(r[key] for r in rows), 3)
-    summary["first_token_s_all"] = [round(r["first_token_s"], 3) for r in rows]
-    phases = sorted({p for r in rows for p in r["phases"]}, key=lambda p: cold_start.median_phase(rows, p))
-    summary["phases_median_s"] = {p: round(cold_start.median_phase(rows, p), 3) for p in phases}
-    return summary
+    return cold_start.summarize_starts(rows, ("initialize_s", "session_s", "first_token_s"), "first_token_s")
 
 
 def main() -> None:

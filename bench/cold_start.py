@@ -369,6 +369,19 @@ def run_starts(
     print(json.dumps(data, indent=1))
 
 
+def summarize_starts(rows: list[dict[str, Any]], keys: tuple[str, ...], listed: str) -> dict[str, Any]:
+    """Medians of `keys` over the starts that have them, every start's `listed`, the phases' medians."""
+    summary: dict[str, Any] = {"n": len(rows)}
+    if not rows:
+        return summary
+    for key in keys:
+        summary[f"{key}_median"] = round(statistics.median(r[key] for r in rows if key in r), 3)
+    summary[f"{listed}_all"] = [round(r[listed], 3) for r in rows]
+    phases = sorted({p for r in rows for p in r["phases"]}, key=lambda p: median_phase(rows, p))
+    summary["phases_median_s"] = {p: round(median_phase(rows, p), 3) for p in phases}
+    return summary
+
+
 def starts_report(
     head: dict[str, Any], trees: list[dict[str, Any]], complete: bool, key: str, summarize: Any
 ) -> dict[str, Any]:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -98,15 +97,7 @@ def timed_start(tree: dict[str, Any], args: list[str], timeout: float) -> dict[s
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    summary: dict[str, Any] = {"n": len(rows)}
-    if not rows:
-        return summary
-    for key in ("address_s", "health_s", "first_token_s"):
-        summary[f"{key}_median"] = round(statistics.median(r[key] for r in rows if key in r), 3)
-    summary["health_s_all"] = [round(r["health_s"], 3) for r in rows]
-    phases = sorted({p for r in rows for p in r["phases"]}, key=lambda p: cold_start.median_phase(rows, p))
-    summary["phases_median_s"] = {p: round(cold_start.median_phase(rows, p), 3) for p in phases}
-    return summary
+    return cold_start.summarize_starts(rows, ("address_s", "health_s", "first_token_s"), "health_s")
 
 
 def main() -> None:
