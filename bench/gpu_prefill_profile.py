@@ -1,6 +1,7 @@
 """Where prefill time goes (issue 25, target 3), batch 1, bf16, random weights at OLMo Hybrid 7B's shape:
 
     python3 bench/gpu_prefill_profile.py --out $OUT/gpu_prefill_profile.json      # device machine
+    python3 bench/gpu_prefill_profile.py --causal both --out $OUT/gpu_prefill_causal.json
     .venv/bin/python bench/gpu_prefill_profile.py --tiny --out /tmp/pp.json       # CPU smoke run
 
 The model is built as bench/gpu_e2e.py builds it (bench/gpu_olmo.py: transformers' default
@@ -14,6 +15,11 @@ The model is built as bench/gpu_e2e.py builds it (bench/gpu_olmo.py: transformer
    by class (gemm / attention / aten small ops / kernels launched from Python), and each label's limit
    (FLOPs at the card's dense bf16 peak, bytes at its HBM peak: bench/gpu_prefill_limits.py) with
    efficiency = limit / measured; then the whole prefill against the model's FLOP limit.
+`--causal` picks the attention path of the prefill chunks (model/ops.py; its switch
+`HYBRID_AGENT_CAUSAL_PREFILL` is set for each section): `on` SDPA's causal kernel without a mask
+(the default path: sections `sweep_<T>`, `profile_<T>`), `off` the masked call (`sweep_<T>_masked`,
+`profile_<T>_masked`), `both` each in turn, and `causal_vs_masked_<T>` their ratio per chunk (tokens/s)
+and per label (profiled device ms). Each section records `causal_prefill`, the switch it ran under.
 `info` records the card, its peaks from the table, a measured bf16 GEMM rate and copy bandwidth.
 The JSON file is rewritten after each section; the sweeps (cheap) run before the profiles.
 """
@@ -21,11 +27,15 @@ The JSON file is rewritten after each section; the sweeps (cheap) run before the
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+from hybrid_agent.model.ops import CAUSAL_PREFILL_ENV, Ops
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -35,6 +45,7 @@ from gpu_prefill_attrib import PREFIX, attribute, busy_ms, labels
 from gpu_prefill_limits import kind_costs, limits, measured_gemm_tflops, peaks, totals, versus
 
 K = 1024
+PATHS = {"on": (True, ""), "off": (False, "_masked")}  # --causal value: (switch, section key suffix)
 
 
 def _ints(text: str) -> list[int]:
@@ -64,7 +75,71 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     ap.add_argument("--reps", type=int, default=2, help="timed prefills per sweep row (median)")
     ap.add_argument("--sections", default="sweep,profile", help="comma list of sweep, profile")
+    ap.add_argument(
+        "--causal", choices=["on", "off", "both"], default="on",
+        help="prefill attention: causal kernel without a mask (on), the masked call (off), or both in turn",
+    )  # fmt: skip
     return ap
+
+
+@contextmanager
+def causal_switch(on: bool) -> Iterator[None]:
+    """The prefill's attention path for the sections inside (each engine chunk reads the switch)."""
+    old = os.environ.get(CAUSAL_PREFILL_ENV)
+    os.environ[CAUSAL_PREFILL_ENV] = "1" if on else "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(CAUSAL_PREFILL_ENV, None)
+        else:
+            os.environ[CAUSAL_PREFILL_ENV] = old
+
+
+def under(on: bool, fn: Callable[[], Any]) -> Callable[[], Any]:
+    """`fn` run under the switch, its result marked with the switch as the model's `Ops` read it."""
+
+    def run() -> Any:
+        with causal_switch(on):
+            seen = Ops().causal_prefill
+            out = fn()
+        if isinstance(out, dict):
+            out["causal_prefill"] = seen
+        elif isinstance(out, list):
+            out = [{**r, "causal_prefill": seen} for r in out]
+        return out
+
+    return run
+
+
+def compare(res: dict[str, Any], T: int) -> dict[str, Any]:
+    """The causal path against the masked one at length T: tokens/s per sweep chunk, the profiles'
+    unprofiled tokens/s and device ms per label (ratio = masked / causal time: > 1, the causal one
+    is faster)."""
+    out: dict[str, Any] = {"sweep": [], "profile": None}
+    on, off = res.get(f"sweep_{T}"), res.get(f"sweep_{T}_masked")
+    if isinstance(on, list) and isinstance(off, list):
+        for a, b in zip(on, off, strict=False):
+            if "tok_s" in a and "tok_s" in b:
+                row = {"chunk": a["chunk"], "causal_tok_s": a["tok_s"], "masked_tok_s": b["tok_s"]}
+                out["sweep"].append({**row, "speedup": a["tok_s"] / b["tok_s"]})
+    p, q = res.get(f"profile_{T}"), res.get(f"profile_{T}_masked")
+    if isinstance(p, dict) and isinstance(q, dict) and "by_kind" in p and "by_kind" in q:
+        kinds = {
+            k: {"causal_ms": p["by_kind"][k]["ms"], "masked_ms": q["by_kind"][k]["ms"]}
+            for k in p["by_kind"]
+            if k in q["by_kind"]
+        }
+        for r in kinds.values():
+            r["ratio"] = r["masked_ms"] / r["causal_ms"] if r["causal_ms"] else None
+        out["profile"] = {
+            "chunk": p["chunk"],
+            "causal_tok_s": p["total"]["plain_tok_s"],
+            "masked_tok_s": q["total"]["plain_tok_s"],
+            "speedup": p["total"]["plain_tok_s"] / q["total"]["plain_tok_s"],
+            "by_kind": kinds,
+        }
+    return out
 
 
 def sweep(b: Bench, engine: Any, ids: torch.Tensor, chunks: list[int], reps: int) -> list[dict[str, Any]]:
@@ -129,6 +204,16 @@ def table(res: dict[str, Any]) -> None:
                 f"{r['chunk']}:{r['tok_s'] / 1e3:.1f}k" if "tok_s" in r else f"{r['chunk']}:-" for r in rows
             ]
             print(f"{key:14s} tok/s by chunk  " + "  ".join(cells))
+    for key, c in res.items():
+        if key.startswith("causal_vs_masked_") and isinstance(c, dict):
+            cells = [f"{r['chunk']}:{r['speedup']:.2f}x" for r in c["sweep"]]
+            print(f"{key}: causal / masked tok/s by chunk  " + "  ".join(cells))
+            if c["profile"]:
+                mix = c["profile"]["by_kind"].get("attention.mixer")
+                ratio = (
+                    f", attention.mixer masked/causal ms {mix['ratio']:.2f}" if mix and mix["ratio"] else ""
+                )
+                print(f"  profile chunk {c['profile']['chunk']}: {c['profile']['speedup']:.2f}x{ratio}")
     for key, p in res.items():
         if not key.startswith("profile_") or not isinstance(p, dict) or "by_kind" not in p:
             continue
@@ -173,7 +258,10 @@ def _main(argv: list[str] | None = None) -> dict[str, Any]:
     peak = peaks(info.get("card", "cpu"))
     peak["measured_gemm_TFLOPs"] = info.get("gemm_8192_bf16_TFLOPs")
     info["peaks"] = peak
-    b.res.update({"info": info, "lengths": lengths, "chunks": chunks, "profile_chunk": pchunk})
+    paths = ["on", "off"] if args.causal == "both" else [args.causal]
+    b.res.update(
+        {"info": info, "lengths": lengths, "chunks": chunks, "profile_chunk": pchunk, "causal": paths}
+    )
     print(info, flush=True)
 
     from hybrid_agent.model.decode.engine import DecodeEngine
@@ -193,11 +281,18 @@ def _main(argv: list[str] | None = None) -> dict[str, Any]:
     if "sweep" in sections:
         for T in lengths:
             need = 0 if tiny else 2 + len(chunks) * (1 + reps) * T / 20e3
-            b.section(f"sweep_{T}", lambda T=T: sweep(b, engine, ids[T], chunks, reps), min_left=need)
+            for on, suffix in (PATHS[p] for p in paths):
+                fn = under(on, lambda T=T: sweep(b, engine, ids[T], chunks, reps))
+                b.section(f"sweep_{T}{suffix}", fn, min_left=need)
     if "profile" in sections:
         for T in lengths:
             need = 0 if tiny else 5 + 2 * T / 20e3 + 4 * T / (16 * K)
-            b.section(f"profile_{T}", lambda T=T: profile_one(b, engine, ids[T], pchunk, peak), min_left=need)
+            for on, suffix in (PATHS[p] for p in paths):
+                fn = under(on, lambda T=T: profile_one(b, engine, ids[T], pchunk, peak))
+                b.section(f"profile_{T}{suffix}", fn, min_left=need)
+    if len(paths) == 2:
+        for T in lengths:
+            b.res[f"causal_vs_masked_{T}"] = compare(b.res, T)
     table(b.res)
     b.save()
     return b.res

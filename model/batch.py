@@ -101,7 +101,7 @@ class BatchState:
                     padded[b : b + 1].narrow(ax, 0, src.shape[ax]).copy_(src)
                 cache[k] = padded
             pos = None if ls.pos is None else torch.arange(slots, device=device)
-            layers.append(LayerState(recurrent, cache, pos, dict(ls.axes)))
+            layers.append(LayerState(recurrent, cache, pos, dict(ls.axes), dense=True))
         self.state = ModelState(layers, first.layout, n_tokens=slots)
 
     @property
@@ -127,7 +127,7 @@ class BatchState:
             recurrent = {k: t[b : b + 1].clone() for k, t in ls.recurrent.items()}
             cache = {k: t[b : b + 1].index_select(ls.axes[k], idx) for k, t in ls.cache.items()}
             pos = None if ls.pos is None else torch.arange(len(idx), device=idx.device)
-            layers.append(LayerState(recurrent, cache, pos, dict(ls.axes)))
+            layers.append(LayerState(recurrent, cache, pos, dict(ls.axes), dense=True))
         out = ModelState(layers, self.state.layout, n_tokens=self.n[b])
         out.keep_from = 0
         return out

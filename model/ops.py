@@ -3,16 +3,19 @@ every mixer explicitly (`mixer(x, layer, state, ops)`), so each mixer's math is 
 
 The model's own path (`HybridLM.forward`) runs the plain `Ops`: positions from the host-side token
 count, caches that grow by `ModelState.append_cache` (windows and sinks included), attention over them
-with torch's SDPA and a mask. The decode engine (model/decode/ops.py) subclasses it for its one-token
-step over preallocated buffers: a position on the device (a captured CUDA graph reads it), cache writes
-at that position, the attention kernels that read the length on the device, concatenated projections
-and kernels.gemv. What a mixer computes from these parts is the same on both paths.
+with torch's SDPA and a mask, or, for a prefill chunk of plain causal attention on CUDA, with SDPA's
+causal kernel and no mask (`Ops.plain_causal`, `causal_sdpa`). The decode engine (model/decode/ops.py)
+subclasses it for its one-token step over preallocated buffers: a position on the device (a captured
+CUDA graph reads it), cache writes at that position, the attention kernels that read the length on the
+device, concatenated projections and kernels.gemv. What a mixer computes from these parts is the same
+on both paths.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Collection, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +23,16 @@ from hybrid_agent.model.rope import rope_cos_sin
 from hybrid_agent.model.state import LayerState, ModelState
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.bias import causal_lower_right
+
+# "0" (or false/no/off) keeps prefill chunks on the masked SDPA call, so one GPU run can time both paths
+# (bench/gpu_prefill_profile.py --causal both); read when an `Ops` is made.
+CAUSAL_PREFILL_ENV = "HYBRID_AGENT_CAUSAL_PREFILL"
+
+
+def causal_prefill_default() -> bool:
+    """Whether prefill chunks may take the unmasked causal path (`CAUSAL_PREFILL_ENV`, on unless "0")."""
+    return os.environ.get(CAUSAL_PREFILL_ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
 
 
 class Ops:
@@ -27,10 +40,20 @@ class Ops:
     (`begin` starts a call). `mixer` arguments are the calling layer (model/attention.py's
     `Attention`, model/mla.py's `MLA`), typed as modules because those files import this one."""
 
-    def __init__(self, *, restrict_sdpa: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        restrict_sdpa: bool = True,
+        causal_prefill: bool | None = None,
+        causal_devices: Collection[str] = ("cuda",),
+    ) -> None:
         # Unmasked CUDA attention through flash / memory-efficient only (`sdpa`); False times the
         # default choice (bench/gpu_e2e.py).
         self.restrict_sdpa = restrict_sdpa
+        # Prefill chunks of plain causal attention through `causal_sdpa` (None: `causal_prefill_default`),
+        # on these device types only (the CPU keeps the mask; tests pass "cpu" to check the arithmetic).
+        self.causal_prefill = causal_prefill_default() if causal_prefill is None else causal_prefill
+        self.causal_devices = frozenset(causal_devices)
         self._pos: dict[tuple[int, int, torch.device], Tensor] = {}
         self._rope: dict[tuple[int, int, float], tuple[Tensor, Tensor]] = {}
 
@@ -76,7 +99,27 @@ class Ops:
 
     def write(self, layer: LayerState, state: ModelState, new: dict[str, Tensor], pos: Tensor) -> None:
         """Append the new tokens' cache entries (B, ..., T, ...) at positions `pos`."""
-        state.append_cache(layer, new, pos)
+        state.append_cache(layer, new, pos, state.n_tokens if self.own_positions(state, pos) else None)
+
+    def own_positions(self, state: ModelState, pos: Tensor) -> bool:
+        """Whether `pos` is this call's `positions` (n_tokens, n_tokens + 1, ...): known by identity,
+        on the host."""
+        return self._pos.get((state.n_tokens, len(pos), pos.device)) is pos
+
+    def plain_causal(self, layer: LayerState, state: ModelState, pos: Tensor) -> bool:
+        """Whether attending the T > 1 queries at `pos` over the layer's cache is plain causal attention
+        with the queries the cache's last T entries: no window (sinks count only with one, as in
+        `visible`), the cache's positions 0..L-1 in order (`LayerState.dense`), `pos` this call's own
+        positions. Host facts only: nothing is read from the device."""
+        T, key_pos = len(pos), layer.pos
+        return (
+            T > 1
+            and state.window is None
+            and layer.dense
+            and key_pos is not None
+            and len(key_pos) == state.n_tokens + T
+            and self.own_positions(state, pos)
+        )
 
     def attention_in(
         self, mixer: nn.Module, layer: LayerState, state: ModelState, qkv: Tensor, pos: Tensor
@@ -96,6 +139,15 @@ class Ops:
         B, T, H, Dh = q.shape
         keys, values, key_pos = layer.cache["k"], layer.cache["v"], layer.pos  # (B, Hkv, L, Dh), (L,)
         assert key_pos is not None
+        keys = keys if keys.dtype == q.dtype else keys.to(q.dtype)  # skip the no-op casts' dispatch
+        values = values if values.dtype == q.dtype else values.to(q.dtype)
+        if (
+            self.causal_prefill
+            and q.device.type in self.causal_devices
+            and self.plain_causal(layer, state, pos)
+        ):
+            out = causal_sdpa(q.transpose(1, 2), keys, values, 1.0 / math.sqrt(Dh))  # (B, H, T, Dh)
+            return gated(out.transpose(1, 2).reshape(B, T, H * Dh), gate)
         # Grouped-query attention without copying K/V per query head: the G = H / Hkv query heads that
         # share a KV head become G * T query rows of that head (head h reads KV head h // G).
         Hkv = keys.shape[1]
@@ -106,12 +158,7 @@ class Ops:
             mask = visible(pos, key_pos, state.window, state.sinks)  # (T, L)
             mask = mask.repeat(G, 1) if G > 1 else mask  # (G*T, L)
         out = sdpa(
-            q,
-            keys if keys.dtype == q.dtype else keys.to(q.dtype),  # skip the no-op casts' dispatch
-            values if values.dtype == q.dtype else values.to(q.dtype),
-            mask,
-            1.0 / math.sqrt(Dh),
-            restrict=self.restrict_sdpa,
+            q, keys, values, mask, 1.0 / math.sqrt(Dh), restrict=self.restrict_sdpa
         )  # (B, Hkv, G*T, Dh)
         # reshape, not view: CUDA's flash SDPA may hand back this output non-contiguous.
         return gated(out.reshape(B, H, T, Dh).transpose(1, 2).reshape(B, T, H * Dh), gate)
@@ -196,3 +243,19 @@ def sdpa(
         with sdpa_kernel(_DECODE_BACKENDS):
             return F.scaled_dot_product_attention(q, k, v, scale=scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+def causal_sdpa(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    """Causal attention of q (B, H, T, Dh) at positions L-T..L-1 over k, v (B, Hkv, L, Dh) at positions
+        0..L-1: (B, H, T, Dh), what the masked call computes with `visible`'s causal mask, without the mask.
+        Grouped-query attention by SDPA's `enable_gqa` (query head h reads KV head h // (H / Hkv); K/V are
+        not repeated). L == T: `is_causal` (SDPA's own backend choice); L > T: the lower-right causal bias,
+        which torch runs by flash attention where it can and otherwise with a mask it materialises
+        (torch/nn/attention/bias.py `CausalBias._dispatch`). The causal kernels skip the fully masked blocks
+    that a masked call computes."""
+    T, L = q.shape[-2], k.shape[-2]
+    gqa = q.shape[1] != k.shape[1]
+    if T == L:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
+    bias = causal_lower_right(T, L)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale, enable_gqa=gqa)

@@ -13,6 +13,9 @@ Design choices:
   window every token (stale tokens are masked, never seen). Positions stay absolute, so prefill in
   chunks sees exactly the keys a one-shot prefill sees.
 - Cache tensors are views into storage with room to grow: appending T tokens copies T tokens.
+- `LayerState.dense` is a host-side fact: the cache holds positions 0..L-1 in order (an empty cache,
+  appends that go on where it ends, a state loaded with exactly those positions). Attention reads it
+  to run a causal kernel without a mask (model/ops.py) without reading positions from the device.
 - Flat names for storage: `n_tokens`, `window` (-1 = none), `sinks`, `layers.{i}.{name}` for each
   recurrent and cache tensor and `layers.{i}.pos`. `from_tensors` is the exact inverse of `to_tensors`.
 """
@@ -81,6 +84,8 @@ class LayerState:
     # Room to grow: `cache` and `pos` are views of the first L slots of these, so appending a token
     # copies only that token (amortised), not the whole cache.
     storage: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    # Known on the host: `pos` is 0, 1, ..., L-1 (False where unknown; see the module docstring).
+    dense: bool = False
 
     def _set(self, name: str, view: Tensor) -> None:
         if name == "pos":
@@ -92,11 +97,15 @@ class LayerState:
         assert self.pos is not None
         return self.pos if name == "pos" else self.cache[name]
 
-    def append(self, new: dict[str, Tensor], new_pos: Tensor, *, capacity_limit: int | None) -> None:
+    def append(
+        self, new: dict[str, Tensor], new_pos: Tensor, *, capacity_limit: int | None, first: int | None = None
+    ) -> None:
         """Add T tokens (each cache tensor and their positions). Storage grows by doubling, up to
-        `capacity_limit` tokens when the window bounds the cache."""
+        `capacity_limit` tokens when the window bounds the cache. `first`: known on the host, new_pos is
+        first, first + 1, ... (None: not known), which keeps `dense` when it goes on where the cache ends."""
         assert self.pos is not None
         L, T = len(self.pos), len(new_pos)
+        self.dense = self.dense and first == L
         for name, t in (*new.items(), ("pos", new_pos)):
             ax = 0 if name == "pos" else self.axes[name]
             buf = self.storage.get(name)
@@ -114,6 +123,7 @@ class LayerState:
     def keep(self, idx: Tensor) -> None:
         """Keep only the cached tokens at indices `idx` (sorted), compacted in place at the front."""
         assert self.pos is not None
+        self.dense = self.dense and len(idx) == len(self.pos)  # all kept: still in order
         for name in (*self.cache, "pos"):
             ax = 0 if name == "pos" else self.axes[name]
             kept = self._get(name).index_select(ax, idx)
@@ -131,6 +141,7 @@ class LayerState:
             {n: t.clone() for n, t in self.cache.items()},
             None if self.pos is None else self.pos.clone(),
             dict(self.axes),
+            dense=self.dense,
         )
 
 
@@ -177,7 +188,7 @@ class ModelState:
                 for n, s in spec.cache.items()
             }
             pos = torch.zeros(0, dtype=torch.long, device=device) if spec.cache else None
-            layers.append(LayerState(rec, cache, pos, token_axes(spec)))
+            layers.append(LayerState(rec, cache, pos, token_axes(spec), dense=True))
         w, s = attention_policy(cfg, window, sinks)
         return cls(layers, layout, window=w, sinks=s)
 
@@ -219,12 +230,15 @@ class ModelState:
         whole window every token); invisible to queries, so exactness does not depend on it."""
         return 0 if self.window is None else max(1, min(64, self.window // 8))
 
-    def append_cache(self, layer: LayerState, new: dict[str, Tensor], new_pos: Tensor) -> None:
-        """Add the new tokens' cache entries of one attention layer (before attending)."""
+    def append_cache(
+        self, layer: LayerState, new: dict[str, Tensor], new_pos: Tensor, first: int | None = None
+    ) -> None:
+        """Add the new tokens' cache entries of one attention layer (before attending); `first` as in
+        `LayerState.append`."""
         limit = None
         if self.window is not None and self.keep_from is None:
             limit = self.sinks + self.window + self.evict_slack + len(new_pos)
-        layer.append(new, new_pos, capacity_limit=limit)
+        layer.append(new, new_pos, capacity_limit=limit, first=first)
 
     def _needed(self) -> int:
         """How many cached tokens the policy keeps: [0, sinks) and [lo, n) with lo the start of the
@@ -406,5 +420,8 @@ class ModelState:
                         f"layer {i}: cache holds {lengths} tokens but pos lists {len(pos)} "
                         f"(positions must be < n_tokens={n_tokens}); the state is corrupt"
                     )
-            layers.append(LayerState(rec, cache, pos, token_axes(spec)))
+            # Positions on the host are checked for 0..L-1 here (from_parts gives them so); on a device
+            # that would be a read, so such a cache counts as not dense (attention keeps its mask).
+            dense = pos is not None and pos.device.type == "cpu" and torch.equal(pos, torch.arange(len(pos)))
+            layers.append(LayerState(rec, cache, pos, token_axes(spec), dense=dense))
         return cls(layers, layout, n_tokens=n_tokens, window=window, sinks=sinks)

@@ -95,8 +95,11 @@ class StaticState:
                 assert view is not None and view.data_ptr() == buf.data_ptr(), "cache left its buffer"
 
     def set_views(self, n: int) -> None:
-        """Every cache view and both counters at `n` tokens."""
+        """Every cache view and both counters at `n` tokens. Slot p holds position p (every load and
+        write keeps it so), which the caches' `dense` says on the host (model/state.py)."""
         self.n = n
+        for ls in self.state.layers:
+            ls.dense = True
         self.narrow()
         self.pos.fill_(n)
 

@@ -75,7 +75,7 @@ def view_row(buf: StaticState, b: int, copy: bool = False) -> ModelState:
         if ls.pos is not None:
             cache = {k: own(ls.storage[k][b : b + 1].narrow(ls.axes[k], 0, n)) for k in ls.cache}
             pos = torch.arange(n, device=buf.device)
-        layers.append(LayerState(recurrent, cache, pos, dict(ls.axes)))
+        layers.append(LayerState(recurrent, cache, pos, dict(ls.axes), dense=True))  # pos is 0..n-1
     return ModelState(layers, buf.state.layout, n_tokens=n)
 
 

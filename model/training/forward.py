@@ -37,6 +37,7 @@ def broadcast_state(state: ModelState, batch_size: int) -> ModelState:
             {n: grow(t) for n, t in ls.cache.items()},
             ls.pos,
             dict(ls.axes),
+            dense=ls.dense,
         )
         for ls in state.layers
     ]

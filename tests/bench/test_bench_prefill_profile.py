@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +135,35 @@ def test_bad_flags(bench, tmp_path: Path, capsys: Any, argv: list[str], message:
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1] and not (tmp_path / "o.json").exists()
+
+
+def test_both_paths_in_one_run(bench, tmp_path: Path, monkeypatch: Any) -> None:
+    """`--causal both`: each section once per path, under the switch the model's Ops read, and their
+    ratio; the switch is left as it was."""
+    from hybrid_agent.model.ops import CAUSAL_PREFILL_ENV
+
+    monkeypatch.delenv(CAUSAL_PREFILL_ENV, raising=False)
+    out = tmp_path / "pp.json"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        res = bench.main(
+            ["--tiny", "--lengths", "48", "--chunks", "16,32", "--profile-chunk", "16", "--reps", "1",
+             "--causal", "both", "--out", str(out)]
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    assert CAUSAL_PREFILL_ENV not in os.environ
+    assert res["causal"] == ["on", "off"]
+    for suffix, on in (("", True), ("_masked", False)):
+        assert [r["chunk"] for r in res[f"sweep_48{suffix}"]] == [16, 32]
+        assert all(r["causal_prefill"] is on and r["tok_s"] > 0 for r in res[f"sweep_48{suffix}"])
+        assert res[f"profile_48{suffix}"]["causal_prefill"] is on
+        assert "attention.mixer" in res[f"profile_48{suffix}"]["by_kind"]
+    cmp = res["causal_vs_masked_48"]
+    assert [r["chunk"] for r in cmp["sweep"]] == [16, 32]
+    for r in cmp["sweep"]:
+        assert math.isclose(r["speedup"], r["causal_tok_s"] / r["masked_tok_s"])
+    mix = cmp["profile"]["by_kind"]["attention.mixer"]
+    assert math.isclose(mix["ratio"], mix["masked_ms"] / mix["causal_ms"])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(res))
