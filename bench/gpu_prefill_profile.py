@@ -16,10 +16,11 @@ The model is built as bench/gpu_e2e.py builds it (bench/gpu_olmo.py: transformer
    (FLOPs at the card's dense bf16 peak, bytes at its HBM peak: bench/gpu_prefill_limits.py) with
    efficiency = limit / measured; then the whole prefill against the model's FLOP limit.
 `--causal` picks the attention path of the prefill chunks (model/ops.py; its switch
-`HYBRID_AGENT_CAUSAL_PREFILL` is set for each section): `on` SDPA's causal kernel without a mask
-(the default path: sections `sweep_<T>`, `profile_<T>`), `off` the masked call (`sweep_<T>_masked`,
-`profile_<T>_masked`), `both` each in turn, and `causal_vs_masked_<T>` their ratio per chunk (tokens/s)
-and per label (profiled device ms). Each section records `causal_prefill`, the switch it ran under.
+`HYBRID_AGENT_CAUSAL_PREFILL` is set for each section): `off` the masked call (the default path, as in
+earlier result files: sections `sweep_<T>`, `profile_<T>`), `on` SDPA's causal kernel without a mask
+(`sweep_<T>_causal`, `profile_<T>_causal`), `both` each in turn, and `causal_vs_masked_<T>` their
+ratio per chunk (tokens/s) and per label (profiled device ms). Each section records `causal_prefill`,
+the switch it ran under.
 `info` records the card, its peaks from the table, a measured bf16 GEMM rate and copy bandwidth.
 The JSON file is rewritten after each section; the sweeps (cheap) run before the profiles.
 """
@@ -45,7 +46,7 @@ from gpu_prefill_attrib import PREFIX, attribute, busy_ms, labels
 from gpu_prefill_limits import kind_costs, limits, measured_gemm_tflops, peaks, totals, versus
 
 K = 1024
-PATHS = {"on": (True, ""), "off": (False, "_masked")}  # --causal value: (switch, section key suffix)
+PATHS = {"on": (True, "_causal"), "off": (False, "")}  # --causal value: (switch, section key suffix)
 
 
 def _ints(text: str) -> list[int]:
@@ -76,7 +77,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--reps", type=int, default=2, help="timed prefills per sweep row (median)")
     ap.add_argument("--sections", default="sweep,profile", help="comma list of sweep, profile")
     ap.add_argument(
-        "--causal", choices=["on", "off", "both"], default="on",
+        "--causal", choices=["on", "off", "both"], default="off",
         help="prefill attention: causal kernel without a mask (on), the masked call (off), or both in turn",
     )  # fmt: skip
     return ap
@@ -117,13 +118,13 @@ def compare(res: dict[str, Any], T: int) -> dict[str, Any]:
     unprofiled tokens/s and device ms per label (ratio = masked / causal time: > 1, the causal one
     is faster)."""
     out: dict[str, Any] = {"sweep": [], "profile": None}
-    on, off = res.get(f"sweep_{T}"), res.get(f"sweep_{T}_masked")
+    on, off = res.get(f"sweep_{T}_causal"), res.get(f"sweep_{T}")
     if isinstance(on, list) and isinstance(off, list):
         for a, b in zip(on, off, strict=False):
             if "tok_s" in a and "tok_s" in b:
                 row = {"chunk": a["chunk"], "causal_tok_s": a["tok_s"], "masked_tok_s": b["tok_s"]}
                 out["sweep"].append({**row, "speedup": a["tok_s"] / b["tok_s"]})
-    p, q = res.get(f"profile_{T}"), res.get(f"profile_{T}_masked")
+    p, q = res.get(f"profile_{T}_causal"), res.get(f"profile_{T}")
     if isinstance(p, dict) and isinstance(q, dict) and "by_kind" in p and "by_kind" in q:
         kinds = {
             k: {"causal_ms": p["by_kind"][k]["ms"], "masked_ms": q["by_kind"][k]["ms"]}

@@ -25,14 +25,15 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import causal_lower_right
 
-# "0" (or false/no/off) keeps prefill chunks on the masked SDPA call, so one GPU run can time both paths
-# (bench/gpu_prefill_profile.py --causal both); read when an `Ops` is made.
+# "1" (or true/yes/on) lets CUDA prefill chunks take SDPA's causal kernel without a mask; off by default
+# until a GPU run has timed it against the masked call (bench/gpu_prefill_profile.py --causal both:
+# which kernel torch picks for each on the H100 decides which is faster); read when an `Ops` is made.
 CAUSAL_PREFILL_ENV = "HYBRID_AGENT_CAUSAL_PREFILL"
 
 
 def causal_prefill_default() -> bool:
-    """Whether prefill chunks may take the unmasked causal path (`CAUSAL_PREFILL_ENV`, on unless "0")."""
-    return os.environ.get(CAUSAL_PREFILL_ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
+    """Whether prefill chunks may take the unmasked causal path (`CAUSAL_PREFILL_ENV`, off unless "1")."""
+    return os.environ.get(CAUSAL_PREFILL_ENV, "0").strip().lower() in {"1", "true", "yes", "on"}
 
 
 class Ops:

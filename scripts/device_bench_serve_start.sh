@@ -3,12 +3,12 @@
 # device calls of at most 10 minutes each, at OLMo Hybrid 7B's shape (random bf16 weights, written once):
 #   bash scripts/device_bench_serve_start.sh OUT [STEPS]
 # STEPS (comma-separated; default serve,returning), run in this order: serve, returning, feed, stepprof,
-# shortpf, hf, start, serve-start, acp-start, weights, resume, loop. The limits add up to more than one
-# device command's 10 minutes: the default list (with the checkpoint's ~50 s) is one call,
-# `feed,stepprof,shortpf` another, `start,weights,resume,loop` another (280 + 90 + 100 + 50 s of limits
-# and the checkpoint's ~45 s: under 10 minutes), `serve-start,acp-start` a fourth. The start step's JSON has each phase of
-# the start (HYBRID_AGENT_STARTUP_TRACE, agent/startup.py) and is rewritten after every start, so a
-# cut step keeps the rounds it finished.
+# shortpf, causal, hf, start, serve-start, acp-start, weights, resume, loop. Their limits add up to more
+# than one device command's 10 minutes; calls that fit (with the checkpoint's ~45-50 s): the default
+# list; `feed,stepprof,shortpf`; `causal` with `weights,resume,loop`; `start,weights,resume,loop` (280 +
+# 90 + 100 + 50 s of limits); `serve-start,acp-start`. The start step's JSON has each phase of the start
+# (HYBRID_AGENT_STARTUP_TRACE, agent/startup.py) and is rewritten after every start, so a cut step keeps
+# the rounds it finished.
 #   serve  bench/gpu_serve.py: 1 / 8 / 32 / 64 concurrent sessions on the engine's rows (the model's own
 #          batch, the fallback for models the engine cannot batch, doubled the step's time and cut it
 #          at 32 sessions on the H100: `--batch-paths engine,model` times both)
@@ -34,6 +34,9 @@
 #          1 / 8 / 32 / 64 rows, graphed time and an ungraphed profile by kernel
 #   shortpf (not in the default list) bench/gpu_prefill_profile.py at 72 / 73 / 200 / 4096 tokens:
 #          short prefills' time by chunk and by layer part (launch-bound or not)
+#   causal (not in the default list) bench/gpu_prefill_profile.py --causal both at 16k and 64k: prefill
+#          chunks through SDPA's causal kernel without a mask (HYBRID_AGENT_CAUSAL_PREFILL=1, off by
+#          default) against the masked call, sweeps only (the ratio decides the default)
 #   hf     (not in the default list) transformers' batching on the same shape, bench/gpu_serve.py
 #          --transformers alone: on the H100 (transformers 5.17) its generate_batch outran the serve
 #          step's limit when the two shared it, so it has its own step and JSON
@@ -68,6 +71,8 @@ step stepprof step_profile 150 python3 bench/gpu_step_profile.py --rows 1,8,32,6
   --out "$out/gpu_step_profile.json"
 step shortpf short_prefill 120 python3 bench/gpu_prefill_profile.py --lengths 72,73,200,4096 --chunks 2048 \
   --profile-chunk 2048 --reps 3 --budget-s 110 --out "$out/gpu_prefill_short.json"
+step causal prefill_causal 200 python3 bench/gpu_prefill_profile.py --causal both --lengths 16k,64k \
+  --chunks 4096,8192 --sections sweep --reps 2 --budget-s 190 --out "$out/gpu_prefill_causal.json"
 step hf serve_hf 240 python3 bench/gpu_serve.py --model $ckpt --sessions 1,8,32,64 --decode-tokens 128 \
   --sections "" --transformers --out "$out/gpu_serve_hf.json"
 if [ -d .before ] && [ ! -e .before/model/default ]; then ln -s "$PWD/model/default" .before/model/default; fi

@@ -155,7 +155,7 @@ def test_both_paths_in_one_run(bench, tmp_path: Path, monkeypatch: Any) -> None:
         torch.set_num_threads(threads)
     assert CAUSAL_PREFILL_ENV not in os.environ
     assert res["causal"] == ["on", "off"]
-    for suffix, on in (("", True), ("_masked", False)):
+    for suffix, on in (("_causal", True), ("", False)):
         assert [r["chunk"] for r in res[f"sweep_48{suffix}"]] == [16, 32]
         assert all(r["causal_prefill"] is on and r["tok_s"] > 0 for r in res[f"sweep_48{suffix}"])
         assert res[f"profile_48{suffix}"]["causal_prefill"] is on
