@@ -248,12 +248,12 @@ def sdpa(
 
 def causal_sdpa(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
     """Causal attention of q (B, H, T, Dh) at positions L-T..L-1 over k, v (B, Hkv, L, Dh) at positions
-        0..L-1: (B, H, T, Dh), what the masked call computes with `visible`'s causal mask, without the mask.
-        Grouped-query attention by SDPA's `enable_gqa` (query head h reads KV head h // (H / Hkv); K/V are
-        not repeated). L == T: `is_causal` (SDPA's own backend choice); L > T: the lower-right causal bias,
-        which torch runs by flash attention where it can and otherwise with a mask it materialises
-        (torch/nn/attention/bias.py `CausalBias._dispatch`). The causal kernels skip the fully masked blocks
-    that a masked call computes."""
+    0..L-1: (B, H, T, Dh), what the masked call computes with `visible`'s causal mask, without the mask.
+    Grouped-query attention by SDPA's `enable_gqa` (query head h reads KV head h // (H / Hkv); K/V are
+    not repeated). L == T: `is_causal` (SDPA's own backend choice); L > T: the lower-right causal bias,
+    which torch runs by flash attention where it can and otherwise with a mask it materialises
+    (torch's `CausalBias._dispatch`). The causal kernels skip the fully masked blocks that a masked call
+    computes."""
     T, L = q.shape[-2], k.shape[-2]
     gqa = q.shape[1] != k.shape[1]
     if T == L:
