@@ -13,7 +13,7 @@ import openai
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_testkit import as_history, chat, said, serving
+from serve_testkit import READ, as_history, called, chat, said, serving, tokens
 
 TOOLS = [
     {
@@ -45,13 +45,8 @@ def _db(tmp_path: Path, name: str = "serve.db") -> str:
 def test_second_turn_reuses_the_first_and_answers_as_a_fresh_prefill(engine: Any, tmp_path: Path) -> None:
     first = [{"role": "user", "content": "Show me main.py"}]
     with serving(engine, _db(tmp_path), max_new_tokens=64) as served:
-        a1 = chat(served, first)
-        convo = [
-            *first,
-            as_history(a1.choices[0].message),
-            {"role": "user", "content": "Fix the bug in app.py"},
-        ]
-        a2 = chat(served, convo)
+        a1, convo = called(served, first)  # a whole answer, a call, whichever model is packaged
+        a2 = chat(served, convo, tools=[READ], logprobs=True)
         assert a1.usage.prompt_tokens_details.cached_tokens == 0
         # Everything of turn one, its answer included, is restored rather than prefilled.
         assert (
@@ -61,10 +56,11 @@ def test_second_turn_reuses_the_first_and_answers_as_a_fresh_prefill(engine: Any
         assert served.metric("state_hits_total", tier="memory") == 1
         assert served.metric("state_misses_total") == 1
     with serving(engine, _db(tmp_path, "fresh.db"), max_new_tokens=64) as fresh:
-        b2 = chat(fresh, convo)
+        b2 = chat(fresh, convo, tools=[READ], logprobs=True)
         assert b2.usage.prompt_tokens_details.cached_tokens == 0
     assert b2.usage.prompt_tokens == a2.usage.prompt_tokens
-    assert said(b2) == said(a2)  # greedy: the same answer as a full prefill
+    # greedy: the same answer as a full prefill, token by token
+    assert (said(b2), tokens(b2)) == (said(a2), tokens(a2))
 
 
 def test_streaming_equals_the_plain_answer_and_a_retry_reuses_the_prompt(engine: Any, tmp_path: Path) -> None:
@@ -483,20 +479,22 @@ def test_evicted_states_are_a_fresh_prefill_and_the_bytes_stay_bounded(engine: A
 def test_a_state_another_server_evicted_is_no_error_on_either(engine: Any, tmp_path: Path) -> None:
     first = [{"role": "user", "content": "Show me main.py"}]
     with serving(engine, _db(tmp_path), max_new_tokens=16) as a:
-        a1 = chat(a, first)
+        a1, convo = called(a, first)  # a whole answer, a call, whichever model is packaged
         a.app.state.prefix.flush()
         with serving(engine, _db(tmp_path), memory_tier_bytes=1, prefix_max_bytes=0) as b:
             b.app.state.prefix.flush()  # its start evicted every state, a's included
             assert b.app.state.prefix.index.count() == 0
-            convo = [*first, as_history(a1.choices[0].message), {"role": "user", "content": "Read README.md"}]
-            a2 = chat(a, convo, max_tokens=8)  # a still holds turn one in memory, and continues it
+            # a still holds turn one in memory, and continues it
+            a2 = chat(a, convo, tools=[READ], max_tokens=8, logprobs=True)
             assert (
                 a2.usage.prompt_tokens_details.cached_tokens
                 == a1.usage.prompt_tokens + a1.usage.completion_tokens
             )
             a.app.state.prefix.flush()
             assert a.app.state.prefix.write_errors == 0 and a.app.state.prefix.index.count() > 0
-            b2 = chat(b, convo, max_tokens=8)  # from a's new states, stored whole
+            b2 = chat(
+                b, convo, tools=[READ], max_tokens=8, logprobs=True
+            )  # from a's new states, stored whole
             assert b.metric("state_hits_total", tier="database") == 1
             assert b2.usage.prompt_tokens_details.cached_tokens == a2.usage.prompt_tokens - 1
-    assert said(b2) == said(a2)
+    assert (said(b2), tokens(b2)) == (said(a2), tokens(a2))
