@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import openai
+import pytest
 import uvicorn
 from hybrid_agent.agent.serve_app import ServeOptions, build_app
 from hybrid_agent.agent.serve_command import listening_socket
@@ -135,3 +136,19 @@ def tokens(answer: Any) -> list[list[int]]:
     `logprobs=True`): what it wrote, call markup and any text after a stop token included, so two
     answers compare token by token, not just by what `said` keeps of them."""
     return [entry.bytes for entry in answer.choices[0].logprobs.content]
+
+
+def chosen(answer: Any) -> list[tuple[list[int], float]]:
+    """Every token the model chose for an answer, as bytes, with its log probability (its `logprobs`
+    entries; ask with `logprobs=True`): what it wrote, call markup and any text after a stop token
+    included. Two answers from the same state agree in both; a state that differs shows in the
+    probabilities even where a confident model picks the same tokens."""
+    return [(entry.bytes, entry.logprob) for entry in answer.choices[0].logprobs.content]
+
+
+def assert_same_answer(a: Any, b: Any, tol: float = 1e-3) -> None:
+    """`a` and `b` say the same, token by token, each token's log probability within `tol`."""
+    x, y = chosen(a), chosen(b)
+    assert said(a) == said(b)
+    assert [t for t, _ in x] == [t for t, _ in y]
+    assert [p for _, p in x] == pytest.approx([q for _, q in y], abs=tol)

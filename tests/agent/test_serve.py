@@ -13,7 +13,7 @@ import openai
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_testkit import READ, as_history, called, chat, said, serving, tokens
+from serve_testkit import READ, as_history, assert_same_answer, called, chat, said, serving
 
 TOOLS = [
     {
@@ -60,7 +60,7 @@ def test_second_turn_reuses_the_first_and_answers_as_a_fresh_prefill(engine: Any
         assert b2.usage.prompt_tokens_details.cached_tokens == 0
     assert b2.usage.prompt_tokens == a2.usage.prompt_tokens
     # greedy: the same answer as a full prefill, token by token
-    assert (said(b2), tokens(b2)) == (said(a2), tokens(a2))
+    assert_same_answer(b2, a2)
 
 
 def test_streaming_equals_the_plain_answer_and_a_retry_reuses_the_prompt(engine: Any, tmp_path: Path) -> None:
@@ -497,4 +497,4 @@ def test_a_state_another_server_evicted_is_no_error_on_either(engine: Any, tmp_p
             )  # from a's new states, stored whole
             assert b.metric("state_hits_total", tier="database") == 1
             assert b2.usage.prompt_tokens_details.cached_tokens == a2.usage.prompt_tokens - 1
-    assert (said(b2), tokens(b2)) == (said(a2), tokens(a2))
+    assert_same_answer(b2, a2)
