@@ -162,23 +162,28 @@ def test_logprobs_are_the_models_and_greedy_takes_the_top_one(engine: Any, concu
         assert [t.bytes for t in entry.top_logprobs] == [_bytes(engine, int(i)) for i in top.indices]
 
 
+def _completion_ids(engine: Any, answer: Any) -> list[int]:
+    """The token ids of an answer's `logprobs` entries (their bytes name them: each one's must be
+    unique in the vocabulary)."""
+    owners: dict[tuple[int, ...], list[int]] = {}
+    for t in range(engine.tokenizer.vocab_size):
+        owners.setdefault(tuple(_bytes(engine, t)), []).append(t)
+    named = [owners[tuple(e.bytes)] for e in answer.choices[0].logprobs.content]
+    assert all(len(ts) == 1 for ts in named), "a token's bytes name several tokens"
+    return [ts[0] for ts in named]
+
+
+def _step_logits(engine: Any, completion: list[int]) -> torch.Tensor:
+    """The float64 logits each token of `completion` was chosen from (len, V), from one plain forward
+    over the prompt and the completion from a fresh state."""
+    ids = _prompt_ids(engine)
+    with torch.inference_mode():
+        logits = engine.model(torch.tensor([ids + completion[:-1]]), engine.model.new_state())[0]
+    return logits[len(ids) - 1 :, : engine.tokenizer.vocab_size].double()
+
+
 def test_penalties_follow_openais_definition(engine: Any) -> None:
-    presence, frequency = 1.5, 2.0
-    # Both references (as `_reference`), decoded to 4 tokens past the first the penalties change:
-    # whichever model is packaged, the test reaches a step where they matter.
-    ids, agreed = _prompt_ids(engine), 0
-    ref: list[int] = []
-    free: list[int] = []
-    while len(ref) < 32 and (ref == free or len(ref) < agreed + 5):
-        if ref == free:  # one forward serves both
-            agreed = len(ref)
-            ref_logits = free_logits = _logits(engine, ids + ref)
-        else:
-            ref_logits, free_logits = _logits(engine, ids + ref), _logits(engine, ids + free)
-        ref.append(_penalized_choice(ref_logits, ref, presence, frequency))
-        free.append(_penalized_choice(free_logits, free, 0.0, 0.0))
-    assert ref != free, "the penalties change nothing in 32 tokens of this prompt"
-    steps = len(ref)
+    steps, presence, frequency = 48, 2.0, 1.0
     with serving(engine, None, max_concurrent=2) as served:
         kw: dict[str, Any] = dict(messages=ASK, max_tokens=steps, logprobs=True, **LONG)
         with ThreadPoolExecutor(2) as pool:  # in one batch, each row with its own penalties
@@ -187,9 +192,21 @@ def test_penalties_follow_openais_definition(engine: Any) -> None:
                 [{"presence_penalty": presence, "frequency_penalty": frequency}, {}],
             )
         assert served.app.state.scheduler.peak_batch == 2
-    got = [e.bytes for e in penalized.choices[0].logprobs.content]
-    assert got == [_bytes(engine, t) for t in ref]
-    assert [e.bytes for e in unpenalized.choices[0].logprobs.content] == [_bytes(engine, t) for t in free]
+    # Each token is the greedy choice under OpenAI's penalties, applied in float64 to the logits of a
+    # plain forward, counted over the tokens before it.
+    got, free = _completion_ids(engine, penalized), _completion_ids(engine, unpenalized)
+    assert len(got) == len(free) == steps
+    moved = {"both": 0, "presence": 0, "frequency": 0}  # steps where leaving these out chooses otherwise
+    for i, logits in enumerate(_step_logits(engine, got)):
+        choice = _penalized_choice(logits, got[:i], presence, frequency)
+        assert got[i] == choice, f"token {i}"
+        moved["both"] += choice != _penalized_choice(logits, got[:i], 0.0, 0.0)
+        moved["presence"] += choice != _penalized_choice(logits, got[:i], 0.0, frequency)
+        moved["frequency"] += choice != _penalized_choice(logits, got[:i], presence, 0.0)
+    for i, logits in enumerate(_step_logits(engine, free)):
+        assert free[i] == int(logits.argmax()), f"unpenalized token {i}"
+    # Whichever model is packaged: each penalty changed a choice here, so one left out would show.
+    assert all(moved.values()), moved
 
 
 def test_unsupported_parameters_get_a_400_naming_them(engine: Any) -> None:
