@@ -13,7 +13,7 @@ import openai
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_testkit import READ, as_history, assert_same_answer, called, chat, said, serving
+from serve_testkit import READ, as_history, assert_same_answer, called, chat, said, serving, tokens
 
 TOOLS = [
     {
@@ -200,13 +200,14 @@ def test_full_slots_get_429_and_a_disconnect_frees_the_slot(engine: Any, concurr
 
 
 def _conversation(served: Any, client: int, turns: int, max_tokens: int) -> list[tuple[Any, Any]]:
-    """One client's conversation: each turn's answer (content, tool calls) and its cached tokens."""
+    """One client's conversation: each turn's answer (content, tool calls, every token) and its cached
+    tokens."""
     messages: list[dict[str, Any]] = []
     out = []
     for turn in range(turns):
         messages.append({"role": "user", "content": f"Show me file_{client}_{turn}.py"})
-        answer = chat(served, messages, max_tokens=max_tokens)
-        out.append((said(answer), answer.usage.prompt_tokens_details.cached_tokens))
+        answer = chat(served, messages, max_tokens=max_tokens, logprobs=True)
+        out.append(((said(answer), tokens(answer)), answer.usage.prompt_tokens_details.cached_tokens))
         messages.append(as_history(answer.choices[0].message))
     return out
 
@@ -243,7 +244,7 @@ def test_two_servers_on_one_database_are_one_service(engine: Any, tmp_path: Path
         a1 = chat(a, first)
         a.app.state.prefix.flush()  # on the database (a second later without this)
         convo = [*first, as_history(a1.choices[0].message), {"role": "user", "content": "Read README.md"}]
-        b2 = chat(b, convo, max_tokens=8)
+        b2 = chat(b, convo, max_tokens=8, logprobs=True)
         assert b.metric("state_hits_total", tier="database") == 1
         assert (
             b2.usage.prompt_tokens_details.cached_tokens
@@ -252,10 +253,10 @@ def test_two_servers_on_one_database_are_one_service(engine: Any, tmp_path: Path
         b.app.state.prefix.flush()
         # Back on the first: its memory tier has turn one, but the database has more (the second's
         # prompt, saved one token short of its end), and the longest prefix wins.
-        a2 = chat(a, convo, max_tokens=8)
+        a2 = chat(a, convo, max_tokens=8, logprobs=True)
         assert a.metric("state_hits_total", tier="database") == 1
         assert a2.usage.prompt_tokens_details.cached_tokens == b2.usage.prompt_tokens - 1
-    assert said(a2) == said(b2)
+    assert_same_answer(a2, b2)
 
 
 def _start_process(db: str, tmp_path: Path, name: str) -> tuple[Any, str]:
@@ -441,7 +442,7 @@ def test_evicted_states_are_a_fresh_prefill_and_the_bytes_stay_bounded(engine: A
 
     def follow_up(served: Any, i: int, answer: Any) -> Any:
         convo = [*conversation(i), as_history(answer.choices[0].message), {"role": "user", "content": "Why?"}]
-        return chat(served, convo, max_tokens=4)
+        return chat(served, convo, max_tokens=4, logprobs=True)
 
     with serving(engine, _db(tmp_path), max_new_tokens=8) as unbounded:
         first = chat(unbounded, conversation(0))
@@ -460,7 +461,7 @@ def test_evicted_states_are_a_fresh_prefill_and_the_bytes_stay_bounded(engine: A
     with serving(engine, _db(tmp_path, "fresh.db"), max_new_tokens=8) as fresh:
         expected = follow_up(fresh, 0, first)
     assert again.usage.prompt_tokens_details.cached_tokens == 0
-    assert said(again) == said(expected)
+    assert_same_answer(again, expected)
     # Room for about two conversations: the least recently used go, the bound holds after each one.
     bound = 5 * one // 2
     with serving(engine, _db(tmp_path, "lru.db"), memory_tier_bytes=1, prefix_max_bytes=bound) as served:
