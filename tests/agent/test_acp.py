@@ -90,7 +90,7 @@ def test_prompt_streams_the_answer_and_the_session_is_the_stores(
         (e.data["call_id"], e.data["arguments"]) for e in calls
     ]
     ends = [u for u in tool_updates(client) if u.status in ("completed", "failed")]
-    assert [(u.tool_call_id, u.raw_output["text"]) for u in ends] == [
+    assert [(u.tool_call_id, u.content[0].content.text) for u in ends] == [
         (e.data["call_id"], e.content) for e in events if e.kind == "tool_result"
     ]
 
