@@ -113,8 +113,10 @@ def called(served: Served, messages: list[dict[str, Any]], **kwargs: Any) -> tup
     return answer, [*messages, as_history(choice.message), result]
 
 
-# A conversation whose call is already answered: without `tools` in the request, the model's next
-# message reports the result in text (the turn every model is trained to answer in words).
+# A conversation whose call is already answered, asked without `tools`: the model's next message
+# reports the result in words. (`tool_choice: "none"` only leaves the tools out of the prompt; the
+# server does not stop a model writing call markup, so a text turn is steered by the conversation's
+# shape, and the tests that need text assert that it is there.)
 ANSWERED = [
     {"role": "user", "content": "Show me main.py"},
     {
