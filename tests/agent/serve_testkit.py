@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import openai
+import pytest
 import uvicorn
 from hybrid_agent.agent.serve_app import ServeOptions, build_app
 from hybrid_agent.agent.serve_command import listening_socket
@@ -86,3 +87,70 @@ def said(answer: Any) -> tuple[str | None, list[tuple[str, str]]]:
     are made per request: two equal answers have different ones)."""
     message = answer.choices[0].message
     return message.content, [(c.function.name, c.function.arguments) for c in message.tool_calls or ()]
+
+
+READ = {
+    "type": "function",
+    "function": {
+        "name": "read_file",
+        "description": "Read a file",
+        "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]},
+    },
+}
+FORCE_READ = {"type": "function", "function": {"name": "read_file"}}
+MAIN_PY = "import sys\n\n\ndef main():\n    print('hello from main')\n"
+
+
+def called(served: Served, messages: list[dict[str, Any]], **kwargs: Any) -> tuple[Any, list[dict[str, Any]]]:
+    """A turn steered to a tool call by the request (`tool_choice` names read_file, so whatever model
+    is packaged writes a call, closed within the token budget), and the conversation with the call's
+    result after it: the answer and that conversation."""
+    kwargs.setdefault("max_tokens", 48)
+    answer = chat(served, messages, tools=[READ], tool_choice=FORCE_READ, **kwargs)
+    choice = answer.choices[0]
+    assert choice.finish_reason == "tool_calls", "the forced call did not close within max_tokens"
+    result = {"role": "tool", "tool_call_id": choice.message.tool_calls[0].id, "content": MAIN_PY}
+    return answer, [*messages, as_history(choice.message), result]
+
+
+# A conversation whose call is already answered, asked without `tools`: the model's next message
+# reports the result in words. (`tool_choice: "none"` only leaves the tools out of the prompt; the
+# server does not stop a model writing call markup, so a text turn is steered by the conversation's
+# shape, and the tests that need text assert that it is there.)
+ANSWERED = [
+    {"role": "user", "content": "Show me main.py"},
+    {
+        "role": "assistant",
+        "tool_calls": [
+            {
+                "id": "call_0",
+                "type": "function",
+                "function": {"name": "read_file", "arguments": '{"path": "main.py"}'},
+            }
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_0", "content": MAIN_PY},
+]
+
+
+def tokens(answer: Any) -> list[list[int]]:
+    """Every token the model chose for an answer, as bytes (its `logprobs` entries; ask with
+    `logprobs=True`): what it wrote, call markup and any text after a stop token included, so two
+    answers compare token by token, not just by what `said` keeps of them."""
+    return [entry.bytes for entry in answer.choices[0].logprobs.content]
+
+
+def chosen(answer: Any) -> list[tuple[list[int], float]]:
+    """Every token the model chose for an answer, as bytes, with its log probability (its `logprobs`
+    entries; ask with `logprobs=True`): what it wrote, call markup and any text after a stop token
+    included. Two answers from the same state agree in both; a state that differs shows in the
+    probabilities even where a confident model picks the same tokens."""
+    return [(entry.bytes, entry.logprob) for entry in answer.choices[0].logprobs.content]
+
+
+def assert_same_answer(a: Any, b: Any, tol: float = 1e-3) -> None:
+    """`a` and `b` say the same, token by token, each token's log probability within `tol`."""
+    x, y = chosen(a), chosen(b)
+    assert said(a) == said(b)
+    assert [t for t, _ in x] == [t for t, _ in y]
+    assert [p for _, p in x] == pytest.approx([q for _, q in y], abs=tol)

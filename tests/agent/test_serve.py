@@ -13,7 +13,7 @@ import openai
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_testkit import as_history, chat, said, serving
+from serve_testkit import READ, as_history, assert_same_answer, called, chat, said, serving, tokens
 
 TOOLS = [
     {
@@ -45,13 +45,8 @@ def _db(tmp_path: Path, name: str = "serve.db") -> str:
 def test_second_turn_reuses_the_first_and_answers_as_a_fresh_prefill(engine: Any, tmp_path: Path) -> None:
     first = [{"role": "user", "content": "Show me main.py"}]
     with serving(engine, _db(tmp_path), max_new_tokens=64) as served:
-        a1 = chat(served, first)
-        convo = [
-            *first,
-            as_history(a1.choices[0].message),
-            {"role": "user", "content": "Fix the bug in app.py"},
-        ]
-        a2 = chat(served, convo)
+        a1, convo = called(served, first)  # a whole answer, a call, whichever model is packaged
+        a2 = chat(served, convo, tools=[READ], logprobs=True)
         assert a1.usage.prompt_tokens_details.cached_tokens == 0
         # Everything of turn one, its answer included, is restored rather than prefilled.
         assert (
@@ -61,10 +56,11 @@ def test_second_turn_reuses_the_first_and_answers_as_a_fresh_prefill(engine: Any
         assert served.metric("state_hits_total", tier="memory") == 1
         assert served.metric("state_misses_total") == 1
     with serving(engine, _db(tmp_path, "fresh.db"), max_new_tokens=64) as fresh:
-        b2 = chat(fresh, convo)
+        b2 = chat(fresh, convo, tools=[READ], logprobs=True)
         assert b2.usage.prompt_tokens_details.cached_tokens == 0
     assert b2.usage.prompt_tokens == a2.usage.prompt_tokens
-    assert said(b2) == said(a2)  # greedy: the same answer as a full prefill
+    # greedy: the same answer as a full prefill, token by token
+    assert_same_answer(b2, a2)
 
 
 def test_streaming_equals_the_plain_answer_and_a_retry_reuses_the_prompt(engine: Any, tmp_path: Path) -> None:
@@ -204,13 +200,14 @@ def test_full_slots_get_429_and_a_disconnect_frees_the_slot(engine: Any, concurr
 
 
 def _conversation(served: Any, client: int, turns: int, max_tokens: int) -> list[tuple[Any, Any]]:
-    """One client's conversation: each turn's answer (content, tool calls) and its cached tokens."""
+    """One client's conversation: each turn's answer (content, tool calls, every token) and its cached
+    tokens."""
     messages: list[dict[str, Any]] = []
     out = []
     for turn in range(turns):
         messages.append({"role": "user", "content": f"Show me file_{client}_{turn}.py"})
-        answer = chat(served, messages, max_tokens=max_tokens)
-        out.append((said(answer), answer.usage.prompt_tokens_details.cached_tokens))
+        answer = chat(served, messages, max_tokens=max_tokens, logprobs=True)
+        out.append(((said(answer), tokens(answer)), answer.usage.prompt_tokens_details.cached_tokens))
         messages.append(as_history(answer.choices[0].message))
     return out
 
@@ -247,7 +244,7 @@ def test_two_servers_on_one_database_are_one_service(engine: Any, tmp_path: Path
         a1 = chat(a, first)
         a.app.state.prefix.flush()  # on the database (a second later without this)
         convo = [*first, as_history(a1.choices[0].message), {"role": "user", "content": "Read README.md"}]
-        b2 = chat(b, convo, max_tokens=8)
+        b2 = chat(b, convo, max_tokens=8, logprobs=True)
         assert b.metric("state_hits_total", tier="database") == 1
         assert (
             b2.usage.prompt_tokens_details.cached_tokens
@@ -256,10 +253,10 @@ def test_two_servers_on_one_database_are_one_service(engine: Any, tmp_path: Path
         b.app.state.prefix.flush()
         # Back on the first: its memory tier has turn one, but the database has more (the second's
         # prompt, saved one token short of its end), and the longest prefix wins.
-        a2 = chat(a, convo, max_tokens=8)
+        a2 = chat(a, convo, max_tokens=8, logprobs=True)
         assert a.metric("state_hits_total", tier="database") == 1
         assert a2.usage.prompt_tokens_details.cached_tokens == b2.usage.prompt_tokens - 1
-    assert said(a2) == said(b2)
+    assert_same_answer(a2, b2)
 
 
 def _start_process(db: str, tmp_path: Path, name: str) -> tuple[Any, str]:
@@ -445,7 +442,7 @@ def test_evicted_states_are_a_fresh_prefill_and_the_bytes_stay_bounded(engine: A
 
     def follow_up(served: Any, i: int, answer: Any) -> Any:
         convo = [*conversation(i), as_history(answer.choices[0].message), {"role": "user", "content": "Why?"}]
-        return chat(served, convo, max_tokens=4)
+        return chat(served, convo, max_tokens=4, logprobs=True)
 
     with serving(engine, _db(tmp_path), max_new_tokens=8) as unbounded:
         first = chat(unbounded, conversation(0))
@@ -464,7 +461,7 @@ def test_evicted_states_are_a_fresh_prefill_and_the_bytes_stay_bounded(engine: A
     with serving(engine, _db(tmp_path, "fresh.db"), max_new_tokens=8) as fresh:
         expected = follow_up(fresh, 0, first)
     assert again.usage.prompt_tokens_details.cached_tokens == 0
-    assert said(again) == said(expected)
+    assert_same_answer(again, expected)
     # Room for about two conversations: the least recently used go, the bound holds after each one.
     bound = 5 * one // 2
     with serving(engine, _db(tmp_path, "lru.db"), memory_tier_bytes=1, prefix_max_bytes=bound) as served:
@@ -483,20 +480,22 @@ def test_evicted_states_are_a_fresh_prefill_and_the_bytes_stay_bounded(engine: A
 def test_a_state_another_server_evicted_is_no_error_on_either(engine: Any, tmp_path: Path) -> None:
     first = [{"role": "user", "content": "Show me main.py"}]
     with serving(engine, _db(tmp_path), max_new_tokens=16) as a:
-        a1 = chat(a, first)
+        a1, convo = called(a, first)  # a whole answer, a call, whichever model is packaged
         a.app.state.prefix.flush()
         with serving(engine, _db(tmp_path), memory_tier_bytes=1, prefix_max_bytes=0) as b:
             b.app.state.prefix.flush()  # its start evicted every state, a's included
             assert b.app.state.prefix.index.count() == 0
-            convo = [*first, as_history(a1.choices[0].message), {"role": "user", "content": "Read README.md"}]
-            a2 = chat(a, convo, max_tokens=8)  # a still holds turn one in memory, and continues it
+            # a still holds turn one in memory, and continues it
+            a2 = chat(a, convo, tools=[READ], max_tokens=8, logprobs=True)
             assert (
                 a2.usage.prompt_tokens_details.cached_tokens
                 == a1.usage.prompt_tokens + a1.usage.completion_tokens
             )
             a.app.state.prefix.flush()
             assert a.app.state.prefix.write_errors == 0 and a.app.state.prefix.index.count() > 0
-            b2 = chat(b, convo, max_tokens=8)  # from a's new states, stored whole
+            b2 = chat(
+                b, convo, tools=[READ], max_tokens=8, logprobs=True
+            )  # from a's new states, stored whole
             assert b.metric("state_hits_total", tier="database") == 1
             assert b2.usage.prompt_tokens_details.cached_tokens == a2.usage.prompt_tokens - 1
-    assert said(b2) == said(a2)
+    assert_same_answer(b2, a2)

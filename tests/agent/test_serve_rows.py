@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_testkit import as_history, chat, said, serving
+from serve_testkit import as_history, chat, said, serving, tokens
 
 # The phases of a join (agent/serve_scheduler.py `join_<phase>_seconds_total`).
 PHASES = ("restore", "setup", "prefill", "save", "load")
@@ -32,8 +32,8 @@ def _conversation(served: Any, client: int, turns: int, max_tokens: int) -> list
     out = []
     for turn in range(turns):
         messages.append({"role": "user", "content": f"Tell me about item {client * 7 + turn}, please."})
-        answer = chat(served, messages, max_tokens=max_tokens + client)  # rows end apart
-        out.append(said(answer))
+        answer = chat(served, messages, max_tokens=max_tokens + client, logprobs=True)  # rows end apart
+        out.append((said(answer), tokens(answer)))
         messages.append(as_history(answer.choices[0].message))
     return out
 

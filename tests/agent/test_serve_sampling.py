@@ -15,9 +15,9 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_testkit import chat, said, serving
+from serve_testkit import ANSWERED, chat, said, serving, tokens
 
-ASK = [{"role": "user", "content": "Show me main.py"}]  # the default model answers in text, repeating
+ASK = ANSWERED  # no tools and the call answered: a text answer, whichever model is packaged
 OTHER = [{"role": "user", "content": "Which files are in src?"}]
 LONG = {"extra_body": {"ignore_eos": True}}  # every request decodes its max_tokens
 
@@ -51,7 +51,7 @@ def test_stop_strings_end_the_text_before_the_first_one(engine: Any, concurrent:
     with serving(engine, None, max_concurrent=concurrent) as served:
         plain = _text(chat(served, ASK, max_tokens=24, **LONG))
         stop = plain[6:9]  # a stop string the answer reaches part-way
-        assert len(plain) > 9 and stop.strip()
+        assert len(plain) > 9 and stop.strip(), f"no text to stop in: {plain!r}"
         cut = plain[: plain.find(stop)]
         answer = chat(served, ASK, max_tokens=24, stop=[stop, "never in this text \u2603"], **LONG)
         assert _text(answer) == cut and answer.choices[0].finish_reason == "stop"
@@ -75,48 +75,64 @@ def test_stop_text_holds_back_what_may_become_a_stop_string() -> None:
 
 
 def test_tiny_top_p_is_greedy_and_a_seed_repeats_its_sample(engine: Any) -> None:
+    def wrote(messages: list[dict[str, Any]], **kw: Any) -> tuple[Any, list[list[int]]]:
+        """What an answer says and every token behind it (call markup and text past a stop too)."""
+        answer = chat(served, messages, logprobs=True, **kw)
+        return said(answer), tokens(answer)
+
     with serving(engine, None, max_concurrent=2) as served:
-        greedy = said(chat(served, ASK, max_tokens=12, temperature=0, **LONG))
-        nucleus = said(chat(served, ASK, max_tokens=12, temperature=1.5, top_p=1e-6, **LONG))
+        greedy = wrote(ASK, max_tokens=12, temperature=0, **LONG)
+        assert len(greedy[1]) == 12
+        nucleus = wrote(ASK, max_tokens=12, temperature=1.5, top_p=1e-6, **LONG)
         assert nucleus == greedy
-        top_one = chat(
-            served, ASK, max_tokens=12, temperature=1.5, extra_body={"ignore_eos": True, "top_k": 1}
-        )
-        assert said(top_one) == greedy  # vLLM's top_k
+        top_one = wrote(ASK, max_tokens=12, temperature=1.5, extra_body={"ignore_eos": True, "top_k": 1})
+        assert top_one == greedy  # vLLM's top_k
         sampled: dict[str, Any] = dict(max_tokens=12, temperature=1.2, **LONG)
-        a = said(chat(served, ASK, seed=7, **sampled))
-        assert said(chat(served, ASK, seed=7, **sampled)) == a
-        others = {str(said(chat(served, ASK, seed=s, **sampled))) for s in (1, 2, 3)}
+        a = wrote(ASK, seed=7, **sampled)
+        assert wrote(ASK, seed=7, **sampled) == a
+        others = {str(wrote(ASK, seed=s, **sampled)) for s in (1, 2, 3)}
         assert others != {str(a)}  # it does sample
         other_kw = {"seed": 3, "top_p": 0.9, "presence_penalty": 0.5, **sampled}
-        b = said(chat(served, OTHER, **other_kw))
+        b = wrote(OTHER, **other_kw)
         # Both again, at once in one batch: each gets what it got alone.
         with ThreadPoolExecutor(2) as pool:
             together = pool.map(
-                lambda kw: said(chat(served, **kw)),
+                lambda kw: wrote(**kw),
                 [{"messages": ASK, "seed": 7, **sampled}, {"messages": OTHER, **other_kw}],
             )
             assert list(together) == [a, b]
         assert served.app.state.scheduler.peak_batch == 2
 
 
+def _prompt_ids(engine: Any) -> list[int]:
+    from hybrid_agent.agent.serve_api import Message, render
+
+    return render(engine.chat, engine.tokenizer, [Message(**m) for m in ASK], []).ids
+
+
+def _logits(engine: Any, ids: list[int]) -> torch.Tensor:
+    """The next token's logits in float64 from a plain forward over `ids` from a fresh state."""
+    with torch.inference_mode():
+        logits = engine.model(torch.tensor([ids]), engine.model.new_state())[0, -1]
+    return logits[: engine.tokenizer.vocab_size].double()  # (V,)
+
+
+def _penalized_choice(logits: torch.Tensor, out: list[int], presence: float, frequency: float) -> int:
+    """The greedy token under OpenAI's penalties, counted over the completion's tokens so far."""
+    counts = torch.bincount(torch.tensor(out, dtype=torch.long), minlength=logits.numel()).double()
+    return int((logits - frequency * counts - presence * (counts > 0).double()).argmax())
+
+
 def _reference(engine: Any, steps: int, presence: float, frequency: float) -> tuple[list[int], list[Any]]:
     """Greedy tokens with OpenAI's penalties applied in float64 to the logits of a plain forward over
     the prompt and the tokens so far, and each step's log_softmax of the logits."""
-    from hybrid_agent.agent.serve_api import Message, render
-
-    ids = render(engine.chat, engine.tokenizer, [Message(**m) for m in ASK], []).ids
-    vocab = engine.tokenizer.vocab_size
+    ids = _prompt_ids(engine)
     out: list[int] = []
     logps = []
-    with torch.inference_mode():
-        for _ in range(steps):
-            state = engine.model.new_state()
-            logits = engine.model(torch.tensor([ids + out]), state)[0, -1, :vocab].double()  # (V,)
-            logps.append(torch.log_softmax(logits, dim=-1))
-            counts = torch.bincount(torch.tensor(out, dtype=torch.long), minlength=vocab).double()
-            penalized = logits - frequency * counts - presence * (counts > 0).double()
-            out.append(int(penalized.argmax()))
+    for _ in range(steps):
+        logits = _logits(engine, ids + out)
+        logps.append(torch.log_softmax(logits, dim=-1))
+        out.append(_penalized_choice(logits, out, presence, frequency))
     return out, logps
 
 
@@ -146,11 +162,28 @@ def test_logprobs_are_the_models_and_greedy_takes_the_top_one(engine: Any, concu
         assert [t.bytes for t in entry.top_logprobs] == [_bytes(engine, int(i)) for i in top.indices]
 
 
+def _completion_ids(engine: Any, answer: Any) -> list[int]:
+    """The token ids of an answer's `logprobs` entries (their bytes name them: each one's must be
+    unique in the vocabulary)."""
+    owners: dict[tuple[int, ...], list[int]] = {}
+    for t in range(engine.tokenizer.vocab_size):
+        owners.setdefault(tuple(_bytes(engine, t)), []).append(t)
+    named = [owners[tuple(e.bytes)] for e in answer.choices[0].logprobs.content]
+    assert all(len(ts) == 1 for ts in named), "a token's bytes name several tokens"
+    return [ts[0] for ts in named]
+
+
+def _step_logits(engine: Any, completion: list[int]) -> torch.Tensor:
+    """The float64 logits each token of `completion` was chosen from (len, V), from one plain forward
+    over the prompt and the completion from a fresh state."""
+    ids = _prompt_ids(engine)
+    with torch.inference_mode():
+        logits = engine.model(torch.tensor([ids + completion[:-1]]), engine.model.new_state())[0]
+    return logits[len(ids) - 1 :, : engine.tokenizer.vocab_size].double()
+
+
 def test_penalties_follow_openais_definition(engine: Any) -> None:
-    steps, presence, frequency = 10, 1.5, 2.0
-    ref, _ = _reference(engine, steps, presence, frequency)
-    free, _ = _reference(engine, steps, 0.0, 0.0)
-    assert ref != free  # the penalties matter for this prompt
+    steps, presence, frequency = 48, 2.0, 1.0
     with serving(engine, None, max_concurrent=2) as served:
         kw: dict[str, Any] = dict(messages=ASK, max_tokens=steps, logprobs=True, **LONG)
         with ThreadPoolExecutor(2) as pool:  # in one batch, each row with its own penalties
@@ -159,9 +192,21 @@ def test_penalties_follow_openais_definition(engine: Any) -> None:
                 [{"presence_penalty": presence, "frequency_penalty": frequency}, {}],
             )
         assert served.app.state.scheduler.peak_batch == 2
-    got = [e.bytes for e in penalized.choices[0].logprobs.content]
-    assert got == [_bytes(engine, t) for t in ref]
-    assert [e.bytes for e in unpenalized.choices[0].logprobs.content] == [_bytes(engine, t) for t in free]
+    # Each token is the greedy choice under OpenAI's penalties, applied in float64 to the logits of a
+    # plain forward, counted over the tokens before it.
+    got, free = _completion_ids(engine, penalized), _completion_ids(engine, unpenalized)
+    assert len(got) == len(free) == steps
+    moved = {"both": 0, "presence": 0, "frequency": 0}  # steps where leaving these out chooses otherwise
+    for i, logits in enumerate(_step_logits(engine, got)):
+        choice = _penalized_choice(logits, got[:i], presence, frequency)
+        assert got[i] == choice, f"token {i}"
+        moved["both"] += choice != _penalized_choice(logits, got[:i], 0.0, 0.0)
+        moved["presence"] += choice != _penalized_choice(logits, got[:i], 0.0, frequency)
+        moved["frequency"] += choice != _penalized_choice(logits, got[:i], presence, 0.0)
+    for i, logits in enumerate(_step_logits(engine, free)):
+        assert free[i] == int(logits.argmax()), f"unpenalized token {i}"
+    # Whichever model is packaged: each penalty changed a choice here, so one left out would show.
+    assert all(moved.values()), moved
 
 
 def test_unsupported_parameters_get_a_400_naming_them(engine: Any) -> None:
