@@ -23,7 +23,6 @@ from hybrid_agent.model.rope import rope_cos_sin
 from hybrid_agent.model.state import LayerState, ModelState
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.nn.attention.bias import causal_lower_right
 
 # "1" (or true/yes/on) lets CUDA prefill chunks take SDPA's causal kernel without a mask; off by default
 # until a GPU run has timed it against the masked call (bench/gpu_prefill_profile.py --causal both:
@@ -258,5 +257,9 @@ def causal_sdpa(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
     gqa = q.shape[1] != k.shape[1]
     if T == L:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
+    # Imported here: torch.nn.attention.bias imports Triton, which a start's import of the model does
+    # not pay for (tests/engine/test_mla_decode.py).
+    from torch.nn.attention.bias import causal_lower_right
+
     bias = causal_lower_right(T, L)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale, enable_gqa=gqa)
