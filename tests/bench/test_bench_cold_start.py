@@ -70,14 +70,25 @@ def test_medians_take_finished_rounds_and_no_start_that_hashed(bench: Any, tmp_p
     assert done["trees"]["b"]["new"]["first_token_s"] == statistics.median([4.0, 6.0])
 
 
-def test_bad_rounds_or_budget_is_one_usage_line(tmp_path: Path) -> None:
-    for flags in (["--rounds", "0"], ["--budget", "-5"]):
-        bad = subprocess.run(
-            [sys.executable, str(BENCH), *flags, "--out", str(tmp_path / "x.json")],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert bad.returncode == 2 and "--rounds takes a whole number >= 1" in bad.stderr, bad.stderr
-        assert "Traceback" not in bad.stderr and not (tmp_path / "x.json").exists()
+SERVE_BENCH = BENCH.parent / "serve_start.py"
+ACP_BENCH = BENCH.parent / "acp_start.py"
+
+
+@pytest.mark.parametrize(
+    "script, flags, says",
+    [(BENCH, ["--rounds", "0"], "--rounds takes a whole number >= 1"),
+     (BENCH, ["--budget", "-5"], "--rounds takes a whole number >= 1"),
+     (SERVE_BENCH, ["--rounds", "0"], "--rounds takes a whole number >= 1"),
+     (ACP_BENCH, ["--think", "-1"], "--think seconds >= 0")],
+    ids=["cold-rounds", "cold-budget", "serve-rounds", "acp-think"],
+)  # fmt: skip
+def test_bad_flags_are_one_usage_line(tmp_path: Path, script: Path, flags: list[str], says: str) -> None:
+    bad = subprocess.run(
+        [sys.executable, str(script), *flags, "--out", str(tmp_path / "x.json")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 2 and says in bad.stderr, bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "x.json").exists()
 
 
 def _bench_process(tmp_path: Path, *flags: str) -> subprocess.Popen[str]:
@@ -128,18 +139,6 @@ def test_a_budget_ends_the_run_by_itself_with_a_complete_json(tmp_path: Path) ->
     assert data["trees"]["this"]["new"] == {"n": 0} and data["trees"]["this"]["starts"] == []
 
 
-SERVE_BENCH = BENCH.parent / "serve_start.py"
-
-
-def test_serve_start_bad_rounds_is_one_usage_line(tmp_path: Path) -> None:
-    bad = subprocess.run(
-        [sys.executable, str(SERVE_BENCH), "--rounds", "0", "--out", str(tmp_path / "x.json")],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert bad.returncode == 2 and "--rounds takes a whole number >= 1" in bad.stderr, bad.stderr
-    assert "Traceback" not in bad.stderr and not (tmp_path / "x.json").exists()
-
-
 @pytest.mark.slow  # a checkpoint and four `serve` processes: ~15 s on a 2-core machine
 def test_serve_start_times_health_and_a_first_token(tmp_path: Path) -> None:
     """bench/serve_start.py on a tiny checkpoint: each start answers /health before its first token,
@@ -165,18 +164,6 @@ def test_serve_start_times_health_and_a_first_token(tmp_path: Path) -> None:
         )
     serve = tree["serve"]
     assert serve["n"] == 3 and serve["health_s_median"] == statistics.median(serve["health_s_all"])
-
-
-ACP_BENCH = BENCH.parent / "acp_start.py"
-
-
-def test_acp_start_bad_think_is_one_usage_line(tmp_path: Path) -> None:
-    bad = subprocess.run(
-        [sys.executable, str(ACP_BENCH), "--think", "-1", "--out", str(tmp_path / "x.json")],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert bad.returncode == 2 and "--think seconds >= 0" in bad.stderr, bad.stderr
-    assert "Traceback" not in bad.stderr and not (tmp_path / "x.json").exists()
 
 
 @pytest.mark.slow  # a checkpoint and three `acp` processes: ~20 s on a 2-core machine
