@@ -169,6 +169,7 @@ def build_app(engine: Any, store: Any, options: ServeOptions) -> Starlette:
                 sampling=sampling(req, options.temperature),
                 forced=forced,
                 ignore_eos=req.ignore_eos,
+                tools=bool(tools),
                 loop=asyncio.get_running_loop(),
             )
             scheduler.submit(job)

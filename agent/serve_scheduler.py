@@ -135,6 +135,8 @@ class Job:
     forced: str | None  # tool_choice: a function name, "" = any, None = the model decides
     loop: asyncio.AbstractEventLoop
     ignore_eos: bool = False
+    # False: the request offered no tools (none, or tool_choice "none"): the answer is text, markup included.
+    tools: bool = True
     submitted: float = field(default_factory=time.perf_counter)  # `queue_seconds_total` counts from here
     events: asyncio.Queue[tuple[str, Any]] = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -351,7 +353,7 @@ class Scheduler:
             prompt_entry = self._save(job.ids[:last], base)
             t = self.lap("save", t)
         defer = by_step or (defer and max(cached, last) > 0)
-        row = Row(job, cached, prompt_entry, eng.text_stream(), VisibleText(chat), chat, sampler,
+        row = Row(job, cached, prompt_entry, eng.text_stream(), VisibleText(chat, job.tools), chat, sampler,
                   StopText(job.sampling.stop))  # fmt: skip
         if by_step:
             row.pending, row.prompt_save_in, row.start = list(job.ids[cached:]), last - cached, hit
@@ -390,14 +392,17 @@ class Scheduler:
         row.emit_logprobs()
         if delta:
             job.emit("delta", delta)
-        calls = [(c.name, c.arguments) for c in chat.parse_tool_calls(row.raw) if c.error is None and c.name]
-        content = row.stop.cut(chat.visible_text(row.raw))
+        # No tools offered: markup the model wrote anyway is text (vLLM's behaviour), never a call.
+        parsed = chat.parse_tool_calls(row.raw) if job.tools else []
+        calls = [(c.name, c.arguments) for c in parsed if c.error is None and c.name]
+        content = row.stop.cut((chat.visible_text if job.tools else chat.plain_text)(row.raw))
         if row.stop.stopped:  # a stop string of the request ended the answer in its text
             calls, row.finish = [], "stop"
         finish = "tool_calls" if calls else row.finish
         # The state after the answer is reusable when the answer, sent back, renders to what was decoded.
         # (An answer cut at max_tokens lacks the stop token that rendering adds: its state is the prefix
-        # just before that token, one of the boundaries looked up.)
+        # just before that token, one of the boundaries looked up. Markup kept as text, with no tools
+        # offered, renders back as plain text, not the markers decoded: that state is not saved.)
         answer = assistant_segment(chat, content, calls).encode(self.engine.tokenizer)
         if answer == row.generated or (finish == "length" and answer[:-1] == row.generated):
             self._save(job.ids + row.generated, row.prompt_entry, snapshot)
@@ -481,7 +486,8 @@ class Row:
             return False
         longest = max(len(m) for m in (self.chat.tool_call_close, *self.chat.stop_strings))
         tail = self.raw[-(len(piece) + longest) :]
-        if any(stop in tail for stop in self.chat.stop_strings) or self.chat.tool_call_close in tail:
+        closed = self.job.tools and self.chat.tool_call_close in tail  # a call ends the answer
+        if closed or any(stop in tail for stop in self.chat.stop_strings):
             self.finish = "stop"
             return True
         return False

@@ -2,7 +2,8 @@
 
 The raw text carries markup (tool-call blocks, the stop token) that must not reach the screen, and a
 marker can arrive split over several tokens (`<tool` ... `_call>`). So the tail of the raw text that
-could still grow into a marker is held back until it either becomes one or cannot any more.
+could still grow into a marker is held back until it either becomes one or cannot any more. With
+`calls=False` (an answer to a request that offered no tools) tool-call markup is text like any other.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from hybrid_agent.model.chat import ChatFormat
 
 
 class VisibleText:
-    def __init__(self, chat: ChatFormat) -> None:
-        self._chat = chat
+    def __init__(self, chat: ChatFormat, calls: bool = True) -> None:
+        self._text = chat.visible_text if calls else chat.plain_text
         # Reasoning markers too, for formats that hide reasoning (model/chat_text.py).
-        self._markers = (chat.tool_call_open, *chat.stop_strings, *getattr(chat, "thinking_markers", ()))
+        opener = (chat.tool_call_open,) if calls else ()
+        self._markers = (*opener, *chat.stop_strings, *getattr(chat, "thinking_markers", ()))
         self.raw = ""
         self.emitted = ""
 
@@ -32,7 +34,7 @@ class VisibleText:
         """Add raw text; return the new visible text (maybe "")."""
         self.raw += piece
         held = self._held_back()
-        visible = self._chat.visible_text(self.raw[: len(self.raw) - held] if held else self.raw)
+        visible = self._text(self.raw[: len(self.raw) - held] if held else self.raw)
         if not visible.startswith(self.emitted):  # cannot happen with well-formed markers; be safe
             return ""
         delta = visible[len(self.emitted) :]
@@ -41,7 +43,7 @@ class VisibleText:
 
     def finish(self) -> str:
         """The rest, once the message is over (a held-back tail that never became a marker)."""
-        visible = self._chat.visible_text(self.raw)
+        visible = self._text(self.raw)
         delta = visible[len(self.emitted) :] if visible.startswith(self.emitted) else ""
         self.emitted += delta
         return delta

@@ -126,6 +126,11 @@ class ChatFormat(Protocol):
         """The assistant's raw text without tool-call blocks and stop strings."""
         ...
 
+    def plain_text(self, text: str) -> str:
+        """The assistant's raw text without stop strings (and reasoning, where `visible_text` hides it),
+        tool-call markup kept as written: the answer when no tools were offered, so that none is a call."""
+        ...
+
 
 def call_from_object(obj: Any, raw: str, *, what: str = "a tool call") -> ParsedToolCall:
     """Read `{"name": ..., "arguments": {...}}`; accept `parameters` and a JSON-string `arguments`,
@@ -178,12 +183,17 @@ class _TaggedToolCalls:
             calls += self.parse_block(text[start + len(opener) : end].strip(), text[start:pos])
         return calls
 
+    def _without_stop_strings(self, text: str) -> str:
+        for stop in self.stop_strings:
+            text = text.replace(stop, "")
+        return text
+
     def visible_text(self, text: str) -> str:
         pattern = re.escape(self.tool_call_open) + r".*?(" + re.escape(self.tool_call_close) + r"|$)"
-        out = re.sub(pattern, "", text, flags=re.DOTALL)
-        for stop in self.stop_strings:
-            out = out.replace(stop, "")
-        return out
+        return self._without_stop_strings(re.sub(pattern, "", text, flags=re.DOTALL))
+
+    def plain_text(self, text: str) -> str:
+        return self._without_stop_strings(text)
 
 
 def render_tool_list(tools: Sequence[dict[str, Any]]) -> str:
@@ -363,6 +373,9 @@ class JinjaChatFormat(HermesToolCalls):
 
     def visible_text(self, text: str) -> str:
         return super().visible_text(self._answer(text))
+
+    def plain_text(self, text: str) -> str:
+        return super().plain_text(self._answer(text))
 
     def _strip_stop(self, raw: str) -> str:
         for stop in self.stop_strings:

@@ -114,9 +114,9 @@ def called(served: Served, messages: list[dict[str, Any]], **kwargs: Any) -> tup
 
 
 # A conversation whose call is already answered, asked without `tools`: the model's next message
-# reports the result in words. (`tool_choice: "none"` only leaves the tools out of the prompt; the
-# server does not stop a model writing call markup, so a text turn is steered by the conversation's
-# shape, and the tests that need text assert that it is there.)
+# reports the result in words. (Without tools, or with `tool_choice: "none"`, call markup the model
+# writes anyway comes back as text (tests/agent/test_serve_no_tools.py); a text turn without markup is
+# steered by the conversation's shape, and the tests that need text assert that it is there.)
 ANSWERED = [
     {"role": "user", "content": "Show me main.py"},
     {

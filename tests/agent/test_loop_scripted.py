@@ -354,6 +354,11 @@ def test_visible_text_holds_back_partial_markers() -> None:
     out = [vis.push(p) for p in pieces]
     assert out == ["a ", "", "", "", " b ", "<x", "", ""]
     assert vis.finish() == "" and vis.emitted == "a  b <x"
+    # No tools offered: the call markup is text, held back only while it may be the stop string.
+    vis = VisibleText(JinjaChatFormat(CHATML, eos_token="<|im_end|>"), calls=False)
+    out = [vis.push(p) for p in pieces]
+    assert out == ["a ", "<too", "l_c", "all>{}</tool_call>", " b ", "<x", "", ""]
+    assert vis.finish() == "" and vis.emitted == "a <tool_call>{}</tool_call> b <x"
 
 
 def test_a_cancelled_turn_keeps_its_file_changes_in_the_journal(make_agent, workspace: Path, store) -> None:

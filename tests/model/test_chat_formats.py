@@ -174,6 +174,9 @@ def test_template_that_drops_reasoning_keeps_it_in_the_state() -> None:
         fmt.visible_text(raw) == "hello"
         and fmt.parse_tool_calls("<think><tool_call>{}</tool_call></think>") == []
     )
+    assert fmt.plain_text("<think>hm</think>\nhi <tool_call>{}</tool_call><|im_end|>") == (
+        "hi <tool_call>{}</tool_call>"
+    )
     # Stopped without its stop string (a tool call): the template's end of the turn is written.
     cut = [
         ChatMessage("user", "hi"),
@@ -235,6 +238,8 @@ def test_tool_call_parsing(fmt) -> None:
         ParsedToolCall("read_file", {"path": "a"}, text[len("I will read it.") :])
     ]
     assert fmt.visible_text(text) == "I will read it."
+    # No tools offered: the markup is text, only the stop strings go.
+    assert fmt.plain_text(text + "".join(fmt.stop_strings)) == text
     # Arguments as a JSON string, and "parameters" (Llama style), are accepted.
     assert fmt.parse_tool_calls(f'{o}{{"name": "x", "arguments": "{{\\"a\\": 1}}"}}{c}')[0].arguments == {
         "a": 1
