@@ -72,23 +72,21 @@ class CliOpener:
 
     def __init__(self, args: argparse.Namespace, engines: Callable[[], Any] | None = None) -> None:
         from hybrid_agent.agent.config_commands import settle
+        from hybrid_agent.agent.factory import preloading
         from hybrid_agent.agent.owner import ModelOwner
 
         self.args = args
         self._engines = engines  # a test's scripted engines; else the model of the command line
         self._first: Any = None
-        self._preload: Any = None
-        # The weights' read starts as soon as the model and device are known: at once when both flags
-        # are given (a flag wins over the settings), else once the settings are read.
-        if engines is None and args.model is not None and args.device is not None:
-            self._preload = _start_read(args)
-        try:
-            settle(args)  # the model, device and sampling: the server's folder's settings, over the flags
-            if engines is None and self._preload is None:
-                self._preload = _start_read(args)
-        except BaseException:
-            self.drop_read()
-            raise
+        # The weights' read starts as soon as the model and device are known (`preloading`): at once
+        # when both flags are given, else once the settings (the server's folder's, over the flags:
+        # the model, device and sampling) are read.
+        with preloading(
+            lambda: _start_read(args) if engines is None else None,
+            settle=lambda: settle(args),
+            known=args.model is not None and args.device is not None,
+        ) as preload:
+            self._preload: Any = preload
         self.owner = ModelOwner()
         self._lock = threading.Lock()
 

@@ -295,21 +295,17 @@ def _open_run_agent(args: argparse.Namespace, *, ask: bool) -> Any:
     """The agent of `run`: the options, the session to resume, and who approves tool calls (the person
     at the terminal with `ask`; else every `ask` call is denied, unless --yes)."""
     from hybrid_agent.agent.config_commands import continued_session, settle
-    from hybrid_agent.agent.factory import ModelPreload
+    from hybrid_agent.agent.factory import ModelPreload, preloading
     from hybrid_agent.agent.startup import mark
 
     # The weights are read on a thread from the moment the model and device are known, while the rest
-    # is set up (`ModelPreload`): at once when both flags are given (a flag wins over the settings),
-    # else once the settings are read.
-    preload = None
-    try:
-        tp = getattr(args, "tp", 1)
-        if tp == 1 and args.model is not None and args.device is not None:
-            preload = ModelPreload(args.model, args.device, args.seed)
-        settle(args)
-        mark("settings")
-        if tp == 1 and preload is None:
-            preload = ModelPreload(args.model, args.device, args.seed)
+    # is set up (`preloading`): at once when both flags are given, else once the settings are read.
+    tp = getattr(args, "tp", 1)
+    with preloading(
+        lambda: ModelPreload(args.model, args.device, args.seed) if tp == 1 else None,
+        settle=lambda: (settle(args), mark("settings")),
+        known=args.model is not None and args.device is not None,
+    ) as preload:
         from hybrid_agent.agent.loop import Agent
 
         mark("imports")
@@ -325,10 +321,6 @@ def _open_run_agent(args: argparse.Namespace, *, ask: bool) -> Any:
             options["approval"] = _approve_all
         if ask:
             options["approval"] = _ask_on_terminal
-    except BaseException:
-        if preload is not None:
-            preload.discard()
-        raise
     agent = Agent.open(**options, preload=preload)  # which takes or discards the preload
     mark("agent-ready")
     for problem in agent.registry.plugin_errors:  # the tools it lacks, so the user knows why

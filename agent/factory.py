@@ -7,10 +7,11 @@ tokenizer.json). There is no silent fallback to random weights: without it, the 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -141,13 +142,13 @@ class ModelPreload:
     the GIL; the rest is Python (imports, SQL) that holds it. So `run` starts the read as soon as the
     model and device are known (agent/commands.py: after the settings, or before them when `--model`
     and `--device` are both given) and `load_engine` takes the model from it: the two overlap
-    (docs/results.md, "Cold start"). `serve` and `acp` start it the same way, before their server's
-    modules, port and database (agent/serve_command.py, agent/acp_commands.py). The modules the read
-    needs are imported before the thread starts, on the caller's thread: two threads importing
-    modules that import each other could each get the other's half-built module. A start that fails
-    before the model is taken (a bad `--resume`, a settings error, a port in use) calls `discard`: the
-    read stops between two tensors and the thread is waited for, so the error comes soon and no
-    thread is left writing to the device at exit."""
+    (docs/results.md, "Cold start"). `serve`, `acp` and the UI start it the same way, before their
+    server's modules, port and database or the UI's: `preloading` is that one sequence for all four.
+    The modules the read needs are imported before the thread starts, on the caller's thread: two
+    threads importing modules that import each other could each get the other's half-built module.
+    A start that fails before the model is taken (a bad `--resume`, a settings error, a port in use)
+    calls `discard`: the read stops between two tensors and the thread is waited for, so the error
+    comes soon and no thread is left writing to the device at exit."""
 
     def __init__(self, model: str | Path | None, device: str | None, seed: int | None = None) -> None:
         self.where = resolve_model_dir(model)  # a path that is not a model fails here, before the thread
@@ -200,6 +201,37 @@ class ModelPreload:
         self._stop.set()
         self._thread.join()
         self._result = self._error = None
+
+
+@contextlib.contextmanager
+def preloading(
+    start: Callable[[], ModelPreload | None],
+    *,
+    settle: Callable[[], object] | None = None,
+    known: bool = True,
+    to_the_end: bool = False,
+) -> Iterator[ModelPreload | None]:
+    """The start-up around a `ModelPreload`, one sequence for `run`, the UI, `serve` and `acp`.
+
+    The read (`start()`; None for none: `--tp`, a test's engines) begins as soon as the model and
+    device are known: at once when `known` (both flags given: a flag wins over the settings) or when
+    there are no settings to read, else once `settle()` has read them. The rest of the caller's start-up
+    runs in the `with` block, meanwhile. If `settle` or the block raises, the read is stopped (`discard`:
+    the error comes at once and no thread is left writing to the device) and the error goes on. After
+    the block the preload is the caller's, for `load_engine` to take or discard; with `to_the_end` it
+    is discarded however the block ends (the block was its whole use; nothing to stop once taken)."""
+    preload = start() if known or settle is None else None
+    ok = False
+    try:
+        if settle is not None:
+            settle()
+            if preload is None:
+                preload = start()
+        yield preload
+        ok = True
+    finally:
+        if preload is not None and (to_the_end or not ok):
+            preload.discard()
 
 
 def open_agent(

@@ -155,7 +155,7 @@ def open_server(args: argparse.Namespace) -> tuple[socket.socket, Any, Any, Any]
     bound and the database opened; the engine takes the model when it is built. Anything that fails
     before stops the read and waits for its thread, so the error line comes at once and no thread is
     left behind."""
-    from hybrid_agent.agent.factory import ModelPreload, load_engine
+    from hybrid_agent.agent.factory import ModelPreload, load_engine, preloading
     from hybrid_agent.agent.startup import mark
 
     model, device, seed = (
@@ -163,44 +163,45 @@ def open_server(args: argparse.Namespace) -> tuple[socket.socket, Any, Any, Any]
         getattr(args, "device", None),
         getattr(args, "seed", None),
     )
-    preload = ModelPreload(model, device, seed)  # a path that is not a model fails here, in one line
     sock: socket.socket | None = None
     store: Any = None
     try:
-        # The server's modules (cmd_serve's too), imported while the weights are read.
-        import uvicorn  # noqa: F401
-        from hybrid_agent.agent.serve_app import ServeOptions, build_app  # noqa: F401
-        from hybrid_agent.memory import Store
+        # A path that is not a model fails at the start, in one line; whatever fails after it stops the
+        # read first (`preloading`), then the port and the database are closed.
+        with preloading(lambda: ModelPreload(model, device, seed)) as preload:
+            # The server's modules (cmd_serve's too), imported while the weights are read.
+            import uvicorn  # noqa: F401
+            from hybrid_agent.agent.serve_app import ServeOptions, build_app  # noqa: F401
+            from hybrid_agent.memory import Store
 
-        mark("imports")
-        sock = _bind(args.host, int(args.port))
-        options = ServeOptions(
-            max_concurrent=args.max_concurrent,
-            max_queue=args.max_queue,
-            join_feed_tokens=args.join_feed_tokens,
-            max_prompt_tokens=getattr(args, "max_prompt_tokens", None) or 32768,
-            max_new_tokens=getattr(args, "max_new_tokens", None) or 1024,
-            temperature=getattr(args, "temperature", None) or 0.0,
-            api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
-            memory_tier_bytes=args.memory_tier_mb << 20,
-            gpu_tier_bytes=None if args.gpu_tier_mb is None else args.gpu_tier_mb << 20,
-            prefix_max_bytes=int(args.prefix_max_gb * 2**30),
-            prefix_ttl_seconds=args.prefix_ttl_hours * 3600.0,
-        )
-        store = Store(getattr(args, "db", None))
-        mark("store-open")
-        engine = load_engine(
-            model,
-            device=device,
-            window=getattr(args, "window", None),
-            sinks=getattr(args, "sinks", None) or 4,
-            seed=seed,
-            preload=preload,
-        )
-        mark("engine-ready")
-        return sock, engine, store, options
+            mark("imports")
+            sock = _bind(args.host, int(args.port))
+            options = ServeOptions(
+                max_concurrent=args.max_concurrent,
+                max_queue=args.max_queue,
+                join_feed_tokens=args.join_feed_tokens,
+                max_prompt_tokens=getattr(args, "max_prompt_tokens", None) or 32768,
+                max_new_tokens=getattr(args, "max_new_tokens", None) or 1024,
+                temperature=getattr(args, "temperature", None) or 0.0,
+                api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+                memory_tier_bytes=args.memory_tier_mb << 20,
+                gpu_tier_bytes=None if args.gpu_tier_mb is None else args.gpu_tier_mb << 20,
+                prefix_max_bytes=int(args.prefix_max_gb * 2**30),
+                prefix_ttl_seconds=args.prefix_ttl_hours * 3600.0,
+            )
+            store = Store(getattr(args, "db", None))
+            mark("store-open")
+            engine = load_engine(
+                model,
+                device=device,
+                window=getattr(args, "window", None),
+                sinks=getattr(args, "sinks", None) or 4,
+                seed=seed,
+                preload=preload,
+            )
+            mark("engine-ready")
+            return sock, engine, store, options
     except BaseException:
-        preload.discard()  # nothing to stop once the engine took the model
         if store is not None:
             store.close()
         if sock is not None:

@@ -41,16 +41,19 @@ def run_tui(args: argparse.Namespace) -> int:
     from hybrid_agent.agent.commands import tui_options
     from hybrid_agent.agent.config_commands import trust_question
     from hybrid_agent.agent.errors import AgentError
-    from hybrid_agent.agent.factory import ModelPreload
+    from hybrid_agent.agent.factory import ModelPreload, preloading
     from hybrid_agent.agent.session_ids import PICK_SESSION
 
     options = tui_options(args)
-    # The weights are read on a thread from here (agent/factory.py `ModelPreload`), while the UI's
-    # modules are imported and the app starts; the agent the UI opens takes the model.
-    preload = (
-        ModelPreload(options["model"], options["device"], options["seed"]) if options["tp"] == 1 else None
-    )
-    try:
+    # The weights are read on a thread from here (agent/factory.py `preloading`), while the UI's
+    # modules are imported and the app starts; the agent the UI opens takes the model, else it is
+    # stopped at the end: no thread outlives the UI.
+    with preloading(
+        lambda: (
+            ModelPreload(options["model"], options["device"], options["seed"]) if options["tp"] == 1 else None
+        ),
+        to_the_end=True,
+    ) as preload:
         try:
             from hybrid_agent.tui.app import run_app
         except ImportError as exc:
@@ -64,6 +67,3 @@ def run_tui(args: argparse.Namespace) -> int:
         if (question := trust_question(args, tui_options)) is not None:
             extra["trust"] = question
         return int(run_app(options, preload=preload, **extra) or 0)
-    finally:
-        if preload is not None:  # taken by the UI's agent, or stopped here: no thread outlives the UI
-            preload.discard()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hybrid_agent.agent.factory import ModelPreload, load_engine
+from hybrid_agent.agent.factory import ModelPreload, load_engine, preloading
 from hybrid_agent.agent.startup import TRACE_ENV, TRACE_PREFIX
 from hybrid_agent.model.checkpoints.loader import load_model
 from hybrid_agent.model.config import HybridConfig
@@ -100,6 +100,47 @@ def test_a_failed_start_stops_the_read(
     assert code == 1 and len(lines) == 1 and "feedfeed" in lines[0], err
     assert f"{TRACE_PREFIX}preload-start" in err  # the read had started
     assert not preload_threads()
+
+
+def test_preloading_starts_the_read_when_the_model_is_known_and_stops_it_on_a_failure(tmp_path: Path) -> None:
+    """The one start-up sequence of run, the UI, serve and acp (`preloading`)."""
+    model = tiny(tmp_path / "m", 1)
+    started: list[ModelPreload] = []
+
+    def start() -> ModelPreload:
+        started.append(ModelPreload(str(model), "cpu"))
+        return started[-1]
+
+    seen: list[int] = []  # how many reads had started when the settings were read
+    with preloading(start, settle=lambda: seen.append(len(started)), known=False) as preload:
+        assert seen == [0] and started == [preload]  # started once the settings were read
+    assert preload is not None and preload.matches(str(model), "cpu")  # after the block: the caller's
+    engine = load_engine(str(model), device="cpu", preload=preload)
+    assert engine.model.fingerprint == load_model(model, cache_fingerprint=False)[0].fingerprint
+    with preloading(start, settle=lambda: seen.append(len(started)), known=True) as preload:
+        assert seen == [0, 2]  # both known: started before the settings were read
+    assert preload is not None
+    preload.discard()
+
+    def bad_settings() -> None:
+        raise ValueError("bad setting")
+
+    for known in (True, False):  # the settings fail, after the read started or before: no read left
+        with (
+            pytest.raises(ValueError, match="bad setting"),
+            preloading(start, settle=bad_settings, known=known),
+        ):
+            pass
+        assert not preload_threads() and not started[-1].matches(str(model), "cpu")  # discarded
+    assert len(started) == 3  # the read had started only where the model was known
+    with pytest.raises(OSError, match="port"), preloading(start) as preload:  # the block fails
+        raise OSError("port in use")
+    assert not preload_threads() and preload is not None and not preload.matches(str(model), "cpu")
+    with preloading(lambda: None, settle=lambda: None) as none:  # no read (--tp, a test's engines)
+        assert none is None
+    with preloading(start, to_the_end=True) as preload:  # the block is its whole use
+        assert preload is not None and preload.matches(str(model), "cpu")
+    assert not preload_threads() and not preload.matches(str(model), "cpu")
 
 
 @pytest.mark.parametrize("device", [None, "cpu"])
