@@ -9,6 +9,7 @@ from hybrid_agent.kernels.errors import KernelInputError
 from hybrid_agent.kernels.gated_delta_rule import chunk_gated_delta_rule
 from hybrid_agent.kernels.gated_delta_rule_step import gated_delta_rule_step
 from hybrid_agent.kernels.gdn_decode_prep import gdn_decode_prep
+from hybrid_agent.kernels.gdn_gates import gdn_gates
 from hybrid_agent.kernels.gemv import gemv
 from hybrid_agent.kernels.greedy_advance import greedy_advance
 from hybrid_agent.kernels.kda import chunk_kda
@@ -33,6 +34,7 @@ __all__ = [
     "gated_delta_rule_step",
     "gated_rms_norm",
     "gdn_decode_prep",
+    "gdn_gates",
     "gemv",
     "greedy_advance",
     "kda_step",

@@ -57,7 +57,9 @@ def gated_rms_norm_ref(
     check_rms_weight(x, weight)
     check_rms_gate(x, z)
     xf = as_f32(x)
-    gate = None if z is None else F.silu(as_f32(z))
+    # z packed: a strided z (a column block of a stacked projection) would take torch's scalar loop on the
+    # CPU, which rounds silu differently from the vectorised one
+    gate = None if z is None else F.silu(as_f32(z).contiguous())
     if norm_before_gate:
         y = _normalise(xf, eps, group_size) * as_f32(weight)
         if gate is not None:

@@ -1,6 +1,7 @@
 """Triton causal depthwise conv1d (full sequence and one-token step), same contract as the refs in
 `kernels.causal_conv1d`. Channel-last tiles (time x channels) so loads are contiguous in channels;
-the conv width W is a compile-time constant and its loop is unrolled. Inputs before t = 0 come from
+the conv width W is a compile-time constant and its loop is unrolled. x is read at its own batch and
+token strides (Gated DeltaNet's q|k|v, a column block of its stacked input projection, is not copied). Inputs before t = 0 come from
 the carried state. The final state of the full op is the last w-1 inputs, gathered in torch
 (`last_inputs`).
 """
@@ -16,7 +17,7 @@ from hybrid_agent.kernels.checks import check_conv_state, check_conv_weight, che
 @triton.jit
 def _conv_kernel(
     x_ptr, w_ptr, bias_ptr, s_ptr, y_ptr,
-    T, D,
+    T, D, SXB, SXT,
     W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_STATE: tl.constexpr, SILU: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr,
 ):  # fmt: skip
@@ -28,7 +29,7 @@ def _conv_kernel(
     for i in tl.static_range(W):
         pos = offs_t + (i - (W - 1))  # input time read by tap i
         xv = tl.load(
-            x_ptr + (bi * T + pos[:, None]) * D + offs_d[None, :],
+            x_ptr + bi * SXB + pos[:, None].to(tl.int64) * SXT + offs_d[None, :],
             mask=(pos[:, None] >= 0) & (pos[:, None] < T) & md[None, :],
             other=0.0,
         ).to(tl.float32)
@@ -94,14 +95,15 @@ def causal_conv1d_triton(
     silu = conv_silu(activation)
     if initial_state is not None:
         check_conv_state(initial_state, b, d, w)
-    x = x.contiguous()
+    if x.stride(2) != 1:  # rows of unit channel stride read in place (a column block of a wider projection)
+        x = x.contiguous()
     weight = weight.contiguous()
-    y = torch.empty_like(x)
+    y = torch.empty((b, t, d), device=x.device, dtype=x.dtype)
     s0 = initial_state.contiguous() if initial_state is not None else x
     BT, BD = 32, min(128, triton.next_power_of_2(d))
     grid = (b, triton.cdiv(t, BT), triton.cdiv(d, BD))
     _conv_kernel[grid](
-        x, weight, bias if bias is not None else weight, s0, y, t, d,
+        x, weight, bias if bias is not None else weight, s0, y, t, d, x.stride(0), x.stride(1),
         W=w, HAS_BIAS=bias is not None, HAS_STATE=initial_state is not None, SILU=silu, BT=BT, BD=BD,
     )  # fmt: skip
     return y, last_inputs(x, initial_state, w)

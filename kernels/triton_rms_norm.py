@@ -1,7 +1,9 @@
 """Triton RMSNorm and gated RMSNorm, same contract as `hybrid_agent.kernels.rms_norm` (see its doc for the two
 gate orders). One program per (row, group): the group is loaded once, reduced in fp32, written once.
 Rows may be read at a row stride wider than their channels (a column block of a stacked projection
-needs no packed copy first); the output is packed.
+needs no packed copy first), or as heads within such rows (rows (n, h, d): heads at one stride, tokens
+at another, as Gated DeltaNet's output gate, a column block of its stacked input projection, normed
+per head); the output is packed.
 """
 
 from __future__ import annotations
@@ -15,17 +17,17 @@ from hybrid_agent.kernels.checks import check_rms_gate, check_rms_weight, rms_gr
 @triton.jit
 def _rms_norm_kernel(
     x_ptr, z_ptr, w_ptr, y_ptr,
-    D, GS, eps, SX, SZ,
+    D, GS, eps, SX, SX1, XH, SZ, SZ1, ZH,
     HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, BS: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0).to(tl.int64)
     grp = tl.program_id(1)
     offs = grp * GS + tl.arange(0, BS)
     m = tl.arange(0, BS) < GS
-    x = tl.load(x_ptr + row * SX + offs, mask=m, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + (row // XH) * SX + (row % XH) * SX1 + offs, mask=m, other=0.0).to(tl.float32)
     w = tl.load(w_ptr + offs, mask=m, other=0.0).to(tl.float32)
     if HAS_Z:
-        z = tl.load(z_ptr + row * SZ + offs, mask=m, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + (row // ZH) * SZ + (row % ZH) * SZ1 + offs, mask=m, other=0.0).to(tl.float32)
         gate = z * tl.sigmoid(z)
         if not NORM_BEFORE_GATE:
             x = x * gate
@@ -54,25 +56,36 @@ def gated_rms_norm_triton(
     rows = y.numel() // d
     if rows == 0:
         return y
-    xr = _rows(x, d)
-    zr = _rows(z, d) if z is not None else xr
+    xr, xh, sx, sx1 = _rows(x, d)
+    zr, zh, sz, sz1 = _rows(z, d) if z is not None else (xr, xh, sx, sx1)
     _rms_norm_kernel[(rows, d // gs)](
-        xr, zr, weight.contiguous(), y, d, gs, float(eps), xr.stride(0), zr.stride(0),
+        xr, zr, weight.contiguous(), y, d, gs, float(eps), sx, sx1, xh, sz, sz1, zh,
         HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate, BS=triton.next_power_of_2(gs),
         num_warps=4 if gs <= 4096 else 8,
     )  # fmt: skip
     return y
 
 
-def _rows(t: torch.Tensor, d: int) -> torch.Tensor:
-    """t as (rows, d) rows of unit channel stride and one row stride, without a copy where its strides
-    allow (a column block of a wider projection, as attention's q and k before QK-norm), else a packed
-    copy."""
+def _rows(t: torch.Tensor, d: int) -> tuple[torch.Tensor, int, int, int]:
+    """Where row r of t's (rows, d) rows lies: (base, h, s, s1), row r at (r // h) * s + (r % h) * s1
+    from base, channels at unit stride. One row stride (h = 1) where t's strides allow it (a column
+    block of a wider projection, as attention's q and k before QK-norm); else heads of d channels at
+    one stride inside rows at another (t (..., h, d), a column block of a wider projection cut in
+    heads); else a packed copy."""
     if t.stride(-1) == 1:
         try:
             v = t.view(-1, d)
         except RuntimeError:  # rows at irregular strides
             v = None
         if v is not None and (v.shape[0] <= 1 or v.stride(0) >= d):
-            return v
-    return t.contiguous().view(-1, d)
+            return v, 1, v.stride(0), 0
+        if t.dim() >= 3:
+            h = t.shape[-2]
+            try:
+                w = t.view(-1, h, d)
+            except RuntimeError:
+                w = None
+            if w is not None and w.stride(1) >= d and (w.shape[0] <= 1 or w.stride(0) >= h * w.stride(1)):
+                return w, h, w.stride(0), w.stride(1)
+    c = t.contiguous().view(-1, d)
+    return c, 1, d, 0

@@ -22,8 +22,7 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
-from hybrid_agent.kernels import causal_conv1d, chunk_gated_delta_rule, gated_delta_rule_step
+from hybrid_agent.kernels import causal_conv1d, chunk_gated_delta_rule, gated_delta_rule_step, gdn_gates
 from hybrid_agent.kernels.gdn_decode_prep import gdn_decode_prep
 from hybrid_agent.model.config import HybridConfig
 from hybrid_agent.model.layers import GatedRMSNorm
@@ -107,9 +106,10 @@ class GatedDeltaNet(nn.Module):
             )  # fmt: skip  # (B, Hv, Dk) x2, (B, Hv, Dv), (B, Hv) x2
             o = gated_delta_rule_step(layer.recurrent["recurrent"], q, k, v, g, beta)  # (B, Hv, Dv)
             gate = proj[:, a_off + 2 * Hv : a_off + 2 * Hv + self.value_dim]  # (B, Hv*Dv)
-        else:
-            qkv = ops.project("gdn_qkv", x, (self.q_proj, self.k_proj, self.v_proj))  # (B, T, C)
-            qkv, final = causal_conv1d(qkv, weight, bias, initial_state=conv.to(qkv.dtype))  # (B, T, C)
+        else:  # a chunk: one stacked projection, views of its columns, one pass for the gates
+            proj = ops.project("gdn_in", x, self.in_projs)  # (B, T, q|k|v|a|b|g)
+            C, a_off = self.conv_dim, 2 * self.key_dim + self.value_dim
+            qkv, final = causal_conv1d(proj[..., :C], weight, bias, initial_state=conv.to(x.dtype))  # (B, T, C)
             layer.recurrent["conv"] = final.float()
             q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
             q = l2_normalize(q.reshape(B, T, self.n_heads, self.head_k_dim))  # (B, T, Hk, Dk)
@@ -118,16 +118,14 @@ class GatedDeltaNet(nn.Module):
             if Hv != self.n_heads:
                 r = Hv // self.n_heads
                 q, k = q.repeat_interleave(r, dim=2), k.repeat_interleave(r, dim=2)  # (B, T, Hv, Dk)
-            beta = self.b_proj(x).float().sigmoid()  # (B, T, Hv)
-            if self.allow_neg_eigval:
-                beta = beta * 2.0
-            g = -self.A_log.float().exp() * F.softplus(
-                self.a_proj(x).float() + self.dt_bias.float()
-            )  # (B, T, Hv)
+            g, beta = gdn_gates(
+                proj[..., a_off : a_off + Hv], proj[..., a_off + Hv : a_off + 2 * Hv], self.A_log,
+                self.dt_bias, allow_neg_eigval=self.allow_neg_eigval,
+            )  # fmt: skip  # (B, T, Hv) fp32 each
             o, layer.recurrent["recurrent"] = chunk_gated_delta_rule(
                 q, k, v, g, beta, initial_state=layer.recurrent["recurrent"], chunk_size=self.chunk_size
             )  # (B, T, Hv, Dv)
-            gate = self.g_proj(x)  # (B, T, Hv*Dv)
+            gate = proj[..., a_off + 2 * Hv : a_off + 2 * Hv + self.value_dim]  # (B, T, Hv*Dv), a view
         o = self.o_norm(o, gate.reshape(o.shape))  # (B, T, Hv, Dv) or (B, Hv, Dv)
         return ops.project(
             "gdn_out", o.reshape(B, T, self.value_dim).to(x.dtype), (self.o_proj,)

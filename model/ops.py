@@ -84,7 +84,10 @@ class Ops:
         the matmul for the engine's kernel choice (model/decode/ops.py)."""
         if len(linears) == 1:
             return F.linear(x, linears[0].weight, linears[0].bias)
-        if x.numel() > x.shape[-1]:  # several rows: each matmul writes its columns (no concatenation)
+        if x.numel() > x.shape[-1]:  # several rows: one matmul if stacked, else each writes its columns
+            stacked = stacked_weights(linears)
+            if stacked is not None and _plain(x, linears):
+                return project_stacked(x, *stacked)
             return project_cols(x, linears)
         return torch.cat([F.linear(x, lin.weight, lin.bias) for lin in linears], dim=-1)
 
@@ -186,22 +189,88 @@ class Ops:
         return mixer.attend_decompressed(q_nope, q_rope, latents, keys_rope, mask)
 
 
-def project_cols(x: Tensor, linears: Sequence[nn.Linear]) -> Tensor:
-    """`torch.cat([F.linear(x, lin.weight, lin.bias) for lin in linears], dim=-1)`, the same numbers,
-    with each matmul writing its own block of columns of one (rows, sum of outputs) tensor: the matmul
-    takes an output with a row stride wider than its columns, so nothing is copied after it (a prefill
-    chunk's concatenation was one more pass over its q|k|v activations). F.linear's own route where
-    it is not a plain matmul of the flattened rows (a bias on a non-contiguous or >3-d input: matmul,
-    then add) and under autograd (`out=` does not record a graph) keeps the concatenation."""
-    D = x.shape[-1]
+def stacked_weights(linears: Sequence[nn.Linear]) -> tuple[Tensor, Tensor | None] | None:
+    """The weights (and biases) of `linears` as one (sum of outputs, D) matrix without a copy, where they
+    already lie one after another in one tensor (the decode engine's `plan_concat` rebinds them so on
+    CUDA: model/decode/ops.py `_concat`), else None. Found from the parameters as they are on each call,
+    so weights loaded, sharded or rebound since are never read from a stale stacked copy: tensors that
+    are no longer adjacent views simply take `project_cols`."""
+    first = linears[0].weight
+    if first.dim() != 2 or first.stride() != (first.shape[1], 1):
+        return None
+    with_bias = linears[0].bias is not None
+    ptr, n = first.data_ptr(), 0
+    for lin in linears:
+        w, b = lin.weight, lin.bias
+        if (b is not None) != with_bias or w.dtype != first.dtype or w.device != first.device:
+            return None
+        if w.data_ptr() != ptr + n * first.shape[1] * first.element_size():
+            return None
+        if w.dim() != 2 or w.shape[1] != first.shape[1] or w.stride() != first.stride():
+            return None
+        n += w.shape[0]
+    base = first.untyped_storage().data_ptr()
+    if any(lin.weight.untyped_storage().data_ptr() != base for lin in linears[1:]):
+        return None
+    weight = first.detach().as_strided((n, first.shape[1]), first.stride())  # (N, D) view
+    if not with_bias:
+        return weight, None
+    b0 = linears[0].bias
+    assert b0 is not None
+    pos = b0.data_ptr()
+    for lin in linears:
+        b = lin.bias
+        assert b is not None
+        if b.dim() != 1 or b.stride() != (1,) or b.dtype != b0.dtype or b.data_ptr() != pos:
+            return None
+        pos += b.shape[0] * b.element_size()
+    return weight, b0.detach().as_strided((n,), (1,))
+
+
+def project_stacked(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """x (..., D) times the stacked `weight` (N, D) (+ `bias`) as one matmul: (..., N), the N columns
+    of an output whose rows are padded to a multiple of 8 values (16 bytes in 16-bit dtypes), so the
+    matmul's output rows stay aligned whatever N is (Gated DeltaNet's q|k|v|a|b|g has 17,340 columns
+    at OLMo Hybrid 7B's shape; `_concat` pads its decode weight for the same reason). The callers take
+    views of the columns."""
+    rows = x.reshape(-1, x.shape[-1])  # (R, D)
+    N = weight.shape[0]
+    out = _aligned_rows(rows, N)  # (R, N)
+    if bias is None:
+        torch.mm(rows, weight.t(), out=out)
+    else:
+        torch.addmm(bias, rows, weight.t(), out=out)
+    return out.view(*x.shape[:-1], N)
+
+
+def _aligned_rows(rows: Tensor, n: int) -> Tensor:
+    """An empty (R, n) output like `rows`, its row stride n rounded up to a multiple of 8 values."""
+    return rows.new_empty((rows.shape[0], -(-n // 8) * 8))[:, :n]
+
+
+def _plain(x: Tensor, linears: Sequence[nn.Linear]) -> bool:
+    """`project_cols`' test for writing into an output (`out=`): F.linear's own route is a matmul of the
+    flattened rows, and no autograd graph is asked for."""
     plain = x.dim() == 2 or (x.dim() == 3 and x.is_contiguous()) or all(lin.bias is None for lin in linears)
     grad = torch.is_grad_enabled() and (
         x.requires_grad or any(p.requires_grad for lin in linears for p in lin.parameters())
     )
-    if not plain or grad:
+    return plain and not grad
+
+
+def project_cols(x: Tensor, linears: Sequence[nn.Linear]) -> Tensor:
+    """`torch.cat([F.linear(x, lin.weight, lin.bias) for lin in linears], dim=-1)`, the same numbers,
+    with each matmul writing its own block of columns of one (rows, sum of outputs) tensor: the matmul
+    takes an output with a row stride wider than its columns, so nothing is copied after it (a prefill
+    chunk's concatenation was one more pass over its q|k|v activations); the output's rows are padded to
+    a multiple of 8 values, as `project_stacked`'s. F.linear's own route where
+    it is not a plain matmul of the flattened rows (a bias on a non-contiguous or >3-d input: matmul,
+    then add) and under autograd (`out=` does not record a graph) keeps the concatenation."""
+    D = x.shape[-1]
+    if not _plain(x, linears):
         return torch.cat([F.linear(x, lin.weight, lin.bias) for lin in linears], dim=-1)
     rows = x.reshape(-1, D)  # (N, D)
-    out = rows.new_empty((rows.shape[0], sum(lin.out_features for lin in linears)))  # (N, sum of outputs)
+    out = _aligned_rows(rows, sum(lin.out_features for lin in linears))  # (N, sum of outputs)
     col = 0
     for lin in linears:
         dst = out[:, col : col + lin.out_features]  # (N, n): row stride = all the outputs
