@@ -251,6 +251,16 @@ def check_gdn_prep(proj: torch.Tensor, conv_state: torch.Tensor, Hk: int, Dk: in
     return C
 
 
+def check_gdn_gates(a: torch.Tensor, b: torch.Tensor, A_log: torch.Tensor, dt_bias: torch.Tensor) -> None:
+    """`gdn_gates`' input rules: a, b (B, T, H) alike, A_log and dt_bias (H,)."""
+    H = a.shape[-1] if a.dim() else 0
+    if a.dim() != 3 or b.shape != a.shape or A_log.shape != (H,) or dt_bias.shape != (H,):
+        raise KernelInputError(
+            f"gdn_gates: a, b (B, T, H) and A_log, dt_bias (H,); got {tuple(a.shape)}, {tuple(b.shape)}, "
+            f"{tuple(A_log.shape)}, {tuple(dt_bias.shape)}"
+        )
+
+
 def check_attn_prep(
     qkv: torch.Tensor, q_w: torch.Tensor | None, k_w: torch.Tensor | None, k_buf: torch.Tensor,
     v_buf: torch.Tensor, pos_buf: torch.Tensor, H: int, Hkv: int, Dh: int, rope: int, qk_norm: str,

@@ -14,16 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from hybrid_agent.kernels._dispatch import use_triton
-from hybrid_agent.kernels.errors import KernelInputError
-
-
-def check_gdn_gates(a: torch.Tensor, b: torch.Tensor, A_log: torch.Tensor, dt_bias: torch.Tensor) -> None:
-    H = a.shape[-1] if a.dim() else 0
-    if a.dim() != 3 or b.shape != a.shape or A_log.shape != (H,) or dt_bias.shape != (H,):
-        raise KernelInputError(
-            f"gdn_gates: a, b (B, T, H) and A_log, dt_bias (H,); got {tuple(a.shape)}, {tuple(b.shape)}, "
-            f"{tuple(A_log.shape)}, {tuple(dt_bias.shape)}"
-        )
+from hybrid_agent.kernels.checks import check_gdn_gates
 
 
 def gdn_gates_ref(

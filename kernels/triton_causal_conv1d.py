@@ -1,9 +1,9 @@
 """Triton causal depthwise conv1d (full sequence and one-token step), same contract as the refs in
 `kernels.causal_conv1d`. Channel-last tiles (time x channels) so loads are contiguous in channels;
 the conv width W is a compile-time constant and its loop is unrolled. x is read at its own batch and
-token strides (Gated DeltaNet's q|k|v, a column block of its stacked input projection, is not copied). Inputs before t = 0 come from
-the carried state. The final state of the full op is the last w-1 inputs, gathered in torch
-(`last_inputs`).
+token strides (Gated DeltaNet's q|k|v, a column block of its stacked input projection, is not copied).
+Inputs before t = 0 come from the carried state. The final state of the full op is the last w-1
+inputs, gathered in torch (`last_inputs`).
 """
 
 from __future__ import annotations

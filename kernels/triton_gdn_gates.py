@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from hybrid_agent.kernels.gdn_gates import check_gdn_gates
+from hybrid_agent.kernels.checks import check_gdn_gates
 
 
 @triton.jit

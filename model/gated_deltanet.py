@@ -109,7 +109,9 @@ class GatedDeltaNet(nn.Module):
         else:  # a chunk: one stacked projection, views of its columns, one pass for the gates
             proj = ops.project("gdn_in", x, self.in_projs)  # (B, T, q|k|v|a|b|g)
             C, a_off = self.conv_dim, 2 * self.key_dim + self.value_dim
-            qkv, final = causal_conv1d(proj[..., :C], weight, bias, initial_state=conv.to(x.dtype))  # (B, T, C)
+            qkv, final = causal_conv1d(
+                proj[..., :C], weight, bias, initial_state=conv.to(x.dtype)
+            )  # (B, T, C), packed
             layer.recurrent["conv"] = final.float()
             q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
             q = l2_normalize(q.reshape(B, T, self.n_heads, self.head_k_dim))  # (B, T, Hk, Dk)

@@ -282,7 +282,8 @@ def test_rms_norm_reads_a_column_block_in_place(monkeypatch):
     # the kernel reads the block where it lies (the interpreter copies every tensor, so no op count)
     for t in (x, z):
         assert _rows(t, 32)[0].data_ptr() == t.data_ptr()
-    assert _rows(wide[..., 1:33].transpose(0, 1), 32)[0].data_ptr() != wide.data_ptr() + 2  # irregular: packed
+    irregular = wide[..., 1:33].transpose(0, 1)
+    assert _rows(irregular, 32)[0].data_ptr() != wide.data_ptr() + 2  # packed
 
 
 @pytest.mark.parametrize("variant", [{}, {"fused": 0}], ids=["fused", "split"])
