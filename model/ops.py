@@ -46,6 +46,7 @@ class Ops:
         restrict_sdpa: bool = True,
         causal_prefill: bool | None = None,
         causal_devices: Collection[str] = ("cuda",),
+        stacked_devices: Collection[str] = ("cuda",),
     ) -> None:
         # Unmasked CUDA attention through flash / memory-efficient only (`sdpa`); False times the
         # default choice (bench/gpu_e2e.py).
@@ -54,6 +55,11 @@ class Ops:
         # on these device types only (the CPU keeps the mask; tests pass "cpu" to check the arithmetic).
         self.causal_prefill = causal_prefill_default() if causal_prefill is None else causal_prefill
         self.causal_devices = frozenset(causal_devices)
+        # Projections whose weights lie stacked in one tensor (`stacked_weights`) run as one matmul on
+        # these device types. The engine stacks them on CUDA only; on the CPU a stacked weight keeps one
+        # matmul per projection, whose fp32 numbers do not depend on the stacking (the CPU's matmul
+        # blocks a wider output otherwise; tests pass "cpu" to check the stacked path's arithmetic).
+        self.stacked_devices = frozenset(stacked_devices)
         self._pos: dict[tuple[int, int, torch.device], Tensor] = {}
         self._rope: dict[tuple[int, int, float], tuple[Tensor, Tensor]] = {}
 
@@ -85,7 +91,7 @@ class Ops:
         if len(linears) == 1:
             return F.linear(x, linears[0].weight, linears[0].bias)
         if x.numel() > x.shape[-1]:  # several rows: one matmul if stacked, else each writes its columns
-            stacked = stacked_weights(linears)
+            stacked = stacked_weights(linears) if x.device.type in self.stacked_devices else None
             if stacked is not None and _plain(x, linears):
                 return project_stacked(x, *stacked)
             return project_cols(x, linears)

@@ -20,7 +20,7 @@ from hybrid_agent.kernels.gdn_gates import gdn_gates, gdn_gates_ref
 from hybrid_agent.model.decode.ops import _concat, plan_concat
 from hybrid_agent.model.gated_deltanet import GatedDeltaNet, l2_normalize
 from hybrid_agent.model.ops import Ops, project_cols, project_stacked, stacked_weights
-from hybrid_agent.model.testing import run_in_pieces, tiny_model
+from hybrid_agent.model.testing import tiny_model
 from torch import nn
 from torch.profiler import profile
 
@@ -86,6 +86,19 @@ def ops_of(fn: Callable[[], object]) -> Counter:
     return Counter(e.name for e in evs if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
 
 
+STACKED = {"stacked_devices": ("cpu", "cuda")}  # the stacked path on the CPU too (the default: CUDA only)
+
+
+def run_in_pieces(model, ids, sizes):
+    """The logits of `ids` fed in pieces of `sizes` tokens and the state after, each call with its own
+    `Ops` that takes the stacked path on the CPU."""
+    state, out, start = model.new_state(ids.shape[0]), [], 0
+    for n in sizes:
+        out.append(model(ids[:, start : start + n], state, Ops(**STACKED)))
+        start += n
+    return torch.cat(out, dim=1), state
+
+
 def _stacked(model) -> None:
     """The linears of each layer that read one input rebound to views of one stacked weight, as the
     decode engine does on CUDA (model/decode/engine.py), here on the CPU."""
@@ -149,7 +162,8 @@ def test_project_stacked(bias, shape):
             x = x64.to(dtype)
             want = project_cols(x, ls)
             _concat(ls, True, 16)
-            got = Ops().project("gdn_in", x, ls)
+            assert torch.equal(Ops().project("gdn_in", x, ls), want)  # the CPU's default: per block
+            got = Ops(**STACKED).project("gdn_in", x, ls)
             assert got.shape == want.shape and got.stride(-2) % 8 == 0  # 134 columns, rows of 136
             assert torch.equal(got, project_stacked(x, *stacked_weights(ls)))  # type: ignore[misc]
             if dtype == torch.bfloat16:
@@ -157,7 +171,7 @@ def test_project_stacked(bias, shape):
             else:
                 e_new, e_old = (got.double() - ref).abs(), (want.double() - ref).abs()
                 assert e_new.max() <= 2 * e_old.max() + 1e-12 and e_new.mean() <= 1.25 * e_old.mean() + 1e-12
-    ops = ops_of(lambda: Ops().project("gdn_in", x, ls))
+    ops = ops_of(lambda: Ops(**STACKED).project("gdn_in", x, ls))
     assert ops["aten::mm"] + ops["aten::addmm"] == 1
 
 
@@ -226,7 +240,7 @@ def test_mixer_prefill_issues_two_matmuls(monkeypatch):
     _stacked(model)
     mixer, state = model.layers[0].mixer, model.new_state(1)
     x = torch.randn(1, 12, 32)
-    new = ops_of(lambda: mixer(x, state.layers[0], state))
+    new = ops_of(lambda: mixer(x, state.layers[0], state, Ops(**STACKED)))
     with monkeypatch.context() as m:
         _use_old(m)
         old = ops_of(lambda: mixer(x, model.new_state(1).layers[0], state))
@@ -235,7 +249,7 @@ def test_mixer_prefill_issues_two_matmuls(monkeypatch):
     assert old["aten::linear"] == 4 and old["aten::mm"] == 3  # a, b, g and o; q, k, v into their columns
     if interpreter_on():
         monkeypatch.setenv("HYBRID_AGENT_KERNELS", "triton")
-        tri = ops_of(lambda: mixer(x, model.new_state(1).layers[0], state))
+        tri = ops_of(lambda: mixer(x, model.new_state(1).layers[0], state, Ops(**STACKED)))
         assert not {"aten::sigmoid", "aten::softplus", "aten::exp"} & set(tri)
 
 
