@@ -14,6 +14,7 @@ from hybrid_agent.kernels.gemv import gemv
 from hybrid_agent.kernels.greedy_advance import greedy_advance
 from hybrid_agent.kernels.kda import chunk_kda
 from hybrid_agent.kernels.kda_step import kda_step
+from hybrid_agent.kernels.l2_norm import l2_norm
 from hybrid_agent.kernels.mla_decode import mla_decode
 from hybrid_agent.kernels.moe import moe_gemv, moe_grouped_gemm
 from hybrid_agent.kernels.moe_route import moe_route
@@ -38,6 +39,7 @@ __all__ = [
     "gemv",
     "greedy_advance",
     "kda_step",
+    "l2_norm",
     "mla_decode",
     "moe_gemv",
     "moe_grouped_gemm",

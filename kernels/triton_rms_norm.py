@@ -56,8 +56,8 @@ def gated_rms_norm_triton(
     rows = y.numel() // d
     if rows == 0:
         return y
-    xr, xh, sx, sx1 = _rows(x, d)
-    zr, zh, sz, sz1 = _rows(z, d) if z is not None else (xr, xh, sx, sx1)
+    xr, xh, sx, sx1 = row_layout(x, d)
+    zr, zh, sz, sz1 = row_layout(z, d) if z is not None else (xr, xh, sx, sx1)
     _rms_norm_kernel[(rows, d // gs)](
         xr, zr, weight.contiguous(), y, d, gs, float(eps), sx, sx1, xh, sz, sz1, zh,
         HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate, BS=triton.next_power_of_2(gs),
@@ -66,7 +66,7 @@ def gated_rms_norm_triton(
     return y
 
 
-def _rows(t: torch.Tensor, d: int) -> tuple[torch.Tensor, int, int, int]:
+def row_layout(t: torch.Tensor, d: int) -> tuple[torch.Tensor, int, int, int]:
     """Where row r of t's (rows, d) rows lies: (base, h, s, s1), row r at (r // h) * s + (r % h) * s1
     from base, channels at unit stride. One row stride (h = 1) where t's strides allow it (a column
     block of a wider projection, as attention's q and k before QK-norm); else heads of d channels at

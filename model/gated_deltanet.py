@@ -24,6 +24,7 @@ import math
 import torch
 from hybrid_agent.kernels import causal_conv1d, chunk_gated_delta_rule, gated_delta_rule_step, gdn_gates
 from hybrid_agent.kernels.gdn_decode_prep import gdn_decode_prep
+from hybrid_agent.kernels.l2_norm import l2_norm
 from hybrid_agent.model.config import HybridConfig
 from hybrid_agent.model.layers import GatedRMSNorm
 from hybrid_agent.model.ops import Ops
@@ -32,15 +33,10 @@ from torch import Tensor, nn
 
 
 def l2_normalize(x: Tensor, eps: float = 1e-6) -> Tensor:
-    """x / sqrt(sum(x^2) + eps) over the last axis (fla's and transformers' form, eps inside the root).
-    fp32 arithmetic, x's dtype out: the last product reads x itself (a 16-bit value times an fp32
-    factor is computed in fp32) and rounds once into x's dtype, the same numbers as
-    `(x.float() * r).to(x.dtype)` without the fp32 product's pass and the cast's (on CUDA)."""
-    xf = x.float()
-    r = torch.rsqrt(xf.pow(2).sum(-1, keepdim=True) + eps)  # (..., 1) fp32
-    if x.dtype not in (torch.bfloat16, torch.float16) or (torch.is_grad_enabled() and x.requires_grad):
-        return (xf * r).to(x.dtype)  # (`out=` records no autograd graph)
-    return torch.mul(x, r, out=x.new_empty(x.shape))
+    """x / sqrt(sum(x^2) + eps) over the last axis (fla's and transformers' form, eps inside the root), fp32
+    arithmetic, x's dtype out: `kernels.l2_norm` (one pass on CUDA; on the CPU torch's arithmetic, the
+    last product reading x itself and rounding once into x's dtype)."""
+    return l2_norm(x, eps)
 
 
 class GatedDeltaNet(nn.Module):

@@ -1,7 +1,8 @@
 """Gated DeltaNet's prefill-chunk kernels on the GPU (`pytest -m gpu`) at OLMo Hybrid 7B's shape (30 heads,
 dk 96, dv 192, d_model 3840): the gates (kernels.gdn_gates) from a and b read as column blocks of the
-stacked q|k|v|a|b|g projection, the conv reading q|k|v in place, and a whole layer on the engine's
-stacked weights against the path of one matmul per projection and torch's gates."""
+stacked q|k|v|a|b|g projection, the L2 norm of q and k (kernels.l2_norm), the conv reading q|k|v in
+place, and a whole layer on the engine's stacked weights against the path of one matmul per projection
+and torch's gates and L2 norm."""
 
 from __future__ import annotations
 
@@ -51,6 +52,24 @@ def test_gdn_gates_gpu(neg):
         assert err <= max(2 * err_t, 4e-6), (err, err_t)
 
 
+def test_l2_norm_gpu():
+    """q and k as heads of the conv's q|k|v output (1, 8192, 11,520): the kernel's bf16 outputs no further
+    from float64 than torch's, and rarely other than torch's (its factor may differ by an ulp)."""
+    from hybrid_agent.kernels.l2_norm import l2_norm_ref
+
+    qkv = _proj(8192, seed=8)[..., :C].contiguous()
+    for x in (
+        qkv[..., : H * DK].reshape(1, 8192, H, DK),
+        qkv[..., H * DK : 2 * H * DK].reshape(1, 8192, H, DK),
+    ):
+        got, want = kernels.l2_norm(x), l2_norm_ref(x)
+        x64 = x.double()
+        ref = x64 / torch.sqrt((x64 * x64).sum(-1, keepdim=True) + 1e-6)
+        e_new, e_old = (got.double() - ref).abs(), (want.double() - ref).abs()
+        assert e_new.max() <= 1.05 * e_old.max() and e_new.mean() <= 1.01 * e_old.mean()
+        assert (got != want).float().mean() < 0.01 and got.is_contiguous()
+
+
 def test_conv_reads_qkv_in_place_gpu():
     proj = _proj(2048, seed=3)
     x = proj[..., :C]  # (1, T, 11,520) at token stride 17,344
@@ -64,7 +83,7 @@ def test_conv_reads_qkv_in_place_gpu():
     assert rel_err(y, y_ref) < 1e-2 and torch.equal(s, s_ref)
 
 
-def test_gdn_layer_on_stacked_weights_gpu():
+def test_gdn_layer_on_stacked_weights_gpu(monkeypatch):
     """One layer's prefill chunk (2,048 tokens, carried states) on the engine's stacked weights (one
     matmul, the gates' kernel, the gate read in place by the norm) against one matmul per projection
     and torch's gates: the same output and states to bf16 rounding."""
@@ -94,17 +113,16 @@ def test_gdn_layer_on_stacked_weights_gpu():
     torch.manual_seed(7)
     want = run(Separate())
     import hybrid_agent.model.gated_deltanet as gd
+    from hybrid_agent.kernels.l2_norm import l2_norm_ref
 
-    real = gd.gdn_gates
-    gd.gdn_gates = gdn_gates_ref
-    try:
+    with monkeypatch.context() as m:  # torch's gates and L2 norm, as before the kernels
+        m.setattr(gd, "gdn_gates", gdn_gates_ref)
+        m.setattr(gd, "l2_norm", l2_norm_ref)
         torch.manual_seed(7)
-        want_torch_gates = run(Separate())
-    finally:
-        gd.gdn_gates = real
+        want_torch = run(Separate())
     plan_concat(model, share=True, align=16)
     assert stacked_weights(mixer.in_projs) is not None
     torch.manual_seed(7)
     got = run(Ops())
-    for a, b, c in zip(got, want, want_torch_gates, strict=True):
+    for a, b, c in zip(got, want, want_torch, strict=True):
         assert rel_err(a, b) < 1e-2 and rel_err(a, c) < 1e-2 and rel_err(b, c) < 1e-2

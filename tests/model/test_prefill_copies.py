@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from hybrid_agent.kernels import causal_conv1d, chunk_gated_delta_rule
 from hybrid_agent.kernels._dispatch import interpreter_on
 from hybrid_agent.kernels.gdn_gates import gdn_gates_ref
+from hybrid_agent.kernels.l2_norm import l2_norm_ref
 from hybrid_agent.model import gated_deltanet
 from hybrid_agent.model.attention import Attention
 from hybrid_agent.model.gated_deltanet import GatedDeltaNet, l2_normalize
@@ -175,9 +176,10 @@ def test_prefill_bit_identical_on_the_triton_path(monkeypatch):
     if not interpreter_on():
         pytest.skip("needs TRITON_INTERPRET=1 set before Triton is imported")
     monkeypatch.setenv("HYBRID_AGENT_KERNELS", "triton")
-    # the gates' own kernel rounds otherwise than torch (tests/model/test_prefill_stacked.py compares both
-    # with float64); everything else on this path is asked to be bit-identical
+    # the gates' and the L2 norm's own kernels round otherwise than torch (tests/model/test_prefill_stacked.py
+    # compares both with float64); everything else on this path is asked to be bit-identical
     monkeypatch.setattr(gated_deltanet, "gdn_gates", gdn_gates_ref)
+    monkeypatch.setattr(gated_deltanet, "l2_norm", l2_norm_ref)
     model = tiny_model(["gated_deltanet", "attention"], seed=6, **CASES["full_qk_norm_gate"])
     ids = torch.randint(0, model.config.vocab_size, (1, 24), generator=torch.Generator().manual_seed(7))
     _compare(monkeypatch, model, ids, [20, 4])
@@ -270,7 +272,7 @@ def test_rotate_by_halves_equals_replaced(dtype, frac):
 def test_rms_norm_reads_a_column_block_in_place(monkeypatch):
     if not torch.cuda.is_available() and not interpreter_on():
         pytest.skip("needs CUDA or TRITON_INTERPRET=1 set before Triton is imported")
-    from hybrid_agent.kernels.triton_rms_norm import _rows, gated_rms_norm_triton
+    from hybrid_agent.kernels.triton_rms_norm import gated_rms_norm_triton, row_layout
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     wide = torch.randn(2, 7, 80, device=dev).to(torch.bfloat16)
@@ -281,9 +283,9 @@ def test_rms_norm_reads_a_column_block_in_place(monkeypatch):
         assert torch.equal(got, want) and got.is_contiguous()
     # the kernel reads the block where it lies (the interpreter copies every tensor, so no op count)
     for t in (x, z):
-        assert _rows(t, 32)[0].data_ptr() == t.data_ptr()
+        assert row_layout(t, 32)[0].data_ptr() == t.data_ptr()
     irregular = wide[..., 1:33].transpose(0, 1)
-    assert _rows(irregular, 32)[0].data_ptr() != wide.data_ptr() + 2  # packed
+    assert row_layout(irregular, 32)[0].data_ptr() != wide.data_ptr() + 2  # packed
 
 
 @pytest.mark.parametrize("variant", [{}, {"fused": 0}], ids=["fused", "split"])

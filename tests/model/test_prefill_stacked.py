@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from hybrid_agent.kernels import causal_conv1d, chunk_gated_delta_rule
 from hybrid_agent.kernels._dispatch import interpreter_on
 from hybrid_agent.kernels.gdn_gates import gdn_gates, gdn_gates_ref
+from hybrid_agent.kernels.l2_norm import l2_norm, l2_norm_ref
 from hybrid_agent.model.decode.ops import _concat, plan_concat
 from hybrid_agent.model.gated_deltanet import GatedDeltaNet, l2_normalize
 from hybrid_agent.model.ops import Ops, project_cols, project_stacked, stacked_weights
@@ -250,7 +251,7 @@ def test_mixer_prefill_issues_two_matmuls(monkeypatch):
     if interpreter_on():
         monkeypatch.setenv("HYBRID_AGENT_KERNELS", "triton")
         tri = ops_of(lambda: mixer(x, model.new_state(1).layers[0], state, Ops(**STACKED)))
-        assert not {"aten::sigmoid", "aten::softplus", "aten::exp"} & set(tri)
+        assert not {"aten::sigmoid", "aten::softplus", "aten::exp", "aten::pow", "aten::rsqrt"} & set(tri)
 
 
 # ---- the kernels on the CPU interpreter ----------------------------------------------------------------
@@ -342,7 +343,7 @@ def test_conv_reads_a_column_block_in_place(dev, init):
 def test_gated_norm_reads_heads_of_a_column_block(dev):
     """The gated norm's gate as heads of a column block (rows (n, h, d) at two strides): the numbers of a
     packed gate, read in place."""
-    from hybrid_agent.kernels.triton_rms_norm import _rows, gated_rms_norm_triton
+    from hybrid_agent.kernels.triton_rms_norm import gated_rms_norm_triton, row_layout
 
     gen = torch.Generator().manual_seed(4)
     wide = torch.randn(2, 9, 70, generator=gen).to(dev, torch.bfloat16)
@@ -350,5 +351,30 @@ def test_gated_norm_reads_heads_of_a_column_block(dev):
     x, w = torch.randn(2, 9, 3, 16, generator=gen).to(dev, torch.bfloat16), torch.randn(16).to(dev)
     got = gated_rms_norm_triton(x, z, w, 1e-6)
     assert torch.equal(got, gated_rms_norm_triton(x, z.contiguous(), w, 1e-6))
-    base, h, s, s1 = _rows(z, 16)
+    base, h, s, s1 = row_layout(z, 16)
     assert base.data_ptr() == z.data_ptr() and (h, s, s1) == (3, 70, 16)
+
+
+def _l2_64(x):
+    x64 = x.double()
+    return x64 / torch.sqrt((x64 * x64).sum(-1, keepdim=True) + 1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_l2_norm_triton(dev, dtype):
+    """The kernel's outputs no further from float64 than torch's (bf16 on the GPU only: the interpreter
+    truncates fp32 to bf16 where the GPU rounds to nearest), q's heads read where they lie in the conv's
+    q|k|v output."""
+    from hybrid_agent.kernels.triton_rms_norm import row_layout
+
+    gen = torch.Generator().manual_seed(8)
+    wide = (torch.randn(2, 300, 200, generator=gen) * 3).to(dev, dtype)
+    wide[1, 7] = 0  # a zero row: zeros out
+    q = wide[..., 8 : 8 + 6 * 24].reshape(2, 300, 6, 24)  # heads at stride 24, tokens at stride 200
+    base, h, s, s1 = row_layout(q, 24)
+    assert base.data_ptr() == q.data_ptr() and (h, s, s1) == (6, 200, 24)
+    for x in (q, wide[..., :40]):
+        got, want, ref = l2_norm(x), l2_norm_ref(x), _l2_64(x)
+        assert got.dtype == dtype and got.is_contiguous() and not got[1, 7].any()
+        e_new, e_old = (got.double() - ref).abs(), (want.double() - ref).abs()
+        assert e_new.max() <= 1.05 * e_old.max() and e_new.mean() <= 1.01 * e_old.mean()
