@@ -215,8 +215,8 @@ def stacked_weights(linears: Sequence[nn.Linear]) -> tuple[Tensor, Tensor | None
         if w.dim() != 2 or w.shape[1] != first.shape[1] or w.stride() != first.stride():
             return None
         n += w.shape[0]
-    base = first.untyped_storage().data_ptr()
-    if any(lin.weight.untyped_storage().data_ptr() != base for lin in linears[1:]):
+    # the span lies inside the first weight's storage (adjacent memory there is the others' own)
+    if first.storage_offset() + n * first.shape[1] > first.untyped_storage().nbytes() // first.element_size():
         return None
     weight = first.detach().as_strided((n, first.shape[1]), first.stride())  # (N, D) view
     if not with_bias:
@@ -230,6 +230,8 @@ def stacked_weights(linears: Sequence[nn.Linear]) -> tuple[Tensor, Tensor | None
         if b.dim() != 1 or b.stride() != (1,) or b.dtype != b0.dtype or b.data_ptr() != pos:
             return None
         pos += b.shape[0] * b.element_size()
+    if b0.storage_offset() + n > b0.untyped_storage().nbytes() // b0.element_size():
+        return None
     return weight, b0.detach().as_strided((n,), (1,))
 
 
