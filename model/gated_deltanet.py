@@ -102,7 +102,8 @@ class GatedDeltaNet(nn.Module):
             )  # fmt: skip  # (B, Hv, Dk) x2, (B, Hv, Dv), (B, Hv) x2
             o = gated_delta_rule_step(layer.recurrent["recurrent"], q, k, v, g, beta)  # (B, Hv, Dv)
             gate = proj[:, a_off + 2 * Hv : a_off + 2 * Hv + self.value_dim]  # (B, Hv*Dv)
-        else:  # a chunk: one stacked projection, views of its columns, one pass for the gates
+        else:  # a chunk: q|k|v|a|b|g side by side (one matmul where the weights are stacked: model/ops.py),
+            # views of its columns, one pass each for the L2 norms and the gates
             proj = ops.project("gdn_in", x, self.in_projs)  # (B, T, q|k|v|a|b|g)
             C, a_off = self.conv_dim, 2 * self.key_dim + self.value_dim
             qkv, final = causal_conv1d(
