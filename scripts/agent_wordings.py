@@ -120,11 +120,11 @@ def _cap(text: str) -> str:
 def ask(rng: random.Random, kind: str, protect: list[str], **slots: str) -> str:
     """A request of `kind` with `slots`: opener, a core template, closer; a typo in 15% (never in a
     word that holds a name to copy)."""
-    template = rng.choice(ASKS[kind])
-    text = rng.choice(OPENERS) + template.format(**slots)
+    template, opener = rng.choice(ASKS[kind]), rng.choice(OPENERS)
+    text = opener + template.format(**slots)
     if not template.endswith("{t}"):  # after a text to copy, a closer would read as part of it
         text += rng.choice(CLOSERS)
-    if rng.random() < 0.5:
+    if rng.random() < 0.5 and (opener or not template.startswith("{")):  # never a name's first letter
         text = _cap(text)
     if rng.random() < 0.15:
         text = typo(rng, text, protect, spare_containing=True)

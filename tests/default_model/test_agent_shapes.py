@@ -98,6 +98,32 @@ def test_answers_copy_what_the_request_and_results_say(tmp_path: Path, kind: str
         assert len(task.calls) <= 3  # the eval's agent allows 4 tool rounds
 
 
+@pytest.mark.parametrize("kind", sorted(agent_shapes.KINDS))
+def test_calls_copy_names_from_the_request_or_an_earlier_result(tmp_path: Path, kind: str) -> None:
+    """Paths, searched names, new text and edited lines in the calls are copied exactly, never changed."""
+    for i in range(8):
+        rng = random.Random(f"calls:{kind}:{i}")
+        ws = agent_shapes.make_shaped_workspace(rng, tmp_path / f"{kind}{i}")
+        task = agent_shapes.KINDS[kind](rng, ws)
+        seen = task.prompt
+        with ToolRegistry(workspace=ws.root, load_plugins=False) as registry:
+            for name, args in task.calls:
+                path = Path(str(args.get("path", ".")))
+                listed = any(t == "list_dir" and a.get("path") == str(path.parent) for t, a in task.calls)
+                if str(path) not in ("docs", "."):  # a page listed before: its folder and its name
+                    assert str(path) in seen or (listed and path.name in seen), (task.prompt, name, args)
+                if "pattern" in args and kind != "s_docs":  # a docs search word comes from the topic
+                    target = re.sub(r"^(\^|def |class |\*\*/)", "", str(args["pattern"])).removesuffix(" =")
+                    assert target in task.prompt, (task.prompt, args)
+                if "content" in args:
+                    assert str(args["content"]).strip() in task.prompt
+                if "old_string" in args:
+                    assert args["old_string"] in seen
+                    value = str(args["new_string"]).split(" = ", 1)[1].strip("'\"")
+                    assert value in task.prompt
+                seen += "\n" + registry.call(name, dict(args)).text
+
+
 def test_lookup_and_docs_answers_hold_the_exact_value_from_a_tool_result(tmp_path: Path) -> None:
     for i in range(20):
         rng = random.Random(f"value:{i}")
