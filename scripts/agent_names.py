@@ -63,7 +63,8 @@ def letters_word(rng: random.Random) -> str:
 
 
 def word(rng: random.Random) -> str:
-    """One lower-case word: made-up syllables, random letters, or a plain word (with a made-up tail)."""
+    """One lower-case word: made-up syllables, random letters, a plain word, two plain words run
+    together, or a plain word with a made-up tail."""
     r = rng.random()
     if r < 0.4:
         return syllables(rng)
@@ -71,6 +72,8 @@ def word(rng: random.Random) -> str:
         return letters_word(rng)
     if r < 0.85:
         return rng.choice(PLAIN)
+    if r < 0.92:  # two plain words run together, as product names are: `pebbleforest`
+        return rng.choice(PLAIN) + rng.choice(PLAIN)
     return rng.choice(PLAIN) + rng.choice([syllables(rng)[:4], letters_word(rng)[:3]])
 
 
@@ -126,7 +129,8 @@ def value(rng: random.Random) -> str:
         return rng.choice(["", "v", ""]) + v + rng.choice(["", "", "-rc1", "-beta"])
     if r < 0.58:
         head = "".join(rng.choice(string.ascii_uppercase) for _ in range(rng.randint(2, 3)))
-        return f"{head}{rng.choice(['-', '', '_'])}{rng.randint(1, 9999)}"
+        code = f"{head}{rng.choice(['-', '', '_'])}{rng.randint(1, 9999)}"
+        return rng.choice([code, code, head, f"{head}-"])  # `QX-417`, `ZRK`, a prefix `TKT-`
     if r < 0.65:
         return f"{word(rng)}@{word(rng)}.{rng.choice(['test', 'example', 'local'])}"
     if r < 0.72:

@@ -412,8 +412,10 @@ def episode(rng: random.Random, w: Any, ws: Workspace, refresh: Callable[[Worksp
         elif recall and rng.random() < 0.7:
             w.chat(*rng.choice(FILLERS))
         else:
-            w.task(shaped_task(rng, ws))
-            refresh(ws)
+            task = shaped_task(rng, ws)
+            w.task(task)
+            if any(name in ("write_file", "edit_file") for name, _ in task.calls):
+                refresh(ws)  # re-read the files only when the task changed them
     rng.shuffle(asked)
     for k, v in asked:
         w.chat(*ask_fact(rng, k, v))

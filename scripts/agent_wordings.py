@@ -46,7 +46,7 @@ ASKS: dict[str, tuple[str, ...]] = {
         "what do the docs say about {q}?", "{q}? check the docs", "look in the docs: {q}",
         "Can you find in the documentation {q}?", "the docs should tell {q}, what is it?",
         "According to our docs, {q}?", "I forgot {q}. It's written in the docs somewhere.",
-        "search the docs for {q}", "Please read the docs and tell me {q}.", "from the docs: {q}?",
+        "search the docs for {q}", "Please read the docs, then answer: {q}.", "from the docs: {q}?",
         "{q} - see the documentation", "do the docs mention {q}?",
     ),
     "create": (
