@@ -60,6 +60,7 @@ CODAS = ("", "", "", "n", "r", "l", "s", "t", "m", "x", "nd", "rk")
 
 WIDE = 0.0  # share of made-up names and values (training data; the eval keeps 0)
 PROJECTS = 0.0  # share of project-like workspaces (scripts/agent_projects.py); 0: no extra draw
+SHAPES = 0.0  # share of shaped workspaces and episodes (scripts/agent_shapes.py); 0: no extra draw
 
 
 def made_up_word(rng: random.Random) -> str:
@@ -151,6 +152,9 @@ class Workspace:
     constants: list[Constant] = field(default_factory=list)
     folders: list[str] = field(default_factory=list)
     docs: list[tuple[str, str, str]] = field(default_factory=list)  # (path, topic, value) of a doc's fact
+    shaped: bool = False  # written by scripts/agent_shapes.py: its episodes are the shaped kinds
+    package: str = ""  # the package folder of a shaped workspace
+    doc_keys: dict[str, tuple[str, bool]] = field(default_factory=dict)  # page -> (grep word, named)
 
     def entries(self, folder: str) -> list[str]:
         """The names list_dir shows for `folder` (sub-folders end with '/')."""
@@ -238,7 +242,12 @@ def _notes_file(rng: random.Random) -> str:
 
 def make_workspace(rng: random.Random, root: Path) -> Workspace:
     """Write 3 to 9 files in 1 to 4 folders (some nested) under `root` and describe them; or, with
-    probability PROJECTS, a project-like tree (scripts/agent_projects.py)."""
+    probability SHAPES a shaped project (scripts/agent_shapes.py), else with probability PROJECTS a
+    project-like tree (scripts/agent_projects.py)."""
+    if SHAPES and rng.random() < SHAPES:
+        from agent_shapes import make_shaped_workspace
+
+        return make_shaped_workspace(rng, root)
     if PROJECTS and rng.random() < PROJECTS:
         from agent_projects import make_project
 

@@ -3,8 +3,9 @@
     python scripts/check_eval_overlap.py [--episodes 2000] [--n 8] [--out bench/results/eval_overlap.json]
 
 The training side: every user request of `--episodes` episodes of the training mix (make_agent_data.py
-with --wide 0.5 --voices 0.7 --projects 0.5), plus every template of scripts/agent_voices.py as
-written. The eval side: every request bench/eval_default_model.py sends (24 per category, its seed).
+with --wide 0.5 --voices 0.7 --projects 0.5 --shapes 0.5), plus every template of scripts/agent_voices.py
+and scripts/agent_wordings.py as written. The eval side: every request bench/eval_default_model.py sends
+(24 per category, its seed).
 Words are lower-cased runs of letters, digits, `_`, `.`, `/` and `-`; an eval n-gram found in the
 training set counts as overlap. The name pools are compared too: no package, module, function,
 constant or fact key of the eval may be a training pool's word.
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-TRAIN_MIX = {"wide": 0.5, "voices": 0.7, "projects": 0.5}
+TRAIN_MIX = {"wide": 0.5, "voices": 0.7, "projects": 0.5, "shapes": 0.5}
 _WORD = re.compile(r"[a-z0-9_./-]+")
 _USER = re.compile(r"<\|user\|>(.*?)<\|end\|>", re.S)
 
@@ -33,10 +34,12 @@ def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
 
 
 def training_requests(episodes: int, seed: int = 0) -> list[str]:
+    import agent_wordings
     import make_agent_data as gen
     from agent_voices import FACT_ASK, FACT_SAY, VOICES
 
     texts = [t for voice in VOICES.values() for group in voice for t in group] + [*FACT_SAY, *FACT_ASK]
+    texts += agent_wordings.templates()
     for i in range(episodes):
         texts += _USER.findall(gen.make_episode(seed, i, **TRAIN_MIX).text())
     return texts
@@ -52,7 +55,9 @@ def eval_requests(per_category: int = 24) -> list[str]:
 
 def pool_clashes() -> list[str]:
     """Eval names that a training pool holds (as a word of one of its entries)."""
+    import agent_names
     import agent_projects
+    import agent_shapes
     import agent_tasks
     import agent_voices
     import agent_workspaces as aw
@@ -63,6 +68,9 @@ def pool_clashes() -> list[str]:
     pools += [agent_projects.PACKAGES, agent_projects.MODULES, agent_projects.OBJECTS]
     pools += [agent_projects.FUNC_VERBS, agent_projects.SETTINGS, agent_projects.PEOPLE]
     pools += [agent_tasks.FACT_KEYS, agent_voices.FACT_KEYS]
+    pools += [agent_names.PLAIN, agent_names.CODE_VERBS, agent_names.CODE_NOUNS, agent_names.FACT_NOUNS]
+    pools += [agent_names.FACT_OWNERS, agent_shapes.SETTINGS_STEMS, agent_shapes.KIND_WORDS]
+    pools += [agent_shapes.PAGE_STEMS, [w for d in agent_shapes.DOC_FACTS for w in (d[3], *d[4])]]
     for pool in pools:
         for entry in pool:
             train_words |= set(_WORD.findall(entry.lower()))

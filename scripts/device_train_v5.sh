@@ -6,7 +6,8 @@
 #   (weights, optimizer state, data position: model/training/checkpoint.py). TOTAL_MINUTES is the
 #   schedule's budget over all calls; call again until log.json says "finished": true, then the
 #   weights come back in bf16 under OUT. SIZE: D_MODELxN_LAYERS (docs/training.md says why 384x7).
-# Data: the held-out eval's names and wordings are not in it (scripts/check_eval_overlap.py).
+# Data: the held-out eval's names and wordings are not in it (scripts/check_eval_overlap.py). SHAPES
+#   (0.5 unless set) is make_agent_data.py's --shapes share; SHAPES=0 makes the v5 model's corpus.
 set -euo pipefail
 out=$1 episodes=${2:-120000} total=${3:-30} size=${4:-384x7}
 start=$(date +%s)
@@ -15,7 +16,8 @@ data=.train/data run=.train/run
 workers=$(( $(nproc) > 1 ? $(nproc) - 1 : 1 ))
 if [ ! -f $data/manifest.json ]; then
   python3 scripts/make_agent_data.py --out $data --episodes "$episodes" --seed 0 --workers "$workers" \
-    --wide 0.5 --voices 0.7 --projects 0.5 --tokenizer model/default/tokenizer.json > /dev/null
+    --wide 0.5 --voices 0.7 --projects 0.5 --shapes "${SHAPES:-0.5}" --tokenizer model/default/tokenizer.json \
+    > /dev/null
   echo "data: $(( $(date +%s) - start )) s"
 fi
 cp $data/manifest.json "$out/manifest.json"

@@ -1,7 +1,7 @@
 """Generate the default model's training data: agent episodes with real tool calls and real results.
 
     python scripts/make_agent_data.py --out .data/agent --episodes 20000 --seed 0 [--tokenizer DIR]
-        [--wide 0.5] [--voices 0.7] [--projects 0.5]
+        [--wide 0.5] [--voices 0.7] [--projects 0.5] [--shapes 0.5]
 
 Design choices:
 - Deterministic from `--seed`: episode i uses `random.Random(f"{seed}:{i}")` and a fresh temporary
@@ -25,6 +25,8 @@ Design choices:
   several voices with indirect file names and typos (scripts/agent_voices.py), with the kinds of
   scripts/agent_tasks_more.py (answers from the docs, two-call copies); a share P of workspaces
   project-like (scripts/agent_projects.py: README.md, a package with settings.py, docs/, tests/).
+- `--shapes P` (training data; 0 by default): a share P of episodes shaped like the held-out eval's
+  categories, with made-up names of every style and free wordings (scripts/agent_shapes.py).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import agent_shapes
 import agent_tasks
 import agent_workspaces
 from agent_tasks import CHITCHAT, Fact, Task, make_facts, make_task
@@ -205,18 +208,20 @@ def make_episode(
     wide: float = 0.0,
     voices: float = 0.0,
     projects: float = 0.0,
+    shapes: float = 0.0,
 ) -> Episode:
     """Episode `index` of `seed`. Its workspace is a temporary folder, or `workdir` (kept) if given;
     it is the first thing drawn from the episode's generator, so `make_workspace(episode_rng(seed,
     index), root)` rebuilds it as it was before the episode's tools ran (with the same `wide` and
-    `projects`). `voices`: agent_tasks.VOICES; `projects`: agent_workspaces.PROJECTS."""
-    before = agent_workspaces.WIDE, agent_tasks.VOICES, agent_workspaces.PROJECTS
-    agent_workspaces.WIDE, agent_tasks.VOICES, agent_workspaces.PROJECTS = wide, voices, projects
+    `projects`, `shapes`). `voices`: agent_tasks.VOICES; `projects`, `shapes`: agent_workspaces'."""
+    aw = agent_workspaces
+    before = aw.WIDE, agent_tasks.VOICES, aw.PROJECTS, aw.SHAPES
+    aw.WIDE, agent_tasks.VOICES, aw.PROJECTS, aw.SHAPES = wide, voices, projects, shapes
     try:
         with tempfile.TemporaryDirectory(prefix="agent-ep-") as tmp:
             return _episode(episode_rng(seed, index), Path(workdir or tmp), wide > 0)
     finally:
-        agent_workspaces.WIDE, agent_tasks.VOICES, agent_workspaces.PROJECTS = before
+        aw.WIDE, agent_tasks.VOICES, aw.PROJECTS, aw.SHAPES = before
 
 
 def episode_rng(seed: int, index: int) -> random.Random:
@@ -225,6 +230,11 @@ def episode_rng(seed: int, index: int) -> random.Random:
 
 def _episode(rng: random.Random, root: Path, wide: bool = False) -> Episode:
     ws = make_workspace(rng, root)
+    if ws.shaped:
+        with ToolRegistry(workspace=ws.root, load_plugins=False) as registry:
+            w = EpisodeWriter(registry, "shapes")
+            agent_shapes.episode(rng, w, ws, refresh)
+            return w.ep
     roll = rng.random()
     # Shares: text 5%, memory 35%, tasks 60%; wide: text 4%, copy 6%, memory 38%, tasks 52%.
     text_end, copy_end, memory_end = (0.04, 0.10, 0.48) if wide else (0.05, 0.05, 0.40)
@@ -265,9 +275,9 @@ def _episode(rng: random.Random, root: Path, wide: bool = False) -> Episode:
         return w.ep
 
 
-def _episode_args(args: tuple[int, int, float, float, float]) -> Episode:
-    seed, index, wide, voices, projects = args
-    return make_episode(seed, index, wide=wide, voices=voices, projects=projects)
+def _episode_args(args: tuple[int, int, float, float, float, float]) -> Episode:
+    seed, index, wide, voices, projects, shapes = args
+    return make_episode(seed, index, wide=wide, voices=voices, projects=projects, shapes=shapes)
 
 
 _Job = TypeVar("_Job")
@@ -283,10 +293,15 @@ def in_workers(fn: Callable[[_Job], _Out], jobs: list[_Job], workers: int) -> It
         yield from pool.imap(fn, jobs, chunksize=32)
 
 
+_MIX = ("wide", "voices", "projects", "shapes")  # the data mix's shares: make_episode's keywords
+
+
 def episodes(
-    seed: int, n: int, *, workers: int = 1, wide: float = 0.0, voices: float = 0.0, projects: float = 0.0
-) -> Iterator[Episode]:
-    yield from in_workers(_episode_args, [(seed, i, wide, voices, projects) for i in range(n)], workers)
+    seed: int, n: int, *, workers: int = 1, wide: float = 0.0, voices: float = 0.0, projects: float = 0.0,
+    shapes: float = 0.0,
+) -> Iterator[Episode]:  # fmt: skip
+    jobs = [(seed, i, wide, voices, projects, shapes) for i in range(n)]
+    yield from in_workers(_episode_args, jobs, workers)
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> Tokenizer:
@@ -367,20 +382,20 @@ _WORKER_TOK: dict[str, tuple[Tokenizer, dict[tuple[str, bool], list[int]]]] = {}
 
 
 def _encoded_args(
-    args: tuple[int, int, float, str, float, float],
+    args: tuple[int, int, float, str, float, float, float],
 ) -> tuple[str, list[str], list[int], int] | None:
     """An episode made and encoded in a worker (with a tokenizer given, encoding runs in parallel too:
     in the main process alone it took as long as making the episodes on 16 cores). With made-up
     words (wide > 0) a plan that the tools contradict is skipped and counted rather than fatal: a
     collision of made-up names found after 60k episodes should not cost a whole training run."""
-    seed, index, wide, tok_path, voices, projects = args
+    seed, index, wide, tok_path, voices, projects, shapes = args
     if tok_path not in _WORKER_TOK:
         _WORKER_TOK[tok_path] = (Tokenizer.from_file(tok_path), {})
     tok, cache = _WORKER_TOK[tok_path]
     try:
-        ep = make_episode(seed, index, wide=wide, voices=voices, projects=projects)
+        ep = make_episode(seed, index, wide=wide, voices=voices, projects=projects, shapes=shapes)
     except PlanMismatch:
-        if not (wide or voices or projects):
+        if not (wide or voices or projects or shapes):
             raise
         return None
     return encode_for_corpus(ep, tok, cache)
@@ -399,6 +414,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--wide", type=float, default=0.0, help="share of made-up names and values (training)")
     p.add_argument("--voices", type=float, default=0.0, help="share of re-worded requests (agent_voices.py)")
     p.add_argument("--projects", type=float, default=0.0, help="share of project-like workspaces")
+    p.add_argument("--shapes", type=float, default=0.0, help="share of shaped episodes (agent_shapes.py)")
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
 
@@ -406,14 +422,12 @@ def main(argv: list[str] | None = None) -> None:
         tok = Tokenizer.from_file(a.tokenizer)
         tok.save(a.out)
         tok_file = str(a.out / "tokenizer.json")
-        jobs = [(a.seed, i, a.wide, tok_file, a.voices, a.projects) for i in range(a.episodes)]
+        jobs = [(a.seed, i, a.wide, tok_file, a.voices, a.projects, a.shapes) for i in range(a.episodes)]
         encoded = list(in_workers(_encoded_args, jobs, a.workers))
         skipped = sum(e is None for e in encoded)
         encoded = [e for e in encoded if e is not None]
     else:
-        eps = list(
-            episodes(a.seed, a.episodes, workers=a.workers, wide=a.wide, voices=a.voices, projects=a.projects)
-        )
+        eps = list(episodes(a.seed, a.episodes, workers=a.workers, **{k: getattr(a, k) for k in _MIX}))
         tok = train_tokenizer(tokenizer_texts(eps), a.vocab_size)
         tok.save(a.out)
         skipped = 0
@@ -444,6 +458,7 @@ def main(argv: list[str] | None = None) -> None:
         "wide": a.wide,
         "voices": a.voices,
         "projects": a.projects,
+        "shapes": a.shapes,
         "skipped_plan_mismatch": skipped,
         "stored_tokens": int(starts[-1]),
         "tokens_with_prefix": int(starts[-1] + len(prefix) * sum(with_prefix)),
