@@ -200,14 +200,19 @@ def test_full_slots_get_429_and_a_disconnect_frees_the_slot(engine: Any, concurr
 
 
 def _conversation(served: Any, client: int, turns: int, max_tokens: int) -> list[tuple[Any, Any]]:
-    """One client's conversation: each turn's answer (content, tool calls, every token) and its cached
-    tokens."""
+    """One client's conversation: each turn's answer (content, tool calls, every token), the log
+    probabilities of each token and of its top alternatives (a state mixed up with another row's shows
+    in them even where the model picks the same tokens), and its cached tokens."""
     messages: list[dict[str, Any]] = []
     out = []
     for turn in range(turns):
         messages.append({"role": "user", "content": f"Show me file_{client}_{turn}.py"})
-        answer = chat(served, messages, max_tokens=max_tokens, logprobs=True)
-        out.append(((said(answer), tokens(answer)), answer.usage.prompt_tokens_details.cached_tokens))
+        answer = chat(served, messages, max_tokens=max_tokens, logprobs=True, top_logprobs=3)
+        probs = [
+            [e.logprob, *(t.logprob for t in e.top_logprobs)] for e in answer.choices[0].logprobs.content
+        ]
+        cached = answer.usage.prompt_tokens_details.cached_tokens
+        out.append(((said(answer), tokens(answer)), probs, cached))
         messages.append(as_history(answer.choices[0].message))
     return out
 
@@ -225,12 +230,17 @@ def _load(engine: Any, tmp_path: Path, clients: int, turns: int, max_tokens: int
         assert served.metric("requests_total", code="200") == clients * turns
         assert served.app.state.scheduler.peak_batch > 1  # requests did decode together
     for c in range(clients):
-        assert [a for a, _ in together[c]] == [a for a, _ in alone[c]], f"client {c}'s answers changed"
-        assert all(cached > 0 for _, cached in together[c][1:])  # every later turn restored its state
+        assert [a for a, _, _ in together[c]] == [a for a, _, _ in alone[c]], f"client {c}'s answers changed"
+        for (_, got, _), (_, want, _) in zip(together[c], alone[c], strict=True):
+            assert got == [pytest.approx(p, abs=1e-3) for p in want], (
+                f"client {c}'s log probabilities changed"
+            )
+        assert all(cached > 0 for _, _, cached in together[c][1:])  # every later turn restored its state
 
 
 def test_concurrent_clients_get_their_solo_answers(engine: Any, tmp_path: Path) -> None:
-    _load(engine, tmp_path, clients=4, turns=2, max_tokens=3)  # ~0.2 s a request on this CPU
+    # 8 tokens: all of the file name the model repeats ("file_3_0.py"), which is each client's own
+    _load(engine, tmp_path, clients=4, turns=2, max_tokens=8)  # ~0.2 s a request on this CPU
 
 
 @pytest.mark.slow
