@@ -6,7 +6,7 @@ first token of a returning long conversation, restored (GPU tier, host memory, d
     .venv/bin/python bench/gpu_serve.py --smoke --out /tmp/serve.json    # CPU smoke run, small sizes
 
 Everything goes through the real server (agent/serve_app.py on uvicorn, loopback) and the official
-`openai` client, one thread per session:
+`openai` client, one thread per session (in `--client-procs` processes of their own, bench/serve_clients.py):
 1. decode: N sessions (1, 8, 32, 64) each stream `--decode-tokens` tokens (`ignore_eos`, so every
    session decodes exactly that many), after an untimed round of N other sessions of as many tokens
    on the same server (one-time costs: compiles, autotuning, graph captures, buffer growth; the
@@ -42,15 +42,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from serve_clients import Clients, opening
 
 # The phases of a request's admission to the batch (agent/serve_scheduler.py `Metrics`).
 JOIN_PHASES = ("restore", "setup", "prefill", "save", "load")
@@ -116,38 +120,6 @@ def server(engine: Any, db: str, **options: Any) -> Any:
         store.close()
 
 
-def opening(i: int) -> list[dict[str, Any]]:
-    """Session i's first user message."""
-    return [{"role": "user", "content": f"Session {i}: write a long story about number {i}."}]
-
-
-def stream_session(
-    client: Any, model: str, i: int, tokens: int, messages: list[dict[str, Any]] | None = None
-) -> tuple[float, float, int, str]:
-    """(time of the first chunk, time of the end, completion tokens, text) of one streamed session;
-    `messages`: its conversation so far (default: session i's first message)."""
-    first = None
-    text = []
-    out = client.chat.completions.create(
-        model=model,
-        messages=messages or opening(i),
-        max_tokens=tokens,
-        stream=True,
-        stream_options={"include_usage": True},
-        extra_body={"ignore_eos": True},
-    )
-    used = 0
-    for chunk in out:
-        if first is None:  # the role chunk: the request is admitted
-            first = time.perf_counter()
-        if chunk.usage is not None:
-            used = chunk.usage.completion_tokens
-        if chunk.choices and chunk.choices[0].delta.content:
-            text.append(chunk.choices[0].delta.content)
-    end = time.perf_counter()
-    return first or end, end, used, "".join(text)
-
-
 def next_turn(i: int, answer: str) -> list[dict[str, Any]]:
     """Session i's second turn: its first message, the answer it got, a short new user message (the
     answer's state is restored: only that message, a few tokens, is new to the model)."""
@@ -162,10 +134,12 @@ def decode_section(
     paths: list[str],
     feed: int | None = None,
     returning: bool = False,
+    clients: Clients | None = None,
 ) -> list[dict[str, Any]]:
     from hybrid_agent.agent.serve_rows import BATCH_ENGINE_ENV
     from hybrid_agent.agent.serve_scheduler import SYNC_PHASES_ENV
 
+    clients = clients or Clients(0)
     rows: list[dict[str, Any]] = []
     runs = [(1, 1, "solo"), *((n, max(n, 2), path) for n in sessions for path in paths)]
     for n, concurrent, path in runs:
@@ -195,23 +169,15 @@ def decode_section(
             # `returning`: the warm round is the timed sessions' own first turns instead, and the timed
             # round their second turns (each restores its first turn's state).
             before = [metrics.get(k) for k in names]
-            t0 = time.perf_counter()
-            with ThreadPoolExecutor(n) as pool:
-                firsts = list(pool.map(
-                    lambda i: stream_session(client, engine.model_name, i if returning else -1 - i, tokens),
-                    range(n),
-                ))  # fmt: skip
-            warm_s = time.perf_counter() - t0
+            url, name = str(client.base_url), engine.model_name
+            t0 = time.monotonic()
+            firsts = clients.run(url, name, [(i if returning else -1 - i, tokens, None) for i in range(n)])
+            warm_s = time.monotonic() - t0
             warm_steps = metrics.get("decode_steps_total") - before[0]
             before = [metrics.get(k) for k in names]
-            t0 = time.perf_counter()
+            t0 = time.monotonic()
             turns = [next_turn(i, firsts[i][3]) if returning else None for i in range(n)]
-            with ThreadPoolExecutor(n) as pool:
-                got = list(pool.map(
-                    lambda i, turn: stream_session(client, engine.model_name, i, tokens, turn),
-                    range(n),
-                    turns,
-                ))  # fmt: skip
+            got = clients.run(url, name, [(i, tokens, turns[i]) for i in range(n)])
             steps, rows_fed, step_s, builds, join_s, step_prompt, *phase_s = (
                 metrics.get(k) - b for k, b in zip(names, before, strict=True)
             )
@@ -412,6 +378,11 @@ def main() -> None:
         help="decode: time each session's second turn (its first restored, a short new message) "
         "instead of a first turn",
     )  # fmt: skip
+    p.add_argument(
+        "--client-procs", type=int, default=min(8, max(1, (os.cpu_count() or 2) // 2)), metavar="P",
+        help="decode: the sessions' clients in P processes of their own (0: threads of this process, "
+        "the server's, as the first form of this benchmark ran them; bench/serve_clients.py says why)",
+    )  # fmt: skip
     p.add_argument("--out", default="gpu_serve.json")
     args = p.parse_args()
     sections = {x for x in args.sections.split(",") if x}
@@ -438,9 +409,12 @@ def main() -> None:
         if set(paths) - {"engine", "model"}:
             p.error(f"--batch-paths takes engine and/or model; got {args.batch_paths!r}")
         if "decode" in sections:
-            result["decode"] = decode_section(
-                engine, sessions, args.decode_tokens, tmp, paths, args.join_feed_tokens, args.returning
-            )
+            result["client_procs"] = args.client_procs
+            with Clients(args.client_procs) as clients:
+                result["decode"] = decode_section(
+                    engine, sessions, args.decode_tokens, tmp, paths, args.join_feed_tokens, args.returning,
+                    clients,
+                )  # fmt: skip
             out.write_text(json.dumps(result, indent=1) + "\n")
         if "returning" in sections:
             gpu_tier = None if args.gpu_tier_mb is None else args.gpu_tier_mb << 20

@@ -277,3 +277,27 @@ def test_join_phases_make_up_the_join_time(
     monkeypatch.delenv("HYBRID_AGENT_SERVE_SYNC_PHASES")
     with serving(engine, None, max_concurrent=2) as served:
         assert not served.app.state.scheduler.sync_phases  # off unless asked for
+
+
+def test_the_serve_bench_clients_in_processes_get_what_threads_get(engine: Any, tmp_path: Path) -> None:
+    """bench/serve_clients.py: sessions streamed from two worker processes come back in the jobs'
+    order with the answers, token counts and times that clients in this process get."""
+    import importlib.util
+
+    bench = Path(__file__).resolve().parents[2] / "bench" / "gpu_serve.py"
+    spec = importlib.util.spec_from_file_location("gpu_serve_bench", bench)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    words = ("apple pie", "blue whale", "cold tea", "dark room", "east gate")
+    jobs = [(i, 8, [{"role": "user", "content": f"Repeat: {w}"}]) for i, w in enumerate(words)]
+    with module.server(engine, str(tmp_path / "s.db"), max_concurrent=2, max_queue=5) as (_, client):
+        url = str(client.base_url)
+        with module.Clients(0) as threads:
+            here = threads.run(url, engine.model_name, jobs)
+        t0 = time.monotonic()
+        with module.Clients(2) as procs:
+            there = procs.run(url, engine.model_name, jobs)
+    assert [(n, text) for _, _, n, text in there] == [(n, text) for _, _, n, text in here]
+    assert len({text for *_, text in here}) > 1  # the sessions' answers differ: the order is checked
+    assert all(t0 <= first <= end <= time.monotonic() for first, end, _, _ in there)  # one clock
