@@ -93,9 +93,12 @@ class BatchLoop:
 
         greedy = [b for b in rows if self.rows[b].job.sampling.plain_greedy]
         if greedy:
-            idx = torch.tensor(greedy, device=logits.device)
+            # every row greedy (the usual case): no index to copy to the device and wait for
+            some = logits
+            if len(greedy) < len(logits):
+                some = logits[torch.tensor(greedy, device=logits.device)]
             vocab = getattr(self.engine, "_vocab_size", None)
-            picks = sample(logits[idx], SamplingParams(temperature=0.0), vocab_size=vocab).tolist()
+            picks = sample(some, SamplingParams(temperature=0.0), vocab_size=vocab).tolist()
             for b, tok in zip(greedy, picks, strict=True):
                 self.next[b] = int(tok)
         for b in rows:

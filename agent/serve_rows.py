@@ -93,6 +93,7 @@ class EngineRows:
         self.model, self.slots, self.vocab_size = model, slots, vocab_size
         self.min_context = min_context
         self.order: list[int] = []  # the slot of each row, in join order
+        self._index: tuple[list[int], Tensor | None] = ([-1], None)  # `_order_index`'s last order
         self.builds = 0  # buffers built so far (each build captures its step again on CUDA)
         self.engine = self._build(min_context)
 
@@ -158,7 +159,14 @@ class EngineRows:
         for b, tok in zip(self.order, tokens, strict=True):
             feed[b] = tok
         logits = eng.step(torch.tensor(feed, dtype=torch.long, device=eng.device))  # (slots, V)
-        return logits[torch.tensor(self.order, device=eng.device)]  # (rows, V), join order
+        return logits[self._order_index()]  # (rows, V), join order
+
+    def _order_index(self) -> Tensor:
+        """The slots in join order as a device index, made again only when rows joined or left: each
+        copy to the device waits for it, and lets another thread take the interpreter lock."""
+        if self._index[0] != self.order:
+            self._index = (list(self.order), torch.tensor(self.order, device=self.engine.device))
+        return self._index[1]
 
     def warm(self) -> bool:
         """One step on the empty slots (their outputs are never read; each is cleared after), so that
