@@ -21,6 +21,11 @@
 #   models   90: pytest -m gpu tests/checkpoints tests/model (not in the default list)
 #   families 380: bench/gpu_families.py, the Qwen3.5-9B and 35B-A3B shapes, ours vs transformers
 #                (not in the default list)
+#   unrun   240: the GPU tests of work merged but not yet run on a GPU: the capture beside another thread's
+#                copies (tests/engine/test_graph_capture_thread.py), the GDN prefill's stacked projection,
+#                gates and L2 norm kernels (tests/kernels/test_kernels_gpu_gdn_prefill.py), the restore
+#                plan, the causal prefill path, the serve tiers, the MoE route tests as changed
+#                (not in the default list; installs the package first, which pytest's plugins need)
 # STEPS (default "kernels engine bench") picks some of them.
 set -uo pipefail
 out=$1
@@ -75,6 +80,13 @@ for step in $steps; do
       timeout 380 python3 bench/gpu_families.py --budget-s 350 --out "$out/gpu_families.json" \
         > "$out/bench_families.txt" 2>&1
       echo "families rc=$? $(( $(date +%s) - start )) s"; tail -30 "$out/bench_families.txt" ;;
+    unrun)
+      python3 -m pip install -q --no-deps --no-build-isolation -e . > "$out/pytest_gpu_unrun.txt" 2>&1
+      timeout 240 python3 -m pytest -m gpu -v -p no:cacheprovider -n 4 tests/engine/test_graph_capture_thread.py \
+        tests/kernels/test_kernels_gpu_gdn_prefill.py tests/engine/test_engine_restore_plan.py \
+        tests/engine/test_causal_prefill_gpu.py tests/agent/test_serve_tiers.py tests/kernels/test_moe_route.py \
+        >> "$out/pytest_gpu_unrun.txt" 2>&1
+      echo "unrun rc=$? $(( $(date +%s) - start )) s"; summary "$out/pytest_gpu_unrun.txt" 40 ;;
     *) echo "unknown step $step" ;;
   esac
 done
