@@ -51,3 +51,19 @@ def bench_script(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], ModuleType]
     """Import a script of bench/ by its module name, with bench/ on sys.path for this test only."""
     monkeypatch.syspath_prepend(str(_REPO / "bench"))
     return importlib.import_module
+
+
+@pytest.fixture
+def dev(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The device the Triton kernels run on here (CUDA, else the CPU under TRITON_INTERPRET=1, set
+    above), with dispatch forced to Triton."""
+    from hybrid_agent.kernels._dispatch import interpreter_on
+
+    if torch.cuda.is_available():
+        device = "cuda"
+    elif interpreter_on():
+        device = "cpu"
+    else:
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1 set before Triton is imported")
+    monkeypatch.setenv("HYBRID_AGENT_KERNELS", "triton")
+    return device

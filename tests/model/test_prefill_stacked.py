@@ -257,19 +257,6 @@ def test_mixer_prefill_issues_two_matmuls(monkeypatch):
 # ---- the kernels on the CPU interpreter ----------------------------------------------------------------
 
 
-@pytest.fixture
-def dev(monkeypatch: pytest.MonkeyPatch) -> str:
-    """CUDA, else the CPU under TRITON_INTERPRET=1, with dispatch forced to Triton (as tests/kernels')."""
-    if torch.cuda.is_available():
-        device = "cuda"
-    elif interpreter_on():
-        device = "cpu"
-    else:
-        pytest.skip("needs CUDA or TRITON_INTERPRET=1 set before Triton is imported")
-    monkeypatch.setenv("HYBRID_AGENT_KERNELS", "triton")
-    return device
-
-
 def _gate_inputs(B, T, H, dtype, seed, wide=True):
     gen = torch.Generator().manual_seed(seed)
     proj = (torch.randn(B, T, 2 * H + 10, generator=gen) * 6).to(dtype)  # a, b as column blocks
