@@ -21,6 +21,7 @@ from agent_workspaces import (
     _wide_names,
     made_up_word,
     pick,
+    written,
 )
 
 PACKAGES = (
@@ -113,9 +114,4 @@ def make_project(rng: random.Random, root: Path) -> Workspace:
     ws.files["README.md"] = "\n".join(readme) + "\n"
     for mod in rng.sample(MODULES, rng.randint(0, 2)):
         ws.files[f"tests/test_{mod}.py"] = f"def test_{mod}():\n    assert True\n"
-    for rel, text in ws.files.items():
-        path = ws.root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    ws.folders = sorted({str(Path(rel).parent) for rel in ws.files} - {"."})
-    return ws
+    return written(ws)

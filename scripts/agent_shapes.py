@@ -32,7 +32,7 @@ from typing import Any
 import agent_names as nm
 from agent_tasks import Task, _file_is, _has_all, _said_missing
 from agent_wordings import FILLERS, ask, ask_fact, say_fact
-from agent_workspaces import Constant, Function, Workspace
+from agent_workspaces import Constant, Function, Workspace, written
 
 SETTINGS_STEMS = ("settings", "settings", "settings", "config", "conf", "defaults", "constants", "options")
 KIND_WORDS = ("settings", "config", "configuration", "constants", "defaults", "options")
@@ -203,12 +203,7 @@ def make_shaped_workspace(rng: random.Random, root: Path) -> Workspace:
         folder = nm.ident(rng, rng.choice(["kebab", "snake", "flat", "dotted"]), (1, 2))
         for _ in range(rng.randint(1, 3)):
             ws.files[f"{folder}/{nm.file_stem(rng)}{rng.choice(EXTS)}"] = nm.text_line(rng) + "\n"
-    for rel, text in ws.files.items():
-        path = ws.root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    ws.folders = sorted({str(Path(rel).parent) for rel in ws.files} - {"."})
-    return ws
+    return written(ws)
 
 
 Calls = list[tuple[str, dict[str, object]]]

@@ -276,6 +276,11 @@ def make_workspace(rng: random.Random, root: Path) -> Workspace:
         else:
             text = _notes_file(rng)
         ws.files[rel] = text
+    return written(ws)
+
+
+def written(ws: Workspace) -> Workspace:
+    """`ws` with its files written under its root and its folder list made from them."""
     for rel, text in ws.files.items():
         path = ws.root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
