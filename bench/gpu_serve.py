@@ -383,6 +383,11 @@ def main() -> None:
         help="decode: the sessions' clients in P processes of their own (0: threads of this process, "
         "the server's, as the first form of this benchmark ran them; bench/serve_clients.py says why)",
     )  # fmt: skip
+    p.add_argument(
+        "--switch-interval", type=float, default=None, metavar="S",
+        help="sys.setswitchinterval(S) in this process, the server's (Python's default 0.005 s): how long "
+        "a thread that waits for the interpreter lock lets the holder run before asking for it",
+    )  # fmt: skip
     p.add_argument("--out", default="gpu_serve.json")
     args = p.parse_args()
     sections = {x for x in args.sections.split(",") if x}
@@ -392,6 +397,10 @@ def main() -> None:
         args.sessions, args.decode_tokens, args.context = "1,4", 8, 1024
         if args.gpu_tier_mb is None:
             args.gpu_tier_mb = 1024  # on the CPU the automatic size is 0: run the tier's path anyway
+    if args.switch_interval is not None:
+        if not 0 < args.switch_interval <= 1:
+            p.error(f"--switch-interval takes seconds in (0, 1]; got {args.switch_interval}")
+        sys.setswitchinterval(args.switch_interval)
     from hybrid_agent.agent.factory import load_engine
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -400,6 +409,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
         "model": engine.model_name,
         "torch": torch.__version__,
+        "switch_interval_s": sys.getswitchinterval(),
     }
     out = Path(args.out)
     with tempfile.TemporaryDirectory() as folder:
