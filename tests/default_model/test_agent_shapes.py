@@ -14,13 +14,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(Path(__file__).parent))  # episode_kit
 
 import agent_names as nm  # noqa: E402
 import agent_shapes  # noqa: E402
 import agent_workspaces as aw  # noqa: E402
 import make_agent_data as gen  # noqa: E402
 from agent_wordings import ask_fact, say_fact  # noqa: E402
-from hybrid_agent.model.chat import NativeChatFormat  # noqa: E402
+from episode_kit import calls_and_results as _calls_and_results  # noqa: E402
 from hybrid_agent.tools import ToolRegistry  # noqa: E402
 
 MIX = {"wide": 0.5, "voices": 0.7, "projects": 0.5, "shapes": 1.0}
@@ -30,14 +31,6 @@ ANSWER_WORDS = {
     *("text", "according", "to", "says", "has", "entries", "entry", "there", "no", "file", "anywhere"),
     *("workspace", "does", "not", "exist", "named", "so", "project", "root", "="),
 }
-
-
-def _calls_and_results(ep: gen.Episode) -> tuple[list[tuple[str, dict]], list[str]]:
-    written = "".join(t for t, _, trained in ep.pieces if trained)
-    parsed = NativeChatFormat().parse_tool_calls(written)
-    assert all(c.error is None and c.name is not None for c in parsed)
-    results = [ep.pieces[k + 1][0] for k, (t, m, _) in enumerate(ep.pieces) if m and t == "<|tool_result|>"]
-    return [(str(c.name), c.arguments) for c in parsed], results
 
 
 def test_every_shaped_kind_is_drawn_and_a_share_of_episodes_only() -> None:

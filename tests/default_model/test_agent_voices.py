@@ -14,24 +14,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(Path(__file__).parent))  # episode_kit
 
 import agent_tasks  # noqa: E402
 import agent_workspaces as aw  # noqa: E402
 import make_agent_data as gen  # noqa: E402
 from agent_projects import make_project  # noqa: E402
 from agent_voices import typo  # noqa: E402
-from hybrid_agent.model.chat import NativeChatFormat  # noqa: E402
+from episode_kit import calls_and_results as _calls_and_results  # noqa: E402
 from hybrid_agent.tools import ToolRegistry  # noqa: E402
 
 MIX = {"wide": 0.5, "voices": 0.7, "projects": 0.5}
-
-
-def _calls_and_results(ep: gen.Episode) -> tuple[list[tuple[str, dict]], list[str]]:
-    written = "".join(t for t, _, trained in ep.pieces if trained)
-    parsed = NativeChatFormat().parse_tool_calls(written)
-    assert all(c.error is None and c.name is not None for c in parsed)
-    results = [ep.pieces[k + 1][0] for k, (t, m, _) in enumerate(ep.pieces) if m and t == "<|tool_result|>"]
-    return [(str(c.name), c.arguments) for c in parsed], results
 
 
 @pytest.mark.parametrize("index", range(8))
