@@ -55,6 +55,8 @@ class ServeOptions:
     # A joining request's unrestored prompt part of at most this many tokens is fed by the batch's step
     # instead of a prefill of its own (agent/serve_scheduler.py `Scheduler.begin`); 0: always prefilled.
     join_feed_tokens: int = DEFAULT_JOIN_FEED_TOKENS
+    # Longer prompt parts of requests joining together are prefilled as one batch (agent/serve_together.py).
+    join_together: bool = False
     max_prompt_tokens: int = 32768
     max_new_tokens: int = 1024
     temperature: float = 0.0
@@ -99,6 +101,7 @@ def build_app(engine: Any, store: Any, options: ServeOptions) -> Starlette:
         max_concurrent=options.max_concurrent,
         max_queue=options.max_queue,
         join_feed_tokens=options.join_feed_tokens,
+        join_together=options.join_together,
     )
     model_id = engine.model_name
     key = options.api_key.encode() if options.api_key else None

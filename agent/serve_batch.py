@@ -33,6 +33,8 @@ from hybrid_agent.agent.serve_api import failure
 from hybrid_agent.agent.serve_rows import EngineRows, ModelRows, make_rows
 from hybrid_agent.model.state import ModelState
 
+# `Scheduler.begin`'s `feed` with --join-together: every unrestored prompt part is left to the batch.
+TOGETHER_FEED = 1 << 62
 # The scheduler's `Scheduler`, `Job` and `Row` (agent/serve_scheduler.py, which imports this module).
 Scheduler = Job = Row = Any
 
@@ -146,6 +148,11 @@ class BatchLoop:
             self.rows = [row for b, row in enumerate(self.rows) if b not in gone]
             self.next = [tok for b, tok in enumerate(self.next) if b not in gone]
         states: list[ModelState] = []
+        # `--join-together`: every unrestored prompt part goes to `row.pending`; the long ones are
+        # prefilled together after this loop (agent/serve_together.py), the short ones fed by the step.
+        together = self.s.join_together and len(jobs) > 1
+        feed = TOGETHER_FEED if together else self.s.join_feed_tokens
+        grouped: list[Row] = []
         for job in jobs:
             if job.cancelled.is_set():
                 self._release()
@@ -153,7 +160,10 @@ class BatchLoop:
             self.s.sync()  # with `sync_phases`: earlier work is not counted in this join's phases
             t0 = time.perf_counter()
             try:
-                row = self.s.begin(job, defer=True, feed=self.s.join_feed_tokens)
+                row = self.s.begin(job, defer=True, feed=feed)
+                if together and row.prompt_save_in > self.s.join_feed_tokens:
+                    grouped.append(row)
+                    continue
                 t = time.perf_counter()
                 if row.pending:  # the batch's step feeds the prompt's last token
                     first, row.feeding = row.pending.pop(0), True
@@ -191,6 +201,8 @@ class BatchLoop:
             self.next.append(first)
             if state is not None:
                 states.append(state)
+        if grouped:
+            states += self._join_together(grouped)
         try:
             if states:
                 self._rows().join(states)
@@ -202,6 +214,62 @@ class BatchLoop:
                 self._release()
             self.rows, self.next, self.batch = [], [], None
         self._note_builds()
+
+    def _join_together(self, rows: list[Row]) -> list[ModelState]:
+        """Rows whose long unrestored prompt parts are prefilled together, by saved prefix
+        (agent/serve_together.py), then joined as the step-fed rows are; the states for the model's
+        batch to take (the engine's slots take theirs here). A group that fails fails its requests."""
+        out: list[ModelState] = []
+        groups: dict[int, list[Row]] = {}
+        for row in rows:
+            groups.setdefault(id(row.start.entry) if row.start is not None else 0, []).append(row)
+        for group in groups.values():
+            self.s.sync()
+            t0 = time.perf_counter()
+            try:
+                got = self._prefill_group(group)
+            except Exception as exc:
+                for row in group:
+                    self._fail(row.job, exc)
+                    self._release()
+                continue
+            finally:
+                self.s.metrics.inc("join_seconds_total", time.perf_counter() - t0)
+            for row, state in got:
+                first, row.feeding = row.pending.pop(0), True
+                self.rows.append(row)
+                self.next.append(first)
+                out.append(state)
+        batch = self._rows()
+        if isinstance(batch, EngineRows) and out:  # a slot copies the state in as it joins
+            batch.join(out)
+            return []
+        return out
+
+    def _prefill_group(self, group: list[Row]) -> list[tuple[Row, ModelState]]:
+        """One group's rounds (agent/serve_together.py), then each prompt's state saved once it holds
+        all but the prompt's last token."""
+        from hybrid_agent.agent.serve_together import prefill_rows
+
+        batch, model, k = self._rows(), self.engine.model, self.s.join_feed_tokens
+        start = group[0].start
+        t = time.perf_counter()
+        base = model.new_state() if start is None else batch.state(start.recurrent, start.pages)
+        t = self.s.lap("restore", t)
+        state = {id(row): base for row in group}
+        while active := [row for row in group if row.prompt_save_in > k]:
+            m = min(row.prompt_save_in for row in active)
+            new = prefill_rows(model, [state[id(row)] for row in active], [row.pending[:m] for row in active])
+            for row, st in zip(active, new, strict=True):
+                state[id(row)], row.pending, row.prompt_save_in = st, row.pending[m:], row.prompt_save_in - m
+            self.s.metrics.inc("together_prompt_tokens_total", m * len(active))
+        t = self.s.lap("prefill", t)
+        for row in group:
+            row.start = None
+            if row.prompt_save_in == 0:
+                self.s.save_prompt(row, _snapshotter(state[id(row)], self.s.prefix.on_device))
+        self.s.lap("save", t)
+        return [(row, state[id(row)]) for row in group]
 
     def _note_builds(self) -> None:
         """Count the batch buffers built since the last call (`EngineRows.builds`) as a metric."""

@@ -88,6 +88,11 @@ def add_parser(sub: Any, shared: argparse.ArgumentParser) -> None:
         f"(default: {DEFAULT_JOIN_FEED_TOKENS}; 0: always prefilled)",
     )  # fmt: skip
     p.add_argument(
+        "--join-together", action="store_true",
+        help="requests joining the batch at once that start from the same saved state have their longer "
+        "prompt parts (above --join-feed-tokens) prefilled as one batch instead of one prefill each",
+    )  # fmt: skip
+    p.add_argument(
         "--memory-tier-mb", type=_POSITIVE, metavar="MB", default=DEFAULT_MEMORY_TIER_MB,
         help=f"host memory for saved states, least recent out first (default: {DEFAULT_MEMORY_TIER_MB})",
     )  # fmt: skip
@@ -180,6 +185,7 @@ def open_server(args: argparse.Namespace) -> tuple[socket.socket, Any, Any, Any]
                 max_concurrent=args.max_concurrent,
                 max_queue=args.max_queue,
                 join_feed_tokens=args.join_feed_tokens,
+                join_together=args.join_together,
                 max_prompt_tokens=getattr(args, "max_prompt_tokens", None) or 32768,
                 max_new_tokens=getattr(args, "max_new_tokens", None) or 1024,
                 temperature=getattr(args, "temperature", None) or 0.0,

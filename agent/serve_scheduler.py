@@ -72,6 +72,8 @@ class Metrics:
         "slots; the model's batch is repacked after the admissions, outside join_seconds_total)",
         "step_prompt_tokens_total": "prompt tokens fed by the batch's step while other rows decode, "
         "instead of a prefill of their own on joining (--join-feed-tokens)",
+        "together_prompt_tokens_total": "prompt tokens prefilled in one forward with other joining "
+        "requests' (--join-together; step_prompt_tokens_total counts them too)",
         "warmup_seconds_total": "time warming the batched step at start-up (before any request)",
     }
     GAUGES: ClassVar[dict[str, str]] = {
@@ -162,12 +164,15 @@ class Scheduler:
         max_concurrent: int,
         max_queue: int,
         join_feed_tokens: int = 0,
+        join_together: bool = False,
     ) -> None:
         self.engine, self.prefix, self.metrics = engine, prefix, metrics
         self.max_concurrent, self.max_queue = max_concurrent, max_queue
         # A joining request's unrestored prompt part of at most this many tokens is fed by the batch's
         # step rather than prefilled alone (`begin(feed=...)`).
         self.join_feed_tokens = join_feed_tokens
+        # Longer parts of requests joining in one iteration are prefilled together (agent/serve_together.py).
+        self.join_together = join_together
         self._waiting: collections.deque[Job] = collections.deque()
         self._running = 0
         self._cond = threading.Condition()
