@@ -135,6 +135,7 @@ def decode_section(
     feed: int | None = None,
     returning: bool = False,
     clients: Clients | None = None,
+    together: bool = False,
 ) -> list[dict[str, Any]]:
     from hybrid_agent.agent.serve_rows import BATCH_ENGINE_ENV
     from hybrid_agent.agent.serve_scheduler import SYNC_PHASES_ENV
@@ -148,7 +149,8 @@ def decode_section(
         # The join phases' times are the device's (a sync at each phase's end; the step syncs anyway).
         os.environ[SYNC_PHASES_ENV] = "1"
         # `feed`: the server's --join-feed-tokens (None: its default)
-        extra = {} if feed is None else {"join_feed_tokens": feed}
+        extra: dict[str, Any] = {} if feed is None else {"join_feed_tokens": feed}
+        extra["join_together"] = together  # the server's --join-together
         with server(
             engine,
             str(tmp / f"decode_{n}_{concurrent}_{path}.db"),
@@ -211,6 +213,8 @@ def decode_section(
                 # Prompt tokens the steps fed instead of a prefill on joining (--join-feed-tokens).
                 "step_prompt_tokens": step_prompt,
                 "join_feed_tokens": getattr(app.state.scheduler, "join_feed_tokens", 0),
+                "join_together": together,
+                "together_prompt_tokens": metrics.get("together_prompt_tokens_total"),  # both rounds
                 "returning": returning,  # second turns (a restored state, a short new message)
                 "warm_round_s": warm_s,  # the untimed round before
                 "warm_round_steps": warm_steps,
@@ -384,6 +388,10 @@ def main() -> None:
         "the server's, as the first form of this benchmark ran them; bench/serve_clients.py says why)",
     )  # fmt: skip
     p.add_argument(
+        "--join-together", action="store_true",
+        help="decode: the servers' --join-together (first turns joining at once prefilled as one batch)",
+    )  # fmt: skip
+    p.add_argument(
         "--switch-interval", type=float, default=None, metavar="S",
         help="sys.setswitchinterval(S) in this process, the server's (Python's default 0.005 s): how long "
         "a thread that waits for the interpreter lock lets the holder run before asking for it",
@@ -423,7 +431,7 @@ def main() -> None:
             with Clients(args.client_procs) as clients:
                 result["decode"] = decode_section(
                     engine, sessions, args.decode_tokens, tmp, paths, args.join_feed_tokens, args.returning,
-                    clients,
+                    clients, args.join_together,
                 )  # fmt: skip
             out.write_text(json.dumps(result, indent=1) + "\n")
         if "returning" in sections:
