@@ -201,9 +201,9 @@ class BatchLoop:
             self.next.append(first)
             if state is not None:
                 states.append(state)
-        if grouped:
-            states += self._join_together(grouped)
         try:
+            if grouped:  # a failing group fails its own requests; a failing join, as a step does, all
+                states += self._join_together(grouped)
             if states:
                 self._rows().join(states)
             if self.rows:

@@ -125,3 +125,43 @@ def test_first_turns_joining_at_once_are_prefilled_together_and_answer_as_alone(
     for c in range(clients):
         for turn, (got, want) in enumerate(zip(together[c], alone[c], strict=True)):
             _same(got, want, f"client {c}, turn {turn}")
+
+
+def test_a_group_whose_prefill_fails_fails_its_requests_and_the_server_goes_on(
+    engine: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import openai
+    from hybrid_agent.agent import serve_together
+
+    clients = len(PHRASES)
+    take, first = Scheduler.next_jobs, [True]
+
+    def gathered(self: Scheduler, active: int) -> Any:
+        if first[0]:
+            deadline = time.monotonic() + 20
+            while len(self._waiting) < clients and time.monotonic() < deadline:
+                time.sleep(0.005)
+            first[0] = False
+        return take(self, active)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the device is gone")
+
+    monkeypatch.setattr(Scheduler, "next_jobs", gathered)
+    monkeypatch.setattr(serve_together, "prefill_rows", broken)
+    options = {"max_concurrent": clients, "max_queue": clients, "join_feed_tokens": 2, "join_together": True}
+    with serving(engine, str(tmp_path / "batch.db"), **options) as served:
+
+        def ask(c: int) -> str:
+            try:
+                chat(served, [{"role": "user", "content": f"Repeat: {PHRASES[c][0]}"}], max_tokens=4)
+            except openai.APIError as exc:
+                return str(exc)
+            return "answered"
+
+        with ThreadPoolExecutor(clients) as pool:
+            got = list(pool.map(ask, range(clients)))
+        assert all("the device is gone" in g for g in got), got
+        monkeypatch.setattr(serve_together, "prefill_rows", prefill_rows)
+        answer = chat(served, [{"role": "user", "content": "Repeat: zebra"}], max_tokens=4)  # alone: no group
+        assert answer.choices[0].finish_reason in ("stop", "length")
