@@ -164,6 +164,7 @@ class BatchLoop:
                 if together and row.prompt_save_in > self.s.join_feed_tokens:
                     grouped.append(row)
                     continue
+                self.s.metrics.inc("step_prompt_tokens_total", row.prompt_save_in)  # 0 unless step-fed
                 t = time.perf_counter()
                 if row.pending:  # the batch's step feeds the prompt's last token
                     first, row.feeding = row.pending.pop(0), True
@@ -266,6 +267,7 @@ class BatchLoop:
         t = self.s.lap("prefill", t)
         for row in group:
             row.start = None
+            self.s.metrics.inc("step_prompt_tokens_total", row.prompt_save_in)  # what the steps feed
             if row.prompt_save_in == 0:
                 self.s.save_prompt(row, _snapshotter(state[id(row)], self.s.prefix.on_device))
         self.s.lap("save", t)

@@ -73,7 +73,7 @@ class Metrics:
         "step_prompt_tokens_total": "prompt tokens fed by the batch's step while other rows decode, "
         "instead of a prefill of their own on joining (--join-feed-tokens)",
         "together_prompt_tokens_total": "prompt tokens prefilled in one forward with other joining "
-        "requests' (--join-together; step_prompt_tokens_total counts them too)",
+        "requests' (--join-together)",
         "warmup_seconds_total": "time warming the batched step at start-up (before any request)",
     }
     GAUGES: ClassVar[dict[str, str]] = {
@@ -361,8 +361,8 @@ class Scheduler:
         row = Row(job, cached, prompt_entry, eng.text_stream(), VisibleText(chat, job.tools), chat, sampler,
                   StopText(job.sampling.stop))  # fmt: skip
         if by_step:
+            # (the batch loop counts them in `step_prompt_tokens_total` once it knows which the steps feed)
             row.pending, row.prompt_save_in, row.start = list(job.ids[cached:]), last - cached, hit
-            self.metrics.inc("step_prompt_tokens_total", last - cached)
         elif defer:
             row.pending = list(job.ids[last:])
         else:

@@ -59,6 +59,22 @@ def test_rows_prefilled_together_equal_each_prefilled_alone(engine: Any) -> None
         prefill_rows(model, [base, base], [[1, 2], [3]])
 
 
+def _gather_first_take(monkeypatch: pytest.MonkeyPatch, clients: int) -> None:
+    """The batch loop's first take waits until `clients` requests are queued, so they join in one
+    iteration (the timing of the clients' requests would decide otherwise)."""
+    take, first = Scheduler.next_jobs, [True]
+
+    def gathered(self: Scheduler, active: int) -> Any:
+        if first[0]:
+            deadline = time.monotonic() + 20
+            while len(self._waiting) < clients and time.monotonic() < deadline:
+                time.sleep(0.005)
+            first[0] = False
+        return take(self, active)
+
+    monkeypatch.setattr(Scheduler, "next_jobs", gathered)
+
+
 def _record(answer: Any) -> dict[str, Any]:
     entries = answer.choices[0].logprobs.content
     return {
@@ -98,29 +114,19 @@ def test_first_turns_joining_at_once_are_prefilled_together_and_answer_as_alone(
         alone = [_conversation(solo, c) for c in range(clients)]
     assert len({str(a["said"]) for conv in alone for a in conv}) == 2 * clients  # answers differ
     monkeypatch.setenv("HYBRID_AGENT_BATCH_ENGINE", path)
-    # The batch loop's first take waits until every first turn is queued, so they join in one
-    # iteration (the timing of the clients' requests would decide otherwise).
-    take, first = Scheduler.next_jobs, [True]
-
-    def gathered(self: Scheduler, active: int) -> Any:
-        if first[0]:
-            deadline = time.monotonic() + 20
-            while len(self._waiting) < clients and time.monotonic() < deadline:
-                time.sleep(0.005)
-            first[0] = False
-        return take(self, active)
-
-    monkeypatch.setattr(Scheduler, "next_jobs", gathered)
+    _gather_first_take(monkeypatch, clients)  # the first turns join in one iteration
     options = {"max_concurrent": clients, "max_queue": clients, "join_feed_tokens": 2, "join_together": True}
     with serving(engine, str(tmp_path / "batch.db"), **options) as served:
         with ThreadPoolExecutor(clients) as pool:
             together = list(pool.map(lambda c: _conversation(served, c), range(clients)))
         assert served.app.state.scheduler.batch_path == ("engine" if path == "1" else "model")
         prefilled = served.metric("together_prompt_tokens_total")
+        fed = served.metric("step_prompt_tokens_total")
         saves = served.metric("state_saves_total")
     # The first turns' prompts went through one forward (at least all four at their shortest length),
     # second turns' through forwards of their own from their first turn's restored state.
     assert prefilled >= clients * 10
+    assert fed <= 2 * 2 * clients  # the steps fed only what the rounds left (at most K=2 a prompt)
     assert saves >= 2 * clients
     for c in range(clients):
         for turn, (got, want) in enumerate(zip(together[c], alone[c], strict=True)):
@@ -134,20 +140,11 @@ def test_a_group_whose_prefill_fails_fails_its_requests_and_the_server_goes_on(
     from hybrid_agent.agent import serve_together
 
     clients = len(PHRASES)
-    take, first = Scheduler.next_jobs, [True]
-
-    def gathered(self: Scheduler, active: int) -> Any:
-        if first[0]:
-            deadline = time.monotonic() + 20
-            while len(self._waiting) < clients and time.monotonic() < deadline:
-                time.sleep(0.005)
-            first[0] = False
-        return take(self, active)
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("the device is gone")
 
-    monkeypatch.setattr(Scheduler, "next_jobs", gathered)
+    _gather_first_take(monkeypatch, clients)
     monkeypatch.setattr(serve_together, "prefill_rows", broken)
     options = {"max_concurrent": clients, "max_queue": clients, "join_feed_tokens": 2, "join_together": True}
     with serving(engine, str(tmp_path / "batch.db"), **options) as served:
