@@ -30,13 +30,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from hybrid_agent.model.chat import (
-    ChatMessage,
-    JinjaChatFormat,
-    ParsedToolCall,
-    call_from_object,
-    load_call_json,
-)
+from hybrid_agent.model.chat import ChatMessage, ParsedToolCall, call_from_object, load_call_json
+from hybrid_agent.model.chat_jinja import JinjaChatFormat
 
 
 class NemotronToolCalls(JinjaChatFormat):

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from hybrid_agent.agent.events import ErrorEvent, TextDelta, ToolCallRequested, ToolResultEvent, TurnEnd
-from hybrid_agent.model.chat import JinjaChatFormat
+from hybrid_agent.model.chat_jinja import JinjaChatFormat
 from hybrid_agent.model.checkpoints.tool_formats import (
     KimiToolCalls,
     Lfm2ToolCalls,

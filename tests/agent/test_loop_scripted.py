@@ -276,7 +276,7 @@ def test_fork_rewind_undo_with_the_file_journal(make_agent, workspace: Path, sto
 
 
 def test_a_template_that_rewrites_history_is_an_error_and_rolls_back(make_agent) -> None:
-    from hybrid_agent.model.chat import JinjaChatFormat
+    from hybrid_agent.model.chat_jinja import JinjaChatFormat
 
     llama = (
         "{% for m in messages %}{{ '<|start_header_id|>' + m.role + '<|end_header_id|>\\n\\n'"
@@ -325,7 +325,8 @@ CHATML = (
 def test_hermes_calls_through_a_chat_template(make_agent) -> None:
     """Qwen-style: the markers are several tokens long (held back while they stream), the result goes
     back through the template, and the whole state equals one render of the conversation."""
-    from hybrid_agent.model.chat import ChatMessage, JinjaChatFormat
+    from hybrid_agent.model.chat import ChatMessage
+    from hybrid_agent.model.chat_jinja import JinjaChatFormat
 
     chat = JinjaChatFormat(CHATML, eos_token="<|im_end|>")
     hermes = '<tool_call>{"name": "read_file", "arguments": {"path": "a.txt"}}</tool_call>'
@@ -347,7 +348,7 @@ def test_hermes_calls_through_a_chat_template(make_agent) -> None:
 
 def test_visible_text_holds_back_partial_markers() -> None:
     from hybrid_agent.agent.stream import VisibleText
-    from hybrid_agent.model.chat import JinjaChatFormat
+    from hybrid_agent.model.chat_jinja import JinjaChatFormat
 
     vis = VisibleText(JinjaChatFormat(CHATML, eos_token="<|im_end|>"))
     pieces = ["a <", "too", "l_c", "all>{}</tool_call>", " b <", "x", "<|im_", "end|>"]

@@ -9,7 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
-from hybrid_agent.model.chat import ChatMessage, JinjaChatFormat
+from hybrid_agent.model.chat import ChatMessage
+from hybrid_agent.model.chat_jinja import JinjaChatFormat
 from hybrid_agent.model.checkpoints.tool_formats import (
     KimiToolCalls,
     Lfm2ToolCalls,

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 
 from hybrid_agent.model import load_model
-from hybrid_agent.model.chat import ChatMessage, JinjaChatFormat
+from hybrid_agent.model.chat import ChatMessage
+from hybrid_agent.model.chat_jinja import JinjaChatFormat
 from hybrid_agent.model.checkpoints.tool_formats import format_class_for
 
 # A template of the same shape as Granite 4.0's (written for this test, shorter).

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 from hybrid_agent.model import CheckpointError, HybridConfig, HybridLM, load_model
-from hybrid_agent.model.chat import ChatMessage, JinjaChatFormat, NativeChatFormat
+from hybrid_agent.model.chat import ChatMessage, NativeChatFormat
+from hybrid_agent.model.chat_jinja import JinjaChatFormat
 from hybrid_agent.model.tokenizer import ByteTokenizer, Tokenizer
 from safetensors.torch import load_file, save_file
 

@@ -7,7 +7,8 @@ import json
 
 import pytest
 from hybrid_agent.model import load_model
-from hybrid_agent.model.chat import ChatMessage, JinjaChatFormat
+from hybrid_agent.model.chat import ChatMessage
+from hybrid_agent.model.chat_jinja import JinjaChatFormat
 from hybrid_agent.model.checkpoints.tool_formats import (
     NemotronToolCalls,
     PythonicToolCalls,

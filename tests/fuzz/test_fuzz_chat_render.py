@@ -10,13 +10,8 @@ it cannot forge a turn boundary (docs/interfaces.md, "Native chat format": `Segm
 from __future__ import annotations
 
 import pytest
-from hybrid_agent.model.chat import (
-    ChatFormatError,
-    ChatMessage,
-    JinjaChatFormat,
-    NativeChatFormat,
-    TemplateNotPrefixStable,
-)
+from hybrid_agent.model.chat import ChatFormatError, ChatMessage, NativeChatFormat, TemplateNotPrefixStable
+from hybrid_agent.model.chat_jinja import JinjaChatFormat
 from hybrid_agent.model.tokenizer import NATIVE_SPECIAL_TOKENS, ByteTokenizer, Tokenizer
 from hypothesis import example, given
 from hypothesis import strategies as st

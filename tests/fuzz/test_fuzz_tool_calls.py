@@ -13,7 +13,8 @@ import time
 from keyword import iskeyword
 
 import pytest
-from hybrid_agent.model.chat import JinjaChatFormat, NativeChatFormat, ParsedToolCall
+from hybrid_agent.model.chat import NativeChatFormat, ParsedToolCall
+from hybrid_agent.model.chat_jinja import JinjaChatFormat
 from hybrid_agent.model.checkpoints.tool_formats import NemotronToolCalls, PythonicToolCalls
 from hypothesis import example, given
 from hypothesis import strategies as st

@@ -11,11 +11,11 @@ import pytest
 from hybrid_agent.model.chat import (
     DEFAULT_SYSTEM_PROMPT,
     ChatMessage,
-    JinjaChatFormat,
     NativeChatFormat,
     ParsedToolCall,
     TemplateNotPrefixStable,
 )
+from hybrid_agent.model.chat_jinja import JinjaChatFormat
 
 CHATML_QWEN = """\
 {%- if messages[0].role == 'system' %}{% set sys = messages[0].content %}{% set rest = messages[1:] %}
