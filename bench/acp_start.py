@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -91,10 +90,9 @@ def main() -> None:
         "--think", type=float, default=0.0, help="seconds from the spawn to session/new (default 0)"
     )
     p.add_argument("--max-new-tokens", type=int, default=4)
-    a = p.parse_args()
-    if a.rounds < 1 or not a.think >= 0 or (a.budget is not None and not a.budget > 0):
-        p.error("--rounds takes a whole number >= 1, --think seconds >= 0 and --budget seconds > 0")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    a = cold_start.parse_start_args(p)
+    if not a.think >= 0:
+        p.error("give --think seconds >= 0 (the delay before session/new)")
     scratch = Path(tempfile.mkdtemp(prefix="acp-start-"))
     try:
         model = cold_start.model_for(a, scratch)

@@ -308,6 +308,17 @@ def start_parser(doc: str | None) -> argparse.ArgumentParser:
     return p
 
 
+def parse_start_args(p: argparse.ArgumentParser) -> argparse.Namespace:
+    """`p`'s arguments, `start_parser`'s checked. A step's time limit (scripts/device_bench_serve_start.sh)
+    sends SIGTERM: from here on it unwinds, so the run in flight is killed and the scratch folder
+    removed; the JSON already holds every finished start."""
+    a = p.parse_args()
+    if a.rounds < 1 or (a.budget is not None and not a.budget > 0):
+        p.error("--rounds takes a whole number >= 1 and --budget a number of seconds > 0")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    return a
+
+
 def run_header(a: argparse.Namespace, **extra: Any) -> dict[str, Any]:
     """The JSON's head: when, the command, the machine and the run's settings."""
     return {
@@ -406,12 +417,7 @@ def main() -> None:
     p.add_argument("--prompt", default="hello")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--timeout", type=float, default=600.0, help="seconds one run may take")
-    a = p.parse_args()
-    if a.rounds < 1 or (a.budget is not None and not a.budget > 0):
-        p.error("--rounds takes a whole number >= 1 and --budget a number of seconds > 0")
-    # A step's time limit (scripts/device_bench_serve_start.sh) sends SIGTERM: unwind, so the run in
-    # flight is killed and the scratch folder removed; the JSON already holds every finished start.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    a = parse_start_args(p)
     scratch = Path(tempfile.mkdtemp(prefix="cold-start-"))
     try:
         model = a.model

@@ -104,10 +104,7 @@ def main() -> None:
     began = time.perf_counter()
     p = cold_start.start_parser(__doc__)
     p.add_argument("--timeout", type=float, default=600.0, help="seconds one start may take")
-    a = p.parse_args()
-    if a.rounds < 1 or (a.budget is not None and not a.budget > 0):
-        p.error("--rounds takes a whole number >= 1 and --budget a number of seconds > 0")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    a = cold_start.parse_start_args(p)
     scratch = Path(tempfile.mkdtemp(prefix="serve-start-"))
     try:
         model = cold_start.model_for(a, scratch)
