@@ -56,7 +56,7 @@ class ServeOptions:
     # instead of a prefill of its own (agent/serve_scheduler.py `Scheduler.begin`); 0: always prefilled.
     join_feed_tokens: int = DEFAULT_JOIN_FEED_TOKENS
     # Longer prompt parts of requests joining together are prefilled as one batch (agent/serve_together.py).
-    join_together: bool = False
+    join_together: bool = True
     max_prompt_tokens: int = 32768
     max_new_tokens: int = 1024
     temperature: float = 0.0

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from hybrid_agent.agent.engine import state_snapshot
 from hybrid_agent.agent.serve_api import failure
-from hybrid_agent.agent.serve_rows import EngineRows, ModelRows, make_rows
+from hybrid_agent.agent.serve_rows import EngineRows, ModelRows, make_rows, wait_for_model
 from hybrid_agent.model.state import ModelState
 
 # `Scheduler.begin`'s `feed` with --join-together: every unrestored prompt part is left to the batch.
@@ -286,8 +286,7 @@ class BatchLoop:
         ended = [not row.feeding and row.take(tok) for row, tok in zip(self.rows, self.next, strict=True)]
         t0 = time.perf_counter()
         logits = batch.step(self.next)  # (B, V)
-        if logits.is_cuda:
-            torch.cuda.synchronize(logits.device)  # the step's time, not its launch's
+        wait_for_model(logits.device)  # the step's time, not its launch's
         self.s.metrics.inc("decode_seconds_total", time.perf_counter() - t0)
         self.s.peak_batch = max(self.s.peak_batch, len(self.rows))
         self.s.metrics.inc("decode_steps_total")

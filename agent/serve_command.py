@@ -88,9 +88,10 @@ def add_parser(sub: Any, shared: argparse.ArgumentParser) -> None:
         f"(default: {DEFAULT_JOIN_FEED_TOKENS}; 0: always prefilled)",
     )  # fmt: skip
     p.add_argument(
-        "--join-together", action="store_true",
+        "--join-together", action=argparse.BooleanOptionalAction, default=True,
         help="requests joining the batch at once that start from the same saved state have their longer "
-        "prompt parts (above --join-feed-tokens) prefilled as one batch instead of one prefill each",
+        "prompt parts (above --join-feed-tokens) prefilled as one batch instead of one prefill each "
+        "(default: on; --no-join-together prefills each alone)",
     )  # fmt: skip
     p.add_argument(
         "--memory-tier-mb", type=_POSITIVE, metavar="MB", default=DEFAULT_MEMORY_TIER_MB,

@@ -175,11 +175,19 @@ class EngineRows:
             return False
         eng = self.engine
         eng.step(torch.zeros(self.slots, dtype=torch.long, device=eng.device))
-        if eng.device.type == "cuda":
-            torch.cuda.synchronize(eng.device)
+        wait_for_model(eng.device)
         for b in range(self.slots):
             eng.clear_row(b)
         return True
+
+
+def wait_for_model(device: torch.device) -> None:
+    """Wait for the work this thread queued on `device` (its current stream): the batch's step, a
+    joining request's restore or prefill. Not `torch.cuda.synchronize`, which waits for every stream of
+    the device, the prefix writer's copies of saved states to the host among them
+    (agent/serve_tiers.py): those can run for seconds after a long conversation's turn."""
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
 
 
 def make_rows(engine: Any, slots: int) -> EngineRows | ModelRows:

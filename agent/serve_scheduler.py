@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 
 from hybrid_agent.agent.serve_api import RequestError, assistant_segment, failure, forced_opening
 from hybrid_agent.agent.serve_prefix import Entry, Hit, PrefixCache
+from hybrid_agent.agent.serve_rows import wait_for_model
 from hybrid_agent.agent.serve_sampling import RowSampler, Sampling, StopText
 from hybrid_agent.model.chat import Segment
 from hybrid_agent.model.state import Page
@@ -164,7 +165,7 @@ class Scheduler:
         max_concurrent: int,
         max_queue: int,
         join_feed_tokens: int = 0,
-        join_together: bool = False,
+        join_together: bool = True,
     ) -> None:
         self.engine, self.prefix, self.metrics = engine, prefix, metrics
         self.max_concurrent, self.max_queue = max_concurrent, max_queue
@@ -261,14 +262,13 @@ class Scheduler:
                     self.release()
 
     def sync(self) -> None:
-        """With `sync_phases`, wait for the engine's device to finish its queued work; else nothing."""
+        """With `sync_phases`, wait for the work the model thread queued on the engine's device (not the
+        prefix writer's copies: agent/serve_rows.py `wait_for_model`); else nothing."""
         if not self.sync_phases:
             return
         import torch
 
-        device = torch.device(getattr(self.engine, "device", "cpu"))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        wait_for_model(torch.device(getattr(self.engine, "device", "cpu")))
 
     def lap(self, phase: str, t0: float) -> float:
         """Add the time since `t0` to `join_<phase>_seconds_total` (after `sync`); returns the time now,

@@ -388,8 +388,9 @@ def main() -> None:
         "the server's, as the first form of this benchmark ran them; bench/serve_clients.py says why)",
     )  # fmt: skip
     p.add_argument(
-        "--join-together", action="store_true",
-        help="decode: the servers' --join-together (first turns joining at once prefilled as one batch)",
+        "--join-together", action=argparse.BooleanOptionalAction, default=True,
+        help="decode: the servers' --join-together (first turns joining at once prefilled as one batch; "
+        "default on, as the server's)",
     )  # fmt: skip
     p.add_argument(
         "--switch-interval", type=float, default=None, metavar="S",

@@ -24,15 +24,15 @@ from hybrid_agent.model.state import LayerState, ModelState
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-# "1" (or true/yes/on) lets CUDA prefill chunks take SDPA's causal kernel without a mask; off by default
-# until a GPU run has timed it against the masked call (bench/gpu_prefill_profile.py --causal both:
-# which kernel torch picks for each on the H100 decides which is faster); read when an `Ops` is made.
+# CUDA prefill chunks take SDPA's causal kernel without a mask unless this is "0" (or false/no/off): on
+# the H100 it was 3-9% faster over the whole prefill than the masked call at 16k and 64k tokens
+# (docs/results.md, "Chunked prefill kernels"); the CPU keeps the mask. Read when an `Ops` is made.
 CAUSAL_PREFILL_ENV = "HYBRID_AGENT_CAUSAL_PREFILL"
 
 
 def causal_prefill_default() -> bool:
-    """Whether prefill chunks may take the unmasked causal path (`CAUSAL_PREFILL_ENV`, off unless "1")."""
-    return os.environ.get(CAUSAL_PREFILL_ENV, "0").strip().lower() in {"1", "true", "yes", "on"}
+    """Whether prefill chunks may take the unmasked causal path (`CAUSAL_PREFILL_ENV`, on unless "0")."""
+    return os.environ.get(CAUSAL_PREFILL_ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
 
 
 class Ops:

@@ -62,10 +62,12 @@ def greedy(model: HybridLM, state, logits: torch.Tensor) -> tuple[list[int], lis
 
 
 def check(want: tuple[list[int], list[torch.Tensor]], got: tuple[list[int], list[torch.Tensor]]) -> None:
-    for i, (e, x) in enumerate(zip(want[1], got[1], strict=True)):
+    """Logits within bf16 rounding up to the first step whose greedy tokens differ (after it the two
+    runs feed different tokens, so their logits are not comparable), and that divergence a near-tie."""
+    same = next((i for i, (a, b) in enumerate(zip(want[0], got[0], strict=True)) if a != b), STEPS)
+    for i, (e, x) in enumerate(zip(want[1][: same + 1], got[1][: same + 1], strict=True)):
         noise = float((e - x).abs().max())
         assert noise <= 0.05 * float(e.abs().max()), f"step {i}: logits differ by {noise}"
-    same = next((i for i, (a, b) in enumerate(zip(want[0], got[0], strict=True)) if a != b), STEPS)
     if same < STEPS:
         e, x = want[1][same], got[1][same]
         noise = float((e - x).abs().max())
