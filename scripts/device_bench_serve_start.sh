@@ -2,7 +2,7 @@
 # The GPU benchmarks of `hybrid-agent serve` (issue 24) and of the start and resume paths (issue 25) in
 # device calls of at most 10 minutes each, at OLMo Hybrid 7B's shape (random bf16 weights, written once):
 #   bash scripts/device_bench_serve_start.sh OUT [STEPS]
-# STEPS (comma-separated; default serve,returning), run in this order: serve, returning, feed, together, gil, stepprof,
+# STEPS (comma-separated; default serve,returning), run in this order: serve, returning, feed, apart, gil, stepprof,
 # shortpf, causal, hf, start, serve-start, acp-start, weights, resume, loop. Their limits add up to more
 # than one device command's 10 minutes; calls that fit (with the checkpoint's ~45-50 s): the default
 # list; `feed,stepprof,shortpf`; `causal` with `weights,resume,loop`; `start,weights,resume,loop` (280 +
@@ -30,8 +30,9 @@
 #   feed   (not in the default list) the serve step again with `--join-feed-tokens 128`: the ~72-token
 #          first turns fed by the batch's steps instead of a prefill alone each (issue 24: a prefill
 #          that short is ~100 ms of kernel launches on the H100), to compare with the serve step's rows
-#   together (not in the default list) the serve step again with `--join-together`: first turns joining
-#          at once prefilled as the rows of one forward (agent/serve_together.py) instead of ~100 ms each
+#   apart  (not in the default list) the serve step again with `--no-join-together`: first turns joining
+#          at once each prefilled alone (~70 ms each on the H100) instead of as the rows of one forward
+#          (agent/serve_together.py, the server's default since it was timed so)
 #   gil    (not in the default list) 32 sessions three ways: the clients as threads of the server's
 #          process (`--client-procs 0`, as every run before), in processes of their own (the default),
 #          and with `--switch-interval 0.0005`: how much of the step's time inside the server (23 ms
@@ -73,8 +74,8 @@ step returning serve_returning 200 python3 bench/gpu_serve.py --model $ckpt --se
   --context 65536 --out "$out/gpu_serve_returning.json"
 step feed serve_feed 200 python3 bench/gpu_serve.py --model $ckpt --sessions 1,8,32,64 --decode-tokens 128 \
   --sections decode --batch-paths engine --join-feed-tokens 128 --out "$out/gpu_serve_feed128.json"
-step together serve_together 200 python3 bench/gpu_serve.py --model $ckpt --sessions 1,8,32,64 --decode-tokens 128 \
-  --sections decode --batch-paths engine --join-together --out "$out/gpu_serve_together.json"
+step apart serve_apart 200 python3 bench/gpu_serve.py --model $ckpt --sessions 1,8,32,64 --decode-tokens 128 \
+  --sections decode --batch-paths engine --no-join-together --out "$out/gpu_serve_apart.json"
 step gil serve_gil 230 bash -c "for v in '--client-procs 0' '' '--switch-interval 0.0005'; do \
   python3 bench/gpu_serve.py --model $ckpt --sessions 32 --decode-tokens 128 --sections decode --batch-paths engine \
   \$v --out $out/gpu_serve_gil\$(echo \$v | tr -dc 0-9).json || exit 1; done"
