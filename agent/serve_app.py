@@ -307,36 +307,64 @@ async def _wait(job: Job, request: Request) -> Result:
         job.cancelled.set()  # nothing if it finished; otherwise its slot is freed at the next token
 
 
+def chunk_head(rid: str, created: int, model_id: str) -> str:
+    """The fields every chunk of one streamed answer starts with, as JSON without its closing brace."""
+    body = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model_id}
+    return json.dumps(body)[:-1]
+
+
+def text_chunk(head: str, text: str) -> str:
+    """A chunk carrying only `text` (no log probabilities), the same bytes as the general form in
+    `_sse` gives, without building and dumping the whole body for each token: a batched step makes one
+    per row, on the thread the model's thread shares the interpreter lock with."""
+    return (
+        f'data: {head}, "choices": [{{"index": 0, "delta": {{"content": {json.dumps(text)}}}, '
+        '"finish_reason": null, "logprobs": null}]}\n\n'
+    )
+
+
 async def _sse(job: Job, rid: str, created: int, model_id: str, usage: bool) -> AsyncIterator[str]:
     pending: list[dict[str, Any]] = []  # logprobs of tokens whose text has not been sent yet
+    head = chunk_head(rid, created, model_id)
 
     def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
         logprobs = {"content": pending[:]} if pending and delta is not None else None
         if delta is not None:
             pending.clear()
         choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
-        body = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model_id}
-        return f"data: {json.dumps({**body, 'choices': [choice] if delta is not None else [], **extra})}\n\n"
+        rest = json.dumps({"choices": [choice] if delta is not None else [], **extra})
+        return f"data: {head}, {rest[1:]}\n\n"
+
+    def render(kind: str, data: Any, out: list[str]) -> bool:
+        """Append the chunks of one event to `out`; True when the answer ends with it."""
+        if kind == "delta":
+            out.append(chunk({"content": data}) if pending else text_chunk(head, data))
+        elif kind == "logprobs":
+            pending.extend(data)
+        elif kind == "error":
+            out.append(f"data: {json.dumps(data.body())}\n\n")
+            return True
+        else:
+            if data.calls:
+                calls = [{"index": i, **c} for i, c in enumerate(_calls(data, rid))]
+                out.append(chunk({"tool_calls": calls}))
+            out.append(chunk({}, data.finish_reason))
+            if usage:
+                out.append(chunk(None, usage=_usage(data)))  # type: ignore[arg-type]
+            return True
+        return False
 
     try:
         yield chunk({"role": "assistant", "content": ""})
-        while True:
-            kind, data = await job.events.get()
-            if kind == "delta":
-                yield chunk({"content": data})
-            elif kind == "logprobs":
-                pending.extend(data)
-            elif kind == "error":
-                yield f"data: {json.dumps(data.body())}\n\n"
-                break
-            else:
-                if data.calls:
-                    calls = [{"index": i, **c} for i, c in enumerate(_calls(data, rid))]
-                    yield chunk({"tool_calls": calls})
-                yield chunk({}, data.finish_reason)
-                if usage:
-                    yield chunk(None, usage=_usage(data))  # type: ignore[arg-type]
-                break
+        ended = False
+        while not ended:
+            out: list[str] = []
+            ended = render(*await job.events.get(), out)
+            # Events that came meanwhile (a slow reader falls behind the steps) go out in one write.
+            while not ended and not job.events.empty():
+                ended = render(*job.events.get_nowait(), out)
+            if out:
+                yield "".join(out)
         yield "data: [DONE]\n\n"
     finally:
         job.cancelled.set()  # the client went away (the response task is cancelled) or it is done
