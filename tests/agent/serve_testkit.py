@@ -117,20 +117,22 @@ def called(served: Served, messages: list[dict[str, Any]], **kwargs: Any) -> tup
 # reports the result in words. (Without tools, or with `tool_choice: "none"`, call markup the model
 # writes anyway comes back as text (tests/agent/test_serve_no_tools.py); a text turn without markup is
 # steered by the conversation's shape, and the tests that need text assert that it is there.)
-ANSWERED = [
-    {"role": "user", "content": "Show me main.py"},
-    {
-        "role": "assistant",
-        "tool_calls": [
-            {
-                "id": "call_0",
-                "type": "function",
-                "function": {"name": "read_file", "arguments": '{"path": "main.py"}'},
-            }
-        ],
-    },
-    {"role": "tool", "tool_call_id": "call_0", "content": MAIN_PY},
-]
+def answered_read(path: str, content: str = MAIN_PY, call_id: str = "call_0") -> list[dict[str, Any]]:
+    """A user's request for `path`, a read_file call of it and the call's result `content`: the turn
+    after these messages is the model's text about the file, which starts with the path it copies."""
+    call = {
+        "id": call_id,
+        "type": "function",
+        "function": {"name": "read_file", "arguments": json.dumps({"path": path})},
+    }
+    return [
+        {"role": "user", "content": f"Show me {path}"},
+        {"role": "assistant", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call_id, "content": content},
+    ]
+
+
+ANSWERED = answered_read("main.py")
 
 
 def tokens(answer: Any) -> list[list[int]]:

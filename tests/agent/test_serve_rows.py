@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_testkit import as_history, chat, said, serving, tokens
+from serve_testkit import answered_read, as_history, chat, said, serving, tokens
 
 # The phases of a join (agent/serve_scheduler.py `join_<phase>_seconds_total`).
 PHASES = ("restore", "setup", "prefill", "save", "load")
@@ -289,8 +289,10 @@ def test_the_serve_bench_clients_in_processes_get_what_threads_get(engine: Any, 
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    words = ("apple pie", "blue whale", "cold tea", "dark room", "east gate")
-    jobs = [(i, 8, [{"role": "user", "content": f"Repeat: {w}"}]) for i, w in enumerate(words)]
+    # Each session's read_file call of a file of its own name is answered: the model's text answer
+    # starts with the name it copies, so the sessions' answers differ.
+    names = ("apple.py", "whale.py", "tea.py", "room.py", "gate.py")
+    jobs = [(i, 8, answered_read(name)) for i, name in enumerate(names)]
     with module.server(engine, str(tmp_path / "s.db"), max_concurrent=2, max_queue=5) as (_, client):
         url = str(client.base_url)
         with module.Clients(0) as threads:

@@ -4,9 +4,10 @@ are mid-answer, into rows that finished requests left, some restored from a save
 answers are token for token (with each token's log probability and the top alternatives') the ones it
 gets alone on a server that decodes one request at a time.
 
-The packaged default model copies what the user asks it to repeat, so prompts with different words (and
-of different lengths, so rows end and are reused at different steps) have different answers: a row that
-read a neighbour's token, state, cache or logits answers with the neighbour's words or a garbled mix."""
+Each turn is a read_file call of a path of its own, already answered; the packaged default model's text
+about the file starts with the path it copies, so turns over different paths (of different lengths, so
+rows end and are reused at different steps) have different answers: a row that read a neighbour's
+token, state, cache or logits answers with the neighbour's words or a garbled mix."""
 
 from __future__ import annotations
 
@@ -19,16 +20,16 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_testkit import as_history, chat, said, serving
+from serve_testkit import answered_read, as_history, chat, said, serving
 
-# Two turns per client, each asking it to repeat a different phrase; lengths differ from client to client.
-PHRASES = [
-    ("alpha beta gamma delta", "red green"),
-    ("12345 67890", "cat dog hen"),
-    ("zebra", "one two three four five six"),
-    ("north south east", "13579"),
-    ("apple pear", "blue yellow orange purple"),
-    ("Copy this: 24680 97531", "silver gold"),
+# Two turns per client, each about a file of its own; path lengths differ from client to client.
+PATHS = [
+    ("main.py", "docs/setup.md"),
+    ("src/app.py", "zebra.py"),
+    ("notes.txt", "tests/test_io.py"),
+    ("Makefile", "lib/util.py"),
+    ("README.md", "apple.py"),
+    ("config/settings.toml", "gold.py"),
 ]
 ROWS = 3  # fewer rows than clients: requests wait, then join rows that others left
 TOP = 5  # top alternatives compared per token: a changed state shows in them even where the pick is sure
@@ -56,9 +57,9 @@ def _conversation(served: Any, client: int) -> list[dict[str, Any]]:
     extra = {"logprobs": True, "top_logprobs": TOP} if client % 3 == 0 else {}
     messages: list[dict[str, Any]] = []
     out = []
-    for phrase in PHRASES[client]:
-        messages.append({"role": "user", "content": f"Repeat: {phrase}"})
-        answer = chat(served, messages, max_tokens=16, **extra)
+    for turn, path in enumerate(PATHS[client]):
+        messages.extend(answered_read(path, call_id=f"call_{turn}"))
+        answer = chat(served, messages, max_tokens=24, **extra)
         out.append(_record(answer))
         messages.append(as_history(answer.choices[0].message))
     return out
@@ -93,10 +94,10 @@ def alone(engine: Any, tmp_path_factory: pytest.TempPathFactory) -> list[list[di
     """Each client's conversation on a server that runs one request at a time."""
     with serving(engine, str(tmp_path_factory.mktemp("solo") / "solo.db"), max_concurrent=1) as solo:
         assert not solo.app.state.scheduler.batched
-        answers = [_conversation(solo, c) for c in range(len(PHRASES))]
+        answers = [_conversation(solo, c) for c in range(len(PATHS))]
     # The premise: every answer is different and answers end at different lengths, so a row mixed up
     # with another changes what it says, and rows leave (and are taken over) at different steps.
-    assert len({a["said"][0] for conv in answers for a in conv}) == 2 * len(PHRASES)
+    assert len({a["said"][0] for conv in answers for a in conv}) == 2 * len(PATHS)
     assert len({conv[0]["tokens"] for conv in answers}) >= 4
     return answers
 
@@ -106,7 +107,7 @@ def test_rows_reused_by_queued_and_restored_requests_answer_as_alone(
     engine: Any, alone: list[list[dict[str, Any]]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
     monkeypatch.setenv("HYBRID_AGENT_BATCH_ENGINE", path)
-    clients = len(PHRASES)
+    clients = len(PATHS)
     with serving(engine, str(tmp_path / "batch.db"), max_concurrent=ROWS, max_queue=clients) as served:
         with ThreadPoolExecutor(clients) as pool:
             together = list(pool.map(lambda c: _conversation(served, c), range(clients)))

@@ -16,13 +16,13 @@ from hybrid_agent.agent.serve_scheduler import Scheduler
 from hybrid_agent.agent.serve_together import prefill_rows
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_testkit import as_history, chat, said, serving
+from serve_testkit import answered_read, as_history, chat, said, serving
 
-PHRASES = [  # two turns a client, each with words of its own and of its own length
-    ("alpha beta gamma delta", "red green"),
-    ("12345 67890", "cat dog hen"),
-    ("zebra", "one two three four five six"),
-    ("north south east", "13579"),
+PATHS = [  # two turns a client, each about a file of its own, paths of their own lengths
+    ("main.py", "docs/setup.md"),
+    ("src/app.py", "zebra.py"),
+    ("notes.txt", "tests/test_io.py"),
+    ("Makefile", "lib/util.py"),
 ]
 TOP = 3
 
@@ -88,8 +88,8 @@ def _record(answer: Any) -> dict[str, Any]:
 def _conversation(served: Any, client: int) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = []
     out = []
-    for phrase in PHRASES[client]:
-        messages.append({"role": "user", "content": f"Repeat: {phrase}"})
+    for turn, path in enumerate(PATHS[client]):
+        messages.extend(answered_read(path, call_id=f"call_{turn}"))  # text about the path it copies
         answer = chat(served, messages, max_tokens=12, logprobs=True, top_logprobs=TOP)
         out.append(_record(answer))
         messages.append(as_history(answer.choices[0].message))
@@ -109,7 +109,7 @@ def _same(got: dict[str, Any], want: dict[str, Any], where: str) -> None:
 def test_first_turns_joining_at_once_are_prefilled_together_and_answer_as_alone(
     engine: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
-    clients = len(PHRASES)
+    clients = len(PATHS)
     with serving(engine, str(tmp_path / "solo.db"), max_concurrent=1) as solo:
         alone = [_conversation(solo, c) for c in range(clients)]
     assert len({str(a["said"]) for conv in alone for a in conv}) == 2 * clients  # answers differ
@@ -139,7 +139,7 @@ def test_a_group_whose_prefill_fails_fails_its_requests_and_the_server_goes_on(
     import openai
     from hybrid_agent.agent import serve_together
 
-    clients = len(PHRASES)
+    clients = len(PATHS)
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("the device is gone")
@@ -151,7 +151,7 @@ def test_a_group_whose_prefill_fails_fails_its_requests_and_the_server_goes_on(
 
         def ask(c: int) -> str:
             try:
-                chat(served, [{"role": "user", "content": f"Repeat: {PHRASES[c][0]}"}], max_tokens=4)
+                chat(served, [{"role": "user", "content": f"Show me {PATHS[c][0]}"}], max_tokens=4)
             except openai.APIError as exc:
                 return str(exc)
             return "answered"
