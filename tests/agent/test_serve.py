@@ -327,9 +327,10 @@ def test_two_processes_on_one_database(shared_db: str, tmp_path: Path) -> None:
     b, url_b = _start_process(shared_db, tmp_path, "b")
     try:
         client_a, client_b = (openai.OpenAI(base_url=u, api_key="-", max_retries=0) for u in (url_a, url_b))
-        first = [{"role": "user", "content": "Show me main.py"}]
-        a1 = client_a.chat.completions.create(model="default", messages=first)
-        convo = [*first, as_history(a1.choices[0].message), {"role": "user", "content": "Read README.md"}]
+        # A text answer, whose state is saved whole (as in test_two_servers_on_one_database_are_one_service)
+        a1 = client_a.chat.completions.create(model="default", messages=ANSWERED)
+        assert a1.choices[0].finish_reason == "stop", a1.choices[0].message
+        convo = [*ANSWERED, as_history(a1.choices[0].message), {"role": "user", "content": "Read README.md"}]
         time.sleep(1.0)  # the first process's writer thread puts the states in the database
         b2 = client_b.chat.completions.create(model="default", messages=convo)
         assert (
