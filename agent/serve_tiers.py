@@ -14,6 +14,9 @@ Design choices:
   caching host allocator reuses pinned blocks (no pinning again for every copy) but rounds each one up
   to a power of two, so a tensor is pinned only when that wastes at most 1/8 of it (`PIN_WASTE`), else
   it is plain memory (exactly its size: the tiers' byte bounds stay true within 1/8).
+  `HYBRID_AGENT_PIN_HOST=0` makes every host copy plain memory: pinning a new block (cudaHostAlloc) is
+  slow and may hold up the model thread's CUDA calls while the writer saves a long state, which the
+  returning 64k benchmark suggests (docs/results.md, serve section); the switch lets a run compare.
 - A device -> host copy goes in chunks of `COPY_CHUNK_BYTES`, one in flight at a time, and pauses
   between chunks while the model thread admits a request (`Copier.hold`, at most `HOLD_SECONDS` an
   admission): a read of the model thread (the first token's logits) queues behind at most one chunk
@@ -26,6 +29,7 @@ Design choices:
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -39,6 +43,7 @@ AUTO_DEVICE_FRACTION = 0.5  # of the device memory free once the model and its b
 PIN_WASTE = 8  # a host copy is pinned when rounding it up to a power of two adds at most 1/PIN_WASTE
 COPY_CHUNK_BYTES = 64 << 20  # a device -> host copy's piece (~2-6 ms of the link)
 HOLD_SECONDS = 1.0  # the longest one admission pauses the device -> host copies
+PIN_HOST_ENV = "HYBRID_AGENT_PIN_HOST"  # "0": host copies in plain memory only (see the module's doc)
 
 
 def pins_well(nbytes: int) -> bool:
@@ -155,6 +160,7 @@ class Copier:
         self._free = threading.Event()  # set: copies may go on; cleared by `hold` until `release`
         self._free.set()
         self._until = 0.0  # when a hold ends at the latest (time.monotonic)
+        self.pin = os.environ.get(PIN_HOST_ENV, "auto").strip().lower() not in {"0", "false", "no", "off"}
 
     def hold(self, seconds: float = HOLD_SECONDS) -> None:
         """On the model thread, as a request's admission starts: device -> host copies pause at their
@@ -207,7 +213,7 @@ class Copier:
                 if t.device.type != "cuda":
                     out.append(t.clone())
                     continue
-                pinned = pins_well(t.numel() * t.element_size())
+                pinned = self.pin and pins_well(t.numel() * t.element_size())
                 host = torch.empty(t.shape, dtype=t.dtype, pin_memory=pinned)
                 # into plain memory: synchronous, on this stream
                 self._copy_chunks(host, t, pinned, stream)

@@ -2,8 +2,9 @@
 # The GPU benchmarks of `hybrid-agent serve` (issue 24) and of the start and resume paths (issue 25) in
 # device calls of at most 10 minutes each, at OLMo Hybrid 7B's shape (random bf16 weights, written once):
 #   bash scripts/device_bench_serve_start.sh OUT [STEPS]
-# STEPS (comma-separated; default serve,returning), run in this order: serve, returning, feed, apart, gil, stepprof,
-# shortpf, causal, hf, start, serve-start, acp-start, weights, resume, loop. Their limits add up to more
+# STEPS (comma-separated; default serve,returning), run in this order: serve, returning, returning-plain,
+# feed, apart, gil, stepprof, shortpf, causal, hf, start, serve-start, acp-start, weights, resume, loop.
+# Their limits add up to more
 # than one device command's 10 minutes; calls that fit (with the checkpoint's ~45-50 s): the default
 # list; `feed,stepprof,shortpf`; `causal` with `weights,resume,loop`; `start,weights,resume,loop` (280 +
 # 90 + 100 + 50 s of limits); `serve-start,acp-start`. The start step's JSON has each phase of the start
@@ -14,6 +15,9 @@
 #          at 32 sessions on the H100: `--batch-paths engine,model` times both)
 #   returning  bench/gpu_serve.py's returning 64k conversation: the first token from the GPU tier, the
 #          host-memory tier, the database and a full prefill
+#   returning-plain (not in the default list) the returning step with HYBRID_AGENT_PIN_HOST=0: the writer's
+#          host copies in plain memory (no pinning while serving), to compare the first token while the
+#          writer still saves the first turn (1.32 s against 0.17 s once it is done on the H100)
 #   start  bench/cold_start.py: this tree against the tree in .before/ (the commit before the start work,
 #          made with `git archive`, carried as an ignored folder), new and resumed sessions. On the
 #          H100 a 150 s limit ended the step after the warm-up starts and round 0 (whose four starts
@@ -72,6 +76,8 @@ step serve serve 240 python3 bench/gpu_serve.py --model $ckpt --sessions 1,8,32,
   --sections decode --batch-paths engine --out "$out/gpu_serve.json"
 step returning serve_returning 200 python3 bench/gpu_serve.py --model $ckpt --sessions 1 --sections returning \
   --context 65536 --out "$out/gpu_serve_returning.json"
+step returning-plain serve_returning_plain 200 env HYBRID_AGENT_PIN_HOST=0 python3 bench/gpu_serve.py --model $ckpt \
+  --sessions 1 --sections returning --context 65536 --out "$out/gpu_serve_returning_plain.json"
 step feed serve_feed 200 python3 bench/gpu_serve.py --model $ckpt --sessions 1,8,32,64 --decode-tokens 128 \
   --sections decode --batch-paths engine --join-feed-tokens 128 --out "$out/gpu_serve_feed128.json"
 step apart serve_apart 200 python3 bench/gpu_serve.py --model $ckpt --sessions 1,8,32,64 --decode-tokens 128 \

@@ -346,3 +346,29 @@ def test_waiting_for_the_model_does_not_wait_for_the_writers_copies() -> None:
     assert not busy.query(), "waited for the writer's stream"
     assert float(x.sum()) == 2048.0
     side.synchronize()
+
+
+def test_host_pinning_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hybrid_agent.agent.serve_tiers import PIN_HOST_ENV, Copier
+
+    monkeypatch.delenv(PIN_HOST_ENV, raising=False)
+    assert Copier(torch.device("cpu")).pin
+    for off in ("0", "off", "False"):
+        monkeypatch.setenv(PIN_HOST_ENV, off)
+        assert not Copier(torch.device("cpu")).pin
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("pin", ["auto", "0"])
+def test_host_copies_pinned_or_plain_as_switched(monkeypatch: pytest.MonkeyPatch, pin: str) -> None:
+    """`HYBRID_AGENT_PIN_HOST=0`: the writer's host copies are plain memory, equal to the device's."""
+    from hybrid_agent.agent.serve_tiers import PIN_HOST_ENV, Copier
+
+    monkeypatch.setenv(PIN_HOST_ENV, pin)
+    copier = Copier(torch.device("cuda"), chunk_bytes=1 << 20)
+    src = [torch.randn(1 << 20, device="cuda"), torch.randn(3, 1000, device="cuda")]
+    out = copier.to_host(src, copier.mark())
+    for s, h in zip(src, out, strict=True):
+        assert h.device.type == "cpu" and torch.equal(h, s.cpu())
+        assert h.is_pinned() == (pin == "auto" and pins_well(s.numel() * s.element_size()))
