@@ -24,7 +24,7 @@ from serve_testkit import answered_read, as_history, chat, said, serving
 
 # Two turns per client, each about a file of its own; path lengths differ from client to client.
 PATHS = [
-    ("main.py", "docs/setup.md"),
+    ("main.py", "guide/setup.md"),
     ("src/app.py", "zebra.py"),
     ("notes.txt", "tests/test_io.py"),
     ("Makefile", "lib/util.py"),

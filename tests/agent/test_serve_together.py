@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from serve_testkit import answered_read, as_history, chat, said, serving
 
 PATHS = [  # two turns a client, each about a file of its own, paths of their own lengths
-    ("main.py", "docs/setup.md"),
+    ("main.py", "guide/setup.md"),
     ("src/app.py", "zebra.py"),
     ("notes.txt", "tests/test_io.py"),
     ("Makefile", "lib/util.py"),
