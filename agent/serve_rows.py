@@ -181,11 +181,12 @@ class EngineRows:
         return True
 
 
-def wait_for_model(device: torch.device) -> None:
+def wait_for_model(device: torch.device | str) -> None:
     """Wait for the work this thread queued on `device` (its current stream): the batch's step, a
     joining request's restore or prefill. Not `torch.cuda.synchronize`, which waits for every stream of
     the device, the prefix writer's copies of saved states to the host among them
     (agent/serve_tiers.py): those can run for seconds after a long conversation's turn."""
+    device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.current_stream(device).synchronize()
 

@@ -264,11 +264,8 @@ class Scheduler:
     def sync(self) -> None:
         """With `sync_phases`, wait for the work the model thread queued on the engine's device (not the
         prefix writer's copies: agent/serve_rows.py `wait_for_model`); else nothing."""
-        if not self.sync_phases:
-            return
-        import torch
-
-        wait_for_model(torch.device(getattr(self.engine, "device", "cpu")))
+        if self.sync_phases:
+            wait_for_model(getattr(self.engine, "device", "cpu"))
 
     def lap(self, phase: str, t0: float) -> float:
         """Add the time since `t0` to `join_<phase>_seconds_total` (after `sync`); returns the time now,
