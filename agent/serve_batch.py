@@ -10,9 +10,10 @@ state is short (`--join-feed-tokens`), the steps feed all of it, one token each 
 decode (on a GPU a step costs about the same with a row more), and the prompt's state is saved from the row's
 state in the batch once it holds all but the prompt's last token (`_save_prompts`).
 
-One step: each row takes the token chosen for it (stop strings and tool calls end a row, as in
-agent/serve_scheduler.py's `Row.take`), the batch feeds all of them at once, and each row still going
-chooses its next token from its own logits (its own sampling parameters, agent/serve_sampling.py). A
+One step: the batch feeds each row's chosen token at once; while the device runs that step, each row
+takes its token on the host (stop strings and tool calls end a row, as in agent/serve_scheduler.py's
+`Row.take`) and the events go out; then each row still going chooses its next token from its own
+logits (its own sampling parameters, agent/serve_sampling.py). A
 joining request is restored (and a longer unrestored part prefilled) alone on the engine first
 (`Scheduler.begin`, the engine's fast path), then its state joins the batch; a row that ends leaves
 with its state, from which its answer's state is saved. A row whose client went away leaves at the
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import time
 from typing import Any
 
@@ -35,6 +37,9 @@ from hybrid_agent.model.state import ModelState
 
 # `Scheduler.begin`'s `feed` with --join-together: every unrestored prompt part is left to the batch.
 TOGETHER_FEED = 1 << 62
+# 0: each row takes its token before the step is queued rather than while it runs (`BatchLoop._step`),
+# the order before the overlap, kept to measure it against (scripts/device_bench_serve_start.sh).
+STEP_OVERLAP_ENV = "HYBRID_AGENT_STEP_OVERLAP"
 # The scheduler's `Scheduler`, `Job` and `Row` (agent/serve_scheduler.py, which imports this module).
 Scheduler = Job = Row = Any
 
@@ -80,6 +85,7 @@ class BatchLoop:
         self.batch: EngineRows | ModelRows | None = None  # where the rows' states are (agent/serve_rows.py)
         self.outbox = Outbox()  # the rows' events, handed over once per step
         self._builds: tuple[Any, int] = (None, 0)  # the batch and its `EngineRows.builds` as last counted
+        self.overlap = os.environ.get(STEP_OVERLAP_ENV, "1").strip() != "0"
 
     def _release(self) -> None:
         self.s.release()
@@ -283,11 +289,25 @@ class BatchLoop:
 
     def _step(self) -> None:
         batch = self._rows()
-        ended = [not row.feeding and row.take(tok) for row, tok in zip(self.rows, self.next, strict=True)]
+        take = lambda: [not r.feeding and r.take(tok) for r, tok in zip(self.rows, self.next, strict=True)]
+        if not self.overlap:  # HYBRID_AGENT_STEP_OVERLAP=0: the host's work before the step, to compare
+            t = time.perf_counter()
+            ended = take()
+            self.s.metrics.inc("rows_seconds_total", time.perf_counter() - t)
         t0 = time.perf_counter()
-        logits = batch.step(self.next)  # (B, V)
+        logits = batch.step(self.next)  # (B, V), queued on the device
+        # While the device runs the step, the host takes each row's token (detokenise, stop strings,
+        # tool-call markers, events) and hands the events over: none of it reads the device, and a row
+        # whose token ends its answer was fed that token anyway (it leaves with its state after the step).
+        t1 = time.perf_counter()
+        if self.overlap:
+            ended = take()
+            self.outbox.flush()
+        t2 = time.perf_counter()
         wait_for_model(logits.device)  # the step's time, not its launch's
-        self.s.metrics.inc("decode_seconds_total", time.perf_counter() - t0)
+        t3 = time.perf_counter()
+        self.s.metrics.inc("decode_seconds_total", (t1 - t0) + (t3 - t2))
+        self.s.metrics.inc("rows_seconds_total", t2 - t1)
         self.s.peak_batch = max(self.s.peak_batch, len(self.rows))
         self.s.metrics.inc("decode_steps_total")
         self.s.metrics.inc("batch_rows_total", len(self.rows))

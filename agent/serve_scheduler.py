@@ -54,7 +54,8 @@ class Metrics:
         "restore_seconds_total": "time spent finding and restoring saved states",
         "state_saves_total": "prefix states saved",
         "decode_steps_total": "batched decode steps",
-        "decode_seconds_total": "time in batched decode steps",
+        "decode_seconds_total": "time in batched decode steps (launch and wait, not the host work between)",
+        "rows_seconds_total": "host time taking the rows' tokens, done while the device runs each step",
         "batch_rows_total": "rows over all batched decode steps (divided by the steps: the mean batch)",
         "batch_builds_total": "batch buffers built (at start-up, and again larger when a row outgrows them)",
         "join_seconds_total": "time admitting requests to the batch (restore, prefill, first token; on "

@@ -163,7 +163,7 @@ def decode_section(
         ):
             metrics = app.state.metrics
             names = ("decode_steps_total", "batch_rows_total", "decode_seconds_total", "batch_builds_total",
-                     "join_seconds_total", "step_prompt_tokens_total",
+                     "join_seconds_total", "step_prompt_tokens_total", "rows_seconds_total",
                      *(f"join_{p}_seconds_total" for p in JOIN_PHASES))  # fmt: skip
             # Untimed warm round: the same number of sessions and tokens (other prompts, so nothing of
             # it is restored later), so the batch's buffers reach the size the timed round needs and
@@ -180,7 +180,7 @@ def decode_section(
             t0 = time.monotonic()
             turns = [next_turn(i, firsts[i][3]) if returning else None for i in range(n)]
             got = clients.run(url, name, [(i, tokens, turns[i]) for i in range(n)])
-            steps, rows_fed, step_s, builds, join_s, step_prompt, *phase_s = (
+            steps, rows_fed, step_s, builds, join_s, step_prompt, rows_s, *phase_s = (
                 metrics.get(k) - b for k, b in zip(names, before, strict=True)
             )
             used = app.state.scheduler.batch_path if concurrent > 1 else "solo"
@@ -201,6 +201,8 @@ def decode_section(
                 "aggregate_tok_s_steps": rows_fed / step_s if step_s else None,
                 "wall_s": end - t0,
                 "mean_batch": rows_fed / steps if steps else 1.0,
+                # Host time taking the rows' tokens, overlapped with the steps on the device.
+                "rows_s": rows_s,
                 # Time admitting the sessions to the batch (restore, prefill alone on the engine, first
                 # token): in the wall time, outside the steps.
                 "join_s": join_s,

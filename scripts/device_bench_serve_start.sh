@@ -2,7 +2,8 @@
 # The GPU benchmarks of `hybrid-agent serve` (issue 24) and of the start and resume paths (issue 25) in
 # device calls of at most 10 minutes each, at OLMo Hybrid 7B's shape (random bf16 weights, written once):
 #   bash scripts/device_bench_serve_start.sh OUT [STEPS]
-# STEPS (comma-separated; default serve,returning), run in this order: serve, returning, returning-plain,
+# STEPS (comma-separated; default serve,returning), run in this order: serve, overlap-off, returning,
+# returning-plain,
 # feed, apart, gil, stepprof, shortpf, causal, hf, start, serve-start, acp-start, weights, resume, loop.
 # Their limits add up to more
 # than one device command's 10 minutes; calls that fit (with the checkpoint's ~45-50 s): the default
@@ -13,6 +14,9 @@
 #   serve  bench/gpu_serve.py: 1 / 8 / 32 / 64 concurrent sessions on the engine's rows (the model's own
 #          batch, the fallback for models the engine cannot batch, doubled the step's time and cut it
 #          at 32 sessions on the H100: `--batch-paths engine,model` times both)
+#   overlap-off (not in the default list) the serve step at 1 / 8 / 32 sessions with
+#          HYBRID_AGENT_STEP_OVERLAP=0: the rows take their tokens on the host before each step is queued
+#          instead of while it runs (agent/serve_batch.py `BatchLoop._step`), to compare in one call
 #   returning  bench/gpu_serve.py's returning 64k conversation: the first token from the GPU tier, the
 #          host-memory tier, the database and a full prefill
 #   returning-plain (not in the default list) the returning step with HYBRID_AGENT_PIN_HOST=0: the writer's
@@ -74,6 +78,8 @@ step() {  # step name (of STEPS), log name, seconds, command...
 }
 step serve serve 240 python3 bench/gpu_serve.py --model $ckpt --sessions 1,8,32,64 --decode-tokens 128 \
   --sections decode --batch-paths engine --out "$out/gpu_serve.json"
+step overlap-off serve_overlap_off 200 env HYBRID_AGENT_STEP_OVERLAP=0 python3 bench/gpu_serve.py --model $ckpt \
+  --sessions 1,8,32 --decode-tokens 128 --sections decode --batch-paths engine --out "$out/gpu_serve_overlap_off.json"
 step returning serve_returning 200 python3 bench/gpu_serve.py --model $ckpt --sessions 1 --sections returning \
   --context 65536 --out "$out/gpu_serve_returning.json"
 step returning-plain serve_returning_plain 200 env HYBRID_AGENT_PIN_HOST=0 python3 bench/gpu_serve.py --model $ckpt \

@@ -303,3 +303,39 @@ def test_the_serve_bench_clients_in_processes_get_what_threads_get(engine: Any, 
     assert [(n, text) for _, _, n, text in there] == [(n, text) for _, _, n, text in here]
     assert len({text for *_, text in here}) > 1  # the sessions' answers differ: the order is checked
     assert all(t0 <= first <= end <= time.monotonic() for first, end, _, _ in there)  # one clock
+
+
+@pytest.mark.parametrize("overlap", ["1", "0"])
+def test_rows_take_their_tokens_while_the_step_runs(
+    engine: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overlap: str
+) -> None:
+    """agent/serve_batch.py `BatchLoop._step`: the step is queued on the device first, then each row
+    takes its token on the host (detokenise, stop strings, events), then the loop waits for the step:
+    the host work overlaps the device's. HYBRID_AGENT_STEP_OVERLAP=0 takes them before the step (the
+    order to compare with). The answers stay those of a client alone either way."""
+    from hybrid_agent.agent import serve_batch
+    from hybrid_agent.agent.serve_rows import ModelRows
+    from hybrid_agent.agent.serve_scheduler import Row
+
+    monkeypatch.setenv("HYBRID_AGENT_BATCH_ENGINE", "0")
+    monkeypatch.setenv("HYBRID_AGENT_STEP_OVERLAP", overlap)
+    with serving(engine, str(tmp_path / "solo.db"), max_concurrent=1) as solo:
+        alone = [_conversation(solo, c, 1, 3) for c in range(2)]
+    log: list[str] = []
+    step, take, wait = ModelRows.step, Row.take, serve_batch.wait_for_model
+    monkeypatch.setattr(ModelRows, "step", lambda self, toks: (log.append("step"), step(self, toks))[1])
+    monkeypatch.setattr(Row, "take", lambda self, tok: (log.append("take"), take(self, tok))[1])
+    monkeypatch.setattr(serve_batch, "wait_for_model", lambda device: (log.append("wait"), wait(device))[1])
+    with serving(engine, str(tmp_path / "batch.db"), max_concurrent=2, max_queue=2) as served:
+        with ThreadPoolExecutor(2) as pool:
+            together = list(pool.map(lambda c: _conversation(served, c, 1, 3), range(2)))
+        assert served.metric("rows_seconds_total") > 0
+    assert together == alone
+    steps = "".join("s" if e == "step" else "t" if e == "take" else "w" for e in log)
+    # Overlapped: every step is followed by its rows' takes (any number: none while joining rows feed
+    # their prompt) and then its wait; no take ever comes between a wait and the next step. Not
+    # overlapped: the takes come before their step.
+    import re
+
+    assert steps and re.fullmatch(r"(st*w)+" if overlap == "1" else r"(t*sw)+", steps), steps
+    assert "t" in steps
