@@ -38,7 +38,7 @@ DOCS_ASKS = (
     "look through the docs for {q}, don't change anything", "just tell me {q}, it's documented",
 )  # fmt: skip
 MULTI_ASKS = (
-    "{c} is set somewhere; give it the value {v}", "give {c} the value {v}, wherever it is defined",
+    "{c} is set somewhere; its new value is {v}", "give {c} the value {v}, wherever it is defined",
     "find the file with {c} and put {v} there", "I don't know where {c} is defined. Change it to {v}.",
     "{c} should now hold {v} - locate it first", "locate {c} in the code and set it to {v}",
     "{c}: new value {v} (file unknown)", "hunt down {c} and make its value {v}",
@@ -50,7 +50,7 @@ FACT_ASKS = (
     "{k} - what was it again?", "what did I say about {k} earlier?", "can you recall {k}?",
     "what's {k} again?", "hey, {k}: what did I tell you?", "from memory: {k}?", "remind me of {k}",
     "earlier I told you {k}. what was it?", "tell me {k} again", "what was {k} again? I forgot",
-    "{k}, as I mentioned - what is it?", "do you still know {k}?", "what was it, {k}?",
+    "{k}, as I mentioned: which was it?", "do you still know {k}?", "what was it, {k}?",
     "you remember {k}? say it", "{k} again please", "what did I say {k} is?",
 )  # fmt: skip
 FACT_SAYS = (
@@ -134,7 +134,9 @@ def _asked(rng: random.Random, key: str, value: str) -> tuple[str, str]:
     text = rng.choice(FACT_ASKS).format(k=key)
     text = text[0].upper() + text[1:] if rng.random() < 0.5 else text
     cap = key[0].upper() + key[1:]
-    return text, rng.choice([f"{cap} is {value}.", f"You said {key} is {value}.", f"{value}."])
+    return text, rng.choice(
+        [f"{cap} is {value}.", f"You said {key} is {value}.", f"It is {value}.", f"{value}."]
+    )
 
 
 def recall(rng: random.Random, w: Any, ws: Workspace, refresh: Callable[[Workspace], None]) -> None:
