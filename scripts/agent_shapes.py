@@ -177,7 +177,7 @@ def make_shaped_workspace(rng: random.Random, root: Path) -> Workspace:
         f"{pkg} {rng.choice(['keeps', 'tracks', 'sorts', 'serves'])} {nm.word(rng)}s.",
         "",
     ]
-    for sentence, questions, how, key, stems in rng.sample(DOC_FACTS, rng.randint(1, 3)):
+    for sentence, questions, how, key, stems in rng.sample(DOC_FACTS, rng.randint(2, 4)):
         x = doc_value(rng, how)
         text = sentence.format(x=x)
         if rng.random() < 0.2:
@@ -392,8 +392,14 @@ def facts(rng: random.Random, n: int) -> list[tuple[str, str]]:
 
 
 def episode(rng: random.Random, w: Any, ws: Workspace, refresh: Callable[[Workspace], None]) -> None:
-    """A recall episode (30%: facts, filler turns and a few tasks, then the questions) or a task
-    episode (1-5 tasks, sometimes a fact told and asked between them). `w` is an EpisodeWriter."""
+    """A focus episode (scripts/agent_focus.py, a share FOCUS), a recall episode (30% of the rest:
+    facts, filler turns and a few tasks, then the questions) or a task episode (1-5 tasks, sometimes
+    a fact told and asked between them). `w` is an EpisodeWriter."""
+    import agent_focus  # here: agent_focus builds on this module's tasks
+
+    if rng.random() < agent_focus.FOCUS:
+        agent_focus.episode(rng, w, ws, refresh)
+        return
     told = facts(rng, rng.randint(1, 3) if rng.random() < 0.3 else rng.choice([0, 0, 1]))
     recall = bool(told) and rng.random() < 0.6
     turns: list[Any] = [None] * (rng.randint(1, 8) if recall else rng.randint(1, 5))

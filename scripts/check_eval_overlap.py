@@ -3,9 +3,9 @@
     python scripts/check_eval_overlap.py [--episodes 2000] [--n 8] [--out bench/results/eval_overlap.json]
 
 The training side: every user request of `--episodes` episodes of the training mix (make_agent_data.py
-with --wide 0.5 --voices 0.7 --projects 0.5 --shapes 0.5), plus every template of scripts/agent_voices.py
-and scripts/agent_wordings.py as written. The eval side: every request bench/eval_default_model.py sends
-(24 per category, its seed).
+with --wide 0.5 --voices 0.7 --projects 0.5 --shapes 0.5), plus every template of scripts/agent_voices.py,
+scripts/agent_wordings.py and scripts/agent_focus.py as written. The eval side: every request
+bench/eval_default_model.py sends (24 per category, its seed).
 Words are lower-cased runs of letters, digits, `_`, `.`, `/` and `-`; an eval n-gram found in the
 training set counts as overlap. The name pools are compared too: no package, module, function,
 constant or fact key of the eval may be a training pool's word.
@@ -34,12 +34,13 @@ def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
 
 
 def training_requests(episodes: int, seed: int = 0) -> list[str]:
+    import agent_focus
     import agent_wordings
     import make_agent_data as gen
     from agent_voices import FACT_ASK, FACT_SAY, VOICES
 
     texts = [t for voice in VOICES.values() for group in voice for t in group] + [*FACT_SAY, *FACT_ASK]
-    texts += agent_wordings.templates()
+    texts += agent_wordings.templates() + agent_focus.templates()
     for i in range(episodes):
         texts += _USER.findall(gen.make_episode(seed, i, **TRAIN_MIX).text())
     return texts
