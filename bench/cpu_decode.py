@@ -6,8 +6,11 @@ after a prefill of `--prompt-len` tokens, on a fresh state every repeat. Modes: 
 (`HYBRID_AGENT_KERNELS=ref`, the `*_ref` kernels through each module's generic path), `auto` (what the
 agent runs: the kernels' `*_cpu` forms and the one-token path, see model/layers.py). Results before
 the one-token path moved into the kernels also have a `generic` mode (the `*_cpu` kernels through the
-generic path). The modes run token by token in turn, each on its
-own state, so load from other processes hits all of them alike even when it changes within a repeat.
+generic path). Both modes multiply one row by the packed weights of model/cpu_rows.py (a model path,
+not a kernel choice), so `speedup_vs_ref` leaves its gain out: runs of the code before and after it,
+alternating, measure that (bench/results/cpu_decode_fast_s11.json). The modes run token by token in
+turn, each on its own state, so load from other processes hits all of them alike even when it changes
+within a repeat.
 Per mode and repeat: tok/s = tokens / the summed time of its steps (the argmax and the model call);
 the JSON gives the median over repeats, the median of the per-repeat ratios, and the median step
 time over all steps. Every mode must decode the same tokens. The load average is written before and

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ import torch
 from hybrid_agent.model.attention import Attention
 from hybrid_agent.model.blocks import Block
 from hybrid_agent.model.config import HybridConfig
+from hybrid_agent.model.cpu_rows import drop_packs, head_matmul
 from hybrid_agent.model.errors import CheckpointError, StateMismatchError, TokenRangeError
 from hybrid_agent.model.layers import RMSNorm
 from hybrid_agent.model.mamba2 import Mamba2Mixer
@@ -171,8 +173,9 @@ class HybridLM(nn.Module):
         if state.window is not None:  # nothing to evict without a window
             for i in range(len(state.layers)):
                 state.evict(i)
-        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return self.tp.logits(x, weight, self.config.vocab_size)  # (B, T, V)
+        head = self.embed_tokens if self.lm_head is None else self.lm_head
+        matmul = partial(head_matmul, head) if ops.cpu_rows else None  # model/cpu_rows.py
+        return self.tp.logits(x, head.weight, self.config.vocab_size, matmul)  # (B, T, V)
 
     # ---- identity and files --------------------------------------------------------------------------
     @property
@@ -199,6 +202,7 @@ class HybridLM(nn.Module):
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> HybridLM:
         dtypes = [p.dtype for p in self.parameters()]
         out = super()._apply(fn, recurse)
+        drop_packs(self)  # the CPU decode's packed copies (model/cpu_rows.py) of the weights before
         if [p.dtype for p in self.parameters()] != dtypes:
             self._fingerprint = None  # .to(dtype) changes the weights' bytes; a move to a device does not
         return out

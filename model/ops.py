@@ -19,6 +19,7 @@ from collections.abc import Collection, Sequence
 
 import torch
 import torch.nn.functional as F
+from hybrid_agent.model.cpu_rows import linears_row, one_cpu_row
 from hybrid_agent.model.rope import rope_cos_sin
 from hybrid_agent.model.state import LayerState, ModelState
 from torch import Tensor, nn
@@ -47,6 +48,7 @@ class Ops:
         causal_prefill: bool | None = None,
         causal_devices: Collection[str] = ("cuda",),
         stacked_devices: Collection[str] = ("cuda",),
+        cpu_rows: bool = True,
     ) -> None:
         # Unmasked CUDA attention through flash / memory-efficient only (`sdpa`); False times the
         # default choice (bench/gpu_e2e.py).
@@ -60,6 +62,9 @@ class Ops:
         # matmul per projection, whose fp32 numbers do not depend on the stacking (the CPU's matmul
         # blocks a wider output otherwise; tests pass "cpu" to check the stacked path's arithmetic).
         self.stacked_devices = frozenset(stacked_devices)
+        # One fp32 row on the CPU (decode of one sequence) multiplies by packed copies of the weights
+        # (model/cpu_rows.py): within fp32 rounding of F.linear's numbers; False keeps F.linear.
+        self.cpu_rows = cpu_rows
         self._pos: dict[tuple[int, int, torch.device], Tensor] = {}
         self._rope: dict[tuple[int, int, float], tuple[Tensor, Tensor]] = {}
 
@@ -87,7 +92,12 @@ class Ops:
 
     def project(self, role: str, x: Tensor, linears: Sequence[nn.Linear]) -> Tensor:
         """`x` through `linears` side by side: (..., sum of their outputs), in their order. `role` names
-        the matmul for the engine's kernel choice (model/decode/ops.py)."""
+        the matmul for the engine's kernel choice (model/decode/ops.py). One fp32 row on the CPU (decode)
+        multiplies by the linears' packed weights (model/cpu_rows.py)."""
+        if self.cpu_rows and one_cpu_row(x, linears[0].weight):
+            out = linears_row(x, linears)
+            if out is not None:
+                return out
         if len(linears) == 1:
             return F.linear(x, linears[0].weight, linears[0].bias)
         if x.numel() > x.shape[-1]:  # several rows: one matmul if stacked, else each writes its columns
@@ -98,7 +108,13 @@ class Ops:
         return torch.cat([F.linear(x, lin.weight, lin.bias) for lin in linears], dim=-1)
 
     def gated(self, x: Tensor, gate: nn.Linear, up: nn.Linear) -> Tensor:
-        """SwiGLU's hidden layer: silu(gate(x)) * up(x)."""
+        """SwiGLU's hidden layer: silu(gate(x)) * up(x); one CPU row through gate|up packed as one
+        matmul (model/cpu_rows.py)."""
+        if self.cpu_rows and one_cpu_row(x, gate.weight):
+            both = linears_row(x, (gate, up))
+            if both is not None:
+                h = both[..., : gate.out_features]
+                return F.silu(h) * both[..., gate.out_features :]
         return F.silu(F.linear(x, gate.weight, gate.bias)) * F.linear(x, up.weight, up.bias)
 
     def moe_step(self, moe: nn.Module, flat: Tensor) -> Tensor | None:

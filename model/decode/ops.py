@@ -29,6 +29,7 @@ from hybrid_agent.kernels.gemv import gemv as gemv_op
 from hybrid_agent.kernels.mla_decode import mla_decode
 from hybrid_agent.kernels.silu_mul import silu_mul
 from hybrid_agent.model.attention import Attention
+from hybrid_agent.model.cpu_rows import head_matmul, one_cpu_row
 from hybrid_agent.model.decode.buffers import StaticState
 from hybrid_agent.model.decode.moe_step import fusable, input_linears, moe_step
 from hybrid_agent.model.decode.rows import write_rows
@@ -109,7 +110,20 @@ class EngineOps(Ops):
             return cos.transpose(0, 1), sin.transpose(0, 1)
         return cos, sin
 
+    def cpu_row(self, role: str, x: Tensor, weight: Tensor) -> bool:
+        """One CPU row of a matmul that no GEMV kernel takes: the model's own packed path
+        (model/cpu_rows.py), so the engine's step on the CPU computes the model's numbers."""
+        return self.cpu_rows and role not in self.kernels.gemv_roles and one_cpu_row(x, weight)
+
+    def head_mm(self, owner: nn.Module, x: Tensor, weight: Tensor) -> Tensor:
+        """The LM head's matmul in the fused step: `head_matmul` for one CPU row, else the step's choice."""
+        if self.cpu_row("head", x, weight):
+            return head_matmul(owner, x, weight)
+        return self.kernels.mm("head", x, weight)
+
     def project(self, role: str, x: Tensor, linears: Sequence[nn.Linear]) -> Tensor:
+        if self.cpu_row(role, x, linears[0].weight):
+            return super().project(role, x, linears)
         stacked = self.concat.get(tuple(id(lin) for lin in linears))
         if stacked is not None:
             return self.kernels.mm(role, x, *stacked)
@@ -119,7 +133,7 @@ class EngineOps(Ops):
 
     def gated(self, x: Tensor, gate: nn.Linear, up: nn.Linear) -> Tensor:
         stacked = self.concat.get((id(gate), id(up)))
-        if not self.fused or stacked is None:
+        if not self.fused or stacked is None or self.cpu_row("gate_up", x, gate.weight):
             return super().gated(x, gate, up)
         return silu_mul(self.kernels.mm("gate_up", x, *stacked))  # [gate | up] -> silu(gate) * up
 

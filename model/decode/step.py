@@ -15,9 +15,11 @@ greedy advance picks the same token). No host read: with NCCL the collectives ar
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 from hybrid_agent.kernels import rms_norm
 from hybrid_agent.kernels.residual_rms_norm import residual_rms_norm
+from hybrid_agent.model.cpu_rows import head_matmul
 from hybrid_agent.model.decode.buffers import StaticState
 from hybrid_agent.model.decode.ops import EngineOps
 from hybrid_agent.model.hybrid import HybridLM
@@ -31,8 +33,9 @@ def head(model: HybridLM, h: Tensor) -> Tensor:
 
 def logits(model: HybridLM, h: Tensor, matmul: Callable[[Tensor, Tensor], Tensor] | None = None) -> Tensor:
     """The LM head of normed `h`: the rank's vocabulary rows by `matmul`, gathered over the ranks."""
-    weight = model.embed_tokens.weight if model.lm_head is None else model.lm_head.weight
-    return model.tp.logits(h, weight, model.config.vocab_size, matmul)
+    owner = model.embed_tokens if model.lm_head is None else model.lm_head
+    matmul = matmul or partial(head_matmul, owner)  # as the model's own forward (model/cpu_rows.py)
+    return model.tp.logits(h, owner.weight, model.config.vocab_size, matmul)
 
 
 def embed(model: HybridLM, ids: Tensor) -> Tensor:
@@ -77,5 +80,6 @@ class Step:
                 y = block.reduce(block.mlp(h, ops))
                 pending.append((y, block.mlp_norm.weight if post else None))
         h = settle(m.norm.weight)
-        buf.logits.copy_(logits(m, h, lambda a, w: ops.kernels.mm("head", a, w))[:, 0])
+        owner = m.embed_tokens if m.lm_head is None else m.lm_head
+        buf.logits.copy_(logits(m, h, partial(ops.head_mm, owner))[:, 0])
         buf.advance()
