@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import time
 from typing import Any
 
 import torch
-from hybrid_agent.agent.engine import state_snapshot
 from hybrid_agent.agent.serve_api import failure
 from hybrid_agent.agent.serve_rows import EngineRows, ModelRows, make_rows, wait_for_model
+from hybrid_agent.agent.serve_snapshots import of_state
 from hybrid_agent.model.state import ModelState
 
 # `Scheduler.begin`'s `feed` with --join-together: every unrestored prompt part is left to the batch.
@@ -44,9 +43,10 @@ STEP_OVERLAP_ENV = "HYBRID_AGENT_STEP_OVERLAP"
 Scheduler = Job = Row = Any
 
 
-def _snapshotter(state: ModelState, on_device: bool = False) -> Any:
-    """`ModelEngine.snapshot` (or, `on_device`, `snapshot_on_device`) for a row's own state."""
-    return functools.partial(state_snapshot, state, on_device=on_device)
+def _snapshotter(state: ModelState) -> Any:
+    """`ModelEngine`'s snapshots for a row's own state (on the device or the host, as the scheduler's
+    save picks: agent/serve_snapshots.py)."""
+    return of_state(state)
 
 
 def _deliver(items: list[tuple[Job, tuple[str, Any]]]) -> None:
@@ -275,7 +275,7 @@ class BatchLoop:
             row.start = None
             self.s.metrics.inc("step_prompt_tokens_total", row.prompt_save_in)  # what the steps feed
             if row.prompt_save_in == 0:
-                self.s.save_prompt(row, _snapshotter(state[id(row)], self.s.prefix.on_device))
+                self.s.save_prompt(row, _snapshotter(state[id(row)]))
         self.s.lap("save", t)
         return [(row, state[id(row)]) for row in group]
 
@@ -331,7 +331,7 @@ class BatchLoop:
         for b, state in zip(leaving, states, strict=True):
             row = self.rows[b]
             try:
-                row.job.emit("done", self.s.end(row, _snapshotter(state, self.s.prefix.on_device)))
+                row.job.emit("done", self.s.end(row, _snapshotter(state)))
             except Exception as exc:
                 self._fail(row.job, exc)
             self._release()
@@ -349,7 +349,7 @@ class BatchLoop:
             if row.prompt_save_in:
                 continue
             try:
-                self.s.save_prompt(row, _snapshotter(batch.view(b), self.s.prefix.on_device))
+                self.s.save_prompt(row, _snapshotter(batch.view(b)))
             except Exception as exc:
                 self._fail(row.job, exc)
                 row.job.cancelled.set()  # answered with the error: it leaves like a client that went away

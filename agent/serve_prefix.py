@@ -15,6 +15,11 @@ Design choices:
   order, so a state that continues another is written after it and stored as the next turn of its
   session (only its new cache pages). `flush` waits for every write: a graceful shutdown calls it, so
   reuse survives a restart.
+- With no device tier (or a state too big for it), a save is staged when the device has room
+  (agent/serve_tiers.py `stage_fits`): snapshotted on the device like a tier's state, but held only in
+  `_moving` (still found by lookups, its device tensors restored from) until the writer thread's host
+  copy lets it move to the host tier. So the model thread never waits for a long state's host copy,
+  and a request returning before that copy is done restores the device copy: the same tensors.
 - Leaving the device tier (least recently used first) demotes a state to the host tier: its tensors
   become its host copy, or, while that copy is still being made, it waits in `_moving` (still found
   by lookups, its device tensors held) until the writer thread finishes the copy and demotes it. A
@@ -49,7 +54,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from hybrid_agent.agent.serve_tiers import Copier, Tier, auto_device_bytes, copy_parts, parts_bytes, touches
+from hybrid_agent.agent.serve_tiers import (
+    Copier,
+    Tier,
+    auto_device_bytes,
+    copy_parts,
+    distinct_bytes,
+    parts_bytes,
+    stage_fits,
+    stage_mode,
+    touches,
+)
 from hybrid_agent.memory import Store, StoreError
 from hybrid_agent.memory.prefixes import PrefixIndex, PrefixRef
 from hybrid_agent.model.state import Page
@@ -81,6 +96,9 @@ class Entry:
     # Its host copy (the tensors themselves when they are on the host); None while it is being made.
     host: tuple[dict[str, Tensor], list[Page]] | None = field(default=None, repr=False)
     ready: Any = field(default=None, repr=False)  # the CUDA event after which its device tensors are whole
+    # Saved on the device but never held by the device tier (a staged save): its device copy is let go
+    # once its host copy is made.
+    staged: bool = False
     size: int = 0
 
     def __post_init__(self) -> None:
@@ -94,7 +112,9 @@ class Entry:
 @dataclass(frozen=True)
 class Hit:
     entry: Entry
-    source: str  # "gpu" | "memory" | "database": where it was found
+    # "gpu" | "staged" | "memory" | "database": where it was found ("staged": a staged save's device
+    # copy, its host copy still being made)
+    source: str
     seconds: float  # looking up and reading the state (and moving it to the device tier)
     recurrent: dict[str, Tensor]  # the tensors to restore from (the entry's, as they were when found)
     pages: list[Page]
@@ -113,10 +133,13 @@ class PrefixCache:
         ttl_seconds: float | None = None,
         device_bytes: int | None = 0,
         device: torch.device | str | None = None,
+        stage: str | None = None,
     ) -> None:
         """`device_bytes`: the device tier's bound (0: no device tier; None: `auto_device_bytes`,
         measured at the first save, on the model thread; until then nothing is promoted to the device
-        tier); `device`: the model's."""
+        tier); `device`: the model's; `stage`: whether saves outside the device tier are staged on the
+        device (agent/serve_tiers.py `stage_mode`; None: `HYBRID_AGENT_STAGE_SAVES`)."""
+        self.stage = stage_mode(stage)
         self.index = PrefixIndex(store) if store is not None else None
         self.fingerprint = fingerprint
         self.layout = layout
@@ -136,6 +159,7 @@ class PrefixCache:
         self.write_errors = 0
         self.max_bytes, self.ttl_seconds = max_bytes, ttl_seconds
         self.evicted = 0  # states this server evicted from the database
+        self.copy_seconds = 0.0  # the writer thread's device -> host copies, in all
         if self.index is not None:
             self._writer.submit(self._retain, True)
 
@@ -213,6 +237,11 @@ class PrefixCache:
         """Whether saves should be snapshots on the model's device (the device tier is on)."""
         return self.device_capacity > 0
 
+    def saves_on_device(self, nbytes: int) -> bool:
+        """Whether a save (of about `nbytes`) is snapshotted on the model's device: for the device tier,
+        or staged (see the module's docstring). Called on the model thread, before the snapshot."""
+        return self.on_device or stage_fits(nbytes, self.device, self.stage)
+
     @property
     def memory_used(self) -> int:
         return self._mem.used
@@ -221,7 +250,14 @@ class PrefixCache:
     def device_used(self) -> int:
         """Bytes of the device tier's states, and of those leaving it whose host copy is on its way."""
         with self._lock:
-            return self._gpu.used + sum(e.size for e in self._moving.values())
+            return self._gpu.used + sum(e.size for e in self._moving.values() if not e.staged)
+
+    @property
+    def staged_used(self) -> int:
+        """Bytes of staged saves' device copies, held until their host copy is made (pages they share
+        counted once)."""
+        with self._lock:
+            return distinct_bytes([e for e in self._moving.values() if e.staged])
 
     def _remember(self, entry: Entry) -> None:
         """Hold a host-resident entry in the host tier (under the lock)."""
@@ -269,7 +305,7 @@ class PrefixCache:
             return entry, "gpu"
         entry = self._moving.get(digest)
         if entry is not None:
-            return entry, "gpu"
+            return entry, "staged" if entry.staged else "gpu"
         entry = self._mem.get(digest)
         return (entry, "memory") if entry is not None else None
 
@@ -296,7 +332,7 @@ class PrefixCache:
             return None
         entry, source = best
         self._touch(entry)
-        if source != "gpu":
+        if source not in ("gpu", "staged"):  # a staged one is on the device already
             self._promote(entry)
         with self._lock:
             recurrent, pages = entry.recurrent, entry.pages
@@ -346,9 +382,9 @@ class PrefixCache:
             entry.ready = self._copier.mark()
             with self._lock:
                 self._keep_on_device(entry)
-        elif self.device.type != "cpu" and touches(recurrent, pages, self.device):
-            entry.ready = self._copier.mark()
-            with self._lock:  # too big for the device tier: to the host tier once copied
+        elif (self.device.type != "cpu" or self.stage == "on") and touches(recurrent, pages, self.device):
+            entry.ready, entry.staged = self._copier.mark(), True
+            with self._lock:  # staged (no device tier, or too big for it): to the host tier once copied
                 self._moving[digest] = entry
         else:
             entry.host = (recurrent, pages)
@@ -364,7 +400,9 @@ class PrefixCache:
         try:
             recurrent, pages = entry.recurrent, entry.pages
             reuse = base.host[1] if base is not None and base.host is not None else None
+            t0 = time.perf_counter()
             host = copy_parts(recurrent, pages, lambda ts: self._copier.to_host(ts, entry.ready), reuse)
+            self.copy_seconds += time.perf_counter() - t0
         except Exception as exc:  # e.g. no host memory left: the state stays where it is
             log.warning("copying a prefix of %d tokens to host memory failed: %s", entry.n_tokens, exc)
             with self._lock:

@@ -28,92 +28,19 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 from hybrid_agent.agent.serve_api import RequestError, assistant_segment, failure, forced_opening
+from hybrid_agent.agent.serve_metrics import Metrics
 from hybrid_agent.agent.serve_prefix import Entry, Hit, PrefixCache
 from hybrid_agent.agent.serve_rows import wait_for_model
 from hybrid_agent.agent.serve_sampling import RowSampler, Sampling, StopText
+from hybrid_agent.agent.serve_snapshots import Snapshotter, of_engine
+from hybrid_agent.agent.serve_snapshots import snapshot as take_snapshot
 from hybrid_agent.model.chat import Segment
-from hybrid_agent.model.state import Page
 
 # "1": the join phases' times (`join_*_seconds_total`) are the device's: a sync at each phase's end.
 SYNC_PHASES_ENV = "HYBRID_AGENT_SERVE_SYNC_PHASES"
-
-
-class Metrics:
-    """Prometheus counters and gauges, as text (the exposition format, version 0.0.4)."""
-
-    COUNTERS: ClassVar[dict[str, str]] = {
-        "requests_total": "chat completion requests answered, by HTTP status",
-        "prompt_tokens_total": "prompt tokens of finished requests",
-        "completion_tokens_total": "tokens generated",
-        "cached_tokens_total": "prompt tokens restored from a saved state instead of prefilled",
-        "state_hits_total": "requests that restored a saved prefix state, by tier",
-        "state_misses_total": "requests that found no saved prefix state",
-        "restore_seconds_total": "time spent finding and restoring saved states",
-        "state_saves_total": "prefix states saved",
-        "decode_steps_total": "batched decode steps",
-        "decode_seconds_total": "time in batched decode steps (launch and wait, not the host work between)",
-        "rows_seconds_total": "host time taking the rows' tokens, done while the device runs each step",
-        "batch_rows_total": "rows over all batched decode steps (divided by the steps: the mean batch)",
-        "batch_builds_total": "batch buffers built (at start-up, and again larger when a row outgrows them)",
-        "join_seconds_total": "time admitting requests to the batch (restore, prefill, first token; on "
-        "the engine's slots the copy into the slot too)",
-        "join_restore_seconds_total": "of join_seconds_total: finding and restoring the saved prefix (into "
-        "the engine, straight into an engine slot, or built for the model's batch to load)",
-        "join_lookup_seconds_total": "of join_restore_seconds_total: the prefix lookup (digests, tiers)",
-        "render_seconds_total": "time receiving and parsing request bodies and rendering them to token ids",
-        "finish_seconds_total": "one request at a time: from its first token to its answer",
-        "queue_seconds_total": "time admitted requests waited for the model thread to take them",
-        "first_token_seconds_total": "one request at a time: from the model thread taking it to its token 1",
-        "join_setup_seconds_total": "of join_seconds_total: the row's sampler set-up and first token choice",
-        "join_prefill_seconds_total": "of join_seconds_total: the prompt's prefill alone on the engine",
-        "join_save_seconds_total": "of join_seconds_total: saving the prompt's state (snapshot, tier put)",
-        "join_load_seconds_total": "of join_seconds_total: the state's copy into the batch (on the engine's "
-        "slots; the model's batch is repacked after the admissions, outside join_seconds_total)",
-        "step_prompt_tokens_total": "prompt tokens fed by the batch's step while other rows decode, "
-        "instead of a prefill of their own on joining (--join-feed-tokens)",
-        "together_prompt_tokens_total": "prompt tokens prefilled in one forward with other joining "
-        "requests' (--join-together)",
-        "warmup_seconds_total": "time warming the batched step at start-up (before any request)",
-    }
-    GAUGES: ClassVar[dict[str, str]] = {
-        "queue_depth": "admitted requests waiting for the engine",
-        "running_requests": "requests on the engine",
-        "memory_tier_bytes": "bytes of saved states in the host-memory tier",
-        "gpu_tier_bytes": "bytes of saved states in the device tier (on the model's GPU)",
-    }
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = collections.defaultdict(float)
-        self.gauges: dict[str, Callable[[], float]] = {}
-
-    def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
-        with self._lock:
-            self.values[(name, tuple(sorted(labels.items())))] += amount
-
-    def get(self, name: str, **labels: str) -> float:
-        return self.values.get((name, tuple(sorted(labels.items()))), 0.0)
-
-    def render(self) -> str:
-        lines = []
-        with self._lock:
-            values = dict(self.values)
-        for name, doc in self.COUNTERS.items():
-            lines += [f"# HELP hybrid_agent_{name} {doc}", f"# TYPE hybrid_agent_{name} counter"]
-            rows = [(k[1], v) for k, v in values.items() if k[0] == name] or [((), 0.0)]
-            for labels, value in rows:
-                tag = ",".join(f'{k}="{v}"' for k, v in labels)
-                lines.append(
-                    f"hybrid_agent_{name}{{{tag}}} {value}" if tag else f"hybrid_agent_{name} {value}"
-                )
-        for name, doc in self.GAUGES.items():
-            value = self.gauges[name]() if name in self.gauges else 0.0
-            lines += [f"# HELP hybrid_agent_{name} {doc}", f"# TYPE hybrid_agent_{name} gauge"]
-            lines.append(f"hybrid_agent_{name} {float(value)}")
-        return "\n".join(lines) + "\n"
 
 
 @dataclass
@@ -188,6 +115,8 @@ class Scheduler:
         metrics.gauges["running_requests"] = lambda: self._running
         metrics.gauges["memory_tier_bytes"] = lambda: prefix.memory_used
         metrics.gauges["gpu_tier_bytes"] = lambda: prefix.device_used
+        metrics.gauges["staged_bytes"] = lambda: prefix.staged_used
+        metrics.gauges["host_copy_seconds"] = lambda: prefix.copy_seconds
         from hybrid_agent.model.batch import batchable
 
         model = getattr(engine, "model", None)
@@ -302,15 +231,16 @@ class Scheduler:
     def _save(self, ids: list[int], base: Entry | None, snapshot: Snapshotter | None = None) -> Entry:
         """Save the state holding `ids` (the engine's live one, or `snapshot`'s) as continuing `base`
         (whose pages are not copied)."""
-        # Snapshots are copies already (`Engine.snapshot`): no second copy of the state. With a device
-        # tier they stay on the model's device (`snapshot_on_device`): the host copy is made off this
-        # thread (agent/serve_prefix.py).
-        if snapshot is None:
-            on_device = getattr(self.engine, "snapshot_on_device", None) if self.prefix.on_device else None
-            snapshot = on_device or self.engine.snapshot
-        recurrent, pages = snapshot(0 if base is None else base.n_tokens)
+        # Snapshots are copies already (`Engine.snapshot`): no second copy of the state. For the device
+        # tier, or staged when there is none and the device has room, they stay on the model's device
+        # (`snapshot_on_device`): the host copy is made off this thread (agent/serve_snapshots.py).
+        snap = snapshot if snapshot is not None else of_engine(self.engine)
+        (recurrent, pages), _ = take_snapshot(self.prefix, snap, 0 if base is None else base.n_tokens)
         self.metrics.inc("state_saves_total")
-        return self.prefix.put(self.prefix.digest(ids), len(ids), recurrent, pages, base)
+        entry = self.prefix.put(self.prefix.digest(ids), len(ids), recurrent, pages, base)
+        if entry.staged:
+            self.metrics.inc("state_saves_staged_total")
+        return entry
 
     def begin(self, job: Job, defer: bool = False, feed: int = 0) -> Row:
         """`_begin`, with the prefix writer's device -> host copies paused meanwhile: a read of the
@@ -434,9 +364,6 @@ class Scheduler:
         result = self.end(row)
         self.metrics.inc("finish_seconds_total", time.perf_counter() - t0)
         return result
-
-
-Snapshotter = Callable[[int], tuple[dict[str, Any], list[Page]]]
 
 
 @dataclass

@@ -25,6 +25,14 @@ Design choices:
   thread's stream, before the restore that reads them, so they are ordered with it without a sync.
 - On a CPU "device" (tests, or `--gpu-tier-mb` on a CPU server) the copies are plain host copies, in
   the same chunks: the tier logic is the same, only the memory is.
+- Staged saves: with no device tier (or a state too big for it), a save is still snapshotted on the
+  model's device when the device has room for it (`stage_fits`: at most `STAGE_FRACTION` of what it
+  can still give), and the writer thread makes its host copy as above, then lets the device copy go:
+  the model thread (a request's first token) never waits for a long state's copy to host memory. Short
+  of room, the snapshot is a host copy on the model thread, as it was. `HYBRID_AGENT_STAGE_SAVES`
+  switches it: "0" never (every save without a device tier copied to the host by the model thread),
+  "1" on a CPU device as well (the writer then makes a second host copy: tests, comparisons), else
+  ("auto") on CUDA only.
 """
 
 from __future__ import annotations
@@ -44,6 +52,8 @@ PIN_WASTE = 8  # a host copy is pinned when rounding it up to a power of two add
 COPY_CHUNK_BYTES = 64 << 20  # a device -> host copy's piece (~2-6 ms of the link)
 HOLD_SECONDS = 1.0  # the longest one admission pauses the device -> host copies
 PIN_HOST_ENV = "HYBRID_AGENT_PIN_HOST"  # "0": host copies in plain memory only (see the module's doc)
+STAGE_ENV = "HYBRID_AGENT_STAGE_SAVES"  # "0" | "auto" | "1": staged saves (see the module's doc)
+STAGE_FRACTION = 0.5  # a staged save takes at most this part of the memory the device can still give
 
 
 def pins_well(nbytes: int) -> bool:
@@ -64,6 +74,35 @@ def auto_device_bytes(device: torch.device) -> int:
     return int(free * AUTO_DEVICE_FRACTION)
 
 
+def stage_mode(value: str | None = None) -> str:
+    """ "off", "auto" or "on": `value`, else `STAGE_ENV`'s (see the module's docstring)."""
+    raw = (os.environ.get(STAGE_ENV, "auto") if value is None else value).strip().lower()
+    if raw in {"0", "off", "false", "no"}:
+        return "off"
+    if raw in {"1", "on", "true", "yes"}:
+        return "on"
+    if raw in {"", "auto"}:
+        return "auto"
+    raise ValueError(f"{STAGE_ENV} takes 0, 1 or auto; got {raw!r}")
+
+
+def device_room(device: torch.device) -> int:
+    """Bytes PyTorch can still allocate on a CUDA device: its free memory and what the caching allocator
+    holds unused (no sync: a driver query and the allocator's counters)."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+
+
+def stage_fits(nbytes: int, device: torch.device, mode: str) -> bool:
+    """Whether a save of about `nbytes` with no device tier to hold it is staged on `device` (see the
+    module's docstring); `mode` as `stage_mode` gives it."""
+    if mode == "off":
+        return False
+    if device.type == "cuda":
+        return nbytes <= STAGE_FRACTION * device_room(device)
+    return mode == "on"
+
+
 def parts_bytes(recurrent: dict[str, Tensor], pages: list[Page]) -> int:
     tensors = [*recurrent.values(), *(t for p in pages for t in p.tensors.values())]
     return sum(t.numel() * t.element_size() for t in tensors)
@@ -80,6 +119,12 @@ def touches(recurrent: dict[str, Tensor], pages: list[Page], device: torch.devic
 
 def _tensors(entry: Any) -> list[Tensor]:
     return [*entry.recurrent.values(), *(t for p in entry.pages for t in p.tensors.values())]
+
+
+def distinct_bytes(entries: list[Any]) -> int:
+    """Bytes of the distinct tensors `entries` hold (one shared by several, such as the pages a state
+    shares with the one it continues, counts once)."""
+    return sum({id(t): t.numel() * t.element_size() for e in entries for t in _tensors(e)}.values())
 
 
 class Tier:

@@ -24,7 +24,12 @@ Everything goes through the real server (agent/serve_app.py on uvicorn, loopback
    holds the state in its GPU tier (`--gpu-tier-mb`, default the server's own automatic size; the smoke
    run's tier is on the CPU), on a fresh server without a GPU tier that reads it from the database
    (SQLite in a temporary folder), then on that server again from its host-memory tier, and on a fresh
-   server with an empty database (the whole history prefilled again). Each one's time by phase is in
+   server with an empty database (the whole history prefilled again), twice: its prompt state's host
+   copy made on the model thread before the first token (`prefill_sync_*`, HYBRID_AGENT_STAGE_SAVES=0)
+   and by the server's default (`prefill_*`: staged on the GPU, copied by the writer thread), each with
+   `*_first_token_s` (the model thread's time to the first token), `*_save_s` (the save's part of it),
+   `*_host_copy_s` (the writer's copies) and `*_saved_after_s` (the wait after the answer until every
+   save was in the database). Each one's time by phase is in
    `phases_ms` (`returning_phases`: rendering, queueing, lookup, restore, prefill, save, the first
    token's choice, the rest), and the GPU tier's again with the device synchronized at each phase's
    end (`gpu_synced`). The GPU tier's bound and bytes
@@ -49,6 +54,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 
@@ -118,6 +124,22 @@ def server(engine: Any, db: str, **options: Any) -> Any:
         thread.join()
         sock.close()
         store.close()
+
+
+def save_times(app: Any, tag: str) -> dict[str, float]:
+    """A fresh server's one request, after its answer: the model thread's time to the first token and
+    the part of it that saved the prompt's state, the prefix writer's device -> host copies, and how long
+    after the answer every save was in the database (the writer's copies and writes still running)."""
+    metrics, prefix = app.state.metrics, app.state.prefix
+    t0 = time.perf_counter()
+    prefix.flush()
+    return {
+        f"{tag}_first_token_s": metrics.get("first_token_seconds_total"),
+        f"{tag}_save_s": metrics.get("join_save_seconds_total"),
+        f"{tag}_host_copy_s": prefix.copy_seconds,
+        f"{tag}_saved_after_s": time.perf_counter() - t0,
+        f"{tag}_staged_saves": metrics.get("state_saves_staged_total"),
+    }
 
 
 def next_turn(i: int, answer: str) -> list[dict[str, Any]]:
@@ -233,6 +255,8 @@ def decode_section(
 def returning_section(engine: Any, context: int, tmp: Path, gpu_tier_bytes: int | None) -> dict[str, Any]:
     import gc
 
+    from hybrid_agent.agent.serve_tiers import STAGE_ENV
+
     name = engine.model_name
     if torch.cuda.is_available():  # the decode section's servers and their GPU tiers are gone
         gc.collect()
@@ -297,8 +321,21 @@ def returning_section(engine: Any, context: int, tmp: Path, gpu_tier_bytes: int 
         out["memory_restore_s"] = metrics.get("restore_seconds_total") - out["database_restore_s"]
         out["memory_hits"] = metrics.get("state_hits_total", tier="memory")
         out["memory_tier_bytes"] = metrics.gauges["memory_tier_bytes"]()
-    with server(engine, str(tmp / "empty.db"), **{**opts, "gpu_tier_bytes": 0}) as (app, client):
-        out["prefill_s"], _, out["prefill_cached"] = ttft(client, then("Now list its words."), app, "prefill")
+    # A fresh server without a GPU tier and an empty database: the whole history prefilled and its state
+    # saved. Twice: the save's host copy made on the model thread before the first token (staged saves
+    # off: "prefill_sync"), then as the server saves by default ("prefill": staged on the GPU when it
+    # has room, the host copy made by the writer thread, agent/serve_tiers.py).
+    for tag, stage in (("prefill_sync", "0"), ("prefill", None)):
+        if torch.cuda.is_available():  # the last server's states are gone before this one measures room
+            gc.collect()
+            torch.cuda.empty_cache()
+        env, fresh = {STAGE_ENV: stage} if stage else {}, {**opts, "gpu_tier_bytes": 0}
+        with (
+            mock.patch.dict(os.environ, env),
+            server(engine, str(tmp / f"{tag}.db"), **fresh) as (app, client),
+        ):
+            out[f"{tag}_s"], _, out[f"{tag}_cached"] = ttft(client, then("Now list its words."), app, tag)
+            out.update(save_times(app, tag))
     out["speedup_gpu"] = out["prefill_s"] / out["gpu_s"]
     # Each request's first token by phase, in ms (`returning_phases`); "gpu_synced" with device syncs.
     out["phases_ms"] = phases

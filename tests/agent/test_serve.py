@@ -381,7 +381,8 @@ def test_gpu_serve_bench_smoke(tmp_path: Path) -> None:
     # each request's first token by phase (ms), summing to its latency; the restored ones looked up and
     # restored a state, the re-prefill prefilled the whole history
     for tag, total in [("gpu", "gpu_s"), ("gpu_synced", "gpu_synced_s"), ("memory", "memory_s"),
-                       ("database", "database_s"), ("prefill", "prefill_s")]:  # fmt: skip
+                       ("database", "database_s"), ("prefill", "prefill_s"),
+                       ("prefill_sync", "prefill_sync_s")]:  # fmt: skip
         phases = back["phases_ms"][tag]
         assert set(phases) == {"render", "queue", "lookup", "restore_copy", "setup", "prefill", "save",
                                "first_choice", "finish", "other"}  # fmt: skip
@@ -389,6 +390,12 @@ def test_gpu_serve_bench_smoke(tmp_path: Path) -> None:
         assert phases["render"] > 0 and phases["lookup"] > 0 and phases["finish"] > 0 and phases["other"] > 0
     restored, fresh = back["phases_ms"]["gpu"], back["phases_ms"]["prefill"]
     assert fresh["prefill"] > restored["prefill"]
+    # The fresh servers' first token, the save's part of it, the writer's host copies (none on the CPU:
+    # not staged there by default) and the wait for the database after the answer, each measured.
+    for tag in ("prefill", "prefill_sync"):
+        assert back[f"{tag}_cached"] == 0 and back[f"{tag}_staged_saves"] == 0
+        assert 0 < back[f"{tag}_save_s"] < back[f"{tag}_first_token_s"] < back[f"{tag}_s"]
+        assert back[f"{tag}_host_copy_s"] == 0 and back[f"{tag}_saved_after_s"] >= 0
 
 
 def test_gpu_serve_bench_sections(tmp_path: Path) -> None:
