@@ -18,7 +18,8 @@
 #          HYBRID_AGENT_STEP_OVERLAP=0: the rows take their tokens on the host before each step is queued
 #          instead of while it runs (agent/serve_batch.py `BatchLoop._step`), to compare in one call
 #   returning  bench/gpu_serve.py's returning 64k conversation: the first token from the GPU tier, the
-#          host-memory tier, the database and a full prefill
+#          host-memory tier, the database and a full prefill (twice: the prompt state's host copy made
+#          before the first token, `prefill_sync_*`, and staged on the GPU, `prefill_*`)
 #   returning-plain (not in the default list) the returning step with HYBRID_AGENT_PIN_HOST=0: the writer's
 #          host copies in plain memory (no pinning while serving), to compare the first token while the
 #          writer still saves the first turn (1.32 s against 0.17 s once it is done on the H100)
@@ -80,7 +81,7 @@ step serve serve 240 python3 bench/gpu_serve.py --model $ckpt --sessions 1,8,32,
   --sections decode --batch-paths engine --out "$out/gpu_serve.json"
 step overlap-off serve_overlap_off 200 env HYBRID_AGENT_STEP_OVERLAP=0 python3 bench/gpu_serve.py --model $ckpt \
   --sessions 1,8,32 --decode-tokens 128 --sections decode --batch-paths engine --out "$out/gpu_serve_overlap_off.json"
-step returning serve_returning 200 python3 bench/gpu_serve.py --model $ckpt --sessions 1 --sections returning \
+step returning serve_returning 260 python3 bench/gpu_serve.py --model $ckpt --sessions 1 --sections returning \
   --context 65536 --out "$out/gpu_serve_returning.json"
 step returning-plain serve_returning_plain 200 env HYBRID_AGENT_PIN_HOST=0 python3 bench/gpu_serve.py --model $ckpt \
   --sessions 1 --sections returning --context 65536 --out "$out/gpu_serve_returning_plain.json"
