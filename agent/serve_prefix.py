@@ -240,7 +240,7 @@ class PrefixCache:
     def saves_on_device(self, nbytes: int) -> bool:
         """Whether a save (of about `nbytes`) is snapshotted on the model's device: for the device tier,
         or staged (see the module's docstring). Called on the model thread, before the snapshot."""
-        return self.on_device or stage_fits(nbytes, self.device, self.stage)
+        return self.on_device or stage_fits(nbytes, self.device, self.stage, self.staged_used)
 
     @property
     def memory_used(self) -> int:

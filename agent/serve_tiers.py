@@ -25,14 +25,15 @@ Design choices:
   thread's stream, before the restore that reads them, so they are ordered with it without a sync.
 - On a CPU "device" (tests, or `--gpu-tier-mb` on a CPU server) the copies are plain host copies, in
   the same chunks: the tier logic is the same, only the memory is.
-- Staged saves: with no device tier (or a state too big for it), a save is still snapshotted on the
-  model's device when the device has room for it (`stage_fits`: at most `STAGE_FRACTION` of what it
-  can still give), and the writer thread makes its host copy as above, then lets the device copy go:
-  the model thread (a request's first token) never waits for a long state's copy to host memory. Short
-  of room, the snapshot is a host copy on the model thread, as it was. `HYBRID_AGENT_STAGE_SAVES`
-  switches it: "0" never (every save without a device tier copied to the host by the model thread),
-  "1" on a CPU device as well (the writer then makes a second host copy: tests, comparisons), else
-  ("auto") on CUDA only.
+- Staged saves: with no device tier, a save is still snapshotted on the model's device when the device
+  has room for it (`stage_fits`: staged copies at most `STAGE_FRACTION` of what it could give without
+  them), and the writer thread makes its host copy as above, then lets the device copy go: the model
+  thread (a request's first token) never waits for a long state's copy to host memory. Short of room,
+  the snapshot is a host copy on the model thread, as it was. (With a device tier every save is
+  snapshotted on the device; one too big for the tier is staged the same way.)
+  `HYBRID_AGENT_STAGE_SAVES` switches it: "0" never (every save without a device tier copied to the
+  host by the model thread), "1" on a CPU device as well (the writer then makes a second host copy:
+  tests, comparisons), else ("auto") on CUDA only.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ COPY_CHUNK_BYTES = 64 << 20  # a device -> host copy's piece (~2-6 ms of the lin
 HOLD_SECONDS = 1.0  # the longest one admission pauses the device -> host copies
 PIN_HOST_ENV = "HYBRID_AGENT_PIN_HOST"  # "0": host copies in plain memory only (see the module's doc)
 STAGE_ENV = "HYBRID_AGENT_STAGE_SAVES"  # "0" | "auto" | "1": staged saves (see the module's doc)
-STAGE_FRACTION = 0.5  # a staged save takes at most this part of the memory the device can still give
+STAGE_FRACTION = 0.5  # staged saves take at most this part of the memory the device could give
 
 
 def pins_well(nbytes: int) -> bool:
@@ -93,13 +94,15 @@ def device_room(device: torch.device) -> int:
     return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
 
 
-def stage_fits(nbytes: int, device: torch.device, mode: str) -> bool:
+def stage_fits(nbytes: int, device: torch.device, mode: str, held: int = 0) -> bool:
     """Whether a save of about `nbytes` with no device tier to hold it is staged on `device` (see the
-    module's docstring); `mode` as `stage_mode` gives it."""
+    module's docstring); `mode` as `stage_mode` gives it. `held`: the bytes of staged saves whose host
+    copy is still to be made: with them, staged copies take at most `STAGE_FRACTION` of what the device
+    could give without them (a slow writer cannot let them fill the device, save after save)."""
     if mode == "off":
         return False
     if device.type == "cuda":
-        return nbytes <= STAGE_FRACTION * device_room(device)
+        return held + nbytes <= STAGE_FRACTION * (device_room(device) + held)
     return mode == "on"
 
 

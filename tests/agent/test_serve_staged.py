@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import torch
-from hybrid_agent.agent.serve_prefix import PrefixCache
+from hybrid_agent.agent.serve_prefix import Entry, PrefixCache
 from hybrid_agent.agent.serve_snapshots import Snapshotter, snapshot
 from hybrid_agent.agent.serve_tiers import STAGE_ENV, stage_fits, stage_mode
 from hybrid_agent.memory import Store
@@ -70,6 +70,29 @@ def test_stage_switch_and_the_room_rule(monkeypatch: pytest.MonkeyPatch) -> None
     cpu = torch.device("cpu")  # a CPU device stages only when switched on (no device memory to spare)
     assert stage_fits(1, cpu, "on") and not stage_fits(1, cpu, "auto") and not stage_fits(1, cpu, "off")
     assert not _cache(None, stage="auto").saves_on_device(1)
+
+
+def test_staged_copies_take_at_most_half_of_what_the_device_could_give(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The room rule on a CUDA device (its free memory stubbed: no CUDA call is made): a save is staged
+    when, with the staged copies still waiting for their host copy, they take at most half of what the
+    device could give without them; else it is copied to the host on the model thread."""
+    from hybrid_agent.agent import serve_tiers
+
+    monkeypatch.setattr(serve_tiers, "device_room", lambda device: 1000)
+    cuda = torch.device("cuda")
+    assert stage_fits(500, cuda, "auto") and not stage_fits(501, cuda, "auto")
+    assert stage_fits(500, cuda, "on") and not stage_fits(500, cuda, "off")
+    # 300 bytes held already: the device could give 1300 without them, so 350 more fit and 351 do not.
+    assert stage_fits(350, cuda, "auto", held=300) and not stage_fits(351, cuda, "auto", held=300)
+    cache = _cache(None, stage="auto", device="cuda")
+    assert cache.saves_on_device(500) and not cache.saves_on_device(501)
+    rec, pages = _parts(4)  # a staged save waiting for its copy (size 4 * 16 * 4 + 4 = 260 bytes)
+    cache._moving["x"] = Entry("x", 4, rec, pages, staged=True)
+    assert cache.staged_used == 260
+    assert cache.saves_on_device(370) and not cache.saves_on_device(371)  # 260 + 370 <= (1000 + 260) / 2
+    cache.close()
 
 
 @pytest.mark.parametrize("with_db", [True, False])
@@ -231,7 +254,7 @@ def test_a_cuda_staged_save_does_not_hold_up_the_model_thread_and_restores_bit_e
 
     dev = torch.device("cuda")
     assert not stage_fits(1 << 60, dev, "auto") and stage_fits(1 << 20, dev, "auto")
-    assert not stage_fits(1 << 20, dev, "off")
+    assert not stage_fits(1 << 20, dev, "off") and not stage_fits(1 << 20, dev, "auto", held=1 << 60)
     torch.manual_seed(3)
     lm = HybridLM(CFG).eval().to(dev)
     live = ModelEngine(lm, ByteTokenizer(), NativeChatFormat(), window=None)
