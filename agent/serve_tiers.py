@@ -262,6 +262,7 @@ class Copier:
                     out.append(t.clone())
                     continue
                 pinned = self.pin and pins_well(t.numel() * t.element_size())
+                self._wait()  # pinning a block may hold up the model thread's CUDA calls too (see above)
                 host = torch.empty(t.shape, dtype=t.dtype, pin_memory=pinned)
                 # into plain memory: synchronous, on this stream
                 self._copy_chunks(host, t, pinned, stream)
