@@ -283,10 +283,10 @@ class Scheduler:
         if cached < last and not by_step:
             eng.prefill(job.ids[cached:last])
             t = self.lap("prefill", t)
-            prompt_entry = self._save(job.ids[:last], base)
             # The hold's bound runs from the admission's start (`begin`), which a long prefill outlasts:
-            # renewed, so the host copy of the state just saved waits for the rest of the admission.
+            # renewed before the save, so its host copy waits for the rest of the admission.
             self.prefix.hold_copies()
+            prompt_entry = self._save(job.ids[:last], base)
             t = self.lap("save", t)
         defer = by_step or (defer and max(cached, last) > 0)
         row = Row(job, cached, prompt_entry, eng.text_stream(), VisibleText(chat, job.tools), chat, sampler,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +241,43 @@ def test_a_returning_request_restores_a_staged_save_exactly(
             assert b.usage.prompt_tokens_details.cached_tokens == p.usage.prompt_tokens - 1
         assert_same_answer(b1, p1)
         assert_same_answer(b2, p2)
+
+
+def test_an_admissions_save_is_copied_after_the_admission_however_long_its_prefill(
+    engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An admission holds the writer's copies for a bounded time from its start (agent/serve_tiers.py
+    `Copier.hold`); a prefill longer than that bound must not let the copy of the prompt's state, saved
+    after it, run beside the rest of the admission (the first token's forward): the hold is renewed."""
+    monkeypatch.setenv(STAGE_ENV, "1")
+    prefill = engine.prefill
+
+    def slow(ids: Any) -> None:  # the prompt's prefill outlasts the hold; the last token's does not
+        time.sleep(0.8 if len(ids) > 1 else 0.1)
+        prefill(ids)
+
+    monkeypatch.setattr(engine, "prefill", slow)
+    events: list[str] = []
+    with serving(engine, None, max_concurrent=1, gpu_tier_bytes=0) as served:
+        scheduler, copier = served.app.state.scheduler, served.app.state.prefix._copier
+        hold, begin, wait = copier.hold, scheduler.begin, copier._wait
+        monkeypatch.setattr(copier, "hold", lambda seconds=0.6: hold(seconds))
+
+        def admitted(*args: Any, **kwargs: Any) -> Any:
+            row = begin(*args, **kwargs)
+            events.append("admitted")
+            return row
+
+        def copying() -> None:  # the writer is let through to its next piece of the copy
+            wait()
+            events.append("copy")
+
+        monkeypatch.setattr(scheduler, "begin", admitted)
+        monkeypatch.setattr(copier, "_wait", copying)
+        chat(served, [{"role": "user", "content": "Say something about main.py"}], max_tokens=2)
+        served.app.state.prefix.flush()
+        assert served.metric("state_saves_staged_total") >= 1
+    assert events[0] == "admitted" and "copy" in events
 
 
 @pytest.mark.gpu
