@@ -334,3 +334,44 @@ def test_a_cuda_staged_save_does_not_hold_up_the_model_thread_and_restores_bit_e
     other.restore(again.recurrent, again.pages)
     assert greedy(other, [5, 6, 7], 30) == rest
     cache.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("concurrent", [1, 2])
+def test_a_cuda_server_without_a_gpu_tier_answers_before_any_host_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, concurrent: int
+) -> None:
+    """The packaged model on CUDA, no GPU tier: both turns are answered while the prefix writer is held
+    (no host copy made at all), the second restored from the first's staged device copy, and each
+    answers as the server that copies every save to the host on its model thread."""
+    from hybrid_agent.agent.factory import load_engine
+
+    engine = load_engine(None, device="cuda")
+    opts: dict[str, Any] = {"max_concurrent": concurrent, "gpu_tier_bytes": 0, "join_feed_tokens": 0}
+    kw = {"logprobs": True}
+    monkeypatch.setenv(STAGE_ENV, "0")
+    with serving(engine, None, **opts) as plain:
+        p1, p2 = _turns(plain, None, kw)
+        assert plain.metric("state_saves_staged_total") == 0
+    monkeypatch.delenv(STAGE_ENV)  # the default: staged on a GPU with room
+    with serving(engine, str(tmp_path / "s.db"), **opts) as served:
+        prefix = served.app.state.prefix
+        assert prefix.device_capacity == 0 and prefix.stage == "auto"
+        threads = _copies_on(prefix)
+        gate = threading.Event()
+        served.app.state.prefix._writer.submit(gate.wait, 60)
+        try:
+            first = [{"role": "user", "content": "Say something about main.py"}]
+            a1 = chat(served, first, max_tokens=12, **kw)
+            assert prefix.staged_used > 0 and threads == []  # the device copies wait for the writer
+            again = [*first, as_history(a1.choices[0].message), {"role": "user", "content": "More, please."}]
+            a2 = chat(served, again, max_tokens=12, **kw)
+            assert threads == [] and served.metric("state_hits_total", tier="staged") == 1
+        finally:
+            gate.set()
+        prefix.flush()
+        assert prefix.staged_used == 0 and set(threads) == {WRITER + "_0"}
+        assert served.metric("state_saves_staged_total") == served.metric("state_saves_total") > 0
+    assert_same_answer(a1, p1)
+    assert_same_answer(a2, p2)
