@@ -296,7 +296,7 @@ def test_a_cuda_staged_save_does_not_hold_up_the_model_thread_and_restores_bit_e
     torch.manual_seed(3)
     lm = HybridLM(CFG).eval().to(dev)
     live = ModelEngine(lm, ByteTokenizer(), NativeChatFormat(), window=None)
-    prompt = torch.randint(0, CFG.vocab_size, (2000,)).tolist()
+    prompt = torch.randint(0, CFG.vocab_size, (600,)).tolist()
     live.prefill(prompt)
     cache = _cache(None, stage="auto", device="cuda", memory_bytes=1 << 30)
     assert not cache.on_device and cache.saves_on_device(live.state_bytes)
