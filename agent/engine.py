@@ -28,7 +28,6 @@ Design choices:
 from __future__ import annotations
 
 import base64
-import os
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -36,6 +35,7 @@ import torch
 from hybrid_agent.agent.errors import AgentError
 from hybrid_agent.model.chat import ChatFormat, Segment
 from hybrid_agent.model.state import Page
+from hybrid_agent.model.switches import env_switch
 from hybrid_agent.model.tokenizer import fingerprint_with_tokenizer
 from torch import Tensor
 
@@ -49,12 +49,8 @@ def want_decode_engine(arg: bool | None, device: torch.device) -> bool:
     else CUDA."""
     if arg is not None:
         return arg
-    env = os.environ.get(DECODE_ENGINE_ENV, "auto").strip().lower()
-    if env in ("1", "true", "yes", "on"):
-        return True
-    if env in ("0", "false", "no", "off"):
-        return False
-    return device.type == "cuda"
+    env = env_switch(DECODE_ENGINE_ENV)
+    return device.type == "cuda" if env is None else env
 
 
 def check_fingerprint(session_id: str, stored: str, current: str) -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from typing import Any
 
@@ -33,6 +32,7 @@ from hybrid_agent.agent.serve_api import failure
 from hybrid_agent.agent.serve_rows import EngineRows, ModelRows, make_rows, wait_for_model
 from hybrid_agent.agent.serve_snapshots import of_state
 from hybrid_agent.model.state import ModelState
+from hybrid_agent.model.switches import env_switch
 
 # `Scheduler.begin`'s `feed` with --join-together: every unrestored prompt part is left to the batch.
 TOGETHER_FEED = 1 << 62
@@ -85,7 +85,7 @@ class BatchLoop:
         self.batch: EngineRows | ModelRows | None = None  # where the rows' states are (agent/serve_rows.py)
         self.outbox = Outbox()  # the rows' events, handed over once per step
         self._builds: tuple[Any, int] = (None, 0)  # the batch and its `EngineRows.builds` as last counted
-        self.overlap = os.environ.get(STEP_OVERLAP_ENV, "1").strip() != "0"
+        self.overlap = env_switch(STEP_OVERLAP_ENV) is not False
 
     def _release(self) -> None:
         self.s.release()

@@ -14,13 +14,13 @@ Both keep the rows in join order; `step` takes and returns them in that order.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from hybrid_agent.model.batch import BatchState
 from hybrid_agent.model.state import ModelState, Page
+from hybrid_agent.model.switches import env_switch
 from torch import Tensor
 
 BATCH_ENGINE_ENV = "HYBRID_AGENT_BATCH_ENGINE"  # auto (default: when the DecodeEngine runs) | 1 | 0
@@ -196,12 +196,8 @@ def make_rows(engine: Any, slots: int) -> EngineRows | ModelRows:
     asks for them) and the engine can run this model per row; else the model's own batch."""
     from hybrid_agent.model.errors import StateMismatchError
 
-    env = os.environ.get(BATCH_ENGINE_ENV, "auto").strip().lower()
-    want = bool(getattr(engine, "uses_decode_engine", False))
-    if env in ("1", "true", "yes", "on"):
-        want = True
-    elif env in ("0", "false", "no", "off"):
-        want = False
+    env = env_switch(BATCH_ENGINE_ENV)
+    want = bool(getattr(engine, "uses_decode_engine", False)) if env is None else env
     if want and engine.window is None:
         try:
             return EngineRows(engine.model, slots, getattr(engine, "_vocab_size", None))

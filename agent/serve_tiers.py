@@ -38,7 +38,6 @@ Design choices:
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -46,6 +45,7 @@ from typing import Any
 
 import torch
 from hybrid_agent.model.state import Page
+from hybrid_agent.model.switches import env_switch
 from torch import Tensor
 
 AUTO_DEVICE_FRACTION = 0.5  # of the device memory free once the model and its buffers are built
@@ -77,14 +77,7 @@ def auto_device_bytes(device: torch.device) -> int:
 
 def stage_mode(value: str | None = None) -> str:
     """ "off", "auto" or "on": `value`, else `STAGE_ENV`'s (see the module's docstring)."""
-    raw = (os.environ.get(STAGE_ENV, "auto") if value is None else value).strip().lower()
-    if raw in {"0", "off", "false", "no"}:
-        return "off"
-    if raw in {"1", "on", "true", "yes"}:
-        return "on"
-    if raw in {"", "auto"}:
-        return "auto"
-    raise ValueError(f"{STAGE_ENV} takes 0, 1 or auto; got {raw!r}")
+    return {True: "on", False: "off", None: "auto"}[env_switch(STAGE_ENV, value)]
 
 
 def device_room(device: torch.device) -> int:
@@ -208,7 +201,7 @@ class Copier:
         self._free = threading.Event()  # set: copies may go on; cleared by `hold` until `release`
         self._free.set()
         self._until = 0.0  # when a hold ends at the latest (time.monotonic)
-        self.pin = os.environ.get(PIN_HOST_ENV, "auto").strip().lower() not in {"0", "false", "no", "off"}
+        self.pin = env_switch(PIN_HOST_ENV) is not False
 
     def hold(self, seconds: float = HOLD_SECONDS) -> None:
         """On the model thread, as a request's admission starts: device -> host copies pause at their

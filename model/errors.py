@@ -33,3 +33,7 @@ class CheckpointError(ModelError):
 
 class TokenizerError(ModelError, ValueError):
     """A tokenizer file that cannot be used, or a special token it does not have."""
+
+
+class SwitchError(ModelError, ValueError):
+    """An on/off switch in the environment with a value it does not take (model/switches.py)."""

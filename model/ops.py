@@ -14,7 +14,6 @@ on both paths.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Collection, Sequence
 
 import torch
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from hybrid_agent.model.cpu_rows import linears_row, one_cpu_row
 from hybrid_agent.model.rope import rope_cos_sin
 from hybrid_agent.model.state import LayerState, ModelState
+from hybrid_agent.model.switches import env_switch
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -33,7 +33,7 @@ CAUSAL_PREFILL_ENV = "HYBRID_AGENT_CAUSAL_PREFILL"
 
 def causal_prefill_default() -> bool:
     """Whether prefill chunks may take the unmasked causal path (`CAUSAL_PREFILL_ENV`, on unless "0")."""
-    return os.environ.get(CAUSAL_PREFILL_ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
+    return env_switch(CAUSAL_PREFILL_ENV) is not False
 
 
 class Ops:

@@ -66,7 +66,7 @@ def test_stage_switch_and_the_room_rule(monkeypatch: pytest.MonkeyPatch) -> None
         monkeypatch.setenv(STAGE_ENV, value)
         assert stage_mode() == mode
     monkeypatch.setenv(STAGE_ENV, "sometimes")
-    with pytest.raises(ValueError, match="HYBRID_AGENT_STAGE_SAVES takes 0, 1 or auto"):
+    with pytest.raises(ValueError, match="HYBRID_AGENT_STAGE_SAVES takes 1, 0 or auto"):
         stage_mode()
     cpu = torch.device("cpu")  # a CPU device stages only when switched on (no device memory to spare)
     assert stage_fits(1, cpu, "on") and not stage_fits(1, cpu, "auto") and not stage_fits(1, cpu, "off")
