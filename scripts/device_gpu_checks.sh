@@ -24,7 +24,7 @@
 #   unrun   240: the GPU tests of work merged but not yet run on a GPU: the capture beside another thread's
 #                copies (tests/engine/test_graph_capture_thread.py), the GDN prefill's stacked projection,
 #                gates and L2 norm kernels (tests/kernels/test_kernels_gpu_gdn_prefill.py), the restore
-#                plan, the causal prefill path, the serve tiers, the MoE route tests as changed
+#                plan, the causal prefill path, the serve tiers and staged saves, the MoE route tests as changed
 #                (not in the default list; installs the package first, which pytest's plugins need)
 # STEPS (default "kernels engine bench") picks some of them.
 set -uo pipefail
@@ -85,6 +85,7 @@ for step in $steps; do
       timeout 240 python3 -m pytest -m gpu -v -p no:cacheprovider -n 4 tests/engine/test_graph_capture_thread.py \
         tests/kernels/test_kernels_gpu_gdn_prefill.py tests/engine/test_engine_restore_plan.py \
         tests/engine/test_causal_prefill_gpu.py tests/agent/test_serve_tiers.py tests/kernels/test_moe_route.py \
+        tests/agent/test_serve_staged.py \
         >> "$out/pytest_gpu_unrun.txt" 2>&1
       echo "unrun rc=$? $(( $(date +%s) - start )) s"; summary "$out/pytest_gpu_unrun.txt" 40 ;;
     *) echo "unknown step $step" ;;
