@@ -43,12 +43,6 @@ STEP_OVERLAP_ENV = "HYBRID_AGENT_STEP_OVERLAP"
 Scheduler = Job = Row = Any
 
 
-def _snapshotter(state: ModelState) -> Any:
-    """`ModelEngine`'s snapshots for a row's own state (on the device or the host, as the scheduler's
-    save picks: agent/serve_snapshots.py)."""
-    return of_state(state)
-
-
 def _deliver(items: list[tuple[Job, tuple[str, Any]]]) -> None:
     for job, event in items:
         job.events.put_nowait(event)
@@ -275,7 +269,7 @@ class BatchLoop:
             row.start = None
             self.s.metrics.inc("step_prompt_tokens_total", row.prompt_save_in)  # what the steps feed
             if row.prompt_save_in == 0:
-                self.s.save_prompt(row, _snapshotter(state[id(row)]))
+                self.s.save_prompt(row, of_state(state[id(row)]))
         self.s.lap("save", t)
         return [(row, state[id(row)]) for row in group]
 
@@ -289,10 +283,9 @@ class BatchLoop:
 
     def _step(self) -> None:
         batch = self._rows()
-        take = lambda: [not r.feeding and r.take(tok) for r, tok in zip(self.rows, self.next, strict=True)]
         if not self.overlap:  # HYBRID_AGENT_STEP_OVERLAP=0: the host's work before the step, to compare
             t = time.perf_counter()
-            ended = take()
+            ended = self._take()
             self.s.metrics.inc("rows_seconds_total", time.perf_counter() - t)
         t0 = time.perf_counter()
         logits = batch.step(self.next)  # (B, V), queued on the device
@@ -301,7 +294,7 @@ class BatchLoop:
         # whose token ends its answer was fed that token anyway (it leaves with its state after the step).
         t1 = time.perf_counter()
         if self.overlap:
-            ended = take()
+            ended = self._take()
             self.outbox.flush()
         t2 = time.perf_counter()
         wait_for_model(logits.device)  # the step's time, not its launch's
@@ -331,12 +324,17 @@ class BatchLoop:
         for b, state in zip(leaving, states, strict=True):
             row = self.rows[b]
             try:
-                row.job.emit("done", self.s.end(row, _snapshotter(state)))
+                row.job.emit("done", self.s.end(row, of_state(state)))
             except Exception as exc:
                 self._fail(row.job, exc)
             self._release()
         self.rows = [row for b, row in enumerate(self.rows) if b not in leaving]
         self.next = [tok for b, tok in enumerate(self.next) if b not in leaving]
+
+    def _take(self) -> list[bool]:
+        """Each row takes the token it is fed (a row still feeding its prompt takes none); True where
+        that token ends the row's answer (agent/serve_scheduler.py `Row.take`)."""
+        return [not row.feeding and row.take(tok) for row, tok in zip(self.rows, self.next, strict=True)]
 
     def _save_prompts(self, batch: EngineRows | ModelRows) -> None:
         """After a step: the prompt's state of each row whose step-fed prompt now holds all but its last
@@ -349,7 +347,7 @@ class BatchLoop:
             if row.prompt_save_in:
                 continue
             try:
-                self.s.save_prompt(row, _snapshotter(batch.view(b)))
+                self.s.save_prompt(row, of_state(batch.view(b)))
             except Exception as exc:
                 self._fail(row.job, exc)
                 row.job.cancelled.set()  # answered with the error: it leaves like a client that went away
