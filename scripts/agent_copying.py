@@ -2,7 +2,7 @@
 
 The default model's most common error outside docs questions is rewriting a name it has never seen
 into a familiar-looking one (a project folder `ab`+`cd` written as `ab`+a word seen often in training),
-copying the punctuation after a name into a path, taking a word of the wording ("everything") for the
+copying the punctuation after a name into a path, taking a word of the wording ("all") for the
 folder, or paraphrasing a note's text (docs/training.md). A share `FAMILY` of the shaped
 workspaces (scripts/agent_shapes.py) holds a family of 2-4 sibling folders whose names share a head
 or a tail with words common in training, or differ by a letter or two (`notesvelk`, `notesarum`,
@@ -10,7 +10,7 @@ or a tail with words common in training, or differ by a letter or two (`notesvel
 values) and files whose stems are confusable too (distractors for the other shaped tasks as well);
 a share `COPYING` of the shaped episodes is then 1-4 tasks about it:
 
-- c_list: a sibling's entries, the folder named in indirect wordings ("everything inside X",
+- c_list: a sibling's entries, the folder named in indirect wordings ("what lives inside X",
   "contents of X"), often followed by `.`, `?`, `!`, `,` or `)`: the path is X only;
 - c_lookup: a constant read from one sibling's settings (the others hold other values);
 - c_missing: a file of a sibling that is not there (its stem is another sibling's file, or one letter
@@ -60,8 +60,8 @@ WHEN = (
 )  # fmt: skip
 
 LIST_ASKS = (
-    "everything inside {d}{e}", "what's in {d}{e}", "contents of {d}{e}", "what is inside {d}{e}",
-    "I'd like the contents of {d}{e}", "give me everything inside {d}{e}", "list everything inside {d}{e}",
+    "what's in {d}{e}", "contents of {d}{e}", "what is inside {d}{e}",
+    "I'd like the contents of {d}{e}", "list all of {d}{e}",
     "peek inside {d}{e}", "what lives inside {d}{e}", "tell me what's in {d}{e}", "entries of {d}{e}",
     "which files sit in {d}{e}", "a dir listing for {d}{e}", "the folder {d} - contents{e}",
     "everything that's in {d}{e}", "(folder {d}) what's there?", "open the folder {d} and list it{e}",
