@@ -203,6 +203,10 @@ def make_shaped_workspace(rng: random.Random, root: Path) -> Workspace:
         folder = nm.ident(rng, rng.choice(["kebab", "snake", "flat", "dotted"]), (1, 2))
         for _ in range(rng.randint(1, 3)):
             ws.files[f"{folder}/{nm.file_stem(rng)}{rng.choice(EXTS)}"] = nm.text_line(rng) + "\n"
+    import agent_copying  # here: agent_copying builds on this module
+
+    if rng.random() < agent_copying.FAMILY:  # sibling folders only their exact names tell apart
+        ws.family = agent_copying.plant(rng, ws)
     return written(ws)
 
 
@@ -392,13 +396,19 @@ def facts(rng: random.Random, n: int) -> list[tuple[str, str]]:
 
 
 def episode(rng: random.Random, w: Any, ws: Workspace, refresh: Callable[[Workspace], None]) -> None:
-    """A focus episode (scripts/agent_focus.py, a share FOCUS), a recall episode (30% of the rest:
+    """A focus episode (scripts/agent_focus.py, a share FOCUS), a copying episode
+    (scripts/agent_copying.py, a share COPYING), a recall episode (30% of the rest:
     facts, filler turns and a few tasks, then the questions) or a task episode (1-5 tasks, sometimes
     a fact told and asked between them). `w` is an EpisodeWriter."""
-    import agent_focus  # here: agent_focus builds on this module's tasks
+    import agent_copying  # here: both build on this module's tasks
+    import agent_focus
 
-    if rng.random() < agent_focus.FOCUS:
+    roll = rng.random()  # one draw: the focus episodes stay as they were, copying takes from the rest
+    if roll < agent_focus.FOCUS:
         agent_focus.episode(rng, w, ws, refresh)
+        return
+    if ws.family is not None and roll < agent_focus.FOCUS + agent_copying.COPYING / agent_copying.FAMILY:
+        agent_copying.episode(rng, w, ws, refresh)
         return
     told = facts(rng, rng.randint(1, 3) if rng.random() < 0.3 else rng.choice([0, 0, 1]))
     recall = bool(told) and rng.random() < 0.6

@@ -155,6 +155,7 @@ class Workspace:
     shaped: bool = False  # written by scripts/agent_shapes.py: its episodes are the shaped kinds
     package: str = ""  # the package folder of a shaped workspace
     doc_keys: dict[str, tuple[str, bool]] = field(default_factory=dict)  # page -> (grep word, named)
+    family: object = None  # sibling folders of scripts/agent_copying.py (a shaped workspace's, or None)
 
     def entries(self, folder: str) -> list[str]:
         """The names list_dir shows for `folder` (sub-folders end with '/')."""

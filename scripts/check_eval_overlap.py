@@ -4,11 +4,11 @@
 
 The training side: every user request of `--episodes` episodes of the training mix (make_agent_data.py
 with --wide 0.5 --voices 0.7 --projects 0.5 --shapes 0.5), plus every template of scripts/agent_voices.py,
-scripts/agent_wordings.py and scripts/agent_focus.py as written. The eval side: every request
-bench/eval_default_model.py sends (24 per category, its seed).
+scripts/agent_wordings.py, scripts/agent_focus.py and scripts/agent_copying.py as written. The eval side:
+every request bench/eval_default_model.py sends (24 per category, its seed).
 Words are lower-cased runs of letters, digits, `_`, `.`, `/` and `-`; an eval n-gram found in the
 training set counts as overlap. The name pools are compared too: no package, module, function,
-constant or fact key of the eval may be a training pool's word.
+constant or fact key of the eval may be a training pool's word (scripts/agent_copying.py's pools too).
 """
 
 from __future__ import annotations
@@ -34,13 +34,14 @@ def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
 
 
 def training_requests(episodes: int, seed: int = 0) -> list[str]:
+    import agent_copying
     import agent_focus
     import agent_wordings
     import make_agent_data as gen
     from agent_voices import FACT_ASK, FACT_SAY, VOICES
 
     texts = [t for voice in VOICES.values() for group in voice for t in group] + [*FACT_SAY, *FACT_ASK]
-    texts += agent_wordings.templates() + agent_focus.templates()
+    texts += agent_wordings.templates() + agent_focus.templates() + agent_copying.templates()
     for i in range(episodes):
         texts += _USER.findall(gen.make_episode(seed, i, **TRAIN_MIX).text())
     return texts
@@ -56,6 +57,7 @@ def eval_requests(per_category: int = 24) -> list[str]:
 
 def pool_clashes() -> list[str]:
     """Eval names that a training pool holds (as a word of one of its entries)."""
+    import agent_copying
     import agent_names
     import agent_projects
     import agent_shapes
@@ -72,6 +74,7 @@ def pool_clashes() -> list[str]:
     pools += [agent_names.PLAIN, agent_names.CODE_VERBS, agent_names.CODE_NOUNS, agent_names.FACT_NOUNS]
     pools += [agent_names.FACT_OWNERS, agent_shapes.SETTINGS_STEMS, agent_shapes.KIND_WORDS]
     pools += [agent_shapes.PAGE_STEMS, [w for d in agent_shapes.DOC_FACTS for w in (d[3], *d[4])]]
+    pools += agent_copying.pools()
     for pool in pools:
         for entry in pool:
             train_words |= set(_WORD.findall(entry.lower()))
