@@ -114,17 +114,24 @@ def add_parser(sub: Any, shared: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+LISTEN_BACKLOG = 2048  # uvicorn's default backlog
+
+
 def listening_socket(host: str, port: int) -> socket.socket:
     """A TCP socket bound to host:port, for uvicorn (`Server.run(sockets=...)`). It is made with its
     protocol named (IPPROTO_TCP): asyncio turns Nagle's algorithm off (TCP_NODELAY) only on connections
     of such a socket, and without that a response written in two pieces (headers, then body) waited
-    for the client's delayed ACK, ~40 ms on Linux, before its body left. OSError when it cannot bind."""
+    for the client's delayed ACK, ~40 ms on Linux, before its body left. It listens at once: the
+    "serving" line is printed before uvicorn's start-up (the batch's warm-up) ends and it takes
+    connections, and a client connecting meanwhile waits in the backlog instead of being refused.
+    OSError when it cannot bind."""
     sock = socket.socket(
         socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP
     )
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
     except OSError:
         sock.close()
         raise

@@ -40,3 +40,15 @@ def test_served_connections_have_nagle_off() -> None:
     plain = socket.socket(socket.AF_INET)
     plain.bind(("127.0.0.1", 0))
     assert _nodelay_of_accepted(plain) == 0
+
+
+def test_a_client_connecting_before_the_server_runs_waits_instead_of_being_refused() -> None:
+    """`hybrid-agent serve` prints its "serving ... on URL" line before uvicorn's start-up (the batch's
+    warm-up) ends; the socket already listens, so a client that connects on seeing that line is queued
+    in the backlog and answered once the server runs."""
+    sock = listening_socket("127.0.0.1", 0)
+    try:
+        client = socket.create_connection(sock.getsockname()[:2], timeout=5)  # refused if not listening
+        client.close()
+    finally:
+        sock.close()
