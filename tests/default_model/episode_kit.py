@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hybrid_agent.model.chat import NativeChatFormat
+from hybrid_agent.tools import ToolRegistry
 
 
 def calls_and_results(ep: Any) -> tuple[list[tuple[str, dict]], list[str]]:
@@ -15,3 +16,13 @@ def calls_and_results(ep: Any) -> tuple[list[tuple[str, dict]], list[str]]:
     assert all(c.error is None and c.name is not None for c in parsed)
     results = [ep.pieces[k + 1][0] for k, (t, m, _) in enumerate(ep.pieces) if m and t == "<|tool_result|>"]
     return [(str(c.name), c.arguments) for c in parsed], results
+
+
+def replay(ws: Any, task: Any) -> list[str]:
+    """A generated task's tool calls run against its workspace (scripts/agent_shapes.py `Workspace`,
+    `Task`): each result holds what the task expects of it; the results in order."""
+    with ToolRegistry(workspace=ws.root, load_plugins=False) as registry:
+        results = [registry.call(name, dict(args)).text for name, args in task.calls]
+    for expect, result in zip(task.expect, results, strict=False):
+        assert expect in result, (task.prompt, expect, result)
+    return results

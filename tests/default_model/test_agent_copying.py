@@ -21,7 +21,7 @@ import agent_workspaces as aw  # noqa: E402
 import check_eval_overlap as overlap  # noqa: E402
 import eval_heldout as ev  # noqa: E402
 import make_agent_data as gen  # noqa: E402
-from episode_kit import calls_and_results  # noqa: E402
+from episode_kit import calls_and_results, replay  # noqa: E402
 from hybrid_agent.model.tokenizer import Tokenizer  # noqa: E402
 from hybrid_agent.tools import ToolRegistry  # noqa: E402
 
@@ -38,14 +38,6 @@ def _workspace(rng: random.Random, root: Path) -> tuple[agent_shapes.Workspace, 
     ws = agent_shapes.make_shaped_workspace(rng, root)
     assert isinstance(ws.family, cp.Family)
     return ws, ws.family
-
-
-def _replay(ws: agent_shapes.Workspace, task: agent_shapes.Task) -> list[str]:
-    with ToolRegistry(workspace=ws.root, load_plugins=False) as registry:
-        results = [registry.call(name, dict(args)).text for name, args in task.calls]
-    for expect, result in zip(task.expect, results, strict=False):
-        assert expect in result, (task.prompt, expect, result)
-    return results
 
 
 def _distance(a: str, b: str) -> int:
@@ -79,7 +71,7 @@ def test_paths_are_copied_exactly_without_the_punctuation_after_them(tmp_path: P
             assert any(path == d or path.startswith(d + "/") for d in fam.dirs), (path, fam.dirs)
             after = task.prompt.split(path, 1)[1][:1]
             followed[after if after in PUNCT else "other"] += 1
-            _replay(ws, task)
+            replay(ws, task)
             assert task.check(ws.root, task.answer), task
     assert set(kinds) == set(cp.KINDS), kinds
     assert sum(followed[p] for p in PUNCT) >= 25 and len([p for p in PUNCT if followed[p]]) >= 4, followed
@@ -108,12 +100,12 @@ def test_a_lookup_answers_from_the_sibling_named_and_an_edit_changes_only_it(tmp
         before = {p: (ws.root / p).read_text() for p in fam.settings}
         task = cp.lookup(rng, ws, fam)
         path = str(task.calls[0][1]["path"])
-        result = _replay(ws, task)[0]
+        result = replay(ws, task)[0]
         value = next(v for c, v in fam.settings[path].items() if c in task.prompt)
         assert value in task.answer and value in result
         task = cp.edit(rng, ws, fam)
         path = str(task.calls[0][1]["path"])
-        _replay(ws, task)
+        replay(ws, task)
         new = str(task.calls[1][1]["new_string"]).split(" = ", 1)[1].strip("'\"")
         assert new in task.prompt and new in task.answer and new in (ws.root / path).read_text()
         assert all((ws.root / p).read_text() == t for p, t in before.items() if p != path)
@@ -128,7 +120,7 @@ def test_note_texts_are_written_verbatim_with_no_lookup_first(tmp_path: Path) ->
         assert [n for n, _ in task.calls] == ["write_file"]
         text = str(task.calls[0][1]["content"]).removesuffix("\n")
         assert text in task.prompt and len(text.split()) >= 2, task.prompt
-        _replay(ws, task)
+        replay(ws, task)
         assert task.check(ws.root, task.answer)
         texts.append(text)
     units = (*cp.MONEY, *cp.UNITS)
@@ -144,7 +136,7 @@ def test_a_missing_file_is_a_near_miss_and_the_refusal_names_the_path_asked(tmp_
         task = cp.missing(rng, ws, fam)
         rel = max((w.rstrip(".,:") for w in task.answer.split() if "/" in w), key=len)
         assert rel in task.prompt and not (ws.root / rel).exists()
-        _replay(ws, task)
+        replay(ws, task)
         assert task.check(ws.root, task.answer) and not task.check(ws.root, task.answer.replace(rel, "x"))
         d, name = rel.rsplit("/", 1)
         others = {p.name for o in fam.dirs for p in (ws.root / o).iterdir()}

@@ -5,7 +5,9 @@ from __future__ import annotations
 import random
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -14,28 +16,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import agent_focus  # noqa: E402
 import agent_shapes  # noqa: E402
 import make_agent_data as gen  # noqa: E402
-from hybrid_agent.tools import ToolRegistry  # noqa: E402
+from episode_kit import replay  # noqa: E402
 
 MIX = {"wide": 0.5, "voices": 0.7, "projects": 0.5, "shapes": 1.0}
 
 
-def _run(ws: agent_shapes.Workspace, task: agent_shapes.Task) -> list[str]:
-    with ToolRegistry(workspace=ws.root, load_plugins=False) as registry:
-        results = [registry.call(name, dict(args)).text for name, args in task.calls]
-    for expect, result in zip(task.expect, results, strict=False):
-        assert expect in result, (task.prompt, expect, result)
-    return results
+def _tasks(make: Any, n: int, tmp_path: Path) -> Iterator[tuple[agent_shapes.Workspace, agent_shapes.Task]]:
+    """`n` seeded shaped workspaces, each with one task `make(rng, ws)` gives."""
+    for i in range(n):
+        rng = random.Random(f"{make.__name__}:{i}")
+        ws = agent_shapes.make_shaped_workspace(rng, tmp_path / f"w{i}")
+        yield ws, make(rng, ws)
 
 
 def test_docs_questions_never_edit_and_answer_with_the_value_the_tools_showed(tmp_path: Path) -> None:
     wrong_page_first = 0
-    for i in range(30):
-        rng = random.Random(f"fdocs:{i}")
-        ws = agent_shapes.make_shaped_workspace(rng, tmp_path / f"w{i}")
-        task = agent_focus.docs(rng, ws)
+    for ws, task in _tasks(agent_focus.docs, 30, tmp_path):
         tools = [name for name, _ in task.calls]
         assert not {"edit_file", "write_file"} & set(tools), task.calls
-        results = _run(ws, task)
+        results = replay(ws, task)
         rel, x = max(((r, x) for r, _, x in ws.docs if x in task.answer), key=lambda d: len(d[1]))
         line = next(t for t in ws.files[rel].splitlines() if x in t)  # the answer quotes the line
         assert line in task.answer and line in results[-1]
@@ -50,15 +49,12 @@ def test_docs_questions_never_edit_and_answer_with_the_value_the_tools_showed(tm
 
 def test_multi_step_edits_after_at_least_one_lookup_and_copies_the_new_value(tmp_path: Path) -> None:
     three = 0
-    for i in range(20):
-        rng = random.Random(f"fmulti:{i}")
-        ws = agent_shapes.make_shaped_workspace(rng, tmp_path / f"w{i}")
-        task = agent_focus.multi(rng, ws)
+    for ws, task in _tasks(agent_focus.multi, 20, tmp_path):
         assert len(task.calls) >= 2 and task.calls[0][0] == "grep" and task.calls[-1][0] == "edit_file"
         three += len(task.calls) == 3
         new_value = str(task.calls[-1][1]["new_string"]).split(" = ", 1)[1].strip("'\"")
         assert new_value in task.prompt
-        _run(ws, task)
+        replay(ws, task)
         assert task.check(ws.root, task.answer)
     assert 0 < three < 20
 
