@@ -18,17 +18,33 @@ tokens equal and the logits within a tight bound of `Ops(cpu_rows=False)`'s, whi
 weight as it is).
 
 Cost: a second fp32 copy of every packed weight (~40 MB for model/default), on the CPU only, made on the
-first one-token call. The prefill (several rows), other dtypes, inference-mode weights (no version
-counter to tell a change) and autograd keep F.linear.
+first one-token call. The copies alive in the process together stay under `PACK_BUDGET_BYTES`: a larger
+model (whose weights would double) packs what fits and multiplies the rest by F.linear as before. The
+prefill (several rows), other dtypes, inference-mode weights (no version counter to tell a change) and
+autograd keep F.linear.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+# Bytes of packed copies alive in the process at most (model/default needs ~40 MB): a pack that would go
+# past it is not made, and its linears run as F.linear.
+PACK_BUDGET_BYTES = 256 << 20
+_live = [0]  # bytes of the packs alive now (each gives its bytes back when it is freed)
+_live_lock = threading.Lock()
+
+
+def _give_back(nbytes: int) -> None:
+    with _live_lock:
+        _live[0] -= nbytes
+
 
 # Where a module keeps its packs, {key: `_Pack`}: on the first module of the group (the MLP's gate_proj,
 # attention's q_proj, ...; the head's owner), keyed by the group's modules (or the head's weight).
@@ -38,9 +54,10 @@ PACKS_ATTR = "_cpu_row_packs"
 class _Pack:
     """A packed weight (and bias) with the tensors it was made from and their version counters."""
 
-    __slots__ = ("bias", "sources", "transposed", "versions", "weight")
+    __slots__ = ("__weakref__", "bias", "sources", "transposed", "versions", "weight")
 
-    def __init__(self, weights: Sequence[Tensor], biases: Sequence[Tensor | None]) -> None:
+    def __init__(self, weights: Sequence[Tensor], biases: Sequence[Tensor | None], nbytes: int) -> None:
+        weakref.finalize(self, _give_back, nbytes)  # taken from the budget by `_packed`
         self.sources = [*weights, *(b for b in biases if b is not None)]
         self.versions = [t._version for t in self.sources]
         with torch.no_grad():
@@ -87,15 +104,23 @@ def one_cpu_row(x: Tensor, weight: Tensor) -> bool:
 
 def _packed(
     owner: nn.Module, key: object, weights: Sequence[Tensor], biases: Sequence[Tensor | None]
-) -> _Pack:
+) -> _Pack | None:
     """The pack of `weights` (each (n_i, K)) and `biases` kept on `owner` under `key`, rebuilt when any of
-    them is another tensor or has changed in place since it was made."""
+    them is another tensor or has changed in place since it was made; None when a new one would take
+    the packs alive past `PACK_BUDGET_BYTES`."""
     packs = owner.__dict__.get(PACKS_ATTR)
     if packs is None:
         packs = owner.__dict__[PACKS_ATTR] = {}
     got = packs.get(key)
     if got is None or not got.fresh([*weights, *(b for b in biases if b is not None)]):
-        got = packs[key] = _Pack(weights, biases)
+        packs.pop(key, None)  # a stale pack gives its bytes back before a new one is counted
+        got = None
+        nbytes = sum(t.numel() * t.element_size() for t in [*weights, *(b for b in biases if b is not None)])
+        with _live_lock:
+            if _live[0] + nbytes > PACK_BUDGET_BYTES:
+                return None
+            _live[0] += nbytes
+        got = packs[key] = _Pack(weights, biases, nbytes)
     return got
 
 
@@ -114,13 +139,16 @@ def linears_row(x: Tensor, linears: Sequence[nn.Linear]) -> Tensor | None:
     if len(weights) == 1 and weights[0].shape[0] < weights[0].shape[1]:
         return None  # a lone (N, K) weight with N < K: F.linear on it as it is (a copy would gain nothing)
     key = linears if type(linears) is tuple else tuple(linears)
-    return _packed(linears[0], key, weights, biases)(x)
+    pack = _packed(linears[0], key, weights, biases)
+    return None if pack is None else pack(x)
 
 
 def head_matmul(owner: nn.Module, x: Tensor, weight: Tensor) -> Tensor:
     """The LM head's x weight^T (`weight` (V, D) is `owner`'s): packed for one CPU row, else F.linear."""
     if one_cpu_row(x, weight) and weight.shape[0] >= weight.shape[1]:
-        return _packed(owner, "head", (weight,), (None,))(x)
+        pack = _packed(owner, "head", (weight,), (None,))
+        if pack is not None:
+            return pack(x)
     return F.linear(x, weight)
 
 

@@ -130,3 +130,33 @@ def test_default_model_packed_decode_matches_unpacked() -> None:
     assert len(made) == 2 * 2 + 5 + 7 + 1 and all(p.transposed for p in made)
     assert toks == want_toks
     assert_near(got, want, 1e-5)
+
+
+def test_packs_stay_under_the_budget_and_give_their_bytes_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The packed copies alive together stay under `PACK_BUDGET_BYTES`: a pack that would go past it is
+    not made and its linears run as F.linear (bit for bit the unpacked numbers when none fits); a freed
+    model's packs give their bytes back."""
+    import gc
+
+    layers = ["mamba2", "attention", "gated_deltanet", "mlp"]
+    gc.collect()
+    before = cr._live[0]
+    model = tiny_model(layers, seed=1)
+    want, want_toks = greedy(model, list(range(1, 12)), 4, cpu_rows=False)
+    monkeypatch.setattr(cr, "PACK_BUDGET_BYTES", before)  # no room for any pack
+    got, toks = greedy(model, list(range(1, 12)), 4, cpu_rows=True)
+    assert not packs(model) and cr._live[0] == before
+    assert toks == want_toks and torch.equal(got, want)
+    monkeypatch.setattr(cr, "PACK_BUDGET_BYTES", before + 10**9)
+    greedy(model, list(range(1, 12)), 2, cpu_rows=True)
+    made = packs(model)
+    used = cr._live[0] - before
+    assert made and used >= sum(p.weight.numel() * p.weight.element_size() for p in made)
+    some = used // 2  # room for part of them: a new model packs some and leaves the rest to F.linear
+    other = tiny_model(layers, seed=2)
+    monkeypatch.setattr(cr, "PACK_BUDGET_BYTES", cr._live[0] + some)
+    greedy(other, list(range(1, 12)), 2, cpu_rows=True)
+    assert 0 < len(packs(other)) < len(made) and cr._live[0] <= cr.PACK_BUDGET_BYTES
+    del model, other, made
+    gc.collect()
+    assert cr._live[0] == before
