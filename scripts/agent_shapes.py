@@ -31,7 +31,7 @@ from typing import Any
 
 import agent_names as nm
 from agent_tasks import Task, _file_is, _has_all, _said_missing
-from agent_wordings import FILLERS, ask, ask_fact, say_fact
+from agent_wordings import FILLERS, ask, ask_fact, greeting, say_fact
 from agent_workspaces import Constant, Function, Workspace, written
 
 SETTINGS_STEMS = ("settings", "settings", "settings", "config", "conf", "defaults", "constants", "options")
@@ -373,6 +373,7 @@ KINDS: dict[str, Callable[[random.Random, Workspace], Task]] = {
     "s_lookup": lookup, "s_find": find, "s_list": listing, "s_docs": docs, "s_create": create,
     "s_edit": edit, "s_missing": missing, "s_multi": lambda rng, ws: edit(rng, ws, multi=True),
 }  # fmt: skip
+GREETING = 0.15  # share of the task and recall episodes (not focus or copying) that open with a greeting
 WEIGHTS = {"s_lookup": 1.5, "s_find": 1.5, "s_list": 1.0, "s_docs": 2.0, "s_create": 1.5, "s_edit": 1.5,
            "s_missing": 1.5, "s_multi": 1.5}  # fmt: skip
 
@@ -410,6 +411,8 @@ def episode(rng: random.Random, w: Any, ws: Workspace, refresh: Callable[[Worksp
     if ws.family is not None and roll < agent_focus.FOCUS + agent_copying.COPYING / agent_copying.FAMILY:
         agent_copying.episode(rng, w, ws, refresh)
         return
+    if rng.random() < GREETING:  # a greeting first, answered in words; the tasks come after it
+        w.chat(*greeting(rng))
     told = facts(rng, rng.randint(1, 3) if rng.random() < 0.3 else rng.choice([0, 0, 1]))
     recall = bool(told) and rng.random() < 0.6
     turns: list[Any] = [None] * (rng.randint(1, 8) if recall else rng.randint(1, 5))

@@ -113,6 +113,29 @@ FILLERS = (
 )  # fmt: skip
 
 
+# A greeting alone is answered in words, never taken for a task (the v6 model listed a folder called
+# `hello`: docs/results.md); episodes of scripts/agent_shapes.py sometimes open with one.
+GREETINGS = (
+    ("hello", "Hello! What can I do for you in this project?"), ("hi", "Hi! What should I look at?"),
+    ("hey", "Hey! What do you need?"), ("good morning", "Good morning! What can I do for you?"),
+    ("hi there", "Hi! What can I help with?"), ("hey, how are you?", "Fine, thanks. What can I do for you?"),
+    ("yo", "Hi! What do you need?"), ("morning", "Morning! What's first?"),
+    ("hello there", "Hello! What should I do?"), ("are you there?", "Yes. What can I do for you?"),
+    ("good evening", "Good evening! What can I do for you?"), ("howdy", "Hi! What do you need?"),
+    ("hi, ready to work?", "Ready. What's the task?"), ("hello again", "Hello again! What's next?"),
+)  # fmt: skip
+
+
+def greeting(rng: random.Random) -> tuple[str, str]:
+    """A greeting turn (user, reply), capitalised or punctuated now and then."""
+    user, reply = rng.choice(GREETINGS)
+    if rng.random() < 0.4:
+        user = _cap(user)
+    if rng.random() < 0.3 and user[-1].isalpha():
+        user += rng.choice(("!", ".", " :)"))
+    return user, reply
+
+
 def _cap(text: str) -> str:
     return text[0].upper() + text[1:] if text else text
 
@@ -155,6 +178,6 @@ def ask_fact(rng: random.Random, key: str, value: str) -> tuple[str, str]:
 def templates() -> list[str]:
     """Every template of this file as written (for scripts/check_eval_overlap.py)."""
     out = [t for group in ASKS.values() for t in group]
-    out += [*SAY_CORES, *ASK_CORES, *ACKS, *(f for f, _ in FILLERS)]
+    out += [*SAY_CORES, *ASK_CORES, *ACKS, *(f for f, _ in FILLERS), *(g for g, _ in GREETINGS)]
     out += [o + c for o in SAY_OPENERS for c in SAY_CORES] + [o + c for o in ASK_OPENERS for c in ASK_CORES]
     return out

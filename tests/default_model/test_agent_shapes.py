@@ -20,7 +20,7 @@ import agent_names as nm  # noqa: E402
 import agent_shapes  # noqa: E402
 import agent_workspaces as aw  # noqa: E402
 import make_agent_data as gen  # noqa: E402
-from agent_wordings import ask_fact, say_fact  # noqa: E402
+from agent_wordings import GREETINGS, ask_fact, say_fact  # noqa: E402
 from episode_kit import calls_and_results as _calls_and_results  # noqa: E402
 from hybrid_agent.tools import ToolRegistry  # noqa: E402
 
@@ -169,3 +169,21 @@ def test_shapes_zero_is_the_generator_as_it_was() -> None:
     for i in range(4):
         assert gen.make_episode(4, i, **mix).pieces == gen.make_episode(4, i, **mix, shapes=0.0).pieces
         assert gen.make_episode(4, i, **mix).kind != "shapes"
+
+
+def test_some_episodes_open_with_a_greeting_answered_in_words() -> None:
+    """A greeting alone gets words and no tool call (scripts/agent_wordings.py `GREETINGS`); the
+    episode's tasks come after it."""
+    said = {g.lower().rstrip("!. :)") for g, _ in GREETINGS}
+    opened = 0
+    for i in range(80):
+        turns = gen.make_episode(11, i, **MIX).text().split("<|user|>")[1:]
+        first = turns[0].split("<|assistant|>", 1)
+        if first[0].removesuffix("<|end|>").strip().lower().rstrip("!. :)") not in said:
+            continue
+        opened += 1
+        assert "<|tool_call|>" not in first[1] and first[1].strip().removesuffix("<|end|>") in {
+            r for _, r in GREETINGS
+        }
+        assert len(turns) > 1  # something to do after it
+    assert 3 <= opened <= 30, opened
