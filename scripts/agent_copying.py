@@ -32,8 +32,7 @@ from typing import Any
 import agent_names as nm
 import agent_shapes as sh
 from agent_tasks import Task, _file_is, _has_all, _said_missing
-from agent_voices import typo
-from agent_wordings import OPENERS
+from agent_wordings import OPENERS, styled
 from agent_workspaces import FOLDERS, Workspace
 
 FAMILY = 0.6  # share of shaped workspaces that hold a family of sibling folders (plant)
@@ -109,9 +108,7 @@ def _ask(rng: random.Random, templates: tuple[str, ...], protect: list[str], **s
     if "{e}" in template and not template.endswith("{e}"):  # mid-sentence: a comma or a full stop
         end = rng.choice([",", ".", ":", ""])
     text = opener + template.format(e=end, **slots)
-    if rng.random() < 0.5 and (opener or not template.startswith(("{", "(", '"', "'"))):
-        text = text[0].upper() + text[1:]
-    return typo(rng, text, protect, spare_containing=True) if rng.random() < 0.15 else text
+    return styled(rng, text, protect, bool(opener) or not template.startswith(("{", "(", '"', "'")))
 
 
 def _tail(rng: random.Random) -> str:

@@ -23,8 +23,7 @@ from typing import Any
 
 import agent_shapes as sh
 from agent_tasks import Task, _file_is, _has_all
-from agent_voices import typo
-from agent_wordings import ACKS, FILLERS, OPENERS, ask_fact, say_fact
+from agent_wordings import ACKS, FILLERS, OPENERS, ask_fact, say_fact, styled
 from agent_workspaces import Workspace
 
 FOCUS = 0.35  # share of shaped episodes that are focus episodes
@@ -70,9 +69,7 @@ _STOP = {"which", "where", "what", "when", "that", "this", "with", "from", "does
 
 def _ask(rng: random.Random, templates: tuple[str, ...], protect: list[str], **slots: str) -> str:
     text = rng.choice(OPENERS) + rng.choice(templates).format(**slots)
-    if rng.random() < 0.5 and text[:1].islower() and not any(text.startswith(p) for p in protect):
-        text = text[0].upper() + text[1:]
-    return typo(rng, text, protect, spare_containing=True) if rng.random() < 0.15 else text
+    return styled(rng, text, protect, text[:1].islower() and not any(text.startswith(p) for p in protect))
 
 
 def _keyword(question: str, sentence: str, fallback: str) -> str:

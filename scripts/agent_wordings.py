@@ -147,7 +147,13 @@ def ask(rng: random.Random, kind: str, protect: list[str], **slots: str) -> str:
     text = opener + template.format(**slots)
     if not template.endswith("{t}"):  # after a text to copy, a closer would read as part of it
         text += rng.choice(CLOSERS)
-    if rng.random() < 0.5 and (opener or not template.startswith("{")):  # never a name's first letter
+    return styled(rng, text, protect, bool(opener) or not template.startswith("{"))  # never a name's letter
+
+
+def styled(rng: random.Random, text: str, protect: list[str], cap_ok: bool) -> str:
+    """A request's casual touches: capitalised in half (where `cap_ok`: not a name's first letter), a
+    typo in 15% (never in a word that holds a name of `protect`)."""
+    if rng.random() < 0.5 and cap_ok:
         text = _cap(text)
     if rng.random() < 0.15:
         text = typo(rng, text, protect, spare_containing=True)
