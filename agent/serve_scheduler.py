@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -38,8 +37,9 @@ from hybrid_agent.agent.serve_sampling import RowSampler, Sampling, StopText
 from hybrid_agent.agent.serve_snapshots import Snapshotter, of_engine
 from hybrid_agent.agent.serve_snapshots import snapshot as take_snapshot
 from hybrid_agent.model.chat import Segment
+from hybrid_agent.model.switches import env_switch
 
-# "1": the join phases' times (`join_*_seconds_total`) are the device's: a sync at each phase's end.
+# On ("1"): the join phases' times (`join_*_seconds_total`) are the device's: a sync at each phase's end.
 SYNC_PHASES_ENV = "HYBRID_AGENT_SERVE_SYNC_PHASES"
 
 
@@ -110,7 +110,7 @@ class Scheduler:
         self.batch_path: str | None = None  # "engine" (per-row slots) or "model" (agent/serve_rows.py)
         # Synchronize the device at each join phase's boundary (`lap`), so that a phase's time on CUDA is
         # its GPU work and not only its launches'. Off by default: then no sync at all is added.
-        self.sync_phases = os.environ.get(SYNC_PHASES_ENV) == "1"
+        self.sync_phases = env_switch(SYNC_PHASES_ENV) is True
         metrics.gauges["queue_depth"] = lambda: len(self._waiting)
         metrics.gauges["running_requests"] = lambda: self._running
         metrics.gauges["memory_tier_bytes"] = lambda: prefix.memory_used
